@@ -1,0 +1,17 @@
+//! Images for ces: references and digests, manifests, the content-addressed
+//! store (an OCI image layout on disk with an unpacked-rootfs cache), and safe
+//! layer unpacking.
+//!
+//! This crate knows nothing of the network or the terminal: the registry
+//! client feeds the store through [`store::BlobWriter`], and the binary reports
+//! progress through callbacks.
+
+pub mod digest;
+pub mod manifest;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use digest::Digest;
+pub use reference::ImageReference;
+pub use store::{ImageRecord, Store, StoreError};

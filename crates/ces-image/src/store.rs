@@ -1,0 +1,773 @@
+//! The content-addressed image store: an OCI image layout on disk, plus a cache
+//! of unpacked root filesystems keyed by manifest digest.
+//!
+//! ```text
+//! <root>/oci/            OCI image layout (oci-layout, index.json, blobs/sha256/<hex>)
+//! <root>/rootfs/<hex>/   the unpacked rootfs of manifest sha256:<hex>
+//! <root>/tmp/            downloads and unpacks in progress
+//! <root>/lock            shared by writers (pull, load), exclusive for rmi/gc
+//! <root>/locks/          index.json and per-rootfs unpack locks
+//! ```
+//!
+//! Consistency rests on three habits: every blob is written to `tmp/`, verified
+//! (size and sha256) and only then renamed to its content address; `index.json`
+//! is rewritten whole and renamed, under a lock; a rootfs is unpacked in `tmp/`
+//! and renamed into the cache. A process killed at any moment leaves only files
+//! in `tmp/`, which the next writer that finds the store idle removes. Blobs
+//! already in place were verified before they got there, so they are reused.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use oci_spec::image::{Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType};
+use rustix::fs::FlockOperation;
+
+use crate::digest::{Digest, HashingReader, HashingWriter};
+use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest};
+use crate::reference::ImageReference;
+use crate::unpack::{self, UnpackError, UnpackOptions};
+
+/// The annotation that names an image in `index.json` (read by skopeo and umoci).
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// When ces stored the image (RFC 3339).
+pub const PULLED_AT: &str = "io.ces.pulled-at";
+/// The digest of the index a tag resolved to, when it was an index.
+pub const INDEX_DIGEST: &str = "io.ces.index-digest";
+
+/// Something went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed.
+    #[error("cannot access {}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The disk holding the store is full.
+    #[error("no space left on the device holding {}", path.display())]
+    DiskFull {
+        /// The file being written.
+        path: PathBuf,
+    },
+    /// Content does not hash to the digest it was announced with.
+    #[error("content of {expected} does not match its digest (got {actual})")]
+    DigestMismatch {
+        /// The digest announced.
+        expected: Digest,
+        /// The digest of what arrived.
+        actual: Digest,
+    },
+    /// Content is not the size its descriptor says.
+    #[error("{digest} is {actual} bytes, but its descriptor says {expected}")]
+    SizeMismatch {
+        /// The blob.
+        digest: Digest,
+        /// The size in the descriptor.
+        expected: u64,
+        /// The size that arrived (or more than expected, when cut off early).
+        actual: u64,
+    },
+    /// More bytes arrived than the descriptor said (the download is cut off there).
+    #[error("{digest} is larger than its descriptor's {expected} bytes")]
+    TooLong {
+        /// The blob.
+        digest: Digest,
+        /// The size in the descriptor.
+        expected: u64,
+    },
+    /// A manifest or config is larger than ces accepts.
+    #[error("{digest} is larger than the {limit}-byte limit for manifests and configs")]
+    TooLarge {
+        /// The blob.
+        digest: Digest,
+        /// The limit.
+        limit: u64,
+    },
+    /// A blob that the store's index needs is missing.
+    #[error("blob {digest} is missing from the store")]
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+    },
+    /// No stored image matches.
+    #[error("no image {query} in the store")]
+    ImageNotFound {
+        /// What was asked for.
+        query: String,
+    },
+    /// A short digest matches several images.
+    #[error("{query} matches several images: {}", matches.join(", "))]
+    Ambiguous {
+        /// What was asked for.
+        query: String,
+        /// What it matches.
+        matches: Vec<String>,
+    },
+    /// A JSON document of the store cannot be read.
+    #[error("{} is not valid", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A stored manifest cannot be used.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// A stored manifest is an index, where an image manifest was needed.
+    #[error("{digest} is an index, not an image manifest")]
+    NotAnImage {
+        /// The manifest.
+        digest: Digest,
+    },
+    /// A stored layer blob could not be read or decompressed.
+    #[error("cannot read layer {layer}")]
+    LayerRead {
+        /// The layer blob.
+        layer: Digest,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A layer could not be unpacked.
+    #[error("cannot unpack layer {layer}")]
+    Unpack {
+        /// The layer blob.
+        layer: Digest,
+        /// The cause.
+        #[source]
+        source: UnpackError,
+    },
+    /// The uncompressed layer does not match the config's `diff_ids`.
+    #[error("layer {layer} uncompresses to {actual}, but the image config says {expected}")]
+    DiffIdMismatch {
+        /// The layer blob.
+        layer: Digest,
+        /// The diff_id in the config.
+        expected: String,
+        /// The digest of the uncompressed tar.
+        actual: Digest,
+    },
+    /// A descriptor names a digest that is not sha256.
+    #[error(transparent)]
+    BadDigest(#[from] crate::digest::DigestError),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Maps an I/O error to a [`StoreError`] about `path` (`ENOSPC` becomes [`StoreError::DiskFull`]).
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| {
+        if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+            StoreError::DiskFull { path: path.to_owned() }
+        } else {
+            StoreError::Io { path: path.to_owned(), source }
+        }
+    }
+}
+
+/// An image the store holds under a name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageRecord {
+    /// The name it is stored under (`ref.name`): the reference as pulled.
+    pub reference: ImageReference,
+    /// The image manifest digest.
+    pub digest: Digest,
+    /// The manifest's media type.
+    pub media_type: String,
+    /// The manifest's size in bytes.
+    pub manifest_size: u64,
+    /// When it was stored.
+    pub pulled_at: Option<jiff::Timestamp>,
+    /// The index the reference resolved to, when it was one.
+    pub index_digest: Option<Digest>,
+}
+
+/// What a garbage collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GcStats {
+    /// Blobs deleted.
+    pub blobs: u64,
+    /// Bytes freed by deleting blobs.
+    pub bytes: u64,
+    /// Unpacked root filesystems deleted.
+    pub rootfs: u64,
+}
+
+/// A lock on the whole store, released when dropped.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+    exclusive: bool,
+}
+
+/// The image store at a root directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens the store at `root`, creating its layout if needed.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let store = Store { root: root.into() };
+        for dir in [store.blobs_dir(), store.root.join("rootfs"), store.tmp_dir(), store.root.join("locks")] {
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        let layout = store.layout_dir().join("oci-layout");
+        if !layout.exists() {
+            write_atomic(&store, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let index = store.index_path();
+        if !index.exists() {
+            let _guard = store.index_lock()?;
+            if !index.exists() {
+                store.write_index(&[])?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The OCI image layout directory (`umoci ls --layout` and `skopeo ... oci:` read it).
+    pub fn layout_dir(&self) -> PathBuf {
+        self.root.join("oci")
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.layout_dir().join("blobs").join("sha256")
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.layout_dir().join("index.json")
+    }
+
+    /// A fresh path in the store's temp directory.
+    fn temp_path(&self, what: &str) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir().join(format!("{what}-{}-{n}", std::process::id()))
+    }
+
+    fn flock(&self, path: &Path, op: FlockOperation) -> Result<File> {
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
+        rustix::fs::flock(&file, op).map_err(|e| io_err(path)(e.into()))?;
+        Ok(file)
+    }
+
+    /// Takes the store lock shared, as writers (pull, load) do. When no one
+    /// else holds it, the leftovers of killed writers in `tmp/` are removed first.
+    pub fn lock_shared(&self) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            self.clean_tmp()?;
+        }
+        rustix::fs::flock(&file, FlockOperation::LockShared).map_err(|e| io_err(&path)(e.into()))?;
+        Ok(StoreLock { _file: file, exclusive: false })
+    }
+
+    /// Takes the store lock exclusively (waits for writers), for `rmi` and `gc`.
+    pub fn lock_exclusive(&self) -> Result<StoreLock> {
+        let file = self.flock(&self.root.join("lock"), FlockOperation::LockExclusive)?;
+        self.clean_tmp()?;
+        Ok(StoreLock { _file: file, exclusive: true })
+    }
+
+    fn clean_tmp(&self) -> Result<()> {
+        let tmp = self.tmp_dir();
+        for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
+            let path = entry.map_err(io_err(&tmp))?.path();
+            tracing::debug!(path = %path.display(), "removing leftover of an interrupted write");
+            remove_tree(&path)?;
+        }
+        Ok(())
+    }
+
+    fn index_lock(&self) -> Result<File> {
+        self.flock(&self.root.join("locks").join("index.lock"), FlockOperation::LockExclusive)
+    }
+
+    /// Where the blob `digest` lives.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    /// Whether the blob is stored with the expected size. Blobs are verified
+    /// before they are stored, so a present blob of the right size is reused.
+    pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Starts writing a blob that must hash to `expected` (and be `size` bytes, when known).
+    pub fn blob_writer(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter> {
+        let temp = self.temp_path(&format!("blob-{}", expected.short()));
+        let file = File::create(&temp).map_err(io_err(&temp))?;
+        Ok(BlobWriter {
+            out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
+            temp,
+            dest: self.blob_path(expected),
+            expected: expected.clone(),
+            size,
+        })
+    }
+
+    /// Stores `bytes` as the blob `expected`, after checking they hash to it.
+    pub fn write_blob(&self, expected: &Digest, bytes: &[u8]) -> Result<()> {
+        let mut writer = self.blob_writer(expected, Some(bytes.len() as u64))?;
+        writer.write_all(bytes).map_err(io_err(&writer.temp.clone()))?;
+        writer.commit()
+    }
+
+    /// Opens a stored blob.
+    pub fn open_blob(&self, digest: &Digest) -> Result<File> {
+        let path = self.blob_path(digest);
+        File::open(&path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => StoreError::MissingBlob { digest: digest.clone() },
+            _ => StoreError::Io { path, source },
+        })
+    }
+
+    /// Reads a stored blob of at most `limit` bytes (manifests, configs).
+    pub fn read_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>> {
+        let file = self.open_blob(digest)?;
+        let mut bytes = Vec::new();
+        file.take(limit + 1).read_to_end(&mut bytes).map_err(io_err(&self.blob_path(digest)))?;
+        if bytes.len() as u64 > limit {
+            return Err(StoreError::TooLarge { digest: digest.clone(), limit });
+        }
+        Ok(bytes)
+    }
+
+    /// The image manifest stored as `digest`.
+    pub fn manifest(&self, digest: &Digest) -> Result<ImageManifest> {
+        match Manifest::parse(&self.read_blob(digest, MAX_MANIFEST_BYTES)?, None)? {
+            Manifest::Image(m) => Ok(m),
+            Manifest::Index(_) => Err(StoreError::NotAnImage { digest: digest.clone() }),
+        }
+    }
+
+    /// The config of an image manifest.
+    pub fn config(&self, manifest: &ImageManifest) -> Result<ImageConfiguration> {
+        let digest = manifest::descriptor_digest(manifest.config())?;
+        let bytes = self.read_blob(&digest, MAX_CONFIG_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: self.blob_path(&digest), source })
+    }
+
+    fn read_index(&self) -> Result<ImageIndex> {
+        let path = self.index_path();
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path, source })
+    }
+
+    fn write_index(&self, manifests: &[Descriptor]) -> Result<()> {
+        let index = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageIndex)
+            .manifests(manifests.to_vec())
+            .build()
+            .map_err(|e| StoreError::Io { path: self.index_path(), source: io::Error::other(e) })?;
+        let bytes = serde_json::to_vec_pretty(&index).map_err(|source| StoreError::Corrupt { path: self.index_path(), source })?;
+        write_atomic(self, &self.index_path(), &bytes)
+    }
+
+    /// Names an image: adds (or replaces) the `index.json` entry for `record.reference`.
+    pub fn add_ref(&self, record: &ImageRecord) -> Result<()> {
+        let mut annotations = BTreeMap::new();
+        annotations.insert(REF_NAME.to_owned(), record.reference.to_string());
+        if let Some(at) = record.pulled_at {
+            annotations.insert(PULLED_AT.to_owned(), at.to_string());
+        }
+        if let Some(index) = &record.index_digest {
+            annotations.insert(INDEX_DIGEST.to_owned(), index.to_string());
+        }
+        let descriptor = DescriptorBuilder::default()
+            .media_type(MediaType::from(record.media_type.as_str()))
+            .digest(oci_digest(&record.digest))
+            .size(record.manifest_size)
+            .annotations(annotations.into_iter().collect::<std::collections::HashMap<_, _>>())
+            .build()
+            .map_err(|e| StoreError::Io { path: self.index_path(), source: io::Error::other(e) })?;
+        let _guard = self.index_lock()?;
+        let name = record.reference.to_string();
+        let mut manifests: Vec<Descriptor> =
+            self.read_index()?.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
+        manifests.push(descriptor);
+        self.write_index(&manifests)
+    }
+
+    /// Every named image, in the order they were stored.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.read_index()?.manifests().iter().filter_map(record_of).collect())
+    }
+
+    /// Finds an image by reference (`ghcr.io/ns/app:1`, or short forms that
+    /// normalize to it) or by a digest prefix of at least 4 hex digits.
+    pub fn lookup(&self, query: &str) -> Result<ImageRecord> {
+        let images = self.images()?;
+        if let Ok(reference) = query.parse::<ImageReference>() {
+            let exact = images.iter().find(|r| r.reference == reference);
+            let by_digest = reference.digest().and_then(|d| {
+                images.iter().find(|r| &r.digest == d && r.reference.name() == reference.name())
+            });
+            if let Some(found) = exact.or(by_digest) {
+                return Ok(found.clone());
+            }
+        }
+        let prefix = query.strip_prefix("sha256:").unwrap_or(query);
+        if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let prefix = prefix.to_ascii_lowercase();
+            let mut matches: Vec<&ImageRecord> = images.iter().filter(|r| r.digest.hex().starts_with(&prefix)).collect();
+            matches.dedup_by(|a, b| a.digest == b.digest);
+            match matches.as_slice() {
+                [one] => return Ok((*one).clone()),
+                [] => {}
+                many => {
+                    return Err(StoreError::Ambiguous {
+                        query: query.to_owned(),
+                        matches: many.iter().map(|r| r.reference.to_string()).collect(),
+                    });
+                }
+            }
+        }
+        Err(StoreError::ImageNotFound { query: query.to_owned() })
+    }
+
+    /// Removes the name `reference`; the caller should then [`Store::gc`].
+    pub fn remove_ref(&self, reference: &ImageReference, _lock: &StoreLock) -> Result<()> {
+        let _guard = self.index_lock()?;
+        let name = reference.to_string();
+        let index = self.read_index()?;
+        let before = index.manifests().len();
+        let manifests: Vec<Descriptor> = index.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
+        if manifests.len() == before {
+            return Err(StoreError::ImageNotFound { query: name });
+        }
+        self.write_index(&manifests)
+    }
+
+    /// Deletes blobs and root filesystems no named image needs. Needs the
+    /// exclusive lock, so that no pull is between writing a blob and naming it.
+    pub fn gc(&self, lock: &StoreLock) -> Result<GcStats> {
+        debug_assert!(lock.exclusive, "gc needs the exclusive store lock");
+        let mut live_blobs = HashSet::new();
+        let mut live_manifests = HashSet::new();
+        for record in self.images()? {
+            live_blobs.insert(record.digest.hex().to_owned());
+            live_manifests.insert(record.digest.hex().to_owned());
+            // A manifest that cannot be read keeps nothing else alive; its
+            // name stays, and `ces pull` mends it.
+            if let Ok(manifest) = self.manifest(&record.digest) {
+                live_blobs.insert(manifest.config().digest().digest().to_owned());
+                for layer in manifest.layers() {
+                    live_blobs.insert(layer.digest().digest().to_owned());
+                }
+            }
+        }
+        let mut stats = GcStats::default();
+        let blobs = self.blobs_dir();
+        for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
+            let entry = entry.map_err(io_err(&blobs))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !live_blobs.contains(&name) {
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                stats.blobs += 1;
+                stats.bytes += size;
+            }
+        }
+        let rootfs = self.root.join("rootfs");
+        for entry in fs::read_dir(&rootfs).map_err(io_err(&rootfs))? {
+            let entry = entry.map_err(io_err(&rootfs))?;
+            if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                remove_tree(&entry.path())?;
+                stats.rootfs += 1;
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Where the rootfs of manifest `digest` is cached.
+    pub fn rootfs_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("rootfs").join(digest.hex())
+    }
+
+    /// The cached rootfs of manifest `digest`, if it has been unpacked.
+    pub fn unpacked(&self, digest: &Digest) -> Option<PathBuf> {
+        let path = self.rootfs_path(digest);
+        path.is_dir().then_some(path)
+    }
+
+    /// Unpacks the image's layers, in order, into the rootfs cache (once: a
+    /// rootfs already there is reused). Each uncompressed layer is checked
+    /// against the config's `diff_ids`. `on_layer(i, n)` is called as layer
+    /// `i` of `n` starts.
+    pub fn unpack(&self, digest: &Digest, options: &UnpackOptions, on_layer: &mut dyn FnMut(usize, usize)) -> Result<PathBuf> {
+        let dest = self.rootfs_path(digest);
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let _guard = self.flock(&self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex())), FlockOperation::LockExclusive)?;
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let manifest = self.manifest(digest)?;
+        let config = self.config(&manifest)?;
+        let diff_ids = config.rootfs().diff_ids();
+        let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
+        fs::create_dir(&temp).map_err(io_err(&temp))?;
+        let result = (|| {
+            let layers = manifest.layers();
+            for (i, layer) in layers.iter().enumerate() {
+                on_layer(i, layers.len());
+                let layer_digest = manifest::descriptor_digest(layer)?;
+                let blob = self.open_blob(&layer_digest)?;
+                let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
+                let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
+                let mut hashing = HashingReader::new(tar);
+                unpack::apply_layer(&temp, &mut hashing, options)
+                    .map_err(|source| StoreError::Unpack { layer: layer_digest.clone(), source })?;
+                // The tar's end blocks and any padding after them count too.
+                let (actual, _) = hashing.drain().map_err(read_err)?;
+                match diff_ids.get(i) {
+                    Some(expected) if *expected == actual.to_string() => {}
+                    expected => {
+                        return Err(StoreError::DiffIdMismatch {
+                            layer: layer_digest.clone(),
+                            expected: expected.cloned().unwrap_or_else(|| "nothing".to_owned()),
+                            actual,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = remove_tree(&temp);
+            return Err(e);
+        }
+        fs::rename(&temp, &dest).map_err(io_err(&dest))?;
+        Ok(dest)
+    }
+}
+
+/// A blob being written: hashed as it goes, renamed into place by
+/// [`BlobWriter::commit`] only if its size and digest are right. Dropped
+/// uncommitted, it removes its temp file.
+pub struct BlobWriter {
+    out: Option<HashingWriter<BufWriter<File>>>,
+    temp: PathBuf,
+    dest: PathBuf,
+    expected: Digest,
+    size: Option<u64>,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.as_ref().map_or(0, HashingWriter::written)
+    }
+
+    /// The store error for a failed write into this blob: more bytes than the
+    /// descriptor said, a full disk, another I/O error.
+    pub fn write_error(&self, error: io::Error) -> StoreError {
+        if error.kind() == io::ErrorKind::InvalidData && self.size.is_some() {
+            return StoreError::TooLong { digest: self.expected.clone(), expected: self.size.unwrap_or_default() };
+        }
+        io_err(&self.temp)(error)
+    }
+
+    /// Checks size and digest, then moves the blob to its content address.
+    pub fn commit(mut self) -> Result<()> {
+        let Some(out) = self.out.take() else { unreachable!("a BlobWriter is committed once, by value") };
+        let (buffered, actual, written) = out.finish();
+        buffered.into_inner().map_err(|e| io_err(&self.temp)(e.into_error()))?;
+        if let Some(size) = self.size {
+            if written != size {
+                return Err(StoreError::SizeMismatch { digest: self.expected.clone(), expected: size, actual: written });
+            }
+        }
+        if actual != self.expected {
+            return Err(StoreError::DigestMismatch { expected: self.expected.clone(), actual });
+        }
+        fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest))?;
+        Ok(())
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let out = self.out.as_mut().ok_or_else(|| io::Error::other("blob already committed"))?;
+        if let Some(size) = self.size {
+            if out.written() + buf.len() as u64 > size {
+                // Stop a registry that sends more than the descriptor said
+                // before it fills the disk.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than its descriptor's {size} bytes", self.expected),
+                ));
+            }
+        }
+        out.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // After a successful commit the temp file has been renamed away, so
+        // this removes only what an abandoned or failed write left.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+impl Store {
+    /// Starts writing a blob whose digest is learnt only as it is written (a
+    /// `docker save` layer, whose file name says nothing of its content).
+    pub fn computed_blob_writer(&self) -> Result<ComputedBlobWriter> {
+        let temp = self.temp_path("blob-computed");
+        let file = File::create(&temp).map_err(io_err(&temp))?;
+        Ok(ComputedBlobWriter {
+            out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
+            temp,
+            blobs: self.blobs_dir(),
+        })
+    }
+}
+
+/// A blob being written whose digest is not known in advance: hashed as it
+/// goes, and renamed by [`ComputedBlobWriter::commit`] to the content address
+/// it turned out to have. Dropped uncommitted, it removes its temp file.
+pub struct ComputedBlobWriter {
+    out: Option<HashingWriter<BufWriter<File>>>,
+    temp: PathBuf,
+    blobs: PathBuf,
+}
+
+impl ComputedBlobWriter {
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.out.as_ref().map_or(0, HashingWriter::written)
+    }
+
+    /// The store error for a failed write into this blob (a full disk, another I/O error).
+    pub fn write_error(&self, error: io::Error) -> StoreError {
+        io_err(&self.temp)(error)
+    }
+
+    /// Moves the blob to its content address, and returns its digest and size.
+    pub fn commit(mut self) -> Result<(Digest, u64)> {
+        let Some(out) = self.out.take() else { unreachable!("a ComputedBlobWriter is committed once, by value") };
+        let (buffered, digest, written) = out.finish();
+        buffered.into_inner().map_err(|e| io_err(&self.temp)(e.into_error()))?;
+        let dest = self.blobs.join(digest.hex());
+        fs::rename(&self.temp, &dest).map_err(io_err(&dest))?;
+        Ok((digest, written))
+    }
+}
+
+impl Write for ComputedBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.as_mut().ok_or_else(|| io::Error::other("blob already committed"))?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.as_mut().map_or(Ok(()), Write::flush)
+    }
+}
+
+impl Drop for ComputedBlobWriter {
+    fn drop(&mut self) {
+        // After a commit the temp file has been renamed away.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+/// Writes `bytes` to `path` through a temp file in the store, synced, then renamed.
+fn write_atomic(store: &Store, path: &Path, bytes: &[u8]) -> Result<()> {
+    let temp = store.temp_path("file");
+    let result = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&temp);
+        io_err(path)(e)
+    })
+}
+
+/// Removes a file or a whole tree, even one with read-only directories (a
+/// rootfs unpacked without root keeps the image's 0555 modes).
+pub fn remove_tree(path: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path).map_err(io_err(path));
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            make_writable(path)?;
+            fs::remove_dir_all(path).map_err(io_err(path))
+        }
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn make_writable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if entry.file_type().map_err(io_err(dir))?.is_dir() {
+            make_writable(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn ref_name(descriptor: &Descriptor) -> Option<&str> {
+    descriptor.annotations().as_ref()?.get(REF_NAME).map(String::as_str)
+}
+
+fn record_of(descriptor: &Descriptor) -> Option<ImageRecord> {
+    let annotations = descriptor.annotations().as_ref()?;
+    Some(ImageRecord {
+        reference: annotations.get(REF_NAME)?.parse().ok()?,
+        digest: manifest::descriptor_digest(descriptor).ok()?,
+        media_type: descriptor.media_type().to_string(),
+        manifest_size: descriptor.size(),
+        pulled_at: annotations.get(PULLED_AT).and_then(|t| t.parse().ok()),
+        index_digest: annotations.get(INDEX_DIGEST).and_then(|d| d.parse().ok()),
+    })
+}
+
+/// A ces digest as an oci-spec one.
+pub fn oci_digest(digest: &Digest) -> oci_spec::image::Digest {
+    // A ces Digest is always a valid sha256 digest, which oci-spec accepts.
+    digest.to_string().parse().unwrap_or_else(|_| unreachable!("sha256 digests are valid OCI digests"))
+}

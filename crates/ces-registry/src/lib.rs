@@ -1,0 +1,17 @@
+//! The OCI distribution client of ces: pulls images from allowed registries
+//! into the [`ces_image::Store`], with the GHCR-style token flow or Basic
+//! auth, size limits on everything, and every blob verified as it streams.
+//!
+//! Hand-written on `reqwest` rather than on `oci-client`, whose pull keeps
+//! whole layers in memory, sets no limits on manifest sizes, and reports a
+//! wrong password as a missing image (see FACTS.md).
+
+pub mod auth;
+pub mod client;
+pub mod error;
+pub mod pull;
+
+pub use auth::{Credentials, Secret};
+pub use client::{Client, ClientConfig, Session};
+pub use error::RegistryError;
+pub use pull::{PullOptions, PullOutcome, PullReporter, Quiet, pull};

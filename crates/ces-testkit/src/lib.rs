@@ -1,0 +1,15 @@
+//! The ces test kit: a real Docker Distribution registry on 127.0.0.1 (anonymous,
+//! htpasswd basic auth, or bearer tokens from a GHCR-like token server of ours),
+//! fixture images built in code, and helpers shared by the integration tests.
+//!
+//! Test code: failures here panic with a message saying what to install or fix.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+pub mod image;
+pub mod layer;
+pub mod registry;
+pub mod token;
+
+pub use image::{BuiltImage, ImageSpec, Style, busybox_image, index};
+pub use layer::{Compression, Entry, Layer};
+pub use registry::{AuthMode, Registry};

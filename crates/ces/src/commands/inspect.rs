@@ -1,0 +1,95 @@
+//! `ces inspect`: an image's config, layers and where it came from.
+
+use std::collections::BTreeMap;
+
+use ces_image::Store;
+
+use crate::commands::pull::human_bytes;
+use crate::settings::Settings;
+
+/// What `ces inspect --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct Inspection {
+    reference: String,
+    digest: String,
+    index_digest: Option<String>,
+    pulled_at: Option<String>,
+    platform: String,
+    created: Option<String>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    user: Option<String>,
+    workdir: Option<String>,
+    labels: BTreeMap<String, String>,
+    layers: Vec<Layer>,
+    rootfs: Option<String>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Layer {
+    digest: String,
+    size: u64,
+    media_type: String,
+}
+
+/// Prints the inspection on stdout.
+pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<()> {
+    let store = Store::open(&settings.storage_root)?;
+    let record = store.lookup(query)?;
+    let manifest = store.manifest(&record.digest)?;
+    let config = store.config(&manifest)?;
+    let run = config.config().clone().unwrap_or_default();
+    let inspection = Inspection {
+        reference: record.reference.to_string(),
+        digest: record.digest.to_string(),
+        index_digest: record.index_digest.as_ref().map(ToString::to_string),
+        pulled_at: record.pulled_at.map(|t| t.to_string()),
+        platform: format!("{}/{}", config.os(), config.architecture()),
+        created: config.created().clone(),
+        entrypoint: run.entrypoint().clone().unwrap_or_default(),
+        cmd: run.cmd().clone().unwrap_or_default(),
+        env: run.env().clone().unwrap_or_default(),
+        user: run.user().clone().filter(|u| !u.is_empty()),
+        workdir: run.working_dir().clone().filter(|w| !w.is_empty()),
+        labels: run.labels().clone().unwrap_or_default().into_iter().collect(),
+        layers: manifest
+            .layers()
+            .iter()
+            .map(|l| Layer { digest: l.digest().to_string(), size: l.size(), media_type: l.media_type().to_string() })
+            .collect(),
+        rootfs: store.unpacked(&record.digest).map(|p| p.display().to_string()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&inspection)?);
+        return Ok(());
+    }
+    let i = &inspection;
+    let none = || "-".to_owned();
+    println!("Reference:   {}", i.reference);
+    println!("Digest:      {}", i.digest);
+    if let Some(index) = &i.index_digest {
+        println!("Index:       {index}");
+    }
+    println!("Platform:    {}", i.platform);
+    println!("Created:     {}", i.created.clone().unwrap_or_else(none));
+    println!("Pulled:      {}", i.pulled_at.clone().unwrap_or_else(none));
+    println!("Entrypoint:  {}", serde_json::to_string(&i.entrypoint)?);
+    println!("Cmd:         {}", serde_json::to_string(&i.cmd)?);
+    println!("User:        {}", i.user.clone().unwrap_or_else(|| "(root)".to_owned()));
+    println!("WorkingDir:  {}", i.workdir.clone().unwrap_or_else(none));
+    println!("Env:");
+    for var in &i.env {
+        println!("  {var}");
+    }
+    println!("Labels:");
+    for (key, value) in &i.labels {
+        println!("  {key}={value}");
+    }
+    println!("Layers:");
+    for layer in &i.layers {
+        println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), layer.media_type);
+    }
+    println!("Rootfs:      {}", i.rootfs.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
+    Ok(())
+}

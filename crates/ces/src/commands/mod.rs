@@ -1,0 +1,6 @@
+//! One module per command; each reads like a short story.
+
+pub mod images;
+pub mod inspect;
+pub mod pull;
+pub mod rmi;

@@ -1,0 +1,122 @@
+//! `ces pull` and `ces-pull`: fetch an image from an allowed registry into the
+//! store, then unpack its root filesystem into the cache.
+
+use std::io::BufRead as _;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use ces_image::{ImageReference, Store};
+use ces_registry::{Client, ClientConfig, Credentials, PullOptions, Secret};
+
+use crate::printer::Printer;
+use crate::settings::Settings;
+
+/// A pull, as asked for on either command line.
+#[derive(Debug)]
+pub struct PullRequest {
+    /// The reference as typed.
+    pub reference: String,
+    /// Who to pull as.
+    pub credentials: Credentials,
+    /// Unpack the root filesystem after the pull.
+    pub unpack: bool,
+}
+
+/// Reads a token from standard input (one line; the newline is not part of it).
+pub fn token_from_stdin() -> anyhow::Result<Secret> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("cannot read the token from standard input")?;
+    Ok(Secret::new(line.trim_end_matches(['\r', '\n'])))
+}
+
+/// The token from `CES_REGISTRY_TOKEN`, if set.
+pub fn token_from_env() -> Option<Secret> {
+    std::env::var("CES_REGISTRY_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new)
+}
+
+/// Runs the pull and prints the pinned reference on stdout.
+pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> anyhow::Result<()> {
+    let reference: ImageReference = request.reference.parse()?;
+    let client = Client::new(ClientConfig {
+        allowed: settings.registries.allowed.clone(),
+        insecure: settings.registries.insecure.clone(),
+    })?;
+    // Refuse before opening the store or touching the network.
+    client.check_allowed(reference.registry())?;
+    let store = Store::open(&settings.storage_root)?;
+    let lock = store.lock_shared()?;
+    printer.status(format!(
+        "Pulling {reference}{}",
+        request.credentials.user().map(|u| format!(" as {u}")).unwrap_or_default()
+    ));
+
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let reporter = printer.pull_reporter();
+    let outcome = runtime.block_on(ces_registry::pull(
+        &client,
+        &store,
+        &lock,
+        &reference,
+        &request.credentials,
+        &PullOptions::default(),
+        &reporter,
+    ))?;
+    drop(runtime);
+    printer.status(format!(
+        "Pulled {} layers ({} new, {}) in {:.2}s",
+        outcome.layers,
+        outcome.layers - outcome.reused,
+        human_bytes(outcome.downloaded),
+        started.elapsed().as_secs_f64()
+    ));
+
+    // Named only once usable: an image whose layers cannot be unpacked
+    // (a corrupt or malicious layer) is not left in `ces images`.
+    if request.unpack {
+        unpack(&store, printer, &outcome.record.digest)?;
+    }
+    store.add_ref(&outcome.record)?;
+    drop(lock);
+    println!("{}", reference.with_digest(outcome.record.digest.clone()));
+    Ok(())
+}
+
+/// Unpacks the image's root filesystem into the cache, with a spinner.
+pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> anyhow::Result<()> {
+    if store.unpacked(digest).is_some() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let options = ces_image::unpack::UnpackOptions::for_current_user();
+    let spinner = printer.spinner("Unpacking");
+    let result = store.unpack(digest, &options, &mut |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1)));
+    spinner.finish_and_clear();
+    let path = result?;
+    printer.status(format!("Unpacked to {} in {:.2}s", path.display(), started.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+/// `12.3 MB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn human_bytes_uses_si_units() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500), "1.5 kB");
+        assert_eq!(human_bytes(209_715_200), "209.7 MB");
+    }
+}

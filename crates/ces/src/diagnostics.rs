@@ -1,0 +1,96 @@
+//! How a failure reaches the user: one `error:` line with the cause chain,
+//! then `hint:` lines where a fix is known.
+
+use ces_image::StoreError;
+use ces_image::reference::ReferenceError;
+use ces_registry::RegistryError;
+
+use crate::settings::ConfigError;
+
+/// Exit code for ces's own failures (as podman uses it).
+pub const EXIT_ERROR: u8 = 125;
+
+/// The error line: each cause once, joined with `: `.
+pub fn message(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        // `#[error(transparent)]` wrappers repeat their source's text.
+        if parts.last().is_none_or(|last| *last != text) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+/// Hints for the first cause ces knows how to fix. `config` names the config file.
+pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<RegistryError>() {
+            return registry_hints(e, config);
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            return store_hints(e);
+        }
+        if cause.downcast_ref::<ReferenceError>().is_some() {
+            return vec!["references look like ghcr.io/<namespace>/<name>:<tag> or ghcr.io/<namespace>/<name>@sha256:<digest>".into()];
+        }
+        if cause.downcast_ref::<ConfigError>().is_some() {
+            return vec!["see docs/config.md for the settings and their types".into()];
+        }
+    }
+    Vec::new()
+}
+
+fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
+    match error {
+        RegistryError::NotAllowed { .. } => vec![format!(
+            "only approved registries can be pulled from; ask the TRE operator to add it to [registries] allowed in {config}"
+        )],
+        RegistryError::Unreachable { registry, .. } => vec![format!(
+            "check the name {registry} and that this machine can reach it; a local registry over plain HTTP must be listed in [registries] insecure in {config}"
+        )],
+        RegistryError::BadCredentials { .. } => vec![
+            "check the user name and token; for ghcr.io use a personal access token with the read:packages scope".into(),
+        ],
+        RegistryError::Unauthorized { anonymous: true, .. } => vec![
+            "if the image is private, give a user and token: ces pull --user USER --password-stdin IMAGE (or CES_REGISTRY_TOKEN)".into(),
+            "if it is public, check the repository name".into(),
+        ],
+        RegistryError::Unauthorized { anonymous: false, .. } => {
+            vec!["this account cannot read the repository; ask its owner for access, or check the name".into()]
+        }
+        RegistryError::NotFound { .. } => vec!["check the repository name and the tag (both are case-sensitive)".into()],
+        RegistryError::NoPlatform { platform, .. } => vec![format!(
+            "build and push the image for {platform}, e.g. docker buildx build --platform {platform} ..."
+        )],
+        RegistryError::ManifestDigestMismatch { .. } => {
+            vec!["the registry served a manifest that is not the one pinned; nothing was stored".into()]
+        }
+        RegistryError::Transfer { .. } => vec!["the download broke off; run the pull again (verified blobs are reused)".into()],
+        RegistryError::Store(e) => store_hints(e),
+        RegistryError::TooLarge { .. }
+        | RegistryError::Status { .. }
+        | RegistryError::BadAuth { .. }
+        | RegistryError::Manifest(_)
+        | RegistryError::Client(_) => Vec::new(),
+    }
+}
+
+fn store_hints(error: &StoreError) -> Vec<String> {
+    match error {
+        StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. } | StoreError::TooLong { .. } => vec![
+            "the registry served corrupt data; it was discarded and nothing was stored. Try again, and report it to the registry's owner if it persists".into(),
+        ],
+        StoreError::DiskFull { .. } => {
+            vec!["free some space (ces gc, ces rmi), or set [storage] root to a larger disk".into()]
+        }
+        StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
+        StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
+        StoreError::Unpack { source, .. } if matches!(source, ces_image::unpack::UnpackError::Escape { .. }) => vec![
+            "the layer tries to write outside the image's filesystem: do not use this image, and report it".into(),
+        ],
+        StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],
+        _ => Vec::new(),
+    }
+}

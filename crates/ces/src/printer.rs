@@ -1,0 +1,98 @@
+//! What the user sees while a command works: progress bars on a terminal
+//! (nothing on a pipe or with `--quiet`), status lines on stderr.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ces_image::{Digest, ImageReference};
+use ces_registry::PullReporter;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Prints status lines and owns the progress bars.
+#[derive(Debug, Clone)]
+pub struct Printer {
+    quiet: bool,
+    bars: MultiProgress,
+}
+
+impl Printer {
+    /// A printer; bars only when stderr is a terminal and not `quiet`.
+    pub fn new(quiet: bool) -> Printer {
+        let target = if quiet || !std::io::stderr().is_terminal() {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        Printer { quiet, bars: MultiProgress::with_draw_target(target) }
+    }
+
+    /// A status line on stderr (suspended around the bars).
+    pub fn status(&self, line: impl AsRef<str>) {
+        if !self.quiet {
+            self.bars.suspend(|| eprintln!("{}", line.as_ref()));
+        }
+    }
+
+    /// A spinner with a message, for a step of unknown length.
+    pub fn spinner(&self, message: impl Into<String>) -> ProgressBar {
+        let bar = self.bars.add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_message(message.into());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
+    /// A reporter that draws one bar per layer.
+    pub fn pull_reporter(&self) -> PullProgress {
+        PullProgress { printer: self.clone(), bars: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// One progress bar per layer of a pull.
+#[derive(Debug)]
+pub struct PullProgress {
+    printer: Printer,
+    bars: Mutex<HashMap<Digest, ProgressBar>>,
+}
+
+impl PullProgress {
+    fn with_bar(&self, digest: &Digest, f: impl FnOnce(&ProgressBar)) {
+        if let Some(bar) = self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+            f(bar);
+        }
+    }
+}
+
+impl PullReporter for PullProgress {
+    fn resolved(&self, reference: &ImageReference, digest: &Digest) {
+        self.printer.status(format!("Resolved {reference} to {digest}"));
+    }
+
+    fn layer_start(&self, digest: &Digest, size: u64, reused: bool) {
+        let bar = self.printer.bars.add(ProgressBar::new(size));
+        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(digest.short().to_owned());
+        if reused {
+            bar.set_position(size);
+            bar.finish_with_message("already present");
+        }
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone(), bar);
+    }
+
+    fn layer_progress(&self, digest: &Digest, bytes: u64) {
+        self.with_bar(digest, |bar| bar.inc(bytes));
+    }
+
+    fn layer_done(&self, digest: &Digest) {
+        self.with_bar(digest, |bar| {
+            if !bar.is_finished() {
+                bar.finish_with_message("verified");
+            }
+        });
+    }
+}

@@ -1,0 +1,180 @@
+//! Settings: the config file (`--config`, else `$CES_CONFIG`, else
+//! `/etc/ces/config.toml`) merged with the command line, resolved once here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+/// The system-wide config file.
+pub const SYSTEM_CONFIG: &str = "/etc/ces/config.toml";
+
+/// The config file, as written (see docs/config.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[registries]`.
+    #[serde(default)]
+    pub registries: RegistriesConfig,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[registries]`: where images may come from.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistriesConfig {
+    /// Registries that may be pulled from (`host[:port]`).
+    #[serde(default = "default_allowed")]
+    pub allowed: Vec<String>,
+    /// Of those, the ones reached over plain HTTP.
+    #[serde(default)]
+    pub insecure: Vec<String>,
+}
+
+impl Default for RegistriesConfig {
+    fn default() -> Self {
+        RegistriesConfig { allowed: default_allowed(), insecure: Vec::new() }
+    }
+}
+
+fn default_allowed() -> Vec<String> {
+    vec!["ghcr.io".to_owned()]
+}
+
+/// `[storage]`: where the image store lives.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The store root; a per-user default when not set.
+    pub root: Option<PathBuf>,
+}
+
+/// Everything a command needs to know, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The config file read, if any.
+    pub config_path: Option<PathBuf>,
+    /// The registry policy.
+    pub registries: RegistriesConfig,
+    /// The store root.
+    pub storage_root: PathBuf,
+}
+
+/// A config file error, with the place it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config {}{}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), key.as_ref().map(|k| format!(", key {k}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// The dotted key, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Settings {
+    /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
+    /// exist; the system file is used only if present.
+    pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
+        let (path, config) = match explicit {
+            Some(path) => (Some(path.to_owned()), read_config(path)?),
+            None if Path::new(SYSTEM_CONFIG).exists() => {
+                (Some(PathBuf::from(SYSTEM_CONFIG)), read_config(Path::new(SYSTEM_CONFIG))?)
+            }
+            None => (None, ConfigFile::default()),
+        };
+        let storage_root = match config.storage.root {
+            Some(root) => root,
+            None => default_storage_root()?,
+        };
+        Ok(Settings { config_path: path, registries: config.registries, storage_root })
+    }
+
+    /// The config file to name in hints.
+    pub fn config_shown(&self) -> String {
+        self.config_path.as_deref().unwrap_or(Path::new(SYSTEM_CONFIG)).display().to_string()
+    }
+}
+
+fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    parse_config(path, &text).map_err(Into::into)
+}
+
+/// Parses config text, naming the line and key of any error.
+pub fn parse_config(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    let located = |error: &toml::de::Error, key: Option<String>| ConfigError {
+        path: path.to_owned(),
+        line: error.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1),
+        key,
+        message: error.message().trim().to_owned(),
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| located(&e, None))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        located(e.inner(), (key != ".").then_some(key))
+    })
+}
+
+/// `/var/lib/ces` for root; `$XDG_DATA_HOME/ces` or `~/.local/share/ces` for others.
+fn default_storage_root() -> anyhow::Result<PathBuf> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/ces"));
+    }
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(data).join("ces"));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context("neither HOME nor [storage] root is set")?;
+    Ok(PathBuf::from(home).join(".local/share/ces"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
+        parse_config(Path::new("/etc/ces/config.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.registries.allowed, ["ghcr.io"]);
+        assert!(c.registries.insecure.is_empty());
+        assert!(c.storage.root.is_none());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse("[registries]\nallowed = [\"ghcr.io\", \"127.0.0.1:5000\"]\ninsecure = [\"127.0.0.1:5000\"]\n\n[storage]\nroot = \"/srv/ces\"\n").unwrap();
+        assert_eq!(c.registries.allowed, ["ghcr.io", "127.0.0.1:5000"]);
+        assert_eq!(c.registries.insecure, ["127.0.0.1:5000"]);
+        assert_eq!(c.storage.root.as_deref(), Some(Path::new("/srv/ces")));
+    }
+
+    #[test]
+    fn wrong_type_names_file_line_and_key() {
+        let e = parse("[registries]\n\nallowed = 5\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert_eq!(e.key.as_deref(), Some("registries.allowed"), "{e}");
+        let msg = e.to_string();
+        assert!(msg.starts_with("invalid config /etc/ces/config.toml, line 3, key registries.allowed: "), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = parse("[registries]\nalowed = [\"ghcr.io\"]\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().contains("alowed"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let e = parse("[storage]\nroot = \"/x\n").unwrap_err();
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+}

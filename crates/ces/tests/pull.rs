@@ -1,0 +1,471 @@
+//! `ces pull` / `ces-pull` against a real Docker Distribution registry: auth
+//! flows, allowlist, platform selection, media types, verification, store
+//! consistency and interoperability. One registry per mode for the binary;
+//! every test uses repositories of its own.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+
+use ces_testkit::layer::{Compression, Entry, Layer, busybox_entries};
+use ces_testkit::{AuthMode, ImageSpec, Registry, Style, busybox_image, index};
+use common::Sandbox;
+
+const TOKEN_PUBLIC: &str = "public/";
+
+fn anon() -> &'static Registry {
+    Registry::shared(AuthMode::Anonymous)
+}
+
+fn pinned(registry: &Registry, repo: &str, digest: &str) -> String {
+    format!("{}/{repo}@{digest}", registry.host())
+}
+
+#[test]
+fn anonymous_pull_stores_names_and_unpacks_the_image() {
+    let reg = anon();
+    let image = busybox_image().label("org.opencontainers.image.source", "https://github.com/ces-tre/fixtures").build();
+    let digest = reg.push(&image, "pull/busybox", "1.0");
+    let sb = Sandbox::new(&[reg]);
+    let reference = format!("{}/pull/busybox:1.0", reg.host());
+
+    let out = sb.ces(&["pull", &reference]);
+    assert_eq!(out.ok().trim(), pinned(reg, "pull/busybox", &digest), "stdout is the pinned reference");
+
+    let images = sb.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["reference"], reference.as_str());
+    assert_eq!(images[0]["digest"], digest.as_str());
+    assert!(images[0]["pulled_at"].as_str().is_some());
+    for blob in image.layer_digests.iter().chain([&image.config_digest, &image.digest]) {
+        assert!(sb.has_blob(blob), "blob {blob} stored");
+    }
+    let rootfs = sb.rootfs(&digest);
+    assert_eq!(std::fs::read(rootfs.join("bin/busybox")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    assert_eq!(std::fs::read_link(rootfs.join("bin/sh")).unwrap().to_str(), Some("busybox"));
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+
+    let inspect: serde_json::Value = serde_json::from_str(sb.ces(&["inspect", "--json", &reference]).ok()).unwrap();
+    assert_eq!(inspect["digest"], digest.as_str());
+    assert_eq!(inspect["cmd"], serde_json::json!(["sh"]));
+    assert_eq!(inspect["platform"], "linux/amd64");
+    assert_eq!(inspect["labels"]["org.opencontainers.image.source"], "https://github.com/ces-tre/fixtures");
+    assert_eq!(inspect["layers"][0]["digest"], image.layer_digests[0].as_str());
+    // Short forms find it too: a digest prefix.
+    let by_prefix = sb.ces(&["inspect", "--json", &digest["sha256:".len().."sha256:".len() + 12]]);
+    assert!(by_prefix.ok().contains(&digest));
+}
+
+#[test]
+fn pull_by_digest_and_second_pull_reuses_verified_blobs() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("data/x", "reuse")])]).build();
+    let digest = reg.push(&image, "pull/reuse", "v1");
+    let sb = Sandbox::new(&[reg]);
+    let by_digest = pinned(reg, "pull/reuse", &digest);
+    sb.ces(&["pull", &by_digest]).ok();
+    let layer = sb.blob_path(&image.layer_digests[0]);
+    let before = std::fs::metadata(&layer).unwrap().modified().unwrap();
+
+    let again = sb.ces(&["pull", &format!("{}/pull/reuse:v1", reg.host())]);
+    again.ok();
+    assert!(again.stderr.contains("(0 new"), "both layers reused: {}", again.stderr);
+    assert_eq!(std::fs::metadata(&layer).unwrap().modified().unwrap(), before, "layer not rewritten");
+    let refs: Vec<_> = sb.images().iter().map(|i| i["reference"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(refs, [by_digest, format!("{}/pull/reuse:v1", reg.host())]);
+}
+
+#[test]
+fn multi_arch_index_picks_the_host_platform_not_the_first_entry() {
+    let reg = anon();
+    let arm = busybox_image().arch("arm64").label("arch", "arm64").build();
+    let amd = busybox_image().arch("amd64").label("arch", "amd64").build();
+    for style in [Style::Oci, Style::Docker] {
+        let list = index(&[arm.clone(), amd.clone()], style);
+        let repo = format!("pull/multiarch-{style:?}").to_lowercase();
+        let top = reg.push(&list, &repo, "latest");
+        let sb = Sandbox::new(&[reg]);
+        sb.ces(&["pull", &format!("{}/{repo}", reg.host())]).ok();
+        let images = sb.images();
+        assert_eq!(images[0]["digest"], amd.digest.as_str(), "{style:?}: the amd64 manifest");
+        assert_eq!(images[0]["index_digest"], top.as_str(), "{style:?}: the index is recorded");
+        assert!(!sb.has_blob(&arm.config_digest), "{style:?}: nothing of arm64 fetched");
+    }
+}
+
+#[test]
+fn index_without_the_host_platform_is_refused_naming_what_it_offers() {
+    let reg = anon();
+    let list = index(&[busybox_image().arch("arm64").build(), busybox_image().arch("s390x").build()], Style::Oci);
+    reg.push(&list, "pull/armonly", "latest");
+    let sb = Sandbox::new(&[reg]);
+    let out = sb.ces(&["pull", &format!("{}/pull/armonly", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains("no manifest for linux/amd64"), "{err}");
+    assert!(err.contains("linux/arm64, linux/s390x"), "{err}");
+    assert!(err.contains("hint: build and push the image for linux/amd64"), "{err}");
+    assert!(sb.images().is_empty());
+}
+
+#[test]
+fn docker_media_types_zstd_and_plain_layers_pull_and_unpack() {
+    let reg = anon();
+    let cases = [
+        ("pull/docker-style", busybox_image().style(Style::Docker)),
+        ("pull/zstd", ImageSpec::new(vec![Layer::new(busybox_entries()).compressed(Compression::Zstd)])),
+        ("pull/plain", ImageSpec::new(vec![Layer::new(busybox_entries()).compressed(Compression::None)])),
+    ];
+    for (repo, spec) in cases {
+        let image = spec.build();
+        let digest = reg.push(&image, repo, "1");
+        let sb = Sandbox::new(&[reg]);
+        sb.ces(&["pull", &format!("{}/{repo}:1", reg.host())]).ok();
+        assert!(sb.rootfs(&digest).join("bin/busybox").is_file(), "{repo} unpacked");
+    }
+}
+
+#[test]
+fn whiteouts_across_layers_are_applied_in_the_cache() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::dir("etc"), Entry::file("etc/keep", "1"), Entry::file("etc/gone", "2"), Entry::dir("opt/app"), Entry::file("opt/app/old", "3")]),
+        Layer::new(vec![Entry::whiteout("etc/gone"), Entry::opaque("opt/app"), Entry::file("opt/app/new", "4")]),
+    ])
+    .build();
+    let digest = reg.push(&image, "pull/whiteouts", "1");
+    let sb = Sandbox::new(&[reg]);
+    sb.ces(&["pull", &format!("{}/pull/whiteouts:1", reg.host())]).ok();
+    let root = sb.rootfs(&digest);
+    assert!(root.join("etc/keep").exists());
+    assert!(!root.join("etc/gone").exists());
+    assert!(!root.join("etc/.wh.gone").exists());
+    assert!(!root.join("opt/app/old").exists());
+    assert!(root.join("opt/app/new").exists());
+}
+
+#[test]
+fn token_flow_anonymous_public_private_right_and_wrong_token() {
+    let reg = Registry::shared(AuthMode::Token);
+    let (user, password) = reg.credentials();
+    let image = busybox_image().build();
+    reg.push(&image, &format!("{TOKEN_PUBLIC}tok"), "1");
+    reg.push(&image, "private/tok", "1");
+    let public = format!("{}/{TOKEN_PUBLIC}tok:1", reg.host());
+    let private = format!("{}/private/tok:1", reg.host());
+
+    // Public repository, no credentials: the anonymous token suffices.
+    let sb = Sandbox::new(&[reg]);
+    sb.ces(&["pull", &public]).ok();
+
+    // Private repository without credentials.
+    let err = sb.ces(&["pull", &private]);
+    let err = err.fails();
+    assert!(err.contains("not authorized to pull private/tok from") && err.contains("anonymously"), "{err}");
+    assert!(err.contains("hint: if the image is private, give a user and token"), "{err}");
+
+    // Wrong token: said plainly, and never echoed.
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--user", user, &private]);
+    cmd.env("CES_REGISTRY_TOKEN", "wrong-token-123");
+    let out = sb.run(cmd);
+    let err = out.fails();
+    assert!(err.contains(&format!("rejected the credentials of user {user}")), "{err}");
+    assert!(!format!("{}{}", out.stdout, out.stderr).contains("wrong-token-123"));
+
+    // Right token from the environment, then from stdin.
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--user", user, &private]);
+    cmd.env("CES_REGISTRY_TOKEN", password);
+    let out = sb.run(cmd);
+    out.ok();
+    let sb2 = Sandbox::new(&[reg]);
+    sb2.ces_stdin(&["pull", "--user", user, "--password-stdin", &private], &format!("{password}\n")).ok();
+
+    // The token reaches no output and no file of the store.
+    for (path, bytes) in common::all_file_bytes(&sb.store).into_iter().chain(common::all_file_bytes(&sb2.store)) {
+        assert!(!bytes.windows(password.len()).any(|w| w == password.as_bytes()), "token found in {}", path.display());
+    }
+    assert!(!out.stderr.contains(password) && !out.stdout.contains(password));
+}
+
+#[test]
+fn basic_auth_registry_with_right_and_wrong_password() {
+    let reg = Registry::shared(AuthMode::Basic);
+    let (user, password) = reg.credentials();
+    reg.push(&busybox_image().build(), "basic/app", "1");
+    let reference = format!("{}/basic/app:1", reg.host());
+    let sb = Sandbox::new(&[reg]);
+
+    let err = sb.ces(&["pull", &reference]);
+    assert!(err.fails().contains("not authorized"), "{}", err.stderr);
+    let bad = sb.ces_stdin(&["pull", "-u", user, "--password-stdin", &reference], "nope\n");
+    assert!(bad.fails().contains(&format!("rejected the credentials of user {user}")), "{}", bad.stderr);
+    sb.ces_stdin(&["pull", "-u", user, "--password-stdin", &reference], &format!("{password}\n")).ok();
+}
+
+#[test]
+fn ces_pull_compatible_form_anonymous_and_with_runtime_and_token() {
+    let reg = Registry::shared(AuthMode::Token);
+    let (user, password) = reg.credentials();
+    let image = busybox_image().build();
+    reg.push(&image, &format!("{TOKEN_PUBLIC}compat"), "2");
+    reg.push(&image, "private/compat", "2");
+    let sb = Sandbox::new(&[reg]);
+    let ces_pull = env!("CARGO_BIN_EXE_ces-pull");
+
+    let out = sb.run(sb.command(ces_pull, &["", "", &format!("{}/{TOKEN_PUBLIC}compat:2", reg.host())]));
+    assert_eq!(out.ok().trim(), pinned(reg, &format!("{TOKEN_PUBLIC}compat"), &image.digest));
+    sb.run(sb.command(ces_pull, &["native", user, password, &format!("{}/private/compat:2", reg.host())])).ok();
+    assert_eq!(sb.images().len(), 2);
+    let bad = sb.run(sb.command(ces_pull, &["docker", user, password, "x/y"]));
+    assert_eq!(bad.code, 2, "usage error: {}", bad.stderr);
+    assert!(bad.stderr.contains("unknown runtime \"docker\""), "{}", bad.stderr);
+}
+
+#[test]
+fn registry_outside_the_allowlist_is_refused_before_any_traffic() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let sb = Sandbox::with_hosts(&["ghcr.io".into()], &[]);
+    let out = sb.ces(&["pull", &format!("{host}/ns/app:1")]);
+    let err = out.fails();
+    assert!(err.contains(&format!("registry {host} is not allowed (allowed: ghcr.io)")), "{err}");
+    assert!(err.contains("hint: only approved registries"), "{err}");
+    assert!(listener.accept().is_err(), "no connection reached the listener");
+    assert!(!sb.store.exists(), "the store was not even created");
+}
+
+#[test]
+fn malformed_reference_unreachable_and_unknown_tag_are_clear_errors() {
+    let sb = Sandbox::new(&[anon()]);
+    let bad = sb.ces(&["pull", "Ghcr.io/NS/App"]);
+    assert!(bad.fails().contains("invalid image reference \"Ghcr.io/NS/App\""), "{}", bad.stderr);
+    assert!(bad.stderr.contains("hint: references look like"), "{}", bad.stderr);
+
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let sb2 = Sandbox::with_hosts(std::slice::from_ref(&closed), std::slice::from_ref(&closed));
+    let down = sb2.ces(&["pull", &format!("{closed}/ns/app:1")]);
+    assert!(down.fails().contains(&format!("cannot reach registry {closed}")), "{}", down.stderr);
+    assert!(down.stderr.contains("hint: check the name"), "{}", down.stderr);
+
+    let unknown = sb.ces(&["pull", &format!("{}/pull/does-not-exist:nope", anon().host())]);
+    assert!(unknown.fails().contains("not found in the registry"), "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("hint: check the repository name and the tag"), "{}", unknown.stderr);
+}
+
+#[test]
+fn corrupt_blob_served_by_the_registry_fails_naming_the_digest_and_stores_nothing() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("payload", vec![7u8; 300_000])]).compressed(Compression::None)]).build();
+    reg.push(&image, "pull/corrupt", "1");
+    let layer = &image.layer_digests[0];
+    let data = reg.blob_data_path(layer);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[200_000] ^= 0xff; // same size, different content
+    std::fs::write(&data, &bytes).unwrap();
+
+    let sb = Sandbox::new(&[reg]);
+    let out = sb.ces(&["pull", &format!("{}/pull/corrupt:1", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains(&format!("content of {layer} does not match its digest")), "{err}");
+    assert!(err.contains("hint: the registry served corrupt data"), "{err}");
+    assert!(!sb.has_blob(layer), "corrupt layer not stored");
+    assert!(sb.images().is_empty(), "nothing named");
+    assert!(sb.tmp_leftovers().is_empty(), "temp file removed: {:?}", sb.tmp_leftovers());
+}
+
+#[test]
+fn truncated_blob_served_by_the_registry_is_a_size_mismatch() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("payload", vec![9u8; 100_000])]).compressed(Compression::None)]).build();
+    reg.push(&image, "pull/truncated", "1");
+    let layer = &image.layer_digests[0];
+    let data = reg.blob_data_path(layer);
+    let bytes = std::fs::read(&data).unwrap();
+    std::fs::write(&data, &bytes[..bytes.len() / 2]).unwrap();
+
+    let sb = Sandbox::new(&[reg]);
+    let out = sb.ces(&["pull", &format!("{}/pull/truncated:1", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains(&layer.to_string()) && err.contains("its descriptor says"), "{err}");
+    assert!(sb.images().is_empty());
+    assert!(sb.tmp_leftovers().is_empty());
+}
+
+#[test]
+fn layer_that_escapes_the_rootfs_fails_the_pull_and_leaves_nothing_named() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("../../escaped-by-ces-test", "pwned")])]).build();
+    reg.push(&image, "pull/escape", "1");
+    let sb = Sandbox::new(&[reg]);
+    let out = sb.ces(&["pull", &format!("{}/pull/escape:1", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains(&format!("cannot unpack layer {}", image.layer_digests[0])), "{err}");
+    assert!(err.contains("hint: the layer tries to write outside"), "{err}");
+    assert!(sb.images().is_empty(), "not named");
+    assert!(!sb.rootfs(&image.digest).exists());
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+    for dir in [sb.store.clone(), sb.store.join("tmp"), sb.dir.path().to_owned()] {
+        assert!(!dir.join("escaped-by-ces-test").exists());
+    }
+}
+
+#[test]
+fn two_concurrent_pulls_of_one_image_both_succeed_with_one_consistent_copy() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![
+        Layer::new(busybox_entries()),
+        Layer::new(vec![Entry::file("big", (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect::<Vec<_>>())]),
+    ])
+    .build();
+    reg.push(&image, "pull/concurrent", "1");
+    let sb = Sandbox::new(&[reg]);
+    let reference = format!("{}/pull/concurrent:1", reg.host());
+    let children: Vec<_> = (0..2)
+        .map(|_| sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &reference]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let images = sb.images();
+    assert_eq!(images.len(), 1, "one entry: {images:?}");
+    assert_eq!(images[0]["digest"], image.digest.as_str());
+    assert!(sb.rootfs(&image.digest).join("big").is_file());
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+    assert_eq!(std::fs::read_dir(sb.store.join("rootfs")).unwrap().count(), 1);
+}
+
+#[test]
+fn pull_killed_mid_download_leaves_a_consistent_store_and_the_next_pull_completes() {
+    let reg = anon();
+    // Incompressible, so the download takes long enough to be caught in flight.
+    let mut state = 0x2545_f491_u32;
+    let noise: Vec<u8> = (0..64_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("noise", noise)]).compressed(Compression::None)]).build();
+    reg.push(&image, "pull/killed", "1");
+    let sb = Sandbox::new(&[reg]);
+    let reference = format!("{}/pull/killed:1", reg.host());
+
+    let mut child = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &reference]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let caught = loop {
+        let partial = std::fs::read_dir(sb.store.join("tmp"))
+            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("blob-") && e.metadata().is_ok_and(|m| m.len() > 0)))
+            .unwrap_or(false);
+        if partial || std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break partial;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(caught, "the pull was killed while a blob was half-written");
+
+    // Consistent: nothing named, no half blob under a content address.
+    assert!(sb.images().is_empty());
+    assert!(!sb.has_blob(&image.layer_digests[0]));
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.store.join("oci/index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"], serde_json::json!([]));
+
+    sb.ces(&["pull", &reference]).ok();
+    assert!(sb.tmp_leftovers().is_empty(), "leftovers cleaned: {:?}", sb.tmp_leftovers());
+    assert_eq!(sb.images()[0]["digest"], image.digest.as_str());
+}
+
+#[test]
+fn rmi_removes_the_name_and_only_blobs_no_other_image_uses() {
+    let reg = anon();
+    let shared = Layer::new(busybox_entries());
+    let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", "only in a")])]).build();
+    let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", "only in b")])]).build();
+    reg.push(&a, "pull/rmi-a", "1");
+    reg.push(&b, "pull/rmi-b", "1");
+    let sb = Sandbox::new(&[reg]);
+    let ref_a = format!("{}/pull/rmi-a:1", reg.host());
+    sb.ces(&["pull", &ref_a]).ok();
+    sb.ces(&["pull", &format!("{}/pull/rmi-b:1", reg.host())]).ok();
+
+    assert_eq!(sb.ces(&["rmi", &ref_a]).ok().trim(), format!("Untagged: {ref_a}"));
+    let images = sb.images();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["digest"], b.digest.as_str());
+    assert!(sb.has_blob(&a.layer_digests[0]), "shared layer kept");
+    assert!(!sb.has_blob(&a.layer_digests[1]), "a's own layer deleted");
+    assert!(!sb.has_blob(&a.digest) && !sb.has_blob(&a.config_digest));
+    assert!(!sb.rootfs(&a.digest).exists() && sb.rootfs(&b.digest).exists());
+
+    let missing = sb.ces(&["rmi", &ref_a]);
+    assert!(missing.fails().contains("no image"), "{}", missing.stderr);
+    assert!(missing.stderr.contains("hint: pull it first"), "{}", missing.stderr);
+}
+
+#[test]
+fn store_is_an_oci_layout_that_umoci_and_skopeo_read() {
+    let reg = anon();
+    let image = busybox_image().build();
+    let digest = reg.push(&image, "pull/interop", "3.1");
+    let sb = Sandbox::new(&[reg]);
+    let reference = format!("{}/pull/interop:3.1", reg.host());
+    sb.ces(&["pull", &reference]).ok();
+    let layout = sb.store.join("oci");
+
+    let umoci = Command::new("umoci").args(["ls", "--layout"]).arg(&layout).output().unwrap();
+    assert!(umoci.status.success(), "{}", String::from_utf8_lossy(&umoci.stderr));
+    assert_eq!(String::from_utf8_lossy(&umoci.stdout).trim(), reference);
+
+    let skopeo = Command::new("skopeo").arg("inspect").arg(format!("oci:{}:{reference}", layout.display())).output().unwrap();
+    assert!(skopeo.status.success(), "{}", String::from_utf8_lossy(&skopeo.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&skopeo.stdout).unwrap();
+    assert_eq!(info["Digest"], digest.as_str());
+    assert_eq!(info["Layers"][0], image.layer_digests[0].as_str());
+}
+
+#[test]
+fn bad_config_file_names_file_line_and_key() {
+    let sb = Sandbox::new(&[]);
+    std::fs::write(&sb.config, "[registries]\nallowed = \"ghcr.io\"\n").unwrap();
+    let out = sb.ces(&["images"]);
+    let err = out.fails();
+    assert!(err.contains(&format!("invalid config {}, line 2, key registries.allowed", sb.config.display())), "{err}");
+    let missing = sb.run({
+        let mut c = sb.command(env!("CARGO_BIN_EXE_ces"), &["images"]);
+        c.env("CES_CONFIG", sb.dir.path().join("nope.toml"));
+        c
+    });
+    assert!(missing.fails().contains("cannot read config"), "{}", missing.stderr);
+}
+
+#[test]
+fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
+    assert!(rustix::process::geteuid().is_root(), "this test mounts a small tmpfs: run the suite as root (CI does)");
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::None)]).build();
+    reg.push(&image, "pull/diskfull", "1");
+    let sb = Sandbox::new(&[reg]);
+    std::fs::create_dir_all(&sb.store).unwrap();
+    let mount = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&sb.store).status().unwrap();
+    assert!(mount.success());
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&sb.store);
+
+    let out = sb.ces(&["pull", &format!("{}/pull/diskfull:1", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains("no space left on the device"), "{err}");
+    assert!(err.contains("hint: free some space"), "{err}");
+    assert!(sb.images().is_empty());
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+}
