@@ -6,6 +6,7 @@
 //! client feeds the store through [`store::BlobWriter`], and the binary reports
 //! progress through callbacks.
 
+pub mod archive;
 pub mod digest;
 pub mod manifest;
 pub mod reference;

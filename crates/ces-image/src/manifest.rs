@@ -25,9 +25,9 @@ pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/v
 #[derive(Debug, Clone)]
 pub enum Manifest {
     /// An image manifest (config + layers).
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
     /// An index (manifest list) of per-platform manifests.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
 }
 
 /// Why a manifest cannot be used.
@@ -93,19 +93,25 @@ impl Manifest {
             schema_version: Option<u32>,
             manifests: Option<serde_json::Value>,
         }
-        let probe: Probe = serde_json::from_slice(bytes).map_err(|source| ManifestError::Invalid { digest: digest.clone(), source })?;
+        let probe: Probe = serde_json::from_slice(bytes)
+            .map_err(|source| ManifestError::Invalid { digest: digest.clone(), source })?;
         let media_type = probe
             .media_type
             .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or(c).trim().to_owned()))
             .filter(|m| !m.is_empty() && m != "application/json" && m != "text/plain")
             .unwrap_or_else(|| if probe.manifests.is_some() { OCI_INDEX.to_owned() } else { OCI_MANIFEST.to_owned() });
         if probe.schema_version != Some(2) {
-            return Err(ManifestError::Unsupported { digest, media_type: format!("{media_type} (schemaVersion {:?})", probe.schema_version) });
+            return Err(ManifestError::Unsupported {
+                digest,
+                media_type: format!("{media_type} (schemaVersion {:?})", probe.schema_version),
+            });
         }
         let invalid = |source| ManifestError::Invalid { digest: digest.clone(), source };
         match media_type.as_str() {
-            OCI_MANIFEST | DOCKER_MANIFEST => Ok(Manifest::Image(serde_json::from_slice(bytes).map_err(invalid)?)),
-            OCI_INDEX | DOCKER_LIST => Ok(Manifest::Index(serde_json::from_slice(bytes).map_err(invalid)?)),
+            OCI_MANIFEST | DOCKER_MANIFEST => {
+                Ok(Manifest::Image(Box::new(serde_json::from_slice(bytes).map_err(invalid)?)))
+            }
+            OCI_INDEX | DOCKER_LIST => Ok(Manifest::Index(Box::new(serde_json::from_slice(bytes).map_err(invalid)?))),
             _ => Err(ManifestError::Unsupported { digest, media_type }),
         }
     }
@@ -155,7 +161,8 @@ mod tests {
                 })
             })
             .collect();
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})).unwrap()
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
+            .unwrap()
     }
 
     #[test]
@@ -173,14 +180,21 @@ mod tests {
     #[test]
     fn docker_schema1_is_refused_with_its_media_type() {
         let bytes = br#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#;
-        let err = Manifest::parse(bytes, Some("application/vnd.docker.distribution.manifest.v1+prettyjws")).unwrap_err();
+        let err =
+            Manifest::parse(bytes, Some("application/vnd.docker.distribution.manifest.v1+prettyjws")).unwrap_err();
         assert!(matches!(err, ManifestError::Unsupported { .. }), "{err}");
     }
 
     #[test]
     fn garbage_is_invalid_not_a_panic() {
         assert!(matches!(Manifest::parse(b"\x00\xffnot json", None), Err(ManifestError::Invalid { .. })));
-        assert!(matches!(Manifest::parse(b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}", None), Err(ManifestError::Invalid { .. })));
+        assert!(matches!(
+            Manifest::parse(
+                b"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\"}",
+                None
+            ),
+            Err(ManifestError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -85,7 +85,9 @@ impl FromStr for ImageReference {
             return Err(err("it is longer than 512 characters"));
         }
         let (rest, digest) = match input.split_once('@') {
-            Some((rest, digest)) => (rest, Some(digest.parse::<Digest>().map_err(|_| err("the digest is not sha256:<64 hex digits>"))?)),
+            Some((rest, digest)) => {
+                (rest, Some(digest.parse::<Digest>().map_err(|_| err("the digest is not sha256:<64 hex digits>"))?))
+            }
             None => (input, None),
         };
         // A tag follows the last ':' unless that ':' belongs to a registry port.
@@ -93,13 +95,13 @@ impl FromStr for ImageReference {
             Some((name, tag)) if !tag.contains('/') => (name, Some(tag)),
             _ => (rest, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(err("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
-            }
+        if tag.is_some_and(|tag| !valid_tag(tag)) {
+            return Err(err("the tag must be 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first.to_owned(), rest.to_owned()),
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_owned(), rest.to_owned())
+            }
             _ => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
         };
         if !valid_registry(&registry) {

@@ -22,7 +22,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType};
+use oci_spec::image::{
+    Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
+};
 use rustix::fs::FlockOperation;
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
@@ -275,7 +277,8 @@ impl Store {
     /// else holds it, the leftovers of killed writers in `tmp/` are removed first.
     pub fn lock_shared(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
         if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             self.clean_tmp()?;
         }
@@ -358,7 +361,7 @@ impl Store {
     /// The image manifest stored as `digest`.
     pub fn manifest(&self, digest: &Digest) -> Result<ImageManifest> {
         match Manifest::parse(&self.read_blob(digest, MAX_MANIFEST_BYTES)?, None)? {
-            Manifest::Image(m) => Ok(m),
+            Manifest::Image(m) => Ok(*m),
             Manifest::Index(_) => Err(StoreError::NotAnImage { digest: digest.clone() }),
         }
     }
@@ -383,7 +386,8 @@ impl Store {
             .manifests(manifests.to_vec())
             .build()
             .map_err(|e| StoreError::Io { path: self.index_path(), source: io::Error::other(e) })?;
-        let bytes = serde_json::to_vec_pretty(&index).map_err(|source| StoreError::Corrupt { path: self.index_path(), source })?;
+        let bytes = serde_json::to_vec_pretty(&index)
+            .map_err(|source| StoreError::Corrupt { path: self.index_path(), source })?;
         write_atomic(self, &self.index_path(), &bytes)
     }
 
@@ -423,9 +427,9 @@ impl Store {
         let images = self.images()?;
         if let Ok(reference) = query.parse::<ImageReference>() {
             let exact = images.iter().find(|r| r.reference == reference);
-            let by_digest = reference.digest().and_then(|d| {
-                images.iter().find(|r| &r.digest == d && r.reference.name() == reference.name())
-            });
+            let by_digest = reference
+                .digest()
+                .and_then(|d| images.iter().find(|r| &r.digest == d && r.reference.name() == reference.name()));
             if let Some(found) = exact.or(by_digest) {
                 return Ok(found.clone());
             }
@@ -433,7 +437,8 @@ impl Store {
         let prefix = query.strip_prefix("sha256:").unwrap_or(query);
         if prefix.len() >= 4 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
             let prefix = prefix.to_ascii_lowercase();
-            let mut matches: Vec<&ImageRecord> = images.iter().filter(|r| r.digest.hex().starts_with(&prefix)).collect();
+            let mut matches: Vec<&ImageRecord> =
+                images.iter().filter(|r| r.digest.hex().starts_with(&prefix)).collect();
             matches.dedup_by(|a, b| a.digest == b.digest);
             match matches.as_slice() {
                 [one] => return Ok((*one).clone()),
@@ -455,7 +460,8 @@ impl Store {
         let name = reference.to_string();
         let index = self.read_index()?;
         let before = index.manifests().len();
-        let manifests: Vec<Descriptor> = index.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
+        let manifests: Vec<Descriptor> =
+            index.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
         if manifests.len() == before {
             return Err(StoreError::ImageNotFound { query: name });
         }
@@ -518,12 +524,20 @@ impl Store {
     /// rootfs already there is reused). Each uncompressed layer is checked
     /// against the config's `diff_ids`. `on_layer(i, n)` is called as layer
     /// `i` of `n` starts.
-    pub fn unpack(&self, digest: &Digest, options: &UnpackOptions, on_layer: &mut dyn FnMut(usize, usize)) -> Result<PathBuf> {
+    pub fn unpack(
+        &self,
+        digest: &Digest,
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<PathBuf> {
         let dest = self.rootfs_path(digest);
         if dest.is_dir() {
             return Ok(dest);
         }
-        let _guard = self.flock(&self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex())), FlockOperation::LockExclusive)?;
+        let _guard = self.flock(
+            &self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex())),
+            FlockOperation::LockExclusive,
+        )?;
         if dest.is_dir() {
             return Ok(dest);
         }
@@ -598,10 +612,8 @@ impl BlobWriter {
         let Some(out) = self.out.take() else { unreachable!("a BlobWriter is committed once, by value") };
         let (buffered, actual, written) = out.finish();
         buffered.into_inner().map_err(|e| io_err(&self.temp)(e.into_error()))?;
-        if let Some(size) = self.size {
-            if written != size {
-                return Err(StoreError::SizeMismatch { digest: self.expected.clone(), expected: size, actual: written });
-            }
+        if let Some(size) = self.size.filter(|size| *size != written) {
+            return Err(StoreError::SizeMismatch { digest: self.expected.clone(), expected: size, actual: written });
         }
         if actual != self.expected {
             return Err(StoreError::DigestMismatch { expected: self.expected.clone(), actual });
@@ -614,15 +626,13 @@ impl BlobWriter {
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let out = self.out.as_mut().ok_or_else(|| io::Error::other("blob already committed"))?;
-        if let Some(size) = self.size {
-            if out.written() + buf.len() as u64 > size {
-                // Stop a registry that sends more than the descriptor said
-                // before it fills the disk.
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is larger than its descriptor's {size} bytes", self.expected),
-                ));
-            }
+        // Stop a registry that sends more than the descriptor said before it
+        // fills the disk.
+        if let Some(size) = self.size.filter(|size| out.written() + buf.len() as u64 > *size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is larger than its descriptor's {size} bytes", self.expected),
+            ));
         }
         out.write(buf)
     }

@@ -5,6 +5,13 @@
 //! Each test works in its own temp dir holding `rootfs/` and a sibling
 //! `outside/` with a `secret`; after applying, everything but `rootfs/` must
 //! be exactly as before.
+//!
+//! These tests run as root. Every path a malicious entry names (`..` climbs,
+//! absolute names, symlink targets) is chosen so that, should containment
+//! ever regress, the stray write or delete lands in the test's own temp dir,
+//! where it is detected, and never elsewhere on the host: from `rootfs/`, one
+//! `..` reaches the temp dir; absolute paths are built from the temp dir's
+//! own path ([`Fixture::host`]), never `/etc`, `/usr` or `/` alone.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -106,7 +113,19 @@ impl Fixture {
 
     /// The absolute host path of `outside/`, as a malicious layer would name it.
     fn outside_str(&self) -> String {
-        self.outside.to_str().expect("utf-8 temp path").to_owned()
+        self.host("outside")
+    }
+
+    /// An absolute host path inside the temp dir: what a test names where a
+    /// layer would name `/etc/passwd`, so that a regression stays in the temp
+    /// dir.
+    fn host(&self, path: &str) -> String {
+        format!("{}/{path}", self.tmp.path().to_str().expect("utf-8 temp path"))
+    }
+
+    /// The place inside the rootfs that the absolute path `host` names.
+    fn inside(&self, host: &str) -> PathBuf {
+        self.root.join(host.trim_start_matches('/'))
     }
 
     /// Everything outside the rootfs is as it was: no new file, the secret
@@ -202,14 +221,16 @@ fn root_directory_entry_is_ignored() {
 
 #[test]
 fn absolute_symlink_parent_resolves_inside_root() {
+    // `lib -> /usr/lib`, with /usr/lib spelled inside the temp dir.
     let fx = Fixture::new();
+    let usr_lib = fx.host("usr/lib");
     fx.apply(&Layer::new(vec![
-        Entry::dir("usr/lib"),
-        Entry::symlink("lib", "/usr/lib"),
+        Entry::dir(&usr_lib),
+        Entry::symlink("lib", &usr_lib),
         Entry::file("lib/libc.so", "elf"),
     ]))
     .expect("apply");
-    assert_eq!(read(&fx.at("usr/lib/libc.so")), "elf");
+    assert_eq!(read(&fx.inside(&usr_lib).join("libc.so")), "elf");
     assert!(fs::symlink_metadata(fx.at("lib")).expect("lstat").file_type().is_symlink());
     fx.assert_outside_unchanged();
 }
@@ -217,8 +238,9 @@ fn absolute_symlink_parent_resolves_inside_root() {
 #[test]
 fn dangling_symlink_parent_gets_its_target_created_inside_root() {
     let fx = Fixture::new();
-    fx.apply(&Layer::new(vec![Entry::symlink("var", "/made/later"), Entry::file("var/log/x", "x")])).expect("apply");
-    assert_eq!(read(&fx.at("made/later/log/x")), "x");
+    let later = fx.host("made/later");
+    fx.apply(&Layer::new(vec![Entry::symlink("var", &later), Entry::file("var/log/x", "x")])).expect("apply");
+    assert_eq!(read(&fx.inside(&later).join("log/x")), "x");
     assert!(fs::symlink_metadata(fx.at("var")).expect("lstat").file_type().is_symlink());
     fx.assert_outside_unchanged();
 }
@@ -256,7 +278,7 @@ fn whiteout_removes_a_lower_directory_recursively() {
         Entry::dir("d"),
         Entry::dir("d/sub"),
         Entry::file("d/sub/x", "x"),
-        Entry::symlink("d/sub/link", "../../outside"),
+        Entry::symlink("d/sub/link", "../../../outside"),
         Entry::file("keep", "k"),
     ]))
     .expect("layer 1");
@@ -394,7 +416,7 @@ fn existing_directory_is_updated_in_place() {
 fn symlink_replaced_by_file_is_not_written_through() {
     let fx = Fixture::new();
     let secret = format!("{}/secret", fx.outside_str());
-    fx.apply(&Layer::new(vec![Entry::symlink("rel", "../../outside/secret"), Entry::symlink("abs", &secret)]))
+    fx.apply(&Layer::new(vec![Entry::symlink("rel", "../outside/secret"), Entry::symlink("abs", &secret)]))
         .expect("layer 1");
     fx.apply(&Layer::new(vec![Entry::file("rel", "replaced"), Entry::file("abs", "replaced")])).expect("layer 2");
     for name in ["rel", "abs"] {
@@ -446,15 +468,15 @@ fn dot_dot_that_stays_inside_the_root_is_applied() {
 
 #[test]
 fn absolute_entry_name_lands_inside_root() {
+    // `/etc/passwd`-style names, spelled inside the temp dir.
     let fx = Fixture::new();
-    let host_passwd = fs::read("/etc/passwd").ok();
-    fx.apply(&Layer::new(vec![Entry::file("/etc/passwd", "root:x:0:0::/:/bin/sh\n")])).expect("apply");
-    assert_eq!(read(&fx.at("etc/passwd")), "root:x:0:0::/:/bin/sh\n");
-    assert_eq!(fs::read("/etc/passwd").ok(), host_passwd, "host /etc/passwd untouched");
-    // And one aimed at the sibling directory by its absolute host path.
-    let aimed = format!("{}/secret", fx.outside_str());
-    fx.apply(&Layer::new(vec![Entry::file(&aimed, "pwned")])).expect("apply");
-    assert_eq!(read(&fx.root.join(aimed.trim_start_matches('/'))), "pwned");
+    let passwd = fx.host("etc/passwd");
+    let secret = fx.host("outside/secret");
+    fx.apply(&Layer::new(vec![Entry::file(&passwd, "root:x:0:0::/:/bin/sh\n"), Entry::file(&secret, "pwned")]))
+        .expect("apply");
+    assert_eq!(read(&fx.inside(&passwd)), "root:x:0:0::/:/bin/sh\n");
+    assert_eq!(read(&fx.inside(&secret)), "pwned");
+    assert!(!exists(&fx.tmp.path().join("etc")));
     fx.assert_outside_unchanged();
 }
 
@@ -462,23 +484,27 @@ fn absolute_entry_name_lands_inside_root() {
 fn symlink_to_parent_then_write_stays_inside() {
     let fx = Fixture::new();
     fx.apply(&Layer::new(vec![
-        Entry::symlink("evil", "../../outside"),
+        Entry::symlink("evil", "../outside"),
         Entry::file("evil/secret", "pwned"),
         Entry::file("evil/new", "pwned"),
+        Entry::dir("sub"),
+        Entry::symlink("sub/evil", "../../outside"),
+        Entry::file("sub/evil/new2", "pwned"),
     ]))
     .expect("apply");
-    // `..` stops at the root: evil resolves to rootfs/outside.
+    // `..` stops at the root: both resolve to rootfs/outside.
     assert_eq!(read(&fx.at("outside/secret")), "pwned");
     assert_eq!(read(&fx.at("outside/new")), "pwned");
-    assert!(!exists(&fx.outside.join("new")));
+    assert_eq!(read(&fx.at("outside/new2")), "pwned");
     fx.assert_outside_unchanged();
 }
 
 #[test]
 fn symlink_to_slash_then_write_stays_inside() {
     let fx = Fixture::new();
-    fx.apply(&Layer::new(vec![Entry::symlink("evil", "/"), Entry::file("evil/file", "f")])).expect("apply");
-    assert_eq!(read(&fx.at("file")), "f");
+    let aimed = fx.host("outside/new");
+    fx.apply(&Layer::new(vec![Entry::symlink("evil", "/"), Entry::file(&format!("evil{aimed}"), "f")])).expect("apply");
+    assert_eq!(read(&fx.inside(&aimed)), "f");
     fx.assert_outside_unchanged();
 }
 
@@ -504,7 +530,7 @@ fn symlink_chain_pointing_outside_then_write_stays_inside() {
     fx.apply(&Layer::new(vec![
         Entry::dir("a"),
         Entry::symlink("a/up", ".."),
-        Entry::symlink("a/upup", "up/../.."),
+        Entry::symlink("a/upup", "up/.."),
         Entry::file("a/upup/outside/secret", "pwned"),
     ]))
     .expect("apply");
@@ -515,9 +541,11 @@ fn symlink_chain_pointing_outside_then_write_stays_inside() {
 #[test]
 fn hardlink_climbing_above_root_is_refused() {
     let fx = Fixture::new();
-    let result = fx.apply(&Layer::new(vec![Entry::hardlink("h", "../../outside/secret")]));
-    assert_escape(result, "h", EscapeReason::LinkTargetAboveRoot);
-    assert!(!exists(&fx.at("h")));
+    for target in ["../outside/secret", "a/../../outside/secret", "/../outside/secret"] {
+        let result = fx.apply(&Layer::new(vec![Entry::hardlink("h", target)]));
+        assert_escape(result, "h", EscapeReason::LinkTargetAboveRoot);
+        assert!(!exists(&fx.at("h")));
+    }
     fx.assert_outside_unchanged();
 }
 
@@ -526,7 +554,7 @@ fn hardlink_to_symlink_pointing_outside_links_the_symlink_itself() {
     let fx = Fixture::new();
     let secret = format!("{}/secret", fx.outside_str());
     fx.apply(&Layer::new(vec![
-        Entry::symlink("rel", "../../outside/secret"),
+        Entry::symlink("rel", "../outside/secret"),
         Entry::symlink("abs", &secret),
         Entry::hardlink("h_rel", "rel"),
         Entry::hardlink("h_abs", "abs"),
@@ -548,7 +576,7 @@ fn hardlink_through_symlinked_dir_to_outside_is_refused() {
     for target in ["evil_abs/secret", "evil_rel/secret"] {
         let result = fx.apply(&Layer::new(vec![
             Entry::symlink("evil_abs", &outside),
-            Entry::symlink("evil_rel", "../../outside"),
+            Entry::symlink("evil_rel", "../outside"),
             Entry::hardlink("h", target),
         ]));
         match result {
@@ -565,11 +593,13 @@ fn hardlink_through_symlinked_dir_to_outside_is_refused() {
 
 #[test]
 fn hardlink_with_absolute_target_links_inside_root() {
+    // A `/etc/passwd`-style target, spelled inside the temp dir; the host
+    // has a file there too.
     let fx = Fixture::new();
-    fx.apply(&Layer::new(vec![Entry::file("etc/passwd", "inside"), Entry::hardlink("copy", "/etc/passwd")]))
-        .expect("apply");
+    let secret = fx.host("outside/secret");
+    fx.apply(&Layer::new(vec![Entry::file(&secret, "inside"), Entry::hardlink("copy", &secret)])).expect("apply");
     let copy = fs::metadata(fx.at("copy")).expect("stat");
-    assert_eq!(copy.ino(), fs::metadata(fx.at("etc/passwd")).expect("stat").ino());
+    assert_eq!(copy.ino(), fs::metadata(fx.inside(&secret)).expect("stat").ino());
     assert_eq!(read(&fx.at("copy")), "inside");
     fx.assert_outside_unchanged();
 }
@@ -601,12 +631,13 @@ fn whiteout_through_symlink_pointing_outside_stays_inside() {
     let fx = Fixture::new();
     let outside = fx.outside_str();
     fx.apply(&Layer::new(vec![
-        Entry::dir("outside"),
         Entry::file("outside/secret", "inside copy"),
-        Entry::file("outside/other", "inside other"),
-        Entry::symlink("evil_rel", "../../outside"),
+        Entry::file(&format!("{outside}/secret"), "inside copy"),
+        Entry::file(&format!("{outside}/dir/inner"), "inside copy"),
+        Entry::file(&format!("{outside}/other"), "inside copy"),
+        Entry::symlink("evil_rel", "../outside"),
         Entry::symlink("evil_abs", &outside),
-        Entry::symlink("evil_root", "/.."),
+        Entry::symlink("evil_root", &format!("/..{}", fx.host(""))),
     ]))
     .expect("layer 1");
     fx.apply(&Layer::new(vec![
@@ -614,25 +645,38 @@ fn whiteout_through_symlink_pointing_outside_stays_inside() {
         Entry::whiteout("evil_abs/secret"),
         Entry::whiteout("evil_abs/dir"),
         Entry::whiteout("evil_root/outside/other"),
-        Entry::opaque("evil_abs"),
     ]))
     .expect("layer 2");
-    // The whiteouts hit rootfs/outside, the copy inside the root.
+    // The whiteouts hit the copies inside the root.
     assert!(!exists(&fx.at("outside/secret")));
-    assert!(!exists(&fx.at("outside/other")));
+    assert!(!exists(&fx.inside(&outside).join("secret")));
+    assert!(!exists(&fx.inside(&outside).join("dir")));
+    assert!(!exists(&fx.inside(&outside).join("other")));
     fx.assert_outside_unchanged();
 }
 
 #[test]
-fn opaque_marker_through_symlink_to_host_root_stays_inside() {
+fn opaque_marker_through_symlink_pointing_outside_stays_inside() {
     let fx = Fixture::new();
-    fx.apply(&Layer::new(vec![Entry::symlink("evil", "/"), Entry::file("lower", "l")])).expect("layer 1");
-    fx.apply(&Layer::new(vec![Entry::opaque("evil"), Entry::file("evil/x", "x")])).expect("layer 2");
-    // evil resolves to the rootfs root: its lower entries (evil itself,
-    // lower) go, and evil/x then needs a new directory evil.
-    assert!(!exists(&fx.at("lower")));
-    assert!(fs::symlink_metadata(fx.at("evil")).expect("lstat").is_dir());
-    assert_eq!(read(&fx.at("evil/x")), "x");
+    let outside = fx.outside_str();
+    fx.apply(&Layer::new(vec![
+        Entry::file("outside/secret", "inside copy"),
+        Entry::file(&format!("{outside}/secret"), "inside copy"),
+        Entry::file(&format!("{outside}/dir/inner"), "inside copy"),
+        Entry::symlink("evil_rel", "../outside"),
+        Entry::symlink("evil_abs", &outside),
+        Entry::symlink("evil_root", "/"),
+    ]))
+    .expect("layer 1");
+    fx.apply(&Layer::new(vec![
+        Entry::opaque("evil_rel"),
+        Entry::opaque(&format!("evil_root{outside}/dir")),
+        Entry::opaque("evil_abs"),
+    ]))
+    .expect("layer 2");
+    // The markers emptied the copies inside the root.
+    assert_eq!(fs::read_dir(fx.at("outside")).expect("ls").count(), 0);
+    assert_eq!(fs::read_dir(fx.inside(&outside)).expect("ls").count(), 0);
     fx.assert_outside_unchanged();
 }
 

@@ -167,7 +167,9 @@ mod tests {
 
     #[test]
     fn parses_ghcr_and_distribution_challenges() {
-        let c = Challenge::parse(r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:ns/app:pull""#);
+        let c = Challenge::parse(
+            r#"Bearer realm="https://ghcr.io/token",service="ghcr.io",scope="repository:ns/app:pull""#,
+        );
         assert_eq!(
             c,
             Some(Challenge::Bearer {
@@ -176,7 +178,9 @@ mod tests {
                 scope: Some("repository:ns/app:pull".into()),
             })
         );
-        let c = Challenge::parse(r#"Bearer realm="http://127.0.0.1:1/token", scope="repository:a/b:pull,push", service=svc"#);
+        let c = Challenge::parse(
+            r#"Bearer realm="http://127.0.0.1:1/token", scope="repository:a/b:pull,push", service=svc"#,
+        );
         let Some(Challenge::Bearer { scope, service, .. }) = c else { panic!("{c:?}") };
         assert_eq!(scope.as_deref(), Some("repository:a/b:pull,push"));
         assert_eq!(service.as_deref(), Some("svc"));

@@ -56,10 +56,14 @@ impl Client {
     /// Opens an authenticated session for pulling `reference`'s repository.
     /// Credentials are checked here, so a wrong token is reported as such
     /// rather than as a missing image.
-    pub async fn session(&self, reference: &ImageReference, credentials: &Credentials) -> Result<Session, RegistryError> {
+    pub async fn session(
+        &self,
+        reference: &ImageReference,
+        credentials: &Credentials,
+    ) -> Result<Session, RegistryError> {
         self.check_allowed(reference.registry())?;
         let registry = reference.registry().to_owned();
-        let scheme = if self.config.insecure.iter().any(|i| *i == registry) { "http" } else { "https" };
+        let scheme = if self.config.insecure.contains(&registry) { "http" } else { "https" };
         // Docker Hub's API lives on another host than its name.
         let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry.as_str() };
         let session = Session {
@@ -138,8 +142,10 @@ impl Session {
             // Open registry (or an odd one): proceed, requests will tell.
             return Ok(());
         }
-        let challenge = challenge_of(response.headers())
-            .ok_or(RegistryError::BadAuth { registry: self.registry.clone(), detail: "401 without a usable WWW-Authenticate challenge" })?;
+        let challenge = challenge_of(response.headers()).ok_or(RegistryError::BadAuth {
+            registry: self.registry.clone(),
+            detail: "401 without a usable WWW-Authenticate challenge",
+        })?;
         self.answer(&challenge).await
     }
 
@@ -197,10 +203,16 @@ impl Session {
         }
         let bytes = read_limited(response, 1 << 20)
             .await
-            .map_err(|source| RegistryError::Transfer { registry: self.registry.clone(), what: "token".into(), source })?
+            .map_err(|source| RegistryError::Transfer {
+                registry: self.registry.clone(),
+                what: "token".into(),
+                source,
+            })?
             .ok_or(RegistryError::BadAuth { registry: self.registry.clone(), detail: "token answer too large" })?;
-        let parsed: TokenResponse = serde_json::from_slice(&bytes)
-            .map_err(|_| RegistryError::BadAuth { registry: self.registry.clone(), detail: "token answer is not JSON" })?;
+        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|_| RegistryError::BadAuth {
+            registry: self.registry.clone(),
+            detail: "token answer is not JSON",
+        })?;
         parsed
             .token
             .or(parsed.access_token)
@@ -238,26 +250,38 @@ impl Session {
     /// Fetched by digest, the bytes must hash to it.
     pub async fn manifest(&self, reference: &str, limit: u64) -> Result<FetchedManifest, RegistryError> {
         let url = format!("{}{}/manifests/{}", self.base, self.repository, reference);
-        let shown = format!("{}/{}{}{}", self.registry, self.repository, if reference.contains(':') { "@" } else { ":" }, reference);
+        let shown = format!(
+            "{}/{}{}{}",
+            self.registry,
+            self.repository,
+            if reference.contains(':') { "@" } else { ":" },
+            reference
+        );
         let response = self.get(&url, Some(ces_image::manifest::ACCEPT)).await?;
         match response.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => return Err(RegistryError::NotFound { reference: shown }),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized()),
             status => {
-                return Err(RegistryError::Status { registry: self.registry.clone(), what: format!("GET manifest {shown}"), status });
+                return Err(RegistryError::Status {
+                    registry: self.registry.clone(),
+                    what: format!("GET manifest {shown}"),
+                    status,
+                });
             }
         }
         let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let bytes = read_limited(response, limit)
             .await
-            .map_err(|source| RegistryError::Transfer { registry: self.registry.clone(), what: format!("manifest {shown}"), source })?
+            .map_err(|source| RegistryError::Transfer {
+                registry: self.registry.clone(),
+                what: format!("manifest {shown}"),
+                source,
+            })?
             .ok_or(RegistryError::TooLarge { what: "manifest", reference: shown.clone(), limit })?;
         let digest = Digest::of(&bytes);
-        if let Ok(expected) = reference.parse::<Digest>() {
-            if expected != digest {
-                return Err(RegistryError::ManifestDigestMismatch { reference: shown, expected, actual: digest });
-            }
+        if let Some(expected) = reference.parse::<Digest>().ok().filter(|expected| *expected != digest) {
+            return Err(RegistryError::ManifestDigestMismatch { reference: shown, expected, actual: digest });
         }
         Ok(FetchedManifest { bytes, content_type, digest })
     }
@@ -276,18 +300,31 @@ impl Session {
         match response.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => {
-                return Err(RegistryError::NotFound { reference: format!("{}/{}@{digest} (blob)", self.registry, self.repository) });
+                return Err(RegistryError::NotFound {
+                    reference: format!("{}/{}@{digest} (blob)", self.registry, self.repository),
+                });
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized()),
-            status => return Err(RegistryError::Status { registry: self.registry.clone(), what: format!("GET blob {digest}"), status }),
+            status => {
+                return Err(RegistryError::Status {
+                    registry: self.registry.clone(),
+                    what: format!("GET blob {digest}"),
+                    status,
+                });
+            }
         }
         if let Some(length) = response.content_length().filter(|l| *l != size) {
-            return Err(ces_image::StoreError::SizeMismatch { digest: digest.clone(), expected: size, actual: length }.into());
+            return Err(
+                ces_image::StoreError::SizeMismatch { digest: digest.clone(), expected: size, actual: length }.into()
+            );
         }
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk
-                .map_err(|source| RegistryError::Transfer { registry: self.registry.clone(), what: digest.to_string(), source })?;
+            let chunk = chunk.map_err(|source| RegistryError::Transfer {
+                registry: self.registry.clone(),
+                what: digest.to_string(),
+                source,
+            })?;
             if let Err(e) = writer.write_all(&chunk) {
                 return Err(writer.write_error(e).into());
             }
@@ -310,7 +347,11 @@ impl Session {
         }
         read_limited(response, limit)
             .await
-            .map_err(|source| RegistryError::Transfer { registry: self.registry.clone(), what: digest.to_string(), source })?
+            .map_err(|source| RegistryError::Transfer {
+                registry: self.registry.clone(),
+                what: digest.to_string(),
+                source,
+            })?
             .ok_or(RegistryError::TooLarge { what: "config", reference: digest.to_string(), limit })
     }
 }

@@ -93,7 +93,7 @@ pub async fn pull(
         }
     };
     let image = match Manifest::parse(&fetched.bytes, fetched.content_type.as_deref())? {
-        Manifest::Image(image) => image,
+        Manifest::Image(image) => *image,
         Manifest::Index(_) => return Err(ces_image::StoreError::NotAnImage { digest: fetched.digest }.into()),
     };
     reporter.resolved(reference, &fetched.digest);
@@ -102,7 +102,11 @@ pub async fn pull(
     let config = image.config();
     let config_digest = manifest::descriptor_digest(config).map_err(ces_image::StoreError::from)?;
     if config.size() > MAX_CONFIG_BYTES {
-        return Err(RegistryError::TooLarge { what: "config", reference: reference.to_string(), limit: MAX_CONFIG_BYTES });
+        return Err(RegistryError::TooLarge {
+            what: "config",
+            reference: reference.to_string(),
+            limit: MAX_CONFIG_BYTES,
+        });
     }
     if !store.has_blob(&config_digest, config.size()) {
         let bytes = session.small_blob(&config_digest, MAX_CONFIG_BYTES).await?;
@@ -151,11 +155,8 @@ pub async fn pull(
         .await?;
 
     store.write_blob(&fetched.digest, &fetched.bytes)?;
-    let media_type = image
-        .media_type()
-        .as_ref()
-        .map(|m| m.to_string())
-        .unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned());
+    let media_type =
+        image.media_type().as_ref().map(|m| m.to_string()).unwrap_or_else(|| manifest::OCI_MANIFEST.to_owned());
     let record = ImageRecord {
         reference: reference.clone(),
         digest: fetched.digest,

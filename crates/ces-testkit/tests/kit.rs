@@ -422,7 +422,7 @@ fn shared_registry_dies_with_the_test_binary() {
         }
     }
     let dir = dir.expect("the helper printed the registry dir");
-    assert!(dir.join("storage").exists());
+    assert!(dir.join("config.yml").exists());
     let pid = pid.expect("the helper printed the registry pid");
     assert!(alive(pid));
     // SIGKILL: no destructor, no atexit, only the kernel closing the pipe.

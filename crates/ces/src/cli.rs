@@ -140,10 +140,8 @@ impl CesPullCli {
             [runtime, rest @ ..] if rest.len() == 3 => (Some(runtime.clone()), rest),
             rest => (None, rest),
         };
-        if let Some(runtime) = &runtime {
-            if !RUNTIMES.contains(&runtime.as_str()) {
-                return Err(format!("unknown runtime {runtime:?} (expected one of: {})", RUNTIMES.join(", ")));
-            }
+        if let Some(runtime) = runtime.as_ref().filter(|r| !RUNTIMES.contains(&r.as_str())) {
+            return Err(format!("unknown runtime {runtime:?} (expected one of: {})", RUNTIMES.join(", ")));
         }
         match rest {
             [user, token, reference] => {
@@ -165,7 +163,10 @@ mod tests {
     #[test]
     fn ces_pull_takes_three_or_four_positionals() {
         let c = compat(&["", "", "ghcr.io/a/b:1"]).unwrap();
-        assert_eq!((c.runtime, c.user.as_str(), c.token.as_str(), c.reference.as_str()), (None, "", "", "ghcr.io/a/b:1"));
+        assert_eq!(
+            (c.runtime, c.user.as_str(), c.token.as_str(), c.reference.as_str()),
+            (None, "", "", "ghcr.io/a/b:1")
+        );
         let c = compat(&["podman", "alice", "-", "ghcr.io/a/b"]).unwrap();
         assert_eq!(c.runtime.as_deref(), Some("podman"));
         assert_eq!(c.token, "-");

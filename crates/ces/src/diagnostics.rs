@@ -2,6 +2,7 @@
 //! then `hint:` lines where a fix is known.
 
 use ces_image::StoreError;
+use ces_image::archive::LoadError;
 use ces_image::reference::ReferenceError;
 use ces_registry::RegistryError;
 
@@ -26,6 +27,9 @@ pub fn message(error: &anyhow::Error) -> String {
 /// Hints for the first cause ces knows how to fix. `config` names the config file.
 pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
     for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<LoadError>() {
+            return load_hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return registry_hints(e, config);
         }
@@ -33,7 +37,10 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
             return store_hints(e);
         }
         if cause.downcast_ref::<ReferenceError>().is_some() {
-            return vec!["references look like ghcr.io/<namespace>/<name>:<tag> or ghcr.io/<namespace>/<name>@sha256:<digest>".into()];
+            return vec![
+                "references look like ghcr.io/<namespace>/<name>:<tag> or ghcr.io/<namespace>/<name>@sha256:<digest>"
+                    .into(),
+            ];
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return vec!["see docs/config.md for the settings and their types".into()];
@@ -77,6 +84,52 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
     }
 }
 
+fn load_hints(error: &LoadError) -> Vec<String> {
+    const FORMATS: &str = "ces load reads OCI archives (skopeo copy ... oci-archive:FILE, podman save --format oci-archive) and docker save tarballs, plain or gzip/zstd compressed";
+    const DAMAGED: &str = "the file was damaged or cut short on its way in; compare its size and sha256 with the original's and bring it in again (nothing was named in the store)";
+    match error {
+        LoadError::NoName { tag, .. } => vec![format!(
+            "name it: ces load --tag ghcr.io/<namespace>/<name>:{} FILE",
+            tag.as_deref().unwrap_or("<tag>")
+        )],
+        LoadError::BadName { .. } => vec!["name it: ces load --tag ghcr.io/<namespace>/<name>:<tag> FILE".into()],
+        LoadError::SeveralImages { .. } => {
+            vec!["leave out --tag to keep the names the archive gives its images, or save one image per archive".into()]
+        }
+        LoadError::NoPlatform { platform, .. } => vec![format!(
+            "save or build the image for {platform} (e.g. skopeo copy --override-arch {arch} ..., docker buildx build --platform {platform} ...)",
+            arch = platform.rsplit('/').next().unwrap_or(platform)
+        )],
+        LoadError::Blob { source, .. } => match source {
+            StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. } | StoreError::TooLong { .. } => {
+                vec![DAMAGED.into()]
+            }
+            other => store_hints(other),
+        },
+        LoadError::Truncated { .. } | LoadError::Corrupt { .. } | LoadError::BlobSize { .. } => vec![DAMAGED.into()],
+        LoadError::NotATar { .. } | LoadError::Empty | LoadError::Unrecognized | LoadError::UnsupportedLayout { .. } => {
+            vec![FORMATS.into()]
+        }
+        LoadError::MissingBlob { .. } | LoadError::MissingFile { .. } => vec![
+            "the archive is incomplete; save it again with every blob (docker save IMAGE, or skopeo copy docker://IMAGE oci-archive:FILE)".into(),
+        ],
+        LoadError::UnsafeEntry { .. } => {
+            vec!["no image tool writes such an archive: do not use it, and report it".into()]
+        }
+        LoadError::Store(e) => store_hints(e),
+        LoadError::Read { .. }
+        | LoadError::TooManyEntries { .. }
+        | LoadError::JsonTooLarge { .. }
+        | LoadError::InvalidJson { .. }
+        | LoadError::NoImages
+        | LoadError::Manifest(_)
+        | LoadError::IndexTooDeep { .. }
+        | LoadError::NameDigest { .. }
+        | LoadError::LayerCount { .. }
+        | LoadError::DiffId { .. } => Vec::new(),
+    }
+}
+
 fn store_hints(error: &StoreError) -> Vec<String> {
     match error {
         StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. } | StoreError::TooLong { .. } => vec![
@@ -87,7 +140,7 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         }
         StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
         StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
-        StoreError::Unpack { source, .. } if matches!(source, ces_image::unpack::UnpackError::Escape { .. }) => vec![
+        StoreError::Unpack { source: ces_image::unpack::UnpackError::Escape { .. }, .. } => vec![
             "the layer tries to write outside the image's filesystem: do not use this image, and report it".into(),
         ],
         StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],

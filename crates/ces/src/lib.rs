@@ -12,9 +12,9 @@ pub mod diagnostics;
 pub mod printer;
 pub mod settings;
 
+use ces_registry::Credentials;
 use cli::{CesPullCli, Cli, Command, GlobalArgs};
 use commands::pull::{PullRequest, token_from_env, token_from_stdin};
-use ces_registry::Credentials;
 use printer::Printer;
 use settings::Settings;
 
@@ -71,7 +71,11 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
                 anyhow::bail!("a token was given without a user: add --user USER");
             }
             let credentials = Credentials::from_parts(args.user, secret);
-            commands::pull::pull(settings, printer, PullRequest { reference: args.reference, credentials, unpack: !args.no_unpack })
+            commands::pull::pull(
+                settings,
+                printer,
+                PullRequest { reference: args.reference, credentials, unpack: !args.no_unpack },
+            )
         }
         Action::CompatPull(compat) => {
             if let Some(runtime) = &compat.runtime {
@@ -83,13 +87,17 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
                 token => Some(ces_registry::Secret::new(token)),
             };
             let credentials = Credentials::from_parts(Some(compat.user), secret);
-            commands::pull::pull(settings, printer, PullRequest { reference: compat.reference, credentials, unpack: true })
+            commands::pull::pull(
+                settings,
+                printer,
+                PullRequest { reference: compat.reference, credentials, unpack: true },
+            )
         }
         Action::Command(Command::Images(args)) => commands::images::images(settings, args.json),
         Action::Command(Command::Inspect(args)) => commands::inspect::inspect(settings, &args.image, args.json),
         Action::Command(Command::Rmi(args)) => commands::rmi::rmi(settings, printer, &args.images),
         Action::Command(Command::Gc) => commands::rmi::gc(settings, printer),
-        Action::Command(Command::Load(_)) => anyhow::bail!("ces load is not built yet"),
+        Action::Command(Command::Load(args)) => commands::load::load(settings, printer, args),
     }
 }
 

@@ -38,7 +38,9 @@ impl Printer {
     /// A spinner with a message, for a step of unknown length.
     pub fn spinner(&self, message: impl Into<String>) -> ProgressBar {
         let bar = self.bars.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.set_message(message.into());
         bar.enable_steady_tick(Duration::from_millis(120));
         bar

@@ -61,7 +61,8 @@ fn anonymous_pull_stores_names_and_unpacks_the_image() {
 #[test]
 fn pull_by_digest_and_second_pull_reuses_verified_blobs() {
     let reg = anon();
-    let image = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("data/x", "reuse")])]).build();
+    let image =
+        ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("data/x", "reuse")])]).build();
     let digest = reg.push(&image, "pull/reuse", "v1");
     let sb = Sandbox::new(&[reg]);
     let by_digest = pinned(reg, "pull/reuse", &digest);
@@ -130,7 +131,13 @@ fn docker_media_types_zstd_and_plain_layers_pull_and_unpack() {
 fn whiteouts_across_layers_are_applied_in_the_cache() {
     let reg = anon();
     let image = ImageSpec::new(vec![
-        Layer::new(vec![Entry::dir("etc"), Entry::file("etc/keep", "1"), Entry::file("etc/gone", "2"), Entry::dir("opt/app"), Entry::file("opt/app/old", "3")]),
+        Layer::new(vec![
+            Entry::dir("etc"),
+            Entry::file("etc/keep", "1"),
+            Entry::file("etc/gone", "2"),
+            Entry::dir("opt/app"),
+            Entry::file("opt/app/old", "3"),
+        ]),
         Layer::new(vec![Entry::whiteout("etc/gone"), Entry::opaque("opt/app"), Entry::file("opt/app/new", "4")]),
     ])
     .build();
@@ -257,7 +264,10 @@ fn malformed_reference_unreachable_and_unknown_tag_are_clear_errors() {
 #[test]
 fn corrupt_blob_served_by_the_registry_fails_naming_the_digest_and_stores_nothing() {
     let reg = anon();
-    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("payload", vec![7u8; 300_000])]).compressed(Compression::None)]).build();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("payload", vec![7u8; 300_000])]).compressed(Compression::None),
+    ])
+    .build();
     reg.push(&image, "pull/corrupt", "1");
     let layer = &image.layer_digests[0];
     let data = reg.blob_data_path(layer);
@@ -278,7 +288,10 @@ fn corrupt_blob_served_by_the_registry_fails_naming_the_digest_and_stores_nothin
 #[test]
 fn truncated_blob_served_by_the_registry_is_a_size_mismatch() {
     let reg = anon();
-    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("payload", vec![9u8; 100_000])]).compressed(Compression::None)]).build();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("payload", vec![9u8; 100_000])]).compressed(Compression::None),
+    ])
+    .build();
     reg.push(&image, "pull/truncated", "1");
     let layer = &image.layer_digests[0];
     let data = reg.blob_data_path(layer);
@@ -323,7 +336,13 @@ fn two_concurrent_pulls_of_one_image_both_succeed_with_one_consistent_copy() {
     let sb = Sandbox::new(&[reg]);
     let reference = format!("{}/pull/concurrent:1", reg.host());
     let children: Vec<_> = (0..2)
-        .map(|_| sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &reference]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &reference])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -350,7 +369,8 @@ fn pull_killed_mid_download_leaves_a_consistent_store_and_the_next_pull_complete
             state as u8
         })
         .collect();
-    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("noise", noise)]).compressed(Compression::None)]).build();
+    let image =
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("noise", noise)]).compressed(Compression::None)]).build();
     reg.push(&image, "pull/killed", "1");
     let sb = Sandbox::new(&[reg]);
     let reference = format!("{}/pull/killed:1", reg.host());
@@ -359,7 +379,11 @@ fn pull_killed_mid_download_leaves_a_consistent_store_and_the_next_pull_complete
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let caught = loop {
         let partial = std::fs::read_dir(sb.store.join("tmp"))
-            .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with("blob-") && e.metadata().is_ok_and(|m| m.len() > 0)))
+            .map(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    e.file_name().to_string_lossy().starts_with("blob-") && e.metadata().is_ok_and(|m| m.len() > 0)
+                })
+            })
             .unwrap_or(false);
         if partial || std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
             break partial;
@@ -373,7 +397,8 @@ fn pull_killed_mid_download_leaves_a_consistent_store_and_the_next_pull_complete
     // Consistent: nothing named, no half blob under a content address.
     assert!(sb.images().is_empty());
     assert!(!sb.has_blob(&image.layer_digests[0]));
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(sb.store.join("oci/index.json")).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.store.join("oci/index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"], serde_json::json!([]));
 
     sb.ces(&["pull", &reference]).ok();
@@ -422,7 +447,8 @@ fn store_is_an_oci_layout_that_umoci_and_skopeo_read() {
     assert!(umoci.status.success(), "{}", String::from_utf8_lossy(&umoci.stderr));
     assert_eq!(String::from_utf8_lossy(&umoci.stdout).trim(), reference);
 
-    let skopeo = Command::new("skopeo").arg("inspect").arg(format!("oci:{}:{reference}", layout.display())).output().unwrap();
+    let skopeo =
+        Command::new("skopeo").arg("inspect").arg(format!("oci:{}:{reference}", layout.display())).output().unwrap();
     assert!(skopeo.status.success(), "{}", String::from_utf8_lossy(&skopeo.stderr));
     let info: serde_json::Value = serde_json::from_slice(&skopeo.stdout).unwrap();
     assert_eq!(info["Digest"], digest.as_str());
@@ -448,7 +474,9 @@ fn bad_config_file_names_file_line_and_key() {
 fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
     assert!(rustix::process::geteuid().is_root(), "this test mounts a small tmpfs: run the suite as root (CI does)");
     let reg = anon();
-    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::None)]).build();
+    let image =
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::None)])
+            .build();
     reg.push(&image, "pull/diskfull", "1");
     let sb = Sandbox::new(&[reg]);
     std::fs::create_dir_all(&sb.store).unwrap();

@@ -41,7 +41,12 @@ pub fn images(settings: &Settings, json: bool) -> anyhow::Result<()> {
     for row in rows {
         let short = row.digest.strip_prefix("sha256:").unwrap_or(&row.digest);
         let pulled = row.pulled_at.as_deref().map(|t| t.split('.').next().unwrap_or(t)).unwrap_or("-");
-        println!("{:width$}  {:12}  {:>9}  {pulled}", row.reference, &short[..12.min(short.len())], human_bytes(row.size));
+        println!(
+            "{:width$}  {:12}  {:>9}  {pulled}",
+            row.reference,
+            &short[..12.min(short.len())],
+            human_bytes(row.size)
+        );
     }
     Ok(())
 }

@@ -2,5 +2,6 @@
 
 pub mod images;
 pub mod inspect;
+pub mod load;
 pub mod pull;
 pub mod rmi;

@@ -51,7 +51,8 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
     ));
 
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let reporter = printer.pull_reporter();
     let outcome = runtime.block_on(ces_registry::pull(
         &client,
@@ -90,7 +91,8 @@ pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> a
     let started = Instant::now();
     let options = ces_image::unpack::UnpackOptions::for_current_user();
     let spinner = printer.spinner("Unpacking");
-    let result = store.unpack(digest, &options, &mut |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1)));
+    let result =
+        store.unpack(digest, &options, &mut |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1)));
     spinner.finish_and_clear();
     let path = result?;
     printer.status(format!("Unpacked to {} in {:.2}s", path.display(), started.elapsed().as_secs_f64()));

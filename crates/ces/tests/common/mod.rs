@@ -99,7 +99,13 @@ impl Sandbox {
     /// Runs `ces ARGS` with `input` on stdin.
     pub fn ces_stdin(&self, args: &[&str], input: &str) -> Run {
         use std::io::Write;
-        let mut child = self.command(env!("CARGO_BIN_EXE_ces"), args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = self
+            .command(env!("CARGO_BIN_EXE_ces"), args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         Run::from(child.wait_with_output().unwrap())
     }

@@ -1,0 +1,1354 @@
+//! Loading images from archive files, the way a TRE's airlock brings them
+//! in: OCI archives (a tar of an OCI image layout, as `skopeo copy ...
+//! oci-archive:FILE`, `podman save --format oci-archive` and `docker save`
+//! 25+ write them) and legacy `docker save` tarballs, plain or compressed
+//! with gzip or zstd (recognised by their first bytes).
+//!
+//! # One streaming pass
+//!
+//! The archive is read once, front to back, since it may arrive on a pipe.
+//! Its entries come in any order (`index.json` often after the blobs it
+//! names), so nothing is decided while reading:
+//!
+//! - `blobs/sha256/<hex>` streams into the store through
+//!   [`Store::blob_writer`], so it is verified against its name on the way;
+//! - `index.json`, `oci-layout` and `manifest.json` are kept in memory (at
+//!   most [`MAX_JSON_BYTES`] each);
+//! - every other regular file (a `docker save` layer or config) streams into
+//!   the store under the digest computed as it goes
+//!   ([`Store::computed_blob_writer`]), and its name is remembered;
+//! - symbolic and hard links are remembered as aliases of the name they
+//!   point to (`docker save` links a layer it has already written).
+//!
+//! Entry names are only keys into that table, never paths: nothing but
+//! blobs in the store is ever written, and a name that climbs out of the
+//! archive (`..`, an absolute path) is refused.
+//!
+//! Once the archive is read, its images are resolved (an index to the
+//! wanted platform, a `docker save` entry to an OCI manifest written here),
+//! every blob they need is checked to have come in the archive, and only
+//! then are they named in the store. A load that fails names nothing; the
+//! verified blobs it stored stay until `ces gc`.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
+use std::rc::Rc;
+
+use oci_spec::image::{Descriptor, ImageIndex};
+
+use crate::digest::{Digest, HashingWriter};
+use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
+use crate::reference::{ImageReference, ReferenceError};
+use crate::store::{BlobWriter, ComputedBlobWriter, ImageRecord, REF_NAME, Store, StoreError};
+use crate::unpack;
+
+/// The largest `index.json`, `oci-layout` or `manifest.json` read from an archive.
+pub const MAX_JSON_BYTES: u64 = 4 << 20;
+/// The most entries an archive may have (a `docker save` of a 100-layer image has about 400).
+pub const MAX_ENTRIES: u64 = 100_000;
+/// The annotation containerd, BuildKit and `docker save` put the full image name in,
+/// when `org.opencontainers.image.ref.name` holds only the tag.
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// The media type of the image config in manifests written for `docker save` tarballs.
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+const INDEX_JSON: &str = "index.json";
+const OCI_LAYOUT: &str = "oci-layout";
+const MANIFEST_JSON: &str = "manifest.json";
+/// How many indexes deep an image may be nested below `index.json`.
+const MAX_INDEX_DEPTH: usize = 4;
+/// How many links one name may go through.
+const MAX_LINK_DEPTH: usize = 16;
+/// Size of the buffer entry data is copied through.
+const COPY_BUFFER_LEN: usize = 256 << 10;
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+/// Why an archive cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The input could not be read at all.
+    #[error("cannot read the archive")]
+    Read {
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The input is not a tar archive (nor a gzip or zstd compressed one).
+    #[error("the input is not a tar archive (plain, gzip or zstd compressed)")]
+    NotATar {
+        /// What the tar reader said about the first block.
+        #[source]
+        source: io::Error,
+    },
+    /// The archive has no entries.
+    #[error("the archive is empty")]
+    Empty,
+    /// The archive stops early.
+    #[error("the archive is truncated: it ends {}", match entry {
+        Some(entry) => format!("in the middle of entry {entry}"),
+        None => "early".to_owned(),
+    })]
+    Truncated {
+        /// The entry being read when it stopped.
+        entry: Option<String>,
+    },
+    /// The archive cannot be read past some point.
+    #[error("the archive is corrupt{}", entry.as_ref().map(|e| format!(" after entry {e}")).unwrap_or_default())]
+    Corrupt {
+        /// The last entry read whole, if any.
+        entry: Option<String>,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// An entry's name, or a link's target, is not a name inside the archive.
+    #[error("archive entry {entry:?} {reason}")]
+    UnsafeEntry {
+        /// The entry's name, as written in the archive.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The archive has more entries than any image archive needs.
+    #[error("the archive has more than {limit} entries")]
+    TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
+    /// `index.json`, `oci-layout` or `manifest.json` is too large to be real.
+    #[error("{entry} is larger than the {limit}-byte limit")]
+    JsonTooLarge {
+        /// The entry.
+        entry: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// A JSON document of the archive cannot be read.
+    #[error("{entry} in the archive is not valid")]
+    InvalidJson {
+        /// The entry (or the document) that is invalid.
+        entry: String,
+        /// The parser's complaint.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The `oci-layout` file names a layout version ces does not read.
+    #[error("the archive's OCI image layout version {version:?} is not supported (1.x is)")]
+    UnsupportedLayout {
+        /// The `imageLayoutVersion`.
+        version: String,
+    },
+    /// The archive is a tar, but of neither known layout.
+    #[error("the archive holds neither an OCI image layout (index.json) nor a docker save manifest (manifest.json)")]
+    Unrecognized,
+    /// The archive's `index.json` or `manifest.json` lists no images.
+    #[error("the archive holds no images")]
+    NoImages,
+    /// A blob of the archive could not be stored, or is not what its name says.
+    #[error("cannot store {entry} from the archive")]
+    Blob {
+        /// The entry.
+        entry: String,
+        /// The cause (a digest mismatch names the digest).
+        #[source]
+        source: StoreError,
+    },
+    /// A blob an image needs is not in the archive.
+    #[error("the archive does not hold {digest}, which {needed_by} needs")]
+    MissingBlob {
+        /// The blob.
+        digest: Digest,
+        /// What needs it (`index.json`, `manifest sha256:...`).
+        needed_by: String,
+    },
+    /// A file `manifest.json` names is not in the archive.
+    #[error("manifest.json names {path}, which the archive does not hold")]
+    MissingFile {
+        /// The path, as `manifest.json` has it.
+        path: String,
+    },
+    /// A blob is not the size its descriptor says.
+    #[error("{digest} is {actual} bytes in the archive, but {needed_by} says {expected}")]
+    BlobSize {
+        /// The blob.
+        digest: Digest,
+        /// The size in the descriptor.
+        expected: u64,
+        /// The size in the archive.
+        actual: u64,
+        /// The document holding the descriptor.
+        needed_by: String,
+    },
+    /// A manifest of the archive cannot be used.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Indexes nested deeper than any real image has them.
+    #[error("index {digest} is nested more than {MAX_INDEX_DEPTH} deep")]
+    IndexTooDeep {
+        /// The index.
+        digest: Digest,
+    },
+    /// An index of the archive has no image for the platform.
+    #[error("the archive has no image for {platform}{}", if available.is_empty() {
+        String::new()
+    } else {
+        format!(" (it has {})", available.join(", "))
+    })]
+    NoPlatform {
+        /// The wanted platform.
+        platform: String,
+        /// The platforms offered.
+        available: Vec<String>,
+    },
+    /// An image has no name to store it under.
+    #[error("the archive does not name image {digest}{}", tag.as_ref().map(|t| format!(" (only by the tag {t:?})")).unwrap_or_default())]
+    NoName {
+        /// The image manifest.
+        digest: Digest,
+        /// The bare tag the archive gives it (`1.0`), if any.
+        tag: Option<String>,
+    },
+    /// A name in the archive is not an image reference.
+    #[error("the archive's name for image {digest} is not usable")]
+    BadName {
+        /// The image manifest.
+        digest: Digest,
+        /// Why.
+        #[source]
+        source: ReferenceError,
+    },
+    /// One name was given, for an archive of several images.
+    #[error("one name was given, but the archive holds {count} images")]
+    SeveralImages {
+        /// How many distinct images the archive holds.
+        count: usize,
+    },
+    /// A name pins a digest other than the image's.
+    #[error("{reference} pins another digest than the image's {digest}")]
+    NameDigest {
+        /// The name.
+        reference: ImageReference,
+        /// The image manifest.
+        digest: Digest,
+    },
+    /// The config and `manifest.json` disagree on the number of layers.
+    #[error("image config {config} lists {diff_ids} layers, but manifest.json lists {layers}")]
+    LayerCount {
+        /// The config blob.
+        config: Digest,
+        /// Layers in `manifest.json`.
+        layers: usize,
+        /// `rootfs.diff_ids` in the config.
+        diff_ids: usize,
+    },
+    /// A layer of a `docker save` tarball is not the one its config names.
+    #[error("layer {layer} is {actual} uncompressed, but the image config says {expected}")]
+    DiffId {
+        /// The layer's path in the archive.
+        layer: String,
+        /// The config's `diff_id`.
+        expected: String,
+        /// The digest of the uncompressed layer.
+        actual: Digest,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = LoadError> = std::result::Result<T, E>;
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The name to store the image under, instead of the archive's own
+    /// (needed when the archive names none, or only by a bare tag).
+    pub name: Option<ImageReference>,
+    /// The platform to pick from an index.
+    pub platform: Platform,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { name: None, platform: Platform::host() }
+    }
+}
+
+/// The kind of archive that was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ArchiveFormat {
+    /// A tar of an OCI image layout.
+    Oci,
+    /// A legacy `docker save` tarball.
+    DockerSave,
+}
+
+impl std::fmt::Display for ArchiveFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArchiveFormat::Oci => "OCI archive",
+            ArchiveFormat::DockerSave => "docker save tarball",
+        })
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Clone)]
+pub struct LoadOutcome {
+    /// The kind of archive.
+    pub format: ArchiveFormat,
+    /// The images as now named in the store, one record per name.
+    pub images: Vec<ImageRecord>,
+    /// Files of the archive stored as blobs.
+    pub blobs: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// Loads the images of an archive (OCI archive or `docker save` tarball,
+/// plain, gzip or zstd) from `input` into `store`, in one pass.
+///
+/// Nothing is named unless every image resolved and every blob it needs came
+/// in the archive and verified.
+pub fn load(store: &Store, input: impl Read, options: &LoadOptions) -> Result<LoadOutcome> {
+    let _lock = store.lock_shared()?;
+    let contents = read_archive(store, input)?;
+    let (format, images) = if contents.json.contains_key(INDEX_JSON) {
+        (ArchiveFormat::Oci, contents.resolve_oci(store, &options.platform)?)
+    } else if contents.json.contains_key(MANIFEST_JSON) {
+        (ArchiveFormat::DockerSave, contents.resolve_docker_save(store)?)
+    } else if contents.entries == 0 {
+        return Err(LoadError::Empty);
+    } else {
+        return Err(LoadError::Unrecognized);
+    };
+    let records = name_images(images, options.name.as_ref())?;
+    for record in &records {
+        store.add_ref(record)?;
+    }
+    tracing::debug!(%format, images = records.len(), blobs = contents.files.len(), "loaded");
+    Ok(LoadOutcome {
+        format,
+        images: records,
+        blobs: contents.files.len(),
+        bytes: contents.files.values().map(|f| f.size).sum(),
+    })
+}
+
+/// A regular file of the archive, as stored.
+#[derive(Debug, Clone)]
+struct Stored {
+    digest: Digest,
+    size: u64,
+}
+
+/// What the pass over the archive found.
+#[derive(Debug, Default)]
+struct Contents {
+    /// Regular files stored as blobs, by name.
+    files: HashMap<String, Stored>,
+    /// Links, by name, to the name they point to.
+    links: HashMap<String, String>,
+    /// The layout's JSON documents.
+    json: HashMap<&'static str, Vec<u8>>,
+    /// Entries read.
+    entries: u64,
+}
+
+/// An image found in the archive, before it is named.
+#[derive(Debug)]
+struct Resolved {
+    digest: Digest,
+    media_type: String,
+    size: u64,
+    index_digest: Option<Digest>,
+    /// Full references the archive names it by.
+    names: Vec<String>,
+    /// A bare tag the archive names it by (kept for the error).
+    tag: Option<String>,
+}
+
+/// What the tar reader's stream did: ran dry (which a tar that ends with its
+/// end-of-archive marker never does), or failed (the decompressor, or the
+/// input itself, rather than the tar format).
+#[derive(Debug, Default)]
+struct StreamState {
+    eof: Cell<bool>,
+    failed: Cell<bool>,
+}
+
+/// The (decompressed) tar stream under the tar reader, watched.
+struct Watched<R> {
+    inner: R,
+    state: Rc<StreamState>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(0) if !buf.is_empty() => {
+                self.state.eof.set(true);
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    self.state.failed.set(true);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The error for a failed read of the archive, after `entry`.
+fn read_error(entry: Option<&str>, state: &StreamState, source: io::Error) -> LoadError {
+    if state.eof.get() || source.kind() == io::ErrorKind::UnexpectedEof {
+        LoadError::Truncated { entry: entry.map(str::to_owned) }
+    } else {
+        LoadError::Corrupt { entry: entry.map(str::to_owned), source }
+    }
+}
+
+fn read_archive(store: &Store, input: impl Read) -> Result<Contents> {
+    let stream = unpack::decompress(BufReader::with_capacity(COPY_BUFFER_LEN, input))
+        .map_err(|source| LoadError::Read { source })?;
+    let state = Rc::new(StreamState::default());
+    let mut archive = tar::Archive::new(Watched { inner: stream, state: Rc::clone(&state) });
+    let mut contents = Contents::default();
+    let mut buf = vec![0u8; COPY_BUFFER_LEN];
+    let mut last: Option<String> = None;
+    let entries = archive.entries().map_err(|source| LoadError::NotATar { source })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|source| match &last {
+            // The first header is not one, and not because the stream broke.
+            None if !state.failed.get() => LoadError::NotATar { source },
+            last => read_error(last.as_deref(), &state, source),
+        })?;
+        contents.entries += 1;
+        if contents.entries > MAX_ENTRIES {
+            return Err(LoadError::TooManyEntries { limit: MAX_ENTRIES });
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        contents.add(store, &mut entry, &name, &state, &mut buf)?;
+        last = Some(name);
+    }
+    let mut rest = archive.into_inner();
+    if state.eof.get() {
+        return Err(if contents.entries == 0 { LoadError::Empty } else { LoadError::Truncated { entry: None } });
+    }
+    // Read what follows the end-of-archive marker (padding), so that a
+    // compressed stream's checksum at its very end is verified too.
+    io::copy(&mut rest, &mut io::sink()).map_err(|source| read_error(None, &state, source))?;
+    Ok(contents)
+}
+
+/// The name of an archive entry (or a link target) as a key: relative, with
+/// `.` and empty components dropped and `..` applied. `Ok(None)` for the
+/// archive's root itself.
+fn clean_key(name: &str) -> Result<Option<String>, &'static str> {
+    if name.starts_with('/') {
+        return Err("is an absolute path");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err("climbs out of the archive with `..`");
+                }
+            }
+            part => parts.push(part),
+        }
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// The digest a `blobs/sha256/<hex>` name announces.
+fn blob_name(key: &str) -> Option<Digest> {
+    key.strip_prefix("blobs/sha256/").and_then(|hex| format!("sha256:{hex}").parse().ok())
+}
+
+/// Which kept JSON document a name is.
+fn json_slot(key: &str) -> Option<&'static str> {
+    [INDEX_JSON, OCI_LAYOUT, MANIFEST_JSON].into_iter().find(|slot| *slot == key)
+}
+
+/// Whether a name is metadata of legacy `docker save` tarballs that ces does
+/// not need: `repositories`, and each layer's `<id>/json` and `<id>/VERSION`.
+fn is_legacy_metadata(key: &str) -> bool {
+    key == "repositories"
+        || key.split_once('/').is_some_and(|(dir, file)| !dir.is_empty() && matches!(file, "json" | "VERSION"))
+}
+
+/// Copies an entry's `size` bytes of data to `out`; `write_error` says what a
+/// failed write means.
+fn copy_entry<W: Write>(
+    entry: &mut impl Read,
+    key: &str,
+    size: u64,
+    out: &mut W,
+    write_error: impl FnOnce(&W, io::Error) -> LoadError,
+    buf: &mut [u8],
+    state: &StreamState,
+) -> Result<()> {
+    let mut copied = 0u64;
+    loop {
+        let n = match entry.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_error(Some(key), state, e)),
+        };
+        if let Err(e) = out.write_all(&buf[..n]) {
+            return Err(write_error(out, e));
+        }
+        copied += n as u64;
+    }
+    if copied != size {
+        return Err(LoadError::Truncated { entry: Some(key.to_owned()) });
+    }
+    Ok(())
+}
+
+impl Contents {
+    fn add<R: Read>(
+        &mut self,
+        store: &Store,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        state: &StreamState,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let unsafe_entry = |reason| LoadError::UnsafeEntry { entry: name.to_owned(), reason };
+        let Some(key) = clean_key(name).map_err(unsafe_entry)? else { return Ok(()) };
+        match entry.header().entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => self.add_file(store, key, entry, state, buf),
+            kind @ (tar::EntryType::Symlink | tar::EntryType::Link) => {
+                let target =
+                    entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
+                if target.starts_with('/') {
+                    return Err(unsafe_entry("links to an absolute path"));
+                }
+                // A symbolic link is relative to its directory, a hard link to the archive's root.
+                let joined = match (kind, key.rsplit_once('/')) {
+                    (tar::EntryType::Symlink, Some((dir, _))) => format!("{dir}/{target}"),
+                    _ => target,
+                };
+                let target = clean_key(&joined).map_err(|_| unsafe_entry("links outside the archive"))?;
+                self.files.remove(&key);
+                match target {
+                    Some(target) => {
+                        self.links.insert(key, target);
+                    }
+                    None => {
+                        self.links.remove(&key);
+                    }
+                }
+                Ok(())
+            }
+            tar::EntryType::Directory => Ok(()),
+            kind => {
+                tracing::debug!(
+                    entry = name,
+                    ?kind,
+                    "ignoring an archive entry that is neither file, directory nor link"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn add_file<R: Read>(
+        &mut self,
+        store: &Store,
+        key: String,
+        entry: &mut tar::Entry<'_, R>,
+        state: &StreamState,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let size = entry.size();
+        self.links.remove(&key);
+        if let Some(slot) = json_slot(&key) {
+            if size > MAX_JSON_BYTES {
+                return Err(LoadError::JsonTooLarge { entry: key, limit: MAX_JSON_BYTES });
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            copy_entry(entry, &key, size, &mut bytes, |_, source| LoadError::Read { source }, buf, state)?;
+            self.json.insert(slot, bytes);
+            return Ok(());
+        }
+        if is_legacy_metadata(&key) {
+            // The tar reader skips the data.
+            return Ok(());
+        }
+        let blob_error = |key: &str, source| LoadError::Blob { entry: key.to_owned(), source };
+        let stored = match blob_name(&key) {
+            Some(expected) if store.has_blob(&expected, size) => {
+                // Stored before (and verified then): check the archive's copy
+                // all the same, so that a damaged archive never loads.
+                let mut sink = HashingWriter::new(io::sink());
+                copy_entry(entry, &key, size, &mut sink, |_, source| LoadError::Read { source }, buf, state)?;
+                let (_, actual, _) = sink.finish();
+                if actual != expected {
+                    return Err(blob_error(&key, StoreError::DigestMismatch { expected, actual }));
+                }
+                Stored { digest: expected, size }
+            }
+            Some(expected) => {
+                let mut writer = store.blob_writer(&expected, Some(size)).map_err(|e| blob_error(&key, e))?;
+                let write_error = |w: &_, source| blob_error(&key, BlobWriter::write_error(w, source));
+                copy_entry(entry, &key, size, &mut writer, write_error, buf, state)?;
+                writer.commit().map_err(|e| blob_error(&key, e))?;
+                Stored { digest: expected, size }
+            }
+            None => {
+                let mut writer = store.computed_blob_writer().map_err(|e| blob_error(&key, e))?;
+                let write_error = |w: &_, source| blob_error(&key, ComputedBlobWriter::write_error(w, source));
+                copy_entry(entry, &key, size, &mut writer, write_error, buf, state)?;
+                let (digest, size) = writer.commit().map_err(|e| blob_error(&key, e))?;
+                Stored { digest, size }
+            }
+        };
+        tracing::debug!(entry = key, digest = %stored.digest, size = stored.size, "stored");
+        self.files.insert(key, stored);
+        Ok(())
+    }
+
+    /// The stored file a name refers to, through links.
+    fn lookup(&self, name: &str) -> Option<(&str, &Stored)> {
+        let mut key = clean_key(name).ok()??;
+        for _ in 0..MAX_LINK_DEPTH {
+            if let Some((key, stored)) = self.files.get_key_value(&key) {
+                return Some((key.as_str(), stored));
+            }
+            key = self.links.get(&key)?.clone();
+        }
+        None
+    }
+
+    /// Checks that the blob `digest` of `size` bytes came in the archive.
+    fn require(&self, digest: &Digest, size: u64, needed_by: &str) -> Result<()> {
+        let missing = || LoadError::MissingBlob { digest: digest.clone(), needed_by: needed_by.to_owned() };
+        let (key, stored) = self.lookup(&format!("blobs/sha256/{}", digest.hex())).ok_or_else(missing)?;
+        if stored.digest != *digest {
+            // Only a link can get here: `blobs/sha256/<a>` pointing to a file that is not `<a>`.
+            let source = StoreError::DigestMismatch { expected: digest.clone(), actual: stored.digest.clone() };
+            return Err(LoadError::Blob { entry: key.to_owned(), source });
+        }
+        if stored.size != size {
+            return Err(LoadError::BlobSize {
+                digest: digest.clone(),
+                expected: size,
+                actual: stored.size,
+                needed_by: needed_by.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn parse_json<T: serde::de::DeserializeOwned>(&self, slot: &'static str) -> Result<Option<T>> {
+        self.json
+            .get(slot)
+            .map(|bytes| {
+                serde_json::from_slice(bytes)
+                    .map_err(|source| LoadError::InvalidJson { entry: slot.to_owned(), source })
+            })
+            .transpose()
+    }
+
+    /// The images of an OCI layout: each `index.json` entry, an index resolved
+    /// to the platform's image. Entries under the same name (or all unnamed)
+    /// that carry platforms are an index themselves.
+    fn resolve_oci(&self, store: &Store, platform: &Platform) -> Result<Vec<Resolved>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Layout {
+            image_layout_version: String,
+        }
+        if let Some(layout) = self.parse_json::<Layout>(OCI_LAYOUT)?
+            && !layout.image_layout_version.starts_with("1.")
+        {
+            return Err(LoadError::UnsupportedLayout { version: layout.image_layout_version });
+        }
+        let Some(index) = self.parse_json::<ImageIndex>(INDEX_JSON)? else { return Err(LoadError::Unrecognized) };
+
+        let mut groups: Vec<(Option<&str>, Vec<Descriptor>)> = Vec::new();
+        for descriptor in index.manifests() {
+            let name = annotation(descriptor, CONTAINERD_NAME).or_else(|| annotation(descriptor, REF_NAME));
+            match groups.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, group)) => group.push(descriptor.clone()),
+                None => groups.push((name, vec![descriptor.clone()])),
+            }
+        }
+        let mut images = Vec::new();
+        for (name, group) in groups {
+            let chosen = match group.as_slice() {
+                [one] => one.clone(),
+                _ => {
+                    let mut sub = index.clone();
+                    sub.set_manifests(group);
+                    manifest::select_platform(&sub, platform).cloned().ok_or_else(|| LoadError::NoPlatform {
+                        platform: platform.to_string(),
+                        available: manifest::platforms(&sub),
+                    })?
+                }
+            };
+            let mut image = self.resolve_descriptor(store, &chosen, platform, INDEX_JSON.to_owned(), None, 0)?;
+            match name {
+                // A bare tag (`1.0`, as the OCI spec has it) names no repository.
+                Some(name) if name.contains(['/', ':', '@']) => image.names.push(name.to_owned()),
+                Some(tag) => image.tag = Some(tag.to_owned()),
+                None => {}
+            }
+            images.push(image);
+        }
+        Ok(images)
+    }
+
+    fn resolve_descriptor(
+        &self,
+        store: &Store,
+        descriptor: &Descriptor,
+        platform: &Platform,
+        needed_by: String,
+        index_digest: Option<Digest>,
+        depth: usize,
+    ) -> Result<Resolved> {
+        let digest = manifest::descriptor_digest(descriptor).map_err(StoreError::from)?;
+        self.require(&digest, descriptor.size(), &needed_by)?;
+        let bytes = store.read_blob(&digest, MAX_MANIFEST_BYTES)?;
+        let media_type = descriptor.media_type().to_string();
+        match Manifest::parse(&bytes, Some(&media_type))? {
+            Manifest::Image(image) => {
+                let needed_by = format!("manifest {digest}");
+                let config = image.config();
+                self.require(
+                    &manifest::descriptor_digest(config).map_err(StoreError::from)?,
+                    config.size(),
+                    &needed_by,
+                )?;
+                for layer in image.layers() {
+                    self.require(
+                        &manifest::descriptor_digest(layer).map_err(StoreError::from)?,
+                        layer.size(),
+                        &needed_by,
+                    )?;
+                }
+                Ok(Resolved {
+                    media_type: image.media_type().as_ref().map_or(media_type, ToString::to_string),
+                    size: bytes.len() as u64,
+                    digest,
+                    index_digest,
+                    names: Vec::new(),
+                    tag: None,
+                })
+            }
+            Manifest::Index(index) => {
+                if depth >= MAX_INDEX_DEPTH {
+                    return Err(LoadError::IndexTooDeep { digest });
+                }
+                let chosen = manifest::select_platform(&index, platform).ok_or_else(|| LoadError::NoPlatform {
+                    platform: platform.to_string(),
+                    available: manifest::platforms(&index),
+                })?;
+                let needed_by = format!("index {digest}");
+                self.resolve_descriptor(store, chosen, platform, needed_by, index_digest.or(Some(digest)), depth + 1)
+            }
+        }
+    }
+
+    /// The images of a legacy `docker save` tarball: for each `manifest.json`
+    /// entry, an OCI manifest of its config and layers, written to the store.
+    fn resolve_docker_save(&self, store: &Store) -> Result<Vec<Resolved>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Entry {
+            config: String,
+            #[serde(default)]
+            repo_tags: Option<Vec<String>>,
+            #[serde(default)]
+            layers: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            rootfs: RootFs,
+        }
+        #[derive(serde::Deserialize)]
+        struct RootFs {
+            #[serde(default)]
+            diff_ids: Vec<String>,
+        }
+        let Some(entries) = self.parse_json::<Vec<Entry>>(MANIFEST_JSON)? else { return Err(LoadError::Unrecognized) };
+        let mut images = Vec::new();
+        for entry in entries {
+            let missing = |path: &str| LoadError::MissingFile { path: path.to_owned() };
+            let (_, config) = self.lookup(&entry.config).ok_or_else(|| missing(&entry.config))?;
+            let config_bytes = store.read_blob(&config.digest, MAX_CONFIG_BYTES)?;
+            let parsed: Config = serde_json::from_slice(&config_bytes)
+                .map_err(|source| LoadError::InvalidJson { entry: entry.config.clone(), source })?;
+            let diff_ids = parsed.rootfs.diff_ids;
+            if diff_ids.len() != entry.layers.len() {
+                return Err(LoadError::LayerCount {
+                    config: config.digest.clone(),
+                    layers: entry.layers.len(),
+                    diff_ids: diff_ids.len(),
+                });
+            }
+            let mut layers = Vec::new();
+            for (path, expected) in entry.layers.iter().zip(diff_ids) {
+                let (_, layer) = self.lookup(path).ok_or_else(|| missing(path))?;
+                let (media_type, actual) = diff_id(store, &layer.digest)?;
+                if actual.to_string() != expected {
+                    return Err(LoadError::DiffId { layer: path.clone(), expected, actual });
+                }
+                layers.push(OciDescriptor { media_type, digest: layer.digest.clone(), size: layer.size });
+            }
+            let manifest = OciManifest {
+                schema_version: 2,
+                media_type: manifest::OCI_MANIFEST,
+                config: OciDescriptor { media_type: OCI_CONFIG, digest: config.digest.clone(), size: config.size },
+                layers,
+            };
+            let bytes = serde_json::to_vec(&manifest).map_err(|source| LoadError::InvalidJson {
+                entry: "the manifest written for manifest.json".to_owned(),
+                source,
+            })?;
+            let digest = Digest::of(&bytes);
+            store.write_blob(&digest, &bytes)?;
+            images.push(Resolved {
+                digest,
+                media_type: manifest::OCI_MANIFEST.to_owned(),
+                size: bytes.len() as u64,
+                index_digest: None,
+                names: entry.repo_tags.unwrap_or_default(),
+                tag: None,
+            });
+        }
+        Ok(images)
+    }
+}
+
+/// An OCI image manifest, as written for a `docker save` image.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OciManifest {
+    schema_version: u32,
+    media_type: &'static str,
+    config: OciDescriptor,
+    layers: Vec<OciDescriptor>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OciDescriptor {
+    media_type: &'static str,
+    digest: Digest,
+    size: u64,
+}
+
+fn annotation<'a>(descriptor: &'a Descriptor, key: &str) -> Option<&'a str> {
+    descriptor.annotations().as_ref()?.get(key).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+/// The media type of a stored layer blob and the digest of its tar (its
+/// `diff_id`): the blob's own digest for a plain tar, else computed by
+/// decompressing it.
+fn diff_id(store: &Store, layer: &Digest) -> Result<(&'static str, Digest)> {
+    let read_err = |source| StoreError::LayerRead { layer: layer.clone(), source };
+    let mut magic = Vec::with_capacity(4);
+    store.open_blob(layer)?.take(4).read_to_end(&mut magic).map_err(read_err)?;
+    let media_type = if magic.starts_with(GZIP_MAGIC) {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    } else if magic.starts_with(ZSTD_MAGIC) {
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    } else {
+        return Ok(("application/vnd.oci.image.layer.v1.tar", layer.clone()));
+    };
+    let blob = BufReader::with_capacity(COPY_BUFFER_LEN, store.open_blob(layer)?);
+    let mut tar = unpack::decompress(blob).map_err(read_err)?;
+    let mut hashing = HashingWriter::new(io::sink());
+    io::copy(&mut tar, &mut hashing).map_err(read_err)?;
+    Ok((media_type, hashing.finish().1))
+}
+
+/// One record per name: `name` (for a single image) or the archive's own names.
+fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<Vec<ImageRecord>> {
+    let now = jiff::Timestamp::now();
+    let record = |image: &Resolved, reference: ImageReference| {
+        if let Some(pinned) = reference.digest()
+            && *pinned != image.digest
+        {
+            return Err(LoadError::NameDigest { reference, digest: image.digest.clone() });
+        }
+        Ok(ImageRecord {
+            reference,
+            digest: image.digest.clone(),
+            media_type: image.media_type.clone(),
+            manifest_size: image.size,
+            pulled_at: Some(now),
+            index_digest: image.index_digest.clone(),
+        })
+    };
+    if let Some(name) = name {
+        let mut distinct: Vec<&Resolved> = Vec::new();
+        for image in &images {
+            if !distinct.iter().any(|d| d.digest == image.digest) {
+                distinct.push(image);
+            }
+        }
+        return match distinct.as_slice() {
+            [one] => Ok(vec![record(one, name.clone())?]),
+            [] => Err(LoadError::NoImages),
+            many => Err(LoadError::SeveralImages { count: many.len() }),
+        };
+    }
+    let mut records: Vec<ImageRecord> = Vec::new();
+    for image in &images {
+        if image.names.is_empty() {
+            return Err(LoadError::NoName { digest: image.digest.clone(), tag: image.tag.clone() });
+        }
+        for name in &image.names {
+            let reference = name
+                .parse::<ImageReference>()
+                .map_err(|source| LoadError::BadName { digest: image.digest.clone(), source })?;
+            records.retain(|r| r.reference != reference);
+            records.push(record(image, reference)?);
+        }
+    }
+    if records.is_empty() {
+        return Err(LoadError::NoImages);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ces_testkit::image::marker_image;
+    use ces_testkit::{BuiltImage, Compression, Entry, ImageSpec, Layer, Style, busybox_image, index};
+    use std::path::Path;
+
+    fn amd64() -> Platform {
+        Platform { os: "linux".into(), architecture: "amd64".into() }
+    }
+
+    fn arm64() -> Platform {
+        Platform { os: "linux".into(), architecture: "arm64".into() }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        store: Store,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("store")).unwrap();
+            Fixture { dir, store }
+        }
+
+        fn path(&self, name: &str) -> std::path::PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn load(&self, bytes: &[u8], name: Option<&str>, platform: Platform) -> Result<LoadOutcome> {
+            let options = LoadOptions { name: name.map(|n| n.parse().unwrap()), platform };
+            load(&self.store, bytes, &options)
+        }
+
+        fn load_file(&self, path: &Path, name: Option<&str>) -> Result<LoadOutcome> {
+            self.load(&std::fs::read(path).unwrap(), name, amd64())
+        }
+
+        fn oci_archive(&self, image: &BuiltImage, ref_name: &str) -> Vec<u8> {
+            let path = self.path("image.tar");
+            image.write_oci_archive(&path, ref_name);
+            std::fs::read(path).unwrap()
+        }
+    }
+
+    fn digest(s: &str) -> Digest {
+        s.parse().unwrap()
+    }
+
+    /// A tar of `files` (name, data), and of `links` (name, target, symbolic?).
+    fn tar_of(files: &[(&str, &[u8])], links: &[(&str, &str, bool)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, name, *data).unwrap();
+        }
+        for (name, target, symbolic) in links {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(if *symbolic { tar::EntryType::Symlink } else { tar::EntryType::Link });
+            header.set_size(0);
+            builder.append_link(&mut header, name, target).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    /// The entries of a tar, as (name, data) pairs, regular files only.
+    fn files_of(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(tar);
+        archive
+            .entries()
+            .unwrap()
+            .map(Result::unwrap)
+            .filter(|e| e.header().entry_type().is_file())
+            .map(|mut e| {
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clean_key_keeps_names_inside_the_archive() {
+        assert_eq!(clean_key("./blobs//sha256/./ab").unwrap().as_deref(), Some("blobs/sha256/ab"));
+        assert_eq!(clean_key("a/../b").unwrap().as_deref(), Some("b"));
+        assert_eq!(clean_key("./").unwrap(), None);
+        assert!(clean_key("../etc/passwd").is_err());
+        assert!(clean_key("a/../../b").is_err());
+        assert!(clean_key("/etc/passwd").is_err());
+    }
+
+    #[test]
+    fn legacy_metadata_is_recognised() {
+        assert!(is_legacy_metadata("abc/json"));
+        assert!(is_legacy_metadata("abc/VERSION"));
+        assert!(is_legacy_metadata("repositories"));
+        assert!(!is_legacy_metadata("manifest.json"));
+        assert!(!is_legacy_metadata("abc/layer.tar"));
+        assert!(!is_legacy_metadata("abc.json"));
+    }
+
+    #[test]
+    fn oci_archive_with_a_full_name_loads_and_unpacks() {
+        let f = Fixture::new();
+        let image = busybox_image().build();
+        let outcome = f.load(&f.oci_archive(&image, "ghcr.io/ns/busybox:1"), None, amd64()).unwrap();
+        assert_eq!(outcome.format, ArchiveFormat::Oci);
+        let [record] = outcome.images.as_slice() else { panic!("{:?}", outcome.images) };
+        assert_eq!(record.reference.to_string(), "ghcr.io/ns/busybox:1");
+        assert_eq!(record.digest, digest(&image.digest));
+        assert_eq!(record.index_digest, None);
+        assert_eq!(f.store.images().unwrap(), outcome.images);
+        let rootfs =
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap();
+        assert!(rootfs.join("bin/busybox").is_file());
+    }
+
+    #[test]
+    fn a_bare_tag_needs_a_name() {
+        let f = Fixture::new();
+        let image = marker_image("bare tag").build();
+        let archive = f.oci_archive(&image, "1.0");
+        let err = f.load(&archive, None, amd64()).unwrap_err();
+        assert!(matches!(&err, LoadError::NoName { tag: Some(t), .. } if t == "1.0"), "{err}");
+        assert!(f.store.images().unwrap().is_empty());
+        let outcome = f.load(&archive, Some("ghcr.io/ns/app:1.0"), amd64()).unwrap();
+        assert_eq!(outcome.images[0].reference.to_string(), "ghcr.io/ns/app:1.0");
+    }
+
+    #[test]
+    fn the_containerd_name_wins_over_a_bare_ref_name() {
+        let f = Fixture::new();
+        let image = marker_image("containerd").build();
+        let layout = f.path("layout");
+        image.write_oci_layout(&layout, "latest");
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        index["manifests"][0]["annotations"][CONTAINERD_NAME] = "docker.io/library/app:latest".into();
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let tar = tar_dir(&layout);
+        let outcome = f.load(&tar, None, amd64()).unwrap();
+        assert_eq!(outcome.images[0].reference.to_string(), "docker.io/library/app:latest");
+    }
+
+    /// A tar of a directory's files (for layouts written with `write_oci_layout`).
+    fn tar_dir(dir: &Path) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append_dir_all(".", dir).unwrap();
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_multi_arch_index_resolves_to_the_platform_not_the_first_entry() {
+        let arm = marker_image("multi").arch("arm64").build();
+        let amd = marker_image("multi").build();
+        let both = index(&[arm.clone(), amd.clone()], Style::Oci);
+        for (platform, want) in [(amd64(), &amd), (arm64(), &arm)] {
+            let f = Fixture::new();
+            let outcome = f.load(&f.oci_archive(&both, "ghcr.io/ns/multi:1"), None, platform).unwrap();
+            assert_eq!(outcome.images[0].digest, digest(&want.digest));
+            assert_eq!(outcome.images[0].index_digest, Some(digest(&both.digest)));
+        }
+        let f = Fixture::new();
+        let s390x = Platform { os: "linux".into(), architecture: "s390x".into() };
+        let err = f.load(&f.oci_archive(&both, "ghcr.io/ns/multi:1"), None, s390x).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::NoPlatform { available, .. } if available == &["linux/arm64", "linux/amd64"]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("linux/arm64, linux/amd64"), "{err}");
+    }
+
+    #[test]
+    fn platform_manifests_listed_in_index_json_itself_are_chosen_from() {
+        let f = Fixture::new();
+        let arm = marker_image("flat").arch("arm64").build();
+        let amd = marker_image("flat").build();
+        let layout = f.path("layout");
+        arm.write_oci_layout(&layout, "ghcr.io/ns/flat:1");
+        amd.write_oci_layout(&layout, "placeholder");
+        // Both under one name, with platforms: as an index would list them.
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        for (i, arch) in ["arm64", "amd64"].iter().enumerate() {
+            index["manifests"][i]["annotations"][REF_NAME] = "ghcr.io/ns/flat:1".into();
+            index["manifests"][i]["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+        }
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let outcome = f.load(&tar_dir(&layout), None, amd64()).unwrap();
+        let [record] = outcome.images.as_slice() else { panic!("{:?}", outcome.images) };
+        assert_eq!(record.digest, digest(&amd.digest));
+    }
+
+    #[test]
+    fn one_name_for_several_images_is_refused() {
+        let f = Fixture::new();
+        let layout = f.path("layout");
+        marker_image("several a").build().write_oci_layout(&layout, "ghcr.io/ns/a:1");
+        marker_image("several b").build().write_oci_layout(&layout, "ghcr.io/ns/b:1");
+        let tar = tar_dir(&layout);
+        let err = f.load(&tar, Some("ghcr.io/ns/c:1"), amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::SeveralImages { count: 2 }), "{err}");
+        let outcome = f.load(&tar, None, amd64()).unwrap();
+        let names: Vec<String> = outcome.images.iter().map(|r| r.reference.to_string()).collect();
+        assert_eq!(names, ["ghcr.io/ns/a:1", "ghcr.io/ns/b:1"]);
+    }
+
+    #[test]
+    fn docker_save_becomes_an_oci_manifest_of_the_same_config_and_layers() {
+        let f = Fixture::new();
+        let image = busybox_image().build();
+        let path = f.path("save.tar");
+        image.write_docker_save(&path, "busybox:1");
+        let outcome = f.load_file(&path, None).unwrap();
+        assert_eq!(outcome.format, ArchiveFormat::DockerSave);
+        let [record] = outcome.images.as_slice() else { panic!("{:?}", outcome.images) };
+        assert_eq!(record.reference.to_string(), "docker.io/library/busybox:1");
+        let manifest = f.store.manifest(&record.digest).unwrap();
+        assert_eq!(manifest.config().digest().to_string(), image.config_digest);
+        assert_eq!(manifest.config().media_type().to_string(), OCI_CONFIG);
+        let layers: Vec<String> = manifest.layers().iter().map(|l| l.digest().to_string()).collect();
+        assert_eq!(layers, image.diff_ids);
+        assert_eq!(manifest.layers()[0].media_type().to_string(), "application/vnd.oci.image.layer.v1.tar");
+        let rootfs =
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap();
+        assert!(rootfs.join("bin/busybox").is_file());
+        // The legacy per-layer metadata is not stored.
+        assert!(outcome.blobs == 2, "{outcome:?}");
+    }
+
+    #[test]
+    fn docker_save_follows_a_layer_symlink() {
+        let f = Fixture::new();
+        let layer = Layer::new(vec![Entry::file("same", "twice")]);
+        let image = ImageSpec::new(vec![layer.clone(), layer]).build();
+        let path = f.path("save.tar");
+        image.write_docker_save(&path, "ghcr.io/ns/twice:1");
+        let files = files_of(&std::fs::read(&path).unwrap());
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&files.iter().find(|(n, _)| n == "manifest.json").unwrap().1).unwrap();
+        let first = manifest[0]["Layers"][0].as_str().unwrap().to_owned();
+        let second = manifest[0]["Layers"][1].as_str().unwrap().to_owned();
+        let kept: Vec<(&str, &[u8])> =
+            files.iter().filter(|(n, _)| *n != second).map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let (first_dir, _) = first.split_once('/').unwrap();
+        let target = format!("../{first_dir}/layer.tar");
+        let tar = tar_of(&kept, &[(&second, &target, true)]);
+        let outcome = f.load(&tar, None, amd64()).unwrap();
+        let manifest = f.store.manifest(&outcome.images[0].digest).unwrap();
+        assert_eq!(manifest.layers().len(), 2);
+        assert_eq!(manifest.layers()[0].digest(), manifest.layers()[1].digest());
+    }
+
+    #[test]
+    fn docker_save_layers_must_match_the_configs_diff_ids() {
+        let f = Fixture::new();
+        let image = marker_image("diff ids").build();
+        let path = f.path("save.tar");
+        image.write_docker_save(&path, "ghcr.io/ns/d:1");
+        let files = files_of(&std::fs::read(&path).unwrap());
+        let other = Layer::new(vec![Entry::file("marker", "something else")]).tar();
+        let swapped: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), if n.ends_with("/layer.tar") { other.as_slice() } else { d.as_slice() }))
+            .collect();
+        let err = f.load(&tar_of(&swapped, &[]), None, amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::DiffId { .. }), "{err}");
+        assert!(f.store.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn docker_25_archives_are_read_as_oci() {
+        let f = Fixture::new();
+        let image = marker_image("docker 25").build();
+        let mut files = files_of(&f.oci_archive(&image, "docker.io/library/new:1"));
+        let manifest = serde_json::json!([{
+            "Config": format!("blobs/sha256/{}", &image.config_digest[7..]),
+            "RepoTags": ["new:1"],
+            "Layers": image.layer_digests.iter().map(|d| format!("blobs/sha256/{}", &d[7..])).collect::<Vec<_>>(),
+        }]);
+        files.push(("manifest.json".into(), serde_json::to_vec(&manifest).unwrap()));
+        let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let outcome = f.load(&tar_of(&borrowed, &[]), None, amd64()).unwrap();
+        assert_eq!(outcome.format, ArchiveFormat::Oci);
+        assert_eq!(outcome.images[0].digest, digest(&image.digest));
+    }
+
+    #[test]
+    fn compressed_archives_load() {
+        let image = marker_image("compressed").build();
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let f = Fixture::new();
+            let tar = f.oci_archive(&image, "ghcr.io/ns/c:1");
+            let compressed = ces_testkit::layer::compress(&tar, compression);
+            let outcome = f.load(&compressed, None, amd64()).unwrap();
+            assert_eq!(outcome.images[0].digest, digest(&image.digest), "{compression:?}");
+        }
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_named_and_nothing_is_named() {
+        let image = marker_image("corrupt blob").build();
+        let layer = image.layer_digests[0].clone();
+        let f = Fixture::new();
+        let mut files = files_of(&f.oci_archive(&image, "ghcr.io/ns/c:1"));
+        let hex = &layer[7..];
+        let (_, data) = files.iter_mut().find(|(n, _)| n.ends_with(hex)).unwrap();
+        let middle = data.len() / 2;
+        data[middle] ^= 0xff;
+        let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let tar = tar_of(&borrowed, &[]);
+        let err = f.load(&tar, None, amd64()).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::Blob { source: StoreError::DigestMismatch { expected, .. }, .. } if expected.to_string() == layer),
+            "{err}"
+        );
+        assert!(f.store.images().unwrap().is_empty());
+        assert!(!f.store.has_blob(&digest(&layer), data_len(&image, &layer)));
+
+        // A blob already in the store is checked all the same.
+        let good = f.oci_archive(&image, "ghcr.io/ns/c:1");
+        f.load(&good, None, amd64()).unwrap();
+        let err = f.load(&tar, Some("ghcr.io/ns/other:1"), amd64()).unwrap_err();
+        assert!(matches!(&err, LoadError::Blob { .. }), "{err}");
+    }
+
+    fn data_len(image: &BuiltImage, digest: &str) -> u64 {
+        image.blob(digest).len() as u64
+    }
+
+    #[test]
+    fn a_missing_blob_is_named() {
+        let f = Fixture::new();
+        let image = marker_image("missing").build();
+        let files = files_of(&f.oci_archive(&image, "ghcr.io/ns/m:1"));
+        let layer = &image.layer_digests[0];
+        let kept: Vec<(&str, &[u8])> =
+            files.iter().filter(|(n, _)| !n.ends_with(&layer[7..])).map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let err = f.load(&tar_of(&kept, &[]), None, amd64()).unwrap_err();
+        assert!(matches!(&err, LoadError::MissingBlob { digest, .. } if digest.to_string() == *layer), "{err}");
+        assert!(err.to_string().contains(&image.digest), "{err}");
+    }
+
+    #[test]
+    fn truncated_archives_are_reported_as_such() {
+        let f = Fixture::new();
+        let image = marker_image("truncated").build();
+        let tar = f.oci_archive(&image, "ghcr.io/ns/t:1");
+        let err = f.load(&tar[..tar.len() / 2], None, amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::Truncated { .. }), "{err}");
+        // Cut between two entries: only the missing end-of-archive marker tells.
+        let mut at_boundary = tar_of(&[("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)], &[]);
+        at_boundary.truncate(1024);
+        let err = f.load(&at_boundary, None, amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::Truncated { entry: None }), "{err}");
+        // And a compressed one.
+        let gz = ces_testkit::layer::compress(&tar, Compression::Gzip);
+        let err = f.load(&gz[..gz.len() - 10], None, amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::Truncated { .. } | LoadError::Corrupt { .. }), "{err}");
+        assert!(f.store.images().unwrap().is_empty());
+        assert!(std::fs::read_dir(f.store.root().join("tmp")).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn what_is_not_an_image_archive_says_so() {
+        let f = Fixture::new();
+        assert!(matches!(f.load(b"", None, amd64()), Err(LoadError::Empty)));
+        assert!(matches!(f.load(&[b'x'; 2048], None, amd64()), Err(LoadError::NotATar { .. })));
+        assert!(matches!(
+            f.load(b"hello", None, amd64()),
+            Err(LoadError::Truncated { .. } | LoadError::NotATar { .. })
+        ));
+        let other = tar_of(&[("README", b"hi")], &[]);
+        assert!(matches!(f.load(&other, None, amd64()), Err(LoadError::Unrecognized)));
+        let bad = tar_of(&[("index.json", b"{not json")], &[]);
+        assert!(matches!(f.load(&bad, None, amd64()), Err(LoadError::InvalidJson { .. })));
+        let v2 = tar_of(&[("oci-layout", br#"{"imageLayoutVersion":"2.0.0"}"#), ("index.json", b"{}")], &[]);
+        assert!(matches!(f.load(&v2, None, amd64()), Err(LoadError::UnsupportedLayout { .. })));
+    }
+
+    #[test]
+    fn names_that_leave_the_archive_are_refused() {
+        let f = Fixture::new();
+        for name in ["../escape", "a/../../escape"] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(1);
+            header.set_entry_type(tar::EntryType::Regular);
+            let raw = &mut header.as_old_mut().name;
+            raw[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            let mut tar = header.as_bytes().to_vec();
+            tar.extend_from_slice(&[b'x'; 512]);
+            tar.extend_from_slice(&[0; 1024]);
+            let err = f.load(&tar, None, amd64()).unwrap_err();
+            assert!(matches!(err, LoadError::UnsafeEntry { .. }), "{name}: {err}");
+        }
+        let link = tar_of(&[], &[("layer.tar", "/etc/passwd", true)]);
+        assert!(matches!(f.load(&link, None, amd64()), Err(LoadError::UnsafeEntry { .. })));
+        let link = tar_of(&[], &[("a/layer.tar", "../../etc/passwd", true)]);
+        assert!(matches!(f.load(&link, None, amd64()), Err(LoadError::UnsafeEntry { .. })));
+        assert!(std::fs::read_dir(f.store.root().join("tmp")).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn oversized_json_is_refused_before_it_is_read() {
+        let f = Fixture::new();
+        let big = vec![b' '; MAX_JSON_BYTES as usize + 1];
+        let tar = tar_of(&[("index.json", &big)], &[]);
+        assert!(matches!(f.load(&tar, None, amd64()), Err(LoadError::JsonTooLarge { .. })));
+    }
+
+    #[test]
+    fn a_name_pinning_another_digest_is_refused() {
+        let f = Fixture::new();
+        let image = marker_image("pinned").build();
+        let other = format!("ghcr.io/ns/p@sha256:{}", "0".repeat(64));
+        let err = f.load(&f.oci_archive(&image, "1"), Some(&other), amd64()).unwrap_err();
+        assert!(matches!(err, LoadError::NameDigest { .. }), "{err}");
+    }
+}
