@@ -65,8 +65,9 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
     ))?;
     drop(runtime);
     printer.status(format!(
-        "Pulled {} layers ({} new, {}) in {:.2}s",
+        "Pulled {} layer{} ({} new, {}) in {:.2}s",
         outcome.layers,
+        if outcome.layers == 1 { "" } else { "s" },
         outcome.layers - outcome.reused,
         human_bytes(outcome.downloaded),
         started.elapsed().as_secs_f64()
