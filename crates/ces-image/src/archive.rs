@@ -40,7 +40,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
 use crate::reference::{ImageReference, ReferenceError};
-use crate::store::{BlobWriter, ComputedBlobWriter, ImageRecord, REF_NAME, Store, StoreError};
+use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError};
 use crate::unpack;
 
 /// The largest `index.json`, `oci-layout` or `manifest.json` read from an archive.
@@ -598,16 +598,15 @@ impl Contents {
                 }
                 Stored { digest: expected, size }
             }
-            Some(expected) => {
-                let mut writer = store.blob_writer(&expected, Some(size)).map_err(|e| blob_error(&key, e))?;
+            expected => {
+                // Named blobs are checked against their name; others (docker
+                // save layers) are stored under the digest they turn out to have.
+                let writer = match expected {
+                    Some(expected) => store.blob_writer(&expected, Some(size)),
+                    None => store.computed_blob_writer(),
+                };
+                let mut writer = writer.map_err(|e| blob_error(&key, e))?;
                 let write_error = |w: &_, source| blob_error(&key, BlobWriter::write_error(w, source));
-                copy_entry(entry, &key, size, &mut writer, write_error, buf, state)?;
-                writer.commit().map_err(|e| blob_error(&key, e))?;
-                Stored { digest: expected, size }
-            }
-            None => {
-                let mut writer = store.computed_blob_writer().map_err(|e| blob_error(&key, e))?;
-                let write_error = |w: &_, source| blob_error(&key, ComputedBlobWriter::write_error(w, source));
                 copy_entry(entry, &key, size, &mut writer, write_error, buf, state)?;
                 let (digest, size) = writer.commit().map_err(|e| blob_error(&key, e))?;
                 Stored { digest, size }

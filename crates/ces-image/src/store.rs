@@ -320,13 +320,24 @@ impl Store {
 
     /// Starts writing a blob that must hash to `expected` (and be `size` bytes, when known).
     pub fn blob_writer(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter> {
-        let temp = self.temp_path(&format!("blob-{}", expected.short()));
+        self.new_blob_writer(Some(expected.clone()), size)
+    }
+
+    /// Starts writing a blob whose digest is learnt only as it is written (a
+    /// `docker save` layer, whose file name says nothing of its content).
+    pub fn computed_blob_writer(&self) -> Result<BlobWriter> {
+        self.new_blob_writer(None, None)
+    }
+
+    fn new_blob_writer(&self, expected: Option<Digest>, size: Option<u64>) -> Result<BlobWriter> {
+        let label = expected.as_ref().map_or("computed", Digest::short);
+        let temp = self.temp_path(&format!("blob-{label}"));
         let file = File::create(&temp).map_err(io_err(&temp))?;
         Ok(BlobWriter {
             out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
             temp,
-            dest: self.blob_path(expected),
-            expected: expected.clone(),
+            blobs: self.blobs_dir(),
+            expected,
             size,
         })
     }
@@ -334,8 +345,8 @@ impl Store {
     /// Stores `bytes` as the blob `expected`, after checking they hash to it.
     pub fn write_blob(&self, expected: &Digest, bytes: &[u8]) -> Result<()> {
         let mut writer = self.blob_writer(expected, Some(bytes.len() as u64))?;
-        writer.write_all(bytes).map_err(io_err(&writer.temp.clone()))?;
-        writer.commit()
+        writer.write_all(bytes).map_err(|e| writer.write_error(e))?;
+        writer.commit().map(drop)
     }
 
     /// Opens a stored blob.
@@ -581,14 +592,14 @@ impl Store {
     }
 }
 
-/// A blob being written: hashed as it goes, renamed into place by
-/// [`BlobWriter::commit`] only if its size and digest are right. Dropped
-/// uncommitted, it removes its temp file.
+/// A blob being written: hashed as it goes, and renamed to its content
+/// address by [`BlobWriter::commit`]. When the digest (and size) were known in
+/// advance, commit first checks them. Dropped uncommitted, it removes its temp file.
 pub struct BlobWriter {
     out: Option<HashingWriter<BufWriter<File>>>,
     temp: PathBuf,
-    dest: PathBuf,
-    expected: Digest,
+    blobs: PathBuf,
+    expected: Option<Digest>,
     size: Option<u64>,
 }
 
@@ -601,25 +612,31 @@ impl BlobWriter {
     /// The store error for a failed write into this blob: more bytes than the
     /// descriptor said, a full disk, another I/O error.
     pub fn write_error(&self, error: io::Error) -> StoreError {
-        if error.kind() == io::ErrorKind::InvalidData && self.size.is_some() {
-            return StoreError::TooLong { digest: self.expected.clone(), expected: self.size.unwrap_or_default() };
+        match (&self.expected, self.size) {
+            (Some(digest), Some(expected)) if error.kind() == io::ErrorKind::InvalidData => {
+                StoreError::TooLong { digest: digest.clone(), expected }
+            }
+            _ => io_err(&self.temp)(error),
         }
-        io_err(&self.temp)(error)
     }
 
-    /// Checks size and digest, then moves the blob to its content address.
-    pub fn commit(mut self) -> Result<()> {
+    /// Checks the size and digest expected (if any), then moves the blob to
+    /// its content address; returns its digest and size.
+    pub fn commit(mut self) -> Result<(Digest, u64)> {
         let Some(out) = self.out.take() else { unreachable!("a BlobWriter is committed once, by value") };
         let (buffered, actual, written) = out.finish();
         buffered.into_inner().map_err(|e| io_err(&self.temp)(e.into_error()))?;
-        if let Some(size) = self.size.filter(|size| *size != written) {
-            return Err(StoreError::SizeMismatch { digest: self.expected.clone(), expected: size, actual: written });
+        if let Some(expected) = &self.expected {
+            if let Some(size) = self.size.filter(|size| *size != written) {
+                return Err(StoreError::SizeMismatch { digest: expected.clone(), expected: size, actual: written });
+            }
+            if actual != *expected {
+                return Err(StoreError::DigestMismatch { expected: expected.clone(), actual });
+            }
         }
-        if actual != self.expected {
-            return Err(StoreError::DigestMismatch { expected: self.expected.clone(), actual });
-        }
-        fs::rename(&self.temp, &self.dest).map_err(io_err(&self.dest))?;
-        Ok(())
+        let dest = self.blobs.join(actual.hex());
+        fs::rename(&self.temp, &dest).map_err(io_err(&dest))?;
+        Ok((actual, written))
     }
 }
 
@@ -629,10 +646,7 @@ impl Write for BlobWriter {
         // Stop a registry that sends more than the descriptor said before it
         // fills the disk.
         if let Some(size) = self.size.filter(|size| out.written() + buf.len() as u64 > *size) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is larger than its descriptor's {size} bytes", self.expected),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than the descriptor's {size} bytes")));
         }
         out.write(buf)
     }
@@ -646,68 +660,6 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         // After a successful commit the temp file has been renamed away, so
         // this removes only what an abandoned or failed write left.
-        let _ = fs::remove_file(&self.temp);
-    }
-}
-
-impl Store {
-    /// Starts writing a blob whose digest is learnt only as it is written (a
-    /// `docker save` layer, whose file name says nothing of its content).
-    pub fn computed_blob_writer(&self) -> Result<ComputedBlobWriter> {
-        let temp = self.temp_path("blob-computed");
-        let file = File::create(&temp).map_err(io_err(&temp))?;
-        Ok(ComputedBlobWriter {
-            out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
-            temp,
-            blobs: self.blobs_dir(),
-        })
-    }
-}
-
-/// A blob being written whose digest is not known in advance: hashed as it
-/// goes, and renamed by [`ComputedBlobWriter::commit`] to the content address
-/// it turned out to have. Dropped uncommitted, it removes its temp file.
-pub struct ComputedBlobWriter {
-    out: Option<HashingWriter<BufWriter<File>>>,
-    temp: PathBuf,
-    blobs: PathBuf,
-}
-
-impl ComputedBlobWriter {
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.out.as_ref().map_or(0, HashingWriter::written)
-    }
-
-    /// The store error for a failed write into this blob (a full disk, another I/O error).
-    pub fn write_error(&self, error: io::Error) -> StoreError {
-        io_err(&self.temp)(error)
-    }
-
-    /// Moves the blob to its content address, and returns its digest and size.
-    pub fn commit(mut self) -> Result<(Digest, u64)> {
-        let Some(out) = self.out.take() else { unreachable!("a ComputedBlobWriter is committed once, by value") };
-        let (buffered, digest, written) = out.finish();
-        buffered.into_inner().map_err(|e| io_err(&self.temp)(e.into_error()))?;
-        let dest = self.blobs.join(digest.hex());
-        fs::rename(&self.temp, &dest).map_err(io_err(&dest))?;
-        Ok((digest, written))
-    }
-}
-
-impl Write for ComputedBlobWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.as_mut().ok_or_else(|| io::Error::other("blob already committed"))?.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.out.as_mut().map_or(Ok(()), Write::flush)
-    }
-}
-
-impl Drop for ComputedBlobWriter {
-    fn drop(&mut self) {
-        // After a commit the temp file has been renamed away.
         let _ = fs::remove_file(&self.temp);
     }
 }

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ces_testkit::image::marker_image;
 use ces_testkit::layer::{Compression, compress};
@@ -21,27 +20,6 @@ fn sandbox() -> Sandbox {
 
 fn path(sb: &Sandbox, name: &str) -> String {
     sb.dir.path().join(name).display().to_string()
-}
-
-/// `ces load ARGS` with `input` on standard input.
-fn load_stdin(sb: &Sandbox, args: &[&str], input: &[u8]) -> Run {
-    let mut child = sb
-        .command(env!("CARGO_BIN_EXE_ces"), args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // ces may stop reading early (a refused archive): a broken pipe is fine.
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    let output = child.wait_with_output().unwrap();
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 /// The manifest stored as `digest`, as JSON.
@@ -200,10 +178,10 @@ fn compressed_archives_and_standard_input_load() {
 
         // The same, piped in: `-`, and no FILE at all.
         let sb = sandbox();
-        let out = load_stdin(&sb, &["load", "-t", "ghcr.io/ns/piped:1", "-"], &compressed);
+        let out = sb.ces_stdin(&["load", "-t", "ghcr.io/ns/piped:1", "-"], &compressed);
         assert_eq!(out.ok().trim(), format!("ghcr.io/ns/piped@{}", image.digest), "{compression:?}");
         assert!(out.stderr.contains("Loading standard input"), "{}", out.stderr);
-        let out = load_stdin(&sb, &["load"], &compressed);
+        let out = sb.ces_stdin(&["load"], &compressed);
         assert_eq!(out.ok().trim(), format!("ghcr.io/ns/compressed@{}", image.digest), "{compression:?}");
         let names: Vec<_> = sb.images().iter().map(|i| i["reference"].as_str().unwrap().to_owned()).collect();
         assert_eq!(names, ["ghcr.io/ns/piped:1", "ghcr.io/ns/compressed:1"]);
@@ -270,7 +248,7 @@ fn a_truncated_archive_is_a_clean_error() {
         assert!(err.contains("truncated"), "{err}");
     }
     let gz = compress(&bytes, Compression::Gzip);
-    let out = load_stdin(&sb, &["load"], &gz[..gz.len() * 2 / 3]);
+    let out = sb.ces_stdin(&["load"], &gz[..gz.len() * 2 / 3]);
     assert!(assert_error_with_hint(&out).contains("truncated"), "{}", out.stderr);
     assert!(sb.images().is_empty());
     assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
@@ -284,7 +262,7 @@ fn what_is_not_an_image_archive_is_refused_with_the_formats_ces_reads() {
     let err = assert_error_with_hint(&sb.ces(&["load", &text])).to_owned();
     assert!(err.contains("not a tar archive") && err.contains("oci-archive"), "{err}");
 
-    let err = assert_error_with_hint(&load_stdin(&sb, &["load"], b"")).to_owned();
+    let err = assert_error_with_hint(&sb.ces_stdin(&["load"], b"")).to_owned();
     assert!(err.contains("the archive is empty"), "{err}");
 
     let out = sb.ces(&["load", &path(&sb, "missing.tar")]);

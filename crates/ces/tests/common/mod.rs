@@ -97,7 +97,7 @@ impl Sandbox {
     }
 
     /// Runs `ces ARGS` with `input` on stdin.
-    pub fn ces_stdin(&self, args: &[&str], input: &str) -> Run {
+    pub fn ces_stdin(&self, args: &[&str], input: impl AsRef<[u8]>) -> Run {
         use std::io::Write;
         let mut child = self
             .command(env!("CARGO_BIN_EXE_ces"), args)
@@ -106,7 +106,10 @@ impl Sandbox {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // ces may stop reading early (a refused archive): a broken pipe is fine.
+        let _ = stdin.write_all(input.as_ref());
+        drop(stdin);
         Run::from(child.wait_with_output().unwrap())
     }
 
