@@ -497,3 +497,54 @@ fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
     assert!(sb.images().is_empty());
     assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
 }
+
+#[test]
+fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test switches to an unprivileged uid: run the suite as root (CI does)"
+    );
+    const NOBODY: u32 = 65534;
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new({
+        let mut entries = busybox_entries();
+        entries.push(Entry::dir("dev"));
+        entries.push(Entry::CharDevice { path: "dev/null".into(), major: 1, minor: 3 });
+        entries.push(Entry::file_mode("usr/bin/tool", "#!/bin/sh\n", 0o4755));
+        entries
+    })])
+    .build();
+    let digest = reg.push(&image, "pull/rootless", "1");
+    let sb = Sandbox::new(&[reg]);
+    // The unprivileged user needs to read the config and own its store.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&sb.store).unwrap();
+    rustix::fs::chown(&sb.store, Some(rustix::fs::Uid::from_raw(NOBODY)), Some(rustix::fs::Gid::from_raw(NOBODY)))
+        .unwrap();
+
+    let mut cmd = sb.command(
+        "setpriv",
+        &[
+            "--reuid",
+            &NOBODY.to_string(),
+            "--regid",
+            &NOBODY.to_string(),
+            "--clear-groups",
+            "--",
+            env!("CARGO_BIN_EXE_ces"),
+            "pull",
+            &format!("{}/pull/rootless:1", reg.host()),
+        ],
+    );
+    cmd.env("HOME", sb.dir.path());
+    let out = sb.run(cmd);
+    out.ok();
+    assert!(out.stderr.contains("skipping a device node") && out.stderr.contains("dev/null"), "{}", out.stderr);
+    let rootfs = sb.rootfs(&digest);
+    assert!(!rootfs.join("dev/null").exists(), "no device created");
+    let tool = std::fs::metadata(rootfs.join("usr/bin/tool")).unwrap();
+    assert_eq!(tool.uid(), NOBODY, "files belong to the user who pulled");
+    assert_eq!(tool.mode() & 0o4000, 0, "no setuid bit on a file the user owns");
+    assert_eq!(std::fs::metadata(rootfs.join("bin/busybox")).unwrap().uid(), NOBODY);
+}
