@@ -1,8 +1,12 @@
-//! The command line: `ces <command>`, and the compatible `ces-pull` form.
+//! The command line: `ces <command>`, and the compatible `ces-pull`,
+//! `ces-run` and `ces-gpu-run` forms.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
+
+use crate::run_options::RunOptions;
 
 /// ces: run researchers' containers in a Trusted Research Environment.
 #[derive(Debug, Parser)]
@@ -31,6 +35,8 @@ pub struct GlobalArgs {
 }
 
 /// The commands.
+// Parsed once per process: the size of the largest (`run`) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Pull an image from an allowed registry into the local store.
@@ -45,6 +51,29 @@ pub enum Command {
     Load(LoadArgs),
     /// Delete blobs and unpacked filesystems that no image uses.
     Gc,
+    /// Run a pulled image with the TRE directories, no network, and limits.
+    #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+}
+
+/// What `ces run --help` ends with.
+pub const RUN_AFTER_HELP: &str = "Options stop at IMAGE: everything after it goes to the container as it is. \
+The container gets /safe_data (project data), /safe_outputs (a new outputs_<id>, kept) and /scratch \
+(a new scratch_<id>, removed at exit), and no network. Options that would widen what it reaches \
+(--privileged, --network, --volume, a bind --mount, --cap-add, --device, --user, ...) are refused, \
+on the command line and in option files. See docs/run.md.";
+
+/// `ces run` (and `ces-run`): options, then the image, then the container's
+/// command; everything after the image goes to the container as it is.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run options.
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// The image as pulled (a reference or a digest prefix), then the command
+    /// and its arguments (they replace the image's cmd).
+    #[arg(value_name = "IMAGE [ARGS]", required = true, num_args = 1.., trailing_var_arg = true)]
+    pub command: Vec<String>,
 }
 
 /// `ces pull`.
@@ -152,6 +181,63 @@ impl CesPullCli {
     }
 }
 
+/// `ces-run [<runtime>] [options] IMAGE [ARGS...]`, as the reference service
+/// has it (`ces-gpu-run` is the same with `--gpu`).
+#[derive(Debug, Parser)]
+#[command(
+    name = "ces-run",
+    version,
+    about = "Run a pulled image with the TRE directories (compatible form of `ces run`)",
+    override_usage = "ces-run [RUNTIME] [OPTIONS] IMAGE [ARGS]...",
+    after_help = RUN_AFTER_HELP
+)]
+pub struct CesRunCli {
+    /// Options every command takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The run.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl CesRunCli {
+    /// Parses `ces-run`'s (or, with `gpu`, `ces-gpu-run`'s) arguments: a first
+    /// argument naming a runtime means `--runtime` (given both, `--runtime` wins).
+    pub fn parse_compat(args: impl IntoIterator<Item = OsString>, gpu: bool) -> Result<CesRunCli, clap::Error> {
+        let mut args: Vec<OsString> = args.into_iter().collect();
+        let runtime = match args.get(1).and_then(|a| a.to_str()) {
+            Some(first) if RUNTIMES.contains(&first) => Some(args.remove(1).to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let name = if gpu { "ces-gpu-run" } else { "ces-run" };
+        let mut command = CesRunCli::command().name(name).bin_name(name);
+        if gpu {
+            command = command.override_usage("ces-gpu-run [RUNTIME] [OPTIONS] IMAGE [ARGS]...");
+        }
+        let matches = command.try_get_matches_from(args)?;
+        let mut cli = CesRunCli::from_arg_matches(&matches)?;
+        cli.run.options.runtime = cli.run.options.runtime.or(runtime);
+        cli.run.options.gpu |= gpu;
+        Ok(cli)
+    }
+}
+
+/// Whether `ces`'s arguments are a `ces run` (for error reporting before
+/// clap has said which command it is).
+pub fn is_run(args: &[OsString]) -> bool {
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        match word.as_ref() {
+            "--config" => {
+                words.next();
+            }
+            w if w.starts_with('-') => {}
+            w => return w == "run",
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,8 +262,52 @@ mod tests {
 
     #[test]
     fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
         Cli::command().debug_assert();
         CesPullCli::command().debug_assert();
+        CesRunCli::command().debug_assert();
+    }
+
+    fn ces_run(args: &[&str]) -> Result<CesRunCli, clap::Error> {
+        CesRunCli::parse_compat(std::iter::once("ces-run").chain(args.iter().copied()).map(OsString::from), false)
+    }
+
+    #[test]
+    fn run_options_stop_at_the_image() {
+        let cli =
+            Cli::try_parse_from(["ces", "-v", "run", "-it", "-m4", "-e", "A=1", "img", "ls", "-la", "--help", "-v"])
+                .unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert!(cli.global.verbose);
+        assert!(run.options.tty && run.options.interactive);
+        assert_eq!((run.options.memory.as_deref(), run.options.env.as_slice()), (Some("4"), &["A=1".to_owned()][..]));
+        assert_eq!(run.command, ["img", "ls", "-la", "--help", "-v"]);
+        let cli = Cli::try_parse_from(["ces", "run", "--", "img", "--", "x"]).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!(run.command, ["img", "--", "x"]);
+        let e = Cli::try_parse_from(["ces", "run", "--privileged", "img"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(Cli::try_parse_from(["ces", "run"]).is_err(), "the image is required");
+    }
+
+    #[test]
+    fn ces_run_takes_a_runtime_first() {
+        let cli = ces_run(&["podman", "-c", "2", "img", "podman"]).unwrap();
+        assert_eq!(cli.run.options.runtime.as_deref(), Some("podman"));
+        assert_eq!(cli.run.options.cores.as_deref(), Some("2"));
+        assert_eq!(cli.run.command, ["img", "podman"]);
+        let cli = ces_run(&["--runtime", "native", "img"]).unwrap();
+        assert_eq!(cli.run.options.runtime.as_deref(), Some("native"));
+        assert!(!cli.run.options.gpu);
+        assert!(ces_run(&["--runtime", "docker", "img"]).is_err());
+        let gpu = CesRunCli::parse_compat(["ces-gpu-run", "img"].map(OsString::from), true).unwrap();
+        assert!(gpu.run.options.gpu);
+    }
+
+    #[test]
+    fn which_command_line_is_a_run() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(is_run(&args(&["ces", "--config", "x.toml", "-v", "run", "--privileged", "img"])));
+        assert!(!is_run(&args(&["ces", "pull", "run"])));
+        assert!(!is_run(&args(&["ces", "--config", "run"])));
     }
 }

@@ -6,6 +6,8 @@ use ces_image::archive::LoadError;
 use ces_image::reference::ReferenceError;
 use ces_registry::RegistryError;
 
+use crate::commands::run::RunError;
+use crate::run_options::OptionError;
 use crate::settings::ConfigError;
 
 /// Exit code for ces's own failures (as podman uses it).
@@ -44,6 +46,18 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return vec!["see docs/config.md for the settings and their types".into()];
+        }
+        if let Some(e) = cause.downcast_ref::<OptionError>() {
+            return option_hints(e);
+        }
+        if let Some(e) = cause.downcast_ref::<ces_runtime::plan::PlanError>() {
+            return plan_hints(e, config);
+        }
+        if let Some(e) = cause.downcast_ref::<RunError>() {
+            return run_hints(e, config);
+        }
+        if cause.downcast_ref::<ces_runtime::podman::PodmanFailed>().is_some() {
+            return vec!["podman's own message is above; `podman info` shows whether podman works here".into()];
         }
     }
     Vec::new()
@@ -127,6 +141,55 @@ fn load_hints(error: &LoadError) -> Vec<String> {
         | LoadError::NameDigest { .. }
         | LoadError::LayerCount { .. }
         | LoadError::DiffId { .. } => Vec::new(),
+    }
+}
+
+fn option_hints(error: &OptionError) -> Vec<String> {
+    match error {
+        OptionError::Widening { .. } => vec![
+            "every ces container runs with no network, no added privileges and only the TRE directories (/safe_data, /safe_outputs, /scratch); ces run --help lists the options it takes".into(),
+        ],
+        OptionError::Unknown { .. } | OptionError::NotAnOption { .. } | OptionError::Invalid { .. } => {
+            vec!["ces run --help lists the options ces run takes; arguments for the container go after the image".into()]
+        }
+        OptionError::NotInFile { .. } => vec!["give it on the command line instead".into()],
+        OptionError::Mount { .. } => {
+            vec!["the only mount ces run adds is a tmpfs: --mount type=tmpfs,destination=/path[,tmpfs-size=64m]".into()]
+        }
+        OptionError::Quotes { .. } => vec!["option files are split like a shell command line: close each quote".into()],
+        OptionError::Read { .. } => Vec::new(),
+    }
+}
+
+fn plan_hints(error: &ces_runtime::plan::PlanError, config: &str) -> Vec<String> {
+    use ces_runtime::plan::PlanError;
+    match error {
+        PlanError::SafeDataNotFound { .. } => vec![format!(
+            "ask the TRE operator which project directory is yours ([tre] safe_data_root and project in {config}), or create $HOME/safe_data"
+        )],
+        PlanError::NoCommand => vec!["give the command after the image: ces run IMAGE COMMAND [ARGS...]".into()],
+        PlanError::User { .. } => {
+            vec!["the image's USER must exist in its /etc/passwd, or be numeric (USER 1000:1000)".into()]
+        }
+        PlanError::FileLine { .. } | PlanError::EnvArg { .. } => vec![
+            "env files hold NAME=value lines (no quotes; # starts a comment line); names are letters, digits, _ . - and do not start with a digit".into(),
+        ],
+        PlanError::Value { .. }
+        | PlanError::BadProject(_)
+        | PlanError::Tmpfs { .. }
+        | PlanError::Workdir(_) => Vec::new(),
+    }
+}
+
+fn run_hints(error: &RunError, config: &str) -> Vec<String> {
+    match error {
+        RunError::GpuUnavailable => {
+            vec!["run it without a GPU for now: ces-run (or ces run) with the same arguments".into()]
+        }
+        RunError::MissingParent { .. } | RunError::NoHome { .. } => vec![format!(
+            "create it, or ask the TRE operator to set [tre] outputs_parent and scratch_parent in {config}"
+        )],
+        RunError::BadName(_) | RunError::BadEntrypoint(_) | RunError::TooManyCores { .. } => Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `ces` binary crate: parses the command line (ces, and the compatible
-//! `ces-pull`), resolves settings once, calls the libraries, and prints.
+//! `ces-pull`, `ces-run`, `ces-gpu-run`), resolves settings once, calls the
+//! libraries, and prints.
 //! Logs and progress go to stderr; stdout carries data for scripts.
 
 use std::process::ExitCode;
@@ -10,10 +11,11 @@ pub mod cli;
 pub mod commands;
 pub mod diagnostics;
 pub mod printer;
+pub mod run_options;
 pub mod settings;
 
 use ces_registry::Credentials;
-use cli::{CesPullCli, Cli, Command, GlobalArgs};
+use cli::{CesPullCli, CesRunCli, Cli, Command, GlobalArgs};
 use commands::pull::{PullRequest, token_from_env, token_from_stdin};
 use printer::Printer;
 use settings::Settings;
@@ -25,14 +27,24 @@ pub enum Entry {
     Ces,
     /// `ces-pull [<runtime>] <user> <token> <image>`.
     CesPull,
+    /// `ces-run [<runtime>] [options] <image> [args]`.
+    CesRun,
+    /// `ces-gpu-run ...`: `ces-run --gpu ...`.
+    CesGpuRun,
 }
 
 /// Runs ces as `entry`, and turns the outcome into an exit code.
 pub fn main(entry: Entry) -> ExitCode {
     let (global, action) = match entry {
-        Entry::Ces => {
-            let cli = Cli::parse();
-            (cli.global, Action::Command(cli.command))
+        Entry::Ces => match Cli::try_parse() {
+            Ok(cli) => (cli.global, Action::Command(cli.command)),
+            Err(error) => return parse_error(error, cli::is_run(&std::env::args_os().collect::<Vec<_>>())),
+        },
+        Entry::CesRun | Entry::CesGpuRun => {
+            match CesRunCli::parse_compat(std::env::args_os(), matches!(entry, Entry::CesGpuRun)) {
+                Ok(cli) => (cli.global, Action::Command(Command::Run(cli.run))),
+                Err(error) => return parse_error(error, true),
+            }
         }
         Entry::CesPull => {
             let cli = CesPullCli::parse();
@@ -46,6 +58,14 @@ pub fn main(entry: Entry) -> ExitCode {
             (cli.global, action)
         }
     };
+    if matches!(action, Action::Command(Command::Run(_))) {
+        // First, while ces has one thread: SIGINT/SIGTERM/SIGHUP stay blocked
+        // so that the runtime forwards them to the container (and cleans up)
+        // instead of a signal landing on some thread and killing ces midway.
+        if let Err(error) = ces_runtime::native::block_forwarded_signals() {
+            return report(&anyhow::Error::new(error).context("cannot block signals"), settings::SYSTEM_CONFIG);
+        }
+    }
     init_tracing(&global);
     let settings = match Settings::load(global.config.as_deref()) {
         Ok(settings) => settings,
@@ -53,29 +73,51 @@ pub fn main(entry: Entry) -> ExitCode {
     };
     let printer = Printer::new(global.quiet);
     match run(&settings, &printer, action) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => report(&error, &settings.config_shown()),
     }
 }
 
+/// A command line clap could not parse. For `ces run`, an option ces does not
+/// take is refused by name, and the exit code is ces's own (125), as podman's.
+fn parse_error(error: clap::Error, run: bool) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !run || matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        error.exit();
+    }
+    if let Some(refusal) = run_options::refusal(&error, &run_options::Place::CommandLine) {
+        return report(&anyhow::Error::new(refusal), settings::SYSTEM_CONFIG);
+    }
+    let _ = error.print();
+    ExitCode::from(diagnostics::EXIT_ERROR)
+}
+
+#[allow(clippy::large_enum_variant)] // one per process
 enum Action {
     Command(Command),
     CompatPull(cli::CompatPull),
 }
 
-fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result<()> {
+fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result<ExitCode> {
+    if matches!(action, Action::Command(Command::Run(_) | Command::Gc)) {
+        // What runs of a ces that crashed left behind (scratch, state).
+        commands::run::clean_stale(settings);
+    }
+    let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match action {
+        // The container's exit code is ces's.
+        Action::Command(Command::Run(args)) => commands::run::run(settings, printer, args),
         Action::Command(Command::Pull(args)) => {
             let secret = if args.password_stdin { Some(token_from_stdin()?) } else { token_from_env() };
             if secret.is_some() && args.user.as_deref().is_none_or(str::is_empty) {
                 anyhow::bail!("a token was given without a user: add --user USER");
             }
             let credentials = Credentials::from_parts(args.user, secret);
-            commands::pull::pull(
+            done(commands::pull::pull(
                 settings,
                 printer,
                 PullRequest { reference: args.reference, credentials, unpack: !args.no_unpack },
-            )
+            ))
         }
         Action::CompatPull(compat) => {
             if let Some(runtime) = &compat.runtime {
@@ -87,17 +129,17 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
                 token => Some(ces_registry::Secret::new(token)),
             };
             let credentials = Credentials::from_parts(Some(compat.user), secret);
-            commands::pull::pull(
+            done(commands::pull::pull(
                 settings,
                 printer,
                 PullRequest { reference: compat.reference, credentials, unpack: true },
-            )
+            ))
         }
-        Action::Command(Command::Images(args)) => commands::images::images(settings, args.json),
-        Action::Command(Command::Inspect(args)) => commands::inspect::inspect(settings, &args.image, args.json),
-        Action::Command(Command::Rmi(args)) => commands::rmi::rmi(settings, printer, &args.images),
-        Action::Command(Command::Gc) => commands::rmi::gc(settings, printer),
-        Action::Command(Command::Load(args)) => commands::load::load(settings, printer, args),
+        Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json)),
+        Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
+        Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),
+        Action::Command(Command::Gc) => done(commands::rmi::gc(settings, printer)),
+        Action::Command(Command::Load(args)) => done(commands::load::load(settings, printer, args)),
     }
 }
 
@@ -111,7 +153,12 @@ fn report(error: &anyhow::Error, config: &str) -> ExitCode {
 
 fn init_tracing(global: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
-    let default = if global.verbose { "ces=debug,ces_image=debug,ces_registry=debug" } else { "warn" };
+    // libcgroups warns about every controller the host lacks (hugetlb...) on each run.
+    let default = if global.verbose {
+        "ces=debug,ces_image=debug,ces_registry=debug,ces_runtime=debug,libcgroups=error"
+    } else {
+        "warn,libcgroups=error"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
 }

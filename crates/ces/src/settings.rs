@@ -1,6 +1,7 @@
 //! Settings: the config file (`--config`, else `$CES_CONFIG`, else
 //! `/etc/ces/config.toml`) merged with the command line, resolved once here.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -18,6 +19,9 @@ pub struct ConfigFile {
     /// `[storage]`.
     #[serde(default)]
     pub storage: StorageConfig,
+    /// `[tre]`.
+    #[serde(default)]
+    pub tre: TreConfig,
 }
 
 /// `[registries]`: where images may come from.
@@ -50,6 +54,74 @@ pub struct StorageConfig {
     pub root: Option<PathBuf>,
 }
 
+/// `[tre]`: the directory contract of `ces run` (see docs/config.md).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreConfig {
+    /// Where the project data directories live: `<safe_data_root>/<project>`.
+    #[serde(default = "default_safe_data_root")]
+    pub safe_data_root: PathBuf,
+    /// The project, when the operator names it (else inferred from groups).
+    pub project: Option<String>,
+    /// Groups named `<group_prefix>-<project>` mean `<project>`; without it,
+    /// any `<word>-<project>` group does.
+    pub group_prefix: Option<String>,
+    /// How `/safe_data` is mounted unless a project says otherwise.
+    #[serde(default)]
+    pub safe_data_mode: SafeDataMode,
+    /// Where `outputs_<id>` directories are created [default: `$HOME`].
+    pub outputs_parent: Option<PathBuf>,
+    /// Where `scratch_<id>` directories are created [default: `$HOME`].
+    pub scratch_parent: Option<PathBuf>,
+    /// `[tre.projects.<name>]`: per-project policy.
+    #[serde(default)]
+    pub projects: BTreeMap<String, ProjectConfig>,
+}
+
+impl Default for TreConfig {
+    fn default() -> Self {
+        TreConfig {
+            safe_data_root: default_safe_data_root(),
+            project: None,
+            group_prefix: None,
+            safe_data_mode: SafeDataMode::default(),
+            outputs_parent: None,
+            scratch_parent: None,
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+impl TreConfig {
+    /// The `/safe_data` mode for `project` (its override, else the default).
+    pub fn safe_data_mode(&self, project: Option<&str>) -> SafeDataMode {
+        project.and_then(|p| self.projects.get(p)).and_then(|p| p.safe_data_mode).unwrap_or(self.safe_data_mode)
+    }
+}
+
+fn default_safe_data_root() -> PathBuf {
+    PathBuf::from("/safe_data")
+}
+
+/// `[tre.projects.<name>]`.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// This project's `/safe_data` mode (as its IG approval says).
+    pub safe_data_mode: Option<SafeDataMode>,
+}
+
+/// Read-only or read-write `/safe_data`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SafeDataMode {
+    /// Read-only (the default).
+    #[default]
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
 /// Everything a command needs to know, resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -59,6 +131,8 @@ pub struct Settings {
     pub registries: RegistriesConfig,
     /// The store root.
     pub storage_root: PathBuf,
+    /// The directory contract of `ces run`.
+    pub tre: TreConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -90,7 +164,7 @@ impl Settings {
             Some(root) => root,
             None => default_storage_root()?,
         };
-        Ok(Settings { config_path: path, registries: config.registries, storage_root })
+        Ok(Settings { config_path: path, registries: config.registries, storage_root, tre: config.tre })
     }
 
     /// The config file to name in hints.
@@ -170,6 +244,28 @@ mod tests {
         let e = parse("[registries]\nalowed = [\"ghcr.io\"]\n").unwrap_err();
         assert_eq!(e.line, Some(2), "{e}");
         assert!(e.to_string().contains("alowed"), "{e}");
+    }
+
+    #[test]
+    fn tre_section_with_project_overrides() {
+        let c = parse("").unwrap();
+        assert_eq!(c.tre.safe_data_root, Path::new("/safe_data"));
+        assert_eq!(c.tre.safe_data_mode(Some("p1")), SafeDataMode::Ro);
+        let c = parse(
+            "[tre]\nsafe_data_root = \"/srv/data\"\nproject = \"p1\"\ngroup_prefix = \"tre\"\noutputs_parent = \"/o\"\nscratch_parent = \"/s\"\n\n[tre.projects.p2]\nsafe_data_mode = \"rw\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tre.project.as_deref(), Some("p1"));
+        assert_eq!(c.tre.group_prefix.as_deref(), Some("tre"));
+        assert_eq!(c.tre.outputs_parent.as_deref(), Some(Path::new("/o")));
+        assert_eq!(c.tre.scratch_parent.as_deref(), Some(Path::new("/s")));
+        assert_eq!(c.tre.safe_data_mode(Some("p1")), SafeDataMode::Ro);
+        assert_eq!(c.tre.safe_data_mode(Some("p2")), SafeDataMode::Rw);
+        assert_eq!(c.tre.safe_data_mode(None), SafeDataMode::Ro);
+        let e = parse("[tre]\nsafe_data_mode = \"write\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("tre.safe_data_mode")), "{e}");
+        let e = parse("[tre.projects.p1]\nmode = \"rw\"\n").unwrap_err();
+        assert!(e.to_string().contains("mode"), "{e}");
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn token_flow_anonymous_public_private_right_and_wrong_token() {
     let out = sb.run(cmd);
     out.ok();
     let sb2 = Sandbox::new(&[reg]);
-    sb2.ces_stdin(&["pull", "--user", user, "--password-stdin", &private], &format!("{password}\n")).ok();
+    sb2.ces_stdin(&["pull", "--user", user, "--password-stdin", &private], format!("{password}\n")).ok();
 
     // The token reaches no output and no file of the store.
     for (path, bytes) in common::all_file_bytes(&sb.store).into_iter().chain(common::all_file_bytes(&sb2.store)) {
@@ -207,7 +207,7 @@ fn basic_auth_registry_with_right_and_wrong_password() {
     assert!(err.fails().contains("not authorized"), "{}", err.stderr);
     let bad = sb.ces_stdin(&["pull", "-u", user, "--password-stdin", &reference], "nope\n");
     assert!(bad.fails().contains(&format!("rejected the credentials of user {user}")), "{}", bad.stderr);
-    sb.ces_stdin(&["pull", "-u", user, "--password-stdin", &reference], &format!("{password}\n")).ok();
+    sb.ces_stdin(&["pull", "-u", user, "--password-stdin", &reference], format!("{password}\n")).ok();
 }
 
 #[test]

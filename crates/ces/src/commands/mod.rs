@@ -5,3 +5,4 @@ pub mod inspect;
 pub mod load;
 pub mod pull;
 pub mod rmi;
+pub mod run;

@@ -1,0 +1,424 @@
+//! Limits with cgroups, v1 (legacy or hybrid hosts, such as ces's build
+//! machines) or v2.
+//!
+//! Every container gets its own cgroup under a `ces` parent in each
+//! hierarchy: `/ces/<id>` as root, `/ces/user-<uid>/<id>` rootless.
+//!
+//! - As root, libcontainer creates it and writes the limits from the OCI
+//!   spec (memory without swap, CFS quota, pids, the device allow-list).
+//! - Rootless, a process may only create cgroups under a directory it owns:
+//!   [`setup_delegation`] (`ces system setup`, as root) creates
+//!   `/ces/user-<uid>` in every hierarchy and gives it to the user.
+//!   libcontainer then creates the container's cgroup there, but its spec
+//!   carries no resources (libcontainer would also write `devices.allow`,
+//!   which only root may): ces writes the memory, CPU and pids files itself,
+//!   after the build and before the start, and checks that the container's
+//!   init really is in that cgroup (libcontainer leaves a rootless process
+//!   where it was when it cannot move it). Without delegation the run is
+//!   refused with [`RuntimeError::Limit`] naming `ces system setup`.
+//!
+//! cgroup v2 also forbids moving a process between cgroups unless its owner
+//! may write the `cgroup.procs` of their common ancestor: a rootless ces must
+//! itself run inside its delegated subtree (or a user-owned one), which is
+//! checked up front. Only the v1 paths have been exercised on a real host.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::chown;
+use std::path::{Path, PathBuf};
+
+use libcgroups::common::{CgroupSetup, DEFAULT_CGROUP_ROOT};
+use nix::unistd::{AccessFlags, Pid, access};
+
+use crate::RuntimeError;
+use crate::spec::Limits;
+
+use super::oci;
+
+/// The directory under each hierarchy's root that holds ces's cgroups.
+pub const PARENT: &str = "ces";
+
+/// The controllers a delegated v2 subtree enables for its children.
+const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// The cgroup hierarchy layout of this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Hierarchy {
+    /// One mount point per controller (legacy, or hybrid: v1 controllers
+    /// plus an empty v2 hierarchy).
+    V1 { hybrid: bool, controllers: BTreeMap<String, PathBuf> },
+    /// The unified hierarchy.
+    V2 { root: PathBuf },
+}
+
+impl Hierarchy {
+    pub(crate) fn detect() -> Result<Hierarchy, RuntimeError> {
+        let setup = libcgroups::common::get_cgroup_setup().map_err(|e| limit_error("memory", &e))?;
+        match setup {
+            CgroupSetup::Unified => Ok(Hierarchy::V2 { root: PathBuf::from(DEFAULT_CGROUP_ROOT) }),
+            CgroupSetup::Legacy | CgroupSetup::Hybrid => {
+                let controllers = libcgroups::v1::util::list_supported_mount_points()
+                    .map_err(|e| limit_error("memory", &e))?
+                    .into_iter()
+                    .map(|(ctrl, path)| (ctrl.to_string(), path))
+                    .collect();
+                Ok(Hierarchy::V1 { hybrid: matches!(setup, CgroupSetup::Hybrid), controllers })
+            }
+        }
+    }
+
+    /// The directories of cgroup `path` (absolute, like `/ces/x`): one per
+    /// v1 controller, or the single v2 one.
+    fn dirs(&self, path: &Path) -> Vec<(String, PathBuf)> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        match self {
+            Hierarchy::V1 { controllers, .. } => {
+                controllers.iter().map(|(name, mount)| (name.clone(), mount.join(relative))).collect()
+            }
+            Hierarchy::V2 { root } => vec![("unified".to_owned(), root.join(relative))],
+        }
+    }
+
+    fn controller_dir(&self, controller: &str, path: &Path) -> Option<PathBuf> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        match self {
+            Hierarchy::V1 { controllers, .. } => controllers.get(controller).map(|m| m.join(relative)),
+            Hierarchy::V2 { root } => Some(root.join(relative)),
+        }
+    }
+
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Hierarchy::V1 { hybrid: true, .. } => "cgroup v1 (hybrid host)",
+            Hierarchy::V1 { hybrid: false, .. } => "cgroup v1",
+            Hierarchy::V2 { .. } => "cgroup v2",
+        }
+    }
+}
+
+fn limit_error(limit: &'static str, cause: &dyn std::fmt::Display) -> RuntimeError {
+    RuntimeError::Limit { limit, reason: format!("cannot read the cgroup setup of this host: {cause}") }
+}
+
+/// The parent cgroup of a rootless user's containers.
+pub(crate) fn user_parent(uid: u32) -> PathBuf {
+    Path::new("/").join(PARENT).join(format!("user-{uid}"))
+}
+
+/// One container's cgroup.
+#[derive(Debug, Clone)]
+pub(crate) struct ContainerCgroup {
+    pub hierarchy: Hierarchy,
+    /// Absolute cgroup path, as in the OCI spec.
+    pub path: PathBuf,
+}
+
+impl ContainerCgroup {
+    /// The cgroup for container `id`; `rootless_uid` for a rootless run.
+    pub(crate) fn new(hierarchy: Hierarchy, id: &str, rootless_uid: Option<u32>) -> ContainerCgroup {
+        let path = match rootless_uid {
+            Some(uid) => user_parent(uid).join(id),
+            None => Path::new("/").join(PARENT).join(id),
+        };
+        ContainerCgroup { hierarchy, path }
+    }
+
+    /// Rootless: refuses (before anything is created) unless root delegated
+    /// this user's parent cgroup, and, on v2, ces may move processes into it.
+    pub(crate) fn check_delegated(&self, uid: u32) -> Result<(), RuntimeError> {
+        let parent = user_parent(uid);
+        for (controller, dir) in self.hierarchy.dirs(&parent) {
+            if access(&dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+                return Err(RuntimeError::Limit {
+                    limit: "memory",
+                    reason: format!(
+                        "rootless containers need a cgroup delegated by root, and {} is missing or not writable \
+                         by uid {uid} ({controller}); run `ces system setup` as root to prepare it",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        if let Hierarchy::V2 { root } = &self.hierarchy {
+            let own = own_v2_cgroup().map_err(|e| RuntimeError::Limit {
+                limit: "memory",
+                reason: format!("cannot read this process's cgroup: {e}"),
+            })?;
+            let ancestor = common_ancestor(&own, &self.path);
+            let procs = root.join(ancestor.strip_prefix("/").unwrap_or(&ancestor)).join("cgroup.procs");
+            if access(&procs, AccessFlags::W_OK).is_err() {
+                return Err(RuntimeError::Limit {
+                    limit: "memory",
+                    reason: format!(
+                        "on cgroup v2 a rootless ces must run inside a cgroup it may move processes from \
+                         ({} is not writable: start ces inside {} or a user-owned cgroup, e.g. from a systemd \
+                         unit with Delegate=yes); `ces system setup` prepares the delegated cgroup",
+                        procs.display(),
+                        root.join(user_parent(uid).strip_prefix("/").unwrap_or(&parent)).display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel accounts swap (then swap is limited too).
+    pub(crate) fn swap_accounting(&self) -> bool {
+        match &self.hierarchy {
+            Hierarchy::V1 { controllers, .. } => {
+                controllers.get("memory").is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists())
+            }
+            Hierarchy::V2 { .. } => false,
+        }
+    }
+
+    /// Rootless: checks that `init` is in this cgroup, then writes `limits`.
+    pub(crate) fn apply_limits(&self, init: Pid, limits: &Limits) -> Result<(), RuntimeError> {
+        let fail = |limit: &'static str, what: String| RuntimeError::Limit { limit, reason: what };
+        for (controller, dir) in self.hierarchy.dirs(&self.path) {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if !procs.lines().any(|l| l.trim() == init.as_raw().to_string()) {
+                return Err(fail(
+                    "memory",
+                    format!("the container could not be placed in its cgroup {} ({controller})", dir.display()),
+                ));
+            }
+        }
+        let write = |limit: &'static str, controller: &str, file: &str, value: String| -> Result<(), RuntimeError> {
+            let Some(dir) = self.hierarchy.controller_dir(controller, &self.path) else {
+                return Err(fail(limit, format!("the {controller} controller is not available")));
+            };
+            let path = dir.join(file);
+            fs::write(&path, &value).map_err(|e| fail(limit, format!("cannot write {}: {e}", path.display())))
+        };
+        match &self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                write("memory", "memory", "memory.limit_in_bytes", limits.memory.to_string())?;
+                if self.swap_accounting() {
+                    write("memory", "memory", "memory.memsw.limit_in_bytes", limits.memory.to_string())?;
+                }
+                if let Some(quota) = oci::cpu_quota(limits.cpus) {
+                    write("cpu", "cpu", "cpu.cfs_period_us", oci::CPU_PERIOD_US.to_string())?;
+                    write("cpu", "cpu", "cpu.cfs_quota_us", quota.to_string())?;
+                }
+                if let Some(pids) = limits.pids {
+                    write("pids", "pids", "pids.max", pids.to_string())?;
+                }
+            }
+            Hierarchy::V2 { .. } => {
+                write("memory", "memory", "memory.max", limits.memory.to_string())?;
+                let dir = self.hierarchy.controller_dir("memory", &self.path).unwrap_or_default();
+                if dir.join("memory.swap.max").exists() {
+                    write("memory", "memory", "memory.swap.max", "0".to_owned())?;
+                }
+                if let Some(quota) = oci::cpu_quota(limits.cpus) {
+                    write("cpu", "cpu", "cpu.max", format!("{quota} {}", oci::CPU_PERIOD_US))?;
+                }
+                if let Some(pids) = limits.pids {
+                    write("pids", "pids", "pids.max", pids.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How many processes the kernel killed for exceeding the memory limit.
+    pub(crate) fn oom_kills(&self) -> Option<u64> {
+        let dir = self.hierarchy.controller_dir("memory", &self.path)?;
+        let file = match self.hierarchy {
+            Hierarchy::V1 { .. } => "memory.oom_control",
+            Hierarchy::V2 { .. } => "memory.events",
+        };
+        let text = fs::read_to_string(dir.join(file)).ok()?;
+        text.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
+    /// SIGKILLs every process in the container's cgroup.
+    pub(crate) fn kill_all(&self) {
+        for (_, dir) in self.hierarchy.dirs(&self.path) {
+            let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else { continue };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: signalling a process of this container's cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    /// Removes what is left of the cgroup (after libcontainer's own removal,
+    /// after a failed build, or for a container whose state is gone). Only
+    /// empty cgroups can be removed; processes that are still exiting (a
+    /// killed container's may take a while on a loaded host) get up to five
+    /// seconds. Returns whether none is left.
+    pub(crate) fn remove_leftovers(&self) -> bool {
+        let mut left = false;
+        for (_, dir) in self.hierarchy.dirs(&self.path) {
+            let mut attempts = 0;
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 250 => {
+                        attempts += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove a cgroup");
+                        left = true;
+                        break;
+                    }
+                }
+            }
+        }
+        !left
+    }
+}
+
+fn own_v2_cgroup() -> io::Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(PathBuf::from)
+        .ok_or_else(|| io::Error::other("no cgroup v2 entry in /proc/self/cgroup"))
+}
+
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for (x, y) in a.components().zip(b.components()) {
+        if x != y {
+            break;
+        }
+        out.push(x);
+    }
+    if out.as_os_str().is_empty() { PathBuf::from("/") } else { out }
+}
+
+/// What [`setup_delegation`] prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delegation {
+    /// The user.
+    pub uid: u32,
+    /// `cgroup v1 (hybrid host)`, `cgroup v2`...
+    pub hierarchy: &'static str,
+    /// The directories now owned by the user.
+    pub cgroups: Vec<PathBuf>,
+}
+
+fn setup_error(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io { path: path.to_owned(), source }
+}
+
+/// `ces system setup` (as root): gives user `uid` a cgroup of its own in
+/// every hierarchy, `/ces/user-<uid>`, under which its rootless containers'
+/// cgroups (and limits) go. Idempotent.
+pub fn setup_delegation(uid: u32, gid: u32) -> Result<Delegation, RuntimeError> {
+    let hierarchy = Hierarchy::detect()?;
+    let user = user_parent(uid);
+    let mut cgroups = Vec::new();
+    match &hierarchy {
+        Hierarchy::V1 { controllers, .. } => {
+            for (controller, mount) in controllers {
+                let top = mount.join(PARENT);
+                let dir = mount.join(user.strip_prefix("/").unwrap_or(&user));
+                for d in [&top, &dir] {
+                    create_cgroup_dir(d)?;
+                }
+                if controller == "cpuset" {
+                    // A new cpuset is empty, and no task may join an empty
+                    // one; the user cannot fill in the levels it does not own.
+                    for file in ["cpuset.cpus", "cpuset.mems"] {
+                        inherit_if_empty(mount, &top, file)?;
+                        inherit_if_empty(&top, &dir, file)?;
+                    }
+                }
+                give(&dir, uid, gid, &["cgroup.procs", "tasks"])?;
+                cgroups.push(dir);
+            }
+        }
+        Hierarchy::V2 { root } => {
+            let top = root.join(PARENT);
+            let dir = root.join(user.strip_prefix("/").unwrap_or(&user));
+            enable_v2_controllers(root)?;
+            create_cgroup_dir(&top)?;
+            enable_v2_controllers(&top)?;
+            create_cgroup_dir(&dir)?;
+            give(&dir, uid, gid, &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"])?;
+            enable_v2_controllers(&dir)?;
+            cgroups.push(dir);
+        }
+    }
+    Ok(Delegation { uid, hierarchy: hierarchy.describe(), cgroups })
+}
+
+/// Undoes [`setup_delegation`] for `uid`: removes `/ces/user-<uid>` (which
+/// must hold no container any more) in every hierarchy.
+pub fn remove_delegation(uid: u32) -> Result<(), RuntimeError> {
+    let hierarchy = Hierarchy::detect()?;
+    for (_, dir) in hierarchy.dirs(&user_parent(uid)) {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::Io { path: dir, source: e }),
+        }
+    }
+    Ok(())
+}
+
+fn create_cgroup_dir(dir: &Path) -> Result<(), RuntimeError> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(setup_error(dir)(e)),
+    }
+}
+
+fn inherit_if_empty(parent: &Path, child: &Path, file: &str) -> Result<(), RuntimeError> {
+    let target = child.join(file);
+    let current = fs::read_to_string(&target).map_err(setup_error(&target))?;
+    if current.trim().is_empty() {
+        let source = parent.join(file);
+        let value = fs::read_to_string(&source).map_err(setup_error(&source))?;
+        fs::write(&target, value.trim()).map_err(setup_error(&target))?;
+    }
+    Ok(())
+}
+
+fn give(dir: &Path, uid: u32, gid: u32, files: &[&str]) -> Result<(), RuntimeError> {
+    chown(dir, Some(uid), Some(gid)).map_err(setup_error(dir))?;
+    for file in files {
+        let path = dir.join(file);
+        if path.exists() {
+            chown(&path, Some(uid), Some(gid)).map_err(setup_error(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn enable_v2_controllers(dir: &Path) -> Result<(), RuntimeError> {
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).map_err(setup_error(dir))?;
+    let path = dir.join("cgroup.subtree_control");
+    for controller in V2_CONTROLLERS {
+        if available.split_whitespace().any(|c| c == controller) {
+            fs::write(&path, format!("+{controller}")).map_err(setup_error(&path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_ancestor_of_cgroup_paths() {
+        assert_eq!(common_ancestor(Path::new("/a/b/c"), Path::new("/a/b/d")), PathBuf::from("/a/b"));
+        assert_eq!(common_ancestor(Path::new("/x"), Path::new("/ces/user-1/y")), PathBuf::from("/"));
+    }
+
+    #[test]
+    fn container_cgroup_paths() {
+        let h = Hierarchy::V2 { root: PathBuf::from("/sys/fs/cgroup") };
+        assert_eq!(ContainerCgroup::new(h.clone(), "r1", None).path, PathBuf::from("/ces/r1"));
+        assert_eq!(ContainerCgroup::new(h, "r1", Some(1000)).path, PathBuf::from("/ces/user-1000/r1"));
+    }
+}

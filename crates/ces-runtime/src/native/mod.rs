@@ -1,0 +1,627 @@
+//! The native backend: runs a [`RunSpec`] in-process with youki's
+//! libcontainer, as root or rootless (an unprivileged user, no setuid helper).
+//!
+//! One run, in order:
+//!
+//! 1. Checks that need nothing created: the id, the user mapping, rootless
+//!    cgroup delegation ([`cgroups`]: refused early with
+//!    [`RuntimeError::Limit`] when limits cannot be enforced).
+//! 2. A run record in the state root ([`stale`]), so that whatever a crash
+//!    leaves behind is removed by the next ces start ([`cleanup_stale`]).
+//! 3. The copy-on-write root filesystem over the cached rootfs ([`rootfs`])
+//!    and the OCI spec ([`oci`], [`seccomp`]) in `<state_dir>/bundle`.
+//! 4. `build()` (libcontainer clones the container's processes from this
+//!    one: the process must be single-threaded, or at least hold no lock
+//!    another thread could be holding: no tokio runtime alive), with
+//!    SIGINT, SIGTERM and SIGHUP blocked in this thread ([`wait`]) and the
+//!    container's PID 1 being `ces-init` ([`init`]).
+//! 5. Between build and start, rootless: the limits written into the
+//!    delegated cgroup. (`ces-init` brings the loopback interface up.)
+//! 6. `start()`, then wait for the init while forwarding signals; how the
+//!    workload ended comes from `ces-init`'s report, out-of-memory from the
+//!    cgroup's OOM-kill counter.
+//! 7. `delete(true)`, unmount, remove the state directory's contents and
+//!    the record.
+
+mod cgroups;
+mod init;
+mod oci;
+mod rootfs;
+mod seccomp;
+mod stale;
+mod wait;
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::error::LibcontainerError;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{Gid, Uid};
+use oci_spec::OciSpecError;
+
+pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation};
+pub use stale::cleanup_stale;
+pub use wait::block_forwarded_signals;
+
+use crate::spec::{Access, Exit, MountKind, RunSpec};
+use crate::{Runtime, RuntimeError};
+
+use cgroups::{ContainerCgroup, Hierarchy};
+use init::{CesInit, Report};
+use oci::Layout;
+use rootfs::{OverlayMount, RunDirs};
+use wait::SignalBlock;
+
+/// The native runtime.
+#[derive(Debug, Clone)]
+pub struct NativeRuntime {
+    /// libcontainer's state root (one per user), e.g. `<store>/containers`:
+    /// a directory per running container, and ces's run records.
+    pub state_root: PathBuf,
+}
+
+/// Why the native runtime could not start a container (the source of
+/// [`RuntimeError::Start`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    /// The run id cannot name a container.
+    #[error("the run id {0:?} cannot name a container (letters, digits, `_`, `.`, `-`, at most 128)")]
+    InvalidId(String),
+    /// Rootless, the container's user can only be the invoking user.
+    #[error(
+        "a rootless container's user can only map to the invoking user ({uid}:{gid}), not to {host_uid}:{host_gid}"
+    )]
+    ForeignIdentity {
+        /// The invoking user.
+        uid: u32,
+        /// Its group.
+        gid: u32,
+        /// The requested host user.
+        host_uid: u32,
+        /// The requested host group.
+        host_gid: u32,
+    },
+    /// As root, the container's user (the mapped host user) must be able to
+    /// reach the run's state directory.
+    #[error("{path} is not searchable by uid {uid}, the container's user on the host")]
+    NotSearchable {
+        /// The first directory that is not.
+        path: PathBuf,
+        /// The host user.
+        uid: u32,
+    },
+    /// The run's state directory must exist, be empty and not be `/`: ces
+    /// creates (and removes) fixed names in it.
+    #[error("the run's state directory {0} must be an existing, empty directory other than /")]
+    StateDir(PathBuf),
+    /// overlayfs cannot take this path.
+    #[error("{0} cannot be an overlay layer (it must be absolute and hold no `:` or `,`)")]
+    OverlayPath(PathBuf),
+    /// libcontainer did not record the init process.
+    #[error("the container has no init process")]
+    NoInit,
+    /// libcontainer failed.
+    #[error(transparent)]
+    Libcontainer(#[from] LibcontainerError),
+    /// The OCI spec could not be built or saved.
+    #[error(transparent)]
+    Spec(#[from] OciSpecError),
+    /// A system call failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn start_error(stage: &'static str) -> impl FnOnce(NativeError) -> RuntimeError {
+    move |e| RuntimeError::Start { stage, source: Box::new(e) }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RuntimeError + '_ {
+    move |source| RuntimeError::Io { path: path.to_owned(), source }
+}
+
+/// Root or rootless, decided by the effective uid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Privilege {
+    Root,
+    Rootless { uid: u32, gid: u32 },
+}
+
+impl Privilege {
+    fn current() -> Privilege {
+        let uid = Uid::effective().as_raw();
+        if uid == 0 { Privilege::Root } else { Privilege::Rootless { uid, gid: Gid::effective().as_raw() } }
+    }
+
+    fn rootless_uid(self) -> Option<u32> {
+        match self {
+            Privilege::Root => None,
+            Privilege::Rootless { uid, .. } => Some(uid),
+        }
+    }
+}
+
+impl Runtime for NativeRuntime {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn describe(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError> {
+        Ok(describe(spec, Privilege::current(), Hierarchy::detect().ok().as_ref()))
+    }
+
+    fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
+        if spec.process.terminal {
+            return Err(RuntimeError::Unsupported { backend: "native", what: "a terminal (-t)" });
+        }
+        check_id(&spec.id).map_err(start_error("checking the run"))?;
+        let privilege = Privilege::current();
+        if let Privilege::Rootless { uid, gid } = privilege
+            && (spec.identity.host_uid != uid || spec.identity.host_gid != gid)
+        {
+            let e = NativeError::ForeignIdentity {
+                uid,
+                gid,
+                host_uid: spec.identity.host_uid,
+                host_gid: spec.identity.host_gid,
+            };
+            return Err(start_error("mapping the container's user")(e));
+        }
+        let cgroup = ContainerCgroup::new(Hierarchy::detect()?, &spec.id, privilege.rootless_uid());
+        if let Privilege::Rootless { uid, .. } = privilege {
+            cgroup.check_delegated(uid)?;
+        }
+        check_state_dir(&spec.state_dir).map_err(start_error("checking the run"))?;
+        for m in &spec.mounts {
+            if let MountKind::Bind { source } = &m.kind {
+                fs::metadata(source).map_err(io_error(source))?;
+            }
+        }
+        let dirs = RunDirs::new(&spec.state_dir);
+        let overlay = dirs.overlay_for(&spec.image.rootfs);
+        for path in [&overlay.lower, &overlay.upper, &overlay.work] {
+            rootfs::check_overlay_path(path)
+                .map_err(|p| start_error("preparing the root filesystem")(NativeError::OverlayPath(p)))?;
+        }
+        // As root, the container's processes are the mapped host user: they
+        // must be able to reach the rootfs, and they keep that user's groups.
+        let groups = match privilege {
+            Privilege::Root if spec.identity.host_uid != 0 => {
+                let groups = user_groups(spec.identity.host_uid, spec.identity.host_gid);
+                fs::set_permissions(&spec.state_dir, fs::Permissions::from_mode(0o711))
+                    .map_err(io_error(&spec.state_dir))?;
+                let binds = spec.mounts.iter().filter_map(|m| match &m.kind {
+                    MountKind::Bind { source } => Some(source.as_path()),
+                    MountKind::Tmpfs { .. } => None,
+                });
+                for path in std::iter::once(dirs.rootfs.as_path()).chain(binds) {
+                    rootfs::check_searchable(path, spec.identity.host_uid, &groups).map_err(|path| {
+                        start_error("preparing the mounts")(NativeError::NotSearchable {
+                            path,
+                            uid: spec.identity.host_uid,
+                        })
+                    })?;
+                }
+                Some(groups)
+            }
+            _ => None,
+        };
+
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state_root)
+            .map_err(io_error(&self.state_root))?;
+        let rootfs_mount = (privilege == Privilege::Root).then(|| dirs.rootfs.clone());
+        let record = stale::Record::for_this_process(
+            &spec.id,
+            &spec.state_dir,
+            rootfs_mount,
+            &cgroup.path,
+            privilege != Privilege::Root,
+        )
+        .map_err(|e| start_error("recording the run")(e.into()))?
+        .write(&self.state_root)?;
+
+        let run = Run { runtime: self, spec, dirs: &dirs, cgroup: &cgroup, privilege, groups: groups.as_deref() };
+        let (result, container_removed) = run.prepare_and_run();
+        let dirs_removed = match dirs.remove() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(state_dir = %dirs.state_dir.display(), error = %e, "cannot remove the run's state");
+                false
+            }
+        };
+        if container_removed
+            && dirs_removed
+            && let Err(e) = record.remove()
+        {
+            tracing::warn!(error = %e, "cannot remove the run record");
+        }
+        result
+    }
+}
+
+/// One run's context.
+struct Run<'a> {
+    runtime: &'a NativeRuntime,
+    spec: &'a RunSpec,
+    dirs: &'a RunDirs,
+    cgroup: &'a ContainerCgroup,
+    privilege: Privilege,
+    groups: Option<&'a [u32]>,
+}
+
+impl Run<'_> {
+    /// Returns the result and whether the container (and its mounts) are gone.
+    fn prepare_and_run(&self) -> (Result<Exit, RuntimeError>, bool) {
+        let overlay = self.dirs.overlay_for(&self.spec.image.rootfs);
+        let root = self.privilege == Privilege::Root;
+        if let Err(e) = self.dirs.create(&overlay.lower, root) {
+            return (Err(start_error("preparing the root filesystem")(e.into())), true);
+        }
+        let mut mount = None;
+        if root {
+            match OverlayMount::mount(&overlay, &self.dirs.rootfs) {
+                Ok(m) => mount = Some(m),
+                Err(e) => return (Err(start_error("mounting the root filesystem")(e.into())), true),
+            }
+            if let Err(e) = rootfs::create_mount_points(&self.dirs.rootfs, &self.mount_points()) {
+                return (Err(start_error("preparing the root filesystem")(e.into())), true);
+            }
+        } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.process.cwd) {
+            return (Err(start_error("preparing the root filesystem")(e.into())), true);
+        }
+        let layout = Layout {
+            rootfs: self.dirs.rootfs.clone(),
+            overlay_mount: (!root).then_some(overlay),
+            cgroup_path: self.cgroup.path.clone(),
+            limits_in_spec: root,
+            swap_accounting: self.cgroup.swap_accounting(),
+        };
+        let written = oci::build(self.spec, &layout)
+            .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
+            .map_err(|e| start_error("writing the OCI spec")(e.into()));
+        let (result, mut removed) = match written {
+            Ok(()) => self.run_container(),
+            Err(e) => (Err(e), true),
+        };
+        if let Some(mut mount) = mount
+            && let Err(e) = mount.unmount()
+        {
+            tracing::warn!(error = %e, "cannot unmount the container's root filesystem");
+            removed = false;
+        }
+        (result, removed)
+    }
+
+    /// Where the container's mounts go, and whether each is a directory.
+    /// (The working directory too: docker creates it when the image lacks it.)
+    fn mount_points(&self) -> Vec<(&str, bool)> {
+        let mut points = vec![("/proc", true), ("/dev", true), ("/sys", true), (self.spec.process.cwd.as_str(), true)];
+        for m in &self.spec.mounts {
+            let is_dir = match &m.kind {
+                MountKind::Bind { source } => source.is_dir(),
+                MountKind::Tmpfs { .. } => true,
+            };
+            points.push((m.destination.as_str(), is_dir));
+        }
+        points
+    }
+
+    fn run_container(&self) -> (Result<Exit, RuntimeError>, bool) {
+        let (report_read, report_write) = match pipe() {
+            Ok(p) => p,
+            Err(e) => return (Err(start_error("creating the report pipe")(e.into())), true),
+        };
+        let signals = match SignalBlock::new() {
+            Ok(s) => s,
+            Err(e) => return (Err(start_error("blocking signals")(e.into())), true),
+        };
+        let built = self.build(report_write.as_raw_fd());
+        drop(report_write);
+        let mut container = match built {
+            Ok(c) => c,
+            // libcontainer removes its state when build() fails, and tries
+            // to remove the cgroup while the processes it created may still
+            // be in it.
+            Err(e) => return (Err(start_error("creating the container")(e)), self.cgroup.remove_leftovers()),
+        };
+
+        let outcome = (|| {
+            let pid = container.pid().ok_or(NativeError::NoInit).map_err(start_error("creating the container"))?;
+            if self.privilege != Privilege::Root {
+                self.cgroup.apply_limits(pid, &self.spec.limits)?;
+            }
+            container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            let signalfd = signals.signalfd().map_err(|e| start_error("waiting for the container")(e.into()))?;
+            let ended =
+                wait::wait_for_exit(pid, &signalfd).map_err(|e| start_error("waiting for the container")(e.into()))?;
+            if !ended.forwarded.is_empty() {
+                tracing::debug!(signals = ?ended.forwarded, "forwarded signals to the container");
+            }
+            let reports = read_reports(report_read);
+            for report in &reports {
+                let (stage, errno) = match report {
+                    Report::LoopbackFailed(errno) => ("bringing up the loopback interface", *errno),
+                    Report::UserFailed(errno) => ("switching to the container's user", *errno),
+                    _ => continue,
+                };
+                return Err(start_error(stage)(io::Error::from_raw_os_error(errno).into()));
+            }
+            Ok(decide(ended.status, &reports, self.cgroup.oom_kills().unwrap_or(0)))
+        })();
+
+        let removed = match container.delete(true) {
+            Ok(()) => self.cgroup.remove_leftovers(),
+            Err(e) => {
+                tracing::warn!(id = %self.spec.id, error = %e, "cannot remove the container; the next ces start will");
+                false
+            }
+        };
+        drop(signals);
+        (outcome, removed)
+    }
+
+    fn build(&self, report_fd: i32) -> Result<libcontainer::container::Container, NativeError> {
+        let _groups = match self.groups {
+            Some(groups) => Some(ThreadGroups::set(groups)?),
+            None => None,
+        };
+        let mut builder = ContainerBuilder::new(self.spec.id.clone(), SyscallType::default())
+            .with_executor(CesInit::new(
+                report_fd,
+                (self.spec.process.user.uid, self.spec.process.user.gid),
+                oci::workload_capabilities(self.spec.process.user.uid),
+                seccomp::default_profile()?,
+            ))
+            .with_root_path(&self.runtime.state_root)?;
+        if !self.spec.process.interactive {
+            builder = builder.with_stdin(File::open("/dev/null")?);
+        }
+        Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(false).build()?)
+    }
+}
+
+/// How the container ended: `ces-init`'s report (exact even for a signal),
+/// else the init's own status; a SIGKILL (or 137) with an OOM kill recorded
+/// in the container's cgroup is the memory limit.
+fn decide(status: WaitStatus, reports: &[Report], oom_kills: u64) -> Exit {
+    let reported = reports.iter().rev().find(|r| matches!(r, Report::Exited(_) | Report::Signaled(_)));
+    let exit = match (reported, status) {
+        (Some(Report::Exited(code)), _) => Exit::Code(*code),
+        (Some(Report::Signaled(signal)), _) => Exit::Signal(*signal),
+        (_, WaitStatus::Exited(_, code)) => Exit::Code(code),
+        (_, WaitStatus::Signaled(_, signal, _)) => Exit::Signal(signal as i32),
+        _ => Exit::Signal(libc::SIGKILL),
+    };
+    match exit {
+        Exit::Signal(libc::SIGKILL) | Exit::Code(137) if oom_kills > 0 => Exit::OutOfMemory,
+        other => other,
+    }
+}
+
+fn read_reports(read: OwnedFd) -> Vec<Report> {
+    // Every writer is gone (the init has been reaped): this cannot block.
+    let mut bytes = Vec::new();
+    let _ = File::from(read).read_to_end(&mut bytes);
+    Report::decode_all(&bytes)
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: two new descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn check_state_dir(dir: &Path) -> Result<(), NativeError> {
+    let empty = dir.is_absolute()
+        && dir.parent().is_some()
+        && fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir())
+        && fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if empty { Ok(()) } else { Err(NativeError::StateDir(dir.to_owned())) }
+}
+
+fn check_id(id: &str) -> Result<(), NativeError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok { Ok(()) } else { Err(NativeError::InvalidId(id.to_owned())) }
+}
+
+/// The groups of host user `uid` (from the user database), or just `gid`.
+fn user_groups(uid: u32, gid: u32) -> Vec<u32> {
+    let user = nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten();
+    let groups = user.and_then(|u| {
+        let name = std::ffi::CString::new(u.name).ok()?;
+        nix::unistd::getgrouplist(&name, Gid::from_raw(gid)).ok()
+    });
+    let mut groups: Vec<u32> = groups.unwrap_or_default().into_iter().map(Gid::as_raw).collect();
+    if !groups.contains(&gid) {
+        groups.insert(0, gid);
+    }
+    groups
+}
+
+/// The calling thread's supplementary groups, set for as long as this lives
+/// (as root, so that the container's processes, cloned from this thread,
+/// carry the mapped user's groups and not root's). The raw system call
+/// changes this thread only; libc's wrapper would change every thread.
+struct ThreadGroups {
+    saved: Vec<libc::gid_t>,
+}
+
+impl ThreadGroups {
+    fn set(groups: &[u32]) -> io::Result<ThreadGroups> {
+        // SAFETY: querying the count with a null buffer.
+        let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut saved = vec![0; n as usize];
+        // SAFETY: the buffer holds n entries.
+        let n = unsafe { libc::getgroups(n, saved.as_mut_ptr()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        saved.truncate(n as usize);
+        set_thread_groups(groups)?;
+        Ok(ThreadGroups { saved })
+    }
+}
+
+impl Drop for ThreadGroups {
+    fn drop(&mut self) {
+        if let Err(e) = set_thread_groups(&self.saved) {
+            tracing::warn!(error = %e, "cannot restore this thread's groups");
+        }
+    }
+}
+
+fn set_thread_groups(groups: &[u32]) -> io::Result<()> {
+    // SAFETY: the buffer holds groups.len() gids; the raw syscall affects
+    // only the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>) -> Vec<String> {
+    let user = spec.process.user;
+    let mut lines = vec![
+        format!(
+            "runtime: native (libcontainer, in-process), {}",
+            if privilege == Privilege::Root { "as root" } else { "rootless" }
+        ),
+        "namespaces: new user, mount, pid, ipc, uts, network and cgroup namespaces".to_owned(),
+        "network: loopback only (lo up: 127.0.0.1 inside; nothing else reachable)".to_owned(),
+        format!(
+            "user: container {}:{} is host {}:{} (single-ID mapping{})",
+            user.uid,
+            user.gid,
+            spec.identity.host_uid,
+            spec.identity.host_gid,
+            if (user.uid, user.gid) == (0, 0) { "" } else { ", through a nested user namespace" }
+        ),
+        format!(
+            "rootfs: {} (cached, never written) + copy-on-write overlay in {}, discarded at exit",
+            spec.image.rootfs.display(),
+            spec.state_dir.join("overlay").display()
+        ),
+        format!(
+            "standard mounts: /proc, /dev (null zero full random urandom tty, pts), /dev/shm (tmpfs, {}), \
+             /dev/mqueue, /sys (ro)",
+            bytes(spec.limits.shm_size)
+        ),
+    ];
+    for m in &spec.mounts {
+        let mode = match m.access {
+            Access::Ro => "ro",
+            Access::Rw => "rw",
+        };
+        lines.push(match &m.kind {
+            MountKind::Bind { source } => format!("mount: {} <- {} (bind, {mode})", m.destination, source.display()),
+            MountKind::Tmpfs { size: Some(size) } => {
+                format!("mount: {} (tmpfs, {}, {mode})", m.destination, bytes(*size))
+            }
+            MountKind::Tmpfs { size: None } => format!("mount: {} (tmpfs, {mode})", m.destination),
+        });
+    }
+    let mut limits = vec![format!("memory {} (no swap)", bytes(spec.limits.memory))];
+    if let Some(quota) = oci::cpu_quota(spec.limits.cpus) {
+        limits.push(format!(
+            "cpus {} (CFS quota {quota} us per {} us)",
+            spec.limits.cpus.unwrap_or_default(),
+            oci::CPU_PERIOD_US
+        ));
+    }
+    if let Some(pids) = spec.limits.pids {
+        limits.push(format!("pids {pids}"));
+    }
+    let enforcement = match (privilege, hierarchy) {
+        (_, None) => "cgroups: cannot read this host's cgroup setup".to_owned(),
+        (Privilege::Root, Some(h)) => format!("{}, cgroup /{CGROUP_PARENT}/{}", h.describe(), spec.id),
+        (Privilege::Rootless { uid, .. }, Some(h)) => format!(
+            "{}, delegated cgroup /{CGROUP_PARENT}/user-{uid}/{} (prepared by `ces system setup`)",
+            h.describe(),
+            spec.id
+        ),
+    };
+    lines.push(format!("limits: {}; {enforcement}", limits.join(", ")));
+    let caps: Vec<String> =
+        oci::CAPABILITIES.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
+    lines.push(format!(
+        "security: no_new_privileges; capabilities {} ({}); seccomp default profile ({} syscalls allowed, \
+         namespaces/mount/keyring/bpf/module syscalls denied)",
+        caps.join(" "),
+        if user.uid == 0 { "bounding and effective" } else { "bounding only: the user is not root" },
+        seccomp::allowed_count()
+    ));
+    lines.push(format!("masked paths: {}", oci::MASKED_PATHS.join(" ")));
+    lines.push(format!("read-only paths: {}", oci::READONLY_PATHS.join(" ")));
+    lines.push(
+        "init: ces-init is PID 1 (reaps zombies; forwards SIGHUP SIGINT SIGQUIT SIGTERM SIGUSR1 SIGUSR2)".to_owned(),
+    );
+    lines.push(format!(
+        "process: cwd {}; stdin {}; stdout and stderr inherited",
+        spec.process.cwd,
+        if spec.process.interactive { "inherited" } else { "/dev/null" }
+    ));
+    lines
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{} {unit}", n / size);
+        }
+    }
+    if n >= 1 << 20 { format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64) } else { format!("{n} bytes") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(check_id("run-20240101-abc.1_x").is_ok());
+        for bad in ["", "-x", ".x", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn exit_from_report_status_and_oom() {
+        let status = WaitStatus::Exited(nix::unistd::Pid::from_raw(1), 143);
+        assert_eq!(decide(status, &[Report::Signaled(15)], 0), Exit::Signal(15));
+        assert_eq!(decide(status, &[], 0), Exit::Code(143));
+        assert_eq!(decide(status, &[Report::Exited(3)], 0), Exit::Code(3));
+        assert_eq!(decide(status, &[Report::ExecFailed(2), Report::Exited(127)], 0), Exit::Code(127));
+        assert_eq!(decide(status, &[Report::Signaled(9)], 1), Exit::OutOfMemory);
+        assert_eq!(decide(status, &[Report::Exited(137)], 1), Exit::OutOfMemory);
+        assert_eq!(decide(status, &[Report::Exited(0)], 1), Exit::Code(0));
+        let killed = WaitStatus::Signaled(nix::unistd::Pid::from_raw(1), nix::sys::signal::Signal::SIGKILL, false);
+        assert_eq!(decide(killed, &[], 2), Exit::OutOfMemory);
+        assert_eq!(decide(killed, &[], 0), Exit::Signal(9));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(bytes(4 << 30), "4 GiB");
+        assert_eq!(bytes(64 << 20), "64 MiB");
+        assert_eq!(bytes(1000), "1000 bytes");
+    }
+}

@@ -1,0 +1,282 @@
+//! The container's root filesystem: an overlay whose lower layer is the
+//! cached, unpacked image (never written) and whose upper layer is a fresh
+//! directory in the run's state directory (gone at exit).
+//!
+//! As root, ces mounts the overlay itself, before the build, at
+//! `<state_dir>/rootfs`, and unmounts it after the container is deleted:
+//! overlayfs then copies files up with root's credentials, so image files
+//! owned by any user can be modified. Rootless, only a mount namespace owned
+//! by the container's user namespace can mount an overlay (Linux >= 5.11), so
+//! the overlay is the spec's first mount, with destination `/`: libcontainer
+//! mounts it over the (empty) `<state_dir>/rootfs` inside the container's
+//! namespaces before any other mount, and it disappears with them.
+//!
+//! Layout of the state directory:
+//!
+//! ```text
+//! <state_dir>/bundle/config.json   the OCI spec
+//! <state_dir>/overlay/upper        the run's writes
+//! <state_dir>/overlay/work         overlayfs' scratch space
+//! <state_dir>/rootfs               the container's `/`
+//! ```
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags};
+
+use super::oci::Overlay;
+
+/// The paths of one run inside its state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunDirs {
+    pub state_dir: PathBuf,
+    pub bundle: PathBuf,
+    pub overlay: PathBuf,
+    pub rootfs: PathBuf,
+}
+
+impl RunDirs {
+    pub(crate) fn new(state_dir: &Path) -> RunDirs {
+        RunDirs {
+            state_dir: state_dir.to_owned(),
+            bundle: state_dir.join("bundle"),
+            overlay: state_dir.join("overlay"),
+            rootfs: state_dir.join("rootfs"),
+        }
+    }
+
+    pub(crate) fn overlay_for(&self, lower: &Path) -> Overlay {
+        Overlay { lower: lower.to_owned(), upper: self.overlay.join("upper"), work: self.overlay.join("work") }
+    }
+
+    /// Creates the directories. The upper layer's root gets the owner and
+    /// mode of the image's `/`, which the container sees as its own `/`.
+    pub(crate) fn create(&self, lower: &Path, chown: bool) -> io::Result<()> {
+        let overlay = self.overlay_for(lower);
+        for dir in [&self.bundle, &self.overlay, &overlay.upper, &overlay.work, &self.rootfs] {
+            fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
+        }
+        fs::set_permissions(&self.bundle, fs::Permissions::from_mode(0o700)).map_err(|e| annotate(e, &self.bundle))?;
+        fs::set_permissions(&self.overlay, fs::Permissions::from_mode(0o700))
+            .map_err(|e| annotate(e, &self.overlay))?;
+        let root = fs::metadata(lower).map_err(|e| annotate(e, lower))?;
+        fs::set_permissions(&overlay.upper, fs::Permissions::from_mode(root.mode() & 0o7777))
+            .map_err(|e| annotate(e, &overlay.upper))?;
+        if chown {
+            std::os::unix::fs::lchown(&overlay.upper, Some(root.uid()), Some(root.gid()))
+                .map_err(|e| annotate(e, &overlay.upper))?;
+        }
+        Ok(())
+    }
+
+    /// Removes what [`RunDirs::create`] made, and the state directory if it is
+    /// then empty. Refuses to descend into `rootfs` while something is mounted
+    /// there.
+    pub(crate) fn remove(&self) -> io::Result<()> {
+        if is_mount_point(&self.rootfs)? {
+            return Err(io::Error::other(format!("{} is still mounted", self.rootfs.display())));
+        }
+        for dir in [&self.bundle, &self.overlay, &self.rootfs] {
+            ces_image::store::remove_tree(dir).map_err(io::Error::other)?;
+        }
+        match fs::remove_dir(&self.state_dir) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty) => Ok(()),
+            Err(e) => Err(annotate(e, &self.state_dir)),
+        }
+    }
+}
+
+fn annotate(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// Rejects a path overlayfs would split (`:` separates lower layers, `,`
+/// separates options in the legacy mount data).
+pub(crate) fn check_overlay_path(path: &Path) -> Result<(), PathBuf> {
+    let s = path.to_string_lossy();
+    if s.contains(':') || s.contains(',') || !path.is_absolute() {
+        return Err(path.to_owned());
+    }
+    Ok(())
+}
+
+/// Creates what the container's mounts go on, inside `rootfs` (paths are
+/// resolved within it, never on the host): directories, or empty files for
+/// `(path, false)`. As root, ces does it with root's credentials; the
+/// container's own root (a mapped user) may not create anything in an image
+/// whose `/` belongs to the host's root.
+pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)]) -> io::Result<()> {
+    let root = pathrs::Root::open(rootfs).map_err(io::Error::other)?;
+    let dir_mode = fs::Permissions::from_mode(0o755);
+    for (point, is_dir) in points {
+        let path = Path::new(point);
+        if root.resolve(path).is_ok() {
+            continue;
+        }
+        if *is_dir {
+            root.mkdir_all(path, &dir_mode).map_err(|e| io::Error::other(format!("{point}: {e}")))?;
+        } else {
+            if let Some(parent) = path.parent() {
+                root.mkdir_all(parent, &dir_mode).map_err(|e| io::Error::other(format!("{point}: {e}")))?;
+            }
+            let flags = pathrs::flags::OpenFlags::O_CREAT | pathrs::flags::OpenFlags::O_CLOEXEC;
+            root.create_file(path, flags, &fs::Permissions::from_mode(0o644))
+                .map_err(|e| io::Error::other(format!("{point}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Rootless, before the overlay exists: creates directory `path` (absolute,
+/// inside the container) in the upper layer when the image lacks it, so
+/// that it appears in the container (it will be the working directory).
+/// Only when every part of it the image has is a plain directory: creating
+/// a directory in the upper layer over an image's symbolic link would hide
+/// the link.
+pub(crate) fn create_in_upper(overlay: &Overlay, path: &str) -> io::Result<()> {
+    let relative = Path::new(path).strip_prefix("/").unwrap_or(Path::new(path));
+    let mut lower = overlay.lower.clone();
+    for component in relative.components() {
+        let std::path::Component::Normal(name) = component else { return Ok(()) };
+        lower.push(name);
+        match fs::symlink_metadata(&lower) {
+            Ok(meta) if meta.is_dir() => continue,
+            // A file or a link: the image decides what it is.
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let root = pathrs::Root::open(&overlay.upper).map_err(io::Error::other)?;
+                root.mkdir_all(relative, &fs::Permissions::from_mode(0o755))
+                    .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// An overlay ces mounted; unmounted by [`OverlayMount::unmount`] or, failing
+/// that, on drop.
+#[derive(Debug)]
+pub(crate) struct OverlayMount {
+    target: PathBuf,
+    mounted: bool,
+}
+
+impl OverlayMount {
+    /// Mounts `overlay` on `target` (in ces's own mount namespace: root only).
+    pub(crate) fn mount(overlay: &Overlay, target: &Path) -> io::Result<OverlayMount> {
+        let data = overlay.options(false).join(",");
+        nix::mount::mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_NODEV, Some(data.as_str())).map_err(
+            |e| io::Error::new(io::Error::from(e).kind(), format!("mount overlay on {}: {e}", target.display())),
+        )?;
+        Ok(OverlayMount { target: target.to_owned(), mounted: true })
+    }
+
+    pub(crate) fn unmount(&mut self) -> io::Result<()> {
+        if self.mounted {
+            unmount(&self.target)?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!(target = %self.target.display(), error = %e, "cannot unmount the container's rootfs");
+        }
+    }
+}
+
+/// Unmounts `target` (lazily: a process that still holds it open does not
+/// keep the mount attached to the host's tree).
+pub(crate) fn unmount(target: &Path) -> io::Result<()> {
+    match nix::mount::umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io::Error::new(io::Error::from(e).kind(), format!("umount {}: {e}", target.display()))),
+    }
+}
+
+/// Whether something is mounted exactly on `path` (in ces's mount namespace).
+pub(crate) fn is_mount_point(path: &Path) -> io::Result<bool> {
+    let Ok(canonical) = fs::canonicalize(path) else { return Ok(false) };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mountinfo.lines().any(|line| {
+        line.split(' ')
+            .nth(4)
+            .is_some_and(|mount_point| unescape(mount_point) == canonical.as_os_str().to_string_lossy())
+    }))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let bytes = field.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let n = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(n as char);
+            i += 4;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Checks that a process with `uid` and groups `gids` can reach `path`
+/// (search permission on every ancestor): as root, the container's user is
+/// the mapped host user, and libcontainer resolves the rootfs as that user.
+pub(crate) fn check_searchable(path: &Path, uid: u32, gids: &[u32]) -> Result<(), PathBuf> {
+    if uid == 0 {
+        return Ok(());
+    }
+    let mut current = PathBuf::new();
+    for component in path.components() {
+        current.push(component);
+        if current == path {
+            break;
+        }
+        let Ok(meta) = fs::metadata(&current) else { return Err(current) };
+        let mode = meta.mode();
+        let ok = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else if gids.contains(&meta.gid()) {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            return Err(current);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_paths_with_separators_are_refused() {
+        assert!(check_overlay_path(Path::new("/a/b")).is_ok());
+        assert!(check_overlay_path(Path::new("/a:b")).is_err());
+        assert!(check_overlay_path(Path::new("/a,b")).is_err());
+        assert!(check_overlay_path(Path::new("a/b")).is_err());
+    }
+
+    #[test]
+    fn mountinfo_octal_escapes() {
+        assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+}

@@ -1,0 +1,226 @@
+//! What a crashed ces leaves behind, and how the next one removes it.
+//!
+//! Before it creates anything, a run writes a record,
+//! `<state_root>/.ces-runs/<id>.json`: which ces process owns the run (pid
+//! and start time, so that a recycled pid is not mistaken for it), the run's
+//! state directory, the overlay ces mounted, the cgroup. The record goes
+//! away after the run has been cleaned up. [`cleanup_stale`] treats a record
+//! whose owner is no longer running as stale and removes everything it
+//! names: the container (libcontainer's `delete`, which kills what is left
+//! and removes the cgroup), the overlay mount, the state directory's
+//! contents. Records of live owners are left alone, so that it is safe while
+//! other ces processes run containers; two cleaners never work on the same
+//! record at once (an exclusive `flock` on it).
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+
+use crate::RuntimeError;
+
+use super::cgroups::{ContainerCgroup, Hierarchy};
+use super::rootfs::{self, RunDirs};
+
+/// The directory of run records inside the state root (not a valid
+/// container id, so never a container's state directory).
+const RECORDS: &str = ".ces-runs";
+
+/// Who owns a run and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Record {
+    pub id: String,
+    pub pid: i32,
+    pub start_time: u64,
+    pub state_dir: PathBuf,
+    /// The overlay ces mounted in its own mount namespace (root only).
+    pub rootfs_mount: Option<PathBuf>,
+    pub cgroup_path: PathBuf,
+    pub rootless: bool,
+}
+
+impl Record {
+    /// A record for run `id`, owned by this process.
+    pub(crate) fn for_this_process(
+        id: &str,
+        state_dir: &Path,
+        rootfs_mount: Option<PathBuf>,
+        cgroup_path: &Path,
+        rootless: bool,
+    ) -> io::Result<Record> {
+        let pid = std::process::id() as i32;
+        let start_time = start_time(pid)?.ok_or_else(|| io::Error::other("cannot read this process's start time"))?;
+        Ok(Record {
+            id: id.to_owned(),
+            pid,
+            start_time,
+            state_dir: state_dir.to_owned(),
+            rootfs_mount,
+            cgroup_path: cgroup_path.to_owned(),
+            rootless,
+        })
+    }
+
+    /// Writes the record (atomically) and returns the guard that removes it.
+    pub(crate) fn write(&self, state_root: &Path) -> Result<RecordFile, RuntimeError> {
+        let dir = state_root.join(RECORDS);
+        fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io { path: dir.clone(), source })?;
+        let path = dir.join(format!("{}.json", self.id));
+        let temp = dir.join(format!(".{}.json.{}", self.id, self.pid));
+        let bytes = serde_json::to_vec(self).map_err(|e| RuntimeError::Io { path: path.clone(), source: e.into() })?;
+        fs::write(&temp, bytes).map_err(|source| RuntimeError::Io { path: temp.clone(), source })?;
+        fs::rename(&temp, &path).map_err(|source| {
+            let _ = fs::remove_file(&temp);
+            RuntimeError::Io { path: path.clone(), source }
+        })?;
+        Ok(RecordFile { path })
+    }
+
+    fn owner_alive(&self) -> bool {
+        matches!(start_time(self.pid), Ok(Some(t)) if t == self.start_time)
+    }
+}
+
+/// A written record; [`RecordFile::remove`] once the run is cleaned up.
+#[derive(Debug)]
+pub(crate) struct RecordFile {
+    path: PathBuf,
+}
+
+impl RecordFile {
+    pub(crate) fn remove(self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The start time of process `pid` (clock ticks after boot, `/proc/<pid>/stat`
+/// field 22), or `None` if there is no such process.
+fn start_time(pid: i32) -> io::Result<Option<u64>> {
+    let stat = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let fields = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    // Fields after the command name start at field 3.
+    Ok(fields.split_whitespace().nth(19).and_then(|t| t.parse().ok()))
+}
+
+/// Removes the containers (and their cgroups, overlay mounts and state
+/// directories' contents) left by ces processes that are gone. Returns how
+/// many it removed. Called at every ces start; safe while other ces
+/// processes run containers.
+pub fn cleanup_stale(state_root: &Path) -> Result<usize, RuntimeError> {
+    let records_dir = state_root.join(RECORDS);
+    let entries = match fs::read_dir(&records_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => return Err(RuntimeError::Io { path: records_dir, source }),
+    };
+    let mut removed = 0;
+    let mut hierarchy = None;
+    for entry in entries {
+        let entry = entry.map_err(|source| RuntimeError::Io { path: records_dir.clone(), source })?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            remove_abandoned_temp(&path, &name);
+            continue;
+        }
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else { continue };
+        // Another cleaner holds it: leave it to that one.
+        if !try_lock(&file) {
+            continue;
+        }
+        let record: Record = match fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            Some(record) => record,
+            None => {
+                tracing::warn!(record = %path.display(), "ignoring an unreadable run record");
+                continue;
+            }
+        };
+        if record.owner_alive() {
+            continue;
+        }
+        if hierarchy.is_none() {
+            hierarchy = Some(Hierarchy::detect()?);
+        }
+        let hierarchy = hierarchy.clone().unwrap_or(Hierarchy::V2 { root: PathBuf::new() });
+        match clean(state_root, &record, hierarchy) {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+                removed += 1;
+                tracing::info!(id = %record.id, "removed a container left by a ces process that is gone");
+            }
+            Err(e) => tracing::warn!(id = %record.id, error = %e, "cannot remove a stale container"),
+        }
+    }
+    Ok(removed)
+}
+
+fn clean(state_root: &Path, record: &Record, hierarchy: Hierarchy) -> io::Result<()> {
+    let rootless_uid = record.rootless.then(nix::unistd::geteuid).map(|u| u.as_raw());
+    let mut cgroup = ContainerCgroup::new(hierarchy, &record.id, rootless_uid);
+    cgroup.path = record.cgroup_path.clone();
+    let container_dir = state_root.join(&record.id);
+    let deleted = container_dir.join("state.json").exists()
+        && Container::load(container_dir.clone()).and_then(|mut c| c.delete(true)).is_ok();
+    if !deleted {
+        // No state, or libcontainer gave up (its processes may still be
+        // dying, just after their ces was killed): do it ourselves. Only
+        // processes in the container's own cgroup are signalled.
+        cgroup.kill_all();
+    }
+    if !cgroup.remove_leftovers() {
+        return Err(io::Error::other(format!("cgroup {} is still in use", record.cgroup_path.display())));
+    }
+    if container_dir.exists() {
+        fs::remove_dir_all(&container_dir)?;
+    }
+    if let Some(mount) = &record.rootfs_mount
+        && rootfs::is_mount_point(mount)?
+    {
+        rootfs::unmount(mount)?;
+    }
+    if record.state_dir.is_absolute() && record.state_dir.parent().is_some() {
+        RunDirs::new(&record.state_dir).remove()?;
+    }
+    Ok(())
+}
+
+/// A temp record (`.<id>.json.<pid>`) whose writer is gone.
+fn remove_abandoned_temp(path: &Path, name: &str) {
+    let pid = name.rsplit('.').next().and_then(|p| p.parse::<i32>().ok());
+    if let Some(pid) = pid
+        && matches!(start_time(pid), Ok(None))
+    {
+        let _ = fs::remove_file(path);
+    }
+}
+
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; released when `file` is closed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_changed_start_time_is_not() {
+        let record = Record::for_this_process("x", Path::new("/tmp/x"), None, Path::new("/ces/x"), false).unwrap();
+        assert!(record.owner_alive());
+        let recycled = Record { start_time: record.start_time + 1, ..record };
+        assert!(!recycled.owner_alive());
+    }
+}

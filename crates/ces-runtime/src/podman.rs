@@ -1,0 +1,641 @@
+//! The podman backend: the same [`RunSpec`] rendered as one `podman run`
+//! command line by a pure function ([`podman_args`]), then run with podman's
+//! stdio inherited.
+//!
+//! What this host needs (see FACTS.md): `--runtime runc` (crun refuses hybrid
+//! cgroups) and `--ulimit nofile=1024:1024 --ulimit nproc=1024:1024` (rlimits
+//! cannot be raised here).
+//!
+//! The user mapping: the container's user is mapped to the invoking user, so
+//! that what it writes to `/safe_outputs` is theirs; nothing else of the host
+//! is mapped. When ces runs as root, the cached rootfs belongs to host root
+//! (unpacked with the image's owners), which the container's root may not
+//! write; runc, as the container's root, must still create its mount points
+//! (`/etc/hostname`, `/run/.containerenv`, `/safe_data`...). So ces mounts the
+//! per-run copy-on-write overlay itself (lower: the cached rootfs; upper and
+//! work: in the run's state directory, the upper's `/`, `/etc` and `/run`
+//! owned by the container's root) and hands podman the merged directory.
+//! Rootless, the rootfs belongs to the user already and podman's own overlay
+//! (`--rootfs PATH:O`) is used.
+//!
+//! Environment values never appear on podman's command line (where `ps`
+//! would show them), nor in podman's own environment (where `LD_PRELOAD` or
+//! `CONTAINERS_CONF` would change what podman, as root, does): they are
+//! written to `<state_dir>/podman.env` (mode 0600, removed after the run) and
+//! handed over with `--env-file`. podman reads that file line by line, so a
+//! value cannot hold a newline.
+
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
+
+use crate::spec::{Access, MountKind, RunSpec};
+use crate::{Exit, Runtime, RuntimeError};
+
+/// The host uid (and gid) the container's root is mapped to, as root, when the
+/// container runs as another user: the overflow user, which owns nothing.
+const NOBODY: u32 = 65534;
+/// `si_code` of a signal the kernel sent (a terminal's ^C): the terminal sent
+/// it to podman too, as it is in the same foreground process group.
+const SI_KERNEL: i32 = 0x80;
+/// What podman exits with when podman itself failed.
+const PODMAN_FAILED: i32 = 125;
+/// The environment file, in the run's state directory.
+pub const ENV_FILE: &str = "podman.env";
+/// The longest line podman's env-file reader takes (Go's bufio.Scanner: 64 KiB).
+const MAX_ENV_LINE: usize = 64 * 1024 - 1;
+
+/// How ces relates to podman.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// ces (and so podman) runs as root: ces mounts the overlay and maps the
+    /// container's user to the invoking user's host ids.
+    Rootful,
+    /// ces runs as an ordinary user: rootless podman, whose user namespace has
+    /// the user as its id 0 (and the user's subordinate ids from 1).
+    Rootless,
+}
+
+/// Where podman looks for its init (`--init`) unless configured otherwise.
+pub const CATATONIT: &str = "/usr/libexec/podman/catatonit";
+
+/// Runs containers with `podman run`.
+#[derive(Debug, Clone)]
+pub struct PodmanRuntime {
+    /// The podman program.
+    pub program: PathBuf,
+    /// Rootful or rootless.
+    pub mode: Mode,
+    /// Run the command under podman's init (`--init`: catatonit reaps
+    /// zombies and passes signals on), so that it is not PID 1.
+    pub init: bool,
+}
+
+impl Default for PodmanRuntime {
+    /// podman from `PATH`; rootful as root; with `--init` when podman's init
+    /// (Debian's `catatonit` package) is installed.
+    fn default() -> Self {
+        let mode = if nix::unistd::geteuid().is_root() { Mode::Rootful } else { Mode::Rootless };
+        let init = Path::new(CATATONIT).exists();
+        if !init {
+            tracing::warn!("{CATATONIT} is missing (package catatonit): the container's command runs as PID 1");
+        }
+        PodmanRuntime { program: PathBuf::from("podman"), mode, init }
+    }
+}
+
+/// The per-run overlay ces mounts (rootful mode), in the run's state directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    /// The cached rootfs (read-only lower layer).
+    pub lower: PathBuf,
+    /// Where the run's writes go.
+    pub upper: PathBuf,
+    /// overlayfs' work directory.
+    pub work: PathBuf,
+    /// The merged tree podman gets as `--rootfs`.
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    /// The overlay of `spec` (paths only; nothing is created).
+    pub fn of(spec: &RunSpec) -> Overlay {
+        Overlay {
+            lower: spec.image.rootfs.clone(),
+            upper: spec.state_dir.join("upper"),
+            work: spec.state_dir.join("work"),
+            merged: spec.state_dir.join("merged"),
+        }
+    }
+
+    /// The overlayfs mount options.
+    pub fn options(&self) -> Result<String, RuntimeError> {
+        for path in [&self.lower, &self.upper, &self.work] {
+            // The option string separates with `,` and `:`; `\` escapes.
+            if path.to_str().is_none_or(|p| p.contains([',', ':', '\\'])) {
+                return Err(RuntimeError::Unsupported { backend: "podman", what: "a store path with , : or \\ in it" });
+            }
+        }
+        Ok(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.upper.display(),
+            self.work.display()
+        ))
+    }
+}
+
+/// `podman run`'s arguments (after the program name) for `spec`: a pure
+/// function of the plan and the runtime's settings.
+pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String>, RuntimeError> {
+    let mode = runtime.mode;
+    let mut args: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+    push(&["--network", "none", "--security-opt", "no-new-privileges", "--cap-drop", "ALL"]);
+    push(&["--cap-add", &crate::plan::CAPABILITIES.join(",")]);
+    // The container's output is the user's (maybe sensitive): not to the journal.
+    push(&["--log-driver", "none"]);
+    if runtime.init {
+        push(&["--init"]);
+    }
+    let memory = format!("{}b", spec.limits.memory);
+    push(&["--memory", &memory, "--memory-swap", &memory]);
+    if let Some(cpus) = spec.limits.cpus {
+        push(&["--cpus", &format!("{cpus}")]);
+    }
+    if let Some(pids) = spec.limits.pids {
+        push(&["--pids-limit", &pids.to_string()]);
+    }
+    push(&["--shm-size", &format!("{}b", spec.limits.shm_size)]);
+    for mount in &spec.mounts {
+        if mount.destination.contains([',', '\n']) {
+            return Err(RuntimeError::Unsupported { backend: "podman", what: "a mount destination with , in it" });
+        }
+        let value = match &mount.kind {
+            MountKind::Bind { source } => {
+                let source = source.to_str().filter(|s| !s.contains([',', '\n'])).ok_or(RuntimeError::Unsupported {
+                    backend: "podman",
+                    what: "a host path with , in it, or not UTF-8",
+                })?;
+                let access = match mount.access {
+                    Access::Ro => "ro",
+                    Access::Rw => "rw",
+                };
+                format!("type=bind,src={source},dst={},{access}", mount.destination)
+            }
+            MountKind::Tmpfs { size } => {
+                let size = size.map(|s| format!(",tmpfs-size={s}")).unwrap_or_default();
+                format!("type=tmpfs,dst={}{size}", mount.destination)
+            }
+        };
+        push(&["--mount", &value]);
+    }
+    if !spec.process.env.is_empty() {
+        push(&["--env-file", &spec.state_dir.join(ENV_FILE).display().to_string()]);
+    }
+    push(&["--workdir", &spec.process.cwd]);
+    let user = spec.process.user;
+    push(&["--user", &format!("{}:{}", user.uid, user.gid)]);
+    args.extend(id_maps("--uidmap", user.uid, spec.identity.host_uid, mode)?);
+    args.extend(id_maps("--gidmap", user.gid, spec.identity.host_gid, mode)?);
+    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["--name", &format!("ces-{}", spec.id), "--label", &format!("io.ces.run-id={}", spec.id)]);
+    if let Some(name) = &spec.name {
+        push(&["--label", &format!("io.ces.name={name}")]);
+    }
+    if spec.process.interactive {
+        push(&["--interactive"]);
+    }
+    if spec.process.terminal {
+        push(&["--tty"]);
+    }
+    // With --rootfs, the first positional is the root filesystem and podman
+    // stops reading options there: the command follows as is.
+    let rootfs = match mode {
+        Mode::Rootful => Overlay::of(spec).merged.display().to_string(),
+        Mode::Rootless => format!("{}:O", spec.image.rootfs.display()),
+    };
+    push(&["--rootfs", &rootfs]);
+    args.extend(spec.process.args.iter().cloned());
+    Ok(args)
+}
+
+/// The env file's text: `NAME=value` lines, taken literally by podman.
+pub fn env_file_contents(spec: &RunSpec) -> Result<String, RuntimeError> {
+    let mut text = String::new();
+    for var in &spec.process.env {
+        let line = var.to_env_string();
+        if var.value().contains('\n') || var.value().ends_with('\r') || line.len() > MAX_ENV_LINE {
+            return Err(RuntimeError::Unsupported {
+                backend: "podman",
+                what: "an environment value with a line break, or longer than 64 KiB",
+            });
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Maps the container's id to the invoking user's. The container's root must
+/// be mapped too (runc sets the container up as it): to the same id when it is
+/// the container's user, else to an id that owns nothing.
+fn id_maps(flag: &str, container: u32, host: u32, mode: Mode) -> Result<Vec<String>, RuntimeError> {
+    let (host, spare) = match mode {
+        Mode::Rootful => (host, NOBODY),
+        // Rootless podman's namespace: 0 is the user, 1.. its subordinate ids.
+        Mode::Rootless => (0, 1),
+    };
+    if container == 0 {
+        return Ok(vec![flag.to_owned(), format!("0:{host}:1")]);
+    }
+    if host == spare {
+        return Err(RuntimeError::Unsupported {
+            backend: "podman",
+            what: "running a non-root image user as the host's overflow user (65534)",
+        });
+    }
+    Ok(vec![flag.to_owned(), format!("0:{spare}:1"), flag.to_owned(), format!("{container}:{host}:1")])
+}
+
+/// Quotes `word` for a POSIX shell (only when it needs it).
+pub fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+impl PodmanRuntime {
+    fn command_line(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError> {
+        let mut line = vec![self.program.display().to_string()];
+        line.extend(podman_args(spec, self)?);
+        Ok(line)
+    }
+}
+
+impl Runtime for PodmanRuntime {
+    fn name(&self) -> &'static str {
+        "podman"
+    }
+
+    fn describe(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError> {
+        let mut lines = Vec::new();
+        if self.mode == Mode::Rootful {
+            let overlay = Overlay::of(spec);
+            lines.push(format!(
+                "mount -t overlay overlay -o {} {}",
+                shell_quote(&overlay.options()?),
+                shell_quote(&overlay.merged.display().to_string())
+            ));
+        }
+        let words = self.command_line(spec)?;
+        lines.push(words.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "));
+        Ok(lines)
+    }
+
+    fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
+        let words = self.command_line(spec)?;
+        let _overlay = match self.mode {
+            Mode::Rootful => Some(MountedOverlay::mount(spec)?),
+            Mode::Rootless => None,
+        };
+        let _env_file = if spec.process.env.is_empty() {
+            None
+        } else {
+            Some(EnvFile::write(&spec.state_dir.join(ENV_FILE), &env_file_contents(spec)?)?)
+        };
+        let signals = SignalForwarder::new()?;
+        let mut command = Command::new(&words[0]);
+        command.args(&words[1..]);
+        command.stdin(if spec.process.interactive { Stdio::inherit() } else { Stdio::null() });
+        tracing::debug!(command = %words.join(" "), "starting podman");
+        let mut child = command
+            .spawn()
+            .map_err(|source| RuntimeError::Program { program: self.program.display().to_string(), source })?;
+        let status = signals.wait(&mut child)?;
+        exit_of(status)
+    }
+}
+
+/// podman's exit status as the container's: podman passes the container's
+/// code through (128+n when a signal killed it); 125 is podman's own failure
+/// (its message is already on stderr). 126 and 127 (cannot invoke, not found)
+/// are about the container's command, as with docker, and pass through.
+fn exit_of(status: ExitStatus) -> Result<Exit, RuntimeError> {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(PODMAN_FAILED), _) => {
+            Err(RuntimeError::Start { stage: "podman run", source: Box::new(PodmanFailed { code: PODMAN_FAILED }) })
+        }
+        (Some(code), _) => Ok(Exit::Code(code)),
+        (None, Some(signal)) => Ok(Exit::Signal(signal)),
+        (None, None) => Ok(Exit::Code(-1)),
+    }
+}
+
+/// podman reported its own failure.
+#[derive(Debug, thiserror::Error)]
+#[error("podman failed with exit code {code} (its message is above)")]
+pub struct PodmanFailed {
+    /// podman's exit code.
+    pub code: i32,
+}
+
+/// Holds SIGINT, SIGTERM, SIGHUP and SIGQUIT (and SIGCHLD) while podman runs,
+/// and passes those that were sent to ces alone on to podman, which passes
+/// them to the container; ces itself does not die of them, so that its
+/// clean-up runs. A terminal's signals are not passed on: the terminal sends
+/// them to podman too.
+///
+/// The four stay blocked after the run (until ces exits), so that a late one
+/// cannot cut the clean-up short. This must be set up while ces has one
+/// thread only: the mask is the calling thread's.
+struct SignalForwarder {
+    fd: SignalFd,
+    chld: SigSet,
+}
+
+fn forwarded() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        set.add(signal);
+    }
+    set
+}
+
+impl SignalForwarder {
+    fn new() -> Result<SignalForwarder, RuntimeError> {
+        let mut mask = forwarded();
+        mask.add(Signal::SIGCHLD);
+        let mut chld = SigSet::empty();
+        chld.add(Signal::SIGCHLD);
+        let start = |source: nix::Error| RuntimeError::Start { stage: "signal handling", source: Box::new(source) };
+        mask.thread_block().map_err(start)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC).map_err(start)?;
+        Ok(SignalForwarder { fd, chld })
+    }
+
+    fn wait(&self, child: &mut std::process::Child) -> Result<ExitStatus, RuntimeError> {
+        let pid = Pid::from_raw(child.id() as i32);
+        let wait_err = |source: std::io::Error| RuntimeError::Program { program: "podman".into(), source };
+        loop {
+            if let Some(status) = child.try_wait().map_err(wait_err)? {
+                return Ok(status);
+            }
+            let info = match self.fd.read_signal() {
+                Ok(Some(info)) => info,
+                Ok(None) | Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(wait_err(e.into())),
+            };
+            let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else { continue };
+            if signal == Signal::SIGCHLD || info.ssi_code == SI_KERNEL {
+                continue;
+            }
+            tracing::debug!(%signal, "passing the signal on to podman");
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+}
+
+impl Drop for SignalForwarder {
+    fn drop(&mut self) {
+        let _ = self.chld.thread_unblock();
+    }
+}
+
+/// The environment file; removed when dropped.
+struct EnvFile {
+    path: PathBuf,
+}
+
+impl EnvFile {
+    fn write(path: &Path, text: &str) -> Result<EnvFile, RuntimeError> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let io = |source| RuntimeError::Io { path: path.to_owned(), source };
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+        let file_guard = EnvFile { path: path.to_owned() };
+        file.write_all(text.as_bytes()).map_err(io)?;
+        Ok(file_guard)
+    }
+}
+
+impl Drop for EnvFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The overlay ces mounted for a rootful run; unmounted when dropped.
+struct MountedOverlay {
+    merged: PathBuf,
+}
+
+impl MountedOverlay {
+    fn mount(spec: &RunSpec) -> Result<MountedOverlay, RuntimeError> {
+        use nix::mount::{MsFlags, mount};
+        let overlay = Overlay::of(spec);
+        let options = overlay.options()?;
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| RuntimeError::Io { path, source }
+        };
+        for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
+            std::fs::create_dir(dir).map_err(io(dir))?;
+        }
+        // The container's root owns the upper `/`, `/etc` and `/run`, so that
+        // runc (as that root) can create mount points in them.
+        let user = spec.process.user;
+        let owner_uid = if user.uid == 0 { spec.identity.host_uid } else { NOBODY };
+        let owner_gid = if user.gid == 0 { spec.identity.host_gid } else { NOBODY };
+        for sub in ["", "etc", "run"] {
+            let lower = overlay.lower.join(sub);
+            let upper = overlay.upper.join(sub);
+            let Ok(meta) = std::fs::symlink_metadata(&lower) else { continue };
+            if !meta.is_dir() {
+                continue;
+            }
+            if !sub.is_empty() {
+                std::fs::create_dir(&upper).map_err(io(&upper))?;
+            }
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io(&upper))?;
+            std::os::unix::fs::lchown(&upper, Some(owner_uid), Some(owner_gid)).map_err(io(&upper))?;
+        }
+        mount(Some("overlay"), &overlay.merged, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
+            .map_err(|e| RuntimeError::Start { stage: "mounting the root filesystem overlay", source: Box::new(e) })?;
+        Ok(MountedOverlay { merged: overlay.merged })
+    }
+}
+
+impl Drop for MountedOverlay {
+    fn drop(&mut self) {
+        if let Err(error) = nix::mount::umount2(&self.merged, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %self.merged.display(), %error, "cannot unmount the run's overlay");
+        }
+    }
+}
+
+/// Unmounts what a podman run of a crashed ces left in its state directory
+/// (the overlay), so that the directory can be removed.
+pub fn cleanup_stale(state_dir: &Path) {
+    let merged = state_dir.join("merged");
+    let (Ok(inner), Ok(outer)) = (std::fs::symlink_metadata(&merged), std::fs::symlink_metadata(state_dir)) else {
+        return;
+    };
+    if inner.dev() != outer.dev()
+        && let Err(error) = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH)
+    {
+        tracing::warn!(path = %merged.display(), %error, "cannot unmount a stale overlay");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::spec::{ContainerUser, EnvVar, Identity, ImageSpec, Limits, MountSpec, ProcessSpec};
+
+    fn rootful() -> PodmanRuntime {
+        PodmanRuntime { program: "podman".into(), mode: Mode::Rootful, init: true }
+    }
+
+    fn rootless() -> PodmanRuntime {
+        PodmanRuntime { program: "podman".into(), mode: Mode::Rootless, init: false }
+    }
+
+    fn spec() -> RunSpec {
+        RunSpec {
+            id: "20231114-221320-deadbeef".into(),
+            name: Some("analysis".into()),
+            image: ImageSpec {
+                reference: "ghcr.io/a/b:1".into(),
+                digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
+                rootfs: "/store/rootfs/aaaa".into(),
+            },
+            process: ProcessSpec {
+                args: vec!["sh".into(), "-c".into(), "echo hi > /safe_outputs/x".into()],
+                env: vec![EnvVar::new("TOKEN", "s3cret-value"), EnvVar::new("TMPDIR", "/scratch")],
+                cwd: "/work".into(),
+                user: ContainerUser { uid: 0, gid: 0 },
+                terminal: false,
+                interactive: false,
+            },
+            mounts: vec![
+                MountSpec {
+                    destination: "/safe_data".into(),
+                    kind: MountKind::Bind { source: "/data/p1".into() },
+                    access: Access::Ro,
+                },
+                MountSpec {
+                    destination: "/safe_outputs".into(),
+                    kind: MountKind::Bind { source: "/home/a/outputs_x".into() },
+                    access: Access::Rw,
+                },
+                MountSpec {
+                    destination: "/scratch".into(),
+                    kind: MountKind::Bind { source: "/home/a/scratch_x".into() },
+                    access: Access::Rw,
+                },
+                MountSpec {
+                    destination: "/cache".into(),
+                    kind: MountKind::Tmpfs { size: Some(1 << 20) },
+                    access: Access::Rw,
+                },
+            ],
+            limits: Limits { memory: 4 << 30, cpus: Some(1.5), pids: Some(4096), shm_size: 64 << 20 },
+            identity: Identity { host_uid: 1000, host_gid: 1001 },
+            state_dir: "/store/runs/x/state".into(),
+        }
+    }
+
+    #[test]
+    fn rootful_command_line() {
+        let args = podman_args(&spec(), &rootful()).unwrap();
+        let expected = [
+            "run --rm --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024",
+            "--network none --security-opt no-new-privileges --cap-drop ALL",
+            "--cap-add CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID",
+            "--log-driver none --init",
+            "--memory 4294967296b --memory-swap 4294967296b --cpus 1.5 --pids-limit 4096 --shm-size 67108864b",
+            "--mount type=bind,src=/data/p1,dst=/safe_data,ro",
+            "--mount type=bind,src=/home/a/outputs_x,dst=/safe_outputs,rw",
+            "--mount type=bind,src=/home/a/scratch_x,dst=/scratch,rw",
+            "--mount type=tmpfs,dst=/cache,tmpfs-size=1048576",
+            "--env-file /store/runs/x/state/podman.env --workdir /work --user 0:0 --uidmap 0:1000:1 --gidmap 0:1001:1",
+            "--name ces-20231114-221320-deadbeef --label io.ces.run-id=20231114-221320-deadbeef --label io.ces.name=analysis",
+            "--rootfs /store/runs/x/state/merged",
+        ]
+        .join(" ");
+        let n = expected.split(' ').count();
+        assert_eq!(args[..n].join(" "), expected);
+        assert_eq!(args[n..], ["sh", "-c", "echo hi > /safe_outputs/x"]);
+    }
+
+    #[test]
+    fn env_values_never_reach_the_command_line() {
+        let runtime = rootful();
+        let lines = runtime.describe(&spec()).unwrap();
+        let all = lines.join("\n");
+        assert!(!all.contains("s3cret"), "{all}");
+        assert!(all.contains("--env-file /store/runs/x/state/podman.env "), "{all}");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(
+            lines[0],
+            "mount -t overlay overlay -o lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
+        );
+        assert!(lines[1].starts_with("podman run --rm "), "{}", lines[1]);
+        assert!(lines[1].ends_with(" sh -c 'echo hi > /safe_outputs/x'"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn non_root_image_user_and_rootless_mapping() {
+        let mut s = spec();
+        s.process.user = ContainerUser { uid: 1000, gid: 100 };
+        s.process.terminal = true;
+        s.process.interactive = true;
+        s.name = None;
+        let args = podman_args(&s, &rootful()).unwrap().join(" ");
+        assert!(
+            args.contains(
+                "--user 1000:100 --uidmap 0:65534:1 --uidmap 1000:1000:1 --gidmap 0:65534:1 --gidmap 100:1001:1 "
+            ),
+            "{args}"
+        );
+        assert!(args.contains(" --interactive --tty --rootfs "), "{args}");
+        assert!(!args.contains("io.ces.name"), "{args}");
+        let args = podman_args(&s, &rootless()).unwrap().join(" ");
+        assert!(args.contains("--uidmap 0:1:1 --uidmap 1000:0:1 --gidmap 0:1:1 --gidmap 100:0:1 "), "{args}");
+        assert!(args.contains(" --rootfs /store/rootfs/aaaa:O sh -c "), "{args}");
+        assert!(!args.contains("--init"), "{args}");
+        let args = podman_args(&spec(), &rootless()).unwrap().join(" ");
+        assert!(args.contains("--uidmap 0:0:1 --gidmap 0:0:1 "), "{args}");
+    }
+
+    #[test]
+    fn env_file_holds_the_values_literally() {
+        let mut s = spec();
+        s.process.env.push(EnvVar::new("SPACED", " a 'b' \"c\" $d #e "));
+        assert_eq!(env_file_contents(&s).unwrap(), "TOKEN=s3cret-value\nTMPDIR=/scratch\nSPACED= a 'b' \"c\" $d #e \n");
+        s.process.env.push(EnvVar::new("MULTI", "a\nb"));
+        assert!(matches!(env_file_contents(&s), Err(RuntimeError::Unsupported { .. })));
+        let mut s = spec();
+        s.process.env.clear();
+        assert!(!podman_args(&s, &rootful()).unwrap().contains(&"--env-file".to_owned()));
+    }
+
+    #[test]
+    fn unrepresentable_paths_are_refused() {
+        let mut s = spec();
+        s.mounts[0].kind = MountKind::Bind { source: "/data/a,b".into() };
+        assert!(matches!(podman_args(&s, &rootful()), Err(RuntimeError::Unsupported { .. })));
+        let mut s = spec();
+        s.image.rootfs = "/st:ore/rootfs".into();
+        assert!(Overlay::of(&s).options().is_err());
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("plain/path-1.0:x=y"), "plain/path-1.0:x=y");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a b"), "'a b'");
+    }
+
+    #[test]
+    fn podman_failure_is_not_the_containers_exit() {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert!(exit_of(ExitStatus::from_raw(125 << 8)).is_err());
+        assert_eq!(exit_of(ExitStatus::from_raw(3 << 8)).unwrap(), Exit::Code(3));
+        assert_eq!(exit_of(ExitStatus::from_raw(127 << 8)).unwrap(), Exit::Code(127));
+        assert_eq!(exit_of(ExitStatus::from_raw(15)).unwrap(), Exit::Signal(15));
+    }
+}

@@ -1,0 +1,200 @@
+//! The run plan: everything a backend needs to run one container, resolved
+//! once (image digest, mounts, limits, env, argv, identity). Every backend
+//! renders this same plan; none adds policy of its own.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use ces_image::Digest;
+
+/// One run, fully resolved.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSpec {
+    /// The unique run id (also in the outputs and scratch directory names).
+    pub id: String,
+    /// The name the user gave (`--name`), if any.
+    pub name: Option<String>,
+    /// The image, pinned.
+    pub image: ImageSpec,
+    /// The process to start.
+    pub process: ProcessSpec,
+    /// Mounts, in order, on top of the image's root filesystem.
+    pub mounts: Vec<MountSpec>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Who the container's user is on the host.
+    pub identity: Identity,
+    /// A private directory for the backend's per-run state (bundle, the
+    /// copy-on-write layer...); it exists, is empty, and is removed after the run.
+    pub state_dir: PathBuf,
+}
+
+/// The image a run uses.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageSpec {
+    /// The reference as the user named it.
+    pub reference: String,
+    /// The manifest digest the store resolved it to.
+    pub digest: Digest,
+    /// The cached, unpacked root filesystem (read-only to runs: each run
+    /// writes to its own copy-on-write layer over it).
+    pub rootfs: PathBuf,
+}
+
+/// The process to start in the container.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProcessSpec {
+    /// argv (entrypoint + command + arguments), at least one element.
+    pub args: Vec<String>,
+    /// The environment.
+    pub env: Vec<EnvVar>,
+    /// The working directory (absolute, inside the container).
+    pub cwd: String,
+    /// The user inside the container.
+    pub user: ContainerUser,
+    /// Allocate a terminal (`-t`).
+    pub terminal: bool,
+    /// Keep stdin open (`-i`).
+    pub interactive: bool,
+}
+
+/// A variable of the container's environment. Its value is never shown: not
+/// in `Debug`, not in the dry-run plan, not in logs (it may be a secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// The name.
+    pub name: String,
+    value: String,
+}
+
+impl EnvVar {
+    /// A variable.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> EnvVar {
+        EnvVar { name: name.into(), value: value.into() }
+    }
+
+    /// The value, for the one place that hands it to the container.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// `NAME=value`, for the container's environment block.
+    pub fn to_env_string(&self) -> String {
+        format!("{}={}", self.name, self.value)
+    }
+}
+
+impl fmt::Debug for EnvVar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=<redacted>", self.name)
+    }
+}
+
+impl serde::Serialize for EnvVar {
+    /// Serialized as its name only.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name)
+    }
+}
+
+/// The user a process runs as, inside the container's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ContainerUser {
+    /// uid inside the container.
+    pub uid: u32,
+    /// gid inside the container.
+    pub gid: u32,
+}
+
+/// The host user the container's user is mapped to: files the container
+/// creates in bind mounts are owned by this user on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Identity {
+    /// Host uid (the invoking user: `SUDO_UID` or the real uid).
+    pub host_uid: u32,
+    /// Host gid.
+    pub host_gid: u32,
+}
+
+/// A mount in the container.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MountSpec {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// What is mounted.
+    pub kind: MountKind,
+    /// Read-only or read-write.
+    pub access: Access,
+}
+
+/// What a mount is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum MountKind {
+    /// A host directory.
+    Bind {
+        /// The host path.
+        source: PathBuf,
+    },
+    /// A tmpfs (in memory; gone at exit).
+    Tmpfs {
+        /// Size limit in bytes.
+        size: Option<u64>,
+    },
+}
+
+/// Whether a mount can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Read-only.
+    Ro,
+    /// Read-write.
+    Rw,
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Ro => "ro",
+            Access::Rw => "rw",
+        })
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Limits {
+    /// Memory limit in bytes (`-m`, GB on the command line; default 4 GB).
+    pub memory: u64,
+    /// CPU limit in cores (`-c`), if any.
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids: Option<i64>,
+    /// Size of `/dev/shm` in bytes.
+    pub shm_size: u64,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "value")]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+    /// It was killed for exceeding its memory limit.
+    OutOfMemory,
+}
+
+impl Exit {
+    /// The exit code ces passes on: the code, or 128 + the signal (137 for
+    /// out of memory, as the kernel's SIGKILL).
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+            Exit::OutOfMemory => 128 + 9,
+        }
+    }
+}

@@ -1,0 +1,1156 @@
+//! The native runtime, for real: containers run with youki's libcontainer
+//! in namespaces, as root and as an unprivileged user.
+//!
+//! Each test runs its scenario in a child process: the test binary again,
+//! filtered to one `#[ignore]`d `scenario_*` test, with one test thread
+//! (libcontainer clones the calling process: with other tests running in
+//! threads of the same process, a clone could inherit a lock held by one of
+//! them). Rootless scenarios run as `ces-test-rootless`, a system user the
+//! tests create once (`useradd`; it stays), through `setpriv`.
+//!
+//! Every scenario works in its own temp directory and checks, at the end,
+//! that it left no mount, no cgroup and no container state behind. Cgroups
+//! are shared between tests (`/sys/fs/cgroup/<controller>/ces`): tests hold
+//! a shared lock while they run containers, and the last one out removes
+//! the `ces` parents and the test user's delegation.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ces_image::unpack::{UnpackOptions, apply_layer};
+use ces_runtime::native::{NativeRuntime, cleanup_stale, remove_delegation, setup_delegation};
+use ces_runtime::{
+    Access, ContainerUser, EnvVar, Exit, Identity, ImageSpec, Limits, MountKind, MountSpec, ProcessSpec, RunSpec,
+    Runtime, RuntimeError,
+};
+use ces_testkit::layer::{Entry, Layer, busybox_entries};
+
+const TEST_USER: &str = "ces-test-rootless";
+const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Who runs a scenario, and the child-process plumbing.
+// ---------------------------------------------------------------------------
+
+/// Who runs the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// root, the container's user mapped to host root.
+    Root,
+    /// root, the container's user mapped to the test user (`sudo ces run`).
+    Sudo,
+    /// The test user, rootless.
+    Rootless,
+}
+
+impl Who {
+    fn name(self) -> &'static str {
+        match self {
+            Who::Root => "root",
+            Who::Sudo => "sudo",
+            Who::Rootless => "rootless",
+        }
+    }
+
+    fn from_env() -> Who {
+        match std::env::var("CES_NATIVE_WHO").as_deref() {
+            Ok("sudo") => Who::Sudo,
+            Ok("rootless") => Who::Rootless,
+            _ => Who::Root,
+        }
+    }
+}
+
+/// The test user's uid and gid, created on first use.
+fn test_user() -> (u32, u32) {
+    static USER: OnceLock<(u32, u32)> = OnceLock::new();
+    *USER.get_or_init(|| {
+        if let Some(ids) = lookup_user(TEST_USER) {
+            return ids;
+        }
+        // useradd locks the user database itself: racing test binaries get
+        // "already exists" (9), which is as good as success.
+        let status = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
+            .status()
+            .expect("useradd (package passwd) is needed for the rootless tests");
+        assert!(status.success() || status.code() == Some(9), "useradd {TEST_USER}: {status}");
+        lookup_user(TEST_USER).expect("the test user exists after useradd")
+    })
+}
+
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let out = Command::new("getent").args(["passwd", name]).output().ok()?;
+    let line = String::from_utf8(out.stdout).ok()?;
+    let fields: Vec<&str> = line.trim().split(':').collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+/// Runs scenario `name` in a child process as `who`; panics with its output
+/// if it fails.
+fn scenario(name: &str, who: Who) -> Output {
+    scenario_with(name, who, &[])
+}
+
+/// As [`scenario`], for a test that already holds the cgroup lock exclusively.
+fn scenario_unlocked(name: &str, who: Who) -> Output {
+    run_child(name, who, &[])
+}
+
+fn scenario_with(name: &str, who: Who, env: &[(&str, &str)]) -> Output {
+    let _cgroups = CgroupUse::shared();
+    // Rootless runs need the test user's delegated cgroup (under the lock:
+    // the last test out removes it).
+    if who == Who::Rootless {
+        let (uid, gid) = test_user();
+        setup_delegation(uid, gid).unwrap();
+    }
+    run_child(name, who, env)
+}
+
+fn run_child(name: &str, who: Who, env: &[(&str, &str)]) -> Output {
+    let (uid, gid) = test_user();
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = if who == Who::Rootless {
+        let mut c = Command::new("setpriv");
+        c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--init-groups", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .env("CES_NATIVE_WHO", who.name())
+        .env("CES_TEST_UID", uid.to_string())
+        .env("CES_TEST_GID", gid.to_string())
+        .env("TMPDIR", "/tmp");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "scenario {name} as {}: {}\n--- stdout\n{}\n--- stderr\n{}",
+        who.name(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "the scenario did not run\n{text}");
+    eprintln!("{text}");
+    out
+}
+
+/// Coordinates the shared `ces` cgroup parents between concurrent tests.
+struct CgroupUse {
+    lock: File,
+}
+
+const CGROUP_LOCK: &str = "/tmp/.ces-native-tests-cgroups.lock";
+
+impl CgroupUse {
+    fn shared() -> CgroupUse {
+        Self::take(libc::LOCK_SH)
+    }
+
+    fn exclusive() -> CgroupUse {
+        Self::take(libc::LOCK_EX)
+    }
+
+    fn take(op: libc::c_int) -> CgroupUse {
+        let lock = File::options().create(true).append(true).open(CGROUP_LOCK).unwrap();
+        assert!(flock(&lock, op));
+        CgroupUse { lock }
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
+}
+
+impl Drop for CgroupUse {
+    fn drop(&mut self) {
+        flock(&self.lock, libc::LOCK_UN);
+        // The last user out removes the shared parents.
+        if flock(&self.lock, libc::LOCK_EX | libc::LOCK_NB) {
+            remove_shared_cgroups();
+            flock(&self.lock, libc::LOCK_UN);
+        }
+    }
+}
+
+fn remove_shared_cgroups() {
+    let (uid, _) = test_user();
+    let _ = remove_delegation(uid);
+    for dir in cgroup_dirs("/ces") {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
+/// `path` (like `/ces/x`) in every cgroup hierarchy mounted here.
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mountinfo
+        .lines()
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|s| s.starts_with("cgroup ") || s.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mount| Path::new(mount).join(path.trim_start_matches('/')))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The fixture: a busybox rootfs, host directories, a state root.
+// ---------------------------------------------------------------------------
+
+/// A fixture's directory: its own (removed at the end), or another
+/// process's.
+enum FxDir {
+    Owned(tempfile::TempDir),
+    Borrowed(PathBuf),
+}
+
+impl FxDir {
+    fn path(&self) -> &Path {
+        match self {
+            FxDir::Owned(t) => t.path(),
+            FxDir::Borrowed(p) => p,
+        }
+    }
+}
+
+struct Fx {
+    who: Who,
+    dir: FxDir,
+    /// Run state directories are `<dir>/<run_prefix>-<n>`.
+    run_prefix: &'static str,
+    rootfs: PathBuf,
+    state_root: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    host_uid: u32,
+    host_gid: u32,
+    runs: AtomicU32,
+}
+
+fn busybox_rootfs_entries() -> Vec<Entry> {
+    let mut entries = busybox_entries();
+    for applet in ["mkfifo", "seq", "grep", "stat", "kill", "unshare", "mount", "cut", "tr", "readlink"] {
+        entries.push(Entry::symlink(&format!("bin/{applet}"), "busybox"));
+    }
+    entries.push(Entry::dir("root"));
+    entries.push(Entry::dir("mnt"));
+    entries
+}
+
+/// `RUST_LOG=debug` shows libcontainer's own account of a failure.
+fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+    });
+}
+
+impl Fx {
+    fn new() -> Fx {
+        init_logging();
+        let who = Who::from_env();
+        let (test_uid, test_gid) = (env_u32("CES_TEST_UID"), env_u32("CES_TEST_GID"));
+        let dir = FxDir::Owned(tempfile::Builder::new().prefix("ces-native-").tempdir().unwrap());
+        // As root with the user mapped to the test user, the container's
+        // processes must be able to reach the run directories.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o711)).unwrap();
+        let rootfs = dir.path().join("rootfs");
+        fs::create_dir(&rootfs).unwrap();
+        let layer = Layer::new(busybox_rootfs_entries()).tar();
+        apply_layer(&rootfs, &layer[..], &UnpackOptions::for_current_user()).unwrap();
+        let data = dir.path().join("safe_data");
+        fs::create_dir(&data).unwrap();
+        fs::write(data.join("hello.txt"), "hello from the safe data\n").unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755)).unwrap();
+        let out = dir.path().join("outputs");
+        fs::create_dir(&out).unwrap();
+        let (host_uid, host_gid) = match who {
+            Who::Root => (0, 0),
+            Who::Sudo | Who::Rootless => (test_uid, test_gid),
+        };
+        std::os::unix::fs::chown(&out, Some(host_uid), Some(host_gid)).unwrap();
+        let state_root = dir.path().join("containers");
+        Fx { who, rootfs, state_root, data, out, host_uid, host_gid, dir, run_prefix: "run", runs: AtomicU32::new(0) }
+    }
+
+    /// The fixture another process made in `dir`; runs go to `<dir>/held-<n>`.
+    fn borrowed(dir: PathBuf) -> Fx {
+        init_logging();
+        let who = Who::from_env();
+        let (host_uid, host_gid) = match who {
+            Who::Root => (0, 0),
+            Who::Sudo | Who::Rootless => (env_u32("CES_TEST_UID"), env_u32("CES_TEST_GID")),
+        };
+        Fx {
+            who,
+            rootfs: dir.join("rootfs"),
+            state_root: dir.join("containers"),
+            data: dir.join("safe_data"),
+            out: dir.join("outputs"),
+            host_uid,
+            host_gid,
+            dir: FxDir::Borrowed(dir),
+            run_prefix: "held",
+            runs: AtomicU32::new(0),
+        }
+    }
+
+    fn runtime(&self) -> NativeRuntime {
+        NativeRuntime { state_root: self.state_root.clone() }
+    }
+
+    /// A run of `args` with the standard mounts: /safe_data (ro), /safe_outputs (rw).
+    fn spec(&self, args: &[&str]) -> RunSpec {
+        let n = self.runs.fetch_add(1, Ordering::SeqCst);
+        let id = format!("t{}-{n}", std::process::id());
+        let state_dir = self.dir.path().join(format!("{}-{n}", self.run_prefix));
+        fs::create_dir(&state_dir).unwrap();
+        RunSpec {
+            id,
+            name: None,
+            image: ImageSpec {
+                reference: "busybox:test".to_owned(),
+                digest: ces_image::Digest::of(b"busybox"),
+                rootfs: self.rootfs.clone(),
+            },
+            process: ProcessSpec {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: vec![EnvVar::new("PATH", "/bin"), EnvVar::new("HOME", "/root")],
+                cwd: "/".to_owned(),
+                user: ContainerUser { uid: 0, gid: 0 },
+                terminal: false,
+                interactive: false,
+            },
+            mounts: vec![
+                MountSpec {
+                    destination: "/safe_data".to_owned(),
+                    kind: MountKind::Bind { source: self.data.clone() },
+                    access: Access::Ro,
+                },
+                MountSpec {
+                    destination: "/safe_outputs".to_owned(),
+                    kind: MountKind::Bind { source: self.out.clone() },
+                    access: Access::Rw,
+                },
+            ],
+            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB },
+            identity: Identity { host_uid: self.host_uid, host_gid: self.host_gid },
+            state_dir,
+        }
+    }
+
+    fn sh(&self, script: &str) -> RunSpec {
+        self.spec(&["sh", "-c", script])
+    }
+
+    fn run(&self, spec: &RunSpec) -> Exit {
+        let started = Instant::now();
+        let exit = self.runtime().run(spec).unwrap_or_else(|e| panic!("run {:?}: {}", spec.process.args, chain(&e)));
+        eprintln!("{:?} -> {exit:?} in {:?}", spec.process.args, started.elapsed());
+        exit
+    }
+
+    fn output(&self, name: &str) -> String {
+        fs::read_to_string(self.out.join(name)).unwrap_or_default()
+    }
+
+    /// Nothing left: no mount under the temp dir, no container state, no
+    /// run record, no cgroup of a run of this fixture, state dirs removed.
+    fn assert_clean(&self) {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let leaked: Vec<&str> = mountinfo.lines().filter(|l| l.contains(&root)).collect();
+        assert!(leaked.is_empty(), "mounts left behind: {leaked:#?}");
+        if self.state_root.exists() {
+            let left: Vec<_> = fs::read_dir(&self.state_root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n != ".ces-runs")
+                .collect();
+            assert!(left.is_empty(), "container state left behind: {left:?}");
+            let records = self.state_root.join(".ces-runs");
+            if records.exists() {
+                let left: Vec<_> = fs::read_dir(&records).unwrap().collect();
+                assert!(left.is_empty(), "run records left behind: {left:?}");
+            }
+        }
+        for n in 0..self.runs.load(Ordering::SeqCst) {
+            let state_dir = self.dir.path().join(format!("{}-{n}", self.run_prefix));
+            assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+            let id = format!("t{}-{n}", std::process::id());
+            for dir in cgroup_dirs(&cgroup_path(self.who, &id)) {
+                assert!(!dir.exists(), "cgroup left behind: {}", dir.display());
+            }
+        }
+    }
+}
+
+fn cgroup_path(who: Who, id: &str) -> String {
+    match who {
+        Who::Rootless => format!("/ces/user-{}/{id}", nix::unistd::geteuid()),
+        _ => format!("/ces/{id}"),
+    }
+}
+
+fn env_u32(name: &str) -> u32 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+fn run_as(who: Who, name: &str) {
+    scenario(name, who);
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios (each runs in a child process started by a test below; the
+// container's findings go to files in /safe_outputs, read back here).
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_exit_codes() {
+    let fx = Fx::new();
+    assert_eq!(fx.run(&fx.spec(&["true"])), Exit::Code(0));
+    assert_eq!(fx.run(&fx.spec(&["echo", "hello from the container"])), Exit::Code(0));
+    assert_eq!(fx.run(&fx.sh("exit 3")), Exit::Code(3));
+    let killed = fx.run(&fx.sh("kill -TERM $$"));
+    assert_eq!(killed, Exit::Signal(15));
+    assert_eq!(killed.code(), 143);
+    assert_eq!(fx.run(&fx.spec(&["no-such-command"])), Exit::Code(127));
+    // Start-to-exit of `true`, for the record (no threshold).
+    let mut times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let spec = fx.spec(&["true"]);
+            let started = Instant::now();
+            assert_eq!(fx.runtime().run(&spec).unwrap(), Exit::Code(0));
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    eprintln!("start-to-exit of `true`: median {:?} (of {times:?})", times[2]);
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_non_root_user() {
+    let fx = Fx::new();
+    let script = r#"
+        echo "$(id -u):$(id -g)" > /safe_outputs/id
+        pwd > /safe_outputs/cwd
+        touch /safe_outputs/mine
+        grep -E '^(NoNewPrivs|Seccomp|CapEff|CapPrm):' /proc/self/status > /safe_outputs/status
+        cat /proc/self/uid_map | tr -s ' ' > /safe_outputs/uid_map
+        unshare -U true 2>/dev/null; echo "unshare=$?" >> /safe_outputs/result
+        echo more >> /etc/passwd 2>/dev/null; echo "etc_write=$?" >> /safe_outputs/result
+        cat /safe_data/hello.txt > /dev/null; echo "data_read=$?" >> /safe_outputs/result
+    "#;
+    let mut spec = fx.sh(script);
+    spec.process.user = ContainerUser { uid: 1000, gid: 1000 };
+    // A working directory the image lacks is created, as docker does.
+    spec.process.cwd = "/home/user/work".to_owned();
+    assert_eq!(fx.run(&spec), Exit::Code(0));
+    assert_eq!(fx.output("id"), "1000:1000\n");
+    assert_eq!(fx.output("cwd"), "/home/user/work\n");
+    let meta = fs::metadata(fx.out.join("mine")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (fx.host_uid, fx.host_gid));
+    let status = fx.output("status");
+    for expected in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000"] {
+        assert!(status.contains(expected), "{expected} not in {status}");
+    }
+    assert_eq!(fx.output("uid_map").trim(), "1000 0 1");
+    let result = fx.output("result");
+    // The image's files belong to the host user the container's user is
+    // (rootless: the invoking user unpacked them; as root mapped to root:
+    // root): it may change them, in its copy-on-write layer. Mapped to
+    // another user than root, the container cannot act as their owner.
+    let etc_write = if fx.who == Who::Sudo { "etc_write=1" } else { "etc_write=0" };
+    for expected in ["unshare=1", etc_write, "data_read=0"] {
+        assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_mounts() {
+    let fx = Fx::new();
+    let script = r#"
+        cat /safe_data/hello.txt > /safe_outputs/read
+        touch /safe_data/new 2>/dev/null; echo "data_write=$?" >> /safe_outputs/result
+        echo out > /safe_outputs/written; echo "out_write=$?" >> /safe_outputs/result
+        mkdir /safe_outputs/sub && touch /safe_outputs/sub/f; echo "out_mkdir=$?" >> /safe_outputs/result
+        touch /sys/kernel/x 2>/dev/null; echo "sys_write=$?" >> /safe_outputs/result
+        echo 1 > /proc/sys/kernel/domainname 2>/dev/null; echo "proc_sys_write=$?" >> /safe_outputs/result
+        echo "timer_list=$(cat /proc/timer_list | wc -c)" >> /safe_outputs/result
+        echo "keys=$(cat /proc/keys | wc -c)" >> /safe_outputs/result
+        echo "acpi=$(ls /proc/acpi | wc -l)" >> /safe_outputs/result
+        ls /dev > /safe_outputs/dev
+        grep -E ' /dev/shm | /scratch ' /proc/mounts > /safe_outputs/tmpfs
+        head -c 100000 /dev/zero > /scratch/f; echo "scratch_write=$?" >> /safe_outputs/result
+        id -u > /safe_outputs/uid
+    "#;
+    let mut spec = fx.sh(script);
+    spec.mounts.push(MountSpec {
+        destination: "/scratch".to_owned(),
+        kind: MountKind::Tmpfs { size: Some(8 * MIB) },
+        access: Access::Rw,
+    });
+    assert_eq!(fx.run(&spec), Exit::Code(0));
+    assert_eq!(fx.output("read"), "hello from the safe data\n");
+    let result = fx.output("result");
+    for expected in [
+        "data_write=1",
+        "out_write=0",
+        "out_mkdir=0",
+        "sys_write=1",
+        "proc_sys_write=1",
+        "timer_list=0",
+        "keys=0",
+        "acpi=0",
+        "scratch_write=0",
+    ] {
+        assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+    assert!(!fx.data.join("new").exists(), "the read-only bind mount was written");
+    // Files the container creates on the host belong to the invoking user.
+    for created in ["written", "sub", "sub/f"] {
+        let meta = fs::metadata(fx.out.join(created)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (fx.host_uid, fx.host_gid), "owner of {created}");
+    }
+    assert_eq!(fx.output("uid"), "0\n");
+    let dev: Vec<String> = fx.output("dev").lines().map(str::to_owned).collect();
+    for node in ["null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "mqueue"] {
+        assert!(dev.iter().any(|d| d == node), "/dev/{node} missing: {dev:?}");
+    }
+    for absent in ["sda", "mem", "kmsg", "fuse"] {
+        assert!(!dev.iter().any(|d| d == absent), "/dev/{absent} present: {dev:?}");
+    }
+    let tmpfs = fx.output("tmpfs");
+    assert!(tmpfs.contains("/dev/shm tmpfs") && tmpfs.contains("size=65536k"), "{tmpfs}");
+    assert!(tmpfs.contains("/scratch tmpfs") && tmpfs.contains("size=8192k"), "{tmpfs}");
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_failed_start_leaves_nothing() {
+    let fx = Fx::new();
+    // A missing source is refused up front, naming it.
+    let mut spec = fx.spec(&["true"]);
+    let missing = fx.dir.path().join("no-such-dir");
+    spec.mounts.push(MountSpec {
+        destination: "/missing".to_owned(),
+        kind: MountKind::Bind { source: missing.clone() },
+        access: Access::Ro,
+    });
+    match fx.runtime().run(&spec) {
+        Err(RuntimeError::Io { path, .. }) => assert_eq!(path, missing),
+        other => panic!("expected an error about {}, got {other:?}", missing.display()),
+    }
+    fs::remove_dir(&spec.state_dir).unwrap();
+    // A mount point the image makes impossible (under a file) fails while
+    // the container is being set up: the overlay, the cgroup, the
+    // container's state and the record are removed all the same.
+    let mut spec = fx.spec(&["true"]);
+    spec.mounts.push(MountSpec {
+        destination: "/bin/busybox/x".to_owned(),
+        kind: MountKind::Bind { source: fx.data.clone() },
+        access: Access::Ro,
+    });
+    match fx.runtime().run(&spec) {
+        Err(e @ RuntimeError::Start { .. }) => eprintln!("refused: {}", chain(&e)),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    fx.assert_clean();
+}
+
+/// A manifest of a tree: every path with its type, mode, owner, size and content.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_file() {
+                format!("{:x}", fs::read(&path).unwrap().iter().fold(0u64, |h, b| h.rotate_left(5) ^ u64::from(*b)))
+            } else if meta.file_type().is_symlink() {
+                fs::read_link(&path).unwrap().display().to_string()
+            } else {
+                String::new()
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {} {content}",
+                path.strip_prefix(root).unwrap().display(),
+                meta.mode(),
+                meta.uid(),
+                meta.gid(),
+                meta.len()
+            ));
+            if meta.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_rootfs_is_copy_on_write() {
+    let fx = Fx::new();
+    let before = tree(&fx.rootfs);
+    let script = r#"
+        echo changed > /etc/passwd; echo "etc_write=$?" >> /safe_outputs/result
+        rm /bin/true; echo "rm=$?" >> /safe_outputs/result
+        mkdir /newdir && echo new > /newdir/file; echo "new=$?" >> /safe_outputs/result
+        echo tmp > /tmp/file; echo "tmp=$?" >> /safe_outputs/result
+        cat /etc/passwd >> /safe_outputs/passwd
+    "#;
+    assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
+    let result = fx.output("result");
+    match fx.who {
+        // The container's root owns the image's files: it may change them,
+        // in its own copy-on-write layer.
+        Who::Root | Who::Rootless => {
+            for expected in ["etc_write=0", "rm=0", "new=0", "tmp=0"] {
+                assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+            }
+            assert_eq!(fx.output("passwd"), "changed\n");
+        }
+        // Mapped to another user, it cannot write root's files at all.
+        Who::Sudo => {
+            assert!(result.lines().any(|l| l == "etc_write=1"), "{result}");
+            assert!(result.lines().any(|l| l == "rm=1"), "{result}");
+        }
+    }
+    assert_eq!(tree(&fx.rootfs), before, "the cached rootfs changed");
+    // A second run sees the image as it was.
+    assert_eq!(fx.run(&fx.sh("test -x /bin/true && ! test -e /newdir && grep -q root: /etc/passwd")), Exit::Code(0));
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_network() {
+    let fx = Fx::new();
+    let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let script = format!(
+        r#"
+        cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' > /safe_outputs/interfaces
+        ip link show lo > /safe_outputs/lo
+        nc -w 2 127.0.0.1 {port} </dev/null; echo "host_connect=$?" >> /safe_outputs/result
+        # The listener's stdin must not end first: busybox nc would hang up.
+        sleep 60 | nc -l -p 9000 > /safe_outputs/received &
+        for i in $(seq 200); do echo over-loopback | nc 127.0.0.1 9000 && break; sleep 0.05; done
+        for i in $(seq 200); do [ -s /safe_outputs/received ] && break; sleep 0.05; done
+        nc -w 2 1.1.1.1 80 </dev/null 2>/dev/null; echo "outside=$?" >> /safe_outputs/result
+        "#
+    );
+    assert_eq!(fx.run(&fx.sh(&script)), Exit::Code(0));
+    assert_eq!(fx.output("interfaces"), "lo\n", "interfaces other than lo");
+    let lo = fx.output("lo");
+    assert!(lo.contains("UP") && lo.contains("LOOPBACK"), "{lo}");
+    assert_eq!(fx.output("received"), "over-loopback\n");
+    let result = fx.output("result");
+    assert!(result.lines().any(|l| l == "host_connect=1"), "{result}");
+    assert!(result.lines().any(|l| l == "outside=1"), "{result}");
+    // Nothing reached the host's listener.
+    host.set_nonblocking(true).unwrap();
+    assert!(host.accept().is_err(), "the container reached the host's 127.0.0.1");
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_init() {
+    let fx = Fx::new();
+    // An orphan (its parent shell exits at once) is re-parented to PID 1;
+    // once it exits, only PID 1 can reap it.
+    let script = r#"
+        tr '\0' ' ' < /proc/1/cmdline > /safe_outputs/pid1_cmdline
+        cat /proc/1/comm > /safe_outputs/pid1_comm
+        echo $$ > /safe_outputs/workload_pid
+        grep -E '^(NoNewPrivs|Seccomp|CapEff|CapBnd):' /proc/self/status > /safe_outputs/status
+        grep -E '^(CapEff|CapBnd):' /proc/1/status > /safe_outputs/pid1_status
+        readlink /proc/1/fd/1 2>/dev/null; echo "pid1_fd=$?" >> /safe_outputs/result
+        cat /proc/1/environ > /dev/null 2>&1; echo "pid1_environ=$?" >> /safe_outputs/result
+        ls /proc/1/root/ > /dev/null 2>&1; echo "pid1_root=$?" >> /safe_outputs/result
+        mkfifo /tmp/go
+        sh -c "sh -c 'echo \$\$ > /tmp/orphan; read x < /tmp/go' &"
+        while [ ! -s /tmp/orphan ]; do sleep 0.01; done
+        orphan=$(cat /tmp/orphan)
+        grep PPid /proc/$orphan/status | tr -d '\t ' > /safe_outputs/orphan_ppid_before
+        echo go > /tmp/go
+        for i in $(seq 500); do [ -e /proc/$orphan ] || break; sleep 0.02; done
+        if [ -e /proc/$orphan ]; then echo "orphan=$(cut -d' ' -f3 /proc/$orphan/stat)" >> /safe_outputs/result; else echo "orphan=reaped" >> /safe_outputs/result; fi
+    "#;
+    assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
+    assert_eq!(fx.output("pid1_cmdline").trim(), "ces-init");
+    assert_eq!(fx.output("pid1_comm"), "ces-init\n");
+    assert_ne!(fx.output("workload_pid").trim(), "1");
+    assert_eq!(fx.output("orphan_ppid_before"), "PPid:1\n", "the orphan was not re-parented to PID 1");
+    let result = fx.output("result");
+    assert!(result.lines().any(|l| l == "orphan=reaped"), "{result}");
+    // PID 1 is not dumpable: the workload cannot look into it.
+    for expected in ["pid1_fd=1", "pid1_environ=1", "pid1_root=1"] {
+        assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+    let status = fx.output("status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    // Root in the container: docker's set minus MKNOD, NET_RAW, AUDIT_WRITE,
+    // SETFCAP, SYS_CHROOT; CAP_NET_ADMIN (bit 12) is gone from every set.
+    assert!(status.contains("CapEff:\t00000000000005fb"), "{status}");
+    assert!(status.contains("CapBnd:\t00000000000005fb"), "{status}");
+    let pid1 = fx.output("pid1_status");
+    assert!(pid1.contains("CapEff:\t0000000000000020"), "PID 1 keeps only CAP_KILL: {pid1}");
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_seccomp() {
+    let fx = Fx::new();
+    // unshare(CLONE_NEWUSER) needs no capability: only seccomp stops it.
+    let script = r#"
+        unshare -U true 2>/safe_outputs/unshare_err; echo "unshare=$?" >> /safe_outputs/result
+        unshare -r true 2>/dev/null; echo "unshare_r=$?" >> /safe_outputs/result
+        mount -t tmpfs none /mnt 2>/dev/null; echo "mount=$?" >> /safe_outputs/result
+        sh -c 'exit 0'; echo "fork=$?" >> /safe_outputs/result
+    "#;
+    assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
+    let result = fx.output("result");
+    for expected in ["unshare=1", "unshare_r=1", "mount=1", "fork=0"] {
+        assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+    assert!(fx.output("unshare_err").contains("Operation not permitted"), "{}", fx.output("unshare_err"));
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_out_of_memory() {
+    let fx = Fx::new();
+    let mut spec = fx.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]);
+    spec.limits.memory = 32 * MIB;
+    let exit = fx.run(&spec);
+    assert_eq!(exit, Exit::OutOfMemory);
+    assert_eq!(exit.code(), 137);
+    // Under the limit, the same works.
+    let mut spec = fx.spec(&["dd", "if=/dev/zero", "of=/dev/null", "bs=8M", "count=1"]);
+    spec.limits.memory = 32 * MIB;
+    assert_eq!(fx.run(&spec), Exit::Code(0));
+    fx.assert_clean();
+}
+
+/// Runs `spec` in a thread; returns the thread's handle and its tid once it
+/// has started.
+fn run_in_thread(fx: &Arc<Fx>, spec: RunSpec) -> (std::thread::JoinHandle<Exit>, i32) {
+    let tid = Arc::new(AtomicI32::new(0));
+    let (fx2, tid2) = (fx.clone(), tid.clone());
+    let handle = std::thread::spawn(move || {
+        tid2.store(nix::unistd::gettid().as_raw(), Ordering::SeqCst);
+        fx2.run(&spec)
+    });
+    while tid.load(Ordering::SeqCst) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (handle, tid.load(Ordering::SeqCst))
+}
+
+/// Sends `signal` to thread `tid` of this process (as a signal for the
+/// `ces` process would reach its only thread).
+fn tgkill(tid: i32, signal: libc::c_int) {
+    // SAFETY: signalling a thread of this process, which blocks the signal
+    // while it runs a container.
+    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, signal) };
+    assert_eq!(rc, 0);
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_signals_are_forwarded() {
+    let fx = Arc::new(Fx::new());
+    // SIGTERM to the thread running the container (as the `ces` binary's
+    // only thread would get it): the workload gets it, through PID 1.
+    let (handle, tid) = run_in_thread(&fx, fx.sh("echo ready > /safe_outputs/ready1; exec sleep 1000"));
+    wait_for_file(&fx.out.join("ready1"));
+    tgkill(tid, libc::SIGTERM);
+    assert_eq!(handle.join().unwrap(), Exit::Signal(libc::SIGTERM));
+
+    // A workload that handles SIGINT decides how it ends.
+    let script = "trap 'echo got INT > /safe_outputs/trapped; exit 7' INT; echo ready > /safe_outputs/ready2; \
+                  while true; do sleep 0.05; done";
+    let (handle, tid) = run_in_thread(&fx, fx.sh(script));
+    wait_for_file(&fx.out.join("ready2"));
+    tgkill(tid, libc::SIGINT);
+    assert_eq!(handle.join().unwrap(), Exit::Code(7));
+    assert_eq!(fx.output("trapped"), "got INT\n");
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_limits_in_cgroup() {
+    let fx = Arc::new(Fx::new());
+    let mut spec = fx.sh("echo ready > /safe_outputs/ready; while [ ! -e /safe_outputs/go ]; do sleep 0.02; done");
+    spec.limits.memory = 48 * MIB;
+    spec.limits.cpus = Some(0.5);
+    spec.limits.pids = Some(64);
+    let path = cgroup_path(fx.who, &spec.id);
+    let (handle, _) = run_in_thread(&fx, spec);
+    wait_for_file(&fx.out.join("ready"));
+    let dirs = cgroup_dirs(&path);
+    let read = |file: &str| {
+        let dir = dirs.iter().find(|d| d.join(file).exists()).unwrap_or_else(|| panic!("no {file} under {path}"));
+        fs::read_to_string(dir.join(file)).unwrap().trim().to_owned()
+    };
+    if !Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read("memory.limit_in_bytes"), (48 * MIB).to_string());
+        assert_eq!(read("cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu.cfs_period_us"), "100000");
+    } else {
+        assert_eq!(read("memory.max"), (48 * MIB).to_string());
+        assert_eq!(read("cpu.max"), "50000 100000");
+    }
+    assert_eq!(read("pids.max"), "64");
+    fs::write(fx.out.join("go"), "").unwrap();
+    assert_eq!(handle.join().unwrap(), Exit::Code(0));
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_limits_refused_without_delegation() {
+    let fx = Fx::new();
+    let spec = fx.spec(&["true"]);
+    match fx.runtime().run(&spec) {
+        Err(e @ RuntimeError::Limit { .. }) => {
+            let message = chain(&e);
+            assert!(message.contains("ces system setup"), "{message}");
+            eprintln!("refused: {message}");
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    // Nothing was created.
+    assert!(!fx.state_root.exists() || fs::read_dir(&fx.state_root).unwrap().count() == 0);
+    assert_eq!(fs::read_dir(&spec.state_dir).unwrap().count(), 0);
+}
+
+/// `CES_NATIVE_STATE_ROOT=<dir> cargo test ... helper_cleanup_stale -- --ignored`:
+/// removes what crashed runs left in a state root (as its owner).
+#[test]
+#[ignore = "a tool, not a test"]
+fn helper_cleanup_stale() {
+    let Ok(root) = std::env::var("CES_NATIVE_STATE_ROOT") else { return };
+    init_logging();
+    eprintln!("removed {}", cleanup_stale(Path::new(&root)).unwrap());
+}
+
+/// Holds a container for `scenario_cleanup_stale` until it is killed.
+#[test]
+#[ignore = "run by scenario_cleanup_stale in a child process"]
+fn helper_hold_container() {
+    let Ok(dir) = std::env::var("CES_NATIVE_HOLD_DIR") else { return };
+    // The parent scenario's fixture; this run's state goes to <dir>/held-0.
+    let fx = Fx::borrowed(PathBuf::from(dir));
+    let mut spec = fx.sh("echo ready > /safe_outputs/held; exec sleep 1000");
+    spec.id = std::env::var("CES_NATIVE_HOLD_ID").unwrap();
+    fx.run(&spec);
+    unreachable!("the holder is killed while its container runs");
+}
+
+/// Creates a file when dropped (a container waiting for it then ends).
+struct ReleaseOnDrop(PathBuf);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.0, "");
+    }
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_cleanup_stale() {
+    let fx = Arc::new(Fx::new());
+    let held_id = format!("held-{}", std::process::id());
+    // A ces that dies (SIGKILL) while its container runs.
+    let mut holder = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_hold_container", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("CES_NATIVE_HOLD_DIR", fx.dir.path())
+        .env("CES_NATIVE_HOLD_ID", &held_id)
+        .spawn()
+        .unwrap();
+    wait_for_file(&fx.out.join("held"));
+    // A live container of another ces (this process) meanwhile.
+    let (live, _) = run_in_thread(
+        &fx,
+        fx.sh("echo ready > /safe_outputs/live; while [ ! -e /safe_outputs/go ]; do sleep 0.02; done"),
+    );
+    wait_for_file(&fx.out.join("live"));
+    // Whatever happens below, let the live container end.
+    let _release = ReleaseOnDrop(fx.out.join("go"));
+    // Only the holder's run is stale while the holder lives... none is.
+    assert_eq!(cleanup_stale(&fx.state_root).unwrap(), 0);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+
+    let held_state = fx.dir.path().join("held-0");
+    assert!(fx.state_root.join(&held_id).exists(), "the crashed run left no state?");
+    assert!(held_state.join("bundle").exists());
+    let held_cgroups: Vec<PathBuf> =
+        cgroup_dirs(&cgroup_path(fx.who, &held_id)).into_iter().filter(|d| d.exists()).collect();
+    assert!(!held_cgroups.is_empty(), "the crashed run left no cgroup?");
+    let rootfs_mount = held_state.join("rootfs");
+    let mounted = |p: &Path| {
+        fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == p.to_str())
+    };
+    if fx.who != Who::Rootless {
+        assert!(mounted(&rootfs_mount), "the crashed run's overlay is not mounted?");
+    }
+
+    assert_eq!(cleanup_stale(&fx.state_root).unwrap(), 1);
+    assert!(!fx.state_root.join(&held_id).exists(), "container state left");
+    assert!(!held_state.exists(), "state dir left");
+    assert!(!mounted(&rootfs_mount), "overlay left mounted");
+    for dir in &held_cgroups {
+        assert!(!dir.exists(), "cgroup left: {}", dir.display());
+    }
+    // Idempotent, and the live container was not touched.
+    assert_eq!(cleanup_stale(&fx.state_root).unwrap(), 0);
+    assert!(!live.is_finished(), "the live container was stopped");
+    fs::write(fx.out.join("go"), "").unwrap();
+    assert_eq!(live.join().unwrap(), Exit::Code(0));
+    fx.assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// The tests.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn exit_codes_as_root() {
+    let out = scenario("scenario_exit_codes", Who::Root);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the container"));
+}
+
+#[test]
+fn exit_codes_rootless() {
+    let out = scenario("scenario_exit_codes", Who::Rootless);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello from the container"));
+}
+
+#[test]
+fn non_root_user_as_root() {
+    run_as(Who::Root, "scenario_non_root_user");
+}
+
+#[test]
+fn non_root_user_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_non_root_user");
+}
+
+#[test]
+fn non_root_user_rootless() {
+    run_as(Who::Rootless, "scenario_non_root_user");
+}
+
+#[test]
+fn mounts_as_root() {
+    run_as(Who::Root, "scenario_mounts");
+}
+
+#[test]
+fn mounts_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_mounts");
+}
+
+#[test]
+fn mounts_rootless() {
+    run_as(Who::Rootless, "scenario_mounts");
+}
+
+#[test]
+fn failed_start_leaves_nothing_as_root() {
+    run_as(Who::Root, "scenario_failed_start_leaves_nothing");
+}
+
+#[test]
+fn failed_start_leaves_nothing_rootless() {
+    run_as(Who::Rootless, "scenario_failed_start_leaves_nothing");
+}
+
+#[test]
+fn rootfs_is_copy_on_write_as_root() {
+    run_as(Who::Root, "scenario_rootfs_is_copy_on_write");
+}
+
+#[test]
+fn rootfs_is_copy_on_write_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_rootfs_is_copy_on_write");
+}
+
+#[test]
+fn rootfs_is_copy_on_write_rootless() {
+    run_as(Who::Rootless, "scenario_rootfs_is_copy_on_write");
+}
+
+#[test]
+fn only_loopback_as_root() {
+    run_as(Who::Root, "scenario_network");
+}
+
+#[test]
+fn only_loopback_rootless() {
+    run_as(Who::Rootless, "scenario_network");
+}
+
+#[test]
+fn init_reaps_and_is_pid_1_as_root() {
+    run_as(Who::Root, "scenario_init");
+}
+
+#[test]
+fn init_reaps_and_is_pid_1_rootless() {
+    run_as(Who::Rootless, "scenario_init");
+}
+
+#[test]
+fn seccomp_is_enforced_as_root() {
+    run_as(Who::Root, "scenario_seccomp");
+}
+
+#[test]
+fn seccomp_is_enforced_rootless() {
+    run_as(Who::Rootless, "scenario_seccomp");
+}
+
+#[test]
+fn out_of_memory_as_root() {
+    run_as(Who::Root, "scenario_out_of_memory");
+}
+
+#[test]
+fn out_of_memory_rootless_with_delegation() {
+    run_as(Who::Rootless, "scenario_out_of_memory");
+}
+
+#[test]
+fn signals_are_forwarded_as_root() {
+    run_as(Who::Root, "scenario_signals_are_forwarded");
+}
+
+#[test]
+fn signals_are_forwarded_rootless() {
+    run_as(Who::Rootless, "scenario_signals_are_forwarded");
+}
+
+#[test]
+fn limits_in_cgroup_as_root() {
+    run_as(Who::Root, "scenario_limits_in_cgroup");
+}
+
+#[test]
+fn limits_in_cgroup_rootless_with_delegation() {
+    run_as(Who::Rootless, "scenario_limits_in_cgroup");
+}
+
+#[test]
+fn rootless_limits_refused_without_delegation() {
+    let (uid, _) = test_user();
+    // No other test may hold the delegation meanwhile.
+    let _exclusive = CgroupUse::exclusive();
+    remove_delegation(uid).unwrap();
+    let out = scenario_unlocked("scenario_limits_refused_without_delegation", Who::Rootless);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ces system setup"));
+}
+
+#[test]
+fn cleanup_stale_as_root() {
+    run_as(Who::Root, "scenario_cleanup_stale");
+}
+
+#[test]
+fn cleanup_stale_rootless() {
+    run_as(Who::Rootless, "scenario_cleanup_stale");
+}
+
+#[test]
+fn terminal_is_unsupported() {
+    let fx = Fx::new();
+    let mut spec = fx.spec(&["true"]);
+    spec.process.terminal = true;
+    assert!(matches!(fx.runtime().run(&spec), Err(RuntimeError::Unsupported { backend: "native", .. })));
+}
+
+#[test]
+fn describe_tells_the_plan_and_creates_nothing() {
+    let fx = Fx::new();
+    let mut spec = fx.spec(&["true"]);
+    spec.process.env.push(EnvVar::new("SECRET_TOKEN", "hunter2"));
+    spec.limits.cpus = Some(1.5);
+    let lines = fx.runtime().describe(&spec).unwrap();
+    let text = lines.join("\n");
+    eprintln!("{text}");
+    for expected in [
+        "user, mount, pid, ipc, uts, network and cgroup",
+        "loopback only",
+        "container 0:0 is host 0:0",
+        "copy-on-write overlay",
+        "mount: /safe_data <- ",
+        "(bind, ro)",
+        "mount: /safe_outputs <- ",
+        "(bind, rw)",
+        "memory 512 MiB",
+        "cpus 1.5 (CFS quota 150000 us per 100000 us)",
+        "no_new_privileges",
+        "seccomp default profile",
+        "/proc/kcore",
+        "/proc/sys",
+        "ces-init is PID 1",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+    }
+    assert!(!text.contains("hunter2"));
+    assert!(!fx.state_root.exists());
+    assert_eq!(fs::read_dir(&spec.state_dir).unwrap().count(), 0);
+}

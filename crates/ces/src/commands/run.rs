@@ -1,0 +1,489 @@
+//! `ces run` (and `ces-run`, `ces-gpu-run`): run a pulled image with the TRE
+//! directories, no network and limits. Options (with option files) are
+//! resolved, the plan is built from the stored image and the TRE policy, and
+//! handed to a backend; `--dry-run` prints the plan instead, creating nothing.
+
+mod host;
+pub mod record;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ces_image::Store;
+use ces_runtime::native::NativeRuntime;
+use ces_runtime::plan::{self, ImageDefaults, PlanRequest, ProcessRequest, RunDirs, SafeData, TmpfsRequest};
+use ces_runtime::podman::PodmanRuntime;
+use ces_runtime::{Access, Exit, Limits, MountKind, RunSpec, Runtime};
+
+use crate::cli::RunArgs;
+use crate::commands::pull::{human_bytes, unpack};
+use crate::printer::Printer;
+use crate::run_options::{self, Place, RunOptions};
+use crate::settings::{SafeDataMode, Settings};
+
+use self::record::{ActiveRun, RunPaths};
+
+/// A failure of `ces run` itself.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--gpu` / `ces-gpu-run`.
+    #[error("GPU support is not available yet")]
+    GpuUnavailable,
+    /// A parent directory of the contract is missing.
+    #[error("the {what} directory {} does not exist", path.display())]
+    MissingParent {
+        /// `outputs` or `scratch`.
+        what: &'static str,
+        /// The parent.
+        path: PathBuf,
+    },
+    /// Neither `$HOME` nor the config names where a directory goes.
+    #[error("HOME is not set, so there is nowhere to put the {what} directory")]
+    NoHome {
+        /// `outputs` or `scratch`.
+        what: &'static str,
+    },
+    /// `--name`.
+    #[error("invalid --name {0:?}: use letters, digits, _ . - (at most 128, starting with a letter or digit)")]
+    BadName(String),
+    /// `--entrypoint` given as JSON that is not a list of strings.
+    #[error("invalid --entrypoint: a value starting with [ must be a JSON list of strings")]
+    BadEntrypoint(#[source] serde_json::Error),
+    /// More cores than the host has.
+    #[error("cannot give {asked} cores: this machine has {available}")]
+    TooManyCores {
+        /// Asked for.
+        asked: f64,
+        /// Available.
+        available: usize,
+    },
+}
+
+/// Runs `ces run` and returns the container's exit code.
+pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let options = run_options::with_opt_files(args.options)?;
+    let Some((image, command)) = args.command.split_first() else {
+        anyhow::bail!("no image given");
+    };
+    if options.gpu {
+        return Err(RunError::GpuUnavailable.into());
+    }
+    let limits = limits(&options)?;
+    let process = process_request(&options, command)?;
+    let tmpfs = tmpfs_requests(&options)?;
+    let name = options.name.clone().map(checked_name).transpose()?;
+
+    let store = Store::open(&settings.storage_root)?;
+    // Held for the whole run: `ces rmi`/`ces gc` wait rather than delete the
+    // root filesystem under a running container.
+    let _store_lock = store.lock_shared()?;
+    let record = store.lookup(image)?;
+    let rootfs = match store.unpacked(&record.digest) {
+        Some(rootfs) => rootfs,
+        None => {
+            unpack(&store, printer, &record.digest)?;
+            store.rootfs_path(&record.digest)
+        }
+    };
+    let config = store.config(&store.manifest(&record.digest)?)?;
+    let image_config = config.config().clone().unwrap_or_default();
+    let user = plan::resolve_user(image_config.user().as_deref(), &rootfs)?;
+    let defaults = ImageDefaults {
+        entrypoint: image_config.entrypoint().clone().unwrap_or_default(),
+        cmd: image_config.cmd().clone().unwrap_or_default(),
+        env: image_config.env().clone().unwrap_or_default(),
+        workdir: image_config.working_dir().clone(),
+    };
+
+    let invoker = host::invoker()?;
+    let safe_data = find_safe_data(settings, &invoker)?;
+    let safe_data_access = match settings.tre.safe_data_mode(safe_data.project.as_deref()) {
+        SafeDataMode::Ro => Access::Ro,
+        SafeDataMode::Rw => Access::Rw,
+    };
+    let id = plan::new_run_id();
+    let outputs_parent = parent_dir("outputs", settings.tre.outputs_parent.as_ref(), &invoker)?;
+    let scratch_parent = parent_dir("scratch", settings.tre.scratch_parent.as_ref(), &invoker)?;
+    let runs = record::runs_dir(store.root());
+    let dirs = RunDirs {
+        safe_data: safe_data.path.clone(),
+        safe_data_access,
+        outputs: outputs_parent.join(format!("outputs_{id}")),
+        scratch: scratch_parent.join(format!("scratch_{id}")),
+        state: runs.join(&id).join("state"),
+    };
+    let spec = plan::build(PlanRequest {
+        id,
+        name,
+        image: ces_runtime::ImageSpec {
+            reference: record.reference.to_string(),
+            digest: record.digest.clone(),
+            rootfs,
+        },
+        defaults,
+        user,
+        process,
+        dirs: dirs.clone(),
+        tmpfs,
+        limits,
+        identity: invoker.identity,
+    })?;
+    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), store.root())?;
+
+    if options.dry_run {
+        let backend_lines = runtime.describe(&spec)?;
+        print_plan(&spec, runtime.name(), &safe_data, &backend_lines, options.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    for (what, parent) in [("outputs", &outputs_parent), ("scratch", &scratch_parent)] {
+        if !parent.is_dir() {
+            return Err(RunError::MissingParent { what, path: parent.clone() }.into());
+        }
+    }
+    let owner = (host::is_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
+    let paths = RunPaths {
+        id: spec.id.clone(),
+        runtime: runtime.name().to_owned(),
+        outputs: dirs.outputs,
+        scratch: dirs.scratch,
+        state: dirs.state,
+    };
+    let mut active = ActiveRun::start(&runs, paths, owner)?;
+    announce_start(printer, &spec, runtime.name(), &safe_data, active.paths(), options.json)?;
+
+    let result = runtime.run(&spec);
+
+    if result.is_err() {
+        active.discard_outputs_if_empty();
+    }
+    let outputs = active.paths().outputs.clone();
+    for problem in active.finish() {
+        printer.status(format!("warning: {problem}"));
+    }
+    let exit = result.context("the container could not be run")?;
+    announce_end(printer, &spec, exit, &outputs, options.json)?;
+    Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))
+}
+
+/// Removes what runs of a ces that died left behind (best effort; problems
+/// are logged, and the next start tries again).
+pub fn clean_stale(settings: &Settings) {
+    let runs = record::runs_dir(&settings.storage_root);
+    if !runs.is_dir() {
+        return;
+    }
+    let cleaned = record::clean_stale(&runs, &|state| ces_runtime::podman::cleanup_stale(state));
+    native_cleanup_stale(&settings.storage_root);
+    for id in cleaned {
+        tracing::info!(id, "removed the scratch and state of an interrupted run");
+    }
+}
+
+/// The backend called `name`.
+fn backend(name: &str, store_root: &Path) -> anyhow::Result<Box<dyn Runtime>> {
+    Ok(match name {
+        "podman" => Box::new(PodmanRuntime::default()),
+        _ => Box::new(NativeRuntime { state_root: native_state_root(store_root) }),
+    })
+}
+
+/// libcontainer's state root: `<store>/containers`.
+fn native_state_root(store_root: &Path) -> PathBuf {
+    store_root.join("containers")
+}
+
+/// What the native backend left from runs of a ces that died.
+fn native_cleanup_stale(store_root: &Path) {
+    match ces_runtime::native::cleanup_stale(&native_state_root(store_root)) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(containers = n, "removed containers of interrupted runs"),
+        Err(error) => tracing::warn!(%error, "cannot clean up after interrupted runs"),
+    }
+}
+
+fn limits(options: &RunOptions) -> anyhow::Result<Limits> {
+    let memory = options.memory.as_deref().map(plan::parse_memory).transpose()?.unwrap_or(plan::DEFAULT_MEMORY);
+    let cpus = options.cores.as_deref().map(plan::parse_cores).transpose()?;
+    if let Some(asked) = cpus {
+        let available = std::thread::available_parallelism().map_or(1, usize::from);
+        if asked > available as f64 {
+            return Err(RunError::TooManyCores { asked, available }.into());
+        }
+    }
+    let shm_size = options
+        .shm_size
+        .as_deref()
+        .map(|s| plan::parse_size("shm-size", s))
+        .transpose()?
+        .unwrap_or(plan::DEFAULT_SHM_SIZE);
+    Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size })
+}
+
+fn process_request(options: &RunOptions, command: &[String]) -> anyhow::Result<ProcessRequest> {
+    let host = |name: &str| std::env::var(name).ok();
+    let mut env_file = Vec::new();
+    for path in &options.env_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the env file {}", path.display()))?;
+        env_file.extend(plan::parse_env_file(&text, path, &host)?);
+    }
+    let mut arg_file = Vec::new();
+    for path in &options.arg_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the arg file {}", path.display()))?;
+        arg_file.extend(plan::parse_arg_file(&text, path)?);
+    }
+    let mut env = Vec::new();
+    for arg in &options.env {
+        env.extend(plan::parse_env_arg(arg, &host)?);
+    }
+    let entrypoint = options.entrypoint.as_deref().map(parse_entrypoint).transpose()?;
+    Ok(ProcessRequest {
+        entrypoint,
+        args: command.to_vec(),
+        arg_file,
+        env_file,
+        env,
+        workdir: options.workdir.clone(),
+        terminal: options.tty,
+        interactive: options.interactive,
+    })
+}
+
+/// `--entrypoint`: one word, `""` for none, or a JSON list (as podman takes it).
+fn parse_entrypoint(value: &str) -> Result<Vec<String>, RunError> {
+    if value.trim_start().starts_with('[') {
+        return serde_json::from_str(value).map_err(RunError::BadEntrypoint);
+    }
+    Ok(if value.is_empty() { Vec::new() } else { vec![value.to_owned()] })
+}
+
+fn tmpfs_requests(options: &RunOptions) -> anyhow::Result<Vec<TmpfsRequest>> {
+    let mut requests = Vec::new();
+    for value in &options.mount {
+        let (destination, size) = run_options::parse_mount(value, &Place::CommandLine)?;
+        let size = size.map(|s| plan::parse_size("tmpfs-size", &s)).transpose()?;
+        requests.push(TmpfsRequest { destination, size });
+    }
+    Ok(requests)
+}
+
+fn checked_name(name: String) -> Result<String, RunError> {
+    let ok = name.len() <= 128
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok { Ok(name) } else { Err(RunError::BadName(name)) }
+}
+
+fn find_safe_data(settings: &Settings, invoker: &host::Invoker) -> anyhow::Result<SafeData> {
+    let home_has_it = invoker.home.as_ref().is_some_and(|h| h.join("safe_data").is_dir());
+    let groups = if home_has_it || settings.tre.project.is_some() { Vec::new() } else { host::groups(invoker)? };
+    let query = plan::SafeDataQuery {
+        user: invoker.name.clone(),
+        home: invoker.home.clone(),
+        root: settings.tre.safe_data_root.clone(),
+        project: settings.tre.project.clone(),
+        groups,
+        group_prefix: settings.tre.group_prefix.clone(),
+    };
+    Ok(plan::find_safe_data(&query, &|path| path.is_dir())?)
+}
+
+fn parent_dir(what: &'static str, configured: Option<&PathBuf>, invoker: &host::Invoker) -> anyhow::Result<PathBuf> {
+    match configured.or(invoker.home.as_ref()) {
+        Some(dir) => Ok(dir.clone()),
+        None => Err(RunError::NoHome { what }.into()),
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+fn mount_lines(spec: &RunSpec) -> Vec<String> {
+    spec.mounts
+        .iter()
+        .map(|m| {
+            let what = match &m.kind {
+                MountKind::Bind { source } => source.display().to_string(),
+                MountKind::Tmpfs { size: Some(size) } => format!("tmpfs ({})", human_bytes(*size)),
+                MountKind::Tmpfs { size: None } => "tmpfs".to_owned(),
+            };
+            let note = match m.destination.as_str() {
+                plan::SAFE_OUTPUTS => "  (created empty, kept)",
+                plan::SCRATCH => "  (created empty, removed at exit)",
+                _ => "",
+            };
+            format!("{:<14} {} {what}{note}", m.destination, m.access)
+        })
+        .collect()
+}
+
+/// `--dry-run`: the whole plan on stdout (env names only; no values).
+fn print_plan(
+    spec: &RunSpec,
+    runtime: &str,
+    safe_data: &SafeData,
+    backend: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let value = serde_json::json!({
+            "dry_run": true,
+            "runtime": runtime,
+            "safe_data": safe_data,
+            "spec": spec,
+            "backend": backend,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    let limits = &spec.limits;
+    let names: Vec<&str> = spec.process.env.iter().map(|v| v.name.as_str()).collect();
+    let quoted: Vec<String> = spec.process.args.iter().map(|a| ces_runtime::podman::shell_quote(a)).collect();
+    writeln!(out, "Plan for run {} (dry run: nothing was created)", spec.id)?;
+    writeln!(out, "image:      {}", spec.image.reference)?;
+    writeln!(out, "digest:     {}", spec.image.digest)?;
+    writeln!(
+        out,
+        "rootfs:     {} (read-only; writes go to a per-run copy-on-write layer)",
+        spec.image.rootfs.display()
+    )?;
+    writeln!(out, "runtime:    {runtime}")?;
+    if let Some(name) = &spec.name {
+        writeln!(out, "name:       {name}")?;
+    }
+    writeln!(out, "command:    {}", quoted.join(" "))?;
+    writeln!(out, "workdir:    {}", spec.process.cwd)?;
+    writeln!(
+        out,
+        "user:       {}:{} in the container, host user {}:{}",
+        spec.process.user.uid, spec.process.user.gid, spec.identity.host_uid, spec.identity.host_gid
+    )?;
+    writeln!(out, "env:        {} (values not shown)", names.join(" "))?;
+    let why = match &safe_data.project {
+        Some(project) => format!("project {project}, found by {}", safe_data.reason),
+        None => "$HOME/safe_data".to_owned(),
+    };
+    writeln!(out, "safe_data:  {why}")?;
+    writeln!(out, "mounts:")?;
+    for line in mount_lines(spec) {
+        writeln!(out, "  {line}")?;
+    }
+    writeln!(
+        out,
+        "limits:     memory {}, cpus {}, pids {}, /dev/shm {}",
+        gib(limits.memory),
+        limits.cpus.map_or("unlimited".to_owned(), |c| c.to_string()),
+        limits.pids.map_or("unlimited".to_owned(), |p| p.to_string()),
+        human_bytes(limits.shm_size)
+    )?;
+    writeln!(out, "network:    none (loopback only)")?;
+    writeln!(
+        out,
+        "terminal:   {}, stdin {}",
+        spec.process.terminal,
+        if spec.process.interactive { "open" } else { "closed" }
+    )?;
+    writeln!(out, "{runtime}:")?;
+    for line in backend {
+        writeln!(out, "  {line}")?;
+    }
+    Ok(())
+}
+
+fn announce_start(
+    printer: &Printer,
+    spec: &RunSpec,
+    runtime: &str,
+    safe_data: &SafeData,
+    paths: &RunPaths,
+    json: bool,
+) -> anyhow::Result<()> {
+    printer.status(format!("Running {} ({}) with {runtime}", spec.image.reference, spec.image.digest));
+    let access = spec.mounts.first().map_or(Access::Ro, |m| m.access);
+    printer.status(format!("Run {}: /safe_data is {} ({access})", spec.id, safe_data.path.display()));
+    printer.status(format!("Run {}: outputs in {}", spec.id, paths.outputs.display()));
+    if json {
+        let line = serde_json::json!({
+            "event": "start",
+            "id": spec.id,
+            "image": spec.image.reference,
+            "digest": spec.image.digest,
+            "runtime": runtime,
+            "outputs": paths.outputs,
+            "scratch": paths.scratch,
+            "safe_data": safe_data.path,
+            "safe_data_access": access,
+        });
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn announce_end(printer: &Printer, spec: &RunSpec, exit: Exit, outputs: &Path, json: bool) -> anyhow::Result<()> {
+    let how = match exit {
+        Exit::Code(code) => format!("exited with code {code}"),
+        Exit::Signal(signal) => format!("was killed by signal {signal} (exit code {})", exit.code()),
+        Exit::OutOfMemory => {
+            format!("was killed: out of memory (the limit is {}; exit code {})", gib(spec.limits.memory), exit.code())
+        }
+    };
+    printer.status(format!("Run {} {how}: outputs kept in {}", spec.id, outputs.display()));
+    if json {
+        let line = serde_json::json!({
+            "event": "end",
+            "id": spec.id,
+            "outputs": outputs,
+            "exit_code": exit.code(),
+            "exit": exit,
+        });
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn entrypoint_forms() {
+        assert_eq!(parse_entrypoint("/bin/sh").unwrap(), ["/bin/sh"]);
+        assert!(parse_entrypoint("").unwrap().is_empty());
+        assert_eq!(parse_entrypoint(r#"["/bin/sh", "-c"]"#).unwrap(), ["/bin/sh", "-c"]);
+        assert!(parse_entrypoint("[1, 2]").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(checked_name("job-1.a_b".into()).is_ok());
+        for bad in ["", "-x", "a b", "a/b", &"x".repeat(129)] {
+            assert!(checked_name(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn limits_from_options() {
+        let l = limits(&RunOptions::default()).unwrap();
+        assert_eq!((l.memory, l.cpus, l.pids, l.shm_size), (4 << 30, None, Some(4096), 64 << 20));
+        let o = RunOptions {
+            memory: Some("0.5".into()),
+            cores: Some("1".into()),
+            shm_size: Some("1g".into()),
+            ..Default::default()
+        };
+        let l = limits(&o).unwrap();
+        assert_eq!((l.memory, l.cpus, l.shm_size), (512 << 20, Some(1.0), 1 << 30));
+        assert!(limits(&RunOptions { cores: Some("100000".into()), ..Default::default() }).is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! Who ces runs for: the invoking user (under sudo, the user who ran sudo),
+//! their groups in `id -Gn` order, and their home.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context as _;
+use ces_runtime::Identity;
+
+/// The invoking user.
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    /// Host uid and gid the container's user is mapped to.
+    pub identity: Identity,
+    /// Their name (for messages and `id -Gn`).
+    pub name: String,
+    /// `$HOME`, if set.
+    pub home: Option<PathBuf>,
+    /// Whether ces runs as root for them (`SUDO_UID`).
+    pub via_sudo: bool,
+}
+
+/// Whether ces runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// The invoking user: as root with `SUDO_UID` (and `SUDO_GID`) set, that user;
+/// otherwise the real uid and gid. `$HOME` is taken as it is (under sudo,
+/// sudo's policy sets it; `[tre] outputs_parent` and `scratch_parent` can
+/// name the directories instead).
+pub fn invoker() -> anyhow::Result<Invoker> {
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let sudo_id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| is_root()) {
+        let gid = sudo_id("SUDO_GID").context("SUDO_UID is set but SUDO_GID is not")?;
+        let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| uid.to_string());
+        return Ok(Invoker { identity: Identity { host_uid: uid, host_gid: gid }, name, home, via_sudo: true });
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    let name = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| uid.to_string());
+    Ok(Invoker { identity: Identity { host_uid: uid, host_gid: gid }, name, home, via_sudo: false })
+}
+
+/// The user's groups, as `id -Gn` lists them (primary first): ces asks `id`
+/// itself, so that the order is exactly the one users see.
+pub fn groups(invoker: &Invoker) -> anyhow::Result<Vec<String>> {
+    let mut command = Command::new("id");
+    command.arg("-Gn");
+    if invoker.via_sudo {
+        command.arg("--").arg(&invoker.name);
+    }
+    let output = command.output().context("cannot list the user's groups (id -Gn)")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "cannot list the user's groups: id -Gn failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect())
+}

@@ -1,0 +1,401 @@
+//! Run records, so that nothing a run creates outlives it by accident.
+//!
+//! ```text
+//! <store>/runs/<id>/lock          flock'ed by the ces process running it
+//! <store>/runs/<id>/record.json   what to clean: the scratch directory
+//! <store>/runs/<id>/state/        the backend's state (bundle, overlay)
+//! ```
+//!
+//! A run's record is written (under a temporary name, locked, then renamed)
+//! before its directories are created, and removed after they are. A ces that
+//! dies in between leaves a record whose lock is free: the next `ces run` or
+//! `ces gc` removes its scratch and state directories, then the record.
+//! Outputs are never removed.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use ces_runtime::Identity;
+use rustix::fs::FlockOperation;
+
+/// Records older than this without a lock file are leftovers of a crash
+/// between `mkdir` and the lock (a live one gets its lock at once).
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+/// The prefix of a record being written.
+const NEW_PREFIX: &str = ".new-";
+
+/// Where run records live in a store.
+pub fn runs_dir(store_root: &Path) -> PathBuf {
+    store_root.join("runs")
+}
+
+/// What a record says (never an environment value).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Record {
+    id: String,
+    pid: u32,
+    runtime: String,
+    outputs: PathBuf,
+    scratch: PathBuf,
+}
+
+/// The directories of one run.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// The run id.
+    pub id: String,
+    /// The backend's name.
+    pub runtime: String,
+    /// `outputs_<id>`: created empty, kept.
+    pub outputs: PathBuf,
+    /// `scratch_<id>`: created empty, removed at the end.
+    pub scratch: PathBuf,
+    /// The backend's state directory: created empty, removed at the end.
+    pub state: PathBuf,
+}
+
+/// A run in progress: its record is locked; dropping it (or [`ActiveRun::finish`])
+/// removes the scratch and state directories and the record.
+#[derive(Debug)]
+pub struct ActiveRun {
+    dir: PathBuf,
+    paths: RunPaths,
+    lock: Option<File>,
+    created: Vec<PathBuf>,
+    finished: bool,
+}
+
+impl ActiveRun {
+    /// Writes the record, then creates the run's directories (`owner`, when
+    /// given, gets the outputs and scratch directories).
+    pub fn start(runs: &Path, paths: RunPaths, owner: Option<Identity>) -> anyhow::Result<ActiveRun> {
+        fs::create_dir_all(runs).with_context(|| format!("cannot create {}", runs.display()))?;
+        let dir = runs.join(&paths.id);
+        let new = runs.join(format!("{NEW_PREFIX}{}", paths.id));
+        // Searchable (not listable) by others: as root, the container's user
+        // on the host must reach the root filesystem under `state/`.
+        fs::DirBuilder::new().mode(0o711).create(&new).with_context(|| format!("cannot create {}", new.display()))?;
+        let lock = (|| {
+            let lock = File::create(new.join("lock"))?;
+            rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
+            let record = Record {
+                id: paths.id.clone(),
+                pid: std::process::id(),
+                runtime: paths.runtime.clone(),
+                outputs: paths.outputs.clone(),
+                scratch: paths.scratch.clone(),
+            };
+            fs::write(new.join("record.json"), serde_json::to_vec_pretty(&record)?)?;
+            fs::rename(&new, &dir)?;
+            Ok::<File, io::Error>(lock)
+        })();
+        let lock = match lock {
+            Ok(lock) => lock,
+            Err(error) => {
+                let _ = remove_tree_one_fs(&new);
+                return Err(error).with_context(|| format!("cannot write the run record {}", dir.display()));
+            }
+        };
+        let mut run = ActiveRun { dir, paths, lock: Some(lock), created: Vec::new(), finished: false };
+        run.create(&run.paths.state.clone(), 0o711, None)?;
+        run.create(&run.paths.outputs.clone(), 0o755, owner)?;
+        run.create(&run.paths.scratch.clone(), 0o700, owner)?;
+        Ok(run)
+    }
+
+    fn create(&mut self, path: &Path, mode: u32, owner: Option<Identity>) -> anyhow::Result<()> {
+        fs::DirBuilder::new().mode(mode).create(path).with_context(|| format!("cannot create {}", path.display()))?;
+        self.created.push(path.to_owned());
+        if let Some(owner) = owner {
+            std::os::unix::fs::lchown(path, Some(owner.host_uid), Some(owner.host_gid))
+                .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.host_uid))?;
+        }
+        Ok(())
+    }
+
+    /// The run's directories.
+    pub fn paths(&self) -> &RunPaths {
+        &self.paths
+    }
+
+    /// Removes the outputs directory if the container never wrote to it (for
+    /// a run that could not start).
+    pub fn discard_outputs_if_empty(&mut self) {
+        if fs::remove_dir(&self.paths.outputs).is_ok() {
+            self.created.retain(|p| *p != self.paths.outputs);
+        }
+    }
+
+    /// Removes the scratch and state directories, then the record; returns
+    /// what could not be removed.
+    pub fn finish(mut self) -> Vec<String> {
+        self.cleanup()
+    }
+
+    fn cleanup(&mut self) -> Vec<String> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        let mut problems = Vec::new();
+        for path in [&self.paths.scratch, &self.paths.state] {
+            if self.created.contains(path)
+                && let Err(error) = remove_tree_one_fs(path)
+            {
+                problems.push(format!("cannot remove {}: {error}", path.display()));
+            }
+        }
+        if problems.is_empty()
+            && let Err(error) = remove_tree_one_fs(&self.dir)
+        {
+            problems.push(format!("cannot remove the run record {}: {error}", self.dir.display()));
+        }
+        // Until now the lock said "in use"; left behind, the record is stale
+        // and the next ces start tries again.
+        self.lock.take();
+        problems
+    }
+}
+
+impl Drop for ActiveRun {
+    fn drop(&mut self) {
+        for problem in self.cleanup() {
+            tracing::warn!("{problem}");
+        }
+    }
+}
+
+/// Removes what runs of a ces that died left behind: for each record whose
+/// lock is free, its scratch directory (only a directory named
+/// `scratch_<id>`), `cleanup_state` on its state directory (to unmount what a
+/// backend left mounted), then the record. Returns one line per run cleaned.
+pub fn clean_stale(runs: &Path, cleanup_state: &dyn Fn(&Path)) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(runs) else { return Vec::new() };
+    let mut cleaned = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dir = entry.path();
+        let old = || {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| SystemTime::now().duration_since(t).unwrap_or_default() > ORPHAN_AGE)
+        };
+        if name.starts_with(NEW_PREFIX) {
+            if old() {
+                let _ = remove_tree_one_fs(&dir);
+            }
+            continue;
+        }
+        if !ces_runtime::plan::is_run_id(&name) {
+            continue;
+        }
+        let Ok(lock) = File::open(dir.join("lock")) else {
+            if old() {
+                let _ = remove_tree_one_fs(&dir);
+            }
+            continue;
+        };
+        if rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue; // a live run
+        }
+        let record: Option<Record> =
+            fs::read(dir.join("record.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(record) = record.filter(|r| r.id == name) {
+            let expected = format!("scratch_{name}");
+            if record.scratch.file_name().is_some_and(|f| *f == *expected)
+                && let Err(error) = remove_tree_one_fs(&record.scratch)
+            {
+                tracing::warn!(path = %record.scratch.display(), %error, "cannot remove a stale scratch directory");
+                continue;
+            }
+        }
+        let state = dir.join("state");
+        cleanup_state(&state);
+        match remove_tree_one_fs(&dir) {
+            Ok(()) => cleaned.push(name),
+            Err(error) => tracing::warn!(path = %dir.display(), %error, "cannot remove a stale run record"),
+        }
+    }
+    cleaned
+}
+
+/// Removes a directory tree without leaving its file system: a directory
+/// that is a mount point (a different device) is an error, and nothing on the
+/// other side is touched. Symbolic links are removed, never followed.
+/// Directories that deny their owner write access are opened up first.
+pub fn remove_tree_one_fs(path: &Path) -> io::Result<()> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return fs::remove_file(path);
+    }
+    remove_contents(path, meta.dev())?;
+    fs::remove_dir(path)
+}
+
+fn remove_contents(dir: &Path, dev: u64) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_up(dir)?;
+            fs::read_dir(dir)?
+        }
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            if meta.dev() != dev {
+                return Err(io::Error::other(format!("a file system is still mounted at {}", path.display())));
+            }
+            remove_contents(&path, dev)?;
+            retry_opened(dir, || fs::remove_dir(&path))?;
+        } else {
+            retry_opened(dir, || fs::remove_file(&path))?;
+        }
+    }
+    Ok(())
+}
+
+fn retry_opened(dir: &Path, op: impl Fn() -> io::Result<()>) -> io::Result<()> {
+    match op() {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_up(dir)?;
+            op()
+        }
+        other => other,
+    }
+}
+
+fn open_up(dir: &Path) -> io::Result<()> {
+    // `dir` was seen as a directory (not a link) by the caller.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn paths(base: &Path, id: &str) -> RunPaths {
+        RunPaths {
+            id: id.into(),
+            runtime: "podman".into(),
+            outputs: base.join(format!("outputs_{id}")),
+            scratch: base.join(format!("scratch_{id}")),
+            state: base.join("runs").join(id).join("state"),
+        }
+    }
+
+    #[test]
+    fn a_run_creates_then_removes_all_but_its_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let id = "20231114-221320-deadbeef";
+        let run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
+        let p = run.paths().clone();
+        for d in [&p.outputs, &p.scratch, &p.state] {
+            assert!(d.is_dir(), "{}", d.display());
+        }
+        fs::write(p.outputs.join("result"), "kept").unwrap();
+        fs::create_dir_all(p.scratch.join("deep/er")).unwrap();
+        fs::write(p.scratch.join("deep/er/f"), "x").unwrap();
+        fs::set_permissions(p.scratch.join("deep"), fs::Permissions::from_mode(0o500)).unwrap();
+        // Live: not stale.
+        assert!(clean_stale(&runs, &|_| {}).is_empty());
+        assert!(p.scratch.is_dir());
+        assert!(run.finish().is_empty());
+        assert!(!p.scratch.exists() && !p.state.exists() && !runs.join(id).exists());
+        assert_eq!(fs::read_to_string(p.outputs.join("result")).unwrap(), "kept");
+    }
+
+    #[test]
+    fn stale_records_are_cleaned_and_only_their_scratch_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let id = "20231114-221320-0000abcd";
+        let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
+        let p = run.paths().clone();
+        fs::write(p.scratch.join("tmp"), "x").unwrap();
+        fs::write(p.outputs.join("result"), "kept").unwrap();
+        // A crash: the lock goes with the process, the directories stay.
+        run.lock.take();
+        std::mem::forget(run);
+
+        // A record whose scratch path points elsewhere is not followed.
+        let other = "20231114-221320-0000beef";
+        let decoy = dir.path().join("precious");
+        fs::create_dir(&decoy).unwrap();
+        fs::create_dir_all(runs.join(other)).unwrap();
+        fs::write(runs.join(other).join("lock"), "").unwrap();
+        let record = Record {
+            id: other.into(),
+            pid: 1,
+            runtime: "podman".into(),
+            outputs: dir.path().join("o"),
+            scratch: decoy.clone(),
+        };
+        fs::write(runs.join(other).join("record.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        // And a live one is left alone.
+        let live = ActiveRun::start(&runs, paths(dir.path(), "20231114-221321-00000001"), None).unwrap();
+
+        let seen = std::cell::RefCell::new(Vec::new());
+        let mut cleaned = clean_stale(&runs, &|state| seen.borrow_mut().push(state.to_owned()));
+        cleaned.sort();
+        assert_eq!(cleaned, [id.to_owned(), other.to_owned()]);
+        assert!(!p.scratch.exists() && !p.state.exists() && !runs.join(id).exists());
+        assert_eq!(fs::read_to_string(p.outputs.join("result")).unwrap(), "kept", "outputs are never removed");
+        assert!(decoy.is_dir(), "a scratch path not named scratch_<id> is never removed");
+        let mut seen = seen.into_inner();
+        seen.sort();
+        assert_eq!(seen, [runs.join(id).join("state"), runs.join(other).join("state")]);
+        assert!(live.paths().scratch.is_dir() && live.paths().state.is_dir());
+        assert!(live.finish().is_empty());
+    }
+
+    #[test]
+    fn removal_does_not_follow_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), "x").unwrap();
+        let tree = dir.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("keep"), tree.join("file-link")).unwrap();
+        remove_tree_one_fs(&tree).unwrap();
+        assert!(outside.join("keep").exists());
+        assert!(!tree.exists());
+        remove_tree_one_fs(&tree).unwrap();
+    }
+
+    /// Needs root (to mount a tmpfs in the test's temp dir).
+    #[test]
+    fn removal_stops_at_a_mount_point() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let mnt = tree.join("a/mnt");
+        fs::create_dir_all(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().unwrap();
+        assert!(mounted.success());
+        fs::write(mnt.join("inside"), "x").unwrap();
+        let result = remove_tree_one_fs(&tree);
+        let inside = mnt.join("inside").exists();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert!(result.unwrap_err().to_string().contains("still mounted"));
+        assert!(inside, "nothing on the mounted file system was removed");
+        remove_tree_one_fs(&tree).unwrap();
+    }
+}

@@ -1,0 +1,551 @@
+//! `ces run`'s options, wherever they come from: the command line, and
+//! `--opt-file` files parsed with the same clap definitions, line by line.
+//!
+//! Policy, not a back door: the options ces takes cannot widen what a
+//! container reaches. The podman/docker options that would (`--privileged`,
+//! `--network`, `-v`, a bind `--mount`...) are refused by name wherever they
+//! appear, naming the file and line; options ces does not know are refused
+//! too. On the command line `-v` is `--verbose` (the reference service's
+//! meaning); in an option file, which holds podman options, it is `--volume`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser};
+
+/// The options of `ces run` and `ces-run` that an option file may carry too.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunOptions {
+    /// CPU limit, in cores (decimals allowed).
+    #[arg(short = 'c', long = "cores", value_name = "N")]
+    pub cores: Option<String>,
+    /// Memory limit in GiB (decimals allowed), or a size such as 512m [default: 4]
+    #[arg(short = 'm', long = "memory", value_name = "GB")]
+    pub memory: Option<String>,
+    /// A name for the run (shown with it; letters, digits, _ . -).
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+    /// Read environment variables from FILE (NAME=value lines, docker format).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Append FILE's lines to the command, one argument per line.
+    #[arg(long = "arg-file", value_name = "FILE")]
+    pub arg_file: Vec<PathBuf>,
+    /// Read more run options from FILE (shell-quoted, any number per line).
+    #[arg(long = "opt-file", value_name = "FILE")]
+    pub opt_file: Vec<PathBuf>,
+    /// Print the complete plan and exit; nothing is created or run.
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// The runtime backend [default: native]
+    #[arg(long = "runtime", value_name = "RUNTIME", value_parser = crate::cli::RUNTIMES)]
+    pub runtime: Option<String>,
+    /// Give the container the GPUs (not available yet).
+    #[arg(long = "gpu")]
+    pub gpu: bool,
+    /// Set an environment variable (NAME alone takes ces's own value).
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// The working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Replace the image's entrypoint (a JSON array for several words; "" for none).
+    #[arg(long = "entrypoint", value_name = "CMD")]
+    pub entrypoint: Option<String>,
+    /// Size of /dev/shm (e.g. 256m) [default: 64m]
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    pub shm_size: Option<String>,
+    /// Add a tmpfs: type=tmpfs,destination=PATH[,tmpfs-size=SIZE] (the only kind allowed).
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Allocate a terminal.
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Keep standard input open.
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
+    /// Machine-readable output: a JSON line on stdout before the container
+    /// starts and one after it ends (with --dry-run, the plan as JSON).
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+impl RunOptions {
+    /// These options, then `later`'s over them: a value given later wins;
+    /// lists (env, files, mounts) add up; a flag set anywhere stays set.
+    pub fn then(self, later: RunOptions) -> RunOptions {
+        let cat = |mut a: Vec<_>, b: Vec<_>| {
+            a.extend(b);
+            a
+        };
+        let cat_paths = |mut a: Vec<PathBuf>, b: Vec<PathBuf>| {
+            a.extend(b);
+            a
+        };
+        RunOptions {
+            cores: later.cores.or(self.cores),
+            memory: later.memory.or(self.memory),
+            name: later.name.or(self.name),
+            env_file: cat_paths(self.env_file, later.env_file),
+            arg_file: cat_paths(self.arg_file, later.arg_file),
+            opt_file: cat_paths(self.opt_file, later.opt_file),
+            dry_run: self.dry_run || later.dry_run,
+            runtime: later.runtime.or(self.runtime),
+            gpu: self.gpu || later.gpu,
+            env: cat(self.env, later.env),
+            workdir: later.workdir.or(self.workdir),
+            entrypoint: later.entrypoint.or(self.entrypoint),
+            shm_size: later.shm_size.or(self.shm_size),
+            mount: cat(self.mount, later.mount),
+            tty: self.tty || later.tty,
+            interactive: self.interactive || later.interactive,
+            json: self.json || later.json,
+        }
+    }
+}
+
+/// One line of an option file, parsed with the same definitions.
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true, disable_help_flag = true, disable_version_flag = true)]
+struct OptFileLine {
+    #[command(flatten)]
+    options: RunOptions,
+}
+
+/// The podman/docker options that would let a container reach more than the
+/// TRE allows (devices, the network, host paths, other namespaces, privileges,
+/// other users or groups, higher limits, other policy). Refused by name.
+/// (`--mount` is refused by its value: every type but `tmpfs`.)
+pub const WIDENING: &[&str] = &[
+    "--privileged",
+    "-v",
+    "--volume",
+    "--volumes-from",
+    "--network",
+    "--net",
+    "--network-alias",
+    "-p",
+    "--publish",
+    "-P",
+    "--publish-all",
+    "--expose",
+    "--add-host",
+    "--dns",
+    "--dns-search",
+    "--dns-option",
+    "--dns-opt",
+    "--ip",
+    "--ip6",
+    "--mac-address",
+    "--http-proxy",
+    "--cap-add",
+    "--device",
+    "--device-cgroup-rule",
+    "--gpus",
+    "--security-opt",
+    "--seccomp-policy",
+    "--userns",
+    "--uidmap",
+    "--gidmap",
+    "--subuidname",
+    "--subgidname",
+    "--pid",
+    "--ipc",
+    "--uts",
+    "--cgroupns",
+    "--cgroup-parent",
+    "--cgroups",
+    "--group-add",
+    "-u",
+    "--user",
+    "--sysctl",
+    "--ulimit",
+    "--pids-limit",
+    "--oom-kill-disable",
+    "--oom-score-adj",
+    "--env-host",
+    "--hooks-dir",
+    "--rootfs",
+    "--secret",
+    "--init-path",
+    "--systemd",
+];
+
+/// Where an option came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// The command line.
+    CommandLine,
+    /// A line of an option file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line.
+        line: usize,
+    },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::CommandLine => f.write_str("on the command line"),
+            Place::File { path, line } => write!(f, "in {} line {line}", path.display()),
+        }
+    }
+}
+
+/// An option that ces does not take, or takes only elsewhere.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    /// An option that would widen what the container can reach.
+    #[error("option {option} {place} is not allowed: it would widen what the container can reach")]
+    Widening {
+        /// The option as given (`--privileged`, `--mount type=bind`).
+        option: String,
+        /// Where.
+        place: Place,
+    },
+    /// An option that an option file may not carry.
+    #[error("option {option} {place} is not allowed: {reason}")]
+    NotInFile {
+        /// The option.
+        option: String,
+        /// Where.
+        place: Place,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An option ces does not know.
+    #[error("unknown option {option} {place}")]
+    Unknown {
+        /// The option.
+        option: String,
+        /// Where.
+        place: Place,
+    },
+    /// A word that is not an option in an option file.
+    #[error("unexpected argument {word:?} {place}: an option file holds options only")]
+    NotAnOption {
+        /// The word.
+        word: String,
+        /// Where.
+        place: Place,
+    },
+    /// Quotes that do not close.
+    #[error("unbalanced quotes {place}")]
+    Quotes {
+        /// Where.
+        place: Place,
+    },
+    /// Any other mistake clap found (a missing value, a bad runtime name).
+    #[error("{message} {place}")]
+    Invalid {
+        /// clap's message.
+        message: String,
+        /// Where.
+        place: Place,
+    },
+    /// A malformed `--mount`.
+    #[error("invalid --mount {value:?} {place}: {problem}")]
+    Mount {
+        /// The value.
+        value: String,
+        /// Where.
+        place: Place,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// An option file that cannot be read.
+    #[error("cannot read the option file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl OptionError {
+    /// Where the option was.
+    pub fn place(&self) -> Option<&Place> {
+        match self {
+            OptionError::Widening { place, .. }
+            | OptionError::NotInFile { place, .. }
+            | OptionError::Unknown { place, .. }
+            | OptionError::NotAnOption { place, .. }
+            | OptionError::Quotes { place }
+            | OptionError::Invalid { place, .. }
+            | OptionError::Mount { place, .. } => Some(place),
+            OptionError::Read { .. } => None,
+        }
+    }
+}
+
+/// Turns clap's "unexpected argument" into ces's refusal: a widening option by
+/// name, else an unknown option (or, in a file, a stray word). `None` for
+/// other kinds of error.
+pub fn refusal(error: &clap::Error, place: &Place) -> Option<OptionError> {
+    if error.kind() != clap::error::ErrorKind::UnknownArgument {
+        return None;
+    }
+    let clap::error::ContextValue::String(arg) = error.get(clap::error::ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let option = arg.split_once('=').map_or(arg.as_str(), |(name, _)| name);
+    // A cluster of short options (`-p80`, `-uroot`): its first letter.
+    let option = match option.strip_prefix('-') {
+        Some(rest) if !rest.starts_with('-') && rest.len() > 1 => &option[..2],
+        _ => option,
+    };
+    let place = place.clone();
+    Some(if WIDENING.contains(&option) {
+        OptionError::Widening { option: option.to_owned(), place }
+    } else if option.starts_with('-') {
+        OptionError::Unknown { option: option.to_owned(), place }
+    } else {
+        OptionError::NotAnOption { word: arg.clone(), place }
+    })
+}
+
+/// The first line of clap's message, without its `error: ` prefix.
+pub fn clap_message(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+/// Checks what clap cannot: each `--mount` is a tmpfs (see [`parse_mount`]).
+pub fn check(options: &RunOptions, place: &Place) -> Result<(), OptionError> {
+    for value in &options.mount {
+        parse_mount(value, place)?;
+    }
+    Ok(())
+}
+
+/// Parses an option file: each line is split like a shell command line
+/// (quotes, backslashes; `#` starts a comment) and parsed with the command
+/// line's definitions. Lines are applied in order (a later value wins, lists
+/// add up). An option file may not name a runtime, another option file, or
+/// a config file.
+pub fn parse_opt_file(text: &str, path: &Path) -> Result<RunOptions, OptionError> {
+    let mut merged = RunOptions::default();
+    for (i, line) in text.lines().enumerate() {
+        let place = Place::File { path: path.to_owned(), line: i + 1 };
+        let words = shlex::split(line).ok_or_else(|| OptionError::Quotes { place: place.clone() })?;
+        if words.is_empty() {
+            continue;
+        }
+        if let Some(word) = words.iter().find(|w| *w == "--config" || w.starts_with("--config=")) {
+            let option = word.split('=').next().unwrap_or(word).to_owned();
+            return Err(OptionError::NotInFile { option, place, reason: "the config file is the operator's policy" });
+        }
+        let parsed = OptFileLine::try_parse_from(&words).map_err(|e| {
+            refusal(&e, &place)
+                .unwrap_or_else(|| OptionError::Invalid { message: clap_message(&e), place: place.clone() })
+        })?;
+        let options = parsed.options;
+        if options.runtime.is_some() {
+            return Err(OptionError::NotInFile {
+                option: "--runtime".into(),
+                place,
+                reason: "the runtime is chosen on the command line",
+            });
+        }
+        if !options.opt_file.is_empty() {
+            return Err(OptionError::NotInFile {
+                option: "--opt-file".into(),
+                place,
+                reason: "option files cannot include other option files",
+            });
+        }
+        check(&options, &place)?;
+        merged = merged.then(options);
+    }
+    Ok(merged)
+}
+
+/// Reads and parses the option files `options` names, and returns everything
+/// together: the files' options in order, then the command line's over them.
+pub fn with_opt_files(command_line: RunOptions) -> Result<RunOptions, OptionError> {
+    check(&command_line, &Place::CommandLine)?;
+    let mut merged = RunOptions::default();
+    for path in &command_line.opt_file {
+        let text = std::fs::read_to_string(path).map_err(|source| OptionError::Read { path: path.clone(), source })?;
+        merged = merged.then(parse_opt_file(&text, path)?);
+    }
+    Ok(merged.then(command_line))
+}
+
+/// A `--mount` ces allows: `type=tmpfs`, `destination=` (or `dst=`,
+/// `target=`), optional `tmpfs-size=`. Returns (destination, size text).
+pub fn parse_mount(value: &str, place: &Place) -> Result<(String, Option<String>), OptionError> {
+    let err = |problem| OptionError::Mount { value: value.to_owned(), place: place.clone(), problem };
+    let mut kind = None;
+    let mut destination = None;
+    let mut size = None;
+    for field in value.split(',') {
+        let (key, val) = field.split_once('=').unwrap_or((field, ""));
+        match key {
+            "type" => kind = Some(val),
+            "destination" | "dst" | "target" => destination = Some(val.to_owned()),
+            "tmpfs-size" => size = Some(val.to_owned()),
+            _ => {}
+        }
+    }
+    match kind {
+        Some("tmpfs") => {}
+        Some(other) => {
+            return Err(OptionError::Widening { option: format!("--mount type={other}"), place: place.clone() });
+        }
+        None => return Err(err("give type=tmpfs (the only kind of mount allowed)")),
+    }
+    for field in value.split(',') {
+        let key = field.split_once('=').map_or(field, |(k, _)| k);
+        if !matches!(key, "type" | "destination" | "dst" | "target" | "tmpfs-size") {
+            return Err(err("only type, destination and tmpfs-size can be given"));
+        }
+    }
+    let destination = destination.filter(|d| !d.is_empty()).ok_or_else(|| err("no destination"))?;
+    Ok((destination, size))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn file(text: &str) -> Result<RunOptions, OptionError> {
+        parse_opt_file(text, Path::new("opts.txt"))
+    }
+
+    #[test]
+    fn opt_file_lines_are_tokenized_like_a_shell() {
+        let o = file(
+            "# comment\n\n-e A=1 --env 'B=two words'  # trailing comment\n-w \"/work dir\" -t\n--shm-size=256m -m 2 -c 1.5\n--mount type=tmpfs,destination=/cache,tmpfs-size=64m\n-e C=\\$HOME --entrypoint '[\"/bin/sh\", \"-c\"]' -n job1\n",
+        )
+        .unwrap();
+        assert_eq!(o.env, ["A=1", "B=two words", "C=$HOME"]);
+        assert_eq!(o.workdir.as_deref(), Some("/work dir"));
+        assert!(o.tty && !o.interactive);
+        assert_eq!(
+            (o.shm_size.as_deref(), o.memory.as_deref(), o.cores.as_deref()),
+            (Some("256m"), Some("2"), Some("1.5"))
+        );
+        assert_eq!(o.mount, ["type=tmpfs,destination=/cache,tmpfs-size=64m"]);
+        assert_eq!(o.entrypoint.as_deref(), Some("[\"/bin/sh\", \"-c\"]"));
+        assert_eq!(o.name.as_deref(), Some("job1"));
+    }
+
+    #[test]
+    fn later_values_win_and_lists_add_up() {
+        let o = file("-m 2 -e A=1\n-m 3 -e A=2 -i\n").unwrap();
+        assert_eq!(
+            (o.memory.as_deref(), o.env.as_slice(), o.interactive),
+            (Some("3"), &["A=1".to_owned(), "A=2".to_owned()][..], true)
+        );
+        let command_line = RunOptions { memory: Some("8".into()), env: vec!["B=3".into()], ..Default::default() };
+        let merged = o.then(command_line);
+        assert_eq!(merged.memory.as_deref(), Some("8"), "the command line wins");
+        assert_eq!(merged.env, ["A=1", "A=2", "B=3"]);
+        assert!(merged.interactive);
+    }
+
+    /// Every refused option, in a file, on line 3, with and without a value.
+    #[test]
+    fn every_widening_option_is_refused_with_its_line() {
+        for option in WIDENING {
+            for line in [option.to_string(), format!("{option} x"), format!("{option}=x")] {
+                if option.len() == 2 && line.contains('=') {
+                    continue;
+                }
+                let e = file(&format!("-e A=1\n\n{line}\n")).unwrap_err();
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "option {option} in opts.txt line 3 is not allowed: it would widen what the container can reach"
+                    ),
+                    "{line}"
+                );
+            }
+        }
+        for kind in ["bind", "volume", "image", "devpts", "glob"] {
+            let e = file(&format!("-e A=1\n\n--mount type={kind},src=/,dst=/host\n")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "option --mount type={kind} in opts.txt line 3 is not allowed: it would widen what the container can reach"
+                )
+            );
+        }
+        // Short clusters: -p8080:80, -uroot.
+        for line in ["-p8080:80", "-uroot", "-Pt"] {
+            let e = file(line).unwrap_err();
+            assert!(matches!(e, OptionError::Widening { .. }), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn file_only_refusals_and_unknown_options() {
+        for (text, expected) in [
+            (
+                "--runtime podman",
+                "option --runtime in opts.txt line 1 is not allowed: the runtime is chosen on the command line",
+            ),
+            (
+                "--opt-file other.txt",
+                "option --opt-file in opts.txt line 1 is not allowed: option files cannot include other option files",
+            ),
+            (
+                "--config=/tmp/x.toml",
+                "option --config in opts.txt line 1 is not allowed: the config file is the operator's policy",
+            ),
+            ("\n--frobnicate", "unknown option --frobnicate in opts.txt line 2"),
+            ("--rm", "unknown option --rm in opts.txt line 1"),
+            ("-v /:/host", "option -v in opts.txt line 1 is not allowed: it would widen what the container can reach"),
+            ("-e A=1 image", "unexpected argument \"image\" in opts.txt line 1: an option file holds options only"),
+            ("-e 'A=1", "unbalanced quotes in opts.txt line 1"),
+            ("--mount type=tmpfs", "invalid --mount \"type=tmpfs\" in opts.txt line 1: no destination"),
+            (
+                "--mount destination=/x",
+                "invalid --mount \"destination=/x\" in opts.txt line 1: give type=tmpfs (the only kind of mount allowed)",
+            ),
+            (
+                "--mount type=tmpfs,dst=/x,tmpfs-mode=777",
+                "invalid --mount \"type=tmpfs,dst=/x,tmpfs-mode=777\" in opts.txt line 1: only type, destination and tmpfs-size can be given",
+            ),
+            (
+                "--mount type=volume,src=v,dst=/x",
+                "option --mount type=volume in opts.txt line 1 is not allowed: it would widen what the container can reach",
+            ),
+        ] {
+            assert_eq!(file(text).unwrap_err().to_string(), expected, "{text}");
+        }
+        let e = file("-e").unwrap_err().to_string();
+        assert!(
+            e.starts_with("a value is required for '--env <NAME[=VALUE]>'") && e.ends_with("in opts.txt line 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn opt_files_are_read_and_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.txt");
+        let b = dir.path().join("b.txt");
+        std::fs::write(&a, "-m 2 -e A=a\n").unwrap();
+        std::fs::write(&b, "-m 3 -w /b\n").unwrap();
+        let cli = RunOptions { opt_file: vec![a, b], workdir: Some("/cli".into()), ..Default::default() };
+        let o = with_opt_files(cli).unwrap();
+        assert_eq!(
+            (o.memory.as_deref(), o.workdir.as_deref(), o.env.as_slice()),
+            (Some("3"), Some("/cli"), &["A=a".to_owned()][..])
+        );
+        let missing = RunOptions { opt_file: vec![dir.path().join("nope")], ..Default::default() };
+        assert!(matches!(with_opt_files(missing), Err(OptionError::Read { .. })));
+        let bind = RunOptions { mount: vec!["type=bind,src=/etc,dst=/etc".into()], ..Default::default() };
+        assert_eq!(
+            with_opt_files(bind).unwrap_err().to_string(),
+            "option --mount type=bind on the command line is not allowed: it would widen what the container can reach"
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! `ces run` / `ces-run` / `ces-gpu-run` with the real binary: the plan
+//! (`--dry-run`), the refusals, the directory contract, and real runs with
+//! podman (and the native backend) as root. Every directory a test creates is
+//! under its own temp dir: HOME, the data root, the outputs and scratch
+//! parents and the store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ces_testkit::layer::Entry;
+use ces_testkit::{AuthMode, Registry, busybox_image};
+use common::{Run, Sandbox};
+
+fn registry() -> &'static Registry {
+    Registry::shared(AuthMode::Anonymous)
+}
+
+/// A sandbox with an image pulled, a HOME, and a data root holding a
+/// directory for the user's primary group.
+struct World {
+    sb: Sandbox,
+    image: String,
+    digest: String,
+    home: PathBuf,
+    data_root: PathBuf,
+    project_dir: PathBuf,
+}
+
+fn primary_group() -> String {
+    let out = Command::new("id").arg("-gn").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn podman_works() -> bool {
+    Command::new("podman").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+impl World {
+    fn new(repo: &str, tre: &str) -> World {
+        let reg = registry();
+        let image = busybox_image()
+            .env(&["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=1"])
+            .build();
+        let digest = reg.push(&image, repo, "1");
+        let sb = Sandbox::new(&[reg]);
+        let home = sb.dir.path().join("home");
+        let data_root = sb.dir.path().join("data");
+        let project_dir = data_root.join(primary_group());
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&project_dir).unwrap();
+        std::fs::write(project_dir.join("input.csv"), "a,b\n1,2\n").unwrap();
+        let mut config = std::fs::read_to_string(&sb.config).unwrap();
+        config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n{tre}\n", data_root.display().to_string()));
+        std::fs::write(&sb.config, config).unwrap();
+        let image = format!("{}/{repo}:1", reg.host());
+        sb.ces(&["pull", "--quiet", &image]).ok();
+        World { sb, image, digest, home, data_root, project_dir }
+    }
+
+    fn command(&self, bin: &str, args: &[&str]) -> Command {
+        let mut cmd = self.sb.command(bin, args);
+        cmd.env("HOME", &self.home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        cmd
+    }
+
+    fn ces(&self, args: &[&str]) -> Run {
+        self.sb.run(self.command(env!("CARGO_BIN_EXE_ces"), args))
+    }
+
+    /// What is in HOME (outputs_*, scratch_*...).
+    fn home_entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Run records left in the store.
+    fn run_records(&self) -> Vec<String> {
+        match std::fs::read_dir(self.sb.store.join("runs")) {
+            Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn assert_nothing_created(&self) {
+        assert_eq!(self.home_entries(), Vec::<String>::new(), "nothing in HOME");
+        assert_eq!(self.run_records(), Vec::<String>::new(), "no run record");
+    }
+}
+
+#[test]
+fn dry_run_prints_the_whole_plan_and_creates_nothing() {
+    let w = World::new("run/dry", "");
+    let env_file = w.sb.dir.path().join("env.txt");
+    std::fs::write(&env_file, "# secrets\nFILE_SECRET=file-value-123\n").unwrap();
+    let out = w.ces(&[
+        "run",
+        "--runtime",
+        "podman",
+        "--dry-run",
+        "-e",
+        "FLAG_SECRET=flag-value-456",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-m",
+        "0.5",
+        "-c",
+        "1",
+        "--mount",
+        "type=tmpfs,destination=/cache,tmpfs-size=16m",
+        &w.image,
+        "sh",
+        "-c",
+        "echo hi > /safe_outputs/x",
+    ]);
+    let plan = out.ok();
+    assert!(plan.contains(&format!("image:      {}", w.image)), "{plan}");
+    assert!(plan.contains(&format!("digest:     {}", w.digest)), "{plan}");
+    assert!(plan.contains("runtime:    podman"), "{plan}");
+    assert!(plan.contains("command:    sh -c 'echo hi > /safe_outputs/x'"), "{plan}");
+    let safe_data = format!("/safe_data     ro {}", w.project_dir.display());
+    assert!(plan.contains(&safe_data), "{plan}");
+    assert!(plan.contains(&format!("/safe_outputs  rw {}/outputs_", w.home.display())), "{plan}");
+    assert!(plan.contains(&format!("/scratch       rw {}/scratch_", w.home.display())), "{plan}");
+    assert!(plan.contains("/cache         rw tmpfs (16.8 MB)"), "{plan}");
+    assert!(plan.contains("memory 0.5 GiB, cpus 1, pids 4096"), "{plan}");
+    assert!(plan.contains(&format!("safe_data:  project {}, found by group {}", primary_group(), primary_group())));
+    assert!(
+        plan.contains("env:        PATH FROM_IMAGE HOME TMPDIR FILE_SECRET FLAG_SECRET (values not shown)"),
+        "{plan}"
+    );
+    assert!(plan.contains("  podman run --rm --runtime runc "), "{plan}");
+    assert!(plan.contains(" --network none "), "{plan}");
+    assert!(plan.contains("/podman.env --workdir / "), "values go through a file: {plan}");
+    for secret in ["file-value-123", "flag-value-456"] {
+        assert!(!plan.contains(secret) && !out.stderr.contains(secret), "{secret} leaked:\n{plan}\n{}", out.stderr);
+    }
+    w.assert_nothing_created();
+
+    // --json: the same plan for scripts.
+    let out = w.ces(&["run", "--runtime", "podman", "--dry-run", "--json", "-e", "S=v-secret", &w.image]);
+    let plan: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
+    assert_eq!(plan["spec"]["image"]["digest"], w.digest.as_str());
+    assert_eq!(plan["spec"]["process"]["args"], serde_json::json!(["sh"]));
+    assert_eq!(plan["spec"]["mounts"][0]["destination"], "/safe_data");
+    assert_eq!(plan["spec"]["mounts"][0]["access"], "ro");
+    assert_eq!(plan["spec"]["limits"]["memory"], 4u64 << 30);
+    assert_eq!(plan["runtime"], "podman");
+    assert!(!out.stdout.contains("v-secret"));
+    w.assert_nothing_created();
+}
+
+#[test]
+fn compatible_forms_and_policy_from_the_config() {
+    let w = World::new("run/compat", "[tre.projects.proj-rw]\nsafe_data_mode = \"rw\"\n");
+    // `ces-run <runtime> ...`; the project's override makes /safe_data writable.
+    std::fs::create_dir_all(w.data_root.join("proj-rw")).unwrap();
+    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
+    config = config.replace("[tre]\n", "[tre]\nproject = \"proj-rw\"\n");
+    std::fs::write(&w.sb.config, config).unwrap();
+    let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-run"), &["podman", "--dry-run", &w.image, "ls"]));
+    let plan = out.ok();
+    assert!(plan.contains("runtime:    podman"), "{plan}");
+    assert!(plan.contains(&format!("/safe_data     rw {}", w.data_root.join("proj-rw").display())), "{plan}");
+    assert!(plan.contains("found by config"), "{plan}");
+
+    // $HOME/safe_data wins over everything.
+    std::fs::create_dir(w.home.join("safe_data")).unwrap();
+    let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-run"), &["--runtime", "podman", "--dry-run", &w.image]));
+    assert!(out.ok().contains(&format!("/safe_data     ro {}/safe_data", w.home.display())), "{}", out.stdout);
+    std::fs::remove_dir(w.home.join("safe_data")).unwrap();
+
+    // ces-gpu-run: parsed, then a clear refusal.
+    let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-gpu-run"), &["podman", "-m", "2", &w.image, "nvidia-smi"]));
+    let err = out.fails();
+    assert!(err.contains("error: GPU support is not available yet"), "{err}");
+    w.assert_nothing_created();
+}
+
+#[test]
+fn missing_image_fails_with_a_pull_hint() {
+    let w = World::new("run/missing", "");
+    let out = w.ces(&["run", "--runtime", "podman", &format!("{}/run/never-pulled:1", registry().host())]);
+    let err = out.fails();
+    assert!(err.contains("hint: pull it first (ces pull "), "{err}");
+    w.assert_nothing_created();
+}
+
+#[test]
+fn widening_options_are_refused_on_the_command_line() {
+    let w = World::new("run/refused", "");
+    for (args, option) in [
+        (vec!["--privileged"], "--privileged"),
+        (vec!["--network", "host"], "--network"),
+        (vec!["--net=host"], "--net"),
+        (vec!["-p", "8080:80"], "-p"),
+        (vec!["--volume", "/:/host"], "--volume"),
+        (vec!["--cap-add", "SYS_ADMIN"], "--cap-add"),
+        (vec!["--device", "/dev/sda"], "--device"),
+        (vec!["--security-opt", "seccomp=unconfined"], "--security-opt"),
+        (vec!["-u", "0"], "-u"),
+        (vec!["--userns=host"], "--userns"),
+        (vec!["--pid", "host"], "--pid"),
+        (vec!["--mount", "type=bind,src=/etc,dst=/etc"], "--mount type=bind"),
+    ] {
+        let mut full = vec!["run", "--runtime", "podman"];
+        full.extend(args.iter().copied());
+        full.push(&w.image);
+        let out = w.ces(&full);
+        let err = out.fails();
+        assert!(
+            err.contains(&format!(
+                "error: option {option} on the command line is not allowed: it would widen what the container can reach"
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("hint: every ces container runs with no network"), "{err}");
+    }
+    let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-run"), &["--frobnicate", &w.image]));
+    assert!(out.fails().contains("error: unknown option --frobnicate on the command line"), "{}", out.stderr);
+    // After the image, everything is the container's.
+    let out = w.ces(&["run", "--runtime", "podman", "--dry-run", &w.image, "--privileged", "-p", "80"]);
+    assert!(out.ok().contains("command:    --privileged -p 80"), "{}", out.stdout);
+    w.assert_nothing_created();
+}
+
+#[test]
+fn widening_options_are_refused_in_an_opt_file_with_the_line() {
+    let w = World::new("run/optfile", "");
+    let opts = w.sb.dir.path().join("opts.txt");
+    std::fs::write(&opts, "# run options\n-e A=1 -w /tmp\n--cap-add SYS_ADMIN\n").unwrap();
+    let out = w.ces(&["run", "--runtime", "podman", "--opt-file", opts.to_str().unwrap(), &w.image]);
+    let err = out.fails();
+    assert!(
+        err.contains(&format!(
+            "error: option --cap-add in {} line 3 is not allowed: it would widen what the container can reach",
+            opts.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&opts, "-e A=1\n--runtime native\n").unwrap();
+    let out = w.ces(&["run", "--runtime", "podman", "--opt-file", opts.to_str().unwrap(), &w.image]);
+    assert!(out.fails().contains(&format!("option --runtime in {} line 2 is not allowed", opts.display())));
+    // Allowed options apply; the command line wins for single values.
+    std::fs::write(&opts, "-e FROM_OPTS=1 -w /tmp -m 2\n--mount type=tmpfs,destination=/t\n").unwrap();
+    let out =
+        w.ces(&["run", "--runtime", "podman", "--dry-run", "-m", "1", "--opt-file", opts.to_str().unwrap(), &w.image]);
+    let plan = out.ok();
+    assert!(
+        plan.contains("workdir:    /tmp") && plan.contains("memory 1.0 GiB") && plan.contains(" FROM_OPTS "),
+        "{plan}"
+    );
+    assert!(plan.contains("/t             rw tmpfs"), "{plan}");
+    w.assert_nothing_created();
+}
+
+#[test]
+fn safe_data_not_found_is_a_clear_error_and_nothing_is_created() {
+    let w = World::new("run/nodata", "");
+    std::fs::remove_dir_all(&w.project_dir).unwrap();
+    let out = w.ces(&["run", "--runtime", "podman", &w.image, "true"]);
+    let err = out.fails();
+    assert!(err.contains("error: no safe_data directory found for "), "{err}");
+    assert!(err.contains(&format!("{}/safe_data", w.home.display())), "{err}");
+    assert!(err.contains(&w.project_dir.display().to_string()), "{err}");
+    assert!(err.contains("hint: ask the TRE operator"), "{err}");
+    w.assert_nothing_created();
+}
+
+#[test]
+fn env_and_arg_file_errors_name_the_line() {
+    let w = World::new("run/files", "");
+    let env_file = w.sb.dir.path().join("bad.env");
+    std::fs::write(&env_file, "GOOD=1\n=hidden-value\n").unwrap();
+    let out = w.ces(&["run", "--runtime", "podman", "--env-file", env_file.to_str().unwrap(), &w.image]);
+    let err = out.fails();
+    assert!(err.contains(&format!("error: {}, line 2: no variable name before '='", env_file.display())), "{err}");
+    assert!(!err.contains("hidden-value"), "{err}");
+    let arg_file = w.sb.dir.path().join("args.txt");
+    std::fs::write(&arg_file, "--one\n\ntwo words\n").unwrap();
+    let out =
+        w.ces(&["run", "--runtime", "podman", "--dry-run", "--arg-file", arg_file.to_str().unwrap(), &w.image, "echo"]);
+    assert!(out.ok().contains("command:    echo --one 'two words'"), "{}", out.stdout);
+    w.assert_nothing_created();
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Root only (podman rootful), like CI.
+#[test]
+fn podman_run_keeps_outputs_removes_scratch_and_passes_the_exit_code() {
+    if !is_root() || !podman_works() {
+        eprintln!("skipped: needs root and podman");
+        return;
+    }
+    let w = World::new("run/podman", "");
+    let script = "echo hi > /safe_outputs/x; echo \"$TOKEN\" > /safe_outputs/token; echo \"$SPACED\" > /safe_outputs/spaced; echo $TMPDIR > /safe_outputs/tmpdir; \
+                  cat /safe_data/input.csv > /safe_outputs/copy; touch /scratch/s; \
+                  (echo no > /safe_data/w) 2>/dev/null || echo ro > /safe_outputs/ro; \
+                  ip -o link | wc -l > /safe_outputs/links; exit 3";
+    let out = w.ces(&[
+        "run",
+        "--runtime",
+        "podman",
+        "--json",
+        "-e",
+        "TOKEN=s3cret-token",
+        "-e",
+        "SPACED= a 'b' \"c\" $d ",
+        // In podman's own environment, this would make ld.so complain (and
+        // podman, as root, load it).
+        "-e",
+        "LD_PRELOAD=/nonexistent/ces-test.so",
+        &w.image,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.code, 3, "the container's code passes through:\n{}\n{}", out.stdout, out.stderr);
+    let events = json_lines(&out.stdout);
+    assert_eq!(events.len(), 2, "{}", out.stdout);
+    assert_eq!((events[0]["event"].as_str(), events[1]["event"].as_str()), (Some("start"), Some("end")));
+    assert_eq!(events[0]["digest"], w.digest.as_str());
+    assert_eq!(events[1]["exit_code"], 3);
+    let id = events[0]["id"].as_str().unwrap();
+    let outputs = PathBuf::from(events[1]["outputs"].as_str().unwrap());
+    assert_eq!(outputs, w.home.join(format!("outputs_{id}")));
+    let read = |name: &str| std::fs::read_to_string(outputs.join(name)).unwrap();
+    assert_eq!(read("x"), "hi\n");
+    assert_eq!(read("token"), "s3cret-token\n", "env values reach the container");
+    assert_eq!(read("spaced"), " a 'b' \"c\" $d \n");
+    assert!(!out.stderr.contains("ces-test.so"), "LD_PRELOAD reached podman: {}", out.stderr);
+    assert_eq!(read("tmpdir"), "/scratch\n");
+    assert_eq!(read("copy"), "a,b\n1,2\n");
+    assert_eq!(read("ro"), "ro\n", "/safe_data is read-only");
+    assert_eq!(read("links").trim(), "1", "only loopback");
+    assert!(!w.project_dir.join("w").exists());
+    assert_eq!(w.home_entries(), [format!("outputs_{id}")], "scratch removed, outputs kept");
+    assert!(w.run_records().is_empty(), "{:?}", w.run_records());
+    assert!(out.stderr.contains(&format!("Running {} ({})", w.image, w.digest)), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("Run {id} exited with code 3: outputs kept in {}", outputs.display())));
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
+}
+
+/// As root for another user (sudo): what the container writes is theirs.
+#[test]
+fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
+    if !is_root() || !podman_works() {
+        eprintln!("skipped: needs root and podman");
+        return;
+    }
+    let w = World::new("run/podman-sudo", "");
+    // The data and HOME must be reachable by that user, as in a real TRE.
+    for dir in [w.sb.dir.path(), w.home.as_path(), w.data_root.as_path(), w.project_dir.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
+    config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
+    std::fs::write(&w.sb.config, config).unwrap();
+    let mut cmd = w.command(
+        env!("CARGO_BIN_EXE_ces"),
+        &[
+            "run",
+            "--runtime",
+            "podman",
+            "--json",
+            &w.image,
+            "sh",
+            "-c",
+            "id -u > /safe_outputs/uid; mkdir /safe_outputs/d",
+        ],
+    );
+    cmd.env("SUDO_UID", "4242").env("SUDO_GID", "4343").env("SUDO_USER", "nobody-here");
+    let out = w.sb.run(cmd);
+    out.ok();
+    let outputs = PathBuf::from(json_lines(&out.stdout)[1]["outputs"].as_str().unwrap().to_owned());
+    for path in [outputs.clone(), outputs.join("uid"), outputs.join("d")] {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{}", path.display());
+    }
+    assert_eq!(std::fs::read_to_string(outputs.join("uid")).unwrap(), "0\n", "root in the container");
+    assert_eq!(w.home_entries().len(), 1, "{:?}", w.home_entries());
+}
+
+/// SIGTERM to ces reaches the container; ces outlives it and cleans up.
+#[test]
+fn sigterm_to_ces_is_passed_on_and_scratch_is_still_removed() {
+    if !is_root() || !podman_works() {
+        eprintln!("skipped: needs root and podman");
+        return;
+    }
+    let w = World::new("run/podman-term", "");
+    let mut child = w
+        .command(
+            env!("CARGO_BIN_EXE_ces"),
+            // The trap makes it hold whether or not sh is PID 1 (podman's --init
+            // needs catatonit): PID 1 ignores signals it has no handler for.
+            &[
+                "run",
+                "--runtime",
+                "podman",
+                &w.image,
+                "sh",
+                "-c",
+                "trap 'exit 143' TERM; touch /safe_outputs/started; sleep 60 & wait",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = loop {
+        let found = w.home_entries().iter().find(|n| n.starts_with("outputs_")).map(|n| w.home.join(n).join("started"));
+        if let Some(path) = found.filter(|p| p.exists()) {
+            break path;
+        }
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let scratch = w.home_entries().into_iter().find(|n| n.starts_with("scratch_")).unwrap();
+    nix_kill(child.id(), 15);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM");
+    assert!(started.exists(), "outputs kept");
+    assert!(!w.home.join(scratch).exists(), "scratch removed");
+    assert!(w.run_records().is_empty());
+}
+
+fn nix_kill(pid: u32, signal: i32) {
+    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+/// What a crashed ces left (a record whose lock is free) is removed by the
+/// next start; outputs are kept.
+#[test]
+fn leftovers_of_a_crashed_run_are_removed_by_the_next_start() {
+    let w = World::new("run/stale", "");
+    let id = "20200101-000000-0badc0de";
+    let scratch = w.home.join(format!("scratch_{id}"));
+    let outputs = w.home.join(format!("outputs_{id}"));
+    std::fs::create_dir_all(scratch.join("deep")).unwrap();
+    std::fs::create_dir_all(&outputs).unwrap();
+    std::fs::write(outputs.join("result"), "kept").unwrap();
+    let record = w.sb.store.join("runs").join(id);
+    std::fs::create_dir_all(record.join("state")).unwrap();
+    std::fs::write(record.join("lock"), "").unwrap();
+    let json = serde_json::json!({"id": id, "pid": 1, "runtime": "podman", "outputs": outputs, "scratch": scratch});
+    std::fs::write(record.join("record.json"), json.to_string()).unwrap();
+    w.ces(&["gc"]).ok();
+    assert!(!scratch.exists(), "scratch removed");
+    assert!(!record.exists(), "record removed");
+    assert_eq!(std::fs::read_to_string(outputs.join("result")).unwrap(), "kept");
+}
+
+/// The native backend, for real (root).
+#[test]
+fn native_run_smoke() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let w = World::new("run/native", "");
+    let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "echo hi > /safe_outputs/x; test -d /scratch"]);
+    out.ok();
+    let outputs = json_lines(&out.stdout)[1]["outputs"].as_str().unwrap().to_owned();
+    assert_eq!(std::fs::read_to_string(Path::new(&outputs).join("x")).unwrap(), "hi\n");
+    assert_eq!(w.home_entries().len(), 1, "scratch removed: {:?}", w.home_entries());
+    assert!(w.run_records().is_empty());
+}
+
+#[test]
+fn image_user_is_resolved_from_the_image() {
+    let reg = registry();
+    let mut entries = ces_testkit::layer::busybox_entries();
+    entries.retain(|e| !matches!(e, Entry::File { path, .. } if path == "etc/passwd" || path == "etc/group"));
+    entries.push(Entry::file("etc/passwd", "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"));
+    entries.push(Entry::file("etc/group", "root:x:0:\napp:x:1001:\n"));
+    let image = ces_testkit::ImageSpec::new(vec![ces_testkit::layer::Layer::new(entries)])
+        .user("app")
+        .workdir("/home/app")
+        .cmd(&["sh"])
+        .build();
+    reg.push(&image, "run/user", "1");
+    let w = World::new("run/user-base", "");
+    let reference = format!("{}/run/user:1", reg.host());
+    w.sb.ces(&["pull", "--quiet", &reference]).ok();
+    let out = w.ces(&["run", "--runtime", "podman", "--dry-run", &reference]);
+    let plan = out.ok();
+    assert!(plan.contains("user:       1000:1001 in the container"), "{plan}");
+    assert!(plan.contains("workdir:    /home/app"), "{plan}");
+    assert!(plan.contains("--user 1000:1001 "), "{plan}");
+}
