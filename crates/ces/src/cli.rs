@@ -39,6 +39,9 @@ pub struct GlobalArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Operator tasks (as root).
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Pull an image from an allowed registry into the local store.
     Pull(PullArgs),
     /// List the images in the store.
@@ -74,6 +77,17 @@ pub struct RunArgs {
     /// and its arguments (they replace the image's cmd).
     #[arg(value_name = "IMAGE [ARGS]", required = true, num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<String>,
+}
+
+/// `ces system ...`.
+#[derive(Debug, Subcommand)]
+pub enum SystemCommand {
+    /// Prepare what rootless runs need to enforce -m/-c: a cgroup delegated to each user (run as root).
+    Setup {
+        /// A user (name or uid) who will run ces without root; repeat for several.
+        #[arg(long = "user", short = 'u', value_name = "USER", required = true)]
+        users: Vec<String>,
+    },
 }
 
 /// `ces pull`.

@@ -135,6 +135,9 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
                 PullRequest { reference: compat.reference, credentials, unpack: true },
             ))
         }
+        Action::Command(Command::System(cli::SystemCommand::Setup { users })) => {
+            done(commands::system::setup(printer, &users))
+        }
         Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json)),
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),

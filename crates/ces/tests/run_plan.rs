@@ -40,8 +40,12 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-fn podman_works() -> bool {
-    Command::new("podman").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+/// Root and podman are part of the test environment (scripts/setup, CI as
+/// root): a test that needs them fails loudly rather than passing unrun.
+fn require_root_and_podman() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let podman = Command::new("podman").arg("--version").stdout(Stdio::null()).status();
+    assert!(podman.is_ok_and(|s| s.success()), "podman is missing: run scripts/setup");
 }
 
 impl World {
@@ -303,10 +307,7 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 /// Root only (podman rootful), like CI.
 #[test]
 fn podman_run_keeps_outputs_removes_scratch_and_passes_the_exit_code() {
-    if !is_root() || !podman_works() {
-        eprintln!("skipped: needs root and podman");
-        return;
-    }
+    require_root_and_podman();
     let w = World::new("run/podman", "");
     let script = "echo hi > /safe_outputs/x; echo \"$TOKEN\" > /safe_outputs/token; echo \"$SPACED\" > /safe_outputs/spaced; echo $TMPDIR > /safe_outputs/tmpdir; \
                   cat /safe_data/input.csv > /safe_outputs/copy; touch /scratch/s; \
@@ -359,10 +360,7 @@ fn podman_run_keeps_outputs_removes_scratch_and_passes_the_exit_code() {
 /// As root for another user (sudo): what the container writes is theirs.
 #[test]
 fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
-    if !is_root() || !podman_works() {
-        eprintln!("skipped: needs root and podman");
-        return;
-    }
+    require_root_and_podman();
     let w = World::new("run/podman-sudo", "");
     // The data and HOME must be reachable by that user, as in a real TRE.
     for dir in [w.sb.dir.path(), w.home.as_path(), w.data_root.as_path(), w.project_dir.as_path()] {
@@ -399,10 +397,7 @@ fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
 /// SIGTERM to ces reaches the container; ces outlives it and cleans up.
 #[test]
 fn sigterm_to_ces_is_passed_on_and_scratch_is_still_removed() {
-    if !is_root() || !podman_works() {
-        eprintln!("skipped: needs root and podman");
-        return;
-    }
+    require_root_and_podman();
     let w = World::new("run/podman-term", "");
     let mut child = w
         .command(
@@ -471,10 +466,7 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_start() {
 /// The native backend, for real (root).
 #[test]
 fn native_run_smoke() {
-    if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
     let w = World::new("run/native", "");
     let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "echo hi > /safe_outputs/x; test -d /scratch"]);
     out.ok();
@@ -505,4 +497,212 @@ fn image_user_is_resolved_from_the_image() {
     assert!(plan.contains("user:       1000:1001 in the container"), "{plan}");
     assert!(plan.contains("workdir:    /home/app"), "{plan}");
     assert!(plan.contains("--user 1000:1001 "), "{plan}");
+}
+
+// ----- the native runtime, end to end through the binary -----
+
+/// The outputs dir of a run, from its `--json` lines.
+fn outputs_of(out: &Run) -> PathBuf {
+    PathBuf::from(json_lines(&out.stdout)[0]["outputs"].as_str().unwrap())
+}
+
+#[test]
+fn native_exit_codes_pass_through_and_scratch_goes_whatever_the_end() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let w = World::new("run/native-ends", "");
+    let failed = w.ces(&["run", "--json", &w.image, "sh", "-c", "echo partial > /safe_outputs/r; exit 3"]);
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    assert_eq!(std::fs::read_to_string(outputs_of(&failed).join("r")).unwrap(), "partial\n", "outputs kept on failure");
+
+    // -m takes GB: 0.03 GB is about 32 MB; dd's 64 MB buffer cannot fit.
+    let oom = w.ces(&[
+        "run",
+        "--json",
+        "-m",
+        "0.03",
+        &w.image,
+        "sh",
+        "-c",
+        "echo before > /safe_outputs/r; dd if=/dev/zero of=/dev/null bs=64M count=1",
+    ]);
+    assert_eq!(oom.code, 137, "{}", oom.stderr);
+    assert!(oom.stderr.contains("out of memory"), "the message says it was the memory limit: {}", oom.stderr);
+    assert_eq!(std::fs::read_to_string(outputs_of(&oom).join("r")).unwrap(), "before\n", "outputs kept after OOM");
+
+    let signalled = w.ces(&["run", &w.image, "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(signalled.code, 137, "128 + SIGKILL: {}", signalled.stderr);
+
+    let scratch: Vec<_> = w.home_entries().into_iter().filter(|n| n.starts_with("scratch_")).collect();
+    assert!(scratch.is_empty(), "every scratch dir removed: {scratch:?}");
+    assert!(w.run_records().is_empty(), "no run record left");
+}
+
+#[test]
+fn native_sigterm_to_ces_reaches_the_container_and_cleans_up() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let w = World::new("run/native-term", "");
+    let mut child = w
+        .command(env!("CARGO_BIN_EXE_ces"), &["run", &w.image, "sh", "-c", "touch /safe_outputs/started; sleep 60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let started = loop {
+        let found = w.home_entries().iter().find(|n| n.starts_with("outputs_")).map(|n| w.home.join(n).join("started"));
+        if let Some(path) = found.filter(|p| p.exists()) {
+            break path;
+        }
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix_kill(child.id(), 15);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM: the workload got it (ces-init forwards it)");
+    assert!(started.exists(), "outputs kept");
+    assert!(!w.home_entries().iter().any(|n| n.starts_with("scratch_")), "scratch removed: {:?}", w.home_entries());
+    assert!(w.run_records().is_empty());
+}
+
+#[test]
+fn native_writes_outside_safe_outputs_are_gone_and_the_cache_is_untouched() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let w = World::new("run/native-cow", "");
+    let rootfs = w.sb.rootfs(&w.digest);
+    w.ces(&[
+        "run",
+        &w.image,
+        "sh",
+        "-c",
+        "echo x > /etc/marker; echo y > /tmp/marker; rm /bin/ls; test \"$TMPDIR\" = /scratch",
+    ])
+    .ok();
+    assert!(!rootfs.join("etc/marker").exists() && !rootfs.join("tmp/marker").exists());
+    assert!(rootfs.join("bin/ls").is_symlink(), "the cached rootfs is never written");
+    let second =
+        w.ces(&["run", &w.image, "sh", "-c", "test ! -e /etc/marker && test ! -e /tmp/marker && test -e /bin/ls"]);
+    second.ok();
+}
+
+#[test]
+fn native_only_loopback_and_the_hosts_loopback_is_unreachable() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let w = World::new("run/native-net", "");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let script = format!(
+        "ip -o link | cut -d: -f2 | tr -d ' ' > /safe_outputs/links; \
+         (nc -l -p 7000 -e echo inside & sleep 0.3; nc -w 1 127.0.0.1 7000 > /safe_outputs/inside); \
+         if nc -w 1 127.0.0.1 {port} </dev/null; then echo reached > /safe_outputs/host; fi; true"
+    );
+    let out = w.ces(&["run", "--json", &w.image, "sh", "-c", &script]);
+    out.ok();
+    let outputs = outputs_of(&out);
+    assert_eq!(std::fs::read_to_string(outputs.join("links")).unwrap(), "lo\n", "only lo");
+    assert_eq!(std::fs::read_to_string(outputs.join("inside")).unwrap(), "inside\n", "127.0.0.1 works inside");
+    assert!(!outputs.join("host").exists(), "the host's 127.0.0.1:{port} was reached");
+    assert!(listener.accept().is_err(), "no connection reached the host listener");
+}
+
+#[test]
+fn ten_concurrent_native_runs_of_one_image_have_separate_outputs() {
+    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    let w = World::new("run/native-ten", "");
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            w.command(
+                env!("CARGO_BIN_EXE_ces"),
+                &["run", "--json", &w.image, "sh", "-c", &format!("echo {i} > /safe_outputs/n")],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let outputs = PathBuf::from(json_lines(&stdout)[0]["outputs"].as_str().unwrap());
+        seen.push((outputs.clone(), std::fs::read_to_string(outputs.join("n")).unwrap()));
+    }
+    let mut dirs: Vec<_> = seen.iter().map(|(d, _)| d.clone()).collect();
+    dirs.sort();
+    dirs.dedup();
+    assert_eq!(dirs.len(), 10, "ten distinct outputs dirs");
+    let mut numbers: Vec<_> = seen.iter().map(|(_, n)| n.trim().parse::<u32>().unwrap()).collect();
+    numbers.sort();
+    assert_eq!(numbers, (0..10).collect::<Vec<_>>());
+    assert!(!w.home_entries().iter().any(|n| n.starts_with("scratch_")));
+    assert!(w.run_records().is_empty());
+}
+
+/// Rootless: an unprivileged user, after the operator's `ces system setup`,
+/// pulls and runs with limits; what the container writes is theirs.
+#[test]
+fn rootless_run_after_system_setup() {
+    assert!(is_root(), "this test creates a user and delegates cgroups: run the suite as root (CI does)");
+    let user = "ces-test-rootless";
+    // Idempotent, and safe if another test binary creates it at the same time.
+    let _ = Command::new("useradd")
+        .args(["--system", "--create-home", "--shell", "/bin/sh", user])
+        .stderr(Stdio::null())
+        .status();
+    let id = |flag: &str| -> u32 {
+        String::from_utf8(Command::new("id").args([flag, user]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let reg = registry();
+    reg.push(&busybox_image().build(), "run/rootless", "1");
+    let image = format!("{}/run/rootless:1", reg.host());
+    let sb = Sandbox::new(&[reg]);
+    let home = sb.dir.path().join("home");
+    std::fs::create_dir_all(home.join("safe_data")).unwrap();
+    std::fs::create_dir_all(&sb.store).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for dir in [&home, &home.join("safe_data"), &sb.store] {
+        rustix::fs::chown(dir, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid))).unwrap();
+    }
+    sb.ces(&["system", "setup", "--user", user]).ok();
+    let as_user = |args: &[&str]| {
+        let uid_s = uid.to_string();
+        let gid_s = gid.to_string();
+        let mut full = vec!["--reuid", &uid_s, "--regid", &gid_s, "--init-groups", "--", env!("CARGO_BIN_EXE_ces")];
+        full.extend_from_slice(args);
+        let mut cmd = sb.command("setpriv", &full);
+        cmd.env("HOME", &home).env("USER", user).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        sb.run(cmd)
+    };
+    as_user(&["pull", "--quiet", &image]).ok();
+    let out = as_user(&[
+        "run",
+        "--json",
+        "-m",
+        "0.25",
+        "-c",
+        "1",
+        &image,
+        "sh",
+        "-c",
+        "id -u > /safe_outputs/uid; ip -o link | wc -l > /safe_outputs/links",
+    ]);
+    out.ok();
+    let outputs = outputs_of(&out);
+    assert_eq!(std::fs::read_to_string(outputs.join("uid")).unwrap(), "0\n", "root in the container");
+    assert_eq!(std::fs::read_to_string(outputs.join("links")).unwrap().trim(), "1", "only lo");
+    let meta = std::fs::metadata(outputs.join("uid")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid), "owned by the user on the host");
+    assert!(
+        !std::fs::read_dir(&home).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch_"))
+    );
 }

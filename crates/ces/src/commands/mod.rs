@@ -6,3 +6,4 @@ pub mod load;
 pub mod pull;
 pub mod rmi;
 pub mod run;
+pub mod system;
