@@ -44,6 +44,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
                     .into(),
             ];
         }
+        if cause.downcast_ref::<crate::settings::UserConfigRefused>().is_some() {
+            return vec!["drop --config and unset CES_CONFIG; if users should bring their own config, the operator sets [policy] allow_user_config = true".into()];
+        }
         if cause.downcast_ref::<ConfigError>().is_some() {
             return vec!["see docs/config.md for the settings and their types".into()];
         }

@@ -22,6 +22,30 @@ pub struct ConfigFile {
     /// `[tre]`.
     #[serde(default)]
     pub tre: TreConfig,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`: what the operator allows users to change.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Whether users other than root may replace this (system) config with
+    /// their own (`--config`, `$CES_CONFIG`). Off: the system config is the
+    /// TRE's policy, and a user's file must not widen it.
+    #[serde(default)]
+    pub allow_user_config: bool,
+}
+
+/// A user asked for another config where the system config is the policy.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is this machine's policy: only root may use another config ({})", system.display(), asked.display())]
+pub struct UserConfigRefused {
+    /// The system config.
+    pub system: PathBuf,
+    /// The config asked for.
+    pub asked: PathBuf,
 }
 
 /// `[registries]`: where images may come from.
@@ -153,11 +177,21 @@ impl Settings {
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
     /// exist; the system file is used only if present.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
+        Settings::load_with(explicit, Path::new(SYSTEM_CONFIG), rustix::process::geteuid().is_root())
+    }
+
+    /// [`Settings::load`] with the system config's path and the caller's
+    /// privilege given (a seam for tests).
+    fn load_with(explicit: Option<&Path>, system: &Path, root: bool) -> anyhow::Result<Settings> {
+        let replaces_policy = |asked: &&Path| !root && *asked != system && system.exists();
+        if let Some(asked) = explicit.filter(replaces_policy) {
+            // Read only to learn whether users may bring their own config.
+            let allowed = read_config(system)?.policy.allow_user_config;
+            anyhow::ensure!(allowed, UserConfigRefused { system: system.to_owned(), asked: asked.to_owned() });
+        }
         let (path, config) = match explicit {
             Some(path) => (Some(path.to_owned()), read_config(path)?),
-            None if Path::new(SYSTEM_CONFIG).exists() => {
-                (Some(PathBuf::from(SYSTEM_CONFIG)), read_config(Path::new(SYSTEM_CONFIG))?)
-            }
+            None if system.exists() => (Some(system.to_owned()), read_config(system)?),
             None => (None, ConfigFile::default()),
         };
         let storage_root = match config.storage.root {
@@ -211,6 +245,31 @@ mod tests {
 
     fn parse(text: &str) -> Result<ConfigFile, ConfigError> {
         parse_config(Path::new("/etc/ces/config.toml"), text)
+    }
+
+    #[test]
+    fn only_root_may_replace_the_system_config_unless_it_allows_users_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.toml");
+        let mine = dir.path().join("mine.toml");
+        std::fs::write(&system, "[registries]\nallowed = [\"ghcr.io\"]\n[storage]\nroot = \"/srv/ces\"\n").unwrap();
+        std::fs::write(&mine, "[registries]\nallowed = [\"docker.io\"]\n[storage]\nroot = \"/tmp/x\"\n").unwrap();
+
+        let refused = Settings::load_with(Some(&mine), &system, false).unwrap_err();
+        assert!(refused.downcast_ref::<UserConfigRefused>().is_some(), "{refused}");
+        assert_eq!(
+            Settings::load_with(Some(&mine), &system, true).unwrap().registries.allowed,
+            ["docker.io"],
+            "root may"
+        );
+        assert_eq!(Settings::load_with(None, &system, false).unwrap().registries.allowed, ["ghcr.io"]);
+        assert_eq!(Settings::load_with(Some(&system), &system, false).unwrap().registries.allowed, ["ghcr.io"]);
+
+        std::fs::write(&system, "[policy]\nallow_user_config = true\n").unwrap();
+        assert_eq!(Settings::load_with(Some(&mine), &system, false).unwrap().registries.allowed, ["docker.io"]);
+        // No system config (a researcher's laptop, CI): anyone's config is used.
+        let absent = dir.path().join("absent.toml");
+        assert_eq!(Settings::load_with(Some(&mine), &absent, false).unwrap().registries.allowed, ["docker.io"]);
     }
 
     #[test]
