@@ -300,7 +300,7 @@ impl Runtime for PodmanRuntime {
         let mut child = command
             .spawn()
             .map_err(|source| RuntimeError::Program { program: self.program.display().to_string(), source })?;
-        let status = signals.wait(&mut child)?;
+        let status = signals.wait(&mut child, &self.program, &format!("ces-{}", spec.id))?;
         exit_of(status)
     }
 }
@@ -363,7 +363,17 @@ impl SignalForwarder {
         Ok(SignalForwarder { fd, chld })
     }
 
-    fn wait(&self, child: &mut std::process::Child) -> Result<ExitStatus, RuntimeError> {
+    /// Waits for podman, passing signals sent to ces on to the container with
+    /// `podman kill` (which signals its init through the OCI runtime): the
+    /// `podman run` client proxies signals only once it has set itself up, and
+    /// one that arrives before is lost (seen here: the container ran on and
+    /// podman exited 0). Until the container exists, the client gets it.
+    fn wait(
+        &self,
+        child: &mut std::process::Child,
+        program: &Path,
+        container: &str,
+    ) -> Result<ExitStatus, RuntimeError> {
         let pid = Pid::from_raw(child.id() as i32);
         let wait_err = |source: std::io::Error| RuntimeError::Program { program: "podman".into(), source };
         loop {
@@ -379,8 +389,16 @@ impl SignalForwarder {
             if signal == Signal::SIGCHLD || info.ssi_code == SI_KERNEL {
                 continue;
             }
-            tracing::debug!(%signal, "passing the signal on to podman");
-            let _ = nix::sys::signal::kill(pid, signal);
+            tracing::debug!(%signal, container, "passing the signal on to the container");
+            let killed = Command::new(program)
+                .args(["kill", "--signal", signal.as_str(), container])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if !killed {
+                let _ = nix::sys::signal::kill(pid, signal);
+            }
         }
     }
 }

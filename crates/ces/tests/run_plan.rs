@@ -98,6 +98,20 @@ impl World {
         }
     }
 
+    /// Waits until the running container has written `/safe_outputs/NAME`.
+    fn wait_for_output(&self, name: &str) -> PathBuf {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let found =
+                self.home_entries().iter().find(|n| n.starts_with("outputs_")).map(|n| self.home.join(n).join(name));
+            if let Some(path) = found.filter(|p| p.exists()) {
+                return path;
+            }
+            assert!(Instant::now() < deadline, "the container did not write /safe_outputs/{name}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn assert_nothing_created(&self) {
         assert_eq!(self.home_entries(), Vec::<String>::new(), "nothing in HOME");
         assert_eq!(self.run_records(), Vec::<String>::new(), "no run record");
@@ -418,15 +432,7 @@ fn sigterm_to_ces_is_passed_on_and_scratch_is_still_removed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let started = loop {
-        let found = w.home_entries().iter().find(|n| n.starts_with("outputs_")).map(|n| w.home.join(n).join("started"));
-        if let Some(path) = found.filter(|p| p.exists()) {
-            break path;
-        }
-        assert!(Instant::now() < deadline, "the container did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let started = w.wait_for_output("started");
     let scratch = w.home_entries().into_iter().find(|n| n.starts_with("scratch_")).unwrap();
     nix_kill(child.id(), 15);
     let status = child.wait().unwrap();
@@ -547,15 +553,7 @@ fn native_sigterm_to_ces_reaches_the_container_and_cleans_up() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let started = loop {
-        let found = w.home_entries().iter().find(|n| n.starts_with("outputs_")).map(|n| w.home.join(n).join("started"));
-        if let Some(path) = found.filter(|p| p.exists()) {
-            break path;
-        }
-        assert!(Instant::now() < deadline, "the container did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let started = w.wait_for_output("started");
     nix_kill(child.id(), 15);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143), "128 + SIGTERM: the workload got it (ces-init forwards it)");
