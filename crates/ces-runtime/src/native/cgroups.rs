@@ -134,7 +134,7 @@ impl ContainerCgroup {
                     limit: "memory",
                     reason: format!(
                         "rootless containers need a cgroup delegated by root, and {} is missing or not writable \
-                         by uid {uid} ({controller}); run `ces system setup` as root to prepare it",
+                         by uid {uid} ({controller}); as root, run `ces system setup --user {uid}` to prepare it",
                         dir.display()
                     ),
                 });
