@@ -382,7 +382,8 @@ impl Fx {
             let left: Vec<_> = fs::read_dir(&self.state_root)
                 .unwrap()
                 .map(|e| e.unwrap().file_name())
-                .filter(|n| n != ".ces-runs")
+                // Run records are checked below; compiled seccomp profiles are kept on purpose.
+                .filter(|n| n != ".ces-runs" && n != ces_runtime::native::SECCOMP_CACHE_DIR)
                 .collect();
             assert!(left.is_empty(), "container state left behind: {left:?}");
             let records = self.state_root.join(".ces-runs");

@@ -42,7 +42,7 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
 
-use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
+use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
 /// The signals PID 1 passes on to the workload.
@@ -110,7 +110,8 @@ pub(crate) struct CesInit {
     user: Option<(u32, u32)>,
     /// The effective and permitted capabilities a root workload keeps.
     workload_capabilities: u64,
-    seccomp: LinuxSeccomp,
+    /// The seccomp profile, compiled (see [`super::seccomp::compiled`]).
+    seccomp: Vec<libc::sock_filter>,
 }
 
 impl CesInit {
@@ -118,7 +119,7 @@ impl CesInit {
         report_fd: RawFd,
         user: (u32, u32),
         workload_capabilities: u64,
-        seccomp: LinuxSeccomp,
+        seccomp: Vec<libc::sock_filter>,
     ) -> CesInit {
         let user = (user != (0, 0)).then_some(user);
         CesInit { report_fd, user, workload_capabilities, seccomp }
@@ -212,7 +213,7 @@ impl Executor for CesInit {
 /// Moves the calling (forked, single-threaded) process into a new user
 /// namespace where `uid`:`gid` is the only id, mapped to this namespace's
 /// root, switches to it, and loads the seccomp profile.
-fn become_user(uid: u32, gid: u32, seccomp: &LinuxSeccomp) -> io::Result<()> {
+fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<()> {
     // Non-dumpable (inherited from PID 1), our /proc files would belong to
     // the host's root, and the id maps could not be written; the workload's
     // exec sets this again anyway.
@@ -238,8 +239,16 @@ fn become_user(uid: u32, gid: u32, seccomp: &LinuxSeccomp) -> io::Result<()> {
     load_seccomp(seccomp)
 }
 
-fn load_seccomp(seccomp: &LinuxSeccomp) -> io::Result<()> {
-    libcontainer::seccomp::initialize_seccomp(seccomp).map(|_| ()).map_err(io::Error::other)
+/// Loads the compiled profile into the calling thread (no_new_privs is set
+/// by then, as seccomp(2) requires without CAP_SYS_ADMIN).
+fn load_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len()).map_err(|_| io::Error::other("seccomp program too long"))?;
+    let prog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
+    // SAFETY: `prog` points to `program`, which outlives the call; the kernel
+    // copies the filter and does not keep the pointer.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 fn signal_set(signals: impl Iterator<Item = libc::c_int>) -> libc::sigset_t {

@@ -45,6 +45,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::OciSpecError;
 
 pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation};
+pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
 pub use wait::block_forwarded_signals;
 
@@ -114,6 +115,9 @@ pub enum NativeError {
     /// A system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// libseccomp could not compile the profile.
+    #[error("cannot compile the seccomp profile")]
+    Seccomp(#[source] libseccomp::error::SeccompError),
 }
 
 fn start_error(stage: &'static str) -> impl FnOnce(NativeError) -> RuntimeError {
@@ -377,7 +381,7 @@ impl Run<'_> {
                 report_fd,
                 (self.spec.process.user.uid, self.spec.process.user.gid),
                 oci::workload_capabilities(self.spec.process.user.uid),
-                seccomp::default_profile()?,
+                seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
             ))
             .with_root_path(&self.runtime.state_root)?;
         if !self.spec.process.interactive {
