@@ -48,12 +48,17 @@ pub enum Command {
     Images(ImagesArgs),
     /// Show an image's config, layers and provenance.
     Inspect(InspectArgs),
+    /// Check a Dockerfile against TRE advice (rules CES001..., see docs/lint.md).
+    Lint(LintArgs),
     /// Remove images from the store (blobs no longer used are deleted).
     Rmi(RmiArgs),
     /// Import an OCI archive or a `docker save` tarball (images brought in through an airlock).
     Load(LoadArgs),
     /// Delete blobs and unpacked filesystems that no image uses.
     Gc,
+    /// Read and check the audit log of pulls and runs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
@@ -90,6 +95,43 @@ pub enum SystemCommand {
     },
 }
 
+/// `ces audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Show the records: a table, or JSON lines.
+    Show(AuditShowArgs),
+    /// Check the whole hash chain; exit 1 naming the first record edited, removed, inserted or reordered.
+    Verify(AuditVerifyArgs),
+}
+
+/// `ces audit show`.
+#[derive(Debug, Args)]
+pub struct AuditShowArgs {
+    /// Only this user's records (a name or a uid).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only records since then: a time (2026-01-31T09:00:00Z), a date (2026-01-31, UTC) or a span back from now (2h, 3 days).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records about this image: a reference, a repository (any tag) or a digest prefix.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// Print the records as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Read this log (a copy) instead of the configured one.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+/// `ces audit verify`.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Check this log (a copy) instead of the configured one.
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
 /// `ces pull`.
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -122,6 +164,34 @@ pub struct InspectArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `ces lint`.
+#[derive(Debug, Args)]
+pub struct LintArgs {
+    /// The Dockerfile (`-` for standard input).
+    #[arg(default_value = "Dockerfile", value_name = "PATH")]
+    pub path: PathBuf,
+    /// Leave out a rule, e.g. CES010 (repeat for several).
+    #[arg(long, value_name = "CODE")]
+    pub ignore: Vec<String>,
+    /// Exit 1 when a finding is this severe or more: error, warning or info.
+    #[arg(long, value_name = "SEVERITY", default_value = "info", value_parser = str::parse::<ces_lint::Severity>)]
+    pub failure_threshold: ces_lint::Severity,
+    /// How to print the findings.
+    #[arg(long, value_enum, default_value_t = LintFormat::Human)]
+    pub format: LintFormat,
+}
+
+/// `ces lint --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LintFormat {
+    /// `file:line: CODE severity: message`, then a `fix:` line.
+    Human,
+    /// A JSON array of findings.
+    Json,
+    /// SARIF 2.1.0, for GitHub code scanning.
+    Sarif,
 }
 
 /// `ces rmi`.
@@ -252,6 +322,22 @@ pub fn is_run(args: &[OsString]) -> bool {
     false
 }
 
+/// The `--config` a command line names, if any (for a command line clap
+/// refused, before settings are read).
+pub fn config_arg(args: &[OsString]) -> Option<PathBuf> {
+    let mut words = args.iter().skip(1);
+    while let Some(word) = words.next() {
+        let text = word.to_string_lossy();
+        if text == "--config" {
+            return words.next().map(PathBuf::from);
+        }
+        if let Some(path) = text.strip_prefix("--config=") {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +409,8 @@ mod tests {
         assert!(is_run(&args(&["ces", "--config", "x.toml", "-v", "run", "--privileged", "img"])));
         assert!(!is_run(&args(&["ces", "pull", "run"])));
         assert!(!is_run(&args(&["ces", "--config", "run"])));
+        assert_eq!(config_arg(&args(&["ces", "--config", "c.toml", "run", "img"])), Some(PathBuf::from("c.toml")));
+        assert_eq!(config_arg(&args(&["ces", "run", "--config=d.toml", "img"])), Some(PathBuf::from("d.toml")));
+        assert_eq!(config_arg(&args(&["ces", "run", "img"])), None);
     }
 }

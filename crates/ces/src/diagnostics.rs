@@ -59,6 +59,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<RunError>() {
             return run_hints(e, config);
         }
+        if let Some(e) = cause.downcast_ref::<ces_audit::AuditError>() {
+            return audit_hints(e, config);
+        }
         if cause.downcast_ref::<ces_runtime::podman::PodmanFailed>().is_some() {
             return vec!["podman's own message is above; `podman info` shows whether podman works here".into()];
         }
@@ -193,6 +196,19 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
             "create it, or ask the TRE operator to set [tre] outputs_parent and scratch_parent in {config}"
         )],
         RunError::BadName(_) | RunError::BadEntrypoint(_) | RunError::TooManyCores { .. } => Vec::new(),
+    }
+}
+
+fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
+    use ces_audit::AuditError;
+    match error {
+        AuditError::Io { .. } | AuditError::ShortWrite { .. } => vec![format!(
+            "every pull and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"
+        )],
+        AuditError::DamagedTail { .. } | AuditError::NotARecord { .. } => vec![
+            "ces audit verify names the first damaged record; the TRE operator decides how to repair or rotate the log (see docs/governance.md)".into(),
+        ],
+        AuditError::Encode(_) => Vec::new(),
     }
 }
 

@@ -86,7 +86,14 @@ fn parse_error(error: clap::Error, run: bool) -> ExitCode {
         error.exit();
     }
     if let Some(refusal) = run_options::refusal(&error, &run_options::Place::CommandLine) {
-        return report(&anyhow::Error::new(refusal), settings::SYSTEM_CONFIG);
+        let mut error = anyhow::Error::new(refusal);
+        // Refused before the settings were read: read them now, to record the refusal.
+        let args: Vec<_> = std::env::args_os().collect();
+        let config = cli::config_arg(&args).or_else(|| std::env::var_os("CES_CONFIG").map(Into::into));
+        if let Ok(settings) = Settings::load(config.as_deref()) {
+            error = commands::audit::record_not_started(&settings, None, error);
+        }
+        return report(&error, settings::SYSTEM_CONFIG);
     }
     let _ = error.print();
     ExitCode::from(diagnostics::EXIT_ERROR)
@@ -140,9 +147,13 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         }
         Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json)),
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
+        // Exit 1 when a finding reaches the threshold.
+        Action::Command(Command::Lint(args)) => commands::lint::lint(args),
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),
         Action::Command(Command::Gc) => done(commands::rmi::gc(settings, printer)),
         Action::Command(Command::Load(args)) => done(commands::load::load(settings, printer, args)),
+        Action::Command(Command::Audit(cli::AuditCommand::Show(args))) => done(commands::audit::show(settings, &args)),
+        Action::Command(Command::Audit(cli::AuditCommand::Verify(args))) => commands::audit::verify(settings, &args),
     }
 }
 

@@ -25,6 +25,20 @@ pub struct ConfigFile {
     /// `[policy]`.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the audit log (see docs/governance.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The log file [default: `<storage root>/audit.jsonl`].
+    pub path: Option<PathBuf>,
+    /// Also send each record to syslog (journald).
+    #[serde(default)]
+    pub syslog: bool,
 }
 
 /// `[policy]`: what the operator allows users to change.
@@ -157,6 +171,10 @@ pub struct Settings {
     pub storage_root: PathBuf,
     /// The directory contract of `ces run`.
     pub tre: TreConfig,
+    /// The audit log every pull and run appends to.
+    pub audit_path: PathBuf,
+    /// Whether records are also sent to syslog.
+    pub audit_syslog: bool,
 }
 
 /// A config file error, with the place it is about.
@@ -198,7 +216,15 @@ impl Settings {
             Some(root) => root,
             None => default_storage_root()?,
         };
-        Ok(Settings { config_path: path, registries: config.registries, storage_root, tre: config.tre })
+        let audit_path = config.audit.path.unwrap_or_else(|| storage_root.join("audit.jsonl"));
+        Ok(Settings {
+            config_path: path,
+            registries: config.registries,
+            storage_root,
+            tre: config.tre,
+            audit_path,
+            audit_syslog: config.audit.syslog,
+        })
     }
 
     /// The config file to name in hints.
@@ -278,6 +304,24 @@ mod tests {
         assert_eq!(c.registries.allowed, ["ghcr.io"]);
         assert!(c.registries.insecure.is_empty());
         assert!(c.storage.root.is_none());
+        assert!(c.audit.path.is_none());
+    }
+
+    #[test]
+    fn audit_path_defaults_to_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        let absent = dir.path().join("absent.toml");
+        std::fs::write(&config, "[storage]\nroot = \"/srv/ces\"\n").unwrap();
+        let settings = Settings::load_with(Some(&config), &absent, false).unwrap();
+        assert_eq!(settings.audit_path, Path::new("/srv/ces/audit.jsonl"));
+        assert!(!settings.audit_syslog);
+        std::fs::write(&config, "[audit]\npath = \"/var/log/ces/audit.jsonl\"\nsyslog = true\n").unwrap();
+        let settings = Settings::load_with(Some(&config), &absent, false).unwrap();
+        assert_eq!(settings.audit_path, Path::new("/var/log/ces/audit.jsonl"));
+        assert!(settings.audit_syslog);
+        let e = parse("[audit]\nfile = \"x\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("audit.file")), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! One module per command; each reads like a short story.
 
+pub mod audit;
 pub mod images;
 pub mod inspect;
+pub mod lint;
 pub mod load;
 pub mod pull;
 pub mod rmi;

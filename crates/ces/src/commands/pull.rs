@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use ces_image::{ImageReference, Store};
 use ces_registry::{Client, ClientConfig, Credentials, PullOptions, Secret};
 
+use crate::commands::audit;
 use crate::printer::Printer;
 use crate::settings::Settings;
 
@@ -34,8 +35,31 @@ pub fn token_from_env() -> Option<Secret> {
     std::env::var("CES_REGISTRY_TOKEN").ok().filter(|t| !t.is_empty()).map(Secret::new)
 }
 
-/// Runs the pull and prints the pinned reference on stdout.
+/// Runs the pull, records it in the audit log (whatever its outcome), and
+/// prints the pinned reference on stdout.
 pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> anyhow::Result<()> {
+    // Nothing is pulled that could not be recorded.
+    audit::log(settings).check_writable()?;
+    let result = fetch(settings, printer, &request);
+    let attempt = audit::PullAttempt {
+        reference: &request.reference,
+        registry: request.reference.parse::<ImageReference>().ok().map(|r| r.registry().to_owned()),
+        registry_user: request.credentials.user(),
+    };
+    let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pinned| pinned.digest()));
+    let pinned = match (result, recorded) {
+        (result, Ok(())) => result?,
+        (Ok(_), Err(error)) => return Err(error),
+        (Err(pull), Err(error)) => {
+            return Err(error.context(format!("the pull failed ({})", crate::diagnostics::message(&pull))));
+        }
+    };
+    println!("{pinned}");
+    Ok(())
+}
+
+/// Pulls into the store and returns the pinned reference.
+fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyhow::Result<ImageReference> {
     let reference: ImageReference = request.reference.parse()?;
     let client = Client::new(ClientConfig {
         allowed: settings.registries.allowed.clone(),
@@ -80,8 +104,7 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
     }
     store.add_ref(&outcome.record)?;
     drop(lock);
-    println!("{}", reference.with_digest(outcome.record.digest.clone()));
-    Ok(())
+    Ok(reference.with_digest(outcome.record.digest.clone()))
 }
 
 /// Unpacks the image's root filesystem into the cache, with a spinner.

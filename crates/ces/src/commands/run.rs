@@ -18,6 +18,7 @@ use ces_runtime::podman::PodmanRuntime;
 use ces_runtime::{Access, Exit, Limits, MountKind, RunSpec, Runtime};
 
 use crate::cli::RunArgs;
+use crate::commands::audit;
 use crate::commands::pull::{human_bytes, unpack};
 use crate::printer::Printer;
 use crate::run_options::{self, Place, RunOptions};
@@ -61,8 +62,25 @@ pub enum RunError {
     },
 }
 
-/// Runs `ces run` and returns the container's exit code.
+/// Runs `ces run` and returns the container's exit code. A run refused or
+/// failed before its container started is recorded in the audit log too.
 pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let image = args.command.first().cloned();
+    let mut started = false;
+    match run_container(settings, printer, args, &mut started) {
+        Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
+        other => other,
+    }
+}
+
+/// The run; `started` is set once the container is handed to the runtime
+/// (from then on, the run's own record says how it ended).
+fn run_container(
+    settings: &Settings,
+    printer: &Printer,
+    args: RunArgs,
+    started: &mut bool,
+) -> anyhow::Result<ExitCode> {
     let options = run_options::with_opt_files(args.options)?;
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
@@ -143,6 +161,8 @@ pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Res
             return Err(RunError::MissingParent { what, path: parent.clone() }.into());
         }
     }
+    // Nothing runs that could not be recorded.
+    audit::log(settings).check_writable()?;
     let owner = (host::is_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
     let paths = RunPaths {
         id: spec.id.clone(),
@@ -154,6 +174,8 @@ pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Res
     let mut active = ActiveRun::start(&runs, paths, owner)?;
     announce_start(printer, &spec, runtime.name(), &safe_data, active.paths(), options.json)?;
 
+    *started = true;
+    let start_time = jiff::Timestamp::now();
     let result = runtime.run(&spec);
 
     if result.is_err() {
@@ -163,6 +185,15 @@ pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Res
     for problem in active.finish() {
         printer.status(format!("warning: {problem}"));
     }
+    let end = audit::RunEnd {
+        spec: &spec,
+        runtime: runtime.name(),
+        safe_data: &safe_data,
+        started: start_time,
+        result: &result,
+        outputs: &outputs,
+    };
+    audit::record_run(settings, end)?;
     let exit = result.context("the container could not be run")?;
     announce_end(printer, &spec, exit, &outputs, options.json)?;
     Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))

@@ -1,0 +1,22 @@
+//! The tamper-evident audit log of ces: one JSON object per line (JSON
+//! Lines), append-only, each record carrying a sequence number and the
+//! sha256 of the line before it, so that an edited, removed, inserted,
+//! reordered or cut record breaks the chain at a place [`AuditLog::verify`]
+//! names.
+//!
+//! ```text
+//! {"seq":0,"prev":"000…0","time":"2026-…Z","user":{"name":"alice","uid":1000},"event":"pull",…}
+//! {"seq":1,"prev":"<sha256 of line 1>",…,"event":"run",…}
+//! ```
+//!
+//! The last record can be edited or removed without breaking the chain
+//! (nothing comes after it); a copy kept where users cannot write (syslog,
+//! a log collector) closes that gap.
+
+pub mod log;
+pub mod record;
+
+pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex, verify_bytes, verify_reader};
+pub use record::{
+    Event, Exit, Image, Limits, Mount, Outcome, PullEvent, Record, RunEvent, RunNotStarted, SafeData, User,
+};

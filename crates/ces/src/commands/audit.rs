@@ -1,0 +1,337 @@
+//! `ces audit show` and `ces audit verify`, and the records `ces pull` and
+//! `ces run` leave in the audit log (see docs/governance.md).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use ces_audit::{AuditLog, Event, Outcome, Record, User};
+use ces_runtime::plan::SafeData;
+use ces_runtime::{Exit, MountKind, RunSpec, RuntimeError};
+use jiff::Timestamp;
+
+use crate::cli::{AuditShowArgs, AuditVerifyArgs};
+use crate::diagnostics;
+use crate::settings::Settings;
+
+/// Exit code of `ces audit verify` for a broken chain (ces's own failures are 125).
+pub const EXIT_BROKEN: u8 = 1;
+
+/// The log the settings name.
+pub fn log(settings: &Settings) -> AuditLog {
+    let log = AuditLog::new(&settings.audit_path);
+    if settings.audit_syslog { log.with_syslog(ces_audit::SYSLOG_SOCKET) } else { log }
+}
+
+/// Who ces runs for, as the audit records it: the real uid (as root under
+/// sudo, the user who ran sudo), named from the password database rather
+/// than from `$USER`, which the user controls.
+pub fn current_user() -> User {
+    let sudo_id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+    let root = rustix::process::geteuid().is_root();
+    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| root) {
+        let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty());
+        return User { name: name.or_else(|| passwd_name(uid)).unwrap_or_else(|| uid.to_string()), uid };
+    }
+    let uid = rustix::process::getuid().as_raw();
+    let name = passwd_name(uid)
+        .or_else(|| std::env::var("USER").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| uid.to_string());
+    User { name, uid }
+}
+
+/// The name of `uid` in /etc/passwd.
+fn passwd_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// What a pull asked for, for its record.
+#[derive(Debug)]
+pub struct PullAttempt<'a> {
+    /// The reference as given.
+    pub reference: &'a str,
+    /// The registry, when the reference parsed.
+    pub registry: Option<String>,
+    /// The registry user, if any.
+    pub registry_user: Option<&'a str>,
+}
+
+/// Appends a pull's record: `result` is the pulled manifest digest, or the
+/// failure (a refused registry is recorded as `refused`).
+pub fn record_pull(
+    settings: &Settings,
+    attempt: PullAttempt<'_>,
+    result: Result<Option<&ces_image::Digest>, &anyhow::Error>,
+) -> anyhow::Result<()> {
+    let (digest, outcome) = match result {
+        Ok(digest) => (digest.map(ToString::to_string), Outcome::Ok),
+        Err(error) => (None, outcome_of(error)),
+    };
+    let event = Event::Pull(ces_audit::PullEvent {
+        reference: attempt.reference.to_owned(),
+        registry: attempt.registry,
+        registry_user: attempt.registry_user.map(str::to_owned),
+        digest,
+        outcome,
+    });
+    append(settings, event)
+}
+
+fn outcome_of(error: &anyhow::Error) -> Outcome {
+    let message = diagnostics::message(error);
+    let refused = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ces_registry::RegistryError>(),
+            Some(ces_registry::RegistryError::NotAllowed { .. })
+        ) || cause.downcast_ref::<crate::run_options::OptionError>().is_some()
+    });
+    if refused { Outcome::Refused { error: message } } else { Outcome::Error { error: message } }
+}
+
+/// A run that reached the runtime, for its record.
+#[derive(Debug)]
+pub struct RunEnd<'a> {
+    /// The plan.
+    pub spec: &'a RunSpec,
+    /// The backend's name.
+    pub runtime: &'a str,
+    /// Where `/safe_data` came from.
+    pub safe_data: &'a SafeData,
+    /// When the container was started.
+    pub started: Timestamp,
+    /// How it ended.
+    pub result: &'a Result<Exit, RuntimeError>,
+    /// The outputs directory (recorded if it is still there).
+    pub outputs: &'a Path,
+}
+
+/// Appends a run's record (environment variables by name only).
+pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
+    let spec = end.spec;
+    let mode_of = |destination: &str| {
+        spec.mounts.iter().find(|m| m.destination == destination).map_or("ro".to_owned(), |m| m.access.to_string())
+    };
+    let mounts = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            let (kind, source) = match &m.kind {
+                MountKind::Bind { source } => ("bind", Some(source.clone())),
+                MountKind::Tmpfs { .. } => ("tmpfs", None),
+            };
+            ces_audit::Mount {
+                destination: m.destination.clone(),
+                source,
+                kind: kind.to_owned(),
+                mode: m.access.to_string(),
+            }
+        })
+        .collect();
+    let (exit, outcome) = match end.result {
+        Ok(exit) => {
+            let (signal, oom) = match *exit {
+                Exit::Code(_) => (None, false),
+                Exit::Signal(signal) => (Some(signal), false),
+                Exit::OutOfMemory => (Some(9), true),
+            };
+            (Some(ces_audit::Exit { code: exit.code(), signal, oom }), Outcome::Ok)
+        }
+        Err(error) => (None, Outcome::Error { error: one_line(error) }),
+    };
+    let limits = spec.limits;
+    let event = Event::Run(Box::new(ces_audit::RunEvent {
+        run_id: spec.id.clone(),
+        name: spec.name.clone(),
+        project: end.safe_data.project.clone(),
+        safe_data: ces_audit::SafeData {
+            path: end.safe_data.path.clone(),
+            mode: mode_of(ces_runtime::plan::SAFE_DATA),
+        },
+        image: ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() },
+        runtime: end.runtime.to_owned(),
+        mounts,
+        limits: ces_audit::Limits {
+            memory: limits.memory,
+            cpus: limits.cpus,
+            pids: limits.pids,
+            shm_size: limits.shm_size,
+        },
+        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
+        argv: spec.process.args.clone(),
+        started: end.started,
+        ended: Timestamp::now(),
+        exit,
+        outputs: end.outputs.is_dir().then(|| end.outputs.to_owned()),
+        outputs_manifest: None,
+        outcome,
+    }));
+    append(settings, event)
+}
+
+/// Records a run that did not start (refused, or failed before its
+/// container was started), and returns the error to report: `error` itself,
+/// or, when even the record failed, that failure.
+pub fn record_not_started(settings: &Settings, image: Option<String>, error: anyhow::Error) -> anyhow::Error {
+    if error.chain().any(|cause| cause.downcast_ref::<ces_audit::AuditError>().is_some()) {
+        return error; // the log itself is the problem
+    }
+    let event = Event::RunNotStarted(ces_audit::RunNotStarted { image, outcome: outcome_of(&error) });
+    match append(settings, event) {
+        Ok(()) => error,
+        Err(audit) => audit.context(format!("the run did not start ({})", diagnostics::message(&error))),
+    }
+}
+
+/// An error and its causes on one line, each once (as `error:` lines show them).
+fn one_line(error: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if parts.last().is_none_or(|last| *last != text) {
+            parts.push(text);
+        }
+        cause = e.source();
+    }
+    parts.join(": ")
+}
+
+fn append(settings: &Settings, event: Event) -> anyhow::Result<()> {
+    log(settings).append(current_user(), event).context("the attempt could not be recorded")?;
+    Ok(())
+}
+
+/// `ces audit show`: a table, or the records as JSON lines.
+pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
+    let log = AuditLog::new(args.file.clone().unwrap_or_else(|| settings.audit_path.clone()));
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let records: Vec<Record> = log
+        .records()?
+        .into_iter()
+        .filter(|r| args.user.as_deref().is_none_or(|u| r.user.name == u || r.user.uid.to_string() == u))
+        .filter(|r| since.is_none_or(|since| r.time >= since))
+        .filter(|r| args.image.as_deref().is_none_or(|image| matches_image(&r.event, image)))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for record in &records {
+            writeln!(out, "{}", serde_json::to_string(record)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<5} {:<20} {:<12} {:<6} {:<40} {:<19} OUTCOME",
+        "SEQ", "TIME", "USER", "EVENT", "IMAGE", "DIGEST"
+    )?;
+    for r in &records {
+        let time = r.time.strftime("%Y-%m-%d %H:%M:%S").to_string();
+        let digest = r.event.digest().map_or("-".to_owned(), |d| d.chars().take(19).collect());
+        writeln!(
+            out,
+            "{:<5} {time:<20} {:<12} {:<6} {:<40} {digest:<19} {}",
+            r.seq,
+            r.user.name,
+            // A run that did not start says so in its outcome.
+            if matches!(r.event, Event::Pull(_)) { "pull" } else { "run" },
+            Some(r.event.reference()).filter(|s| !s.is_empty()).unwrap_or("-"),
+            outcome_text(&r.event)
+        )?;
+    }
+    Ok(())
+}
+
+fn outcome_text(event: &Event) -> String {
+    match (event, event.outcome()) {
+        (Event::Run(run), Outcome::Ok) => match run.exit {
+            Some(ces_audit::Exit { oom: true, .. }) => "out of memory".to_owned(),
+            Some(ces_audit::Exit { signal: Some(signal), .. }) => format!("signal {signal}"),
+            Some(exit) => format!("exit {}", exit.code),
+            None => "ok".to_owned(),
+        },
+        (_, Outcome::Ok) => "ok".to_owned(),
+        (_, Outcome::Refused { error } | Outcome::Error { error }) => format!("{}: {error}", event.outcome().word()),
+    }
+}
+
+/// `--image`: the reference as given, its repository (any tag), or a digest (prefix).
+fn matches_image(event: &Event, image: &str) -> bool {
+    let reference = event.reference();
+    let digest = event.digest().unwrap_or_default();
+    reference == image
+        || reference.strip_prefix(image).is_some_and(|rest| rest.starts_with([':', '@']))
+        || (image.len() >= 6
+            && (digest.starts_with(image) || digest.strip_prefix("sha256:").is_some_and(|d| d.starts_with(image))))
+}
+
+/// `--since`: an RFC 3339 time, a date (midnight UTC), or a span back from now (`2h`, `3 days`).
+fn parse_since(text: &str) -> anyhow::Result<Timestamp> {
+    if let Ok(time) = text.parse::<Timestamp>() {
+        return Ok(time);
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        return Ok(date.to_zoned(jiff::tz::TimeZone::UTC)?.timestamp());
+    }
+    if let Ok(span) = text.parse::<jiff::Span>() {
+        return Ok(Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).checked_sub(span)?.timestamp());
+    }
+    anyhow::bail!(
+        "invalid --since {text:?}: give a time (2026-01-31T09:00:00Z), a date (2026-01-31) or a span (2h, 3 days)"
+    )
+}
+
+/// `ces audit verify`: 0 when the chain is whole, [`EXIT_BROKEN`] naming the first broken record.
+pub fn verify(settings: &Settings, args: &AuditVerifyArgs) -> anyhow::Result<ExitCode> {
+    let path: PathBuf = args.file.clone().unwrap_or_else(|| settings.audit_path.clone());
+    let report = AuditLog::new(&path).verify()?;
+    match report.broken {
+        None => {
+            println!("{}: {} records, the chain is whole", path.display(), report.records);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(broken) => {
+            eprintln!("error: the audit log {} is broken: {broken}", path.display());
+            Ok(ExitCode::from(EXIT_BROKEN))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn since_takes_times_dates_and_spans() {
+        assert_eq!(parse_since("2026-01-31T09:00:00Z").unwrap().to_string(), "2026-01-31T09:00:00Z");
+        assert_eq!(parse_since("2026-01-31").unwrap().to_string(), "2026-01-31T00:00:00Z");
+        let two_hours_ago = parse_since("2h").unwrap();
+        let diff = Timestamp::now().duration_since(two_hours_ago).as_secs();
+        assert!((7199..=7260).contains(&diff), "{diff}");
+        assert!(parse_since("3 days").is_ok());
+        assert!(parse_since("yesterday-ish").is_err());
+    }
+
+    #[test]
+    fn image_filter_matches_reference_repository_and_digest() {
+        let event = Event::Pull(ces_audit::PullEvent {
+            reference: "ghcr.io/a/b:1".into(),
+            registry: Some("ghcr.io".into()),
+            registry_user: None,
+            digest: Some(format!("sha256:{}", "ab12".repeat(16))),
+            outcome: Outcome::Ok,
+        });
+        for yes in ["ghcr.io/a/b:1", "ghcr.io/a/b", "sha256:ab12ab", "ab12ab12"] {
+            assert!(matches_image(&event, yes), "{yes}");
+        }
+        for no in ["ghcr.io/a", "ghcr.io/a/b:2", "ab", "cd12cd12"] {
+            assert!(!matches_image(&event, no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The audit log through the real binary: `ces pull` and `ces run` leave
+//! records (on success, failure and refusal) with no secrets in them;
+//! concurrent processes keep one chain; `ces audit verify` names tampering;
+//! `ces audit show` filters.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ces_testkit::{AuthMode, Registry, busybox_image};
+use common::{Run, Sandbox};
+
+fn audit_path(sb: &Sandbox) -> PathBuf {
+    sb.store.join("audit.jsonl")
+}
+
+/// The records, parsed.
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn pulls_are_recorded_whatever_their_outcome_and_without_the_token() {
+    let reg = Registry::shared(AuthMode::Token);
+    let (user, password) = reg.credentials();
+    let image = busybox_image().build();
+    let digest = reg.push(&image, "audit/private", "1");
+    let private = format!("{}/audit/private:1", reg.host());
+    let sb = Sandbox::new(&[reg]);
+
+    // Unauthorized (anonymous), refused registry, then a pull with a token.
+    sb.ces(&["pull", &private]).fails();
+    sb.ces(&["pull", "elsewhere.example.org/a/b:1"]).fails();
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--user", user, &private]);
+    cmd.env("CES_REGISTRY_TOKEN", password);
+    sb.run(cmd).ok();
+
+    let path = audit_path(&sb);
+    let records = records(&path);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for (seq, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], seq);
+        assert_eq!(record["event"], "pull");
+        assert_eq!(record["user"]["uid"], rustix::process::getuid().as_raw());
+        assert!(record["time"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
+    }
+    assert_eq!(records[0]["prev"], "0".repeat(64));
+    assert_eq!(records[0]["result"], "error");
+    assert!(records[0]["error"].as_str().unwrap().contains("not authorized"), "{}", records[0]);
+    assert_eq!(records[0]["reference"], private.as_str());
+    assert_eq!(records[0]["registry"], reg.host().as_str());
+    assert_eq!(records[1]["result"], "refused");
+    assert_eq!(records[1]["registry"], "elsewhere.example.org");
+    assert!(records[1]["error"].as_str().unwrap().contains("elsewhere.example.org"), "{}", records[1]);
+    assert_eq!(records[2]["result"], "ok");
+    assert_eq!(records[2]["digest"], digest.as_str());
+    assert_eq!(records[2]["registry_user"], user);
+    assert!(records[2].get("error").is_none());
+
+    assert!(!contains(&std::fs::read(&path).unwrap(), password), "the token is in the audit log");
+    let verify = sb.ces(&["audit", "verify"]);
+    assert!(verify.ok().contains("3 records, the chain is whole"), "{}", verify.stdout);
+}
+
+#[test]
+fn twenty_concurrent_processes_keep_one_chain() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &format!("refused.example.org/ns/img:{i}")]);
+            cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert_eq!(child.wait().unwrap().code(), Some(125));
+    }
+    let records = records(&audit_path(&sb));
+    assert_eq!(records.len(), 20);
+    let mut tags: Vec<String> = records.iter().map(|r| r["reference"].as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    tags.dedup();
+    assert_eq!(tags.len(), 20, "each process left its own record");
+    assert!(sb.ces(&["audit", "verify"]).ok().contains("20 records, the chain is whole"));
+}
+
+/// A sandbox with four refused pulls in its log; returns the log's lines.
+fn refused_pulls(sb: &Sandbox) -> Vec<String> {
+    for i in 0..4 {
+        sb.ces(&["pull", &format!("refused.example.org/ns/img:{i}")]).fails();
+    }
+    std::fs::read_to_string(audit_path(sb)).unwrap().split_inclusive('\n').map(str::to_owned).collect()
+}
+
+fn verify_fails(sb: &Sandbox, lines: &[String]) -> String {
+    std::fs::write(audit_path(sb), lines.concat()).unwrap();
+    let out = sb.ces(&["audit", "verify"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let errors: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(errors.len(), 1, "one line: {}", out.stderr);
+    errors[0].to_owned()
+}
+
+#[test]
+fn verify_names_the_first_tampered_record() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    let lines = refused_pulls(&sb);
+
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("img:1", "img:X");
+    let line = verify_fails(&sb, &edited);
+    assert!(line.contains("record seq 1 (line 2) was edited"), "{line}");
+
+    let mut removed = lines.clone();
+    removed.remove(2);
+    assert!(verify_fails(&sb, &removed).contains("line 3 has record seq 3 where seq 2 belongs"));
+
+    let mut swapped = lines.clone();
+    swapped.swap(0, 1);
+    assert!(verify_fails(&sb, &swapped).contains("line 1 has record seq 1 where seq 0 belongs"));
+
+    let mut inserted = lines.clone();
+    inserted.insert(2, lines[1].clone());
+    assert!(verify_fails(&sb, &inserted).contains("line 3 has record seq 1 where seq 2 belongs"));
+
+    let mut forged = lines.clone();
+    let mut record: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    record["seq"] = 4.into();
+    record["prev"] = "0".repeat(64).into();
+    forged.push(format!("{record}\n"));
+    assert!(verify_fails(&sb, &forged).contains("record seq 4 (line 5) does not chain"));
+
+    let mut truncated = lines.concat();
+    truncated.truncate(truncated.len() - 5);
+    let line = verify_fails(&sb, &[truncated]);
+    assert!(line.contains("line 4 (record seq 3) is cut short"), "{line}");
+    // Nothing is appended to a damaged log, and the pull is not done.
+    let out = sb.ces(&["pull", "refused.example.org/ns/img:9"]);
+    assert!(out.fails().contains("ends with a damaged record (line 4)"), "{}", out.stderr);
+    assert!(out.stderr.contains("hint: ces audit verify names the first damaged record"), "{}", out.stderr);
+
+    std::fs::write(audit_path(&sb), lines.concat()).unwrap();
+    sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_the_pull() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    let not_a_dir = sb.dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let mut config = std::fs::read_to_string(&sb.config).unwrap();
+    config.push_str(&format!("\n[audit]\npath = {:?}\n", not_a_dir.join("audit.jsonl").display().to_string()));
+    std::fs::write(&sb.config, config).unwrap();
+    let out = sb.ces(&["pull", "ghcr.io/a/b:1"]);
+    assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
+    assert!(out.stderr.contains("hint: every pull and run is recorded in the audit log"), "{}", out.stderr);
+    assert!(!sb.store.exists(), "nothing was done");
+}
+
+#[test]
+fn show_filters_by_user_time_and_image() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    refused_pulls(&sb);
+    // Two more records of another user, a day earlier, written with the library.
+    let log = ces_audit::AuditLog::new(audit_path(&sb));
+    for reference in ["ghcr.io/other/img:1", "ghcr.io/other/img:2"] {
+        let event = ces_audit::Event::Pull(ces_audit::PullEvent {
+            reference: reference.into(),
+            registry: Some("ghcr.io".into()),
+            registry_user: None,
+            digest: Some(format!("sha256:{}", "cd".repeat(32))),
+            outcome: ces_audit::Outcome::Ok,
+        });
+        log.append(ces_audit::User { name: "bob".into(), uid: 4242 }, event).unwrap();
+    }
+    let shown = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "show", "--json"];
+        all.extend_from_slice(args);
+        sb.ces(&all).ok().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(shown(&[]).len(), 6);
+    assert_eq!(shown(&["--user", "bob"]).len(), 2);
+    assert_eq!(shown(&["--user", "4242"]).len(), 2);
+    let me = rustix::process::getuid().as_raw().to_string();
+    assert_eq!(shown(&["--user", &me]).len(), 4);
+    assert_eq!(shown(&["--image", "refused.example.org/ns/img:2"]).len(), 1);
+    assert_eq!(shown(&["--image", "refused.example.org/ns/img"]).len(), 4);
+    assert_eq!(shown(&["--image", "cdcdcdcd"]).len(), 2);
+    assert_eq!(shown(&["--since", "1h"]).len(), 6);
+    assert_eq!(shown(&["--since", "2999-01-01"]).len(), 0);
+    // The JSON lines are the records as written.
+    assert_eq!(shown(&[]), records(&audit_path(&sb)));
+
+    let table = sb.ces(&["audit", "show", "--user", "bob"]);
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert_eq!(lines.len(), 3, "{}", table.stdout);
+    assert!(lines[0].starts_with("SEQ") && lines[0].ends_with("OUTCOME"), "{}", lines[0]);
+    assert!(
+        lines[1].contains("bob") && lines[1].contains("ghcr.io/other/img:1") && lines[1].contains("sha256:cdcdcdcdcd")
+    );
+    assert!(lines[1].trim_end().ends_with("ok"), "{}", lines[1]);
+    let refused = sb.ces(&["audit", "show", "--image", "refused.example.org/ns/img:0"]);
+    assert!(refused.ok().contains("refused: "), "{}", refused.stdout);
+    assert!(sb.ces(&["audit", "show", "--since", "soon"]).fails().contains("invalid --since"));
+}
+
+// ----- runs (the native runtime, as root) -----
+
+fn primary_group() -> String {
+    let out = Command::new("id").arg("-gn").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn a_run_is_recorded_with_names_of_env_variables_only() {
+    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
+    let reg = Registry::shared(AuthMode::Anonymous);
+    let digest = reg.push(&busybox_image().build(), "audit/run", "1");
+    let sb = Sandbox::new(&[reg]);
+    let home = sb.dir.path().join("home");
+    let data_root = sb.dir.path().join("data");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(data_root.join(primary_group())).unwrap();
+    let mut config = std::fs::read_to_string(&sb.config).unwrap();
+    config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n", data_root.display().to_string()));
+    std::fs::write(&sb.config, config).unwrap();
+    let image = format!("{}/audit/run:1", reg.host());
+    sb.ces(&["pull", "--quiet", &image]).ok();
+    let env_file = sb.dir.path().join("env.txt");
+    std::fs::write(&env_file, "FILE_SECRET=file-value-7f3a\n").unwrap();
+
+    let ces = |args: &[&str]| -> Run {
+        let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), args);
+        cmd.env("HOME", &home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        sb.run(cmd)
+    };
+    let out = ces(&[
+        "run",
+        "-c",
+        "1",
+        "-e",
+        "SECRET=hunter2-value-9c1e",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--name",
+        "audited",
+        &image,
+        "sh",
+        "-c",
+        "echo hi > /safe_outputs/x; exit 3",
+    ]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+
+    let path = audit_path(&sb);
+    let bytes = std::fs::read(&path).unwrap();
+    for secret in ["hunter2-value-9c1e", "file-value-7f3a"] {
+        assert!(!contains(&bytes, secret), "{secret} is in the audit log");
+    }
+    let records = records(&path);
+    assert_eq!(records.len(), 2, "the pull, then the run");
+    let run = &records[1];
+    assert_eq!(run["event"], "run");
+    assert_eq!(run["result"], "ok");
+    assert_eq!(run["image"]["reference"], image.as_str());
+    assert_eq!(run["image"]["digest"], digest.as_str());
+    assert_eq!(run["runtime"], "native");
+    assert_eq!(run["name"], "audited");
+    assert_eq!(run["project"], primary_group().as_str());
+    assert_eq!(run["safe_data"]["path"], data_root.join(primary_group()).to_str().unwrap());
+    assert_eq!(run["safe_data"]["mode"], "ro");
+    assert_eq!(run["exit"], serde_json::json!({"code": 3, "signal": null, "oom": false}));
+    assert_eq!(run["limits"]["cpus"], 1.0);
+    assert_eq!(run["limits"]["memory"], 4u64 << 30);
+    let env: Vec<&str> = run["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(env.contains(&"SECRET") && env.contains(&"FILE_SECRET"), "{env:?}");
+    assert_eq!(run["argv"], serde_json::json!(["sh", "-c", "echo hi > /safe_outputs/x; exit 3"]));
+    let outputs = PathBuf::from(run["outputs"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(outputs.join("x")).unwrap(), "hi\n");
+    assert!(outputs.file_name().unwrap().to_str().unwrap().ends_with(run["run_id"].as_str().unwrap()));
+    let destinations: Vec<(&str, &str)> = run["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["destination"].as_str().unwrap(), m["mode"].as_str().unwrap()))
+        .collect();
+    for mount in [("/safe_data", "ro"), ("/safe_outputs", "rw"), ("/scratch", "rw")] {
+        assert!(destinations.contains(&mount), "{mount:?} in {destinations:?}");
+    }
+    let started: jiff::Timestamp = run["started"].as_str().unwrap().parse().unwrap();
+    let ended: jiff::Timestamp = run["ended"].as_str().unwrap().parse().unwrap();
+    assert!(started <= ended);
+    let table = sb.ces(&["audit", "show", "--image", &image]);
+    assert!(table.ok().lines().any(|l| l.contains(" run ") && l.trim_end().ends_with("exit 3")), "{}", table.stdout);
+    sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn runs_refused_or_failed_before_the_start_are_recorded_without_the_command_line() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    let opt_file = sb.dir.path().join("opts");
+    std::fs::write(&opt_file, "--network host\n").unwrap();
+    sb.ces(&["run", "--privileged", "-e", "SECRET=cmdline-value-51d2", "img"]).fails();
+    sb.ces(&["run", "--opt-file", opt_file.to_str().unwrap(), "img"]).fails();
+    let missing = sb.ces(&["run", "-e", "SECRET=cmdline-value-51d2", "ghcr.io/none/such:1", "sh"]);
+    assert!(missing.fails().contains("hint: pull it first"), "{}", missing.stderr);
+
+    let path = audit_path(&sb);
+    assert!(!contains(&std::fs::read(&path).unwrap(), "cmdline-value-51d2"), "an env value is in the audit log");
+    let records = records(&path);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    assert!(records.iter().all(|r| r["event"] == "run_not_started"), "{records:#?}");
+    assert_eq!((&records[0]["result"], &records[0]["image"]), (&"refused".into(), &serde_json::Value::Null));
+    assert!(records[0]["error"].as_str().unwrap().contains("--privileged"), "{}", records[0]);
+    assert_eq!((&records[1]["result"], &records[1]["image"]), (&"refused".into(), &"img".into()));
+    assert!(records[1]["error"].as_str().unwrap().contains("--network"), "{}", records[1]);
+    assert_eq!((&records[2]["result"], &records[2]["image"]), (&"error".into(), &"ghcr.io/none/such:1".into()));
+    sb.ces(&["audit", "verify"]).ok();
+}
