@@ -18,5 +18,5 @@ pub mod record;
 
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex, verify_bytes, verify_reader};
 pub use record::{
-    Event, Exit, Image, Limits, Mount, Outcome, PullEvent, Record, RunEvent, RunNotStarted, SafeData, User,
+    Event, Exit, Image, Limits, Mount, Outcome, Provenance, PullEvent, Record, RunEvent, RunNotStarted, SafeData, User,
 };

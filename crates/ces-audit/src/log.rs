@@ -372,6 +372,7 @@ mod tests {
             registry: Some("ghcr.io".into()),
             registry_user: None,
             digest: None,
+            provenance: None,
             outcome: Outcome::Ok,
         })
     }
@@ -514,6 +515,7 @@ mod tests {
             registry: None,
             registry_user: None,
             digest: None,
+            provenance: None,
             outcome: Outcome::Error { error: "y".repeat(9000) },
         });
         log.append(user(), long).unwrap();

@@ -126,6 +126,10 @@ pub struct PullEvent {
     pub registry_user: Option<String>,
     /// The manifest digest the pull resolved to (on success).
     pub digest: Option<String>,
+    /// Where the image came from, as its labels and annotations say (on
+    /// success; absent when the image says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<Provenance>>,
     /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -144,6 +148,11 @@ pub struct RunEvent {
     pub safe_data: SafeData,
     /// The image, pinned.
     pub image: Image,
+    /// The image's provenance, as its pull (or load) recorded it: the same
+    /// object as the pull record of `image.digest` (absent when the image
+    /// says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<Provenance>>,
     /// The backend (`native`, `podman`).
     pub runtime: String,
     /// Every mount, with its mode.
@@ -195,6 +204,31 @@ pub struct Image {
     pub reference: String,
     /// The manifest digest.
     pub digest: String,
+}
+
+/// Where an image came from: its OCI labels (`org.opencontainers.image.*`)
+/// and base-image annotations. Every field is the builder's claim, bound to
+/// the image digest (labels and annotations are part of the hashed content).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Provenance {
+    /// `org.opencontainers.image.source`: the source repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// `org.opencontainers.image.revision`: the source revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// `org.opencontainers.image.created`: when it was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// `org.opencontainers.image.version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `org.opencontainers.image.base.name`: the base image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_name: Option<String>,
+    /// `org.opencontainers.image.base.digest`: the base image's digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_digest: Option<String>,
 }
 
 /// A mount in the container.
@@ -251,6 +285,7 @@ mod tests {
                 registry: Some("ghcr.io".into()),
                 registry_user: None,
                 digest: None,
+                provenance: None,
                 outcome: Outcome::Refused { error: "not allowed".into() },
             }),
         };

@@ -324,8 +324,9 @@ pub fn load(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     } else {
         return Err(LoadError::Unrecognized);
     };
-    let records = name_images(images, options.name.as_ref())?;
-    for record in &records {
+    let mut records = name_images(images, options.name.as_ref())?;
+    for record in &mut records {
+        record.provenance = store.provenance(&record.digest)?;
         store.add_ref(record)?;
     }
     tracing::debug!(%format, images = records.len(), blobs = contents.files.len(), "loaded");
@@ -890,6 +891,7 @@ fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<V
             manifest_size: image.size,
             pulled_at: Some(now),
             index_digest: image.index_digest.clone(),
+            provenance: crate::Provenance::default(),
         })
     };
     if let Some(name) = name {

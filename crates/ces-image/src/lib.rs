@@ -9,10 +9,12 @@
 pub mod archive;
 pub mod digest;
 pub mod manifest;
+pub mod provenance;
 pub mod reference;
 pub mod store;
 pub mod unpack;
 
 pub use digest::Digest;
+pub use provenance::Provenance;
 pub use reference::ImageReference;
 pub use store::{ImageRecord, Store, StoreError};

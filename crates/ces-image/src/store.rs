@@ -29,6 +29,7 @@ use rustix::fs::FlockOperation;
 
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest};
+use crate::provenance::Provenance;
 use crate::reference::ImageReference;
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
@@ -190,6 +191,9 @@ pub struct ImageRecord {
     pub pulled_at: Option<jiff::Timestamp>,
     /// The index the reference resolved to, when it was one.
     pub index_digest: Option<Digest>,
+    /// Where the image came from (its OCI labels and base annotations),
+    /// kept as annotations of its `index.json` entry.
+    pub provenance: Provenance,
 }
 
 /// What a garbage collection removed.
@@ -384,6 +388,14 @@ impl Store {
         serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt { path: self.blob_path(&digest), source })
     }
 
+    /// The provenance of the image manifest `digest`, read from its manifest
+    /// and config (content-addressed, so bound to the digest, unlike the copy
+    /// in `index.json`).
+    pub fn provenance(&self, digest: &Digest) -> Result<Provenance> {
+        let manifest = self.manifest(digest)?;
+        Ok(Provenance::of(&manifest, &self.config(&manifest)?))
+    }
+
     fn read_index(&self) -> Result<ImageIndex> {
         let path = self.index_path();
         let bytes = fs::read(&path).map_err(io_err(&path))?;
@@ -411,6 +423,9 @@ impl Store {
         }
         if let Some(index) = &record.index_digest {
             annotations.insert(INDEX_DIGEST.to_owned(), index.to_string());
+        }
+        for (key, value) in record.provenance.annotations() {
+            annotations.insert(key.to_owned(), value.to_owned());
         }
         let descriptor = DescriptorBuilder::default()
             .media_type(MediaType::from(record.media_type.as_str()))
@@ -725,6 +740,7 @@ fn record_of(descriptor: &Descriptor) -> Option<ImageRecord> {
         manifest_size: descriptor.size(),
         pulled_at: annotations.get(PULLED_AT).and_then(|t| t.parse().ok()),
         index_digest: annotations.get(INDEX_DIGEST).and_then(|d| d.parse().ok()),
+        provenance: Provenance::from_annotations(annotations),
     })
 }
 

@@ -195,7 +195,7 @@ pub struct Finding {
 const TRE_DIRS: [&str; 3] = ["/safe_data", "/safe_outputs", "/scratch"];
 
 /// Extensions of data files that do not belong in an image.
-const DATA_EXTENSIONS: &[&str] = &[
+pub const DATA_EXTENSIONS: &[&str] = &[
     "csv", "tsv", "parquet", "sav", "zsav", "por", "dta", "sas7bdat", "xpt", "xlsx", "xls", "rds", "rdata", "rda",
     "feather", "arrow", "nii", "nii.gz", "dcm", "h5", "hdf5", "mat", "sqlite", "sqlite3",
 ];
@@ -353,6 +353,11 @@ fn add(add: &Instruction, out: &mut Vec<Finding>) {
             finding(out, "CES006", add.line, format!("ADD {source}: neither a URL nor an archive, so COPY does"));
         }
     }
+}
+
+/// Whether `path` names a data file by its extension (`csv`, `parquet`, `sav`, ...).
+pub fn is_data_file(path: &str) -> bool {
+    has_extension(path, DATA_EXTENSIONS)
 }
 
 fn has_extension(path: &str, extensions: &[&str]) -> bool {

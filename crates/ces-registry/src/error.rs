@@ -76,6 +76,24 @@ pub enum RegistryError {
         /// The limit.
         limit: u64,
     },
+    /// The image config is not valid JSON of the OCI shape.
+    #[error("the config of {reference} is not a valid image config")]
+    BadConfig {
+        /// The reference.
+        reference: String,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The image lacks a label the pull requires (refused after reading the
+    /// config, before any layer was fetched; nothing was stored).
+    #[error("image {reference} has no {label} label")]
+    MissingLabel {
+        /// The reference.
+        reference: String,
+        /// The label required.
+        label: String,
+    },
     /// The registry answered with an unexpected status.
     #[error("registry {registry} answered {status} to {what}")]
     Status {

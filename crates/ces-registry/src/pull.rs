@@ -4,8 +4,9 @@
 
 use ces_image::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, Platform};
 use ces_image::store::StoreLock;
-use ces_image::{Digest, ImageRecord, ImageReference, Store};
+use ces_image::{Digest, ImageRecord, ImageReference, Provenance, Store};
 use futures_util::{StreamExt, TryStreamExt};
+use oci_spec::image::ImageConfiguration;
 
 use crate::auth::Credentials;
 use crate::client::Client;
@@ -36,11 +37,15 @@ pub struct PullOptions {
     pub platform: Platform,
     /// How many layers download at once.
     pub concurrency: usize,
+    /// Labels the image must carry in its config (or as manifest annotations),
+    /// e.g. `org.opencontainers.image.source`: an image without one is
+    /// refused once its config is read, before any layer is fetched.
+    pub required_labels: Vec<String>,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { platform: Platform::host(), concurrency: 4 }
+        PullOptions { platform: Platform::host(), concurrency: 4, required_labels: Vec::new() }
     }
 }
 
@@ -108,7 +113,10 @@ pub async fn pull(
             limit: MAX_CONFIG_BYTES,
         });
     }
-    if !store.has_blob(&config_digest, config.size()) {
+    let stored = store.has_blob(&config_digest, config.size());
+    let config_bytes = if stored {
+        store.read_blob(&config_digest, MAX_CONFIG_BYTES)?
+    } else {
         let bytes = session.small_blob(&config_digest, MAX_CONFIG_BYTES).await?;
         if bytes.len() as u64 != config.size() {
             return Err(ces_image::StoreError::SizeMismatch {
@@ -118,7 +126,23 @@ pub async fn pull(
             }
             .into());
         }
-        store.write_blob(&config_digest, &bytes)?;
+        bytes
+    };
+    let image_config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .map_err(|source| RegistryError::BadConfig { reference: reference.to_string(), source })?;
+    let provenance = Provenance::of(&image, &image_config);
+    // Checked before anything is stored: a refused image leaves no trace.
+    // A label, or the same key as a manifest annotation (as `Provenance` reads them).
+    let labels = image_config.config().as_ref().and_then(|c| c.labels().as_ref());
+    let annotations = image.annotations().as_ref();
+    let has = |label: &str| {
+        [labels, annotations].into_iter().flatten().any(|m| m.get(label).is_some_and(|v| !v.trim().is_empty()))
+    };
+    if let Some(label) = options.required_labels.iter().find(|label| !has(label)) {
+        return Err(RegistryError::MissingLabel { reference: reference.to_string(), label: label.clone() });
+    }
+    if !stored {
+        store.write_blob(&config_digest, &config_bytes)?;
     }
 
     let layers = image
@@ -164,6 +188,7 @@ pub async fn pull(
         manifest_size: fetched.bytes.len() as u64,
         pulled_at: Some(jiff::Timestamp::now()),
         index_digest,
+        provenance,
     };
     Ok(PullOutcome { record, layers: layers.len(), reused, downloaded })
 }

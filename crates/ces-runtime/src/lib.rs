@@ -5,6 +5,7 @@
 //! command line. Policy lives in the plan, never in a backend.
 
 pub mod native;
+pub mod netwatch;
 pub mod plan;
 pub mod podman;
 pub mod spec;

@@ -59,6 +59,8 @@ pub struct ImageSpec {
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The manifest's `annotations` (e.g. `org.opencontainers.image.base.name`).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// sha256 of `data` as `sha256:<hex>`.
@@ -86,6 +88,7 @@ impl ImageSpec {
             user: None,
             workdir: None,
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -134,6 +137,12 @@ impl ImageSpec {
         self.workdir = Some(workdir.into());
         self
     }
+    /// Adds an annotation to the manifest (OCI style only: Docker schema 2 has none).
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+
     /// Adds a label to the config's `Labels`.
     pub fn label(mut self, key: &str, value: &str) -> Self {
         self.labels.insert(key.into(), value.into());
@@ -210,12 +219,15 @@ impl ImageSpec {
         }
         let config = self.config_json(&diff_ids);
         let config_digest = sha256_digest(&config);
-        let manifest = json!({
+        let mut manifest = json!({
             "schemaVersion": 2,
             "mediaType": manifest_type,
             "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
             "layers": layer_descriptors,
         });
+        if !self.annotations.is_empty() {
+            manifest["annotations"] = json!(self.annotations);
+        }
         blobs.insert(0, (config_digest.clone(), config));
         let manifest = serde_json::to_vec_pretty(&manifest).unwrap();
         BuiltImage {

@@ -50,6 +50,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Check a Dockerfile against TRE advice (rules CES001..., see docs/lint.md).
     Lint(LintArgs),
+    /// Run an image as the TRE would and report whether it is ready: network attempts, outputs, findings.
+    #[command(override_usage = "ces test [OPTIONS] IMAGE [ARGS]...", after_help = TEST_AFTER_HELP)]
+    Test(TestArgs),
     /// Remove images from the store (blobs no longer used are deleted).
     Rmi(RmiArgs),
     /// Import an OCI archive or a `docker save` tarball (images brought in through an airlock).
@@ -59,6 +62,9 @@ pub enum Command {
     /// Read and check the audit log of pulls and runs.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check a run's outputs directory against the manifest ces wrote after the run.
+    #[command(subcommand)]
+    Outputs(OutputsCommand),
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
@@ -70,6 +76,29 @@ The container gets /safe_data (project data), /safe_outputs (a new outputs_<id>,
 (a new scratch_<id>, removed at exit), and no network. Options that would widen what it reaches \
 (--privileged, --network, --volume, a bind --mount, --cap-add, --device, --user, ...) are refused, \
 on the command line and in option files. See docs/run.md.";
+
+/// What `ces test --help` ends with.
+pub const TEST_AFTER_HELP: &str = "The image runs as `ces run` would run it (same mounts, limits and policy; \
+native runtime), with /safe_data from --data (read-only; empty without it) and fresh outputs. Its network \
+fails at once, as in the TRE, and every DNS query and connection attempt is reported. Exit status: 0 ready, \
+1 not ready, 125 ces's own error. See docs/testing-images.md.";
+
+/// `ces test`: `ces run`'s options, the test's own, then the image and its command.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The directory to mount at /safe_data (read-only): test data shaped like the TRE's.
+    #[arg(long = "data", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Network attempts do not make the image "not ready" (they are still reported).
+    #[arg(long = "allow-network-attempts")]
+    pub allow_network_attempts: bool,
+    /// Run options, as for `ces run` (--json prints the report as JSON).
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// The image as pulled, then the command and its arguments.
+    #[arg(value_name = "IMAGE [ARGS]", required = true, num_args = 1.., trailing_var_arg = true)]
+    pub command: Vec<String>,
+}
 
 /// `ces run` (and `ces-run`): options, then the image, then the container's
 /// command; everything after the image goes to the container as it is.
@@ -122,6 +151,24 @@ pub struct AuditShowArgs {
     /// Read this log (a copy) instead of the configured one.
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+}
+
+/// `ces outputs ...`.
+#[derive(Debug, Subcommand)]
+pub enum OutputsCommand {
+    /// Recheck DIR against its ces-manifest.json (and the manifest against the audit log); exit 1 naming each file added, changed or removed.
+    Verify(OutputsVerifyArgs),
+}
+
+/// `ces outputs verify`.
+#[derive(Debug, Args)]
+pub struct OutputsVerifyArgs {
+    /// The outputs directory of a run (outputs_<id>).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Check the manifest against this audit log (a copy) instead of the configured one.
+    #[arg(long, value_name = "PATH")]
+    pub audit_file: Option<PathBuf>,
 }
 
 /// `ces audit verify`.
@@ -306,8 +353,9 @@ impl CesRunCli {
     }
 }
 
-/// Whether `ces`'s arguments are a `ces run` (for error reporting before
-/// clap has said which command it is).
+/// Whether `ces`'s arguments are a `ces run` or a `ces test`, which takes
+/// the same options (for error reporting before clap has said which command
+/// it is).
 pub fn is_run(args: &[OsString]) -> bool {
     let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
     while let Some(word) = words.next() {
@@ -316,7 +364,7 @@ pub fn is_run(args: &[OsString]) -> bool {
                 words.next();
             }
             w if w.starts_with('-') => {}
-            w => return w == "run",
+            w => return w == "run" || w == "test",
         }
     }
     false

@@ -35,6 +35,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return registry_hints(e, config);
         }
+        if let Some(e) = cause.downcast_ref::<crate::policy::PolicyError>() {
+            return crate::policy::hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<StoreError>() {
             return store_hints(e);
         }
@@ -58,6 +61,12 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         }
         if let Some(e) = cause.downcast_ref::<RunError>() {
             return run_hints(e, config);
+        }
+        if let Some(e) = cause.downcast_ref::<crate::commands::test::TestError>() {
+            return crate::commands::test::hints(e);
+        }
+        if let Some(ces_runtime::native::NativeError::Observe(e)) = cause.downcast_ref() {
+            return crate::commands::test::observe_hints(e);
         }
         if let Some(e) = cause.downcast_ref::<ces_audit::AuditError>() {
             return audit_hints(e, config);
@@ -96,7 +105,10 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
         }
         RegistryError::Transfer { .. } => vec!["the download broke off; run the pull again (verified blobs are reused)".into()],
         RegistryError::Store(e) => store_hints(e),
-        RegistryError::TooLarge { .. }
+        RegistryError::MissingLabel { label, .. } if label == ces_image::provenance::SOURCE => {
+            vec![crate::policy::SOURCE_LABEL_HINT.into()]
+        }
+        RegistryError::MissingLabel { .. } | RegistryError::BadConfig { .. } | RegistryError::TooLarge { .. }
         | RegistryError::Status { .. }
         | RegistryError::BadAuth { .. }
         | RegistryError::Manifest(_)

@@ -10,6 +10,7 @@ use clap::Parser as _;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
+pub mod policy;
 pub mod printer;
 pub mod run_options;
 pub mod settings;
@@ -58,7 +59,7 @@ pub fn main(entry: Entry) -> ExitCode {
             (cli.global, action)
         }
     };
-    if matches!(action, Action::Command(Command::Run(_))) {
+    if matches!(action, Action::Command(Command::Run(_) | Command::Test(_))) {
         // First, while ces has one thread: SIGINT/SIGTERM/SIGHUP stay blocked
         // so that the runtime forwards them to the container (and cleans up)
         // instead of a signal landing on some thread and killing ces midway.
@@ -106,7 +107,7 @@ enum Action {
 }
 
 fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result<ExitCode> {
-    if matches!(action, Action::Command(Command::Run(_) | Command::Gc)) {
+    if matches!(action, Action::Command(Command::Run(_) | Command::Test(_) | Command::Gc)) {
         // What runs of a ces that crashed left behind (scratch, state).
         commands::run::clean_stale(settings);
     }
@@ -149,11 +150,17 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
         // Exit 1 when a finding reaches the threshold.
         Action::Command(Command::Lint(args)) => commands::lint::lint(args),
+        // Exit 1 when the image is not ready.
+        Action::Command(Command::Test(args)) => commands::test::test(settings, printer, args),
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),
         Action::Command(Command::Gc) => done(commands::rmi::gc(settings, printer)),
         Action::Command(Command::Load(args)) => done(commands::load::load(settings, printer, args)),
         Action::Command(Command::Audit(cli::AuditCommand::Show(args))) => done(commands::audit::show(settings, &args)),
         Action::Command(Command::Audit(cli::AuditCommand::Verify(args))) => commands::audit::verify(settings, &args),
+        // Exit 1 when the directory or its manifest changed since the run.
+        Action::Command(Command::Outputs(cli::OutputsCommand::Verify(args))) => {
+            commands::outputs::verify(settings, &args)
+        }
     }
 }
 

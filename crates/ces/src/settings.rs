@@ -25,6 +25,9 @@ pub struct ConfigFile {
     /// `[policy]`.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// `[pull]`.
+    #[serde(default)]
+    pub pull: PullConfig,
     /// `[audit]`.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -50,6 +53,32 @@ pub struct PolicyConfig {
     /// TRE's policy, and a user's file must not widen it.
     #[serde(default)]
     pub allow_user_config: bool,
+    /// Only references pinned by digest (`name@sha256:...`) may be pulled or run.
+    #[serde(default)]
+    pub require_digest: bool,
+    /// Images without an `org.opencontainers.image.source` label are
+    /// refused, at pull and at run.
+    #[serde(default)]
+    pub require_source_label: bool,
+}
+
+/// `[pull]`: who may pull (IG enables accounts one by one). With neither
+/// list set, everyone may; with either set, only the users listed and the
+/// members of the groups listed (and root, the operator).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// User names (or numeric uids) enabled to pull.
+    pub allowed_users: Option<Vec<String>>,
+    /// Groups whose members are enabled to pull.
+    pub allowed_groups: Option<Vec<String>>,
+}
+
+impl PullConfig {
+    /// Whether pulls are open to everyone (neither list set).
+    pub fn open(&self) -> bool {
+        self.allowed_users.is_none() && self.allowed_groups.is_none()
+    }
 }
 
 /// A user asked for another config where the system config is the policy.
@@ -175,6 +204,10 @@ pub struct Settings {
     pub audit_path: PathBuf,
     /// Whether records are also sent to syslog.
     pub audit_syslog: bool,
+    /// The image policy (digest pinning, source label).
+    pub policy: PolicyConfig,
+    /// Who may pull.
+    pub pull: PullConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -224,6 +257,8 @@ impl Settings {
             tre: config.tre,
             audit_path,
             audit_syslog: config.audit.syslog,
+            policy: config.policy,
+            pull: config.pull,
         })
     }
 
@@ -369,6 +404,24 @@ mod tests {
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("tre.safe_data_mode")), "{e}");
         let e = parse("[tre.projects.p1]\nmode = \"rw\"\n").unwrap_err();
         assert!(e.to_string().contains("mode"), "{e}");
+    }
+
+    #[test]
+    fn policy_and_pull_sections() {
+        let c = parse("").unwrap();
+        assert!(!c.policy.require_digest && !c.policy.require_source_label);
+        assert!(c.pull.open(), "everyone may pull by default");
+        let c = parse(
+            "[policy]\nrequire_digest = true\nrequire_source_label = true\n\n[pull]\nallowed_users = [\"alice\"]\nallowed_groups = [\"tre-users\"]\n",
+        )
+        .unwrap();
+        assert!(c.policy.require_digest && c.policy.require_source_label);
+        assert_eq!(c.pull.allowed_users.as_deref(), Some(&["alice".to_owned()][..]));
+        assert_eq!(c.pull.allowed_groups.as_deref(), Some(&["tre-users".to_owned()][..]));
+        assert!(!c.pull.open());
+        assert!(!parse("[pull]\nallowed_users = []\n").unwrap().pull.open(), "an empty list enables no one");
+        let e = parse("[pull]\nallowed_user = [\"alice\"]\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("pull.allowed_user")), "{e}");
     }
 
     #[test]

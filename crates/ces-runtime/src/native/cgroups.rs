@@ -234,6 +234,17 @@ impl ContainerCgroup {
         text.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
     }
 
+    /// The container's peak memory use (v1 `memory.max_usage_in_bytes`, v2
+    /// `memory.peak`, which kernels before 5.19 lack).
+    pub(crate) fn peak_memory(&self) -> Option<u64> {
+        let dir = self.hierarchy.controller_dir("memory", &self.path)?;
+        let file = match self.hierarchy {
+            Hierarchy::V1 { .. } => "memory.max_usage_in_bytes",
+            Hierarchy::V2 { .. } => "memory.peak",
+        };
+        fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
     /// SIGKILLs every process in the container's cgroup.
     pub(crate) fn kill_all(&self) {
         for (_, dir) in self.hierarchy.dirs(&self.path) {

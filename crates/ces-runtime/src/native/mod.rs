@@ -25,6 +25,7 @@
 
 mod cgroups;
 mod init;
+mod observe;
 mod oci;
 mod rootfs;
 mod seccomp;
@@ -45,6 +46,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::OciSpecError;
 
 pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation};
+pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveError};
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
 pub use wait::block_forwarded_signals;
@@ -64,6 +66,29 @@ pub struct NativeRuntime {
     /// libcontainer's state root (one per user), e.g. `<store>/containers`:
     /// a directory per running container, and ces's run records.
     pub state_root: PathBuf,
+}
+
+/// What to observe of a run besides its exit (`ces test`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observe {
+    /// Route the container's network to a watcher that answers DNS with
+    /// its own addresses, refuses every connection at once and records each
+    /// attempt (see [`crate::netwatch`]). Needs `/dev/net/tun`.
+    pub network: bool,
+}
+
+/// A run's exit and what was observed of it.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// How the container ended.
+    pub exit: Exit,
+    /// The container's peak memory use, from its cgroup, when the kernel
+    /// keeps it.
+    pub peak_memory: Option<u64>,
+    /// The network attempts, when [`Observe::network`] was asked.
+    pub network: Option<NetworkReport>,
+    /// Files written to the container's own filesystem (lost at exit).
+    pub lost_writes: Vec<LostWrite>,
 }
 
 /// Why the native runtime could not start a container (the source of
@@ -115,6 +140,9 @@ pub enum NativeError {
     /// A system call failed.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The network could not be observed.
+    #[error(transparent)]
+    Observe(#[from] ObserveError),
     /// libseccomp could not compile the profile.
     #[error("cannot compile the seccomp profile")]
     Seccomp(#[source] libseccomp::error::SeccompError),
@@ -159,6 +187,13 @@ impl Runtime for NativeRuntime {
     }
 
     fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
+        self.run_observed(spec, Observe::default()).map(|observed| observed.exit)
+    }
+}
+
+impl NativeRuntime {
+    /// Runs the container as [`Runtime::run`] does, observing what `observe` asks.
+    pub fn run_observed(&self, spec: &RunSpec, observe: Observe) -> Result<Observed, RuntimeError> {
         if spec.process.terminal {
             return Err(RuntimeError::Unsupported { backend: "native", what: "a terminal (-t)" });
         }
@@ -231,7 +266,8 @@ impl Runtime for NativeRuntime {
         .map_err(|e| start_error("recording the run")(e.into()))?
         .write(&self.state_root)?;
 
-        let run = Run { runtime: self, spec, dirs: &dirs, cgroup: &cgroup, privilege, groups: groups.as_deref() };
+        let run =
+            Run { runtime: self, spec, dirs: &dirs, cgroup: &cgroup, privilege, groups: groups.as_deref(), observe };
         let (result, container_removed) = run.prepare_and_run();
         let dirs_removed = match dirs.remove() {
             Ok(()) => true,
@@ -258,11 +294,12 @@ struct Run<'a> {
     cgroup: &'a ContainerCgroup,
     privilege: Privilege,
     groups: Option<&'a [u32]>,
+    observe: Observe,
 }
 
 impl Run<'_> {
     /// Returns the result and whether the container (and its mounts) are gone.
-    fn prepare_and_run(&self) -> (Result<Exit, RuntimeError>, bool) {
+    fn prepare_and_run(&self) -> (Result<Observed, RuntimeError>, bool) {
         let overlay = self.dirs.overlay_for(&self.spec.image.rootfs);
         let root = self.privilege == Privilege::Root;
         if let Err(e) = self.dirs.create(&overlay.lower, root) {
@@ -290,10 +327,14 @@ impl Run<'_> {
         let written = oci::build(self.spec, &layout)
             .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
             .map_err(|e| start_error("writing the OCI spec")(e.into()));
-        let (result, mut removed) = match written {
+        let (mut result, mut removed) = match written {
             Ok(()) => self.run_container(),
             Err(e) => (Err(e), true),
         };
+        if let Ok(observed) = &mut result {
+            let ignore: Vec<&str> = self.mount_points().into_iter().map(|(path, _)| path).collect();
+            observed.lost_writes = observe::lost_writes(&self.dirs.overlay_for(&self.spec.image.rootfs).upper, &ignore);
+        }
         if let Some(mut mount) = mount
             && let Err(e) = mount.unmount()
         {
@@ -317,7 +358,7 @@ impl Run<'_> {
         points
     }
 
-    fn run_container(&self) -> (Result<Exit, RuntimeError>, bool) {
+    fn run_container(&self) -> (Result<Observed, RuntimeError>, bool) {
         let (report_read, report_write) = match pipe() {
             Ok(p) => p,
             Err(e) => return (Err(start_error("creating the report pipe")(e.into())), true),
@@ -341,6 +382,15 @@ impl Run<'_> {
             if self.privilege != Privilege::Root {
                 self.cgroup.apply_limits(pid, &self.spec.limits)?;
             }
+            let watcher = if self.observe.network {
+                let rootless = self.privilege != Privilege::Root;
+                Some(
+                    observe::Watcher::start(pid, rootless)
+                        .map_err(|e| start_error("observing the network")(e.into()))?,
+                )
+            } else {
+                None
+            };
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
             let signalfd = signals.signalfd().map_err(|e| start_error("waiting for the container")(e.into()))?;
             let ended =
@@ -357,7 +407,18 @@ impl Run<'_> {
                 };
                 return Err(start_error(stage)(io::Error::from_raw_os_error(errno).into()));
             }
-            Ok(decide(ended.status, &reports, self.cgroup.oom_kills().unwrap_or(0)))
+            let network = match watcher {
+                Some(watcher) => {
+                    Some(watcher.finish().map_err(|e| start_error("reading the network observations")(e.into()))?)
+                }
+                None => None,
+            };
+            Ok(Observed {
+                exit: decide(ended.status, &reports, self.cgroup.oom_kills().unwrap_or(0)),
+                peak_memory: self.cgroup.peak_memory(),
+                network,
+                lost_writes: Vec::new(),
+            })
         })();
 
         let removed = match container.delete(true) {

@@ -60,6 +60,8 @@ pub struct PullAttempt<'a> {
     pub registry: Option<String>,
     /// The registry user, if any.
     pub registry_user: Option<&'a str>,
+    /// Where the pulled image came from (on success, when it says).
+    pub provenance: Option<Box<ces_audit::Provenance>>,
 }
 
 /// Appends a pull's record: `result` is the pulled manifest digest, or the
@@ -78,6 +80,7 @@ pub fn record_pull(
         registry: attempt.registry,
         registry_user: attempt.registry_user.map(str::to_owned),
         digest,
+        provenance: attempt.provenance,
         outcome,
     });
     append(settings, event)
@@ -88,8 +91,9 @@ fn outcome_of(error: &anyhow::Error) -> Outcome {
     let refused = error.chain().any(|cause| {
         matches!(
             cause.downcast_ref::<ces_registry::RegistryError>(),
-            Some(ces_registry::RegistryError::NotAllowed { .. })
+            Some(ces_registry::RegistryError::NotAllowed { .. } | ces_registry::RegistryError::MissingLabel { .. })
         ) || cause.downcast_ref::<crate::run_options::OptionError>().is_some()
+            || cause.downcast_ref::<crate::policy::PolicyError>().is_some()
     });
     if refused { Outcome::Refused { error: message } } else { Outcome::Error { error: message } }
 }
@@ -109,6 +113,8 @@ pub struct RunEnd<'a> {
     pub result: &'a Result<Exit, RuntimeError>,
     /// The outputs directory (recorded if it is still there).
     pub outputs: &'a Path,
+    /// `sha256:<hex>` of the outputs manifest ces wrote, if it wrote one.
+    pub outputs_manifest: Option<String>,
 }
 
 /// Appends a run's record (environment variables by name only).
@@ -154,6 +160,7 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
             mode: mode_of(ces_runtime::plan::SAFE_DATA),
         },
         image: ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() },
+        provenance: crate::policy::stored_provenance(settings, &spec.image.digest),
         runtime: end.runtime.to_owned(),
         mounts,
         limits: ces_audit::Limits {
@@ -168,7 +175,7 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
         ended: Timestamp::now(),
         exit,
         outputs: end.outputs.is_dir().then(|| end.outputs.to_owned()),
-        outputs_manifest: None,
+        outputs_manifest: end.outputs_manifest,
         outcome,
     }));
     append(settings, event)
@@ -325,6 +332,7 @@ mod tests {
             registry: Some("ghcr.io".into()),
             registry_user: None,
             digest: Some(format!("sha256:{}", "ab12".repeat(16))),
+            provenance: None,
             outcome: Outcome::Ok,
         });
         for yes in ["ghcr.io/a/b:1", "ghcr.io/a/b", "sha256:ab12ab", "ab12ab12"] {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ces_image::Store;
+use ces_image::{Provenance, Store};
 
 use crate::commands::pull::human_bytes;
 use crate::settings::Settings;
@@ -22,6 +22,8 @@ struct Inspection {
     user: Option<String>,
     workdir: Option<String>,
     labels: BTreeMap<String, String>,
+    /// Where it came from: its OCI labels and base annotations.
+    provenance: Provenance,
     layers: Vec<Layer>,
     rootfs: Option<String>,
 }
@@ -53,6 +55,8 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
         user: run.user().clone().filter(|u| !u.is_empty()),
         workdir: run.working_dir().clone().filter(|w| !w.is_empty()),
         labels: run.labels().clone().unwrap_or_default().into_iter().collect(),
+        // From the content-addressed blobs (the index's copy could be edited).
+        provenance: Provenance::of(&manifest, &config),
         layers: manifest
             .layers()
             .iter()
@@ -86,10 +90,28 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     for (key, value) in &i.labels {
         println!("  {key}={value}");
     }
+    println!("Provenance:");
+    let p = &i.provenance;
+    for (what, value) in [
+        ("Source", &p.source),
+        ("Revision", &p.revision),
+        ("Created", &p.created),
+        ("Version", &p.version),
+        ("Base image", &p.base_name),
+        ("Base digest", &p.base_digest),
+    ] {
+        println!("  {:<12} {}", format!("{what}:"), value.as_deref().map_or_else(|| "-".to_owned(), printable));
+    }
     println!("Layers:");
     for layer in &i.layers {
         println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), layer.media_type);
     }
     println!("Rootfs:      {}", i.rootfs.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
     Ok(())
+}
+
+/// A value from the image, safe to print: control characters escaped (a
+/// label is the builder's free text, and must not drive the terminal).
+fn printable(value: &str) -> String {
+    value.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
 }

@@ -5,10 +5,11 @@ use std::io::BufRead as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ces_image::{ImageReference, Store};
-use ces_registry::{Client, ClientConfig, Credentials, PullOptions, Secret};
+use ces_image::{ImageReference, Provenance, Store};
+use ces_registry::{Client, ClientConfig, Credentials, Secret};
 
 use crate::commands::audit;
+use crate::policy;
 use crate::printer::Printer;
 use crate::settings::Settings;
 
@@ -45,9 +46,10 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
         reference: &request.reference,
         registry: request.reference.parse::<ImageReference>().ok().map(|r| r.registry().to_owned()),
         registry_user: request.credentials.user(),
+        provenance: result.as_ref().ok().and_then(|pulled| policy::audit_provenance(&pulled.provenance)),
     };
-    let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pinned| pinned.digest()));
-    let pinned = match (result, recorded) {
+    let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pulled| pulled.pinned.digest()));
+    let Pulled { pinned, .. } = match (result, recorded) {
         (result, Ok(())) => result?,
         (Ok(_), Err(error)) => return Err(error),
         (Err(pull), Err(error)) => {
@@ -58,9 +60,21 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
     Ok(())
 }
 
-/// Pulls into the store and returns the pinned reference.
-fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyhow::Result<ImageReference> {
+/// What a pull stored.
+#[derive(Debug)]
+struct Pulled {
+    /// The reference, pinned to the manifest pulled.
+    pinned: ImageReference,
+    /// Where the image says it came from.
+    provenance: Provenance,
+}
+
+/// Pulls into the store (if the policy allows) and returns the pinned reference.
+fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyhow::Result<Pulled> {
+    // Refusals come before the store is opened or the network touched.
+    policy::check_pull_enabled(settings)?;
     let reference: ImageReference = request.reference.parse()?;
+    policy::check_pull_reference(settings, &reference)?;
     let client = Client::new(ClientConfig {
         allowed: settings.registries.allowed.clone(),
         insecure: settings.registries.insecure.clone(),
@@ -84,7 +98,7 @@ fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyho
         &lock,
         &reference,
         &request.credentials,
-        &PullOptions::default(),
+        &policy::pull_options(settings),
         &reporter,
     ))?;
     drop(runtime);
@@ -104,7 +118,7 @@ fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyho
     }
     store.add_ref(&outcome.record)?;
     drop(lock);
-    Ok(reference.with_digest(outcome.record.digest.clone()))
+    Ok(Pulled { pinned: reference.with_digest(outcome.record.digest.clone()), provenance: outcome.record.provenance })
 }
 
 /// Unpacks the image's root filesystem into the cache, with a spinner.

@@ -4,6 +4,7 @@
 //! handed to a backend; `--dry-run` prints the plan instead, creating nothing.
 
 mod host;
+mod manifest;
 pub mod record;
 
 use std::io::Write as _;
@@ -85,19 +86,75 @@ fn run_container(
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
+    let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
+    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root())?;
+
+    if options.dry_run {
+        let backend_lines = runtime.describe(&prepared.spec)?;
+        print_plan(&prepared.spec, runtime.name(), &prepared.safe_data, &backend_lines, options.json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (result, outputs) =
+        execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| runtime.run(spec))?;
+    let exit = result.context("the container could not be run")?;
+    announce_end(printer, &prepared.spec, exit, &outputs, options.json)?;
+    Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))
+}
+
+/// Where a run's directories come from, when not from the TRE's settings
+/// (`ces test`: its own data and a fresh place for outputs and scratch).
+#[derive(Debug, Default)]
+pub(crate) struct Placement {
+    /// `/safe_data` from this directory (read-only).
+    pub safe_data: Option<PathBuf>,
+    /// The parent of `outputs_<id>` and `scratch_<id>`.
+    pub parent: Option<PathBuf>,
+}
+
+/// A run planned from the options, the stored image and the TRE policy; the
+/// store stays locked (shared) while this lives.
+pub(crate) struct Prepared {
+    /// The plan.
+    pub spec: RunSpec,
+    /// Where `/safe_data` comes from, and why.
+    pub safe_data: SafeData,
+    /// The image as stored.
+    pub record: ces_image::ImageRecord,
+    /// Its configuration.
+    pub config: oci_spec::image::ImageConfiguration,
+    /// The store.
+    pub store: Store,
+    outputs_parent: PathBuf,
+    scratch_parent: PathBuf,
+    runs: PathBuf,
+    dirs: RunDirs,
+    invoker: host::Invoker,
+    // Held for the whole run: `ces rmi`/`ces gc` wait rather than delete the
+    // root filesystem under a running container.
+    _store_lock: ces_image::store::StoreLock,
+}
+
+/// Plans the run of `image` with `command` (unpacking the image if needed).
+pub(crate) fn prepare(
+    settings: &Settings,
+    printer: &Printer,
+    options: &RunOptions,
+    image: &str,
+    command: &[String],
+    placement: &Placement,
+) -> anyhow::Result<Prepared> {
     if options.gpu {
         return Err(RunError::GpuUnavailable.into());
     }
-    let limits = limits(&options)?;
-    let process = process_request(&options, command)?;
-    let tmpfs = tmpfs_requests(&options)?;
+    let limits = limits(options)?;
+    let process = process_request(options, command)?;
+    let tmpfs = tmpfs_requests(options)?;
     let name = options.name.clone().map(checked_name).transpose()?;
 
     let store = Store::open(&settings.storage_root)?;
-    // Held for the whole run: `ces rmi`/`ces gc` wait rather than delete the
-    // root filesystem under a running container.
-    let _store_lock = store.lock_shared()?;
+    let store_lock = store.lock_shared()?;
     let record = store.lookup(image)?;
+    crate::policy::check_run(settings, &store, image, &record)?;
     let rootfs = match store.unpacked(&record.digest) {
         Some(rootfs) => rootfs,
         None => {
@@ -116,14 +173,25 @@ fn run_container(
     };
 
     let invoker = host::invoker()?;
-    let safe_data = find_safe_data(settings, &invoker)?;
-    let safe_data_access = match settings.tre.safe_data_mode(safe_data.project.as_deref()) {
-        SafeDataMode::Ro => Access::Ro,
-        SafeDataMode::Rw => Access::Rw,
+    let (safe_data, safe_data_access) = match &placement.safe_data {
+        Some(path) => (SafeData { path: path.clone(), project: None, reason: "--data".to_owned() }, Access::Ro),
+        None => {
+            let safe_data = find_safe_data(settings, &invoker)?;
+            let access = match settings.tre.safe_data_mode(safe_data.project.as_deref()) {
+                SafeDataMode::Ro => Access::Ro,
+                SafeDataMode::Rw => Access::Rw,
+            };
+            (safe_data, access)
+        }
     };
     let id = plan::new_run_id();
-    let outputs_parent = parent_dir("outputs", settings.tre.outputs_parent.as_ref(), &invoker)?;
-    let scratch_parent = parent_dir("scratch", settings.tre.scratch_parent.as_ref(), &invoker)?;
+    let (outputs_parent, scratch_parent) = match &placement.parent {
+        Some(parent) => (parent.clone(), parent.clone()),
+        None => (
+            parent_dir("outputs", settings.tre.outputs_parent.as_ref(), &invoker)?,
+            parent_dir("scratch", settings.tre.scratch_parent.as_ref(), &invoker)?,
+        ),
+    };
     let runs = record::runs_dir(store.root());
     let dirs = RunDirs {
         safe_data: safe_data.path.clone(),
@@ -148,35 +216,56 @@ fn run_container(
         limits,
         identity: invoker.identity,
     })?;
-    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), store.root())?;
+    Ok(Prepared {
+        spec,
+        safe_data,
+        record,
+        config,
+        store,
+        outputs_parent,
+        scratch_parent,
+        runs,
+        dirs,
+        invoker,
+        _store_lock: store_lock,
+    })
+}
 
-    if options.dry_run {
-        let backend_lines = runtime.describe(&spec)?;
-        print_plan(&spec, runtime.name(), &safe_data, &backend_lines, options.json)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-
-    for (what, parent) in [("outputs", &outputs_parent), ("scratch", &scratch_parent)] {
+/// Runs a prepared plan with `run`: creates the run's directories, records
+/// the run in the audit log, removes what must not outlive it. Returns the
+/// runtime's result and the outputs directory.
+pub(crate) fn execute(
+    settings: &Settings,
+    printer: &Printer,
+    prepared: &Prepared,
+    runtime: &str,
+    json: bool,
+    started: &mut bool,
+    run: impl FnOnce(&RunSpec) -> Result<Exit, ces_runtime::RuntimeError>,
+) -> anyhow::Result<(Result<Exit, ces_runtime::RuntimeError>, PathBuf)> {
+    let spec = &prepared.spec;
+    for (what, parent) in [("outputs", &prepared.outputs_parent), ("scratch", &prepared.scratch_parent)] {
         if !parent.is_dir() {
             return Err(RunError::MissingParent { what, path: parent.clone() }.into());
         }
     }
     // Nothing runs that could not be recorded.
     audit::log(settings).check_writable()?;
+    let invoker = &prepared.invoker;
     let owner = (host::is_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
     let paths = RunPaths {
         id: spec.id.clone(),
-        runtime: runtime.name().to_owned(),
-        outputs: dirs.outputs,
-        scratch: dirs.scratch,
-        state: dirs.state,
+        runtime: runtime.to_owned(),
+        outputs: prepared.dirs.outputs.clone(),
+        scratch: prepared.dirs.scratch.clone(),
+        state: prepared.dirs.state.clone(),
     };
-    let mut active = ActiveRun::start(&runs, paths, owner)?;
-    announce_start(printer, &spec, runtime.name(), &safe_data, active.paths(), options.json)?;
+    let mut active = ActiveRun::start(&prepared.runs, paths, owner)?;
+    announce_start(printer, spec, runtime, &prepared.safe_data, active.paths(), json)?;
 
     *started = true;
     let start_time = jiff::Timestamp::now();
-    let result = runtime.run(&spec);
+    let result = run(spec);
 
     if result.is_err() {
         active.discard_outputs_if_empty();
@@ -185,18 +274,19 @@ fn run_container(
     for problem in active.finish() {
         printer.status(format!("warning: {problem}"));
     }
-    let end = audit::RunEnd {
-        spec: &spec,
-        runtime: runtime.name(),
-        safe_data: &safe_data,
+    let mut end = audit::RunEnd {
+        spec,
+        runtime,
+        safe_data: &prepared.safe_data,
         started: start_time,
         result: &result,
         outputs: &outputs,
+        outputs_manifest: None,
     };
+    // After the container's exit, whatever its end: the manifest and the ACRO metadata.
+    end.outputs_manifest = manifest::seal_outputs(printer, &end, owner);
     audit::record_run(settings, end)?;
-    let exit = result.context("the container could not be run")?;
-    announce_end(printer, &spec, exit, &outputs, options.json)?;
-    Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))
+    Ok((result, outputs))
 }
 
 /// Removes what runs of a ces that died left behind (best effort; problems

@@ -1,0 +1,303 @@
+//! Sealing and verifying real directories: nested directories, empty and
+//! large files, symbolic links (recorded, never followed), FIFOs, CSV and
+//! TSV shapes, reserved names the container used, and changes afterwards.
+//! Everything is under a temp dir; links point at read-only host files and
+//! nothing is ever written through them.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use ces_outputs::{Entry, Image, Kind, Manifest, Owner, RunIdentity, User, seal, verify};
+use sha2::Digest as _;
+
+fn run() -> RunIdentity {
+    RunIdentity {
+        id: "20260102-030405-abcdef".into(),
+        name: Some("job".into()),
+        user: User { name: "alice".into(), uid: 1000 },
+        project: Some("proj".into()),
+        image: Image { reference: "ghcr.io/a/b:1".into(), digest: format!("sha256:{}", "ab".repeat(32)) },
+        runtime: "native".into(),
+        argv: vec!["sh".into(), "-c".into(), "true".into()],
+        started: "2026-01-02T03:04:05Z".parse().unwrap(),
+        ended: "2026-01-02T03:04:09Z".parse().unwrap(),
+        exit: Some(ces_outputs::Exit { code: 0, signal: None, oom: false }),
+        error: None,
+    }
+}
+
+fn entry<'a>(manifest: &'a Manifest, path: &str) -> &'a Entry {
+    manifest.entries.iter().find(|e| e.path == path).unwrap_or_else(|| panic!("no entry {path}"))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+fn mkfifo(path: &Path) {
+    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0)
+        .unwrap();
+}
+
+#[test]
+fn every_kind_of_entry_is_recorded_and_nothing_is_followed_or_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::create_dir_all(out.join("a/b/c")).unwrap();
+    fs::write(out.join("a/b/c/deep.txt"), "deep\n").unwrap();
+    fs::write(out.join("empty"), "").unwrap();
+    fs::create_dir(out.join("empty-dir")).unwrap();
+    fs::write(out.join("script.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(out.join("script.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.join("passwd-link")).unwrap();
+    std::os::unix::fs::symlink("/etc", out.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("missing", out.join("dangling")).unwrap();
+    // A FIFO nobody writes to: opening it would hang the walk.
+    mkfifo(&out.join("pipe"));
+    // A 64 MiB sparse file, hashed as it streams.
+    let big = fs::File::create(out.join("big.bin")).unwrap();
+    big.set_len(64 << 20).unwrap();
+    drop(big);
+
+    let sealed = seal(out, run(), None).unwrap();
+    let m = &sealed.manifest;
+    assert_eq!(m.format, "ces-outputs-manifest/1");
+    assert_eq!(m.run, run());
+    let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/b/c/deep.txt",
+            "big.bin",
+            "dangling",
+            "empty",
+            "empty-dir",
+            "etc-link",
+            "passwd-link",
+            "pipe",
+            "script.sh"
+        ],
+        "sorted, ces's own files left out"
+    );
+    let file = |path: &str| match &entry(m, path).kind {
+        Kind::File { size, sha256, table, unreadable } => {
+            assert!(unreadable.is_none() && table.is_none());
+            (*size, sha256.clone().unwrap())
+        }
+        other => panic!("{path} is {other:?}"),
+    };
+    assert_eq!(file("a/b/c/deep.txt"), (5, sha256_hex(b"deep\n")));
+    assert_eq!(file("empty"), (0, sha256_hex(b"")));
+    assert_eq!(file("big.bin"), (64 << 20, sha256_hex(&vec![0u8; 64 << 20])));
+    assert_eq!(entry(m, "script.sh").mode, "0750");
+    assert_eq!(entry(m, "a/b").kind, Kind::Directory { not_listed: None });
+    assert_eq!(entry(m, "empty-dir").kind.word(), "directory");
+    let target = |path: &str| match &entry(m, path).kind {
+        Kind::Symlink { target, .. } => target.clone(),
+        other => panic!("{path} is {other:?}"),
+    };
+    assert_eq!(target("passwd-link"), "/etc/passwd");
+    assert_eq!(target("etc-link"), "/etc");
+    assert_eq!(target("dangling"), "missing");
+    assert!(!paths.iter().any(|p| p.starts_with("etc-link/")), "a link to a directory is not walked");
+    assert_eq!(entry(m, "pipe").kind, Kind::Fifo);
+
+    // The manifest on disk is what seal returned, and its digest is of its bytes.
+    let bytes = fs::read(out.join("ces-manifest.json")).unwrap();
+    assert_eq!(sealed.manifest_digest, format!("sha256:{}", sha256_hex(&bytes)));
+    let on_disk: Manifest = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(&on_disk, m);
+    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(json.get("version").is_none() && json.get("results").is_none(), "SACRO must not take it for ACRO's");
+    assert_eq!(json["entries"][0]["type"], "directory");
+
+    // ACRO metadata: regular files only, checksums beside.
+    let results: serde_json::Value = serde_json::from_slice(&fs::read(out.join("results.json")).unwrap()).unwrap();
+    let names: Vec<&str> =
+        results["results"].as_object().unwrap().values().map(|o| o["files"][0]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a/b/c/deep.txt", "big.bin", "empty", "script.sh"]);
+    assert_eq!(fs::read_to_string(out.join("checksums/a/b/c/deep.txt.txt")).unwrap(), sha256_hex(b"deep\n"));
+    assert_eq!(fs::read_to_string(out.join("checksums/empty.txt")).unwrap(), sha256_hex(b""));
+    assert!(!out.join("checksums/passwd-link.txt").exists());
+    assert!(sealed.warnings.iter().any(|w| w.contains("not in results.json") && w.contains("passwd-link")));
+
+    // Nothing was written through the links.
+    assert!(fs::symlink_metadata(out.join("etc-link")).unwrap().file_type().is_symlink());
+    assert!(!Path::new("/etc/checksums").exists() && !Path::new("/etc/results.json").exists());
+
+    // Unchanged, it verifies.
+    let check = verify(out).unwrap();
+    assert!(check.matches(), "{:?} {:?} {:?}", check.added, check.removed, check.changed);
+    assert_eq!(check.manifest_digest, sealed.manifest_digest);
+}
+
+#[test]
+fn csv_and_tsv_files_get_rows_and_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::write(out.join("plain.csv"), "id,age\n1,34\n2,51\n").unwrap();
+    fs::write(out.join("quoted.CSV"), "name,comment\r\n\"Smith, J\",\"line one\r\nline \"\"two\"\"\"\r\nLee,ok\r\n")
+        .unwrap();
+    fs::write(out.join("table.tsv"), "a\tb\tc\n1\t2\t3\n4\t5\n").unwrap();
+    fs::write(out.join("empty.csv"), "").unwrap();
+    fs::write(out.join("notes.txt"), "a,b\n").unwrap();
+    let m = seal(out, run(), None).unwrap().manifest;
+    let table = |path: &str| match &entry(&m, path).kind {
+        Kind::File { table, .. } => table.clone(),
+        _ => None,
+    };
+    let t = table("plain.csv").unwrap();
+    assert_eq!((t.delimiter.as_str(), t.rows_including_header, t.columns, t.ragged), (",", 3, 2, false));
+    let t = table("quoted.CSV").unwrap();
+    assert_eq!((t.rows_including_header, t.columns, t.ragged, t.unclosed_quote), (3, 2, false, false));
+    let t = table("table.tsv").unwrap();
+    assert_eq!((t.delimiter.as_str(), t.rows_including_header, t.columns, t.ragged), ("\t", 3, 3, true));
+    let t = table("empty.csv").unwrap();
+    assert_eq!((t.rows_including_header, t.columns), (0, 0));
+    assert_eq!(table("notes.txt"), None);
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(out.join("ces-manifest.json")).unwrap()).unwrap();
+    let plain = json["entries"].as_array().unwrap().iter().find(|e| e["path"] == "plain.csv").unwrap();
+    assert_eq!(plain["table"]["rows_including_header"], 3);
+}
+
+#[test]
+fn what_the_container_left_at_reserved_names_is_moved_aside_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::write(out.join("results.json"), r#"{"version": "forged"}"#).unwrap();
+    fs::create_dir(out.join("checksums")).unwrap();
+    fs::write(out.join("checksums/x.txt"), "forged").unwrap();
+    // A link at a reserved name: ces must not write through it.
+    std::os::unix::fs::symlink("/etc/passwd", out.join("ces-manifest.json")).unwrap();
+    fs::write(out.join("results.json.from-container"), "taken").unwrap();
+    let passwd = fs::read("/etc/passwd").unwrap();
+
+    let sealed = seal(out, run(), None).unwrap();
+    let moved: Vec<(&str, &str)> =
+        sealed.manifest.moved_aside.iter().map(|m| (m.name.as_str(), m.moved_to.as_str())).collect();
+    assert_eq!(
+        moved,
+        [
+            ("ces-manifest.json", "ces-manifest.json.from-container"),
+            ("results.json", "results.json.from-container.1"),
+            ("checksums", "checksums.from-container"),
+        ]
+    );
+    assert_eq!(sealed.warnings.iter().filter(|w| w.contains("moved it to")).count(), 3);
+    assert_eq!(fs::read("/etc/passwd").unwrap(), passwd, "nothing written through the link");
+    assert_eq!(fs::read_to_string(out.join("results.json.from-container.1")).unwrap(), r#"{"version": "forged"}"#);
+    assert_eq!(fs::read_to_string(out.join("checksums.from-container/x.txt")).unwrap(), "forged");
+    assert!(!fs::symlink_metadata(out.join("ces-manifest.json")).unwrap().file_type().is_symlink());
+    let paths: Vec<&str> = sealed.manifest.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "ces-manifest.json.from-container",
+            "checksums.from-container",
+            "checksums.from-container/x.txt",
+            "results.json.from-container",
+            "results.json.from-container.1"
+        ]
+    );
+    // The moved files are outputs like any other, for review.
+    let results = fs::read_to_string(out.join("results.json")).unwrap();
+    assert!(results.contains("\"checksums.from-container/x.txt\""), "{results}");
+    assert!(!results.contains("forged"));
+    assert!(out.join("checksums/checksums.from-container/x.txt.txt").is_file());
+}
+
+#[test]
+fn verify_names_what_was_added_changed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    for name in ["keep", "edit", "gone", "chmod", "retype"] {
+        fs::write(out.join(name), name).unwrap();
+    }
+    fs::create_dir(out.join("d")).unwrap();
+    fs::write(out.join("d/inner"), "x").unwrap();
+    std::os::unix::fs::symlink("keep", out.join("link")).unwrap();
+    seal(out, run(), None).unwrap();
+
+    fs::write(out.join("edit"), "edited").unwrap();
+    fs::remove_file(out.join("gone")).unwrap();
+    fs::remove_file(out.join("d/inner")).unwrap();
+    fs::set_permissions(out.join("chmod"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::remove_file(out.join("retype")).unwrap();
+    fs::create_dir(out.join("retype")).unwrap();
+    fs::remove_file(out.join("link")).unwrap();
+    std::os::unix::fs::symlink("edit", out.join("link")).unwrap();
+    fs::write(out.join("new"), "new").unwrap();
+    // ces's own files are not outputs: rewriting checksums/ is not a change.
+    fs::write(out.join("checksums/keep.txt"), "0").unwrap();
+
+    let check = verify(out).unwrap();
+    assert!(!check.matches());
+    assert_eq!(check.added, ["new"]);
+    assert_eq!(check.removed, ["d/inner", "gone"]);
+    let changed: Vec<(&str, Vec<&str>)> = check.changed.iter().map(|c| (c.path.as_str(), c.what.clone())).collect();
+    assert_eq!(
+        changed,
+        [("chmod", vec!["mode"]), ("edit", vec!["content"]), ("link", vec!["target"]), ("retype", vec!["type"])]
+    );
+}
+
+#[test]
+fn a_missing_or_unreadable_manifest_and_a_linked_directory_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let err = verify(&out).unwrap_err();
+    assert!(matches!(err, ces_outputs::OutputsError::NoManifest { .. }), "{err}");
+    fs::write(out.join("ces-manifest.json"), "{not json").unwrap();
+    assert!(matches!(verify(&out).unwrap_err(), ces_outputs::OutputsError::BadManifest { .. }));
+    fs::remove_file(out.join("ces-manifest.json")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.join("ces-manifest.json")).unwrap();
+    assert!(matches!(verify(&out).unwrap_err(), ces_outputs::OutputsError::ReadManifest { .. }));
+    // The outputs directory itself must not be a link.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&out, &link).unwrap();
+    assert!(matches!(seal(&link, run(), None).unwrap_err(), ces_outputs::OutputsError::Open { .. }));
+}
+
+#[test]
+fn nesting_deeper_than_the_limit_is_recorded_not_walked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let mut path = out.to_path_buf();
+    for _ in 0..ces_outputs::MAX_DEPTH + 3 {
+        path.push("d");
+    }
+    fs::create_dir_all(&path).unwrap();
+    fs::write(path.join("f"), "x").unwrap();
+    let sealed = seal(out, run(), None).unwrap();
+    let dirs = sealed.manifest.entries.iter().filter(|e| e.kind.word() == "directory").count();
+    assert_eq!(dirs, ces_outputs::MAX_DEPTH);
+    let last = sealed.manifest.entries.last().unwrap();
+    assert!(matches!(&last.kind, Kind::Directory { not_listed: Some(why) } if why.contains("deeper than")), "{last:?}");
+    assert!(sealed.warnings.iter().any(|w| w.contains("are not in the manifest")));
+}
+
+#[test]
+fn for_another_user_ces_files_are_theirs() {
+    assert!(rustix::process::geteuid().is_root(), "this test chowns files: run the suite as root (CI does)");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::create_dir(out.join("sub")).unwrap();
+    fs::write(out.join("sub/a.csv"), "a\n1\n").unwrap();
+    seal(out, run(), Some(Owner { uid: 4242, gid: 4343 })).unwrap();
+    for path in ["ces-manifest.json", "results.json", "checksums", "checksums/sub", "checksums/sub/a.csv.txt"] {
+        let meta = fs::symlink_metadata(out.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{path}");
+    }
+    let leftovers: Vec<_> = fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

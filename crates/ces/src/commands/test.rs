@@ -1,0 +1,583 @@
+//! `ces test`: runs an image exactly as `ces run` would (same policy, mounts,
+//! limits, native runtime), with `/safe_data` from `--data` (or empty) and
+//! fresh outputs, while a watcher owns the container's only route: every DNS
+//! query and connection attempt is answered at once with a failure and
+//! recorded. Then a report a researcher can act on: the verdict, the run,
+//! each network attempt with a hint, what was written where, and what the
+//! image itself carries (see docs/testing-images.md).
+
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use ces_image::Store;
+use ces_runtime::native::{LostWrite, NativeRuntime, NetworkReport, Observe};
+use ces_runtime::netwatch::{AttemptKind, RESOLVER_ADDR};
+use ces_runtime::{Access, Exit, MountKind, MountSpec, Runtime as _};
+use serde::Serialize;
+
+use crate::cli::TestArgs;
+use crate::commands::audit;
+use crate::commands::pull::human_bytes;
+use crate::commands::run::{self, Placement};
+use crate::printer::Printer;
+use crate::run_options;
+use crate::settings::Settings;
+
+/// Exit status when the image is not ready (ces's own failures are 125).
+pub const EXIT_NOT_READY: u8 = 1;
+
+/// Data-like files at least this large are findings wherever they are;
+/// smaller ones only outside the places packages install to.
+const LARGE_DATA_FILE: u64 = 1 << 20;
+/// Above this, the image's size is a finding of its own.
+const LARGE_IMAGE: u64 = 10 << 30;
+/// Where packages keep their own (small) sample data.
+const PACKAGE_PLACES: &[&str] =
+    &["usr/", "lib/", "lib64/", "opt/conda/", "site-packages/", "dist-packages/", "node_modules/", "/library/"];
+
+/// A failure of `ces test` itself.
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    /// `--runtime podman`.
+    #[error("ces test observes the network with the native runtime; it cannot with {0}")]
+    Runtime(String),
+    /// `--dry-run`.
+    #[error("ces test has no --dry-run: `ces run --dry-run IMAGE` shows the plan")]
+    DryRun,
+    /// `--data` is not a directory.
+    #[error("--data {} is not a directory", .0.display())]
+    Data(PathBuf),
+}
+
+/// One thing found about the image or the run (the verdict aside).
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// A stable code.
+    pub code: &'static str,
+    /// `warning` or `info`.
+    pub severity: &'static str,
+    /// What was found.
+    pub message: String,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// A file and its size.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileSize {
+    /// Its path (in the container).
+    pub path: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// The whole report (`--json` prints it as it is).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// The image as given.
+    pub image: String,
+    /// Its digest.
+    pub digest: String,
+    /// `ready` or `not ready`.
+    pub verdict: &'static str,
+    /// Why not ready (empty when ready).
+    pub reasons: Vec<String>,
+    /// How the container ended.
+    pub exit: Exit,
+    /// Its exit code.
+    pub exit_code: i32,
+    /// Seconds from start to exit.
+    pub wall_seconds: f64,
+    /// Peak memory use in bytes, when the kernel keeps it.
+    pub peak_memory: Option<u64>,
+    /// The memory limit it ran under.
+    pub memory_limit: u64,
+    /// Every network attempt.
+    pub network: NetworkReport,
+    /// A hint per host tried.
+    pub network_hints: Vec<String>,
+    /// Where the outputs are (kept).
+    pub outputs_dir: PathBuf,
+    /// The files written to /safe_outputs.
+    pub outputs: Vec<FileSize>,
+    /// Files written to the container's own filesystem (lost at exit).
+    pub lost_writes: Vec<LostWrite>,
+    /// Files left in /scratch (removed at exit).
+    pub scratch: Vec<FileSize>,
+    /// Findings about the image and the run.
+    pub findings: Vec<Finding>,
+}
+
+/// Runs `ces test`; returns 0 when the image is ready, 1 when not.
+pub fn test(settings: &Settings, printer: &Printer, args: TestArgs) -> anyhow::Result<ExitCode> {
+    let image = args.command.first().cloned();
+    let mut started = false;
+    match test_image(settings, printer, args, &mut started) {
+        Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
+        other => other,
+    }
+}
+
+fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &mut bool) -> anyhow::Result<ExitCode> {
+    let options = run_options::with_opt_files(args.options)?;
+    let Some((image, command)) = args.command.split_first() else {
+        anyhow::bail!("no image given");
+    };
+    if let Some(runtime) = options.runtime.as_deref().filter(|r| *r != "native") {
+        return Err(TestError::Runtime(runtime.to_owned()).into());
+    }
+    if options.dry_run {
+        return Err(TestError::DryRun.into());
+    }
+    let place = TestPlace::create(args.data.as_deref())?;
+    let placement = Placement { safe_data: Some(place.data.clone()), parent: Some(place.dir.clone()) };
+    let mut prepared = run::prepare(settings, printer, &options, image, command, &placement)?;
+    prepared.spec.mounts.push(MountSpec {
+        destination: "/etc/resolv.conf".to_owned(),
+        kind: MountKind::Bind { source: place.resolv_conf.clone() },
+        access: Access::Ro,
+    });
+    let mut findings = image_findings(&prepared.store, &prepared.record, &prepared.config, &prepared.spec)?;
+
+    let runtime = NativeRuntime { state_root: prepared.store.root().join("containers") };
+    let scratch = prepared.spec.mounts.iter().find_map(|m| match (&m.kind, m.destination.as_str()) {
+        (MountKind::Bind { source }, ces_runtime::plan::SCRATCH) => Some(source.clone()),
+        _ => None,
+    });
+    let mut observed = None;
+    let mut scratch_files = Vec::new();
+    // With --json, stdout is the report's: the container's stdout goes to stderr.
+    let _stdout = if options.json { Some(StdoutToStderr::redirect()?) } else { None };
+    let clock = Instant::now();
+    let (result, outputs_dir) = run::execute(settings, printer, &prepared, runtime.name(), false, started, |spec| {
+        let o = runtime.run_observed(spec, Observe { network: true })?;
+        // Before the run's directories are removed.
+        scratch_files = scratch.as_deref().map(|dir| files_under(dir, "/scratch")).unwrap_or_default();
+        let exit = o.exit;
+        observed = Some(o);
+        Ok(exit)
+    })?;
+    let wall = clock.elapsed();
+    drop(_stdout);
+    let exit = result.context("the container could not be run")?;
+    let observed = observed.context("the runtime reported no observations")?;
+
+    let network = observed.network.unwrap_or_default();
+    // What the container wrote, not ces's manifest and ACRO metadata.
+    let mut outputs = if outputs_dir.is_dir() { files_under(&outputs_dir, "") } else { Vec::new() };
+    outputs.retain(|f| {
+        let top = f.path.split('/').next().unwrap_or_default();
+        !ces_outputs::RESERVED.contains(&top)
+    });
+    findings.extend(run_findings(&observed.lost_writes, &scratch_files, exit));
+    let mut reasons = Vec::new();
+    if exit.code() != 0 {
+        reasons.push(match exit {
+            Exit::OutOfMemory => format!(
+                "the container ran out of memory (limit {}): ask for more with -m, or use less",
+                human_bytes(prepared.spec.limits.memory)
+            ),
+            _ => format!("the container failed (exit code {})", exit.code()),
+        });
+    }
+    let tried = network.attempts.len();
+    if tried > 0 && !args.allow_network_attempts {
+        reasons.push(format!(
+            "the container tried to use the network ({tried} distinct attempt{}): in the TRE these fail",
+            if tried == 1 { "" } else { "s" }
+        ));
+    }
+    let report = Report {
+        image: prepared.spec.image.reference.clone(),
+        digest: prepared.spec.image.digest.to_string(),
+        verdict: if reasons.is_empty() { "ready" } else { "not ready" },
+        reasons,
+        exit,
+        exit_code: exit.code(),
+        wall_seconds: wall.as_secs_f64(),
+        peak_memory: observed.peak_memory,
+        memory_limit: prepared.spec.limits.memory,
+        network_hints: network_hints(&network),
+        network,
+        outputs_dir,
+        outputs,
+        lost_writes: observed.lost_writes,
+        scratch: scratch_files,
+        findings,
+    };
+    let mut out = std::io::stdout().lock();
+    if options.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write_report(&mut out, &report)?;
+    }
+    out.flush()?;
+    Ok(if report.reasons.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_READY) })
+}
+
+/// Points this process's stdout at its stderr (the container inherits
+/// them) until dropped.
+struct StdoutToStderr {
+    saved: std::os::fd::OwnedFd,
+}
+
+impl StdoutToStderr {
+    fn redirect() -> std::io::Result<StdoutToStderr> {
+        std::io::stdout().flush()?;
+        let saved = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 3)?;
+        rustix::stdio::dup2_stdout(rustix::stdio::stderr())?;
+        Ok(StdoutToStderr { saved })
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        let _ = rustix::stdio::dup2_stdout(&self.saved);
+    }
+}
+
+/// The test's own place: a fresh directory for outputs and scratch, the
+/// (empty) data directory when `--data` is not given, and the resolver
+/// configuration that sends every query to the watcher.
+struct TestPlace {
+    dir: PathBuf,
+    data: PathBuf,
+    resolv_conf: PathBuf,
+}
+
+impl TestPlace {
+    fn create(data: Option<&Path>) -> anyhow::Result<TestPlace> {
+        let base = std::env::temp_dir();
+        let stamp = jiff::Timestamp::now().as_millisecond();
+        let dir = base.join(format!("ces-test-{stamp}-{}", std::process::id()));
+        // Searchable by the container's user (as root, the invoking user).
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let data = match data {
+            Some(path) => {
+                let path = std::fs::canonicalize(path).map_err(|_| TestError::Data(path.to_owned()))?;
+                if !path.is_dir() {
+                    return Err(TestError::Data(path).into());
+                }
+                path
+            }
+            None => {
+                let empty = dir.join("empty_safe_data");
+                std::fs::DirBuilder::new().mode(0o755).create(&empty)?;
+                std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755))?;
+                empty
+            }
+        };
+        let resolv_conf = dir.join("resolv.conf");
+        std::fs::write(&resolv_conf, format!("nameserver {RESOLVER_ADDR}\noptions attempts:1 timeout:1\n"))?;
+        std::fs::set_permissions(&resolv_conf, std::fs::Permissions::from_mode(0o644))?;
+        Ok(TestPlace { dir, data, resolv_conf })
+    }
+}
+
+/// What the stored image carries: the TRE's directories, its user, data
+/// baked into layers, its size and platform.
+fn image_findings(
+    store: &Store,
+    record: &ces_image::ImageRecord,
+    config: &oci_spec::image::ImageConfiguration,
+    spec: &ces_runtime::RunSpec,
+) -> anyhow::Result<Vec<Finding>> {
+    let mut findings = Vec::new();
+    let missing: Vec<&str> = ["/safe_data", "/safe_outputs", "/scratch"]
+        .into_iter()
+        .filter(|dir| !spec.image.rootfs.join(&dir[1..]).symlink_metadata().is_ok_and(|m| m.is_dir()))
+        .collect();
+    if !missing.is_empty() {
+        findings.push(Finding {
+            code: "missing-tre-directories",
+            severity: "warning",
+            message: format!("the image has no {}", missing.join(" ")),
+            hint: "add `RUN mkdir -p /safe_data /safe_outputs /scratch` to the Dockerfile (some TRE runners need the \
+                   mount points to exist)"
+                .to_owned(),
+        });
+    }
+    let user = config.config().as_ref().and_then(|c| c.user().clone()).unwrap_or_default();
+    let name = user.split(':').next().unwrap_or_default();
+    if name.is_empty() || name == "root" || name == "0" {
+        findings.push(Finding {
+            code: "runs-as-root",
+            severity: "warning",
+            message: format!("the image runs as root (USER {})", if user.is_empty() { "not set" } else { &user }),
+            hint: "add a user and `USER analyst` at the end of the Dockerfile: \
+                   `RUN useradd -m analyst` (Debian/Ubuntu) or `adduser -D analyst` (Alpine)"
+                .to_owned(),
+        });
+    }
+    let platform = format!("{}/{}", config.os(), config.architecture());
+    if platform != "linux/amd64" {
+        findings.push(Finding {
+            code: "platform",
+            severity: "warning",
+            message: format!("the image is for {platform}, the TRE runs linux/amd64"),
+            hint: "build with `docker build --platform linux/amd64` (or buildx for several platforms)".to_owned(),
+        });
+    }
+    let manifest = store.manifest(&record.digest)?;
+    let mut size = 0u64;
+    for (index, layer) in manifest.layers().iter().enumerate() {
+        size += layer.size();
+        let digest = ces_image::manifest::descriptor_digest(layer)?;
+        for (path, bytes) in data_files_in_layer(&store.blob_path(&digest))? {
+            findings.push(Finding {
+                code: "data-in-layer",
+                severity: "warning",
+                message: format!(
+                    "layer {} ({}) carries the data file /{path} ({})",
+                    index + 1,
+                    digest.short(),
+                    human_bytes(bytes)
+                ),
+                hint: "data must not be baked into the image: read it from /safe_data at run time, and remove \
+                       the COPY (a later `RUN rm` does not remove it from the earlier layer)"
+                    .to_owned(),
+            });
+        }
+    }
+    let layers = manifest.layers().len();
+    findings.push(Finding {
+        code: "image-size",
+        severity: if size > LARGE_IMAGE { "warning" } else { "info" },
+        message: format!(
+            "the image is {} compressed in {layers} layer{}, {platform}",
+            human_bytes(size),
+            plural(layers)
+        ),
+        hint: if size > LARGE_IMAGE {
+            "large images are slow to bring into the TRE: use a slim base and a multi-stage build".to_owned()
+        } else {
+            String::new()
+        },
+    });
+    Ok(findings)
+}
+
+/// The data-like files in one layer blob (paths without the leading `/`):
+/// any size outside the places packages install to, large ones anywhere.
+fn data_files_in_layer(blob: &Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let file = std::fs::File::open(blob).with_context(|| format!("cannot read the layer {}", blob.display()))?;
+    let mut archive = tar::Archive::new(ces_image::unpack::decompress(std::io::BufReader::new(file))?);
+    let mut found = Vec::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path()?.to_string_lossy().trim_start_matches("./").trim_start_matches('/').to_owned();
+        let size = entry.size();
+        if !ces_lint::rules::is_data_file(&path) || size == 0 {
+            continue;
+        }
+        let packaged = PACKAGE_PLACES.iter().any(|p| path.starts_with(p) || path.contains(&format!("/{p}")));
+        if !packaged || size >= LARGE_DATA_FILE {
+            found.push((path, size));
+        }
+    }
+    Ok(found)
+}
+
+fn run_findings(lost: &[LostWrite], scratch: &[FileSize], exit: Exit) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    if !lost.is_empty() {
+        let total: u64 = lost.iter().map(|w| w.size).sum();
+        let examples: Vec<&str> = lost.iter().take(5).map(|w| w.path.as_str()).collect();
+        findings.push(Finding {
+            code: "writes-lost",
+            severity: "warning",
+            message: format!(
+                "{} file{} ({}) written outside /safe_outputs will be lost: {}{}",
+                lost.len(),
+                plural(lost.len()),
+                human_bytes(total),
+                examples.join(" "),
+                if lost.len() > examples.len() { " ..." } else { "" }
+            ),
+            hint: "write results to /safe_outputs (kept) and temporary files to /scratch or $TMPDIR; \
+                   everything else in the container is discarded at exit"
+                .to_owned(),
+        });
+    }
+    if !scratch.is_empty() {
+        findings.push(Finding {
+            code: "scratch-used",
+            severity: "info",
+            message: format!("{} file{} left in /scratch (removed at exit)", scratch.len(), plural(scratch.len())),
+            hint: "copy anything you need to keep to /safe_outputs".to_owned(),
+        });
+    }
+    if exit == Exit::Code(127) {
+        findings.push(Finding {
+            code: "command-not-found",
+            severity: "warning",
+            message: "exit code 127: the command was not found in the image".to_owned(),
+            hint: "check the image's ENTRYPOINT/CMD, or the command given after the image".to_owned(),
+        });
+    }
+    findings
+}
+
+/// Regular files and links under `dir` (paths prefixed with `prefix`).
+fn files_under(dir: &Path, prefix: &str) -> Vec<FileSize> {
+    let mut files = Vec::new();
+    let mut stack = vec![(dir.to_owned(), prefix.to_owned())];
+    while let Some((dir, prefix)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = format!("{prefix}/{}", entry.file_name().to_string_lossy());
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push((entry.path(), path));
+            } else {
+                files.push(FileSize { path: path.trim_start_matches('/').to_owned(), size: meta.len() });
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
+}
+
+/// Advice for the hosts a container tried, known ones first.
+fn network_hints(network: &NetworkReport) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    for attempt in &network.attempts {
+        let host = match &attempt.what {
+            AttemptKind::Dns { name, .. } => name.clone(),
+            AttemptKind::Connect { name: Some(name), .. } => name.clone(),
+            AttemptKind::Connect { address, .. } => address.to_string(),
+        };
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    hosts.iter().map(|host| format!("{host}: {}", hint_for(host))).collect()
+}
+
+fn hint_for(host: &str) -> &'static str {
+    let is = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+    if is("huggingface.co") || is("hf.co") {
+        "bake the model into the image at build time (e.g. `RUN python -c \"from huggingface_hub import \
+         snapshot_download; snapshot_download('org/model')\"`) and set `ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1`"
+    } else if is("pypi.org") || is("pythonhosted.org") || is("anaconda.org") || is("conda.anaconda.org") {
+        "install packages at build time (`RUN pip install --no-cache-dir ...`), not when the analysis runs"
+    } else if is("cran.r-project.org") || is("r-project.org") || is("posit.co") || is("rstudio.com") {
+        "install R packages at build time (`RUN Rscript -e 'install.packages(...)'`), not when the analysis runs"
+    } else if is("github.com") || is("githubusercontent.com") || is("gitlab.com") {
+        "fetch code and files at build time and COPY them in; the TRE cannot reach code hosts"
+    } else if is("pytorch.org") || is("download.pytorch.org") || is("tfhub.dev") || is("kaggle.com") {
+        "download the model or weights at build time into the image and load them from that path"
+    } else if is("spacy.io") || is("nltk.org") || host.contains("easyocr") {
+        "download the language models at build time (e.g. `RUN python -m spacy download en_core_web_sm`)"
+    } else {
+        "the TRE has no network: anything this fetches must be in the image (build time) or in /safe_data"
+    }
+}
+
+fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
+    writeln!(out, "ces test: {} ({})", r.image, r.digest)?;
+    if r.reasons.is_empty() {
+        writeln!(out, "Verdict: READY")?;
+    } else {
+        writeln!(out, "Verdict: NOT READY")?;
+        for reason in &r.reasons {
+            writeln!(out, "  - {reason}")?;
+        }
+    }
+    let how = match r.exit {
+        Exit::Code(code) => format!("exit code {code}"),
+        Exit::Signal(signal) => format!("killed by signal {signal}"),
+        Exit::OutOfMemory => "out of memory".to_owned(),
+    };
+    let peak = r.peak_memory.map_or("not known".to_owned(), human_bytes);
+    writeln!(
+        out,
+        "\nRun:      {how}, {:.2} s, peak memory {peak} (limit {})",
+        r.wall_seconds,
+        human_bytes(r.memory_limit)
+    )?;
+    if r.network.attempts.is_empty() {
+        writeln!(out, "Network:  no attempts (good: the TRE has no network)")?;
+    } else {
+        writeln!(out, "Network:  {} distinct attempt(s); each will fail in the TRE:", r.network.attempts.len())?;
+        for attempt in &r.network.attempts {
+            let times = if attempt.count > 1 { format!(" ({} times)", attempt.count) } else { String::new() };
+            writeln!(out, "  - {}{times}", attempt.what)?;
+        }
+        if r.network.dropped > 0 {
+            writeln!(out, "  ... and {} more not listed", r.network.dropped)?;
+        }
+        for hint in &r.network_hints {
+            writeln!(out, "  hint: {hint}")?;
+        }
+    }
+    let total: u64 = r.outputs.iter().map(|f| f.size).sum();
+    writeln!(
+        out,
+        "Outputs:  {} file{} ({}) in {}",
+        r.outputs.len(),
+        plural(r.outputs.len()),
+        human_bytes(total),
+        r.outputs_dir.display()
+    )?;
+    for file in r.outputs.iter().take(10) {
+        writeln!(out, "  - {} ({})", file.path, human_bytes(file.size))?;
+    }
+    if r.outputs.len() > 10 {
+        writeln!(out, "  ... and {} more", r.outputs.len() - 10)?;
+    }
+    if !r.findings.is_empty() {
+        writeln!(out, "Findings:")?;
+        for finding in &r.findings {
+            writeln!(out, "  {} [{}]: {}", finding.severity, finding.code, finding.message)?;
+            if !finding.hint.is_empty() {
+                writeln!(out, "    hint: {}", finding.hint)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Hints for [`TestError`].
+pub fn hints(error: &TestError) -> Vec<String> {
+    match error {
+        TestError::Runtime(_) => {
+            vec!["drop --runtime: the verdict holds for podman too (same plan, same policy)".into()]
+        }
+        TestError::DryRun => Vec::new(),
+        TestError::Data(_) => vec!["give a directory of test data shaped like the project's (never real data)".into()],
+    }
+}
+
+/// Hints for a network that could not be observed.
+pub fn observe_hints(error: &ces_runtime::native::ObserveError) -> Vec<String> {
+    let ces_runtime::native::ObserveError::Setup { stage, source } = error;
+    let errno = source.raw_os_error().map(rustix::io::Errno::from_raw_os_error);
+    let denied = matches!(errno, Some(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM));
+    match (*stage, errno) {
+        ("opening /dev/net/tun", Some(rustix::io::Errno::NOENT | rustix::io::Errno::NODEV)) => {
+            vec!["this kernel has no TUN device: as root, `modprobe tun`".into()]
+        }
+        ("opening /dev/net/tun", _) if denied => vec![
+            "run as an unprivileged user, ces test needs /dev/net/tun open to all (crw-rw-rw-, the usual udev \
+             default): as root, `chmod 0666 /dev/net/tun`; or run ces test as root"
+                .into(),
+        ],
+        _ => Vec::new(),
+    }
+}

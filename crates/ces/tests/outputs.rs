@@ -1,0 +1,454 @@
+//! Output manifests through the real binary, as root with the native
+//! runtime: every run (success, failure, out of memory, signal) leaves
+//! `ces-manifest.json`, `results.json` and `checksums/` in its outputs, with
+//! the manifest's digest in the audit record; a container cannot forge them;
+//! the `acro` package's own loader reads what ces wrote; `ces outputs
+//! verify` names what changed. Every path a test touches is in its temp dir.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ces_testkit::{AuthMode, Registry, busybox_image};
+use common::{Run, Sandbox};
+use sha2::Digest as _;
+
+/// The venv scripts/setup creates, with a pinned `acro`.
+const ACRO_PYTHON: &str = "/opt/ces-test/acro-venv/bin/python";
+
+fn require_root() {
+    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
+}
+
+fn primary_group() -> String {
+    let out = Command::new("id").arg("-gn").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A sandbox with the busybox image pulled, a HOME and project data.
+struct World {
+    sb: Sandbox,
+    image: String,
+    digest: String,
+    home: PathBuf,
+}
+
+impl World {
+    fn new(repo: &str) -> World {
+        let reg = Registry::shared(AuthMode::Anonymous);
+        let digest = reg.push(&busybox_image().build(), repo, "1");
+        let sb = Sandbox::new(&[reg]);
+        let home = sb.dir.path().join("home");
+        let data_root = sb.dir.path().join("data");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(data_root.join(primary_group())).unwrap();
+        let mut config = std::fs::read_to_string(&sb.config).unwrap();
+        config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n", data_root.display().to_string()));
+        std::fs::write(&sb.config, config).unwrap();
+        let image = format!("{}/{repo}:1", reg.host());
+        sb.ces(&["pull", "--quiet", &image]).ok();
+        World { sb, image, digest, home }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = self.sb.command(env!("CARGO_BIN_EXE_ces"), args);
+        cmd.env("HOME", &self.home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        cmd
+    }
+
+    fn ces(&self, args: &[&str]) -> Run {
+        self.sb.run(self.command(args))
+    }
+
+    /// `ces run --json IMAGE sh -c SCRIPT` (with `extra` options first).
+    fn run_script(&self, extra: &[&str], script: &str) -> Run {
+        let mut args = vec!["run", "--json"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[&self.image, "sh", "-c", script]);
+        self.ces(&args)
+    }
+
+    fn audit_records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.sb.store.join("audit.jsonl")).unwrap();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// The audit record of the run whose outputs are `outputs`.
+    fn run_record(&self, outputs: &Path) -> serde_json::Value {
+        let records = self.audit_records();
+        records.into_iter().find(|r| r["event"] == "run" && r["outputs"] == outputs.to_str().unwrap()).unwrap()
+    }
+}
+
+fn outputs_of(out: &Run) -> PathBuf {
+    let start = out.stdout.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON: {out:?}"));
+    let line: serde_json::Value = serde_json::from_str(start).unwrap();
+    PathBuf::from(line["outputs"].as_str().unwrap())
+}
+
+fn manifest_of(outputs: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(outputs.join("ces-manifest.json")).unwrap()).unwrap()
+}
+
+fn digest_of(path: &Path) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap())))
+}
+
+/// The manifest's entries by path.
+fn entries(manifest: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    manifest["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap().to_owned(), e.clone()))
+        .collect()
+}
+
+const OUTPUTS_SCRIPT: &str = r#"set -e
+cd /safe_outputs
+mkdir -p tables/by-year empty-dir
+printf 'id,name,comment\n1,"Smith, J","said ""hi""\nthen left"\n2,Lee,ok\n' > tables/people.csv
+printf 'year\tcount\n2020\t5\n2021\t7\n2022\t9\n' > tables/by-year/counts.tsv
+printf 'a,b\n1,2\n' > summary.csv
+: > empty.txt
+echo 'model fit' > report.txt
+ln -s /etc/passwd passwd-link
+mkfifo pipe
+"#;
+
+#[test]
+fn a_run_leaves_a_manifest_acro_metadata_and_the_digest_in_the_audit_log() {
+    require_root();
+    let w = World::new("outputs/ok");
+    let out = w.run_script(&["--name", "sealed"], OUTPUTS_SCRIPT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    let manifest = manifest_of(&outputs);
+
+    let run = &manifest["run"];
+    assert_eq!(manifest["format"], "ces-outputs-manifest/1");
+    assert!(outputs.to_str().unwrap().ends_with(run["id"].as_str().unwrap()));
+    assert_eq!(run["name"], "sealed");
+    assert_eq!(run["user"]["uid"], rustix::process::getuid().as_raw());
+    assert_eq!(run["project"], primary_group().as_str());
+    assert_eq!(run["image"], serde_json::json!({"reference": w.image, "digest": w.digest}));
+    assert_eq!(run["runtime"], "native");
+    assert_eq!(run["argv"], serde_json::json!(["sh", "-c", OUTPUTS_SCRIPT]));
+    assert_eq!(run["exit"], serde_json::json!({"code": 0, "signal": null, "oom": false}));
+    let started: jiff::Timestamp = run["started"].as_str().unwrap().parse().unwrap();
+    let ended: jiff::Timestamp = run["ended"].as_str().unwrap().parse().unwrap();
+    assert!(started <= ended);
+
+    let e = entries(&manifest);
+    let paths: Vec<&str> = e.keys().map(String::as_str).collect();
+    assert_eq!(
+        paths,
+        [
+            "empty-dir",
+            "empty.txt",
+            "passwd-link",
+            "pipe",
+            "report.txt",
+            "summary.csv",
+            "tables",
+            "tables/by-year",
+            "tables/by-year/counts.tsv",
+            "tables/people.csv"
+        ]
+    );
+    assert_eq!(e["passwd-link"]["type"], "symlink");
+    assert_eq!(e["passwd-link"]["target"], "/etc/passwd");
+    assert_eq!(e["pipe"]["type"], "fifo");
+    assert_eq!(e["tables"]["type"], "directory");
+    assert_eq!(e["empty.txt"]["size"], 0);
+    assert_eq!(e["report.txt"]["sha256"], hex::encode(sha2::Sha256::digest(b"model fit\n")));
+    assert_eq!(e["report.txt"]["mode"], "0644");
+    let people = &e["tables/people.csv"]["table"];
+    assert_eq!((&people["rows_including_header"], &people["columns"]), (&3.into(), &3.into()));
+    let counts = &e["tables/by-year/counts.tsv"]["table"];
+    assert_eq!((&counts["delimiter"], &counts["rows_including_header"]), (&"\t".into(), &4.into()));
+    assert!(out.stderr.contains("passwd-link"), "entries not in results.json are named: {}", out.stderr);
+
+    // The audit record holds the manifest's digest; verify agrees.
+    let record = w.run_record(&outputs);
+    assert_eq!(record["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
+    let verify = w.ces(&["outputs", "verify", outputs.to_str().unwrap()]);
+    let text = verify.ok();
+    assert!(text.contains(&format!("record seq {}", record["seq"])), "{text}");
+    assert!(text.contains("matches its manifest"), "{text}");
+
+    // THE ACRO TEST: the acro package's own loader reads what ces wrote.
+    let acro = acro_load(&outputs);
+    let records = acro["records"].as_object().unwrap();
+    assert_eq!(records.len(), 5, "one custom output per regular file: {acro:#}");
+    for record in records.values() {
+        assert_eq!((&record["status"], &record["type"]), (&"review".into(), &"custom".into()), "{record}");
+    }
+    let outputs_loaded: Vec<&serde_json::Value> = records.values().map(|r| &r["output"][0]).collect();
+    for name in ["empty.txt", "report.txt", "tables/by-year/counts.tsv"] {
+        assert!(outputs_loaded.contains(&&serde_json::Value::from(name)), "{name} in {outputs_loaded:?}");
+    }
+    // acro loads CSVs with pandas: its shape agrees with ces's counts (pandas takes a header row).
+    for csv in ["summary.csv", "tables/people.csv"] {
+        let table = &e[csv]["table"];
+        let shape = serde_json::json!({
+            "rows": table["rows_including_header"].as_u64().unwrap() - 1,
+            "columns": table["columns"],
+        });
+        assert!(outputs_loaded.contains(&&shape), "{csv}: {shape} in {outputs_loaded:?}");
+    }
+    // acro's own checksums of the top-level files equal ces's checksums/ and the manifest's.
+    let acro_sums = acro["acro_checksums"].as_object().unwrap();
+    for name in ["empty.txt", "report.txt", "summary.csv"] {
+        let ces_sum = std::fs::read_to_string(outputs.join("checksums").join(format!("{name}.txt"))).unwrap();
+        assert_eq!(acro_sums[name], ces_sum.as_str(), "{name}");
+        assert_eq!(e[name]["sha256"], ces_sum.as_str(), "{name}");
+    }
+    // Nested files: checksums/<path>.txt, as SACRO-Viewer looks them up.
+    let nested = std::fs::read_to_string(outputs.join("checksums/tables/people.csv.txt")).unwrap();
+    assert_eq!(e["tables/people.csv"]["sha256"], nested.as_str());
+    assert_eq!(acro["sha256"]["tables/people.csv"], nested.as_str());
+}
+
+/// Loads `dir` with `acro.record.load_records` in the pinned venv, and
+/// reports what it loaded, acro's own checksums of the top-level files (on a
+/// copy, so ces's checksums/ is not overwritten), and hashlib's sha256 of
+/// every listed file.
+fn acro_load(dir: &Path) -> serde_json::Value {
+    assert!(
+        Path::new(ACRO_PYTHON).is_file(),
+        "{ACRO_PYTHON} is missing: run scripts/setup (it creates the venv with the pinned acro)"
+    );
+    const SCRIPT: &str = r#"
+import hashlib, json, os, shutil, sys, tempfile
+from acro.record import load_records
+out = sys.argv[1]
+records = load_records(out)
+report = {"records": {}, "sha256": {}}
+for uid, rec in records.results.items():
+    loaded = [o if isinstance(o, str) else {"rows": o.shape[0], "columns": o.shape[1]} for o in rec.output]
+    report["records"][uid] = {"status": rec.status, "type": rec.output_type, "output": loaded}
+with open(os.path.join(out, "results.json")) as f:
+    for result in json.load(f)["results"].values():
+        for file in result["files"]:
+            with open(os.path.join(out, file["name"]), "rb") as g:
+                report["sha256"][file["name"]] = hashlib.sha256(g.read()).hexdigest()
+copy = tempfile.mkdtemp()
+for name in os.listdir(out):
+    path = os.path.join(out, name)
+    if not os.path.islink(path) and os.path.isfile(path):
+        shutil.copy(path, copy)
+records.write_checksums(copy)
+sums = os.path.join(copy, "checksums")
+report["acro_checksums"] = {n[:-4]: open(os.path.join(sums, n)).read() for n in os.listdir(sums)}
+shutil.rmtree(copy)
+print(json.dumps(report))
+"#;
+    let out = Command::new(ACRO_PYTHON).arg("-c").arg(SCRIPT).arg(dir).stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "acro could not load {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn failed_out_of_memory_and_signalled_runs_are_sealed_too() {
+    require_root();
+    let w = World::new("outputs/ends");
+    let failed = w.run_script(&[], "echo partial > /safe_outputs/r; exit 3");
+    assert_eq!(failed.code, 3, "{}", failed.stderr);
+    // -m takes GB: 0.03 GB is about 32 MB; dd's 64 MB buffer cannot fit.
+    let oom =
+        w.run_script(&["-m", "0.03"], "echo before > /safe_outputs/r; dd if=/dev/zero of=/dev/null bs=64M count=1");
+    assert_eq!(oom.code, 137, "{}", oom.stderr);
+    let signalled = w.run_script(&[], "echo killed > /safe_outputs/r; kill -KILL $$");
+    assert_eq!(signalled.code, 137, "{}", signalled.stderr);
+
+    for (run, exit) in [
+        (&failed, serde_json::json!({"code": 3, "signal": null, "oom": false})),
+        (&oom, serde_json::json!({"code": 137, "signal": 9, "oom": true})),
+        (&signalled, serde_json::json!({"code": 137, "signal": 9, "oom": false})),
+    ] {
+        let outputs = outputs_of(run);
+        let manifest = manifest_of(&outputs);
+        assert_eq!(manifest["run"]["exit"], exit, "{}", run.stderr);
+        assert_eq!(manifest["entries"][0]["path"], "r");
+        assert!(outputs.join("results.json").is_file() && outputs.join("checksums/r.txt").is_file());
+        let record = w.run_record(&outputs);
+        assert_eq!(record["exit"], exit);
+        assert_eq!(record["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
+        w.ces(&["outputs", "verify", outputs.to_str().unwrap()]).ok();
+    }
+    w.sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_container_cannot_forge_ces_files_and_loses_nothing_by_trying() {
+    require_root();
+    let w = World::new("outputs/forge");
+    let out = w.run_script(
+        &[],
+        r#"cd /safe_outputs
+echo '{"version": "1.0.2", "results": {}}' > results.json
+mkdir checksums && echo 0000 > checksums/data.csv.txt
+echo '{"format": "ces-outputs-manifest/1", "entries": []}' > ces-manifest.json
+printf 'x\n1\n' > data.csv"#,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    for name in ["results.json", "checksums", "ces-manifest.json"] {
+        assert!(
+            out.stderr.contains(&format!("warning: the container left its own {name} in the outputs")),
+            "{name}: {}",
+            out.stderr
+        );
+        assert!(outputs.join(format!("{name}.from-container")).exists(), "{name} kept");
+    }
+    let manifest = manifest_of(&outputs);
+    assert_eq!(manifest["run"]["image"]["digest"], w.digest.as_str(), "ces's manifest, not the container's");
+    let moved: Vec<(&str, &str)> = manifest["moved_aside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["moved_to"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            ("ces-manifest.json", "ces-manifest.json.from-container"),
+            ("results.json", "results.json.from-container"),
+            ("checksums", "checksums.from-container")
+        ]
+    );
+    let e = entries(&manifest);
+    assert!(e.contains_key("checksums.from-container/data.csv.txt") && e.contains_key("data.csv"), "{e:?}");
+    let real_sum = std::fs::read_to_string(outputs.join("checksums/data.csv.txt")).unwrap();
+    assert_eq!(real_sum, hex::encode(sha2::Sha256::digest(b"x\n1\n")));
+    assert_eq!(std::fs::read_to_string(outputs.join("checksums.from-container/data.csv.txt")).unwrap(), "0000\n");
+    let acro = acro_load(&outputs);
+    assert_eq!(acro["records"].as_object().unwrap().len(), 4, "data.csv and the three moved files: {acro:#}");
+    assert_eq!(w.run_record(&outputs)["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
+    w.ces(&["outputs", "verify", outputs.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn verify_names_added_changed_and_removed_files_and_a_tampered_manifest() {
+    require_root();
+    let w = World::new("outputs/verify");
+    let out =
+        w.run_script(&[], "cd /safe_outputs; mkdir d; echo 1 > keep; echo 2 > edit; echo 3 > d/gone; echo 4 > chmod");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    let dir = outputs.to_str().unwrap();
+    let manifest_path = outputs.join("ces-manifest.json");
+    let original_manifest = std::fs::read(&manifest_path).unwrap();
+
+    std::fs::write(outputs.join("edit"), "changed\n").unwrap();
+    std::fs::remove_file(outputs.join("d/gone")).unwrap();
+    std::fs::write(outputs.join("d/new"), "added\n").unwrap();
+    std::fs::set_permissions(outputs.join("chmod"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let check = w.ces(&["outputs", "verify", dir]);
+    assert_eq!(check.code, 1, "{check:?}");
+    let lines: Vec<&str> = check.stdout.lines().collect();
+    assert_eq!(lines[..4], ["added:   d/new", "changed: chmod (mode)", "changed: edit (content)", "removed: d/gone"]);
+    assert!(check.stderr.contains("error: ") && check.stderr.contains("1 added, 2 changed, 1 removed"), "{check:?}");
+
+    // Put the files back: it matches again.
+    std::fs::write(outputs.join("edit"), "2\n").unwrap();
+    std::fs::write(outputs.join("d/gone"), "3\n").unwrap();
+    std::fs::remove_file(outputs.join("d/new")).unwrap();
+    std::fs::set_permissions(outputs.join("chmod"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    w.ces(&["outputs", "verify", dir]).ok();
+
+    // Edit a file and the manifest to match: the audit log tells.
+    std::fs::write(outputs.join("edit"), "forged\n").unwrap();
+    let forged_sha = hex::encode(sha2::Sha256::digest(b"forged\n"));
+    let mut manifest: serde_json::Value = serde_json::from_slice(&original_manifest).unwrap();
+    for entry in manifest["entries"].as_array_mut().unwrap() {
+        if entry["path"] == "edit" {
+            entry["sha256"] = forged_sha.clone().into();
+            entry["size"] = 7.into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let check = w.ces(&["outputs", "verify", dir]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stdout.lines().all(|l| !l.starts_with("changed:")), "the files match the forged manifest");
+    assert!(check.stderr.contains("error: the manifest was changed since run"), "{}", check.stderr);
+
+    // With a log that has no record of the run, it says so rather than vouching for the manifest.
+    let empty_log = w.sb.dir.path().join("empty.jsonl");
+    std::fs::write(&empty_log, "").unwrap();
+    let check = w.ces(&["outputs", "verify", "--audit-file", empty_log.to_str().unwrap(), dir]);
+    assert!(check.ok().contains("has no record of run"), "{}", check.stdout);
+
+    // No manifest: ces's own error.
+    std::fs::remove_file(&manifest_path).unwrap();
+    let check = w.ces(&["outputs", "verify", dir]);
+    assert!(check.fails().contains("has no ces-manifest.json"), "{}", check.stderr);
+}
+
+#[test]
+fn twenty_concurrent_runs_leave_twenty_records_with_manifests_in_one_chain() {
+    require_root();
+    let w = World::new("outputs/twenty");
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            w.command(&["run", "--json", &w.image, "sh", "-c", &format!("echo {i} > /safe_outputs/n")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut outputs = Vec::new();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let run = Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        run.ok();
+        outputs.push(outputs_of(&run));
+    }
+    let runs: Vec<serde_json::Value> = w.audit_records().into_iter().filter(|r| r["event"] == "run").collect();
+    assert_eq!(runs.len(), 20);
+    for dir in &outputs {
+        let record = runs.iter().find(|r| r["outputs"] == dir.to_str().unwrap()).unwrap();
+        assert_eq!(record["outputs_manifest"], digest_of(&dir.join("ces-manifest.json")).as_str());
+        assert_eq!(manifest_of(dir)["run"]["id"], record["run_id"]);
+    }
+    let verify = w.sb.ces(&["audit", "verify"]);
+    assert!(verify.ok().contains("21 records, the chain is whole"), "the pull and 20 runs: {}", verify.stdout);
+}
+
+/// As root for another user (sudo): ces's files are theirs, like the outputs.
+#[test]
+fn for_a_sudo_user_the_manifest_and_acro_files_are_theirs() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let w = World::new("outputs/sudo");
+    // HOME and the data must be reachable by that user, as in a real TRE.
+    for dir in [w.sb.dir.path().to_path_buf(), w.home.clone(), w.sb.dir.path().join("data")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = w.sb.dir.path().join("data").join(primary_group());
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
+    config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
+    std::fs::write(&w.sb.config, config).unwrap();
+    let mut cmd =
+        w.command(&["run", "--json", &w.image, "sh", "-c", "mkdir /safe_outputs/d; echo 1 > /safe_outputs/d/x"]);
+    cmd.env("SUDO_UID", "4242").env("SUDO_GID", "4343").env("SUDO_USER", "nobody-here");
+    let out = w.sb.run(cmd);
+    out.ok();
+    let outputs = outputs_of(&out);
+    for path in ["", "d/x", "ces-manifest.json", "results.json", "checksums", "checksums/d", "checksums/d/x.txt"] {
+        let meta = std::fs::symlink_metadata(outputs.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{path}");
+    }
+    assert_eq!(manifest_of(&outputs)["run"]["user"]["uid"], 4242);
+}

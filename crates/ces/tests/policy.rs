@@ -1,0 +1,368 @@
+//! The operator's policy against a real registry and real images:
+//! `[policy] require_digest`, `[policy] require_source_label`, `[pull]
+//! allowed_users` / `allowed_groups`, and the provenance ces records and shows.
+//! Every refusal is one `error:` line with a `hint:`, exit 125, a `refused`
+//! audit record, and nothing named in the store.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ces_testkit::layer::{Entry, Layer, busybox_entries};
+use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
+use common::{Run, Sandbox};
+
+const SOURCE: &str = "org.opencontainers.image.source";
+const SOURCE_URL: &str = "https://github.com/ces-tre/policy-fixture";
+const LABEL_HINT: &str = "hint: add the label where the image is built, then push and pull it again: `LABEL org.opencontainers.image.source=https://github.com/<owner>/<repo>` in the Dockerfile";
+const ACCESS_HINT: &str = "hint: ask your research coordinator to request CES access for your account";
+
+fn registry() -> &'static Registry {
+    Registry::shared(AuthMode::Anonymous)
+}
+
+/// A busybox image with a layer of its own (so a test can tell whether it was fetched).
+fn image(marker: &str) -> ImageSpec {
+    ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("marker", marker)])])
+        .env(&["PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+        .cmd(&["sh"])
+}
+
+/// Appends TOML to the sandbox's config.
+fn configure(sb: &Sandbox, toml: &str) {
+    let mut config = std::fs::read_to_string(&sb.config).unwrap();
+    config.push_str(&format!("\n{toml}\n"));
+    std::fs::write(&sb.config, config).unwrap();
+}
+
+/// Replaces a `[policy]`/`[pull]` tail added by [`configure`] (the base config stays).
+fn reconfigure(sb: &Sandbox, toml: &str) {
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    let base = config.split("\n[policy]").next().unwrap().split("\n[pull]").next().unwrap().to_owned();
+    std::fs::write(&sb.config, format!("{base}\n{toml}\n")).unwrap();
+}
+
+fn audit_records(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(sb.store.join("audit.jsonl")).unwrap_or_default();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn last_record(sb: &Sandbox) -> serde_json::Value {
+    audit_records(sb).pop().expect("an audit record")
+}
+
+/// `$HOME` with a `safe_data` directory, for `ces run --dry-run`.
+fn home(sb: &Sandbox) -> PathBuf {
+    let home = sb.dir.path().join("home");
+    std::fs::create_dir_all(home.join("safe_data")).unwrap();
+    home
+}
+
+/// `ces run --dry-run IMAGE true` (or `ces-run`), with the sandbox's HOME.
+fn dry_run(sb: &Sandbox, bin: &str, image: &str) -> Run {
+    let mut cmd = sb.command(bin, &["--dry-run", image, "true"]);
+    if bin == env!("CARGO_BIN_EXE_ces") {
+        cmd = sb.command(bin, &["run", "--dry-run", image, "true"]);
+    }
+    cmd.env("HOME", home(sb)).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+    sb.run(cmd)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+#[test]
+fn require_digest_refuses_tags_at_pull_and_run_and_allows_digests() {
+    let reg = registry();
+    let built = image("require-digest").build();
+    let digest = reg.push(&built, "policy/digest", "1.0");
+    let sb = Sandbox::new(&[reg]);
+    let tag = format!("{}/policy/digest:1.0", reg.host());
+    let pinned = format!("{}/policy/digest@{digest}", reg.host());
+    configure(&sb, "[policy]\nrequire_digest = true");
+
+    for out in [sb.ces(&["pull", &tag]), sb.run(sb.command(env!("CARGO_BIN_EXE_ces-pull"), &["", "", &tag]))] {
+        let err = out.fails();
+        assert!(err.contains("is not pinned by digest"), "{err}");
+        assert!(
+            err.contains(&format!("hint: name the image by its digest: {}/policy/digest@sha256:<digest>", reg.host())),
+            "{err}"
+        );
+        let record = last_record(&sb);
+        assert_eq!((&record["event"], &record["result"]), (&"pull".into(), &"refused".into()), "{record}");
+        assert_eq!(record["reference"], tag.as_str());
+    }
+    assert!(sb.images().is_empty(), "nothing named");
+    assert!(!sb.has_blob(&built.config_digest) && !sb.has_blob(&built.layer_digests[1]), "nothing fetched");
+
+    assert_eq!(sb.ces(&["pull", "--quiet", &pinned]).ok().trim(), pinned);
+
+    // An image stored under its tag (pulled before the policy) is refused by
+    // tag at run, and the hint names its exact digest form.
+    reconfigure(&sb, "");
+    sb.ces(&["pull", "--quiet", &tag]).ok();
+    reconfigure(&sb, "[policy]\nrequire_digest = true");
+    for bin in [env!("CARGO_BIN_EXE_ces"), env!("CARGO_BIN_EXE_ces-run")] {
+        let out = dry_run(&sb, bin, &tag);
+        let err = out.fails();
+        assert!(err.contains(&format!("error: {tag} is not pinned by digest")), "{err}");
+        assert!(err.contains(&format!("hint: name the image by its digest: ces run {pinned} ...")), "{err}");
+        let record = last_record(&sb);
+        assert_eq!((&record["event"], &record["result"]), (&"run_not_started".into(), &"refused".into()));
+        // A digest prefix is a lookup, not a pin.
+        dry_run(&sb, bin, &digest[..19]).fails();
+    }
+    for by_digest in [pinned.as_str(), &digest] {
+        let out = dry_run(&sb, env!("CARGO_BIN_EXE_ces"), by_digest);
+        assert!(out.ok().contains(&digest), "{}", out.stdout);
+    }
+    sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn require_source_label_refuses_unlabelled_images_before_their_layers() {
+    let reg = registry();
+    let bare = image("no-source-label").build();
+    let labelled = image("with-source-label").label(SOURCE, SOURCE_URL).build();
+    let bare_ref = format!("{}/policy/bare:1", reg.host());
+    let labelled_ref = format!("{}/policy/labelled:1", reg.host());
+    reg.push(&bare, "policy/bare", "1");
+    reg.push(&labelled, "policy/labelled", "1");
+    let sb = Sandbox::new(&[reg]);
+    configure(&sb, "[policy]\nrequire_source_label = true");
+
+    let out = sb.ces(&["pull", &bare_ref]);
+    let err = out.fails();
+    assert!(err.contains(&format!("error: image {bare_ref} has no {SOURCE} label")), "{err}");
+    assert!(err.contains(LABEL_HINT), "{err}");
+    assert!(err.contains("docker build --label org.opencontainers.image.source="), "{err}");
+    assert!(sb.images().is_empty(), "nothing named");
+    for blob in bare.layer_digests.iter().chain([&bare.config_digest, &bare.digest]) {
+        assert!(!sb.has_blob(blob), "{blob} was stored");
+    }
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+    let record = last_record(&sb);
+    assert_eq!((&record["event"], &record["result"]), (&"pull".into(), &"refused".into()), "{record}");
+    assert!(record["error"].as_str().unwrap().contains(SOURCE), "{record}");
+
+    sb.ces(&["pull", "--quiet", &labelled_ref]).ok();
+    assert!(sb.has_blob(&labelled.layer_digests[1]));
+
+    // At run: an unlabelled image already in the store is refused too.
+    reconfigure(&sb, "");
+    sb.ces(&["pull", "--quiet", &bare_ref]).ok();
+    reconfigure(&sb, "[policy]\nrequire_source_label = true");
+    let out = dry_run(&sb, env!("CARGO_BIN_EXE_ces"), &bare_ref);
+    assert!(out.fails().contains(LABEL_HINT), "{}", out.stderr);
+    let record = last_record(&sb);
+    assert_eq!((&record["event"], &record["result"]), (&"run_not_started".into(), &"refused".into()));
+    dry_run(&sb, env!("CARGO_BIN_EXE_ces"), &labelled_ref).ok();
+    sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn provenance_is_recorded_at_pull_stored_and_shown_by_inspect() {
+    let reg = registry();
+    let base_digest = format!("sha256:{}", "5e".repeat(32));
+    let built = image("provenance")
+        .label(SOURCE, SOURCE_URL)
+        .label("org.opencontainers.image.revision", "0a1b2c3d")
+        .label("org.opencontainers.image.created", "2026-11-01T12:00:00Z")
+        .label("org.opencontainers.image.version", "1.4.2")
+        .annotation("org.opencontainers.image.base.name", "docker.io/library/python:3.12-slim")
+        .annotation("org.opencontainers.image.base.digest", &base_digest)
+        .build();
+    let digest = reg.push(&built, "policy/provenance", "1.4.2");
+    let sb = Sandbox::new(&[reg]);
+    let reference = format!("{}/policy/provenance:1.4.2", reg.host());
+    sb.ces(&["pull", "--quiet", &reference]).ok();
+    let expected = serde_json::json!({
+        "source": SOURCE_URL,
+        "revision": "0a1b2c3d",
+        "created": "2026-11-01T12:00:00Z",
+        "version": "1.4.2",
+        "base_name": "docker.io/library/python:3.12-slim",
+        "base_digest": base_digest,
+    });
+
+    let record = last_record(&sb);
+    assert_eq!((&record["event"], &record["result"]), (&"pull".into(), &"ok".into()));
+    assert_eq!(record["provenance"], expected, "the pull record");
+
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.store.join("oci/index.json")).unwrap()).unwrap();
+    let annotations = &index["manifests"][0]["annotations"];
+    assert_eq!(annotations[SOURCE], SOURCE_URL, "{annotations}");
+    assert_eq!(annotations["org.opencontainers.image.base.name"], "docker.io/library/python:3.12-slim");
+    assert!(annotations["io.ces.pulled-at"].is_string());
+
+    let json: serde_json::Value = serde_json::from_str(sb.ces(&["inspect", "--json", &reference]).ok()).unwrap();
+    assert_eq!(json["digest"], digest.as_str());
+    assert_eq!(json["provenance"], expected);
+    let human = sb.ces(&["inspect", &reference]);
+    let text = human.ok();
+    let block: Vec<&str> = text.lines().skip_while(|l| *l != "Provenance:").take(7).collect();
+    assert_eq!(
+        block,
+        [
+            "Provenance:".to_owned(),
+            format!("  Source:      {SOURCE_URL}"),
+            "  Revision:    0a1b2c3d".to_owned(),
+            "  Created:     2026-11-01T12:00:00Z".to_owned(),
+            "  Version:     1.4.2".to_owned(),
+            "  Base image:  docker.io/library/python:3.12-slim".to_owned(),
+            format!("  Base digest: {base_digest}"),
+        ],
+        "{text}"
+    );
+
+    // An image that says nothing: an empty object, dashes, no field in the record.
+    let bare = format!("{}/policy/no-provenance:1", reg.host());
+    reg.push(&image("no-provenance").build(), "policy/no-provenance", "1");
+    sb.ces(&["pull", "--quiet", &bare]).ok();
+    assert!(last_record(&sb).get("provenance").is_none());
+    let json: serde_json::Value = serde_json::from_str(sb.ces(&["inspect", "--json", &bare]).ok()).unwrap();
+    assert_eq!(json["provenance"], serde_json::json!({}));
+    assert!(sb.ces(&["inspect", &bare]).ok().contains("  Source:      -\n"));
+}
+
+#[test]
+fn loaded_images_get_their_provenance_from_config_and_manifest() {
+    let built = image("loaded-provenance")
+        .label(SOURCE, SOURCE_URL)
+        .label("org.opencontainers.image.revision", "feedbeef")
+        .annotation("org.opencontainers.image.base.name", "docker.io/library/debian:12")
+        .build();
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    let archive = sb.dir.path().join("image.tar");
+    built.write_oci_archive(&archive, "ghcr.io/lab/loaded:1");
+    sb.ces(&["load", "--quiet", archive.to_str().unwrap()]).ok();
+    let json: serde_json::Value =
+        serde_json::from_str(sb.ces(&["inspect", "--json", "ghcr.io/lab/loaded:1"]).ok()).unwrap();
+    assert_eq!(
+        json["provenance"],
+        serde_json::json!({"source": SOURCE_URL, "revision": "feedbeef", "base_name": "docker.io/library/debian:12"})
+    );
+    let index = std::fs::read_to_string(sb.store.join("oci/index.json")).unwrap();
+    assert!(index.contains("feedbeef"), "{index}");
+}
+
+/// A real run: its record carries the image's provenance, the same object as the pull's.
+#[test]
+fn a_run_record_points_to_the_provenance_of_its_image() {
+    assert!(is_root(), "this test runs a container: run the suite as root (CI does)");
+    let reg = registry();
+    let built = busybox_image().label(SOURCE, SOURCE_URL).label("org.opencontainers.image.revision", "c0ffee").build();
+    let digest = reg.push(&built, "policy/run-provenance", "1");
+    let sb = Sandbox::new(&[reg]);
+    configure(&sb, "[policy]\nrequire_digest = true\nrequire_source_label = true");
+    let pinned = format!("{}/policy/run-provenance@{digest}", reg.host());
+    sb.ces(&["pull", "--quiet", &pinned]).ok();
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["run", &pinned, "true"]);
+    cmd.env("HOME", home(&sb)).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+    sb.run(cmd).ok();
+    let records = audit_records(&sb);
+    let (pull, run) = (&records[records.len() - 2], &records[records.len() - 1]);
+    assert_eq!((&run["event"], &run["result"]), (&"run".into(), &"ok".into()), "{run}");
+    assert_eq!(run["image"]["digest"], digest.as_str());
+    assert_eq!(run["provenance"], serde_json::json!({"source": SOURCE_URL, "revision": "c0ffee"}));
+    assert_eq!(run["provenance"], pull["provenance"]);
+    assert_eq!(run["image"]["digest"], pull["digest"]);
+}
+
+// ----- pull enablement -----
+
+const TEST_USER: &str = "ces-test-rootless";
+
+/// The unprivileged test user (created if missing, as the rootless tests do): uid, gid, primary group.
+fn test_user() -> (u32, u32, String) {
+    // Idempotent, and safe if another test binary creates it at the same time.
+    let _ = Command::new("useradd")
+        .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
+        .stderr(Stdio::null())
+        .status();
+    let id =
+        |flag: &str| String::from_utf8(Command::new("id").args([flag, TEST_USER]).output().unwrap().stdout).unwrap();
+    (id("-u").trim().parse().unwrap(), id("-g").trim().parse().unwrap(), id("-gn").trim().to_owned())
+}
+
+/// A sandbox the test user can use: its config readable, its store theirs.
+fn sandbox_for(user: (u32, u32), reg: &Registry) -> Sandbox {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sb = Sandbox::new(&[reg]);
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&sb.store).unwrap();
+    chown(&sb.store, user);
+    sb
+}
+
+fn chown(path: &Path, (uid, gid): (u32, u32)) {
+    rustix::fs::chown(path, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid))).unwrap();
+}
+
+/// `ces ARGS` as the test user (setpriv: its uid, gid and groups).
+fn as_user(sb: &Sandbox, (uid, gid): (u32, u32), args: &[&str]) -> Run {
+    let (uid, gid) = (uid.to_string(), gid.to_string());
+    let mut full = vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--", env!("CARGO_BIN_EXE_ces")];
+    full.extend_from_slice(args);
+    let mut cmd = sb.command("setpriv", &full);
+    cmd.env("USER", TEST_USER).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+    sb.run(cmd)
+}
+
+#[test]
+fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
+    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    let (uid, gid, group) = test_user();
+    let user = (uid, gid);
+    let reg = registry();
+    let built = image("pull-enablement").build();
+    let digest = reg.push(&built, "policy/enabled", "1");
+    let reference = format!("{}/policy/enabled:1", reg.host());
+    let sb = sandbox_for(user, reg);
+
+    // Listed neither by name nor by group: refused, audited, nothing stored.
+    configure(&sb, "[pull]\nallowed_users = [\"someone-else\"]\nallowed_groups = [\"no-such-group-ces\"]");
+    let out = as_user(&sb, user, &["pull", &reference]);
+    let err = out.fails();
+    assert!(err.contains(&format!("error: user {TEST_USER} (uid {uid}) is not enabled to pull images")), "{err}");
+    assert!(err.contains(ACCESS_HINT), "{err}");
+    let record = last_record(&sb);
+    assert_eq!((&record["event"], &record["result"]), (&"pull".into(), &"refused".into()), "{record}");
+    assert_eq!(record["user"], serde_json::json!({"name": TEST_USER, "uid": uid}));
+    assert!(!sb.store.join("oci").exists(), "refused before the store was opened");
+
+    // An empty user list and no groups: still no one but root.
+    reconfigure(&sb, "[pull]\nallowed_users = []");
+    as_user(&sb, user, &["pull", &reference]).fails();
+
+    // By primary group, then by name.
+    reconfigure(&sb, &format!("[pull]\nallowed_groups = [\"wheel-ces-none\", {group:?}]"));
+    assert!(as_user(&sb, user, &["pull", "--quiet", &reference]).ok().contains(&digest));
+    reconfigure(&sb, &format!("[pull]\nallowed_users = [{TEST_USER:?}]"));
+    as_user(&sb, user, &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    let record = last_record(&sb);
+    assert_eq!((&record["result"], &record["user"]["name"]), (&"ok".into(), &TEST_USER.into()));
+
+    // Root is the operator: allowed though not listed. Under sudo, the user who ran sudo is checked.
+    reconfigure(&sb, "[pull]\nallowed_users = [\"someone-else\"]");
+    let root_pull = |sudo: bool| {
+        let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--quiet", "--no-unpack", &reference]);
+        cmd.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        if sudo {
+            cmd.env("SUDO_UID", uid.to_string()).env("SUDO_GID", gid.to_string()).env("SUDO_USER", TEST_USER);
+        }
+        sb.run(cmd)
+    };
+    root_pull(false).ok();
+    let err = root_pull(true);
+    assert!(err.fails().contains(&format!("user {TEST_USER} (uid {uid}) is not enabled")), "{}", err.stderr);
+    assert!(err.stderr.contains(ACCESS_HINT));
+    assert_eq!(last_record(&sb)["result"], "refused");
+    sb.ces(&["audit", "verify"]).ok();
+    let table = sb.ces(&["audit", "show", "--user", TEST_USER]);
+    assert!(table.ok().lines().any(|l| l.contains("refused: user ces-test-rootless")), "{}", table.stdout);
+}

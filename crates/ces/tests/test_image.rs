@@ -1,0 +1,267 @@
+//! `ces test` with the real binary, as root, on fixture images from a real
+//! registry: an image that is ready, and images that look up a name, connect
+//! to a literal address, send UDP, ignore proxy variables, write outside
+//! /safe_outputs, run as root and carry a CSV in a layer. Each finding is
+//! asserted from the `--json` report, and so is the absence of findings on
+//! the clean image. Every path a test creates is under its own temp dir.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+
+use ces_testkit::layer::{Entry, Layer};
+use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
+use common::{Run, Sandbox};
+use serde_json::Value;
+
+fn registry() -> &'static Registry {
+    Registry::shared(AuthMode::Anonymous)
+}
+
+/// Containers run by the native runtime as root: part of the test
+/// environment (CI runs as root); fail loudly rather than pass unrun.
+fn require_root() {
+    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
+}
+
+/// The busybox base plus the TRE directories, run as nobody: what a ready
+/// image looks like.
+fn clean_image() -> ImageSpec {
+    let tre = Layer::new(vec![
+        Entry::dir("safe_data"),
+        Entry::dir("safe_outputs"),
+        Entry::dir("scratch"),
+        // A package's own sample data is not a finding.
+        Entry::dir("usr/lib/python3/site-packages/sklearn/datasets/data"),
+        Entry::file("usr/lib/python3/site-packages/sklearn/datasets/data/iris.csv", "a,b\n1,2\n"),
+    ]);
+    let mut image = busybox_image();
+    image.layers.push(tre);
+    image.user("65534:65534")
+}
+
+/// A sandbox with `image` pulled; `ces test` writes under the sandbox.
+struct World {
+    sb: Sandbox,
+    image: String,
+}
+
+impl World {
+    fn new(repo: &str, image: &ImageSpec) -> World {
+        require_root();
+        let reg = registry();
+        reg.push(&image.build(), repo, "1");
+        let sb = Sandbox::new(&[reg]);
+        let image = format!("{}/{repo}:1", reg.host());
+        sb.ces(&["pull", "--quiet", &image]).ok();
+        World { sb, image }
+    }
+
+    fn test(&self, options: &[&str], command: &[&str]) -> Run {
+        let mut args = vec!["test"];
+        args.extend_from_slice(options);
+        args.push(&self.image);
+        args.extend_from_slice(command);
+        let mut cmd = self.sb.command(env!("CARGO_BIN_EXE_ces"), &args);
+        cmd.env("TMPDIR", self.sb.dir.path()).env("HOME", self.sb.dir.path()).env_remove("SUDO_UID");
+        self.sb.run(cmd)
+    }
+
+    /// `ces test --json`: the exit code and the report.
+    fn report(&self, options: &[&str], command: &[&str]) -> (i32, Value) {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(options);
+        let run = self.test(&all, command);
+        assert!(run.code == 0 || run.code == 1, "ces test failed itself:\n{}\n{}", run.stdout, run.stderr);
+        let report: Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("not a JSON report ({e}):\n{}\n{}", run.stdout, run.stderr));
+        assert_eq!(report["verdict"], if run.code == 0 { "ready" } else { "not ready" });
+        (run.code, report)
+    }
+}
+
+fn attempts(report: &Value) -> Vec<Value> {
+    report["network"]["attempts"].as_array().unwrap().clone()
+}
+
+fn codes(report: &Value) -> Vec<String> {
+    report["findings"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap().to_owned()).collect()
+}
+
+fn sh(script: &str) -> Vec<&str> {
+    vec!["sh", "-c", script]
+}
+
+#[test]
+fn a_clean_image_that_works_offline_is_ready_with_no_findings() {
+    let w = World::new("test/clean", &clean_image());
+    let (code, report) = w.report(&[], &sh("echo 42 > /safe_outputs/result.txt"));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["reasons"], serde_json::json!([]));
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(attempts(&report), Vec::<Value>::new());
+    assert_eq!(codes(&report), ["image-size"], "only the size, for information: {report:#}");
+    let outputs = report["outputs"].as_array().unwrap();
+    assert!(outputs.iter().any(|f| f["path"] == "result.txt" && f["size"] == 3), "{report:#}");
+    assert_eq!(report["lost_writes"], serde_json::json!([]));
+    assert!(report["peak_memory"].as_u64().is_some_and(|m| m > 0), "peak memory from the cgroup: {report:#}");
+    assert!(report["wall_seconds"].as_f64().is_some_and(|s| s > 0.0));
+    // The kept outputs are where the report says.
+    let dir = std::path::PathBuf::from(report["outputs_dir"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(dir.join("result.txt")).unwrap(), "42\n");
+    // The watcher's device lived in the container's namespace only.
+    assert!(!std::path::Path::new("/sys/class/net/ces0").exists());
+}
+
+#[test]
+fn a_dns_lookup_is_reported_by_name_with_a_hint_and_fails_the_test() {
+    let w = World::new("test/dns", &clean_image());
+    let (code, report) = w.report(&[], &sh("nslookup huggingface.co; nc -w 5 huggingface.co 443 </dev/null; true"));
+    assert_eq!(code, 1, "{report:#}");
+    let seen = attempts(&report);
+    let dns = seen.iter().find(|a| a["kind"] == "dns" && a["name"] == "huggingface.co").unwrap();
+    assert!(dns["queries"].as_array().unwrap().contains(&Value::from("A")), "{dns}");
+    let connect = seen.iter().find(|a| a["kind"] == "connect").unwrap();
+    assert_eq!(connect["protocol"], "tcp");
+    assert_eq!(connect["port"], 443);
+    assert_eq!(connect["name"], "huggingface.co", "the connection is attributed to the name: {connect}");
+    let hints = report["network_hints"].to_string();
+    assert!(hints.contains("HF_HUB_OFFLINE=1"), "{hints}");
+    assert!(report["reasons"][0].as_str().unwrap().contains("network"), "{report:#}");
+
+    // Allowed attempts are still reported, but the image is ready.
+    let (code, report) = w.report(&["--allow-network-attempts"], &sh("nslookup huggingface.co; true"));
+    assert_eq!(code, 0, "{report:#}");
+    assert!(attempts(&report).iter().any(|a| a["name"] == "huggingface.co"));
+}
+
+#[test]
+fn literal_addresses_udp_and_programs_that_ignore_proxies_are_caught() {
+    let w = World::new("test/literal", &clean_image());
+    let script = "nc -w 5 192.0.2.10 443 </dev/null; tftp -g -r model.bin 192.0.2.20 69; \
+                  nc -w 5 192.0.2.30 8080 </dev/null; true";
+    let proxy = ["-e", "HTTPS_PROXY=http://proxy.tre.invalid:3128", "-e", "HTTP_PROXY=http://proxy.tre.invalid:3128"];
+    let (code, report) = w.report(&proxy, &sh(script));
+    assert_eq!(code, 1, "{report:#}");
+    let attempts = attempts(&report);
+    let find = |protocol: &str, address: &str, port: u16| {
+        attempts.iter().find(|a| a["protocol"] == protocol && a["address"] == address && a["port"] == port).cloned()
+    };
+    let tcp = find("tcp", "192.0.2.10", 443).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(tcp["name"], Value::Null, "a literal address has no name");
+    find("udp", "192.0.2.20", 69).unwrap_or_else(|| panic!("UDP: {report:#}"));
+    // nc does not use the proxy: the direct attempt is what is reported.
+    find("tcp", "192.0.2.30", 8080).unwrap_or_else(|| panic!("{report:#}"));
+    assert!(!report["network"].to_string().contains("proxy.tre.invalid"), "{report:#}");
+}
+
+#[test]
+fn no_packet_reaches_the_host_whatever_the_container_tries() {
+    let w = World::new("test/escape", &clean_image());
+    // The host's own address on its default route, with a listener on every address.
+    let probe = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    probe.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).expect("the host has a default route");
+    let host = probe.local_addr().unwrap().ip().to_string();
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!("nc -w 5 {host} {port} </dev/null; nc -w 5 127.0.0.1 {port} </dev/null; true");
+    let (code, report) = w.report(&[], &sh(&script));
+    assert_eq!(code, 1);
+    assert!(
+        attempts(&report).iter().any(|a| a["address"] == host.as_str() && a["port"] == port),
+        "the attempt at the host's {host}:{port} is reported: {report:#}"
+    );
+    let accepted = listener.accept();
+    assert!(
+        accepted.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's listener was reached: {accepted:?}"
+    );
+}
+
+#[test]
+fn writes_outside_safe_outputs_are_reported_as_lost() {
+    let w = World::new("test/writes", &clean_image());
+    let script = "mkdir -p /tmp/cache && echo model > /tmp/cache/weights.bin; echo tmp > /scratch/part.txt; \
+                  echo kept > /safe_outputs/kept.txt";
+    let (code, report) = w.report(&[], &sh(script));
+    assert_eq!(code, 0, "lost writes are a warning, not a failure: {report:#}");
+    let lost = report["lost_writes"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{report:#}");
+    assert_eq!(lost[0]["path"], "/tmp/cache/weights.bin");
+    assert_eq!(lost[0]["size"], 6);
+    assert_eq!(report["scratch"][0]["path"], "scratch/part.txt");
+    assert!(codes(&report).contains(&"writes-lost".to_owned()));
+    assert!(codes(&report).contains(&"scratch-used".to_owned()));
+    assert!(report["outputs"].as_array().unwrap().iter().any(|f| f["path"] == "kept.txt"));
+}
+
+#[test]
+fn an_image_that_runs_as_root_without_the_tre_directories_is_flagged() {
+    let w = World::new("test/root", &busybox_image());
+    let (code, report) = w.report(&[], &sh("true"));
+    assert_eq!(code, 0, "{report:#}");
+    let findings = codes(&report);
+    assert!(findings.contains(&"runs-as-root".to_owned()), "{report:#}");
+    assert!(findings.contains(&"missing-tre-directories".to_owned()), "{report:#}");
+    let missing = report["findings"].as_array().unwrap().iter().find(|f| f["code"] == "missing-tre-directories");
+    assert!(missing.unwrap()["message"].as_str().unwrap().contains("/safe_data /safe_outputs /scratch"));
+}
+
+#[test]
+fn a_csv_baked_into_a_layer_is_named_with_its_layer() {
+    let mut image = clean_image();
+    image.layers.push(Layer::new(vec![Entry::dir("data"), Entry::file("data/cohort.csv", "id,age\n1,34\n")]));
+    let w = World::new("test/csv", &image);
+    let (code, report) = w.report(&[], &sh("true"));
+    assert_eq!(code, 0, "{report:#}");
+    let data: Vec<&Value> =
+        report["findings"].as_array().unwrap().iter().filter(|f| f["code"] == "data-in-layer").collect();
+    assert_eq!(data.len(), 1, "the cohort only, not a package's sample data: {report:#}");
+    let message = data[0]["message"].as_str().unwrap();
+    assert!(message.contains("layer 3") && message.contains("/data/cohort.csv"), "{message}");
+}
+
+#[test]
+fn a_failing_container_is_not_ready_and_data_comes_from_data_read_only() {
+    let w = World::new("test/fail", &clean_image());
+    let data = w.sb.dir.path().join("testdata");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("cohort.csv"), "id,age\n1,34\n").unwrap();
+    let script = "cp /safe_data/cohort.csv /safe_outputs/; echo x > /safe_data/new || exit 3";
+    let (code, report) = w.report(&["--data", data.to_str().unwrap()], &sh(script));
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["exit_code"], 3, "/safe_data is read-only");
+    assert!(report["reasons"][0].as_str().unwrap().contains("exit code 3"), "{report:#}");
+    assert!(report["outputs"].as_array().unwrap().iter().any(|f| f["path"] == "cohort.csv"));
+    assert!(!data.join("new").exists());
+}
+
+#[test]
+fn the_report_reads_as_text_for_people() {
+    let w = World::new("test/text", &clean_image());
+    let run = w.test(&[], &sh("nslookup pypi.org >/dev/null; echo ok > /safe_outputs/a.txt"));
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let text = &run.stdout;
+    for expected in [
+        "Verdict: NOT READY",
+        "looked up pypi.org (A",
+        "hint: pypi.org: install packages at build time",
+        "Outputs:  1 file",
+        "Run:      exit code 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bad_requests_are_ces_errors() {
+    let w = World::new("test/bad", &clean_image());
+    let run = w.test(&["--runtime", "podman"], &["true"]);
+    assert!(run.fails().contains("native runtime"), "{}", run.stderr);
+    let run = w.test(&["--data", "/nonexistent/ces-test-data"], &["true"]);
+    assert!(run.fails().contains("--data"), "{}", run.stderr);
+    let run = w.test(&["--privileged"], &["true"]);
+    assert_eq!(run.code, 125, "widening options are refused as by ces run: {}", run.stderr);
+}
