@@ -207,29 +207,10 @@ pub struct Image {
 }
 
 /// Where an image came from: its OCI labels (`org.opencontainers.image.*`)
-/// and base-image annotations. Every field is the builder's claim, bound to
-/// the image digest (labels and annotations are part of the hashed content).
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Provenance {
-    /// `org.opencontainers.image.source`: the source repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// `org.opencontainers.image.revision`: the source revision.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<String>,
-    /// `org.opencontainers.image.created`: when it was built.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub created: Option<String>,
-    /// `org.opencontainers.image.version`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    /// `org.opencontainers.image.base.name`: the base image.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_name: Option<String>,
-    /// `org.opencontainers.image.base.digest`: the base image's digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_digest: Option<String>,
-}
+/// and base-image annotations, as the image store reads them. Every field is
+/// the builder's claim, bound to the image digest (labels and annotations
+/// are part of the hashed content).
+pub use ces_image::Provenance;
 
 /// A mount in the container.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -154,8 +154,11 @@ fn write_nested(dir: &OwnedFd, path: &str, bytes: &[u8], owner: Option<Owner>) -
     write_file(current.as_ref().unwrap_or(dir), file, bytes, owner)
 }
 
-/// Writes a file atomically: a new temporary file, its owner set, synced,
-/// then renamed over `name`.
+/// Writes a file atomically: a new temporary file, its owner set, then
+/// renamed over `name`. Not synced: the outputs it describes are not either
+/// (the container's writes are the page cache's until the kernel writes
+/// them back); the audit log, which holds the manifest's digest, is synced.
+/// After a crash, `ces outputs verify` says what is missing.
 fn write_file(dir: &OwnedFd, name: &str, bytes: &[u8], owner: Option<Owner>) -> std::io::Result<()> {
     let temp = format!(".{name}.ces-{}.tmp", std::process::id());
     let fd = rustix::fs::openat(
@@ -168,7 +171,6 @@ fn write_file(dir: &OwnedFd, name: &str, bytes: &[u8], owner: Option<Owner>) -> 
         chown(&fd, owner)?;
         let mut file = std::fs::File::from(fd);
         file.write_all(bytes)?;
-        file.sync_all()?;
         rustix::fs::renameat(dir, temp.as_str(), dir, name)?;
         Ok(())
     })();

@@ -15,6 +15,7 @@ use ces_image::{Digest, ImageRecord, ImageReference, Provenance, Store};
 use ces_registry::PullOptions;
 
 use crate::commands::audit;
+use crate::identity::{self, Caller};
 use crate::settings::Settings;
 
 /// A refusal by the operator's policy.
@@ -42,6 +43,16 @@ pub enum PolicyError {
         /// Their uid.
         uid: u32,
     },
+    /// `[pull]` lists are set, and ces runs in a user namespace, where the
+    /// names and groups it sees may be the user's own.
+    #[error(
+        "ces runs in a user namespace{}, where it cannot check who may pull images on this machine",
+        uid.map(|uid| format!(" (as uid {uid} outside it)")).unwrap_or_default()
+    )]
+    UserNamespace {
+        /// The user outside the namespace, when known.
+        uid: Option<u32>,
+    },
 }
 
 /// The hint for an image without the source label (pull or run).
@@ -64,6 +75,9 @@ pub fn hints(error: &PolicyError) -> Vec<String> {
         PolicyError::SourceLabelRequired { .. } => vec![SOURCE_LABEL_HINT.into()],
         PolicyError::PullNotEnabled { .. } => {
             vec!["ask your research coordinator to request CES access for your account".into()]
+        }
+        PolicyError::UserNamespace { .. } => {
+            vec!["run ces outside the user namespace (not under `unshare` or in a rootless container)".into()]
         }
     }
 }
@@ -110,84 +124,45 @@ fn is_pinned(query: &str) -> bool {
 }
 
 /// Before a pull: whether this account may pull. With neither `[pull]` list
-/// set, everyone may; host root (the operator) always may; otherwise the
-/// user (under sudo, the one who ran sudo) must be listed, or be a member of
-/// a listed group (primary or supplementary, as the system's group database
-/// says now, through NSS: `id -Gn USER`).
+/// set, everyone may; root of the host (the operator) always may; otherwise
+/// the user (under sudo, the one who ran sudo) must be listed, or be a member
+/// of a listed group (primary or supplementary, as the system's group
+/// database says now, through NSS: `id -Gn USER`). In a user namespace
+/// (`unshare -r`) no one may: the password and group files, and `id`, that
+/// ces would see there may be the user's own (bind mounts in a mount
+/// namespace of theirs).
 pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     let pull = &settings.pull;
     if pull.open() {
         return Ok(());
     }
-    let account = Account::current();
-    if account.host_root {
+    let caller = identity::caller();
+    if let Caller::Namespaced { uid } = caller {
+        return Err(PolicyError::UserNamespace { uid }.into());
+    }
+    // As the audit records it: the real uid, or under sudo the user who ran it.
+    let user = audit::current_user();
+    if caller == Caller::HostRoot && user.uid == 0 {
         return Ok(());
     }
     let users = pull.allowed_users.as_deref().unwrap_or_default();
-    if users.iter().any(|u| *u == account.name || *u == account.uid.to_string()) {
+    if users.iter().any(|u| *u == user.name || *u == user.uid.to_string()) {
         return Ok(());
     }
     let groups = pull.allowed_groups.as_deref().unwrap_or_default();
     if !groups.is_empty() {
-        let member_of = groups_of(&account.name)?;
+        let member_of = groups_of(&user.name)?;
         if groups.iter().any(|g| member_of.contains(g)) {
             return Ok(());
         }
     }
-    Err(PolicyError::PullNotEnabled { user: account.name, uid: account.uid }.into())
-}
-
-/// The account a pull is checked for.
-#[derive(Debug)]
-struct Account {
-    name: String,
-    uid: u32,
-    /// Root of the host (not root in a user namespace, not a user via sudo).
-    host_root: bool,
-}
-
-impl Account {
-    fn current() -> Account {
-        let euid_root = rustix::process::geteuid().is_root();
-        match outer_uid_of_root() {
-            // Root in a user namespace (`unshare -r`) is the user who made it:
-            // neither root nor able to vouch for SUDO_UID.
-            Some(uid) if euid_root && uid != 0 => {
-                let name = name_of(uid).unwrap_or_else(|| uid.to_string());
-                Account { name, uid, host_root: false }
-            }
-            _ => {
-                // As the audit records it: the real uid, or under sudo the user who ran it.
-                let user = audit::current_user();
-                Account { host_root: user.uid == 0 && euid_root, name: user.name, uid: user.uid }
-            }
-        }
-    }
-}
-
-/// The host uid that this user namespace's uid 0 maps to (`None` when uid 0
-/// is not mapped or the map cannot be read).
-fn outer_uid_of_root() -> Option<u32> {
-    let map = std::fs::read_to_string("/proc/self/uid_map").ok()?;
-    map.lines().find_map(|line| {
-        let mut fields = line.split_whitespace().map(|f| f.parse::<u32>());
-        match (fields.next()?, fields.next()?) {
-            (Ok(0), Ok(outside)) => Some(outside),
-            _ => None,
-        }
-    })
+    Err(PolicyError::PullNotEnabled { user: user.name, uid: user.uid }.into())
 }
 
 /// `id`, by absolute path where it is (a `PATH` of the user's cannot stand in).
 fn id_command() -> Command {
     let path = ["/usr/bin/id", "/bin/id"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("id");
     Command::new(path)
-}
-
-fn name_of(uid: u32) -> Option<String> {
-    let output = id_command().arg("-nu").arg("--").arg(uid.to_string()).output().ok()?;
-    let name = String::from_utf8(output.stdout).ok()?.trim().to_owned();
-    (output.status.success() && !name.is_empty()).then_some(name)
 }
 
 /// `user`'s groups in the group database (primary and supplementary, NSS
@@ -213,15 +188,7 @@ pub fn audit_provenance(provenance: &Provenance) -> Option<Box<ces_audit::Proven
     if provenance.is_empty() {
         return None;
     }
-    let p = provenance.clone();
-    Some(Box::new(ces_audit::Provenance {
-        source: p.source,
-        revision: p.revision,
-        created: p.created,
-        version: p.version,
-        base_name: p.base_name,
-        base_digest: p.base_digest,
-    }))
+    Some(Box::new(provenance.clone()))
 }
 
 /// The provenance of a stored image, for a run's record (`None` when the
@@ -269,14 +236,5 @@ mod tests {
             hint("127.0.0.1:5000/lab/model"),
             "name the image by its digest: 127.0.0.1:5000/lab/model@sha256:<digest>"
         );
-    }
-
-    #[test]
-    fn the_uid_map_of_this_process_maps_root() {
-        // On the host (an identity map) or in a user namespace that maps root.
-        let map = std::fs::read_to_string("/proc/self/uid_map").unwrap();
-        if map.split_whitespace().next() == Some("0") {
-            assert!(outer_uid_of_root().is_some(), "{map}");
-        }
     }
 }

@@ -48,7 +48,8 @@ pub struct AuditConfig {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// Whether users other than root may replace this (system) config with
+    /// Whether users other than root of the host (not root in a user
+    /// namespace: see [`crate::identity`]) may replace this (system) config with
     /// their own (`--config`, `$CES_CONFIG`). Off: the system config is the
     /// TRE's policy, and a user's file must not widen it.
     #[serde(default)]
@@ -228,7 +229,7 @@ impl Settings {
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
     /// exist; the system file is used only if present.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
-        Settings::load_with(explicit, Path::new(SYSTEM_CONFIG), rustix::process::geteuid().is_root())
+        Settings::load_with(explicit, Path::new(SYSTEM_CONFIG), crate::identity::is_host_root())
     }
 
     /// [`Settings::load`] with the system config's path and the caller's
@@ -288,9 +289,10 @@ pub fn parse_config(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> 
     })
 }
 
-/// `/var/lib/ces` for root; `$XDG_DATA_HOME/ces` or `~/.local/share/ces` for others.
+/// `/var/lib/ces` for root of the host; `$XDG_DATA_HOME/ces` or
+/// `~/.local/share/ces` for others (root in a user namespace included).
 fn default_storage_root() -> anyhow::Result<PathBuf> {
-    if rustix::process::geteuid().is_root() {
+    if crate::identity::is_host_root() {
         return Ok(PathBuf::from("/var/lib/ces"));
     }
     if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {

@@ -82,3 +82,11 @@ fn own_errors_exit_125_naming_file_and_line() {
     let err = sb.ces(&["lint", "--ignore", "CES999", &corpus("good/minimal.Dockerfile")]).fails().to_owned();
     assert!(err.contains("--ignore CES999: no such rule"), "{err}");
 }
+
+#[test]
+fn lint_needs_no_config_not_even_a_readable_one() {
+    let sb = Sandbox::new(&[]);
+    std::fs::write(&sb.config, "this is [not toml").unwrap();
+    let out = sb.ces(&["lint", &corpus("good/huggingface-multistage.Dockerfile")]);
+    assert_eq!(out.ok(), "", "a broken config does not concern lint");
+}

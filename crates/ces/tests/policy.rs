@@ -366,3 +366,143 @@ fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
     let table = sb.ces(&["audit", "show", "--user", TEST_USER]);
     assert!(table.ok().lines().any(|l| l.contains("refused: user ces-test-rootless")), "{}", table.stdout);
 }
+
+// ----- root in a user namespace is not root -----
+
+/// `ces ARGS` as the test user inside a user namespace of theirs where they
+/// are uid 0 (`unshare --user --map-root-user`), with `SUDO_*` saying root;
+/// `wrap` runs first, inside it (`sh -c SCRIPT`, ending `exec "$0" "$@"`).
+fn as_user_in_namespace(sb: &Sandbox, user: (u32, u32), wrap: &[&str], args: &[&str]) -> Run {
+    sb.run(in_namespace(sb, user, wrap, args))
+}
+
+/// The command of [`as_user_in_namespace`].
+fn in_namespace(sb: &Sandbox, (uid, gid): (u32, u32), wrap: &[&str], args: &[&str]) -> Command {
+    let (uid, gid) = (uid.to_string(), gid.to_string());
+    let mut full =
+        vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--", "unshare", "--user", "--map-root-user"];
+    full.extend_from_slice(wrap);
+    full.push(env!("CARGO_BIN_EXE_ces"));
+    full.extend_from_slice(args);
+    let mut cmd = sb.command("setpriv", &full);
+    cmd.env("USER", "root").env("SUDO_UID", "0").env("SUDO_GID", "0").env("SUDO_USER", "root");
+    cmd
+}
+
+/// In a mount namespace of its own: a tmpfs over /proc, holding a uid map
+/// that says "the initial namespace".
+const FORGED_PROC: &[&str] = &[
+    "--mount",
+    "sh",
+    "-c",
+    "mount -t tmpfs forged /proc && mkdir /proc/self && echo '0 0 4294967295' > /proc/self/uid_map && exec \"$0\" \"$@\"",
+];
+
+#[test]
+fn in_a_user_namespace_the_audit_records_the_user_outside_it_not_sudo_variables() {
+    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    let (uid, gid, _) = test_user();
+    let user = (uid, gid);
+    let reg = registry();
+    let built = image("user-namespace");
+    reg.push(&built.build(), "policy/userns", "1");
+    let reference = format!("{}/policy/userns:1", reg.host());
+    let sb = sandbox_for(user, reg);
+
+    as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    let record = last_record(&sb);
+    assert_eq!(record["result"], "ok", "{record}");
+    assert_eq!(record["user"], serde_json::json!({"name": TEST_USER, "uid": uid}), "not root, as SUDO_* says");
+
+    // /proc hidden under a forged map: who it is cannot be told, and it is not root.
+    as_user_in_namespace(&sb, user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    let record = last_record(&sb);
+    assert_eq!(record["user"], serde_json::json!({"name": "unknown", "uid": 65534}), "{record}");
+    sb.ces(&["audit", "verify"]).ok();
+}
+
+/// `SUDO_*` naming another user does not make the container's host user
+/// (nor the user whose groups find the project) that user's.
+#[test]
+fn in_a_user_namespace_a_run_is_planned_for_the_user_not_sudo_variables() {
+    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    let (uid, gid, _) = test_user();
+    let user = (uid, gid);
+    let reg = registry();
+    let built = image("user-namespace-run");
+    reg.push(&built.build(), "policy/userns-run", "1");
+    let reference = format!("{}/policy/userns-run:1", reg.host());
+    let sb = sandbox_for(user, reg);
+    as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", &reference]).ok();
+
+    let mut cmd = in_namespace(&sb, user, &[], &["run", "--dry-run", &reference, "true"]);
+    cmd.env("HOME", home(&sb)).env("SUDO_UID", "4242").env("SUDO_GID", "4242").env("SUDO_USER", "someone-else");
+    let plan = sb.run(cmd);
+    let plan = plan.ok();
+    // Its own ids in the namespace (the test user outside it), not SUDO_UID's.
+    assert!(plan.contains("host user 0:0"), "{plan}");
+    assert!(!plan.contains("4242"), "{plan}");
+}
+
+#[test]
+fn in_a_user_namespace_pull_enablement_refuses_even_listed_users() {
+    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    let (uid, gid, _) = test_user();
+    let user = (uid, gid);
+    let reg = registry();
+    let built = image("user-namespace-enabled");
+    reg.push(&built.build(), "policy/userns-enabled", "1");
+    let reference = format!("{}/policy/userns-enabled:1", reg.host());
+    let sb = sandbox_for(user, reg);
+    configure(&sb, &format!("[pull]\nallowed_users = [{TEST_USER:?}, \"root\", \"0\"]"));
+
+    // Listed, outside a namespace: allowed.
+    as_user(&sb, user, &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    // Inside one, the files that name users and groups may be the user's own: refused.
+    let out = as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", "--no-unpack", &reference]);
+    let err = out.fails();
+    assert!(err.contains(&format!("error: ces runs in a user namespace (as uid {uid} outside it)")), "{err}");
+    assert!(err.contains("hint: run ces outside the user namespace"), "{err}");
+    let record = last_record(&sb);
+    assert_eq!((&record["result"], &record["user"]["name"]), (&"refused".into(), &TEST_USER.into()), "{record}");
+    let out = as_user_in_namespace(&sb, user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]);
+    assert!(out.fails().contains("error: ces runs in a user namespace, where"), "{}", out.stderr);
+}
+
+/// With a system config (in /etc of a private mount namespace: an overlay,
+/// whose writes land in the test's temp dir), root may use another config
+/// and the test user may not, whether or not they are uid 0 in a user
+/// namespace of theirs.
+#[test]
+fn in_a_user_namespace_a_user_config_is_still_refused() {
+    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    let had_system_config = Path::new("/etc/ces").exists();
+    let (uid, gid, _) = test_user();
+    let reg = registry();
+    let sb = sandbox_for((uid, gid), reg);
+    let overlay = sb.dir.path().join("etc-overlay");
+    std::fs::create_dir_all(overlay.join("upper")).unwrap();
+    std::fs::create_dir_all(overlay.join("work")).unwrap();
+    let ces = env!("CARGO_BIN_EXE_ces");
+    let as_user = format!("exec setpriv --reuid {uid} --regid {gid} --init-groups --");
+    let run = |as_whom: &str| {
+        // Every step must succeed before the next: nothing is written to the host's /etc.
+        let script = format!(
+            "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={upper},workdir={work} /etc; \
+             mkdir -p /etc/ces; printf '[registries]\\nallowed = []\\n' > /etc/ces/config.toml; \
+             {as_whom} {ces} images",
+            upper = overlay.join("upper").display(),
+            work = overlay.join("work").display(),
+        );
+        let mut cmd = sb.command("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
+        cmd.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        sb.run(cmd)
+    };
+    run("exec").ok();
+    let refused = "is this machine's policy: only root may use another config";
+    assert!(run(&as_user).fails().contains(refused));
+    let in_namespace = format!("{as_user} unshare --user --map-root-user");
+    let out = run(&in_namespace);
+    assert!(out.fails().contains(refused), "{}", out.stderr);
+    assert_eq!(Path::new("/etc/ces").exists(), had_system_config, "the host's /etc is untouched");
+}

@@ -265,3 +265,92 @@ fn bad_requests_are_ces_errors() {
     let run = w.test(&["--privileged"], &["true"]);
     assert_eq!(run.code, 125, "widening options are refused as by ces run: {}", run.stderr);
 }
+/// `ces test` as an unprivileged user, after the operator's `ces system
+/// setup`, in a private mount namespace whose /dev/net/tun is a node of
+/// `mode` (the host's own device node is left as it is).
+fn rootless_test(mode: &str, script: &str) -> (World, Run) {
+    let user = "ces-test-rootless";
+    // Idempotent, and safe if another test binary creates it at the same time.
+    let _ = std::process::Command::new("useradd")
+        .args(["--system", "--create-home", "--shell", "/bin/sh", user])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let id = |flag: &str| -> String {
+        String::from_utf8(std::process::Command::new("id").args([flag, user]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    let (uid, gid) = (id("-u"), id("-g"));
+    let w = World::new(&format!("test/rootless-{}", mode.trim_start_matches('0')), &clean_image());
+    let home = w.sb.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let owner =
+        (Some(rustix::fs::Uid::from_raw(uid.parse().unwrap())), Some(rustix::fs::Gid::from_raw(gid.parse().unwrap())));
+    // The store, pulled as root, becomes the user's (as if they had pulled).
+    for entry in walk(&w.sb.store).into_iter().chain([home.clone()]) {
+        rustix::fs::chownat(rustix::fs::CWD, &entry, owner.0, owner.1, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    }
+    w.sb.ces(&["system", "setup", "--user", user]).ok();
+    let wrapper = "set -e; d=$(mktemp -d -p \"$SANDBOX\"); mknod \"$d/tun\" c 10 200; chmod \"$TUN_MODE\" \"$d/tun\"; \
+                   mount --bind \"$d/tun\" /dev/net/tun; exec setpriv --reuid \"$U\" --regid \"$G\" --init-groups -- \"$@\"";
+    let mut args =
+        vec!["--mount", "--propagation", "private", "--", "sh", "-c", wrapper, "sh", env!("CARGO_BIN_EXE_ces")];
+    args.extend(["test", "--json", w.image.as_str(), "sh", "-c", script]);
+    let mut cmd = w.sb.command("unshare", &args);
+    cmd.env("SANDBOX", w.sb.dir.path())
+        .env("TUN_MODE", mode)
+        .env("U", &uid)
+        .env("G", &gid)
+        .env("HOME", &home)
+        .env("TMPDIR", &home)
+        .env("USER", user)
+        .env_remove("SUDO_UID")
+        .env_remove("SUDO_GID")
+        .env_remove("SUDO_USER");
+    let run = w.sb.run(cmd);
+    (w, run)
+}
+
+/// Every path under `dir`, `dir` included.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut paths = vec![dir.to_owned()];
+    let mut at = 0;
+    while at < paths.len() {
+        let path = paths[at].clone();
+        at += 1;
+        if path.symlink_metadata().unwrap().is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    paths
+}
+
+#[test]
+fn rootless_the_network_is_observed_where_dev_net_tun_is_open_to_all() {
+    let (_world, run) = rootless_test("0666", "nslookup cran.r-project.org; echo ok > /safe_outputs/ok.txt");
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(attempts(&report).iter().any(|a| a["name"] == "cran.r-project.org"), "{report:#}");
+    let outputs = std::path::PathBuf::from(report["outputs_dir"].as_str().unwrap());
+    use std::os::unix::fs::MetadataExt as _;
+    let uid: u32 =
+        String::from_utf8(std::process::Command::new("id").args(["-u", "ces-test-rootless"]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    assert_eq!(std::fs::metadata(outputs.join("ok.txt")).unwrap().uid(), uid, "the user's own file");
+}
+
+#[test]
+fn rootless_without_access_to_dev_net_tun_the_refusal_says_how_to_fix_it() {
+    let (_world, run) = rootless_test("0600", "true");
+    let stderr = run.fails();
+    assert!(stderr.contains("opening /dev/net/tun"), "{stderr}");
+    assert!(stderr.contains("chmod 0666 /dev/net/tun"), "{stderr}");
+}

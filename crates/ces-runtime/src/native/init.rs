@@ -112,6 +112,9 @@ pub(crate) struct CesInit {
     workload_capabilities: u64,
     /// The seccomp profile, compiled (see [`super::seccomp::compiled`]).
     seccomp: Vec<libc::sock_filter>,
+    /// `ces test`: the socket to hand the observed network device to ces on
+    /// (see [`super::observe`]).
+    tun_socket: Option<RawFd>,
 }
 
 impl CesInit {
@@ -120,9 +123,10 @@ impl CesInit {
         user: (u32, u32),
         workload_capabilities: u64,
         seccomp: Vec<libc::sock_filter>,
+        tun_socket: Option<RawFd>,
     ) -> CesInit {
         let user = (user != (0, 0)).then_some(user);
-        CesInit { report_fd, user, workload_capabilities, seccomp }
+        CesInit { report_fd, user, workload_capabilities, seccomp, tun_socket }
     }
 }
 
@@ -143,6 +147,12 @@ impl Executor for CesInit {
         if let Err(e) = loopback_up() {
             write_report(self.report_fd, Report::LoopbackFailed(e.raw_os_error().unwrap_or(libc::EIO)));
             return Err(ExecutorError::Other(format!("cannot bring up the loopback interface: {e}")));
+        }
+        // With CAP_NET_ADMIN still held; the workload never sees the socket
+        // (closed below) nor the device (handed over, then closed here).
+        if let Some(socket) = self.tun_socket {
+            super::observe::hand_over_tun(socket)
+                .map_err(|e| ExecutorError::Other(format!("cannot create the observed network device: {e}")))?;
         }
         // A root workload keeps the container's capabilities (without the
         // setup ones); another user keeps only CAP_SETFCAP until it has its

@@ -323,6 +323,7 @@ impl Run<'_> {
             cgroup_path: self.cgroup.path.clone(),
             limits_in_spec: root,
             swap_accounting: self.cgroup.swap_accounting(),
+            tun: self.observe.network,
         };
         let written = oci::build(self.spec, &layout)
             .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
@@ -367,8 +368,14 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) => return (Err(start_error("blocking signals")(e.into())), true),
         };
-        let built = self.build(report_write.as_raw_fd());
+        let tun_channel = match self.observe.network.then(observe::tun_channel).transpose() {
+            Ok(channel) => channel,
+            Err(e) => return (Err(start_error("observing the network")(e.into())), true),
+        };
+        let (tun_socket, init_tun_socket) = tun_channel.unzip();
+        let built = self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd));
         drop(report_write);
+        drop(init_tun_socket);
         let mut container = match built {
             Ok(c) => c,
             // libcontainer removes its state when build() fails, and tries
@@ -382,16 +389,13 @@ impl Run<'_> {
             if self.privilege != Privilege::Root {
                 self.cgroup.apply_limits(pid, &self.spec.limits)?;
             }
-            let watcher = if self.observe.network {
-                let rootless = self.privilege != Privilege::Root;
-                Some(
-                    observe::Watcher::start(pid, rootless)
-                        .map_err(|e| start_error("observing the network")(e.into()))?,
-                )
-            } else {
-                None
-            };
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            let watcher = match tun_socket {
+                Some(socket) => {
+                    Some(observe::Watcher::start(socket).map_err(|e| start_error("observing the network")(e.into()))?)
+                }
+                None => None,
+            };
             let signalfd = signals.signalfd().map_err(|e| start_error("waiting for the container")(e.into()))?;
             let ended =
                 wait::wait_for_exit(pid, &signalfd).map_err(|e| start_error("waiting for the container")(e.into()))?;
@@ -432,7 +436,11 @@ impl Run<'_> {
         (outcome, removed)
     }
 
-    fn build(&self, report_fd: i32) -> Result<libcontainer::container::Container, NativeError> {
+    fn build(
+        &self,
+        report_fd: i32,
+        tun_socket: Option<i32>,
+    ) -> Result<libcontainer::container::Container, NativeError> {
         let _groups = match self.groups {
             Some(groups) => Some(ThreadGroups::set(groups)?),
             None => None,
@@ -443,6 +451,7 @@ impl Run<'_> {
                 (self.spec.process.user.uid, self.spec.process.user.gid),
                 oci::workload_capabilities(self.spec.process.user.uid),
                 seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
+                tun_socket,
             ))
             .with_root_path(&self.runtime.state_root)?;
         if !self.spec.process.interactive {

@@ -5,22 +5,31 @@
 //! container's own filesystem (the overlay's upper layer), which are lost at
 //! exit.
 //!
-//! The watcher is forked from ces between libcontainer's build and start
-//! (ces is single-threaded then, as libcontainer requires anyway), enters
-//! the container's user namespace (rootless) and network namespace, creates
-//! `ces0` there, addresses it, routes everything to it, and reports ready
-//! before the workload exists. It dies with ces (`PR_SET_PDEATHSIG`) and its
-//! device with the namespace. It never sends a packet anywhere but back into
-//! the container: it has no other interface to send one to.
+//! The device is made inside the container: `ces-init`, in the container's
+//! network namespace with the `CAP_NET_ADMIN` it holds during setup, opens
+//! `/dev/net/tun` (bound into the container for `ces test` only, and allowed
+//! by its device cgroup), creates `ces0`, addresses it, routes everything to
+//! it, and hands the descriptor to ces over a socket before the workload
+//! exists ([`hand_over_tun`]); it fails the start if any of that fails. ces
+//! (root or not: nothing here needs `/proc/<pid>/ns`, closed to an
+//! unprivileged ces since the init is not dumpable) then forks the watcher,
+//! which reads the device until ces has seen the container end ([`Watcher`]).
+//! Packets sent meanwhile wait in the device's queue. The watcher dies with
+//! ces (`PR_SET_PDEATHSIG`) and the device with the namespace; it never sends
+//! a packet anywhere but back into the container: it has no other interface
+//! to send one to.
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, IoSlice, IoSliceMut, Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -70,63 +79,106 @@ pub(crate) struct Watcher {
     results: OwnedFd,
 }
 
-/// Stages the child reports, by number, with an errno.
-const STAGES: [&str; 7] = [
-    "opening the container's namespaces",
-    "entering the container's user namespace",
-    "entering the container's network namespace",
+/// Stages `ces-init` reports, by number, with an errno.
+const STAGES: [&str; 5] = [
     "opening /dev/net/tun",
     "creating the ces0 device",
     "addressing the ces0 device",
     "routing to the ces0 device",
+    "handing the device to ces",
 ];
 
+/// The socket pair the device travels on: ces's end, and the end the
+/// container's init inherits (both close-on-exec).
+pub(crate) fn tun_channel() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).map_err(io::Error::from)
+}
+
+/// In `ces-init`: creates and configures the device in this (the
+/// container's) network namespace and sends it to ces on `socket`; on
+/// failure, sends the stage and errno instead, and returns the error.
+pub(crate) fn hand_over_tun(socket: RawFd) -> Result<(), String> {
+    let (status, tun) = match set_up() {
+        Ok(tun) => ([0u8; 8], Some(tun)),
+        Err((stage, e)) => {
+            let mut status = [0u8; 8];
+            status[..4].copy_from_slice(&stage.to_le_bytes());
+            status[4..].copy_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
+            (status, None)
+        }
+    };
+    let fds: Vec<RawFd> = tun.iter().map(AsRawFd::as_raw_fd).collect();
+    let control: Vec<ControlMessage<'_>> =
+        if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
+    let sent = sendmsg::<()>(socket, &[IoSlice::new(&status)], &control, MsgFlags::empty(), None);
+    let stage = u32::from_le_bytes([status[0], status[1], status[2], status[3]]);
+    match (stage, sent) {
+        (0, Ok(_)) => Ok(()),
+        (0, Err(e)) => Err(format!("{}: {e}", STAGES[4])),
+        (n, _) => Err(format!(
+            "{}: {}",
+            STAGES.get(n as usize - 1).copied().unwrap_or("setting up"),
+            io::Error::from_raw_os_error(i32::from_le_bytes([status[4], status[5], status[6], status[7]]))
+        )),
+    }
+}
+
 impl Watcher {
-    /// Forks the watcher for the container whose init is `init`; returns once
-    /// the device routes everything (or with why it could not).
-    pub(crate) fn start(init: Pid, rootless: bool) -> Result<Watcher, ObserveError> {
+    /// Receives the device from the container's init on `socket` and forks
+    /// the watcher to serve it.
+    pub(crate) fn start(socket: OwnedFd) -> Result<Watcher, ObserveError> {
         let setup = |stage, source| ObserveError::Setup { stage, source };
-        let namespace = |name: &str| {
-            File::open(format!("/proc/{init}/ns/{name}")).map_err(|e| setup("opening the container's namespaces", e))
+        let mut status = [0u8; 8];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let (bytes, tun) = {
+            let mut iov = [IoSliceMut::new(&mut status)];
+            let message = loop {
+                match recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other.map_err(|e| setup("receiving the device", e.into()))?,
+                }
+            };
+            let mut tun = None;
+            for cmsg in message.cmsgs().map_err(|e| setup("receiving the device", e.into()))? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for fd in fds {
+                        // SAFETY: a descriptor the kernel just gave us.
+                        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                        tun.get_or_insert(owned);
+                    }
+                }
+            }
+            (message.bytes, tun)
         };
-        let user_ns = if rootless { Some(namespace("user")?) } else { None };
-        let net_ns = namespace("net")?;
+        let stage = u32::from_le_bytes([status[0], status[1], status[2], status[3]]);
+        let errno = i32::from_le_bytes([status[4], status[5], status[6], status[7]]);
+        let tun = match (bytes, stage, tun) {
+            (8, 0, Some(tun)) => tun,
+            (8, n, _) if n != 0 => {
+                let stage = STAGES.get(n as usize - 1).copied().unwrap_or("setting up");
+                return Err(setup(stage, io::Error::from_raw_os_error(errno)));
+            }
+            _ => {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the container's init sent no device");
+                return Err(setup("receiving the device", e));
+            }
+        };
         let (stop_read, stop_write) = super::pipe().map_err(|e| setup("creating pipes", e))?;
         let (results_read, results_write) = super::pipe().map_err(|e| setup("creating pipes", e))?;
-        // SAFETY: ces is single-threaded here (libcontainer's build needs it
-        // too); the child only makes system calls and allocates.
+        // SAFETY: ces is single-threaded here (libcontainer needs it too);
+        // the child only makes system calls and allocates.
         match unsafe { libc::fork() } {
             -1 => Err(setup("forking the watcher", io::Error::last_os_error())),
             0 => {
                 drop(stop_write);
                 drop(results_read);
-                let code = child(user_ns.as_ref(), &net_ns, stop_read.as_raw_fd(), results_write.as_raw_fd());
+                drop(socket);
+                let code = child(&tun, stop_read.as_raw_fd(), results_write.as_raw_fd());
                 // SAFETY: leaving the forked child without running the
                 // parent's destructors or atexit handlers.
                 unsafe { libc::_exit(code) }
             }
-            pid => {
-                drop(stop_read);
-                drop(results_write);
-                let mut watcher = Watcher { pid: Pid::from_raw(pid), stop: Some(stop_write), results: results_read };
-                let mut status = [0u8; 8];
-                let ready = File::from(watcher.results.try_clone().map_err(|e| setup("creating pipes", e))?)
-                    .read_exact(&mut status);
-                let stage = u32::from_le_bytes([status[0], status[1], status[2], status[3]]);
-                let errno = i32::from_le_bytes([status[4], status[5], status[6], status[7]]);
-                match (ready, stage) {
-                    (Ok(()), 0) => Ok(watcher),
-                    (Ok(()), n) => {
-                        let stage = STAGES.get(n as usize - 1).copied().unwrap_or("setting up");
-                        watcher.kill();
-                        Err(setup(stage, io::Error::from_raw_os_error(errno)))
-                    }
-                    (Err(e), _) => {
-                        watcher.kill();
-                        Err(setup("waiting for the watcher", e))
-                    }
-                }
-            }
+            pid => Ok(Watcher { pid: Pid::from_raw(pid), stop: Some(stop_write), results: results_read }),
         }
     }
 
@@ -138,57 +190,33 @@ impl Watcher {
         let _ = nix::sys::wait::waitpid(self.pid, None);
         serde_json::from_slice(&bytes).map_err(io::Error::other)
     }
-
-    fn kill(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(self.pid, None);
-    }
 }
 
-/// The watcher: set up, report, serve until told to stop, report again.
-fn child(user_ns: Option<&File>, net_ns: &File, stop: RawFd, results: RawFd) -> i32 {
-    // SAFETY: plain system calls on descriptors this process owns.
+/// The watcher: serve until told to stop, then report.
+fn child(tun: &OwnedFd, stop: RawFd, results: RawFd) -> i32 {
+    // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let tun = match set_up(user_ns, net_ns) {
-        Ok(tun) => tun,
-        Err((stage, e)) => {
-            let mut status = stage.to_le_bytes().to_vec();
-            status.extend_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
-            write_all(results, &status);
-            return 1;
-        }
-    };
-    write_all(results, &[0; 8]);
     let mut stub = Stub::new();
-    serve(&tun, stop, &mut stub);
+    serve(tun, stop, &mut stub);
     let report = NetworkReport { attempts: stub.attempts(), dropped: stub.dropped };
     match serde_json::to_vec(&report) {
         Ok(bytes) => {
-            write_all(results, &bytes);
-            0
+            // SAFETY: the descriptor stays open for the child's life;
+            // ManuallyDrop keeps this File from closing it.
+            let mut file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(results) });
+            if file.write_all(&bytes).is_ok() { 0 } else { 1 }
         }
         Err(_) => 1,
     }
 }
 
-fn write_all(fd: RawFd, bytes: &[u8]) {
-    // SAFETY: the descriptor stays open for the child's life; ManuallyDrop
-    // keeps this File from closing it.
-    let mut file = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-    let _ = file.write_all(bytes);
-}
-
-/// Enters the namespaces and brings the device up; on failure, the stage
-/// number (1-based, see [`STAGES`]) and the error.
-fn set_up(user_ns: Option<&File>, net_ns: &File) -> Result<OwnedFd, (u32, io::Error)> {
-    if let Some(user_ns) = user_ns {
-        setns(user_ns, libc::CLONE_NEWUSER).map_err(|e| (2, e))?;
-    }
-    setns(net_ns, libc::CLONE_NEWNET).map_err(|e| (3, e))?;
+/// Opens the TUN device and brings `ces0` up; on failure, the stage number
+/// (1-based, see [`STAGES`]) and the error.
+fn set_up() -> Result<OwnedFd, (u32, io::Error)> {
     // SAFETY: opening a device; the result is checked.
     let fd = unsafe { libc::open(TUN_PATH.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     if fd < 0 {
-        return Err((4, io::Error::last_os_error()));
+        return Err((1, io::Error::last_os_error()));
     }
     // SAFETY: a new descriptor we own.
     let tun = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -196,7 +224,7 @@ fn set_up(user_ns: Option<&File>, net_ns: &File) -> Result<OwnedFd, (u32, io::Er
     request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF takes an ifreq.
     if unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETIFF, &mut request) } < 0 {
-        return Err((5, io::Error::last_os_error()));
+        return Err((2, io::Error::last_os_error()));
     }
     configure()?;
     Ok(tun)
@@ -208,7 +236,7 @@ fn configure() -> Result<(), (u32, io::Error)> {
     // SAFETY: a new socket, checked.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err((6, io::Error::last_os_error()));
+        return Err((3, io::Error::last_os_error()));
     }
     // SAFETY: a new descriptor we own.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -221,14 +249,14 @@ fn configure() -> Result<(), (u32, io::Error)> {
     };
     let mut request = ifreq(DEVICE);
     request.ifr_ifru.ifru_addr = sockaddr(CONTAINER_ADDR);
-    ioctl(libc::SIOCSIFADDR, (&raw mut request).cast(), 6)?;
+    ioctl(libc::SIOCSIFADDR, (&raw mut request).cast(), 3)?;
     request.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
-    ioctl(libc::SIOCSIFNETMASK, (&raw mut request).cast(), 6)?;
-    ioctl(libc::SIOCGIFFLAGS, (&raw mut request).cast(), 6)?;
+    ioctl(libc::SIOCSIFNETMASK, (&raw mut request).cast(), 3)?;
+    ioctl(libc::SIOCGIFFLAGS, (&raw mut request).cast(), 3)?;
     // SAFETY: SIOCGIFFLAGS filled the flags.
     let flags = unsafe { request.ifr_ifru.ifru_flags };
     request.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(libc::SIOCSIFFLAGS, (&raw mut request).cast(), 6)?;
+    ioctl(libc::SIOCSIFFLAGS, (&raw mut request).cast(), 3)?;
 
     let mut device = *b"ces0\0";
     // SAFETY: rtentry is plain data; zero is "unset" for every field.
@@ -238,7 +266,7 @@ fn configure() -> Result<(), (u32, io::Error)> {
     route.rt_gateway = sockaddr(Ipv4Addr::UNSPECIFIED);
     route.rt_flags = libc::RTF_UP;
     route.rt_dev = device.as_mut_ptr().cast();
-    ioctl(libc::SIOCADDRT, (&raw mut route).cast(), 7)
+    ioctl(libc::SIOCADDRT, (&raw mut route).cast(), 4)
 }
 
 fn ifreq(name: &str) -> libc::ifreq {
@@ -260,14 +288,6 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     // SAFETY: sockaddr_in and sockaddr have the same size; the kernel reads
     // the family first.
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
-}
-
-fn setns(file: &File, kind: libc::c_int) -> io::Result<()> {
-    // SAFETY: a namespace descriptor and its type.
-    if unsafe { libc::setns(file.as_raw_fd(), kind) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads packets and writes the stub's replies until `stop` closes (ces has

@@ -86,6 +86,11 @@ pub(crate) const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/ir
 /// The CFS period cpu limits are expressed in, in microseconds.
 pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
+/// The TUN device's node, and its numbers.
+pub(crate) const TUN_PATH: &str = "/dev/net/tun";
+const TUN_MAJOR: i64 = 10;
+const TUN_MINOR: i64 = 200;
+
 /// How the container's root filesystem and cgroup are set up on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -102,6 +107,9 @@ pub(crate) struct Layout {
     /// Whether the kernel has swap accounting (`memory.memsw.*`): then swap
     /// is limited to nothing beyond the memory limit.
     pub swap_accounting: bool,
+    /// `ces test`: `/dev/net/tun` in the container (and allowed by the
+    /// device cgroup), for `ces-init` to create the observed device with.
+    pub tun: bool,
 }
 
 /// An overlay's directories.
@@ -187,7 +195,7 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
     let mut linux = linux.build()?;
     // None, not the builder's default (empty resources, which libcontainer
     // would still apply, writing the device allow-list).
-    linux.set_resources(if layout.limits_in_spec { Some(resources(spec, layout.swap_accounting)?) } else { None });
+    linux.set_resources(if layout.limits_in_spec { Some(resources(spec, layout)?) } else { None });
 
     SpecBuilder::default()
         .version("1.0.2")
@@ -201,18 +209,28 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
 
 /// The cgroup resources: memory (and swap, when accounted, to the same
 /// total: no swap), CPU quota, pids, and no device but the default ones.
-fn resources(spec: &RunSpec, swap_accounting: bool) -> Result<LinuxResources, OciSpecError> {
+fn resources(spec: &RunSpec, layout: &Layout) -> Result<LinuxResources, OciSpecError> {
     let limits = &spec.limits;
     let memory = i64::try_from(limits.memory).unwrap_or(i64::MAX);
     let mut mem = LinuxMemoryBuilder::default().limit(memory);
-    if swap_accounting {
+    if layout.swap_accounting {
         mem = mem.swap(memory);
     }
-    let mut resources = LinuxResourcesBuilder::default()
-        .memory(mem.build()?)
-        // Deny every device; libcgroups adds the standard ones (null, zero,
-        // full, random, urandom, tty, ptmx, pts) after this rule.
-        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?]);
+    // Deny every device; libcgroups adds the standard ones (null, zero,
+    // full, random, urandom, tty, ptmx, pts) after this rule.
+    let mut devices = vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?];
+    if layout.tun {
+        devices.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(oci_spec::runtime::LinuxDeviceType::C)
+                .major(TUN_MAJOR)
+                .minor(TUN_MINOR)
+                .access("rw")
+                .build()?,
+        );
+    }
+    let mut resources = LinuxResourcesBuilder::default().memory(mem.build()?).devices(devices);
     if let Some(quota) = cpu_quota(limits.cpus) {
         resources = resources.cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build()?);
     }
@@ -249,6 +267,9 @@ fn mounts(spec: &RunSpec, layout: &Layout) -> Result<Vec<Mount>, OciSpecError> {
     mounts.push(mount("/dev/shm", "tmpfs", "shm", shm)?);
     mounts.push(mount("/dev/mqueue", "mqueue", "mqueue", opts(&["nosuid", "noexec", "nodev"]))?);
     mounts.push(mount("/sys", "sysfs", "sysfs", opts(&["nosuid", "noexec", "nodev", "ro"]))?);
+    if layout.tun {
+        mounts.push(bind(TUN_PATH, Path::new(TUN_PATH), opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
+    }
 
     for m in &spec.mounts {
         let access = match m.access {
@@ -347,6 +368,7 @@ mod tests {
             cgroup_path: PathBuf::from("/ces/r1"),
             limits_in_spec: !rootless,
             swap_accounting: true,
+            tun: false,
         }
     }
 

@@ -13,6 +13,7 @@ use jiff::Timestamp;
 
 use crate::cli::{AuditShowArgs, AuditVerifyArgs};
 use crate::diagnostics;
+use crate::identity::{self, Caller};
 use crate::settings::Settings;
 
 /// Exit code of `ces audit verify` for a broken chain (ces's own failures are 125).
@@ -24,21 +25,34 @@ pub fn log(settings: &Settings) -> AuditLog {
     if settings.audit_syslog { log.with_syslog(ces_audit::SYSLOG_SOCKET) } else { log }
 }
 
-/// Who ces runs for, as the audit records it: the real uid (as root under
-/// sudo, the user who ran sudo), named from the password database rather
-/// than from `$USER`, which the user controls.
+/// Who ces runs for, as the audit records it: the real uid (as root of the
+/// host under sudo, the user who ran sudo), named from the password database
+/// rather than from `$USER`, which the user controls. In a user namespace
+/// (`unshare -r`), the user outside it, and `SUDO_*` is not trusted; where
+/// that user cannot be told, [`identity::UNKNOWN_UID`], named `unknown`.
 pub fn current_user() -> User {
-    let sudo_id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
-    let root = rustix::process::geteuid().is_root();
-    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| root) {
-        let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty());
-        return User { name: name.or_else(|| passwd_name(uid)).unwrap_or_else(|| uid.to_string()), uid };
+    let named = |uid: u32| {
+        passwd_name(uid)
+            .or_else(|| std::env::var("USER").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| uid.to_string())
+    };
+    match identity::caller() {
+        Caller::HostRoot => {
+            let sudo_uid = std::env::var("SUDO_UID").ok().and_then(|v| v.parse::<u32>().ok());
+            if let Some(uid) = sudo_uid {
+                let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty());
+                return User { name: name.or_else(|| passwd_name(uid)).unwrap_or_else(|| uid.to_string()), uid };
+            }
+            let uid = rustix::process::getuid().as_raw();
+            User { name: named(uid), uid }
+        }
+        Caller::HostUser { uid } => User { name: named(uid), uid },
+        // Not `$USER`: inside the namespace it may name anyone.
+        Caller::Namespaced { uid: Some(uid) } => {
+            User { name: passwd_name(uid).unwrap_or_else(|| uid.to_string()), uid }
+        }
+        Caller::Namespaced { uid: None } => User { name: "unknown".to_owned(), uid: identity::UNKNOWN_UID },
     }
-    let uid = rustix::process::getuid().as_raw();
-    let name = passwd_name(uid)
-        .or_else(|| std::env::var("USER").ok().filter(|n| !n.is_empty()))
-        .unwrap_or_else(|| uid.to_string());
-    User { name, uid }
 }
 
 /// The name of `uid` in /etc/passwd.

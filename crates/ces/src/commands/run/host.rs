@@ -20,13 +20,16 @@ pub struct Invoker {
     pub via_sudo: bool,
 }
 
-/// Whether ces runs as root.
+/// Whether ces runs as root of the host (not root in a user namespace of a
+/// user's: see [`crate::identity`]).
 pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
+    crate::identity::is_host_root()
 }
 
-/// The invoking user: as root with `SUDO_UID` (and `SUDO_GID`) set, that user;
-/// otherwise the real uid and gid. `$HOME` is taken as it is (under sudo,
+/// The invoking user: as root of the host with `SUDO_UID` (and `SUDO_GID`)
+/// set, that user; otherwise the real uid and gid (in a user namespace, its
+/// own ids, which are what its kernel maps; `SUDO_*` is ignored there, as
+/// anyone can set it). `$HOME` is taken as it is (under sudo,
 /// sudo's policy sets it; `[tre] outputs_parent` and `scratch_parent` can
 /// name the directories instead).
 pub fn invoker() -> anyhow::Result<Invoker> {
