@@ -18,5 +18,6 @@ pub mod record;
 
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex, verify_bytes, verify_reader};
 pub use record::{
-    Event, Exit, Image, Limits, Mount, Outcome, Provenance, PullEvent, Record, RunEvent, RunNotStarted, SafeData, User,
+    Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, Mount, Outcome, Provenance, PullEvent, Record,
+    RunEvent, RunNotStarted, SafeData, User,
 };

@@ -41,6 +41,8 @@ pub struct User {
 pub enum Event {
     /// A pull, whatever its outcome.
     Pull(PullEvent),
+    /// A load of an image archive (`ces load`), whatever its outcome.
+    Load(LoadEvent),
     /// A run that got as far as the runtime, whatever its end.
     Run(Box<RunEvent>),
     /// A run refused or failed before the container was started (the
@@ -49,30 +51,45 @@ pub enum Event {
 }
 
 impl Event {
-    /// `pull` or `run`.
+    /// `pull`, `load`, `run` or `run_not_started`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Pull(_) => "pull",
+            Event::Load(_) => "load",
             Event::Run(_) => "run",
             Event::RunNotStarted(_) => "run_not_started",
         }
     }
 
-    /// The image reference the event is about.
+    /// The image reference the event is about (for a load, the first image
+    /// named; see [`Event::images`]).
     pub fn reference(&self) -> &str {
         match self {
             Event::Pull(pull) => &pull.reference,
+            Event::Load(load) => load.images.first().map_or("", |image| image.reference.as_str()),
             Event::Run(run) => &run.image.reference,
             Event::RunNotStarted(run) => run.image.as_deref().unwrap_or_default(),
         }
     }
 
-    /// The image's manifest digest, when known.
+    /// The image's manifest digest, when known (for a load, the first image's).
     pub fn digest(&self) -> Option<&str> {
         match self {
             Event::Pull(pull) => pull.digest.as_deref(),
+            Event::Load(load) => load.images.first().map(|image| image.digest.as_str()),
             Event::Run(run) => Some(&run.image.digest),
             Event::RunNotStarted(_) => None,
+        }
+    }
+
+    /// Every image the event is about, as (reference, digest when known):
+    /// one for a pull or a run, each image named for a load.
+    pub fn images(&self) -> Vec<(&str, Option<&str>)> {
+        match self {
+            Event::Load(load) => {
+                load.images.iter().map(|image| (image.reference.as_str(), Some(image.digest.as_str()))).collect()
+            }
+            _ => vec![(self.reference(), self.digest())],
         }
     }
 
@@ -80,6 +97,7 @@ impl Event {
     pub fn outcome(&self) -> &Outcome {
         match self {
             Event::Pull(pull) => &pull.outcome,
+            Event::Load(load) => &load.outcome,
             Event::Run(run) => &run.outcome,
             Event::RunNotStarted(run) => &run.outcome,
         }
@@ -135,11 +153,54 @@ pub struct PullEvent {
     pub outcome: Outcome,
 }
 
+/// `ces load`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadEvent {
+    /// The archive read.
+    pub archive: Archive,
+    /// The images the load named in the store, one per name (none when it
+    /// failed before naming any).
+    pub images: Vec<LoadedImage>,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The archive of a load.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Archive {
+    /// The path as given (`-` for standard input).
+    pub path: PathBuf,
+    /// Its size in bytes (as stored, compressed or not), when known: a
+    /// regular file's, or the bytes read from standard input to its end.
+    pub size: Option<u64>,
+    /// The sha256 (hex) of its bytes, as read once by the load, when ces
+    /// read it to the end (always on success).
+    pub sha256: Option<String>,
+}
+
+/// An image a load named.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadedImage {
+    /// The name it was stored under.
+    pub reference: String,
+    /// The manifest digest.
+    pub digest: String,
+    /// Where the image came from, as its labels and annotations say (absent
+    /// when the image says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<Provenance>>,
+}
+
 /// `ces run`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunEvent {
     /// The run id (also in the outputs directory's name).
     pub run_id: String,
+    /// Whether the run was a readiness test (`ces test`) rather than a
+    /// run on the TRE's data (absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
     /// `--name`, if given.
     pub name: Option<String>,
     /// The project whose data was mounted (none for `$HOME/safe_data`).
@@ -278,5 +339,33 @@ mod tests {
         assert_eq!(json["user"], serde_json::json!({"name": "alice", "uid": 1000}));
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_load_record_names_its_archive_and_images() {
+        let event = Event::Load(LoadEvent {
+            archive: Archive { path: "-".into(), size: Some(2048), sha256: Some("ab".repeat(32)) },
+            images: vec![LoadedImage {
+                reference: "ghcr.io/a/b:1".into(),
+                digest: format!("sha256:{}", "cd".repeat(32)),
+                provenance: None,
+            }],
+            outcome: Outcome::Ok,
+        });
+        let record =
+            Record { seq: 0, prev: GENESIS.into(), time: "2026-01-02T03:04:05Z".parse().unwrap(), user: user(), event };
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(json["event"], "load");
+        assert_eq!(json["result"], "ok");
+        assert_eq!(json["archive"], serde_json::json!({"path": "-", "size": 2048, "sha256": "ab".repeat(32)}));
+        assert_eq!(json["images"][0]["reference"], "ghcr.io/a/b:1");
+        assert!(json["images"][0].get("provenance").is_none());
+        assert_eq!(record.event.images(), [("ghcr.io/a/b:1", Some(format!("sha256:{}", "cd".repeat(32)).as_str()))]);
+        let back: Record = serde_json::from_value(json).unwrap();
+        assert_eq!(back, record);
+    }
+
+    fn user() -> User {
+        User { name: "alice".into(), uid: 1000 }
     }
 }

@@ -40,7 +40,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
 use crate::reference::{ImageReference, ReferenceError};
-use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError};
+use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError, StoreLock};
 use crate::unpack;
 
 /// The largest `index.json`, `oci-layout` or `manifest.json` read from an archive.
@@ -308,12 +308,32 @@ pub struct LoadOutcome {
 }
 
 /// Loads the images of an archive (OCI archive or `docker save` tarball,
-/// plain, gzip or zstd) from `input` into `store`, in one pass.
+/// plain, gzip or zstd) from `input` into `store`, in one pass, and names
+/// them ([`read`], then [`Loaded::name`]).
 ///
 /// Nothing is named unless every image resolved and every blob it needs came
 /// in the archive and verified.
 pub fn load(store: &Store, input: impl Read, options: &LoadOptions) -> Result<LoadOutcome> {
-    let _lock = store.lock_shared()?;
+    read(store, input, options)?.name(store)
+}
+
+/// An archive's images, stored and verified but not yet named: a caller
+/// that unpacks them first (as `ces load` does, so that an image whose
+/// layers cannot be unpacked is never named) names them after. The store
+/// stays locked (shared) meanwhile, so that no `gc` collects the blobs.
+pub struct Loaded {
+    /// The kind of archive.
+    pub format: ArchiveFormat,
+    /// The images, one record per name they will get.
+    pub images: Vec<ImageRecord>,
+    blobs: usize,
+    bytes: u64,
+    _lock: StoreLock,
+}
+
+/// Reads an archive into `store` without naming anything (see [`load`]).
+pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Loaded> {
+    let lock = store.lock_shared()?;
     let contents = read_archive(store, input)?;
     let (format, images) = if contents.json.contains_key(INDEX_JSON) {
         (ArchiveFormat::Oci, contents.resolve_oci(store, &options.platform)?)
@@ -327,15 +347,25 @@ pub fn load(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     let mut records = name_images(images, options.name.as_ref())?;
     for record in &mut records {
         record.provenance = store.provenance(&record.digest)?;
-        store.add_ref(record)?;
     }
-    tracing::debug!(%format, images = records.len(), blobs = contents.files.len(), "loaded");
-    Ok(LoadOutcome {
+    Ok(Loaded {
         format,
         images: records,
         blobs: contents.files.len(),
         bytes: contents.files.values().map(|f| f.size).sum(),
+        _lock: lock,
     })
+}
+
+impl Loaded {
+    /// Names the images in `store`.
+    pub fn name(self, store: &Store) -> Result<LoadOutcome> {
+        for record in &self.images {
+            store.add_ref(record)?;
+        }
+        tracing::debug!(format = %self.format, images = self.images.len(), blobs = self.blobs, "loaded");
+        Ok(LoadOutcome { format: self.format, images: self.images, blobs: self.blobs, bytes: self.bytes })
+    }
 }
 
 /// A regular file of the archive, as stored.

@@ -9,12 +9,14 @@
 //! at once, as the TRE's does (with a name resolving first).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
 /// The container's address on the observed interface.
 pub const CONTAINER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
+/// Its IPv6 address (unique local), so that IPv6 attempts are routed and seen too.
+pub const CONTAINER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xce5, 0, 0, 0, 0, 0, 0x100);
 /// The stub resolver's address (the container's `resolv.conf` names it; a
 /// query to any other address on port 53 is answered too).
 pub const RESOLVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 3);
@@ -51,7 +53,7 @@ pub enum AttemptKind {
         /// `tcp`, `udp`, `icmp`, or `ip-proto-N`.
         protocol: String,
         /// The address the packet went to.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The port (TCP and UDP).
         port: Option<u16>,
         /// The name that resolved to `address`, when the stub answered it.
@@ -64,7 +66,11 @@ impl std::fmt::Display for AttemptKind {
         match self {
             AttemptKind::Dns { name, queries } => write!(f, "looked up {name} ({})", queries.join(", ")),
             AttemptKind::Connect { protocol, address, port, name } => {
-                let host = name.clone().unwrap_or_else(|| address.to_string());
+                let host = match (name, address) {
+                    (Some(name), _) => name.clone(),
+                    (None, IpAddr::V6(v6)) if port.is_some() => format!("[{v6}]"),
+                    (None, address) => address.to_string(),
+                };
                 match port {
                     Some(port) => write!(f, "tried to reach {host}:{port} ({protocol})")?,
                     None => write!(f, "sent {protocol} to {host}")?,
@@ -82,7 +88,7 @@ impl std::fmt::Display for AttemptKind {
 #[derive(Debug, Default)]
 pub struct Stub {
     names: BTreeMap<String, Ipv4Addr>,
-    addresses: BTreeMap<Ipv4Addr, String>,
+    addresses: BTreeMap<IpAddr, String>,
     attempts: Vec<Attempt>,
     /// Where each attempt is in `attempts`: DNS by name, the rest by all
     /// their fields.
@@ -137,46 +143,50 @@ impl Stub {
         }
         let address = Ipv4Addr::from(next);
         self.names.insert(name.to_owned(), address);
-        self.addresses.insert(address, name.to_owned());
+        self.addresses.insert(IpAddr::V4(address), name.to_owned());
         Some(address)
     }
 
-    /// Takes one IPv4 packet the container sent; returns the reply to give
-    /// it, if any.
+    /// Takes one IP packet (v4 or v6) the container sent; returns the
+    /// reply to give it, if any.
     pub fn handle(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
-        let ip = Ipv4::parse(packet)?;
-        if ip.destination.is_multicast() || ip.protocol == IGMP {
+        let ip = Ip::parse(packet)?;
+        if ip.destination.is_multicast() || ip.protocol == IGMP || !ip.first_fragment {
+            // Group membership and neighbour discovery are the kernel's own;
+            // later fragments: the first one was recorded and answered.
             return None;
         }
-        if ip.fragment_offset != 0 {
-            // Later fragments: the first one was recorded and answered.
-            return None;
+        if ip.protocol == TCP {
+            return self.tcp(&ip);
         }
-        match ip.protocol {
-            TCP => self.tcp(&ip),
-            UDP => self.udp(&ip),
-            ICMP => {
-                let payload = ip.payload;
-                // Echo requests (ping) and anything else: host unreachable.
-                if payload.first() == Some(&ICMP_ECHO_REQUEST) {
-                    self.record_connect("icmp", ip.destination, None);
-                    return Some(icmp_unreachable(&ip, ICMP_HOST_UNREACHABLE));
-                }
-                None
+        if ip.protocol == UDP {
+            return self.udp(&ip);
+        }
+        let echo = match ip.destination {
+            IpAddr::V4(_) if ip.protocol == ICMP => Some(ICMP_ECHO_REQUEST),
+            IpAddr::V6(_) if ip.protocol == ICMPV6 => Some(ICMPV6_ECHO_REQUEST),
+            _ => None,
+        };
+        match echo {
+            // Echo requests (ping): host unreachable. Other ICMP: nothing.
+            Some(request) if ip.payload.first() == Some(&request) => {
+                self.record_connect("icmp", ip.destination, None);
+                Some(unreachable(&ip, Unreachable::Host))
             }
-            other => {
-                self.record_connect(&format!("ip-proto-{other}"), ip.destination, None);
-                Some(icmp_unreachable(&ip, ICMP_PROTOCOL_UNREACHABLE))
+            Some(_) => None,
+            None => {
+                self.record_connect(&format!("ip-proto-{}", ip.protocol), ip.destination, None);
+                Some(unreachable(&ip, Unreachable::Protocol))
             }
         }
     }
 
-    fn record_connect(&mut self, protocol: &str, address: Ipv4Addr, port: Option<u16>) {
+    fn record_connect(&mut self, protocol: &str, address: IpAddr, port: Option<u16>) {
         let name = self.addresses.get(&address).cloned();
         self.record(AttemptKind::Connect { protocol: protocol.to_owned(), address, port, name });
     }
 
-    fn tcp(&mut self, ip: &Ipv4<'_>) -> Option<Vec<u8>> {
+    fn tcp(&mut self, ip: &Ip<'_>) -> Option<Vec<u8>> {
         let tcp = ip.payload;
         if tcp.len() < 20 {
             return None;
@@ -205,10 +215,10 @@ impl Stub {
         segment.extend_from_slice(&[5 << 4, reply_flags, 0, 0, 0, 0, 0, 0]);
         let sum = transport_checksum(ip.destination, ip.source, TCP, &segment);
         segment[16..18].copy_from_slice(&sum.to_be_bytes());
-        Some(ipv4_packet(ip.destination, ip.source, TCP, &segment))
+        Some(ip_packet(ip.destination, ip.source, TCP, &segment))
     }
 
-    fn udp(&mut self, ip: &Ipv4<'_>) -> Option<Vec<u8>> {
+    fn udp(&mut self, ip: &Ip<'_>) -> Option<Vec<u8>> {
         let udp = ip.payload;
         if udp.len() < 8 {
             return None;
@@ -231,10 +241,10 @@ impl Stub {
                 sum => sum,
             };
             datagram[6..8].copy_from_slice(&sum.to_be_bytes());
-            return Some(ipv4_packet(ip.destination, ip.source, UDP, &datagram));
+            return Some(ip_packet(ip.destination, ip.source, UDP, &datagram));
         }
         self.record_connect("udp", ip.destination, Some(destination_port));
-        Some(icmp_unreachable(ip, ICMP_PORT_UNREACHABLE))
+        Some(unreachable(ip, Unreachable::Port))
     }
 
     /// Answers a DNS query: `A` with the name's own address, anything else
@@ -274,29 +284,48 @@ const ICMP: u8 = 1;
 const IGMP: u8 = 2;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
 const DNS_PORT: u16 = 53;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMP_HOST_UNREACHABLE: u8 = 1;
-const ICMP_PROTOCOL_UNREACHABLE: u8 = 2;
-const ICMP_PORT_UNREACHABLE: u8 = 3;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
 const DNS_NOT_IMPLEMENTED: u8 = 4;
+/// The most of an offending packet an ICMPv6 error quotes (1280, the
+/// minimum MTU, less the error's own headers).
+const ICMPV6_QUOTE: usize = 1280 - 40 - 8;
 
-/// An IPv4 packet's header fields ces needs, and its payload.
-struct Ipv4<'a> {
-    header: &'a [u8],
+/// What an ICMP error says is unreachable.
+#[derive(Debug, Clone, Copy)]
+enum Unreachable {
+    Host,
+    Protocol,
+    Port,
+}
+
+/// The header fields of an IPv4 or IPv6 packet that ces needs, and its payload.
+struct Ip<'a> {
+    /// The whole header (quoted by ICMP errors) or, for IPv6, the packet.
+    quoted: &'a [u8],
     protocol: u8,
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    fragment_offset: u16,
+    source: IpAddr,
+    destination: IpAddr,
+    first_fragment: bool,
     payload: &'a [u8],
 }
 
-impl<'a> Ipv4<'a> {
-    fn parse(packet: &'a [u8]) -> Option<Ipv4<'a>> {
-        if packet.len() < 20 || packet[0] >> 4 != 4 {
+impl<'a> Ip<'a> {
+    fn parse(packet: &'a [u8]) -> Option<Ip<'a>> {
+        match packet.first()? >> 4 {
+            4 => Ip::parse_v4(packet),
+            6 => Ip::parse_v6(packet),
+            _ => None,
+        }
+    }
+
+    fn parse_v4(packet: &'a [u8]) -> Option<Ip<'a>> {
+        if packet.len() < 20 {
             return None;
         }
         let header_len = usize::from(packet[0] & 0x0f) * 4;
@@ -305,15 +334,112 @@ impl<'a> Ipv4<'a> {
             return None;
         }
         let octets = |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
-        Some(Ipv4 {
-            header: &packet[..header_len],
+        Some(Ip {
+            quoted: &packet[..header_len],
             protocol: packet[9],
-            source: octets(12),
-            destination: octets(16),
-            fragment_offset: u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff,
+            source: IpAddr::V4(octets(12)),
+            destination: IpAddr::V4(octets(16)),
+            first_fragment: u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff == 0,
             payload: &packet[header_len..total],
         })
     }
+
+    /// IPv6 with no extension headers (what a program's socket sends; a
+    /// packet with them is taken as its first header's protocol).
+    fn parse_v6(packet: &'a [u8]) -> Option<Ip<'a>> {
+        if packet.len() < 40 {
+            return None;
+        }
+        let total = (40 + usize::from(u16::from_be_bytes([packet[4], packet[5]]))).min(packet.len());
+        let address = |at: usize| {
+            let bytes: [u8; 16] = packet[at..at + 16].try_into().unwrap_or([0; 16]);
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        };
+        Some(Ip {
+            quoted: &packet[..total.min(ICMPV6_QUOTE)],
+            protocol: packet[6],
+            source: address(8),
+            destination: address(24),
+            first_fragment: true,
+            payload: &packet[40..total],
+        })
+    }
+}
+
+/// An ICMP (v4) or ICMPv6 destination-unreachable reply to `ip`, from its
+/// destination.
+fn unreachable(ip: &Ip<'_>, what: Unreachable) -> Vec<u8> {
+    let (protocol, kind, code) = match (ip.destination, what) {
+        (IpAddr::V4(_), Unreachable::Host) => (ICMP, 3, 1),
+        (IpAddr::V4(_), Unreachable::Protocol) => (ICMP, 3, 2),
+        (IpAddr::V4(_), Unreachable::Port) => (ICMP, 3, 3),
+        (IpAddr::V6(_), Unreachable::Host) => (ICMPV6, 1, 3),
+        // A parameter problem at the next-header field is IPv6's
+        // "protocol unreachable"; pointer 6.
+        (IpAddr::V6(_), Unreachable::Protocol) => (ICMPV6, 4, 1),
+        (IpAddr::V6(_), Unreachable::Port) => (ICMPV6, 1, 4),
+    };
+    let mut message = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    if protocol == ICMPV6 && kind == 4 {
+        message[7] = 6;
+    }
+    message.extend_from_slice(ip.quoted);
+    if protocol == ICMP {
+        message.extend_from_slice(&ip.payload[..ip.payload.len().min(8)]);
+    }
+    let sum = match protocol {
+        ICMP => checksum(&[&message]),
+        _ => transport_checksum(ip.destination, ip.source, ICMPV6, &message),
+    };
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    ip_packet(ip.destination, ip.source, protocol, &message)
+}
+
+/// An IP packet around `payload` (both addresses of one family).
+fn ip_packet(source: IpAddr, destination: IpAddr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(40 + payload.len());
+    match (source, destination) {
+        (IpAddr::V6(source), IpAddr::V6(destination)) => {
+            packet.extend_from_slice(&[0x60, 0, 0, 0]);
+            packet.extend_from_slice(&u16::try_from(payload.len()).unwrap_or(u16::MAX).to_be_bytes());
+            packet.extend_from_slice(&[protocol, 64]);
+            packet.extend_from_slice(&source.octets());
+            packet.extend_from_slice(&destination.octets());
+        }
+        _ => {
+            let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+            packet.extend_from_slice(&[0x45, 0]);
+            packet.extend_from_slice(&total.to_be_bytes());
+            packet.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+            packet.extend_from_slice(&octets(source));
+            packet.extend_from_slice(&octets(destination));
+            let sum = checksum(&[&packet]);
+            packet[10..12].copy_from_slice(&sum.to_be_bytes());
+        }
+    }
+    packet.extend_from_slice(payload);
+    packet
+}
+
+fn octets(address: IpAddr) -> Vec<u8> {
+    match address {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The TCP/UDP/ICMPv6 checksum over the pseudo-header (IPv4's or IPv6's)
+/// and `segment`.
+fn transport_checksum(source: IpAddr, destination: IpAddr, protocol: u8, segment: &[u8]) -> u16 {
+    let (source, destination) = (octets(source), octets(destination));
+    if source.len() == 16 {
+        let length = u32::try_from(segment.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let pseudo = [length[0], length[1], length[2], length[3], 0, 0, 0, protocol];
+        return checksum(&[&source, &destination, &pseudo, segment]);
+    }
+    let length = u16::try_from(segment.len()).unwrap_or(u16::MAX).to_be_bytes();
+    let pseudo = [0, protocol, length[0], length[1]];
+    checksum(&[&source, &destination, &pseudo, segment])
 }
 
 /// The labels of the question's name and the offset just after it. Queries
@@ -350,38 +476,6 @@ fn dns_reply_header(query: &[u8], rcode: u8, answers: u16) -> Vec<u8> {
     header
 }
 
-/// An ICMP destination-unreachable reply to `ip` (from its destination).
-fn icmp_unreachable(ip: &Ipv4<'_>, code: u8) -> Vec<u8> {
-    let mut message = vec![3, code, 0, 0, 0, 0, 0, 0];
-    message.extend_from_slice(ip.header);
-    message.extend_from_slice(&ip.payload[..ip.payload.len().min(8)]);
-    let sum = checksum(&[&message]);
-    message[2..4].copy_from_slice(&sum.to_be_bytes());
-    ipv4_packet(ip.destination, ip.source, ICMP, &message)
-}
-
-/// An IPv4 packet around `payload`.
-fn ipv4_packet(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
-    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
-    let mut packet = Vec::with_capacity(usize::from(total));
-    packet.extend_from_slice(&[0x45, 0]);
-    packet.extend_from_slice(&total.to_be_bytes());
-    packet.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    let sum = checksum(&[&packet]);
-    packet[10..12].copy_from_slice(&sum.to_be_bytes());
-    packet.extend_from_slice(payload);
-    packet
-}
-
-/// The TCP/UDP checksum over the IPv4 pseudo-header and `segment`.
-fn transport_checksum(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, segment: &[u8]) -> u16 {
-    let length = u16::try_from(segment.len()).unwrap_or(u16::MAX).to_be_bytes();
-    let pseudo = [0, protocol, length[0], length[1]];
-    checksum(&[&source.octets(), &destination.octets(), &pseudo, segment])
-}
-
 /// The Internet checksum (RFC 1071) of the concatenation of `parts` (each
 /// but the last of even length).
 fn checksum(parts: &[&[u8]]) -> u16 {
@@ -406,17 +500,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const CONTAINER: Ipv4Addr = CONTAINER_ADDR;
+    const CONTAINER: IpAddr = IpAddr::V4(CONTAINER_ADDR);
+    const CONTAINER6: IpAddr = IpAddr::V6(CONTAINER_ADDR6);
 
-    fn udp_packet(destination: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn from(destination: IpAddr) -> IpAddr {
+        if destination.is_ipv4() { CONTAINER } else { CONTAINER6 }
+    }
+
+    fn udp_packet(destination: IpAddr, port: u16, payload: &[u8]) -> Vec<u8> {
         let mut datagram = vec![0x9c, 0x40];
         datagram.extend_from_slice(&port.to_be_bytes());
         datagram.extend_from_slice(&u16::try_from(8 + payload.len()).unwrap().to_be_bytes());
         datagram.extend_from_slice(&[0, 0]);
         datagram.extend_from_slice(payload);
-        let sum = transport_checksum(CONTAINER, destination, UDP, &datagram);
+        let sum = transport_checksum(from(destination), destination, UDP, &datagram);
         datagram[6..8].copy_from_slice(&sum.to_be_bytes());
-        ipv4_packet(CONTAINER, destination, UDP, &datagram)
+        ip_packet(from(destination), destination, UDP, &datagram)
     }
 
     fn query(name: &str, qtype: u16) -> Vec<u8> {
@@ -431,29 +534,33 @@ mod tests {
         message
     }
 
-    fn syn(destination: Ipv4Addr, port: u16) -> Vec<u8> {
+    fn syn(destination: IpAddr, port: u16) -> Vec<u8> {
         let mut segment = vec![0xa0, 0x00];
         segment.extend_from_slice(&port.to_be_bytes());
         segment.extend_from_slice(&1000u32.to_be_bytes());
         segment.extend_from_slice(&[0, 0, 0, 0, 5 << 4, TCP_SYN, 0xff, 0xff, 0, 0, 0, 0]);
-        let sum = transport_checksum(CONTAINER, destination, TCP, &segment);
+        let sum = transport_checksum(from(destination), destination, TCP, &segment);
         segment[16..18].copy_from_slice(&sum.to_be_bytes());
-        ipv4_packet(CONTAINER, destination, TCP, &segment)
+        ip_packet(from(destination), destination, TCP, &segment)
     }
 
-    /// A packet with a correct checksum sums (with it) to zero.
-    fn valid_ip(packet: &[u8]) -> Ipv4<'_> {
-        let ip = Ipv4::parse(packet).unwrap();
-        assert_eq!(checksum(&[ip.header]), 0, "IP header checksum");
+    /// A reply, parsed; for IPv4 its header checksum is checked (a packet
+    /// with a correct checksum sums, with it, to zero).
+    fn valid_ip(packet: &[u8]) -> Ip<'_> {
+        let ip = Ip::parse(packet).unwrap();
+        if ip.source.is_ipv4() {
+            assert_eq!(checksum(&[ip.quoted]), 0, "IP header checksum");
+        }
         ip
     }
 
     #[test]
     fn a_query_is_answered_and_the_later_connection_named() {
         let mut stub = Stub::new();
-        let reply = stub.handle(&udp_packet(RESOLVER_ADDR, 53, &query("HuggingFace.co", 1))).unwrap();
+        let resolver = IpAddr::V4(RESOLVER_ADDR);
+        let reply = stub.handle(&udp_packet(resolver, 53, &query("HuggingFace.co", 1))).unwrap();
         let ip = valid_ip(&reply);
-        assert_eq!((ip.source, ip.destination, ip.protocol), (RESOLVER_ADDR, CONTAINER, UDP));
+        assert_eq!((ip.source, ip.destination, ip.protocol), (resolver, CONTAINER, UDP));
         assert_eq!(transport_checksum(ip.source, ip.destination, UDP, ip.payload), 0, "UDP checksum");
         let dns = &ip.payload[8..];
         assert_eq!(&dns[..2], &[0x12, 0x34]);
@@ -461,11 +568,11 @@ mod tests {
         assert_eq!(u16::from_be_bytes([dns[6], dns[7]]), 1, "one answer");
         assert_eq!(&dns[dns.len() - 4..], &[198, 18, 0, 1]);
 
-        let aaaa = stub.handle(&udp_packet(RESOLVER_ADDR, 53, &query("huggingface.co", 28))).unwrap();
-        let dns = &Ipv4::parse(&aaaa).unwrap().payload[8..];
+        let aaaa = stub.handle(&udp_packet(resolver, 53, &query("huggingface.co", 28))).unwrap();
+        let dns = &Ip::parse(&aaaa).unwrap().payload[8..];
         assert_eq!(u16::from_be_bytes([dns[6], dns[7]]), 0, "no AAAA data");
 
-        let reset = stub.handle(&syn(Ipv4Addr::new(198, 18, 0, 1), 443)).unwrap();
+        let reset = stub.handle(&syn(v4(198, 18, 0, 1), 443)).unwrap();
         let ip = valid_ip(&reset);
         assert_eq!(transport_checksum(ip.source, ip.destination, TCP, ip.payload), 0, "TCP checksum");
         assert_eq!(ip.payload[13], TCP_RST | TCP_ACK);
@@ -484,18 +591,18 @@ mod tests {
     #[test]
     fn literal_addresses_udp_and_ping_are_refused_and_counted() {
         let mut stub = Stub::new();
-        let target = Ipv4Addr::new(1, 1, 1, 1);
+        let target = v4(1, 1, 1, 1);
         for _ in 0..3 {
             stub.handle(&syn(target, 80)).unwrap();
         }
         let unreachable = stub.handle(&udp_packet(target, 123, b"ntp")).unwrap();
         let ip = valid_ip(&unreachable);
-        assert_eq!((ip.protocol, ip.payload[0], ip.payload[1]), (ICMP, 3, ICMP_PORT_UNREACHABLE));
+        assert_eq!((ip.protocol, ip.payload[0], ip.payload[1]), (ICMP, 3, 3));
         assert_eq!(checksum(&[ip.payload]), 0, "ICMP checksum");
         let mut ping = vec![ICMP_ECHO_REQUEST, 0, 0, 0, 0, 1, 0, 1];
         let sum = checksum(&[&ping]);
         ping[2..4].copy_from_slice(&sum.to_be_bytes());
-        assert!(stub.handle(&ipv4_packet(CONTAINER, target, ICMP, &ping)).is_some());
+        assert!(stub.handle(&ip_packet(CONTAINER, target, ICMP, &ping)).is_some());
 
         let shown: Vec<String> = stub.attempts().iter().map(|a| format!("{} x{}", a.what, a.count)).collect();
         assert_eq!(
@@ -505,16 +612,40 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_attempts_are_refused_and_counted_and_neighbour_discovery_ignored() {
+        let mut stub = Stub::new();
+        let target: IpAddr = "2001:db8::10".parse().unwrap();
+        let reset = stub.handle(&syn(target, 443)).unwrap();
+        let ip = valid_ip(&reset);
+        assert_eq!((ip.source, ip.destination, ip.protocol), (target, CONTAINER6, TCP));
+        assert_eq!(transport_checksum(ip.source, ip.destination, TCP, ip.payload), 0, "TCP checksum over v6");
+        assert_eq!(ip.payload[13], TCP_RST | TCP_ACK);
+
+        let unreachable = stub.handle(&udp_packet(target, 123, b"ntp")).unwrap();
+        let ip = valid_ip(&unreachable);
+        assert_eq!((ip.protocol, ip.payload[0], ip.payload[1]), (ICMPV6, 1, 4), "ICMPv6 port unreachable");
+        assert_eq!(transport_checksum(ip.source, ip.destination, ICMPV6, ip.payload), 0, "ICMPv6 checksum");
+        assert_eq!(&ip.payload[8..48], &udp_packet(target, 123, b"ntp")[..40], "the offending header is quoted");
+
+        // A router solicitation to ff02::2: the kernel's, not the program's.
+        let solicit = [133, 0, 0, 0, 0, 0, 0, 0];
+        assert!(stub.handle(&ip_packet(CONTAINER6, "ff02::2".parse().unwrap(), ICMPV6, &solicit)).is_none());
+
+        let shown: Vec<String> = stub.attempts().iter().map(|a| a.what.to_string()).collect();
+        assert_eq!(shown, ["tried to reach [2001:db8::10]:443 (tcp)", "tried to reach [2001:db8::10]:123 (udp)"]);
+    }
+
+    #[test]
     fn garbage_is_ignored_and_memory_is_bounded() {
         let mut stub = Stub::new();
-        for bad in [&[][..], &[0x45; 10], &[0x60; 40], &[0x4f; 19]] {
+        for bad in [&[][..], &[0x45; 10], &[0x60; 39], &[0x4f; 19], &[0x10; 40]] {
             assert!(stub.handle(bad).is_none());
         }
-        let mut truncated = udp_packet(RESOLVER_ADDR, 53, &query("example.org", 1));
+        let mut truncated = udp_packet(IpAddr::V4(RESOLVER_ADDR), 53, &query("example.org", 1));
         truncated.truncate(truncated.len() - 6);
         let _ = stub.handle(&truncated);
         for port in 0..1500u16 {
-            stub.handle(&syn(Ipv4Addr::new(10, 9, 8, 7), port));
+            stub.handle(&syn(v4(10, 9, 8, 7), port));
         }
         assert_eq!(stub.attempts().len(), MAX_ATTEMPTS);
         assert!(stub.dropped > 0);

@@ -59,7 +59,7 @@ pub enum Command {
     Load(LoadArgs),
     /// Delete blobs and unpacked filesystems that no image uses.
     Gc,
-    /// Read and check the audit log of pulls and runs.
+    /// Read and check the audit log of pulls, loads and runs.
     #[command(subcommand)]
     Audit(AuditCommand),
     /// Check a run's outputs directory against the manifest ces wrote after the run.

@@ -215,7 +215,7 @@ fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
     use ces_audit::AuditError;
     match error {
         AuditError::Io { .. } | AuditError::ShortWrite { .. } => vec![format!(
-            "every pull and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"
+            "every pull, load and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"
         )],
         AuditError::DamagedTail { .. } | AuditError::NotARecord { .. } => vec![
             "ces audit verify names the first damaged record; the TRE operator decides how to repair or rotate the log (see docs/governance.md)".into(),

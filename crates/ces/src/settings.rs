@@ -201,7 +201,7 @@ pub struct Settings {
     pub storage_root: PathBuf,
     /// The directory contract of `ces run`.
     pub tre: TreConfig,
-    /// The audit log every pull and run appends to.
+    /// The audit log every pull, load and run appends to.
     pub audit_path: PathBuf,
     /// Whether records are also sent to syslog.
     pub audit_syslog: bool,

@@ -159,7 +159,7 @@ fn an_audit_log_that_cannot_be_written_stops_the_pull() {
     std::fs::write(&sb.config, config).unwrap();
     let out = sb.ces(&["pull", "ghcr.io/a/b:1"]);
     assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
-    assert!(out.stderr.contains("hint: every pull and run is recorded in the audit log"), "{}", out.stderr);
+    assert!(out.stderr.contains("hint: every pull, load and run is recorded in the audit log"), "{}", out.stderr);
     assert!(!sb.store.exists(), "nothing was done");
 }
 
@@ -268,6 +268,7 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
     let run = &records[1];
     assert_eq!(run["event"], "run");
     assert_eq!(run["result"], "ok");
+    assert!(run.get("test").is_none(), "a real run is not marked as a test: {run}");
     assert_eq!(run["image"]["reference"], image.as_str());
     assert_eq!(run["image"]["digest"], digest.as_str());
     assert_eq!(run["runtime"], "native");

@@ -300,3 +300,137 @@ fn archives_written_by_skopeo_load() {
         assert_eq!(skopeo_inspect(&sb, name)["Digest"], digest, "{transport}");
     }
 }
+
+// ----- the audit log -----
+
+/// The audit records, parsed.
+fn audit_records(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(sb.store.join("audit.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn loads_are_recorded_whatever_their_outcome() {
+    let sb = sandbox();
+    let image = marker_image("load audited")
+        .label("org.opencontainers.image.source", "https://github.com/ces-tre/fixtures")
+        .label("org.opencontainers.image.revision", "0a1b2c3d")
+        .build();
+    let archive = path(&sb, "audited.tar");
+    image.write_oci_archive(Path::new(&archive), "ghcr.io/ns/audited:1");
+    let bytes = std::fs::read(&archive).unwrap();
+    sb.ces(&["load", &archive]).ok();
+    // From standard input, under another name.
+    sb.ces_stdin(&["load", "--no-unpack", "-t", "ghcr.io/ns/piped:2"], &bytes).ok();
+
+    // A corrupt blob: the load fails and names nothing.
+    let layout = sb.dir.path().join("layout");
+    image.write_oci_layout(&layout, "ghcr.io/ns/corrupt:1");
+    let layer = &image.layer_digests[0];
+    let blob = layout.join("blobs/sha256").join(&layer["sha256:".len()..]);
+    let mut blob_bytes = std::fs::read(&blob).unwrap();
+    let middle = blob_bytes.len() / 2;
+    blob_bytes[middle] ^= 0x55;
+    std::fs::write(&blob, blob_bytes).unwrap();
+    let corrupt = path(&sb, "corrupt.tar");
+    let status = Command::new("tar").arg("-cf").arg(&corrupt).arg("-C").arg(&layout).arg(".").status().unwrap();
+    assert!(status.success());
+    let damaged = std::fs::read(&corrupt).unwrap();
+    let err = sb.ces(&["load", &corrupt]).fails().to_owned();
+    assert!(err.contains("does not match its digest"), "{err}");
+    let missing = path(&sb, "missing.tar");
+    sb.ces(&["load", &missing]).fails();
+    assert_eq!(sb.images().len(), 2);
+
+    let records = audit_records(&sb);
+    assert_eq!(records.len(), 4, "{records:#?}");
+    for (seq, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], seq);
+        assert_eq!(record["event"], "load");
+        assert_eq!(record["user"]["uid"], rustix::process::getuid().as_raw());
+    }
+    let sha256 = ces_audit::sha256_hex(&bytes);
+    let ok = &records[0];
+    assert_eq!(ok["result"], "ok");
+    assert!(ok.get("error").is_none());
+    assert_eq!(ok["archive"], serde_json::json!({"path": archive, "size": bytes.len(), "sha256": sha256}));
+    assert_eq!(ok["images"].as_array().unwrap().len(), 1);
+    assert_eq!(ok["images"][0]["reference"], "ghcr.io/ns/audited:1");
+    assert_eq!(ok["images"][0]["digest"], image.digest.as_str());
+    assert_eq!(
+        ok["images"][0]["provenance"],
+        serde_json::json!({"source": "https://github.com/ces-tre/fixtures", "revision": "0a1b2c3d"})
+    );
+    let piped = &records[1];
+    assert_eq!(piped["result"], "ok");
+    assert_eq!(piped["archive"], serde_json::json!({"path": "-", "size": bytes.len(), "sha256": sha256}));
+    assert_eq!(piped["images"][0]["reference"], "ghcr.io/ns/piped:2");
+    assert_eq!(piped["images"][0]["digest"], image.digest.as_str());
+
+    let failed = &records[2];
+    assert_eq!(failed["result"], "error");
+    assert!(failed["error"].as_str().unwrap().contains(&format!("content of {layer} does not match")), "{failed}");
+    assert_eq!(failed["images"], serde_json::json!([]), "nothing named");
+    assert_eq!(failed["archive"]["path"], corrupt.as_str());
+    assert_eq!(failed["archive"]["size"], damaged.len());
+    assert_eq!(failed["archive"]["sha256"], ces_audit::sha256_hex(&damaged).as_str());
+    let unopened = &records[3];
+    assert_eq!(unopened["result"], "error");
+    assert!(unopened["error"].as_str().unwrap().contains("cannot open"), "{unopened}");
+    assert_eq!(unopened["archive"], serde_json::json!({"path": missing, "size": null, "sha256": null}));
+
+    assert!(sb.ces(&["audit", "verify"]).ok().contains("4 records, the chain is whole"));
+    // --image finds loads by reference, repository and digest; the table says `load`.
+    let shown = |image: &str| sb.ces(&["audit", "show", "--json", "--image", image]).ok().lines().count();
+    assert_eq!(shown("ghcr.io/ns/audited:1"), 1);
+    assert_eq!(shown("ghcr.io/ns/piped"), 1);
+    assert_eq!(shown(&image.digest["sha256:".len()..][..12]), 2);
+    let table = sb.ces(&["audit", "show"]);
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert_eq!(lines.len(), 5, "{}", table.stdout);
+    assert!(lines[1].contains(" load ") && lines[1].contains("ghcr.io/ns/audited:1"), "{}", lines[1]);
+    assert!(lines[1].contains(&image.digest[..19]) && lines[1].trim_end().ends_with("ok"), "{}", lines[1]);
+    assert!(lines[3].contains(" load ") && lines[3].contains(&format!("archive {corrupt}")), "{}", lines[3]);
+    assert!(lines[3].contains("error: "), "{}", lines[3]);
+}
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_the_load() {
+    let sb = sandbox();
+    let image = marker_image("load unrecorded").build();
+    let archive = path(&sb, "app.tar");
+    image.write_oci_archive(Path::new(&archive), "ghcr.io/ns/unrecorded:1");
+    let not_a_dir = sb.dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let mut config = std::fs::read_to_string(&sb.config).unwrap();
+    config.push_str(&format!("\n[audit]\npath = {:?}\n", not_a_dir.join("audit.jsonl").display().to_string()));
+    std::fs::write(&sb.config, config).unwrap();
+    let out = sb.ces(&["load", &archive]);
+    assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
+    assert!(out.stdout.is_empty());
+    assert!(!sb.store.exists(), "nothing was loaded");
+}
+
+#[test]
+fn an_image_whose_layer_escapes_is_never_named_and_the_failure_is_recorded() {
+    let sb = sandbox();
+    // The sentinel the layer aims at, in the test's own directory.
+    let sentinel = sb.dir.path().join("escape");
+    let evil = ces_testkit::ImageSpec::new(vec![ces_testkit::Layer::new(vec![ces_testkit::Entry::file(
+        &format!("../../../../../../../../../../../../../..{}", sentinel.display()),
+        "pwned",
+    )])])
+    .build();
+    let archive = path(&sb, "evil.tar");
+    evil.write_oci_archive(Path::new(&archive), "ghcr.io/ns/evil:1");
+
+    let err = sb.ces(&["load", &archive]).fails().to_owned();
+    assert!(err.contains("outside"), "{err}");
+    assert!(!sentinel.exists(), "the layer wrote outside the root filesystem");
+    assert_eq!(sb.images(), Vec::<serde_json::Value>::new(), "nothing is named");
+    let records = audit_records(&sb);
+    let last = records.last().unwrap();
+    assert_eq!((last["event"].as_str(), last["result"].as_str()), (Some("load"), Some("error")), "{last}");
+    assert_eq!(last["images"], serde_json::json!([]), "{last}");
+    sb.ces(&["audit", "verify"]).ok();
+}

@@ -1,6 +1,6 @@
 //! `ces test` with the real binary, as root, on fixture images from a real
 //! registry: an image that is ready, and images that look up a name, connect
-//! to a literal address, send UDP, ignore proxy variables, write outside
+//! to a literal address (IPv4 and IPv6), send UDP, ignore proxy variables, write outside
 //! /safe_outputs, run as root and carry a CSV in a layer. Each finding is
 //! asserted from the `--json` report, and so is the absence of findings on
 //! the clean image. Every path a test creates is under its own temp dir.
@@ -112,6 +112,15 @@ fn a_clean_image_that_works_offline_is_ready_with_no_findings() {
     assert_eq!(std::fs::read_to_string(dir.join("result.txt")).unwrap(), "42\n");
     // The watcher's device lived in the container's namespace only.
     assert!(!std::path::Path::new("/sys/class/net/ces0").exists());
+    // The audit log tells the readiness test from a real run.
+    let log = std::fs::read_to_string(w.sb.store.join("audit.jsonl")).unwrap();
+    let run: Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (&run["event"], &run["test"], &run["image"]["reference"]),
+        (&"run".into(), &true.into(), &w.image.as_str().into())
+    );
+    let table = w.sb.ces(&["audit", "show", "--image", &w.image]);
+    assert!(table.ok().lines().any(|l| l.contains(" test ") && l.trim_end().ends_with("exit 0")), "{}", table.stdout);
 }
 
 #[test]
@@ -140,7 +149,7 @@ fn a_dns_lookup_is_reported_by_name_with_a_hint_and_fails_the_test() {
 fn literal_addresses_udp_and_programs_that_ignore_proxies_are_caught() {
     let w = World::new("test/literal", &clean_image());
     let script = "nc -w 5 192.0.2.10 443 </dev/null; tftp -g -r model.bin 192.0.2.20 69; \
-                  nc -w 5 192.0.2.30 8080 </dev/null; true";
+                  nc -w 5 192.0.2.30 8080 </dev/null; nc -w 5 2001:db8::10 443 </dev/null; true";
     let proxy = ["-e", "HTTPS_PROXY=http://proxy.tre.invalid:3128", "-e", "HTTP_PROXY=http://proxy.tre.invalid:3128"];
     let (code, report) = w.report(&proxy, &sh(script));
     assert_eq!(code, 1, "{report:#}");
@@ -153,6 +162,7 @@ fn literal_addresses_udp_and_programs_that_ignore_proxies_are_caught() {
     find("udp", "192.0.2.20", 69).unwrap_or_else(|| panic!("UDP: {report:#}"));
     // nc does not use the proxy: the direct attempt is what is reported.
     find("tcp", "192.0.2.30", 8080).unwrap_or_else(|| panic!("{report:#}"));
+    find("tcp", "2001:db8::10", 443).unwrap_or_else(|| panic!("IPv6: {report:#}"));
     assert!(!report["network"].to_string().contains("proxy.tre.invalid"), "{report:#}");
 }
 

@@ -33,7 +33,7 @@ use nix::sys::socket::{
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use crate::netwatch::{Attempt, CONTAINER_ADDR, Stub};
+use crate::netwatch::{Attempt, CONTAINER_ADDR, CONTAINER_ADDR6, Stub};
 
 /// The device's name in the container.
 pub const DEVICE: &str = "ces0";
@@ -266,7 +266,65 @@ fn configure() -> Result<(), (u32, io::Error)> {
     route.rt_gateway = sockaddr(Ipv4Addr::UNSPECIFIED);
     route.rt_flags = libc::RTF_UP;
     route.rt_dev = device.as_mut_ptr().cast();
-    ioctl(libc::SIOCADDRT, (&raw mut route).cast(), 4)
+    ioctl(libc::SIOCADDRT, (&raw mut route).cast(), 4)?;
+    configure_ipv6();
+    Ok(())
+}
+
+/// `struct in6_rtmsg` (linux/ipv6_route.h; the libc crate's has private fields).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: libc::in6_addr,
+    src: libc::in6_addr,
+    gateway: libc::in6_addr,
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+/// The same for IPv6, where the kernel has it: without it (no IPv6 in this
+/// kernel, or disabled in the namespace) no program can send IPv6 either,
+/// so a failure here leaves nothing unobserved and is not one.
+fn configure_ipv6() {
+    // SAFETY: a new socket, checked.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a new descriptor we own.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = c"ces0";
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    let Ok(index) = libc::c_int::try_from(index) else { return };
+    if index == 0 {
+        return;
+    }
+    let address = libc::in6_addr { s6_addr: CONTAINER_ADDR6.octets() };
+    let mut request = libc::in6_ifreq { ifr6_addr: address, ifr6_prefixlen: 64, ifr6_ifindex: index };
+    // SAFETY: SIOCSIFADDR on an AF_INET6 socket takes an in6_ifreq.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFADDR, &raw mut request) } < 0 {
+        return;
+    }
+    let unspecified = libc::in6_addr { s6_addr: [0; 16] };
+    let mut route = In6Rtmsg {
+        dst: unspecified,
+        src: unspecified,
+        gateway: unspecified,
+        kind: 0,
+        dst_len: 0,
+        src_len: 0,
+        metric: 1,
+        info: 0,
+        flags: u32::from(libc::RTF_UP),
+        ifindex: index,
+    };
+    // SAFETY: SIOCADDRT on an AF_INET6 socket takes an in6_rtmsg.
+    unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCADDRT, &raw mut route) };
 }
 
 fn ifreq(name: &str) -> libc::ifreq {

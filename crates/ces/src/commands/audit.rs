@@ -1,5 +1,6 @@
-//! `ces audit show` and `ces audit verify`, and the records `ces pull` and
-//! `ces run` leave in the audit log (see docs/governance.md).
+//! `ces audit show` and `ces audit verify`, and the records `ces pull`,
+//! `ces load`, `ces run` and `ces test` leave in the audit log (see
+//! docs/governance.md).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,41 @@ pub fn record_pull(
     append(settings, event)
 }
 
+/// What a load read, for its record.
+#[derive(Debug)]
+pub struct LoadAttempt<'a> {
+    /// The archive's path as given (`-` for standard input).
+    pub path: &'a Path,
+    /// Its size, when known.
+    pub size: Option<u64>,
+    /// The sha256 (hex) of its bytes, when read to the end.
+    pub sha256: Option<String>,
+}
+
+/// Appends a load's record: `result` is the images the load named (each
+/// with its provenance, when it says), or the failure with the images named
+/// before it (a load fails after naming only when an image cannot be unpacked).
+pub fn record_load(
+    settings: &Settings,
+    attempt: LoadAttempt<'_>,
+    result: Result<&[ces_image::ImageRecord], (&anyhow::Error, &[ces_image::ImageRecord])>,
+) -> anyhow::Result<()> {
+    let (named, outcome) = match result {
+        Ok(named) => (named, Outcome::Ok),
+        Err((error, named)) => (named, outcome_of(error)),
+    };
+    let images = named
+        .iter()
+        .map(|image| ces_audit::LoadedImage {
+            reference: image.reference.to_string(),
+            digest: image.digest.to_string(),
+            provenance: crate::policy::audit_provenance(&image.provenance),
+        })
+        .collect();
+    let archive = ces_audit::Archive { path: attempt.path.to_owned(), size: attempt.size, sha256: attempt.sha256 };
+    append(settings, Event::Load(ces_audit::LoadEvent { archive, images, outcome }))
+}
+
 fn outcome_of(error: &anyhow::Error) -> Outcome {
     let message = diagnostics::message(error);
     let refused = error.chain().any(|cause| {
@@ -129,6 +165,8 @@ pub struct RunEnd<'a> {
     pub outputs: &'a Path,
     /// `sha256:<hex>` of the outputs manifest ces wrote, if it wrote one.
     pub outputs_manifest: Option<String>,
+    /// A readiness test (`ces test`), not a run on the TRE's data.
+    pub test: bool,
 }
 
 /// Appends a run's record (environment variables by name only).
@@ -167,6 +205,7 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
     let limits = spec.limits;
     let event = Event::Run(Box::new(ces_audit::RunEvent {
         run_id: spec.id.clone(),
+        test: end.test,
         name: spec.name.clone(),
         project: end.safe_data.project.clone(),
         safe_data: ces_audit::SafeData {
@@ -259,13 +298,36 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
             "{:<5} {time:<20} {:<12} {:<6} {:<40} {digest:<19} {}",
             r.seq,
             r.user.name,
-            // A run that did not start says so in its outcome.
-            if matches!(r.event, Event::Pull(_)) { "pull" } else { "run" },
-            Some(r.event.reference()).filter(|s| !s.is_empty()).unwrap_or("-"),
+            event_word(&r.event),
+            image_text(&r.event),
             outcome_text(&r.event)
         )?;
     }
     Ok(())
+}
+
+/// The EVENT column: a run that did not start says so in its outcome; a
+/// readiness test (`ces test`) is `test`.
+fn event_word(event: &Event) -> &'static str {
+    match event {
+        Event::Pull(_) => "pull",
+        Event::Load(_) => "load",
+        Event::Run(run) if run.test => "test",
+        Event::Run(_) | Event::RunNotStarted(_) => "run",
+    }
+}
+
+/// The IMAGE column: the reference; for a load, the first image named (and
+/// how many more), or the archive when it named none.
+fn image_text(event: &Event) -> String {
+    match event {
+        Event::Load(load) => match load.images.as_slice() {
+            [] => format!("archive {}", load.archive.path.display()),
+            [one] => one.reference.clone(),
+            [first, rest @ ..] => format!("{} (+{} more)", first.reference, rest.len()),
+        },
+        _ => Some(event.reference()).filter(|s| !s.is_empty()).unwrap_or("-").to_owned(),
+    }
 }
 
 fn outcome_text(event: &Event) -> String {
@@ -281,14 +343,16 @@ fn outcome_text(event: &Event) -> String {
     }
 }
 
-/// `--image`: the reference as given, its repository (any tag), or a digest (prefix).
+/// `--image`: the reference as given, its repository (any tag), or a digest
+/// (prefix); a load matches when any image it named does.
 fn matches_image(event: &Event, image: &str) -> bool {
-    let reference = event.reference();
-    let digest = event.digest().unwrap_or_default();
-    reference == image
-        || reference.strip_prefix(image).is_some_and(|rest| rest.starts_with([':', '@']))
-        || (image.len() >= 6
-            && (digest.starts_with(image) || digest.strip_prefix("sha256:").is_some_and(|d| d.starts_with(image))))
+    event.images().into_iter().any(|(reference, digest)| {
+        let digest = digest.unwrap_or_default();
+        reference == image
+            || reference.strip_prefix(image).is_some_and(|rest| rest.starts_with([':', '@']))
+            || (image.len() >= 6
+                && (digest.starts_with(image) || digest.strip_prefix("sha256:").is_some_and(|d| d.starts_with(image))))
+    })
 }
 
 /// `--since`: an RFC 3339 time, a date (midnight UTC), or a span back from now (`2h`, `3 days`).

@@ -124,6 +124,8 @@ pub(crate) struct Prepared {
     pub config: oci_spec::image::ImageConfiguration,
     /// The store.
     pub store: Store,
+    /// A readiness test (`ces test`): its audit record says so.
+    pub test: bool,
     outputs_parent: PathBuf,
     scratch_parent: PathBuf,
     runs: PathBuf,
@@ -222,6 +224,7 @@ pub(crate) fn prepare(
         record,
         config,
         store,
+        test: false,
         outputs_parent,
         scratch_parent,
         runs,
@@ -282,6 +285,7 @@ pub(crate) fn execute(
         result: &result,
         outputs: &outputs,
         outputs_manifest: None,
+        test: prepared.test,
     };
     // After the container's exit, whatever its end: the manifest and the ACRO metadata.
     end.outputs_manifest = manifest::seal_outputs(printer, &end, owner);

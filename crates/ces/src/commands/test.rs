@@ -136,6 +136,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     let place = TestPlace::create(args.data.as_deref())?;
     let placement = Placement { safe_data: Some(place.data.clone()), parent: Some(place.dir.clone()) };
     let mut prepared = run::prepare(settings, printer, &options, image, command, &placement)?;
+    prepared.test = true;
     prepared.spec.mounts.push(MountSpec {
         destination: "/etc/resolv.conf".to_owned(),
         kind: MountKind::Bind { source: place.resolv_conf.clone() },
