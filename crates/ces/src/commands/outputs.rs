@@ -78,7 +78,9 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     if broken {
         return Ok(ExitCode::from(EXIT_CHANGED));
     }
-    writeln!(out, "{} matches its manifest: run {run_id}, {} entries", dir.display(), check.manifest.entries.len())?;
+    let entries = check.manifest.entries.len();
+    let plural = if entries == 1 { "entry" } else { "entries" };
+    writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
     Ok(ExitCode::SUCCESS)
 }
 

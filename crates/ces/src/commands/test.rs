@@ -180,7 +180,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
         reasons.push(match exit {
             Exit::OutOfMemory => format!(
                 "the container ran out of memory (limit {}): ask for more with -m, or use less",
-                human_bytes(prepared.spec.limits.memory)
+                binary_bytes(prepared.spec.limits.memory)
             ),
             _ => format!("the container failed (exit code {})", exit.code()),
         });
@@ -501,12 +501,12 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
         Exit::Signal(signal) => format!("killed by signal {signal}"),
         Exit::OutOfMemory => "out of memory".to_owned(),
     };
-    let peak = r.peak_memory.map_or("not known".to_owned(), human_bytes);
+    let peak = r.peak_memory.map_or("not known".to_owned(), binary_bytes);
     writeln!(
         out,
         "\nRun:      {how}, {:.2} s, peak memory {peak} (limit {})",
         r.wall_seconds,
-        human_bytes(r.memory_limit)
+        binary_bytes(r.memory_limit)
     )?;
     if r.network.attempts.is_empty() {
         writeln!(out, "Network:  no attempts (good: the TRE has no network)")?;
@@ -548,6 +548,17 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// Memory in binary units, as limits are given (`-m 4` is 4 GiB).
+fn binary_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
 }
 
 fn plural(n: usize) -> &'static str {
