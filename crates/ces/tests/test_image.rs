@@ -110,6 +110,11 @@ fn a_clean_image_that_works_offline_is_ready_with_no_findings() {
     // The kept outputs are where the report says.
     let dir = std::path::PathBuf::from(report["outputs_dir"].as_str().unwrap());
     assert_eq!(std::fs::read_to_string(dir.join("result.txt")).unwrap(), "42\n");
+    let left: Vec<String> = std::fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [dir.file_name().unwrap().to_string_lossy().into_owned()], "only the outputs stay");
     // The watcher's device lived in the container's namespace only.
     assert!(!std::path::Path::new("/sys/class/net/ces0").exists());
     // The audit log tells the readiness test from a real run.

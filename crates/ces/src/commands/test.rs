@@ -164,6 +164,8 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     })?;
     let wall = clock.elapsed();
     drop(_stdout);
+    // Only the outputs stay.
+    place.remove_own_files();
     let exit = result.context("the container could not be run")?;
     let observed = observed.context("the runtime reported no observations")?;
 
@@ -248,9 +250,20 @@ struct TestPlace {
     dir: PathBuf,
     data: PathBuf,
     resolv_conf: PathBuf,
+    /// The empty `/safe_data`, when `--data` was not given.
+    empty_data: Option<PathBuf>,
 }
 
 impl TestPlace {
+    /// Removes what the test made for itself (best effort: a leftover only
+    /// costs a few bytes in the temp dir).
+    fn remove_own_files(&self) {
+        let _ = std::fs::remove_file(&self.resolv_conf);
+        if let Some(empty) = &self.empty_data {
+            let _ = std::fs::remove_dir(empty);
+        }
+    }
+
     fn create(data: Option<&Path>) -> anyhow::Result<TestPlace> {
         let base = std::env::temp_dir();
         let stamp = jiff::Timestamp::now().as_millisecond();
@@ -279,7 +292,8 @@ impl TestPlace {
         let resolv_conf = dir.join("resolv.conf");
         std::fs::write(&resolv_conf, format!("nameserver {RESOLVER_ADDR}\noptions attempts:1 timeout:1\n"))?;
         std::fs::set_permissions(&resolv_conf, std::fs::Permissions::from_mode(0o644))?;
-        Ok(TestPlace { dir, data, resolv_conf })
+        let empty_data = (data.parent() == Some(dir.as_path())).then(|| data.clone());
+        Ok(TestPlace { dir, data, resolv_conf, empty_data })
     }
 }
 
