@@ -230,11 +230,16 @@ impl Store {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         let layout = store.layout_dir().join("oci-layout");
-        if !layout.exists() {
-            write_atomic(&store, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        }
         let index = store.index_path();
-        if !index.exists() {
+        if !layout.exists() || !index.exists() {
+            // A new store: its files are written through tmp/, which a
+            // process taking the store lock when no one holds it empties.
+            // Held shared, the lock keeps another ces starting at the same
+            // moment from removing them mid-write.
+            let _lock = store.lock_shared()?;
+            if !layout.exists() {
+                write_atomic(&store, &layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            }
             let _guard = store.index_lock()?;
             if !index.exists() {
                 store.write_index(&[])?;
@@ -748,4 +753,35 @@ fn record_of(descriptor: &Descriptor) -> Option<ImageRecord> {
 pub fn oci_digest(digest: &Digest) -> oci_spec::image::Digest {
     // A ces Digest is always a valid sha256 digest, which oci-spec accepts.
     digest.to_string().parse().unwrap_or_else(|_| unreachable!("sha256 digests are valid OCI digests"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Several ces starting at once on a store that does not exist yet: each
+    /// opens it and takes the lock (as a pull does). None may lose a file
+    /// another is writing (the first to take the lock empties `tmp/`).
+    #[test]
+    fn a_new_store_opened_by_several_at_once_is_whole_for_each() {
+        for _ in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("store");
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let root = root.clone();
+                    std::thread::spawn(move || {
+                        let store = Store::open(&root)?;
+                        let _lock = store.lock_shared()?;
+                        store.images().map(|images| images.len())
+                    })
+                })
+                .collect();
+            for thread in threads {
+                assert_eq!(thread.join().unwrap().unwrap(), 0);
+            }
+            assert!(root.join("oci/oci-layout").is_file());
+        }
+    }
 }
