@@ -129,10 +129,9 @@ pub fn new_run_id() -> String {
 
 /// The id of a run started at `unix_secs` with `random` bits.
 pub fn format_run_id(unix_secs: u64, random: u32) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let secs = unix_secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!("{year:04}{month:02}{day:02}-{:02}{:02}{:02}-{random:08x}", secs / 3600, secs / 60 % 60, secs % 60)
+    let start = i64::try_from(unix_secs).ok().and_then(|s| jiff::Timestamp::from_second(s).ok());
+    let start = start.unwrap_or(jiff::Timestamp::MAX);
+    format!("{}-{random:08x}", start.strftime("%Y%m%d-%H%M%S"))
 }
 
 /// Whether `id` has the shape [`format_run_id`] gives (and so is safe to join
@@ -145,20 +144,6 @@ pub fn is_run_id(id: &str) -> bool {
             0..=14 => c.is_ascii_digit(),
             _ => c.is_ascii_hexdigit() && !c.is_ascii_uppercase(),
         })
-}
-
-/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 // ---------------------------------------------------------------------------
