@@ -39,9 +39,10 @@ use oci_spec::image::{Descriptor, ImageIndex};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
+use crate::provenance::Provenance;
 use crate::reference::{ImageReference, ReferenceError};
 use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError, StoreLock};
-use crate::unpack;
+use crate::unpack::{self, Compression};
 
 /// The largest `index.json`, `oci-layout` or `manifest.json` read from an archive.
 pub const MAX_JSON_BYTES: u64 = 4 << 20;
@@ -62,8 +63,6 @@ const MAX_INDEX_DEPTH: usize = 4;
 const MAX_LINK_DEPTH: usize = 16;
 /// Size of the buffer entry data is copied through.
 const COPY_BUFFER_LEN: usize = 256 << 10;
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
 /// Why an archive cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -344,13 +343,9 @@ pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     } else {
         return Err(LoadError::Unrecognized);
     };
-    let mut records = name_images(images, options.name.as_ref())?;
-    for record in &mut records {
-        record.provenance = store.provenance(&record.digest)?;
-    }
     Ok(Loaded {
         format,
-        images: records,
+        images: name_images(images, options.name.as_ref())?,
         blobs: contents.files.len(),
         bytes: contents.files.values().map(|f| f.size).sum(),
         _lock: lock,
@@ -399,6 +394,8 @@ struct Resolved {
     names: Vec<String>,
     /// A bare tag the archive names it by (kept for the error).
     tag: Option<String>,
+    /// Its labels and base annotations, read from its manifest and config.
+    provenance: Provenance,
 }
 
 /// What the tar reader's stream did: ran dry (which a tar that ends with its
@@ -771,6 +768,7 @@ impl Contents {
                 Ok(Resolved {
                     media_type: image.media_type().as_ref().map_or(media_type, ToString::to_string),
                     size: bytes.len() as u64,
+                    provenance: Provenance::of(&image, &store.config(&image)?),
                     digest,
                     index_digest,
                     names: Vec::new(),
@@ -850,6 +848,7 @@ impl Contents {
             let digest = Digest::of(&bytes);
             store.write_blob(&digest, &bytes)?;
             images.push(Resolved {
+                provenance: store.provenance(&digest)?,
                 digest,
                 media_type: manifest::OCI_MANIFEST.to_owned(),
                 size: bytes.len() as u64,
@@ -889,17 +888,13 @@ fn annotation<'a>(descriptor: &'a Descriptor, key: &str) -> Option<&'a str> {
 /// decompressing it.
 fn diff_id(store: &Store, layer: &Digest) -> Result<(&'static str, Digest)> {
     let read_err = |source| StoreError::LayerRead { layer: layer.clone(), source };
-    let mut magic = Vec::with_capacity(4);
-    store.open_blob(layer)?.take(4).read_to_end(&mut magic).map_err(read_err)?;
-    let media_type = if magic.starts_with(GZIP_MAGIC) {
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-    } else if magic.starts_with(ZSTD_MAGIC) {
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-    } else {
-        return Ok(("application/vnd.oci.image.layer.v1.tar", layer.clone()));
-    };
     let blob = BufReader::with_capacity(COPY_BUFFER_LEN, store.open_blob(layer)?);
-    let mut tar = unpack::decompress(blob).map_err(read_err)?;
+    let (compression, mut tar) = unpack::detect(blob).map_err(read_err)?;
+    let media_type = match compression {
+        Compression::None => return Ok(("application/vnd.oci.image.layer.v1.tar", layer.clone())),
+        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+    };
     let mut hashing = HashingWriter::new(io::sink());
     io::copy(&mut tar, &mut hashing).map_err(read_err)?;
     Ok((media_type, hashing.finish().1))
@@ -921,7 +916,7 @@ fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<V
             manifest_size: image.size,
             pulled_at: Some(now),
             index_digest: image.index_digest.clone(),
-            provenance: crate::Provenance::default(),
+            provenance: image.provenance.clone(),
         })
     };
     if let Some(name) = name {
@@ -1217,6 +1212,35 @@ mod tests {
     }
 
     #[test]
+    fn docker_save_compressed_layers_are_checked_decompressed_and_typed_so() {
+        let image = marker_image("docker save compressed").build();
+        for (compression, media_type) in [
+            (Compression::Gzip, "application/vnd.oci.image.layer.v1.tar+gzip"),
+            (Compression::Zstd, "application/vnd.oci.image.layer.v1.tar+zstd"),
+        ] {
+            let f = Fixture::new();
+            let path = f.path("save.tar");
+            image.write_docker_save(&path, "ghcr.io/ns/z:1");
+            let files: Vec<(String, Vec<u8>)> = files_of(&std::fs::read(&path).unwrap())
+                .into_iter()
+                .map(|(n, d)| {
+                    let d = if n.ends_with("/layer.tar") { ces_testkit::layer::compress(&d, compression) } else { d };
+                    (n, d)
+                })
+                .collect();
+            let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+            let outcome = f.load(&tar_of(&borrowed, &[]), None, amd64()).unwrap();
+            let manifest = f.store.manifest(&outcome.images[0].digest).unwrap();
+            assert_eq!(manifest.layers()[0].media_type().to_string(), media_type, "{compression:?}");
+            assert_ne!(
+                manifest.layers()[0].digest().to_string(),
+                image.diff_ids[0],
+                "the compressed blob's own digest"
+            );
+        }
+    }
+
+    #[test]
     fn docker_save_layers_must_match_the_configs_diff_ids() {
         let f = Fixture::new();
         let image = marker_image("diff ids").build();
@@ -1304,6 +1328,62 @@ mod tests {
         let err = f.load(&tar_of(&kept, &[]), None, amd64()).unwrap_err();
         assert!(matches!(&err, LoadError::MissingBlob { digest, .. } if digest.to_string() == *layer), "{err}");
         assert!(err.to_string().contains(&image.digest), "{err}");
+    }
+
+    #[test]
+    fn both_formats_record_the_images_provenance_under_each_name() {
+        let source = "https://github.com/ces-tre/fixtures";
+        let image = marker_image("provenance").label(crate::provenance::SOURCE, source).build();
+        let f = Fixture::new();
+        let save = f.path("save.tar");
+        image.write_docker_save(&save, "ghcr.io/ns/saved:1");
+        let layout = f.path("layout");
+        image.write_oci_layout(&layout, "ghcr.io/ns/a:1");
+        image.write_oci_layout(&layout, "ghcr.io/ns/b:1");
+        for outcome in [f.load_file(&save, None).unwrap(), f.load(&tar_dir(&layout), None, amd64()).unwrap()] {
+            assert!(!outcome.images.is_empty());
+            for record in &outcome.images {
+                assert_eq!(record.provenance.source.as_deref(), Some(source), "{}", record.reference);
+            }
+        }
+        assert_eq!(f.store.images().unwrap().len(), 3);
+        assert!(f.store.images().unwrap().iter().all(|r| r.provenance.source.as_deref() == Some(source)));
+    }
+
+    #[test]
+    fn a_blob_of_another_size_than_its_descriptor_is_refused() {
+        let f = Fixture::new();
+        let image = marker_image("descriptor size").build();
+        let layout = f.path("layout");
+        image.write_oci_layout(&layout, "ghcr.io/ns/s:1");
+        let index_path = layout.join("index.json");
+        let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        let size = index["manifests"][0]["size"].as_u64().unwrap();
+        index["manifests"][0]["size"] = (size + 1).into();
+        std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+        let err = f.load(&tar_dir(&layout), None, amd64()).unwrap_err();
+        assert!(
+            matches!(&err, LoadError::BlobSize { digest, expected, actual, .. }
+                if digest.to_string() == image.digest && *expected == size + 1 && *actual == size),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&image.digest), "{err}");
+        assert!(f.store.images().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_docker_save_layer_missing_from_the_archive_is_named() {
+        let f = Fixture::new();
+        let image = marker_image("docker save missing layer").build();
+        let path = f.path("save.tar");
+        image.write_docker_save(&path, "ghcr.io/ns/m:1");
+        let files = files_of(&std::fs::read(&path).unwrap());
+        let kept: Vec<(&str, &[u8])> =
+            files.iter().filter(|(n, _)| !n.ends_with("/layer.tar")).map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let err = f.load(&tar_of(&kept, &[]), None, amd64()).unwrap_err();
+        assert!(matches!(&err, LoadError::MissingFile { path } if path.ends_with("/layer.tar")), "{err}");
+        assert!(err.to_string().contains("/layer.tar"), "{err}");
+        assert!(f.store.images().unwrap().is_empty());
     }
 
     #[test]

@@ -57,11 +57,9 @@ pub struct Provenance {
 impl Provenance {
     /// Reads the labels of `config` and the annotations of `manifest`.
     pub fn of(manifest: &ImageManifest, config: &ImageConfiguration) -> Provenance {
-        let empty = HashMap::new();
-        let labels = config.config().as_ref().and_then(|c| c.labels().as_ref()).unwrap_or(&empty);
-        let annotations = manifest.annotations().as_ref().unwrap_or(&empty);
-        let label_first = |key: &str| value(labels, key).or_else(|| value(annotations, key));
-        let annotation_first = |key: &str| value(annotations, key).or_else(|| value(labels, key));
+        let (labels, annotations) = (labels(config), manifest.annotations().as_ref());
+        let label_first = |key: &str| first_value([labels, annotations], key);
+        let annotation_first = |key: &str| first_value([annotations, labels], key);
         Provenance {
             source: label_first(SOURCE),
             revision: label_first(REVISION),
@@ -104,6 +102,22 @@ impl Provenance {
     pub fn is_empty(&self) -> bool {
         self.annotations().is_empty()
     }
+}
+
+/// The label `key` of `config`, or else the same key among the annotations
+/// of `manifest` (where `docker buildx build --annotation` puts it); a blank
+/// value counts as none.
+pub fn label(manifest: &ImageManifest, config: &ImageConfiguration, key: &str) -> Option<String> {
+    first_value([labels(config), manifest.annotations().as_ref()], key)
+}
+
+fn labels(config: &ImageConfiguration) -> Option<&HashMap<String, String>> {
+    config.config().as_ref()?.labels().as_ref()
+}
+
+/// The value of `key` in the first map that has one.
+fn first_value(maps: [Option<&HashMap<String, String>>; 2], key: &str) -> Option<String> {
+    maps.into_iter().flatten().find_map(|map| value(map, key))
 }
 
 /// A non-empty value, cut to [`MAX_VALUE`] bytes (at a character boundary).
@@ -171,6 +185,18 @@ mod tests {
             p.annotations().into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         assert_eq!(annotations.len(), 6);
         assert_eq!(Provenance::from_annotations(&annotations), p, "round trip");
+    }
+
+    #[test]
+    fn a_required_label_is_found_in_the_config_or_the_manifest_but_not_blank() {
+        let m = manifest(serde_json::json!({"only.annotated": "a", "blank": "x"}));
+        let c = config(serde_json::json!({"only.labelled": "l", "blank": " "}));
+        assert_eq!(label(&m, &c, "only.labelled").as_deref(), Some("l"));
+        assert_eq!(label(&m, &c, "only.annotated").as_deref(), Some("a"));
+        assert_eq!(label(&m, &c, "blank").as_deref(), Some("x"), "a blank label falls back to the annotation");
+        assert_eq!(label(&m, &c, "absent"), None);
+        let bare = manifest(serde_json::json!({}));
+        assert_eq!(label(&bare, &config(serde_json::json!({"k": "\t"})), "k"), None);
     }
 
     #[test]

@@ -624,11 +624,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.out.as_ref().map_or(0, HashingWriter::written)
-    }
-
     /// The store error for a failed write into this blob: more bytes than the
     /// descriptor said, a full disk, another I/O error.
     pub fn write_error(&self, error: io::Error) -> StoreError {

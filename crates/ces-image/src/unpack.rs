@@ -190,12 +190,29 @@ fn in_entry(entry: Option<&Path>) -> String {
     entry.map(|entry| format!(" (in entry {})", entry.display())).unwrap_or_default()
 }
 
+/// How a layer blob (or an archive) is compressed, as its first bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (one member or several).
+    Gzip,
+    /// zstd.
+    Zstd,
+}
+
 /// Wraps a layer blob reader in the decompressor its first bytes call for:
 /// gzip (every member, as `MultiGzDecoder`), zstd, or none for a plain tar.
 ///
 /// The media type is not consulted: registries and old tools mislabel
 /// layers. Errors are the reader's own, while peeking at the first bytes.
-pub fn decompress<'a, R: Read + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
+    detect(reader).map(|(_, stream)| stream)
+}
+
+/// [`decompress`], also saying which compression the first bytes showed.
+/// Only those bytes have been read when it returns.
+pub fn detect<'a, R: Read + 'a>(mut reader: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
     const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 
@@ -212,11 +229,11 @@ pub fn decompress<'a, R: Read + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 
     let magic = &magic[..filled];
     let stream = io::Cursor::new(magic.to_vec()).chain(reader);
     Ok(if magic.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
+        (Compression::Gzip, Box::new(flate2::read::MultiGzDecoder::new(stream)))
     } else if magic.starts_with(ZSTD_MAGIC) {
-        Box::new(zstd::stream::read::Decoder::new(stream)?)
+        (Compression::Zstd, Box::new(zstd::stream::read::Decoder::new(stream)?))
     } else {
-        Box::new(stream)
+        (Compression::None, Box::new(stream))
     })
 }
 

@@ -295,24 +295,7 @@ impl Session {
         mut writer: BlobWriter,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), RegistryError> {
-        let url = format!("{}{}/blobs/{}", self.base, self.repository, digest);
-        let response = self.get(&url, None).await?;
-        match response.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(RegistryError::NotFound {
-                    reference: format!("{}/{}@{digest} (blob)", self.registry, self.repository),
-                });
-            }
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => return Err(self.unauthorized()),
-            status => {
-                return Err(RegistryError::Status {
-                    registry: self.registry.clone(),
-                    what: format!("GET blob {digest}"),
-                    status,
-                });
-            }
-        }
+        let response = self.get_blob(digest).await?;
         if let Some(length) = response.content_length().filter(|l| *l != size) {
             return Err(
                 ces_image::StoreError::SizeMismatch { digest: digest.clone(), expected: size, actual: length }.into()
@@ -335,24 +318,47 @@ impl Session {
     }
 
     /// Fetches a small blob (a config) into memory, at most `limit` bytes.
-    pub async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, RegistryError> {
-        let url = format!("{}{}/blobs/{}", self.base, self.repository, digest);
-        let response = self.get(&url, None).await?;
-        if !response.status().is_success() {
-            return Err(RegistryError::Status {
-                registry: self.registry.clone(),
-                what: format!("GET blob {digest}"),
-                status: response.status(),
-            });
-        }
-        read_limited(response, limit)
+    /// The bytes must be `size` long and hash to `digest` (as a streamed
+    /// blob must be when committed), so that no caller reads a blob the
+    /// registry altered.
+    pub async fn small_blob(&self, digest: &Digest, size: u64, limit: u64) -> Result<Vec<u8>, RegistryError> {
+        let response = self.get_blob(digest).await?;
+        let bytes = read_limited(response, limit)
             .await
             .map_err(|source| RegistryError::Transfer {
                 registry: self.registry.clone(),
                 what: digest.to_string(),
                 source,
             })?
-            .ok_or(RegistryError::TooLarge { what: "config", reference: digest.to_string(), limit })
+            .ok_or(RegistryError::TooLarge { what: "config", reference: digest.to_string(), limit })?;
+        if bytes.len() as u64 != size {
+            let actual = bytes.len() as u64;
+            return Err(ces_image::StoreError::SizeMismatch { digest: digest.clone(), expected: size, actual }.into());
+        }
+        let actual = Digest::of(&bytes);
+        if actual != *digest {
+            return Err(ces_image::StoreError::DigestMismatch { expected: digest.clone(), actual }.into());
+        }
+        Ok(bytes)
+    }
+
+    /// Sends `GET` for blob `digest`; any answer but a success is an error
+    /// naming the blob.
+    async fn get_blob(&self, digest: &Digest) -> Result<reqwest::Response, RegistryError> {
+        let url = format!("{}{}/blobs/{}", self.base, self.repository, digest);
+        let response = self.get(&url, None).await?;
+        match response.status() {
+            s if s.is_success() => Ok(response),
+            StatusCode::NOT_FOUND => Err(RegistryError::NotFound {
+                reference: format!("{}/{}@{digest} (blob)", self.registry, self.repository),
+            }),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(self.unauthorized()),
+            status => Err(RegistryError::Status {
+                registry: self.registry.clone(),
+                what: format!("GET blob {digest}"),
+                status,
+            }),
+        }
     }
 }
 

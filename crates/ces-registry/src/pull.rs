@@ -3,8 +3,9 @@
 //! layers at once, each verified before it is stored, and finally name it.
 
 use ces_image::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, Platform};
+use ces_image::provenance::{self, Provenance};
 use ces_image::store::StoreLock;
-use ces_image::{Digest, ImageRecord, ImageReference, Provenance, Store};
+use ces_image::{Digest, ImageRecord, ImageReference, Store};
 use futures_util::{StreamExt, TryStreamExt};
 use oci_spec::image::ImageConfiguration;
 
@@ -117,30 +118,17 @@ pub async fn pull(
     let config_bytes = if stored {
         store.read_blob(&config_digest, MAX_CONFIG_BYTES)?
     } else {
-        let bytes = session.small_blob(&config_digest, MAX_CONFIG_BYTES).await?;
-        if bytes.len() as u64 != config.size() {
-            return Err(ces_image::StoreError::SizeMismatch {
-                digest: config_digest,
-                expected: config.size(),
-                actual: bytes.len() as u64,
-            }
-            .into());
-        }
-        bytes
+        session.small_blob(&config_digest, config.size(), MAX_CONFIG_BYTES).await?
     };
     let image_config: ImageConfiguration = serde_json::from_slice(&config_bytes)
         .map_err(|source| RegistryError::BadConfig { reference: reference.to_string(), source })?;
-    let provenance = Provenance::of(&image, &image_config);
     // Checked before anything is stored: a refused image leaves no trace.
-    // A label, or the same key as a manifest annotation (as `Provenance` reads them).
-    let labels = image_config.config().as_ref().and_then(|c| c.labels().as_ref());
-    let annotations = image.annotations().as_ref();
-    let has = |label: &str| {
-        [labels, annotations].into_iter().flatten().any(|m| m.get(label).is_some_and(|v| !v.trim().is_empty()))
-    };
-    if let Some(label) = options.required_labels.iter().find(|label| !has(label)) {
+    if let Some(label) =
+        options.required_labels.iter().find(|label| provenance::label(&image, &image_config, label).is_none())
+    {
         return Err(RegistryError::MissingLabel { reference: reference.to_string(), label: label.clone() });
     }
+    let provenance = Provenance::of(&image, &image_config);
     if !stored {
         store.write_blob(&config_digest, &config_bytes)?;
     }
