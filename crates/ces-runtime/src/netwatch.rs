@@ -191,7 +191,6 @@ impl Stub {
         if tcp.len() < 20 {
             return None;
         }
-        let source_port = u16::from_be_bytes([tcp[0], tcp[1]]);
         let destination_port = u16::from_be_bytes([tcp[2], tcp[3]]);
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
         let ack = u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]);
@@ -207,15 +206,8 @@ impl Stub {
         } else {
             (ack, 0, TCP_RST)
         };
-        let mut segment = Vec::with_capacity(20);
-        segment.extend_from_slice(&destination_port.to_be_bytes());
-        segment.extend_from_slice(&source_port.to_be_bytes());
-        segment.extend_from_slice(&reply_seq.to_be_bytes());
-        segment.extend_from_slice(&reply_ack.to_be_bytes());
-        segment.extend_from_slice(&[5 << 4, reply_flags, 0, 0, 0, 0, 0, 0]);
-        let sum = transport_checksum(ip.destination, ip.source, TCP, &segment);
-        segment[16..18].copy_from_slice(&sum.to_be_bytes());
-        Some(ip_packet(ip.destination, ip.source, TCP, &segment))
+        let header = [5 << 4, reply_flags, 0, 0, 0, 0, 0, 0];
+        Some(reply_to(ip, TCP, &[&reply_seq.to_be_bytes(), &reply_ack.to_be_bytes(), &header], 16))
     }
 
     fn udp(&mut self, ip: &Ip<'_>) -> Option<Vec<u8>> {
@@ -223,25 +215,13 @@ impl Stub {
         if udp.len() < 8 {
             return None;
         }
-        let source_port = u16::from_be_bytes([udp[0], udp[1]]);
         let destination_port = u16::from_be_bytes([udp[2], udp[3]]);
         let length = usize::from(u16::from_be_bytes([udp[4], udp[5]])).clamp(8, udp.len());
         if destination_port == DNS_PORT
             && let Some(answer) = self.dns(&udp[8..length])
         {
-            let mut datagram = Vec::with_capacity(8 + answer.len());
-            datagram.extend_from_slice(&DNS_PORT.to_be_bytes());
-            datagram.extend_from_slice(&source_port.to_be_bytes());
             let total = u16::try_from(8 + answer.len()).ok()?;
-            datagram.extend_from_slice(&total.to_be_bytes());
-            datagram.extend_from_slice(&[0, 0]);
-            datagram.extend_from_slice(&answer);
-            let sum = match transport_checksum(ip.destination, ip.source, UDP, &datagram) {
-                0 => 0xffff,
-                sum => sum,
-            };
-            datagram[6..8].copy_from_slice(&sum.to_be_bytes());
-            return Some(ip_packet(ip.destination, ip.source, UDP, &datagram));
+            return Some(reply_to(ip, UDP, &[&total.to_be_bytes(), &[0, 0], &answer], 6));
         }
         self.record_connect("udp", ip.destination, Some(destination_port));
         Some(unreachable(ip, Unreachable::Port))
@@ -364,6 +344,24 @@ impl<'a> Ip<'a> {
             payload: &packet[40..total],
         })
     }
+}
+
+/// A TCP or UDP reply to `ip`, from its destination: the ports of its
+/// segment swapped, then `rest`, with the checksum written at `checksum_at`.
+fn reply_to(ip: &Ip<'_>, protocol: u8, rest: &[&[u8]], checksum_at: usize) -> Vec<u8> {
+    let mut segment = Vec::with_capacity(4 + rest.iter().map(|part| part.len()).sum::<usize>());
+    segment.extend_from_slice(&ip.payload[2..4]);
+    segment.extend_from_slice(&ip.payload[..2]);
+    for part in rest {
+        segment.extend_from_slice(part);
+    }
+    let sum = match transport_checksum(ip.destination, ip.source, protocol, &segment) {
+        // A zero UDP checksum means "none": a computed zero is sent as all ones.
+        0 if protocol == UDP => 0xffff,
+        sum => sum,
+    };
+    segment[checksum_at..checksum_at + 2].copy_from_slice(&sum.to_be_bytes());
+    ip_packet(ip.destination, ip.source, protocol, &segment)
 }
 
 /// An ICMP (v4) or ICMPv6 destination-unreachable reply to `ip`, from its
@@ -562,6 +560,7 @@ mod tests {
         let ip = valid_ip(&reply);
         assert_eq!((ip.source, ip.destination, ip.protocol), (resolver, CONTAINER, UDP));
         assert_eq!(transport_checksum(ip.source, ip.destination, UDP, ip.payload), 0, "UDP checksum");
+        assert_eq!(&ip.payload[..4], &[0, 53, 0x9c, 0x40], "from port 53 back to the asking port");
         let dns = &ip.payload[8..];
         assert_eq!(&dns[..2], &[0x12, 0x34]);
         assert_eq!(dns[3] & 0x0f, 0, "NOERROR");
@@ -575,6 +574,7 @@ mod tests {
         let reset = stub.handle(&syn(v4(198, 18, 0, 1), 443)).unwrap();
         let ip = valid_ip(&reset);
         assert_eq!(transport_checksum(ip.source, ip.destination, TCP, ip.payload), 0, "TCP checksum");
+        assert_eq!(&ip.payload[..4], &[1, 187, 0xa0, 0x00], "from port 443 back to the connecting port");
         assert_eq!(ip.payload[13], TCP_RST | TCP_ACK);
         assert_eq!(u32::from_be_bytes(ip.payload[8..12].try_into().unwrap()), 1001);
 

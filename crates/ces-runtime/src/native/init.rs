@@ -40,7 +40,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libcontainer::oci_spec::runtime::Spec;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
@@ -261,7 +261,8 @@ fn load_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-fn signal_set(signals: impl Iterator<Item = libc::c_int>) -> libc::sigset_t {
+/// The set of `signals`.
+pub(super) fn signal_set(signals: impl Iterator<Item = libc::c_int>) -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a sigset_t.
@@ -372,32 +373,45 @@ fn hide_from_workload(report_fd: RawFd) {
 
 /// Sets `lo` up in the (new) network namespace this process is in.
 fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain socket call; the descriptor is closed below.
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if socket < 0 {
+    interface_up(&inet_socket()?, "lo")
+}
+
+/// An `AF_INET` datagram socket, for the interface ioctls (`ifconfig`'s).
+pub(super) fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket call, checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `ifreq` naming interface `name` (shorter than `IFNAMSIZ`), all else zero.
+pub(super) fn ifreq(name: &str) -> libc::ifreq {
     // SAFETY: ifreq is plain data.
-    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in ifreq.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
     }
-    // SAFETY: the ioctls read and write the ifreq we own.
-    let result = unsafe {
-        if libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut ifreq) != 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            ifreq.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(socket, libc::SIOCSIFFLAGS, &mut ifreq) != 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(socket) };
-    result
+    request
+}
+
+/// Sets interface `name` up and running, through `socket` ([`inet_socket`]).
+pub(super) fn interface_up(socket: &OwnedFd, name: &str) -> io::Result<()> {
+    let mut request = ifreq(name);
+    // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    request.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The capability sets of this process (v3 ABI: two 32-bit words each).

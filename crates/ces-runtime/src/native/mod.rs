@@ -56,7 +56,7 @@ use crate::{Runtime, RuntimeError};
 
 use cgroups::{ContainerCgroup, Hierarchy};
 use init::{CesInit, Report};
-use oci::Layout;
+use oci::{Layout, Overlay};
 use rootfs::{OverlayMount, RunDirs};
 use wait::SignalBlock;
 
@@ -187,13 +187,20 @@ impl Runtime for NativeRuntime {
     }
 
     fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
-        self.run_observed(spec, Observe::default()).map(|observed| observed.exit)
+        // Nothing but the exit: no walk of the upper layer, no cgroup
+        // statistics after the container has ended.
+        self.run_with(spec, None).map(|observed| observed.exit)
     }
 }
 
 impl NativeRuntime {
     /// Runs the container as [`Runtime::run`] does, observing what `observe` asks.
     pub fn run_observed(&self, spec: &RunSpec, observe: Observe) -> Result<Observed, RuntimeError> {
+        self.run_with(spec, Some(observe))
+    }
+
+    /// Runs the container; `observe`: `None` for the exit alone.
+    fn run_with(&self, spec: &RunSpec, observe: Option<Observe>) -> Result<Observed, RuntimeError> {
         if spec.process.terminal {
             return Err(RuntimeError::Unsupported { backend: "native", what: "a terminal (-t)" });
         }
@@ -215,11 +222,7 @@ impl NativeRuntime {
             cgroup.check_delegated(uid)?;
         }
         check_state_dir(&spec.state_dir).map_err(start_error("checking the run"))?;
-        for m in &spec.mounts {
-            if let MountKind::Bind { source } = &m.kind {
-                fs::metadata(source).map_err(io_error(source))?;
-            }
-        }
+        let mount_points = mount_points(spec)?;
         let dirs = RunDirs::new(&spec.state_dir);
         let overlay = dirs.overlay_for(&spec.image.rootfs);
         for path in [&overlay.lower, &overlay.upper, &overlay.work] {
@@ -266,8 +269,17 @@ impl NativeRuntime {
         .map_err(|e| start_error("recording the run")(e.into()))?
         .write(&self.state_root)?;
 
-        let run =
-            Run { runtime: self, spec, dirs: &dirs, cgroup: &cgroup, privilege, groups: groups.as_deref(), observe };
+        let run = Run {
+            runtime: self,
+            spec,
+            dirs: &dirs,
+            overlay,
+            mount_points,
+            cgroup: &cgroup,
+            privilege,
+            groups: groups.as_deref(),
+            observe,
+        };
         let (result, container_removed) = run.prepare_and_run();
         let dirs_removed = match dirs.remove() {
             Ok(()) => true,
@@ -291,39 +303,43 @@ struct Run<'a> {
     runtime: &'a NativeRuntime,
     spec: &'a RunSpec,
     dirs: &'a RunDirs,
+    overlay: Overlay,
+    /// See [`mount_points`].
+    mount_points: Vec<(&'a str, bool)>,
     cgroup: &'a ContainerCgroup,
     privilege: Privilege,
     groups: Option<&'a [u32]>,
-    observe: Observe,
+    /// `None`: the exit alone (not even the peak memory and the lost writes).
+    observe: Option<Observe>,
 }
 
 impl Run<'_> {
     /// Returns the result and whether the container (and its mounts) are gone.
     fn prepare_and_run(&self) -> (Result<Observed, RuntimeError>, bool) {
-        let overlay = self.dirs.overlay_for(&self.spec.image.rootfs);
+        let overlay = &self.overlay;
         let root = self.privilege == Privilege::Root;
         if let Err(e) = self.dirs.create(&overlay.lower, root) {
             return (Err(start_error("preparing the root filesystem")(e.into())), true);
         }
         let mut mount = None;
         if root {
-            match OverlayMount::mount(&overlay, &self.dirs.rootfs) {
+            match OverlayMount::mount(overlay, &self.dirs.rootfs) {
                 Ok(m) => mount = Some(m),
                 Err(e) => return (Err(start_error("mounting the root filesystem")(e.into())), true),
             }
-            if let Err(e) = rootfs::create_mount_points(&self.dirs.rootfs, &self.mount_points()) {
+            if let Err(e) = rootfs::create_mount_points(&self.dirs.rootfs, &self.mount_points) {
                 return (Err(start_error("preparing the root filesystem")(e.into())), true);
             }
-        } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.process.cwd) {
+        } else if let Err(e) = rootfs::create_in_upper(overlay, &self.spec.process.cwd) {
             return (Err(start_error("preparing the root filesystem")(e.into())), true);
         }
         let layout = Layout {
             rootfs: self.dirs.rootfs.clone(),
-            overlay_mount: (!root).then_some(overlay),
+            overlay_mount: (!root).then(|| overlay.clone()),
             cgroup_path: self.cgroup.path.clone(),
             limits_in_spec: root,
             swap_accounting: self.cgroup.swap_accounting(),
-            tun: self.observe.network,
+            tun: self.observe_network(),
         };
         let written = oci::build(self.spec, &layout)
             .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
@@ -332,9 +348,11 @@ impl Run<'_> {
             Ok(()) => self.run_container(),
             Err(e) => (Err(e), true),
         };
-        if let Ok(observed) = &mut result {
-            let ignore: Vec<&str> = self.mount_points().into_iter().map(|(path, _)| path).collect();
-            observed.lost_writes = observe::lost_writes(&self.dirs.overlay_for(&self.spec.image.rootfs).upper, &ignore);
+        if self.observe.is_some()
+            && let Ok(observed) = &mut result
+        {
+            let ignore: Vec<&str> = self.mount_points.iter().map(|(path, _)| *path).collect();
+            observed.lost_writes = observe::lost_writes(&overlay.upper, &ignore);
         }
         if let Some(mut mount) = mount
             && let Err(e) = mount.unmount()
@@ -345,18 +363,8 @@ impl Run<'_> {
         (result, removed)
     }
 
-    /// Where the container's mounts go, and whether each is a directory.
-    /// (The working directory too: docker creates it when the image lacks it.)
-    fn mount_points(&self) -> Vec<(&str, bool)> {
-        let mut points = vec![("/proc", true), ("/dev", true), ("/sys", true), (self.spec.process.cwd.as_str(), true)];
-        for m in &self.spec.mounts {
-            let is_dir = match &m.kind {
-                MountKind::Bind { source } => source.is_dir(),
-                MountKind::Tmpfs { .. } => true,
-            };
-            points.push((m.destination.as_str(), is_dir));
-        }
-        points
+    fn observe_network(&self) -> bool {
+        self.observe.is_some_and(|o| o.network)
     }
 
     fn run_container(&self) -> (Result<Observed, RuntimeError>, bool) {
@@ -368,7 +376,7 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) => return (Err(start_error("blocking signals")(e.into())), true),
         };
-        let tun_channel = match self.observe.network.then(observe::tun_channel).transpose() {
+        let tun_channel = match self.observe_network().then(observe::tun_channel).transpose() {
             Ok(channel) => channel,
             Err(e) => return (Err(start_error("observing the network")(e.into())), true),
         };
@@ -403,12 +411,12 @@ impl Run<'_> {
                 tracing::debug!(signals = ?ended.forwarded, "forwarded signals to the container");
             }
             let reports = read_reports(report_read);
-            for report in &reports {
-                let (stage, errno) = match report {
-                    Report::LoopbackFailed(errno) => ("bringing up the loopback interface", *errno),
-                    Report::UserFailed(errno) => ("switching to the container's user", *errno),
-                    _ => continue,
-                };
+            let failed = reports.iter().find_map(|report| match report {
+                Report::LoopbackFailed(errno) => Some(("bringing up the loopback interface", *errno)),
+                Report::UserFailed(errno) => Some(("switching to the container's user", *errno)),
+                _ => None,
+            });
+            if let Some((stage, errno)) = failed {
                 return Err(start_error(stage)(io::Error::from_raw_os_error(errno).into()));
             }
             let network = match watcher {
@@ -419,7 +427,7 @@ impl Run<'_> {
             };
             Ok(Observed {
                 exit: decide(ended.status, &reports, self.cgroup.oom_kills().unwrap_or(0)),
-                peak_memory: self.cgroup.peak_memory(),
+                peak_memory: self.observe.and_then(|_| self.cgroup.peak_memory()),
                 network,
                 lost_writes: Vec::new(),
             })
@@ -494,6 +502,21 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: two new descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Where the container's mounts go, and whether each is a directory (the
+/// working directory too: docker creates it when the image lacks it). A bind
+/// source that cannot be reached is an error naming it.
+fn mount_points(spec: &RunSpec) -> Result<Vec<(&str, bool)>, RuntimeError> {
+    let mut points = vec![("/proc", true), ("/dev", true), ("/sys", true), (spec.process.cwd.as_str(), true)];
+    for m in &spec.mounts {
+        let is_dir = match &m.kind {
+            MountKind::Bind { source } => fs::metadata(source).map_err(io_error(source))?.is_dir(),
+            MountKind::Tmpfs { .. } => true,
+        };
+        points.push((m.destination.as_str(), is_dir));
+    }
+    Ok(points)
 }
 
 fn check_state_dir(dir: &Path) -> Result<(), NativeError> {

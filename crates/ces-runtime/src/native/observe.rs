@@ -19,12 +19,10 @@
 //! a packet anywhere but back into the container: it has no other interface
 //! to send one to.
 
-use std::ffi::CStr;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, IoSliceMut, Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use nix::sys::socket::{
@@ -35,9 +33,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::netwatch::{Attempt, CONTAINER_ADDR, CONTAINER_ADDR6, Stub};
 
+use super::init::{ifreq, inet_socket, interface_up};
+use super::oci::TUN_PATH;
+
 /// The device's name in the container.
 pub const DEVICE: &str = "ces0";
-const TUN_PATH: &CStr = c"/dev/net/tun";
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// The network attempts of one run.
@@ -75,7 +75,8 @@ pub enum ObserveError {
 /// The forked watcher.
 pub(crate) struct Watcher {
     pid: Pid,
-    stop: Option<OwnedFd>,
+    /// Closed to tell the watcher the container has ended.
+    stop: OwnedFd,
     results: OwnedFd,
 }
 
@@ -98,29 +99,44 @@ pub(crate) fn tun_channel() -> io::Result<(OwnedFd, OwnedFd)> {
 /// container's) network namespace and sends it to ces on `socket`; on
 /// failure, sends the stage and errno instead, and returns the error.
 pub(crate) fn hand_over_tun(socket: RawFd) -> Result<(), String> {
-    let (status, tun) = match set_up() {
-        Ok(tun) => ([0u8; 8], Some(tun)),
-        Err((stage, e)) => {
-            let mut status = [0u8; 8];
-            status[..4].copy_from_slice(&stage.to_le_bytes());
-            status[4..].copy_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
-            (status, None)
-        }
+    send_device(socket, set_up())
+}
+
+/// Sends `device` on `socket` with a status of 0, or, when setting it up
+/// failed, the stage (see [`STAGES`]) and the errno.
+fn send_device(socket: RawFd, device: Result<OwnedFd, (u32, io::Error)>) -> Result<(), String> {
+    let status = match &device {
+        Ok(_) => encode_status(0, 0),
+        Err((stage, e)) => encode_status(*stage, e.raw_os_error().unwrap_or(libc::EIO)),
     };
-    let fds: Vec<RawFd> = tun.iter().map(AsRawFd::as_raw_fd).collect();
+    let fds: Vec<RawFd> = device.iter().map(AsRawFd::as_raw_fd).collect();
     let control: Vec<ControlMessage<'_>> =
         if fds.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&fds)] };
     let sent = sendmsg::<()>(socket, &[IoSlice::new(&status)], &control, MsgFlags::empty(), None);
-    let stage = u32::from_le_bytes([status[0], status[1], status[2], status[3]]);
-    match (stage, sent) {
-        (0, Ok(_)) => Ok(()),
-        (0, Err(e)) => Err(format!("{}: {e}", STAGES[4])),
-        (n, _) => Err(format!(
-            "{}: {}",
-            STAGES.get(n as usize - 1).copied().unwrap_or("setting up"),
-            io::Error::from_raw_os_error(i32::from_le_bytes([status[4], status[5], status[6], status[7]]))
-        )),
+    match (device, sent) {
+        (Ok(_), Ok(_)) => Ok(()),
+        (Ok(_), Err(e)) => Err(format!("{}: {e}", STAGES[4])),
+        (Err((stage, e)), _) => Err(format!("{}: {e}", stage_name(stage))),
     }
+}
+
+/// The status sent with the device: the failed stage (1-based, 0 for none)
+/// and the errno, little-endian.
+fn encode_status(stage: u32, errno: i32) -> [u8; 8] {
+    let mut status = [0u8; 8];
+    status[..4].copy_from_slice(&stage.to_le_bytes());
+    status[4..].copy_from_slice(&errno.to_le_bytes());
+    status
+}
+
+fn decode_status(status: [u8; 8]) -> (u32, i32) {
+    let [s0, s1, s2, s3, e0, e1, e2, e3] = status;
+    (u32::from_le_bytes([s0, s1, s2, s3]), i32::from_le_bytes([e0, e1, e2, e3]))
+}
+
+/// The name of failed stage `n` (1-based).
+fn stage_name(n: u32) -> &'static str {
+    n.checked_sub(1).and_then(|i| STAGES.get(i as usize)).copied().unwrap_or("setting up")
 }
 
 impl Watcher {
@@ -150,14 +166,10 @@ impl Watcher {
             }
             (message.bytes, tun)
         };
-        let stage = u32::from_le_bytes([status[0], status[1], status[2], status[3]]);
-        let errno = i32::from_le_bytes([status[4], status[5], status[6], status[7]]);
+        let (stage, errno) = decode_status(status);
         let tun = match (bytes, stage, tun) {
             (8, 0, Some(tun)) => tun,
-            (8, n, _) if n != 0 => {
-                let stage = STAGES.get(n as usize - 1).copied().unwrap_or("setting up");
-                return Err(setup(stage, io::Error::from_raw_os_error(errno)));
-            }
+            (8, n, _) if n != 0 => return Err(setup(stage_name(n), io::Error::from_raw_os_error(errno))),
             _ => {
                 let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the container's init sent no device");
                 return Err(setup("receiving the device", e));
@@ -178,16 +190,18 @@ impl Watcher {
                 // parent's destructors or atexit handlers.
                 unsafe { libc::_exit(code) }
             }
-            pid => Ok(Watcher { pid: Pid::from_raw(pid), stop: Some(stop_write), results: results_read }),
+            pid => Ok(Watcher { pid: Pid::from_raw(pid), stop: stop_write, results: results_read }),
         }
     }
 
     /// Stops the watcher once the container has ended; returns what it saw.
-    pub(crate) fn finish(mut self) -> io::Result<NetworkReport> {
-        drop(self.stop.take());
+    pub(crate) fn finish(self) -> io::Result<NetworkReport> {
+        let Watcher { pid, stop, results } = self;
+        drop(stop);
         let mut bytes = Vec::new();
-        File::from(self.results.try_clone()?).read_to_end(&mut bytes)?;
-        let _ = nix::sys::wait::waitpid(self.pid, None);
+        let read = File::from(results).read_to_end(&mut bytes);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        read?;
         serde_json::from_slice(&bytes).map_err(io::Error::other)
     }
 }
@@ -213,13 +227,7 @@ fn child(tun: &OwnedFd, stop: RawFd, results: RawFd) -> i32 {
 /// Opens the TUN device and brings `ces0` up; on failure, the stage number
 /// (1-based, see [`STAGES`]) and the error.
 fn set_up() -> Result<OwnedFd, (u32, io::Error)> {
-    // SAFETY: opening a device; the result is checked.
-    let fd = unsafe { libc::open(TUN_PATH.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err((1, io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor we own.
-    let tun = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tun = OwnedFd::from(OpenOptions::new().read(true).write(true).open(TUN_PATH).map_err(|e| (1, e))?);
     let mut request = ifreq(DEVICE);
     request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF takes an ifreq.
@@ -233,13 +241,7 @@ fn set_up() -> Result<OwnedFd, (u32, io::Error)> {
 /// Address, netmask, up, default route: the ioctls `ifconfig` and `route`
 /// use (no netlink library needed for four settings).
 fn configure() -> Result<(), (u32, io::Error)> {
-    // SAFETY: a new socket, checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err((3, io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor we own.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = inet_socket().map_err(|e| (3, e))?;
     let ioctl = |request: libc::c_ulong, arg: *mut libc::c_void, stage: u32| {
         // SAFETY: each request below is given the structure it takes.
         if unsafe { libc::ioctl(socket.as_raw_fd(), request, arg) } < 0 {
@@ -252,11 +254,7 @@ fn configure() -> Result<(), (u32, io::Error)> {
     ioctl(libc::SIOCSIFADDR, (&raw mut request).cast(), 3)?;
     request.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::new(255, 255, 255, 0));
     ioctl(libc::SIOCSIFNETMASK, (&raw mut request).cast(), 3)?;
-    ioctl(libc::SIOCGIFFLAGS, (&raw mut request).cast(), 3)?;
-    // SAFETY: SIOCGIFFLAGS filled the flags.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    request.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(libc::SIOCSIFFLAGS, (&raw mut request).cast(), 3)?;
+    interface_up(&socket, DEVICE).map_err(|e| (3, e))?;
 
     let mut device = *b"ces0\0";
     // SAFETY: rtentry is plain data; zero is "unset" for every field.
@@ -325,15 +323,6 @@ fn configure_ipv6() {
     };
     // SAFETY: SIOCADDRT on an AF_INET6 socket takes an in6_rtmsg.
     unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCADDRT, &raw mut route) };
-}
-
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    request
 }
 
 fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
@@ -419,11 +408,77 @@ pub(crate) fn lost_writes(upper: &Path, ignore: &[&str]) -> Vec<LostWrite> {
                 stack.push((entry.path(), path));
             } else if (kind.is_file() || kind.is_symlink()) && !ignore.contains(&path.as_str()) {
                 found.push(LostWrite { path, size: meta.len() });
-            } else if kind.is_char_device() && meta.rdev() == 0 {
-                // A whiteout: a deletion, not a write.
             }
+            // Anything else (a whiteout: a deletion; a fifo or a socket)
+            // holds no data.
         }
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Watcher::start after `init` (the container's end) did `send`.
+    fn start_error(send: impl FnOnce(RawFd)) -> (&'static str, io::Error) {
+        let (ces, init) = tun_channel().unwrap();
+        send(init.as_raw_fd());
+        drop(init);
+        match Watcher::start(ces) {
+            Err(ObserveError::Setup { stage, source }) => (stage, source),
+            Ok(_) => panic!("a watcher started without a device"),
+        }
+    }
+
+    #[test]
+    fn a_stage_that_failed_in_the_container_is_named_with_its_errno() {
+        let (stage, source) = start_error(|init| {
+            let failed = Err((2, io::Error::from_raw_os_error(libc::EBUSY)));
+            let message = send_device(init, failed).unwrap_err();
+            assert!(message.starts_with("creating the ces0 device: "), "{message}");
+        });
+        assert_eq!(stage, "creating the ces0 device");
+        assert_eq!(source.raw_os_error(), Some(libc::EBUSY));
+    }
+
+    #[test]
+    fn an_init_gone_before_sending_is_an_error_not_a_hang() {
+        let (stage, source) = start_error(|_| {});
+        assert_eq!(stage, "receiving the device");
+        assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_success_status_without_a_device_is_an_error() {
+        let (stage, source) = start_error(|init| {
+            sendmsg::<()>(init, &[IoSlice::new(&encode_status(0, 0))], &[], MsgFlags::empty(), None).unwrap();
+        });
+        assert_eq!(stage, "receiving the device");
+        assert_eq!(source.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn stage_numbers_are_one_based_and_unknown_ones_named_generically() {
+        assert_eq!(decode_status(encode_status(4, -3)), (4, -3));
+        assert_eq!(stage_name(1), "opening /dev/net/tun");
+        assert_eq!(stage_name(5), "handing the device to ces");
+        assert_eq!(stage_name(0), "setting up");
+        assert_eq!(stage_name(6), "setting up");
+    }
+
+    #[test]
+    fn lost_writes_are_files_and_links_but_not_mount_points_or_whiteouts() {
+        let upper = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(upper.path().join("etc/app")).unwrap();
+        std::fs::write(upper.path().join("etc/app/state"), b"12345").unwrap();
+        std::fs::write(upper.path().join("etc/resolv.conf"), b"").unwrap();
+        std::os::unix::fs::symlink("state", upper.path().join("etc/app/link")).unwrap();
+        nix::unistd::mkfifo(&upper.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let found = lost_writes(upper.path(), &["/etc/resolv.conf"]);
+        let paths: Vec<&str> = found.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(paths, ["/etc/app/link", "/etc/app/state"]);
+        assert_eq!(found[1].size, 5);
+    }
 }

@@ -90,7 +90,8 @@ impl RunDirs {
     }
 }
 
-fn annotate(e: io::Error, path: &Path) -> io::Error {
+/// `e` with `path` in its message (and its kind kept).
+pub(super) fn annotate(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
@@ -153,7 +154,7 @@ pub(crate) fn create_in_upper(overlay: &Overlay, path: &str) -> io::Result<()> {
                     .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(annotate(e, &lower)),
         }
     }
     Ok(())

@@ -23,6 +23,7 @@ use std::path::Path;
 use oci_spec::OciSpecError;
 
 use super::NativeError;
+use super::rootfs::annotate;
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
     LinuxSyscall, LinuxSyscallBuilder,
@@ -469,15 +470,15 @@ pub(crate) fn compiled(cache_dir: &Path) -> Result<Vec<libc::sock_filter>, Nativ
     if let Some(program) = std::fs::read(&path).ok().and_then(|bytes| parse_bpf(&bytes)) {
         return Ok(program);
     }
-    std::fs::create_dir_all(cache_dir)?;
+    std::fs::create_dir_all(cache_dir).map_err(|e| annotate(e, cache_dir))?;
     let temp = cache_dir.join(format!(".seccomp-{}.tmp", std::process::id()));
     let result = (|| {
-        let file = std::fs::File::create(&temp)?;
+        let file = std::fs::File::create(&temp).map_err(|e| annotate(e, &temp))?;
         filter_context(&profile)?.export_bpf(&file).map_err(NativeError::Seccomp)?;
         drop(file);
-        let program =
-            parse_bpf(&std::fs::read(&temp)?).ok_or_else(|| io::Error::other("libseccomp exported no program"))?;
-        std::fs::rename(&temp, &path)?;
+        let bytes = std::fs::read(&temp).map_err(|e| annotate(e, &temp))?;
+        let program = parse_bpf(&bytes).ok_or_else(|| io::Error::other("libseccomp exported no program"))?;
+        std::fs::rename(&temp, &path).map_err(|e| annotate(e, &path))?;
         Ok(program)
     })();
     if result.is_err() {

@@ -38,17 +38,9 @@ pub(crate) struct SignalBlock {
 
 impl SignalBlock {
     pub(crate) fn new() -> io::Result<SignalBlock> {
-        // SAFETY: sigset_t is plain data, initialised by sigemptyset.
-        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
+        let set = super::init::signal_set(FORWARDED.into_iter());
+        // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers, valid signal numbers.
-        unsafe {
-            libc::sigemptyset(&mut set);
-            for signal in FORWARDED {
-                libc::sigaddset(&mut set, signal);
-            }
-        }
         // SAFETY: valid pointers; affects the calling thread only.
         let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
         if rc != 0 {
