@@ -16,7 +16,7 @@
 pub mod log;
 pub mod record;
 
-pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex, verify_bytes, verify_reader};
+pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
 pub use record::{
     Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, Mount, Outcome, Provenance, PullEvent, Record,
     RunEvent, RunNotStarted, SafeData, User,

@@ -11,8 +11,8 @@ use std::io::{self, BufRead, BufReader, Read as _, Seek as _, SeekFrom, Write as
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
+use ces_image::Digest;
 use rustix::fs::FlockOperation;
-use sha2::{Digest as _, Sha256};
 
 use crate::record::{Event, GENESIS, Record, User};
 
@@ -93,11 +93,31 @@ impl AuditLog {
         move |source| AuditError::Io { action, path: self.path.clone(), source }
     }
 
-    /// Checks that records can be appended (the log, and its directory, are
-    /// created if missing), so that a command can refuse to start when it
+    /// Checks that a record could be appended now: the log (and its
+    /// directory) can be opened for appending, created if missing, and it
+    /// does not end with a damaged record (which [`AuditLog::append`]
+    /// refuses to chain to). A command calls this to refuse to start when it
     /// could not leave its record.
     pub fn check_writable(&self) -> Result<(), AuditError> {
-        self.open().map(drop)
+        let mut file = self.open()?;
+        rustix::fs::flock(&file, FlockOperation::LockShared).map_err(|e| self.io("lock")(e.into()))?;
+        self.next_link(&mut file).map(drop)
+    }
+
+    /// The sequence number and `prev` hash of the record to append after the
+    /// log's last (the caller holds the lock).
+    fn next_link(&self, file: &mut File) -> Result<(u64, String), AuditError> {
+        match last_line(file).map_err(self.io("read"))? {
+            Tail::Empty => Ok((0, GENESIS.to_owned())),
+            Tail::Partial { line } => Err(AuditError::DamagedTail { path: self.path.clone(), line }),
+            Tail::Line { bytes } => match serde_json::from_slice::<Record>(&bytes) {
+                Ok(last) => Ok((last.seq + 1, sha256_hex(&bytes))),
+                Err(_) => {
+                    let line = count_lines(file).map_err(self.io("read"))?;
+                    Err(AuditError::DamagedTail { path: self.path.clone(), line })
+                }
+            },
+        }
     }
 
     fn open(&self) -> Result<File, AuditError> {
@@ -113,17 +133,7 @@ impl AuditLog {
         let mut file = self.open()?;
         // Released when `file` is closed, whatever happens below.
         rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| self.io("lock")(e.into()))?;
-        let (seq, prev) = match last_line(&mut file).map_err(self.io("read"))? {
-            Tail::Empty => (0, GENESIS.to_owned()),
-            Tail::Partial { line } => return Err(AuditError::DamagedTail { path: self.path.clone(), line }),
-            Tail::Line { bytes } => match serde_json::from_slice::<Record>(&bytes) {
-                Ok(last) => (last.seq + 1, sha256_hex(&bytes)),
-                Err(_) => {
-                    let line = count_lines(&mut file).map_err(self.io("read"))?;
-                    return Err(AuditError::DamagedTail { path: self.path.clone(), line });
-                }
-            },
-        };
+        let (seq, prev) = self.next_link(&mut file)?;
         let record = Record { seq, prev, time: jiff::Timestamp::now(), user, event };
         let mut bytes = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
         bytes.push(b'\n');
@@ -234,14 +244,8 @@ pub enum Break {
     },
 }
 
-/// Verifies a whole log's bytes.
-pub fn verify_bytes(bytes: &[u8]) -> Report {
-    // Reading a slice cannot fail.
-    verify_reader(bytes).unwrap_or(Report { records: 0, broken: None })
-}
-
 /// Verifies a log read from `reader`, line by line.
-pub fn verify_reader(mut reader: impl BufRead) -> io::Result<Report> {
+fn verify_reader(mut reader: impl BufRead) -> io::Result<Report> {
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
     let mut line = 0u64;
@@ -283,9 +287,9 @@ fn send_syslog(socket: &Path, line: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// sha256 of `bytes`, in hex.
+/// sha256 of `bytes`, in hex: what `prev` holds for the line `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    Digest::of(bytes).hex().to_owned()
 }
 
 /// The end of the log.
@@ -390,6 +394,11 @@ mod tests {
             .map(<[u8]>::to_vec)
             .collect();
         (dir, log, lines)
+    }
+
+    /// Verifies a whole log's bytes.
+    fn verify_bytes(bytes: &[u8]) -> Report {
+        verify_reader(bytes).unwrap()
     }
 
     fn broken(lines: &[Vec<u8>]) -> Option<Break> {
@@ -504,24 +513,61 @@ mod tests {
         std::fs::write(log.path(), lines.concat()).unwrap();
         let error = log.records().unwrap_err();
         assert!(matches!(error, AuditError::NotARecord { line: 2, .. }), "{error}");
+        assert!(error.to_string().contains(&format!("line 2 of the audit log {}", log.path().display())), "{error}");
+    }
+
+    #[test]
+    fn a_whole_last_line_that_is_not_a_record_is_not_appended_to() {
+        let (_dir, log, mut lines) = log_of(3);
+        lines[2] = b"{\"hello\": 1}\n".to_vec();
+        let bytes = lines.concat();
+        std::fs::write(log.path(), &bytes).unwrap();
+        let error = log.append(user(), pull(9)).unwrap_err();
+        assert!(matches!(error, AuditError::DamagedTail { line: 3, .. }), "{error}");
+        assert!(error.to_string().contains(&log.path().display().to_string()), "{error}");
+        assert_eq!(std::fs::read(log.path()).unwrap(), bytes, "nothing appended");
+        // An empty last line is damage too.
+        let mut bytes = lines[..2].concat();
+        bytes.push(b'\n');
+        std::fs::write(log.path(), &bytes).unwrap();
+        let error = log.append(user(), pull(9)).unwrap_err();
+        assert!(matches!(error, AuditError::DamagedTail { line: 3, .. }), "{error}");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_created_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("file"), "").unwrap();
+        let log = AuditLog::new(dir.path().join("file/audit.jsonl"));
+        let error = log.check_writable().unwrap_err();
+        assert!(matches!(error, AuditError::Io { action: "create the directory of", .. }), "{error}");
+        assert!(error.to_string().contains(&log.path().display().to_string()), "{error}");
+        assert!(matches!(log.append(user(), pull(0)), Err(AuditError::Io { .. })));
     }
 
     #[test]
     fn the_last_line_is_found_past_block_boundaries() {
-        let (_dir, log, _lines) = log_of(1);
         // A record longer than the read block.
-        let long = Event::Pull(PullEvent {
-            reference: "x".repeat(20_000),
-            registry: None,
-            registry_user: None,
-            digest: None,
-            provenance: None,
-            outcome: Outcome::Error { error: "y".repeat(9000) },
-        });
-        log.append(user(), long).unwrap();
+        let long = || {
+            Event::Pull(PullEvent {
+                reference: "x".repeat(20_000),
+                registry: None,
+                registry_user: None,
+                digest: None,
+                provenance: None,
+                outcome: Outcome::Error { error: "y".repeat(9000) },
+            })
+        };
+        let (_dir, log, _lines) = log_of(1);
+        log.append(user(), long()).unwrap();
         log.append(user(), pull(2)).unwrap();
         log.append(user(), pull(3)).unwrap();
         assert_eq!(log.verify().unwrap(), Report { records: 4, broken: None });
+        // The first line, read back to the start of the file.
+        let (_dir, log, _lines) = log_of(0);
+        log.append(user(), long()).unwrap();
+        assert_eq!(log.append(user(), pull(1)).unwrap().seq, 1);
+        assert_eq!(log.verify().unwrap(), Report { records: 2, broken: None });
     }
 
     #[test]

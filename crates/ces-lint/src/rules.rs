@@ -195,7 +195,7 @@ pub struct Finding {
 const TRE_DIRS: [&str; 3] = ["/safe_data", "/safe_outputs", "/scratch"];
 
 /// Extensions of data files that do not belong in an image.
-pub const DATA_EXTENSIONS: &[&str] = &[
+const DATA_EXTENSIONS: &[&str] = &[
     "csv", "tsv", "parquet", "sav", "zsav", "por", "dta", "sas7bdat", "xpt", "xlsx", "xls", "rds", "rdata", "rda",
     "feather", "arrow", "nii", "nii.gz", "dcm", "h5", "hdf5", "mat", "sqlite", "sqlite3",
 ];
@@ -233,6 +233,8 @@ const CACHE_STEPS: &[&str] = &[
 pub fn check(file: &Dockerfile) -> Vec<Finding> {
     let stages = stages(file);
     let chain = final_chain(&stages);
+    // ENV PIP_NO_CACHE_DIR anywhere turns pip's cache off for every RUN.
+    let pip_cache_off = env_values(file.instructions.iter()).iter().any(|(k, _)| k == "PIP_NO_CACHE_DIR");
     let mut findings = Vec::new();
     for stage in &stages {
         base_image(stage, &mut findings);
@@ -242,7 +244,7 @@ pub fn check(file: &Dockerfile) -> Vec<Finding> {
     for instruction in &file.instructions {
         match instruction.keyword.as_str() {
             "ADD" => add(instruction, &mut findings),
-            "RUN" => packages(file, instruction, &mut findings),
+            "RUN" => packages(instruction, pip_cache_off, &mut findings),
             _ => {}
         }
         if matches!(instruction.keyword.as_str(), "ADD" | "COPY") && instruction.flag("from").is_none() {
@@ -407,7 +409,7 @@ fn cache_mount(run: &Instruction, target: &str) -> bool {
 }
 
 /// The apt and pip rules, per RUN.
-fn packages(file: &Dockerfile, run: &Instruction, out: &mut Vec<Finding>) {
+fn packages(run: &Instruction, pip_cache_off: bool, out: &mut Vec<Finding>) {
     let commands = commands(&run.script());
     if commands.iter().any(|c| is_apt_install(c)) {
         let cleaned = commands.iter().any(|c| has(c, "rm") && c.iter().any(|w| w.starts_with("/var/lib/apt/lists")));
@@ -418,8 +420,7 @@ fn packages(file: &Dockerfile, run: &Instruction, out: &mut Vec<Finding>) {
             finding(out, "CES012", run.line, "apt-get install without --no-install-recommends".to_owned());
         }
     }
-    let env_off = env_values(file.instructions.iter()).iter().any(|(k, _)| k == "PIP_NO_CACHE_DIR");
-    if !env_off
+    if !pip_cache_off
         && !cache_mount(run, ".cache")
         && commands.iter().any(|c| is_pip_install(c) && !has(c, "--no-cache-dir"))
     {

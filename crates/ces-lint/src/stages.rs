@@ -82,10 +82,8 @@ pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
 pub fn final_chain<'s, 'a>(stages: &'s [Stage<'a>]) -> Vec<&'s Stage<'a>> {
     let mut chain = Vec::new();
     let mut next = stages.len().checked_sub(1);
+    // A parent is always an earlier stage, so this ends.
     while let Some(n) = next {
-        if chain.len() > stages.len() {
-            break;
-        }
         chain.push(&stages[n]);
         next = stages[n].parent;
     }
@@ -103,7 +101,7 @@ fn arg_defaults(arg: &Instruction) -> Vec<(String, String)> {
 
 /// Substitutes `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME:+alt}`;
 /// `None` when a variable has no value and no default.
-pub fn expand(text: &str, vars: &[(String, String)]) -> Option<String> {
+fn expand(text: &str, vars: &[(String, String)]) -> Option<String> {
     let lookup = |name: &str| vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let mut out = String::new();
     let mut rest = text;

@@ -56,8 +56,10 @@ pub enum OutputsError {
         source: std::io::Error,
     },
     /// An entry could not be examined.
-    #[error("cannot examine {path} in the outputs directory")]
+    #[error("cannot examine {path} in the outputs directory {}", dir.display())]
     Walk {
+        /// The outputs directory.
+        dir: PathBuf,
         /// The entry, relative to the directory.
         path: String,
         /// Why.
@@ -65,8 +67,10 @@ pub enum OutputsError {
         source: std::io::Error,
     },
     /// A reserved name the container used could not be moved aside.
-    #[error("cannot move the container's {name} aside")]
+    #[error("cannot move the container's {name} aside in the outputs directory {}", dir.display())]
     MoveAside {
+        /// The outputs directory.
+        dir: PathBuf,
         /// The reserved name.
         name: String,
         /// Why.
@@ -74,8 +78,10 @@ pub enum OutputsError {
         source: std::io::Error,
     },
     /// One of ces's files could not be written.
-    #[error("cannot write {name} in the outputs directory")]
+    #[error("cannot write {name} in the outputs directory {}", dir.display())]
     Write {
+        /// The outputs directory.
+        dir: PathBuf,
         /// The file, relative to the directory.
         name: String,
         /// Why.
@@ -118,7 +124,7 @@ pub enum OutputsError {
 }
 
 /// `sha256:<hex>` of some bytes (how the audit log records the manifest).
-pub fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }

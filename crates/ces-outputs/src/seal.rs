@@ -42,7 +42,12 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
     let mut warnings = Vec::new();
     let mut moved_aside = Vec::new();
     for name in RESERVED {
-        if let Some(moved_to) = move_aside(&root, name)? {
+        let moved = move_aside(&root, name).map_err(|source| OutputsError::MoveAside {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            source,
+        })?;
+        if let Some(moved_to) = moved {
             warnings.push(format!(
                 "the container left its own {name} in the outputs; ces moved it to {moved_to} and wrote its own"
             ));
@@ -73,8 +78,9 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
         }
     }
 
-    let checksums = create_dir(&root, CHECKSUMS_NAME, owner)
-        .map_err(|source| OutputsError::Write { name: CHECKSUMS_NAME.to_owned(), source })?;
+    let write_error =
+        |name: &'static str| move |source| OutputsError::Write { dir: dir.to_owned(), name: name.to_owned(), source };
+    let checksums = create_dir(&root, CHECKSUMS_NAME, owner).map_err(write_error(CHECKSUMS_NAME))?;
     for file in &listed {
         let Some(sha256) = &file.sha256 else { continue };
         let name = acro::checksum_name(&file.name);
@@ -84,15 +90,13 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
     }
     let results = acro::to_bytes(&acro::results(&listed, &run))
         .map_err(|source| OutputsError::Encode { name: RESULTS_NAME.to_owned(), source })?;
-    write_file(&root, RESULTS_NAME, &results, owner)
-        .map_err(|source| OutputsError::Write { name: RESULTS_NAME.to_owned(), source })?;
+    write_file(&root, RESULTS_NAME, &results, owner).map_err(write_error(RESULTS_NAME))?;
 
     let manifest = Manifest { format: FORMAT.to_owned(), run, sealed: jiff::Timestamp::now(), moved_aside, entries };
     let mut bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| OutputsError::Encode { name: MANIFEST_NAME.to_owned(), source })?;
     bytes.push(b'\n');
-    write_file(&root, MANIFEST_NAME, &bytes, owner)
-        .map_err(|source| OutputsError::Write { name: MANIFEST_NAME.to_owned(), source })?;
+    write_file(&root, MANIFEST_NAME, &bytes, owner).map_err(write_error(MANIFEST_NAME))?;
     Ok(Sealed { manifest, manifest_digest: crate::sha256_digest(&bytes), warnings })
 }
 
@@ -107,21 +111,21 @@ fn abbreviate(names: &[&str]) -> String {
 
 /// Renames `name` (anything: file, directory, link) to the first free
 /// `<name>.from-container[.N]`, never replacing anything.
-fn move_aside(root: &OwnedFd, name: &str) -> Result<Option<String>, OutputsError> {
+fn move_aside(root: &OwnedFd, name: &str) -> std::io::Result<Option<String>> {
     match rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => {}
         Err(rustix::io::Errno::NOENT) => return Ok(None),
-        Err(e) => return Err(OutputsError::MoveAside { name: name.to_owned(), source: e.into() }),
+        Err(e) => return Err(e.into()),
     }
     for n in 0..1000 {
         let to = if n == 0 { format!("{name}{FROM_CONTAINER}") } else { format!("{name}{FROM_CONTAINER}.{n}") };
         match rustix::fs::renameat_with(root, name, root, to.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => return Ok(Some(to)),
             Err(rustix::io::Errno::EXIST) => continue,
-            Err(e) => return Err(OutputsError::MoveAside { name: name.to_owned(), source: e.into() }),
+            Err(e) => return Err(e.into()),
         }
     }
-    Err(OutputsError::MoveAside { name: name.to_owned(), source: std::io::Error::other("no free name to move it to") })
+    Err(std::io::Error::other("no free name to move it to"))
 }
 
 /// Creates a directory (it must not exist) and opens it.
@@ -160,13 +164,7 @@ fn write_nested(dir: &OwnedFd, path: &str, bytes: &[u8], owner: Option<Owner>) -
 /// them back); the audit log, which holds the manifest's digest, is synced.
 /// After a crash, `ces outputs verify` says what is missing.
 fn write_file(dir: &OwnedFd, name: &str, bytes: &[u8], owner: Option<Owner>) -> std::io::Result<()> {
-    let temp = format!(".{name}.ces-{}.tmp", std::process::id());
-    let fd = rustix::fs::openat(
-        dir,
-        temp.as_str(),
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o644),
-    )?;
+    let (temp, fd) = create_temp(dir, name)?;
     let written = (|| {
         chown(&fd, owner)?;
         let mut file = std::fs::File::from(fd);
@@ -178,6 +176,26 @@ fn write_file(dir: &OwnedFd, name: &str, bytes: &[u8], owner: Option<Owner>) -> 
         let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
     }
     written
+}
+
+/// A new file beside `name` with a name the container could not have
+/// guessed: a file it left at a predictable name would otherwise stop the
+/// seal (the name is taken with `O_EXCL`, never opened if it exists).
+fn create_temp(dir: &OwnedFd, name: &str) -> std::io::Result<(String, OwnedFd)> {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut tries = 0;
+    loop {
+        // Seeded from the OS's random source (see `RandomState`).
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let temp = format!(".{name}.ces-{:016x}.tmp", hasher.finish());
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o644)) {
+            Ok(fd) => return Ok((temp, fd)),
+            Err(rustix::io::Errno::EXIST) if tries < 16 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn chown(fd: &OwnedFd, owner: Option<Owner>) -> std::io::Result<()> {

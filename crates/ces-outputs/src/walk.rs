@@ -56,7 +56,7 @@ pub(crate) fn walk(root: &OwnedFd, root_path: &Path, skip: &[&str]) -> Result<Ve
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => {
                 let (shown, _) = text_of(&path);
-                return Err(OutputsError::Walk { path: shown, source: e.into() });
+                return Err(OutputsError::Walk { dir: root_path.to_owned(), path: shown, source: e.into() });
             }
         };
         let mode = stat.st_mode;
@@ -89,7 +89,7 @@ pub(crate) fn walk(root: &OwnedFd, root_path: &Path, skip: &[&str]) -> Result<Ve
                 Kind::Directory { not_listed: Some(not_listed) }
             }
             FileType::Symlink => {
-                let target = rustix::fs::readlinkat(&stack[stack.len() - 1].fd, name.as_slice(), Vec::new())
+                let target = rustix::fs::readlinkat(&frame.fd, name.as_slice(), Vec::new())
                     .map(|t| t.into_bytes())
                     .unwrap_or_default();
                 let (target, target_hex) = text_of(&target);
@@ -103,7 +103,8 @@ pub(crate) fn walk(root: &OwnedFd, root_path: &Path, skip: &[&str]) -> Result<Ve
         };
         entries.push(Entry::new(&path, mode, kind));
     }
-    entries.sort_by_key(Entry::path_bytes);
+    // The key is built (hex-decoded for a non-UTF-8 name) once per entry, not per comparison.
+    entries.sort_by_cached_key(Entry::path_bytes);
     Ok(entries)
 }
 

@@ -301,3 +301,73 @@ fn for_another_user_ces_files_are_theirs() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn names_that_are_not_utf8_are_kept_exactly_but_not_listed_for_acro() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let name = OsStr::from_bytes(b"caf\xe9.csv");
+    fs::write(out.join(name), "a,b\n1,2\n").unwrap();
+    fs::create_dir(out.join(OsStr::from_bytes(b"d\xff"))).unwrap();
+    fs::write(out.join(OsStr::from_bytes(b"d\xff/inner")), "x").unwrap();
+    fs::write(out.join("plain"), "p").unwrap();
+
+    let sealed = seal(out, run(), None).unwrap();
+    let hex: Vec<(&str, Option<&str>)> =
+        sealed.manifest.entries.iter().map(|e| (e.path.as_str(), e.path_hex.as_deref())).collect();
+    assert_eq!(
+        hex,
+        [
+            ("caf\u{fffd}.csv", Some("636166e92e637376")),
+            ("d\u{fffd}", Some("64ff")),
+            ("d\u{fffd}/inner", Some("64ff2f696e6e6572")),
+            ("plain", None)
+        ]
+    );
+    assert_eq!(sealed.manifest.entries[0].path_bytes(), b"caf\xe9.csv");
+    assert!(matches!(&sealed.manifest.entries[0].kind, Kind::File { table: Some(_), .. }), "hashed and counted");
+    let results = fs::read_to_string(out.join("results.json")).unwrap();
+    assert!(results.contains("\"plain\"") && !results.contains("inner"), "{results}");
+    assert!(sealed.warnings.iter().any(|w| w.contains("not in results.json") && w.contains("d\u{fffd}/inner")));
+
+    // The exact bytes are compared: the same names verify, a removed one is named.
+    assert!(verify(out).unwrap().matches());
+    fs::remove_file(out.join(name)).unwrap();
+    assert_eq!(verify(out).unwrap().removed, ["caf\u{fffd}.csv"]);
+}
+
+#[test]
+fn a_reserved_name_that_cannot_be_moved_aside_fails_naming_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    fs::write(out.join("results.json"), "{}").unwrap();
+    fs::write(out.join("results.json.from-container"), "").unwrap();
+    for n in 1..1000 {
+        fs::write(out.join(format!("results.json.from-container.{n}")), "").unwrap();
+    }
+    let err = seal(out, run(), None).unwrap_err();
+    assert!(matches!(&err, ces_outputs::OutputsError::MoveAside { name, .. } if name == "results.json"), "{err}");
+    assert!(err.to_string().contains(&out.display().to_string()), "{err}");
+    assert!(!out.join("ces-manifest.json").exists(), "nothing sealed");
+}
+
+#[test]
+fn files_the_container_left_at_the_old_fixed_temp_names_do_not_stop_the_seal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    // The names a temp file of this process would have had with a fixed,
+    // pid-based scheme: a container can guess those.
+    let pid = std::process::id();
+    for name in ["ces-manifest.json", "results.json", "x.txt.txt"] {
+        fs::write(out.join(format!(".{name}.ces-{pid}.tmp")), "planted").unwrap();
+    }
+    fs::write(out.join("x.txt"), "x").unwrap();
+    let sealed = seal(out, run(), None).unwrap();
+    assert!(out.join("ces-manifest.json").is_file() && out.join("results.json").is_file());
+    assert!(out.join("checksums/x.txt.txt").is_file());
+    // The planted files are outputs like any other, untouched.
+    assert_eq!(fs::read_to_string(out.join(format!(".results.json.ces-{pid}.tmp"))).unwrap(), "planted");
+    assert!(sealed.manifest.entries.iter().any(|e| e.path == format!(".results.json.ces-{pid}.tmp")));
+}
