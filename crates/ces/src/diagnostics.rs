@@ -15,13 +15,21 @@ pub const EXIT_ERROR: u8 = 125;
 
 /// The error line: each cause once, joined with `: `.
 pub fn message(error: &anyhow::Error) -> String {
+    one_line(error.as_ref())
+}
+
+/// An error and its causes on one line, each once (as `error:` lines show
+/// them), for an error that is not (yet) an [`anyhow::Error`].
+pub fn one_line(error: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        let text = e.to_string();
         // `#[error(transparent)]` wrappers repeat their source's text.
         if parts.last().is_none_or(|last| *last != text) {
             parts.push(text);
         }
+        cause = e.source();
     }
     parts.join(": ")
 }
@@ -207,7 +215,7 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
         RunError::MissingParent { .. } | RunError::NoHome { .. } => vec![format!(
             "create it, or ask the TRE operator to set [tre] outputs_parent and scratch_parent in {config}"
         )],
-        RunError::BadName(_) | RunError::BadEntrypoint(_) | RunError::TooManyCores { .. } => Vec::new(),
+        RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
     }
 }
 

@@ -12,7 +12,11 @@
 //! not root and does not know who the user is.
 
 use std::io::Read as _;
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
 
+use anyhow::Context as _;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// The uid the kernel shows for a user it cannot map (`overflowuid`), which
@@ -41,14 +45,19 @@ pub enum Caller {
     },
 }
 
-/// Who runs this process.
+/// Who runs this process. Told once, then remembered: ces never changes
+/// its uids or user namespace (the runtime does that in its children), and
+/// the settings, the run's plan and every audit record ask.
 pub fn caller() -> Caller {
-    let euid = rustix::process::geteuid().as_raw();
-    let ruid = rustix::process::getuid().as_raw();
-    match read_uid_map() {
-        Some(map) => Caller::of(&map, euid, ruid),
-        None => Caller::Namespaced { uid: None },
-    }
+    static CALLER: OnceLock<Caller> = OnceLock::new();
+    *CALLER.get_or_init(|| {
+        let euid = rustix::process::geteuid().as_raw();
+        let ruid = rustix::process::getuid().as_raw();
+        match read_uid_map() {
+            Some(map) => Caller::of(&map, euid, ruid),
+            None => Caller::Namespaced { uid: None },
+        }
+    })
 }
 
 /// Whether this process is root of the host (see [`Caller::HostRoot`]).
@@ -65,6 +74,29 @@ impl Caller {
         }
         Caller::Namespaced { uid: outside(map, ruid).filter(|&uid| uid != 0) }
     }
+}
+
+/// `id`, by absolute path where it is (a `PATH` of the user's cannot stand in).
+pub(crate) fn id_command() -> Command {
+    let path = ["/usr/bin/id", "/bin/id"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("id");
+    Command::new(path)
+}
+
+/// Groups as `id -Gn` lists them (primary first, the order users see):
+/// `user`'s in the group database (NSS included: what IG has approved now,
+/// not what a login session had), or with `None` this process's own.
+pub fn groups(user: Option<&str>) -> anyhow::Result<Vec<String>> {
+    let whose = || user.map_or_else(|| "the user's groups".to_owned(), |user| format!("the groups of {user}"));
+    let mut command = id_command();
+    command.arg("-Gn");
+    if let Some(user) = user {
+        command.arg("--").arg(user);
+    }
+    let output = command.output().with_context(|| format!("cannot list {} (id -Gn)", whose()))?;
+    if !output.status.success() {
+        anyhow::bail!("cannot list {}: id -Gn failed: {}", whose(), String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect())
 }
 
 /// `/proc/self/uid_map`, where it is the kernel's (`None` where it cannot be

@@ -6,12 +6,9 @@
 //! pull, [`ces_registry::RegistryError::MissingLabel`]), which the audit
 //! records as `refused` and the diagnostics follow with a hint.
 
-use std::path::Path;
-use std::process::Command;
-
 use anyhow::Context as _;
 use ces_image::provenance::SOURCE;
-use ces_image::{Digest, ImageRecord, ImageReference, Provenance, Store};
+use ces_image::{ImageRecord, ImageReference, Provenance};
 use ces_registry::PullOptions;
 
 use crate::commands::audit;
@@ -101,14 +98,20 @@ pub fn check_pull_reference(settings: &Settings, reference: &ImageReference) -> 
 
 /// Before a run: the reference as given must be pinned (when required), and
 /// the stored image must carry the source label (when required).
-pub fn check_run(settings: &Settings, store: &Store, query: &str, record: &ImageRecord) -> anyhow::Result<()> {
+/// `provenance` is the image's, read from its content-addressed manifest and
+/// config (not the index's copy, which could be edited).
+pub fn check_run(
+    settings: &Settings,
+    query: &str,
+    record: &ImageRecord,
+    provenance: &Provenance,
+) -> Result<(), PolicyError> {
     if settings.policy.require_digest && !is_pinned(query) {
         let pinned = record.reference.with_digest(record.digest.clone()).to_string();
-        return Err(PolicyError::DigestRequired { reference: query.to_owned(), pinned: Some(pinned) }.into());
+        return Err(PolicyError::DigestRequired { reference: query.to_owned(), pinned: Some(pinned) });
     }
-    // From the content-addressed blobs, not the index's copy.
-    if settings.policy.require_source_label && store.provenance(&record.digest)?.source.is_none() {
-        return Err(PolicyError::SourceLabelRequired { reference: record.reference.to_string() }.into());
+    if settings.policy.require_source_label && provenance.source.is_none() {
+        return Err(PolicyError::SourceLabelRequired { reference: record.reference.to_string() });
     }
     Ok(())
 }
@@ -151,58 +154,12 @@ pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     }
     let groups = pull.allowed_groups.as_deref().unwrap_or_default();
     if !groups.is_empty() {
-        let member_of = groups_of(&user.name)?;
+        let member_of = identity::groups(Some(&user.name)).context("cannot check [pull] allowed_groups")?;
         if groups.iter().any(|g| member_of.contains(g)) {
             return Ok(());
         }
     }
     Err(PolicyError::PullNotEnabled { user: user.name, uid: user.uid }.into())
-}
-
-/// `id`, by absolute path where it is (a `PATH` of the user's cannot stand in).
-fn id_command() -> Command {
-    let path = ["/usr/bin/id", "/bin/id"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("id");
-    Command::new(path)
-}
-
-/// `user`'s groups in the group database (primary and supplementary, NSS
-/// included): what IG has approved now, not what the login session had.
-fn groups_of(user: &str) -> anyhow::Result<Vec<String>> {
-    let output = id_command()
-        .arg("-Gn")
-        .arg("--")
-        .arg(user)
-        .output()
-        .context("cannot list the user's groups (id -Gn) to check [pull] allowed_groups")?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "cannot list the groups of {user} to check [pull] allowed_groups: id -Gn failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect())
-}
-
-/// An image's provenance as the audit records it (`None` when it says nothing).
-pub fn audit_provenance(provenance: &Provenance) -> Option<Box<ces_audit::Provenance>> {
-    if provenance.is_empty() {
-        return None;
-    }
-    Some(Box::new(provenance.clone()))
-}
-
-/// The provenance of a stored image, for a run's record (`None` when the
-/// image says nothing, or its blobs cannot be read: the run happened, and its
-/// record must still be written).
-pub fn stored_provenance(settings: &Settings, digest: &Digest) -> Option<Box<ces_audit::Provenance>> {
-    let provenance = Store::open(&settings.storage_root).and_then(|store| store.provenance(digest));
-    match provenance {
-        Ok(provenance) => audit_provenance(&provenance),
-        Err(error) => {
-            tracing::warn!(%error, %digest, "cannot read the image's provenance for the audit record");
-            None
-        }
-    }
 }
 
 #[cfg(test)]
@@ -224,6 +181,40 @@ mod tests {
         for no in ["ghcr.io/a/b:1", "ghcr.io/a/b", "sha256:abab", &hex[..12], "busybox"] {
             assert!(!is_pinned(no), "{no}");
         }
+    }
+
+    #[test]
+    fn a_run_is_refused_by_the_policy_it_breaks() {
+        let mut settings = Settings::load_with(None, std::path::Path::new("/nonexistent/ces.toml"), true).unwrap();
+        let digest: ces_image::Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let record = ImageRecord {
+            reference: "ghcr.io/lab/model:1".parse().unwrap(),
+            digest: digest.clone(),
+            media_type: String::new(),
+            manifest_size: 0,
+            pulled_at: None,
+            index_digest: None,
+            provenance: Provenance::default(),
+        };
+        let unlabelled = Provenance::default();
+        let labelled = Provenance { source: Some("https://github.com/lab/model".into()), ..Default::default() };
+        assert!(check_run(&settings, "ghcr.io/lab/model:1", &record, &unlabelled).is_ok(), "no policy");
+
+        settings.policy.require_digest = true;
+        let refused = check_run(&settings, "ghcr.io/lab/model:1", &record, &labelled).unwrap_err();
+        let PolicyError::DigestRequired { reference, pinned: Some(pinned) } = &refused else { panic!("{refused}") };
+        assert_eq!(
+            (reference.as_str(), pinned.as_str()),
+            ("ghcr.io/lab/model:1", &*format!("ghcr.io/lab/model@{digest}"))
+        );
+        assert!(check_run(&settings, &digest.to_string(), &record, &labelled).is_ok(), "pinned");
+
+        settings.policy.require_source_label = true;
+        let refused = check_run(&settings, &digest.to_string(), &record, &unlabelled).unwrap_err();
+        assert!(
+            matches!(&refused, PolicyError::SourceLabelRequired { reference } if reference == "ghcr.io/lab/model:1")
+        );
+        assert!(check_run(&settings, &digest.to_string(), &record, &labelled).is_ok(), "labelled");
     }
 
     #[test]

@@ -52,6 +52,35 @@ impl Printer {
     }
 }
 
+/// Sizes of downloads and files, in SI units: `12.3 MB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// Memory in binary units, the largest that fits (`512.0 MiB`, `4.0 GiB`),
+/// as `ces test` reports use and peak use.
+pub fn binary_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            return format!("{:.1} {unit}", bytes as f64 / size as f64);
+        }
+    }
+    format!("{bytes} B")
+}
+
+/// A memory limit in GiB whatever its size (`0.5 GiB`), the unit `-m` takes.
+pub fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
 /// One progress bar per layer of a pull.
 #[derive(Debug)]
 pub struct PullProgress {
@@ -96,5 +125,26 @@ impl PullReporter for PullProgress {
                 bar.finish_with_message("verified");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_bytes_uses_si_units() {
+        assert_eq!(human_bytes(999), "999 B");
+        assert_eq!(human_bytes(1_500), "1.5 kB");
+        assert_eq!(human_bytes(209_715_200), "209.7 MB");
+    }
+
+    #[test]
+    fn memory_is_shown_in_binary_units() {
+        assert_eq!(binary_bytes(1023), "1023 B");
+        assert_eq!(binary_bytes(512 << 20), "512.0 MiB");
+        assert_eq!(binary_bytes(4 << 30), "4.0 GiB");
+        assert_eq!(gib(512 << 20), "0.5 GiB", "a limit stays in the unit -m takes");
+        assert_eq!(gib(4 << 30), "4.0 GiB");
     }
 }

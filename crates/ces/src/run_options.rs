@@ -73,21 +73,17 @@ impl RunOptions {
     /// These options, then `later`'s over them: a value given later wins;
     /// lists (env, files, mounts) add up; a flag set anywhere stays set.
     pub fn then(self, later: RunOptions) -> RunOptions {
-        let cat = |mut a: Vec<_>, b: Vec<_>| {
+        fn cat<T>(mut a: Vec<T>, b: Vec<T>) -> Vec<T> {
             a.extend(b);
             a
-        };
-        let cat_paths = |mut a: Vec<PathBuf>, b: Vec<PathBuf>| {
-            a.extend(b);
-            a
-        };
+        }
         RunOptions {
             cores: later.cores.or(self.cores),
             memory: later.memory.or(self.memory),
             name: later.name.or(self.name),
-            env_file: cat_paths(self.env_file, later.env_file),
-            arg_file: cat_paths(self.arg_file, later.arg_file),
-            opt_file: cat_paths(self.opt_file, later.opt_file),
+            env_file: cat(self.env_file, later.env_file),
+            arg_file: cat(self.arg_file, later.arg_file),
+            opt_file: cat(self.opt_file, later.opt_file),
             dry_run: self.dry_run || later.dry_run,
             runtime: later.runtime.or(self.runtime),
             gpu: self.gpu || later.gpu,

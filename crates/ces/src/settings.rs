@@ -234,7 +234,7 @@ impl Settings {
 
     /// [`Settings::load`] with the system config's path and the caller's
     /// privilege given (a seam for tests).
-    fn load_with(explicit: Option<&Path>, system: &Path, root: bool) -> anyhow::Result<Settings> {
+    pub(crate) fn load_with(explicit: Option<&Path>, system: &Path, root: bool) -> anyhow::Result<Settings> {
         let replaces_policy = |asked: &&Path| !root && *asked != system && system.exists();
         if let Some(asked) = explicit.filter(replaces_policy) {
             // Read only to learn whether users may bring their own config.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ces_audit::{AuditLog, Event, Outcome, Record, User};
+use ces_audit::{AuditLog, Event, Outcome, Provenance, Record, User};
 use ces_runtime::plan::SafeData;
 use ces_runtime::{Exit, MountKind, RunSpec, RuntimeError};
 use jiff::Timestamp;
@@ -75,8 +75,8 @@ pub struct PullAttempt<'a> {
     pub registry: Option<String>,
     /// The registry user, if any.
     pub registry_user: Option<&'a str>,
-    /// Where the pulled image came from (on success, when it says).
-    pub provenance: Option<Box<ces_audit::Provenance>>,
+    /// Where the pulled image came from (on success).
+    pub provenance: Option<&'a Provenance>,
 }
 
 /// Appends a pull's record: `result` is the pulled manifest digest, or the
@@ -95,7 +95,7 @@ pub fn record_pull(
         registry: attempt.registry,
         registry_user: attempt.registry_user.map(str::to_owned),
         digest,
-        provenance: attempt.provenance,
+        provenance: attempt.provenance.and_then(recorded_provenance),
         outcome,
     });
     append(settings, event)
@@ -129,11 +129,16 @@ pub fn record_load(
         .map(|image| ces_audit::LoadedImage {
             reference: image.reference.to_string(),
             digest: image.digest.to_string(),
-            provenance: crate::policy::audit_provenance(&image.provenance),
+            provenance: recorded_provenance(&image.provenance),
         })
         .collect();
     let archive = ces_audit::Archive { path: attempt.path.to_owned(), size: attempt.size, sha256: attempt.sha256 };
     append(settings, Event::Load(ces_audit::LoadEvent { archive, images, outcome }))
+}
+
+/// An image's provenance as the audit records it (`None` when it says nothing).
+fn recorded_provenance(provenance: &Provenance) -> Option<Box<Provenance>> {
+    (!provenance.is_empty()).then(|| Box::new(provenance.clone()))
 }
 
 fn outcome_of(error: &anyhow::Error) -> Outcome {
@@ -159,6 +164,9 @@ pub struct RunEnd<'a> {
     pub safe_data: &'a SafeData,
     /// When the container was started.
     pub started: Timestamp,
+    /// Where its image came from (read from the image's manifest and config
+    /// when the run was planned).
+    pub provenance: &'a Provenance,
     /// How it ended.
     pub result: &'a Result<Exit, RuntimeError>,
     /// The outputs directory (recorded if it is still there).
@@ -193,14 +201,10 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
         .collect();
     let (exit, outcome) = match end.result {
         Ok(exit) => {
-            let (signal, oom) = match *exit {
-                Exit::Code(_) => (None, false),
-                Exit::Signal(signal) => (Some(signal), false),
-                Exit::OutOfMemory => (Some(9), true),
-            };
+            let (signal, oom) = signal_and_oom(*exit);
             (Some(ces_audit::Exit { code: exit.code(), signal, oom }), Outcome::Ok)
         }
-        Err(error) => (None, Outcome::Error { error: one_line(error) }),
+        Err(error) => (None, Outcome::Error { error: diagnostics::one_line(error) }),
     };
     let limits = spec.limits;
     let event = Event::Run(Box::new(ces_audit::RunEvent {
@@ -213,7 +217,7 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
             mode: mode_of(ces_runtime::plan::SAFE_DATA),
         },
         image: ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() },
-        provenance: crate::policy::stored_provenance(settings, &spec.image.digest),
+        provenance: recorded_provenance(end.provenance),
         runtime: end.runtime.to_owned(),
         mounts,
         limits: ces_audit::Limits {
@@ -248,18 +252,15 @@ pub fn record_not_started(settings: &Settings, image: Option<String>, error: any
     }
 }
 
-/// An error and its causes on one line, each once (as `error:` lines show them).
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if parts.last().is_none_or(|last| *last != text) {
-            parts.push(text);
-        }
-        cause = e.source();
+/// How a container ended, as the audit record and the outputs manifest say
+/// it: the signal that killed it (the OOM killer's is SIGKILL), and whether
+/// that was for memory.
+pub(crate) fn signal_and_oom(exit: Exit) -> (Option<i32>, bool) {
+    match exit {
+        Exit::Code(_) => (None, false),
+        Exit::Signal(signal) => (Some(signal), false),
+        Exit::OutOfMemory => (Some(9), true),
     }
-    parts.join(": ")
 }
 
 fn append(settings: &Settings, event: Event) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 
 use ces_image::Store;
 
-use crate::commands::pull::human_bytes;
+use crate::printer::human_bytes;
 use crate::settings::Settings;
 
 /// One row of `ces images`.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use ces_image::{Provenance, Store};
 
-use crate::commands::pull::human_bytes;
+use crate::printer::human_bytes;
 use crate::settings::Settings;
 
 /// What `ces inspect --json` prints.

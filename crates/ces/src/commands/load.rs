@@ -17,8 +17,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cli::LoadArgs;
 use crate::commands::audit;
-use crate::commands::pull::{human_bytes, unpack};
-use crate::printer::Printer;
+use crate::commands::pull::unpack;
+use crate::printer::{Printer, human_bytes};
 use crate::settings::Settings;
 
 /// How far past the point where the load stopped the archive is read to

@@ -89,7 +89,7 @@ fn logged(path: &std::path::Path, run_id: &str, digest: &str) -> Logged {
     let records = match AuditLog::new(path).records() {
         Ok(records) => records,
         Err(error) => {
-            let message = crate::diagnostics::message(&anyhow::Error::new(error));
+            let message = crate::diagnostics::one_line(&error);
             return Logged::Unknown(format!("cannot read the audit log {}: {message}", path.display()));
         }
     };

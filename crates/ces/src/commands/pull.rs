@@ -10,7 +10,7 @@ use ces_registry::{Client, ClientConfig, Credentials, Secret};
 
 use crate::commands::audit;
 use crate::policy;
-use crate::printer::Printer;
+use crate::printer::{Printer, human_bytes};
 use crate::settings::Settings;
 
 /// A pull, as asked for on either command line.
@@ -46,7 +46,7 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
         reference: &request.reference,
         registry: request.reference.parse::<ImageReference>().ok().map(|r| r.registry().to_owned()),
         registry_user: request.credentials.user(),
-        provenance: result.as_ref().ok().and_then(|pulled| policy::audit_provenance(&pulled.provenance)),
+        provenance: result.as_ref().ok().map(|pulled| &pulled.provenance),
     };
     let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pulled| pulled.pinned.digest()));
     let Pulled { pinned, .. } = match (result, recorded) {
@@ -79,7 +79,6 @@ fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyho
         allowed: settings.registries.allowed.clone(),
         insecure: settings.registries.insecure.clone(),
     })?;
-    // Refuse before opening the store or touching the network.
     client.check_allowed(reference.registry())?;
     let store = Store::open(&settings.storage_root)?;
     let lock = store.lock_shared()?;
@@ -135,28 +134,4 @@ pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> a
     let path = result?;
     printer.status(format!("Unpacked to {} in {:.2}s", path.display(), started.elapsed().as_secs_f64()));
     Ok(())
-}
-
-/// `12.3 MB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_bytes;
-
-    #[test]
-    fn human_bytes_uses_si_units() {
-        assert_eq!(human_bytes(999), "999 B");
-        assert_eq!(human_bytes(1_500), "1.5 kB");
-        assert_eq!(human_bytes(209_715_200), "209.7 MB");
-    }
 }

@@ -2,8 +2,7 @@
 
 use ces_image::Store;
 
-use crate::commands::pull::human_bytes;
-use crate::printer::Printer;
+use crate::printer::{Printer, human_bytes};
 use crate::settings::Settings;
 
 /// Removes each image's name, then collects unreferenced blobs and rootfs.

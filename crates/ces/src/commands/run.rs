@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use ces_image::Store;
+use ces_image::{Provenance, Store};
 use ces_runtime::native::NativeRuntime;
 use ces_runtime::plan::{self, ImageDefaults, PlanRequest, ProcessRequest, RunDirs, SafeData, TmpfsRequest};
 use ces_runtime::podman::PodmanRuntime;
@@ -20,8 +20,8 @@ use ces_runtime::{Access, Exit, Limits, MountKind, RunSpec, Runtime};
 
 use crate::cli::RunArgs;
 use crate::commands::audit;
-use crate::commands::pull::{human_bytes, unpack};
-use crate::printer::Printer;
+use crate::commands::pull::unpack;
+use crate::printer::{Printer, gib, human_bytes};
 use crate::run_options::{self, Place, RunOptions};
 use crate::settings::{SafeDataMode, Settings};
 
@@ -51,8 +51,14 @@ pub enum RunError {
     #[error("invalid --name {0:?}: use letters, digits, _ . - (at most 128, starting with a letter or digit)")]
     BadName(String),
     /// `--entrypoint` given as JSON that is not a list of strings.
-    #[error("invalid --entrypoint: a value starting with [ must be a JSON list of strings")]
-    BadEntrypoint(#[source] serde_json::Error),
+    #[error("invalid --entrypoint {value:?}: a value starting with [ must be a JSON list of strings")]
+    BadEntrypoint {
+        /// The value as given.
+        value: String,
+        /// Why it is not a list of strings.
+        #[source]
+        source: serde_json::Error,
+    },
     /// More cores than the host has.
     #[error("cannot give {asked} cores: this machine has {available}")]
     TooManyCores {
@@ -87,7 +93,7 @@ fn run_container(
         anyhow::bail!("no image given");
     };
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
-    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root())?;
+    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
 
     if options.dry_run {
         let backend_lines = runtime.describe(&prepared.spec)?;
@@ -96,7 +102,7 @@ fn run_container(
     }
     let (result, outputs) =
         execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| runtime.run(spec))?;
-    let exit = result.context("the container could not be run")?;
+    let exit = result.with_context(|| not_run(&prepared.spec))?;
     announce_end(printer, &prepared.spec, exit, &outputs, options.json)?;
     Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))
 }
@@ -118,10 +124,12 @@ pub(crate) struct Prepared {
     pub spec: RunSpec,
     /// Where `/safe_data` comes from, and why.
     pub safe_data: SafeData,
-    /// The image as stored.
-    pub record: ces_image::ImageRecord,
+    /// The image's manifest.
+    pub manifest: oci_spec::image::ImageManifest,
     /// Its configuration.
     pub config: oci_spec::image::ImageConfiguration,
+    /// Where it came from (from the manifest and config), for the audit record.
+    pub provenance: Provenance,
     /// The store.
     pub store: Store,
     /// A readiness test (`ces test`): its audit record says so.
@@ -156,7 +164,11 @@ pub(crate) fn prepare(
     let store = Store::open(&settings.storage_root)?;
     let store_lock = store.lock_shared()?;
     let record = store.lookup(image)?;
-    crate::policy::check_run(settings, &store, image, &record)?;
+    let manifest = store.manifest(&record.digest)?;
+    let config = store.config(&manifest)?;
+    // From the content-addressed blobs, not the index's copy.
+    let provenance = Provenance::of(&manifest, &config);
+    crate::policy::check_run(settings, image, &record, &provenance)?;
     let rootfs = match store.unpacked(&record.digest) {
         Some(rootfs) => rootfs,
         None => {
@@ -164,7 +176,6 @@ pub(crate) fn prepare(
             store.rootfs_path(&record.digest)
         }
     };
-    let config = store.config(&store.manifest(&record.digest)?)?;
     let image_config = config.config().clone().unwrap_or_default();
     let user = plan::resolve_user(image_config.user().as_deref(), &rootfs)?;
     let defaults = ImageDefaults {
@@ -221,8 +232,9 @@ pub(crate) fn prepare(
     Ok(Prepared {
         spec,
         safe_data,
-        record,
+        manifest,
         config,
+        provenance,
         store,
         test: false,
         outputs_parent,
@@ -255,7 +267,7 @@ pub(crate) fn execute(
     // Nothing runs that could not be recorded.
     audit::log(settings).check_writable()?;
     let invoker = &prepared.invoker;
-    let owner = (host::is_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
+    let owner = (crate::identity::is_host_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
     let paths = RunPaths {
         id: spec.id.clone(),
         runtime: runtime.to_owned(),
@@ -281,6 +293,7 @@ pub(crate) fn execute(
         spec,
         runtime,
         safe_data: &prepared.safe_data,
+        provenance: &prepared.provenance,
         started: start_time,
         result: &result,
         outputs: &outputs,
@@ -307,17 +320,27 @@ pub fn clean_stale(settings: &Settings) {
     }
 }
 
-/// The backend called `name`.
-fn backend(name: &str, store_root: &Path) -> anyhow::Result<Box<dyn Runtime>> {
-    Ok(match name {
+/// The backend called `name` (clap allows only [`crate::cli::RUNTIMES`]).
+fn backend(name: &str, store_root: &Path) -> Box<dyn Runtime> {
+    match name {
         "podman" => Box::new(PodmanRuntime::default()),
-        _ => Box::new(NativeRuntime { state_root: native_state_root(store_root) }),
-    })
+        _ => Box::new(native_runtime(store_root)),
+    }
+}
+
+/// The native backend, its state kept in the store.
+pub(crate) fn native_runtime(store_root: &Path) -> NativeRuntime {
+    NativeRuntime { state_root: native_state_root(store_root) }
 }
 
 /// libcontainer's state root: `<store>/containers`.
 fn native_state_root(store_root: &Path) -> PathBuf {
     store_root.join("containers")
+}
+
+/// The context of a runtime's failure to run the container: which run, which image.
+pub(crate) fn not_run(spec: &RunSpec) -> String {
+    format!("the container of run {} ({}) could not be run", spec.id, spec.image.reference)
 }
 
 /// What the native backend left from runs of a ces that died.
@@ -381,7 +404,8 @@ fn process_request(options: &RunOptions, command: &[String]) -> anyhow::Result<P
 /// `--entrypoint`: one word, `""` for none, or a JSON list (as podman takes it).
 fn parse_entrypoint(value: &str) -> Result<Vec<String>, RunError> {
     if value.trim_start().starts_with('[') {
-        return serde_json::from_str(value).map_err(RunError::BadEntrypoint);
+        return serde_json::from_str(value)
+            .map_err(|source| RunError::BadEntrypoint { value: value.to_owned(), source });
     }
     Ok(if value.is_empty() { Vec::new() } else { vec![value.to_owned()] })
 }
@@ -422,10 +446,6 @@ fn parent_dir(what: &'static str, configured: Option<&PathBuf>, invoker: &host::
         Some(dir) => Ok(dir.clone()),
         None => Err(RunError::NoHome { what }.into()),
     }
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 fn mount_lines(spec: &RunSpec) -> Vec<String> {
@@ -586,7 +606,8 @@ mod tests {
         assert_eq!(parse_entrypoint("/bin/sh").unwrap(), ["/bin/sh"]);
         assert!(parse_entrypoint("").unwrap().is_empty());
         assert_eq!(parse_entrypoint(r#"["/bin/sh", "-c"]"#).unwrap(), ["/bin/sh", "-c"]);
-        assert!(parse_entrypoint("[1, 2]").is_err());
+        let error = parse_entrypoint("[1, 2]").unwrap_err().to_string();
+        assert!(error.starts_with("invalid --entrypoint \"[1, 2]\": "), "{error}");
     }
 
     #[test]

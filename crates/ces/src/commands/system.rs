@@ -29,7 +29,7 @@ pub fn setup(printer: &Printer, users: &[String]) -> anyhow::Result<()> {
 /// uid and primary gid of a user name or numeric id, as `id` reports them.
 fn resolve(user: &str) -> anyhow::Result<(u32, u32)> {
     let id = |flag: &str| -> anyhow::Result<u32> {
-        let out = std::process::Command::new("id").args([flag, "--", user]).output().context("cannot run id")?;
+        let out = crate::identity::id_command().args([flag, "--", user]).output().context("cannot run id")?;
         if !out.status.success() {
             bail!("no such user {user:?}");
         }

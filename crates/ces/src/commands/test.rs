@@ -14,16 +14,15 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use ces_image::Store;
-use ces_runtime::native::{LostWrite, NativeRuntime, NetworkReport, Observe};
+use ces_runtime::native::{LostWrite, NetworkReport, Observe};
 use ces_runtime::netwatch::{AttemptKind, RESOLVER_ADDR};
 use ces_runtime::{Access, Exit, MountKind, MountSpec, Runtime as _};
 use serde::Serialize;
 
 use crate::cli::TestArgs;
 use crate::commands::audit;
-use crate::commands::pull::human_bytes;
 use crate::commands::run::{self, Placement};
-use crate::printer::Printer;
+use crate::printer::{Printer, binary_bytes, human_bytes};
 use crate::run_options;
 use crate::settings::Settings;
 
@@ -142,9 +141,9 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
         kind: MountKind::Bind { source: place.resolv_conf.clone() },
         access: Access::Ro,
     });
-    let mut findings = image_findings(&prepared.store, &prepared.record, &prepared.config, &prepared.spec)?;
+    let mut findings = image_findings(&prepared.store, &prepared.manifest, &prepared.config, &prepared.spec)?;
 
-    let runtime = NativeRuntime { state_root: prepared.store.root().join("containers") };
+    let runtime = run::native_runtime(prepared.store.root());
     let scratch = prepared.spec.mounts.iter().find_map(|m| match (&m.kind, m.destination.as_str()) {
         (MountKind::Bind { source }, ces_runtime::plan::SCRATCH) => Some(source.clone()),
         _ => None,
@@ -166,7 +165,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     drop(_stdout);
     // Only the outputs stay.
     place.remove_own_files();
-    let exit = result.context("the container could not be run")?;
+    let exit = result.with_context(|| run::not_run(&prepared.spec))?;
     let observed = observed.context("the runtime reported no observations")?;
 
     let network = observed.network.unwrap_or_default();
@@ -273,7 +272,11 @@ impl TestPlace {
             .mode(0o711)
             .create(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", path.display()))
+        };
+        chmod(&dir, 0o711)?;
         let data = match data {
             Some(path) => {
                 let path = std::fs::canonicalize(path).map_err(|_| TestError::Data(path.to_owned()))?;
@@ -284,14 +287,18 @@ impl TestPlace {
             }
             None => {
                 let empty = dir.join("empty_safe_data");
-                std::fs::DirBuilder::new().mode(0o755).create(&empty)?;
-                std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755))?;
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(&empty)
+                    .with_context(|| format!("cannot create {}", empty.display()))?;
+                chmod(&empty, 0o755)?;
                 empty
             }
         };
         let resolv_conf = dir.join("resolv.conf");
-        std::fs::write(&resolv_conf, format!("nameserver {RESOLVER_ADDR}\noptions attempts:1 timeout:1\n"))?;
-        std::fs::set_permissions(&resolv_conf, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::write(&resolv_conf, format!("nameserver {RESOLVER_ADDR}\noptions attempts:1 timeout:1\n"))
+            .with_context(|| format!("cannot write {}", resolv_conf.display()))?;
+        chmod(&resolv_conf, 0o644)?;
         let empty_data = (data.parent() == Some(dir.as_path())).then(|| data.clone());
         Ok(TestPlace { dir, data, resolv_conf, empty_data })
     }
@@ -301,7 +308,7 @@ impl TestPlace {
 /// baked into layers, its size and platform.
 fn image_findings(
     store: &Store,
-    record: &ces_image::ImageRecord,
+    manifest: &oci_spec::image::ImageManifest,
     config: &oci_spec::image::ImageConfiguration,
     spec: &ces_runtime::RunSpec,
 ) -> anyhow::Result<Vec<Finding>> {
@@ -341,12 +348,14 @@ fn image_findings(
             hint: "build with `docker build --platform linux/amd64` (or buildx for several platforms)".to_owned(),
         });
     }
-    let manifest = store.manifest(&record.digest)?;
     let mut size = 0u64;
     for (index, layer) in manifest.layers().iter().enumerate() {
         size += layer.size();
         let digest = ces_image::manifest::descriptor_digest(layer)?;
-        for (path, bytes) in data_files_in_layer(&store.blob_path(&digest))? {
+        let blob = store.blob_path(&digest);
+        let data_files = data_files_in_layer(&blob)
+            .with_context(|| format!("cannot read the layer {digest} ({})", blob.display()))?;
+        for (path, bytes) in data_files {
             findings.push(Finding {
                 code: "data-in-layer",
                 severity: "warning",
@@ -383,7 +392,7 @@ fn image_findings(
 /// The data-like files in one layer blob (paths without the leading `/`):
 /// any size outside the places packages install to, large ones anywhere.
 fn data_files_in_layer(blob: &Path) -> anyhow::Result<Vec<(String, u64)>> {
-    let file = std::fs::File::open(blob).with_context(|| format!("cannot read the layer {}", blob.display()))?;
+    let file = std::fs::File::open(blob)?;
     let mut archive = tar::Archive::new(ces_image::unpack::decompress(std::io::BufReader::new(file))?);
     let mut found = Vec::new();
     for entry in archive.entries()? {
@@ -562,17 +571,6 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
         }
     }
     Ok(())
-}
-
-/// Memory in binary units, as limits are given (`-m 4` is 4 GiB).
-fn binary_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if bytes >= size {
-            return format!("{:.1} {unit}", bytes as f64 / size as f64);
-        }
-    }
-    format!("{bytes} B")
 }
 
 fn plural(n: usize) -> &'static str {

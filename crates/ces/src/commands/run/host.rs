@@ -2,7 +2,6 @@
 //! their groups in `id -Gn` order, and their home.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Context as _;
 use ces_runtime::Identity;
@@ -20,12 +19,6 @@ pub struct Invoker {
     pub via_sudo: bool,
 }
 
-/// Whether ces runs as root of the host (not root in a user namespace of a
-/// user's: see [`crate::identity`]).
-pub fn is_root() -> bool {
-    crate::identity::is_host_root()
-}
-
 /// The invoking user: as root of the host with `SUDO_UID` (and `SUDO_GID`)
 /// set, that user; otherwise the real uid and gid (in a user namespace, its
 /// own ids, which are what its kernel maps; `SUDO_*` is ignored there, as
@@ -35,7 +28,7 @@ pub fn is_root() -> bool {
 pub fn invoker() -> anyhow::Result<Invoker> {
     let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
     let sudo_id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
-    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| is_root()) {
+    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| crate::identity::is_host_root()) {
         let gid = sudo_id("SUDO_GID").context("SUDO_UID is set but SUDO_GID is not")?;
         let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| uid.to_string());
         return Ok(Invoker { identity: Identity { host_uid: uid, host_gid: gid }, name, home, via_sudo: true });
@@ -50,20 +43,8 @@ pub fn invoker() -> anyhow::Result<Invoker> {
     Ok(Invoker { identity: Identity { host_uid: uid, host_gid: gid }, name, home, via_sudo: false })
 }
 
-/// The user's groups, as `id -Gn` lists them (primary first): ces asks `id`
-/// itself, so that the order is exactly the one users see.
+/// The user's groups, as `id -Gn` lists them (primary first): under sudo,
+/// the database's groups of the user who ran it; otherwise this process's.
 pub fn groups(invoker: &Invoker) -> anyhow::Result<Vec<String>> {
-    let mut command = Command::new("id");
-    command.arg("-Gn");
-    if invoker.via_sudo {
-        command.arg("--").arg(&invoker.name);
-    }
-    let output = command.output().context("cannot list the user's groups (id -Gn)")?;
-    if !output.status.success() {
-        anyhow::bail!(
-            "cannot list the user's groups: id -Gn failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_owned).collect())
+    crate::identity::groups(invoker.via_sudo.then_some(invoker.name.as_str()))
 }

@@ -1,7 +1,7 @@
 //! The outputs manifest and ACRO metadata, written once the container has
 //! exited (see `ces_outputs` and docs/governance.md).
 
-use ces_runtime::{Exit, Identity};
+use ces_runtime::Identity;
 
 use crate::commands::audit::{self, RunEnd};
 use crate::printer::Printer;
@@ -18,11 +18,7 @@ pub fn seal_outputs(printer: &Printer, end: &RunEnd<'_>, owner: Option<Identity>
     let spec = end.spec;
     let (exit, error) = match end.result {
         Ok(exit) => {
-            let (signal, oom) = match *exit {
-                Exit::Code(_) => (None, false),
-                Exit::Signal(signal) => (Some(signal), false),
-                Exit::OutOfMemory => (Some(9), true),
-            };
+            let (signal, oom) = audit::signal_and_oom(*exit);
             (Some(ces_outputs::Exit { code: exit.code(), signal, oom }), None)
         }
         Err(error) => (None, Some(error.to_string())),
@@ -49,7 +45,7 @@ pub fn seal_outputs(printer: &Printer, end: &RunEnd<'_>, owner: Option<Identity>
             Some(sealed.manifest_digest)
         }
         Err(error) => {
-            let message = crate::diagnostics::message(&anyhow::Error::new(error));
+            let message = crate::diagnostics::one_line(&error);
             printer.status(format!("warning: no outputs manifest was written: {message}"));
             None
         }
