@@ -226,6 +226,7 @@ impl ImageSpec {
             "layers": layer_descriptors,
         });
         if !self.annotations.is_empty() {
+            assert_eq!(self.style, Style::Oci, "Docker schema 2 manifests have no annotations; use Style::Oci");
             manifest["annotations"] = json!(self.annotations);
         }
         blobs.insert(0, (config_digest.clone(), config));

@@ -447,3 +447,15 @@ fn dropped_registry_is_stopped() {
     assert!(!alive(pid), "stopped before drop returns");
     assert!(!storage.exists());
 }
+
+#[test]
+fn annotations_go_in_the_oci_manifest_and_docker_style_refuses_them() {
+    let image = busybox_image().annotation("org.opencontainers.image.base.name", "docker.io/library/debian:12").build();
+    let manifest: Value = serde_json::from_slice(&image.manifest).unwrap();
+    assert_eq!(
+        manifest["annotations"],
+        serde_json::json!({"org.opencontainers.image.base.name": "docker.io/library/debian:12"})
+    );
+    let docker = std::panic::catch_unwind(|| busybox_image().style(Style::Docker).annotation("a", "b").build());
+    assert!(docker.is_err(), "a Docker schema 2 manifest has no annotations");
+}

@@ -6,19 +6,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use ces_testkit::{AuthMode, Registry, busybox_image};
-use common::{Run, Sandbox};
+use common::{Sandbox, TreWorld, primary_group, require_root};
 
 fn audit_path(sb: &Sandbox) -> PathBuf {
     sb.store.join("audit.jsonl")
-}
-
-/// The records, parsed.
-fn records(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
@@ -42,7 +36,7 @@ fn pulls_are_recorded_whatever_their_outcome_and_without_the_token() {
     sb.run(cmd).ok();
 
     let path = audit_path(&sb);
-    let records = records(&path);
+    let records = sb.audit_records();
     assert_eq!(records.len(), 3, "{records:#?}");
     for (seq, record) in records.iter().enumerate() {
         assert_eq!(record["seq"], seq);
@@ -81,7 +75,7 @@ fn twenty_concurrent_processes_keep_one_chain() {
     for mut child in children {
         assert_eq!(child.wait().unwrap().code(), Some(125));
     }
-    let records = records(&audit_path(&sb));
+    let records = sb.audit_records();
     assert_eq!(records.len(), 20);
     let mut tags: Vec<String> = records.iter().map(|r| r["reference"].as_str().unwrap().to_owned()).collect();
     tags.sort();
@@ -154,9 +148,7 @@ fn an_audit_log_that_cannot_be_written_stops_the_pull() {
     let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
     let not_a_dir = sb.dir.path().join("file");
     std::fs::write(&not_a_dir, "").unwrap();
-    let mut config = std::fs::read_to_string(&sb.config).unwrap();
-    config.push_str(&format!("\n[audit]\npath = {:?}\n", not_a_dir.join("audit.jsonl").display().to_string()));
-    std::fs::write(&sb.config, config).unwrap();
+    sb.configure(&format!("[audit]\npath = {:?}", not_a_dir.join("audit.jsonl").display().to_string()));
     let out = sb.ces(&["pull", "ghcr.io/a/b:1"]);
     assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
     assert!(out.stderr.contains("hint: every pull, load and run is recorded in the audit log"), "{}", out.stderr);
@@ -196,7 +188,7 @@ fn show_filters_by_user_time_and_image() {
     assert_eq!(shown(&["--since", "1h"]).len(), 6);
     assert_eq!(shown(&["--since", "2999-01-01"]).len(), 0);
     // The JSON lines are the records as written.
-    assert_eq!(shown(&[]), records(&audit_path(&sb)));
+    assert_eq!(shown(&[]), sb.audit_records());
 
     let table = sb.ces(&["audit", "show", "--user", "bob"]);
     let lines: Vec<&str> = table.ok().lines().collect();
@@ -213,35 +205,15 @@ fn show_filters_by_user_time_and_image() {
 
 // ----- runs (the native runtime, as root) -----
 
-fn primary_group() -> String {
-    let out = Command::new("id").arg("-gn").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 #[test]
 fn a_run_is_recorded_with_names_of_env_variables_only() {
-    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
-    let reg = Registry::shared(AuthMode::Anonymous);
-    let digest = reg.push(&busybox_image().build(), "audit/run", "1");
-    let sb = Sandbox::new(&[reg]);
-    let home = sb.dir.path().join("home");
-    let data_root = sb.dir.path().join("data");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::create_dir_all(data_root.join(primary_group())).unwrap();
-    let mut config = std::fs::read_to_string(&sb.config).unwrap();
-    config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n", data_root.display().to_string()));
-    std::fs::write(&sb.config, config).unwrap();
-    let image = format!("{}/audit/run:1", reg.host());
-    sb.ces(&["pull", "--quiet", &image]).ok();
+    require_root("needs root");
+    let w = TreWorld::new("audit/run");
+    let (sb, image, digest) = (&w.sb, &w.image, &w.digest);
     let env_file = sb.dir.path().join("env.txt");
     std::fs::write(&env_file, "FILE_SECRET=file-value-7f3a\n").unwrap();
 
-    let ces = |args: &[&str]| -> Run {
-        let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), args);
-        cmd.env("HOME", &home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
-        sb.run(cmd)
-    };
-    let out = ces(&[
+    let out = w.ces(&[
         "run",
         "-c",
         "1",
@@ -251,19 +223,19 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
         env_file.to_str().unwrap(),
         "--name",
         "audited",
-        &image,
+        image,
         "sh",
         "-c",
         "echo hi > /safe_outputs/x; exit 3",
     ]);
     assert_eq!(out.code, 3, "{}", out.stderr);
 
-    let path = audit_path(&sb);
+    let path = audit_path(sb);
     let bytes = std::fs::read(&path).unwrap();
     for secret in ["hunter2-value-9c1e", "file-value-7f3a"] {
         assert!(!contains(&bytes, secret), "{secret} is in the audit log");
     }
-    let records = records(&path);
+    let records = sb.audit_records();
     assert_eq!(records.len(), 2, "the pull, then the run");
     let run = &records[1];
     assert_eq!(run["event"], "run");
@@ -274,7 +246,7 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
     assert_eq!(run["runtime"], "native");
     assert_eq!(run["name"], "audited");
     assert_eq!(run["project"], primary_group().as_str());
-    assert_eq!(run["safe_data"]["path"], data_root.join(primary_group()).to_str().unwrap());
+    assert_eq!(run["safe_data"]["path"], w.data_root.join(primary_group()).to_str().unwrap());
     assert_eq!(run["safe_data"]["mode"], "ro");
     assert_eq!(run["exit"], serde_json::json!({"code": 3, "signal": null, "oom": false}));
     assert_eq!(run["limits"]["cpus"], 1.0);
@@ -297,7 +269,7 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
     let started: jiff::Timestamp = run["started"].as_str().unwrap().parse().unwrap();
     let ended: jiff::Timestamp = run["ended"].as_str().unwrap().parse().unwrap();
     assert!(started <= ended);
-    let table = sb.ces(&["audit", "show", "--image", &image]);
+    let table = sb.ces(&["audit", "show", "--image", image]);
     assert!(table.ok().lines().any(|l| l.contains(" run ") && l.trim_end().ends_with("exit 3")), "{}", table.stdout);
     sb.ces(&["audit", "verify"]).ok();
 }
@@ -314,7 +286,7 @@ fn runs_refused_or_failed_before_the_start_are_recorded_without_the_command_line
 
     let path = audit_path(&sb);
     assert!(!contains(&std::fs::read(&path).unwrap(), "cmdline-value-51d2"), "an env value is in the audit log");
-    let records = records(&path);
+    let records = sb.audit_records();
     assert_eq!(records.len(), 3, "{records:#?}");
     assert!(records.iter().all(|r| r["event"] == "run_not_started"), "{records:#?}");
     assert_eq!((&records[0]["result"], &records[0]["image"]), (&"refused".into(), &serde_json::Value::Null));
@@ -323,4 +295,32 @@ fn runs_refused_or_failed_before_the_start_are_recorded_without_the_command_line
     assert!(records[1]["error"].as_str().unwrap().contains("--network"), "{}", records[1]);
     assert_eq!((&records[2]["result"], &records[2]["image"]), (&"error".into(), &"ghcr.io/none/such:1".into()));
     sb.ces(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn an_audit_log_that_cannot_be_written_stops_the_run_before_the_container() {
+    require_root("needs root");
+    let w = TreWorld::new("audit/unrecorded-run");
+    let not_a_dir = w.sb.dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    w.sb.configure(&format!("[audit]\npath = {:?}", not_a_dir.join("audit.jsonl").display().to_string()));
+    let out = w.ces(&["run", &w.image, "sh", "-c", "echo ran > /safe_outputs/ran"]);
+    assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
+    let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(home.is_empty(), "no outputs or scratch: the container never ran: {home:?}");
+}
+
+/// Like the pull (see `verify_names_the_first_tampered_record`): a log that
+/// ends with a damaged record takes no more records, so no container starts.
+#[test]
+fn a_damaged_audit_log_stops_the_run_before_the_container() {
+    require_root("needs root");
+    let w = TreWorld::new("audit/damaged-run");
+    let mut text = std::fs::read_to_string(audit_path(&w.sb)).unwrap();
+    text.truncate(text.len() - 5);
+    std::fs::write(audit_path(&w.sb), text).unwrap();
+    let out = w.ces(&["run", &w.image, "sh", "-c", "echo ran > /safe_outputs/ran"]);
+    assert!(out.fails().contains("ends with a damaged record (line 1)"), "{}", out.stderr);
+    let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(home.is_empty(), "no outputs or scratch: the container never ran: {home:?}");
 }

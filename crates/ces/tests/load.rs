@@ -36,6 +36,22 @@ fn skopeo_inspect(sb: &Sandbox, reference: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Flips a byte in the middle of blob `digest` of the OCI layout `layout`.
+fn damage_blob(layout: &Path, digest: &str) {
+    let blob = layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&blob, bytes).unwrap();
+}
+
+/// Packs `layout` into `archive` with GNU tar, as an operator would (`./`
+/// prefixes, directory entries).
+fn tar_layout(layout: &Path, archive: &str) {
+    let status = Command::new("tar").arg("-cf").arg(archive).arg("-C").arg(layout).arg(".").status().unwrap();
+    assert!(status.success());
+}
+
 fn assert_error_with_hint(out: &Run) -> &str {
     let err = out.fails();
     assert!(err.lines().any(|l| l.starts_with("hint: ")), "expected a hint:\n{err}");
@@ -206,15 +222,9 @@ fn a_corrupt_blob_names_its_digest_and_names_nothing() {
     let layout = sb.dir.path().join("layout");
     image.write_oci_layout(&layout, "ghcr.io/ns/corrupt:1");
     let layer = &image.layer_digests[0];
-    let blob = layout.join("blobs/sha256").join(&layer["sha256:".len()..]);
-    let mut bytes = std::fs::read(&blob).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x55;
-    std::fs::write(&blob, bytes).unwrap();
-    // Packed by GNU tar, as an operator would (`./` prefixes, directory entries).
+    damage_blob(&layout, layer);
     let archive = path(&sb, "corrupt.tar");
-    let status = Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&layout).arg(".").status().unwrap();
-    assert!(status.success());
+    tar_layout(&layout, &archive);
 
     let out = sb.ces(&["load", &archive]);
     let err = assert_error_with_hint(&out);
@@ -228,8 +238,7 @@ fn a_corrupt_blob_names_its_digest_and_names_nothing() {
     // The undamaged layout, packed the same way, loads.
     image.write_oci_layout(&layout, "ghcr.io/ns/corrupt:1");
     let good = path(&sb, "good.tar");
-    let status = Command::new("tar").arg("-cf").arg(&good).arg("-C").arg(&layout).arg(".").status().unwrap();
-    assert!(status.success());
+    tar_layout(&layout, &good);
     assert_eq!(sb.ces(&["load", &good]).ok().trim(), format!("ghcr.io/ns/corrupt@{}", image.digest));
 }
 
@@ -303,12 +312,6 @@ fn archives_written_by_skopeo_load() {
 
 // ----- the audit log -----
 
-/// The audit records, parsed.
-fn audit_records(sb: &Sandbox) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(sb.store.join("audit.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 #[test]
 fn loads_are_recorded_whatever_their_outcome() {
     let sb = sandbox();
@@ -327,14 +330,9 @@ fn loads_are_recorded_whatever_their_outcome() {
     let layout = sb.dir.path().join("layout");
     image.write_oci_layout(&layout, "ghcr.io/ns/corrupt:1");
     let layer = &image.layer_digests[0];
-    let blob = layout.join("blobs/sha256").join(&layer["sha256:".len()..]);
-    let mut blob_bytes = std::fs::read(&blob).unwrap();
-    let middle = blob_bytes.len() / 2;
-    blob_bytes[middle] ^= 0x55;
-    std::fs::write(&blob, blob_bytes).unwrap();
+    damage_blob(&layout, layer);
     let corrupt = path(&sb, "corrupt.tar");
-    let status = Command::new("tar").arg("-cf").arg(&corrupt).arg("-C").arg(&layout).arg(".").status().unwrap();
-    assert!(status.success());
+    tar_layout(&layout, &corrupt);
     let damaged = std::fs::read(&corrupt).unwrap();
     let err = sb.ces(&["load", &corrupt]).fails().to_owned();
     assert!(err.contains("does not match its digest"), "{err}");
@@ -342,7 +340,7 @@ fn loads_are_recorded_whatever_their_outcome() {
     sb.ces(&["load", &missing]).fails();
     assert_eq!(sb.images().len(), 2);
 
-    let records = audit_records(&sb);
+    let records = sb.audit_records();
     assert_eq!(records.len(), 4, "{records:#?}");
     for (seq, record) in records.iter().enumerate() {
         assert_eq!(record["seq"], seq);
@@ -402,9 +400,7 @@ fn an_audit_log_that_cannot_be_written_stops_the_load() {
     image.write_oci_archive(Path::new(&archive), "ghcr.io/ns/unrecorded:1");
     let not_a_dir = sb.dir.path().join("file");
     std::fs::write(&not_a_dir, "").unwrap();
-    let mut config = std::fs::read_to_string(&sb.config).unwrap();
-    config.push_str(&format!("\n[audit]\npath = {:?}\n", not_a_dir.join("audit.jsonl").display().to_string()));
-    std::fs::write(&sb.config, config).unwrap();
+    sb.configure(&format!("[audit]\npath = {:?}", not_a_dir.join("audit.jsonl").display().to_string()));
     let out = sb.ces(&["load", &archive]);
     assert!(out.fails().contains("cannot create the directory of the audit log"), "{}", out.stderr);
     assert!(out.stdout.is_empty());
@@ -428,7 +424,7 @@ fn an_image_whose_layer_escapes_is_never_named_and_the_failure_is_recorded() {
     assert!(err.contains("outside"), "{err}");
     assert!(!sentinel.exists(), "the layer wrote outside the root filesystem");
     assert_eq!(sb.images(), Vec::<serde_json::Value>::new(), "nothing is named");
-    let records = audit_records(&sb);
+    let records = sb.audit_records();
     let last = records.last().unwrap();
     assert_eq!((last["event"].as_str(), last["result"].as_str()), (Some("load"), Some("error")), "{last}");
     assert_eq!(last["images"], serde_json::json!([]), "{last}");

@@ -13,57 +13,14 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ces_testkit::{AuthMode, Registry, busybox_image};
-use common::{Run, Sandbox};
+use common::{Run, TreWorld, primary_group, require_root};
 use sha2::Digest as _;
 
 /// The venv scripts/setup creates, with a pinned `acro`.
 const ACRO_PYTHON: &str = "/opt/ces-test/acro-venv/bin/python";
 
-fn require_root() {
-    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
-}
-
-fn primary_group() -> String {
-    let out = Command::new("id").arg("-gn").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// A sandbox with the busybox image pulled, a HOME and project data.
-struct World {
-    sb: Sandbox,
-    image: String,
-    digest: String,
-    home: PathBuf,
-}
-
-impl World {
-    fn new(repo: &str) -> World {
-        let reg = Registry::shared(AuthMode::Anonymous);
-        let digest = reg.push(&busybox_image().build(), repo, "1");
-        let sb = Sandbox::new(&[reg]);
-        let home = sb.dir.path().join("home");
-        let data_root = sb.dir.path().join("data");
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::create_dir_all(data_root.join(primary_group())).unwrap();
-        let mut config = std::fs::read_to_string(&sb.config).unwrap();
-        config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n", data_root.display().to_string()));
-        std::fs::write(&sb.config, config).unwrap();
-        let image = format!("{}/{repo}:1", reg.host());
-        sb.ces(&["pull", "--quiet", &image]).ok();
-        World { sb, image, digest, home }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.sb.command(env!("CARGO_BIN_EXE_ces"), args);
-        cmd.env("HOME", &self.home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
-        cmd
-    }
-
-    fn ces(&self, args: &[&str]) -> Run {
-        self.sb.run(self.command(args))
-    }
-
+/// What these tests add to a [`TreWorld`] (busybox pulled, a HOME, project data).
+impl TreWorld {
     /// `ces run --json IMAGE sh -c SCRIPT` (with `extra` options first).
     fn run_script(&self, extra: &[&str], script: &str) -> Run {
         let mut args = vec!["run", "--json"];
@@ -72,14 +29,9 @@ impl World {
         self.ces(&args)
     }
 
-    fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.sb.store.join("audit.jsonl")).unwrap();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-
     /// The audit record of the run whose outputs are `outputs`.
     fn run_record(&self, outputs: &Path) -> serde_json::Value {
-        let records = self.audit_records();
+        let records = self.sb.audit_records();
         records.into_iter().find(|r| r["event"] == "run" && r["outputs"] == outputs.to_str().unwrap()).unwrap()
     }
 }
@@ -122,8 +74,8 @@ mkfifo pipe
 
 #[test]
 fn a_run_leaves_a_manifest_acro_metadata_and_the_digest_in_the_audit_log() {
-    require_root();
-    let w = World::new("outputs/ok");
+    require_root("needs root");
+    let w = TreWorld::new("outputs/ok");
     let out = w.run_script(&["--name", "sealed"], OUTPUTS_SCRIPT);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let outputs = outputs_of(&out);
@@ -255,8 +207,8 @@ print(json.dumps(report))
 
 #[test]
 fn failed_out_of_memory_and_signalled_runs_are_sealed_too() {
-    require_root();
-    let w = World::new("outputs/ends");
+    require_root("needs root");
+    let w = TreWorld::new("outputs/ends");
     let failed = w.run_script(&[], "echo partial > /safe_outputs/r; exit 3");
     assert_eq!(failed.code, 3, "{}", failed.stderr);
     // -m takes GB: 0.03 GB is about 32 MB; dd's 64 MB buffer cannot fit.
@@ -286,8 +238,8 @@ fn failed_out_of_memory_and_signalled_runs_are_sealed_too() {
 
 #[test]
 fn a_container_cannot_forge_ces_files_and_loses_nothing_by_trying() {
-    require_root();
-    let w = World::new("outputs/forge");
+    require_root("needs root");
+    let w = TreWorld::new("outputs/forge");
     let out = w.run_script(
         &[],
         r#"cd /safe_outputs
@@ -335,8 +287,8 @@ printf 'x\n1\n' > data.csv"#,
 
 #[test]
 fn verify_names_added_changed_and_removed_files_and_a_tampered_manifest() {
-    require_root();
-    let w = World::new("outputs/verify");
+    require_root("needs root");
+    let w = TreWorld::new("outputs/verify");
     let out =
         w.run_script(&[], "cd /safe_outputs; mkdir d; echo 1 > keep; echo 2 > edit; echo 3 > d/gone; echo 4 > chmod");
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -392,29 +344,27 @@ fn verify_names_added_changed_and_removed_files_and_a_tampered_manifest() {
 
 #[test]
 fn twenty_concurrent_runs_leave_twenty_records_with_manifests_in_one_chain() {
-    require_root();
-    let w = World::new("outputs/twenty");
+    require_root("needs root");
+    let w = TreWorld::new("outputs/twenty");
     let children: Vec<_> = (0..20)
         .map(|i| {
-            w.command(&["run", "--json", &w.image, "sh", "-c", &format!("echo {i} > /safe_outputs/n")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            w.command(
+                env!("CARGO_BIN_EXE_ces"),
+                &["run", "--json", &w.image, "sh", "-c", &format!("echo {i} > /safe_outputs/n")],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let mut outputs = Vec::new();
     for child in children {
-        let output = child.wait_with_output().unwrap();
-        let run = Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
+        let run = Run::from(child.wait_with_output().unwrap());
         run.ok();
         outputs.push(outputs_of(&run));
     }
-    let runs: Vec<serde_json::Value> = w.audit_records().into_iter().filter(|r| r["event"] == "run").collect();
+    let runs: Vec<serde_json::Value> = w.sb.audit_records().into_iter().filter(|r| r["event"] == "run").collect();
     assert_eq!(runs.len(), 20);
     for dir in &outputs {
         let record = runs.iter().find(|r| r["outputs"] == dir.to_str().unwrap()).unwrap();
@@ -429,19 +379,13 @@ fn twenty_concurrent_runs_leave_twenty_records_with_manifests_in_one_chain() {
 #[test]
 fn for_a_sudo_user_the_manifest_and_acro_files_are_theirs() {
     use std::os::unix::fs::MetadataExt as _;
-    require_root();
-    let w = World::new("outputs/sudo");
-    // HOME and the data must be reachable by that user, as in a real TRE.
-    for dir in [w.sb.dir.path().to_path_buf(), w.home.clone(), w.sb.dir.path().join("data")] {
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let data = w.sb.dir.path().join("data").join(primary_group());
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
-    config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
-    std::fs::write(&w.sb.config, config).unwrap();
-    let mut cmd =
-        w.command(&["run", "--json", &w.image, "sh", "-c", "mkdir /safe_outputs/d; echo 1 > /safe_outputs/d/x"]);
+    require_root("needs root");
+    let w = TreWorld::new("outputs/sudo");
+    w.for_another_user();
+    let mut cmd = w.command(
+        env!("CARGO_BIN_EXE_ces"),
+        &["run", "--json", &w.image, "sh", "-c", "mkdir /safe_outputs/d; echo 1 > /safe_outputs/d/x"],
+    );
     cmd.env("SUDO_UID", "4242").env("SUDO_GID", "4343").env("SUDO_USER", "nobody-here");
     let out = w.sb.run(cmd);
     out.ok();

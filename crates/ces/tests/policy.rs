@@ -7,12 +7,13 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use ces_testkit::layer::{Entry, Layer, busybox_entries};
 use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
-use common::{Run, Sandbox};
+use common::{Run, Sandbox, TEST_USER, TestUser, require_root, test_user};
 
 const SOURCE: &str = "org.opencontainers.image.source";
 const SOURCE_URL: &str = "https://github.com/ces-tre/policy-fixture";
@@ -30,27 +31,15 @@ fn image(marker: &str) -> ImageSpec {
         .cmd(&["sh"])
 }
 
-/// Appends TOML to the sandbox's config.
-fn configure(sb: &Sandbox, toml: &str) {
-    let mut config = std::fs::read_to_string(&sb.config).unwrap();
-    config.push_str(&format!("\n{toml}\n"));
-    std::fs::write(&sb.config, config).unwrap();
-}
-
-/// Replaces a `[policy]`/`[pull]` tail added by [`configure`] (the base config stays).
+/// Replaces a `[policy]`/`[pull]` tail added by [`Sandbox::configure`] (the base config stays).
 fn reconfigure(sb: &Sandbox, toml: &str) {
     let config = std::fs::read_to_string(&sb.config).unwrap();
     let base = config.split("\n[policy]").next().unwrap().split("\n[pull]").next().unwrap().to_owned();
     std::fs::write(&sb.config, format!("{base}\n{toml}\n")).unwrap();
 }
 
-fn audit_records(sb: &Sandbox) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(sb.store.join("audit.jsonl")).unwrap_or_default();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 fn last_record(sb: &Sandbox) -> serde_json::Value {
-    audit_records(sb).pop().expect("an audit record")
+    sb.audit_records().pop().expect("an audit record")
 }
 
 /// `$HOME` with a `safe_data` directory, for `ces run --dry-run`.
@@ -66,12 +55,8 @@ fn dry_run(sb: &Sandbox, bin: &str, image: &str) -> Run {
     if bin == env!("CARGO_BIN_EXE_ces") {
         cmd = sb.command(bin, &["run", "--dry-run", image, "true"]);
     }
-    cmd.env("HOME", home(sb)).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+    cmd.env("HOME", home(sb));
     sb.run(cmd)
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
 }
 
 #[test]
@@ -82,7 +67,7 @@ fn require_digest_refuses_tags_at_pull_and_run_and_allows_digests() {
     let sb = Sandbox::new(&[reg]);
     let tag = format!("{}/policy/digest:1.0", reg.host());
     let pinned = format!("{}/policy/digest@{digest}", reg.host());
-    configure(&sb, "[policy]\nrequire_digest = true");
+    sb.configure("[policy]\nrequire_digest = true");
 
     for out in [sb.ces(&["pull", &tag]), sb.run(sb.command(env!("CARGO_BIN_EXE_ces-pull"), &["", "", &tag]))] {
         let err = out.fails();
@@ -132,7 +117,7 @@ fn require_source_label_refuses_unlabelled_images_before_their_layers() {
     reg.push(&bare, "policy/bare", "1");
     reg.push(&labelled, "policy/labelled", "1");
     let sb = Sandbox::new(&[reg]);
-    configure(&sb, "[policy]\nrequire_source_label = true");
+    sb.configure("[policy]\nrequire_source_label = true");
 
     let out = sb.ces(&["pull", &bare_ref]);
     let err = out.fails();
@@ -253,18 +238,18 @@ fn loaded_images_get_their_provenance_from_config_and_manifest() {
 /// A real run: its record carries the image's provenance, the same object as the pull's.
 #[test]
 fn a_run_record_points_to_the_provenance_of_its_image() {
-    assert!(is_root(), "this test runs a container: run the suite as root (CI does)");
+    require_root("runs a container");
     let reg = registry();
     let built = busybox_image().label(SOURCE, SOURCE_URL).label("org.opencontainers.image.revision", "c0ffee").build();
     let digest = reg.push(&built, "policy/run-provenance", "1");
     let sb = Sandbox::new(&[reg]);
-    configure(&sb, "[policy]\nrequire_digest = true\nrequire_source_label = true");
+    sb.configure("[policy]\nrequire_digest = true\nrequire_source_label = true");
     let pinned = format!("{}/policy/run-provenance@{digest}", reg.host());
     sb.ces(&["pull", "--quiet", &pinned]).ok();
     let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["run", &pinned, "true"]);
-    cmd.env("HOME", home(&sb)).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+    cmd.env("HOME", home(&sb));
     sb.run(cmd).ok();
-    let records = audit_records(&sb);
+    let records = sb.audit_records();
     let (pull, run) = (&records[records.len() - 2], &records[records.len() - 1]);
     assert_eq!((&run["event"], &run["result"]), (&"run".into(), &"ok".into()), "{run}");
     assert_eq!(run["image"]["digest"], digest.as_str());
@@ -275,49 +260,27 @@ fn a_run_record_points_to_the_provenance_of_its_image() {
 
 // ----- pull enablement -----
 
-const TEST_USER: &str = "ces-test-rootless";
-
-/// The unprivileged test user (created if missing, as the rootless tests do): uid, gid, primary group.
-fn test_user() -> (u32, u32, String) {
-    // Idempotent, and safe if another test binary creates it at the same time.
-    let _ = Command::new("useradd")
-        .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
-        .stderr(Stdio::null())
-        .status();
-    let id =
-        |flag: &str| String::from_utf8(Command::new("id").args([flag, TEST_USER]).output().unwrap().stdout).unwrap();
-    (id("-u").trim().parse().unwrap(), id("-g").trim().parse().unwrap(), id("-gn").trim().to_owned())
-}
-
 /// A sandbox the test user can use: its config readable, its store theirs.
-fn sandbox_for(user: (u32, u32), reg: &Registry) -> Sandbox {
-    use std::os::unix::fs::PermissionsExt as _;
+fn sandbox_for(user: &TestUser, reg: &Registry) -> Sandbox {
     let sb = Sandbox::new(&[reg]);
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(&sb.store).unwrap();
-    chown(&sb.store, user);
+    user.chown(&sb.store);
     sb
 }
 
-fn chown(path: &Path, (uid, gid): (u32, u32)) {
-    rustix::fs::chown(path, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid))).unwrap();
-}
-
 /// `ces ARGS` as the test user (setpriv: its uid, gid and groups).
-fn as_user(sb: &Sandbox, (uid, gid): (u32, u32), args: &[&str]) -> Run {
-    let (uid, gid) = (uid.to_string(), gid.to_string());
-    let mut full = vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--", env!("CARGO_BIN_EXE_ces")];
-    full.extend_from_slice(args);
-    let mut cmd = sb.command("setpriv", &full);
-    cmd.env("USER", TEST_USER).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
-    sb.run(cmd)
+fn as_user(sb: &Sandbox, user: &TestUser, args: &[&str]) -> Run {
+    let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+    argv.extend_from_slice(args);
+    sb.run(user.setpriv(sb, &argv))
 }
 
 #[test]
 fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
-    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
-    let (uid, gid, group) = test_user();
-    let user = (uid, gid);
+    require_root("runs ces as another user");
+    let user = &test_user();
+    let (uid, gid, group) = (user.uid, user.gid, &user.group);
     let reg = registry();
     let built = image("pull-enablement").build();
     let digest = reg.push(&built, "policy/enabled", "1");
@@ -325,7 +288,7 @@ fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
     let sb = sandbox_for(user, reg);
 
     // Listed neither by name nor by group: refused, audited, nothing stored.
-    configure(&sb, "[pull]\nallowed_users = [\"someone-else\"]\nallowed_groups = [\"no-such-group-ces\"]");
+    sb.configure("[pull]\nallowed_users = [\"someone-else\"]\nallowed_groups = [\"no-such-group-ces\"]");
     let out = as_user(&sb, user, &["pull", &reference]);
     let err = out.fails();
     assert!(err.contains(&format!("error: user {TEST_USER} (uid {uid}) is not enabled to pull images")), "{err}");
@@ -351,7 +314,6 @@ fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
     reconfigure(&sb, "[pull]\nallowed_users = [\"someone-else\"]");
     let root_pull = |sudo: bool| {
         let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--quiet", "--no-unpack", &reference]);
-        cmd.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
         if sudo {
             cmd.env("SUDO_UID", uid.to_string()).env("SUDO_GID", gid.to_string()).env("SUDO_USER", TEST_USER);
         }
@@ -372,21 +334,31 @@ fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
 /// `ces ARGS` as the test user inside a user namespace of theirs where they
 /// are uid 0 (`unshare --user --map-root-user`), with `SUDO_*` saying root;
 /// `wrap` runs first, inside it (`sh -c SCRIPT`, ending `exec "$0" "$@"`).
-fn as_user_in_namespace(sb: &Sandbox, user: (u32, u32), wrap: &[&str], args: &[&str]) -> Run {
+fn as_user_in_namespace(sb: &Sandbox, user: &TestUser, wrap: &[&str], args: &[&str]) -> Run {
     sb.run(in_namespace(sb, user, wrap, args))
 }
 
 /// The command of [`as_user_in_namespace`].
-fn in_namespace(sb: &Sandbox, (uid, gid): (u32, u32), wrap: &[&str], args: &[&str]) -> Command {
-    let (uid, gid) = (uid.to_string(), gid.to_string());
-    let mut full =
-        vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--", "unshare", "--user", "--map-root-user"];
-    full.extend_from_slice(wrap);
-    full.push(env!("CARGO_BIN_EXE_ces"));
-    full.extend_from_slice(args);
-    let mut cmd = sb.command("setpriv", &full);
+fn in_namespace(sb: &Sandbox, user: &TestUser, wrap: &[&str], args: &[&str]) -> Command {
+    let mut argv = vec!["unshare", "--user", "--map-root-user"];
+    argv.extend_from_slice(wrap);
+    argv.push(env!("CARGO_BIN_EXE_ces"));
+    argv.extend_from_slice(args);
+    let mut cmd = user.setpriv(sb, &argv);
     cmd.env("USER", "root").env("SUDO_UID", "0").env("SUDO_GID", "0").env("SUDO_USER", "root");
     cmd
+}
+
+/// As root: the test user, an image of its own marker pushed as `repo:1`
+/// (its reference), and a sandbox the user can use.
+fn pushed_for_test_user(repo: &str, marker: &str) -> (TestUser, String, Sandbox) {
+    require_root("runs ces as another user");
+    let user = test_user();
+    let reg = registry();
+    reg.push(&image(marker).build(), repo, "1");
+    let reference = format!("{}/{repo}:1", reg.host());
+    let sb = sandbox_for(&user, reg);
+    (user, reference, sb)
 }
 
 /// In a mount namespace of its own: a tmpfs over /proc, holding a uid map
@@ -400,22 +372,14 @@ const FORGED_PROC: &[&str] = &[
 
 #[test]
 fn in_a_user_namespace_the_audit_records_the_user_outside_it_not_sudo_variables() {
-    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
-    let (uid, gid, _) = test_user();
-    let user = (uid, gid);
-    let reg = registry();
-    let built = image("user-namespace");
-    reg.push(&built.build(), "policy/userns", "1");
-    let reference = format!("{}/policy/userns:1", reg.host());
-    let sb = sandbox_for(user, reg);
-
-    as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    let (user, reference, sb) = pushed_for_test_user("policy/userns", "user-namespace");
+    as_user_in_namespace(&sb, &user, &[], &["pull", "--quiet", "--no-unpack", &reference]).ok();
     let record = last_record(&sb);
     assert_eq!(record["result"], "ok", "{record}");
-    assert_eq!(record["user"], serde_json::json!({"name": TEST_USER, "uid": uid}), "not root, as SUDO_* says");
+    assert_eq!(record["user"], serde_json::json!({"name": TEST_USER, "uid": user.uid}), "not root, as SUDO_* says");
 
     // /proc hidden under a forged map: who it is cannot be told, and it is not root.
-    as_user_in_namespace(&sb, user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    as_user_in_namespace(&sb, &user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]).ok();
     let record = last_record(&sb);
     assert_eq!(record["user"], serde_json::json!({"name": "unknown", "uid": 65534}), "{record}");
     sb.ces(&["audit", "verify"]).ok();
@@ -425,17 +389,10 @@ fn in_a_user_namespace_the_audit_records_the_user_outside_it_not_sudo_variables(
 /// (nor the user whose groups find the project) that user's.
 #[test]
 fn in_a_user_namespace_a_run_is_planned_for_the_user_not_sudo_variables() {
-    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
-    let (uid, gid, _) = test_user();
-    let user = (uid, gid);
-    let reg = registry();
-    let built = image("user-namespace-run");
-    reg.push(&built.build(), "policy/userns-run", "1");
-    let reference = format!("{}/policy/userns-run:1", reg.host());
-    let sb = sandbox_for(user, reg);
-    as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", &reference]).ok();
+    let (user, reference, sb) = pushed_for_test_user("policy/userns-run", "user-namespace-run");
+    as_user_in_namespace(&sb, &user, &[], &["pull", "--quiet", &reference]).ok();
 
-    let mut cmd = in_namespace(&sb, user, &[], &["run", "--dry-run", &reference, "true"]);
+    let mut cmd = in_namespace(&sb, &user, &[], &["run", "--dry-run", &reference, "true"]);
     cmd.env("HOME", home(&sb)).env("SUDO_UID", "4242").env("SUDO_GID", "4242").env("SUDO_USER", "someone-else");
     let plan = sb.run(cmd);
     let plan = plan.ok();
@@ -447,26 +404,19 @@ fn in_a_user_namespace_a_run_is_planned_for_the_user_not_sudo_variables() {
 
 #[test]
 fn in_a_user_namespace_pull_enablement_refuses_even_listed_users() {
-    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
-    let (uid, gid, _) = test_user();
-    let user = (uid, gid);
-    let reg = registry();
-    let built = image("user-namespace-enabled");
-    reg.push(&built.build(), "policy/userns-enabled", "1");
-    let reference = format!("{}/policy/userns-enabled:1", reg.host());
-    let sb = sandbox_for(user, reg);
-    configure(&sb, &format!("[pull]\nallowed_users = [{TEST_USER:?}, \"root\", \"0\"]"));
+    let (user, reference, sb) = pushed_for_test_user("policy/userns-enabled", "user-namespace-enabled");
+    sb.configure(&format!("[pull]\nallowed_users = [{TEST_USER:?}, \"root\", \"0\"]"));
 
     // Listed, outside a namespace: allowed.
-    as_user(&sb, user, &["pull", "--quiet", "--no-unpack", &reference]).ok();
+    as_user(&sb, &user, &["pull", "--quiet", "--no-unpack", &reference]).ok();
     // Inside one, the files that name users and groups may be the user's own: refused.
-    let out = as_user_in_namespace(&sb, user, &[], &["pull", "--quiet", "--no-unpack", &reference]);
+    let out = as_user_in_namespace(&sb, &user, &[], &["pull", "--quiet", "--no-unpack", &reference]);
     let err = out.fails();
-    assert!(err.contains(&format!("error: ces runs in a user namespace (as uid {uid} outside it)")), "{err}");
+    assert!(err.contains(&format!("error: ces runs in a user namespace (as uid {} outside it)", user.uid)), "{err}");
     assert!(err.contains("hint: run ces outside the user namespace"), "{err}");
     let record = last_record(&sb);
     assert_eq!((&record["result"], &record["user"]["name"]), (&"refused".into(), &TEST_USER.into()), "{record}");
-    let out = as_user_in_namespace(&sb, user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]);
+    let out = as_user_in_namespace(&sb, &user, FORGED_PROC, &["pull", "--quiet", "--no-unpack", &reference]);
     assert!(out.fails().contains("error: ces runs in a user namespace, where"), "{}", out.stderr);
 }
 
@@ -476,11 +426,12 @@ fn in_a_user_namespace_pull_enablement_refuses_even_listed_users() {
 /// namespace of theirs.
 #[test]
 fn in_a_user_namespace_a_user_config_is_still_refused() {
-    assert!(is_root(), "this test runs ces as another user: run the suite as root (CI does)");
+    require_root("runs ces as another user");
     let had_system_config = Path::new("/etc/ces").exists();
-    let (uid, gid, _) = test_user();
+    let user = test_user();
+    let (uid, gid) = (user.uid, user.gid);
     let reg = registry();
-    let sb = sandbox_for((uid, gid), reg);
+    let sb = sandbox_for(&user, reg);
     let overlay = sb.dir.path().join("etc-overlay");
     std::fs::create_dir_all(overlay.join("upper")).unwrap();
     std::fs::create_dir_all(overlay.join("work")).unwrap();
@@ -495,9 +446,7 @@ fn in_a_user_namespace_a_user_config_is_still_refused() {
             upper = overlay.join("upper").display(),
             work = overlay.join("work").display(),
         );
-        let mut cmd = sb.command("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]);
-        cmd.env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
-        sb.run(cmd)
+        sb.run(sb.command("unshare", &["--mount", "--propagation", "private", "sh", "-c", &script]))
     };
     run("exec").ok();
     let refused = "is this machine's policy: only root may use another config";

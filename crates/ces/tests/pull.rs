@@ -11,7 +11,7 @@ use std::process::Command;
 
 use ces_testkit::layer::{Compression, Entry, Layer, busybox_entries};
 use ces_testkit::{AuthMode, ImageSpec, Registry, Style, busybox_image, index};
-use common::Sandbox;
+use common::{Sandbox, require_root};
 
 const TOKEN_PUBLIC: &str = "public/";
 
@@ -474,7 +474,7 @@ fn bad_config_file_names_file_line_and_key() {
 
 #[test]
 fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
-    assert!(rustix::process::geteuid().is_root(), "this test mounts a small tmpfs: run the suite as root (CI does)");
+    require_root("mounts a small tmpfs");
     let reg = anon();
     let image =
         ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::None)])
@@ -503,10 +503,7 @@ fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
 #[test]
 fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test switches to an unprivileged uid: run the suite as root (CI does)"
-    );
+    require_root("switches to an unprivileged uid");
     const NOBODY: u32 = 65534;
     let reg = anon();
     let image = ImageSpec::new(vec![Layer::new({

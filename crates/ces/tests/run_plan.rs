@@ -7,79 +7,39 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ces_testkit::layer::Entry;
 use ces_testkit::{AuthMode, Registry, busybox_image};
-use common::{Run, Sandbox};
+use common::{Run, Sandbox, TEST_USER, TreWorld, primary_group, require_root, test_user};
 
 fn registry() -> &'static Registry {
     Registry::shared(AuthMode::Anonymous)
 }
 
-/// A sandbox with an image pulled, a HOME, and a data root holding a
-/// directory for the user's primary group.
-struct World {
-    sb: Sandbox,
-    image: String,
-    digest: String,
-    home: PathBuf,
-    data_root: PathBuf,
-    project_dir: PathBuf,
-}
-
-fn primary_group() -> String {
-    let out = Command::new("id").arg("-gn").output().unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
-
 /// Root and podman are part of the test environment (scripts/setup, CI as
 /// root): a test that needs them fails loudly rather than passing unrun.
 fn require_root_and_podman() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
+    require_root("needs root");
     let podman = Command::new("podman").arg("--version").stdout(Stdio::null()).status();
     assert!(podman.is_ok_and(|s| s.success()), "podman is missing: run scripts/setup");
 }
 
-impl World {
-    fn new(repo: &str, tre: &str) -> World {
-        let reg = registry();
-        let image = busybox_image()
-            .env(&["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=1"])
-            .build();
-        let digest = reg.push(&image, repo, "1");
-        let sb = Sandbox::new(&[reg]);
-        let home = sb.dir.path().join("home");
-        let data_root = sb.dir.path().join("data");
-        let project_dir = data_root.join(primary_group());
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::create_dir_all(&project_dir).unwrap();
-        std::fs::write(project_dir.join("input.csv"), "a,b\n1,2\n").unwrap();
-        let mut config = std::fs::read_to_string(&sb.config).unwrap();
-        config.push_str(&format!("\n[tre]\nsafe_data_root = {:?}\n{tre}\n", data_root.display().to_string()));
-        std::fs::write(&sb.config, config).unwrap();
-        let image = format!("{}/{repo}:1", reg.host());
-        sb.ces(&["pull", "--quiet", &image]).ok();
-        World { sb, image, digest, home, data_root, project_dir }
-    }
+/// A [`TreWorld`] whose image sets `FROM_IMAGE=1`, whose project data holds
+/// `input.csv`, and whose `[tre]` table has `tre` too.
+fn world(repo: &str, tre: &str) -> TreWorld {
+    let image =
+        busybox_image().env(&["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=1"]);
+    let w = TreWorld::with(repo, &image, tre);
+    std::fs::write(w.project_dir.join("input.csv"), "a,b\n1,2\n").unwrap();
+    w
+}
 
-    fn command(&self, bin: &str, args: &[&str]) -> Command {
-        let mut cmd = self.sb.command(bin, args);
-        cmd.env("HOME", &self.home).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
-        cmd
-    }
-
-    fn ces(&self, args: &[&str]) -> Run {
-        self.sb.run(self.command(env!("CARGO_BIN_EXE_ces"), args))
-    }
-
+/// What these tests add to a [`TreWorld`].
+impl TreWorld {
     /// What is in HOME (outputs_*, scratch_*...).
     fn home_entries(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.home)
@@ -120,7 +80,7 @@ impl World {
 
 #[test]
 fn dry_run_prints_the_whole_plan_and_creates_nothing() {
-    let w = World::new("run/dry", "");
+    let w = world("run/dry", "");
     let env_file = w.sb.dir.path().join("env.txt");
     std::fs::write(&env_file, "# secrets\nFILE_SECRET=file-value-123\n").unwrap();
     let out = w.ces(&[
@@ -182,12 +142,11 @@ fn dry_run_prints_the_whole_plan_and_creates_nothing() {
 
 #[test]
 fn compatible_forms_and_policy_from_the_config() {
-    let w = World::new("run/compat", "[tre.projects.proj-rw]\nsafe_data_mode = \"rw\"\n");
+    let w = world("run/compat", "[tre.projects.proj-rw]\nsafe_data_mode = \"rw\"\n");
     // `ces-run <runtime> ...`; the project's override makes /safe_data writable.
     std::fs::create_dir_all(w.data_root.join("proj-rw")).unwrap();
-    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
-    config = config.replace("[tre]\n", "[tre]\nproject = \"proj-rw\"\n");
-    std::fs::write(&w.sb.config, config).unwrap();
+    let config = std::fs::read_to_string(&w.sb.config).unwrap();
+    std::fs::write(&w.sb.config, config.replace("[tre]\n", "[tre]\nproject = \"proj-rw\"\n")).unwrap();
     let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-run"), &["podman", "--dry-run", &w.image, "ls"]));
     let plan = out.ok();
     assert!(plan.contains("runtime:    podman"), "{plan}");
@@ -209,7 +168,7 @@ fn compatible_forms_and_policy_from_the_config() {
 
 #[test]
 fn missing_image_fails_with_a_pull_hint() {
-    let w = World::new("run/missing", "");
+    let w = world("run/missing", "");
     let out = w.ces(&["run", "--runtime", "podman", &format!("{}/run/never-pulled:1", registry().host())]);
     let err = out.fails();
     assert!(err.contains("hint: pull it first (ces pull "), "{err}");
@@ -218,7 +177,7 @@ fn missing_image_fails_with_a_pull_hint() {
 
 #[test]
 fn widening_options_are_refused_on_the_command_line() {
-    let w = World::new("run/refused", "");
+    let w = world("run/refused", "");
     for (args, option) in [
         (vec!["--privileged"], "--privileged"),
         (vec!["--network", "host"], "--network"),
@@ -256,7 +215,7 @@ fn widening_options_are_refused_on_the_command_line() {
 
 #[test]
 fn widening_options_are_refused_in_an_opt_file_with_the_line() {
-    let w = World::new("run/optfile", "");
+    let w = world("run/optfile", "");
     let opts = w.sb.dir.path().join("opts.txt");
     std::fs::write(&opts, "# run options\n-e A=1 -w /tmp\n--cap-add SYS_ADMIN\n").unwrap();
     let out = w.ces(&["run", "--runtime", "podman", "--opt-file", opts.to_str().unwrap(), &w.image]);
@@ -286,7 +245,7 @@ fn widening_options_are_refused_in_an_opt_file_with_the_line() {
 
 #[test]
 fn safe_data_not_found_is_a_clear_error_and_nothing_is_created() {
-    let w = World::new("run/nodata", "");
+    let w = world("run/nodata", "");
     std::fs::remove_dir_all(&w.project_dir).unwrap();
     let out = w.ces(&["run", "--runtime", "podman", &w.image, "true"]);
     let err = out.fails();
@@ -299,7 +258,7 @@ fn safe_data_not_found_is_a_clear_error_and_nothing_is_created() {
 
 #[test]
 fn env_and_arg_file_errors_name_the_line() {
-    let w = World::new("run/files", "");
+    let w = world("run/files", "");
     let env_file = w.sb.dir.path().join("bad.env");
     std::fs::write(&env_file, "GOOD=1\n=hidden-value\n").unwrap();
     let out = w.ces(&["run", "--runtime", "podman", "--env-file", env_file.to_str().unwrap(), &w.image]);
@@ -322,7 +281,7 @@ fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
 #[test]
 fn podman_run_keeps_outputs_removes_scratch_and_passes_the_exit_code() {
     require_root_and_podman();
-    let w = World::new("run/podman", "");
+    let w = world("run/podman", "");
     let script = "echo hi > /safe_outputs/x; echo \"$TOKEN\" > /safe_outputs/token; echo \"$SPACED\" > /safe_outputs/spaced; echo $TMPDIR > /safe_outputs/tmpdir; \
                   cat /safe_data/input.csv > /safe_outputs/copy; touch /scratch/s; \
                   (echo no > /safe_data/w) 2>/dev/null || echo ro > /safe_outputs/ro; \
@@ -375,14 +334,8 @@ fn podman_run_keeps_outputs_removes_scratch_and_passes_the_exit_code() {
 #[test]
 fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
     require_root_and_podman();
-    let w = World::new("run/podman-sudo", "");
-    // The data and HOME must be reachable by that user, as in a real TRE.
-    for dir in [w.sb.dir.path(), w.home.as_path(), w.data_root.as_path(), w.project_dir.as_path()] {
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
-    let mut config = std::fs::read_to_string(&w.sb.config).unwrap();
-    config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
-    std::fs::write(&w.sb.config, config).unwrap();
+    let w = world("run/podman-sudo", "");
+    w.for_another_user();
     let mut cmd = w.command(
         env!("CARGO_BIN_EXE_ces"),
         &[
@@ -412,7 +365,7 @@ fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
 #[test]
 fn sigterm_to_ces_is_passed_on_and_scratch_is_still_removed() {
     require_root_and_podman();
-    let w = World::new("run/podman-term", "");
+    let w = world("run/podman-term", "");
     let mut child = w
         .command(
             env!("CARGO_BIN_EXE_ces"),
@@ -448,32 +401,35 @@ fn nix_kill(pid: u32, signal: i32) {
 }
 
 /// What a crashed ces left (a record whose lock is free) is removed by the
-/// next start; outputs are kept.
+/// next start of a run, and by `ces gc`; outputs are kept.
 #[test]
 fn leftovers_of_a_crashed_run_are_removed_by_the_next_start() {
-    let w = World::new("run/stale", "");
+    require_root("needs root");
+    let w = world("run/stale", "");
     let id = "20200101-000000-0badc0de";
-    let scratch = w.home.join(format!("scratch_{id}"));
-    let outputs = w.home.join(format!("outputs_{id}"));
-    std::fs::create_dir_all(scratch.join("deep")).unwrap();
-    std::fs::create_dir_all(&outputs).unwrap();
-    std::fs::write(outputs.join("result"), "kept").unwrap();
-    let record = w.sb.store.join("runs").join(id);
-    std::fs::create_dir_all(record.join("state")).unwrap();
-    std::fs::write(record.join("lock"), "").unwrap();
-    let json = serde_json::json!({"id": id, "pid": 1, "runtime": "podman", "outputs": outputs, "scratch": scratch});
-    std::fs::write(record.join("record.json"), json.to_string()).unwrap();
-    w.ces(&["gc"]).ok();
-    assert!(!scratch.exists(), "scratch removed");
-    assert!(!record.exists(), "record removed");
-    assert_eq!(std::fs::read_to_string(outputs.join("result")).unwrap(), "kept");
+    for next in [vec!["run", w.image.as_str(), "true"], vec!["gc"]] {
+        let scratch = w.home.join(format!("scratch_{id}"));
+        let outputs = w.home.join(format!("outputs_{id}"));
+        std::fs::create_dir_all(scratch.join("deep")).unwrap();
+        std::fs::create_dir_all(&outputs).unwrap();
+        std::fs::write(outputs.join("result"), "kept").unwrap();
+        let record = w.sb.store.join("runs").join(id);
+        std::fs::create_dir_all(record.join("state")).unwrap();
+        std::fs::write(record.join("lock"), "").unwrap();
+        let json = serde_json::json!({"id": id, "pid": 1, "runtime": "podman", "outputs": outputs, "scratch": scratch});
+        std::fs::write(record.join("record.json"), json.to_string()).unwrap();
+        w.ces(&next).ok();
+        assert!(!scratch.exists(), "scratch removed");
+        assert!(!record.exists(), "record removed");
+        assert_eq!(std::fs::read_to_string(outputs.join("result")).unwrap(), "kept");
+    }
 }
 
 /// The native backend, for real (root).
 #[test]
 fn native_run_smoke() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native", "");
+    require_root("needs root");
+    let w = world("run/native", "");
     let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "echo hi > /safe_outputs/x; test -d /scratch"]);
     out.ok();
     let outputs = json_lines(&out.stdout)[1]["outputs"].as_str().unwrap().to_owned();
@@ -495,7 +451,7 @@ fn image_user_is_resolved_from_the_image() {
         .cmd(&["sh"])
         .build();
     reg.push(&image, "run/user", "1");
-    let w = World::new("run/user-base", "");
+    let w = world("run/user-base", "");
     let reference = format!("{}/run/user:1", reg.host());
     w.sb.ces(&["pull", "--quiet", &reference]).ok();
     let out = w.ces(&["run", "--runtime", "podman", "--dry-run", &reference]);
@@ -514,8 +470,8 @@ fn outputs_of(out: &Run) -> PathBuf {
 
 #[test]
 fn native_exit_codes_pass_through_and_scratch_goes_whatever_the_end() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native-ends", "");
+    require_root("needs root");
+    let w = world("run/native-ends", "");
     let failed = w.ces(&["run", "--json", &w.image, "sh", "-c", "echo partial > /safe_outputs/r; exit 3"]);
     assert_eq!(failed.code, 3, "{}", failed.stderr);
     assert_eq!(std::fs::read_to_string(outputs_of(&failed).join("r")).unwrap(), "partial\n", "outputs kept on failure");
@@ -545,8 +501,8 @@ fn native_exit_codes_pass_through_and_scratch_goes_whatever_the_end() {
 
 #[test]
 fn native_sigterm_to_ces_reaches_the_container_and_cleans_up() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native-term", "");
+    require_root("needs root");
+    let w = world("run/native-term", "");
     let mut child = w
         .command(env!("CARGO_BIN_EXE_ces"), &["run", &w.image, "sh", "-c", "touch /safe_outputs/started; sleep 60"])
         .stdout(Stdio::null())
@@ -564,8 +520,8 @@ fn native_sigterm_to_ces_reaches_the_container_and_cleans_up() {
 
 #[test]
 fn native_writes_outside_safe_outputs_are_gone_and_the_cache_is_untouched() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native-cow", "");
+    require_root("needs root");
+    let w = world("run/native-cow", "");
     let rootfs = w.sb.rootfs(&w.digest);
     w.ces(&[
         "run",
@@ -584,8 +540,8 @@ fn native_writes_outside_safe_outputs_are_gone_and_the_cache_is_untouched() {
 
 #[test]
 fn native_only_loopback_and_the_hosts_loopback_is_unreachable() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native-net", "");
+    require_root("needs root");
+    let w = world("run/native-net", "");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
@@ -605,8 +561,8 @@ fn native_only_loopback_and_the_hosts_loopback_is_unreachable() {
 
 #[test]
 fn ten_concurrent_native_runs_of_one_image_have_separate_outputs() {
-    assert!(is_root(), "this test needs root: run the suite as root (CI does)");
-    let w = World::new("run/native-ten", "");
+    require_root("needs root");
+    let w = world("run/native-ten", "");
     let children: Vec<_> = (0..10)
         .map(|i| {
             w.command(
@@ -642,21 +598,8 @@ fn ten_concurrent_native_runs_of_one_image_have_separate_outputs() {
 /// pulls and runs with limits; what the container writes is theirs.
 #[test]
 fn rootless_run_after_system_setup() {
-    assert!(is_root(), "this test creates a user and delegates cgroups: run the suite as root (CI does)");
-    let user = "ces-test-rootless";
-    // Idempotent, and safe if another test binary creates it at the same time.
-    let _ = Command::new("useradd")
-        .args(["--system", "--create-home", "--shell", "/bin/sh", user])
-        .stderr(Stdio::null())
-        .status();
-    let id = |flag: &str| -> u32 {
-        String::from_utf8(Command::new("id").args([flag, user]).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let (uid, gid) = (id("-u"), id("-g"));
+    require_root("creates a user and delegates cgroups");
+    let user = test_user();
     let reg = registry();
     reg.push(&busybox_image().build(), "run/rootless", "1");
     let image = format!("{}/run/rootless:1", reg.host());
@@ -664,21 +607,16 @@ fn rootless_run_after_system_setup() {
     let home = sb.dir.path().join("home");
     std::fs::create_dir_all(home.join("safe_data")).unwrap();
     std::fs::create_dir_all(&sb.store).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     for dir in [&home, &home.join("safe_data"), &sb.store] {
-        rustix::fs::chown(dir, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid))).unwrap();
+        user.chown(dir);
     }
-    sb.ces(&["system", "setup", "--user", user]).ok();
+    sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
     let as_user = |args: &[&str]| {
-        let uid_s = uid.to_string();
-        let gid_s = gid.to_string();
-        let mut full = vec!["--reuid", &uid_s, "--regid", &gid_s, "--init-groups", "--", env!("CARGO_BIN_EXE_ces")];
-        full.extend_from_slice(args);
-        let mut cmd = sb.command("setpriv", &full);
-        cmd.env("HOME", &home).env("USER", user).env_remove("SUDO_UID").env_remove("SUDO_GID").env_remove("SUDO_USER");
+        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        argv.extend_from_slice(args);
+        let mut cmd = user.setpriv(&sb, &argv);
+        cmd.env("HOME", &home);
         sb.run(cmd)
     };
     as_user(&["pull", "--quiet", &image]).ok();
@@ -699,7 +637,7 @@ fn rootless_run_after_system_setup() {
     assert_eq!(std::fs::read_to_string(outputs.join("uid")).unwrap(), "0\n", "root in the container");
     assert_eq!(std::fs::read_to_string(outputs.join("links")).unwrap().trim(), "1", "only lo");
     let meta = std::fs::metadata(outputs.join("uid")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (uid, gid), "owned by the user on the host");
+    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "owned by the user on the host");
     assert!(
         !std::fs::read_dir(&home).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch_"))
     );

@@ -9,20 +9,15 @@
 mod common;
 
 use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt as _;
 
 use ces_testkit::layer::{Entry, Layer};
 use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
-use common::{Run, Sandbox};
+use common::{Run, Sandbox, TEST_USER, require_root, test_user};
 use serde_json::Value;
 
 fn registry() -> &'static Registry {
     Registry::shared(AuthMode::Anonymous)
-}
-
-/// Containers run by the native runtime as root: part of the test
-/// environment (CI runs as root); fail loudly rather than pass unrun.
-fn require_root() {
-    assert!(rustix::process::geteuid().is_root(), "this test needs root: run the suite as root (CI does)");
 }
 
 /// The busybox base plus the TRE directories, run as nobody: what a ready
@@ -48,8 +43,9 @@ struct World {
 }
 
 impl World {
+    /// Containers run by the native runtime as root.
     fn new(repo: &str, image: &ImageSpec) -> World {
-        require_root();
+        require_root("needs root");
         let reg = registry();
         reg.push(&image.build(), repo, "1");
         let sb = Sandbox::new(&[reg]);
@@ -64,7 +60,7 @@ impl World {
         args.push(&self.image);
         args.extend_from_slice(command);
         let mut cmd = self.sb.command(env!("CARGO_BIN_EXE_ces"), &args);
-        cmd.env("TMPDIR", self.sb.dir.path()).env("HOME", self.sb.dir.path()).env_remove("SUDO_UID");
+        cmd.env("TMPDIR", self.sb.dir.path()).env("HOME", self.sb.dir.path());
         self.sb.run(cmd)
     }
 
@@ -280,37 +276,21 @@ fn bad_requests_are_ces_errors() {
     let run = w.test(&["--privileged"], &["true"]);
     assert_eq!(run.code, 125, "widening options are refused as by ces run: {}", run.stderr);
 }
+
 /// `ces test` as an unprivileged user, after the operator's `ces system
 /// setup`, in a private mount namespace whose /dev/net/tun is a node of
 /// `mode` (the host's own device node is left as it is).
 fn rootless_test(mode: &str, script: &str) -> (World, Run) {
-    let user = "ces-test-rootless";
-    // Idempotent, and safe if another test binary creates it at the same time.
-    let _ = std::process::Command::new("useradd")
-        .args(["--system", "--create-home", "--shell", "/bin/sh", user])
-        .stderr(std::process::Stdio::null())
-        .status();
-    let id = |flag: &str| -> String {
-        String::from_utf8(std::process::Command::new("id").args([flag, user]).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    let (uid, gid) = (id("-u"), id("-g"));
     let w = World::new(&format!("test/rootless-{}", mode.trim_start_matches('0')), &clean_image());
+    let user = test_user();
     let home = w.sb.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let owner =
-        (Some(rustix::fs::Uid::from_raw(uid.parse().unwrap())), Some(rustix::fs::Gid::from_raw(gid.parse().unwrap())));
+    std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // The store, pulled as root, becomes the user's (as if they had pulled).
     for entry in walk(&w.sb.store).into_iter().chain([home.clone()]) {
-        rustix::fs::chownat(rustix::fs::CWD, &entry, owner.0, owner.1, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        user.chown(&entry);
     }
-    w.sb.ces(&["system", "setup", "--user", user]).ok();
+    w.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
     let wrapper = "set -e; d=$(mktemp -d -p \"$SANDBOX\"); mknod \"$d/tun\" c 10 200; chmod \"$TUN_MODE\" \"$d/tun\"; \
                    mount --bind \"$d/tun\" /dev/net/tun; exec setpriv --reuid \"$U\" --regid \"$G\" --init-groups -- \"$@\"";
     let mut args =
@@ -319,14 +299,11 @@ fn rootless_test(mode: &str, script: &str) -> (World, Run) {
     let mut cmd = w.sb.command("unshare", &args);
     cmd.env("SANDBOX", w.sb.dir.path())
         .env("TUN_MODE", mode)
-        .env("U", &uid)
-        .env("G", &gid)
+        .env("U", user.uid.to_string())
+        .env("G", user.gid.to_string())
         .env("HOME", &home)
         .env("TMPDIR", &home)
-        .env("USER", user)
-        .env_remove("SUDO_UID")
-        .env_remove("SUDO_GID")
-        .env_remove("SUDO_USER");
+        .env("USER", TEST_USER);
     let run = w.sb.run(cmd);
     (w, run)
 }
@@ -353,13 +330,7 @@ fn rootless_the_network_is_observed_where_dev_net_tun_is_open_to_all() {
     assert!(attempts(&report).iter().any(|a| a["name"] == "cran.r-project.org"), "{report:#}");
     let outputs = std::path::PathBuf::from(report["outputs_dir"].as_str().unwrap());
     use std::os::unix::fs::MetadataExt as _;
-    let uid: u32 =
-        String::from_utf8(std::process::Command::new("id").args(["-u", "ces-test-rootless"]).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-    assert_eq!(std::fs::metadata(outputs.join("ok.txt")).unwrap().uid(), uid, "the user's own file");
+    assert_eq!(std::fs::metadata(outputs.join("ok.txt")).unwrap().uid(), test_user().uid, "the user's own file");
 }
 
 #[test]

@@ -1,11 +1,14 @@
 //! What the `ces` integration tests share: a sandbox with its own config and
-//! store, running the real binaries.
+//! store, running the real binaries; a TRE world (an image pulled, a HOME and
+//! project data) for runs; root and the unprivileged test user.
 #![allow(dead_code, clippy::unwrap_used)]
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use ces_testkit::registry::Registry;
+use ces_testkit::{AuthMode, ImageSpec, busybox_image};
 
 /// A config file and a store in a temp dir.
 pub struct Sandbox {
@@ -23,7 +26,8 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(output: Output) -> Run {
+    /// What a finished child printed and how it ended.
+    pub fn from(output: Output) -> Run {
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -74,16 +78,35 @@ impl Sandbox {
         Sandbox { dir, config, store }
     }
 
-    /// `ces ARGS` (or another of the binaries), with a clean environment.
+    /// `ces ARGS` (or another of the binaries), with a clean environment: no
+    /// `SUDO_*` either (the suite may run under sudo; a test that means sudo
+    /// sets them).
     pub fn command(&self, bin: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env_remove("CES_REGISTRY_TOKEN")
             .env_remove("CES_REGISTRY_USER")
             .env_remove("RUST_LOG")
+            .env_remove("SUDO_UID")
+            .env_remove("SUDO_GID")
+            .env_remove("SUDO_USER")
             .env("CES_CONFIG", &self.config)
             .stdin(Stdio::null());
         cmd
+    }
+
+    /// Appends TOML to the config.
+    pub fn configure(&self, toml: &str) {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        config.push_str(&format!("\n{toml}\n"));
+        std::fs::write(&self.config, config).unwrap();
+    }
+
+    /// The audit log's records, parsed.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        let path = self.store.join("audit.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
     /// Runs `ces ARGS`.
@@ -157,4 +180,124 @@ pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         }
     }
     out
+}
+
+/// Tests that run containers, mount, or switch users need root: part of the
+/// test environment (scripts/setup, CI runs as root), so a test fails loudly
+/// rather than passing unrun. `why` finishes "this test ...".
+#[track_caller]
+pub fn require_root(why: &str) {
+    assert!(rustix::process::geteuid().is_root(), "this test {why}: run the suite as root (CI does)");
+}
+
+/// The name of this process's primary group: the project ces finds by group.
+pub fn primary_group() -> String {
+    let out = Command::new("id").arg("-gn").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The unprivileged account the rootless and policy tests run ces as.
+pub const TEST_USER: &str = "ces-test-rootless";
+
+/// [`TEST_USER`]'s ids and primary group.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub group: String,
+}
+
+/// [`TEST_USER`], created if missing (needs root).
+pub fn test_user() -> TestUser {
+    // Idempotent, and safe if another test binary creates it at the same time.
+    let _ = Command::new("useradd")
+        .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
+        .stderr(Stdio::null())
+        .status();
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+        assert!(out.status.success(), "id {flag} {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    TestUser { uid: id("-u").parse().unwrap(), gid: id("-g").parse().unwrap(), group: id("-gn") }
+}
+
+impl TestUser {
+    /// `setpriv` to the user's uid, gid and groups, then `argv`, in the
+    /// sandbox's clean environment with `USER` set.
+    pub fn setpriv(&self, sb: &Sandbox, argv: &[&str]) -> Command {
+        let (uid, gid) = (self.uid.to_string(), self.gid.to_string());
+        let mut full = vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--"];
+        full.extend_from_slice(argv);
+        let mut cmd = sb.command("setpriv", &full);
+        cmd.env("USER", TEST_USER);
+        cmd
+    }
+
+    /// Gives `path` (not what is under it) to the user.
+    pub fn chown(&self, path: &Path) {
+        let (uid, gid) = (rustix::fs::Uid::from_raw(self.uid), rustix::fs::Gid::from_raw(self.gid));
+        rustix::fs::chownat(rustix::fs::CWD, path, Some(uid), Some(gid), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
+/// A sandbox with an image pulled from the shared anonymous registry, a HOME,
+/// and a TRE data root holding a directory for the user's primary group.
+pub struct TreWorld {
+    pub sb: Sandbox,
+    /// The pulled image's reference.
+    pub image: String,
+    pub digest: String,
+    pub home: PathBuf,
+    pub data_root: PathBuf,
+    /// `data_root/<primary group>`: what ces mounts on /safe_data.
+    pub project_dir: PathBuf,
+}
+
+impl TreWorld {
+    /// The busybox image, pushed as `repo:1`.
+    pub fn new(repo: &str) -> TreWorld {
+        TreWorld::with(repo, &busybox_image(), "")
+    }
+
+    /// `image`, pushed as `repo:1`; `tre` is more TOML for the `[tre]` table.
+    pub fn with(repo: &str, image: &ImageSpec, tre: &str) -> TreWorld {
+        let reg = Registry::shared(AuthMode::Anonymous);
+        let digest = reg.push(&image.build(), repo, "1");
+        let sb = Sandbox::new(&[reg]);
+        let home = sb.dir.path().join("home");
+        let data_root = sb.dir.path().join("data");
+        let project_dir = data_root.join(primary_group());
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&project_dir).unwrap();
+        sb.configure(&format!("[tre]\nsafe_data_root = {:?}\n{tre}", data_root.display().to_string()));
+        let image = format!("{}/{repo}:1", reg.host());
+        sb.ces(&["pull", "--quiet", &image]).ok();
+        TreWorld { sb, image, digest, home, data_root, project_dir }
+    }
+
+    /// `bin ARGS` with the world's HOME.
+    pub fn command(&self, bin: &str, args: &[&str]) -> Command {
+        let mut cmd = self.sb.command(bin, args);
+        cmd.env("HOME", &self.home);
+        cmd
+    }
+
+    /// Runs `ces ARGS` with the world's HOME.
+    pub fn ces(&self, args: &[&str]) -> Run {
+        self.sb.run(self.command(env!("CARGO_BIN_EXE_ces"), args))
+    }
+
+    /// Readies the world for a run as root on behalf of another user (sudo):
+    /// HOME and the data reachable by them, as in a real TRE, and the project
+    /// named in the config (their groups cannot find it).
+    pub fn for_another_user(&self) {
+        for dir in [self.sb.dir.path(), &self.home, &self.data_root, &self.project_dir] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let config = std::fs::read_to_string(&self.sb.config).unwrap();
+        let config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
+        std::fs::write(&self.sb.config, config).unwrap();
+    }
 }
