@@ -30,8 +30,9 @@
 //!
 //! # Unprivileged unpacking
 //!
-//! Without root, entries belong to the unpacking user, setuid/setgid bits are
-//! dropped and device nodes are skipped ([`UnpackOptions::for_current_user`]).
+//! Setuid and setgid bits of files are always dropped (see
+//! `Applier::permissions`). Without root, entries belong to the unpacking
+//! user, directories lose their setgid bit too, and device nodes are skipped ([`UnpackOptions::for_current_user`]).
 //! Directories from lower layers may have no write permission for their
 //! owner (Fedora's `0555` `/usr/bin`); such a directory is made writable while
 //! the layer changes it and gets its mode back when the layer is done.
@@ -67,9 +68,10 @@ const COPY_BUFFER_LEN: usize = 128 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnpackOptions {
     /// Give every entry the numeric owner recorded in the layer, and keep the
-    /// setuid and setgid bits (needs root). When false, entries belong to the
-    /// unpacking user and setuid/setgid bits are dropped: a setuid file owned
-    /// by the unpacking user would let anyone run it as that user.
+    /// setgid bit of directories (needs root). When false, entries belong to
+    /// the unpacking user. Setuid and setgid bits of files are dropped either
+    /// way: on the host, a setuid file would let anyone who reaches it run it
+    /// as its owner (root, or the unpacking user).
     pub preserve_ownership: bool,
     /// Create character and block device nodes (needs `CAP_MKNOD`). When
     /// false they are skipped, logged, and listed in
@@ -273,6 +275,17 @@ type DirId = (u64, u64);
 struct Parent {
     fd: OwnedFd,
     id: DirId,
+}
+
+/// Whether [`Applier::set_metadata_at`] sets the mode, and of what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chmod {
+    /// A symbolic link: it has none.
+    No,
+    /// A file, fifo or device node.
+    File,
+    /// A directory.
+    Directory,
 }
 
 /// Ownership, permissions and modification time from a tar header.
@@ -542,7 +555,7 @@ impl<'o> Applier<'o> {
             rustix::fs::fchown(&file, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
                 .map_err(io_error(shown))?;
         }
-        rustix::fs::fchmod(&file, self.permissions(meta.mode)).map_err(io_error(shown))?;
+        rustix::fs::fchmod(&file, self.permissions(meta.mode, false)).map_err(io_error(shown))?;
         rustix::fs::futimens(&file, &meta.timestamps()).map_err(io_error(shown))?;
         self.stats.entries += 1;
         self.stats.bytes += copied;
@@ -563,7 +576,7 @@ impl<'o> Applier<'o> {
         // root (or by the container, inside its own root).
         self.unlocking(&dir.fd, || rustix::fs::symlinkat(target, &dir.fd, name)).map_err(io_error(shown))?;
         self.written.insert((dir.id, name.to_vec()));
-        self.set_metadata_at(&dir.fd, name, meta, false).map_err(io_error(shown))?;
+        self.set_metadata_at(&dir.fd, name, meta, Chmod::No).map_err(io_error(shown))?;
         self.stats.entries += 1;
         Ok(())
     }
@@ -617,7 +630,7 @@ impl<'o> Applier<'o> {
         self.unlocking(&dir.fd, || rustix::fs::mknodat(&dir.fd, name, file_type, Mode::RUSR | Mode::WUSR, device))
             .map_err(io_error(shown))?;
         self.written.insert((dir.id, name.to_vec()));
-        self.set_metadata_at(&dir.fd, name, meta, true).map_err(io_error(shown))?;
+        self.set_metadata_at(&dir.fd, name, meta, Chmod::File).map_err(io_error(shown))?;
         self.stats.entries += 1;
         Ok(())
     }
@@ -807,24 +820,30 @@ impl<'o> Applier<'o> {
 
     // ----- permissions and metadata -----
 
-    fn permissions(&self, mode: u32) -> Mode {
-        let mask = if self.options.preserve_ownership { 0o7777 } else { 0o1777 };
+    /// The mode to give an entry. Setuid and setgid bits of files are
+    /// always dropped: the cached root filesystem sits on the host, where a
+    /// setuid-root file would be root for whoever reaches it, while inside
+    /// a container (`no_new_privileges`) the bits grant nothing anyway. A
+    /// directory keeps its setgid bit as root (it only chooses the group
+    /// of new files).
+    fn permissions(&self, mode: u32, directory: bool) -> Mode {
+        let mask = if directory && self.options.preserve_ownership { 0o3777 } else { 0o1777 };
         Mode::from_raw_mode(mode & mask)
     }
 
-    /// Sets owner, mode (unless `chmod` is false: symbolic links have none)
-    /// and modification time of `name` in `dir`, never following a symbolic
-    /// link at `name`.
-    fn set_metadata_at(&self, dir: &OwnedFd, name: &[u8], meta: Meta, chmod: bool) -> rustix::io::Result<()> {
+    /// Sets owner, mode (unless `chmod` is [`Chmod::No`]: symbolic links have
+    /// none) and modification time of `name` in `dir`, never following a
+    /// symbolic link at `name`.
+    fn set_metadata_at(&self, dir: &OwnedFd, name: &[u8], meta: Meta, chmod: Chmod) -> rustix::io::Result<()> {
         if self.options.preserve_ownership {
             let (uid, gid) = (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid));
             rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
         }
-        if chmod {
+        if chmod != Chmod::No {
             // fchmodat cannot refuse to follow a symbolic link (before Linux
             // 6.6), but `name` is a node this applier just created or checked
             // and nothing else writes into the root while it runs.
-            rustix::fs::chmodat(dir, name, self.permissions(meta.mode), AtFlags::empty())?;
+            rustix::fs::chmodat(dir, name, self.permissions(meta.mode, chmod == Chmod::Directory), AtFlags::empty())?;
         }
         rustix::fs::utimensat(dir, name, &meta.timestamps(), AtFlags::SYMLINK_NOFOLLOW)
     }
@@ -886,7 +905,7 @@ impl<'o> Applier<'o> {
                 Ok(_) | Err(Errno::NOENT) => continue,
                 Err(e) => return Err(io_error(&dir.shown)(e)),
             }
-            self.set_metadata_at(&parent, &dir.name, dir.meta, true).map_err(io_error(&dir.shown))?;
+            self.set_metadata_at(&parent, &dir.name, dir.meta, Chmod::Directory).map_err(io_error(&dir.shown))?;
         }
         Ok(())
     }
