@@ -14,6 +14,14 @@
 //! - `socket` for every family but `AF_VSOCK`; `personality` only for the
 //!   harmless personas.
 //!
+//! Only the native system call ABI is allowed: on x86_64 the i386 entry
+//! points (`int 0x80`, `sysenter`, 32-bit `syscall`) and x32 (numbers with
+//! `__X32_SYSCALL_BIT`) kill the process with `SIGSYS`. Their tables are a
+//! second, differently shaped way into the kernel (`socketcall` multiplexes
+//! every socket call behind one number and a pointer, out of reach of the
+//! argument checks above), and no workload of an x86_64 image needs them.
+//! Likewise 32-bit Arm on aarch64.
+//!
 //! libseccomp resolves names per architecture; names it does not know for
 //! this one are skipped by libcontainer.
 
@@ -333,7 +341,6 @@ const ALLOWED: &[&str] = &[
     "signalfd4",
     "sigprocmask",
     "sigreturn",
-    "socketcall",
     "socketpair",
     "splice",
     "stat",
@@ -409,6 +416,13 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 /// `AF_VSOCK`: a channel to the hypervisor, not the container's loopback.
 const AF_VSOCK: u64 = 40;
 
+/// What a system call of another ABI than the native one gets: the whole
+/// process is killed (`SIGSYS`, exit 159), loudly, rather than a silent
+/// error a probing program could step around. libseccomp applies it to
+/// x32 numbers on x86_64 too, when x32 is not among the profile's
+/// architectures. Part of the cache key (the OCI profile cannot hold it).
+const BAD_ARCH: &str = "kill-process";
+
 /// `EPERM`, what a denied syscall returns.
 const EPERM: u32 = 1;
 /// `ENOSYS`, what `clone3` returns (libc then uses `clone`).
@@ -463,10 +477,7 @@ pub const CACHE_DIR: &str = ".ces-cache";
 /// only to weaken the sandbox of code they chose to run themselves.
 pub(crate) fn compiled(cache_dir: &Path) -> Result<Vec<libc::sock_filter>, NativeError> {
     let profile = default_profile()?;
-    let version = libseccomp::ScmpVersion::current().map_err(NativeError::Seccomp)?;
-    let key = serde_json::to_vec(&(&profile, (version.major, version.minor, version.micro)))
-        .map_err(|e| NativeError::Io(io::Error::other(e)))?;
-    let path = cache_dir.join(format!("seccomp-{}.bpf", ces_image::Digest::of(&key).short()));
+    let path = cache_dir.join(cache_name(&profile)?);
     if let Some(program) = std::fs::read(&path).ok().and_then(|bytes| parse_bpf(&bytes)) {
         return Ok(program);
     }
@@ -485,6 +496,15 @@ pub(crate) fn compiled(cache_dir: &Path) -> Result<Vec<libc::sock_filter>, Nativ
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// The cache file's name: a digest of everything the program is compiled
+/// from (the profile, what the OCI profile cannot say, libseccomp's version).
+fn cache_name(profile: &LinuxSeccomp) -> Result<String, NativeError> {
+    let version = libseccomp::ScmpVersion::current().map_err(NativeError::Seccomp)?;
+    let key = serde_json::to_vec(&(profile, BAD_ARCH, (version.major, version.minor, version.micro)))
+        .map_err(|e| NativeError::Io(io::Error::other(e)))?;
+    Ok(format!("seccomp-{}.bpf", ces_image::Digest::of(&key).short()))
 }
 
 /// `struct sock_filter` records (8 bytes each, native byte order).
@@ -519,6 +539,7 @@ fn filter_context(profile: &LinuxSeccomp) -> Result<libseccomp::ScmpFilterContex
     };
     let default = action(profile.default_action(), profile.default_errno_ret())?;
     let mut ctx = ScmpFilterContext::new(default).map_err(NativeError::Seccomp)?;
+    ctx.set_act_badarch(ScmpAction::KillProcess).map_err(NativeError::Seccomp)?;
     for arch in profile.architectures().iter().flatten() {
         let arch = match arch {
             Arch::ScmpArchX86_64 => ScmpArch::X8664,
@@ -566,11 +587,12 @@ pub(crate) fn allowed_count() -> usize {
     ALLOWED.len() + ALLOWED_ARCH.len() + 3
 }
 
+/// The native ABI alone: any other (i386, x32, 32-bit Arm) gets [`BAD_ARCH`].
 fn architectures() -> Vec<Arch> {
     if cfg!(target_arch = "x86_64") {
-        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+        vec![Arch::ScmpArchX86_64]
     } else if cfg!(target_arch = "aarch64") {
-        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+        vec![Arch::ScmpArchAarch64]
     } else {
         vec![Arch::ScmpArchNative]
     }
@@ -640,6 +662,98 @@ mod tests {
             assert!(!ALLOWED.contains(&denied), "{denied} must not be allowed");
             assert!(!ALLOWED_ARCH.contains(&denied), "{denied} must not be allowed");
         }
+    }
+
+    /// Runs a classic BPF seccomp program on one `seccomp_data` (the
+    /// instructions libseccomp emits), as the kernel would; returns the
+    /// action (`SECCOMP_RET_*` with its data).
+    fn evaluate(program: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = Vec::with_capacity(64);
+        data.extend_from_slice(&nr.to_ne_bytes());
+        data.extend_from_slice(&arch.to_ne_bytes());
+        data.extend_from_slice(&0u64.to_ne_bytes());
+        for arg in args {
+            data.extend_from_slice(&arg.to_ne_bytes());
+        }
+        let (mut a, mut x, mut mem, mut pc) = (0u32, 0u32, [0u32; 16], 0usize);
+        loop {
+            let f = program[pc];
+            pc += 1;
+            let k = f.k;
+            let jump = |cond: bool| if cond { usize::from(f.jt) } else { usize::from(f.jf) };
+            match f.code {
+                0x20 => {
+                    let at = k as usize;
+                    a = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                0x00 => a = k,
+                0x01 => x = k,
+                0x60 => a = mem[k as usize],
+                0x61 => x = mem[k as usize],
+                0x02 => mem[k as usize] = a,
+                0x03 => mem[k as usize] = x,
+                0x07 => x = a,
+                0x87 => a = x,
+                0x54 => a &= k,
+                0x05 => pc += k as usize,
+                0x15 => pc += jump(a == k),
+                0x25 => pc += jump(a > k),
+                0x35 => pc += jump(a >= k),
+                0x45 => pc += jump(a & k != 0),
+                0x1d => pc += jump(a == x),
+                0x2d => pc += jump(a > x),
+                0x3d => pc += jump(a >= x),
+                0x4d => pc += jump(a & x != 0),
+                0x06 => return k,
+                other => panic!("BPF instruction {other:#x} not interpreted"),
+            }
+        }
+    }
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_EPERM: u32 = 0x0005_0000 | EPERM;
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn only_the_native_abi_gets_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = compiled(dir.path()).unwrap();
+        let vsock = [AF_VSOCK, 1, 0, 0, 0, 0];
+        let inet = [2, 1, 0, 0, 0, 0];
+        // x86_64: socket(2) for IP, not for vsock; getpid(39).
+        assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, 41, inet), RET_ALLOW);
+        assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, 41, vsock), RET_EPERM);
+        assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, 39, [0; 6]), RET_ALLOW);
+        // i386: socket (359), socketcall (102), getpid (20): all killed.
+        for nr in [359, 102, 20] {
+            for args in [vsock, inet] {
+                assert_eq!(evaluate(&program, AUDIT_ARCH_I386, nr, args), RET_KILL_PROCESS, "i386 {nr}");
+            }
+        }
+        // x32: the x86_64 audit arch with the x32 bit: socket, getpid killed.
+        for nr in [41, 39] {
+            let action = evaluate(&program, AUDIT_ARCH_X86_64, nr | X32_SYSCALL_BIT, inet);
+            assert_eq!(action, RET_KILL_PROCESS, "x32 {nr}");
+        }
+    }
+
+    #[test]
+    fn the_cache_key_follows_the_profile() {
+        let profile = default_profile().unwrap();
+        let name = cache_name(&profile).unwrap();
+        assert_eq!(cache_name(&default_profile().unwrap()).unwrap(), name, "stable");
+        // Another architecture list (the old profile's i386 and x32) or
+        // another rule is another program, under another name.
+        let mut wider = profile.clone();
+        wider.set_architectures(Some(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]));
+        assert_ne!(cache_name(&wider).unwrap(), name);
+        let mut fewer = profile.clone();
+        fewer.set_syscalls(profile.syscalls().as_ref().map(|s| s[1..].to_vec()));
+        assert_ne!(cache_name(&fewer).unwrap(), name);
     }
 
     #[test]
