@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod digest;
+pub mod fs;
 pub mod manifest;
 pub mod provenance;
 pub mod reference;
