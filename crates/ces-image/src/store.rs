@@ -19,6 +19,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -229,6 +230,7 @@ impl Store {
         for dir in [store.blobs_dir(), store.root.join("rootfs"), store.tmp_dir(), store.root.join("locks")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
+        store.restrict_access()?;
         let layout = store.layout_dir().join("oci-layout");
         let index = store.index_path();
         if !layout.exists() || !index.exists() {
@@ -246,6 +248,29 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Makes the store reachable by its owner only: the layout, the cached
+    /// root filesystems, downloads and locks `0700`. The root itself is
+    /// `0711` when root owns it (a container that root runs for another user
+    /// runs as that user, and must reach its run's directory under `runs/`
+    /// by path; nothing in the root can be listed), else `0700`. Stores made
+    /// by earlier versions (`0755`) are closed on the next open. A directory
+    /// someone else owns is left as it is (ces cannot change it, and does
+    /// not fail for it).
+    fn restrict_access(&self) -> Result<()> {
+        let euid = rustix::process::geteuid().as_raw();
+        let root_mode = if euid == 0 { 0o711 } else { 0o700 };
+        let private = [self.layout_dir(), self.root.join("rootfs"), self.tmp_dir(), self.root.join("locks")];
+        for (dir, mode) in
+            std::iter::once((self.root.clone(), root_mode)).chain(private.into_iter().map(|d| (d, 0o700)))
+        {
+            let meta = fs::symlink_metadata(&dir).map_err(io_err(&dir))?;
+            if meta.uid() == euid && meta.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(io_err(&dir))?;
+            }
+        }
+        Ok(())
     }
 
     /// The store's root directory.

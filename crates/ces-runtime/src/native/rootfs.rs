@@ -2,7 +2,8 @@
 //! cached, unpacked image (never written) and whose upper layer is a fresh
 //! directory in the run's state directory (gone at exit).
 //!
-//! As root, ces mounts the overlay itself, before the build, at
+//! As root, ces mounts the overlay itself (`nosuid,nodev`, in a mount
+//! namespace of its own that the host never sees), before the build, at
 //! `<state_dir>/rootfs`, and unmounts it after the container is deleted:
 //! overlayfs then copies files up with root's credentials, so image files
 //! owned by any user can be modified. Rootless, only a mount namespace owned
@@ -169,12 +170,16 @@ pub(crate) struct OverlayMount {
 }
 
 impl OverlayMount {
-    /// Mounts `overlay` on `target` (in ces's own mount namespace: root only).
+    /// Mounts `overlay` on `target` (root only), `nosuid,nodev`, in a mount
+    /// namespace of this thread's own ([`private_mount_namespace`]): the
+    /// host's other processes never see it.
     pub(crate) fn mount(overlay: &Overlay, target: &Path) -> io::Result<OverlayMount> {
+        private_mount_namespace()?;
         let data = overlay.options(false).join(",");
-        nix::mount::mount(Some("overlay"), target, Some("overlay"), MsFlags::MS_NODEV, Some(data.as_str())).map_err(
-            |e| io::Error::new(io::Error::from(e).kind(), format!("mount overlay on {}: {e}", target.display())),
-        )?;
+        let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str())).map_err(|e| {
+            io::Error::new(io::Error::from(e).kind(), format!("mount overlay on {}: {e}", target.display()))
+        })?;
         Ok(OverlayMount { target: target.to_owned(), mounted: true })
     }
 
@@ -195,6 +200,22 @@ impl Drop for OverlayMount {
     }
 }
 
+/// Moves the calling thread into a mount namespace of its own, whose mounts
+/// do not propagate back to the host's (`/` made a recursive slave: the
+/// host's later mounts still show here). As root, ces mounts the
+/// container's overlay there: mounted in the host's namespace it would be
+/// listed in the world-readable `/proc/mounts`, and any local user who can
+/// search the path could read what the container wrote, or run a file it
+/// made setuid. The namespace, and the overlay with it, ends with the last
+/// process in it, so a ces killed with SIGKILL leaves no mount on the host.
+/// The container's own namespaces are made from this one.
+pub(crate) fn private_mount_namespace() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("unshare the mount namespace: {e}")))?;
+    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("make / a slave mount: {e}")))
+}
+
 /// Unmounts `target` (lazily: a process that still holds it open does not
 /// keep the mount attached to the host's tree).
 pub(crate) fn unmount(target: &Path) -> io::Result<()> {
@@ -208,7 +229,9 @@ pub(crate) fn unmount(target: &Path) -> io::Result<()> {
 /// Whether something is mounted exactly on `path` (in ces's mount namespace).
 pub(crate) fn is_mount_point(path: &Path) -> io::Result<bool> {
     let Ok(canonical) = fs::canonicalize(path) else { return Ok(false) };
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    // This thread's namespace: ces mounts in one of its own (see
+    // [`private_mount_namespace`]), maybe not the main thread's.
+    let mountinfo = fs::read_to_string("/proc/thread-self/mountinfo")?;
     Ok(mountinfo.lines().any(|line| {
         line.split(' ')
             .nth(4)
