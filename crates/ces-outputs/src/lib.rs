@@ -13,12 +13,20 @@
 //! ```
 //!
 //! Those names are reserved: whatever the container left there is moved
-//! aside (`<name>.from-container`), listed like any other output, and
-//! recorded in the manifest. The manifest's own sha256 goes into the audit
-//! log, so [`verify`] can tell a changed directory, and a changed manifest,
-//! from the one the run left.
+//! aside (`<name>.from-container-<random>`, a name it could not take
+//! beforehand), listed like any other output, and recorded in the manifest.
+//! A directory the container made read-only gets its owner's permissions
+//! back first. Setuid/setgid bits and file capabilities are removed (and
+//! recorded), so nothing the container made runs with more privileges on
+//! the host than its reader. Hashing is bounded ([`Budget`]) and stops on
+//! SIGINT/SIGTERM/SIGHUP ([`SignalWatch`]): files left unhashed are listed
+//! with `"sha256": null` and the reason.
+//!
+//! The manifest's own sha256 goes into the audit log, so [`verify`] can tell
+//! a changed directory, and a changed manifest, from the one the run left.
 
 pub mod acro;
+mod interrupt;
 pub mod manifest;
 mod seal;
 pub mod table;
@@ -26,9 +34,11 @@ mod verify;
 mod walk;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-pub use manifest::{Entry, Exit, Image, Kind, Manifest, MovedAside, RunIdentity, User};
-pub use seal::{Owner, Sealed, seal};
+pub use interrupt::{Interrupt, NoInterrupt, SignalWatch};
+pub use manifest::{Entry, Exit, Image, Kind, Manifest, MovedAside, RunIdentity, SealReport, User};
+pub use seal::{Owner, SealOptions, Sealed, seal};
 pub use verify::{Change, Verification, read_manifest, verify};
 pub use walk::MAX_DEPTH;
 
@@ -40,8 +50,33 @@ pub const RESULTS_NAME: &str = "results.json";
 pub const CHECKSUMS_NAME: &str = "checksums";
 /// The top-level names ces writes (and moves aside if the container used them).
 pub const RESERVED: [&str; 3] = [MANIFEST_NAME, RESULTS_NAME, CHECKSUMS_NAME];
-/// What a reserved name the container used is renamed with.
+/// What a reserved name the container used is renamed with (followed by
+/// `-<random>`).
 pub const FROM_CONTAINER: &str = ".from-container";
+
+/// How much a seal hashes at most. Files beyond it are listed with their
+/// size and the reason, without a sha256: a container can make a file of
+/// any size (a 16 TiB sparse file takes a second to make and hours to hash).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Bytes read, all files together.
+    pub bytes: u64,
+    /// Time spent hashing, from the start of the seal.
+    pub time: Duration,
+}
+
+impl Budget {
+    /// 64 GiB.
+    pub const DEFAULT_BYTES: u64 = 64 << 30;
+    /// Five minutes.
+    pub const DEFAULT_TIME: Duration = Duration::from_secs(300);
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget { bytes: Budget::DEFAULT_BYTES, time: Budget::DEFAULT_TIME }
+    }
+}
 
 /// A failure to seal or verify an outputs directory.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +108,15 @@ pub enum OutputsError {
         dir: PathBuf,
         /// The reserved name.
         name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The outputs directory's owner permissions could not be restored.
+    #[error("cannot give the outputs directory {} its owner's permissions back", dir.display())]
+    Restore {
+        /// The outputs directory.
+        dir: PathBuf,
         /// Why.
         #[source]
         source: std::io::Error,

@@ -24,6 +24,10 @@ pub struct Manifest {
     /// Files or directories the container left at names ces reserves, and
     /// where ces moved them (they are listed in `entries` there).
     pub moved_aside: Vec<MovedAside>,
+    /// What the seal did besides listing: its hashing budget, what it left
+    /// unhashed, what it repaired (absent from manifests of older ces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<SealReport>,
     /// Everything in the directory, sorted by path (ces's own files excluded).
     pub entries: Vec<Entry>,
 }
@@ -85,12 +89,34 @@ pub struct Exit {
     pub oom: bool,
 }
 
+/// What the seal did besides listing the entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealReport {
+    /// At most this many bytes were read to hash files.
+    pub hash_budget_bytes: u64,
+    /// Hashing stopped after this many seconds.
+    pub hash_budget_seconds: u64,
+    /// How many regular files have no sha256 (`not_hashed` or `unreadable`).
+    pub files_not_hashed: usize,
+    /// How many regular files had setuid/setgid bits or file capabilities
+    /// removed (see each entry's `removed`).
+    pub files_privileges_removed: usize,
+    /// The signal that stopped the hashing, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted_by_signal: Option<i32>,
+    /// The outputs directory's own mode, in octal, when the container had
+    /// taken the owner's permissions away and ces restored them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory_mode_restored: Option<String>,
+}
+
 /// A reserved name the container used, moved out of the way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MovedAside {
     /// The reserved name (`results.json`, `checksums`, `ces-manifest.json`).
     pub name: String,
-    /// Where it is now (`<name>.from-container`, or `.from-container.N`).
+    /// Where it is now: `<name>.from-container-<random>` (a name the
+    /// container could not have taken beforehand).
     pub moved_to: String,
 }
 
@@ -138,7 +164,12 @@ pub enum Kind {
     File {
         /// Its size in bytes.
         size: u64,
-        /// The sha256 (hex) of its bytes; none when it could not be read.
+        /// The bytes the filesystem holds for it, only when fewer than
+        /// `size` (a sparse file: its size says little about its content).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allocated: Option<u64>,
+        /// The sha256 (hex) of its bytes; none when it could not be read or
+        /// was not hashed.
         sha256: Option<String>,
         /// For `.csv` and `.tsv`: rows and columns.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +177,16 @@ pub enum Kind {
         /// Why it could not be read, if so.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unreadable: Option<String>,
+        /// Why it was not hashed (the seal's budget, a signal), if so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_hashed: Option<String>,
+        /// What the seal removed from it: `setuid`, `setgid`,
+        /// `security.capability` (`mode` is the mode after).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<String>,
+        /// Why a setuid/setgid bit or capability could not be removed, if so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_removed: Option<String>,
     },
     /// A directory.
     Directory {

@@ -7,9 +7,11 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
-use crate::manifest::{FORMAT, Kind, Manifest, MovedAside, RunIdentity};
-use crate::walk::{open_dir, walk};
-use crate::{CHECKSUMS_NAME, FROM_CONTAINER, MANIFEST_NAME, OutputsError, RESERVED, RESULTS_NAME, acro};
+use crate::manifest::{FORMAT, Kind, Manifest, MovedAside, RunIdentity, SealReport};
+use crate::walk::{Hashing, Visit, open_dir, walk};
+use crate::{
+    Budget, CHECKSUMS_NAME, FROM_CONTAINER, Interrupt, MANIFEST_NAME, OutputsError, RESERVED, RESULTS_NAME, acro,
+};
 
 /// Who ces's files should belong to (as root for a sudo user: that user,
 /// like the outputs directory).
@@ -21,6 +23,23 @@ pub struct Owner {
     pub gid: u32,
 }
 
+/// How to seal.
+#[derive(Clone, Copy)]
+pub struct SealOptions<'a> {
+    /// Who ces's files should belong to, if not the caller.
+    pub owner: Option<Owner>,
+    /// How much to hash at most.
+    pub budget: Budget,
+    /// Asked between chunks: stop hashing when it says so.
+    pub interrupt: &'a dyn Interrupt,
+}
+
+impl std::fmt::Debug for SealOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealOptions").field("owner", &self.owner).field("budget", &self.budget).finish_non_exhaustive()
+    }
+}
+
 /// What [`seal`] did.
 #[derive(Debug, Clone)]
 pub struct Sealed {
@@ -28,18 +47,31 @@ pub struct Sealed {
     pub manifest: Manifest,
     /// `sha256:<hex>` of `ces-manifest.json`'s bytes.
     pub manifest_digest: String,
+    /// The counts for the run's end line (also in the manifest).
+    pub report: SealReport,
     /// Things the user should know (a reserved name moved aside, a file
     /// without a checksum, entries ACRO metadata does not list).
     pub warnings: Vec<String>,
 }
 
-/// Seals the outputs directory `dir` of the run `run`: moves aside what the
-/// container left at reserved names, walks the directory, then writes
-/// `checksums/`, `results.json` and, last, `ces-manifest.json` (each
-/// atomically, owned by `owner` when given).
-pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed, OutputsError> {
+/// Seals the outputs directory `dir` of the run `run`: gives the directory
+/// its owner's permissions back, moves aside what the container left at
+/// reserved names, walks the directory (removing setuid/setgid bits and
+/// file capabilities, hashing within the budget), then writes `checksums/`,
+/// `results.json` and, last, `ces-manifest.json` (each atomically, owned by
+/// `options.owner` when given). Everything is done relative to the
+/// directory's descriptor, never through a link.
+pub fn seal(dir: &Path, run: RunIdentity, options: &SealOptions<'_>) -> Result<Sealed, OutputsError> {
+    let owner = options.owner;
     let root = open_dir(dir)?;
+    let directory_mode_restored =
+        restore_owner_permissions(&root).map_err(|source| OutputsError::Restore { dir: dir.to_owned(), source })?;
     let mut warnings = Vec::new();
+    if let Some(mode) = &directory_mode_restored {
+        warnings.push(format!(
+            "the container had made the outputs directory mode {mode}; ces gave its owner read, write and search back"
+        ));
+    }
     let mut moved_aside = Vec::new();
     for name in RESERVED {
         let moved = move_aside(&root, name).map_err(|source| OutputsError::MoveAside {
@@ -54,7 +86,9 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
             moved_aside.push(MovedAside { name: name.to_owned(), moved_to });
         }
     }
-    let entries = walk(&root, dir, &RESERVED)?;
+    let mut visit = Visit { strip: true, hashing: Hashing::new(options.budget, options.interrupt) };
+    let entries = walk(&root, dir, &RESERVED, &mut visit)?;
+    let report = report(&entries, options, visit.hashing.interrupted_by(), directory_mode_restored);
 
     let listed = acro::listed(&entries);
     let not_listed: Vec<&str> = entries
@@ -69,13 +103,47 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
             abbreviate(&not_listed)
         ));
     }
+    let mut not_hashed = Vec::new();
+    let mut stripped = Vec::new();
     for entry in &entries {
-        if let Kind::File { unreadable: Some(why), .. } = &entry.kind {
-            warnings.push(format!("cannot read {} to hash it: {why}", entry.path));
+        match &entry.kind {
+            Kind::File { unreadable: Some(why), .. } => {
+                warnings.push(format!("cannot read {} to hash it: {why}", entry.path));
+            }
+            Kind::Directory { not_listed: Some(why) } => {
+                warnings.push(format!("the contents of {} are not in the manifest: {why}", entry.path));
+            }
+            _ => {}
         }
-        if let Kind::Directory { not_listed: Some(why) } = &entry.kind {
-            warnings.push(format!("the contents of {} are not in the manifest: {why}", entry.path));
+        if let Kind::File { not_hashed: Some(_), .. } = &entry.kind {
+            not_hashed.push(entry.path.as_str());
         }
+        if let Kind::File { removed, .. } = &entry.kind
+            && !removed.is_empty()
+        {
+            stripped.push(entry.path.as_str());
+        }
+        if let Kind::File { not_removed: Some(why), .. } = &entry.kind {
+            warnings.push(format!("cannot remove setuid/setgid/capabilities from {}: {why}", entry.path));
+        }
+    }
+    if !not_hashed.is_empty() {
+        let why = match report.interrupted_by_signal {
+            Some(signal) => format!("ces was interrupted by signal {signal}"),
+            None => "over the seal's budget".to_owned(),
+        };
+        warnings.push(format!(
+            "{} files were not hashed ({why}; see {MANIFEST_NAME}): {}",
+            not_hashed.len(),
+            abbreviate(&not_hashed)
+        ));
+    }
+    if !stripped.is_empty() {
+        warnings.push(format!(
+            "{} files had setuid/setgid/capabilities removed (see {MANIFEST_NAME}): {}",
+            stripped.len(),
+            abbreviate(&stripped)
+        ));
     }
 
     let write_error =
@@ -92,12 +160,51 @@ pub fn seal(dir: &Path, run: RunIdentity, owner: Option<Owner>) -> Result<Sealed
         .map_err(|source| OutputsError::Encode { name: RESULTS_NAME.to_owned(), source })?;
     write_file(&root, RESULTS_NAME, &results, owner).map_err(write_error(RESULTS_NAME))?;
 
-    let manifest = Manifest { format: FORMAT.to_owned(), run, sealed: jiff::Timestamp::now(), moved_aside, entries };
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        run,
+        sealed: jiff::Timestamp::now(),
+        moved_aside,
+        seal: Some(report.clone()),
+        entries,
+    };
     let mut bytes = serde_json::to_vec_pretty(&manifest)
         .map_err(|source| OutputsError::Encode { name: MANIFEST_NAME.to_owned(), source })?;
     bytes.push(b'\n');
     write_file(&root, MANIFEST_NAME, &bytes, owner).map_err(write_error(MANIFEST_NAME))?;
-    Ok(Sealed { manifest, manifest_digest: crate::sha256_digest(&bytes), warnings })
+    Ok(Sealed { manifest, manifest_digest: crate::sha256_digest(&bytes), report, warnings })
+}
+
+fn report(
+    entries: &[crate::Entry],
+    options: &SealOptions<'_>,
+    interrupted_by_signal: Option<i32>,
+    directory_mode_restored: Option<String>,
+) -> SealReport {
+    let files = || entries.iter().filter_map(|e| if let Kind::File { .. } = &e.kind { Some(&e.kind) } else { None });
+    SealReport {
+        hash_budget_bytes: options.budget.bytes,
+        hash_budget_seconds: options.budget.time.as_secs(),
+        files_not_hashed: files().filter(|k| matches!(k, Kind::File { sha256: None, .. })).count(),
+        files_privileges_removed: files()
+            .filter(|k| matches!(k, Kind::File { removed, .. } if !removed.is_empty()))
+            .count(),
+        interrupted_by_signal,
+        directory_mode_restored,
+    }
+}
+
+/// Gives the outputs directory its owner's read, write and search
+/// permissions back if the container took them (`chmod 0555
+/// /safe_outputs`): ces must be able to write its files, also when it is
+/// not root. Returns the mode it had, if it changed it.
+fn restore_owner_permissions(root: &OwnedFd) -> std::io::Result<Option<String>> {
+    let mode = rustix::fs::fstat(root)?.st_mode & 0o7777;
+    if mode & 0o700 == 0o700 {
+        return Ok(None);
+    }
+    rustix::fs::fchmod(root, Mode::from_raw_mode(mode | 0o700))?;
+    Ok(Some(format!("{mode:04o}")))
 }
 
 fn abbreviate(names: &[&str]) -> String {
@@ -109,23 +216,34 @@ fn abbreviate(names: &[&str]) -> String {
     text
 }
 
-/// Renames `name` (anything: file, directory, link) to the first free
-/// `<name>.from-container[.N]`, never replacing anything.
+/// Renames `name` (anything: file, directory, link) to
+/// `<name>.from-container-<random>`, never replacing anything. The rename
+/// stays in the same directory, so a directory the container made
+/// unwritable moves too; the name is unguessable, so no number of names the
+/// container took beforehand can stop it.
 fn move_aside(root: &OwnedFd, name: &str) -> std::io::Result<Option<String>> {
     match rustix::fs::statat(root, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(_) => {}
         Err(rustix::io::Errno::NOENT) => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    for n in 0..1000 {
-        let to = if n == 0 { format!("{name}{FROM_CONTAINER}") } else { format!("{name}{FROM_CONTAINER}.{n}") };
+    let mut tries = 0;
+    loop {
+        let to = format!("{name}{FROM_CONTAINER}-{}", random_hex());
         match rustix::fs::renameat_with(root, name, root, to.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => return Ok(Some(to)),
-            Err(rustix::io::Errno::EXIST) => continue,
+            Err(rustix::io::Errno::EXIST) if tries < 16 => tries += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(std::io::Error::other("no free name to move it to"))
+}
+
+/// 64 bits from the OS's random source (through `RandomState`'s seed), in hex.
+fn random_hex() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
 }
 
 /// Creates a directory (it must not exist) and opens it.
@@ -182,13 +300,9 @@ fn write_file(dir: &OwnedFd, name: &str, bytes: &[u8], owner: Option<Owner>) -> 
 /// guessed: a file it left at a predictable name would otherwise stop the
 /// seal (the name is taken with `O_EXCL`, never opened if it exists).
 fn create_temp(dir: &OwnedFd, name: &str) -> std::io::Result<(String, OwnedFd)> {
-    use std::hash::{BuildHasher as _, Hasher as _};
     let mut tries = 0;
     loop {
-        // Seeded from the OS's random source (see `RandomState`).
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u32(std::process::id());
-        let temp = format!(".{name}.ces-{:016x}.tmp", hasher.finish());
+        let temp = format!(".{name}.ces-{}.tmp", random_hex());
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match rustix::fs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o644)) {
             Ok(fd) => return Ok((temp, fd)),

@@ -7,7 +7,7 @@ use std::path::Path;
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::manifest::{Entry, Kind, Manifest};
-use crate::walk::{open_dir, walk};
+use crate::walk::{Hashing, Visit, open_dir, walk};
 use crate::{MANIFEST_NAME, OutputsError, RESERVED};
 
 /// Manifests larger than this are refused (a million entries take ~300 MB).
@@ -35,10 +35,14 @@ pub struct Verification {
     pub removed: Vec<String>,
     /// Paths whose type, content, mode or link target changed.
     pub changed: Vec<Change>,
+    /// Files the manifest has no sha256 for (the seal's budget, a signal, a
+    /// read error), so their content cannot be checked: with the reason.
+    pub unverified: Vec<(String, String)>,
 }
 
 impl Verification {
-    /// Whether the directory is as the run left it.
+    /// Whether nothing was added, changed or removed (see also
+    /// [`Verification::unverified`]).
     pub fn matches(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
@@ -80,20 +84,36 @@ fn read_manifest_at(root: &std::os::fd::OwnedFd, dir: &Path) -> Result<(Manifest
 pub fn verify(dir: &Path) -> Result<Verification, OutputsError> {
     let root = open_dir(dir)?;
     let (manifest, manifest_digest) = read_manifest_at(&root, dir)?;
-    let now = walk(&root, dir, &RESERVED)?;
     let then: BTreeMap<Vec<u8>, &Entry> = manifest.entries.iter().map(|e| (e.path_bytes(), e)).collect();
+    // Only what the seal hashed, at the size it saw, is hashed again: a file
+    // the seal left unhashed (a 16 TiB sparse one) is not hashed here either.
+    let wanted = |path: &[u8], size: u64| matches!(then.get(path).map(|e| &e.kind), Some(Kind::File { size: s, sha256: Some(_), .. }) if *s == size);
+    let mut visit = Visit { strip: false, hashing: Hashing::only(&wanted) };
+    let now = walk(&root, dir, &RESERVED, &mut visit)?;
     let now: BTreeMap<Vec<u8>, &Entry> = now.iter().map(|e| (e.path_bytes(), e)).collect();
     let added = now.iter().filter(|(k, _)| !then.contains_key(*k)).map(|(_, e)| e.path.clone()).collect();
     let removed = then.iter().filter(|(k, _)| !now.contains_key(*k)).map(|(_, e)| e.path.clone()).collect();
-    let changed = then
+    let changed: BTreeMap<&Vec<u8>, Change> = then
         .iter()
         .filter_map(|(k, old)| {
             let new = now.get(k)?;
             let what = differences(old, new);
-            (!what.is_empty()).then(|| Change { path: old.path.clone(), what })
+            (!what.is_empty()).then(|| (k, Change { path: old.path.clone(), what }))
         })
         .collect();
-    Ok(Verification { manifest, manifest_digest, added, removed, changed })
+    let unverified = then
+        .iter()
+        .filter(|(k, _)| now.contains_key(*k) && !changed.contains_key(k))
+        .filter_map(|(_, e)| match &e.kind {
+            Kind::File { sha256: None, not_hashed, unreadable, .. } => {
+                let why = not_hashed.clone().or_else(|| unreadable.clone()).unwrap_or_else(|| "no sha256".to_owned());
+                Some((e.path.clone(), why))
+            }
+            _ => None,
+        })
+        .collect();
+    let changed = changed.into_values().collect();
+    Ok(Verification { manifest, manifest_digest, added, removed, changed, unverified })
 }
 
 fn differences(old: &Entry, new: &Entry) -> Vec<&'static str> {

@@ -169,6 +169,10 @@ pub struct OutputsVerifyArgs {
     /// Check the manifest against this audit log (a copy) instead of the configured one.
     #[arg(long, value_name = "PATH")]
     pub audit_file: Option<PathBuf>,
+    /// Check the directory against its manifest only, without the audit log
+    /// (which then cannot vouch for the manifest).
+    #[arg(long, conflicts_with = "audit_file")]
+    pub no_audit: bool,
 }
 
 /// `ces audit verify`.

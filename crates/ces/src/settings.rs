@@ -31,6 +31,20 @@ pub struct ConfigFile {
     /// `[audit]`.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// `[outputs]`.
+    #[serde(default)]
+    pub outputs: OutputsConfig,
+}
+
+/// `[outputs]`: how much the seal of a run's outputs hashes at most (see
+/// docs/governance.md); files beyond it are listed without a sha256.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    /// Bytes hashed, all files together [default: 64 GiB].
+    pub hash_budget_bytes: Option<u64>,
+    /// Seconds spent hashing [default: 300].
+    pub hash_budget_seconds: Option<u64>,
 }
 
 /// `[audit]`: the audit log (see docs/governance.md).
@@ -209,6 +223,8 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// Who may pull.
     pub pull: PullConfig,
+    /// The seal's hashing budget.
+    pub outputs: OutputsConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -260,6 +276,7 @@ impl Settings {
             audit_syslog: config.audit.syslog,
             policy: config.policy,
             pull: config.pull,
+            outputs: config.outputs,
         })
     }
 

@@ -236,53 +236,76 @@ fn failed_out_of_memory_and_signalled_runs_are_sealed_too() {
     w.sb.ces(&["audit", "verify"]).ok();
 }
 
-#[test]
-fn a_container_cannot_forge_ces_files_and_loses_nothing_by_trying() {
-    require_root("needs root");
-    let w = TreWorld::new("outputs/forge");
-    let out = w.run_script(
-        &[],
-        r#"cd /safe_outputs
+/// What a container leaves to pass its own files off as ces's: a forged
+/// manifest, ACRO metadata and checksums at the reserved names, and every
+/// numbered name ces once moved them to (`.from-container`, `.1` ... `.999`).
+const FORGE_SCRIPT: &str = r#"cd /safe_outputs
 echo '{"version": "1.0.2", "results": {}}' > results.json
 mkdir checksums && echo 0000 > checksums/data.csv.txt
 echo '{"format": "ces-outputs-manifest/1", "entries": []}' > ces-manifest.json
-printf 'x\n1\n' > data.csv"#,
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let outputs = outputs_of(&out);
-    for name in ["results.json", "checksums", "ces-manifest.json"] {
-        assert!(
-            out.stderr.contains(&format!("warning: the container left its own {name} in the outputs")),
-            "{name}: {}",
-            out.stderr
-        );
-        assert!(outputs.join(format!("{name}.from-container")).exists(), "{name} kept");
-    }
-    let manifest = manifest_of(&outputs);
+printf 'x\n1\n' > data.csv
+for name in ces-manifest.json results.json checksums; do
+  : > $name.from-container
+  i=1; while [ $i -lt 1000 ]; do : > $name.from-container.$i; i=$((i+1)); done
+done"#;
+
+/// Checks that `outputs` holds ces's own manifest, ACRO metadata and
+/// checksums after [`FORGE_SCRIPT`] (and `extra` entries), the container's
+/// forgeries moved aside, and that the audit log and verify vouch for it.
+fn assert_forgery_moved_aside(w: &TreWorld, out: &Run, outputs: &Path, sb_ces: impl Fn(&[&str]) -> Run) {
+    let manifest = manifest_of(outputs);
     assert_eq!(manifest["run"]["image"]["digest"], w.digest.as_str(), "ces's manifest, not the container's");
-    let moved: Vec<(&str, &str)> = manifest["moved_aside"]
+    assert!(outputs.ends_with(format!("outputs_{}", manifest["run"]["id"].as_str().unwrap())));
+    let moved: BTreeMap<&str, &str> = manifest["moved_aside"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| (m["name"].as_str().unwrap(), m["moved_to"].as_str().unwrap()))
         .collect();
+    assert_eq!(moved.keys().copied().collect::<Vec<_>>(), ["ces-manifest.json", "checksums", "results.json"]);
+    for (name, to) in &moved {
+        assert!(to.starts_with(&format!("{name}.from-container-")), "{to}");
+        assert!(
+            out.stderr
+                .contains(&format!("warning: the container left its own {name} in the outputs; ces moved it to {to}")),
+            "{name}: {}",
+            out.stderr
+        );
+    }
     assert_eq!(
-        moved,
-        [
-            ("ces-manifest.json", "ces-manifest.json.from-container"),
-            ("results.json", "results.json.from-container"),
-            ("checksums", "checksums.from-container")
-        ]
+        std::fs::read_to_string(outputs.join(moved["results.json"])).unwrap(),
+        "{\"version\": \"1.0.2\", \"results\": {}}\n"
     );
+    assert_eq!(std::fs::read_to_string(outputs.join(moved["checksums"]).join("data.csv.txt")).unwrap(), "0000\n");
     let e = entries(&manifest);
-    assert!(e.contains_key("checksums.from-container/data.csv.txt") && e.contains_key("data.csv"), "{e:?}");
+    assert!(
+        e.contains_key("data.csv") && e.contains_key("results.json.from-container.999"),
+        "the forgeries are outputs"
+    );
     let real_sum = std::fs::read_to_string(outputs.join("checksums/data.csv.txt")).unwrap();
     assert_eq!(real_sum, hex::encode(sha2::Sha256::digest(b"x\n1\n")));
-    assert_eq!(std::fs::read_to_string(outputs.join("checksums.from-container/data.csv.txt")).unwrap(), "0000\n");
-    let acro = acro_load(&outputs);
-    assert_eq!(acro["records"].as_object().unwrap().len(), 4, "data.csv and the three moved files: {acro:#}");
-    assert_eq!(w.run_record(&outputs)["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
-    w.ces(&["outputs", "verify", outputs.to_str().unwrap()]).ok();
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["tool"]["name"], "ces", "ces's results.json");
+    let records = w.sb.audit_records();
+    let record = records.iter().rev().find(|r| r["event"] == "run" && r["run_id"] == manifest["run"]["id"]).unwrap();
+    assert_eq!(record["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
+    sb_ces(&["outputs", "verify", outputs.to_str().unwrap()]).ok();
+}
+
+/// Regression: with the numbered names all taken the seal failed, leaving
+/// the container's manifest and results.json where ces's belong.
+#[test]
+fn a_container_cannot_forge_ces_files_and_loses_nothing_by_trying() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/forge");
+    let out = w.run_script(&[], FORGE_SCRIPT);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    assert_forgery_moved_aside(&w, &out, &outputs, |args| w.ces(args));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["results"].as_object().unwrap().len(), 3004, "data.csv, the three moved and 3000 taken names");
 }
 
 #[test]
@@ -330,11 +353,28 @@ fn verify_names_added_changed_and_removed_files_and_a_tampered_manifest() {
     assert!(check.stdout.lines().all(|l| !l.starts_with("changed:")), "the files match the forged manifest");
     assert!(check.stderr.contains("error: the manifest was changed since run"), "{}", check.stderr);
 
-    // With a log that has no record of the run, it says so rather than vouching for the manifest.
+    // With a log that has no record of the run, nothing vouches for the manifest: it fails.
+    std::fs::write(&manifest_path, &original_manifest).unwrap();
+    std::fs::write(outputs.join("edit"), "2\n").unwrap();
     let empty_log = w.sb.dir.path().join("empty.jsonl");
     std::fs::write(&empty_log, "").unwrap();
     let check = w.ces(&["outputs", "verify", "--audit-file", empty_log.to_str().unwrap(), dir]);
-    assert!(check.ok().contains("has no record of run"), "{}", check.stdout);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stderr.contains("error: the audit log") && check.stderr.contains("has no record of run"),
+        "{}",
+        check.stderr
+    );
+    assert!(check.stderr.contains("hint: pass --audit-file"), "{}", check.stderr);
+    // A log that cannot be read: said so, and a failure unless --no-audit.
+    let garbage = w.sb.dir.path().join("garbage.jsonl");
+    std::fs::write(&garbage, "not a record\n").unwrap();
+    let check = w.ces(&["outputs", "verify", "--audit-file", garbage.to_str().unwrap(), dir]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stderr.contains("error: cannot read the audit log"), "{}", check.stderr);
+    assert!(check.stderr.contains("--no-audit"), "{}", check.stderr);
+    let check = w.ces(&["outputs", "verify", "--no-audit", dir]);
+    assert!(check.ok().contains("not read (--no-audit)") && check.stdout.contains("matches its manifest"), "{check:?}");
 
     // No manifest: ces's own error.
     std::fs::remove_file(&manifest_path).unwrap();
@@ -382,11 +422,11 @@ fn for_a_sudo_user_the_manifest_and_acro_files_are_theirs() {
     require_root("needs root");
     let w = TreWorld::new("outputs/sudo");
     w.for_another_user();
-    let mut cmd = w.command(
+    let cmd = w.command(
         env!("CARGO_BIN_EXE_ces"),
         &["run", "--json", &w.image, "sh", "-c", "mkdir /safe_outputs/d; echo 1 > /safe_outputs/d/x"],
     );
-    cmd.env("SUDO_UID", "4242").env("SUDO_GID", "4343").env("SUDO_USER", "nobody-here");
+    let cmd = w.sb.as_sudo(cmd, 4242, 4343, "nobody-here");
     let out = w.sb.run(cmd);
     out.ok();
     let outputs = outputs_of(&out);
@@ -395,4 +435,172 @@ fn for_a_sudo_user_the_manifest_and_acro_files_are_theirs() {
         assert_eq!((meta.uid(), meta.gid()), (4242, 4343), "{path}");
     }
     assert_eq!(manifest_of(&outputs)["run"]["user"]["uid"], 4242);
+}
+
+/// A container makes a copy of busybox setuid and setgid in /safe_outputs.
+const SUID_SCRIPT: &str = "busybox cp /bin/busybox /safe_outputs/sh-suid && busybox chmod 6755 /safe_outputs/sh-suid";
+
+fn assert_setuid_removed(out: &Run) {
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(out);
+    let mode = std::fs::symlink_metadata(outputs.join("sh-suid")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o755, "no s bits on the host: {mode:o}");
+    let e = entries(&manifest_of(&outputs));
+    assert_eq!(e["sh-suid"]["removed"], serde_json::json!(["setuid", "setgid"]));
+    assert_eq!(e["sh-suid"]["mode"], "0755");
+    assert_eq!(manifest_of(&outputs)["seal"]["files_privileges_removed"], 1);
+    assert!(
+        out.stderr.contains("Outputs sealed: 1 file had setuid/setgid/capabilities removed"),
+        "the run's end says so: {}",
+        out.stderr
+    );
+}
+
+/// Regression: a 6755 file the container wrote reached the host as it was
+/// (in a root-mode run, owned by root: root for any local user).
+#[test]
+fn a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_bits() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/suid");
+    let out = w.run_script(&[], SUID_SCRIPT);
+    assert_setuid_removed(&out);
+    w.ces(&["outputs", "verify", outputs_of(&out).to_str().unwrap()]).ok();
+}
+
+/// The same as root for a sudo user: the file is theirs, setuid to them.
+#[test]
+fn under_sudo_a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_bits() {
+    require_root("needs root");
+    let user = common::test_user();
+    let w = TreWorld::new("outputs/suid-sudo");
+    w.for_another_user();
+    let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", SUID_SCRIPT]);
+    cmd.env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.gid.to_string()).env("SUDO_USER", common::TEST_USER);
+    let out = w.sb.run(cmd);
+    assert_setuid_removed(&out);
+}
+
+/// Regression: a sparse file of terabytes (`truncate -s 15T`, a second to
+/// make) kept the seal hashing for hours. Past the budget it is listed with
+/// its size, allocated size and the reason; the run's end and verify say so.
+#[test]
+fn a_huge_sparse_output_is_listed_not_hashed_and_verify_does_not_pass_it() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/sparse");
+    w.sb.configure("[outputs]\nhash_budget_bytes = 1048576");
+    let out = w.run_script(&[], "busybox truncate -s 16492674416640 /safe_outputs/huge; echo hi > /safe_outputs/small");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    let manifest = manifest_of(&outputs);
+    let e = entries(&manifest);
+    assert_eq!(e["huge"]["size"], 15u64 << 40);
+    assert_eq!(e["huge"]["allocated"], 0);
+    assert_eq!(e["huge"]["sha256"], serde_json::Value::Null);
+    assert!(e["huge"]["not_hashed"].as_str().unwrap().contains("over the seal's budget"), "{}", e["huge"]);
+    assert_eq!(e["small"]["sha256"], hex::encode(sha2::Sha256::digest(b"hi\n")));
+    assert_eq!(manifest["seal"]["files_not_hashed"], 1);
+    assert!(out.stderr.contains("Outputs sealed: 1 file not hashed"), "{}", out.stderr);
+    assert!(!outputs.join("checksums/huge.txt").exists());
+
+    let check = w.ces(&["outputs", "verify", outputs.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stdout.contains("unverified: huge (over the seal's budget"), "{}", check.stdout);
+    assert!(
+        check.stderr.contains("error: 1 files in") && check.stderr.contains("cannot be verified"),
+        "{}",
+        check.stderr
+    );
+    assert!(!check.stdout.contains("matches its manifest"), "{}", check.stdout);
+}
+
+/// ces blocks SIGINT/SIGTERM/SIGHUP for the container and still holds them
+/// while it seals: a SIGTERM that arrives while it hashes a huge file stops
+/// the hashing; the run is still sealed and recorded, the file unhashed.
+#[test]
+fn sigterm_during_the_seal_stops_the_hashing_and_the_run_is_still_recorded() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/sealsignal");
+    // A budget that would take hours to spend.
+    w.sb.configure("[outputs]\nhash_budget_bytes = 18446744073709551615\nhash_budget_seconds = 86400");
+    let mut child = w
+        .command(
+            env!("CARGO_BIN_EXE_ces"),
+            &["run", "--json", &w.image, "sh", "-c", "busybox truncate -s 16492674416640 /safe_outputs/huge"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The seal is hashing once ces holds the file open.
+    let hashing = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.ends_with("huge") && t.starts_with(&w.home)))
+    };
+    while !hashing() {
+        assert!(child.try_wait().unwrap().is_none(), "ces ended before hashing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid as i32).unwrap(), rustix::process::Signal::TERM)
+        .unwrap();
+    // A guard against a hang (hours without the fix), not a timing check.
+    let mut waited = 0;
+    while child.try_wait().unwrap().is_none() {
+        if waited > 6000 {
+            let _ = child.kill();
+            panic!("ces still hashing 10 minutes after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        waited += 1;
+    }
+    let out = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 0, "the container's code: {}", out.stderr);
+    let outputs = outputs_of(&out);
+    let manifest = manifest_of(&outputs);
+    assert_eq!(manifest["seal"]["interrupted_by_signal"], 15);
+    assert_eq!(entries(&manifest)["huge"]["not_hashed"], "ces was interrupted by signal 15");
+    assert!(out.stderr.contains("1 file not hashed (interrupted by signal 15)"), "{}", out.stderr);
+    assert_eq!(w.run_record(&outputs)["outputs_manifest"], digest_of(&outputs.join("ces-manifest.json")).as_str());
+}
+
+/// Regression: verify vouched for a directory holding another run's
+/// manifest (renamed, or copied into another run's directory).
+#[test]
+fn verify_fails_when_the_manifest_is_not_the_directorys_runs() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/runid");
+    let first = outputs_of(&w.run_script(&[], "echo a > /safe_outputs/a"));
+    let second = outputs_of(&w.run_script(&[], "echo b > /safe_outputs/b"));
+    let run_id = manifest_of(&first)["run"]["id"].as_str().unwrap().to_owned();
+
+    let renamed = first.with_file_name("outputs_20990101-000000-renamed");
+    std::fs::rename(&first, &renamed).unwrap();
+    let check = w.ces(&["outputs", "verify", renamed.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(
+        check.stderr.contains(&format!(
+            "holds the manifest of run {run_id}, whose outputs directory is named outputs_{run_id}"
+        )),
+        "{}",
+        check.stderr
+    );
+    assert!(check.stderr.contains("hint: "), "{}", check.stderr);
+
+    // The first run's files and manifest copied over the second run's.
+    for name in ["b", "ces-manifest.json", "results.json"] {
+        std::fs::remove_file(second.join(name)).unwrap();
+    }
+    std::fs::remove_dir_all(second.join("checksums")).unwrap();
+    let copy = Command::new("cp").arg("-a").arg(format!("{}/.", renamed.display())).arg(&second).status().unwrap();
+    assert!(copy.success());
+    let check = w.ces(&["outputs", "verify", second.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(check.stderr.contains(&format!("holds the manifest of run {run_id}")), "{}", check.stderr);
+
+    std::fs::rename(&renamed, &first).unwrap();
+    w.ces(&["outputs", "verify", first.to_str().unwrap()]).ok();
 }

@@ -1,7 +1,8 @@
 //! `ces outputs verify DIR`: is a run's outputs directory still what the run
 //! left? The directory is walked again and compared with its
-//! `ces-manifest.json`, and the manifest's digest with the one the audit
-//! log recorded for that run (see docs/governance.md).
+//! `ces-manifest.json`; the manifest must be the one of the run the
+//! directory is named after (`outputs_<id>`), and its digest the one the
+//! audit log recorded for that run (see docs/governance.md).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -12,27 +13,27 @@ use ces_audit::{AuditLog, Event};
 use crate::cli::OutputsVerifyArgs;
 use crate::settings::Settings;
 
-/// Exit code when the directory or its manifest changed (ces's own failures are 125).
+/// Exit code when the directory or its manifest changed, or cannot be
+/// vouched for (ces's own failures are 125).
 pub const EXIT_CHANGED: u8 = 1;
 
 /// What the audit log says about the manifest.
 enum Logged {
-    /// The digest recorded for the run matches (record seq).
+    /// A record of the run carries this digest (record seq).
     Matches(u64),
-    /// The digest recorded differs (record seq, recorded digest).
+    /// The run's records carry another digest (last record seq, its digest).
     Differs(u64, Option<String>),
-    /// No record of this run (or the log cannot be read: why).
-    Unknown(String),
+    /// No record of this run.
+    NoRecord,
 }
 
-/// `ces outputs verify`: 0 when the directory matches its manifest (and the
-/// manifest the audit log), [`EXIT_CHANGED`] naming each difference.
+/// `ces outputs verify`: 0 when the directory matches its manifest, every
+/// file was hashed, the manifest is its directory's run's, and the audit log
+/// recorded it; [`EXIT_CHANGED`] naming each difference otherwise.
 pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     let check = ces_outputs::verify(dir)?;
     let run_id = &check.manifest.run.id;
-    let log_path: PathBuf = args.audit_file.clone().unwrap_or_else(|| settings.audit_path.clone());
-    let logged = logged(&log_path, run_id, &check.manifest_digest);
 
     let mut out = std::io::stdout().lock();
     for path in &check.added {
@@ -44,9 +45,24 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     for path in &check.removed {
         writeln!(out, "removed: {path}")?;
     }
-    let mut broken = false;
+    for (path, why) in &check.unverified {
+        writeln!(out, "unverified: {path} ({why})")?;
+    }
+    out.flush()?;
+    // The manifest names its run; the directory must be that run's.
+    let expected = format!("outputs_{run_id}");
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    if name.as_deref() != Some(expected.as_str()) {
+        eprintln!(
+            "error: {} holds the manifest of run {run_id}, whose outputs directory is named {expected}",
+            dir.display()
+        );
+        eprintln!(
+            "hint: verify a run's outputs under their own name; a manifest copied from another run proves nothing"
+        );
+        return Ok(ExitCode::from(EXIT_CHANGED));
+    }
     if !check.matches() {
-        broken = true;
         eprintln!(
             "error: {} changed since run {run_id}: {} added, {} changed, {} removed",
             dir.display(),
@@ -54,8 +70,41 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
             check.changed.len(),
             check.removed.len()
         );
+        return Ok(ExitCode::from(EXIT_CHANGED));
     }
-    match logged {
+    if !check.unverified.is_empty() {
+        eprintln!(
+            "error: {} files in {} cannot be verified: run {run_id}'s seal did not hash them (see ces-manifest.json)",
+            check.unverified.len(),
+            dir.display()
+        );
+        eprintln!("hint: an operator can raise [outputs] hash_budget_bytes and hash_budget_seconds for later runs");
+        return Ok(ExitCode::from(EXIT_CHANGED));
+    }
+
+    let entries = check.manifest.entries.len();
+    let plural = if entries == 1 { "entry" } else { "entries" };
+    if args.no_audit {
+        writeln!(out, "note: the audit log was not read (--no-audit): nothing vouches for the manifest itself")?;
+        writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let log_path: PathBuf = args.audit_file.clone().unwrap_or_else(|| settings.audit_path.clone());
+    let records = match AuditLog::new(&log_path).records() {
+        Ok(records) => records,
+        Err(error) => {
+            let message = crate::diagnostics::one_line(&error);
+            eprintln!(
+                "error: cannot read the audit log {} to check run {run_id}'s manifest: {message}",
+                log_path.display()
+            );
+            eprintln!(
+                "hint: pass --audit-file with a copy of the log, or --no-audit to check the directory against its manifest only"
+            );
+            return Ok(ExitCode::from(EXIT_CHANGED));
+        }
+    };
+    match logged(&records, run_id, &check.manifest_digest) {
         Logged::Matches(seq) => writeln!(
             out,
             "the manifest ({}) is the one the audit log {} recorded for run {run_id} (record seq {seq})",
@@ -63,43 +112,43 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
             log_path.display()
         )?,
         Logged::Differs(seq, recorded) => {
-            broken = true;
             eprintln!(
                 "error: the manifest was changed since run {run_id}: its digest is {}, the audit log {} (record seq {seq}) recorded {}",
                 check.manifest_digest,
                 log_path.display(),
                 recorded.as_deref().unwrap_or("no manifest")
             );
+            return Ok(ExitCode::from(EXIT_CHANGED));
         }
-        Logged::Unknown(why) => {
-            writeln!(out, "note: {why}: the manifest itself ({}) could not be checked", check.manifest_digest)?
+        Logged::NoRecord => {
+            eprintln!(
+                "error: the audit log {} has no record of run {run_id}: nothing vouches for its manifest",
+                log_path.display()
+            );
+            eprintln!("hint: pass --audit-file with the log the run was recorded in (see [audit] path in the config)");
+            return Ok(ExitCode::from(EXIT_CHANGED));
         }
     }
-    if broken {
-        return Ok(ExitCode::from(EXIT_CHANGED));
-    }
-    let entries = check.manifest.entries.len();
-    let plural = if entries == 1 { "entry" } else { "entries" };
     writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Looks up the run's record (the last one, should there be several).
-fn logged(path: &std::path::Path, run_id: &str, digest: &str) -> Logged {
-    let records = match AuditLog::new(path).records() {
-        Ok(records) => records,
-        Err(error) => {
-            let message = crate::diagnostics::one_line(&error);
-            return Logged::Unknown(format!("cannot read the audit log {}: {message}", path.display()));
+/// Looks for a run record of `run_id` carrying `digest` (any of them, should
+/// there be several records of the run).
+fn logged(records: &[ces_audit::Record], run_id: &str, digest: &str) -> Logged {
+    let mut last = None;
+    for record in records {
+        if let Event::Run(run) = &record.event
+            && run.run_id == run_id
+        {
+            if run.outputs_manifest.as_deref() == Some(digest) {
+                return Logged::Matches(record.seq);
+            }
+            last = Some((record.seq, run.outputs_manifest.clone()));
         }
-    };
-    let found = records.iter().rev().find_map(|r| match &r.event {
-        Event::Run(run) if run.run_id == run_id => Some((r.seq, run.outputs_manifest.clone())),
-        _ => None,
-    });
-    match found {
-        Some((seq, Some(recorded))) if recorded == digest => Logged::Matches(seq),
+    }
+    match last {
         Some((seq, recorded)) => Logged::Differs(seq, recorded),
-        None => Logged::Unknown(format!("the audit log {} has no record of run {run_id}", path.display())),
+        None => Logged::NoRecord,
     }
 }

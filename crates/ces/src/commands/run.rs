@@ -301,7 +301,7 @@ pub(crate) fn execute(
         test: prepared.test,
     };
     // After the container's exit, whatever its end: the manifest and the ACRO metadata.
-    end.outputs_manifest = manifest::seal_outputs(printer, &end, owner);
+    end.outputs_manifest = manifest::seal_outputs(printer, &settings.outputs, &end, owner);
     audit::record_run(settings, end)?;
     Ok((result, outputs))
 }

@@ -1,16 +1,28 @@
 //! The outputs manifest and ACRO metadata, written once the container has
 //! exited (see `ces_outputs` and docs/governance.md).
 
+use std::time::Duration;
+
 use ces_runtime::Identity;
 
 use crate::commands::audit::{self, RunEnd};
 use crate::printer::Printer;
+use crate::settings::OutputsConfig;
 
 /// Seals the run's outputs directory, if it is still there, and returns the
 /// manifest's digest for the audit record. A failure is a warning: the
 /// container's exit code still passes through, and the audit record then
 /// has no manifest digest.
-pub fn seal_outputs(printer: &Printer, end: &RunEnd<'_>, owner: Option<Identity>) -> Option<String> {
+///
+/// SIGINT, SIGTERM and SIGHUP are still blocked here (they were for the
+/// container): the seal reads them from a signalfd between chunks and stops
+/// hashing, so ces stays interruptible however large the outputs.
+pub fn seal_outputs(
+    printer: &Printer,
+    config: &OutputsConfig,
+    end: &RunEnd<'_>,
+    owner: Option<Identity>,
+) -> Option<String> {
     if !end.outputs.is_dir() {
         return None;
     }
@@ -37,10 +49,26 @@ pub fn seal_outputs(printer: &Printer, end: &RunEnd<'_>, owner: Option<Identity>
         error,
     };
     let owner = owner.map(|o| ces_outputs::Owner { uid: o.host_uid, gid: o.host_gid });
-    match ces_outputs::seal(end.outputs, run, owner) {
+    let budget = ces_outputs::Budget {
+        bytes: config.hash_budget_bytes.unwrap_or(ces_outputs::Budget::DEFAULT_BYTES),
+        time: config.hash_budget_seconds.map_or(ces_outputs::Budget::DEFAULT_TIME, Duration::from_secs),
+    };
+    let watch = ces_outputs::SignalWatch::new();
+    if let Err(error) = &watch {
+        printer.status(format!("warning: the seal cannot watch for signals: {error}"));
+    }
+    let interrupt: &dyn ces_outputs::Interrupt = match &watch {
+        Ok(watch) => watch,
+        Err(_) => &ces_outputs::NoInterrupt,
+    };
+    let options = ces_outputs::SealOptions { owner, budget, interrupt };
+    match ces_outputs::seal(end.outputs, run, &options) {
         Ok(sealed) => {
             for warning in &sealed.warnings {
                 printer.status(format!("warning: {warning}"));
+            }
+            if let Some(line) = summary(&sealed.report) {
+                printer.status(format!("Outputs sealed: {line}"));
             }
             Some(sealed.manifest_digest)
         }
@@ -50,4 +78,22 @@ pub fn seal_outputs(printer: &Printer, end: &RunEnd<'_>, owner: Option<Identity>
             None
         }
     }
+}
+
+/// What the run's end should say about the seal, when it did more than list
+/// and hash: files not hashed, privileges removed.
+fn summary(report: &ces_outputs::SealReport) -> Option<String> {
+    let files = |n: usize| if n == 1 { "1 file".to_owned() } else { format!("{n} files") };
+    let mut parts = Vec::new();
+    if report.files_not_hashed > 0 {
+        let why = match report.interrupted_by_signal {
+            Some(signal) => format!("interrupted by signal {signal}"),
+            None => "see ces-manifest.json".to_owned(),
+        };
+        parts.push(format!("{} not hashed ({why})", files(report.files_not_hashed)));
+    }
+    if report.files_privileges_removed > 0 {
+        parts.push(format!("{} had setuid/setgid/capabilities removed", files(report.files_privileges_removed)));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
