@@ -604,3 +604,54 @@ fn verify_fails_when_the_manifest_is_not_the_directorys_runs() {
     std::fs::rename(&renamed, &first).unwrap();
     w.ces(&["outputs", "verify", first.to_str().unwrap()]).ok();
 }
+
+/// Rootless (ces runs as the user, without root's powers over the outputs):
+/// the container forges ces's files, takes every numbered name, makes a
+/// reserved directory and another directory unreadable or unwritable, makes
+/// a setuid copy of busybox, and makes /safe_outputs read-only. Regression:
+/// the seal could not write there, and the forgeries stood as ces's.
+#[test]
+fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal() {
+    require_root("creates a user and delegates cgroups");
+    let user = common::test_user();
+    let w = TreWorld::new("outputs/rootless-forge");
+    std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(w.home.join("safe_data")).unwrap();
+    for path in tree(&w.sb.store).into_iter().chain([w.home.clone(), w.home.join("safe_data")]) {
+        user.chown(&path);
+    }
+    w.sb.ces(&["system", "setup", "--user", common::TEST_USER]).ok();
+    let as_user = |args: &[&str]| {
+        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        argv.extend_from_slice(args);
+        let mut cmd = user.setpriv(&w.sb, &argv);
+        cmd.env("HOME", &w.home);
+        w.sb.run(cmd)
+    };
+    let script = format!(
+        "{FORGE_SCRIPT}\nmkdir sub && echo s > sub/f && busybox chmod 0500 sub\nbusybox chmod 0000 checksums\n{SUID_SCRIPT}\nbusybox chmod 0555 /safe_outputs"
+    );
+    let out = as_user(&["run", "--json", &w.image, "sh", "-c", &script]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    let manifest = manifest_of(&outputs);
+    assert_eq!(manifest["seal"]["directory_mode_restored"], "0555", "{}", out.stderr);
+    assert!(out.stderr.contains("the container had made the outputs directory mode 0555"), "{}", out.stderr);
+    assert_eq!(entries(&manifest)["sub/f"]["sha256"], hex::encode(sha2::Sha256::digest(b"s\n")));
+    assert_forgery_moved_aside(&w, &out, &outputs, as_user);
+    assert_setuid_removed(&out);
+}
+
+/// Every path under `dir`, `dir` included.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![dir.to_owned()];
+    let mut at = 0;
+    while at < paths.len() {
+        let path = paths[at].clone();
+        at += 1;
+        if path.symlink_metadata().unwrap().is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    paths
+}
