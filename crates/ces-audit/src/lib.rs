@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! {"seq":0,"prev":"000…0","time":"2026-…Z","user":{"name":"alice","uid":1000},"event":"pull",…}
-//! {"seq":1,"prev":"<sha256 of line 1>",…,"event":"run",…}
+//! {"seq":1,"prev":"<sha256 of line 1>",…,"event":"run_start","run_id":"…",…}
+//! {"seq":2,"prev":"<sha256 of line 2>",…,"event":"run","run_id":"…",…}
 //! ```
 //!
 //! The last record can be edited or removed without breaking the chain
@@ -19,5 +20,5 @@ pub mod record;
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
 pub use record::{
     Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, Mount, Outcome, Provenance, PullEvent, Record,
-    RunEvent, RunNotStarted, SafeData, User,
+    RunEndEvent, RunEvent, RunNotStarted, RunStartEvent, SafeData, User,
 };

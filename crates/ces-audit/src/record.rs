@@ -43,21 +43,40 @@ pub enum Event {
     Pull(PullEvent),
     /// A load of an image archive (`ces load`), whatever its outcome.
     Load(LoadEvent),
+    /// A run about to start its container: written before the container
+    /// starts, so that a run is in the log even when its ces dies. Its end
+    /// is the [`Event::Run`] (or [`Event::RunEnd`]) with the same `run_id`.
+    RunStart(Box<RunStartEvent>),
     /// A run that got as far as the runtime, whatever its end.
     Run(Box<RunEvent>),
+    /// The end of a run whose ces process died before it could write the
+    /// run's own record: written by the next ces start's clean-up.
+    RunEnd(RunEndEvent),
     /// A run refused or failed before the container was started (the
     /// command line is not recorded: it may hold environment values).
     RunNotStarted(RunNotStarted),
 }
 
 impl Event {
-    /// `pull`, `load`, `run` or `run_not_started`.
+    /// `pull`, `load`, `run_start`, `run`, `run_end` or `run_not_started`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::Pull(_) => "pull",
             Event::Load(_) => "load",
+            Event::RunStart(_) => "run_start",
             Event::Run(_) => "run",
+            Event::RunEnd(_) => "run_end",
             Event::RunNotStarted(_) => "run_not_started",
+        }
+    }
+
+    /// The run id, for the records of a run that started (its start and its end).
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Event::RunStart(start) => Some(&start.run_id),
+            Event::Run(run) => Some(&run.run_id),
+            Event::RunEnd(end) => Some(&end.run_id),
+            Event::Pull(_) | Event::Load(_) | Event::RunNotStarted(_) => None,
         }
     }
 
@@ -67,7 +86,9 @@ impl Event {
         match self {
             Event::Pull(pull) => &pull.reference,
             Event::Load(load) => load.images.first().map_or("", |image| image.reference.as_str()),
+            Event::RunStart(start) => &start.image.reference,
             Event::Run(run) => &run.image.reference,
+            Event::RunEnd(_) => "",
             Event::RunNotStarted(run) => run.image.as_deref().unwrap_or_default(),
         }
     }
@@ -77,8 +98,9 @@ impl Event {
         match self {
             Event::Pull(pull) => pull.digest.as_deref(),
             Event::Load(load) => load.images.first().map(|image| image.digest.as_str()),
+            Event::RunStart(start) => Some(&start.image.digest),
             Event::Run(run) => Some(&run.image.digest),
-            Event::RunNotStarted(_) => None,
+            Event::RunEnd(_) | Event::RunNotStarted(_) => None,
         }
     }
 
@@ -93,12 +115,15 @@ impl Event {
         }
     }
 
-    /// The outcome.
+    /// The outcome (a start's is `ok`: the run was recorded and handed to the runtime).
     pub fn outcome(&self) -> &Outcome {
+        const STARTED: &Outcome = &Outcome::Ok;
         match self {
             Event::Pull(pull) => &pull.outcome,
             Event::Load(load) => &load.outcome,
+            Event::RunStart(_) => STARTED,
             Event::Run(run) => &run.outcome,
+            Event::RunEnd(end) => &end.outcome,
             Event::RunNotStarted(run) => &run.outcome,
         }
     }
@@ -120,15 +145,22 @@ pub enum Outcome {
         /// The error, on one line.
         error: String,
     },
+    /// The ces process that ran it died (killed, crashed) before the run
+    /// ended: how the container ended is not known.
+    SupervisorLost {
+        /// What is known, on one line.
+        error: String,
+    },
 }
 
 impl Outcome {
-    /// `ok`, `refused` or `error`.
+    /// `ok`, `refused`, `error` or `supervisor lost`.
     pub fn word(&self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Refused { .. } => "refused",
             Outcome::Error { .. } => "error",
+            Outcome::SupervisorLost { .. } => "supervisor lost",
         }
     }
 }
@@ -239,6 +271,60 @@ pub struct RunEvent {
     pub outcome: Outcome,
 }
 
+/// The start of `ces run` (or `ces test`): what the run will be, written
+/// before its container starts. A run that cannot write it does not start.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunStartEvent {
+    /// The run id: its end record carries the same.
+    pub run_id: String,
+    /// The ces process that runs it (its supervisor).
+    pub pid: u32,
+    /// Whether the run is a readiness test (`ces test`; absent when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
+    /// `--name`, if given.
+    pub name: Option<String>,
+    /// The project whose data is mounted (none when it is no project's).
+    pub project: Option<String>,
+    /// The host directory mounted at `/safe_data`, and how.
+    pub safe_data: SafeData,
+    /// The image, pinned.
+    pub image: Image,
+    /// The image's provenance (absent when the image says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Box<Provenance>>,
+    /// The backend (`native`, `podman`).
+    pub runtime: String,
+    /// Every mount, with its mode.
+    pub mounts: Vec<Mount>,
+    /// The resource limits.
+    pub limits: Limits,
+    /// The names of the container's environment variables (values may be secrets).
+    pub env: Vec<String>,
+    /// The container's argv.
+    pub argv: Vec<String>,
+    /// The outputs directory (`/safe_outputs` on the host).
+    pub outputs: PathBuf,
+}
+
+/// The end of a run whose ces died before writing the run's own record
+/// (outcome [`Outcome::SupervisorLost`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunEndEvent {
+    /// The run id of its [`RunStartEvent`].
+    pub run_id: String,
+    /// The ces process that ran it, which is gone.
+    pub pid: Option<u32>,
+    /// The outputs directory, if it is still there.
+    pub outputs: Option<PathBuf>,
+    /// The sha256 of the outputs manifest, if one was written when the run was closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_manifest: Option<String>,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
 /// `ces run` that did not start a container.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RunNotStarted {
@@ -252,10 +338,14 @@ pub struct RunNotStarted {
 /// `/safe_data`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SafeData {
-    /// The host path.
+    /// The host path mounted (with every symbolic link resolved).
     pub path: PathBuf,
     /// `ro` or `rw`.
     pub mode: String,
+    /// The symbolic link the path was found through (`$HOME/safe_data`),
+    /// when it was one (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
 }
 
 /// An image, pinned.
@@ -363,6 +453,58 @@ mod tests {
         assert_eq!(record.event.images(), [("ghcr.io/a/b:1", Some(format!("sha256:{}", "cd".repeat(32)).as_str()))]);
         let back: Record = serde_json::from_value(json).unwrap();
         assert_eq!(back, record);
+    }
+
+    #[test]
+    fn a_run_start_and_a_lost_end_pair_by_run_id() {
+        let start = Event::RunStart(Box::new(RunStartEvent {
+            run_id: "20260102-030405-0000abcd".into(),
+            pid: 77,
+            test: false,
+            name: None,
+            project: Some("p1".into()),
+            safe_data: SafeData { path: "/data/p1".into(), mode: "rw".into(), link: Some("/home/a/safe_data".into()) },
+            image: Image { reference: "ghcr.io/a/b:1".into(), digest: format!("sha256:{}", "ab".repeat(32)) },
+            provenance: None,
+            runtime: "native".into(),
+            mounts: Vec::new(),
+            limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20 },
+            env: vec!["PATH".into()],
+            argv: vec!["sleep".into(), "60".into()],
+            outputs: "/home/a/outputs_20260102-030405-0000abcd".into(),
+        }));
+        let json = serde_json::to_value(&start).unwrap();
+        assert_eq!(
+            (json["event"].as_str(), json["run_id"].as_str()),
+            (Some("run_start"), Some("20260102-030405-0000abcd"))
+        );
+        assert_eq!(json["safe_data"]["link"], "/home/a/safe_data");
+        assert!(json.get("result").is_none() && json.get("test").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), start);
+        let end = Event::RunEnd(RunEndEvent {
+            run_id: "20260102-030405-0000abcd".into(),
+            pid: Some(77),
+            outputs: None,
+            outputs_manifest: None,
+            outcome: Outcome::SupervisorLost { error: "gone".into() },
+        });
+        let json = serde_json::to_value(&end).unwrap();
+        assert_eq!((json["event"].as_str(), json["result"].as_str()), (Some("run_end"), Some("supervisor_lost")));
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), end);
+        assert_eq!(
+            (start.run_id(), end.run_id(), end.outcome().word()),
+            (end.run_id(), start.run_id(), "supervisor lost")
+        );
+    }
+
+    /// Records written before starts were recorded (no `link` in
+    /// `safe_data`, no start before a run) still read.
+    #[test]
+    fn a_run_record_of_an_older_ces_still_reads() {
+        let line = r#"{"seq":1,"prev":"00","time":"2026-01-02T03:04:05Z","user":{"name":"alice","uid":1000},"event":"run","run_id":"20260102-030405-0000abcd","name":null,"project":null,"safe_data":{"path":"/home/alice/safe_data","mode":"ro"},"image":{"reference":"r","digest":"sha256:00"},"runtime":"native","mounts":[],"limits":{"memory":1,"cpus":null,"pids":null,"shm_size":1},"env":[],"argv":["true"],"started":"2026-01-02T03:04:05Z","ended":"2026-01-02T03:04:06Z","exit":{"code":0,"signal":null,"oom":false},"outputs":null,"outputs_manifest":null,"result":"ok"}"#;
+        let record: Record = serde_json::from_str(line).unwrap();
+        let Event::Run(run) = &record.event else { panic!("{record:?}") };
+        assert_eq!((run.safe_data.link.as_ref(), record.event.run_id()), (None, Some("20260102-030405-0000abcd")));
     }
 
     fn user() -> User {

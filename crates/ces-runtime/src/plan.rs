@@ -94,6 +94,15 @@ pub enum PlanError {
     /// A project name that cannot be a directory name.
     #[error("invalid project name {0:?}")]
     BadProject(String),
+    /// `$HOME/safe_data` is a directory whose real path cannot be resolved.
+    #[error("cannot resolve {}", path.display())]
+    SafeDataLink {
+        /// `$HOME/safe_data`.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Nothing to run.
     #[error("no command: the image sets no entrypoint or cmd, and none was given after the image")]
     NoCommand,
@@ -425,12 +434,17 @@ pub struct SafeDataQuery {
 /// How `/safe_data` was found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SafeData {
-    /// The host directory.
+    /// The host directory (for `$HOME/safe_data`, its real path: every
+    /// symbolic link resolved, so what is mounted is what was judged).
     pub path: PathBuf,
-    /// The project, when the directory is a project's (not `$HOME/safe_data`).
+    /// The project, when the directory is a project's: under the data root
+    /// (also when `$HOME/safe_data` leads there), not a user's own.
     pub project: Option<String>,
     /// Why this one: `home`, `config` (tre.project) or `group <name>`.
     pub reason: String,
+    /// `$HOME/safe_data` when it led elsewhere (a symbolic link in it or above it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
 }
 
 /// Whether `name` is usable as one directory name under the data root.
@@ -448,7 +462,7 @@ pub fn find_safe_data(query: &SafeDataQuery, is_dir: &dyn Fn(&Path) -> bool) -> 
     if let Some(home) = &query.home {
         let path = home.join("safe_data");
         if is_dir(&path) {
-            return Ok(SafeData { path, project: None, reason: "home".into() });
+            return home_safe_data(path, &query.root);
         }
         looked.push(path);
     }
@@ -458,7 +472,7 @@ pub fn find_safe_data(query: &SafeDataQuery, is_dir: &dyn Fn(&Path) -> bool) -> 
         }
         let path = query.root.join(project);
         if is_dir(&path) {
-            return Ok(SafeData { path, project: Some(project.clone()), reason: "config".into() });
+            return Ok(SafeData { path, project: Some(project.clone()), reason: "config".into(), link: None });
         }
         looked.push(path);
         return Err(PlanError::SafeDataNotFound { who: format!("{} in project {project}", query.user), looked });
@@ -479,12 +493,41 @@ pub fn find_safe_data(query: &SafeDataQuery, is_dir: &dyn Fn(&Path) -> bool) -> 
                 continue;
             }
             if is_dir(&path) {
-                return Ok(SafeData { path, project: Some(project.to_owned()), reason: format!("group {group}") });
+                let reason = format!("group {group}");
+                return Ok(SafeData { path, project: Some(project.to_owned()), reason, link: None });
             }
             looked.push(path);
         }
     }
     Err(PlanError::SafeDataNotFound { who: format!("{} (groups: {})", query.user, query.groups.join(" ")), looked })
+}
+
+/// `$HOME/safe_data`, resolved: a symbolic link to a project's directory
+/// (`~/safe_data -> /safe_data/p1`) is that project's data, attributed to it
+/// (and given its mode); one that leads anywhere else is no project's. The
+/// real path is what gets mounted, so a link changed after this check does
+/// not change what the container sees. A path that does not exist is kept as
+/// it is (`is_dir` said it was there: a test's view of the file system).
+fn home_safe_data(path: PathBuf, root: &Path) -> Result<SafeData, PlanError> {
+    let unchanged = |path| Ok(SafeData { path, project: None, reason: "home".into(), link: None });
+    let resolved = match std::fs::canonicalize(&path) {
+        Ok(resolved) => resolved,
+        Err(_) if std::fs::symlink_metadata(&path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) => {
+            return unchanged(path);
+        }
+        Err(source) => return Err(PlanError::SafeDataLink { path, source }),
+    };
+    if resolved == path {
+        return unchanged(path);
+    }
+    // The root resolved too, so that a data root reached through a link
+    // (`/safe_data -> /mnt/tre/data`) still names its projects.
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
+    let project = match resolved.strip_prefix(&root).ok().and_then(|rest| rest.components().next()) {
+        Some(Component::Normal(name)) => name.to_str().filter(|name| is_project_name(name)).map(str::to_owned),
+        _ => None,
+    };
+    Ok(SafeData { path: resolved, project, reason: "home link".into(), link: Some(path) })
 }
 
 // ---------------------------------------------------------------------------
@@ -854,7 +897,10 @@ mod tests {
             &existing(&["/home/alice/safe_data", "/data/p1"]),
         )
         .unwrap();
-        assert_eq!(found, SafeData { path: "/home/alice/safe_data".into(), project: None, reason: "home".into() });
+        assert_eq!(
+            found,
+            SafeData { path: "/home/alice/safe_data".into(), project: None, reason: "home".into(), link: None }
+        );
     }
 
     #[test]
@@ -883,6 +929,57 @@ mod tests {
         let q = query(None, None, &["other-p7", "tre-p8"], Some("tre"));
         let found = find_safe_data(&q, &existing(&["/data/p7", "/data/p8"])).unwrap();
         assert_eq!(found.path, Path::new("/data/p8"));
+    }
+
+    /// `~/safe_data -> <root>/<project>[/sub]` is that project's data;
+    /// a link anywhere else is no project's. Either way the real path is
+    /// what is mounted, and the link is named.
+    #[test]
+    fn safe_data_home_link_is_attributed_to_the_project_it_leads_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(dir.path()).unwrap();
+        let (root, home, elsewhere) = (base.join("data"), base.join("home"), base.join("elsewhere"));
+        for d in [root.join("p1/sub"), home.clone(), elsewhere.clone()] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let link = home.join("safe_data");
+        let find = || {
+            let q = SafeDataQuery { home: Some(home.clone()), root: root.clone(), ..Default::default() };
+            find_safe_data(&q, &|p: &Path| p.is_dir()).unwrap()
+        };
+        for (target, project) in [(root.join("p1"), "p1"), (root.join("p1/sub"), "p1")] {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let found = find();
+            let expected = SafeData {
+                path: target.clone(),
+                project: Some(project.into()),
+                reason: "home link".into(),
+                link: Some(link.clone()),
+            };
+            assert_eq!(found, expected);
+        }
+        // Relative, and through `..`: still resolved against the real tree.
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("../data/./p1", &link).unwrap();
+        assert_eq!(find().project.as_deref(), Some("p1"));
+        // Outside the root (and the root itself): no project, the real path named.
+        for target in [elsewhere.clone(), root.clone()] {
+            std::fs::remove_file(&link).unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let found = find();
+            assert_eq!((found.path, found.project, found.link), (target, None, Some(link.clone())));
+        }
+        // A name under the root that only looks like it (`data-other`) is not in it.
+        let sibling = base.join("data-p1");
+        std::fs::create_dir(&sibling).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&sibling, &link).unwrap();
+        assert_eq!(find().project, None);
+        // A real directory stays as it was.
+        std::fs::remove_file(&link).unwrap();
+        std::fs::create_dir(&link).unwrap();
+        assert_eq!(find(), SafeData { path: link, project: None, reason: "home".into(), link: None });
     }
 
     #[test]

@@ -202,6 +202,7 @@ fn plan_hints(error: &ces_runtime::plan::PlanError, config: &str) -> Vec<String>
         ],
         PlanError::Value { .. }
         | PlanError::BadProject(_)
+        | PlanError::SafeDataLink { .. }
         | PlanError::Tmpfs { .. }
         | PlanError::Workdir(_) => Vec::new(),
     }

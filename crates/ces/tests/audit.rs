@@ -236,8 +236,9 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
         assert!(!contains(&bytes, secret), "{secret} is in the audit log");
     }
     let records = sb.audit_records();
-    assert_eq!(records.len(), 2, "the pull, then the run");
-    let run = &records[1];
+    assert_eq!(records.len(), 3, "the pull, then the run's start and its end");
+    assert_eq!(records[1]["event"], "run_start");
+    let run = &records[2];
     assert_eq!(run["event"], "run");
     assert_eq!(run["result"], "ok");
     assert!(run.get("test").is_none(), "a real run is not marked as a test: {run}");
@@ -323,4 +324,258 @@ fn a_damaged_audit_log_stops_the_run_before_the_container() {
     assert!(out.fails().contains("ends with a damaged record (line 1)"), "{}", out.stderr);
     let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(home.is_empty(), "no outputs or scratch: the container never ran: {home:?}");
+}
+
+// ----- every run is recorded: its start before its container, its end after -----
+
+/// The workload of the interrupted runs below: it marks its outputs once it
+/// runs, then sleeps (an argument no other process has, to find it).
+const MARK_AND_SLEEP: &str = "touch /safe_outputs/up; exec sleep 6127";
+
+/// Starts `cmd` (a `ces run --json ... sh -c MARK_AND_SLEEP`) and waits until
+/// its container runs; returns ces, the run id and the outputs directory.
+fn start_sleeper(mut cmd: std::process::Command) -> (std::process::Child, String, PathBuf) {
+    use std::io::BufRead as _;
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = std::io::BufReader::new(stdout).lines().next().expect("the start line").unwrap();
+    let start: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(start["event"], "start", "{start}");
+    let outputs = PathBuf::from(start["outputs"].as_str().unwrap());
+    // A bound for a hung run only; nothing here measures time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !outputs.join("up").exists() {
+        assert!(std::time::Instant::now() < deadline, "the container never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (child, start["id"].as_str().unwrap().to_owned(), outputs)
+}
+
+fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_child(child), signal).unwrap();
+}
+
+/// The records of run `id`, as (event, result) in order.
+fn events_of(records: &[serde_json::Value], id: &str) -> Vec<(String, String)> {
+    records
+        .iter()
+        .filter(|r| r["run_id"] == id)
+        .map(|r| (r["event"].as_str().unwrap().to_owned(), r["result"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+/// Whether a process runs the interrupted runs' workload.
+fn sleeper_alive() -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(11).any(|w| w == b"sleep\x006127\x00"))
+    })
+}
+
+/// Nothing of the store's runs is left: no record, no native run record, no mount.
+fn assert_no_run_left(store: &std::path::Path) {
+    let entries = |dir: PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map_or(Vec::new(), |d| d.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+    };
+    assert_eq!(entries(store.join("runs")), Vec::<String>::new(), "run records left");
+    assert_eq!(entries(store.join("containers/.ces-runs")), Vec::<String>::new(), "native run records left");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let store = store.to_str().unwrap();
+    assert!(!mountinfo.lines().any(|l| l.contains(store)), "still mounted under {store}:\n{mountinfo}");
+}
+
+#[test]
+fn a_run_records_its_start_before_the_container_and_its_end_with_the_same_run_id() {
+    require_root("runs a container");
+    let w = TreWorld::new("audit/start-end");
+    let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "exit 4"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    let records = w.sb.audit_records();
+    assert_eq!(records.len(), 3, "the pull, the start, the end: {records:#?}");
+    let (start, end) = (&records[1], &records[2]);
+    assert_eq!((start["event"].as_str(), end["event"].as_str()), (Some("run_start"), Some("run")));
+    assert_eq!(start["run_id"], end["run_id"]);
+    for field in ["image", "runtime", "project", "safe_data", "mounts", "limits", "env", "argv", "user", "outputs"] {
+        assert_eq!(start[field], end[field], "{field}");
+    }
+    assert_eq!(start["pid"].as_u64().map(|p| p > 1), Some(true), "{start}");
+    assert!(start.get("result").is_none() && start.get("exit").is_none(), "{start}");
+    assert_eq!(end["exit"]["code"], 4);
+    let table = w.sb.ces(&["audit", "show"]);
+    let id = start["run_id"].as_str().unwrap();
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert!(
+        lines[2].contains(" start ") && lines[2].trim_end().ends_with(&format!("run {id} started")),
+        "{}",
+        lines[2]
+    );
+    assert!(lines[3].contains(" run ") && lines[3].trim_end().ends_with("exit 4"), "{}", lines[3]);
+    assert!(w.sb.ces(&["audit", "verify"]).ok().contains("3 records, the chain is whole"));
+}
+
+/// `kill -9` of ces (as root, the native runtime): the start is in the log;
+/// `ces audit show` says the run is running or lost; the next `ces gc` stops
+/// the container, unmounts and removes what the run left (no warning, no
+/// record kept for later) and closes the run: "supervisor lost", once.
+#[test]
+fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
+    require_root("runs a container");
+    let w = TreWorld::new("audit/killed");
+    let (mut child, id, outputs) =
+        start_sleeper(w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]));
+    let pid = child.id();
+    signal(&child, rustix::process::Signal::KILL);
+    child.wait().unwrap();
+
+    let records = w.sb.audit_records();
+    assert_eq!(events_of(&records, &id), [("run_start".to_owned(), String::new())], "{records:#?}");
+    let start = records.last().unwrap();
+    assert_eq!((start["pid"].as_u64(), start["image"]["digest"].as_str()), (Some(pid.into()), Some(w.digest.as_str())));
+    assert_eq!(start["outputs"], outputs.to_str().unwrap());
+    let shown = w.sb.ces(&["audit", "show"]);
+    assert!(
+        shown.ok().lines().any(|l| l.trim_end().ends_with(&format!("run {id} started: running or lost"))),
+        "{}",
+        shown.stdout
+    );
+
+    let gc = w.ces(&["gc"]);
+    gc.ok();
+    assert!(!gc.stderr.contains("WARN") && !gc.stderr.contains("still mounted"), "{}", gc.stderr);
+    assert_no_run_left(&w.sb.store);
+    assert!(!sleeper_alive(), "the container was stopped");
+    assert!(outputs.join("up").is_file(), "outputs are kept");
+
+    let records = w.sb.audit_records();
+    assert_eq!(
+        events_of(&records, &id),
+        [("run_start".to_owned(), String::new()), ("run_end".to_owned(), "supervisor_lost".to_owned())]
+    );
+    let end = records.last().unwrap();
+    assert_eq!((&end["user"], &end["pid"], &end["outputs"]), (&start["user"], &start["pid"], &start["outputs"]));
+    // Closed once: the next start finds nothing to close.
+    w.ces(&["gc"]).ok();
+    assert_eq!(w.sb.audit_records().len(), records.len());
+    let shown = w.sb.ces(&["audit", "show"]);
+    let table = shown.ok();
+    assert!(!table.contains("running or lost"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains(" end ") && l.trim_end().ends_with(&format!("run {id} supervisor lost"))),
+        "{table}"
+    );
+    w.sb.ces(&["audit", "verify"]).ok();
+}
+
+/// SIGQUIT to ces: whether ces passes it on (the container then ends and
+/// ces records it) or dies of it, the start is in the log, and after the
+/// next start the run has exactly one end.
+#[test]
+fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
+    require_root("runs a container");
+    let w = TreWorld::new("audit/sigquit");
+    let (mut child, id, _outputs) =
+        start_sleeper(w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]));
+    signal(&child, rustix::process::Signal::QUIT);
+    child.wait().unwrap();
+    assert_eq!(events_of(&w.sb.audit_records(), &id)[0].0, "run_start");
+    w.ces(&["run", &w.image, "true"]).ok();
+    let events = events_of(&w.sb.audit_records(), &id);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(matches!(events[1].0.as_str(), "run" | "run_end"), "{events:?}");
+    assert!(!sleeper_alive());
+    assert_no_run_left(&w.sb.store);
+    w.sb.ces(&["audit", "verify"]).ok();
+}
+
+/// Rootless: the unprivileged user's own store and log; `kill -9` of their
+/// ces, then their next `ces run` closes the run in their log.
+#[test]
+fn a_rootless_run_whose_ces_is_killed_is_closed_in_the_users_own_log() {
+    require_root("creates a user and delegates cgroups");
+    let user = common::test_user();
+    let w = TreWorld::new("audit/rootless-killed");
+    std::fs::create_dir_all(w.home.join("safe_data")).unwrap();
+    std::fs::set_permissions(w.sb.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // The user's own store (and log in it): pulled again, as the user.
+    let store = w.sb.dir.path().join("user-store");
+    std::fs::create_dir_all(&store).unwrap();
+    for dir in [&w.home, &w.home.join("safe_data"), &store] {
+        user.chown(dir);
+    }
+    let config =
+        std::fs::read_to_string(&w.sb.config).unwrap().replace(w.sb.store.to_str().unwrap(), store.to_str().unwrap());
+    std::fs::write(&w.sb.config, config).unwrap();
+    w.sb.ces(&["system", "setup", "--user", common::TEST_USER]).ok();
+    let as_user = |args: &[&str]| {
+        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        argv.extend_from_slice(args);
+        let mut cmd = user.setpriv(&w.sb, &argv);
+        cmd.env("HOME", &w.home);
+        cmd
+    };
+    w.sb.run(as_user(&["pull", "--quiet", &w.image])).ok();
+    let (mut child, id, _outputs) =
+        start_sleeper(as_user(&["run", "--json", "-m", "0.25", &w.image, "sh", "-c", MARK_AND_SLEEP]));
+    signal(&child, rustix::process::Signal::KILL);
+    child.wait().unwrap();
+    let log = store.join("audit.jsonl");
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(events_of(&read(), &id), [("run_start".to_owned(), String::new())]);
+
+    let next = w.sb.run(as_user(&["run", &w.image, "true"]));
+    next.ok();
+    assert!(!next.stderr.contains("WARN"), "{}", next.stderr);
+    let records = read();
+    let events = events_of(&records, &id);
+    assert_eq!(events[1], ("run_end".to_owned(), "supervisor_lost".to_owned()), "{events:?}");
+    let end = records.iter().find(|r| r["event"] == "run_end").unwrap();
+    assert_eq!(end["user"]["uid"], user.uid);
+    assert!(!sleeper_alive());
+    assert_no_run_left(&store);
+    let verify = user.setpriv(&w.sb, &[env!("CARGO_BIN_EXE_ces"), "audit", "verify"]);
+    w.sb.run(verify).ok();
+}
+
+// ----- /safe_data through a link -----
+
+/// `~/safe_data -> <safe_data_root>/<project>` is that project's data: the
+/// record names the project and the real path, and the project's mode
+/// applies (rw here, where the global mode is ro). A link anywhere else is no
+/// project's: global mode, the real path recorded.
+#[test]
+fn a_home_safe_data_link_is_attributed_to_the_project_it_leads_to() {
+    require_root("runs a container");
+    let other = "linked-project";
+    let tre = format!("safe_data_mode = \"ro\"\n\n[tre.projects.{other}]\nsafe_data_mode = \"rw\"");
+    let w = TreWorld::with("audit/safe-data-link", &ces_testkit::busybox_image(), &tre);
+    let project = w.data_root.join(other);
+    std::fs::create_dir_all(&project).unwrap();
+    let link = w.home.join("safe_data");
+    std::os::unix::fs::symlink(&project, &link).unwrap();
+
+    let out = w.ces(&["run", &w.image, "sh", "-c", "echo written > /safe_data/mark"]);
+    out.ok();
+    assert_eq!(std::fs::read_to_string(project.join("mark")).unwrap(), "written\n", "the project's rw mode applied");
+    let records = w.sb.audit_records();
+    for record in &records[records.len() - 2..] {
+        assert_eq!(record["project"], other, "{record}");
+        let real = std::fs::canonicalize(&project).unwrap();
+        assert_eq!(record["safe_data"], serde_json::json!({"path": real, "mode": "rw", "link": link}), "{record}");
+    }
+
+    // Outside the data root: no project, the global (ro) mode, the real path.
+    let elsewhere = w.sb.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let out = w.ces(&["run", &w.image, "sh", "-c", "echo x > /safe_data/mark"]);
+    assert_ne!(out.code, 0, "read-only: {}", out.stderr);
+    assert!(!elsewhere.join("mark").exists());
+    let run = w.sb.audit_records().pop().unwrap();
+    assert_eq!(run["project"], serde_json::Value::Null, "{run}");
+    let real = std::fs::canonicalize(&elsewhere).unwrap();
+    assert_eq!(run["safe_data"], serde_json::json!({"path": real, "mode": "ro", "link": link}), "{run}");
 }

@@ -180,21 +180,60 @@ fn clean(state_root: &Path, record: &Record, hierarchy: Hierarchy) -> io::Result
         // processes in the container's own cgroup are signalled.
         cgroup.kill_all();
     }
+    // The overlay before anything that can fail: left mounted, it keeps the
+    // state directory (and the run's record around it) from being removed.
+    unmount_rootfs(record)?;
     if !cgroup.remove_leftovers() {
         return Err(io::Error::other(format!("cgroup {} is still in use", record.cgroup_path.display())));
     }
     if container_dir.exists() {
         fs::remove_dir_all(&container_dir)?;
     }
-    if let Some(mount) = &record.rootfs_mount
-        && rootfs::is_mount_point(mount)?
-    {
-        rootfs::unmount(mount)?;
-    }
     if record.state_dir.is_absolute() && record.state_dir.parent().is_some() {
         RunDirs::new(&record.state_dir).remove()?;
     }
     Ok(())
+}
+
+/// Unmounts what a root run mounted at `<state_dir>/rootfs` (lazily: a
+/// process still inside does not keep it attached). Only that path is acted
+/// on, reached through the state directory opened without following a
+/// link, and `rootfs` itself is not followed either: a record, or a tree,
+/// that points elsewhere unmounts nothing outside the state directory.
+fn unmount_rootfs(record: &Record) -> io::Result<()> {
+    use nix::errno::Errno;
+    use nix::mount::MntFlags;
+
+    let Some(mount) = &record.rootfs_mount else { return Ok(()) };
+    if !record.state_dir.is_absolute() || *mount != record.state_dir.join("rootfs") {
+        return Err(io::Error::other(format!(
+            "the run record names {} as its root filesystem, outside {}",
+            mount.display(),
+            record.state_dir.display()
+        )));
+    }
+    let state = match nix::fcntl::open(
+        &record.state_dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // Gone (nothing mounted in it), or not a directory (a link): nothing to unmount.
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(()),
+        Err(e) => return Err(rootfs::annotate(e.into(), &record.state_dir)),
+    };
+    // SAFETY: `open` returned a new descriptor that nothing else owns.
+    let state = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(state) };
+    let target = PathBuf::from(format!("/proc/self/fd/{}/rootfs", state.as_raw_fd()));
+    // Mounted more than once (stacked), each layer comes off in turn.
+    for _ in 0..16 {
+        match nix::mount::umount2(&target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => tracing::info!(path = %mount.display(), "unmounted the root filesystem of a stale run"),
+            Err(Errno::EINVAL | Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(rootfs::annotate(e.into(), mount)),
+        }
+    }
+    Err(io::Error::other(format!("{} is still mounted", mount.display())))
 }
 
 /// A temp record (`.<id>.json.<pid>`) whose writer is gone.
@@ -215,6 +254,69 @@ fn try_lock(file: &File) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mount_tmpfs(at: &Path) {
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
+    }
+
+    /// Needs root (to mount): the stale clean-up unmounts `<state>/rootfs`,
+    /// stacked mounts too, and nothing that a link or the record points to.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn the_rootfs_of_a_stale_run_is_unmounted_and_nothing_else() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        // Its own mount namespace: nothing mounted here reaches the host.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_PRIVATE | nix::mount::MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let rootfs = state.join("rootfs");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir_all(&rootfs).unwrap();
+        fs::create_dir(&elsewhere).unwrap();
+        mount_tmpfs(&rootfs);
+        mount_tmpfs(&rootfs);
+        mount_tmpfs(&elsewhere);
+        let record = |rootfs_mount: PathBuf| Record {
+            id: "x".into(),
+            pid: 1,
+            start_time: 1,
+            state_dir: state.clone(),
+            rootfs_mount: Some(rootfs_mount),
+            cgroup_path: PathBuf::from("/nonexistent"),
+            rootless: false,
+        };
+        // A record that names another path is refused.
+        assert!(unmount_rootfs(&record(elsewhere.clone())).is_err());
+        assert!(rootfs::is_mount_point(&elsewhere).unwrap());
+        unmount_rootfs(&record(rootfs.clone())).unwrap();
+        assert!(!rootfs::is_mount_point(&rootfs).unwrap(), "both layers are off");
+        // `rootfs` swapped for a link to a mount point: not followed.
+        fs::remove_dir(&rootfs).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &rootfs).unwrap();
+        unmount_rootfs(&record(rootfs.clone())).unwrap();
+        assert!(rootfs::is_mount_point(&elsewhere).unwrap(), "the link's target is still mounted");
+        // The state directory itself a link: not followed either.
+        let real_state = dir.path().join("real-state");
+        fs::create_dir_all(real_state.join("rootfs")).unwrap();
+        mount_tmpfs(&real_state.join("rootfs"));
+        fs::remove_file(&rootfs).unwrap();
+        fs::remove_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&real_state, &state).unwrap();
+        unmount_rootfs(&record(rootfs.clone())).unwrap();
+        assert!(rootfs::is_mount_point(&real_state.join("rootfs")).unwrap());
+        rootfs::unmount(&real_state.join("rootfs")).unwrap();
+        rootfs::unmount(&elsewhere).unwrap();
+    }
 
     #[test]
     fn this_process_is_alive_and_a_changed_start_time_is_not() {

@@ -153,6 +153,49 @@ fn outcome_of(error: &anyhow::Error) -> Outcome {
     if refused { Outcome::Refused { error: message } } else { Outcome::Error { error: message } }
 }
 
+/// A run about to start its container, for its start record.
+#[derive(Debug)]
+pub struct RunStarting<'a> {
+    /// The plan.
+    pub spec: &'a RunSpec,
+    /// The backend's name.
+    pub runtime: &'a str,
+    /// Where `/safe_data` came from.
+    pub safe_data: &'a SafeData,
+    /// Where its image came from.
+    pub provenance: &'a Provenance,
+    /// The outputs directory.
+    pub outputs: &'a Path,
+    /// A readiness test (`ces test`), not a run on the TRE's data.
+    pub test: bool,
+}
+
+/// Appends a run's start record, before its container starts: the run does
+/// not start if this fails. Returns the record.
+pub fn record_start(settings: &Settings, start: RunStarting<'_>) -> anyhow::Result<Record> {
+    let spec = start.spec;
+    let event = Event::RunStart(Box::new(ces_audit::RunStartEvent {
+        run_id: spec.id.clone(),
+        pid: std::process::id(),
+        test: start.test,
+        name: spec.name.clone(),
+        project: start.safe_data.project.clone(),
+        safe_data: safe_data_of(spec, start.safe_data),
+        image: image_of(spec),
+        provenance: recorded_provenance(start.provenance),
+        runtime: start.runtime.to_owned(),
+        mounts: mounts_of(spec),
+        limits: limits_of(spec),
+        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
+        argv: spec.process.args.clone(),
+        outputs: start.outputs.to_owned(),
+    }));
+    let record = log(settings)
+        .append(current_user(), event)
+        .context("the run could not be recorded, so its container was not started")?;
+    Ok(record)
+}
+
 /// A run that reached the runtime, for its record.
 #[derive(Debug)]
 pub struct RunEnd<'a> {
@@ -177,14 +220,85 @@ pub struct RunEnd<'a> {
     pub test: bool,
 }
 
-/// Appends a run's record (environment variables by name only).
+/// Appends a run's record (environment variables by name only): the end of
+/// the run whose start [`record_start`] wrote.
 pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
     let spec = end.spec;
-    let mode_of = |destination: &str| {
-        spec.mounts.iter().find(|m| m.destination == destination).map_or("ro".to_owned(), |m| m.access.to_string())
+    let (exit, outcome) = match end.result {
+        Ok(exit) => {
+            let (signal, oom) = signal_and_oom(*exit);
+            (Some(ces_audit::Exit { code: exit.code(), signal, oom }), Outcome::Ok)
+        }
+        Err(error) => (None, Outcome::Error { error: diagnostics::one_line(error) }),
     };
-    let mounts = spec
+    let event = Event::Run(Box::new(ces_audit::RunEvent {
+        run_id: spec.id.clone(),
+        test: end.test,
+        name: spec.name.clone(),
+        project: end.safe_data.project.clone(),
+        safe_data: safe_data_of(spec, end.safe_data),
+        image: image_of(spec),
+        provenance: recorded_provenance(end.provenance),
+        runtime: end.runtime.to_owned(),
+        mounts: mounts_of(spec),
+        limits: limits_of(spec),
+        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
+        argv: spec.process.args.clone(),
+        started: end.started,
+        ended: Timestamp::now(),
+        exit,
+        outputs: end.outputs.is_dir().then(|| end.outputs.to_owned()),
+        outputs_manifest: end.outputs_manifest,
+        outcome,
+    }));
+    append(settings, event)
+}
+
+/// A run whose ces died before it ended, as the next ces start found it.
+#[derive(Debug)]
+pub struct LostRun<'a> {
+    /// Who the run was for (as its start record says).
+    pub user: User,
+    /// The run id.
+    pub run_id: &'a str,
+    /// The ces process that ran it, when known.
+    pub pid: Option<u32>,
+    /// Its outputs directory, when known.
+    pub outputs: Option<&'a Path>,
+}
+
+/// Appends the end of a run whose ces died (outcome `supervisor_lost`),
+/// for the user the run was for.
+pub fn record_lost(settings: &Settings, lost: LostRun<'_>) -> anyhow::Result<()> {
+    let event = Event::RunEnd(ces_audit::RunEndEvent {
+        run_id: lost.run_id.to_owned(),
+        pid: lost.pid,
+        outputs: lost.outputs.filter(|o| o.is_dir()).map(Path::to_owned),
+        outputs_manifest: None,
+        outcome: Outcome::SupervisorLost {
+            error: "ces ended before the run did (killed or crashed): how its container ended is not known".to_owned(),
+        },
+    });
+    log(settings).append(lost.user, event).context("the end of an interrupted run could not be recorded")?;
+    Ok(())
+}
+
+fn image_of(spec: &RunSpec) -> ces_audit::Image {
+    ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() }
+}
+
+/// `/safe_data` as mounted: its real path, mode, and the link it was found through.
+fn safe_data_of(spec: &RunSpec, safe_data: &SafeData) -> ces_audit::SafeData {
+    let mode = spec
         .mounts
+        .iter()
+        .find(|m| m.destination == ces_runtime::plan::SAFE_DATA)
+        .map_or("ro".to_owned(), |m| m.access.to_string());
+    ces_audit::SafeData { path: safe_data.path.clone(), mode, link: safe_data.link.clone() }
+}
+
+fn mounts_of(spec: &RunSpec) -> Vec<ces_audit::Mount> {
+    spec.mounts
         .iter()
         .map(|m| {
             let (kind, source) = match &m.kind {
@@ -198,44 +312,12 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
                 mode: m.access.to_string(),
             }
         })
-        .collect();
-    let (exit, outcome) = match end.result {
-        Ok(exit) => {
-            let (signal, oom) = signal_and_oom(*exit);
-            (Some(ces_audit::Exit { code: exit.code(), signal, oom }), Outcome::Ok)
-        }
-        Err(error) => (None, Outcome::Error { error: diagnostics::one_line(error) }),
-    };
+        .collect()
+}
+
+fn limits_of(spec: &RunSpec) -> ces_audit::Limits {
     let limits = spec.limits;
-    let event = Event::Run(Box::new(ces_audit::RunEvent {
-        run_id: spec.id.clone(),
-        test: end.test,
-        name: spec.name.clone(),
-        project: end.safe_data.project.clone(),
-        safe_data: ces_audit::SafeData {
-            path: end.safe_data.path.clone(),
-            mode: mode_of(ces_runtime::plan::SAFE_DATA),
-        },
-        image: ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() },
-        provenance: recorded_provenance(end.provenance),
-        runtime: end.runtime.to_owned(),
-        mounts,
-        limits: ces_audit::Limits {
-            memory: limits.memory,
-            cpus: limits.cpus,
-            pids: limits.pids,
-            shm_size: limits.shm_size,
-        },
-        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
-        argv: spec.process.args.clone(),
-        started: end.started,
-        ended: Timestamp::now(),
-        exit,
-        outputs: end.outputs.is_dir().then(|| end.outputs.to_owned()),
-        outputs_manifest: end.outputs_manifest,
-        outcome,
-    }));
-    append(settings, event)
+    ces_audit::Limits { memory: limits.memory, cpus: limits.cpus, pids: limits.pids, shm_size: limits.shm_size }
 }
 
 /// Records a run that did not start (refused, or failed before its
@@ -279,6 +361,13 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
         .filter(|r| since.is_none_or(|since| r.time >= since))
         .filter(|r| args.image.as_deref().is_none_or(|image| matches_image(&r.event, image)))
         .collect();
+    // Which runs have ended, from the whole log (the filters may hide an end).
+    let ended: std::collections::HashSet<String> = log
+        .records()?
+        .into_iter()
+        .filter(|r| matches!(r.event, Event::Run(_) | Event::RunEnd(_)))
+        .filter_map(|r| r.event.run_id().map(str::to_owned))
+        .collect();
     let mut out = std::io::stdout().lock();
     if args.json {
         for record in &records {
@@ -301,20 +390,23 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
             r.user.name,
             event_word(&r.event),
             image_text(&r.event),
-            outcome_text(&r.event)
+            outcome_text(&r.event, &ended)
         )?;
     }
     Ok(())
 }
 
 /// The EVENT column: a run that did not start says so in its outcome; a
-/// readiness test (`ces test`) is `test`.
+/// readiness test (`ces test`) is `test`; a run's start is `start`, its end
+/// `run` (or `end`, written for it when its ces died).
 fn event_word(event: &Event) -> &'static str {
     match event {
         Event::Pull(_) => "pull",
         Event::Load(_) => "load",
+        Event::RunStart(_) => "start",
         Event::Run(run) if run.test => "test",
         Event::Run(_) | Event::RunNotStarted(_) => "run",
+        Event::RunEnd(_) => "end",
     }
 }
 
@@ -331,16 +423,29 @@ fn image_text(event: &Event) -> String {
     }
 }
 
-fn outcome_text(event: &Event) -> String {
+/// The OUTCOME column; a start says its run id, and whether the log has
+/// its end (`ended`: the run ids that have one).
+fn outcome_text(event: &Event, ended: &std::collections::HashSet<String>) -> String {
     match (event, event.outcome()) {
+        (Event::RunStart(start), _) => {
+            let what = if start.test { "test" } else { "run" };
+            if ended.contains(&start.run_id) {
+                format!("{what} {} started", start.run_id)
+            } else {
+                format!("{what} {} started: running or lost", start.run_id)
+            }
+        }
         (Event::Run(run), Outcome::Ok) => match run.exit {
             Some(ces_audit::Exit { oom: true, .. }) => "out of memory".to_owned(),
             Some(ces_audit::Exit { signal: Some(signal), .. }) => format!("signal {signal}"),
             Some(exit) => format!("exit {}", exit.code),
             None => "ok".to_owned(),
         },
+        (Event::RunEnd(end), outcome) => format!("run {} {}", end.run_id, outcome.word()),
         (_, Outcome::Ok) => "ok".to_owned(),
-        (_, Outcome::Refused { error } | Outcome::Error { error }) => format!("{}: {error}", event.outcome().word()),
+        (_, Outcome::Refused { error } | Outcome::Error { error } | Outcome::SupervisorLost { error }) => {
+            format!("{}: {error}", event.outcome().word())
+        }
     }
 }
 

@@ -187,7 +187,9 @@ pub(crate) fn prepare(
 
     let invoker = host::invoker()?;
     let (safe_data, safe_data_access) = match &placement.safe_data {
-        Some(path) => (SafeData { path: path.clone(), project: None, reason: "--data".to_owned() }, Access::Ro),
+        Some(path) => {
+            (SafeData { path: path.clone(), project: None, reason: "--data".to_owned(), link: None }, Access::Ro)
+        }
         None => {
             let safe_data = find_safe_data(settings, &invoker)?;
             let access = match settings.tre.safe_data_mode(safe_data.project.as_deref()) {
@@ -247,8 +249,9 @@ pub(crate) fn prepare(
 }
 
 /// Runs a prepared plan with `run`: creates the run's directories, records
-/// the run in the audit log, removes what must not outlive it. Returns the
-/// runtime's result and the outputs directory.
+/// the run's start in the audit log (nothing runs that could not be
+/// recorded), runs it, records its end, removes what must not outlive it.
+/// Returns the runtime's result and the outputs directory.
 pub(crate) fn execute(
     settings: &Settings,
     printer: &Printer,
@@ -264,8 +267,6 @@ pub(crate) fn execute(
             return Err(RunError::MissingParent { what, path: parent.clone() }.into());
         }
     }
-    // Nothing runs that could not be recorded.
-    audit::log(settings).check_writable()?;
     let invoker = &prepared.invoker;
     let owner = (crate::identity::is_host_root() && invoker.identity.host_uid != 0).then_some(invoker.identity);
     let paths = RunPaths {
@@ -276,6 +277,29 @@ pub(crate) fn execute(
         state: prepared.dirs.state.clone(),
     };
     let mut active = ActiveRun::start(&prepared.runs, paths, owner)?;
+    // The start, before the container, and nothing runs that could not be
+    // recorded: a log that cannot take it stops the run here (its
+    // directories go with `active`). A ces that dies from now on (SIGKILL,
+    // a crash) leaves a record whose run the next start closes ("supervisor
+    // lost"); noted in the record first, so that no start goes unclosed.
+    let opened = record::Opened { user: audit::current_user(), pid: std::process::id() };
+    let recorded = record::mark_opened(&prepared.runs, &spec.id, &opened).and_then(|()| {
+        audit::record_start(
+            settings,
+            audit::RunStarting {
+                spec,
+                runtime,
+                safe_data: &prepared.safe_data,
+                provenance: &prepared.provenance,
+                outputs: &active.paths().outputs,
+                test: prepared.test,
+            },
+        )
+    });
+    if let Err(error) = recorded {
+        active.discard_outputs_if_empty();
+        return Err(error);
+    }
     announce_start(printer, spec, runtime, &prepared.safe_data, active.paths(), json)?;
 
     *started = true;
@@ -286,9 +310,6 @@ pub(crate) fn execute(
         active.discard_outputs_if_empty();
     }
     let outputs = active.paths().outputs.clone();
-    for problem in active.finish() {
-        printer.status(format!("warning: {problem}"));
-    }
     let mut end = audit::RunEnd {
         spec,
         runtime,
@@ -300,21 +321,49 @@ pub(crate) fn execute(
         outputs_manifest: None,
         test: prepared.test,
     };
-    // After the container's exit, whatever its end: the manifest and the ACRO metadata.
+    // After the container's exit, whatever its end: the manifest and the ACRO
+    // metadata, then the run's end, while its record still says it is open.
     end.outputs_manifest = manifest::seal_outputs(printer, &settings.outputs, &end, owner);
     audit::record_run(settings, end)?;
+    if let Err(error) = record::mark_closed(&prepared.runs, &spec.id) {
+        printer.status(format!("warning: {}", crate::diagnostics::message(&error)));
+    }
+    for problem in active.finish() {
+        printer.status(format!("warning: {problem}"));
+    }
     Ok((result, outputs))
 }
 
-/// Removes what runs of a ces that died left behind (best effort; problems
-/// are logged, and the next start tries again).
+/// Removes what runs of a ces that died left behind, and records the end of
+/// their runs (best effort; problems are logged, and the next start tries
+/// again). The native runtime's leftovers go first: it stops the container
+/// and unmounts its root filesystem, which would otherwise keep the run's
+/// state directory, and its record, from being removed.
 pub fn clean_stale(settings: &Settings) {
+    native_cleanup_stale(&settings.storage_root);
     let runs = record::runs_dir(&settings.storage_root);
     if !runs.is_dir() {
         return;
     }
-    let cleaned = record::clean_stale(&runs, &|state| ces_runtime::podman::cleanup_stale(state));
-    native_cleanup_stale(&settings.storage_root);
+    let close = |run: &record::Unclosed<'_>| {
+        let (user, pid) = match &run.opened {
+            Some(opened) => (opened.user.clone(), Some(opened.pid)),
+            None => (audit::current_user(), None),
+        };
+        let lost = audit::LostRun { user, run_id: run.id, pid, outputs: run.outputs };
+        match audit::record_lost(settings, lost) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(id = run.id, error = %crate::diagnostics::message(&error), "cannot record the end of an interrupted run");
+                false
+            }
+        }
+    };
+    let cleanup_state = |state: &Path| {
+        ces_runtime::podman::cleanup_stale(state);
+        true
+    };
+    let cleaned = record::clean_stale(&runs, &cleanup_state, &close);
     for id in cleaned {
         tracing::info!(id, "removed the scratch and state of an interrupted run");
     }

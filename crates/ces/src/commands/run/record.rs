@@ -3,14 +3,17 @@
 //! ```text
 //! <store>/runs/<id>/lock          flock'ed by the ces process running it
 //! <store>/runs/<id>/record.json   what to clean: the scratch directory
+//! <store>/runs/<id>/audit.json    while the run's start is in the audit log
+//!                                 and its end is not: who it is for
 //! <store>/runs/<id>/state/        the backend's state (bundle, overlay)
 //! ```
 //!
 //! A run's record is written (under a temporary name, locked, then renamed)
 //! before its directories are created, and removed after they are. A ces that
 //! dies in between leaves a record whose lock is free: the next `ces run` or
-//! `ces gc` removes its scratch and state directories, then the record.
-//! Outputs are never removed.
+//! `ces gc` removes its scratch and state directories, records the run's end
+//! (`supervisor_lost`) in the audit log if its start is there, then removes
+//! the record. Outputs are never removed.
 
 use std::fs::{self, File};
 use std::io;
@@ -169,11 +172,67 @@ impl Drop for ActiveRun {
     }
 }
 
+/// The file in a run's record that says its start is in the audit log and
+/// its end is not yet: written before the start record, removed once the
+/// end is written. A stale record that has it gets a `supervisor_lost` end.
+const OPENED: &str = "audit.json";
+
+/// What [`OPENED`] holds: who the run's audit records are for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Opened {
+    /// Who the run is for (its start record's user).
+    pub user: ces_audit::User,
+    /// The ces process running it.
+    pub pid: u32,
+}
+
+/// Notes, in run `id`'s record, that its start goes to the audit log: from
+/// now on, a ces that dies leaves a run the next start closes.
+pub fn mark_opened(runs: &Path, id: &str, opened: &Opened) -> anyhow::Result<()> {
+    let dir = runs.join(id);
+    let (temp, path) = (dir.join(format!("{OPENED}.new")), dir.join(OPENED));
+    (|| {
+        fs::write(&temp, serde_json::to_vec(opened)?)?;
+        fs::rename(&temp, &path)
+    })()
+    .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Notes that run `id`'s end is in the audit log.
+pub fn mark_closed(runs: &Path, id: &str) -> anyhow::Result<()> {
+    let path = runs.join(id).join(OPENED);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A stale run whose end the audit log lacks (its ces died while it ran).
+#[derive(Debug)]
+pub struct Unclosed<'a> {
+    /// The run id.
+    pub id: &'a str,
+    /// Its outputs directory, as its record says.
+    pub outputs: Option<&'a Path>,
+    /// Who it was for; `None` when the note cannot be read.
+    pub opened: Option<Opened>,
+}
+
 /// Removes what runs of a ces that died left behind: for each record whose
-/// lock is free, its scratch directory (only a directory named
-/// `scratch_<id>`), `cleanup_state` on its state directory (to unmount what a
-/// backend left mounted), then the record. Returns one line per run cleaned.
-pub fn clean_stale(runs: &Path, cleanup_state: &dyn Fn(&Path)) -> Vec<String> {
+/// lock is free, `cleanup_state` on its state directory (to stop and unmount
+/// what a backend left; false: not yet, the run is left for the next start),
+/// its scratch directory (only a directory named
+/// `scratch_<id>`), the state directory, then `close` for a run whose start
+/// is in the audit log without its end (it records the end, and says whether
+/// it could), then the record. Until all of that is done the record (and its
+/// lock file) stays, so the next start tries again. Returns the runs cleaned.
+pub fn clean_stale(
+    runs: &Path,
+    cleanup_state: &dyn Fn(&Path) -> bool,
+    close: &dyn Fn(&Unclosed<'_>) -> bool,
+) -> Vec<String> {
     let Ok(entries) = fs::read_dir(runs) else { return Vec::new() };
     let mut cleaned = Vec::new();
     for entry in entries.flatten() {
@@ -205,7 +264,14 @@ pub fn clean_stale(runs: &Path, cleanup_state: &dyn Fn(&Path)) -> Vec<String> {
         }
         let record: Option<Record> =
             fs::read(dir.join("record.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        if let Some(record) = record.filter(|r| r.id == name) {
+        let record = record.filter(|r| r.id == name);
+        // The backend first: what still runs is stopped, what is mounted
+        // unmounted. Until it is, the scratch stays: the container may use it.
+        let state = dir.join("state");
+        if !cleanup_state(&state) {
+            continue;
+        }
+        if let Some(record) = &record {
             let expected = format!("scratch_{name}");
             if record.scratch.file_name().is_some_and(|f| *f == *expected)
                 && let Err(error) = remove_tree_one_fs(&record.scratch)
@@ -214,8 +280,21 @@ pub fn clean_stale(runs: &Path, cleanup_state: &dyn Fn(&Path)) -> Vec<String> {
                 continue;
             }
         }
-        let state = dir.join("state");
-        cleanup_state(&state);
+        if let Err(error) = remove_tree_one_fs(&state) {
+            tracing::warn!(path = %state.display(), %error, "cannot remove the state of a stale run");
+            continue;
+        }
+        match fs::read(dir.join(OPENED)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            read => {
+                let opened = read.ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                let outputs = record.as_ref().map(|r| r.outputs.as_path());
+                if !close(&Unclosed { id: &name, outputs, opened }) {
+                    continue; // its end is not recorded yet: the next start tries again
+                }
+                let _ = fs::remove_file(dir.join(OPENED));
+            }
+        }
         match remove_tree_one_fs(&dir) {
             Ok(()) => cleaned.push(name),
             Err(error) => tracing::warn!(path = %dir.display(), %error, "cannot remove a stale run record"),
@@ -311,7 +390,7 @@ mod tests {
         fs::write(p.scratch.join("deep/er/f"), "x").unwrap();
         fs::set_permissions(p.scratch.join("deep"), fs::Permissions::from_mode(0o500)).unwrap();
         // Live: not stale.
-        assert!(clean_stale(&runs, &|_| {}).is_empty());
+        assert!(clean_stale(&runs, &|_| true, &|_| true).is_empty());
         assert!(p.scratch.is_dir());
         assert!(run.finish().is_empty());
         assert!(!p.scratch.exists() && !p.state.exists() && !runs.join(id).exists());
@@ -349,7 +428,11 @@ mod tests {
         let live = ActiveRun::start(&runs, paths(dir.path(), "20231114-221321-00000001"), None).unwrap();
 
         let seen = std::cell::RefCell::new(Vec::new());
-        let mut cleaned = clean_stale(&runs, &|state| seen.borrow_mut().push(state.to_owned()));
+        let cleanup = |state: &Path| {
+            seen.borrow_mut().push(state.to_owned());
+            true
+        };
+        let mut cleaned = clean_stale(&runs, &cleanup, &|_| true);
         cleaned.sort();
         assert_eq!(cleaned, [id.to_owned(), other.to_owned()]);
         assert!(!p.scratch.exists() && !p.state.exists() && !runs.join(id).exists());
@@ -360,6 +443,84 @@ mod tests {
         assert_eq!(seen, [runs.join(id).join("state"), runs.join(other).join("state")]);
         assert!(live.paths().scratch.is_dir() && live.paths().state.is_dir());
         assert!(live.finish().is_empty());
+    }
+
+    /// A run whose start is in the audit log gets its end from the clean-up,
+    /// once; if the end cannot be recorded, the record (with its lock) stays
+    /// for the next start.
+    #[test]
+    fn a_stale_run_with_an_open_start_is_closed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let (opened_id, plain_id) = ("20231114-221320-0000aaaa", "20231114-221320-0000bbbb");
+        let opened = Opened { user: ces_audit::User { name: "alice".into(), uid: 1000 }, pid: 4242 };
+        for id in [opened_id, plain_id] {
+            let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
+            if id == opened_id {
+                mark_opened(&runs, id, &opened).unwrap();
+            }
+            run.lock.take();
+            std::mem::forget(run);
+        }
+        let closed = std::cell::RefCell::new(Vec::new());
+        let refuse = |u: &Unclosed<'_>| {
+            closed.borrow_mut().push((u.id.to_owned(), u.outputs.map(Path::to_owned), u.opened.clone()));
+            false
+        };
+        assert_eq!(clean_stale(&runs, &|_| true, &refuse), [plain_id.to_owned()]);
+        let expected = (opened_id.to_owned(), Some(dir.path().join(format!("outputs_{opened_id}"))), Some(opened));
+        assert_eq!(closed.take(), std::slice::from_ref(&expected));
+        assert!(runs.join(opened_id).join("lock").is_file(), "kept, lock and all, for the next start");
+        assert!(
+            !runs.join(opened_id).join("state").exists() && !dir.path().join(format!("scratch_{opened_id}")).exists()
+        );
+
+        let accept = |u: &Unclosed<'_>| {
+            closed.borrow_mut().push((u.id.to_owned(), u.outputs.map(Path::to_owned), u.opened.clone()));
+            true
+        };
+        assert_eq!(clean_stale(&runs, &|_| true, &accept), [opened_id.to_owned()]);
+        assert_eq!(closed.take(), [expected]);
+        assert!(!runs.join(opened_id).exists());
+        assert!(clean_stale(&runs, &|_| true, &accept).is_empty());
+        assert!(closed.take().is_empty(), "closed once");
+
+        // A run that ended normally (its end recorded) is not closed again.
+        let id = "20231114-221320-0000cccc";
+        let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
+        mark_opened(&runs, id, &Opened { user: ces_audit::User { name: "bob".into(), uid: 1 }, pid: 1 }).unwrap();
+        mark_closed(&runs, id).unwrap();
+        run.lock.take();
+        std::mem::forget(run);
+        assert_eq!(clean_stale(&runs, &|_| true, &accept), [id.to_owned()]);
+        assert!(closed.take().is_empty());
+    }
+
+    /// Needs root (to mount). A stale run whose state cannot be removed yet
+    /// (something still mounted in it) keeps its record and lock: the next
+    /// start tries again, rather than an orphan being left for an hour.
+    #[test]
+    fn a_stale_run_whose_state_stays_mounted_keeps_its_lock() {
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let runs = dir.path().join("runs");
+        let id = "20231114-221320-0000dddd";
+        let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
+        let mnt = run.paths().state.join("rootfs");
+        run.lock.take();
+        std::mem::forget(run);
+        fs::create_dir(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().unwrap();
+        assert!(mounted.success());
+        let cleaned = clean_stale(&runs, &|_| true, &|_| true);
+        let lock = runs.join(id).join("lock").is_file();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
+        assert!(cleaned.is_empty());
+        assert!(lock, "the lock stays with the record");
+        assert_eq!(clean_stale(&runs, &|_| true, &|_| true), [id.to_owned()]);
+        assert!(!runs.join(id).exists());
     }
 
     #[test]
