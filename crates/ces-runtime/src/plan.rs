@@ -213,9 +213,10 @@ pub fn parse_env_file(
         }
         match env_entry(line, host) {
             Ok(var) => vars.extend(var),
-            Err((name, problem)) => {
-                let problem = if name.is_empty() { problem.to_owned() } else { format!("{name:?}: {problem}") };
-                return Err(PlanError::FileLine { file: file.to_owned(), line: i + 1, problem });
+            // Not the name: a line that is no `NAME=value` may be anything
+            // (read as an env file, a password file's line is a "name").
+            Err((_, problem)) => {
+                return Err(PlanError::FileLine { file: file.to_owned(), line: i + 1, problem: problem.to_owned() });
             }
         }
     }
@@ -776,7 +777,9 @@ mod tests {
     fn env_file_bad_lines_name_file_and_line_but_not_the_value() {
         for (text, line, needle) in [
             ("A=1\n=secret\n", 2, "no variable name"),
-            ("A=1\n\n# c\n1A=secret\n", 4, "\"1A\""),
+            ("A=1\n\n# c\n1A=secret\n", 4, "not a valid variable name"),
+            // A password file's line: no `=`, all of it would be the "name".
+            ("root:$y$j9T$secret:19000:0:99999:7:::\n", 1, "not a valid variable name"),
             ("A B=secret\n", 1, "not a valid variable name"),
             ("A=1\nfoo bar\n", 2, "not a valid variable name"),
             ("A=sec\0ret\n", 1, "NUL"),

@@ -55,6 +55,11 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
                     .into(),
             ];
         }
+        if cause.downcast_ref::<crate::settings::SudoConfigRefused>().is_some() {
+            return vec![format!(
+                "drop --config and unset CES_CONFIG, or ask the operator to change {config}: under sudo ces runs as root, so [policy] allow_user_config does not apply"
+            )];
+        }
         if cause.downcast_ref::<crate::settings::UserConfigRefused>().is_some() {
             return vec!["drop --config and unset CES_CONFIG; if users should bring their own config, the operator sets [policy] allow_user_config = true".into()];
         }

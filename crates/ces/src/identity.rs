@@ -10,9 +10,15 @@
 //! namespace, a bind mount over the map): `/proc` must be procfs's root and
 //! the path must cross no mount point. Where it cannot be read so, ces is
 //! not root and does not know who the user is.
+//!
+//! Root under sudo (`SUDO_UID` set) acts for the user who ran sudo, and must
+//! not lend them root's reach: every path they name is opened with their own
+//! credentials ([`as_invoker`]), on a thread of its own that drops root for
+//! the user's uid, gid and groups and ends with the work (the rest of ces
+//! keeps root; the switch cannot leak past the work).
 
-use std::io::Read as _;
-use std::path::Path;
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -74,6 +80,135 @@ impl Caller {
         }
         Caller::Namespaced { uid: outside(map, ruid).filter(|&uid| uid != 0) }
     }
+}
+
+/// The user root acts for under sudo: the one `SUDO_UID` names, as the user
+/// database knows them (not as `$HOME` or `$USER` say, which the caller sets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SudoUser {
+    /// `SUDO_UID`.
+    pub uid: u32,
+    /// `SUDO_GID`.
+    pub gid: u32,
+    /// The uid's name in the user database; else `SUDO_USER`; else the uid.
+    pub name: String,
+    /// The uid's home in the user database, if it has an entry.
+    pub home: Option<PathBuf>,
+    /// The user's groups in the group database (`id -G`), `gid` first.
+    pub groups: Vec<u32>,
+}
+
+/// `SUDO_UID` is set for root, but does not say who.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("SUDO_UID is set but SUDO_GID is not a group id")]
+pub struct SudoError;
+
+/// Under sudo (root of the host with `SUDO_UID` set), the user who ran it;
+/// `None` otherwise (`SUDO_*` is not trusted from anyone but root). Told
+/// once, then remembered.
+pub fn sudo_user() -> Result<Option<&'static SudoUser>, SudoError> {
+    static SUDO: OnceLock<Result<Option<SudoUser>, SudoError>> = OnceLock::new();
+    let told = SUDO.get_or_init(|| {
+        let id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
+        let Some(uid) = id("SUDO_UID").filter(|_| is_host_root()) else { return Ok(None) };
+        let gid = id("SUDO_GID").ok_or(SudoError)?;
+        let entry = passwd_entry(uid);
+        let name = entry
+            .as_ref()
+            .map(|(name, _)| name.clone())
+            .or_else(|| std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty()))
+            .unwrap_or_else(|| uid.to_string());
+        let home = entry.map(|(_, home)| home);
+        let mut groups = vec![gid];
+        // A uid the database lacks has no groups but its own.
+        if home.is_some() {
+            groups.extend(group_ids(&name).into_iter().filter(|g| *g != gid));
+        }
+        Ok(Some(SudoUser { uid, gid, name, home, groups }))
+    });
+    told.as_ref().map(Option::as_ref).map_err(Clone::clone)
+}
+
+/// Runs `work` with the credentials of the user ces runs for: under sudo,
+/// on a thread of its own that has dropped root for the user's uid, gid and
+/// groups (real, effective and saved: it cannot get root back, and it has no
+/// capabilities), so that the kernel checks what the user may open;
+/// otherwise here (ces is that user already).
+pub fn as_invoker<T: Send>(work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    match sudo_user().map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))? {
+        Some(user) if user.uid != 0 => as_user(user, work),
+        _ => Ok(work()),
+    }
+}
+
+/// Opens `path` for reading as the user ces runs for (see [`as_invoker`]).
+pub fn open_as_invoker(path: &Path) -> io::Result<std::fs::File> {
+    as_invoker(|| std::fs::File::open(path))?
+}
+
+/// Reads the text file `path` as the user ces runs for (see [`as_invoker`]):
+/// opened and read there, so that no file that checks at read time (in
+/// `/proc`) answers root.
+pub fn read_as_invoker(path: &Path) -> io::Result<String> {
+    as_invoker(|| std::fs::read_to_string(path))?
+}
+
+/// [`as_invoker`] for `user`.
+fn as_user<T: Send>(user: &SudoUser, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
+    // Changing a thread's euid makes the whole process non-dumpable (the
+    // kernel's rule for set-id programs): put back what it was after.
+    let dumpable = dumpable_behavior().ok();
+    let result = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new().name("ces-as-user".into()).spawn_scoped(scope, || {
+            become_user(user)?;
+            Ok(work())
+        })?;
+        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    if let Some(DumpableBehavior::Dumpable) = dumpable {
+        set_dumpable_behavior(DumpableBehavior::Dumpable)?;
+    }
+    result
+}
+
+/// Drops this thread's credentials for `user`'s (groups first: changing
+/// them needs the root that the uid change gives up).
+fn become_user(user: &SudoUser) -> io::Result<()> {
+    use rustix::thread::{Gid, Uid, set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+    let groups: Vec<Gid> = user.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    set_thread_groups(&groups)?;
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    set_thread_res_gid(gid, gid, gid)?;
+    set_thread_res_uid(uid, uid, uid)?;
+    // The raw syscalls answer for this thread.
+    if rustix::process::geteuid() != uid || rustix::process::getegid() != gid {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "cannot take the user's credentials"));
+    }
+    Ok(())
+}
+
+/// `uid`'s name and home in the user database (NSS included), by `getent`.
+fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
+    let getent = ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).exists())?;
+    let output = Command::new(getent).args(["passwd", &uid.to_string()]).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let line = String::from_utf8(output.stdout).ok()?;
+    let fields: Vec<&str> = line.trim_end().split(':').collect();
+    let (name, home) = (fields.first()?, fields.get(5)?);
+    (fields.get(2) == Some(&uid.to_string().as_str()) && !name.is_empty() && home.starts_with('/'))
+        .then(|| ((*name).to_owned(), PathBuf::from(home)))
+}
+
+/// `user`'s group ids in the group database (`id -G`); none if it cannot tell.
+fn group_ids(user: &str) -> Vec<u32> {
+    let Ok(output) = id_command().args(["-G", "--", user]).output() else { return Vec::new() };
+    if !output.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&output.stdout).split_whitespace().filter_map(|g| g.parse().ok()).collect()
 }
 
 /// `id`, by absolute path where it is (a `PATH` of the user's cannot stand in).
@@ -209,6 +344,51 @@ mod tests {
         if is_initial(&map) && rustix::process::geteuid().is_root() {
             assert!(is_host_root());
         }
+    }
+
+    /// As root (CI): work done for a user is done with their credentials
+    /// (and their groups), on a thread that leaves ces's own root untouched.
+    #[test]
+    fn work_for_a_user_is_done_as_the_user_and_root_stays_root() {
+        use std::os::unix::fs::PermissionsExt as _;
+        if !is_host_root() {
+            return;
+        }
+        const USER: &str = "ces-test-rootless";
+        let _ = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh", USER])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let id = |flag: &str| {
+            String::from_utf8(Command::new("id").args([flag, USER]).output().unwrap().stdout).unwrap().trim().parse()
+        };
+        let (uid, gid): (u32, u32) = (id("-u").unwrap(), id("-g").unwrap());
+        // A supplementary group only the user's thread has.
+        let extra = 4_000_000_u32 + (std::process::id() % 1000);
+        let user = SudoUser { uid, gid, name: USER.into(), home: None, groups: vec![gid, extra] };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "root:$y$SECRET").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let shared = dir.path().join("group-readable");
+        std::fs::write(&shared, "for the group").unwrap();
+        std::os::unix::fs::chown(&shared, Some(0), Some(extra)).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+
+        let denied = as_user(&user, || std::fs::read_to_string(&secret)).unwrap().unwrap_err();
+        assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(as_user(&user, || std::fs::read_to_string(&shared)).unwrap().unwrap(), "for the group");
+        let ids = as_user(&user, || (rustix::process::getuid().as_raw(), rustix::process::geteuid().as_raw()));
+        assert_eq!(ids.unwrap(), (uid, uid), "real and effective: root cannot be taken back");
+        // This thread, and the process, are root as before.
+        assert_eq!(rustix::process::geteuid().as_raw(), 0);
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "root:$y$SECRET");
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::Dumpable,
+            "ces stays dumpable, as it was"
+        );
     }
 
     /// Run by [`as_an_unprivileged_user_in_a_user_namespace`] in its child:

@@ -5,7 +5,10 @@
 //! container reaches. The podman/docker options that would (`--privileged`,
 //! `--network`, `-v`, a bind `--mount`...) are refused by name wherever they
 //! appear, naming the file and line; options ces does not know are refused
-//! too. On the command line `-v` is `--verbose` (the reference service's
+//! too. An error about a file names the file, the line and the word, never
+//! the text: the file may hold what its reader must not print (read as root,
+//! `/etc/shadow` is refused for not being options, not printed). Under sudo
+//! the files are read with the user's own credentials. On the command line `-v` is `--verbose` (the reference service's
 //! meaning); in an option file, which holds podman options, it is `--volume`.
 
 use std::path::{Path, PathBuf};
@@ -213,15 +216,15 @@ pub enum OptionError {
     /// An option ces does not know.
     #[error("unknown option {option} {place}")]
     Unknown {
-        /// The option.
+        /// The option as given; in a file, which word of the line it is.
         option: String,
         /// Where.
         place: Place,
     },
     /// A word that is not an option in an option file.
-    #[error("unexpected argument {word:?} {place}: an option file holds options only")]
+    #[error("unexpected argument {word} {place}: an option file holds options only")]
     NotAnOption {
-        /// The word.
+        /// The word, quoted; in a file, which word of the line it is.
         word: String,
         /// Where.
         place: Place,
@@ -235,15 +238,15 @@ pub enum OptionError {
     /// Any other mistake clap found (a missing value, a bad runtime name).
     #[error("{message} {place}")]
     Invalid {
-        /// clap's message.
+        /// clap's message; in a file, what kind of mistake, and for which option.
         message: String,
         /// Where.
         place: Place,
     },
     /// A malformed `--mount`.
-    #[error("invalid --mount {value:?} {place}: {problem}")]
+    #[error("invalid --mount {value} {place}: {problem}")]
     Mount {
-        /// The value.
+        /// The value, quoted; in a file, which word of the line it is.
         value: String,
         /// Where.
         place: Place,
@@ -299,9 +302,60 @@ pub fn refusal(error: &clap::Error, place: &Place) -> Option<OptionError> {
     } else if option.starts_with('-') {
         OptionError::Unknown { option: option.to_owned(), place }
     } else {
-        OptionError::NotAnOption { word: arg.clone(), place }
+        OptionError::NotAnOption { word: format!("{arg:?}"), place }
     })
 }
+
+/// `error`, found in an option file at `place` on a line split into
+/// `words`, without the file's text: the words it quoted become their
+/// place in the line ("word 2"); clap's message, what kind of mistake it is.
+fn without_file_text(error: OptionError, words: &[String], clap: Option<&clap::Error>) -> OptionError {
+    let word_of = |text: &str| {
+        let index = words.iter().position(|w| w == text || w.split_once('=').is_some_and(|(name, _)| name == text));
+        index.map_or_else(|| "(not shown)".to_owned(), |i| format!("(word {})", i + 1))
+    };
+    match error {
+        // Options ces names itself (its own list) are shown.
+        OptionError::Widening { option, place } if WIDENING.contains(&option.as_str()) => {
+            OptionError::Widening { option, place }
+        }
+        OptionError::Widening { option, place } => {
+            let kind = option.strip_prefix("--mount type=").filter(|kind| MOUNT_TYPES.contains(kind));
+            let option = kind.map_or_else(|| "--mount (not of type tmpfs)".to_owned(), |k| format!("--mount type={k}"));
+            OptionError::Widening { option, place }
+        }
+        OptionError::Unknown { option, place } => {
+            let word = words.iter().position(|w| w.starts_with(&option)).map(|i| format!("(word {})", i + 1));
+            OptionError::Unknown { option: word.unwrap_or_else(|| "(not shown)".to_owned()), place }
+        }
+        OptionError::NotAnOption { place, .. } => {
+            let word = clap.and_then(|e| match e.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(arg)) => Some(word_of(arg)),
+                _ => None,
+            });
+            OptionError::NotAnOption { word: word.unwrap_or_else(|| "(not shown)".to_owned()), place }
+        }
+        OptionError::Mount { value, place, problem } => {
+            // `value` is quoted (`"type=tmpfs"`): the word, or `--mount=` and the word.
+            let quoted = |w: &String| format!("{:?}", w.strip_prefix("--mount=").unwrap_or(w)) == value;
+            let word = words.iter().position(quoted).map(|i| format!("(word {})", i + 1));
+            OptionError::Mount { value: word.unwrap_or_else(|| "(not shown)".to_owned()), place, problem }
+        }
+        OptionError::Invalid { place, .. } => {
+            let kind = clap.and_then(|e| e.kind().as_str()).unwrap_or("invalid option");
+            let message = match clap.and_then(|e| e.get(clap::error::ContextKind::InvalidArg)) {
+                // The argument as ces defines it (`--env <NAME[=VALUE]>`), not as written.
+                Some(clap::error::ContextValue::String(arg)) => format!("{kind}: {arg}"),
+                _ => kind.to_owned(),
+            };
+            OptionError::Invalid { message, place }
+        }
+        other => other,
+    }
+}
+
+/// Mount types named in refusals from files (any other is not shown).
+const MOUNT_TYPES: &[&str] = &["bind", "volume", "image", "devpts", "glob", "artifact", "ramfs", "cache"];
 
 /// The first line of clap's message, without its `error: ` prefix.
 pub fn clap_message(error: &clap::Error) -> String {
@@ -336,8 +390,9 @@ pub fn parse_opt_file(text: &str, path: &Path) -> Result<RunOptions, OptionError
             return Err(OptionError::NotInFile { option, place, reason: "the config file is the operator's policy" });
         }
         let parsed = OptFileLine::try_parse_from(&words).map_err(|e| {
-            refusal(&e, &place)
-                .unwrap_or_else(|| OptionError::Invalid { message: clap_message(&e), place: place.clone() })
+            let error = refusal(&e, &place)
+                .unwrap_or_else(|| OptionError::Invalid { message: clap_message(&e), place: place.clone() });
+            without_file_text(error, &words, Some(&e))
         })?;
         let options = parsed.options;
         if options.runtime.is_some() {
@@ -354,19 +409,21 @@ pub fn parse_opt_file(text: &str, path: &Path) -> Result<RunOptions, OptionError
                 reason: "option files cannot include other option files",
             });
         }
-        check(&options, &place)?;
+        check(&options, &place).map_err(|e| without_file_text(e, &words, None))?;
         merged = merged.then(options);
     }
     Ok(merged)
 }
 
-/// Reads and parses the option files `options` names, and returns everything
+/// Reads and parses the option files `options` names (as the user ces runs
+/// for: see [`crate::identity::as_invoker`]), and returns everything
 /// together: the files' options in order, then the command line's over them.
 pub fn with_opt_files(command_line: RunOptions) -> Result<RunOptions, OptionError> {
     check(&command_line, &Place::CommandLine)?;
     let mut merged = RunOptions::default();
     for path in &command_line.opt_file {
-        let text = std::fs::read_to_string(path).map_err(|source| OptionError::Read { path: path.clone(), source })?;
+        let text = crate::identity::read_as_invoker(path)
+            .map_err(|source| OptionError::Read { path: path.clone(), source })?;
         merged = merged.then(parse_opt_file(&text, path)?);
     }
     Ok(merged.then(command_line))
@@ -375,7 +432,7 @@ pub fn with_opt_files(command_line: RunOptions) -> Result<RunOptions, OptionErro
 /// A `--mount` ces allows: `type=tmpfs`, `destination=` (or `dst=`,
 /// `target=`), optional `tmpfs-size=`. Returns (destination, size text).
 pub fn parse_mount(value: &str, place: &Place) -> Result<(String, Option<String>), OptionError> {
-    let err = |problem| OptionError::Mount { value: value.to_owned(), place: place.clone(), problem };
+    let err = |problem| OptionError::Mount { value: format!("{value:?}"), place: place.clone(), problem };
     let mut kind = None;
     let mut destination = None;
     let mut size = None;
@@ -495,19 +552,19 @@ mod tests {
                 "--config=/tmp/x.toml",
                 "option --config in opts.txt line 1 is not allowed: the config file is the operator's policy",
             ),
-            ("\n--frobnicate", "unknown option --frobnicate in opts.txt line 2"),
-            ("--rm", "unknown option --rm in opts.txt line 1"),
+            ("\n-e A=1 --frobnicate", "unknown option (word 3) in opts.txt line 2"),
+            ("--rm", "unknown option (word 1) in opts.txt line 1"),
             ("-v /:/host", "option -v in opts.txt line 1 is not allowed: it would widen what the container can reach"),
-            ("-e A=1 image", "unexpected argument \"image\" in opts.txt line 1: an option file holds options only"),
+            ("-e A=1 image", "unexpected argument (word 3) in opts.txt line 1: an option file holds options only"),
             ("-e 'A=1", "unbalanced quotes in opts.txt line 1"),
-            ("--mount type=tmpfs", "invalid --mount \"type=tmpfs\" in opts.txt line 1: no destination"),
+            ("--mount type=tmpfs", "invalid --mount (word 2) in opts.txt line 1: no destination"),
             (
                 "--mount destination=/x",
-                "invalid --mount \"destination=/x\" in opts.txt line 1: give type=tmpfs (the only kind of mount allowed)",
+                "invalid --mount (word 2) in opts.txt line 1: give type=tmpfs (the only kind of mount allowed)",
             ),
             (
                 "--mount type=tmpfs,dst=/x,tmpfs-mode=777",
-                "invalid --mount \"type=tmpfs,dst=/x,tmpfs-mode=777\" in opts.txt line 1: only type, destination and tmpfs-size can be given",
+                "invalid --mount (word 2) in opts.txt line 1: only type, destination and tmpfs-size can be given",
             ),
             (
                 "--mount type=volume,src=v,dst=/x",
@@ -517,10 +574,30 @@ mod tests {
             assert_eq!(file(text).unwrap_err().to_string(), expected, "{text}");
         }
         let e = file("-e").unwrap_err().to_string();
-        assert!(
-            e.starts_with("a value is required for '--env <NAME[=VALUE]>'") && e.ends_with("in opts.txt line 1"),
-            "{e}"
-        );
+        assert_eq!(e, "one of the values isn't valid for an argument: --env <NAME[=VALUE]> in opts.txt line 1");
+        // On the command line, the text is the user's own: shown.
+        let e = refusal(&OptFileLine::try_parse_from(["--frobnicate"]).unwrap_err(), &Place::CommandLine).unwrap();
+        assert_eq!(e.to_string(), "unknown option --frobnicate on the command line");
+        let e = parse_mount("type=tmpfs", &Place::CommandLine).unwrap_err();
+        assert_eq!(e.to_string(), "invalid --mount \"type=tmpfs\" on the command line: no destination");
+    }
+
+    /// A file that holds no options (a password file, a key) is refused by
+    /// line and word: none of its text is in the error.
+    #[test]
+    fn a_file_of_secrets_is_refused_without_quoting_it() {
+        for secret in [
+            "root:$y$j9T$SECRETSALT$SECRETHASH:19000:0:99999:7:::",
+            "--SECRET-TOKEN-1234",
+            "-e A=1 --tty=SECRETVALUE",
+            "--mount type=SECRET,dst=/x",
+            "--mount type=tmpfs,SECRET=1",
+            "-e A=1 'unbalanced SECRET",
+        ] {
+            let e = file(&format!("# comment\n{secret}\n")).unwrap_err().to_string();
+            assert!(!e.contains("SECRET") && !e.contains("$y$"), "{secret}: {e}");
+            assert!(e.contains("in opts.txt line 2"), "{secret}: {e}");
+        }
     }
 
     #[test]

@@ -106,6 +106,29 @@ pub struct UserConfigRefused {
     pub asked: PathBuf,
 }
 
+/// A user under sudo asked for another config: root acts for them, and the
+/// config says where root writes (the audit log, the store) and what it
+/// trusts (registries, `[tre]` directories), so only the system's is read.
+#[derive(Debug, thiserror::Error)]
+#[error("ces runs as root through sudo: {} is the only config it reads, not {}", system.display(), asked.display())]
+pub struct SudoConfigRefused {
+    /// The system config.
+    pub system: PathBuf,
+    /// The config asked for (`--config`, `$CES_CONFIG`).
+    pub asked: PathBuf,
+}
+
+/// Who reads the config, as far as the choice of config goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reader {
+    /// Root of the host, for itself: may read any config.
+    Root,
+    /// Root of the host through sudo, for a user: the system config only.
+    Sudo,
+    /// Anyone else: another config only where the system's allows it.
+    User,
+}
+
 /// `[registries]`: where images may come from.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,13 +268,34 @@ impl Settings {
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
     /// exist; the system file is used only if present.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
-        Settings::load_with(explicit, Path::new(SYSTEM_CONFIG), crate::identity::is_host_root())
+        let reader = match crate::identity::sudo_user()? {
+            Some(_) => Reader::Sudo,
+            None if crate::identity::is_host_root() => Reader::Root,
+            None => Reader::User,
+        };
+        Settings::load_as(explicit, Path::new(SYSTEM_CONFIG), reader)
     }
 
     /// [`Settings::load`] with the system config's path and the caller's
     /// privilege given (a seam for tests).
+    #[cfg(test)]
     pub(crate) fn load_with(explicit: Option<&Path>, system: &Path, root: bool) -> anyhow::Result<Settings> {
-        let replaces_policy = |asked: &&Path| !root && *asked != system && system.exists();
+        Settings::load_as(explicit, system, if root { Reader::Root } else { Reader::User })
+    }
+
+    /// [`Settings::load`] for `reader`.
+    pub(crate) fn load_as(explicit: Option<&Path>, system: &Path, reader: Reader) -> anyhow::Result<Settings> {
+        // Under sudo, only the system config's own name is taken (and the
+        // system path is what is read): not a link of the user's to it, which
+        // they could point elsewhere between a check and the read.
+        let explicit = match explicit {
+            Some(asked) if reader == Reader::Sudo && asked != system => {
+                return Err(SudoConfigRefused { system: system.to_owned(), asked: asked.to_owned() }.into());
+            }
+            Some(_) if reader == Reader::Sudo => Some(system),
+            other => other,
+        };
+        let replaces_policy = |asked: &&Path| reader == Reader::User && *asked != system && system.exists();
         if let Some(asked) = explicit.filter(replaces_policy) {
             // Read only to learn whether users may bring their own config.
             let allowed = read_config(system)?.policy.allow_user_config;
@@ -350,6 +394,36 @@ mod tests {
         // No system config (a researcher's laptop, CI): anyone's config is used.
         let absent = dir.path().join("absent.toml");
         assert_eq!(Settings::load_with(Some(&mine), &absent, false).unwrap().registries.allowed, ["docker.io"]);
+    }
+
+    /// Root under sudo acts for a user: the system config is the only one,
+    /// whatever it allows users, and even where there is none.
+    #[test]
+    fn under_sudo_the_system_config_is_the_only_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("system.toml");
+        let mine = dir.path().join("mine.toml");
+        std::fs::write(&system, "[policy]\nallow_user_config = true\n[registries]\nallowed = [\"ghcr.io\"]\n").unwrap();
+        std::fs::write(&mine, "[registries]\nallowed = [\"evil.example\"]\n[audit]\npath = \"/etc/profile.d/x.sh\"\n")
+            .unwrap();
+        for system_exists in [true, false] {
+            let system = if system_exists { system.clone() } else { dir.path().join("absent.toml") };
+            let refused = Settings::load_as(Some(&mine), &system, Reader::Sudo).unwrap_err();
+            let refused = refused.downcast_ref::<SudoConfigRefused>().unwrap();
+            assert_eq!((refused.system.as_path(), refused.asked.as_path()), (system.as_path(), mine.as_path()));
+        }
+        // A link to the system config is not its name.
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&system, &link).unwrap();
+        assert!(Settings::load_as(Some(&link), &system, Reader::Sudo).is_err());
+        // Its own name, or none: the system config.
+        for explicit in [Some(system.as_path()), None] {
+            assert_eq!(Settings::load_as(explicit, &system, Reader::Sudo).unwrap().registries.allowed, ["ghcr.io"]);
+        }
+        // Root for itself still may; a user may here, as the system config allows it.
+        for reader in [Reader::Root, Reader::User] {
+            assert_eq!(Settings::load_as(Some(&mine), &system, reader).unwrap().registries.allowed, ["evil.example"]);
+        }
     }
 
     #[test]

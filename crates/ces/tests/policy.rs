@@ -315,7 +315,7 @@ fn pull_enablement_refuses_accounts_not_listed_and_allows_users_and_groups() {
     let root_pull = |sudo: bool| {
         let mut cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "--quiet", "--no-unpack", &reference]);
         if sudo {
-            cmd.env("SUDO_UID", uid.to_string()).env("SUDO_GID", gid.to_string()).env("SUDO_USER", TEST_USER);
+            cmd = sb.as_sudo(cmd, uid, gid, TEST_USER);
         }
         sb.run(cmd)
     };

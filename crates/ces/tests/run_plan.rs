@@ -349,7 +349,7 @@ fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
             "id -u > /safe_outputs/uid; mkdir /safe_outputs/d",
         ],
     );
-    cmd.env("SUDO_UID", "4242").env("SUDO_GID", "4343").env("SUDO_USER", "nobody-here");
+    let cmd = w.sb.as_sudo(cmd, 4242, 4343, "nobody-here");
     let out = w.sb.run(cmd);
     out.ok();
     let outputs = PathBuf::from(json_lines(&out.stdout)[1]["outputs"].as_str().unwrap().to_owned());

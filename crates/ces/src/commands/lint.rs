@@ -42,6 +42,8 @@ fn read(path: &Path) -> anyhow::Result<(String, String)> {
         std::io::stdin().read_to_string(&mut source).context("cannot read the Dockerfile from standard input")?;
         return Ok(("-".to_owned(), source));
     }
-    let source = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // As the user ces runs for: under sudo, root would read (and print in
+    // findings) what the user may not.
+    let source = crate::identity::read_as_invoker(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok((path.display().to_string(), source))
 }

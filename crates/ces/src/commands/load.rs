@@ -3,7 +3,6 @@
 //! unpack their root filesystems, as a pull would. Every load is recorded in
 //! the audit log, whatever its outcome.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 use std::time::Instant;
@@ -77,7 +76,8 @@ fn import(
     let input: Box<dyn Read> = if from_stdin {
         Box::new(io::stdin().lock())
     } else {
-        let file = File::open(&args.file).with_context(|| format!("cannot open {shown}"))?;
+        // As the user ces runs for: under sudo, not root's reach.
+        let file = crate::identity::open_as_invoker(&args.file).with_context(|| format!("cannot open {shown}"))?;
         archive.size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         Box::new(file)
     };

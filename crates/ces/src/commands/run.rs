@@ -419,19 +419,22 @@ fn limits(options: &RunOptions) -> anyhow::Result<Limits> {
     Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size })
 }
 
+/// The container's process as asked. The env and arg files are read as the
+/// user ces runs for (under sudo, not as root: see
+/// [`crate::identity::as_invoker`]); their errors name the file and line only.
 fn process_request(options: &RunOptions, command: &[String]) -> anyhow::Result<ProcessRequest> {
     let host = |name: &str| std::env::var(name).ok();
+    let read = |what: &str, path: &Path| {
+        crate::identity::read_as_invoker(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))
+    };
     let mut env_file = Vec::new();
     for path in &options.env_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the env file {}", path.display()))?;
-        env_file.extend(plan::parse_env_file(&text, path, &host)?);
+        env_file.extend(plan::parse_env_file(&read("env", path)?, path, &host)?);
     }
     let mut arg_file = Vec::new();
     for path in &options.arg_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read the arg file {}", path.display()))?;
-        arg_file.extend(plan::parse_arg_file(&text, path)?);
+        arg_file.extend(plan::parse_arg_file(&read("arg", path)?, path)?);
     }
     let mut env = Vec::new();
     for arg in &options.env {

@@ -297,7 +297,45 @@ impl TreWorld {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let config = std::fs::read_to_string(&self.sb.config).unwrap();
-        let config = config.replace("[tre]\n", &format!("[tre]\nproject = {:?}\n", primary_group()));
+        // Under sudo, ces takes the user's home from the user database (not
+        // `$HOME`): the operator names where runs go.
+        let home = self.home.display().to_string();
+        let tre =
+            format!("[tre]\nproject = {:?}\noutputs_parent = {home:?}\nscratch_parent = {home:?}\n", primary_group());
+        let config = config.replace("[tre]\n", &tre);
         std::fs::write(&self.sb.config, config).unwrap();
+    }
+}
+
+impl Sandbox {
+    /// `cmd` (a ces command of this sandbox) as `sudo` runs it for the user
+    /// `uid`/`gid` called `name`: as root with `SUDO_*` set and no
+    /// `CES_CONFIG`, on a host whose system config is this sandbox's (under
+    /// sudo ces reads no other). That host is a mount namespace of its own
+    /// where `/etc` is a read-only overlay holding `ces/config.toml`: the
+    /// real `/etc` is not touched.
+    pub fn as_sudo(&self, cmd: Command, uid: u32, gid: u32, name: &str) -> Command {
+        let etc = self.dir.path().join("sudo-etc");
+        std::fs::create_dir_all(etc.join("ces")).unwrap();
+        std::fs::copy(&self.config, etc.join("ces/config.toml")).unwrap();
+        let script = "mount -t overlay ces-sudo-test -o lowerdir=\"$1\":/etc /etc && shift && exec \"$@\"";
+        let mut sudo = Command::new("unshare");
+        sudo.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"]).arg(&etc);
+        sudo.arg(cmd.get_program()).args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => sudo.env(key, value),
+                None => sudo.env_remove(key),
+            };
+        }
+        if let Some(dir) = cmd.get_current_dir() {
+            sudo.current_dir(dir);
+        }
+        sudo.env_remove("CES_CONFIG")
+            .env("SUDO_UID", uid.to_string())
+            .env("SUDO_GID", gid.to_string())
+            .env("SUDO_USER", name)
+            .stdin(Stdio::null());
+        sudo
     }
 }

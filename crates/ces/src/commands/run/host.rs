@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use ces_runtime::Identity;
 
 /// The invoking user.
@@ -13,26 +12,28 @@ pub struct Invoker {
     pub identity: Identity,
     /// Their name (for messages and `id -Gn`).
     pub name: String,
-    /// `$HOME`, if set.
+    /// Their home: under sudo, the user database's; otherwise `$HOME`, if set.
     pub home: Option<PathBuf>,
     /// Whether ces runs as root for them (`SUDO_UID`).
     pub via_sudo: bool,
 }
 
 /// The invoking user: as root of the host with `SUDO_UID` (and `SUDO_GID`)
-/// set, that user; otherwise the real uid and gid (in a user namespace, its
-/// own ids, which are what its kernel maps; `SUDO_*` is ignored there, as
-/// anyone can set it). `$HOME` is taken as it is (under sudo,
-/// sudo's policy sets it; `[tre] outputs_parent` and `scratch_parent` can
-/// name the directories instead).
+/// set, that user, named and homed by the user database (not by `$HOME`,
+/// which the caller sets: `[tre] outputs_parent` and `scratch_parent` can
+/// name the directories instead); otherwise the real uid and gid (in a user
+/// namespace, its own ids, which are what its kernel maps; `SUDO_*` is
+/// ignored there, as anyone can set it) and `$HOME`.
 pub fn invoker() -> anyhow::Result<Invoker> {
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
-    let sudo_id = |var: &str| std::env::var(var).ok().and_then(|v| v.parse::<u32>().ok());
-    if let Some(uid) = sudo_id("SUDO_UID").filter(|_| crate::identity::is_host_root()) {
-        let gid = sudo_id("SUDO_GID").context("SUDO_UID is set but SUDO_GID is not")?;
-        let name = std::env::var("SUDO_USER").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| uid.to_string());
-        return Ok(Invoker { identity: Identity { host_uid: uid, host_gid: gid }, name, home, via_sudo: true });
+    if let Some(user) = crate::identity::sudo_user()? {
+        return Ok(Invoker {
+            identity: Identity { host_uid: user.uid, host_gid: user.gid },
+            name: user.name.clone(),
+            home: user.home.clone(),
+            via_sudo: true,
+        });
     }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
     let uid = rustix::process::getuid().as_raw();
     let gid = rustix::process::getgid().as_raw();
     let name = std::env::var("USER")

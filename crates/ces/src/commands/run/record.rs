@@ -15,15 +15,18 @@
 //! (`supervisor_lost`) in the audit log if its start is there, then removes
 //! the record. Outputs are never removed.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use ces_image::fs::RemoveError;
 use ces_runtime::Identity;
-use rustix::fs::FlockOperation;
+use rustix::fd::{AsFd as _, OwnedFd};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
 /// Records older than this without a lock file are leftovers of a crash
 /// between `mkdir` and the lock (a live one gets its lock at once).
@@ -68,8 +71,17 @@ pub struct ActiveRun {
     dir: PathBuf,
     paths: RunPaths,
     lock: Option<File>,
-    created: Vec<PathBuf>,
+    created: Vec<Created>,
     finished: bool,
+}
+
+/// A directory the run made, with its parent held open since: it is removed
+/// where it was made, not wherever its path leads by then.
+#[derive(Debug)]
+struct Created {
+    path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
 }
 
 impl ActiveRun {
@@ -110,11 +122,47 @@ impl ActiveRun {
         Ok(run)
     }
 
+    /// Makes the directory `path` (for `owner`, when given: in their
+    /// directory, as root). Relative to its parent's fd, opened without
+    /// following a link at its last component (for `owner`, found with their
+    /// credentials: no further than they reach); the new directory is opened
+    /// without following a link, checked to be the one made, and given away
+    /// by that fd. A user who swaps the parent or the new name for a link
+    /// meanwhile cannot make root create or chown anything elsewhere.
     fn create(&mut self, path: &Path, mode: u32, owner: Option<Identity>) -> anyhow::Result<()> {
-        fs::DirBuilder::new().mode(mode).create(path).with_context(|| format!("cannot create {}", path.display()))?;
-        self.created.push(path.to_owned());
+        let context = || format!("cannot create {}", path.display());
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            anyhow::bail!("cannot create {}: not a directory's path", path.display());
+        };
+        let open_parent = || {
+            rustix::fs::open(
+                parent,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let parent = match owner {
+            Some(_) => crate::identity::as_invoker(open_parent).with_context(context)??,
+            None => open_parent().with_context(context)?,
+        };
+        rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(mode)).with_context(context)?;
+        let dir = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(context)?;
+        let stat = rustix::fs::fstat(&dir).with_context(context)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::Directory
+            || stat.st_uid != rustix::process::geteuid().as_raw()
+        {
+            anyhow::bail!("{} was replaced while it was being created", path.display());
+        }
+        self.created.push(Created { path: path.to_owned(), parent, name: name.to_owned() });
         if let Some(owner) = owner {
-            std::os::unix::fs::lchown(path, Some(owner.host_uid), Some(owner.host_gid))
+            let (uid, gid) = (rustix::fs::Uid::from_raw(owner.host_uid), rustix::fs::Gid::from_raw(owner.host_gid));
+            rustix::fs::fchown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.host_uid))?;
         }
         Ok(())
@@ -128,8 +176,10 @@ impl ActiveRun {
     /// Removes the outputs directory if the container never wrote to it (for
     /// a run that could not start).
     pub fn discard_outputs_if_empty(&mut self) {
-        if fs::remove_dir(&self.paths.outputs).is_ok() {
-            self.created.retain(|p| *p != self.paths.outputs);
+        let Some(index) = self.created.iter().position(|c| c.path == self.paths.outputs) else { return };
+        let created = &self.created[index];
+        if rustix::fs::unlinkat(&created.parent, &created.name, AtFlags::REMOVEDIR).is_ok() {
+            self.created.remove(index);
         }
     }
 
@@ -146,10 +196,10 @@ impl ActiveRun {
         self.finished = true;
         let mut problems = Vec::new();
         for path in [&self.paths.scratch, &self.paths.state] {
-            if self.created.contains(path)
-                && let Err(error) = remove_tree_one_fs(path)
+            if let Some(created) = self.created.iter().find(|c| c.path == *path)
+                && let Err(error) = ces_image::fs::remove_tree_at(created.parent.as_fd(), &created.name, path)
             {
-                problems.push(format!("cannot remove {}: {error}", path.display()));
+                problems.push(format!("cannot remove {}: {}", path.display(), removal_error(error)));
             }
         }
         if problems.is_empty()
@@ -303,67 +353,29 @@ pub fn clean_stale(
     cleaned
 }
 
-/// Removes a directory tree without leaving its file system: a directory
-/// that is a mount point (a different device) is an error, and nothing on the
-/// other side is touched. Symbolic links are removed, never followed.
-/// Directories that deny their owner write access are opened up first.
+/// Removes a directory tree without leaving its file system and without
+/// following a link, even one swapped in during the removal (see
+/// [`ces_image::fs`]): a directory that is a mount point is an error, and
+/// nothing on the other side is touched. Directories that deny their owner
+/// write access are opened up first.
 pub fn remove_tree_one_fs(path: &Path) -> io::Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path);
-    }
-    remove_contents(path, meta.dev())?;
-    fs::remove_dir(path)
+    ces_image::fs::remove_tree(path).map_err(removal_error)
 }
 
-fn remove_contents(dir: &Path, dev: u64) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            open_up(dir)?;
-            fs::read_dir(dir)?
-        }
-        other => other?,
-    };
-    for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            if meta.dev() != dev {
-                return Err(io::Error::other(format!("a file system is still mounted at {}", path.display())));
-            }
-            remove_contents(&path, dev)?;
-            retry_opened(dir, || fs::remove_dir(&path))?;
-        } else {
-            retry_opened(dir, || fs::remove_file(&path))?;
-        }
+/// A removal's error as one message, the failing file and its cause
+/// included (the callers name the tree).
+fn removal_error(error: RemoveError) -> io::Error {
+    match error {
+        RemoveError::Io { path, source } => io::Error::new(source.kind(), format!("{}: {source}", path.display())),
+        other => io::Error::other(other.to_string()),
     }
-    Ok(())
-}
-
-fn retry_opened(dir: &Path, op: impl Fn() -> io::Result<()>) -> io::Result<()> {
-    match op() {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            open_up(dir)?;
-            op()
-        }
-        other => other,
-    }
-}
-
-fn open_up(dir: &Path) -> io::Result<()> {
-    // `dir` was seen as a directory (not a link) by the caller.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn paths(base: &Path, id: &str) -> RunPaths {
         RunPaths {
