@@ -23,6 +23,17 @@ pub trait Runtime {
     /// (for podman, the exact command). Creates nothing.
     fn describe(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError>;
 
+    /// Refuses a plan this backend cannot carry out as planned (a limit it
+    /// cannot enforce here, a value it cannot express), before the caller
+    /// prints or creates anything for the run. Creates nothing. [`run`]
+    /// checks again.
+    ///
+    /// [`run`]: Runtime::run
+    fn check(&self, spec: &RunSpec) -> Result<(), RuntimeError> {
+        let _ = spec;
+        Ok(())
+    }
+
     /// Runs the container to the end. SIGINT and SIGTERM sent to ces while it
     /// runs are forwarded to the container; the container is removed whatever
     /// happens.

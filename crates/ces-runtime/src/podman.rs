@@ -23,8 +23,30 @@
 //! `CONTAINERS_CONF` would change what podman, as root, does): they are
 //! written to `<state_dir>/podman.env` (mode 0600, removed after the run) and
 //! handed over with `--env-file`. podman reads that file line by line, so a
-//! value cannot hold a newline.
+//! value cannot hold a newline: [`Runtime::check`] refuses it (and anything
+//! else podman cannot express) before the run's directories exist.
+//!
+//! The sandbox is the native runtime's: its seccomp profile (no `unshare`,
+//! `keyctl`, vsock or 32-bit entry points), rendered to podman's JSON format
+//! in `<state_dir>/seccomp.json`. Rootless podman cannot enforce limits on
+//! cgroup v1 (it warns and runs without them): refused.
+//!
+//! The container lives no longer than ces: podman runs it without `--rm`,
+//! and ces removes it (`podman rm`) after reading how it ended. A watchdog
+//! process, in a session of its own, waits on a pipe only ces holds and
+//! removes the container if ces dies first (`kill -9`); the container's name
+//! is kept in `<state_dir>/podman.container`, so that the next ces start
+//! ([`cleanup_stale`]) removes it too, before the run's scratch directory.
+//!
+//! podman (and conmon) run with the state directory as their working
+//! directory: conmon writes an `oom` file there when the kernel kills a
+//! process of the container for memory, which is how an out-of-memory kill
+//! is told from a plain `SIGKILL` (podman 4.3's `OOMKilled` misses it on
+//! cgroup v1), and which must not land in the user's directory.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -32,7 +54,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
+use oci_spec::runtime::LinuxSeccomp;
 
+use crate::native::cgroups::Hierarchy;
 use crate::spec::{Access, MountKind, RunSpec};
 use crate::{Exit, Runtime, RuntimeError};
 
@@ -48,6 +72,14 @@ const PODMAN_FAILED: i32 = 125;
 pub const ENV_FILE: &str = "podman.env";
 /// The longest line podman's env-file reader takes (Go's bufio.Scanner: 64 KiB).
 const MAX_ENV_LINE: usize = 64 * 1024 - 1;
+/// ces's seccomp profile in podman's format, in the run's state directory.
+pub const SECCOMP_FILE: &str = "seccomp.json";
+/// The container's name, in the run's state directory, for [`cleanup_stale`].
+pub const CONTAINER_FILE: &str = "podman.container";
+/// What conmon writes in its working directory after an OOM kill.
+const CONMON_OOM_FILE: &str = "oom";
+/// `128 + SIGKILL`: how a container killed for memory exits.
+const KILLED: i32 = 137;
 
 /// How ces relates to podman.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +167,11 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
     let mode = runtime.mode;
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-    push(&["run", "--rm", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
-    push(&["--network", "none", "--security-opt", "no-new-privileges", "--cap-drop", "ALL"]);
+    // No `--rm`: ces reads how the container ended, then removes it.
+    push(&["run", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]);
+    push(&["--network", "none", "--security-opt", "no-new-privileges"]);
+    push(&["--security-opt", &format!("seccomp={}", utf8(&spec.state_dir.join(SECCOMP_FILE))?)]);
+    push(&["--cap-drop", "ALL"]);
     push(&["--cap-add", &crate::plan::CAPABILITIES.join(",")]);
     // The container's output is the user's (maybe sensitive): not to the journal.
     push(&["--log-driver", "none"]);
@@ -176,7 +211,7 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
         push(&["--mount", &value]);
     }
     if !spec.process.env.is_empty() {
-        push(&["--env-file", &spec.state_dir.join(ENV_FILE).display().to_string()]);
+        push(&["--env-file", utf8(&spec.state_dir.join(ENV_FILE))?]);
     }
     push(&["--workdir", &spec.process.cwd]);
     let user = spec.process.user;
@@ -184,7 +219,7 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
     args.extend(id_maps("--uidmap", user.uid, spec.identity.host_uid, mode)?);
     args.extend(id_maps("--gidmap", user.gid, spec.identity.host_gid, mode)?);
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-    push(&["--name", &format!("ces-{}", spec.id), "--label", &format!("io.ces.run-id={}", spec.id)]);
+    push(&["--name", &container_name(spec), "--label", &format!("io.ces.run-id={}", spec.id)]);
     if let Some(name) = &spec.name {
         push(&["--label", &format!("io.ces.name={name}")]);
     }
@@ -203,6 +238,66 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
     push(&["--rootfs", &rootfs]);
     args.extend(spec.process.args.iter().cloned());
     Ok(args)
+}
+
+/// The container's name: `ces-<run id>`.
+pub fn container_name(spec: &RunSpec) -> String {
+    format!("ces-{}", spec.id)
+}
+
+/// A path podman is handed as text: it must be UTF-8 to arrive unchanged.
+fn utf8(path: &Path) -> Result<&str, RuntimeError> {
+    path.to_str()
+        .ok_or(RuntimeError::Unsupported { backend: "podman", what: "a state directory path that is not UTF-8" })
+}
+
+/// Rootless podman on cgroup v1 (legacy or hybrid) cannot create cgroups,
+/// so it drops `--memory`, `--cpus` and `--pids-limit` with a warning and
+/// runs the container without them: refused instead, as the native runtime
+/// refuses a run whose limits it cannot enforce.
+fn check_rootless_limits(hierarchy: &Hierarchy) -> Result<(), RuntimeError> {
+    match hierarchy {
+        Hierarchy::V2 { .. } => Ok(()),
+        Hierarchy::V1 { .. } => Err(RuntimeError::Limit {
+            limit: "memory",
+            reason: format!(
+                "rootless podman ignores memory and CPU limits on {}; use the native runtime \
+                 (`--runtime native`, after root runs `ces system setup --user <you>` once), \
+                 or podman on a host with cgroup v2",
+                hierarchy.describe()
+            ),
+        }),
+    }
+}
+
+/// ces's seccomp profile (the native runtime's, the same rules) as the JSON
+/// file podman reads with `--security-opt seccomp=FILE` (docker's format).
+pub fn seccomp_profile() -> Result<String, RuntimeError> {
+    let profile = crate::native::seccomp::default_profile()
+        .map_err(|e| RuntimeError::Start { stage: "building the seccomp profile", source: Box::new(e) })?;
+    render_seccomp(&profile)
+}
+
+/// An OCI seccomp profile in podman's format. The two agree field by field
+/// but one: `SCMP_CMP_MASKED_EQ` takes the mask in `value` and the datum in
+/// `valueTwo` for runc (libseccomp's order, as in docker's profile), where
+/// the native profile is written for libcontainer, which reads them the other
+/// way round. Architectures not listed are denied by libseccomp's bad-arch
+/// action (runc: the thread is killed).
+fn render_seccomp(profile: &LinuxSeccomp) -> Result<String, RuntimeError> {
+    let invalid =
+        |e: serde_json::Error| RuntimeError::Start { stage: "writing the seccomp profile", source: Box::new(e) };
+    let mut value = serde_json::to_value(profile).map_err(invalid)?;
+    let rules = value.get_mut("syscalls").and_then(|s| s.as_array_mut()).into_iter().flatten();
+    for arg in rules.filter_map(|r| r.get_mut("args")).filter_map(|a| a.as_array_mut()).flatten() {
+        if arg.get("op").and_then(|op| op.as_str()) == Some("SCMP_CMP_MASKED_EQ") {
+            let datum = arg.get("value").cloned().unwrap_or(serde_json::Value::from(0));
+            let mask = arg.get("valueTwo").cloned().unwrap_or(serde_json::Value::from(0));
+            arg["value"] = mask;
+            arg["valueTwo"] = datum;
+        }
+    }
+    serde_json::to_string_pretty(&value).map_err(invalid)
 }
 
 /// The env file's text: `NAME=value` lines, taken literally by podman.
@@ -281,8 +376,28 @@ impl Runtime for PodmanRuntime {
         Ok(lines)
     }
 
+    fn check(&self, spec: &RunSpec) -> Result<(), RuntimeError> {
+        if self.mode == Mode::Rootless {
+            check_rootless_limits(&Hierarchy::detect()?)?;
+        }
+        podman_args(spec, self)?;
+        if self.mode == Mode::Rootful {
+            Overlay::of(spec).options()?;
+        }
+        env_file_contents(spec)?;
+        seccomp_profile()?;
+        Ok(())
+    }
+
     fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
+        self.check(spec)?;
         let words = self.command_line(spec)?;
+        let name = container_name(spec);
+        write_new(&spec.state_dir.join(SECCOMP_FILE), &seccomp_profile()?, 0o644)?;
+        // Before the container can exist: a stale clean-up finds it by this.
+        write_new(&spec.state_dir.join(CONTAINER_FILE), &name, 0o644)?;
+        // Dropped last (declared first): the container is removed before its
+        // root filesystem is unmounted.
         let _overlay = match self.mode {
             Mode::Rootful => Some(MountedOverlay::mount(spec)?),
             Mode::Rootless => None,
@@ -293,16 +408,82 @@ impl Runtime for PodmanRuntime {
             Some(EnvFile::write(&spec.state_dir.join(ENV_FILE), &env_file_contents(spec)?)?)
         };
         let signals = SignalForwarder::new()?;
+        let watchdog = Watchdog::start(&self.program, &name)?;
         let mut command = Command::new(&words[0]);
-        command.args(&words[1..]);
+        command.args(&words[1..]).current_dir(&spec.state_dir);
         command.stdin(if spec.process.interactive { Stdio::inherit() } else { Stdio::null() });
         tracing::debug!(command = %words.join(" "), "starting podman");
-        let mut child = command
+        let result = command
             .spawn()
-            .map_err(|source| RuntimeError::Program { program: self.program.display().to_string(), source })?;
-        let status = signals.wait(&mut child, &self.program, &format!("ces-{}", spec.id))?;
-        exit_of(status)
+            .map_err(|source| RuntimeError::Program { program: self.program.display().to_string(), source })
+            .and_then(|mut child| signals.wait(&mut child, &self.program, &name))
+            .and_then(exit_of)
+            .map(|exit| match exit {
+                Exit::Code(KILLED) if self.oom_killed(spec, &name) => Exit::OutOfMemory,
+                other => other,
+            });
+        // Whatever happened: the container must not outlive the run.
+        if self.remove(&name) {
+            watchdog.disarm();
+        }
+        result
     }
+}
+
+impl PodmanRuntime {
+    /// Whether the kernel killed a process of the container for memory:
+    /// conmon's `oom` file in its working directory (cgroup v1), or podman's
+    /// own record (which podman 4.3 keeps only on cgroup v2).
+    fn oom_killed(&self, spec: &RunSpec, name: &str) -> bool {
+        if spec.state_dir.join(CONMON_OOM_FILE).exists() {
+            return true;
+        }
+        let out = Command::new(&self.program)
+            .args(["inspect", "--type", "container", "--format", "{{.State.OOMKilled}}", name])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output();
+        out.is_ok_and(|out| out.status.success() && out.stdout.trim_ascii() == b"true")
+    }
+
+    /// Stops (`SIGKILL`, no grace: its run is over) and removes the
+    /// container; false if podman could not say it is gone.
+    fn remove(&self, name: &str) -> bool {
+        let removed = remove_container(&self.program, name);
+        if !removed {
+            tracing::warn!(container = name, "cannot remove the container: ces's watchdog tries again");
+        }
+        removed
+    }
+}
+
+/// `podman rm --force --time 0 --ignore NAME`: true once it is gone (or
+/// podman is not installed, so nothing of it can run).
+fn remove_container(program: &Path, name: &str) -> bool {
+    let status = Command::new(program)
+        .args(remove_args(name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(status) => status.success(),
+        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// The arguments of the removal, the watchdog's included.
+fn remove_args(name: &str) -> [&str; 6] {
+    ["rm", "--force", "--time", "0", "--ignore", name]
+}
+
+/// Creates `path` (never one that exists) holding `text`.
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), RuntimeError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| RuntimeError::Io { path: path.to_owned(), source };
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)
 }
 
 /// podman's exit status as the container's: podman passes the container's
@@ -409,6 +590,150 @@ impl Drop for SignalForwarder {
     }
 }
 
+/// Ties the container's life to ces's: a process of its own (in a session of
+/// its own, so that a signal to ces's process group or terminal does not
+/// reach it) that waits on a pipe whose write end only ces holds. When ces has
+/// removed the container it writes one byte and the watchdog exits; when ces
+/// dies first (`kill -9`, a crash), the pipe ends without it and the watchdog
+/// becomes `podman rm --force --time 0 --ignore NAME`.
+///
+/// It is a grandchild of ces (the child in between exits at once), so init
+/// reaps it and ces's own waits never see it.
+struct Watchdog {
+    done: OwnedFd,
+}
+
+impl Watchdog {
+    fn start(program: &Path, name: &str) -> Result<Watchdog, RuntimeError> {
+        let start =
+            |source: nix::Error| RuntimeError::Start { stage: "starting the watchdog", source: Box::new(source) };
+        let program = find_program(program)?;
+        let cstring = |bytes: &[u8]| CString::new(bytes).map_err(|_| start(nix::Error::EINVAL));
+        let mut argv = vec![cstring(program.as_os_str().as_bytes())?];
+        for arg in remove_args(name) {
+            argv.push(cstring(arg.as_bytes())?);
+        }
+        // Everything the child needs is made now: after fork it only makes
+        // system calls (it may not allocate: another thread could hold the
+        // allocator's lock).
+        let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        pointers.push(std::ptr::null());
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(start)?;
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|source| RuntimeError::Io { path: "/dev/null".into(), source })?;
+        let devnull = OwnedFd::from(devnull);
+        // Above 0-2, so that setting up the child's stdio cannot clobber them.
+        let (read, write, devnull) = (above_stdio(read)?, above_stdio(write)?, above_stdio(devnull)?);
+        // SAFETY: the child runs only async-signal-safe system calls on
+        // data prepared above, and leaves with `_exit` (or `execv`).
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(start(nix::Error::last()));
+        }
+        if pid == 0 {
+            // SAFETY: in the child of `fork`, see `watchdog_child`.
+            unsafe { watchdog_child(read.as_raw_fd(), devnull.as_raw_fd(), pointers.as_ptr()) }
+        }
+        drop(read);
+        let status = loop {
+            match nix::sys::wait::waitpid(Pid::from_raw(pid), None) {
+                Err(nix::Error::EINTR) => continue,
+                other => break other.map_err(start)?,
+            }
+        };
+        if status != nix::sys::wait::WaitStatus::Exited(Pid::from_raw(pid), 0) {
+            return Err(start(nix::Error::ECHILD));
+        }
+        Ok(Watchdog { done: write })
+    }
+
+    /// The container is gone: the watchdog exits without a word.
+    fn disarm(self) {
+        let _ = nix::unistd::write(&self.done, b"\n");
+    }
+}
+
+/// `fd`, moved to a descriptor number above stdin, stdout and stderr.
+fn above_stdio(fd: OwnedFd) -> Result<OwnedFd, RuntimeError> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let moved = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))
+        .map_err(|e| RuntimeError::Start { stage: "starting the watchdog", source: Box::new(e) })?;
+    // SAFETY: `fcntl` returned a new descriptor, which nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(moved) })
+}
+
+/// The watchdog's side of the fork: a new session, a grandchild that waits
+/// for ces's byte or the pipe's end, then (without the byte) execs the
+/// removal with podman's output discarded.
+///
+/// # Safety
+///
+/// Only in the child of `fork`; `argv` is a null-terminated array of
+/// C strings that stay valid (the parent's memory, copied by `fork`).
+unsafe fn watchdog_child(read: libc::c_int, devnull: libc::c_int, argv: *const *const libc::c_char) -> ! {
+    // SAFETY: only async-signal-safe system calls, on descriptors and memory
+    // this process holds; every path ends in `_exit` or `execv`.
+    unsafe {
+        libc::setsid();
+        match libc::fork() {
+            0 => {}
+            -1 => libc::_exit(1),
+            _ => libc::_exit(0),
+        }
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        if libc::dup2(read, 0) < 0 || libc::dup2(devnull, 1) < 0 || libc::dup2(devnull, 2) < 0 {
+            libc::_exit(1);
+        }
+        // Nothing else of ces's stays open here: not the pipe's write end
+        // (or the end would never come), nor its locks.
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            for fd in 3..1024 {
+                libc::close(fd);
+            }
+        }
+        libc::chdir(c"/".as_ptr());
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(0, (&raw mut byte).cast(), 1);
+            if n == 1 {
+                libc::_exit(0);
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        libc::execv(*argv, argv);
+        libc::_exit(127)
+    }
+}
+
+/// `program` as a path `execv` takes: as is when it names a directory,
+/// else the first executable file of that name in `PATH`.
+fn find_program(program: &Path) -> Result<PathBuf, RuntimeError> {
+    if program.components().count() > 1 {
+        return Ok(program.to_owned());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
+        .ok_or_else(|| RuntimeError::Program {
+            program: program.display().to_string(),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
+}
+
 /// The environment file; removed when dropped.
 struct EnvFile {
     path: PathBuf,
@@ -482,18 +807,37 @@ impl Drop for MountedOverlay {
     }
 }
 
-/// Unmounts what a podman run of a crashed ces left in its state directory
-/// (the overlay), so that the directory can be removed.
-pub fn cleanup_stale(state_dir: &Path) {
+/// Removes what a podman run of a ces that died left in its state
+/// directory: first its container, killed and removed (its watchdog may have
+/// done so already; one killed with ces did not), then the overlay. Returns
+/// false while the container may still be there: the run's scratch
+/// directory, which it may be writing to, must wait (the next start tries
+/// again).
+pub fn cleanup_stale(state_dir: &Path) -> bool {
+    if let Some(name) = stale_container(state_dir)
+        && !remove_container(Path::new("podman"), &name)
+    {
+        tracing::warn!(container = name, "cannot remove the container of an interrupted run");
+        return false;
+    }
     let merged = state_dir.join("merged");
     let (Ok(inner), Ok(outer)) = (std::fs::symlink_metadata(&merged), std::fs::symlink_metadata(state_dir)) else {
-        return;
+        return true;
     };
     if inner.dev() != outer.dev()
         && let Err(error) = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH)
     {
         tracing::warn!(path = %merged.display(), %error, "cannot unmount a stale overlay");
     }
+    true
+}
+
+/// The container a run's state directory names, if it is one of ces's
+/// (`ces-<run id>`): never another name, whatever the file says.
+fn stale_container(state_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(state_dir.join(CONTAINER_FILE)).ok()?;
+    let id = text.strip_prefix("ces-")?;
+    crate::plan::is_run_id(id).then(|| text.clone())
 }
 
 #[cfg(test)]
@@ -526,6 +870,7 @@ mod tests {
                 user: ContainerUser { uid: 0, gid: 0 },
                 terminal: false,
                 interactive: false,
+                stop_timeout: ProcessSpec::DEFAULT_STOP_TIMEOUT,
             },
             mounts: vec![
                 MountSpec {
@@ -559,8 +904,9 @@ mod tests {
     fn rootful_command_line() {
         let args = podman_args(&spec(), &rootful()).unwrap();
         let expected = [
-            "run --rm --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024",
-            "--network none --security-opt no-new-privileges --cap-drop ALL",
+            "run --runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024",
+            "--network none --security-opt no-new-privileges",
+            "--security-opt seccomp=/store/runs/x/state/seccomp.json --cap-drop ALL",
             "--cap-add CHOWN,DAC_OVERRIDE,FOWNER,FSETID,KILL,SETGID,SETUID",
             "--log-driver none --init",
             "--memory 4294967296b --memory-swap 4294967296b --cpus 1.5 --pids-limit 4096 --shm-size 67108864b",
@@ -590,7 +936,7 @@ mod tests {
             lines[0],
             "mount -t overlay overlay -o lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
         );
-        assert!(lines[1].starts_with("podman run --rm "), "{}", lines[1]);
+        assert!(lines[1].starts_with("podman run --runtime runc "), "{}", lines[1]);
         assert!(lines[1].ends_with(" sh -c 'echo hi > /safe_outputs/x'"), "{}", lines[1]);
     }
 
@@ -638,6 +984,85 @@ mod tests {
         let mut s = spec();
         s.image.rootfs = "/st:ore/rootfs".into();
         assert!(Overlay::of(&s).options().is_err());
+    }
+
+    #[test]
+    fn rootless_limits_are_refused_on_cgroup_v1_only() {
+        let v1 = |hybrid| Hierarchy::V1 { hybrid, controllers: Default::default() };
+        for hierarchy in [v1(true), v1(false)] {
+            let error = check_rootless_limits(&hierarchy).unwrap_err().to_string();
+            assert!(error.starts_with("cannot enforce the memory limit: rootless podman ignores"), "{error}");
+            assert!(error.contains("ces system setup"), "{error}");
+        }
+        assert!(check_rootless_limits(&Hierarchy::V2 { root: "/sys/fs/cgroup".into() }).is_ok());
+    }
+
+    #[test]
+    fn check_refuses_what_podman_cannot_express() {
+        let runtime = rootful();
+        assert!(runtime.check(&spec()).is_ok());
+        let mut s = spec();
+        s.process.env.push(EnvVar::new("MULTI", "a\nb"));
+        assert!(matches!(runtime.check(&s), Err(RuntimeError::Unsupported { .. })));
+        let mut s = spec();
+        s.mounts[0].kind = MountKind::Bind { source: "/data/a,b".into() };
+        assert!(matches!(runtime.check(&s), Err(RuntimeError::Unsupported { .. })));
+    }
+
+    /// The native profile's rules, in podman's format: the same syscalls
+    /// allowed, the same architectures, and the masked comparison in runc's
+    /// order (mask first).
+    #[test]
+    fn seccomp_profile_is_the_native_one_in_podmans_format() {
+        let native = crate::native::seccomp::default_profile().unwrap();
+        let json: serde_json::Value = serde_json::from_str(&seccomp_profile().unwrap()).unwrap();
+        assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(json["defaultErrnoRet"], 1);
+        assert_eq!(json["architectures"], serde_json::to_value(native.architectures()).unwrap());
+        let rules = json["syscalls"].as_array().unwrap();
+        let allowed: Vec<&str> = rules
+            .iter()
+            .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+            .flat_map(|r| r["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()))
+            .collect();
+        assert!(allowed.contains(&"read") && allowed.contains(&"execve"), "{allowed:?}");
+        for denied in ["unshare", "keyctl", "add_key", "request_key", "mount", "setns", "bpf", "socket", "clone"] {
+            assert!(!allowed.contains(&denied), "{denied} allowed without conditions");
+        }
+        let only = |name: &str| -> Vec<&serde_json::Value> {
+            rules.iter().filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name)).collect()
+        };
+        let socket = only("socket");
+        assert_eq!(socket.len(), 1);
+        assert_eq!(socket[0]["args"], serde_json::json!([{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]));
+        let clone = only("clone");
+        assert_eq!(
+            clone[0]["args"],
+            serde_json::json!([{"index": 0, "value": 0x7E02_0000_u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}])
+        );
+        assert_eq!(only("clone3")[0]["errnoRet"], 38);
+    }
+
+    #[test]
+    fn stale_cleanup_only_names_ces_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(stale_container(dir.path()), None);
+        for (text, expected) in [
+            ("ces-20231114-221320-deadbeef", Some("ces-20231114-221320-deadbeef")),
+            ("ces-20231114-221320-deadbeef --all", None),
+            ("other", None),
+            ("ces-../x", None),
+        ] {
+            std::fs::write(dir.path().join(CONTAINER_FILE), text).unwrap();
+            assert_eq!(stale_container(dir.path()).as_deref(), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn programs_are_found_in_path() {
+        assert_eq!(find_program(Path::new("/x/podman")).unwrap(), Path::new("/x/podman"));
+        assert!(find_program(Path::new("sh")).unwrap().is_absolute());
+        assert!(find_program(Path::new("no-such-program-ces")).is_err());
     }
 
     #[test]

@@ -23,12 +23,12 @@
 //! 7. `delete(true)`, unmount, remove the state directory's contents and
 //!    the record.
 
-mod cgroups;
+pub(crate) mod cgroups;
 mod init;
 mod observe;
 mod oci;
 mod rootfs;
-mod seccomp;
+pub(crate) mod seccomp;
 mod stale;
 mod wait;
 

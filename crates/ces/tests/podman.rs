@@ -1,0 +1,374 @@
+//! The podman backend's sandbox, with the real binary and real podman (as
+//! root, as CI runs; the rootless refusal as the test kit's unprivileged
+//! user): ces's seccomp profile, out-of-memory kills, a container that does
+//! not outlive a killed ces, and refusals before anything is created.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ces_testkit::layer::{Entry, Layer, busybox_entries};
+use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
+use common::{Run, Sandbox, TreWorld, require_root, test_user};
+
+/// Root and podman are part of the test environment (scripts/setup, CI as
+/// root): a test that needs them fails loudly rather than passing unrun.
+fn require_root_and_podman() {
+    require_root("runs podman as root");
+    let podman = Command::new("podman").arg("--version").stdout(Stdio::null()).status();
+    assert!(podman.is_ok_and(|s| s.success()), "podman is missing: run scripts/setup");
+}
+
+fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// podman's containers named `name` (running or not).
+fn containers_named(name: &str) -> Vec<String> {
+    let out = Command::new("podman")
+        .args(["ps", "--all", "--format", "{{.Names}} {{.State}}", "--filter", &format!("name=^{name}$")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "podman ps: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// What `dir` holds.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+fn run_records(w: &TreWorld) -> Vec<String> {
+    match std::fs::read_dir(w.sb.store.join("runs")) {
+        Ok(_) => entries(&w.sb.store.join("runs")),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits (up to a minute: podman is slow to start on a busy machine) for
+/// `done`, polling.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// Probes: static x86_64 executables, hand-assembled, that make one system
+// call and exit 100 when it succeeded, else with its errno (as the native
+// runtime's tests do, so that no toolchain is needed).
+
+/// A static x86_64 ELF executable of `code`, loaded at 0x400000.
+#[cfg(target_arch = "x86_64")]
+fn elf(code: &[u8]) -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    let len = (ELF_HEADERS + code.len()) as u64;
+    let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&(BASE + ELF_HEADERS as u64).to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // program headers
+    f.extend_from_slice(&0u64.to_le_bytes()); // no section headers
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 0, 0, 0] {
+        f.extend_from_slice(&half.to_le_bytes());
+    }
+    // One PT_LOAD, read + execute, of the whole file.
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&5u32.to_le_bytes());
+    for word in [0, BASE, BASE, len, len, 0x1000] {
+        f.extend_from_slice(&word.to_le_bytes());
+    }
+    assert_eq!(f.len(), ELF_HEADERS);
+    f.extend_from_slice(code);
+    f
+}
+
+#[cfg(target_arch = "x86_64")]
+const ELF_HEADERS: usize = 64 + 56;
+
+/// `test eax,eax; js 1f; mov edi,100; jmp 2f; 1: neg eax; mov edi,eax;
+/// 2: mov eax,60 (exit); syscall`.
+#[cfg(target_arch = "x86_64")]
+const EXIT_WITH_RESULT: [u8; 22] =
+    [0x85, 0xc0, 0x78, 0x07, 0xbf, 0x64, 0, 0, 0, 0xeb, 0x04, 0xf7, 0xd8, 0x89, 0xc7, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
+
+/// The probes, by name.
+#[cfg(target_arch = "x86_64")]
+fn probes() -> Vec<(&'static str, Vec<u8>)> {
+    const AF_VSOCK: u8 = 40;
+    let with_exit = |code: &[u8]| [code, &EXIT_WITH_RESULT].concat();
+    // socket(AF_INET, SOCK_STREAM, 0): the control, it must work.
+    let inet = with_exit(&[0xb8, 41, 0, 0, 0, 0xbf, 2, 0, 0, 0, 0xbe, 1, 0, 0, 0, 0x31, 0xd2, 0x0f, 0x05]);
+    // socket(AF_VSOCK, SOCK_STREAM, 0).
+    let vsock = with_exit(&[0xb8, 41, 0, 0, 0, 0xbf, AF_VSOCK, 0, 0, 0, 0xbe, 1, 0, 0, 0, 0x31, 0xd2, 0x0f, 0x05]);
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): mov eax,250;
+    // xor edi,edi; mov esi,-3; xor edx,edx; syscall.
+    let keyctl = with_exit(&[0xb8, 250, 0, 0, 0, 0x31, 0xff, 0xbe, 0xfd, 0xff, 0xff, 0xff, 0x31, 0xd2, 0x0f, 0x05]);
+    // i386 socketcall(SYS_SOCKET, {AF_VSOCK, SOCK_STREAM, 0}) through int
+    // 0x80, its three 32-bit arguments after the code.
+    let args_at = 0x40_0000 + (ELF_HEADERS + 17 + EXIT_WITH_RESULT.len()) as u32;
+    let mut socketcall = vec![0xb8, 102, 0, 0, 0, 0xbb, 1, 0, 0, 0, 0xb9];
+    socketcall.extend_from_slice(&args_at.to_le_bytes());
+    socketcall.extend_from_slice(&[0xcd, 0x80]);
+    socketcall.extend_from_slice(&EXIT_WITH_RESULT);
+    for arg in [u32::from(AF_VSOCK), 1, 0] {
+        socketcall.extend_from_slice(&arg.to_le_bytes());
+    }
+    vec![("inet", inet), ("vsock", vsock), ("keyctl", keyctl), ("i386-socketcall", socketcall)]
+}
+
+/// Under podman, the container gets ces's seccomp profile, not podman's
+/// default: no user namespaces, no kernel keyring, no vsock, no 32-bit
+/// entry points; forks (clone without namespace flags) still work. With
+/// podman's default profile (the old code) `unshare -r`, keyctl, vsock and
+/// the i386 socketcall all succeed.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn podman_runs_with_ces_seccomp_profile() {
+    require_root_and_podman();
+    let mut layer = busybox_entries();
+    for (name, code) in probes() {
+        layer.push(Entry::file_mode(&format!("bin/probe-{name}"), elf(&code), 0o755));
+    }
+    let image = ImageSpec::new(vec![Layer::new(layer)])
+        .env(&["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+        .cmd(&["sh"]);
+    let w = TreWorld::with("podman/seccomp", &image, "");
+    let script = "for p in inet vsock keyctl i386-socketcall; do /bin/probe-$p; echo \"$p=$?\" >> /safe_outputs/r; done; \
+                  unshare -r true 2>/dev/null; echo \"unshare=$?\" >> /safe_outputs/r; \
+                  sh -c 'exit 7'; echo \"fork=$?\" >> /safe_outputs/r";
+    let out = w.ces(&["run", "--runtime", "podman", "--json", &w.image, "sh", "-c", script]);
+    out.ok();
+    let outputs = PathBuf::from(json_lines(&out.stdout)[1]["outputs"].as_str().unwrap());
+    let result = std::fs::read_to_string(outputs.join("r")).unwrap();
+    // 100: the call worked; 1: EPERM; 159: killed by SIGSYS (runc's
+    // answer to an architecture the profile does not list).
+    for expected in ["inet=100", "vsock=1", "keyctl=1", "i386-socketcall=159", "unshare=1", "fork=7"] {
+        assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+}
+
+/// An out-of-memory kill is reported as one (end line, JSON, audit record,
+/// outputs manifest), and conmon's `oom` file does not land in the caller's
+/// directory; the container is removed after it was inspected.
+#[test]
+fn podman_out_of_memory_is_reported_and_leaves_nothing_behind() {
+    require_root_and_podman();
+    let w = TreWorld::with("podman/oom", &busybox_image(), "");
+    let cwd = w.sb.dir.path().join("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let mut cmd = w.command(
+        env!("CARGO_BIN_EXE_ces"),
+        &[
+            "run",
+            "--runtime",
+            "podman",
+            "--json",
+            "-m",
+            "0.1",
+            &w.image,
+            "sh",
+            "-c",
+            // One line of 300 MiB: tail must hold it all.
+            "dd if=/dev/zero bs=1M count=300 2>/dev/null | tail > /dev/null",
+        ],
+    );
+    cmd.current_dir(&cwd);
+    let out = w.sb.run(cmd);
+    assert_eq!(out.code, 137, "{}\n{}", out.stdout, out.stderr);
+    let events = json_lines(&out.stdout);
+    let id = events[0]["id"].as_str().unwrap();
+    assert_eq!(events[1]["exit"]["kind"], "out_of_memory", "{}", out.stdout);
+    assert!(out.stderr.contains(&format!("Run {id} was killed: out of memory")), "{}", out.stderr);
+    let record = w.sb.audit_records().into_iter().rev().find(|r| r["run_id"] == id && r["exit"].is_object()).unwrap();
+    assert_eq!(record["exit"]["oom"], true, "{record}");
+    let outputs = PathBuf::from(events[1]["outputs"].as_str().unwrap());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outputs.join("ces-manifest.json")).unwrap()).unwrap();
+    assert_eq!(find_key(&manifest, "oom"), Some(&serde_json::Value::Bool(true)), "{manifest}");
+    assert_eq!(entries(&cwd), Vec::<String>::new(), "nothing in the caller's directory");
+    assert_eq!(containers_named(&format!("ces-{id}")), Vec::<String>::new(), "the container is removed");
+    assert!(run_records(&w).is_empty());
+}
+
+/// The first value of `key` anywhere in `value`.
+fn find_key<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_json::Value> {
+    match value {
+        serde_json::Value::Object(map) => map.get(key).or_else(|| map.values().find_map(|v| find_key(v, key))),
+        serde_json::Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
+}
+
+/// A podman run whose container writes `/safe_outputs/started`, then keeps
+/// checking that its scratch file is there (writing `saw-scratch-removed`
+/// if it is not); started in the background. Returns ces and the run id.
+fn start_long_run(w: &TreWorld) -> (Child, String) {
+    let script = "touch /scratch/keep /safe_outputs/started; \
+                  while sleep 0.05; do test -e /scratch/keep || touch /safe_outputs/saw-scratch-removed; done";
+    let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--runtime", "podman", &w.image, "sh", "-c", script]);
+    let log = w.sb.dir.path().join("ces.log");
+    let mut child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let mut outputs = None;
+    wait_until("the container's first write", || {
+        outputs = entries(&w.home).into_iter().find(|n| n.starts_with("outputs_"));
+        let ended = child.try_wait().unwrap();
+        assert!(ended.is_none(), "ces ended ({ended:?}): {}", std::fs::read_to_string(&log).unwrap());
+        outputs.as_ref().is_some_and(|o| w.home.join(o).join("started").exists())
+    });
+    let id = outputs.unwrap().strip_prefix("outputs_").unwrap().to_owned();
+    assert_eq!(containers_named(&format!("ces-{id}")).len(), 1, "running");
+    (child, id)
+}
+
+fn kill9(pid: u32) {
+    let ok = Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    assert!(ok.success());
+}
+
+/// `kill -9` of ces: its watchdog removes the container at once, with no
+/// other ces start (the old code left it running, unsupervised, for good);
+/// the next start removes the scratch; outputs are kept.
+#[test]
+fn a_killed_ces_takes_its_podman_container_with_it() {
+    require_root_and_podman();
+    let w = TreWorld::with("podman/kill", &busybox_image(), "");
+    let (mut ces, id) = start_long_run(&w);
+    kill9(ces.id());
+    ces.wait().unwrap();
+    let name = format!("ces-{id}");
+    wait_until("the watchdog removes the container", || containers_named(&name).is_empty());
+    w.ces(&["gc"]).ok();
+    assert_eq!(entries(&w.home), [format!("outputs_{id}")], "scratch removed, outputs kept");
+    assert!(run_records(&w).is_empty(), "{:?}", run_records(&w));
+}
+
+/// The watchdog's PIDs: forked from ces, so the same command line, but not
+/// ces itself.
+fn watchdogs_of(ces: u32) -> Vec<u32> {
+    let cmdline = |pid: &str| std::fs::read(format!("/proc/{pid}/cmdline")).ok();
+    let ours = cmdline(&ces.to_string()).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != ces && cmdline(&pid.to_string()).as_ref() == Some(&ours))
+        .collect()
+}
+
+/// ces and its watchdog both killed (the old code had no watchdog): the
+/// next ces start (`ces gc`, or a run) stops and removes the container
+/// before it removes the scratch directory under it, and leaves every other
+/// container alone.
+#[test]
+fn the_next_start_removes_a_lost_container_before_its_scratch() {
+    require_root_and_podman();
+    for next in ["gc", "run"] {
+        let w = TreWorld::with("podman/lost", &busybox_image(), "");
+        let rootfs = w.sb.rootfs(&w.digest);
+        let decoy = format!("ces-decoy-{}", std::process::id());
+        let started = Command::new("podman")
+            .args(["run", "-d", "--name", &decoy, "--runtime", "runc", "--network", "none"])
+            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs"])
+            .arg(format!("{}:O", rootfs.display()))
+            .args(["sleep", "600"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(started.success());
+        let (mut ces, id) = start_long_run(&w);
+        let watchdogs = watchdogs_of(ces.id());
+        assert_eq!(watchdogs.len(), 1, "one watchdog");
+        kill9(watchdogs[0]);
+        kill9(ces.id());
+        ces.wait().unwrap();
+        let name = format!("ces-{id}");
+        assert_eq!(containers_named(&name).len(), 1, "still there: nothing removed it yet");
+
+        let out: Run = match next {
+            "gc" => w.ces(&["gc"]),
+            _ => w.ces(&["run", "--runtime", "podman", &w.image, "true"]),
+        };
+        out.ok();
+        assert_eq!(containers_named(&name), Vec::<String>::new(), "the lost container is removed");
+        let outputs = w.home.join(format!("outputs_{id}"));
+        assert!(outputs.join("started").exists(), "outputs kept");
+        assert!(!outputs.join("saw-scratch-removed").exists(), "the container was gone before its scratch");
+        assert!(!w.home.join(format!("scratch_{id}")).exists(), "scratch removed");
+        assert_eq!(containers_named(&decoy).len(), 1, "another container is left alone");
+        let removed = Command::new("podman").args(["rm", "-f", "-t", "0", &decoy]).stdout(Stdio::null()).status();
+        assert!(removed.unwrap().success());
+    }
+}
+
+/// A value podman cannot take (an environment value with a newline) is
+/// refused before anything is printed or created.
+#[test]
+fn podman_refusals_come_before_the_run_starts() {
+    require_root_and_podman();
+    let w = TreWorld::with("podman/refuse", &busybox_image(), "");
+    let out = w.ces(&["run", "--runtime", "podman", "-e", "X=a\nb", &w.image, "true"]);
+    let err = out.fails();
+    assert!(err.contains("an environment value with a line break"), "{err}");
+    assert!(!err.contains("Running ") && !err.contains("outputs in"), "{err}");
+    assert_eq!(entries(&w.home), Vec::<String>::new(), "nothing in HOME");
+    assert!(run_records(&w).is_empty());
+}
+
+/// Rootless podman on cgroup v1 runs without the limits (it only warns):
+/// refused, before anything is created, with the way out. On cgroup v2 the
+/// same plan is accepted.
+#[test]
+fn rootless_podman_without_limits_is_refused() {
+    require_root("creates the unprivileged test user");
+    let user = test_user();
+    let reg = Registry::shared(AuthMode::Anonymous);
+    reg.push(&busybox_image().build(), "podman/rootless", "1");
+    let image = format!("{}/podman/rootless:1", reg.host());
+    let sb = Sandbox::new(&[reg]);
+    let home = sb.dir.path().join("home");
+    std::fs::create_dir_all(home.join("safe_data")).unwrap();
+    std::fs::create_dir_all(&sb.store).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for dir in [&home, &home.join("safe_data"), &sb.store] {
+        user.chown(dir);
+    }
+    let as_user = |args: &[&str]| {
+        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        argv.extend_from_slice(args);
+        let mut cmd = user.setpriv(&sb, &argv);
+        cmd.env("HOME", &home);
+        sb.run(cmd)
+    };
+    as_user(&["pull", "--quiet", &image]).ok();
+    let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    for dry_run in [false, true] {
+        let mut args = vec!["run", "--runtime", "podman", "-m", "0.25"];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        args.extend([image.as_str(), "true"]);
+        let out = as_user(&args);
+        if cgroup_v2 {
+            if dry_run {
+                out.ok();
+            }
+            continue;
+        }
+        let err = out.fails();
+        assert!(err.contains("rootless podman ignores memory and CPU limits on cgroup v1"), "{err}");
+        assert!(err.contains("ces system setup"), "{err}");
+        assert!(!err.contains("outputs in"), "{err}");
+        assert_eq!(entries(&home), ["safe_data"], "nothing created");
+        assert!(!sb.store.join("runs").exists() || entries(&sb.store.join("runs")).is_empty());
+    }
+}
