@@ -94,6 +94,9 @@ fn run_container(
     };
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
     let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
+    // What the backend cannot do here is refused before anything is printed
+    // or created (a dry run says so too).
+    runtime.check(&prepared.spec).with_context(|| not_run(&prepared.spec))?;
 
     if options.dry_run {
         let backend_lines = runtime.describe(&prepared.spec)?;
@@ -359,10 +362,8 @@ pub fn clean_stale(settings: &Settings) {
             }
         }
     };
-    let cleanup_state = |state: &Path| {
-        ces_runtime::podman::cleanup_stale(state);
-        true
-    };
+    // A container still there keeps its scratch: the next start tries again.
+    let cleanup_state = |state: &Path| ces_runtime::podman::cleanup_stale(state);
     let cleaned = record::clean_stale(&runs, &cleanup_state, &close);
     for id in cleaned {
         tracing::info!(id, "removed the scratch and state of an interrupted run");
