@@ -412,7 +412,11 @@ fn twenty_concurrent_runs_leave_twenty_records_with_manifests_in_one_chain() {
         assert_eq!(manifest_of(dir)["run"]["id"], record["run_id"]);
     }
     let verify = w.sb.ces(&["audit", "verify"]);
-    assert!(verify.ok().contains("21 records, the chain is whole"), "the pull and 20 runs: {}", verify.stdout);
+    assert!(
+        verify.ok().contains("41 records, the chain is whole"),
+        "the pull, 20 starts and 20 ends: {}",
+        verify.stdout
+    );
 }
 
 /// As root for another user (sudo): ces's files are theirs, like the outputs.
@@ -475,14 +479,13 @@ fn under_sudo_a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_
     let user = common::test_user();
     let w = TreWorld::new("outputs/suid-sudo");
     w.for_another_user();
-    let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", SUID_SCRIPT]);
-    cmd.env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.gid.to_string()).env("SUDO_USER", common::TEST_USER);
-    let out = w.sb.run(cmd);
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", SUID_SCRIPT]);
+    let out = w.sb.run(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
     assert_setuid_removed(&out);
 }
 
-/// Regression: a sparse file of terabytes (`truncate -s 15T`, a second to
-/// make) kept the seal hashing for hours. Past the budget it is listed with
+/// Regression: a sparse file of terabytes (15 TiB by `truncate`, a second
+/// to make) kept the seal hashing for hours. Past the budget it is listed with
 /// its size, allocated size and the reason; the run's end and verify say so.
 #[test]
 fn a_huge_sparse_output_is_listed_not_hashed_and_verify_does_not_pass_it() {
