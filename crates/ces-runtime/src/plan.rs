@@ -690,6 +690,7 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
             user: user.user,
             terminal: process.terminal,
             interactive: process.interactive,
+            stop_timeout: ProcessSpec::DEFAULT_STOP_TIMEOUT,
         },
         mounts,
         limits,

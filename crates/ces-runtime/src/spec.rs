@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ces_image::Digest;
 
@@ -56,6 +57,19 @@ pub struct ProcessSpec {
     pub terminal: bool,
     /// Keep stdin open (`-i`).
     pub interactive: bool,
+    /// How long a workload may outlive a stop signal (SIGTERM, SIGINT,
+    /// SIGHUP, SIGQUIT) passed on to it before the container is killed.
+    #[serde(serialize_with = "seconds")]
+    pub stop_timeout: Duration,
+}
+
+impl ProcessSpec {
+    /// The default [`ProcessSpec::stop_timeout`] (docker's).
+    pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(d.as_secs_f64())
 }
 
 /// A variable of the container's environment. Its value is never shown: not

@@ -337,6 +337,7 @@ impl Fx {
                 user: ContainerUser { uid: 0, gid: 0 },
                 terminal: false,
                 interactive: false,
+                stop_timeout: ProcessSpec::DEFAULT_STOP_TIMEOUT,
             },
             mounts: vec![
                 MountSpec {
@@ -925,6 +926,61 @@ fn scenario_signals_are_forwarded() {
 
 #[test]
 #[ignore = "run by the tests in a child process"]
+fn scenario_stop_timeout() {
+    let fx = Arc::new(Fx::new());
+    // A workload that ignores SIGTERM (and whose shell waits in a child that
+    // never gets it): once the stop timeout has run out, the container is
+    // killed, all of it.
+    let mut spec =
+        fx.sh("trap '' TERM; echo ready > /safe_outputs/ready1; sleep 1000; echo survived > /safe_outputs/x");
+    spec.process.stop_timeout = Duration::from_millis(300);
+    let (handle, tid) = run_in_thread(&fx, spec);
+    wait_for_file(&fx.out.join("ready1"));
+    tgkill(tid, libc::SIGTERM);
+    let exit = handle.join().unwrap();
+    assert_eq!(exit, Exit::Signal(libc::SIGKILL));
+    assert_eq!(exit.code(), 137);
+    assert!(!fx.out.join("x").exists());
+
+    // SIGQUIT is passed on too (it used to end the test process, as it
+    // ended ces, with no clean-up).
+    let (handle, tid) = run_in_thread(&fx, fx.sh("echo ready > /safe_outputs/ready2; exec sleep 1000"));
+    wait_for_file(&fx.out.join("ready2"));
+    tgkill(tid, libc::SIGQUIT);
+    assert_eq!(handle.join().unwrap(), Exit::Signal(libc::SIGQUIT));
+
+    // A workload that stops in time is not killed: it decides its exit.
+    let mut spec = fx.sh("trap 'exit 3' HUP; echo ready > /safe_outputs/ready3; while true; do sleep 0.05; done");
+    spec.process.stop_timeout = Duration::from_secs(600);
+    let (handle, tid) = run_in_thread(&fx, spec);
+    wait_for_file(&fx.out.join("ready3"));
+    tgkill(tid, libc::SIGHUP);
+    assert_eq!(handle.join().unwrap(), Exit::Code(3));
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_stdio_is_relayed() {
+    let fx = Fx::new();
+    // The container's stdout and stderr are pipes of its own, never this
+    // process's (whatever they are), and its stdin is /dev/null.
+    // (`$(...)` runs in a subshell: /proc/$$ is the shell, its fds unredirected.)
+    let script = "for fd in 0 1 2; do l=$(readlink /proc/$$/fd/$fd); echo \"$l\" > /safe_outputs/fd$fd; done; \
+                  seq 1 20000; echo to-stderr >&2; echo via-dev-stdout > /dev/stdout; echo via-dev-stderr > /dev/stderr";
+    let ours = |fd: i32| fs::read_link(format!("/proc/self/fd/{fd}")).unwrap().to_string_lossy().into_owned();
+    assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
+    assert_eq!(fx.output("fd0"), "/dev/null\n");
+    for (fd, name) in [(1, "fd1"), (2, "fd2")] {
+        let theirs = fx.output(name);
+        assert!(theirs.starts_with("pipe:["), "{name}: {theirs}");
+        assert_ne!(theirs.trim(), ours(fd), "{name} is this process's own");
+    }
+    fx.assert_clean();
+}
+
+#[test]
+#[ignore = "run by the tests in a child process"]
 fn scenario_limits_in_cgroup() {
     let fx = Arc::new(Fx::new());
     let mut spec = fx.sh("echo ready > /safe_outputs/ready; while [ ! -e /safe_outputs/go ]; do sleep 0.02; done");
@@ -1039,9 +1095,9 @@ fn scenario_cleanup_stale() {
     let mounted = |p: &Path| {
         fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == p.to_str())
     };
-    if fx.who != Who::Rootless {
-        assert!(mounted(&rootfs_mount), "the crashed run's overlay is not mounted?");
-    }
+    // As root the overlay was mounted in a mount namespace of the dead ces's
+    // own (the container still holds its copy): never on the host.
+    assert!(!mounted(&rootfs_mount), "the crashed run's overlay is mounted on the host");
 
     assert_eq!(cleanup_stale(&fx.state_root).unwrap(), 1);
     assert!(!fx.state_root.join(&held_id).exists(), "container state left");
@@ -1198,6 +1254,55 @@ fn signals_are_forwarded_rootless() {
 }
 
 #[test]
+fn stop_timeout_kills_the_container_as_root() {
+    run_as(Who::Root, "scenario_stop_timeout");
+}
+
+#[test]
+fn stop_timeout_kills_the_container_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_stop_timeout");
+}
+
+#[test]
+fn stop_timeout_kills_the_container_rootless() {
+    run_as(Who::Rootless, "scenario_stop_timeout");
+}
+
+/// What the container wrote reached this process's stdout and stderr, all of it.
+fn stdio_is_relayed(who: Who) {
+    let out = scenario("scenario_stdio_is_relayed", who);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // (The first follows the test harness's `test scenario_... ... ` on its line.)
+    let numbers: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    let expected: Vec<String> = (1..=20000).map(|n| n.to_string()).collect();
+    assert!(numbers == expected, "the container's stdout arrived incomplete: {} lines", numbers.len());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().any(|l| l == "to-stderr"), "{stderr}");
+    // `/dev/stdout` reopens the pipe: it is the container's user's.
+    assert!(stdout.lines().any(|l| l == "via-dev-stdout"), "{stderr}");
+    assert!(stderr.lines().any(|l| l == "via-dev-stderr"), "{stderr}");
+}
+
+#[test]
+fn stdio_is_relayed_as_root() {
+    stdio_is_relayed(Who::Root);
+}
+
+#[test]
+fn stdio_is_relayed_as_root_for_a_user() {
+    stdio_is_relayed(Who::Sudo);
+}
+
+#[test]
+fn stdio_is_relayed_rootless() {
+    stdio_is_relayed(Who::Rootless);
+}
+
+#[test]
 fn limits_in_cgroup_as_root() {
     run_as(Who::Root, "scenario_limits_in_cgroup");
 }
@@ -1260,6 +1365,10 @@ fn describe_tells_the_plan_and_creates_nothing() {
         "/proc/kcore",
         "/proc/sys",
         "ces-init is PID 1",
+        "x86_64 system calls only, any other ABI kills the process",
+        "AF_VSOCK sockets denied",
+        "killed 10 seconds after the first",
+        "stdin /dev/null; stdout and stderr are pipes relayed by ces",
     ] {
         assert!(text.contains(expected), "{expected:?} missing from\n{text}");
     }

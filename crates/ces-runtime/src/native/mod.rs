@@ -381,7 +381,33 @@ impl Run<'_> {
             Err(e) => return (Err(start_error("observing the network")(e.into())), true),
         };
         let (tun_socket, init_tun_socket) = tun_channel.unzip();
-        let built = self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd));
+        // The container's stdio: pipes, relayed by ces (see `wait`).
+        let stdio = (|| -> io::Result<_> {
+            let (stdout, stderr) = (pipe()?, pipe()?);
+            let stdin = if self.spec.process.interactive {
+                let (read, write) = pipe()?;
+                (read, Some(write))
+            } else {
+                (File::open("/dev/null")?.into(), None)
+            };
+            Ok((stdin, stdout, stderr))
+        })();
+        let ((stdin, stdin_write), (stdout, stdout_write), (stderr, stderr_write)) = match stdio {
+            Ok(stdio) => stdio,
+            Err(e) => return (Err(start_error("creating the container's stdio pipes")(e.into())), true),
+        };
+        // As root, the pipes are the container's user's, as a rootless
+        // run's are: `/dev/stdout` (a reopen through /proc/self/fd) works.
+        if self.privilege == Privilege::Root {
+            let ids = (self.spec.identity.host_uid, self.spec.identity.host_gid);
+            let pipes = [Some(&stdout), Some(&stderr), stdin_write.as_ref()];
+            if let Err(e) = pipes.into_iter().flatten().try_for_each(|fd| fchown(fd, ids)) {
+                return (Err(start_error("creating the container's stdio pipes")(e.into())), true);
+            }
+        }
+        let container_stdio = ContainerStdio { stdin, stdout: stdout_write, stderr: stderr_write };
+        let built =
+            self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_stdio);
         drop(report_write);
         drop(init_tun_socket);
         let mut container = match built {
@@ -404,11 +430,25 @@ impl Run<'_> {
                 }
                 None => None,
             };
-            let signalfd = signals.signalfd().map_err(|e| start_error("waiting for the container")(e.into()))?;
+            let waiting = |e: io::Error| start_error("waiting for the container")(e.into());
+            let signalfd = signals.signalfd().map_err(waiting)?;
+            let streams = wait::Streams::new(
+                (stdout, libc::STDOUT_FILENO),
+                (stderr, libc::STDERR_FILENO),
+                stdin_write.map(|write| (libc::STDIN_FILENO, write)),
+            )
+            .map_err(waiting)?;
             let ended =
-                wait::wait_for_exit(pid, &signalfd).map_err(|e| start_error("waiting for the container")(e.into()))?;
+                wait::wait_for_exit(pid, &signalfd, streams, self.spec.process.stop_timeout).map_err(waiting)?;
             if !ended.forwarded.is_empty() {
                 tracing::debug!(signals = ?ended.forwarded, "forwarded signals to the container");
+            }
+            if ended.killed {
+                tracing::warn!(
+                    id = %self.spec.id,
+                    timeout = ?self.spec.process.stop_timeout,
+                    "the container did not stop within the stop timeout of the signal passed on to it: killed"
+                );
             }
             let reports = read_reports(report_read);
             let failed = reports.iter().find_map(|report| match report {
@@ -448,12 +488,13 @@ impl Run<'_> {
         &self,
         report_fd: i32,
         tun_socket: Option<i32>,
+        stdio: ContainerStdio,
     ) -> Result<libcontainer::container::Container, NativeError> {
         let _groups = match self.groups {
             Some(groups) => Some(ThreadGroups::set(groups)?),
             None => None,
         };
-        let mut builder = ContainerBuilder::new(self.spec.id.clone(), SyscallType::default())
+        let builder = ContainerBuilder::new(self.spec.id.clone(), SyscallType::default())
             .with_executor(CesInit::new(
                 report_fd,
                 (self.spec.process.user.uid, self.spec.process.user.gid),
@@ -461,12 +502,29 @@ impl Run<'_> {
                 seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
                 tun_socket,
             ))
-            .with_root_path(&self.runtime.state_root)?;
-        if !self.spec.process.interactive {
-            builder = builder.with_stdin(File::open("/dev/null")?);
-        }
+            .with_root_path(&self.runtime.state_root)?
+            // Never ces's own: see `wait`.
+            .with_stdin(stdio.stdin)
+            .with_stdout(stdio.stdout)
+            .with_stderr(stdio.stderr);
         Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(false).build()?)
     }
+}
+
+fn fchown(fd: &OwnedFd, (uid, gid): (u32, u32)) -> io::Result<()> {
+    // SAFETY: fchown of a descriptor we own.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The container's ends of its standard streams: a pipe from ces for stdin
+/// with `-i`, else `/dev/null`; pipes to ces for stdout and stderr.
+struct ContainerStdio {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
 }
 
 /// How the container ended: `ces-init`'s report (exact even for a signal),
@@ -660,10 +718,12 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
         oci::CAPABILITIES.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
     lines.push(format!(
         "security: no_new_privileges; capabilities {} ({}); seccomp default profile ({} syscalls allowed, \
-         namespaces/mount/keyring/bpf/module syscalls denied)",
+         namespaces/mount/keyring/bpf/module syscalls and AF_VSOCK sockets denied; {} system calls only, \
+         any other ABI kills the process)",
         caps.join(" "),
         if user.uid == 0 { "bounding and effective" } else { "bounding only: the user is not root" },
-        seccomp::allowed_count()
+        seccomp::allowed_count(),
+        seccomp::native_abi(),
     ));
     lines.push(format!("masked paths: {}", oci::MASKED_PATHS.join(" ")));
     lines.push(format!("read-only paths: {}", oci::READONLY_PATHS.join(" ")));
@@ -671,11 +731,21 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
         "init: ces-init is PID 1 (reaps zombies; forwards SIGHUP SIGINT SIGQUIT SIGTERM SIGUSR1 SIGUSR2)".to_owned(),
     );
     lines.push(format!(
-        "process: cwd {}; stdin {}; stdout and stderr inherited",
+        "signals: SIGHUP SIGINT SIGQUIT SIGTERM to ces are passed on; the container is killed {} after the first \
+         if still running",
+        seconds(spec.process.stop_timeout)
+    ));
+    lines.push(format!(
+        "process: cwd {}; stdin {}; stdout and stderr are pipes relayed by ces (never ces's own descriptors)",
         spec.process.cwd,
-        if spec.process.interactive { "inherited" } else { "/dev/null" }
+        if spec.process.interactive { "a pipe from ces's stdin (-i)" } else { "/dev/null" }
     ));
     lines
+}
+
+fn seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s == 1.0 { "1 second".to_owned() } else { format!("{s} seconds") }
 }
 
 fn bytes(n: u64) -> String {

@@ -338,6 +338,7 @@ mod tests {
                 user: ContainerUser { uid: 1000, gid: 1000 },
                 terminal: false,
                 interactive: false,
+                stop_timeout: ProcessSpec::DEFAULT_STOP_TIMEOUT,
             },
             mounts: vec![
                 MountSpec {

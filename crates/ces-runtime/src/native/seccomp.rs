@@ -587,6 +587,17 @@ pub(crate) fn allowed_count() -> usize {
     ALLOWED.len() + ALLOWED_ARCH.len() + 3
 }
 
+/// The one ABI the profile allows (for `--dry-run`).
+pub(crate) fn native_abi() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "x86_64"
+    } else if cfg!(target_arch = "aarch64") {
+        "aarch64"
+    } else {
+        "native"
+    }
+}
+
 /// The native ABI alone: any other (i386, x32, 32-bit Arm) gets [`BAD_ARCH`].
 fn architectures() -> Vec<Arch> {
     if cfg!(target_arch = "x86_64") {

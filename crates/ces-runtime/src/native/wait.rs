@@ -1,4 +1,5 @@
-//! Waiting for the container while passing on SIGINT, SIGTERM and SIGHUP.
+//! Waiting for the container while passing on SIGINT, SIGTERM, SIGHUP and
+//! SIGQUIT, and relaying its standard streams.
 //!
 //! The signals are blocked in the thread that runs the container from before
 //! the build until after the cleanup ([`SignalBlock`]), and read from a
@@ -7,17 +8,33 @@
 //! process (rather than to this thread) reaches the signalfd only if every
 //! other thread blocks it too: the `ces` binary runs containers from a
 //! single-threaded process.
+//!
+//! A forwarded signal starts the stop timeout: a workload still running when
+//! it runs out is killed, with the whole container (SIGKILL to its PID 1
+//! ends its PID namespace), as `docker stop` does.
+//!
+//! The container never holds ces's own stdin, stdout or stderr: those are
+//! file descriptions of the host (a log file, a terminal) that it could
+//! reopen through `/proc/self/fd` to read, truncate or type into. It gets
+//! pipes, and the same `poll` relays them ([`Streams`]): its output to ces's
+//! stdout and stderr, and (with `-i`) ces's stdin to it, closed at end of
+//! file. Writes go out only when `poll` says the destination takes them, so
+//! a slow reader holds back the container, never the signal forwarding.
+//! Once the init has ended (and with it, every process of the container),
+//! what is left in the pipes is drained.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// The signals ces forwards to the container.
-pub(crate) const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+/// The signals ces forwards to the container (each ends a process by
+/// default, and so starts the stop timeout).
+pub(crate) const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread for good. A
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in the calling thread for good. A
 /// program that runs containers and has (or will have) other threads calls
 /// this first thing in `main`, before any thread exists: threads inherit the
 /// mask, so a signal sent to the process can only be taken by the thread
@@ -83,20 +100,219 @@ impl Drop for SignalBlock {
 pub(crate) struct Ended {
     pub status: WaitStatus,
     pub forwarded: Vec<i32>,
+    /// The container outlived the stop timeout and was killed.
+    pub killed: bool,
+}
+
+/// The size of one read from a stream.
+const CHUNK: usize = 64 * 1024;
+
+/// One stream being copied from `from` to `to`.
+struct Pump {
+    from: RawFd,
+    to: RawFd,
+    /// Our end of the container's pipe (`from` or `to`): closed when the
+    /// pump is dropped (the container then sees end of file on stdin, or a
+    /// broken pipe).
+    _pipe: OwnedFd,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already written.
+    written: usize,
+    /// At most this much per write: a pipe or socket that `poll` says is
+    /// writable takes `PIPE_BUF` bytes without blocking.
+    write_max: usize,
+    /// Nothing more to read.
+    eof: bool,
+    /// Stopped (end of file and all written, or a failed write).
+    done: bool,
+    /// ces's stdin to the container (stops when the container ends).
+    is_stdin: bool,
+}
+
+impl Pump {
+    fn new(from: RawFd, to: RawFd, owned: OwnedFd, is_stdin: bool) -> Pump {
+        // SAFETY: stat is plain data, filled in by fstat.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat of a descriptor, into a buffer we own.
+        let is_file = unsafe { libc::fstat(to, &mut stat) } == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let write_max = if is_file { CHUNK } else { libc::PIPE_BUF };
+        Pump { from, to, _pipe: owned, buffer: Vec::new(), written: 0, write_max, eof: false, done: false, is_stdin }
+    }
+
+    fn pending(&self) -> bool {
+        self.written < self.buffer.len()
+    }
+
+    /// The descriptor and event to wait for, if any.
+    fn interest(&self) -> Option<(RawFd, libc::c_short)> {
+        match (self.done, self.pending(), self.eof) {
+            (true, _, _) | (false, false, true) => None,
+            (false, true, _) => Some((self.to, libc::POLLOUT)),
+            (false, false, false) => Some((self.from, libc::POLLIN)),
+        }
+    }
+
+    /// Reads once into the empty buffer; `false`: nothing to read now.
+    fn fill(&mut self) -> bool {
+        self.buffer.resize(CHUNK, 0);
+        self.written = 0;
+        // SAFETY: reading into a buffer of CHUNK bytes we own.
+        let n = unsafe { libc::read(self.from, self.buffer.as_mut_ptr().cast(), CHUNK) };
+        if n < 0 {
+            self.buffer.clear();
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => return false,
+                // A source that fails (ces's stdin closed) ends its stream.
+                _ => self.eof = true,
+            }
+        } else {
+            self.buffer.truncate(n as usize);
+            self.eof = n == 0;
+        }
+        true
+    }
+
+    /// Writes once from the buffer.
+    fn flush(&mut self) {
+        let end = self.buffer.len().min(self.written + self.write_max);
+        let chunk = &self.buffer[self.written..end];
+        // SAFETY: writing a slice of our buffer.
+        let n = unsafe { libc::write(self.to, chunk.as_ptr().cast(), chunk.len()) };
+        if n >= 0 {
+            self.written += n as usize;
+            return;
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+            // The destination is gone (EPIPE: ces's reader closed it, or the
+            // container closed its stdin): the rest is dropped.
+            self.done = true;
+        }
+    }
+
+    /// Moves the stream on after `poll` reported `revents` for [`Self::interest`].
+    fn step(&mut self, revents: libc::c_short) {
+        if revents == 0 || self.done {
+            return;
+        }
+        if self.pending() {
+            if revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 {
+                self.flush();
+            }
+        } else {
+            self.fill();
+        }
+        if self.eof && !self.pending() {
+            self.done = true;
+        }
+    }
+}
+
+/// The container's standard streams, relayed while it runs.
+pub(crate) struct Streams {
+    pumps: Vec<Pump>,
+    /// The container has ended: what is left in the pipes is read without
+    /// waiting for more.
+    ended: bool,
+}
+
+impl Streams {
+    /// `stdout` and `stderr`: the read ends of the container's output pipes
+    /// (made non-blocking here), relayed to `out` and `err`; `stdin`: ces's
+    /// input and the write end of the container's stdin pipe.
+    pub(crate) fn new(
+        stdout: (OwnedFd, RawFd),
+        stderr: (OwnedFd, RawFd),
+        stdin: Option<(RawFd, OwnedFd)>,
+    ) -> io::Result<Streams> {
+        let mut pumps = Vec::with_capacity(3);
+        for (read, to) in [stdout, stderr] {
+            set_nonblocking(&read)?;
+            pumps.push(Pump::new(read.as_raw_fd(), to, read, false));
+        }
+        if let Some((from, write)) = stdin {
+            set_nonblocking(&write)?;
+            pumps.push(Pump::new(from, write.as_raw_fd(), write, true));
+        }
+        Ok(Streams { pumps, ended: false })
+    }
+
+    /// The container has ended: stdin stops, outputs are read to their end
+    /// without waiting for more (every writer in the container is gone; a
+    /// copy held outside must not keep ces waiting).
+    fn container_ended(&mut self) {
+        self.ended = true;
+        for pump in &mut self.pumps {
+            pump.done |= pump.is_stdin;
+        }
+    }
+
+    /// After the end: refills every empty buffer, or ends its stream.
+    fn drain(&mut self) {
+        for pump in self.pumps.iter_mut().filter(|p| !p.done && !p.pending()) {
+            if !pump.fill() {
+                pump.eof = true;
+            }
+            pump.done = pump.eof && !pump.pending();
+        }
+    }
+
+    /// Closes the pipes of the streams that have stopped; true when none is left.
+    fn close_finished(&mut self) -> bool {
+        self.pumps.retain(|p| !p.done);
+        self.pumps.is_empty()
+    }
 }
 
 /// Waits for `init` (a child of this process) to end, forwarding every
-/// signal read from `signals` to it.
-pub(crate) fn wait_for_exit(init: Pid, signals: &OwnedFd) -> io::Result<Ended> {
+/// signal read from `signals` to it, killing it `stop_timeout` after the
+/// first, and relaying `streams`. Returns once the init has ended and its
+/// output is relayed (or, after it ended, on a signal: ces is being stopped).
+pub(crate) fn wait_for_exit(
+    init: Pid,
+    signals: &OwnedFd,
+    mut streams: Streams,
+    stop_timeout: Duration,
+) -> io::Result<Ended> {
     let pidfd = pidfd_open(init)?;
     let mut forwarded = Vec::new();
+    let mut deadline: Option<Instant> = None;
+    let mut killed = false;
+    let mut status: Option<WaitStatus> = None;
     loop {
-        let mut fds = [
-            libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: signals.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: valid array of two pollfds; no timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if streams.ended {
+            streams.drain();
+        }
+        if streams.close_finished()
+            && let Some(status) = status
+        {
+            return Ok(Ended { status, forwarded, killed });
+        }
+        let mut fds = vec![libc::pollfd { fd: signals.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        if status.is_none() {
+            fds.push(libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let first_pump = fds.len();
+        let watched: Vec<usize> = streams
+            .pumps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, pump)| {
+                let (fd, events) = pump.interest()?;
+                fds.push(libc::pollfd { fd, events, revents: 0 });
+                Some(i)
+            })
+            .collect();
+        let timeout = match (deadline, status, killed) {
+            (Some(at), None, false) => {
+                let left = at.saturating_duration_since(Instant::now());
+                i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+            }
+            _ => -1,
+        };
+        // SAFETY: a valid array of pollfds of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -104,25 +320,53 @@ pub(crate) fn wait_for_exit(init: Pid, signals: &OwnedFd) -> io::Result<Ended> {
             }
             return Err(e);
         }
-        if fds[1].revents & libc::POLLIN != 0 {
+        if fds[0].revents & libc::POLLIN != 0 {
             while let Some(signal) = read_signal(signals)? {
+                if let Some(status) = status {
+                    // The container is gone; ces is asked to stop: the
+                    // output not yet relayed is dropped.
+                    return Ok(Ended { status, forwarded, killed });
+                }
                 // The init blocks and forwards these; ESRCH means it just ended.
                 // SAFETY: signalling our own child.
                 unsafe { libc::kill(init.as_raw(), signal) };
                 forwarded.push(signal);
+                deadline.get_or_insert_with(|| Instant::now() + stop_timeout);
             }
         }
-        if fds[0].revents & libc::POLLIN != 0 {
+        for (slot, &i) in watched.iter().enumerate() {
+            streams.pumps[i].step(fds[first_pump + slot].revents);
+        }
+        if !killed && status.is_none() && deadline.is_some_and(|at| Instant::now() >= at) {
+            // SIGKILL to the PID namespace's init kills every process in it.
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(init.as_raw(), libc::SIGKILL) };
+            killed = true;
+        }
+        if status.is_none() && fds[1].revents & libc::POLLIN != 0 {
             // The init was cloned with no exit signal: only __WALL waits for it.
-            let status = loop {
+            let ended = loop {
                 match waitpid(init, Some(WaitPidFlag::__WALL)) {
                     Err(nix::errno::Errno::EINTR) => continue,
                     other => break other.map_err(io::Error::from)?,
                 }
             };
-            return Ok(Ended { status, forwarded });
+            status = Some(ended);
+            streams.container_ended();
         }
     }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; only this end's file
+    // description changes (a pipe's two ends have one each).
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {

@@ -1,0 +1,323 @@
+//! The container's standard streams and signals through the `ces` binary:
+//! the container gets pipes (never ces's own stdout, stderr or stdin), batch
+//! runs with output on /dev/null work, `-i` relays piped input, and a
+//! container that ignores a stop signal is killed after the stop timeout.
+//! As root, as root for another user (sudo), and rootless.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ces_testkit::registry::Registry;
+use ces_testkit::{AuthMode, busybox_image};
+use common::{Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Root,
+    /// Root with `SUDO_UID`/`SUDO_GID`/`SUDO_USER` of the test user.
+    Sudo,
+    /// The test user, after `ces system setup`.
+    Rootless,
+}
+
+/// An image pulled, a HOME, and how to run ces in `mode`.
+struct World {
+    sb: Sandbox,
+    image: String,
+    home: PathBuf,
+    mode: Mode,
+    user: TestUser,
+}
+
+impl World {
+    fn new(repo: &str, mode: Mode) -> World {
+        require_root("runs containers and switches users");
+        let user = test_user();
+        if mode != Mode::Rootless {
+            let w = TreWorld::new(repo);
+            if mode == Mode::Sudo {
+                w.for_another_user();
+            }
+            let TreWorld { sb, image, home, .. } = w;
+            return World { sb, image, home, mode, user };
+        }
+        let reg = Registry::shared(AuthMode::Anonymous);
+        reg.push(&busybox_image().build(), repo, "1");
+        let image = format!("{}/{repo}:1", reg.host());
+        let sb = Sandbox::new(&[reg]);
+        let home = sb.dir.path().join("home");
+        std::fs::create_dir_all(home.join("safe_data")).unwrap();
+        std::fs::create_dir_all(&sb.store).unwrap();
+        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [&home, &home.join("safe_data"), &sb.store] {
+            user.chown(dir);
+        }
+        sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+        let w = World { sb, image, home, mode, user };
+        let pulled = w.command(&["pull", "--quiet", &w.image.clone()]).output().unwrap();
+        assert!(pulled.status.success(), "pull: {}", String::from_utf8_lossy(&pulled.stderr));
+        w
+    }
+
+    /// `ces ARGS` as this world's mode runs it; stdin is /dev/null.
+    fn command(&self, args: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_ces");
+        let mut cmd = match self.mode {
+            Mode::Root => self.sb.command(bin, args),
+            Mode::Rootless => {
+                let mut argv = vec![bin];
+                argv.extend_from_slice(args);
+                self.user.setpriv(&self.sb, &argv)
+            }
+            // Under sudo ces reads /etc/ces/config.toml alone: the sandbox's
+            // config goes there, in a mount namespace of this command's
+            // (an overlay on /etc: nothing is written to the host's).
+            Mode::Sudo => {
+                let overlay = self.sb.dir.path().join("etc-overlay");
+                let (upper, work) = (overlay.join("upper"), overlay.join("work"));
+                std::fs::create_dir_all(&upper).unwrap();
+                std::fs::create_dir_all(&work).unwrap();
+                let script = format!(
+                    "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc; \
+                     mkdir -p /etc/ces; cp \"$CES_CONFIG\" /etc/ces/config.toml; unset CES_CONFIG; exec \"$@\"",
+                    upper.display(),
+                    work.display()
+                );
+                let mut argv = vec!["--mount", "--propagation", "private", "sh", "-c", &script, "sh", bin];
+                argv.extend_from_slice(args);
+                self.sb.command("unshare", &argv)
+            }
+        };
+        cmd.env("HOME", &self.home);
+        if self.mode == Mode::Sudo {
+            cmd.env("SUDO_UID", self.user.uid.to_string())
+                .env("SUDO_GID", self.user.gid.to_string())
+                .env("SUDO_USER", TEST_USER);
+        }
+        cmd
+    }
+
+    /// `ces run -q IMAGE ARGS`.
+    fn run(&self, args: &[&str]) -> Command {
+        self.run_with(&[], args)
+    }
+
+    /// `ces run -q OPTIONS IMAGE ARGS`.
+    fn run_with(&self, options: &[&str], args: &[&str]) -> Command {
+        let mut full = vec!["run", "-q"];
+        full.extend_from_slice(options);
+        full.push(&self.image);
+        full.extend_from_slice(args);
+        self.command(&full)
+    }
+
+    /// The one `outputs_*` directory in HOME.
+    fn outputs(&self) -> PathBuf {
+        let found: Vec<PathBuf> = std::fs::read_dir(&self.home)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("outputs_"))
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    }
+
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(&self.home)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("scratch_"))
+            .collect()
+    }
+}
+
+fn repo(test: &str, mode: Mode) -> String {
+    format!("stdio/{test}-{}", format!("{mode:?}").to_lowercase())
+}
+
+/// `ces run -q IMG sh -c 'echo hi'` with ces's stdout and stderr on
+/// /dev/null (cron, `> /dev/null 2>&1` in job scripts) works: the container
+/// used to get a read-only /dev/null and fail every write (exit 1).
+fn batch_output_to_dev_null(mode: Mode) {
+    let w = World::new(&repo("devnull", mode), mode);
+    let status = w
+        .run(&["sh", "-c", "echo hi && echo err >&2 && touch /safe_outputs/wrote"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    if status.code() != Some(0) {
+        let again = w.run(&["sh", "-c", "echo hi"]).output().unwrap();
+        panic!("{status}: (again, with pipes: {})", String::from_utf8_lossy(&again.stderr));
+    }
+    assert!(w.outputs().join("wrote").exists());
+}
+
+#[test]
+fn batch_output_to_dev_null_as_root() {
+    batch_output_to_dev_null(Mode::Root);
+}
+
+#[test]
+fn batch_output_to_dev_null_under_sudo() {
+    batch_output_to_dev_null(Mode::Sudo);
+}
+
+#[test]
+fn batch_output_to_dev_null_rootless() {
+    batch_output_to_dev_null(Mode::Rootless);
+}
+
+/// ces's stdout is a host log file (anyone may write it: only ces's pipes
+/// keep the container out). The container tries to read it and truncate it
+/// through `/proc/self/fd`: it reaches only its own pipe.
+fn host_log_out_of_reach(mode: Mode) {
+    let w = World::new(&repo("log", mode), mode);
+    let log = w.sb.dir.path().join("host.log");
+    std::fs::write(&log, "secret line\n").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // fd 3 is the container's original stdout; reading a pipe's write end
+    // reopened for reading would wait for ever: `timeout` ends it.
+    let script = "exec 3>&1; timeout 2 cat /proc/self/fd/3 > /safe_outputs/read 2>/dev/null; \
+                  : > /proc/self/fd/1; : > /proc/self/fd/2; echo after";
+    let out = w
+        .run(&["sh", "-c", script])
+        .stdout(File::options().append(true).open(&log).unwrap())
+        .stderr(File::options().append(true).open(&log).unwrap())
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.code(), Some(0), "{text}");
+    assert!(text.starts_with("secret line\n"), "the host log was truncated:\n{text}");
+    assert!(text.lines().any(|l| l == "after"), "{text}");
+    let read = std::fs::read_to_string(w.outputs().join("read")).unwrap_or_default();
+    assert!(!read.contains("secret"), "the container read the host log");
+}
+
+#[test]
+fn host_log_out_of_reach_as_root() {
+    host_log_out_of_reach(Mode::Root);
+}
+
+#[test]
+fn host_log_out_of_reach_under_sudo() {
+    host_log_out_of_reach(Mode::Sudo);
+}
+
+#[test]
+fn host_log_out_of_reach_rootless() {
+    host_log_out_of_reach(Mode::Rootless);
+}
+
+fn with_stdin(mut cmd: Command, input: &[u8]) -> (Option<i32>, String) {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.code().is_some(), "{}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `printf 'a\nb\n' | ces run -i IMG wc -l` prints 2; without `-i` the
+/// container reads /dev/null.
+fn piped_stdin(mode: Mode) {
+    let w = World::new(&repo("stdin", mode), mode);
+    let (code, out) = with_stdin(w.run_with(&["-i"], &["wc", "-l"]), b"a\nb\n");
+    assert_eq!((code, out.trim()), (Some(0), "2"));
+    // More than a pipe holds, read to the end.
+    let big = "x\n".repeat(200_000);
+    let (code, out) = with_stdin(w.run_with(&["-i"], &["wc", "-l"]), big.as_bytes());
+    assert_eq!((code, out.trim()), (Some(0), "200000"));
+    let (code, out) = with_stdin(w.run(&["wc", "-l"]), b"a\nb\n");
+    assert_eq!((code, out.trim()), (Some(0), "0"));
+}
+
+#[test]
+fn piped_stdin_as_root() {
+    piped_stdin(Mode::Root);
+}
+
+#[test]
+fn piped_stdin_under_sudo() {
+    piped_stdin(Mode::Sudo);
+}
+
+#[test]
+fn piped_stdin_rootless() {
+    piped_stdin(Mode::Rootless);
+}
+
+fn start(w: &World, script: &str) -> Child {
+    w.run(&["sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+fn wait_for_ready(w: &World, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ready = |home: &Path| {
+        std::fs::read_dir(home)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("outputs_") && e.path().join("ready").exists())
+    };
+    while !ready(&w.home) {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            child.stderr.as_mut().unwrap().read_to_string(&mut stderr).unwrap();
+            panic!("ces ended before the container was ready ({status}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    assert!(Command::new("kill").args([name, &child.id().to_string()]).status().unwrap().success());
+}
+
+/// A container that ignores SIGTERM: ces passes it on, waits the stop
+/// timeout (10 s by default), then kills the container and cleans up;
+/// `ces run` exits 137. It used to wait for ever.
+fn ignored_sigterm(mode: Mode) {
+    let w = World::new(&repo("term", mode), mode);
+    let mut child = start(&w, "trap '' TERM; touch /safe_outputs/ready; sleep 1000; touch /safe_outputs/survived");
+    wait_for_ready(&w, &mut child);
+    signal(&child, "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    assert!(!w.outputs().join("survived").exists());
+    assert_eq!(w.scratch_left(), Vec::<String>::new());
+}
+
+#[test]
+fn ignored_sigterm_is_killed_after_the_stop_timeout_as_root() {
+    ignored_sigterm(Mode::Root);
+}
+
+#[test]
+fn ignored_sigterm_is_killed_after_the_stop_timeout_rootless() {
+    ignored_sigterm(Mode::Rootless);
+}
+
+/// SIGQUIT is passed on like SIGTERM: the container ends of it, ces cleans
+/// up and exits 131. It used to kill ces itself (no clean-up, no record).
+#[test]
+fn sigquit_is_passed_on() {
+    let w = World::new(&repo("quit", Mode::Root), Mode::Root);
+    let mut child = start(&w, "touch /safe_outputs/ready; exec sleep 1000");
+    wait_for_ready(&w, &mut child);
+    signal(&child, "-QUIT");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(131), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(w.scratch_left(), Vec::<String>::new());
+}
