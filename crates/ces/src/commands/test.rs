@@ -450,7 +450,36 @@ fn run_findings(lost: &[LostWrite], scratch: &[FileSize], exit: Exit) -> Vec<Fin
             hint: "check the image's ENTRYPOINT/CMD, or the command given after the image".to_owned(),
         });
     }
+    // The native sandbox kills (SIGSYS) a system call made through another
+    // ABI than the native one (i386 `int 0x80`, x32): the one way vsock and
+    // other sockets were reachable. Nothing else it denies kills.
+    const SIGSYS: i32 = 31; // x86_64 and aarch64
+    if exit == Exit::Signal(SIGSYS) {
+        findings.push(Finding {
+            code: "foreign-abi-syscall",
+            severity: "warning",
+            message: "killed by SIGSYS: the workload made a 32-bit (i386) or x32 system call, which the sandbox \
+                      forbids"
+                .to_owned(),
+            hint: "build the image's programs for the native 64-bit ABI".to_owned(),
+        });
+    }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGSYS: i32 = 31;
+
+    #[test]
+    fn a_foreign_abi_kill_is_a_finding() {
+        let codes = |exit| run_findings(&[], &[], exit).into_iter().map(|f| f.code).collect::<Vec<_>>();
+        assert_eq!(codes(Exit::Signal(SIGSYS)), ["foreign-abi-syscall"]);
+        assert_eq!(codes(Exit::Signal(9)), Vec::<&str>::new());
+        assert_eq!(codes(Exit::Code(0)), Vec::<&str>::new());
+    }
 }
 
 /// Regular files and links under `dir` (paths prefixed with `prefix`).
