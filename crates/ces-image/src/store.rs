@@ -720,36 +720,10 @@ fn write_atomic(store: &Store, path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Removes a file or a whole tree, even one with read-only directories (a
-/// rootfs unpacked without root keeps the image's 0555 modes).
+/// rootfs unpacked without root keeps the image's 0555 modes), by directory
+/// fds that never follow a link nor cross a mount (see [`crate::fs`]).
 pub fn remove_tree(path: &Path) -> Result<()> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    if !meta.is_dir() {
-        return fs::remove_file(path).map_err(io_err(path));
-    }
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            make_writable(path)?;
-            fs::remove_dir_all(path).map_err(io_err(path))
-        }
-        Err(e) => Err(io_err(path)(e)),
-    }
-}
-
-fn make_writable(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))?;
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if entry.file_type().map_err(io_err(dir))?.is_dir() {
-            make_writable(&entry.path())?;
-        }
-    }
-    Ok(())
+    crate::fs::remove_tree(path).map_err(|e| io_err(path)(e.into()))
 }
 
 fn ref_name(descriptor: &Descriptor) -> Option<&str> {

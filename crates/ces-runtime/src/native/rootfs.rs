@@ -81,7 +81,7 @@ impl RunDirs {
             return Err(io::Error::other(format!("{} is still mounted", self.rootfs.display())));
         }
         for dir in [&self.bundle, &self.overlay, &self.rootfs] {
-            ces_image::store::remove_tree(dir).map_err(io::Error::other)?;
+            ces_image::fs::remove_tree(dir)?;
         }
         match fs::remove_dir(&self.state_dir) {
             Ok(()) => Ok(()),

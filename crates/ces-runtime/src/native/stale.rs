@@ -187,7 +187,7 @@ fn clean(state_root: &Path, record: &Record, hierarchy: Hierarchy) -> io::Result
         return Err(io::Error::other(format!("cgroup {} is still in use", record.cgroup_path.display())));
     }
     if container_dir.exists() {
-        fs::remove_dir_all(&container_dir)?;
+        ces_image::fs::remove_tree(&container_dir)?;
     }
     if record.state_dir.is_absolute() && record.state_dir.parent().is_some() {
         RunDirs::new(&record.state_dir).remove()?;
