@@ -336,10 +336,15 @@ const MARK_AND_SLEEP: &str = "touch /safe_outputs/up; exec sleep 6127";
 /// its container runs; returns ces, the run id and the outputs directory.
 fn start_sleeper(mut cmd: std::process::Command) -> (std::process::Child, String, PathBuf) {
     use std::io::BufRead as _;
-    cmd.stdout(std::process::Stdio::piped());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let line = std::io::BufReader::new(stdout).lines().next().expect("the start line").unwrap();
+    let Some(line) = std::io::BufReader::new(stdout).lines().next() else {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        panic!("no start line: {stderr}");
+    };
+    let line = line.unwrap();
     let start: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(start["event"], "start", "{start}");
     let outputs = PathBuf::from(start["outputs"].as_str().unwrap());
@@ -414,6 +419,34 @@ fn a_run_records_its_start_before_the_container_and_its_end_with_the_same_run_id
     assert!(w.sb.ces(&["audit", "verify"]).ok().contains("3 records, the chain is whole"));
 }
 
+/// A run whose start is recorded but whose container never starts (here,
+/// `--json` on a closed stdout) is closed at once with the error, not left
+/// looking like a run that is still going.
+#[test]
+fn a_recorded_start_whose_container_never_starts_is_closed_with_the_error() {
+    require_root("runs a container");
+    let w = TreWorld::new("audit/closed-stdout");
+    let mut cmd =
+        w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", "touch /safe_outputs/ran"]);
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = common::Run::from(child.wait_with_output().unwrap());
+    assert_eq!(out.code, 125, "{}", out.stderr);
+    let records = w.sb.audit_records();
+    let id = records[1]["run_id"].as_str().unwrap();
+    assert_eq!(
+        events_of(&records, id),
+        [("run_start".to_owned(), String::new()), ("run_end".to_owned(), "error".to_owned())],
+        "{records:#?}"
+    );
+    assert!(records[2]["error"].as_str().unwrap().starts_with("the container was not started: "), "{}", records[2]);
+    assert_eq!(records.len(), 3, "no run_not_started besides: {records:#?}");
+    let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(home.is_empty(), "the container never ran: {home:?}");
+    assert_no_run_left(&w.sb.store);
+}
+
 /// `kill -9` of ces (as root, the native runtime): the start is in the log;
 /// `ces audit show` says the run is running or lost; the next `ces gc` stops
 /// the container, unmounts and removes what the run left (no warning, no
@@ -486,6 +519,29 @@ fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
     assert!(!sleeper_alive());
     assert_no_run_left(&w.sb.store);
     w.sb.ces(&["audit", "verify"]).ok();
+}
+
+/// Root under sudo: the start is the sudo user's, and so is the end that a
+/// later `ces gc` by root itself (no `SUDO_*`) writes for it.
+#[test]
+fn under_sudo_a_killed_run_is_closed_for_the_sudo_user_not_the_cleaner() {
+    require_root("runs a container");
+    let user = common::test_user();
+    let w = TreWorld::new("audit/sudo-killed");
+    w.for_another_user();
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]);
+    let (mut child, id, _outputs) = start_sleeper(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
+    signal(&child, rustix::process::Signal::KILL);
+    child.wait().unwrap();
+    w.ces(&["gc"]).ok();
+    let records = w.sb.audit_records();
+    assert_eq!(events_of(&records, &id).len(), 2, "{records:#?}");
+    let (start, end) = (&records[records.len() - 2], &records[records.len() - 1]);
+    let sudo_user = serde_json::json!({"name": common::TEST_USER, "uid": user.uid});
+    assert_eq!((&start["user"], &end["user"]), (&sudo_user, &sudo_user));
+    assert_eq!(end["result"], "supervisor_lost");
+    assert!(!sleeper_alive());
+    assert_no_run_left(&w.sb.store);
 }
 
 /// Rootless: the unprivileged user's own store and log; `kill -9` of their

@@ -283,6 +283,24 @@ pub fn record_lost(settings: &Settings, lost: LostRun<'_>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Appends the end of a run whose start is recorded but whose container
+/// was never started (ces failed in between): a `run_end` with the error.
+pub fn record_not_run(
+    settings: &Settings,
+    spec: &RunSpec,
+    outputs: &Path,
+    error: &anyhow::Error,
+) -> anyhow::Result<()> {
+    let event = Event::RunEnd(ces_audit::RunEndEvent {
+        run_id: spec.id.clone(),
+        pid: Some(std::process::id()),
+        outputs: outputs.is_dir().then(|| outputs.to_owned()),
+        outputs_manifest: None,
+        outcome: Outcome::Error { error: format!("the container was not started: {}", diagnostics::message(error)) },
+    });
+    append(settings, event)
+}
+
 fn image_of(spec: &RunSpec) -> ces_audit::Image {
     ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() }
 }
@@ -354,19 +372,18 @@ fn append(settings: &Settings, event: Event) -> anyhow::Result<()> {
 pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
     let log = AuditLog::new(args.file.clone().unwrap_or_else(|| settings.audit_path.clone()));
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    let records: Vec<Record> = log
-        .records()?
+    let all = log.records()?;
+    // Which runs have ended, from the whole log (the filters may hide an end).
+    let ended: std::collections::HashSet<String> = all
+        .iter()
+        .filter(|r| matches!(r.event, Event::Run(_) | Event::RunEnd(_)))
+        .filter_map(|r| r.event.run_id().map(str::to_owned))
+        .collect();
+    let records: Vec<Record> = all
         .into_iter()
         .filter(|r| args.user.as_deref().is_none_or(|u| r.user.name == u || r.user.uid.to_string() == u))
         .filter(|r| since.is_none_or(|since| r.time >= since))
         .filter(|r| args.image.as_deref().is_none_or(|image| matches_image(&r.event, image)))
-        .collect();
-    // Which runs have ended, from the whole log (the filters may hide an end).
-    let ended: std::collections::HashSet<String> = log
-        .records()?
-        .into_iter()
-        .filter(|r| matches!(r.event, Event::Run(_) | Event::RunEnd(_)))
-        .filter_map(|r| r.event.run_id().map(str::to_owned))
         .collect();
     let mut out = std::io::stdout().lock();
     if args.json {

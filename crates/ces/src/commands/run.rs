@@ -303,9 +303,15 @@ pub(crate) fn execute(
         active.discard_outputs_if_empty();
         return Err(error);
     }
-    announce_start(printer, spec, runtime, &prepared.safe_data, active.paths(), json)?;
-
+    // From here on the run's own records say how it ended, not a run_not_started.
     *started = true;
+    if let Err(error) = announce_start(printer, spec, runtime, &prepared.safe_data, active.paths(), json) {
+        active.discard_outputs_if_empty();
+        audit::record_not_run(settings, spec, &active.paths().outputs, &error)?;
+        record::mark_closed(&prepared.runs, &spec.id)?;
+        return Err(error);
+    }
+
     let start_time = jiff::Timestamp::now();
     let result = run(spec);
 
