@@ -134,8 +134,8 @@ impl Pump {
         // SAFETY: stat is plain data, filled in by fstat.
         let mut stat: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat of a descriptor, into a buffer we own.
-        let is_file = unsafe { libc::fstat(to, &mut stat) } == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFREG;
-        let write_max = if is_file { CHUNK } else { libc::PIPE_BUF };
+        let kind = if unsafe { libc::fstat(to, &mut stat) } == 0 { stat.st_mode & libc::S_IFMT } else { 0 };
+        let write_max = if matches!(kind, libc::S_IFIFO | libc::S_IFSOCK) { libc::PIPE_BUF } else { CHUNK };
         Pump { from, to, _pipe: owned, buffer: Vec::new(), written: 0, write_max, eof: false, done: false, is_stdin }
     }
 
