@@ -1,5 +1,5 @@
-//! Stopping a seal early: ces blocks SIGINT, SIGTERM and SIGHUP while it
-//! runs a container (so that they reach the container, see
+//! Stopping a seal early: ces blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT
+//! while it runs a container (so that they reach the container, see
 //! `ces_runtime::native`), and they stay blocked while it seals the outputs.
 //! A seal asks an [`Interrupt`] between chunks of the files it hashes, and
 //! stops hashing when one of those signals is pending.
@@ -23,7 +23,7 @@ impl Interrupt for NoInterrupt {
     }
 }
 
-/// SIGINT, SIGTERM or SIGHUP, pending for this process while the calling
+/// SIGINT, SIGTERM, SIGHUP or SIGQUIT, pending for this process while the calling
 /// thread blocks them, read from a non-blocking signalfd. A signal read is
 /// consumed: it has done its work by stopping the seal (ces then records the
 /// run and exits). A signal that is not blocked is not seen here: its
@@ -34,10 +34,11 @@ pub struct SignalWatch {
 }
 
 impl SignalWatch {
-    /// Watches SIGINT, SIGTERM and SIGHUP.
+    /// Watches SIGINT, SIGTERM, SIGHUP and SIGQUIT (those ces forwards to a
+    /// container, and so blocks).
     pub fn new() -> std::io::Result<SignalWatch> {
         let mut set = SigSet::empty();
-        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
             set.add(signal);
         }
         let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;

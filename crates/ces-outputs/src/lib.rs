@@ -19,7 +19,7 @@
 //! back first. Setuid/setgid bits and file capabilities are removed (and
 //! recorded), so nothing the container made runs with more privileges on
 //! the host than its reader. Hashing is bounded ([`Budget`]) and stops on
-//! SIGINT/SIGTERM/SIGHUP ([`SignalWatch`]): files left unhashed are listed
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT ([`SignalWatch`]): files left unhashed are listed
 //! with `"sha256": null` and the reason.
 //!
 //! The manifest's own sha256 goes into the audit log, so [`verify`] can tell

@@ -14,7 +14,7 @@ use crate::settings::OutputsConfig;
 /// container's exit code still passes through, and the audit record then
 /// has no manifest digest.
 ///
-/// SIGINT, SIGTERM and SIGHUP are still blocked here (they were for the
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT are still blocked here (they were for the
 /// container): the seal reads them from a signalfd between chunks and stops
 /// hashing, so ces stays interruptible however large the outputs.
 pub fn seal_outputs(
