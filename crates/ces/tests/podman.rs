@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ces_testkit::layer::{Entry, Layer, busybox_entries};
 use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
-use common::{Run, Sandbox, TreWorld, require_root, test_user};
+use common::{Run, Sandbox, TEST_USER, TreWorld, require_root, test_user};
 
 /// Root and podman are part of the test environment (scripts/setup, CI as
 /// root): a test that needs them fails loudly rather than passing unrun.
@@ -35,6 +35,20 @@ fn containers_named(name: &str) -> Vec<String> {
         .unwrap();
     assert!(out.status.success(), "podman ps: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// Removes the container `name` when dropped, so that a failed test leaves
+/// nothing running.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "0", "--ignore", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// What `dir` holds.
@@ -130,7 +144,7 @@ fn probes() -> Vec<(&'static str, Vec<u8>)> {
 /// Under podman, the container gets ces's seccomp profile, not podman's
 /// default: no user namespaces, no kernel keyring, no vsock, no 32-bit
 /// entry points; forks (clone without namespace flags) still work. With
-/// podman's default profile (the old code) `unshare -r`, keyctl, vsock and
+/// podman's default profile (the old code) `unshare -U`, keyctl, vsock and
 /// the i386 socketcall all succeed.
 #[test]
 #[cfg(target_arch = "x86_64")]
@@ -145,7 +159,7 @@ fn podman_runs_with_ces_seccomp_profile() {
         .cmd(&["sh"]);
     let w = TreWorld::with("podman/seccomp", &image, "");
     let script = "for p in inet vsock keyctl i386-socketcall; do /bin/probe-$p; echo \"$p=$?\" >> /safe_outputs/r; done; \
-                  unshare -r true 2>/dev/null; echo \"unshare=$?\" >> /safe_outputs/r; \
+                  unshare -U true 2>/dev/null; echo \"unshare=$?\" >> /safe_outputs/r; \
                   sh -c 'exit 7'; echo \"fork=$?\" >> /safe_outputs/r";
     let out = w.ces(&["run", "--runtime", "podman", "--json", &w.image, "sh", "-c", script]);
     out.ok();
@@ -213,10 +227,15 @@ fn find_key<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_jso
 /// A podman run whose container writes `/safe_outputs/started`, then keeps
 /// checking that its scratch file is there (writing `saw-scratch-removed`
 /// if it is not); started in the background. Returns ces and the run id.
-fn start_long_run(w: &TreWorld) -> (Child, String) {
+fn start_long_run(w: &TreWorld, sudo: bool) -> (Child, String, Removed) {
     let script = "touch /scratch/keep /safe_outputs/started; \
                   while sleep 0.05; do test -e /scratch/keep || touch /safe_outputs/saw-scratch-removed; done";
     let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--runtime", "podman", &w.image, "sh", "-c", script]);
+    if sudo {
+        w.for_another_user();
+        let user = test_user();
+        cmd = w.sb.as_sudo(cmd, user.uid, user.gid, TEST_USER);
+    }
     let log = w.sb.dir.path().join("ces.log");
     let mut child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
     let mut outputs = None;
@@ -227,8 +246,9 @@ fn start_long_run(w: &TreWorld) -> (Child, String) {
         outputs.as_ref().is_some_and(|o| w.home.join(o).join("started").exists())
     });
     let id = outputs.unwrap().strip_prefix("outputs_").unwrap().to_owned();
-    assert_eq!(containers_named(&format!("ces-{id}")).len(), 1, "running");
-    (child, id)
+    let removed = Removed(format!("ces-{id}"));
+    assert_eq!(containers_named(&removed.0).len(), 1, "running");
+    (child, id, removed)
 }
 
 fn kill9(pid: u32) {
@@ -238,19 +258,22 @@ fn kill9(pid: u32) {
 
 /// `kill -9` of ces: its watchdog removes the container at once, with no
 /// other ces start (the old code left it running, unsupervised, for good);
-/// the next start removes the scratch; outputs are kept.
+/// the next start removes the scratch; outputs are kept. As root, and as
+/// root through sudo for the test user.
 #[test]
 fn a_killed_ces_takes_its_podman_container_with_it() {
     require_root_and_podman();
-    let w = TreWorld::with("podman/kill", &busybox_image(), "");
-    let (mut ces, id) = start_long_run(&w);
-    kill9(ces.id());
-    ces.wait().unwrap();
-    let name = format!("ces-{id}");
-    wait_until("the watchdog removes the container", || containers_named(&name).is_empty());
-    w.ces(&["gc"]).ok();
-    assert_eq!(entries(&w.home), [format!("outputs_{id}")], "scratch removed, outputs kept");
-    assert!(run_records(&w).is_empty(), "{:?}", run_records(&w));
+    for sudo in [false, true] {
+        let w = TreWorld::with("podman/kill", &busybox_image(), "");
+        let (mut ces, id, _removed) = start_long_run(&w, sudo);
+        kill9(ces.id());
+        ces.wait().unwrap();
+        let name = format!("ces-{id}");
+        wait_until("the watchdog removes the container", || containers_named(&name).is_empty());
+        w.ces(&["gc"]).ok();
+        assert_eq!(entries(&w.home), [format!("outputs_{id}")], "scratch removed, outputs kept (sudo: {sudo})");
+        assert!(run_records(&w).is_empty(), "{:?}", run_records(&w));
+    }
 }
 
 /// The watchdog's PIDs: forked from ces, so the same command line, but not
@@ -276,6 +299,7 @@ fn the_next_start_removes_a_lost_container_before_its_scratch() {
         let w = TreWorld::with("podman/lost", &busybox_image(), "");
         let rootfs = w.sb.rootfs(&w.digest);
         let decoy = format!("ces-decoy-{}", std::process::id());
+        let _decoy_removed = Removed(decoy.clone());
         let started = Command::new("podman")
             .args(["run", "-d", "--name", &decoy, "--runtime", "runc", "--network", "none"])
             .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs"])
@@ -285,10 +309,11 @@ fn the_next_start_removes_a_lost_container_before_its_scratch() {
             .status()
             .unwrap();
         assert!(started.success());
-        let (mut ces, id) = start_long_run(&w);
-        let watchdogs = watchdogs_of(ces.id());
-        assert_eq!(watchdogs.len(), 1, "one watchdog");
-        kill9(watchdogs[0]);
+        let (mut ces, id, _removed) = start_long_run(&w, false);
+        // One (none in the old code).
+        for watchdog in watchdogs_of(ces.id()) {
+            kill9(watchdog);
+        }
         kill9(ces.id());
         ces.wait().unwrap();
         let name = format!("ces-{id}");
@@ -305,8 +330,6 @@ fn the_next_start_removes_a_lost_container_before_its_scratch() {
         assert!(!outputs.join("saw-scratch-removed").exists(), "the container was gone before its scratch");
         assert!(!w.home.join(format!("scratch_{id}")).exists(), "scratch removed");
         assert_eq!(containers_named(&decoy).len(), 1, "another container is left alone");
-        let removed = Command::new("podman").args(["rm", "-f", "-t", "0", &decoy]).stdout(Stdio::null()).status();
-        assert!(removed.unwrap().success());
     }
 }
 
