@@ -7,10 +7,9 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use ces_testkit::ImageSpec;
 use ces_testkit::layer::{Entry, Layer, busybox_entries};
@@ -84,72 +83,70 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
     }
 }
 
-/// Starts `ces run` (as root, or for the test user through sudo) of a
-/// container that makes a setuid-root copy of busybox in its own root
-/// filesystem, then waits.
-fn start_container(w: &TreWorld, sudo_for: Option<&TestUser>) -> Child {
-    let script = "cp /bin/busybox /made-by-container && chmod 6755 /made-by-container; \
-                  touch /safe_outputs/ready; trap 'exit 0' TERM; sleep 60 & wait";
-    let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "-q", &w.image, "sh", "-c", script]);
-    if let Some(user) = sudo_for {
-        cmd.env("SUDO_UID", user.uid.to_string()).env("SUDO_GID", user.gid.to_string()).env("SUDO_USER", TEST_USER);
-    }
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
-}
+/// Run in the mount namespace ces starts in (the test's own, or for sudo
+/// the host that [`common::Sandbox::as_sudo`] makes): starts `"$@"` (ces
+/// run), waits for the container's `/safe_outputs/ready`, then looks as a
+/// local user would: the mount table, and each run's `state/rootfs`, where
+/// it tries, as the test user, to run the file the container made setuid
+/// root. Writes what it saw under `$PROBE_OUT`, then stops ces.
+const PROBE: &str = r#"
+"$@" 2> "$PROBE_OUT/stderr" & ces=$!
+i=0
+until ls "$PROBE_HOME"/outputs_*/ready >/dev/null 2>&1; do
+  i=$((i + 1))
+  if [ $i -gt 3000 ] || ! kill -0 $ces 2>/dev/null; then echo "not ready" > "$PROBE_OUT/error"; break; fi
+  sleep 0.02
+done
+grep -F "$PROBE_STORE" /proc/self/mountinfo > "$PROBE_OUT/mounts"
+for f in "$PROBE_STORE"/runs/*/state/rootfs/made-by-container; do
+  if [ -e "$f" ]; then echo "$f" >> "$PROBE_OUT/visible"; fi
+  setpriv --reuid "$PROBE_UID" --regid "$PROBE_GID" --init-groups -- "$f" -c 'id -u' >> "$PROBE_OUT/ran" 2>/dev/null
+done
+kill -TERM $ces
+wait $ces
+echo $? > "$PROBE_OUT/status"
+"#;
 
-fn wait_for_ready(w: &TreWorld, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = std::fs::read_dir(&w.home)
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("outputs_") && e.path().join("ready").exists());
-        if ready {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            panic!("ces ended before the container was ready ({status}): {stderr}");
-        }
-        assert!(Instant::now() < deadline, "the container did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn stop(mut child: Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(ok.success());
-    let status = child.wait().unwrap();
-    assert!(status.success(), "ces run ended with {status}");
-}
-
-/// While a root-mode container runs, its root filesystem is mounted where
-/// no other process on the host sees it: not in the host's mount table, not
-/// under the run's state directory, so a file the container makes setuid
-/// root is out of every local user's reach.
+/// While a root-mode container runs (as root, or for the test user through
+/// sudo), its root filesystem is mounted where no other process on the host
+/// sees it: not in the host's mount table, not under the run's state
+/// directory, so a file the container makes setuid root is out of every
+/// local user's reach.
 fn a_running_container_is_out_of_reach(repo: &str, sudo: bool) {
     let w = world(repo);
     let user = test_user();
-    let mut child = start_container(&w, sudo.then_some(&user));
-    wait_for_ready(&w, &mut child);
-
-    let store = w.sb.store.canonicalize().unwrap();
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(store.to_str().unwrap())).collect();
-    let runs = store.join("runs");
-    let made: Vec<PathBuf> =
-        std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path().join("state/rootfs/made-by-container")).collect();
-    let visible: Vec<&PathBuf> = made.iter().filter(|p| p.exists()).collect();
-    let attempts: Vec<(Option<i32>, String)> =
-        made.iter().map(|p| as_user(&user, &[p.to_str().unwrap(), "-c", "id -u"])).collect();
-    stop(child);
-
-    assert_eq!(leaked, Vec::<&str>::new(), "the container's mounts show in the host's mount table");
-    assert_eq!(visible, Vec::<&PathBuf>::new(), "the container's root filesystem is reachable on the host");
-    for (code, out) in attempts {
-        assert!(code != Some(0) && out != "0", "{TEST_USER} ran the container's setuid file: {out}");
+    let script = "cp /bin/busybox /made-by-container && chmod 6755 /made-by-container; \
+                  touch /safe_outputs/ready; trap 'exit 0' TERM; sleep 60 & wait";
+    let ces = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "-q", &w.image, "sh", "-c", script]);
+    let out = w.sb.dir.path().join("probe");
+    std::fs::create_dir(&out).unwrap();
+    let mut probe = Command::new("sh");
+    probe.args(["-c", PROBE, "sh"]).arg(ces.get_program()).args(ces.get_args());
+    for (key, value) in ces.get_envs() {
+        if let Some(value) = value {
+            probe.env(key, value);
+        }
     }
+    let store = w.sb.store.canonicalize().unwrap();
+    probe
+        .env("PROBE_OUT", &out)
+        .env("PROBE_HOME", &w.home)
+        .env("PROBE_STORE", &store)
+        .env("PROBE_UID", user.uid.to_string())
+        .env("PROBE_GID", user.gid.to_string());
+    if sudo {
+        probe = w.sb.as_sudo(probe, user.uid, user.gid, TEST_USER);
+    }
+    let status = probe.stdout(Stdio::null()).status().unwrap();
+    let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();
+    assert!(status.success(), "the probe failed: {status}");
+    assert_eq!(read("error"), "", "ces: {}", read("stderr"));
+    assert_eq!(read("status").trim(), "0", "ces run ended badly: {}", read("stderr"));
+
+    assert_eq!(read("mounts"), "", "the container's mounts show in the host's mount table");
+    assert_eq!(read("visible"), "", "the container's root filesystem is reachable on the host");
+    let ran = read("ran");
+    assert!(!ran.lines().any(|l| l.trim() == "0"), "{TEST_USER} ran the container's setuid file as root: {ran}");
 }
 
 #[test]
