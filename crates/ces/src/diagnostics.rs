@@ -221,6 +221,11 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
         RunError::MissingParent { .. } | RunError::NoHome { .. } => vec![format!(
             "create it, or ask the TRE operator to set [tre] outputs_parent and scratch_parent in {config}"
         )],
+        RunError::LooksLikeMount(_) => vec![
+            "a container sees only /safe_data, /safe_outputs and /scratch: put the files in your project's data, \
+             or use --mount type=tmpfs,destination=PATH for an empty writable directory"
+                .into(),
+        ],
         RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
     }
 }

@@ -78,7 +78,12 @@ pub fn binary_bytes(bytes: u64) -> String {
 
 /// A memory limit in GiB whatever its size (`0.5 GiB`), the unit `-m` takes.
 pub fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    // As exact as `-m` takes it (`-m 0.25` is 0.25 GiB, not "0.2"), with at
+    // least one decimal and at most three.
+    let text = format!("{:.3}", bytes as f64 / f64::from(1u32 << 30));
+    let text = text.trim_end_matches('0');
+    let text = if text.ends_with('.') { format!("{text}0") } else { text.to_owned() };
+    format!("{text} GiB")
 }
 
 /// One progress bar per layer of a pull.
@@ -146,5 +151,7 @@ mod tests {
         assert_eq!(binary_bytes(4 << 30), "4.0 GiB");
         assert_eq!(gib(512 << 20), "0.5 GiB", "a limit stays in the unit -m takes");
         assert_eq!(gib(4 << 30), "4.0 GiB");
+        assert_eq!(gib(256 << 20), "0.25 GiB", "regression: -m 0.25 was shown as 0.2 GiB");
+        assert_eq!(gib(3 << 30 | 128 << 20), "3.125 GiB");
     }
 }

@@ -59,6 +59,10 @@ pub enum RunError {
         #[source]
         source: serde_json::Error,
     },
+    /// The image argument is a path pair (`-v /etc:/etc IMG` parses as
+    /// `--verbose` and an image called `/etc:/etc`).
+    #[error("{0:?} is not an image name: it looks like a bind mount, and -v is --verbose on this command line")]
+    LooksLikeMount(String),
     /// More cores than the host has.
     #[error("cannot give {asked} cores: this machine has {available}")]
     TooManyCores {
@@ -164,6 +168,9 @@ pub(crate) fn prepare(
     let tmpfs = tmpfs_requests(options)?;
     let name = options.name.clone().map(checked_name).transpose()?;
 
+    if looks_like_mount(image) {
+        return Err(RunError::LooksLikeMount(image.to_owned()).into());
+    }
     let store = Store::open(&settings.storage_root)?;
     let store_lock = store.lock_shared()?;
     let record = store.lookup(image)?;
@@ -479,6 +486,12 @@ fn tmpfs_requests(options: &RunOptions) -> anyhow::Result<Vec<TmpfsRequest>> {
     Ok(requests)
 }
 
+/// `SRC:DST` with a path on either side: what users coming from docker type
+/// after `-v`. No image reference starts with `/`, `.` or `~`.
+fn looks_like_mount(image: &str) -> bool {
+    image.starts_with(['/', '.', '~']) || image.split_once(':').is_some_and(|(_, dst)| dst.starts_with('/'))
+}
+
 fn checked_name(name: String) -> Result<String, RunError> {
     let ok = name.len() <= 128
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -667,6 +680,16 @@ mod tests {
         assert_eq!(parse_entrypoint(r#"["/bin/sh", "-c"]"#).unwrap(), ["/bin/sh", "-c"]);
         let error = parse_entrypoint("[1, 2]").unwrap_err().to_string();
         assert!(error.starts_with("invalid --entrypoint \"[1, 2]\": "), "{error}");
+    }
+
+    #[test]
+    fn path_pairs_are_not_images() {
+        for mount in ["/etc:/etc", "./data:/data", "~/x:/x", "data:/data", "/"] {
+            assert!(looks_like_mount(mount), "{mount}");
+        }
+        for image in ["busybox", "ghcr.io/ns/app:1.0", "127.0.0.1:5000/app@sha256:ab", "localhost:5000/a/b:tag"] {
+            assert!(!looks_like_mount(image), "{image}");
+        }
     }
 
     #[test]
