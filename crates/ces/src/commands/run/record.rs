@@ -88,7 +88,12 @@ impl ActiveRun {
     /// Writes the record, then creates the run's directories (`owner`, when
     /// given, gets the outputs and scratch directories).
     pub fn start(runs: &Path, paths: RunPaths, owner: Option<Identity>) -> anyhow::Result<ActiveRun> {
-        fs::create_dir_all(runs).with_context(|| format!("cannot create {}", runs.display()))?;
+        // Searchable, not listable: a run's directory is found by its id only.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(runs)
+            .with_context(|| format!("cannot create {}", runs.display()))?;
         let dir = runs.join(&paths.id);
         let new = runs.join(format!("{NEW_PREFIX}{}", paths.id));
         // Searchable (not listable) by others: as root, the container's user
@@ -117,7 +122,9 @@ impl ActiveRun {
         };
         let mut run = ActiveRun { dir, paths, lock: Some(lock), created: Vec::new(), finished: false };
         run.create(&run.paths.state.clone(), 0o711, None)?;
-        run.create(&run.paths.outputs.clone(), 0o755, owner)?;
+        // Owner only: while the container runs, what it writes there (a file
+        // made setuid, before the seal removes the bit) is nobody else's to run.
+        run.create(&run.paths.outputs.clone(), 0o700, owner)?;
         run.create(&run.paths.scratch.clone(), 0o700, owner)?;
         Ok(run)
     }
