@@ -336,7 +336,7 @@ fn podman_run_for_a_sudo_user_gives_them_the_outputs() {
     require_root_and_podman();
     let w = world("run/podman-sudo", "");
     w.for_another_user();
-    let mut cmd = w.command(
+    let cmd = w.command(
         env!("CARGO_BIN_EXE_ces"),
         &[
             "run",
