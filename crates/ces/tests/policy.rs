@@ -250,7 +250,8 @@ fn a_run_record_points_to_the_provenance_of_its_image() {
     cmd.env("HOME", home(&sb));
     sb.run(cmd).ok();
     let records = sb.audit_records();
-    let (pull, run) = (&records[records.len() - 2], &records[records.len() - 1]);
+    let run = &records[records.len() - 1];
+    let pull = records.iter().rev().find(|r| r["event"] == "pull").unwrap();
     assert_eq!((&run["event"], &run["result"]), (&"run".into(), &"ok".into()), "{run}");
     assert_eq!(run["image"]["digest"], digest.as_str());
     assert_eq!(run["provenance"], serde_json::json!({"source": SOURCE_URL, "revision": "c0ffee"}));

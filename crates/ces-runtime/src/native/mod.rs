@@ -13,7 +13,7 @@
 //! 4. `build()` (libcontainer clones the container's processes from this
 //!    one: the process must be single-threaded, or at least hold no lock
 //!    another thread could be holding: no tokio runtime alive), with
-//!    SIGINT, SIGTERM and SIGHUP blocked in this thread ([`wait`]) and the
+//!    SIGINT, SIGTERM, SIGHUP and SIGQUIT blocked in this thread ([`wait`]) and the
 //!    container's PID 1 being `ces-init` ([`init`]).
 //! 5. Between build and start, rootless: the limits written into the
 //!    delegated cgroup. (`ces-init` brings the loopback interface up.)

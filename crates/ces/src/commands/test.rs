@@ -467,21 +467,6 @@ fn run_findings(lost: &[LostWrite], scratch: &[FileSize], exit: Exit) -> Vec<Fin
     findings
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SIGSYS: i32 = 31;
-
-    #[test]
-    fn a_foreign_abi_kill_is_a_finding() {
-        let codes = |exit| run_findings(&[], &[], exit).into_iter().map(|f| f.code).collect::<Vec<_>>();
-        assert_eq!(codes(Exit::Signal(SIGSYS)), ["foreign-abi-syscall"]);
-        assert_eq!(codes(Exit::Signal(9)), Vec::<&str>::new());
-        assert_eq!(codes(Exit::Code(0)), Vec::<&str>::new());
-    }
-}
-
 /// Regular files and links under `dir` (paths prefixed with `prefix`).
 fn files_under(dir: &Path, prefix: &str) -> Vec<FileSize> {
     let mut files = Vec::new();
@@ -632,5 +617,20 @@ pub fn observe_hints(error: &ces_runtime::native::ObserveError) -> Vec<String> {
                 .into(),
         ],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGSYS: i32 = 31;
+
+    #[test]
+    fn a_foreign_abi_kill_is_a_finding() {
+        let codes = |exit| run_findings(&[], &[], exit).into_iter().map(|f| f.code).collect::<Vec<_>>();
+        assert_eq!(codes(Exit::Signal(SIGSYS)), ["foreign-abi-syscall"]);
+        assert_eq!(codes(Exit::Signal(9)), Vec::<&str>::new());
+        assert_eq!(codes(Exit::Code(0)), Vec::<&str>::new());
     }
 }
