@@ -297,6 +297,11 @@ pub fn refusal(error: &clap::Error, place: &Place) -> Option<OptionError> {
         _ => option,
     };
     let place = place.clone();
+    // `-v/:/host` parses as `-v` (--verbose) then an unknown `-/`: no option
+    // starts with a path character, so it is a bind mount docker-style.
+    if matches!(option, "-/" | "-." | "-~") && place == Place::CommandLine {
+        return Some(OptionError::Widening { option: "-v (a bind mount)".to_owned(), place });
+    }
     Some(if WIDENING.contains(&option) {
         OptionError::Widening { option: option.to_owned(), place }
     } else if option.starts_with('-') {

@@ -191,6 +191,8 @@ fn widening_options_are_refused_on_the_command_line() {
         (vec!["--userns=host"], "--userns"),
         (vec!["--pid", "host"], "--pid"),
         (vec!["--mount", "type=bind,src=/etc,dst=/etc"], "--mount type=bind"),
+        // Regression: said "unknown option -/" (-v is --verbose, then `/`).
+        (vec!["-v/:/host"], "-v (a bind mount)"),
     ] {
         let mut full = vec!["run", "--runtime", "podman"];
         full.extend(args.iter().copied());
