@@ -754,6 +754,28 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A store made by an earlier version (every directory 0755) is closed
+    /// to other users when it is next opened: the owner's alone, and as root
+    /// its root searchable but not listable.
+    #[test]
+    fn an_open_store_is_reachable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        for sub in ["oci/blobs/sha256", "rootfs/abc", "tmp", "locks"] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        for sub in ["", "oci", "rootfs", "tmp", "locks"] {
+            fs::set_permissions(root.join(sub), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Store::open(&root).unwrap();
+        let mode = |sub: &str| fs::metadata(root.join(sub)).unwrap().permissions().mode() & 0o7777;
+        let expected_root = if rustix::process::geteuid().is_root() { 0o711 } else { 0o700 };
+        assert_eq!(mode(""), expected_root);
+        for sub in ["oci", "rootfs", "tmp", "locks"] {
+            assert_eq!(mode(sub), 0o700, "{sub}");
+        }
+    }
+
     /// Several ces starting at once on a store that does not exist yet: each
     /// opens it and takes the lock (as a pull does). None may lose a file
     /// another is writing (the first to take the lock empties `tmp/`).

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -47,20 +47,7 @@ fn as_user(user: &TestUser, argv: &[&str]) -> (Option<i32>, String) {
 
 /// Every file under `dir` (not following links) with a setuid or setgid bit.
 fn setid_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() && meta.mode() & 0o6000 != 0 {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
+    common::regular_files(dir).into_iter().filter(|(_, meta)| meta.mode() & 0o6000 != 0).map(|(path, _)| path).collect()
 }
 
 #[test]
@@ -173,4 +160,22 @@ fn a_root_run_mounts_nothing_the_host_can_reach() {
 #[test]
 fn a_sudo_run_mounts_nothing_the_host_can_reach() {
     a_running_container_is_out_of_reach("host/running-sudo", true);
+}
+
+/// A rootless store, the test user's own, is theirs alone (`0700` inside and
+/// out), also when it was left `0755` by an earlier version.
+#[test]
+fn a_rootless_store_is_its_owners_only() {
+    require_root("switches to the test user");
+    let user = test_user();
+    let sb = common::Sandbox::new(&[]);
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir_all(&sb.store).unwrap();
+    user.chown(&sb.store);
+    std::fs::set_permissions(&sb.store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    sb.run(user.setpriv(&sb, &[env!("CARGO_BIN_EXE_ces"), "images"])).ok();
+    for sub in ["", "oci", "rootfs", "tmp", "locks"] {
+        let meta = std::fs::metadata(sb.store.join(sub)).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (user.uid, 0o700), "{sub}");
+    }
 }

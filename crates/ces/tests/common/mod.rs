@@ -164,22 +164,34 @@ impl Sandbox {
     }
 }
 
-/// Every file under `dir`, recursively, as bytes (to look for leaked secrets).
-pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+/// Every regular file under `dir`, recursively (links not followed), with
+/// its metadata.
+pub fn regular_files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d).unwrap() {
             let entry = entry.unwrap();
-            let ft = entry.file_type().unwrap();
-            if ft.is_dir() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
                 stack.push(entry.path());
-            } else if ft.is_file() {
-                out.push((entry.path(), std::fs::read(entry.path()).unwrap()));
+            } else if meta.is_file() {
+                out.push((entry.path(), meta));
             }
         }
     }
     out
+}
+
+/// Every file under `dir`, recursively, as bytes (to look for leaked secrets).
+pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    regular_files(dir)
+        .into_iter()
+        .map(|(path, _)| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
 }
 
 /// Tests that run containers, mount, or switch users need root: part of the
