@@ -8,7 +8,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use crate::manifest::{FORMAT, Kind, Manifest, MovedAside, RunIdentity, SealReport};
-use crate::walk::{Hashing, Visit, open_dir, walk};
+use crate::walk::{Hashing, Visit, open_dir, open_dir_at, walk};
 use crate::{
     Budget, CHECKSUMS_NAME, FROM_CONTAINER, Interrupt, MANIFEST_NAME, OutputsError, RESERVED, RESULTS_NAME, acro,
 };
@@ -254,12 +254,7 @@ fn create_dir(parent: &OwnedFd, name: &str, owner: Option<Owner>) -> std::io::Re
         Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(e.into()),
     }
-    let fd = rustix::fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
+    let fd = open_dir_at(parent, name)?;
     chown(&fd, owner)?;
     Ok(fd)
 }

@@ -26,10 +26,19 @@ pub const MAX_DEPTH: usize = 256;
 
 const BUFFER: usize = 1 << 20;
 
+/// How every directory of an outputs tree is opened: to read, never
+/// through a symbolic link.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
 /// Opens a directory without following a symbolic link at its last component.
 pub(crate) fn open_dir(path: &Path) -> Result<OwnedFd, OutputsError> {
-    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+    rustix::fs::open(path, DIR_FLAGS, Mode::empty())
         .map_err(|e| OutputsError::Open { path: path.to_owned(), source: e.into() })
+}
+
+/// Opens the directory `name` of `parent`, never through a symbolic link.
+pub(crate) fn open_dir_at(parent: &OwnedFd, name: impl rustix::path::Arg) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
 }
 
 /// Every entry under the open directory `root`, sorted by path, leaving out
@@ -77,13 +86,7 @@ pub(crate) fn walk(
                 let depth = stack.len();
                 let child = (depth < MAX_DEPTH)
                     .then(|| {
-                        rustix::fs::openat(
-                            &stack[depth - 1].fd,
-                            name.as_slice(),
-                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                            Mode::empty(),
-                        )
-                        .and_then(|fd| names(&fd).map(|n| (fd, n)))
+                        open_dir_at(&stack[depth - 1].fd, name.as_slice()).and_then(|fd| names(&fd).map(|n| (fd, n)))
                     })
                     .transpose();
                 let not_listed = match child {
