@@ -631,18 +631,58 @@ fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal(
         cmd.env("HOME", &w.home);
         w.sb.run(cmd)
     };
-    let script = format!(
-        "{FORGE_SCRIPT}\nmkdir sub && echo s > sub/f && busybox chmod 0500 sub\nbusybox chmod 0000 checksums\n{SUID_SCRIPT}\nbusybox chmod 0555 /safe_outputs"
-    );
-    let out = as_user(&["run", "--json", &w.image, "sh", "-c", &script]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = as_user(&["run", "--json", &w.image, "sh", "-c", &everything_script()]);
+    assert_sealed_despite_everything(&w, &out, as_user);
+}
+
+/// The same as root: ces's files are written, the forgeries moved aside.
+#[test]
+fn as_root_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/root-forge");
+    let out = w.run_script(&[], &everything_script());
+    assert_sealed_despite_everything(&w, &out, |args| w.ces(args));
+}
+
+/// The same as root for a sudo user: ces's files are written, and theirs.
+#[test]
+fn under_sudo_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root("needs root");
+    let user = common::test_user();
+    let w = TreWorld::new("outputs/sudo-forge");
+    w.for_another_user();
+    let script = everything_script();
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &script]);
+    let out = w.sb.run(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
+    assert_sealed_despite_everything(&w, &out, |args| w.ces(args));
     let outputs = outputs_of(&out);
+    for path in ["", "ces-manifest.json", "results.json", "checksums", "checksums/data.csv.txt"] {
+        let meta = std::fs::symlink_metadata(outputs.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "{path}");
+    }
+}
+
+/// [`FORGE_SCRIPT`], a directory made read-only and a reserved one
+/// unreadable, [`SUID_SCRIPT`], and last `/safe_outputs` made read-only.
+fn everything_script() -> String {
+    format!(
+        "{FORGE_SCRIPT}\nmkdir sub && echo s > sub/f && busybox chmod 0500 sub\nbusybox chmod 0000 checksums\n{SUID_SCRIPT}\nbusybox chmod 0555 /safe_outputs"
+    )
+}
+
+/// What the seal must have done after [`everything_script`]: the directory's
+/// mode restored and said so, every file hashed, the forgeries moved aside
+/// (verified with `sb_ces`), the setuid copy stripped.
+fn assert_sealed_despite_everything(w: &TreWorld, out: &Run, sb_ces: impl Fn(&[&str]) -> Run) {
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let outputs = outputs_of(out);
     let manifest = manifest_of(&outputs);
     assert_eq!(manifest["seal"]["directory_mode_restored"], "0555", "{}", out.stderr);
     assert!(out.stderr.contains("the container had made the outputs directory mode 0555"), "{}", out.stderr);
     assert_eq!(entries(&manifest)["sub/f"]["sha256"], hex::encode(sha2::Sha256::digest(b"s\n")));
-    assert_forgery_moved_aside(&w, &out, &outputs, as_user);
-    assert_setuid_removed(&out);
+    assert_forgery_moved_aside(w, out, &outputs, sb_ces);
+    assert_setuid_removed(out);
 }
 
 /// Every path under `dir`, `dir` included.
