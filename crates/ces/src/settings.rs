@@ -47,6 +47,17 @@ pub struct OutputsConfig {
     pub hash_budget_seconds: Option<u64>,
 }
 
+impl OutputsConfig {
+    /// The budget, with the defaults where the config names none.
+    pub fn budget(&self) -> ces_outputs::Budget {
+        let default = ces_outputs::Budget::default();
+        ces_outputs::Budget {
+            bytes: self.hash_budget_bytes.unwrap_or(default.bytes),
+            time: self.hash_budget_seconds.map_or(default.time, std::time::Duration::from_secs),
+        }
+    }
+}
+
 /// `[audit]`: the audit log (see docs/governance.md).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -246,8 +257,8 @@ pub struct Settings {
     pub policy: PolicyConfig,
     /// Who may pull.
     pub pull: PullConfig,
-    /// The seal's hashing budget.
-    pub outputs: OutputsConfig,
+    /// The seal's hashing budget (`[outputs]`).
+    pub outputs: ces_outputs::Budget,
 }
 
 /// A config file error, with the place it is about.
@@ -320,7 +331,7 @@ impl Settings {
             audit_syslog: config.audit.syslog,
             policy: config.policy,
             pull: config.pull,
-            outputs: config.outputs,
+            outputs: config.outputs.budget(),
         })
     }
 
@@ -424,6 +435,16 @@ mod tests {
         for reader in [Reader::Root, Reader::User] {
             assert_eq!(Settings::load_as(Some(&mine), &system, reader).unwrap().registries.allowed, ["evil.example"]);
         }
+    }
+
+    #[test]
+    fn outputs_budget_defaults_where_the_config_names_none() {
+        let c = parse("[outputs]\nhash_budget_seconds = 7\n").unwrap();
+        let budget = c.outputs.budget();
+        assert_eq!(budget.bytes, ces_outputs::Budget::DEFAULT_BYTES);
+        assert_eq!(budget.time, std::time::Duration::from_secs(7));
+        assert_eq!(parse("").unwrap().outputs.budget(), ces_outputs::Budget::default());
+        assert!(parse("[outputs]\nhash_budget = 1\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -1,13 +1,10 @@
 //! The outputs manifest and ACRO metadata, written once the container has
 //! exited (see `ces_outputs` and docs/governance.md).
 
-use std::time::Duration;
-
 use ces_runtime::Identity;
 
 use crate::commands::audit::{self, RunEnd};
 use crate::printer::Printer;
-use crate::settings::OutputsConfig;
 
 /// Seals the run's outputs directory, if it is still there, and returns the
 /// manifest's digest for the audit record. A failure is a warning: the
@@ -19,7 +16,7 @@ use crate::settings::OutputsConfig;
 /// hashing, so ces stays interruptible however large the outputs.
 pub fn seal_outputs(
     printer: &Printer,
-    config: &OutputsConfig,
+    budget: &ces_outputs::Budget,
     end: &RunEnd<'_>,
     owner: Option<Identity>,
 ) -> Option<String> {
@@ -49,10 +46,6 @@ pub fn seal_outputs(
         error,
     };
     let owner = owner.map(|o| ces_outputs::Owner { uid: o.host_uid, gid: o.host_gid });
-    let budget = ces_outputs::Budget {
-        bytes: config.hash_budget_bytes.unwrap_or(ces_outputs::Budget::DEFAULT_BYTES),
-        time: config.hash_budget_seconds.map_or(ces_outputs::Budget::DEFAULT_TIME, Duration::from_secs),
-    };
     let watch = ces_outputs::SignalWatch::new();
     if let Err(error) = &watch {
         printer.status(format!("warning: the seal cannot watch for signals: {error}"));
@@ -61,7 +54,7 @@ pub fn seal_outputs(
         Ok(watch) => watch,
         Err(_) => &ces_outputs::NoInterrupt,
     };
-    let options = ces_outputs::SealOptions { owner, budget, interrupt };
+    let options = ces_outputs::SealOptions { owner, budget: *budget, interrupt };
     match ces_outputs::seal(end.outputs, run, &options) {
         Ok(sealed) => {
             for warning in &sealed.warnings {
