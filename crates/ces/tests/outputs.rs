@@ -606,6 +606,11 @@ fn verify_fails_when_the_manifest_is_not_the_directorys_runs() {
 
     std::fs::rename(&renamed, &first).unwrap();
     w.ces(&["outputs", "verify", first.to_str().unwrap()]).ok();
+    // Regression: from inside the directory, `.` has no name of its own and
+    // was taken for a directory of another run.
+    let mut inside = w.command(env!("CARGO_BIN_EXE_ces"), &["outputs", "verify", "."]);
+    inside.current_dir(&first);
+    w.sb.run(inside).ok();
 }
 
 /// Rootless (ces runs as the user, without root's powers over the outputs):

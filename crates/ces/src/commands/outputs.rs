@@ -51,7 +51,9 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     out.flush()?;
     // The manifest names its run; the directory must be that run's.
     let expected = format!("outputs_{run_id}");
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    // Its own name, also when given as `.` or `..` (verify has opened it:
+    // the last component is no link, so resolving it names that directory).
+    let name = std::fs::canonicalize(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
     if name.as_deref() != Some(expected.as_str()) {
         eprintln!(
             "error: {} holds the manifest of run {run_id}, whose outputs directory is named {expected}",
