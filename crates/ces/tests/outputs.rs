@@ -517,7 +517,7 @@ fn a_huge_sparse_output_is_listed_not_hashed_and_verify_does_not_pass_it() {
     assert!(!check.stdout.contains("matches its manifest"), "{}", check.stdout);
 }
 
-/// ces blocks SIGINT/SIGTERM/SIGHUP for the container and still holds them
+/// ces blocks SIGINT/SIGTERM/SIGHUP/SIGQUIT for the container and still holds them
 /// while it seals: a SIGTERM that arrives while it hashes a huge file stops
 /// the hashing; the run is still sealed and recorded, the file unhashed.
 #[test]
