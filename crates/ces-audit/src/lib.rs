@@ -20,5 +20,5 @@ pub mod record;
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
 pub use record::{
     Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, Mount, Outcome, Provenance, PullEvent, Record,
-    RunEndEvent, RunEvent, RunNotStarted, RunStartEvent, SafeData, User,
+    RunEndEvent, RunEvent, RunNotStarted, RunSetup, RunStartEvent, SafeData, User,
 };

@@ -86,8 +86,8 @@ impl Event {
         match self {
             Event::Pull(pull) => &pull.reference,
             Event::Load(load) => load.images.first().map_or("", |image| image.reference.as_str()),
-            Event::RunStart(start) => &start.image.reference,
-            Event::Run(run) => &run.image.reference,
+            Event::RunStart(start) => &start.setup.image.reference,
+            Event::Run(run) => &run.setup.image.reference,
             Event::RunEnd(_) => "",
             Event::RunNotStarted(run) => run.image.as_deref().unwrap_or_default(),
         }
@@ -98,8 +98,8 @@ impl Event {
         match self {
             Event::Pull(pull) => pull.digest.as_deref(),
             Event::Load(load) => load.images.first().map(|image| image.digest.as_str()),
-            Event::RunStart(start) => Some(&start.image.digest),
-            Event::Run(run) => Some(&run.image.digest),
+            Event::RunStart(start) => Some(&start.setup.image.digest),
+            Event::Run(run) => Some(&run.setup.image.digest),
             Event::RunEnd(_) | Event::RunNotStarted(_) => None,
         }
     }
@@ -224,18 +224,16 @@ pub struct LoadedImage {
     pub provenance: Option<Box<Provenance>>,
 }
 
-/// `ces run`.
+/// What a run is: the same in its start record and in its end record.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RunEvent {
-    /// The run id (also in the outputs directory's name).
-    pub run_id: String,
-    /// Whether the run was a readiness test (`ces test`) rather than a
-    /// run on the TRE's data (absent when false).
+pub struct RunSetup {
+    /// Whether the run is a readiness test (`ces test`) rather than a run
+    /// on the TRE's data (absent when false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub test: bool,
     /// `--name`, if given.
     pub name: Option<String>,
-    /// The project whose data was mounted (none for `$HOME/safe_data`).
+    /// The project whose data is mounted (none when it is no project's).
     pub project: Option<String>,
     /// The host directory mounted at `/safe_data`, and how.
     pub safe_data: SafeData,
@@ -256,6 +254,16 @@ pub struct RunEvent {
     pub env: Vec<String>,
     /// The container's argv.
     pub argv: Vec<String>,
+}
+
+/// `ces run` (or `ces test`) that got as far as the runtime: its end.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunEvent {
+    /// The run id (also in the outputs directory's name).
+    pub run_id: String,
+    /// What the run was.
+    #[serde(flatten)]
+    pub setup: RunSetup,
     /// When the container was started.
     pub started: Timestamp,
     /// When it ended.
@@ -279,30 +287,9 @@ pub struct RunStartEvent {
     pub run_id: String,
     /// The ces process that runs it (its supervisor).
     pub pid: u32,
-    /// Whether the run is a readiness test (`ces test`; absent when false).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub test: bool,
-    /// `--name`, if given.
-    pub name: Option<String>,
-    /// The project whose data is mounted (none when it is no project's).
-    pub project: Option<String>,
-    /// The host directory mounted at `/safe_data`, and how.
-    pub safe_data: SafeData,
-    /// The image, pinned.
-    pub image: Image,
-    /// The image's provenance (absent when the image says nothing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provenance: Option<Box<Provenance>>,
-    /// The backend (`native`, `podman`).
-    pub runtime: String,
-    /// Every mount, with its mode.
-    pub mounts: Vec<Mount>,
-    /// The resource limits.
-    pub limits: Limits,
-    /// The names of the container's environment variables (values may be secrets).
-    pub env: Vec<String>,
-    /// The container's argv.
-    pub argv: Vec<String>,
+    /// What the run will be.
+    #[serde(flatten)]
+    pub setup: RunSetup,
     /// The outputs directory (`/safe_outputs` on the host).
     pub outputs: PathBuf,
 }
@@ -460,17 +447,23 @@ mod tests {
         let start = Event::RunStart(Box::new(RunStartEvent {
             run_id: "20260102-030405-0000abcd".into(),
             pid: 77,
-            test: false,
-            name: None,
-            project: Some("p1".into()),
-            safe_data: SafeData { path: "/data/p1".into(), mode: "rw".into(), link: Some("/home/a/safe_data".into()) },
-            image: Image { reference: "ghcr.io/a/b:1".into(), digest: format!("sha256:{}", "ab".repeat(32)) },
-            provenance: None,
-            runtime: "native".into(),
-            mounts: Vec::new(),
-            limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20 },
-            env: vec!["PATH".into()],
-            argv: vec!["sleep".into(), "60".into()],
+            setup: RunSetup {
+                test: false,
+                name: None,
+                project: Some("p1".into()),
+                safe_data: SafeData {
+                    path: "/data/p1".into(),
+                    mode: "rw".into(),
+                    link: Some("/home/a/safe_data".into()),
+                },
+                image: Image { reference: "ghcr.io/a/b:1".into(), digest: format!("sha256:{}", "ab".repeat(32)) },
+                provenance: None,
+                runtime: "native".into(),
+                mounts: Vec::new(),
+                limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20 },
+                env: vec!["PATH".into()],
+                argv: vec!["sleep".into(), "60".into()],
+            },
             outputs: "/home/a/outputs_20260102-030405-0000abcd".into(),
         }));
         let json = serde_json::to_value(&start).unwrap();
@@ -504,7 +497,28 @@ mod tests {
         let line = r#"{"seq":1,"prev":"00","time":"2026-01-02T03:04:05Z","user":{"name":"alice","uid":1000},"event":"run","run_id":"20260102-030405-0000abcd","name":null,"project":null,"safe_data":{"path":"/home/alice/safe_data","mode":"ro"},"image":{"reference":"r","digest":"sha256:00"},"runtime":"native","mounts":[],"limits":{"memory":1,"cpus":null,"pids":null,"shm_size":1},"env":[],"argv":["true"],"started":"2026-01-02T03:04:05Z","ended":"2026-01-02T03:04:06Z","exit":{"code":0,"signal":null,"oom":false},"outputs":null,"outputs_manifest":null,"result":"ok"}"#;
         let record: Record = serde_json::from_str(line).unwrap();
         let Event::Run(run) = &record.event else { panic!("{record:?}") };
-        assert_eq!((run.safe_data.link.as_ref(), record.event.run_id()), (None, Some("20260102-030405-0000abcd")));
+        assert_eq!(
+            (run.setup.safe_data.link.as_ref(), record.event.run_id()),
+            (None, Some("20260102-030405-0000abcd"))
+        );
+    }
+
+    /// A run's start and end share their description ([`RunSetup`]), and
+    /// their lines keep the one flat shape, field for field and in order.
+    #[test]
+    fn run_records_keep_their_flat_shape() {
+        let start = r#"{"seq":1,"prev":"00","time":"2026-01-02T03:04:05Z","user":{"name":"alice","uid":1000},"event":"run_start","run_id":"20260102-030405-0000abcd","pid":77,"test":true,"name":"n","project":"p1","safe_data":{"path":"/data/p1","mode":"rw","link":"/home/a/safe_data"},"image":{"reference":"r","digest":"sha256:00"},"runtime":"native","mounts":[{"destination":"/safe_data","source":"/data/p1","kind":"bind","mode":"rw"}],"limits":{"memory":1,"cpus":0.5,"pids":4096,"shm_size":1},"env":["PATH"],"argv":["true"],"outputs":"/home/a/outputs_20260102-030405-0000abcd"}"#;
+        let end = r#"{"seq":1,"prev":"00","time":"2026-01-02T03:04:05Z","user":{"name":"alice","uid":1000},"event":"run","run_id":"20260102-030405-0000abcd","name":null,"project":null,"safe_data":{"path":"/home/alice/safe_data","mode":"ro"},"image":{"reference":"r","digest":"sha256:00"},"runtime":"native","mounts":[],"limits":{"memory":1,"cpus":null,"pids":null,"shm_size":1},"env":[],"argv":["true"],"started":"2026-01-02T03:04:05Z","ended":"2026-01-02T03:04:06Z","exit":{"code":0,"signal":null,"oom":false},"outputs":null,"outputs_manifest":null,"result":"ok"}"#;
+        for line in [start, end] {
+            let record: Record = serde_json::from_str(line).unwrap();
+            assert_eq!(serde_json::to_string(&record).unwrap(), line);
+        }
+        let (Event::RunStart(start), Event::Run(end)) =
+            (serde_json::from_str::<Record>(start).unwrap().event, serde_json::from_str::<Record>(end).unwrap().event)
+        else {
+            panic!("not a start and an end")
+        };
+        assert_eq!((start.setup.test, start.setup.limits.cpus, end.setup.test), (true, Some(0.5), false));
     }
 
     fn user() -> User {

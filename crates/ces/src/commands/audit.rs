@@ -170,24 +170,33 @@ pub struct RunStarting<'a> {
     pub test: bool,
 }
 
+impl RunStarting<'_> {
+    /// What the run is, as both its start and its end record it.
+    fn setup(&self) -> ces_audit::RunSetup {
+        let spec = self.spec;
+        ces_audit::RunSetup {
+            test: self.test,
+            name: spec.name.clone(),
+            project: self.safe_data.project.clone(),
+            safe_data: safe_data_of(spec, self.safe_data),
+            image: ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() },
+            provenance: recorded_provenance(self.provenance),
+            runtime: self.runtime.to_owned(),
+            mounts: mounts_of(spec),
+            limits: limits_of(spec),
+            env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
+            argv: spec.process.args.clone(),
+        }
+    }
+}
+
 /// Appends a run's start record, before its container starts: the run does
 /// not start if this fails. Returns the record.
 pub fn record_start(settings: &Settings, start: RunStarting<'_>) -> anyhow::Result<Record> {
-    let spec = start.spec;
     let event = Event::RunStart(Box::new(ces_audit::RunStartEvent {
-        run_id: spec.id.clone(),
+        run_id: start.spec.id.clone(),
         pid: std::process::id(),
-        test: start.test,
-        name: spec.name.clone(),
-        project: start.safe_data.project.clone(),
-        safe_data: safe_data_of(spec, start.safe_data),
-        image: image_of(spec),
-        provenance: recorded_provenance(start.provenance),
-        runtime: start.runtime.to_owned(),
-        mounts: mounts_of(spec),
-        limits: limits_of(spec),
-        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
-        argv: spec.process.args.clone(),
+        setup: start.setup(),
         outputs: start.outputs.to_owned(),
     }));
     let record = log(settings)
@@ -231,19 +240,17 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
         }
         Err(error) => (None, Outcome::Error { error: diagnostics::one_line(error) }),
     };
+    let start = RunStarting {
+        spec,
+        runtime: end.runtime,
+        safe_data: end.safe_data,
+        provenance: end.provenance,
+        outputs: end.outputs,
+        test: end.test,
+    };
     let event = Event::Run(Box::new(ces_audit::RunEvent {
         run_id: spec.id.clone(),
-        test: end.test,
-        name: spec.name.clone(),
-        project: end.safe_data.project.clone(),
-        safe_data: safe_data_of(spec, end.safe_data),
-        image: image_of(spec),
-        provenance: recorded_provenance(end.provenance),
-        runtime: end.runtime.to_owned(),
-        mounts: mounts_of(spec),
-        limits: limits_of(spec),
-        env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
-        argv: spec.process.args.clone(),
+        setup: start.setup(),
         started: end.started,
         ended: Timestamp::now(),
         exit,
@@ -299,10 +306,6 @@ pub fn record_not_run(
         outcome: Outcome::Error { error: format!("the container was not started: {}", diagnostics::message(error)) },
     });
     append(settings, event)
-}
-
-fn image_of(spec: &RunSpec) -> ces_audit::Image {
-    ces_audit::Image { reference: spec.image.reference.clone(), digest: spec.image.digest.to_string() }
 }
 
 /// `/safe_data` as mounted: its real path, mode, and the link it was found through.
@@ -421,7 +424,7 @@ fn event_word(event: &Event) -> &'static str {
         Event::Pull(_) => "pull",
         Event::Load(_) => "load",
         Event::RunStart(_) => "start",
-        Event::Run(run) if run.test => "test",
+        Event::Run(run) if run.setup.test => "test",
         Event::Run(_) | Event::RunNotStarted(_) => "run",
         Event::RunEnd(_) => "end",
     }
@@ -445,7 +448,7 @@ fn image_text(event: &Event) -> String {
 fn outcome_text(event: &Event, ended: &std::collections::HashSet<String>) -> String {
     match (event, event.outcome()) {
         (Event::RunStart(start), _) => {
-            let what = if start.test { "test" } else { "run" };
+            let what = if start.setup.test { "test" } else { "run" };
             if ended.contains(&start.run_id) {
                 format!("{what} {} started", start.run_id)
             } else {
