@@ -20,7 +20,7 @@
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use anyhow::Context as _;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -157,19 +157,41 @@ pub fn read_as_invoker(path: &Path) -> io::Result<String> {
 fn as_user<T: Send>(user: &SudoUser, work: impl FnOnce() -> T + Send) -> io::Result<T> {
     use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};
     // Changing a thread's euid makes the whole process non-dumpable (the
-    // kernel's rule for set-id programs): put back what it was after.
+    // kernel's rule for set-id programs), and it must stay so while any
+    // thread with the user's uid exists: the user could open that thread's
+    // `/proc/<pid>/task/<tid>/mem`, which is the whole process's memory. So
+    // one such thread at a time, and dumpable again only once it is gone.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let dumpable = dumpable_behavior().ok();
-    let result = std::thread::scope(|scope| {
-        let thread = std::thread::Builder::new().name("ces-as-user".into()).spawn_scoped(scope, || {
-            become_user(user)?;
-            Ok(work())
-        })?;
-        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    });
-    if let Some(DumpableBehavior::Dumpable) = dumpable {
+    let (tid, result) = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("ces-as-user".into())
+            .spawn_scoped(scope, || (rustix::thread::gettid(), become_user(user).map(|()| work())))?;
+        io::Result::Ok(thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })?;
+    if let Some(DumpableBehavior::Dumpable) = dumpable
+        && released(tid)
+    {
         set_dumpable_behavior(DumpableBehavior::Dumpable)?;
     }
     result
+}
+
+/// Waits for this process's thread `tid`, joined, to be released by the
+/// kernel: `join` returns when the kernel wakes it, before the exiting thread
+/// has let go of the process's memory. False where `/proc` cannot tell.
+fn released(tid: rustix::thread::Pid) -> bool {
+    let tasks = Path::new("/proc/self/task");
+    let task = tasks.join(tid.as_raw_nonzero().to_string());
+    loop {
+        match task.symlink_metadata() {
+            // Exiting: a matter of microseconds.
+            Ok(_) => std::thread::yield_now(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return tasks.is_dir(),
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Drops this thread's credentials for `user`'s (groups first: changing
@@ -346,6 +368,48 @@ mod tests {
         }
     }
 
+    /// The test kit's unprivileged user (made if missing).
+    const ROOTLESS: &str = "ces-test-rootless";
+
+    /// Held by the tests that look at whether ces is dumpable (a process-wide
+    /// flag that every [`as_user`] changes for a while).
+    static DUMPABLE: Mutex<()> = Mutex::new(());
+
+    /// [`ROOTLESS`]'s uid and gid, the user made first if need be (as root).
+    fn rootless_user() -> (u32, u32) {
+        let _ = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh", ROOTLESS])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let id = |flag: &str| {
+            let output = Command::new("id").args([flag, ROOTLESS]).output().unwrap();
+            String::from_utf8(output.stdout).unwrap().trim().parse::<u32>().unwrap()
+        };
+        (id("-u"), id("-g"))
+    }
+
+    /// As root (CI): while a thread with the user's uid exists, ces is not
+    /// dumpable, or the user could open `/proc/<pid>/task/<tid>/mem` with
+    /// that thread's credentials and write root's memory. `pthread_join`
+    /// returns before the kernel has let go of an exiting thread (it wakes
+    /// the joiner first): dumpable comes back only once the thread is gone.
+    #[test]
+    fn ces_is_dumpable_again_only_once_the_users_thread_is_gone() {
+        use rustix::process::{DumpableBehavior, dumpable_behavior};
+        if !is_host_root() {
+            return;
+        }
+        let (uid, gid) = rootless_user();
+        let user = SudoUser { uid, gid, name: ROOTLESS.into(), home: None, groups: vec![gid] };
+        let _dumpable = DUMPABLE.lock().unwrap_or_else(PoisonError::into_inner);
+        for round in 0..20_000 {
+            let tid = as_user(&user, || rustix::thread::gettid().as_raw_nonzero()).unwrap();
+            let alive = Path::new(&format!("/proc/self/task/{tid}")).exists();
+            assert!(!alive, "round {round}: as_user returned while the user's thread {tid} was still there");
+            assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::Dumpable, "round {round}");
+        }
+    }
+
     /// As root (CI): work done for a user is done with their credentials
     /// (and their groups), on a thread that leaves ces's own root untouched.
     #[test]
@@ -354,18 +418,11 @@ mod tests {
         if !is_host_root() {
             return;
         }
-        const USER: &str = "ces-test-rootless";
-        let _ = Command::new("useradd")
-            .args(["--system", "--create-home", "--shell", "/bin/sh", USER])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let id = |flag: &str| {
-            String::from_utf8(Command::new("id").args([flag, USER]).output().unwrap().stdout).unwrap().trim().parse()
-        };
-        let (uid, gid): (u32, u32) = (id("-u").unwrap(), id("-g").unwrap());
+        let (uid, gid) = rootless_user();
+        let _dumpable = DUMPABLE.lock().unwrap_or_else(PoisonError::into_inner);
         // A supplementary group only the user's thread has.
         let extra = 4_000_000_u32 + (std::process::id() % 1000);
-        let user = SudoUser { uid, gid, name: USER.into(), home: None, groups: vec![gid, extra] };
+        let user = SudoUser { uid, gid, name: ROOTLESS.into(), home: None, groups: vec![gid, extra] };
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let secret = dir.path().join("secret");
@@ -407,19 +464,11 @@ mod tests {
     /// under a tmpfs with a map of its own.
     #[test]
     fn as_an_unprivileged_user_in_a_user_namespace() {
-        use std::process::Command;
         if !is_host_root() {
             return;
         }
-        const USER: &str = "ces-test-rootless";
-        let _ = Command::new("useradd")
-            .args(["--system", "--create-home", "--shell", "/bin/sh", USER])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let id =
-            |flag: &str| String::from_utf8(Command::new("id").args([flag, USER]).output().unwrap().stdout).unwrap();
-        let uid = id("-u").trim().to_owned();
-        let gid = id("-g").trim().to_owned();
+        let (uid, gid) = rootless_user();
+        let (uid, gid) = (uid.to_string(), gid.to_string());
         let exe = std::env::current_exe().unwrap();
         let forged = "mount -t tmpfs forged /proc && mkdir /proc/self && echo '0 0 4294967295' > /proc/self/uid_map \
                       && cat /proc/self/uid_map | grep -q 4294967295 && exec \"$0\" \"$@\"";
