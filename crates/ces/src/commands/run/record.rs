@@ -542,6 +542,52 @@ mod tests {
         assert!(!runs.join(id).exists());
     }
 
+    /// Needs root (to give the directories away). The user swaps the
+    /// directory that holds `outputs_<id>` and `scratch_<id>` (theirs) for a
+    /// link to a directory of root's, again and again, while runs make
+    /// them: nothing is ever made, nor given to the user, through the link.
+    #[test]
+    fn a_parent_swapped_for_a_link_while_the_run_is_made_is_never_followed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (runs, home, sentinel) = (dir.path().join("runs"), dir.path().join("home"), dir.path().join("sentinel"));
+        fs::create_dir(&home).unwrap();
+        fs::create_dir(&sentinel).unwrap();
+        let owner = Identity { host_uid: 4242, host_gid: 4343 };
+        for round in 0..200_u32 {
+            let stop = Arc::new(AtomicBool::new(false));
+            let attacker = {
+                let (stop, home, sentinel) = (stop.clone(), home.clone(), sentinel.clone());
+                let moved = dir.path().join("moved");
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if fs::rename(&home, &moved).is_ok() {
+                            let _ = std::os::unix::fs::symlink(&sentinel, &home);
+                            std::thread::yield_now();
+                            let _ = fs::remove_file(&home);
+                            let _ = fs::rename(&moved, &home);
+                        }
+                    }
+                })
+            };
+            let id = format!("20231114-221320-{round:08x}");
+            let mut paths = paths(dir.path(), &id);
+            paths.state = runs.join(&id).join("state");
+            (paths.outputs, paths.scratch) = (home.join(format!("outputs_{id}")), home.join(format!("scratch_{id}")));
+            // May fail (the parent was a link when it was opened).
+            let run = ActiveRun::start(&runs, paths, Some(owner));
+            stop.store(true, Ordering::Relaxed);
+            attacker.join().unwrap();
+            drop(run);
+            let made: Vec<_> = fs::read_dir(&sentinel).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(made.is_empty(), "round {round}: made through the link: {made:?}");
+        }
+    }
+
     #[test]
     fn removal_does_not_follow_links() {
         let dir = tempfile::tempdir().unwrap();
