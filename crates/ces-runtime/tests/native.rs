@@ -31,6 +31,8 @@ use ces_runtime::{
     Runtime, RuntimeError,
 };
 use ces_testkit::layer::{Entry, Layer, busybox_entries};
+#[cfg(target_arch = "x86_64")]
+use ces_testkit::probe;
 
 const TEST_USER: &str = "ces-test-rootless";
 const MIB: u64 = 1 << 20;
@@ -760,91 +762,19 @@ fn scenario_seccomp() {
     fx.assert_clean();
 }
 
-/// A static x86_64 ELF executable whose code is `code` (loaded, with the
-/// headers, at 0x400000): hand-assembled, so that no 32-bit toolchain is
-/// needed to reach the kernel's other entry points.
-#[cfg(target_arch = "x86_64")]
-fn elf(code: &[u8]) -> Vec<u8> {
-    const BASE: u64 = 0x40_0000;
-    let len = (ELF_HEADERS + code.len()) as u64;
-    let mut f = Vec::new();
-    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&(BASE + ELF_HEADERS as u64).to_le_bytes()); // entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // program headers
-    f.extend_from_slice(&0u64.to_le_bytes()); // no section headers
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for half in [64u16, 56, 1, 0, 0, 0] {
-        f.extend_from_slice(&half.to_le_bytes());
-    }
-    // One PT_LOAD, read + execute, of the whole file.
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&5u32.to_le_bytes());
-    for word in [0, BASE, BASE, len, len, 0x1000] {
-        f.extend_from_slice(&word.to_le_bytes());
-    }
-    assert_eq!(f.len(), ELF_HEADERS);
-    f.extend_from_slice(code);
-    f
-}
-
-#[cfg(target_arch = "x86_64")]
-const ELF_HEADERS: usize = 64 + 56;
-
-/// Exits 100 if the system call's result (eax) is not an error, else with
-/// its errno: `test eax,eax; js 1f; mov edi,100; jmp 2f; 1: neg eax; mov
-/// edi,eax; 2: mov eax,60 (exit); syscall`.
-#[cfg(target_arch = "x86_64")]
-const EXIT_WITH_RESULT: [u8; 22] =
-    [0x85, 0xc0, 0x78, 0x07, 0xbf, 0x64, 0, 0, 0, 0xeb, 0x04, 0xf7, 0xd8, 0x89, 0xc7, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
-
-/// The probes: name, code (ending in [`EXIT_WITH_RESULT`]).
-#[cfg(target_arch = "x86_64")]
-fn abi_probes() -> Vec<(&'static str, Vec<u8>)> {
-    const AF_VSOCK: u8 = 40;
-    // x86_64 `socket(AF_INET, SOCK_STREAM, 0)`: mov eax,41; mov edi,2;
-    // mov esi,1; xor edx,edx; syscall. The control: it must work.
-    let native =
-        [&[0xb8, 41, 0, 0, 0, 0xbf, 2, 0, 0, 0, 0xbe, 1, 0, 0, 0, 0x31, 0xd2, 0x0f, 0x05][..], &EXIT_WITH_RESULT]
-            .concat();
-    // i386 `socket(AF_VSOCK, SOCK_STREAM, 0)` (359) through `int 0x80`:
-    // mov eax,359; mov ebx,40; mov ecx,1; xor edx,edx; int 0x80.
-    let i386_socket = [
-        &[0xb8, 0x67, 0x01, 0, 0, 0xbb, AF_VSOCK, 0, 0, 0, 0xb9, 1, 0, 0, 0, 0x31, 0xd2, 0xcd, 0x80][..],
-        &EXIT_WITH_RESULT,
-    ]
-    .concat();
-    // i386 `socketcall(SYS_SOCKET, {AF_VSOCK, SOCK_STREAM, 0})` (102):
-    // mov eax,102; mov ebx,1; mov ecx,<args>; int 0x80; the three 32-bit
-    // arguments follow the code (a low address, as int 0x80 needs).
-    let head_len = 5 + 5 + 5 + 2;
-    let args_at = 0x40_0000 + (ELF_HEADERS + head_len + EXIT_WITH_RESULT.len()) as u32;
-    let mut socketcall = vec![0xb8, 102, 0, 0, 0, 0xbb, 1, 0, 0, 0, 0xb9];
-    socketcall.extend_from_slice(&args_at.to_le_bytes());
-    socketcall.extend_from_slice(&[0xcd, 0x80]);
-    socketcall.extend_from_slice(&EXIT_WITH_RESULT);
-    for arg in [u32::from(AF_VSOCK), 1, 0] {
-        socketcall.extend_from_slice(&arg.to_le_bytes());
-    }
-    // x32 `getpid` (39 | __X32_SYSCALL_BIT): mov eax,0x40000027; syscall.
-    let x32 = [&[0xb8, 0x27, 0, 0, 0x40, 0x0f, 0x05][..], &EXIT_WITH_RESULT].concat();
-    vec![("native-socket", native), ("i386-socket", i386_socket), ("i386-socketcall", socketcall), ("x32-getpid", x32)]
-}
-
 #[test]
 #[ignore = "run by the tests in a child process"]
 #[cfg(target_arch = "x86_64")]
 fn scenario_foreign_abis() {
     let fx = Fx::new();
-    for (name, code) in abi_probes() {
+    for (name, executable) in probe::probes() {
         let path = fx.rootfs.join("bin").join(name);
-        fs::write(&path, elf(&code)).unwrap();
+        fs::write(&path, executable).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
     }
     // The probe works: the native socket call succeeds.
-    assert_eq!(fx.run(&fx.spec(&["/bin/native-socket"])), Exit::Code(100));
+    assert_eq!(fx.run(&fx.spec(&["/bin/inet"])), Exit::Code(probe::SUCCEEDED));
+    assert_eq!(fx.run(&fx.spec(&["/bin/vsock"])), Exit::Code(libc::EPERM));
     // No 32-bit or x32 system call gets through (old profile: the i386
     // socketcall made a vsock socket, exit 100).
     for name in ["i386-socketcall", "i386-socket", "x32-getpid"] {

@@ -7,6 +7,8 @@
 
 pub mod image;
 pub mod layer;
+#[cfg(target_arch = "x86_64")]
+pub mod probe;
 pub mod registry;
 pub mod token;
 

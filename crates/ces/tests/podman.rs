@@ -6,14 +6,15 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ces_testkit::layer::{Entry, Layer, busybox_entries};
-use ces_testkit::{AuthMode, ImageSpec, Registry, busybox_image};
-use common::{Run, Sandbox, TEST_USER, TreWorld, require_root, test_user};
+#[cfg(target_arch = "x86_64")]
+use ces_testkit::probe;
+use ces_testkit::{ImageSpec, busybox_image};
+use common::{RootlessWorld, Run, TEST_USER, TreWorld, require_root, test_user};
 
 /// Root and podman are part of the test environment (scripts/setup, CI as
 /// root): a test that needs them fails loudly rather than passing unrun.
@@ -76,71 +77,6 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-// Probes: static x86_64 executables, hand-assembled, that make one system
-// call and exit 100 when it succeeded, else with its errno (as the native
-// runtime's tests do, so that no toolchain is needed).
-
-/// A static x86_64 ELF executable of `code`, loaded at 0x400000.
-#[cfg(target_arch = "x86_64")]
-fn elf(code: &[u8]) -> Vec<u8> {
-    const BASE: u64 = 0x40_0000;
-    let len = (ELF_HEADERS + code.len()) as u64;
-    let mut f = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&(BASE + ELF_HEADERS as u64).to_le_bytes()); // entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // program headers
-    f.extend_from_slice(&0u64.to_le_bytes()); // no section headers
-    f.extend_from_slice(&0u32.to_le_bytes());
-    for half in [64u16, 56, 1, 0, 0, 0] {
-        f.extend_from_slice(&half.to_le_bytes());
-    }
-    // One PT_LOAD, read + execute, of the whole file.
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&5u32.to_le_bytes());
-    for word in [0, BASE, BASE, len, len, 0x1000] {
-        f.extend_from_slice(&word.to_le_bytes());
-    }
-    assert_eq!(f.len(), ELF_HEADERS);
-    f.extend_from_slice(code);
-    f
-}
-
-#[cfg(target_arch = "x86_64")]
-const ELF_HEADERS: usize = 64 + 56;
-
-/// `test eax,eax; js 1f; mov edi,100; jmp 2f; 1: neg eax; mov edi,eax;
-/// 2: mov eax,60 (exit); syscall`.
-#[cfg(target_arch = "x86_64")]
-const EXIT_WITH_RESULT: [u8; 22] =
-    [0x85, 0xc0, 0x78, 0x07, 0xbf, 0x64, 0, 0, 0, 0xeb, 0x04, 0xf7, 0xd8, 0x89, 0xc7, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
-
-/// The probes, by name.
-#[cfg(target_arch = "x86_64")]
-fn probes() -> Vec<(&'static str, Vec<u8>)> {
-    const AF_VSOCK: u8 = 40;
-    let with_exit = |code: &[u8]| [code, &EXIT_WITH_RESULT].concat();
-    // socket(AF_INET, SOCK_STREAM, 0): the control, it must work.
-    let inet = with_exit(&[0xb8, 41, 0, 0, 0, 0xbf, 2, 0, 0, 0, 0xbe, 1, 0, 0, 0, 0x31, 0xd2, 0x0f, 0x05]);
-    // socket(AF_VSOCK, SOCK_STREAM, 0).
-    let vsock = with_exit(&[0xb8, 41, 0, 0, 0, 0xbf, AF_VSOCK, 0, 0, 0, 0xbe, 1, 0, 0, 0, 0x31, 0xd2, 0x0f, 0x05]);
-    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): mov eax,250;
-    // xor edi,edi; mov esi,-3; xor edx,edx; syscall.
-    let keyctl = with_exit(&[0xb8, 250, 0, 0, 0, 0x31, 0xff, 0xbe, 0xfd, 0xff, 0xff, 0xff, 0x31, 0xd2, 0x0f, 0x05]);
-    // i386 socketcall(SYS_SOCKET, {AF_VSOCK, SOCK_STREAM, 0}) through int
-    // 0x80, its three 32-bit arguments after the code.
-    let args_at = 0x40_0000 + (ELF_HEADERS + 17 + EXIT_WITH_RESULT.len()) as u32;
-    let mut socketcall = vec![0xb8, 102, 0, 0, 0, 0xbb, 1, 0, 0, 0, 0xb9];
-    socketcall.extend_from_slice(&args_at.to_le_bytes());
-    socketcall.extend_from_slice(&[0xcd, 0x80]);
-    socketcall.extend_from_slice(&EXIT_WITH_RESULT);
-    for arg in [u32::from(AF_VSOCK), 1, 0] {
-        socketcall.extend_from_slice(&arg.to_le_bytes());
-    }
-    vec![("inet", inet), ("vsock", vsock), ("keyctl", keyctl), ("i386-socketcall", socketcall)]
-}
-
 /// Under podman, the container gets ces's seccomp profile, not podman's
 /// default: no user namespaces, no kernel keyring, no vsock, no 32-bit
 /// entry points; forks (clone without namespace flags) still work. With
@@ -151,14 +87,15 @@ fn probes() -> Vec<(&'static str, Vec<u8>)> {
 fn podman_runs_with_ces_seccomp_profile() {
     require_root_and_podman();
     let mut layer = busybox_entries();
-    for (name, code) in probes() {
-        layer.push(Entry::file_mode(&format!("bin/probe-{name}"), elf(&code), 0o755));
+    for (name, executable) in probe::probes() {
+        layer.push(Entry::file_mode(&format!("bin/probe-{name}"), executable, 0o755));
     }
     let image = ImageSpec::new(vec![Layer::new(layer)])
         .env(&["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
         .cmd(&["sh"]);
     let w = TreWorld::with("podman/seccomp", &image, "");
-    let script = "for p in inet vsock keyctl i386-socketcall; do /bin/probe-$p; echo \"$p=$?\" >> /safe_outputs/r; done; \
+    let script = "for p in inet vsock keyctl i386-socket i386-socketcall x32-getpid; \
+                  do /bin/probe-$p; echo \"$p=$?\" >> /safe_outputs/r; done; \
                   unshare -U true 2>/dev/null; echo \"unshare=$?\" >> /safe_outputs/r; \
                   sh -c 'exit 7'; echo \"fork=$?\" >> /safe_outputs/r";
     let out = w.ces(&["run", "--runtime", "podman", "--json", &w.image, "sh", "-c", script]);
@@ -167,7 +104,16 @@ fn podman_runs_with_ces_seccomp_profile() {
     let result = std::fs::read_to_string(outputs.join("r")).unwrap();
     // 100: the call worked; 1: EPERM; 159: killed by SIGSYS (runc's
     // answer to an architecture the profile does not list).
-    for expected in ["inet=100", "vsock=1", "keyctl=1", "i386-socketcall=159", "unshare=1", "fork=7"] {
+    for expected in [
+        "inet=100",
+        "vsock=1",
+        "keyctl=1",
+        "i386-socket=159",
+        "i386-socketcall=159",
+        "x32-getpid=159",
+        "unshare=1",
+        "fork=7",
+    ] {
         assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
     }
 }
@@ -224,12 +170,14 @@ fn find_key<'a>(value: &'a serde_json::Value, key: &str) -> Option<&'a serde_jso
     }
 }
 
-/// A podman run whose container writes `/safe_outputs/started`, then keeps
-/// checking that its scratch file is there (writing `saw-scratch-removed`
-/// if it is not); started in the background. Returns ces and the run id.
-fn start_long_run(w: &TreWorld, sudo: bool) -> (Child, String, Removed) {
-    let script = "touch /scratch/keep /safe_outputs/started; \
-                  while sleep 0.05; do test -e /scratch/keep || touch /safe_outputs/saw-scratch-removed; done";
+/// A container that writes `/safe_outputs/started`, then keeps checking that
+/// its scratch file is there (writing `saw-scratch-removed` if it is not).
+const WATCH_SCRATCH: &str = "touch /scratch/keep /safe_outputs/started; \
+                             while sleep 0.05; do test -e /scratch/keep || touch /safe_outputs/saw-scratch-removed; done";
+
+/// A podman run of `script` (which writes `/safe_outputs/started`), started
+/// in the background. Returns ces and the run id once the file is there.
+fn start_long_run(w: &TreWorld, sudo: bool, script: &str) -> (Child, String, Removed) {
     let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--runtime", "podman", &w.image, "sh", "-c", script]);
     if sudo {
         w.for_another_user();
@@ -265,7 +213,7 @@ fn a_killed_ces_takes_its_podman_container_with_it() {
     require_root_and_podman();
     for sudo in [false, true] {
         let w = TreWorld::with("podman/kill", &busybox_image(), "");
-        let (mut ces, id, _removed) = start_long_run(&w, sudo);
+        let (mut ces, id, _removed) = start_long_run(&w, sudo, WATCH_SCRATCH);
         kill9(ces.id());
         ces.wait().unwrap();
         let name = format!("ces-{id}");
@@ -309,7 +257,7 @@ fn the_next_start_removes_a_lost_container_before_its_scratch() {
             .status()
             .unwrap();
         assert!(started.success());
-        let (mut ces, id, _removed) = start_long_run(&w, false);
+        let (mut ces, id, _removed) = start_long_run(&w, false, WATCH_SCRATCH);
         // One (none in the old code).
         for watchdog in watchdogs_of(ces.id()) {
             kill9(watchdog);
@@ -352,35 +300,15 @@ fn podman_refusals_come_before_the_run_starts() {
 /// same plan is accepted.
 #[test]
 fn rootless_podman_without_limits_is_refused() {
-    require_root("creates the unprivileged test user");
-    let user = test_user();
-    let reg = Registry::shared(AuthMode::Anonymous);
-    reg.push(&busybox_image().build(), "podman/rootless", "1");
-    let image = format!("{}/podman/rootless:1", reg.host());
-    let sb = Sandbox::new(&[reg]);
-    let home = sb.dir.path().join("home");
-    std::fs::create_dir_all(home.join("safe_data")).unwrap();
-    std::fs::create_dir_all(&sb.store).unwrap();
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for dir in [&home, &home.join("safe_data"), &sb.store] {
-        user.chown(dir);
-    }
-    let as_user = |args: &[&str]| {
-        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
-        argv.extend_from_slice(args);
-        let mut cmd = user.setpriv(&sb, &argv);
-        cmd.env("HOME", &home);
-        sb.run(cmd)
-    };
-    as_user(&["pull", "--quiet", &image]).ok();
+    let w = RootlessWorld::new("podman/rootless");
     let cgroup_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     for dry_run in [false, true] {
         let mut args = vec!["run", "--runtime", "podman", "-m", "0.25"];
         if dry_run {
             args.push("--dry-run");
         }
-        args.extend([image.as_str(), "true"]);
-        let out = as_user(&args);
+        args.extend([w.image.as_str(), "true"]);
+        let out = w.ces(&args);
         if cgroup_v2 {
             if dry_run {
                 out.ok();
@@ -391,7 +319,7 @@ fn rootless_podman_without_limits_is_refused() {
         assert!(err.contains("rootless podman ignores memory and CPU limits on cgroup v1"), "{err}");
         assert!(err.contains("ces system setup"), "{err}");
         assert!(!err.contains("outputs in"), "{err}");
-        assert_eq!(entries(&home), ["safe_data"], "nothing created");
-        assert!(!sb.store.join("runs").exists() || entries(&sb.store.join("runs")).is_empty());
+        assert_eq!(entries(&w.home), ["safe_data"], "nothing created");
+        assert!(!w.sb.store.join("runs").exists() || entries(&w.sb.store.join("runs")).is_empty());
     }
 }

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ces_testkit::layer::Entry;
 use ces_testkit::{AuthMode, Registry, busybox_image};
-use common::{Run, Sandbox, TEST_USER, TreWorld, primary_group, require_root, test_user};
+use common::{RootlessWorld, Run, TEST_USER, TreWorld, primary_group, require_root};
 
 fn registry() -> &'static Registry {
     Registry::shared(AuthMode::Anonymous)
@@ -600,36 +600,16 @@ fn ten_concurrent_native_runs_of_one_image_have_separate_outputs() {
 /// pulls and runs with limits; what the container writes is theirs.
 #[test]
 fn rootless_run_after_system_setup() {
-    require_root("creates a user and delegates cgroups");
-    let user = test_user();
-    let reg = registry();
-    reg.push(&busybox_image().build(), "run/rootless", "1");
-    let image = format!("{}/run/rootless:1", reg.host());
-    let sb = Sandbox::new(&[reg]);
-    let home = sb.dir.path().join("home");
-    std::fs::create_dir_all(home.join("safe_data")).unwrap();
-    std::fs::create_dir_all(&sb.store).unwrap();
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for dir in [&home, &home.join("safe_data"), &sb.store] {
-        user.chown(dir);
-    }
-    sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-    let as_user = |args: &[&str]| {
-        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
-        argv.extend_from_slice(args);
-        let mut cmd = user.setpriv(&sb, &argv);
-        cmd.env("HOME", &home);
-        sb.run(cmd)
-    };
-    as_user(&["pull", "--quiet", &image]).ok();
-    let out = as_user(&[
+    let w = RootlessWorld::new("run/rootless");
+    w.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+    let out = w.ces(&[
         "run",
         "--json",
         "-m",
         "0.25",
         "-c",
         "1",
-        &image,
+        &w.image,
         "sh",
         "-c",
         "id -u > /safe_outputs/uid; ip -o link | wc -l > /safe_outputs/links",
@@ -639,8 +619,8 @@ fn rootless_run_after_system_setup() {
     assert_eq!(std::fs::read_to_string(outputs.join("uid")).unwrap(), "0\n", "root in the container");
     assert_eq!(std::fs::read_to_string(outputs.join("links")).unwrap().trim(), "1", "only lo");
     let meta = std::fs::metadata(outputs.join("uid")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid), "owned by the user on the host");
+    assert_eq!((meta.uid(), meta.gid()), (w.user.uid, w.user.gid), "owned by the user on the host");
     assert!(
-        !std::fs::read_dir(&home).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch_"))
+        !std::fs::read_dir(&w.home).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch_"))
     );
 }

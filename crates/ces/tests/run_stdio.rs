@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ces_testkit::registry::Registry;
-use ces_testkit::{AuthMode, busybox_image};
-use common::{Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
+use common::{RootlessWorld, Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -38,70 +36,36 @@ struct World {
 
 impl World {
     fn new(repo: &str, mode: Mode) -> World {
-        require_root("runs containers and switches users");
-        let user = test_user();
-        if mode != Mode::Rootless {
-            let w = TreWorld::new(repo);
-            if mode == Mode::Sudo {
-                w.for_another_user();
-            }
-            let TreWorld { sb, image, home, .. } = w;
+        if mode == Mode::Rootless {
+            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(repo);
+            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
             return World { sb, image, home, mode, user };
         }
-        let reg = Registry::shared(AuthMode::Anonymous);
-        reg.push(&busybox_image().build(), repo, "1");
-        let image = format!("{}/{repo}:1", reg.host());
-        let sb = Sandbox::new(&[reg]);
-        let home = sb.dir.path().join("home");
-        std::fs::create_dir_all(home.join("safe_data")).unwrap();
-        std::fs::create_dir_all(&sb.store).unwrap();
-        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        for dir in [&home, &home.join("safe_data"), &sb.store] {
-            user.chown(dir);
+        require_root("runs containers and switches users");
+        let w = TreWorld::new(repo);
+        if mode == Mode::Sudo {
+            w.for_another_user();
         }
-        sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-        let w = World { sb, image, home, mode, user };
-        let pulled = w.command(&["pull", "--quiet", &w.image.clone()]).output().unwrap();
-        assert!(pulled.status.success(), "pull: {}", String::from_utf8_lossy(&pulled.stderr));
-        w
+        let TreWorld { sb, image, home, .. } = w;
+        World { sb, image, home, mode, user: test_user() }
     }
 
     /// `ces ARGS` as this world's mode runs it; stdin is /dev/null.
     fn command(&self, args: &[&str]) -> Command {
         let bin = env!("CARGO_BIN_EXE_ces");
         let mut cmd = match self.mode {
-            Mode::Root => self.sb.command(bin, args),
+            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
             Mode::Rootless => {
                 let mut argv = vec![bin];
                 argv.extend_from_slice(args);
                 self.user.setpriv(&self.sb, &argv)
             }
-            // Under sudo ces reads /etc/ces/config.toml alone: the sandbox's
-            // config goes there, in a mount namespace of this command's
-            // (an overlay on /etc: nothing is written to the host's).
-            Mode::Sudo => {
-                let overlay = self.sb.dir.path().join("etc-overlay");
-                let (upper, work) = (overlay.join("upper"), overlay.join("work"));
-                std::fs::create_dir_all(&upper).unwrap();
-                std::fs::create_dir_all(&work).unwrap();
-                let script = format!(
-                    "set -e; mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc; \
-                     mkdir -p /etc/ces; cp \"$CES_CONFIG\" /etc/ces/config.toml; unset CES_CONFIG; exec \"$@\"",
-                    upper.display(),
-                    work.display()
-                );
-                let mut argv = vec!["--mount", "--propagation", "private", "sh", "-c", &script, "sh", bin];
-                argv.extend_from_slice(args);
-                self.sb.command("unshare", &argv)
-            }
         };
         cmd.env("HOME", &self.home);
-        if self.mode == Mode::Sudo {
-            cmd.env("SUDO_UID", self.user.uid.to_string())
-                .env("SUDO_GID", self.user.gid.to_string())
-                .env("SUDO_USER", TEST_USER);
+        match self.mode {
+            Mode::Sudo => self.sb.as_sudo(cmd, self.user.uid, self.user.gid, TEST_USER),
+            Mode::Root | Mode::Rootless => cmd,
         }
-        cmd
     }
 
     /// `ces run -q IMAGE ARGS`.

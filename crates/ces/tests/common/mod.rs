@@ -351,3 +351,50 @@ impl Sandbox {
         sudo
     }
 }
+
+/// A sandbox for the test user, rootless: the busybox image pushed as
+/// `repo:1` and pulled by the user into a store of theirs, and a HOME (with
+/// `safe_data`) of theirs. No `ces system setup`: a test that runs with
+/// limits asks for it.
+pub struct RootlessWorld {
+    pub sb: Sandbox,
+    /// The pulled image's reference.
+    pub image: String,
+    pub home: PathBuf,
+    pub user: TestUser,
+}
+
+impl RootlessWorld {
+    pub fn new(repo: &str) -> RootlessWorld {
+        require_root("creates the unprivileged test user");
+        let user = test_user();
+        let reg = Registry::shared(AuthMode::Anonymous);
+        reg.push(&busybox_image().build(), repo, "1");
+        let image = format!("{}/{repo}:1", reg.host());
+        let sb = Sandbox::new(&[reg]);
+        let home = sb.dir.path().join("home");
+        std::fs::create_dir_all(home.join("safe_data")).unwrap();
+        std::fs::create_dir_all(&sb.store).unwrap();
+        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for dir in [&home, &home.join("safe_data"), &sb.store] {
+            user.chown(dir);
+        }
+        let w = RootlessWorld { sb, image, home, user };
+        w.ces(&["pull", "--quiet", &w.image]).ok();
+        w
+    }
+
+    /// `ces ARGS` as the user, with the world's HOME.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        argv.extend_from_slice(args);
+        let mut cmd = self.user.setpriv(&self.sb, &argv);
+        cmd.env("HOME", &self.home);
+        cmd
+    }
+
+    /// Runs `ces ARGS` as the user.
+    pub fn ces(&self, args: &[&str]) -> Run {
+        self.sb.run(self.command(args))
+    }
+}
