@@ -357,8 +357,15 @@ fn start_sleeper(mut cmd: std::process::Command) -> (std::process::Child, String
     (child, start["id"].as_str().unwrap().to_owned(), outputs)
 }
 
-fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
+/// `ces run --json IMAGE sh -c MARK_AND_SLEEP`, as root, with the world's HOME.
+fn sleeper(w: &TreWorld) -> std::process::Command {
+    w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP])
+}
+
+/// Sends `signal` to ces and waits for it to end.
+fn signal_and_wait(child: &mut std::process::Child, signal: rustix::process::Signal) {
     rustix::process::kill_process(rustix::process::Pid::from_child(child), signal).unwrap();
+    child.wait().unwrap();
 }
 
 /// The records of run `id`, as (event, result) in order.
@@ -455,11 +462,9 @@ fn a_recorded_start_whose_container_never_starts_is_closed_with_the_error() {
 fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
     require_root("runs a container");
     let w = TreWorld::new("audit/killed");
-    let (mut child, id, outputs) =
-        start_sleeper(w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]));
+    let (mut child, id, outputs) = start_sleeper(sleeper(&w));
     let pid = child.id();
-    signal(&child, rustix::process::Signal::KILL);
-    child.wait().unwrap();
+    signal_and_wait(&mut child, rustix::process::Signal::KILL);
 
     let records = w.sb.audit_records();
     assert_eq!(events_of(&records, &id), [("run_start".to_owned(), String::new())], "{records:#?}");
@@ -507,10 +512,8 @@ fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
 fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
     require_root("runs a container");
     let w = TreWorld::new("audit/sigquit");
-    let (mut child, id, _outputs) =
-        start_sleeper(w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]));
-    signal(&child, rustix::process::Signal::QUIT);
-    child.wait().unwrap();
+    let (mut child, id, _outputs) = start_sleeper(sleeper(&w));
+    signal_and_wait(&mut child, rustix::process::Signal::QUIT);
     assert_eq!(events_of(&w.sb.audit_records(), &id)[0].0, "run_start");
     w.ces(&["run", &w.image, "true"]).ok();
     let events = events_of(&w.sb.audit_records(), &id);
@@ -522,17 +525,26 @@ fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
 }
 
 /// Root under sudo: the start is the sudo user's, and so is the end that a
-/// later `ces gc` by root itself (no `SUDO_*`) writes for it.
+/// later `ces gc` by root itself (no `SUDO_*`) writes for it. The note the
+/// close-out trusts for that (`runs/<id>/audit.json`) is root's: the user
+/// can neither write it nor put another in its place.
 #[test]
 fn under_sudo_a_killed_run_is_closed_for_the_sudo_user_not_the_cleaner() {
     require_root("runs a container");
     let user = common::test_user();
     let w = TreWorld::new("audit/sudo-killed");
     w.for_another_user();
-    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", MARK_AND_SLEEP]);
-    let (mut child, id, _outputs) = start_sleeper(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
-    signal(&child, rustix::process::Signal::KILL);
-    child.wait().unwrap();
+    let (mut child, id, _outputs) = start_sleeper(w.sb.as_sudo(sleeper(&w), user.uid, user.gid, common::TEST_USER));
+    let note = w.sb.store.join("runs").join(&id).join("audit.json");
+    let before = std::fs::read(&note).unwrap();
+    let forge = r#"{"user":{"name":"root","uid":0},"pid":1}"#;
+    for script in ["printf %s \"$1\" > \"$2\"", "printf %s \"$1\" > \"$2.new\" && mv \"$2.new\" \"$2\""] {
+        let argv = ["sh", "-c", script, "sh", forge, note.to_str().unwrap()];
+        let out = w.sb.run(user.setpriv(&w.sb, &argv));
+        assert!(out.code != 0 && out.stderr.contains("Permission denied"), "{script}: {}", out.stderr);
+    }
+    assert_eq!(std::fs::read(&note).unwrap(), before);
+    signal_and_wait(&mut child, rustix::process::Signal::KILL);
     w.ces(&["gc"]).ok();
     let records = w.sb.audit_records();
     assert_eq!(events_of(&records, &id).len(), 2, "{records:#?}");
@@ -573,8 +585,7 @@ fn a_rootless_run_whose_ces_is_killed_is_closed_in_the_users_own_log() {
     w.sb.run(as_user(&["pull", "--quiet", &w.image])).ok();
     let (mut child, id, _outputs) =
         start_sleeper(as_user(&["run", "--json", "-m", "0.25", &w.image, "sh", "-c", MARK_AND_SLEEP]));
-    signal(&child, rustix::process::Signal::KILL);
-    child.wait().unwrap();
+    signal_and_wait(&mut child, rustix::process::Signal::KILL);
     let log = store.join("audit.jsonl");
     let read = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
