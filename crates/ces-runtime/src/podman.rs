@@ -50,6 +50,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -416,7 +417,7 @@ impl Runtime for PodmanRuntime {
         let result = command
             .spawn()
             .map_err(|source| RuntimeError::Program { program: self.program.display().to_string(), source })
-            .and_then(|mut child| signals.wait(&mut child, &self.program, &name))
+            .and_then(|mut child| signals.wait(&mut child, &self.program, &name, spec.process.stop_timeout))
             .and_then(exit_of)
             .map(|exit| match exit {
                 Exit::Code(KILLED) if self.oom_killed(spec, &name) => Exit::OutOfMemory,
@@ -549,17 +550,52 @@ impl SignalForwarder {
     /// `podman run` client proxies signals only once it has set itself up, and
     /// one that arrives before is lost (seen here: the container ran on and
     /// podman exited 0). Until the container exists, the client gets it.
+    /// `stop_timeout` after the first, a container still running is killed
+    /// (`SIGKILL`), as the native runtime does.
     fn wait(
         &self,
         child: &mut std::process::Child,
         program: &Path,
         container: &str,
+        stop_timeout: Duration,
     ) -> Result<ExitStatus, RuntimeError> {
         let pid = Pid::from_raw(child.id() as i32);
         let wait_err = |source: std::io::Error| RuntimeError::Program { program: "podman".into(), source };
+        let pass_on = |signal: Signal| {
+            let killed = Command::new(program)
+                .args(["kill", "--signal", signal.as_str(), container])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            if !killed {
+                let _ = nix::sys::signal::kill(pid, signal);
+            }
+        };
+        let mut deadline: Option<Instant> = None;
+        let mut killed = false;
         loop {
             if let Some(status) = child.try_wait().map_err(wait_err)? {
                 return Ok(status);
+            }
+            if let Some(at) = deadline.filter(|_| !killed) {
+                let left = at.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    tracing::warn!(
+                        container,
+                        timeout = ?stop_timeout,
+                        "the container did not stop within the stop timeout of the signal passed on to it: killed"
+                    );
+                    pass_on(Signal::SIGKILL);
+                    killed = true;
+                    continue;
+                }
+                let mut fds = [libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+                let timeout = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+                // SAFETY: one valid pollfd.
+                if unsafe { libc::poll(fds.as_mut_ptr(), 1, timeout) } <= 0 {
+                    continue;
+                }
             }
             let info = match self.fd.read_signal() {
                 Ok(Some(info)) => info,
@@ -571,15 +607,8 @@ impl SignalForwarder {
                 continue;
             }
             tracing::debug!(%signal, container, "passing the signal on to the container");
-            let killed = Command::new(program)
-                .args(["kill", "--signal", signal.as_str(), container])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success());
-            if !killed {
-                let _ = nix::sys::signal::kill(pid, signal);
-            }
+            pass_on(signal);
+            deadline.get_or_insert_with(|| Instant::now() + stop_timeout);
         }
     }
 }

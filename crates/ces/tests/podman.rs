@@ -224,6 +224,32 @@ fn a_killed_ces_takes_its_podman_container_with_it() {
     }
 }
 
+/// A container that ignores the stop signal passed on to it is killed once
+/// the stop timeout (10 s) has run out, as under the native runtime: ces
+/// exits 137 and cleans up. It used to wait for ever. As root, and as root
+/// through sudo for the test user.
+#[test]
+fn podman_kills_a_container_that_ignores_sigterm_after_the_stop_timeout() {
+    require_root_and_podman();
+    for sudo in [false, true] {
+        let w = TreWorld::with("podman/stop", &busybox_image(), "");
+        let script = "trap '' TERM; touch /safe_outputs/started; sleep 1000; touch /safe_outputs/survived";
+        let (mut ces, id, _removed) = start_long_run(&w, sudo, script);
+        let signalled = Instant::now();
+        assert!(Command::new("kill").args(["-TERM", &ces.id().to_string()]).status().unwrap().success());
+        let mut status = None;
+        wait_until("ces ends after the stop timeout", || {
+            status = ces.try_wait().unwrap();
+            status.is_some()
+        });
+        assert_eq!(status.unwrap().code(), Some(137), "sudo: {sudo}");
+        assert!(signalled.elapsed() >= Duration::from_secs(9), "killed before the stop timeout");
+        assert!(!w.home.join(format!("outputs_{id}/survived")).exists());
+        assert_eq!(containers_named(&format!("ces-{id}")), Vec::<String>::new(), "the container is removed");
+        assert_eq!(entries(&w.home), [format!("outputs_{id}")], "scratch removed (sudo: {sudo})");
+    }
+}
+
 /// The watchdog's PIDs: forked from ces, so the same command line, but not
 /// ces itself.
 fn watchdogs_of(ces: u32) -> Vec<u32> {
