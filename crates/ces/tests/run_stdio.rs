@@ -221,6 +221,61 @@ fn piped_stdin_rootless() {
     piped_stdin(Mode::Rootless);
 }
 
+/// `ces run IMG sh -c 'while :; do echo y; done' | head -1`: once the reader
+/// of ces's stdout is gone, the relay stops (ces ignores SIGPIPE: its write
+/// fails) and closes the container's pipe, so the shell ends of SIGPIPE; ces cleans up and passes the
+/// exit on (141) rather than relaying, or waiting, for ever.
+fn closed_stdout_ends_the_relay(mode: Mode) {
+    let w = World::new(&repo("epipe", mode), mode);
+    let mut child =
+        w.run(&["sh", "-c", "while :; do echo y; done"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut first = [0u8; 2];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ces relays on with no reader");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.as_mut().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(141), "128 + SIGPIPE: {stderr}");
+    assert_eq!(w.scratch_left(), Vec::<String>::new());
+}
+
+#[test]
+fn closed_stdout_ends_the_relay_as_root() {
+    closed_stdout_ends_the_relay(Mode::Root);
+}
+
+#[test]
+fn closed_stdout_ends_the_relay_under_sudo() {
+    closed_stdout_ends_the_relay(Mode::Sudo);
+}
+
+#[test]
+fn closed_stdout_ends_the_relay_rootless() {
+    closed_stdout_ends_the_relay(Mode::Rootless);
+}
+
+/// `ces run -i` with a stdin that cannot be read (a directory: EISDIR) gives
+/// the container end of file, not an error or a wait.
+#[test]
+fn unreadable_stdin_is_end_of_file() {
+    let w = World::new(&repo("stdin-dir", Mode::Root), Mode::Root);
+    let dir = File::open(w.sb.dir.path()).unwrap();
+    let out = w.run_with(&["-i"], &["wc", "-c"]).stdin(dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{stderr}");
+}
+
 fn start(w: &World, script: &str) -> Child {
     w.run(&["sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
@@ -266,6 +321,11 @@ fn ignored_sigterm(mode: Mode) {
 #[test]
 fn ignored_sigterm_is_killed_after_the_stop_timeout_as_root() {
     ignored_sigterm(Mode::Root);
+}
+
+#[test]
+fn ignored_sigterm_is_killed_after_the_stop_timeout_under_sudo() {
+    ignored_sigterm(Mode::Sudo);
 }
 
 #[test]
