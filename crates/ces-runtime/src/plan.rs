@@ -506,9 +506,13 @@ pub fn find_safe_data(query: &SafeDataQuery, is_dir: &dyn Fn(&Path) -> bool) -> 
 /// `$HOME/safe_data`, resolved: a symbolic link to a project's directory
 /// (`~/safe_data -> /safe_data/p1`) is that project's data, attributed to it
 /// (and given its mode); one that leads anywhere else is no project's. The
-/// real path is what gets mounted, so a link changed after this check does
-/// not change what the container sees. A path that does not exist is kept as
-/// it is (`is_dir` said it was there: a test's view of the file system).
+/// real path is what gets mounted, so changing the link afterwards changes
+/// nothing; but a directory on that path that the user owns (the home
+/// itself, for a plain `~/safe_data`) can still be swapped for a link before
+/// the runtime mounts it, which the mount follows. A path that does not
+/// exist is kept as it is (`is_dir` said it was there: a test's view of the
+/// file system). Resolved with ces's credentials: as root, links the user
+/// could not follow are followed too.
 fn home_safe_data(path: PathBuf, root: &Path) -> Result<SafeData, PlanError> {
     let unchanged = |path| Ok(SafeData { path, project: None, reason: "home".into(), link: None });
     let resolved = match std::fs::canonicalize(&path) {
