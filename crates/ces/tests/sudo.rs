@@ -138,3 +138,19 @@ fn under_sudo_the_users_own_files_are_read() {
     let out = sudo_ces(&sb, &user, &["run", "--dry-run", "--opt-file", path_str(&opts), "no-such-image", "true"]);
     assert!(out.fails().contains(&format!("option --privileged in {} line 1 is not allowed", opts.display())));
 }
+
+/// `ces outputs verify DIR` reads DIR (and an `--audit-file`) as the user:
+/// a directory of root's, or another user's outputs, is refused by name,
+/// and nothing of what is in it is shown.
+#[test]
+fn under_sudo_outputs_verify_reads_as_the_user() {
+    let (sb, user) = sandbox();
+    let dir = sb.dir.path().join("outputs_20260101-000000-0000abcd");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("ces-manifest.json"), format!("{{\"note\": \"{SECRET}\"}}")).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = sudo_ces(&sb, &user, &["outputs", "verify", path_str(&dir)]);
+    let err = out.fails();
+    assert!(err.contains(&dir.display().to_string()) && err.contains("Permission denied"), "{err}");
+    assert!(!out.stdout.contains("SUDOSECRET") && !err.contains("SUDOSECRET"), "{out:?}");
+}

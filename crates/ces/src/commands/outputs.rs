@@ -5,6 +5,8 @@
 //! audit log recorded for that run (see docs/governance.md).
 
 use std::io::Write as _;
+
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,7 +34,9 @@ enum Logged {
 /// recorded it; [`EXIT_CHANGED`] naming each difference otherwise.
 pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
-    let check = ces_outputs::verify(dir)?;
+    // A path the user names: under sudo, read with their credentials.
+    let check = crate::identity::as_invoker(|| ces_outputs::verify(dir))
+        .with_context(|| format!("cannot verify {}", dir.display()))??;
     let run_id = &check.manifest.run.id;
 
     let mut out = std::io::stdout().lock();
@@ -91,11 +95,17 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
         writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
         return Ok(ExitCode::SUCCESS);
     }
+    // The operator's log as ces itself; a copy the user names, as the user.
     let log_path: PathBuf = args.audit_file.clone().unwrap_or_else(|| settings.audit_path.clone());
-    let records = match AuditLog::new(&log_path).records() {
+    let read = || AuditLog::new(&log_path).records().map_err(anyhow::Error::from);
+    let records = match &args.audit_file {
+        Some(_) => crate::identity::as_invoker(read).map_err(anyhow::Error::from).and_then(|r| r),
+        None => read(),
+    };
+    let records = match records {
         Ok(records) => records,
         Err(error) => {
-            let message = crate::diagnostics::one_line(&error);
+            let message = crate::diagnostics::one_line(error.as_ref());
             eprintln!(
                 "error: cannot read the audit log {} to check run {run_id}'s manifest: {message}",
                 log_path.display()
