@@ -499,8 +499,12 @@ fn checked_name(name: String) -> Result<String, RunError> {
     if ok { Ok(name) } else { Err(RunError::BadName(name)) }
 }
 
+/// Where `/safe_data` comes from. Under sudo every path is looked at as the
+/// user (their `~/safe_data` link, the project's directory): root must not
+/// find, through a link of theirs, a directory they could not reach.
 fn find_safe_data(settings: &Settings, invoker: &host::Invoker) -> anyhow::Result<SafeData> {
-    let home_has_it = invoker.home.as_ref().is_some_and(|h| h.join("safe_data").is_dir());
+    use crate::identity::as_invoker as as_user;
+    let home_has_it = as_user(|| invoker.home.as_ref().is_some_and(|h| h.join("safe_data").is_dir()))?;
     let groups = if home_has_it || settings.tre.project.is_some() { Vec::new() } else { host::groups(invoker)? };
     let query = plan::SafeDataQuery {
         user: invoker.name.clone(),
@@ -510,7 +514,7 @@ fn find_safe_data(settings: &Settings, invoker: &host::Invoker) -> anyhow::Resul
         groups,
         group_prefix: settings.tre.group_prefix.clone(),
     };
-    Ok(plan::find_safe_data(&query, &|path| path.is_dir())?)
+    Ok(as_user(|| plan::find_safe_data(&query, &|path| path.is_dir()))??)
 }
 
 fn parent_dir(what: &'static str, configured: Option<&PathBuf>, invoker: &host::Invoker) -> anyhow::Result<PathBuf> {
