@@ -154,3 +154,18 @@ fn under_sudo_outputs_verify_reads_as_the_user() {
     assert!(err.contains(&dir.display().to_string()) && err.contains("Permission denied"), "{err}");
     assert!(!out.stdout.contains("SUDOSECRET") && !err.contains("SUDOSECRET"), "{out:?}");
 }
+
+/// `ces test --data DIR` under sudo: a directory the user cannot reach is
+/// refused by name (root would have mounted it at /safe_data).
+#[test]
+fn under_sudo_test_data_the_user_cannot_read_is_refused() {
+    let (sb, user) = sandbox();
+    let data = sb.dir.path().join("root-only-data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("patients.csv"), format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = sudo_ces(&sb, &user, &["test", "--data", path_str(&data), "no-such-image", "true"]);
+    let err = out.fails();
+    assert!(err.contains(&format!("--data {} is not a directory you can read", data.display())), "{err}");
+    assert!(!out.stdout.contains("SUDOSECRET") && !err.contains("SUDOSECRET"), "{out:?}");
+}

@@ -47,8 +47,8 @@ pub enum TestError {
     /// `--dry-run`.
     #[error("ces test has no --dry-run: `ces run --dry-run IMAGE` shows the plan")]
     DryRun,
-    /// `--data` is not a directory.
-    #[error("--data {} is not a directory", .0.display())]
+    /// `--data` is not a directory (that the user can reach, under sudo).
+    #[error("--data {} is not a directory you can read", .0.display())]
     Data(PathBuf),
 }
 
@@ -264,7 +264,11 @@ impl TestPlace {
     }
 
     fn create(data: Option<&Path>) -> anyhow::Result<TestPlace> {
-        let base = std::env::temp_dir();
+        // Under sudo, not the user's `$TMPDIR`: root chmods and writes here
+        // by path, and a directory of theirs could be swapped for a link.
+        // In `/tmp` (sticky) no one else can rename what root made.
+        let sudo = crate::identity::sudo_user()?.is_some();
+        let base = if sudo { PathBuf::from("/tmp") } else { std::env::temp_dir() };
         let stamp = jiff::Timestamp::now().as_millisecond();
         let dir = base.join(format!("ces-test-{stamp}-{}", std::process::id()));
         // Searchable by the container's user (as root, the invoking user).
@@ -279,11 +283,12 @@ impl TestPlace {
         chmod(&dir, 0o711)?;
         let data = match data {
             Some(path) => {
-                let path = std::fs::canonicalize(path).map_err(|_| TestError::Data(path.to_owned()))?;
-                if !path.is_dir() {
-                    return Err(TestError::Data(path).into());
-                }
-                path
+                // A path the user names: resolved as the user under sudo (a
+                // directory they cannot reach is not theirs to test with).
+                let resolved = crate::identity::as_invoker(|| {
+                    std::fs::canonicalize(path).ok().filter(|resolved| std::fs::read_dir(resolved).is_ok())
+                })?;
+                resolved.ok_or_else(|| TestError::Data(path.to_owned()))?
             }
             None => {
                 let empty = dir.join("empty_safe_data");
