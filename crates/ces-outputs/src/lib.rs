@@ -19,7 +19,7 @@
 //! back first. Setuid/setgid bits and file capabilities are removed (and
 //! recorded), so nothing the container made runs with more privileges on
 //! the host than its reader. Hashing is bounded ([`Budget`]) and stops on
-//! SIGINT/SIGTERM/SIGHUP/SIGQUIT ([`SignalWatch`]): files left unhashed are listed
+//! SIGINT/SIGTERM/SIGHUP/SIGQUIT (an [`Interrupt`]): files left unhashed are listed
 //! with `"sha256": null` and the reason.
 //!
 //! The manifest's own sha256 goes into the audit log, so [`verify`] can tell
@@ -36,7 +36,7 @@ mod walk;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use interrupt::{Interrupt, NoInterrupt, SignalWatch};
+pub use interrupt::{Interrupt, NoInterrupt};
 pub use manifest::{Entry, Exit, Image, Kind, Manifest, MovedAside, RunIdentity, SealReport, User};
 pub use seal::{Owner, SealOptions, Sealed, seal};
 pub use verify::{Change, Verification, read_manifest, verify};

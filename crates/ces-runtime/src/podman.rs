@@ -527,7 +527,8 @@ struct SignalForwarder {
 
 fn forwarded() -> SigSet {
     let mut set = SigSet::empty();
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    // The native runtime's list: one list of what ces forwards.
+    for signal in crate::native::FORWARDED.into_iter().filter_map(|n| Signal::try_from(n).ok()) {
         set.add(signal);
     }
     set

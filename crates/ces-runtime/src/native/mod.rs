@@ -49,7 +49,8 @@ pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_
 pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveError};
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
-pub use wait::block_forwarded_signals;
+pub(crate) use wait::FORWARDED;
+pub use wait::{ForwardedSignals, block_forwarded_signals};
 
 use crate::spec::{Access, Exit, MountKind, RunSpec};
 use crate::{Runtime, RuntimeError};

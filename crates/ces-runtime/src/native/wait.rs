@@ -47,6 +47,29 @@ pub fn block_forwarded_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// The forwarded signals pending for a process that blocks them
+/// ([`block_forwarded_signals`]), for work ces does after its container has
+/// ended (sealing the outputs) that a signal should cut short. A signal read
+/// is consumed.
+#[derive(Debug)]
+pub struct ForwardedSignals {
+    fd: OwnedFd,
+}
+
+impl ForwardedSignals {
+    /// Watches [`FORWARDED`] through a non-blocking signalfd.
+    pub fn new() -> io::Result<ForwardedSignals> {
+        let set = super::init::signal_set(FORWARDED.into_iter());
+        Ok(ForwardedSignals { fd: signalfd(&set)? })
+    }
+
+    /// The next pending signal, if one has arrived (an error reading the
+    /// signalfd cannot mean one did).
+    pub fn pending(&self) -> Option<i32> {
+        read_signal(&self.fd).ok().flatten()
+    }
+}
+
 /// [`FORWARDED`] blocked in the calling thread while this lives.
 pub(crate) struct SignalBlock {
     set: libc::sigset_t,
@@ -68,13 +91,7 @@ impl SignalBlock {
 
     /// A non-blocking signalfd for the blocked signals.
     pub(crate) fn signalfd(&self) -> io::Result<OwnedFd> {
-        // SAFETY: valid set pointer; a new descriptor is returned or -1.
-        let fd = unsafe { libc::signalfd(-1, &self.set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        signalfd(&self.set)
     }
 
     /// Consumes the signals pending for this thread, so that restoring the
@@ -379,6 +396,17 @@ fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A non-blocking signalfd for `set`.
+fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: valid set pointer; a new descriptor is returned or -1.
+    let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -396,4 +424,23 @@ fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
         return Ok(None);
     }
     Ok(Some(info.ssi_signo as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blocked SIGTERM raised in this thread is seen once (it is consumed),
+    /// and nothing before it.
+    #[test]
+    fn a_pending_forwarded_signal_is_seen_once() {
+        let block = SignalBlock::new().expect("block");
+        let watch = ForwardedSignals::new().expect("signalfd");
+        assert_eq!(watch.pending(), None);
+        // SAFETY: raising a signal this thread blocks: it stays pending.
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        assert_eq!(watch.pending(), Some(libc::SIGTERM));
+        assert_eq!(watch.pending(), None, "consumed");
+        drop(block);
+    }
 }

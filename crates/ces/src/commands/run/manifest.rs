@@ -46,7 +46,7 @@ pub fn seal_outputs(
         error,
     };
     let owner = owner.map(|o| ces_outputs::Owner { uid: o.host_uid, gid: o.host_gid });
-    let watch = ces_outputs::SignalWatch::new();
+    let watch = ces_runtime::native::ForwardedSignals::new().map(Signals);
     if let Err(error) = &watch {
         printer.status(format!("warning: the seal cannot watch for signals: {error}"));
     }
@@ -89,4 +89,14 @@ fn summary(report: &ces_outputs::SealReport) -> Option<String> {
         parts.push(format!("{} had setuid/setgid/capabilities removed", files(report.files_privileges_removed)));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// The signals ces forwards to a container (blocked, so pending until read)
+/// cut a seal short.
+struct Signals(ces_runtime::native::ForwardedSignals);
+
+impl ces_outputs::Interrupt for Signals {
+    fn signal(&self) -> Option<i32> {
+        self.0.pending()
+    }
 }
