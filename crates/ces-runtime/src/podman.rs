@@ -117,7 +117,7 @@ impl Default for PodmanRuntime {
         if !init {
             tracing::warn!("{CATATONIT} is missing (package catatonit): the container's command runs as PID 1");
         }
-        PodmanRuntime { program: PathBuf::from("podman"), mode, init }
+        PodmanRuntime { program: podman_program(), mode, init }
     }
 }
 
@@ -748,14 +748,40 @@ unsafe fn watchdog_child(read: libc::c_int, devnull: libc::c_int, argv: *const *
     }
 }
 
+/// Where root looks for the programs it runs: the system's own
+/// directories (sudo's `secure_path`), never a `PATH` a user passed through
+/// sudo, which would choose what root runs.
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The directories `podman` is looked for in: [`SYSTEM_PATH`] as root, else
+/// the user's `PATH`.
+fn search_path(root: bool) -> std::ffi::OsString {
+    match std::env::var_os("PATH") {
+        Some(path) if !root => path,
+        _ => SYSTEM_PATH.into(),
+    }
+}
+
+/// podman by absolute path (found once, so that the run, its watchdog and a
+/// later clean-up run the same program); `/usr/bin/podman` when there is
+/// none, which then fails as not found.
+fn podman_program() -> PathBuf {
+    let root = nix::unistd::geteuid().is_root();
+    find_program_in(Path::new("podman"), &search_path(root)).unwrap_or_else(|_| PathBuf::from("/usr/bin/podman"))
+}
+
 /// `program` as a path `execv` takes: as is when it names a directory,
-/// else the first executable file of that name in `PATH`.
+/// else the first executable file of that name in [`search_path`].
 fn find_program(program: &Path) -> Result<PathBuf, RuntimeError> {
+    find_program_in(program, &search_path(nix::unistd::geteuid().is_root()))
+}
+
+/// [`find_program`] in the directories of `search`.
+fn find_program_in(program: &Path, search: &std::ffi::OsStr) -> Result<PathBuf, RuntimeError> {
     if program.components().count() > 1 {
         return Ok(program.to_owned());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
+    std::env::split_paths(search)
         .map(|dir| dir.join(program))
         .find(|candidate| std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0))
         .ok_or_else(|| RuntimeError::Program {
@@ -845,7 +871,7 @@ impl Drop for MountedOverlay {
 /// again).
 pub fn cleanup_stale(state_dir: &Path) -> bool {
     if let Some(name) = stale_container(state_dir)
-        && !remove_container(Path::new("podman"), &name)
+        && !remove_container(&podman_program(), &name)
     {
         tracing::warn!(container = name, "cannot remove the container of an interrupted run");
         return false;
@@ -1086,6 +1112,21 @@ mod tests {
             std::fs::write(dir.path().join(CONTAINER_FILE), text).unwrap();
             assert_eq!(stale_container(dir.path()).as_deref(), expected, "{text}");
         }
+    }
+
+    /// Regression: as root (sudo included) podman was run from `PATH`, which
+    /// sudo may pass through from the user: their own `podman` ran as root.
+    #[test]
+    fn root_looks_for_programs_in_the_system_directories_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("podman");
+        std::fs::write(&fake, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        assert_eq!(search_path(true), SYSTEM_PATH);
+        let found = find_program_in(Path::new("podman"), dir.path().as_os_str()).unwrap();
+        assert_eq!(found, fake, "a user's PATH is searched for a user");
+        let system = find_program_in(Path::new("podman"), std::ffi::OsStr::new(SYSTEM_PATH));
+        assert!(system.is_ok_and(|p| p != fake && p.starts_with("/")), "root never finds the user's");
     }
 
     #[test]

@@ -321,6 +321,33 @@ fn podman_refusals_come_before_the_run_starts() {
     assert!(run_records(&w).is_empty());
 }
 
+/// Root (for itself, and through sudo, which may pass a user's `PATH` on)
+/// never runs a `podman` found in `PATH`: only the system's own.
+#[test]
+fn root_never_runs_a_podman_from_the_users_path() {
+    require_root_and_podman();
+    let w = TreWorld::with("podman/path", &busybox_image(), "");
+    w.for_another_user();
+    let user = test_user();
+    let evil = w.sb.dir.path().join("evil-bin");
+    std::fs::create_dir(&evil).unwrap();
+    let marker = w.sb.dir.path().join("ran-as-root");
+    let fake = format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display());
+    std::fs::write(evil.join("podman"), fake).unwrap();
+    std::fs::set_permissions(evil.join("podman"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", evil.display(), std::env::var("PATH").unwrap());
+    for sudo in [false, true] {
+        let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--runtime", "podman", &w.image, "true"]);
+        cmd.env("PATH", &path);
+        if sudo {
+            cmd = w.sb.as_sudo(cmd, user.uid, user.gid, TEST_USER);
+        }
+        let out = w.sb.run(cmd);
+        out.ok();
+        assert!(!marker.exists(), "sudo {sudo}: the podman in PATH ran as root");
+    }
+}
+
 /// Rootless podman on cgroup v1 runs without the limits (it only warns):
 /// refused, before anything is created, with the way out. On cgroup v2 the
 /// same plan is accepted.
