@@ -141,6 +141,12 @@ pub fn as_invoker<T: Send>(work: impl FnOnce() -> T + Send) -> io::Result<T> {
     }
 }
 
+/// [`as_invoker`] when `user_named` (the path the work reads was named by
+/// the user), else the work as ces itself (the operator's own files).
+pub fn as_invoker_if<T: Send>(user_named: bool, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+    if user_named { as_invoker(work) } else { Ok(work()) }
+}
+
 /// Opens `path` for reading as the user ces runs for (see [`as_invoker`]).
 pub fn open_as_invoker(path: &Path) -> io::Result<std::fs::File> {
     as_invoker(|| std::fs::File::open(path))?

@@ -169,3 +169,17 @@ fn under_sudo_test_data_the_user_cannot_read_is_refused() {
     assert!(err.contains(&format!("--data {} is not a directory you can read", data.display())), "{err}");
     assert!(!out.stdout.contains("SUDOSECRET") && !err.contains("SUDOSECRET"), "{out:?}");
 }
+
+/// `ces audit show --file` and `ces audit verify --file` read the file as
+/// the user under sudo: a root-only file is refused by name, unshown.
+#[test]
+fn under_sudo_audit_files_are_read_as_the_user() {
+    let (sb, user) = sandbox();
+    let secret = root_only(&sb, "audit-0600-root.jsonl");
+    for command in ["show", "verify"] {
+        let out = sudo_ces(&sb, &user, &["audit", command, "--file", path_str(&secret)]);
+        let err = out.fails();
+        assert!(err.contains(path_str(&secret)) && err.contains("Permission denied"), "{command}: {err}");
+        assert!(!out.stdout.contains("SUDOSECRET") && !err.contains("SUDOSECRET"), "{command}: {out:?}");
+    }
+}

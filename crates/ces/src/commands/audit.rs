@@ -375,7 +375,9 @@ fn append(settings: &Settings, event: Event) -> anyhow::Result<()> {
 pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
     let log = AuditLog::new(args.file.clone().unwrap_or_else(|| settings.audit_path.clone()));
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    let all = log.records()?;
+    // A file the user names is read as the user (under sudo).
+    let all = crate::identity::as_invoker_if(args.file.is_some(), || log.records())
+        .with_context(|| format!("cannot read {}", log.path().display()))??;
     // Which runs have ended, from the whole log (the filters may hide an end).
     let ended: std::collections::HashSet<String> = all
         .iter()
@@ -500,7 +502,8 @@ fn parse_since(text: &str) -> anyhow::Result<Timestamp> {
 /// `ces audit verify`: 0 when the chain is whole, [`EXIT_BROKEN`] naming the first broken record.
 pub fn verify(settings: &Settings, args: &AuditVerifyArgs) -> anyhow::Result<ExitCode> {
     let path: PathBuf = args.file.clone().unwrap_or_else(|| settings.audit_path.clone());
-    let report = AuditLog::new(&path).verify()?;
+    let report = crate::identity::as_invoker_if(args.file.is_some(), || AuditLog::new(&path).verify())
+        .with_context(|| format!("cannot read {}", path.display()))??;
     match report.broken {
         None => {
             println!("{}: {} records, the chain is whole", path.display(), report.records);

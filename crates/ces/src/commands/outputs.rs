@@ -98,10 +98,8 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     // The operator's log as ces itself; a copy the user names, as the user.
     let log_path: PathBuf = args.audit_file.clone().unwrap_or_else(|| settings.audit_path.clone());
     let read = || AuditLog::new(&log_path).records().map_err(anyhow::Error::from);
-    let records = match &args.audit_file {
-        Some(_) => crate::identity::as_invoker(read).map_err(anyhow::Error::from).and_then(|r| r),
-        None => read(),
-    };
+    let records =
+        crate::identity::as_invoker_if(args.audit_file.is_some(), read).map_err(anyhow::Error::from).and_then(|r| r);
     let records = match records {
         Ok(records) => records,
         Err(error) => {
