@@ -119,7 +119,8 @@ fn dry_run_prints_the_whole_plan_and_creates_nothing() {
         plan.contains("env:        PATH FROM_IMAGE HOME TMPDIR FILE_SECRET FLAG_SECRET (values not shown)"),
         "{plan}"
     );
-    assert!(plan.contains("  podman run --runtime runc "), "{plan}");
+    // The exact command, podman by absolute path (as root, from the system's directories).
+    assert!(plan.contains("/podman run --runtime runc "), "{plan}");
     assert!(plan.contains(" --network none "), "{plan}");
     assert!(plan.contains("/podman.env --workdir / "), "values go through a file: {plan}");
     for secret in ["file-value-123", "flag-value-456"] {
