@@ -534,7 +534,7 @@ fn under_sudo_a_killed_run_is_closed_for_the_sudo_user_not_the_cleaner() {
     let user = common::test_user();
     let w = TreWorld::new("audit/sudo-killed");
     w.for_another_user();
-    let (mut child, id, _outputs) = start_sleeper(w.sb.as_sudo(sleeper(&w), user.uid, user.gid, common::TEST_USER));
+    let (mut child, id, _outputs) = start_sleeper(user.sudo(&w.sb, sleeper(&w)));
     let note = w.sb.store.join("runs").join(&id).join("audit.json");
     let before = std::fs::read(&note).unwrap();
     let forge = r#"{"user":{"name":"root","uid":0},"pid":1}"#;

@@ -128,7 +128,7 @@ fn a_running_container_is_out_of_reach(repo: &str, sudo: bool) {
         .env("PROBE_UID", user.uid.to_string())
         .env("PROBE_GID", user.gid.to_string());
     if sudo {
-        probe = w.sb.as_sudo(probe, user.uid, user.gid, TEST_USER);
+        probe = user.sudo(&w.sb, probe);
     }
     let status = probe.stdout(Stdio::null()).status().unwrap();
     let read = |name: &str| std::fs::read_to_string(out.join(name)).unwrap_or_default();

@@ -480,7 +480,7 @@ fn under_sudo_a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_
     let w = TreWorld::new("outputs/suid-sudo");
     w.for_another_user();
     let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", SUID_SCRIPT]);
-    let out = w.sb.run(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
+    let out = w.sb.run(user.sudo(&w.sb, cmd));
     assert_setuid_removed(&out);
 }
 
@@ -625,7 +625,7 @@ fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal(
     let w = TreWorld::new("outputs/rootless-forge");
     std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::create_dir_all(w.home.join("safe_data")).unwrap();
-    for path in tree(&w.sb.store).into_iter().chain([w.home.clone(), w.home.join("safe_data")]) {
+    for path in common::all_paths(&w.sb.store).into_iter().chain([w.home.clone(), w.home.join("safe_data")]) {
         user.chown(&path);
     }
     w.sb.ces(&["system", "setup", "--user", common::TEST_USER]).ok();
@@ -659,7 +659,7 @@ fn under_sudo_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_sea
     w.for_another_user();
     let script = everything_script();
     let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &script]);
-    let out = w.sb.run(w.sb.as_sudo(cmd, user.uid, user.gid, common::TEST_USER));
+    let out = w.sb.run(user.sudo(&w.sb, cmd));
     assert_sealed_despite_everything(&w, &out, |args| w.ces(args));
     let outputs = outputs_of(&out);
     for path in ["", "ces-manifest.json", "results.json", "checksums", "checksums/data.csv.txt"] {
@@ -688,18 +688,4 @@ fn assert_sealed_despite_everything(w: &TreWorld, out: &Run, sb_ces: impl Fn(&[&
     assert_eq!(entries(&manifest)["sub/f"]["sha256"], hex::encode(sha2::Sha256::digest(b"s\n")));
     assert_forgery_moved_aside(w, out, &outputs, sb_ces);
     assert_setuid_removed(out);
-}
-
-/// Every path under `dir`, `dir` included.
-fn tree(dir: &Path) -> Vec<PathBuf> {
-    let mut paths = vec![dir.to_owned()];
-    let mut at = 0;
-    while at < paths.len() {
-        let path = paths[at].clone();
-        at += 1;
-        if path.symlink_metadata().unwrap().is_dir() {
-            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        }
-    }
-    paths
 }

@@ -14,7 +14,7 @@ use ces_testkit::layer::{Entry, Layer, busybox_entries};
 #[cfg(target_arch = "x86_64")]
 use ces_testkit::probe;
 use ces_testkit::{ImageSpec, busybox_image};
-use common::{RootlessWorld, Run, TEST_USER, TreWorld, require_root, test_user};
+use common::{RootlessWorld, Run, TreWorld, require_root, test_user};
 
 /// Root and podman are part of the test environment (scripts/setup, CI as
 /// root): a test that needs them fails loudly rather than passing unrun.
@@ -182,7 +182,7 @@ fn start_long_run(w: &TreWorld, sudo: bool, script: &str) -> (Child, String, Rem
     if sudo {
         w.for_another_user();
         let user = test_user();
-        cmd = w.sb.as_sudo(cmd, user.uid, user.gid, TEST_USER);
+        cmd = user.sudo(&w.sb, cmd);
     }
     let log = w.sb.dir.path().join("ces.log");
     let mut child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
@@ -340,7 +340,7 @@ fn root_never_runs_a_podman_from_the_users_path() {
         let mut cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--runtime", "podman", &w.image, "true"]);
         cmd.env("PATH", &path);
         if sudo {
-            cmd = w.sb.as_sudo(cmd, user.uid, user.gid, TEST_USER);
+            cmd = user.sudo(&w.sb, cmd);
         }
         let out = w.sb.run(cmd);
         out.ok();

@@ -63,7 +63,7 @@ impl World {
         };
         cmd.env("HOME", &self.home);
         match self.mode {
-            Mode::Sudo => self.sb.as_sudo(cmd, self.user.uid, self.user.gid, TEST_USER),
+            Mode::Sudo => self.user.sudo(&self.sb, cmd),
             Mode::Root | Mode::Rootless => cmd,
         }
     }

@@ -10,7 +10,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use common::{Run, Sandbox, TEST_USER, TestUser, require_root, test_user};
+use common::{Run, Sandbox, TestUser, require_root, test_user};
 
 /// What a root-only file holds: it must appear nowhere.
 const SECRET: &str = "root:$y$j9T$SUDOSECRET$hash:19000:0:99999:7:::";
@@ -28,7 +28,7 @@ fn sandbox() -> (Sandbox, TestUser) {
 /// `ces ARGS` as sudo runs it for the test user.
 fn sudo_ces(sb: &Sandbox, user: &TestUser, args: &[&str]) -> Run {
     let cmd = sb.command(env!("CARGO_BIN_EXE_ces"), args);
-    sb.run(sb.as_sudo(cmd, user.uid, user.gid, TEST_USER))
+    sb.run(user.sudo(sb, cmd))
 }
 
 /// A file only root can read (0600 root:root), in the sandbox: a stand-in
@@ -58,7 +58,7 @@ fn under_sudo_another_config_is_refused_and_the_system_config_is_read() {
             "--config" => sb.command(env!("CARGO_BIN_EXE_ces"), &["--config", path_str(&mine), "images"]),
             _ => sb.command(env!("CARGO_BIN_EXE_ces"), &["images"]),
         };
-        let mut cmd = sb.as_sudo(cmd, user.uid, user.gid, TEST_USER);
+        let mut cmd = user.sudo(&sb, cmd);
         if how == "CES_CONFIG" {
             cmd.env("CES_CONFIG", &mine);
         }

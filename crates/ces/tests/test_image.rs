@@ -287,7 +287,7 @@ fn rootless_test(mode: &str, script: &str) -> (World, Run) {
     std::fs::create_dir_all(&home).unwrap();
     std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // The store, pulled as root, becomes the user's (as if they had pulled).
-    for entry in walk(&w.sb.store).into_iter().chain([home.clone()]) {
+    for entry in common::all_paths(&w.sb.store).into_iter().chain([home.clone()]) {
         user.chown(&entry);
     }
     w.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
@@ -306,20 +306,6 @@ fn rootless_test(mode: &str, script: &str) -> (World, Run) {
         .env("USER", TEST_USER);
     let run = w.sb.run(cmd);
     (w, run)
-}
-
-/// Every path under `dir`, `dir` included.
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut paths = vec![dir.to_owned()];
-    let mut at = 0;
-    while at < paths.len() {
-        let path = paths[at].clone();
-        at += 1;
-        if path.symlink_metadata().unwrap().is_dir() {
-            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        }
-    }
-    paths
 }
 
 #[test]

@@ -183,6 +183,20 @@ pub fn regular_files(dir: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     out
 }
 
+/// Every path under `dir`, `dir` included (links not followed).
+pub fn all_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut paths = vec![dir.to_owned()];
+    let mut at = 0;
+    while at < paths.len() {
+        let path = paths[at].clone();
+        at += 1;
+        if path.symlink_metadata().unwrap().is_dir() {
+            paths.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    paths
+}
+
 /// Every file under `dir`, recursively, as bytes (to look for leaked secrets).
 pub fn all_file_bytes(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     regular_files(dir)
@@ -244,6 +258,12 @@ impl TestUser {
         let mut cmd = sb.command("setpriv", &full);
         cmd.env("USER", TEST_USER);
         cmd
+    }
+
+    /// `cmd` (a ces command of `sb`) as sudo runs it for this user (see
+    /// [`Sandbox::as_sudo`]).
+    pub fn sudo(&self, sb: &Sandbox, cmd: Command) -> Command {
+        sb.as_sudo(cmd, self.uid, self.gid, TEST_USER)
     }
 
     /// Gives `path` (not what is under it) to the user.
