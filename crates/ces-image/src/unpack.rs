@@ -7,7 +7,7 @@
 //! `.wh..wh..opq` markers that hide everything a directory held in lower
 //! layers. [`apply_layer`] reads the entries with the `tar` crate and applies
 //! each one itself, the way containerd does; `tar`'s own `unpack` gets these
-//! semantics wrong (see FACTS.md, "Layer unpacking").
+//! semantics wrong (see docs/facts.md, "Layer unpacking").
 //!
 //! # Containment
 //!

@@ -4,7 +4,7 @@
 //!
 //! Hand-written on `reqwest` rather than on `oci-client`, whose pull keeps
 //! whole layers in memory, sets no limits on manifest sizes, and reports a
-//! wrong password as a missing image (see FACTS.md).
+//! wrong password as a missing image (see docs/facts.md).
 
 pub mod auth;
 pub mod client;

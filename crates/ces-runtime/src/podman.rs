@@ -2,7 +2,7 @@
 //! command line by a pure function ([`podman_args`]), then run with podman's
 //! stdio inherited.
 //!
-//! What this host needs (see FACTS.md): `--runtime runc` (crun refuses hybrid
+//! What this host needs (see docs/facts.md): `--runtime runc` (crun refuses hybrid
 //! cgroups) and `--ulimit nofile=1024:1024 --ulimit nproc=1024:1024` (rlimits
 //! cannot be raised here).
 //!
