@@ -122,7 +122,11 @@ fn run_child(name: &str, who: Who, env: &[(&str, &str)]) -> Output {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = if who == Who::Rootless {
         let mut c = Command::new("setpriv");
+        // A copy and a working directory the user can reach, wherever the
+        // checkout is (/root: 0700); the runtime returns to the directory.
+        let exe = ces_testkit::exe::for_all_users(&exe);
         c.args([&format!("--reuid={uid}"), &format!("--regid={gid}"), "--init-groups", "--"]).arg(&exe);
+        c.current_dir("/");
         c
     } else {
         Command::new(&exe)
@@ -913,7 +917,15 @@ fn scenario_stdio_is_relayed() {
 #[ignore = "run by the tests in a child process"]
 fn scenario_limits_in_cgroup() {
     let fx = Arc::new(Fx::new());
-    let mut spec = fx.sh("echo ready > /safe_outputs/ready; while [ ! -e /safe_outputs/go ]; do sleep 0.02; done");
+    // What the workload sees of its own limits, at /sys/fs/cgroup (read-only).
+    let seen = "for f in memory.max memory.swap.max cpu.max pids.max memory/memory.limit_in_bytes \
+                cpu/cpu.cfs_quota_us pids/pids.max; do \
+                  [ -e /sys/fs/cgroup/$f ] && echo \"$f=$(cat /sys/fs/cgroup/$f)\"; done > /safe_outputs/seen; \
+                mkdir /sys/fs/cgroup/x 2>/dev/null && echo mkdir-allowed >> /safe_outputs/seen; \
+                for f in memory.max memory/memory.limit_in_bytes; do [ -e /sys/fs/cgroup/$f ] && \
+                  (echo 999999999 > /sys/fs/cgroup/$f) 2>/dev/null && echo raised >> /safe_outputs/seen; done; grep -v '^0::/$' /proc/self/cgroup | grep ':/.' >> /safe_outputs/seen;";
+    let mut spec = fx
+        .sh(&format!("{seen} echo ready > /safe_outputs/ready; while [ ! -e /safe_outputs/go ]; do sleep 0.02; done"));
     spec.limits.memory = 48 * MIB;
     spec.limits.cpus = Some(0.5);
     spec.limits.pids = Some(64);
@@ -934,6 +946,19 @@ fn scenario_limits_in_cgroup() {
         assert_eq!(read("cpu.max"), "50000 100000");
     }
     assert_eq!(read("pids.max"), "64");
+    let seen = fs::read_to_string(fx.out.join("seen")).unwrap();
+    let expected: &[&str] = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        &["memory.max=50331648", "cpu.max=50000 100000", "pids.max=64", "memory.swap.max=0"]
+    } else {
+        &["memory/memory.limit_in_bytes=50331648", "cpu/cpu.cfs_quota_us=50000", "pids/pids.max=64"]
+    };
+    for line in expected {
+        assert!(seen.lines().any(|l| l == *line), "{line} not seen in the container:\n{seen}");
+    }
+    assert!(!seen.contains("mkdir-allowed"), "the container could write its cgroup:\n{seen}");
+    assert!(!seen.contains("raised"), "the container could raise its own memory limit:\n{seen}");
+    // In its cgroup namespace, every hierarchy's root is its own cgroup.
+    assert!(!seen.contains(":/"), "the container sees cgroup paths outside its own:\n{seen}");
     fs::write(fx.out.join("go"), "").unwrap();
     assert_eq!(handle.join().unwrap(), Exit::Code(0));
     fx.assert_clean();

@@ -88,6 +88,24 @@ impl Hierarchy {
         }
     }
 
+    /// Where the container sees its cgroups: `/sys/fs/cgroup` (v2), or on
+    /// v1 a tmpfs there with each of the host's hierarchies under it, as
+    /// libcontainer mounts them (every `cgroup` mount under the host's
+    /// `/sys/fs/cgroup`, by name).
+    pub(crate) fn container_mounts(&self) -> Vec<String> {
+        let mut mounts = vec![DEFAULT_CGROUP_ROOT.to_owned()];
+        if let Hierarchy::V1 { .. } = self {
+            let host = libcgroups::v1::util::list_subsystem_mount_points().unwrap_or_default();
+            mounts.extend(
+                host.iter()
+                    .filter(|m| m.parent() == Some(Path::new(DEFAULT_CGROUP_ROOT)))
+                    .filter_map(|m| m.file_name()?.to_str())
+                    .map(|name| format!("{DEFAULT_CGROUP_ROOT}/{name}")),
+            );
+        }
+        mounts
+    }
+
     pub(crate) fn describe(&self) -> &'static str {
         match self {
             Hierarchy::V1 { hybrid: true, .. } => "cgroup v1 (hybrid host)",
@@ -114,53 +132,81 @@ pub(crate) struct ContainerCgroup {
     pub path: PathBuf,
 }
 
+/// The leaf a rootless ces moves itself into, in a delegated cgroup it
+/// makes its containers' cgroups in (cgroup v2 lets no process live in a
+/// cgroup whose controllers are enabled for its children). Run ids start
+/// with a letter or digit, so no container's cgroup has this name.
+const SUPERVISOR_LEAF: &str = "_ces";
+
+/// The delegated cgroup this process already moved itself under (one per
+/// process: `ces test` runs several containers).
+static DELEGATED_BASE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
 impl ContainerCgroup {
-    /// The cgroup for container `id`; `rootless_uid` for a rootless run.
-    pub(crate) fn new(hierarchy: Hierarchy, id: &str, rootless_uid: Option<u32>) -> ContainerCgroup {
-        let path = match rootless_uid {
-            Some(uid) => user_parent(uid).join(id),
-            None => Path::new("/").join(PARENT).join(id),
-        };
+    /// A cgroup at a known path (a stale run's, from its record).
+    pub(crate) fn at(hierarchy: Hierarchy, path: PathBuf) -> ContainerCgroup {
         ContainerCgroup { hierarchy, path }
     }
 
-    /// Rootless: refuses (before anything is created) unless root delegated
-    /// this user's parent cgroup, and, on v2, ces may move processes into it.
-    pub(crate) fn check_delegated(&self, uid: u32) -> Result<(), RuntimeError> {
-        let parent = user_parent(uid);
-        for (controller, dir) in self.hierarchy.dirs(&parent) {
-            if access(&dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
-                return Err(RuntimeError::Limit {
+    /// Root: `/ces/<id>`, which libcontainer creates and limits.
+    pub(crate) fn for_root(hierarchy: Hierarchy, id: &str) -> ContainerCgroup {
+        let path = Path::new("/").join(PARENT).join(id);
+        ContainerCgroup { hierarchy, path }
+    }
+
+    /// Rootless: a cgroup this user may create, fill and limit, found (and
+    /// on cgroup v2 prepared) before the container is built, or a refusal
+    /// naming what the host lacks. In order:
+    ///
+    /// 1. v2, ces alone in a cgroup its user owns (a `systemd-run --user`
+    ///    service, a unit with `Delegate=yes`, a scope ces asked for
+    ///    earlier): ces moves itself into a leaf and makes containers'
+    ///    cgroups beside it.
+    /// 2. `/ces/user-<uid>`, prepared by `ces system setup` (cgroup v1; on
+    ///    v2 ces must already run inside it).
+    /// 3. v2 with a systemd user manager (every login on a systemd host):
+    ///    ces asks it for a transient scope with `Delegate=yes` holding
+    ///    ces, then as in 1.
+    pub(crate) fn for_rootless(hierarchy: Hierarchy, id: &str, uid: u32) -> Result<ContainerCgroup, RuntimeError> {
+        let Hierarchy::V2 { root } = &hierarchy else {
+            check_setup_delegation(&hierarchy, uid)?;
+            let path = user_parent(uid).join(id);
+            return Ok(ContainerCgroup { hierarchy, path });
+        };
+        let own = own_v2_cgroup().map_err(|e| RuntimeError::Limit {
+            limit: "memory",
+            reason: format!("cannot read this process's cgroup: {e}"),
+        })?;
+        let mut base = DELEGATED_BASE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = base.as_ref()
+            && own == dir.join(SUPERVISOR_LEAF)
+        {
+            let path = dir.join(id);
+            return Ok(ContainerCgroup { hierarchy, path });
+        }
+        let dir = if user_owned(root, &own) && alone_in(root, &own) {
+            own
+        } else if setup_delegation_usable(root, &own, uid) {
+            let path = user_parent(uid).join(id);
+            return Ok(ContainerCgroup { hierarchy, path });
+        } else {
+            super::systemd::start_scope(&format!("ces-{id}.scope"), &format!("ces run {id}")).map_err(|e| {
+                RuntimeError::Limit {
                     limit: "memory",
                     reason: format!(
-                        "rootless containers need a cgroup delegated by root, and {} is missing or not writable \
-                         by uid {uid} ({controller}); as root, run `ces system setup --user {uid}` to prepare it",
-                        dir.display()
+                        "rootless containers need a cgroup delegated to uid {uid}: ces runs in {}, which it may \
+                         not manage, and {e}; on a systemd host run ces from a login session (ssh, `machinectl \
+                         shell`) or give the user a lingering user manager (`loginctl enable-linger USER`); \
+                         without systemd see `ces system setup` in docs/run.md",
+                        own.display()
                     ),
-                });
-            }
-        }
-        if let Hierarchy::V2 { root } = &self.hierarchy {
-            let own = own_v2_cgroup().map_err(|e| RuntimeError::Limit {
-                limit: "memory",
-                reason: format!("cannot read this process's cgroup: {e}"),
-            })?;
-            let ancestor = common_ancestor(&own, &self.path);
-            let procs = root.join(ancestor.strip_prefix("/").unwrap_or(&ancestor)).join("cgroup.procs");
-            if access(&procs, AccessFlags::W_OK).is_err() {
-                return Err(RuntimeError::Limit {
-                    limit: "memory",
-                    reason: format!(
-                        "on cgroup v2 a rootless ces must run inside a cgroup it may move processes from \
-                         ({} is not writable: start ces inside {} or a user-owned cgroup, e.g. from a systemd \
-                         unit with Delegate=yes); `ces system setup` prepares the delegated cgroup",
-                        procs.display(),
-                        root.join(user_parent(uid).strip_prefix("/").unwrap_or(&parent)).display()
-                    ),
-                });
-            }
-        }
-        Ok(())
+                }
+            })?
+        };
+        enter_leaf(root, &dir)?;
+        *base = Some(dir.clone());
+        let path = dir.join(id);
+        Ok(ContainerCgroup { hierarchy, path })
     }
 
     /// Whether the kernel accounts swap (then swap is limited too).
@@ -169,7 +215,12 @@ impl ContainerCgroup {
             Hierarchy::V1 { controllers, .. } => {
                 controllers.get("memory").is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists())
             }
-            Hierarchy::V2 { .. } => false,
+            // The root cgroup has no swap files: look at its children.
+            Hierarchy::V2 { root } => fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|entry| entry.path().join("memory.swap.max").exists()),
         }
     }
 
@@ -285,7 +336,100 @@ impl ContainerCgroup {
     }
 }
 
-fn own_v2_cgroup() -> io::Result<PathBuf> {
+/// Where [`ContainerCgroup::for_rootless`] would put container `id`, for
+/// the dry-run plan: nothing is created or asked of systemd.
+pub(crate) fn describe_rootless(hierarchy: &Hierarchy, id: &str, uid: u32) -> String {
+    let setup = || format!("delegated cgroup {} (prepared by `ces system setup`)", user_parent(uid).join(id).display());
+    let Hierarchy::V2 { root } = hierarchy else { return setup() };
+    let Ok(own) = own_v2_cgroup() else { return "cannot read this process's cgroup".to_owned() };
+    if let Some(dir) = DELEGATED_BASE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        return format!("delegated cgroup {}", dir.join(id).display());
+    }
+    if user_owned(root, &own) && alone_in(root, &own) {
+        format!("cgroup {} (in ces's own delegated cgroup)", own.join(id).display())
+    } else if setup_delegation_usable(root, &own, uid) {
+        setup()
+    } else if super::systemd::manager_reachable() {
+        format!("cgroup {id} in a transient systemd scope ces-{id}.scope (Delegate=yes) of the user's systemd")
+    } else {
+        "no cgroup delegated to this user (the run would be refused)".to_owned()
+    }
+}
+
+/// Rootless, without `ces system setup`'s cgroup: refused, naming the
+/// command that prepares it.
+fn check_setup_delegation(hierarchy: &Hierarchy, uid: u32) -> Result<(), RuntimeError> {
+    for (controller, dir) in hierarchy.dirs(&user_parent(uid)) {
+        if access(&dir, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+            return Err(RuntimeError::Limit {
+                limit: "memory",
+                reason: format!(
+                    "rootless containers need a cgroup delegated by root, and {} is missing or not writable \
+                     by uid {uid} ({controller}); as root, run `ces system setup --user {uid}` to prepare it",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// v2: whether `ces system setup`'s `/ces/user-<uid>` is there and ces, in
+/// `own`, may move processes into it (cgroup v2 wants the mover to be able
+/// to write the `cgroup.procs` of the two cgroups' common ancestor).
+fn setup_delegation_usable(root: &Path, own: &Path, uid: u32) -> bool {
+    let parent = user_parent(uid);
+    let ancestor = common_ancestor(own, &parent.join("x"));
+    user_owned(root, &parent) && access(&in_root(root, &ancestor).join("cgroup.procs"), AccessFlags::W_OK).is_ok()
+}
+
+/// The directory of v2 cgroup `path` under the hierarchy's `root`.
+fn in_root(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+/// v2: whether this process may make cgroups in `cgroup`, move processes
+/// into and out of it, and enable controllers for its children.
+fn user_owned(root: &Path, cgroup: &Path) -> bool {
+    let dir = in_root(root, cgroup);
+    access(&dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
+        && ["cgroup.procs", "cgroup.subtree_control"]
+            .iter()
+            .all(|file| access(&dir.join(file), AccessFlags::W_OK).is_ok())
+}
+
+/// v2: whether this process is the only one in `cgroup` (its threads are
+/// one entry of `cgroup.procs`).
+fn alone_in(root: &Path, cgroup: &Path) -> bool {
+    let me = std::process::id().to_string();
+    fs::read_to_string(in_root(root, cgroup).join("cgroup.procs"))
+        .is_ok_and(|procs| procs.lines().all(|pid| pid.trim() == me))
+}
+
+/// v2: moves this process into `<cgroup>/_ces` and enables the controllers
+/// ces limits for `cgroup`'s children (the containers' cgroups).
+fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
+    let fail = |what: String| RuntimeError::Limit { limit: "memory", reason: what };
+    let dir = in_root(root, cgroup);
+    let leaf = dir.join(SUPERVISOR_LEAF);
+    create_cgroup_dir(&leaf)?;
+    let procs = leaf.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .map_err(|e| fail(format!("cannot move ces into {}: {e}", leaf.display())))?;
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    if !available.split_whitespace().any(|c| c == "memory") {
+        return Err(fail(format!(
+            "the memory controller is not delegated to {} (it has: {}); ask the operator to delegate \
+             `memory pids cpu` to user@.service (systemd's default)",
+            dir.display(),
+            if available.trim().is_empty() { "none" } else { available.trim() }
+        )));
+    }
+    enable_v2_controllers(&dir)
+}
+
+/// This process's cgroup v2 path (`/user.slice/...`).
+pub(crate) fn own_v2_cgroup() -> io::Result<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup")?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
@@ -429,7 +573,8 @@ mod tests {
     #[test]
     fn container_cgroup_paths() {
         let h = Hierarchy::V2 { root: PathBuf::from("/sys/fs/cgroup") };
-        assert_eq!(ContainerCgroup::new(h.clone(), "r1", None).path, PathBuf::from("/ces/r1"));
-        assert_eq!(ContainerCgroup::new(h, "r1", Some(1000)).path, PathBuf::from("/ces/user-1000/r1"));
+        assert_eq!(ContainerCgroup::for_root(h, "r1").path, PathBuf::from("/ces/r1"));
+        let v1 = Hierarchy::V1 { hybrid: true, controllers: BTreeMap::new() };
+        assert_eq!(ContainerCgroup::for_rootless(v1, "r1", 1000).unwrap().path, PathBuf::from("/ces/user-1000/r1"));
     }
 }

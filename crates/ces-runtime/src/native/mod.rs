@@ -30,6 +30,7 @@ mod oci;
 mod rootfs;
 pub(crate) mod seccomp;
 mod stale;
+mod systemd;
 mod wait;
 
 use std::fs::{self, File};
@@ -169,13 +170,6 @@ impl Privilege {
         let uid = Uid::effective().as_raw();
         if uid == 0 { Privilege::Root } else { Privilege::Rootless { uid, gid: Gid::effective().as_raw() } }
     }
-
-    fn rootless_uid(self) -> Option<u32> {
-        match self {
-            Privilege::Root => None,
-            Privilege::Rootless { uid, .. } => Some(uid),
-        }
-    }
 }
 
 impl Runtime for NativeRuntime {
@@ -218,10 +212,11 @@ impl NativeRuntime {
             };
             return Err(start_error("mapping the container's user")(e));
         }
-        let cgroup = ContainerCgroup::new(Hierarchy::detect()?, &spec.id, privilege.rootless_uid());
-        if let Privilege::Rootless { uid, .. } = privilege {
-            cgroup.check_delegated(uid)?;
-        }
+        let hierarchy = Hierarchy::detect()?;
+        let cgroup = match privilege {
+            Privilege::Root => ContainerCgroup::for_root(hierarchy, &spec.id),
+            Privilege::Rootless { uid, .. } => ContainerCgroup::for_rootless(hierarchy, &spec.id, uid)?,
+        };
         check_state_dir(&spec.state_dir).map_err(start_error("checking the run"))?;
         let mount_points = mount_points(spec)?;
         let dirs = RunDirs::new(&spec.state_dir);
@@ -340,6 +335,7 @@ impl Run<'_> {
             cgroup_path: self.cgroup.path.clone(),
             limits_in_spec: root,
             swap_accounting: self.cgroup.swap_accounting(),
+            cgroup_mounts: self.cgroup.hierarchy.container_mounts(),
             tun: self.observe_network(),
         };
         let written = oci::build(self.spec, &layout)
@@ -677,7 +673,7 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
         ),
         format!(
             "standard mounts: /proc, /dev (null zero full random urandom tty, pts), /dev/shm (tmpfs, {}), \
-             /dev/mqueue, /sys (ro)",
+             /dev/mqueue, /sys (ro), /sys/fs/cgroup (ro: the container's own cgroup, in a cgroup namespace)",
             bytes(spec.limits.shm_size)
         ),
     ];
@@ -708,11 +704,9 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
     let enforcement = match (privilege, hierarchy) {
         (_, None) => "cgroups: cannot read this host's cgroup setup".to_owned(),
         (Privilege::Root, Some(h)) => format!("{}, cgroup /{CGROUP_PARENT}/{}", h.describe(), spec.id),
-        (Privilege::Rootless { uid, .. }, Some(h)) => format!(
-            "{}, delegated cgroup /{CGROUP_PARENT}/user-{uid}/{} (prepared by `ces system setup`)",
-            h.describe(),
-            spec.id
-        ),
+        (Privilege::Rootless { uid, .. }, Some(h)) => {
+            format!("{}, {}", h.describe(), cgroups::describe_rootless(h, &spec.id, uid))
+        }
     };
     lines.push(format!("limits: {}; {enforcement}", limits.join(", ")));
     let caps: Vec<String> =

@@ -107,6 +107,11 @@ pub(crate) struct Layout {
     /// Whether the kernel has swap accounting (`memory.memsw.*`): then swap
     /// is limited to nothing beyond the memory limit.
     pub swap_accounting: bool,
+    /// The mounts libcontainer makes for `/sys/fs/cgroup` (the v2 one; on v1
+    /// a tmpfs and one per hierarchy), each made read-only after it: its
+    /// own mount of v1 hierarchies is writable, and a rootless container's
+    /// root owns its cgroup's files (it could raise its own limits).
+    pub cgroup_mounts: Vec<String>,
     /// `ces test`: `/dev/net/tun` in the container (and allowed by the
     /// device cgroup), for `ces-init` to create the observed device with.
     pub tun: bool,
@@ -190,7 +195,13 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
         .gid_mappings(vec![gid_map])
         .cgroups_path(layout.cgroup_path.clone())
         .masked_paths(MASKED_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .chain(layout.cgroup_mounts.iter().cloned())
+                .collect::<Vec<_>>(),
+        )
         .rootfs_propagation("private");
     let mut linux = linux.build()?;
     // None, not the builder's default (empty resources, which libcontainer
@@ -267,6 +278,9 @@ fn mounts(spec: &RunSpec, layout: &Layout) -> Result<Vec<Mount>, OciSpecError> {
     mounts.push(mount("/dev/shm", "tmpfs", "shm", shm)?);
     mounts.push(mount("/dev/mqueue", "mqueue", "mqueue", opts(&["nosuid", "noexec", "nodev"]))?);
     mounts.push(mount("/sys", "sysfs", "sysfs", opts(&["nosuid", "noexec", "nodev", "ro"]))?);
+    // The container's own cgroup (its root in the cgroup namespace), so
+    // that runtimes size heaps and thread pools from their limits.
+    mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", opts(&["nosuid", "noexec", "nodev", "relatime", "ro"]))?);
     if layout.tun {
         mounts.push(bind(TUN_PATH, Path::new(TUN_PATH), opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
     }
@@ -369,6 +383,7 @@ mod tests {
             cgroup_path: PathBuf::from("/ces/r1"),
             limits_in_spec: !rootless,
             swap_accounting: true,
+            cgroup_mounts: vec!["/sys/fs/cgroup".to_owned()],
             tun: false,
         }
     }

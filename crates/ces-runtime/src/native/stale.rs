@@ -168,9 +168,7 @@ pub fn cleanup_stale(state_root: &Path) -> Result<usize, RuntimeError> {
 }
 
 fn clean(state_root: &Path, record: &Record, hierarchy: Hierarchy) -> io::Result<()> {
-    let rootless_uid = record.rootless.then(nix::unistd::geteuid).map(|u| u.as_raw());
-    let mut cgroup = ContainerCgroup::new(hierarchy, &record.id, rootless_uid);
-    cgroup.path = record.cgroup_path.clone();
+    let cgroup = ContainerCgroup::at(hierarchy, record.cgroup_path.clone());
     let container_dir = state_root.join(&record.id);
     let deleted = container_dir.join("state.json").exists()
         && Container::load(container_dir.clone()).and_then(|mut c| c.delete(true)).is_ok();
