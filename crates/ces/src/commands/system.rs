@@ -23,6 +23,14 @@ pub fn setup(printer: &Printer, users: &[String]) -> anyhow::Result<()> {
             println!("{}", cgroup.display());
         }
     }
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        && std::path::Path::new("/run/systemd/system").exists()
+    {
+        printer.status(
+            "note: this host runs systemd with cgroup v2: rootless runs get their cgroups from each user's \
+             systemd (user@UID.service) without this step; what it prepared serves only a ces started inside it",
+        );
+    }
     Ok(())
 }
 
