@@ -11,6 +11,7 @@ pub mod layer;
 pub mod probe;
 pub mod registry;
 pub mod token;
+pub mod vm;
 
 pub use image::{BuiltImage, ImageSpec, Style, busybox_image, index};
 pub use layer::{Compression, Entry, Layer};

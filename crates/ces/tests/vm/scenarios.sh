@@ -1,0 +1,98 @@
+#!/bin/sh
+# The native-runtime scenarios, run inside the VM by whoever calls it (root,
+# or the user from a login session or a user service) with no `ces system
+# setup`. For each scenario NAME it writes, under $1: NAME.rc (ces's exit
+# status), NAME.out, NAME.err, and NAME.host for what it checked on the host
+# side after the run. The test on the host asserts; this script only records.
+set -u
+OUT=$1
+exec > "$OUT/scenarios.log" 2>&1
+CES=/payload/ces
+IMG=ghcr.io/ces-tre/busybox:1.0
+cd "$HOME"
+
+# sc NAME CMD...: runs CMD (with a time limit against hangs), records it.
+sc() {
+    name=$1
+    shift
+    echo "== $name: $*"
+    timeout -k 5 240 "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" < /dev/null
+    echo $? > "$OUT/$name.rc"
+    echo "   exit $(cat "$OUT/$name.rc")"
+}
+
+# Where this runs: the test checks it really is the context it claims.
+{
+    echo "uid=$(id -u)"
+    echo "XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-}"
+    echo "XDG_SESSION_ID=${XDG_SESSION_ID:-}"
+    echo "HOME=$HOME"
+    echo "cgroup=$(cat /proc/self/cgroup)"
+    echo "cgroup.controllers=$(cat "/sys/fs/cgroup$(sed -n 's/^0:://p' /proc/self/cgroup)/cgroup.controllers" 2>&1)"
+} > "$OUT/context.txt" 2>&1
+
+sc load "$CES" load /payload/busybox.tar
+
+sc exit-code "$CES" run "$IMG" sh -c 'exit 7'
+
+# The directory contract: /safe_data read-only, /safe_outputs kept (owned by
+# the user on the host), /scratch usable and removed after the run.
+sc contract "$CES" run --json "$IMG" sh -c '
+    cat /safe_data/data.csv
+    if touch /safe_data/new 2> /dev/null; then echo SAFE_DATA_WRITABLE; else echo SAFE_DATA_READONLY; fi
+    echo kept > /safe_outputs/result.txt && echo OUTPUTS_WRITTEN
+    echo temporary > /scratch/tmp.txt && echo SCRATCH_WRITTEN
+    echo "TMPDIR=$TMPDIR"'
+outputs=$(sed -n 's/.*"event":"end".*"outputs":"\([^"]*\)".*/\1/p' "$OUT/contract.out" | head -1)
+{
+    echo "outputs=$outputs"
+    stat -c 'result.txt owner=%u:%g' "$outputs/result.txt"
+    echo "result.txt=$(cat "$outputs/result.txt")"
+    echo "safe_data entries=$(ls "$HOME/safe_data" | tr '\n' ' ')"
+    echo "scratch left=$(ls -d "$HOME"/scratch_* 2> /dev/null | tr '\n' ' ')"
+} > "$OUT/contract.host" 2>&1
+
+# OOM with swap on: 200 MB held by `tail` under a 0.1 GiB limit. The control
+# shows the same workload completes under 1 GiB.
+alloc='head -c 209715200 /dev/zero | tail -c 209715200 > /dev/null && echo ALLOCATED'
+sc oom-control "$CES" run -m 1 "$IMG" sh -c "$alloc"
+sc oom "$CES" run -m 0.1 "$IMG" sh -c "$alloc"
+
+# The limits as the container sees them (its own cgroup at /sys/fs/cgroup).
+sc limits-inside "$CES" run -c 1 -m 0.5 "$IMG" sh -c '
+    for f in cpu.max memory.max memory.swap.max pids.max; do
+        printf "%s=%s\n" "$f" "$(cat /sys/fs/cgroup/$f 2>&1)"
+    done
+    echo "entries=$(ls /sys/fs/cgroup | tr "\n" " ")"
+    grep " /sys/fs/cgroup " /proc/self/mountinfo | sed "s/^/mount=/"
+    if echo max > /sys/fs/cgroup/memory.max 2> /dev/null; then echo CGROUP_WRITABLE; else echo CGROUP_WRITE_DENIED; fi'
+
+# A running container seen from the host: its cgroup's limits, then SIGTERM
+# to ces, which must pass it on and end cleanly.
+"$CES" run -c 1 -m 0.5 "$IMG" sh -c 'echo ready; exec sleep 4242' > "$OUT/sigterm.out" 2> "$OUT/sigterm.err" < /dev/null &
+ces_pid=$!
+i=0
+until grep -q ready "$OUT/sigterm.out" 2> /dev/null || [ $i -ge 600 ] || ! kill -0 "$ces_pid" 2> /dev/null; do
+    i=$((i + 1))
+    sleep 0.2
+done
+pid=$(pgrep -f '^sleep 4242$' | head -1)
+{
+    echo "container pid=$pid"
+    cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    echo "cgroup=$cg"
+    for f in cpu.max memory.max memory.swap.max pids.max; do
+        echo "$f=$(cat "/sys/fs/cgroup$cg/$f" 2>&1)"
+    done
+} > "$OUT/limits-host.host" 2>&1
+kill -TERM "$ces_pid"
+wait "$ces_pid"
+echo $? > "$OUT/sigterm.rc"
+{
+    echo "still running=$(pgrep -f '^sleep 4242$' | tr '\n' ' ')"
+    echo "scratch left=$(ls -d "$HOME"/scratch_* 2> /dev/null | tr '\n' ' ')"
+} > "$OUT/sigterm.host" 2>&1
+
+sc ces-test "$CES" test "$IMG" sh -c 'echo hello > /safe_outputs/hello.txt'
+
+echo "== done"

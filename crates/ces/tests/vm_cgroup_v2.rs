@@ -1,0 +1,314 @@
+//! The native runtime on a systemd host with pure cgroup v2, the kind TREs
+//! run (this project's machines are hybrid v1 without systemd): one Debian 12
+//! VM boot per test binary (`ces_testkit::vm`), in which `tests/vm/run` runs
+//! `tests/vm/scenarios.sh` as root, as the user `analyst` from a login
+//! session (`machinectl shell`) and as analyst's systemd user service
+//! (`systemd-run --user`), with no `ces system setup`. The VM records each
+//! scenario (exit status, stdout, stderr, host-side checks); the tests here
+//! assert, one scenario and context each, and print the record on failure.
+//!
+//! Slow (a few minutes cold: it builds and caches the VM image; about two
+//! warm) and needs root and qemu: see docs/testing.md. A host without qemu
+//! fails here with what to install; it never passes by skipping.
+#![allow(clippy::unwrap_used)]
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ces_testkit::busybox_image;
+use ces_testkit::vm::{Boot, Image, last_lines};
+
+/// The image the scenarios load (`ces load`) and run.
+const IMAGE: &str = "ghcr.io/ces-tre/busybox:1.0";
+
+/// Against a hung VM: far beyond a normal run, which takes minutes.
+const VM_TIMEOUT: Duration = Duration::from_secs(1200);
+
+/// The VM's results, booted once for the whole binary.
+fn vm() -> &'static Boot {
+    static VM: OnceLock<Result<Boot, String>> = OnceLock::new();
+    match VM.get_or_init(boot) {
+        Ok(boot) => boot,
+        Err(why) => panic!("the systemd + cgroup v2 VM did not run its scenarios: {why}"),
+    }
+}
+
+fn boot() -> Result<Boot, String> {
+    let started = Instant::now();
+    let image = Image::get()?;
+    let ready = started.elapsed();
+    let payload = tempfile::tempdir().unwrap();
+    let dir = payload.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_ces"), dir.join("ces")).unwrap();
+    for (name, text) in [("run", include_str!("vm/run")), ("scenarios.sh", include_str!("vm/scenarios.sh"))] {
+        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let archive = dir.join("busybox.tar");
+    busybox_image().build().write_oci_archive(&archive, IMAGE);
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let boot = image.boot(dir, VM_TIMEOUT)?;
+    if let Some(keep) = std::env::var_os("CES_TEST_VM_RESULTS") {
+        boot.save(Path::new(&keep)).unwrap();
+        eprintln!("vm_cgroup_v2: results saved in {}", Path::new(&keep).display());
+    }
+    eprintln!(
+        "vm_cgroup_v2: image ready in {ready:.1?}, boot + scenarios + power-off in {:.1?}, total {:.1?}",
+        boot.elapsed,
+        started.elapsed()
+    );
+    Ok(boot)
+}
+
+/// Where a scenario ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    /// As root, from the VM's payload service.
+    Root,
+    /// As `analyst`, from a login session (`machinectl shell analyst@.host`).
+    Login,
+    /// As `analyst`'s systemd user service (`systemd-run --user -M analyst@.host`).
+    UserService,
+}
+
+impl Ctx {
+    fn dir(self) -> &'static str {
+        match self {
+            Ctx::Root => "root",
+            Ctx::Login => "login",
+            Ctx::UserService => "user-service",
+        }
+    }
+
+    /// The uid and gid the scenarios run as.
+    fn ids(self) -> (u32, u32) {
+        match self {
+            Ctx::Root => (0, 0),
+            Ctx::Login | Ctx::UserService => (1000, 1000),
+        }
+    }
+}
+
+/// One scenario's record from the VM.
+struct Scenario {
+    ctx: Ctx,
+    name: &'static str,
+    rc: Option<i32>,
+    out: String,
+    err: String,
+    /// What the script checked on the VM's host side after the run.
+    host: String,
+    /// The context's script log and the payload's log, for when it is missing.
+    log: String,
+}
+
+fn scenario(ctx: Ctx, name: &'static str) -> Scenario {
+    let vm = vm();
+    let file = |ext: &str| vm.text(&format!("{}/{name}.{ext}", ctx.dir()));
+    let log = format!(
+        "--- {0}/scenarios.log ---\n{1}\n--- {0}.log ---\n{2}\n--- run.log ---\n{3}",
+        ctx.dir(),
+        last_lines(&vm.text(&format!("{}/scenarios.log", ctx.dir())).unwrap_or_default(), 40),
+        last_lines(&vm.text(&format!("{}.log", ctx.dir())).unwrap_or_default(), 20),
+        last_lines(&vm.text("run.log").unwrap_or_default(), 20),
+    );
+    Scenario {
+        ctx,
+        name,
+        rc: file("rc").and_then(|rc| rc.trim().parse().ok()),
+        out: file("out").unwrap_or_default(),
+        err: file("err").unwrap_or_default(),
+        host: file("host").unwrap_or_default(),
+        log,
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\nscenario {} ({:?}): exit {:?}", self.name, self.ctx, self.rc)?;
+        writeln!(f, "--- stdout ---\n{}", last_lines(&self.out, 40))?;
+        writeln!(f, "--- stderr ---\n{}", last_lines(&self.err, 40))?;
+        if !self.host.is_empty() {
+            writeln!(f, "--- checked on the VM host ---\n{}", self.host)?;
+        }
+        if self.rc.is_none() && self.host.is_empty() {
+            writeln!(f, "(no record: the script did not get this far)\n{}", self.log)?;
+        }
+        Ok(())
+    }
+}
+
+impl Scenario {
+    /// The value of the first `key=value` line in `text`.
+    fn value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    #[track_caller]
+    fn assert_exit(&self, code: i32) {
+        assert_eq!(self.rc, Some(code), "{self}");
+    }
+}
+
+/// The `NAME=...` lines of a cgroup read: cpu.max as cores (quota / period).
+fn cores(cpu_max: &str) -> Option<f64> {
+    let (quota, period) = cpu_max.trim().split_once(' ')?;
+    Some(quota.parse::<f64>().ok()? / period.parse::<f64>().ok()?)
+}
+
+/// Asserts the limits of a `-c 1 -m 0.5` run in `text` (lines `file=value`),
+/// swap aside.
+#[track_caller]
+fn assert_limits(s: &Scenario, text: &str) {
+    let cpu = Scenario::value(text, "cpu.max").unwrap_or_default();
+    assert_eq!(cores(cpu), Some(1.0), "cpu.max for -c 1: {s}");
+    assert_eq!(Scenario::value(text, "memory.max"), Some("536870912"), "memory.max for -m 0.5: {s}");
+    assert_eq!(Scenario::value(text, "pids.max"), Some("4096"), "pids.max: {s}");
+}
+
+fn context(ctx: Ctx) {
+    let text = vm().text(&format!("{}/context.txt", ctx.dir())).unwrap_or_default();
+    let shown = format!("{ctx:?} context.txt:\n{text}\n{}", scenario(ctx, "load"));
+    let (uid, _) = ctx.ids();
+    assert_eq!(Scenario::value(&text, "uid"), Some(uid.to_string().as_str()), "{shown}");
+    let cgroup = Scenario::value(&text, "cgroup").unwrap_or_default();
+    match ctx {
+        Ctx::Root => {}
+        Ctx::Login => {
+            assert_eq!(Scenario::value(&text, "XDG_RUNTIME_DIR"), Some("/run/user/1000"), "{shown}");
+            let session = cgroup.strip_prefix("0::/user.slice/user-1000.slice/session-");
+            assert!(session.is_some_and(|s| s.ends_with(".scope")), "not in a login session's scope: {shown}");
+        }
+        Ctx::UserService => {
+            let prefix = "0::/user.slice/user-1000.slice/user@1000.service/";
+            assert!(cgroup.starts_with(prefix), "not in analyst's user manager: {shown}");
+        }
+    }
+}
+
+fn load(ctx: Ctx) {
+    let s = scenario(ctx, "load");
+    s.assert_exit(0);
+    assert!(s.out.contains(&format!("{}@sha256:", IMAGE.trim_end_matches(":1.0"))), "{s}");
+}
+
+fn exit_code(ctx: Ctx) {
+    scenario(ctx, "exit-code").assert_exit(7);
+}
+
+fn directory_contract(ctx: Ctx) {
+    let s = scenario(ctx, "contract");
+    s.assert_exit(0);
+    for line in ["1,42", "SAFE_DATA_READONLY", "OUTPUTS_WRITTEN", "SCRATCH_WRITTEN", "TMPDIR=/scratch"] {
+        assert!(s.out.lines().any(|l| l.trim() == line), "expected {line:?} from the container: {s}");
+    }
+    let (uid, gid) = ctx.ids();
+    let owner = format!("{uid}:{gid}");
+    assert_eq!(Scenario::value(&s.host, "result.txt owner"), Some(owner.as_str()), "outputs owned by the user: {s}");
+    assert_eq!(Scenario::value(&s.host, "result.txt"), Some("kept"), "{s}");
+    assert_eq!(Scenario::value(&s.host, "safe_data entries").map(str::trim), Some("data.csv"), "{s}");
+    assert_eq!(Scenario::value(&s.host, "scratch left").map(str::trim), Some(""), "scratch removed: {s}");
+}
+
+fn out_of_memory_with_swap_on(ctx: Ctx) {
+    let host = vm().text("host.txt").unwrap_or_default();
+    let swaps = host.lines().skip_while(|l| *l != "swaps:").skip(2).take_while(|l| l.starts_with('/')).count();
+    assert!(swaps > 0, "the VM has no swap on, so this would prove nothing:\n{host}");
+    let control = scenario(ctx, "oom-control");
+    control.assert_exit(0);
+    assert!(control.out.contains("ALLOCATED"), "the workload must fit in 1 GiB: {control}");
+    let s = scenario(ctx, "oom");
+    s.assert_exit(137);
+    assert!(!s.out.contains("ALLOCATED"), "200 MB held under -m 0.1: {s}");
+}
+
+fn limits_inside(ctx: Ctx) {
+    let s = scenario(ctx, "limits-inside");
+    s.assert_exit(0);
+    assert_limits(&s, &s.out);
+    let mount = Scenario::value(&s.out, "mount").unwrap_or_default();
+    let options = mount.split(' ').nth(5).unwrap_or_default();
+    assert!(options.split(',').any(|o| o == "ro"), "/sys/fs/cgroup mounted read-only: {s}");
+    assert!(s.out.lines().any(|l| l == "CGROUP_WRITE_DENIED"), "{s}");
+    let entries = Scenario::value(&s.out, "entries").unwrap_or_default();
+    for other in ["user.slice", "system.slice", "init.scope"] {
+        assert!(!entries.split(' ').any(|e| e == other), "the container sees the host's {other}: {s}");
+    }
+}
+
+fn limits_from_the_host(ctx: Ctx) {
+    let s = scenario(ctx, "limits-host");
+    assert_limits(&s, &s.host);
+}
+
+fn swap_is_limited(ctx: Ctx) {
+    let host = scenario(ctx, "limits-host");
+    assert_eq!(Scenario::value(&host.host, "memory.swap.max"), Some("0"), "no swap beyond -m: {host}");
+    let inside = scenario(ctx, "limits-inside");
+    assert_eq!(Scenario::value(&inside.out, "memory.swap.max"), Some("0"), "no swap beyond -m: {inside}");
+}
+
+fn sigterm_ends_the_run(ctx: Ctx) {
+    let s = scenario(ctx, "sigterm");
+    assert!(s.out.contains("ready"), "the container never started: {s}");
+    s.assert_exit(143);
+    let left = format!("{s}\n{}", vm().text(&format!("{}/sigterm.host", ctx.dir())).unwrap_or_default());
+    let after = vm().text(&format!("{}/sigterm.host", ctx.dir())).unwrap_or_default();
+    assert_eq!(Scenario::value(&after, "still running").map(str::trim), Some(""), "{left}");
+    assert_eq!(Scenario::value(&after, "scratch left").map(str::trim), Some(""), "{left}");
+}
+
+fn ces_test_says_ready(ctx: Ctx) {
+    let s = scenario(ctx, "ces-test");
+    s.assert_exit(0);
+    assert!(s.out.contains("Verdict: READY"), "{s}");
+}
+
+/// One test per check and context, so a failure names both.
+macro_rules! in_every_context {
+    ($($check:ident),* $(,)?) => {$(
+        mod $check {
+            #[test]
+            fn as_root() {
+                super::$check(super::Ctx::Root)
+            }
+            #[test]
+            fn rootless_login_session() {
+                super::$check(super::Ctx::Login)
+            }
+            #[test]
+            fn rootless_user_service() {
+                super::$check(super::Ctx::UserService)
+            }
+        }
+    )*};
+}
+
+in_every_context!(
+    context,
+    load,
+    exit_code,
+    directory_contract,
+    out_of_memory_with_swap_on,
+    limits_inside,
+    limits_from_the_host,
+    swap_is_limited,
+    sigterm_ends_the_run,
+    ces_test_says_ready,
+);
+
+#[test]
+fn the_vm_is_systemd_with_pure_cgroup_v2_and_delegates_to_the_user() {
+    let host = vm().text("host.txt").unwrap_or_default();
+    let shown = format!("host.txt:\n{host}\n{}", vm().diagnostics(20));
+    assert!(host.lines().any(|l| l == "cgroupfs: cgroup2fs"), "{shown}");
+    let controllers = host.lines().find_map(|l| l.strip_prefix("user@1000 controllers: ")).unwrap_or_default();
+    for controller in ["cpu", "memory", "pids"] {
+        assert!(controllers.split(' ').any(|c| c == controller), "{shown}");
+    }
+    assert!(host.lines().any(|l| l.starts_with("systemd 252")), "{shown}");
+}
