@@ -475,7 +475,8 @@ mod tests {
         }
         let (uid, gid) = rootless_user();
         let (uid, gid) = (uid.to_string(), gid.to_string());
-        let exe = std::env::current_exe().unwrap();
+        // A copy the user can reach, wherever the checkout is (/root: 0700).
+        let exe = ces_testkit::exe::for_all_users(std::env::current_exe().unwrap());
         let forged = "mount -t tmpfs forged /proc && mkdir /proc/self && echo '0 0 4294967295' > /proc/self/uid_map \
                       && cat /proc/self/uid_map | grep -q 4294967295 && exec \"$0\" \"$@\"";
         for (expect, wrap) in [(uid.as_str(), vec![]), ("unknown", vec!["--mount", "sh", "-c", forged])] {

@@ -576,7 +576,7 @@ fn a_rootless_run_whose_ces_is_killed_is_closed_in_the_users_own_log() {
     std::fs::write(&w.sb.config, config).unwrap();
     w.sb.ces(&["system", "setup", "--user", common::TEST_USER]).ok();
     let as_user = |args: &[&str]| {
-        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        let mut argv = vec![common::user_bin(env!("CARGO_BIN_EXE_ces"))];
         argv.extend_from_slice(args);
         let mut cmd = user.setpriv(&w.sb, &argv);
         cmd.env("HOME", &w.home);
@@ -602,7 +602,7 @@ fn a_rootless_run_whose_ces_is_killed_is_closed_in_the_users_own_log() {
     assert_eq!(end["user"]["uid"], user.uid);
     assert!(!sleeper_alive());
     assert_no_run_left(&store);
-    let verify = user.setpriv(&w.sb, &[env!("CARGO_BIN_EXE_ces"), "audit", "verify"]);
+    let verify = user.setpriv(&w.sb, &[common::user_bin(env!("CARGO_BIN_EXE_ces")), "audit", "verify"]);
     w.sb.run(verify).ok();
 }
 

@@ -173,7 +173,7 @@ fn a_rootless_store_is_its_owners_only() {
     std::fs::create_dir_all(&sb.store).unwrap();
     user.chown(&sb.store);
     std::fs::set_permissions(&sb.store, std::fs::Permissions::from_mode(0o755)).unwrap();
-    sb.run(user.setpriv(&sb, &[env!("CARGO_BIN_EXE_ces"), "images"])).ok();
+    sb.run(user.setpriv(&sb, &[common::user_bin(env!("CARGO_BIN_EXE_ces")), "images"])).ok();
     for sub in ["", "oci", "rootfs", "tmp", "locks"] {
         let meta = std::fs::metadata(sb.store.join(sub)).unwrap();
         assert_eq!((meta.uid(), meta.mode() & 0o7777), (user.uid, 0o700), "{sub}");

@@ -630,7 +630,7 @@ fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal(
     }
     w.sb.ces(&["system", "setup", "--user", common::TEST_USER]).ok();
     let as_user = |args: &[&str]| {
-        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        let mut argv = vec![common::user_bin(env!("CARGO_BIN_EXE_ces"))];
         argv.extend_from_slice(args);
         let mut cmd = user.setpriv(&w.sb, &argv);
         cmd.env("HOME", &w.home);

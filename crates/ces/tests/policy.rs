@@ -272,7 +272,7 @@ fn sandbox_for(user: &TestUser, reg: &Registry) -> Sandbox {
 
 /// `ces ARGS` as the test user (setpriv: its uid, gid and groups).
 fn as_user(sb: &Sandbox, user: &TestUser, args: &[&str]) -> Run {
-    let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+    let mut argv = vec![common::user_bin(env!("CARGO_BIN_EXE_ces"))];
     argv.extend_from_slice(args);
     sb.run(user.setpriv(sb, &argv))
 }
@@ -343,7 +343,7 @@ fn as_user_in_namespace(sb: &Sandbox, user: &TestUser, wrap: &[&str], args: &[&s
 fn in_namespace(sb: &Sandbox, user: &TestUser, wrap: &[&str], args: &[&str]) -> Command {
     let mut argv = vec!["unshare", "--user", "--map-root-user"];
     argv.extend_from_slice(wrap);
-    argv.push(env!("CARGO_BIN_EXE_ces"));
+    argv.push(common::user_bin(env!("CARGO_BIN_EXE_ces")));
     argv.extend_from_slice(args);
     let mut cmd = user.setpriv(sb, &argv);
     cmd.env("USER", "root").env("SUDO_UID", "0").env("SUDO_GID", "0").env("SUDO_USER", "root");
@@ -436,7 +436,7 @@ fn in_a_user_namespace_a_user_config_is_still_refused() {
     let overlay = sb.dir.path().join("etc-overlay");
     std::fs::create_dir_all(overlay.join("upper")).unwrap();
     std::fs::create_dir_all(overlay.join("work")).unwrap();
-    let ces = env!("CARGO_BIN_EXE_ces");
+    let ces = common::user_bin(env!("CARGO_BIN_EXE_ces"));
     let as_user = format!("exec setpriv --reuid {uid} --regid {gid} --init-groups --");
     let run = |as_whom: &str| {
         // Every step must succeed before the next: nothing is written to the host's /etc.

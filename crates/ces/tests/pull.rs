@@ -531,7 +531,7 @@ fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
             &NOBODY.to_string(),
             "--clear-groups",
             "--",
-            env!("CARGO_BIN_EXE_ces"),
+            common::user_bin(env!("CARGO_BIN_EXE_ces")),
             "pull",
             &format!("{}/pull/rootless:1", reg.host()),
         ],

@@ -56,7 +56,7 @@ impl World {
         let mut cmd = match self.mode {
             Mode::Root | Mode::Sudo => self.sb.command(bin, args),
             Mode::Rootless => {
-                let mut argv = vec![bin];
+                let mut argv = vec![common::user_bin(bin)];
                 argv.extend_from_slice(args);
                 self.user.setpriv(&self.sb, &argv)
             }

@@ -293,11 +293,12 @@ fn rootless_test(mode: &str, script: &str) -> (World, Run) {
     w.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
     let wrapper = "set -e; d=$(mktemp -d -p \"$SANDBOX\"); mknod \"$d/tun\" c 10 200; chmod \"$TUN_MODE\" \"$d/tun\"; \
                    mount --bind \"$d/tun\" /dev/net/tun; exec setpriv --reuid \"$U\" --regid \"$G\" --init-groups -- \"$@\"";
-    let mut args =
-        vec!["--mount", "--propagation", "private", "--", "sh", "-c", wrapper, "sh", env!("CARGO_BIN_EXE_ces")];
+    let ces = common::user_bin(env!("CARGO_BIN_EXE_ces"));
+    let mut args = vec!["--mount", "--propagation", "private", "--", "sh", "-c", wrapper, "sh", ces];
     args.extend(["test", "--json", w.image.as_str(), "sh", "-c", script]);
     let mut cmd = w.sb.command("unshare", &args);
-    cmd.env("SANDBOX", w.sb.dir.path())
+    cmd.current_dir("/")
+        .env("SANDBOX", w.sb.dir.path())
         .env("TUN_MODE", mode)
         .env("U", user.uid.to_string())
         .env("G", user.gid.to_string())

@@ -225,6 +225,17 @@ pub fn primary_group() -> String {
 /// The unprivileged account the rootless and policy tests run ces as.
 pub const TEST_USER: &str = "ces-test-rootless";
 
+/// `bin`, a built binary (`env!("CARGO_BIN_EXE_...")`), where the test user
+/// (or any user) can run it: a root-owned copy in `/tmp` (see
+/// [`ces_testkit::exe`]), since the checkout's `target/` may be out of their
+/// reach (under `/root`, mode 0700). Every command that runs a built binary as
+/// another user takes it from here.
+pub fn user_bin(bin: &str) -> &'static str {
+    let copy = ces_testkit::exe::for_all_users(bin);
+    // Once per binary and process (the kit caches it): the leak is bounded.
+    Box::leak(copy.to_str().unwrap().to_owned().into_boxed_str())
+}
+
 /// [`TEST_USER`]'s ids and primary group.
 #[derive(Debug, Clone)]
 pub struct TestUser {
@@ -250,13 +261,16 @@ pub fn test_user() -> TestUser {
 
 impl TestUser {
     /// `setpriv` to the user's uid, gid and groups, then `argv`, in the
-    /// sandbox's clean environment with `USER` set.
+    /// sandbox's clean environment with `USER` set. A built binary in `argv`
+    /// comes from [`user_bin`]. The working directory is `/`: the test's own
+    /// (the checkout) may be out of the user's reach, and the runtime returns
+    /// to it while it creates a container.
     pub fn setpriv(&self, sb: &Sandbox, argv: &[&str]) -> Command {
         let (uid, gid) = (self.uid.to_string(), self.gid.to_string());
         let mut full = vec!["--reuid", &uid, "--regid", &gid, "--init-groups", "--"];
         full.extend_from_slice(argv);
         let mut cmd = sb.command("setpriv", &full);
-        cmd.env("USER", TEST_USER);
+        cmd.env("USER", TEST_USER).current_dir("/");
         cmd
     }
 
@@ -406,7 +420,7 @@ impl RootlessWorld {
 
     /// `ces ARGS` as the user, with the world's HOME.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut argv = vec![env!("CARGO_BIN_EXE_ces")];
+        let mut argv = vec![user_bin(env!("CARGO_BIN_EXE_ces"))];
         argv.extend_from_slice(args);
         let mut cmd = self.user.setpriv(&self.sb, &argv);
         cmd.env("HOME", &self.home);
