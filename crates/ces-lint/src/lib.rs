@@ -26,9 +26,15 @@ pub struct Options {
 /// instruction a finding is on.
 pub fn lint(source: &str, options: &Options) -> Result<Vec<Finding>, ParseError> {
     let file = parse::parse(source)?;
+    // The comments' ignores by line, looked up once per finding: searching
+    // every instruction for each finding made a long file quadratic.
+    let mut by_line: std::collections::HashMap<usize, Vec<&str>> = std::collections::HashMap::new();
+    for instruction in file.instructions.iter().filter(|i| !i.ignores.is_empty()) {
+        by_line.entry(instruction.line).or_default().extend(instruction.ignores.iter().map(String::as_str));
+    }
     let ignored = |f: &Finding| {
         options.ignore.iter().any(|c| c.eq_ignore_ascii_case(f.code))
-            || file.instructions.iter().any(|i| i.line == f.line && i.ignores.iter().any(|c| c == f.code))
+            || by_line.get(&f.line).is_some_and(|codes| codes.contains(&f.code))
     };
     Ok(rules::check(&file).into_iter().filter(|f| !ignored(f)).collect())
 }
