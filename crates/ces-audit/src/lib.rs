@@ -19,6 +19,6 @@ pub mod record;
 
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
 pub use record::{
-    Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, Mount, Outcome, Provenance, PullEvent, Record,
-    RunEndEvent, RunEvent, RunNotStarted, RunSetup, RunStartEvent, SafeData, User,
+    Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, MAX_ERROR_TEXT, Mount, Outcome, Provenance, PullEvent,
+    Record, RunEndEvent, RunEvent, RunNotStarted, RunSetup, RunStartEvent, SafeData, User,
 };

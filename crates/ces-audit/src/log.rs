@@ -129,7 +129,8 @@ impl AuditLog {
 
     /// Appends one record for `user` and `event`, chained to the last one,
     /// and returns it.
-    pub fn append(&self, user: User, event: Event) -> Result<Record, AuditError> {
+    pub fn append(&self, user: User, mut event: Event) -> Result<Record, AuditError> {
+        event.bound_text();
         let mut file = self.open()?;
         // Released when `file` is closed, whatever happens below.
         rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| self.io("lock")(e.into()))?;
@@ -418,6 +419,23 @@ mod tests {
         let absent = AuditLog::new(log.path().with_file_name("absent"));
         assert_eq!(absent.verify().unwrap(), Report { records: 0, broken: None });
         assert!(absent.records().unwrap().is_empty());
+    }
+
+    #[test]
+    fn attacker_text_is_recorded_short_and_escaped() {
+        let (_dir, log, _) = log_of(0);
+        let name = format!("evil\x1b]8;;http://x\x07{}", "a".repeat(1 << 20));
+        let mut event = pull(0);
+        if let Event::Pull(pull) = &mut event {
+            pull.outcome = Outcome::Error { error: format!("cannot apply layer entry {name}") };
+        }
+        let record = log.append(user(), event).unwrap();
+        let Outcome::Error { error } = record.event.outcome() else { panic!("{record:?}") };
+        assert!(error.starts_with("cannot apply layer entry evil\\x1b]8;;http://x\\x07aaa"), "{error}");
+        assert!(error.len() < 2 * crate::record::MAX_ERROR_TEXT, "{}", error.len());
+        let line = std::fs::read(log.path()).unwrap();
+        assert!(line.len() < 3 * crate::record::MAX_ERROR_TEXT, "{}", line.len());
+        assert!(!line.contains(&0x1b) && !line.windows(6).any(|w| w == b"\\u001b"));
     }
 
     #[test]

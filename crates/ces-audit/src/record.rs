@@ -115,6 +115,24 @@ impl Event {
         }
     }
 
+    /// Bounds the text others control before it is recorded: the outcome's
+    /// error and the reference as given are cut short, their control
+    /// characters escaped (a 1 GiB entry name must not become a 1 GiB record).
+    pub fn bound_text(&mut self) {
+        let outcome = match self {
+            Event::Pull(pull) => {
+                pull.reference = ces_image::quote::escape_message(&pull.reference, MAX_ERROR_TEXT);
+                &mut pull.outcome
+            }
+            Event::Load(load) => &mut load.outcome,
+            Event::RunStart(_) => return,
+            Event::Run(run) => &mut run.outcome,
+            Event::RunEnd(end) => &mut end.outcome,
+            Event::RunNotStarted(run) => &mut run.outcome,
+        };
+        outcome.bound();
+    }
+
     /// The outcome (a start's is `ok`: the run was recorded and handed to the runtime).
     pub fn outcome(&self) -> &Outcome {
         const STARTED: &Outcome = &Outcome::Ok;
@@ -128,6 +146,9 @@ impl Event {
         }
     }
 }
+
+/// The most bytes of error text a record keeps (see [`Event::bound_text`]).
+pub const MAX_ERROR_TEXT: usize = 2048;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -154,6 +175,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Cuts the error text to [`MAX_ERROR_TEXT`] bytes and escapes its
+    /// control characters: it may quote what a registry or an image said.
+    fn bound(&mut self) {
+        match self {
+            Outcome::Ok => {}
+            Outcome::Refused { error } | Outcome::Error { error } | Outcome::SupervisorLost { error } => {
+                *error = ces_image::quote::escape_message(error, MAX_ERROR_TEXT);
+            }
+        }
+    }
+
     /// `ok`, `refused`, `error` or `supervisor lost`.
     pub fn word(&self) -> &'static str {
         match self {

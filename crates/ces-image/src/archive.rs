@@ -40,8 +40,10 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
 use crate::provenance::Provenance;
+use crate::quote::quote;
 use crate::reference::{ImageReference, ReferenceError};
 use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError, StoreLock};
+use crate::tar_limits::{Bounded, ExtensionTooLarge};
 use crate::unpack::{self, Compression};
 
 /// The largest `index.json`, `oci-layout` or `manifest.json` read from an archive.
@@ -86,7 +88,7 @@ pub enum LoadError {
     Empty,
     /// The archive stops early.
     #[error("the archive is truncated: it ends {}", match entry {
-        Some(entry) => format!("in the middle of entry {entry}"),
+        Some(entry) => format!("in the middle of entry {}", quote(entry)),
         None => "early".to_owned(),
     })]
     Truncated {
@@ -94,7 +96,7 @@ pub enum LoadError {
         entry: Option<String>,
     },
     /// The archive cannot be read past some point.
-    #[error("the archive is corrupt{}", entry.as_ref().map(|e| format!(" after entry {e}")).unwrap_or_default())]
+    #[error("the archive is corrupt{}", entry.as_ref().map(|e| format!(" after entry {}", quote(e))).unwrap_or_default())]
     Corrupt {
         /// The last entry read whole, if any.
         entry: Option<String>,
@@ -103,13 +105,17 @@ pub enum LoadError {
         source: io::Error,
     },
     /// An entry's name, or a link's target, is not a name inside the archive.
-    #[error("archive entry {entry:?} {reason}")]
+    #[error("archive entry {:?} {reason}", quote(entry))]
     UnsafeEntry {
         /// The entry's name, as written in the archive.
         entry: String,
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A tar extension header (a GNU long name or link, a PAX header) is
+    /// larger than its limit; it was refused before it was read.
+    #[error(transparent)]
+    ExtensionTooLarge(#[from] ExtensionTooLarge),
     /// The archive has more entries than any image archive needs.
     #[error("the archive has more than {limit} entries")]
     TooManyEntries {
@@ -117,7 +123,7 @@ pub enum LoadError {
         limit: u64,
     },
     /// `index.json`, `oci-layout` or `manifest.json` is too large to be real.
-    #[error("{entry} is larger than the {limit}-byte limit")]
+    #[error("{} is larger than the {limit}-byte limit", quote(entry))]
     JsonTooLarge {
         /// The entry.
         entry: String,
@@ -125,7 +131,7 @@ pub enum LoadError {
         limit: u64,
     },
     /// A JSON document of the archive cannot be read.
-    #[error("{entry} in the archive is not valid")]
+    #[error("{} in the archive is not valid", quote(entry))]
     InvalidJson {
         /// The entry (or the document) that is invalid.
         entry: String,
@@ -134,7 +140,7 @@ pub enum LoadError {
         source: serde_json::Error,
     },
     /// The `oci-layout` file names a layout version ces does not read.
-    #[error("the archive's OCI image layout version {version:?} is not supported (1.x is)")]
+    #[error("the archive's OCI image layout version {:?} is not supported (1.x is)", quote(version))]
     UnsupportedLayout {
         /// The `imageLayoutVersion`.
         version: String,
@@ -146,7 +152,7 @@ pub enum LoadError {
     #[error("the archive holds no images")]
     NoImages,
     /// A blob of the archive could not be stored, or is not what its name says.
-    #[error("cannot store {entry} from the archive")]
+    #[error("cannot store {} from the archive", quote(entry))]
     Blob {
         /// The entry.
         entry: String,
@@ -163,7 +169,7 @@ pub enum LoadError {
         needed_by: String,
     },
     /// A file `manifest.json` names is not in the archive.
-    #[error("manifest.json names {path}, which the archive does not hold")]
+    #[error("manifest.json names {}, which the archive does not hold", quote(path))]
     MissingFile {
         /// The path, as `manifest.json` has it.
         path: String,
@@ -193,7 +199,7 @@ pub enum LoadError {
     #[error("the archive has no image for {platform}{}", if available.is_empty() {
         String::new()
     } else {
-        format!(" (it has {})", available.join(", "))
+        format!(" (it has {})", quote(&available.join(", ")))
     })]
     NoPlatform {
         /// The wanted platform.
@@ -202,7 +208,7 @@ pub enum LoadError {
         available: Vec<String>,
     },
     /// An image has no name to store it under.
-    #[error("the archive does not name image {digest}{}", tag.as_ref().map(|t| format!(" (only by the tag {t:?})")).unwrap_or_default())]
+    #[error("the archive does not name image {digest}{}", tag.as_ref().map(|t| format!(" (only by the tag {:?})", quote(t))).unwrap_or_default())]
     NoName {
         /// The image manifest.
         digest: Digest,
@@ -243,7 +249,7 @@ pub enum LoadError {
         diff_ids: usize,
     },
     /// A layer of a `docker save` tarball is not the one its config names.
-    #[error("layer {layer} is {actual} uncompressed, but the image config says {expected}")]
+    #[error("layer {} is {actual} uncompressed, but the image config says {}", quote(layer), quote(expected))]
     DiffId {
         /// The layer's path in the archive.
         layer: String,
@@ -444,16 +450,21 @@ fn read_archive(store: &Store, input: impl Read) -> Result<Contents> {
     let stream = unpack::decompress(BufReader::with_capacity(COPY_BUFFER_LEN, input))
         .map_err(|source| LoadError::Read { source })?;
     let state = Rc::new(StreamState::default());
-    let mut archive = tar::Archive::new(Watched { inner: stream, state: Rc::clone(&state) });
+    let mut archive = tar::Archive::new(Bounded::new(Watched { inner: stream, state: Rc::clone(&state) }));
     let mut contents = Contents::default();
     let mut buf = vec![0u8; COPY_BUFFER_LEN];
     let mut last: Option<String> = None;
     let entries = archive.entries().map_err(|source| LoadError::NotATar { source })?;
     for entry in entries {
-        let mut entry = entry.map_err(|source| match &last {
-            // The first header is not one, and not because the stream broke.
-            None if !state.failed.get() => LoadError::NotATar { source },
-            last => read_error(last.as_deref(), &state, source),
+        let mut entry = entry.map_err(|source| {
+            if let Some(limit) = ExtensionTooLarge::find(&source) {
+                return LoadError::ExtensionTooLarge(limit);
+            }
+            match &last {
+                // The first header is not one, and not because the stream broke.
+                None if !state.failed.get() => LoadError::NotATar { source },
+                last => read_error(last.as_deref(), &state, source),
+            }
         })?;
         contents.entries += 1;
         if contents.entries > MAX_ENTRIES {
@@ -1071,7 +1082,7 @@ mod tests {
         assert_eq!(record.index_digest, None);
         assert_eq!(f.store.images().unwrap(), outcome.images);
         let rootfs =
-            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap();
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().path;
         assert!(rootfs.join("bin/busybox").is_file());
     }
 
@@ -1182,7 +1193,7 @@ mod tests {
         assert_eq!(layers, image.diff_ids);
         assert_eq!(manifest.layers()[0].media_type().to_string(), "application/vnd.oci.image.layer.v1.tar");
         let rootfs =
-            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap();
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().path;
         assert!(rootfs.join("bin/busybox").is_file());
         // The legacy per-layer metadata is not stored.
         assert!(outcome.blobs == 2, "{outcome:?}");

@@ -14,7 +14,7 @@ pub struct Digest {
 
 /// Why a string is not a digest.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid digest {input:?}: expected sha256: followed by 64 lowercase hex digits")]
+#[error("invalid digest {:?}: expected sha256: followed by 64 lowercase hex digits", crate::quote::quote(input))]
 pub struct DigestError {
     /// The string that was given.
     pub input: String,

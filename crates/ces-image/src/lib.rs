@@ -11,11 +11,13 @@ pub mod digest;
 pub mod fs;
 pub mod manifest;
 pub mod provenance;
+pub mod quote;
 pub mod reference;
 pub mod store;
+pub mod tar_limits;
 pub mod unpack;
 
 pub use digest::Digest;
 pub use provenance::Provenance;
 pub use reference::ImageReference;
-pub use store::{ImageRecord, Store, StoreError};
+pub use store::{ImageRecord, Store, StoreError, Unpacked};

@@ -43,7 +43,7 @@ pub enum ManifestError {
         source: serde_json::Error,
     },
     /// A kind ces does not pull (Docker schema 1, artifacts...).
-    #[error("manifest {digest} has unsupported media type {media_type}")]
+    #[error("manifest {digest} has unsupported media type {}", crate::quote::quote(media_type))]
     Unsupported {
         /// The manifest's digest.
         digest: Digest,

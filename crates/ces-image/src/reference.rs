@@ -24,7 +24,7 @@ pub struct ImageReference {
 
 /// Why a string is not an image reference.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid image reference {input:?}: {reason}")]
+#[error("invalid image reference {:?}: {reason}", crate::quote::quote(input))]
 pub struct ReferenceError {
     /// The string that was given.
     pub input: String,

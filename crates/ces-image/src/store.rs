@@ -150,7 +150,7 @@ pub enum StoreError {
         source: UnpackError,
     },
     /// The uncompressed layer does not match the config's `diff_ids`.
-    #[error("layer {layer} uncompresses to {actual}, but the image config says {expected}")]
+    #[error("layer {layer} uncompresses to {actual}, but the image config says {}", crate::quote::quote(expected))]
     DiffIdMismatch {
         /// The layer blob.
         layer: Digest,
@@ -585,23 +585,24 @@ impl Store {
         digest: &Digest,
         options: &UnpackOptions,
         on_layer: &mut dyn FnMut(usize, usize),
-    ) -> Result<PathBuf> {
+    ) -> Result<Unpacked> {
         let dest = self.rootfs_path(digest);
         if dest.is_dir() {
-            return Ok(dest);
+            return Ok(Unpacked { path: dest, layers: Vec::new() });
         }
         let _guard = self.flock(
             &self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex())),
             FlockOperation::LockExclusive,
         )?;
         if dest.is_dir() {
-            return Ok(dest);
+            return Ok(Unpacked { path: dest, layers: Vec::new() });
         }
         let manifest = self.manifest(digest)?;
         let config = self.config(&manifest)?;
         let diff_ids = config.rootfs().diff_ids();
         let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
+        let mut stats = Vec::new();
         let result = (|| {
             let layers = manifest.layers();
             for (i, layer) in layers.iter().enumerate() {
@@ -611,8 +612,13 @@ impl Store {
                 let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
                 let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
                 let mut hashing = HashingReader::new(tar);
-                unpack::apply_layer(&temp, &mut hashing, options)
-                    .map_err(|source| StoreError::Unpack { layer: layer_digest.clone(), source })?;
+                let layer_stats = unpack::apply_layer(&temp, &mut hashing, options).map_err(|source| {
+                    if source.is_disk_full() {
+                        StoreError::DiskFull { path: temp.clone() }
+                    } else {
+                        StoreError::Unpack { layer: layer_digest.clone(), source }
+                    }
+                })?;
                 // The tar's end blocks and any padding after them count too.
                 let (actual, _) = hashing.drain().map_err(read_err)?;
                 match diff_ids.get(i) {
@@ -625,6 +631,7 @@ impl Store {
                         });
                     }
                 }
+                stats.push(layer_stats);
             }
             Ok(())
         })();
@@ -633,8 +640,18 @@ impl Store {
             return Err(e);
         }
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
-        Ok(dest)
+        Ok(Unpacked { path: dest, layers: stats })
     }
+}
+
+/// What [`Store::unpack`] made.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    /// The cached root filesystem.
+    pub path: PathBuf,
+    /// What each layer's unpacking did, in order (none when the cached
+    /// root filesystem was already there).
+    pub layers: Vec<unpack::UnpackStats>,
 }
 
 /// A blob being written: hashed as it goes, and renamed to its content

@@ -40,7 +40,7 @@
 //! A layer that fails half-way leaves the root filesystem half-changed: unpack
 //! into a scratch directory and move it into place only on success.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
@@ -51,6 +51,9 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Timespec, Timestamps, Uid};
 use rustix::io::Errno;
+
+use crate::quote::quote_path;
+use crate::tar_limits::{Bounded, ExtensionTooLarge};
 
 /// The name prefix of a whiteout entry.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -101,7 +104,27 @@ pub struct UnpackStats {
     pub skipped_devices: Vec<String>,
     /// Bytes of regular-file data written.
     pub bytes: u64,
+    /// Extended attributes set (`user.*` on files and directories).
+    pub xattrs: u64,
+    /// Extended attributes the layer carried but ces did not set, by name
+    /// (quoted, at most [`MAX_DROPPED_XATTR_NAMES`] names, the rest counted
+    /// under `(others)`), with how many entries had each: every namespace
+    /// but `user.*` (`security.capability` would grant privileges on the
+    /// host, `trusted.*` and ACLs mean nothing in the store), and `user.*`
+    /// where the file system or the file type takes none.
+    pub dropped_xattrs: BTreeMap<String, u64>,
 }
+
+/// How many distinct dropped extended attribute names [`UnpackStats`] lists.
+pub const MAX_DROPPED_XATTR_NAMES: usize = 16;
+/// The PAX record prefix of an extended attribute, as GNU tar, BuildKit and
+/// the `tar` crate write them.
+const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
+/// The only namespace of extended attributes kept: the user's own data.
+const KEPT_XATTR_NAMESPACE: &[u8] = b"user.";
+
+/// An extended attribute to set: name and value.
+type Xattr = (Vec<u8>, Vec<u8>);
 
 /// Why an entry was refused as an escape from the root filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +154,7 @@ impl fmt::Display for EscapeReason {
 #[non_exhaustive]
 pub enum UnpackError {
     /// The root filesystem directory could not be opened.
-    #[error("cannot open the root filesystem directory {}", root.display())]
+    #[error("cannot open the root filesystem directory {}", quote_path(root))]
     Root {
         /// The directory given to [`apply_layer`].
         root: PathBuf,
@@ -140,7 +163,7 @@ pub enum UnpackError {
         source: io::Error,
     },
     /// A filesystem operation failed while applying an entry.
-    #[error("cannot apply layer entry {}", path.display())]
+    #[error("cannot apply layer entry {}", quote_path(path))]
     Io {
         /// The entry's name, as written in the layer.
         path: PathBuf,
@@ -150,7 +173,7 @@ pub enum UnpackError {
     },
     /// An entry tried to reach outside the root filesystem; nothing of it was
     /// applied.
-    #[error("layer entry {} would escape the root filesystem: {reason}", entry.display())]
+    #[error("layer entry {} would escape the root filesystem: {reason}", quote_path(entry))]
     Escape {
         /// The entry's name, as written in the layer.
         entry: PathBuf,
@@ -158,7 +181,7 @@ pub enum UnpackError {
         reason: EscapeReason,
     },
     /// A hard link's target could not be linked to (missing, a directory).
-    #[error("cannot hard link layer entry {} to {}", entry.display(), target.display())]
+    #[error("cannot hard link layer entry {} to {}", quote_path(entry), quote_path(target))]
     Link {
         /// The hard link's name, as written in the layer.
         entry: PathBuf,
@@ -178,8 +201,12 @@ pub enum UnpackError {
         #[source]
         source: io::Error,
     },
+    /// A tar extension header (a GNU long name or link, a PAX header) is
+    /// larger than its limit; it was refused before it was read.
+    #[error(transparent)]
+    ExtensionTooLarge(#[from] ExtensionTooLarge),
     /// An entry of a tar type that has no meaning in an image layer.
-    #[error("layer entry {} has unsupported tar entry type {kind:?}", entry.display())]
+    #[error("layer entry {} has unsupported tar entry type {}", quote_path(entry), kind.escape_default())]
     Unsupported {
         /// The entry's name, as written in the layer.
         entry: PathBuf,
@@ -188,8 +215,22 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// Whether the file system (or the user's quota) ran out of space while
+    /// the layer was written: the layer is fine, the disk is not.
+    pub fn is_disk_full(&self) -> bool {
+        let source = match self {
+            UnpackError::Io { source, .. } | UnpackError::Link { source, .. } | UnpackError::Root { source, .. } => {
+                source
+            }
+            _ => return false,
+        };
+        matches!(source.raw_os_error(), Some(code) if code == Errno::NOSPC.raw_os_error() || code == Errno::DQUOT.raw_os_error())
+    }
+}
+
 fn in_entry(entry: Option<&Path>) -> String {
-    entry.map(|entry| format!(" (in entry {})", entry.display())).unwrap_or_default()
+    entry.map(|entry| format!(" (in entry {})", quote_path(entry))).unwrap_or_default()
 }
 
 /// How a layer blob (or an archive) is compressed, as its first bytes say.
@@ -250,7 +291,7 @@ pub fn apply_layer(root: &Path, layer: impl Read, options: &UnpackOptions) -> Re
     let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| UnpackError::Root { root: root.to_path_buf(), source: e.into() })?;
     let mut applier = Applier::new(root_fd, options);
-    let mut archive = tar::Archive::new(layer);
+    let mut archive = tar::Archive::new(Bounded::new(layer));
 
     let mut result = applier.apply_entries(&mut archive);
     if result.is_ok() {
@@ -435,7 +476,10 @@ impl<'o> Applier<'o> {
 
     fn apply_entries<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
         for entry in archive.entries().map_err(corrupt(None))? {
-            let mut entry = entry.map_err(corrupt(None))?;
+            let mut entry = entry.map_err(|e| match ExtensionTooLarge::find(&e) {
+                Some(limit) => UnpackError::ExtensionTooLarge(limit),
+                None => corrupt(None)(e),
+            })?;
             self.apply_entry(&mut entry)?;
         }
         Ok(())
@@ -447,13 +491,13 @@ impl<'o> Applier<'o> {
         self.current.clone_from(&shown);
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
-            tracing::debug!(entry = %shown.display(), "ignoring a pax global header");
+            tracing::debug!(entry = %quote_path(&shown), "ignoring a pax global header");
             return Ok(());
         }
         let components = normalize(&raw)
             .ok_or_else(|| UnpackError::Escape { entry: shown.clone(), reason: EscapeReason::NameAboveRoot })?;
         let Some((name, parent)) = components.split_last() else {
-            tracing::debug!(entry = %shown.display(), "ignoring an entry for the root itself");
+            tracing::debug!(entry = %quote_path(&shown), "ignoring an entry for the root itself");
             return Ok(());
         };
         if name.starts_with(WHITEOUT_PREFIX) {
@@ -475,9 +519,10 @@ impl<'o> Applier<'o> {
         };
         let meta = Meta::from_header(entry.header()).map_err(corrupt(Some(&shown)))?;
         let link_target = entry.link_name_bytes().map(|target| target.into_owned()).unwrap_or_default();
+        let xattrs = self.xattrs(entry, kind);
         match kind {
-            Kind::Directory => self.directory(&shown, parent, name, meta),
-            Kind::Regular => self.regular(entry, &shown, parent, name, meta),
+            Kind::Directory => self.directory(&shown, parent, name, meta, &xattrs),
+            Kind::Regular => self.regular(entry, &shown, parent, name, meta, &xattrs),
             Kind::Symlink => self.symlink(&shown, parent, name, &link_target, meta),
             Kind::Hardlink => self.hardlink(&shown, parent, name, &link_target),
             Kind::Special(FileType::Fifo) => self.special(&shown, parent, name, FileType::Fifo, 0, meta),
@@ -486,8 +531,8 @@ impl<'o> Applier<'o> {
                 let major = header.device_major().map_err(corrupt(Some(&shown)))?.unwrap_or(0);
                 let minor = header.device_minor().map_err(corrupt(Some(&shown)))?.unwrap_or(0);
                 if !self.options.create_devices {
-                    tracing::warn!(entry = %shown.display(), major, minor, "skipping a device node: creating devices is off");
-                    self.stats.skipped_devices.push(format!("/{}", String::from_utf8_lossy(&join(&components))));
+                    tracing::warn!(entry = %quote_path(&shown), major, minor, "skipping a device node: creating devices is off");
+                    self.stats.skipped_devices.push(format!("/{}", crate::quote::quote(&join(&components))));
                     return Ok(());
                 }
                 self.special(&shown, parent, name, file_type, rustix::fs::makedev(major, minor), meta)
@@ -497,13 +542,25 @@ impl<'o> Applier<'o> {
 
     // ----- entry kinds -----
 
-    fn directory(&mut self, shown: &Path, parent: &[&[u8]], name: &[u8], meta: Meta) -> Result<(), UnpackError> {
+    fn directory(
+        &mut self,
+        shown: &Path,
+        parent: &[&[u8]],
+        name: &[u8],
+        meta: Meta,
+        xattrs: &[Xattr],
+    ) -> Result<(), UnpackError> {
         let dir = self.parent(parent).map_err(io_error(shown))?;
         if self.make_room(&dir, name, true).map_err(io_error(shown))? == Room::Free {
             // Owner-only until the layer is done (see `PendingDir`).
             self.unlocking(&dir.fd, || rustix::fs::mkdirat(&dir.fd, name, Mode::RWXU)).map_err(io_error(shown))?;
         }
         self.written.insert((dir.id, name.to_vec()));
+        if !xattrs.is_empty() {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&dir.fd, name, flags, Mode::empty()).map_err(io_error(shown))?;
+            self.set_xattrs(&fd, xattrs).map_err(io_error(shown))?;
+        }
         self.pending_dirs.push(PendingDir {
             shown: shown.to_path_buf(),
             parent: join(parent),
@@ -521,6 +578,7 @@ impl<'o> Applier<'o> {
         parent: &[&[u8]],
         name: &[u8],
         meta: Meta,
+        xattrs: &[Xattr],
     ) -> Result<(), UnpackError> {
         let dir = self.parent(parent).map_err(io_error(shown))?;
         self.make_room(&dir, name, false).map_err(io_error(shown))?;
@@ -556,6 +614,7 @@ impl<'o> Applier<'o> {
                 .map_err(io_error(shown))?;
         }
         rustix::fs::fchmod(&file, self.permissions(meta.mode, false)).map_err(io_error(shown))?;
+        self.set_xattrs(&file, xattrs).map_err(io_error(shown))?;
         rustix::fs::futimens(&file, &meta.timestamps()).map_err(io_error(shown))?;
         self.stats.entries += 1;
         self.stats.bytes += copied;
@@ -643,12 +702,12 @@ impl<'o> Applier<'o> {
                     self.clear(&dir, id, Keep::Written).map_err(io_error(shown))?;
                 }
                 Err(Errno::NOENT | Errno::NOTDIR) => {
-                    tracing::debug!(entry = %shown.display(), "opaque marker for a missing directory");
+                    tracing::debug!(entry = %quote_path(shown), "opaque marker for a missing directory");
                 }
                 Err(e) => return Err(io_error(shown)(e)),
             }
         } else if name.starts_with(AUFS_META_PREFIX) {
-            tracing::debug!(entry = %shown.display(), "ignoring aufs metadata");
+            tracing::debug!(entry = %quote_path(shown), "ignoring aufs metadata");
             return Ok(());
         } else {
             let victim = &name[WHITEOUT_PREFIX.len()..];
@@ -666,6 +725,56 @@ impl<'o> Applier<'o> {
             }
         }
         self.stats.whiteouts += 1;
+        Ok(())
+    }
+
+    // ----- extended attributes -----
+
+    /// The extended attributes of an entry (its `SCHILY.xattr.*` PAX
+    /// records) that ces sets: `user.*` on files and directories. The
+    /// others are counted as dropped. Malformed records are ignored, as
+    /// they were before ces read any.
+    fn xattrs<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, kind: Kind) -> Vec<Xattr> {
+        let mut kept = Vec::new();
+        let Ok(Some(records)) = entry.pax_extensions() else { return kept };
+        for record in records {
+            let Ok(record) = record else { break };
+            let Some(name) = record.key_bytes().strip_prefix(PAX_XATTR) else { continue };
+            if name.starts_with(KEPT_XATTR_NAMESPACE) && matches!(kind, Kind::Regular | Kind::Directory) {
+                kept.push((name.to_vec(), record.value_bytes().to_vec()));
+            } else {
+                self.dropped_xattr(name);
+            }
+        }
+        kept
+    }
+
+    fn dropped_xattr(&mut self, name: &[u8]) {
+        let dropped = &mut self.stats.dropped_xattrs;
+        let key = crate::quote::quote(name).limit(64).to_string();
+        let key = if dropped.contains_key(&key) || dropped.len() < MAX_DROPPED_XATTR_NAMES {
+            key
+        } else {
+            "(others)".to_owned()
+        };
+        *dropped.entry(key).or_default() += 1;
+    }
+
+    /// Sets `xattrs` on the open file or directory `fd`. One the file system
+    /// refuses (no user xattrs there, a value too large) is counted as
+    /// dropped; running out of space is an error.
+    fn set_xattrs(&mut self, fd: impl AsFd, xattrs: &[Xattr]) -> rustix::io::Result<()> {
+        for (name, value) in xattrs {
+            let Ok(c_name) = std::ffi::CString::new(name.as_slice()) else {
+                self.dropped_xattr(name);
+                continue;
+            };
+            match rustix::fs::fsetxattr(&fd, c_name.as_c_str(), value, rustix::fs::XattrFlags::empty()) {
+                Ok(()) => self.stats.xattrs += 1,
+                Err(e @ (Errno::NOSPC | Errno::DQUOT | Errno::IO)) => return Err(e),
+                Err(_) => self.dropped_xattr(name),
+            }
+        }
         Ok(())
     }
 

@@ -158,7 +158,7 @@ fn load_hints(error: &LoadError) -> Vec<String> {
         LoadError::MissingBlob { .. } | LoadError::MissingFile { .. } => vec![
             "the archive is incomplete; save it again with every blob (docker save IMAGE, or skopeo copy docker://IMAGE oci-archive:FILE)".into(),
         ],
-        LoadError::UnsafeEntry { .. } => {
+        LoadError::UnsafeEntry { .. } | LoadError::ExtensionTooLarge(_) => {
             vec!["no image tool writes such an archive: do not use it, and report it".into()]
         }
         LoadError::Store(e) => store_hints(e),

@@ -62,7 +62,8 @@ impl OutputsConfig {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// The log file [default: `<storage root>/audit.jsonl`].
+    /// The log file [default: `<storage root>/audit.jsonl`]; absolute.
+    #[serde(default, deserialize_with = "absolute_path")]
     pub path: Option<PathBuf>,
     /// Also send each record to syslog (journald).
     #[serde(default)]
@@ -166,7 +167,8 @@ fn default_allowed() -> Vec<String> {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// The store root; a per-user default when not set.
+    /// The store root, absolute; a per-user default when not set.
+    #[serde(default, deserialize_with = "absolute_path")]
     pub root: Option<PathBuf>,
 }
 
@@ -212,6 +214,21 @@ impl TreConfig {
     /// The `/safe_data` mode for `project` (its override, else the default).
     pub fn safe_data_mode(&self, project: Option<&str>) -> SafeDataMode {
         project.and_then(|p| self.projects.get(p)).and_then(|p| p.safe_data_mode).unwrap_or(self.safe_data_mode)
+    }
+}
+
+/// A path that must be absolute: an empty or relative `[storage] root` or
+/// `[audit] path` would put the store or the audit log in whatever directory
+/// ces happens to be started from.
+fn absolute_path<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = <PathBuf as serde::Deserialize>::deserialize(deserializer)?;
+    if path.is_absolute() {
+        Ok(Some(path))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{:?} is not an absolute path (it must start with /)",
+            ces_image::quote::quote_path(&path)
+        )))
     }
 }
 
@@ -367,10 +384,13 @@ fn default_storage_root() -> anyhow::Result<PathBuf> {
     if crate::identity::is_host_root() {
         return Ok(PathBuf::from("/var/lib/ces"));
     }
-    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+    // The XDG spec: a relative $XDG_DATA_HOME is invalid and ignored.
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME").filter(|d| Path::new(d).is_absolute()) {
         return Ok(PathBuf::from(data).join("ces"));
     }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).context("neither HOME nor [storage] root is set")?;
+    let home = std::env::var_os("HOME")
+        .filter(|h| Path::new(h).is_absolute())
+        .context("HOME is not set to an absolute path, and [storage] root is not set")?;
     Ok(PathBuf::from(home).join(".local/share/ces"))
 }
 
@@ -471,6 +491,24 @@ mod tests {
         assert!(settings.audit_syslog);
         let e = parse("[audit]\nfile = \"x\"\n").unwrap_err();
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("audit.file")), "{e}");
+    }
+
+    #[test]
+    fn store_root_and_audit_path_must_be_absolute() {
+        for (text, key) in [
+            ("[storage]\nroot = \"\"\n", "storage.root"),
+            ("[storage]\nroot = \"store\"\n", "storage.root"),
+            ("[storage]\nroot = \"./ces\"\n", "storage.root"),
+            ("[audit]\npath = \"\"\n", "audit.path"),
+            ("[audit]\npath = \"logs/audit.jsonl\"\n", "audit.path"),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!((e.line, e.key.as_deref()), (Some(2), Some(key)), "{e}");
+            assert!(e.to_string().contains("is not an absolute path"), "{e}");
+        }
+        let ok = parse("[storage]\nroot = \"/srv/ces\"\n[audit]\npath = \"/var/log/ces/a.jsonl\"\n").unwrap();
+        assert_eq!(ok.storage.root.as_deref(), Some(Path::new("/srv/ces")));
+        assert_eq!(ok.audit.path.as_deref(), Some(Path::new("/var/log/ces/a.jsonl")));
     }
 
     #[test]

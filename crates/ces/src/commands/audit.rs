@@ -411,7 +411,7 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
             r.seq,
             r.user.name,
             event_word(&r.event),
-            image_text(&r.event),
+            ces_image::quote::escape_message(&image_text(&r.event), ces_audit::MAX_ERROR_TEXT),
             outcome_text(&r.event, &ended)
         )?;
     }
@@ -466,6 +466,8 @@ fn outcome_text(event: &Event, ended: &std::collections::HashSet<String>) -> Str
         (Event::RunEnd(end), outcome) => format!("run {} {}", end.run_id, outcome.word()),
         (_, Outcome::Ok) => "ok".to_owned(),
         (_, Outcome::Refused { error } | Outcome::Error { error } | Outcome::SupervisorLost { error }) => {
+            // Records written before ces bounded them may hold raw control characters.
+            let error = ces_image::quote::escape_message(error, ces_audit::MAX_ERROR_TEXT);
             format!("{}: {error}", event.outcome().word())
         }
     }

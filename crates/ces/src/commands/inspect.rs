@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use ces_image::quote::quote;
 use ces_image::{Provenance, Store};
 
 use crate::printer::human_bytes;
@@ -75,20 +76,20 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     if let Some(index) = &i.index_digest {
         println!("Index:       {index}");
     }
-    println!("Platform:    {}", i.platform);
-    println!("Created:     {}", i.created.clone().unwrap_or_else(none));
+    println!("Platform:    {}", quote(&i.platform));
+    println!("Created:     {}", i.created.as_deref().map_or_else(none, printable));
     println!("Pulled:      {}", i.pulled_at.clone().unwrap_or_else(none));
     println!("Entrypoint:  {}", serde_json::to_string(&i.entrypoint)?);
     println!("Cmd:         {}", serde_json::to_string(&i.cmd)?);
-    println!("User:        {}", i.user.clone().unwrap_or_else(|| "(root)".to_owned()));
-    println!("WorkingDir:  {}", i.workdir.clone().unwrap_or_else(none));
+    println!("User:        {}", i.user.as_deref().map_or_else(|| "(root)".to_owned(), printable));
+    println!("WorkingDir:  {}", i.workdir.as_deref().map_or_else(none, printable));
     println!("Env:");
     for var in &i.env {
-        println!("  {var}");
+        println!("  {}", quote(var));
     }
     println!("Labels:");
     for (key, value) in &i.labels {
-        println!("  {key}={value}");
+        println!("  {}={}", quote(key), quote(value));
     }
     println!("Provenance:");
     let p = &i.provenance;
@@ -104,14 +105,15 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     }
     println!("Layers:");
     for layer in &i.layers {
-        println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), layer.media_type);
+        println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), quote(&layer.media_type));
     }
     println!("Rootfs:      {}", i.rootfs.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
     Ok(())
 }
 
-/// A value from the image, safe to print: control characters escaped (a
-/// label is the builder's free text, and must not drive the terminal).
+/// A value from the image, safe to print: cut short, control characters
+/// escaped (a label is the builder's free text, and must not drive the
+/// terminal: an OSC 8 hyperlink in it would render live).
 fn printable(value: &str) -> String {
-    value.chars().flat_map(|c| if c.is_control() { c.escape_default().collect() } else { vec![c] }).collect()
+    quote(value).to_string()
 }

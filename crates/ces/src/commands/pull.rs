@@ -131,7 +131,36 @@ pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> a
     let result =
         store.unpack(digest, &options, &mut |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1)));
     spinner.finish_and_clear();
-    let path = result?;
-    printer.status(format!("Unpacked to {} in {:.2}s", path.display(), started.elapsed().as_secs_f64()));
+    let unpacked = result?;
+    let count = unpacked.layers.len();
+    for (i, stats) in unpacked.layers.iter().enumerate() {
+        if let Some(line) = dropped_summary(stats) {
+            printer.status(format!("warning: layer {}/{count}: {line}", i + 1));
+        }
+    }
+    printer.status(format!("Unpacked to {} in {:.2}s", unpacked.path.display(), started.elapsed().as_secs_f64()));
     Ok(())
+}
+
+/// One line saying what a layer carried that was not unpacked (extended
+/// attributes, device nodes), or `None` when nothing was left out.
+fn dropped_summary(stats: &ces_image::unpack::UnpackStats) -> Option<String> {
+    let mut parts = Vec::new();
+    if !stats.dropped_xattrs.is_empty() {
+        let names: Vec<String> = stats
+            .dropped_xattrs
+            .iter()
+            .map(|(name, n)| format!("{name} ({n} {})", if *n == 1 { "entry" } else { "entries" }))
+            .collect();
+        parts.push(format!(
+            "extended attributes not set: {} (only user.* is kept, where the file system takes it)",
+            names.join(", ")
+        ));
+    }
+    if let Some(first) = stats.skipped_devices.first() {
+        let more = stats.skipped_devices.len() - 1;
+        let more = if more == 0 { String::new() } else { format!(" and {more} more") };
+        parts.push(format!("device nodes skipped (creating devices needs root): {first}{more}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
