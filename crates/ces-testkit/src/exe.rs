@@ -22,9 +22,10 @@ use sha2::{Digest as _, Sha256};
 pub const BIN_ROOT: &str = "/tmp/ces-test-bin";
 
 /// Copies not used for this long are removed by the next test binary that
-/// copies one, so that rebuilds do not fill `/tmp`. Far longer than a run of
-/// the suite: a copy still in use is touched by every test binary that uses it.
-const KEEP_UNUSED: Duration = Duration::from_secs(12 * 3600);
+/// copies one, so that rebuilds do not fill `/tmp` (a debug `ces` is ~200 MB).
+/// Longer than any test binary runs: each touches the copies it uses when it
+/// first takes them.
+const KEEP_UNUSED: Duration = Duration::from_secs(3600);
 
 /// `binary` (e.g. `env!("CARGO_BIN_EXE_ces")` or the running test binary) as
 /// a path every user can execute: a copy, with the same file name, in a
@@ -137,11 +138,36 @@ fn remove_unused(root: &Path, keep: &str) {
 mod tests {
     use super::*;
 
+    /// As every test that needs root: fail, not skip (the suite runs as root).
+    fn require_root() {
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        assert!(root, "this test makes root-owned directories: run the suite as root (CI does)");
+    }
+
+    #[test]
+    fn copies_unused_for_an_hour_are_removed_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let [old, recent, kept] = ["a", "b", "c"].map(|c| c.repeat(64));
+        let hour_ago = SystemTime::now() - KEEP_UNUSED - Duration::from_secs(60);
+        for (name, age) in [(&old, hour_ago), (&recent, SystemTime::now()), (&kept, hour_ago)] {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            let handle = std::fs::File::open(dir.path().join(name)).unwrap();
+            handle.set_times(std::fs::FileTimes::new().set_modified(age)).unwrap();
+        }
+        let stale_temp = dir.path().join(".copy-1-ces");
+        std::fs::write(&stale_temp, "").unwrap();
+        std::fs::File::options().write(true).open(&stale_temp).unwrap().set_modified(hour_ago).unwrap();
+        let other = dir.path().join("not-ours");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::File::open(&other).unwrap().set_times(std::fs::FileTimes::new().set_modified(hour_ago)).unwrap();
+        remove_unused(dir.path(), &kept);
+        assert!(!dir.path().join(&old).exists() && !stale_temp.exists(), "unused for over an hour");
+        assert!(dir.path().join(&recent).exists() && dir.path().join(&kept).exists() && other.exists());
+    }
+
     #[test]
     fn copies_are_keyed_by_content_and_kept_once() {
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            return;
-        }
+        require_root();
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a/tool"), dir.path().join("b/tool"));
         for (path, content) in [(&a, "one"), (&b, "two")] {
@@ -162,9 +188,7 @@ mod tests {
 
     #[test]
     fn a_bin_root_that_someone_else_could_write_is_refused() {
-        if !std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
-            return;
-        }
+        require_root();
         let dir = tempfile::tempdir().unwrap();
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
