@@ -228,6 +228,12 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `tool` by its path (root's tools live in sbin directories that a PATH
+/// may lack), else by name.
+fn tool(name: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
 /// The content key of the image: a hash of everything that goes into it.
 pub fn key() -> String {
     let mut hash = Sha256::new();
@@ -287,7 +293,7 @@ impl Image {
         // Room for the results (container outputs, logs, the journal).
         let size_mib = dir_size(payload) / (1 << 20) + 512;
         run(
-            Command::new("mkfs.ext4")
+            Command::new(tool("mkfs.ext4"))
                 .args(["-q", "-F", "-L", "ces-payload", "-E", "root_owner=0:0", "-d"])
                 .arg(payload)
                 .arg(&disk)
@@ -295,10 +301,10 @@ impl Image {
             "mkfs.ext4 (payload disk)",
         )?;
         File::create(&swap).and_then(|f| f.set_len(1 << 30)).map_err(|e| format!("{}: {e}", swap.display()))?;
-        run(Command::new("mkswap").args(["-q", "-L", "ces-swap"]).arg(&swap), "mkswap")?;
+        run(Command::new(tool("mkswap")).args(["-q", "-L", "ces-swap"]).arg(&swap), "mkswap")?;
 
         let drive = |path: &Path, extra: &str| format!("file={},format=raw,if=virtio{extra}", path.display());
-        let mut qemu = Command::new("qemu-system-x86_64");
+        let mut qemu = Command::new(tool("qemu-system-x86_64"));
         qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "2048", "-smp", "2"])
             .args(["-nodefaults", "-display", "none", "-no-reboot", "-nic", "none", "-monitor", "none"])
             .arg("-serial")
@@ -348,7 +354,7 @@ impl Image {
         std::fs::create_dir(&results).map_err(|e| e.to_string())?;
         // debugfs reads the ext4 image as it is: no mount, no loop device.
         let dumped = run(
-            Command::new("debugfs").arg("-R").arg(format!("rdump /results {}", results.display())).arg(&disk),
+            Command::new(tool("debugfs")).arg("-R").arg(format!("rdump /results {}", results.display())).arg(&disk),
             "debugfs rdump (reading the results)",
         );
         let _ = std::fs::remove_file(&disk);
@@ -380,7 +386,7 @@ fn build(root: &Path, dir: &Path) -> Result<(), String> {
     std::fs::write(&runner, PAYLOAD_RUNNER).map_err(|e| e.to_string())?;
     std::fs::write(&unit, PAYLOAD_UNIT).map_err(|e| e.to_string())?;
     run(
-        Command::new("mmdebstrap")
+        Command::new(tool("mmdebstrap"))
             .args(["--quiet", "--variant=minbase", "--aptopt=APT::Install-Recommends \"false\""])
             .args(["--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*"])
             .args(["--dpkgopt=path-exclude=/usr/share/locale/*"])
@@ -409,7 +415,7 @@ fn build(root: &Path, dir: &Path) -> Result<(), String> {
     }
     let size_mib = dir_size(&rootfs) / (1 << 20) + 1024;
     run(
-        Command::new("mkfs.ext4")
+        Command::new(tool("mkfs.ext4"))
             .args(["-q", "-F", "-L", "ces-root", "-d"])
             .arg(&rootfs)
             .arg(tmp.path().join("root.img"))

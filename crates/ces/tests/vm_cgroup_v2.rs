@@ -40,20 +40,11 @@ fn boot() -> Result<Boot, String> {
     let started = Instant::now();
     let image = Image::get()?;
     let ready = started.elapsed();
-    let payload = tempfile::tempdir().unwrap();
-    let dir = payload.path();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::copy(env!("CARGO_BIN_EXE_ces"), dir.join("ces")).unwrap();
-    for (name, text) in [("run", include_str!("vm/run")), ("scenarios.sh", include_str!("vm/scenarios.sh"))] {
-        std::fs::write(dir.join(name), text).unwrap();
-        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let archive = dir.join("busybox.tar");
-    busybox_image().build().write_oci_archive(&archive, IMAGE);
-    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let boot = image.boot(dir, VM_TIMEOUT)?;
+    let payload = tempfile::tempdir().map_err(|e| format!("the payload directory: {e}"))?;
+    write_payload(payload.path()).map_err(|e| format!("writing the payload: {e}"))?;
+    let boot = image.boot(payload.path(), VM_TIMEOUT)?;
     if let Some(keep) = std::env::var_os("CES_TEST_VM_RESULTS") {
-        boot.save(Path::new(&keep)).unwrap();
+        boot.save(Path::new(&keep)).map_err(|e| format!("saving the results: {e}"))?;
         eprintln!("vm_cgroup_v2: results saved in {}", Path::new(&keep).display());
     }
     eprintln!(
@@ -62,6 +53,21 @@ fn boot() -> Result<Boot, String> {
         started.elapsed()
     );
     Ok(boot)
+}
+
+/// The payload: the built `ces`, the scripts, and the busybox image as an OCI
+/// archive, all readable by the VM's user.
+fn write_payload(dir: &Path) -> std::io::Result<()> {
+    let mode = |path: &Path, mode: u32| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+    mode(dir, 0o755)?;
+    std::fs::copy(env!("CARGO_BIN_EXE_ces"), dir.join("ces"))?;
+    for (name, text) in [("run", include_str!("vm/run")), ("scenarios.sh", include_str!("vm/scenarios.sh"))] {
+        std::fs::write(dir.join(name), text)?;
+        mode(&dir.join(name), 0o755)?;
+    }
+    let archive = dir.join("busybox.tar");
+    busybox_image().build().write_oci_archive(&archive, IMAGE);
+    mode(&archive, 0o644)
 }
 
 /// Where a scenario ran.
@@ -223,7 +229,7 @@ fn out_of_memory_with_swap_on(ctx: Ctx) {
     assert!(control.out.contains("ALLOCATED"), "the workload must fit in 1 GiB: {control}");
     let s = scenario(ctx, "oom");
     s.assert_exit(137);
-    assert!(!s.out.contains("ALLOCATED"), "200 MB held under -m 0.1: {s}");
+    assert!(!s.out.contains("ALLOCATED"), "200 MiB held under -m 0.1: {s}");
 }
 
 fn limits_inside(ctx: Ctx) {
@@ -256,10 +262,8 @@ fn sigterm_ends_the_run(ctx: Ctx) {
     let s = scenario(ctx, "sigterm");
     assert!(s.out.contains("ready"), "the container never started: {s}");
     s.assert_exit(143);
-    let left = format!("{s}\n{}", vm().text(&format!("{}/sigterm.host", ctx.dir())).unwrap_or_default());
-    let after = vm().text(&format!("{}/sigterm.host", ctx.dir())).unwrap_or_default();
-    assert_eq!(Scenario::value(&after, "still running").map(str::trim), Some(""), "{left}");
-    assert_eq!(Scenario::value(&after, "scratch left").map(str::trim), Some(""), "{left}");
+    assert_eq!(Scenario::value(&s.host, "still running").map(str::trim), Some(""), "{s}");
+    assert_eq!(Scenario::value(&s.host, "scratch left").map(str::trim), Some(""), "{s}");
 }
 
 fn ces_test_says_ready(ctx: Ctx) {

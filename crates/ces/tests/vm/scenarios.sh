@@ -15,10 +15,10 @@ cd "$HOME"
 sc() {
     name=$1
     shift
-    echo "== $name: $*"
+    echo "== $name at $(cut -d' ' -f1 /proc/uptime) s: $*"
     timeout -k 5 240 "$@" > "$OUT/$name.out" 2> "$OUT/$name.err" < /dev/null
     echo $? > "$OUT/$name.rc"
-    echo "   exit $(cat "$OUT/$name.rc")"
+    echo "   exit $(cat "$OUT/$name.rc") at $(cut -d' ' -f1 /proc/uptime) s"
 }
 
 # Where this runs: the test checks it really is the context it claims.
@@ -52,9 +52,10 @@ outputs=$(sed -n 's/.*"event":"end".*"outputs":"\([^"]*\)".*/\1/p' "$OUT/contrac
     echo "scratch left=$(ls -d "$HOME"/scratch_* 2> /dev/null | tr '\n' ' ')"
 } > "$OUT/contract.host" 2>&1
 
-# OOM with swap on: 200 MB held by `tail` under a 0.1 GiB limit. The control
-# shows the same workload completes under 1 GiB.
-alloc='head -c 209715200 /dev/zero | tail -c 209715200 > /dev/null && echo ALLOCATED'
+# OOM with swap on: dd's 200 MiB buffer, filled from /dev/zero (every page
+# touched), under a 0.1 GiB limit. The control shows the same workload
+# completes under 1 GiB.
+alloc='dd if=/dev/zero of=/dev/null bs=200M count=1 2> /dev/null && echo ALLOCATED'
 sc oom-control "$CES" run -m 1 "$IMG" sh -c "$alloc"
 sc oom "$CES" run -m 0.1 "$IMG" sh -c "$alloc"
 
@@ -95,4 +96,4 @@ echo $? > "$OUT/sigterm.rc"
 
 sc ces-test "$CES" test "$IMG" sh -c 'echo hello > /safe_outputs/hello.txt'
 
-echo "== done"
+echo "== done at $(cut -d' ' -f1 /proc/uptime) s"
