@@ -123,6 +123,113 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The registry sent a request to another host, which asked for
+    /// credentials: they are the registry's, not that host's, so none are sent.
+    #[error("{what} on {registry} was redirected to {host}, which answered {status}; ces sends no credentials there")]
+    RedirectDenied {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// The host that answered (`host[:port]`).
+        host: String,
+        /// Its status (401 or 403).
+        status: reqwest::StatusCode,
+    },
+    /// The registry sent a request to another host, which has nothing there.
+    #[error("{what} on {registry} was redirected to {host}, which answered 404 Not Found")]
+    NotFoundAt {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// The host that answered (`host[:port]`).
+        host: String,
+    },
+    /// Redirects that come back where they were, or never end.
+    #[error("redirect loop: {what} on {registry} was redirected {redirects} times without an answer")]
+    RedirectLoop {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// Redirects followed before ces stopped.
+        redirects: usize,
+    },
+    /// A redirect ces cannot follow (no usable `Location`, not `http(s)`).
+    #[error("{what} on {registry} was redirected to a location ces cannot follow")]
+    BadRedirect {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+    },
+    /// An `https` registry pointed ces (a redirect, its token realm) to plain
+    /// `http` on a host not listed as insecure.
+    #[error("{what} on {registry}: refusing the downgrade from https to plain http at {host}")]
+    Downgrade {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// The plain-http host (`host[:port]`).
+        host: String,
+    },
+    /// A `206` answer that is not the rest of the blob asked for.
+    #[error("{what} on {registry}: the registry answered a range request with another range")]
+    BadRange {
+        /// The host that answered.
+        registry: String,
+        /// What was asked.
+        what: String,
+    },
+    /// A body ended before its end.
+    #[error("{what} on {registry} ended after {received} of {expected} bytes")]
+    ShortBody {
+        /// The host that answered.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// Bytes received (all tries together for a resumed blob).
+        received: u64,
+        /// Bytes expected.
+        expected: u64,
+    },
+    /// Every try failed; the source is the last failure.
+    #[error("gave up on {what} from {registry} after {tries} tries")]
+    GaveUp {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// Tries made.
+        tries: u32,
+        /// Why the last try failed.
+        #[source]
+        last: Box<RegistryError>,
+    },
+    /// The image's layers add up to more than the limit set; refused
+    /// before any layer was fetched.
+    #[error("image {reference} is {size} bytes to download, more than the limit of {limit} bytes")]
+    ImageTooLarge {
+        /// The reference.
+        reference: String,
+        /// Its config and layers, compressed, as the manifest says.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The store's file system lacks the room for the blobs to download;
+    /// refused before any layer was fetched.
+    #[error("not enough free space in {}: {needed} bytes to download, {available} free", path.display())]
+    NoSpace {
+        /// The store's root.
+        path: std::path::PathBuf,
+        /// Bytes of the blobs still to fetch.
+        needed: u64,
+        /// Bytes free for an unprivileged writer.
+        available: u64,
+    },
     /// A manifest could not be used.
     #[error(transparent)]
     Manifest(#[from] ces_image::manifest::ManifestError),

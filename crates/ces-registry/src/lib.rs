@@ -12,6 +12,6 @@ pub mod error;
 pub mod pull;
 
 pub use auth::{Credentials, Secret};
-pub use client::{Client, ClientConfig, Session};
+pub use client::{Client, ClientConfig, RetryPolicy, Session};
 pub use error::RegistryError;
-pub use pull::{PullOptions, PullOutcome, PullReporter, Quiet, pull};
+pub use pull::{PullOptions, PullOutcome, PullReporter, Quiet, Retry, pull};

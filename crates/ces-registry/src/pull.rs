@@ -24,6 +24,31 @@ pub trait PullReporter: Send + Sync {
     fn layer_progress(&self, _digest: &Digest, _bytes: u64) {}
     /// A layer is stored and verified.
     fn layer_done(&self, _digest: &Digest) {}
+    /// A request failed in a way worth another try, which starts after
+    /// `retry.wait`.
+    fn retrying(&self, _retry: &Retry<'_>) {}
+    /// A layer's download starts again from its first byte: the `discarded`
+    /// bytes already received are thrown away (the registry ignored `Range`).
+    fn layer_restarted(&self, _digest: &Digest, _discarded: u64) {}
+}
+
+/// A try that failed and is made again, as [`PullReporter::retrying`] hears it.
+#[derive(Debug, Clone)]
+pub struct Retry<'a> {
+    /// What was asked, e.g. `GET blob sha256:...`.
+    pub what: &'a str,
+    /// The blob, when a blob download is retried.
+    pub blob: Option<&'a Digest>,
+    /// The try that failed (the first is 1).
+    pub attempt: u32,
+    /// How many tries there may be in all.
+    pub tries: u32,
+    /// Why it failed, in ces's words.
+    pub reason: String,
+    /// The wait before the next try.
+    pub wait: std::time::Duration,
+    /// Bytes of the blob kept: the next try asks for the rest only.
+    pub kept: u64,
 }
 
 /// A reporter that reports nothing.
@@ -42,11 +67,15 @@ pub struct PullOptions {
     /// e.g. `org.opencontainers.image.source`: an image without one is
     /// refused once its config is read, before any layer is fetched.
     pub required_labels: Vec<String>,
+    /// The most an image may weigh to download (config and layers,
+    /// compressed, as its manifest says); checked before any layer is
+    /// fetched. Each blob is then cut off at its descriptor's size.
+    pub max_image_size: Option<u64>,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { platform: Platform::host(), concurrency: 4, required_labels: Vec::new() }
+        PullOptions { platform: Platform::host(), concurrency: 4, required_labels: Vec::new(), max_image_size: None }
     }
 }
 
@@ -61,6 +90,11 @@ pub struct PullOutcome {
     pub reused: usize,
     /// Bytes downloaded for layers.
     pub downloaded: u64,
+    /// Requests tried again (rate limits, bad gateways, broken transfers).
+    pub retries: u32,
+    /// Bytes downloaded twice: blobs restarted from their first byte because
+    /// the registry ignored `Range` (a resumed download fetches nothing twice).
+    pub refetched: u64,
 }
 
 /// Pulls `reference` into `store`: every blob it needs arrives verified.
@@ -80,9 +114,9 @@ pub async fn pull(
     reporter: &dyn PullReporter,
 ) -> Result<PullOutcome, RegistryError> {
     client.check_allowed(reference.registry())?;
-    let session = client.session(reference, credentials).await?;
+    let session = client.session(reference, credentials, reporter).await?;
 
-    let top = session.manifest(&reference.manifest_reference(), MAX_MANIFEST_BYTES).await?;
+    let top = session.manifest(&reference.manifest_reference(), MAX_MANIFEST_BYTES, reporter).await?;
     let (fetched, index_digest) = match Manifest::parse(&top.bytes, top.content_type.as_deref())? {
         Manifest::Image(_) => (top, None),
         Manifest::Index(index) => {
@@ -94,7 +128,7 @@ pub async fn pull(
                 });
             };
             let digest = manifest::descriptor_digest(chosen).map_err(ces_image::StoreError::from)?;
-            let child = session.manifest(&digest.to_string(), MAX_MANIFEST_BYTES).await?;
+            let child = session.manifest(&digest.to_string(), MAX_MANIFEST_BYTES, reporter).await?;
             (child, Some(top.digest))
         }
     };
@@ -115,10 +149,16 @@ pub async fn pull(
         });
     }
     let stored = store.has_blob(&config_digest, config.size());
+    // Refused on the manifest's word, before anything is fetched: a lying
+    // descriptor is then held to its size by the blob writer.
+    let total = image.layers().iter().map(|l| l.size()).fold(config.size(), u64::saturating_add);
+    if let Some(limit) = options.max_image_size.filter(|limit| total > *limit) {
+        return Err(RegistryError::ImageTooLarge { reference: reference.to_string(), size: total, limit });
+    }
     let config_bytes = if stored {
         store.read_blob(&config_digest, MAX_CONFIG_BYTES)?
     } else {
-        session.small_blob(&config_digest, config.size(), MAX_CONFIG_BYTES).await?
+        session.small_blob(&config_digest, config.size(), MAX_CONFIG_BYTES, reporter).await?
     };
     let image_config: ImageConfiguration = serde_json::from_slice(&config_bytes)
         .map_err(|source| RegistryError::BadConfig { reference: reference.to_string(), source })?;
@@ -152,12 +192,12 @@ pub async fn pull(
         }
     }
     let downloaded: u64 = missing.iter().map(|(_, size)| size).sum();
+    check_free_space(store, downloaded)?;
     futures_util::stream::iter(missing)
         .map(|(digest, size)| {
             let session = &session;
             async move {
-                let writer = store.blob_writer(&digest, Some(size))?;
-                session.blob(&digest, size, writer, &|n| reporter.layer_progress(&digest, n)).await?;
+                session.blob(&digest, size, store, reporter).await?;
                 reporter.layer_done(&digest);
                 Ok::<_, RegistryError>(())
             }
@@ -178,5 +218,24 @@ pub async fn pull(
         index_digest,
         provenance,
     };
-    Ok(PullOutcome { record, layers: layers.len(), reused, downloaded })
+    Ok(PullOutcome {
+        record,
+        layers: layers.len(),
+        reused,
+        downloaded,
+        retries: session.retries(),
+        refetched: session.refetched(),
+    })
+}
+
+/// Refuses a download the store's file system has no room for, before it
+/// starts (rather than at ENOSPC halfway). Where the free space cannot be
+/// read, the download goes ahead: the writes will tell.
+fn check_free_space(store: &Store, needed: u64) -> Result<(), RegistryError> {
+    let Ok(stat) = rustix::fs::statvfs(store.root()) else { return Ok(()) };
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if needed > available {
+        return Err(RegistryError::NoSpace { path: store.root().to_owned(), needed, available });
+    }
+    Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod exe;
 pub mod image;
 pub mod layer;
+pub mod misbehave;
 #[cfg(target_arch = "x86_64")]
 pub mod probe;
 pub mod registry;

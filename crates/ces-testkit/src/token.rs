@@ -303,7 +303,7 @@ fn header(name: &str, value: &str) -> tiny_http::Header {
 
 /// Just enough for `openssl req -x509`: a CA certificate, as the default
 /// Debian config makes it.
-const OPENSSL_CNF: &str = "[req]
+pub(crate) const OPENSSL_CNF: &str = "[req]
 distinguished_name = dn
 prompt = no
 [dn]
@@ -314,7 +314,8 @@ authorityKeyIdentifier = keyid:always,issuer
 basicConstraints = critical,CA:true
 ";
 
-fn openssl(args: &[&str]) {
+/// Runs the `openssl` CLI; panics with its stderr if it fails.
+pub(crate) fn openssl(args: &[&str]) {
     let output = Command::new("openssl")
         .args(args)
         .output()

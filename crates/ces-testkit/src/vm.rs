@@ -141,10 +141,13 @@ const KERNEL_CMDLINE: &str =
     "root=LABEL=ces-root rw console=ttyS0 loglevel=4 panic=-1 systemd.unified_cgroup_hierarchy=1";
 
 /// A built machine image: kernel, initrd and root disk.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Image {
     /// The cache directory holding `vmlinuz`, `initrd.img` and `root.img`.
     pub dir: PathBuf,
+    /// A shared lock on `<key>.lock` while in use: a build of another key
+    /// removes only images no one holds.
+    _lock: File,
 }
 
 /// What a boot left: the payload's results directory, read into memory
@@ -274,12 +277,18 @@ impl Image {
         // Another test binary may be building it: wait for it, then reuse.
         lock.lock().map_err(|e| format!("lock {}: {e}", lock_path.display()))?;
         if !dir.join("root.img").is_file() {
+            // What a killed build of this key left.
+            remove_matching(root, &format!(".build-{key}-"));
             let started = Instant::now();
             eprintln!("ces-testkit vm: building the Debian 12 image {key} (once; cached in {})", dir.display());
-            build(root, &dir)?;
+            build(root, &key, &dir)?;
             eprintln!("ces-testkit vm: built in {:.0?}", started.elapsed());
+            remove_unused_images(root, &key);
         }
-        Ok(Image { dir })
+        // Shared from here on (flock converts the lock in place): builds of
+        // other keys see the image is in use and leave it.
+        lock.lock_shared().map_err(|e| format!("lock {}: {e}", lock_path.display()))?;
+        Ok(Image { dir, _lock: lock })
     }
 
     /// Boots the machine with `payload` (a directory holding an executable
@@ -378,8 +387,9 @@ impl Image {
 
 /// Builds the image into a temporary directory beside `dir`, then renames it
 /// into place.
-fn build(root: &Path, dir: &Path) -> Result<(), String> {
-    let tmp = tempfile::Builder::new().prefix(".build-").tempdir_in(root).map_err(|e| e.to_string())?;
+fn build(root: &Path, key: &str, dir: &Path) -> Result<(), String> {
+    let prefix = format!(".build-{key}-");
+    let tmp = tempfile::Builder::new().prefix(&prefix).tempdir_in(root).map_err(|e| e.to_string())?;
     let rootfs = tmp.path().join("rootfs");
     let runner = tmp.path().join("ces-vm-payload");
     let unit = tmp.path().join("ces-vm-payload.service");
@@ -427,6 +437,33 @@ fn build(root: &Path, dir: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&unit);
     let built = tmp.keep();
     std::fs::rename(&built, dir).map_err(|e| format!("rename {} to {}: {e}", built.display(), dir.display()))
+}
+
+/// Removes the entries of `root` whose names start with `prefix`.
+fn remove_matching(root: &Path, prefix: &str) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Removes the images of other keys (an older recipe) that no one holds, so
+/// the cache keeps one image, not one per change.
+fn remove_unused_images(root: &Path, key: &str) {
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(other) = name.strip_suffix(".lock") else { continue };
+        if other == key {
+            continue;
+        }
+        let Ok(lock) = File::open(entry.path()) else { continue };
+        if lock.try_lock().is_ok() {
+            let _ = std::fs::remove_dir_all(root.join(other));
+            remove_matching(root, &format!(".build-{other}-"));
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The bytes of the regular files under `dir` (symbolic links not followed).

@@ -116,13 +116,39 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
         RegistryError::ManifestDigestMismatch { .. } => {
             vec!["the registry served a manifest that is not the one pinned; nothing was stored".into()]
         }
-        RegistryError::Transfer { .. } => vec!["the download broke off; run the pull again (verified blobs are reused)".into()],
+        RegistryError::Transfer { .. } | RegistryError::ShortBody { .. } => {
+            vec!["the download broke off; run the pull again (verified blobs are reused)".into()]
+        }
+        RegistryError::GaveUp { last, .. } => {
+            let mut hints = registry_hints(last, config);
+            hints.push("the registry is failing or rate-limiting: run the pull again later (verified blobs are reused)".into());
+            hints
+        }
+        RegistryError::Downgrade { host, .. } => vec![format!(
+            "the registry sent ces to plain http, where credentials travel in clear and content can be swapped; only if {host} is a trusted local host, list it in [registries] insecure in {config}"
+        )],
+        RegistryError::RedirectDenied { host, .. } => vec![format!(
+            "the registry's storage at {host} refused the download; this is the registry's fault (report it), or try again later"
+        )],
+        RegistryError::NotFoundAt { host, .. } => {
+            vec![format!("the registry's storage at {host} has lost the content; report it to the registry")]
+        }
+        RegistryError::RedirectLoop { .. } | RegistryError::BadRedirect { .. } => {
+            vec!["the registry is misconfigured; report it to the registry's operator".into()]
+        }
+        RegistryError::ImageTooLarge { limit, .. } => vec![format!(
+            "[storage] max_image_size in {config} is {limit} bytes; ask the operator to raise it, or make the image smaller"
+        )],
+        RegistryError::NoSpace { .. } => vec![format!(
+            "free space (ces rmi IMAGE removes an image and the blobs only it used; ces gc the rest), or set [storage] root in {config} to a larger file system"
+        )],
         RegistryError::Store(e) => store_hints(e),
         RegistryError::MissingLabel { label, .. } if label == ces_image::provenance::SOURCE => {
             vec![crate::policy::SOURCE_LABEL_HINT.into()]
         }
         RegistryError::MissingLabel { .. } | RegistryError::BadConfig { .. } | RegistryError::TooLarge { .. }
         | RegistryError::Status { .. }
+        | RegistryError::BadRange { .. }
         | RegistryError::BadAuth { .. }
         | RegistryError::Manifest(_)
         | RegistryError::Client(_) => Vec::new(),

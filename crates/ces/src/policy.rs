@@ -81,7 +81,7 @@ pub fn hints(error: &PolicyError) -> Vec<String> {
 
 /// The pull options the policy asks for (the labels a pull must find).
 pub fn pull_options(settings: &Settings) -> PullOptions {
-    let mut options = PullOptions::default();
+    let mut options = PullOptions { max_image_size: settings.max_image_size, ..PullOptions::default() };
     if settings.policy.require_source_label {
         options.required_labels.push(SOURCE.to_owned());
     }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ces_image::{Digest, ImageReference};
-use ces_registry::PullReporter;
+use ces_registry::{PullReporter, Retry};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Prints status lines and owns the progress bars.
@@ -130,6 +130,27 @@ impl PullReporter for PullProgress {
                 bar.finish_with_message("verified");
             }
         });
+    }
+    fn retrying(&self, retry: &Retry<'_>) {
+        // A status line too, so that a log (no terminal) shows the retry.
+        let what = retry.blob.map_or_else(|| retry.what.to_owned(), |digest| format!("layer {}", digest.short()));
+        let resume = if retry.kept > 0 { format!("; resuming at {}", human_bytes(retry.kept)) } else { String::new() };
+        self.printer.status(format!(
+            "Retrying {what} (try {} of {}) in {:.1}s: {}{resume}",
+            retry.attempt + 1,
+            retry.tries,
+            retry.wait.as_secs_f64(),
+            retry.reason
+        ));
+    }
+
+    fn layer_restarted(&self, digest: &Digest, discarded: u64) {
+        self.printer.status(format!(
+            "Layer {} starts again from its first byte ({} fetched again: the registry ignores Range)",
+            digest.short(),
+            human_bytes(discarded)
+        ));
+        self.with_bar(digest, |bar| bar.set_position(0));
     }
 }
 

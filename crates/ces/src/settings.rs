@@ -170,6 +170,9 @@ pub struct StorageConfig {
     /// The store root, absolute; a per-user default when not set.
     #[serde(default, deserialize_with = "absolute_path")]
     pub root: Option<PathBuf>,
+    /// The most an image may weigh to download, in bytes (config and
+    /// layers, compressed, as its manifest says); no limit when not set.
+    pub max_image_size: Option<u64>,
 }
 
 /// `[tre]`: the directory contract of `ces run` (see docs/config.md).
@@ -264,6 +267,8 @@ pub struct Settings {
     pub registries: RegistriesConfig,
     /// The store root.
     pub storage_root: PathBuf,
+    /// `[storage] max_image_size`: the most an image may weigh to download.
+    pub max_image_size: Option<u64>,
     /// The directory contract of `ces run`.
     pub tre: TreConfig,
     /// The audit log every pull, load and run appends to.
@@ -343,6 +348,7 @@ impl Settings {
             config_path: path,
             registries: config.registries,
             storage_root,
+            max_image_size: config.storage.max_image_size,
             tre: config.tre,
             audit_path,
             audit_syslog: config.audit.syslog,

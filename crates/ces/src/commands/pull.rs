@@ -101,8 +101,16 @@ fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyho
         &reporter,
     ))?;
     drop(runtime);
+    let retried = match outcome.retries {
+        0 => String::new(),
+        n => format!(
+            ", {n} {}, {} fetched again",
+            if n == 1 { "retry" } else { "retries" },
+            human_bytes(outcome.refetched)
+        ),
+    };
     printer.status(format!(
-        "Pulled {} layer{} ({} new, {}) in {:.2}s",
+        "Pulled {} layer{} ({} new, {}{retried}) in {:.2}s",
         outcome.layers,
         if outcome.layers == 1 { "" } else { "s" },
         outcome.layers - outcome.reused,
