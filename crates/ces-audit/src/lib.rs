@@ -15,10 +15,13 @@
 //! a log collector) closes that gap.
 
 pub mod log;
+pub mod open;
 pub mod record;
 
 pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
+pub use open::{OpenMark, Opened};
 pub use record::{
-    Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, MAX_ERROR_TEXT, Mount, Outcome, Provenance, PullEvent,
-    Record, RunEndEvent, RunEvent, RunNotStarted, RunSetup, RunStartEvent, SafeData, User,
+    Archive, Event, Exit, Image, Limits, LoadEvent, LoadedImage, MAX_ERROR_TEXT, Mount, Outcome, Provenance,
+    PullEndEvent, PullEvent, PullStartEvent, Record, RunEndEvent, RunEvent, RunNotStarted, RunSetup, RunStartEvent,
+    SafeData, User,
 };

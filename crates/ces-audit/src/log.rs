@@ -373,6 +373,7 @@ mod tests {
 
     fn pull(n: usize) -> Event {
         Event::Pull(PullEvent {
+            pull_id: None,
             reference: format!("ghcr.io/a/b:{n}"),
             registry: Some("ghcr.io".into()),
             registry_user: None,
@@ -568,6 +569,7 @@ mod tests {
         // A record longer than the read block.
         let long = || {
             Event::Pull(PullEvent {
+                pull_id: None,
                 reference: "x".repeat(20_000),
                 registry: None,
                 registry_user: None,

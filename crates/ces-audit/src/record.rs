@@ -39,8 +39,15 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
+    /// A pull about to contact the registry: written first, so that a pull
+    /// is in the log even when its ces dies. Its end is the [`Event::Pull`]
+    /// (or [`Event::PullEnd`]) with the same `pull_id`.
+    PullStart(PullStartEvent),
     /// A pull, whatever its outcome.
     Pull(PullEvent),
+    /// The end of a pull whose ces died (killed, interrupted) before it
+    /// could write the pull's own record: written by the next pull.
+    PullEnd(PullEndEvent),
     /// A load of an image archive (`ces load`), whatever its outcome.
     Load(LoadEvent),
     /// A run about to start its container: written before the container
@@ -58,10 +65,12 @@ pub enum Event {
 }
 
 impl Event {
-    /// `pull`, `load`, `run_start`, `run`, `run_end` or `run_not_started`.
+    /// `pull_start`, `pull`, `pull_end`, `load`, `run_start`, `run`, `run_end` or `run_not_started`.
     pub fn kind(&self) -> &'static str {
         match self {
+            Event::PullStart(_) => "pull_start",
             Event::Pull(_) => "pull",
+            Event::PullEnd(_) => "pull_end",
             Event::Load(_) => "load",
             Event::RunStart(_) => "run_start",
             Event::Run(_) => "run",
@@ -76,7 +85,7 @@ impl Event {
             Event::RunStart(start) => Some(&start.run_id),
             Event::Run(run) => Some(&run.run_id),
             Event::RunEnd(end) => Some(&end.run_id),
-            Event::Pull(_) | Event::Load(_) | Event::RunNotStarted(_) => None,
+            Event::PullStart(_) | Event::Pull(_) | Event::PullEnd(_) | Event::Load(_) | Event::RunNotStarted(_) => None,
         }
     }
 
@@ -85,6 +94,8 @@ impl Event {
     pub fn reference(&self) -> &str {
         match self {
             Event::Pull(pull) => &pull.reference,
+            Event::PullStart(start) => &start.reference,
+            Event::PullEnd(end) => &end.reference,
             Event::Load(load) => load.images.first().map_or("", |image| image.reference.as_str()),
             Event::RunStart(start) => &start.setup.image.reference,
             Event::Run(run) => &run.setup.image.reference,
@@ -100,7 +111,7 @@ impl Event {
             Event::Load(load) => load.images.first().map(|image| image.digest.as_str()),
             Event::RunStart(start) => Some(&start.setup.image.digest),
             Event::Run(run) => Some(&run.setup.image.digest),
-            Event::RunEnd(_) | Event::RunNotStarted(_) => None,
+            Event::PullStart(_) | Event::PullEnd(_) | Event::RunEnd(_) | Event::RunNotStarted(_) => None,
         }
     }
 
@@ -124,6 +135,14 @@ impl Event {
                 pull.reference = ces_image::quote::escape_message(&pull.reference, MAX_ERROR_TEXT);
                 &mut pull.outcome
             }
+            Event::PullStart(start) => {
+                start.reference = ces_image::quote::escape_message(&start.reference, MAX_ERROR_TEXT);
+                return;
+            }
+            Event::PullEnd(end) => {
+                end.reference = ces_image::quote::escape_message(&end.reference, MAX_ERROR_TEXT);
+                &mut end.outcome
+            }
             Event::Load(load) => &mut load.outcome,
             Event::RunStart(_) => return,
             Event::Run(run) => &mut run.outcome,
@@ -137,7 +156,9 @@ impl Event {
     pub fn outcome(&self) -> &Outcome {
         const STARTED: &Outcome = &Outcome::Ok;
         match self {
+            Event::PullStart(_) => STARTED,
             Event::Pull(pull) => &pull.outcome,
+            Event::PullEnd(end) => &end.outcome,
             Event::Load(load) => &load.outcome,
             Event::RunStart(_) => STARTED,
             Event::Run(run) => &run.outcome,
@@ -197,9 +218,43 @@ impl Outcome {
     }
 }
 
+/// The start of `ces pull`, before the registry is contacted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullStartEvent {
+    /// The pull id: its end record carries the same.
+    pub pull_id: String,
+    /// The ces process that pulls.
+    pub pid: u32,
+    /// The reference as given.
+    pub reference: String,
+    /// The registry (`host[:port]`).
+    pub registry: Option<String>,
+    /// The registry user, if any (never the token).
+    pub registry_user: Option<String>,
+}
+
+/// The end of a pull whose ces died before writing the pull's own record
+/// (outcome [`Outcome::SupervisorLost`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PullEndEvent {
+    /// The pull id of its [`PullStartEvent`].
+    pub pull_id: String,
+    /// The ces process that pulled, which is gone.
+    pub pid: Option<u32>,
+    /// The reference, as its start says.
+    pub reference: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
 /// `ces pull`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PullEvent {
+    /// The pull id of its [`PullStartEvent`], when the pull got that far
+    /// (a pull refused before contacting the registry has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_id: Option<String>,
     /// The reference as given.
     pub reference: String,
     /// The registry (`host[:port]`), when the reference could be parsed.
@@ -432,6 +487,7 @@ mod tests {
             time: "2026-01-02T03:04:05Z".parse().unwrap(),
             user: User { name: "alice".into(), uid: 1000 },
             event: Event::Pull(PullEvent {
+                pull_id: None,
                 reference: "ghcr.io/a/b:1".into(),
                 registry: Some("ghcr.io".into()),
                 registry_user: None,

@@ -36,15 +36,23 @@ fn pulls_are_recorded_whatever_their_outcome_and_without_the_token() {
     sb.run(cmd).ok();
 
     let path = audit_path(&sb);
-    let records = sb.audit_records();
+    let all = sb.audit_records();
+    // A pull that gets as far as the registry records its start first.
+    let starts: Vec<_> = all.iter().filter(|r| r["event"] == "pull_start").collect();
+    assert_eq!((starts.len(), all[0]["event"].as_str()), (2, Some("pull_start")), "{all:#?}");
+    assert_eq!(starts[0]["pull_id"], all[1]["pull_id"]);
+    assert_eq!(starts[1]["pull_id"], all[4]["pull_id"]);
+    let records: Vec<_> = all.iter().filter(|r| r["event"] != "pull_start").cloned().collect();
     assert_eq!(records.len(), 3, "{records:#?}");
-    for (seq, record) in records.iter().enumerate() {
+    for (seq, record) in all.iter().enumerate() {
         assert_eq!(record["seq"], seq);
+    }
+    for record in &records {
         assert_eq!(record["event"], "pull");
         assert_eq!(record["user"]["uid"], rustix::process::getuid().as_raw());
         assert!(record["time"].as_str().unwrap().parse::<jiff::Timestamp>().is_ok());
     }
-    assert_eq!(records[0]["prev"], "0".repeat(64));
+    assert_eq!(all[0]["prev"], "0".repeat(64));
     assert_eq!(records[0]["result"], "error");
     assert!(records[0]["error"].as_str().unwrap().contains("not authorized"), "{}", records[0]);
     assert_eq!(records[0]["reference"], private.as_str());
@@ -59,7 +67,7 @@ fn pulls_are_recorded_whatever_their_outcome_and_without_the_token() {
 
     assert!(!contains(&std::fs::read(&path).unwrap(), password), "the token is in the audit log");
     let verify = sb.ces(&["audit", "verify"]);
-    assert!(verify.ok().contains("3 records, the chain is whole"), "{}", verify.stdout);
+    assert!(verify.ok().contains("5 records, the chain is whole"), "{}", verify.stdout);
 }
 
 #[test]
@@ -163,6 +171,7 @@ fn show_filters_by_user_time_and_image() {
     let log = ces_audit::AuditLog::new(audit_path(&sb));
     for reference in ["ghcr.io/other/img:1", "ghcr.io/other/img:2"] {
         let event = ces_audit::Event::Pull(ces_audit::PullEvent {
+            pull_id: None,
             reference: reference.into(),
             registry: Some("ghcr.io".into()),
             registry_user: None,
@@ -236,9 +245,9 @@ fn a_run_is_recorded_with_names_of_env_variables_only() {
         assert!(!contains(&bytes, secret), "{secret} is in the audit log");
     }
     let records = sb.audit_records();
-    assert_eq!(records.len(), 3, "the pull, then the run's start and its end");
-    assert_eq!(records[1]["event"], "run_start");
-    let run = &records[2];
+    assert_eq!(records.len(), 4, "the pull's start and end, then the run's start and its end");
+    assert_eq!(records[2]["event"], "run_start");
+    let run = &records[3];
     assert_eq!(run["event"], "run");
     assert_eq!(run["result"], "ok");
     assert!(run.get("test").is_none(), "a real run is not marked as a test: {run}");
@@ -321,7 +330,7 @@ fn a_damaged_audit_log_stops_the_run_before_the_container() {
     text.truncate(text.len() - 5);
     std::fs::write(audit_path(&w.sb), text).unwrap();
     let out = w.ces(&["run", &w.image, "sh", "-c", "echo ran > /safe_outputs/ran"]);
-    assert!(out.fails().contains("ends with a damaged record (line 1)"), "{}", out.stderr);
+    assert!(out.fails().contains("ends with a damaged record (line 2)"), "{}", out.stderr);
     let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(home.is_empty(), "no outputs or scratch: the container never ran: {home:?}");
 }
@@ -404,8 +413,8 @@ fn a_run_records_its_start_before_the_container_and_its_end_with_the_same_run_id
     let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "exit 4"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     let records = w.sb.audit_records();
-    assert_eq!(records.len(), 3, "the pull, the start, the end: {records:#?}");
-    let (start, end) = (&records[1], &records[2]);
+    assert_eq!(records.len(), 4, "the pull's start and end, the run's start and end: {records:#?}");
+    let (start, end) = (&records[2], &records[3]);
     assert_eq!((start["event"].as_str(), end["event"].as_str()), (Some("run_start"), Some("run")));
     assert_eq!(start["run_id"], end["run_id"]);
     for field in ["image", "runtime", "project", "safe_data", "mounts", "limits", "env", "argv", "user", "outputs"] {
@@ -418,12 +427,12 @@ fn a_run_records_its_start_before_the_container_and_its_end_with_the_same_run_id
     let id = start["run_id"].as_str().unwrap();
     let lines: Vec<&str> = table.ok().lines().collect();
     assert!(
-        lines[2].contains(" start ") && lines[2].trim_end().ends_with(&format!("run {id} started")),
+        lines[3].contains(" start ") && lines[3].trim_end().ends_with(&format!("run {id} started")),
         "{}",
-        lines[2]
+        lines[3]
     );
-    assert!(lines[3].contains(" run ") && lines[3].trim_end().ends_with("exit 4"), "{}", lines[3]);
-    assert!(w.sb.ces(&["audit", "verify"]).ok().contains("3 records, the chain is whole"));
+    assert!(lines[4].contains(" run ") && lines[4].trim_end().ends_with("exit 4"), "{}", lines[4]);
+    assert!(w.sb.ces(&["audit", "verify"]).ok().contains("4 records, the chain is whole"));
 }
 
 /// A run whose start is recorded but whose container never starts (here,
@@ -441,14 +450,14 @@ fn a_recorded_start_whose_container_never_starts_is_closed_with_the_error() {
     let out = common::Run::from(child.wait_with_output().unwrap());
     assert_eq!(out.code, 125, "{}", out.stderr);
     let records = w.sb.audit_records();
-    let id = records[1]["run_id"].as_str().unwrap();
+    let id = records[2]["run_id"].as_str().unwrap();
     assert_eq!(
         events_of(&records, id),
         [("run_start".to_owned(), String::new()), ("run_end".to_owned(), "error".to_owned())],
         "{records:#?}"
     );
-    assert!(records[2]["error"].as_str().unwrap().starts_with("the container was not started: "), "{}", records[2]);
-    assert_eq!(records.len(), 3, "no run_not_started besides: {records:#?}");
+    assert!(records[3]["error"].as_str().unwrap().starts_with("the container was not started: "), "{}", records[3]);
+    assert_eq!(records.len(), 4, "no run_not_started besides: {records:#?}");
     let home: Vec<_> = std::fs::read_dir(&w.home).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(home.is_empty(), "the container never ran: {home:?}");
     assert_no_run_left(&w.sb.store);

@@ -66,9 +66,73 @@ fn passwd_name(uid: u32) -> Option<String> {
     })
 }
 
+/// A pull whose start is in the log: its mark stays until its end is too.
+#[derive(Debug)]
+pub struct PullStarted {
+    /// The pull id, which its end record repeats.
+    pub id: String,
+    mark: ces_audit::OpenMark,
+}
+
+impl PullStarted {
+    /// Says the pull's end is in the log (a mark that cannot be removed is
+    /// only logged: the next pull would close it twice, never lose it).
+    pub fn close(self) {
+        if let Err(error) = self.mark.close() {
+            tracing::warn!(%error, id = self.id, "cannot remove the open mark of a pull");
+        }
+    }
+}
+
+/// Appends a pull's start, before the registry is contacted, and marks it
+/// open until [`record_pull`] writes its end.
+pub fn record_pull_start(
+    settings: &Settings,
+    reference: &ces_image::ImageReference,
+    registry_user: Option<&str>,
+) -> anyhow::Result<PullStarted> {
+    let pid = std::process::id();
+    let id = format!("{:x}-{pid}", jiff::Timestamp::now().as_nanosecond());
+    let opened = ces_audit::Opened { id: id.clone(), user: current_user(), pid, reference: reference.to_string() };
+    let event = Event::PullStart(ces_audit::PullStartEvent {
+        pull_id: id.clone(),
+        pid,
+        reference: reference.to_string(),
+        registry: Some(reference.registry().to_owned()),
+        registry_user: registry_user.map(str::to_owned),
+    });
+    let (_, mark) = log(settings)
+        .append_open(&opened, event)
+        .context("the pull could not be recorded, so the registry was not contacted")?;
+    Ok(PullStarted { id, mark })
+}
+
+/// Appends the end (`pull_end`, outcome `supervisor_lost`) of each pull
+/// whose ces died before writing its own (best effort: a failure is logged,
+/// and the next pull tries again).
+pub fn close_lost_pulls(settings: &Settings) {
+    let end = |opened: &ces_audit::Opened| {
+        Event::PullEnd(ces_audit::PullEndEvent {
+            pull_id: opened.id.clone(),
+            pid: Some(opened.pid),
+            reference: opened.reference.clone(),
+            outcome: Outcome::SupervisorLost {
+                error: "ces ended before the pull did (interrupted, killed or crashed): blobs it verified stay in the store until ces gc".to_owned(),
+            },
+        })
+    };
+    match log(settings).close_lost(end) {
+        Ok(0) => {}
+        Ok(closed) => tracing::info!(closed, "recorded the end of interrupted pulls"),
+        Err(error) => tracing::warn!(%error, "cannot record the end of interrupted pulls"),
+    }
+}
+
 /// What a pull asked for, for its record.
 #[derive(Debug)]
 pub struct PullAttempt<'a> {
+    /// The pull id of its start record, when it got that far.
+    pub pull_id: Option<&'a str>,
     /// The reference as given.
     pub reference: &'a str,
     /// The registry, when the reference parsed.
@@ -91,6 +155,7 @@ pub fn record_pull(
         Err(error) => (None, outcome_of(error)),
     };
     let event = Event::Pull(ces_audit::PullEvent {
+        pull_id: attempt.pull_id.map(str::to_owned),
         reference: attempt.reference.to_owned(),
         registry: attempt.registry,
         registry_user: attempt.registry_user.map(str::to_owned),
@@ -378,11 +443,15 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
     // A file the user names is read as the user (under sudo).
     let all = crate::identity::as_invoker_if(args.file.is_some(), || log.records())
         .with_context(|| format!("cannot read {}", log.path().display()))??;
-    // Which runs have ended, from the whole log (the filters may hide an end).
+    // Which runs and pulls have ended, from the whole log (the filters may hide an end).
     let ended: std::collections::HashSet<String> = all
         .iter()
-        .filter(|r| matches!(r.event, Event::Run(_) | Event::RunEnd(_)))
-        .filter_map(|r| r.event.run_id().map(str::to_owned))
+        .filter_map(|r| match &r.event {
+            Event::Run(_) | Event::RunEnd(_) => r.event.run_id().map(str::to_owned),
+            Event::Pull(pull) => pull.pull_id.clone(),
+            Event::PullEnd(end) => Some(end.pull_id.clone()),
+            _ => None,
+        })
         .collect();
     let records: Vec<Record> = all
         .into_iter()
@@ -423,7 +492,9 @@ pub fn show(settings: &Settings, args: &AuditShowArgs) -> anyhow::Result<()> {
 /// `run` (or `end`, written for it when its ces died).
 fn event_word(event: &Event) -> &'static str {
     match event {
+        Event::PullStart(_) => "start",
         Event::Pull(_) => "pull",
+        Event::PullEnd(_) => "end",
         Event::Load(_) => "load",
         Event::RunStart(_) => "start",
         Event::Run(run) if run.setup.test => "test",
@@ -464,6 +535,14 @@ fn outcome_text(event: &Event, ended: &std::collections::HashSet<String>) -> Str
             None => "ok".to_owned(),
         },
         (Event::RunEnd(end), outcome) => format!("run {} {}", end.run_id, outcome.word()),
+        (Event::PullStart(start), _) => {
+            if ended.contains(&start.pull_id) {
+                format!("pull {} started", start.pull_id)
+            } else {
+                format!("pull {} started: running or lost", start.pull_id)
+            }
+        }
+        (Event::PullEnd(end), outcome) => format!("pull {} {}", end.pull_id, outcome.word()),
         (_, Outcome::Ok) => "ok".to_owned(),
         (_, Outcome::Refused { error } | Outcome::Error { error } | Outcome::SupervisorLost { error }) => {
             // Records written before ces bounded them may hold raw control characters.
@@ -537,6 +616,7 @@ mod tests {
     #[test]
     fn image_filter_matches_reference_repository_and_digest() {
         let event = Event::Pull(ces_audit::PullEvent {
+            pull_id: None,
             reference: "ghcr.io/a/b:1".into(),
             registry: Some("ghcr.io".into()),
             registry_user: None,

@@ -41,14 +41,21 @@ pub fn token_from_env() -> Option<Secret> {
 pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> anyhow::Result<()> {
     // Nothing is pulled that could not be recorded.
     audit::log(settings).check_writable()?;
-    let result = fetch(settings, printer, &request);
+    // Pulls of this log whose ces died get their end first.
+    audit::close_lost_pulls(settings);
+    let mut started = None;
+    let result = fetch(settings, printer, &request, &mut started);
     let attempt = audit::PullAttempt {
+        pull_id: started.as_ref().map(|s: &audit::PullStarted| s.id.as_str()),
         reference: &request.reference,
         registry: request.reference.parse::<ImageReference>().ok().map(|r| r.registry().to_owned()),
         registry_user: request.credentials.user(),
         provenance: result.as_ref().ok().map(|pulled| &pulled.provenance),
     };
     let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pulled| pulled.pinned.digest()));
+    if let (Some(started), Ok(())) = (started, &recorded) {
+        started.close();
+    }
     let Pulled { pinned, .. } = match (result, recorded) {
         (result, Ok(())) => result?,
         (Ok(_), Err(error)) => return Err(error),
@@ -69,8 +76,15 @@ struct Pulled {
     provenance: Provenance,
 }
 
-/// Pulls into the store (if the policy allows) and returns the pinned reference.
-fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyhow::Result<Pulled> {
+/// Pulls into the store (if the policy allows) and returns the pinned
+/// reference. Before the registry is contacted, the pull's start is recorded
+/// (`started`): a pull refused here leaves only its end.
+fn fetch(
+    settings: &Settings,
+    printer: &Printer,
+    request: &PullRequest,
+    started: &mut Option<audit::PullStarted>,
+) -> anyhow::Result<Pulled> {
     // Refusals come before the store is opened or the network touched.
     policy::check_pull_enabled(settings)?;
     let reference: ImageReference = request.reference.parse()?;
@@ -80,6 +94,7 @@ fn fetch(settings: &Settings, printer: &Printer, request: &PullRequest) -> anyho
         insecure: settings.registries.insecure.clone(),
     })?;
     client.check_allowed(reference.registry())?;
+    *started = Some(audit::record_pull_start(settings, &reference, request.credentials.user())?);
     let store = Store::open(&settings.storage_root)?;
     let lock = store.lock_shared()?;
     printer.status(format!(

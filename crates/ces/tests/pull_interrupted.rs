@@ -1,0 +1,147 @@
+//! A pull interrupted mid-blob (`kill -9`, `SIGTERM`) still leaves its
+//! audit record: its `pull_start` is written before the registry is
+//! contacted, and the next pull writes the `pull_end` the dead one could not.
+//!
+//! The registry is a tiny server here that serves an image's manifest and
+//! config and then stalls in the middle of its layer, so that the pull is
+//! caught in the blob every time, without timing guesses.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ces_testkit::{Entry, ImageSpec, Layer};
+use common::Sandbox;
+
+/// Serves `content` by path; the `stall` path gets its headers and half its
+/// body, then nothing (the connection stays open until the server ends).
+struct StallingRegistry {
+    host: String,
+    stalled: Arc<AtomicBool>,
+}
+
+impl StallingRegistry {
+    fn start(content: HashMap<String, (String, Vec<u8>)>, stall: String) -> StallingRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (content, flag) = (Arc::new(content), Arc::clone(&stalled));
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (content, stall, flag) = (Arc::clone(&content), stall.clone(), Arc::clone(&flag));
+                std::thread::spawn(move || serve(stream, &content, &stall, &flag));
+            }
+        });
+        StallingRegistry { host, stalled }
+    }
+}
+
+fn serve(mut stream: TcpStream, content: &HashMap<String, (String, Vec<u8>)>, stall: &str, stalled: &AtomicBool) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut request = String::new();
+    if reader.read_line(&mut request).is_err() {
+        return;
+    }
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let mut parts = request.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, kind, body): (&str, &str, &[u8]) = match content.get(path) {
+        _ if path == "/v2/" => ("200 OK", "application/json", b"{}"),
+        Some((kind, body)) => ("200 OK", kind, body),
+        None => ("404 Not Found", "application/json", b"{}"),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    if method == "HEAD" {
+        return;
+    }
+    if path == stall {
+        let _ = stream.write_all(&body[..body.len() / 2]);
+        let _ = stream.flush();
+        stalled.store(true, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let _ = stream.write_all(body);
+}
+
+/// The audit records of `sb` with `pull_id`, as (event, result).
+fn events_of(sb: &Sandbox, id: &str) -> Vec<(String, String)> {
+    sb.audit_records()
+        .iter()
+        .filter(|r| r["pull_id"] == id)
+        .map(|r| (r["event"].as_str().unwrap().to_owned(), r["result"].as_str().unwrap_or("-").to_owned()))
+        .collect()
+}
+
+#[test]
+fn an_interrupted_pull_is_recorded_at_its_start_and_closed_by_the_next() {
+    let layer: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("big", layer)])]).build();
+    let mut content = HashMap::new();
+    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), image.manifest.clone()));
+    content
+        .insert(format!("/v2/ns/img/manifests/{}", image.digest), (image.media_type.clone(), image.manifest.clone()));
+    for (digest, bytes) in &image.blobs {
+        content.insert(format!("/v2/ns/img/blobs/{digest}"), ("application/octet-stream".into(), bytes.clone()));
+    }
+    let stall = format!("/v2/ns/img/blobs/{}", image.layer_digests[0]);
+
+    for signal in [rustix::process::Signal::KILL, rustix::process::Signal::TERM] {
+        let reg = StallingRegistry::start(content.clone(), stall.clone());
+        let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
+        let reference = format!("{}/ns/img:1", reg.host);
+        let mut child = sb
+            .command(env!("CARGO_BIN_EXE_ces"), &["pull", &reference])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !reg.stalled.load(Ordering::SeqCst) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(reg.stalled.load(Ordering::SeqCst), "the pull reached the layer blob");
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        child.wait().unwrap();
+
+        // The start is there, with no end.
+        let records = sb.audit_records();
+        assert_eq!(records.len(), 1, "{signal:?}: {records:#?}");
+        assert_eq!((&records[0]["event"], &records[0]["reference"]), (&"pull_start".into(), &reference.clone().into()));
+        let id = records[0]["pull_id"].as_str().unwrap().to_owned();
+        let shown = sb.ces(&["audit", "show"]);
+        assert!(shown.ok().contains(&format!("pull {id} started: running or lost")), "{}", shown.stdout);
+
+        // The next pull (refused, even) closes it, once.
+        sb.ces(&["pull", "elsewhere.example.org/a/b:1"]).fails();
+        sb.ces(&["pull", "elsewhere.example.org/a/b:2"]).fails();
+        assert_eq!(
+            events_of(&sb, &id),
+            [("pull_start".to_owned(), "-".to_owned()), ("pull_end".to_owned(), "supervisor_lost".to_owned())],
+            "{signal:?}"
+        );
+        let records = sb.audit_records();
+        assert_eq!(records.len(), 4, "{records:#?}");
+        assert_eq!(records[1]["user"], records[0]["user"]);
+        assert!(sb.ces(&["audit", "verify"]).ok().contains("4 records, the chain is whole"));
+        let shown = sb.ces(&["audit", "show"]);
+        assert!(!shown.ok().contains("running or lost"), "{}", shown.stdout);
+        assert!(shown.stdout.contains(&format!("pull {id} supervisor lost")), "{}", shown.stdout);
+    }
+}
