@@ -218,8 +218,10 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     Some(buf)
 }
 
-#[test]
-fn user_xattrs_are_kept_and_file_capabilities_dropped_with_one_line_per_layer() {
+/// A layer whose file carries `user.note`, a file capability and a
+/// `trusted.*` attribute, whose directory carries `user.dir`, and a second
+/// file with only a capability.
+fn xattr_layer() -> Vec<u8> {
     let mut tar = Vec::new();
     let mut pax = pax_record("SCHILY.xattr.user.note", b"hello");
     pax.extend(pax_record("SCHILY.xattr.security.capability", &file_capability()));
@@ -231,7 +233,15 @@ fn user_xattrs_are_kept_and_file_capabilities_dropped_with_one_line_per_layer() 
     let pax = pax_record("SCHILY.xattr.security.capability", &file_capability());
     raw_entry(&mut tar, tar::EntryType::XHeader, b"PaxHeaders/d/sh", &pax);
     raw_entry(&mut tar, tar::EntryType::Regular, b"d/sh", b"shell");
-    let (sb, run) = load(&[(end(tar), Compression::Gzip)]);
+    end(tar)
+}
+
+/// Loads [`xattr_layer`] with `command` (`ces load ARCHIVE` as someone)
+/// and checks what reached the root filesystem and what was said.
+fn check_xattrs(sb: &Sandbox, command: impl FnOnce(&str) -> std::process::Command) {
+    let archive = sb.dir.path().join("xattrs.tar");
+    write_archive(&archive, &[(xattr_layer(), Compression::Gzip)]);
+    let run = sb.run(command(&archive.display().to_string()));
     run.ok();
     let warnings: Vec<&str> = run.stderr.lines().filter(|l| l.contains("extended attributes")).collect();
     assert_eq!(
@@ -249,6 +259,32 @@ fn user_xattrs_are_kept_and_file_capabilities_dropped_with_one_line_per_layer() 
     for (path, name) in [("ping", "security.capability"), ("d/sh", "security.capability"), ("ping", "trusted.secret")] {
         assert_eq!(xattr(&rootfs.join(path), name), None, "{path} {name}");
     }
+}
+
+#[test]
+fn user_xattrs_are_kept_and_file_capabilities_dropped_with_one_line_per_layer() {
+    let sb = Sandbox::new(&[]);
+    check_xattrs(&sb, |archive| sb.command(env!("CARGO_BIN_EXE_ces"), &["load", archive]));
+}
+
+#[test]
+fn rootless_user_xattrs_are_kept_and_file_capabilities_dropped() {
+    require_root("creates the unprivileged test user");
+    let user = common::test_user();
+    let sb = Sandbox::new(&[]);
+    std::fs::create_dir_all(&sb.store).unwrap();
+    std::fs::set_permissions(sb.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    user.chown(&sb.store);
+    check_xattrs(&sb, |archive| user.setpriv(&sb, &[common::user_bin(env!("CARGO_BIN_EXE_ces")), "load", archive]));
+}
+
+#[test]
+fn under_sudo_user_xattrs_are_kept_and_file_capabilities_dropped() {
+    require_root("runs as root under sudo");
+    let user = common::test_user();
+    let sb = Sandbox::new(&[]);
+    std::fs::set_permissions(sb.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    check_xattrs(&sb, |archive| user.sudo(&sb, sb.command(env!("CARGO_BIN_EXE_ces"), &["load", archive])));
 }
 
 /// A tmpfs of `size` mounted on `path` until dropped.
