@@ -184,23 +184,30 @@ impl ContainerCgroup {
             let path = dir.join(id);
             return Ok(ContainerCgroup { hierarchy, path });
         }
-        let dir = if user_owned(root, &own) && alone_in(root, &own) {
+        // A service of ces's own may lack a controller (systemd enables `cpu`
+        // only for units that ask): then a scope, which gets them all.
+        let own_usable = user_owned(root, &own) && alone_in(root, &own);
+        let dir = if own_usable && has_controllers(root, &own, &V2_CONTROLLERS) {
             own
         } else if setup_delegation_usable(root, &own, uid) {
             let path = user_parent(uid).join(id);
             return Ok(ContainerCgroup { hierarchy, path });
         } else {
-            super::systemd::start_scope(&format!("ces-{id}.scope"), &format!("ces run {id}")).map_err(|e| {
-                RuntimeError::Limit {
-                    limit: "memory",
-                    reason: format!(
-                        "rootless containers need a cgroup delegated to uid {uid}: ces runs in {}, which it may \
+            match super::systemd::start_scope(&format!("ces-{id}.scope"), &format!("ces run {id}")) {
+                Ok(scope) => Ok(scope),
+                // A limit on a missing controller is refused when written.
+                Err(_) if own_usable => Ok(own.clone()),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| RuntimeError::Limit {
+                limit: "memory",
+                reason: format!(
+                    "rootless containers need a cgroup delegated to uid {uid}: ces runs in {}, which it may \
                          not manage, and {e}; on a systemd host run ces from a login session (ssh, `machinectl \
                          shell`) or give the user a lingering user manager (`loginctl enable-linger USER`); \
                          without systemd see `ces system setup` in docs/run.md",
-                        own.display()
-                    ),
-                }
+                    own.display()
+                ),
             })?
         };
         enter_leaf(root, &dir)?;
@@ -222,6 +229,21 @@ impl ContainerCgroup {
                 .flatten()
                 .any(|entry| entry.path().join("memory.swap.max").exists()),
         }
+    }
+
+    /// Root, cgroup v2: `memory.swap.max = 0`. libcgroups writes nothing for
+    /// a swap limit of 0 (the spec's memory+swap equal to the memory
+    /// limit), which leaves `max`: swap on, `-m` did not hold.
+    pub(crate) fn no_swap(&self) -> Result<(), RuntimeError> {
+        let Hierarchy::V2 { root } = &self.hierarchy else { return Ok(()) };
+        let path = in_root(root, &self.path).join("memory.swap.max");
+        if !path.exists() {
+            return Ok(());
+        }
+        fs::write(&path, "0").map_err(|e| RuntimeError::Limit {
+            limit: "memory",
+            reason: format!("cannot write {}: {e}", path.display()),
+        })
     }
 
     /// Rootless: checks that `init` is in this cgroup, then writes `limits`.
@@ -398,6 +420,12 @@ fn user_owned(root: &Path, cgroup: &Path) -> bool {
             .all(|file| access(&dir.join(file), AccessFlags::W_OK).is_ok())
 }
 
+/// v2: whether all of `controllers` are available in `cgroup`.
+fn has_controllers(root: &Path, cgroup: &Path, controllers: &[&str]) -> bool {
+    let available = fs::read_to_string(in_root(root, cgroup).join("cgroup.controllers")).unwrap_or_default();
+    controllers.iter().all(|c| available.split_whitespace().any(|a| a == *c))
+}
+
 /// v2: whether this process is the only one in `cgroup` (its threads are
 /// one entry of `cgroup.procs`).
 fn alone_in(root: &Path, cgroup: &Path) -> bool {
@@ -414,8 +442,11 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
     let leaf = dir.join(SUPERVISOR_LEAF);
     create_cgroup_dir(&leaf)?;
     let procs = leaf.join("cgroup.procs");
-    fs::write(&procs, std::process::id().to_string())
-        .map_err(|e| fail(format!("cannot move ces into {}: {e}", leaf.display())))?;
+    let move_in = || {
+        fs::write(&procs, std::process::id().to_string())
+            .map_err(|e| fail(format!("cannot move ces into {}: {e}", leaf.display())))
+    };
+    move_in()?;
     let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     if !available.split_whitespace().any(|c| c == "memory") {
         return Err(fail(format!(
@@ -425,7 +456,31 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
             if available.trim().is_empty() { "none" } else { available.trim() }
         )));
     }
-    enable_v2_controllers(&dir)
+    // A thread that was exiting while the process moved stays behind until
+    // it is gone (the kernel migrates no exiting task), and a populated
+    // cgroup cannot enable controllers for its children (EBUSY): a thread
+    // of the D-Bus call can be such a one. Move again and retry, briefly.
+    let mut tries = 0;
+    loop {
+        match enable_v2_controllers(&dir) {
+            Err(RuntimeError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) && tries < 250 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                move_in()?;
+            }
+            Err(RuntimeError::Io { path, source }) => {
+                let left = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                let left: Vec<&str> = left.split_whitespace().collect();
+                return Err(fail(format!(
+                    "cannot write {}: {source} (processes still in {}: {})",
+                    path.display(),
+                    dir.display(),
+                    if left.is_empty() { "none".to_owned() } else { left.join(" ") }
+                )));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// This process's cgroup v2 path (`/user.slice/...`).

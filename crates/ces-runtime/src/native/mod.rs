@@ -419,6 +419,8 @@ impl Run<'_> {
             let pid = container.pid().ok_or(NativeError::NoInit).map_err(start_error("creating the container"))?;
             if self.privilege != Privilege::Root {
                 self.cgroup.apply_limits(pid, &self.spec.limits)?;
+            } else {
+                self.cgroup.no_swap()?;
             }
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
             let watcher = match tun_socket {

@@ -12,7 +12,6 @@
 //! inside it. systemd removes the scope (and what ces left in it) once ces
 //! has exited.
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,8 @@ const SCOPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why no scope could be had.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ScopeError {
-    /// No user manager to ask (no `$XDG_RUNTIME_DIR/systemd/private`, no
-    /// session bus): not a systemd login, or no lingering user manager.
+    /// No user manager to ask (no session bus): not a systemd login, no
+    /// lingering user manager, or no `dbus-user-session`.
     #[error("no systemd user manager is reachable ({0})")]
     NoManager(String),
     /// The manager refused or failed.
@@ -36,17 +35,23 @@ pub(crate) enum ScopeError {
     NotMoved { unit: String },
 }
 
-/// The user manager's private socket (it needs no D-Bus daemon).
-fn private_socket() -> Option<PathBuf> {
+/// The user's session bus, through which the user manager is reached. Its
+/// private socket (`$XDG_RUNTIME_DIR/systemd/private`) needs no bus daemon,
+/// but systemd signs replies there with its well-known name, which zbus
+/// refuses as a sender.
+fn session_bus() -> Option<String> {
+    if let Some(address) = std::env::var_os("DBUS_SESSION_BUS_ADDRESS") {
+        return Some(address.to_string_lossy().into_owned());
+    }
     let dir = std::env::var_os("XDG_RUNTIME_DIR")?;
-    let path = Path::new(&dir).join("systemd/private");
-    path.exists().then_some(path)
+    let path = Path::new(&dir).join("bus");
+    path.exists().then(|| format!("unix:path={}", path.display()))
 }
 
 /// Whether a user manager looks reachable (for the dry-run plan: nothing is
 /// asked of it).
 pub(crate) fn manager_reachable() -> bool {
-    private_socket().is_some() || std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some()
+    session_bus().is_some()
 }
 
 /// Starts `unit` (a `.scope` name) with this process in it and
@@ -83,27 +88,17 @@ pub(crate) fn start_scope(unit: &str, description: &str) -> Result<PathBuf, Scop
 }
 
 async fn connect() -> Result<zbus::Connection, ScopeError> {
-    let timeout = Duration::from_secs(20);
-    if let Some(path) = private_socket() {
-        let stream = UnixStream::connect(&path)
-            .map_err(|e| ScopeError::NoManager(format!("cannot connect to {}: {e}", path.display())))?;
-        return zbus::connection::Builder::unix_stream(stream)
-            .p2p()
-            .method_timeout(timeout)
-            .build()
-            .await
-            .map_err(|e| ScopeError::NoManager(format!("{}: {e}", path.display())));
-    }
-    if std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none() {
+    let Some(address) = session_bus() else {
         return Err(ScopeError::NoManager(
-            "neither $XDG_RUNTIME_DIR/systemd/private nor $DBUS_SESSION_BUS_ADDRESS is there".to_owned(),
+            "no session bus: neither $DBUS_SESSION_BUS_ADDRESS nor $XDG_RUNTIME_DIR/bus (package dbus-user-session)"
+                .to_owned(),
         ));
-    }
-    zbus::connection::Builder::session()
-        .method_timeout(timeout)
+    };
+    zbus::connection::Builder::address(address.as_str())
+        .method_timeout(Duration::from_secs(20))
         .build()
         .await
-        .map_err(|e| ScopeError::NoManager(format!("the session bus: {e}")))
+        .map_err(|e| ScopeError::NoManager(format!("the session bus {address}: {e}")))
 }
 
 async fn call_start_transient_unit(unit: &str, description: &str, pid: u32) -> Result<(), ScopeError> {
