@@ -413,8 +413,8 @@ fn twenty_concurrent_runs_leave_twenty_records_with_manifests_in_one_chain() {
     }
     let verify = w.sb.ces(&["audit", "verify"]);
     assert!(
-        verify.ok().contains("41 records, the chain is whole"),
-        "the pull, 20 starts and 20 ends: {}",
+        verify.ok().contains("42 records, the chain is whole"),
+        "the pull's start and end, 20 run starts and 20 ends: {}",
         verify.stdout
     );
 }

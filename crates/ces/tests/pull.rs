@@ -476,8 +476,10 @@ fn bad_config_file_names_file_line_and_key() {
 fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
     require_root("mounts a small tmpfs");
     let reg = anon();
+    // Compressible: the download fits (the free-space check passes), the
+    // unpacked file does not, so the disk fills up in the middle of the pull.
     let image =
-        ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::None)])
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("big", vec![1u8; 3_000_000])]).compressed(Compression::Gzip)])
             .build();
     reg.push(&image, "pull/diskfull", "1");
     let sb = Sandbox::new(&[reg]);
