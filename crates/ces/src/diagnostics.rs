@@ -13,6 +13,9 @@ use crate::settings::ConfigError;
 /// Exit code for ces's own failures (as podman uses it).
 pub const EXIT_ERROR: u8 = 125;
 
+/// At most this many bytes of each cause of an error line.
+const MAX_CAUSE: usize = 2048;
+
 /// The error line: each cause once, joined with `: `.
 pub fn message(error: &anyhow::Error) -> String {
     one_line(error.as_ref())
@@ -24,7 +27,9 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cause = Some(error);
     while let Some(e) = cause {
-        let text = e.to_string();
+        // A cause may carry a registry's or an image's text: escaped and
+        // cut, so the line stays one line a terminal shows as it is.
+        let text = ces_image::quote::escape_message(&e.to_string(), MAX_CAUSE);
         // `#[error(transparent)]` wrappers repeat their source's text.
         if parts.last().is_none_or(|last| *last != text) {
             parts.push(text);
@@ -284,5 +289,20 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         ],
         StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_escape_and_cut_what_a_registry_said() {
+        let said = format!("denied: \x1b]8;;http://evil\x07click\x1b]8;;\x07\nline two{}", "x".repeat(10_000));
+        let error = anyhow::anyhow!(said).context("cannot pull r/x");
+        let line = message(&error);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.starts_with("cannot pull r/x: denied: \\x1b]8;;http://evil\\x07click"), "{line}");
+        assert!(line.len() < 2 * MAX_CAUSE, "{}", line.len());
     }
 }
