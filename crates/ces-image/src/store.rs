@@ -53,6 +53,12 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// The image's layers hold more than [`Store::with_max_unpacked`] allows.
+    #[error("the image is larger unpacked than the limit of {limit} bytes ([storage] max_image_size)")]
+    UnpackedTooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The disk holding the store is full.
     #[error("no space left on the device holding {}", path.display())]
     DiskFull {
@@ -219,14 +225,23 @@ pub struct StoreLock {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The most an image's layers may hold uncompressed ([`Store::unpack`]).
+    max_unpacked: Option<u64>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
+    /// The same store, refusing to unpack an image whose layers hold more
+    /// than `limit` bytes uncompressed (tar headers included): a gzip bomb
+    /// stops there, and nothing of it is kept.
+    pub fn with_max_unpacked(self, limit: Option<u64>) -> Store {
+        Store { max_unpacked: limit, ..self }
+    }
+
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into() };
+        let store = Store { root: root.into(), max_unpacked: None };
         for dir in [store.blobs_dir(), store.root.join("rootfs"), store.tmp_dir(), store.root.join("locks")] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -603,6 +618,7 @@ impl Store {
         let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let mut stats = Vec::new();
+        let mut unpacked_bytes = 0u64;
         let result = (|| {
             let layers = manifest.layers();
             for (i, layer) in layers.iter().enumerate() {
@@ -611,16 +627,24 @@ impl Store {
                 let blob = self.open_blob(&layer_digest)?;
                 let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
                 let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
-                let mut hashing = HashingReader::new(tar);
+                let budget = Budgeted::new(tar, self.max_unpacked.map(|max| max.saturating_sub(unpacked_bytes)));
+                let exceeded = budget.exceeded.clone();
+                let too_large = |limit| StoreError::UnpackedTooLarge { limit };
+                let mut hashing = HashingReader::new(budget);
                 let layer_stats = unpack::apply_layer(&temp, &mut hashing, options).map_err(|source| {
-                    if source.is_disk_full() {
+                    if exceeded.get() {
+                        too_large(self.max_unpacked.unwrap_or_default())
+                    } else if source.is_disk_full() {
                         StoreError::DiskFull { path: temp.clone() }
                     } else {
                         StoreError::Unpack { layer: layer_digest.clone(), source }
                     }
                 })?;
                 // The tar's end blocks and any padding after them count too.
-                let (actual, _) = hashing.drain().map_err(read_err)?;
+                let (actual, size) = hashing.drain().map_err(|e| {
+                    if exceeded.get() { too_large(self.max_unpacked.unwrap_or_default()) } else { read_err(e) }
+                })?;
+                unpacked_bytes = unpacked_bytes.saturating_add(size);
                 match diff_ids.get(i) {
                     Some(expected) if *expected == actual.to_string() => {}
                     expected => {
@@ -641,6 +665,36 @@ impl Store {
         }
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
         Ok(Unpacked { path: dest, layers: stats })
+    }
+}
+
+/// A layer's uncompressed stream, cut off with an error (and `exceeded`
+/// set) past `left` bytes.
+struct Budgeted<R> {
+    inner: R,
+    left: Option<u64>,
+    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R> Budgeted<R> {
+    fn new(inner: R, left: Option<u64>) -> Self {
+        Budgeted { inner, left, exceeded: Default::default() }
+    }
+}
+
+impl<R: Read> Read for Budgeted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(left) = &mut self.left {
+            match left.checked_sub(n as u64) {
+                Some(rest) => *left = rest,
+                None => {
+                    self.exceeded.set(true);
+                    return Err(io::Error::other("the image's layers hold more than the unpacked size limit"));
+                }
+            }
+        }
+        Ok(n)
     }
 }
 

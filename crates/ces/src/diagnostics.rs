@@ -289,6 +289,10 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         ],
         StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],
         _ => Vec::new(),
+        StoreError::UnpackedTooLarge { .. } => vec![
+            "nothing of it was kept; ask the operator to raise [storage] max_image_size, or make the image smaller"
+                .into(),
+        ],
     }
 }
 

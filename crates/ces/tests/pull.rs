@@ -549,3 +549,28 @@ fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
     assert_eq!(tool.mode() & 0o4000, 0, "no setuid bit on a file the user owns");
     assert_eq!(std::fs::metadata(rootfs.join("bin/busybox")).unwrap().uid(), NOBODY);
 }
+
+/// A gzip bomb under `[storage] max_image_size`: 64 MB of zeros is a small
+/// download but more than the limit unpacked. The unpack stops at the limit
+/// with a hint, and no image or root filesystem is left.
+#[test]
+fn a_gzip_bomb_stops_at_max_image_size_unpacked() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("zeros", vec![0u8; 64 << 20])]).compressed(Compression::Gzip),
+    ])
+    .build();
+    reg.push(&image, "pull/bomb", "1");
+    let sb = Sandbox::new(&[reg]);
+    let config = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(&sb.config, config.replace("[storage]\n", "[storage]\nmax_image_size = 8000000\n")).unwrap();
+
+    let out = sb.ces(&["pull", &format!("{}/pull/bomb:1", reg.host())]);
+    let err = out.fails();
+    assert!(err.contains("larger unpacked than the limit of 8000000 bytes"), "{err}");
+    assert!(err.contains("hint: nothing of it was kept"), "{err}");
+    assert!(sb.images().is_empty());
+    let rootfs = sb.store.join("rootfs");
+    assert_eq!(std::fs::read_dir(&rootfs).map(|d| d.count()).unwrap_or(0), 0, "a root filesystem was left");
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+}

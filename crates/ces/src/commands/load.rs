@@ -81,7 +81,7 @@ fn import(
         archive.size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         Box::new(file)
     };
-    let store = Store::open(&settings.storage_root)?;
+    let store = Store::open(&settings.storage_root)?.with_max_unpacked(settings.max_image_size);
     printer.status(format!("Loading {shown}"));
 
     let started = Instant::now();

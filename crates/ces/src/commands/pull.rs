@@ -95,7 +95,7 @@ fn fetch(
     })?;
     client.check_allowed(reference.registry())?;
     *started = Some(audit::record_pull_start(settings, &reference, request.credentials.user())?);
-    let store = Store::open(&settings.storage_root)?;
+    let store = Store::open(&settings.storage_root)?.with_max_unpacked(settings.max_image_size);
     let lock = store.lock_shared()?;
     printer.status(format!(
         "Pulling {reference}{}",
