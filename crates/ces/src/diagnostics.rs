@@ -279,6 +279,10 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         StoreError::DigestMismatch { .. } | StoreError::SizeMismatch { .. } | StoreError::TooLong { .. } => vec![
             "the registry served corrupt data; it was discarded and nothing was stored. Try again, and report it to the registry's owner if it persists".into(),
         ],
+        StoreError::UnpackedTooLarge { .. } => vec![
+            "nothing of it was kept; ask the operator to raise [storage] max_image_size, or make the image smaller"
+                .into(),
+        ],
         StoreError::DiskFull { .. } => {
             vec!["free some space (ces gc, ces rmi), or set [storage] root to a larger disk".into()]
         }
@@ -289,10 +293,6 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         ],
         StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],
         _ => Vec::new(),
-        StoreError::UnpackedTooLarge { .. } => vec![
-            "nothing of it was kept; ask the operator to raise [storage] max_image_size, or make the image smaller"
-                .into(),
-        ],
     }
 }
 

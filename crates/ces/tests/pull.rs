@@ -556,10 +556,9 @@ fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
 #[test]
 fn a_gzip_bomb_stops_at_max_image_size_unpacked() {
     let reg = anon();
-    let image = ImageSpec::new(vec![
-        Layer::new(vec![Entry::file("zeros", vec![0u8; 64 << 20])]).compressed(Compression::Gzip),
-    ])
-    .build();
+    let image =
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("zeros", vec![0u8; 64 << 20])]).compressed(Compression::Gzip)])
+            .build();
     reg.push(&image, "pull/bomb", "1");
     let sb = Sandbox::new(&[reg]);
     let config = std::fs::read_to_string(&sb.config).unwrap();
