@@ -698,6 +698,7 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
         },
         mounts,
         limits,
+        ports: Vec::new(),
         identity,
         state_dir: dirs.state,
     })
@@ -1042,7 +1043,7 @@ mod tests {
                 state: "/store/runs/x/state".into(),
             },
             tmpfs: Vec::new(),
-            limits: Limits { memory: DEFAULT_MEMORY, cpus: None, pids: Some(DEFAULT_PIDS), shm_size: DEFAULT_SHM_SIZE, time_limit: None },
+            limits: Limits { memory: DEFAULT_MEMORY, cpus: None, pids: Some(DEFAULT_PIDS), shm_size: DEFAULT_SHM_SIZE },
             identity: Identity { host_uid: 1000, host_gid: 1000 },
         }
     }

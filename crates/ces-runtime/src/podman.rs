@@ -162,9 +162,18 @@ impl Overlay {
     }
 }
 
+/// What the podman backend refuses: `-p` and `--publish-socket` (see [`podman_args`]).
+pub const PORTS: &str = "publishing ports (-p, --publish-socket)";
+
 /// `podman run`'s arguments (after the program name) for `spec`: a pure
 /// function of the plan and the runtime's settings.
 pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String>, RuntimeError> {
+    // podman publishes a port only into a network (slirp4netns, pasta, a
+    // bridge) that also routes the container's own connections out, and
+    // `--network none` turns publishing off: refused, not weakened.
+    if !spec.ports.is_empty() {
+        return Err(RuntimeError::Unsupported { backend: "podman", what: PORTS });
+    }
     let mode = runtime.mode;
     let mut args: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
@@ -950,7 +959,8 @@ mod tests {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 4 << 30, cpus: Some(1.5), pids: Some(4096), shm_size: 64 << 20, time_limit: None },
+            limits: Limits { memory: 4 << 30, cpus: Some(1.5), pids: Some(4096), shm_size: 64 << 20 },
+            ports: Vec::new(),
             identity: Identity { host_uid: 1000, host_gid: 1001 },
             state_dir: "/store/runs/x/state".into(),
         }
@@ -1030,6 +1040,17 @@ mod tests {
         let mut s = spec();
         s.process.env.clear();
         assert!(!podman_args(&s, &rootful()).unwrap().contains(&"--env-file".to_owned()));
+    }
+
+    #[test]
+    fn published_ports_are_refused() {
+        let mut s = spec();
+        s.ports.push(crate::Publish {
+            host: crate::HostEndpoint::Tcp { address: "127.0.0.1:8080".parse().unwrap() },
+            container_port: 80,
+        });
+        assert!(matches!(podman_args(&s, &rootful()), Err(RuntimeError::Unsupported { what: PORTS, .. })));
+        assert!(matches!(podman_args(&s, &rootless()), Err(RuntimeError::Unsupported { what: PORTS, .. })));
     }
 
     #[test]

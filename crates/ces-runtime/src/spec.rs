@@ -23,6 +23,8 @@ pub struct RunSpec {
     pub mounts: Vec<MountSpec>,
     /// Resource limits.
     pub limits: Limits,
+    /// Container ports published on the host (`-p`, `--publish-socket`).
+    pub ports: Vec<Publish>,
     /// Who the container's user is on the host.
     pub identity: Identity,
     /// A private directory for the backend's per-run state (bundle, the
@@ -176,6 +178,44 @@ impl fmt::Display for Access {
     }
 }
 
+/// A container port published on the host (`-p`, `--publish-socket`): ces
+/// listens at `host` and relays each connection to `container_port` on the
+/// container's own loopback. No interface or route is added to the
+/// container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Publish {
+    /// Where ces listens on the host.
+    pub host: HostEndpoint,
+    /// The TCP port on the container's loopback (`127.0.0.1`).
+    pub container_port: u16,
+}
+
+/// Where a published port listens on the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum HostEndpoint {
+    /// A TCP address: loopback, unless the operator's policy allows another.
+    Tcp {
+        /// The address and port.
+        address: std::net::SocketAddr,
+    },
+    /// A Unix socket, mode 0600 and the invoking user's, removed at exit.
+    Unix {
+        /// Its absolute path.
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            HostEndpoint::Tcp { address } => write!(f, "{address}"),
+            HostEndpoint::Unix { path } => write!(f, "unix:{}", path.display()),
+        }?;
+        write!(f, " -> {}/tcp", self.container_port)
+    }
+}
+
 /// Resource limits.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Limits {
@@ -187,17 +227,6 @@ pub struct Limits {
     pub pids: Option<i64>,
     /// Size of `/dev/shm` in bytes.
     pub shm_size: u64,
-    /// The wall-clock limit (`--time-limit`), if any: enforced by ces, which
-    /// stops the run at it as a `SIGTERM` to ces would.
-    #[serde(serialize_with = "optional_seconds")]
-    pub time_limit: Option<Duration>,
-}
-
-fn optional_seconds<S: serde::Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => serializer.serialize_some(&d.as_secs_f64()),
-        None => serializer.serialize_none(),
-    }
 }
 
 /// How a container ended.
@@ -210,24 +239,16 @@ pub enum Exit {
     Signal(i32),
     /// It was killed for exceeding its memory limit.
     OutOfMemory,
-    /// It was stopped at its time limit; the value is the code it ended
-    /// with then (143 for the `SIGTERM`, 137 when killed after the stop
-    /// timeout, its own code if it exited on the `SIGTERM`).
-    TimeLimit(i32),
 }
 
 impl Exit {
-    /// The exit code of a run stopped at its time limit (`timeout(1)`'s).
-    pub const TIME_LIMIT_CODE: i32 = 124;
-
     /// The exit code ces passes on: the code, or 128 + the signal (137 for
-    /// out of memory, as the kernel's SIGKILL; 124 for the time limit).
+    /// out of memory, as the kernel's SIGKILL).
     pub fn code(self) -> i32 {
         match self {
             Exit::Code(code) => code,
             Exit::Signal(signal) => 128 + signal,
             Exit::OutOfMemory => 128 + 9,
-            Exit::TimeLimit(_) => Exit::TIME_LIMIT_CODE,
         }
     }
 }

@@ -357,7 +357,8 @@ impl Fx {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB, time_limit: None },
+            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB },
+            ports: Vec::new(),
             identity: Identity { host_uid: self.host_uid, host_gid: self.host_gid },
             state_dir,
         }

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-pub mod binds;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
@@ -15,9 +14,7 @@ pub mod identity;
 pub mod policy;
 pub mod printer;
 pub mod run_options;
-pub mod running;
 pub mod settings;
-pub mod time_limit;
 
 use ces_registry::Credentials;
 use cli::{CesPullCli, CesRunCli, Cli, Command, GlobalArgs};
@@ -41,7 +38,7 @@ pub enum Entry {
 /// Runs ces as `entry`, and turns the outcome into an exit code.
 pub fn main(entry: Entry) -> ExitCode {
     let (global, action) = match entry {
-        Entry::Ces => match Cli::try_parse_from(ces_args()) {
+        Entry::Ces => match Cli::try_parse() {
             Ok(cli) => (cli.global, Action::Command(cli.command)),
             Err(error) => return parse_error(error, cli::is_run(&std::env::args_os().collect::<Vec<_>>())),
         },
@@ -91,16 +88,6 @@ pub fn main(entry: Entry) -> ExitCode {
     match run(&settings, &printer, action) {
         Ok(code) => code,
         Err(error) => report(&error, &settings.config_shown()),
-    }
-}
-
-/// `ces`'s arguments, with `-v SRC:DST` before a run's image read as a bind
-/// (see [`cli::volume_shorthand`]).
-fn ces_args() -> Vec<std::ffi::OsString> {
-    let args: Vec<_> = std::env::args_os().collect();
-    match cli::run_options_start(&args) {
-        Some(start) => cli::volume_shorthand(args, start),
-        None => args,
     }
 }
 
@@ -180,8 +167,6 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),
         Action::Command(Command::Gc) => done(commands::rmi::gc(settings, printer)),
         Action::Command(Command::Load(args)) => done(commands::load::load(settings, printer, args)),
-        Action::Command(Command::Ps(args)) => done(commands::ps::ps(settings, args.json)),
-        Action::Command(Command::Stop(args)) => done(commands::stop::stop(settings, printer, &args.run)),
         Action::Command(Command::Audit(cli::AuditCommand::Show(args))) => done(commands::audit::show(settings, &args)),
         Action::Command(Command::Audit(cli::AuditCommand::Verify(args))) => commands::audit::verify(settings, &args),
         // Exit 1 when the directory or its manifest changed since the run.

@@ -115,6 +115,9 @@ pub(crate) struct CesInit {
     /// `ces test`: the socket to hand the observed network device to ces on
     /// (see [`super::observe`]).
     tun_socket: Option<RawFd>,
+    /// Published ports: the socket to send the namespaces to ces on (see
+    /// [`super::ports`]).
+    ports_socket: Option<RawFd>,
 }
 
 impl CesInit {
@@ -126,7 +129,14 @@ impl CesInit {
         tun_socket: Option<RawFd>,
     ) -> CesInit {
         let user = (user != (0, 0)).then_some(user);
-        CesInit { report_fd, user, workload_capabilities, seccomp, tun_socket }
+        CesInit { report_fd, user, workload_capabilities, seccomp, tun_socket, ports_socket: None }
+    }
+
+    /// Sends the container's user and network namespaces on `socket` before
+    /// the workload exists (published ports).
+    pub(crate) fn with_ports_socket(mut self, socket: Option<RawFd>) -> CesInit {
+        self.ports_socket = socket;
+        self
     }
 }
 
@@ -153,6 +163,10 @@ impl Executor for CesInit {
         if let Some(socket) = self.tun_socket {
             super::observe::hand_over_tun(socket)
                 .map_err(|e| ExecutorError::Other(format!("cannot create the observed network device: {e}")))?;
+        }
+        if let Some(socket) = self.ports_socket {
+            super::ports::hand_over_namespaces(socket)
+                .map_err(|e| ExecutorError::Other(format!("cannot hand over the network namespace: {e}")))?;
         }
         // A root workload keeps the container's capabilities (without the
         // setup ones); another user keeps only CAP_SETFCAP until it has its

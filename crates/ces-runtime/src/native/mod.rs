@@ -27,12 +27,14 @@ pub(crate) mod cgroups;
 mod init;
 mod observe;
 mod oci;
+pub mod ports;
 mod rootfs;
 pub(crate) mod seccomp;
 mod stale;
 mod systemd;
 mod wait;
 
+use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -145,6 +147,9 @@ pub enum NativeError {
     /// The network could not be observed.
     #[error(transparent)]
     Observe(#[from] ObserveError),
+    /// A port could not be published.
+    #[error(transparent)]
+    Ports(#[from] ports::PortError),
     /// libseccomp could not compile the profile.
     #[error("cannot compile the seccomp profile")]
     Seccomp(#[source] libseccomp::error::SeccompError),
@@ -182,20 +187,43 @@ impl Runtime for NativeRuntime {
     }
 
     fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
-        // Nothing but the exit: no walk of the upper layer, no cgroup
-        // statistics after the container has ended.
-        self.run_with(spec, None).map(|observed| observed.exit)
+        let mut listeners = ports::Listeners::bind(&spec.ports, &ports::bind_unix)
+            .map_err(|e| start_error("publishing the ports")(e.into()))?;
+        let result = self.run_published(spec, &listeners);
+        for (path, e) in listeners.remove_sockets() {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the published socket");
+        }
+        result
     }
 }
 
 impl NativeRuntime {
     /// Runs the container as [`Runtime::run`] does, observing what `observe` asks.
     pub fn run_observed(&self, spec: &RunSpec, observe: Observe) -> Result<Observed, RuntimeError> {
-        self.run_with(spec, Some(observe))
+        if !spec.ports.is_empty() {
+            return Err(RuntimeError::Unsupported { backend: "native", what: "publishing ports while observing" });
+        }
+        self.run_with(spec, Some(observe), None)
+    }
+
+    /// Runs the container as [`Runtime::run`] does, relaying the published
+    /// ports from `listeners` (bound by the caller from `spec.ports`, before
+    /// anything of the run was created: see [`ports`]). The caller removes
+    /// their Unix sockets afterwards.
+    pub fn run_published(&self, spec: &RunSpec, listeners: &ports::Listeners) -> Result<Exit, RuntimeError> {
+        // Nothing but the exit: no walk of the upper layer, no cgroup
+        // statistics after the container has ended.
+        let listeners = (!listeners.is_empty()).then_some(listeners);
+        self.run_with(spec, None, listeners).map(|observed| observed.exit)
     }
 
     /// Runs the container; `observe`: `None` for the exit alone.
-    fn run_with(&self, spec: &RunSpec, observe: Option<Observe>) -> Result<Observed, RuntimeError> {
+    fn run_with(
+        &self,
+        spec: &RunSpec,
+        observe: Option<Observe>,
+        listeners: Option<&ports::Listeners>,
+    ) -> Result<Observed, RuntimeError> {
         if spec.process.terminal {
             return Err(RuntimeError::Unsupported { backend: "native", what: "a terminal (-t)" });
         }
@@ -275,6 +303,8 @@ impl NativeRuntime {
             privilege,
             groups: groups.as_deref(),
             observe,
+            listeners,
+            ports_channel: RefCell::new(None),
         };
         let (result, container_removed) = run.prepare_and_run();
         let dirs_removed = match dirs.remove() {
@@ -307,6 +337,11 @@ struct Run<'a> {
     groups: Option<&'a [u32]>,
     /// `None`: the exit alone (not even the peak memory and the lost writes).
     observe: Option<Observe>,
+    /// The published ports' host listeners, if any.
+    listeners: Option<&'a ports::Listeners>,
+    /// ces's end of the socket the init sends its namespaces on (made by
+    /// `build` when ports are published).
+    ports_channel: RefCell<Option<OwnedFd>>,
 }
 
 impl Run<'_> {
@@ -423,6 +458,7 @@ impl Run<'_> {
                 self.cgroup.no_swap()?;
             }
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            let _forwarder = self.forward_ports()?;
             let watcher = match tun_socket {
                 Some(socket) => {
                     Some(observe::Watcher::start(socket).map_err(|e| start_error("observing the network")(e.into()))?)
@@ -493,6 +529,8 @@ impl Run<'_> {
             Some(groups) => Some(ThreadGroups::set(groups)?),
             None => None,
         };
+        // The init's end lives until the init has been cloned (below).
+        let ports_socket = self.ports_channel()?;
         let builder = ContainerBuilder::new(self.spec.id.clone(), SyscallType::default())
             .with_executor(CesInit::new(
                 report_fd,
@@ -500,13 +538,38 @@ impl Run<'_> {
                 oci::workload_capabilities(self.spec.process.user.uid),
                 seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
                 tun_socket,
-            ))
+            )
+            .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd)))
             .with_root_path(&self.runtime.state_root)?
             // Never ces's own: see `wait`.
             .with_stdin(stdio.stdin)
             .with_stdout(stdio.stdout)
             .with_stderr(stdio.stderr);
         Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(false).build()?)
+    }
+}
+
+impl Run<'_> {
+    /// With published ports: a new channel for the init's namespaces; ces's
+    /// end is kept for [`Self::forward_ports`], the init's returned.
+    fn ports_channel(&self) -> io::Result<Option<OwnedFd>> {
+        if self.listeners.is_none() {
+            return Ok(None);
+        }
+        let (ours, init) = ports::namespace_channel()?;
+        *self.ports_channel.borrow_mut() = Some(ours);
+        Ok(Some(init))
+    }
+
+    /// After the start: the forwarder of the published ports, in the
+    /// container's network namespace (see [`ports`]); it stops when dropped.
+    fn forward_ports(&self) -> Result<Option<ports::Forwarder>, RuntimeError> {
+        let (Some(listeners), Some(channel)) = (self.listeners, self.ports_channel.borrow_mut().take()) else {
+            return Ok(None);
+        };
+        ports::Forwarder::start(listeners, &channel)
+            .map(Some)
+            .map_err(|e| start_error("publishing the ports")(e.into()))
     }
 }
 
@@ -679,6 +742,7 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
             bytes(spec.limits.shm_size)
         ),
     ];
+    lines.extend(ports::describe(&spec.ports));
     for m in &spec.mounts {
         let mode = match m.access {
             Access::Ro => "ro",
