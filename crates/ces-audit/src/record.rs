@@ -461,6 +461,9 @@ pub struct Limits {
     pub pids: Option<i64>,
     /// `/dev/shm`, bytes.
     pub shm_size: u64,
+    /// The wall-clock limit, seconds, if any (`--time-limit`, `[run] max_time_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<u64>,
 }
 
 /// How a container ended.
@@ -472,6 +475,9 @@ pub struct Exit {
     pub signal: Option<i32>,
     /// Whether it was killed for exceeding its memory limit.
     pub oom: bool,
+    /// Whether it was stopped at its time limit (`code` is then 124).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub time_limit: bool,
 }
 
 #[cfg(test)]
@@ -548,7 +554,7 @@ mod tests {
                 provenance: None,
                 runtime: "native".into(),
                 mounts: Vec::new(),
-                limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20 },
+                limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20, time_limit: None },
                 env: vec!["PATH".into()],
                 argv: vec!["sleep".into(), "60".into()],
             },

@@ -1043,7 +1043,7 @@ mod tests {
                 state: "/store/runs/x/state".into(),
             },
             tmpfs: Vec::new(),
-            limits: Limits { memory: DEFAULT_MEMORY, cpus: None, pids: Some(DEFAULT_PIDS), shm_size: DEFAULT_SHM_SIZE },
+            limits: Limits { memory: DEFAULT_MEMORY, cpus: None, pids: Some(DEFAULT_PIDS), shm_size: DEFAULT_SHM_SIZE, time_limit: None },
             identity: Identity { host_uid: 1000, host_gid: 1000 },
         }
     }

@@ -227,6 +227,17 @@ pub struct Limits {
     pub pids: Option<i64>,
     /// Size of `/dev/shm` in bytes.
     pub shm_size: u64,
+    /// The wall-clock limit (`--time-limit`), if any: enforced by ces, which
+    /// stops the run at it as a `SIGTERM` to ces would.
+    #[serde(serialize_with = "optional_seconds")]
+    pub time_limit: Option<Duration>,
+}
+
+fn optional_seconds<S: serde::Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serializer.serialize_some(&d.as_secs_f64()),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// How a container ended.
@@ -239,16 +250,24 @@ pub enum Exit {
     Signal(i32),
     /// It was killed for exceeding its memory limit.
     OutOfMemory,
+    /// It was stopped at its time limit; the value is the code it ended
+    /// with then (143 for the `SIGTERM`, 137 when killed after the stop
+    /// timeout, its own code if it exited on the `SIGTERM`).
+    TimeLimit(i32),
 }
 
 impl Exit {
+    /// The exit code of a run stopped at its time limit (`timeout(1)`'s).
+    pub const TIME_LIMIT_CODE: i32 = 124;
+
     /// The exit code ces passes on: the code, or 128 + the signal (137 for
-    /// out of memory, as the kernel's SIGKILL).
+    /// out of memory, as the kernel's SIGKILL; 124 for the time limit).
     pub fn code(self) -> i32 {
         match self {
             Exit::Code(code) => code,
             Exit::Signal(signal) => 128 + signal,
             Exit::OutOfMemory => 128 + 9,
+            Exit::TimeLimit(_) => Exit::TIME_LIMIT_CODE,
         }
     }
 }

@@ -357,7 +357,7 @@ impl Fx {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB },
+            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB, time_limit: None },
             ports: Vec::new(),
             identity: Identity { host_uid: self.host_uid, host_gid: self.host_gid },
             state_dir,

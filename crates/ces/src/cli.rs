@@ -65,6 +65,10 @@ pub enum Command {
     /// Check a run's outputs directory against the manifest ces wrote after the run.
     #[command(subcommand)]
     Outputs(OutputsCommand),
+    /// List your running runs (root: everyone's).
+    Ps(PsArgs),
+    /// Stop a running run cleanly (as SIGTERM to its ces would), by id or name.
+    Stop(StopArgs),
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
@@ -197,6 +201,22 @@ pub struct PullArgs {
     /// Pull only; leave the root filesystem unpacked later (by `ces run`).
     #[arg(long)]
     pub no_unpack: bool,
+}
+
+/// `ces ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Print JSON for scripts (one array).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ces stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// The run: its id, or its name (-n).
+    #[arg(value_name = "RUN|NAME")]
+    pub run: String,
 }
 
 /// `ces images`.
@@ -344,6 +364,7 @@ impl CesRunCli {
             Some(first) if RUNTIMES.contains(&first) => Some(args.remove(1).to_string_lossy().into_owned()),
             _ => None,
         };
+        let args = volume_shorthand(args, 1);
         let name = if gpu { "ces-gpu-run" } else { "ces-run" };
         let mut command = CesRunCli::command().name(name).bin_name(name);
         if gpu {
@@ -372,6 +393,68 @@ pub fn is_run(args: &[OsString]) -> bool {
         }
     }
     false
+}
+
+/// `-v SRC:DST` on a run's command line: `-v` is `--verbose` there (the
+/// reference service's meaning), but followed by a path pair (`./pgdata:/x`,
+/// `/d:/e:ro`), which is never an image, it is a bind (`--volume`), as in
+/// docker and in option files. Only words before the image are looked at
+/// (the container's own arguments are left as they are); `first` is the
+/// index of the first option (after `run`, `test`, or the runtime).
+pub fn volume_shorthand(mut args: Vec<OsString>, first: usize) -> Vec<OsString> {
+    let command = CesRunCli::command();
+    let takes_value = |word: &str| {
+        word == "--data"
+            || command.get_arguments().any(|a| {
+                a.get_action().takes_values()
+                    && (a.get_long().is_some_and(|l| word == format!("--{l}"))
+                        || a.get_short().is_some_and(|c| word == format!("-{c}")))
+            })
+    };
+    let mut i = first;
+    while i < args.len() {
+        let Some(word) = args[i].to_str().map(str::to_owned) else { break };
+        if word == "--" || !word.starts_with('-') || word == "-" {
+            break;
+        }
+        if word == "-v" && args.get(i + 1).and_then(|w| w.to_str()).is_some_and(is_path_pair) {
+            args[i] = OsString::from("--volume");
+            i += 2;
+            continue;
+        }
+        let value_next = !word.contains('=')
+            && (takes_value(&word)
+                || (word.len() > 2 && !word.starts_with("--") && {
+                    // `-qm` (a cluster ending in an option that takes a value): the value is next.
+                    let last = &word[word.len() - 1..];
+                    takes_value(&format!("-{last}"))
+                        && word[1..word.len() - 1].chars().all(|c| !takes_value(&format!("-{c}")))
+                }));
+        i += if value_next { 2 } else { 1 };
+    }
+    args
+}
+
+/// `SRC:DST` with an absolute destination and a source that is a path (what
+/// follows `-v` in docker's bind form).
+fn is_path_pair(word: &str) -> bool {
+    word.split_once(':')
+        .is_some_and(|(src, dst)| dst.starts_with('/') && (src.starts_with(['/', '.', '~']) || src.contains('/')))
+}
+
+/// The index of the first word after `run` or `test` in `ces`'s arguments.
+pub fn run_options_start(args: &[OsString]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(word) = args.get(i).map(|a| a.to_string_lossy()) {
+        match word.as_ref() {
+            "--config" => i += 1,
+            w if w.starts_with('-') => {}
+            "run" | "test" => return Some(i + 1),
+            _ => return None,
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The `--config` a command line names, if any (for a command line clap
@@ -453,6 +536,31 @@ mod tests {
         assert!(ces_run(&["--runtime", "docker", "img"]).is_err());
         let gpu = CesRunCli::parse_compat(["ces-gpu-run", "img"].map(OsString::from), true).unwrap();
         assert!(gpu.run.options.gpu);
+    }
+
+    #[test]
+    fn dash_v_before_a_path_pair_is_a_volume() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let fixed = |a: &[&str]| {
+            let a = args(a);
+            let start = run_options_start(&a).unwrap();
+            volume_shorthand(a, start).into_iter().map(|w| w.into_string().unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            fixed(&["ces", "-v", "run", "-v", "./pg:/data", "-m", "2", "-v", "/a:/b:ro", "img", "-v", "/c:/d"]),
+            ["ces", "-v", "run", "--volume", "./pg:/data", "-m", "2", "--volume", "/a:/b:ro", "img", "-v", "/c:/d"]
+        );
+        // A value that looks like a pair is a value; -v alone stays --verbose.
+        assert_eq!(fixed(&["ces", "run", "-e", "/a:/b", "-v", "img"]), ["ces", "run", "-e", "/a:/b", "-v", "img"]);
+        assert_eq!(
+            fixed(&["ces", "run", "-qe", "X", "-v", "x/y:/z", "i"]),
+            ["ces", "run", "-qe", "X", "--volume", "x/y:/z", "i"]
+        );
+        let cli = Cli::try_parse_from(fixed(&["ces", "run", "-v", "./pg:/data", "img"])).unwrap();
+        let Command::Run(run) = cli.command else { panic!("not run") };
+        assert_eq!((run.options.volume.as_slice(), cli.global.verbose), (&["./pg:/data".to_owned()][..], false));
+        let cli = ces_run(&["podman", "-v", "/a:/b", "img"]).unwrap();
+        assert_eq!(cli.run.options.volume, ["/a:/b"]);
     }
 
     #[test]

@@ -215,9 +215,9 @@ fn option_hints(error: &OptionError) -> Vec<String> {
             vec!["ces run --help lists the options ces run takes; arguments for the container go after the image".into()]
         }
         OptionError::NotInFile { .. } => vec!["give it on the command line instead".into()],
-        OptionError::Mount { .. } => {
-            vec!["the only mount ces run adds is a tmpfs: --mount type=tmpfs,destination=/path[,tmpfs-size=64m]".into()]
-        }
+        OptionError::Mount { .. } | OptionError::Volume { .. } => vec![
+            "mounts ces run adds: --mount type=tmpfs,destination=/path[,tmpfs-size=64m]; where [run] bind_roots allows, -v SRC:DST[:ro] or --mount type=bind,src=DIR,dst=/path[,ro]".into(),
+        ],
         OptionError::Quotes { .. } => vec!["option files are split like a shell command line: close each quote".into()],
         OptionError::Read { .. } => Vec::new(),
     }

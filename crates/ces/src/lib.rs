@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+pub mod binds;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
@@ -14,7 +15,9 @@ pub mod identity;
 pub mod policy;
 pub mod printer;
 pub mod run_options;
+pub mod running;
 pub mod settings;
+pub mod time_limit;
 
 use ces_registry::Credentials;
 use cli::{CesPullCli, CesRunCli, Cli, Command, GlobalArgs};
@@ -38,7 +41,7 @@ pub enum Entry {
 /// Runs ces as `entry`, and turns the outcome into an exit code.
 pub fn main(entry: Entry) -> ExitCode {
     let (global, action) = match entry {
-        Entry::Ces => match Cli::try_parse() {
+        Entry::Ces => match Cli::try_parse_from(ces_args()) {
             Ok(cli) => (cli.global, Action::Command(cli.command)),
             Err(error) => return parse_error(error, cli::is_run(&std::env::args_os().collect::<Vec<_>>())),
         },
@@ -88,6 +91,16 @@ pub fn main(entry: Entry) -> ExitCode {
     match run(&settings, &printer, action) {
         Ok(code) => code,
         Err(error) => report(&error, &settings.config_shown()),
+    }
+}
+
+/// `ces`'s arguments, with `-v SRC:DST` before a run's image read as a bind
+/// (see [`cli::volume_shorthand`]).
+fn ces_args() -> Vec<std::ffi::OsString> {
+    let args: Vec<_> = std::env::args_os().collect();
+    match cli::run_options_start(&args) {
+        Some(start) => cli::volume_shorthand(args, start),
+        None => args,
     }
 }
 
@@ -167,6 +180,8 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),
         Action::Command(Command::Gc) => done(commands::rmi::gc(settings, printer)),
         Action::Command(Command::Load(args)) => done(commands::load::load(settings, printer, args)),
+        Action::Command(Command::Ps(args)) => done(commands::ps::ps(settings, args.json)),
+        Action::Command(Command::Stop(args)) => done(commands::stop::stop(settings, printer, &args.run)),
         Action::Command(Command::Audit(cli::AuditCommand::Show(args))) => done(commands::audit::show(settings, &args)),
         Action::Command(Command::Audit(cli::AuditCommand::Verify(args))) => commands::audit::verify(settings, &args),
         // Exit 1 when the directory or its manifest changed since the run.

@@ -50,6 +50,16 @@ pub enum PolicyError {
         /// The user outside the namespace, when known.
         uid: Option<u32>,
     },
+    /// A bind mount the policy does not allow (`[run] bind_roots`).
+    #[error("cannot bind {bind:?} at {destination:?}: {}", problem.reason())]
+    Bind {
+        /// The source as given.
+        bind: String,
+        /// The destination as given.
+        destination: String,
+        /// Why not.
+        problem: crate::binds::Problem,
+    },
 }
 
 /// The hint for an image without the source label (pull or run).
@@ -73,9 +83,23 @@ pub fn hints(error: &PolicyError) -> Vec<String> {
         PolicyError::PullNotEnabled { .. } => {
             vec!["ask your research coordinator to request CES access for your account".into()]
         }
+        PolicyError::Bind { problem, .. } => bind_hints(*problem),
         PolicyError::UserNamespace { .. } => {
             vec!["run ces outside the user namespace (not under `unshare` or in a rootless container)".into()]
         }
+    }
+}
+
+fn bind_hints(problem: crate::binds::Problem) -> Vec<String> {
+    use crate::binds::Problem;
+    match problem {
+        Problem::NotAllowed => vec!["the operator can allow binds of users' own directories with [run] bind_roots in /etc/ces/config.toml (see docs/config.md)".into()],
+        Problem::OutsideRoots | Problem::Link => {
+            vec!["bind a directory of yours under a directory that [run] bind_roots lists (see `ces run --dry-run` and docs/run.md)".into()]
+        }
+        Problem::NotOwned => vec!["bind a directory you own (create one, e.g. mkdir ./pgdata)".into()],
+        Problem::Missing => vec!["create it first (e.g. mkdir ./pgdata); relative paths start at the current directory".into()],
+        _ => Vec::new(),
     }
 }
 

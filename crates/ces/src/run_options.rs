@@ -57,9 +57,15 @@ pub struct RunOptions {
     /// Size of /dev/shm (e.g. 256m) [default: 64m]
     #[arg(long = "shm-size", value_name = "SIZE")]
     pub shm_size: Option<String>,
-    /// Add a tmpfs: type=tmpfs,destination=PATH[,tmpfs-size=SIZE] (the only kind allowed).
+    /// Add a tmpfs (type=tmpfs,destination=PATH[,tmpfs-size=SIZE]) or, where [run] bind_roots allows, a bind (type=bind,src=DIR,dst=PATH[,ro]).
     #[arg(long = "mount", value_name = "SPEC")]
     pub mount: Vec<String>,
+    /// Bind a directory of yours, where [run] bind_roots allows it: SRC:DST[:ro|rw] (in option files, -v).
+    #[arg(long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
+    /// Stop the run after this long (e.g. 90s, 30m, 6h, 1h30m), as a SIGTERM to ces would; exit code 124.
+    #[arg(long = "time-limit", value_name = "DURATION")]
+    pub time_limit: Option<String>,
     /// Allocate a terminal.
     #[arg(short = 't', long = "tty")]
     pub tty: bool,
@@ -95,6 +101,8 @@ impl RunOptions {
             entrypoint: later.entrypoint.or(self.entrypoint),
             shm_size: later.shm_size.or(self.shm_size),
             mount: cat(self.mount, later.mount),
+            volume: cat(self.volume, later.volume),
+            time_limit: later.time_limit.or(self.time_limit),
             tty: self.tty || later.tty,
             interactive: self.interactive || later.interactive,
             json: self.json || later.json,
@@ -116,8 +124,6 @@ struct OptFileLine {
 /// (`--mount` is refused by its value: every type but `tmpfs`.)
 pub const WIDENING: &[&str] = &[
     "--privileged",
-    "-v",
-    "--volume",
     "--volumes-from",
     "--network",
     "--net",
@@ -253,6 +259,16 @@ pub enum OptionError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// A malformed `--volume` (`-v` in an option file).
+    #[error("invalid --volume {value} {place}: {problem}")]
+    Volume {
+        /// The value, quoted; in a file, which word of the line it is.
+        value: String,
+        /// Where.
+        place: Place,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// An option file that cannot be read.
     #[error("cannot read the option file {}", path.display())]
     Read {
@@ -274,7 +290,8 @@ impl OptionError {
             | OptionError::NotAnOption { place, .. }
             | OptionError::Quotes { place }
             | OptionError::Invalid { place, .. }
-            | OptionError::Mount { place, .. } => Some(place),
+            | OptionError::Mount { place, .. }
+            | OptionError::Volume { place, .. } => Some(place),
             OptionError::Read { .. } => None,
         }
     }
@@ -346,6 +363,14 @@ fn without_file_text(error: OptionError, words: &[String], clap: Option<&clap::E
             let word = words.iter().position(quoted).map(|i| format!("(word {})", i + 1));
             OptionError::Mount { value: word.unwrap_or_else(|| "(not shown)".to_owned()), place, problem }
         }
+        OptionError::Volume { value, place, problem } => {
+            let quoted = |w: &String| {
+                let w = w.strip_prefix("--volume=").unwrap_or(w);
+                format!("{w:?}") == value
+            };
+            let word = words.iter().position(quoted).map(|i| format!("(word {})", i + 1));
+            OptionError::Volume { value: word.unwrap_or_else(|| "(not shown)".to_owned()), place, problem }
+        }
         OptionError::Invalid { place, .. } => {
             let kind = clap.and_then(|e| e.kind().as_str()).unwrap_or("invalid option");
             let message = match clap.and_then(|e| e.get(clap::error::ContextKind::InvalidArg)) {
@@ -369,12 +394,26 @@ pub fn clap_message(error: &clap::Error) -> String {
     first.strip_prefix("error: ").unwrap_or(first).to_owned()
 }
 
-/// Checks what clap cannot: each `--mount` is a tmpfs (see [`parse_mount`]).
+/// Checks what clap cannot: each `--mount` is a tmpfs or a bind (see
+/// [`parse_mount`]), each `--volume` a bind (the policy decides later
+/// whether it is allowed).
 pub fn check(options: &RunOptions, place: &Place) -> Result<(), OptionError> {
     for value in &options.mount {
         parse_mount(value, place)?;
     }
+    for value in &options.volume {
+        parse_volume(value, place)?;
+    }
     Ok(())
+}
+
+/// A `--volume` (`-v` in an option file): `SRC:DST[:ro|rw]`.
+pub fn parse_volume(value: &str, place: &Place) -> Result<crate::binds::BindRequest, OptionError> {
+    crate::binds::parse_volume(value).map_err(|problem| OptionError::Volume {
+        value: format!("{value:?}"),
+        place: place.clone(),
+        problem,
+    })
 }
 
 /// Parses an option file: each line is split like a shell command line
@@ -394,6 +433,17 @@ pub fn parse_opt_file(text: &str, path: &Path) -> Result<RunOptions, OptionError
             let option = word.split('=').next().unwrap_or(word).to_owned();
             return Err(OptionError::NotInFile { option, place, reason: "the config file is the operator's policy" });
         }
+        // In an option file (podman options), `-v` is `--volume`.
+        let words: Vec<String> = words
+            .into_iter()
+            .map(|w| match w.strip_prefix("-v") {
+                Some("") => "--volume".to_owned(),
+                Some(value) if value.starts_with(['/', '.', '~', '=']) => {
+                    format!("--volume={}", value.strip_prefix('=').unwrap_or(value))
+                }
+                _ => w,
+            })
+            .collect();
         let parsed = OptFileLine::try_parse_from(&words).map_err(|e| {
             let error = refusal(&e, &place)
                 .unwrap_or_else(|| OptionError::Invalid { message: clap_message(&e), place: place.clone() });
@@ -434,9 +484,19 @@ pub fn with_opt_files(command_line: RunOptions) -> Result<RunOptions, OptionErro
     Ok(merged.then(command_line))
 }
 
-/// A `--mount` ces allows: `type=tmpfs`, `destination=` (or `dst=`,
-/// `target=`), optional `tmpfs-size=`. Returns (destination, size text).
-pub fn parse_mount(value: &str, place: &Place) -> Result<(String, Option<String>), OptionError> {
+/// A `--mount` ces takes: a tmpfs, or a bind (which the policy may refuse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountRequest {
+    /// `type=tmpfs`: the destination, and the size as given.
+    Tmpfs(String, Option<String>),
+    /// `type=bind`.
+    Bind(crate::binds::BindRequest),
+}
+
+/// A `--mount` ces takes: `type=tmpfs`, `destination=` (or `dst=`,
+/// `target=`), optional `tmpfs-size=`; or `type=bind` (see
+/// [`crate::binds::parse_mount_fields`]).
+pub fn parse_mount(value: &str, place: &Place) -> Result<MountRequest, OptionError> {
     let err = |problem| OptionError::Mount { value: format!("{value:?}"), place: place.clone(), problem };
     let mut kind = None;
     let mut destination = None;
@@ -452,10 +512,11 @@ pub fn parse_mount(value: &str, place: &Place) -> Result<(String, Option<String>
     }
     match kind {
         Some("tmpfs") => {}
+        Some("bind") => return crate::binds::parse_mount_fields(value.split(',')).map(MountRequest::Bind).map_err(err),
         Some(other) => {
             return Err(OptionError::Widening { option: format!("--mount type={other}"), place: place.clone() });
         }
-        None => return Err(err("give type=tmpfs (the only kind of mount allowed)")),
+        None => return Err(err("give type=tmpfs or type=bind")),
     }
     for field in value.split(',') {
         let key = field.split_once('=').map_or(field, |(k, _)| k);
@@ -464,7 +525,7 @@ pub fn parse_mount(value: &str, place: &Place) -> Result<(String, Option<String>
         }
     }
     let destination = destination.filter(|d| !d.is_empty()).ok_or_else(|| err("no destination"))?;
-    Ok((destination, size))
+    Ok(MountRequest::Tmpfs(destination, size))
 }
 
 #[cfg(test)]
@@ -526,7 +587,7 @@ mod tests {
                 );
             }
         }
-        for kind in ["bind", "volume", "image", "devpts", "glob"] {
+        for kind in ["volume", "image", "devpts", "glob"] {
             let e = file(&format!("-e A=1\n\n--mount type={kind},src=/,dst=/host\n")).unwrap_err();
             assert_eq!(
                 e.to_string(),
@@ -559,14 +620,14 @@ mod tests {
             ),
             ("\n-e A=1 --frobnicate", "unknown option (word 3) in opts.txt line 2"),
             ("--rm", "unknown option (word 1) in opts.txt line 1"),
-            ("-v /:/host", "option -v in opts.txt line 1 is not allowed: it would widen what the container can reach"),
+            (
+                "-v host",
+                "invalid --volume (word 2) in opts.txt line 1: give SRC:DST[:ro|rw] (a named volume is not allowed)",
+            ),
             ("-e A=1 image", "unexpected argument (word 3) in opts.txt line 1: an option file holds options only"),
             ("-e 'A=1", "unbalanced quotes in opts.txt line 1"),
             ("--mount type=tmpfs", "invalid --mount (word 2) in opts.txt line 1: no destination"),
-            (
-                "--mount destination=/x",
-                "invalid --mount (word 2) in opts.txt line 1: give type=tmpfs (the only kind of mount allowed)",
-            ),
+            ("--mount destination=/x", "invalid --mount (word 2) in opts.txt line 1: give type=tmpfs or type=bind"),
             (
                 "--mount type=tmpfs,dst=/x,tmpfs-mode=777",
                 "invalid --mount (word 2) in opts.txt line 1: only type, destination and tmpfs-size can be given",
@@ -612,7 +673,7 @@ mod tests {
         let b = dir.path().join("b.txt");
         std::fs::write(&a, "-m 2 -e A=a\n").unwrap();
         std::fs::write(&b, "-m 3 -w /b\n").unwrap();
-        let cli = RunOptions { opt_file: vec![a, b], workdir: Some("/cli".into()), ..Default::default() };
+        let cli = RunOptions { opt_file: vec![a.clone(), b], workdir: Some("/cli".into()), ..Default::default() };
         let o = with_opt_files(cli).unwrap();
         assert_eq!(
             (o.memory.as_deref(), o.workdir.as_deref(), o.env.as_slice()),
@@ -620,10 +681,13 @@ mod tests {
         );
         let missing = RunOptions { opt_file: vec![dir.path().join("nope")], ..Default::default() };
         assert!(matches!(with_opt_files(missing), Err(OptionError::Read { .. })));
-        let bind = RunOptions { mount: vec!["type=bind,src=/etc,dst=/etc".into()], ..Default::default() };
+        // Binds parse here; the policy ([run] bind_roots) decides later.
+        std::fs::write(&a, "-v ./pgdata:/var/lib/postgresql/data\n--mount type=bind,src=/d,dst=/e,ro -v/x:/y:ro\n")
+            .unwrap();
+        let o = with_opt_files(RunOptions { opt_file: vec![a], ..Default::default() }).unwrap();
         assert_eq!(
-            with_opt_files(bind).unwrap_err().to_string(),
-            "option --mount type=bind on the command line is not allowed: it would widen what the container can reach"
+            (o.volume.as_slice(), o.mount.len()),
+            (&["./pgdata:/var/lib/postgresql/data".to_owned(), "/x:/y:ro".to_owned()][..], 1)
         );
     }
 }

@@ -34,6 +34,31 @@ pub struct ConfigFile {
     /// `[outputs]`.
     #[serde(default)]
     pub outputs: OutputsConfig,
+    /// `[run]`.
+    #[serde(default)]
+    pub run: RunConfig,
+}
+
+/// `[run]`: what `ces run` may add to the TRE contract (see docs/config.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Directories under which a user may bind a directory of their own
+    /// (`-v`, `--mount type=bind`): absolute paths, or `$HOME` (the
+    /// invoking user's home, from the user database under sudo) and paths
+    /// under it. Empty: no bind mounts.
+    #[serde(default)]
+    pub bind_roots: Vec<String>,
+    /// The longest `--time-limit` a run may ask for; a run that asks for
+    /// none gets this one.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_time_limit: Option<std::time::Duration>,
+}
+
+/// A duration as `--time-limit` takes it (`90s`, `30m`, `6h`, `1h30m`).
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    crate::time_limit::parse(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// `[outputs]`: how much the seal of a run's outputs hashes at most (see
@@ -281,6 +306,8 @@ pub struct Settings {
     pub pull: PullConfig,
     /// The seal's hashing budget (`[outputs]`).
     pub outputs: ces_outputs::Budget,
+    /// `[run]`: bind roots, the longest time limit.
+    pub run: RunConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -355,6 +382,7 @@ impl Settings {
             policy: config.policy,
             pull: config.pull,
             outputs: config.outputs.budget(),
+            run: config.run,
         })
     }
 

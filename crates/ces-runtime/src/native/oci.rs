@@ -366,7 +366,7 @@ mod tests {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 1 << 30, cpus: Some(2.0), pids: Some(100), shm_size: 1 << 26 },
+            limits: Limits { memory: 1 << 30, cpus: Some(2.0), pids: Some(100), shm_size: 1 << 26, time_limit: None },
             ports: Vec::new(),
             identity: Identity { host_uid: 1001, host_gid: 1002 },
             state_dir: PathBuf::from("/run/ces/r1"),

@@ -301,7 +301,8 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
     let (exit, outcome) = match end.result {
         Ok(exit) => {
             let (signal, oom) = signal_and_oom(*exit);
-            (Some(ces_audit::Exit { code: exit.code(), signal, oom }), Outcome::Ok)
+            let time_limit = matches!(exit, Exit::TimeLimit(_));
+            (Some(ces_audit::Exit { code: exit.code(), signal, oom, time_limit }), Outcome::Ok)
         }
         Err(error) => (None, Outcome::Error { error: diagnostics::one_line(error) }),
     };
@@ -401,9 +402,15 @@ fn mounts_of(spec: &RunSpec) -> Vec<ces_audit::Mount> {
         .collect()
 }
 
-fn limits_of(spec: &RunSpec) -> ces_audit::Limits {
+pub(crate) fn limits_of(spec: &RunSpec) -> ces_audit::Limits {
     let limits = spec.limits;
-    ces_audit::Limits { memory: limits.memory, cpus: limits.cpus, pids: limits.pids, shm_size: limits.shm_size }
+    ces_audit::Limits {
+        memory: limits.memory,
+        cpus: limits.cpus,
+        pids: limits.pids,
+        shm_size: limits.shm_size,
+        time_limit: limits.time_limit.map(|d| d.as_secs()),
+    }
 }
 
 /// Records a run that did not start (refused, or failed before its
@@ -428,6 +435,8 @@ pub(crate) fn signal_and_oom(exit: Exit) -> (Option<i32>, bool) {
         Exit::Code(_) => (None, false),
         Exit::Signal(signal) => (Some(signal), false),
         Exit::OutOfMemory => (Some(9), true),
+        // The signal the workload ended by, after the limit's SIGTERM.
+        Exit::TimeLimit(code) => ((code > 128).then_some(code - 128), false),
     }
 }
 
@@ -530,6 +539,7 @@ fn outcome_text(event: &Event, ended: &std::collections::HashSet<String>) -> Str
         }
         (Event::Run(run), Outcome::Ok) => match run.exit {
             Some(ces_audit::Exit { oom: true, .. }) => "out of memory".to_owned(),
+            Some(ces_audit::Exit { time_limit: true, .. }) => "time limit".to_owned(),
             Some(ces_audit::Exit { signal: Some(signal), .. }) => format!("signal {signal}"),
             Some(exit) => format!("exit {}", exit.code),
             None => "ok".to_owned(),

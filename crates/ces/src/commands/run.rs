@@ -3,7 +3,7 @@
 //! resolved, the plan is built from the stored image and the TRE policy, and
 //! handed to a backend; `--dry-run` prints the plan instead, creating nothing.
 
-mod host;
+pub(crate) mod host;
 mod manifest;
 pub mod record;
 
@@ -163,9 +163,9 @@ pub(crate) fn prepare(
     if options.gpu {
         return Err(RunError::GpuUnavailable.into());
     }
-    let limits = limits(options)?;
+    let limits = limits(options, settings)?;
     let process = process_request(options, command)?;
-    let tmpfs = tmpfs_requests(options)?;
+    let (tmpfs, binds) = mount_requests(options)?;
     let name = options.name.clone().map(checked_name).transpose()?;
 
     if looks_like_mount(image) {
@@ -225,7 +225,7 @@ pub(crate) fn prepare(
         scratch: scratch_parent.join(format!("scratch_{id}")),
         state: runs.join(&id).join("state"),
     };
-    let spec = plan::build(PlanRequest {
+    let mut spec = plan::build(PlanRequest {
         id,
         name,
         image: ces_runtime::ImageSpec {
@@ -241,6 +241,18 @@ pub(crate) fn prepare(
         limits,
         identity: invoker.identity,
     })?;
+    let cwd = std::env::current_dir().context("cannot tell the current directory (for relative bind sources)")?;
+    for bind in crate::binds::resolve(&binds, &settings.run.bind_roots, &invoker, &cwd)? {
+        if spec.mounts.iter().any(|m| m.destination == bind.destination) {
+            let source = match &bind.kind {
+                MountKind::Bind { source } => source.display().to_string(),
+                MountKind::Tmpfs { .. } => String::new(),
+            };
+            let (destination, problem) = (bind.destination.clone(), crate::binds::Problem::Taken);
+            return Err(crate::policy::PolicyError::Bind { bind: source, destination, problem }.into());
+        }
+        spec.mounts.push(bind);
+    }
     Ok(Prepared {
         spec,
         safe_data,
@@ -286,13 +298,28 @@ pub(crate) fn execute(
         scratch: prepared.dirs.scratch.clone(),
         state: prepared.dirs.state.clone(),
     };
+    // A name is unique among the user's running runs: checked, and held
+    // until this run's note says its name, before anything is created.
+    let user = audit::current_user();
+    let reservation = crate::running::reserve_name(&prepared.runs, spec.name.as_deref(), user.uid)?;
     let mut active = ActiveRun::start(&prepared.runs, paths, owner)?;
     // The start, before the container, and nothing runs that could not be
     // recorded: a log that cannot take it stops the run here (its
     // directories go with `active`). A ces that dies from now on (SIGKILL,
     // a crash) leaves a record whose run the next start closes ("supervisor
     // lost"); noted in the record first, so that no start goes unclosed.
-    let opened = record::Opened { user: audit::current_user(), pid: std::process::id() };
+    let info = crate::running::RunInfo {
+        name: spec.name.clone(),
+        image: spec.image.reference.clone(),
+        digest: spec.image.digest.to_string(),
+        runtime: runtime.to_owned(),
+        started: jiff::Timestamp::now().to_string(),
+        pid_start: crate::running::start_ticks(std::process::id()).unwrap_or_default(),
+        limits: audit::limits_of(spec),
+        ports: Vec::new(),
+        outputs: active.paths().outputs.clone(),
+    };
+    let opened = record::Opened { user, pid: std::process::id(), run: Some(info) };
     let recorded = record::mark_opened(&prepared.runs, &spec.id, &opened).and_then(|()| {
         audit::record_start(
             settings,
@@ -306,6 +333,7 @@ pub(crate) fn execute(
             },
         )
     });
+    drop(reservation);
     if let Err(error) = recorded {
         active.discard_outputs_if_empty();
         return Err(error);
@@ -320,7 +348,21 @@ pub(crate) fn execute(
     }
 
     let start_time = jiff::Timestamp::now();
-    let result = run(spec);
+    // The time limit runs from the container's start; at it, ces stops the
+    // run as a SIGTERM to ces would (see crate::time_limit).
+    let timer = spec.limits.time_limit.map(crate::time_limit::Timer::start).transpose();
+    let result = match timer {
+        Ok(timer) => {
+            let result = run(spec);
+            match (timer.map(crate::time_limit::Timer::stop), result) {
+                (Some(true), Ok(exit)) => Ok(Exit::TimeLimit(exit.code())),
+                (_, result) => result,
+            }
+        }
+        Err(error) => {
+            Err(ces_runtime::RuntimeError::Start { stage: "starting the time limit", source: Box::new(error) })
+        }
+    };
 
     if result.is_err() {
         active.discard_outputs_if_empty();
@@ -415,7 +457,7 @@ fn native_cleanup_stale(store_root: &Path) {
     }
 }
 
-fn limits(options: &RunOptions) -> anyhow::Result<Limits> {
+fn limits(options: &RunOptions, settings: &Settings) -> anyhow::Result<Limits> {
     let memory = options.memory.as_deref().map(plan::parse_memory).transpose()?.unwrap_or(plan::DEFAULT_MEMORY);
     let cpus = options.cores.as_deref().map(plan::parse_cores).transpose()?;
     if let Some(asked) = cpus {
@@ -430,7 +472,8 @@ fn limits(options: &RunOptions) -> anyhow::Result<Limits> {
         .map(|s| plan::parse_size("shm-size", s))
         .transpose()?
         .unwrap_or(plan::DEFAULT_SHM_SIZE);
-    Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size })
+    let time_limit = crate::time_limit::effective(options.time_limit.as_deref(), settings.run.max_time_limit)?;
+    Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size, time_limit })
 }
 
 /// The container's process as asked. The env and arg files are read as the
@@ -476,14 +519,23 @@ fn parse_entrypoint(value: &str) -> Result<Vec<String>, RunError> {
     Ok(if value.is_empty() { Vec::new() } else { vec![value.to_owned()] })
 }
 
-fn tmpfs_requests(options: &RunOptions) -> anyhow::Result<Vec<TmpfsRequest>> {
-    let mut requests = Vec::new();
+/// The tmpfs mounts and the binds asked for (`--mount`, `--volume`).
+fn mount_requests(options: &RunOptions) -> anyhow::Result<(Vec<TmpfsRequest>, Vec<crate::binds::BindRequest>)> {
+    let mut tmpfs = Vec::new();
+    let mut binds = Vec::new();
     for value in &options.mount {
-        let (destination, size) = run_options::parse_mount(value, &Place::CommandLine)?;
-        let size = size.map(|s| plan::parse_size("tmpfs-size", &s)).transpose()?;
-        requests.push(TmpfsRequest { destination, size });
+        match run_options::parse_mount(value, &Place::CommandLine)? {
+            run_options::MountRequest::Tmpfs(destination, size) => {
+                let size = size.map(|s| plan::parse_size("tmpfs-size", &s)).transpose()?;
+                tmpfs.push(TmpfsRequest { destination, size });
+            }
+            run_options::MountRequest::Bind(bind) => binds.push(bind),
+        }
     }
-    Ok(requests)
+    for value in &options.volume {
+        binds.push(run_options::parse_volume(value, &Place::CommandLine)?);
+    }
+    Ok((tmpfs, binds))
 }
 
 /// `SRC:DST` with a path on either side: what users coming from docker type
@@ -603,6 +655,14 @@ fn print_plan(
         limits.pids.map_or("unlimited".to_owned(), |p| p.to_string()),
         human_bytes(limits.shm_size)
     )?;
+    if let Some(limit) = limits.time_limit {
+        writeln!(
+            out,
+            "time limit: {} (then SIGTERM, SIGKILL {} later; exit code 124)",
+            crate::time_limit::show(limit),
+            crate::time_limit::show(spec.process.stop_timeout)
+        )?;
+    }
     writeln!(out, "network:    none (loopback only)")?;
     writeln!(
         out,
@@ -655,6 +715,11 @@ fn announce_end(printer: &Printer, spec: &RunSpec, exit: Exit, outputs: &Path, j
         Exit::OutOfMemory => {
             format!("was killed: out of memory (the limit is {}; exit code {})", gib(spec.limits.memory), exit.code())
         }
+        Exit::TimeLimit(code) => format!(
+            "was stopped at its time limit of {} (it ended with code {code}; exit code {})",
+            spec.limits.time_limit.map(crate::time_limit::show).unwrap_or_default(),
+            exit.code()
+        ),
     };
     printer.status(format!("Run {} {how}: outputs kept in {}", spec.id, outputs.display()));
     if json {
@@ -706,6 +771,9 @@ mod tests {
 
     #[test]
     fn limits_from_options() {
+        let settings =
+            Settings::load_as(None, Path::new("/nonexistent/ces.toml"), crate::settings::Reader::User).unwrap();
+        let limits = |o: &RunOptions| limits(o, &settings);
         let l = limits(&RunOptions::default()).unwrap();
         assert_eq!((l.memory, l.cpus, l.pids, l.shm_size), (4 << 30, None, Some(4096), 64 << 20));
         let o = RunOptions {

@@ -542,6 +542,7 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
         Exit::Code(code) => format!("exit code {code}"),
         Exit::Signal(signal) => format!("killed by signal {signal}"),
         Exit::OutOfMemory => "out of memory".to_owned(),
+        Exit::TimeLimit(_) => "stopped at its time limit".to_owned(),
     };
     let peak = r.peak_memory.map_or("not known".to_owned(), binary_bytes);
     writeln!(

@@ -235,12 +235,16 @@ impl Drop for ActiveRun {
 const OPENED: &str = "audit.json";
 
 /// What [`OPENED`] holds: who the run's audit records are for.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Opened {
     /// Who the run is for (its start record's user).
     pub user: ces_audit::User,
     /// The ces process running it.
     pub pid: u32,
+    /// What `ces ps` shows of it, and how `ces stop` finds its ces (absent
+    /// from the records of an older ces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::running::RunInfo>,
 }
 
 /// Notes, in run `id`'s record, that its start goes to the audit log: from
@@ -472,7 +476,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runs = dir.path().join("runs");
         let (opened_id, plain_id) = ("20231114-221320-0000aaaa", "20231114-221320-0000bbbb");
-        let opened = Opened { user: ces_audit::User { name: "alice".into(), uid: 1000 }, pid: 4242 };
+        let opened = Opened { user: ces_audit::User { name: "alice".into(), uid: 1000 }, pid: 4242, run: None };
         for id in [opened_id, plain_id] {
             let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
             if id == opened_id {
@@ -507,7 +511,8 @@ mod tests {
         // A run that ended normally (its end recorded) is not closed again.
         let id = "20231114-221320-0000cccc";
         let mut run = ActiveRun::start(&runs, paths(dir.path(), id), None).unwrap();
-        mark_opened(&runs, id, &Opened { user: ces_audit::User { name: "bob".into(), uid: 1 }, pid: 1 }).unwrap();
+        mark_opened(&runs, id, &Opened { user: ces_audit::User { name: "bob".into(), uid: 1 }, pid: 1, run: None })
+            .unwrap();
         mark_closed(&runs, id).unwrap();
         run.lock.take();
         std::mem::forget(run);
