@@ -341,6 +341,10 @@ pub struct RunSetup {
     pub env: Vec<String>,
     /// The container's argv.
     pub argv: Vec<String>,
+    /// The published ports (`-p`, `--publish-socket`), as
+    /// `HOST -> CONTAINERPORT/tcp` (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 /// `ces run` (or `ces test`) that got as far as the runtime: its end.
@@ -557,6 +561,7 @@ mod tests {
                 limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20, time_limit: None },
                 env: vec!["PATH".into()],
                 argv: vec!["sleep".into(), "60".into()],
+                ports: Vec::new(),
             },
             outputs: "/home/a/outputs_20260102-030405-0000abcd".into(),
         }));

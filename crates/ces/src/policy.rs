@@ -50,6 +50,12 @@ pub enum PolicyError {
         /// The user outside the namespace, when known.
         uid: Option<u32>,
     },
+    /// `-p` on a host address other than loopback, not in `[run] publish_addresses`.
+    #[error("cannot publish a port on {address}: this machine's policy allows only the host's loopback")]
+    PublishAddress {
+        /// The address asked for.
+        address: std::net::IpAddr,
+    },
     /// A bind mount the policy does not allow (`[run] bind_roots`).
     #[error("cannot bind {bind:?} at {destination:?}: {}", problem.reason())]
     Bind {
@@ -84,6 +90,11 @@ pub fn hints(error: &PolicyError) -> Vec<String> {
             vec!["ask your research coordinator to request CES access for your account".into()]
         }
         PolicyError::Bind { problem, .. } => bind_hints(*problem),
+        PolicyError::PublishAddress { .. } => vec![
+            "publish on loopback (-p 127.0.0.1:HOSTPORT:PORT, or just -p HOSTPORT:PORT) and reach it from this machine"
+                .into(),
+            "the operator can allow other addresses with [run] publish_addresses in /etc/ces/config.toml".into(),
+        ],
         PolicyError::UserNamespace { .. } => {
             vec!["run ces outside the user namespace (not under `unshare` or in a rootless container)".into()]
         }
@@ -101,6 +112,15 @@ fn bind_hints(problem: crate::binds::Problem) -> Vec<String> {
         Problem::Missing => vec!["create it first (e.g. mkdir ./pgdata); relative paths start at the current directory".into()],
         _ => Vec::new(),
     }
+}
+
+/// Before a run: `-p` listens on the host's loopback, or on an address the
+/// operator allows (`[run] publish_addresses`).
+pub fn check_publish_address(settings: &Settings, address: std::net::IpAddr) -> Result<(), PolicyError> {
+    if address.is_loopback() || settings.run.publish_addresses.contains(&address) {
+        return Ok(());
+    }
+    Err(PolicyError::PublishAddress { address })
 }
 
 /// The pull options the policy asks for (the labels a pull must find).

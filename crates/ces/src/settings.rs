@@ -49,6 +49,10 @@ pub struct RunConfig {
     /// under it. Empty: no bind mounts.
     #[serde(default)]
     pub bind_roots: Vec<String>,
+    /// Host addresses other than loopback that `-p` may listen on (e.g.
+    /// `0.0.0.0`). Empty: loopback only.
+    #[serde(default)]
+    pub publish_addresses: Vec<std::net::IpAddr>,
     /// The longest `--time-limit` a run may ask for; a run that asks for
     /// none gets this one.
     #[serde(default, deserialize_with = "duration")]

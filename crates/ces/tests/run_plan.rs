@@ -183,7 +183,7 @@ fn widening_options_are_refused_on_the_command_line() {
         (vec!["--privileged"], "--privileged"),
         (vec!["--network", "host"], "--network"),
         (vec!["--net=host"], "--net"),
-        (vec!["-p", "8080:80"], "-p"),
+        (vec!["-P"], "-P"),
         (vec!["--volume", "/:/host"], "--volume"),
         (vec!["--cap-add", "SYS_ADMIN"], "--cap-add"),
         (vec!["--device", "/dev/sda"], "--device"),

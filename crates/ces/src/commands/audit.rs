@@ -251,6 +251,7 @@ impl RunStarting<'_> {
             limits: limits_of(spec),
             env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
             argv: spec.process.args.clone(),
+            ports: spec.ports.iter().map(ToString::to_string).collect(),
         }
     }
 }

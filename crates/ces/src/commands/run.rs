@@ -5,6 +5,7 @@
 
 pub(crate) mod host;
 mod manifest;
+pub(crate) mod ports;
 pub mod record;
 
 use std::io::Write as _;
@@ -107,8 +108,14 @@ fn run_container(
         print_plan(&prepared.spec, runtime.name(), &prepared.safe_data, &backend_lines, options.json)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (result, outputs) =
-        execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| runtime.run(spec))?;
+    // Bound before anything is created: a port in use stops the run here.
+    let mut listeners = ports::open(&prepared.spec.ports)?;
+    let native = native_runtime(prepared.store.root());
+    let executed = execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| {
+        if listeners.is_empty() { runtime.run(spec) } else { native.run_published(spec, &listeners) }
+    });
+    ports::close(printer, &mut listeners);
+    let (result, outputs) = executed?;
     let exit = result.with_context(|| not_run(&prepared.spec))?;
     announce_end(printer, &prepared.spec, exit, &outputs, options.json)?;
     Ok(ExitCode::from(u8::try_from(exit.code()).unwrap_or(255)))
@@ -253,6 +260,7 @@ pub(crate) fn prepare(
         }
         spec.mounts.push(bind);
     }
+    spec.ports = ports::requests(settings, options)?;
     Ok(Prepared {
         spec,
         safe_data,
@@ -664,6 +672,9 @@ fn print_plan(
         )?;
     }
     writeln!(out, "network:    none (loopback only)")?;
+    for port in &spec.ports {
+        writeln!(out, "port:       {port} (relayed to the container's loopback; nothing else reachable)")?;
+    }
     writeln!(
         out,
         "terminal:   {}, stdin {}",
