@@ -20,6 +20,11 @@
 //!   then switched to it, then under the default seccomp profile (loaded
 //!   here, after the nested namespace, since the profile forbids creating
 //!   one);
+//! - with a terminal (`-t`), it hands the pty (its stdio, made its
+//!   controlling terminal by libcontainer) to the workload: PID 1 gives it up
+//!   (`TIOCNOTTY`), the workload makes a session of its own (`setsid`) and
+//!   takes it (`TIOCSCTTY`), so that its process group is the terminal's
+//!   foreground: `^C` on the terminal is its `SIGINT` (and PID 1's never);
 //! - it reaps every process re-parented to it (no zombies pile up);
 //! - it forwards SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2 to the
 //!   workload (a PID 1 with no handler would ignore them);
@@ -64,6 +69,8 @@ pub(crate) enum Report {
     /// The workload could not switch to the container's user, or load the
     /// seccomp profile (`errno`); it was not started.
     UserFailed(i32),
+    /// The workload could not take the terminal (`errno`); it was not started.
+    TerminalFailed(i32),
 }
 
 impl Report {
@@ -76,6 +83,7 @@ impl Report {
             Report::ExecFailed(errno) => (3, errno),
             Report::LoopbackFailed(errno) => (4, errno),
             Report::UserFailed(errno) => (5, errno),
+            Report::TerminalFailed(errno) => (6, errno),
         };
         let v = value.to_le_bytes();
         [kind, v[0], v[1], v[2], v[3]]
@@ -93,6 +101,7 @@ impl Report {
                     3 => Some(Report::ExecFailed(value)),
                     4 => Some(Report::LoopbackFailed(value)),
                     5 => Some(Report::UserFailed(value)),
+                    6 => Some(Report::TerminalFailed(value)),
                     _ => None,
                 }
             })
@@ -191,6 +200,11 @@ impl Executor for CesInit {
         if unsafe { libc::sigprocmask(libc::SIG_BLOCK, &waited, std::ptr::null_mut()) } != 0 {
             return Err(ExecutorError::Other(format!("sigprocmask: {}", io::Error::last_os_error())));
         }
+        let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        if terminal && let Err(e) = release_terminal() {
+            write_report(self.report_fd, Report::TerminalFailed(e.raw_os_error().unwrap_or(libc::EIO)));
+            return Err(ExecutorError::Other(format!("cannot hand the terminal to the workload: {e}")));
+        }
         // Die with ces: a workload must not outlive the process that
         // accounts for it (ces's parent thread is our parent).
         // SAFETY: plain prctl.
@@ -201,6 +215,11 @@ impl Executor for CesInit {
         match unsafe { libc::fork() } {
             -1 => Err(ExecutorError::Other(format!("fork: {}", io::Error::last_os_error()))),
             0 => {
+                if terminal && let Err(e) = take_terminal() {
+                    write_report(self.report_fd, Report::TerminalFailed(e.raw_os_error().unwrap_or(libc::EPERM)));
+                    // SAFETY: see run_workload.
+                    unsafe { libc::_exit(126) }
+                }
                 if let Some((uid, gid)) = self.user
                     && let Err(e) = become_user(uid, gid, &self.seccomp)
                 {
@@ -232,6 +251,43 @@ impl Executor for CesInit {
         // as docker and podman do), not as a failure to create the container.
         Ok(())
     }
+}
+
+/// PID 1 gives up its controlling terminal (the pty), so that the workload
+/// can take it. The kernel then sends `SIGHUP` to PID 1's process group (PID
+/// 1 alone: the workload does not exist yet); blocked here, it is pending,
+/// and consumed: it is not for the workload. One sent by ces (from outside
+/// the PID namespace: `si_pid` 0) is raised again, to be passed on.
+fn release_terminal() -> io::Result<()> {
+    // SAFETY: TIOCNOTTY takes no argument.
+    if unsafe { libc::ioctl(libc::STDIN_FILENO, libc::TIOCNOTTY) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let hup = signal_set(std::iter::once(libc::SIGHUP));
+    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: siginfo_t is plain data, filled in by sigtimedwait.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers; a zero timeout polls.
+    if unsafe { libc::sigtimedwait(&hup, &mut info, &zero) } == libc::SIGHUP
+        // SAFETY: si_pid is valid for a signal sent by kill() or the kernel's pgrp kill.
+        && unsafe { info.si_pid() } != std::process::id() as libc::pid_t
+    {
+        // SAFETY: raising a signal this process blocks: it stays pending.
+        unsafe { libc::kill(libc::getpid(), libc::SIGHUP) };
+    }
+    Ok(())
+}
+
+/// The workload (forked, not yet a process group leader) makes a session of
+/// its own and takes the pty on its stdin as its controlling terminal.
+fn take_terminal() -> io::Result<()> {
+    // SAFETY: plain setsid and TIOCSCTTY (0: never steal a terminal).
+    unsafe {
+        if libc::setsid() < 0 || libc::ioctl(libc::STDIN_FILENO, libc::TIOCSCTTY, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Moves the calling (forked, single-threaded) process into a new user
@@ -337,7 +393,7 @@ fn supervise(workload: libc::pid_t, report_fd: RawFd, waited: &libc::sigset_t) -
     let code = match report {
         Report::Exited(code) => code,
         Report::Signaled(signal) => 128 + signal,
-        Report::ExecFailed(_) | Report::LoopbackFailed(_) | Report::UserFailed(_) => 127,
+        Report::ExecFailed(_) | Report::LoopbackFailed(_) | Report::UserFailed(_) | Report::TerminalFailed(_) => 127,
     };
     // SAFETY: see run_workload.
     unsafe { libc::_exit(code) }

@@ -32,6 +32,7 @@ mod rootfs;
 pub(crate) mod seccomp;
 mod stale;
 mod systemd;
+mod tty;
 mod wait;
 
 use std::cell::RefCell;
@@ -135,6 +136,9 @@ pub enum NativeError {
     /// libcontainer did not record the init process.
     #[error("the container has no init process")]
     NoInit,
+    /// `-t` needs ces's stdin to be a terminal.
+    #[error("a terminal (-t) needs ces's standard input to be a terminal")]
+    NoTerminal,
     /// libcontainer failed.
     #[error(transparent)]
     Libcontainer(#[from] LibcontainerError),
@@ -224,8 +228,8 @@ impl NativeRuntime {
         observe: Option<Observe>,
         listeners: Option<&ports::Listeners>,
     ) -> Result<Observed, RuntimeError> {
-        if spec.process.terminal {
-            return Err(RuntimeError::Unsupported { backend: "native", what: "a terminal (-t)" });
+        if spec.process.terminal && !tty::host_has_terminal() {
+            return Err(start_error("checking the run")(NativeError::NoTerminal));
         }
         check_id(&spec.id).map_err(start_error("checking the run"))?;
         let privilege = Privilege::current();
@@ -413,33 +417,12 @@ impl Run<'_> {
             Err(e) => return (Err(start_error("observing the network")(e.into())), true),
         };
         let (tun_socket, init_tun_socket) = tun_channel.unzip();
-        // The container's stdio: pipes, relayed by ces (see `wait`).
-        let stdio = (|| -> io::Result<_> {
-            let (stdout, stderr) = (pipe()?, pipe()?);
-            let stdin = if self.spec.process.interactive {
-                let (read, write) = pipe()?;
-                (read, Some(write))
-            } else {
-                (File::open("/dev/null")?.into(), None)
-            };
-            Ok((stdin, stdout, stderr))
-        })();
-        let ((stdin, stdin_write), (stdout, stdout_write), (stderr, stderr_write)) = match stdio {
+        let (container_io, relay) = match self.stdio() {
             Ok(stdio) => stdio,
-            Err(e) => return (Err(start_error("creating the container's stdio pipes")(e.into())), true),
+            Err(e) => return (Err(start_error("creating the container's stdio")(e.into())), true),
         };
-        // As root, the pipes are the container's user's, as a rootless
-        // run's are: `/dev/stdout` (a reopen through /proc/self/fd) works.
-        if self.privilege == Privilege::Root {
-            let ids = (self.spec.identity.host_uid, self.spec.identity.host_gid);
-            let pipes = [Some(&stdout), Some(&stderr), stdin_write.as_ref()];
-            if let Err(e) = pipes.into_iter().flatten().try_for_each(|fd| fchown(fd, ids)) {
-                return (Err(start_error("creating the container's stdio pipes")(e.into())), true);
-            }
-        }
-        let container_stdio = ContainerStdio { stdin, stdout: stdout_write, stderr: stderr_write };
         let built =
-            self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_stdio);
+            self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
         drop(report_write);
         drop(init_tun_socket);
         let mut container = match built {
@@ -457,6 +440,12 @@ impl Run<'_> {
             } else {
                 self.cgroup.no_swap()?;
             }
+            // Before the workload starts: the terminal's size is set, and
+            // no key is lost or echoed by the host. The raw mode ends
+            // (dropped) on every way out of here.
+            let (streams, _raw_mode) = relay
+                .streams(self.spec.process.interactive)
+                .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
             let _forwarder = self.forward_ports()?;
             let watcher = match tun_socket {
@@ -467,12 +456,6 @@ impl Run<'_> {
             };
             let waiting = |e: io::Error| start_error("waiting for the container")(e.into());
             let signalfd = signals.signalfd().map_err(waiting)?;
-            let streams = wait::Streams::new(
-                (stdout, libc::STDOUT_FILENO),
-                (stderr, libc::STDERR_FILENO),
-                stdin_write.map(|write| (libc::STDIN_FILENO, write)),
-            )
-            .map_err(waiting)?;
             let ended =
                 wait::wait_for_exit(pid, &signalfd, streams, self.spec.process.stop_timeout).map_err(waiting)?;
             if !ended.forwarded.is_empty() {
@@ -489,6 +472,7 @@ impl Run<'_> {
             let failed = reports.iter().find_map(|report| match report {
                 Report::LoopbackFailed(errno) => Some(("bringing up the loopback interface", *errno)),
                 Report::UserFailed(errno) => Some(("switching to the container's user", *errno)),
+                Report::TerminalFailed(errno) => Some(("giving the workload its terminal", *errno)),
                 _ => None,
             });
             if let Some((stage, errno)) = failed {
@@ -523,7 +507,7 @@ impl Run<'_> {
         &self,
         report_fd: i32,
         tun_socket: Option<i32>,
-        stdio: ContainerStdio,
+        io: ContainerIo,
     ) -> Result<libcontainer::container::Container, NativeError> {
         let _groups = match self.groups {
             Some(groups) => Some(ThreadGroups::set(groups)?),
@@ -540,12 +524,48 @@ impl Run<'_> {
                 tun_socket,
             )
             .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd)))
-            .with_root_path(&self.runtime.state_root)?
-            // Never ces's own: see `wait`.
-            .with_stdin(stdio.stdin)
-            .with_stdout(stdio.stdout)
-            .with_stderr(stdio.stderr);
-        Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(false).build()?)
+            .with_root_path(&self.runtime.state_root)?;
+        // Never ces's own: see `wait`. libcontainer takes a console socket
+        // only for a "detached" container (its one use of the flag: it
+        // never detaches an in-process init).
+        let (builder, detach) = match io {
+            ContainerIo::Pipes(stdio) => {
+                (builder.with_stdin(stdio.stdin).with_stdout(stdio.stdout).with_stderr(stdio.stderr), false)
+            }
+            ContainerIo::Terminal(socket) => (builder.with_console_socket(Some(socket)), true),
+        };
+        Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(detach).build()?)
+    }
+
+    /// The container's standard streams and ces's side of them: pipes, or
+    /// with `-t` a console socket for the pty (see `tty`).
+    fn stdio(&self) -> io::Result<(ContainerIo, Relay)> {
+        if self.spec.process.terminal {
+            // libcontainer's console socket setup panics without a working
+            // directory (it changes to its state directory and back).
+            std::env::current_dir()?;
+            let socket = tty::ConsoleSocket::bind(&self.dirs.bundle)?;
+            return Ok((ContainerIo::Terminal(socket.path().to_owned()), Relay::Terminal(socket)));
+        }
+        let (stdout, stdout_write) = pipe()?;
+        let (stderr, stderr_write) = pipe()?;
+        let (stdin, stdin_write) = if self.spec.process.interactive {
+            let (read, write) = pipe()?;
+            (read, Some(write))
+        } else {
+            (File::open("/dev/null")?.into(), None)
+        };
+        // As root, the pipes are the container's user's, as a rootless
+        // run's are: `/dev/stdout` (a reopen through /proc/self/fd) works.
+        if self.privilege == Privilege::Root {
+            let ids = (self.spec.identity.host_uid, self.spec.identity.host_gid);
+            [Some(&stdout), Some(&stderr), stdin_write.as_ref()]
+                .into_iter()
+                .flatten()
+                .try_for_each(|fd| fchown(fd, ids))?;
+        }
+        let stdio = ContainerStdio { stdin, stdout: stdout_write, stderr: stderr_write };
+        Ok((ContainerIo::Pipes(stdio), Relay::Pipes { stdout, stderr, stdin: stdin_write }))
     }
 }
 
@@ -587,6 +607,46 @@ struct ContainerStdio {
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+}
+
+/// What the container's standard streams are.
+enum ContainerIo {
+    /// Pipes.
+    Pipes(ContainerStdio),
+    /// A pty made inside, its master sent to this console socket.
+    Terminal(PathBuf),
+}
+
+/// ces's side of the container's standard streams.
+enum Relay {
+    /// The read ends of the output pipes, and with `-i` the write end of stdin's.
+    Pipes { stdout: OwnedFd, stderr: OwnedFd, stdin: Option<OwnedFd> },
+    /// Where the pty master arrives.
+    Terminal(tty::ConsoleSocket),
+}
+
+impl Relay {
+    /// The streams to relay once the container is built; with a terminal
+    /// and `interactive`, the host terminal in raw mode too.
+    fn streams(self, interactive: bool) -> io::Result<(wait::Streams, Option<tty::RawMode>)> {
+        match self {
+            Relay::Pipes { stdout, stderr, stdin } => {
+                let streams = wait::Streams::new(
+                    (stdout, libc::STDOUT_FILENO),
+                    (stderr, libc::STDERR_FILENO),
+                    stdin.map(|write| (libc::STDIN_FILENO, write)),
+                )?;
+                Ok((streams, None))
+            }
+            Relay::Terminal(socket) => {
+                let master = socket.receive_master()?;
+                let input = interactive.then_some(libc::STDIN_FILENO);
+                let streams = wait::Streams::terminal(master, libc::STDOUT_FILENO, input)?;
+                let raw = if interactive { Some(tty::RawMode::enable()?) } else { None };
+                Ok((streams, raw))
+            }
+        }
+    }
 }
 
 /// How the container ended: `ces-init`'s report (exact even for a signal),
@@ -797,9 +857,14 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
         seconds(spec.process.stop_timeout)
     ));
     lines.push(format!(
-        "process: cwd {}; stdin {}; stdout and stderr are pipes relayed by ces (never ces's own descriptors)",
+        "process: cwd {}; {}",
         spec.process.cwd,
-        if spec.process.interactive { "a pipe from ces's stdin (-i)" } else { "/dev/null" }
+        match (spec.process.terminal, spec.process.interactive) {
+            (true, true) => "a pty of the container's own (-t), relayed by ces to and from its terminal (raw mode, -i)",
+            (true, false) => "a pty of the container's own (-t), its output relayed by ces; no input",
+            (false, true) => "stdin a pipe from ces's stdin (-i); stdout and stderr are pipes relayed by ces",
+            (false, false) => "stdin /dev/null; stdout and stderr are pipes relayed by ces",
+        }
     ));
     lines
 }

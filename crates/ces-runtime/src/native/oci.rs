@@ -160,7 +160,9 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
         .ambient(HashSet::new())
         .build()?;
     let mut process = ProcessBuilder::default()
-        .terminal(false)
+        // With `-t`, libcontainer makes a pty in the container's devpts and
+        // hands the master to ces (see `tty`).
+        .terminal(spec.process.terminal)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
         .args(spec.process.args.clone())
         .env(spec.process.env.iter().map(|var| var.to_env_string()).collect::<Vec<_>>())

@@ -22,6 +22,11 @@
 //! a slow reader holds back the container, never the signal forwarding.
 //! Once the init has ended (and with it, every process of the container),
 //! what is left in the pipes is drained.
+//!
+//! With `-t` the container's stdio is a pty of its own instead ([`super::tty`]):
+//! the same pumps copy the pty master to ces's stdout and (with `-i`) ces's
+//! stdin to the master, and the `poll` also wakes for `SIGWINCH` to pass the
+//! host terminal's new size on.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -232,6 +237,8 @@ pub(crate) struct Streams {
     /// The container has ended: what is left in the pipes is read without
     /// waiting for more.
     ended: bool,
+    /// With a terminal: its size kept to the host terminal's.
+    resize: Option<super::tty::Resize>,
 }
 
 impl Streams {
@@ -252,7 +259,22 @@ impl Streams {
             set_nonblocking(&write)?;
             pumps.push(Pump::new(from, write.as_raw_fd(), write, true));
         }
-        Ok(Streams { pumps, ended: false })
+        Ok(Streams { pumps, ended: false, resize: None })
+    }
+
+    /// A terminal's streams: the pty `master` to `out`, and (`input`) ces's
+    /// stdin to the master, which follows the host terminal's size.
+    pub(crate) fn terminal(master: OwnedFd, out: RawFd, input: Option<RawFd>) -> io::Result<Streams> {
+        // Non-blocking for every descriptor of the master (one open file).
+        set_nonblocking(&master)?;
+        let resize = super::tty::Resize::new(master.try_clone()?)?;
+        let mut pumps = Vec::with_capacity(2);
+        if let Some(from) = input {
+            let write = master.try_clone()?;
+            pumps.push(Pump::new(from, write.as_raw_fd(), write, true));
+        }
+        pumps.push(Pump::new(master.as_raw_fd(), out, master, false));
+        Ok(Streams { pumps, ended: false, resize: Some(resize) })
     }
 
     /// The container has ended: stdin stops, outputs are read to their end
@@ -310,6 +332,10 @@ pub(crate) fn wait_for_exit(
         if status.is_none() {
             fds.push(libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
+        let resize_slot = streams.resize.as_ref().map(|resize| {
+            fds.push(libc::pollfd { fd: resize.fd(), events: libc::POLLIN, revents: 0 });
+            fds.len() - 1
+        });
         let first_pump = fds.len();
         let watched: Vec<usize> = streams
             .pumps
@@ -350,6 +376,11 @@ pub(crate) fn wait_for_exit(
                 forwarded.push(signal);
                 deadline.get_or_insert_with(|| Instant::now() + stop_timeout);
             }
+        }
+        if let (Some(slot), Some(resize)) = (resize_slot, &streams.resize)
+            && fds[slot].revents & libc::POLLIN != 0
+        {
+            resize.on_signal();
         }
         for (slot, &i) in watched.iter().enumerate() {
             streams.pumps[i].step(fds[first_pump + slot].revents);
@@ -397,7 +428,7 @@ fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
 }
 
 /// A non-blocking signalfd for `set`.
-fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+pub(super) fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
     // SAFETY: valid set pointer; a new descriptor is returned or -1.
     let fd = unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
     if fd < 0 {
@@ -407,7 +438,7 @@ fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
+pub(super) fn read_signal(fd: &OwnedFd) -> io::Result<Option<i32>> {
     // SAFETY: signalfd_siginfo is plain data.
     let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
     let size = std::mem::size_of::<libc::signalfd_siginfo>();
