@@ -324,7 +324,7 @@ pub(crate) fn execute(
         started: jiff::Timestamp::now().to_string(),
         pid_start: crate::running::start_ticks(std::process::id()).unwrap_or_default(),
         limits: audit::limits_of(spec),
-        ports: Vec::new(),
+        ports: spec.ports.iter().map(ToString::to_string).collect(),
         outputs: active.paths().outputs.clone(),
     };
     let opened = record::Opened { user, pid: std::process::id(), run: Some(info) };
