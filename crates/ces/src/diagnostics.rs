@@ -264,6 +264,9 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
              or use --mount type=tmpfs,destination=PATH for an empty writable directory"
                 .into(),
         ],
+        RunError::NoTerminal => vec![
+            "run it from a terminal, or drop -t (-i alone passes piped input: cat data | ces run -i IMAGE ...)".into(),
+        ],
         RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
     }
 }

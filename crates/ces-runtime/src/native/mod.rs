@@ -442,8 +442,8 @@ impl Run<'_> {
             }
             // Before the workload starts: the terminal's size is set, and
             // no key is lost or echoed by the host. The raw mode ends
-            // (dropped) on every way out of here.
-            let (streams, _raw_mode) = relay
+            // (dropped) on every way out of here, at the latest.
+            let (streams, raw_mode) = relay
                 .streams(self.spec.process.interactive)
                 .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
@@ -458,6 +458,9 @@ impl Run<'_> {
             let signalfd = signals.signalfd().map_err(waiting)?;
             let ended =
                 wait::wait_for_exit(pid, &signalfd, streams, self.spec.process.stop_timeout).map_err(waiting)?;
+            // Cooked again before anything more is said (a warning in raw
+            // mode would not start at the left margin).
+            drop(raw_mode);
             if !ended.forwarded.is_empty() {
                 tracing::debug!(signals = ?ended.forwarded, "forwarded signals to the container");
             }
@@ -516,14 +519,16 @@ impl Run<'_> {
         // The init's end lives until the init has been cloned (below).
         let ports_socket = self.ports_channel()?;
         let builder = ContainerBuilder::new(self.spec.id.clone(), SyscallType::default())
-            .with_executor(CesInit::new(
-                report_fd,
-                (self.spec.process.user.uid, self.spec.process.user.gid),
-                oci::workload_capabilities(self.spec.process.user.uid),
-                seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
-                tun_socket,
+            .with_executor(
+                CesInit::new(
+                    report_fd,
+                    (self.spec.process.user.uid, self.spec.process.user.gid),
+                    oci::workload_capabilities(self.spec.process.user.uid),
+                    seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
+                    tun_socket,
+                )
+                .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd)),
             )
-            .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd)))
             .with_root_path(&self.runtime.state_root)?;
         // Never ces's own: see `wait`. libcontainer takes a console socket
         // only for a "detached" container (its one use of the flag: it

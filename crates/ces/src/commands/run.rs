@@ -64,6 +64,9 @@ pub enum RunError {
     /// `--verbose` and an image called `/etc:/etc`).
     #[error("{0:?} is not an image name: it looks like a bind mount, and -v is --verbose on this command line")]
     LooksLikeMount(String),
+    /// `-t` with no terminal on ces's stdin.
+    #[error("-t needs a terminal, and ces's standard input is not one")]
+    NoTerminal,
     /// More cores than the host has.
     #[error("cannot give {asked} cores: this machine has {available}")]
     TooManyCores {
@@ -97,6 +100,11 @@ fn run_container(
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
+    // The container's terminal takes its size (and with -i, its keys) from
+    // ces's: refused before anything is created (a dry run needs none).
+    if options.tty && !options.dry_run && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(RunError::NoTerminal.into());
+    }
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
     let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     // What the backend cannot do here is refused before anything is printed
