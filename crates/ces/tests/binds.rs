@@ -10,83 +10,29 @@ mod common;
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::{RootlessWorld, Run, Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
+use common::{Mode, World, test_user};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Root,
-    Sudo,
-    Rootless,
+/// A world whose config allows binds under its HOME.
+fn world(test: &str, mode: Mode) -> World {
+    let w = World::new(&mode.repo("binds", test), mode);
+    w.sb.configure(&format!("[run]\nbind_roots = [{:?}]\n", w.home.display().to_string()));
+    w
 }
 
-struct World {
-    sb: Sandbox,
-    image: String,
-    home: PathBuf,
-    mode: Mode,
-    user: TestUser,
-}
-
-impl World {
-    /// A world whose config allows binds under its HOME.
-    fn new(test: &str, mode: Mode) -> World {
-        let repo = format!("binds/{test}-{}", format!("{mode:?}").to_lowercase());
-        let w = if mode == Mode::Rootless {
-            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(&repo);
-            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-            World { sb, image, home, mode, user }
-        } else {
-            require_root("runs containers and switches users");
-            let w = TreWorld::new(&repo);
-            if mode == Mode::Sudo {
-                w.for_another_user();
-            }
-            let TreWorld { sb, image, home, .. } = w;
-            World { sb, image, home, mode, user: test_user() }
-        };
-        w.sb.configure(&format!("[run]\nbind_roots = [{:?}]\n", w.home.display().to_string()));
-        w
+/// A new directory at `path`, the user's.
+fn dir(w: &World, path: PathBuf) -> PathBuf {
+    std::fs::create_dir_all(&path).unwrap();
+    if w.mode != Mode::Root {
+        w.user.chown(&path);
     }
-
-    /// The host user the run is for.
-    fn uid(&self) -> u32 {
-        if self.mode == Mode::Root { 0 } else { self.user.uid }
-    }
-
-    /// A new directory `name` in HOME (or at an absolute path), the user's.
-    fn dir(&self, path: PathBuf) -> PathBuf {
-        std::fs::create_dir_all(&path).unwrap();
-        if self.mode != Mode::Root {
-            self.user.chown(&path);
-        }
-        path
-    }
-
-    /// `ces ARGS` in this world's mode, from HOME.
-    fn ces(&self, args: &[&str]) -> Run {
-        let bin = env!("CARGO_BIN_EXE_ces");
-        let mut cmd: Command = match self.mode {
-            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
-            Mode::Rootless => {
-                let mut argv = vec![common::user_bin(bin)];
-                argv.extend_from_slice(args);
-                self.user.setpriv(&self.sb, &argv)
-            }
-        };
-        cmd.env("HOME", &self.home).current_dir(&self.home);
-        if self.mode == Mode::Sudo {
-            cmd = self.user.sudo(&self.sb, cmd);
-        }
-        self.sb.run(cmd)
-    }
+    path
 }
 
 fn allowed_and_written(mode: Mode) {
-    let w = World::new("allowed", mode);
-    let data = w.dir(w.home.join("pgdata"));
-    let ro = w.dir(w.home.join("ref"));
+    let w = world("allowed", mode);
+    let data = dir(&w, w.home.join("pgdata"));
+    let ro = dir(&w, w.home.join("ref"));
     std::fs::write(ro.join("in"), "reference").unwrap();
     let ro_mount = format!("type=bind,src={},dst=/ref,ro", ro.display());
     let script = "echo row > /var/lib/db/table && cat /ref/in && ! touch /ref/x 2>/dev/null";
@@ -136,11 +82,11 @@ fn a_bind_under_a_root_is_written_by_the_container_rootless() {
 }
 
 fn refused(mode: Mode) {
-    let w = World::new("refused", mode);
-    let outside = w.dir(w.sb.dir.path().join("outside"));
+    let w = world("refused", mode);
+    let outside = dir(&w, w.sb.dir.path().join("outside"));
     std::fs::write(outside.join("secret"), "s").unwrap();
     std::os::unix::fs::symlink(&outside, w.home.join("escape")).unwrap();
-    let data = w.dir(w.home.join("data"));
+    let data = dir(&w, w.home.join("data"));
     // Someone else's: root's for a user, the test user's for root.
     let foreign = w.home.join("foreign");
     std::fs::create_dir(&foreign).unwrap();

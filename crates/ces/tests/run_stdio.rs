@@ -10,102 +10,14 @@ mod common;
 use std::fs::File;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RootlessWorld, Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Root,
-    /// Root with `SUDO_UID`/`SUDO_GID`/`SUDO_USER` of the test user.
-    Sudo,
-    /// The test user, after `ces system setup`.
-    Rootless,
-}
-
-/// An image pulled, a HOME, and how to run ces in `mode`.
-struct World {
-    sb: Sandbox,
-    image: String,
-    home: PathBuf,
-    mode: Mode,
-    user: TestUser,
-}
-
-impl World {
-    fn new(repo: &str, mode: Mode) -> World {
-        if mode == Mode::Rootless {
-            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(repo);
-            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-            return World { sb, image, home, mode, user };
-        }
-        require_root("runs containers and switches users");
-        let w = TreWorld::new(repo);
-        if mode == Mode::Sudo {
-            w.for_another_user();
-        }
-        let TreWorld { sb, image, home, .. } = w;
-        World { sb, image, home, mode, user: test_user() }
-    }
-
-    /// `ces ARGS` as this world's mode runs it; stdin is /dev/null.
-    fn command(&self, args: &[&str]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_ces");
-        let mut cmd = match self.mode {
-            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
-            Mode::Rootless => {
-                let mut argv = vec![common::user_bin(bin)];
-                argv.extend_from_slice(args);
-                self.user.setpriv(&self.sb, &argv)
-            }
-        };
-        cmd.env("HOME", &self.home);
-        match self.mode {
-            Mode::Sudo => self.user.sudo(&self.sb, cmd),
-            Mode::Root | Mode::Rootless => cmd,
-        }
-    }
-
-    /// `ces run -q IMAGE ARGS`.
-    fn run(&self, args: &[&str]) -> Command {
-        self.run_with(&[], args)
-    }
-
-    /// `ces run -q OPTIONS IMAGE ARGS`.
-    fn run_with(&self, options: &[&str], args: &[&str]) -> Command {
-        let mut full = vec!["run", "-q"];
-        full.extend_from_slice(options);
-        full.push(&self.image);
-        full.extend_from_slice(args);
-        self.command(&full)
-    }
-
-    /// The one `outputs_*` directory in HOME.
-    fn outputs(&self) -> PathBuf {
-        let found: Vec<PathBuf> = std::fs::read_dir(&self.home)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("outputs_"))
-            .map(|e| e.path())
-            .collect();
-        assert_eq!(found.len(), 1, "{found:?}");
-        found.into_iter().next().unwrap()
-    }
-
-    fn scratch_left(&self) -> Vec<String> {
-        std::fs::read_dir(&self.home)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("scratch_"))
-            .collect()
-    }
-}
+use common::{Mode, World};
 
 fn repo(test: &str, mode: Mode) -> String {
-    format!("stdio/{test}-{}", format!("{mode:?}").to_lowercase())
+    mode.repo("stdio", test)
 }
 
 /// `ces run -q IMG sh -c 'echo hi'` with ces's stdout and stderr on
@@ -114,13 +26,13 @@ fn repo(test: &str, mode: Mode) -> String {
 fn batch_output_to_dev_null(mode: Mode) {
     let w = World::new(&repo("devnull", mode), mode);
     let status = w
-        .run(&["sh", "-c", "echo hi && echo err >&2 && touch /safe_outputs/wrote"])
+        .run_with(&[], &["sh", "-c", "echo hi && echo err >&2 && touch /safe_outputs/wrote"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap();
     if status.code() != Some(0) {
-        let again = w.run(&["sh", "-c", "echo hi"]).output().unwrap();
+        let again = w.run_with(&[], &["sh", "-c", "echo hi"]).output().unwrap();
         panic!("{status}: (again, with pipes: {})", String::from_utf8_lossy(&again.stderr));
     }
     assert!(w.outputs().join("wrote").exists());
@@ -154,7 +66,7 @@ fn host_log_out_of_reach(mode: Mode) {
     let script = "exec 3>&1; timeout 2 cat /proc/self/fd/3 > /safe_outputs/read 2>/dev/null; \
                   : > /proc/self/fd/1; : > /proc/self/fd/2; echo after";
     let out = w
-        .run(&["sh", "-c", script])
+        .run_with(&[], &["sh", "-c", script])
         .stdout(File::options().append(true).open(&log).unwrap())
         .stderr(File::options().append(true).open(&log).unwrap())
         .status()
@@ -202,7 +114,7 @@ fn piped_stdin(mode: Mode) {
     let big = "x\n".repeat(200_000);
     let (code, out) = with_stdin(w.run_with(&["-i"], &["wc", "-l"]), big.as_bytes());
     assert_eq!((code, out.trim()), (Some(0), "200000"));
-    let (code, out) = with_stdin(w.run(&["wc", "-l"]), b"a\nb\n");
+    let (code, out) = with_stdin(w.run_with(&[], &["wc", "-l"]), b"a\nb\n");
     assert_eq!((code, out.trim()), (Some(0), "0"));
 }
 
@@ -227,8 +139,12 @@ fn piped_stdin_rootless() {
 /// exit on (141) rather than relaying, or waiting, for ever.
 fn closed_stdout_ends_the_relay(mode: Mode) {
     let w = World::new(&repo("epipe", mode), mode);
-    let mut child =
-        w.run(&["sh", "-c", "while :; do echo y; done"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = w
+        .run_with(&[], &["sh", "-c", "while :; do echo y; done"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut first = [0u8; 2];
     child.stdout.take().unwrap().read_exact(&mut first).unwrap();
     assert_eq!(&first, b"y\n");
@@ -277,7 +193,7 @@ fn unreadable_stdin_is_end_of_file() {
 }
 
 fn start(w: &World, script: &str) -> Child {
-    w.run(&["sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    w.run_with(&[], &["sh", "-c", script]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 fn wait_for_ready(w: &World, child: &mut Child) {

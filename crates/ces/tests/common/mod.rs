@@ -432,3 +432,112 @@ impl RootlessWorld {
         self.sb.run(self.command(args))
     }
 }
+
+/// Who runs ces in a test that runs containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Root,
+    /// Root with `SUDO_UID`/`SUDO_GID`/`SUDO_USER` of the test user.
+    Sudo,
+    /// The test user, after `ces system setup`.
+    Rootless,
+}
+
+impl Mode {
+    /// `area/test-mode`: an image repository of its own per test and mode.
+    pub fn repo(self, area: &str, test: &str) -> String {
+        format!("{area}/{test}-{}", format!("{self:?}").to_lowercase())
+    }
+}
+
+/// An image pulled, a HOME, and how to run ces in `mode`: a [`TreWorld`]
+/// (readied for the test user under sudo) or a [`RootlessWorld`].
+pub struct World {
+    pub sb: Sandbox,
+    /// The pulled image's reference.
+    pub image: String,
+    pub home: PathBuf,
+    pub mode: Mode,
+    pub user: TestUser,
+}
+
+impl World {
+    pub fn new(repo: &str, mode: Mode) -> World {
+        if mode == Mode::Rootless {
+            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(repo);
+            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+            return World { sb, image, home, mode, user };
+        }
+        require_root("runs containers and switches users");
+        let w = TreWorld::new(repo);
+        if mode == Mode::Sudo {
+            w.for_another_user();
+        }
+        let TreWorld { sb, image, home, .. } = w;
+        World { sb, image, home, mode, user: test_user() }
+    }
+
+    /// The host user the runs are for.
+    pub fn uid(&self) -> u32 {
+        if self.mode == Mode::Root { 0 } else { self.user.uid }
+    }
+
+    /// `ces ARGS` as this world's mode runs it, from HOME; stdin is /dev/null.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_ces");
+        let mut cmd = match self.mode {
+            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
+            Mode::Rootless => {
+                let mut argv = vec![user_bin(bin)];
+                argv.extend_from_slice(args);
+                self.user.setpriv(&self.sb, &argv)
+            }
+        };
+        cmd.env("HOME", &self.home).current_dir(&self.home);
+        match self.mode {
+            Mode::Sudo => self.user.sudo(&self.sb, cmd),
+            Mode::Root | Mode::Rootless => cmd,
+        }
+    }
+
+    /// Runs `ces ARGS` as this world's mode runs it.
+    pub fn ces(&self, args: &[&str]) -> Run {
+        self.sb.run(self.command(args))
+    }
+
+    /// `ces run -q OPTIONS IMAGE ARGS`.
+    pub fn run_with(&self, options: &[&str], args: &[&str]) -> Command {
+        let mut full = vec!["run", "-q"];
+        full.extend_from_slice(options);
+        full.push(&self.image);
+        full.extend_from_slice(args);
+        self.command(&full)
+    }
+
+    /// The `outputs_*` directories in HOME.
+    pub fn outputs_dirs(&self) -> Vec<PathBuf> {
+        self.entries("outputs_").into_iter().map(|name| self.home.join(name)).collect()
+    }
+
+    /// The one `outputs_*` directory in HOME.
+    #[track_caller]
+    pub fn outputs(&self) -> PathBuf {
+        let found = self.outputs_dirs();
+        assert_eq!(found.len(), 1, "{found:?}");
+        found.into_iter().next().unwrap()
+    }
+
+    /// The `scratch_*` directories left in HOME.
+    pub fn scratch_left(&self) -> Vec<String> {
+        self.entries("scratch_")
+    }
+
+    fn entries(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_dir(&self.home)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(prefix))
+            .collect()
+    }
+}
