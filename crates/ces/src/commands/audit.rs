@@ -214,6 +214,11 @@ fn outcome_of(error: &anyhow::Error) -> Outcome {
             Some(ces_registry::RegistryError::NotAllowed { .. } | ces_registry::RegistryError::MissingLabel { .. })
         ) || cause.downcast_ref::<crate::run_options::OptionError>().is_some()
             || cause.downcast_ref::<crate::policy::PolicyError>().is_some()
+            || cause.downcast_ref::<crate::time_limit::TooLong>().is_some()
+            || matches!(
+                cause.downcast_ref::<crate::running::StopError>(),
+                Some(crate::running::StopError::NameTaken { .. })
+            )
     });
     if refused { Outcome::Refused { error: message } } else { Outcome::Error { error: message } }
 }
