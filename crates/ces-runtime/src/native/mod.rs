@@ -867,8 +867,8 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
         match (spec.process.terminal, spec.process.interactive) {
             (true, true) => "a pty of the container's own (-t), relayed by ces to and from its terminal (raw mode, -i)",
             (true, false) => "a pty of the container's own (-t), its output relayed by ces; no input",
-            (false, true) => "stdin a pipe from ces's stdin (-i); stdout and stderr are pipes relayed by ces",
-            (false, false) => "stdin /dev/null; stdout and stderr are pipes relayed by ces",
+            (false, true) => "stdin a pipe from ces's stdin (-i); stdout and stderr are pipes relayed by ces (never ces's own descriptors)",
+            (false, false) => "stdin /dev/null; stdout and stderr are pipes relayed by ces (never ces's own descriptors)",
         }
     ));
     lines
