@@ -647,7 +647,12 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
         .filter(|var| is_env_name(&var.name))
         .collect();
     let mut defaults_env = Vec::new();
-    for (name, value) in [("PATH", DEFAULT_PATH), ("HOME", user.home.as_str()), ("TMPDIR", SCRATCH)] {
+    // With a terminal, `TERM` as docker and podman set it: without one,
+    // readline programs (bash, R, python) fall back to a dumb terminal.
+    let term = process.terminal.then_some(("TERM", "xterm"));
+    for (name, value) in
+        [("PATH", DEFAULT_PATH), ("HOME", user.home.as_str()), ("TMPDIR", SCRATCH)].into_iter().chain(term)
+    {
         if !image_env.iter().any(|v| v.name == name) {
             defaults_env.push(EnvVar::new(name, value));
         }
@@ -1043,7 +1048,13 @@ mod tests {
                 state: "/store/runs/x/state".into(),
             },
             tmpfs: Vec::new(),
-            limits: Limits { memory: DEFAULT_MEMORY, cpus: None, pids: Some(DEFAULT_PIDS), shm_size: DEFAULT_SHM_SIZE, time_limit: None },
+            limits: Limits {
+                memory: DEFAULT_MEMORY,
+                cpus: None,
+                pids: Some(DEFAULT_PIDS),
+                shm_size: DEFAULT_SHM_SIZE,
+                time_limit: None,
+            },
             identity: Identity { host_uid: 1000, host_gid: 1000 },
         }
     }
@@ -1101,6 +1112,19 @@ mod tests {
         let mut r = request();
         r.defaults.env = vec!["TMPDIR=/var/tmp".into(), "HOME=/h".into()];
         assert_eq!(env_of(&build(r).unwrap()), ["TMPDIR=/var/tmp", "HOME=/h", format!("PATH={DEFAULT_PATH}").as_str()]);
+    }
+
+    #[test]
+    fn a_terminal_gets_term_unless_the_image_or_user_sets_it() {
+        let mut r = request();
+        r.process.terminal = true;
+        assert!(env_of(&build(r).unwrap()).contains(&"TERM=xterm".to_owned()));
+        let mut r = request();
+        r.process.terminal = true;
+        r.process.env = vec![EnvVar::new("TERM", "screen")];
+        let env = env_of(&build(r).unwrap());
+        assert!(env.contains(&"TERM=screen".to_owned()) && !env.contains(&"TERM=xterm".to_owned()), "{env:?}");
+        assert!(!env_of(&build(request()).unwrap()).iter().any(|v| v.starts_with("TERM=")));
     }
 
     #[test]
