@@ -52,12 +52,45 @@ impl Quoted<'_> {
 }
 
 /// Whether `c` must not reach a terminal or a reviewer's eyes as itself:
-/// C0 and C1 controls, DEL, and the invisible format characters that
-/// reorder or hide text (bidirectional overrides and isolates, zero-width
-/// characters, the byte order mark, line and paragraph separators).
+/// every control (general category Cc: C0, DEL, C1), every format
+/// character (Cf: bidirectional overrides and isolates, zero-width and
+/// invisible characters, the soft hyphen, the byte order mark, tag
+/// characters that hide text) and the line and paragraph separators
+/// (Zl, Zp). Any of them can reorder, hide or forge what is shown.
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    c.is_control() || is_format_or_separator(c)
+}
+
+/// General categories Cf, Zl and Zp. std has no general-category API and no
+/// crate in the lock file gives one, so the Cf list is spelled out: it is
+/// Unicode 15.1's, from `DerivedGeneralCategory.txt`
+/// (<https://www.unicode.org/Public/15.1.0/ucd/extracted/DerivedGeneralCategory.txt>).
+/// U+2028 (Zl) and U+2029 (Zp) sit inside the U+2028–202E range below.
+fn is_format_or_separator(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 impl fmt::Display for Quoted<'_> {
@@ -120,6 +153,36 @@ mod tests {
         assert_eq!(quote("evil\u{202e}txt.exe").to_string(), "evil\\u{202e}txt.exe");
         assert_eq!(quote(b"a\xffb\n\\").to_string(), "a\\xffb\\n\\\\");
         assert_eq!(quote("\x7f").to_string(), "\\x7f");
+    }
+
+    #[test]
+    fn every_format_character_and_separator_is_escaped() {
+        // The ones the first list missed: Arabic letter mark, soft hyphen,
+        // tag characters (which can spell hidden text), interlinear
+        // annotation marks, the Mongolian vowel separator.
+        assert_eq!(quote("a\u{61c}b").to_string(), "a\\u{61c}b");
+        assert_eq!(quote("re\u{ad}view").to_string(), "re\\u{ad}view");
+        assert_eq!(quote("x\u{e0001}\u{e0068}\u{e007f}").to_string(), "x\\u{e0001}\\u{e0068}\\u{e007f}");
+        assert_eq!(quote("\u{fff9}a\u{fffa}b\u{fffb}").to_string(), "\\u{fff9}a\\u{fffa}b\\u{fffb}");
+        assert_eq!(quote("\u{180e}\u{2028}\u{2029}\u{206a}").to_string(), "\\u{180e}\\u{2028}\\u{2029}\\u{206a}");
+        for c in [
+            '\u{600}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            '\u{8e2}',
+            '\u{2064}',
+            '\u{110bd}',
+            '\u{13430}',
+            '\u{1bca3}',
+            '\u{1d17a}',
+        ] {
+            assert_eq!(quote(&c.to_string()).to_string(), format!("\\u{{{:x}}}", c as u32));
+        }
+        // Their neighbours are ordinary letters and marks.
+        for c in ['\u{ac}', '\u{61b}', '\u{2065}', '\u{fff8}', '\u{e0000}', '\u{e0080}', 'é'] {
+            assert_eq!(quote(&c.to_string()).to_string(), c.to_string());
+        }
     }
 
     #[test]
