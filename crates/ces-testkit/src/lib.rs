@@ -5,6 +5,7 @@
 //! Test code: failures here panic with a message saying what to install or fix.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod debimage;
 pub mod exe;
 pub mod image;
 pub mod layer;

@@ -218,12 +218,12 @@ pub fn host_problem() -> Option<String> {
     None
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The test kit has no syscall crate: `id -u` is enough here.
     Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
@@ -233,7 +233,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 
 /// `tool` by its path (root's tools live in sbin directories that a PATH
 /// may lack), else by name.
-fn tool(name: &str) -> PathBuf {
+pub(crate) fn tool(name: &str) -> PathBuf {
     which(name).unwrap_or_else(|| PathBuf::from(name))
 }
 
@@ -248,7 +248,7 @@ pub fn key() -> String {
 }
 
 /// Runs `cmd`, failing with its output when it fails.
-fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: cannot start: {e}"))?;
     if out.status.success() {
         return Ok(());
@@ -440,7 +440,7 @@ fn build(root: &Path, key: &str, dir: &Path) -> Result<(), String> {
 }
 
 /// Removes the entries of `root` whose names start with `prefix`.
-fn remove_matching(root: &Path, prefix: &str) {
+pub(crate) fn remove_matching(root: &Path, prefix: &str) {
     for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         if entry.file_name().to_string_lossy().starts_with(prefix) {
             let _ = std::fs::remove_dir_all(entry.path());
@@ -450,7 +450,7 @@ fn remove_matching(root: &Path, prefix: &str) {
 
 /// Removes the images of other keys (an older recipe) that no one holds, so
 /// the cache keeps one image, not one per change.
-fn remove_unused_images(root: &Path, key: &str) {
+pub(crate) fn remove_unused_images(root: &Path, key: &str) {
     for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(other) = name.strip_suffix(".lock") else { continue };
@@ -467,7 +467,7 @@ fn remove_unused_images(root: &Path, key: &str) {
 }
 
 /// The bytes of the regular files under `dir` (symbolic links not followed).
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
