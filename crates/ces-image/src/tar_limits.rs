@@ -5,10 +5,18 @@
 //! (`read_all`) to apply to the next entry: a 1 MB layer could make it
 //! allocate gigabytes. The crate has no limit to set, so [`Bounded`] wraps
 //! the stream it reads and follows the archive block by block, the way the
-//! crate does (header, data rounded up to 512 bytes, GNU sparse extension
-//! blocks, a PAX `size` that overrides the next header's), and fails the read
-//! that completes an extension header announcing more than its limit: the
-//! crate never sees its data.
+//! crate does (header, data rounded up to 512 bytes, a PAX `size` that
+//! overrides the next header's), and fails the read that completes an
+//! extension header announcing more than its limit: the crate never sees its
+//! data.
+//!
+//! GNU sparse entries (type `S`, or a GNU header whose sparse extension flag
+//! is set) are refused whole, at their header. OCI layer writers never
+//! produce them, and the `tar` crate handles them unsafely for ces: it reads
+//! a chain of extension blocks of any length into memory (with quadratic
+//! work) before handing the entry out, and it synthesizes the zeros of the
+//! holes, which a byte count of the compressed or tar stream never sees, so
+//! a 1.5 KB layer could unpack into gigabytes of written blocks.
 //!
 //! Where the two could disagree (a header the crate would refuse: a bad
 //! checksum or size field), [`Bounded`] fails too, so that no extension can
@@ -37,6 +45,9 @@ pub enum ExtensionKind {
     Pax,
     /// A PAX global extended header (`g`).
     PaxGlobal,
+    /// A GNU sparse entry (`S`, or a header flagged as sparse-extended):
+    /// refused whatever its size (its limit is 0).
+    GnuSparse,
 }
 
 impl fmt::Display for ExtensionKind {
@@ -46,21 +57,34 @@ impl fmt::Display for ExtensionKind {
             ExtensionKind::LongLink => "GNU long link",
             ExtensionKind::Pax => "PAX extended header",
             ExtensionKind::PaxGlobal => "PAX global header",
+            ExtensionKind::GnuSparse => "GNU sparse entry",
         })
     }
 }
 
-/// A tar extension header larger than its limit: the archive is refused
-/// before its data is read.
+/// A tar extension header larger than its limit, or a GNU sparse entry
+/// ([`ExtensionKind::GnuSparse`], refused at any size): the archive is
+/// refused before its data is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a {kind} of {size} bytes is larger than the {limit}-byte limit")]
 pub struct ExtensionTooLarge {
     /// The kind of extension.
     pub kind: ExtensionKind,
     /// The size its header announces.
     pub size: u64,
-    /// The limit ([`MAX_LONG_NAME`] or [`MAX_PAX`]).
+    /// The limit ([`MAX_LONG_NAME`] or [`MAX_PAX`]; 0 for a sparse entry).
     pub limit: u64,
+}
+
+impl fmt::Display for ExtensionTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ExtensionTooLarge { kind, size, limit } = self;
+        match kind {
+            ExtensionKind::GnuSparse => {
+                write!(f, "a {kind} (tar type 'S') is refused: image layers never hold sparse entries")
+            }
+            _ => write!(f, "a {kind} of {size} bytes is larger than the {limit}-byte limit"),
+        }
+    }
 }
 
 impl ExtensionTooLarge {
@@ -81,9 +105,6 @@ enum State {
     /// In a PAX `x` header's data: collected (bounded) to learn the next
     /// entry's size; then the padding.
     Pax { left: u64, padding: u64 },
-    /// In GNU sparse extension blocks that follow a sparse header; the
-    /// entry's data (with padding) comes after them.
-    SparseExt { data: u64 },
     /// After the end-of-archive block: the `tar` crate reads no more headers.
     End,
 }
@@ -131,16 +152,13 @@ impl<R: Read> Bounded<R> {
                         self.state = if *padding == 0 { State::Header } else { State::Data(*padding) };
                     }
                 }
-                State::Header | State::SparseExt { .. } => {
+                State::Header => {
                     let n = (BLOCK - self.block.len()).min(bytes.len());
                     self.block.extend_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
                     if self.block.len() == BLOCK {
                         let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-                        self.state = match self.state {
-                            State::SparseExt { data } => sparse_ext(&block, data),
-                            _ => self.header(&block)?,
-                        };
+                        self.state = self.header(&block)?;
                     }
                 }
             }
@@ -162,6 +180,17 @@ impl<R: Read> Bounded<R> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "archive header checksum mismatch"));
         }
         let kind = header.entry_type();
+        // Refused before the crate reads the sparse map or its extension
+        // blocks (see the module docs). The crate only follows the flag on an
+        // `S` entry; a GNU header flagged anywhere else is refused as well,
+        // since no writer sets it there.
+        if kind == tar::EntryType::GNUSparse || header.as_gnu().is_some_and(|gnu| gnu.isextended[0] != 0) {
+            let size = header.entry_size().unwrap_or(0);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                ExtensionTooLarge { kind: ExtensionKind::GnuSparse, size, limit: 0 },
+            ));
+        }
         let extension = match kind {
             tar::EntryType::GNULongName => Some((ExtensionKind::LongName, MAX_LONG_NAME)),
             tar::EntryType::GNULongLink => Some((ExtensionKind::LongLink, MAX_LONG_NAME)),
@@ -192,23 +221,7 @@ impl<R: Read> Bounded<R> {
             self.pax = Some(Vec::with_capacity(size as usize));
             return Ok(if size == 0 { State::Header } else { State::Pax { left: size, padding: padded - size } });
         }
-        if kind == tar::EntryType::GNUSparse && header.as_gnu().is_some_and(tar::GnuHeader::is_extended) {
-            return Ok(State::SparseExt { data: padded });
-        }
         Ok(if padded == 0 { State::Header } else { State::Data(padded) })
-    }
-}
-
-/// What follows a GNU sparse extension block: another, or the entry's data.
-fn sparse_ext(block: &[u8], data: u64) -> State {
-    let mut ext = tar::GnuExtSparseHeader::new();
-    ext.as_mut_bytes().copy_from_slice(block);
-    if ext.is_extended() {
-        State::SparseExt { data }
-    } else if data == 0 {
-        State::Header
-    } else {
-        State::Data(data)
     }
 }
 
@@ -327,5 +340,82 @@ mod tests {
         tar.extend_from_slice(long.as_bytes());
         let error = read_all(&tar, 100).unwrap_err();
         assert!(ExtensionTooLarge::find(&error).is_some(), "{error}");
+    }
+
+    fn octal(field: &mut [u8], value: u64) {
+        let text = format!("{value:0width$o}\0", width = field.len() - 1);
+        field.copy_from_slice(text.as_bytes());
+    }
+
+    /// A GNU sparse (`S`) header for `name`: one hole of `real` bytes (no
+    /// data), `extensions` extension blocks after it (as gen.py, gen2.py).
+    fn sparse(out: &mut Vec<u8>, name: &str, real: u64, extensions: usize) {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_size(0);
+        header.set_mode(0o644);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        octal(&mut gnu.sparse[0].offset, real);
+        octal(&mut gnu.sparse[0].numbytes, 0);
+        octal(&mut gnu.realsize, real);
+        gnu.isextended[0] = u8::from(extensions > 0);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        for i in 0..extensions {
+            let mut ext = tar::GnuExtSparseHeader::new();
+            for block in &mut ext.sparse {
+                octal(&mut block.offset, 0);
+                octal(&mut block.numbytes, 0);
+            }
+            ext.isextended[0] = u8::from(i + 1 < extensions);
+            out.extend_from_slice(ext.as_bytes());
+        }
+    }
+
+    fn assert_sparse_refused(tar: &[u8]) {
+        for chunk in [1, 512, 4096] {
+            let error = read_all(tar, chunk).unwrap_err();
+            let found = ExtensionTooLarge::find(&error).unwrap_or_else(|| panic!("not refused as sparse: {error}"));
+            assert_eq!(found.kind, ExtensionKind::GnuSparse, "chunk {chunk}");
+            assert!(found.to_string().contains("GNU sparse entry (tar type 'S')"), "{found}");
+        }
+    }
+
+    #[test]
+    fn a_gnu_sparse_entry_is_refused_at_its_header() {
+        // gen2.py: one hole the crate would fill with 4 GiB of zeros.
+        let mut tar = Vec::new();
+        entry(&mut tar, tar::EntryType::Regular, "before", b"data");
+        sparse(&mut tar, "huge", 4 << 30, 0);
+        tar.extend_from_slice(&[0; 1024]);
+        assert_sparse_refused(&tar);
+    }
+
+    #[test]
+    fn a_chain_of_sparse_extension_blocks_is_refused_at_the_header() {
+        // gen.py, small: the crate would read every block into memory before
+        // handing the entry out. The stream is cut after the header: were
+        // any extension block read, the error would be a short read instead.
+        let mut tar = Vec::new();
+        sparse(&mut tar, "spar", 0, 256);
+        let whole = tar.len();
+        tar.extend_from_slice(&[0; 1024]);
+        assert_sparse_refused(&tar);
+        assert_sparse_refused(&tar[..whole.min(BLOCK)]);
+    }
+
+    #[test]
+    fn a_sparse_extension_flag_on_another_entry_type_is_refused() {
+        let mut tar = Vec::new();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(4);
+        header.as_gnu_mut().unwrap().isextended[0] = 1;
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        tar.extend_from_slice(&[b'x'; BLOCK]);
+        tar.extend_from_slice(&[0; 1024]);
+        assert_sparse_refused(&tar);
     }
 }

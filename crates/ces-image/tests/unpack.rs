@@ -18,6 +18,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ces_image::tar_limits::ExtensionKind;
 use ces_image::unpack::{EscapeReason, UnpackError, UnpackOptions, UnpackStats, apply_layer, decompress};
 use ces_testkit::layer::{Compression, Entry, Layer};
 
@@ -997,4 +998,59 @@ fn unprivileged_unpack_changes_read_only_lower_directories() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// A raw layer (zstd-compressed, as a registry serves it) holding one GNU
+/// sparse (`S`) entry `huge`: a single hole of `real` bytes, no data, and
+/// `extensions` sparse extension blocks (the shapes of the review's gen2.py
+/// and gen.py). No layer writer produces it, so [`Layer`] cannot.
+fn sparse_layer(real: u64, extensions: usize) -> Vec<u8> {
+    fn octal(field: &mut [u8], value: u64) {
+        let text = format!("{value:0width$o}\0", width = field.len() - 1);
+        field.copy_from_slice(text.as_bytes());
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::GNUSparse);
+    header.set_path("huge").expect("path");
+    header.set_size(0);
+    header.set_mode(0o644);
+    let gnu = header.as_gnu_mut().expect("a GNU header");
+    octal(&mut gnu.sparse[0].offset, real);
+    octal(&mut gnu.sparse[0].numbytes, 0);
+    octal(&mut gnu.realsize, real);
+    gnu.isextended[0] = u8::from(extensions > 0);
+    header.set_cksum();
+    let mut tar = header.as_bytes().to_vec();
+    for i in 0..extensions {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for block in &mut ext.sparse {
+            octal(&mut block.offset, 0);
+            octal(&mut block.numbytes, 0);
+        }
+        ext.isextended[0] = u8::from(i + 1 < extensions);
+        tar.extend_from_slice(ext.as_bytes());
+    }
+    tar.extend_from_slice(&[0; 1024]);
+    ces_testkit::layer::compress(&tar, Compression::Zstd)
+}
+
+#[test]
+fn gnu_sparse_entries_are_refused_and_nothing_is_written() {
+    // 64 MiB of hole: the old code wrote it as real blocks, past every byte
+    // count (kept small so that a regression does not fill the disk).
+    for (real, extensions) in [(64 << 20, 0), (0, 4096)] {
+        let fx = Fixture::new();
+        let blob = sparse_layer(real, extensions);
+        let result = apply_layer(&fx.root, decompress(blob.as_slice()).expect("decompress"), &PLAIN);
+        match result {
+            Err(UnpackError::ExtensionTooLarge(refused)) => {
+                assert_eq!(refused.kind, ExtensionKind::GnuSparse);
+                let message = refused.to_string();
+                assert!(message.contains("GNU sparse entry (tar type 'S')"), "{message}");
+            }
+            other => panic!("sparse layer ({real} bytes, {extensions} extension blocks) not refused: {other:?}"),
+        }
+        assert_eq!(fs::read_dir(&fx.root).expect("read rootfs").count(), 0, "something was written");
+        fx.assert_outside_unchanged();
+    }
 }

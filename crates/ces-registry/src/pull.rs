@@ -151,7 +151,16 @@ pub async fn pull(
     let stored = store.has_blob(&config_digest, config.size());
     // Refused on the manifest's word, before anything is fetched: a lying
     // descriptor is then held to its size by the blob writer.
-    let total = image.layers().iter().map(|l| l.size()).fold(config.size(), u64::saturating_add);
+    // Checked, not wrapping: sizes a manifest declares are the registry's
+    // word, and two layers of 2^63 bytes would otherwise sum to 0 and pass.
+    let total =
+        image.layers().iter().try_fold(config.size(), |total, layer| total.checked_add(layer.size())).ok_or_else(
+            || RegistryError::TooLarge {
+                what: "the declared size of the image",
+                reference: reference.to_string(),
+                limit: u64::MAX,
+            },
+        )?;
     if let Some(limit) = options.max_image_size.filter(|limit| total > *limit) {
         return Err(RegistryError::ImageTooLarge { reference: reference.to_string(), size: total, limit });
     }
@@ -191,7 +200,9 @@ pub async fn pull(
             missing.push((digest.clone(), *size));
         }
     }
-    let downloaded: u64 = missing.iter().map(|(_, size)| size).sum();
+    // At most `total` (checked above), so it cannot overflow; saturating all
+    // the same rather than wrapping should that ever change.
+    let downloaded = missing.iter().map(|(_, size)| *size).fold(0, u64::saturating_add);
     check_free_space(store, downloaded)?;
     futures_util::stream::iter(missing)
         .map(|(digest, size)| {

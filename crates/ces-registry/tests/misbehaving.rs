@@ -337,3 +337,35 @@ async fn an_endless_blob_stops_at_its_descriptor_size() {
     assert!(matches!(err, RegistryError::Store(StoreError::TooLong { .. })), "{err}");
     w.assert_nothing_stored(&image);
 }
+
+/// Two layers that the manifest says are 2^63 bytes each: summed by
+/// wrapping, that was 0 bytes to download, which passed the free-space
+/// check. The sum is checked: refused before a layer is asked for, with or
+/// without a size limit.
+#[tokio::test]
+async fn layer_sizes_that_overflow_when_summed_are_refused_before_download() {
+    let reg = Misbehaving::http();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("a", noise(1000, 11))]).compressed(Compression::None),
+        Layer::new(vec![Entry::file("b", noise(1000, 12))]).compressed(Compression::None),
+    ])
+    .build();
+    reg.serve(&image, "app", "1");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
+    for layer in manifest["layers"].as_array_mut().unwrap() {
+        layer["size"] = (1u64 << 63).into();
+    }
+    let forged = serde_json::to_vec(&manifest).unwrap();
+    reg.put(&Misbehaving::manifest_path("app", "1"), &image.media_type, forged);
+    let w = world(&reg, "app");
+
+    for options in [PullOptions::default(), PullOptions { max_image_size: Some(1 << 40), ..PullOptions::default() }] {
+        let err = w.pull_as(&Credentials::Anonymous, &options, &Heard::default()).await.unwrap_err();
+
+        assert!(matches!(err, RegistryError::TooLarge { limit: u64::MAX, .. }), "{err}");
+        for digest in &image.layer_digests {
+            assert_eq!(reg.seen_at(&Misbehaving::blob_path("app", digest)), [], "{digest} was asked for");
+        }
+        w.assert_nothing_stored(&image);
+    }
+}
