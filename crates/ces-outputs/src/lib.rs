@@ -91,7 +91,7 @@ pub enum OutputsError {
         source: std::io::Error,
     },
     /// An entry could not be examined.
-    #[error("cannot examine {path} in the outputs directory {}", dir.display())]
+    #[error("cannot examine {} in the outputs directory {}", ces_image::quote::quote(path), dir.display())]
     Walk {
         /// The outputs directory.
         dir: PathBuf,

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use ces_image::quote::quote;
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 
 use crate::manifest::{FORMAT, Kind, Manifest, MovedAside, RunIdentity, SealReport};
@@ -108,10 +109,10 @@ pub fn seal(dir: &Path, run: RunIdentity, options: &SealOptions<'_>) -> Result<S
     for entry in &entries {
         match &entry.kind {
             Kind::File { unreadable: Some(why), .. } => {
-                warnings.push(format!("cannot read {} to hash it: {why}", entry.path));
+                warnings.push(format!("cannot read {} to hash it: {why}", quote(&entry.path_bytes())));
             }
             Kind::Directory { not_listed: Some(why) } => {
-                warnings.push(format!("the contents of {} are not in the manifest: {why}", entry.path));
+                warnings.push(format!("the contents of {} are not in the manifest: {why}", quote(&entry.path_bytes())));
             }
             _ => {}
         }
@@ -124,7 +125,8 @@ pub fn seal(dir: &Path, run: RunIdentity, options: &SealOptions<'_>) -> Result<S
             stripped.push(entry.path.as_str());
         }
         if let Kind::File { not_removed: Some(why), .. } = &entry.kind {
-            warnings.push(format!("cannot remove setuid/setgid/capabilities from {}: {why}", entry.path));
+            warnings
+                .push(format!("cannot remove setuid/setgid/capabilities from {}: {why}", quote(&entry.path_bytes())));
         }
     }
     if !not_hashed.is_empty() {
@@ -207,9 +209,11 @@ fn restore_owner_permissions(root: &OwnedFd) -> std::io::Result<Option<String>> 
     Ok(Some(format!("{mode:04o}")))
 }
 
+/// The first few of `names`, quoted: the container chose them, and a warning
+/// reaches the terminal of whoever started the run.
 fn abbreviate(names: &[&str]) -> String {
     const SHOWN: usize = 5;
-    let mut text = names.iter().take(SHOWN).copied().collect::<Vec<_>>().join(", ");
+    let mut text = names.iter().take(SHOWN).map(|n| quote(n).to_string()).collect::<Vec<_>>().join(", ");
     if names.len() > SHOWN {
         text.push_str(&format!(" and {} more", names.len() - SHOWN));
     }

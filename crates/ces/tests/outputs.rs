@@ -689,3 +689,60 @@ fn assert_sealed_despite_everything(w: &TreWorld, out: &Run, sb_ces: impl Fn(&[&
     assert_forgery_moved_aside(w, out, &outputs, sb_ces);
     assert_setuid_removed(out);
 }
+
+/// Whether `text` holds a character that drives a terminal or reorders what
+/// it shows (a newline apart).
+fn has_raw_control(text: &str) -> bool {
+    text.chars()
+        .any(|c| (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+}
+
+/// Regression: `ces outputs verify` printed the names the container chose as
+/// they were, so a file named with `ESC[1A ESC[2K` erased the line before it:
+/// the very `changed:` line a reviewer reads. Every name, the run's warnings
+/// and a forged manifest's run id are shown escaped.
+#[test]
+fn verify_and_the_seal_show_file_names_with_terminal_escapes_escaped() {
+    require_root("needs root");
+    let w = TreWorld::new("outputs/escapes");
+    // a<ESC>[1A<ESC>[2Kok, and b<U+202E>txt<U+009B>2J (setuid: the seal warns about it).
+    let script = r#"cd /safe_outputs
+printf 1 > "$(printf 'a\033[1A\033[2Kok')"
+busybox cp /bin/busybox "$(printf 'b\342\200\256txt\302\2332J')"
+busybox chmod 4755 b*"#;
+    let out = w.run_script(&[], script);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!has_raw_control(&out.stderr), "{:?}", out.stderr);
+    assert!(out.stderr.contains("removed (see ces-manifest.json): b\\u{202e}txt\\u{9b}2J"), "{}", out.stderr);
+    let outputs = outputs_of(&out);
+    let edited = "a\x1b[1A\x1b[2Kok";
+    let gone = "b\u{202e}txt\u{9b}2J";
+    let seal = std::fs::read_to_string(outputs.join("ces-manifest.json")).unwrap();
+    assert!(seal.contains("\\u001b[1A") && entries(&manifest_of(&outputs)).contains_key(gone), "{seal}");
+
+    std::fs::write(outputs.join(edited), "2").unwrap();
+    std::fs::remove_file(outputs.join(gone)).unwrap();
+    std::fs::write(outputs.join("c\x1b]8;;x\x07"), "3").unwrap();
+    let check = w.ces(&["outputs", "verify", outputs.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(!has_raw_control(&check.stdout) && !has_raw_control(&check.stderr), "{check:?}");
+    let lines: Vec<&str> = check.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "added:   c\\x1b]8;;x\\x07",
+            "changed: a\\x1b[1A\\x1b[2Kok (content)",
+            "removed: b\\u{202e}txt\\u{9b}2J"
+        ],
+        "{check:?}"
+    );
+
+    // A manifest copied in with a forged run id: the id is shown escaped too.
+    let mut manifest = manifest_of(&outputs);
+    manifest["run"]["id"] = "x\x1b[2K\u{9b}1A".into();
+    std::fs::write(outputs.join("ces-manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let check = w.ces(&["outputs", "verify", outputs.to_str().unwrap()]);
+    assert_eq!(check.code, 1, "{check:?}");
+    assert!(!has_raw_control(&check.stdout) && !has_raw_control(&check.stderr), "{check:?}");
+    assert!(check.stderr.contains("holds the manifest of run x\\x1b[2K\\u{9b}1A,"), "{}", check.stderr);
+}

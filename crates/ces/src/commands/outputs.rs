@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use ces_audit::{AuditLog, Event};
+use ces_image::quote::{quote, quote_path};
 
 use crate::cli::OutputsVerifyArgs;
 use crate::settings::Settings;
@@ -36,21 +37,26 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     let dir = &args.dir;
     // A path the user names: under sudo, read with their credentials.
     let check = crate::identity::as_invoker(|| ces_outputs::verify(dir))
-        .with_context(|| format!("cannot verify {}", dir.display()))??;
+        .with_context(|| format!("cannot verify {}", quote_path(dir)))??;
+    // Every name below comes from the container or the manifest file (which
+    // the container could have written): an escape sequence in one could
+    // erase or rewrite the very lines a reviewer reads, so each is quoted.
     let run_id = &check.manifest.run.id;
+    let shown_id = quote(run_id);
+    let shown_dir = quote_path(dir);
 
     let mut out = std::io::stdout().lock();
     for path in &check.added {
-        writeln!(out, "added:   {path}")?;
+        writeln!(out, "added:   {}", quote(path))?;
     }
     for change in &check.changed {
-        writeln!(out, "changed: {} ({})", change.path, change.what.join(", "))?;
+        writeln!(out, "changed: {} ({})", quote(&change.path), change.what.join(", "))?;
     }
     for path in &check.removed {
-        writeln!(out, "removed: {path}")?;
+        writeln!(out, "removed: {}", quote(path))?;
     }
     for (path, why) in &check.unverified {
-        writeln!(out, "unverified: {path} ({why})")?;
+        writeln!(out, "unverified: {} ({})", quote(path), quote(why))?;
     }
     out.flush()?;
     // The manifest names its run; the directory must be that run's.
@@ -60,8 +66,9 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     let name = std::fs::canonicalize(dir).ok().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
     if name.as_deref() != Some(expected.as_str()) {
         eprintln!(
-            "error: {} holds the manifest of run {run_id}, whose outputs directory is named {expected}",
-            dir.display()
+            "error: {} holds the manifest of run {shown_id}, whose outputs directory is named {}",
+            shown_dir,
+            quote(&expected)
         );
         eprintln!(
             "hint: verify a run's outputs under their own name; a manifest copied from another run proves nothing"
@@ -70,8 +77,8 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     }
     if !check.matches() {
         eprintln!(
-            "error: {} changed since run {run_id}: {} added, {} changed, {} removed",
-            dir.display(),
+            "error: {} changed since run {shown_id}: {} added, {} changed, {} removed",
+            shown_dir,
             check.added.len(),
             check.changed.len(),
             check.removed.len()
@@ -80,9 +87,9 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     }
     if !check.unverified.is_empty() {
         eprintln!(
-            "error: {} files in {} cannot be verified: run {run_id}'s seal did not hash them (see ces-manifest.json)",
+            "error: {} files in {} cannot be verified: run {shown_id}'s seal did not hash them (see ces-manifest.json)",
             check.unverified.len(),
-            dir.display()
+            shown_dir
         );
         eprintln!("hint: an operator can raise [outputs] hash_budget_bytes and hash_budget_seconds for later runs");
         return Ok(ExitCode::from(EXIT_CHANGED));
@@ -92,7 +99,7 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     let plural = if entries == 1 { "entry" } else { "entries" };
     if args.no_audit {
         writeln!(out, "note: the audit log was not read (--no-audit): nothing vouches for the manifest itself")?;
-        writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
+        writeln!(out, "{} matches its manifest: run {shown_id}, {entries} {plural}", shown_dir)?;
         return Ok(ExitCode::SUCCESS);
     }
     // The operator's log as ces itself; a copy the user names, as the user.
@@ -105,8 +112,8 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
         Err(error) => {
             let message = crate::diagnostics::one_line(error.as_ref());
             eprintln!(
-                "error: cannot read the audit log {} to check run {run_id}'s manifest: {message}",
-                log_path.display()
+                "error: cannot read the audit log {} to check run {shown_id}'s manifest: {message}",
+                quote_path(&log_path)
             );
             eprintln!(
                 "hint: pass --audit-file with a copy of the log, or --no-audit to check the directory against its manifest only"
@@ -117,29 +124,29 @@ pub fn verify(settings: &Settings, args: &OutputsVerifyArgs) -> anyhow::Result<E
     match logged(&records, run_id, &check.manifest_digest) {
         Logged::Matches(seq) => writeln!(
             out,
-            "the manifest ({}) is the one the audit log {} recorded for run {run_id} (record seq {seq})",
+            "the manifest ({}) is the one the audit log {} recorded for run {shown_id} (record seq {seq})",
             check.manifest_digest,
-            log_path.display()
+            quote_path(&log_path)
         )?,
         Logged::Differs(seq, recorded) => {
             eprintln!(
-                "error: the manifest was changed since run {run_id}: its digest is {}, the audit log {} (record seq {seq}) recorded {}",
+                "error: the manifest was changed since run {shown_id}: its digest is {}, the audit log {} (record seq {seq}) recorded {}",
                 check.manifest_digest,
-                log_path.display(),
-                recorded.as_deref().unwrap_or("no manifest")
+                quote_path(&log_path),
+                recorded.as_deref().map_or_else(|| "no manifest".to_owned(), |r| quote(r).to_string())
             );
             return Ok(ExitCode::from(EXIT_CHANGED));
         }
         Logged::NoRecord => {
             eprintln!(
-                "error: the audit log {} has no record of run {run_id}: nothing vouches for its manifest",
-                log_path.display()
+                "error: the audit log {} has no record of run {shown_id}: nothing vouches for its manifest",
+                quote_path(&log_path)
             );
             eprintln!("hint: pass --audit-file with the log the run was recorded in (see [audit] path in the config)");
             return Ok(ExitCode::from(EXIT_CHANGED));
         }
     }
-    writeln!(out, "{} matches its manifest: run {run_id}, {entries} {plural}", dir.display())?;
+    writeln!(out, "{} matches its manifest: run {shown_id}, {entries} {plural}", shown_dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
