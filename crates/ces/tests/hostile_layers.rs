@@ -203,6 +203,26 @@ fn inspect_shows_a_label_with_an_osc8_link_escaped() {
     assert!(!has_control(stdout.as_bytes()), "{stdout:?}");
 }
 
+/// Regression: `ces inspect` printed Entrypoint and Cmd as JSON, which
+/// escapes only C0 controls: a C1 CSI (U+009B) drove the terminal and a
+/// right-to-left override (U+202E) reordered the command a reviewer reads.
+#[test]
+fn inspect_shows_a_cmd_with_c1_controls_and_bidi_overrides_escaped() {
+    let sb = Sandbox::new(&[]);
+    let archive = sb.dir.path().join("cmd.tar");
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("f", "x")])])
+        .entrypoint(&["/bin/sh\u{9b}2J", "-c"])
+        .cmd(&["echo \u{202e}gpj.exe", "x\x7fy", "a\\u{9b}\"b"]);
+    image.build().write_oci_archive(&archive, REFERENCE);
+    sb.ces(&["load", &archive.display().to_string()]).ok();
+    let shown = sb.ces(&["inspect", REFERENCE]);
+    let stdout = shown.ok();
+    assert!(stdout.contains("Entrypoint:  [\"/bin/sh\\u{9b}2J\",\"-c\"]"), "{stdout}");
+    // The element's own backslash stays JSON's (doubled): no confusion with an escape.
+    assert!(stdout.contains("Cmd:         [\"echo \\u{202e}gpj.exe\",\"x\\x7fy\",\"a\\\\u{9b}\\\"b\"]"), "{stdout}");
+    assert!(!stdout.contains(['\u{9b}', '\u{202e}', '\x7f']), "{stdout:?}");
+}
+
 /// A file capability (`cap_net_raw+ep`), as `setcap` writes it (VFS_CAP_REVISION_2).
 fn file_capability() -> Vec<u8> {
     let mut value = 0x0200_0001u32.to_le_bytes().to_vec(); // revision 2, effective

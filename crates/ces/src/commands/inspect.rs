@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use ces_image::quote::quote;
+use ces_image::quote::{MAX_QUOTED, escape_message, quote};
 use ces_image::{Provenance, Store};
 
 use crate::printer::human_bytes;
@@ -79,8 +79,8 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     println!("Platform:    {}", quote(&i.platform));
     println!("Created:     {}", i.created.as_deref().map_or_else(none, printable));
     println!("Pulled:      {}", i.pulled_at.clone().unwrap_or_else(none));
-    println!("Entrypoint:  {}", serde_json::to_string(&i.entrypoint)?);
-    println!("Cmd:         {}", serde_json::to_string(&i.cmd)?);
+    println!("Entrypoint:  {}", argv(&i.entrypoint)?);
+    println!("Cmd:         {}", argv(&i.cmd)?);
     println!("User:        {}", i.user.as_deref().map_or_else(|| "(root)".to_owned(), printable));
     println!("WorkingDir:  {}", i.workdir.as_deref().map_or_else(none, printable));
     println!("Env:");
@@ -109,6 +109,20 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     }
     println!("Rootfs:      {}", i.rootfs.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
     Ok(())
+}
+
+/// An argv from the image as a JSON array whose every element is also
+/// quoted: JSON escapes only C0 controls, so C1 controls (`\u{9b}` starts a
+/// terminal sequence), DEL and bidirectional overrides would reach the
+/// terminal as themselves, and an element may be any length. Backslashes
+/// are JSON's own (doubled), so an escape from [`escape_message`] (`\u{9b}`,
+/// braces, one backslash) cannot be confused with text in the element.
+fn argv(args: &[String]) -> serde_json::Result<String> {
+    let quoted = args
+        .iter()
+        .map(|arg| Ok(escape_message(&serde_json::to_string(arg)?, MAX_QUOTED)))
+        .collect::<serde_json::Result<Vec<_>>>()?;
+    Ok(format!("[{}]", quoted.join(",")))
 }
 
 /// A value from the image, safe to print: cut short, control characters
