@@ -729,11 +729,7 @@ busybox chmod 4755 b*"#;
     let lines: Vec<&str> = check.stdout.lines().collect();
     assert_eq!(
         lines,
-        [
-            "added:   c\\x1b]8;;x\\x07",
-            "changed: a\\x1b[1A\\x1b[2Kok (content)",
-            "removed: b\\u{202e}txt\\u{9b}2J"
-        ],
+        ["added:   c\\x1b]8;;x\\x07", "changed: a\\x1b[1A\\x1b[2Kok (content)", "removed: b\\u{202e}txt\\u{9b}2J"],
         "{check:?}"
     );
 
