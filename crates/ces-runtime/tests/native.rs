@@ -1288,12 +1288,28 @@ fn cleanup_stale_rootless() {
     run_as(Who::Rootless, "scenario_cleanup_stale");
 }
 
+/// `-t` without a terminal on ces's stdin is refused before anything is
+/// made (stdin is /dev/null here, whatever the test was started from).
 #[test]
-fn terminal_is_unsupported() {
+fn a_terminal_needs_one_on_stdin() {
     let fx = Fx::new();
     let mut spec = fx.spec(&["true"]);
     spec.process.terminal = true;
-    assert!(matches!(fx.runtime().run(&spec), Err(RuntimeError::Unsupported { backend: "native", .. })));
+    let null = fs::File::open("/dev/null").unwrap();
+    // SAFETY: fd 0 is swapped for /dev/null and back; no test reads stdin.
+    let saved = unsafe { libc::dup(0) };
+    assert!(saved >= 0);
+    // SAFETY: both are open descriptors.
+    unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0) };
+    let result = fx.runtime().run(&spec);
+    // SAFETY: restores the saved descriptor.
+    unsafe {
+        libc::dup2(saved, 0);
+        libc::close(saved);
+    }
+    let message = chain(&result.expect_err("a run with -t and no terminal"));
+    assert!(message.contains("needs ces's standard input to be a terminal"), "{message}");
+    assert_eq!(fs::read_dir(&spec.state_dir).unwrap().count(), 0);
 }
 
 #[test]

@@ -106,6 +106,21 @@ impl Hierarchy {
         mounts
     }
 
+    /// Whether the kernel accounts swap (then swap is limited too).
+    pub(crate) fn swap_accounting(&self) -> bool {
+        match self {
+            Hierarchy::V1 { controllers, .. } => {
+                controllers.get("memory").is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists())
+            }
+            // The root cgroup has no swap files: look at its children.
+            Hierarchy::V2 { root } => fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|entry| entry.path().join("memory.swap.max").exists()),
+        }
+    }
+
     pub(crate) fn describe(&self) -> &'static str {
         match self {
             Hierarchy::V1 { hybrid: true, .. } => "cgroup v1 (hybrid host)",
@@ -218,17 +233,7 @@ impl ContainerCgroup {
 
     /// Whether the kernel accounts swap (then swap is limited too).
     pub(crate) fn swap_accounting(&self) -> bool {
-        match &self.hierarchy {
-            Hierarchy::V1 { controllers, .. } => {
-                controllers.get("memory").is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists())
-            }
-            // The root cgroup has no swap files: look at its children.
-            Hierarchy::V2 { root } => fs::read_dir(root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|entry| entry.path().join("memory.swap.max").exists()),
-        }
+        self.hierarchy.swap_accounting()
     }
 
     /// Root, cgroup v2: `memory.swap.max = 0`. libcgroups writes nothing for
@@ -319,12 +324,24 @@ impl ContainerCgroup {
     }
 
     /// SIGKILLs every process in the container's cgroup.
+    /// On v2 (Linux 5.14+) in one step (`cgroup.kill`); else in rounds, so
+    /// that what was forked between reading and killing goes too.
     pub(crate) fn kill_all(&self) {
         for (_, dir) in self.hierarchy.dirs(&self.path) {
-            let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else { continue };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: signalling a process of this container's cgroup.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+            if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                continue;
+            }
+            for _ in 0..100 {
+                let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else { break };
+                let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    // SAFETY: signalling a process of this container's cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
     }
@@ -358,16 +375,23 @@ impl ContainerCgroup {
     }
 }
 
+/// Whether the host has swap space in use (`/proc/swaps` lists any).
+pub(crate) fn swap_is_on() -> bool {
+    fs::read_to_string("/proc/swaps").is_ok_and(|text| text.lines().skip(1).any(|l| !l.trim().is_empty()))
+}
+
 /// Where [`ContainerCgroup::for_rootless`] would put container `id`, for
 /// the dry-run plan: nothing is created or asked of systemd.
 pub(crate) fn describe_rootless(hierarchy: &Hierarchy, id: &str, uid: u32) -> String {
     let setup = || format!("delegated cgroup {} (prepared by `ces system setup`)", user_parent(uid).join(id).display());
     let Hierarchy::V2 { root } = hierarchy else { return setup() };
     let Ok(own) = own_v2_cgroup() else { return "cannot read this process's cgroup".to_owned() };
-    if let Some(dir) = DELEGATED_BASE.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(dir) = DELEGATED_BASE.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && own == dir.join(SUPERVISOR_LEAF)
+    {
         return format!("delegated cgroup {}", dir.join(id).display());
     }
-    if user_owned(root, &own) && alone_in(root, &own) {
+    if user_owned(root, &own) && alone_in(root, &own) && has_controllers(root, &own, &V2_CONTROLLERS) {
         format!("cgroup {} (in ces's own delegated cgroup)", own.join(id).display())
     } else if setup_delegation_usable(root, &own, uid) {
         setup()
@@ -412,12 +436,18 @@ fn in_root(root: &Path, path: &Path) -> PathBuf {
 
 /// v2: whether this process may make cgroups in `cgroup`, move processes
 /// into and out of it, and enable controllers for its children.
+/// Owned, not merely writable: a cgroup another user may also write (group-
+/// or world-writable) would let them move, limit or kill what ces puts there.
 fn user_owned(root: &Path, cgroup: &Path) -> bool {
     let dir = in_root(root, cgroup);
-    access(&dir, AccessFlags::W_OK | AccessFlags::X_OK).is_ok()
-        && ["cgroup.procs", "cgroup.subtree_control"]
-            .iter()
-            .all(|file| access(&dir.join(file), AccessFlags::W_OK).is_ok())
+    owned_by_me(&dir) && ["cgroup.procs", "cgroup.subtree_control"].iter().all(|file| owned_by_me(&dir.join(file)))
+}
+
+/// Whether `path` (not followed if a link) belongs to this process's
+/// effective user and no one else may write it.
+fn owned_by_me(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::symlink_metadata(path).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0)
 }
 
 /// v2: whether all of `controllers` are available in `cgroup`.
@@ -441,6 +471,9 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
     let dir = in_root(root, cgroup);
     let leaf = dir.join(SUPERVISOR_LEAF);
     create_cgroup_dir(&leaf)?;
+    if !owned_by_me(&leaf) {
+        return Err(fail(format!("{} is not this user's own cgroup", leaf.display())));
+    }
     let procs = leaf.join("cgroup.procs");
     let move_in = || {
         fs::write(&procs, std::process::id().to_string())

@@ -821,7 +821,13 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
             MountKind::Tmpfs { size: None } => format!("mount: {} (tmpfs, {mode})", m.destination),
         });
     }
-    let mut limits = vec![format!("memory {} (no swap)", bytes(spec.limits.memory))];
+    let swap = match hierarchy {
+        Some(h) if !h.swap_accounting() && cgroups::swap_is_on() => {
+            "swap NOT limited: swap is on and this kernel does not account it"
+        }
+        _ => "no swap",
+    };
+    let mut limits = vec![format!("memory {} ({swap})", bytes(spec.limits.memory))];
     if let Some(quota) = oci::cpu_quota(spec.limits.cpus) {
         limits.push(format!(
             "cpus {} (CFS quota {quota} us per {} us)",

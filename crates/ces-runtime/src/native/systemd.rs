@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use zbus::Variant;
 
+/// How long the D-Bus call may take, connection included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long systemd gets to start the scope and move ces into it.
 const SCOPE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,7 +72,14 @@ pub(crate) fn start_scope(unit: &str, description: &str) -> Result<PathBuf, Scop
                 .enable_all()
                 .build()
                 .map_err(|e| ScopeError::NoManager(format!("cannot start an async runtime: {e}")))?;
-            runtime.block_on(call_start_transient_unit(&unit, &description, pid))
+            // Connecting and authenticating are not under zbus's method
+            // timeout: a bus that accepts and never answers must not hang ces.
+            // (The timer is made inside the runtime, which it needs.)
+            let call =
+                async { tokio::time::timeout(CALL_TIMEOUT, call_start_transient_unit(&unit, &description, pid)).await };
+            runtime.block_on(call).unwrap_or_else(|_| {
+                Err(ScopeError::Failed { unit: unit.clone(), reason: format!("no answer within {CALL_TIMEOUT:?}") })
+            })
         })
     };
     call.join().map_err(|_| failed("the D-Bus call panicked".to_owned()))??;
@@ -94,6 +104,11 @@ async fn connect() -> Result<zbus::Connection, ScopeError> {
                 .to_owned(),
         ));
     };
+    // The user's own bus is a Unix socket; anything else (tcp:, a launcher)
+    // is not where a user manager listens.
+    if !address.starts_with("unix:") {
+        return Err(ScopeError::NoManager(format!("the session bus {address} is not a Unix socket")));
+    }
     zbus::connection::Builder::address(address.as_str())
         .method_timeout(Duration::from_secs(20))
         .build()
