@@ -2,10 +2,12 @@
 //! (`ces_testkit::debimage`, cached by content): PostgreSQL with a
 //! published port and a bind-mounted data directory that outlives the run,
 //! and a Jupyter notebook server with token auth that headless Chromium on
-//! the host loads through the published port. In the same runs the
+//! the host loads through the published port; an init that starts as root
+//! and needs tmpfs `/run` and `PASSWORD`, run from option and env files
+//! written as the reference service documents RStudio's. In the same runs the
 //! container's network namespace holds only `lo`, and nothing it tries to
 //! reach outside (1.1.1.1, a listener on the host's own address) answers.
-//! As root and rootless (the test user).
+//! As root and rootless (the test user); the init as root.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -69,6 +71,40 @@ echo STARTING
 exec python3 -m notebook --no-browser --ip=127.0.0.1 --port=8888 --notebook-dir=/tmp
 "#;
 
+/// Like RStudio Server's init: starts as root, needs a tmpfs on `/run` and
+/// on `/var/lib/rstudio-server` and `PASSWORD` from the env file, then
+/// serves (HTTP basic auth, user `rstudio`) on the container's 8787.
+const INIT_ENTRY: &str = r#"#!/bin/bash
+set -eu
+ces-netprobe
+[ "$(id -u)" = 0 ] || { echo "ces-init-app: must start as root" >&2; exit 3; }
+for dir in /run /var/lib/rstudio-server; do
+    grep -q " $dir tmpfs " /proc/mounts || { echo "ces-init-app: needs a tmpfs on $dir" >&2; exit 3; }
+done
+: "${PASSWORD:?set PASSWORD in the env file}"
+echo $$ > /run/ces-init-app.pid
+echo STARTING
+exec python3 /usr/local/lib/ces-init-app.py
+"#;
+
+/// The init app's server: 401 without the password, 200 with it; ends
+/// cleanly (0) on SIGTERM, as RStudio Server does.
+const INIT_SERVER: &str = r#"import base64, http.server, os, signal, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+expected = "Basic " + base64.b64encode(("rstudio:" + os.environ["PASSWORD"]).encode()).decode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        ok = self.headers.get("Authorization") == expected
+        body = b"ces-init-app: signed in\n" if ok else b"sign in\n"
+        self.send_response(200 if ok else 401)
+        if not ok:
+            self.send_header("WWW-Authenticate", 'Basic realm="app"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", 8787), Handler).serve_forever()
+"#;
+
 /// A recipe installing the net probe and `entry` as `/usr/local/bin/ces-entry`.
 fn recipe(entry: &str, extra: &str) -> String {
     format!(
@@ -93,6 +129,11 @@ fn jupyter_image() -> DebImage {
         .env(&["HOME=/tmp"])
         .workdir("/tmp")
         .cmd(&["/usr/local/bin/ces-entry"])
+}
+
+fn init_image() -> DebImage {
+    let server = format!("install -m 0644 /dev/stdin \"$1/usr/local/lib/ces-init-app.py\" <<'EOF'\n{INIT_SERVER}EOF\n");
+    DebImage::new("init-app", &["python3"]).recipe(&recipe(INIT_ENTRY, &server)).cmd(&["/usr/local/bin/ces-entry"])
 }
 
 /// Builds (or takes from the cache) `image`, saying how long it took.
@@ -307,9 +348,14 @@ fn postgres_keeps_its_data_in_a_bind_and_serves_the_host_rootless() {
 /// One HTTP/1.0 GET of `path` on `127.0.0.1:port`: the status code and the
 /// whole response, or `None` when nothing answers yet.
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, "")
+}
+
+/// [`http_get`] with more header lines (each ending in CRLF).
+fn http_get_with(port: u16, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n").ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -387,4 +433,65 @@ fn jupyter_serves_chromium_on_the_host_with_its_token_as_root() {
 #[test]
 fn jupyter_serves_chromium_on_the_host_with_its_token_rootless() {
     jupyter(Mode::Rootless);
+}
+
+/// The reference service's RStudio recipe, with an app whose init (like
+/// RStudio Server's) starts as root and needs tmpfs `/run` and
+/// `/var/lib/rstudio-server` and `PASSWORD` from the env file: `ces-run
+/// --opt-file app.opts --env-file app.env IMAGE`, the files written as the
+/// reference service documents them, less `-it` (this test has no
+/// terminal: tests/interactive_tty.rs covers `-it`). Without the option
+/// file's tmpfs mounts the init refuses to start; with them the host reaches
+/// it through the port, the password is required, and the container cannot
+/// connect out.
+#[test]
+fn an_init_as_root_runs_from_the_reference_option_and_env_files() {
+    let (w, image) = world("init", Mode::Root, &init_image());
+    let bait = Bait::new();
+    let port = free_port();
+    let opts = format!(
+        "-p {port}:8787\n--mount type=tmpfs,destination=/var/lib/rstudio-server\n--mount type=tmpfs,destination=/run\n"
+    );
+    std::fs::write(w.home.join("app.opts"), opts).unwrap();
+    std::fs::write(w.home.join("app.env"), "PASSWORD=ces-apps-test-secret\n").unwrap();
+    let probe = format!("CES_PROBE={}", bait.targets.join(" "));
+    let ces_run = |args: &[&str]| {
+        let mut cmd = w.sb.command(env!("CARGO_BIN_EXE_ces-run"), args);
+        cmd.env("HOME", &w.home).current_dir(&w.home);
+        cmd
+    };
+
+    // Without the tmpfs mounts, the init says what it needs and exits.
+    let out = w.sb.run(ces_run(&["-q", "--env-file", "app.env", &image]));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("needs a tmpfs on /run"), "{}", out.stderr);
+
+    let log = w.sb.dir.path().join("init.log");
+    let args = ["-q", "-n", "init-app", "--opt-file", "app.opts", "--env-file", "app.env", "-e", &probe, &image];
+    let mut child = ces_run(&args).stdout(Stdio::piped()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "{lines:?}\n{}", std::fs::read_to_string(&log).unwrap());
+        if line.trim_end() == "STARTING" {
+            break;
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+    bait.assert_blocked(&lines);
+    let (code, _) = poll("the app answered through the port", &mut child, &log, || http_get(port, "/"));
+    assert_eq!(code, 401, "the app answered without its password");
+    let auth = format!("Authorization: Basic {}\r\n", base64_of("rstudio:ces-apps-test-secret"));
+    let (code, page) = http_get_with(port, "/", &auth).unwrap();
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("ces-init-app: signed in"), "{page}");
+    stop(&w, "init-app", child, &log);
+}
+
+/// Standard base64 of `text` (the test needs it once: no crate for it).
+fn base64_of(text: &str) -> String {
+    let out = Command::new("base64").arg("-w0").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    out.stdin.as_ref().unwrap().write_all(text.as_bytes()).unwrap();
+    String::from_utf8(out.wait_with_output().unwrap().stdout).unwrap()
 }
