@@ -54,7 +54,8 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<ces_runtime::native::ports::PortError>() {
             return crate::commands::run::ports::hints(e);
         }
-        if let Some(ces_runtime::RuntimeError::Unsupported { what: ces_runtime::podman::PORTS, .. }) = cause.downcast_ref()
+        if let Some(ces_runtime::RuntimeError::Unsupported { what: ces_runtime::podman::PORTS, .. }) =
+            cause.downcast_ref()
         {
             return vec!["use the native runtime (the default): it publishes ports on the host's loopback and gives the container no network".into()];
         }
