@@ -422,6 +422,12 @@ pub fn volume_shorthand(mut args: Vec<OsString>, first: usize) -> Vec<OsString> 
             i += 2;
             continue;
         }
+        // Attached, as docker also takes it: `-v/d:/e`.
+        if let Some(pair) = word.strip_prefix("-v").filter(|pair| is_path_pair(pair)) {
+            args[i] = OsString::from(format!("--volume={pair}"));
+            i += 1;
+            continue;
+        }
         let value_next = !word.contains('=')
             && (takes_value(&word)
                 || (word.len() > 2 && !word.starts_with("--") && {
@@ -561,6 +567,8 @@ mod tests {
         assert_eq!((run.options.volume.as_slice(), cli.global.verbose), (&["./pg:/data".to_owned()][..], false));
         let cli = ces_run(&["podman", "-v", "/a:/b", "img"]).unwrap();
         assert_eq!(cli.run.options.volume, ["/a:/b"]);
+        // Attached, as docker takes it.
+        assert_eq!(fixed(&["ces", "run", "-v./pg:/data:ro", "img"]), ["ces", "run", "--volume=./pg:/data:ro", "img"]);
     }
 
     #[test]

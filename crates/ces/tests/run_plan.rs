@@ -184,16 +184,12 @@ fn widening_options_are_refused_on_the_command_line() {
         (vec!["--network", "host"], "--network"),
         (vec!["--net=host"], "--net"),
         (vec!["-P"], "-P"),
-        (vec!["--volume", "/:/host"], "--volume"),
         (vec!["--cap-add", "SYS_ADMIN"], "--cap-add"),
         (vec!["--device", "/dev/sda"], "--device"),
         (vec!["--security-opt", "seccomp=unconfined"], "--security-opt"),
         (vec!["-u", "0"], "-u"),
         (vec!["--userns=host"], "--userns"),
         (vec!["--pid", "host"], "--pid"),
-        (vec!["--mount", "type=bind,src=/etc,dst=/etc"], "--mount type=bind"),
-        // Regression: said "unknown option -/" (-v is --verbose, then `/`).
-        (vec!["-v/:/host"], "-v (a bind mount)"),
     ] {
         let mut full = vec!["run", "--runtime", "podman"];
         full.extend(args.iter().copied());
@@ -207,6 +203,20 @@ fn widening_options_are_refused_on_the_command_line() {
             "{args:?}: {err}"
         );
         assert!(err.contains("hint: every ces container runs with no network"), "{err}");
+    }
+    // Binds are the policy's ([run] bind_roots), refused here where it allows none.
+    for args in [
+        vec!["--volume", "/:/host"],
+        vec!["--mount", "type=bind,src=/etc,dst=/etc"],
+        // Regression: said "unknown option -/" (-v is --verbose, then `/`).
+        vec!["-v/:/host"],
+    ] {
+        let mut full = vec!["run", "--runtime", "podman"];
+        full.extend(args.iter().copied());
+        full.push(&w.image);
+        let err = w.ces(&full).fails().to_owned();
+        assert!(err.contains("bind mounts are not allowed on this machine"), "{args:?}: {err}");
+        assert!(err.contains("hint: the operator can allow binds of users' own directories"), "{err}");
     }
     let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-run"), &["--frobnicate", &w.image]));
     assert!(out.fails().contains("error: unknown option --frobnicate on the command line"), "{}", out.stderr);
