@@ -158,7 +158,7 @@ fn workload(targets: &[(String, u16)]) -> String {
     script.push_str(
         "echo LINKS $(ip -o link | wc -l) $(ip -o link | cut -d: -f2); echo ROUTES $(ip route | wc -l); \
          echo READY; nc -l -p 8080 -e sh -c 'echo hello-from-the-container; read line; echo \"got $line\"; \
-         touch /tmp/served'; until [ -e /tmp/served ]; do sleep 0.1; done",
+         touch /scratch/served'; until [ -e /scratch/served ]; do sleep 0.1; done",
     );
     script
 }

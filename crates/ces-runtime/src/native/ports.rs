@@ -245,6 +245,8 @@ fn receive_namespaces(socket: &OwnedFd) -> io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     pid: Pid,
+    /// Closed to tell the forwarder the container has ended.
+    stop: Option<OwnedFd>,
 }
 
 impl Forwarder {
@@ -254,8 +256,9 @@ impl Forwarder {
         let failed = |stage| move |source| PortError::Forwarder { stage, source };
         let (user, net) = receive_namespaces(socket).map_err(failed("receiving the namespaces"))?;
         let (ready_read, ready_write) = super::pipe().map_err(failed("creating a pipe"))?;
+        let (stop_read, stop_write) = super::pipe().map_err(failed("creating a pipe"))?;
         let mut keep: Vec<RawFd> = listeners.listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
-        keep.extend([user.as_raw_fd(), net.as_raw_fd(), ready_write.as_raw_fd()]);
+        keep.extend([user.as_raw_fd(), net.as_raw_fd(), ready_write.as_raw_fd(), stop_read.as_raw_fd()]);
         let routes: Vec<(RawFd, u16)> =
             listeners.listeners.iter().map(|l| (l.fd.as_raw_fd(), l.container_port)).collect();
         // SAFETY: ces runs containers from a single-threaded process (see the
@@ -263,13 +266,13 @@ impl Forwarder {
         match unsafe { libc::fork() } {
             -1 => Err(failed("forking")(io::Error::last_os_error())),
             0 => {
-                let code = child(&keep, &user, &net, &ready_write, &routes);
+                let code = child(&keep, &user, &net, &ready_write, &routes, &stop_read);
                 // SAFETY: leaving the forked child without running ces's exit handlers.
                 unsafe { libc::_exit(code) }
             }
             pid => {
-                let forwarder = Forwarder { pid: Pid::from_raw(pid) };
-                drop(ready_write);
+                let forwarder = Forwarder { pid: Pid::from_raw(pid), stop: Some(stop_write) };
+                drop((ready_write, stop_read));
                 let mut status = [0u8; 4];
                 let n = nix::unistd::read(ready_read.as_raw_fd(), &mut status).unwrap_or(0);
                 match (n, i32::from_le_bytes(status)) {
@@ -284,14 +287,23 @@ impl Forwarder {
 
 impl Drop for Forwarder {
     fn drop(&mut self) {
-        // Its connections end with it; the container has ended (or failed).
-        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        // The container has ended (or failed): the forwarder stops
+        // accepting, relays what the container sent before it ended, and
+        // exits (within DRAIN); killed if it cannot.
+        drop(self.stop.take());
         let _ = nix::sys::wait::waitpid(self.pid, None);
     }
 }
 
 /// The forwarder: set up, report, then serve until killed.
-fn child(keep: &[RawFd], user: &OwnedFd, net: &OwnedFd, ready: &OwnedFd, routes: &[(RawFd, u16)]) -> i32 {
+fn child(
+    keep: &[RawFd],
+    user: &OwnedFd,
+    net: &OwnedFd,
+    ready: &OwnedFd,
+    routes: &[(RawFd, u16)],
+    stop: &OwnedFd,
+) -> i32 {
     let report = |errno: i32| {
         let _ = nix::unistd::write(ready, &errno.to_le_bytes());
     };
@@ -302,16 +314,61 @@ fn child(keep: &[RawFd], user: &OwnedFd, net: &OwnedFd, ready: &OwnedFd, routes:
     report(0);
     // SAFETY: closing the pipe's write end, which nothing else uses.
     unsafe { libc::close(ready.as_raw_fd()) };
-    let mut threads = Vec::new();
     for &(fd, port) in routes {
         // SAFETY: a listening socket this process keeps for its whole life.
         let listener = unsafe { OwnedFd::from_raw_fd(fd) };
-        threads.push(std::thread::Builder::new().stack_size(STACK).spawn(move || serve(listener, port)));
+        // Without the thread, that port is not served (its clients wait).
+        let _ = std::thread::Builder::new().stack_size(STACK).spawn(move || serve(listener, port));
     }
-    for thread in threads.into_iter().flatten() {
-        let _ = thread.join();
-    }
+    // Until ces closes the pipe (or dies: then PR_SET_PDEATHSIG).
+    let mut byte = [0u8; 1];
+    while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(stop.as_raw_fd(), &mut byte) {}
+    ACTIVE.drain(DRAIN);
     0
+}
+
+/// How long the forwarder goes on relaying once the container has ended:
+/// what the container wrote before it ended still reaches the client (its
+/// sockets are closed, the data already sent waits in ours); a client that
+/// keeps its end open is not waited for longer.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The connections being relayed.
+static ACTIVE: Active = Active { count: std::sync::Mutex::new(0), changed: std::sync::Condvar::new() };
+
+struct Active {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl Active {
+    fn add(&self, n: isize) {
+        let mut count = self.count.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *count = count.saturating_add_signed(n);
+        self.changed.notify_all();
+    }
+
+    /// Waits until no connection is left, or `limit` has passed.
+    fn drain(&self, limit: std::time::Duration) {
+        let count = self.count.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self.changed.wait_timeout_while(count, limit, |n| *n > 0);
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct Counted;
+
+impl Counted {
+    fn new() -> Counted {
+        ACTIVE.add(1);
+        Counted
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        ACTIVE.add(-1);
+    }
 }
 
 const STACK: usize = 256 * 1024;
@@ -436,6 +493,7 @@ fn serve(listener: OwnedFd, port: u16) {
 /// Connects to the container's `port` (IPv4 loopback, then IPv6) and
 /// relays; a refused connection closes the client's.
 fn connect_and_relay(client: OwnedFd, port: u16) {
+    let _counted = Counted::new();
     let server =
         TcpStream::connect((Ipv4Addr::LOCALHOST, port)).or_else(|_| TcpStream::connect((Ipv6Addr::LOCALHOST, port)));
     let Ok(server) = server else { return };
