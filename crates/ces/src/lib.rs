@@ -136,6 +136,11 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         // What runs of a ces that crashed left behind (scratch, state).
         commands::run::clean_stale(settings);
     }
+    if matches!(action, Action::Command(Command::Run(_) | Command::Test(_) | Command::Gc | Command::Load(_))) {
+        // Pulls whose ces died: the next writer closes their start (`ces
+        // pull` does so itself, first).
+        commands::audit::close_lost_pulls(settings);
+    }
     let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
     match action {
         // The container's exit code is ces's.
