@@ -19,69 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RootlessWorld, Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Root,
-    /// Root with `SUDO_UID`/`SUDO_GID`/`SUDO_USER` of the test user.
-    Sudo,
-    /// The test user, after `ces system setup`.
-    Rootless,
-}
-
-/// An image pulled, a HOME, and how to run ces in `mode`.
-struct World {
-    sb: Sandbox,
-    image: String,
-    home: PathBuf,
-    mode: Mode,
-    user: TestUser,
-}
-
-impl World {
-    fn new(repo: &str, mode: Mode) -> World {
-        require_root("runs containers, tmux and switches users");
-        if mode == Mode::Rootless {
-            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(repo);
-            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-            return World { sb, image, home, mode, user };
-        }
-        let w = TreWorld::new(repo);
-        if mode == Mode::Sudo {
-            w.for_another_user();
-        }
-        let TreWorld { sb, image, home, .. } = w;
-        World { sb, image, home, mode, user: test_user() }
-    }
-
-    /// `ces ARGS` as this world's mode runs it.
-    fn command(&self, args: &[&str]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_ces");
-        let mut cmd = match self.mode {
-            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
-            Mode::Rootless => {
-                let mut argv = vec![common::user_bin(bin)];
-                argv.extend_from_slice(args);
-                self.user.setpriv(&self.sb, &argv)
-            }
-        };
-        cmd.env("HOME", &self.home);
-        match self.mode {
-            Mode::Sudo => self.user.sudo(&self.sb, cmd),
-            Mode::Root | Mode::Rootless => cmd,
-        }
-    }
-
-    /// `ces run -q OPTIONS IMAGE ARGS`.
-    fn run(&self, options: &[&str], args: &[&str]) -> Command {
-        let mut full = vec!["run", "-q"];
-        full.extend_from_slice(options);
-        full.push(&self.image);
-        full.extend_from_slice(args);
-        self.command(&full)
-    }
-}
+use common::{Mode, World};
 
 fn quote(s: &OsStr) -> String {
     format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"))
@@ -230,7 +168,7 @@ fn start_shell(w: &World, options: &[&str], dir: &Path) -> Tmux {
     let mut all = vec!["-it"];
     all.extend_from_slice(options);
     let script_path = dir.join("ces.sh");
-    script(&w.run(&all, &["sh"]), &script_path);
+    script(&w.run_with(&all, &["sh"]), &script_path);
     let tmux = Tmux::start(100, 30);
     tmux.line(&format!("sh {}; echo ces-\"\"exit=$?", script_path.display()));
     // busybox sh's prompt is `/ # ` for root, `/ $ ` for others.
@@ -363,13 +301,13 @@ fn terminal_session_through_podman() {
 fn a_terminal_needs_a_terminal() {
     let w = World::new("tty/refused", Mode::Root);
     for options in [&["-t"][..], &["-it"], &["--runtime", "podman", "-t"]] {
-        let run = w.sb.run(w.run(options, &["true"]));
+        let run = w.sb.run(w.run_with(options, &["true"]));
         let stderr = run.fails();
         assert!(stderr.contains("-t needs a terminal"), "{stderr}");
         assert!(stderr.contains("hint: run it from a terminal, or drop -t"), "{stderr}");
         assert!(!stderr.contains("Running "), "nothing ran: {stderr}");
     }
-    let plan = w.sb.run(w.run(&["-it", "--dry-run"], &["sh"]));
+    let plan = w.sb.run(w.run_with(&["-it", "--dry-run"], &["sh"]));
     assert!(plan.ok().contains("a pty of the container's own (-t)"), "{}", plan.stdout);
 }
 
@@ -380,7 +318,7 @@ fn piped_stdin_with_i() {
     for mode in [Mode::Root, Mode::Rootless] {
         let w = World::new(&format!("tty/pipe-{}", format!("{mode:?}").to_lowercase()), mode);
         let mut child = w
-            .run(&["-i"], &["wc", "-l"])
+            .run_with(&["-i"], &["wc", "-l"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

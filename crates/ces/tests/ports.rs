@@ -15,92 +15,31 @@ use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RootlessWorld, Sandbox, TEST_USER, TestUser, TreWorld, require_root, test_user};
+use common::{Mode, World, test_user};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Root,
-    /// Root with `SUDO_UID`/`SUDO_GID`/`SUDO_USER` of the test user.
-    Sudo,
-    /// The test user, after `ces system setup`.
-    Rootless,
+/// The common world, named per test and mode; under sudo, HOME is the test
+/// user's (a published socket is made there as the user).
+fn world(test: &str, mode: Mode) -> World {
+    let w = World::new(&mode.repo("ports", test), mode);
+    if mode == Mode::Sudo {
+        test_user().chown(&w.home);
+    }
+    w
 }
 
-struct World {
-    sb: Sandbox,
-    image: String,
-    home: PathBuf,
-    mode: Mode,
-    user: TestUser,
-}
-
-impl World {
-    fn new(test: &str, mode: Mode) -> World {
-        let repo = format!("ports/{test}-{}", format!("{mode:?}").to_lowercase());
-        if mode == Mode::Rootless {
-            let RootlessWorld { sb, image, home, user } = RootlessWorld::new(&repo);
-            sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
-            return World { sb, image, home, mode, user };
-        }
-        require_root("runs containers and switches users");
-        let w = TreWorld::new(&repo);
-        if mode == Mode::Sudo {
-            w.for_another_user();
-            test_user().chown(&w.home);
-        }
-        let TreWorld { sb, image, home, .. } = w;
-        World { sb, image, home, mode, user: test_user() }
-    }
-
-    /// `ces ARGS` as this world's mode runs it.
-    fn command(&self, args: &[&str]) -> Command {
-        let bin = env!("CARGO_BIN_EXE_ces");
-        let mut cmd = match self.mode {
-            Mode::Root | Mode::Sudo => self.sb.command(bin, args),
-            Mode::Rootless => {
-                let mut argv = vec![common::user_bin(bin)];
-                argv.extend_from_slice(args);
-                self.user.setpriv(&self.sb, &argv)
-            }
-        };
-        cmd.env("HOME", &self.home);
-        match self.mode {
-            Mode::Sudo => self.user.sudo(&self.sb, cmd),
-            Mode::Root | Mode::Rootless => cmd,
-        }
-    }
-
-    /// `ces run -q OPTIONS IMAGE ARGS`.
-    fn run(&self, options: &[&str], args: &[&str]) -> Command {
-        let mut full = vec!["run", "-q"];
-        full.extend_from_slice(options);
-        full.push(&self.image);
-        full.extend_from_slice(args);
-        self.command(&full)
-    }
-
-    /// The uid that owns what the run makes on the host.
-    fn owner(&self) -> u32 {
-        match self.mode {
-            Mode::Root => 0,
-            Mode::Sudo | Mode::Rootless => self.user.uid,
-        }
-    }
-
-    fn outputs_dirs(&self) -> Vec<String> {
-        std::fs::read_dir(&self.home)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("outputs_") || n.starts_with("scratch_"))
-            .collect()
-    }
+/// What a run left in HOME: `outputs_*` and `scratch_*` names.
+fn leftovers(w: &World) -> Vec<String> {
+    std::fs::read_dir(&w.home)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("outputs_") || n.starts_with("scratch_"))
+        .collect()
 }
 
 /// A loopback port free now (bound and released).
@@ -212,7 +151,7 @@ fn finish(child: Child) -> (Option<i32>, String) {
 /// every address), nor out to 1.1.1.1, and has only `lo`. The audit record
 /// lists the port.
 fn published_port(mode: Mode) {
-    let w = World::new("tcp", mode);
+    let w = world("tcp", mode);
     let bait = Bait::new();
     let mut targets = vec![("1.1.1.1".to_owned(), 80), ("127.0.0.1".to_owned(), bait.port)];
     if let Some(host) = host_address() {
@@ -221,7 +160,7 @@ fn published_port(mode: Mode) {
     let port = free_port();
     let publish = format!("{port}:8080");
     let mut child = w
-        .run(&["-p", &publish], &["sh", "-c", &workload(&targets)])
+        .run_with(&["-p", &publish], &["sh", "-c", &workload(&targets)])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -262,11 +201,11 @@ fn published_port_rootless() {
 /// `--publish-socket PATH:8080`: a socket of mode 0600 owned by the user,
 /// reaching the container's server, removed at the end.
 fn published_socket(mode: Mode) {
-    let w = World::new("socket", mode);
+    let w = world("socket", mode);
     let socket = w.home.join("app.sock");
     let value = format!("{}:8080", socket.display());
     let mut child = w
-        .run(&["--publish-socket", &value], &["sh", "-c", &workload(&[])])
+        .run_with(&["--publish-socket", &value], &["sh", "-c", &workload(&[])])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -275,7 +214,7 @@ fn published_socket(mode: Mode) {
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
-    assert_eq!(meta.uid(), w.owner());
+    assert_eq!(meta.uid(), w.uid());
     let reply = exchange(|| UnixStream::connect(&socket));
     let (code, stderr) = finish(child);
     assert_eq!(code, Some(0), "{stderr}");
@@ -302,12 +241,12 @@ fn published_socket_rootless() {
 /// write is refused, and a symlink at the path is not followed.
 #[test]
 fn published_socket_under_sudo_is_made_as_the_user() {
-    let w = World::new("socket-as-user", Mode::Sudo);
+    let w = world("socket-as-user", Mode::Sudo);
     let root_only = w.sb.dir.path().join("root-only");
     std::fs::create_dir(&root_only).unwrap();
     std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o755)).unwrap();
     let value = format!("{}:8080", root_only.join("app.sock").display());
-    let out = w.sb.run(w.run(&["--publish-socket", &value], &["true"]));
+    let out = w.sb.run(w.run_with(&["--publish-socket", &value], &["true"]));
     let err = out.fails();
     assert!(err.contains("cannot create the socket"), "{err}");
     assert!(!root_only.join("app.sock").exists());
@@ -316,23 +255,23 @@ fn published_socket_under_sudo_is_made_as_the_user() {
     let link = w.home.join("link.sock");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let value = format!("{}:8080", link.display());
-    let err = w.sb.run(w.run(&["--publish-socket", &value], &["true"])).fails().to_owned();
+    let err = w.sb.run(w.run_with(&["--publish-socket", &value], &["true"])).fails().to_owned();
     assert!(err.contains("already exists"), "{err}");
     assert!(!target.exists(), "the symlink was followed");
-    assert!(w.outputs_dirs().is_empty(), "{:?}", w.outputs_dirs());
+    assert!(leftovers(&w).is_empty(), "{:?}", leftovers(&w));
 }
 
 /// A host port in use: one clear error, before anything of the run exists.
 fn port_in_use(mode: Mode) {
-    let w = World::new("in-use", mode);
+    let w = world("in-use", mode);
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = taken.local_addr().unwrap().port();
     let publish = format!("{port}:8080");
-    let out = w.sb.run(w.run(&["-p", &publish], &["sh", "-c", "echo ran > /safe_outputs/ran"]));
+    let out = w.sb.run(w.run_with(&["-p", &publish], &["sh", "-c", "echo ran > /safe_outputs/ran"]));
     let err = out.fails();
     assert!(err.contains(&format!("error: port 127.0.0.1:{port} is already in use on this host")), "{err}");
     assert!(err.contains("hint: choose another host port"), "{err}");
-    assert!(w.outputs_dirs().is_empty(), "the run started: {:?}", w.outputs_dirs());
+    assert!(leftovers(&w).is_empty(), "the run started: {:?}", leftovers(&w));
     let last = w.sb.audit_records().pop().unwrap();
     assert_eq!(last["event"], "run_not_started", "{last}");
 }
@@ -351,24 +290,24 @@ fn port_in_use_rootless() {
 /// publish_addresses` allows it; the plan lists the ports.
 #[test]
 fn other_addresses_need_the_policy_and_the_plan_lists_ports() {
-    let w = World::new("policy", Mode::Root);
+    let w = world("policy", Mode::Root);
     let socket = w.home.join("s.sock");
     let socket_value = format!("{}:8888", socket.display());
     for value in ["0.0.0.0:8080:80", "192.0.2.77:8080:80"] {
-        let err = w.sb.run(w.run(&["--dry-run", "-p", value], &["true"])).fails().to_owned();
+        let err = w.sb.run(w.run_with(&["--dry-run", "-p", value], &["true"])).fails().to_owned();
         assert!(err.contains("cannot publish a port on"), "{err}");
         assert!(err.contains("hint: publish on loopback"), "{err}");
     }
-    let out = w.sb.run(w.run(&["--dry-run", "-p", "8787:8787", "-p", "[::1]:9000:90/tcp"], &["true"]));
+    let out = w.sb.run(w.run_with(&["--dry-run", "-p", "8787:8787", "-p", "[::1]:9000:90/tcp"], &["true"]));
     let plan = out.ok();
     assert!(plan.contains("port:       127.0.0.1:8787 -> 8787/tcp"), "{plan}");
     assert!(plan.contains("port:       [::1]:9000 -> 90/tcp"), "{plan}");
     assert!(plan.contains("port: 127.0.0.1:8787 -> 8787/tcp (ces listens on the host"), "{plan}");
 
     w.sb.configure("[run]\npublish_addresses = [\"0.0.0.0\"]");
-    let out = w
-        .sb
-        .run(w.run(&["--dry-run", "--json", "-p", "0.0.0.0:8080:80", "--publish-socket", &socket_value], &["true"]));
+    let out = w.sb.run(
+        w.run_with(&["--dry-run", "--json", "-p", "0.0.0.0:8080:80", "--publish-socket", &socket_value], &["true"]),
+    );
     let plan: serde_json::Value = serde_json::from_str(out.ok()).unwrap();
     assert_eq!(
         plan["spec"]["ports"],
@@ -378,34 +317,34 @@ fn other_addresses_need_the_policy_and_the_plan_lists_ports() {
         ])
     );
     assert!(!socket.exists(), "a dry run made the socket");
-    let err = w.sb.run(w.run(&["--dry-run", "-p", "192.0.2.77:8080:80"], &["true"])).fails().to_owned();
+    let err = w.sb.run(w.run_with(&["--dry-run", "-p", "192.0.2.77:8080:80"], &["true"])).fails().to_owned();
     assert!(err.contains("cannot publish a port on 192.0.2.77"), "{err}");
 }
 
 /// Malformed values: one line, and nothing created.
 #[test]
 fn malformed_values_are_refused() {
-    let w = World::new("malformed", Mode::Root);
+    let w = world("malformed", Mode::Root);
     for (value, expected) in [
         ("8080", "give the host port too"),
         ("8080:80/udp", "only TCP"),
         ("8000-8010:8000-8010", "port ranges"),
         ("8080:99999", "a port is a number"),
     ] {
-        let err = w.sb.run(w.run(&["-p", value], &["true"])).fails().to_owned();
+        let err = w.sb.run(w.run_with(&["-p", value], &["true"])).fails().to_owned();
         assert!(err.contains(expected), "{value}: {err}");
     }
-    let err = w.sb.run(w.run(&["-p", "8080:80", "-p", "8080:81"], &["true"])).fails().to_owned();
+    let err = w.sb.run(w.run_with(&["-p", "8080:80", "-p", "8080:81"], &["true"])).fails().to_owned();
     assert!(err.contains("127.0.0.1:8080 is published twice"), "{err}");
-    assert!(w.outputs_dirs().is_empty());
+    assert!(leftovers(&w).is_empty());
 }
 
 /// podman publishes a port only through a network that also lets the
 /// container out: refused, with the way that works.
 #[test]
 fn podman_refuses_published_ports() {
-    let w = World::new("podman", Mode::Root);
-    let out = w.sb.run(w.run(&["--runtime", "podman", "--dry-run", "-p", "8080:80"], &["true"]));
+    let w = world("podman", Mode::Root);
+    let out = w.sb.run(w.run_with(&["--runtime", "podman", "--dry-run", "-p", "8080:80"], &["true"]));
     let err = out.fails();
     assert!(err.contains("publishing ports (-p, --publish-socket) is not supported by the podman runtime"), "{err}");
     assert!(err.contains("hint: use the native runtime"), "{err}");
