@@ -1,8 +1,9 @@
 //! Real apps through `ces run`, in images built from Debian 12 packages
 //! (`ces_testkit::debimage`, cached by content): PostgreSQL with a
 //! published port and a bind-mounted data directory that outlives the run,
-//! and a Jupyter notebook server with token auth that headless Chromium on
-//! the host loads through the published port; an init that starts as root
+//! a Jupyter notebook server with token auth that headless Chromium on
+//! the host loads through the published port, and an R Shiny app whose page
+//! the host fetches through its port; an init that starts as root
 //! and needs tmpfs `/run` and `PASSWORD`, run from option and env files
 //! written as the reference service documents RStudio's. In the same runs the
 //! container's network namespace holds only `lo`, and nothing it tries to
@@ -71,6 +72,24 @@ echo STARTING
 exec python3 -m notebook --no-browser --ip=127.0.0.1 --port=8888 --notebook-dir=/tmp
 "#;
 
+/// A Shiny app (R) on the container's loopback: a page titled `ces shiny`
+/// with a number the server renders.
+const SHINY_ENTRY: &str = r#"#!/bin/bash
+set -eu
+ces-netprobe
+echo STARTING
+exec R --no-save -e "shiny::runApp('/app', host='127.0.0.1', port=3838)"
+"#;
+
+/// The Shiny app's `/app/app.R`.
+const SHINY_APP: &str = r#"library(shiny)
+ui <- fluidPage(titlePanel("ces shiny"), textOutput("n"))
+server <- function(input, output) {
+    output$n <- renderText(6 * 7)
+}
+shinyApp(ui, server)
+"#;
+
 /// Like RStudio Server's init: starts as root, needs a tmpfs on `/run` and
 /// on `/var/lib/rstudio-server` and `PASSWORD` from the env file, then
 /// serves (HTTP basic auth, user `rstudio`) on the container's 8787.
@@ -126,6 +145,19 @@ fn jupyter_image() -> DebImage {
         .user("analyst")
         // The image's files are not the container user's: HOME (Jupyter's
         // runtime and data directories) in /tmp.
+        .env(&["HOME=/tmp"])
+        .workdir("/tmp")
+        .cmd(&["/usr/local/bin/ces-entry"])
+}
+
+fn shiny_image() -> DebImage {
+    let app = format!(
+        "mkdir -p \"$1/app\"\ninstall -m 0644 /dev/stdin \"$1/app/app.R\" <<'EOF'\n{SHINY_APP}EOF\n\
+         chroot \"$1\" useradd --uid 1000 --no-create-home analyst\n"
+    );
+    DebImage::new("shiny", &["r-cran-shiny"])
+        .recipe(&recipe(SHINY_ENTRY, &app))
+        .user("analyst")
         .env(&["HOME=/tmp"])
         .workdir("/tmp")
         .cmd(&["/usr/local/bin/ces-entry"])
@@ -433,6 +465,42 @@ fn jupyter_serves_chromium_on_the_host_with_its_token_as_root() {
 #[test]
 fn jupyter_serves_chromium_on_the_host_with_its_token_rootless() {
     jupyter(Mode::Rootless);
+}
+
+/// The Shiny recipe of docs/interactive.md: `-p PORT:3838`; the page GET
+/// fetches through the port is the app's (its title), and the container
+/// could not connect out.
+fn shiny(mode: Mode) {
+    let (w, image) = world("shiny", mode, &shiny_image());
+    let bait = Bait::new();
+    let probe = format!("CES_PROBE={}", bait.targets.join(" "));
+    let name = format!("shiny-{mode:?}").to_lowercase();
+    let port = free_port();
+    let publish = format!("{port}:3838");
+    let log = w.sb.dir.path().join("shiny.log");
+    let args = ["run", "-q", "-n", &name, "-p", &publish, "-e", &probe, &image];
+    let started = Instant::now();
+    let (mut child, lines) = start(&w, &args, &log);
+    bait.assert_blocked(&lines);
+    let (code, page) = poll("Shiny answered through the port", &mut child, &log, || http_get(port, "/"));
+    eprintln!("apps: shiny ({mode:?}) answered after {:.1?}", started.elapsed());
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("<title>ces shiny</title>"), "not the app's page: {page}");
+    w.ces(&["stop", &name]).ok();
+    // R has no SIGTERM handler: `ces stop`'s SIGTERM ends it, and the run
+    // says so (128+15), as docs/run.md documents.
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{}", std::fs::read_to_string(&log).unwrap());
+}
+
+#[test]
+fn shiny_serves_its_page_through_the_port_as_root() {
+    shiny(Mode::Root);
+}
+
+#[test]
+fn shiny_serves_its_page_through_the_port_rootless() {
+    shiny(Mode::Rootless);
 }
 
 /// The reference service's RStudio recipe, with an app whose init (like
