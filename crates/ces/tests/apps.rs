@@ -14,16 +14,14 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ces_testkit::debimage::{Built, DebImage};
-use common::{Mode, World};
+use common::{Mode, World, free_port};
 
 /// Prints what the workload can reach before the app starts: one `BLOCKED
 /// host:port` or `OPEN host:port` per target of `$CES_PROBE`, then `IFACES`
@@ -192,41 +190,17 @@ fn world(test: &str, mode: Mode, image: &DebImage) -> (World, String) {
     (w, reference)
 }
 
-/// A loopback port free now (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// A listener on every address of the host that counts the connections it
-/// gets, and the targets the workload tries: it, through the host's own
-/// address (the one its default route uses, found without sending a
-/// packet), and 1.1.1.1.
+/// The host listener and the targets the workload's probe tries.
 struct Bait {
-    hits: Arc<AtomicUsize>,
+    bait: common::Bait,
     targets: Vec<String>,
 }
 
 impl Bait {
     fn new() -> Bait {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                counted.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            }
-        });
-        let mut targets = vec!["1.1.1.1:443".to_owned(), format!("127.0.0.1:{port}")];
-        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        if socket.connect((Ipv4Addr::new(1, 1, 1, 1), 53)).is_ok()
-            && let Ok(SocketAddr::V4(a)) = socket.local_addr()
-            && !a.ip().is_loopback()
-        {
-            targets.push(format!("{}:{port}", a.ip()));
-        }
-        Bait { hits, targets }
+        let bait = common::Bait::new();
+        let targets = bait.targets(("1.1.1.1", 443)).into_iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        Bait { bait, targets }
     }
 
     /// Asserts the probe's lines show no connection out and only `lo`, and
@@ -237,7 +211,7 @@ impl Bait {
             assert!(lines.contains(&format!("BLOCKED {target}")), "the workload connected out: {lines:?}");
         }
         assert!(lines.contains(&"IFACES lo".to_owned()), "the container has another interface: {lines:?}");
-        assert_eq!(self.hits.load(Ordering::SeqCst), 0, "the host's listener was reached");
+        assert_eq!(self.bait.hit_count(), 0, "the host's listener was reached");
     }
 }
 

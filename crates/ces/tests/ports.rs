@@ -12,15 +12,13 @@
 mod common;
 
 use std::io::{BufRead as _, BufReader, Read as _};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Mode, World, test_user};
+use common::{Bait, Mode, World, free_port, test_user};
 
 /// The common world, named per test and mode; under sudo, HOME is the test
 /// user's (a published socket is made there as the user).
@@ -40,45 +38,6 @@ fn leftovers(w: &World) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("outputs_") || n.starts_with("scratch_"))
         .collect()
-}
-
-/// A loopback port free now (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// A listener on every address of the host that counts the connections it
-/// gets: the container must never reach it.
-struct Bait {
-    port: u16,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Bait {
-    fn new() -> Bait {
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counted = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                counted.fetch_add(1, Ordering::SeqCst);
-                drop(stream);
-            }
-        });
-        Bait { port, hits }
-    }
-}
-
-/// The host's own non-loopback address (the one its default route uses),
-/// if it has one: no packet is sent to find it.
-fn host_address() -> Option<Ipv4Addr> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    socket.connect((Ipv4Addr::new(1, 1, 1, 1), 53)).ok()?;
-    match socket.local_addr().ok()? {
-        SocketAddr::V4(a) if !a.ip().is_loopback() => Some(*a.ip()),
-        _ => None,
-    }
 }
 
 /// The workload: tries to connect out to each of `targets`, says what
@@ -153,10 +112,7 @@ fn finish(child: Child) -> (Option<i32>, String) {
 fn published_port(mode: Mode) {
     let w = world("tcp", mode);
     let bait = Bait::new();
-    let mut targets = vec![("1.1.1.1".to_owned(), 80), ("127.0.0.1".to_owned(), bait.port)];
-    if let Some(host) = host_address() {
-        targets.push((host.to_string(), bait.port));
-    }
+    let targets = bait.targets(("1.1.1.1", 80));
     let port = free_port();
     let publish = format!("{port}:8080");
     let mut child = w
@@ -175,7 +131,7 @@ fn published_port(mode: Mode) {
         let blocked = format!("BLOCKED {host}:{target_port}");
         assert!(lines.contains(&blocked), "the workload connected out: {lines:?}");
     }
-    assert_eq!(bait.hits.load(Ordering::SeqCst), 0, "the host's listener was reached");
+    assert_eq!(bait.hit_count(), 0, "the host's listener was reached");
     assert!(lines.contains(&"LINKS 1 lo".to_owned()), "the container has another interface: {lines:?}");
     assert!(lines.contains(&"ROUTES 0".to_owned()), "the container has a route: {lines:?}");
 

@@ -541,3 +541,57 @@ impl World {
             .collect()
     }
 }
+
+/// A loopback port free now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// The host's own non-loopback address (the one its default route uses),
+/// if it has one: no packet is sent to find it.
+pub fn host_address() -> Option<std::net::Ipv4Addr> {
+    let socket = std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((std::net::Ipv4Addr::new(1, 1, 1, 1), 53)).ok()?;
+    match socket.local_addr().ok()? {
+        std::net::SocketAddr::V4(a) if !a.ip().is_loopback() => Some(*a.ip()),
+        _ => None,
+    }
+}
+
+/// A listener on every address of the host that counts the connections it
+/// gets: a container must never reach it.
+pub struct Bait {
+    pub port: u16,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Bait {
+    pub fn new() -> Bait {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                drop(stream);
+            }
+        });
+        Bait { port, hits }
+    }
+
+    /// What a workload tries to reach: `outside` (an internet address), the
+    /// listener on the host's loopback and through the host's own address.
+    pub fn targets(&self, outside: (&str, u16)) -> Vec<(String, u16)> {
+        let mut targets = vec![(outside.0.to_owned(), outside.1), ("127.0.0.1".to_owned(), self.port)];
+        if let Some(host) = host_address() {
+            targets.push((host.to_string(), self.port));
+        }
+        targets
+    }
+
+    /// How many connections reached the listener.
+    pub fn hit_count(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
