@@ -468,6 +468,10 @@ pub struct Limits {
     /// The wall-clock limit, seconds, if any (`--time-limit`, `[run] max_time_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<u64>,
+    /// The most the container may write to its own filesystem, bytes, if
+    /// limited (`[run] max_rootfs_writes`, root runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_writes: Option<u64>,
 }
 
 /// How a container ended.
@@ -558,7 +562,14 @@ mod tests {
                 provenance: None,
                 runtime: "native".into(),
                 mounts: Vec::new(),
-                limits: Limits { memory: 1 << 30, cpus: None, pids: Some(4096), shm_size: 64 << 20, time_limit: None },
+                limits: Limits {
+                    memory: 1 << 30,
+                    cpus: None,
+                    pids: Some(4096),
+                    shm_size: 64 << 20,
+                    time_limit: None,
+                    rootfs_writes: None,
+                },
                 env: vec!["PATH".into()],
                 argv: vec!["sleep".into(), "60".into()],
                 ports: Vec::new(),

@@ -11,8 +11,8 @@ pub mod podman;
 pub mod spec;
 
 pub use spec::{
-    Access, ContainerUser, EnvVar, Exit, HostEndpoint, Identity, ImageSpec, Limits, MountKind, MountSpec, ProcessSpec,
-    Publish, RunSpec,
+    Access, ContainerUser, EnvVar, Exit, HostEndpoint, Identity, ImageSpec, Limits, MountKind, MountSpec, Pins,
+    ProcessSpec, Publish, RunSpec,
 };
 
 /// A way to run a [`RunSpec`].

@@ -706,6 +706,7 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
         ports: Vec::new(),
         identity,
         state_dir: dirs.state,
+        pins: Default::default(),
     })
 }
 
@@ -1054,6 +1055,7 @@ mod tests {
                 pids: Some(DEFAULT_PIDS),
                 shm_size: DEFAULT_SHM_SIZE,
                 time_limit: None,
+                rootfs_writes: None,
             },
             identity: Identity { host_uid: 1000, host_gid: 1000 },
         }

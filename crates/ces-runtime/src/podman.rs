@@ -959,10 +959,18 @@ mod tests {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 4 << 30, cpus: Some(1.5), pids: Some(4096), shm_size: 64 << 20, time_limit: None },
+            limits: Limits {
+                memory: 4 << 30,
+                cpus: Some(1.5),
+                pids: Some(4096),
+                shm_size: 64 << 20,
+                time_limit: None,
+                rootfs_writes: None,
+            },
             ports: Vec::new(),
             identity: Identity { host_uid: 1000, host_gid: 1001 },
             state_dir: "/store/runs/x/state".into(),
+            pins: Default::default(),
         }
     }
 

@@ -30,6 +30,35 @@ pub struct RunSpec {
     /// A private directory for the backend's per-run state (bundle, the
     /// copy-on-write layer...); it exists, is empty, and is removed after the run.
     pub state_dir: PathBuf,
+    /// The bind sources as they were checked: open descriptors that the
+    /// native runtime, as root, mounts from instead of the paths.
+    #[serde(skip)]
+    pub pins: Pins,
+}
+
+/// Bind sources held open since they were checked (`O_PATH`): as root, the
+/// native runtime mounts exactly these, never what a path leads to by the
+/// time of the mount (a user who swaps a directory of theirs for a link in
+/// between gets the directory that was checked).
+#[derive(Debug, Clone, Default)]
+pub struct Pins(Vec<(PathBuf, std::sync::Arc<std::os::fd::OwnedFd>)>);
+
+impl Pins {
+    /// Pins `source` to `fd` (the directory it named when checked).
+    pub fn add(&mut self, source: PathBuf, fd: std::sync::Arc<std::os::fd::OwnedFd>) {
+        self.0.retain(|(path, _)| *path != source);
+        self.0.push((source, fd));
+    }
+
+    /// Whether nothing is pinned.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The descriptor `source` was pinned to, if any.
+    pub fn get(&self, source: &std::path::Path) -> Option<&std::os::fd::OwnedFd> {
+        self.0.iter().find(|(path, _)| path == source).map(|(_, fd)| fd.as_ref())
+    }
 }
 
 /// The image a run uses.
@@ -231,6 +260,10 @@ pub struct Limits {
     /// stops the run at it as a `SIGTERM` to ces would.
     #[serde(serialize_with = "optional_seconds")]
     pub time_limit: Option<Duration>,
+    /// The most the container may write to its own filesystem (the
+    /// copy-on-write layer, outside its mounts), in bytes, if limited
+    /// (`[run] max_rootfs_writes`; root only: see the native runtime).
+    pub rootfs_writes: Option<u64>,
 }
 
 fn optional_seconds<S: serde::Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {

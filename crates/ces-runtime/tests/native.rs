@@ -319,7 +319,7 @@ impl Fx {
     }
 
     fn runtime(&self) -> NativeRuntime {
-        NativeRuntime { state_root: self.state_root.clone() }
+        NativeRuntime::new(self.state_root.clone())
     }
 
     /// A run of `args` with the standard mounts: /safe_data (ro), /safe_outputs (rw).
@@ -357,10 +357,18 @@ impl Fx {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 512 * MIB, cpus: None, pids: None, shm_size: 64 * MIB, time_limit: None },
+            limits: Limits {
+                memory: 512 * MIB,
+                cpus: None,
+                pids: None,
+                shm_size: 64 * MIB,
+                time_limit: None,
+                rootfs_writes: None,
+            },
             ports: Vec::new(),
             identity: Identity { host_uid: self.host_uid, host_gid: self.host_gid },
             state_dir,
+            pins: Default::default(),
         }
     }
 
@@ -494,16 +502,43 @@ fn scenario_non_root_user() {
     for expected in ["NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000"] {
         assert!(status.contains(expected), "{expected} not in {status}");
     }
-    assert_eq!(fx.output("uid_map").trim(), "1000 0 1");
+    // Root mode: the container's ids are a block of unprivileged host ids,
+    // the user among them; otherwise the user is mapped onto the
+    // container's root (one host id).
+    let uid_map = if fx.who == Who::Root { "0 1879048192 65536" } else { "1000 0 1" };
+    assert_eq!(fx.output("uid_map").trim(), uid_map);
     let result = fx.output("result");
-    // The image's files belong to the host user the container's user is
-    // (rootless: the invoking user unpacked them; as root mapped to root:
-    // root): it may change them, in its copy-on-write layer. Mapped to
-    // another user than root, the container cannot act as their owner.
-    let etc_write = if fx.who == Who::Sudo { "etc_write=1" } else { "etc_write=0" };
+    // Rootless, the image's files belong to the container's user (the
+    // invoking user unpacked them): it may change them, in its
+    // copy-on-write layer. In root mode they keep the image's owners (root
+    // owns /etc/passwd, not uid 1000); for a sudo user, they are nobody's.
+    let etc_write = if fx.who == Who::Rootless { "etc_write=0" } else { "etc_write=1" };
     for expected in ["unshare=1", etc_write, "data_read=0"] {
         assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
     }
+    fx.assert_clean();
+}
+
+/// A bind source pinned when it was checked: as root (root mode, and root
+/// for a sudo user) the container gets the pinned directory, not what the
+/// path leads to by the time of the mount (a user who swapped a directory
+/// of theirs for a link in between). Rootless, ces cannot mount from a
+/// descriptor: the path is mounted (it can only reach what the user can).
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_pinned_binds() {
+    let fx = Fx::new();
+    let checked = fx.dir.path().join("checked");
+    fs::create_dir(&checked).unwrap();
+    fs::write(checked.join("checked.txt"), "the directory that was checked\n").unwrap();
+    fs::set_permissions(&checked, fs::Permissions::from_mode(0o755)).unwrap();
+    let pin = fs::File::open(&checked).unwrap();
+    let mut spec = fx.sh("ls /safe_data > /safe_outputs/list");
+    // The path now leads elsewhere (to the fixture's data).
+    spec.pins.add(fx.data.clone(), std::sync::Arc::new(pin.into()));
+    assert_eq!(fx.run(&spec), Exit::Code(0));
+    let expected = if fx.who == Who::Rootless { "hello.txt\n" } else { "checked.txt\n" };
+    assert_eq!(fx.output("list"), expected);
     fx.assert_clean();
 }
 
@@ -1102,6 +1137,21 @@ fn non_root_user_rootless() {
 }
 
 #[test]
+fn pinned_binds_as_root() {
+    run_as(Who::Root, "scenario_pinned_binds");
+}
+
+#[test]
+fn pinned_binds_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_pinned_binds");
+}
+
+#[test]
+fn pinned_binds_rootless() {
+    run_as(Who::Rootless, "scenario_pinned_binds");
+}
+
+#[test]
 fn mounts_as_root() {
     run_as(Who::Root, "scenario_mounts");
 }
@@ -1321,10 +1371,16 @@ fn describe_tells_the_plan_and_creates_nothing() {
     let lines = fx.runtime().describe(&spec).unwrap();
     let text = lines.join("\n");
     eprintln!("{text}");
+    let user = match fx.who {
+        Who::Root => "container 0:0 is host 1879048192:1879048192 (root mode: container ids 0-65535 are host ids \
+                      1879048192-1879113727, unprivileged"
+            .to_owned(),
+        Who::Sudo | Who::Rootless => format!("container 0:0 is host {}:{} (single-ID", fx.host_uid, fx.host_gid),
+    };
     for expected in [
         "user, mount, pid, ipc, uts, network and cgroup",
         "loopback only",
-        "container 0:0 is host 0:0",
+        user.as_str(),
         "copy-on-write overlay",
         "mount: /safe_data <- ",
         "(bind, ro)",

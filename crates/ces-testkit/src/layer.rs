@@ -44,9 +44,15 @@ pub enum Entry {
     CharDevice { path: String, major: u32, minor: u32 },
     /// A named pipe.
     Fifo { path: String },
+    /// `entry`, owned by `uid`:`gid` (the others are root's).
+    Owned { entry: Box<Entry>, uid: u64, gid: u64 },
 }
 
 impl Entry {
+    /// This entry, owned by `uid`:`gid`.
+    pub fn owned(self, uid: u64, gid: u64) -> Entry {
+        Entry::Owned { entry: Box::new(self), uid, gid }
+    }
     /// A directory with mode 0755.
     pub fn dir(path: &str) -> Entry {
         Entry::Dir { path: path.into(), mode: 0o755 }
@@ -141,7 +147,8 @@ pub fn busybox_entries() -> Vec<Entry> {
         Entry::dir("etc"),
         Entry::file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"),
         Entry::file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-        Entry::dir("tmp"),
+        // World-writable and sticky, as in every real image.
+        Entry::Dir { path: "tmp".into(), mode: 0o1777 },
     ];
     for applet in [
         "sh", "ls", "cat", "echo", "id", "env", "sleep", "true", "false", "touch", "mkdir", "wc", "wget", "nslookup",
@@ -153,6 +160,10 @@ pub fn busybox_entries() -> Vec<Entry> {
 }
 
 fn write_entry(out: &mut Vec<u8>, entry: &Entry) {
+    write_entry_as(out, entry, (0, 0));
+}
+
+fn write_entry_as(out: &mut Vec<u8>, entry: &Entry, (uid, gid): (u64, u64)) {
     let mut header = tar::Header::new_ustar();
     let (path, data): (&str, &[u8]) = match entry {
         Entry::Dir { path, mode } => {
@@ -189,11 +200,12 @@ fn write_entry(out: &mut Vec<u8>, entry: &Entry) {
             header.set_mode(0o644);
             (path, &[])
         }
+        Entry::Owned { entry, uid, gid } => return write_entry_as(out, entry, (*uid, *gid)),
     };
     set_raw(&mut header.as_old_mut().name, path);
     header.set_size(data.len() as u64);
-    header.set_uid(0);
-    header.set_gid(0);
+    header.set_uid(uid);
+    header.set_gid(gid);
     header.set_mtime(1_700_000_000);
     header.set_cksum();
     out.extend_from_slice(header.as_bytes());

@@ -146,18 +146,20 @@ fn roots(configured: &[String], invoker: &Invoker) -> Vec<PathBuf> {
 }
 
 /// Checks each bind against the policy and resolves its source (see the
-/// module's doc); `cwd` is where relative sources start.
+/// module's doc); `cwd` is where relative sources start. Each comes with the
+/// source directory as it was checked, held open (`O_PATH`): root mounts
+/// that one (see [`ces_runtime::Pins`]).
 pub fn resolve(
     requests: &[BindRequest],
     bind_roots: &[String],
     invoker: &Invoker,
     cwd: &Path,
-) -> Result<Vec<MountSpec>, PolicyError> {
+) -> Result<Vec<(MountSpec, std::sync::Arc<rustix::fd::OwnedFd>)>, PolicyError> {
     if requests.is_empty() {
         return Ok(Vec::new());
     }
     let roots = roots(bind_roots, invoker);
-    let mut mounts: Vec<MountSpec> = Vec::new();
+    let mut mounts: Vec<(MountSpec, std::sync::Arc<rustix::fd::OwnedFd>)> = Vec::new();
     for request in requests {
         let refuse = |problem| PolicyError::Bind {
             bind: request.source.clone(),
@@ -169,22 +171,26 @@ pub fn resolve(
         }
         let destination = ces_runtime::plan::check_tmpfs_destination(&request.destination)
             .map_err(|_| refuse(Problem::Destination))?;
-        if mounts.iter().any(|m| m.destination == destination) {
+        if mounts.iter().any(|(m, _)| m.destination == destination) {
             return Err(refuse(Problem::Taken));
         }
         let source = cwd.join(&request.source);
         let uid = invoker.identity.host_uid;
-        let real = crate::identity::as_invoker(|| check_source(&source, &roots, uid))
+        let (real, pin) = crate::identity::as_invoker(|| check_source(&source, &roots, uid))
             .map_err(|_| refuse(Problem::Missing))?
             .map_err(refuse)?;
-        mounts.push(MountSpec { destination, kind: MountKind::Bind { source: real }, access: request.access });
+        mounts.push((
+            MountSpec { destination, kind: MountKind::Bind { source: real }, access: request.access },
+            std::sync::Arc::new(pin),
+        ));
     }
     Ok(mounts)
 }
 
 /// As the user: the source's real path, checked to lie under a root, opened
-/// from that root without following any link, and owned by `uid`.
-fn check_source(source: &Path, roots: &[PathBuf], uid: u32) -> Result<PathBuf, Problem> {
+/// from that root without following any link, and owned by `uid`; with it,
+/// the directory so opened.
+fn check_source(source: &Path, roots: &[PathBuf], uid: u32) -> Result<(PathBuf, rustix::fd::OwnedFd), Problem> {
     let real = std::fs::canonicalize(source).map_err(|_| Problem::Missing)?;
     let (root, relative) = roots
         .iter()
@@ -214,7 +220,7 @@ fn check_source(source: &Path, roots: &[PathBuf], uid: u32) -> Result<PathBuf, P
     if stat.st_uid != uid {
         return Err(Problem::NotOwned);
     }
-    Ok(real)
+    Ok((real, fd))
 }
 
 #[cfg(test)]
@@ -270,8 +276,8 @@ mod tests {
         let req =
             |src: &str, dst: &str| BindRequest { source: src.into(), destination: dst.into(), access: Access::Rw };
         let ok = resolve(&[req("data", "/data"), req("inside/sub", "/sub")], &roots, &me, &home).unwrap();
-        assert_eq!(ok[0].kind, MountKind::Bind { source: std::fs::canonicalize(home.join("data")).unwrap() });
-        assert_eq!(ok[1].kind, MountKind::Bind { source: std::fs::canonicalize(home.join("data/sub")).unwrap() });
+        assert_eq!(ok[0].0.kind, MountKind::Bind { source: std::fs::canonicalize(home.join("data")).unwrap() });
+        assert_eq!(ok[1].0.kind, MountKind::Bind { source: std::fs::canonicalize(home.join("data/sub")).unwrap() });
         for (request, expected) in [
             (req("escape", "/x"), Problem::OutsideRoots),
             (req(outside.to_str().unwrap(), "/x"), Problem::OutsideRoots),

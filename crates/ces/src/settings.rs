@@ -57,6 +57,37 @@ pub struct RunConfig {
     /// none gets this one.
     #[serde(default, deserialize_with = "duration")]
     pub max_time_limit: Option<std::time::Duration>,
+    /// Root mode (ces run by root for itself): the first of the 65536 host
+    /// ids a container's ids are, a block no host user or other program
+    /// uses [default: 1879048192, `0x70000000`].
+    #[serde(default, deserialize_with = "root_id_base")]
+    pub root_id_base: Option<u32>,
+    /// The most a root-mode or sudo run may write to the container's own
+    /// filesystem (outside its mounts), as `--shm-size` sizes are written
+    /// (`"8g"`): that layer is then a tmpfs of this size, counted in the
+    /// run's memory. None: unlimited, on the store's file system.
+    #[serde(default, deserialize_with = "size")]
+    pub max_rootfs_writes: Option<u64>,
+}
+
+/// A size as `--shm-size` takes it (`512m`, `8g`).
+fn size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    ces_runtime::plan::parse_size("max_rootfs_writes", &text).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `[run] root_id_base`: a block that holds neither host root nor the ids of
+/// the usual users, nor `-1`.
+fn root_id_base<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let base = <u32 as serde::Deserialize>::deserialize(deserializer)?;
+    if ces_runtime::native::idmap::valid_base(base) {
+        Ok(Some(base))
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{base}..{} cannot be root mode's ids: the block of 65536 must start at 65536 or above and end below 4294967295",
+            u64::from(base) + 65_536
+        )))
+    }
 }
 
 /// A duration as `--time-limit` takes it (`90s`, `30m`, `6h`, `1h30m`).

@@ -491,6 +491,7 @@ fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
     gc.ok();
     assert!(!gc.stderr.contains("WARN") && !gc.stderr.contains("still mounted"), "{}", gc.stderr);
     assert_no_run_left(&w.sb.store);
+    assert!(!std::path::Path::new("/run/ces").join(&id).exists(), "the run's mount points are removed");
     assert!(!sleeper_alive(), "the container was stopped");
     assert!(outputs.join("up").is_file(), "outputs are kept");
 

@@ -179,3 +179,101 @@ fn a_rootless_store_is_its_owners_only() {
         assert_eq!((meta.uid(), meta.mode() & 0o7777), (user.uid, 0o700), "{sub}");
     }
 }
+
+/// Root mode (root runs ces for itself): the container's processes are not
+/// host root but ids of an unprivileged block (`[run] root_id_base`,
+/// 0x70000000 by default) with no host group, seen from the host, and the
+/// container's own map says so; the image's user (1000) is the block's
+/// 1000, still writes `/safe_outputs` (root's on the host, as before), and
+/// still gets the stop signal ces passes on. Before, the container's root
+/// was host uid 0 (`0 0 1`).
+#[test]
+fn a_root_mode_container_runs_as_unprivileged_host_ids() {
+    require_root("runs a root-mode container");
+    let image = ces_testkit::busybox_image().user("1000:1000");
+    let w = TreWorld::with("host/root-ids", &image, "");
+    let script = "cat /proc/self/uid_map /proc/self/gid_map > /safe_outputs/maps; exec sleep 3137";
+    let mut ces = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "-q", &w.image, "sh", "-c", script]);
+    let child = ces.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // The workload, found by its arguments once it runs: its real,
+    // effective, saved and file-system uids, gids and groups on the host.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let found: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| {
+                let dir = e.ok()?.path();
+                (std::fs::read(dir.join("cmdline")).ok()? == b"sleep\x003137\x00")
+                    .then(|| std::fs::read_to_string(dir.join("status")).unwrap_or_default())
+            })
+            .collect();
+        if let [status] = &found[..] {
+            break status.clone();
+        }
+        assert!(found.is_empty(), "one workload process: {found:?}");
+        assert!(std::time::Instant::now() < deadline, "the container did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let field = |name: &str| -> Vec<u32> {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        line.split_whitespace().skip(1).map(|id| id.parse().unwrap()).collect()
+    };
+    assert_eq!(field("Uid:"), [0x7000_0000 + 1000; 4], "{status}");
+    assert_eq!(field("Gid:"), [0x7000_0000 + 1000; 4], "{status}");
+    assert_eq!(field("Groups:"), Vec::<u32>::new(), "no host group: {status}");
+    assert_eq!(out.status.code(), Some(143), "SIGTERM reached the workload: {stderr}");
+    let outputs = w.home.join(
+        std::fs::read_dir(&w.home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .find(|n| n.to_string_lossy().starts_with("outputs_"))
+            .unwrap(),
+    );
+    let maps = std::fs::read_to_string(outputs.join("maps")).unwrap();
+    let maps: Vec<String> = maps.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect();
+    assert_eq!(maps, ["0 1879048192 65536", "0 1879048192 65536"], "{stderr}");
+    let meta = std::fs::metadata(outputs.join("maps")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the outputs are root's on the host");
+}
+
+/// Root mode: the image's files keep their owners in the container, so the
+/// image's user (1000, as `USER analyst` makes it) may write its home; before,
+/// root mode showed it as nobody's (65534) and every write failed.
+#[test]
+fn a_root_mode_image_user_owns_its_home() {
+    require_root("runs a root-mode container");
+    let image = ImageSpec::new(vec![
+        Layer::new(busybox_entries()),
+        Layer::new(vec![Entry::dir("home"), Entry::dir("home/analyst").owned(1000, 1000)]),
+    ])
+    .env(&["PATH=/bin", "HOME=/home/analyst"])
+    .user("1000:1000");
+    let w = TreWorld::with("host/root-home", &image, "");
+    let script = "touch \"$HOME/.cache\" && ls -ldn \"$HOME\" /etc/passwd | while read -r mode links uid gid rest; \
+                  do echo \"$uid:$gid\"; done; echo x >> /etc/passwd || echo refused";
+    let run = w.ces(&["run", "-q", &w.image, "sh", "-c", script]);
+    assert_eq!(run.ok().lines().collect::<Vec<_>>(), ["0:0", "1000:1000", "refused"], "{}", run.stderr);
+}
+
+/// `[run] max_rootfs_writes`: what a root-mode run writes to its own
+/// filesystem (outside its mounts) stops at the limit with "no space left",
+/// instead of filling the store's file system for every later pull and run;
+/// `/safe_outputs` is not counted. The plan says so.
+#[test]
+fn a_root_run_cannot_write_more_than_the_limit_to_its_own_filesystem() {
+    require_root("runs a root-mode container");
+    let w = TreWorld::with("host/cow-limit", &ces_testkit::busybox_image(), "[run]\nmax_rootfs_writes = \"8m\"");
+    let plan = w.ces(&["run", "--dry-run", &w.image]);
+    assert!(plan.ok().contains("its writes limited to 8 MiB"), "{}", plan.stdout);
+    let script = "dd if=/dev/zero of=/tmp/big bs=1M count=16 2>/dev/null; echo \"rootfs=$?\"; \
+                  dd if=/dev/zero of=/safe_outputs/big bs=1M count=16 2>/dev/null; echo \"outputs=$?\"";
+    let run = w.ces(&["run", "-q", &w.image, "sh", "-c", script]);
+    assert_eq!(run.ok().lines().collect::<Vec<_>>(), ["rootfs=1", "outputs=0"], "{}", run.stderr);
+}

@@ -127,6 +127,10 @@ pub(crate) struct CesInit {
     /// Published ports: the socket to send the namespaces to ces on (see
     /// [`super::ports`]).
     ports_socket: Option<RawFd>,
+    /// Whether the container's user namespace maps the workload's user
+    /// (root mode's block, see [`super::idmap`]): the workload then switches
+    /// to it directly, instead of in a user namespace of its own.
+    user_mapped: bool,
 }
 
 impl CesInit {
@@ -138,13 +142,19 @@ impl CesInit {
         tun_socket: Option<RawFd>,
     ) -> CesInit {
         let user = (user != (0, 0)).then_some(user);
-        CesInit { report_fd, user, workload_capabilities, seccomp, tun_socket, ports_socket: None }
+        CesInit { report_fd, user, workload_capabilities, seccomp, tun_socket, ports_socket: None, user_mapped: false }
     }
 
     /// Sends the container's user and network namespaces on `socket` before
     /// the workload exists (published ports).
     pub(crate) fn with_ports_socket(mut self, socket: Option<RawFd>) -> CesInit {
         self.ports_socket = socket;
+        self
+    }
+
+    /// The workload's user is mapped in the container (root mode's block).
+    pub(crate) fn with_user_mapped(mut self, mapped: bool) -> CesInit {
+        self.user_mapped = mapped;
         self
     }
 }
@@ -180,8 +190,16 @@ impl Executor for CesInit {
         // A root workload keeps the container's capabilities (without the
         // setup ones); another user keeps only CAP_SETFCAP until it has its
         // own user namespace, and has none once it switches to its user.
+        // Mapped here (root mode's block), it switches with CAP_SETUID and
+        // CAP_SETGID, and PID 1 keeps CAP_KILL to pass signals on to it (it
+        // is another uid than PID 1's).
         let keep = match self.user {
             None => self.workload_capabilities,
+            // Root with another group: as root (the group alone changes).
+            Some((0, _)) if self.user_mapped => self.workload_capabilities,
+            Some(_) if self.user_mapped => {
+                1 << super::oci::CAP_SETUID | 1 << super::oci::CAP_SETGID | 1 << super::oci::CAP_KILL
+            }
             Some(_) => 1 << super::oci::CAP_SETFCAP,
         };
         drop_setup_capabilities(keep)
@@ -221,7 +239,11 @@ impl Executor for CesInit {
                     unsafe { libc::_exit(126) }
                 }
                 if let Some((uid, gid)) = self.user
-                    && let Err(e) = become_user(uid, gid, &self.seccomp)
+                    && let Err(e) = if self.user_mapped {
+                        switch_user(uid, gid, &self.seccomp)
+                    } else {
+                        become_user(uid, gid, &self.seccomp)
+                    }
                 {
                     write_report(self.report_fd, Report::UserFailed(e.raw_os_error().unwrap_or(libc::EPERM)));
                     // SAFETY: see run_workload.
@@ -313,6 +335,23 @@ fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<
     // SAFETY: plain set*id calls; single-threaded process.
     unsafe {
         if libc::setresgid(gid, gid, gid) != 0 || libc::setresuid(uid, uid, uid) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    load_seccomp(seccomp)
+}
+
+/// Switches the calling (forked, single-threaded) process to `uid`:`gid`,
+/// mapped in the container's user namespace, with no supplementary group
+/// (none of root's: the container's root keeps none of the host's either),
+/// and loads the seccomp profile. Leaving uid 0 drops every capability.
+fn switch_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<()> {
+    // SAFETY: plain set*id calls; single-threaded process.
+    unsafe {
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setresgid(gid, gid, gid) != 0
+            || libc::setresuid(uid, uid, uid) != 0
+        {
             return Err(io::Error::last_os_error());
         }
     }
@@ -542,9 +581,8 @@ fn drop_setup_capabilities(keep: u64) -> io::Result<()> {
 
 /// PID 1 keeps only `CAP_KILL` (to signal a workload that changed its uid).
 fn keep_only_cap_kill() {
-    const CAP_KILL: u32 = 5;
     if let Ok(permitted) = capget() {
-        let _ = capset(permitted & 1 << CAP_KILL);
+        let _ = capset(permitted & 1 << super::oci::CAP_KILL);
     }
 }
 

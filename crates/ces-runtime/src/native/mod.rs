@@ -24,6 +24,7 @@
 //!    the record.
 
 pub(crate) mod cgroups;
+pub mod idmap;
 mod init;
 mod observe;
 mod oci;
@@ -60,6 +61,7 @@ use crate::spec::{Access, Exit, MountKind, RunSpec};
 use crate::{Runtime, RuntimeError};
 
 use cgroups::{ContainerCgroup, Hierarchy};
+use idmap::Extent;
 use init::{CesInit, Report};
 use oci::{Layout, Overlay};
 use rootfs::{OverlayMount, RunDirs};
@@ -71,6 +73,17 @@ pub struct NativeRuntime {
     /// libcontainer's state root (one per user), e.g. `<store>/containers`:
     /// a directory per running container, and ces's run records.
     pub state_root: PathBuf,
+    /// Root mode (ces is root for itself, not for a sudo user): the first
+    /// of the host ids the container's ids `0..`[`idmap::RANGE`] are
+    /// ([`idmap`]); [`idmap::DEFAULT_BASE`] unless configured.
+    pub root_id_base: u32,
+}
+
+impl NativeRuntime {
+    /// The runtime with state root `state_root` and the default id block.
+    pub fn new(state_root: PathBuf) -> NativeRuntime {
+        NativeRuntime { state_root, root_id_base: idmap::DEFAULT_BASE }
+    }
 }
 
 /// What to observe of a run besides its exit (`ces test`).
@@ -125,6 +138,30 @@ pub enum NativeError {
         path: PathBuf,
         /// The host user.
         uid: u32,
+    },
+    /// Root mode's id block is not usable.
+    #[error(
+        "host ids {0}.. cannot be the ids of a root-mode container (the block must start at 65536 or above and end below 4294967295)"
+    )]
+    IdBase(u32),
+    /// Root mode's id block is someone's.
+    #[error(
+        "host ids {base}..{} cannot be a root-mode container's: {user} uses them; hint: set [run] root_id_base to a free block",
+        u64::from(*base) + 65_535
+    )]
+    IdBlockInUse {
+        /// The block's first id.
+        base: u32,
+        /// Who uses it.
+        user: String,
+    },
+    /// Root mode maps the container's ids 0..65536 only.
+    #[error("the container's user {uid}:{gid} is beyond the ids a root-mode container has (0-65535)")]
+    UserBeyondRange {
+        /// The user's uid.
+        uid: u32,
+        /// Its gid.
+        gid: u32,
     },
     /// The run's state directory must exist, be empty and not be `/`: ces
     /// creates (and removes) fixed names in it.
@@ -181,13 +218,60 @@ impl Privilege {
     }
 }
 
+/// How the container's ids are host ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mapping {
+    /// One id: the container's root is `spec.identity` (rootless, and
+    /// root for a sudo user); its user is mapped onto it (see [`init`]).
+    Single,
+    /// Root mode: the container's ids `0..RANGE` are the host's
+    /// `base..base + RANGE` ([`idmap`]).
+    Block { base: u32 },
+}
+
+impl Mapping {
+    fn for_run(privilege: Privilege, spec: &RunSpec, base: u32) -> Result<Mapping, NativeError> {
+        if privilege != Privilege::Root || spec.identity.host_uid != 0 {
+            return Ok(Mapping::Single);
+        }
+        if !idmap::valid_base(base) {
+            return Err(NativeError::IdBase(base));
+        }
+        if let Some(user) = idmap::block_user(base) {
+            return Err(NativeError::IdBlockInUse { base, user });
+        }
+        let user = spec.process.user;
+        if user.uid >= idmap::RANGE || user.gid >= idmap::RANGE {
+            return Err(NativeError::UserBeyondRange { uid: user.uid, gid: user.gid });
+        }
+        Ok(Mapping::Block { base })
+    }
+
+    /// The host uid and gid of the container's root, and how many ids the
+    /// container has from there.
+    fn ids(&self, spec: &RunSpec) -> (u32, u32, u32) {
+        match *self {
+            Mapping::Single => (spec.identity.host_uid, spec.identity.host_gid, 1),
+            Mapping::Block { base } => (base, base, idmap::RANGE),
+        }
+    }
+
+    /// The host ids of the container's user (the workload).
+    fn user(&self, spec: &RunSpec) -> (u32, u32) {
+        match *self {
+            Mapping::Single => (spec.identity.host_uid, spec.identity.host_gid),
+            Mapping::Block { base } => (base + spec.process.user.uid, base + spec.process.user.gid),
+        }
+    }
+}
+
 impl Runtime for NativeRuntime {
     fn name(&self) -> &'static str {
         "native"
     }
 
     fn describe(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError> {
-        Ok(describe(spec, Privilege::current(), Hierarchy::detect().ok().as_ref()))
+        Ok(describe(spec, Privilege::current(), self.root_id_base, Hierarchy::detect().ok().as_ref()))
     }
 
     fn run(&self, spec: &RunSpec) -> Result<Exit, RuntimeError> {
@@ -257,10 +341,15 @@ impl NativeRuntime {
             rootfs::check_overlay_path(path)
                 .map_err(|p| start_error("preparing the root filesystem")(NativeError::OverlayPath(p)))?;
         }
+        let mapping = Mapping::for_run(privilege, spec, self.root_id_base)
+            .map_err(start_error("mapping the container's user"))?;
         // As root, the container's processes are the mapped host user: they
         // must be able to reach the rootfs, and they keep that user's groups.
-        let groups = match privilege {
-            Privilege::Root if spec.identity.host_uid != 0 => {
+        let groups = match mapping {
+            // Root mode: the block's root reaches what it needs under
+            // `/run/ces/<id>` ([`idmap::Mounts`]), with none of root's groups.
+            Mapping::Block { .. } => Some(Vec::new()),
+            Mapping::Single if privilege == Privilege::Root && spec.identity.host_uid != 0 => {
                 let groups = user_groups(spec.identity.host_uid, spec.identity.host_gid);
                 fs::set_permissions(&spec.state_dir, fs::Permissions::from_mode(0o711))
                     .map_err(io_error(&spec.state_dir))?;
@@ -305,6 +394,7 @@ impl NativeRuntime {
             mount_points,
             cgroup: &cgroup,
             privilege,
+            mapping,
             groups: groups.as_deref(),
             observe,
             listeners,
@@ -338,6 +428,7 @@ struct Run<'a> {
     mount_points: Vec<(&'a str, bool)>,
     cgroup: &'a ContainerCgroup,
     privilege: Privilege,
+    mapping: Mapping,
     groups: Option<&'a [u32]>,
     /// `None`: the exit alone (not even the peak memory and the lost writes).
     observe: Option<Observe>,
@@ -351,33 +442,91 @@ struct Run<'a> {
 impl Run<'_> {
     /// Returns the result and whether the container (and its mounts) are gone.
     fn prepare_and_run(&self) -> (Result<Observed, RuntimeError>, bool) {
-        let overlay = &self.overlay;
+        let mut overlay = self.overlay.clone();
         let root = self.privilege == Privilege::Root;
-        if let Err(e) = self.dirs.create(&overlay.lower, root) {
-            return (Err(start_error("preparing the root filesystem")(e.into())), true);
+        let owner_shift = match self.mapping {
+            Mapping::Block { base } => Some(base),
+            Mapping::Single => root.then_some(0),
+        };
+        // Pinned bind sources are cloned in the namespace they are in.
+        let mut trees = match root.then(|| self.clone_pinned()).transpose() {
+            Ok(trees) => trees.unwrap_or_default(),
+            Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
+        };
+        // As root, everything ces mounts is in a mount namespace of its own.
+        if root && let Err(e) = rootfs::private_mount_namespace() {
+            return (Err(start_error("mounting the root filesystem")(e.into())), true);
         }
+        let layer_size = self.spec.limits.rootfs_writes.filter(|_| root);
+        // Dropped last: the overlay goes before its upper layer.
+        let layer = match self.dirs.create(&overlay.lower, owner_shift, layer_size) {
+            Ok(layer) => layer,
+            Err(e) => return (Err(start_error("preparing the root filesystem")(e.into())), true),
+        };
+        // Dropped after `mount`: the overlay goes before its lower layer.
+        let mut idmapped = None;
+        let mut spec = std::borrow::Cow::Borrowed(self.spec);
+        let mut rootfs = self.dirs.rootfs.clone();
+        let mut tun = self.observe_network().then(|| PathBuf::from(oci::TUN_PATH));
         let mut mount = None;
         if root {
-            match OverlayMount::mount(overlay, &self.dirs.rootfs) {
+            if let Mapping::Block { base } = self.mapping {
+                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                    Ok(mounts) => mounts,
+                    Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
+                });
+                match self.idmap(base, mounts, &mut trees) {
+                    Ok((lower, mapped, mapped_rootfs)) => {
+                        overlay.lower = lower;
+                        spec = std::borrow::Cow::Owned(mapped);
+                        rootfs = mapped_rootfs;
+                    }
+                    Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
+                }
+                if tun.is_some() {
+                    let node = self.dirs.bundle.join("tun");
+                    match mounts.device(&node, "tun", (oci::TUN_MAJOR, oci::TUN_MINOR), (base, base)) {
+                        Ok(path) => tun = Some(path),
+                        Err(e) => return (Err(start_error("observing the network")(e.into())), true),
+                    }
+                }
+            }
+            if self.mapping == Mapping::Single && !self.spec.pins.is_empty() {
+                // Root for a sudo user: the binds from what was checked.
+                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                    Ok(mounts) => mounts,
+                    Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
+                });
+                match self.pinned_binds(mounts, &mut trees) {
+                    Ok(pinned) => spec = std::borrow::Cow::Owned(pinned),
+                    Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
+                }
+            }
+            match OverlayMount::mount(&overlay, &rootfs) {
                 Ok(m) => mount = Some(m),
                 Err(e) => return (Err(start_error("mounting the root filesystem")(e.into())), true),
             }
-            if let Err(e) = rootfs::create_mount_points(&self.dirs.rootfs, &self.mount_points) {
+            let owner = match self.mapping {
+                Mapping::Block { base } => Some((base, base)),
+                Mapping::Single => None,
+            };
+            if let Err(e) = rootfs::create_mount_points(&rootfs, &self.mount_points, owner) {
                 return (Err(start_error("preparing the root filesystem")(e.into())), true);
             }
-        } else if let Err(e) = rootfs::create_in_upper(overlay, &self.spec.process.cwd) {
+        } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.process.cwd) {
             return (Err(start_error("preparing the root filesystem")(e.into())), true);
         }
         let layout = Layout {
-            rootfs: self.dirs.rootfs.clone(),
+            rootfs,
             overlay_mount: (!root).then(|| overlay.clone()),
             cgroup_path: self.cgroup.path.clone(),
             limits_in_spec: root,
             swap_accounting: self.cgroup.swap_accounting(),
             cgroup_mounts: self.cgroup.hierarchy.container_mounts(),
-            tun: self.observe_network(),
+            tun,
+            ids: self.mapping.ids(self.spec),
         };
-        let written = oci::build(self.spec, &layout)
+        let written = oci::build(&spec, &layout)
             .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
             .map_err(|e| start_error("writing the OCI spec")(e.into()));
         let (mut result, mut removed) = match written {
@@ -396,7 +545,86 @@ impl Run<'_> {
             tracing::warn!(error = %e, "cannot unmount the container's root filesystem");
             removed = false;
         }
+        if let Some(mut mounts) = idmapped
+            && let Err(e) = mounts.unmount()
+        {
+            tracing::warn!(error = %e, "cannot unmount the container's idmapped mounts");
+            removed = false;
+        }
+        if let Some(mut layer) = layer
+            && let Err(e) = layer.unmount()
+        {
+            tracing::warn!(error = %e, "cannot unmount the container's copy-on-write layer");
+            removed = false;
+        }
         (result, removed)
+    }
+
+    /// The spec with each bind mount's source (or, if given, what it was
+    /// pinned to: see [`crate::spec::Pins`]) cloned under `mounts`, idmapped
+    /// as `ids` says if given, read-only mounts read-only, all `nosuid` and
+    /// `nodev` (root only).
+    fn pinned_binds(&self, mounts: &mut idmap::Mounts, trees: &mut [Option<OwnedFd>]) -> io::Result<RunSpec> {
+        let mut spec = self.spec.clone();
+        for (i, m) in spec.mounts.iter_mut().enumerate() {
+            let attrs = bind_attrs(m.access);
+            if let MountKind::Bind { source } = &mut m.kind {
+                let name = format!("bind-{i}");
+                *source = match trees.get_mut(i).and_then(Option::take) {
+                    Some(tree) => mounts.attach(&tree, source, &name)?,
+                    None => mounts.mount(source, &name, self.bind_ids(), attrs)?,
+                };
+            }
+        }
+        Ok(spec)
+    }
+
+    /// How the bind mounts' ids are mapped: in root mode, what the invoking
+    /// user owns is the workload's, both ways ([`idmap`]); otherwise as
+    /// they are.
+    fn bind_ids(&self) -> Option<(Extent, Extent)> {
+        let Mapping::Block { .. } = self.mapping else { return None };
+        let (uid, gid) = self.mapping.user(self.spec);
+        let uids = Extent { inside: self.spec.identity.host_uid, outside: uid, count: 1 };
+        let gids = Extent { inside: self.spec.identity.host_gid, outside: gid, count: 1 };
+        Some((uids, gids))
+    }
+
+    /// A detached clone of each pinned bind source (by the mount's index),
+    /// made before ces leaves the namespace the pins' mounts are in.
+    fn clone_pinned(&self) -> io::Result<Vec<Option<OwnedFd>>> {
+        let ids = self.bind_ids();
+        self.spec
+            .mounts
+            .iter()
+            .map(|m| match &m.kind {
+                MountKind::Bind { source } => match self.spec.pins.get(source) {
+                    Some(pin) => idmap::clone(source, Some(pin), ids, bind_attrs(m.access)).map(Some),
+                    None => Ok(None),
+                },
+                MountKind::Tmpfs { .. } => Ok(None),
+            })
+            .collect()
+    }
+
+    /// Root mode: the image's root filesystem and the bind mounts' sources,
+    /// idmapped in `/run/ces/<id>` ([`idmap`]). Returns the overlay's lower
+    /// layer, the spec with the binds' new sources, and where the overlay
+    /// goes.
+    fn idmap(
+        &self,
+        base: u32,
+        mounts: &mut idmap::Mounts,
+        trees: &mut [Option<OwnedFd>],
+    ) -> io::Result<(PathBuf, RunSpec, PathBuf)> {
+        let block = Extent { inside: 0, outside: base, count: idmap::RANGE };
+        let lower = mounts.mount(&self.overlay.lower, "lower", Some((block, block)), idmap::READ_ONLY)?;
+        let spec = self.pinned_binds(mounts, trees)?;
+        let rootfs = mounts.mount_point("rootfs", true)?;
+        rootfs::check_searchable(&rootfs, base, &[]).map_err(|path| {
+            io::Error::new(io::ErrorKind::PermissionDenied, NativeError::NotSearchable { path, uid: base }.to_string())
+        })?;
+        Ok((lower, spec, rootfs))
     }
 
     fn observe_network(&self) -> bool {
@@ -527,7 +755,8 @@ impl Run<'_> {
                     seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
                     tun_socket,
                 )
-                .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd)),
+                .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd))
+                .with_user_mapped(matches!(self.mapping, Mapping::Block { .. })),
             )
             .with_root_path(&self.runtime.state_root)?;
         // Never ces's own: see `wait`. libcontainer takes a console socket
@@ -563,7 +792,7 @@ impl Run<'_> {
         // As root, the pipes are the container's user's, as a rootless
         // run's are: `/dev/stdout` (a reopen through /proc/self/fd) works.
         if self.privilege == Privilege::Root {
-            let ids = (self.spec.identity.host_uid, self.spec.identity.host_gid);
+            let ids = self.mapping.user(self.spec);
             [Some(&stdout), Some(&stderr), stdin_write.as_ref()]
                 .into_iter()
                 .flatten()
@@ -595,6 +824,14 @@ impl Run<'_> {
         ports::Forwarder::start(listeners, &channel)
             .map(Some)
             .map_err(|e| start_error("publishing the ports")(e.into()))
+    }
+}
+
+/// The attributes of a bind mount's clone (locked in the container).
+fn bind_attrs(access: Access) -> u64 {
+    match access {
+        Access::Ro => idmap::READ_ONLY,
+        Access::Rw => idmap::NO_SUID_DEV,
     }
 }
 
@@ -779,16 +1016,10 @@ fn set_thread_groups(groups: &[u32]) -> io::Result<()> {
     Ok(())
 }
 
-fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>) -> Vec<String> {
+fn describe(spec: &RunSpec, privilege: Privilege, root_id_base: u32, hierarchy: Option<&Hierarchy>) -> Vec<String> {
     let user = spec.process.user;
-    let mut lines = vec![
-        format!(
-            "runtime: native (libcontainer, in-process), {}",
-            if privilege == Privilege::Root { "as root" } else { "rootless" }
-        ),
-        "namespaces: new user, mount, pid, ipc, uts, network and cgroup namespaces".to_owned(),
-        "network: loopback only (lo up: 127.0.0.1 inside; nothing else reachable)".to_owned(),
-        format!(
+    let user_line = match Mapping::for_run(privilege, spec, root_id_base) {
+        Ok(Mapping::Single) => format!(
             "user: container {}:{} is host {}:{} (single-ID mapping{})",
             user.uid,
             user.gid,
@@ -796,10 +1027,43 @@ fn describe(spec: &RunSpec, privilege: Privilege, hierarchy: Option<&Hierarchy>)
             spec.identity.host_gid,
             if (user.uid, user.gid) == (0, 0) { "" } else { ", through a nested user namespace" }
         ),
+        Ok(mapping @ Mapping::Block { base }) => {
+            let (uid, gid) = mapping.user(spec);
+            format!(
+                "user: container {}:{} is host {uid}:{gid} (root mode: container ids 0-{} are host ids {base}-{}, \
+                 unprivileged; the image's files idmapped to keep their owners; in the bind mounts, host {}:{}'s \
+                 files are the user's)",
+                user.uid,
+                user.gid,
+                idmap::RANGE - 1,
+                base + (idmap::RANGE - 1),
+                spec.identity.host_uid,
+                spec.identity.host_gid,
+            )
+        }
+        Err(e) => format!("user: cannot be mapped: {e}"),
+    };
+    let mut lines = vec![
         format!(
-            "rootfs: {} (cached, never written) + copy-on-write overlay in {}, discarded at exit",
+            "runtime: native (libcontainer, in-process), {}",
+            if privilege == Privilege::Root { "as root" } else { "rootless" }
+        ),
+        "namespaces: new user, mount, pid, ipc, uts, network and cgroup namespaces".to_owned(),
+        "network: loopback only (lo up: 127.0.0.1 inside; nothing else reachable)".to_owned(),
+        user_line,
+        format!(
+            "rootfs: {} (cached, never written) + copy-on-write overlay in {}, discarded at exit; {}",
             spec.image.rootfs.display(),
-            spec.state_dir.join("overlay").display()
+            spec.state_dir.join("overlay").display(),
+            match (spec.limits.rootfs_writes, privilege) {
+                (None, _) => "its writes not limited".to_owned(),
+                (Some(size), Privilege::Root) => {
+                    format!("its writes limited to {} (a tmpfs, counted in the memory limit)", bytes(size))
+                }
+                (Some(_), Privilege::Rootless { .. }) => {
+                    "its writes NOT limited: [run] max_rootfs_writes needs root (or sudo)".to_owned()
+                }
+            }
         ),
         format!(
             "standard mounts: /proc, /dev (null zero full random urandom tty, pts), /dev/shm (tmpfs, {}), \

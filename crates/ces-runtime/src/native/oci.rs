@@ -9,7 +9,9 @@
 //!   user. libcontainer sets the container up as uid 0 of the user
 //!   namespace, so that uid is the one mapped, and the init runs as it;
 //!   a non-root workload user gets a nested user namespace of its own,
-//!   mapping its uid to that one (see `init`);
+//!   mapping its uid to that one (see `init`). In root mode (root for
+//!   itself), a block of 65536 unprivileged host ids instead, the user
+//!   among them ([`super::idmap`]);
 //! - the root filesystem: the copy-on-write overlay (mounted by ces before the
 //!   build as root, or as the first mount of the spec when rootless, where
 //!   only the container's own user namespace may mount it);
@@ -54,6 +56,13 @@ pub(crate) const CAP_NET_ADMIN: u32 = 12;
 /// `CAP_SETFCAP`, which a non-root workload needs when it creates its user
 /// namespace (to map the container's root in it).
 pub(crate) const CAP_SETFCAP: u32 = 31;
+/// `CAP_SETGID` and `CAP_SETUID`, which switch a workload to its user where
+/// the container maps it (root mode's block).
+pub(crate) const CAP_SETGID: u32 = 6;
+pub(crate) const CAP_SETUID: u32 = 7;
+/// `CAP_KILL`, with which PID 1 passes signals on to a workload of another
+/// uid (root mode's block).
+pub(crate) const CAP_KILL: u32 = 5;
 /// The capabilities PID 1 holds only to set the container up: dropped from
 /// every set, bounding included, before the workload runs.
 pub(crate) const SETUP_CAPABILITIES: [u32; 2] = [CAP_NET_ADMIN, CAP_SETFCAP];
@@ -88,8 +97,8 @@ pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
 /// The TUN device's node, and its numbers.
 pub(crate) const TUN_PATH: &str = "/dev/net/tun";
-const TUN_MAJOR: i64 = 10;
-const TUN_MINOR: i64 = 200;
+pub(crate) const TUN_MAJOR: i64 = 10;
+pub(crate) const TUN_MINOR: i64 = 200;
 
 /// How the container's root filesystem and cgroup are set up on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,9 +121,15 @@ pub(crate) struct Layout {
     /// own mount of v1 hierarchies is writable, and a rootless container's
     /// root owns its cgroup's files (it could raise its own limits).
     pub cgroup_mounts: Vec<String>,
-    /// `ces test`: `/dev/net/tun` in the container (and allowed by the
-    /// device cgroup), for `ces-init` to create the observed device with.
-    pub tun: bool,
+    /// `ces test`: `/dev/net/tun` in the container, bound from this node
+    /// (the host's, or in root mode a copy the container's root owns), and
+    /// allowed by the device cgroup, for `ces-init` to create the observed
+    /// device with.
+    pub tun: Option<PathBuf>,
+    /// The host uid and gid of the container's root, and how many ids from
+    /// there the container has (1, or root mode's block: see
+    /// [`super::idmap`]).
+    pub ids: (u32, u32, u32),
 }
 
 /// An overlay's directories.
@@ -186,10 +201,9 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
     .into_iter()
     .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
     .collect::<Result<Vec<_>, _>>()?;
-    let uid_map =
-        LinuxIdMappingBuilder::default().container_id(0u32).host_id(spec.identity.host_uid).size(1u32).build()?;
-    let gid_map =
-        LinuxIdMappingBuilder::default().container_id(0u32).host_id(spec.identity.host_gid).size(1u32).build()?;
+    let (uid, gid, count) = layout.ids;
+    let uid_map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(uid).size(count).build()?;
+    let gid_map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(gid).size(count).build()?;
 
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
@@ -232,7 +246,7 @@ fn resources(spec: &RunSpec, layout: &Layout) -> Result<LinuxResources, OciSpecE
     // Deny every device; libcgroups adds the standard ones (null, zero,
     // full, random, urandom, tty, ptmx, pts) after this rule.
     let mut devices = vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?];
-    if layout.tun {
+    if layout.tun.is_some() {
         devices.push(
             LinuxDeviceCgroupBuilder::default()
                 .allow(true)
@@ -283,8 +297,8 @@ fn mounts(spec: &RunSpec, layout: &Layout) -> Result<Vec<Mount>, OciSpecError> {
     // The container's own cgroup (its root in the cgroup namespace), so
     // that runtimes size heaps and thread pools from their limits.
     mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", opts(&["nosuid", "noexec", "nodev", "relatime", "ro"]))?);
-    if layout.tun {
-        mounts.push(bind(TUN_PATH, Path::new(TUN_PATH), opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
+    if let Some(node) = &layout.tun {
+        mounts.push(bind(TUN_PATH, node, opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
     }
 
     for m in &spec.mounts {
@@ -368,10 +382,18 @@ mod tests {
                     access: Access::Rw,
                 },
             ],
-            limits: Limits { memory: 1 << 30, cpus: Some(2.0), pids: Some(100), shm_size: 1 << 26, time_limit: None },
+            limits: Limits {
+                memory: 1 << 30,
+                cpus: Some(2.0),
+                pids: Some(100),
+                shm_size: 1 << 26,
+                time_limit: None,
+                rootfs_writes: None,
+            },
             ports: Vec::new(),
             identity: Identity { host_uid: 1001, host_gid: 1002 },
             state_dir: PathBuf::from("/run/ces/r1"),
+            pins: Default::default(),
         }
     }
 
@@ -387,7 +409,8 @@ mod tests {
             limits_in_spec: !rootless,
             swap_accounting: true,
             cgroup_mounts: vec!["/sys/fs/cgroup".to_owned()],
-            tun: false,
+            tun: None,
+            ids: (1001, 1002, 1),
         }
     }
 
@@ -419,6 +442,20 @@ mod tests {
         assert!(linux.seccomp().is_none(), "ces-init loads the profile");
         assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_owned()));
         assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sysrq-trigger".to_owned()));
+    }
+
+    #[test]
+    fn root_modes_block_maps_the_containers_ids_to_the_block() {
+        let layout = Layout { ids: (0x7000_0000, 0x7000_0000, 65_536), ..layout(false) };
+        let oci = build(&run_spec(), &layout).unwrap();
+        let linux = oci.linux().as_ref().unwrap();
+        for map in [linux.uid_mappings(), linux.gid_mappings()] {
+            let map = &map.as_ref().unwrap()[..];
+            assert_eq!(
+                (map.len(), map[0].container_id(), map[0].host_id(), map[0].size()),
+                (1, 0, 0x7000_0000, 65_536)
+            );
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -53,24 +54,44 @@ impl RunDirs {
         Overlay { lower: lower.to_owned(), upper: self.overlay.join("upper"), work: self.overlay.join("work") }
     }
 
-    /// Creates the directories. The upper layer's root gets the owner and
-    /// mode of the image's `/`, which the container sees as its own `/`.
-    pub(crate) fn create(&self, lower: &Path, chown: bool) -> io::Result<()> {
+    /// Creates the directories. The upper layer's root gets the mode of the
+    /// image's `/`, which the container sees as its own `/`, and with
+    /// `owner_shift` its owner, shifted by that much (root mode's id block:
+    /// see [`super::idmap`]). With `layer_size` (root only, in ces's
+    /// private mount namespace), the overlay's directory is a tmpfs of that
+    /// size, returned to be unmounted after the overlay: what the container
+    /// writes to its own filesystem is then bounded, and counted in its
+    /// memory (the pages are charged to the cgroup of the process that
+    /// writes them).
+    pub(crate) fn create(
+        &self,
+        lower: &Path,
+        owner_shift: Option<u32>,
+        layer_size: Option<u64>,
+    ) -> io::Result<Option<OverlayMount>> {
         let overlay = self.overlay_for(lower);
-        for dir in [&self.bundle, &self.overlay, &overlay.upper, &overlay.work, &self.rootfs] {
+        for dir in [&self.bundle, &self.overlay] {
             fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
         }
         fs::set_permissions(&self.bundle, fs::Permissions::from_mode(0o700)).map_err(|e| annotate(e, &self.bundle))?;
+        let layer = layer_size.map(|size| OverlayMount::tmpfs(&self.overlay, size)).transpose()?;
         fs::set_permissions(&self.overlay, fs::Permissions::from_mode(0o700))
             .map_err(|e| annotate(e, &self.overlay))?;
+        for dir in [&overlay.upper, &overlay.work, &self.rootfs] {
+            fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
+        }
         let root = fs::metadata(lower).map_err(|e| annotate(e, lower))?;
         fs::set_permissions(&overlay.upper, fs::Permissions::from_mode(root.mode() & 0o7777))
             .map_err(|e| annotate(e, &overlay.upper))?;
-        if chown {
-            std::os::unix::fs::lchown(&overlay.upper, Some(root.uid()), Some(root.gid()))
-                .map_err(|e| annotate(e, &overlay.upper))?;
+        if let Some(shift) = owner_shift {
+            let shifted = |id: u32| id.checked_add(shift).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW));
+            let (uid, gid) = (
+                shifted(root.uid()).map_err(|e| annotate(e, lower))?,
+                shifted(root.gid()).map_err(|e| annotate(e, lower))?,
+            );
+            std::os::unix::fs::lchown(&overlay.upper, Some(uid), Some(gid)).map_err(|e| annotate(e, &overlay.upper))?;
         }
-        Ok(())
+        Ok(layer)
     }
 
     /// Removes what [`RunDirs::create`] made, and the state directory if it is
@@ -111,7 +132,11 @@ pub(crate) fn check_overlay_path(path: &Path) -> Result<(), PathBuf> {
 /// `(path, false)`. As root, ces does it with root's credentials; the
 /// container's own root (a mapped user) may not create anything in an image
 /// whose `/` belongs to the host's root.
-pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)]) -> io::Result<()> {
+///
+/// With `owner` (root mode's block: see [`super::idmap`]), what is created
+/// is given to it, so that the container's root owns it as it would an
+/// image's directory (created by host root, it would be nobody's inside).
+pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)], owner: Option<(u32, u32)>) -> io::Result<()> {
     let root = pathrs::Root::open(rootfs).map_err(io::Error::other)?;
     let dir_mode = fs::Permissions::from_mode(0o755);
     for (point, is_dir) in points {
@@ -119,6 +144,9 @@ pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)]) -> io:
         if root.resolve(path).is_ok() {
             continue;
         }
+        // The prefixes of `point` that do not exist yet, to be given away.
+        let missing: Vec<&Path> =
+            if owner.is_some() { path.ancestors().filter(|p| root.resolve(p).is_err()).collect() } else { Vec::new() };
         if *is_dir {
             root.mkdir_all(path, &dir_mode).map_err(|e| io::Error::other(format!("{point}: {e}")))?;
         } else {
@@ -128,6 +156,19 @@ pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)]) -> io:
             let flags = pathrs::flags::OpenFlags::O_CREAT | pathrs::flags::OpenFlags::O_CLOEXEC;
             root.create_file(path, flags, &fs::Permissions::from_mode(0o644))
                 .map_err(|e| io::Error::other(format!("{point}: {e}")))?;
+        }
+        if let Some((uid, gid)) = owner {
+            for created in missing {
+                let handle = root.resolve_nofollow(created).map_err(|e| io::Error::other(format!("{point}: {e}")))?;
+                nix::unistd::fchownat(
+                    Some(handle.as_fd().as_raw_fd()),
+                    "",
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                    nix::fcntl::AtFlags::AT_EMPTY_PATH | nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| io::Error::other(format!("{point}: chown: {e}")))?;
+            }
         }
     }
     Ok(())
@@ -161,8 +202,8 @@ pub(crate) fn create_in_upper(overlay: &Overlay, path: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// An overlay ces mounted; unmounted by [`OverlayMount::unmount`] or, failing
-/// that, on drop.
+/// An overlay (or the tmpfs under one) ces mounted; unmounted by
+/// [`OverlayMount::unmount`] or, failing that, on drop.
 #[derive(Debug)]
 pub(crate) struct OverlayMount {
     target: PathBuf,
@@ -170,15 +211,25 @@ pub(crate) struct OverlayMount {
 }
 
 impl OverlayMount {
-    /// Mounts `overlay` on `target` (root only), `nosuid,nodev`, in a mount
-    /// namespace of this thread's own ([`private_mount_namespace`]): the
-    /// host's other processes never see it.
+    /// Mounts `overlay` on `target` (root only), `nosuid,nodev`; called in a
+    /// mount namespace of this thread's own ([`private_mount_namespace`]):
+    /// the host's other processes never see it.
     pub(crate) fn mount(overlay: &Overlay, target: &Path) -> io::Result<OverlayMount> {
-        private_mount_namespace()?;
         let data = overlay.options(false).join(",");
         let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str())).map_err(|e| {
             io::Error::new(io::Error::from(e).kind(), format!("mount overlay on {}: {e}", target.display()))
+        })?;
+        Ok(OverlayMount { target: target.to_owned(), mounted: true })
+    }
+
+    /// Mounts a tmpfs of `size` bytes on `target` (root only, `0700`,
+    /// `nosuid,nodev`), as [`OverlayMount::mount`] does an overlay.
+    pub(crate) fn tmpfs(target: &Path, size: u64) -> io::Result<OverlayMount> {
+        let data = format!("size={size},mode=0700");
+        let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        nix::mount::mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(data.as_str())).map_err(|e| {
+            io::Error::new(io::Error::from(e).kind(), format!("mount a tmpfs on {}: {e}", target.display()))
         })?;
         Ok(OverlayMount { target: target.to_owned(), mounted: true })
     }

@@ -190,6 +190,9 @@ fn clean(state_root: &Path, record: &Record, hierarchy: Hierarchy) -> io::Result
     if record.state_dir.is_absolute() && record.state_dir.parent().is_some() {
         RunDirs::new(&record.state_dir).remove()?;
     }
+    if record.rootfs_mount.is_some() && super::check_id(&record.id).is_ok() {
+        super::idmap::remove_leftovers(&record.id)?;
+    }
     Ok(())
 }
 

@@ -416,6 +416,7 @@ pub(crate) fn limits_of(spec: &RunSpec) -> ces_audit::Limits {
         pids: limits.pids,
         shm_size: limits.shm_size,
         time_limit: limits.time_limit.map(|d| d.as_secs()),
+        rootfs_writes: limits.rootfs_writes,
     }
 }
 

@@ -106,7 +106,7 @@ fn run_container(
         return Err(RunError::NoTerminal.into());
     }
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
-    let runtime = backend(options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
+    let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     // What the backend cannot do here is refused before anything is printed
     // or created (a dry run says so too).
     runtime.check(&prepared.spec).with_context(|| not_run(&prepared.spec))?;
@@ -118,7 +118,7 @@ fn run_container(
     }
     // Bound before anything is created: a port in use stops the run here.
     let mut listeners = ports::open(&prepared.spec.ports)?;
-    let native = native_runtime(prepared.store.root());
+    let native = native_runtime(settings, prepared.store.root());
     let executed = execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| {
         if listeners.is_empty() { runtime.run(spec) } else { native.run_published(spec, &listeners) }
     });
@@ -256,8 +256,9 @@ pub(crate) fn prepare(
         limits,
         identity: invoker.identity,
     })?;
+    spec.pins.add(safe_data.path.clone(), pin_safe_data(&safe_data)?);
     let cwd = std::env::current_dir().context("cannot tell the current directory (for relative bind sources)")?;
-    for bind in crate::binds::resolve(&binds, &settings.run.bind_roots, &invoker, &cwd)? {
+    for (bind, pin) in crate::binds::resolve(&binds, &settings.run.bind_roots, &invoker, &cwd)? {
         if spec.mounts.iter().any(|m| m.destination == bind.destination) {
             let source = match &bind.kind {
                 MountKind::Bind { source } => source.display().to_string(),
@@ -265,6 +266,9 @@ pub(crate) fn prepare(
             };
             let (destination, problem) = (bind.destination.clone(), crate::binds::Problem::Taken);
             return Err(crate::policy::PolicyError::Bind { bind: source, destination, problem }.into());
+        }
+        if let MountKind::Bind { source } = &bind.kind {
+            spec.pins.add(source.clone(), pin);
         }
         spec.mounts.push(bind);
     }
@@ -363,13 +367,20 @@ pub(crate) fn execute(
         return Err(error);
     }
 
+    // The outputs and scratch directories from what was made, held open.
+    let mut pinned = spec.clone();
+    for path in [&active.paths().outputs, &active.paths().scratch] {
+        if let Some(dir) = active.pin(path) {
+            pinned.pins.add(path.clone(), dir);
+        }
+    }
     let start_time = jiff::Timestamp::now();
     // The time limit runs from the container's start; at it, ces stops the
     // run as a SIGTERM to ces would (see crate::time_limit).
     let timer = spec.limits.time_limit.map(crate::time_limit::Timer::start).transpose();
     let result = match timer {
         Ok(timer) => {
-            let result = run(spec);
+            let result = run(&pinned);
             match (timer.map(crate::time_limit::Timer::stop), result) {
                 (Some(true), Ok(exit)) => Ok(Exit::TimeLimit(exit.code())),
                 (_, result) => result,
@@ -442,16 +453,20 @@ pub fn clean_stale(settings: &Settings) {
 }
 
 /// The backend called `name` (clap allows only [`crate::cli::RUNTIMES`]).
-fn backend(name: &str, store_root: &Path) -> Box<dyn Runtime> {
+fn backend(settings: &Settings, name: &str, store_root: &Path) -> Box<dyn Runtime> {
     match name {
         "podman" => Box::new(PodmanRuntime::default()),
-        _ => Box::new(native_runtime(store_root)),
+        _ => Box::new(native_runtime(settings, store_root)),
     }
 }
 
 /// The native backend, its state kept in the store.
-pub(crate) fn native_runtime(store_root: &Path) -> NativeRuntime {
-    NativeRuntime { state_root: native_state_root(store_root) }
+pub(crate) fn native_runtime(settings: &Settings, store_root: &Path) -> NativeRuntime {
+    let mut runtime = NativeRuntime::new(native_state_root(store_root));
+    if let Some(base) = settings.run.root_id_base {
+        runtime.root_id_base = base;
+    }
+    runtime
 }
 
 /// libcontainer's state root: `<store>/containers`.
@@ -489,7 +504,8 @@ fn limits(options: &RunOptions, settings: &Settings) -> anyhow::Result<Limits> {
         .transpose()?
         .unwrap_or(plan::DEFAULT_SHM_SIZE);
     let time_limit = crate::time_limit::effective(options.time_limit.as_deref(), settings.run.max_time_limit)?;
-    Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size, time_limit })
+    let rootfs_writes = settings.run.max_rootfs_writes;
+    Ok(Limits { memory, cpus, pids: Some(plan::DEFAULT_PIDS), shm_size, time_limit, rootfs_writes })
 }
 
 /// The container's process as asked. The env and arg files are read as the
@@ -583,6 +599,21 @@ fn find_safe_data(settings: &Settings, invoker: &host::Invoker) -> anyhow::Resul
         group_prefix: settings.tre.group_prefix.clone(),
     };
     Ok(as_user(|| plan::find_safe_data(&query, &|path| path.is_dir()))??)
+}
+
+/// `/safe_data`'s directory as it was found, held open (`O_PATH`, as the
+/// user): root mounts that one, not what the path leads to later (see
+/// [`ces_runtime::Pins`]). Found from `$HOME/safe_data`, its path has no
+/// link left in it (resolved when judged): one there now was put there
+/// since, and is refused rather than followed.
+fn pin_safe_data(safe_data: &SafeData) -> anyhow::Result<std::sync::Arc<rustix::fd::OwnedFd>> {
+    use rustix::fs::{CWD, Mode, OFlags, ResolveFlags};
+    let path = &safe_data.path;
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let resolve = if safe_data.reason.starts_with("home") { ResolveFlags::NO_SYMLINKS } else { ResolveFlags::empty() };
+    let fd = crate::identity::as_invoker(|| rustix::fs::openat2(CWD, path, flags, Mode::empty(), resolve))?
+        .with_context(|| format!("cannot open {} (/safe_data): it changed since it was found", path.display()))?;
+    Ok(std::sync::Arc::new(fd))
 }
 
 fn parent_dir(what: &'static str, configured: Option<&PathBuf>, invoker: &host::Invoker) -> anyhow::Result<PathBuf> {

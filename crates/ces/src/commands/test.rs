@@ -143,7 +143,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     });
     let mut findings = image_findings(&prepared.store, &prepared.manifest, &prepared.config, &prepared.spec)?;
 
-    let runtime = run::native_runtime(prepared.store.root());
+    let runtime = run::native_runtime(settings, prepared.store.root());
     let scratch = prepared.spec.mounts.iter().find_map(|m| match (&m.kind, m.destination.as_str()) {
         (MountKind::Bind { source }, ces_runtime::plan::SCRATCH) => Some(source.clone()),
         _ => None,

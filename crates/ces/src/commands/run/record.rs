@@ -82,6 +82,8 @@ struct Created {
     path: PathBuf,
     parent: OwnedFd,
     name: OsString,
+    /// The directory itself, as made: what root mounts (see [`ActiveRun::pin`]).
+    dir: std::sync::Arc<OwnedFd>,
 }
 
 impl ActiveRun {
@@ -166,13 +168,21 @@ impl ActiveRun {
         {
             anyhow::bail!("{} was replaced while it was being created", path.display());
         }
-        self.created.push(Created { path: path.to_owned(), parent, name: name.to_owned() });
         if let Some(owner) = owner {
             let (uid, gid) = (rustix::fs::Uid::from_raw(owner.host_uid), rustix::fs::Gid::from_raw(owner.host_gid));
             rustix::fs::fchown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("cannot give {} to uid {}", path.display(), owner.host_uid))?;
         }
+        let dir = std::sync::Arc::new(dir);
+        self.created.push(Created { path: path.to_owned(), parent, name: name.to_owned(), dir });
         Ok(())
+    }
+
+    /// The directory the run made at `path` (outputs, scratch), held open
+    /// since: root mounts it, not what `path` leads to by then (a user who
+    /// swaps it for a link meanwhile mounts nothing of anyone else's).
+    pub fn pin(&self, path: &Path) -> Option<std::sync::Arc<OwnedFd>> {
+        self.created.iter().find(|c| c.path == path).map(|c| c.dir.clone())
     }
 
     /// The run's directories.

@@ -1,0 +1,506 @@
+//! Root mode's id mapping: the container's ids `0..RANGE` are an
+//! unprivileged block of host ids (`base..base + RANGE`), so that its root
+//! never holds host root's powers over host files, and the image's files
+//! keep their owners (the image user's home is its own).
+//!
+//! The image's unpacked files keep the owners of the image (root's files are
+//! host uid 0 on disk), so the container would see them all as `nobody`.
+//! ces shows them through an *idmapped mount* instead (Linux >= 5.12;
+//! overlayfs over idmapped layers, >= 5.19): a clone of the image's root
+//! filesystem on which on-disk id `n` reads as host id `base + n`, which the
+//! container's user namespace maps back to `n`. The overlay's upper layer
+//! then holds host ids of the block, and the store is never written.
+//!
+//! The bind mounts (`/safe_data`, `/safe_outputs`, `/scratch`, `-v`) are
+//! idmapped the other way: what the invoking user (root) owns on disk reads
+//! as owned by the workload's user, and what the workload creates there is
+//! owned by the invoking user on disk, as in the other modes.
+//!
+//! All of it is done in ces's private mount namespace
+//! ([`super::rootfs::private_mount_namespace`]): the host never sees these
+//! mounts, and they end with ces.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The number of ids a root-mode container has (`0..65536`, as podman and
+/// containerd give a user namespace).
+pub const RANGE: u32 = 65_536;
+
+/// The default first host id of root mode's block: the start of the range
+/// systemd documents as unused (`0x70000000`, after the container ranges
+/// `systemd-nspawn` picks from).
+pub const DEFAULT_BASE: u32 = 0x7000_0000;
+
+/// Whether `base..base + RANGE` is a block root mode can use: no host root,
+/// no id of the usual system and regular users (below 65536), and no
+/// `-1` (`(uid_t) -1` means "unchanged" to chown).
+pub fn valid_base(base: u32) -> bool {
+    base >= RANGE && base.checked_add(RANGE).is_some_and(|end| end < u32::MAX)
+}
+
+/// Who already uses ids of the block `base..base + RANGE`, if anyone can be
+/// found: a subordinate range of `/etc/subuid` or `/etc/subgid` (rootless
+/// podman's, or another engine's), or a user or group the system's user
+/// database knows at the block's first or last id. (A directory service
+/// that maps ids into the block, such as SSSD's AD id mapping with its
+/// default range, is found only when it names those two: choose the
+/// block outside its range.)
+pub(crate) fn block_user(base: u32) -> Option<String> {
+    let (start, end) = (u64::from(base), u64::from(base) + u64::from(RANGE));
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let Ok(text) = fs::read_to_string(file) else { continue };
+        if let Some(range) = overlapping_range(&text, start, end) {
+            return Some(format!("{range} in {file}"));
+        }
+    }
+    for id in [base, base + (RANGE - 1)] {
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(id)) {
+            return Some(format!("user {} ({id})", user.name));
+        }
+        if let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)) {
+            return Some(format!("group {} ({id})", group.name));
+        }
+    }
+    None
+}
+
+/// The first range of a subordinate id file (`name:first:count` lines)
+/// that meets `start..end`.
+fn overlapping_range(text: &str, start: u64, end: u64) -> Option<String> {
+    text.lines().find_map(|line| {
+        let mut fields = line.trim().split(':');
+        let (name, first, count) =
+            (fields.next()?, fields.next()?.parse::<u64>().ok()?, fields.next()?.parse::<u64>().ok()?);
+        (count > 0 && first < end && start < first + count)
+            .then(|| format!("{name}'s range {first}-{}", first + count - 1))
+    })
+}
+
+/// One line of a `uid_map` or `gid_map`: ids `inside..inside + count` of
+/// the namespace are host ids `outside..`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+impl Extent {
+    fn line(&self) -> String {
+        format!("{} {} {}\n", self.inside, self.outside, self.count)
+    }
+}
+
+/// A user namespace with `uids` and `gids` and no process in it, held by
+/// its descriptor (for `mount_setattr`'s `userns_fd`).
+pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> {
+    // A child unshares a user namespace and waits; ces writes its maps and
+    // opens it; the child then exits. The child only makes system calls
+    // (ces may have other threads: nothing that allocates or locks).
+    let (ready_read, ready_write) = super::pipe()?;
+    let (done_read, done_write) = super::pipe()?;
+    // SAFETY: the child only calls async-signal-safe functions, then _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: raw system calls on descriptors this process owns (its
+        // copies of ces's ends closed first, or `done` never reads EOF).
+        unsafe {
+            libc::close(done_write.as_raw_fd());
+            libc::close(ready_read.as_raw_fd());
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+            let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 };
+            libc::write(ready_write.as_raw_fd(), (&status as *const u8).cast(), 1);
+            let mut byte = 0u8;
+            libc::read(done_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0)
+        }
+    }
+    drop(ready_write);
+    drop(done_read);
+    let result = (|| {
+        let mut status = [1u8];
+        let n = read_some(&ready_read, &mut status)?;
+        if n != 1 || status[0] != 0 {
+            return Err(io::Error::other("cannot make a user namespace for an idmapped mount"));
+        }
+        fs::write(format!("/proc/{child}/uid_map"), uids.line())?;
+        fs::write(format!("/proc/{child}/gid_map"), gids.line())?;
+        let path = CString::new(format!("/proc/{child}/ns/user")).expect("no NUL");
+        // SAFETY: a valid C string; the descriptor is owned below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })();
+    drop(done_write);
+    // Killed rather than trusted to see EOF: another thread's fork may hold
+    // a copy of `done_write`. Reaped, retrying on EINTR.
+    // SAFETY: signalling and reaping our own child.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        while libc::waitpid(child, std::ptr::null_mut(), 0) < 0
+            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+        {}
+    }
+    result
+}
+
+/// A detached clone of the mount at `source` (not its submounts): of the
+/// directory `pin` holds open when given (the one that was checked, whatever
+/// the path leads to now), else of `source`'s; with ids read as `userns`
+/// maps them, if given, and the mount attributes `attrs` ([`READ_ONLY`],
+/// [`NO_SUID_DEV`]: set here, they are locked in the container, whose mount
+/// namespace is less privileged); attached by [`attach`].
+pub(crate) fn clone_tree(
+    source: &Path,
+    pin: Option<&OwnedFd>,
+    userns: Option<&OwnedFd>,
+    attrs: u64,
+) -> io::Result<OwnedFd> {
+    let path = CString::new(source.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let empty = c"";
+    let (dirfd, name, flags) = match pin {
+        Some(fd) => (fd.as_raw_fd(), empty.as_ptr(), libc::AT_EMPTY_PATH as libc::c_uint),
+        None => (libc::AT_FDCWD, path.as_ptr(), 0),
+    };
+    // SAFETY: a valid C string and descriptor; the new one is owned below.
+    let tree = unsafe {
+        libc::syscall(libc::SYS_open_tree, dirfd, name, OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | flags)
+    };
+    if tree < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `tree` was just opened and is owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as libc::c_int) };
+    let attr = MountAttr {
+        attr_set: attrs | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
+    };
+    // SAFETY: the struct is the kernel's `mount_attr` (size passed), alive
+    // for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(tree)
+}
+
+/// Attaches the detached mount `tree` on `target`.
+pub(crate) fn attach(tree: &OwnedFd, target: &Path) -> io::Result<()> {
+    let target = CString::new(target.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let empty = c"";
+    // SAFETY: valid C strings and descriptors.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A detached clone of `source` (or of what `pin` holds: see
+/// [`clone_tree`]), with ids mapped as `ids` says if given, and `attrs`;
+/// errors name `source`. A pinned directory is cloned before ces enters its
+/// private mount namespace (a mount of another namespace cannot be cloned),
+/// and attached after.
+pub(crate) fn clone(
+    source: &Path,
+    pin: Option<&OwnedFd>,
+    ids: Option<(Extent, Extent)>,
+    attrs: u64,
+) -> io::Result<OwnedFd> {
+    let named = |e: io::Error| {
+        let hint = match (e.raw_os_error(), ids) {
+            (Some(libc::EINVAL | libc::EPERM | libc::ENOSYS), Some(_)) => {
+                " (its filesystem or this kernel cannot idmap a mount: root mode needs Linux >= 5.19 \
+                 and a local filesystem such as ext4, xfs or btrfs; or run ces rootless or under sudo)"
+            }
+            _ => "",
+        };
+        io::Error::new(e.kind(), format!("cannot mount a clone of {}: {e}{hint}", source.display()))
+    };
+    let userns = ids.map(|(uids, gids)| user_namespace(uids, gids)).transpose().map_err(named)?;
+    clone_tree(source, pin, userns.as_ref(), attrs).map_err(named)
+}
+
+/// Where root mode's mounts of a run are made: `/run/ces/<id>`. The
+/// container's root (an id of the block) must reach its root filesystem and
+/// its bind mounts' sources by path, and the run's state directory may lie
+/// under directories only root can search (a store in a `0700` directory);
+/// `/run` is root's and searchable on every host.
+pub(crate) const MOUNTS_ROOT: &str = "/run/ces";
+
+/// The mounts of one root-mode run, in `/run/ces/<id>` (their mount points
+/// are empty directories and files on the host; the mounts are in ces's
+/// private mount namespace): unmounted by [`Mounts::unmount`] or, failing
+/// that, on drop. The mount points are removed one by one, never
+/// recursively: one still mounted is left (its removal fails), the image's
+/// or the user's files under it untouched.
+#[derive(Debug)]
+pub(crate) struct Mounts {
+    dir: PathBuf,
+    targets: Vec<PathBuf>,
+}
+
+impl Mounts {
+    /// Makes `/run/ces/<id>` (`0711`, as `/run/ces`), removing an empty one
+    /// a killed run left.
+    pub(crate) fn create(id: &str) -> io::Result<Mounts> {
+        let root = Path::new(MOUNTS_ROOT);
+        make_dir(root).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
+        check_root_dir(root)?;
+        let dir = root.join(id);
+        if let Err(e) = make_dir(&dir) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(e);
+            }
+            fs::remove_dir(&dir).map_err(|e| super::rootfs::annotate(e, &dir))?;
+            make_dir(&dir)?;
+        }
+        Ok(Mounts { dir, targets: Vec::new() })
+    }
+
+    /// An empty directory `<dir>/<name>` to mount on; removed by
+    /// [`Mounts::unmount`].
+    pub(crate) fn mount_point(&mut self, name: &str, is_dir: bool) -> io::Result<PathBuf> {
+        let target = self.dir.join(name);
+        let created = if is_dir { fs::create_dir(&target) } else { fs::File::create_new(&target).map(drop) };
+        created.map_err(|e| super::rootfs::annotate(e, &target))?;
+        self.targets.push(target.clone());
+        Ok(target)
+    }
+
+    /// Mounts a clone of `source` (a directory or a file), idmapped as `ids`
+    /// says if given, on `<dir>/<name>`, and returns that path.
+    pub(crate) fn mount(
+        &mut self,
+        source: &Path,
+        name: &str,
+        ids: Option<(Extent, Extent)>,
+        attrs: u64,
+    ) -> io::Result<PathBuf> {
+        let tree = clone(source, None, ids, attrs)?;
+        self.attach(&tree, source, name)
+    }
+
+    /// Attaches the detached mount `tree` (a clone of `source`) on
+    /// `<dir>/<name>`, and returns that path.
+    pub(crate) fn attach(&mut self, tree: &OwnedFd, source: &Path, name: &str) -> io::Result<PathBuf> {
+        let is_dir = nix::sys::stat::fstat(tree.as_raw_fd())
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| super::rootfs::annotate(e.into(), source))?;
+        let target = self.mount_point(name, is_dir)?;
+        attach(tree, &target).map_err(|e| super::rootfs::annotate(e, source))?;
+        Ok(target)
+    }
+
+    /// A character device node `major`:`minor` owned by `owner` (mode
+    /// `0600`), made at `node` (in the run's state directory: `/run` is
+    /// often `nodev`) and bound on `<dir>/<name>`, whose path is returned:
+    /// the host's node may be root's alone, and a device file cannot be
+    /// idmapped.
+    pub(crate) fn device(
+        &mut self,
+        node: &Path,
+        name: &str,
+        (major, minor): (i64, i64),
+        (uid, gid): (u32, u32),
+    ) -> io::Result<PathBuf> {
+        let annotate = |e: nix::Error| super::rootfs::annotate(e.into(), node);
+        nix::sys::stat::mknod(
+            node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(major as u64, minor as u64),
+        )
+        .map_err(annotate)?;
+        nix::unistd::fchownat(
+            None,
+            node,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(annotate)?;
+        let target = self.mount_point(name, false)?;
+        nix::mount::mount(Some(node), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| super::rootfs::annotate(e.into(), &target))?;
+        Ok(target)
+    }
+
+    /// Unmounts every mount (lazily), then removes the mount points and
+    /// the directory; the first error is returned, after trying them all.
+    pub(crate) fn unmount(&mut self) -> io::Result<()> {
+        let mut first = None;
+        for target in std::mem::take(&mut self.targets).into_iter().rev() {
+            let removed = super::rootfs::unmount(&target).and_then(|()| {
+                if target.is_dir() { fs::remove_dir(&target) } else { fs::remove_file(&target) }
+                    .map_err(|e| super::rootfs::annotate(e, &target))
+            });
+            if let Err(e) = removed {
+                first.get_or_insert(e);
+            }
+        }
+        if first.is_none()
+            && let Err(e) = fs::remove_dir(&self.dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            first = Some(super::rootfs::annotate(e, &self.dir));
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Mounts {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot unmount the run's idmapped mounts");
+        }
+    }
+}
+
+/// Removes what a killed root-mode run `id` left in `/run/ces/<id>`: its
+/// mounts ended with its ces (they were in its private mount namespace),
+/// leaving empty mount points. Each is removed on its own, never
+/// recursively.
+pub(crate) fn remove_leftovers(id: &str) -> io::Result<()> {
+    let root = Path::new(MOUNTS_ROOT);
+    match check_root_dir(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        checked => checked?,
+    }
+    let dir = root.join(id);
+    if fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+        // Not ces's (a link or a file): removed, never followed.
+        return fs::remove_file(&dir).map_err(|e| super::rootfs::annotate(e, &dir));
+    }
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(super::rootfs::annotate(e, &dir)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| super::rootfs::annotate(e, &dir))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir { fs::remove_dir(&path) } else { fs::remove_file(&path) }
+            .map_err(|e| super::rootfs::annotate(e, &path))?;
+    }
+    fs::remove_dir(&dir).map_err(|e| super::rootfs::annotate(e, &dir))
+}
+
+/// `/run/ces` must be root's own directory (no link), writable by root
+/// alone: ces mounts and removes under it as root.
+fn check_root_dir(root: &Path) -> io::Result<()> {
+    let meta = fs::symlink_metadata(root).map_err(|e| super::rootfs::annotate(e, root))?;
+    if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("{} must be a directory of root's that no one else may write to", root.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Makes directory `path`, `0711` whatever the umask.
+fn make_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().mode(0o711).create(path).map_err(|e| super::rootfs::annotate(e, path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(|e| super::rootfs::annotate(e, path))
+}
+
+fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: reading into a buffer of the given length.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`.
+pub(crate) const READ_ONLY: u64 = 0x1 | NO_SUID_DEV;
+/// `MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`.
+pub(crate) const NO_SUID_DEV: u64 = 0x2 | 0x4;
+
+// The mount API's constants (linux/mount.h), which the libc crate lacks.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// The kernel's `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bases_that_would_reach_root_users_or_minus_one_are_refused() {
+        assert!(valid_base(DEFAULT_BASE));
+        assert!(valid_base(RANGE));
+        assert!(!valid_base(0));
+        assert!(!valid_base(1000));
+        assert!(!valid_base(RANGE - 1));
+        assert!(!valid_base(u32::MAX - RANGE));
+        assert!(valid_base(u32::MAX - RANGE - 1));
+    }
+
+    #[test]
+    fn subordinate_ranges_that_meet_the_block() {
+        let text = "alice:100000:65536\n# a comment\nbob:1879113727:10\n";
+        let (start, end) = (u64::from(DEFAULT_BASE), u64::from(DEFAULT_BASE) + u64::from(RANGE));
+        assert_eq!(overlapping_range(text, start, end).as_deref(), Some("bob's range 1879113727-1879113736"));
+        assert_eq!(overlapping_range("alice:100000:65536\ncarol:1879113728:5\n", start, end), None);
+        assert_eq!(overlapping_range("dave:1879048191:1\n", start, end), None);
+        assert_eq!(
+            overlapping_range("erin:1879048191:2\n", start, end).as_deref(),
+            Some("erin's range 1879048191-1879048192")
+        );
+    }
+
+    #[test]
+    fn map_lines() {
+        assert_eq!(Extent { inside: 0, outside: DEFAULT_BASE, count: RANGE }.line(), "0 1879048192 65536\n");
+    }
+}
