@@ -106,6 +106,11 @@ pub struct PodmanRuntime {
     /// Run the command under podman's init (`--init`: catatonit reaps
     /// zombies and passes signals on), so that it is not PID 1.
     pub init: bool,
+    /// Rootful, for root itself (the identity is uid 0): run anyway, the
+    /// container's root being host root (podman's mapping: ces's block of
+    /// unprivileged ids needs idmapped mounts that podman with runc cannot
+    /// make here). Off: refused, with a hint.
+    pub allow_host_root: bool,
 }
 
 impl Default for PodmanRuntime {
@@ -117,7 +122,7 @@ impl Default for PodmanRuntime {
         if !init {
             tracing::warn!("{CATATONIT} is missing (package catatonit): the container's command runs as PID 1");
         }
-        PodmanRuntime { program: podman_program(), mode, init }
+        PodmanRuntime { program: podman_program(), mode, init, allow_host_root: false }
     }
 }
 
@@ -387,6 +392,14 @@ impl Runtime for PodmanRuntime {
     }
 
     fn check(&self, spec: &RunSpec) -> Result<(), RuntimeError> {
+        if self.mode == Mode::Rootful && spec.identity.host_uid == 0 && !self.allow_host_root {
+            return Err(RuntimeError::Unsupported {
+                backend: "podman",
+                what: "running as root for itself (the container's root would be host root; use the native \
+                       runtime, the default, or ces through sudo or rootless; [podman] allow_host_root = true \
+                       allows it)",
+            });
+        }
         if self.mode == Mode::Rootless {
             check_rootless_limits(&Hierarchy::detect()?)?;
         }
@@ -912,11 +925,11 @@ mod tests {
     use crate::spec::{ContainerUser, EnvVar, Identity, ImageSpec, Limits, MountSpec, ProcessSpec};
 
     fn rootful() -> PodmanRuntime {
-        PodmanRuntime { program: "podman".into(), mode: Mode::Rootful, init: true }
+        PodmanRuntime { program: "podman".into(), mode: Mode::Rootful, init: true, allow_host_root: true }
     }
 
     fn rootless() -> PodmanRuntime {
-        PodmanRuntime { program: "podman".into(), mode: Mode::Rootless, init: false }
+        PodmanRuntime { program: "podman".into(), mode: Mode::Rootless, init: false, allow_host_root: false }
     }
 
     fn spec() -> RunSpec {

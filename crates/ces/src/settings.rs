@@ -37,6 +37,20 @@ pub struct ConfigFile {
     /// `[run]`.
     #[serde(default)]
     pub run: RunConfig,
+    /// `[podman]`.
+    #[serde(default)]
+    pub podman: PodmanConfig,
+}
+
+/// `[podman]`: the podman backend (see docs/config.md).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodmanConfig {
+    /// Whether root may run podman for itself (no `SUDO_UID`): its container's
+    /// root is then host root (podman maps it so), which the native runtime
+    /// never allows. Off: refused.
+    #[serde(default)]
+    pub allow_host_root: bool,
 }
 
 /// `[run]`: what `ces run` may add to the TRE contract (see docs/config.md).
@@ -343,6 +357,8 @@ pub struct Settings {
     pub outputs: ces_outputs::Budget,
     /// `[run]`: bind roots, the longest time limit.
     pub run: RunConfig,
+    /// `[podman]`: the podman backend.
+    pub podman: PodmanConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -418,6 +434,7 @@ impl Settings {
             pull: config.pull,
             outputs: config.outputs.budget(),
             run: config.run,
+            podman: config.podman,
         })
     }
 

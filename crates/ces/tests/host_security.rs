@@ -277,3 +277,25 @@ fn a_root_run_cannot_write_more_than_the_limit_to_its_own_filesystem() {
     let run = w.ces(&["run", "-q", &w.image, "sh", "-c", script]);
     assert_eq!(run.ok().lines().collect::<Vec<_>>(), ["rootfs=1", "outputs=0"], "{}", run.stderr);
 }
+
+/// A container cannot make a setuid or setgid file, anywhere: in root mode
+/// root's files in a read-write bind are the container user's, so before,
+/// `chmod 6755` in a `-v` directory left a setuid-root file on the host for
+/// any local user who could reach it. Now the mode is refused (EPERM), in
+/// the bind, the outputs and its own filesystem alike; other modes pass.
+#[test]
+fn a_root_mode_container_cannot_leave_a_setuid_file_in_a_read_write_bind() {
+    require_root("runs a root-mode container");
+    let w = TreWorld::new("host/setuid-bind");
+    let work = w.home.join("work");
+    std::fs::create_dir(&work).unwrap();
+    w.sb.configure(&format!("[run]\nbind_roots = [{:?}]\n", w.home.display().to_string()));
+    let script = "for d in /work /safe_outputs /tmp; do busybox cp /bin/busybox $d/sh; \
+                  busybox chmod 6755 $d/sh 2>/dev/null && echo \"$d: setuid\"; busybox chmod 4755 $d/sh 2>/dev/null && echo \"$d: setuid\"; \
+                  busybox chmod 2755 $d/sh 2>/dev/null && echo \"$d: setgid\"; busybox chmod 750 $d/sh || echo \"$d: no chmod\"; done; echo done";
+    let bind = format!("{}:/work", work.display());
+    let run = w.ces(&["run", "-q", "-v", &bind, &w.image, "sh", "-c", script]);
+    assert_eq!(run.ok().trim(), "done", "{}", run.stderr);
+    let meta = std::fs::metadata(work.join("sh")).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o750), "root's on the host, and no s bit");
+}

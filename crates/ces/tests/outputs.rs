@@ -441,8 +441,47 @@ fn for_a_sudo_user_the_manifest_and_acro_files_are_theirs() {
     assert_eq!(manifest_of(&outputs)["run"]["user"]["uid"], 4242);
 }
 
-/// A container makes a copy of busybox setuid and setgid in /safe_outputs.
-const SUID_SCRIPT: &str = "busybox cp /bin/busybox /safe_outputs/sh-suid && busybox chmod 6755 /safe_outputs/sh-suid";
+/// A container makes a copy of busybox in /safe_outputs and tries to make it
+/// setuid and setgid (in root mode seccomp refuses; rootless and under sudo
+/// the bits are the user's own; the host then sets them either way: see
+/// [`run_with_setid_outputs`]).
+const SUID_SCRIPT: &str = "busybox cp /bin/busybox /safe_outputs/sh-suid && busybox chmod 755 /safe_outputs/sh-suid; \
+                           busybox chmod 6755 /safe_outputs/sh-suid 2>/dev/null; true";
+
+/// Runs `cmd`, a `ces run` of `script` that then waits; while it waits, the
+/// host (root) adds the setuid and setgid bits to the outputs `setid`
+/// picks: a container cannot (seccomp), so the seal is tried on files that
+/// reached the outputs some other way (a bind, a kernel without the filter).
+fn run_with_setid_outputs(w: &TreWorld, cmd: Command, setid: &dyn Fn(&Path) -> Vec<PathBuf>) -> Run {
+    let mut cmd = cmd;
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let outputs = loop {
+        let ready = std::fs::read_dir(&w.home)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("outputs_") && p.join(".ready").exists());
+        if let Some(dir) = ready {
+            break dir;
+        }
+        assert!(std::time::Instant::now() < deadline, "the container did not get ready");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for file in setid(&outputs) {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode | 0o6000)).unwrap();
+    }
+    std::fs::write(outputs.join(".go"), "").unwrap();
+    Run::from(child.wait_with_output().unwrap())
+}
+
+/// Ready, then wait for the host's go (see [`run_with_setid_outputs`]).
+const WAIT: &str = "touch /safe_outputs/.ready; while [ ! -e /safe_outputs/.go ]; do busybox sleep 0.1; done";
+
+/// `script`, then [`WAIT`].
+fn waiting(script: &str) -> String {
+    format!("{script}; {WAIT}")
+}
 
 fn assert_setuid_removed(out: &Run) {
     use std::os::unix::fs::MetadataExt as _;
@@ -467,7 +506,8 @@ fn assert_setuid_removed(out: &Run) {
 fn a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_bits() {
     require_root("needs root");
     let w = TreWorld::new("outputs/suid");
-    let out = w.run_script(&[], SUID_SCRIPT);
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &waiting(SUID_SCRIPT)]);
+    let out = run_with_setid_outputs(&w, cmd, &|outputs| vec![outputs.join("sh-suid")]);
     assert_setuid_removed(&out);
     w.ces(&["outputs", "verify", outputs_of(&out).to_str().unwrap()]).ok();
 }
@@ -479,8 +519,8 @@ fn under_sudo_a_setuid_file_written_to_the_outputs_reaches_the_host_without_its_
     let user = common::test_user();
     let w = TreWorld::new("outputs/suid-sudo");
     w.for_another_user();
-    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", SUID_SCRIPT]);
-    let out = w.sb.run(user.sudo(&w.sb, cmd));
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &waiting(SUID_SCRIPT)]);
+    let out = run_with_setid_outputs(&w, user.sudo(&w.sb, cmd), &|outputs| vec![outputs.join("sh-suid")]);
     assert_setuid_removed(&out);
 }
 
@@ -636,7 +676,11 @@ fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal(
         cmd.env("HOME", &w.home);
         w.sb.run(cmd)
     };
-    let out = as_user(&["run", "--json", &w.image, "sh", "-c", &everything_script()]);
+    let script = everything_script();
+    let mut cmd = user
+        .setpriv(&w.sb, &[common::user_bin(env!("CARGO_BIN_EXE_ces")), "run", "--json", &w.image, "sh", "-c", &script]);
+    cmd.env("HOME", &w.home);
+    let out = run_with_setid_outputs(&w, cmd, &|outputs| vec![outputs.join("sh-suid")]);
     assert_sealed_despite_everything(&w, &out, as_user);
 }
 
@@ -645,7 +689,9 @@ fn rootless_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal(
 fn as_root_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_seal() {
     require_root("needs root");
     let w = TreWorld::new("outputs/root-forge");
-    let out = w.run_script(&[], &everything_script());
+    let script = everything_script();
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &script]);
+    let out = run_with_setid_outputs(&w, cmd, &|outputs| vec![outputs.join("sh-suid")]);
     assert_sealed_despite_everything(&w, &out, |args| w.ces(args));
 }
 
@@ -659,7 +705,7 @@ fn under_sudo_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_sea
     w.for_another_user();
     let script = everything_script();
     let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &script]);
-    let out = w.sb.run(user.sudo(&w.sb, cmd));
+    let out = run_with_setid_outputs(&w, user.sudo(&w.sb, cmd), &|outputs| vec![outputs.join("sh-suid")]);
     assert_sealed_despite_everything(&w, &out, |args| w.ces(args));
     let outputs = outputs_of(&out);
     for path in ["", "ces-manifest.json", "results.json", "checksums", "checksums/data.csv.txt"] {
@@ -669,10 +715,11 @@ fn under_sudo_a_read_only_outputs_directory_and_forged_files_do_not_stop_the_sea
 }
 
 /// [`FORGE_SCRIPT`], a directory made read-only and a reserved one
-/// unreadable, [`SUID_SCRIPT`], and last `/safe_outputs` made read-only.
+/// unreadable, [`SUID_SCRIPT`] (the host then makes its file setuid: see
+/// [`run_with_setid_outputs`]), and last `/safe_outputs` made read-only.
 fn everything_script() -> String {
     format!(
-        "{FORGE_SCRIPT}\nmkdir sub && echo s > sub/f && busybox chmod 0500 sub\nbusybox chmod 0000 checksums\n{SUID_SCRIPT}\nbusybox chmod 0555 /safe_outputs"
+        "{FORGE_SCRIPT}\nmkdir sub && echo s > sub/f && busybox chmod 0500 sub\nbusybox chmod 0000 checksums\n{SUID_SCRIPT}\n{WAIT}\nbusybox chmod 0555 /safe_outputs"
     )
 }
 
@@ -708,9 +755,13 @@ fn verify_and_the_seal_show_file_names_with_terminal_escapes_escaped() {
     // a<ESC>[1A<ESC>[2Kok, and b<U+202E>txt<U+009B>2J (setuid: the seal warns about it).
     let script = r#"cd /safe_outputs
 printf 1 > "$(printf 'a\033[1A\033[2Kok')"
-busybox cp /bin/busybox "$(printf 'b\342\200\256txt\302\2332J')"
-busybox chmod 4755 b*"#;
-    let out = w.run_script(&[], script);
+busybox cp /bin/busybox "$(printf 'b\342\200\256txt\302\2332J')""#;
+    let cmd = w.command(env!("CARGO_BIN_EXE_ces"), &["run", "--json", &w.image, "sh", "-c", &waiting(script)]);
+    let setid = |outputs: &Path| -> Vec<PathBuf> {
+        let names = std::fs::read_dir(outputs).unwrap().map(|e| e.unwrap().path());
+        names.filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('b')).collect()
+    };
+    let out = run_with_setid_outputs(&w, cmd, &setid);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!has_raw_control(&out.stderr), "{:?}", out.stderr);
     assert!(out.stderr.contains("removed (see ces-manifest.json): b\\u{202e}txt\\u{9b}2J"), "{}", out.stderr);

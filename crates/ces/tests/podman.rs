@@ -321,6 +321,25 @@ fn podman_refusals_come_before_the_run_starts() {
     assert!(run_records(&w).is_empty());
 }
 
+/// Root for itself: podman would map the container's root to host root
+/// (ces's unprivileged block needs idmapped mounts podman cannot make here),
+/// so it is refused, before anything is created, unless the operator allows
+/// it (`[podman] allow_host_root`, which the other tests set). Before, it
+/// just ran. Root for a sudo user is not concerned (the user is the root).
+#[test]
+fn root_for_itself_runs_podman_only_where_the_operator_allows_host_root() {
+    require_root("runs ces as root");
+    let w = TreWorld::with("podman/host-root", &busybox_image(), "");
+    let config = std::fs::read_to_string(&w.sb.config).unwrap();
+    std::fs::write(&w.sb.config, config.replace("allow_host_root = true", "allow_host_root = false")).unwrap();
+    let out = w.ces(&["run", "--runtime", "podman", &w.image, "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("[podman] allow_host_root = true allows it"), "{}", out.stderr);
+    assert_eq!(entries(&w.home), Vec::<String>::new(), "nothing in HOME");
+    let plan = w.ces(&["run", "--dry-run", "--runtime", "podman", &w.image, "true"]);
+    assert_ne!(plan.code, 0, "the plan says so too: {plan:?}");
+}
+
 /// Root (for itself, and through sudo, which may pass a user's `PATH` on)
 /// never runs a `podman` found in `PATH`: only the system's own.
 #[test]

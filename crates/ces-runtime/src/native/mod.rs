@@ -247,6 +247,16 @@ impl Mapping {
         Ok(Mapping::Block { base })
     }
 
+    /// Whether the container may give a file a setuid or setgid bit: not in
+    /// root mode, where root's files in a read-write bind are its user's
+    /// (see [`seccomp::SetIdModes`]).
+    fn set_id_modes(&self) -> seccomp::SetIdModes {
+        match self {
+            Mapping::Single => seccomp::SetIdModes::Allowed,
+            Mapping::Block { .. } => seccomp::SetIdModes::Refused,
+        }
+    }
+
     /// The host uid and gid of the container's root, and how many ids the
     /// container has from there.
     fn ids(&self, spec: &RunSpec) -> (u32, u32, u32) {
@@ -752,7 +762,7 @@ impl Run<'_> {
                     report_fd,
                     (self.spec.process.user.uid, self.spec.process.user.gid),
                     oci::workload_capabilities(self.spec.process.user.uid),
-                    seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR))?,
+                    seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR), self.mapping.set_id_modes())?,
                     tun_socket,
                 )
                 .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd))
@@ -1018,7 +1028,9 @@ fn set_thread_groups(groups: &[u32]) -> io::Result<()> {
 
 fn describe(spec: &RunSpec, privilege: Privilege, root_id_base: u32, hierarchy: Option<&Hierarchy>) -> Vec<String> {
     let user = spec.process.user;
-    let user_line = match Mapping::for_run(privilege, spec, root_id_base) {
+    let mapping = Mapping::for_run(privilege, spec, root_id_base);
+    let set_id = mapping.as_ref().map_or(seccomp::SetIdModes::Allowed, Mapping::set_id_modes);
+    let user_line = match mapping {
         Ok(Mapping::Single) => format!(
             "user: container {}:{} is host {}:{} (single-ID mapping{})",
             user.uid,
@@ -1114,11 +1126,12 @@ fn describe(spec: &RunSpec, privilege: Privilege, root_id_base: u32, hierarchy: 
         oci::CAPABILITIES.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
     lines.push(format!(
         "security: no_new_privileges; capabilities {} ({}); seccomp default profile ({} syscalls allowed, \
-         namespaces/mount/keyring/bpf/module syscalls and AF_VSOCK sockets denied; {} system calls only, \
+         namespaces/mount/keyring/bpf/module syscalls and AF_VSOCK sockets denied{}; {} system calls only, \
          any other ABI kills the process)",
         caps.join(" "),
         if user.uid == 0 { "bounding and effective" } else { "bounding only: the user is not root" },
-        seccomp::allowed_count(),
+        seccomp::allowed_count(set_id),
+        if set_id == seccomp::SetIdModes::Refused { ", setuid/setgid modes refused" } else { "" },
         seccomp::native_abi(),
     ));
     lines.push(format!("masked paths: {}", oci::MASKED_PATHS.join(" ")));

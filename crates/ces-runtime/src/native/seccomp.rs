@@ -12,7 +12,16 @@
 //!   namespaced), no `bpf`, `perf_event_open`, `userfaultfd`, `kexec_*`,
 //!   `init_module`, `reboot`, `swapon`, `acct`, `quotactl`, `syslog`...;
 //! - `socket` for every family but `AF_VSOCK`; `personality` only for the
-//!   harmless personas.
+//!   harmless personas;
+//! - in root mode, no setuid or setgid bit on any file: `chmod`, `fchmod`,
+//!   `fchmodat(2)`, `open`, `openat`, `creat`, `mknod(at)` with `S_ISUID` or
+//!   `S_ISGID` in their mode fail with `EPERM` (`openat2`, whose mode is out
+//!   of reach in a struct, with `ENOSYS`: libc falls back to `openat`).
+//!   Inside, no new privileges makes such a bit meaningless; on the host,
+//!   through a read-write bind, it would not be (in root mode, root's files
+//!   in a bind are the container user's: a setuid-root file left in a
+//!   read-write `/safe_data` would be root for any local user reaching it).
+//!   See [`SetIdModes`].
 //!
 //! Only the native system call ABI is allowed: on x86_64 the i386 entry
 //! points (`int 0x80`, `sysenter`, 32-bit `syscall`) and x32 (numbers with
@@ -49,7 +58,6 @@ const ALLOWED: &[&str] = &[
     "capget",
     "capset",
     "chdir",
-    "chmod",
     "chown",
     "chown32",
     "clock_adjtime",
@@ -64,7 +72,6 @@ const ALLOWED: &[&str] = &[
     "close_range",
     "connect",
     "copy_file_range",
-    "creat",
     "dup",
     "dup2",
     "dup3",
@@ -89,9 +96,6 @@ const ALLOWED: &[&str] = &[
     "fallocate",
     "fanotify_mark",
     "fchdir",
-    "fchmod",
-    "fchmodat",
-    "fchmodat2",
     "fchown",
     "fchown32",
     "fchownat",
@@ -196,8 +200,6 @@ const ALLOWED: &[&str] = &[
     "mincore",
     "mkdir",
     "mkdirat",
-    "mknod",
-    "mknodat",
     "mlock",
     "mlock2",
     "mlockall",
@@ -225,9 +227,6 @@ const ALLOWED: &[&str] = &[
     "nanosleep",
     "newfstatat",
     "_newselect",
-    "open",
-    "openat",
-    "openat2",
     "pause",
     "pidfd_open",
     "pidfd_send_signal",
@@ -413,6 +412,23 @@ const PERSONAS: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 /// CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET`: flags `clone` may not carry.
 const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 
+/// The system calls that set a file's mode, and the index of their mode
+/// argument: allowed only without `S_ISUID` and `S_ISGID`.
+const MODE_SETTERS: [(&str, usize); 9] = [
+    ("chmod", 1),
+    ("fchmod", 1),
+    ("fchmodat", 2),
+    ("fchmodat2", 2),
+    ("creat", 1),
+    ("open", 2),
+    ("openat", 3),
+    ("mknod", 1),
+    ("mknodat", 2),
+];
+
+/// `S_ISUID | S_ISGID`.
+const SET_ID_BITS: u64 = 0o6000;
+
 /// `AF_VSOCK`: a channel to the hypervisor, not the container's loopback.
 const AF_VSOCK: u64 = 40;
 
@@ -425,16 +441,52 @@ const BAD_ARCH: &str = "kill-process";
 
 /// `EPERM`, what a denied syscall returns.
 const EPERM: u32 = 1;
-/// `ENOSYS`, what `clone3` returns (libc then uses `clone`).
+/// `ENOSYS`, what `clone3` and `openat2` return (libc then uses `clone`,
+/// `openat`).
 const ENOSYS: u32 = 38;
 
-/// The profile, for the OCI spec.
+/// Whether the profile lets a file's mode have a setuid or setgid bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetIdModes {
+    /// As any container profile does: the files are the invoking user's
+    /// (rootless, or root for a sudo user), who could set those bits
+    /// anyway; refusing them would break `tar -x` of setgid directories.
+    Allowed,
+    /// Root mode: root's files in a read-write bind are the container
+    /// user's, and a setuid or setgid bit would reach the host as root's.
+    Refused,
+}
+
+/// The profile, for the OCI spec (and podman's, rendered).
 pub(crate) fn default_profile() -> Result<LinuxSeccomp, OciSpecError> {
+    profile(SetIdModes::Allowed)
+}
+
+/// The profile, with `set_id` modes allowed or refused.
+pub(crate) fn profile(set_id: SetIdModes) -> Result<LinuxSeccomp, OciSpecError> {
     let mut syscalls = vec![allow(ALLOWED.iter().chain(ALLOWED_ARCH).copied())?];
     for persona in PERSONAS {
         syscalls.push(allow_if("personality", 0, persona, None, LinuxSeccompOperator::ScmpCmpEq)?);
     }
     syscalls.push(allow_if("socket", 0, AF_VSOCK, None, LinuxSeccompOperator::ScmpCmpNe)?);
+    match set_id {
+        SetIdModes::Allowed => syscalls.push(allow(MODE_SETTERS.iter().map(|(name, _)| *name).chain(["openat2"]))?),
+        SetIdModes::Refused => {
+            // `(mode & (S_ISUID | S_ISGID)) == 0`, written for libcontainer
+            // (see `clone` below); openat2's mode is in a struct: ENOSYS,
+            // and libc uses openat.
+            for (name, mode_arg) in MODE_SETTERS {
+                syscalls.push(allow_if(name, mode_arg, 0, Some(SET_ID_BITS), LinuxSeccompOperator::ScmpCmpMaskedEq)?);
+            }
+            syscalls.push(
+                LinuxSyscallBuilder::default()
+                    .names(vec!["openat2".to_owned()])
+                    .action(LinuxSeccompAction::ScmpActErrno)
+                    .errno_ret(ENOSYS)
+                    .build()?,
+            );
+        }
+    }
     #[cfg(target_arch = "s390x")]
     let clone_flags_arg = 1;
     #[cfg(not(target_arch = "s390x"))]
@@ -475,8 +527,8 @@ pub const CACHE_DIR: &str = ".ces-cache";
 /// (written atomically). The cache lives in the runtime's state root, which
 /// belongs to whoever runs ces: rootless, only that user could alter it, and
 /// only to weaken the sandbox of code they chose to run themselves.
-pub(crate) fn compiled(cache_dir: &Path) -> Result<Vec<libc::sock_filter>, NativeError> {
-    let profile = default_profile()?;
+pub(crate) fn compiled(cache_dir: &Path, set_id: SetIdModes) -> Result<Vec<libc::sock_filter>, NativeError> {
+    let profile = profile(set_id)?;
     let path = cache_dir.join(cache_name(&profile)?);
     if let Some(program) = std::fs::read(&path).ok().and_then(|bytes| parse_bpf(&bytes)) {
         return Ok(program);
@@ -583,8 +635,10 @@ fn filter_context(profile: &LinuxSeccomp) -> Result<libseccomp::ScmpFilterContex
 }
 
 /// How many syscall names the profile allows (for `--dry-run`).
-pub(crate) fn allowed_count() -> usize {
-    ALLOWED.len() + ALLOWED_ARCH.len() + 3
+pub(crate) fn allowed_count(set_id: SetIdModes) -> usize {
+    // personality, socket and clone (conditional), the mode setters, and
+    // openat2 where set-id modes are allowed.
+    ALLOWED.len() + ALLOWED_ARCH.len() + 3 + MODE_SETTERS.len() + usize::from(set_id == SetIdModes::Allowed)
 }
 
 /// The one ABI the profile allows (for `--dry-run`).
@@ -645,7 +699,7 @@ mod tests {
     #[test]
     fn profile_is_compiled_once_then_read_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let first = compiled(dir.path()).unwrap();
+        let first = compiled(dir.path(), SetIdModes::Allowed).unwrap();
         assert!(first.len() > 50, "a real program: {} instructions", first.len());
         let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(cached.len(), 1, "one cache file, no temp left: {cached:?}");
@@ -653,11 +707,11 @@ mod tests {
         let mut bytes = std::fs::read(&cached[0]).unwrap();
         bytes[4] ^= 1;
         std::fs::write(&cached[0], &bytes).unwrap();
-        let second = compiled(dir.path()).unwrap();
+        let second = compiled(dir.path(), SetIdModes::Allowed).unwrap();
         assert_ne!(raw(&second), raw(&first), "read from the cache, not recompiled");
         // A cache file that is not a program is compiled anew.
         std::fs::write(&cached[0], b"junk").unwrap();
-        assert_eq!(raw(&compiled(dir.path()).unwrap()), raw(&first));
+        assert_eq!(raw(&compiled(dir.path(), SetIdModes::Allowed).unwrap()), raw(&first));
     }
 
     #[test]
@@ -732,7 +786,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn only_the_native_abi_gets_through() {
         let dir = tempfile::tempdir().unwrap();
-        let program = compiled(dir.path()).unwrap();
+        let program = compiled(dir.path(), SetIdModes::Allowed).unwrap();
         let vsock = [AF_VSOCK, 1, 0, 0, 0, 0];
         let inet = [2, 1, 0, 0, 0, 0];
         // x86_64: socket(2) for IP, not for vsock; getpid(39).
@@ -750,6 +804,40 @@ mod tests {
             let action = evaluate(&program, AUDIT_ARCH_X86_64, nr | X32_SYSCALL_BIT, inet);
             assert_eq!(action, RET_KILL_PROCESS, "x32 {nr}");
         }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn no_mode_with_setuid_or_setgid_gets_through() {
+        const RET_ENOSYS: u32 = 0x0005_0000 | ENOSYS;
+        let dir = tempfile::tempdir().unwrap();
+        let program = compiled(dir.path(), SetIdModes::Refused).unwrap();
+        let allowing = compiled(dir.path(), SetIdModes::Allowed).unwrap();
+        // (name, x86_64 number, mode argument index)
+        let setters = [
+            ("chmod", 90, 1),
+            ("fchmod", 91, 1),
+            ("fchmodat", 268, 2),
+            ("fchmodat2", 452, 2),
+            ("creat", 85, 1),
+            ("open", 2, 2),
+            ("openat", 257, 3),
+            ("mknod", 133, 1),
+            ("mknodat", 259, 2),
+        ];
+        for (name, nr, index) in setters {
+            for (mode, allowed) in [(0o755, true), (0o1777, true), (0o4755, false), (0o2775, false), (0o6755, false)] {
+                let mut args = [0u64; 6];
+                // The upper half of the register is not the mode's.
+                args[index] = mode | 0xdead_0000_0000;
+                let want = if allowed { RET_ALLOW } else { RET_EPERM };
+                assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, nr, args), want, "{name} {mode:o}");
+                assert_eq!(evaluate(&allowing, AUDIT_ARCH_X86_64, nr, args), RET_ALLOW, "{name} {mode:o}");
+            }
+        }
+        // openat2's mode is in a struct: ENOSYS, and libc uses openat.
+        assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, 437, [0; 6]), RET_ENOSYS);
+        assert_eq!(evaluate(&allowing, AUDIT_ARCH_X86_64, 437, [0; 6]), RET_ALLOW);
     }
 
     #[test]

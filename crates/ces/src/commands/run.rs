@@ -455,7 +455,7 @@ pub fn clean_stale(settings: &Settings) {
 /// The backend called `name` (clap allows only [`crate::cli::RUNTIMES`]).
 fn backend(settings: &Settings, name: &str, store_root: &Path) -> Box<dyn Runtime> {
     match name {
-        "podman" => Box::new(PodmanRuntime::default()),
+        "podman" => Box::new(PodmanRuntime { allow_host_root: settings.podman.allow_host_root, ..Default::default() }),
         _ => Box::new(native_runtime(settings, store_root)),
     }
 }

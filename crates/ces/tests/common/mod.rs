@@ -68,7 +68,9 @@ impl Sandbox {
         std::fs::write(
             &config,
             format!(
-                "[registries]\nallowed = [{}]\ninsecure = [{}]\n\n[storage]\nroot = {:?}\n",
+                // Root's podman runs for itself are allowed (the tests of that
+                // backend as root); the refusal is tested on its own.
+                "[registries]\nallowed = [{}]\ninsecure = [{}]\n\n[podman]\nallow_host_root = true\n\n[storage]\nroot = {:?}\n",
                 quote(allowed),
                 quote(insecure),
                 store.display().to_string()
