@@ -288,9 +288,25 @@ fn check_rootless_limits(hierarchy: &Hierarchy) -> Result<(), RuntimeError> {
 /// ces's seccomp profile (the native runtime's, the same rules) as the JSON
 /// file podman reads with `--security-opt seccomp=FILE` (docker's format).
 pub fn seccomp_profile() -> Result<String, RuntimeError> {
-    let profile = crate::native::seccomp::default_profile()
+    seccomp_profile_for(crate::native::seccomp::SetIdModes::Allowed)
+}
+
+/// [`seccomp_profile`], with setuid and setgid modes allowed or refused.
+fn seccomp_profile_for(set_id: crate::native::seccomp::SetIdModes) -> Result<String, RuntimeError> {
+    let profile = crate::native::seccomp::profile(set_id)
         .map_err(|e| RuntimeError::Start { stage: "building the seccomp profile", source: Box::new(e) })?;
     render_seccomp(&profile)
+}
+
+/// Root for itself (allowed by the operator): the container's root is host
+/// root and its binds are not idmapped, so, as in the native root mode, no
+/// file may get a setuid or setgid bit.
+fn set_id_modes(mode: Mode, spec: &RunSpec) -> crate::native::seccomp::SetIdModes {
+    if mode == Mode::Rootful && spec.identity.host_uid == 0 {
+        crate::native::seccomp::SetIdModes::Refused
+    } else {
+        crate::native::seccomp::SetIdModes::Allowed
+    }
 }
 
 /// An OCI seccomp profile in podman's format. The two agree field by field
@@ -408,7 +424,7 @@ impl Runtime for PodmanRuntime {
             Overlay::of(spec).options()?;
         }
         env_file_contents(spec)?;
-        seccomp_profile()?;
+        seccomp_profile_for(set_id_modes(self.mode, spec))?;
         Ok(())
     }
 
@@ -416,7 +432,7 @@ impl Runtime for PodmanRuntime {
         self.check(spec)?;
         let words = self.command_line(spec)?;
         let name = container_name(spec);
-        write_new(&spec.state_dir.join(SECCOMP_FILE), &seccomp_profile()?, 0o644)?;
+        write_new(&spec.state_dir.join(SECCOMP_FILE), &seccomp_profile_for(set_id_modes(self.mode, spec))?, 0o644)?;
         // Before the container can exist: a stale clean-up finds it by this.
         write_new(&spec.state_dir.join(CONTAINER_FILE), &name, 0o644)?;
         // Dropped last (declared first): the container is removed before its
@@ -1112,7 +1128,7 @@ mod tests {
     /// order (mask first).
     #[test]
     fn seccomp_profile_is_the_native_one_in_podmans_format() {
-        let native = crate::native::seccomp::default_profile().unwrap();
+        let native = crate::native::seccomp::profile(crate::native::seccomp::SetIdModes::Allowed).unwrap();
         let json: serde_json::Value = serde_json::from_str(&seccomp_profile().unwrap()).unwrap();
         assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(json["defaultErrnoRet"], 1);

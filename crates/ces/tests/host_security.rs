@@ -289,13 +289,19 @@ fn a_root_mode_container_cannot_leave_a_setuid_file_in_a_read_write_bind() {
     let w = TreWorld::new("host/setuid-bind");
     let work = w.home.join("work");
     std::fs::create_dir(&work).unwrap();
+    // A setuid-root file already there: writing to it must clear the bit
+    // (no CAP_FSETID), as it would for any unprivileged writer.
+    std::fs::write(work.join("existing"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(work.join("existing"), std::fs::Permissions::from_mode(0o6755)).unwrap();
     w.sb.configure(&format!("[run]\nbind_roots = [{:?}]\n", w.home.display().to_string()));
     let script = "for d in /work /safe_outputs /tmp; do busybox cp /bin/busybox $d/sh; \
                   busybox chmod 6755 $d/sh 2>/dev/null && echo \"$d: setuid\"; busybox chmod 4755 $d/sh 2>/dev/null && echo \"$d: setuid\"; \
-                  busybox chmod 2755 $d/sh 2>/dev/null && echo \"$d: setgid\"; busybox chmod 750 $d/sh || echo \"$d: no chmod\"; done; echo done";
+                  busybox chmod 2755 $d/sh 2>/dev/null && echo \"$d: setgid\"; busybox chmod 750 $d/sh || echo \"$d: no chmod\"; done; echo true >> /work/existing; echo done";
     let bind = format!("{}:/work", work.display());
     let run = w.ces(&["run", "-q", "-v", &bind, &w.image, "sh", "-c", script]);
     assert_eq!(run.ok().trim(), "done", "{}", run.stderr);
     let meta = std::fs::metadata(work.join("sh")).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o750), "root's on the host, and no s bit");
+    let existing = std::fs::metadata(work.join("existing")).unwrap();
+    assert_eq!(existing.mode() & 0o7777, 0o755, "written by the container: the s bits are gone");
 }

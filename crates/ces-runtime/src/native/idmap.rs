@@ -186,7 +186,8 @@ pub(crate) fn clone_tree(
     let attr = MountAttr {
         attr_set: attrs | if userns.is_some() { MOUNT_ATTR_IDMAP } else { 0 },
         attr_clr: 0,
-        propagation: 0,
+        // Not a peer of the host mount it is cloned from.
+        propagation: MS_PRIVATE,
         userns_fd: userns.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
     // SAFETY: the struct is the kernel's `mount_attr` (size passed), alive
@@ -461,6 +462,7 @@ pub(crate) const NO_SUID_DEV: u64 = 0x2 | 0x4;
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MS_PRIVATE: u64 = 1 << 18;
 
 /// The kernel's `struct mount_attr`.
 #[repr(C)]

@@ -1122,8 +1122,12 @@ fn describe(spec: &RunSpec, privilege: Privilege, root_id_base: u32, hierarchy: 
         }
     };
     lines.push(format!("limits: {}; {enforcement}", limits.join(", ")));
-    let caps: Vec<String> =
-        oci::CAPABILITIES.iter().map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
+    // Root mode drops FSETID (see `oci::build`).
+    let caps: Vec<String> = oci::CAPABILITIES
+        .iter()
+        .filter(|(c, _)| set_id == seccomp::SetIdModes::Allowed || *c != oci_spec::runtime::Capability::Fsetid)
+        .map(|(c, _)| c.to_string().trim_start_matches("CAP_").to_owned())
+        .collect();
     lines.push(format!(
         "security: no_new_privileges; capabilities {} ({}); seccomp default profile ({} syscalls allowed, \
          namespaces/mount/keyring/bpf/module syscalls and AF_VSOCK sockets denied{}; {} system calls only, \

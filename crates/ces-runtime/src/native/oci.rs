@@ -167,6 +167,12 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
     let mut caps: HashSet<Capability> = CAPABILITIES.iter().map(|(c, _)| *c).collect();
     caps.insert(Capability::NetAdmin);
     caps.insert(Capability::Setfcap);
+    if layout.ids.2 > 1 {
+        // Root mode's block: root's files in a read-write bind are the
+        // container's; writing to a setuid or setgid one must clear the bit
+        // (Linux >= 6.2 does it anyway for a user namespace's root).
+        caps.remove(&Capability::Fsetid);
+    }
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -448,6 +454,8 @@ mod tests {
     fn root_modes_block_maps_the_containers_ids_to_the_block() {
         let layout = Layout { ids: (0x7000_0000, 0x7000_0000, 65_536), ..layout(false) };
         let oci = build(&run_spec(), &layout).unwrap();
+        let bounding = oci.process().as_ref().unwrap().capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        assert!(!bounding.contains(&Capability::Fsetid), "writes clear setuid bits: {bounding:?}");
         let linux = oci.linux().as_ref().unwrap();
         for map in [linux.uid_mappings(), linux.gid_mappings()] {
             let map = &map.as_ref().unwrap()[..];

@@ -457,12 +457,8 @@ pub(crate) enum SetIdModes {
     Refused,
 }
 
-/// The profile, for the OCI spec (and podman's, rendered).
-pub(crate) fn default_profile() -> Result<LinuxSeccomp, OciSpecError> {
-    profile(SetIdModes::Allowed)
-}
-
-/// The profile, with `set_id` modes allowed or refused.
+/// The profile, for the OCI spec (and podman's, rendered), with `set_id`
+/// modes allowed or refused.
 pub(crate) fn profile(set_id: SetIdModes) -> Result<LinuxSeccomp, OciSpecError> {
     let mut syscalls = vec![allow(ALLOWED.iter().chain(ALLOWED_ARCH).copied())?];
     for persona in PERSONAS {
@@ -842,9 +838,9 @@ mod tests {
 
     #[test]
     fn the_cache_key_follows_the_profile() {
-        let profile = default_profile().unwrap();
+        let profile = profile(SetIdModes::Allowed).unwrap();
         let name = cache_name(&profile).unwrap();
-        assert_eq!(cache_name(&default_profile().unwrap()).unwrap(), name, "stable");
+        assert_eq!(cache_name(&super::profile(SetIdModes::Allowed).unwrap()).unwrap(), name, "stable");
         // Another architecture list (the old profile's i386 and x32) or
         // another rule is another program, under another name.
         let mut wider = profile.clone();
@@ -857,7 +853,7 @@ mod tests {
 
     #[test]
     fn clone_may_not_create_namespaces() {
-        let profile = default_profile().unwrap();
+        let profile = profile(SetIdModes::Allowed).unwrap();
         let syscalls = profile.syscalls().as_ref().unwrap();
         let clone = syscalls.iter().find(|s| s.names() == &["clone".to_owned()]).unwrap();
         let arg = clone.args().as_ref().unwrap()[0];

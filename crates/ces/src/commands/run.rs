@@ -612,7 +612,7 @@ fn pin_safe_data(safe_data: &SafeData) -> anyhow::Result<std::sync::Arc<rustix::
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let resolve = if safe_data.reason.starts_with("home") { ResolveFlags::NO_SYMLINKS } else { ResolveFlags::empty() };
     let fd = crate::identity::as_invoker(|| rustix::fs::openat2(CWD, path, flags, Mode::empty(), resolve))?
-        .with_context(|| format!("cannot open {} (/safe_data): it changed since it was found", path.display()))?;
+        .with_context(|| format!("cannot open {} (/safe_data) as it was found", path.display()))?;
     Ok(std::sync::Arc::new(fd))
 }
 
