@@ -327,3 +327,33 @@ fn rootless_without_access_to_dev_net_tun_the_refusal_says_how_to_fix_it() {
     assert!(stderr.contains("opening /dev/net/tun"), "{stderr}");
     assert!(stderr.contains("chmod 0666 /dev/net/tun"), "{stderr}");
 }
+
+/// A vsock socket (a way out of a VM-hosted TRE that no packet watcher
+/// sees) is refused as in any run, and now reported: the verdict says so;
+/// an IP socket is not listed. Before, `ces test` said nothing of it.
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn a_vsock_socket_is_reported_and_refused() {
+    let mut layer = ces_testkit::layer::busybox_entries();
+    for (name, executable) in ces_testkit::probe::probes() {
+        layer.push(Entry::file_mode(&format!("bin/probe-{name}"), executable, 0o755));
+    }
+    let image = ImageSpec::new(vec![Layer::new(layer)]).env(&["PATH=/bin"]);
+    let w = World::new("test/vsock", &image);
+    let script = "probe-vsock; echo \"vsock=$?\" > /safe_outputs/r; probe-vsock; probe-inet; echo \"inet=$?\" >> /safe_outputs/r";
+    let (code, report) = w.report(&[], &sh(script));
+    assert_eq!(code, 1, "{report:#}");
+    let sockets = report["network"]["sockets"].as_array().unwrap();
+    assert_eq!(sockets.len(), 1, "{report:#}");
+    assert_eq!(
+        (&sockets[0]["name"], &sockets[0]["count"], &sockets[0]["refused"]),
+        (&"AF_VSOCK".into(), &2.into(), &true.into())
+    );
+    assert!(
+        report["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("AF_VSOCK")),
+        "{report:#}"
+    );
+    // The workload saw what any run gives it: EPERM (1), and a working IP socket.
+    let outputs = std::path::PathBuf::from(report["outputs_dir"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(outputs.join("r")).unwrap(), "vsock=1\ninet=100\n");
+}

@@ -205,13 +205,18 @@ impl Executor for CesInit {
         drop_setup_capabilities(keep)
             .map_err(|e| ExecutorError::Other(format!("cannot drop the setup capabilities: {e}")))?;
         if self.user.is_none() {
-            // Loaded once, here, and inherited by the workload.
-            load_seccomp(&self.seccomp).map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
+            // Loaded once, here, and inherited by the workload (`ces test`:
+            // its notifications go to ces's watcher).
+            load_workload_seccomp(&self.seccomp, self.tun_socket)
+                .map_err(|e| ExecutorError::Other(format!("seccomp: {e}")))?;
         }
 
         // Before the workload exists, so that it never sees ces's arguments
-        // or descriptors in PID 1.
-        hide_from_workload(self.report_fd);
+        // or descriptors in PID 1. `ces test` with a user to switch to: the
+        // observe socket stays until the workload has sent its filter's
+        // listener on it (closed in both processes then).
+        let observe_socket = self.tun_socket.filter(|_| self.user.is_some());
+        hide_from_workload(self.report_fd, observe_socket);
 
         let waited = signal_set(FORWARDED.iter().copied().chain([libc::SIGCHLD]));
         // SAFETY: sigprocmask with valid pointers; the init process has one thread.
@@ -240,9 +245,9 @@ impl Executor for CesInit {
                 }
                 if let Some((uid, gid)) = self.user
                     && let Err(e) = if self.user_mapped {
-                        switch_user(uid, gid, &self.seccomp)
+                        switch_user(uid, gid, &self.seccomp, observe_socket)
                     } else {
-                        become_user(uid, gid, &self.seccomp)
+                        become_user(uid, gid, &self.seccomp, observe_socket)
                     }
                 {
                     write_report(self.report_fd, Report::UserFailed(e.raw_os_error().unwrap_or(libc::EPERM)));
@@ -252,6 +257,10 @@ impl Executor for CesInit {
                 run_workload(&argv_ptrs, self.report_fd)
             }
             child => {
+                if let Some(socket) = observe_socket {
+                    // SAFETY: closing our copy of the inherited socket.
+                    unsafe { libc::close(socket) };
+                }
                 if self.user.is_some() {
                     // PID 1 runs under the profile too; failing that, it
                     // must not go on without it.
@@ -315,7 +324,7 @@ fn take_terminal() -> io::Result<()> {
 /// Moves the calling (forked, single-threaded) process into a new user
 /// namespace where `uid`:`gid` is the only id, mapped to this namespace's
 /// root, switches to it, and loads the seccomp profile.
-fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<()> {
+fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter], observe: Option<RawFd>) -> io::Result<()> {
     // Non-dumpable (inherited from PID 1), our /proc files would belong to
     // the host's root, and the id maps could not be written; the workload's
     // exec sets this again anyway.
@@ -338,14 +347,14 @@ fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<
             return Err(io::Error::last_os_error());
         }
     }
-    load_seccomp(seccomp)
+    load_workload_seccomp(seccomp, observe)
 }
 
 /// Switches the calling (forked, single-threaded) process to `uid`:`gid`,
 /// mapped in the container's user namespace, with no supplementary group
 /// (none of root's: the container's root keeps none of the host's either),
 /// and loads the seccomp profile. Leaving uid 0 drops every capability.
-fn switch_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<()> {
+fn switch_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter], observe: Option<RawFd>) -> io::Result<()> {
     // SAFETY: plain set*id calls; single-threaded process.
     unsafe {
         if libc::setgroups(0, std::ptr::null()) != 0
@@ -355,19 +364,43 @@ fn switch_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter]) -> io::Result<
             return Err(io::Error::last_os_error());
         }
     }
-    load_seccomp(seccomp)
+    load_workload_seccomp(seccomp, observe)
 }
+
+/// Loads the workload's profile; for `ces test` (`observe`: the socket to
+/// ces), with a listener for its user notifications, sent to ces's watcher
+/// (see [`super::observe`]), then the socket closed.
+fn load_workload_seccomp(program: &[libc::sock_filter], observe: Option<RawFd>) -> io::Result<()> {
+    let Some(socket) = observe else { return load_seccomp(program) };
+    let listener = seccomp_filter(program, SECCOMP_FILTER_FLAG_NEW_LISTENER)?;
+    // SAFETY: the kernel returned a new descriptor, owned here.
+    let listener = unsafe { OwnedFd::from_raw_fd(listener) };
+    let sent = super::observe::hand_over_listener(socket, &listener);
+    // SAFETY: the socket is not needed any more (nor seen by the workload).
+    unsafe { libc::close(socket) };
+    sent
+}
+
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`: the filter's user notifications go to
+/// a descriptor seccomp(2) returns.
+const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
 
 /// Loads the compiled profile into the calling thread (no_new_privs is set
 /// by then, as seccomp(2) requires without CAP_SYS_ADMIN).
 fn load_seccomp(program: &[libc::sock_filter]) -> io::Result<()> {
+    seccomp_filter(program, 0).map(drop)
+}
+
+/// seccomp(SECCOMP_SET_MODE_FILTER, `flags`, `program`): its result.
+fn seccomp_filter(program: &[libc::sock_filter], flags: libc::c_ulong) -> io::Result<RawFd> {
     let len = u16::try_from(program.len()).map_err(|_| io::Error::other("seccomp program too long"))?;
     let prog = libc::sock_fprog { len, filter: program.as_ptr().cast_mut() };
     // SAFETY: `prog` points to `program`, which outlives the call; the kernel
     // copies the filter and does not keep the pointer.
-    let rc =
-        unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog)
+    };
+    if rc >= 0 { Ok(rc as RawFd) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The set of `signals`.
@@ -466,11 +499,20 @@ fn write_report(fd: RawFd, report: Report) {
 
 /// Leaves PID 1 with nothing the workload could use (its capabilities go
 /// after the fork: the workload inherits them): see the module docs.
-fn hide_from_workload(report_fd: RawFd) {
-    // SAFETY: close_range on ranges of our own descriptors.
+fn hide_from_workload(report_fd: RawFd, also_keep: Option<RawFd>) {
+    let mut keep: Vec<RawFd> = std::iter::once(report_fd).chain(also_keep).filter(|fd| *fd >= 3).collect();
+    keep.sort_unstable();
+    let mut from = 3;
+    for fd in keep {
+        if fd > from {
+            // SAFETY: close_range on a range of our own descriptors.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0u32) };
+        }
+        from = from.max(fd + 1);
+    }
+    // SAFETY: close_range on the rest of our own descriptors.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, (report_fd - 1) as u32, 0u32);
-        libc::syscall(libc::SYS_close_range, (report_fd + 1) as u32, u32::MAX, 0u32);
+        libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0u32);
     }
     // SAFETY: plain prctl calls.
     unsafe {

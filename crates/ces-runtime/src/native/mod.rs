@@ -762,7 +762,11 @@ impl Run<'_> {
                     report_fd,
                     (self.spec.process.user.uid, self.spec.process.user.gid),
                     oci::workload_capabilities(self.spec.process.user.uid),
-                    seccomp::compiled(&self.runtime.state_root.join(seccomp::CACHE_DIR), self.mapping.set_id_modes())?,
+                    seccomp::compiled(
+                        &self.runtime.state_root.join(seccomp::CACHE_DIR),
+                        self.mapping.set_id_modes(),
+                        self.observe_network(),
+                    )?,
                     tun_socket,
                 )
                 .with_ports_socket(ports_socket.as_ref().map(AsRawFd::as_raw_fd))

@@ -47,6 +47,51 @@ pub struct NetworkReport {
     pub attempts: Vec<Attempt>,
     /// Attempts not kept (beyond the bound on distinct attempts).
     pub dropped: u64,
+    /// Sockets of other families than local, IP and netlink the workload
+    /// asked for (a way out that is not the network: `AF_VSOCK` to a
+    /// hypervisor, raw packets...), by family, first asked first.
+    #[serde(default)]
+    pub sockets: Vec<SocketAttempt>,
+}
+
+/// `socket(FAMILY, ...)` of a family the network watcher cannot see.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketAttempt {
+    /// The address family's number.
+    pub family: u64,
+    /// Its name (`AF_VSOCK`), or the number.
+    pub name: String,
+    /// How many times.
+    pub count: u64,
+    /// Whether ces refused it (EPERM: `AF_VSOCK`); otherwise the kernel
+    /// answered as in any run.
+    pub refused: bool,
+}
+
+/// `AF_VSOCK`: refused in every run (see [`super::seccomp`]).
+const AF_VSOCK: u64 = 40;
+
+/// The name of address family `family`.
+fn family_name(family: u64) -> String {
+    let name = match family {
+        0 => "AF_UNSPEC",
+        3 => "AF_AX25",
+        4 => "AF_IPX",
+        5 => "AF_APPLETALK",
+        9 => "AF_X25",
+        15 => "AF_KEY",
+        17 => "AF_PACKET",
+        29 => "AF_CAN",
+        30 => "AF_TIPC",
+        31 => "AF_BLUETOOTH",
+        38 => "AF_ALG",
+        AF_VSOCK => "AF_VSOCK",
+        41 => "AF_KCM",
+        42 => "AF_QIPCRTR",
+        44 => "AF_XDP",
+        _ => return family.to_string(),
+    };
+    name.to_owned()
 }
 
 /// A file the container wrote to its own filesystem (lost at exit).
@@ -100,6 +145,17 @@ pub(crate) fn tun_channel() -> io::Result<(OwnedFd, OwnedFd)> {
 /// failure, sends the stage and errno instead, and returns the error.
 pub(crate) fn hand_over_tun(socket: RawFd) -> Result<(), String> {
     send_device(socket, set_up())
+}
+
+/// In the workload (or, for a root workload, `ces-init`), before it runs:
+/// sends its seccomp filter's user-notification listener to ces's watcher
+/// on `socket` (after the device: see [`Watcher::start`]).
+pub(crate) fn hand_over_listener(socket: RawFd, listener: &OwnedFd) -> io::Result<()> {
+    let status = encode_status(0, 0);
+    let fds = [listener.as_raw_fd()];
+    sendmsg::<()>(socket, &[IoSlice::new(&status)], &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map(drop)
+        .map_err(io::Error::from)
 }
 
 /// Sends `device` on `socket` with a status of 0, or, when setting it up
@@ -184,8 +240,8 @@ impl Watcher {
             0 => {
                 drop(stop_write);
                 drop(results_read);
-                drop(socket);
-                let code = child(&tun, stop_read.as_raw_fd(), results_write.as_raw_fd());
+                // Kept: the workload's seccomp listener comes on it.
+                let code = child(&tun, &socket, stop_read.as_raw_fd(), results_write.as_raw_fd());
                 // SAFETY: leaving the forked child without running the
                 // parent's destructors or atexit handlers.
                 unsafe { libc::_exit(code) }
@@ -207,12 +263,13 @@ impl Watcher {
 }
 
 /// The watcher: serve until told to stop, then report.
-fn child(tun: &OwnedFd, stop: RawFd, results: RawFd) -> i32 {
+fn child(tun: &OwnedFd, socket: &OwnedFd, stop: RawFd, results: RawFd) -> i32 {
     // SAFETY: plain prctl.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     let mut stub = Stub::new();
-    serve(tun, stop, &mut stub);
-    let report = NetworkReport { attempts: stub.attempts(), dropped: stub.dropped };
+    let mut sockets = Vec::new();
+    serve(tun, socket, stop, &mut stub, &mut sockets);
+    let report = NetworkReport { attempts: stub.attempts(), dropped: stub.dropped, sockets };
     match serde_json::to_vec(&report) {
         Ok(bytes) => {
             // SAFETY: the descriptor stays open for the child's life;
@@ -338,21 +395,41 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
 }
 
 /// Reads packets and writes the stub's replies until `stop` closes (ces has
-/// seen the container end); then takes what is still queued.
-fn serve(tun: &OwnedFd, stop: RawFd, stub: &mut Stub) {
+/// seen the container end); then takes what is still queued. Meanwhile,
+/// receives the workload's seccomp listener on `socket` and answers its
+/// notifications (see [`socket_notification`]).
+fn serve(tun: &OwnedFd, socket: &OwnedFd, stop: RawFd, stub: &mut Stub, sockets: &mut Vec<SocketAttempt>) {
     let mut buffer = vec![0u8; 65536];
+    let mut socket = Some(socket.as_raw_fd());
+    let mut listener: Option<OwnedFd> = None;
     loop {
+        // -1: poll ignores the entry.
         let mut fds = [
             libc::pollfd { fd: tun.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: socket.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: listener.as_ref().map_or(-1, AsRawFd::as_raw_fd), events: libc::POLLIN, revents: 0 },
         ];
-        // SAFETY: two valid pollfds, no timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: four valid pollfds, no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 4, -1) };
         if n < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return;
+        }
+        if fds[2].revents != 0 {
+            // The listener, or the init's end closed without one.
+            listener = socket.and_then(receive_listener);
+            socket = None;
+        }
+        if fds[3].revents & libc::POLLIN != 0 {
+            if let Some(fd) = &listener {
+                socket_notification(fd, sockets);
+            }
+        } else if fds[3].revents != 0 {
+            // No process under the filter is left.
+            listener = None;
         }
         if fds[0].revents & libc::POLLIN != 0 {
             packet(tun, &mut buffer, stub);
@@ -367,6 +444,48 @@ fn serve(tun: &OwnedFd, stop: RawFd, stub: &mut Stub) {
             return;
         }
     }
+}
+
+/// The listener [`hand_over_listener`] sent on `socket`, if any.
+fn receive_listener(socket: RawFd) -> Option<OwnedFd> {
+    let mut status = [0u8; 8];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(&mut status)];
+    let message = recvmsg::<()>(socket, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
+    let mut received = None;
+    for cmsg in message.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: a descriptor the kernel just gave us.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    received
+}
+
+/// Answers one user notification on `listener` (a `socket` call of a family
+/// the profile hands over): recorded in `sockets`, then refused as any run
+/// refuses it (`AF_VSOCK`: EPERM) or let go on (the kernel decides). The
+/// bound on distinct families is the families' count (a `u64`, few).
+fn socket_notification(listener: &OwnedFd, sockets: &mut Vec<SocketAttempt>) {
+    use libseccomp::{ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags};
+    let Ok(request) = ScmpNotifReq::receive(listener.as_raw_fd()) else { return };
+    let family = request.data.args[0];
+    let refused = family == AF_VSOCK;
+    if let Some(seen) = sockets.iter_mut().find(|s| s.family == family) {
+        seen.count += 1;
+    } else if sockets.len() < 64 {
+        sockets.push(SocketAttempt { family, name: family_name(family), count: 1, refused });
+    }
+    let response = if refused {
+        ScmpNotifResp::new_error(request.id, -libc::EPERM, ScmpNotifRespFlags::empty())
+    } else {
+        ScmpNotifResp::new_continue(request.id, ScmpNotifRespFlags::empty())
+    };
+    // A process that died meanwhile is no error.
+    let _ = response.respond(listener.as_raw_fd());
 }
 
 /// One packet in, one reply out; false when there was none to read.

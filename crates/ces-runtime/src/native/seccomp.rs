@@ -460,11 +460,34 @@ pub(crate) enum SetIdModes {
 /// The profile, for the OCI spec (and podman's, rendered), with `set_id`
 /// modes allowed or refused.
 pub(crate) fn profile(set_id: SetIdModes) -> Result<LinuxSeccomp, OciSpecError> {
+    profile_with(set_id, false)
+}
+
+/// The families `socket` may make without a word in `ces test`: local
+/// (`AF_UNIX`), IP and netlink.
+const REPORTED_EXCEPT: [u64; 4] = [1, 2, 10, 16];
+
+/// [`profile`]; with `report_sockets` (`ces test`), a socket of any other
+/// family than [`REPORTED_EXCEPT`] is handed to ces's watcher (a user
+/// notification), which records it and lets it go on as [`profile`] would:
+/// refused for `AF_VSOCK` (EPERM), left to the kernel otherwise.
+fn profile_with(set_id: SetIdModes, report_sockets: bool) -> Result<LinuxSeccomp, OciSpecError> {
     let mut syscalls = vec![allow(ALLOWED.iter().chain(ALLOWED_ARCH).copied())?];
     for persona in PERSONAS {
         syscalls.push(allow_if("personality", 0, persona, None, LinuxSeccompOperator::ScmpCmpEq)?);
     }
-    syscalls.push(allow_if("socket", 0, AF_VSOCK, None, LinuxSeccompOperator::ScmpCmpNe)?);
+    if report_sockets {
+        for family in REPORTED_EXCEPT {
+            syscalls.push(allow_if("socket", 0, family, None, LinuxSeccompOperator::ScmpCmpEq)?);
+        }
+        let last = *REPORTED_EXCEPT.iter().max().unwrap_or(&0);
+        for family in (0..last).filter(|f| !REPORTED_EXCEPT.contains(f)) {
+            syscalls.push(notify_if("socket", family, LinuxSeccompOperator::ScmpCmpEq)?);
+        }
+        syscalls.push(notify_if("socket", last, LinuxSeccompOperator::ScmpCmpGt)?);
+    } else {
+        syscalls.push(allow_if("socket", 0, AF_VSOCK, None, LinuxSeccompOperator::ScmpCmpNe)?);
+    }
     match set_id {
         SetIdModes::Allowed => syscalls.push(allow(MODE_SETTERS.iter().map(|(name, _)| *name).chain(["openat2"]))?),
         SetIdModes::Refused => {
@@ -523,8 +546,12 @@ pub const CACHE_DIR: &str = ".ces-cache";
 /// (written atomically). The cache lives in the runtime's state root, which
 /// belongs to whoever runs ces: rootless, only that user could alter it, and
 /// only to weaken the sandbox of code they chose to run themselves.
-pub(crate) fn compiled(cache_dir: &Path, set_id: SetIdModes) -> Result<Vec<libc::sock_filter>, NativeError> {
-    let profile = profile(set_id)?;
+pub(crate) fn compiled(
+    cache_dir: &Path,
+    set_id: SetIdModes,
+    report_sockets: bool,
+) -> Result<Vec<libc::sock_filter>, NativeError> {
+    let profile = profile_with(set_id, report_sockets)?;
     let path = cache_dir.join(cache_name(&profile)?);
     if let Some(program) = std::fs::read(&path).ok().and_then(|bytes| parse_bpf(&bytes)) {
         return Ok(program);
@@ -583,6 +610,7 @@ fn filter_context(profile: &LinuxSeccomp) -> Result<libseccomp::ScmpFilterContex
     let action = |action: LinuxSeccompAction, errno: Option<u32>| match action {
         LinuxSeccompAction::ScmpActAllow => Ok(ScmpAction::Allow),
         LinuxSeccompAction::ScmpActErrno => Ok(ScmpAction::Errno(errno.unwrap_or(EPERM) as i32)),
+        LinuxSeccompAction::ScmpActNotify => Ok(ScmpAction::Notify),
         other => Err(unsupported(&format!("action {other:?}"))),
     };
     let default = action(profile.default_action(), profile.default_errno_ret())?;
@@ -608,6 +636,7 @@ fn filter_context(profile: &LinuxSeccomp) -> Result<libseccomp::ScmpFilterContex
                 let op = match arg.op() {
                     LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
                     LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+                    LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
                     // libcontainer's reading: the mask in valueTwo, the datum in value.
                     LinuxSeccompOperator::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(arg.value_two().unwrap_or(0)),
                     other => return Err(unsupported(&format!("operator {other:?}"))),
@@ -666,6 +695,16 @@ fn allow<'a>(names: impl Iterator<Item = &'a str>) -> Result<LinuxSyscall, OciSp
         .build()
 }
 
+/// A user notification for `name` when its first argument compares to
+/// `value` by `op`.
+fn notify_if(name: &str, value: u64, op: LinuxSeccompOperator) -> Result<LinuxSyscall, OciSpecError> {
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_owned()])
+        .action(LinuxSeccompAction::ScmpActNotify)
+        .args(vec![LinuxSeccompArgBuilder::default().index(0usize).value(value).op(op).build()?])
+        .build()
+}
+
 fn allow_if(
     name: &str,
     index: usize,
@@ -695,7 +734,7 @@ mod tests {
     #[test]
     fn profile_is_compiled_once_then_read_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let first = compiled(dir.path(), SetIdModes::Allowed).unwrap();
+        let first = compiled(dir.path(), SetIdModes::Allowed, false).unwrap();
         assert!(first.len() > 50, "a real program: {} instructions", first.len());
         let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
         assert_eq!(cached.len(), 1, "one cache file, no temp left: {cached:?}");
@@ -703,11 +742,11 @@ mod tests {
         let mut bytes = std::fs::read(&cached[0]).unwrap();
         bytes[4] ^= 1;
         std::fs::write(&cached[0], &bytes).unwrap();
-        let second = compiled(dir.path(), SetIdModes::Allowed).unwrap();
+        let second = compiled(dir.path(), SetIdModes::Allowed, false).unwrap();
         assert_ne!(raw(&second), raw(&first), "read from the cache, not recompiled");
         // A cache file that is not a program is compiled anew.
         std::fs::write(&cached[0], b"junk").unwrap();
-        assert_eq!(raw(&compiled(dir.path(), SetIdModes::Allowed).unwrap()), raw(&first));
+        assert_eq!(raw(&compiled(dir.path(), SetIdModes::Allowed, false).unwrap()), raw(&first));
     }
 
     #[test]
@@ -782,7 +821,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn only_the_native_abi_gets_through() {
         let dir = tempfile::tempdir().unwrap();
-        let program = compiled(dir.path(), SetIdModes::Allowed).unwrap();
+        let program = compiled(dir.path(), SetIdModes::Allowed, false).unwrap();
         let vsock = [AF_VSOCK, 1, 0, 0, 0, 0];
         let inet = [2, 1, 0, 0, 0, 0];
         // x86_64: socket(2) for IP, not for vsock; getpid(39).
@@ -807,8 +846,8 @@ mod tests {
     fn no_mode_with_setuid_or_setgid_gets_through() {
         const RET_ENOSYS: u32 = 0x0005_0000 | ENOSYS;
         let dir = tempfile::tempdir().unwrap();
-        let program = compiled(dir.path(), SetIdModes::Refused).unwrap();
-        let allowing = compiled(dir.path(), SetIdModes::Allowed).unwrap();
+        let program = compiled(dir.path(), SetIdModes::Refused, false).unwrap();
+        let allowing = compiled(dir.path(), SetIdModes::Allowed, false).unwrap();
         // (name, x86_64 number, mode argument index)
         let setters = [
             ("chmod", 90, 1),
@@ -834,6 +873,25 @@ mod tests {
         // openat2's mode is in a struct: ENOSYS, and libc uses openat.
         assert_eq!(evaluate(&program, AUDIT_ARCH_X86_64, 437, [0; 6]), RET_ENOSYS);
         assert_eq!(evaluate(&allowing, AUDIT_ARCH_X86_64, 437, [0; 6]), RET_ALLOW);
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn ces_test_hands_non_ip_sockets_to_its_watcher() {
+        const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+        let dir = tempfile::tempdir().unwrap();
+        let observed = compiled(dir.path(), SetIdModes::Allowed, true).unwrap();
+        let plain = compiled(dir.path(), SetIdModes::Allowed, false).unwrap();
+        for (family, reported) in [(1, false), (2, false), (10, false), (16, false), (0, true), (3, true), (15, true)] {
+            let want = if reported { RET_USER_NOTIF } else { RET_ALLOW };
+            assert_eq!(evaluate(&observed, AUDIT_ARCH_X86_64, 41, [family, 1, 0, 0, 0, 0]), want, "{family}");
+        }
+        for family in [17, 38, AF_VSOCK, 0xffff_ffff] {
+            let args = [family, 1, 0, 0, 0, 0];
+            assert_eq!(evaluate(&observed, AUDIT_ARCH_X86_64, 41, args), RET_USER_NOTIF, "{family}");
+            let plain_want = if family == AF_VSOCK { RET_EPERM } else { RET_ALLOW };
+            assert_eq!(evaluate(&plain, AUDIT_ARCH_X86_64, 41, args), plain_want, "{family}");
+        }
     }
 
     #[test]

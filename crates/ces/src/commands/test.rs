@@ -193,6 +193,13 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
             if tried == 1 { "" } else { "s" }
         ));
     }
+    let refused: Vec<&str> = network.sockets.iter().filter(|s| s.refused).map(|s| s.name.as_str()).collect();
+    if !refused.is_empty() && !args.allow_network_attempts {
+        reasons.push(format!(
+            "the container tried {} socket(s), a way out that is not the network (to a hypervisor): refused in the TRE",
+            refused.join(", ")
+        ));
+    }
     let report = Report {
         image: prepared.spec.image.reference.clone(),
         digest: prepared.spec.image.digest.to_string(),
@@ -564,6 +571,14 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
         }
         for hint in &r.network_hints {
             writeln!(out, "  hint: {hint}")?;
+        }
+    }
+    if !r.network.sockets.is_empty() {
+        writeln!(out, "Sockets:  of families other than local, IP and netlink:")?;
+        for s in &r.network.sockets {
+            let times = if s.count > 1 { format!(" ({} times)", s.count) } else { String::new() };
+            let how = if s.refused { "refused" } else { "left to the kernel, as in any run" };
+            writeln!(out, "  - {}{times}: {how}", s.name)?;
         }
     }
     let total: u64 = r.outputs.iter().map(|f| f.size).sum();
