@@ -244,7 +244,8 @@ pub(crate) fn clone(
         let hint = match (e.raw_os_error(), ids) {
             (Some(libc::EINVAL | libc::EPERM | libc::ENOSYS), Some(_)) => {
                 " (its filesystem or this kernel cannot idmap a mount: root mode needs Linux >= 5.19 \
-                 and a local filesystem such as ext4, xfs or btrfs; or run ces rootless or under sudo)"
+                 and a local filesystem such as ext4, xfs or btrfs (tmpfs: Linux >= 6.3); or run ces rootless \
+                 or under sudo)"
             }
             _ => "",
         };
