@@ -251,8 +251,27 @@ pub(crate) fn clone(
         };
         io::Error::new(e.kind(), format!("cannot mount a clone of {}: {e}{hint}", source.display()))
     };
-    let userns = ids.map(|(uids, gids)| user_namespace(uids, gids)).transpose().map_err(named)?;
-    clone_tree(source, pin, userns.as_ref(), attrs).map_err(named)
+    let Some(ids) = ids else { return clone_tree(source, pin, None, attrs).map_err(named) };
+    USER_NAMESPACES.with(|made| {
+        let mut made = made.borrow_mut();
+        if !made.iter().any(|(key, _)| *key == ids) {
+            let userns = user_namespace(ids.0, ids.1).map_err(named)?;
+            if made.len() >= 8 {
+                made.clear();
+            }
+            made.push((ids, userns));
+        }
+        let userns = made.iter().find(|(key, _)| *key == ids).map(|(_, fd)| fd);
+        clone_tree(source, pin, userns, attrs).map_err(named)
+    })
+}
+
+thread_local! {
+    /// The user namespaces made for idmapped mounts, by their maps: a run's
+    /// binds share one (each costs a fork), and later runs of this thread
+    /// reuse them. A few at most.
+    static USER_NAMESPACES: std::cell::RefCell<Vec<((Extent, Extent), OwnedFd)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where root mode's mounts of a run are made: `/run/ces/<id>`. The
