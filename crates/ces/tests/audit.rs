@@ -387,6 +387,16 @@ fn events_of(records: &[serde_json::Value], id: &str) -> Vec<(String, String)> {
 }
 
 /// Whether a process runs the interrupted runs' workload.
+/// The tests that start a sleeper take turns: `sleeper_alive` looks at every
+/// process on the host, so another test's sleeper would answer for theirs
+/// (tests of one binary run in parallel).
+static SLEEPERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the turn of a test that starts a sleeper.
+fn sleepers_turn() -> std::sync::MutexGuard<'static, ()> {
+    SLEEPERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn sleeper_alive() -> bool {
     std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
         std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c.windows(11).any(|w| w == b"sleep\x006127\x00"))
@@ -469,6 +479,7 @@ fn a_recorded_start_whose_container_never_starts_is_closed_with_the_error() {
 /// record kept for later) and closes the run: "supervisor lost", once.
 #[test]
 fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
+    let _turn = sleepers_turn();
     require_root("runs a container");
     let w = TreWorld::new("audit/killed");
     let (mut child, id, outputs) = start_sleeper(sleeper(&w));
@@ -520,6 +531,7 @@ fn a_run_whose_ces_is_killed_keeps_its_start_and_the_next_start_closes_it() {
 /// next start the run has exactly one end.
 #[test]
 fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
+    let _turn = sleepers_turn();
     require_root("runs a container");
     let w = TreWorld::new("audit/sigquit");
     let (mut child, id, _outputs) = start_sleeper(sleeper(&w));
@@ -540,6 +552,7 @@ fn a_run_whose_ces_gets_sigquit_is_recorded_and_closed_once() {
 /// can neither write it nor put another in its place.
 #[test]
 fn under_sudo_a_killed_run_is_closed_for_the_sudo_user_not_the_cleaner() {
+    let _turn = sleepers_turn();
     require_root("runs a container");
     let user = common::test_user();
     let w = TreWorld::new("audit/sudo-killed");
@@ -570,6 +583,7 @@ fn under_sudo_a_killed_run_is_closed_for_the_sudo_user_not_the_cleaner() {
 /// ces, then their next `ces run` closes the run in their log.
 #[test]
 fn a_rootless_run_whose_ces_is_killed_is_closed_in_the_users_own_log() {
+    let _turn = sleepers_turn();
     require_root("creates a user and delegates cgroups");
     let user = common::test_user();
     let w = TreWorld::new("audit/rootless-killed");
