@@ -554,6 +554,23 @@ mod tests {
     }
 
     #[test]
+    fn root_id_base_and_max_rootfs_writes_are_checked_when_read() {
+        let c = parse("[run]\nroot_id_base = 2000000000\nmax_rootfs_writes = \"8g\"\n").unwrap();
+        assert_eq!((c.run.root_id_base, c.run.max_rootfs_writes), (Some(2_000_000_000), Some(8 << 30)));
+        for (toml, said) in [
+            ("[run]\nroot_id_base = 0\n", "cannot be root mode's ids"),
+            ("[run]\nroot_id_base = 1000\n", "cannot be root mode's ids"),
+            ("[run]\nroot_id_base = 4294967295\n", "cannot be root mode's ids"),
+            ("[run]\nmax_rootfs_writes = \"lots\"\n", "max_rootfs_writes"),
+        ] {
+            let e = format!("{:#}", parse(toml).unwrap_err());
+            assert!(e.contains(said), "{toml}: {e}");
+        }
+        assert!(parse("[podman]\nallow_host_root = true\n").unwrap().podman.allow_host_root);
+        assert!(!parse("").unwrap().podman.allow_host_root, "refused unless allowed");
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = parse("").unwrap();
         assert_eq!(c.registries.allowed, ["ghcr.io"]);

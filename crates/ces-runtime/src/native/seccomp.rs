@@ -497,13 +497,7 @@ fn profile_with(set_id: SetIdModes, report_sockets: bool) -> Result<LinuxSeccomp
             for (name, mode_arg) in MODE_SETTERS {
                 syscalls.push(allow_if(name, mode_arg, 0, Some(SET_ID_BITS), LinuxSeccompOperator::ScmpCmpMaskedEq)?);
             }
-            syscalls.push(
-                LinuxSyscallBuilder::default()
-                    .names(vec!["openat2".to_owned()])
-                    .action(LinuxSeccompAction::ScmpActErrno)
-                    .errno_ret(ENOSYS)
-                    .build()?,
-            );
+            syscalls.push(enosys("openat2")?);
         }
     }
     #[cfg(target_arch = "s390x")]
@@ -520,13 +514,7 @@ fn profile_with(set_id: SetIdModes, report_sockets: bool) -> Result<LinuxSeccomp
         Some(CLONE_NAMESPACE_FLAGS),
         LinuxSeccompOperator::ScmpCmpMaskedEq,
     )?);
-    syscalls.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_owned()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ENOSYS)
-            .build()?,
-    );
+    syscalls.push(enosys("clone3")?);
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(EPERM)
@@ -692,6 +680,16 @@ fn allow<'a>(names: impl Iterator<Item = &'a str>) -> Result<LinuxSyscall, OciSp
     LinuxSyscallBuilder::default()
         .names(names.map(str::to_owned).collect::<Vec<_>>())
         .action(LinuxSeccompAction::ScmpActAllow)
+        .build()
+}
+
+/// `name` fails with ENOSYS (libc then falls back to an older call whose
+/// arguments the profile can check).
+fn enosys(name: &str) -> Result<LinuxSyscall, OciSpecError> {
+    LinuxSyscallBuilder::default()
+        .names(vec![name.to_owned()])
+        .action(LinuxSeccompAction::ScmpActErrno)
+        .errno_ret(ENOSYS)
         .build()
 }
 
