@@ -345,6 +345,22 @@ pub struct RunSetup {
     /// `HOST -> CONTAINERPORT/tcp` (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// The devices given to the container (`--gpu`, `--device`; absent
+    /// when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<Device>,
+}
+
+/// A device a run was given.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Device {
+    /// Its fully qualified CDI name (`vendor/class=name`).
+    pub name: String,
+    /// Its UUID, where the device's spec says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The CDI spec file it came from.
+    pub spec: String,
 }
 
 /// `ces run` (or `ces test`) that got as far as the runtime: its end.
@@ -573,6 +589,7 @@ mod tests {
                 env: vec!["PATH".into()],
                 argv: vec!["sleep".into(), "60".into()],
                 ports: Vec::new(),
+                devices: Vec::new(),
             },
             outputs: "/home/a/outputs_20260102-030405-0000abcd".into(),
         }));

@@ -11,8 +11,9 @@ pub mod podman;
 pub mod spec;
 
 pub use spec::{
-    Access, ContainerUser, EnvVar, Exit, HostEndpoint, Identity, ImageSpec, Limits, MountKind, MountSpec, Pins,
-    ProcessSpec, Publish, RunSpec,
+    Access, ContainerUser, DeviceHook, DeviceMount, DeviceNode, DeviceType, Devices, EnvVar, Exit, HookStage,
+    HostEndpoint, Identity, ImageSpec, Limits, MountKind, MountSpec, Pins, ProcessSpec, Publish, RequestedDevice,
+    RunSpec,
 };
 
 /// A way to run a [`RunSpec`].

@@ -704,6 +704,7 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
         mounts,
         limits,
         ports: Vec::new(),
+        devices: Default::default(),
         identity,
         state_dir: dirs.state,
         pins: Default::default(),

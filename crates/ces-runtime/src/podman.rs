@@ -167,6 +167,9 @@ impl Overlay {
     }
 }
 
+/// Where podman reads CDI specs.
+const PODMAN_CDI_DIRS: [&str; 3] = ["/etc/cdi", "/var/run/cdi", "/run/cdi"];
+
 /// What the podman backend refuses: `-p` and `--publish-socket` (see [`podman_args`]).
 pub const PORTS: &str = "publishing ports (-p, --publish-socket)";
 
@@ -202,6 +205,17 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
         push(&["--pids-limit", &pids.to_string()]);
     }
     push(&["--shm-size", &format!("{}b", spec.limits.shm_size)]);
+    // CDI devices by name: podman reads their specs itself (from /etc/cdi
+    // and /var/run/cdi), after ces checked them and the policy.
+    for device in &spec.devices.requested {
+        if !PODMAN_CDI_DIRS.iter().any(|dir| device.spec.starts_with(dir)) {
+            return Err(RuntimeError::Unsupported {
+                backend: "podman",
+                what: "a device whose CDI spec is not in /etc/cdi or /var/run/cdi (the only places podman reads)",
+            });
+        }
+        push(&["--device", &device.name]);
+    }
     for mount in &spec.mounts {
         if mount.destination.contains([',', '\n']) {
             return Err(RuntimeError::Unsupported { backend: "podman", what: "a mount destination with , in it" });
@@ -997,6 +1011,7 @@ mod tests {
                 rootfs_writes: None,
             },
             ports: Vec::new(),
+            devices: Default::default(),
             identity: Identity { host_uid: 1000, host_gid: 1001 },
             state_dir: "/store/runs/x/state".into(),
             pins: Default::default(),

@@ -25,6 +25,8 @@ pub struct RunSpec {
     pub limits: Limits,
     /// Container ports published on the host (`-p`, `--publish-socket`).
     pub ports: Vec<Publish>,
+    /// Devices (`--gpu`, `--device`): CDI edits, resolved and checked.
+    pub devices: Devices,
     /// Who the container's user is on the host.
     pub identity: Identity,
     /// A private directory for the backend's per-run state (bundle, the
@@ -303,4 +305,114 @@ impl Exit {
             Exit::TimeLimit(_) => Exit::TIME_LIMIT_CODE,
         }
     }
+}
+
+/// The devices a run is given: the edits of the CDI devices it asked for
+/// (`--gpu`, `--device`), read, checked against the operator's policy and
+/// merged by ces (see `docs/gpu.md`). Empty for a run without devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Devices {
+    /// The CDI devices asked for, as resolved.
+    pub requested: Vec<RequestedDevice>,
+    /// Device nodes in the container's `/dev`.
+    pub nodes: Vec<DeviceNode>,
+    /// Host files and directories (driver libraries) bound read-only.
+    pub mounts: Vec<DeviceMount>,
+    /// Programs the spec has run in the container's namespaces before the
+    /// workload starts.
+    pub hooks: Vec<DeviceHook>,
+    /// Supplementary groups for the workload (container ids).
+    pub additional_gids: Vec<u32>,
+    /// The names of the environment variables the specs set (their values
+    /// are in the process's environment).
+    pub env: Vec<String>,
+}
+
+impl Devices {
+    /// Whether the run has no device.
+    pub fn is_empty(&self) -> bool {
+        self.requested.is_empty()
+    }
+}
+
+/// A CDI device a run asked for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestedDevice {
+    /// Its fully qualified name, `vendor/class=name`.
+    pub name: String,
+    /// Its UUID, where the spec says (a `GPU-...` or `MIG-...` name of the
+    /// same device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// The spec file it came from.
+    pub spec: PathBuf,
+}
+
+/// Block or character device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceType {
+    /// A character device (`c`).
+    Char,
+    /// A block device (`b`).
+    Block,
+}
+
+/// A device node of a run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceNode {
+    /// Its path in the container (under `/dev`).
+    pub path: String,
+    /// The host node it stands for (checked: a device of this type and numbers).
+    pub host_path: PathBuf,
+    /// Character or block.
+    #[serde(rename = "type")]
+    pub kind: DeviceType,
+    /// Its major number.
+    pub major: i64,
+    /// Its minor number.
+    pub minor: i64,
+    /// Its permission bits where ces makes the node (as root).
+    pub file_mode: u32,
+    /// The access the device cgroup allows (`r`, `w`, `m`), where ces
+    /// writes it (as root).
+    pub access: String,
+}
+
+/// A host path a device needs in the container (driver libraries), bound
+/// read-only, without devices or set-id bits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceMount {
+    /// The host path.
+    pub host_path: PathBuf,
+    /// Where it appears in the container.
+    pub container_path: String,
+}
+
+/// When a device's hook runs (OCI's names); only the stages that run in the
+/// container's namespaces are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum HookStage {
+    /// After the mounts, before the root is changed: a host program, in the
+    /// container's namespaces, as its root.
+    CreateContainer,
+    /// Just before the workload: a program of the container's own.
+    StartContainer,
+}
+
+/// A hook of a device spec.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceHook {
+    /// When it runs.
+    pub stage: HookStage,
+    /// The program (absolute).
+    pub path: PathBuf,
+    /// Its argv (the first is argv\[0\]).
+    pub args: Vec<String>,
+    /// Its environment (`NAME=value`).
+    pub env: Vec<String>,
+    /// Seconds it may take.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i64>,
 }

@@ -366,6 +366,7 @@ impl Fx {
                 rootfs_writes: None,
             },
             ports: Vec::new(),
+            devices: Default::default(),
             identity: Identity { host_uid: self.host_uid, host_gid: self.host_gid },
             state_dir,
             pins: Default::default(),

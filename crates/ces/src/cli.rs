@@ -126,6 +126,12 @@ pub enum SystemCommand {
         #[arg(long = "user", short = 'u', value_name = "USER", required = true)]
         users: Vec<String>,
     },
+    /// List the GPUs and other CDI devices of this host, and which you may use.
+    Gpus {
+        /// Print JSON.
+        #[arg(long = "json")]
+        json: bool,
+    },
 }
 
 /// `ces audit ...`.
@@ -373,7 +379,9 @@ impl CesRunCli {
         let matches = command.try_get_matches_from(args)?;
         let mut cli = CesRunCli::from_arg_matches(&matches)?;
         cli.run.options.runtime = cli.run.options.runtime.or(runtime);
-        cli.run.options.gpu |= gpu;
+        if gpu && cli.run.options.gpu.is_none() {
+            cli.run.options.gpu = Some(String::new());
+        }
         Ok(cli)
     }
 }
@@ -538,10 +546,10 @@ mod tests {
         assert_eq!(cli.run.command, ["img", "podman"]);
         let cli = ces_run(&["--runtime", "native", "img"]).unwrap();
         assert_eq!(cli.run.options.runtime.as_deref(), Some("native"));
-        assert!(!cli.run.options.gpu);
+        assert!(cli.run.options.gpu.is_none());
         assert!(ces_run(&["--runtime", "docker", "img"]).is_err());
         let gpu = CesRunCli::parse_compat(["ces-gpu-run", "img"].map(OsString::from), true).unwrap();
-        assert!(gpu.run.options.gpu);
+        assert_eq!(gpu.run.options.gpu.as_deref(), Some(""));
     }
 
     #[test]

@@ -85,6 +85,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<ces_runtime::plan::PlanError>() {
             return plan_hints(e, config);
         }
+        if let Some(e) = cause.downcast_ref::<crate::cdi::DeviceError>() {
+            return crate::cdi::hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<RunError>() {
             return run_hints(e, config);
         }
@@ -254,9 +257,6 @@ fn plan_hints(error: &ces_runtime::plan::PlanError, config: &str) -> Vec<String>
 
 fn run_hints(error: &RunError, config: &str) -> Vec<String> {
     match error {
-        RunError::GpuUnavailable => {
-            vec!["run it without a GPU for now: ces-run (or ces run) with the same arguments".into()]
-        }
         RunError::MissingParent { .. } | RunError::NoHome { .. } => vec![format!(
             "create it, or ask the TRE operator to set [tre] outputs_parent and scratch_parent in {config}"
         )],

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 pub mod binds;
+pub mod cdi;
 pub mod cli;
 pub mod commands;
 pub mod diagnostics;
@@ -175,6 +176,9 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         }
         Action::Command(Command::System(cli::SystemCommand::Setup { users })) => {
             done(commands::system::setup(printer, &users))
+        }
+        Action::Command(Command::System(cli::SystemCommand::Gpus { json })) => {
+            done(commands::system::gpus(settings, json))
         }
         Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json)),
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),

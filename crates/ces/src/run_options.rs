@@ -42,9 +42,12 @@ pub struct RunOptions {
     /// The runtime backend [default: native]
     #[arg(long = "runtime", value_name = "RUNTIME", value_parser = crate::cli::RUNTIMES)]
     pub runtime: Option<String>,
-    /// Give the container the GPUs (not available yet).
-    #[arg(long = "gpu")]
-    pub gpu: bool,
+    /// Give the container GPUs: every one the policy lets you use, or some by index or UUID (--gpu 0,1).
+    #[arg(long = "gpu", value_name = "GPUS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    pub gpu: Option<String>,
+    /// Give the container a device by its CDI name (e.g. nvidia.com/gpu=0; `ces system gpus` lists them).
+    #[arg(long = "device", value_name = "CDI-NAME")]
+    pub device: Vec<String>,
     /// Set an environment variable (NAME alone takes ces's own value).
     #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
     pub env: Vec<String>,
@@ -101,7 +104,8 @@ impl RunOptions {
             opt_file: cat(self.opt_file, later.opt_file),
             dry_run: self.dry_run || later.dry_run,
             runtime: later.runtime.or(self.runtime),
-            gpu: self.gpu || later.gpu,
+            gpu: later.gpu.or(self.gpu),
+            device: cat(self.device, later.device),
             env: cat(self.env, later.env),
             workdir: later.workdir.or(self.workdir),
             entrypoint: later.entrypoint.or(self.entrypoint),
@@ -149,7 +153,6 @@ pub const WIDENING: &[&str] = &[
     "--mac-address",
     "--http-proxy",
     "--cap-add",
-    "--device",
     "--device-cgroup-rule",
     "--gpus",
     "--security-opt",
@@ -439,8 +442,9 @@ pub fn parse_opt_file(text: &str, path: &Path) -> Result<RunOptions, OptionError
             let option = word.split('=').next().unwrap_or(word).to_owned();
             return Err(OptionError::NotInFile { option, place, reason: "the config file is the operator's policy" });
         }
-        // In an option file (podman options), `-v` is `--volume`.
-        let words: Vec<String> = words
+        // In an option file (podman options), `-v` is `--volume`; with no
+        // image after them, `--gpu 0` is `--gpu=0`.
+        let words: Vec<String> = join_gpu_values(words)
             .into_iter()
             .map(|w| match w.strip_prefix("-v") {
                 Some("") => "--volume".to_owned(),
@@ -488,6 +492,34 @@ pub fn with_opt_files(command_line: RunOptions) -> Result<RunOptions, OptionErro
         merged = merged.then(parse_opt_file(&text, path)?);
     }
     Ok(merged.then(command_line))
+}
+
+/// `--gpu X` as `--gpu=X` where `X` can only be GPUs (see
+/// [`crate::cdi::is_selector`]).
+fn join_gpu_values(words: Vec<String>) -> Vec<String> {
+    let mut joined: Vec<String> = Vec::with_capacity(words.len());
+    for word in words {
+        match joined.last_mut() {
+            Some(last) if last == "--gpu" && crate::cdi::is_selector(&word) => *last = format!("--gpu={word}"),
+            _ => joined.push(word),
+        }
+    }
+    joined
+}
+
+/// `--gpu` given without `=`: clap takes the next word as the image, so
+/// `--gpu 0 IMAGE` arrives as image `0`; moved back to `--gpu` here when it
+/// can only be GPUs and something follows it (the image). `--gpu` alone is
+/// every GPU (`all`).
+pub fn settle_gpu(options: &mut RunOptions, command: &mut Vec<String>) {
+    if options.gpu.as_deref() != Some("") {
+        return;
+    }
+    if command.len() >= 2 && crate::cdi::is_selector(&command[0]) {
+        options.gpu = Some(command.remove(0));
+    } else {
+        options.gpu = Some("all".to_owned());
+    }
 }
 
 /// A `--mount` ces takes: a tmpfs, or a bind (which the policy may refuse).

@@ -40,6 +40,85 @@ pub struct ConfigFile {
     /// `[podman]`.
     #[serde(default)]
     pub podman: PodmanConfig,
+    /// `[gpu]`: devices through CDI specs.
+    #[serde(default)]
+    pub gpu: GpuConfig,
+}
+
+/// `[gpu]`: GPUs (and other devices) through CDI specs (see docs/gpu.md).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuConfig {
+    /// Whether runs may have devices at all (off by default).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Where CDI specs are read from, in increasing priority (a device
+    /// named in a later directory replaces one of the same name in an
+    /// earlier one). Each must be root's and written by root alone.
+    #[serde(default = "default_cdi_dirs", deserialize_with = "absolute_paths")]
+    pub spec_dirs: Vec<PathBuf>,
+    /// The CDI kind `--gpu` means.
+    #[serde(default = "default_gpu_kind")]
+    pub kind: String,
+    /// The most devices one run may have.
+    #[serde(default)]
+    pub max_per_run: Option<usize>,
+    /// Who may use which devices; with none, every user may use every
+    /// device (once `enabled`).
+    #[serde(default)]
+    pub allow: Vec<GpuAllow>,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            enabled: false,
+            spec_dirs: default_cdi_dirs(),
+            kind: default_gpu_kind(),
+            max_per_run: None,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// One `[[gpu.allow]]` rule: these users, and the members of these groups,
+/// may use the devices whose fully qualified names match these patterns
+/// (`*` matches any characters: `nvidia.com/gpu=*`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuAllow {
+    /// User names or numeric uids.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Device patterns [default: every device].
+    #[serde(default = "every_device")]
+    pub devices: Vec<String>,
+}
+
+fn default_cdi_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]
+}
+
+fn default_gpu_kind() -> String {
+    "nvidia.com/gpu".to_owned()
+}
+
+fn every_device() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+fn absolute_paths<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {
+    let paths = <Vec<PathBuf> as serde::Deserialize>::deserialize(deserializer)?;
+    match paths.iter().find(|p| !p.is_absolute()) {
+        Some(path) => Err(serde::de::Error::custom(format!(
+            "{:?} is not an absolute path (it must start with /)",
+            ces_image::quote::quote_path(path)
+        ))),
+        None => Ok(paths),
+    }
 }
 
 /// `[podman]`: the podman backend (see docs/config.md).
@@ -359,6 +438,8 @@ pub struct Settings {
     pub run: RunConfig,
     /// `[podman]`: the podman backend.
     pub podman: PodmanConfig,
+    /// `[gpu]`: devices through CDI specs.
+    pub gpu: GpuConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -435,6 +516,7 @@ impl Settings {
             outputs: config.outputs.budget(),
             run: config.run,
             podman: config.podman,
+            gpu: config.gpu,
         })
     }
 

@@ -345,32 +345,46 @@ impl Mounts {
         Ok(target)
     }
 
-    /// A character device node `major`:`minor` owned by `owner` (mode
-    /// `0600`), made at `node` (in the run's state directory: `/run` is
-    /// often `nodev`) and bound on `<dir>/<name>`, whose path is returned:
-    /// the host's node may be root's alone, and a device file cannot be
-    /// idmapped.
+    /// A device node `major`:`minor` (block or character) owned by
+    /// `owner`, with permissions `mode`, made at `node` (in the run's state
+    /// directory: `/run` is often `nodev`) and bound on `<dir>/<name>`,
+    /// whose path is returned: the host's node may be root's alone, and a
+    /// device file cannot be idmapped.
     pub(crate) fn device(
         &mut self,
         node: &Path,
         name: &str,
+        kind: crate::spec::DeviceType,
         (major, minor): (i64, i64),
         (uid, gid): (u32, u32),
+        mode: u32,
     ) -> io::Result<PathBuf> {
         let annotate = |e: nix::Error| super::rootfs::annotate(e.into(), node);
-        nix::sys::stat::mknod(
-            node,
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-            nix::sys::stat::makedev(major as u64, minor as u64),
-        )
-        .map_err(annotate)?;
+        let kind = match kind {
+            crate::spec::DeviceType::Char => nix::sys::stat::SFlag::S_IFCHR,
+            crate::spec::DeviceType::Block => nix::sys::stat::SFlag::S_IFBLK,
+        };
+        let (major, minor) = (u64::try_from(major), u64::try_from(minor));
+        let (Ok(major), Ok(minor)) = (major, minor) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative device number"));
+        };
+        // Made with no permission at all, then given to its owner, then
+        // opened to them: never a moment when another id can open it.
+        nix::sys::stat::mknod(node, kind, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(major, minor))
+            .map_err(annotate)?;
         nix::unistd::fchownat(
             None,
             node,
             Some(nix::unistd::Uid::from_raw(uid)),
             Some(nix::unistd::Gid::from_raw(gid)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(annotate)?;
+        nix::sys::stat::fchmodat(
+            None,
+            node,
+            nix::sys::stat::Mode::from_bits_truncate(mode & 0o777),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
         .map_err(annotate)?;
         let target = self.mount_point(name, false)?;

@@ -224,6 +224,9 @@ impl Executor for CesInit {
             return Err(ExecutorError::Other(format!("sigprocmask: {}", io::Error::last_os_error())));
         }
         let terminal = spec.process().as_ref().and_then(|p| p.terminal()).unwrap_or(false);
+        // The devices' groups (root mode's block only: see `oci`).
+        let groups: Vec<libc::gid_t> =
+            spec.process().as_ref().and_then(|p| p.user().additional_gids().clone()).unwrap_or_default();
         if terminal && let Err(e) = release_terminal() {
             write_report(self.report_fd, Report::TerminalFailed(e.raw_os_error().unwrap_or(libc::EIO)));
             return Err(ExecutorError::Other(format!("cannot hand the terminal to the workload: {e}")));
@@ -245,7 +248,7 @@ impl Executor for CesInit {
                 }
                 if let Some((uid, gid)) = self.user
                     && let Err(e) = if self.user_mapped {
-                        switch_user(uid, gid, &self.seccomp, observe_socket)
+                        switch_user(uid, gid, &groups, &self.seccomp, observe_socket)
                     } else {
                         become_user(uid, gid, &self.seccomp, observe_socket)
                     }
@@ -352,12 +355,19 @@ fn become_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter], observe: Optio
 
 /// Switches the calling (forked, single-threaded) process to `uid`:`gid`,
 /// mapped in the container's user namespace, with no supplementary group
-/// (none of root's: the container's root keeps none of the host's either),
-/// and loads the seccomp profile. Leaving uid 0 drops every capability.
-fn switch_user(uid: u32, gid: u32, seccomp: &[libc::sock_filter], observe: Option<RawFd>) -> io::Result<()> {
-    // SAFETY: plain set*id calls; single-threaded process.
+/// but `groups` (the devices'; none of root's: the container's root keeps
+/// none of the host's either), and loads the seccomp profile. Leaving uid 0
+/// drops every capability.
+fn switch_user(
+    uid: u32,
+    gid: u32,
+    groups: &[libc::gid_t],
+    seccomp: &[libc::sock_filter],
+    observe: Option<RawFd>,
+) -> io::Result<()> {
+    // SAFETY: plain set*id calls with a valid slice; single-threaded process.
     unsafe {
-        if libc::setgroups(0, std::ptr::null()) != 0
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
             || libc::setresgid(gid, gid, gid) != 0
             || libc::setresuid(uid, uid, uid) != 0
         {

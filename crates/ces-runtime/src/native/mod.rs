@@ -57,7 +57,7 @@ pub use stale::cleanup_stale;
 pub(crate) use wait::FORWARDED;
 pub use wait::{ForwardedSignals, block_forwarded_signals};
 
-use crate::spec::{Access, Exit, MountKind, RunSpec};
+use crate::spec::{Access, DeviceType, Exit, MountKind, RunSpec};
 use crate::{Runtime, RuntimeError};
 
 use cgroups::{ContainerCgroup, Hierarchy};
@@ -107,6 +107,10 @@ pub struct Observed {
     pub network: Option<NetworkReport>,
     /// Files written to the container's own filesystem (lost at exit).
     pub lost_writes: Vec<LostWrite>,
+    /// The run's device nodes (their paths in the container) that were
+    /// opened while it ran. As root each node is the run's own; rootless
+    /// it is the host's, which another process may have opened.
+    pub devices_opened: Vec<String>,
 }
 
 /// Why the native runtime could not start a container (the source of
@@ -409,6 +413,7 @@ impl NativeRuntime {
             observe,
             listeners,
             ports_channel: RefCell::new(None),
+            hook_bundle: RefCell::new(None),
         };
         let (result, container_removed) = run.prepare_and_run();
         let dirs_removed = match dirs.remove() {
@@ -447,6 +452,9 @@ struct Run<'a> {
     /// ces's end of the socket the init sends its namespaces on (made by
     /// `build` when ports are published).
     ports_channel: RefCell<Option<OwnedFd>>,
+    /// As root, with devices' createContainer hooks: the bundle as they see
+    /// it (see [`Run::bundle_for_hooks`]).
+    hook_bundle: RefCell<Option<PathBuf>>,
 }
 
 impl Run<'_> {
@@ -478,6 +486,9 @@ impl Run<'_> {
         let mut spec = std::borrow::Cow::Borrowed(self.spec);
         let mut rootfs = self.dirs.rootfs.clone();
         let mut tun = self.observe_network().then(|| PathBuf::from(oci::TUN_PATH));
+        // Rootless, the host's nodes (the user's own access to them applies).
+        let mut device_nodes: Vec<(String, PathBuf)> =
+            self.spec.devices.nodes.iter().map(|n| (n.path.clone(), n.host_path.clone())).collect();
         let mut mount = None;
         if root {
             if let Mapping::Block { base } = self.mapping {
@@ -495,7 +506,8 @@ impl Run<'_> {
                 }
                 if tun.is_some() {
                     let node = self.dirs.bundle.join("tun");
-                    match mounts.device(&node, "tun", (oci::TUN_MAJOR, oci::TUN_MINOR), (base, base)) {
+                    let numbers = (oci::TUN_MAJOR, oci::TUN_MINOR);
+                    match mounts.device(&node, "tun", DeviceType::Char, numbers, (base, base), 0o600) {
                         Ok(path) => tun = Some(path),
                         Err(e) => return (Err(start_error("observing the network")(e.into())), true),
                     }
@@ -510,6 +522,33 @@ impl Run<'_> {
                 match self.pinned_binds(mounts, &mut trees) {
                     Ok(pinned) => spec = std::borrow::Cow::Owned(pinned),
                     Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
+                }
+            }
+            if !self.spec.devices.nodes.is_empty() {
+                let mounts = match &mut idmapped {
+                    Some(mounts) => mounts,
+                    None => idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                        Ok(mounts) => mounts,
+                        Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
+                    }),
+                };
+                match self.device_copies(mounts) {
+                    Ok(nodes) => device_nodes = nodes,
+                    Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
+                }
+            }
+            let has_hooks = self.spec.devices.hooks.iter().any(|h| h.stage == crate::spec::HookStage::CreateContainer);
+            if has_hooks {
+                let mounts = match &mut idmapped {
+                    Some(mounts) => mounts,
+                    None => idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                        Ok(mounts) => mounts,
+                        Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
+                    }),
+                };
+                match self.bundle_for_hooks(mounts) {
+                    Ok(path) => *self.hook_bundle.borrow_mut() = Some(path),
+                    Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
                 }
             }
             match OverlayMount::mount(&overlay, &rootfs) {
@@ -534,11 +573,19 @@ impl Run<'_> {
             swap_accounting: self.cgroup.swap_accounting(),
             cgroup_mounts: self.cgroup.hierarchy.container_mounts(),
             tun,
+            device_nodes,
             ids: self.mapping.ids(self.spec),
         };
         let written = oci::build(&spec, &layout)
             .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
             .map_err(|e| start_error("writing the OCI spec")(e.into()));
+        let opens = match self.observe {
+            Some(_) => match observe::DeviceOpens::watch(&layout.device_nodes) {
+                Ok(opens) => Some(opens),
+                Err(e) => return (Err(start_error("observing the devices")(e.into())), true),
+            },
+            None => None,
+        };
         let (mut result, mut removed) = match written {
             Ok(()) => self.run_container(),
             Err(e) => (Err(e), true),
@@ -548,6 +595,7 @@ impl Run<'_> {
         {
             let ignore: Vec<&str> = self.mount_points.iter().map(|(path, _)| *path).collect();
             observed.lost_writes = observe::lost_writes(&overlay.upper, &ignore);
+            observed.devices_opened = opens.map(|o| o.opened()).unwrap_or_default();
         }
         if let Some(mut mount) = mount
             && let Err(e) = mount.unmount()
@@ -598,6 +646,40 @@ impl Run<'_> {
         let uids = Extent { inside: self.spec.identity.host_uid, outside: uid, count: 1 };
         let gids = Extent { inside: self.spec.identity.host_gid, outside: gid, count: 1 };
         Some((uids, gids))
+    }
+
+    /// As root: the bundle where the devices' createContainer hooks can
+    /// read it (they run as the container's root, and read the spec from
+    /// the bundle their state names, as `nvidia-cdi-hook` does): given to
+    /// the container's root (mode `0700` still), and bound under `mounts`
+    /// (`/run/ces/<id>`, searchable), in ces's private mount namespace
+    /// only, so that no host user reaches it through there.
+    fn bundle_for_hooks(&self, mounts: &mut idmap::Mounts) -> io::Result<PathBuf> {
+        let (uid, gid, _) = self.mapping.ids(self.spec);
+        nix::unistd::chown(
+            &self.dirs.bundle,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| rootfs::annotate(e.into(), &self.dirs.bundle))?;
+        mounts.mount(&self.dirs.bundle, "bundle", None, 0)
+    }
+
+    /// As root: a node of its own for each of the run's devices, given to
+    /// the workload's host ids (mode `0660`: the host's node may be root's
+    /// alone), in the state directory and bound under `mounts`; only this
+    /// container can reach them there, and the device cgroup allows exactly
+    /// their numbers. Returns where each goes and its node.
+    fn device_copies(&self, mounts: &mut idmap::Mounts) -> io::Result<Vec<(String, PathBuf)>> {
+        let owner = self.mapping.user(self.spec);
+        let mut copies = Vec::new();
+        for (i, node) in self.spec.devices.nodes.iter().enumerate() {
+            let name = format!("device-{i}");
+            let made = self.dirs.bundle.join(&name);
+            let target = mounts.device(&made, &name, node.kind, (node.major, node.minor), owner, 0o660)?;
+            copies.push((node.path.clone(), target));
+        }
+        Ok(copies)
     }
 
     /// A detached clone of each pinned bind source (by the mount's index),
@@ -730,6 +812,7 @@ impl Run<'_> {
                 peak_memory: self.observe.and_then(|_| self.cgroup.peak_memory()),
                 network,
                 lost_writes: Vec::new(),
+                devices_opened: Vec::new(),
             })
         })();
 
@@ -782,7 +865,8 @@ impl Run<'_> {
             }
             ContainerIo::Terminal(socket) => (builder.with_console_socket(Some(socket)), true),
         };
-        Ok(builder.as_init(&self.dirs.bundle).with_systemd(false).with_detach(detach).build()?)
+        let bundle = self.hook_bundle.borrow().clone().unwrap_or_else(|| self.dirs.bundle.clone());
+        Ok(builder.as_init(&bundle).with_systemd(false).with_detach(detach).build()?)
     }
 
     /// The container's standard streams and ces's side of them: pipes, or
@@ -951,6 +1035,10 @@ fn mount_points(spec: &RunSpec) -> Result<Vec<(&str, bool)>, RuntimeError> {
             MountKind::Tmpfs { .. } => true,
         };
         points.push((m.destination.as_str(), is_dir));
+    }
+    for m in &spec.devices.mounts {
+        let is_dir = fs::metadata(&m.host_path).map_err(io_error(&m.host_path))?.is_dir();
+        points.push((m.container_path.as_str(), is_dir));
     }
     Ok(points)
 }

@@ -536,6 +536,56 @@ pub(crate) fn lost_writes(upper: &Path, ignore: &[&str]) -> Vec<LostWrite> {
     found
 }
 
+/// Which of a run's device nodes get opened (`ces test --gpu`): an
+/// inotify watch on each node bound into the container (opens through a
+/// bind mount are opens of the same inode).
+pub(crate) struct DeviceOpens {
+    inotify: Option<nix::sys::inotify::Inotify>,
+    watches: Vec<(nix::sys::inotify::WatchDescriptor, String)>,
+}
+
+impl DeviceOpens {
+    /// Watches each `(path in the container, node)`.
+    pub(crate) fn watch(nodes: &[(String, std::path::PathBuf)]) -> io::Result<DeviceOpens> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        if nodes.is_empty() {
+            return Ok(DeviceOpens { inotify: None, watches: Vec::new() });
+        }
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let mut watches = Vec::new();
+        for (path, node) in nodes {
+            match inotify.add_watch(node, AddWatchFlags::IN_OPEN) {
+                Ok(wd) => watches.push((wd, path.clone())),
+                // Rootless, a host node the user may not read: nor can the
+                // container open it.
+                Err(nix::errno::Errno::EACCES) => {}
+                Err(e) => return Err(super::rootfs::annotate(e.into(), node)),
+            }
+        }
+        Ok(DeviceOpens { inotify: Some(inotify), watches })
+    }
+
+    /// The container paths of the nodes opened since the watch began.
+    pub(crate) fn opened(self) -> Vec<String> {
+        let Some(inotify) = self.inotify else { return Vec::new() };
+        let mut opened: Vec<String> = Vec::new();
+        while let Ok(events) = inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                if let Some((_, path)) = self.watches.iter().find(|(wd, _)| *wd == event.wd)
+                    && !opened.contains(path)
+                {
+                    opened.push(path.clone());
+                }
+            }
+        }
+        opened.sort();
+        opened
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,13 +27,13 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, Hook, HookBuilder, Hooks, HooksBuilder, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
+    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
-use crate::spec::{Access, MountKind, RunSpec};
+use crate::spec::{Access, DeviceHook, DeviceType, HookStage, MountKind, RunSpec};
 
 /// The capabilities a container's root user keeps (with their numbers):
 /// docker's default set without `MKNOD` (devices cannot be used in a user
@@ -126,6 +126,10 @@ pub(crate) struct Layout {
     /// allowed by the device cgroup, for `ces-init` to create the observed
     /// device with.
     pub tun: Option<PathBuf>,
+    /// The run's device nodes (`--gpu`, `--device`): where each is in the
+    /// container, and the node bound there (the host's rootless; as root, a
+    /// node ces made for the run, which only its container can reach).
+    pub device_nodes: Vec<(String, PathBuf)>,
     /// The host uid and gid of the container's root, and how many ids from
     /// there the container has (1, or root mode's block: see
     /// [`super::idmap`]).
@@ -180,11 +184,17 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
         .inheritable(HashSet::new())
         .ambient(HashSet::new())
         .build()?;
+    // The devices' groups: only where the container has them (root mode's
+    // block); a single-id namespace cannot have supplementary groups.
+    let mut user = UserBuilder::default().uid(0u32).gid(0u32);
+    if layout.ids.2 > 1 && !spec.devices.additional_gids.is_empty() {
+        user = user.additional_gids(spec.devices.additional_gids.clone());
+    }
     let mut process = ProcessBuilder::default()
         // With `-t`, libcontainer makes a pty in the container's devpts and
         // hands the master to ces (see `tty`).
         .terminal(spec.process.terminal)
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .user(user.build()?)
         .args(spec.process.args.clone())
         .env(spec.process.env.iter().map(|var| var.to_env_string()).collect::<Vec<_>>())
         .cwd(spec.process.cwd.clone())
@@ -230,14 +240,43 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
     // would still apply, writing the device allow-list).
     linux.set_resources(if layout.limits_in_spec { Some(resources(spec, layout)?) } else { None });
 
-    SpecBuilder::default()
+    let mut built = SpecBuilder::default()
         .version("1.0.2")
         .hostname(hostname(&spec.id))
         .root(RootBuilder::default().path(layout.rootfs.clone()).readonly(false).build()?)
         .process(process)
         .mounts(mounts(spec, layout)?)
         .linux(linux)
-        .build()
+        .build()?;
+    built.set_hooks(hooks(&spec.devices.hooks)?);
+    Ok(built)
+}
+
+/// The devices' hooks, for libcontainer to run at their stage (in the
+/// container's namespaces, as its root, with the container's state on
+/// stdin), or none.
+fn hooks(hooks: &[DeviceHook]) -> Result<Option<Hooks>, OciSpecError> {
+    if hooks.is_empty() {
+        return Ok(None);
+    }
+    let at = |stage: HookStage| -> Result<Vec<Hook>, OciSpecError> {
+        hooks
+            .iter()
+            .filter(|h| h.stage == stage)
+            .map(|h| {
+                let mut hook = HookBuilder::default().path(h.path.clone()).args(h.args.clone()).env(h.env.clone());
+                if let Some(timeout) = h.timeout {
+                    hook = hook.timeout(timeout);
+                }
+                hook.build()
+            })
+            .collect()
+    };
+    let built = HooksBuilder::default()
+        .create_container(at(HookStage::CreateContainer)?)
+        .start_container(at(HookStage::StartContainer)?)
+        .build()?;
+    Ok(Some(built))
 }
 
 /// The cgroup resources: memory (and swap, when accounted, to the same
@@ -260,6 +299,21 @@ fn resources(spec: &RunSpec, layout: &Layout) -> Result<LinuxResources, OciSpecE
                 .major(TUN_MAJOR)
                 .minor(TUN_MINOR)
                 .access("rw")
+                .build()?,
+        );
+    }
+    for node in &spec.devices.nodes {
+        let typ = match node.kind {
+            DeviceType::Char => oci_spec::runtime::LinuxDeviceType::C,
+            DeviceType::Block => oci_spec::runtime::LinuxDeviceType::B,
+        };
+        devices.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(node.major)
+                .minor(node.minor)
+                .access(node.access.clone())
                 .build()?,
         );
     }
@@ -305,6 +359,14 @@ fn mounts(spec: &RunSpec, layout: &Layout) -> Result<Vec<Mount>, OciSpecError> {
     mounts.push(mount("/sys/fs/cgroup", "cgroup", "cgroup", opts(&["nosuid", "noexec", "nodev", "relatime", "ro"]))?);
     if let Some(node) = &layout.tun {
         mounts.push(bind(TUN_PATH, node, opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
+    }
+    // Devices: their nodes (a bind, so never `nodev`), then what they need
+    // from the host, read-only, without devices or set-id bits.
+    for (path, node) in &layout.device_nodes {
+        mounts.push(bind(path, node, opts(&["bind", "nosuid", "noexec", "rw", "private"]))?);
+    }
+    for m in &spec.devices.mounts {
+        mounts.push(bind(&m.container_path, &m.host_path, opts(&["bind", "nosuid", "nodev", "ro", "private"]))?);
     }
 
     for m in &spec.mounts {
@@ -397,6 +459,7 @@ mod tests {
                 rootfs_writes: None,
             },
             ports: Vec::new(),
+            devices: Default::default(),
             identity: Identity { host_uid: 1001, host_gid: 1002 },
             state_dir: PathBuf::from("/run/ces/r1"),
             pins: Default::default(),
@@ -416,6 +479,7 @@ mod tests {
             swap_accounting: true,
             cgroup_mounts: vec!["/sys/fs/cgroup".to_owned()],
             tun: None,
+            device_nodes: Vec::new(),
             ids: (1001, 1002, 1),
         }
     }

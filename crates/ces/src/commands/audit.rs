@@ -257,6 +257,16 @@ impl RunStarting<'_> {
             env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
             argv: spec.process.args.clone(),
             ports: spec.ports.iter().map(ToString::to_string).collect(),
+            devices: spec
+                .devices
+                .requested
+                .iter()
+                .map(|d| ces_audit::Device {
+                    name: d.name.clone(),
+                    uuid: d.uuid.clone(),
+                    spec: d.spec.display().to_string(),
+                })
+                .collect(),
         }
     }
 }

@@ -31,9 +31,6 @@ use self::record::{ActiveRun, RunPaths};
 /// A failure of `ces run` itself.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// `--gpu` / `ces-gpu-run`.
-    #[error("GPU support is not available yet")]
-    GpuUnavailable,
     /// A parent directory of the contract is missing.
     #[error("the {what} directory {} does not exist", path.display())]
     MissingParent {
@@ -96,8 +93,10 @@ fn run_container(
     args: RunArgs,
     started: &mut bool,
 ) -> anyhow::Result<ExitCode> {
-    let options = run_options::with_opt_files(args.options)?;
-    let Some((image, command)) = args.command.split_first() else {
+    let (mut options, mut command) = (args.options, args.command);
+    run_options::settle_gpu(&mut options, &mut command);
+    let options = run_options::with_opt_files(options)?;
+    let Some((image, command)) = command.split_first() else {
         anyhow::bail!("no image given");
     };
     // The container's terminal takes its size (and with -i, its keys) from
@@ -175,9 +174,6 @@ pub(crate) fn prepare(
     command: &[String],
     placement: &Placement,
 ) -> anyhow::Result<Prepared> {
-    if options.gpu {
-        return Err(RunError::GpuUnavailable.into());
-    }
     let limits = limits(options, settings)?;
     let process = process_request(options, command)?;
     let (tmpfs, binds) = mount_requests(options)?;
@@ -273,6 +269,15 @@ pub(crate) fn prepare(
         spec.mounts.push(bind);
     }
     spec.ports = ports::requests(settings, options)?;
+    let devices = crate::cdi::Request {
+        gpu: options.gpu.clone().map(|g| if g.is_empty() { "all".to_owned() } else { g }),
+        devices: options.device.clone(),
+    };
+    if !devices.is_empty() {
+        let resolved = resolve_devices(settings, printer, &devices)?;
+        resolved.apply_env(&mut spec.process.env);
+        spec.devices = resolved.devices;
+    }
     Ok(Prepared {
         spec,
         safe_data,
@@ -288,6 +293,25 @@ pub(crate) fn prepare(
         invoker,
         _store_lock: store_lock,
     })
+}
+
+/// The devices a run asked for, from this host's CDI specs, as the
+/// policy allows them to this user. Specs that could not be read are
+/// warned about when the devices were found without them.
+fn resolve_devices(
+    settings: &Settings,
+    printer: &Printer,
+    request: &crate::cdi::Request,
+) -> anyhow::Result<crate::cdi::Resolved> {
+    let registry = crate::cdi::Registry::read(&settings.gpu.spec_dirs);
+    let user = audit::current_user();
+    let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+    let groups = || crate::identity::groups(Some(&user.name));
+    let resolved = crate::cdi::resolve(&settings.gpu, &registry, request, &user, host_root, &groups)?;
+    for (path, problem) in &registry.problems {
+        printer.status(format!("warning: CDI spec {} not used: {problem}", ces_image::quote::quote_path(path)));
+    }
+    Ok(resolved)
 }
 
 /// Runs a prepared plan with `run`: creates the run's directories, records
@@ -643,6 +667,55 @@ fn mount_lines(spec: &RunSpec) -> Vec<String> {
 }
 
 /// `--dry-run`: the whole plan on stdout (env names only; no values).
+/// The dry run's lines for the devices: every node, mount, variable and
+/// hook their specs add.
+fn device_lines(devices: &ces_runtime::Devices) -> Vec<String> {
+    if devices.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec!["devices:".to_owned()];
+    for d in &devices.requested {
+        let uuid = d.uuid.as_deref().map(|u| format!(", {u}")).unwrap_or_default();
+        lines.push(format!("  {} (spec {}{uuid})", d.name, d.spec.display()));
+    }
+    for n in &devices.nodes {
+        let kind = match n.kind {
+            ces_runtime::DeviceType::Char => 'c',
+            ces_runtime::DeviceType::Block => 'b',
+        };
+        lines.push(format!(
+            "  node   {} <- {} ({kind} {}:{}, access {})",
+            n.path,
+            n.host_path.display(),
+            n.major,
+            n.minor,
+            n.access
+        ));
+    }
+    for m in &devices.mounts {
+        lines.push(format!("  mount  {} <- {} (ro, nosuid, nodev)", m.container_path, m.host_path.display()));
+    }
+    if !devices.env.is_empty() {
+        lines.push(format!("  env    {}", devices.env.join(" ")));
+    }
+    for h in &devices.hooks {
+        let stage = match h.stage {
+            ces_runtime::HookStage::CreateContainer => "createContainer",
+            ces_runtime::HookStage::StartContainer => "startContainer",
+        };
+        let args: Vec<String> = h.args.iter().skip(1).map(|a| ces_runtime::podman::shell_quote(a)).collect();
+        lines.push(format!("  hook   {stage}: {} {}", h.path.display(), args.join(" ")).trim_end().to_owned());
+    }
+    if !devices.additional_gids.is_empty() {
+        let gids: Vec<String> = devices.additional_gids.iter().map(u32::to_string).collect();
+        lines.push(format!(
+            "  groups {} (root's runs; rootless and sudo runs keep the user's own groups)",
+            gids.join(" ")
+        ));
+    }
+    lines
+}
+
 fn print_plan(
     spec: &RunSpec,
     runtime: &str,
@@ -693,6 +766,9 @@ fn print_plan(
     writeln!(out, "mounts:")?;
     for line in mount_lines(spec) {
         writeln!(out, "  {line}")?;
+    }
+    for line in device_lines(&spec.devices) {
+        writeln!(out, "{line}")?;
     }
     writeln!(
         out,

@@ -1,6 +1,7 @@
 //! `ces system setup`: the operator step (as root) that prepares what rootless
 //! runs need: a cgroup per user, delegated to that user, so that `-m`/`-c`
-//! limits can be enforced without root.
+//! limits can be enforced without root. `ces system gpus`: the devices this
+//! host's CDI specs offer, and which the user may use.
 
 use anyhow::{Context as _, bail};
 
@@ -47,4 +48,72 @@ fn resolve(user: &str) -> anyhow::Result<(u32, u32)> {
             .with_context(|| format!("id printed no number for {user:?}"))
     };
     Ok((id("-u")?, id("-g")?))
+}
+
+/// `ces system gpus`: every CDI device of this host's specs, whether the
+/// user may use it, and the specs that could not be used.
+pub fn gpus(settings: &crate::settings::Settings, json: bool) -> anyhow::Result<()> {
+    let config = &settings.gpu;
+    let registry = crate::cdi::Registry::read(&config.spec_dirs);
+    let user = crate::commands::audit::current_user();
+    let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+    let groups = || crate::identity::groups(Some(&user.name));
+    let usable = crate::cdi::usable(config, registry.names(), &user, host_root, &groups)?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write as _;
+    if json {
+        let devices: Vec<serde_json::Value> = usable
+            .iter()
+            .map(|(name, yours)| {
+                serde_json::json!({
+                    "name": name,
+                    "uuid": registry.uuid_of(name),
+                    "spec": registry.spec_of(name),
+                    "usable": yours,
+                    "gpu": registry.of_kind(&config.kind).contains(name),
+                })
+            })
+            .collect();
+        let problems: Vec<serde_json::Value> =
+            registry.problems.iter().map(|(path, why)| serde_json::json!({"path": path, "problem": why})).collect();
+        let value = serde_json::json!({
+            "enabled": config.enabled,
+            "kind": config.kind,
+            "max_per_run": config.max_per_run,
+            "spec_dirs": config.spec_dirs,
+            "user": user.name,
+            "devices": devices,
+            "problems": problems,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        return Ok(());
+    }
+    let dirs: Vec<String> = config.spec_dirs.iter().map(|d| d.display().to_string()).collect();
+    if config.enabled {
+        let max = config.max_per_run.map(|m| format!(", at most {m} per run")).unwrap_or_default();
+        writeln!(out, "Devices are enabled; --gpu means {}{max}. Specs from {}.", config.kind, dirs.join(", "))?;
+    } else {
+        writeln!(out, "Devices are not enabled on this host ([gpu] enabled). Specs from {}.", dirs.join(", "))?;
+    }
+    if usable.is_empty() {
+        writeln!(out, "No CDI device found.")?;
+    } else {
+        let width = usable.iter().map(|(n, _)| n.len()).max().unwrap_or(0).max(6);
+        writeln!(
+            out,
+            "{:width$}  {:5}  {:40}  SPEC",
+            "DEVICE",
+            format!("{}?", user.name).chars().take(5).collect::<String>(),
+            "UUID"
+        )?;
+        for (name, yours) in &usable {
+            let uuid = registry.uuid_of(name).unwrap_or_else(|| "-".to_owned());
+            let spec = registry.spec_of(name).map(|p| p.display().to_string()).unwrap_or_default();
+            writeln!(out, "{name:width$}  {:5}  {uuid:40}  {spec}", if *yours { "yes" } else { "no" })?;
+        }
+    }
+    for (path, problem) in &registry.problems {
+        writeln!(out, "not used: {}: {problem}", ces_image::quote::quote_path(path))?;
+    }
+    Ok(())
 }

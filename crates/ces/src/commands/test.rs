@@ -109,6 +109,25 @@ pub struct Report {
     pub scratch: Vec<FileSize>,
     /// Findings about the image and the run.
     pub findings: Vec<Finding>,
+    /// `--gpu`, `--device`: whether the workload used its devices.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub devices: Option<DeviceUse>,
+}
+
+/// Whether the workload used the devices it was given (opened a node).
+#[derive(Debug, Serialize)]
+pub struct DeviceUse {
+    /// The CDI devices given.
+    pub devices: Vec<String>,
+    /// Their nodes, as paths in the container.
+    pub nodes: Vec<String>,
+    /// The nodes the workload opened.
+    pub opened: Vec<String>,
+    /// Whether it opened any.
+    pub used: bool,
+    /// Whether the nodes were the run's own (root), or the host's, which
+    /// other processes may have opened meanwhile (rootless).
+    pub nodes_own: bool,
 }
 
 /// Runs `ces test`; returns 0 when the image is ready, 1 when not.
@@ -122,8 +141,10 @@ pub fn test(settings: &Settings, printer: &Printer, args: TestArgs) -> anyhow::R
 }
 
 fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &mut bool) -> anyhow::Result<ExitCode> {
-    let options = run_options::with_opt_files(args.options)?;
-    let Some((image, command)) = args.command.split_first() else {
+    let (mut options, mut command) = (args.options, args.command);
+    run_options::settle_gpu(&mut options, &mut command);
+    let options = run_options::with_opt_files(options)?;
+    let Some((image, command)) = command.split_first() else {
         anyhow::bail!("no image given");
     };
     if let Some(runtime) = options.runtime.as_deref().filter(|r| *r != "native") {
@@ -200,6 +221,24 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
             refused.join(", ")
         ));
     }
+    let devices = (!prepared.spec.devices.is_empty()).then(|| {
+        let opened = observed.devices_opened.clone();
+        DeviceUse {
+            devices: prepared.spec.devices.requested.iter().map(|d| d.name.clone()).collect(),
+            nodes: prepared.spec.devices.nodes.iter().map(|n| n.path.clone()).collect(),
+            used: !opened.is_empty(),
+            opened,
+            nodes_own: crate::identity::is_host_root(),
+        }
+    });
+    if let Some(d) = devices.as_ref().filter(|d| !d.used && !d.nodes.is_empty()) {
+        reasons.push(format!(
+            "the container was given {} but never opened {}: it would run without them in the TRE \
+             (is the image built with GPU support, e.g. a CUDA build of its libraries?)",
+            d.devices.join(", "),
+            d.nodes.join(", ")
+        ));
+    }
     let report = Report {
         image: prepared.spec.image.reference.clone(),
         digest: prepared.spec.image.digest.to_string(),
@@ -217,6 +256,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
         lost_writes: observed.lost_writes,
         scratch: scratch_files,
         findings,
+        devices,
     };
     let mut out = std::io::stdout().lock();
     if options.json {
@@ -579,6 +619,14 @@ fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()
             let times = if s.count > 1 { format!(" ({} times)", s.count) } else { String::new() };
             let how = if s.refused { "refused" } else { "left to the kernel, as in any run" };
             writeln!(out, "  - {}{times}: {how}", s.name)?;
+        }
+    }
+    if let Some(d) = &r.devices {
+        if d.used {
+            let note = if d.nodes_own { "" } else { " (the host's nodes: another process may have opened them)" };
+            writeln!(out, "Devices:  used: opened {}{note}", d.opened.join(", "))?;
+        } else {
+            writeln!(out, "Devices:  not used: {} given, none of {} opened", d.devices.join(", "), d.nodes.join(", "))?;
         }
     }
     let total: u64 = r.outputs.iter().map(|f| f.size).sum();

@@ -1,0 +1,873 @@
+//! GPUs and other devices through CDI (Container Device Interface) specs:
+//! `--gpu`, `--device`, `ces system gpus` (see docs/gpu.md).
+//!
+//! The specs are the operator's: read only from root's directories
+//! (`[gpu] spec_dirs`), each file root's and written by root alone, since a
+//! spec says what host paths a container gets and what programs run for it.
+//! Each is parsed and validated by the `container-device-interface` crate
+//! (the CDI 1.1 schema, names, versions), then checked by ces for what it
+//! takes (device nodes that are on this host with the numbers the spec
+//! says, mounts away from the TRE's directories, only the hooks that run in
+//! the container's namespaces). The devices a run asks for are checked
+//! against `[gpu]`'s policy, then their edits are merged into the plan as
+//! [`ces_runtime::Devices`]: the native runtime applies them itself, the
+//! podman backend names the devices and podman reads the same specs.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use ces_image::quote::{escape_message, quote_path};
+use ces_runtime::{DeviceHook, DeviceMount, DeviceNode, DeviceType, Devices, EnvVar, HookStage, RequestedDevice};
+
+use crate::settings::GpuConfig;
+
+/// The command that writes NVIDIA's spec.
+pub const GENERATE_HINT: &str =
+    "an operator generates the spec with: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml";
+
+/// The most a spec file may weigh.
+const MAX_SPEC_BYTES: u64 = 4 << 20;
+
+/// At most this many characters of a spec's own text in a message.
+const MAX_QUOTED: usize = 200;
+
+/// A device request that cannot be met.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// `[gpu] enabled` is off.
+    #[error("devices (--gpu, --device) are not enabled on this host")]
+    Disabled,
+    /// ces runs in a user namespace, where it cannot tell who the user is.
+    #[error("ces runs in a user namespace, where it cannot check who may use devices on this host")]
+    UserNamespace,
+    /// Not `vendor/class=name`.
+    #[error("{0:?} is not a CDI device name (vendor.example/class=name)")]
+    BadName(String),
+    /// `--gpu` with a value that names no GPU.
+    #[error("--gpu {0:?}: name GPUs by index or UUID, separated by commas (e.g. --gpu 0,1), or all")]
+    BadSelector(String),
+    /// The device is in no spec.
+    #[error("no CDI device {name} on this host{}", match broken {
+        Some((path, _)) => format!(" (and the spec {} could not be read)", quote_path(path)),
+        None => String::new(),
+    })]
+    NotFound {
+        /// The fully qualified name.
+        name: String,
+        /// A spec that could not be read, which may have had it.
+        broken: Option<(PathBuf, String)>,
+    },
+    /// `--gpu` (all) on a host with no device of the kind.
+    #[error("no {kind} device on this host")]
+    NoneOfKind {
+        /// The kind.
+        kind: String,
+        /// A spec that could not be read, which may have had some.
+        broken: Option<(PathBuf, String)>,
+    },
+    /// The policy does not let this user have the device.
+    #[error("user {user} may not use {device} on this host")]
+    Refused {
+        /// The user (under sudo, the one who ran it).
+        user: String,
+        /// The device.
+        device: String,
+    },
+    /// `[gpu] max_per_run`.
+    #[error("{asked} devices asked for, and this host allows at most {max} per run")]
+    TooMany {
+        /// How many.
+        asked: usize,
+        /// The most.
+        max: usize,
+    },
+    /// A device whose spec asks for what ces does not do, or that is not
+    /// on this host as its spec says.
+    #[error("cannot give the container {device} (spec {}): {problem}", quote_path(spec))]
+    Unusable {
+        /// The device.
+        device: String,
+        /// Its spec.
+        spec: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Hints for a device error.
+pub fn hints(error: &DeviceError) -> Vec<String> {
+    match error {
+        DeviceError::Disabled => vec![
+            "an operator enables them in the system config: [gpu] enabled = true (see docs/gpu.md)".to_owned(),
+            "or run without --gpu and --device".to_owned(),
+        ],
+        DeviceError::UserNamespace => vec!["run ces from the host, outside the user namespace".to_owned()],
+        DeviceError::BadName(_) | DeviceError::BadSelector(_) => {
+            vec!["`ces system gpus` lists the devices of this host and their names".to_owned()]
+        }
+        DeviceError::NotFound { broken, .. } | DeviceError::NoneOfKind { broken, .. } => {
+            let mut hints = Vec::new();
+            if let Some((path, why)) = broken {
+                hints.push(format!("{}: {why}", quote_path(path)));
+            }
+            hints.push("`ces system gpus` lists the devices of this host and their names".to_owned());
+            hints.push(GENERATE_HINT.to_owned());
+            hints
+        }
+        DeviceError::Refused { .. } => {
+            vec!["ask the operator to allow it ([[gpu.allow]] in the system config); `ces system gpus` shows which devices you may use".to_owned()]
+        }
+        DeviceError::TooMany { max, .. } => vec![format!("name at most {max}: --gpu 0 or --gpu 0,1 ...")],
+        DeviceError::Unusable { .. } => vec![
+            "the spec may be stale (a driver update, a GPU added or removed): an operator regenerates it".to_owned(),
+            GENERATE_HINT.to_owned(),
+        ],
+    }
+}
+
+/// What a run asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// `--gpu`: `None` when not given; `all`, or indexes and UUIDs.
+    pub gpu: Option<String>,
+    /// `--device`: fully qualified CDI names.
+    pub devices: Vec<String>,
+}
+
+impl Request {
+    /// Whether the run asked for no device.
+    pub fn is_empty(&self) -> bool {
+        self.gpu.is_none() && self.devices.is_empty()
+    }
+}
+
+/// Whether `word` can only be a `--gpu` selector (`0`, `0,1`, `GPU-<uuid>`,
+/// `MIG-<uuid>`, `all`): `--gpu 0 IMAGE` then means `--gpu=0 IMAGE`.
+pub fn is_selector(word: &str) -> bool {
+    !word.is_empty()
+        && word.split(',').all(|part| {
+            part == "all"
+                || (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit() || b == b':'))
+                || ((part.starts_with("GPU-") || part.starts_with("MIG-"))
+                    && part.len() > 4
+                    && part[4..].bytes().all(|b| b.is_ascii_hexdigit() || b == b'-' || b == b'/'))
+        })
+}
+
+/// A spec's container edits, as ces reads them (from the crate's validated
+/// spec, through its own serialisation: the crate keeps the fields private).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Edits {
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    device_nodes: Vec<NodeEdit>,
+    #[serde(default)]
+    mounts: Vec<MountEdit>,
+    #[serde(default)]
+    hooks: Vec<HookEdit>,
+    #[serde(default)]
+    additional_gids: Vec<u32>,
+    #[serde(default)]
+    net_devices: Vec<serde_json::Value>,
+    #[serde(default)]
+    intel_rdt: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeEdit {
+    path: String,
+    host_path: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    major: Option<i64>,
+    minor: Option<i64>,
+    file_mode: Option<u32>,
+    permissions: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MountEdit {
+    host_path: String,
+    container_path: String,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HookEdit {
+    hook_name: String,
+    path: String,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    timeout: Option<i64>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SpecView {
+    kind: String,
+    devices: Vec<DeviceView>,
+    #[serde(default)]
+    container_edits: Edits,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceView {
+    name: String,
+    #[serde(default)]
+    container_edits: Edits,
+}
+
+/// A spec file read.
+#[derive(Debug)]
+struct SpecFile {
+    path: PathBuf,
+    edits: Edits,
+}
+
+/// A device of a spec.
+#[derive(Debug)]
+pub struct Found {
+    /// Index into [`Registry::specs`].
+    spec: usize,
+    /// The kind (`vendor/class`).
+    kind: String,
+    /// The name in its spec.
+    name: String,
+    edits: Edits,
+}
+
+/// The devices this host's specs offer.
+#[derive(Debug, Default)]
+pub struct Registry {
+    specs: Vec<SpecFile>,
+    /// By fully qualified name.
+    devices: BTreeMap<String, Found>,
+    /// The spec directories and files that could not be used, and why.
+    pub problems: Vec<(PathBuf, String)>,
+}
+
+impl Registry {
+    /// Reads every spec in `dirs` (missing directories are skipped).
+    pub fn read(dirs: &[PathBuf]) -> Registry {
+        let mut registry = Registry::default();
+        // Same name in two files of one directory: neither is used.
+        let mut conflicts: Vec<String> = Vec::new();
+        for (priority, dir) in dirs.iter().enumerate() {
+            let dir = match trusted_dir(dir) {
+                Ok(Some(dir)) => dir,
+                Ok(None) => continue,
+                Err(problem) => {
+                    registry.problems.push((dir.clone(), problem));
+                    continue;
+                }
+            };
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "json"))
+                    .collect(),
+                Err(e) => {
+                    registry.problems.push((dir.clone(), format!("cannot list it: {e}")));
+                    continue;
+                }
+            };
+            files.sort();
+            let mut seen_here: BTreeMap<String, PathBuf> = BTreeMap::new();
+            for path in files {
+                let view = match read_spec(&path, priority) {
+                    Ok(view) => view,
+                    Err(problem) => {
+                        registry.problems.push((path, problem));
+                        continue;
+                    }
+                };
+                let index = registry.specs.len();
+                for device in view.devices {
+                    let qualified = format!("{}={}", view.kind, device.name);
+                    if let Some(other) = seen_here.insert(qualified.clone(), path.clone())
+                        && other != path
+                    {
+                        registry.problems.push((
+                            path.clone(),
+                            format!("{qualified} is also in {}: neither is used", quote_path(&other)),
+                        ));
+                        conflicts.push(qualified.clone());
+                    }
+                    let found = Found {
+                        spec: index,
+                        kind: view.kind.clone(),
+                        name: device.name,
+                        edits: device.container_edits,
+                    };
+                    // A later directory's replaces an earlier one's.
+                    registry.devices.insert(qualified, found);
+                }
+                registry.specs.push(SpecFile { path, edits: view.container_edits });
+            }
+        }
+        for name in conflicts {
+            registry.devices.remove(&name);
+        }
+        registry
+    }
+
+    /// Every device, by fully qualified name.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.devices.keys().map(String::as_str)
+    }
+
+    /// The spec file a device is in.
+    pub fn spec_of(&self, name: &str) -> Option<&Path> {
+        self.devices.get(name).map(|d| self.specs[d.spec].path.as_path())
+    }
+
+    /// The UUID of a device: its name if that is one, or the name of a
+    /// device of the same spec with the same edits that is one.
+    pub fn uuid_of(&self, name: &str) -> Option<String> {
+        let found = self.devices.get(name)?;
+        if is_uuid(&found.name) {
+            return Some(found.name.clone());
+        }
+        self.devices
+            .values()
+            .find(|other| other.spec == found.spec && is_uuid(&other.name) && other.edits == found.edits)
+            .map(|other| other.name.clone())
+    }
+
+    /// The devices of `kind`, one name per device: not the `all` device,
+    /// and not a UUID name for a device that has an index name too.
+    pub fn of_kind(&self, kind: &str) -> Vec<&str> {
+        let of_kind: Vec<(&String, &Found)> = self.devices.iter().filter(|(_, d)| d.kind == kind).collect();
+        of_kind
+            .iter()
+            .filter(|(_, d)| d.name != "all")
+            .filter(|(_, d)| {
+                !is_uuid(&d.name)
+                    || !of_kind.iter().any(|(_, o)| !is_uuid(&o.name) && o.name != "all" && o.edits == d.edits)
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// The first spec that could not be read, for a device that was not found.
+    fn broken(&self) -> Option<(PathBuf, String)> {
+        self.problems.first().cloned()
+    }
+}
+
+fn is_uuid(name: &str) -> bool {
+    name.starts_with("GPU-") || name.starts_with("MIG-")
+}
+
+/// `dir`, resolved, if it exists and only root can change what is in it (and
+/// in every directory above it, sticky ones aside); `None` if it does not
+/// exist.
+fn trusted_dir(dir: &Path) -> Result<Option<PathBuf>, String> {
+    let resolved = match std::fs::canonicalize(dir) {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read it: {e}")),
+    };
+    let meta = std::fs::metadata(&resolved).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_dir() {
+        return Err("it is not a directory".to_owned());
+    }
+    for (i, ancestor) in resolved.ancestors().enumerate() {
+        let meta = std::fs::metadata(ancestor).map_err(|e| format!("cannot read {}: {e}", quote_path(ancestor)))?;
+        let sticky = meta.mode() & 0o1000 != 0 && i > 0;
+        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} can be changed by users other than root: its specs are not used",
+                quote_path(ancestor)
+            ));
+        }
+    }
+    Ok(Some(resolved))
+}
+
+/// Reads and validates one spec file (root's, written by root alone).
+fn read_spec(path: &Path, priority: usize) -> Result<SpecView, String> {
+    let file = rustix::fs::open(
+        path,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::NOCTTY
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open it: {e}"))?;
+    let file = std::fs::File::from(file);
+    let meta = file.metadata().map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err("it can be changed by users other than root: not used".to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_SPEC_BYTES {
+        return Err(format!("it is larger than {} MiB", MAX_SPEC_BYTES >> 20));
+    }
+    // YAML, of which JSON is a subset (the crate reads both so too).
+    let raw: container_device_interface::specs::config::Spec = serde_yaml::from_slice(&bytes)
+        .map_err(|e| format!("not a CDI spec: {}", escape_message(&e.to_string(), MAX_QUOTED)))?;
+    let priority = i32::try_from(priority).unwrap_or(i32::MAX);
+    container_device_interface::spec::new_spec(&raw, &path.to_path_buf(), priority)
+        .map_err(|e| format!("invalid CDI spec: {}", escape_message(&format!("{e:#}"), MAX_QUOTED)))?;
+    let value = serde_json::to_value(&raw).map_err(|e| format!("cannot read it: {e}"))?;
+    serde_json::from_value(value).map_err(|e| format!("cannot read it: {e}"))
+}
+
+/// The devices of a run, and the environment their specs set.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// What the runtime applies.
+    pub devices: Devices,
+    /// `NAME=value`, in order (the specs' values: the operator's).
+    pub env: Vec<String>,
+}
+
+impl Resolved {
+    /// Sets the devices' environment in `env` (replacing variables of the
+    /// same name: a device's edits are applied last, as other runtimes do).
+    pub fn apply_env(&self, env: &mut Vec<EnvVar>) {
+        for var in &self.env {
+            let (name, value) = var.split_once('=').unwrap_or((var.as_str(), ""));
+            env.retain(|v| v.name != name);
+            env.push(EnvVar::new(name, value));
+        }
+    }
+}
+
+/// The devices `request` names, each checked against the policy, and their
+/// edits merged and checked. `user` is who asks (under sudo, the user who
+/// ran it); `host_root` when that is root itself (the operator, who may use
+/// every device); `groups` lists their groups, asked only when a rule needs it.
+pub fn resolve(
+    config: &GpuConfig,
+    registry: &Registry,
+    request: &Request,
+    user: &ces_audit::User,
+    host_root: bool,
+    groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Resolved> {
+    if request.is_empty() {
+        return Ok(Resolved::default());
+    }
+    if !config.enabled {
+        return Err(DeviceError::Disabled.into());
+    }
+    let allowed = Allowed::new(config, user, host_root, groups)?;
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |name: String| {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    };
+    if let Some(selector) = &request.gpu {
+        if !is_selector(selector) {
+            return Err(DeviceError::BadSelector(escape_message(selector, MAX_QUOTED)).into());
+        }
+        for part in selector.split(',') {
+            for name in expand(registry, &config.kind, part, &allowed, user)? {
+                add(name);
+            }
+        }
+    }
+    for name in &request.devices {
+        let Some((kind, device)) = split_name(name) else {
+            return Err(DeviceError::BadName(escape_message(name, MAX_QUOTED)).into());
+        };
+        for name in expand(registry, kind, device, &allowed, user)? {
+            add(name);
+        }
+    }
+    if let Some(max) = config.max_per_run
+        && names.len() > max
+    {
+        return Err(DeviceError::TooMany { asked: names.len(), max }.into());
+    }
+    merge(registry, &names)
+}
+
+/// `kind=device`'s fully qualified names: one, or for `all` every device of
+/// the kind the user may use (`--gpu` alone, `--device kind=all`).
+fn expand(
+    registry: &Registry,
+    kind: &str,
+    device: &str,
+    allowed: &Allowed,
+    user: &ces_audit::User,
+) -> anyhow::Result<Vec<String>> {
+    if device == "all" {
+        let all = registry.of_kind(kind);
+        if all.is_empty() {
+            return Err(DeviceError::NoneOfKind { kind: kind.to_owned(), broken: registry.broken() }.into());
+        }
+        let mine: Vec<String> = all.iter().filter(|name| allowed.may_use(name)).map(|n| (*n).to_owned()).collect();
+        if mine.is_empty() {
+            return Err(DeviceError::Refused { user: user.name.clone(), device: format!("any {kind} device") }.into());
+        }
+        return Ok(mine);
+    }
+    let name = format!("{kind}={device}");
+    if !registry.devices.contains_key(&name) {
+        return Err(DeviceError::NotFound { name: escape_message(&name, MAX_QUOTED), broken: registry.broken() }.into());
+    }
+    if !allowed.may_use(&name) {
+        return Err(DeviceError::Refused { user: user.name.clone(), device: name }.into());
+    }
+    Ok(vec![name])
+}
+
+/// `vendor/class=name`, split into kind and name, if it is one.
+fn split_name(name: &str) -> Option<(&str, &str)> {
+    let (kind, device) = name.split_once('=')?;
+    let (vendor, class) = kind.split_once('/')?;
+    let word = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    (word(vendor, b"_.-") && word(class, b"_-") && word(device, b"_.-:")).then_some((kind, device))
+}
+
+/// Which of `names` the user may use (none while devices are disabled).
+pub fn usable<'a>(
+    config: &GpuConfig,
+    names: impl IntoIterator<Item = &'a str>,
+    user: &ces_audit::User,
+    host_root: bool,
+    groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Vec<(&'a str, bool)>> {
+    let allowed = if config.enabled { Some(Allowed::new(config, user, host_root, groups)?) } else { None };
+    Ok(names.into_iter().map(|n| (n, allowed.as_ref().is_some_and(|a| a.may_use(n)))).collect())
+}
+
+/// Which devices the user may use.
+enum Allowed {
+    Everything,
+    Patterns(Vec<String>),
+}
+
+impl Allowed {
+    fn new(
+        config: &GpuConfig,
+        user: &ces_audit::User,
+        host_root: bool,
+        groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
+    ) -> anyhow::Result<Allowed> {
+        if config.allow.is_empty() || host_root {
+            return Ok(Allowed::Everything);
+        }
+        if let crate::identity::Caller::Namespaced { .. } = crate::identity::caller() {
+            return Err(DeviceError::UserNamespace.into());
+        }
+        let mut member_of: Option<Vec<String>> = None;
+        let mut patterns = Vec::new();
+        for rule in &config.allow {
+            let listed = rule.users.iter().any(|u| *u == user.name || *u == user.uid.to_string());
+            let in_group = !listed && !rule.groups.is_empty() && {
+                if member_of.is_none() {
+                    member_of = Some(groups().context("cannot check [[gpu.allow]] groups")?);
+                }
+                let member_of = member_of.as_deref().unwrap_or_default();
+                rule.groups.iter().any(|g| member_of.contains(g))
+            };
+            if listed || in_group {
+                patterns.extend(rule.devices.iter().cloned());
+            }
+        }
+        Ok(Allowed::Patterns(patterns))
+    }
+
+    fn may_use(&self, name: &str) -> bool {
+        match self {
+            Allowed::Everything => true,
+            Allowed::Patterns(patterns) => patterns.iter().any(|p| glob(p, name)),
+        }
+    }
+}
+
+/// Whether `text` matches `pattern`, where `*` matches any characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(text) = text.strip_prefix(head) else { return false };
+            (0..=text.len()).filter(|&i| text.is_char_boundary(i)).any(|i| glob(rest, &text[i..]))
+        }
+    }
+}
+
+/// The edits of `names` merged: each spec's own edits once, then each
+/// device's, checked.
+fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
+    let mut devices = Devices::default();
+    let mut specs_done: Vec<usize> = Vec::new();
+    let mut env: Vec<String> = Vec::new();
+    for name in names {
+        let found = &registry.devices[name];
+        let spec = &registry.specs[found.spec];
+        devices.requested.push(RequestedDevice {
+            name: name.clone(),
+            uuid: registry.uuid_of(name),
+            spec: spec.path.clone(),
+        });
+        let unusable =
+            |problem: String| DeviceError::Unusable { device: name.clone(), spec: spec.path.clone(), problem };
+        let mut apply = |edits: &Edits| -> Result<(), DeviceError> {
+            check_edits(edits).map_err(unusable)?;
+            for var in &edits.env {
+                let key = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
+                env.retain(|v| v.split_once('=').map_or(v.as_str(), |(k, _)| k) != key);
+                env.push(var.clone());
+            }
+            for node in &edits.device_nodes {
+                let node = host_node(node).map_err(unusable)?;
+                match devices.nodes.iter().find(|n| n.path == node.path) {
+                    Some(same) if *same == node => {}
+                    Some(_) => return Err(unusable(format!("two devices put different nodes at {}", node.path))),
+                    None => devices.nodes.push(node),
+                }
+            }
+            for mount in &edits.mounts {
+                let mount = DeviceMount {
+                    host_path: PathBuf::from(&mount.host_path),
+                    container_path: mount.container_path.clone(),
+                };
+                match devices.mounts.iter().find(|m| m.container_path == mount.container_path) {
+                    Some(same) if *same == mount => {}
+                    Some(_) => {
+                        return Err(unusable(format!("two devices mount different paths at {}", mount.container_path)));
+                    }
+                    None => devices.mounts.push(mount),
+                }
+            }
+            for hook in &edits.hooks {
+                let stage = match hook.hook_name.as_str() {
+                    "createContainer" => HookStage::CreateContainer,
+                    _ => HookStage::StartContainer,
+                };
+                let hook = DeviceHook {
+                    stage,
+                    path: PathBuf::from(&hook.path),
+                    args: hook.args.clone(),
+                    env: hook.env.clone(),
+                    timeout: hook.timeout,
+                };
+                if !devices.hooks.contains(&hook) {
+                    devices.hooks.push(hook);
+                }
+            }
+            for gid in &edits.additional_gids {
+                if *gid != 0 && !devices.additional_gids.contains(gid) {
+                    devices.additional_gids.push(*gid);
+                }
+            }
+            Ok(())
+        };
+        if !specs_done.contains(&found.spec) {
+            specs_done.push(found.spec);
+            apply(&spec.edits)?;
+        }
+        apply(&found.edits)?;
+    }
+    devices.env = env.iter().map(|v| v.split_once('=').map_or(v.clone(), |(k, _)| k.to_owned())).collect();
+    Ok(Resolved { devices, env })
+}
+
+/// The directories of the TRE contract, which no device may cover.
+const CONTRACT: [&str; 3] = ["/safe_data", "/safe_outputs", "/scratch"];
+
+/// The `/dev` entries every container has, which no device may replace.
+const STANDARD_DEV: [&str; 13] = [
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/console",
+    "/dev/pts",
+    "/dev/shm",
+    "/dev/mqueue",
+    "/dev/net",
+    "/dev/fd",
+];
+
+/// Checks what ces takes from a spec's edits (beyond the crate's validation).
+fn check_edits(edits: &Edits) -> Result<(), String> {
+    if !edits.net_devices.is_empty() {
+        return Err("it moves network devices into the container, which ces never does".to_owned());
+    }
+    if edits.intel_rdt.is_some() {
+        return Err("it sets Intel RDT, which ces does not support".to_owned());
+    }
+    for var in &edits.env {
+        let name = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
+        if !ces_runtime::plan::is_env_name(name) {
+            return Err(format!(
+                "it sets an environment variable with an invalid name {:?}",
+                escape_message(name, MAX_QUOTED)
+            ));
+        }
+    }
+    for node in &edits.device_nodes {
+        let path = clean_path(&node.path)
+            .ok_or_else(|| format!("device node path {:?} is not a clean absolute path", short(&node.path)))?;
+        if !path.starts_with("/dev/") {
+            return Err(format!("device node {:?} is not under /dev", short(&node.path)));
+        }
+        if STANDARD_DEV.iter().any(|d| path == *d || path.starts_with(&format!("{d}/"))) {
+            return Err(format!("device node {path} would replace the container's own"));
+        }
+        if let Some(access) = &node.permissions
+            && (access.is_empty() || !access.chars().all(|c| "rwm".contains(c)))
+        {
+            return Err(format!("device node {path} has permissions {:?} (r, w, m)", short(access)));
+        }
+    }
+    for mount in &edits.mounts {
+        if mount.kind.as_deref().is_some_and(|t| t != "bind") {
+            return Err(format!(
+                "mount type {:?} (ces binds host paths only)",
+                short(mount.kind.as_deref().unwrap_or_default())
+            ));
+        }
+        if !Path::new(&mount.host_path).is_absolute() {
+            return Err(format!("mount source {:?} is not an absolute path", short(&mount.host_path)));
+        }
+        let path = clean_path(&mount.container_path)
+            .ok_or_else(|| format!("mount path {:?} is not a clean absolute path", short(&mount.container_path)))?;
+        let covers = |dir: &str| path == dir || dir.starts_with(&format!("{path}/")) || path == "/";
+        let inside = |dir: &str| path.starts_with(&format!("{dir}/"));
+        for dir in CONTRACT {
+            if covers(dir) || inside(dir) {
+                return Err(format!("it mounts {path}, over the TRE's {dir}"));
+            }
+        }
+        for dir in ["/proc", "/sys", "/dev"] {
+            if covers(dir) || inside(dir) {
+                return Err(format!("it mounts {path}, over the container's {dir}"));
+            }
+        }
+    }
+    for hook in &edits.hooks {
+        match hook.hook_name.as_str() {
+            "createContainer" => check_hook_program(&hook.path)?,
+            "startContainer" => {
+                if !hook.path.starts_with('/') {
+                    return Err(format!("hook {:?} is not an absolute path", short(&hook.path)));
+                }
+            }
+            other => {
+                return Err(format!(
+                    "it has a {:?} hook, which would run outside the container's namespaces (ces runs only createContainer and startContainer hooks)",
+                    short(other)
+                ));
+            }
+        }
+    }
+    if let Some(gid) = edits.additional_gids.iter().find(|g| **g >= 65_536) {
+        return Err(format!("additional gid {gid} is outside the container's ids (0-65535)"));
+    }
+    Ok(())
+}
+
+/// A createContainer hook is a host program run in the container's
+/// namespaces: it must be root's and written by root alone.
+fn check_hook_program(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') {
+        return Err(format!("hook {:?} is not an absolute path", short(path)));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("hook {:?}: {e}", short(path)))?;
+    if !meta.is_file() || meta.mode() & 0o111 == 0 {
+        return Err(format!("hook {:?} is not an executable file", short(path)));
+    }
+    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+        return Err(format!("hook {:?} can be changed by users other than root", short(path)));
+    }
+    Ok(())
+}
+
+/// A device node as its host has it: the host node (the spec's `hostPath`,
+/// or its `path`) must be a device of the type and numbers the spec says.
+fn host_node(node: &NodeEdit) -> Result<DeviceNode, String> {
+    let host_path = PathBuf::from(node.host_path.as_deref().unwrap_or(&node.path));
+    let missing = || format!("its device node {} is not on this host", quote_path(&host_path));
+    let meta = std::fs::metadata(&host_path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound { missing() } else { format!("{}: {e}", quote_path(&host_path)) }
+    })?;
+    use std::os::unix::fs::FileTypeExt as _;
+    let kind = if meta.file_type().is_char_device() {
+        DeviceType::Char
+    } else if meta.file_type().is_block_device() {
+        DeviceType::Block
+    } else {
+        return Err(format!("{} is not a device node", quote_path(&host_path)));
+    };
+    let (major, minor) = (i64::from(rustix::fs::major(meta.rdev())), i64::from(rustix::fs::minor(meta.rdev())));
+    let says = |what: &str| {
+        format!(
+            "its spec says {} is {what}, but on this host it is {}",
+            quote_path(&host_path),
+            describe(kind, major, minor)
+        )
+    };
+    match node.kind.as_deref() {
+        None | Some("") => {}
+        Some("c" | "u") if kind == DeviceType::Char => {}
+        Some("b") if kind == DeviceType::Block => {}
+        Some(other) => return Err(says(&format!("of type {:?}", short(other)))),
+    }
+    if node.major.is_some_and(|m| m != major) || node.minor.is_some_and(|m| m != minor) {
+        return Err(says(&format!("{}:{}", node.major.unwrap_or(major), node.minor.unwrap_or(minor))));
+    }
+    Ok(DeviceNode {
+        path: clean_path(&node.path).unwrap_or_else(|| node.path.clone()),
+        host_path,
+        kind,
+        major,
+        minor,
+        file_mode: node.file_mode.unwrap_or(meta.mode()) & 0o777,
+        access: node.permissions.clone().unwrap_or_else(|| "rwm".to_owned()),
+    })
+}
+
+fn describe(kind: DeviceType, major: i64, minor: i64) -> String {
+    let kind = match kind {
+        DeviceType::Char => "a character device",
+        DeviceType::Block => "a block device",
+    };
+    format!("{kind} {major}:{minor}")
+}
+
+/// `path` if it is absolute and has no `.`, `..` or empty component.
+fn clean_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix('/')?;
+    if rest.is_empty() {
+        return Some("/".to_owned());
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..").then(|| format!("/{rest}"))
+}
+
+fn short(text: &str) -> String {
+    escape_message(text, MAX_QUOTED)
+}
