@@ -105,7 +105,11 @@ pub fn hints(error: &DeviceError) -> Vec<String> {
             "or run without --gpu and --device".to_owned(),
         ],
         DeviceError::UserNamespace => vec!["run ces from the host, outside the user namespace".to_owned()],
-        DeviceError::BadName(_) | DeviceError::BadSelector(_) => {
+        DeviceError::BadName(_) => vec![
+            "a host device is never given by its path: the operator's CDI specs say which devices there are".to_owned(),
+            "`ces system gpus` lists the devices of this host and their names".to_owned(),
+        ],
+        DeviceError::BadSelector(_) => {
             vec!["`ces system gpus` lists the devices of this host and their names".to_owned()]
         }
         DeviceError::NotFound { broken, .. } | DeviceError::NoneOfKind { broken, .. } => {
@@ -468,6 +472,12 @@ pub fn resolve(
     if request.is_empty() {
         return Ok(Resolved::default());
     }
+    if let Some(selector) = request.gpu.as_ref().filter(|s| !is_selector(s)) {
+        return Err(DeviceError::BadSelector(escape_message(selector, MAX_QUOTED)).into());
+    }
+    if let Some(name) = request.devices.iter().find(|n| split_name(n).is_none()) {
+        return Err(DeviceError::BadName(escape_message(name, MAX_QUOTED)).into());
+    }
     if !config.enabled {
         return Err(DeviceError::Disabled.into());
     }
@@ -479,9 +489,6 @@ pub fn resolve(
         }
     };
     if let Some(selector) = &request.gpu {
-        if !is_selector(selector) {
-            return Err(DeviceError::BadSelector(escape_message(selector, MAX_QUOTED)).into());
-        }
         for part in selector.split(',') {
             for name in expand(registry, &config.kind, part, &allowed, user)? {
                 add(name);
@@ -524,7 +531,15 @@ fn expand(
         }
         return Ok(mine);
     }
-    let name = format!("{kind}={device}");
+    let mut name = format!("{kind}={device}");
+    // nvidia-ctk's "type-index" names: gpu0, mig0:1.
+    if !registry.devices.contains_key(&name) && !device.is_empty() {
+        let prefix = if device.contains(':') { "mig" } else { "gpu" };
+        let typed = format!("{kind}={prefix}{device}");
+        if device.bytes().all(|b| b.is_ascii_digit() || b == b':') && registry.devices.contains_key(&typed) {
+            name = typed;
+        }
+    }
     if !registry.devices.contains_key(&name) {
         return Err(DeviceError::NotFound { name: escape_message(&name, MAX_QUOTED), broken: registry.broken() }.into());
     }
@@ -870,4 +885,255 @@ fn clean_path(path: &str) -> Option<String> {
 
 fn short(text: &str) -> String {
     escape_message(text, MAX_QUOTED)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::settings::GpuAllow;
+
+    fn node(path: &str, host: &str) -> NodeEdit {
+        NodeEdit {
+            path: path.to_owned(),
+            host_path: Some(host.to_owned()),
+            kind: None,
+            major: None,
+            minor: None,
+            file_mode: None,
+            permissions: None,
+        }
+    }
+
+    fn edits_with_node(path: &str, host: &str) -> Edits {
+        Edits { device_nodes: vec![node(path, host)], ..Edits::default() }
+    }
+
+    /// A registry of `example.com/gpu` with GPUs 0 (also by UUID) and 1,
+    /// `/dev/null` and `/dev/zero` standing for them, and a spec-wide node
+    /// and variable.
+    fn registry() -> Registry {
+        let spec = SpecFile {
+            path: PathBuf::from("/etc/cdi/example.yaml"),
+            edits: Edits {
+                env: vec!["DRIVER=1".to_owned()],
+                device_nodes: vec![node("/dev/examplectl", "/dev/full")],
+                ..Edits::default()
+            },
+        };
+        let mut devices = BTreeMap::new();
+        for (name, host) in [("0", "/dev/null"), ("GPU-1234-abcd", "/dev/null"), ("1", "/dev/zero")] {
+            let path = if host == "/dev/null" { "/dev/example0" } else { "/dev/example1" };
+            let found = Found {
+                spec: 0,
+                kind: "example.com/gpu".to_owned(),
+                name: name.to_owned(),
+                edits: edits_with_node(path, host),
+            };
+            devices.insert(format!("example.com/gpu={name}"), found);
+        }
+        let all = Edits {
+            device_nodes: vec![node("/dev/example0", "/dev/null"), node("/dev/example1", "/dev/zero")],
+            ..Edits::default()
+        };
+        let found = Found { spec: 0, kind: "example.com/gpu".to_owned(), name: "all".to_owned(), edits: all };
+        devices.insert("example.com/gpu=all".to_owned(), found);
+        Registry { specs: vec![spec], devices, problems: Vec::new() }
+    }
+
+    fn config(allow: Vec<GpuAllow>, max: Option<usize>) -> GpuConfig {
+        GpuConfig { enabled: true, kind: "example.com/gpu".to_owned(), max_per_run: max, allow, ..GpuConfig::default() }
+    }
+
+    fn user() -> ces_audit::User {
+        ces_audit::User { name: "alice".to_owned(), uid: 1234 }
+    }
+
+    fn resolve_as(config: &GpuConfig, request: Request, groups: &[&str]) -> anyhow::Result<Resolved> {
+        let groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+        resolve(config, &registry(), &request, &user(), false, &|| Ok(groups.clone()))
+    }
+
+    fn gpu(selector: &str) -> Request {
+        Request { gpu: Some(selector.to_owned()), devices: Vec::new() }
+    }
+
+    fn names(resolved: &Resolved) -> Vec<&str> {
+        resolved.devices.requested.iter().map(|d| d.name.as_str()).collect()
+    }
+
+    #[test]
+    fn selectors_are_indexes_uuids_and_all() {
+        for yes in ["0", "0,1", "all", "GPU-0c1ea5e0-0000-4000", "MIG-0c1ea5e0-1234", "1:0", "0,GPU-ab"] {
+            assert!(is_selector(yes), "{yes}");
+        }
+        for no in ["", "busybox", "0;rm", "GPU-", "./x", "0,", "ghcr.io/a/b", "all,x", "1a"] {
+            assert!(!is_selector(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn cdi_names_and_patterns() {
+        assert_eq!(split_name("nvidia.com/gpu=0"), Some(("nvidia.com/gpu", "0")));
+        assert_eq!(split_name("example.com/gpu=GPU-1:2"), Some(("example.com/gpu", "GPU-1:2")));
+        for bad in ["/dev/sda", "nvidia.com/gpu", "gpu=0", "nvidia.com/gpu=", "a/b=c d", "-a/b=c", "a/b.c=d"] {
+            assert_eq!(split_name(bad), None, "{bad}");
+        }
+        assert!(glob("*", "nvidia.com/gpu=0"));
+        assert!(glob("nvidia.com/gpu=*", "nvidia.com/gpu=10"));
+        assert!(!glob("nvidia.com/gpu=*", "nvidia.com/gpux=1"));
+        assert!(glob("nvidia.com/gpu=1*", "nvidia.com/gpu=12"));
+        assert!(!glob("nvidia.com/gpu=1", "nvidia.com/gpu=12"));
+        assert!(glob("*/gpu=0", "amd.com/gpu=0"));
+    }
+
+    #[test]
+    fn clean_paths_only() {
+        assert_eq!(clean_path("/dev/nvidia0").as_deref(), Some("/dev/nvidia0"));
+        assert_eq!(clean_path("/usr/lib/").as_deref(), Some("/usr/lib"));
+        assert_eq!(clean_path("/").as_deref(), Some("/"));
+        for bad in ["dev/x", "/dev/../etc", "/dev//x", "/dev/./x", ""] {
+            assert_eq!(clean_path(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn what_ces_does_not_take_from_a_spec() {
+        let mount = |path: &str| Edits {
+            mounts: vec![MountEdit { host_path: "/usr/lib/x".to_owned(), container_path: path.to_owned(), kind: None }],
+            ..Edits::default()
+        };
+        let hook = |name: &str, path: &str| Edits {
+            hooks: vec![HookEdit {
+                hook_name: name.to_owned(),
+                path: path.to_owned(),
+                args: Vec::new(),
+                env: Vec::new(),
+                timeout: None,
+            }],
+            ..Edits::default()
+        };
+        let refused = [
+            (Edits { net_devices: vec![serde_json::json!({})], ..Edits::default() }, "network devices"),
+            (Edits { intel_rdt: Some(serde_json::json!({})), ..Edits::default() }, "Intel RDT"),
+            (Edits { env: vec!["1BAD=x".to_owned()], ..Edits::default() }, "invalid name"),
+            (edits_with_node("/etc/shadow", "/dev/null"), "not under /dev"),
+            (edits_with_node("/dev/../etc/x", "/dev/null"), "clean absolute path"),
+            (edits_with_node("/dev/pts/0", "/dev/null"), "container's own"),
+            (edits_with_node("/dev/null", "/dev/zero"), "container's own"),
+            (mount("/"), "over the TRE's /safe_data"),
+            (mount("/safe_outputs"), "over the TRE's /safe_outputs"),
+            (mount("/safe_data/x"), "over the TRE's /safe_data"),
+            (mount("/proc/1"), "over the container's /proc"),
+            (mount("/usr/../safe_data"), "clean absolute path"),
+            (hook("prestart", "/bin/true"), "\"prestart\" hook"),
+            (hook("createRuntime", "/bin/true"), "\"createRuntime\" hook"),
+            (hook("poststop", "/bin/true"), "\"poststop\" hook"),
+            (hook("createContainer", "bin/true"), "not an absolute path"),
+            (hook("createContainer", "/nonexistent/hook"), "/nonexistent/hook"),
+            (hook("startContainer", "true"), "not an absolute path"),
+            (Edits { additional_gids: vec![70_000], ..Edits::default() }, "outside the container's ids"),
+        ];
+        for (edits, why) in refused {
+            let problem = check_edits(&edits).unwrap_err();
+            assert!(problem.contains(why), "{why:?} not in {problem:?}");
+        }
+        let mut tmpfs = mount("/usr/lib/x");
+        tmpfs.mounts[0].kind = Some("tmpfs".to_owned());
+        assert!(check_edits(&tmpfs).unwrap_err().contains("binds host paths only"));
+        let mut bad_access = edits_with_node("/dev/x", "/dev/null");
+        bad_access.device_nodes[0].permissions = Some("rwx".to_owned());
+        assert!(check_edits(&bad_access).unwrap_err().contains("permissions"));
+        assert!(check_edits(&mount("/safe_data_x")).is_ok(), "a sibling of the TRE's directories");
+        assert!(check_edits(&hook("startContainer", "/usr/bin/in-image")).is_ok());
+    }
+
+    #[test]
+    fn nodes_are_checked_against_the_host() {
+        let null = host_node(&node("/dev/example0", "/dev/null")).unwrap();
+        assert_eq!((null.kind, null.major, null.minor, null.access.as_str()), (DeviceType::Char, 1, 3, "rwm"));
+        assert_eq!(null.host_path, Path::new("/dev/null"));
+        let mut wrong = node("/dev/example0", "/dev/null");
+        wrong.major = Some(195);
+        assert!(host_node(&wrong).unwrap_err().contains("its spec says /dev/null is 195:3"));
+        let mut block = node("/dev/example0", "/dev/null");
+        block.kind = Some("b".to_owned());
+        assert!(host_node(&block).unwrap_err().contains("of type"));
+        assert!(host_node(&node("/dev/example0", "/nonexistent/nvidia0")).unwrap_err().contains("not on this host"));
+        assert!(host_node(&node("/dev/example0", "/etc/hostname")).unwrap_err().contains("not a device node"));
+        let mut moded = node("/dev/example0", "/dev/null");
+        moded.file_mode = Some(0o4660);
+        assert_eq!(host_node(&moded).unwrap().file_mode, 0o660, "no set-id bits");
+    }
+
+    #[test]
+    fn one_name_per_gpu_and_its_uuid() {
+        let registry = registry();
+        assert_eq!(registry.of_kind("example.com/gpu"), ["example.com/gpu=0", "example.com/gpu=1"]);
+        assert_eq!(registry.uuid_of("example.com/gpu=0").as_deref(), Some("GPU-1234-abcd"));
+        assert_eq!(registry.uuid_of("example.com/gpu=GPU-1234-abcd").as_deref(), Some("GPU-1234-abcd"));
+        assert_eq!(registry.uuid_of("example.com/gpu=1"), None);
+        assert!(registry.of_kind("nvidia.com/gpu").is_empty());
+    }
+
+    #[test]
+    fn requests_merge_the_specs_edits_once() {
+        let open = config(Vec::new(), None);
+        let all = resolve_as(&open, gpu("all"), &[]).unwrap();
+        assert_eq!(names(&all), ["example.com/gpu=0", "example.com/gpu=1"]);
+        let paths: Vec<&str> = all.devices.nodes.iter().map(|n| n.path.as_str()).collect();
+        assert_eq!(paths, ["/dev/examplectl", "/dev/example0", "/dev/example1"]);
+        assert_eq!(all.env, ["DRIVER=1"]);
+        assert_eq!(all.devices.env, ["DRIVER"]);
+        // By index and UUID at once: the same node once.
+        let both = resolve_as(&open, gpu("0,GPU-1234-abcd"), &[]).unwrap();
+        assert_eq!(both.devices.nodes.len(), 2);
+        assert_eq!(both.devices.requested[0].uuid.as_deref(), Some("GPU-1234-abcd"));
+        // --device kind=all is every device of the kind, as --gpu.
+        let by_name = Request { gpu: None, devices: vec!["example.com/gpu=all".to_owned()] };
+        assert_eq!(names(&resolve_as(&open, by_name, &[]).unwrap()), ["example.com/gpu=0", "example.com/gpu=1"]);
+        let mut env = vec![EnvVar::new("DRIVER", "image's"), EnvVar::new("OTHER", "x")];
+        all.apply_env(&mut env);
+        let env: Vec<String> = env.iter().map(EnvVar::to_env_string).collect();
+        assert_eq!(env, ["OTHER=x", "DRIVER=1"], "the spec's value replaces the image's");
+    }
+
+    #[test]
+    fn the_policy_and_its_refusals() {
+        let disabled = GpuConfig { enabled: false, ..config(Vec::new(), None) };
+        let e = resolve_as(&disabled, gpu("0"), &[]).unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(DeviceError::Disabled)), "{e}");
+        assert!(resolve_as(&disabled, Request::default(), &[]).unwrap().devices.is_empty(), "nothing asked");
+
+        let rule = |users: &[&str], groups: &[&str], devices: &[&str]| GpuAllow {
+            users: users.iter().map(|s| (*s).to_owned()).collect(),
+            groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+            devices: devices.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let only_one = config(vec![rule(&[], &["ml"], &["example.com/gpu=1"]), rule(&["bob"], &[], &["*"])], None);
+        let e = resolve_as(&only_one, gpu("0"), &["ml"]).unwrap_err();
+        assert_eq!(e.to_string(), "user alice may not use example.com/gpu=0 on this host");
+        assert_eq!(names(&resolve_as(&only_one, gpu("all"), &["ml"]).unwrap()), ["example.com/gpu=1"]);
+        let e = resolve_as(&only_one, gpu("all"), &["other"]).unwrap_err();
+        assert_eq!(e.to_string(), "user alice may not use any example.com/gpu device on this host");
+        let by_uid = config(vec![rule(&["1234"], &[], &["example.com/gpu=*"])], None);
+        assert_eq!(names(&resolve_as(&by_uid, gpu("0"), &[]).unwrap()), ["example.com/gpu=0"]);
+
+        let capped = config(Vec::new(), Some(1));
+        let e = resolve_as(&capped, gpu("all"), &[]).unwrap_err();
+        assert_eq!(e.to_string(), "2 devices asked for, and this host allows at most 1 per run");
+        let e = resolve_as(&capped, Request { gpu: Some("0".into()), devices: vec!["example.com/gpu=1".into()] }, &[]);
+        assert!(matches!(e.unwrap_err().downcast_ref(), Some(DeviceError::TooMany { asked: 2, max: 1 })));
+
+        let open = config(Vec::new(), None);
+        let e = resolve_as(&open, gpu("7"), &[]).unwrap_err();
+        assert_eq!(e.to_string(), "no CDI device example.com/gpu=7 on this host");
+        let e = resolve_as(&open, gpu("x;y"), &[]).unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(DeviceError::BadSelector(_))), "{e}");
+        let e = resolve_as(&open, Request { gpu: None, devices: vec!["/dev/sda".into()] }, &[]).unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(DeviceError::BadName(_))), "{e}");
+        let other = GpuConfig { kind: "nvidia.com/gpu".to_owned(), ..open };
+        let e = resolve_as(&other, gpu("all"), &[]).unwrap_err();
+        assert_eq!(e.to_string(), "no nvidia.com/gpu device on this host");
+    }
 }

@@ -160,10 +160,15 @@ fn compatible_forms_and_policy_from_the_config() {
     assert!(out.ok().contains(&format!("/safe_data     ro {}/safe_data", w.home.display())), "{}", out.stdout);
     std::fs::remove_dir(w.home.join("safe_data")).unwrap();
 
-    // ces-gpu-run: parsed, then a clear refusal.
+    // ces-gpu-run: parsed, then refused where the operator has not enabled
+    // devices (docs/gpu.md); a host device path is never taken.
     let out = w.sb.run(w.command(env!("CARGO_BIN_EXE_ces-gpu-run"), &["podman", "-m", "2", &w.image, "nvidia-smi"]));
     let err = out.fails();
-    assert!(err.contains("error: GPU support is not available yet"), "{err}");
+    assert!(err.contains("error: devices (--gpu, --device) are not enabled on this host"), "{err}");
+    assert!(err.contains("hint: an operator enables them in the system config: [gpu] enabled = true"), "{err}");
+    let out = w.ces(&["run", "--device", "/dev/sda", &w.image]);
+    let err = out.fails();
+    assert!(err.contains("error: \"/dev/sda\" is not a CDI device name"), "{err}");
     w.assert_nothing_created();
 }
 
@@ -185,7 +190,7 @@ fn widening_options_are_refused_on_the_command_line() {
         (vec!["--net=host"], "--net"),
         (vec!["-P"], "-P"),
         (vec!["--cap-add", "SYS_ADMIN"], "--cap-add"),
-        (vec!["--device", "/dev/sda"], "--device"),
+        (vec!["--device-cgroup-rule", "c 8:* rwm"], "--device-cgroup-rule"),
         (vec!["--security-opt", "seccomp=unconfined"], "--security-opt"),
         (vec!["-u", "0"], "-u"),
         (vec!["--userns=host"], "--userns"),

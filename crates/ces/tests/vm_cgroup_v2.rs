@@ -272,6 +272,15 @@ fn ces_test_says_ready(ctx: Ctx) {
     assert!(s.out.contains("Verdict: READY"), "{s}");
 }
 
+fn gpu_devices(ctx: Ctx) {
+    let s = scenario(ctx, "gpu");
+    s.assert_exit(0);
+    assert_eq!(Scenario::value(&s.out, "devices").map(str::trim), Some("examplegpu1"), "{s}");
+    for line in ["GPU_OPENED", "env=1.2.3", "hook ran"] {
+        assert!(s.out.lines().any(|l| l.trim() == line), "expected {line:?} from the container: {s}");
+    }
+}
+
 /// One test per check and context, so a failure names both.
 macro_rules! in_every_context {
     ($($check:ident),* $(,)?) => {$(
@@ -303,6 +312,7 @@ in_every_context!(
     swap_is_limited,
     sigterm_ends_the_run,
     ces_test_says_ready,
+    gpu_devices,
 );
 
 #[test]

@@ -524,30 +524,14 @@ impl Run<'_> {
                     Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
                 }
             }
-            if !self.spec.devices.nodes.is_empty() {
-                let mounts = match &mut idmapped {
-                    Some(mounts) => mounts,
-                    None => idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
-                        Ok(mounts) => mounts,
-                        Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
-                    }),
-                };
-                match self.device_copies(mounts) {
-                    Ok(nodes) => device_nodes = nodes,
-                    Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
+            if !self.spec.devices.is_empty() {
+                let prepared = match &mut idmapped {
+                    Some(mounts) => Ok(mounts),
+                    None => idmap::Mounts::create(&self.spec.id).map(|mounts| idmapped.insert(mounts)),
                 }
-            }
-            let has_hooks = self.spec.devices.hooks.iter().any(|h| h.stage == crate::spec::HookStage::CreateContainer);
-            if has_hooks {
-                let mounts = match &mut idmapped {
-                    Some(mounts) => mounts,
-                    None => idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
-                        Ok(mounts) => mounts,
-                        Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
-                    }),
-                };
-                match self.bundle_for_hooks(mounts) {
-                    Ok(path) => *self.hook_bundle.borrow_mut() = Some(path),
+                .and_then(|mounts| self.prepare_devices(mounts));
+                match prepared {
+                    Ok(nodes) => device_nodes = nodes,
                     Err(e) => return (Err(start_error("preparing the devices")(e.into())), true),
                 }
             }
@@ -646,6 +630,16 @@ impl Run<'_> {
         let uids = Extent { inside: self.spec.identity.host_uid, outside: uid, count: 1 };
         let gids = Extent { inside: self.spec.identity.host_gid, outside: gid, count: 1 };
         Some((uids, gids))
+    }
+
+    /// As root: the devices' nodes (see [`Run::device_copies`]), and the
+    /// bundle where their hooks can read it, if they have any.
+    fn prepare_devices(&self, mounts: &mut idmap::Mounts) -> io::Result<Vec<(String, PathBuf)>> {
+        let nodes = self.device_copies(mounts)?;
+        if self.spec.devices.hooks.iter().any(|h| h.stage == crate::spec::HookStage::CreateContainer) {
+            *self.hook_bundle.borrow_mut() = Some(self.bundle_for_hooks(mounts)?);
+        }
+        Ok(nodes)
     }
 
     /// As root: the bundle where the devices' createContainer hooks can

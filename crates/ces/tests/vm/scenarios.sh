@@ -96,4 +96,12 @@ echo $? > "$OUT/sigterm.rc"
 
 sc ces-test "$CES" test "$IMG" sh -c 'echo hello > /safe_outputs/hello.txt'
 
+# GPU 1 only (the run's device cgroup, as root, lets it be opened), the
+# spec's variable, and its hook's mark.
+sc gpu "$CES" run --gpu 1 "$IMG" sh -c '
+    echo "devices=$(ls /dev | grep examplegpu | tr "\n" " ")"
+    if exec 3<> /dev/examplegpu1; then echo GPU_OPENED; fi
+    echo "env=$EXAMPLE_DRIVER"
+    cat /dev/cdi-hook-mark'
+
 echo "== done at $(cut -d' ' -f1 /proc/uptime) s"
