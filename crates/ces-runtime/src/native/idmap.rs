@@ -291,6 +291,8 @@ pub(crate) const MOUNTS_ROOT: &str = "/run/ces";
 pub(crate) struct Mounts {
     dir: PathBuf,
     targets: Vec<PathBuf>,
+    /// The tmpfs device nodes are made in, once mounted.
+    devices: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -308,7 +310,7 @@ impl Mounts {
             fs::remove_dir(&dir).map_err(|e| super::rootfs::annotate(e, &dir))?;
             make_dir(&dir)?;
         }
-        Ok(Mounts { dir, targets: Vec::new() })
+        Ok(Mounts { dir, targets: Vec::new(), devices: None })
     }
 
     /// An empty directory `<dir>/<name>` to mount on; removed by
@@ -346,35 +348,50 @@ impl Mounts {
     }
 
     /// A device node `major`:`minor` (block or character) owned by
-    /// `owner`, with permissions `mode`, made at `node` (in the run's state
-    /// directory: `/run` is often `nodev`) and bound on `<dir>/<name>`,
-    /// whose path is returned: the host's node may be root's alone, and a
-    /// device file cannot be idmapped.
+    /// `owner`, with permissions `mode`, made as `<dir>/dev/<name>`, whose
+    /// path is returned: the host's node may be root's alone, and a device
+    /// file cannot be idmapped. `<dir>/dev` is a small tmpfs of ces's own
+    /// (in its private mount namespace, so no host user reaches it; not
+    /// `nodev`, which `/run` and the store's file system may well be).
     pub(crate) fn device(
         &mut self,
-        node: &Path,
         name: &str,
         kind: crate::spec::DeviceType,
         (major, minor): (i64, i64),
         (uid, gid): (u32, u32),
         mode: u32,
     ) -> io::Result<PathBuf> {
-        let annotate = |e: nix::Error| super::rootfs::annotate(e.into(), node);
+        let dir = match &self.devices {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = self.mount_point("dev", true)?;
+                nix::mount::mount(
+                    Some("ces-devices"),
+                    &dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
+                    Some("mode=0711,size=64k,nr_inodes=256"),
+                )
+                .map_err(|e| super::rootfs::annotate(e.into(), &dir))?;
+                self.devices.insert(dir).clone()
+            }
+        };
+        let node = dir.join(name);
+        let annotate = |e: nix::Error| super::rootfs::annotate(e.into(), &node);
         let kind = match kind {
             crate::spec::DeviceType::Char => nix::sys::stat::SFlag::S_IFCHR,
             crate::spec::DeviceType::Block => nix::sys::stat::SFlag::S_IFBLK,
         };
-        let (major, minor) = (u64::try_from(major), u64::try_from(minor));
-        let (Ok(major), Ok(minor)) = (major, minor) else {
+        let (Ok(major), Ok(minor)) = (u64::try_from(major), u64::try_from(minor)) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative device number"));
         };
         // Made with no permission at all, then given to its owner, then
         // opened to them: never a moment when another id can open it.
-        nix::sys::stat::mknod(node, kind, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(major, minor))
+        nix::sys::stat::mknod(&node, kind, nix::sys::stat::Mode::empty(), nix::sys::stat::makedev(major, minor))
             .map_err(annotate)?;
         nix::unistd::fchownat(
             None,
-            node,
+            &node,
             Some(nix::unistd::Uid::from_raw(uid)),
             Some(nix::unistd::Gid::from_raw(gid)),
             nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
@@ -382,15 +399,12 @@ impl Mounts {
         .map_err(annotate)?;
         nix::sys::stat::fchmodat(
             None,
-            node,
+            &node,
             nix::sys::stat::Mode::from_bits_truncate(mode & 0o777),
             nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
         .map_err(annotate)?;
-        let target = self.mount_point(name, false)?;
-        nix::mount::mount(Some(node), &target, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| super::rootfs::annotate(e.into(), &target))?;
-        Ok(target)
+        Ok(node)
     }
 
     /// Unmounts every mount (lazily), then removes the mount points and

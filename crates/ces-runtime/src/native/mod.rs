@@ -505,9 +505,8 @@ impl Run<'_> {
                     Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
                 }
                 if tun.is_some() {
-                    let node = self.dirs.bundle.join("tun");
                     let numbers = (oci::TUN_MAJOR, oci::TUN_MINOR);
-                    match mounts.device(&node, "tun", DeviceType::Char, numbers, (base, base), 0o600) {
+                    match mounts.device("tun", DeviceType::Char, numbers, (base, base), 0o600) {
                         Ok(path) => tun = Some(path),
                         Err(e) => return (Err(start_error("observing the network")(e.into())), true),
                     }
@@ -661,7 +660,7 @@ impl Run<'_> {
 
     /// As root: a node of its own for each of the run's devices, given to
     /// the workload's host ids (mode `0660`: the host's node may be root's
-    /// alone), in the state directory and bound under `mounts`; only this
+    /// alone), under `mounts` (see [`idmap::Mounts::device`]); only this
     /// container can reach them there, and the device cgroup allows exactly
     /// their numbers. Returns where each goes and its node.
     fn device_copies(&self, mounts: &mut idmap::Mounts) -> io::Result<Vec<(String, PathBuf)>> {
@@ -669,8 +668,7 @@ impl Run<'_> {
         let mut copies = Vec::new();
         for (i, node) in self.spec.devices.nodes.iter().enumerate() {
             let name = format!("device-{i}");
-            let made = self.dirs.bundle.join(&name);
-            let target = mounts.device(&made, &name, node.kind, (node.major, node.minor), owner, 0o660)?;
+            let target = mounts.device(&name, node.kind, (node.major, node.minor), owner, 0o660)?;
             copies.push((node.path.clone(), target));
         }
         Ok(copies)
