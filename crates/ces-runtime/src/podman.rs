@@ -167,6 +167,9 @@ impl Overlay {
     }
 }
 
+/// The empty OCI hooks directory podman is given, in the state directory.
+const HOOKS_DIR: &str = "hooks.d";
+
 /// Where podman reads CDI specs.
 const PODMAN_CDI_DIRS: [&str; 3] = ["/etc/cdi", "/var/run/cdi", "/run/cdi"];
 
@@ -395,7 +398,11 @@ pub fn shell_quote(word: &str) -> String {
 
 impl PodmanRuntime {
     fn command_line(&self, spec: &RunSpec) -> Result<Vec<String>, RuntimeError> {
-        let mut line = vec![self.program.display().to_string()];
+        // No OCI hooks but the devices' own: an empty hooks directory in
+        // place of the system's (where NVIDIA's legacy hook would give any
+        // container whose image says NVIDIA_VISIBLE_DEVICES=all every GPU).
+        let hooks = utf8(&spec.state_dir.join(HOOKS_DIR))?.to_owned();
+        let mut line = vec![self.program.display().to_string(), "--hooks-dir".to_owned(), hooks];
         line.extend(podman_args(spec, self)?);
         Ok(line)
     }
@@ -447,6 +454,8 @@ impl Runtime for PodmanRuntime {
         let words = self.command_line(spec)?;
         let name = container_name(spec);
         write_new(&spec.state_dir.join(SECCOMP_FILE), &seccomp_profile_for(set_id_modes(self.mode, spec))?, 0o644)?;
+        let hooks = spec.state_dir.join(HOOKS_DIR);
+        std::fs::create_dir(&hooks).map_err(|e| RuntimeError::Io { path: hooks.clone(), source: e })?;
         // Before the container can exist: a stale clean-up finds it by this.
         write_new(&spec.state_dir.join(CONTAINER_FILE), &name, 0o644)?;
         // Dropped last (declared first): the container is removed before its

@@ -268,6 +268,10 @@ pub struct Limits {
     pub rootfs_writes: Option<u64>,
 }
 
+fn names_only<S: serde::Serializer>(env: &[String], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(env.iter().map(|v| v.split_once('=').map_or(v.as_str(), |(name, _)| name)))
+}
+
 fn optional_seconds<S: serde::Serializer>(d: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => serializer.serialize_some(&d.as_secs_f64()),
@@ -326,6 +330,8 @@ pub struct Devices {
     /// The names of the environment variables the specs set (their values
     /// are in the process's environment).
     pub env: Vec<String>,
+    /// The specs' mounts ces leaves out, and why.
+    pub left_out: Vec<String>,
 }
 
 impl Devices {
@@ -389,16 +395,16 @@ pub struct DeviceMount {
     pub container_path: String,
 }
 
-/// When a device's hook runs (OCI's names); only the stages that run in the
-/// container's namespaces are taken.
+/// When a device's hook runs (OCI's names). Only `createContainer` is
+/// taken: the other stages run outside the container's namespaces with the
+/// runtime's privileges, or (`startContainer`) run a program of the image
+/// before the workload's own restrictions are in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum HookStage {
     /// After the mounts, before the root is changed: a host program, in the
     /// container's namespaces, as its root.
     CreateContainer,
-    /// Just before the workload: a program of the container's own.
-    StartContainer,
 }
 
 /// A hook of a device spec.
@@ -410,7 +416,8 @@ pub struct DeviceHook {
     pub path: PathBuf,
     /// Its argv (the first is argv\[0\]).
     pub args: Vec<String>,
-    /// Its environment (`NAME=value`).
+    /// Its environment (`NAME=value`; only the names are serialised).
+    #[serde(serialize_with = "names_only")]
     pub env: Vec<String>,
     /// Seconds it may take.
     #[serde(skip_serializing_if = "Option::is_none")]

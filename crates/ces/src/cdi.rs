@@ -45,10 +45,10 @@ pub enum DeviceError {
     UserNamespace,
     /// Not `vendor/class=name`.
     #[error("{0:?} is not a CDI device name (vendor.example/class=name)")]
-    BadName(String),
+    BadName(Short),
     /// `--gpu` with a value that names no GPU.
     #[error("--gpu {0:?}: name GPUs by index or UUID, separated by commas (e.g. --gpu 0,1), or all")]
-    BadSelector(String),
+    BadSelector(Short),
     /// The device is in no spec.
     #[error("no CDI device {name} on this host{}", match broken {
         Some((path, _)) => format!(" (and the spec {} could not be read)", quote_path(path)),
@@ -59,6 +59,14 @@ pub enum DeviceError {
         name: String,
         /// A spec that could not be read, which may have had it.
         broken: Option<(PathBuf, String)>,
+    },
+    /// The podman backend would apply what ces does not.
+    #[error("the podman backend cannot give the container {device}: {problem}")]
+    Podman {
+        /// The device.
+        device: String,
+        /// What podman would do otherwise than ces.
+        problem: String,
     },
     /// `--gpu` (all) on a host with no device of the kind.
     #[error("no {kind} device on this host")]
@@ -97,6 +105,22 @@ pub enum DeviceError {
     },
 }
 
+/// A user's word, cut to a length a message can quote; shown quoted and
+/// escaped (`{:?}`).
+pub struct Short(String);
+
+impl Short {
+    fn of(word: &str) -> Short {
+        Short(word.chars().take(MAX_QUOTED).collect())
+    }
+}
+
+impl std::fmt::Debug for Short {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 /// Hints for a device error.
 pub fn hints(error: &DeviceError) -> Vec<String> {
     match error {
@@ -125,6 +149,9 @@ pub fn hints(error: &DeviceError) -> Vec<String> {
             vec!["ask the operator to allow it ([[gpu.allow]] in the system config); `ces system gpus` shows which devices you may use".to_owned()]
         }
         DeviceError::TooMany { max, .. } => vec![format!("name at most {max}: --gpu 0 or --gpu 0,1 ...")],
+        DeviceError::Podman { .. } => {
+            vec!["use the native runtime (the default), which applies what it checked".to_owned()]
+        }
         DeviceError::Unusable { .. } => vec![
             "the spec may be stale (a driver update, a GPU added or removed): an operator regenerates it".to_owned(),
             GENERATE_HINT.to_owned(),
@@ -202,6 +229,8 @@ struct MountEdit {
     container_path: String,
     #[serde(rename = "type")]
     kind: Option<String>,
+    #[serde(default)]
+    options: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -266,9 +295,10 @@ impl Registry {
     /// Reads every spec in `dirs` (missing directories are skipped).
     pub fn read(dirs: &[PathBuf]) -> Registry {
         let mut registry = Registry::default();
-        // Same name in two files of one directory: neither is used.
-        let mut conflicts: Vec<String> = Vec::new();
         for (priority, dir) in dirs.iter().enumerate() {
+            // Same name in two files of one directory: neither is used (a
+            // later directory may still name it).
+            let mut conflicts: Vec<String> = Vec::new();
             let dir = match trusted_dir(dir) {
                 Ok(Some(dir)) => dir,
                 Ok(None) => continue,
@@ -321,9 +351,9 @@ impl Registry {
                 }
                 registry.specs.push(SpecFile { path, edits: view.container_edits });
             }
-        }
-        for name in conflicts {
-            registry.devices.remove(&name);
+            for name in conflicts {
+                registry.devices.remove(&name);
+            }
         }
         registry
     }
@@ -349,6 +379,17 @@ impl Registry {
             .values()
             .find(|other| other.spec == found.spec && is_uuid(&other.name) && other.edits == found.edits)
             .map(|other| other.name.clone())
+    }
+
+    /// Every name of the device `name` (itself included): the devices of
+    /// its spec with the same edits (an index name and a UUID name).
+    pub fn aliases<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
+        let Some(found) = self.devices.get(name) else { return vec![name] };
+        self.devices
+            .iter()
+            .filter(|(_, other)| other.spec == found.spec && other.edits == found.edits)
+            .map(|(other, _)| other.as_str())
+            .collect()
     }
 
     /// The devices of `kind`, one name per device: not the `all` device,
@@ -389,17 +430,44 @@ fn trusted_dir(dir: &Path) -> Result<Option<PathBuf>, String> {
     if !meta.is_dir() {
         return Err("it is not a directory".to_owned());
     }
-    for (i, ancestor) in resolved.ancestors().enumerate() {
+    root_alone(&resolved, &meta, true).map_err(|problem| format!("{problem}: its specs are not used"))?;
+    Ok(Some(resolved))
+}
+
+/// Checks that only root can change `resolved` (a path without links, whose
+/// metadata is `meta`) or what leads to it: it and every directory above it
+/// root's, none of those directories writable by others (sticky ones above
+/// it aside, where others cannot rename root's entries), nor `resolved`
+/// itself, nor (with `check_mode`) `resolved` itself (a device node's mode
+/// says who may use the device, not who may change the node).
+fn root_alone(resolved: &Path, meta: &std::fs::Metadata, check_mode: bool) -> Result<(), String> {
+    let changeable = |path: &Path| format!("{} can be changed by users other than root", quote_path(path));
+    if meta.uid() != 0 || (check_mode && meta.mode() & 0o022 != 0) {
+        return Err(changeable(resolved));
+    }
+    for ancestor in resolved.ancestors().skip(1) {
         let meta = std::fs::metadata(ancestor).map_err(|e| format!("cannot read {}: {e}", quote_path(ancestor)))?;
-        let sticky = meta.mode() & 0o1000 != 0 && i > 0;
+        let sticky = meta.mode() & 0o1000 != 0;
         if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
-            return Err(format!(
-                "{} can be changed by users other than root: its specs are not used",
-                quote_path(ancestor)
-            ));
+            return Err(changeable(ancestor));
         }
     }
-    Ok(Some(resolved))
+    Ok(())
+}
+
+/// `path` resolved (links followed), with its metadata, if it exists and
+/// only root can change it (see [`root_alone`]); `what` names it in errors.
+fn trusted_host_path(path: &Path, what: &str, check_mode: bool) -> Result<(PathBuf, std::fs::Metadata), String> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("its {what} {} is not on this host", quote_path(path))
+        } else {
+            format!("its {what} {}: {e}", quote_path(path))
+        }
+    })?;
+    let meta = std::fs::metadata(&resolved).map_err(|e| format!("its {what} {}: {e}", quote_path(path)))?;
+    root_alone(&resolved, &meta, check_mode).map_err(|problem| format!("its {what}: {problem}"))?;
+    Ok((resolved, meta))
 }
 
 /// Reads and validates one spec file (root's, written by root alone).
@@ -443,6 +511,28 @@ pub struct Resolved {
     pub devices: Devices,
     /// `NAME=value`, in order (the specs' values: the operator's).
     pub env: Vec<String>,
+    /// What podman, which reads the specs itself, would do otherwise than
+    /// ces: the device, and what.
+    pub podman_problems: Vec<(String, String)>,
+}
+
+impl Resolved {
+    /// Refuses the podman backend where it would apply what ces does not
+    /// (a spec's mount without `ro`, a socket ces leaves out), or read specs
+    /// from elsewhere than ces (`spec_dirs` other than podman's own).
+    pub fn check_podman(&self, config: &GpuConfig) -> Result<(), DeviceError> {
+        let Some(first) = self.devices.requested.first() else { return Ok(()) };
+        let podman_dirs = [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")];
+        if config.spec_dirs != podman_dirs {
+            let problem =
+                "podman reads its specs from /etc/cdi and /var/run/cdi, and [gpu] spec_dirs names others".to_owned();
+            return Err(DeviceError::Podman { device: first.name.clone(), problem });
+        }
+        match self.podman_problems.first() {
+            Some((device, problem)) => Err(DeviceError::Podman { device: device.clone(), problem: problem.clone() }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Resolved {
@@ -473,18 +563,19 @@ pub fn resolve(
         return Ok(Resolved::default());
     }
     if let Some(selector) = request.gpu.as_ref().filter(|s| !is_selector(s)) {
-        return Err(DeviceError::BadSelector(escape_message(selector, MAX_QUOTED)).into());
+        return Err(DeviceError::BadSelector(Short::of(selector)).into());
     }
     if let Some(name) = request.devices.iter().find(|n| split_name(n).is_none()) {
-        return Err(DeviceError::BadName(escape_message(name, MAX_QUOTED)).into());
+        return Err(DeviceError::BadName(Short::of(name)).into());
     }
     if !config.enabled {
         return Err(DeviceError::Disabled.into());
     }
     let allowed = Allowed::new(config, user, host_root, groups)?;
     let mut names: Vec<String> = Vec::new();
+    // One name per device: `0` and its `GPU-<uuid>` count once.
     let mut add = |name: String| {
-        if !names.contains(&name) {
+        if !registry.aliases(&name).iter().any(|alias| names.iter().any(|n| n == alias)) {
             names.push(name);
         }
     };
@@ -497,7 +588,7 @@ pub fn resolve(
     }
     for name in &request.devices {
         let Some((kind, device)) = split_name(name) else {
-            return Err(DeviceError::BadName(escape_message(name, MAX_QUOTED)).into());
+            return Err(DeviceError::BadName(Short::of(name)).into());
         };
         for name in expand(registry, kind, device, &allowed, user)? {
             add(name);
@@ -525,9 +616,11 @@ fn expand(
         if all.is_empty() {
             return Err(DeviceError::NoneOfKind { kind: kind.to_owned(), broken: registry.broken() }.into());
         }
-        let mine: Vec<String> = all.iter().filter(|name| allowed.may_use(name)).map(|n| (*n).to_owned()).collect();
+        let mine: Vec<String> =
+            all.iter().filter(|name| allowed.may_use(registry, name)).map(|n| (*n).to_owned()).collect();
         if mine.is_empty() {
-            return Err(DeviceError::Refused { user: user.name.clone(), device: format!("any {kind} device") }.into());
+            let user = escape_message(&user.name, MAX_QUOTED);
+            return Err(DeviceError::Refused { user, device: format!("any {kind} device") }.into());
         }
         return Ok(mine);
     }
@@ -543,8 +636,8 @@ fn expand(
     if !registry.devices.contains_key(&name) {
         return Err(DeviceError::NotFound { name: escape_message(&name, MAX_QUOTED), broken: registry.broken() }.into());
     }
-    if !allowed.may_use(&name) {
-        return Err(DeviceError::Refused { user: user.name.clone(), device: name }.into());
+    if !allowed.may_use(registry, &name) {
+        return Err(DeviceError::Refused { user: escape_message(&user.name, MAX_QUOTED), device: name }.into());
     }
     Ok(vec![name])
 }
@@ -564,13 +657,13 @@ fn split_name(name: &str) -> Option<(&str, &str)> {
 /// Which of `names` the user may use (none while devices are disabled).
 pub fn usable<'a>(
     config: &GpuConfig,
-    names: impl IntoIterator<Item = &'a str>,
+    registry: &'a Registry,
     user: &ces_audit::User,
     host_root: bool,
     groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
 ) -> anyhow::Result<Vec<(&'a str, bool)>> {
     let allowed = if config.enabled { Some(Allowed::new(config, user, host_root, groups)?) } else { None };
-    Ok(names.into_iter().map(|n| (n, allowed.as_ref().is_some_and(|a| a.may_use(n)))).collect())
+    Ok(registry.names().map(|n| (n, allowed.as_ref().is_some_and(|a| a.may_use(registry, n)))).collect())
 }
 
 /// Which devices the user may use.
@@ -586,8 +679,13 @@ impl Allowed {
         host_root: bool,
         groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
     ) -> anyhow::Result<Allowed> {
-        if config.allow.is_empty() || host_root {
+        if host_root {
             return Ok(Allowed::Everything);
+        }
+        // Other kinds (a network adapter's, a disk's) only by a rule's name.
+        let of_kind = || vec![format!("{}=*", config.kind)];
+        if config.allow.is_empty() {
+            return Ok(Allowed::Patterns(of_kind()));
         }
         if let crate::identity::Caller::Namespaced { .. } = crate::identity::caller() {
             return Err(DeviceError::UserNamespace.into());
@@ -604,16 +702,19 @@ impl Allowed {
                 rule.groups.iter().any(|g| member_of.contains(g))
             };
             if listed || in_group {
-                patterns.extend(rule.devices.iter().cloned());
+                patterns.extend(rule.devices.clone().unwrap_or_else(of_kind));
             }
         }
         Ok(Allowed::Patterns(patterns))
     }
 
-    fn may_use(&self, name: &str) -> bool {
+    /// Whether a rule names the device, by any of its names.
+    fn may_use(&self, registry: &Registry, name: &str) -> bool {
         match self {
             Allowed::Everything => true,
-            Allowed::Patterns(patterns) => patterns.iter().any(|p| glob(p, name)),
+            Allowed::Patterns(patterns) => {
+                registry.aliases(name).iter().any(|alias| patterns.iter().any(|p| glob(p, alias)))
+            }
         }
     }
 }
@@ -635,6 +736,7 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
     let mut devices = Devices::default();
     let mut specs_done: Vec<usize> = Vec::new();
     let mut env: Vec<String> = Vec::new();
+    let mut podman_problems: Vec<(String, String)> = Vec::new();
     for name in names {
         let found = &registry.devices[name];
         let spec = &registry.specs[found.spec];
@@ -661,9 +763,22 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
                 }
             }
             for mount in &edits.mounts {
-                let mount = DeviceMount {
-                    host_path: PathBuf::from(&mount.host_path),
-                    container_path: mount.container_path.clone(),
+                if !mount.options.iter().any(|o| o == "ro") {
+                    let problem =
+                        format!("its spec mounts {} without ro, as podman would", short(&mount.container_path));
+                    podman_problems.push((name.clone(), problem));
+                }
+                let Some(mount) = host_mount(mount).map_err(unusable)? else {
+                    let problem = format!(
+                        "its spec mounts a socket or FIFO at {}, as podman would",
+                        short(&mount.container_path)
+                    );
+                    podman_problems.push((name.clone(), problem));
+                    let left_out = format!("{} (a socket or FIFO)", mount.container_path);
+                    if !devices.left_out.contains(&left_out) {
+                        devices.left_out.push(left_out);
+                    }
+                    continue;
                 };
                 match devices.mounts.iter().find(|m| m.container_path == mount.container_path) {
                     Some(same) if *same == mount => {}
@@ -674,12 +789,8 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
                 }
             }
             for hook in &edits.hooks {
-                let stage = match hook.hook_name.as_str() {
-                    "createContainer" => HookStage::CreateContainer,
-                    _ => HookStage::StartContainer,
-                };
                 let hook = DeviceHook {
-                    stage,
+                    stage: HookStage::CreateContainer,
                     path: PathBuf::from(&hook.path),
                     args: hook.args.clone(),
                     env: hook.env.clone(),
@@ -703,7 +814,7 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
         apply(&found.edits)?;
     }
     devices.env = env.iter().map(|v| v.split_once('=').map_or(v.clone(), |(k, _)| k.to_owned())).collect();
-    Ok(Resolved { devices, env })
+    Ok(Resolved { devices, env, podman_problems })
 }
 
 /// The directories of the TRE contract, which no device may cover.
@@ -787,13 +898,13 @@ fn check_edits(edits: &Edits) -> Result<(), String> {
         match hook.hook_name.as_str() {
             "createContainer" => check_hook_program(&hook.path)?,
             "startContainer" => {
-                if !hook.path.starts_with('/') {
-                    return Err(format!("hook {:?} is not an absolute path", short(&hook.path)));
-                }
+                return Err("it has a \"startContainer\" hook, which would run a program of the image before the \
+                            workload's restrictions are in place (ces runs only createContainer hooks)"
+                    .to_owned());
             }
             other => {
                 return Err(format!(
-                    "it has a {:?} hook, which would run outside the container's namespaces (ces runs only createContainer and startContainer hooks)",
+                    "it has a {:?} hook, which would run outside the container's namespaces (ces runs only createContainer hooks)",
                     short(other)
                 ));
             }
@@ -811,24 +922,34 @@ fn check_hook_program(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!("hook {:?} is not an absolute path", short(path)));
     }
-    let meta = std::fs::metadata(path).map_err(|e| format!("hook {:?}: {e}", short(path)))?;
+    let (_, meta) = trusted_host_path(Path::new(path), "hook", true)?;
     if !meta.is_file() || meta.mode() & 0o111 == 0 {
         return Err(format!("hook {:?} is not an executable file", short(path)));
     }
-    if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
-        return Err(format!("hook {:?} can be changed by users other than root", short(path)));
-    }
     Ok(())
+}
+
+/// A mount's host path, resolved: root's, under directories only root can
+/// change; `None` for a socket or a FIFO, which a read-only bind would still
+/// let the container write to (a way to a host daemon or another user).
+fn host_mount(mount: &MountEdit) -> Result<Option<DeviceMount>, String> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let (host_path, meta) = trusted_host_path(Path::new(&mount.host_path), "mount source", true)?;
+    let kind = meta.file_type();
+    if kind.is_socket() || kind.is_fifo() {
+        return Ok(None);
+    }
+    if !kind.is_file() && !kind.is_dir() {
+        return Err(format!("its mount source {} is not a file or a directory", quote_path(&host_path)));
+    }
+    Ok(Some(DeviceMount { host_path, container_path: mount.container_path.clone() }))
 }
 
 /// A device node as its host has it: the host node (the spec's `hostPath`,
 /// or its `path`) must be a device of the type and numbers the spec says.
 fn host_node(node: &NodeEdit) -> Result<DeviceNode, String> {
-    let host_path = PathBuf::from(node.host_path.as_deref().unwrap_or(&node.path));
-    let missing = || format!("its device node {} is not on this host", quote_path(&host_path));
-    let meta = std::fs::metadata(&host_path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound { missing() } else { format!("{}: {e}", quote_path(&host_path)) }
-    })?;
+    let (host_path, meta) =
+        trusted_host_path(Path::new(node.host_path.as_deref().unwrap_or(&node.path)), "device node", false)?;
     use std::os::unix::fs::FileTypeExt as _;
     let kind = if meta.file_type().is_char_device() {
         DeviceType::Char
@@ -1000,7 +1121,12 @@ mod tests {
     #[test]
     fn what_ces_does_not_take_from_a_spec() {
         let mount = |path: &str| Edits {
-            mounts: vec![MountEdit { host_path: "/usr/lib/x".to_owned(), container_path: path.to_owned(), kind: None }],
+            mounts: vec![MountEdit {
+                host_path: "/usr/lib/x".to_owned(),
+                container_path: path.to_owned(),
+                kind: None,
+                options: Vec::new(),
+            }],
             ..Edits::default()
         };
         let hook = |name: &str, path: &str| Edits {
@@ -1031,7 +1157,7 @@ mod tests {
             (hook("poststop", "/bin/true"), "\"poststop\" hook"),
             (hook("createContainer", "bin/true"), "not an absolute path"),
             (hook("createContainer", "/nonexistent/hook"), "/nonexistent/hook"),
-            (hook("startContainer", "true"), "not an absolute path"),
+            (hook("startContainer", "/usr/bin/in-image"), "\"startContainer\" hook"),
             (Edits { additional_gids: vec![70_000], ..Edits::default() }, "outside the container's ids"),
         ];
         for (edits, why) in refused {
@@ -1045,7 +1171,28 @@ mod tests {
         bad_access.device_nodes[0].permissions = Some("rwx".to_owned());
         assert!(check_edits(&bad_access).unwrap_err().contains("permissions"));
         assert!(check_edits(&mount("/safe_data_x")).is_ok(), "a sibling of the TRE's directories");
-        assert!(check_edits(&hook("startContainer", "/usr/bin/in-image")).is_ok());
+    }
+
+    #[test]
+    fn host_paths_only_root_can_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let lib = dir.path().join("libx.so");
+        std::fs::write(&lib, "x").unwrap();
+        let mount = MountEdit {
+            host_path: lib.display().to_string(),
+            container_path: "/usr/lib/libx.so".to_owned(),
+            kind: None,
+            options: vec!["ro".to_owned()],
+        };
+        let e = host_mount(&mount).unwrap_err();
+        assert!(e.contains("can be changed by users other than root"), "{e}");
+        let e = host_mount(&MountEdit { host_path: "/nonexistent/lib".to_owned(), ..mount.clone() }).unwrap_err();
+        assert!(e.contains("is not on this host"), "{e}");
+        let etc = host_mount(&MountEdit { host_path: "/etc/hostname".to_owned(), ..mount.clone() }).unwrap();
+        assert_eq!(etc.unwrap().host_path, Path::new("/etc/hostname"));
+        let e = check_hook_program(&lib.display().to_string()).unwrap_err();
+        assert!(e.contains("can be changed by users other than root") || e.contains("not an executable"), "{e}");
     }
 
     #[test]
@@ -1085,8 +1232,10 @@ mod tests {
         assert_eq!(paths, ["/dev/examplectl", "/dev/example0", "/dev/example1"]);
         assert_eq!(all.env, ["DRIVER=1"]);
         assert_eq!(all.devices.env, ["DRIVER"]);
-        // By index and UUID at once: the same node once.
-        let both = resolve_as(&open, gpu("0,GPU-1234-abcd"), &[]).unwrap();
+        // By index and UUID at once: one device, counted once.
+        let capped = config(Vec::new(), Some(1));
+        let both = resolve_as(&capped, gpu("0,GPU-1234-abcd"), &[]).unwrap();
+        assert_eq!(names(&both), ["example.com/gpu=0"]);
         assert_eq!(both.devices.nodes.len(), 2);
         assert_eq!(both.devices.requested[0].uuid.as_deref(), Some("GPU-1234-abcd"));
         // --device kind=all is every device of the kind, as --gpu.
@@ -1108,7 +1257,7 @@ mod tests {
         let rule = |users: &[&str], groups: &[&str], devices: &[&str]| GpuAllow {
             users: users.iter().map(|s| (*s).to_owned()).collect(),
             groups: groups.iter().map(|s| (*s).to_owned()).collect(),
-            devices: devices.iter().map(|s| (*s).to_owned()).collect(),
+            devices: Some(devices.iter().map(|s| (*s).to_owned()).collect()),
         };
         let only_one = config(vec![rule(&[], &["ml"], &["example.com/gpu=1"]), rule(&["bob"], &[], &["*"])], None);
         let e = resolve_as(&only_one, gpu("0"), &["ml"]).unwrap_err();
@@ -1118,6 +1267,28 @@ mod tests {
         assert_eq!(e.to_string(), "user alice may not use any example.com/gpu device on this host");
         let by_uid = config(vec![rule(&["1234"], &[], &["example.com/gpu=*"])], None);
         assert_eq!(names(&resolve_as(&by_uid, gpu("0"), &[]).unwrap()), ["example.com/gpu=0"]);
+        // A rule may name a GPU by its UUID: --gpu (all) finds it by its index name.
+        let by_uuid = config(vec![rule(&["alice"], &[], &["example.com/gpu=GPU-1234-abcd"])], None);
+        assert_eq!(names(&resolve_as(&by_uuid, gpu("all"), &[]).unwrap()), ["example.com/gpu=0"]);
+        // Without rules, only the devices of [gpu] kind; other kinds by a rule.
+        let mut with_nic = registry();
+        let nic = Found {
+            spec: 0,
+            kind: "example.com/nic".to_owned(),
+            name: "0".to_owned(),
+            edits: edits_with_node("/dev/examplenic", "/dev/zero"),
+        };
+        with_nic.devices.insert("example.com/nic=0".to_owned(), nic);
+        let nic_request = Request { gpu: None, devices: vec!["example.com/nic=0".to_owned()] };
+        let none = || Ok(Vec::new());
+        let e = resolve(&config(Vec::new(), None), &with_nic, &nic_request, &user(), false, &none).unwrap_err();
+        assert_eq!(e.to_string(), "user alice may not use example.com/nic=0 on this host");
+        let nic_rule = config(vec![rule(&["alice"], &[], &["example.com/nic=*"])], None);
+        assert!(resolve(&nic_rule, &with_nic, &nic_request, &user(), false, &none).is_ok());
+        let default_devices = GpuAllow { devices: None, ..rule(&["alice"], &[], &[]) };
+        let e = resolve(&config(vec![default_devices], None), &with_nic, &nic_request, &user(), false, &none);
+        assert!(matches!(e.unwrap_err().downcast_ref(), Some(DeviceError::Refused { .. })));
+        assert!(resolve(&config(Vec::new(), None), &with_nic, &nic_request, &user(), true, &none).is_ok(), "root");
 
         let capped = config(Vec::new(), Some(1));
         let e = resolve_as(&capped, gpu("all"), &[]).unwrap_err();

@@ -376,8 +376,12 @@ impl CesRunCli {
         if gpu {
             command = command.override_usage("ces-gpu-run [RUNTIME] [OPTIONS] IMAGE [ARGS]...");
         }
-        let matches = command.try_get_matches_from(args)?;
+        let matches = command.clone().try_get_matches_from(&args)?;
         let mut cli = CesRunCli::from_arg_matches(&matches)?;
+        let (gpu_given, words) = (cli.run.options.gpu.as_deref(), &cli.run.command);
+        if let Some(fixed) = crate::run_options::gpu_word_as_value(&args, gpu_given, words) {
+            cli = CesRunCli::from_arg_matches(&command.try_get_matches_from(fixed)?)?;
+        }
         cli.run.options.runtime = cli.run.options.runtime.or(runtime);
         if gpu && cli.run.options.gpu.is_none() {
             cli.run.options.gpu = Some(String::new());

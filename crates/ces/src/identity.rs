@@ -230,6 +230,31 @@ fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
         .then(|| ((*name).to_owned(), PathBuf::from(home)))
 }
 
+/// Who a policy decides for: under sudo the user who ran it, otherwise the
+/// real uid; named as the user database names that uid (never as `$USER`
+/// or `SUDO_USER` say, which the caller sets), else by the number.
+pub fn policy_user() -> ces_audit::User {
+    let uid = match sudo_user() {
+        Ok(Some(user)) => user.uid,
+        _ => rustix::process::getuid().as_raw(),
+    };
+    let name = passwd_entry(uid).map(|(name, _)| name).unwrap_or_else(|| uid.to_string());
+    ces_audit::User { name, uid }
+}
+
+/// The groups of [`policy_user`] (names, as `id -Gn` lists them): from the
+/// group database by name; for a uid the database lacks, this process's own
+/// (rootless: the kernel's) or, under sudo, none.
+pub fn policy_groups(user: &ces_audit::User) -> anyhow::Result<Vec<String>> {
+    if user.name != user.uid.to_string() {
+        return groups(Some(&user.name));
+    }
+    match sudo_user() {
+        Ok(Some(_)) => Ok(Vec::new()),
+        _ => groups(None),
+    }
+}
+
 /// `user`'s group ids in the group database (`id -G`); none if it cannot tell.
 fn group_ids(user: &str) -> Vec<u32> {
     let Ok(output) = id_command().args(["-G", "--", user]).output() else { return Vec::new() };

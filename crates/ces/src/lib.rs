@@ -42,10 +42,28 @@ pub enum Entry {
 /// Runs ces as `entry`, and turns the outcome into an exit code.
 pub fn main(entry: Entry) -> ExitCode {
     let (global, action) = match entry {
-        Entry::Ces => match Cli::try_parse_from(ces_args()) {
-            Ok(cli) => (cli.global, Action::Command(cli.command)),
-            Err(error) => return parse_error(error, cli::is_run(&std::env::args_os().collect::<Vec<_>>())),
-        },
+        Entry::Ces => {
+            let args = ces_args();
+            let parsed = Cli::try_parse_from(&args).and_then(|cli| {
+                let fixed = match &cli.command {
+                    Command::Run(run) => {
+                        run_options::gpu_word_as_value(&args, run.options.gpu.as_deref(), &run.command)
+                    }
+                    Command::Test(test) => {
+                        run_options::gpu_word_as_value(&args, test.options.gpu.as_deref(), &test.command)
+                    }
+                    _ => None,
+                };
+                match fixed {
+                    Some(fixed) => Cli::try_parse_from(fixed),
+                    None => Ok(cli),
+                }
+            });
+            match parsed {
+                Ok(cli) => (cli.global, Action::Command(cli.command)),
+                Err(error) => return parse_error(error, cli::is_run(&std::env::args_os().collect::<Vec<_>>())),
+            }
+        }
         Entry::CesRun | Entry::CesGpuRun => {
             match CesRunCli::parse_compat(std::env::args_os(), matches!(entry, Entry::CesGpuRun)) {
                 Ok(cli) => (cli.global, Action::Command(Command::Run(cli.run))),

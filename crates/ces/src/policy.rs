@@ -11,7 +11,6 @@ use ces_image::provenance::SOURCE;
 use ces_image::{ImageRecord, ImageReference, Provenance};
 use ces_registry::PullOptions;
 
-use crate::commands::audit;
 use crate::identity::{self, Caller};
 use crate::settings::Settings;
 
@@ -187,8 +186,9 @@ pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     if let Caller::Namespaced { uid } = caller {
         return Err(PolicyError::UserNamespace { uid }.into());
     }
-    // As the audit records it: the real uid, or under sudo the user who ran it.
-    let user = audit::current_user();
+    // The real uid, or under sudo the user who ran it, named by the user
+    // database (never by `$USER`).
+    let user = identity::policy_user();
     if caller == Caller::HostRoot && user.uid == 0 {
         return Ok(());
     }
@@ -198,7 +198,7 @@ pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     }
     let groups = pull.allowed_groups.as_deref().unwrap_or_default();
     if !groups.is_empty() {
-        let member_of = identity::groups(Some(&user.name)).context("cannot check [pull] allowed_groups")?;
+        let member_of = identity::policy_groups(&user).context("cannot check [pull] allowed_groups")?;
         if groups.iter().any(|g| member_of.contains(g)) {
             return Ok(());
         }

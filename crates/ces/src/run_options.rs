@@ -507,17 +507,27 @@ fn join_gpu_values(words: Vec<String>) -> Vec<String> {
     joined
 }
 
-/// `--gpu` given without `=`: clap takes the next word as the image, so
-/// `--gpu 0 IMAGE` arrives as image `0`; moved back to `--gpu` here when it
-/// can only be GPUs and something follows it (the image). `--gpu` alone is
-/// every GPU (`all`).
-pub fn settle_gpu(options: &mut RunOptions, command: &mut Vec<String>) {
-    if options.gpu.as_deref() != Some("") {
-        return;
-    }
-    if command.len() >= 2 && crate::cdi::is_selector(&command[0]) {
-        options.gpu = Some(command.remove(0));
-    } else {
+/// `--gpu 0 IMAGE ...`: clap takes `--gpu` without a value (it takes one
+/// only after `=`) and `0` as the image, with everything after it, options
+/// included, as the command. When the image it found can only be GPUs and
+/// the command goes on, these are the arguments again with `--gpu=0`, to be
+/// parsed once more.
+pub fn gpu_word_as_value(
+    args: &[std::ffi::OsString],
+    gpu: Option<&str>,
+    command: &[String],
+) -> Option<Vec<std::ffi::OsString>> {
+    let word = command.first().filter(|w| gpu == Some("") && command.len() >= 2 && crate::cdi::is_selector(w))?;
+    let i = args.windows(2).position(|pair| pair[0] == "--gpu" && pair[1] == word.as_str())?;
+    let mut fixed = args.to_vec();
+    fixed[i] = format!("--gpu={word}").into();
+    fixed.remove(i + 1);
+    Some(fixed)
+}
+
+/// `--gpu` alone (no value): every GPU (`all`).
+pub fn settle_gpu(options: &mut RunOptions) {
+    if options.gpu.as_deref() == Some("") {
         options.gpu = Some("all".to_owned());
     }
 }

@@ -64,7 +64,7 @@ pub struct GpuConfig {
     #[serde(default)]
     pub max_per_run: Option<usize>,
     /// Who may use which devices; with none, every user may use every
-    /// device (once `enabled`).
+    /// device of `kind` (once `enabled`).
     #[serde(default)]
     pub allow: Vec<GpuAllow>,
 }
@@ -83,7 +83,8 @@ impl Default for GpuConfig {
 
 /// One `[[gpu.allow]]` rule: these users, and the members of these groups,
 /// may use the devices whose fully qualified names match these patterns
-/// (`*` matches any characters: `nvidia.com/gpu=*`).
+/// (`*` matches any characters: `nvidia.com/gpu=*`; by default every
+/// device of `[gpu] kind`).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GpuAllow {
@@ -93,9 +94,9 @@ pub struct GpuAllow {
     /// Group names.
     #[serde(default)]
     pub groups: Vec<String>,
-    /// Device patterns [default: every device].
-    #[serde(default = "every_device")]
-    pub devices: Vec<String>,
+    /// Device patterns [default: every device of `[gpu] kind`].
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
 }
 
 fn default_cdi_dirs() -> Vec<PathBuf> {
@@ -104,10 +105,6 @@ fn default_cdi_dirs() -> Vec<PathBuf> {
 
 fn default_gpu_kind() -> String {
     "nvidia.com/gpu".to_owned()
-}
-
-fn every_device() -> Vec<String> {
-    vec!["*".to_owned()]
 }
 
 fn absolute_paths<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<PathBuf>, D::Error> {

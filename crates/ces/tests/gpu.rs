@@ -33,6 +33,7 @@ const NODES: [(&str, &str, &str); 3] = [("gpu0", "1", "3"), ("gpu1", "10", "229"
 /// `0755` (as an operator installs them), made once per test binary.
 struct Host {
     dir: PathBuf,
+    _socket: std::os::unix::net::UnixListener,
 }
 
 fn host() -> &'static Host {
@@ -67,7 +68,9 @@ fn host() -> &'static Host {
         )
         .unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Host { dir }
+        // A host daemon's socket, as NVIDIA's specs mount persistenced's.
+        let socket = std::os::unix::net::UnixListener::bind(dir.join("daemon.sock")).unwrap();
+        Host { dir, _socket: socket }
     })
 }
 
@@ -144,7 +147,8 @@ fn run(w: &World, options: &[&str], script: &str) -> common::Run {
 const LOOK: &str = "ls /dev | grep examplegpu | tr '\\n' ' '; echo; cat /usr/lib/libexample.so.1; \
      echo \"env=$EXAMPLE_DRIVER\"; cat /dev/cdi-hook-mark; cat /cdi-hook-mark 2>/dev/null || echo no-root-mark; \
      echo \"groups=$(id -G)\"; \
-     echo x > /dev/examplegpu0 && echo wrote; head -c 4 /dev/examplegpuctl | wc -c";
+     echo x > /dev/examplegpu0 && echo wrote; head -c 4 /dev/examplegpuctl | wc -c; \
+     if echo x >> /usr/lib/libexample.so.1; then echo LIB_WRITTEN; else echo lib-read-only; fi 2>/dev/null";
 
 fn exactly_the_requested_devices(mode: Mode) {
     let w = world("exact", mode, "");
@@ -165,7 +169,8 @@ fn exactly_the_requested_devices(mode: Mode) {
     assert_eq!(lines[6], "wrote", "{out}");
     let ctl = if mode == Mode::Rootless { "0" } else { "4" };
     assert_eq!(lines[7].trim(), ctl, "{out}");
-    assert_eq!(lines.len(), 8, "{out}");
+    assert_eq!(lines[8], "lib-read-only", "{out}");
+    assert_eq!(lines.len(), 9, "{out}");
 
     // The second GPU alone, by its CDI name: the device cgroup (as root)
     // lets the container open it.
@@ -209,6 +214,46 @@ fn exactly_the_requested_devices_under_sudo() {
     exactly_the_requested_devices(Mode::Sudo);
 }
 
+/// Under sudo, nothing of a running run's devices is within the user's reach
+/// on the host: the bundle stays root's alone, and the nodes ces made and the
+/// bundle its hooks read are in ces's own mount namespace.
+#[test]
+fn under_sudo_the_runs_bundle_and_nodes_are_out_of_the_users_reach() {
+    use std::io::BufRead as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let w = world("reach", Mode::Sudo, "");
+    let mut cmd = w.run_with(&["--gpu", "0"], &["sh", "-c", "echo up; exec sleep 30"]);
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "up");
+    let runs = w.sb.store.join("runs");
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("state/bundle").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("the run's state");
+    let bundle = runs.join(&id).join("state/bundle");
+    let meta = std::fs::metadata(&bundle).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700), "the bundle is root's alone");
+    let private = format!("/run/ces/{id}/private");
+    let script = format!(
+        "cat {0}/config.json 2>/dev/null && echo READ; ls {0} 2>/dev/null && echo LISTED; ls -A {private}",
+        bundle.display()
+    );
+    let probe = w.user.setpriv(&w.sb, &["sh", "-c", &script]);
+    let seen = w.sb.run(probe);
+    assert_eq!(seen.stdout.trim(), "", "the user reached the run's devices: {seen:?}");
+    assert!(Path::new(&private).is_dir(), "the mount point is there (empty on the host)");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn exactly_the_requested_devices_rootless() {
     exactly_the_requested_devices(Mode::Rootless);
@@ -222,6 +267,12 @@ fn gpu_values_and_the_compatible_command() {
     let ls = "ls /dev | grep examplegpu | tr '\\n' ' '";
     let out = w.ces(&["run", "-q", "--gpu", "1", &w.image, "sh", "-c", ls]).ok().to_owned();
     assert_eq!(out.trim(), "examplegpu1 examplegpuctl");
+    // Options after the value are options, not the command.
+    let script = format!("echo $X; {ls}");
+    let out = w.ces(&["run", "--gpu", "1", "-q", "-e", "X=set", &w.image, "sh", "-c", &script]).ok().to_owned();
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["set", "examplegpu1", "examplegpuctl"]);
+    let run = w.ces(&["run", "-q", "--gpu", "all", &w.image, "sh", "-c", ls]);
+    assert_eq!(run.ok().trim(), "examplegpu0 examplegpu1 examplegpuctl");
     let out = w.ces(&["run", "-q", "--gpu=0,1", &w.image, "sh", "-c", ls]).ok().to_owned();
     assert_eq!(out.trim(), "examplegpu0 examplegpu1 examplegpuctl");
     let out = w.ces(&["run", "-q", &format!("--gpu={UUID0}"), &w.image, "sh", "-c", ls]).ok().to_owned();
@@ -263,6 +314,23 @@ fn the_dry_run_shows_every_node_mount_variable_and_hook() {
     assert_eq!(devices["hooks"][0]["stage"], "createContainer");
     assert_eq!(devices["additional_gids"][0], 44);
     assert!(w.outputs_dirs().is_empty(), "a dry run creates nothing");
+
+    // A socket (a way to a host daemon, even through a read-only bind) is
+    // left out, and said to be.
+    let sock = spec_text("example.com/sock", host()).replace(
+        "  hooks:",
+        &format!(
+            "    - hostPath: {d}/daemon.sock\n      containerPath: /run/daemon.sock\n      options: [bind]\n  hooks:"
+        ),
+    );
+    spec_dir(&w, &[("sock.yaml", &sock)]);
+    let plan = w.ces(&["run", "--dry-run", "--device", "example.com/sock=0", &w.image, "true"]).ok().to_owned();
+    assert!(plan.lines().any(|l| l == "  left out: /run/daemon.sock (a socket or FIFO)"), "{plan}");
+    let out = run(&w, &["--device", "example.com/sock=0"], "test -e /run/daemon.sock && echo THERE || echo absent");
+    assert_eq!(out.ok().trim(), "absent");
+    // podman would mount it, and reads other directories: refused.
+    let stderr = run(&w, &["--runtime", "podman", "--gpu", "0"], "true").fails().to_owned();
+    assert!(stderr.contains("the podman backend cannot give the container example.com/gpu=0: podman reads its specs from /etc/cdi and /var/run/cdi"), "{stderr}");
 }
 
 /// Refusals: one error line, a hint, nothing run (no outputs directory).
@@ -358,7 +426,28 @@ fn the_policy_decides_who_gets_which_devices() {
 #[test]
 fn system_gpus_lists_the_devices_and_the_specs_not_used() {
     let w = world("list", Mode::Root, "");
-    spec_dir(&w, &[("broken.yaml", "kind: [")]);
+    // One device in two files of a directory: neither is used there; a
+    // later directory's still is.
+    let dup = |d: &str| {
+        spec_text("example.com/dup", host())
+            .replace(&format!("{d}/gpu1"), &format!("{d}/gpu0"))
+            .replace("\"1\"", "\"9\"")
+    };
+    let d = host().dir.display().to_string();
+    spec_dir(&w, &[("broken.yaml", "kind: ["), ("dup1.yaml", &dup(&d)), ("dup2.yaml", &dup(&d))]);
+    let later = w.sb.dir.path().join("cdi-later");
+    std::fs::create_dir(&later).unwrap();
+    std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(later.join("dup.yaml"), dup(&d).replace("\"9\"", "\"8\"")).unwrap();
+    let config = std::fs::read_to_string(&w.sb.config).unwrap();
+    let first = w.sb.dir.path().join("cdi").display().to_string();
+    let both = format!("spec_dirs = [{first:?}, {:?}]", later.display().to_string());
+    std::fs::write(&w.sb.config, config.replace(&format!("spec_dirs = [{first:?}]"), &both)).unwrap();
+    let out = w.ces(&["system", "gpus"]).ok().to_owned();
+    assert!(out.lines().any(|l| l.starts_with("not used: ") && l.contains("example.com/dup=9 is also in")), "{out}");
+    assert!(!out.lines().any(|l| l.starts_with("example.com/dup=9 ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("example.com/dup=8 ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("example.com/dup=0 ")), "{out}");
     let out = w.ces(&["system", "gpus"]).ok().to_owned();
     assert!(out.starts_with("Devices are enabled; --gpu means example.com/gpu."), "{out}");
     for name in ["example.com/gpu=0 ", "example.com/gpu=1 ", &format!("example.com/gpu={UUID0} ")] {

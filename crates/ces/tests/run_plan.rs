@@ -120,7 +120,8 @@ fn dry_run_prints_the_whole_plan_and_creates_nothing() {
         "{plan}"
     );
     // The exact command, podman by absolute path (as root, from the system's directories).
-    assert!(plan.contains("/podman run --runtime runc "), "{plan}");
+    assert!(plan.contains("/podman --hooks-dir "), "{plan}");
+    assert!(plan.contains("/hooks.d run --runtime runc "), "no hooks but an empty directory's: {plan}");
     assert!(plan.contains(" --network none "), "{plan}");
     assert!(plan.contains("/podman.env --workdir / "), "values go through a file: {plan}");
     for secret in ["file-value-123", "flag-value-456"] {

@@ -291,8 +291,8 @@ pub(crate) const MOUNTS_ROOT: &str = "/run/ces";
 pub(crate) struct Mounts {
     dir: PathBuf,
     targets: Vec<PathBuf>,
-    /// The tmpfs device nodes are made in, once mounted.
-    devices: Option<PathBuf>,
+    /// ces's own tmpfs, once mounted (see [`Mounts::private`]).
+    private: Option<PathBuf>,
 }
 
 impl Mounts {
@@ -310,7 +310,7 @@ impl Mounts {
             fs::remove_dir(&dir).map_err(|e| super::rootfs::annotate(e, &dir))?;
             make_dir(&dir)?;
         }
-        Ok(Mounts { dir, targets: Vec::new(), devices: None })
+        Ok(Mounts { dir, targets: Vec::new(), private: None })
     }
 
     /// An empty directory `<dir>/<name>` to mount on; removed by
@@ -347,12 +347,30 @@ impl Mounts {
         Ok(target)
     }
 
+    /// `<dir>/private`: a small tmpfs of ces's own, root's (mode `0711`),
+    /// mounted once, in ces's private mount namespace: no host user reaches
+    /// what is in it, and it is not `nodev` (which `/run` and the store's
+    /// file system may well be).
+    pub(crate) fn private(&mut self) -> io::Result<PathBuf> {
+        if let Some(dir) = &self.private {
+            return Ok(dir.clone());
+        }
+        let dir = self.mount_point("private", true)?;
+        nix::mount::mount(
+            Some("ces-private"),
+            &dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
+            Some("mode=0711,size=1m,nr_inodes=256"),
+        )
+        .map_err(|e| super::rootfs::annotate(e.into(), &dir))?;
+        Ok(self.private.insert(dir).clone())
+    }
+
     /// A device node `major`:`minor` (block or character) owned by
-    /// `owner`, with permissions `mode`, made as `<dir>/dev/<name>`, whose
-    /// path is returned: the host's node may be root's alone, and a device
-    /// file cannot be idmapped. `<dir>/dev` is a small tmpfs of ces's own
-    /// (in its private mount namespace, so no host user reaches it; not
-    /// `nodev`, which `/run` and the store's file system may well be).
+    /// `owner`, with permissions `mode`, made as `<private>/<name>` (see
+    /// [`Mounts::private`]), whose path is returned: the host's node may be
+    /// root's alone, and a device file cannot be idmapped.
     pub(crate) fn device(
         &mut self,
         name: &str,
@@ -361,22 +379,7 @@ impl Mounts {
         (uid, gid): (u32, u32),
         mode: u32,
     ) -> io::Result<PathBuf> {
-        let dir = match &self.devices {
-            Some(dir) => dir.clone(),
-            None => {
-                let dir = self.mount_point("dev", true)?;
-                nix::mount::mount(
-                    Some("ces-devices"),
-                    &dir,
-                    Some("tmpfs"),
-                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
-                    Some("mode=0711,size=64k,nr_inodes=256"),
-                )
-                .map_err(|e| super::rootfs::annotate(e.into(), &dir))?;
-                self.devices.insert(dir).clone()
-            }
-        };
-        let node = dir.join(name);
+        let node = self.private()?.join(name);
         let annotate = |e: nix::Error| super::rootfs::annotate(e.into(), &node);
         let kind = match kind {
             crate::spec::DeviceType::Char => nix::sys::stat::SFlag::S_IFCHR,

@@ -40,7 +40,7 @@ use std::cell::RefCell;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -559,8 +559,15 @@ impl Run<'_> {
             device_nodes,
             ids: self.mapping.ids(self.spec),
         };
+        let hook_bundle = self.hook_bundle.borrow().clone();
         let written = oci::build(&spec, &layout)
-            .and_then(|oci| oci.save(self.dirs.bundle.join("config.json")))
+            .and_then(|oci| {
+                oci.save(self.dirs.bundle.join("config.json"))?;
+                match &hook_bundle {
+                    Some(bundle) => write_hook_spec(&oci, bundle),
+                    None => Ok(()),
+                }
+            })
             .map_err(|e| start_error("writing the OCI spec")(e.into()));
         let opens = match self.observe {
             Some(_) => match observe::DeviceOpens::watch(&layout.device_nodes) {
@@ -641,21 +648,18 @@ impl Run<'_> {
         Ok(nodes)
     }
 
-    /// As root: the bundle where the devices' createContainer hooks can
-    /// read it (they run as the container's root, and read the spec from
-    /// the bundle their state names, as `nvidia-cdi-hook` does): given to
-    /// the container's root (mode `0700` still), and bound under `mounts`
-    /// (`/run/ces/<id>`, searchable), in ces's private mount namespace
-    /// only, so that no host user reaches it through there.
+    /// As root: a bundle for the devices' createContainer hooks, which run
+    /// as the container's root and read the container's spec from the
+    /// bundle their state names (as `nvidia-cdi-hook` does): the run's own
+    /// is root's alone. This one is root's too (`0755`, its `config.json`
+    /// `0644`, written after the run's), in ces's private tmpfs: only the
+    /// container's processes, before its root is changed, can see it, and
+    /// none can change it.
     fn bundle_for_hooks(&self, mounts: &mut idmap::Mounts) -> io::Result<PathBuf> {
-        let (uid, gid, _) = self.mapping.ids(self.spec);
-        nix::unistd::chown(
-            &self.dirs.bundle,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .map_err(|e| rootfs::annotate(e.into(), &self.dirs.bundle))?;
-        mounts.mount(&self.dirs.bundle, "bundle", None, 0)
+        let bundle = mounts.private()?.join("bundle");
+        fs::DirBuilder::new().mode(0o700).create(&bundle).map_err(|e| rootfs::annotate(e, &bundle))?;
+        fs::set_permissions(&bundle, fs::Permissions::from_mode(0o755)).map_err(|e| rootfs::annotate(e, &bundle))?;
+        Ok(bundle)
     }
 
     /// As root: a node of its own for each of the run's devices, given to
@@ -1014,6 +1018,16 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: two new descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// `config.json` in the hooks' bundle (see [`Run::bundle_for_hooks`]):
+/// made new (never through what is there), root's, `0644`.
+fn write_hook_spec(oci: &oci_spec::runtime::Spec, bundle: &Path) -> Result<(), oci_spec::OciSpecError> {
+    let path = bundle.join("config.json");
+    let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    // Whatever ces's umask.
+    file.set_permissions(fs::Permissions::from_mode(0o644))?;
+    serde_json::to_writer(io::BufWriter::new(file), oci).map_err(|e| oci_spec::OciSpecError::Other(e.to_string()))
 }
 
 /// Where the container's mounts go, and whether each is a directory (the

@@ -272,10 +272,7 @@ fn hooks(hooks: &[DeviceHook]) -> Result<Option<Hooks>, OciSpecError> {
             })
             .collect()
     };
-    let built = HooksBuilder::default()
-        .create_container(at(HookStage::CreateContainer)?)
-        .start_container(at(HookStage::StartContainer)?)
-        .build()?;
+    let built = HooksBuilder::default().create_container(at(HookStage::CreateContainer)?).build()?;
     Ok(Some(built))
 }
 

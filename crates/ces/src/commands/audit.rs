@@ -216,6 +216,16 @@ fn outcome_of(error: &anyhow::Error) -> Outcome {
             || cause.downcast_ref::<crate::policy::PolicyError>().is_some()
             || cause.downcast_ref::<crate::time_limit::TooLong>().is_some()
             || matches!(
+                cause.downcast_ref::<crate::cdi::DeviceError>(),
+                Some(
+                    crate::cdi::DeviceError::Disabled
+                        | crate::cdi::DeviceError::UserNamespace
+                        | crate::cdi::DeviceError::Refused { .. }
+                        | crate::cdi::DeviceError::TooMany { .. }
+                        | crate::cdi::DeviceError::Podman { .. }
+                )
+            )
+            || matches!(
                 cause.downcast_ref::<crate::running::StopError>(),
                 Some(crate::running::StopError::NameTaken { .. })
             )

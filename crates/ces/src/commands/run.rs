@@ -93,10 +93,10 @@ fn run_container(
     args: RunArgs,
     started: &mut bool,
 ) -> anyhow::Result<ExitCode> {
-    let (mut options, mut command) = (args.options, args.command);
-    run_options::settle_gpu(&mut options, &mut command);
+    let mut options = args.options;
+    run_options::settle_gpu(&mut options);
     let options = run_options::with_opt_files(options)?;
-    let Some((image, command)) = command.split_first() else {
+    let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
     // The container's terminal takes its size (and with -i, its keys) from
@@ -106,6 +106,11 @@ fn run_container(
     }
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
+    if runtime.name() == "podman"
+        && let Some(devices) = &prepared.devices
+    {
+        devices.check_podman(&settings.gpu)?;
+    }
     // What the backend cannot do here is refused before anything is printed
     // or created (a dry run says so too).
     runtime.check(&prepared.spec).with_context(|| not_run(&prepared.spec))?;
@@ -155,6 +160,9 @@ pub(crate) struct Prepared {
     pub store: Store,
     /// A readiness test (`ces test`): its audit record says so.
     pub test: bool,
+    /// The devices, as podman would apply them (see
+    /// [`crate::cdi::Resolved::check_podman`]).
+    pub devices: Option<crate::cdi::Resolved>,
     outputs_parent: PathBuf,
     scratch_parent: PathBuf,
     runs: PathBuf,
@@ -269,14 +277,16 @@ pub(crate) fn prepare(
         spec.mounts.push(bind);
     }
     spec.ports = ports::requests(settings, options)?;
-    let devices = crate::cdi::Request {
+    let request = crate::cdi::Request {
         gpu: options.gpu.clone().map(|g| if g.is_empty() { "all".to_owned() } else { g }),
         devices: options.device.clone(),
     };
-    if !devices.is_empty() {
-        let resolved = resolve_devices(settings, printer, &devices)?;
+    let mut devices = None;
+    if !request.is_empty() {
+        let resolved = resolve_devices(settings, printer, &request)?;
         resolved.apply_env(&mut spec.process.env);
-        spec.devices = resolved.devices;
+        spec.devices = resolved.devices.clone();
+        devices = Some(resolved);
     }
     Ok(Prepared {
         spec,
@@ -286,6 +296,7 @@ pub(crate) fn prepare(
         provenance,
         store,
         test: false,
+        devices,
         outputs_parent,
         scratch_parent,
         runs,
@@ -304,9 +315,9 @@ fn resolve_devices(
     request: &crate::cdi::Request,
 ) -> anyhow::Result<crate::cdi::Resolved> {
     let registry = crate::cdi::Registry::read(&settings.gpu.spec_dirs);
-    let user = audit::current_user();
+    let user = crate::identity::policy_user();
     let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
-    let groups = || crate::identity::groups(Some(&user.name));
+    let groups = || crate::identity::policy_groups(&user);
     let resolved = crate::cdi::resolve(&settings.gpu, &registry, request, &user, host_root, &groups)?;
     for (path, problem) in &registry.problems {
         printer.status(format!("warning: CDI spec {} not used: {problem}", ces_image::quote::quote_path(path)));
@@ -695,13 +706,15 @@ fn device_lines(devices: &ces_runtime::Devices) -> Vec<String> {
     for m in &devices.mounts {
         lines.push(format!("  mount  {} <- {} (ro, nosuid, nodev)", m.container_path, m.host_path.display()));
     }
+    for m in &devices.left_out {
+        lines.push(format!("  left out: {m}"));
+    }
     if !devices.env.is_empty() {
         lines.push(format!("  env    {}", devices.env.join(" ")));
     }
     for h in &devices.hooks {
         let stage = match h.stage {
             ces_runtime::HookStage::CreateContainer => "createContainer",
-            ces_runtime::HookStage::StartContainer => "startContainer",
         };
         let args: Vec<String> = h.args.iter().skip(1).map(|a| ces_runtime::podman::shell_quote(a)).collect();
         lines.push(format!("  hook   {stage}: {} {}", h.path.display(), args.join(" ")).trim_end().to_owned());

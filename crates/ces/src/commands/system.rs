@@ -55,10 +55,10 @@ fn resolve(user: &str) -> anyhow::Result<(u32, u32)> {
 pub fn gpus(settings: &crate::settings::Settings, json: bool) -> anyhow::Result<()> {
     let config = &settings.gpu;
     let registry = crate::cdi::Registry::read(&config.spec_dirs);
-    let user = crate::commands::audit::current_user();
+    let user = crate::identity::policy_user();
     let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
-    let groups = || crate::identity::groups(Some(&user.name));
-    let usable = crate::cdi::usable(config, registry.names(), &user, host_root, &groups)?;
+    let groups = || crate::identity::policy_groups(&user);
+    let usable = crate::cdi::usable(config, &registry, &user, host_root, &groups)?;
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;
     if json {

@@ -141,10 +141,10 @@ pub fn test(settings: &Settings, printer: &Printer, args: TestArgs) -> anyhow::R
 }
 
 fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &mut bool) -> anyhow::Result<ExitCode> {
-    let (mut options, mut command) = (args.options, args.command);
-    run_options::settle_gpu(&mut options, &mut command);
+    let mut options = args.options;
+    run_options::settle_gpu(&mut options);
     let options = run_options::with_opt_files(options)?;
-    let Some((image, command)) = command.split_first() else {
+    let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
     if let Some(runtime) = options.runtime.as_deref().filter(|r| *r != "native") {
