@@ -1063,7 +1063,11 @@ mod tests {
             lines[0],
             "mount -t overlay overlay -o lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
         );
-        assert!(lines[1].starts_with("podman run --runtime runc "), "{}", lines[1]);
+        assert!(
+            lines[1].starts_with("podman --hooks-dir /store/runs/x/state/hooks.d run --runtime runc "),
+            "{}",
+            lines[1]
+        );
         assert!(lines[1].ends_with(" sh -c 'echo hi > /safe_outputs/x'"), "{}", lines[1]);
     }
 

@@ -417,57 +417,117 @@ fn is_uuid(name: &str) -> bool {
     name.starts_with("GPU-") || name.starts_with("MIG-")
 }
 
-/// `dir`, resolved, if it exists and only root can change what is in it (and
-/// in every directory above it, sticky ones aside); `None` if it does not
-/// exist.
+/// `dir`, resolved, if it exists and only root can change what is in it or
+/// what leads to it (see [`resolve_root_alone`]); `None` if it does not exist.
 fn trusted_dir(dir: &Path) -> Result<Option<PathBuf>, String> {
-    let resolved = match std::fs::canonicalize(dir) {
-        Ok(resolved) => resolved,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read it: {e}")),
+    let (resolved, meta) = match resolve_root_alone(dir, true) {
+        Ok(found) => found,
+        Err(Unsafe::Missing) => return Ok(None),
+        Err(Unsafe::Problem(problem)) => return Err(format!("{problem}: its specs are not used")),
     };
-    let meta = std::fs::metadata(&resolved).map_err(|e| format!("cannot read it: {e}"))?;
     if !meta.is_dir() {
         return Err("it is not a directory".to_owned());
     }
-    root_alone(&resolved, &meta, true).map_err(|problem| format!("{problem}: its specs are not used"))?;
     Ok(Some(resolved))
 }
 
-/// Checks that only root can change `resolved` (a path without links, whose
-/// metadata is `meta`) or what leads to it: it and every directory above it
-/// root's, none of those directories writable by others (sticky ones above
-/// it aside, where others cannot rename root's entries), nor `resolved`
-/// itself, nor (with `check_mode`) `resolved` itself (a device node's mode
-/// says who may use the device, not who may change the node).
-fn root_alone(resolved: &Path, meta: &std::fs::Metadata, check_mode: bool) -> Result<(), String> {
-    let changeable = |path: &Path| format!("{} can be changed by users other than root", quote_path(path));
-    if meta.uid() != 0 || (check_mode && meta.mode() & 0o022 != 0) {
-        return Err(changeable(resolved));
-    }
-    for ancestor in resolved.ancestors().skip(1) {
-        let meta = std::fs::metadata(ancestor).map_err(|e| format!("cannot read {}: {e}", quote_path(ancestor)))?;
-        let sticky = meta.mode() & 0o1000 != 0;
-        if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
-            return Err(changeable(ancestor));
-        }
-    }
-    Ok(())
+/// Why a host path is not taken.
+enum Unsafe {
+    /// It is not there.
+    Missing,
+    /// Something on the way could be changed by others, or could not be read.
+    Problem(String),
 }
 
-/// `path` resolved (links followed), with its metadata, if it exists and
-/// only root can change it (see [`root_alone`]); `what` names it in errors.
-fn trusted_host_path(path: &Path, what: &str, check_mode: bool) -> Result<(PathBuf, std::fs::Metadata), String> {
-    let resolved = std::fs::canonicalize(path).map_err(|e| {
+/// The most links a path may go through (as the kernel's `MAXSYMLINKS`).
+const MAX_LINKS: usize = 40;
+
+/// `path` resolved one component at a time, as the kernel would, and its
+/// metadata, if only root can change what it leads to: every directory
+/// passed through is root's and not writable by group or others (not even a
+/// sticky one such as `/tmp`, where a user may plant a link, a directory or
+/// a FUSE mount under a name a spec expects), every link passed through is
+/// root's, and so is what it ends at, which (with `check_mode`) is not
+/// writable by others either (a device node's mode says who may use the
+/// device, not who may change the node).
+fn resolve_root_alone(path: &Path, check_mode: bool) -> Result<(PathBuf, std::fs::Metadata), Unsafe> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let changeable =
+        |path: &Path| Unsafe::Problem(format!("{} can be changed by users other than root", quote_path(path)));
+    let unreadable = |path: &Path, e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            format!("its {what} {} is not on this host", quote_path(path))
+            Unsafe::Missing
         } else {
-            format!("its {what} {}: {e}", quote_path(path))
+            Unsafe::Problem(format!("cannot read {}: {e}", quote_path(path)))
         }
-    })?;
-    let meta = std::fs::metadata(&resolved).map_err(|e| format!("its {what} {}: {e}", quote_path(path)))?;
-    root_alone(&resolved, &meta, check_mode).map_err(|problem| format!("its {what}: {problem}"))?;
-    Ok((resolved, meta))
+    };
+    if !path.is_absolute() {
+        return Err(Unsafe::Problem(format!("{} is not an absolute path", quote_path(path))));
+    }
+    let mut current = PathBuf::from("/");
+    let mut meta = std::fs::symlink_metadata(&current).map_err(|e| unreadable(&current, e))?;
+    let mut pending: VecDeque<std::ffi::OsString> = VecDeque::new();
+    let push_front = |pending: &mut VecDeque<std::ffi::OsString>, path: &Path| {
+        for component in path.components().rev() {
+            match component {
+                Component::Normal(name) => pending.push_front(name.to_owned()),
+                Component::ParentDir => pending.push_front("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push_front(&mut pending, path);
+    let mut links = 0;
+    loop {
+        // `current` is a directory here unless it is the end.
+        if meta.is_dir() && (meta.uid() != 0 || meta.mode() & 0o022 != 0) {
+            return Err(changeable(&current));
+        }
+        let Some(name) = pending.pop_front() else { break };
+        if !meta.is_dir() {
+            return Err(Unsafe::Problem(format!("{} is not a directory", quote_path(&current))));
+        }
+        if name == ".." {
+            current.pop();
+            meta = std::fs::symlink_metadata(&current).map_err(|e| unreadable(&current, e))?;
+            continue;
+        }
+        let next = current.join(&name);
+        let next_meta = std::fs::symlink_metadata(&next).map_err(|e| unreadable(&next, e))?;
+        if next_meta.uid() != 0 {
+            return Err(changeable(&next));
+        }
+        if next_meta.file_type().is_symlink() {
+            links += 1;
+            if links > MAX_LINKS {
+                return Err(Unsafe::Problem(format!("{}: too many links", quote_path(path))));
+            }
+            let target = std::fs::read_link(&next).map_err(|e| unreadable(&next, e))?;
+            if target.is_absolute() {
+                current = PathBuf::from("/");
+                meta = std::fs::symlink_metadata(&current).map_err(|e| unreadable(&current, e))?;
+            }
+            push_front(&mut pending, &target);
+            continue;
+        }
+        current = next;
+        meta = next_meta;
+    }
+    if meta.uid() != 0 || (check_mode && meta.mode() & 0o022 != 0) {
+        return Err(changeable(&current));
+    }
+    Ok((current, meta))
+}
+
+/// `path` resolved, with its metadata, if it exists and only root can
+/// change it or what leads to it (see [`resolve_root_alone`]); `what` names
+/// it in errors.
+fn trusted_host_path(path: &Path, what: &str, check_mode: bool) -> Result<(PathBuf, std::fs::Metadata), String> {
+    resolve_root_alone(path, check_mode).map_err(|problem| match problem {
+        Unsafe::Missing => format!("its {what} {} is not on this host", quote_path(path)),
+        Unsafe::Problem(problem) => format!("its {what}: {problem}"),
+    })
 }
 
 /// Reads and validates one spec file (root's, written by root alone).
@@ -755,6 +815,14 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
                 env.push(var.clone());
             }
             for node in &edits.device_nodes {
+                if node.host_path.as_ref().is_some_and(|host| *host != node.path) {
+                    let problem = format!(
+                        "its spec puts the host's {} at {}, and podman 4 binds a node from its own path",
+                        short(node.host_path.as_deref().unwrap_or_default()),
+                        short(&node.path)
+                    );
+                    podman_problems.push((name.clone(), problem));
+                }
                 let node = host_node(node).map_err(unusable)?;
                 match devices.nodes.iter().find(|n| n.path == node.path) {
                     Some(same) if *same == node => {}
@@ -770,11 +838,12 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
                 }
                 let Some(mount) = host_mount(mount).map_err(unusable)? else {
                     let problem = format!(
-                        "its spec mounts a socket or FIFO at {}, as podman would",
+                        "its spec mounts a socket or FIFO (or a directory holding one) at {}, as podman would",
                         short(&mount.container_path)
                     );
                     podman_problems.push((name.clone(), problem));
-                    let left_out = format!("{} (a socket or FIFO)", mount.container_path);
+                    let left_out =
+                        format!("{} (a socket or FIFO, or a directory holding one)", short(&mount.container_path));
                     if !devices.left_out.contains(&left_out) {
                         devices.left_out.push(left_out);
                     }
@@ -791,7 +860,9 @@ fn merge(registry: &Registry, names: &[String]) -> anyhow::Result<Resolved> {
             for hook in &edits.hooks {
                 let hook = DeviceHook {
                     stage: HookStage::CreateContainer,
-                    path: PathBuf::from(&hook.path),
+                    // What was checked, not what the spec's path may lead
+                    // to by the time the hook runs.
+                    path: check_hook_program(&hook.path).map_err(unusable)?,
                     args: hook.args.clone(),
                     env: hook.env.clone(),
                     timeout: hook.timeout,
@@ -896,7 +967,7 @@ fn check_edits(edits: &Edits) -> Result<(), String> {
     }
     for hook in &edits.hooks {
         match hook.hook_name.as_str() {
-            "createContainer" => check_hook_program(&hook.path)?,
+            "createContainer" => drop(check_hook_program(&hook.path)?),
             "startContainer" => {
                 return Err("it has a \"startContainer\" hook, which would run a program of the image before the \
                             workload's restrictions are in place (ces runs only createContainer hooks)"
@@ -918,31 +989,67 @@ fn check_edits(edits: &Edits) -> Result<(), String> {
 
 /// A createContainer hook is a host program run in the container's
 /// namespaces: it must be root's and written by root alone.
-fn check_hook_program(path: &str) -> Result<(), String> {
+fn check_hook_program(path: &str) -> Result<PathBuf, String> {
     if !path.starts_with('/') {
         return Err(format!("hook {:?} is not an absolute path", short(path)));
     }
-    let (_, meta) = trusted_host_path(Path::new(path), "hook", true)?;
+    let (resolved, meta) = trusted_host_path(Path::new(path), "hook", true)?;
     if !meta.is_file() || meta.mode() & 0o111 == 0 {
         return Err(format!("hook {:?} is not an executable file", short(path)));
     }
-    Ok(())
+    Ok(resolved)
 }
 
 /// A mount's host path, resolved: root's, under directories only root can
 /// change; `None` for a socket or a FIFO, which a read-only bind would still
 /// let the container write to (a way to a host daemon or another user).
 fn host_mount(mount: &MountEdit) -> Result<Option<DeviceMount>, String> {
-    use std::os::unix::fs::FileTypeExt as _;
     let (host_path, meta) = trusted_host_path(Path::new(&mount.host_path), "mount source", true)?;
     let kind = meta.file_type();
-    if kind.is_socket() || kind.is_fifo() {
+    if is_channel(&kind) || (kind.is_dir() && holds_a_channel(&host_path)?) {
         return Ok(None);
     }
     if !kind.is_file() && !kind.is_dir() {
         return Err(format!("its mount source {} is not a file or a directory", quote_path(&host_path)));
     }
     Ok(Some(DeviceMount { host_path, container_path: mount.container_path.clone() }))
+}
+
+/// A socket or a FIFO: what a read-only bind still lets a container write to.
+fn is_channel(kind: &std::fs::FileType) -> bool {
+    use std::os::unix::fs::FileTypeExt as _;
+    kind.is_socket() || kind.is_fifo()
+}
+
+/// The most entries a directory mount may have for ces to look through.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Whether a socket or FIFO is anywhere under `dir` (links not followed:
+/// in the container they lead into the container's own tree).
+fn holds_a_channel(dir: &Path) -> Result<bool, String> {
+    let mut pending = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", quote_path(&dir)))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", quote_path(&dir)))?;
+            seen += 1;
+            if seen > MAX_ENTRIES {
+                return Err(format!(
+                    "its mount source {} has more than {MAX_ENTRIES} entries to check",
+                    quote_path(&dir)
+                ));
+            }
+            let kind = entry.file_type().map_err(|e| format!("cannot read {}: {e}", quote_path(&entry.path())))?;
+            if is_channel(&kind) {
+                return Ok(true);
+            }
+            if kind.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A device node as its host has it: the host node (the spec's `hostPath`,
@@ -1192,7 +1299,40 @@ mod tests {
         let etc = host_mount(&MountEdit { host_path: "/etc/hostname".to_owned(), ..mount.clone() }).unwrap();
         assert_eq!(etc.unwrap().host_path, Path::new("/etc/hostname"));
         let e = check_hook_program(&lib.display().to_string()).unwrap_err();
-        assert!(e.contains("can be changed by users other than root") || e.contains("not an executable"), "{e}");
+        assert!(e.contains("can be changed by users other than root"), "{e}");
+        // Not even under a sticky directory such as /tmp.
+        assert_eq!(dir.path().parent(), Some(std::env::temp_dir().as_path()));
+        let resolved = |path: &str| resolve_root_alone(Path::new(path), true).map(|(p, _)| p);
+        assert_eq!(resolved("/etc/../etc/./hostname").ok().as_deref(), Some(Path::new("/etc/hostname")));
+        assert!(matches!(resolved("/nonexistent/x"), Err(Unsafe::Missing)));
+        assert!(matches!(resolved("etc/hostname"), Err(Unsafe::Problem(_))));
+        assert!(matches!(resolved("/etc/hostname/x"), Err(Unsafe::Problem(_))), "not a directory");
+        assert!(resolve_root_alone(Path::new("/dev/null"), false).is_ok(), "a device's mode is who may use it");
+    }
+
+    #[test]
+    fn a_gpu_word_is_a_value_only_where_clap_took_it_for_the_image() {
+        let words = |s: &str| s.split(' ').map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let command = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let fixed = crate::run_options::gpu_word_as_value(
+            &words("ces run --gpu 0 -e X=1 img sh"),
+            Some(""),
+            &command("0 -e X=1 img sh"),
+        );
+        assert_eq!(fixed, Some(words("ces run --gpu=0 -e X=1 img sh")));
+        // Given with =, or no value: nothing to do.
+        let given =
+            crate::run_options::gpu_word_as_value(&words("ces run --gpu=0 img sh"), Some("0"), &command("img sh"));
+        assert_eq!(given, None);
+        // An image, then the container's own --gpu 0: left alone.
+        let theirs = crate::run_options::gpu_word_as_value(
+            &words("ces run --gpu img x --gpu 0 y"),
+            Some(""),
+            &command("img x --gpu 0 y"),
+        );
+        assert_eq!(theirs, None);
+        // The selector is the last word: it is the image.
+        assert_eq!(crate::run_options::gpu_word_as_value(&words("ces run --gpu 0"), Some(""), &command("0")), None);
     }
 
     #[test]

@@ -429,6 +429,13 @@ pub fn volume_shorthand(mut args: Vec<OsString>, first: usize) -> Vec<OsString> 
         if word == "--" || !word.starts_with('-') || word == "-" {
             break;
         }
+        // `--gpu` takes its value with `=`, or as the next word where that
+        // can only be GPUs (see `run_options::gpu_word_as_value`).
+        if word == "--gpu" {
+            let value = args.get(i + 1).and_then(|w| w.to_str()).is_some_and(crate::cdi::is_selector);
+            i += if value { 2 } else { 1 };
+            continue;
+        }
         if word == "-v" && args.get(i + 1).and_then(|w| w.to_str()).is_some_and(is_path_pair) {
             args[i] = OsString::from("--volume");
             i += 2;

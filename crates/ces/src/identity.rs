@@ -230,16 +230,19 @@ fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
         .then(|| ((*name).to_owned(), PathBuf::from(home)))
 }
 
-/// Who a policy decides for: under sudo the user who ran it, otherwise the
+/// Who a policy decides for: under sudo the user who ran it, in a user
+/// namespace the real uid outside it where that can be told, otherwise the
 /// real uid; named as the user database names that uid (never as `$USER`
-/// or `SUDO_USER` say, which the caller sets), else by the number.
-pub fn policy_user() -> ces_audit::User {
-    let uid = match sudo_user() {
-        Ok(Some(user)) => user.uid,
-        _ => rustix::process::getuid().as_raw(),
+/// or `SUDO_USER` say, which the caller sets), else by the number. A
+/// `SUDO_UID` that does not say who is an error, not root.
+pub fn policy_user() -> Result<ces_audit::User, SudoError> {
+    let uid = match (sudo_user()?, caller()) {
+        (Some(user), _) => user.uid,
+        (None, Caller::Namespaced { uid: Some(uid) }) => uid,
+        (None, _) => rustix::process::getuid().as_raw(),
     };
     let name = passwd_entry(uid).map(|(name, _)| name).unwrap_or_else(|| uid.to_string());
-    ces_audit::User { name, uid }
+    Ok(ces_audit::User { name, uid })
 }
 
 /// The groups of [`policy_user`] (names, as `id -Gn` lists them): from the

@@ -188,7 +188,7 @@ pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     }
     // The real uid, or under sudo the user who ran it, named by the user
     // database (never by `$USER`).
-    let user = identity::policy_user();
+    let user = identity::policy_user()?;
     if caller == Caller::HostRoot && user.uid == 0 {
         return Ok(());
     }

@@ -518,7 +518,10 @@ pub fn gpu_word_as_value(
     command: &[String],
 ) -> Option<Vec<std::ffi::OsString>> {
     let word = command.first().filter(|w| gpu == Some("") && command.len() >= 2 && crate::cdi::is_selector(w))?;
-    let i = args.windows(2).position(|pair| pair[0] == "--gpu" && pair[1] == word.as_str())?;
+    // Where clap found the image: the word right after a `--gpu`, and
+    // nothing but the command after it.
+    let at = args.len().checked_sub(command.len())?;
+    let i = at.checked_sub(1).filter(|i| args[*i] == "--gpu" && args[at] == word.as_str())?;
     let mut fixed = args.to_vec();
     fixed[i] = format!("--gpu={word}").into();
     fixed.remove(i + 1);

@@ -29,6 +29,19 @@ const UUID0: &str = "GPU-0c1ea5e0-0000-4000-8000-000000000000";
 /// open on the host.
 const NODES: [(&str, &str, &str); 3] = [("gpu0", "1", "3"), ("gpu1", "10", "229"), ("ctl", "1", "7")];
 
+/// Where the host side of the fake GPUs and the worlds' spec directories
+/// are: root's, under directories only root can change.
+const TEST_ROOT: &str = "/var/lib/ces-test-cdi";
+
+/// A world's own directory under [`TEST_ROOT`] (its specs).
+fn cdi_root(w: &World) -> PathBuf {
+    host();
+    let dir = Path::new(TEST_ROOT).join(w.sb.dir.path().file_name().unwrap());
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// The host side of the fake GPUs: nodes, driver, hook, root's and
 /// `0755` (as an operator installs them), made once per test binary.
 struct Host {
@@ -40,10 +53,13 @@ fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
         require_root("makes device nodes");
-        // One place, made again by each run of this binary (nothing in it
-        // is a secret or the run's: nodes of null, zero and full).
-        let dir = PathBuf::from("/tmp/ces-cdi-test-host");
-        let _ = std::fs::remove_dir_all(&dir);
+        // One place, made again by each run of this binary (nothing in it is
+        // a secret or a run's), where only root can change anything: not in
+        // /tmp, whose paths ces never takes from a spec.
+        let _ = std::fs::remove_dir_all(TEST_ROOT);
+        std::fs::create_dir_all(TEST_ROOT).unwrap();
+        std::fs::set_permissions(TEST_ROOT, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = Path::new(TEST_ROOT).join("host");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         for (name, major, minor) in NODES {
@@ -118,7 +134,7 @@ containerEdits:
 
 /// A root-owned spec directory (in the world's sandbox) holding `files`.
 fn spec_dir(w: &World, files: &[(&str, &str)]) -> PathBuf {
-    let dir = w.sb.dir.path().join("cdi");
+    let dir = cdi_root(w).join("cdi");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     for (name, text) in files {
@@ -237,14 +253,23 @@ fn under_sudo_the_runs_bundle_and_nodes_are_out_of_the_users_reach() {
     let bundle = runs.join(&id).join("state/bundle");
     let meta = std::fs::metadata(&bundle).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700), "the bundle is root's alone");
+    // ces's own view (its mount namespace, through /proc as root): the
+    // node it made and the hooks' bundle.
     let private = format!("/run/ces/{id}/private");
+    let inside = format!("/proc/{}/root{private}", child.id());
+    let mut there: Vec<String> =
+        std::fs::read_dir(&inside).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    there.sort();
+    assert_eq!(there, ["bundle", "device-0", "device-1"], "what ces made for the run");
     let script = format!(
-        "cat {0}/config.json 2>/dev/null && echo READ; ls {0} 2>/dev/null && echo LISTED; ls -A {private}",
+        "cat {0}/config.json && echo READ; ls {0} && echo LISTED; ls -A {private}; ls {inside} && echo ENTERED; \
+         echo x > {inside}/bundle/config.json && echo WROTE; echo PROBED",
         bundle.display()
     );
     let probe = w.user.setpriv(&w.sb, &["sh", "-c", &script]);
     let seen = w.sb.run(probe);
-    assert_eq!(seen.stdout.trim(), "", "the user reached the run's devices: {seen:?}");
+    assert_eq!(seen.code, 0, "{seen:?}");
+    assert_eq!(seen.stdout.trim(), "PROBED", "the user reached the run's devices: {seen:?}");
     assert!(Path::new(&private).is_dir(), "the mount point is there (empty on the host)");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
@@ -273,6 +298,11 @@ fn gpu_values_and_the_compatible_command() {
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["set", "examplegpu1", "examplegpuctl"]);
     let run = w.ces(&["run", "-q", "--gpu", "all", &w.image, "sh", "-c", ls]);
     assert_eq!(run.ok().trim(), "examplegpu0 examplegpu1 examplegpuctl");
+    // After the image, --gpu is the container's.
+    let out = w.ces(&["run", "-q", &w.image, "echo", "--gpu", "0"]).ok().to_owned();
+    assert_eq!(out.trim(), "--gpu 0");
+    let out = w.ces(&["run", "-q", "--gpu", &w.image, "echo", "--gpu", "0"]).ok().to_owned();
+    assert_eq!(out.trim(), "--gpu 0");
     let out = w.ces(&["run", "-q", "--gpu=0,1", &w.image, "sh", "-c", ls]).ok().to_owned();
     assert_eq!(out.trim(), "examplegpu0 examplegpu1 examplegpuctl");
     let out = w.ces(&["run", "-q", &format!("--gpu={UUID0}"), &w.image, "sh", "-c", ls]).ok().to_owned();
@@ -295,7 +325,7 @@ fn the_dry_run_shows_every_node_mount_variable_and_hook() {
     let plan = w.ces(&["run", "--dry-run", "--gpu", "0", &w.image, "true"]).ok().to_owned();
     let d = host().dir.display();
     for line in [
-        format!("  example.com/gpu=0 (spec {}/cdi/example.yaml, {UUID0})", w.sb.dir.path().display()),
+        format!("  example.com/gpu=0 (spec {}/cdi/example.yaml, {UUID0})", cdi_root(&w).display()),
         format!("  node   /dev/examplegpu0 <- {d}/gpu0 (c 1:3, access rwm)"),
         format!("  node   /dev/examplegpuctl <- {d}/ctl (c 1:7, access rwm)"),
         format!("  mount  /usr/lib/libexample.so.1 <- {d}/driver/libexample.so.1 (ro, nosuid, nodev)"),
@@ -325,7 +355,10 @@ fn the_dry_run_shows_every_node_mount_variable_and_hook() {
     );
     spec_dir(&w, &[("sock.yaml", &sock)]);
     let plan = w.ces(&["run", "--dry-run", "--device", "example.com/sock=0", &w.image, "true"]).ok().to_owned();
-    assert!(plan.lines().any(|l| l == "  left out: /run/daemon.sock (a socket or FIFO)"), "{plan}");
+    assert!(
+        plan.lines().any(|l| l == "  left out: /run/daemon.sock (a socket or FIFO, or a directory holding one)"),
+        "{plan}"
+    );
     let out = run(&w, &["--device", "example.com/sock=0"], "test -e /run/daemon.sock && echo THERE || echo absent");
     assert_eq!(out.ok().trim(), "absent");
     // podman would mount it, and reads other directories: refused.
@@ -368,7 +401,8 @@ fn missing_devices_bad_specs_and_bad_names_are_refused_clearly() {
     refused(&w, &["--device", "example.com/stale=1"], "is not on this host", "regenerates");
     // A spec whose node numbers are not the host's.
     let wrong = spec_text("example.com/wrong", host())
-        .replace("          hostPath: /tmp", "          major: 9\n          hostPath: /tmp");
+        .replace("          hostPath: /var", "          major: 9\n          hostPath: /var");
+    assert!(wrong.contains("major: 9"), "{wrong}");
     spec_dir(&w, &[("wrong.yaml", &wrong)]);
     refused(&w, &["--device", "example.com/wrong=1"], "its spec says", "regenerates");
     // Hooks that would run outside the container's namespaces, mounts
@@ -384,7 +418,7 @@ fn missing_devices_bad_specs_and_bad_names_are_refused_clearly() {
 #[test]
 fn specs_that_others_can_change_are_not_used() {
     let w = world("unsafe", Mode::Root, "");
-    let dir = w.sb.dir.path().join("cdi");
+    let dir = cdi_root(&w).join("cdi");
     std::fs::set_permissions(dir.join("example.yaml"), std::fs::Permissions::from_mode(0o666)).unwrap();
     refused(&w, &["--gpu", "0"], "no CDI device example.com/gpu=0", "can be changed by users other than root");
     std::fs::set_permissions(dir.join("example.yaml"), std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -392,6 +426,22 @@ fn specs_that_others_can_change_are_not_used() {
     refused(&w, &["--gpu", "0"], "no CDI device example.com/gpu=0", "can be changed by users other than root");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     run(&w, &["--gpu", "0"], "true").ok();
+
+    // A host path through a directory a user owns (who could swap the link
+    // in it between ces's check and the mount): refused.
+    let theirs = cdi_root(&w).join("users-dir");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::symlink(host().dir.join("driver"), theirs.join("driver")).unwrap();
+    common::test_user().chown(&theirs);
+    let through = spec_text("example.com/through", host())
+        .replace(&format!("{}/driver/", host().dir.display()), &format!("{}/driver/", theirs.display()));
+    spec_dir(&w, &[("through.yaml", &through)]);
+    refused(
+        &w,
+        &["--device", "example.com/through=0"],
+        "users-dir can be changed by users other than root",
+        "regenerates",
+    );
 }
 
 #[test]
@@ -405,9 +455,13 @@ fn the_policy_decides_who_gets_which_devices() {
     let config = std::fs::read_to_string(&w.sb.config).unwrap();
     let with = |policy: &str| std::fs::write(&w.sb.config, format!("{config}\n{base}{policy}")).unwrap();
 
-    // Another user's rule: nothing for this one.
+    // Another user's rule: nothing for this one, whatever $USER says.
     with("[[gpu.allow]]\nusers = [\"someone-else\"]\n");
     refused(&w, &["--gpu", "0"], "user ces-test-rootless may not use example.com/gpu=0", "[[gpu.allow]]");
+    let mut spoofed = w.run_with(&["--gpu", "0"], &["true"]);
+    spoofed.env("USER", "someone-else").env("LOGNAME", "someone-else");
+    let stderr = w.sb.run(spoofed).fails().to_owned();
+    assert!(stderr.contains("user ces-test-rootless may not use example.com/gpu=0"), "{stderr}");
     // GPU 1 only, through a group of theirs.
     with(&format!("[[gpu.allow]]\ngroups = [{:?}]\ndevices = [\"example.com/gpu=1\"]\n", w.user.group));
     refused(&w, &["--gpu", "0"], "may not use example.com/gpu=0", "[[gpu.allow]]");
@@ -434,13 +488,17 @@ fn system_gpus_lists_the_devices_and_the_specs_not_used() {
             .replace("\"1\"", "\"9\"")
     };
     let d = host().dir.display().to_string();
-    spec_dir(&w, &[("broken.yaml", "kind: ["), ("dup1.yaml", &dup(&d)), ("dup2.yaml", &dup(&d))]);
-    let later = w.sb.dir.path().join("cdi-later");
+    // JSON is read as well as YAML.
+    let json = format!(
+        r#"{{"cdiVersion": "0.5.0", "kind": "example.com/json", "devices": [{{"name": "a", "containerEdits": {{"deviceNodes": [{{"path": "/dev/examplejson", "hostPath": "{d}/gpu0"}}]}}}}]}}"#
+    );
+    spec_dir(&w, &[("broken.yaml", "kind: ["), ("dup1.yaml", &dup(&d)), ("dup2.yaml", &dup(&d)), ("j.json", &json)]);
+    let later = cdi_root(&w).join("cdi-later");
     std::fs::create_dir(&later).unwrap();
     std::fs::set_permissions(&later, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(later.join("dup.yaml"), dup(&d).replace("\"9\"", "\"8\"")).unwrap();
     let config = std::fs::read_to_string(&w.sb.config).unwrap();
-    let first = w.sb.dir.path().join("cdi").display().to_string();
+    let first = cdi_root(&w).join("cdi").display().to_string();
     let both = format!("spec_dirs = [{first:?}, {:?}]", later.display().to_string());
     std::fs::write(&w.sb.config, config.replace(&format!("spec_dirs = [{first:?}]"), &both)).unwrap();
     let out = w.ces(&["system", "gpus"]).ok().to_owned();
@@ -448,6 +506,8 @@ fn system_gpus_lists_the_devices_and_the_specs_not_used() {
     assert!(!out.lines().any(|l| l.starts_with("example.com/dup=9 ")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("example.com/dup=8 ")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("example.com/dup=0 ")), "{out}");
+    // Another kind: listed (root may use every kind).
+    assert!(out.lines().any(|l| l.starts_with("example.com/json=a ") && l.contains(" yes ")), "root may: {out}");
     let out = w.ces(&["system", "gpus"]).ok().to_owned();
     assert!(out.starts_with("Devices are enabled; --gpu means example.com/gpu."), "{out}");
     for name in ["example.com/gpu=0 ", "example.com/gpu=1 ", &format!("example.com/gpu={UUID0} ")] {
@@ -551,7 +611,7 @@ fn podman_devices(mode: Mode) {
             &format!("path: {}\n", node.display()),
         );
     }
-    assert!(!spec.contains("hostPath: /tmp/ces-cdi-test-host/gpu"), "{spec}");
+    assert!(!spec.contains(&format!("hostPath: {}/gpu", host().dir.display())), "{spec}");
     // Under sudo podman maps the container's root to the user, who cannot
     // read podman's own bundle, where the hook finds the container's root:
     // podman fails such hooks itself (docs/gpu.md); this spec has none.

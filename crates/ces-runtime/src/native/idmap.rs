@@ -361,7 +361,8 @@ impl Mounts {
             &dir,
             Some("tmpfs"),
             nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NOEXEC,
-            Some("mode=0711,size=1m,nr_inodes=256"),
+            // Room for the hooks' copy of the spec with a large environment.
+            Some("mode=0711,size=64m,nr_inodes=256"),
         )
         .map_err(|e| super::rootfs::annotate(e.into(), &dir))?;
         Ok(self.private.insert(dir).clone())

@@ -1027,7 +1027,9 @@ fn write_hook_spec(oci: &oci_spec::runtime::Spec, bundle: &Path) -> Result<(), o
     let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
     // Whatever ces's umask.
     file.set_permissions(fs::Permissions::from_mode(0o644))?;
-    serde_json::to_writer(io::BufWriter::new(file), oci).map_err(|e| oci_spec::OciSpecError::Other(e.to_string()))
+    let json = serde_json::to_vec(oci).map_err(|e| oci_spec::OciSpecError::Other(e.to_string()))?;
+    io::Write::write_all(&mut &file, &json)?;
+    Ok(())
 }
 
 /// Where the container's mounts go, and whether each is a directory (the

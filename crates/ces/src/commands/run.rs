@@ -315,7 +315,7 @@ fn resolve_devices(
     request: &crate::cdi::Request,
 ) -> anyhow::Result<crate::cdi::Resolved> {
     let registry = crate::cdi::Registry::read(&settings.gpu.spec_dirs);
-    let user = crate::identity::policy_user();
+    let user = crate::identity::policy_user()?;
     let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
     let groups = || crate::identity::policy_groups(&user);
     let resolved = crate::cdi::resolve(&settings.gpu, &registry, request, &user, host_root, &groups)?;

@@ -55,7 +55,7 @@ fn resolve(user: &str) -> anyhow::Result<(u32, u32)> {
 pub fn gpus(settings: &crate::settings::Settings, json: bool) -> anyhow::Result<()> {
     let config = &settings.gpu;
     let registry = crate::cdi::Registry::read(&config.spec_dirs);
-    let user = crate::identity::policy_user();
+    let user = crate::identity::policy_user()?;
     let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
     let groups = || crate::identity::policy_groups(&user);
     let usable = crate::cdi::usable(config, &registry, &user, host_root, &groups)?;
