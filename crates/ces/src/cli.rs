@@ -293,8 +293,12 @@ pub struct LoadArgs {
     pub no_unpack: bool,
 }
 
-/// The runtimes `ces-pull`/`ces-run` accept as their first argument.
-pub const RUNTIMES: [&str; 2] = ["native", "podman"];
+/// The runtime words `ces-pull`/`ces-run` accept as their first argument,
+/// and `--runtime` takes: the reference service's, and ces's own `native`.
+/// `apptainer` runs on the native runtime as the user (see docs/run.md);
+/// `slurm` and `k8s` name backends not built yet (a run is refused, a pull
+/// goes to the same store: the word only says where the image is for).
+pub const RUNTIMES: [&str; 5] = ["native", "podman", "apptainer", "slurm", "k8s"];
 
 /// `ces-pull [<runtime>] <user> <token> <registry>/<ns>/<name>[:<tag>|@<digest>]`, as
 /// the reference service has it; `""` `""` pulls anonymously, and a token of `-`
@@ -516,7 +520,13 @@ mod tests {
         let c = compat(&["podman", "alice", "-", "ghcr.io/a/b"]).unwrap();
         assert_eq!(c.runtime.as_deref(), Some("podman"));
         assert_eq!(c.token, "-");
-        assert!(compat(&["docker", "u", "t", "ghcr.io/a/b"]).unwrap_err().contains("unknown runtime"));
+        let unknown = compat(&["docker", "u", "t", "ghcr.io/a/b"]).unwrap_err();
+        assert!(
+            unknown.contains("unknown runtime \"docker\" (expected one of: native, podman, apptainer, slurm, k8s)")
+        );
+        for word in ["apptainer", "slurm", "k8s", "native"] {
+            assert_eq!(compat(&[word, "", "", "ghcr.io/a/b"]).unwrap().runtime.as_deref(), Some(word));
+        }
         assert!(CesPullCli::try_parse_from(["ces-pull", "ghcr.io/a/b"]).is_err());
     }
 

@@ -269,6 +269,9 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
             "run it from a terminal, or drop -t (-i alone passes piped input: cat data | ces run -i IMAGE ...)".into(),
         ],
         RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
+        RunError::BackendNotBuilt(_) => {
+            vec!["run it on this machine: ces-run native (or podman, or apptainer) with the same arguments".into()]
+        }
     }
 }
 

@@ -258,6 +258,19 @@ pub fn policy_groups(user: &ces_audit::User) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// The gid of the group `name` in the group database (NSS), if it has one.
+pub fn group_gid(name: &str) -> Option<u32> {
+    let getent = ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).exists())?;
+    let output = Command::new(getent).args(["group", "--", name]).output().ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let line = String::from_utf8(output.stdout).ok()?;
+    let fields: Vec<&str> = line.trim_end().split(':').collect();
+    (fields.first() == Some(&name)).then_some(())?;
+    fields.get(2)?.parse().ok()
+}
+
 /// `user`'s group ids in the group database (`id -G`); none if it cannot tell.
 fn group_ids(user: &str) -> Vec<u32> {
     let Ok(output) = id_command().args(["-G", "--", user]).output() else { return Vec::new() };

@@ -641,3 +641,33 @@ fn rootless_run_after_system_setup() {
         !std::fs::read_dir(&w.home).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("scratch_"))
     );
 }
+
+/// The reference service's runtime words: `ces-run apptainer` runs as
+/// apptainer does, as the user's own uid (the project's gid, or theirs)
+/// with HOME in /scratch, on the native runtime, and is recorded as such;
+/// `slurm` and `k8s` are known words whose backends are refused clearly.
+#[test]
+fn the_runtime_words() {
+    let w = common::World::new(&common::Mode::Rootless.repo("run", "words"), common::Mode::Rootless);
+    let bin = common::user_bin(env!("CARGO_BIN_EXE_ces-run"));
+    let ces_run = |args: &[&str]| {
+        let mut argv = vec![bin];
+        argv.extend_from_slice(args);
+        let mut cmd = w.user.setpriv(&w.sb, &argv);
+        cmd.env("HOME", &w.home);
+        w.sb.run(cmd)
+    };
+    let out = ces_run(&["apptainer", "-q", &w.image, "sh", "-c", "echo $(id -u) $(id -g) $HOME"]);
+    assert_eq!(out.ok().trim(), format!("{} {} /scratch", w.user.uid, w.user.gid));
+    let start = w.sb.audit_records().into_iter().rfind(|r| r["event"] == "run_start").unwrap();
+    assert_eq!(start["runtime"], "apptainer", "{start}");
+    // The image's own user otherwise (busybox's: root).
+    let out = ces_run(&["native", "-q", &w.image, "id", "-u"]);
+    assert_eq!(out.ok().trim(), "0");
+    for word in ["slurm", "k8s"] {
+        let out = ces_run(&[word, &w.image, "true"]);
+        let err = out.fails();
+        assert!(err.contains(&format!("error: the {word} backend is not built yet")), "{err}");
+        assert!(err.contains("hint: run it on this machine: ces-run native"), "{err}");
+    }
+}

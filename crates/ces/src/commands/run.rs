@@ -48,6 +48,9 @@ pub enum RunError {
     /// `--name`.
     #[error("invalid --name {0:?}: use letters, digits, _ . - (at most 128, starting with a letter or digit)")]
     BadName(String),
+    /// A runtime word whose backend is not built yet.
+    #[error("the {0} backend is not built yet")]
+    BackendNotBuilt(String),
     /// `--entrypoint` given as JSON that is not a list of strings.
     #[error("invalid --entrypoint {value:?}: a value starting with [ must be a JSON list of strings")]
     BadEntrypoint {
@@ -104,6 +107,9 @@ fn run_container(
     if options.tty && !options.dry_run && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NoTerminal.into());
     }
+    if let Some(runtime) = options.runtime.as_deref().filter(|r| matches!(*r, "slurm" | "k8s")) {
+        return Err(RunError::BackendNotBuilt(runtime.to_owned()).into());
+    }
     let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     if runtime.name() == "podman"
@@ -115,15 +121,17 @@ fn run_container(
     // or created (a dry run says so too).
     runtime.check(&prepared.spec).with_context(|| not_run(&prepared.spec))?;
 
+    // `apptainer` is the native runtime as the user: recorded by its word.
+    let runtime_name = if options.runtime.as_deref() == Some("apptainer") { "apptainer" } else { runtime.name() };
     if options.dry_run {
         let backend_lines = runtime.describe(&prepared.spec)?;
-        print_plan(&prepared.spec, runtime.name(), &prepared.safe_data, &backend_lines, options.json)?;
+        print_plan(&prepared.spec, runtime_name, &prepared.safe_data, &backend_lines, options.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     // Bound before anything is created: a port in use stops the run here.
     let mut listeners = ports::open(&prepared.spec.ports)?;
     let native = native_runtime(settings, prepared.store.root());
-    let executed = execute(settings, printer, &prepared, runtime.name(), options.json, started, |spec| {
+    let executed = execute(settings, printer, &prepared, runtime_name, options.json, started, |spec| {
         if listeners.is_empty() { runtime.run(spec) } else { native.run_published(spec, &listeners) }
     });
     ports::close(printer, &mut listeners);
@@ -243,6 +251,21 @@ pub(crate) fn prepare(
         outputs: outputs_parent.join(format!("outputs_{id}")),
         scratch: scratch_parent.join(format!("scratch_{id}")),
         state: runs.join(&id).join("state"),
+    };
+    // `apptainer`: as apptainer runs, the user's own uid and the project's
+    // gid inside (not the image's user), HOME in /scratch (no home mount).
+    let user = match options.runtime.as_deref() {
+        Some("apptainer") => {
+            let gid = safe_data.project.as_deref().and_then(crate::identity::group_gid);
+            plan::ResolvedUser {
+                user: ces_runtime::ContainerUser {
+                    uid: invoker.identity.host_uid,
+                    gid: gid.unwrap_or(invoker.identity.host_gid),
+                },
+                home: plan::SCRATCH.to_owned(),
+            }
+        }
+        _ => user,
     };
     let mut spec = plan::build(PlanRequest {
         id,

@@ -147,7 +147,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
-    if let Some(runtime) = options.runtime.as_deref().filter(|r| *r != "native") {
+    if let Some(runtime) = options.runtime.as_deref().filter(|r| !matches!(*r, "native" | "apptainer")) {
         return Err(TestError::Runtime(runtime.to_owned()).into());
     }
     if options.dry_run {
