@@ -1,6 +1,7 @@
 //! The ces test kit: a real Docker Distribution registry on 127.0.0.1 (anonymous,
 //! htpasswd basic auth, or bearer tokens from a GHCR-like token server of ours),
-//! fixture images built in code, and helpers shared by the integration tests.
+//! a live one-node Slurm cluster, fixture images built in code, and helpers
+//! shared by the integration tests.
 //!
 //! Test code: failures here panic with a message saying what to install or fix.
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -13,6 +14,7 @@ pub mod misbehave;
 #[cfg(target_arch = "x86_64")]
 pub mod probe;
 pub mod registry;
+pub mod slurm;
 pub mod token;
 pub mod vm;
 

@@ -459,3 +459,48 @@ fn annotations_go_in_the_oci_manifest_and_docker_style_refuses_them() {
     let docker = std::panic::catch_unwind(|| busybox_image().style(Style::Docker).annotation("a", "b").build());
     assert!(docker.is_err(), "a Docker schema 2 manifest has no annotations");
 }
+
+/// The live Slurm cluster runs a batch job as the user who submitted it,
+/// and `sbatch --wait` ends with the job's exit code.
+#[test]
+fn slurm_runs_jobs_as_their_users() {
+    use std::os::unix::fs::PermissionsExt as _;
+    assert!(is_root(), "the Slurm cluster needs root: run the suite as root (CI does)");
+    let cluster = ces_testkit::slurm::Cluster::shared();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = dir.path().join("job.out");
+    let submit = |as_nobody: bool, script: &str| {
+        let mut command = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"]).arg("sbatch");
+            c.env("SLURM_CONF", cluster.conf());
+            c
+        } else {
+            cluster.command("sbatch")
+        };
+        let status = command
+            .arg("--wait")
+            .arg("--quiet")
+            .arg("-D")
+            .arg(dir.path())
+            .arg("-o")
+            .arg(&out)
+            .args(["--wrap", script])
+            .status()
+            .unwrap();
+        (status.code(), std::fs::read_to_string(&out).unwrap_or_default())
+    };
+    assert_eq!(submit(false, "id -u; exit 3"), (Some(3), "0\n".to_owned()), "{}", cluster.logs());
+    std::fs::remove_file(&out).unwrap();
+    assert_eq!(submit(true, "id -u"), (Some(0), "65534\n".to_owned()), "{}", cluster.logs());
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0")
+}
