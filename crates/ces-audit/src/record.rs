@@ -62,10 +62,14 @@ pub enum Event {
     /// A run refused or failed before the container was started (the
     /// command line is not recorded: it may hold environment values).
     RunNotStarted(RunNotStarted),
+    /// A run handed to a scheduler (`--runtime slurm`): its plan and its
+    /// job. The run itself is recorded where it runs (its start and its
+    /// end, with the same run id, and the job).
+    RunSubmitted(Box<RunSubmittedEvent>),
 }
 
 impl Event {
-    /// `pull_start`, `pull`, `pull_end`, `load`, `run_start`, `run`, `run_end` or `run_not_started`.
+    /// `pull_start`, `pull`, `pull_end`, `load`, `run_start`, `run`, `run_end`, `run_not_started` or `run_submitted`.
     pub fn kind(&self) -> &'static str {
         match self {
             Event::PullStart(_) => "pull_start",
@@ -76,6 +80,7 @@ impl Event {
             Event::Run(_) => "run",
             Event::RunEnd(_) => "run_end",
             Event::RunNotStarted(_) => "run_not_started",
+            Event::RunSubmitted(_) => "run_submitted",
         }
     }
 
@@ -85,7 +90,12 @@ impl Event {
             Event::RunStart(start) => Some(&start.run_id),
             Event::Run(run) => Some(&run.run_id),
             Event::RunEnd(end) => Some(&end.run_id),
-            Event::PullStart(_) | Event::Pull(_) | Event::PullEnd(_) | Event::Load(_) | Event::RunNotStarted(_) => None,
+            Event::PullStart(_)
+            | Event::Pull(_)
+            | Event::PullEnd(_)
+            | Event::Load(_)
+            | Event::RunNotStarted(_)
+            | Event::RunSubmitted(_) => None,
         }
     }
 
@@ -101,6 +111,7 @@ impl Event {
             Event::Run(run) => &run.setup.image.reference,
             Event::RunEnd(_) => "",
             Event::RunNotStarted(run) => run.image.as_deref().unwrap_or_default(),
+            Event::RunSubmitted(run) => &run.setup.image.reference,
         }
     }
 
@@ -111,6 +122,7 @@ impl Event {
             Event::Load(load) => load.images.first().map(|image| image.digest.as_str()),
             Event::RunStart(start) => Some(&start.setup.image.digest),
             Event::Run(run) => Some(&run.setup.image.digest),
+            Event::RunSubmitted(run) => Some(&run.setup.image.digest),
             Event::PullStart(_) | Event::PullEnd(_) | Event::RunEnd(_) | Event::RunNotStarted(_) => None,
         }
     }
@@ -148,6 +160,7 @@ impl Event {
             Event::Run(run) => &mut run.outcome,
             Event::RunEnd(end) => &mut end.outcome,
             Event::RunNotStarted(run) => &mut run.outcome,
+            Event::RunSubmitted(run) => &mut run.outcome,
         };
         outcome.bound();
     }
@@ -164,6 +177,7 @@ impl Event {
             Event::Run(run) => &run.outcome,
             Event::RunEnd(end) => &end.outcome,
             Event::RunNotStarted(run) => &run.outcome,
+            Event::RunSubmitted(run) => &run.outcome,
         }
     }
 }
@@ -349,6 +363,35 @@ pub struct RunSetup {
     /// when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<Device>,
+    /// The scheduler's job the run is (absent for a run started here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
+}
+
+/// A scheduler's job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Job {
+    /// The scheduler (`slurm`).
+    pub scheduler: String,
+    /// The job id it gave.
+    pub id: String,
+    /// The node the run ran on (absent in the submission's record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// A run handed to a scheduler.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunSubmittedEvent {
+    /// The run id the run will have where it runs.
+    pub run_id: String,
+    /// What the run will be, as planned here.
+    #[serde(flatten)]
+    pub setup: RunSetup,
+    /// The plan's digest: the node refuses a run whose plan is not this.
+    pub plan: String,
+    /// `ok` (submitted), or why not.
+    pub outcome: Outcome,
 }
 
 /// A device a run was given.
@@ -590,6 +633,7 @@ mod tests {
                 argv: vec!["sleep".into(), "60".into()],
                 ports: Vec::new(),
                 devices: Vec::new(),
+                job: None,
             },
             outputs: "/home/a/outputs_20260102-030405-0000abcd".into(),
         }));

@@ -72,6 +72,12 @@ pub enum Command {
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// (Inside a Slurm job) run the run `ces run --runtime slurm` submitted.
+    #[command(hide = true)]
+    SlurmJob {
+        /// The job file ces wrote at submission.
+        file: PathBuf,
+    },
 }
 
 /// What `ces run --help` ends with.
@@ -296,8 +302,9 @@ pub struct LoadArgs {
 /// The runtime words `ces-pull`/`ces-run` accept as their first argument,
 /// and `--runtime` takes: the reference service's, and ces's own `native`.
 /// `apptainer` runs on the native runtime as the user (see docs/run.md);
-/// `slurm` and `k8s` name backends not built yet (a run is refused, a pull
-/// goes to the same store: the word only says where the image is for).
+/// `slurm` submits to Slurm (docs/cluster.md); `k8s` names a backend not
+/// built yet (a run is refused, a pull goes to the same store: the word
+/// only says where the image is for).
 pub const RUNTIMES: [&str; 5] = ["native", "podman", "apptainer", "slurm", "k8s"];
 
 /// `ces-pull [<runtime>] <user> <token> <registry>/<ns>/<name>[:<tag>|@<digest>]`, as

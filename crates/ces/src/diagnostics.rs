@@ -85,6 +85,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<ces_runtime::plan::PlanError>() {
             return plan_hints(e, config);
         }
+        if let Some(e) = cause.downcast_ref::<crate::commands::run::slurm::SlurmError>() {
+            return crate::commands::run::slurm::hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<crate::cdi::DeviceError>() {
             return crate::cdi::hints(e);
         }
@@ -269,6 +272,7 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
             "run it from a terminal, or drop -t (-i alone passes piped input: cat data | ces run -i IMAGE ...)".into(),
         ],
         RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
+        RunError::WaitWithoutScheduler => vec!["leave --wait out: ces waits for a run on this machine anyway".into()],
         RunError::BackendNotBuilt(_) => {
             vec!["run it on this machine: ces-run native (or podman, or apptainer) with the same arguments".into()]
         }

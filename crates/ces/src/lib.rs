@@ -82,7 +82,7 @@ pub fn main(entry: Entry) -> ExitCode {
             (cli.global, action)
         }
     };
-    if matches!(action, Action::Command(Command::Run(_) | Command::Test(_))) {
+    if matches!(action, Action::Command(Command::Run(_) | Command::Test(_) | Command::SlurmJob { .. })) {
         // First, while ces has one thread: SIGINT/SIGTERM/SIGHUP stay blocked
         // so that the runtime forwards them to the container (and cleans up)
         // instead of a signal landing on some thread and killing ces midway.
@@ -164,6 +164,7 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
     match action {
         // The container's exit code is ces's.
         Action::Command(Command::Run(args)) => commands::run::run(settings, printer, args),
+        Action::Command(Command::SlurmJob { file }) => commands::run::slurm_job(settings, printer, &file),
         Action::Command(Command::Pull(args)) => {
             let secret = if args.password_stdin { Some(token_from_stdin()?) } else { token_from_env() };
             if secret.is_some() && args.user.as_deref().is_none_or(str::is_empty) {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser};
 
 /// The options of `ces run` and `ces-run` that an option file may carry too.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, Args, serde::Serialize, serde::Deserialize)]
 pub struct RunOptions {
     /// CPU limit, in cores (decimals allowed).
     #[arg(short = 'c', long = "cores", value_name = "N")]
@@ -85,6 +85,9 @@ pub struct RunOptions {
     /// starts and one after it ends (with --dry-run, the plan as JSON).
     #[arg(long = "json")]
     pub json: bool,
+    /// With --runtime slurm: wait for the job, print its output and exit with its code.
+    #[arg(long = "wait")]
+    pub wait: bool,
 }
 
 impl RunOptions {
@@ -118,6 +121,7 @@ impl RunOptions {
             publish: cat(self.publish, later.publish),
             publish_socket: cat(self.publish_socket, later.publish_socket),
             json: self.json || later.json,
+            wait: self.wait || later.wait,
         }
     }
 }

@@ -43,6 +43,26 @@ pub struct ConfigFile {
     /// `[gpu]`: devices through CDI specs.
     #[serde(default)]
     pub gpu: GpuConfig,
+    /// `[slurm]`: the Slurm backend.
+    #[serde(default)]
+    pub slurm: SlurmConfig,
+}
+
+/// `[slurm]`: where `--runtime slurm` sends runs (see docs/cluster.md).
+/// Partition, account and QOS are the operator's, never the user's.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `sbatch --partition`.
+    pub partition: Option<String>,
+    /// `sbatch --account`.
+    pub account: Option<String>,
+    /// `sbatch --qos`.
+    pub qos: Option<String>,
+    /// The ces the nodes run (the same build, on a file system they share
+    /// with this host) [default: this ces].
+    #[serde(default, deserialize_with = "absolute_path")]
+    pub ces: Option<PathBuf>,
 }
 
 /// `[gpu]`: GPUs (and other devices) through CDI specs (see docs/gpu.md).
@@ -437,6 +457,8 @@ pub struct Settings {
     pub podman: PodmanConfig,
     /// `[gpu]`: devices through CDI specs.
     pub gpu: GpuConfig,
+    /// `[slurm]`: the Slurm backend.
+    pub slurm: SlurmConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -514,6 +536,7 @@ impl Settings {
             run: config.run,
             podman: config.podman,
             gpu: config.gpu,
+            slurm: config.slurm,
         })
     }
 

@@ -248,6 +248,8 @@ pub struct RunStarting<'a> {
     pub outputs: &'a Path,
     /// A readiness test (`ces test`), not a run on the TRE's data.
     pub test: bool,
+    /// The scheduler's job the run is, if any.
+    pub job: Option<&'a ces_audit::Job>,
 }
 
 impl RunStarting<'_> {
@@ -267,6 +269,7 @@ impl RunStarting<'_> {
             env: spec.process.env.iter().map(|v| v.name.clone()).collect(),
             argv: spec.process.args.clone(),
             ports: spec.ports.iter().map(ToString::to_string).collect(),
+            job: self.job.cloned(),
             devices: spec
                 .devices
                 .requested
@@ -296,6 +299,18 @@ pub fn record_start(settings: &Settings, start: RunStarting<'_>) -> anyhow::Resu
     Ok(record)
 }
 
+/// Appends the record of a run handed to a scheduler (`start` says what
+/// it is, its `job` the job), with the plan's digest.
+pub fn record_submitted(settings: &Settings, start: RunStarting<'_>, plan: &str) -> anyhow::Result<()> {
+    let event = Event::RunSubmitted(Box::new(ces_audit::RunSubmittedEvent {
+        run_id: start.spec.id.clone(),
+        setup: start.setup(),
+        plan: plan.to_owned(),
+        outcome: Outcome::Ok,
+    }));
+    append(settings, event).context("the submitted run could not be recorded")
+}
+
 /// A run that reached the runtime, for its record.
 #[derive(Debug)]
 pub struct RunEnd<'a> {
@@ -318,6 +333,8 @@ pub struct RunEnd<'a> {
     pub outputs_manifest: Option<String>,
     /// A readiness test (`ces test`), not a run on the TRE's data.
     pub test: bool,
+    /// The scheduler's job the run is, if any.
+    pub job: Option<&'a ces_audit::Job>,
 }
 
 /// Appends a run's record (environment variables by name only): the end of
@@ -339,6 +356,7 @@ pub fn record_run(settings: &Settings, end: RunEnd<'_>) -> anyhow::Result<()> {
         provenance: end.provenance,
         outputs: end.outputs,
         test: end.test,
+        job: end.job,
     };
     let event = Event::Run(Box::new(ces_audit::RunEvent {
         run_id: spec.id.clone(),
@@ -536,6 +554,7 @@ fn event_word(event: &Event) -> &'static str {
         Event::Run(run) if run.setup.test => "test",
         Event::Run(_) | Event::RunNotStarted(_) => "run",
         Event::RunEnd(_) => "end",
+        Event::RunSubmitted(_) => "submit",
     }
 }
 

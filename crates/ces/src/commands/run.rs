@@ -7,6 +7,7 @@ pub(crate) mod host;
 mod manifest;
 pub(crate) mod ports;
 pub mod record;
+pub mod slurm;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,9 @@ pub enum RunError {
     /// A runtime word whose backend is not built yet.
     #[error("the {0} backend is not built yet")]
     BackendNotBuilt(String),
+    /// `--wait` for a run on this machine.
+    #[error("--wait is for runs handed to a scheduler (--runtime slurm)")]
+    WaitWithoutScheduler,
     /// `--entrypoint` given as JSON that is not a list of strings.
     #[error("invalid --entrypoint {value:?}: a value starting with [ must be a JSON list of strings")]
     BadEntrypoint {
@@ -82,10 +86,34 @@ pub enum RunError {
 pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Result<ExitCode> {
     let image = args.command.first().cloned();
     let mut started = false;
-    match run_container(settings, printer, args, &mut started) {
+    match run_container(settings, printer, args, None, &mut started) {
         Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
         other => other,
     }
+}
+
+/// `ces slurm-job FILE`: on a Slurm node, the run submitted with
+/// `--runtime slurm`, if its plan is still the one submitted.
+pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow::Result<ExitCode> {
+    let (job, record) = match slurm::job(file) {
+        Ok(found) => found,
+        Err(error) => return Err(audit::record_not_started(settings, None, error)),
+    };
+    let image = job.command.first().cloned();
+    let node = NodeJob { run_id: job.run_id, plan: job.plan, job: record };
+    let args = RunArgs { options: job.options, command: job.command };
+    let mut started = false;
+    match run_container(settings, printer, args, Some(node), &mut started) {
+        Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
+        other => other,
+    }
+}
+
+/// A submitted run, on its node.
+struct NodeJob {
+    run_id: String,
+    plan: String,
+    job: ces_audit::Job,
 }
 
 /// The run; `started` is set once the container is handed to the runtime
@@ -94,10 +122,12 @@ fn run_container(
     settings: &Settings,
     printer: &Printer,
     args: RunArgs,
+    node: Option<NodeJob>,
     started: &mut bool,
 ) -> anyhow::Result<ExitCode> {
     let mut options = args.options;
     run_options::settle_gpu(&mut options);
+    let command_line = options.clone();
     let options = run_options::with_opt_files(options)?;
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
@@ -107,10 +137,30 @@ fn run_container(
     if options.tty && !options.dry_run && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NoTerminal.into());
     }
-    if let Some(runtime) = options.runtime.as_deref().filter(|r| matches!(*r, "slurm" | "k8s")) {
+    if let Some(runtime) = options.runtime.as_deref().filter(|r| *r == "k8s") {
         return Err(RunError::BackendNotBuilt(runtime.to_owned()).into());
     }
-    let prepared = prepare(settings, printer, &options, image, command, &Placement::default())?;
+    let slurm = options.runtime.as_deref() == Some("slurm");
+    if options.wait && !slurm {
+        return Err(RunError::WaitWithoutScheduler.into());
+    }
+    let placement = Placement { run_id: node.as_ref().map(|n| n.run_id.clone()), ..Placement::default() };
+    let mut prepared = prepare(settings, printer, &options, image, command, &placement)?;
+    if slurm {
+        if options.dry_run {
+            let backend_lines = slurm::describe(settings, &prepared, options.wait)?;
+            print_plan(&prepared.spec, "slurm", &prepared.safe_data, &backend_lines, options.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        return slurm::submit(settings, printer, &prepared, &command_line, options.wait, options.json);
+    }
+    if let Some(node) = node {
+        let now = slurm::plan_digest(settings, &prepared.spec)?;
+        if now != node.plan {
+            return Err(slurm::SlurmError::PlanChanged { submitted: node.plan, now }.into());
+        }
+        prepared.job = Some(node.job);
+    }
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     if runtime.name() == "podman"
         && let Some(devices) = &prepared.devices
@@ -149,6 +199,8 @@ pub(crate) struct Placement {
     pub safe_data: Option<PathBuf>,
     /// The parent of `outputs_<id>` and `scratch_<id>`.
     pub parent: Option<PathBuf>,
+    /// The run id, when given (a Slurm job runs the run planned at submission).
+    pub run_id: Option<String>,
 }
 
 /// A run planned from the options, the stored image and the TRE policy; the
@@ -171,6 +223,10 @@ pub(crate) struct Prepared {
     /// The devices, as podman would apply them (see
     /// [`crate::cdi::Resolved::check_podman`]).
     pub devices: Option<crate::cdi::Resolved>,
+    /// The scheduler's job this run is (on a Slurm node), if any.
+    pub job: Option<ces_audit::Job>,
+    /// The command's arguments (after the image), as given.
+    pub args: Vec<String>,
     outputs_parent: PathBuf,
     scratch_parent: PathBuf,
     runs: PathBuf,
@@ -236,7 +292,7 @@ pub(crate) fn prepare(
             (safe_data, access)
         }
     };
-    let id = plan::new_run_id();
+    let id = placement.run_id.clone().unwrap_or_else(plan::new_run_id);
     let (outputs_parent, scratch_parent) = match &placement.parent {
         Some(parent) => (parent.clone(), parent.clone()),
         None => (
@@ -320,6 +376,8 @@ pub(crate) fn prepare(
         store,
         test: false,
         devices,
+        job: None,
+        args: command.to_vec(),
         outputs_parent,
         scratch_parent,
         runs,
@@ -408,6 +466,7 @@ pub(crate) fn execute(
                 provenance: &prepared.provenance,
                 outputs: &active.paths().outputs,
                 test: prepared.test,
+                job: prepared.job.as_ref(),
             },
         )
     });
@@ -463,6 +522,7 @@ pub(crate) fn execute(
         outputs: &outputs,
         outputs_manifest: None,
         test: prepared.test,
+        job: prepared.job.as_ref(),
     };
     // After the container's exit, whatever its end: the manifest and the ACRO
     // metadata, then the run's end, while its record still says it is open.

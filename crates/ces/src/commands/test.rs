@@ -154,7 +154,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
         return Err(TestError::DryRun.into());
     }
     let place = TestPlace::create(args.data.as_deref())?;
-    let placement = Placement { safe_data: Some(place.data.clone()), parent: Some(place.dir.clone()) };
+    let placement = Placement { safe_data: Some(place.data.clone()), parent: Some(place.dir.clone()), run_id: None };
     let mut prepared = run::prepare(settings, printer, &options, image, command, &placement)?;
     prepared.test = true;
     prepared.spec.mounts.push(MountSpec {

@@ -1,0 +1,263 @@
+//! `--runtime slurm`: the run is planned and checked here exactly as a local
+//! run, then submitted with `sbatch` as a job that runs ces on the node
+//! (`ces slurm-job FILE`) with the same options and the image by digest. The
+//! node plans the run again, under the same run id, and refuses it unless
+//! its plan is the one submitted (the digest of the plan, the environment's
+//! values and the config): a config, an option file or an image changed in
+//! between stops it there. See docs/cluster.md.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+
+use anyhow::Context as _;
+use ces_runtime::RunSpec;
+use sha2::Digest as _;
+
+use super::Prepared;
+use crate::commands::audit;
+use crate::printer::Printer;
+use crate::run_options::RunOptions;
+use crate::settings::Settings;
+
+/// What a job runs: the command line's options (option files are read
+/// again on the node), the image by digest and the command, the run id,
+/// and the plan's digest.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct JobFile {
+    /// The command line's options (`--runtime` left out: the node runs natively).
+    pub options: RunOptions,
+    /// The image, by digest, then the command.
+    pub command: Vec<String>,
+    /// The run id the run has on the node.
+    pub run_id: String,
+    /// See [`plan_digest`].
+    pub plan: String,
+}
+
+/// A failure of the Slurm backend.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// The node planned another run than the one submitted.
+    #[error("the run's plan changed since it was submitted ({submitted} then, {now} now): not run")]
+    PlanChanged {
+        /// The submitted plan's digest.
+        submitted: String,
+        /// The node's.
+        now: String,
+    },
+    /// `ces slurm-job` outside a job.
+    #[error("ces slurm-job runs a submitted run inside its Slurm job (SLURM_JOB_ID is not set)")]
+    NotInJob,
+    /// What the backend does not do (yet).
+    #[error("--runtime slurm does not take {0}")]
+    Unsupported(&'static str),
+    /// `sbatch` failed.
+    #[error("sbatch failed: {0}")]
+    Sbatch(String),
+}
+
+/// Hints for a Slurm error.
+pub fn hints(error: &SlurmError) -> Vec<String> {
+    match error {
+        SlurmError::PlanChanged { .. } => vec![
+            "the config, an option or env file, or the image changed after `ces run --runtime slurm`: submit it again"
+                .to_owned(),
+        ],
+        SlurmError::NotInJob => vec!["submit runs with: ces run --runtime slurm ...".to_owned()],
+        SlurmError::Unsupported(_) => vec!["run it on this machine: --runtime native".to_owned()],
+        SlurmError::Sbatch(_) => {
+            vec!["check the cluster with: sinfo; the operator's [slurm] settings name the partition".to_owned()]
+        }
+    }
+}
+
+/// The digest the node checks: the plan, the environment's values (which
+/// the plan does not show) and the config it was made under.
+pub fn plan_digest(settings: &Settings, spec: &RunSpec) -> anyhow::Result<String> {
+    let mut hash = sha2::Sha256::new();
+    hash.update(serde_json::to_vec(spec)?);
+    for var in &spec.process.env {
+        hash.update(var.to_env_string().as_bytes());
+        hash.update([0]);
+    }
+    if let Some(config) = &settings.config_path {
+        hash.update(std::fs::read(config).with_context(|| format!("cannot read {}", config.display()))?);
+    }
+    Ok(format!("sha256:{:x}", hash.finalize()))
+}
+
+/// `sbatch`'s arguments for `spec` (before the script): name, output, the
+/// limits, the operator's partition, account and QOS.
+fn sbatch_args(settings: &Settings, spec: &RunSpec, output: &Path, wait: bool) -> Vec<String> {
+    let name = spec.name.clone().unwrap_or_else(|| format!("ces-{}", spec.id));
+    let mut args =
+        vec!["--parsable".to_owned(), format!("--job-name={name}"), format!("--output={}", output.display())];
+    let cpus = spec.limits.cpus.map_or(1, |c| c.ceil().max(1.0) as u64);
+    args.push(format!("--cpus-per-task={cpus}"));
+    args.push(format!("--mem={}M", spec.limits.memory.div_ceil(1 << 20)));
+    if let Some(limit) = spec.limits.time_limit {
+        args.push(format!("--time={}", limit.as_secs().div_ceil(60).max(1)));
+    }
+    let slurm = &settings.slurm;
+    for (flag, value) in [("partition", &slurm.partition), ("account", &slurm.account), ("qos", &slurm.qos)] {
+        if let Some(value) = value {
+            args.push(format!("--{flag}={value}"));
+        }
+    }
+    if wait {
+        args.push("--wait".to_owned());
+    }
+    args
+}
+
+/// `sbatch`, from the system's directories (never a `PATH` of the user's
+/// under sudo).
+fn sbatch() -> PathBuf {
+    ["/usr/local/bin/sbatch", "/usr/bin/sbatch", "/bin/sbatch"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("sbatch"))
+}
+
+/// What the backend refuses, before anything is written.
+fn check(prepared: &Prepared) -> Result<(), SlurmError> {
+    if !prepared.spec.ports.is_empty() {
+        return Err(SlurmError::Unsupported("published ports (-p): a job's node is not this host"));
+    }
+    if !prepared.spec.devices.is_empty() {
+        return Err(SlurmError::Unsupported("devices (--gpu, --device) yet"));
+    }
+    if prepared.spec.process.terminal || prepared.spec.process.interactive {
+        return Err(SlurmError::Unsupported("a terminal or stdin (-t, -i): a batch job has neither"));
+    }
+    Ok(())
+}
+
+/// The dry run's backend section: the `sbatch` command.
+pub(crate) fn describe(settings: &Settings, prepared: &Prepared, wait: bool) -> anyhow::Result<Vec<String>> {
+    check(prepared)?;
+    let jobs = jobs_dir(prepared);
+    let mut words = vec![sbatch().display().to_string()];
+    words.extend(sbatch_args(settings, &prepared.spec, &jobs.join(format!("{}.out", prepared.spec.id)), wait));
+    words.push(jobs.join(format!("{}.sh", prepared.spec.id)).display().to_string());
+    Ok(vec![words.iter().map(|w| ces_runtime::podman::shell_quote(w)).collect::<Vec<_>>().join(" ")])
+}
+
+fn jobs_dir(prepared: &Prepared) -> PathBuf {
+    prepared.store.root().join("jobs")
+}
+
+/// Submits the planned run; with `wait`, waits for the job, prints its
+/// output and returns its exit code.
+pub(crate) fn submit(
+    settings: &Settings,
+    printer: &Printer,
+    prepared: &Prepared,
+    command_line: &RunOptions,
+    wait: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    check(prepared)?;
+    let spec = &prepared.spec;
+    let plan = plan_digest(settings, spec)?;
+    let jobs = jobs_dir(prepared);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&jobs)
+        .with_context(|| format!("cannot create {}", jobs.display()))?;
+    let mut options = command_line.clone();
+    options.runtime = None;
+    options.wait = false;
+    let mut command = vec![spec.image.digest.to_string()];
+    command.extend(prepared.args.iter().cloned());
+    let job = JobFile { options, command, run_id: spec.id.clone(), plan: plan.clone() };
+    let file = jobs.join(format!("{}.json", spec.id));
+    write_new(&file, &serde_json::to_vec_pretty(&job)?, 0o600)?;
+    let ces = match &settings.slurm.ces {
+        Some(ces) => ces.clone(),
+        None => std::env::current_exe().context("cannot tell where this ces is")?,
+    };
+    let script = jobs.join(format!("{}.sh", spec.id));
+    let quote = |p: &Path| ces_runtime::podman::shell_quote(&p.display().to_string());
+    write_new(&script, format!("#!/bin/sh\nexec {} slurm-job {}\n", quote(&ces), quote(&file)).as_bytes(), 0o700)?;
+    let output = jobs.join(format!("{}.out", spec.id));
+
+    let mut child = std::process::Command::new(sbatch())
+        .args(sbatch_args(settings, spec, &output, wait))
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| SlurmError::Sbatch(format!("cannot run sbatch: {e}")))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        BufReader::new(stdout).read_line(&mut line).ok();
+    }
+    let job_id = line.trim().split(';').next().unwrap_or_default().to_owned();
+    if job_id.is_empty() || !job_id.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        let status = child.wait();
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut err, &mut stderr).ok();
+        }
+        let why = stderr.lines().last().unwrap_or("no job id").to_owned();
+        let why = ces_image::quote::escape_message(&format!("{why} ({status:?})"), 400);
+        return Err(SlurmError::Sbatch(why).into());
+    }
+    let record = ces_audit::Job { scheduler: "slurm".to_owned(), id: job_id.clone(), node: None };
+    audit::record_submitted(
+        settings,
+        audit::RunStarting {
+            spec,
+            runtime: "slurm",
+            safe_data: &prepared.safe_data,
+            provenance: &prepared.provenance,
+            outputs: &prepared.dirs.outputs,
+            test: false,
+            job: Some(&record),
+        },
+        &plan,
+    )?;
+    printer.status(format!("Submitted run {} as Slurm job {job_id}", spec.id));
+    if json {
+        let line = serde_json::json!({"event": "submitted", "run_id": spec.id, "job_id": job_id, "plan": plan});
+        println!("{line}");
+    }
+    let status = child.wait().context("sbatch")?;
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The job's output (the container's, and the node's ces's), then its code.
+    if let Ok(text) = std::fs::read(&output) {
+        let mut out = std::io::stdout().lock();
+        out.write_all(&text)?;
+        out.flush()?;
+    }
+    Ok(ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)))
+}
+
+/// Writes a new file (never through what is there) with `mode`.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `ces slurm-job FILE`, on the node: the job's run, as submitted.
+pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
+    let id = std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty()).ok_or(SlurmError::NotInJob)?;
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let job: JobFile =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a ces job file", file.display()))?;
+    let node = std::env::var("SLURMD_NODENAME").ok().filter(|n| !n.is_empty());
+    Ok((job, ces_audit::Job { scheduler: "slurm".to_owned(), id, node }))
+}

@@ -1,0 +1,110 @@
+//! `--runtime slurm` against a live one-node Slurm cluster (the test kit's:
+//! Debian's munged, slurmctld and slurmd): the run is planned here, submitted
+//! with sbatch, and run on the node by ces as submitted; `--wait` prints the
+//! job's output and ends with its code; the audit log has the submission and
+//! the run with its job and node; a plan that changed in between (the config)
+//! is refused on the node. As root and rootless.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ces_testkit::slurm::Cluster;
+use common::{Mode, World};
+
+fn world(test: &str, mode: Mode) -> World {
+    Cluster::shared();
+    World::new(&mode.repo("slurm", test), mode)
+}
+
+/// `ces ARGS` for `w`, talking to the test cluster.
+fn ces(w: &World, args: &[&str]) -> common::Run {
+    let mut cmd: Command = w.command(args);
+    cmd.env("SLURM_CONF", Cluster::shared().conf());
+    w.sb.run(cmd)
+}
+
+fn runs_and_waits(mode: Mode) {
+    let w = world("wait", mode);
+    let script = "echo from-the-job; echo kept > /safe_outputs/result.txt; exit 7";
+    let out = ces(&w, &["run", "--runtime", "slurm", "--wait", "-m", "0.5", &w.image, "sh", "-c", script]);
+    assert_eq!(out.code, 7, "the job's code: {out:?}\n{}", Cluster::shared().logs());
+    assert!(out.stdout.lines().any(|l| l == "from-the-job"), "the job's output: {out:?}");
+    assert!(out.stderr.contains("Submitted run "), "{out:?}");
+    assert_eq!(std::fs::read_to_string(w.outputs().join("result.txt")).unwrap(), "kept\n");
+
+    let records = w.sb.audit_records();
+    let submitted = records.iter().find(|r| r["event"] == "run_submitted").expect("the submission");
+    let run_id = submitted["run_id"].as_str().unwrap();
+    let job_id = submitted["job"]["id"].as_str().unwrap();
+    assert_eq!(submitted["job"]["scheduler"], "slurm");
+    assert_eq!(submitted["runtime"], "slurm");
+    assert!(submitted["plan"].as_str().unwrap().starts_with("sha256:"), "{submitted}");
+    let run = records.iter().find(|r| r["event"] == "run").expect("the run, recorded on the node");
+    assert_eq!(run["run_id"], run_id, "the same run");
+    assert_eq!(run["job"]["id"], job_id);
+    assert_eq!(run["job"]["node"], Cluster::shared().node());
+    assert_eq!(run["exit"]["code"], 7);
+    assert_eq!(w.outputs().file_name().unwrap().to_string_lossy(), format!("outputs_{run_id}"));
+}
+
+#[test]
+fn a_run_is_submitted_and_waited_for_as_root() {
+    runs_and_waits(Mode::Root);
+}
+
+#[test]
+fn a_run_is_submitted_and_waited_for_rootless() {
+    runs_and_waits(Mode::Rootless);
+}
+
+/// The job sits in a partition that is down while the config changes: on
+/// the node, the run's plan is not the one submitted, and it is refused.
+#[test]
+fn a_plan_that_changed_after_submission_is_refused_on_the_node() {
+    let w = world("changed", Mode::Root);
+    let cluster = Cluster::shared();
+    let partition = |state: &str| {
+        let status =
+            cluster.command("scontrol").args(["update", "PartitionName=ces", &format!("State={state}")]).status();
+        assert!(status.unwrap().success());
+    };
+    partition("DOWN");
+    let out = ces(&w, &["run", "--runtime", "slurm", "--json", &w.image, "echo", "ran"]);
+    let submitted: serde_json::Value = serde_json::from_str(out.ok().lines().next().unwrap()).unwrap();
+    let job_id = submitted["job_id"].as_str().unwrap().to_owned();
+    w.sb.configure("# changed after the submission");
+    partition("UP");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let queued = cluster.command("squeue").args(["-h", "-j", &job_id]).output().unwrap();
+        if String::from_utf8_lossy(&queued.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job {job_id} did not end:\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let records = w.sb.audit_records();
+    let refused = records.iter().find(|r| r["event"] == "run_not_started").expect("the node's refusal");
+    let error = refused["error"].as_str().unwrap_or_default();
+    assert!(error.contains("the run's plan changed since it was submitted"), "{refused}");
+    assert!(!records.iter().any(|r| r["event"] == "run_start"), "nothing ran");
+    assert!(w.outputs_dirs().is_empty(), "no outputs");
+}
+
+#[test]
+fn what_the_slurm_backend_does_not_take_is_refused_before_submitting() {
+    let w = world("refused", Mode::Root);
+    let out = ces(&w, &["run", "--runtime", "slurm", "-p", "127.0.0.1:18080:80", &w.image, "true"]);
+    assert!(out.fails().contains("--runtime slurm does not take published ports"), "{out:?}");
+    let out = ces(&w, &["run", "--wait", &w.image, "true"]);
+    assert!(out.fails().contains("--wait is for runs handed to a scheduler"), "{out:?}");
+    // The dry run shows the plan and the sbatch command, and submits nothing.
+    let out = ces(&w, &["run", "--runtime", "slurm", "--dry-run", "-c", "2", "-m", "1", &w.image, "true"]);
+    let plan = out.ok();
+    assert!(plan.contains("runtime:    slurm"), "{plan}");
+    assert!(plan.contains(" --cpus-per-task=2 --mem=1024M "), "{plan}");
+    assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
+}
