@@ -108,3 +108,13 @@ fn what_the_slurm_backend_does_not_take_is_refused_before_submitting() {
     assert!(plan.contains(" --cpus-per-task=2 --mem=1024M "), "{plan}");
     assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
 }
+
+/// Under sudo, sbatch would submit as root (the job and the node's ces
+/// root's, not the user's): refused until submissions run as the user.
+#[test]
+fn under_sudo_a_slurm_run_is_refused() {
+    let w = world("sudo", Mode::Sudo);
+    let out = ces(&w, &["run", "--runtime", "slurm", &w.image, "true"]);
+    assert!(out.fails().contains("--runtime slurm does not take a run under sudo yet"), "{out:?}");
+    assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
+}

@@ -124,6 +124,11 @@ fn sbatch() -> PathBuf {
 
 /// What the backend refuses, before anything is written.
 fn check(prepared: &Prepared) -> Result<(), SlurmError> {
+    // Under sudo, sbatch would submit as root: the job, and the node's ces,
+    // would be root's, not the user's.
+    if prepared.invoker.via_sudo {
+        return Err(SlurmError::Unsupported("a run under sudo yet: submit it with ces as yourself (rootless)"));
+    }
     if !prepared.spec.ports.is_empty() {
         return Err(SlurmError::Unsupported("published ports (-p): a job's node is not this host"));
     }
