@@ -17,6 +17,7 @@ use clap::{Args, Parser};
 
 /// The options of `ces run` and `ces-run` that an option file may carry too.
 #[derive(Debug, Clone, Default, Args, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunOptions {
     /// CPU limit, in cores (decimals allowed).
     #[arg(short = 'c', long = "cores", value_name = "N")]

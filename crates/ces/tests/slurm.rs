@@ -48,6 +48,24 @@ fn runs_and_waits(mode: Mode) {
     assert_eq!(run["job"]["node"], Cluster::shared().node());
     assert_eq!(run["exit"]["code"], 7);
     assert_eq!(w.outputs().file_name().unwrap().to_string_lossy(), format!("outputs_{run_id}"));
+
+    // The compatible form: `ces-run slurm` (the node runs `ces`: the
+    // rootless user's copy of it is where [slurm] ces says).
+    if mode == Mode::Rootless {
+        w.sb.configure(&format!("[slurm]\nces = {:?}\n", common::user_bin(env!("CARGO_BIN_EXE_ces"))));
+    }
+    let args = ["slurm", "--wait", "-q", &w.image, "echo", "compat"];
+    let mut cmd = match mode {
+        Mode::Rootless => {
+            let mut argv = vec![common::user_bin(env!("CARGO_BIN_EXE_ces-run"))];
+            argv.extend_from_slice(&args);
+            w.user.setpriv(&w.sb, &argv)
+        }
+        _ => w.sb.command(env!("CARGO_BIN_EXE_ces-run"), &args),
+    };
+    cmd.env("HOME", &w.home).current_dir(&w.home).env("SLURM_CONF", Cluster::shared().conf());
+    let out = w.sb.run(cmd);
+    assert!(out.ok().lines().any(|l| l == "compat"), "{out:?}");
 }
 
 #[test]
@@ -105,8 +123,28 @@ fn what_the_slurm_backend_does_not_take_is_refused_before_submitting() {
     let out = ces(&w, &["run", "--runtime", "slurm", "--dry-run", "-c", "2", "-m", "1", &w.image, "true"]);
     let plan = out.ok();
     assert!(plan.contains("runtime:    slurm"), "{plan}");
-    assert!(plan.contains(" --cpus-per-task=2 --mem=1024M "), "{plan}");
+    // The container's limit, and 256 MiB for ces on the node.
+    assert!(plan.contains(" --cpus-per-task=2 --mem=1280M "), "{plan}");
     assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
+}
+
+/// A job file is the user's: one whose run id is not one ces makes (it
+/// names directories) is refused, as is `ces slurm-job` outside a job.
+#[test]
+fn a_forged_job_file_is_refused_on_the_node() {
+    let w = world("forged", Mode::Root);
+    let file = w.sb.dir.path().join("forged.json");
+    let plan = format!("sha256:{}", "0".repeat(64));
+    let job = serde_json::json!({"options": {}, "command": [w.image, "true"], "run_id": "x/../../y", "plan": plan, "key": "k"});
+    std::fs::write(&file, job.to_string()).unwrap();
+    let path = file.display().to_string();
+    let mut cmd = w.command(&["slurm-job", &path]);
+    cmd.env("SLURM_JOB_ID", "42");
+    let out = w.sb.run(cmd);
+    assert!(out.fails().contains("names no run id ces would make"), "{out:?}");
+    let out = ces(&w, &["slurm-job", &path]);
+    assert!(out.fails().contains("SLURM_JOB_ID is not set"), "{out:?}");
+    assert!(w.outputs_dirs().is_empty());
 }
 
 /// Under sudo, sbatch would submit as root (the job and the node's ces

@@ -55,7 +55,7 @@ pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveEr
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
 pub(crate) use wait::FORWARDED;
-pub use wait::{ForwardedSignals, block_forwarded_signals};
+pub use wait::{ForwardedSignals, block_forwarded_signals, unblock_forwarded_signals};
 
 use crate::spec::{Access, DeviceType, Exit, MountKind, RunSpec};
 use crate::{Runtime, RuntimeError};

@@ -52,6 +52,17 @@ pub fn block_forwarded_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Unblocks what [`block_forwarded_signals`] blocked, in the calling thread
+/// (and the programs it starts from now on): for a ces that runs no
+/// container itself (a Slurm submission it waits for), where a `^C` must
+/// simply end it.
+pub fn unblock_forwarded_signals() -> io::Result<()> {
+    let set = super::init::signal_set(FORWARDED.into_iter());
+    // SAFETY: pthread_sigmask with a valid set; no old mask asked for.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+}
+
 /// The forwarded signals pending for a process that blocks them
 /// ([`block_forwarded_signals`]), for work ces does after its container has
 /// ended (sealing the outputs) that a signal should cut short. A signal read

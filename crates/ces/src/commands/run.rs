@@ -100,8 +100,13 @@ pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow:
         Err(error) => return Err(audit::record_not_started(settings, None, error)),
     };
     let image = job.command.first().cloned();
-    let node = NodeJob { run_id: job.run_id, plan: job.plan, job: record };
-    let args = RunArgs { options: job.options, command: job.command };
+    let node = NodeJob { run_id: job.run_id, plan: job.plan, key: job.key, job: record };
+    // What the node does, whatever the file says: the run, here, natively.
+    let mut options = job.options;
+    options.runtime = None;
+    options.dry_run = false;
+    options.wait = false;
+    let args = RunArgs { options, command: job.command };
     let mut started = false;
     match run_container(settings, printer, args, Some(node), &mut started) {
         Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
@@ -113,6 +118,7 @@ pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow:
 struct NodeJob {
     run_id: String,
     plan: String,
+    key: String,
     job: ces_audit::Job,
 }
 
@@ -128,7 +134,11 @@ fn run_container(
     let mut options = args.options;
     run_options::settle_gpu(&mut options);
     let command_line = options.clone();
-    let options = run_options::with_opt_files(options)?;
+    let mut options = run_options::with_opt_files(options)?;
+    if node.is_some() {
+        // An option file's --wait, read again on the node.
+        options.wait = false;
+    }
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
     };
@@ -155,7 +165,7 @@ fn run_container(
         return slurm::submit(settings, printer, &prepared, &command_line, options.wait, options.json);
     }
     if let Some(node) = node {
-        let now = slurm::plan_digest(settings, &prepared.spec)?;
+        let now = slurm::plan_digest(settings, &prepared.spec, &node.key)?;
         if now != node.plan {
             return Err(slurm::SlurmError::PlanChanged { submitted: node.plan, now }.into());
         }
@@ -339,6 +349,11 @@ pub(crate) fn prepare(
         limits,
         identity: invoker.identity,
     })?;
+    if options.runtime.as_deref() == Some("apptainer") {
+        // Whatever the image's ENV says: there is no home directory mount.
+        spec.process.env.retain(|v| v.name != "HOME");
+        spec.process.env.push(ces_runtime::EnvVar::new("HOME", plan::SCRATCH));
+    }
     spec.pins.add(safe_data.path.clone(), pin_safe_data(&safe_data)?);
     let cwd = std::env::current_dir().context("cannot tell the current directory (for relative bind sources)")?;
     for (bind, pin) in crate::binds::resolve(&binds, &settings.run.bind_roots, &invoker, &cwd)? {

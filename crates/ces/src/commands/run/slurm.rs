@@ -34,6 +34,10 @@ pub struct JobFile {
     pub run_id: String,
     /// See [`plan_digest`].
     pub plan: String,
+    /// The digest's key: random, kept here only (the job file is the
+    /// user's, mode 0600), so that the audit log's digest cannot be used to
+    /// test guesses of the environment's values.
+    pub key: String,
 }
 
 /// A failure of the Slurm backend.
@@ -75,9 +79,15 @@ pub fn hints(error: &SlurmError) -> Vec<String> {
 
 /// The digest the node checks: the plan, the environment's values (which
 /// the plan does not show) and the config it was made under.
-pub fn plan_digest(settings: &Settings, spec: &RunSpec) -> anyhow::Result<String> {
+pub fn plan_digest(settings: &Settings, spec: &RunSpec, key: &str) -> anyhow::Result<String> {
     let mut hash = sha2::Sha256::new();
-    hash.update(serde_json::to_vec(spec)?);
+    hash.update(key.as_bytes());
+    hash.update([0]);
+    // The image by digest: the name the store finds it under may be another
+    // of its tags.
+    let mut spec = spec.clone();
+    spec.image.reference.clear();
+    hash.update(serde_json::to_vec(&spec)?);
     for var in &spec.process.env {
         hash.update(var.to_env_string().as_bytes());
         hash.update([0]);
@@ -88,17 +98,31 @@ pub fn plan_digest(settings: &Settings, spec: &RunSpec) -> anyhow::Result<String
     Ok(format!("sha256:{:x}", hash.finalize()))
 }
 
+/// What a job asks beyond its container's limits, for ces on the node.
+const NODE_MEMORY_MIB: u64 = 256;
+const NODE_SECONDS: u64 = 300;
+
 /// `sbatch`'s arguments for `spec` (before the script): name, output, the
 /// limits, the operator's partition, account and QOS.
 fn sbatch_args(settings: &Settings, spec: &RunSpec, output: &Path, wait: bool) -> Vec<String> {
-    let name = spec.name.clone().unwrap_or_else(|| format!("ces-{}", spec.id));
-    let mut args =
-        vec!["--parsable".to_owned(), format!("--job-name={name}"), format!("--output={}", output.display())];
+    // Not the run id: `squeue` shows every user's job names.
+    let name = spec.name.clone().unwrap_or_else(|| "ces".to_owned());
+    let mut args = vec![
+        "--parsable".to_owned(),
+        // A requeued job would be the same run again (its outputs exist).
+        "--no-requeue".to_owned(),
+        format!("--job-name={name}"),
+        format!("--output={}", output.display()),
+    ];
     let cpus = spec.limits.cpus.map_or(1, |c| c.ceil().max(1.0) as u64);
     args.push(format!("--cpus-per-task={cpus}"));
-    args.push(format!("--mem={}M", spec.limits.memory.div_ceil(1 << 20)));
+    // The container's limit, and room for ces itself on the node.
+    args.push(format!("--mem={}M", spec.limits.memory.div_ceil(1 << 20) + NODE_MEMORY_MIB));
     if let Some(limit) = spec.limits.time_limit {
-        args.push(format!("--time={}", limit.as_secs().div_ceil(60).max(1)));
+        // The container's limit, then its stop timeout, then ces's sealing
+        // of the outputs: Slurm's own end comes after ces's.
+        let seconds = limit.as_secs() + spec.process.stop_timeout.as_secs() + NODE_SECONDS;
+        args.push(format!("--time={}", seconds.div_ceil(60).max(1)));
     }
     let slurm = &settings.slurm;
     for (flag, value) in [("partition", &slurm.partition), ("account", &slurm.account), ("qos", &slurm.qos)] {
@@ -167,7 +191,8 @@ pub(crate) fn submit(
 ) -> anyhow::Result<ExitCode> {
     check(prepared)?;
     let spec = &prepared.spec;
-    let plan = plan_digest(settings, spec)?;
+    let key = random_key()?;
+    let plan = plan_digest(settings, spec, &key)?;
     let jobs = jobs_dir(prepared);
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -179,19 +204,35 @@ pub(crate) fn submit(
     options.wait = false;
     let mut command = vec![spec.image.digest.to_string()];
     command.extend(prepared.args.iter().cloned());
-    let job = JobFile { options, command, run_id: spec.id.clone(), plan: plan.clone() };
+    let job = JobFile { options, command, run_id: spec.id.clone(), plan: plan.clone(), key };
     let file = jobs.join(format!("{}.json", spec.id));
     write_new(&file, &serde_json::to_vec_pretty(&job)?, 0o600)?;
     let ces = match &settings.slurm.ces {
         Some(ces) => ces.clone(),
-        None => std::env::current_exe().context("cannot tell where this ces is")?,
+        // `ces`, beside this program (which may be `ces-run`).
+        None => std::env::current_exe().context("cannot tell where this ces is")?.with_file_name("ces"),
     };
     let script = jobs.join(format!("{}.sh", spec.id));
     let quote = |p: &Path| ces_runtime::podman::shell_quote(&p.display().to_string());
-    write_new(&script, format!("#!/bin/sh\nexec {} slurm-job {}\n", quote(&ces), quote(&file)).as_bytes(), 0o700)?;
+    // The same config on the node (the digest covers it).
+    let config = settings.config_path.as_deref().map(|c| format!(" --config {}", quote(c))).unwrap_or_default();
+    let line = format!("#!/bin/sh\nexec {}{config} slurm-job {}\n", quote(&ces), quote(&file));
+    write_new(&script, line.as_bytes(), 0o700)?;
     let output = jobs.join(format!("{}.out", spec.id));
 
-    let mut child = std::process::Command::new(sbatch())
+    let mut sbatch = std::process::Command::new(sbatch());
+    // The job gets the submitter's environment (sbatch's default), but no
+    // registry token, and sbatch takes no option of the user's from it
+    // (`SBATCH_PARTITION`, `SBATCH_GRES`...): the operator's [slurm] decides.
+    sbatch.env_remove("CES_REGISTRY_TOKEN").env_remove("CES_REGISTRY_USER");
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("SBATCH_")) {
+            sbatch.env_remove(name);
+        }
+    }
+    // With --wait, a ^C ends this ces and sbatch (the job goes on).
+    ces_runtime::native::unblock_forwarded_signals().context("cannot unblock signals")?;
+    let mut child = sbatch
         .args(sbatch_args(settings, spec, &output, wait))
         .arg(&script)
         .stdin(Stdio::null())
@@ -235,15 +276,22 @@ pub(crate) fn submit(
     }
     let status = child.wait().context("sbatch")?;
     if !wait {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(crate::diagnostics::EXIT_ERROR) });
     }
     // The job's output (the container's, and the node's ces's), then its code.
-    if let Ok(text) = std::fs::read(&output) {
+    if let Ok(mut file) = std::fs::File::open(&output) {
         let mut out = std::io::stdout().lock();
-        out.write_all(&text)?;
+        std::io::copy(&mut file, &mut out)?;
         out.flush()?;
     }
     Ok(ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)))
+}
+
+/// 32 random bytes, as hex.
+fn random_key() -> anyhow::Result<String> {
+    let mut key = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key).context("/dev/urandom")?;
+    Ok(key.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Writes a new file (never through what is there) with `mode`.
@@ -259,10 +307,30 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 
 /// `ces slurm-job FILE`, on the node: the job's run, as submitted.
 pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
-    let id = std::env::var("SLURM_JOB_ID").ok().filter(|v| !v.is_empty()).ok_or(SlurmError::NotInJob)?;
+    // Root for a user would read the user's file as root, and run as root.
+    if crate::identity::sudo_user()?.is_some() {
+        return Err(SlurmError::Unsupported("a run under sudo yet").into());
+    }
+    let id = std::env::var("SLURM_JOB_ID")
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
+        .ok_or(SlurmError::NotInJob)?;
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let job: JobFile =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a ces job file", file.display()))?;
-    let node = std::env::var("SLURMD_NODENAME").ok().filter(|n| !n.is_empty());
+    // It names directories (outputs_<id>, the run's state): only an id ces makes.
+    if !ces_runtime::plan::is_run_id(&job.run_id) {
+        anyhow::bail!("{} names no run id ces would make", file.display());
+    }
+    if !(job.plan.len() == 71
+        && job.plan.starts_with("sha256:")
+        && job.plan[7..].bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        anyhow::bail!("{} holds no plan digest", file.display());
+    }
+    let node = std::env::var("SLURMD_NODENAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .map(|n| ces_image::quote::escape_message(&n, 255));
     Ok((job, ces_audit::Job { scheduler: "slurm".to_owned(), id, node }))
 }
