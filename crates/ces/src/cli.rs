@@ -72,6 +72,27 @@ pub enum Command {
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// Your runs submitted to Slurm (--runtime slurm): run, job, state, node.
+    Jobs {
+        /// Print JSON.
+        #[arg(long = "json")]
+        json: bool,
+    },
+    /// The output of a run submitted to Slurm, by run id or job id.
+    Logs {
+        /// The run id or the Slurm job id.
+        #[arg(value_name = "RUN|JOB")]
+        run: String,
+        /// Follow it until the job ends.
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+    },
+    /// Cancel a run submitted to Slurm (scancel): it ends as a SIGTERM ends a run.
+    Cancel {
+        /// The run id or the Slurm job id.
+        #[arg(value_name = "RUN|JOB")]
+        run: String,
+    },
     /// (Inside a Slurm job) run the run `ces run --runtime slurm` submitted.
     #[command(hide = true)]
     SlurmJob {

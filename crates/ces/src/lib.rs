@@ -165,6 +165,9 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         // The container's exit code is ces's.
         Action::Command(Command::Run(args)) => commands::run::run(settings, printer, args),
         Action::Command(Command::SlurmJob { file }) => commands::run::slurm_job(settings, printer, &file),
+        Action::Command(Command::Jobs { json }) => done(commands::run::slurm::jobs(settings, json)),
+        Action::Command(Command::Logs { run, follow }) => done(commands::run::slurm::logs(settings, &run, follow)),
+        Action::Command(Command::Cancel { run }) => done(commands::run::slurm::cancel(settings, printer, &run)),
         Action::Command(Command::Pull(args)) => {
             let secret = if args.password_stdin { Some(token_from_stdin()?) } else { token_from_env() };
             if secret.is_some() && args.user.as_deref().is_none_or(str::is_empty) {

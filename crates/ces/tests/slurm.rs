@@ -128,6 +128,59 @@ fn what_the_slurm_backend_does_not_take_is_refused_before_submitting() {
     assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
 }
 
+/// Polls `f` for up to two minutes.
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen:\n{}", Cluster::shared().logs());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `ces jobs` lists a submitted run while it runs and how it ended; `ces
+/// cancel` ends it as a SIGTERM ends a run (the container stopped, scratch
+/// removed, outputs kept, the run recorded); `ces logs` prints its output.
+#[test]
+fn jobs_logs_and_cancel() {
+    let w = world("cancel", Mode::Root);
+    let script = "echo started > /safe_outputs/started; echo running; exec sleep 300";
+    let out = ces(&w, &["run", "--runtime", "slurm", "--json", "-n", "long", &w.image, "sh", "-c", script]);
+    let submitted: serde_json::Value = serde_json::from_str(out.ok().lines().next().unwrap()).unwrap();
+    let (run_id, job_id) = (submitted["run_id"].as_str().unwrap(), submitted["job_id"].as_str().unwrap());
+    until("the run's start on the node", || {
+        w.sb.audit_records().iter().any(|r| r["event"] == "run_start" && r["run_id"] == run_id).then_some(())
+    });
+    let jobs: serde_json::Value = serde_json::from_str(ces(&w, &["jobs", "--json"]).ok()).unwrap();
+    let job = jobs.as_array().unwrap().iter().find(|j| j["run_id"] == run_id).unwrap().clone();
+    assert_eq!((job["job_id"].as_str(), job["state"].as_str()), (Some(job_id), Some("RUNNING")), "{jobs}");
+    assert_eq!(job["node"], Cluster::shared().node());
+    let table = ces(&w, &["jobs"]).ok().to_owned();
+    assert!(table.lines().any(|l| l.starts_with(run_id) && l.contains(" RUNNING ")), "{table}");
+
+    ces(&w, &["cancel", job_id]).ok();
+    let run = until("the run's end on the node", || {
+        w.sb.audit_records().into_iter().find(|r| r["event"] == "run" && r["run_id"] == run_id)
+    });
+    assert_eq!(run["exit"]["code"], 143, "{run}");
+    assert_eq!(run["exit"]["signal"], 15, "{run}");
+    assert!(w.scratch_left().is_empty(), "scratch removed: {:?}", w.scratch_left());
+    assert_eq!(std::fs::read_to_string(w.outputs().join("started")).unwrap(), "started\n");
+    until("the job's end", || {
+        let jobs: serde_json::Value = serde_json::from_str(ces(&w, &["jobs", "--json"]).ok()).unwrap();
+        let job = jobs.as_array().unwrap().iter().find(|j| j["run_id"] == run_id).unwrap().clone();
+        (job["state"] == "ENDED").then_some(job)
+    });
+    let logs = ces(&w, &["logs", run_id]).ok().to_owned();
+    assert!(logs.lines().any(|l| l == "running"), "{logs}");
+    let again = ces(&w, &["cancel", run_id]);
+    assert!(again.fails().contains("has ended"), "{again:?}");
+    let unknown = ces(&w, &["logs", "12345678-000000-deadbeef"]);
+    assert!(unknown.fails().contains("no run or job"), "{unknown:?}");
+}
+
 /// A job file is the user's: one whose run id is not one ces makes (it
 /// names directories) is refused, as is `ces slurm-job` outside a job.
 #[test]

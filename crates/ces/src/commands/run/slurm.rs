@@ -269,6 +269,7 @@ pub(crate) fn submit(
         },
         &plan,
     )?;
+    write_new(&jobs.join(format!("{}.job", spec.id)), job_id.as_bytes(), 0o600)?;
     printer.status(format!("Submitted run {} as Slurm job {job_id}", spec.id));
     if json {
         let line = serde_json::json!({"event": "submitted", "run_id": spec.id, "job_id": job_id, "plan": plan});
@@ -333,4 +334,168 @@ pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
         .filter(|n| !n.is_empty())
         .map(|n| ces_image::quote::escape_message(&n, 255));
     Ok((job, ces_audit::Job { scheduler: "slurm".to_owned(), id, node }))
+}
+
+/// A submitted run, as `<store>/jobs` keeps it.
+#[derive(Debug, serde::Serialize)]
+pub struct Submitted {
+    /// The run id.
+    pub run_id: String,
+    /// The Slurm job id.
+    pub job_id: String,
+    /// The image, by digest.
+    pub image: String,
+    /// `PENDING`, `RUNNING`... while Slurm has the job; then `ENDED`.
+    pub state: String,
+    /// The node it runs on, while it runs.
+    pub node: Option<String>,
+    /// The container's exit code, once the node recorded the run's end.
+    pub exit_code: Option<i32>,
+}
+
+/// The store's jobs directory (`ces jobs`, `logs`, `cancel`): this user's.
+fn store_jobs(settings: &Settings) -> PathBuf {
+    settings.storage_root.join("jobs")
+}
+
+/// Every run submitted from this store, newest first.
+fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
+    let jobs = store_jobs(settings);
+    let mut found: Vec<Submitted> = Vec::new();
+    let entries = match std::fs::read_dir(&jobs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", jobs.display())),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(run_id) = name.strip_suffix(".job").filter(|id| ces_runtime::plan::is_run_id(id)) else { continue };
+        let job_id = std::fs::read_to_string(entry.path()).unwrap_or_default().trim().to_owned();
+        let image = std::fs::read(jobs.join(format!("{run_id}.json")))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<JobFile>(&text).ok())
+            .and_then(|job| job.command.first().cloned())
+            .unwrap_or_default();
+        found.push(Submitted {
+            run_id: run_id.to_owned(),
+            job_id,
+            image,
+            state: "ENDED".to_owned(),
+            node: None,
+            exit_code: None,
+        });
+    }
+    found.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    // Slurm's view of those it still has.
+    if !found.is_empty() {
+        let ids: Vec<&str> = found.iter().map(|s| s.job_id.as_str()).collect();
+        let out = std::process::Command::new(program("squeue"))
+            .args(["-h", "-o", "%i|%T|%N", "-j", &ids.join(",")])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let mut fields = line.split('|');
+                let (Some(id), Some(state), node) = (fields.next(), fields.next(), fields.next()) else { continue };
+                if let Some(job) = found.iter_mut().find(|s| s.job_id == id.trim()) {
+                    job.state = state.trim().to_owned();
+                    job.node = node.map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned);
+                }
+            }
+        }
+    }
+    // How the ended ones ended, as the node recorded it.
+    if found.iter().any(|s| s.state == "ENDED") {
+        let log = ces_audit::AuditLog::new(settings.audit_path.clone());
+        for record in log.records().unwrap_or_default() {
+            if let ces_audit::Event::Run(run) = &record.event
+                && let Some(job) = found.iter_mut().find(|s| s.run_id == run.run_id)
+            {
+                job.exit_code = run.exit.as_ref().map(|e| e.code);
+                job.node = run.setup.job.as_ref().and_then(|j| j.node.clone());
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A Slurm program from the system's directories.
+fn program(name: &str) -> PathBuf {
+    ["/usr/local/bin", "/usr/bin", "/bin"]
+        .into_iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// `ces jobs`.
+pub fn jobs(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let found = submitted(settings)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&found)?)?;
+        return Ok(());
+    }
+    writeln!(out, "{:24}  {:>8}  {:10}  {:12}  {:>4}  IMAGE", "RUN", "JOB", "STATE", "NODE", "EXIT")?;
+    for job in &found {
+        let exit = job.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".to_owned());
+        let node = job.node.as_deref().unwrap_or("-");
+        let image = job.image.get(..19).unwrap_or(&job.image);
+        writeln!(out, "{:24}  {:>8}  {:10}  {:12}  {:>4}  {image}", job.run_id, job.job_id, job.state, node, exit)?;
+    }
+    Ok(())
+}
+
+/// The submitted run `which` names (its run id or job id).
+fn find(settings: &Settings, which: &str) -> anyhow::Result<Submitted> {
+    submitted(settings)?.into_iter().find(|s| s.run_id == which || s.job_id == which).ok_or_else(|| {
+        anyhow::anyhow!("no run or job {:?} submitted from this store", ces_image::quote::escape_message(which, 100))
+    })
+}
+
+/// `ces logs`: the job's output so far; with `follow`, until it ends.
+pub fn logs(settings: &Settings, which: &str, follow: bool) -> anyhow::Result<()> {
+    let job = find(settings, which)?;
+    let path = store_jobs(settings).join(format!("{}.out", job.run_id));
+    let mut out = std::io::stdout().lock();
+    let mut offset = 0u64;
+    loop {
+        if let Ok(mut file) = std::fs::File::open(&path) {
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+            offset += std::io::copy(&mut file, &mut out)?;
+            out.flush()?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        let still = find(settings, &job.run_id).map(|j| j.state != "ENDED").unwrap_or(false);
+        if !still {
+            // What was written last.
+            if let Ok(mut file) = std::fs::File::open(&path) {
+                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(offset))?;
+                std::io::copy(&mut file, &mut out)?;
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// `ces cancel`: scancel; the node's ces ends the run as a SIGTERM does
+/// (the container stopped, scratch removed, outputs kept, the run recorded).
+pub fn cancel(settings: &Settings, printer: &Printer, which: &str) -> anyhow::Result<()> {
+    let job = find(settings, which)?;
+    if job.state == "ENDED" {
+        anyhow::bail!("run {} (job {}) has ended", job.run_id, job.job_id);
+    }
+    let status = std::process::Command::new(program("scancel"))
+        .args(["--signal=TERM", "--full", &job.job_id])
+        .stdin(Stdio::null())
+        .status()
+        .context("cannot run scancel")?;
+    if !status.success() {
+        return Err(SlurmError::Sbatch(format!("scancel {} failed ({status})", job.job_id)).into());
+    }
+    printer.status(format!("Cancelled run {} (Slurm job {})", job.run_id, job.job_id));
+    Ok(())
 }
