@@ -209,3 +209,40 @@ fn under_sudo_a_slurm_run_is_refused() {
     assert!(out.fails().contains("--runtime slurm does not take a run under sudo yet"), "{out:?}");
     assert!(!w.sb.audit_records().iter().any(|r| r["event"] == "run_submitted"));
 }
+
+/// Out of memory on the node: the run ends as it would here (137), and
+/// `--wait` says so.
+#[test]
+fn out_of_memory_on_the_node_is_137() {
+    let w = world("oom", Mode::Root);
+    let alloc = "dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null && echo ALLOCATED";
+    let out = ces(&w, &["run", "--runtime", "slurm", "--wait", "-q", "-m", "0.1", &w.image, "sh", "-c", alloc]);
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(!out.stdout.contains("ALLOCATED"), "{out:?}");
+    let run = w.sb.audit_records().into_iter().find(|r| r["event"] == "run").unwrap();
+    assert_eq!(run["exit"]["oom"], true, "{run}");
+}
+
+/// Two users' jobs are kept apart: each store lists and cancels its own.
+#[test]
+fn two_users_jobs_are_kept_apart() {
+    let theirs = world("apart-user", Mode::Rootless);
+    let mine = world("apart-root", Mode::Root);
+    let out = ces(&theirs, &["run", "--runtime", "slurm", "--json", &theirs.image, "sleep", "300"]);
+    let submitted: serde_json::Value = serde_json::from_str(out.ok().lines().next().unwrap()).unwrap();
+    let (run_id, job_id) = (submitted["run_id"].as_str().unwrap(), submitted["job_id"].as_str().unwrap());
+    until("their run's start on the node", || {
+        theirs.sb.audit_records().iter().any(|r| r["event"] == "run_start" && r["run_id"] == run_id).then_some(())
+    });
+    let listed = ces(&mine, &["jobs"]).ok().to_owned();
+    assert!(!listed.contains(run_id) && !listed.contains(&format!(" {job_id} ")), "{listed}");
+    let refused = ces(&mine, &["cancel", job_id]);
+    assert!(refused.fails().contains("no run or job"), "{refused:?}");
+    let listed = ces(&theirs, &["jobs"]).ok().to_owned();
+    assert!(listed.lines().any(|l| l.starts_with(run_id)), "{listed}");
+    ces(&theirs, &["cancel", run_id]).ok();
+    until("their job's end", || {
+        let jobs: serde_json::Value = serde_json::from_str(ces(&theirs, &["jobs", "--json"]).ok()).unwrap();
+        jobs.as_array().unwrap().iter().any(|j| j["run_id"] == run_id && j["state"] == "ENDED").then_some(())
+    });
+}

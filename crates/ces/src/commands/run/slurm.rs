@@ -488,8 +488,12 @@ pub fn cancel(settings: &Settings, printer: &Printer, which: &str) -> anyhow::Re
     if job.state == "ENDED" {
         anyhow::bail!("run {} (job {}) has ended", job.run_id, job.job_id);
     }
+    // A job that has not started is simply taken off the queue; a running
+    // one gets SIGTERM, which its ces turns into the run's clean end.
+    let signal: &[&str] = if job.state == "PENDING" { &[] } else { &["--signal=TERM", "--full"] };
     let status = std::process::Command::new(program("scancel"))
-        .args(["--signal=TERM", "--full", &job.job_id])
+        .args(signal)
+        .arg(&job.job_id)
         .stdin(Stdio::null())
         .status()
         .context("cannot run scancel")?;
