@@ -246,3 +246,28 @@ fn two_users_jobs_are_kept_apart() {
         jobs.as_array().unwrap().iter().any(|j| j["run_id"] == run_id && j["state"] == "ENDED").then_some(())
     });
 }
+
+/// `--dry-run` prints the same plan for every backend but its own section
+/// (and the run id, which is each plan's own).
+#[test]
+fn the_plan_is_the_same_for_every_backend() {
+    let w = world("plans", Mode::Root);
+    let plan = |runtime: &str| {
+        let out = ces(&w, &["run", "--dry-run", "--runtime", runtime, "-c", "1", "-m", "2", &w.image, "echo", "hi"]);
+        let text = out.ok().to_owned();
+        let id = text.lines().next().unwrap().split(' ').nth(3).unwrap().to_owned();
+        let body: Vec<String> = text
+            .lines()
+            .skip(1)
+            .take_while(|l| *l != format!("{runtime}:"))
+            .filter(|l| !l.starts_with("runtime:"))
+            .map(|l| l.replace(&id, "<id>"))
+            .collect();
+        assert!(text.lines().any(|l| l == format!("{runtime}:")), "{text}");
+        body
+    };
+    let native = plan("native");
+    assert!(native.len() > 10, "{native:?}");
+    assert_eq!(plan("podman"), native);
+    assert_eq!(plan("slurm"), native);
+}
