@@ -467,6 +467,13 @@ pub struct RunEndEvent {
 pub struct RunNotStarted {
     /// The image as the user named it, if the command line got that far.
     pub image: Option<String>,
+    /// The run id, for a submitted run refused where it was to run (its
+    /// submission's `run_submitted` has the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
+    /// The scheduler's job, for a submitted run refused on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<Job>,
     /// Why not (never `ok`).
     #[serde(flatten)]
     pub outcome: Outcome,

@@ -108,6 +108,10 @@ fn a_plan_that_changed_after_submission_is_refused_on_the_node() {
     let refused = records.iter().find(|r| r["event"] == "run_not_started").expect("the node's refusal");
     let error = refused["error"].as_str().unwrap_or_default();
     assert!(error.contains("the run's plan changed since it was submitted"), "{refused}");
+    // Linked to its submission: the run id and the job.
+    assert_eq!(refused["run_id"], submitted["run_id"], "{refused}");
+    assert_eq!(refused["job"]["id"], job_id.as_str(), "{refused}");
+    assert_eq!(refused["job"]["node"], cluster.node(), "{refused}");
     assert!(!records.iter().any(|r| r["event"] == "run_start"), "nothing ran");
     assert!(w.outputs_dirs().is_empty(), "no outputs");
 }

@@ -462,10 +462,22 @@ pub(crate) fn limits_of(spec: &RunSpec) -> ces_audit::Limits {
 /// container was started), and returns the error to report: `error` itself,
 /// or, when even the record failed, that failure.
 pub fn record_not_started(settings: &Settings, image: Option<String>, error: anyhow::Error) -> anyhow::Error {
+    record_job_not_started(settings, image, None, error)
+}
+
+/// [`record_not_started`] for a submitted run on its node: with its run id
+/// and job, which link the refusal to the submission.
+pub fn record_job_not_started(
+    settings: &Settings,
+    image: Option<String>,
+    job: Option<(String, ces_audit::Job)>,
+    error: anyhow::Error,
+) -> anyhow::Error {
     if error.chain().any(|cause| cause.downcast_ref::<ces_audit::AuditError>().is_some()) {
         return error; // the log itself is the problem
     }
-    let event = Event::RunNotStarted(ces_audit::RunNotStarted { image, outcome: outcome_of(&error) });
+    let (run_id, job) = job.map_or((None, None), |(id, job)| (Some(id), Some(job)));
+    let event = Event::RunNotStarted(ces_audit::RunNotStarted { image, run_id, job, outcome: outcome_of(&error) });
     match append(settings, event) {
         Ok(()) => error,
         Err(audit) => audit.context(format!("the run did not start ({})", diagnostics::message(&error))),

@@ -100,6 +100,7 @@ pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow:
         Err(error) => return Err(audit::record_not_started(settings, None, error)),
     };
     let image = job.command.first().cloned();
+    let link = Some((job.run_id.clone(), record.clone()));
     let node = NodeJob { run_id: job.run_id, plan: job.plan, key: job.key, job: record };
     // What the node does, whatever the file says: the run, here, natively.
     let mut options = job.options;
@@ -109,7 +110,7 @@ pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow:
     let args = RunArgs { options, command: job.command };
     let mut started = false;
     match run_container(settings, printer, args, Some(node), &mut started) {
-        Err(error) if !started => Err(audit::record_not_started(settings, image, error)),
+        Err(error) if !started => Err(audit::record_job_not_started(settings, image, link, error)),
         other => other,
     }
 }
