@@ -218,7 +218,7 @@ fn become_user(user: &SudoUser) -> io::Result<()> {
 
 /// `uid`'s name and home in the user database (NSS included), by `getent`.
 fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
-    let getent = ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).exists())?;
+    let getent = getent()?;
     let output = Command::new(getent).args(["passwd", &uid.to_string()]).output().ok()?;
     if !output.status.success() {
         return None;
@@ -258,9 +258,14 @@ pub fn policy_groups(user: &ces_audit::User) -> anyhow::Result<Vec<String>> {
     }
 }
 
+/// `getent`, by absolute path where it is.
+fn getent() -> Option<&'static str> {
+    ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).exists())
+}
+
 /// The gid of the group `name` in the group database (NSS), if it has one.
 pub fn group_gid(name: &str) -> Option<u32> {
-    let getent = ["/usr/bin/getent", "/bin/getent"].into_iter().find(|p| Path::new(p).exists())?;
+    let getent = getent()?;
     let output = Command::new(getent).args(["group", "--", name]).output().ok()?;
     if !output.status.success() {
         return None;

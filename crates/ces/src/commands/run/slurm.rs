@@ -136,16 +136,6 @@ fn sbatch_args(settings: &Settings, spec: &RunSpec, output: &Path, wait: bool) -
     args
 }
 
-/// `sbatch`, from the system's directories (never a `PATH` of the user's
-/// under sudo).
-fn sbatch() -> PathBuf {
-    ["/usr/local/bin/sbatch", "/usr/bin/sbatch", "/bin/sbatch"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| PathBuf::from("sbatch"))
-}
-
 /// What the backend refuses, before anything is written.
 fn check(prepared: &Prepared) -> Result<(), SlurmError> {
     // Under sudo, sbatch would submit as root: the job, and the node's ces,
@@ -169,7 +159,7 @@ fn check(prepared: &Prepared) -> Result<(), SlurmError> {
 pub(crate) fn describe(settings: &Settings, prepared: &Prepared, wait: bool) -> anyhow::Result<Vec<String>> {
     check(prepared)?;
     let jobs = jobs_dir(prepared);
-    let mut words = vec![sbatch().display().to_string()];
+    let mut words = vec![program("sbatch").display().to_string()];
     words.extend(sbatch_args(settings, &prepared.spec, &jobs.join(format!("{}.out", prepared.spec.id)), wait));
     words.push(jobs.join(format!("{}.sh", prepared.spec.id)).display().to_string());
     Ok(vec![words.iter().map(|w| ces_runtime::podman::shell_quote(w)).collect::<Vec<_>>().join(" ")])
@@ -220,7 +210,7 @@ pub(crate) fn submit(
     write_new(&script, line.as_bytes(), 0o700)?;
     let output = jobs.join(format!("{}.out", spec.id));
 
-    let mut sbatch = std::process::Command::new(sbatch());
+    let mut sbatch = std::process::Command::new(program("sbatch"));
     // The job gets the submitter's environment (sbatch's default), but no
     // registry token, and sbatch takes no option of the user's from it
     // (`SBATCH_PARTITION`, `SBATCH_GRES`...): the operator's [slurm] decides.
@@ -419,7 +409,8 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
     Ok(found)
 }
 
-/// A Slurm program from the system's directories.
+/// A Slurm program from the system's directories (never a `PATH` of the
+/// user's under sudo).
 fn program(name: &str) -> PathBuf {
     ["/usr/local/bin", "/usr/bin", "/bin"]
         .into_iter()
