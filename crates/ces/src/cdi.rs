@@ -49,6 +49,9 @@ pub enum DeviceError {
     /// `--gpu` with a value that names no GPU.
     #[error("--gpu {0:?}: name GPUs by index or UUID, separated by commas (e.g. --gpu 0,1), or all")]
     BadSelector(Short),
+    /// A cluster's run names GPUs, or other devices, rather than a count.
+    #[error("a run on a cluster asks for a number of GPUs, and {0:?} names a device")]
+    NotACount(Short),
     /// The device is in no spec.
     #[error("no CDI device {name} on this host{}", match broken {
         Some((path, _)) => format!(" (and the spec {} could not be read)", quote_path(path)),
@@ -149,6 +152,9 @@ pub fn hints(error: &DeviceError) -> Vec<String> {
             vec!["ask the operator to allow it ([[gpu.allow]] in the system config); `ces system gpus` shows which devices you may use".to_owned()]
         }
         DeviceError::TooMany { max, .. } => vec![format!("name at most {max}: --gpu 0 or --gpu 0,1 ...")],
+        DeviceError::NotACount(_) => vec![
+            "--gpu asks the scheduler for one GPU, --gpu=0,1 for two: it picks which (see docs/cluster.md)".to_owned(),
+        ],
         DeviceError::Podman { .. } => {
             vec!["use the native runtime (the default), which applies what it checked".to_owned()]
         }
@@ -660,6 +666,53 @@ pub fn resolve(
         return Err(DeviceError::TooMany { asked: names.len(), max }.into());
     }
     merge(registry, &names)
+}
+
+/// How many GPUs a run handed to a scheduler asks for (`--gpu` or `all`:
+/// one; `--gpu=0,1`: two), checked against the same policy as a run here:
+/// devices enabled, a rule that gives the user some GPU, `max_per_run`. The
+/// scheduler picks the GPUs; the node's ces gives the container those.
+pub fn scheduled_gpus(
+    config: &GpuConfig,
+    request: &Request,
+    user: &ces_audit::User,
+    host_root: bool,
+    groups: &dyn Fn() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<usize> {
+    if let Some(name) = request.devices.first() {
+        return Err(DeviceError::NotACount(Short::of(name)).into());
+    }
+    let Some(selector) = &request.gpu else { return Ok(0) };
+    if !is_selector(selector) {
+        return Err(DeviceError::BadSelector(Short::of(selector)).into());
+    }
+    let count = match selector.as_str() {
+        "all" => 1,
+        list => match list.split(',').find(|part| !part.bytes().all(|b| b.is_ascii_digit())) {
+            Some(named) => return Err(DeviceError::NotACount(Short::of(named)).into()),
+            None => list.split(',').count(),
+        },
+    };
+    if !config.enabled {
+        return Err(DeviceError::Disabled.into());
+    }
+    let may = match Allowed::new(config, user, host_root, groups)? {
+        Allowed::Everything => true,
+        Allowed::Patterns(patterns) => {
+            let any_gpu = format!("{}=x", config.kind);
+            patterns.iter().any(|p| glob(p, &any_gpu) || p.starts_with(&format!("{}=", config.kind)))
+        }
+    };
+    if !may {
+        let user = escape_message(&user.name, MAX_QUOTED);
+        return Err(DeviceError::Refused { user, device: format!("any {} device", config.kind) }.into());
+    }
+    if let Some(max) = config.max_per_run
+        && count > max
+    {
+        return Err(DeviceError::TooMany { asked: count, max }.into());
+    }
+    Ok(count)
 }
 
 /// `kind=device`'s fully qualified names: one, or for `all` every device of
@@ -1385,6 +1438,39 @@ mod tests {
         all.apply_env(&mut env);
         let env: Vec<String> = env.iter().map(EnvVar::to_env_string).collect();
         assert_eq!(env, ["OTHER=x", "DRIVER=1"], "the spec's value replaces the image's");
+    }
+
+    #[test]
+    fn a_scheduler_is_asked_for_a_count_under_the_same_policy() {
+        let none = || Ok(Vec::new());
+        let count = |config: &GpuConfig, gpu: Option<&str>, devices: &[&str]| {
+            let request =
+                Request { gpu: gpu.map(str::to_owned), devices: devices.iter().map(|d| (*d).to_owned()).collect() };
+            scheduled_gpus(config, &request, &user(), false, &none)
+        };
+        let open = config(Vec::new(), Some(2));
+        assert_eq!(count(&open, None, &[]).unwrap(), 0);
+        assert_eq!(count(&open, Some("all"), &[]).unwrap(), 1);
+        assert_eq!(count(&open, Some("0,1"), &[]).unwrap(), 2);
+        let e = count(&open, Some("0,1,2"), &[]).unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(DeviceError::TooMany { asked: 3, max: 2 })), "{e}");
+        for (gpu, devices) in [(Some("GPU-1234-abcd"), &[][..]), (None, &["example.com/gpu=0"][..])] {
+            let e = count(&open, gpu, devices).unwrap_err();
+            assert!(matches!(e.downcast_ref(), Some(DeviceError::NotACount(_))), "{e}");
+        }
+        let e = count(&GpuConfig { enabled: false, ..open.clone() }, Some("all"), &[]).unwrap_err();
+        assert!(matches!(e.downcast_ref(), Some(DeviceError::Disabled)), "{e}");
+        let rule = |users: &[&str], devices: &[&str]| GpuAllow {
+            users: users.iter().map(|s| (*s).to_owned()).collect(),
+            groups: Vec::new(),
+            devices: Some(devices.iter().map(|s| (*s).to_owned()).collect()),
+        };
+        // A rule that gives alice one GPU gives her a GPU of the scheduler's.
+        assert_eq!(count(&config(vec![rule(&["alice"], &["example.com/gpu=1"])], None), Some("all"), &[]).unwrap(), 1);
+        for refused in [rule(&["bob"], &["*"]), rule(&["alice"], &["example.com/nic=*"])] {
+            let e = count(&config(vec![refused], None), Some("all"), &[]).unwrap_err();
+            assert!(matches!(e.downcast_ref(), Some(DeviceError::Refused { .. })), "{e}");
+        }
     }
 
     #[test]

@@ -72,24 +72,24 @@ pub enum Command {
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
-    /// Your runs submitted to Slurm (--runtime slurm): run, job, state, node.
+    /// Your runs submitted to Slurm or Kubernetes (--runtime slurm|k8s): run, job, state, node.
     Jobs {
         /// Print JSON.
         #[arg(long = "json")]
         json: bool,
     },
-    /// The output of a run submitted to Slurm, by run id or job id.
+    /// The output of a run submitted to Slurm or Kubernetes, by run id or job id.
     Logs {
-        /// The run id or the Slurm job id.
+        /// The run id or the job id.
         #[arg(value_name = "RUN|JOB")]
         run: String,
         /// Follow it until the job ends.
         #[arg(short = 'f', long = "follow")]
         follow: bool,
     },
-    /// Cancel a run submitted to Slurm (scancel): it ends as a SIGTERM ends a run.
+    /// Cancel a submitted run (scancel; kubectl delete job): it ends as a SIGTERM ends a run.
     Cancel {
-        /// The run id or the Slurm job id.
+        /// The run id or the job id.
         #[arg(value_name = "RUN|JOB")]
         run: String,
     },
@@ -323,9 +323,9 @@ pub struct LoadArgs {
 /// The runtime words `ces-pull`/`ces-run` accept as their first argument,
 /// and `--runtime` takes: the reference service's, and ces's own `native`.
 /// `apptainer` runs on the native runtime as the user (see docs/run.md);
-/// `slurm` submits to Slurm (docs/cluster.md); `k8s` names a backend not
-/// built yet (a run is refused, a pull goes to the same store: the word
-/// only says where the image is for).
+/// `slurm` submits to Slurm, `k8s` creates a Kubernetes Job (docs/cluster.md;
+/// for a pull, both words only say where the image is for: it goes to the
+/// same store).
 pub const RUNTIMES: [&str; 5] = ["native", "podman", "apptainer", "slurm", "k8s"];
 
 /// `ces-pull [<runtime>] <user> <token> <registry>/<ns>/<name>[:<tag>|@<digest>]`, as

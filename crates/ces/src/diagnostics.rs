@@ -88,6 +88,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<crate::commands::run::slurm::SlurmError>() {
             return crate::commands::run::slurm::hints(e);
         }
+        if let Some(e) = cause.downcast_ref::<crate::commands::run::k8s::K8sError>() {
+            return crate::commands::run::k8s::hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<crate::cdi::DeviceError>() {
             return crate::cdi::hints(e);
         }
@@ -273,9 +276,6 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
         ],
         RunError::BadName(_) | RunError::BadEntrypoint { .. } | RunError::TooManyCores { .. } => Vec::new(),
         RunError::WaitWithoutScheduler => vec!["leave --wait out: ces waits for a run on this machine anyway".into()],
-        RunError::BackendNotBuilt(_) => {
-            vec!["run it on this machine: ces-run native (or podman, or apptainer) with the same arguments".into()]
-        }
     }
 }
 

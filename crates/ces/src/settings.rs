@@ -46,6 +46,64 @@ pub struct ConfigFile {
     /// `[slurm]`: the Slurm backend.
     #[serde(default)]
     pub slurm: SlurmConfig,
+    /// `[k8s]`: the Kubernetes backend.
+    #[serde(default)]
+    pub k8s: K8sConfig,
+}
+
+/// `[k8s]`: how `--runtime k8s` turns a run into a Job (see
+/// docs/cluster.md). Names may hold `{project}`, `{user}` and `{namespace}`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct K8sConfig {
+    /// The namespace runs go to.
+    pub namespace: String,
+    /// The Kueue queue (the value of `queue_label`); empty for none.
+    pub queue: String,
+    /// The label that names the queue.
+    pub queue_label: String,
+    /// The registry the cluster pulls from (`host[:port][/prefix]`): the
+    /// image's repository under it, by digest [default: the image's own].
+    pub registry: Option<String>,
+    /// The claim mounted read-only at `/safe_data`.
+    pub data_claim: String,
+    /// The claim whose `outputs_<run id>` directory is `/safe_outputs`.
+    pub outputs_claim: String,
+    /// `ttlSecondsAfterFinished`.
+    pub ttl_seconds_after_finished: u32,
+    /// `activeDeadlineSeconds` when the run has no `--time-limit`.
+    pub active_deadline_seconds: u64,
+    /// `backoffLimit`.
+    pub backoff_limit: u32,
+    /// The resource a GPU is.
+    pub gpu_resource: String,
+    /// The pods' `nodeSelector`.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// The kubectl to run [default: kubectl from the system's directories].
+    #[serde(deserialize_with = "absolute_path")]
+    pub kubectl: Option<PathBuf>,
+    /// The kubeconfig context to use [default: the user's current one].
+    pub context: Option<String>,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        K8sConfig {
+            namespace: "{project}".to_owned(),
+            queue: "{namespace}-user-queue".to_owned(),
+            queue_label: "kueue.x-k8s.io/queue-name".to_owned(),
+            registry: None,
+            data_claim: "{project}-safe-data".to_owned(),
+            outputs_claim: "{user}-outputs".to_owned(),
+            ttl_seconds_after_finished: 604_800,
+            active_deadline_seconds: 432_000,
+            backoff_limit: 0,
+            gpu_resource: "nvidia.com/gpu".to_owned(),
+            node_selector: std::collections::BTreeMap::new(),
+            kubectl: None,
+            context: None,
+        }
+    }
 }
 
 /// `[slurm]`: where `--runtime slurm` sends runs (see docs/cluster.md).
@@ -459,6 +517,8 @@ pub struct Settings {
     pub gpu: GpuConfig,
     /// `[slurm]`: the Slurm backend.
     pub slurm: SlurmConfig,
+    /// `[k8s]`: the Kubernetes backend.
+    pub k8s: K8sConfig,
 }
 
 /// A config file error, with the place it is about.
@@ -537,6 +597,7 @@ impl Settings {
             podman: config.podman,
             gpu: config.gpu,
             slurm: config.slurm,
+            k8s: config.k8s,
         })
     }
 

@@ -645,7 +645,7 @@ fn rootless_run_after_system_setup() {
 /// The reference service's runtime words: `ces-run apptainer` runs as
 /// apptainer does, as the user's own uid (the project's gid, or theirs)
 /// with HOME in /scratch, on the native runtime, and is recorded as such;
-/// `k8s` is a known word whose backend is refused clearly (`slurm`: tests/slurm.rs).
+/// `k8s` reaches the Kubernetes backend (`slurm`: tests/slurm.rs; `k8s`: tests/k8s.rs).
 #[test]
 fn the_runtime_words() {
     let w = common::World::new(&common::Mode::Rootless.repo("run", "words"), common::Mode::Rootless);
@@ -664,8 +664,9 @@ fn the_runtime_words() {
     // The image's own user otherwise (busybox's: root).
     let out = ces_run(&["native", "-q", &w.image, "id", "-u"]);
     assert_eq!(out.ok().trim(), "0");
-    let out = ces_run(&["k8s", &w.image, "true"]);
+    // Here /safe_data is the user's own, and [k8s]'s default namespace is the project's.
+    let out = ces_run(&["k8s", "--dry-run", &w.image, "true"]);
     let err = out.fails();
-    assert!(err.contains("error: the k8s backend is not built yet"), "{err}");
-    assert!(err.contains("hint: run it on this machine: ces-run native"), "{err}");
+    assert!(err.contains("error: [k8s] namespace names the project, and this run has none"), "{err}");
+    assert!(err.contains("hint: run it from a project"), "{err}");
 }

@@ -4,6 +4,7 @@
 //! handed to a backend; `--dry-run` prints the plan instead, creating nothing.
 
 pub(crate) mod host;
+pub mod k8s;
 mod manifest;
 pub(crate) mod ports;
 pub mod record;
@@ -49,11 +50,8 @@ pub enum RunError {
     /// `--name`.
     #[error("invalid --name {0:?}: use letters, digits, _ . - (at most 128, starting with a letter or digit)")]
     BadName(String),
-    /// A runtime word whose backend is not built yet.
-    #[error("the {0} backend is not built yet")]
-    BackendNotBuilt(String),
     /// `--wait` for a run on this machine.
-    #[error("--wait is for runs handed to a scheduler (--runtime slurm)")]
+    #[error("--wait is for runs handed to a scheduler (--runtime slurm or k8s)")]
     WaitWithoutScheduler,
     /// `--entrypoint` given as JSON that is not a list of strings.
     #[error("invalid --entrypoint {value:?}: a value starting with [ must be a JSON list of strings")]
@@ -148,15 +146,22 @@ fn run_container(
     if options.tty && !options.dry_run && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NoTerminal.into());
     }
-    if let Some(runtime) = options.runtime.as_deref().filter(|r| *r == "k8s") {
-        return Err(RunError::BackendNotBuilt(runtime.to_owned()).into());
-    }
     let slurm = options.runtime.as_deref() == Some("slurm");
-    if options.wait && !slurm {
+    let k8s = options.runtime.as_deref() == Some("k8s");
+    if options.wait && !slurm && !k8s {
         return Err(RunError::WaitWithoutScheduler.into());
     }
     let placement = Placement { run_id: node.as_ref().map(|n| n.run_id.clone()), ..Placement::default() };
     let mut prepared = prepare(settings, printer, &options, image, command, &placement)?;
+    if k8s {
+        k8s::place(settings, &mut prepared)?;
+        if options.dry_run {
+            let backend_lines = k8s::describe(settings, &prepared)?;
+            print_plan(&prepared.spec, "k8s", &prepared.safe_data, &backend_lines, options.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        return k8s::submit(settings, printer, &prepared, options.wait, options.json);
+    }
     if slurm {
         if options.dry_run {
             let backend_lines = slurm::describe(settings, &prepared, options.wait)?;
@@ -236,6 +241,11 @@ pub(crate) struct Prepared {
     pub devices: Option<crate::cdi::Resolved>,
     /// The scheduler's job this run is (on a Slurm node), if any.
     pub job: Option<ces_audit::Job>,
+    /// How many GPUs a run handed to a scheduler asks it for (`--gpu`).
+    pub gpus: usize,
+    /// The names of the variables the user set (`-e`, `--env-file`): a dry
+    /// run does not show their values.
+    pub user_env: Vec<String>,
     /// The command's arguments (after the image), as given.
     pub args: Vec<String>,
     outputs_parent: PathBuf,
@@ -259,6 +269,7 @@ pub(crate) fn prepare(
 ) -> anyhow::Result<Prepared> {
     let limits = limits(options, settings)?;
     let process = process_request(options, command)?;
+    let user_env = process.env_file.iter().chain(&process.env).map(|v| v.name.clone()).collect();
     let (tmpfs, binds) = mount_requests(options)?;
     let name = options.name.clone().map(checked_name).transpose()?;
 
@@ -322,7 +333,7 @@ pub(crate) fn prepare(
     // `apptainer`: as apptainer runs, the user's own uid and the project's
     // gid inside (not the image's user), HOME in /scratch (no home mount).
     let user = match options.runtime.as_deref() {
-        Some("apptainer") => {
+        Some("apptainer" | "k8s") => {
             let gid = safe_data.project.as_deref().and_then(crate::identity::group_gid);
             plan::ResolvedUser {
                 user: ces_runtime::ContainerUser {
@@ -350,7 +361,7 @@ pub(crate) fn prepare(
         limits,
         identity: invoker.identity,
     })?;
-    if options.runtime.as_deref() == Some("apptainer") {
+    if matches!(options.runtime.as_deref(), Some("apptainer" | "k8s")) {
         // Whatever the image's ENV says: there is no home directory mount.
         spec.process.env.retain(|v| v.name != "HOME");
         spec.process.env.push(ces_runtime::EnvVar::new("HOME", plan::SCRATCH));
@@ -377,7 +388,15 @@ pub(crate) fn prepare(
         devices: options.device.clone(),
     };
     let mut devices = None;
-    if !request.is_empty() {
+    let mut gpus = 0;
+    if matches!(options.runtime.as_deref(), Some("slurm" | "k8s")) {
+        // The scheduler picks the GPUs: asked for by count, under this
+        // host's policy.
+        let user = crate::identity::policy_user()?;
+        let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+        let groups = || crate::identity::policy_groups(&user);
+        gpus = crate::cdi::scheduled_gpus(&settings.gpu, &request, &user, host_root, &groups)?;
+    } else if !request.is_empty() {
         let resolved = resolve_devices(settings, printer, &request)?;
         resolved.apply_env(&mut spec.process.env);
         spec.devices = resolved.devices.clone();
@@ -393,6 +412,8 @@ pub(crate) fn prepare(
         test: false,
         devices,
         job: None,
+        gpus,
+        user_env,
         args: command.to_vec(),
         outputs_parent,
         scratch_parent,

@@ -146,7 +146,7 @@ fn check(prepared: &Prepared) -> Result<(), SlurmError> {
     if !prepared.spec.ports.is_empty() {
         return Err(SlurmError::Unsupported("published ports (-p): a job's node is not this host"));
     }
-    if !prepared.spec.devices.is_empty() {
+    if !prepared.spec.devices.is_empty() || prepared.gpus > 0 {
         return Err(SlurmError::Unsupported("devices (--gpu, --device) yet"));
     }
     if prepared.spec.process.terminal || prepared.spec.process.interactive {
@@ -331,16 +331,21 @@ pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
 pub struct Submitted {
     /// The run id.
     pub run_id: String,
-    /// The Slurm job id.
+    /// `slurm` or `k8s`.
+    pub scheduler: &'static str,
+    /// The job id (Slurm's; for Kubernetes, `namespace/name`).
     pub job_id: String,
     /// The image, by digest.
     pub image: String,
-    /// `PENDING`, `RUNNING`... while Slurm has the job; then `ENDED`.
+    /// `PENDING`, `RUNNING`... while the scheduler has the job; then `ENDED`.
     pub state: String,
     /// The node it runs on, while it runs.
     pub node: Option<String>,
     /// The container's exit code, once the node recorded the run's end.
     pub exit_code: Option<i32>,
+    /// A Kubernetes job's record.
+    #[serde(skip)]
+    k8s: Option<super::k8s::Record>,
 }
 
 /// The store's jobs directory (`ces jobs`, `logs`, `cancel`): this user's.
@@ -368,14 +373,15 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
             .unwrap_or_default();
         found.push(Submitted {
             run_id: run_id.to_owned(),
+            scheduler: "slurm",
             job_id,
             image,
             state: "ENDED".to_owned(),
             node: None,
             exit_code: None,
+            k8s: None,
         });
     }
-    found.sort_by(|a, b| b.run_id.cmp(&a.run_id));
     // Slurm's view of those it still has.
     if !found.is_empty() {
         let ids: Vec<&str> = found.iter().map(|s| s.job_id.as_str()).collect();
@@ -394,8 +400,22 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
             }
         }
     }
-    // How the ended ones ended, as the node recorded it.
-    if found.iter().any(|s| s.state == "ENDED") {
+    // The cluster's view of the Kubernetes ones.
+    for (run_id, record) in super::k8s::records(&jobs) {
+        found.push(Submitted {
+            run_id,
+            scheduler: "k8s",
+            job_id: format!("{}/{}", record.namespace, record.name),
+            image: record.image.rsplit_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default(),
+            state: super::k8s::state(&settings.k8s, &record),
+            node: None,
+            exit_code: None,
+            k8s: Some(record),
+        });
+    }
+    found.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+    // How the ended Slurm ones ended, as the node recorded it.
+    if found.iter().any(|s| s.state == "ENDED" && s.scheduler == "slurm") {
         let log = ces_audit::AuditLog::new(settings.audit_path.clone());
         for record in log.records().unwrap_or_default() {
             if let ces_audit::Event::Run(run) = &record.event
@@ -411,7 +431,7 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
 
 /// A Slurm program from the system's directories (never a `PATH` of the
 /// user's under sudo).
-fn program(name: &str) -> PathBuf {
+pub(crate) fn program(name: &str) -> PathBuf {
     ["/usr/local/bin", "/usr/bin", "/bin"]
         .into_iter()
         .map(|dir| Path::new(dir).join(name))
@@ -447,6 +467,9 @@ fn find(settings: &Settings, which: &str) -> anyhow::Result<Submitted> {
 /// `ces logs`: the job's output so far; with `follow`, until it ends.
 pub fn logs(settings: &Settings, which: &str, follow: bool) -> anyhow::Result<()> {
     let job = find(settings, which)?;
+    if let Some(record) = &job.k8s {
+        return super::k8s::logs(&settings.k8s, record, follow);
+    }
     let path = store_jobs(settings).join(format!("{}.out", job.run_id));
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
@@ -476,8 +499,13 @@ pub fn logs(settings: &Settings, which: &str, follow: bool) -> anyhow::Result<()
 /// (the container stopped, scratch removed, outputs kept, the run recorded).
 pub fn cancel(settings: &Settings, printer: &Printer, which: &str) -> anyhow::Result<()> {
     let job = find(settings, which)?;
-    if job.state == "ENDED" {
+    if ["ENDED", "SUCCEEDED", "FAILED"].contains(&job.state.as_str()) {
         anyhow::bail!("run {} (job {}) has ended", job.run_id, job.job_id);
+    }
+    if let Some(record) = &job.k8s {
+        super::k8s::cancel(&settings.k8s, record)?;
+        printer.status(format!("Cancelled run {} (Kubernetes job {})", job.run_id, job.job_id));
+        return Ok(());
     }
     // A job that has not started is simply taken off the queue; a running
     // one gets SIGTERM, which its ces turns into the run's clean end.
