@@ -54,13 +54,24 @@ impl Cluster {
             );
         }
         // Readable by the users who submit jobs (the config, munge's socket).
-        let dir = tempfile::Builder::new().prefix("ces-test-slurm-").tempdir().unwrap().keep();
+        // Not under /tmp: the fake GPUs' nodes are in it, and ces takes a
+        // device node only from directories root alone can change.
+        let dir = tempfile::Builder::new().prefix("ces-test-slurm-").tempdir_in("/var/lib").unwrap().keep();
         let mode = |path: &Path, mode: u32| {
             std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap()
         };
         mode(&dir, 0o755);
-        for sub in ["munge", "log", "state", "spool"] {
+        for sub in ["munge", "log", "state", "spool", "gpus"] {
             std::fs::create_dir(dir.join(sub)).unwrap();
+            mode(&dir.join(sub), 0o755);
+        }
+        // Two fake GPUs (the numbers of /dev/null and /dev/zero), as Slurm's
+        // gres.conf names them: a job's --gres=gpu:N gets N of them, and
+        // their indexes in SLURM_JOB_GPUS.
+        for (i, minor) in GPU_MINORS.iter().enumerate() {
+            let node = dir.join("gpus").join(format!("gpu{i}"));
+            let made = Command::new("mknod").args(["-m", "0666"]).arg(&node).args(["c", "1", minor]).status();
+            assert!(made.is_ok_and(|s| s.success()), "mknod {}", node.display());
         }
         // The key root's alone; the socket beside it reachable by all.
         mode(&dir.join("munge"), 0o711);
@@ -71,6 +82,10 @@ impl Cluster {
         let node = short_hostname();
         std::fs::write(dir.join("slurm.conf"), config(&dir, &node)).unwrap();
         mode(&dir.join("slurm.conf"), 0o644);
+        let last = GPU_MINORS.len() - 1;
+        let gres = format!("NodeName={node} Name=gpu File={}/gpus/gpu[0-{last}]\n", dir.display());
+        std::fs::write(dir.join("gres.conf"), gres).unwrap();
+        mode(&dir.join("gres.conf"), 0o644);
 
         let mut wrapper = Command::new("sh")
             .args(["-c", WRAPPER, "sh"])
@@ -121,6 +136,12 @@ impl Cluster {
         self.dir.join("slurm.conf")
     }
 
+    /// The node's fake GPUs (character devices, root's, in a directory
+    /// only root can change), by index.
+    pub fn gpus(&self) -> Vec<PathBuf> {
+        (0..GPU_MINORS.len()).map(|i| self.dir.join("gpus").join(format!("gpu{i}"))).collect()
+    }
+
     /// The node's name (this host's short hostname).
     pub fn node(&self) -> &str {
         &self.node
@@ -133,6 +154,9 @@ impl Cluster {
         command
     }
 }
+
+/// The minors (of major 1) of the node's fake GPUs.
+const GPU_MINORS: [&str; 2] = ["3", "5"];
 
 /// The config: one node (this host, all its CPUs and 90% of its memory) in
 /// one partition, munge through the cluster's own socket, no accounting.
@@ -148,6 +172,7 @@ fn config(dir: &Path, node: &str) -> String {
     let memory_mib = total_kib / 1024 * 9 / 10;
     let (ctld_port, slurmd_port) = (free_port(), free_port());
     let d = dir.display();
+    let gpus = GPU_MINORS.len();
     format!(
         "ClusterName=cestest\n\
          SlurmctldHost={node}(127.0.0.1)\n\
@@ -173,7 +198,8 @@ fn config(dir: &Path, node: &str) -> String {
          SelectTypeParameters=CR_Core_Memory\n\
          ReturnToService=2\n\
          MpiDefault=none\n\
-         NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN\n\
+         GresTypes=gpu\n\
+         NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} Gres=gpu:{gpus} State=UNKNOWN\n\
          PartitionName=ces Nodes={node} Default=YES MaxTime=INFINITE State=UP\n"
     )
 }

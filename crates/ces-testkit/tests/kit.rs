@@ -494,6 +494,23 @@ fn slurm_runs_jobs_as_their_users() {
     assert_eq!(submit(false, "id -u; exit 3"), (Some(3), "0\n".to_owned()), "{}", cluster.logs());
     std::fs::remove_file(&out).unwrap();
     assert_eq!(submit(true, "id -u"), (Some(0), "65534\n".to_owned()), "{}", cluster.logs());
+
+    // The node's fake GPUs: a job asks for some and is told which.
+    assert_eq!(cluster.gpus().len(), 2);
+    for gpu in cluster.gpus() {
+        let kind = std::fs::metadata(&gpu).unwrap().file_type();
+        assert!(std::os::unix::fs::FileTypeExt::is_char_device(&kind), "{}", gpu.display());
+    }
+    std::fs::remove_file(&out).unwrap();
+    let status = cluster
+        .command("sbatch")
+        .args(["--wait", "--quiet", "--gres=gpu:2", "-o"])
+        .arg(&out)
+        .args(["--wrap", "echo $SLURM_JOB_GPUS"])
+        .status()
+        .unwrap();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!((status.code(), text.as_str()), (Some(0), "0,1\n"), "{}", cluster.logs());
 }
 
 fn is_root() -> bool {

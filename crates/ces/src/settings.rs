@@ -108,7 +108,7 @@ impl Default for K8sConfig {
 
 /// `[slurm]`: where `--runtime slurm` sends runs (see docs/cluster.md).
 /// Partition, account and QOS are the operator's, never the user's.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlurmConfig {
     /// `sbatch --partition`.
@@ -117,10 +117,24 @@ pub struct SlurmConfig {
     pub account: Option<String>,
     /// `sbatch --qos`.
     pub qos: Option<String>,
+    /// The generic resource a GPU is (`--gres=<gres>:N` for `--gpu`; a
+    /// type may follow: `gpu:a100`).
+    #[serde(default = "default_gres")]
+    pub gres: String,
     /// The ces the nodes run (the same build, on a file system they share
     /// with this host) [default: this ces].
     #[serde(default, deserialize_with = "absolute_path")]
     pub ces: Option<PathBuf>,
+}
+
+fn default_gres() -> String {
+    "gpu".to_owned()
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig { partition: None, account: None, qos: None, gres: default_gres(), ces: None }
+    }
 }
 
 /// `[gpu]`: GPUs (and other devices) through CDI specs (see docs/gpu.md).

@@ -275,3 +275,99 @@ fn the_plan_is_the_same_for_every_backend() {
     assert_eq!(plan("podman"), native);
     assert_eq!(plan("slurm"), native);
 }
+
+/// A root-owned CDI spec directory (outside /tmp, as ces requires) naming
+/// the cluster's fake GPUs `example.com/gpu=0` and `=1`; removed on drop.
+fn gpu_specs(w: &World) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::Builder::new().prefix("ces-test-slurm-cdi-").tempdir_in("/var/lib").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = "cdiVersion: \"0.7.0\"\nkind: example.com/gpu\ndevices:\n".to_owned();
+    for (i, node) in Cluster::shared().gpus().iter().enumerate() {
+        spec.push_str(&format!(
+            "  - name: \"{i}\"\n    containerEdits:\n      deviceNodes:\n        - path: /dev/examplegpu{i}\n          hostPath: {}\n",
+            node.display()
+        ));
+    }
+    std::fs::write(dir.path().join("example.yaml"), spec).unwrap();
+    std::fs::set_permissions(dir.path().join("example.yaml"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    w.sb.configure(&format!(
+        "[gpu]\nenabled = true\nkind = \"example.com/gpu\"\nspec_dirs = [{:?}]\n",
+        dir.path().display().to_string()
+    ));
+    dir
+}
+
+/// `--gpu` becomes `--gres=gpu:N`; on the node the container gets exactly
+/// the GPUs Slurm gave the job (SLURM_JOB_GPUS), from the node's CDI specs
+/// and under its policy, and the run's record names them.
+fn gpus_are_the_ones_slurm_gave(mode: Mode) {
+    let w = world("gpus", mode);
+    if mode == Mode::Rootless {
+        w.sb.configure(&format!("[slurm]\nces = {:?}\n", common::user_bin(env!("CARGO_BIN_EXE_ces"))));
+    }
+    let _specs = gpu_specs(&w);
+    let look = "echo gpus: $(ls /dev | grep examplegpu)";
+    let dry = ces(&w, &["run", "--runtime", "slurm", "--dry-run", "--gpu=0,1", &w.image, "true"]);
+    assert!(dry.ok().contains(" --gres=gpu:2 "), "{dry:?}");
+
+    let out = ces(&w, &["run", "--runtime", "slurm", "--wait", "-q", "--gpu=0,1", &w.image, "sh", "-c", look]);
+    let gpus =
+        |out: &common::Run| out.ok().lines().find_map(|l| l.strip_prefix("gpus: ")).unwrap_or_default().to_owned();
+    assert_eq!(gpus(&out), "examplegpu0 examplegpu1", "{out:?}\n{}", Cluster::shared().logs());
+    // One GPU: the one Slurm picked, and only it.
+    let out = ces(&w, &["run", "--runtime", "slurm", "--wait", "-q", "--gpu", &w.image, "sh", "-c", look]);
+    let given = gpus(&out);
+    assert!(given == "examplegpu0" || given == "examplegpu1", "{out:?}");
+    let runs: Vec<serde_json::Value> = w.sb.audit_records().into_iter().filter(|r| r["event"] == "run").collect();
+    let names = |run: &serde_json::Value| -> Vec<String> {
+        run["devices"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&runs[0]), ["example.com/gpu=0", "example.com/gpu=1"], "{:?}", runs[0]);
+    assert_eq!(names(&runs[1]), [format!("example.com/gpu={}", &given["examplegpu".len()..])], "{:?}", runs[1]);
+    assert!(runs[1]["job"]["id"].as_str().is_some(), "{:?}", runs[1]);
+
+    // More than the cluster has: sbatch says so, nothing is recorded as submitted.
+    let before = w.sb.audit_records().iter().filter(|r| r["event"] == "run_submitted").count();
+    let out = ces(&w, &["run", "--runtime", "slurm", "--gpu=0,1,2", &w.image, "true"]);
+    assert!(out.fails().contains("sbatch failed: "), "{out:?}");
+    let after = w.sb.audit_records().iter().filter(|r| r["event"] == "run_submitted").count();
+    assert_eq!(before, after);
+    // A GPU named by UUID, or a device, is not a count.
+    let out = ces(&w, &["run", "--runtime", "slurm", "--gpu=GPU-0123abcd", &w.image, "true"]);
+    assert!(out.fails().contains("a run on a cluster asks for a number of GPUs"), "{out:?}");
+}
+
+#[test]
+fn gpus_are_the_ones_slurm_gave_as_root() {
+    gpus_are_the_ones_slurm_gave(Mode::Root);
+}
+
+#[test]
+fn gpus_are_the_ones_slurm_gave_rootless() {
+    gpus_are_the_ones_slurm_gave(Mode::Rootless);
+}
+
+/// On the node, a job whose GPUs are not what the run asks for (a job file
+/// or an option file changed, a node's gres.conf) is not run.
+#[test]
+fn a_job_without_its_gpus_is_not_run() {
+    let w = world("gpus-missing", Mode::Root);
+    let _specs = gpu_specs(&w);
+    let out = ces(&w, &["run", "--runtime", "slurm", "--json", "--gpu", &w.image, "true"]);
+    let submitted: serde_json::Value = serde_json::from_str(out.ok().lines().next().unwrap()).unwrap();
+    let run_id = submitted["run_id"].as_str().unwrap();
+    let file = w.sb.store.join("jobs").join(format!("{run_id}.json"));
+    until("the job's end", || {
+        w.sb.audit_records().into_iter().find(|r| r["run_id"] == run_id && r["event"] != "run_submitted")
+    });
+    // The same job file, run by hand in a "job" Slurm gave no GPU.
+    let mut cmd = w.command(&["slurm-job", &file.display().to_string()]);
+    cmd.env("SLURM_JOB_ID", "4242").env_remove("SLURM_JOB_GPUS");
+    let out = w.sb.run(cmd);
+    assert!(out.fails().contains("the job asked for 1 GPUs and Slurm gave it \"\""), "{out:?}");
+    let mut cmd = w.command(&["slurm-job", &file.display().to_string()]);
+    cmd.env("SLURM_JOB_ID", "4243").env("SLURM_JOB_GPUS", "0,1");
+    let out = w.sb.run(cmd);
+    assert!(out.fails().contains("the job asked for 1 GPUs and Slurm gave it \"0,1\""), "{out:?}");
+}

@@ -134,9 +134,13 @@ fn run_container(
     run_options::settle_gpu(&mut options);
     let command_line = options.clone();
     let mut options = run_options::with_opt_files(options)?;
+    let mut node_gpus = None;
     if node.is_some() {
         // An option file's --wait, read again on the node.
         options.wait = false;
+        // The GPUs are the ones Slurm gave the job, given after the plan is
+        // checked (the submitting host planned none).
+        node_gpus = slurm::node_gpus(&mut options)?;
     }
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
@@ -176,6 +180,13 @@ fn run_container(
             return Err(slurm::SlurmError::PlanChanged { submitted: node.plan, now }.into());
         }
         prepared.job = Some(node.job);
+        if let Some(selector) = node_gpus {
+            let request = crate::cdi::Request { gpu: Some(selector), devices: Vec::new() };
+            let resolved = resolve_devices(settings, printer, &request)?;
+            resolved.apply_env(&mut prepared.spec.process.env);
+            prepared.spec.devices = resolved.devices.clone();
+            prepared.devices = Some(resolved);
+        }
     }
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     if runtime.name() == "podman"

@@ -60,6 +60,14 @@ pub enum SlurmError {
     /// `sbatch` failed.
     #[error("sbatch failed: {0}")]
     Sbatch(String),
+    /// The job's GPUs are not the ones it asked for.
+    #[error("the job asked for {asked} GPUs and Slurm gave it {given:?} (SLURM_JOB_GPUS): not run")]
+    GpusNotGiven {
+        /// How many the run asks for.
+        asked: usize,
+        /// What Slurm said (escaped, cut short).
+        given: String,
+    },
 }
 
 /// Hints for a Slurm error.
@@ -74,6 +82,9 @@ pub fn hints(error: &SlurmError) -> Vec<String> {
         SlurmError::Sbatch(_) => {
             vec!["check the cluster with: sinfo; the operator's [slurm] settings name the partition".to_owned()]
         }
+        SlurmError::GpusNotGiven { .. } => vec![
+            "an operator checks the nodes' gres.conf and [slurm] gres; an option file changed since submission would do it too".to_owned(),
+        ],
     }
 }
 
@@ -104,7 +115,8 @@ const NODE_SECONDS: u64 = 300;
 
 /// `sbatch`'s arguments for `spec` (before the script): name, output, the
 /// limits, the operator's partition, account and QOS.
-fn sbatch_args(settings: &Settings, spec: &RunSpec, output: &Path, wait: bool) -> Vec<String> {
+fn sbatch_args(settings: &Settings, prepared: &Prepared, output: &Path, wait: bool) -> Vec<String> {
+    let spec = &prepared.spec;
     // Not the run id: `squeue` shows every user's job names.
     let name = spec.name.clone().unwrap_or_else(|| "ces".to_owned());
     let mut args = vec![
@@ -125,6 +137,9 @@ fn sbatch_args(settings: &Settings, spec: &RunSpec, output: &Path, wait: bool) -
         args.push(format!("--time={}", seconds.div_ceil(60).max(1)));
     }
     let slurm = &settings.slurm;
+    if prepared.gpus > 0 {
+        args.push(format!("--gres={}:{}", slurm.gres, prepared.gpus));
+    }
     for (flag, value) in [("partition", &slurm.partition), ("account", &slurm.account), ("qos", &slurm.qos)] {
         if let Some(value) = value {
             args.push(format!("--{flag}={value}"));
@@ -146,8 +161,8 @@ fn check(prepared: &Prepared) -> Result<(), SlurmError> {
     if !prepared.spec.ports.is_empty() {
         return Err(SlurmError::Unsupported("published ports (-p): a job's node is not this host"));
     }
-    if !prepared.spec.devices.is_empty() || prepared.gpus > 0 {
-        return Err(SlurmError::Unsupported("devices (--gpu, --device) yet"));
+    if !prepared.spec.devices.is_empty() {
+        return Err(SlurmError::Unsupported("host devices (--device): ask for GPUs with --gpu"));
     }
     if prepared.spec.process.terminal || prepared.spec.process.interactive {
         return Err(SlurmError::Unsupported("a terminal or stdin (-t, -i): a batch job has neither"));
@@ -160,7 +175,7 @@ pub(crate) fn describe(settings: &Settings, prepared: &Prepared, wait: bool) -> 
     check(prepared)?;
     let jobs = jobs_dir(prepared);
     let mut words = vec![program("sbatch").display().to_string()];
-    words.extend(sbatch_args(settings, &prepared.spec, &jobs.join(format!("{}.out", prepared.spec.id)), wait));
+    words.extend(sbatch_args(settings, prepared, &jobs.join(format!("{}.out", prepared.spec.id)), wait));
     words.push(jobs.join(format!("{}.sh", prepared.spec.id)).display().to_string());
     Ok(vec![words.iter().map(|w| ces_runtime::podman::shell_quote(w)).collect::<Vec<_>>().join(" ")])
 }
@@ -223,7 +238,7 @@ pub(crate) fn submit(
     // With --wait, a ^C ends this ces and sbatch (the job goes on).
     ces_runtime::native::unblock_forwarded_signals().context("cannot unblock signals")?;
     let mut child = sbatch
-        .args(sbatch_args(settings, spec, &output, wait))
+        .args(sbatch_args(settings, prepared, &output, wait))
         .arg(&script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -294,6 +309,29 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// On the node: the GPUs Slurm gave the job (`SLURM_JOB_GPUS`, their
+/// indexes), as a `--gpu` selector, if the run asks for GPUs; the run's own
+/// `--gpu` and `--device` are taken out of `options` (the node gives the
+/// job's GPUs, after the plan is checked).
+pub(crate) fn node_gpus(options: &mut RunOptions) -> anyhow::Result<Option<String>> {
+    let asked = options.gpu.take();
+    if !options.device.is_empty() {
+        return Err(SlurmError::Unsupported("host devices (--device): ask for GPUs with --gpu").into());
+    }
+    let Some(asked) = asked else { return Ok(None) };
+    let count = match asked.as_str() {
+        "" | "all" => 1,
+        list => list.split(',').count(),
+    };
+    let given = std::env::var("SLURM_JOB_GPUS").unwrap_or_default();
+    let valid = !given.is_empty() && given.split(',').all(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
+    if !valid || given.split(',').count() != count {
+        let given = ces_image::quote::escape_message(&given, 100);
+        return Err(SlurmError::GpusNotGiven { asked: count, given }.into());
+    }
+    Ok(Some(given))
 }
 
 /// `ces slurm-job FILE`, on the node: the job's run, as submitted.
