@@ -4,6 +4,7 @@
 //! libcontainer; the podman backend renders the same plan as a `podman run`
 //! command line. Policy lives in the plan, never in a backend.
 
+pub mod host;
 pub mod native;
 pub mod netwatch;
 pub mod plan;

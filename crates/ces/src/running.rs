@@ -46,6 +46,10 @@ pub struct RunInfo {
     pub ports: Vec<String>,
     /// The outputs directory.
     pub outputs: PathBuf,
+    /// The host whose ces runs it ([`ces_runtime::host::id`]): only there
+    /// does its pid name it (absent from the notes of an older ces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A running run.
@@ -114,6 +118,8 @@ fn running(dir: &Path, id: String) -> Option<Running> {
     }
     let opened: Opened = serde_json::from_slice(&fs::read(dir.join("audit.json")).ok()?).ok()?;
     let info = opened.run?;
+    // Another host's run, in a store hosts share: its pid is not this host's.
+    ces_runtime::host::is_this(info.host.as_deref()).then_some(())?;
     (start_ticks(opened.pid) == Some(info.pid_start)).then_some(())?;
     Some(Running { id, user: opened.user, pid: opened.pid, info })
 }

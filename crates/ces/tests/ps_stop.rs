@@ -214,3 +214,49 @@ fn a_name_is_unique_among_running_runs_under_sudo() {
 fn a_name_is_unique_among_running_runs_rootless() {
     a_name_is_unique_among_running_runs(Mode::Rootless);
 }
+
+/// In a store several hosts share (a cluster's nodes and its login host), a
+/// run recorded by another host's ces is that host's: not listed, not
+/// stopped and not cleaned up here, whatever its pid means on this host.
+/// (The other host is played by rewriting the host in this run's record.)
+#[test]
+fn another_hosts_runs_are_left_to_it() {
+    let w = world("hosts", Mode::Root);
+    let (mut child, run) = start(&w, "theirs");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let dir = w.sb.store.join("runs").join(&id);
+    // Sets the host `file` names (at `pointer`), returning what it was.
+    let set_host = |file: &str, pointer: &str, host: Value| -> Value {
+        let path = dir.join(file);
+        let mut json: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let slot = json.pointer_mut(pointer).unwrap_or_else(|| panic!("{file}: no {pointer}"));
+        let was = std::mem::replace(slot, host);
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        was
+    };
+    let elsewhere = Value::from("elsewhere/0123456789abcdef0123456789abcdef");
+
+    let ours = set_host("audit.json", "/run/host", elsewhere.clone());
+    assert!(ours.as_str().is_some_and(|h| !h.is_empty()), "the note names its host: {ours}");
+    assert!(ps(&w).iter().all(|r| r["id"] != id.as_str()), "another host's run is not listed");
+    let err = w.ces(&["stop", &id]).fails().to_owned();
+    assert!(err.contains("is running"), "{err}");
+    assert!(child.try_wait().unwrap().is_none(), "its ces was not signalled");
+    set_host("audit.json", "/run/host", ours.clone());
+    assert!(ps(&w).iter().any(|r| r["id"] == id.as_str()));
+
+    // Its ces dies: only its own host cleans up after it.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ours = set_host("record.json", "/host", elsewhere);
+    w.ces(&["gc"]).ok();
+    let lost =
+        |w: &World| w.sb.audit_records().into_iter().any(|r| r["event"] == "run_end" && r["run_id"] == id.as_str());
+    assert!(!lost(&w), "its end is not this host's to record");
+    assert_eq!(w.scratch_left(), [format!("scratch_{id}")], "its scratch stays");
+    assert!(dir.is_dir());
+    set_host("record.json", "/host", ours);
+    w.ces(&["gc"]).ok();
+    assert!(lost(&w), "this host's own run is cleaned up");
+    assert_eq!(w.scratch_left(), Vec::<String>::new());
+}

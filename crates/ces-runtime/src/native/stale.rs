@@ -39,6 +39,10 @@ pub(crate) struct Record {
     pub rootfs_mount: Option<PathBuf>,
     pub cgroup_path: PathBuf,
     pub rootless: bool,
+    /// The host whose ces owns the run ([`crate::host::id`]); absent from
+    /// the records of an older ces.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 impl Record {
@@ -60,6 +64,7 @@ impl Record {
             rootfs_mount,
             cgroup_path: cgroup_path.to_owned(),
             rootless,
+            host: Some(crate::host::id().to_owned()),
         })
     }
 
@@ -148,7 +153,9 @@ pub fn cleanup_stale(state_root: &Path) -> Result<usize, RuntimeError> {
                 continue;
             }
         };
-        if record.owner_alive() {
+        // Another host's run (a store shared by a cluster's hosts): its pid,
+        // cgroup and mounts are that host's, whether it lives or not.
+        if !crate::host::is_this(record.host.as_deref()) || record.owner_alive() {
             continue;
         }
         if hierarchy.is_none() {
@@ -295,6 +302,7 @@ mod tests {
             rootfs_mount: Some(rootfs_mount),
             cgroup_path: PathBuf::from("/nonexistent"),
             rootless: false,
+            host: None,
         };
         // A record that names another path is refused.
         assert!(unmount_rootfs(&record(elsewhere.clone())).is_err());
@@ -317,6 +325,31 @@ mod tests {
         assert!(rootfs::is_mount_point(&real_state.join("rootfs")).unwrap());
         rootfs::unmount(&real_state.join("rootfs")).unwrap();
         rootfs::unmount(&elsewhere).unwrap();
+    }
+
+    /// In a store hosts share, another host's record is never judged here:
+    /// its pid (dead here, or another process) and cgroup are that host's.
+    #[test]
+    fn another_hosts_runs_are_left_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir_all(&state).unwrap();
+        let theirs = Record {
+            id: "theirs".into(),
+            pid: i32::MAX,
+            start_time: 1,
+            state_dir: state.clone(),
+            rootfs_mount: None,
+            cgroup_path: PathBuf::from("/nonexistent"),
+            rootless: true,
+            host: Some("elsewhere/0123456789abcdef0123456789abcdef".into()),
+        };
+        let file = theirs.write(dir.path()).unwrap();
+        assert!(!theirs.owner_alive(), "dead, as far as this host can tell");
+        assert_eq!(cleanup_stale(dir.path()).unwrap(), 0);
+        assert!(dir.path().join(RECORDS).join("theirs.json").is_file(), "the record stays");
+        assert!(state.is_dir(), "and its state");
+        file.remove().unwrap();
     }
 
     #[test]

@@ -502,6 +502,7 @@ pub(crate) fn execute(
         limits: audit::limits_of(spec),
         ports: spec.ports.iter().map(ToString::to_string).collect(),
         outputs: active.paths().outputs.clone(),
+        host: Some(ces_runtime::host::id().to_owned()),
     };
     let opened = record::Opened { user, pid: std::process::id(), run: Some(info) };
     let recorded = record::mark_opened(&prepared.runs, &spec.id, &opened).and_then(|()| {

@@ -47,6 +47,10 @@ struct Record {
     runtime: String,
     outputs: PathBuf,
     scratch: PathBuf,
+    /// The host whose ces runs it ([`ces_runtime::host::id`]); absent from
+    /// the records of an older ces.
+    #[serde(default)]
+    host: Option<String>,
 }
 
 /// The directories of one run.
@@ -110,6 +114,7 @@ impl ActiveRun {
                 runtime: paths.runtime.clone(),
                 outputs: paths.outputs.clone(),
                 scratch: paths.scratch.clone(),
+                host: Some(ces_runtime::host::id().to_owned()),
             };
             fs::write(new.join("record.json"), serde_json::to_vec_pretty(&record)?)?;
             fs::rename(&new, &dir)?;
@@ -336,6 +341,11 @@ pub fn clean_stale(
         let record: Option<Record> =
             fs::read(dir.join("record.json")).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let record = record.filter(|r| r.id == name);
+        // Another host's run (a store shared by a cluster's hosts): only its
+        // own host can tell whether it lives, and clean up after it.
+        if record.as_ref().is_some_and(|r| !ces_runtime::host::is_this(r.host.as_deref())) {
+            continue;
+        }
         // The backend first: what still runs is stopped, what is mounted
         // unmounted. Until it is, the scratch stays: the container may use it.
         let state = dir.join("state");
@@ -455,8 +465,25 @@ mod tests {
             runtime: "podman".into(),
             outputs: dir.path().join("o"),
             scratch: decoy.clone(),
+            host: None,
         };
         fs::write(runs.join(other).join("record.json"), serde_json::to_vec(&record).unwrap()).unwrap();
+        // Another host's run, in a store hosts share: its lock free here
+        // says nothing about it, and its scratch is in use there.
+        let theirs = "20231114-221320-0000cafe";
+        let their_scratch = dir.path().join(format!("scratch_{theirs}"));
+        fs::create_dir_all(runs.join(theirs).join("state")).unwrap();
+        fs::create_dir(&their_scratch).unwrap();
+        fs::write(runs.join(theirs).join("lock"), "").unwrap();
+        let record = Record {
+            id: theirs.into(),
+            pid: 1,
+            runtime: "native".into(),
+            outputs: dir.path().join(format!("outputs_{theirs}")),
+            scratch: their_scratch.clone(),
+            host: Some("elsewhere/0123456789abcdef0123456789abcdef".into()),
+        };
+        fs::write(runs.join(theirs).join("record.json"), serde_json::to_vec(&record).unwrap()).unwrap();
         // And a live one is left alone.
         let live = ActiveRun::start(&runs, paths(dir.path(), "20231114-221321-00000001"), None).unwrap();
 
@@ -471,6 +498,7 @@ mod tests {
         assert!(!p.scratch.exists() && !p.state.exists() && !runs.join(id).exists());
         assert_eq!(fs::read_to_string(p.outputs.join("result")).unwrap(), "kept", "outputs are never removed");
         assert!(decoy.is_dir(), "a scratch path not named scratch_<id> is never removed");
+        assert!(their_scratch.is_dir() && runs.join(theirs).join("state").is_dir(), "another host's run is left to it");
         let mut seen = seen.into_inner();
         seen.sort();
         assert_eq!(seen, [runs.join(id).join("state"), runs.join(other).join("state")]);
