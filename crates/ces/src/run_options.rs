@@ -89,6 +89,10 @@ pub struct RunOptions {
     /// With --runtime slurm: wait for the job, print its output and exit with its code.
     #[arg(long = "wait")]
     pub wait: bool,
+    /// With --runtime slurm: a job array, one run per index (0-9, 1,3,5, 0-99:10; %N at most N at once);
+    /// each container gets its index in CES_ARRAY_TASK_ID.
+    #[arg(long = "array", value_name = "INDEXES")]
+    pub array: Option<String>,
 }
 
 impl RunOptions {
@@ -123,6 +127,7 @@ impl RunOptions {
             publish_socket: cat(self.publish_socket, later.publish_socket),
             json: self.json || later.json,
             wait: self.wait || later.wait,
+            array: later.array.or(self.array),
         }
     }
 }

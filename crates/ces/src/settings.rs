@@ -121,6 +121,9 @@ pub struct SlurmConfig {
     /// type may follow: `gpu:a100`).
     #[serde(default = "default_gres")]
     pub gres: String,
+    /// The most tasks one `--array` may have.
+    #[serde(default = "default_max_array_tasks")]
+    pub max_array_tasks: usize,
     /// The ces the nodes run (the same build, on a file system they share
     /// with this host) [default: this ces].
     #[serde(default, deserialize_with = "absolute_path")]
@@ -131,9 +134,20 @@ fn default_gres() -> String {
     "gpu".to_owned()
 }
 
+fn default_max_array_tasks() -> usize {
+    1000
+}
+
 impl Default for SlurmConfig {
     fn default() -> Self {
-        SlurmConfig { partition: None, account: None, qos: None, gres: default_gres(), ces: None }
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            gres: default_gres(),
+            max_array_tasks: default_max_array_tasks(),
+            ces: None,
+        }
     }
 }
 

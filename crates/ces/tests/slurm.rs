@@ -371,3 +371,81 @@ fn a_job_without_its_gpus_is_not_run() {
     let out = w.sb.run(cmd);
     assert!(out.fails().contains("the job asked for 1 GPUs and Slurm gave it \"0,1\""), "{out:?}");
 }
+
+/// `--array`: one sbatch, each task a run of its own (its run id, outputs,
+/// records), told its index in CES_ARRAY_TASK_ID; `ces jobs` and `ces logs`
+/// show each task. As root and rootless.
+fn an_array_is_one_run_per_task(mode: Mode) {
+    let w = world("array", mode);
+    if mode == Mode::Rootless {
+        w.sb.configure(&format!("[slurm]\nces = {:?}\n", common::user_bin(env!("CARGO_BIN_EXE_ces"))));
+    }
+    let script = "echo task=$CES_ARRAY_TASK_ID; echo $CES_ARRAY_TASK_ID > /safe_outputs/index";
+    let args = ["run", "--runtime", "slurm", "--wait", "--json", "--array", "0,2-3%2", &w.image, "sh", "-c", script];
+    let out = ces(&w, &args);
+    assert_eq!(out.code, 0, "{out:?}\n{}", Cluster::shared().logs());
+    let submitted: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "submitted")
+        .collect();
+    assert_eq!(submitted.len(), 3, "{out:?}");
+    for index in [0, 2, 3] {
+        assert!(out.stdout.lines().any(|l| l == format!("task={index}")), "{out:?}");
+    }
+    let array_id = submitted[0]["job_id"].as_str().unwrap().split('_').next().unwrap().to_owned();
+    let records = w.sb.audit_records();
+    for (task, index) in submitted.iter().zip([0, 2, 3]) {
+        let run_id = task["run_id"].as_str().unwrap();
+        assert_eq!(task["job_id"], format!("{array_id}_{index}"), "{task}");
+        let run = records.iter().find(|r| r["event"] == "run" && r["run_id"] == run_id).expect("the task's run");
+        assert_eq!(run["job"]["id"], format!("{array_id}_{index}"), "{run}");
+        assert_eq!(run["exit"]["code"], 0, "{run}");
+        let outputs = w.home.join(format!("outputs_{run_id}"));
+        assert_eq!(std::fs::read_to_string(outputs.join("index")).unwrap(), format!("{index}\n"));
+        let logs = ces(&w, &["logs", run_id]).ok().to_owned();
+        assert!(logs.lines().any(|l| l == format!("task={index}")), "{logs}");
+        assert!(!logs.lines().any(|l| l.starts_with("task=") && l != format!("task={index}")), "{logs}");
+    }
+    assert_eq!(records.iter().filter(|r| r["event"] == "run_submitted").count(), 3);
+    let jobs: serde_json::Value = serde_json::from_str(ces(&w, &["jobs", "--json"]).ok()).unwrap();
+    let ended: Vec<&serde_json::Value> = jobs.as_array().unwrap().iter().filter(|j| j["state"] == "ENDED").collect();
+    assert_eq!(ended.len(), 3, "{jobs}");
+    assert!(ended.iter().all(|j| j["exit_code"] == 0 && j["image"].as_str().unwrap().starts_with("sha256:")), "{jobs}");
+}
+
+#[test]
+fn an_array_is_one_run_per_task_as_root() {
+    an_array_is_one_run_per_task(Mode::Root);
+}
+
+#[test]
+fn an_array_is_one_run_per_task_rootless() {
+    an_array_is_one_run_per_task(Mode::Rootless);
+}
+
+#[test]
+fn arrays_are_checked_before_anything_is_submitted() {
+    let w = world("array-refused", Mode::Root);
+    w.sb.configure("[slurm]\nmax_array_tasks = 4\n");
+    let refused = |args: &[&str], message: &str| {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&[&w.image, "true"]);
+        let out = ces(&w, &all);
+        assert!(out.fails().contains(message), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("hint: "), "{out:?}");
+    };
+    refused(&["--array", "0-3"], "--array is for runs submitted to Slurm");
+    refused(&["--runtime", "slurm", "--array", "3-1"], "invalid --array \"3-1\"");
+    refused(&["--runtime", "slurm", "--array", "0-9"], "--array asks for 5 tasks, and at most 4 are allowed");
+    assert!(!w.sb.store.join("jobs").exists(), "nothing written");
+    // The dry run lists each task's run.
+    let out = ces(&w, &["run", "--runtime", "slurm", "--dry-run", "--array", "1-2", &w.image, "true"]);
+    let plan = out.ok();
+    assert!(plan.contains("--array=1-2: 2 runs:"), "{plan}");
+    assert!(plan.contains("  task 1: run ") && plan.contains("  task 2: run "), "{plan}");
+    assert!(!w.sb.store.join("jobs").exists(), "a dry run writes nothing");
+}

@@ -93,13 +93,13 @@ pub fn run(settings: &Settings, printer: &Printer, args: RunArgs) -> anyhow::Res
 /// `ces slurm-job FILE`: on a Slurm node, the run submitted with
 /// `--runtime slurm`, if its plan is still the one submitted.
 pub fn slurm_job(settings: &Settings, printer: &Printer, file: &Path) -> anyhow::Result<ExitCode> {
-    let (job, record) = match slurm::job(file) {
+    let (job, record, array_index) = match slurm::job(file) {
         Ok(found) => found,
         Err(error) => return Err(audit::record_not_started(settings, None, error)),
     };
     let image = job.command.first().cloned();
     let link = Some((job.run_id.clone(), record.clone()));
-    let node = NodeJob { run_id: job.run_id, plan: job.plan, key: job.key, job: record };
+    let node = NodeJob { run_id: job.run_id, plan: job.plan, key: job.key, job: record, array_index };
     // What the node does, whatever the file says: the run, here, natively.
     let mut options = job.options;
     options.runtime = None;
@@ -119,6 +119,8 @@ struct NodeJob {
     plan: String,
     key: String,
     job: ces_audit::Job,
+    /// An array task's index.
+    array_index: Option<u32>,
 }
 
 /// The run; `started` is set once the container is handed to the runtime
@@ -141,6 +143,11 @@ fn run_container(
         // The GPUs are the ones Slurm gave the job, given after the plan is
         // checked (the submitting host planned none).
         node_gpus = slurm::node_gpus(&mut options)?;
+        // The task's run: its index in its environment, as submitted.
+        options.array = None;
+        if let Some(index) = node.as_ref().and_then(|n| n.array_index) {
+            options.env.push(format!("{}={index}", slurm::ARRAY_VAR));
+        }
     }
     let Some((image, command)) = args.command.split_first() else {
         anyhow::bail!("no image given");
@@ -154,6 +161,12 @@ fn run_container(
     let k8s = options.runtime.as_deref() == Some("k8s");
     if options.wait && !slurm && !k8s {
         return Err(RunError::WaitWithoutScheduler.into());
+    }
+    if let Some(array) = options.array.clone() {
+        if !slurm {
+            return Err(slurm::SlurmError::ArrayWithoutSlurm.into());
+        }
+        return slurm::submit_array(settings, printer, &options, &command_line, image, command, &array);
     }
     let placement = Placement { run_id: node.as_ref().map(|n| n.run_id.clone()), ..Placement::default() };
     let mut prepared = prepare(settings, printer, &options, image, command, &placement)?;

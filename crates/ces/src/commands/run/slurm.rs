@@ -38,7 +38,29 @@ pub struct JobFile {
     /// user's, mode 0600), so that the audit log's digest cannot be used to
     /// test guesses of the environment's values.
     pub key: String,
+    /// A job array's tasks (`--array`), each a run of its own; empty for a
+    /// single run (then `run_id` and `plan` are its).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub array: Vec<ArrayTask>,
 }
+
+/// One task of a job array: its index, its run, its plan's digest.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArrayTask {
+    /// `SLURM_ARRAY_TASK_ID`.
+    pub index: u32,
+    /// The task's run id.
+    pub run_id: String,
+    /// Its plan's digest (see [`plan_digest`]).
+    pub plan: String,
+}
+
+/// The variable that tells an array task's container its index.
+pub const ARRAY_VAR: &str = "CES_ARRAY_TASK_ID";
+
+/// The largest index Slurm takes in an array (its absolute limit; a
+/// cluster's `MaxArraySize` is usually lower, and sbatch says so).
+const MAX_ARRAY_INDEX: u32 = 4_000_000;
 
 /// A failure of the Slurm backend.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +82,22 @@ pub enum SlurmError {
     /// `sbatch` failed.
     #[error("sbatch failed: {0}")]
     Sbatch(String),
+    /// `--array` that is not a list of indexes.
+    #[error(
+        "invalid --array {0:?}: give indexes as Slurm does (0-9, 1,3,5, 0-99:10, with %N to run at most N at once)"
+    )]
+    BadArray(String),
+    /// More tasks than `[slurm] max_array_tasks`.
+    #[error("--array asks for {asked} tasks, and at most {max} are allowed")]
+    TooManyTasks {
+        /// How many.
+        asked: usize,
+        /// The most.
+        max: usize,
+    },
+    /// `--array` for a run that is not submitted to Slurm.
+    #[error("--array is for runs submitted to Slurm (--runtime slurm)")]
+    ArrayWithoutSlurm,
     /// The job's GPUs are not the ones it asked for.
     #[error("the job asked for {asked} GPUs and Slurm gave it {given:?} (SLURM_JOB_GPUS): not run")]
     GpusNotGiven {
@@ -82,6 +120,11 @@ pub fn hints(error: &SlurmError) -> Vec<String> {
         SlurmError::Sbatch(_) => {
             vec!["check the cluster with: sinfo; the operator's [slurm] settings name the partition".to_owned()]
         }
+        SlurmError::BadArray(_) => vec!["e.g. --array 0-9%2: ten tasks, two at a time".to_owned()],
+        SlurmError::TooManyTasks { .. } => {
+            vec!["submit fewer tasks, or ask the operator ([slurm] max_array_tasks)".to_owned()]
+        }
+        SlurmError::ArrayWithoutSlurm => vec!["add --runtime slurm (or use ces-run slurm)".to_owned()],
         SlurmError::GpusNotGiven { .. } => vec![
             "an operator checks the nodes' gres.conf and [slurm] gres; an option file changed since submission would do it too".to_owned(),
         ],
@@ -199,32 +242,104 @@ pub(crate) fn submit(
     let key = random_key()?;
     let plan = plan_digest(settings, spec, &key)?;
     let jobs = jobs_dir(prepared);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .recursive(true)
-        .create(&jobs)
-        .with_context(|| format!("cannot create {}", jobs.display()))?;
+    let job = job_file(prepared, command_line, key, plan.clone(), Vec::new());
+    let script = write_job(settings, &jobs, &job)?;
+    let output = jobs.join(format!("{}.out", spec.id));
+    let (child, job_id) = sbatch(sbatch_args(settings, prepared, &output, wait), &script)?;
+    let record = ces_audit::Job { scheduler: "slurm".to_owned(), id: job_id.clone(), node: None };
+    record_submitted(settings, &Task::of(prepared, plan.clone()), &record)?;
+    write_new(&jobs.join(format!("{}.job", spec.id)), job_id.as_bytes(), 0o600)?;
+    printer.status(format!("Submitted run {} as Slurm job {job_id}", spec.id));
+    if json {
+        let line = serde_json::json!({"event": "submitted", "run_id": spec.id, "job_id": job_id, "plan": plan});
+        println!("{line}");
+    }
+    finish(child, wait, &[output])
+}
+
+/// What a task (or a single run) records of its plan at submission.
+struct Task {
+    index: Option<u32>,
+    spec: RunSpec,
+    safe_data: ces_runtime::plan::SafeData,
+    provenance: ces_image::Provenance,
+    outputs: PathBuf,
+    plan: String,
+}
+
+impl Task {
+    fn of(prepared: &Prepared, plan: String) -> Task {
+        let mut spec = prepared.spec.clone();
+        // Held open for the run on this host: none runs here.
+        spec.pins = ces_runtime::Pins::default();
+        Task {
+            index: None,
+            spec,
+            safe_data: prepared.safe_data.clone(),
+            provenance: prepared.provenance.clone(),
+            outputs: prepared.dirs.outputs.clone(),
+            plan,
+        }
+    }
+}
+
+fn record_submitted(settings: &Settings, task: &Task, job: &ces_audit::Job) -> anyhow::Result<()> {
+    let start = audit::RunStarting {
+        spec: &task.spec,
+        runtime: "slurm",
+        safe_data: &task.safe_data,
+        provenance: &task.provenance,
+        outputs: &task.outputs,
+        test: false,
+        job: Some(job),
+    };
+    audit::record_submitted(settings, start, &task.plan)
+}
+
+/// The job file for `prepared`'s run (or, with `array`, for an array whose
+/// first task it is).
+fn job_file(
+    prepared: &Prepared,
+    command_line: &RunOptions,
+    key: String,
+    plan: String,
+    array: Vec<ArrayTask>,
+) -> JobFile {
     let mut options = command_line.clone();
     options.runtime = None;
     options.wait = false;
-    let mut command = vec![spec.image.digest.to_string()];
+    options.array = None;
+    let mut command = vec![prepared.spec.image.digest.to_string()];
     command.extend(prepared.args.iter().cloned());
-    let job = JobFile { options, command, run_id: spec.id.clone(), plan: plan.clone(), key };
-    let file = jobs.join(format!("{}.json", spec.id));
-    write_new(&file, &serde_json::to_vec_pretty(&job)?, 0o600)?;
+    JobFile { options, command, run_id: prepared.spec.id.clone(), plan, key, array }
+}
+
+/// Writes the job file and the job's script in `jobs`; the script's path.
+fn write_job(settings: &Settings, jobs: &Path, job: &JobFile) -> anyhow::Result<PathBuf> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(jobs)
+        .with_context(|| format!("cannot create {}", jobs.display()))?;
+    let file = jobs.join(format!("{}.json", job.run_id));
+    write_new(&file, &serde_json::to_vec_pretty(job)?, 0o600)?;
     let ces = match &settings.slurm.ces {
         Some(ces) => ces.clone(),
         // `ces`, beside this program (which may be `ces-run`).
         None => std::env::current_exe().context("cannot tell where this ces is")?.with_file_name("ces"),
     };
-    let script = jobs.join(format!("{}.sh", spec.id));
+    let script = jobs.join(format!("{}.sh", job.run_id));
     let quote = |p: &Path| ces_runtime::podman::shell_quote(&p.display().to_string());
     // The same config on the node (the digest covers it).
     let config = settings.config_path.as_deref().map(|c| format!(" --config {}", quote(c))).unwrap_or_default();
     let line = format!("#!/bin/sh\nexec {}{config} slurm-job {}\n", quote(&ces), quote(&file));
     write_new(&script, line.as_bytes(), 0o700)?;
-    let output = jobs.join(format!("{}.out", spec.id));
+    Ok(script)
+}
 
+/// Runs `sbatch ARGS SCRIPT`: the child (still running with `--wait`) and
+/// the job id it printed.
+fn sbatch(args: Vec<String>, script: &Path) -> anyhow::Result<(std::process::Child, String)> {
     let mut sbatch = std::process::Command::new(program("sbatch"));
     // The job gets the submitter's environment (sbatch's default), but no
     // registry token, and sbatch takes no option of the user's from it
@@ -238,8 +353,8 @@ pub(crate) fn submit(
     // With --wait, a ^C ends this ces and sbatch (the job goes on).
     ces_runtime::native::unblock_forwarded_signals().context("cannot unblock signals")?;
     let mut child = sbatch
-        .args(sbatch_args(settings, prepared, &output, wait))
-        .arg(&script)
+        .args(args)
+        .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -260,37 +375,157 @@ pub(crate) fn submit(
         let why = ces_image::quote::escape_message(&format!("{why} ({status:?})"), 400);
         return Err(SlurmError::Sbatch(why).into());
     }
-    let record = ces_audit::Job { scheduler: "slurm".to_owned(), id: job_id.clone(), node: None };
-    audit::record_submitted(
-        settings,
-        audit::RunStarting {
-            spec,
-            runtime: "slurm",
-            safe_data: &prepared.safe_data,
-            provenance: &prepared.provenance,
-            outputs: &prepared.dirs.outputs,
-            test: false,
-            job: Some(&record),
-        },
-        &plan,
-    )?;
-    write_new(&jobs.join(format!("{}.job", spec.id)), job_id.as_bytes(), 0o600)?;
-    printer.status(format!("Submitted run {} as Slurm job {job_id}", spec.id));
-    if json {
-        let line = serde_json::json!({"event": "submitted", "run_id": spec.id, "job_id": job_id, "plan": plan});
-        println!("{line}");
-    }
+    Ok((child, job_id))
+}
+
+/// Ends a submission: without `wait`, sbatch's status; with it, the job's
+/// `outputs` printed, then its exit code.
+fn finish(mut child: std::process::Child, wait: bool, outputs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let status = child.wait().context("sbatch")?;
     if !wait {
         return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(crate::diagnostics::EXIT_ERROR) });
     }
     // The job's output (the container's, and the node's ces's), then its code.
-    if let Ok(mut file) = std::fs::File::open(&output) {
-        let mut out = std::io::stdout().lock();
-        std::io::copy(&mut file, &mut out)?;
-        out.flush()?;
+    let mut out = std::io::stdout().lock();
+    for output in outputs {
+        if let Ok(mut file) = std::fs::File::open(output) {
+            std::io::copy(&mut file, &mut out)?;
+        }
     }
+    out.flush()?;
     Ok(ExitCode::from(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1)))
+}
+
+/// `--array SPEC`: the indexes (sorted, once each) and the most to run at
+/// once (`%N`), as Slurm reads them: `0-9`, `1,3,5`, `0-99:10`, `0-9%2`.
+pub(crate) fn parse_array(spec: &str, max_tasks: usize) -> Result<(Vec<u32>, Option<u32>), SlurmError> {
+    let bad = || SlurmError::BadArray(ces_image::quote::escape_message(spec, 100));
+    let number = |s: &str| -> Result<u32, SlurmError> {
+        let n: u32 = (!s.is_empty() && s.len() <= 7 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+            .ok_or_else(bad)?;
+        if n > MAX_ARRAY_INDEX { Err(bad()) } else { Ok(n) }
+    };
+    let (list, throttle) = match spec.split_once('%') {
+        Some((list, n)) => (list, Some(number(n)?).filter(|n| *n > 0).ok_or_else(bad).map(Some)?),
+        None => (spec, None),
+    };
+    let mut indexes = std::collections::BTreeSet::new();
+    for item in list.split(',') {
+        let (range, step) = match item.split_once(':') {
+            Some((range, step)) => (range, number(step)?),
+            None => (item, 1),
+        };
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (number(a)?, number(b)?),
+            None if step == 1 || item.contains(':') => (number(range)?, number(range)?),
+            None => return Err(bad()),
+        };
+        if first > last || step == 0 {
+            return Err(bad());
+        }
+        let mut i = first;
+        while i <= last {
+            indexes.insert(i);
+            if indexes.len() > max_tasks {
+                return Err(SlurmError::TooManyTasks { asked: indexes.len(), max: max_tasks });
+            }
+            i += step;
+        }
+    }
+    if indexes.is_empty() {
+        return Err(bad());
+    }
+    Ok((indexes.into_iter().collect(), throttle))
+}
+
+/// `indexes` as `--array`'s value, consecutive ones as ranges.
+fn array_value(indexes: &[u32], throttle: Option<u32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < indexes.len() {
+        let mut j = i;
+        while j + 1 < indexes.len() && indexes[j + 1] == indexes[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { indexes[i].to_string() } else { format!("{}-{}", indexes[i], indexes[j]) });
+        i = j + 1;
+    }
+    let throttle = throttle.map(|n| format!("%{n}")).unwrap_or_default();
+    format!("{}{throttle}", parts.join(","))
+}
+
+/// `--runtime slurm --array SPEC`: each task planned and checked here as
+/// a run of its own (its run id, its directories, `CES_ARRAY_TASK_ID` in
+/// its environment), then one `sbatch --array` whose job file lists them;
+/// each task's node plans its run again and checks it against its digest.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn submit_array(
+    settings: &Settings,
+    printer: &Printer,
+    options: &RunOptions,
+    command_line: &RunOptions,
+    image: &str,
+    command: &[String],
+    spec_text: &str,
+) -> anyhow::Result<ExitCode> {
+    let (indexes, throttle) = parse_array(spec_text, settings.slurm.max_array_tasks)?;
+    let key = random_key()?;
+    let mut tasks: Vec<Task> = Vec::with_capacity(indexes.len());
+    let mut first: Option<Prepared> = None;
+    for index in &indexes {
+        let mut task_options = options.clone();
+        task_options.env.push(format!("{ARRAY_VAR}={index}"));
+        let prepared = super::prepare(settings, printer, &task_options, image, command, &super::Placement::default())?;
+        check(&prepared)?;
+        let plan = plan_digest(settings, &prepared.spec, &key)?;
+        tasks.push(Task { index: Some(*index), ..Task::of(&prepared, plan) });
+        if first.is_none() {
+            first = Some(prepared);
+        }
+    }
+    let Some(first) = first else { return Err(SlurmError::BadArray(String::new()).into()) };
+    let array: Vec<ArrayTask> = tasks
+        .iter()
+        .map(|t| ArrayTask { index: t.index.unwrap_or_default(), run_id: t.spec.id.clone(), plan: t.plan.clone() })
+        .collect();
+    let (wait, json) = (options.wait, options.json);
+    if options.dry_run {
+        let mut lines = describe(settings, &first, wait)?;
+        lines.push(format!("--array={}: {} runs:", array_value(&indexes, throttle), array.len()));
+        lines.extend(array.iter().map(|t| format!("  task {}: run {}", t.index, t.run_id)));
+        super::print_plan(&first.spec, "slurm", &first.safe_data, &lines, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let jobs = jobs_dir(&first);
+    let job = job_file(&first, command_line, key, tasks[0].plan.clone(), array);
+    let script = write_job(settings, &jobs, &job)?;
+    let pattern = jobs.join(format!("{}_%a.out", first.spec.id));
+    let mut args = sbatch_args(settings, &first, &pattern, wait);
+    args.push(format!("--array={}", array_value(&indexes, throttle)));
+    drop(first);
+    let (child, job_id) = sbatch(args, &script)?;
+    let mut outputs = Vec::new();
+    for task in &tasks {
+        let index = task.index.unwrap_or_default();
+        let record = ces_audit::Job { scheduler: "slurm".to_owned(), id: format!("{job_id}_{index}"), node: None };
+        record_submitted(settings, task, &record)?;
+        let output = format!("{}_{index}.out", job.run_id);
+        let kept = format!("{}\nout={output}\nimage={}\n", record.id, task.spec.image.digest);
+        write_new(&jobs.join(format!("{}.job", task.spec.id)), kept.as_bytes(), 0o600)?;
+        outputs.push(jobs.join(output));
+        if json {
+            let line = serde_json::json!({"event": "submitted", "run_id": task.spec.id, "job_id": record.id, "plan": task.plan});
+            println!("{line}");
+        }
+    }
+    printer.status(format!(
+        "Submitted {} runs as Slurm job array {job_id} (tasks {})",
+        tasks.len(),
+        array_value(&indexes, throttle)
+    ));
+    finish(child, wait, &outputs)
 }
 
 /// 32 random bytes, as hex.
@@ -335,7 +570,7 @@ pub(crate) fn node_gpus(options: &mut RunOptions) -> anyhow::Result<Option<Strin
 }
 
 /// `ces slurm-job FILE`, on the node: the job's run, as submitted.
-pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
+pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job, Option<u32>)> {
     // Root for a user would read the user's file as root, and run as root.
     if crate::identity::sudo_user()?.is_some() {
         return Err(SlurmError::Unsupported("a run under sudo yet").into());
@@ -345,8 +580,32 @@ pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
         .filter(|v| !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
         .ok_or(SlurmError::NotInJob)?;
     let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let job: JobFile =
+    let mut job: JobFile =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a ces job file", file.display()))?;
+    // An array's task: its own run, as listed for its index.
+    let mut array_index = None;
+    let mut id = id;
+    if !job.array.is_empty() {
+        let index: u32 = std::env::var("SLURM_ARRAY_TASK_ID").ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            anyhow::anyhow!("{} is a job array's, and SLURM_ARRAY_TASK_ID is not set", file.display())
+        })?;
+        let task = job
+            .array
+            .iter()
+            .find(|t| t.index == index)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{} lists no task {index}", file.display()))?;
+        job.run_id = task.run_id;
+        job.plan = task.plan;
+        array_index = Some(index);
+        // The task as submission recorded it: <array job id>_<index>.
+        if let Some(array_id) = std::env::var("SLURM_ARRAY_JOB_ID")
+            .ok()
+            .filter(|v| v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() && v.len() <= 32)
+        {
+            id = format!("{array_id}_{index}");
+        }
+    }
     // It names directories (outputs_<id>, the run's state): only an id ces makes.
     if !ces_runtime::plan::is_run_id(&job.run_id) {
         anyhow::bail!("{} names no run id ces would make", file.display());
@@ -361,7 +620,7 @@ pub fn job(file: &Path) -> anyhow::Result<(JobFile, ces_audit::Job)> {
         .ok()
         .filter(|n| !n.is_empty())
         .map(|n| ces_image::quote::escape_message(&n, 255));
-    Ok((job, ces_audit::Job { scheduler: "slurm".to_owned(), id, node }))
+    Ok((job, ces_audit::Job { scheduler: "slurm".to_owned(), id, node }, array_index))
 }
 
 /// A submitted run, as `<store>/jobs` keeps it.
@@ -381,6 +640,9 @@ pub struct Submitted {
     pub node: Option<String>,
     /// The container's exit code, once the node recorded the run's end.
     pub exit_code: Option<i32>,
+    /// An array task's output file (in the jobs directory).
+    #[serde(skip)]
+    output: Option<String>,
     /// A Kubernetes job's record.
     #[serde(skip)]
     k8s: Option<super::k8s::Record>,
@@ -403,12 +665,21 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(run_id) = name.strip_suffix(".job").filter(|id| ces_runtime::plan::is_run_id(id)) else { continue };
-        let job_id = std::fs::read_to_string(entry.path()).unwrap_or_default().trim().to_owned();
-        let image = std::fs::read(jobs.join(format!("{run_id}.json")))
-            .ok()
-            .and_then(|text| serde_json::from_slice::<JobFile>(&text).ok())
-            .and_then(|job| job.command.first().cloned())
-            .unwrap_or_default();
+        // The job id; an array task's also its output and image.
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut lines = text.lines();
+        let job_id = lines.next().unwrap_or_default().trim().to_owned();
+        let field = |key: &str| text.lines().skip(1).find_map(|l| l.strip_prefix(key)).map(str::to_owned);
+        // Only a file of the jobs directory, by its plain name.
+        let output =
+            field("out=").filter(|o| o.ends_with(".out") && !o.contains('/') && !o.starts_with('.') && o.len() <= 64);
+        let image = field("image=").unwrap_or_else(|| {
+            std::fs::read(jobs.join(format!("{run_id}.json")))
+                .ok()
+                .and_then(|text| serde_json::from_slice::<JobFile>(&text).ok())
+                .and_then(|job| job.command.first().cloned())
+                .unwrap_or_default()
+        });
         found.push(Submitted {
             run_id: run_id.to_owned(),
             scheduler: "slurm",
@@ -417,14 +688,17 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
             state: "ENDED".to_owned(),
             node: None,
             exit_code: None,
+            output,
             k8s: None,
         });
     }
-    // Slurm's view of those it still has.
+    // Slurm's view of those it still has (an array's tasks one by one).
     if !found.is_empty() {
-        let ids: Vec<&str> = found.iter().map(|s| s.job_id.as_str()).collect();
+        let mut ids: Vec<&str> = found.iter().map(|s| s.job_id.split('_').next().unwrap_or_default()).collect();
+        ids.sort_unstable();
+        ids.dedup();
         let out = std::process::Command::new(program("squeue"))
-            .args(["-h", "-o", "%i|%T|%N", "-j", &ids.join(",")])
+            .args(["-h", "-r", "-o", "%i|%T|%N", "-j", &ids.join(",")])
             .stdin(Stdio::null())
             .output();
         if let Ok(out) = out {
@@ -448,6 +722,7 @@ fn submitted(settings: &Settings) -> anyhow::Result<Vec<Submitted>> {
             state: super::k8s::state(&settings.k8s, &record),
             node: None,
             exit_code: None,
+            output: None,
             k8s: Some(record),
         });
     }
@@ -508,7 +783,7 @@ pub fn logs(settings: &Settings, which: &str, follow: bool) -> anyhow::Result<()
     if let Some(record) = &job.k8s {
         return super::k8s::logs(&settings.k8s, record, follow);
     }
-    let path = store_jobs(settings).join(format!("{}.out", job.run_id));
+    let path = store_jobs(settings).join(job.output.clone().unwrap_or_else(|| format!("{}.out", job.run_id)));
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
     loop {
@@ -559,4 +834,27 @@ pub fn cancel(settings: &Settings, printer: &Printer, which: &str) -> anyhow::Re
     }
     printer.status(format!("Cancelled run {} (Slurm job {})", job.run_id, job.job_id));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn array_indexes_as_slurm_reads_them() {
+        let parse = |s: &str| parse_array(s, 1000);
+        assert_eq!(parse("0-3").unwrap(), (vec![0, 1, 2, 3], None));
+        assert_eq!(parse("5,1,3,1").unwrap(), (vec![1, 3, 5], None));
+        assert_eq!(parse("0-20:10").unwrap(), (vec![0, 10, 20], None));
+        assert_eq!(parse("0-9%2").unwrap().1, Some(2));
+        assert_eq!(parse("7").unwrap(), (vec![7], None));
+        for bad in ["", "-1", "3-1", "a", "1-", "0-9%0", "0-9%", "1,,2", "0-4:0", "99999999", "0-9%2%3", "1 2"] {
+            assert!(matches!(parse(bad), Err(SlurmError::BadArray(_))), "{bad:?}");
+        }
+        assert!(matches!(parse("0-1000"), Err(SlurmError::TooManyTasks { asked: 1001, max: 1000 })));
+        assert!(matches!(parse_array("0-3", 2), Err(SlurmError::TooManyTasks { .. })));
+        assert_eq!(array_value(&[0, 1, 2, 5, 7, 8], Some(3)), "0-2,5,7-8%3");
+        assert_eq!(array_value(&[4], None), "4");
+    }
 }
