@@ -79,6 +79,10 @@ pub struct K8sConfig {
     pub gpu_resource: String,
     /// The pods' `nodeSelector`.
     pub node_selector: std::collections::BTreeMap<String, String>,
+    /// Whether ces makes a deny-all NetworkPolicy for each run's pods (off
+    /// where the namespace's own deny, which users may not change, is the
+    /// guarantee and users may not create policies: see docs/cluster.md).
+    pub network_policy: bool,
     /// The kubectl to run [default: kubectl from the system's directories].
     #[serde(deserialize_with = "absolute_path")]
     pub kubectl: Option<PathBuf>,
@@ -100,6 +104,7 @@ impl Default for K8sConfig {
             backoff_limit: 0,
             gpu_resource: "nvidia.com/gpu".to_owned(),
             node_selector: std::collections::BTreeMap::new(),
+            network_policy: true,
             kubectl: None,
             context: None,
         }

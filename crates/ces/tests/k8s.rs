@@ -26,19 +26,31 @@ fn validator() -> PathBuf {
     path
 }
 
-/// The test user, with a project: `/safe_data` from `data/<their group>`.
+/// The project group the test user is a member of (not their primary
+/// group: the pod's gid must be the project's).
+const PROJECT: &str = "ces-k8s-proj";
+
+/// The project's gid (the group made, and the user added, if missing).
+fn project_gid() -> u32 {
+    let _ = Command::new("groupadd").args(["-f", PROJECT]).status();
+    let _ = Command::new("gpasswd").args(["-a", TEST_USER, PROJECT]).stdout(std::process::Stdio::null()).status();
+    let out = Command::new("getent").args(["group", PROJECT]).output().unwrap();
+    String::from_utf8(out.stdout).unwrap().split(':').nth(2).unwrap().trim().parse().unwrap()
+}
+
+/// The test user, with a project: `/safe_data` from `data/<project>`.
 fn world(test: &str, k8s: &str) -> RootlessWorld {
+    project_gid();
     let w = RootlessWorld::new(&format!("k8s/{test}"));
     let user = common::test_user();
     std::fs::remove_dir(w.home.join("safe_data")).unwrap();
     let data = w.sb.dir.path().join("data");
-    std::fs::create_dir_all(data.join(&user.group)).unwrap();
+    std::fs::create_dir_all(data.join(PROJECT)).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    user.chown(&data.join(&user.group));
+    user.chown(&data.join(PROJECT));
     w.sb.configure(&format!(
-        "[tre]\nsafe_data_root = {:?}\nproject = {:?}\n\n[k8s]\nregistry = \"registry.tre.example\"\n{k8s}",
+        "[tre]\nsafe_data_root = {:?}\nproject = {PROJECT:?}\n\n[k8s]\nregistry = \"registry.tre.example\"\n{k8s}",
         data.display().to_string(),
-        user.group
     ));
     w
 }
@@ -80,15 +92,12 @@ fn validate(yaml: &str, version: &str) -> (bool, String) {
 fn normalised(yaml: &str, plan: &serde_json::Value) -> String {
     let user = common::test_user();
     let spec = &plan["spec"];
-    let mut text = yaml
+    let text = yaml
         .replace(spec["id"].as_str().unwrap(), "RUN_ID")
         .replace(spec["image"]["digest"].as_str().unwrap(), "DIGEST")
-        .replace(&format!(": {}\n", user.uid), ": UID\n");
-    if user.gid != user.uid {
-        text = text.replace(&format!(": {}\n", user.gid), ": GID\n");
-    } else {
-        text = text.replace("runAsGroup: UID", "runAsGroup: GID").replace("fsGroup: UID", "fsGroup: GID");
-    }
+        .replace(&format!("runAsUser: {}\n", user.uid), "runAsUser: UID\n")
+        .replace(&format!("runAsGroup: {}\n", project_gid()), "runAsGroup: GID\n")
+        .replace(&format!("fsGroup: {}\n", project_gid()), "fsGroup: GID\n");
     let reference = spec["image"]["reference"].as_str().unwrap();
     let host = reference.split('/').next().unwrap();
     text.replace(host, "REGISTRY")
@@ -142,8 +151,15 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
     let user = common::test_user();
     let (plan, yaml) = dry_run(
         &w,
-        &["-e", "TOKEN=secret-value", "--mount", "type=tmpfs,destination=/cache,tmpfs-size=64m"],
-        &["sh", "-c", "id"],
+        &[
+            "-e",
+            "TOKEN=secret-value",
+            "-e",
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "--mount",
+            "type=tmpfs,destination=/cache,tmpfs-size=64m",
+        ],
+        &["sh", "-c", "id; echo $HOME $(id -u)"],
     );
     assert!(!yaml.contains("secret-value"), "a dry run shows no value of the environment:\n{yaml}");
     let docs = documents(&yaml);
@@ -160,8 +176,8 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
     assert_eq!(policy["metadata"]["namespace"], job["metadata"]["namespace"]);
 
     assert_eq!(job["kind"], "Job");
-    assert_eq!(job["metadata"]["namespace"], user.group, "the project's namespace");
-    assert_eq!(job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], format!("{}-user-queue", user.group));
+    assert_eq!(job["metadata"]["namespace"], PROJECT, "the project's namespace");
+    assert_eq!(job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"], format!("{PROJECT}-user-queue"));
     assert_eq!(job["spec"]["backoffLimit"], 0);
     assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 604800);
     assert_eq!(job["spec"]["activeDeadlineSeconds"], 432000, "the default deadline");
@@ -172,8 +188,9 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
     assert!(pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none() && pod.get("hostIPC").is_none());
     let security = &pod["securityContext"];
     assert_eq!(security["runAsUser"], user.uid);
-    assert_eq!(security["runAsGroup"], user.gid, "the project's gid");
-    assert_eq!(security["fsGroup"], user.gid);
+    assert_ne!(project_gid(), user.gid);
+    assert_eq!(security["runAsGroup"], project_gid(), "the project's gid, not the user's own");
+    assert_eq!(security["fsGroup"], project_gid());
     assert_eq!(security["runAsNonRoot"], true);
     assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
     let container = &pod["containers"][0];
@@ -186,13 +203,17 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
         format!("registry.tre.example/k8s/policy@{digest}"),
         "by digest, from the TRE's registry"
     );
-    assert_eq!(container["command"], serde_json::json!(["sh", "-c", "id"]));
+    // Kubernetes would expand $(...) and read $$ as $: the command is the plan's, literally.
+    assert_eq!(container["command"], serde_json::json!(["sh", "-c", "id; echo $$HOME $$(id -u)"]));
     assert_eq!(container["resources"]["requests"], container["resources"]["limits"], "requests equal limits");
     assert_eq!(container["resources"]["limits"]["memory"], "4096Mi", "the default 4 GB");
     assert!(container["env"].as_array().unwrap().iter().any(|v| v["name"] == "TOKEN"));
     let env = container["env"].as_array().unwrap();
     assert!(env.iter().any(|v| v["name"] == "TOKEN" && v["value"] == "(not shown)"), "{env:?}");
     assert!(env.iter().any(|v| v["name"] == "HOME" && v["value"] == "/scratch"), "no home but scratch: {env:?}");
+    // No GPU asked: none given, whatever the image or the user says.
+    let nvidia: Vec<_> = env.iter().filter(|v| v["name"] == "NVIDIA_VISIBLE_DEVICES").collect();
+    assert_eq!(nvidia, [&serde_json::json!({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})], "{env:?}");
 
     // The TRE's directories: the project's data read-only, this run's own
     // outputs directory, and nothing of the host's.
@@ -200,7 +221,7 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
     assert!(volumes.iter().all(|v| v.get("hostPath").is_none()), "{volumes:?}");
     let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap().clone();
     let data = volume("safe-data");
-    assert_eq!(data["persistentVolumeClaim"]["claimName"], format!("{}-safe-data", user.group));
+    assert_eq!(data["persistentVolumeClaim"]["claimName"], format!("{PROJECT}-safe-data"));
     assert_eq!(data["persistentVolumeClaim"]["readOnly"], true);
     assert_eq!(volume("safe-outputs")["persistentVolumeClaim"]["claimName"], format!("{TEST_USER}-outputs"));
     assert_eq!(volume("dev-shm")["emptyDir"]["medium"], "Memory");
@@ -213,7 +234,7 @@ fn the_job_runs_as_the_user_with_no_network_and_no_privilege() {
 
     // The plan names the cluster's places, not this host's.
     let lines = plan["spec"]["mounts"].to_string();
-    assert!(lines.contains(&format!("pvc:{}/{}-safe-data", user.group, user.group)), "{lines}");
+    assert!(lines.contains(&format!("pvc:{PROJECT}/{PROJECT}-safe-data")), "{lines}");
     assert!(!lines.contains(w.sb.dir.path().to_str().unwrap()), "{lines}");
 }
 
@@ -228,6 +249,8 @@ fn gpus_are_asked_for_by_count_under_the_gpu_policy() {
     let job = &documents(&yaml)[1];
     let limits = &job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"];
     assert_eq!(limits["nvidia.com/gpu"], "2", "{yaml}");
+    let env = job["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap();
+    assert!(!env.iter().any(|v| v["name"] == "NVIDIA_VISIBLE_DEVICES"), "the device plugin's: {env:?}");
     for version in VERSIONS {
         let (ok, text) = validate(&yaml, version);
         assert!(ok, "{version}: {text}");
@@ -311,4 +334,194 @@ fn a_cluster_that_cannot_be_reached_leaves_nothing_recorded() {
     // ces jobs has nothing to show.
     let out = w.ces(&["jobs", "--json"]);
     assert_eq!(out.ok().trim(), "[]");
+}
+
+/// A stand-in for kubectl (a shell script, not a cluster): it logs each
+/// call, keeps what it is sent, and answers as kubectl does. It shows what
+/// ces asks of kubectl, in which order, and what it does with the answers.
+const STAND_IN: &str = r#"#!/bin/sh
+d=$(dirname "$0")
+echo "$*" >> "$d/calls"
+case "$*" in
+  *"config view"*) echo "https://cluster.example:6443" ;;
+  *"create -f - -o name"*) cat > "$d/policy.json"; echo "networkpolicy.networking.k8s.io/x" ;;
+  *"create -f - -o jsonpath"*)
+    cat > "$d/job.json"
+    if [ -e "$d/refuse" ]; then echo 'Error from server (Forbidden): jobs.batch is forbidden' >&2; exit 1; fi
+    printf 'train-x7k2q 0a1b2c3d-0000-4000-8000-000000000000' ;;
+  *"patch "*) echo patched ;;
+  *"get job/"*) cat "$d/state" ;;
+  *"get pods"*) printf 3 ;;
+  *"logs job/"*) echo "hello from the pod" ;;
+  *"delete "*) echo deleted ;;
+  *) echo "unexpected: $*" >&2; exit 2 ;;
+esac
+"#;
+
+#[test]
+fn the_client_side_with_a_stand_in_kubectl() {
+    let w = world("client", "");
+    let user = common::test_user();
+    let dir = w.sb.dir.path().join("kubectl");
+    std::fs::create_dir(&dir).unwrap();
+    user.chown(&dir);
+    let stub = dir.join("kubectl");
+    std::fs::write(&stub, STAND_IN).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.join("state");
+    std::fs::write(&state, "True|||||").unwrap();
+    user.chown(&state);
+    // The last table of the config is [k8s].
+    w.sb.configure(&format!("kubectl = {:?}\n", stub.display().to_string()));
+    let calls = || std::fs::read_to_string(dir.join("calls")).unwrap_or_default();
+
+    let out = w.ces(&["run", "--runtime", "k8s", "--wait", "-e", "TOKEN=s3cret", &w.image, "sh", "-c", "echo $HOME"]);
+    assert_eq!(out.code, 3, "the container's exit code: {out:?}\n{}", calls());
+    assert!(out.stdout.lines().any(|l| l == "hello from the pod"), "{out:?}");
+    assert!(
+        out.stderr.contains("as Kubernetes job ces-k8s-proj/train-x7k2q on https://cluster.example:6443"),
+        "{out:?}"
+    );
+    let log = calls();
+    let lines: Vec<&str> = log.lines().collect();
+    let expected = [
+        "config view",
+        "create -f - -o name",
+        "create -f - -o jsonpath",
+        "patch networkpolicy/ces-deny-",
+        "get job/train-x7k2q",
+    ];
+    assert!(lines.len() >= expected.len(), "{log}");
+    for (line, what) in lines.iter().zip(expected) {
+        assert!(line.contains(what), "{what:?} expected, {line:?} called:\n{log}");
+    }
+    // What the cluster was sent: the policy before the Job, the Job valid,
+    // with the real values of the environment and the command literal.
+    let policy: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("policy.json")).unwrap()).unwrap();
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    let job: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("job.json")).unwrap()).unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert!(container["env"].as_array().unwrap().iter().any(|v| v["name"] == "TOKEN" && v["value"] == "s3cret"));
+    assert_eq!(container["command"], serde_json::json!(["sh", "-c", "echo $$HOME"]));
+    let yaml = format!("---\n{}---\n{}", serde_yaml::to_string(&policy).unwrap(), serde_yaml::to_string(&job).unwrap());
+    for version in VERSIONS {
+        let (ok, text) = validate(&yaml, version);
+        assert!(ok, "{version}: {text}");
+    }
+    let records = w.sb.audit_records();
+    let submitted = records.iter().find(|r| r["event"] == "run_submitted").expect("the submission");
+    assert_eq!(submitted["job"]["id"], "ces-k8s-proj/train-x7k2q");
+    assert_eq!(submitted["job"]["scheduler"], "k8s");
+    let run_id = submitted["run_id"].as_str().unwrap().to_owned();
+    assert!(calls().contains(&format!("patch networkpolicy/ces-deny-{run_id} ")), "{}", calls());
+
+    // ces jobs, then ces cancel: the pod first, waited for, then the Job.
+    let jobs: serde_json::Value = serde_json::from_str(w.ces(&["jobs", "--json"]).ok()).unwrap();
+    assert_eq!(jobs[0]["state"], "SUCCEEDED", "{jobs}");
+    assert_eq!(jobs[0]["job_id"], "ces-k8s-proj/train-x7k2q");
+    std::fs::write(&state, "|||1|1|false").unwrap();
+    let jobs: serde_json::Value = serde_json::from_str(w.ces(&["jobs", "--json"]).ok()).unwrap();
+    assert_eq!(jobs[0]["state"], "RUNNING", "{jobs}");
+    w.ces(&["cancel", &run_id]).ok();
+    let log = calls();
+    let pods = log.find("delete pods -l job-name=train-x7k2q --wait=true").expect("the pods deleted");
+    let job_deleted = log.find("delete job/train-x7k2q").expect("the job deleted");
+    assert!(pods < job_deleted, "{log}");
+
+    // A Job the cluster refuses: its policy goes again, nothing is kept.
+    std::fs::write(dir.join("refuse"), "").unwrap();
+    let out = w.ces(&["run", "--runtime", "k8s", &w.image, "true"]);
+    assert!(out.fails().contains("kubectl create job failed: Error from server (Forbidden)"), "{out:?}");
+    assert!(calls().lines().last().unwrap().contains("delete networkpolicy/ces-deny-"), "{}", calls());
+    let records = w.sb.audit_records();
+    assert_eq!(records.iter().filter(|r| r["event"] == "run_submitted").count(), 1);
+    assert_eq!(records.last().unwrap()["event"], "run_not_started");
+    let kept = std::fs::read_dir(w.sb.store.join("jobs")).unwrap().count();
+    assert_eq!(kept, 1, "only the first run's record");
+
+    // A record of the store's that names what ces would not have made
+    // (its words go to kubectl) is not used.
+    let forged = w.sb.store.join("jobs").join("20261206-000000-0000beef.k8s");
+    let record = serde_json::json!({"namespace": "kube-system", "name": "--all", "context": null, "image": "x"});
+    std::fs::write(&forged, record.to_string()).unwrap();
+    let before = calls().lines().count();
+    let jobs: serde_json::Value = serde_json::from_str(w.ces(&["jobs", "--json"]).ok()).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    let refused = w.ces(&["cancel", "20261206-000000-0000beef"]);
+    assert!(refused.fails().contains("no run or job"), "{refused:?}");
+    assert!(!calls().lines().skip(before).any(|l| l.contains("--all")), "{}", calls());
+}
+
+/// Evaluates every rule of the example ValidatingAdmissionPolicy (CEL, with
+/// PyPI's cel-python) on the pod in argv[2]; prints the rules it breaks.
+const CEL_CHECK: &str = r#"
+import json, sys, yaml, celpy
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+policy = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+pod = celpy.json_to_cel(json.load(open(sys.argv[2])))
+env = celpy.Environment()
+for rule in policy["spec"]["validations"]:
+    if not env.program(env.compile(rule["expression"])).evaluate({"object": pod}):
+        print(rule["message"])
+"#;
+
+/// The rules of the example policy `pod` breaks.
+fn broken_rules(pod: &serde_json::Value) -> Vec<String> {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/k8s-project-namespace.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pod.json"), pod.to_string()).unwrap();
+    let python = validator().with_file_name("python");
+    let out =
+        Command::new(python).args(["-c", CEL_CHECK]).arg(&example).arg(dir.path().join("pod.json")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect()
+}
+
+/// The operators' side (docs/examples/k8s-project-namespace.yaml): valid
+/// for Kubernetes 1.30 and 1.37, and its admission rules let ces's pods
+/// through and stop pods that are not as ces makes them.
+#[test]
+fn the_example_cluster_policy_is_valid_and_admits_only_pods_like_ces_makes() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples/k8s-project-namespace.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    for version in ["1.30.0", "1.37.0"] {
+        let (ok, out) = validate(&text, version);
+        assert!(ok, "{version}: {out}");
+    }
+    let w = world("admission", "");
+    let (_, yaml) = dry_run(&w, &["-c", "2"], &["true"]);
+    let template = documents(&yaml)[1]["spec"]["template"].clone();
+    let pod = serde_json::json!({ "metadata": template["metadata"], "spec": template["spec"] });
+    assert_eq!(broken_rules(&pod), Vec::<String>::new(), "ces's pod is admitted");
+    let changed = |pointer: &str, value: serde_json::Value| {
+        let mut pod = pod.clone();
+        match pod.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => {
+                let (parent, key) = pointer.rsplit_once('/').unwrap();
+                pod.pointer_mut(parent).unwrap()[key] = value;
+            }
+        }
+        broken_rules(&pod)
+    };
+    let cases = [
+        ("/spec/hostNetwork", serde_json::json!(true), "no host network"),
+        ("/spec/securityContext/runAsUser", serde_json::json!(0), "pods run as a user's uid, never root"),
+        (
+            "/spec/containers/0/securityContext/privileged",
+            serde_json::json!(true),
+            "no privilege: allowPrivilegeEscalation false, every capability dropped",
+        ),
+        (
+            "/spec/containers/0/image",
+            serde_json::json!("docker.io/library/busybox:latest"),
+            "images from the TRE's registry, by digest",
+        ),
+        ("/spec/volumes/0", serde_json::json!({"name": "host", "hostPath": {"path": "/"}}), "no host paths"),
+        ("/metadata/labels", serde_json::json!({}), "pods are ces runs"),
+        ("/spec/automountServiceAccountToken", serde_json::json!(true), "no service account token"),
+    ];
+    for (pointer, value, rule) in cases {
+        assert_eq!(changed(pointer, value), [rule], "{pointer}");
+    }
 }

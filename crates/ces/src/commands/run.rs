@@ -177,7 +177,7 @@ fn run_container(
             print_plan(&prepared.spec, "k8s", &prepared.safe_data, &backend_lines, options.json)?;
             return Ok(ExitCode::SUCCESS);
         }
-        return k8s::submit(settings, printer, &prepared, options.wait, options.json);
+        return k8s::submit(settings, printer, &prepared, options.wait, options.json, started);
     }
     if slurm {
         if options.dry_run {
@@ -671,7 +671,8 @@ fn native_cleanup_stale(store_root: &Path) {
 fn limits(options: &RunOptions, settings: &Settings) -> anyhow::Result<Limits> {
     let memory = options.memory.as_deref().map(plan::parse_memory).transpose()?.unwrap_or(plan::DEFAULT_MEMORY);
     let cpus = options.cores.as_deref().map(plan::parse_cores).transpose()?;
-    if let Some(asked) = cpus {
+    // A scheduler's node is not this host: its own cores are checked there.
+    if let Some(asked) = cpus.filter(|_| !matches!(options.runtime.as_deref(), Some("slurm" | "k8s"))) {
         let available = std::thread::available_parallelism().map_or(1, usize::from);
         if asked > available as f64 {
             return Err(RunError::TooManyCores { asked, available }.into());

@@ -22,6 +22,15 @@ use crate::commands::audit;
 use crate::printer::Printer;
 use crate::settings::{K8sConfig, Settings};
 
+/// The variable NVIDIA's container runtime reads for which GPUs to give.
+const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+
+/// `text` as Kubernetes takes it literally in a command or a variable's
+/// value: it expands `$(NAME)` there, and reads `$$` as `$`.
+fn literal(text: &str) -> String {
+    text.replace('$', "$$")
+}
+
 /// The label every object ces makes carries, with the run id.
 pub const RUN_LABEL: &str = "ces.tre/run-id";
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -209,6 +218,9 @@ fn check(prepared: &Prepared) -> Result<(), K8sError> {
         return Err(K8sError::Unsupported("[run] max_rootfs_writes: a pod's writes are the cluster's to limit"));
     }
     for mount in &spec.mounts {
+        if mount.destination.contains(':') {
+            return Err(K8sError::Unsupported("a mount path with a colon (Kubernetes refuses it)"));
+        }
         if matches!(mount.kind, MountKind::Bind { .. })
             && !["/safe_data", "/safe_outputs", "/scratch"].contains(&mount.destination.as_str())
         {
@@ -218,21 +230,27 @@ fn check(prepared: &Prepared) -> Result<(), K8sError> {
     Ok(())
 }
 
-/// The run's NetworkPolicy and Job. With `show_env`, the environment's
+/// The run's NetworkPolicy (unless `[k8s] network_policy` is off) and Job. With `show_env`, the environment's
 /// values; else `(not shown)` in place of those the user set (a dry run).
-fn manifests(settings: &Settings, prepared: &Prepared, show_env: bool) -> anyhow::Result<(Names, Value, Value)> {
+fn manifests(
+    settings: &Settings,
+    prepared: &Prepared,
+    show_env: bool,
+) -> anyhow::Result<(Names, Option<Value>, Value)> {
     check(prepared)?;
     let config = &settings.k8s;
     let spec = &prepared.spec;
     let names = Names::of(config, prepared.safe_data.project.as_deref(), &prepared.invoker.name)?;
     let run_labels = json!({ MANAGED_BY: "ces", RUN_LABEL: spec.id });
 
-    let policy = json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": { "name": format!("ces-deny-{}", spec.id), "namespace": names.namespace, "labels": run_labels },
-        // No rule: nothing in, nothing out (DNS included).
-        "spec": { "podSelector": { "matchLabels": { RUN_LABEL: spec.id } }, "policyTypes": ["Ingress", "Egress"] },
+    let policy = settings.k8s.network_policy.then(|| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": { "name": format!("ces-deny-{}", spec.id), "namespace": names.namespace, "labels": run_labels },
+            // No rule: nothing in, nothing out (DNS included).
+            "spec": { "podSelector": { "matchLabels": { RUN_LABEL: spec.id } }, "policyTypes": ["Ingress", "Egress"] },
+        })
     });
 
     let mut job_labels = run_labels.clone();
@@ -245,23 +263,34 @@ fn manifests(settings: &Settings, prepared: &Prepared, show_env: bool) -> anyhow
     if prepared.gpus > 0 {
         limits[config.gpu_resource.as_str()] = json!(prepared.gpus.to_string());
     }
-    let env: Vec<Value> = spec
+    // NVIDIA's runtime gives a container every GPU of its node when its
+    // environment asks (CUDA images set NVIDIA_VISIBLE_DEVICES=all): the
+    // device plugin sets it for the GPUs the pod asked for, and a pod that
+    // asked for none gets none.
+    let mut env: Vec<Value> = spec
         .process
         .env
         .iter()
+        .filter(|v| v.name != NVIDIA_VISIBLE_DEVICES)
         .map(|v| {
             let shown = show_env || !prepared.user_env.contains(&v.name);
-            json!({ "name": v.name, "value": if shown { v.value() } else { "(not shown)" } })
+            json!({ "name": v.name, "value": if shown { literal(v.value()) } else { "(not shown)".to_owned() } })
         })
         .collect();
+    if prepared.gpus == 0 {
+        env.push(json!({ "name": NVIDIA_VISIBLE_DEVICES, "value": "void" }));
+    }
+    // As the project's policy says (`[tre] safe_data_mode`): read-only by default.
+    let data_read_only =
+        !spec.mounts.iter().any(|m| m.destination == "/safe_data" && m.access == ces_runtime::Access::Rw);
     let mut volumes = vec![
-        json!({ "name": "safe-data", "persistentVolumeClaim": { "claimName": names.data_claim, "readOnly": true } }),
+        json!({ "name": "safe-data", "persistentVolumeClaim": { "claimName": names.data_claim, "readOnly": data_read_only } }),
         json!({ "name": "safe-outputs", "persistentVolumeClaim": { "claimName": names.outputs_claim } }),
         json!({ "name": "scratch", "emptyDir": {} }),
         json!({ "name": "dev-shm", "emptyDir": { "medium": "Memory", "sizeLimit": memory_quantity(spec.limits.shm_size) } }),
     ];
     let mut mounts = vec![
-        json!({ "name": "safe-data", "mountPath": "/safe_data", "readOnly": true }),
+        json!({ "name": "safe-data", "mountPath": "/safe_data", "readOnly": data_read_only }),
         json!({ "name": "safe-outputs", "mountPath": "/safe_outputs", "subPath": format!("outputs_{}", spec.id) }),
         json!({ "name": "scratch", "mountPath": "/scratch" }),
         json!({ "name": "dev-shm", "mountPath": "/dev/shm" }),
@@ -297,7 +326,7 @@ fn manifests(settings: &Settings, prepared: &Prepared, show_env: bool) -> anyhow
             "name": CONTAINER,
             "image": cluster_image(config, spec)?,
             "imagePullPolicy": "IfNotPresent",
-            "command": spec.process.args,
+            "command": spec.process.args.iter().map(|a| literal(a)).collect::<Vec<_>>(),
             "workingDir": spec.process.cwd,
             "env": env,
             "resources": { "requests": limits.clone(), "limits": limits },
@@ -350,6 +379,10 @@ pub(crate) fn place(settings: &Settings, prepared: &mut Prepared) -> anyhow::Res
         }
     }
     prepared.spec.image.rootfs = PathBuf::from(cluster_image(&settings.k8s, &prepared.spec)?);
+    // What the Job asks for, as the plan and the audit record show it: a
+    // core unless -c says, and the cluster's pids limit (the kubelet's).
+    prepared.spec.limits.cpus.get_or_insert(1.0);
+    prepared.spec.limits.pids = None;
     Ok(())
 }
 
@@ -357,7 +390,7 @@ pub(crate) fn place(settings: &Settings, prepared: &mut Prepared) -> anyhow::Res
 pub(crate) fn describe(settings: &Settings, prepared: &Prepared) -> anyhow::Result<Vec<String>> {
     let (_, policy, job) = manifests(settings, prepared, false)?;
     let mut lines = Vec::new();
-    for object in [policy, job] {
+    for object in policy.into_iter().chain([job]) {
         lines.push("---".to_owned());
         lines.extend(serde_yaml::to_string(&object)?.lines().map(str::to_owned));
     }
@@ -375,6 +408,19 @@ pub struct Record {
     pub context: Option<String>,
     /// The image, by digest, as the cluster pulls it.
     pub image: String,
+    /// The API server the Job went to (from the kubeconfig), if known.
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+impl Record {
+    /// Whether the record names what ces would have made (it is the user's
+    /// file: its words go to kubectl).
+    fn is_sound(&self) -> bool {
+        check_name("namespace", &self.namespace, 63).is_ok()
+            && check_name("name", &self.name, 63).is_ok()
+            && self.context.as_deref().is_none_or(|c| !c.is_empty() && !c.starts_with('-') && c.len() <= 253)
+    }
 }
 
 /// `kubectl` with the context and namespace.
@@ -391,8 +437,10 @@ fn kubectl(config: &K8sConfig, context: Option<&str>, namespace: &str) -> Comman
     command
 }
 
-/// Runs `command`, with `input` on its stdin; its stdout.
-fn output(mut command: Command, what: &'static str, input: Option<&[u8]>) -> Result<String, K8sError> {
+/// Runs `command`, with `input` on its stdin; its stdout. What kubectl says
+/// on stderr is passed on as it comes (a login plugin's prompt, a warning),
+/// and its last line names the failure.
+fn output(mut command: Command, what: &'static str, input: Option<Vec<u8>>) -> Result<String, K8sError> {
     let failed = |why: String| K8sError::Kubectl { what, why: ces_image::quote::escape_message(&why, 400) };
     let mut child = command
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -400,32 +448,63 @@ fn output(mut command: Command, what: &'static str, input: Option<&[u8]>) -> Res
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failed(format!("cannot run {:?}: {e}", command.get_program())))?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(input).map_err(|e| failed(e.to_string()))?;
+    // Written beside the reads: kubectl may answer (and end) before it has
+    // read it all.
+    let writer = match (input, child.stdin.take()) {
+        (Some(input), Some(mut stdin)) => Some(std::thread::spawn(move || stdin.write_all(&input))),
+        _ => None,
+    };
+    let stderr = child.stderr.take().map(|err| {
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            for line in std::io::BufRead::lines(std::io::BufReader::new(err)).map_while(Result::ok) {
+                eprintln!("kubectl: {}", ces_image::quote::escape_message(&line, 400));
+                if !line.trim().is_empty() {
+                    last = line;
+                }
+            }
+            last
+        })
+    });
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout).map_err(|e| failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| failed(e.to_string()))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(failed(stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").to_owned()));
+    let status = child.wait().map_err(|e| failed(e.to_string()))?;
+    let last = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    if let Some(writer) = writer {
+        let _ = writer.join();
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    if !status.success() {
+        return Err(failed(if last.is_empty() { status.to_string() } else { last }));
+    }
+    Ok(stdout.trim().to_owned())
+}
+
+/// The API server the kubeconfig's (or `context`'s) cluster names.
+fn server(config: &K8sConfig, context: Option<&str>, namespace: &str) -> Option<String> {
+    let mut view = kubectl(config, context, namespace);
+    view.args(["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    output(view, "config view", None).ok().filter(|s| !s.is_empty()).map(|s| ces_image::quote::escape_message(&s, 200))
 }
 
 /// Creates the run's NetworkPolicy, then its Job, and ties the policy to
 /// the Job (deleted with it); with `wait`, waits for it to end, prints its
-/// output and returns the container's exit code.
+/// output and returns the container's exit code. `started` is set once
+/// the Job exists: from then on, a failure is not a run that never started.
 pub(crate) fn submit(
     settings: &Settings,
     printer: &Printer,
     prepared: &Prepared,
     wait: bool,
     json_out: bool,
+    started: &mut bool,
 ) -> anyhow::Result<ExitCode> {
     let (names, policy, job) = manifests(settings, prepared, true)?;
     // What the audit record names: the manifests as a dry run shows them
     // (the environment's values left out).
     let (_, shown_policy, shown_job) = manifests(settings, prepared, false)?;
-    let plan = format!("sha256:{:x}", sha2::Sha256::digest(serde_json::to_vec(&[shown_policy, shown_job])?));
+    let plan = format!("sha256:{:x}", sha2::Sha256::digest(serde_json::to_vec(&(shown_policy, shown_job))?));
     let config = &settings.k8s;
     let context = config.context.as_deref();
     let spec = &prepared.spec;
@@ -435,41 +514,38 @@ pub(crate) fn submit(
         .recursive(true)
         .create(&jobs)
         .with_context(|| format!("cannot create {}", jobs.display()))?;
+    // With --wait, a ^C ends the waiting (the Job goes on: ces cancel ends it).
+    ces_runtime::native::unblock_forwarded_signals().context("cannot unblock signals")?;
+    let server = server(config, context, &names.namespace);
 
     // The policy first: the pods are denied all traffic from their start.
-    let mut create = kubectl(config, context, &names.namespace);
-    create.args(["create", "-f", "-", "-o", "name"]);
-    output(create, "create networkpolicy", Some(&serde_json::to_vec(&policy)?))?;
     let policy_name = format!("ces-deny-{}", spec.id);
+    if let Some(policy) = &policy {
+        let mut create = kubectl(config, context, &names.namespace);
+        create.args(["create", "-f", "-", "-o", "name"]);
+        output(create, "create networkpolicy", Some(serde_json::to_vec(policy)?))?;
+    }
     let mut create = kubectl(config, context, &names.namespace);
     create.args(["create", "-f", "-", "-o", "jsonpath={.metadata.name} {.metadata.uid}"]);
-    let created = match output(create, "create job", Some(&serde_json::to_vec(&job)?)) {
+    let created = match output(create, "create job", Some(serde_json::to_vec(&job)?)) {
         Ok(created) => created,
         Err(error) => {
-            let mut delete = kubectl(config, context, &names.namespace);
-            delete.args(["delete", "networkpolicy", &policy_name, "--wait=false"]);
-            output(delete, "delete networkpolicy", None).ok();
+            if policy.is_some() {
+                let mut delete = kubectl(config, context, &names.namespace);
+                delete.args(["delete", &format!("networkpolicy/{policy_name}"), "--wait=false"]);
+                output(delete, "delete networkpolicy", None).ok();
+            }
             return Err(error.into());
         }
     };
+    // From here the Job exists: it is a run, whatever fails next.
+    *started = true;
     let (name, uid) = created.split_once(' ').unwrap_or((created.as_str(), ""));
     let name = name.to_owned();
-    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') || name.is_empty() {
-        anyhow::bail!("kubectl create job printed no job name ({:?})", ces_image::quote::escape_message(&created, 100));
-    }
-    let owner = json!({ "metadata": { "ownerReferences": [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
-    }] } });
-    let mut patch = kubectl(config, context, &names.namespace);
-    patch.args(["patch", "networkpolicy", &policy_name, "--type=merge", "-p", &owner.to_string()]);
-    if let Err(error) = output(patch, "patch networkpolicy", None) {
-        printer.status(format!("warning: the NetworkPolicy {policy_name} stays after the Job: {error}"));
-    }
-
     let record = ces_audit::Job { scheduler: "k8s".to_owned(), id: format!("{}/{name}", names.namespace), node: None };
     let image = cluster_image(config, spec)?;
     let outputs = PathBuf::from(format!("pvc:{}/{}/outputs_{}", names.namespace, names.outputs_claim, spec.id));
-    audit::record_submitted(
+    let recorded = audit::record_submitted(
         settings,
         audit::RunStarting {
             spec,
@@ -481,9 +557,37 @@ pub(crate) fn submit(
             job: Some(&record),
         },
         &plan,
-    )?;
-    let kept =
-        Record { namespace: names.namespace.clone(), name: name.clone(), context: context.map(str::to_owned), image };
+    );
+    if let Err(error) = recorded {
+        // Nothing runs that is not recorded: the Job goes again.
+        let mut delete = kubectl(config, context, &names.namespace);
+        delete.args(["delete", &format!("job/{name}"), "--wait=false"]);
+        if policy.is_some() {
+            delete.arg(format!("networkpolicy/{policy_name}"));
+        }
+        output(delete, "delete job", None).ok();
+        return Err(error);
+    }
+    if check_name("name", &name, 63).is_err() {
+        anyhow::bail!("kubectl create job printed no job name ({:?})", ces_image::quote::escape_message(&created, 100));
+    }
+    let owner = json!({ "metadata": { "ownerReferences": [{
+        "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid,
+    }] } });
+    if policy.is_some() {
+        let mut patch = kubectl(config, context, &names.namespace);
+        patch.args(["patch", &format!("networkpolicy/{policy_name}"), "--type=merge", "-p", &owner.to_string()]);
+        if let Err(error) = output(patch, "patch networkpolicy", None) {
+            printer.status(format!("warning: the NetworkPolicy {policy_name} stays after the Job: {error}"));
+        }
+    }
+    let kept = Record {
+        namespace: names.namespace.clone(),
+        name: name.clone(),
+        context: context.map(str::to_owned),
+        image,
+        server: server.clone(),
+    };
     let file = jobs.join(format!("{}.k8s", spec.id));
     let mut out = std::fs::OpenOptions::new()
         .write(true)
@@ -492,7 +596,8 @@ pub(crate) fn submit(
         .open(&file)
         .with_context(|| format!("cannot create {}", file.display()))?;
     out.write_all(&serde_json::to_vec_pretty(&kept)?)?;
-    printer.status(format!("Submitted run {} as Kubernetes job {}/{name}", spec.id, names.namespace));
+    let at = server.map(|s| format!(" on {s}")).unwrap_or_default();
+    printer.status(format!("Submitted run {} as Kubernetes job {}/{name}{at}", spec.id, names.namespace));
     if json_out {
         println!("{}", json!({"event": "submitted", "run_id": spec.id, "job_id": record.id}));
     }
@@ -502,45 +607,84 @@ pub(crate) fn submit(
     let code = wait_for(config, &kept)?;
     let mut logs = kubectl(config, context, &kept.namespace);
     logs.args(["logs", &format!("job/{}", kept.name), "--container", CONTAINER]);
-    if let Ok(text) = output(logs, "logs", None) {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{text}")?;
+    // Straight to ces's stdout, as it comes.
+    let status = logs.stdin(Stdio::null()).status();
+    if !status.is_ok_and(|s| s.success()) {
+        printer.status(format!("warning: kubectl logs job/{} failed", kept.name));
     }
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
-/// The state of a Job, as `ces jobs` shows it.
-fn state_of(active: &str, succeeded: &str, failed: &str, suspended: &str) -> &'static str {
-    let some = |n: &str| n.parse::<u32>().unwrap_or(0) > 0;
-    if some(succeeded) {
-        "SUCCEEDED"
-    } else if some(failed) {
-        "FAILED"
-    } else if some(active) {
-        "RUNNING"
-    } else if suspended == "true" {
-        "QUEUED"
-    } else {
-        "PENDING"
+/// A Job's state, from its conditions (a Job that never got a pod fails at
+/// its deadline with no failed pod) and its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Queued,
+    Pending,
+    Running,
+    Succeeded,
+    Failed { deadline: bool },
+}
+
+impl State {
+    fn word(&self) -> &'static str {
+        match self {
+            State::Queued => "QUEUED",
+            State::Pending => "PENDING",
+            State::Running => "RUNNING",
+            State::Succeeded => "SUCCEEDED",
+            State::Failed { .. } => "FAILED",
+        }
     }
 }
 
-const STATE_PATH: &str = "jsonpath={.status.active}|{.status.succeeded}|{.status.failed}|{.spec.suspend}";
+/// `kubectl get job -o jsonpath=` of what [`state_of`] reads, `|`-separated.
+const STATE_PATH: &str = "jsonpath={.status.conditions[?(@.type==\"Complete\")].status}|\
+{.status.conditions[?(@.type==\"Failed\")].status}|{.status.conditions[?(@.type==\"Failed\")].reason}|\
+{.status.ready}|{.status.active}|{.spec.suspend}";
+
+fn state_of(line: &str) -> State {
+    let fields: Vec<&str> = line.split('|').collect();
+    let field = |i: usize| fields.get(i).copied().unwrap_or_default().trim();
+    let some = |n: &str| n.parse::<u32>().unwrap_or(0) > 0;
+    if field(0) == "True" {
+        State::Succeeded
+    } else if field(1) == "True" {
+        State::Failed { deadline: field(2) == "DeadlineExceeded" }
+    } else if some(field(3)) {
+        State::Running
+    } else if field(5) == "true" {
+        State::Queued
+    } else {
+        // Pods not yet scheduled (or not ready) count as active: pending.
+        State::Pending
+    }
+}
 
 /// Waits for the Job to end; the container's exit code (124 at the
-/// deadline, as ces's own time limit).
+/// deadline, as ces's own time limit). A failed look is tried again, for
+/// a few minutes, before waiting gives up.
 fn wait_for(config: &K8sConfig, job: &Record) -> anyhow::Result<i32> {
-    loop {
+    let mut failures = 0;
+    let state = loop {
         let mut get = kubectl(config, job.context.as_deref(), &job.namespace);
-        get.args(["get", "job", &job.name, "-o", STATE_PATH]);
-        let line = output(get, "get job", None)?;
-        let fields: Vec<&str> = line.split('|').collect();
-        let field = |i: usize| fields.get(i).copied().unwrap_or_default();
-        match state_of(field(0), field(1), field(2), field(3)) {
-            "SUCCEEDED" | "FAILED" => break,
-            _ => std::thread::sleep(std::time::Duration::from_secs(2)),
+        get.args(["get", &format!("job/{}", job.name), "--request-timeout=30s", "-o", STATE_PATH]);
+        match output(get, "get job", None) {
+            Ok(line) => {
+                failures = 0;
+                if let done @ (State::Succeeded | State::Failed { .. }) = state_of(&line) {
+                    break done;
+                }
+            }
+            Err(error) => {
+                failures += 1;
+                if failures >= 90 {
+                    return Err(error.into());
+                }
+            }
         }
-    }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
     let mut pods = kubectl(config, job.context.as_deref(), &job.namespace);
     pods.args([
         "get",
@@ -548,14 +692,22 @@ fn wait_for(config: &K8sConfig, job: &Record) -> anyhow::Result<i32> {
         "-l",
         &format!("job-name={}", job.name),
         "-o",
-        "jsonpath={.items[0].status.containerStatuses[0].state.terminated.exitCode}",
+        &format!(
+            "jsonpath={{.items[0].status.containerStatuses[?(@.name==\"{CONTAINER}\")].state.terminated.exitCode}}"
+        ),
     ]);
-    let code = output(pods, "get pods", None).ok().and_then(|c| c.parse::<i32>().ok());
-    // No container ended (the deadline stopped it, or it never started).
-    Ok(code.unwrap_or(124))
+    let code = output(pods, "get pods", None).ok().and_then(|c| c.trim().parse::<i32>().ok());
+    Ok(match (state, code) {
+        (State::Failed { deadline: true }, _) => 124,
+        (_, Some(code)) => code,
+        (State::Succeeded, None) => 0,
+        // Failed with no container that ended (never started, evicted).
+        (_, None) => 1,
+    })
 }
 
-/// This store's Kubernetes jobs: run id and what was kept.
+/// This store's Kubernetes jobs: run id and what was kept (records that
+/// name what ces would not have made are left out).
 pub(crate) fn records(jobs: &Path) -> Vec<(String, Record)> {
     let Ok(entries) = std::fs::read_dir(jobs) else { return Vec::new() };
     entries
@@ -563,8 +715,8 @@ pub(crate) fn records(jobs: &Path) -> Vec<(String, Record)> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let run_id = name.strip_suffix(".k8s").filter(|id| ces_runtime::plan::is_run_id(id))?.to_owned();
-            let record = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
-            Some((run_id, record))
+            let record: Record = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+            record.is_sound().then_some((run_id, record))
         })
         .collect()
 }
@@ -573,14 +725,10 @@ pub(crate) fn records(jobs: &Path) -> Vec<(String, Record)> {
 /// time after finishing is up, or it was cancelled).
 pub(crate) fn state(config: &K8sConfig, job: &Record) -> String {
     let mut get = kubectl(config, job.context.as_deref(), &job.namespace);
-    get.args(["get", "job", &job.name, "--ignore-not-found", "-o", STATE_PATH]);
+    get.args(["get", &format!("job/{}", job.name), "--ignore-not-found", "--request-timeout=30s", "-o", STATE_PATH]);
     match output(get, "get job", None) {
         Ok(line) if line.is_empty() => "ENDED".to_owned(),
-        Ok(line) => {
-            let fields: Vec<&str> = line.split('|').collect();
-            let field = |i: usize| fields.get(i).copied().unwrap_or_default();
-            state_of(field(0), field(1), field(2), field(3)).to_owned()
-        }
+        Ok(line) => state_of(&line).word().to_owned(),
         Err(_) => "UNKNOWN".to_owned(),
     }
 }
@@ -597,11 +745,15 @@ pub(crate) fn logs(config: &K8sConfig, job: &Record, follow: bool) -> anyhow::Re
     Ok(())
 }
 
-/// `ces cancel` for a Kubernetes job: the Job is deleted, its pod gets
-/// SIGTERM, then SIGKILL after the stop timeout; its policy goes with it.
+/// `ces cancel` for a Kubernetes job: its pod is deleted first (SIGTERM,
+/// then SIGKILL after the stop timeout) and waited for, then the Job, with
+/// the NetworkPolicy it owns: the policy outlives the container.
 pub(crate) fn cancel(config: &K8sConfig, job: &Record) -> anyhow::Result<()> {
+    let mut pods = kubectl(config, job.context.as_deref(), &job.namespace);
+    pods.args(["delete", "pods", "-l", &format!("job-name={}", job.name), "--wait=true"]);
+    output(pods, "delete pods", None)?;
     let mut delete = kubectl(config, job.context.as_deref(), &job.namespace);
-    delete.args(["delete", "job", &job.name, "--wait=false"]);
+    delete.args(["delete", &format!("job/{}", job.name), "--wait=false"]);
     output(delete, "delete job", None)?;
     Ok(())
 }
@@ -644,9 +796,12 @@ mod tests {
         assert_eq!(job_prefix(Some("Train_Model.v2")), "train-model-v2-");
         assert_eq!(job_prefix(Some("__")), "ces-");
         assert_eq!(job_prefix(Some(&"x".repeat(128))).len(), 41);
-        assert_eq!(state_of("1", "", "", "false"), "RUNNING");
-        assert_eq!(state_of("", "", "", "true"), "QUEUED");
-        assert_eq!(state_of("", "1", "", ""), "SUCCEEDED");
-        assert_eq!(state_of("", "", "1", ""), "FAILED");
+        assert_eq!(state_of("||||1|false"), State::Pending, "active but not ready: not scheduled yet");
+        assert_eq!(state_of("|||1|1|false"), State::Running);
+        assert_eq!(state_of("|||||true"), State::Queued);
+        assert_eq!(state_of("True|||||"), State::Succeeded);
+        assert_eq!(state_of("|True|BackoffLimitExceeded|||"), State::Failed { deadline: false });
+        assert_eq!(state_of("|True|DeadlineExceeded|||"), State::Failed { deadline: true });
+        assert_eq!(literal("echo $HOME $(X) $$"), "echo $$HOME $$(X) $$$$");
     }
 }
