@@ -22,6 +22,6 @@ pub use log::{AuditError, AuditLog, Break, Report, SYSLOG_SOCKET, sha256_hex};
 pub use open::{OpenMark, Opened};
 pub use record::{
     Archive, Device, Event, Exit, Image, Job, Limits, LoadEvent, LoadedImage, MAX_ERROR_TEXT, Mount, Outcome,
-    Provenance, PullEndEvent, PullEvent, PullStartEvent, Record, RunEndEvent, RunEvent, RunNotStarted, RunSetup,
-    RunStartEvent, RunSubmittedEvent, SafeData, User,
+    Provenance, ProxyPullEvent, PullEndEvent, PullEvent, PullStartEvent, Record, RunEndEvent, RunEvent, RunNotStarted,
+    RunSetup, RunStartEvent, RunSubmittedEvent, SafeData, User,
 };

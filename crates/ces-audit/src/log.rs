@@ -379,6 +379,7 @@ mod tests {
             registry_user: None,
             digest: None,
             provenance: None,
+            endpoint: None,
             outcome: Outcome::Ok,
         })
     }
@@ -575,6 +576,7 @@ mod tests {
                 registry_user: None,
                 digest: None,
                 provenance: None,
+                endpoint: None,
                 outcome: Outcome::Error { error: "y".repeat(9000) },
             })
         };

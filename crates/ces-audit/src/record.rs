@@ -66,6 +66,35 @@ pub enum Event {
     /// job. The run itself is recorded where it runs (its start and its
     /// end, with the same run id, and the job).
     RunSubmitted(Box<RunSubmittedEvent>),
+    /// A request the pull proxy (`ces proxy`) answered or refused: a
+    /// manifest, a blob or a tag list, for an authenticated client.
+    ProxyPull(ProxyPullEvent),
+}
+
+/// What the pull proxy served (or refused) to whom.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxyPullEvent {
+    /// The client, as it authenticated to the proxy (`anonymous` if it may not).
+    pub client: String,
+    /// Its address.
+    pub peer: String,
+    /// The upstream registry (the proxy's name for it).
+    pub upstream: String,
+    /// The repository in it.
+    pub repository: String,
+    /// `manifest`, `blob` or `tags`.
+    pub object: String,
+    /// The tag or digest asked for.
+    pub reference: String,
+    /// The digest served, when one was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// `hit` (from the cache), `miss` (fetched upstream), `stale` (from the
+    /// cache, upstream unreachable), or `none` (refused before either).
+    pub cache: String,
+    /// How it ended.
+    #[serde(flatten)]
+    pub outcome: Outcome,
 }
 
 impl Event {
@@ -81,6 +110,7 @@ impl Event {
             Event::RunEnd(_) => "run_end",
             Event::RunNotStarted(_) => "run_not_started",
             Event::RunSubmitted(_) => "run_submitted",
+            Event::ProxyPull(_) => "proxy_pull",
         }
     }
 
@@ -95,7 +125,8 @@ impl Event {
             | Event::PullEnd(_)
             | Event::Load(_)
             | Event::RunNotStarted(_)
-            | Event::RunSubmitted(_) => None,
+            | Event::RunSubmitted(_)
+            | Event::ProxyPull(_) => None,
         }
     }
 
@@ -112,6 +143,7 @@ impl Event {
             Event::RunEnd(_) => "",
             Event::RunNotStarted(run) => run.image.as_deref().unwrap_or_default(),
             Event::RunSubmitted(run) => &run.setup.image.reference,
+            Event::ProxyPull(pull) => &pull.repository,
         }
     }
 
@@ -123,6 +155,7 @@ impl Event {
             Event::RunStart(start) => Some(&start.setup.image.digest),
             Event::Run(run) => Some(&run.setup.image.digest),
             Event::RunSubmitted(run) => Some(&run.setup.image.digest),
+            Event::ProxyPull(pull) => pull.digest.as_deref(),
             Event::PullStart(_) | Event::PullEnd(_) | Event::RunEnd(_) | Event::RunNotStarted(_) => None,
         }
     }
@@ -161,6 +194,12 @@ impl Event {
             Event::RunEnd(end) => &mut end.outcome,
             Event::RunNotStarted(run) => &mut run.outcome,
             Event::RunSubmitted(run) => &mut run.outcome,
+            Event::ProxyPull(pull) => {
+                for text in [&mut pull.client, &mut pull.repository, &mut pull.reference, &mut pull.peer] {
+                    *text = ces_image::quote::escape_message(text, MAX_ERROR_TEXT);
+                }
+                &mut pull.outcome
+            }
         };
         outcome.bound();
     }
@@ -178,6 +217,7 @@ impl Event {
             Event::RunEnd(end) => &end.outcome,
             Event::RunNotStarted(run) => &run.outcome,
             Event::RunSubmitted(run) => &run.outcome,
+            Event::ProxyPull(pull) => &pull.outcome,
         }
     }
 }
@@ -281,6 +321,9 @@ pub struct PullEvent {
     /// success; absent when the image says nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<Box<Provenance>>,
+    /// The pull proxy the pull went through (`[registries] mirror`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// How it ended.
     #[serde(flatten)]
     pub outcome: Outcome,
@@ -573,6 +616,7 @@ mod tests {
                 registry_user: None,
                 digest: None,
                 provenance: None,
+                endpoint: None,
                 outcome: Outcome::Refused { error: "not allowed".into() },
             }),
         };

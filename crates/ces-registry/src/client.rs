@@ -45,7 +45,27 @@ pub struct ClientConfig {
     /// allowlist, and the only hosts an `https` registry may send ces to
     /// over `http` (a token realm, a redirect).
     pub insecure: Vec<String>,
+    /// Where a registry may redirect a request (`host[:port]`; its own host
+    /// always): `None` for anywhere (over `https`).
+    pub redirect_hosts: Option<Vec<String>>,
+    /// A pull proxy (`ces proxy`) that every request goes through instead
+    /// of the registry itself: the registry stays the one allowed and named.
+    pub mirror: Option<Mirror>,
 }
+
+/// A pull proxy, and the credentials for it (the user's own, for the
+/// registry, go along in [`UPSTREAM_AUTHORIZATION`]).
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// `http[s]://host[:port]`.
+    pub url: Url,
+    /// Who the user is to the proxy.
+    pub credentials: Credentials,
+}
+
+/// The header that carries the user's credentials for the registry through
+/// a pull proxy (`Basic ...`): the proxy uses them for this request only.
+pub const UPSTREAM_AUTHORIZATION: &str = "x-ces-upstream-authorization";
 
 /// How often, and how patiently, a failed request is tried again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,16 +155,33 @@ impl Client {
         let scheme = if self.config.insecure.contains(&registry) { "http" } else { "https" };
         // Docker Hub's API lives on another host than its name.
         let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry.as_str() };
-        let base = Url::parse(&format!("{scheme}://{host}/v2/")).map_err(|_| RegistryError::BadAuth {
-            registry: registry.clone(),
-            detail: "the registry name is not a host",
-        })?;
+        let bad_host =
+            || RegistryError::BadAuth { registry: registry.clone(), detail: "the registry name is not a host" };
+        // Through a proxy: its /v2/<registry>/<repository>, as its user, the
+        // user's own credentials for the registry alongside.
+        let (base, repository, session_credentials, upstream) = match &self.config.mirror {
+            Some(mirror) => (
+                mirror.url.join("/v2/").map_err(|_| bad_host())?,
+                format!("{registry}/{}", reference.repository()),
+                mirror.credentials.clone(),
+                credentials.basic_header(),
+            ),
+            None => (
+                Url::parse(&format!("{scheme}://{host}/v2/")).map_err(|_| bad_host())?,
+                reference.repository().to_owned(),
+                credentials.clone(),
+                None,
+            ),
+        };
         let session = Session {
             http: self.http.clone(),
             base,
             registry,
-            repository: reference.repository().to_owned(),
-            credentials: credentials.clone(),
+            repository,
+            upstream,
+            proxy: self.config.mirror.is_some(),
+            redirect_hosts: self.config.redirect_hosts.clone(),
+            credentials: session_credentials,
             authorization: Mutex::new(None),
             insecure: self.config.insecure.clone(),
             retry: self.retry.clone(),
@@ -165,6 +202,13 @@ pub struct Session {
     base: Url,
     registry: String,
     repository: String,
+    /// Through a proxy: the user's credentials for the registry, sent to
+    /// the proxy alone.
+    upstream: Option<String>,
+    /// Whether the session goes through a pull proxy.
+    proxy: bool,
+    /// See [`ClientConfig::redirect_hosts`].
+    redirect_hosts: Option<Vec<String>>,
     credentials: Credentials,
     authorization: Mutex<Option<String>>,
     insecure: Vec<String>,
@@ -257,6 +301,11 @@ impl Session {
     /// The registry this session talks to.
     pub fn registry(&self) -> &str {
         &self.registry
+    }
+
+    /// Where its requests go (`host[:port]`): the registry, or the proxy.
+    pub fn endpoint(&self) -> String {
+        host_of(&self.base)
     }
 
     /// Tries made again so far, all requests together.
@@ -398,6 +447,9 @@ impl Session {
             if let Some(auth) = auth.filter(|auth| same_origin(&url, auth.origin)) {
                 request = request.header(AUTHORIZATION, &auth.value);
             }
+            if let Some(upstream) = self.upstream.as_ref().filter(|_| self.is_registry(&url)) {
+                request = request.header(UPSTREAM_AUTHORIZATION, upstream);
+            }
             let response = request.send().await.map_err(|source| TryError::Again {
                 error: RegistryError::Unreachable { registry: host_of(&url), source },
                 retry_after: None,
@@ -412,6 +464,16 @@ impl Session {
                 .and_then(|l| url.join(l).ok())
                 .ok_or_else(|| RegistryError::BadRedirect { registry: self.registry.clone(), what: what.to_owned() })?;
             self.check_downgrade(&url, &next, what)?;
+            if let Some(hosts) = &self.redirect_hosts
+                && !self.is_registry(&next)
+                && !hosts.contains(&host_of(&next))
+            {
+                return Err(TryError::Fatal(RegistryError::RedirectOff {
+                    registry: self.registry.clone(),
+                    what: what.to_owned(),
+                    host: host_of(&next),
+                }));
+            }
             visited.push(url);
             if visited.contains(&next) || visited.len() > MAX_REDIRECTS {
                 return Err(TryError::Fatal(RegistryError::RedirectLoop {
@@ -457,6 +519,25 @@ impl Session {
                     }
                     _ => return Err(TryError::Fatal(self.unauthorized())),
                 }
+            }
+            if self.proxy && self.is_registry(&at) && !status.is_success() && status != StatusCode::UNAUTHORIZED {
+                // The pull proxy (ces's own) says why, and has tried its
+                // upstream already: its answer stands.
+                let message =
+                    read_limited(response, 16 << 10).await.ok().flatten().and_then(|body| proxy_message(&body));
+                if let Some((code, message)) = message {
+                    return Err(TryError::Fatal(RegistryError::Proxy {
+                        endpoint: host_of(&at),
+                        status,
+                        code,
+                        message,
+                    }));
+                }
+                return Err(TryError::Fatal(RegistryError::Status {
+                    registry: host_of(&at),
+                    what: what.to_owned(),
+                    status,
+                }));
             }
             if is_transient(status) {
                 return Err(TryError::Again {
@@ -780,6 +861,32 @@ impl Session {
         Ok(())
     }
 
+    /// The repository's tag list (`tags/list`, its JSON as sent), at most
+    /// `limit` bytes; `query` is passed on (`n=...&last=...`).
+    pub async fn tags(&self, query: &str, limit: u64, reporter: &dyn PullReporter) -> Result<Vec<u8>, RegistryError> {
+        let mut url = self.url(&format!("{}/tags/list", self.repository))?;
+        if !query.is_empty() {
+            url.set_query(Some(query));
+        }
+        let what = format!("GET tags of {}/{}", self.registry, self.repository);
+        self.retrying(&what, reporter, async || {
+            let (response, at) = self.fetch(&url, &what, &[], reporter).await?;
+            match response.status() {
+                s if s.is_success() => {}
+                StatusCode::NOT_FOUND => {
+                    return Err(self.not_found(&at, &what, format!("{}/{}", self.registry, self.repository)).into());
+                }
+                StatusCode::FORBIDDEN => return Err(self.unauthorized().into()),
+                status => {
+                    return Err(RegistryError::Status { registry: host_of(&at), what: what.clone(), status }.into());
+                }
+            }
+            read_limited(response, limit).await.map_err(self.transfer("tags"))
+        })
+        .await?
+        .ok_or(RegistryError::TooLarge { what: "tag list", reference: what.clone(), limit })
+    }
+
     /// Fetches a small blob (a config) into memory, at most `limit` bytes.
     /// The bytes must be `size` long and hash to `digest` (as a streamed
     /// blob must be when committed), so that no caller reads a blob the
@@ -830,6 +937,23 @@ struct Download {
     have: u64,
     /// Whether to resume with `Range` (off once the registry got it wrong).
     ranges: bool,
+}
+
+/// The first error of an OCI error body (`{"errors":[{"code","message"}]}`),
+/// escaped and cut short.
+fn proxy_message(body: &[u8]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        message: Option<String>,
+    }
+    let first = serde_json::from_slice::<Errors>(body).ok()?.errors.into_iter().next()?;
+    let escape = |s: &str| ces_image::quote::escape_message(s, 300);
+    Some((escape(&first.code), escape(first.message.as_deref().unwrap_or_default())))
 }
 
 fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {

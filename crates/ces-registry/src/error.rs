@@ -136,6 +136,28 @@ pub enum RegistryError {
         /// Its status (401 or 403).
         status: reqwest::StatusCode,
     },
+    /// The pull proxy refused or could not serve the request, and said why.
+    #[error("the pull proxy {endpoint} answered {status}: {code}: {message}")]
+    Proxy {
+        /// The proxy (`host[:port]`).
+        endpoint: String,
+        /// Its status.
+        status: reqwest::StatusCode,
+        /// The OCI error code.
+        code: String,
+        /// Its message (escaped).
+        message: String,
+    },
+    /// The registry redirected to a host it may not send requests to.
+    #[error("{what} on {registry} was redirected to {host}, which is not a host it may redirect to")]
+    RedirectOff {
+        /// The registry.
+        registry: String,
+        /// What was asked.
+        what: String,
+        /// Where it redirected (`host[:port]`).
+        host: String,
+    },
     /// The registry sent a request to another host, which has nothing there.
     #[error("{what} on {registry} was redirected to {host}, which answered 404 Not Found")]
     NotFoundAt {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod pull;
 
 pub use auth::{Credentials, Secret};
-pub use client::{Client, ClientConfig, RetryPolicy, Session};
+pub use client::{Client, ClientConfig, Mirror, RetryPolicy, Session, UPSTREAM_AUTHORIZATION};
 pub use error::RegistryError;
 pub use pull::{PullOptions, PullOutcome, PullReporter, Quiet, Retry, pull};
+pub use reqwest::Url;

@@ -46,14 +46,15 @@ struct World {
 fn world(reg: &Misbehaving, repo: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
-    let client = Client::new(ClientConfig { allowed: vec![reg.host()], insecure: vec![reg.host()] })
-        .unwrap()
-        .with_retry(RetryPolicy {
-            tries: TRIES,
-            first_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(5),
-            max_retry_after: Duration::from_millis(5),
-        });
+    let client =
+        Client::new(ClientConfig { allowed: vec![reg.host()], insecure: vec![reg.host()], ..ClientConfig::default() })
+            .unwrap()
+            .with_retry(RetryPolicy {
+                tries: TRIES,
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(5),
+                max_retry_after: Duration::from_millis(5),
+            });
     let reference = format!("{}/{repo}:1", reg.host()).parse().unwrap();
     World { _dir: dir, store, client, reference }
 }

@@ -26,7 +26,9 @@ async fn an_altered_config_is_a_digest_mismatch_before_its_labels_are_judged() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("store")).unwrap();
-    let client = Client::new(ClientConfig { allowed: vec![reg.host()], insecure: vec![reg.host()] }).unwrap();
+    let client =
+        Client::new(ClientConfig { allowed: vec![reg.host()], insecure: vec![reg.host()], ..ClientConfig::default() })
+            .unwrap();
     let reference = format!("{}/registry/altered-config:1", reg.host()).parse().unwrap();
     let options = PullOptions { required_labels: vec![SOURCE.to_owned()], ..PullOptions::default() };
     let lock = store.lock_shared().unwrap();

@@ -72,6 +72,9 @@ pub enum Command {
     /// Run a pulled image with the TRE directories, no network, and limits.
     #[command(override_usage = "ces run [OPTIONS] IMAGE [ARGS]...", after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
+    /// Serve the TRE's pull proxy (an operator's service; here --config names
+    /// the proxy's config [default: /etc/ces/proxy.toml]: see docs/proxy.md).
+    Proxy,
     /// Your runs submitted to Slurm or Kubernetes (--runtime slurm|k8s): run, job, state, node.
     Jobs {
         /// Print JSON.

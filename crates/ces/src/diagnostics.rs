@@ -152,6 +152,15 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
         RegistryError::RedirectDenied { host, .. } => vec![format!(
             "the registry's storage at {host} refused the download; this is the registry's fault (report it), or try again later"
         )],
+        RegistryError::Proxy { status, .. } if status.as_u16() == 401 || status.as_u16() == 403 => vec![
+            "the pull proxy decides who may pull what: CES_PROXY_USER and CES_PROXY_PASSWORD name you to it; its operator enables users and repositories; a private repository needs your own registry credentials too (--user, with the token)".into(),
+        ],
+        RegistryError::Proxy { .. } => {
+            vec!["the pull proxy's operator can tell more from its log and audit log; try again later".into()]
+        }
+        RegistryError::RedirectOff { host, .. } => vec![format!(
+            "the pull proxy's operator lists the hosts an upstream may redirect to (redirect_hosts); {host} is not one"
+        )],
         RegistryError::NotFoundAt { host, .. } => {
             vec![format!("the registry's storage at {host} has lost the content; report it to the registry")]
         }

@@ -100,6 +100,15 @@ pub fn main(entry: Entry) -> ExitCode {
                 Err(error) => report(&error, settings::SYSTEM_CONFIG),
             };
         }
+        // `ces proxy`: --config names the proxy's config, which names the
+        // ces config whose [pull] it applies.
+        Action::Command(Command::Proxy) => {
+            let config = global.config.clone().unwrap_or_else(|| commands::proxy::DEFAULT_CONFIG.into());
+            return match commands::proxy::serve(&config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => report(&error, &config.display().to_string()),
+            };
+        }
         other => other,
     };
     let settings = match Settings::load(global.config.as_deref()) {
@@ -206,6 +215,8 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
         // Exit 1 when a finding reaches the threshold (dispatched before the settings are read).
         Action::Command(Command::Lint(args)) => commands::lint::lint(args),
+        // Served before the settings are read (its --config is its own).
+        Action::Command(Command::Proxy) => unreachable!("ces proxy is dispatched before the settings are read"),
         // Exit 1 when the image is not ready.
         Action::Command(Command::Test(args)) => commands::test::test(settings, printer, args),
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),

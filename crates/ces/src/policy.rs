@@ -206,6 +206,29 @@ pub fn check_pull_enabled(settings: &Settings) -> anyhow::Result<()> {
     Err(PolicyError::PullNotEnabled { user: user.name, uid: user.uid }.into())
 }
 
+/// Whether a client of the pull proxy, `name` (a user of its htpasswd
+/// file), may pull under `[pull]`: listed by name, or a member of a listed
+/// group as the system's user database says (a name it does not know is in
+/// no group).
+pub fn proxy_client_enabled(settings: &Settings, name: &str) -> Result<(), String> {
+    let pull = &settings.pull;
+    if pull.open() || pull.allowed_users.as_deref().unwrap_or_default().iter().any(|u| u == name) {
+        return Ok(());
+    }
+    let groups = pull.allowed_groups.as_deref().unwrap_or_default();
+    if !groups.is_empty() && name != "anonymous" {
+        let member_of = identity::groups(Some(name)).unwrap_or_default();
+        if groups.iter().any(|g| member_of.contains(g)) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "user {} is not enabled to pull ([pull] in {})",
+        ces_image::quote::escape_message(name, 100),
+        settings.config_shown()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -412,11 +412,30 @@ pub struct RegistriesConfig {
     /// Of those, the ones reached over plain HTTP.
     #[serde(default)]
     pub insecure: Vec<String>,
+    /// The TRE's pull proxy (`ces proxy`), `http[s]://host[:port]`: every
+    /// pull goes through it (the image keeps its registry's name).
+    #[serde(default, deserialize_with = "mirror_url")]
+    pub mirror: Option<String>,
 }
 
 impl Default for RegistriesConfig {
     fn default() -> Self {
-        RegistriesConfig { allowed: default_allowed(), insecure: Vec::new() }
+        RegistriesConfig { allowed: default_allowed(), insecure: Vec::new(), mirror: None }
+    }
+}
+
+fn mirror_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    let host = rest.map(|r| r.trim_end_matches('/'));
+    match host {
+        Some(host) if !host.is_empty() && !host.contains(['/', '@', '?', '#', ' ']) => {
+            Ok(Some(text.trim_end_matches('/').to_owned()))
+        }
+        _ => Err(serde::de::Error::custom(format!(
+            "{:?} is not a proxy address: http[s]://host[:port], nothing after",
+            ces_image::quote::escape_message(&text, 100)
+        ))),
     }
 }
 

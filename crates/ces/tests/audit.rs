@@ -177,6 +177,7 @@ fn show_filters_by_user_time_and_image() {
             registry_user: None,
             digest: Some(format!("sha256:{}", "cd".repeat(32))),
             provenance: None,
+            endpoint: None,
             outcome: ces_audit::Outcome::Ok,
         });
         log.append(ces_audit::User { name: "bob".into(), uid: 4242 }, event).unwrap();

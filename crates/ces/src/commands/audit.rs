@@ -141,6 +141,8 @@ pub struct PullAttempt<'a> {
     pub registry_user: Option<&'a str>,
     /// Where the pulled image came from (on success).
     pub provenance: Option<&'a Provenance>,
+    /// The pull proxy it went through, if any.
+    pub endpoint: Option<String>,
 }
 
 /// Appends a pull's record: `result` is the pulled manifest digest, or the
@@ -161,6 +163,7 @@ pub fn record_pull(
         registry_user: attempt.registry_user.map(str::to_owned),
         digest,
         provenance: attempt.provenance.and_then(recorded_provenance),
+        endpoint: attempt.endpoint,
         outcome,
     });
     append(settings, event)
@@ -567,6 +570,7 @@ fn event_word(event: &Event) -> &'static str {
         Event::Run(_) | Event::RunNotStarted(_) => "run",
         Event::RunEnd(_) => "end",
         Event::RunSubmitted(_) => "submit",
+        Event::ProxyPull(_) => "proxy",
     }
 }
 
@@ -690,6 +694,7 @@ mod tests {
             registry_user: None,
             digest: Some(format!("sha256:{}", "ab12".repeat(16))),
             provenance: None,
+            endpoint: None,
             outcome: Outcome::Ok,
         });
         for yes in ["ghcr.io/a/b:1", "ghcr.io/a/b", "sha256:ab12ab", "ab12ab12"] {

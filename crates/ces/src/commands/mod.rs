@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod lint;
 pub mod load;
 pub mod outputs;
+pub mod proxy;
 pub mod ps;
 pub mod pull;
 pub mod rmi;

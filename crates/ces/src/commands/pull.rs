@@ -51,6 +51,7 @@ pub fn pull(settings: &Settings, printer: &Printer, request: PullRequest) -> any
         registry: request.reference.parse::<ImageReference>().ok().map(|r| r.registry().to_owned()),
         registry_user: request.credentials.user(),
         provenance: result.as_ref().ok().map(|pulled| &pulled.provenance),
+        endpoint: settings.registries.mirror.clone(),
     };
     let recorded = audit::record_pull(settings, attempt, result.as_ref().map(|pulled| pulled.pinned.digest()));
     if let (Some(started), Ok(())) = (started, &recorded) {
@@ -92,6 +93,8 @@ fn fetch(
     let client = Client::new(ClientConfig {
         allowed: settings.registries.allowed.clone(),
         insecure: settings.registries.insecure.clone(),
+        redirect_hosts: None,
+        mirror: mirror(settings)?,
     })?;
     client.check_allowed(reference.registry())?;
     *started = Some(audit::record_pull_start(settings, &reference, request.credentials.user())?);
@@ -141,6 +144,18 @@ fn fetch(
     store.add_ref(&outcome.record)?;
     drop(lock);
     Ok(Pulled { pinned: reference.with_digest(outcome.record.digest.clone()), provenance: outcome.record.provenance })
+}
+
+/// The pull proxy of `[registries] mirror`, with the user's credentials for
+/// it from `CES_PROXY_USER` and `CES_PROXY_PASSWORD` (none: anonymous).
+fn mirror(settings: &Settings) -> anyhow::Result<Option<ces_registry::Mirror>> {
+    let Some(url) = &settings.registries.mirror else { return Ok(None) };
+    let url = ces_registry::Url::parse(url).with_context(|| format!("[registries] mirror {url:?} is not a URL"))?;
+    let credentials = ces_registry::Credentials::from_parts(
+        std::env::var("CES_PROXY_USER").ok(),
+        std::env::var("CES_PROXY_PASSWORD").ok().map(ces_registry::Secret::new),
+    );
+    Ok(Some(ces_registry::Mirror { url, credentials }))
 }
 
 /// Unpacks the image's root filesystem into the cache, with a spinner.

@@ -1,0 +1,916 @@
+//! The HTTP side: the OCI distribution API's pull side under
+//! `/v2/<upstream>/<repository>/...`, `/healthz` and `/metrics`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ces_audit::{AuditLog, Event, Outcome, ProxyPullEvent};
+use ces_image::Digest;
+use ces_registry::{Client as RegistryClient, ClientConfig, Credentials, PullReporter, Quiet, RegistryError, Session};
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::auth::{Client, Users};
+use crate::cache::{Access, Cache, Member, Tag, children, media_type_of, now};
+use crate::config::{Config, UpstreamConfig, glob};
+
+/// The most a manifest may weigh.
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// How long a client whose credentials the upstream accepted for a
+/// repository may have its private blobs from the cache.
+const AUTHORIZED_FOR: Duration = Duration::from_secs(3600);
+/// How long an upstream session (and its token) is kept.
+const SESSION_FOR: Duration = Duration::from_secs(240);
+/// The header that says the cache served what the upstream could not confirm.
+pub const CACHE_HEADER: &str = "x-ces-cache";
+
+/// Whether a client is enabled to pull (the ces config's `[pull]`): `Err`
+/// says why not.
+pub type Enablement = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// A response body.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// One upstream, ready.
+struct Upstream {
+    config: UpstreamConfig,
+    host: String,
+    client: RegistryClient,
+    shared: Option<Credentials>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    bytes_sent: AtomicU64,
+    upstream_fetches: AtomicU64,
+    upstream_blob_fetches: AtomicU64,
+    upstream_errors: AtomicU64,
+    seconds_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Metrics {
+    fn count(&self, object: &'static str, result: &'static str) {
+        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry((object, result)).or_default() += 1;
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP ces_proxy_requests_total Requests answered, by object and result.\n# TYPE ces_proxy_requests_total counter\n");
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut rows: Vec<_> = requests.into_iter().collect();
+        rows.sort();
+        for ((object, result), n) in rows {
+            out.push_str(&format!("ces_proxy_requests_total{{object=\"{object}\",result=\"{result}\"}} {n}\n"));
+        }
+        for (name, help, value) in [
+            ("ces_proxy_bytes_sent_total", "Bytes of blobs and manifests sent to clients.", &self.bytes_sent),
+            ("ces_proxy_upstream_fetches_total", "Manifests and blobs fetched from upstreams.", &self.upstream_fetches),
+            ("ces_proxy_upstream_blob_fetches_total", "Blobs fetched from upstreams.", &self.upstream_blob_fetches),
+            ("ces_proxy_upstream_errors_total", "Upstream requests that failed.", &self.upstream_errors),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                value.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP ces_proxy_request_seconds Time to answer a request.\n# TYPE ces_proxy_request_seconds summary\nces_proxy_request_seconds_sum {:.6}\nces_proxy_request_seconds_count {}\n",
+            self.seconds_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed)
+        ));
+        out
+    }
+}
+
+/// A blob download in progress: its end, which those who wait for it hear.
+type Download = Arc<tokio::sync::OnceCell<Result<(), String>>>;
+
+/// An upstream session's key: the upstream, the repository, who.
+type SessionKey = (String, String, String);
+
+/// Everything a request needs.
+pub struct State {
+    config: Config,
+    upstreams: Vec<Upstream>,
+    users: Option<Users>,
+    enablement: Enablement,
+    cache: Cache,
+    audit: AuditLog,
+    /// Blob downloads in progress: one per digest, the others wait for it.
+    inflight: Mutex<HashMap<String, Download>>,
+    /// (client, upstream, repository) whose credentials the upstream accepted.
+    authorized: Mutex<HashMap<(String, String, String), Instant>>,
+    sessions: Mutex<HashMap<SessionKey, (Arc<Session>, Instant)>>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    _lock: ces_image::store::StoreLock,
+}
+
+impl State {
+    /// The state for `config`; `enablement` is the per-user check.
+    pub fn new(config: Config, enablement: Enablement) -> Result<State, String> {
+        let users = config.htpasswd.as_deref().map(Users::read).transpose()?;
+        let mut upstreams = Vec::new();
+        for upstream in &config.upstreams {
+            let (scheme, host) = match upstream.url.split_once("://") {
+                Some((scheme, rest)) => (scheme, rest.trim_end_matches('/').to_owned()),
+                None => return Err(format!("upstream {}: no scheme in its url", upstream.name)),
+            };
+            let insecure = if scheme == "http" { vec![host.clone()] } else { Vec::new() };
+            let mut redirect_hosts = upstream.redirect_hosts.clone();
+            redirect_hosts.push(host.clone());
+            // Clients try again themselves: one quick retry here.
+            let retry = ces_registry::RetryPolicy {
+                tries: 2,
+                first_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(1),
+                max_retry_after: Duration::from_secs(2),
+            };
+            let client = RegistryClient::new(ClientConfig {
+                allowed: vec![host.clone()],
+                insecure,
+                redirect_hosts: Some(redirect_hosts),
+                mirror: None,
+            })
+            .map_err(|e| e.to_string())?
+            .with_retry(retry);
+            let shared = match &upstream.shared_credentials {
+                Some(shared) => {
+                    let token = std::fs::read_to_string(&shared.token_file)
+                        .map_err(|e| format!("cannot read {}: {e}", shared.token_file.display()))?;
+                    Some(Credentials::from_parts(
+                        Some(shared.user.clone()),
+                        Some(ces_registry::Secret::new(token.trim().to_owned())),
+                    ))
+                }
+                None => None,
+            };
+            upstreams.push(Upstream { config: upstream.clone(), host, client, shared });
+        }
+        let cache = Cache::open(&config.cache_dir, config.cache_max_size)?;
+        let lock = cache.store.lock_shared().map_err(|e| e.to_string())?;
+        let audit = AuditLog::new(config.audit_log.clone());
+        audit.check_writable().map_err(|e| e.to_string())?;
+        Ok(State {
+            config,
+            upstreams,
+            users,
+            enablement,
+            cache,
+            audit,
+            inflight: Mutex::default(),
+            authorized: Mutex::default(),
+            sessions: Mutex::default(),
+            metrics: Metrics::default(),
+            _lock: lock,
+        })
+    }
+}
+
+/// A refusal or failure, in the OCI error format.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+fn api_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError { status, code, message: message.into() }
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+fn error_response(error: &ApiError) -> Response<Body> {
+    let body = serde_json::json!({"errors": [{"code": error.code, "message": error.message, "detail": null}]});
+    let mut response = Response::new(full(body.to_string()));
+    *response.status_mut() = error.status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if error.status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"ces proxy\""));
+    }
+    response
+}
+
+/// What a path asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Base,
+    Manifest { upstream: String, repository: String, reference: String },
+    Blob { upstream: String, repository: String, digest: Digest },
+    Tags { upstream: String, repository: String },
+}
+
+/// A repository path as OCI names them: lower-case parts of letters and
+/// digits joined by `.`, `_`, `__` or dashes, separated by `/`.
+fn is_repository(name: &str) -> bool {
+    name.len() <= 255
+        && name.split('/').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && !part.contains("..")
+                && !part.contains("___")
+        })
+}
+
+fn is_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+/// The route of `path` (raw, as sent): nothing encoded, no `.` or `..`
+/// parts, no empty parts.
+fn route(path: &str) -> Result<Route, ApiError> {
+    let bad = || api_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "not a path of the registry API");
+    if path == "/v2/" || path == "/v2" {
+        return Ok(Route::Base);
+    }
+    let rest = path.strip_prefix("/v2/").ok_or_else(|| api_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not found"))?;
+    if path.contains('%') || path.contains("//") || rest.split('/').any(|p| p == "." || p == "..") {
+        return Err(bad());
+    }
+    enum Kind {
+        Manifest(String),
+        Blob(Digest),
+        Tags,
+    }
+    let (name, kind) = if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
+        if !(is_tag(reference) || reference.parse::<Digest>().is_ok()) {
+            return Err(api_error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "not a tag or digest"));
+        }
+        (name, Kind::Manifest(reference.to_owned()))
+    } else if let Some((name, digest)) = rest.rsplit_once("/blobs/") {
+        let digest =
+            digest.parse().map_err(|_| api_error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "not a digest"))?;
+        (name, Kind::Blob(digest))
+    } else if let Some(name) = rest.strip_suffix("/tags/list") {
+        (name, Kind::Tags)
+    } else {
+        return Err(api_error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not a pull request of the registry API"));
+    };
+    let (upstream, repository) = name.split_once('/').ok_or_else(bad)?;
+    if !crate::config::is_host(upstream) || !is_repository(repository) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "not a repository name"));
+    }
+    let (upstream, repository) = (upstream.to_owned(), repository.to_owned());
+    Ok(match kind {
+        Kind::Manifest(reference) => Route::Manifest { upstream, repository, reference },
+        Kind::Blob(digest) => Route::Blob { upstream, repository, digest },
+        Kind::Tags => Route::Tags { upstream, repository },
+    })
+}
+
+/// Whether `host` (a `Host` header) is one the proxy answers to.
+fn host_ok(host: &str, names: &[String]) -> bool {
+    let name =
+        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    let well_formed = !host.is_empty()
+        && host.len() <= 260
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    well_formed && (names.is_empty() || names.iter().any(|n| n == name))
+}
+
+/// One request, as its handlers need it.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    state: &'a Arc<State>,
+    upstream: &'a Upstream,
+    client: &'a Client,
+    repository: &'a str,
+    credentials: &'a (Credentials, Access),
+    request: &'a Request<hyper::body::Incoming>,
+    head: bool,
+}
+
+/// What one request did, for its audit record and the counters.
+struct Served {
+    upstream: String,
+    repository: String,
+    object: &'static str,
+    reference: String,
+    digest: Option<String>,
+    cache: &'static str,
+}
+
+/// Answers one request.
+pub async fn handle(state: Arc<State>, peer: SocketAddr, request: Request<hyper::body::Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let response = answer(&state, peer, &request).await;
+    state.metrics.count.fetch_add(1, Ordering::Relaxed);
+    state.metrics.seconds_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    match response {
+        Ok(response) => response,
+        Err(error) => error_response(&error),
+    }
+}
+
+async fn answer(
+    state: &Arc<State>,
+    peer: SocketAddr,
+    request: &Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path();
+    if path == "/healthz" {
+        return Ok(Response::new(full("ok\n")));
+    }
+    if path == "/metrics" {
+        let mut response = Response::new(full(state.metrics.text()));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        return Ok(response);
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "the proxy serves pulls only"));
+    }
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+    if !host_ok(host, &state.config.server_names) {
+        return Err(api_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "not a name this proxy answers to"));
+    }
+    let route = route(path)?;
+    let client = authenticate(state, request)?;
+    let (upstream_name, repository) = match &route {
+        Route::Base => return Ok(json_response(StatusCode::OK, "{}")),
+        Route::Manifest { upstream, repository, .. }
+        | Route::Blob { upstream, repository, .. }
+        | Route::Tags { upstream, repository } => (upstream.clone(), repository.clone()),
+    };
+    let (object, reference) = match &route {
+        Route::Manifest { reference, .. } => ("manifest", reference.clone()),
+        Route::Blob { digest, .. } => ("blob", digest.to_string()),
+        _ => ("tags", "list".to_owned()),
+    };
+    let mut served = Served {
+        upstream: upstream_name.clone(),
+        repository: repository.clone(),
+        object,
+        reference,
+        digest: None,
+        cache: "none",
+    };
+    let head = request.method() == Method::HEAD;
+    let result = async {
+        (state.enablement)(client.name()).map_err(|why| api_error(StatusCode::FORBIDDEN, "DENIED", why))?;
+        let upstream = state
+            .upstreams
+            .iter()
+            .find(|u| u.config.name == upstream_name || u.config.alias.as_deref() == Some(upstream_name.as_str()))
+            .ok_or_else(|| {
+                api_error(
+                    StatusCode::NOT_FOUND,
+                    "NAME_UNKNOWN",
+                    format!("the proxy serves no registry {upstream_name}"),
+                )
+            })?;
+        // Known by its name from here on (the cache, the audit log).
+        served.upstream = upstream.config.name.clone();
+        if !upstream.config.repositories.iter().any(|p| glob(p, &repository)) {
+            return Err(api_error(
+                StatusCode::FORBIDDEN,
+                "DENIED",
+                format!("{upstream_name}/{repository} is not a repository this proxy serves"),
+            ));
+        }
+        let credentials = upstream_credentials(upstream, &repository, request)?;
+        let ask =
+            Ask { state, upstream, client: &client, repository: &repository, credentials: &credentials, request, head };
+        match &route {
+            Route::Manifest { reference, .. } => manifest(&ask, reference, &mut served).await,
+            Route::Blob { digest, .. } => blob(&ask, digest, &mut served).await,
+            Route::Tags { .. } => tags(&ask).await,
+            Route::Base => unreachable!(),
+        }
+    }
+    .await;
+    let result_word = match &result {
+        Ok(_) => served.cache,
+        Err(e) if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED => "refused",
+        Err(_) => "error",
+    };
+    state.metrics.count(served.object, result_word);
+    if !head {
+        record(state, &client, peer, &served, result.as_ref().err()).await;
+    }
+    result
+}
+
+fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    response
+}
+
+/// The client: a user whose password is right, or anonymous where allowed.
+fn authenticate(state: &State, request: &Request<hyper::body::Incoming>) -> Result<Client, ApiError> {
+    let unauthorized = || api_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
+    match request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        Some(value) => {
+            let users = state.users.as_ref().ok_or_else(unauthorized)?;
+            users.check(value).map(Client::User).ok_or_else(unauthorized)
+        }
+        None if state.config.allow_anonymous => Ok(Client::Anonymous),
+        None => Err(unauthorized()),
+    }
+}
+
+/// The credentials for the upstream: the client's own (passed along, never
+/// kept), else the operator's shared one where it names the repository,
+/// else none; and how what they fetch may be shared.
+fn upstream_credentials(
+    upstream: &Upstream,
+    repository: &str,
+    request: &Request<hyper::body::Incoming>,
+) -> Result<(Credentials, Access), ApiError> {
+    if let Some(value) = request.headers().get(ces_registry::UPSTREAM_AUTHORIZATION) {
+        use base64::Engine as _;
+        let bad =
+            || api_error(StatusCode::BAD_REQUEST, "UNAUTHORIZED", "the upstream credentials are not Basic user:token");
+        let text = value.to_str().map_err(|_| bad())?;
+        let encoded = text.strip_prefix("Basic ").ok_or_else(bad)?;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+        let pair = String::from_utf8(decoded).map_err(|_| bad())?;
+        let (user, token) = pair.split_once(':').ok_or_else(bad)?;
+        let credentials =
+            Credentials::from_parts(Some(user.to_owned()), Some(ces_registry::Secret::new(token.to_owned())));
+        return Ok((credentials, Access::Private));
+    }
+    if let (Some(shared), Some(config)) = (&upstream.shared, &upstream.config.shared_credentials)
+        && config.repositories.iter().any(|p| glob(p, repository))
+    {
+        return Ok((shared.clone(), Access::Shared));
+    }
+    Ok((Credentials::Anonymous, Access::Public))
+}
+
+/// A session with the upstream for `repository` with `credentials`, kept
+/// for a few minutes.
+async fn session(
+    state: &State,
+    upstream: &Upstream,
+    repository: &str,
+    credentials: &Credentials,
+) -> Result<Arc<Session>, ApiError> {
+    use sha2::Digest as _;
+    let who = match credentials {
+        Credentials::Anonymous => String::new(),
+        Credentials::Basic { user, secret } => format!("{user}:{:x}", sha2::Sha256::digest(secret.expose().as_bytes())),
+    };
+    let key = (upstream.host.clone(), repository.to_owned(), who);
+    {
+        let mut sessions = state.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, (_, at)| at.elapsed() < SESSION_FOR);
+        if let Some((session, _)) = sessions.get(&key) {
+            return Ok(session.clone());
+        }
+    }
+    let reference: ces_image::ImageReference = format!("{}/{repository}", upstream.host)
+        .parse()
+        .map_err(|_| api_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "not a repository name"))?;
+    let session =
+        upstream.client.session(&reference, credentials, &Quiet).await.map_err(|e| upstream_error(state, &e))?;
+    let session = Arc::new(session);
+    state.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (session.clone(), Instant::now()));
+    Ok(session)
+}
+
+/// An upstream failure, as the client sees it.
+fn upstream_error(state: &State, error: &RegistryError) -> ApiError {
+    state.metrics.upstream_errors.fetch_add(1, Ordering::Relaxed);
+    let message = format!("upstream: {}", ces_image::quote::escape_message(&error.to_string(), 300));
+    match error {
+        RegistryError::NotFound { .. } | RegistryError::NotFoundAt { .. } => {
+            api_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message)
+        }
+        RegistryError::Unauthorized { .. } | RegistryError::BadCredentials { .. } => {
+            api_error(StatusCode::FORBIDDEN, "DENIED", message)
+        }
+        RegistryError::TooLarge { .. } => api_error(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", message),
+        _ => api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message),
+    }
+}
+
+/// Whether the upstream could not be reached (or did not answer well):
+/// what the cache has may be served instead.
+fn upstream_down(error: &RegistryError) -> bool {
+    matches!(
+        error,
+        RegistryError::Unreachable { .. }
+            | RegistryError::GaveUp { .. }
+            | RegistryError::Transfer { .. }
+            | RegistryError::Status { .. }
+    )
+}
+
+fn mark_authorized(state: &State, client: &Client, upstream: &str, repository: &str) {
+    let key = (client.name().to_owned(), upstream.to_owned(), repository.to_owned());
+    state.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now());
+}
+
+fn is_authorized(state: &State, client: &Client, upstream: &str, repository: &str) -> bool {
+    let key = (client.name().to_owned(), upstream.to_owned(), repository.to_owned());
+    state.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|at| at.elapsed() < AUTHORIZED_FOR)
+}
+
+/// A private object from the cache: only for a client the upstream accepted
+/// for the repository (now, or within the hour).
+async fn check_private(ask: &Ask<'_>, digest: &Digest) -> Result<(), ApiError> {
+    let Ask { state, upstream, client, repository, credentials, .. } = *ask;
+    if is_authorized(state, client, &upstream.config.name, repository) {
+        return Ok(());
+    }
+    let denied =
+        || api_error(StatusCode::FORBIDDEN, "DENIED", "this repository needs your own credentials for the registry");
+    if credentials.1 != Access::Private {
+        return Err(denied());
+    }
+    let session = session(state, upstream, repository, &credentials.0).await?;
+    session.manifest(&digest.to_string(), MAX_MANIFEST, &Quiet).await.map_err(|e| upstream_error(state, &e))?;
+    mark_authorized(state, client, &upstream.config.name, repository);
+    Ok(())
+}
+
+/// Stores a fetched manifest and what it names, for the repository.
+fn keep_manifest(
+    state: &State,
+    upstream: &str,
+    repository: &str,
+    fetched: &ces_registry::client::FetchedManifest,
+    access: Access,
+) -> Result<String, ApiError> {
+    let media_type = fetched
+        .content_type
+        .clone()
+        .filter(|t| t.contains("manifest") || t.contains("index"))
+        .unwrap_or_else(|| media_type_of(&fetched.bytes));
+    let failed = |e: String| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("the cache: {e}"));
+    state.cache.put_manifest(&fetched.digest, &fetched.bytes, &media_type).map_err(failed)?;
+    let member = |size| Member { size, access };
+    state
+        .cache
+        .add_member(upstream, repository, &fetched.digest, &member(fetched.bytes.len() as u64))
+        .map_err(|e| failed(e.to_string()))?;
+    for (child, size) in children(&fetched.bytes) {
+        state.cache.add_member(upstream, repository, &child, &member(size)).map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(media_type)
+}
+
+async fn manifest(ask: &Ask<'_>, reference: &str, served: &mut Served) -> Result<Response<Body>, ApiError> {
+    let Ask { state, upstream, client, repository, credentials, head, .. } = *ask;
+    let name = upstream.config.name.as_str();
+    let by_digest = reference.parse::<Digest>().ok();
+    // From the cache: a digest it has for this repository, or a tag fetched
+    // less than the tag time ago.
+    let cached = match &by_digest {
+        Some(digest) => state.cache.member(name, repository, digest).map(|m| (digest.clone(), m.access)),
+        None => state
+            .cache
+            .tag(name, repository, reference)
+            .filter(|t| now().saturating_sub(t.fetched) < state.config.tag_ttl_seconds)
+            .and_then(|t| Some((t.digest.parse::<Digest>().ok()?, t.access))),
+    };
+    if let Some((digest, access)) = cached
+        && let Some((bytes, media_type)) = state.cache.manifest(&digest)
+    {
+        if access == Access::Private {
+            check_private(ask, &digest).await?;
+        }
+        served.cache = "hit";
+        served.digest = Some(digest.to_string());
+        return Ok(manifest_response(state, bytes, &media_type, &digest, head, None));
+    }
+    // From the upstream.
+    let fetched = match session(state, upstream, repository, &credentials.0).await {
+        Ok(session) => session.manifest(reference, MAX_MANIFEST, &Quiet).await,
+        Err(error) => {
+            return stale_or(ask, reference, served, error).await;
+        }
+    };
+    let fetched = match fetched {
+        Ok(fetched) => fetched,
+        Err(error) if upstream_down(&error) => {
+            let error = upstream_error(state, &error);
+            return stale_or(ask, reference, served, error).await;
+        }
+        Err(error) => return Err(upstream_error(state, &error)),
+    };
+    state.metrics.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+    let media_type = keep_manifest(state, name, repository, &fetched, credentials.1)?;
+    if by_digest.is_none() {
+        let tag = Tag { digest: fetched.digest.to_string(), fetched: now(), access: credentials.1 };
+        state
+            .cache
+            .set_tag(name, repository, reference, &tag)
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))?;
+    }
+    if credentials.1 == Access::Private {
+        mark_authorized(state, client, name, repository);
+    }
+    served.cache = "miss";
+    served.digest = Some(fetched.digest.to_string());
+    Ok(manifest_response(state, fetched.bytes, &media_type, &fetched.digest, head, None))
+}
+
+/// The upstream failed: a tag the cache has (however old) is served, and
+/// says so; otherwise the failure.
+async fn stale_or(
+    ask: &Ask<'_>,
+    reference: &str,
+    served: &mut Served,
+    error: ApiError,
+) -> Result<Response<Body>, ApiError> {
+    let Ask { state, upstream, client, repository, head, .. } = *ask;
+    let name = upstream.config.name.as_str();
+    let Some(tag) = state.cache.tag(name, repository, reference) else {
+        return Err(api_error(
+            error.status,
+            error.code,
+            format!("{} (and the cache has not got {reference})", error.message),
+        ));
+    };
+    let Some(digest) = tag.digest.parse::<Digest>().ok() else { return Err(error) };
+    let Some((bytes, media_type)) = state.cache.manifest(&digest) else { return Err(error) };
+    // Private: only for a client the upstream accepted lately (it cannot be asked now).
+    if tag.access == Access::Private && !is_authorized(state, client, name, repository) {
+        return Err(error);
+    }
+    tracing::warn!(upstream = name, repository, reference, "the upstream cannot be reached: serving the cached tag");
+    served.cache = "stale";
+    served.digest = Some(digest.to_string());
+    Ok(manifest_response(state, bytes, &media_type, &digest, head, Some("stale")))
+}
+
+fn manifest_response(
+    state: &State,
+    bytes: Vec<u8>,
+    media_type: &str,
+    digest: &Digest,
+    head: bool,
+    cache: Option<&'static str>,
+) -> Response<Body> {
+    let length = bytes.len();
+    if !head {
+        state.metrics.bytes_sent.fetch_add(length as u64, Ordering::Relaxed);
+    }
+    let mut response = Response::new(if head { full(Bytes::new()) } else { full(bytes) });
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(media_type) {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("docker-content-digest", value);
+    }
+    if let Some(cache) = cache {
+        headers.insert(CACHE_HEADER, HeaderValue::from_static(cache));
+    }
+    response
+}
+
+async fn blob(ask: &Ask<'_>, digest: &Digest, served: &mut Served) -> Result<Response<Body>, ApiError> {
+    let Ask { state, upstream, repository, credentials, request, head, .. } = *ask;
+    let name = upstream.config.name.as_str();
+    served.digest = Some(digest.to_string());
+    let member = state.cache.member(name, repository, digest).ok_or_else(|| {
+        api_error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "no manifest of this repository that the proxy served names this blob",
+        )
+    })?;
+    if member.access == Access::Private {
+        check_private(ask, digest).await?;
+    }
+    if state.cache.has_blob(digest, member.size) {
+        served.cache = "hit";
+    } else {
+        // One download per blob: the others wait for it, then read the cache.
+        let cell = {
+            let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            inflight.entry(digest.to_string()).or_default().clone()
+        };
+        let fetched_here = std::cell::Cell::new(false);
+        let result = cell
+            .get_or_init(|| async {
+                fetched_here.set(true);
+                let session = session(state, upstream, repository, &credentials.0).await.map_err(|e| e.message)?;
+                let fetched = session.blob(digest, member.size, &state.cache.store, &Quiet as &dyn PullReporter).await;
+                match fetched {
+                    Ok(()) => {
+                        state.metrics.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+                        state.metrics.upstream_blob_fetches.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    Err(error) => Err(upstream_error(state, &error).message),
+                }
+            })
+            .await
+            .clone();
+        state.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest.to_string());
+        result.map_err(|message| api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message))?;
+        let keep: Vec<String> = state
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .chain([digest.to_string()])
+            .collect();
+        let evicted = state.cache.evict(&keep);
+        if evicted > 0 {
+            tracing::info!(evicted, "cache over its size: least recently used blobs removed");
+        }
+        // Those who waited for another's download have it from the cache.
+        served.cache = if fetched_here.get() { "miss" } else { "hit" };
+    }
+    state.cache.touch(digest);
+    serve_file(state, digest, member.size, request, head).await
+}
+
+/// The blob's bytes (or the `Range` asked for: one range of bytes).
+async fn serve_file(
+    state: &State,
+    digest: &Digest,
+    size: u64,
+    request: &Request<hyper::body::Incoming>,
+    head: bool,
+) -> Result<Response<Body>, ApiError> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (start, end) = match range.as_deref().map(|r| parse_range(r, size)) {
+        None => (0, size),
+        Some(Some(range)) => range,
+        Some(None) => {
+            let mut response = error_response(&api_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                "a range the blob has not got",
+            ));
+            if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, value);
+            }
+            return Ok(response);
+        }
+    };
+    let length = end - start;
+    let body = if head {
+        full(Bytes::new())
+    } else {
+        let mut file = tokio::fs::File::open(state.cache.store.blob_path(digest))
+            .await
+            .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("the cache: {e}")))?;
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))?;
+        state.metrics.bytes_sent.fetch_add(length, Ordering::Relaxed);
+        let stream = futures_util::stream::unfold(
+            (file.take(length), vec![0u8; 256 << 10]),
+            |(mut file, mut buffer)| async move {
+                match file.read(&mut buffer).await {
+                    Ok(0) => None,
+                    Ok(n) => Some((Ok(Frame::data(Bytes::copy_from_slice(&buffer[..n]))), (file, buffer))),
+                    Err(e) => Some((Err(e), (file, buffer))),
+                }
+            },
+        );
+        StreamBody::new(stream).boxed()
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("docker-content-digest", value);
+    }
+    if range.is_some() {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of a `size`-byte blob, as [start, end).
+fn parse_range(range: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = range.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (size.saturating_sub(n), size)
+        }
+        (a, "") => (a.parse().ok()?, size),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.checked_add(1)?.min(size)),
+    };
+    (start < end && start < size).then_some((start, end))
+}
+
+/// The repository's tags, from the upstream (never cached).
+async fn tags(ask: &Ask<'_>) -> Result<Response<Body>, ApiError> {
+    let Ask { state, upstream, repository, credentials, request, .. } = *ask;
+    let query: String = request
+        .uri()
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| {
+            (p.starts_with("n=") || p.starts_with("last="))
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"=._-".contains(&b))
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let session = session(state, upstream, repository, &credentials.0).await?;
+    let bytes = session.tags(&query, 1 << 20, &Quiet).await.map_err(|e| upstream_error(state, &e))?;
+    let mut response = Response::new(full(bytes));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// Appends the request's audit record (off the async threads: it syncs).
+async fn record(state: &Arc<State>, client: &Client, peer: SocketAddr, served: &Served, error: Option<&ApiError>) {
+    let outcome = match error {
+        None => Outcome::Ok,
+        Some(e) if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED => {
+            Outcome::Refused { error: e.message.clone() }
+        }
+        Some(e) => Outcome::Error { error: e.message.clone() },
+    };
+    let event = Event::ProxyPull(ProxyPullEvent {
+        client: client.name().to_owned(),
+        peer: peer.ip().to_string(),
+        upstream: served.upstream.clone(),
+        repository: served.repository.clone(),
+        object: served.object.to_owned(),
+        reference: served.reference.clone(),
+        digest: served.digest.clone(),
+        cache: served.cache.to_owned(),
+        outcome,
+    });
+    let log = state.audit.clone();
+    let written = tokio::task::spawn_blocking(move || log.append(crate::service_user(), event)).await;
+    match written {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::error!(%error, "cannot append to the audit log"),
+        Err(error) => tracing::error!(%error, "cannot append to the audit log"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn routes_and_the_paths_refused() {
+        let h = "a".repeat(64);
+        assert_eq!(route("/v2/").unwrap(), Route::Base);
+        assert!(
+            matches!(route("/v2/ghcr.io/org/img/manifests/1.0").unwrap(), Route::Manifest { ref upstream, ref repository, ref reference } if upstream == "ghcr.io" && repository == "org/img" && reference == "1.0")
+        );
+        assert!(matches!(route(&format!("/v2/127.0.0.1:5000/a/blobs/sha256:{h}")).unwrap(), Route::Blob { .. }));
+        assert!(matches!(route("/v2/ghcr.io/a/b/tags/list").unwrap(), Route::Tags { .. }));
+        for bad in [
+            "/v2/ghcr.io/../etc/manifests/1",
+            "/v2/ghcr.io/a%2Fb/manifests/1",
+            "/v2/ghcr.io//a/manifests/1",
+            "/v2/ghcr.io/A/manifests/1",
+            "/v2/ghcr.io/a/manifests/../../x",
+            "/v2/ghcr.io/a/blobs/sha256:xyz",
+            "/v2/a/manifests/1",
+            "/v2/ghcr.io/a/./b/manifests/1",
+            "/v3/x",
+        ] {
+            assert!(route(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 10)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 100)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), None);
+        assert!(host_ok("proxy.tre.local:5000", &["proxy.tre.local".to_owned()]));
+        assert!(!host_ok("evil.example", &["proxy.tre.local".to_owned()]));
+        assert!(!host_ok("a b", &[]) && !host_ok("", &[]) && host_ok("127.0.0.1:5000", &[]));
+    }
+}
