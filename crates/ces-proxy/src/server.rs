@@ -752,7 +752,6 @@ async fn serve_file(
     request: &Request<hyper::body::Incoming>,
     head: bool,
 ) -> Result<Response<Body>, ApiError> {
-    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
     let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let (start, end) = match range.as_deref().map(|r| parse_range(r, size)) {
         None => (0, size),
@@ -773,23 +772,34 @@ async fn serve_file(
     let body = if head {
         full(Bytes::new())
     } else {
-        let mut file = tokio::fs::File::open(state.cache.store.blob_path(digest))
-            .await
+        let file = std::fs::File::open(state.cache.store.blob_path(digest))
             .map_err(|e| api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", format!("the cache: {e}")))?;
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))?;
         state.metrics.bytes_sent.fetch_add(length, Ordering::Relaxed);
-        let stream = futures_util::stream::unfold(
-            (file.take(length), vec![0u8; 256 << 10]),
-            |(mut file, mut buffer)| async move {
-                match file.read(&mut buffer).await {
-                    Ok(0) => None,
-                    Ok(n) => Some((Ok(Frame::data(Bytes::copy_from_slice(&buffer[..n]))), (file, buffer))),
-                    Err(e) => Some((Err(e), (file, buffer))),
+        // Read off the async thread, a MiB at a time, each straight into the
+        // buffer that is sent (one copy, from the page cache).
+        let stream = futures_util::stream::unfold((Some(file), start, length), |(file, at, left)| async move {
+            let file = file?;
+            if left == 0 {
+                return None;
+            }
+            let want = left.min(1 << 20) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buffer = Vec::with_capacity(want);
+                // Into the vector's spare capacity, which it then holds.
+                rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at)?;
+                Ok::<_, std::io::Error>((file, buffer))
+            })
+            .await;
+            match read {
+                Ok(Ok((_, buffer))) if buffer.is_empty() => None,
+                Ok(Ok((file, buffer))) => {
+                    let n = buffer.len() as u64;
+                    Some((Ok(Frame::data(Bytes::from(buffer))), (Some(file), at + n, left - n)))
                 }
-            },
-        );
+                Ok(Err(e)) => Some((Err(e), (None, at, 0))),
+                Err(e) => Some((Err(std::io::Error::other(e)), (None, at, 0))),
+            }
+        });
         StreamBody::new(stream).boxed()
     };
     let mut response = Response::new(body);

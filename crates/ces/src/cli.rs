@@ -102,6 +102,12 @@ pub enum Command {
         /// The job file ces wrote at submission.
         file: PathBuf,
     },
+    /// (For packaging) write man pages and shell completions under DIR.
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where `man1/` and `completions/` go.
+        dir: PathBuf,
+    },
 }
 
 /// What `ces run --help` ends with.

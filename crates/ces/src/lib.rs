@@ -217,6 +217,7 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::Lint(args)) => commands::lint::lint(args),
         // Served before the settings are read (its --config is its own).
         Action::Command(Command::Proxy) => unreachable!("ces proxy is dispatched before the settings are read"),
+        Action::Command(Command::GenerateDocs { dir }) => done(commands::docs::generate(&dir)),
         // Exit 1 when the image is not ready.
         Action::Command(Command::Test(args)) => commands::test::test(settings, printer, args),
         Action::Command(Command::Rmi(args)) => done(commands::rmi::rmi(settings, printer, &args.images)),

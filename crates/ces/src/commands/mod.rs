@@ -1,6 +1,7 @@
 //! One module per command; each reads like a short story.
 
 pub mod audit;
+pub mod docs;
 pub mod images;
 pub mod inspect;
 pub mod lint;
