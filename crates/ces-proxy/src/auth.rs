@@ -17,6 +17,8 @@ const REMEMBERED: Duration = Duration::from_secs(300);
 pub struct Users {
     hashes: HashMap<String, String>,
     checked: Mutex<HashMap<(String, [u8; 32]), Instant>>,
+    /// Checked for unknown users, so that they cost as much as known ones.
+    decoy: String,
 }
 
 /// Who a request is from.
@@ -60,7 +62,10 @@ impl Users {
             }
             hashes.insert(user.to_owned(), hash.to_owned());
         }
-        Ok(Users { hashes, checked: Mutex::default() })
+        // As costly as the file's own hashes (`$2y$<cost>$...`).
+        let cost = hashes.values().next().and_then(|h| h.get(4..6)?.parse().ok()).unwrap_or(bcrypt::DEFAULT_COST);
+        let decoy = bcrypt::hash("no user has this password", cost).map_err(|e| e.to_string())?;
+        Ok(Users { hashes, checked: Mutex::default(), decoy })
     }
 
     /// The user whose `Authorization: Basic` this is, if the password is right.
@@ -70,7 +75,10 @@ impl Users {
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
         let text = String::from_utf8(decoded).ok()?;
         let (user, password) = text.split_once(':')?;
-        let hash = self.hashes.get(user)?;
+        let Some(hash) = self.hashes.get(user) else {
+            let _ = bcrypt::verify(password, &self.decoy);
+            return None;
+        };
         let key = (user.to_owned(), sha2::Sha256::digest(password.as_bytes()).into());
         let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
         checked.retain(|_, at| at.elapsed() < REMEMBERED);

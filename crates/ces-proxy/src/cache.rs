@@ -48,13 +48,19 @@ pub struct Tag {
     pub access: Access,
 }
 
-/// A blob or manifest a repository has.
+/// A blob or manifest a repository has: named by one of its manifests,
+/// and (`fetched`) downloaded from it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Member {
     /// Its size.
     pub size: u64,
-    /// How it was fetched.
+    /// How the repository's manifest (or, once fetched, the object itself)
+    /// was fetched.
     pub access: Access,
+    /// Whether its bytes were downloaded from this repository (not only
+    /// named by a manifest of it: a manifest may name any digest).
+    #[serde(default)]
+    pub fetched: bool,
 }
 
 /// The cache.
@@ -89,31 +95,46 @@ impl Cache {
     }
 
     fn repo_dir(&self, upstream: &str, repository: &str) -> PathBuf {
-        // Both checked before: a host[:port] and a repository path.
+        // Both checked before: a host[:port] and a repository path, whose
+        // parts never start with `_` (so never `_tags`, `_blobs`).
         self.dir.join("repos").join(upstream).join(repository)
+    }
+
+    /// The most open access with which the object's bytes were downloaded
+    /// from any upstream: `Public` means anyone could have them anyway.
+    pub fn origin(&self, digest: &Digest) -> Option<Access> {
+        let text = std::fs::read_to_string(self.dir.join("origins").join(digest.hex())).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Records a download of the object's bytes with `access`.
+    pub fn add_origin(&self, digest: &Digest, access: Access) -> std::io::Result<()> {
+        if self.origin(digest).is_some_and(|old| open_rank(old) >= open_rank(access)) {
+            return Ok(());
+        }
+        write_atomic(&self.dir.join("origins").join(digest.hex()), &serde_json::to_vec(&access).unwrap_or_default())
     }
 
     /// The tag, if it was fetched before.
     pub fn tag(&self, upstream: &str, repository: &str, tag: &str) -> Option<Tag> {
-        let bytes = std::fs::read(self.repo_dir(upstream, repository).join("tags").join(tag)).ok()?;
+        let bytes = std::fs::read(self.repo_dir(upstream, repository).join("_tags").join(tag)).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
     /// Records what `tag` names now.
     pub fn set_tag(&self, upstream: &str, repository: &str, tag: &str, value: &Tag) -> std::io::Result<()> {
-        let path = self.repo_dir(upstream, repository).join("tags").join(tag);
+        let path = self.repo_dir(upstream, repository).join("_tags").join(tag);
         write_atomic(&path, &serde_json::to_vec(value).unwrap_or_default())
     }
 
     /// What the repository has of `digest`, if a manifest of it named it.
     pub fn member(&self, upstream: &str, repository: &str, digest: &Digest) -> Option<Member> {
-        let bytes = std::fs::read(self.repo_dir(upstream, repository).join("blobs").join(digest.hex())).ok()?;
+        let bytes = std::fs::read(self.repo_dir(upstream, repository).join("_blobs").join(digest.hex())).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Records that the repository has `digest`; a public or shared fetch
-    /// does not make a private record public, nor the other way round: the
-    /// most open access seen stands.
+    /// Records that the repository has `digest` (named by a manifest of it,
+    /// or fetched from it).
     pub fn add_member(
         &self,
         upstream: &str,
@@ -121,20 +142,34 @@ impl Cache {
         digest: &Digest,
         member: &Member,
     ) -> std::io::Result<()> {
+        // The most open access seen stands; once fetched from it, it stays fetched.
         let kept = match self.member(upstream, repository, digest) {
-            Some(old) if old.size == member.size && open_rank(old.access) >= open_rank(member.access) => return Ok(()),
+            Some(old) if old.size == member.size => {
+                let merged = Member {
+                    size: old.size,
+                    access: if open_rank(old.access) >= open_rank(member.access) { old.access } else { member.access },
+                    fetched: old.fetched || member.fetched,
+                };
+                if merged.access == old.access && merged.fetched == old.fetched {
+                    return Ok(());
+                }
+                merged
+            }
             _ => member.clone(),
         };
-        let path = self.repo_dir(upstream, repository).join("blobs").join(digest.hex());
+        let path = self.repo_dir(upstream, repository).join("_blobs").join(digest.hex());
         write_atomic(&path, &serde_json::to_vec(&kept).unwrap_or_default())
     }
 
-    /// A cached manifest: its bytes and media type.
-    pub fn manifest(&self, digest: &Digest) -> Option<(Vec<u8>, String)> {
-        let bytes = std::fs::read(self.store.blob_path(digest)).ok()?;
+    /// A cached manifest (at most `max` bytes): its bytes and media type;
+    /// `None` for anything else the store has under the digest (a layer).
+    pub fn manifest(&self, digest: &Digest, max: u64) -> Option<(Vec<u8>, String)> {
+        let media_type = std::fs::read_to_string(self.dir.join("types").join(digest.hex())).ok()?;
+        let path = self.store.blob_path(digest);
+        (std::fs::metadata(&path).ok()?.len() <= max).then_some(())?;
+        let bytes = std::fs::read(path).ok()?;
         // Verified when written; checked again, as it is small.
         (Digest::of(&bytes) == *digest).then_some(())?;
-        let media_type = std::fs::read_to_string(self.dir.join("types").join(digest.hex())).ok()?;
         Some((bytes, media_type))
     }
 
@@ -143,7 +178,12 @@ impl Cache {
         let mut writer = self.store.blob_writer(digest, Some(bytes.len() as u64)).map_err(|e| e.to_string())?;
         std::io::Write::write_all(&mut writer, bytes).map_err(|e| e.to_string())?;
         writer.commit().map_err(|e| e.to_string())?;
-        write_atomic(&self.dir.join("types").join(digest.hex()), media_type.as_bytes()).map_err(|e| e.to_string())
+        // The same bytes are the same manifest: its type, once known, stays.
+        let path = self.dir.join("types").join(digest.hex());
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, media_type.as_bytes()).map_err(|e| e.to_string())
     }
 
     /// Whether the blob is here, whole.
@@ -253,10 +293,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path(), 25).unwrap();
         let d = Digest::of(b"abc");
-        cache.add_member("r", "a/b", &d, &Member { size: 3, access: Access::Private }).unwrap();
-        cache.add_member("r", "a/b", &d, &Member { size: 3, access: Access::Public }).unwrap();
-        cache.add_member("r", "a/b", &d, &Member { size: 3, access: Access::Private }).unwrap();
-        assert_eq!(cache.member("r", "a/b", &d).unwrap().access, Access::Public);
+        let member = |access, fetched| Member { size: 3, access, fetched };
+        cache.add_member("r", "a/b", &d, &member(Access::Private, true)).unwrap();
+        cache.add_member("r", "a/b", &d, &member(Access::Public, false)).unwrap();
+        cache.add_member("r", "a/b", &d, &member(Access::Private, false)).unwrap();
+        let kept = cache.member("r", "a/b", &d).unwrap();
+        assert_eq!((kept.access, kept.fetched), (Access::Public, true));
         assert!(cache.member("r", "a/c", &d).is_none(), "another repository has not got it");
 
         let (old, used, new) = (b"0123456789".to_vec(), b"9876543210".to_vec(), b"abcdefghij".to_vec());
@@ -269,7 +311,8 @@ mod tests {
         assert_eq!(cache.evict(&[]), 1);
         assert!(!cache.has_blob(&Digest::of(&old), 10) && cache.has_blob(&Digest::of(&used), 10));
         assert!(cache.has_blob(&Digest::of(&new), 10));
-        assert_eq!(cache.manifest(&Digest::of(&new)).unwrap().1, "x");
+        assert_eq!(cache.manifest(&Digest::of(&new), 100).unwrap().1, "x");
+        assert!(cache.manifest(&Digest::of(&new), 5).is_none(), "larger than a manifest may be");
     }
 
     #[test]

@@ -203,8 +203,14 @@ impl Config {
                 return Err(format!("{at}: alias {alias:?} must be a name without a port"));
             }
             let rest = upstream.url.strip_prefix("https://").or_else(|| upstream.url.strip_prefix("http://"));
-            if !rest.is_some_and(|r| is_host(r.trim_end_matches('/'))) {
+            let host = rest.map(|r| r.trim_end_matches('/')).unwrap_or_default();
+            if !is_host(host) {
                 return Err(format!("{at}: url must be http[s]://host[:port]"));
+            }
+            // A single word would read as a Docker Hub namespace.
+            let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            if !bare.contains('.') && bare != "localhost" && !host.contains(':') {
+                return Err(format!("{at}: url's host {host:?} needs a domain or a port"));
             }
             if upstream.repositories.is_empty() {
                 return Err(format!("{at}: no repositories may be pulled"));

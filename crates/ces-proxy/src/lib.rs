@@ -20,9 +20,14 @@ use hyper_util::rt::TokioIo;
 pub use config::Config;
 pub use server::{Enablement, State};
 
+/// The most connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client has for a TLS handshake, and for each request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The user the proxy's own audit records are written as: the service's.
 pub fn service_user() -> ces_audit::User {
-    // SAFETY-free: the real uid, from the kernel.
+    // The real uid, from the kernel.
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -57,8 +62,9 @@ fn tls_acceptor(tls: &config::TlsConfig) -> Result<tokio_rustls::TlsAcceptor, St
 
 /// Serves until SIGTERM or SIGINT. `ready` hears the address listened on.
 /// Connections are served on the calling thread (the registry client's
-/// futures are not `Send`), so call it on a current-thread runtime; files,
-/// the audit log and password checks use the runtime's blocking threads.
+/// futures are not `Send`), so call it on a current-thread runtime; blob
+/// reads, the audit log, password checks and eviction use the runtime's
+/// blocking threads (the cache's small files are read on the async one).
 pub async fn serve(config: Config, enablement: Enablement, ready: impl FnOnce(SocketAddr)) -> Result<(), String> {
     tokio::task::LocalSet::new().run_until(serve_local(config, enablement, ready)).await
 }
@@ -73,12 +79,21 @@ async fn serve_local(config: Config, enablement: Enablement, ready: impl FnOnce(
     ready(address);
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    // At most this many connections at once: the next waits for one to end.
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.map_err(|e| e.to_string())?,
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
+                    // Out of file descriptors, say: not a busy loop.
                     tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     continue;
                 }
             },
@@ -88,18 +103,22 @@ async fn serve_local(config: Config, enablement: Enablement, ready: impl FnOnce(
         let state = state.clone();
         let tls = tls.clone();
         tokio::task::spawn_local(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(server::handle(state, peer, request).await) }
             });
-            let builder = hyper::server::conn::http1::Builder::new();
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // A client that sends no (whole) request in time is let go.
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
             let served = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
-                    Err(error) => {
+                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         return;
                     }
+                    Err(_) => return,
                 },
                 None => builder.serve_connection(TokioIo::new(stream), service).await,
             };

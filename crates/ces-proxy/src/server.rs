@@ -92,7 +92,7 @@ impl Metrics {
 }
 
 /// A blob download in progress: its end, which those who wait for it hear.
-type Download = Arc<tokio::sync::OnceCell<Result<(), String>>>;
+type Waiting = tokio::sync::watch::Receiver<Ended>;
 
 /// An upstream session's key: the upstream, the repository, who.
 type SessionKey = (String, String, String);
@@ -101,12 +101,16 @@ type SessionKey = (String, String, String);
 pub struct State {
     config: Config,
     upstreams: Vec<Upstream>,
-    users: Option<Users>,
+    users: Option<Arc<Users>>,
+    /// Password checks at once (each is bcrypt's time on a blocking thread).
+    checks: tokio::sync::Semaphore,
+    /// Failed logins by address: (count, since).
+    failures: Mutex<HashMap<std::net::IpAddr, (u32, Instant)>>,
     enablement: Enablement,
     cache: Cache,
     audit: AuditLog,
     /// Blob downloads in progress: one per digest, the others wait for it.
-    inflight: Mutex<HashMap<String, Download>>,
+    inflight: Mutex<HashMap<String, Waiting>>,
     /// (client, upstream, repository) whose credentials the upstream accepted.
     authorized: Mutex<HashMap<(String, String, String), Instant>>,
     sessions: Mutex<HashMap<SessionKey, (Arc<Session>, Instant)>>,
@@ -118,7 +122,7 @@ pub struct State {
 impl State {
     /// The state for `config`; `enablement` is the per-user check.
     pub fn new(config: Config, enablement: Enablement) -> Result<State, String> {
-        let users = config.htpasswd.as_deref().map(Users::read).transpose()?;
+        let users = config.htpasswd.as_deref().map(Users::read).transpose()?.map(Arc::new);
         let mut upstreams = Vec::new();
         for upstream in &config.upstreams {
             let (scheme, host) = match upstream.url.split_once("://") {
@@ -164,6 +168,8 @@ impl State {
             config,
             upstreams,
             users,
+            checks: tokio::sync::Semaphore::new(2),
+            failures: Mutex::default(),
             enablement,
             cache,
             audit,
@@ -335,15 +341,39 @@ async fn answer(
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
         return Ok(response);
     }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
-        return Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "the proxy serves pulls only"));
-    }
-    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
-    if !host_ok(host, &state.config.server_names) {
-        return Err(api_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "not a name this proxy answers to"));
-    }
-    let route = route(path)?;
-    let client = authenticate(state, request)?;
+    // Refused before it is known who asks, or for what: recorded too (but
+    // the challenge every client meets first, on /v2/ without credentials).
+    let early = async {
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return Err(api_error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "the proxy serves pulls only"));
+        }
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if !host_ok(host, &state.config.server_names) {
+            return Err(api_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "not a name this proxy answers to"));
+        }
+        let route = route(path)?;
+        let client = authenticate(state, peer, request).await?;
+        Ok((route, client))
+    };
+    let (route, client) = match early.await {
+        Ok(found) => found,
+        Err(error) => {
+            let challenge =
+                path.trim_end_matches('/') == "/v2" && request.headers().get(header::AUTHORIZATION).is_none();
+            if !challenge {
+                let served = Served {
+                    upstream: String::new(),
+                    repository: path.to_owned(),
+                    object: "request",
+                    reference: request.method().to_string(),
+                    digest: None,
+                    cache: "none",
+                };
+                record(state, &Client::User("(not authenticated)".to_owned()), peer, &served, Some(&error)).await;
+            }
+            return Err(error);
+        }
+    };
     let (upstream_name, repository) = match &route {
         Route::Base => return Ok(json_response(StatusCode::OK, "{}")),
         Route::Manifest { upstream, repository, .. }
@@ -403,8 +433,20 @@ async fn answer(
         Err(_) => "error",
     };
     state.metrics.count(served.object, result_word);
-    if !head {
-        record(state, &client, peer, &served, result.as_ref().err()).await;
+    if head {
+        served.object = match served.object {
+            "manifest" => "manifest (HEAD)",
+            "blob" => "blob (HEAD)",
+            other => other,
+        };
+    }
+    // Nothing is served that is not recorded.
+    if !record(state, &client, peer, &served, result.as_ref().err()).await && result.is_ok() {
+        return Err(api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the proxy's audit log cannot be written",
+        ));
     }
     result
 }
@@ -417,16 +459,44 @@ fn json_response(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
+/// Failed logins an address may make in [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 20;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
 /// The client: a user whose password is right, or anonymous where allowed.
-fn authenticate(state: &State, request: &Request<hyper::body::Incoming>) -> Result<Client, ApiError> {
+/// Passwords are checked off the async thread, two at a time; an address
+/// that fails too often is refused for a minute without a check.
+async fn authenticate(
+    state: &State,
+    peer: SocketAddr,
+    request: &Request<hyper::body::Incoming>,
+) -> Result<Client, ApiError> {
     let unauthorized = || api_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
-    match request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        Some(value) => {
-            let users = state.users.as_ref().ok_or_else(unauthorized)?;
-            users.check(value).map(Client::User).ok_or_else(unauthorized)
+    let Some(value) = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return if state.config.allow_anonymous { Ok(Client::Anonymous) } else { Err(unauthorized()) };
+    };
+    let users = state.users.clone().ok_or_else(unauthorized)?;
+    {
+        let mut failures = state.failures.lock().unwrap_or_else(|p| p.into_inner());
+        failures.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        if failures.get(&peer.ip()).is_some_and(|(n, _)| *n >= MAX_FAILURES) {
+            return Err(api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOOMANYREQUESTS",
+                "too many failed logins: wait a minute",
+            ));
         }
-        None if state.config.allow_anonymous => Ok(Client::Anonymous),
-        None => Err(unauthorized()),
+    }
+    let _permit = state.checks.acquire().await.map_err(|_| unauthorized())?;
+    let value = value.to_owned();
+    let user = tokio::task::spawn_blocking(move || users.check(&value)).await.ok().flatten();
+    match user {
+        Some(user) => Ok(Client::User(user)),
+        None => {
+            let mut failures = state.failures.lock().unwrap_or_else(|p| p.into_inner());
+            failures.entry(peer.ip()).or_insert((0, Instant::now())).0 += 1;
+            Err(unauthorized())
+        }
     }
 }
 
@@ -502,6 +572,9 @@ fn upstream_error(state: &State, error: &RegistryError) -> ApiError {
             api_error(StatusCode::FORBIDDEN, "DENIED", message)
         }
         RegistryError::TooLarge { .. } => api_error(StatusCode::BAD_GATEWAY, "MANIFEST_INVALID", message),
+        RegistryError::RedirectOff { .. } | RegistryError::Downgrade { .. } => {
+            api_error(StatusCode::BAD_GATEWAY, "DENIED", message)
+        }
         _ => api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message),
     }
 }
@@ -518,35 +591,97 @@ fn upstream_down(error: &RegistryError) -> bool {
     )
 }
 
-fn mark_authorized(state: &State, client: &Client, upstream: &str, repository: &str) {
-    let key = (client.name().to_owned(), upstream.to_owned(), repository.to_owned());
-    state.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now());
+/// Who asks, for the memory of what the upstream accepted: the client and
+/// the credentials it brings (none, the shared one, or a hash of its own).
+fn asker(client: &Client, credentials: &(Credentials, Access)) -> String {
+    use sha2::Digest as _;
+    let with = match (&credentials.0, credentials.1) {
+        (Credentials::Basic { user, secret }, Access::Private) => {
+            format!("own:{:x}", sha2::Sha256::digest(format!("{user}:{}", secret.expose()).as_bytes()))
+        }
+        (_, Access::Shared) => "shared".to_owned(),
+        _ => "none".to_owned(),
+    };
+    format!("{}\n{with}", client.name())
 }
 
-fn is_authorized(state: &State, client: &Client, upstream: &str, repository: &str) -> bool {
-    let key = (client.name().to_owned(), upstream.to_owned(), repository.to_owned());
-    state.authorized.lock().unwrap_or_else(|p| p.into_inner()).get(&key).is_some_and(|at| at.elapsed() < AUTHORIZED_FOR)
+fn mark_authorized(ask: &Ask<'_>) {
+    let key = (asker(ask.client, ask.credentials), ask.upstream.config.name.clone(), ask.repository.to_owned());
+    ask.state.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now());
 }
 
-/// A private object from the cache: only for a client the upstream accepted
-/// for the repository (now, or within the hour).
-async fn check_private(ask: &Ask<'_>, digest: &Digest) -> Result<(), ApiError> {
-    let Ask { state, upstream, client, repository, credentials, .. } = *ask;
-    if is_authorized(state, client, &upstream.config.name, repository) {
-        return Ok(());
+fn is_authorized(ask: &Ask<'_>) -> bool {
+    let key = (asker(ask.client, ask.credentials), ask.upstream.config.name.clone(), ask.repository.to_owned());
+    ask.state
+        .authorized
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&key)
+        .is_some_and(|at| at.elapsed() < AUTHORIZED_FOR)
+}
+
+/// What the proxy does with a cached object for this request.
+enum Decision {
+    /// Serve it from the cache.
+    Serve,
+    /// Download it from this repository first (with the client's credentials).
+    Fetch,
+}
+
+/// Whether the cache may serve the object to this client under this
+/// repository's name. Bytes anyone could download anonymously: yes. Bytes
+/// downloaded from this repository with the operator's shared credential:
+/// yes. Bytes downloaded from it with a client's own credentials: only to a
+/// client whose credentials the upstream accepts for it (asked now, or
+/// within the hour). Bytes downloaded from elsewhere (a manifest may name
+/// any digest): downloaded from this repository first.
+async fn decide(ask: &Ask<'_>, digest: &Digest, member: &Member, manifest: bool) -> Result<Decision, ApiError> {
+    let Ask { state, upstream, repository, credentials, .. } = *ask;
+    if state.cache.origin(digest) == Some(Access::Public) {
+        return Ok(Decision::Serve);
     }
-    let denied =
-        || api_error(StatusCode::FORBIDDEN, "DENIED", "this repository needs your own credentials for the registry");
-    if credentials.1 != Access::Private {
-        return Err(denied());
+    if !member.fetched {
+        return Ok(Decision::Fetch);
     }
+    if member.access != Access::Private || is_authorized(ask) {
+        return Ok(Decision::Serve);
+    }
+    // Ask the upstream with the client's own credentials (or none).
     let session = session(state, upstream, repository, &credentials.0).await?;
-    session.manifest(&digest.to_string(), MAX_MANIFEST, &Quiet).await.map_err(|e| upstream_error(state, &e))?;
-    mark_authorized(state, client, &upstream.config.name, repository);
-    Ok(())
+    let accepted = if manifest {
+        match session.manifest(&digest.to_string(), MAX_MANIFEST, &Quiet).await {
+            Ok(_) => true,
+            Err(
+                RegistryError::NotFound { .. }
+                | RegistryError::Unauthorized { .. }
+                | RegistryError::BadCredentials { .. },
+            ) => false,
+            Err(error) => return Err(upstream_error(state, &error)),
+        }
+    } else {
+        match session.has_blob(digest, &Quiet).await {
+            Ok(found) => found,
+            Err(RegistryError::Unauthorized { .. } | RegistryError::BadCredentials { .. }) => false,
+            Err(error) => return Err(upstream_error(state, &error)),
+        }
+    };
+    if !accepted {
+        return Err(api_error(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "this repository needs your own credentials for the registry",
+        ));
+    }
+    mark_authorized(ask);
+    if credentials.1 == Access::Public {
+        // Anyone may have it: it is public after all.
+        let _ = state.cache.add_origin(digest, Access::Public);
+    }
+    Ok(Decision::Serve)
 }
 
-/// Stores a fetched manifest and what it names, for the repository.
+/// Stores a manifest fetched from the repository, and the claims of what it
+/// names (fetched from it only once downloaded from it).
 fn keep_manifest(
     state: &State,
     upstream: &str,
@@ -554,44 +689,44 @@ fn keep_manifest(
     fetched: &ces_registry::client::FetchedManifest,
     access: Access,
 ) -> Result<String, ApiError> {
-    let media_type = fetched
-        .content_type
-        .clone()
-        .filter(|t| t.contains("manifest") || t.contains("index"))
-        .unwrap_or_else(|| media_type_of(&fetched.bytes));
+    // The manifest's own mediaType first (the bytes say what they are),
+    // then the registry's Content-Type.
+    let header = fetched.content_type.clone().filter(|t| t.contains("manifest") || t.contains("index"));
+    let declared = serde_json::from_slice::<serde_json::Value>(&fetched.bytes)
+        .ok()
+        .and_then(|v| v.get("mediaType").and_then(|t| t.as_str()).map(str::to_owned));
+    let media_type = declared.or(header).unwrap_or_else(|| media_type_of(&fetched.bytes));
     let failed = |e: String| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("the cache: {e}"));
     state.cache.put_manifest(&fetched.digest, &fetched.bytes, &media_type).map_err(failed)?;
-    let member = |size| Member { size, access };
-    state
-        .cache
-        .add_member(upstream, repository, &fetched.digest, &member(fetched.bytes.len() as u64))
-        .map_err(|e| failed(e.to_string()))?;
+    let own = Member { size: fetched.bytes.len() as u64, access, fetched: true };
+    state.cache.add_member(upstream, repository, &fetched.digest, &own).map_err(|e| failed(e.to_string()))?;
+    state.cache.add_origin(&fetched.digest, access).map_err(|e| failed(e.to_string()))?;
     for (child, size) in children(&fetched.bytes) {
-        state.cache.add_member(upstream, repository, &child, &member(size)).map_err(|e| failed(e.to_string()))?;
+        let claim = Member { size, access, fetched: false };
+        state.cache.add_member(upstream, repository, &child, &claim).map_err(|e| failed(e.to_string()))?;
     }
     Ok(media_type)
 }
 
 async fn manifest(ask: &Ask<'_>, reference: &str, served: &mut Served) -> Result<Response<Body>, ApiError> {
-    let Ask { state, upstream, client, repository, credentials, head, .. } = *ask;
+    let Ask { state, upstream, repository, credentials, head, .. } = *ask;
     let name = upstream.config.name.as_str();
     let by_digest = reference.parse::<Digest>().ok();
-    // From the cache: a digest it has for this repository, or a tag fetched
-    // less than the tag time ago.
+    // From the cache: a digest this repository has, or a tag fetched less
+    // than the tag time ago.
     let cached = match &by_digest {
-        Some(digest) => state.cache.member(name, repository, digest).map(|m| (digest.clone(), m.access)),
+        Some(digest) => Some(digest.clone()),
         None => state
             .cache
             .tag(name, repository, reference)
             .filter(|t| now().saturating_sub(t.fetched) < state.config.tag_ttl_seconds)
-            .and_then(|t| Some((t.digest.parse::<Digest>().ok()?, t.access))),
+            .and_then(|t| t.digest.parse::<Digest>().ok()),
     };
-    if let Some((digest, access)) = cached
-        && let Some((bytes, media_type)) = state.cache.manifest(&digest)
+    if let Some(digest) = cached
+        && let Some(member) = state.cache.member(name, repository, &digest)
+        && let Some((bytes, media_type)) = state.cache.manifest(&digest, MAX_MANIFEST)
+        && let Decision::Serve = decide(ask, &digest, &member, true).await?
     {
-        if access == Access::Private {
-            check_private(ask, &digest).await?;
-        }
         served.cache = "hit";
         served.digest = Some(digest.to_string());
         return Ok(manifest_response(state, bytes, &media_type, &digest, head, None));
@@ -599,15 +734,16 @@ async fn manifest(ask: &Ask<'_>, reference: &str, served: &mut Served) -> Result
     // From the upstream.
     let fetched = match session(state, upstream, repository, &credentials.0).await {
         Ok(session) => session.manifest(reference, MAX_MANIFEST, &Quiet).await,
-        Err(error) => {
-            return stale_or(ask, reference, served, error).await;
+        Err(error) if error.status == StatusCode::SERVICE_UNAVAILABLE => {
+            return stale_or(ask, reference, served, error);
         }
+        Err(error) => return Err(error),
     };
     let fetched = match fetched {
         Ok(fetched) => fetched,
         Err(error) if upstream_down(&error) => {
             let error = upstream_error(state, &error);
-            return stale_or(ask, reference, served, error).await;
+            return stale_or(ask, reference, served, error);
         }
         Err(error) => return Err(upstream_error(state, &error)),
     };
@@ -620,35 +756,26 @@ async fn manifest(ask: &Ask<'_>, reference: &str, served: &mut Served) -> Result
             .set_tag(name, repository, reference, &tag)
             .map_err(|e| api_error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))?;
     }
-    if credentials.1 == Access::Private {
-        mark_authorized(state, client, name, repository);
-    }
+    mark_authorized(ask);
     served.cache = "miss";
     served.digest = Some(fetched.digest.to_string());
     Ok(manifest_response(state, fetched.bytes, &media_type, &fetched.digest, head, None))
 }
 
-/// The upstream failed: a tag the cache has (however old) is served, and
-/// says so; otherwise the failure.
-async fn stale_or(
-    ask: &Ask<'_>,
-    reference: &str,
-    served: &mut Served,
-    error: ApiError,
-) -> Result<Response<Body>, ApiError> {
-    let Ask { state, upstream, client, repository, head, .. } = *ask;
+/// The upstream cannot be reached: a tag the cache has (however old) is
+/// served, and says so, to a client that could have it anyway (it cannot
+/// be asked of the upstream now); otherwise the failure.
+fn stale_or(ask: &Ask<'_>, reference: &str, served: &mut Served, error: ApiError) -> Result<Response<Body>, ApiError> {
+    let Ask { state, upstream, repository, head, .. } = *ask;
     let name = upstream.config.name.as_str();
-    let Some(tag) = state.cache.tag(name, repository, reference) else {
-        return Err(api_error(
-            error.status,
-            error.code,
-            format!("{} (and the cache has not got {reference})", error.message),
-        ));
+    let missing = |error: ApiError| {
+        api_error(error.status, error.code, format!("{} (and the cache has not got {reference})", error.message))
     };
-    let Some(digest) = tag.digest.parse::<Digest>().ok() else { return Err(error) };
-    let Some((bytes, media_type)) = state.cache.manifest(&digest) else { return Err(error) };
-    // Private: only for a client the upstream accepted lately (it cannot be asked now).
-    if tag.access == Access::Private && !is_authorized(state, client, name, repository) {
+    let Some(tag) = state.cache.tag(name, repository, reference) else { return Err(missing(error)) };
+    let Some(digest) = tag.digest.parse::<Digest>().ok() else { return Err(missing(error)) };
+    let Some((bytes, media_type)) = state.cache.manifest(&digest, MAX_MANIFEST) else { return Err(missing(error)) };
+    let open = state.cache.origin(&digest) == Some(Access::Public) || tag.access != Access::Private;
+    if !open && !is_authorized(ask) {
         return Err(error);
     }
     tracing::warn!(upstream = name, repository, reference, "the upstream cannot be reached: serving the cached tag");
@@ -684,6 +811,9 @@ fn manifest_response(
     response
 }
 
+/// A download's end, as those waiting for it hear it.
+type Ended = Option<Result<(), (StatusCode, &'static str, String)>>;
+
 async fn blob(ask: &Ask<'_>, digest: &Digest, served: &mut Served) -> Result<Response<Body>, ApiError> {
     let Ask { state, upstream, repository, credentials, request, head, .. } = *ask;
     let name = upstream.config.name.as_str();
@@ -695,53 +825,118 @@ async fn blob(ask: &Ask<'_>, digest: &Digest, served: &mut Served) -> Result<Res
             "no manifest of this repository that the proxy served names this blob",
         )
     })?;
-    if member.access == Access::Private {
-        check_private(ask, digest).await?;
+    if member.size > state.config.cache_max_size {
+        return Err(api_error(StatusCode::FORBIDDEN, "DENIED", "the blob is larger than the proxy's cache"));
     }
-    if state.cache.has_blob(digest, member.size) {
-        served.cache = "hit";
-    } else {
-        // One download per blob: the others wait for it, then read the cache.
-        let cell = {
+    let cached = state.cache.has_blob(digest, member.size);
+    if !(cached && matches!(decide(ask, digest, &member, false).await?, Decision::Serve)) {
+        // One download per blob of a repository at a time, run on its own
+        // (a client that goes away does not end it): the others wait for it.
+        let key = format!("{name}/{repository}@{digest}");
+        let (mut receiver, leader) = {
             let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            inflight.entry(digest.to_string()).or_default().clone()
-        };
-        let fetched_here = std::cell::Cell::new(false);
-        let result = cell
-            .get_or_init(|| async {
-                fetched_here.set(true);
-                let session = session(state, upstream, repository, &credentials.0).await.map_err(|e| e.message)?;
-                let fetched = session.blob(digest, member.size, &state.cache.store, &Quiet as &dyn PullReporter).await;
-                match fetched {
-                    Ok(()) => {
-                        state.metrics.upstream_fetches.fetch_add(1, Ordering::Relaxed);
-                        state.metrics.upstream_blob_fetches.fetch_add(1, Ordering::Relaxed);
-                        Ok(())
-                    }
-                    Err(error) => Err(upstream_error(state, &error).message),
+            match inflight.get(&key) {
+                Some(receiver) => (receiver.clone(), false),
+                None => {
+                    let (sender, receiver) = tokio::sync::watch::channel::<Ended>(None);
+                    inflight.insert(key.clone(), receiver.clone());
+                    let task = Download {
+                        state: state.clone(),
+                        upstream: name.to_owned(),
+                        repository: repository.to_owned(),
+                        credentials: credentials.clone(),
+                        digest: digest.clone(),
+                        size: member.size,
+                    };
+                    tokio::task::spawn_local(async move {
+                        let _ = sender.send(Some(task.run().await));
+                    });
+                    (receiver, true)
                 }
-            })
-            .await
-            .clone();
-        state.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&digest.to_string());
-        result.map_err(|message| api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message))?;
-        let keep: Vec<String> = state
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .chain([digest.to_string()])
-            .collect();
-        let evicted = state.cache.evict(&keep);
-        if evicted > 0 {
-            tracing::info!(evicted, "cache over its size: least recently used blobs removed");
+            }
+        };
+        let outcome = loop {
+            if let Some(outcome) = receiver.borrow_and_update().clone() {
+                break outcome;
+            }
+            if receiver.changed().await.is_err() {
+                break Err((StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the download ended".to_owned()));
+            }
+        };
+        {
+            let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if inflight.get(&key).is_some_and(|r| r.same_channel(&receiver)) {
+                inflight.remove(&key);
+            }
+        }
+        outcome.map_err(|(status, code, message)| api_error(status, code, message))?;
+        if leader {
+            mark_authorized(ask);
+        } else {
+            // Another's download, with its credentials: this client's own
+            // must pass as for any cached blob.
+            let now_kept = state.cache.member(name, repository, digest).unwrap_or_else(|| member.clone());
+            if let Decision::Fetch = decide(ask, digest, &now_kept, false).await? {
+                return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the blob is not cached yet"));
+            }
         }
         // Those who waited for another's download have it from the cache.
-        served.cache = if fetched_here.get() { "miss" } else { "hit" };
+        served.cache = if leader { "miss" } else { "hit" };
+    } else {
+        served.cache = "hit";
     }
     state.cache.touch(digest);
     serve_file(state, digest, member.size, request, head).await
+}
+
+/// A blob download from one repository, owned by no request.
+struct Download {
+    state: Arc<State>,
+    upstream: String,
+    repository: String,
+    credentials: (Credentials, Access),
+    digest: Digest,
+    size: u64,
+}
+
+/// The longest a blob download may take.
+const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(3600);
+
+impl Download {
+    async fn run(self) -> Result<(), (StatusCode, &'static str, String)> {
+        let state = &self.state;
+        let failed = |e: ApiError| (e.status, e.code, e.message);
+        let upstream = state.upstreams.iter().find(|u| u.config.name == self.upstream).ok_or((
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "no such upstream".to_owned(),
+        ))?;
+        let session = session(state, upstream, &self.repository, &self.credentials.0).await.map_err(failed)?;
+        let download = session.blob(&self.digest, self.size, &state.cache.store, &Quiet as &dyn PullReporter);
+        match tokio::time::timeout(DOWNLOAD_DEADLINE, download).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(failed(upstream_error(state, &error))),
+            Err(_) => {
+                return Err((StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", "the upstream took too long".to_owned()));
+            }
+        }
+        state.metrics.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+        state.metrics.upstream_blob_fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched = Member { size: self.size, access: self.credentials.1, fetched: true };
+        let stored = state
+            .cache
+            .add_member(&self.upstream, &self.repository, &self.digest, &fetched)
+            .and_then(|()| state.cache.add_origin(&self.digest, self.credentials.1));
+        stored.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("the cache: {e}")))?;
+        // Off the async thread: it lists the store.
+        let cache_state = state.clone();
+        let keep = self.digest.to_string();
+        let evicted = tokio::task::spawn_blocking(move || cache_state.cache.evict(&[keep])).await.unwrap_or(0);
+        if evicted > 0 {
+            tracing::info!(evicted, "cache over its size: least recently used blobs removed");
+        }
+        Ok(())
+    }
 }
 
 /// The blob's bytes (or the `Range` asked for: one range of bytes).
@@ -859,12 +1054,16 @@ async fn tags(ask: &Ask<'_>) -> Result<Response<Body>, ApiError> {
 }
 
 /// Appends the request's audit record (off the async threads: it syncs).
-async fn record(state: &Arc<State>, client: &Client, peer: SocketAddr, served: &Served, error: Option<&ApiError>) {
+async fn record(
+    state: &Arc<State>,
+    client: &Client,
+    peer: SocketAddr,
+    served: &Served,
+    error: Option<&ApiError>,
+) -> bool {
     let outcome = match error {
         None => Outcome::Ok,
-        Some(e) if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED => {
-            Outcome::Refused { error: e.message.clone() }
-        }
+        Some(e) if e.status.is_client_error() => Outcome::Refused { error: e.message.clone() },
         Some(e) => Outcome::Error { error: e.message.clone() },
     };
     let event = Event::ProxyPull(ProxyPullEvent {
@@ -881,9 +1080,15 @@ async fn record(state: &Arc<State>, client: &Client, peer: SocketAddr, served: &
     let log = state.audit.clone();
     let written = tokio::task::spawn_blocking(move || log.append(crate::service_user(), event)).await;
     match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(error)) => tracing::error!(%error, "cannot append to the audit log"),
-        Err(error) => tracing::error!(%error, "cannot append to the audit log"),
+        Ok(Ok(_)) => true,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "cannot append to the audit log");
+            false
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot append to the audit log");
+            false
+        }
     }
 }
 

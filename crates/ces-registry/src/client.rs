@@ -644,6 +644,16 @@ impl Session {
         })?;
         // The realm is where the user's Basic credentials go.
         self.check_downgrade(&self.base, &url, &what)?;
+        if let Some(hosts) = &self.redirect_hosts
+            && !self.is_registry(&url)
+            && !hosts.contains(&host_of(&url))
+        {
+            return Err(RegistryError::RedirectOff {
+                registry: self.registry.clone(),
+                what: what.clone(),
+                host: host_of(&url),
+            });
+        }
         url.query_pairs_mut().append_pair("scope", &scope);
         if let Some(service) = service {
             url.query_pairs_mut().append_pair("service", service);
@@ -859,6 +869,24 @@ impl Session {
             });
         }
         Ok(())
+    }
+
+    /// Whether the registry gives this session blob `digest` of the
+    /// repository (it answers a request for its first byte): the
+    /// repository has it, and these credentials may read it.
+    pub async fn has_blob(&self, digest: &Digest, reporter: &dyn PullReporter) -> Result<bool, RegistryError> {
+        let url = self.url(&format!("{}/blobs/{digest}", self.repository))?;
+        let what = format!("GET blob {digest} (its first byte)");
+        let headers = [(RANGE, "bytes=0-0".to_owned())];
+        self.retrying(&what, reporter, async || {
+            let (response, at) = self.fetch(&url, &what, &headers, reporter).await?;
+            match response.status() {
+                s if s.is_success() => Ok(true),
+                StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(false),
+                status => Err(RegistryError::Status { registry: host_of(&at), what: what.clone(), status }.into()),
+            }
+        })
+        .await
     }
 
     /// The repository's tag list (`tags/list`, its JSON as sent), at most

@@ -103,7 +103,9 @@ pub fn main(entry: Entry) -> ExitCode {
         // `ces proxy`: --config names the proxy's config, which names the
         // ces config whose [pull] it applies.
         Action::Command(Command::Proxy) => {
-            let config = global.config.clone().unwrap_or_else(|| commands::proxy::DEFAULT_CONFIG.into());
+            // Only the command line's --config (not $CES_CONFIG, a user's).
+            let args: Vec<_> = std::env::args_os().collect();
+            let config = cli::config_arg(&args).unwrap_or_else(|| commands::proxy::DEFAULT_CONFIG.into());
             return match commands::proxy::serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => report(&error, &config.display().to_string()),

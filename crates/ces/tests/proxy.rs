@@ -53,13 +53,19 @@ impl Proxy {
             "listen = \"127.0.0.1:0\"\ncache_dir = \"{d}/cache\"\naudit_log = \"{d}/audit.jsonl\"\nhtpasswd = \"{d}/htpasswd\"\nces_config = \"{d}/ces.toml\"\n{extra}\n"
         );
         for (registry, repositories) in upstreams {
+            // The token service is the only other host the registry may send the proxy to.
+            let realm = registry.token_server().map(|t| t.realm()).unwrap_or_default();
+            let realm_host = realm.split("://").nth(1).and_then(|r| r.split('/').next()).unwrap_or_default();
             toml.push_str(&format!(
-                "\n[[upstream]]\nname = \"{h}\"\nalias = \"local\"\nurl = \"http://{h}\"\nrepositories = [{repositories}]\n",
+                "\n[[upstream]]\nname = \"{h}\"\nalias = \"local\"\nurl = \"http://{h}\"\nrepositories = [{repositories}]\nredirect_hosts = [{}]\n",
+                if realm_host.is_empty() { String::new() } else { format!("{realm_host:?}") },
                 h = registry.host()
             ));
         }
         std::fs::write(dir.path().join("proxy.toml"), toml).unwrap();
-        std::fs::write(dir.path().join("ces.toml"), "[pull]\nallowed_users = [\"alice\", \"carol\"]\n").unwrap();
+        // (anonymous: the name clients without credentials have, where a proxy allows them)
+        std::fs::write(dir.path().join("ces.toml"), "[pull]\nallowed_users = [\"alice\", \"carol\", \"anonymous\"]\n")
+            .unwrap();
         Proxy::spawn(dir)
     }
 
@@ -208,6 +214,8 @@ fn ces_pull_and_skopeo_go_through_the_proxy() {
     pull(&again, &image, "alice", None).ok();
     let hits = proxy.audit().into_iter().filter(|r| r["cache"] == "hit").count();
     assert!(hits >= 2, "manifest and blobs from the cache: {:?}", proxy.audit());
+    let (_, blobs) = (digest.clone(), busybox_image().build().blobs.len());
+    assert_eq!(proxy.metric("ces_proxy_upstream_blob_fetches_total"), blobs as u64, "each blob fetched once");
 
     // skopeo, with the proxy's credentials.
     let out_dir = tempfile::tempdir().unwrap();
@@ -509,4 +517,126 @@ fn a_config_without_tls_off_loopback_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("is not a loopback address, and there is no [tls]"), "{err}");
+}
+
+/// A registry of an attacker's: its one manifest names whatever layer it is
+/// told (another repository's private one), and it has no blobs.
+fn hostile_upstream(layer: &str, size: u64) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = format!("sha256:{}", "c".repeat(64));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{layer}","size":{size}}}]}}"#
+    );
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
+            let (status, body) = if line.starts_with("GET /v2/ ") {
+                ("200 OK", "{}".to_owned())
+            } else if line.contains("/manifests/") {
+                ("200 OK", manifest.clone())
+            } else {
+                ("404 Not Found", r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"no"}]}"#.to_owned())
+            };
+            let content_type = if line.contains("/manifests/") {
+                "application/vnd.oci.image.manifest.v1+json"
+            } else {
+                "application/json"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, handle)
+}
+
+/// Private content stays private: not through another repository whose
+/// manifest names it (an attacker's registry), not for anonymous clients
+/// once one anonymous client brought credentials; failed logins are
+/// limited; every request is recorded, HEAD too, and nothing is served
+/// that cannot be.
+#[test]
+fn private_content_does_not_leak_and_every_request_is_recorded() {
+    let registry = Registry::shared(AuthMode::Token);
+    let image = busybox_image().build();
+    registry.push(&image, "private/leak", "1");
+    let (layer, bytes) = image.blobs.iter().find(|(d, _)| *d == image.layer_digests[0]).unwrap().clone();
+    let (hostile_port, _hostile) = hostile_upstream(&layer, bytes.len() as u64);
+    let proxy = {
+        let realm = registry.token_server().unwrap().realm();
+        let realm_host = realm.split("://").nth(1).unwrap().split('/').next().unwrap().to_owned();
+        let extra = format!(
+            "allow_anonymous = true\n\n[[upstream]]\nname = \"127.0.0.1:{hostile_port}\"\nurl = \"http://127.0.0.1:{hostile_port}\"\nrepositories = [\"evil/**\"]\n\n[[upstream]]\nname = {:?}\nurl = \"http://{}\"\nrepositories = [\"private/**\"]\nredirect_hosts = [{realm_host:?}]\n",
+            registry.host(),
+            registry.host()
+        );
+        Proxy::start(&[], &extra)
+    };
+    let host = registry.host();
+    let (user, token) = registry.credentials();
+    let alice = basic("alice", PASSWORD);
+    let carol = basic("carol", PASSWORD);
+    let theirs = basic(user, token);
+    // alice pulls the private image with her registry credentials: cached.
+    let (status, _, _) = proxy.get(
+        &format!("/v2/{host}/private/leak/manifests/1"),
+        &[("Authorization", &alice), ("X-Ces-Upstream-Authorization", &theirs)],
+    );
+    assert_eq!(status, 200);
+    let (status, headers, _) = proxy.get(
+        &format!("/v2/{host}/private/leak/blobs/{layer}"),
+        &[("Authorization", &alice), ("X-Ces-Upstream-Authorization", &theirs)],
+    );
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(n, v)| n == "content-length" && *v == bytes.len().to_string()), "{headers:?}");
+
+    // Through the attacker's repository, whose manifest names that layer.
+    let evil = format!("/v2/127.0.0.1:{hostile_port}/evil/x");
+    let (status, _, _) = proxy.get(&format!("{evil}/manifests/1"), &[("Authorization", &carol)]);
+    assert_eq!(status, 200, "the attacker's manifest is public");
+    let (status, _, body) = proxy.get(&format!("{evil}/blobs/{layer}"), &[("Authorization", &carol)]);
+    assert_ne!(status, 200, "a private layer through another repository: {body}");
+
+    // Anonymous clients: one brings credentials, the next does not.
+    let (status, _, _) =
+        proxy.get(&format!("/v2/{host}/private/leak/blobs/{layer}"), &[("X-Ces-Upstream-Authorization", &theirs)]);
+    assert_eq!(status, 200);
+    let (status, _, _) = proxy.get(&format!("/v2/{host}/private/leak/blobs/{layer}"), &[]);
+    assert_eq!(status, 403, "another anonymous client without credentials");
+
+    // HEAD is recorded too; so is a refusal before authentication.
+    let before = proxy.audit().len();
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    write!(stream, "HEAD /v2/{host}/private/leak/manifests/1 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {alice}\r\nX-Ces-Upstream-Authorization: {theirs}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, _, _) =
+        proxy.get(&format!("/v2/{host}/private/leak/manifests/1"), &[("Authorization", &basic("alice", "wrong"))]);
+    assert_eq!(status, 401);
+    let records = proxy.audit();
+    let new = &records[before..];
+    assert!(new.iter().any(|r| r["object"] == "manifest (HEAD)"), "{new:?}");
+    assert!(new.iter().any(|r| r["result"] == "refused" && r["client"] == "(not authenticated)"), "{new:?}");
+
+    // Nothing is served that is not recorded: the audit log made unwritable.
+    let log = proxy.dir.path().join("audit.jsonl");
+    std::fs::rename(&log, proxy.dir.path().join("audit.saved")).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    let (status, _, body) = proxy.get(
+        &format!("/v2/{host}/private/leak/manifests/1"),
+        &[("Authorization", &carol), ("X-Ces-Upstream-Authorization", &theirs)],
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit log"), "{body}");
+    // Failed logins from one address are limited.
+    let statuses: Vec<u16> =
+        (0..25).map(|_| proxy.get("/v2/", &[("Authorization", &basic("alice", "guess"))]).0).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
 }

@@ -151,6 +151,18 @@ fn fetch(
 fn mirror(settings: &Settings) -> anyhow::Result<Option<ces_registry::Mirror>> {
     let Some(url) = &settings.registries.mirror else { return Ok(None) };
     let url = ces_registry::Url::parse(url).with_context(|| format!("[registries] mirror {url:?} is not a URL"))?;
+    // The user's password and registry tokens cross this connection.
+    let host = match url.port() {
+        Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    };
+    let loopback = url
+        .host_str()
+        .is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()));
+    anyhow::ensure!(
+        url.scheme() == "https" || loopback || settings.registries.insecure.contains(&host),
+        "[registries] mirror {url} is plain http to another host: passwords and tokens would cross the network in clear (use https, or list {host} in [registries] insecure)"
+    );
     let credentials = ces_registry::Credentials::from_parts(
         std::env::var("CES_PROXY_USER").ok(),
         std::env::var("CES_PROXY_PASSWORD").ok().map(ces_registry::Secret::new),
