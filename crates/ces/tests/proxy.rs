@@ -640,3 +640,21 @@ fn private_content_does_not_leak_and_every_request_is_recorded() {
         (0..25).map(|_| proxy.get("/v2/", &[("Authorization", &basic("alice", "guess"))]).0).collect();
     assert!(statuses.contains(&429), "{statuses:?}");
 }
+
+/// An upstream with Basic auth (docker-registry's htpasswd): the user's own
+/// credentials, passed on by the proxy, are what it takes.
+#[test]
+fn a_basic_auth_upstream_takes_the_users_own_credentials() {
+    let registry = Registry::shared(AuthMode::Basic);
+    let (digest, _) = pushed(registry, "basic/app", "1");
+    let proxy = Proxy::start(&[(registry, "\"basic/**\"")], "");
+    let image = format!("{}/basic/app:1", registry.host());
+    let sb = client(registry, &proxy.url());
+    let out = pull(&sb, &image, "alice", None);
+    assert!(out.fails().contains("the pull proxy 127.0.0.1:"), "{out:?}");
+    let (user, password) = registry.credentials();
+    let out = pull(&sb, &image, "alice", Some((user, password)));
+    assert!(out.ok().contains(&digest), "{out:?}");
+    let audit = std::fs::read_to_string(proxy.dir.path().join("audit.jsonl")).unwrap();
+    assert!(!audit.contains(password), "the password is in no record");
+}
