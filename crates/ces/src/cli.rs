@@ -8,9 +8,12 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 use crate::run_options::RunOptions;
 
+/// `ces --version`: the version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CES_GIT_REVISION"), ")");
+
 /// ces: run researchers' containers in a Trusted Research Environment.
 #[derive(Debug, Parser)]
-#[command(name = "ces", version, about, propagate_version = true)]
+#[command(name = "ces", version = VERSION, about, propagate_version = true)]
 pub struct Cli {
     /// Options every command takes.
     #[command(flatten)]
@@ -341,7 +344,7 @@ pub const RUNTIMES: [&str; 5] = ["native", "podman", "apptainer", "slurm", "k8s"
 /// the reference service has it; `""` `""` pulls anonymously, and a token of `-`
 /// is read from standard input.
 #[derive(Debug, Parser)]
-#[command(name = "ces-pull", version, about = "Pull an image into ces (compatible form of `ces pull`)")]
+#[command(name = "ces-pull", version = VERSION, about = "Pull an image into ces (compatible form of `ces pull`)")]
 pub struct CesPullCli {
     /// Options every command takes.
     #[command(flatten)]
@@ -388,7 +391,7 @@ impl CesPullCli {
 #[derive(Debug, Parser)]
 #[command(
     name = "ces-run",
-    version,
+    version = VERSION,
     about = "Run a pulled image with the TRE directories (compatible form of `ces run`)",
     override_usage = "ces-run [RUNTIME] [OPTIONS] IMAGE [ARGS]...",
     after_help = RUN_AFTER_HELP

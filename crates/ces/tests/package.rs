@@ -99,7 +99,10 @@ fn the_package_installs_runs_the_proxy_unit_and_purges_cleanly() {
         .output()
         .unwrap();
     assert!(installed.status.success(), "apt-get install: {}", String::from_utf8_lossy(&installed.stderr));
-    assert!(run("/usr/bin/ces", &["--version"]).starts_with("ces "));
+    // The version, and the git revision it was built from.
+    let version = run("/usr/bin/ces", &["--version"]);
+    let revision = run("git", &["-C", checkout.to_str().unwrap(), "rev-parse", "--short=12", "HEAD"]);
+    assert_eq!(version.trim(), format!("ces {} ({})", env!("CARGO_PKG_VERSION"), revision.trim()));
     // The compatible commands are ces by their names.
     let refused = Command::new("/usr/bin/ces-pull").arg("only-one-word").output().unwrap();
     assert!(String::from_utf8_lossy(&refused.stderr).contains("ces-pull"), "{refused:?}");
