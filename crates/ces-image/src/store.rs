@@ -720,6 +720,12 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
+    /// Where the blob is being written (in the store's `tmp/`); it becomes
+    /// the blob, same file, when committed.
+    pub fn path(&self) -> &Path {
+        &self.temp
+    }
+
     /// The store error for a failed write into this blob: more bytes than the
     /// descriptor said, a full disk, another I/O error.
     pub fn write_error(&self, error: io::Error) -> StoreError {

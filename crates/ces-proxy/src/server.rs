@@ -91,9 +91,6 @@ impl Metrics {
     }
 }
 
-/// A blob download in progress: its end, which those who wait for it hear.
-type Waiting = tokio::sync::watch::Receiver<Ended>;
-
 /// An upstream session's key: the upstream, the repository, who.
 type SessionKey = (String, String, String);
 
@@ -110,7 +107,7 @@ pub struct State {
     cache: Cache,
     audit: AuditLog,
     /// Blob downloads in progress: one per digest, the others wait for it.
-    inflight: Mutex<HashMap<String, Waiting>>,
+    inflight: Mutex<HashMap<String, Flight>>,
     /// (client, upstream, repository) whose credentials the upstream accepted.
     authorized: Mutex<HashMap<(String, String, String), Instant>>,
     sessions: Mutex<HashMap<SessionKey, (Arc<Session>, Instant)>>,
@@ -814,6 +811,44 @@ fn manifest_response(
 /// A download's end, as those waiting for it hear it.
 type Ended = Option<Result<(), (StatusCode, &'static str, String)>>;
 
+/// How far a download is: the file its bytes go to (a new one, with a new
+/// generation, when it starts again from its first byte), and how many were
+/// received.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    path: Option<std::path::PathBuf>,
+    generation: u32,
+    written: u64,
+}
+
+/// A blob download in progress, as its followers see it.
+#[derive(Clone)]
+struct Flight {
+    progress: tokio::sync::watch::Receiver<Progress>,
+    ended: tokio::sync::watch::Receiver<Ended>,
+    /// How it is downloaded (with whose credentials).
+    access: Access,
+}
+
+/// Tells a download's followers where its bytes are.
+struct FlightReporter {
+    progress: tokio::sync::watch::Sender<Progress>,
+}
+
+impl PullReporter for FlightReporter {
+    fn blob_file(&self, _digest: &Digest, path: &std::path::Path) {
+        self.progress.send_modify(|p| {
+            p.path = Some(path.to_owned());
+            p.generation += 1;
+            p.written = 0;
+        });
+    }
+
+    fn layer_progress(&self, _digest: &Digest, bytes: u64) {
+        self.progress.send_modify(|p| p.written += bytes);
+    }
+}
+
 async fn blob(ask: &Ask<'_>, digest: &Digest, served: &mut Served) -> Result<Response<Body>, ApiError> {
     let Ask { state, upstream, repository, credentials, request, head, .. } = *ask;
     let name = upstream.config.name.as_str();
@@ -829,72 +864,206 @@ async fn blob(ask: &Ask<'_>, digest: &Digest, served: &mut Served) -> Result<Res
         return Err(api_error(StatusCode::FORBIDDEN, "DENIED", "the blob is larger than the proxy's cache"));
     }
     let cached = state.cache.has_blob(digest, member.size);
-    if !(cached && matches!(decide(ask, digest, &member, false).await?, Decision::Serve)) {
-        // One download per blob of a repository at a time, run on its own
-        // (a client that goes away does not end it): the others wait for it.
-        let key = format!("{name}/{repository}@{digest}");
-        let (mut receiver, leader) = {
-            let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            match inflight.get(&key) {
-                Some(receiver) => (receiver.clone(), false),
-                None => {
-                    let (sender, receiver) = tokio::sync::watch::channel::<Ended>(None);
-                    inflight.insert(key.clone(), receiver.clone());
-                    let task = Download {
-                        state: state.clone(),
-                        upstream: name.to_owned(),
-                        repository: repository.to_owned(),
-                        credentials: credentials.clone(),
-                        digest: digest.clone(),
-                        size: member.size,
-                    };
-                    tokio::task::spawn_local(async move {
-                        let _ = sender.send(Some(task.run().await));
-                    });
-                    (receiver, true)
+    if cached && matches!(decide(ask, digest, &member, false).await?, Decision::Serve) {
+        served.cache = "hit";
+        state.cache.touch(digest);
+        return serve_file(state, digest, member.size, request, head).await;
+    }
+    // One download per blob of a repository at a time, run on its own (a
+    // client that goes away does not end it); every client that asks for
+    // it meanwhile is sent its bytes as they arrive.
+    let key = format!("{name}/{repository}@{digest}");
+    let (flight, leader) = {
+        let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        match inflight.get(&key) {
+            Some(flight) => (flight.clone(), false),
+            None => {
+                let (ended_tx, ended) = tokio::sync::watch::channel::<Ended>(None);
+                let (progress_tx, progress) = tokio::sync::watch::channel(Progress::default());
+                let flight = Flight { progress, ended, access: credentials.1 };
+                inflight.insert(key.clone(), flight.clone());
+                let task = Download {
+                    state: state.clone(),
+                    key: key.clone(),
+                    upstream: name.to_owned(),
+                    repository: repository.to_owned(),
+                    credentials: credentials.clone(),
+                    asker: asker(ask.client, credentials),
+                    digest: digest.clone(),
+                    size: member.size,
+                };
+                tokio::task::spawn_local(async move {
+                    let reporter = FlightReporter { progress: progress_tx };
+                    let _ = ended_tx.send(Some(task.run(&reporter).await));
+                });
+                (flight, true)
+            }
+        }
+    };
+    // Another's download, with its credentials: a private one only for a
+    // client whose own credentials the upstream accepts too.
+    if !leader && flight.access == Access::Private && !is_authorized(ask) {
+        let session = session(state, upstream, repository, &credentials.0).await?;
+        match session.has_blob(digest, &Quiet).await {
+            Ok(true) => mark_authorized(ask),
+            Ok(false) | Err(RegistryError::Unauthorized { .. } | RegistryError::BadCredentials { .. }) => {
+                return Err(api_error(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    "this repository needs your own credentials for the registry",
+                ));
+            }
+            Err(error) => return Err(upstream_error(state, &error)),
+        }
+    }
+    served.cache = if leader { "miss" } else { "hit" };
+    if head || request.headers().contains_key(header::RANGE) {
+        // A part, or none, of it: once it is whole.
+        wait_for(&flight).await?;
+        state.cache.touch(digest);
+        return serve_file(state, digest, member.size, request, head).await;
+    }
+    // The answer's status once the upstream has sent something (or failed):
+    // a refusal or a missing blob is still said as such.
+    first_bytes(&flight).await?;
+    Ok(follow_flight(state, digest, member.size, flight))
+}
+
+/// Waits until the download has received bytes, or ended.
+async fn first_bytes(flight: &Flight) -> Result<(), ApiError> {
+    let mut progress = flight.progress.clone();
+    let mut ended = flight.ended.clone();
+    loop {
+        if let Some(outcome) = ended.borrow_and_update().clone() {
+            return outcome.map_err(|(status, code, message)| api_error(status, code, message));
+        }
+        if progress.borrow_and_update().written > 0 {
+            return Ok(());
+        }
+        tokio::select! {
+            changed = progress.changed() => if changed.is_err() { return wait_for(flight).await },
+            changed = ended.changed() => if changed.is_err() {
+                return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the download ended"));
+            },
+        }
+    }
+}
+
+/// Waits for a download's end.
+async fn wait_for(flight: &Flight) -> Result<(), ApiError> {
+    let mut ended = flight.ended.clone();
+    loop {
+        if let Some(outcome) = ended.borrow_and_update().clone() {
+            return outcome.map_err(|(status, code, message)| api_error(status, code, message));
+        }
+        if ended.changed().await.is_err() {
+            return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the download ended"));
+        }
+    }
+}
+
+/// The blob, sent as its download writes it: each read is of what the file
+/// has (a MiB at most) and, at its end, waits for more; the download's
+/// failure ends the body with an error (the client's digest check would
+/// refuse what it got anyway). Once the download is committed, the same
+/// file is the stored blob.
+fn follow_flight(state: &Arc<State>, digest: &Digest, size: u64, flight: Flight) -> Response<Body> {
+    struct Reader {
+        flight: Flight,
+        file: Option<(u32, std::fs::File)>,
+        at: u64,
+        size: u64,
+        /// Where the blob is once committed.
+        stored: std::path::PathBuf,
+    }
+    state.metrics.bytes_sent.fetch_add(size, Ordering::Relaxed);
+    let reader = Reader { flight, file: None, at: 0, size, stored: state.cache.store.blob_path(digest) };
+    let stream = futures_util::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        loop {
+            if reader.at >= reader.size {
+                return None;
+            }
+            let progress = reader.flight.progress.borrow().clone();
+            let ended = reader.flight.ended.borrow().clone();
+            if let Some(Err((_, _, message))) = &ended {
+                return Some((Err(std::io::Error::other(message.clone())), None));
+            }
+            // The file of the download's current try.
+            if let Some(path) = &progress.path
+                && reader.file.as_ref().is_none_or(|(generation, _)| *generation != progress.generation)
+            {
+                // Committed meanwhile: the stored blob is that file, renamed.
+                let opened = std::fs::File::open(path).or_else(|_| std::fs::File::open(&reader.stored));
+                match opened {
+                    Ok(file) => reader.file = Some((progress.generation, file)),
+                    // Between two tries (a new file is on its way), or gone.
+                    Err(_) if ended.is_none() => {}
+                    Err(e) => return Some((Err(e), None)),
                 }
             }
-        };
-        let outcome = loop {
-            if let Some(outcome) = receiver.borrow_and_update().clone() {
-                break outcome;
+            let want = (reader.size - reader.at).min(1 << 20) as usize;
+            let read = match reader.file.take() {
+                Some((generation, file)) => {
+                    let at = reader.at;
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buffer = Vec::with_capacity(want);
+                        rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at)?;
+                        Ok::<_, std::io::Error>((file, buffer))
+                    })
+                    .await;
+                    match read {
+                        Ok(Ok((file, buffer))) => {
+                            reader.file = Some((generation, file));
+                            buffer
+                        }
+                        Ok(Err(e)) => return Some((Err(e), None)),
+                        Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+                    }
+                }
+                None => Vec::new(),
+            };
+            if !read.is_empty() {
+                reader.at += read.len() as u64;
+                return Some((Ok(Frame::data(Bytes::from(read))), Some(reader)));
             }
-            if receiver.changed().await.is_err() {
-                break Err((StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the download ended".to_owned()));
+            if ended.is_some() && reader.file.is_none() {
+                return Some((Err(std::io::Error::other("the downloaded blob is not where it was")), None));
             }
-        };
-        {
-            let mut inflight = state.inflight.lock().unwrap_or_else(|p| p.into_inner());
-            if inflight.get(&key).is_some_and(|r| r.same_channel(&receiver)) {
-                inflight.remove(&key);
+            if matches!(ended, Some(Ok(()))) {
+                // Whole and committed, and still short: not the blob.
+                return Some((Err(std::io::Error::other("the blob ended early")), None));
+            }
+            // Nothing new yet: wait for the download to go on (or end).
+            let mut progress = reader.flight.progress.clone();
+            let mut ended = reader.flight.ended.clone();
+            tokio::select! {
+                _ = progress.changed() => {}
+                _ = ended.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
-        outcome.map_err(|(status, code, message)| api_error(status, code, message))?;
-        if leader {
-            mark_authorized(ask);
-        } else {
-            // Another's download, with its credentials: this client's own
-            // must pass as for any cached blob.
-            let now_kept = state.cache.member(name, repository, digest).unwrap_or_else(|| member.clone());
-            if let Decision::Fetch = decide(ask, digest, &now_kept, false).await? {
-                return Err(api_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "the blob is not cached yet"));
-            }
-        }
-        // Those who waited for another's download have it from the cache.
-        served.cache = if leader { "miss" } else { "hit" };
-    } else {
-        served.cache = "hit";
+    });
+    let mut response = Response::new(StreamBody::new(stream).boxed());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
+        headers.insert("docker-content-digest", value);
     }
-    state.cache.touch(digest);
-    serve_file(state, digest, member.size, request, head).await
+    response
 }
 
 /// A blob download from one repository, owned by no request.
 struct Download {
     state: Arc<State>,
+    key: String,
     upstream: String,
     repository: String,
     credentials: (Credentials, Access),
+    /// Who started it: the upstream accepting their credentials is worth remembering.
+    asker: String,
     digest: Digest,
     size: u64,
 }
@@ -903,7 +1072,14 @@ struct Download {
 const DOWNLOAD_DEADLINE: Duration = Duration::from_secs(3600);
 
 impl Download {
-    async fn run(self) -> Result<(), (StatusCode, &'static str, String)> {
+    async fn run(self, reporter: &FlightReporter) -> Result<(), (StatusCode, &'static str, String)> {
+        let result = self.fetch(reporter).await;
+        // Done, whatever the outcome: the next request starts afresh.
+        self.state.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        result
+    }
+
+    async fn fetch(&self, reporter: &FlightReporter) -> Result<(), (StatusCode, &'static str, String)> {
         let state = &self.state;
         let failed = |e: ApiError| (e.status, e.code, e.message);
         let upstream = state.upstreams.iter().find(|u| u.config.name == self.upstream).ok_or((
@@ -912,7 +1088,7 @@ impl Download {
             "no such upstream".to_owned(),
         ))?;
         let session = session(state, upstream, &self.repository, &self.credentials.0).await.map_err(failed)?;
-        let download = session.blob(&self.digest, self.size, &state.cache.store, &Quiet as &dyn PullReporter);
+        let download = session.blob(&self.digest, self.size, &state.cache.store, reporter);
         match tokio::time::timeout(DOWNLOAD_DEADLINE, download).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(failed(upstream_error(state, &error))),
@@ -928,6 +1104,8 @@ impl Download {
             .add_member(&self.upstream, &self.repository, &self.digest, &fetched)
             .and_then(|()| state.cache.add_origin(&self.digest, self.credentials.1));
         stored.map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("the cache: {e}")))?;
+        let key = (self.asker.clone(), self.upstream.clone(), self.repository.clone());
+        state.authorized.lock().unwrap_or_else(|p| p.into_inner()).insert(key, Instant::now());
         // Off the async thread: it lists the store.
         let cache_state = state.clone();
         let keep = self.digest.to_string();

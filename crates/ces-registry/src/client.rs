@@ -777,6 +777,7 @@ impl Session {
         let url = self.url(&format!("{}/blobs/{digest}", self.repository))?;
         let what = format!("GET blob {digest}");
         let mut download = Download { writer: store.blob_writer(digest, Some(size))?, have: 0, ranges: true };
+        reporter.blob_file(digest, download.writer.path());
         let mut tries = 0;
         loop {
             tries += 1;
@@ -830,6 +831,7 @@ impl Session {
                     reporter.layer_restarted(digest, download.have);
                     self.refetched.fetch_add(download.have, Ordering::Relaxed);
                     download.writer = store.blob_writer(digest, Some(size))?;
+                    reporter.blob_file(digest, download.writer.path());
                     download.have = 0;
                     download.ranges = false;
                 }

@@ -30,6 +30,10 @@ pub trait PullReporter: Send + Sync {
     /// A layer's download starts again from its first byte: the `discarded`
     /// bytes already received are thrown away (the registry ignored `Range`).
     fn layer_restarted(&self, _digest: &Digest, _discarded: u64) {}
+    /// A layer's bytes are being written to `path` (a new file when its
+    /// download starts again from its first byte); committed, the same
+    /// file becomes the stored blob. For a reader that follows a download.
+    fn blob_file(&self, _digest: &Digest, _path: &std::path::Path) {}
 }
 
 /// A try that failed and is made again, as [`PullReporter::retrying`] hears it.

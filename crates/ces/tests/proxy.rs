@@ -658,3 +658,131 @@ fn a_basic_auth_upstream_takes_the_users_own_credentials() {
     let audit = std::fs::read_to_string(proxy.dir.path().join("audit.jsonl")).unwrap();
     assert!(!audit.contains(password), "the password is in no record");
 }
+
+/// An upstream of the test's own that sends a blob's first half, then
+/// holds the rest until told: what a slow registry does to a large layer.
+struct SlowUpstream {
+    port: u16,
+    release: std::sync::mpsc::Sender<()>,
+    blob_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn slow_upstream(blob: Vec<u8>) -> SlowUpstream {
+    use sha2::Digest as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&blob));
+    let config = b"{}".to_vec();
+    let config_digest = format!("sha256:{:x}", sha2::Sha256::digest(&config));
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{digest}","size":{}}}]}}"#,
+        blob.len()
+    );
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Arc::new(std::sync::Mutex::new(released));
+    let blob_requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = blob_requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (manifest, blob, released, counter) =
+                (manifest.clone(), blob.clone(), released.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let n = stream.read(&mut request).unwrap_or(0);
+                let line = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
+                if line.contains("/blobs/") {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let half = blob.len() / 2;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        blob.len()
+                    );
+                    let _ = stream.write_all(&blob[..half]);
+                    let _ = stream.flush();
+                    let _ = released.lock().unwrap().recv();
+                    let _ = stream.write_all(&blob[half..]);
+                    return;
+                }
+                let (status, body, kind) = if line.contains("/manifests/") {
+                    ("200 OK", manifest, "application/vnd.oci.image.manifest.v1+json")
+                } else {
+                    ("200 OK", "{}".to_owned(), "application/json")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    SlowUpstream { port, release, blob_requests }
+}
+
+/// Clients are sent a blob's bytes while the proxy still downloads it, all
+/// from one download: the first half arrives (to two clients) while the
+/// upstream holds the rest.
+#[test]
+fn blobs_are_streamed_to_every_client_while_they_download() {
+    use sha2::Digest as _;
+    let blob: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&blob));
+    let slow = slow_upstream(blob.clone());
+    let extra = format!(
+        "\n[[upstream]]\nname = \"127.0.0.1:{p}\"\nurl = \"http://127.0.0.1:{p}\"\nrepositories = [\"slow/**\"]\n",
+        p = slow.port
+    );
+    let proxy = Proxy::start(&[], &extra);
+    let alice = basic("alice", PASSWORD);
+    let (status, _, _) =
+        proxy.get(&format!("/v2/127.0.0.1:{}/slow/x/manifests/1", slow.port), &[("Authorization", &alice)]);
+    assert_eq!(status, 200);
+    let open = || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+        // Not a timing condition: a proxy that waited for the whole blob
+        // would never send the first half while the upstream holds the rest.
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+        write!(
+            stream,
+            "GET /v2/127.0.0.1:{}/slow/x/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {alice}\r\nConnection: close\r\n\r\n",
+            slow.port
+        )
+        .unwrap();
+        stream
+    };
+    // Reads until `want` body bytes (after the headers) have arrived.
+    let read_body = |stream: &mut std::net::TcpStream, have: &mut Vec<u8>, want: usize| {
+        let mut chunk = [0u8; 65536];
+        loop {
+            let body = have.windows(4).position(|w| w == b"\r\n\r\n").map(|i| have.len() - i - 4);
+            if body.is_some_and(|b| b >= want) {
+                return;
+            }
+            let n = stream.read(&mut chunk).expect("the proxy sent nothing more");
+            assert!(n > 0, "the connection ended early");
+            have.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let (mut first, mut second) = (open(), open());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    read_body(&mut first, &mut a, blob.len() / 4);
+    read_body(&mut second, &mut b, blob.len() / 4);
+    // Both have a quarter; the upstream still holds half of the blob.
+    slow.release.send(()).unwrap();
+    read_body(&mut first, &mut a, blob.len());
+    read_body(&mut second, &mut b, blob.len());
+    for got in [&a, &b] {
+        let start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(got.starts_with(b"HTTP/1.1 200"));
+        assert_eq!(&got[start..], &blob[..], "the whole blob");
+    }
+    assert_eq!(slow.blob_requests.load(std::sync::atomic::Ordering::SeqCst), 1, "one download for both");
+    // Stored, verified: the next client has it from the cache.
+    let (status, headers, _) =
+        proxy.get(&format!("/v2/127.0.0.1:{}/slow/x/blobs/{digest}", slow.port), &[("Authorization", &alice)]);
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(n, v)| n == "content-length" && *v == blob.len().to_string()));
+    assert_eq!(slow.blob_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
