@@ -1004,23 +1004,13 @@ fn follow_flight(state: &Arc<State>, digest: &Digest, size: u64, flight: Flight)
             }
             let want = (reader.size - reader.at).min(1 << 20) as usize;
             let read = match reader.file.take() {
-                Some((generation, file)) => {
-                    let at = reader.at;
-                    let read = tokio::task::spawn_blocking(move || {
-                        let mut buffer = Vec::with_capacity(want);
-                        rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at)?;
-                        Ok::<_, std::io::Error>((file, buffer))
-                    })
-                    .await;
-                    match read {
-                        Ok(Ok((file, buffer))) => {
-                            reader.file = Some((generation, file));
-                            buffer
-                        }
-                        Ok(Err(e)) => return Some((Err(e), None)),
-                        Err(e) => return Some((Err(std::io::Error::other(e)), None)),
+                Some((generation, file)) => match read_at(file, reader.at, want).await {
+                    Ok((file, buffer)) => {
+                        reader.file = Some((generation, file));
+                        buffer
                     }
-                }
+                    Err(e) => return Some((Err(e), None)),
+                },
                 None => Vec::new(),
             };
             if !read.is_empty() {
@@ -1117,6 +1107,19 @@ impl Download {
     }
 }
 
+/// Up to `want` bytes of `file` from `at`, read off the async thread
+/// straight into the buffer that is sent (one copy, from the page cache).
+async fn read_at(file: std::fs::File, at: u64, want: usize) -> std::io::Result<(std::fs::File, Vec<u8>)> {
+    tokio::task::spawn_blocking(move || {
+        let mut buffer = Vec::with_capacity(want);
+        // Into the vector's spare capacity, which it then holds.
+        rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at)?;
+        Ok((file, buffer))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// The blob's bytes (or the `Range` asked for: one range of bytes).
 async fn serve_file(
     state: &State,
@@ -1156,21 +1159,13 @@ async fn serve_file(
                 return None;
             }
             let want = left.min(1 << 20) as usize;
-            let read = tokio::task::spawn_blocking(move || {
-                let mut buffer = Vec::with_capacity(want);
-                // Into the vector's spare capacity, which it then holds.
-                rustix::io::pread(&file, rustix::buffer::spare_capacity(&mut buffer), at)?;
-                Ok::<_, std::io::Error>((file, buffer))
-            })
-            .await;
-            match read {
-                Ok(Ok((_, buffer))) if buffer.is_empty() => None,
-                Ok(Ok((file, buffer))) => {
+            match read_at(file, at, want).await {
+                Ok((_, buffer)) if buffer.is_empty() => None,
+                Ok((file, buffer)) => {
                     let n = buffer.len() as u64;
                     Some((Ok(Frame::data(Bytes::from(buffer))), (Some(file), at + n, left - n)))
                 }
-                Ok(Err(e)) => Some((Err(e), (None, at, 0))),
-                Err(e) => Some((Err(std::io::Error::other(e)), (None, at, 0))),
+                Err(e) => Some((Err(e), (None, at, 0))),
             }
         });
         StreamBody::new(stream).boxed()
