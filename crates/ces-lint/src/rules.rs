@@ -397,9 +397,48 @@ fn is_apt_install(command: &[String]) -> bool {
     (has(command, "apt-get") || has(command, "apt")) && has(command, "install")
 }
 
+fn is_apt_update(command: &[String]) -> bool {
+    (has(command, "apt-get") || has(command, "apt")) && has(command, "update")
+}
+
+/// A word's program name: `/opt/conda/bin/pip` is `pip`.
+fn program(word: &str) -> &str {
+    word.rsplit('/').next().unwrap_or(word)
+}
+
+/// pip by any of its names: `pip`, `pip3`, `pip3.11`, `/opt/conda/bin/pip`,
+/// and `python -m pip`.
+fn is_pip(word: &str) -> bool {
+    let name = program(word);
+    name == "pip" || name == "pip3" || name.strip_prefix("pip3.").is_some_and(|v| v.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A `pip install` (not `uv pip install`, which has a cache of its own).
 fn is_pip_install(command: &[String]) -> bool {
-    let pip = command.iter().any(|w| w == "pip" || w == "pip3" || w.starts_with("pip3."));
-    pip && has(command, "install") && !has(command, "uv")
+    // The program, after any `VAR=value` words.
+    let first = command.iter().find(|w| !(w.contains('=') && !w.starts_with('-')));
+    if first.is_some_and(|w| program(w) == "uv") {
+        return false;
+    }
+    command.iter().any(|w| is_pip(w)) && has(command, "install")
+}
+
+/// `--no-cache-dir`, or an abbreviation pip takes (`--no-cache`), or the
+/// environment variable set on the command.
+fn pip_cache_off_here(command: &[String]) -> bool {
+    command.iter().any(|w| {
+        let option = w.split('=').next().unwrap_or(w);
+        (option.len() >= "--no-cache".len() && "--no-cache-dir".starts_with(option))
+            || w.starts_with("PIP_NO_CACHE_DIR=")
+    })
+}
+
+/// pip's cache removed by a command of the same RUN.
+fn pip_cache_removed(commands: &[Vec<String>]) -> bool {
+    commands.iter().any(|c| {
+        (has(c, "rm") && c.iter().any(|w| w.contains(".cache/pip") || w.ends_with(".cache") || w.ends_with(".cache/")))
+            || (c.iter().any(|w| is_pip(w)) && has(c, "cache") && (has(c, "purge") || has(c, "remove")))
+    })
 }
 
 fn cache_mount(run: &Instruction, target: &str) -> bool {
@@ -413,7 +452,10 @@ fn packages(run: &Instruction, pip_cache_off: bool, out: &mut Vec<Finding>) {
     let commands = commands(&run.script());
     if commands.iter().any(|c| is_apt_install(c)) {
         let cleaned = commands.iter().any(|c| has(c, "rm") && c.iter().any(|w| w.starts_with("/var/lib/apt/lists")));
-        if !cleaned && !cache_mount(run, "/var/lib/apt") {
+        // The lists are this layer's only if this RUN fetched them (an
+        // `apt install ./local.deb` alone leaves none).
+        let fetched = commands.iter().any(|c| is_apt_update(c));
+        if fetched && !cleaned && !cache_mount(run, "/var/lib/apt") {
             finding(out, "CES011", run.line, "apt-get install leaves /var/lib/apt/lists in the layer".to_owned());
         }
         if commands.iter().any(|c| is_apt_install(c) && !has(c, "--no-install-recommends")) {
@@ -422,7 +464,8 @@ fn packages(run: &Instruction, pip_cache_off: bool, out: &mut Vec<Finding>) {
     }
     if !pip_cache_off
         && !cache_mount(run, ".cache")
-        && commands.iter().any(|c| is_pip_install(c) && !has(c, "--no-cache-dir"))
+        && !pip_cache_removed(&commands)
+        && commands.iter().any(|c| is_pip_install(c) && !pip_cache_off_here(c))
     {
         finding(out, "CES013", run.line, "pip install keeps its download cache in the layer".to_owned());
     }
@@ -617,6 +660,42 @@ fn models(stages: &[Stage<'_>], chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pip_by_any_name_and_its_cache_by_any_means() {
+        let pip_flagged = |script: &str| {
+            let commands = commands(script);
+            !pip_cache_removed(&commands) && commands.iter().any(|c| is_pip_install(c) && !pip_cache_off_here(c))
+        };
+        for flagged in [
+            "pip install numpy",
+            "python -m pip install numpy",
+            "python3 -m pip install -r requirements.txt",
+            "/opt/conda/bin/pip install torch",
+            "pip3.11 install pandas",
+            "pip install uv",
+            "pip install numpy && echo uv",
+        ] {
+            assert!(pip_flagged(flagged), "{flagged}");
+        }
+        for quiet in [
+            "pip install --no-cache-dir numpy",
+            "pip install --no-cache numpy",
+            "pip install --no-cache-dir=1 numpy",
+            "PIP_NO_CACHE_DIR=1 pip install numpy",
+            "pip install numpy && rm -rf /root/.cache/pip",
+            "pip install numpy && rm -rf ~/.cache",
+            "pip install numpy && pip cache purge",
+            "uv pip install numpy",
+            "UV_LINK_MODE=copy uv pip install --system numpy",
+            "pipx install black",
+            "pip3x install numpy",
+        ] {
+            assert!(!pip_flagged(quiet), "{quiet}");
+        }
+        assert!(!is_apt_update(&commands("apt-get install -y ./local.deb")[0]));
+        assert!(is_apt_update(&commands("apt update")[0]));
+    }
 
     #[test]
     fn codes_are_unique_and_in_order() {
