@@ -416,7 +416,7 @@ fn is_pip(word: &str) -> bool {
 /// A `pip install` (not `uv pip install`, which has a cache of its own).
 fn is_pip_install(command: &[String]) -> bool {
     // The program, after any `VAR=value` words.
-    let first = command.iter().find(|w| !(w.contains('=') && !w.starts_with('-')));
+    let first = command.iter().find(|w| !w.contains('=') || w.starts_with('-'));
     if first.is_some_and(|w| program(w) == "uv") {
         return false;
     }
