@@ -159,6 +159,11 @@ pub fn read_as_invoker(path: &Path) -> io::Result<String> {
     as_invoker(|| std::fs::read_to_string(path))?
 }
 
+/// [`read_as_invoker`], the bytes as they are (text that may not be UTF-8).
+pub fn read_bytes_as_invoker(path: &Path) -> io::Result<Vec<u8>> {
+    as_invoker(|| std::fs::read(path))?
+}
+
 /// [`as_invoker`] for `user`.
 fn as_user<T: Send>(user: &SudoUser, work: impl FnOnce() -> T + Send) -> io::Result<T> {
     use rustix::process::{DumpableBehavior, dumpable_behavior, set_dumpable_behavior};

@@ -90,3 +90,25 @@ fn lint_needs_no_config_not_even_a_readable_one() {
     let out = sb.ces(&["lint", &corpus("good/huggingface-multistage.Dockerfile")]);
     assert_eq!(out.ok(), "", "a broken config does not concern lint");
 }
+
+/// A Dockerfile that is not UTF-8 (a Latin-1 comment, which BuildKit builds)
+/// is linted, not refused.
+#[test]
+fn a_latin1_dockerfile_is_linted() {
+    let sb = Sandbox::new(&[]);
+    let good = std::fs::read(corpus("good/huggingface-multistage.Dockerfile")).unwrap();
+    let mut latin1 = b"# Auteur : J\xe9r\xf4me, donn\xe9es de sant\xe9\n".to_vec();
+    latin1.extend_from_slice(&good);
+    let file = sb.dir.path().join("Dockerfile");
+    std::fs::write(&file, &latin1).unwrap();
+    assert!(std::str::from_utf8(&latin1).is_err());
+    let out = sb.ces(&["lint", &file.display().to_string()]);
+    assert_eq!(out.ok(), "", "as clean as the same file in UTF-8");
+    // And with a finding, its line is the file's own.
+    latin1.extend_from_slice(b"RUN apt-get update && apt-get install -y --no-install-recommends curl\n");
+    std::fs::write(&file, &latin1).unwrap();
+    let out = sb.ces(&["lint", &file.display().to_string()]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let line = String::from_utf8_lossy(&latin1).lines().count();
+    assert!(out.stdout.contains(&format!(":{line}: CES011")), "{out:?}");
+}

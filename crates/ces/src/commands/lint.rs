@@ -35,15 +35,18 @@ pub fn lint(args: LintArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::from(EXIT_FINDINGS) } else { ExitCode::SUCCESS })
 }
 
-/// The name to show, and the text.
+/// The name to show, and the text. A Dockerfile need not be UTF-8 (BuildKit
+/// reads bytes: a Latin-1 comment builds): bytes that are not are read as
+/// U+FFFD, which no instruction's syntax needs.
 fn read(path: &Path) -> anyhow::Result<(String, String)> {
     if path == Path::new("-") {
-        let mut source = String::new();
-        std::io::stdin().read_to_string(&mut source).context("cannot read the Dockerfile from standard input")?;
-        return Ok(("-".to_owned(), source));
+        let mut source = Vec::new();
+        std::io::stdin().read_to_end(&mut source).context("cannot read the Dockerfile from standard input")?;
+        return Ok(("-".to_owned(), String::from_utf8_lossy(&source).into_owned()));
     }
     // As the user ces runs for: under sudo, root would read (and print in
     // findings) what the user may not.
-    let source = crate::identity::read_as_invoker(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok((path.display().to_string(), source))
+    let source =
+        crate::identity::read_bytes_as_invoker(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((path.display().to_string(), String::from_utf8_lossy(&source).into_owned()))
 }
