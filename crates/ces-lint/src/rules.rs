@@ -289,8 +289,20 @@ fn base_ref(image: &str) -> BaseRef<'_> {
 }
 
 fn base_image(stage: &Stage<'_>, out: &mut Vec<Finding>) {
-    let Some(image) = stage.external_base() else { return };
     let line = stage.from.line;
+    // `FROM base:$TAG` with no default for TAG: the build decides the base,
+    // and no digest can be pinned here.
+    if stage.base.is_none() && stage.parent.is_none() && stage.written.contains('$') {
+        let written = &stage.written;
+        finding(
+            out,
+            "CES002",
+            line,
+            format!("base image {written} depends on a build argument with no default: it cannot be pinned by digest"),
+        );
+        return;
+    }
+    let Some(image) = stage.external_base() else { return };
     let parts = base_ref(image);
     if parts.registry.is_none() {
         finding(out, "CES001", line, format!("base image {image} does not name its registry (docker.io is assumed)"));

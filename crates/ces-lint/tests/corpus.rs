@@ -42,6 +42,8 @@ fn ces001_base_without_registry() {
 #[test]
 fn ces002_base_without_digest() {
     assert_eq!(findings("bad/ces002-no-digest.Dockerfile"), [("CES002", 1)]);
+    // A build argument with no default decides the base: nothing pinned.
+    assert_eq!(findings("bad/ces002-arg-without-default.Dockerfile"), [("CES002", 2)]);
 }
 
 #[test]
