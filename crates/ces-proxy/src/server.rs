@@ -1034,10 +1034,15 @@ fn follow_flight(state: &Arc<State>, digest: &Digest, size: u64, flight: Flight)
             }
         }
     });
-    let mut response = Response::new(StreamBody::new(stream).boxed());
+    blob_response(StreamBody::new(stream).boxed(), digest, size)
+}
+
+/// A blob's answer: `length` bytes of `body`, with the blob's headers.
+fn blob_response(body: Body, digest: &Digest, length: u64) -> Response<Body> {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
         headers.insert("docker-content-digest", value);
@@ -1170,14 +1175,7 @@ async fn serve_file(
         });
         StreamBody::new(stream).boxed()
     };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(value) = HeaderValue::from_str(&digest.to_string()) {
-        headers.insert("docker-content-digest", value);
-    }
+    let mut response = blob_response(body, digest, length);
     if range.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         if let Ok(value) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {

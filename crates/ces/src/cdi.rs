@@ -686,13 +686,7 @@ pub fn scheduled_gpus(
     if !is_selector(selector) {
         return Err(DeviceError::BadSelector(Short::of(selector)).into());
     }
-    let count = match selector.as_str() {
-        "all" => 1,
-        list => match list.split(',').find(|part| !part.bytes().all(|b| b.is_ascii_digit())) {
-            Some(named) => return Err(DeviceError::NotACount(Short::of(named)).into()),
-            None => list.split(',').count(),
-        },
-    };
+    let count = gpu_count(selector)?;
     if !config.enabled {
         return Err(DeviceError::Disabled.into());
     }
@@ -713,6 +707,19 @@ pub fn scheduled_gpus(
         return Err(DeviceError::TooMany { asked: count, max }.into());
     }
     Ok(count)
+}
+
+/// How many GPUs a `--gpu` selector asks a scheduler for: `--gpu` (`""`)
+/// or `all`, one; a list of indexes, as many (named GPUs are refused: the
+/// scheduler picks them).
+pub fn gpu_count(selector: &str) -> Result<usize, DeviceError> {
+    match selector {
+        "" | "all" => Ok(1),
+        list => match list.split(',').find(|part| part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit())) {
+            Some(named) => Err(DeviceError::NotACount(Short::of(named))),
+            None => Ok(list.split(',').count()),
+        },
+    }
 }
 
 /// `kind=device`'s fully qualified names: one, or for `all` every device of
@@ -1452,6 +1459,8 @@ mod tests {
         assert_eq!(count(&open, None, &[]).unwrap(), 0);
         assert_eq!(count(&open, Some("all"), &[]).unwrap(), 1);
         assert_eq!(count(&open, Some("0,1"), &[]).unwrap(), 2);
+        assert_eq!(gpu_count("").unwrap(), 1, "--gpu alone, as a job file keeps it");
+        assert!(matches!(gpu_count("0,,1"), Err(DeviceError::NotACount(_))));
         let e = count(&open, Some("0,1,2"), &[]).unwrap_err();
         assert!(matches!(e.downcast_ref(), Some(DeviceError::TooMany { asked: 3, max: 2 })), "{e}");
         for (gpu, devices) in [(Some("GPU-1234-abcd"), &[][..]), (None, &["example.com/gpu=0"][..])] {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 
 use ces_testkit::image::busybox_image;
 use ces_testkit::registry::{AuthMode, Registry};
-use common::Sandbox;
+use common::{Sandbox, TEST_USER};
 
 const PASSWORD: &str = "proxy-pw";
 
@@ -785,4 +785,52 @@ fn blobs_are_streamed_to_every_client_while_they_download() {
     assert_eq!(status, 200);
     assert!(headers.iter().any(|(n, v)| n == "content-length" && *v == blob.len().to_string()));
     assert_eq!(slow.blob_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// Through sudo, root would read, write and connect where the user's
+/// config says (a token file, the audit log's path): refused, and before
+/// the config is read.
+#[test]
+fn ces_proxy_does_not_run_through_sudo() {
+    common::require_root("plays sudo");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("proxy.toml");
+    let written = dir.path().join("written-as-root");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ncache_dir = {:?}\naudit_log = {:?}\nallow_anonymous = true\n[[upstream]]\nname = \"ghcr.io\"\nurl = \"https://ghcr.io\"\nrepositories = [\"**\"]\n",
+            written.display().to_string(),
+            written.join("audit.jsonl").display().to_string()
+        ),
+    )
+    .unwrap();
+    let user = common::test_user();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ces"))
+        .args(["proxy", "--config"])
+        .arg(&config)
+        .env_remove("CES_CONFIG")
+        .env("SUDO_UID", user.uid.to_string())
+        .env("SUDO_GID", user.gid.to_string())
+        .env("SUDO_USER", TEST_USER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A proxy that started would serve until stopped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ces proxy started through sudo");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ces proxy is an operator's service: it does not run through sudo"), "{err}");
+    assert!(!written.exists(), "nothing made as root");
 }

@@ -416,8 +416,7 @@ pub(crate) fn prepare(
     if matches!(options.runtime.as_deref(), Some("slurm" | "k8s")) {
         // The scheduler picks the GPUs: asked for by count, under this
         // host's policy.
-        let user = crate::identity::policy_user()?;
-        let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+        let (user, host_root) = device_user()?;
         let groups = || crate::identity::policy_groups(&user);
         gpus = crate::cdi::scheduled_gpus(&settings.gpu, &request, &user, host_root, &groups)?;
     } else if !request.is_empty() {
@@ -448,6 +447,14 @@ pub(crate) fn prepare(
     })
 }
 
+/// Who asks for devices, as `[gpu]`'s policy sees them, and whether that is
+/// root of the host itself (the operator, who may use every device).
+fn device_user() -> anyhow::Result<(ces_audit::User, bool)> {
+    let user = crate::identity::policy_user()?;
+    let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+    Ok((user, host_root))
+}
+
 /// The devices a run asked for, from this host's CDI specs, as the
 /// policy allows them to this user. Specs that could not be read are
 /// warned about when the devices were found without them.
@@ -457,8 +464,7 @@ fn resolve_devices(
     request: &crate::cdi::Request,
 ) -> anyhow::Result<crate::cdi::Resolved> {
     let registry = crate::cdi::Registry::read(&settings.gpu.spec_dirs);
-    let user = crate::identity::policy_user()?;
-    let host_root = crate::identity::caller() == crate::identity::Caller::HostRoot && user.uid == 0;
+    let (user, host_root) = device_user()?;
     let groups = || crate::identity::policy_groups(&user);
     let resolved = crate::cdi::resolve(&settings.gpu, &registry, request, &user, host_root, &groups)?;
     for (path, problem) in &registry.problems {

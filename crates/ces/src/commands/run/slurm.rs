@@ -556,10 +556,7 @@ pub(crate) fn node_gpus(options: &mut RunOptions) -> anyhow::Result<Option<Strin
         return Err(SlurmError::Unsupported("host devices (--device): ask for GPUs with --gpu").into());
     }
     let Some(asked) = asked else { return Ok(None) };
-    let count = match asked.as_str() {
-        "" | "all" => 1,
-        list => list.split(',').count(),
-    };
+    let count = crate::cdi::gpu_count(&asked)?;
     let given = std::env::var("SLURM_JOB_GPUS").unwrap_or_default();
     let valid = !given.is_empty() && given.split(',').all(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()));
     if !valid || given.split(',').count() != count {
