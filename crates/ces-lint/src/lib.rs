@@ -6,13 +6,17 @@
 //! stable code, a severity and a fix; [`report`] writes findings for people,
 //! as JSON, or as SARIF for code scanning.
 
+pub mod context;
+pub mod deps;
+pub mod image;
 pub mod parse;
 pub mod report;
 pub mod rules;
 pub mod stages;
 
+pub use context::BuildContext;
 pub use parse::{Dockerfile, ParseError};
-pub use rules::{Finding, RULES, Rule, Severity};
+pub use rules::{Finding, Note, RULES, Report, Rule, Severity};
 
 /// What to leave out.
 #[derive(Debug, Clone, Default)]
@@ -23,8 +27,15 @@ pub struct Options {
 
 /// Parses `source` and runs every rule, leaving out ignored codes: those in
 /// `options`, and those a `# ces-lint ignore=` comment names for the
-/// instruction a finding is on.
+/// instruction a finding is on. Without a build context.
 pub fn lint(source: &str, options: &Options) -> Result<Vec<Finding>, ParseError> {
+    Ok(lint_in(source, options, None)?.findings)
+}
+
+/// [`lint`] with the build context the Dockerfile is built in, if there is
+/// one to read (what `COPY . .` copies, requirement files, start scripts);
+/// the report's notes say what could not be checked.
+pub fn lint_in(source: &str, options: &Options, context: Option<&BuildContext>) -> Result<Report, ParseError> {
     let file = parse::parse(source)?;
     // The comments' ignores by line, looked up once per finding: searching
     // every instruction for each finding made a long file quadratic.
@@ -36,7 +47,9 @@ pub fn lint(source: &str, options: &Options) -> Result<Vec<Finding>, ParseError>
         options.ignore.iter().any(|c| c.eq_ignore_ascii_case(f.code))
             || by_line.get(&f.line).is_some_and(|codes| codes.contains(&f.code))
     };
-    Ok(rules::check(&file).into_iter().filter(|f| !ignored(f)).collect())
+    let mut report = rules::check(&file, context);
+    report.findings.retain(|f| !ignored(f));
+    Ok(report)
 }
 
 /// Whether any finding is at or above `threshold` (`--failure-threshold`).

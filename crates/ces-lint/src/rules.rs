@@ -8,6 +8,9 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::context::BuildContext;
+use crate::deps;
+use crate::image::{self, Installed, Step, Via};
 use crate::parse::{Arguments, Dockerfile, Instruction, unquote};
 use crate::stages::{Stage, final_chain, stages};
 
@@ -169,11 +172,48 @@ pub const RULES: &[Rule] = &[
         summary: "platform is not linux/amd64",
         fix: "build for the TRE's platform: FROM --platform=linux/amd64 ... (or drop --platform)",
     },
+    Rule {
+        code: "CES017",
+        severity: Severity::Warning,
+        summary: "the container downloads a model or data when it starts",
+        fix: "download it at build time and load it from the image (with HF_HUB_OFFLINE=1 for Hugging Face); `ces test IMAGE` runs the image without network and shows what it tried",
+    },
+    Rule {
+        code: "CES018",
+        severity: Severity::Warning,
+        summary: "a RUN runs what it downloads without checking it (curl | sh)",
+        fix: "download to a file, check it (echo \"<sha256>  file\" | sha256sum -c -), then run it; or install a package",
+    },
+    Rule {
+        code: "CES019",
+        severity: Severity::Info,
+        summary: "model weights copied into the image from the build context",
+        fix: "fine for a published model; weights trained on project data are project data, which stays in the TRE",
+    },
 ];
 
 /// The rule with this code.
 pub fn rule(code: &str) -> Option<&'static Rule> {
     RULES.iter().find(|r| r.code == code)
+}
+
+/// Something the lint could not check, and why (not a finding: it does
+/// not change the exit status).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    /// The line (1-based) of the instruction concerned.
+    pub line: usize,
+    /// What was not checked.
+    pub message: String,
+}
+
+/// What a lint found, and what it could not check.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The findings, by line then code.
+    pub findings: Vec<Finding>,
+    /// What was not checked, by line.
+    pub notes: Vec<Note>,
 }
 
 /// One problem found, on one line.
@@ -194,11 +234,19 @@ pub struct Finding {
 /// The TRE's directories, mounted over whatever the image has there.
 const TRE_DIRS: [&str; 3] = ["/safe_data", "/safe_outputs", "/scratch"];
 
-/// Extensions of data files that do not belong in an image.
+/// Extensions of data files that do not belong in an image (also with a
+/// compression suffix: `x.csv.gz`).
 const DATA_EXTENSIONS: &[&str] = &[
-    "csv", "tsv", "parquet", "sav", "zsav", "por", "dta", "sas7bdat", "xpt", "xlsx", "xls", "rds", "rdata", "rda",
-    "feather", "arrow", "nii", "nii.gz", "dcm", "h5", "hdf5", "mat", "sqlite", "sqlite3",
+    "csv", "tsv", "parquet", "sav", "zsav", "por", "dta", "sas7bdat", "xpt", "xlsx", "xlsm", "xls", "ods", "rds",
+    "rdata", "rda", "feather", "arrow", "nii", "dcm", "h5", "hdf5", "mat", "sqlite", "sqlite3", "pkl", "pickle",
+    "joblib", "npy", "npz",
 ];
+
+/// Compression suffixes a data file may have.
+const COMPRESSED: &[&str] = &["gz", "bz2", "xz", "zst", "zip"];
+
+/// Extensions of model weights.
+const MODEL_EXTENSIONS: &[&str] = &["pt", "pth", "safetensors", "ckpt", "onnx", "gguf", "keras"];
 
 /// Archives that `ADD` unpacks (where ADD is the right instruction).
 const ARCHIVE_EXTENSIONS: &[&str] =
@@ -209,7 +257,19 @@ const HF_LIBRARIES: &[&str] =
     &["transformers", "huggingface-hub", "sentence-transformers", "diffusers", "timm", "datasets", "optimum", "peft"];
 
 /// Other libraries that download models or data on first use.
-const OTHER_MODEL_LIBRARIES: &[&str] = &["spacy", "easyocr", "stanza", "flair", "nltk", "openai-whisper"];
+const OTHER_MODEL_LIBRARIES: &[&str] = &[
+    "spacy",
+    "easyocr",
+    "stanza",
+    "flair",
+    "nltk",
+    "openai-whisper",
+    "vllm",
+    "ollama",
+    "ultralytics",
+    "bertopic",
+    "keybert",
+];
 
 /// What in a build step shows it downloads a model into the image.
 const CACHE_STEPS: &[&str] = &[
@@ -229,49 +289,100 @@ const CACHE_STEPS: &[&str] = &[
     "whisper.load_model",
 ];
 
-/// Runs every rule.
-pub fn check(file: &Dockerfile) -> Vec<Finding> {
+/// Runs every rule; `context` is the build context, when there is one to
+/// read.
+pub fn check(file: &Dockerfile, context: Option<&BuildContext>) -> Report {
     let stages = stages(file);
     let chain = final_chain(&stages);
+    let steps = image::steps(&chain);
+    let copies = image::copies(&steps);
     // ENV PIP_NO_CACHE_DIR anywhere turns pip's cache off for every RUN.
     let pip_cache_off = env_values(file.instructions.iter()).iter().any(|(k, _)| k == "PIP_NO_CACHE_DIR");
-    let mut findings = Vec::new();
+    let mut out = Vec::new();
+    let mut unread = Unread::default();
     for stage in &stages {
-        base_image(stage, &mut findings);
-        platform(stage, &mut findings);
-        consecutive_runs(stage, &mut findings);
-    }
-    for instruction in &file.instructions {
-        match instruction.keyword.as_str() {
-            "ADD" => add(instruction, &mut findings),
-            "RUN" => packages(instruction, pip_cache_off, &mut findings),
-            _ => {}
+        base_image(stage, &mut out);
+        platform(stage, &mut out);
+        // Layer hygiene matters only in the layers the image keeps: a
+        // builder stage's are thrown away.
+        let kept = chain.iter().any(|c| std::ptr::eq(*c, stage));
+        if kept {
+            consecutive_runs(stage, &mut out);
         }
-        if matches!(instruction.keyword.as_str(), "ADD" | "COPY") && instruction.flag("from").is_none() {
-            data_files(instruction, &mut findings);
+        for instruction in stage.instructions {
+            match instruction.keyword.as_str() {
+                "ADD" => add(instruction, &mut out),
+                "RUN" if kept => packages(instruction, pip_cache_off, &mut out),
+                _ => {}
+            }
+            if instruction.keyword == "RUN" {
+                unverified_download(instruction, &mut out);
+            }
+            if matches!(instruction.keyword.as_str(), "ADD" | "COPY") {
+                copied_files(instruction, &stages, context, &mut out, &mut unread);
+            }
         }
     }
-    tre_directories(&chain, &mut findings);
-    user(&chain, &mut findings);
-    models(&stages, &chain, &mut findings);
-    findings.sort_by(|a, b| (a.line, a.code).cmp(&(b.line, b.code)));
-    findings
+    tre_directories(&chain, &mut out);
+    user(&chain, &mut out);
+    let mut notes = Vec::new();
+    let installed = installed(&chain, &steps, &copies, context, &mut notes, &mut unread);
+    let offline = models(&stages, &steps, &installed, &mut out);
+    start_downloads(&steps, &copies, context, &installed, offline, &mut out, &mut notes, &mut unread);
+    notes.extend(unread.notes());
+    out.sort_by(|a, b| (a.line, a.code).cmp(&(b.line, b.code)));
+    notes.sort_by_key(|n| n.line);
+    Report { findings: out, notes }
+}
+
+/// What could not be read because no build context was given, by kind, as
+/// the first line concerned.
+#[derive(Default)]
+struct Unread {
+    copies: Option<usize>,
+    requirements: Option<usize>,
+    scripts: Option<usize>,
+}
+
+impl Unread {
+    fn notes(&self) -> Vec<Note> {
+        let mut notes = Vec::new();
+        let mut note = |line: Option<usize>, what: &str| {
+            if let Some(line) = line {
+                notes.push(Note {
+                    line,
+                    message: format!("no build context was read (give --context DIR): {what} not checked"),
+                });
+            }
+        };
+        note(self.copies, "the files this copies were");
+        note(self.requirements, "the packages this requirement file installs were");
+        note(self.scripts, "the scripts the container starts were");
+        notes
+    }
 }
 
 fn finding(out: &mut Vec<Finding>, code: &'static str, line: usize, message: String) {
     let rule = rule(code).unwrap_or(&RULES[0]);
+    // Names from the Dockerfile and its context are shown, never obeyed:
+    // control characters (a terminal's escapes) are written escaped.
+    let message = if message.contains(char::is_control) {
+        message.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        message
+    };
     out.push(Finding { line, code, severity: rule.severity, message, fix: rule.fix.to_owned() });
 }
 
 /// A base image reference's parts.
-struct BaseRef<'a> {
-    registry: Option<&'a str>,
-    repository: &'a str,
-    tag: Option<&'a str>,
-    digest: Option<&'a str>,
+pub(crate) struct BaseRef<'a> {
+    pub(crate) registry: Option<&'a str>,
+    pub(crate) repository: &'a str,
+    pub(crate) tag: Option<&'a str>,
+    pub(crate) digest: Option<&'a str>,
 }
 
-fn base_ref(image: &str) -> BaseRef<'_> {
+pub(crate) fn base_ref(image: &str) -> BaseRef<'_> {
     let (name, digest) = match image.split_once('@') {
         Some((name, digest)) => (name, Some(digest)),
         None => (image, None),
@@ -303,17 +414,37 @@ fn base_image(stage: &Stage<'_>, out: &mut Vec<Finding>) {
         return;
     }
     let Some(image) = stage.external_base() else { return };
-    let parts = base_ref(image);
-    if parts.registry.is_none() {
-        finding(out, "CES001", line, format!("base image {image} does not name its registry (docker.io is assumed)"));
-    }
-    if parts.digest.is_none() {
-        finding(out, "CES002", line, format!("base image {image} is not pinned by digest"));
-        match parts.tag {
-            Some("latest") => finding(out, "CES003", line, format!("base image {image} uses the latest tag")),
-            None => finding(out, "CES003", line, format!("base image {image} has no tag (latest is assumed)")),
-            Some(_) => {}
+    image_rules(&format!("base image {}", shown(image)), image, line, out);
+}
+
+/// An image name for a message: a digest shortened to 12 digits, and at
+/// most 100 characters in all.
+fn shown(image: &str) -> String {
+    let short = match image.split_once("@sha256:") {
+        Some((name, digest)) if digest.chars().count() > 12 => {
+            format!("{name}@sha256:{}…", digest.chars().take(12).collect::<String>())
         }
+        _ => image.to_owned(),
+    };
+    if short.chars().count() > 100 { format!("{}…", short.chars().take(99).collect::<String>()) } else { short }
+}
+
+/// CES001 to CES003 for an image a build starts from or copies from
+/// (`what` names it in the message). A digest pins it, whatever the
+/// registry: the name says where it is, not what it is.
+fn image_rules(what: &str, image: &str, line: usize, out: &mut Vec<Finding>) {
+    let parts = base_ref(image);
+    if parts.digest.is_some() {
+        return;
+    }
+    if parts.registry.is_none() {
+        finding(out, "CES001", line, format!("{what} does not name its registry (docker.io is assumed)"));
+    }
+    finding(out, "CES002", line, format!("{what} is not pinned by digest"));
+    match parts.tag {
+        Some("latest") => finding(out, "CES003", line, format!("{what} uses the latest tag")),
+        None => finding(out, "CES003", line, format!("{what} has no tag (latest is assumed)")),
+        Some(_) => {}
     }
 }
 
@@ -328,6 +459,7 @@ fn platform(stage: &Stage<'_>, out: &mut Vec<Finding>) {
         let repository = repository.strip_prefix("library/").unwrap_or(repository);
         if let Some(arch) = foreign.iter().find(|f| repository.starts_with(**f)) {
             let arch = arch.trim_end_matches('/');
+            let image = shown(image);
             finding(out, "CES016", line, format!("base image {image} is built for {arch}: the TRE runs linux/amd64"));
         }
     }
@@ -338,11 +470,16 @@ fn is_amd64(platform: &str) -> bool {
     platform == "linux/amd64" || platform.starts_with("linux/amd64/") || platform == "linux/x86_64"
 }
 
+/// CES010, only where joining is plainly better: two `RUN`s of one simple
+/// command each. RUNs that chain commands were split on purpose (a layer
+/// to cache), and RUNs with flags (mounts, network) cannot simply be joined.
 fn consecutive_runs(stage: &Stage<'_>, out: &mut Vec<Finding>) {
+    let simple = |run: &Instruction| {
+        run.keyword == "RUN" && run.flags.is_empty() && run.heredocs.is_empty() && commands(&run.script()).len() == 1
+    };
     for pair in stage.instructions.windows(2) {
         let [first, second] = pair else { continue };
-        // RUNs with different mounts or network settings cannot simply be joined.
-        if first.keyword == "RUN" && second.keyword == "RUN" && first.flags.is_empty() && second.flags.is_empty() {
+        if simple(first) && simple(second) {
             finding(out, "CES010", second.line, format!("RUN follows the RUN on line {}", first.line));
         }
     }
@@ -369,9 +506,17 @@ fn add(add: &Instruction, out: &mut Vec<Finding>) {
     }
 }
 
-/// Whether `path` names a data file by its extension (`csv`, `parquet`, `sav`, ...).
+/// Whether `path` names a data file by its extension (`csv`, `parquet`,
+/// `sav`, ..., also compressed: `x.csv.gz`).
 pub fn is_data_file(path: &str) -> bool {
-    has_extension(path, DATA_EXTENSIONS)
+    let lower = path.trim_end_matches('/').to_ascii_lowercase();
+    let stem = COMPRESSED.iter().find_map(|c| lower.strip_suffix(c).and_then(|s| s.strip_suffix('.')));
+    has_extension(&lower, DATA_EXTENSIONS) || stem.is_some_and(|s| has_extension(s, DATA_EXTENSIONS))
+}
+
+/// Whether `path` names model weights by their extension.
+fn is_model_file(path: &str) -> bool {
+    has_extension(path, MODEL_EXTENSIONS)
 }
 
 fn has_extension(path: &str, extensions: &[&str]) -> bool {
@@ -379,18 +524,92 @@ fn has_extension(path: &str, extensions: &[&str]) -> bool {
     extensions.iter().any(|ext| path.strip_suffix(ext).is_some_and(|stem| stem.ends_with('.')))
 }
 
-fn data_files(copy: &Instruction, out: &mut Vec<Finding>) {
+/// Up to three names, then how many more.
+fn some_of(names: &[&str]) -> String {
+    let shown: Vec<&str> = names.iter().take(3).copied().collect();
+    match names.len() {
+        n if n > 3 => format!("{} (and {} more)", shown.join(", "), n - 3),
+        _ => shown.join(", "),
+    }
+}
+
+/// CES008 and CES019 for what a `COPY`/`ADD` copies: its sources by name,
+/// and, with a build context, the files under a directory or matched by a
+/// wildcard. A `COPY --from` an image (not a stage) is a base image too.
+fn copied_files(
+    copy: &Instruction,
+    stages: &[Stage<'_>],
+    context: Option<&BuildContext>,
+    out: &mut Vec<Finding>,
+    unread: &mut Unread,
+) {
     let words = copy.words();
     let Some((_, sources)) = words.split_last() else { return };
+    let keyword = &copy.keyword;
+    let from = copy.flag("from").and_then(|f| f.value.as_deref());
+    if let Some(from) = from.filter(|from| !is_stage(stages, copy.line, from)) {
+        let what = format!("COPY --from={} (an image copied from is a base image too)", shown(from));
+        image_rules(&what, from, copy.line, out);
+    }
+    let line = copy.line;
     for source in sources.iter().filter(|s| !s.starts_with("<<")) {
-        if has_extension(source, DATA_EXTENSIONS) {
-            finding(out, "CES008", copy.line, format!("{} copies data file {source} into the image", copy.keyword));
+        let lower = source.to_ascii_lowercase();
+        if lower.contains("://") || lower.starts_with("git@") {
+            continue;
+        }
+        if is_data_file(source) {
+            finding(out, "CES008", line, format!("{keyword} copies data file {source} into the image"));
+            continue;
+        }
+        if from.is_none() && is_model_file(source) {
+            finding(out, "CES019", line, format!("{keyword} copies model weights {source} into the image"));
+            continue;
+        }
+        if from.is_some() || has_extension(&lower, ARCHIVE_EXTENSIONS) && keyword == "ADD" {
+            continue;
+        }
+        let Some(context) = context else {
+            let whole = source == "." || source.ends_with('/') || source.contains('*') || !source.contains('.');
+            if whole {
+                unread.copies.get_or_insert(line);
+            }
+            continue;
+        };
+        let files = context.sources(source);
+        let data: Vec<&str> = files.iter().copied().filter(|f| is_data_file(f)).collect();
+        if !data.is_empty() {
+            let named = some_of(&data);
+            finding(
+                out,
+                "CES008",
+                line,
+                format!("{keyword} {source} copies data files from the build context: {named}"),
+            );
+        }
+        let models: Vec<&str> = files.iter().copied().filter(|f| is_model_file(f)).collect();
+        if !models.is_empty() {
+            let named = some_of(&models);
+            finding(
+                out,
+                "CES019",
+                line,
+                format!("{keyword} {source} copies model weights from the build context: {named}"),
+            );
         }
     }
 }
 
+/// Whether `--from=name` names a stage before `line` (by name or index),
+/// not an image.
+fn is_stage(stages: &[Stage<'_>], line: usize, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let before = stages.iter().take_while(|s| s.from.line < line).count();
+    stages[..before].iter().any(|s| s.name.as_deref() == Some(name.as_str()))
+        || name.parse::<usize>().is_ok_and(|n| n < before)
+}
+
 /// Commands of a script, split at `&&`, `||`, `;`, `|` and newlines, as words.
-fn commands(script: &str) -> Vec<Vec<String>> {
+pub(crate) fn commands(script: &str) -> Vec<Vec<String>> {
     script
         .replace("&&", "\n")
         .replace("||", "\n")
@@ -401,7 +620,7 @@ fn commands(script: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn has(command: &[String], word: &str) -> bool {
+pub(crate) fn has(command: &[String], word: &str) -> bool {
     command.iter().any(|w| w == word)
 }
 
@@ -414,7 +633,7 @@ fn is_apt_update(command: &[String]) -> bool {
 }
 
 /// A word's program name: `/opt/conda/bin/pip` is `pip`.
-fn program(word: &str) -> &str {
+pub(crate) fn program(word: &str) -> &str {
     word.rsplit('/').next().unwrap_or(word)
 }
 
@@ -516,7 +735,7 @@ fn normalise(path: &str) -> String {
 }
 
 /// `path` made absolute against `workdir`: `.` and `./x` as the shell would.
-fn resolve(workdir: &str, path: &str) -> String {
+pub(crate) fn resolve(workdir: &str, path: &str) -> String {
     let path = normalise(path);
     if path.starts_with('/') {
         return path;
@@ -587,10 +806,49 @@ fn tre_directories(chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
     }
 }
 
+/// Base images known to set a user who is not root, by repository (`*`
+/// matches any text), and the tag text they need, if any.
+const NON_ROOT_BASES: &[(&str, &str)] = &[
+    ("jupyter/*", ""),
+    ("pangeo/*", ""),
+    ("rocker/binder", ""),
+    ("mambaorg/micromamba", ""),
+    ("bitnami/*", ""),
+    ("distroless/*", "nonroot"),
+    ("chainguard/*", ""),
+];
+
+/// Whether the base image is known to run as a user who is not root.
+fn known_non_root(image: &str) -> bool {
+    let parts = base_ref(image);
+    let repository = parts.repository.to_ascii_lowercase();
+    let tag = parts.tag.unwrap_or("latest");
+    NON_ROOT_BASES.iter().any(|(pattern, tag_has)| {
+        crate::context::wildcard_matches(pattern, &repository) && tag.contains(tag_has) && !tag.contains("-dev")
+    })
+}
+
+/// CES009. With no `USER`, the base image's user applies: known non-root
+/// bases pass; for others the finding says what is not knowable here.
 fn user(chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
     let Some(last) = chain.first() else { return };
     match chain_instructions(chain).into_iter().rev().find(|i| i.keyword == "USER") {
-        None => finding(out, "CES009", last.from.line, "the final stage sets no USER, so it runs as root".to_owned()),
+        None => {
+            let root = chain.last().unwrap_or(last);
+            let message = match (root.external_base(), root.base.as_deref()) {
+                (Some(base), _) if known_non_root(base) => return,
+                (Some(base), _) => format!(
+                    "the final stage sets no USER: {}'s user applies, which is root unless that image sets one (`ces test` shows it)",
+                    shown(base)
+                ),
+                (None, Some(base)) if base.eq_ignore_ascii_case("scratch") => {
+                    "the final stage sets no USER, so it runs as root".to_owned()
+                }
+                _ => "the final stage sets no USER: the base image's user applies, which is root unless it sets one"
+                    .to_owned(),
+            };
+            finding(out, "CES009", last.from.line, message);
+        }
         Some(user) => {
             let words = user.words();
             let name = words.first().map(|w| w.split(':').next().unwrap_or(w)).unwrap_or_default();
@@ -601,49 +859,117 @@ fn user(chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
     }
 }
 
-/// The packages a command installs with pip, conda, uv or poetry, normalised.
-fn installed_packages(command: &[String]) -> Vec<String> {
-    let managers = ["pip", "pip3", "conda", "mamba", "micromamba", "uv", "poetry", "pipx"];
-    if !command.iter().any(|w| managers.contains(&w.as_str()) || w.starts_with("pip3.")) {
-        return Vec::new();
+/// The packages the final image has that matter to the model rules: from
+/// its base image, from install commands, and from the requirement files
+/// those commands (or copies) name in the build context.
+fn installed(
+    chain: &[&Stage<'_>],
+    steps: &[Step<'_>],
+    copies: &[image::Copy],
+    context: Option<&BuildContext>,
+    notes: &mut Vec<Note>,
+    unread: &mut Unread,
+) -> Vec<Installed> {
+    let mut installed = Vec::new();
+    if let Some(root) = chain.last()
+        && let Some(base) = root.external_base()
+    {
+        for package in image::base_packages(base_ref(base).repository) {
+            let via = Via::Base(base.to_owned());
+            installed.push(Installed { line: root.from.line, package: (*package).to_owned(), via });
+        }
     }
-    let Some(at) = command.iter().position(|w| w == "install" || w == "add") else { return Vec::new() };
-    command[at + 1..]
-        .iter()
-        .filter(|w| !w.starts_with('-'))
-        .map(|w| {
-            let name = w.split(['=', '<', '>', '!', '[', '~', ';', '@']).next().unwrap_or(w);
-            name.to_ascii_lowercase().replace('_', "-")
-        })
-        .collect()
-}
-
-/// CES014 and CES015.
-fn models(stages: &[Stage<'_>], chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
-    let instructions = chain_instructions(chain);
-    let mut hf: Option<(usize, String)> = None;
-    let mut any: Option<(usize, String)> = None;
-    for run in instructions.iter().filter(|i| i.keyword == "RUN") {
-        for package in commands(&run.script()).iter().flat_map(|c| installed_packages(c)) {
-            if HF_LIBRARIES.contains(&package.as_str()) {
-                hf.get_or_insert((run.line, package.clone()));
+    // Requirement files: those install commands name, then those copied.
+    let mut files: Vec<(usize, String, String, deps::Kind)> = Vec::new();
+    for step in steps.iter().filter(|s| s.instruction.keyword == "RUN") {
+        let line = step.instruction.line;
+        for command in commands(&step.instruction.script()) {
+            for package in image::command_packages(&command) {
+                installed.push(Installed { line, package, via: Via::Command });
             }
-            if HF_LIBRARIES.contains(&package.as_str()) || OTHER_MODEL_LIBRARIES.contains(&package.as_str()) {
-                any.get_or_insert((run.line, package));
+            for (written, kind) in image::command_files(&command) {
+                let path = resolve(&step.workdir, &written);
+                if let Some((origin, _)) = image::origin(copies, context, &path) {
+                    files.push((line, written, origin, kind));
+                }
             }
         }
     }
-    let offline = env_values(instructions.iter().copied()).iter().any(|(k, v)| {
+    for copy in copies {
+        for (source, _) in &copy.sources {
+            if let Some(kind) = deps::Kind::of(source)
+                && !source.contains('*')
+            {
+                files.push((copy.line, source.clone(), source.clone(), kind));
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    for (line, written, origin, kind) in files {
+        if seen.contains(&origin) {
+            continue;
+        }
+        seen.push(origin.clone());
+        let Some(context) = context else {
+            unread.requirements.get_or_insert(line);
+            continue;
+        };
+        match image::file_packages(context, &origin, kind) {
+            Some(packages) => installed.extend(packages.into_iter().map(|package| Installed {
+                line,
+                package,
+                via: Via::File(origin.clone()),
+            })),
+            // A project without a pyproject.toml (setup.py) is not a gap.
+            None if kind == deps::Kind::Pyproject => {}
+            None => notes.push(Note {
+                line,
+                message: missing(context, &origin, &written, "the packages it installs were not checked"),
+            }),
+        }
+    }
+    installed
+}
+
+/// The note for a file of the context that could not be read.
+fn missing(context: &BuildContext, path: &str, written: &str, what: &str) -> String {
+    if context.has(path) {
+        return format!("{written} could not be read (a permission, or larger than 1 MiB): {what}");
+    }
+    let ignored = context.ignore_file().map(|f| format!(" (or {f} leaves it out)")).unwrap_or_default();
+    format!("{written} is not in the build context{ignored}: {what}")
+}
+
+/// How a package arrives, for messages.
+fn arrives(installed: &Installed) -> String {
+    match &installed.via {
+        Via::Command => format!("{} is installed", installed.package),
+        Via::File(file) => format!("{} is installed (from {file})", installed.package),
+        Via::Base(base) => format!("base image {} has {}", shown(base), installed.package),
+    }
+}
+
+/// Whether the Hugging Face offline environment is set.
+fn hf_offline(steps: &[Step<'_>]) -> bool {
+    env_values(steps.iter().map(|s| s.instruction)).iter().any(|(k, v)| {
         (k == "HF_HUB_OFFLINE" || k == "TRANSFORMERS_OFFLINE") && ["1", "true", "yes", "on"].contains(&v.as_str())
-    });
-    if let Some((line, package)) = hf.filter(|_| !offline) {
+    })
+}
+
+/// CES014 and CES015; says whether the offline environment is set.
+fn models(stages: &[Stage<'_>], steps: &[Step<'_>], installed: &[Installed], out: &mut Vec<Finding>) -> bool {
+    let hf = installed.iter().find(|i| HF_LIBRARIES.contains(&i.package.as_str()));
+    let any = installed
+        .iter()
+        .find(|i| HF_LIBRARIES.contains(&i.package.as_str()) || OTHER_MODEL_LIBRARIES.contains(&i.package.as_str()));
+    let offline = hf_offline(steps);
+    if let Some(hf) = hf.filter(|_| !offline) {
+        let what = arrives(hf);
         finding(
             out,
             "CES014",
-            line,
-            format!(
-                "{package} is installed but HF_HUB_OFFLINE=1 is not set: it will try huggingface.co, which the TRE blocks"
-            ),
+            hf.line,
+            format!("{what} but HF_HUB_OFFLINE=1 is not set: it will try huggingface.co, which the TRE blocks"),
         );
     }
     let cached = stages.iter().flat_map(|s| s.instructions.iter()).any(|i| match i.keyword.as_str() {
@@ -657,15 +983,300 @@ fn models(stages: &[Stage<'_>], chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
         }
         _ => false,
     });
-    if let Some((line, package)) = any.filter(|_| !cached) {
+    if let Some(any) = any.filter(|_| !cached) {
+        let what = arrives(any);
         finding(
             out,
             "CES015",
-            line,
+            any.line,
             format!(
-                "{package} is installed but no build step caches its model: it would download on first use, which fails in the TRE"
+                "{what} but no build step caches its model: it would download on first use, which fails in the TRE"
             ),
         );
+    }
+    offline
+}
+
+/// Calls that download a model or data when they run, and whether the
+/// Hugging Face offline environment stops them (it does for the Hub's
+/// libraries, which then read their cache).
+const START_DOWNLOADS: &[(&str, bool)] = &[
+    ("from_pretrained(", true),
+    ("snapshot_download(", true),
+    ("hf_hub_download(", true),
+    ("SentenceTransformer(", true),
+    ("pipeline(", true),
+    ("load_dataset(", true),
+    ("huggingface-cli download", true),
+    ("hf download", true),
+    ("nltk.download(", false),
+    ("spacy.cli.download(", false),
+    ("spacy download", false),
+    ("ollama pull", false),
+    ("ollama run", false),
+    ("torch.hub.load(", false),
+    ("load_state_dict_from_url(", false),
+    ("whisper.load_model(", false),
+    ("stanza.download(", false),
+    ("easyocr.Reader(", false),
+    ("gensim.downloader", false),
+];
+
+/// Modules whose presence makes the Hub calls above what they seem
+/// (`pipeline(` is also scikit-learn's `make_pipeline(`).
+const HF_MODULES: &[&str] =
+    &["transformers", "huggingface_hub", "sentence_transformers", "diffusers", "datasets", "optimum", "peft"];
+
+/// The first start-time download in `text`, with its line in `text`
+/// (1-based). Hub calls count only where the text uses a Hub library and
+/// the offline environment is not set (here or in the text); other calls
+/// count unless the build already made the same call (it cached the model).
+fn download_in(text: &str, offline: bool, built: &str) -> Option<(&'static str, usize)> {
+    let text_offline =
+        ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "local_files_only=True"].iter().any(|o| text.contains(o));
+    let uses_hub =
+        HF_MODULES.iter().any(|m| text.contains(m)) || text.contains("huggingface-cli") || text.contains("hf download");
+    let mut first: Option<(usize, &'static str)> = None;
+    for (call, hub) in START_DOWNLOADS {
+        if *hub && (offline || text_offline || !uses_hub) || !*hub && built.contains(call) {
+            continue;
+        }
+        // At a word's start: `make_pipeline(` is not `pipeline(`.
+        let found = text
+            .match_indices(call)
+            .map(|(at, _)| at)
+            .find(|&at| !text[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_'));
+        if let Some(at) = found
+            && first.is_none_or(|(f, _)| at < f)
+        {
+            first = Some((at, call));
+        }
+    }
+    first.map(|(at, call)| (call.trim_end_matches('('), text[..at].matches('\n').count() + 1))
+}
+
+/// Variables that name the model an app loads at start.
+const MODEL_VARIABLES: &[&str] =
+    &["MODEL_ID", "HF_MODEL_ID", "MODEL_NAME", "MODEL_NAME_OR_PATH", "EMBEDDING_MODEL", "HF_MODEL", "MODEL"];
+
+/// Whether `value` looks like a model on the Hub (`org/name`), not a path.
+fn hub_id(value: &str) -> bool {
+    let mut parts = value.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    };
+    !value.starts_with(['.', '/']) && ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+/// CES017: what the container runs at start (its `ENTRYPOINT` and `CMD`,
+/// the scripts they name in the build context, and the scripts those
+/// name), and the model variables it is given.
+#[allow(clippy::too_many_arguments)]
+fn start_downloads(
+    steps: &[Step<'_>],
+    copies: &[image::Copy],
+    context: Option<&BuildContext>,
+    installed: &[Installed],
+    offline: bool,
+    out: &mut Vec<Finding>,
+    notes: &mut Vec<Note>,
+    unread: &mut Unread,
+) {
+    let built: String =
+        steps.iter().filter(|s| s.instruction.keyword == "RUN").map(|s| s.instruction.script()).collect();
+    let workdir = steps.last().map_or("/", |s| s.workdir.as_str());
+    let last = |keyword: &str| steps.iter().rev().find(|s| s.instruction.keyword == keyword);
+    for start in [last("ENTRYPOINT"), last("CMD")].into_iter().flatten() {
+        let instruction = start.instruction;
+        let keyword = &instruction.keyword;
+        let script = instruction.script();
+        if let Some((call, _)) = download_in(&script, offline, &built) {
+            finding(out, "CES017", instruction.line, format!("{keyword} downloads at container start ({call})"));
+            continue;
+        }
+        let words = instruction.words();
+        if let Some(model) =
+            words.windows(2).find(|w| ["--model-id", "--model"].contains(&w[0].as_str()) && hub_id(&w[1]))
+            && !offline
+        {
+            let model = &model[1];
+            finding(
+                out,
+                "CES017",
+                instruction.line,
+                format!("{keyword} serves {model}, fetched from the Hugging Face Hub at start"),
+            );
+            continue;
+        }
+        // The scripts, breadth first, at most 16.
+        let mut pending: Vec<String> = image::start_scripts(&words, workdir);
+        let mut read = 0;
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(path) = (!pending.is_empty()).then(|| pending.remove(0)) {
+            if seen.contains(&path) || read == 16 {
+                continue;
+            }
+            seen.push(path.clone());
+            let Some((origin, _)) = image::origin(copies, context, &path) else { continue };
+            let Some(context) = context else {
+                unread.scripts.get_or_insert(instruction.line);
+                continue;
+            };
+            let Some(text) = context.read(&origin) else {
+                // A `python -m` guess that is not there is no gap.
+                if !path.ends_with("__main__.py") {
+                    let message = missing(context, &origin, &origin, "what it does at start was not checked");
+                    notes.push(Note { line: instruction.line, message });
+                }
+                continue;
+            };
+            read += 1;
+            if let Some((call, at)) = download_in(&text, offline, &built) {
+                finding(
+                    out,
+                    "CES017",
+                    instruction.line,
+                    format!("{origin} downloads at container start ({call}, line {at})"),
+                );
+                break;
+            }
+            for command in commands(&text) {
+                pending.extend(image::start_scripts(&command, workdir));
+            }
+        }
+    }
+    let hub = installed.iter().any(|i| HF_LIBRARIES.contains(&i.package.as_str()) || i.package == "vllm");
+    if hub && !offline {
+        for step in steps.iter().filter(|s| s.instruction.keyword == "ENV") {
+            for (name, value) in env_values(std::iter::once(step.instruction)) {
+                if MODEL_VARIABLES.contains(&name.as_str()) && hub_id(&value) {
+                    finding(
+                        out,
+                        "CES017",
+                        step.instruction.line,
+                        format!(
+                            "{name}={value} names a model on the Hugging Face Hub: it is fetched at start unless cached in the image with HF_HUB_OFFLINE=1"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Programs that run a script they are given.
+const INTERPRETERS: &[&str] =
+    &["sh", "bash", "zsh", "dash", "ash", "ksh", "python", "python3", "python2", "perl", "ruby", "node", "php"];
+
+/// A command's program, after `sudo`, `env` and `VAR=value` words.
+fn command_program(command: &[String]) -> Option<&str> {
+    command
+        .iter()
+        .map(String::as_str)
+        .find(|w| !w.contains('=') && !["sudo", "env", "-E", "exec", "time"].contains(w) && !w.starts_with('-'))
+}
+
+/// The files `curl`/`wget` write in a command (`-o F`, `-O` with the URL's
+/// name, wget's default of the URL's name), by base name.
+fn downloaded_files(command: &[String]) -> Vec<String> {
+    let Some(tool) = command_program(command).map(program) else { return Vec::new() };
+    if tool != "curl" && tool != "wget" {
+        return Vec::new();
+    }
+    let url_name = command
+        .iter()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .and_then(|u| u.split(['?', '#']).next())
+        .map(|u| u.rsplit('/').next().unwrap_or(u).to_owned());
+    // The option that names the output file: curl's `-o`, wget's `-O`.
+    let output = if tool == "curl" { 'o' } else { 'O' };
+    let mut files = Vec::new();
+    let mut named = false;
+    let mut words = command.iter();
+    while let Some(word) = words.next() {
+        if let Some(long) = word.strip_prefix("--") {
+            match long.split_once('=') {
+                Some(("output" | "output-document", value)) => files.push(value.to_owned()),
+                None if long == "output" || long == "output-document" => files.extend(words.next().cloned()),
+                None if long == "remote-name" => files.extend(url_name.clone()),
+                _ => {}
+            }
+            named |= long.starts_with("output");
+        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) {
+            // Short options run together: `-fsSLo file`, `-qO-`, `-fsSLO`.
+            if let Some(at) = cluster.find(output) {
+                named = true;
+                let rest = &cluster[at + 1..];
+                files.extend(if rest.is_empty() { words.next().cloned() } else { Some(rest.to_owned()) });
+            } else if tool == "curl" && cluster.contains('O') {
+                files.extend(url_name.clone());
+            }
+        }
+    }
+    files.retain(|f| f != "-");
+    if tool == "wget" && !named {
+        files.extend(url_name);
+    }
+    files.iter().map(|f| program(f).to_owned()).filter(|f| !f.is_empty()).collect()
+}
+
+/// CES018: a `RUN` that pipes a download into an interpreter (`curl | sh`,
+/// `sh -c "$(curl ...)"`, `bash <(wget -O- ...)`), or runs a file it
+/// downloaded, with nothing in the same `RUN` that checks a digest or
+/// signature.
+fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
+    let script = run.script();
+    let all = commands(&script);
+    let checks = ["sha256sum", "sha512sum", "sha384sum", "sha1sum", "shasum", "b2sum", "md5sum", "cosign", "minisign"];
+    let verified = all.iter().any(|c| {
+        c.iter().any(|w| checks.contains(&program(w)))
+            || has(c, "gpg") && (has(c, "--verify") || has(c, "--verify-files"))
+            || has(c, "openssl") && has(c, "dgst")
+    });
+    if verified {
+        return;
+    }
+    let fetch = |c: &[String]| command_program(c).map(program).is_some_and(|p| p == "curl" || p == "wget");
+    fn interpreter(c: &[String]) -> Option<&str> {
+        command_program(c).map(program).filter(|p| INTERPRETERS.contains(p))
+    }
+    // Pipelines: split at `&&`, `||`, `;` and newlines, then at `|`.
+    let joined = script.replace("&&", "\n").replace("||", "\n").replace(';', "\n");
+    for pipeline in joined.lines() {
+        let parts: Vec<Vec<String>> =
+            pipeline.split('|').map(|c| c.split_whitespace().map(unquote).collect::<Vec<_>>()).collect();
+        if let Some(at) = parts.iter().position(|c| fetch(c))
+            && let Some(shell) = parts[at + 1..].iter().find_map(|c| interpreter(c))
+        {
+            finding(out, "CES018", run.line, format!("RUN pipes a download into {shell} without checking it"));
+            return;
+        }
+    }
+    for substitution in ["$(curl", "$(wget", "<(curl", "<(wget", "`curl", "`wget"] {
+        if script.contains(substitution) && all.iter().any(|c| interpreter(c).is_some()) {
+            let tool = substitution.trim_start_matches(['$', '(', '<', '`']);
+            finding(out, "CES018", run.line, format!("RUN runs a script {tool} downloads without checking it"));
+            return;
+        }
+    }
+    let downloaded: Vec<String> = all.iter().flat_map(|c| downloaded_files(c)).collect();
+    for command in &all {
+        let Some(first) = command_program(command) else { continue };
+        let run_file = if interpreter(command).is_some() {
+            // `sh install.sh`: the first word after the interpreter that is not an option.
+            command.iter().skip_while(|w| w.as_str() != first).nth(1).filter(|w| !w.starts_with('-'))
+        } else {
+            command.iter().find(|w| w.as_str() == first).filter(|w| w.starts_with("./") || w.starts_with('/'))
+        };
+        if let Some(file) = run_file.map(|f| program(f)).filter(|f| downloaded.iter().any(|d| d == f)) {
+            finding(
+                out,
+                "CES018",
+                run.line,
+                format!("RUN runs {file}, downloaded in the same step, without checking it"),
+            );
+            return;
+        }
     }
 }
 
@@ -732,7 +1343,8 @@ mod tests {
 
     #[test]
     fn extensions_match_whole_suffixes_in_any_case() {
-        assert!(has_extension("scans/*.NII.GZ", DATA_EXTENSIONS));
+        assert!(is_data_file("scans/*.NII.GZ") && is_data_file("x.csv.zst") && is_data_file("m.PKL"));
+        assert!(!is_data_file("x.gz") && !is_data_file("notes.txt.gz"));
         assert!(has_extension("data/x.csv/", DATA_EXTENSIONS));
         assert!(!has_extension("notcsv", DATA_EXTENSIONS));
         assert!(has_extension("a.tar.gz", ARCHIVE_EXTENSIONS));
@@ -742,10 +1354,10 @@ mod tests {
     fn packages_are_normalised() {
         let words = |s: &str| s.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
         assert_eq!(
-            installed_packages(&words("pip install -U Sentence_Transformers>=2 huggingface_hub[cli]==0.24")),
+            image::command_packages(&words("pip install -U Sentence_Transformers>=2 huggingface_hub[cli]==0.24")),
             ["sentence-transformers", "huggingface-hub"]
         );
-        assert!(installed_packages(&words("apt-get install spacy")).is_empty());
+        assert!(image::command_packages(&words("apt-get install spacy")).is_empty());
     }
 
     #[test]

@@ -288,11 +288,18 @@ pub struct LintArgs {
     /// The Dockerfile (`-` for standard input).
     #[arg(default_value = "Dockerfile", value_name = "PATH")]
     pub path: PathBuf,
+    /// The build context: what `COPY . .` copies, the requirement files and
+    /// start scripts [default: the Dockerfile's directory; none for `-`].
+    #[arg(long, value_name = "DIR")]
+    pub context: Option<PathBuf>,
+    /// Read no build context: check the Dockerfile alone.
+    #[arg(long, conflicts_with = "context")]
+    pub no_context: bool,
     /// Leave out a rule, e.g. CES010 (repeat for several).
     #[arg(long, value_name = "CODE")]
     pub ignore: Vec<String>,
     /// Exit 1 when a finding is this severe or more: error, warning or info.
-    #[arg(long, value_name = "SEVERITY", default_value = "info", value_parser = str::parse::<ces_lint::Severity>)]
+    #[arg(long, value_name = "SEVERITY", default_value = "warning", value_parser = str::parse::<ces_lint::Severity>)]
     pub failure_threshold: ces_lint::Severity,
     /// How to print the findings.
     #[arg(long, value_enum, default_value_t = LintFormat::Human)]

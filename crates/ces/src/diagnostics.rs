@@ -91,6 +91,9 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<crate::commands::run::k8s::K8sError>() {
             return crate::commands::run::k8s::hints(e);
         }
+        if let Some(e) = cause.downcast_ref::<crate::commands::lint::ContextError>() {
+            return crate::commands::lint::hints(e);
+        }
         if let Some(e) = cause.downcast_ref::<crate::cdi::DeviceError>() {
             return crate::cdi::hints(e);
         }

@@ -112,3 +112,74 @@ fn a_latin1_dockerfile_is_linted() {
     let line = String::from_utf8_lossy(&latin1).lines().count();
     assert!(out.stdout.contains(&format!(":{line}: CES011")), "{out:?}");
 }
+
+/// Infos are advice: at the default threshold (warning) they do not fail.
+#[test]
+fn infos_alone_exit_0_at_the_default_threshold() {
+    let sb = Sandbox::new(&[]);
+    let file = corpus("bad/ces010-consecutive-runs.Dockerfile");
+    let out = sb.ces(&["lint", &file]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("CES010 info"), "{out:?}");
+    assert_eq!(sb.ces(&["lint", "--failure-threshold", "info", &file]).code, 1);
+}
+
+/// A build context as users have one: the Dockerfile's directory by default,
+/// another with `--context`, none with `--no-context` or for standard input
+/// (then notes on standard error say what was not checked).
+#[test]
+fn the_build_context_is_read_from_the_dockerfiles_directory_or_as_named() {
+    let sb = Sandbox::new(&[]);
+    let project = sb.dir.path().join("project");
+    std::fs::create_dir_all(project.join("data")).unwrap();
+    let dockerfile = "FROM ghcr.io/example/base:1@sha256:4c0a8c9b1e2f3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d\n\
+         RUN mkdir -p /safe_data /safe_outputs /scratch\nWORKDIR /app\nCOPY . .\n\
+         RUN pip install --no-cache-dir -r requirements.txt\nUSER 1000\n";
+    std::fs::write(project.join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(project.join("requirements.txt"), "transformers==4.44.0\n").unwrap();
+    std::fs::write(project.join("data/cohort.csv"), "id\n1\n").unwrap();
+    let path = project.join("Dockerfile").display().to_string();
+    let codes = |stdout: &str| {
+        stdout
+            .lines()
+            .filter(|l| !l.starts_with("  fix:"))
+            .map(|l| l.split(' ').nth(1).unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+
+    let out = sb.ces(&["lint", &path]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(codes(&out.stdout), ["CES008", "CES014", "CES015"], "{out:?}");
+    assert!(out.stdout.contains("copies data files from the build context: data/cohort.csv"), "{out:?}");
+    assert!(out.stdout.contains("transformers is installed (from requirements.txt)"), "{out:?}");
+    assert_eq!(out.stderr, "", "everything was checked");
+
+    // The .dockerignore leaves the data out.
+    std::fs::write(project.join(".dockerignore"), "data/\n").unwrap();
+    let out = sb.ces(&["lint", &path]);
+    assert_eq!(codes(&out.stdout), ["CES014", "CES015"], "{out:?}");
+
+    // Alone: what was not read is said, and nothing else is made up.
+    for out in [sb.ces(&["lint", "--no-context", &path]), sb.ces_stdin(&["lint", "-"], dockerfile.as_bytes())] {
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(out.stdout, "");
+        let notes: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(notes.len(), 2, "{out:?}");
+        assert!(
+            notes[0].ends_with(
+                ":4: note: no build context was read (give --context DIR): the files this copies were not checked"
+            ),
+            "{out:?}"
+        );
+        assert!(notes[1].contains(":5: note: no build context was read"), "{out:?}");
+    }
+    // Standard input with a context named.
+    let out = sb.ces_stdin(&["lint", "--context", &project.display().to_string(), "-"], dockerfile.as_bytes());
+    assert_eq!(codes(&out.stdout), ["CES014", "CES015"], "{out:?}");
+
+    // A context that is not there: ces's own error, with a hint.
+    let out = sb.ces(&["lint", "--context", "/no/such/dir", &path]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("error: cannot read the build context /no/such/dir: No such file"), "{out:?}");
+    assert!(out.stderr.contains("hint: name the build context with --context DIR"), "{out:?}");
+}

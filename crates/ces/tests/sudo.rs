@@ -139,6 +139,30 @@ fn under_sudo_the_users_own_files_are_read() {
     assert!(out.fails().contains(&format!("option --privileged in {} line 1 is not allowed", opts.display())));
 }
 
+/// `ces lint` reads the build context as the user too: a requirement file
+/// in it that only root may read is not read (a note says so), where root
+/// for itself reads it.
+#[test]
+fn under_sudo_lint_reads_the_build_context_as_the_user() {
+    let (sb, user) = sandbox();
+    let project = sb.dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    user.chown(&project);
+    let dockerfile = project.join("Dockerfile");
+    std::fs::write(&dockerfile, "FROM ghcr.io/example/base:1\nCOPY requirements.txt /app/\nRUN pip install --no-cache-dir -r /app/requirements.txt\nUSER 1000\n").unwrap();
+    user.chown(&dockerfile);
+    let requirements = project.join("requirements.txt");
+    std::fs::write(&requirements, "transformers # SUDOSECRET\n").unwrap();
+    std::fs::set_permissions(&requirements, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = sudo_ces(&sb, &user, &["lint", path_str(&dockerfile)]);
+    assert!(!out.stdout.contains("CES014") && !out.stdout.contains("transformers"), "{out:?}");
+    assert!(out.stderr.contains("requirements.txt could not be read"), "{out:?}");
+    assert!(!out.stdout.contains("SUDOSECRET") && !out.stderr.contains("SUDOSECRET"), "{out:?}");
+    // Root for itself reads it.
+    let out = sb.ces(&["lint", path_str(&dockerfile)]);
+    assert!(out.stdout.contains("CES014 warning: transformers is installed (from requirements.txt)"), "{out:?}");
+}
+
 /// `ces outputs verify DIR` reads DIR (and an `--audit-file`) as the user:
 /// a directory of root's, or another user's outputs, is refused by name,
 /// and nothing of what is in it is shown.

@@ -1,0 +1,372 @@
+//! What the final image holds and does, as far as the Dockerfile and its
+//! build context tell: the working directory at each instruction, where a
+//! path in the image was copied from, which packages arrive (by command, by
+//! requirement file, or with the base image), and what the container runs
+//! when it starts.
+
+use crate::context::{BuildContext, clean};
+use crate::deps::{self, Kind};
+use crate::parse::Instruction;
+use crate::rules::{program, resolve};
+use crate::stages::Stage;
+
+/// An instruction of the final stage's chain with the working directory it
+/// runs in.
+pub struct Step<'a> {
+    /// The instruction.
+    pub instruction: &'a Instruction,
+    /// `WORKDIR` at this instruction, absolute.
+    pub workdir: String,
+}
+
+/// The final chain's instructions in build order, each with its `WORKDIR`.
+pub fn steps<'a>(chain: &[&Stage<'a>]) -> Vec<Step<'a>> {
+    let mut workdir = "/".to_owned();
+    let mut steps = Vec::new();
+    for instruction in chain.iter().rev().flat_map(|s| s.instructions.iter()) {
+        if instruction.keyword == "WORKDIR" {
+            workdir = resolve(&workdir, &instruction.words().join(" "));
+        }
+        steps.push(Step { instruction, workdir: workdir.clone() });
+    }
+    steps
+}
+
+/// A `COPY` or `ADD` from the build context.
+#[derive(Debug)]
+pub struct Copy {
+    /// The instruction's line.
+    pub line: usize,
+    /// Each source, cleaned (`""` is the context's root), and whether it
+    /// was written as a directory.
+    pub sources: Vec<(String, bool)>,
+    /// The destination, absolute, without a trailing `/`.
+    pub dest: String,
+    /// Whether the destination is a directory the sources go into.
+    pub into_dir: bool,
+}
+
+/// The copies from the build context among `steps`, in build order (not
+/// `--from`, URLs or heredocs).
+pub fn copies(steps: &[Step<'_>]) -> Vec<Copy> {
+    let mut out = Vec::new();
+    for step in steps {
+        let i = step.instruction;
+        if !matches!(i.keyword.as_str(), "COPY" | "ADD") || i.flag("from").is_some() {
+            continue;
+        }
+        let words = i.words();
+        let Some((dest, sources)) = words.split_last() else { continue };
+        let sources: Vec<(String, bool)> = sources
+            .iter()
+            .filter(|s| !s.starts_with("<<") && !s.contains("://") && !s.starts_with("git@"))
+            .filter_map(|s| Some((clean(s)?, s.ends_with('/') || s.ends_with('.'))))
+            .collect();
+        if sources.is_empty() {
+            continue;
+        }
+        let into_dir = dest.ends_with('/') || sources.len() > 1 || sources.iter().any(|(s, _)| s.contains('*'));
+        out.push(Copy { line: i.line, sources, dest: resolve(&step.workdir, dest), into_dir });
+    }
+    out
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+}
+
+/// Where the file at `image_path` in the image came from: its path in the
+/// build context and the line of the copy, as the last copy that puts
+/// something there says. `None` when no copy does (the base image or a
+/// `RUN` made it).
+pub fn origin(copies: &[Copy], context: Option<&BuildContext>, image_path: &str) -> Option<(String, usize)> {
+    for copy in copies.iter().rev() {
+        for (source, written_dir) in copy.sources.iter().rev() {
+            let is_dir = match context {
+                Some(c) => {
+                    source.is_empty() || (!c.has(source) && !source.contains('*') && !c.sources(source).is_empty())
+                }
+                None => source.is_empty() || *written_dir || !basename(source).contains(['.', '*']),
+            };
+            let found = if is_dir {
+                // `COPY dir dest` copies what is in dir into dest.
+                image_path.strip_prefix(copy.dest.as_str()).and_then(|r| r.strip_prefix('/')).map(|r| join(source, r))
+            } else if copy.into_dir || copy.dest.ends_with(basename(source)) && image_path != copy.dest {
+                let (dir, name) = image_path.rsplit_once('/').unwrap_or(("", image_path));
+                let dest = if copy.into_dir { copy.dest.as_str() } else { "" };
+                (dir == dest || dir.is_empty() && dest == "/").then(|| source_named(context, source, name)).flatten()
+            } else {
+                (image_path == copy.dest).then(|| source.clone())
+            };
+            if let Some(found) = found {
+                return Some((found, copy.line));
+            }
+        }
+    }
+    None
+}
+
+/// The file a (possibly wildcard) source names when its base name is `name`.
+fn source_named(context: Option<&BuildContext>, source: &str, name: &str) -> Option<String> {
+    if !source.contains(['*', '?', '[']) {
+        return (basename(source) == name).then(|| source.to_owned());
+    }
+    match context {
+        Some(c) => c.sources(source).into_iter().find(|f| basename(f) == name).map(str::to_owned),
+        None => {
+            let dir = source.rsplit_once('/').map_or("", |(d, _)| d);
+            crate::context::wildcard_matches(basename(source), name).then(|| join(dir, name))
+        }
+    }
+}
+
+/// Where a package came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A `pip`/`conda`/`uv` command names it.
+    Command,
+    /// A requirement file (its path in the build context).
+    File(String),
+    /// The base image has it.
+    Base(String),
+}
+
+/// A package the final image has.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    /// The instruction that brings it.
+    pub line: usize,
+    /// pip's name for it.
+    pub package: String,
+    /// How it arrives.
+    pub via: Via,
+}
+
+/// Base images that ship model libraries, by repository: `*` matches any
+/// text within the name.
+const BASES_WITH_MODELS: &[(&str, &[&str])] = &[
+    ("huggingface/*", &["transformers"]),
+    ("*transformers*", &["transformers"]),
+    ("*text-generation-inference*", &["transformers"]),
+    ("*text-embeddings-inference*", &["sentence-transformers"]),
+    ("vllm/*", &["vllm"]),
+    ("*/vllm-openai*", &["vllm"]),
+    ("nvidia/nemo*", &["transformers"]),
+    ("ollama/ollama", &["ollama"]),
+    ("*/spacy*", &["spacy"]),
+];
+
+/// The model libraries the base image `repository` ships.
+pub fn base_packages(repository: &str) -> &'static [&'static str] {
+    let repository = repository.to_ascii_lowercase();
+    let repository = repository.strip_prefix("library/").unwrap_or(&repository);
+    BASES_WITH_MODELS
+        .iter()
+        .find(|(pattern, _)| crate::context::wildcard_matches(pattern, repository))
+        .map_or(&[], |(_, packages)| packages)
+}
+
+/// The packages a command installs with pip, conda, uv or poetry, normalised.
+pub fn command_packages(command: &[String]) -> Vec<String> {
+    let managers = ["pip", "pip3", "conda", "mamba", "micromamba", "uv", "poetry", "pipx"];
+    if !command.iter().any(|w| managers.contains(&program(w)) || program(w).starts_with("pip3.")) {
+        return Vec::new();
+    }
+    let Some(at) = command.iter().position(|w| w == "install" || w == "add") else { return Vec::new() };
+    let mut packages = Vec::new();
+    let mut skip_next = false;
+    for word in &command[at + 1..] {
+        if std::mem::take(&mut skip_next) {
+            continue;
+        }
+        if word.starts_with('-') {
+            // Options that take a value: the value is not a package.
+            skip_next = !word.contains('=')
+                && [
+                    "-r",
+                    "--requirement",
+                    "-c",
+                    "--constraint",
+                    "-f",
+                    "--file",
+                    "-i",
+                    "--index-url",
+                    "--extra-index-url",
+                    "-n",
+                    "--name",
+                    "-p",
+                    "--prefix",
+                    "--target",
+                    "-t",
+                    "--find-links",
+                    "--channel",
+                ]
+                .contains(&word.as_str());
+            continue;
+        }
+        if word.contains('/') || word == "." {
+            continue;
+        }
+        let name = word.split(['=', '<', '>', '!', '[', '~', ';', '@']).next().unwrap_or(word);
+        packages.push(deps::normalise(name.replace("::", "/").rsplit('/').next().unwrap_or(name)));
+    }
+    packages
+}
+
+/// The requirement files a command installs from, as written, with their kind:
+/// `pip install -r F`, `conda env create -f F`, `conda install --file F`,
+/// `uv pip sync F`; and a project directory's `pyproject.toml` for
+/// `pip install .`, `poetry install`, `uv sync`, `pdm install`.
+pub fn command_files(command: &[String]) -> Vec<(String, Kind)> {
+    let mut files = Vec::new();
+    let tools = ["pip", "pip3", "conda", "mamba", "micromamba", "uv", "poetry", "pdm"];
+    let Some(tool_at) = command.iter().position(|w| tools.contains(&program(w)) || program(w).starts_with("pip3."))
+    else {
+        return files;
+    };
+    let tool = program(&command[tool_at]);
+    let rest = &command[tool_at + 1..];
+    let conda = ["conda", "mamba", "micromamba"].contains(&tool);
+    let mut words = rest.iter().peekable();
+    while let Some(word) = words.next() {
+        let (option, inline) = match word.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => (o, Some(v.to_owned())),
+            _ => (word.as_str(), None),
+        };
+        let takes_file = match option {
+            "-r" | "--requirement" => true,
+            "-f" | "--file" => conda,
+            _ => false,
+        };
+        if takes_file {
+            if let Some(value) = inline.or_else(|| words.next().cloned()) {
+                let kind = if conda && !value.ends_with(".txt") { Kind::Conda } else { Kind::Requirements };
+                files.push((value, deps::Kind::of(word).unwrap_or(kind)));
+            }
+        } else if let Some(file) = word.strip_prefix("-r").filter(|f| !f.is_empty() && !word.starts_with("--")) {
+            files.push((file.to_owned(), Kind::Requirements));
+        }
+    }
+    let installs = rest.iter().any(|w| w == "install" || w == "sync");
+    if tool == "uv" && rest.first().is_some_and(|w| w == "pip") && rest.get(1).is_some_and(|w| w == "sync") {
+        files.extend(rest.get(2).map(|f| (f.clone(), Kind::Requirements)));
+    } else if ["poetry", "pdm"].contains(&tool) && installs || tool == "uv" && rest.first().is_some_and(|w| w == "sync")
+    {
+        files.push(("pyproject.toml".to_owned(), Kind::Pyproject));
+    } else if installs && !conda {
+        // `pip install .`, `pip install -e ./pkg`, `pip install /app`.
+        let dirs = rest.iter().map(|w| w.split('[').next().unwrap_or(w));
+        for dir in dirs.filter(|w| *w == "." || w.starts_with("./") || w.starts_with('/')) {
+            let dir = dir.trim_end_matches('/');
+            let dir = if dir.is_empty() { "/" } else { dir };
+            if !dir.ends_with(".whl") && !dir.ends_with(".tar.gz") && !dir.ends_with(".txt") {
+                files.push((format!("{dir}/pyproject.toml"), Kind::Pyproject));
+            }
+        }
+    }
+    files
+}
+
+/// The packages of a requirement file in the build context, following
+/// `-r` includes (up to a depth of four); `None` when the context does not
+/// have it.
+pub fn file_packages(context: &BuildContext, path: &str, kind: Kind) -> Option<Vec<String>> {
+    let text = context.read(path)?;
+    Some(match kind {
+        Kind::Requirements => {
+            let mut all = Vec::new();
+            let mut pending = vec![(path.to_owned(), text, 0)];
+            while let Some((path, text, depth)) = pending.pop() {
+                let (packages, includes) = deps::requirements(&text);
+                all.extend(packages);
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                for include in includes.into_iter().filter(|_| depth < 4) {
+                    if let Some(included) = clean(&join(dir, &include))
+                        && let Some(text) = context.read(&included)
+                    {
+                        pending.push((included, text, depth + 1));
+                    }
+                }
+            }
+            all
+        }
+        Kind::Conda => deps::conda(&text),
+        Kind::Pyproject => deps::pyproject(&text).unwrap_or_default(),
+    })
+}
+
+/// The scripts a start command names (`python app.py`, `/entrypoint.sh`,
+/// `uvicorn app.main:api`, `python -m app`), as image paths resolved
+/// against `workdir`.
+pub fn start_scripts(words: &[String], workdir: &str) -> Vec<String> {
+    let mut scripts = Vec::new();
+    let script_like = [".py", ".sh", ".r", ".bash", ".jl", ".pl", ".rb"];
+    let mut words_iter = words.iter().peekable();
+    while let Some(word) = words_iter.next() {
+        let lower = word.to_ascii_lowercase();
+        if word == "-m" {
+            if let Some(module) = words_iter.next() {
+                let path = module.replace('.', "/");
+                scripts.push(resolve(workdir, &format!("{path}.py")));
+                scripts.push(resolve(workdir, &format!("{path}/__main__.py")));
+            }
+        } else if script_like.iter().any(|e| lower.ends_with(e)) && !word.starts_with('-') {
+            scripts.push(resolve(workdir, word));
+        } else if let Some((module, attr)) = word.split_once(':') {
+            // `uvicorn app.main:api`.
+            let is_name =
+                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+            if is_name(module) && is_name(attr) && !module.starts_with('.') {
+                scripts.push(resolve(workdir, &format!("{}.py", module.replace('.', "/"))));
+            }
+        } else if word.starts_with('/') || word.starts_with("./") {
+            scripts.push(resolve(workdir, word));
+        }
+    }
+    scripts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn install_commands_name_packages_and_files() {
+        assert_eq!(
+            command_packages(&words("pip install --no-cache-dir -r req.txt -i https://x torch transformers==4")),
+            ["torch", "transformers"]
+        );
+        assert_eq!(command_packages(&words("conda install -y -c conda-forge conda-forge::spacy")), ["spacy"]);
+        assert_eq!(command_packages(&words("/opt/conda/bin/pip install nltk")), ["nltk"]);
+        assert_eq!(command_packages(&words("pip install ./pkg /x.whl .")), Vec::<String>::new());
+        let files = |s: &str| command_files(&words(s)).into_iter().map(|(f, _)| f).collect::<Vec<_>>();
+        assert_eq!(
+            files("pip install -r requirements.txt --requirement=b.txt -rc.txt"),
+            ["requirements.txt", "b.txt", "c.txt"]
+        );
+        assert_eq!(files("conda env create -f environment.yml"), ["environment.yml"]);
+        assert_eq!(command_files(&words("mamba install --file pkgs.txt"))[0].1, Kind::Requirements);
+        assert_eq!(files("pip install -e .[dev]"), ["./pyproject.toml"]);
+        assert_eq!(files("pip install /app"), ["/app/pyproject.toml"]);
+        assert_eq!(files("poetry install --no-root"), ["pyproject.toml"]);
+        assert_eq!(files("uv pip sync requirements.lock"), ["requirements.lock"]);
+        assert_eq!(files("pip install -c constraints.txt numpy"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn start_commands_name_their_scripts() {
+        assert_eq!(start_scripts(&words("python app.py --port 8080"), "/app"), ["/app/app.py"]);
+        assert_eq!(start_scripts(&words("/entrypoint.sh"), "/"), ["/entrypoint.sh"]);
+        assert_eq!(start_scripts(&words("uvicorn api.main:app --host 0.0.0.0"), "/srv"), ["/srv/api/main.py"]);
+        assert_eq!(start_scripts(&words("python -m serve"), "/w"), ["/w/serve.py", "/w/serve/__main__.py"]);
+        assert!(start_scripts(&words("bash -c echo"), "/").is_empty());
+    }
+}

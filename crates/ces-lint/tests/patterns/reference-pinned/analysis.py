@@ -1,0 +1,2 @@
+import sys
+print(open("/safe_data/input.txt").read())

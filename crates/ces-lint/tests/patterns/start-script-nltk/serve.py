@@ -1,0 +1,4 @@
+import nltk
+
+nltk.download("stopwords")
+print("serving")
