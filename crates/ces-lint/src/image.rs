@@ -133,6 +133,8 @@ pub enum Via {
     File(String),
     /// The base image has it.
     Base(String),
+    /// An `ENV` that places the Hub's cache (its name).
+    Env(String),
 }
 
 /// A package the final image has.
@@ -208,13 +210,34 @@ pub fn command_packages(command: &[String]) -> Vec<String> {
                 .contains(&word.as_str());
             continue;
         }
-        if word.contains('/') || word == "." {
+        if word.contains('$') || word == "." {
+            continue;
+        }
+        if word.contains('/') && !word.contains("::") {
+            packages.extend(path_package(word));
             continue;
         }
         let name = word.split(['=', '<', '>', '!', '[', '~', ';', '@']).next().unwrap_or(word);
-        packages.push(deps::normalise(name.replace("::", "/").rsplit('/').next().unwrap_or(name)));
+        packages.push(deps::normalise(name.rsplit("::").next().unwrap_or(name)));
     }
     packages
+}
+
+/// The package a path or URL installs, by its name: `#egg=NAME`, a
+/// checkout (`./transformers[torch]`, `git+https://.../detectron2.git@v1`),
+/// or a wheel or sdist (`/wheels/torch-2.3.0-cp311-...whl`).
+fn path_package(word: &str) -> Option<String> {
+    if let Some(egg) = word.split("#egg=").nth(1) {
+        return Some(deps::normalise(egg.split(['&', '[']).next().unwrap_or(egg)));
+    }
+    let word = word.split(['[', '#', '?']).next().unwrap_or(word).trim_end_matches('/');
+    let last = word.rsplit('/').next().unwrap_or(word);
+    // `repo.git@ref`: the ref is not the name.
+    let last = last.split('@').next().unwrap_or(last).trim_end_matches(".git");
+    let archive = [".whl", ".tar.gz", ".zip", ".tgz"].iter().any(|e| last.ends_with(e));
+    let name = if archive { last.split('-').next().unwrap_or(last) } else { last };
+    let valid = !name.is_empty() && !name.starts_with('.') && !name.contains(['*', '$']);
+    valid.then(|| deps::normalise(name))
 }
 
 /// The requirement files a command installs from, as written, with their kind:
@@ -346,7 +369,14 @@ mod tests {
         );
         assert_eq!(command_packages(&words("conda install -y -c conda-forge conda-forge::spacy")), ["spacy"]);
         assert_eq!(command_packages(&words("/opt/conda/bin/pip install nltk")), ["nltk"]);
-        assert_eq!(command_packages(&words("pip install ./pkg /x.whl .")), Vec::<String>::new());
+        assert_eq!(command_packages(&words("pip install . /wheels/*.whl $PKG")), Vec::<String>::new());
+        assert_eq!(
+            command_packages(&words(
+                "pip install -e ./transformers[dev-torch] git+https://github.com/facebookresearch/detectron2.git@v0.6 \
+                 /w/torch-2.3.0-cp311-linux_x86_64.whl https://x/spacy-3.7.5.tar.gz git+https://h/r#egg=My_Pkg"
+            )),
+            ["transformers", "detectron2", "torch", "spacy", "my-pkg"]
+        );
         let files = |s: &str| command_files(&words(s)).into_iter().map(|(f, _)| f).collect::<Vec<_>>();
         assert_eq!(
             files("pip install -r requirements.txt --requirement=b.txt -rc.txt"),

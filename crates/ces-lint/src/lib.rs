@@ -23,6 +23,9 @@ pub use rules::{Finding, Note, RULES, Report, Rule, Severity};
 pub struct Options {
     /// Codes never reported (`--ignore`).
     pub ignore: Vec<String>,
+    /// The stage built (`--target`, as `docker build --target`); the last
+    /// when `None`.
+    pub target: Option<String>,
 }
 
 /// Parses `source` and runs every rule, leaving out ignored codes: those in
@@ -47,7 +50,12 @@ pub fn lint_in(source: &str, options: &Options, context: Option<&BuildContext>) 
         options.ignore.iter().any(|c| c.eq_ignore_ascii_case(f.code))
             || by_line.get(&f.line).is_some_and(|codes| codes.contains(&f.code))
     };
-    let mut report = rules::check(&file, context);
+    let stages = stages::stages(&file);
+    let Some(target) = stages::target(&stages, options.target.as_deref()) else {
+        let name = options.target.clone().unwrap_or_default();
+        return Err(ParseError::NoSuchTarget { line: source.lines().count().max(1), name });
+    };
+    let mut report = rules::check(&file, &stages, target, context);
     report.findings.retain(|f| !ignored(f));
     Ok(report)
 }

@@ -135,6 +135,14 @@ pub enum ParseError {
         /// The last line of the file.
         line: usize,
     },
+    /// `--target` names no stage.
+    #[error("no stage is named {name:?} (--target)")]
+    NoSuchTarget {
+        /// The last line of the file.
+        line: usize,
+        /// The name given.
+        name: String,
+    },
 }
 
 impl ParseError {
@@ -146,7 +154,8 @@ impl ParseError {
             | ParseError::UnterminatedHeredoc { line, .. }
             | ParseError::InvalidEscape { line, .. }
             | ParseError::BeforeFrom { line, .. }
-            | ParseError::NoFrom { line } => *line,
+            | ParseError::NoFrom { line }
+            | ParseError::NoSuchTarget { line, .. } => *line,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::context::BuildContext;
 use crate::deps;
 use crate::image::{self, Installed, Step, Via};
 use crate::parse::{Arguments, Dockerfile, Instruction, unquote};
-use crate::stages::{Stage, final_chain, stages};
+use crate::stages::{Stage, chain_of};
 
 /// How much a finding matters. Ordered: `Info < Warning < Error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -256,6 +256,10 @@ const ARCHIVE_EXTENSIONS: &[&str] =
 const HF_LIBRARIES: &[&str] =
     &["transformers", "huggingface-hub", "sentence-transformers", "diffusers", "timm", "datasets", "optimum", "peft"];
 
+/// Variables that place the Hugging Face Hub's cache.
+const HUB_CACHE_VARIABLES: &[&str] =
+    &["HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "SENTENCE_TRANSFORMERS_HOME"];
+
 /// Other libraries that download models or data on first use.
 const OTHER_MODEL_LIBRARIES: &[&str] = &[
     "spacy",
@@ -291,16 +295,16 @@ const CACHE_STEPS: &[&str] = &[
 
 /// Runs every rule; `context` is the build context, when there is one to
 /// read.
-pub fn check(file: &Dockerfile, context: Option<&BuildContext>) -> Report {
-    let stages = stages(file);
-    let chain = final_chain(&stages);
+pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Option<&BuildContext>) -> Report {
+    let chain = chain_of(stages, Some(target));
+    let needed = crate::stages::needed(stages, target);
     let steps = image::steps(&chain);
     let copies = image::copies(&steps);
     // ENV PIP_NO_CACHE_DIR anywhere turns pip's cache off for every RUN.
     let pip_cache_off = env_values(file.instructions.iter()).iter().any(|(k, _)| k == "PIP_NO_CACHE_DIR");
     let mut out = Vec::new();
     let mut unread = Unread::default();
-    for stage in &stages {
+    for stage in stages.iter().zip(&needed).filter_map(|(s, n)| n.then_some(s)) {
         base_image(stage, &mut out);
         platform(stage, &mut out);
         // Layer hygiene matters only in the layers the image keeps: a
@@ -319,7 +323,7 @@ pub fn check(file: &Dockerfile, context: Option<&BuildContext>) -> Report {
                 unverified_download(instruction, &mut out);
             }
             if matches!(instruction.keyword.as_str(), "ADD" | "COPY") {
-                copied_files(instruction, &stages, context, &mut out, &mut unread);
+                copied_files(instruction, stages, context, &mut out, &mut unread);
             }
         }
     }
@@ -327,7 +331,7 @@ pub fn check(file: &Dockerfile, context: Option<&BuildContext>) -> Report {
     user(&chain, &mut out);
     let mut notes = Vec::new();
     let installed = installed(&chain, &steps, &copies, context, &mut notes, &mut unread);
-    let offline = models(&stages, &steps, &installed, &mut out);
+    let offline = models(stages, &needed, &steps, &copies, context, &installed, &mut out);
     start_downloads(&steps, &copies, context, &installed, offline, &mut out, &mut notes, &mut unread);
     notes.extend(unread.notes());
     out.sort_by(|a, b| (a.line, a.code).cmp(&(b.line, b.code)));
@@ -879,6 +883,15 @@ fn installed(
             installed.push(Installed { line: root.from.line, package: (*package).to_owned(), via });
         }
     }
+    // The Hub's cache set for the image: it is meant to use the Hub.
+    for step in steps.iter().filter(|s| s.instruction.keyword == "ENV") {
+        for (name, _) in env_values(std::iter::once(step.instruction)) {
+            if HUB_CACHE_VARIABLES.contains(&name.as_str()) {
+                let via = Via::Env(name);
+                installed.push(Installed { line: step.instruction.line, package: "huggingface-hub".to_owned(), via });
+            }
+        }
+    }
     // Requirement files: those install commands name, then those copied.
     let mut files: Vec<(usize, String, String, deps::Kind)> = Vec::new();
     for step in steps.iter().filter(|s| s.instruction.keyword == "RUN") {
@@ -946,6 +959,7 @@ fn arrives(installed: &Installed) -> String {
         Via::Command => format!("{} is installed", installed.package),
         Via::File(file) => format!("{} is installed (from {file})", installed.package),
         Via::Base(base) => format!("base image {} has {}", shown(base), installed.package),
+        Via::Env(name) => format!("ENV {name} shows the image uses the Hugging Face Hub"),
     }
 }
 
@@ -956,8 +970,53 @@ fn hf_offline(steps: &[Step<'_>]) -> bool {
     })
 }
 
+/// Whether a build step caches a model: a `RUN` (of a stage the build
+/// makes) that downloads one, or runs a script from the build context that
+/// does, or a copy of a model directory.
+fn model_cached(
+    stages: &[Stage<'_>],
+    needed: &[bool],
+    steps: &[Step<'_>],
+    copies: &[image::Copy],
+    context: Option<&BuildContext>,
+) -> bool {
+    let caches = |text: &str| {
+        let text = text.to_ascii_lowercase();
+        CACHE_STEPS.iter().any(|step| text.contains(step))
+    };
+    let built = stages.iter().zip(needed).filter(|(_, n)| **n).flat_map(|(s, _)| s.instructions.iter());
+    let by_instruction = built.clone().any(|i| match i.keyword.as_str() {
+        "RUN" => caches(&i.script()),
+        "COPY" | "ADD" => {
+            let words = i.words().join(" ").to_ascii_lowercase();
+            ["model", "huggingface", "/.cache"].iter().any(|m| words.contains(m))
+        }
+        _ => false,
+    });
+    // `RUN python download_models.py`: the script, where the context has it.
+    let by_script = || {
+        steps.iter().filter(|s| s.instruction.keyword == "RUN").any(|step| {
+            commands(&step.instruction.script()).iter().flat_map(|c| image::start_scripts(c, &step.workdir)).any(
+                |path| {
+                    let origin = image::origin(copies, context, &path);
+                    origin.and_then(|(o, _)| context?.read(&o)).is_some_and(|text| caches(&text))
+                },
+            )
+        })
+    };
+    by_instruction || by_script()
+}
+
 /// CES014 and CES015; says whether the offline environment is set.
-fn models(stages: &[Stage<'_>], steps: &[Step<'_>], installed: &[Installed], out: &mut Vec<Finding>) -> bool {
+fn models(
+    stages: &[Stage<'_>],
+    needed: &[bool],
+    steps: &[Step<'_>],
+    copies: &[image::Copy],
+    context: Option<&BuildContext>,
+    installed: &[Installed],
+    out: &mut Vec<Finding>,
+) -> bool {
     let hf = installed.iter().find(|i| HF_LIBRARIES.contains(&i.package.as_str()));
     let any = installed
         .iter()
@@ -972,18 +1031,7 @@ fn models(stages: &[Stage<'_>], steps: &[Step<'_>], installed: &[Installed], out
             format!("{what} but HF_HUB_OFFLINE=1 is not set: it will try huggingface.co, which the TRE blocks"),
         );
     }
-    let cached = stages.iter().flat_map(|s| s.instructions.iter()).any(|i| match i.keyword.as_str() {
-        "RUN" => {
-            let script = i.script().to_ascii_lowercase();
-            CACHE_STEPS.iter().any(|step| script.contains(step))
-        }
-        "COPY" | "ADD" => {
-            let words = i.words().join(" ").to_ascii_lowercase();
-            ["model", "huggingface", "/.cache"].iter().any(|m| words.contains(m))
-        }
-        _ => false,
-    });
-    if let Some(any) = any.filter(|_| !cached) {
+    if let Some(any) = any.filter(|_| !model_cached(stages, needed, steps, copies, context)) {
         let what = arrives(any);
         finding(
             out,

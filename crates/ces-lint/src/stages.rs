@@ -35,7 +35,13 @@ impl Stage<'_> {
 
 /// Splits a Dockerfile into its stages.
 pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
-    let mut globals: Vec<(String, String)> = Vec::new();
+    // BuildKit's target platform arguments, for the platform the TRE runs:
+    // `FROM runtime-$TARGETARCH` is the amd64 stage. (The build machine's,
+    // `$BUILDPLATFORM`, is not known.)
+    let mut globals: Vec<(String, String)> =
+        [("TARGETPLATFORM", "linux/amd64"), ("TARGETOS", "linux"), ("TARGETARCH", "amd64"), ("TARGETVARIANT", "")]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .to_vec();
     let starts: Vec<usize> =
         file.instructions.iter().enumerate().filter(|(_, i)| i.keyword == "FROM").map(|(n, _)| n).collect();
     for arg in file.instructions.iter().take_while(|i| i.keyword == "ARG") {
@@ -78,16 +84,64 @@ pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
     stages
 }
 
+/// The stage a build makes: the one named `target` (as `docker build
+/// --target` picks it), else the last; `None` when no stage has that name.
+pub fn target(stages: &[Stage<'_>], target: Option<&str>) -> Option<usize> {
+    match target {
+        None => stages.len().checked_sub(1),
+        Some(name) => {
+            let name = name.to_ascii_lowercase();
+            stages.iter().position(|s| s.name.as_deref() == Some(name.as_str()))
+        }
+    }
+}
+
 /// The final stage and the stages it builds on, final first.
 pub fn final_chain<'s, 'a>(stages: &'s [Stage<'a>]) -> Vec<&'s Stage<'a>> {
+    chain_of(stages, stages.len().checked_sub(1))
+}
+
+/// The stage `last` and the stages it builds on, `last` first.
+pub fn chain_of<'s, 'a>(stages: &'s [Stage<'a>], last: Option<usize>) -> Vec<&'s Stage<'a>> {
     let mut chain = Vec::new();
-    let mut next = stages.len().checked_sub(1);
+    let mut next = last;
     // A parent is always an earlier stage, so this ends.
     while let Some(n) = next {
         chain.push(&stages[n]);
         next = stages[n].parent;
     }
     chain
+}
+
+/// Which stages a build of stage `last` builds: its chain, and the stages
+/// those copy from (`COPY --from`) or mount (`RUN --mount=from=`), and so on.
+/// BuildKit skips the others, so no rule looks at them.
+pub fn needed(stages: &[Stage<'_>], last: usize) -> Vec<bool> {
+    let mut needed = vec![false; stages.len()];
+    let mut pending = vec![last];
+    while let Some(n) = pending.pop() {
+        if needed[n] {
+            continue;
+        }
+        needed[n] = true;
+        pending.extend(stages[n].parent);
+        for instruction in stages[n].instructions {
+            let mut names: Vec<String> = instruction.flag("from").and_then(|f| f.value.clone()).into_iter().collect();
+            for mount in instruction.flags.iter().filter(|f| f.name == "mount") {
+                let value = mount.value.as_deref().unwrap_or_default();
+                names.extend(value.split(',').filter_map(|kv| kv.strip_prefix("from=")).map(str::to_owned));
+            }
+            for name in names {
+                let name = name.to_ascii_lowercase();
+                let found = stages[..n]
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(name.as_str()))
+                    .or_else(|| name.parse::<usize>().ok().filter(|i| *i < n));
+                pending.extend(found);
+            }
+        }
+    }
+    needed
 }
 
 /// `ARG A=1 B` as `[(A, 1)]`: only names with defaults.

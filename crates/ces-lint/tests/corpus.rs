@@ -135,6 +135,24 @@ fn ces019_model_weights_copied_in() {
     assert_eq!(findings("bad/ces019-model-weights.Dockerfile"), [("CES019", 3)]);
 }
 
+/// `--target` picks the stage built, as `docker build --target` does; the
+/// stages it does not use are not looked at.
+#[test]
+fn the_target_stage_decides_what_is_built() {
+    let source = std::fs::read_to_string(corpus("../patterns/unused-stages/Dockerfile")).unwrap();
+    let codes = |target: Option<&str>| {
+        let options = Options { target: target.map(str::to_owned), ..Default::default() };
+        lint(&source, &options).unwrap().into_iter().map(|f| (f.code, f.line)).collect::<Vec<_>>()
+    };
+    assert_eq!(codes(None), [("CES018", 6)]);
+    assert_eq!(
+        codes(Some("BUILD-arm64")),
+        [("CES002", 3), ("CES004", 3), ("CES009", 3), ("CES016", 3), ("CES011", 4), ("CES012", 4)]
+    );
+    let error = lint(&source, &Options { target: Some("nope".into()), ..Default::default() }).unwrap_err();
+    assert_eq!(error.to_string(), "no stage is named \"nope\" (--target)");
+}
+
 #[test]
 fn every_rule_has_a_bad_corpus_file() {
     let names: Vec<String> = std::fs::read_dir(corpus("bad"))

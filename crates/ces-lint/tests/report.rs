@@ -3,7 +3,8 @@
 
 use ces_lint::{Options, Severity, exceeds, lint, report};
 
-const SOURCE: &str = "FROM python\n# ces-lint ignore=CES003, CES002\nFROM python:latest\nRUN a\nRUN b\n";
+const SOURCE: &str =
+    "FROM python\n# ces-lint ignore=CES003, CES002\nFROM python:latest\nRUN a\nRUN b\nCOPY --from=0 /x /x\n";
 
 fn codes(options: &Options) -> Vec<(&'static str, usize)> {
     lint(SOURCE, options).unwrap().into_iter().map(|f| (f.code, f.line)).collect()
@@ -19,7 +20,7 @@ fn inline_ignores_apply_to_their_instruction_only() {
 
 #[test]
 fn ignore_option_drops_a_code_everywhere() {
-    let options = Options { ignore: vec!["ces001".into(), "CES010".into()] };
+    let options = Options { ignore: vec!["ces001".into(), "CES010".into()], ..Default::default() };
     assert_eq!(codes(&options), [("CES002", 1), ("CES003", 1), ("CES004", 3), ("CES009", 3)]);
 }
 
@@ -27,7 +28,10 @@ fn ignore_option_drops_a_code_everywhere() {
 fn threshold_counts_findings_at_or_above_it() {
     let infos = lint(
         SOURCE,
-        &Options { ignore: ["CES001", "CES002", "CES003", "CES004", "CES009"].map(String::from).to_vec() },
+        &Options {
+            ignore: ["CES001", "CES002", "CES003", "CES004", "CES009"].map(String::from).to_vec(),
+            ..Default::default()
+        },
     )
     .unwrap();
     assert_eq!(infos.iter().map(|f| f.severity).collect::<Vec<_>>(), [Severity::Info]);

@@ -295,6 +295,9 @@ pub struct LintArgs {
     /// Read no build context: check the Dockerfile alone.
     #[arg(long, conflicts_with = "context")]
     pub no_context: bool,
+    /// The stage built, as `docker build --target` [default: the last].
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
     /// Leave out a rule, e.g. CES010 (repeat for several).
     #[arg(long, value_name = "CODE")]
     pub ignore: Vec<String>,

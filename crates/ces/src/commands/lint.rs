@@ -90,7 +90,7 @@ fn read_and_lint(args: &LintArgs, stdin: Option<Vec<u8>>) -> anyhow::Result<(Str
             ces_lint::context::MAX_FILES
         );
     }
-    let options = Options { ignore: args.ignore.clone() };
+    let options = Options { ignore: args.ignore.clone(), target: args.target.clone() };
     let linted = ces_lint::lint_in(&source, &options, context.as_ref()).map_err(|error| {
         let line = error.line();
         anyhow::Error::new(error).context(format!("{name}:{line}"))
