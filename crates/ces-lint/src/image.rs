@@ -65,8 +65,16 @@ pub fn copies(steps: &[Step<'_>]) -> Vec<Copy> {
         if sources.is_empty() {
             continue;
         }
-        let into_dir = dest.ends_with('/') || sources.len() > 1 || sources.iter().any(|(s, _)| s.contains('*'));
-        out.push(Copy { line: i.line, sources, dest: resolve(&step.workdir, dest), into_dir });
+        let resolved = resolve(&step.workdir, dest);
+        // A destination is a directory when written as one (`/app/`, `.`),
+        // when it is the working directory, or when several files go there.
+        let into_dir = dest.ends_with('/')
+            || dest == "."
+            || dest.ends_with("/.")
+            || resolved == step.workdir
+            || sources.len() > 1
+            || sources.iter().any(|(s, _)| s.contains('*'));
+        out.push(Copy { line: i.line, sources, dest: resolved, into_dir });
     }
     out
 }

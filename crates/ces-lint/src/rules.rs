@@ -190,6 +190,12 @@ pub const RULES: &[Rule] = &[
         summary: "model weights copied into the image from the build context",
         fix: "fine for a published model; weights trained on project data are project data, which stays in the TRE",
     },
+    Rule {
+        code: "CES020",
+        severity: Severity::Warning,
+        summary: "a password, token or key set by ENV or ARG",
+        fix: "pass secrets with RUN --mount=type=secret,id=... (BuildKit); an ENV or ARG value stays in the image and its history, which leave with it",
+    },
 ];
 
 /// The rule with this code.
@@ -333,6 +339,7 @@ pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Op
     let installed = installed(&chain, &steps, &copies, context, &mut notes, &mut unread);
     let offline = models(stages, &needed, &steps, &copies, context, &installed, &mut out);
     start_downloads(&steps, &copies, context, &installed, offline, &mut out, &mut notes, &mut unread);
+    secrets(&steps, &mut out);
     notes.extend(unread.notes());
     out.sort_by(|a, b| (a.line, a.code).cmp(&(b.line, b.code)));
     notes.sort_by_key(|n| n.line);
@@ -478,12 +485,27 @@ fn is_amd64(platform: &str) -> bool {
 /// command each. RUNs that chain commands were split on purpose (a layer
 /// to cache), and RUNs with flags (mounts, network) cannot simply be joined.
 fn consecutive_runs(stage: &Stage<'_>, out: &mut Vec<Finding>) {
-    let simple = |run: &Instruction| {
-        run.keyword == "RUN" && run.flags.is_empty() && run.heredocs.is_empty() && commands(&run.script()).len() == 1
+    let short = |run: &Instruction| {
+        run.keyword == "RUN" && run.flags.is_empty() && run.heredocs.is_empty() && commands(&run.script()).len() <= 2
+    };
+    // Related: the same program (`apt-get`, `pip`), an update before its
+    // install, or a clean-up after: what the checklists say to group.
+    let utilities =
+        ["rm", "echo", "mkdir", "cd", "chmod", "chown", "ln", "cp", "mv", "true", ":", "set", "export", "test", "["];
+    let programs = |run: &Instruction| -> Vec<String> {
+        let all = commands(&run.script());
+        let named = all.iter().filter_map(|c| command_program(c).map(|p| program(p).to_owned()));
+        named.filter(|p| !utilities.contains(&p.as_str())).collect()
+    };
+    let related = |first: &Instruction, second: &Instruction| {
+        let (a, b) = (programs(first), programs(second));
+        let updates = commands(&first.script()).iter().any(|c| is_apt_update(c) || has(c, "makecache"));
+        let cleans = b.first().is_some_and(|p| p == "rm") || commands(&second.script()).iter().any(|c| has(c, "clean"));
+        a.iter().any(|p| b.contains(p)) || updates || cleans
     };
     for pair in stage.instructions.windows(2) {
         let [first, second] = pair else { continue };
-        if simple(first) && simple(second) {
+        if short(first) && short(second) && related(first, second) {
             finding(out, "CES010", second.line, format!("RUN follows the RUN on line {}", first.line));
         }
     }
@@ -514,6 +536,12 @@ fn add(add: &Instruction, out: &mut Vec<Finding>) {
 /// `sav`, ..., also compressed: `x.csv.gz`).
 pub fn is_data_file(path: &str) -> bool {
     let lower = path.trim_end_matches('/').to_ascii_lowercase();
+    // Lists of what to install (`packages.csv`, `r-requirements.tsv`) are
+    // build input, not data.
+    let name = lower.rsplit('/').next().unwrap_or(&lower);
+    if ["package", "requirement", "dependenc"].iter().any(|w| name.contains(w)) {
+        return false;
+    }
     let stem = COMPRESSED.iter().find_map(|c| lower.strip_suffix(c).and_then(|s| s.strip_suffix('.')));
     has_extension(&lower, DATA_EXTENSIONS) || stem.is_some_and(|s| has_extension(s, DATA_EXTENSIONS))
 }
@@ -993,18 +1021,22 @@ fn model_cached(
         }
         _ => false,
     });
-    // `RUN python download_models.py`: the script, where the context has it.
-    let by_script = || {
-        steps.iter().filter(|s| s.instruction.keyword == "RUN").any(|step| {
-            commands(&step.instruction.script()).iter().flat_map(|c| image::start_scripts(c, &step.workdir)).any(
-                |path| {
-                    let origin = image::origin(copies, context, &path);
-                    origin.and_then(|(o, _)| context?.read(&o)).is_some_and(|text| caches(&text))
-                },
-            )
-        })
-    };
-    by_instruction || by_script()
+    by_instruction || build_scripts(steps, copies, context).iter().any(|text| caches(text))
+}
+
+/// The text of the scripts the final chain's `RUN`s run from the build
+/// context (`RUN python download_models.py`), where the context has them.
+fn build_scripts(steps: &[Step<'_>], copies: &[image::Copy], context: Option<&BuildContext>) -> Vec<String> {
+    let Some(context) = context else { return Vec::new() };
+    let runs = steps.iter().filter(|s| s.instruction.keyword == "RUN");
+    let paths = runs.flat_map(|step| {
+        let commands = commands(&step.instruction.script());
+        commands.iter().flat_map(|c| image::start_scripts(c, &step.workdir)).collect::<Vec<_>>()
+    });
+    paths
+        .filter_map(|path| image::origin(copies, Some(context), &path))
+        .filter_map(|(origin, _)| context.read(&origin))
+        .collect()
 }
 
 /// CES014 and CES015; says whether the offline environment is set.
@@ -1130,8 +1162,11 @@ fn start_downloads(
     notes: &mut Vec<Note>,
     unread: &mut Unread,
 ) {
-    let built: String =
+    // What the build ran, in its RUNs and the scripts they run: a call made
+    // there cached what it fetches.
+    let mut built: String =
         steps.iter().filter(|s| s.instruction.keyword == "RUN").map(|s| s.instruction.script()).collect();
+    built.extend(build_scripts(steps, copies, context));
     let workdir = steps.last().map_or("/", |s| s.workdir.as_str());
     let last = |keyword: &str| steps.iter().rev().find(|s| s.instruction.keyword == keyword);
     for start in [last("ENTRYPOINT"), last("CMD")].into_iter().flatten() {
@@ -1212,6 +1247,49 @@ fn start_downloads(
     }
 }
 
+/// Whether a variable's name says it holds a secret: a part (between `_`)
+/// that is `PASSWORD`, `TOKEN`, `SECRET`..., or `API_KEY`-like pairs.
+/// (`TOKENIZERS_PARALLELISM` is not one.)
+fn secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    let parts: Vec<&str> = upper.split(['_', '-']).collect();
+    let alone = ["PASSWORD", "PASSWD", "PASS", "PWD", "SECRET", "TOKEN", "APIKEY", "CREDENTIALS", "PAT"];
+    parts.iter().any(|p| alone.contains(p))
+        || parts.windows(2).any(|w| ["API", "ACCESS", "PRIVATE", "SECRET", "AUTH"].contains(&w[0]) && w[1] == "KEY")
+}
+
+/// CES020: secrets in `ENV` (with a value written here) or `ARG` (its value
+/// is recorded in the image's history) of the stages the image keeps.
+fn secrets(steps: &[Step<'_>], out: &mut Vec<Finding>) {
+    for step in steps {
+        let instruction = step.instruction;
+        match instruction.keyword.as_str() {
+            "ENV" => {
+                for (name, value) in env_values(std::iter::once(instruction)) {
+                    let literal = !value.is_empty() && !value.starts_with('$');
+                    if secret_name(&name) && literal && name != "PWD" {
+                        finding(out, "CES020", instruction.line, format!("ENV {name} puts a secret in the image"));
+                    }
+                }
+            }
+            "ARG" => {
+                for word in instruction.words() {
+                    let name = word.split('=').next().unwrap_or(&word);
+                    if secret_name(name) {
+                        finding(
+                            out,
+                            "CES020",
+                            instruction.line,
+                            format!("ARG {name}: the value a build passes is recorded in the image's history"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Programs that run a script they are given.
 const INTERPRETERS: &[&str] =
     &["sh", "bash", "zsh", "dash", "ash", "ksh", "python", "python3", "python2", "perl", "ruby", "node", "php"];
@@ -1286,7 +1364,11 @@ fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
     }
     let fetch = |c: &[String]| command_program(c).map(program).is_some_and(|p| p == "curl" || p == "wget");
     fn interpreter(c: &[String]) -> Option<&str> {
-        command_program(c).map(program).filter(|p| INTERPRETERS.contains(p))
+        // `python3.10` is python.
+        let versioned = |p: &str| {
+            p.strip_prefix("python").is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        };
+        command_program(c).map(program).filter(|p| INTERPRETERS.contains(p) || versioned(p))
     }
     // Pipelines: split at `&&`, `||`, `;` and newlines, then at `|`.
     let joined = script.replace("&&", "\n").replace("||", "\n").replace(';', "\n");
@@ -1393,6 +1475,7 @@ mod tests {
     fn extensions_match_whole_suffixes_in_any_case() {
         assert!(is_data_file("scans/*.NII.GZ") && is_data_file("x.csv.zst") && is_data_file("m.PKL"));
         assert!(!is_data_file("x.gz") && !is_data_file("notes.txt.gz"));
+        assert!(!is_data_file("r/packages.csv") && !is_data_file("requirements.tsv") && is_data_file("pkg/x.csv"));
         assert!(has_extension("data/x.csv/", DATA_EXTENSIONS));
         assert!(!has_extension("notcsv", DATA_EXTENSIONS));
         assert!(has_extension("a.tar.gz", ARCHIVE_EXTENSIONS));

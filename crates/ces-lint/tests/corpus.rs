@@ -92,7 +92,8 @@ fn ces009_no_user_or_root_last() {
 
 #[test]
 fn ces010_consecutive_runs() {
-    assert_eq!(findings("bad/ces010-consecutive-runs.Dockerfile"), [("CES010", 4)]);
+    // Related RUNs only: two pip installs, not mkdir then pip, nor pip then useradd.
+    assert_eq!(findings("bad/ces010-consecutive-runs.Dockerfile"), [("CES010", 5)]);
 }
 
 #[test]
@@ -151,6 +152,11 @@ fn the_target_stage_decides_what_is_built() {
     );
     let error = lint(&source, &Options { target: Some("nope".into()), ..Default::default() }).unwrap_err();
     assert_eq!(error.to_string(), "no stage is named \"nope\" (--target)");
+}
+
+#[test]
+fn ces020_secrets_in_env_or_arg() {
+    assert_eq!(findings("bad/ces020-secrets.Dockerfile"), [("CES020", 2), ("CES020", 3)]);
 }
 
 #[test]

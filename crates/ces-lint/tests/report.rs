@@ -4,7 +4,7 @@
 use ces_lint::{Options, Severity, exceeds, lint, report};
 
 const SOURCE: &str =
-    "FROM python\n# ces-lint ignore=CES003, CES002\nFROM python:latest\nRUN a\nRUN b\nCOPY --from=0 /x /x\n";
+    "FROM python\n# ces-lint ignore=CES003, CES002\nFROM python:latest\nRUN make a\nRUN make b\nCOPY --from=0 /x /x\n";
 
 fn codes(options: &Options) -> Vec<(&'static str, usize)> {
     lint(SOURCE, options).unwrap().into_iter().map(|f| (f.code, f.line)).collect()

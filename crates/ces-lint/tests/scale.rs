@@ -15,7 +15,7 @@ fn long_dockerfile(runs: usize) -> String {
         if i % 10 == 5 {
             text.push_str("# ces-lint ignore=CES010\n");
         }
-        text.push_str(&format!("RUN echo {i}\n"));
+        text.push_str(&format!("RUN make step{i}\n"));
     }
     text
 }
