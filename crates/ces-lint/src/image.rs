@@ -141,6 +141,8 @@ pub enum Via {
     File(String),
     /// The base image has it.
     Base(String),
+    /// A `RUN` imports it.
+    Import,
     /// An `ENV` that places the Hub's cache (its name).
     Env(String),
 }

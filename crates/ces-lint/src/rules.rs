@@ -492,16 +492,23 @@ fn consecutive_runs(stage: &Stage<'_>, out: &mut Vec<Finding>) {
     // install, or a clean-up after: what the checklists say to group.
     let utilities =
         ["rm", "echo", "mkdir", "cd", "chmod", "chown", "ln", "cp", "mv", "true", ":", "set", "export", "test", "["];
-    let programs = |run: &Instruction| -> Vec<String> {
-        let all = commands(&run.script());
-        let named = all.iter().filter_map(|c| command_program(c).map(|p| program(p).to_owned()));
-        named.filter(|p| !utilities.contains(&p.as_str())).collect()
+    // A command's program; pip by any of its names (`pip3`, `python -m pip`).
+    let name = |c: &Vec<String>| -> Option<String> {
+        if c.iter().any(|w| is_pip(w)) {
+            return Some("pip".to_owned());
+        }
+        command_program(c).map(|p| program(p).to_owned())
     };
     let related = |first: &Instruction, second: &Instruction| {
-        let (a, b) = (programs(first), programs(second));
-        let updates = commands(&first.script()).iter().any(|c| is_apt_update(c) || has(c, "makecache"));
-        let cleans = b.first().is_some_and(|p| p == "rm") || commands(&second.script()).iter().any(|c| has(c, "clean"));
-        a.iter().any(|p| b.contains(p)) || updates || cleans
+        let (ca, cb) = (commands(&first.script()), commands(&second.script()));
+        let a: Vec<String> = ca.iter().filter_map(name).collect();
+        let b: Vec<String> = cb.iter().filter_map(name).collect();
+        // `RUN ln -s a x` then `RUN ln -s b y`: one program alone in each.
+        let same_alone = a.len() == 1 && b.len() == 1 && a[0] == b[0];
+        let shared = a.iter().filter(|p| !utilities.contains(&p.as_str())).any(|p| b.contains(p));
+        let updates = ca.iter().any(|c| is_apt_update(c) || has(c, "makecache"));
+        let cleans = b.first().is_some_and(|p| p == "rm") || cb.iter().any(|c| has(c, "clean"));
+        same_alone || shared || updates || cleans
     };
     for pair in stage.instructions.windows(2) {
         let [first, second] = pair else { continue };
@@ -714,7 +721,14 @@ fn cache_mount(run: &Instruction, target: &str) -> bool {
 fn packages(run: &Instruction, pip_cache_off: bool, out: &mut Vec<Finding>) {
     let commands = commands(&run.script());
     if commands.iter().any(|c| is_apt_install(c)) {
-        let cleaned = commands.iter().any(|c| has(c, "rm") && c.iter().any(|w| w.starts_with("/var/lib/apt/lists")));
+        // `rm -rf /var/lib/apt/lists/*`, `rm -rf /var/lib/apt`, or
+        // `find /var/lib/apt/lists -type f -delete`.
+        let lists = |w: &String| {
+            let w = w.trim_end_matches(['/', '*']);
+            w.starts_with("/var/lib/apt/lists") || w == "/var/lib/apt" || w == "/var/lib"
+        };
+        let cleaned =
+            commands.iter().any(|c| (has(c, "rm") || has(c, "find") && has(c, "-delete")) && c.iter().any(lists));
         // The lists are this layer's only if this RUN fetched them (an
         // `apt install ./local.deb` alone leaves none).
         let fetched = commands.iter().any(|c| is_apt_update(c));
@@ -969,6 +983,18 @@ fn installed(
             }),
         }
     }
+    // Last, as the least direct evidence: a RUN that imports a Hub library
+    // (`python -c "from sentence_transformers import ..."`) shows that the
+    // image has it, however it was installed.
+    for step in steps.iter().filter(|s| s.instruction.keyword == "RUN") {
+        let script = step.instruction.script();
+        for module in HF_MODULES {
+            if script.contains(&format!("import {module}")) || script.contains(&format!("from {module}")) {
+                let package = deps::normalise(module);
+                installed.push(Installed { line: step.instruction.line, package, via: Via::Import });
+            }
+        }
+    }
     installed
 }
 
@@ -987,6 +1013,7 @@ fn arrives(installed: &Installed) -> String {
         Via::Command => format!("{} is installed", installed.package),
         Via::File(file) => format!("{} is installed (from {file})", installed.package),
         Via::Base(base) => format!("base image {} has {}", shown(base), installed.package),
+        Via::Import => format!("{} is in the image (a RUN imports it)", installed.package),
         Via::Env(name) => format!("ENV {name} shows the image uses the Hugging Face Hub"),
     }
 }
@@ -1109,8 +1136,8 @@ const HF_MODULES: &[&str] =
 
 /// The first start-time download in `text`, with its line in `text`
 /// (1-based). Hub calls count only where the text uses a Hub library and
-/// the offline environment is not set (here or in the text); other calls
-/// count unless the build already made the same call (it cached the model).
+/// the offline environment is not set (here or in the text); no call counts
+/// that the build made too (it cached the model).
 fn download_in(text: &str, offline: bool, built: &str) -> Option<(&'static str, usize)> {
     let text_offline =
         ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "local_files_only=True"].iter().any(|o| text.contains(o));
@@ -1118,7 +1145,9 @@ fn download_in(text: &str, offline: bool, built: &str) -> Option<(&'static str, 
         HF_MODULES.iter().any(|m| text.contains(m)) || text.contains("huggingface-cli") || text.contains("hf download");
     let mut first: Option<(usize, &'static str)> = None;
     for (call, hub) in START_DOWNLOADS {
-        if *hub && (offline || text_offline || !uses_hub) || !*hub && built.contains(call) {
+        // A call the build made too has its model cached: at start a Hub
+        // library then only asks the network first, which CES014 is about.
+        if *hub && (offline || text_offline || !uses_hub) || built.contains(call) {
             continue;
         }
         // At a word's start: `make_pipeline(` is not `pipeline(`.

@@ -1,0 +1,4 @@
+import easyocr
+
+reader = easyocr.Reader(["en"])
+print(reader.readtext("/safe_data/scan.png"))
