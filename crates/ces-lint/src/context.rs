@@ -12,6 +12,9 @@ use std::path::{Component, Path, PathBuf};
 /// The most files listed; a larger context is checked in part, and says so.
 pub const MAX_FILES: usize = 200_000;
 
+/// The most entries (files and directories, sent or left out) looked at.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
 /// The largest file read (requirement files and scripts are far smaller).
 pub const MAX_READ: u64 = 1 << 20;
 
@@ -28,21 +31,22 @@ pub struct BuildContext {
 }
 
 impl BuildContext {
-    /// Lists the context at `root`: its `.dockerignore`, or the
-    /// `<dockerfile name>.dockerignore` that BuildKit prefers when the
-    /// Dockerfile is in the context's root, applied.
+    /// Lists the context at `root` with its ignore file applied: the
+    /// `<Dockerfile>.dockerignore` next to the Dockerfile, which BuildKit
+    /// prefers, else the context's `.dockerignore`.
     pub fn open(root: &Path, dockerfile: Option<&Path>) -> std::io::Result<BuildContext> {
         let root = root.to_path_buf();
         std::fs::read_dir(&root)?;
-        let mut names = Vec::new();
+        let mut candidates: Vec<(PathBuf, String)> = Vec::new();
         if let Some(name) = dockerfile.and_then(Path::file_name).and_then(|n| n.to_str()) {
-            names.push(format!("{name}.dockerignore"));
+            let path = dockerfile.map(|d| d.with_file_name(format!("{name}.dockerignore"))).unwrap_or_default();
+            candidates.push((path, format!("{name}.dockerignore")));
         }
-        names.push(".dockerignore".to_owned());
+        candidates.push((root.join(".dockerignore"), ".dockerignore".to_owned()));
         let mut ignore = Ignore::default();
         let mut ignore_file = None;
-        for name in names {
-            if let Some(text) = read_small(&root.join(&name)) {
+        for (path, name) in candidates {
+            if let Some(text) = read_small(&path) {
                 ignore = Ignore::parse(&text);
                 ignore_file = Some(name);
                 break;
@@ -55,9 +59,18 @@ impl BuildContext {
 
     fn walk(&mut self, ignore: &Ignore) {
         let mut pending = vec![String::new()];
+        // Every entry looked at counts, sent or not: excluded trees that an
+        // exception keeps from being pruned cost time too.
+        let mut seen = 0;
         while let Some(dir) = pending.pop() {
             let Ok(entries) = std::fs::read_dir(self.root.join(&dir)) else { continue };
             for entry in entries.flatten() {
+                seen += 1;
+                if seen > MAX_ENTRIES || self.files.len() == MAX_FILES {
+                    self.truncated = true;
+                    pending.clear();
+                    break;
+                }
                 let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
                 let path = if dir.is_empty() { name } else { format!("{dir}/{name}") };
                 let Ok(kind) = entry.file_type() else { continue };
@@ -67,10 +80,6 @@ impl BuildContext {
                         pending.push(path);
                     }
                 } else if !ignore.excludes(&path) {
-                    if self.files.len() == MAX_FILES {
-                        self.truncated = true;
-                        return;
-                    }
                     self.files.push(path);
                 }
             }
@@ -107,18 +116,19 @@ impl BuildContext {
             return self.files.iter().map(String::as_str).collect();
         }
         let pattern: Vec<&str> = source.split('/').collect();
+        let compiled: Vec<Vec<Token>> = pattern.iter().map(|p| compile(p)).collect();
         let wildcard = source.contains(['*', '?', '[']);
         self.files
             .iter()
             .filter(|file| {
                 let parts: Vec<&str> = file.split('/').collect();
-                if wildcard {
-                    // The pattern names a file, or a directory the file is under.
-                    parts.len() >= pattern.len()
-                        && pattern.iter().zip(&parts).all(|(p, f)| segment_matches(p.as_bytes(), f.as_bytes()))
-                } else {
-                    parts.len() >= pattern.len() && pattern.iter().zip(&parts).all(|(p, f)| p == f)
-                }
+                // The source names the file, or a directory the file is under.
+                parts.len() >= pattern.len()
+                    && if wildcard {
+                        compiled.iter().zip(&parts).all(|(p, f)| tokens_match(p, &f.chars().collect::<Vec<_>>()))
+                    } else {
+                        pattern.iter().zip(&parts).all(|(p, f)| p == f)
+                    }
             })
             .map(String::as_str)
             .collect()
@@ -163,22 +173,47 @@ fn read_small(path: &Path) -> Option<String> {
 }
 
 /// `.dockerignore` patterns, as Docker reads them: one per line, `#`
-/// comments, `!` for exceptions, paths cleaned and relative to the root;
-/// the last pattern that matches a path or any directory above it decides.
+/// comments (at the line's very start), `!` for exceptions, paths cleaned
+/// and relative to the root; the last pattern that matches a path or any
+/// directory above it decides.
 #[derive(Debug, Default)]
 pub struct Ignore {
-    patterns: Vec<(bool, Vec<String>)>,
+    patterns: Vec<(bool, Vec<Segment>)>,
+}
+
+/// A pattern's segment between `/`s.
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// `**`: any number of segments.
+    Any,
+    /// A shell wildcard within one segment.
+    Name(Vec<Token>),
+}
+
+/// A shell wildcard's parts.
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    /// `*`: any text.
+    Star,
+    /// `?`: one character.
+    One,
+    /// `[...]`, `[^...]`: one character in (or not in) the ranges.
+    Class(bool, Vec<(char, char)>),
+    /// A character as it is (also `\x`).
+    Char(char),
 }
 
 impl Ignore {
     /// Reads a `.dockerignore`.
     pub fn parse(text: &str) -> Ignore {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut patterns = Vec::new();
         for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            // As Docker: a comment is a line that starts with `#`, before trimming.
+            if line.starts_with('#') {
                 continue;
             }
+            let line = line.trim();
             let (exception, pattern) = match line.strip_prefix('!') {
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
@@ -187,19 +222,26 @@ impl Ignore {
             if pattern.is_empty() {
                 continue;
             }
-            patterns.push((exception, pattern.split('/').map(str::to_owned).collect()));
+            let mut segments: Vec<Segment> = Vec::new();
+            for part in pattern.split('/') {
+                let segment = if part == "**" { Segment::Any } else { Segment::Name(compile(part)) };
+                // `**/**` is `**`.
+                if !(segment == Segment::Any && segments.last() == Some(&Segment::Any)) {
+                    segments.push(segment);
+                }
+            }
+            patterns.push((exception, segments));
         }
         Ignore { patterns }
     }
 
     /// Whether the build leaves `path` out.
     pub fn excludes(&self, path: &str) -> bool {
-        let parts: Vec<&str> = path.split('/').collect();
+        let parts: Vec<Vec<char>> = path.split('/').map(|p| p.chars().collect()).collect();
         let mut excluded = false;
         for (exception, pattern) in &self.patterns {
             // A pattern matches the path or a directory above it.
-            let matched = (1..=parts.len()).any(|n| path_matches(pattern, &parts[..n]));
-            if matched {
+            if (1..=parts.len()).any(|n| path_matches(pattern, &parts[..n])) {
                 excluded = !exception;
             }
         }
@@ -207,68 +249,139 @@ impl Ignore {
     }
 
     /// Whether nothing under the directory `path` can be sent: it is
-    /// excluded and no exception could bring a file under it back.
+    /// excluded and no exception could bring back a file under it.
     fn prunes(&self, path: &str) -> bool {
-        self.excludes(path) && !self.patterns.iter().any(|(exception, _)| *exception)
+        if !self.excludes(path) {
+            return false;
+        }
+        let parts: Vec<Vec<char>> = path.split('/').map(|p| p.chars().collect()).collect();
+        !self.patterns.iter().any(|(exception, pattern)| *exception && could_match_under(pattern, &parts))
     }
 }
 
-/// Whether a pattern's segments match a path's: `**` is any number of
-/// segments, the others are matched as shell wildcards within a segment.
-fn path_matches(pattern: &[String], path: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => path.is_empty(),
-        Some((first, rest)) if first == "**" => (0..=path.len()).any(|skip| path_matches(rest, &path[skip..])),
-        Some((first, rest)) => match path.split_first() {
-            Some((segment, path_rest)) => {
-                segment_matches(first.as_bytes(), segment.as_bytes()) && path_matches(rest, path_rest)
-            }
-            None => false,
-        },
+/// Whether `pattern` could match something under the directory `dir`.
+fn could_match_under(pattern: &[Segment], dir: &[Vec<char>]) -> bool {
+    for (i, part) in dir.iter().enumerate() {
+        match pattern.get(i) {
+            Some(Segment::Any) => return true,
+            Some(Segment::Name(tokens)) if tokens_match(tokens, part) => {}
+            _ => return false,
+        }
     }
+    true
+}
+
+/// A shell wildcard compiled: runs of `*` are one, `\x` is `x`, a `[`
+/// never closed is itself.
+fn compile(pattern: &str) -> Vec<Token> {
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '*' => {
+                if tokens.last() != Some(&Token::Star) {
+                    tokens.push(Token::Star);
+                }
+            }
+            '?' => tokens.push(Token::One),
+            '\\' if i + 1 < chars.len() => {
+                i += 1;
+                tokens.push(Token::Char(chars[i]));
+            }
+            '[' => match chars[i + 1..].iter().skip(1).position(|c| *c == ']').map(|p| i + 2 + p) {
+                Some(close) => {
+                    let mut class = &chars[i + 1..close];
+                    // Go's `filepath.Match` negates with `^` only.
+                    let negated = class.first() == Some(&'^');
+                    if negated {
+                        class = &class[1..];
+                    }
+                    let mut ranges = Vec::new();
+                    let mut k = 0;
+                    while k < class.len() {
+                        if k + 2 < class.len() && class[k + 1] == '-' {
+                            ranges.push((class[k], class[k + 2]));
+                            k += 3;
+                        } else {
+                            ranges.push((class[k], class[k]));
+                            k += 1;
+                        }
+                    }
+                    tokens.push(Token::Class(negated, ranges));
+                    i = close;
+                }
+                None => tokens.push(Token::Char('[')),
+            },
+            c => tokens.push(Token::Char(c)),
+        }
+        i += 1;
+    }
+    tokens
+}
+
+/// Whether `name` matches the wildcard: iterative, backtracking only to the
+/// last `*`, so its time is at most the product of the two lengths.
+fn tokens_match(tokens: &[Token], name: &[char]) -> bool {
+    let one = |token: &Token, c: char| match token {
+        Token::One => true,
+        Token::Char(t) => *t == c,
+        Token::Class(negated, ranges) => ranges.iter().any(|(a, b)| *a <= c && c <= *b) != *negated,
+        Token::Star => false,
+    };
+    let (mut t, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if t < tokens.len() && tokens[t] == Token::Star {
+            star = Some((t, n));
+            t += 1;
+        } else if t < tokens.len() && one(&tokens[t], name[n]) {
+            t += 1;
+            n += 1;
+        } else if let Some((st, sn)) = star {
+            // The last `*` takes one more character.
+            t = st + 1;
+            n = sn + 1;
+            star = Some((st, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    tokens[t..].iter().all(|token| *token == Token::Star)
+}
+
+/// Whether a pattern's segments match a path's: `**` is any number of
+/// segments (backtracking only to the last `**`, as above).
+fn path_matches(pattern: &[Segment], path: &[Vec<char>]) -> bool {
+    let (mut s, mut p) = (0, 0);
+    let mut any: Option<(usize, usize)> = None;
+    while p < path.len() {
+        match pattern.get(s) {
+            Some(Segment::Any) => {
+                any = Some((s, p));
+                s += 1;
+            }
+            Some(Segment::Name(tokens)) if tokens_match(tokens, &path[p]) => {
+                s += 1;
+                p += 1;
+            }
+            _ => match any {
+                Some((as_, ap)) => {
+                    s = as_ + 1;
+                    p = ap + 1;
+                    any = Some((as_, ap + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[s..].iter().all(|segment| *segment == Segment::Any)
 }
 
 /// Whether `name` matches the shell wildcard `pattern` (`*` here also
 /// matches `/`: for names that have none, and for image names).
 pub fn wildcard_matches(pattern: &str, name: &str) -> bool {
-    segment_matches(pattern.as_bytes(), name.as_bytes())
-}
-
-/// Go's `filepath.Match` within one segment: `*`, `?`, `[...]` (with `^`
-/// or `!` to negate, and ranges), and `\` to escape.
-fn segment_matches(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| segment_matches(rest, &name[skip..])),
-        Some((b'?', rest)) => !name.is_empty() && segment_matches(rest, &name[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, name_rest)) = name.split_first() else { return false };
-            let Some(close) = rest.iter().skip(1).position(|&b| b == b']').map(|p| p + 1) else {
-                return false;
-            };
-            let (class, after) = (&rest[..close], &rest[close + 1..]);
-            let (negated, class) = match class.split_first() {
-                Some((b'^' | b'!', class)) => (true, class),
-                _ => (false, class),
-            };
-            let mut found = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == b'-' {
-                    found |= class[i] <= c && c <= class[i + 2];
-                    i += 3;
-                } else {
-                    found |= class[i] == c;
-                    i += 1;
-                }
-            }
-            found != negated && segment_matches(after, name_rest)
-        }
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            name.first() == rest.first() && segment_matches(&rest[1..], &name[1..])
-        }
-        Some((&p, rest)) => name.first() == Some(&p) && segment_matches(rest, &name[1..]),
-    }
+    tokens_match(&compile(pattern), &name.chars().collect::<Vec<_>>())
 }
 
 #[cfg(test)]
@@ -288,9 +401,35 @@ mod tests {
         assert!(Ignore::parse("!keep.csv\n*.csv\n").excludes("keep.csv"));
         assert!(!Ignore::parse("*\n!src\n").excludes("src/main.py"));
         assert!(Ignore::parse("*\n!src\n").excludes("data.csv"));
+        // As Docker: a byte-order mark is not part of the first pattern; a
+        // comment starts at the line's start; `[!a]` is `!` or `a`; `?` is
+        // one character, not one byte.
+        let ignore = Ignore::parse("\u{feff}x.csv\n  # y.csv\n[!a].txt\ncaf?.tsv\n");
+        assert!(ignore.excludes("x.csv") && ignore.excludes("# y.csv") && !ignore.excludes("y.csv"));
+        assert!(ignore.excludes("!.txt") && ignore.excludes("a.txt") && !ignore.excludes("b.txt"));
+        assert!(ignore.excludes("café.tsv") && !ignore.excludes("caf.tsv"));
+        assert!(Ignore::parse("[^a].txt").excludes("b.txt") && !Ignore::parse("[^a].txt").excludes("a.txt"));
         // Only `..` past the root is dropped.
         assert_eq!(clean("./a/../b/").as_deref(), Some("b"));
         assert_eq!(clean("../x"), None);
+    }
+
+    /// Patterns that take exponential time (or stack) when every `*` and
+    /// `**` tries every split: linear-ish here, and answered.
+    #[test]
+    fn pathological_patterns_are_answered_quickly() {
+        let name = "b".repeat(200);
+        let stars = format!("{}a", "*".repeat(30));
+        assert!(!Ignore::parse(&stars).excludes(&name));
+        assert!(!wildcard_matches(&stars, &name));
+        let deep: String = (0..30).map(|_| "**/").collect::<String>() + "x";
+        let path: String = (0..30).map(|i| format!("d{i}/")).collect::<String>() + "y";
+        assert!(!Ignore::parse(&deep).excludes(&path));
+        assert!(Ignore::parse(&deep).excludes(&(path.trim_end_matches('y').to_owned() + "x")));
+        // 300,000 stars are one star.
+        assert!(Ignore::parse(&"*".repeat(300_000)).excludes("anything"));
+        assert!(Ignore::parse("**/*.csv").excludes("a/b/c.csv") && Ignore::parse("**/*.csv").excludes("c.csv"));
+        assert!(!Ignore::parse("a/**/z").excludes("a/b/c") && Ignore::parse("a/**/z").excludes("a/z"));
     }
 
     #[test]
@@ -303,6 +442,13 @@ mod tests {
             std::fs::write(path, "x").unwrap();
         }
         std::fs::write(dir.join(".dockerignore"), "node_modules\nx.csv\n").unwrap();
+        // An ignore file for one Dockerfile, next to it (not in the context's root), comes first.
+        std::fs::create_dir_all(dir.join("docker")).unwrap();
+        std::fs::write(dir.join("docker/app.Dockerfile.dockerignore"), "data\n").unwrap();
+        let own = BuildContext::open(&dir, Some(&dir.join("docker/app.Dockerfile"))).unwrap();
+        assert_eq!(own.ignore_file(), Some("app.Dockerfile.dockerignore"));
+        assert!(own.has("x.csv") && !own.has("data/a.csv"));
+        std::fs::remove_dir_all(dir.join("docker")).unwrap();
         let context = BuildContext::open(&dir, None).unwrap();
         assert_eq!(context.ignore_file(), Some(".dockerignore"));
         assert!(!context.has("node_modules/x.js") && !context.has("x.csv") && context.has(".dockerignore"));

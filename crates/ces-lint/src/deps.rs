@@ -67,7 +67,11 @@ pub fn requirements(text: &str) -> (Vec<String>, Vec<String>) {
             }
         } else if !line.starts_with('-') && !line.contains("://") {
             packages.extend(requirement_name(line));
-        } else if let Some((name, _)) = line.split_once(" @ ") {
+        } else if let Some(egg) = line.split("#egg=").nth(1) {
+            // `git+https://host/repo#egg=name`.
+            packages.extend(requirement_name(egg));
+        } else if let Some((name, _)) = line.split_once('@').filter(|(name, _)| !name.contains("://")) {
+            // `name @ https://...` and `name@https://...`.
             packages.extend(requirement_name(name));
         }
     }
@@ -86,8 +90,15 @@ pub fn conda(text: &str) -> Vec<String> {
             continue;
         }
         if !line.starts_with([' ', '\t', '-']) {
-            // A top-level key.
+            // A top-level key; `dependencies: [a, b]` lists them in place.
             in_dependencies = trimmed.starts_with("dependencies:");
+            if let Some(list) = trimmed.strip_prefix("dependencies:").map(str::trim).and_then(|l| l.strip_prefix('[')) {
+                let list = list.trim_end_matches(']');
+                packages.extend(list.split(',').filter_map(|item| {
+                    let item = item.trim().trim_matches(['"', '\'']);
+                    requirement_name(item.rsplit("::").next().unwrap_or(item))
+                }));
+            }
             continue;
         }
         let Some(item) = trimmed.strip_prefix('-').map(str::trim) else { continue };
@@ -133,9 +144,14 @@ mod tests {
         let (packages, includes) = requirements(
             "# models\nTransformers[torch]==4.44 # pinned\nsentence_transformers>=2\n-r base.txt\n\
              --requirement=dev.txt\n--index-url https://x\n-e git+https://github.com/a/b#egg=My.Pkg\n\
-             spacy @ https://files/spacy.whl\ntorch ; python_version > '3'\nhttps://x/y.whl\n",
+             spacy @ https://files/spacy.whl\ntorch ; python_version > '3'\nhttps://x/y.whl\n\
+             nltk@https://x/nltk.tar.gz\ngit+https://github.com/a/b#egg=diffusers\n",
         );
-        assert_eq!(packages, ["transformers", "sentence-transformers", "my-pkg", "spacy", "torch"]);
+        assert_eq!(
+            packages,
+            ["transformers", "sentence-transformers", "my-pkg", "spacy", "torch", "nltk", "diffusers"]
+        );
+        assert_eq!(conda("name: x\ndependencies: [python=3.11, \"conda-forge::spacy\"]\n"), ["python", "spacy"]);
         assert_eq!(includes, ["base.txt", "dev.txt"]);
         let env = "name: x\nchannels:\n  - conda-forge\n  - pytorch\ndependencies:\n  - python=3.11\n  \
                    - conda-forge::nltk>=3\n  - pip\n  - pip:\n      - huggingface_hub==0.24\n      - -r extra.txt\n\

@@ -89,9 +89,12 @@ fn join(dir: &str, name: &str) -> String {
 
 /// Where the file at `image_path` in the image came from: its path in the
 /// build context and the line of the copy, as the last copy that puts
-/// something there says. `None` when no copy does (the base image or a
-/// `RUN` made it).
+/// something there says; with a context, the last one whose file the
+/// context has (`COPY src/ /app/` then `COPY conf/ /app/` put different
+/// files there), else the last candidate. `None` when no copy can have put
+/// it there (the base image or a `RUN` made it).
 pub fn origin(copies: &[Copy], context: Option<&BuildContext>, image_path: &str) -> Option<(String, usize)> {
+    let mut first: Option<(String, usize)> = None;
     for copy in copies.iter().rev() {
         for (source, written_dir) in copy.sources.iter().rev() {
             let is_dir = match context {
@@ -102,7 +105,11 @@ pub fn origin(copies: &[Copy], context: Option<&BuildContext>, image_path: &str)
             };
             let found = if is_dir {
                 // `COPY dir dest` copies what is in dir into dest.
-                image_path.strip_prefix(copy.dest.as_str()).and_then(|r| r.strip_prefix('/')).map(|r| join(source, r))
+                let under = match copy.dest.as_str() {
+                    "/" => image_path.strip_prefix('/'),
+                    dest => image_path.strip_prefix(dest).and_then(|r| r.strip_prefix('/')),
+                };
+                under.filter(|r| !r.is_empty()).map(|r| join(source, r))
             } else if copy.into_dir || copy.dest.ends_with(basename(source)) && image_path != copy.dest {
                 let (dir, name) = image_path.rsplit_once('/').unwrap_or(("", image_path));
                 let dest = if copy.into_dir { copy.dest.as_str() } else { "" };
@@ -111,11 +118,14 @@ pub fn origin(copies: &[Copy], context: Option<&BuildContext>, image_path: &str)
                 (image_path == copy.dest).then(|| source.clone())
             };
             if let Some(found) = found {
-                return Some((found, copy.line));
+                if context.is_none_or(|c| c.has(&found)) {
+                    return Some((found, copy.line));
+                }
+                first.get_or_insert((found, copy.line));
             }
         }
     }
-    None
+    first
 }
 
 /// The file a (possibly wildcard) source names when its base name is `name`.
@@ -278,7 +288,8 @@ pub fn command_files(command: &[String]) -> Vec<(String, Kind)> {
         if takes_file {
             if let Some(value) = inline.or_else(|| words.next().cloned()) {
                 let kind = if conda && !value.ends_with(".txt") { Kind::Conda } else { Kind::Requirements };
-                files.push((value, deps::Kind::of(word).unwrap_or(kind)));
+                let kind = deps::Kind::of(&value).unwrap_or(kind);
+                files.push((value, kind));
             }
         } else if let Some(file) = word.strip_prefix("-r").filter(|f| !f.is_empty() && !word.starts_with("--")) {
             files.push((file.to_owned(), Kind::Requirements));
@@ -311,20 +322,27 @@ pub fn file_packages(context: &BuildContext, path: &str, kind: Kind) -> Option<V
     let text = context.read(path)?;
     Some(match kind {
         Kind::Requirements => {
+            // Each file once, and at most 64: `-r` loops and fans end.
             let mut all = Vec::new();
+            let mut read = vec![path.to_owned()];
             let mut pending = vec![(path.to_owned(), text, 0)];
             while let Some((path, text, depth)) = pending.pop() {
                 let (packages, includes) = deps::requirements(&text);
                 all.extend(packages);
                 let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
                 for include in includes.into_iter().filter(|_| depth < 4) {
-                    if let Some(included) = clean(&join(dir, &include))
-                        && let Some(text) = context.read(&included)
-                    {
+                    let Some(included) = clean(&join(dir, &include)) else { continue };
+                    if read.len() >= 64 || read.contains(&included) {
+                        continue;
+                    }
+                    read.push(included.clone());
+                    if let Some(text) = context.read(&included) {
                         pending.push((included, text, depth + 1));
                     }
                 }
             }
+            all.sort_unstable();
+            all.dedup();
             all
         }
         Kind::Conda => deps::conda(&text),
@@ -338,11 +356,11 @@ pub fn file_packages(context: &BuildContext, path: &str, kind: Kind) -> Option<V
 pub fn start_scripts(words: &[String], workdir: &str) -> Vec<String> {
     let mut scripts = Vec::new();
     let script_like = [".py", ".sh", ".r", ".bash", ".jl", ".pl", ".rb"];
-    let mut words_iter = words.iter().peekable();
-    while let Some(word) = words_iter.next() {
+    let mut words_iter = words.iter().enumerate().peekable();
+    while let Some((at, word)) = words_iter.next() {
         let lower = word.to_ascii_lowercase();
         if word == "-m" {
-            if let Some(module) = words_iter.next() {
+            if let Some((_, module)) = words_iter.next() {
                 let path = module.replace('.', "/");
                 scripts.push(resolve(workdir, &format!("{path}.py")));
                 scripts.push(resolve(workdir, &format!("{path}/__main__.py")));
@@ -356,7 +374,9 @@ pub fn start_scripts(words: &[String], workdir: &str) -> Vec<String> {
             if is_name(module) && is_name(attr) && !module.starts_with('.') {
                 scripts.push(resolve(workdir, &format!("{}.py", module.replace('.', "/"))));
             }
-        } else if word.starts_with('/') || word.starts_with("./") {
+        } else if at == 0 && (word.starts_with('/') || word.starts_with("./")) {
+            // A path without a script's extension runs only as the program
+            // (`/entrypoint`), not as an argument (`[ -f /app/local.env ]`).
             scripts.push(resolve(workdir, word));
         }
     }

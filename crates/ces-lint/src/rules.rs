@@ -122,7 +122,7 @@ pub const RULES: &[Rule] = &[
         code: "CES008",
         severity: Severity::Error,
         summary: "data files copied into the image",
-        fix: "keep data out of images: the TRE provides project data read-only under /safe_data",
+        fix: "keep data out of images (list it in .dockerignore, or copy only what the image needs): the TRE provides project data read-only under /safe_data",
     },
     Rule {
         code: "CES009",
@@ -304,6 +304,7 @@ const CACHE_STEPS: &[&str] = &[
 pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Option<&BuildContext>) -> Report {
     let chain = chain_of(stages, Some(target));
     let needed = crate::stages::needed(stages, target);
+    let globals = crate::stages::global_args(file);
     let steps = image::steps(&chain);
     let copies = image::copies(&steps);
     // ENV PIP_NO_CACHE_DIR anywhere turns pip's cache off for every RUN.
@@ -329,7 +330,7 @@ pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Op
                 unverified_download(instruction, &mut out);
             }
             if matches!(instruction.keyword.as_str(), "ADD" | "COPY") {
-                copied_files(instruction, stages, context, &mut out, &mut unread);
+                copied_files(instruction, stages, &globals, context, &mut out, &mut unread);
             }
         }
     }
@@ -341,6 +342,9 @@ pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Op
     start_downloads(&steps, &copies, context, &installed, offline, &mut out, &mut notes, &mut unread);
     secrets(&steps, &mut out);
     notes.extend(unread.notes());
+    for note in &mut notes {
+        note.message = printable(&note.message);
+    }
     out.sort_by(|a, b| (a.line, a.code).cmp(&(b.line, b.code)));
     notes.sort_by_key(|n| n.line);
     Report { findings: out, notes }
@@ -375,13 +379,7 @@ impl Unread {
 
 fn finding(out: &mut Vec<Finding>, code: &'static str, line: usize, message: String) {
     let rule = rule(code).unwrap_or(&RULES[0]);
-    // Names from the Dockerfile and its context are shown, never obeyed:
-    // control characters (a terminal's escapes) are written escaped.
-    let message = if message.contains(char::is_control) {
-        message.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-    } else {
-        message
-    };
+    let message = printable(&message);
     out.push(Finding { line, code, severity: rule.severity, message, fix: rule.fix.to_owned() });
 }
 
@@ -426,6 +424,25 @@ fn base_image(stage: &Stage<'_>, out: &mut Vec<Finding>) {
     }
     let Some(image) = stage.external_base() else { return };
     image_rules(&format!("base image {}", shown(image)), image, line, out);
+}
+
+/// A message as it is printed: names from the Dockerfile and its context
+/// are shown, never obeyed, so control characters (a terminal's escapes) are
+/// written escaped, and a message is cut at 400 characters.
+fn printable(message: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in message.chars().enumerate() {
+        if n == 400 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// An image name for a message: a digest shortened to 12 digits, and at
@@ -578,6 +595,7 @@ fn some_of(names: &[&str]) -> String {
 fn copied_files(
     copy: &Instruction,
     stages: &[Stage<'_>],
+    globals: &[(String, String)],
     context: Option<&BuildContext>,
     out: &mut Vec<Finding>,
     unread: &mut Unread,
@@ -585,7 +603,12 @@ fn copied_files(
     let words = copy.words();
     let Some((_, sources)) = words.split_last() else { return };
     let keyword = &copy.keyword;
-    let from = copy.flag("from").and_then(|f| f.value.as_deref());
+    // `--from=$UV`: the global ARG's default, where it has one.
+    let from = copy
+        .flag("from")
+        .and_then(|f| f.value.as_deref())
+        .map(|f| crate::stages::expand(f, globals).unwrap_or_else(|| f.to_owned()));
+    let from = from.as_deref();
     if let Some(from) = from.filter(|from| !is_stage(stages, copy.line, from)) {
         let what = format!("COPY --from={} (an image copied from is a base image too)", shown(from));
         image_rules(&what, from, copy.line, out);
@@ -1134,6 +1157,23 @@ const START_DOWNLOADS: &[(&str, bool)] = &[
 const HF_MODULES: &[&str] =
     &["transformers", "huggingface_hub", "sentence_transformers", "diffusers", "datasets", "optimum", "peft"];
 
+/// Whether the call at `at` is one: at a word's start (`make_pipeline(` is
+/// not `pipeline(`), not in a comment, and not loading a local path
+/// (`from_pretrained("/models/x")`, `torch.hub.load(..., source="local")`).
+fn counts(text: &str, at: usize, call: &str) -> bool {
+    let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+    let line = &text[line_start..line_end];
+    let before = &text[line_start..at];
+    let argument = text[at + call.len()..].trim_start_matches([' ', '\'', '"']);
+    !before.chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_')
+        && !before.trim_start().starts_with('#')
+        && !before.contains(" #")
+        && !(call.ends_with('(') && (argument.starts_with('/') || argument.starts_with("./")))
+        && !line.contains("source=\"local\"")
+        && !line.contains("source='local'")
+}
+
 /// The first start-time download in `text`, with its line in `text`
 /// (1-based). Hub calls count only where the text uses a Hub library and
 /// the offline environment is not set (here or in the text); no call counts
@@ -1150,11 +1190,7 @@ fn download_in(text: &str, offline: bool, built: &str) -> Option<(&'static str, 
         if *hub && (offline || text_offline || !uses_hub) || built.contains(call) {
             continue;
         }
-        // At a word's start: `make_pipeline(` is not `pipeline(`.
-        let found = text
-            .match_indices(call)
-            .map(|(at, _)| at)
-            .find(|&at| !text[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_'));
+        let found = text.match_indices(call).map(|(at, _)| at).find(|&at| counts(text, at, call));
         if let Some(at) = found
             && first.is_none_or(|(f, _)| at < f)
         {
@@ -1207,8 +1243,14 @@ fn start_downloads(
             continue;
         }
         let words = instruction.words();
-        if let Some(model) =
-            words.windows(2).find(|w| ["--model-id", "--model"].contains(&w[0].as_str()) && hub_id(&w[1]))
+        // `--model org/name` is a Hub model only for an image with the Hub's
+        // libraries, and not when the build copied that path in.
+        let hub = installed.iter().any(|i| HF_LIBRARIES.contains(&i.package.as_str()) || i.package == "vllm");
+        let copied = |value: &str| image::origin(copies, context, &resolve(workdir, value)).is_some();
+        if let Some(model) = words
+            .windows(2)
+            .find(|w| ["--model-id", "--model"].contains(&w[0].as_str()) && hub_id(&w[1]) && !copied(&w[1]))
+            && hub
             && !offline
         {
             let model = &model[1];
@@ -1220,15 +1262,17 @@ fn start_downloads(
             );
             continue;
         }
-        // The scripts, breadth first, at most 16.
-        let mut pending: Vec<String> = image::start_scripts(&words, workdir);
-        let mut read = 0;
-        let mut seen: Vec<String> = Vec::new();
-        while let Some(path) = (!pending.is_empty()).then(|| pending.remove(0)) {
-            if seen.contains(&path) || read == 16 {
+        // The scripts, breadth first: at most 32 looked for, 16 read, 8 notes.
+        let mut pending: std::collections::VecDeque<String> = image::start_scripts(&words, workdir).into();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let (mut read, mut noted) = (0, 0);
+        while let Some(path) = pending.pop_front() {
+            if seen.len() == 32 || read == 16 {
+                break;
+            }
+            if !seen.insert(path.clone()) {
                 continue;
             }
-            seen.push(path.clone());
             let Some((origin, _)) = image::origin(copies, context, &path) else { continue };
             let Some(context) = context else {
                 unread.scripts.get_or_insert(instruction.line);
@@ -1236,7 +1280,8 @@ fn start_downloads(
             };
             let Some(text) = context.read(&origin) else {
                 // A `python -m` guess that is not there is no gap.
-                if !path.ends_with("__main__.py") {
+                if !path.ends_with("__main__.py") && noted < 8 {
+                    noted += 1;
                     let message = missing(context, &origin, &origin, "what it does at start was not checked");
                     notes.push(Note { line: instruction.line, message });
                 }
@@ -1325,10 +1370,11 @@ const INTERPRETERS: &[&str] =
 
 /// A command's program, after `sudo`, `env` and `VAR=value` words.
 fn command_program(command: &[String]) -> Option<&str> {
-    command
-        .iter()
-        .map(String::as_str)
-        .find(|w| !w.contains('=') && !["sudo", "env", "-E", "exec", "time"].contains(w) && !w.starts_with('-'))
+    command.iter().map(String::as_str).find(|w| {
+        !w.contains('=')
+            && !["sudo", "env", "-E", "exec", "time", "then", "do", "else"].contains(w)
+            && !w.starts_with('-')
+    })
 }
 
 /// The files `curl`/`wget` write in a command (`-o F`, `-O` with the URL's
@@ -1368,58 +1414,112 @@ fn downloaded_files(command: &[String]) -> Vec<String> {
             }
         }
     }
-    files.retain(|f| f != "-");
+    // `curl URL > file`, `curl URL >file`.
+    let mut words = command.iter();
+    while let Some(word) = words.next() {
+        match word.strip_prefix('>') {
+            Some("") => files.extend(words.next().cloned()),
+            Some(file) if !file.starts_with('&') && !file.starts_with('>') => files.push(file.to_owned()),
+            _ => {}
+        }
+    }
+    files.retain(|f| f != "-" && f != "/dev/null");
     if tool == "wget" && !named {
         files.extend(url_name);
     }
     files.iter().map(|f| program(f).to_owned()).filter(|f| !f.is_empty()).collect()
 }
 
-/// CES018: a `RUN` that pipes a download into an interpreter (`curl | sh`,
-/// `sh -c "$(curl ...)"`, `bash <(wget -O- ...)`), or runs a file it
-/// downloaded, with nothing in the same `RUN` that checks a digest or
-/// signature.
+/// Whether a command checks a digest or a signature (`sha256sum -c`,
+/// `shasum -a 256 --check`, `gpg --verify`, `cosign verify`, `minisign -V`,
+/// `openssl dgst -verify`): printing a digest checks nothing.
+fn checks_digest(command: &[String]) -> bool {
+    let sums = ["sha256sum", "sha512sum", "sha384sum", "sha1sum", "shasum", "b2sum", "md5sum"];
+    let check = command.iter().any(|w| w == "-c" || w == "--check" || w.starts_with("--check="));
+    command.iter().any(|w| sums.contains(&program(w))) && check
+        || has(command, "gpg") && (has(command, "--verify") || has(command, "--verify-files"))
+        || has(command, "cosign") && command.iter().any(|w| w.starts_with("verify"))
+        || has(command, "minisign") && has(command, "-V")
+        || has(command, "openssl") && has(command, "dgst") && command.iter().any(|w| w.starts_with("-verify"))
+}
+
+/// The interpreter a command runs (`python3.10` is python).
+fn interpreter(command: &[String]) -> Option<&str> {
+    let versioned = |p: &str| {
+        p.strip_prefix("python").is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+    };
+    command_program(command).map(program).filter(|p| INTERPRETERS.contains(p) || versioned(p))
+}
+
+/// Whether an interpreter reads its program from standard input: no `-c`,
+/// `-e` or `-m`, and no script named (`sh`, `bash -s -- args`, `python3 -`).
+fn reads_stdin(command: &[String]) -> bool {
+    let Some(at) = command.iter().position(|w| interpreter(std::slice::from_ref(w)).is_some()) else { return false };
+    for word in &command[at + 1..] {
+        match word.as_str() {
+            "-s" | "-" => return true,
+            "-c" | "-e" | "-m" | "-E" => return false,
+            w if w.starts_with('-') => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// CES018: a `RUN` that pipes a download into an interpreter that runs it
+/// (`curl ... | sh`, not `curl ... | python3 -c 'import json...'`), runs a
+/// download (`sh -c "$(curl ...)"`, `bash <(wget -O- ...)`, `eval
+/// "$(curl ...)"`), or runs a file it downloaded (`curl -o x.sh ... && sh
+/// x.sh`, `curl ... > x.sh`) with no check of its digest or signature
+/// before.
 fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
     let script = run.script();
-    let all = commands(&script);
-    let checks = ["sha256sum", "sha512sum", "sha384sum", "sha1sum", "shasum", "b2sum", "md5sum", "cosign", "minisign"];
-    let verified = all.iter().any(|c| {
-        c.iter().any(|w| checks.contains(&program(w)))
-            || has(c, "gpg") && (has(c, "--verify") || has(c, "--verify-files"))
-            || has(c, "openssl") && has(c, "dgst")
-    });
-    if verified {
-        return;
-    }
-    let fetch = |c: &[String]| command_program(c).map(program).is_some_and(|p| p == "curl" || p == "wget");
-    fn interpreter(c: &[String]) -> Option<&str> {
-        // `python3.10` is python.
-        let versioned = |p: &str| {
-            p.strip_prefix("python").is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
-        };
-        command_program(c).map(program).filter(|p| INTERPRETERS.contains(p) || versioned(p))
-    }
-    // Pipelines: split at `&&`, `||`, `;` and newlines, then at `|`.
+    // Shell keywords and quotes do not hide a command (`if ...; then curl ... | bash; fi`, `sh -c "curl ... | bash"`).
+    let words = |text: &str| -> Vec<String> {
+        let keywords = ["then", "do", "else", "if", "!", "{", "(", "elif"];
+        let words = text.split_whitespace().map(|w| w.trim_matches(['"', '\'', '(', ')']).to_owned());
+        words.filter(|w| !w.is_empty()).skip_while(|w| keywords.contains(&w.as_str())).collect()
+    };
     let joined = script.replace("&&", "\n").replace("||", "\n").replace(';', "\n");
+    // curl or wget as the command, or as the start of `sh -c "curl ..."`.
+    let fetch = |c: &[String]| {
+        let is_fetch = |w: &str| program(w) == "curl" || program(w) == "wget";
+        command_program(c).is_some_and(is_fetch) || c.windows(2).any(|w| w[0] == "-c" && is_fetch(&w[1]))
+    };
     for pipeline in joined.lines() {
-        let parts: Vec<Vec<String>> =
-            pipeline.split('|').map(|c| c.split_whitespace().map(unquote).collect::<Vec<_>>()).collect();
+        let parts: Vec<Vec<String>> = pipeline.split('|').map(words).collect();
         if let Some(at) = parts.iter().position(|c| fetch(c))
-            && let Some(shell) = parts[at + 1..].iter().find_map(|c| interpreter(c))
+            && let Some(shell) = parts[at + 1..].iter().find(|c| reads_stdin(c)).and_then(|c| interpreter(c))
         {
             finding(out, "CES018", run.line, format!("RUN pipes a download into {shell} without checking it"));
             return;
         }
     }
-    for substitution in ["$(curl", "$(wget", "<(curl", "<(wget", "`curl", "`wget"] {
-        if script.contains(substitution) && all.iter().any(|c| interpreter(c).is_some()) {
-            let tool = substitution.trim_start_matches(['$', '(', '<', '`']);
+    let flat = script.replace(['"', '\''], "");
+    for (pattern, tool) in [
+        ("-c $(curl", "curl"),
+        ("-c $(wget", "wget"),
+        ("-c `curl", "curl"),
+        ("-c `wget", "wget"),
+        ("eval $(curl", "curl"),
+        ("eval $(wget", "wget"),
+        ("<(curl", "curl"),
+        ("<(wget", "wget"),
+    ] {
+        if flat.contains(pattern) {
             finding(out, "CES018", run.line, format!("RUN runs a script {tool} downloads without checking it"));
             return;
         }
     }
-    let downloaded: Vec<String> = all.iter().flat_map(|c| downloaded_files(c)).collect();
+    let all: Vec<Vec<String>> = joined.lines().map(words).filter(|c| !c.is_empty()).collect();
+    let mut downloaded: Vec<String> = Vec::new();
     for command in &all {
+        if checks_digest(command) {
+            // Checked before it runs: what was downloaded so far is trusted.
+            downloaded.clear();
+            continue;
+        }
+        downloaded.extend(downloaded_files(command));
         let Some(first) = command_program(command) else { continue };
         let run_file = if interpreter(command).is_some() {
             // `sh install.sh`: the first word after the interpreter that is not an option.
@@ -1477,6 +1577,44 @@ mod tests {
         }
         assert!(!is_apt_update(&commands("apt-get install -y ./local.deb")[0]));
         assert!(is_apt_update(&commands("apt update")[0]));
+    }
+
+    #[test]
+    fn downloads_run_unchecked_and_not() {
+        let flagged = |script: &str| {
+            let file = crate::parse::parse(&format!("FROM x\nRUN {script}\n")).unwrap();
+            let mut out = Vec::new();
+            unverified_download(&file.instructions[1], &mut out);
+            !out.is_empty()
+        };
+        for bad in [
+            "curl -fsSL https://x/i.sh | sh",
+            "wget -qO- https://x/i.sh | bash -s -- --yes",
+            "curl -fsSL https://x/get.py | python3 -",
+            "if [ -n x ]; then curl -fsSL https://x/i.sh | bash; fi",
+            "sh -c \"curl -fsSL https://x/i.sh | bash\"",
+            "sh -c \"$(curl -fsSL https://x/i.sh)\"",
+            "bash <(wget -qO- https://x/i.sh)",
+            "eval \"$(curl -fsSL https://x/env)\"",
+            "curl -fsSL https://x/i.sh > i.sh && sh i.sh",
+            "curl -fsSLO https://x/i.sh && chmod +x i.sh && ./i.sh",
+            "curl -o i.sh https://x/i.sh && sha256sum i.sh && sh i.sh",
+            "curl https://x/i.sh | sh && sha256sum -c sums",
+            "curl -o /tmp/get-pip.py https://x/get-pip.py; python3.10 /tmp/get-pip.py",
+        ] {
+            assert!(flagged(bad), "{bad}");
+        }
+        for fine in [
+            "curl -s https://api.github.com/repos/a/b/releases/latest | python3 -c 'import json,sys; print(1)'",
+            "wget -O- https://x/v.json | python3 -m json.tool",
+            "VER=$(curl -fsSL https://x/v.txt) && pip install t==$VER && python -c 'import t'",
+            "curl -fsSL https://x/a.tar.gz | tar -xz -C /opt",
+            "curl -fsSLo i.sh https://x/i.sh && echo \"abc  i.sh\" | sha256sum -c - && sh i.sh",
+            "curl -o i.sh https://x/i.sh && gpg --verify i.sh.asc i.sh && bash i.sh",
+            "curl -fsSL https://x/key | gpg --dearmor -o /usr/share/keyrings/x.gpg",
+        ] {
+            assert!(!flagged(fine), "{fine}");
+        }
     }
 
     #[test]

@@ -33,8 +33,9 @@ impl Stage<'_> {
     }
 }
 
-/// Splits a Dockerfile into its stages.
-pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
+/// The build arguments `FROM` can use: BuildKit's target platform ones,
+/// then the global `ARG` defaults.
+pub fn global_args(file: &Dockerfile) -> Vec<(String, String)> {
     // BuildKit's target platform arguments, for the platform the TRE runs:
     // `FROM runtime-$TARGETARCH` is the amd64 stage. (The build machine's,
     // `$BUILDPLATFORM`, is not known.)
@@ -42,8 +43,6 @@ pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
         [("TARGETPLATFORM", "linux/amd64"), ("TARGETOS", "linux"), ("TARGETARCH", "amd64"), ("TARGETVARIANT", "")]
             .map(|(name, value)| (name.to_owned(), value.to_owned()))
             .to_vec();
-    let starts: Vec<usize> =
-        file.instructions.iter().enumerate().filter(|(_, i)| i.keyword == "FROM").map(|(n, _)| n).collect();
     for arg in file.instructions.iter().take_while(|i| i.keyword == "ARG") {
         for (name, value) in arg_defaults(arg) {
             // A default may use earlier ARGs; one that cannot be resolved leaves the name unset.
@@ -52,6 +51,14 @@ pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
             }
         }
     }
+    globals
+}
+
+/// Splits a Dockerfile into its stages.
+pub fn stages(file: &Dockerfile) -> Vec<Stage<'_>> {
+    let globals = global_args(file);
+    let starts: Vec<usize> =
+        file.instructions.iter().enumerate().filter(|(_, i)| i.keyword == "FROM").map(|(n, _)| n).collect();
     let mut stages: Vec<Stage<'_>> = Vec::new();
     for (k, &start) in starts.iter().enumerate() {
         let end = starts.get(k + 1).copied().unwrap_or(file.instructions.len());
@@ -155,7 +162,7 @@ fn arg_defaults(arg: &Instruction) -> Vec<(String, String)> {
 
 /// Substitutes `$NAME`, `${NAME}`, `${NAME:-default}` and `${NAME:+alt}`;
 /// `None` when a variable has no value and no default.
-fn expand(text: &str, vars: &[(String, String)]) -> Option<String> {
+pub fn expand(text: &str, vars: &[(String, String)]) -> Option<String> {
     let lookup = |name: &str| vars.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     let mut out = String::new();
     let mut rest = text;

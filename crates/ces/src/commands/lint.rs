@@ -85,9 +85,9 @@ fn read_and_lint(args: &LintArgs, stdin: Option<Vec<u8>>) -> anyhow::Result<(Str
         None => None,
     };
     if context.as_ref().is_some_and(BuildContext::truncated) {
+        let (files, entries) = (ces_lint::context::MAX_FILES, ces_lint::context::MAX_ENTRIES);
         eprintln!(
-            "{name}: note: the build context has more than {} files: only those were checked",
-            ces_lint::context::MAX_FILES
+            "{name}: note: the build context is larger than ces lint reads ({files} files or {entries} entries): only part of it was checked"
         );
     }
     let options = Options { ignore: args.ignore.clone(), target: args.target.clone() };

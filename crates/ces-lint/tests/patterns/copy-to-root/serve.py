@@ -1,0 +1,2 @@
+import nltk
+nltk.download("punkt")

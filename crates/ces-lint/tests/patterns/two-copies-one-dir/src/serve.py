@@ -1,0 +1,3 @@
+import nltk
+# nltk.download("old") is a comment
+nltk.download("punkt")
