@@ -15,6 +15,9 @@ pub const MAX_FILES: usize = 200_000;
 /// The most entries (files and directories, sent or left out) looked at.
 pub const MAX_ENTRIES: usize = 1_000_000;
 
+/// The most `.dockerignore` patterns read.
+pub const MAX_PATTERNS: usize = 4096;
+
 /// The largest file read (requirement files and scripts are far smaller).
 pub const MAX_READ: u64 = 1 << 20;
 
@@ -52,7 +55,8 @@ impl BuildContext {
                 break;
             }
         }
-        let mut context = BuildContext { root, files: Vec::new(), truncated: false, ignore_file };
+        let truncated = ignore.truncated;
+        let mut context = BuildContext { root, files: Vec::new(), truncated, ignore_file };
         context.walk(&ignore);
         Ok(context)
     }
@@ -179,6 +183,8 @@ fn read_small(path: &Path) -> Option<String> {
 #[derive(Debug, Default)]
 pub struct Ignore {
     patterns: Vec<(bool, Vec<Segment>)>,
+    /// Whether patterns past [`MAX_PATTERNS`] were left unread.
+    truncated: bool,
 }
 
 /// A pattern's segment between `/`s.
@@ -208,6 +214,7 @@ impl Ignore {
     pub fn parse(text: &str) -> Ignore {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let mut patterns = Vec::new();
+        let mut truncated = false;
         for line in text.lines() {
             // As Docker: a comment is a line that starts with `#`, before trimming.
             if line.starts_with('#') {
@@ -230,9 +237,14 @@ impl Ignore {
                     segments.push(segment);
                 }
             }
+            if patterns.len() == MAX_PATTERNS {
+                // Past what any real .dockerignore has: the rest is not read.
+                truncated = true;
+                break;
+            }
             patterns.push((exception, segments));
         }
-        Ignore { patterns }
+        Ignore { patterns, truncated }
     }
 
     /// Whether the build leaves `path` out.

@@ -17,17 +17,43 @@ pub struct Step<'a> {
     pub instruction: &'a Instruction,
     /// `WORKDIR` at this instruction, absolute.
     pub workdir: String,
+    /// The `ENV` and `ARG` values known here, for `$VAR` in paths.
+    pub env: std::rc::Rc<Vec<(String, String)>>,
 }
 
-/// The final chain's instructions in build order, each with its `WORKDIR`.
+impl Step<'_> {
+    /// `text` with this step's `$VAR`s substituted (as written when one is unknown).
+    pub fn expand(&self, text: &str) -> String {
+        crate::stages::expand(text, &self.env).unwrap_or_else(|| text.to_owned())
+    }
+}
+
+/// The final chain's instructions in build order, each with its `WORKDIR`
+/// (`$VAR`s substituted) and the variables set before it.
 pub fn steps<'a>(chain: &[&Stage<'a>]) -> Vec<Step<'a>> {
     let mut workdir = "/".to_owned();
+    let mut env = std::rc::Rc::new(Vec::new());
     let mut steps = Vec::new();
     for instruction in chain.iter().rev().flat_map(|s| s.instructions.iter()) {
-        if instruction.keyword == "WORKDIR" {
-            workdir = resolve(&workdir, &instruction.words().join(" "));
+        match instruction.keyword.as_str() {
+            "ENV" | "ARG" => {
+                let mut more = (*env).clone();
+                for word in instruction.words() {
+                    if let Some((name, value)) = word.split_once('=') {
+                        let value = crate::stages::expand(value, &more).unwrap_or_else(|| value.to_owned());
+                        more.push((name.to_owned(), value));
+                    }
+                }
+                env = std::rc::Rc::new(more);
+            }
+            "WORKDIR" => {
+                let written = instruction.words().join(" ");
+                let written = crate::stages::expand(&written, &env).unwrap_or(written);
+                workdir = resolve(&workdir, &written);
+            }
+            _ => {}
         }
-        steps.push(Step { instruction, workdir: workdir.clone() });
+        steps.push(Step { instruction, workdir: workdir.clone(), env: env.clone() });
     }
     steps
 }
@@ -65,7 +91,7 @@ pub fn copies(steps: &[Step<'_>]) -> Vec<Copy> {
         if sources.is_empty() {
             continue;
         }
-        let resolved = resolve(&step.workdir, dest);
+        let resolved = resolve(&step.workdir, &step.expand(dest));
         // A destination is a directory when written as one (`/app/`, `.`),
         // when it is the working directory, or when several files go there.
         let into_dir = dest.ends_with('/')
@@ -198,7 +224,11 @@ pub fn command_packages(command: &[String]) -> Vec<String> {
     if !command.iter().any(|w| managers.contains(&program(w)) || program(w).starts_with("pip3.")) {
         return Vec::new();
     }
-    let Some(at) = command.iter().position(|w| w == "install" || w == "add") else { return Vec::new() };
+    // `conda create -n env pkg...` installs too.
+    let conda = command.iter().any(|w| ["conda", "mamba", "micromamba"].contains(&program(w)));
+    let Some(at) = command.iter().position(|w| w == "install" || w == "add" || conda && w == "create") else {
+        return Vec::new();
+    };
     let mut packages = Vec::new();
     let mut skip_next = false;
     for word in &command[at + 1..] {
@@ -350,34 +380,48 @@ pub fn file_packages(context: &BuildContext, path: &str, kind: Kind) -> Option<V
     })
 }
 
+/// The directories a program named without a `/` is looked for in.
+const PATH_DIRS: [&str; 5] = ["/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/bin", "/usr/sbin"];
+
 /// The scripts a start command names (`python app.py`, `/entrypoint.sh`,
-/// `uvicorn app.main:api`, `python -m app`), as image paths resolved
-/// against `workdir`.
-pub fn start_scripts(words: &[String], workdir: &str) -> Vec<String> {
+/// `entrypoint.sh` on the `PATH`, `uvicorn app.main:api`, `python -m app`),
+/// as image paths resolved against `workdir`, each with whether it is
+/// certainly a file the command runs (a guess, such as a module that may be
+/// installed rather than copied, is no gap when it is not found).
+pub fn start_scripts(words: &[String], workdir: &str) -> Vec<(String, bool)> {
     let mut scripts = Vec::new();
     let script_like = [".py", ".sh", ".r", ".bash", ".jl", ".pl", ".rb"];
+    // A Python name: `app.main`, not `0.0.0.0`.
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.split('.').all(|part| {
+                part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+    };
     let mut words_iter = words.iter().enumerate().peekable();
     while let Some((at, word)) = words_iter.next() {
         let lower = word.to_ascii_lowercase();
         if word == "-m" {
             if let Some((_, module)) = words_iter.next() {
                 let path = module.replace('.', "/");
-                scripts.push(resolve(workdir, &format!("{path}.py")));
-                scripts.push(resolve(workdir, &format!("{path}/__main__.py")));
+                scripts.push((resolve(workdir, &format!("{path}.py")), false));
+                scripts.push((resolve(workdir, &format!("{path}/__main__.py")), false));
             }
+        } else if at == 0 && !word.contains('/') {
+            // A program named alone is looked for on the PATH, not here.
+            scripts.extend(PATH_DIRS.iter().map(|dir| (format!("{dir}/{word}"), false)));
         } else if script_like.iter().any(|e| lower.ends_with(e)) && !word.starts_with('-') {
-            scripts.push(resolve(workdir, word));
+            scripts.push((resolve(workdir, word), true));
         } else if let Some((module, attr)) = word.split_once(':') {
             // `uvicorn app.main:api`.
-            let is_name =
-                |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
-            if is_name(module) && is_name(attr) && !module.starts_with('.') {
-                scripts.push(resolve(workdir, &format!("{}.py", module.replace('.', "/"))));
+            if is_name(module) && is_name(attr) {
+                scripts.push((resolve(workdir, &format!("{}.py", module.replace('.', "/"))), false));
             }
         } else if at == 0 && (word.starts_with('/') || word.starts_with("./")) {
             // A path without a script's extension runs only as the program
             // (`/entrypoint`), not as an argument (`[ -f /app/local.env ]`).
-            scripts.push(resolve(workdir, word));
+            scripts.push((resolve(workdir, word), true));
         }
     }
     scripts
@@ -423,10 +467,15 @@ mod tests {
 
     #[test]
     fn start_commands_name_their_scripts() {
-        assert_eq!(start_scripts(&words("python app.py --port 8080"), "/app"), ["/app/app.py"]);
-        assert_eq!(start_scripts(&words("/entrypoint.sh"), "/"), ["/entrypoint.sh"]);
-        assert_eq!(start_scripts(&words("uvicorn api.main:app --host 0.0.0.0"), "/srv"), ["/srv/api/main.py"]);
-        assert_eq!(start_scripts(&words("python -m serve"), "/w"), ["/w/serve.py", "/w/serve/__main__.py"]);
-        assert!(start_scripts(&words("bash -c echo"), "/").is_empty());
+        let paths = |s: &str, dir: &str| start_scripts(&words(s), dir).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
+        assert!(paths("python app.py --port 8080", "/app").contains(&"/app/app.py".to_owned()));
+        assert_eq!(start_scripts(&words("/entrypoint.sh"), "/"), [("/entrypoint.sh".to_owned(), true)]);
+        assert!(paths("gunicorn -b 0.0.0.0:8000 api.main:app", "/srv").ends_with(&["/srv/api/main.py".to_owned()]));
+        assert!(
+            paths("python -m serve", "/w").ends_with(&["/w/serve.py".to_owned(), "/w/serve/__main__.py".to_owned()])
+        );
+        assert!(paths("entrypoint.sh", "/app").contains(&"/usr/local/bin/entrypoint.sh".to_owned()));
+        assert!(!paths("entrypoint.sh", "/app").contains(&"/app/entrypoint.sh".to_owned()));
+        assert!(start_scripts(&words("bash -c echo"), "/").iter().all(|(_, certain)| !certain));
     }
 }

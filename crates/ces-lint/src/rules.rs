@@ -303,8 +303,8 @@ const CACHE_STEPS: &[&str] = &[
 /// read.
 pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Option<&BuildContext>) -> Report {
     let chain = chain_of(stages, Some(target));
-    let needed = crate::stages::needed(stages, target);
     let globals = crate::stages::global_args(file);
+    let needed = crate::stages::needed(stages, target, &globals);
     let steps = image::steps(&chain);
     let copies = image::copies(&steps);
     // ENV PIP_NO_CACHE_DIR anywhere turns pip's cache off for every RUN.
@@ -334,7 +334,7 @@ pub fn check(file: &Dockerfile, stages: &[Stage<'_>], target: usize, context: Op
             }
         }
     }
-    tre_directories(&chain, &mut out);
+    tre_directories(&chain, &steps, &mut out);
     user(&chain, &mut out);
     let mut notes = Vec::new();
     let installed = installed(&chain, &steps, &copies, context, &mut notes, &mut unread);
@@ -563,11 +563,43 @@ pub fn is_data_file(path: &str) -> bool {
     // Lists of what to install (`packages.csv`, `r-requirements.tsv`) are
     // build input, not data.
     let name = lower.rsplit('/').next().unwrap_or(&lower);
-    if ["package", "requirement", "dependenc"].iter().any(|w| name.contains(w)) {
+    if is_install_list(name) {
         return false;
     }
     let stem = COMPRESSED.iter().find_map(|c| lower.strip_suffix(c).and_then(|s| s.strip_suffix('.')));
     has_extension(&lower, DATA_EXTENSIONS) || stem.is_some_and(|s| has_extension(s, DATA_EXTENSIONS))
+}
+
+/// Whether a file name is a list of what to install: a `.csv`, `.tsv` or
+/// `.txt` whose name is only such words (`packages.csv`,
+/// `r-requirements.tsv`, `cran_packages.csv`; not `requirements_survey.csv`).
+fn is_install_list(name: &str) -> bool {
+    let Some((stem, extension)) = name.rsplit_once('.') else { return false };
+    let words = [
+        "packages",
+        "package",
+        "requirements",
+        "dependencies",
+        "deps",
+        "pkgs",
+        "list",
+        "install",
+        "r",
+        "py",
+        "python",
+        "cran",
+        "bioc",
+        "bioconductor",
+        "github",
+        "conda",
+        "pip",
+        "apt",
+        "system",
+    ];
+    let parts: Vec<&str> = stem.split(['-', '_', '.']).collect();
+    ["csv", "tsv", "txt"].contains(&extension)
+        && parts.iter().all(|p| words.contains(p))
+        && parts.iter().any(|p| ["packages", "package", "requirements", "dependencies", "deps", "pkgs"].contains(p))
 }
 
 /// Whether `path` names model weights by their extension.
@@ -609,7 +641,7 @@ fn copied_files(
         .and_then(|f| f.value.as_deref())
         .map(|f| crate::stages::expand(f, globals).unwrap_or_else(|| f.to_owned()));
     let from = from.as_deref();
-    if let Some(from) = from.filter(|from| !is_stage(stages, copy.line, from)) {
+    if let Some(from) = from.filter(|from| !is_stage(stages, copy.line, from) && !from.contains('$')) {
         let what = format!("COPY --from={} (an image copied from is a base image too)", shown(from));
         image_rules(&what, from, copy.line, out);
     }
@@ -832,15 +864,14 @@ fn expand_braces(word: &str) -> Vec<String> {
 }
 
 /// CES004 (the directories are not created) and CES005 (files copied there).
-fn tre_directories(chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
+fn tre_directories(chain: &[&Stage<'_>], steps: &[Step<'_>], out: &mut Vec<Finding>) {
     let Some(last) = chain.first() else { return };
     let mut created: Vec<&str> = Vec::new();
-    let mut workdir = "/".to_owned();
-    for instruction in chain_instructions(chain) {
+    for step in steps {
+        let instruction = step.instruction;
         match instruction.keyword.as_str() {
             "WORKDIR" => {
-                workdir = resolve(&workdir, &instruction.words().join(" "));
-                created.extend(tre_dir(&workdir));
+                created.extend(tre_dir(&step.workdir));
             }
             "RUN" => {
                 for command in commands(&instruction.script()) {
@@ -853,7 +884,7 @@ fn tre_directories(chain: &[&Stage<'_>], out: &mut Vec<Finding>) {
             "COPY" | "ADD" => {
                 let words = instruction.words();
                 let Some(dest) = words.last() else { continue };
-                let dest = resolve(&workdir, dest);
+                let dest = resolve(&step.workdir, &step.expand(dest));
                 if let Some(dir) = tre_dir(&dest) {
                     finding(
                         out,
@@ -961,12 +992,20 @@ fn installed(
     let mut files: Vec<(usize, String, String, deps::Kind)> = Vec::new();
     for step in steps.iter().filter(|s| s.instruction.keyword == "RUN") {
         let line = step.instruction.line;
+        // `cd /app && pip install -r requirements.txt`: the RUN's own cd.
+        let mut workdir = step.workdir.clone();
         for command in commands(&step.instruction.script()) {
+            if command.first().is_some_and(|w| w == "cd") {
+                if let Some(dir) = command.get(1) {
+                    workdir = resolve(&workdir, &step.expand(dir));
+                }
+                continue;
+            }
             for package in image::command_packages(&command) {
                 installed.push(Installed { line, package, via: Via::Command });
             }
             for (written, kind) in image::command_files(&command) {
-                let path = resolve(&step.workdir, &written);
+                let path = resolve(&workdir, &step.expand(&written));
                 if let Some((origin, _)) = image::origin(copies, context, &path) {
                     files.push((line, written, origin, kind));
                 }
@@ -1010,15 +1049,31 @@ fn installed(
     // (`python -c "from sentence_transformers import ..."`) shows that the
     // image has it, however it was installed.
     for step in steps.iter().filter(|s| s.instruction.keyword == "RUN") {
-        let script = step.instruction.script();
-        for module in HF_MODULES {
-            if script.contains(&format!("import {module}")) || script.contains(&format!("from {module}")) {
-                let package = deps::normalise(module);
+        for module in imported(&step.instruction.script()) {
+            if HF_MODULES.contains(&module.as_str()) {
+                let package = deps::normalise(&module);
                 installed.push(Installed { line: step.instruction.line, package, via: Via::Import });
             }
         }
     }
     installed
+}
+
+/// The top-level modules Python statements in `script` import: `import a, b.c
+/// as d` (a, b) and `from a.b import c` (a); not `from torchvision import
+/// datasets`, whose module is torchvision.
+fn imported(script: &str) -> Vec<String> {
+    let mut modules = Vec::new();
+    for statement in script.split(['\n', ';', '"', '\'']) {
+        let statement = statement.trim();
+        let top = |name: &str| name.trim().split(['.', ' ']).next().unwrap_or_default().to_owned();
+        if let Some(names) = statement.strip_prefix("import ") {
+            modules.extend(names.split(',').map(top));
+        } else if let Some(rest) = statement.strip_prefix("from ") {
+            modules.push(top(rest));
+        }
+    }
+    modules
 }
 
 /// The note for a file of the context that could not be read.
@@ -1044,7 +1099,9 @@ fn arrives(installed: &Installed) -> String {
 /// Whether the Hugging Face offline environment is set.
 fn hf_offline(steps: &[Step<'_>]) -> bool {
     env_values(steps.iter().map(|s| s.instruction)).iter().any(|(k, v)| {
-        (k == "HF_HUB_OFFLINE" || k == "TRANSFORMERS_OFFLINE") && ["1", "true", "yes", "on"].contains(&v.as_str())
+        // huggingface_hub reads the value without regard to case.
+        (k == "HF_HUB_OFFLINE" || k == "TRANSFORMERS_OFFLINE")
+            && ["1", "true", "yes", "on"].contains(&v.to_ascii_lowercase().as_str())
     })
 }
 
@@ -1066,8 +1123,13 @@ fn model_cached(
     let by_instruction = built.clone().any(|i| match i.keyword.as_str() {
         "RUN" => caches(&i.script()),
         "COPY" | "ADD" => {
-            let words = i.words().join(" ").to_ascii_lowercase();
-            ["model", "huggingface", "/.cache"].iter().any(|m| words.contains(m))
+            // A model directory or cache, not `models.py`.
+            let code = [".py", ".r", ".sh", ".ipynb", ".txt", ".json", ".yaml", ".yml", ".toml"];
+            i.words().iter().any(|w| {
+                let w = w.to_ascii_lowercase();
+                ["model", "huggingface", "/.cache"].iter().any(|m| w.contains(m))
+                    && !code.iter().any(|e| w.ends_with(e))
+            })
         }
         _ => false,
     });
@@ -1083,10 +1145,27 @@ fn build_scripts(steps: &[Step<'_>], copies: &[image::Copy], context: Option<&Bu
         let commands = commands(&step.instruction.script());
         commands.iter().flat_map(|c| image::start_scripts(c, &step.workdir)).collect::<Vec<_>>()
     });
-    paths
-        .filter_map(|path| image::origin(copies, Some(context), &path))
-        .filter_map(|(origin, _)| context.read(&origin))
-        .collect()
+    // Each script once, and at most 16 of them.
+    let mut origins: Vec<String> = Vec::new();
+    for (path, _) in paths {
+        if let Some((origin, _)) = image::origin(copies, Some(context), &path)
+            && context.has(&origin)
+            && !origins.contains(&origin)
+            && origins.len() < 16
+        {
+            origins.push(origin);
+        }
+    }
+    origins.iter().filter_map(|origin| context.read(origin)).collect()
+}
+
+/// Whether the build copied `path` (a file, or a directory) into the image
+/// from the build context.
+fn copied_in(copies: &[image::Copy], context: Option<&BuildContext>, path: &str) -> bool {
+    match image::origin(copies, context, path) {
+        Some((origin, _)) => context.is_none_or(|c| !c.sources(&origin).is_empty()),
+        None => false,
+    }
 }
 
 /// CES014 and CES015; says whether the offline environment is set.
@@ -1161,8 +1240,17 @@ const HF_MODULES: &[&str] =
 /// not `pipeline(`), not in a comment, and not loading a local path
 /// (`from_pretrained("/models/x")`, `torch.hub.load(..., source="local")`).
 fn counts(text: &str, at: usize, call: &str) -> bool {
-    let line_start = text[..at].rfind('\n').map_or(0, |n| n + 1);
-    let line_end = text[at..].find('\n').map_or(text.len(), |n| at + n);
+    // At most 200 bytes either side: a very long line costs no more.
+    let mut from = at.saturating_sub(200);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (at + call.len() + 200).min(text.len());
+    while !text.is_char_boundary(to) {
+        to += 1;
+    }
+    let line_start = text[from..at].rfind('\n').map_or(from, |n| from + n + 1);
+    let line_end = text[at..to].find('\n').map_or(to, |n| at + n);
     let line = &text[line_start..line_end];
     let before = &text[line_start..at];
     let argument = text[at + call.len()..].trim_start_matches([' ', '\'', '"']);
@@ -1190,7 +1278,8 @@ fn download_in(text: &str, offline: bool, built: &str) -> Option<(&'static str, 
         if *hub && (offline || text_offline || !uses_hub) || built.contains(call) {
             continue;
         }
-        let found = text.match_indices(call).map(|(at, _)| at).find(|&at| counts(text, at, call));
+        // The first 64 places it appears are enough to decide.
+        let found = text.match_indices(call).map(|(at, _)| at).take(64).find(|&at| counts(text, at, call));
         if let Some(at) = found
             && first.is_none_or(|(f, _)| at < f)
         {
@@ -1242,11 +1331,13 @@ fn start_downloads(
             finding(out, "CES017", instruction.line, format!("{keyword} downloads at container start ({call})"));
             continue;
         }
-        let words = instruction.words();
+        // The exec form's words, and those of `sh -c "..."` inside it.
+        let command_words: Vec<Vec<String>> = commands(&script);
+        let words: Vec<String> = command_words.iter().flatten().cloned().collect();
         // `--model org/name` is a Hub model only for an image with the Hub's
         // libraries, and not when the build copied that path in.
         let hub = installed.iter().any(|i| HF_LIBRARIES.contains(&i.package.as_str()) || i.package == "vllm");
-        let copied = |value: &str| image::origin(copies, context, &resolve(workdir, value)).is_some();
+        let copied = |value: &str| copied_in(copies, context, &resolve(workdir, value));
         if let Some(model) = words
             .windows(2)
             .find(|w| ["--model-id", "--model"].contains(&w[0].as_str()) && hub_id(&w[1]) && !copied(&w[1]))
@@ -1263,10 +1354,11 @@ fn start_downloads(
             continue;
         }
         // The scripts, breadth first: at most 32 looked for, 16 read, 8 notes.
-        let mut pending: std::collections::VecDeque<String> = image::start_scripts(&words, workdir).into();
+        let mut pending: std::collections::VecDeque<(String, bool)> =
+            command_words.iter().flat_map(|c| image::start_scripts(c, workdir)).collect();
         let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         let (mut read, mut noted) = (0, 0);
-        while let Some(path) = pending.pop_front() {
+        while let Some((path, certain)) = pending.pop_front() {
             if seen.len() == 32 || read == 16 {
                 break;
             }
@@ -1279,8 +1371,9 @@ fn start_downloads(
                 continue;
             };
             let Some(text) = context.read(&origin) else {
-                // A `python -m` guess that is not there is no gap.
-                if !path.ends_with("__main__.py") && noted < 8 {
+                // A guess that is not there (`python -m x`, a program on the
+                // PATH) is no gap.
+                if certain && noted < 8 {
                     noted += 1;
                     let message = missing(context, &origin, &origin, "what it does at start was not checked");
                     notes.push(Note { line: instruction.line, message });
@@ -1306,7 +1399,8 @@ fn start_downloads(
     if hub && !offline {
         for step in steps.iter().filter(|s| s.instruction.keyword == "ENV") {
             for (name, value) in env_values(std::iter::once(step.instruction)) {
-                if MODEL_VARIABLES.contains(&name.as_str()) && hub_id(&value) {
+                let copied = copied_in(copies, context, &resolve(&step.workdir, &value));
+                if MODEL_VARIABLES.contains(&name.as_str()) && hub_id(&value) && !copied {
                     finding(
                         out,
                         "CES017",
@@ -1327,9 +1421,25 @@ fn start_downloads(
 fn secret_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
     let parts: Vec<&str> = upper.split(['_', '-']).collect();
-    let alone = ["PASSWORD", "PASSWD", "PASS", "PWD", "SECRET", "TOKEN", "APIKEY", "CREDENTIALS", "PAT"];
+    // Where the secret is, or how big: `POSTGRES_PASSWORD_FILE`, `MAX_TOKENS`.
+    let about = ["FILE", "PATH", "DIR", "LIMIT", "MAX", "MIN", "COUNT", "SIZE", "LEN", "LENGTH", "TYPE", "NAME"];
+    if parts.iter().any(|p| about.contains(p)) {
+        return false;
+    }
+    let alone = ["PASSWORD", "PASSWD", "PGPASSWORD", "SECRET", "TOKEN", "APIKEY", "CREDENTIALS"];
+    let services = ["GITHUB", "GH", "GITLAB"];
     parts.iter().any(|p| alone.contains(p))
         || parts.windows(2).any(|w| ["API", "ACCESS", "PRIVATE", "SECRET", "AUTH"].contains(&w[0]) && w[1] == "KEY")
+        // `GITHUB_PAT`, not `FILE_PAT`.
+        || parts.windows(2).any(|w| services.contains(&w[0]) && w[1] == "PAT")
+}
+
+/// Whether a value holds a password in a URL (`postgres://user:pw@host/db`).
+fn url_with_password(value: &str) -> bool {
+    value.split_once("://").is_some_and(|(_, rest)| {
+        let authority = rest.split('/').next().unwrap_or(rest);
+        authority.split_once('@').is_some_and(|(user, _)| user.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()))
+    })
 }
 
 /// CES020: secrets in `ENV` (with a value written here) or `ARG` (its value
@@ -1341,7 +1451,7 @@ fn secrets(steps: &[Step<'_>], out: &mut Vec<Finding>) {
             "ENV" => {
                 for (name, value) in env_values(std::iter::once(instruction)) {
                     let literal = !value.is_empty() && !value.starts_with('$');
-                    if secret_name(&name) && literal && name != "PWD" {
+                    if literal && (secret_name(&name) || url_with_password(&value)) {
                         finding(out, "CES020", instruction.line, format!("ENV {name} puts a secret in the image"));
                     }
                 }
@@ -1370,7 +1480,13 @@ const INTERPRETERS: &[&str] =
 
 /// A command's program, after `sudo`, `env` and `VAR=value` words.
 fn command_program(command: &[String]) -> Option<&str> {
+    // `sudo -u app bash`: an option's value is not the program.
+    let mut skip_value = false;
     command.iter().map(String::as_str).find(|w| {
+        if std::mem::take(&mut skip_value) {
+            return false;
+        }
+        skip_value = ["-u", "-g", "--user", "--group"].contains(w);
         !w.contains('=')
             && !["sudo", "env", "-E", "exec", "time", "then", "do", "else"].contains(w)
             && !w.starts_with('-')
@@ -1435,8 +1551,13 @@ fn downloaded_files(command: &[String]) -> Vec<String> {
 /// `openssl dgst -verify`): printing a digest checks nothing.
 fn checks_digest(command: &[String]) -> bool {
     let sums = ["sha256sum", "sha512sum", "sha384sum", "sha1sum", "shasum", "b2sum", "md5sum"];
-    let check = command.iter().any(|w| w == "-c" || w == "--check" || w.starts_with("--check="));
-    command.iter().any(|w| sums.contains(&program(w))) && check
+    // `sha256sum -c`, or a digest compared: `sha256sum f | grep -q $SHA`,
+    // `[ "$(sha256sum f | cut -d' ' -f1)" = "$SHA" ]`.
+    let check = command.iter().any(|w| {
+        ["-c", "--check", "grep", "cmp", "diff", "[", "[[", "test", "=", "==", "!="].contains(&w.as_str())
+            || w.starts_with("--check=")
+    });
+    command.iter().any(|w| sums.contains(&program(w.trim_start_matches(['$', '(', '`'])))) && check
         || has(command, "gpg") && (has(command, "--verify") || has(command, "--verify-files"))
         || has(command, "cosign") && command.iter().any(|w| w.starts_with("verify"))
         || has(command, "minisign") && has(command, "-V")
@@ -1495,7 +1616,8 @@ fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
             return;
         }
     }
-    let flat = script.replace(['"', '\''], "");
+    // Without quotes, and `$( curl` as `$(curl`.
+    let flat = script.replace(['"', '\''], "").replace("$( ", "$(").replace("<( ", "<(");
     for (pattern, tool) in [
         ("-c $(curl", "curl"),
         ("-c $(wget", "wget"),
@@ -1503,8 +1625,6 @@ fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
         ("-c `wget", "wget"),
         ("eval $(curl", "curl"),
         ("eval $(wget", "wget"),
-        ("<(curl", "curl"),
-        ("<(wget", "wget"),
     ] {
         if flat.contains(pattern) {
             finding(out, "CES018", run.line, format!("RUN runs a script {tool} downloads without checking it"));
@@ -1512,11 +1632,28 @@ fn unverified_download(run: &Instruction, out: &mut Vec<Finding>) {
         }
     }
     let all: Vec<Vec<String>> = joined.lines().map(words).filter(|c| !c.is_empty()).collect();
+    // `bash <(curl ...)`, `source <(wget ...)`: not `gpg --import <(curl ...)`.
+    for command in &all {
+        let line = command.join(" ").replace("<( ", "<(");
+        let runs =
+            interpreter(command).is_some() || command_program(command).is_some_and(|p| p == "source" || p == ".");
+        if runs && (line.contains("<(curl") || line.contains("<(wget")) {
+            finding(out, "CES018", run.line, "RUN runs a script it downloads without checking it".to_owned());
+            return;
+        }
+    }
     let mut downloaded: Vec<String> = Vec::new();
     for command in &all {
         if checks_digest(command) {
-            // Checked before it runs: what was downloaded so far is trusted.
-            downloaded.clear();
+            // Checked before it runs: the downloads the check names (all of
+            // them when it names none, as `sha256sum -c sums.txt`).
+            let named: Vec<&String> = command.iter().filter(|w| downloaded.contains(&program(w).to_owned())).collect();
+            if named.is_empty() {
+                downloaded.clear();
+            } else {
+                let named: Vec<String> = named.iter().map(|w| program(w).to_owned()).collect();
+                downloaded.retain(|d| !named.contains(d));
+            }
             continue;
         }
         downloaded.extend(downloaded_files(command));
@@ -1601,6 +1738,9 @@ mod tests {
             "curl -o i.sh https://x/i.sh && sha256sum i.sh && sh i.sh",
             "curl https://x/i.sh | sh && sha256sum -c sums",
             "curl -o /tmp/get-pip.py https://x/get-pip.py; python3.10 /tmp/get-pip.py",
+            "curl -fsSL https://x/i.sh | sudo -u app bash",
+            "sh -c \"$( curl -fsSL https://x/i.sh)\"",
+            "curl -o a.tar.gz https://x/a.tar.gz && curl -o i.sh https://x/i.sh && echo \"x  a.tar.gz\" | sha256sum -c - && sh i.sh",
         ] {
             assert!(flagged(bad), "{bad}");
         }
@@ -1612,6 +1752,9 @@ mod tests {
             "curl -fsSLo i.sh https://x/i.sh && echo \"abc  i.sh\" | sha256sum -c - && sh i.sh",
             "curl -o i.sh https://x/i.sh && gpg --verify i.sh.asc i.sh && bash i.sh",
             "curl -fsSL https://x/key | gpg --dearmor -o /usr/share/keyrings/x.gpg",
+            "curl -o m.sh https://x/m.sh && sha256sum m.sh | grep -q \"$SHA\" && bash m.sh",
+            "curl -o x.sh https://x/x.sh && [ \"$(sha256sum x.sh | cut -d' ' -f1)\" = \"$SHA\" ] && sh x.sh",
+            "gpg --import <(curl -fsSL https://x/key.asc)",
         ] {
             assert!(!flagged(fine), "{fine}");
         }
@@ -1643,6 +1786,8 @@ mod tests {
         assert!(is_data_file("scans/*.NII.GZ") && is_data_file("x.csv.zst") && is_data_file("m.PKL"));
         assert!(!is_data_file("x.gz") && !is_data_file("notes.txt.gz"));
         assert!(!is_data_file("r/packages.csv") && !is_data_file("requirements.tsv") && is_data_file("pkg/x.csv"));
+        assert!(!is_data_file("cran_packages.csv") && is_data_file("requirements_survey.csv"));
+        assert!(is_data_file("packaged_meals_survey.sav") && is_data_file("patient_dependency_scores.parquet"));
         assert!(has_extension("data/x.csv/", DATA_EXTENSIONS));
         assert!(!has_extension("notcsv", DATA_EXTENSIONS));
         assert!(has_extension("a.tar.gz", ARCHIVE_EXTENSIONS));

@@ -123,7 +123,7 @@ pub fn chain_of<'s, 'a>(stages: &'s [Stage<'a>], last: Option<usize>) -> Vec<&'s
 /// Which stages a build of stage `last` builds: its chain, and the stages
 /// those copy from (`COPY --from`) or mount (`RUN --mount=from=`), and so on.
 /// BuildKit skips the others, so no rule looks at them.
-pub fn needed(stages: &[Stage<'_>], last: usize) -> Vec<bool> {
+pub fn needed(stages: &[Stage<'_>], last: usize, globals: &[(String, String)]) -> Vec<bool> {
     let mut needed = vec![false; stages.len()];
     let mut pending = vec![last];
     while let Some(n) = pending.pop() {
@@ -139,7 +139,8 @@ pub fn needed(stages: &[Stage<'_>], last: usize) -> Vec<bool> {
                 names.extend(value.split(',').filter_map(|kv| kv.strip_prefix("from=")).map(str::to_owned));
             }
             for name in names {
-                let name = name.to_ascii_lowercase();
+                // `--from=$BUILDER`: the global ARG's default.
+                let name = expand(&name, globals).unwrap_or(name).to_ascii_lowercase();
                 let found = stages[..n]
                     .iter()
                     .position(|s| s.name.as_deref() == Some(name.as_str()))

@@ -156,7 +156,10 @@ fn the_target_stage_decides_what_is_built() {
 
 #[test]
 fn ces020_secrets_in_env_or_arg() {
-    assert_eq!(findings("bad/ces020-secrets.Dockerfile"), [("CES020", 2), ("CES020", 3)]);
+    assert_eq!(
+        findings("bad/ces020-secrets.Dockerfile"),
+        [("CES020", 2), ("CES020", 3), ("CES020", 4), ("CES020", 4), ("CES020", 4)]
+    );
 }
 
 #[test]

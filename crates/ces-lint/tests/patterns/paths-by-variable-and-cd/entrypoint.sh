@@ -1,0 +1,2 @@
+#!/bin/sh
+exec python /home/app/serve.py

@@ -1,0 +1,2 @@
+from transformers import pipeline
+nlp = pipeline("sentiment-analysis")
