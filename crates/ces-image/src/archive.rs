@@ -1086,6 +1086,60 @@ mod tests {
         assert!(rootfs.join("bin/busybox").is_file());
     }
 
+    /// Two images with a layer in common: it is unpacked once, and both
+    /// root filesystems hold its files as hard links of one inode. Removing
+    /// one image frees its own layer and root filesystem, not the other's.
+    #[test]
+    fn images_that_share_a_layer_share_its_files() {
+        use std::os::unix::fs::MetadataExt as _;
+        let f = Fixture::new();
+        let base = Layer::new(vec![Entry::dir("etc"), Entry::file("etc/base", "shared"), Entry::file("gone", "g")]);
+        let a = ImageSpec::new(vec![base.clone(), Layer::new(vec![Entry::file("a", "a"), Entry::whiteout("gone")])])
+            .build();
+        let b = ImageSpec::new(vec![base, Layer::new(vec![Entry::file("b", "b")])]).build();
+        let options = unpack::UnpackOptions::for_current_user();
+        let mut unpacked = Vec::new();
+        for (image, name) in [(&a, "ghcr.io/ns/a:1"), (&b, "ghcr.io/ns/b:1")] {
+            let record = f.load(&f.oci_archive(image, name), None, amd64()).unwrap().images.remove(0);
+            let mut started = Vec::new();
+            let done = f.store.unpack(&record.digest, &options, &mut |i, _| started.push(i)).unwrap();
+            unpacked.push((record, done.path, started));
+        }
+        let (rootfs_a, rootfs_b) = (&unpacked[0].1, &unpacked[1].1);
+        let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(ino(&rootfs_a.join("etc/base")), ino(&rootfs_b.join("etc/base")), "one inode for both");
+        assert!(!rootfs_a.join("gone").exists() && rootfs_b.join("gone").is_file(), "a's whiteout is a's alone");
+        assert!(rootfs_a.join("a").is_file() && !rootfs_a.join("b").exists() && rootfs_b.join("b").is_file());
+        assert_eq!(unpacked[0].2.len(), 2, "a unpacked both its layers");
+        assert_eq!(unpacked[1].2, [1], "b unpacked only the layer a did not have");
+        let layers = |f: &Fixture| std::fs::read_dir(f.store.root().join("layers")).unwrap().count();
+        assert_eq!(layers(&f), 6, "three layers, each a directory and a record");
+
+        let lock = f.store.lock_exclusive().unwrap();
+        f.store.remove_ref(&unpacked[0].0.reference, &lock).unwrap();
+        let stats = f.store.gc(&lock).unwrap();
+        assert_eq!((stats.rootfs, stats.layers), (1, 1));
+        assert_eq!(layers(&f), 4);
+        assert_eq!(std::fs::read_to_string(rootfs_b.join("etc/base")).unwrap(), "shared");
+    }
+
+    /// A hard link to a lower layer's file cannot be unpacked alone: the
+    /// image is unpacked the old way, every layer applied in order.
+    #[test]
+    fn a_hard_link_across_layers_unpacks_the_old_way() {
+        let f = Fixture::new();
+        let image = ImageSpec::new(vec![
+            Layer::new(vec![Entry::file("x", "data")]),
+            Layer::new(vec![Entry::hardlink("y", "x")]),
+        ])
+        .build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/links:1"), None, amd64()).unwrap().images.remove(0);
+        let options = unpack::UnpackOptions::for_current_user();
+        let rootfs = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap().path;
+        assert_eq!(std::fs::read_to_string(rootfs.join("y")).unwrap(), "data");
+        assert_eq!(std::fs::read_to_string(rootfs.join("x")).unwrap(), "data");
+    }
+
     #[test]
     fn a_bare_tag_needs_a_name() {
         let f = Fixture::new();

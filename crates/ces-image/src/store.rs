@@ -212,6 +212,8 @@ pub struct GcStats {
     pub bytes: u64,
     /// Unpacked root filesystems deleted.
     pub rootfs: u64,
+    /// Unpacked layers deleted (no image has them).
+    pub layers: u64,
 }
 
 /// A lock on the whole store, released when dropped.
@@ -242,7 +244,13 @@ impl Store {
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store { root: root.into(), max_unpacked: None };
-        for dir in [store.blobs_dir(), store.root.join("rootfs"), store.tmp_dir(), store.root.join("locks")] {
+        for dir in [
+            store.blobs_dir(),
+            store.root.join("rootfs"),
+            store.layers_dir(),
+            store.tmp_dir(),
+            store.root.join("locks"),
+        ] {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         store.restrict_access()?;
@@ -276,7 +284,8 @@ impl Store {
     fn restrict_access(&self) -> Result<()> {
         let euid = rustix::process::geteuid().as_raw();
         let root_mode = if euid == 0 { 0o711 } else { 0o700 };
-        let private = [self.layout_dir(), self.root.join("rootfs"), self.tmp_dir(), self.root.join("locks")];
+        let private =
+            [self.layout_dir(), self.root.join("rootfs"), self.layers_dir(), self.tmp_dir(), self.root.join("locks")];
         for (dir, mode) in
             std::iter::once((self.root.clone(), root_mode)).chain(private.into_iter().map(|d| (d, 0o700)))
         {
@@ -577,7 +586,36 @@ impl Store {
                 stats.rootfs += 1;
             }
         }
+        // Layers no named image has (a root filesystem made from one keeps
+        // its files: they are hard links).
+        let mut live_layers = HashSet::new();
+        for record in self.images()? {
+            let config = self.manifest(&record.digest).and_then(|m| self.config(&m));
+            for diff_id in config.iter().flat_map(|c| c.rootfs().diff_ids()) {
+                live_layers.insert(diff_id.rsplit(':').next().unwrap_or(diff_id).to_owned());
+            }
+        }
+        let layers = self.layers_dir();
+        for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
+            let entry = entry.map_err(io_err(&layers))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".json").unwrap_or(&name);
+            if !live_layers.contains(hex) {
+                if name.ends_with(".json") {
+                    fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                } else {
+                    remove_tree(&entry.path())?;
+                    stats.layers += 1;
+                }
+            }
+        }
         Ok(stats)
+    }
+
+    /// Where layers are unpacked, each alone, keyed by the digest of the
+    /// uncompressed tar (the config's `diff_id`).
+    fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
     }
 
     /// Where the rootfs of manifest `digest` is cached.
@@ -591,10 +629,15 @@ impl Store {
         path.is_dir().then_some(path)
     }
 
-    /// Unpacks the image's layers, in order, into the rootfs cache (once: a
-    /// rootfs already there is reused). Each uncompressed layer is checked
-    /// against the config's `diff_ids`. `on_layer(i, n)` is called as layer
-    /// `i` of `n` starts.
+    /// Unpacks the image's root filesystem into the rootfs cache (once: a
+    /// rootfs already there is reused). Each layer the store lacks is
+    /// unpacked alone into `layers/<diff_id>/` (several at once, one per
+    /// core), its uncompressed tar checked against the config's `diff_ids`;
+    /// then the root filesystem is assembled from the layers, in order, by
+    /// hard links ([`unpack::link_layer`]): images that share layers share
+    /// their files. An image with a hard link across layers (which no layer
+    /// alone can hold) is unpacked the old way, each layer applied in order.
+    /// `on_layer(i, n)` is called as layer `i` of `n` starts.
     pub fn unpack(
         &self,
         digest: &Digest,
@@ -615,10 +658,197 @@ impl Store {
         let manifest = self.manifest(digest)?;
         let config = self.config(&manifest)?;
         let diff_ids = config.rootfs().diff_ids();
+        let layers = match self.unpack_layers(&manifest, diff_ids, options, on_layer) {
+            Err(StoreError::Unpack { source: UnpackError::Link { .. }, .. }) => {
+                return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
+            }
+            result => result?,
+        };
+        let total = layers.iter().fold(0u64, |sum, (record, _)| sum.saturating_add(record.size));
+        if let Some(limit) = self.max_unpacked.filter(|limit| total > *limit) {
+            return Err(StoreError::UnpackedTooLarge { limit });
+        }
+        let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
+        fs::create_dir(&temp).map_err(io_err(&temp))?;
+        let assembled = layers.iter().zip(manifest.layers()).try_for_each(|((record, _), layer)| {
+            let dir = self.layers_dir().join(&record.hex);
+            unpack::link_layer(&temp, &dir, &record.implicit, options).map(drop).map_err(|source| {
+                if source.is_disk_full() {
+                    StoreError::DiskFull { path: temp.clone() }
+                } else {
+                    let layer = manifest::descriptor_digest(layer).unwrap_or_else(|_| digest.clone());
+                    StoreError::Unpack { layer, source }
+                }
+            })
+        });
+        if let Err(e) = assembled {
+            let _ = remove_tree(&temp);
+            return Err(e);
+        }
+        fs::rename(&temp, &dest).map_err(io_err(&dest))?;
+        let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
+        Ok(Unpacked { path: dest, layers: stats })
+    }
+
+    /// Each layer of the image unpacked alone (those the store has are
+    /// reused), with what unpacking did for those unpacked now, in order.
+    fn unpack_layers(
+        &self,
+        manifest: &oci_spec::image::ImageManifest,
+        diff_ids: &[String],
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<(LayerRecord, Option<unpack::UnpackStats>)>> {
+        let layers = manifest.layers();
+        let n = layers.len();
+        let mut found: Vec<Option<(LayerRecord, Option<unpack::UnpackStats>)>> = Vec::with_capacity(n);
+        let mut missing = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let Some(diff_id) = diff_ids.get(i) else {
+                let layer = manifest::descriptor_digest(layer)?;
+                let actual = layer.clone();
+                return Err(StoreError::DiffIdMismatch { layer, expected: "nothing".to_owned(), actual });
+            };
+            let record = self.layer_record(diff_id);
+            if record.is_none() {
+                missing.push(i);
+            }
+            found.push(record.map(|r| (r, None)));
+        }
+        // What is left of the budget for the layers unpacked now.
+        let reused = found.iter().flatten().fold(0u64, |sum, (r, _)| sum.saturating_add(r.size));
+        let budget = self.max_unpacked.map(|max| std::sync::Arc::new(AtomicU64::new(max.saturating_sub(reused))));
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(missing.len()).max(1);
+        let next = AtomicU64::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let sender = sender.clone();
+                let (missing, next, failed, budget) = (&missing, &next, &failed, &budget);
+                scope.spawn(move || {
+                    while !failed.load(Ordering::Relaxed) {
+                        let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&i) = missing.get(k) else { break };
+                        let _ = sender.send((i, None));
+                        let result = self.unpack_one_layer(&layers[i], &diff_ids[i], options, budget.clone());
+                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                        let _ = sender.send((i, Some(result)));
+                    }
+                });
+            }
+            drop(sender);
+            let mut first_error = None;
+            for (i, result) in receiver {
+                match result {
+                    None => on_layer(i, n),
+                    Some(Ok(done)) => found[i] = Some(done),
+                    Some(Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// The record of the layer with this diff_id, if the store has it whole.
+    fn layer_record(&self, diff_id: &str) -> Option<LayerRecord> {
+        let hex =
+            diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        let dir = self.layers_dir().join(hex);
+        let json = fs::read(self.layers_dir().join(format!("{hex}.json"))).ok()?;
+        let record: LayerRecord = serde_json::from_slice(&json).ok()?;
+        (dir.is_dir() && record.hex == hex).then_some(record)
+    }
+
+    /// Unpacks one layer alone into `layers/<diff_id>/` (under its lock:
+    /// another process may be unpacking it), checking its diff_id.
+    fn unpack_one_layer(
+        &self,
+        layer: &oci_spec::image::Descriptor,
+        diff_id: &str,
+        options: &UnpackOptions,
+        budget: Option<std::sync::Arc<AtomicU64>>,
+    ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
+        let layer_digest = manifest::descriptor_digest(layer)?;
+        let mismatch = |actual: Digest| StoreError::DiffIdMismatch {
+            layer: layer_digest.clone(),
+            expected: diff_id.to_owned(),
+            actual,
+        };
+        let Some(hex) =
+            diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            return Err(mismatch(layer_digest.clone()));
+        };
+        let _guard =
+            self.flock(&self.root.join("locks").join(format!("layer-{hex}.lock")), FlockOperation::LockExclusive)?;
+        if let Some(record) = self.layer_record(diff_id) {
+            return Ok((record, None));
+        }
+        let dir = self.layers_dir().join(hex);
+        if dir.exists() {
+            // Left without its record: unpacked again.
+            remove_tree(&dir)?;
+        }
+        let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
+        fs::create_dir(&temp).map_err(io_err(&temp))?;
+        let result = (|| {
+            let blob = self.open_blob(&layer_digest)?;
+            let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
+            let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
+            let budgeted = Budgeted::new(tar, budget);
+            let exceeded = budgeted.exceeded.clone();
+            let too_large = || StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() };
+            let mut hashing = HashingReader::new(budgeted);
+            let unpacked = unpack::unpack_layer(&temp, &mut hashing, options).map_err(|source| {
+                if exceeded.load(Ordering::Relaxed) {
+                    too_large()
+                } else if source.is_disk_full() {
+                    StoreError::DiskFull { path: temp.clone() }
+                } else {
+                    StoreError::Unpack { layer: layer_digest.clone(), source }
+                }
+            })?;
+            let (actual, size) = hashing
+                .drain()
+                .map_err(|e| if exceeded.load(Ordering::Relaxed) { too_large() } else { read_err(e) })?;
+            if actual.to_string() != diff_id {
+                return Err(mismatch(actual));
+            }
+            Ok((LayerRecord { hex: hex.to_owned(), size, implicit: unpacked.implicit_dirs }, unpacked.stats))
+        })();
+        let (record, stats) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = remove_tree(&temp);
+                return Err(e);
+            }
+        };
+        // The record first: a layer directory is whole once it is in place.
+        let json = serde_json::to_vec(&record).map_err(|e| io_err(&dir)(io::Error::other(e)))?;
+        write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+        fs::rename(&temp, &dir).map_err(io_err(&dir))?;
+        Ok((record, Some(stats)))
+    }
+
+    /// The old way, for an image no layer of which can be unpacked alone:
+    /// each layer applied in order onto one root filesystem.
+    fn unpack_merged(
+        &self,
+        digest: &Digest,
+        manifest: &oci_spec::image::ImageManifest,
+        diff_ids: &[String],
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Unpacked> {
+        let dest = self.rootfs_path(digest);
         let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let mut stats = Vec::new();
-        let mut unpacked_bytes = 0u64;
+        let budget = self.max_unpacked.map(|max| std::sync::Arc::new(AtomicU64::new(max)));
         let result = (|| {
             let layers = manifest.layers();
             for (i, layer) in layers.iter().enumerate() {
@@ -627,12 +857,12 @@ impl Store {
                 let blob = self.open_blob(&layer_digest)?;
                 let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
                 let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
-                let budget = Budgeted::new(tar, self.max_unpacked.map(|max| max.saturating_sub(unpacked_bytes)));
-                let exceeded = budget.exceeded.clone();
+                let budgeted = Budgeted::new(tar, budget.clone());
+                let exceeded = budgeted.exceeded.clone();
                 let too_large = |limit| StoreError::UnpackedTooLarge { limit };
-                let mut hashing = HashingReader::new(budget);
+                let mut hashing = HashingReader::new(budgeted);
                 let layer_stats = unpack::apply_layer(&temp, &mut hashing, options).map_err(|source| {
-                    if exceeded.get() {
+                    if exceeded.load(Ordering::Relaxed) {
                         too_large(self.max_unpacked.unwrap_or_default())
                     } else if source.is_disk_full() {
                         StoreError::DiskFull { path: temp.clone() }
@@ -641,10 +871,13 @@ impl Store {
                     }
                 })?;
                 // The tar's end blocks and any padding after them count too.
-                let (actual, size) = hashing.drain().map_err(|e| {
-                    if exceeded.get() { too_large(self.max_unpacked.unwrap_or_default()) } else { read_err(e) }
+                let (actual, _) = hashing.drain().map_err(|e| {
+                    if exceeded.load(Ordering::Relaxed) {
+                        too_large(self.max_unpacked.unwrap_or_default())
+                    } else {
+                        read_err(e)
+                    }
                 })?;
-                unpacked_bytes = unpacked_bytes.saturating_add(size);
                 match diff_ids.get(i) {
                     Some(expected) if *expected == actual.to_string() => {}
                     expected => {
@@ -668,16 +901,28 @@ impl Store {
     }
 }
 
+/// A layer unpacked alone (`layers/<hex>.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LayerRecord {
+    /// The hex of its diff_id.
+    hex: String,
+    /// Bytes of its uncompressed tar.
+    size: u64,
+    /// The directories it only implies ([`unpack::LayerDir::implicit_dirs`]).
+    implicit: Vec<Vec<u8>>,
+}
+
 /// A layer's uncompressed stream, cut off with an error (and `exceeded`
-/// set) past `left` bytes.
+/// set) past what is `left` of the image's budget (shared by the layers
+/// unpacked at once).
 struct Budgeted<R> {
     inner: R,
-    left: Option<u64>,
-    exceeded: std::rc::Rc<std::cell::Cell<bool>>,
+    left: Option<std::sync::Arc<AtomicU64>>,
+    exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<R> Budgeted<R> {
-    fn new(inner: R, left: Option<u64>) -> Self {
+    fn new(inner: R, left: Option<std::sync::Arc<AtomicU64>>) -> Self {
         Budgeted { inner, left, exceeded: Default::default() }
     }
 }
@@ -685,14 +930,11 @@ impl<R> Budgeted<R> {
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(left) = &mut self.left {
-            match left.checked_sub(n as u64) {
-                Some(rest) => *left = rest,
-                None => {
-                    self.exceeded.set(true);
-                    return Err(io::Error::other("the image's layers hold more than the unpacked size limit"));
-                }
-            }
+        if let Some(left) = &self.left
+            && left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n as u64)).is_err()
+        {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(io::Error::other("the image's layers hold more than the unpacked size limit"));
         }
         Ok(n)
     }

@@ -39,6 +39,19 @@
 //!
 //! A layer that fails half-way leaves the root filesystem half-changed: unpack
 //! into a scratch directory and move it into place only on success.
+//!
+//! # Layers shared between images
+//!
+//! [`unpack_layer`] unpacks one layer alone into a directory of its own:
+//! whiteouts and opaque markers are kept as the plain `.wh.` files they are
+//! in the tar, and the directories the layer only implies (it has `a/b` but
+//! no `a/`) are listed, so that they do not overwrite a lower layer's. Then
+//! [`link_layer`] applies that directory onto a root filesystem exactly as
+//! [`apply_layer`] applies the tar (the same containment, whiteouts and type
+//! changes), hard-linking files instead of writing them: images that share
+//! a layer share its files on disk. A root filesystem assembled so must only
+//! be read (it is the read-only lower layer of each run's overlay): a write
+//! to one of its files would change the shared layer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -288,9 +301,58 @@ pub fn detect<'a, R: Read + 'a>(mut reader: R) -> io::Result<(Compression, Box<d
 /// [`UnpackError::Corrupt`]. On error, the root filesystem is left partly
 /// changed.
 pub fn apply_layer(root: &Path, layer: impl Read, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
-    let root_fd = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| UnpackError::Root { root: root.to_path_buf(), source: e.into() })?;
-    let mut applier = Applier::new(root_fd, options);
+    apply_stream(root, layer, options, false).map(|(stats, _)| stats)
+}
+
+/// What [`unpack_layer`] made, besides the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerDir {
+    /// What unpacking did.
+    pub stats: UnpackStats,
+    /// The directories the layer only implies (made as parents of its
+    /// entries, with no entry of their own), by path: [`link_layer`] leaves
+    /// a lower layer's directory there as it is.
+    pub implicit_dirs: Vec<Vec<u8>>,
+}
+
+/// Unpacks one layer alone into the empty directory `dir` (see the module's
+/// "Layers shared between images"). A hard link to a file of a lower layer
+/// cannot be made there: it fails with [`UnpackError::Link`].
+pub fn unpack_layer(dir: &Path, layer: impl Read, options: &UnpackOptions) -> Result<LayerDir, UnpackError> {
+    apply_stream(dir, layer, options, true).map(|(stats, implicit)| LayerDir { stats, implicit_dirs: implicit })
+}
+
+/// The `user.*` extended attributes of `path` (not followed), as a layer
+/// directory's directory has them: what [`Applier::set_xattrs`] takes.
+fn user_xattrs(path: &Path) -> Vec<Xattr> {
+    let mut names = vec![0u8; 4096];
+    let Ok(len) = rustix::fs::llistxattr(path, &mut names) else { return Vec::new() };
+    names.truncate(len);
+    let mut xattrs = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+        let Ok(c_name) = std::ffi::CString::new(name) else { continue };
+        let mut value = vec![0u8; 64 << 10];
+        if let Ok(len) = rustix::fs::lgetxattr(path, c_name.as_c_str(), &mut value) {
+            value.truncate(len);
+            xattrs.push((name.to_vec(), value));
+        }
+    }
+    xattrs
+}
+
+fn open_root(root: &Path) -> Result<OwnedFd, UnpackError> {
+    rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| UnpackError::Root { root: root.to_path_buf(), source: e.into() })
+}
+
+fn apply_stream(
+    root: &Path,
+    layer: impl Read,
+    options: &UnpackOptions,
+    layer_mode: bool,
+) -> Result<(UnpackStats, Vec<Vec<u8>>), UnpackError> {
+    let mut applier = Applier::new(open_root(root)?, options);
+    applier.layer_mode = layer_mode;
     let mut archive = tar::Archive::new(Bounded::new(layer));
 
     let mut result = applier.apply_entries(&mut archive);
@@ -302,6 +364,29 @@ pub fn apply_layer(root: &Path, layer: impl Read, options: &UnpackOptions) -> Re
             .map(drop)
             .map_err(|source| UnpackError::Corrupt { entry: None, source });
     }
+    let restored = applier.restore_locked_dirs();
+    result?;
+    restored?;
+    applier.finish_directories()?;
+    let implicit = std::mem::take(&mut applier.implicit).into_iter().collect();
+    Ok((applier.stats, implicit))
+}
+
+/// Applies the layer that [`unpack_layer`] unpacked into `layer` onto
+/// `root`, as [`apply_layer`] applies its tar: whiteouts and opaque markers
+/// hide what lower layers put there, directories get the layer's metadata
+/// (not those in `implicit_dirs`, which the layer only implies), and every
+/// other entry (file, symbolic link, fifo, device) is hard-linked from
+/// `layer` into place: the two share it.
+pub fn link_layer(
+    root: &Path,
+    layer: &Path,
+    implicit_dirs: &[Vec<u8>],
+    options: &UnpackOptions,
+) -> Result<UnpackStats, UnpackError> {
+    let mut applier = Applier::new(open_root(root)?, options);
+    let implicit: HashSet<&[u8]> = implicit_dirs.iter().map(Vec::as_slice).collect();
+    let result = applier.link_tree(layer, &implicit);
     let restored = applier.restore_locked_dirs();
     result?;
     restored?;
@@ -419,6 +504,11 @@ struct Applier<'o> {
     current: PathBuf,
     stats: UnpackStats,
     buf: Vec<u8>,
+    /// [`unpack_layer`]: whiteouts are kept as files, and the directories
+    /// made only as parents are listed in `implicit`.
+    layer_mode: bool,
+    /// The directories made only as parents of entries, by path.
+    implicit: std::collections::BTreeSet<Vec<u8>>,
 }
 
 fn io_error<E: Into<io::Error>>(path: &Path) -> impl FnOnce(E) -> UnpackError + '_ {
@@ -471,6 +561,8 @@ impl<'o> Applier<'o> {
             current: PathBuf::new(),
             stats: UnpackStats::default(),
             buf: vec![0; COPY_BUFFER_LEN],
+            layer_mode: false,
+            implicit: std::collections::BTreeSet::new(),
         }
     }
 
@@ -500,7 +592,7 @@ impl<'o> Applier<'o> {
             tracing::debug!(entry = %quote_path(&shown), "ignoring an entry for the root itself");
             return Ok(());
         };
-        if name.starts_with(WHITEOUT_PREFIX) {
+        if name.starts_with(WHITEOUT_PREFIX) && !self.layer_mode {
             return self.whiteout(&shown, parent, name);
         }
 
@@ -540,6 +632,68 @@ impl<'o> Applier<'o> {
         }
     }
 
+    /// [`link_layer`]'s walk: directories before what they hold, nothing
+    /// followed (only real directories of the layer are entered).
+    fn link_tree(&mut self, layer: &Path, implicit: &HashSet<&[u8]>) -> Result<(), UnpackError> {
+        let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(dir) = pending.pop() {
+            let on_disk = layer.join(OsStr::from_bytes(&dir));
+            let entries = std::fs::read_dir(&on_disk).map_err(|e| io_error(&on_disk)(e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error(&on_disk)(e))?;
+                let name = entry.file_name().as_bytes().to_vec();
+                let mut path = dir.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&name);
+                let shown = PathBuf::from(OsStr::from_bytes(&path));
+                self.current.clone_from(&shown);
+                let components: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+                let Some((_, parent)) = components.split_last() else { continue };
+                if name.starts_with(AUFS_META_PREFIX) && name != OPAQUE_MARKER {
+                    tracing::debug!(entry = %quote_path(&shown), "ignoring aufs metadata");
+                    continue;
+                }
+                if name.starts_with(WHITEOUT_PREFIX) {
+                    self.whiteout(&shown, parent, &name)?;
+                    continue;
+                }
+                let source = entry.path();
+                let kind = entry.file_type().map_err(|e| io_error(&source)(e))?;
+                if kind.is_dir() {
+                    if !implicit.contains(path.as_slice()) {
+                        let stat = rustix::fs::lstat(&source).map_err(io_error(&source))?;
+                        let meta = Meta {
+                            mode: stat.st_mode & 0o7777,
+                            uid: stat.st_uid,
+                            gid: stat.st_gid,
+                            mtime: stat.st_mtime,
+                        };
+                        let xattrs = user_xattrs(&source);
+                        self.directory(&shown, parent, &name, meta, &xattrs)?;
+                    }
+                    pending.push(path);
+                } else {
+                    self.linked(&shown, parent, &name, &source)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// An entry of [`link_layer`]'s layer other than a directory: linked.
+    fn linked(&mut self, shown: &Path, parent: &[&[u8]], name: &[u8], source: &Path) -> Result<(), UnpackError> {
+        let dir = self.parent(parent).map_err(io_error(shown))?;
+        self.make_room(&dir, name, false).map_err(io_error(shown))?;
+        // No AT_SYMLINK_FOLLOW: a symbolic link is linked itself.
+        self.unlocking(&dir.fd, || rustix::fs::linkat(rustix::fs::CWD, source, &dir.fd, name, AtFlags::empty()))
+            .map_err(io_error(shown))?;
+        self.written.insert((dir.id, name.to_vec()));
+        self.stats.entries += 1;
+        Ok(())
+    }
+
     // ----- entry kinds -----
 
     fn directory(
@@ -556,6 +710,14 @@ impl<'o> Applier<'o> {
             self.unlocking(&dir.fd, || rustix::fs::mkdirat(&dir.fd, name, Mode::RWXU)).map_err(io_error(shown))?;
         }
         self.written.insert((dir.id, name.to_vec()));
+        if self.layer_mode {
+            let mut path = join(parent);
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
+            self.implicit.remove(&path);
+        }
         if !xattrs.is_empty() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let fd = rustix::fs::openat(&dir.fd, name, flags, Mode::empty()).map_err(io_error(shown))?;
@@ -835,6 +997,9 @@ impl<'o> Applier<'o> {
                         // depend on who unpacked it.
                         rustix::fs::chmodat(&current, name, Mode::from_raw_mode(0o755), AtFlags::empty())?;
                         self.written.insert((dir_id(&current)?, name.to_vec()));
+                        if self.layer_mode {
+                            self.implicit.insert(prefix.clone());
+                        }
                         current = self.open_in_root(&prefix, OFlags::PATH)?;
                     }
                     Err(Errno::EXIST) => {

@@ -60,7 +60,7 @@ pub enum Command {
     Rmi(RmiArgs),
     /// Import an OCI archive or a `docker save` tarball (images brought in through an airlock).
     Load(LoadArgs),
-    /// Delete blobs and unpacked filesystems that no image uses.
+    /// Delete blobs, unpacked layers and unpacked filesystems that no image uses.
     Gc,
     /// Read and check the audit log of pulls, loads and runs.
     #[command(subcommand)]

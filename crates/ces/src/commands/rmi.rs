@@ -28,9 +28,10 @@ pub fn gc(settings: &Settings, printer: &Printer) -> anyhow::Result<()> {
 
 fn report(printer: &Printer, stats: &ces_image::store::GcStats) {
     printer.status(format!(
-        "Deleted {} blobs ({}) and {} unpacked filesystems",
+        "Deleted {} blobs ({}), {} unpacked filesystems and {} unpacked layers",
         stats.blobs,
         human_bytes(stats.bytes),
-        stats.rootfs
+        stats.rootfs,
+        stats.layers
     ));
 }
