@@ -672,7 +672,12 @@ impl Store {
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let assembled = layers.iter().zip(manifest.layers()).try_for_each(|((record, _), layer)| {
             let dir = self.layers_dir().join(&record.hex);
-            unpack::link_layer(&temp, &dir, &record.implicit, options).map(drop).map_err(|source| {
+            let made = unpack::LayerDir {
+                implicit_dirs: record.implicit.clone(),
+                dir_modes: record.dir_modes.clone(),
+                ..Default::default()
+            };
+            unpack::link_layer(&temp, &dir, &made, options).map(drop).map_err(|source| {
                 if source.is_disk_full() {
                     StoreError::DiskFull { path: temp.clone() }
                 } else {
@@ -818,7 +823,13 @@ impl Store {
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
-            Ok((LayerRecord { hex: hex.to_owned(), size, implicit: unpacked.implicit_dirs }, unpacked.stats))
+            let record = LayerRecord {
+                hex: hex.to_owned(),
+                size,
+                implicit: unpacked.implicit_dirs,
+                dir_modes: unpacked.dir_modes,
+            };
+            Ok((record, unpacked.stats))
         })();
         let (record, stats) = match result {
             Ok(done) => done,
@@ -910,6 +921,9 @@ struct LayerRecord {
     size: u64,
     /// The directories it only implies ([`unpack::LayerDir::implicit_dirs`]).
     implicit: Vec<Vec<u8>>,
+    /// The modes its directories keep off disk ([`unpack::LayerDir::dir_modes`]).
+    #[serde(default)]
+    dir_modes: Vec<(Vec<u8>, u32)>,
 }
 
 /// A layer's uncompressed stream, cut off with an error (and `exceeded`

@@ -301,7 +301,7 @@ pub fn detect<'a, R: Read + 'a>(mut reader: R) -> io::Result<(Compression, Box<d
 /// [`UnpackError::Corrupt`]. On error, the root filesystem is left partly
 /// changed.
 pub fn apply_layer(root: &Path, layer: impl Read, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
-    apply_stream(root, layer, options, false).map(|(stats, _)| stats)
+    apply_stream(root, layer, options, false).map(|done| done.stats)
 }
 
 /// What [`unpack_layer`] made, besides the directory.
@@ -313,13 +313,18 @@ pub struct LayerDir {
     /// entries, with no entry of their own), by path: [`link_layer`] leaves
     /// a lower layer's directory there as it is.
     pub implicit_dirs: Vec<Vec<u8>>,
+    /// Unpacked without root: the directories whose mode would keep their
+    /// owner out (`0555`), by path, with that mode. On disk they are open to
+    /// their owner, for [`link_layer`] to read; it gives the root filesystem
+    /// these modes.
+    pub dir_modes: Vec<(Vec<u8>, u32)>,
 }
 
 /// Unpacks one layer alone into the empty directory `dir` (see the module's
 /// "Layers shared between images"). A hard link to a file of a lower layer
 /// cannot be made there: it fails with [`UnpackError::Link`].
 pub fn unpack_layer(dir: &Path, layer: impl Read, options: &UnpackOptions) -> Result<LayerDir, UnpackError> {
-    apply_stream(dir, layer, options, true).map(|(stats, implicit)| LayerDir { stats, implicit_dirs: implicit })
+    apply_stream(dir, layer, options, true)
 }
 
 /// The `user.*` extended attributes of `path` (not followed), as a layer
@@ -350,7 +355,7 @@ fn apply_stream(
     layer: impl Read,
     options: &UnpackOptions,
     layer_mode: bool,
-) -> Result<(UnpackStats, Vec<Vec<u8>>), UnpackError> {
+) -> Result<LayerDir, UnpackError> {
     let mut applier = Applier::new(open_root(root)?, options);
     applier.layer_mode = layer_mode;
     let mut archive = tar::Archive::new(Bounded::new(layer));
@@ -368,25 +373,29 @@ fn apply_stream(
     result?;
     restored?;
     applier.finish_directories()?;
-    let implicit = std::mem::take(&mut applier.implicit).into_iter().collect();
-    Ok((applier.stats, implicit))
+    Ok(LayerDir {
+        stats: applier.stats,
+        implicit_dirs: std::mem::take(&mut applier.implicit).into_iter().collect(),
+        dir_modes: applier.dir_modes,
+    })
 }
 
-/// Applies the layer that [`unpack_layer`] unpacked into `layer` onto
-/// `root`, as [`apply_layer`] applies its tar: whiteouts and opaque markers
-/// hide what lower layers put there, directories get the layer's metadata
-/// (not those in `implicit_dirs`, which the layer only implies), and every
-/// other entry (file, symbolic link, fifo, device) is hard-linked from
+/// Applies the layer that [`unpack_layer`] unpacked into `layer` (and
+/// described in `made`) onto `root`, as [`apply_layer`] applies its tar:
+/// whiteouts and opaque markers hide what lower layers put there,
+/// directories get the layer's metadata (not those it only implies), and
+/// every other entry (file, symbolic link, fifo, device) is hard-linked from
 /// `layer` into place: the two share it.
 pub fn link_layer(
     root: &Path,
     layer: &Path,
-    implicit_dirs: &[Vec<u8>],
+    made: &LayerDir,
     options: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
     let mut applier = Applier::new(open_root(root)?, options);
-    let implicit: HashSet<&[u8]> = implicit_dirs.iter().map(Vec::as_slice).collect();
-    let result = applier.link_tree(layer, &implicit);
+    let implicit: HashSet<&[u8]> = made.implicit_dirs.iter().map(Vec::as_slice).collect();
+    let modes: HashMap<&[u8], u32> = made.dir_modes.iter().map(|(path, mode)| (path.as_slice(), *mode)).collect();
+    let result = applier.link_tree(layer, &implicit, &modes);
     let restored = applier.restore_locked_dirs();
     result?;
     restored?;
@@ -509,6 +518,10 @@ struct Applier<'o> {
     layer_mode: bool,
     /// The directories made only as parents of entries, by path.
     implicit: std::collections::BTreeSet<Vec<u8>>,
+    /// [`unpack_layer`] without root: directories whose mode would keep
+    /// their owner out (`0555`, `0000`), by path, with that mode; on disk
+    /// they stay open to their owner, so that linking can read them.
+    dir_modes: Vec<(Vec<u8>, u32)>,
 }
 
 fn io_error<E: Into<io::Error>>(path: &Path) -> impl FnOnce(E) -> UnpackError + '_ {
@@ -563,6 +576,7 @@ impl<'o> Applier<'o> {
             buf: vec![0; COPY_BUFFER_LEN],
             layer_mode: false,
             implicit: std::collections::BTreeSet::new(),
+            dir_modes: Vec::new(),
         }
     }
 
@@ -634,7 +648,12 @@ impl<'o> Applier<'o> {
 
     /// [`link_layer`]'s walk: directories before what they hold, nothing
     /// followed (only real directories of the layer are entered).
-    fn link_tree(&mut self, layer: &Path, implicit: &HashSet<&[u8]>) -> Result<(), UnpackError> {
+    fn link_tree(
+        &mut self,
+        layer: &Path,
+        implicit: &HashSet<&[u8]>,
+        modes: &HashMap<&[u8], u32>,
+    ) -> Result<(), UnpackError> {
         let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(dir) = pending.pop() {
             let on_disk = layer.join(OsStr::from_bytes(&dir));
@@ -665,7 +684,7 @@ impl<'o> Applier<'o> {
                     if !implicit.contains(path.as_slice()) {
                         let stat = rustix::fs::lstat(&source).map_err(io_error(&source))?;
                         let meta = Meta {
-                            mode: stat.st_mode & 0o7777,
+                            mode: modes.get(path.as_slice()).copied().unwrap_or(stat.st_mode & 0o7777),
                             uid: stat.st_uid,
                             gid: stat.st_gid,
                             mtime: stat.st_mtime,
@@ -1179,7 +1198,17 @@ impl<'o> Applier<'o> {
                 Ok(_) | Err(Errno::NOENT) => continue,
                 Err(e) => return Err(io_error(&dir.shown)(e)),
             }
-            self.set_metadata_at(&parent, &dir.name, dir.meta, Chmod::Directory).map_err(io_error(&dir.shown))?;
+            let mut meta = dir.meta;
+            if self.layer_mode && self.euid != 0 && meta.mode & 0o700 != 0o700 {
+                let mut path = dir.parent.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&dir.name);
+                self.dir_modes.push((path, meta.mode));
+                meta.mode |= 0o700;
+            }
+            self.set_metadata_at(&parent, &dir.name, meta, Chmod::Directory).map_err(io_error(&dir.shown))?;
         }
         Ok(())
     }

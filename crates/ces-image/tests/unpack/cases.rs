@@ -110,7 +110,7 @@ impl Fixture {
             }
             result => result?,
         };
-        let linked = link_layer(&self.root, dir.path(), &alone.implicit_dirs, options)?;
+        let linked = link_layer(&self.root, dir.path(), &alone, options)?;
         // What linking cannot see (data written, attributes, devices
         // skipped) is what unpacking the layer alone did.
         Ok(UnpackStats { entries: linked.entries, whiteouts: linked.whiteouts, ..alone.stats })
@@ -962,11 +962,15 @@ fn unprivileged_scenario(dir: &Path) {
             Entry::file("ro/sub/f", "f"),
             Entry::Dir { path: "opaque".into(), mode: 0o555 },
             Entry::file("opaque/lower", "l"),
+            // Closed even to its owner: unpacked alone, it must still be read.
+            Entry::Dir { path: "closed".into(), mode: 0o000 },
+            Entry::file("closed/f", "f"),
         ]),
         &options,
     )
     .expect("layer 1");
     assert_eq!(mode(&fx.at("usr/bin")), 0o555);
+    assert_eq!(mode(&fx.at("closed")), 0o000);
     let stats = fx
         .apply_with(
             &Layer::new(vec![
