@@ -596,18 +596,31 @@ impl Store {
             }
         }
         let layers = self.layers_dir();
+        let mut dead: Vec<String> = Vec::new();
         for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
-            let entry = entry.map_err(io_err(&layers))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let hex = name.strip_suffix(".json").unwrap_or(&name);
-            if !live_layers.contains(hex) {
-                if name.ends_with(".json") {
-                    fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
-                } else {
-                    remove_tree(&entry.path())?;
-                    stats.layers += 1;
-                }
+            let name = entry.map_err(io_err(&layers))?.file_name().to_string_lossy().into_owned();
+            let hex = name.strip_suffix(".json").unwrap_or(&name).to_owned();
+            if !live_layers.contains(&hex) && !dead.contains(&hex) {
+                dead.push(hex);
             }
+        }
+        for hex in dead {
+            // The record first, then the directory moved out of the way: a
+            // gc stopped half-way leaves no record naming a half-deleted layer.
+            let record = layers.join(format!("{hex}.json"));
+            match fs::remove_file(&record) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&record)(e)),
+            }
+            let dir = layers.join(&hex);
+            if dir.exists() {
+                let doomed = self.temp_path("gc-layer");
+                fs::rename(&dir, &doomed).map_err(io_err(&dir))?;
+                remove_tree(&doomed)?;
+                stats.layers += 1;
+            }
+            let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
         }
         Ok(stats)
     }
@@ -658,8 +671,13 @@ impl Store {
         let manifest = self.manifest(digest)?;
         let config = self.config(&manifest)?;
         let diff_ids = config.rootfs().diff_ids();
+        // Layers that cannot be unpacked alone (a hard link into a lower
+        // layer), and anything else that fails in the layered way, are
+        // unpacked the old way, which is the reference: its error is the one
+        // reported. A limit reached, a disk full or a blob that cannot be
+        // read fail as they are.
         let layers = match self.unpack_layers(&manifest, diff_ids, options, on_layer) {
-            Err(StoreError::Unpack { source: UnpackError::Link { .. }, .. }) => {
+            Err(StoreError::Unpack { .. }) => {
                 return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
             }
             result => result?,
@@ -686,9 +704,19 @@ impl Store {
                 }
             })
         });
-        if let Err(e) = assembled {
-            let _ = remove_tree(&temp);
-            return Err(e);
+        match assembled {
+            Ok(()) => {}
+            // Linking failed (entries of one layer that land on one place,
+            // a store split across file systems, a file's link limit): the
+            // old way.
+            Err(StoreError::Unpack { .. }) => {
+                let _ = remove_tree(&temp);
+                return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
+            }
+            Err(e) => {
+                let _ = remove_tree(&temp);
+                return Err(e);
+            }
         }
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
         let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
@@ -723,7 +751,8 @@ impl Store {
         // What is left of the budget for the layers unpacked now.
         let reused = found.iter().flatten().fold(0u64, |sum, (r, _)| sum.saturating_add(r.size));
         let budget = self.max_unpacked.map(|max| std::sync::Arc::new(AtomicU64::new(max.saturating_sub(reused))));
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(missing.len()).max(1);
+        // One per core, at most 4: each decompressor may hold a large window.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4).min(missing.len()).max(1);
         let next = AtomicU64::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
         let (sender, receiver) = std::sync::mpsc::channel();

@@ -330,7 +330,9 @@ pub fn unpack_layer(dir: &Path, layer: impl Read, options: &UnpackOptions) -> Re
 /// The `user.*` extended attributes of `path` (not followed), as a layer
 /// directory's directory has them: what [`Applier::set_xattrs`] takes.
 fn user_xattrs(path: &Path) -> Vec<Xattr> {
-    let mut names = vec![0u8; 4096];
+    // Asked for the size first: a long list is read whole.
+    let Ok(size) = rustix::fs::llistxattr(path, &mut [0u8; 0][..]) else { return Vec::new() };
+    let mut names = vec![0u8; size];
     let Ok(len) = rustix::fs::llistxattr(path, &mut names) else { return Vec::new() };
     names.truncate(len);
     let mut xattrs = Vec::new();
@@ -393,6 +395,7 @@ pub fn link_layer(
     options: &UnpackOptions,
 ) -> Result<UnpackStats, UnpackError> {
     let mut applier = Applier::new(open_root(root)?, options);
+    applier.linking = true;
     let implicit: HashSet<&[u8]> = made.implicit_dirs.iter().map(Vec::as_slice).collect();
     let modes: HashMap<&[u8], u32> = made.dir_modes.iter().map(|(path, mode)| (path.as_slice(), *mode)).collect();
     let result = applier.link_tree(layer, &implicit, &modes);
@@ -516,8 +519,11 @@ struct Applier<'o> {
     /// [`unpack_layer`]: whiteouts are kept as files, and the directories
     /// made only as parents are listed in `implicit`.
     layer_mode: bool,
-    /// The directories made only as parents of entries, by path.
+    /// The directories made only as parents of entries, by where they
+    /// are (symbolic links on the way resolved).
     implicit: std::collections::BTreeSet<Vec<u8>>,
+    /// [`link_layer`]: linking a layer's directory, not applying a tar.
+    linking: bool,
     /// [`unpack_layer`] without root: directories whose mode would keep
     /// their owner out (`0555`, `0000`), by path, with that mode; on disk
     /// they stay open to their owner, so that linking can read them.
@@ -575,6 +581,7 @@ impl<'o> Applier<'o> {
             stats: UnpackStats::default(),
             buf: vec![0; COPY_BUFFER_LEN],
             layer_mode: false,
+            linking: false,
             implicit: std::collections::BTreeSet::new(),
             dir_modes: Vec::new(),
         }
@@ -606,7 +613,12 @@ impl<'o> Applier<'o> {
             tracing::debug!(entry = %quote_path(&shown), "ignoring an entry for the root itself");
             return Ok(());
         };
-        if name.starts_with(WHITEOUT_PREFIX) && !self.layer_mode {
+        if name.starts_with(WHITEOUT_PREFIX) {
+            if self.layer_mode {
+                // Kept as an empty file whatever its type (a device, a link):
+                // linking reads it by its name only.
+                return self.marker(&shown, parent, name);
+            }
             return self.whiteout(&shown, parent, name);
         }
 
@@ -657,9 +669,17 @@ impl<'o> Applier<'o> {
         let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(dir) = pending.pop() {
             let on_disk = layer.join(OsStr::from_bytes(&dir));
-            let entries = std::fs::read_dir(&on_disk).map_err(|e| io_error(&on_disk)(e))?;
+            let mut entries = std::fs::read_dir(&on_disk)
+                .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
+                .map_err(|e| io_error(&on_disk)(e))?;
+            // The tar's order is gone: whiteouts and opaque markers first, as
+            // in a tar sorted by name (`.wh.` sorts before the names it
+            // hides), then the rest by name.
+            entries.sort_by_key(|e| {
+                let name = e.file_name().as_bytes().to_vec();
+                (!name.starts_with(WHITEOUT_PREFIX), name)
+            });
             for entry in entries {
-                let entry = entry.map_err(|e| io_error(&on_disk)(e))?;
                 let name = entry.file_name().as_bytes().to_vec();
                 let mut path = dir.clone();
                 if !path.is_empty() {
@@ -701,9 +721,22 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
+    /// [`link_layer`]: two entries of the layer that land on one place
+    /// (through a lower layer's symbolic link) are decided by the tar's
+    /// order, which a layer's directory no longer has. Refused, so that the
+    /// caller applies the tar itself.
+    fn not_written(&self, dir: &Parent, name: &[u8], shown: &Path) -> Result<(), UnpackError> {
+        if self.linking && self.written.contains(&(dir.id, name.to_vec())) {
+            let source = io::Error::other("two entries of the layer land on one place: their order decides");
+            return Err(UnpackError::Link { entry: shown.to_path_buf(), target: shown.to_path_buf(), source });
+        }
+        Ok(())
+    }
+
     /// An entry of [`link_layer`]'s layer other than a directory: linked.
     fn linked(&mut self, shown: &Path, parent: &[&[u8]], name: &[u8], source: &Path) -> Result<(), UnpackError> {
         let dir = self.parent(parent).map_err(io_error(shown))?;
+        self.not_written(&dir, name, shown)?;
         self.make_room(&dir, name, false).map_err(io_error(shown))?;
         // No AT_SYMLINK_FOLLOW: a symbolic link is linked itself.
         self.unlocking(&dir.fd, || rustix::fs::linkat(rustix::fs::CWD, source, &dir.fd, name, AtFlags::empty()))
@@ -711,6 +744,43 @@ impl<'o> Applier<'o> {
         self.written.insert((dir.id, name.to_vec()));
         self.stats.entries += 1;
         Ok(())
+    }
+
+    /// [`unpack_layer`]: a whiteout or opaque marker, kept as an empty file.
+    fn marker(&mut self, shown: &Path, parent: &[&[u8]], name: &[u8]) -> Result<(), UnpackError> {
+        let dir = self.parent(parent).map_err(io_error(shown))?;
+        self.make_room(&dir, name, false).map_err(io_error(shown))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        self.unlocking(&dir.fd, || rustix::fs::openat(&dir.fd, name, flags, Mode::RUSR | Mode::WUSR))
+            .map_err(io_error(shown))?;
+        self.written.insert((dir.id, name.to_vec()));
+        self.stats.whiteouts += 1;
+        Ok(())
+    }
+
+    /// Where `fd` (a directory in the root) is, relative to the root, with
+    /// every symbolic link on the way resolved (from `/proc`).
+    fn real_path(&self, fd: impl AsFd) -> Option<Vec<u8>> {
+        let at = |fd: std::os::fd::BorrowedFd<'_>| {
+            use std::os::fd::AsRawFd as _;
+            rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new()).ok().map(|p| p.into_bytes())
+        };
+        let root = at(self.root.as_fd())?;
+        let path = at(fd.as_fd())?;
+        if path == root {
+            return Some(Vec::new());
+        }
+        path.strip_prefix(root.as_slice())?.strip_prefix(b"/").map(<[u8]>::to_vec)
+    }
+
+    /// The real path (see [`Applier::real_path`]) of `name` in `dir`.
+    fn real_path_of(&self, dir: impl AsFd, name: &[u8]) -> Option<Vec<u8>> {
+        let mut path = self.real_path(dir)?;
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(name);
+        Some(path)
     }
 
     // ----- entry kinds -----
@@ -724,17 +794,20 @@ impl<'o> Applier<'o> {
         xattrs: &[Xattr],
     ) -> Result<(), UnpackError> {
         let dir = self.parent(parent).map_err(io_error(shown))?;
+        if self.linking
+            && self.written.contains(&(dir.id, name.to_vec()))
+            && !rustix::fs::statat(&dir.fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|s| is_dir(&s))
+        {
+            self.not_written(&dir, name, shown)?;
+        }
         if self.make_room(&dir, name, true).map_err(io_error(shown))? == Room::Free {
             // Owner-only until the layer is done (see `PendingDir`).
             self.unlocking(&dir.fd, || rustix::fs::mkdirat(&dir.fd, name, Mode::RWXU)).map_err(io_error(shown))?;
         }
         self.written.insert((dir.id, name.to_vec()));
-        if self.layer_mode {
-            let mut path = join(parent);
-            if !path.is_empty() {
-                path.push(b'/');
-            }
-            path.extend_from_slice(name);
+        if self.layer_mode
+            && let Some(path) = self.real_path_of(&dir.fd, name)
+        {
             self.implicit.remove(&path);
         }
         if !xattrs.is_empty() {
@@ -1016,8 +1089,10 @@ impl<'o> Applier<'o> {
                         // depend on who unpacked it.
                         rustix::fs::chmodat(&current, name, Mode::from_raw_mode(0o755), AtFlags::empty())?;
                         self.written.insert((dir_id(&current)?, name.to_vec()));
-                        if self.layer_mode {
-                            self.implicit.insert(prefix.clone());
+                        if self.layer_mode
+                            && let Some(path) = self.real_path_of(&current, name)
+                        {
+                            self.implicit.insert(path);
                         }
                         current = self.open_in_root(&prefix, OFlags::PATH)?;
                     }
@@ -1199,12 +1274,11 @@ impl<'o> Applier<'o> {
                 Err(e) => return Err(io_error(&dir.shown)(e)),
             }
             let mut meta = dir.meta;
-            if self.layer_mode && self.euid != 0 && meta.mode & 0o700 != 0o700 {
-                let mut path = dir.parent.clone();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(&dir.name);
+            if self.layer_mode
+                && self.euid != 0
+                && meta.mode & 0o700 != 0o700
+                && let Some(path) = self.real_path_of(&parent, &dir.name)
+            {
                 self.dir_modes.push((path, meta.mode));
                 meta.mode |= 0o700;
             }

@@ -67,6 +67,8 @@ struct Fixture {
     before: BTreeMap<PathBuf, Seen>,
     /// Where each layer is unpacked alone first, when [`super::LAYERED`].
     layers: tempfile::TempDir,
+    /// The layers applied so far, for a fallback that starts over.
+    applied: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 impl Fixture {
@@ -86,7 +88,7 @@ impl Fixture {
         snapshot(tmp.path(), &root, &mut before);
         // Beside the temp dir, not in it: the snapshot covers all of it.
         let layers = tempfile::tempdir_in(tmp.path().parent().expect("parent")).expect("layers dir");
-        Fixture { tmp, root, outside, before, layers }
+        Fixture { tmp, root, outside, before, layers, applied: Default::default() }
     }
 
     fn apply(&self, layer: &Layer) -> Result<UnpackStats, UnpackError> {
@@ -99,21 +101,48 @@ impl Fixture {
         if !super::LAYERED {
             return apply_layer(&self.root, tar, options);
         }
+        self.applied.borrow_mut().push(blob.clone());
+        let result = self.apply_layered(&blob, tar, options);
+        if result.is_err() {
+            // A layer that fails is not part of what a later one starts over from.
+            self.applied.borrow_mut().pop();
+        }
+        result
+    }
+
+    fn apply_layered(
+        &self,
+        blob: &[u8],
+        tar: impl std::io::Read,
+        options: &UnpackOptions,
+    ) -> Result<UnpackStats, UnpackError> {
         // As the store does: the layer alone into a directory of its own,
-        // then linked into the root. A hard link to a lower layer's file
-        // cannot be unpacked alone: the store applies such an image the old
-        // way, and so does this.
+        // then linked into the root. What cannot be done so (a hard link to
+        // a lower layer's file, two entries landing on one place) the store
+        // does the old way, from the start: so does this.
         let dir = tempfile::tempdir_in(self.layers.path()).expect("layer dir");
         let alone = match unpack_layer(dir.path(), tar, options) {
-            Err(UnpackError::Link { .. }) => {
-                return apply_layer(&self.root, decompress(blob.as_slice()).expect("decompress"), options);
-            }
+            Err(UnpackError::Link { .. }) => return self.start_over(options),
             result => result?,
         };
-        let linked = link_layer(&self.root, dir.path(), &alone, options)?;
+        let linked = match link_layer(&self.root, dir.path(), &alone, options) {
+            Err(UnpackError::Link { .. }) => return self.start_over(options),
+            result => result?,
+        };
         // What linking cannot see (data written, attributes, devices
         // skipped) is what unpacking the layer alone did.
         Ok(UnpackStats { entries: linked.entries, whiteouts: linked.whiteouts, ..alone.stats })
+    }
+
+    /// Every layer so far applied again, the old way, onto an empty root.
+    fn start_over(&self, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
+        fs::remove_dir_all(&self.root).expect("empty the root");
+        fs::create_dir(&self.root).expect("mkdir rootfs");
+        let mut stats = UnpackStats::default();
+        for blob in self.applied.borrow().iter() {
+            stats = apply_layer(&self.root, decompress(blob.as_slice()).expect("decompress"), options)?;
+        }
+        Ok(stats)
     }
 
     /// A path inside the rootfs.
@@ -393,6 +422,50 @@ fn a_directory_a_layer_only_implies_keeps_the_lower_layers_metadata() {
     assert_eq!((read(&fx.at("etc/keep")), read(&fx.at("etc/new"))), ("k".into(), "n".into()));
     fx.apply(&Layer::new(vec![Entry::Dir { path: "tmp".into(), mode: 0o755 }])).expect("layer 3");
     assert_eq!(mode(&fx.at("tmp")), 0o755);
+    fx.assert_outside_unchanged();
+}
+
+/// A directory the layer implies through a symbolic link of its own
+/// (`a -> b`, then `a/c/x`) is the lower layer's `b/c`: left as it is. And
+/// one it names explicitly through such a link gets the layer's mode.
+#[test]
+fn implied_and_explicit_directories_through_a_link_of_the_same_layer() {
+    let fx = Fixture::new();
+    fx.apply(&Layer::new(vec![Entry::dir("b"), Entry::Dir { path: "b/c".into(), mode: 0o1777 }])).expect("layer 1");
+    fx.apply(&Layer::new(vec![Entry::file("b/y", "y"), Entry::symlink("a", "b"), Entry::file("a/c/x", "x")]))
+        .expect("layer 2");
+    assert_eq!(mode(&fx.at("b/c")), 0o1777);
+    assert_eq!(read(&fx.at("b/c/x")), "x");
+    fx.apply(&Layer::new(vec![
+        Entry::file("b/c/z", "z"),
+        Entry::symlink("a", "b"),
+        Entry::Dir { path: "a/c".into(), mode: 0o700 },
+    ]))
+    .expect("layer 3");
+    assert_eq!(mode(&fx.at("b/c")), 0o700);
+    fx.assert_outside_unchanged();
+}
+
+/// Two entries of one layer that land on one file through a lower layer's
+/// link: the later in the tar wins.
+#[test]
+fn two_entries_landing_on_one_file_the_later_wins() {
+    let fx = Fixture::new();
+    fx.apply(&Layer::new(vec![Entry::dir("usr/bin"), Entry::symlink("bin", "usr/bin")])).expect("layer 1");
+    fx.apply(&Layer::new(vec![Entry::file("usr/bin/sh", "usr-version"), Entry::file("bin/sh", "bin-version")]))
+        .expect("layer 2");
+    assert_eq!(read(&fx.at("usr/bin/sh")), "bin-version");
+    fx.assert_outside_unchanged();
+}
+
+/// A whiteout is a whiteout whatever its tar type.
+#[test]
+fn a_whiteout_that_is_a_device_entry_still_hides() {
+    let fx = Fixture::new();
+    fx.apply(&Layer::new(vec![Entry::file("x", "x"), Entry::file("keep", "k")])).expect("layer 1");
+    fx.apply(&Layer::new(vec![Entry::CharDevice { path: ".wh.x".into(), major: 0, minor: 0 }])).expect("layer 2");
+    assert!(!exists(&fx.at("x")) && !exists(&fx.at(".wh.x")));
+    assert_eq!(read(&fx.at("keep")), "k");
     fx.assert_outside_unchanged();
 }
 
