@@ -102,7 +102,7 @@ impl Fixture {
             return apply_layer(&self.root, tar, options);
         }
         self.applied.borrow_mut().push(blob.clone());
-        let result = self.apply_layered(&blob, tar, options);
+        let result = self.apply_layered(tar, options);
         if result.is_err() {
             // A layer that fails is not part of what a later one starts over from.
             self.applied.borrow_mut().pop();
@@ -110,12 +110,7 @@ impl Fixture {
         result
     }
 
-    fn apply_layered(
-        &self,
-        blob: &[u8],
-        tar: impl std::io::Read,
-        options: &UnpackOptions,
-    ) -> Result<UnpackStats, UnpackError> {
+    fn apply_layered(&self, tar: impl std::io::Read, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
         // As the store does: the layer alone into a directory of its own,
         // then linked into the root. What cannot be done so (a hard link to
         // a lower layer's file, two entries landing on one place) the store
