@@ -330,11 +330,18 @@ pub fn unpack_layer(dir: &Path, layer: impl Read, options: &UnpackOptions) -> Re
 /// The `user.*` extended attributes of `path` (not followed), as a layer
 /// directory's directory has them: what [`Applier::set_xattrs`] takes.
 fn user_xattrs(path: &Path) -> Vec<Xattr> {
-    // Asked for the size first: a long list is read whole.
-    let Ok(size) = rustix::fs::llistxattr(path, &mut [0u8; 0][..]) else { return Vec::new() };
-    let mut names = vec![0u8; size];
-    let Ok(len) = rustix::fs::llistxattr(path, &mut names) else { return Vec::new() };
-    names.truncate(len);
+    // A long list is read whole: the buffer grows while it is too small.
+    let mut names = vec![0u8; 4096];
+    loop {
+        match rustix::fs::llistxattr(path, &mut names) {
+            Ok(len) => {
+                names.truncate(len);
+                break;
+            }
+            Err(Errno::RANGE) if names.len() < 1 << 20 => names.resize(names.len() * 4, 0),
+            Err(_) => return Vec::new(),
+        }
+    }
     let mut xattrs = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
         let Ok(c_name) = std::ffi::CString::new(name) else { continue };
