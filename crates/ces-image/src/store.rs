@@ -832,27 +832,23 @@ impl Store {
         let result = (|| {
             let blob = self.open_blob(&layer_digest)?;
             let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
+            let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
+            let budgeted = Budgeted::new(tar, budget);
+            let exceeded = budgeted.exceeded.clone();
             let too_large = || StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() };
-            // Decompressed and hashed on a thread of its own while this one
-            // writes the files: two cores for one layer.
-            let mut stream = Inflating::start(blob, budget);
-            let unpacked = unpack::unpack_layer(&temp, &mut stream, options);
-            let finished = stream.finish();
-            if finished.exceeded {
-                return Err(too_large());
-            }
-            if let Some(e) = finished.read_error {
-                return Err(read_err(e));
-            }
-            let unpacked = unpacked.map_err(|source| {
-                if source.is_disk_full() {
+            let mut hashing = HashingReader::new(budgeted);
+            let unpacked = unpack::unpack_layer(&temp, &mut hashing, options).map_err(|source| {
+                if exceeded.load(Ordering::Relaxed) {
+                    too_large()
+                } else if source.is_disk_full() {
                     StoreError::DiskFull { path: temp.clone() }
                 } else {
                     StoreError::Unpack { layer: layer_digest.clone(), source }
                 }
             })?;
-            let (actual, size) =
-                finished.digest.ok_or_else(|| read_err(io::Error::other("the layer's stream ended early")))?;
+            let (actual, size) = hashing
+                .drain()
+                .map_err(|e| if exceeded.load(Ordering::Relaxed) { too_large() } else { read_err(e) })?;
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
@@ -957,110 +953,6 @@ struct LayerRecord {
     /// The modes its directories keep off disk ([`unpack::LayerDir::dir_modes`]).
     #[serde(default)]
     dir_modes: Vec<(Vec<u8>, u32)>,
-}
-
-/// A layer blob decompressed, counted against the budget and hashed on a
-/// thread of its own, its bytes handed over in chunks: read on the other
-/// side (by the unpacker) while the next chunk is being inflated.
-struct Inflating {
-    chunks: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    at: usize,
-    worker: Option<std::thread::JoinHandle<Inflated>>,
-}
-
-/// How [`Inflating`]'s thread ended.
-struct Inflated {
-    /// The budget ran out.
-    exceeded: bool,
-    /// The blob could not be read or decompressed.
-    read_error: Option<io::Error>,
-    /// The digest and length of the whole uncompressed stream, when it was
-    /// read to its end.
-    digest: Option<(Digest, u64)>,
-}
-
-impl Inflating {
-    /// Bytes per chunk, and chunks in flight.
-    const CHUNK: usize = 256 << 10;
-    const AHEAD: usize = 8;
-
-    fn start(blob: File, budget: Option<std::sync::Arc<AtomicU64>>) -> Inflating {
-        let (sender, chunks) = std::sync::mpsc::sync_channel(Self::AHEAD);
-        let worker = std::thread::spawn(move || {
-            let stream = match unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = sender.send(Err(io::Error::other("the layer cannot be read")));
-                    return Inflated { exceeded: false, read_error: Some(e), digest: None };
-                }
-            };
-            let budgeted = Budgeted::new(stream, budget);
-            let exceeded = budgeted.exceeded.clone();
-            let mut hashing = HashingReader::new(budgeted);
-            loop {
-                let mut chunk = vec![0u8; Self::CHUNK];
-                match hashing.read(&mut chunk) {
-                    Ok(0) => {
-                        return match hashing.drain() {
-                            Ok(done) => Inflated { exceeded: false, read_error: None, digest: Some(done) },
-                            Err(e) => Inflated { exceeded: false, read_error: Some(e), digest: None },
-                        };
-                    }
-                    Ok(n) => {
-                        chunk.truncate(n);
-                        // The unpacker gave up (an error): nothing more to do.
-                        if sender.send(Ok(chunk)).is_err() {
-                            return Inflated { exceeded: false, read_error: None, digest: None };
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // Mid-stream (a truncated or damaged blob): the unpacker
-                    // reports it, as a corrupt layer, like any error of its
-                    // stream.
-                    Err(e) => {
-                        let exceeded = exceeded.load(Ordering::Relaxed);
-                        let _ = sender.send(Err(e));
-                        return Inflated { exceeded, read_error: None, digest: None };
-                    }
-                }
-            }
-        });
-        Inflating { chunks, current: Vec::new(), at: 0, worker: Some(worker) }
-    }
-
-    /// Stops the thread (the channel closed) and says how it ended.
-    fn finish(mut self) -> Inflated {
-        let worker = self.worker.take();
-        drop(std::mem::replace(&mut self.chunks, std::sync::mpsc::sync_channel(0).1));
-        match worker.map(std::thread::JoinHandle::join) {
-            Some(Ok(done)) => done,
-            _ => Inflated {
-                exceeded: false,
-                read_error: Some(io::Error::other("the decompressing thread failed")),
-                digest: None,
-            },
-        }
-    }
-}
-
-impl Read for Inflating {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.chunks.recv() {
-                Ok(chunk) => {
-                    self.current = chunk?;
-                    self.at = 0;
-                }
-                // The thread is done: the stream's end.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 /// A layer's uncompressed stream, cut off with an error (and `exceeded`
