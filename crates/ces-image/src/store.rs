@@ -554,6 +554,9 @@ impl Store {
         debug_assert!(lock.exclusive, "gc needs the exclusive store lock");
         let mut live_blobs = HashSet::new();
         let mut live_manifests = HashSet::new();
+        // Layers a named image has (a root filesystem made from one keeps
+        // its files anyway: they are hard links).
+        let mut live_layers = HashSet::new();
         for record in self.images()? {
             live_blobs.insert(record.digest.hex().to_owned());
             live_manifests.insert(record.digest.hex().to_owned());
@@ -564,6 +567,10 @@ impl Store {
                 for layer in manifest.layers() {
                     live_blobs.insert(layer.digest().digest().to_owned());
                 }
+                let config = self.config(&manifest);
+                live_layers.extend(
+                    config.iter().flat_map(|c| c.rootfs().diff_ids()).filter_map(|d| diff_id_hex(d)).map(str::to_owned),
+                );
             }
         }
         let mut stats = GcStats::default();
@@ -586,22 +593,13 @@ impl Store {
                 stats.rootfs += 1;
             }
         }
-        // Layers no named image has (a root filesystem made from one keeps
-        // its files: they are hard links).
-        let mut live_layers = HashSet::new();
-        for record in self.images()? {
-            let config = self.manifest(&record.digest).and_then(|m| self.config(&m));
-            for diff_id in config.iter().flat_map(|c| c.rootfs().diff_ids()) {
-                live_layers.insert(diff_id.rsplit(':').next().unwrap_or(diff_id).to_owned());
-            }
-        }
         let layers = self.layers_dir();
-        let mut dead: Vec<String> = Vec::new();
+        let mut dead = std::collections::BTreeSet::new();
         for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
             let name = entry.map_err(io_err(&layers))?.file_name().to_string_lossy().into_owned();
             let hex = name.strip_suffix(".json").unwrap_or(&name).to_owned();
-            if !live_layers.contains(&hex) && !dead.contains(&hex) {
-                dead.push(hex);
+            if !live_layers.contains(&hex) {
+                dead.insert(hex);
             }
         }
         for hex in dead {
@@ -789,8 +787,7 @@ impl Store {
 
     /// The record of the layer with this diff_id, if the store has it whole.
     fn layer_record(&self, diff_id: &str) -> Option<LayerRecord> {
-        let hex =
-            diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        let hex = diff_id_hex(diff_id)?;
         let dir = self.layers_dir().join(hex);
         let json = fs::read(self.layers_dir().join(format!("{hex}.json"))).ok()?;
         let record: LayerRecord = serde_json::from_slice(&json).ok()?;
@@ -812,9 +809,7 @@ impl Store {
             expected: diff_id.to_owned(),
             actual,
         };
-        let Some(hex) =
-            diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        else {
+        let Some(hex) = diff_id_hex(diff_id) else {
             return Err(mismatch(layer_digest.clone()));
         };
         let _guard =
@@ -939,6 +934,12 @@ impl Store {
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
         Ok(Unpacked { path: dest, layers: stats })
     }
+}
+
+/// The hex of a `sha256:` diff_id, the name of its layer's directory; `None`
+/// for anything else (a config names it: it is not trusted as a path).
+fn diff_id_hex(diff_id: &str) -> Option<&str> {
+    diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A layer unpacked alone (`layers/<hex>.json`).

@@ -765,29 +765,28 @@ impl<'o> Applier<'o> {
         Ok(())
     }
 
-    /// Where `fd` (a directory in the root) is, relative to the root, with
-    /// every symbolic link on the way resolved (from `/proc`).
-    fn real_path(&self, fd: impl AsFd) -> Option<Vec<u8>> {
+    /// Where `name` in the directory `dir` is, relative to the root, with
+    /// every symbolic link on the way resolved (the directories' paths from
+    /// `/proc`). An error (no `/proc`) fails the layer: unpacked alone, it
+    /// could not say which directories it only implies, and the store then
+    /// applies the image the old way.
+    fn real_path_of(&self, dir: impl AsFd, name: &[u8]) -> rustix::io::Result<Vec<u8>> {
         let at = |fd: std::os::fd::BorrowedFd<'_>| {
             use std::os::fd::AsRawFd as _;
-            rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new()).ok().map(|p| p.into_bytes())
+            rustix::fs::readlink(format!("/proc/self/fd/{}", fd.as_raw_fd()), Vec::new()).map(|p| p.into_bytes())
         };
         let root = at(self.root.as_fd())?;
-        let path = at(fd.as_fd())?;
-        if path == root {
-            return Some(Vec::new());
-        }
-        path.strip_prefix(root.as_slice())?.strip_prefix(b"/").map(<[u8]>::to_vec)
-    }
-
-    /// The real path (see [`Applier::real_path`]) of `name` in `dir`.
-    fn real_path_of(&self, dir: impl AsFd, name: &[u8]) -> Option<Vec<u8>> {
-        let mut path = self.real_path(dir)?;
+        let dir = at(dir.as_fd())?;
+        let mut path = match dir.strip_prefix(root.as_slice()) {
+            Some(b"") => Vec::new(),
+            Some(rest) => rest.strip_prefix(b"/").ok_or(Errno::NOENT)?.to_vec(),
+            None => return Err(Errno::NOENT),
+        };
         if !path.is_empty() {
             path.push(b'/');
         }
         path.extend_from_slice(name);
-        Some(path)
+        Ok(path)
     }
 
     // ----- entry kinds -----
@@ -812,9 +811,8 @@ impl<'o> Applier<'o> {
             self.unlocking(&dir.fd, || rustix::fs::mkdirat(&dir.fd, name, Mode::RWXU)).map_err(io_error(shown))?;
         }
         self.written.insert((dir.id, name.to_vec()));
-        if self.layer_mode
-            && let Some(path) = self.real_path_of(&dir.fd, name)
-        {
+        if self.layer_mode && !self.implicit.is_empty() {
+            let path = self.real_path_of(&dir.fd, name).map_err(io_error(shown))?;
             self.implicit.remove(&path);
         }
         if !xattrs.is_empty() {
@@ -1096,9 +1094,8 @@ impl<'o> Applier<'o> {
                         // depend on who unpacked it.
                         rustix::fs::chmodat(&current, name, Mode::from_raw_mode(0o755), AtFlags::empty())?;
                         self.written.insert((dir_id(&current)?, name.to_vec()));
-                        if self.layer_mode
-                            && let Some(path) = self.real_path_of(&current, name)
-                        {
+                        if self.layer_mode {
+                            let path = self.real_path_of(&current, name)?;
                             self.implicit.insert(path);
                         }
                         current = self.open_in_root(&prefix, OFlags::PATH)?;
@@ -1281,11 +1278,8 @@ impl<'o> Applier<'o> {
                 Err(e) => return Err(io_error(&dir.shown)(e)),
             }
             let mut meta = dir.meta;
-            if self.layer_mode
-                && self.euid != 0
-                && meta.mode & 0o700 != 0o700
-                && let Some(path) = self.real_path_of(&parent, &dir.name)
-            {
+            if self.layer_mode && self.euid != 0 && meta.mode & 0o700 != 0o700 {
+                let path = self.real_path_of(&parent, &dir.name).map_err(io_error(&dir.shown))?;
                 self.dir_modes.push((path, meta.mode));
                 meta.mode |= 0o700;
             }

@@ -444,6 +444,26 @@ mod tests {
         assert!(!Ignore::parse("a/**/z").excludes("a/b/c") && Ignore::parse("a/**/z").excludes("a/z"));
     }
 
+    /// A link in the context that points outside it (to a file or a
+    /// directory) is listed as the link it is: never entered, never read.
+    #[test]
+    fn links_out_of_the_context_are_neither_entered_nor_read() {
+        let base = std::env::temp_dir().join(format!("ces-lint-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (dir, outside) = (base.join("ctx"), base.join("outside"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(outside.join("data")).unwrap();
+        std::fs::write(outside.join("data/cohort.csv"), "secret").unwrap();
+        std::fs::write(outside.join("requirements.txt"), "transformers").unwrap();
+        std::os::unix::fs::symlink(outside.join("data"), dir.join("data")).unwrap();
+        std::os::unix::fs::symlink(outside.join("requirements.txt"), dir.join("requirements.txt")).unwrap();
+        let context = BuildContext::open(&dir, None).unwrap();
+        assert_eq!(context.files(), ["data", "requirements.txt"], "the links themselves, nothing under them");
+        assert_eq!(context.read("requirements.txt"), None);
+        assert_eq!(context.read("data/cohort.csv"), None);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
     #[test]
     fn copy_sources_name_files_directories_and_wildcards() {
         let dir = std::env::temp_dir().join(format!("ces-lint-context-{}", std::process::id()));

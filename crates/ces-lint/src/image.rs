@@ -37,12 +37,20 @@ pub fn steps<'a>(chain: &[&Stage<'a>]) -> Vec<Step<'a>> {
     for instruction in chain.iter().rev().flat_map(|s| s.instructions.iter()) {
         match instruction.keyword.as_str() {
             "ENV" | "ARG" => {
+                // ENV as the rules read it (both of its forms); ARG's defaults.
+                let set = match instruction.keyword.as_str() {
+                    "ENV" => crate::rules::env_values(std::iter::once(instruction)),
+                    _ => instruction
+                        .words()
+                        .iter()
+                        .filter_map(|w| w.split_once('='))
+                        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                        .collect(),
+                };
                 let mut more = (*env).clone();
-                for word in instruction.words() {
-                    if let Some((name, value)) = word.split_once('=') {
-                        let value = crate::stages::expand(value, &more).unwrap_or_else(|| value.to_owned());
-                        more.push((name.to_owned(), value));
-                    }
+                for (name, value) in set {
+                    let value = crate::stages::expand(&value, &more).unwrap_or(value);
+                    more.push((name, value));
                 }
                 env = std::rc::Rc::new(more);
             }

@@ -696,10 +696,8 @@ fn copied_files(
 /// Whether `--from=name` names a stage before `line` (by name or index),
 /// not an image.
 fn is_stage(stages: &[Stage<'_>], line: usize, name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
     let before = stages.iter().take_while(|s| s.from.line < line).count();
-    stages[..before].iter().any(|s| s.name.as_deref() == Some(name.as_str()))
-        || name.parse::<usize>().is_ok_and(|n| n < before)
+    crate::stages::stage_named(&stages[..before], name).is_some()
 }
 
 /// Commands of a script, split at `&&`, `||`, `;`, `|` and newlines, as words.
@@ -804,7 +802,7 @@ fn packages(run: &Instruction, pip_cache_off: bool, out: &mut Vec<Finding>) {
 }
 
 /// The `ENV` settings among these instructions, in order.
-fn env_values<'a>(instructions: impl Iterator<Item = &'a Instruction>) -> Vec<(String, String)> {
+pub(crate) fn env_values<'a>(instructions: impl Iterator<Item = &'a Instruction>) -> Vec<(String, String)> {
     let mut values = Vec::new();
     for env in instructions.filter(|i| i.keyword == "ENV") {
         let Arguments::Shell(text) = &env.args else { continue };

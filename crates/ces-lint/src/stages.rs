@@ -141,15 +141,21 @@ pub fn needed(stages: &[Stage<'_>], last: usize, globals: &[(String, String)]) -
             for name in names {
                 // `--from=$BUILDER`: the global ARG's default.
                 let name = expand(&name, globals).unwrap_or(name).to_ascii_lowercase();
-                let found = stages[..n]
-                    .iter()
-                    .position(|s| s.name.as_deref() == Some(name.as_str()))
-                    .or_else(|| name.parse::<usize>().ok().filter(|i| *i < n));
-                pending.extend(found);
+                pending.extend(stage_named(&stages[..n], &name));
             }
         }
     }
     needed
+}
+
+/// The stage among `earlier` that `--from=name` means: by its name (any
+/// case) or by its index.
+pub fn stage_named(earlier: &[Stage<'_>], name: &str) -> Option<usize> {
+    let name = name.to_ascii_lowercase();
+    earlier
+        .iter()
+        .position(|s| s.name.as_deref() == Some(name.as_str()))
+        .or_else(|| name.parse::<usize>().ok().filter(|i| *i < earlier.len()))
 }
 
 /// `ARG A=1 B` as `[(A, 1)]`: only names with defaults.
