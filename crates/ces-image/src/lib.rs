@@ -12,6 +12,7 @@ pub mod fs;
 pub mod manifest;
 pub mod provenance;
 pub mod quote;
+mod read_ahead;
 pub mod reference;
 pub mod store;
 pub mod tar_limits;

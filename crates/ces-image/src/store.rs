@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use oci_spec::image::{
     Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
@@ -31,6 +31,7 @@ use rustix::fs::FlockOperation;
 use crate::digest::{Digest, HashingReader, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest};
 use crate::provenance::Provenance;
+use crate::read_ahead::ReadAhead;
 use crate::reference::ImageReference;
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
@@ -752,7 +753,7 @@ impl Store {
         // One per core, at most 4: each decompressor may hold a large window.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4).min(missing.len()).max(1);
         let next = AtomicU64::new(0);
-        let failed = std::sync::atomic::AtomicBool::new(false);
+        let failed = AtomicBool::new(false);
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             for _ in 0..workers {
@@ -825,13 +826,9 @@ impl Store {
         let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let result = (|| {
-            let blob = self.open_blob(&layer_digest)?;
             let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
-            let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
-            let budgeted = Budgeted::new(tar, budget);
-            let exceeded = budgeted.exceeded.clone();
+            let (mut hashing, exceeded) = self.layer_stream(&layer_digest, budget)?;
             let too_large = || StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() };
-            let mut hashing = HashingReader::new(budgeted);
             let unpacked = unpack::unpack_layer(&temp, &mut hashing, options).map_err(|source| {
                 if exceeded.load(Ordering::Relaxed) {
                     too_large()
@@ -869,6 +866,26 @@ impl Store {
         Ok((record, Some(stats)))
     }
 
+    /// A layer blob's uncompressed tar, decompressed and counted against
+    /// `budget` on a thread of its own ([`ReadAhead`]) and hashed on this one
+    /// as it is read: the decompression runs beside the unpacking, on the
+    /// other core. The flag is set when the budget runs out.
+    fn layer_stream(
+        &self,
+        layer_digest: &Digest,
+        budget: Option<std::sync::Arc<AtomicU64>>,
+    ) -> Result<(HashingReader<ReadAhead>, std::sync::Arc<AtomicBool>)> {
+        let blob = self.open_blob(layer_digest)?;
+        let exceeded = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = exceeded.clone();
+        let stream = ReadAhead::start(move || {
+            let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob))?;
+            Ok(Box::new(Budgeted { inner: tar, left: budget, exceeded: flag }) as Box<dyn Read>)
+        })
+        .map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
+        Ok((HashingReader::new(stream), exceeded))
+    }
+
     /// The old way, for an image no layer of which can be unpacked alone:
     /// each layer applied in order onto one root filesystem.
     fn unpack_merged(
@@ -889,13 +906,9 @@ impl Store {
             for (i, layer) in layers.iter().enumerate() {
                 on_layer(i, layers.len());
                 let layer_digest = manifest::descriptor_digest(layer)?;
-                let blob = self.open_blob(&layer_digest)?;
                 let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
-                let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob)).map_err(read_err)?;
-                let budgeted = Budgeted::new(tar, budget.clone());
-                let exceeded = budgeted.exceeded.clone();
+                let (mut hashing, exceeded) = self.layer_stream(&layer_digest, budget.clone())?;
                 let too_large = |limit| StoreError::UnpackedTooLarge { limit };
-                let mut hashing = HashingReader::new(budgeted);
                 let layer_stats = unpack::apply_layer(&temp, &mut hashing, options).map_err(|source| {
                     if exceeded.load(Ordering::Relaxed) {
                         too_large(self.max_unpacked.unwrap_or_default())
@@ -962,13 +975,7 @@ struct LayerRecord {
 struct Budgeted<R> {
     inner: R,
     left: Option<std::sync::Arc<AtomicU64>>,
-    exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl<R> Budgeted<R> {
-    fn new(inner: R, left: Option<std::sync::Arc<AtomicU64>>) -> Self {
-        Budgeted { inner, left, exceeded: Default::default() }
-    }
+    exceeded: std::sync::Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Budgeted<R> {
