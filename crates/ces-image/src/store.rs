@@ -230,6 +230,9 @@ pub struct Store {
     root: PathBuf,
     /// The most an image's layers may hold uncompressed ([`Store::unpack`]).
     max_unpacked: Option<u64>,
+    /// Whether a layer's compressed blob is kept once the layer is unpacked
+    /// ([`Store::with_layer_blobs`]).
+    keep_layer_blobs: bool,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -242,9 +245,20 @@ impl Store {
         Store { max_unpacked: limit, ..self }
     }
 
+    /// The same store, keeping (the default) or dropping the compressed
+    /// blobs of layers once they are unpacked (`[storage] keep_layer_blobs`).
+    /// Dropped, an image takes about what its files take (a quarter less
+    /// for typical analysis images), but the OCI layout no longer holds its
+    /// layers: skopeo and umoci cannot read it, and `ces save` cannot write
+    /// it out. A pull then counts a layer the store has unpacked as present
+    /// ([`Store::has_layer`]).
+    pub fn with_layer_blobs(self, keep: bool) -> Store {
+        Store { keep_layer_blobs: keep, ..self }
+    }
+
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into(), max_unpacked: None };
+        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true };
         for dir in [
             store.blobs_dir(),
             store.root.join("rootfs"),
@@ -408,6 +422,21 @@ impl Store {
         writer.commit().map(drop)
     }
 
+    /// Whether the store holds the layer whose blob is `digest` and whose
+    /// uncompressed tar is `diff_id` (as the image's config says): its blob,
+    /// or, when blobs are not kept, the layer unpacked (and checked against
+    /// its diff_id when it was).
+    pub fn has_layer(&self, digest: &Digest, size: u64, diff_id: Option<&str>) -> bool {
+        self.has_blob(digest, size) || (!self.keep_layer_blobs && diff_id.is_some_and(|d| self.layer_dir(d).is_some()))
+    }
+
+    /// The directory of the layer with this diff_id, when the store has it
+    /// unpacked: its files as the layer's tar holds them, whiteouts as the
+    /// tar's own `.wh.` files.
+    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
+        self.layer_record(diff_id).map(|record| self.layers_dir().join(record.hex))
+    }
+
     /// Opens a stored blob.
     pub fn open_blob(&self, digest: &Digest) -> Result<File> {
         let path = self.blob_path(digest);
@@ -549,7 +578,8 @@ impl Store {
         self.write_index(&manifests)
     }
 
-    /// Deletes blobs and root filesystems no named image needs. Needs the
+    /// Deletes blobs and root filesystems no named image needs (and, when
+    /// layer blobs are not kept, the blobs of layers unpacked). Needs the
     /// exclusive lock, so that no pull is between writing a blob and naming it.
     pub fn gc(&self, lock: &StoreLock) -> Result<GcStats> {
         debug_assert!(lock.exclusive, "gc needs the exclusive store lock");
@@ -565,13 +595,20 @@ impl Store {
             // name stays, and `ces pull` mends it.
             if let Ok(manifest) = self.manifest(&record.digest) {
                 live_blobs.insert(manifest.config().digest().digest().to_owned());
-                for layer in manifest.layers() {
-                    live_blobs.insert(layer.digest().digest().to_owned());
-                }
                 let config = self.config(&manifest);
-                live_layers.extend(
-                    config.iter().flat_map(|c| c.rootfs().diff_ids()).filter_map(|d| diff_id_hex(d)).map(str::to_owned),
-                );
+                let diff_ids = config.as_ref().map(|c| c.rootfs().diff_ids().as_slice()).unwrap_or_default();
+                // Blobs not kept: an image whose root filesystem and layers
+                // are all unpacked needs its layer blobs no more.
+                let unpacked = !self.keep_layer_blobs
+                    && self.unpacked(&record.digest).is_some()
+                    && diff_ids.len() == manifest.layers().len()
+                    && diff_ids.iter().all(|d| self.layer_dir(d).is_some());
+                if !unpacked {
+                    for layer in manifest.layers() {
+                        live_blobs.insert(layer.digest().digest().to_owned());
+                    }
+                }
+                live_layers.extend(diff_ids.iter().filter_map(|d| diff_id_hex(d)).map(str::to_owned));
             }
         }
         let mut stats = GcStats::default();
@@ -718,6 +755,20 @@ impl Store {
             }
         }
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
+        if !self.keep_layer_blobs {
+            // Every layer is in `layers/` and the root filesystem is whole:
+            // the blobs are no longer needed to run the image.
+            for layer in manifest.layers() {
+                if let Ok(blob) = manifest::descriptor_digest(layer) {
+                    let path = self.blob_path(&blob);
+                    match fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(source) => return Err(StoreError::Io { path, source }),
+                    }
+                }
+            }
+        }
         let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
         Ok(Unpacked { path: dest, layers: stats })
     }

@@ -75,11 +75,21 @@ pub struct PullOptions {
     /// compressed, as its manifest says); checked before any layer is
     /// fetched. Each blob is then cut off at its descriptor's size.
     pub max_image_size: Option<u64>,
+    /// Fetch every layer blob the store lacks, even those of layers it has
+    /// unpacked (when it does not keep layer blobs, [`Store::has_layer`]):
+    /// for an image that can only be unpacked from its blobs.
+    pub all_layer_blobs: bool,
 }
 
 impl Default for PullOptions {
     fn default() -> Self {
-        PullOptions { platform: Platform::host(), concurrency: 4, required_labels: Vec::new(), max_image_size: None }
+        PullOptions {
+            platform: Platform::host(),
+            concurrency: 4,
+            required_labels: Vec::new(),
+            max_image_size: None,
+            all_layer_blobs: false,
+        }
     }
 }
 
@@ -194,8 +204,13 @@ pub async fn pull(
         .map_err(ces_image::StoreError::from)?;
     let mut reused = 0;
     let mut missing = Vec::new();
-    for (digest, size) in &layers {
-        let present = store.has_blob(digest, *size);
+    let diff_ids = image_config.rootfs().diff_ids();
+    for (i, (digest, size)) in layers.iter().enumerate() {
+        let present = if options.all_layer_blobs {
+            store.has_blob(digest, *size)
+        } else {
+            store.has_layer(digest, *size, diff_ids.get(i).map(String::as_str))
+        };
         reporter.layer_start(digest, *size, present);
         if present {
             reused += 1;

@@ -453,6 +453,9 @@ pub struct StorageConfig {
     /// The most an image may weigh to download, in bytes (config and
     /// layers, compressed, as its manifest says); no limit when not set.
     pub max_image_size: Option<u64>,
+    /// Whether a layer's compressed blob is kept once the layer is unpacked
+    /// (default true): see docs/config.md.
+    pub keep_layer_blobs: Option<bool>,
 }
 
 /// `[tre]`: the directory contract of `ces run` (see docs/config.md).
@@ -549,6 +552,8 @@ pub struct Settings {
     pub storage_root: PathBuf,
     /// `[storage] max_image_size`: the most an image may weigh to download.
     pub max_image_size: Option<u64>,
+    /// `[storage] keep_layer_blobs`: layer blobs kept once unpacked.
+    pub keep_layer_blobs: bool,
     /// The directory contract of `ces run`.
     pub tre: TreConfig,
     /// The audit log every pull, load and run appends to.
@@ -588,6 +593,13 @@ pub struct ConfigError {
 }
 
 impl Settings {
+    /// The image store, with the limits and the blob policy of `[storage]`.
+    pub fn store(&self) -> Result<ces_image::Store, ces_image::StoreError> {
+        Ok(ces_image::Store::open(&self.storage_root)?
+            .with_max_unpacked(self.max_image_size)
+            .with_layer_blobs(self.keep_layer_blobs))
+    }
+
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
     /// exist; the system file is used only if present.
     pub fn load(explicit: Option<&Path>) -> anyhow::Result<Settings> {
@@ -639,6 +651,7 @@ impl Settings {
             registries: config.registries,
             storage_root,
             max_image_size: config.storage.max_image_size,
+            keep_layer_blobs: config.storage.keep_layer_blobs.unwrap_or(true),
             tre: config.tre,
             audit_path,
             audit_syslog: config.audit.syslog,

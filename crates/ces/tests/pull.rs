@@ -573,3 +573,106 @@ fn a_gzip_bomb_stops_at_max_image_size_unpacked() {
     assert_eq!(std::fs::read_dir(&rootfs).map(|d| d.count()).unwrap_or(0), 0, "a root filesystem was left");
     assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
 }
+
+/// The layer directories of the sandbox's store (`layers/<diff_id hex>`).
+fn unpacked_layers(sb: &Sandbox) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sb.store.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn without_layer_blobs_an_image_keeps_its_files_only_and_shared_layers_are_not_fetched_again() {
+    let reg = anon();
+    let shared = Layer::new(busybox_entries());
+    let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", "only in a")])]).build();
+    let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", "only in b")])]).build();
+    reg.push(&a, "pull/noblobs-a", "1");
+    reg.push(&b, "pull/noblobs-b", "1");
+    let sb = Sandbox::new(&[reg]);
+    // The sandbox's config ends with its [storage] table.
+    sb.configure("keep_layer_blobs = false");
+    let ref_a = format!("{}/pull/noblobs-a:1", reg.host());
+    let ref_b = format!("{}/pull/noblobs-b:1", reg.host());
+
+    let pulled = sb.ces(&["pull", &ref_a]);
+    pulled.ok();
+    assert!(pulled.stderr.contains("(2 new"), "{}", pulled.stderr);
+    for layer in &a.layer_digests {
+        assert!(!sb.has_blob(layer), "layer blob {layer} dropped once unpacked");
+    }
+    assert!(sb.has_blob(&a.digest) && sb.has_blob(&a.config_digest), "the manifest and config stay");
+    assert_eq!(std::fs::read(sb.rootfs(&a.digest).join("a")).unwrap(), b"only in a");
+    assert_eq!(unpacked_layers(&sb).len(), 2);
+
+    // b shares the busybox layer, which the store has unpacked: only b's own
+    // layer is fetched, and its blob is dropped too.
+    let pulled = sb.ces(&["pull", &ref_b]);
+    pulled.ok();
+    assert!(pulled.stderr.contains("(1 new"), "the shared layer is not fetched again: {}", pulled.stderr);
+    assert!(b.layer_digests.iter().all(|l| !sb.has_blob(l)));
+    assert_eq!(std::fs::read(sb.rootfs(&b.digest).join("b")).unwrap(), b"only in b");
+    assert_eq!(unpacked_layers(&sb).len(), 3);
+    let again = sb.ces(&["pull", &ref_a]);
+    again.ok();
+    assert!(again.stderr.contains("(0 new"), "{}", again.stderr);
+
+    // `ces test`'s inspection and gc work without the blobs.
+    let inspect: serde_json::Value = serde_json::from_str(sb.ces(&["inspect", "--json", &ref_a]).ok()).unwrap();
+    assert_eq!(inspect["layers"][1]["digest"], a.layer_digests[1].as_str());
+    sb.ces(&["rmi", &ref_a]).ok();
+    assert_eq!(unpacked_layers(&sb).len(), 2, "a's own layer freed, the shared one kept");
+    assert!(!sb.has_blob(&a.digest) && sb.rootfs(&b.digest).exists());
+    assert_eq!(
+        std::fs::read(sb.rootfs(&b.digest).join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+}
+
+#[test]
+fn a_store_told_to_drop_layer_blobs_drops_those_it_kept_at_gc() {
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("x", "x")])]).build();
+    reg.push(&image, "pull/noblobs-later", "1");
+    let sb = Sandbox::new(&[reg]);
+    sb.ces(&["pull", &format!("{}/pull/noblobs-later:1", reg.host())]).ok();
+    assert!(image.layer_digests.iter().all(|l| sb.has_blob(l)), "kept by default");
+
+    sb.configure("keep_layer_blobs = false");
+    sb.ces(&["gc"]).ok();
+    assert!(image.layer_digests.iter().all(|l| !sb.has_blob(l)), "dropped at gc");
+    assert!(sb.has_blob(&image.digest) && sb.has_blob(&image.config_digest));
+    assert_eq!(std::fs::read(sb.rootfs(&image.digest).join("x")).unwrap(), b"x");
+}
+
+#[test]
+fn without_layer_blobs_an_image_that_needs_them_to_unpack_fetches_them_again() {
+    let reg = anon();
+    // A hard link into a lower layer: no layer alone can hold it, so the
+    // image is unpacked from its blobs, layer after layer, and the blob of
+    // the base (unpacked, dropped) is needed again.
+    let base = Layer::new(busybox_entries());
+    let first = ImageSpec::new(vec![base.clone()]).build();
+    let linked =
+        ImageSpec::new(vec![base, Layer::new(vec![Entry::hardlink("bin/busybox-again", "bin/busybox")])]).build();
+    reg.push(&first, "pull/noblobs-base", "1");
+    reg.push(&linked, "pull/noblobs-linked", "1");
+    let sb = Sandbox::new(&[reg]);
+    sb.configure("keep_layer_blobs = false");
+    sb.ces(&["pull", &format!("{}/pull/noblobs-base:1", reg.host())]).ok();
+    assert!(!sb.has_blob(&first.layer_digests[0]));
+
+    let pulled = sb.ces(&["pull", &format!("{}/pull/noblobs-linked:1", reg.host())]);
+    pulled.ok();
+    let rootfs = sb.rootfs(&linked.digest);
+    assert_eq!(std::fs::read(rootfs.join("bin/busybox-again")).unwrap(), std::fs::read("/bin/busybox").unwrap());
+    // Unpacked from its blobs: they stay (the image needs them to unpack).
+    assert!(linked.layer_digests.iter().all(|l| sb.has_blob(l)), "{}", pulled.stderr);
+    sb.ces(&["gc"]).ok();
+    assert!(linked.layer_digests.iter().all(|l| sb.has_blob(l)), "kept by gc too");
+}

@@ -45,10 +45,17 @@ struct World {
 impl World {
     /// Containers run by the native runtime as root.
     fn new(repo: &str, image: &ImageSpec) -> World {
+        World::configured(repo, image, "")
+    }
+
+    /// [`World::new`] with `toml` appended to the config (after its
+    /// `[storage]` table) before the pull.
+    fn configured(repo: &str, image: &ImageSpec, toml: &str) -> World {
         require_root("needs root");
         let reg = registry();
         reg.push(&image.build(), repo, "1");
         let sb = Sandbox::new(&[reg]);
+        sb.configure(toml);
         let image = format!("{}/{repo}:1", reg.host());
         sb.ces(&["pull", "--quiet", &image]).ok();
         World { sb, image }
@@ -220,11 +227,12 @@ fn an_image_that_runs_as_root_without_the_tre_directories_is_flagged() {
     assert!(missing.unwrap()["message"].as_str().unwrap().contains("/safe_data /safe_outputs /scratch"));
 }
 
-#[test]
-fn a_csv_baked_into_a_layer_is_named_with_its_layer() {
+/// `ces test` on an image with a cohort CSV in its third layer, from a
+/// store configured with `toml`: the CSV is named with its layer.
+fn finds_the_baked_csv(repo: &str, toml: &str) -> World {
     let mut image = clean_image();
     image.layers.push(Layer::new(vec![Entry::dir("data"), Entry::file("data/cohort.csv", "id,age\n1,34\n")]));
-    let w = World::new("test/csv", &image);
+    let w = World::configured(repo, &image, toml);
     let (code, report) = w.report(&[], &sh("true"));
     assert_eq!(code, 0, "{report:#}");
     let data: Vec<&Value> =
@@ -232,6 +240,20 @@ fn a_csv_baked_into_a_layer_is_named_with_its_layer() {
     assert_eq!(data.len(), 1, "the cohort only, not a package's sample data: {report:#}");
     let message = data[0]["message"].as_str().unwrap();
     assert!(message.contains("layer 3") && message.contains("/data/cohort.csv"), "{message}");
+    w
+}
+
+#[test]
+fn a_csv_baked_into_a_layer_is_named_with_its_layer() {
+    finds_the_baked_csv("test/csv", "");
+}
+
+#[test]
+fn a_csv_baked_into_a_layer_is_found_where_the_store_keeps_no_layer_blobs() {
+    let w = finds_the_baked_csv("test/csv-noblobs", "keep_layer_blobs = false");
+    // Read from the layer unpacked: the blobs are gone.
+    let blobs = std::fs::read_dir(w.sb.store.join("oci/blobs/sha256")).unwrap().count();
+    assert_eq!(blobs, 2, "the manifest and the config only");
 }
 
 #[test]

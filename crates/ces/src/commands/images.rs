@@ -1,7 +1,5 @@
 //! `ces images`: what the store holds.
 
-use ces_image::Store;
-
 use crate::printer::human_bytes;
 use crate::settings::Settings;
 
@@ -17,7 +15,7 @@ struct Row {
 
 /// Prints the table (or JSON) on stdout.
 pub fn images(settings: &Settings, json: bool) -> anyhow::Result<()> {
-    let store = Store::open(&settings.storage_root)?;
+    let store = settings.store()?;
     let mut rows = Vec::new();
     for record in store.images()? {
         // The download size: manifest, config and layers as stored.

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use ces_image::Provenance;
 use ces_image::quote::{MAX_QUOTED, escape_message, quote};
-use ces_image::{Provenance, Store};
 
 use crate::printer::human_bytes;
 use crate::settings::Settings;
@@ -38,7 +38,7 @@ struct Layer {
 
 /// Prints the inspection on stdout.
 pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<()> {
-    let store = Store::open(&settings.storage_root)?;
+    let store = settings.store()?;
     let record = store.lookup(query)?;
     let manifest = store.manifest(&record.digest)?;
     let config = store.config(&manifest)?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use ces_image::archive::{self, LoadOptions};
 use ces_image::manifest::Platform;
-use ces_image::{ImageRecord, ImageReference, Store};
+use ces_image::{ImageRecord, ImageReference};
 use indicatif::ProgressBar;
 use sha2::{Digest as _, Sha256};
 
@@ -81,7 +81,7 @@ fn import(
         archive.size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
         Box::new(file)
     };
-    let store = Store::open(&settings.storage_root)?.with_max_unpacked(settings.max_image_size);
+    let store = settings.store()?;
     printer.status(format!("Loading {shown}"));
 
     let started = Instant::now();

@@ -5,7 +5,7 @@ use std::io::BufRead as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ces_image::{ImageReference, Provenance, Store};
+use ces_image::{ImageReference, Provenance, Store, StoreError};
 use ces_registry::{Client, ClientConfig, Credentials, Secret};
 
 use crate::commands::audit;
@@ -98,7 +98,7 @@ fn fetch(
     })?;
     client.check_allowed(reference.registry())?;
     *started = Some(audit::record_pull_start(settings, &reference, request.credentials.user())?);
-    let store = Store::open(&settings.storage_root)?.with_max_unpacked(settings.max_image_size);
+    let store = settings.store()?;
     let lock = store.lock_shared()?;
     printer.status(format!(
         "Pulling {reference}{}",
@@ -109,16 +109,19 @@ fn fetch(
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let reporter = printer.pull_reporter();
-    let outcome = runtime.block_on(ces_registry::pull(
-        &client,
-        &store,
-        &lock,
-        &reference,
-        &request.credentials,
-        &policy::pull_options(settings),
-        &reporter,
-    ))?;
-    drop(runtime);
+    let fetch = |all_layer_blobs| {
+        let options = ces_registry::PullOptions { all_layer_blobs, ..policy::pull_options(settings) };
+        runtime.block_on(ces_registry::pull(
+            &client,
+            &store,
+            &lock,
+            &reference,
+            &request.credentials,
+            &options,
+            &reporter,
+        ))
+    };
+    let outcome = fetch(false)?;
     let retried = match outcome.retries {
         0 => String::new(),
         n => format!(
@@ -139,8 +142,22 @@ fn fetch(
     // Named only once usable: an image whose layers cannot be unpacked
     // (a corrupt or malicious layer) is not left in `ces images`.
     if request.unpack {
-        unpack(&store, printer, &outcome.record.digest)?;
+        match unpack(&store, printer, &outcome.record.digest) {
+            // Layers the store had unpacked were not fetched (it keeps no
+            // layer blobs), but this image can only be unpacked from its
+            // blobs (a hard link across layers): fetched now, and again.
+            Err(e)
+                if !settings.keep_layer_blobs
+                    && matches!(e.downcast_ref::<StoreError>(), Some(StoreError::MissingBlob { .. })) =>
+            {
+                tracing::debug!("unpacking needs the layer blobs: fetching them");
+                fetch(true)?;
+                unpack(&store, printer, &outcome.record.digest)?;
+            }
+            result => result?,
+        }
     }
+    drop(runtime);
     store.add_ref(&outcome.record)?;
     drop(lock);
     Ok(Pulled { pinned: reference.with_digest(outcome.record.digest.clone()), provenance: outcome.record.provenance })

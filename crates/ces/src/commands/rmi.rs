@@ -1,13 +1,11 @@
 //! `ces rmi`: forget images; `ces gc`: delete what no image uses.
 
-use ces_image::Store;
-
 use crate::printer::{Printer, human_bytes};
 use crate::settings::Settings;
 
 /// Removes each image's name, then collects unreferenced blobs and rootfs.
 pub fn rmi(settings: &Settings, printer: &Printer, images: &[String]) -> anyhow::Result<()> {
-    let store = Store::open(&settings.storage_root)?;
+    let store = settings.store()?;
     let lock = store.lock_exclusive()?;
     for query in images {
         let record = store.lookup(query)?;
@@ -20,7 +18,7 @@ pub fn rmi(settings: &Settings, printer: &Printer, images: &[String]) -> anyhow:
 
 /// Collects unreferenced blobs and rootfs.
 pub fn gc(settings: &Settings, printer: &Printer) -> anyhow::Result<()> {
-    let store = Store::open(&settings.storage_root)?;
+    let store = settings.store()?;
     let lock = store.lock_exclusive()?;
     report(printer, &store.gc(&lock)?);
     Ok(())

@@ -300,7 +300,7 @@ pub(crate) fn prepare(
     if looks_like_mount(image) {
         return Err(RunError::LooksLikeMount(image.to_owned()).into());
     }
-    let store = Store::open(&settings.storage_root)?.with_max_unpacked(settings.max_image_size);
+    let store = settings.store()?;
     let store_lock = store.lock_shared()?;
     let record = store.lookup(image)?;
     let manifest = store.manifest(&record.digest)?;

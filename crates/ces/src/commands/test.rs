@@ -404,9 +404,15 @@ fn image_findings(
     for (index, layer) in manifest.layers().iter().enumerate() {
         size += layer.size();
         let digest = ces_image::manifest::descriptor_digest(layer)?;
+        // The blob, or the layer unpacked where the store keeps no blobs.
         let blob = store.blob_path(&digest);
-        let data_files = data_files_in_layer(&blob)
-            .with_context(|| format!("cannot read the layer {digest} ({})", blob.display()))?;
+        let unpacked = config.rootfs().diff_ids().get(index).and_then(|d| store.layer_dir(d));
+        let layer = match unpacked {
+            Some(dir) if !blob.exists() => LayerFiles::Unpacked(dir),
+            _ => LayerFiles::Blob(blob),
+        };
+        let data_files = data_files_in_layer(&layer)
+            .with_context(|| format!("cannot read the layer {digest} ({})", layer.path().display()))?;
         for (path, bytes) in data_files {
             findings.push(Finding {
                 code: "data-in-layer",
@@ -441,27 +447,74 @@ fn image_findings(
     Ok(findings)
 }
 
-/// The data-like files in one layer blob (paths without the leading `/`):
-/// any size outside the places packages install to, large ones anywhere.
-fn data_files_in_layer(blob: &Path) -> anyhow::Result<Vec<(String, u64)>> {
-    let file = std::fs::File::open(blob)?;
-    let mut archive = tar::Archive::new(ces_image::unpack::decompress(std::io::BufReader::new(file))?);
-    let mut found = Vec::new();
-    for entry in archive.entries()? {
-        let entry = entry?;
-        if !entry.header().entry_type().is_file() {
-            continue;
+/// Where one layer's files are read from.
+enum LayerFiles {
+    /// Its compressed blob.
+    Blob(PathBuf),
+    /// The layer unpacked alone, in a store that keeps no layer blobs: its
+    /// files as its tar holds them (whiteouts are `.wh.` files).
+    Unpacked(PathBuf),
+}
+
+impl LayerFiles {
+    fn path(&self) -> &Path {
+        match self {
+            LayerFiles::Blob(path) | LayerFiles::Unpacked(path) => path,
         }
-        let path = entry.path()?.to_string_lossy().trim_start_matches("./").trim_start_matches('/').to_owned();
-        let size = entry.size();
+    }
+}
+
+/// The data-like files in one layer (paths without the leading `/`): any
+/// size outside the places packages install to, large ones anywhere.
+fn data_files_in_layer(layer: &LayerFiles) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut found = Vec::new();
+    let mut consider = |path: String, size: u64| {
         if !ces_lint::rules::is_data_file(&path) || size == 0 {
-            continue;
+            return;
         }
         let packaged = PACKAGE_PLACES.iter().any(|p| path.starts_with(p) || path.contains(&format!("/{p}")));
         if !packaged || size >= LARGE_DATA_FILE {
             found.push((path, size));
         }
+    };
+    match layer {
+        LayerFiles::Blob(blob) => {
+            let file = std::fs::File::open(blob)?;
+            let mut archive = tar::Archive::new(ces_image::unpack::decompress(std::io::BufReader::new(file))?);
+            for entry in archive.entries()? {
+                let entry = entry?;
+                if entry.header().entry_type().is_file() {
+                    let path =
+                        entry.path()?.to_string_lossy().trim_start_matches("./").trim_start_matches('/').to_owned();
+                    consider(path, entry.size());
+                }
+            }
+        }
+        LayerFiles::Unpacked(root) => {
+            use std::os::unix::fs::MetadataExt as _;
+            // Each file once (a hard link is a second path to it, as in the
+            // tar), no link followed.
+            let mut seen = std::collections::HashSet::new();
+            let mut dirs = vec![root.clone()];
+            while let Some(dir) = dirs.pop() {
+                for entry in std::fs::read_dir(&dir)? {
+                    let entry = entry?;
+                    let kind = entry.file_type()?;
+                    if kind.is_dir() {
+                        dirs.push(entry.path());
+                    } else if kind.is_file() && !entry.file_name().as_encoded_bytes().starts_with(b".wh.") {
+                        let meta = entry.metadata()?;
+                        if seen.insert((meta.dev(), meta.ino())) {
+                            let path = entry.path();
+                            let relative = path.strip_prefix(root).unwrap_or(&path);
+                            consider(relative.to_string_lossy().into_owned(), meta.len());
+                        }
+                    }
+                }
+            }
+        }
     }
+    found.sort();
     Ok(found)
 }
 
