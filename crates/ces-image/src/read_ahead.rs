@@ -27,13 +27,17 @@ pub struct ReadAhead {
     /// The first error read, returned from then on.
     failed: Option<(io::ErrorKind, String)>,
     worker: Option<JoinHandle<()>>,
+    /// The reader itself, read on this thread, when no thread could be
+    /// started (a task limit reached: `pids.max`, `TasksMax`).
+    inline: Option<Box<dyn Read>>,
 }
 
 impl ReadAhead {
     /// Starts a thread that makes a reader with `open` and reads it to its
     /// end, ahead of the caller. `open` is called on that thread: what it
     /// makes need not be `Send`. Returns `open`'s error, once the thread is
-    /// gone, if it fails.
+    /// gone, if it fails. Where no thread can be started, the reader is made
+    /// and read on the caller's thread instead.
     pub fn start<F>(open: F) -> io::Result<ReadAhead>
     where
         F: FnOnce() -> io::Result<Box<dyn Read>> + Send + 'static,
@@ -41,7 +45,12 @@ impl ReadAhead {
         let (sender, chunks) = sync_channel::<io::Result<Vec<u8>>>(AHEAD);
         let (spent, recycled) = sync_channel::<Vec<u8>>(AHEAD + 2);
         let (opened_tx, opened) = sync_channel::<io::Result<()>>(1);
-        let worker = std::thread::Builder::new().name("ces-read-ahead".to_owned()).spawn(move || {
+        // Taken back should the thread not start (`spawn` drops its closure).
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Some(open)));
+        let taken = open.clone();
+        let spawned = std::thread::Builder::new().name("ces-read-ahead".to_owned()).spawn(move || {
+            let open = taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+            let Some(open) = open else { return };
             let mut reader = match open() {
                 Ok(reader) => {
                     let _ = opened_tx.send(Ok(()));
@@ -78,32 +87,51 @@ impl ReadAhead {
                     return;
                 }
             }
-        })?;
-        let started = opened.recv().unwrap_or_else(|_| Err(io::Error::other("the read-ahead thread failed")));
+        });
         let mut this = ReadAhead {
             chunks: Some(chunks),
             spent: Some(spent),
             current: Vec::new(),
             at: 0,
             failed: None,
-            worker: Some(worker),
+            worker: None,
+            inline: None,
         };
-        match started {
-            Ok(()) => Ok(this),
+        match spawned {
+            Ok(worker) => this.worker = Some(worker),
             Err(e) => {
-                this.stop();
+                let open = open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+                let open = open.ok_or(e)?;
+                let _ = this.stop();
+                this.inline = Some(open()?);
+                return Ok(this);
+            }
+        }
+        match opened.recv() {
+            Ok(Ok(())) => Ok(this),
+            Ok(Err(e)) => {
+                let _ = this.stop();
                 Err(e)
             }
+            // The thread ended without a word: it panicked.
+            Err(_) => Err(this.stop().err().unwrap_or_else(|| io::Error::other("the decompressing thread failed"))),
         }
     }
 
-    /// Closes the channels and waits for the thread.
-    fn stop(&mut self) {
+    /// Closes the channels and waits for the thread: an error if it
+    /// panicked.
+    fn stop(&mut self) -> io::Result<()> {
         self.chunks = None;
         self.spent = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+        match self.worker.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(io::Error::other("the decompressing thread failed")),
+            _ => Ok(()),
         }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.failed = Some((e.kind(), e.to_string()));
+        e
     }
 }
 
@@ -111,6 +139,9 @@ impl Read for ReadAhead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some((kind, message)) = &self.failed {
             return Err(io::Error::new(*kind, message.clone()));
+        }
+        if let Some(reader) = &mut self.inline {
+            return reader.read(buf);
         }
         if buf.is_empty() {
             return Ok(0);
@@ -128,14 +159,16 @@ impl Read for ReadAhead {
                     }
                 }
                 Ok(Err(e)) => {
-                    self.failed = Some((e.kind(), e.to_string()));
-                    self.stop();
-                    return Err(e);
+                    // An error ends the thread; its own end is not news.
+                    let _ = self.stop();
+                    return Err(self.fail(e));
                 }
-                // The thread read its reader to the end.
+                // The thread read its reader to the end, or panicked.
                 Err(_) => {
-                    self.stop();
-                    return Ok(0);
+                    return match self.stop() {
+                        Ok(()) => Ok(0),
+                        Err(e) => Err(self.fail(e)),
+                    };
                 }
             }
         }
@@ -148,7 +181,7 @@ impl Read for ReadAhead {
 
 impl Drop for ReadAhead {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -200,6 +233,34 @@ mod tests {
         assert!(out.len() <= CHUNK + 5 + 7919, "{}", out.len());
         let again = ahead.read(&mut [0u8; 16]).unwrap_err();
         assert_eq!((again.kind(), again.to_string()), (e.kind(), e.to_string()));
+    }
+
+    /// A reader that panics after `at` bytes.
+    struct Panics(usize);
+
+    impl Read for Panics {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            assert!(self.0 > 0, "a decompressor's bug");
+            let n = buf.len().min(self.0);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_panic_of_the_reader_is_an_error_not_an_end() {
+        let mut ahead = ReadAhead::start(|| Ok(Box::new(Panics(1000)) as Box<dyn Read>)).unwrap();
+        let mut out = Vec::new();
+        let e = ahead.read_to_end(&mut out).unwrap_err();
+        assert_eq!(out.len(), 1000);
+        assert!(e.to_string().contains("thread failed"), "{e}");
+        assert!(ahead.read(&mut [0u8; 4]).is_err(), "and stays an error");
+        // Before the first chunk, too: the start fails.
+        let Err(e) = ReadAhead::start(|| -> io::Result<Box<dyn Read>> { panic!("cannot make it") }) else {
+            panic!("started")
+        };
+        assert!(e.to_string().contains("thread failed"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,15 @@ pub enum StoreError {
         /// The blob.
         digest: Digest,
     },
+    /// An image needs a layer blob to unpack (it cannot be unpacked from
+    /// its layers alone) that the store dropped (`keep_layer_blobs = false`).
+    #[error(
+        "the image can only be unpacked from its layer blobs, and the store dropped blob {digest} once its layer was unpacked ([storage] keep_layer_blobs = false)"
+    )]
+    LayerBlobDropped {
+        /// The blob.
+        digest: Digest,
+    },
     /// No stored image matches.
     #[error("no image {query} in the store")]
     ImageNotFound {
@@ -249,8 +258,7 @@ impl Store {
     /// blobs of layers once they are unpacked (`[storage] keep_layer_blobs`).
     /// Dropped, an image takes about what its files take (a quarter less
     /// for typical analysis images), but the OCI layout no longer holds its
-    /// layers: skopeo and umoci cannot read it, and `ces save` cannot write
-    /// it out. A pull then counts a layer the store has unpacked as present
+    /// layers: skopeo and umoci cannot read it. A pull then counts a layer the store has unpacked as present
     /// ([`Store::has_layer`]).
     pub fn with_layer_blobs(self, keep: bool) -> Store {
         Store { keep_layer_blobs: keep, ..self }
@@ -262,6 +270,7 @@ impl Store {
         for dir in [
             store.blobs_dir(),
             store.root.join("rootfs"),
+            store.merged_dir(),
             store.layers_dir(),
             store.tmp_dir(),
             store.root.join("locks"),
@@ -299,8 +308,14 @@ impl Store {
     fn restrict_access(&self) -> Result<()> {
         let euid = rustix::process::geteuid().as_raw();
         let root_mode = if euid == 0 { 0o711 } else { 0o700 };
-        let private =
-            [self.layout_dir(), self.root.join("rootfs"), self.layers_dir(), self.tmp_dir(), self.root.join("locks")];
+        let private = [
+            self.layout_dir(),
+            self.root.join("rootfs"),
+            self.merged_dir(),
+            self.layers_dir(),
+            self.tmp_dir(),
+            self.root.join("locks"),
+        ];
         for (dir, mode) in
             std::iter::once((self.root.clone(), root_mode)).chain(private.into_iter().map(|d| (d, 0o700)))
         {
@@ -601,6 +616,7 @@ impl Store {
                 // are all unpacked needs its layer blobs no more.
                 let unpacked = !self.keep_layer_blobs
                     && self.unpacked(&record.digest).is_some()
+                    && !self.merged_dir().join(record.digest.hex()).exists()
                     && diff_ids.len() == manifest.layers().len()
                     && diff_ids.iter().all(|d| self.layer_dir(d).is_some());
                 if !unpacked {
@@ -629,6 +645,13 @@ impl Store {
             if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
                 remove_tree(&entry.path())?;
                 stats.rootfs += 1;
+            }
+        }
+        let merged = self.merged_dir();
+        for entry in fs::read_dir(&merged).map_err(io_err(&merged))? {
+            let entry = entry.map_err(io_err(&merged))?;
+            if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
         let layers = self.layers_dir();
@@ -667,6 +690,49 @@ impl Store {
         self.root.join("layers")
     }
 
+    /// Where images unpacked the old way are marked (`merged/<hex>`, empty
+    /// files): their layer blobs are kept whatever `keep_layer_blobs` says,
+    /// since only they can unpack such an image again.
+    fn merged_dir(&self) -> PathBuf {
+        self.root.join("merged")
+    }
+
+    /// The layer blobs of the images unpacked the old way (marked in
+    /// [`Store::merged_dir`]) that are in the store's index or being
+    /// unpacked.
+    fn blobs_of_merged_images(&self) -> HashSet<String> {
+        let mut blobs = HashSet::new();
+        let Ok(entries) = fs::read_dir(self.merged_dir()) else { return blobs };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(digest) = format!("sha256:{name}").parse::<Digest>() else { continue };
+            if let Ok(manifest) = self.manifest(&digest) {
+                blobs.extend(manifest.layers().iter().map(|l| l.digest().digest().to_owned()));
+            }
+        }
+        blobs
+    }
+
+    /// Deletes the layer blobs of an image whose layers are all unpacked
+    /// and whose root filesystem is whole (`keep_layer_blobs = false`), but
+    /// not those an image unpacked the old way needs. A blob that cannot be
+    /// deleted is left (with a warning) for `ces gc`.
+    fn drop_layer_blobs(&self, manifest: &oci_spec::image::ImageManifest) {
+        let needed = self.blobs_of_merged_images();
+        for layer in manifest.layers() {
+            if needed.contains(layer.digest().digest()) {
+                continue;
+            }
+            let Ok(blob) = manifest::descriptor_digest(layer) else { continue };
+            let path = self.blob_path(&blob);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot delete an unpacked layer's blob"),
+            }
+        }
+    }
+
     /// Where the rootfs of manifest `digest` is cached.
     pub fn rootfs_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("rootfs").join(digest.hex())
@@ -688,6 +754,18 @@ impl Store {
     /// alone can hold) is unpacked the old way, each layer applied in order.
     /// `on_layer(i, n)` is called as layer `i` of `n` starts.
     pub fn unpack(
+        &self,
+        digest: &Digest,
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Unpacked> {
+        self.unpack_rootfs(digest, options, on_layer).map_err(|e| match e {
+            StoreError::MissingBlob { digest } if !self.keep_layer_blobs => StoreError::LayerBlobDropped { digest },
+            e => e,
+        })
+    }
+
+    fn unpack_rootfs(
         &self,
         digest: &Digest,
         options: &UnpackOptions,
@@ -758,16 +836,7 @@ impl Store {
         if !self.keep_layer_blobs {
             // Every layer is in `layers/` and the root filesystem is whole:
             // the blobs are no longer needed to run the image.
-            for layer in manifest.layers() {
-                if let Ok(blob) = manifest::descriptor_digest(layer) {
-                    let path = self.blob_path(&blob);
-                    match fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(source) => return Err(StoreError::Io { path, source }),
-                    }
-                }
-            }
+            self.drop_layer_blobs(&manifest);
         }
         let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
         Ok(Unpacked { path: dest, layers: stats })
@@ -948,6 +1017,10 @@ impl Store {
         on_layer: &mut dyn FnMut(usize, usize),
     ) -> Result<Unpacked> {
         let dest = self.rootfs_path(digest);
+        // Marked first: from now on its layer blobs are kept (also while it
+        // is being unpacked).
+        let mark = self.merged_dir().join(digest.hex());
+        File::create(&mark).map_err(io_err(&mark))?;
         let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let mut stats = Vec::new();

@@ -287,11 +287,20 @@ pub fn detect<'a, R: Read + 'a>(mut reader: R) -> io::Result<(Compression, Box<d
     Ok(if magic.starts_with(GZIP_MAGIC) {
         (Compression::Gzip, Box::new(flate2::read::MultiGzDecoder::new(stream)))
     } else if magic.starts_with(ZSTD_MAGIC) {
-        (Compression::Zstd, Box::new(zstd::stream::read::Decoder::new(stream)?))
+        let mut decoder = zstd::stream::read::Decoder::new(stream)?;
+        // At most an 8 MiB window (what zstd's levels up to 19 and the Go
+        // encoder image builders use), not the library's 128 MiB: a pull
+        // unpacks up to four layers at once within its memory bound. A
+        // frame that needs more is refused as corrupt.
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+        (Compression::Zstd, Box::new(decoder))
     } else {
         (Compression::None, Box::new(stream))
     })
 }
+
+/// The largest zstd window a layer may use: 2^23 bytes.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
 /// Applies one (already decompressed, see [`decompress`]) layer tar on top of
 /// the root filesystem directory `root`.
@@ -1292,6 +1301,26 @@ impl<'o> Applier<'o> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bytes` as one zstd frame of unknown size (streamed) with a window
+    /// of 2^`log` bytes.
+    fn zstd_with_window(bytes: &[u8], log: u32) -> Vec<u8> {
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(log).unwrap();
+        encoder.long_distance_matching(log > 23).unwrap();
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_zstd_layer_that_needs_more_than_an_8_mib_window_is_refused() {
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut out = Vec::new();
+        decompress(&zstd_with_window(&data, ZSTD_WINDOW_LOG_MAX)[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert!(out == data, "an 8 MiB window is read");
+        let e = decompress(&zstd_with_window(&data, 27)[..]).unwrap().read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(e.to_string().to_lowercase().contains("memory") || e.to_string().contains("window"), "{e}");
+    }
 
     fn names(raw: &str) -> Option<Vec<&str>> {
         normalize(raw.as_bytes()).map(|c| c.into_iter().map(|c| std::str::from_utf8(c).unwrap_or("?")).collect())

@@ -322,6 +322,9 @@ fn store_hints(error: &StoreError) -> Vec<String> {
             "the layer tries to write outside the image's filesystem: do not use this image, and report it".into(),
         ],
         StoreError::MissingBlob { .. } => vec!["the store is damaged; pull the image again to repair it".into()],
+        StoreError::LayerBlobDropped { .. } => vec![
+            "pull the image again (ces pull fetches the blobs it needs, and keeps them); an image brought in with ces load must be loaded again".into(),
+        ],
         _ => Vec::new(),
     }
 }

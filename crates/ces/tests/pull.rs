@@ -671,8 +671,36 @@ fn without_layer_blobs_an_image_that_needs_them_to_unpack_fetches_them_again() {
     pulled.ok();
     let rootfs = sb.rootfs(&linked.digest);
     assert_eq!(std::fs::read(rootfs.join("bin/busybox-again")).unwrap(), std::fs::read("/bin/busybox").unwrap());
-    // Unpacked from its blobs: they stay (the image needs them to unpack).
+    // Unpacked from its blobs: they stay (the image needs them to unpack),
+    // also when another image with its base layer is unpacked, and at gc.
     assert!(linked.layer_digests.iter().all(|l| sb.has_blob(l)), "{}", pulled.stderr);
+    let other = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("o", "o")])]).build();
+    reg.push(&other, "pull/noblobs-other", "1");
+    sb.ces(&["pull", &format!("{}/pull/noblobs-other:1", reg.host())]).ok();
+    assert!(!sb.has_blob(&other.layer_digests[1]), "the other image's own blob is dropped");
     sb.ces(&["gc"]).ok();
-    assert!(linked.layer_digests.iter().all(|l| sb.has_blob(l)), "kept by gc too");
+    assert!(linked.layer_digests.iter().all(|l| sb.has_blob(l)), "the linked image's blobs are kept");
+}
+
+#[test]
+fn without_layer_blobs_an_image_whose_layers_cannot_be_linked_keeps_its_blobs() {
+    let reg = anon();
+    // Every layer unpacks alone, but linking cannot tell which of two
+    // entries of the second layer, one through the first layer's `lib`
+    // link, lands last: the image is unpacked the old way.
+    let mut base = busybox_entries();
+    base.extend([Entry::dir("usr/lib"), Entry::symlink("lib", "usr/lib")]);
+    let image = ImageSpec::new(vec![
+        Layer::new(base),
+        Layer::new(vec![Entry::file("lib/x", "via the link"), Entry::file("usr/lib/x", "direct")]),
+    ])
+    .build();
+    reg.push(&image, "pull/noblobs-unlinkable", "1");
+    let sb = Sandbox::new(&[reg]);
+    sb.configure("keep_layer_blobs = false");
+    sb.ces(&["pull", &format!("{}/pull/noblobs-unlinkable:1", reg.host())]).ok();
+    assert_eq!(unpacked_layers(&sb).len(), 2, "both layers unpacked alone");
+    assert!(image.layer_digests.iter().all(|l| sb.has_blob(l)), "unpacked the old way: its blobs are kept");
+    sb.ces(&["gc"]).ok();
+    assert!(image.layer_digests.iter().all(|l| sb.has_blob(l)), "and kept by gc");
 }

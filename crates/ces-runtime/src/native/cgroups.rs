@@ -25,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 
@@ -516,6 +517,122 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
     }
 }
 
+/// The first move of a process into a cgroup after a quiet while waits for
+/// an RCU grace period (the kernel's `cgroup_threadgroup_rwsem`, one for all
+/// hierarchies: 7-13 ms here, more with every core busy); moves within the
+/// next grace period or two do not. [`MigrationWarmup::start`] pays that
+/// wait on a thread of its own, by moving ces into the cgroup it is already
+/// in, while the run is being prepared; [`MigrationWarmup::finish`], just
+/// before the container is built, waits for it (what is left of it) and
+/// moves once more, so that the container's move into its cgroup comes
+/// within the window. Nothing changes if it fails (no permission: the
+/// container's own move pays the wait as before).
+pub(crate) struct MigrationWarmup {
+    procs: Option<std::ffi::CString>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A warm-up started early ([`warm_cgroup_migration`]), for the run's
+/// container to finish.
+static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mutex::new(None);
+
+/// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
+/// at the start of a native run, before the plan is made: the container
+/// built later finishes it. Nothing if the hierarchy cannot be read.
+pub fn warm_cgroup_migration() {
+    let Ok(hierarchy) = Hierarchy::detect() else { return };
+    let warmup = MigrationWarmup::start(&hierarchy);
+    *EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(warmup);
+}
+
+impl MigrationWarmup {
+    /// The warm-up [`warm_cgroup_migration`] started, if any, else a new one.
+    pub(crate) fn early_or_start(hierarchy: &Hierarchy) -> MigrationWarmup {
+        let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        early.unwrap_or_else(|| MigrationWarmup::start(hierarchy))
+    }
+
+    pub(crate) fn start(hierarchy: &Hierarchy) -> MigrationWarmup {
+        let procs = own_procs_file(hierarchy).and_then(|p| std::ffi::CString::new(p.into_os_string().into_vec()).ok());
+        let thread = procs.clone().and_then(|path| {
+            // Only system calls on the thread: it may still run while ces
+            // clones a helper (see idmap::user_namespace).
+            std::thread::Builder::new().name("ces-cgroup-warm".to_owned()).spawn(move || move_self(&path)).ok()
+        });
+        MigrationWarmup { procs, thread }
+    }
+
+    /// Waits for the thread, then moves once more. Call it before anything
+    /// that clones a process that allocates (libcontainer's).
+    pub(crate) fn finish(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+            if let Some(path) = &self.procs {
+                move_self(path);
+            }
+        }
+    }
+}
+
+impl Drop for MigrationWarmup {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The `cgroup.procs` of the cgroup this process is in, in one hierarchy:
+/// the unified one if it has it, else the first v1 controller's.
+fn own_procs_file(hierarchy: &Hierarchy) -> Option<PathBuf> {
+    procs_file(hierarchy, &fs::read_to_string("/proc/self/cgroup").ok()?)
+}
+
+/// [`own_procs_file`] from the text of `/proc/self/cgroup`.
+fn procs_file(hierarchy: &Hierarchy, text: &str) -> Option<PathBuf> {
+    let (mount, path) = match hierarchy {
+        Hierarchy::V2 { root } => (root.clone(), text.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned()),
+        Hierarchy::V1 { controllers, .. } => text.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, names, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let mount = names.split(',').find_map(|name| controllers.get(name))?;
+            Some((mount.clone(), path.to_owned()))
+        })?,
+    };
+    let relative = Path::new(&path).strip_prefix("/").ok()?.to_owned();
+    if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return None;
+    }
+    Some(mount.join(relative).join("cgroup.procs"))
+}
+
+/// Writes this process's pid into `procs` (raw system calls, nothing
+/// allocated); errors are ignored.
+fn move_self(procs: &std::ffi::CStr) {
+    // SAFETY: a valid C string; the descriptor is closed below.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    let mut digits = [0u8; 12];
+    let mut n = digits.len();
+    // SAFETY: getpid has no failure.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    loop {
+        n -= 1;
+        digits[n] = b'0' + (pid % 10) as u8;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    // SAFETY: writing a slice of a live buffer; closing our descriptor.
+    unsafe {
+        libc::write(fd, digits[n..].as_ptr().cast(), digits.len() - n);
+        libc::close(fd);
+    }
+}
+
 /// This process's cgroup v2 path (`/user.slice/...`).
 pub(crate) fn own_v2_cgroup() -> io::Result<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup")?;
@@ -651,6 +768,38 @@ fn enable_v2_controllers(dir: &Path) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warmup_moves_this_process_into_the_cgroup_it_is_in() {
+        let hierarchy = Hierarchy::detect().unwrap();
+        let procs = own_procs_file(&hierarchy).expect("this process's cgroup.procs");
+        let pid = std::process::id().to_string();
+        let listed = fs::read_to_string(&procs).unwrap();
+        assert!(listed.lines().any(|l| l == pid), "{} lists this process", procs.display());
+        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        MigrationWarmup::start(&hierarchy).finish();
+        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still where it was, everywhere");
+    }
+
+    #[test]
+    fn the_procs_file_is_found_in_either_hierarchy_and_never_above_it() {
+        let v2 = Hierarchy::V2 { root: PathBuf::from("/sys/fs/cgroup") };
+        let text = "0::/user.slice/user-1000.slice/session-3.scope\n";
+        assert_eq!(
+            procs_file(&v2, text),
+            Some(PathBuf::from("/sys/fs/cgroup/user.slice/user-1000.slice/session-3.scope/cgroup.procs"))
+        );
+        let controllers = [("cpu", "/sys/fs/cgroup/cpu,cpuacct"), ("cpuacct", "/sys/fs/cgroup/cpu,cpuacct")]
+            .into_iter()
+            .map(|(c, p)| (c.to_owned(), PathBuf::from(p)))
+            .collect();
+        let v1 = Hierarchy::V1 { hybrid: true, controllers };
+        let text = "12:name=systemd:/\n4:cpu,cpuacct:/ces/x\n0::/\n";
+        assert_eq!(procs_file(&v1, text), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/ces/x/cgroup.procs")));
+        assert_eq!(procs_file(&v2, "0::/../../etc\n"), None);
+        assert_eq!(procs_file(&v2, "0::relative\n"), None);
+        assert_eq!(procs_file(&v1, "1:name=systemd:/\n"), None);
+    }
 
     #[test]
     fn common_ancestor_of_cgroup_paths() {

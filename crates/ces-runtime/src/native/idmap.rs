@@ -100,38 +100,43 @@ impl Extent {
 /// A user namespace with `uids` and `gids` and no process in it, held by
 /// its descriptor (for `mount_setattr`'s `userns_fd`).
 pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> {
-    // A child unshares a user namespace and waits; ces writes its maps and
-    // opens it; the child then exits. The child only makes system calls
-    // (ces may have other threads: nothing that allocates or locks).
-    let (ready_read, ready_write) = super::pipe()?;
+    reap_helpers(false);
+    // A child is born in a new user namespace (`clone(CLONE_NEWUSER)`): ces
+    // writes its maps and opens the namespace as soon as `clone` returns,
+    // without waiting for the child to run, then kills it and reaps it later
+    // ([`reap_helpers`]). With every core busy, each wait for a new process
+    // to be scheduled costs a time slice on the start's path. The child only
+    // makes system calls (ces may have other threads: nothing that
+    // allocates or locks): it waits, should it run before it is killed.
     let (done_read, done_write) = super::pipe()?;
-    // SAFETY: the child only calls async-signal-safe functions, then _exit.
-    let child = unsafe { libc::fork() };
+    // SAFETY: as fork (no new stack: the child runs on a copy of this one);
+    // the child only calls async-signal-safe functions, then _exit.
+    let child = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
     if child < 0 {
         return Err(io::Error::last_os_error());
     }
     if child == 0 {
         // SAFETY: raw system calls on descriptors this process owns (its
-        // copies of ces's ends closed first, or `done` never reads EOF).
+        // copy of ces's end closed first, or `done` never reads EOF).
         unsafe {
             libc::close(done_write.as_raw_fd());
-            libc::close(ready_read.as_raw_fd());
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
-            let status: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 };
-            libc::write(ready_write.as_raw_fd(), (&status as *const u8).cast(), 1);
             let mut byte = 0u8;
             libc::read(done_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
             libc::_exit(0)
         }
     }
-    drop(ready_write);
+    let child = child as libc::pid_t;
     drop(done_read);
     let result = (|| {
-        let mut status = [1u8];
-        let n = read_some(&ready_read, &mut status)?;
-        if n != 1 || status[0] != 0 {
-            return Err(io::Error::other("cannot make a user namespace for an idmapped mount"));
-        }
         fs::write(format!("/proc/{child}/uid_map"), uids.line())?;
         fs::write(format!("/proc/{child}/gid_map"), gids.line())?;
         let path = CString::new(format!("/proc/{child}/ns/user")).expect("no NUL");
@@ -145,15 +150,35 @@ pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> 
     })();
     drop(done_write);
     // Killed rather than trusted to see EOF: another thread's fork may hold
-    // a copy of `done_write`. Reaped, retrying on EINTR.
-    // SAFETY: signalling and reaping our own child.
-    unsafe {
-        libc::kill(child, libc::SIGKILL);
-        while libc::waitpid(child, std::ptr::null_mut(), 0) < 0
-            && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-        {}
-    }
+    // a copy of `done_write`.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    UNREAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+    reap_helpers(false);
     result
+}
+
+/// The helpers of [`user_namespace`] killed and not yet reaped.
+static UNREAPED: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+/// Reaps the helpers [`user_namespace`] killed: those already gone, or,
+/// with `wait`, all of them (each was sent `SIGKILL`: it ends as soon as it
+/// is scheduled). Called with `wait` once the container runs, off the
+/// start's path.
+pub(crate) fn reap_helpers(wait: bool) {
+    let mut unreaped = UNREAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    unreaped.retain(|&pid| {
+        loop {
+            // SAFETY: reaping our own child, by its pid.
+            let rc = unsafe { libc::waitpid(pid, std::ptr::null_mut(), if wait { 0 } else { libc::WNOHANG }) };
+            match rc {
+                0 => break true,
+                rc if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                // Reaped, or not ours to reap (ECHILD).
+                _ => break false,
+            }
+        }
+    });
 }
 
 /// A detached clone of the mount at `source` (not its submounts): of the
@@ -489,20 +514,6 @@ fn check_root_dir(root: &Path) -> io::Result<()> {
 fn make_dir(path: &Path) -> io::Result<()> {
     fs::DirBuilder::new().mode(0o711).create(path).map_err(|e| super::rootfs::annotate(e, path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o711)).map_err(|e| super::rootfs::annotate(e, path))
-}
-
-fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: reading into a buffer of the given length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 /// `MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV`.

@@ -50,7 +50,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Uid};
 use oci_spec::OciSpecError;
 
-pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation};
+pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation, warm_cgroup_migration};
 pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveError};
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
@@ -343,6 +343,8 @@ impl NativeRuntime {
             return Err(start_error("mapping the container's user")(e));
         }
         let hierarchy = Hierarchy::detect()?;
+        // The wait of the first cgroup move, paid while the run is prepared.
+        let warmup = cgroups::MigrationWarmup::early_or_start(&hierarchy);
         let cgroup = match privilege {
             Privilege::Root => ContainerCgroup::for_root(hierarchy, &spec.id),
             Privilege::Rootless { uid, .. } => ContainerCgroup::for_rootless(hierarchy, &spec.id, uid)?,
@@ -414,6 +416,7 @@ impl NativeRuntime {
             listeners,
             ports_channel: RefCell::new(None),
             hook_bundle: RefCell::new(None),
+            warmup: RefCell::new(Some(warmup)),
         };
         let (result, container_removed) = run.prepare_and_run();
         let dirs_removed = match dirs.remove() {
@@ -455,6 +458,8 @@ struct Run<'a> {
     /// As root, with devices' createContainer hooks: the bundle as they see
     /// it (see [`Run::bundle_for_hooks`]).
     hook_bundle: RefCell<Option<PathBuf>>,
+    /// Finished just before the container is built ([`cgroups::MigrationWarmup`]).
+    warmup: RefCell<Option<cgroups::MigrationWarmup>>,
 }
 
 impl Run<'_> {
@@ -737,6 +742,9 @@ impl Run<'_> {
             Ok(stdio) => stdio,
             Err(e) => return (Err(start_error("creating the container's stdio")(e.into())), true),
         };
+        if let Some(warmup) = self.warmup.take() {
+            warmup.finish();
+        }
         let built =
             self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
         drop(report_write);
@@ -763,6 +771,8 @@ impl Run<'_> {
                 .streams(self.spec.process.interactive)
                 .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            // The helpers that made the idmapped mounts' user namespaces.
+            idmap::reap_helpers(true);
             let _forwarder = self.forward_ports()?;
             let watcher = match tun_socket {
                 Some(socket) => {

@@ -109,19 +109,19 @@ fn fetch(
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let reporter = printer.pull_reporter();
-    let fetch = |all_layer_blobs| {
+    let fetch = |reference: &ImageReference, all_layer_blobs| {
         let options = ces_registry::PullOptions { all_layer_blobs, ..policy::pull_options(settings) };
         runtime.block_on(ces_registry::pull(
             &client,
             &store,
             &lock,
-            &reference,
+            reference,
             &request.credentials,
             &options,
             &reporter,
         ))
     };
-    let outcome = fetch(false)?;
+    let outcome = fetch(&reference, false)?;
     let retried = match outcome.retries {
         0 => String::new(),
         n => format!(
@@ -145,13 +145,11 @@ fn fetch(
         match unpack(&store, printer, &outcome.record.digest) {
             // Layers the store had unpacked were not fetched (it keeps no
             // layer blobs), but this image can only be unpacked from its
-            // blobs (a hard link across layers): fetched now, and again.
-            Err(e)
-                if !settings.keep_layer_blobs
-                    && matches!(e.downcast_ref::<StoreError>(), Some(StoreError::MissingBlob { .. })) =>
-            {
-                tracing::debug!("unpacking needs the layer blobs: fetching them");
-                fetch(true)?;
+            // blobs (a hard link across layers): fetched now, the same
+            // image by its digest, and unpacked again.
+            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::LayerBlobDropped { .. })) => {
+                printer.status("Fetching the layer blobs this image needs to unpack");
+                fetch(&reference.with_digest(outcome.record.digest.clone()), true)?;
                 unpack(&store, printer, &outcome.record.digest)?;
             }
             result => result?,

@@ -493,7 +493,7 @@ fn data_files_in_layer(layer: &LayerFiles) -> anyhow::Result<Vec<(String, u64)>>
         LayerFiles::Unpacked(root) => {
             use std::os::unix::fs::MetadataExt as _;
             // Each file once (a hard link is a second path to it, as in the
-            // tar), no link followed.
+            // tar: those with links are remembered), no link followed.
             let mut seen = std::collections::HashSet::new();
             let mut dirs = vec![root.clone()];
             while let Some(dir) = dirs.pop() {
@@ -504,7 +504,7 @@ fn data_files_in_layer(layer: &LayerFiles) -> anyhow::Result<Vec<(String, u64)>>
                         dirs.push(entry.path());
                     } else if kind.is_file() && !entry.file_name().as_encoded_bytes().starts_with(b".wh.") {
                         let meta = entry.metadata()?;
-                        if seen.insert((meta.dev(), meta.ino())) {
+                        if meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino())) {
                             let path = entry.path();
                             let relative = path.strip_prefix(root).unwrap_or(&path);
                             consider(relative.to_string_lossy().into_owned(), meta.len());
