@@ -924,7 +924,39 @@ impl Store {
         options: &UnpackOptions,
         budget: Option<std::sync::Arc<AtomicU64>>,
     ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
-        let layer_digest = manifest::descriptor_digest(layer)?;
+        self.unpack_layer_blob(&manifest::descriptor_digest(layer)?, diff_id, options, budget)
+    }
+
+    /// Unpacks the stored layer blob `layer_digest` alone into
+    /// `layers/<diff_id>/`, as [`Store::unpack`] would, ahead of it: while
+    /// a pull is still fetching the image's other layers. What unpacking
+    /// did, when it was done now (not when the store had the layer). All
+    /// the layers unpacked ahead for one image share `budget`
+    /// ([`Store::layer_budget`]); [`Store::unpack`] checks the whole again.
+    pub fn unpack_layer_ahead(
+        &self,
+        layer_digest: &Digest,
+        diff_id: &str,
+        options: &UnpackOptions,
+        budget: &LayerBudget,
+    ) -> Result<Option<unpack::UnpackStats>> {
+        self.unpack_layer_blob(layer_digest, diff_id, options, budget.0.clone()).map(|(_, stats)| stats)
+    }
+
+    /// What an image's layers may hold uncompressed, for
+    /// [`Store::unpack_layer_ahead`]: `[storage] max_image_size`.
+    pub fn layer_budget(&self) -> LayerBudget {
+        LayerBudget(self.max_unpacked.map(|max| std::sync::Arc::new(AtomicU64::new(max))))
+    }
+
+    fn unpack_layer_blob(
+        &self,
+        layer_digest: &Digest,
+        diff_id: &str,
+        options: &UnpackOptions,
+        budget: Option<std::sync::Arc<AtomicU64>>,
+    ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
+        let layer_digest = layer_digest.clone();
         let mismatch = |actual: Digest| StoreError::DiffIdMismatch {
             layer: layer_digest.clone(),
             expected: diff_id.to_owned(),
@@ -1078,6 +1110,11 @@ impl Store {
 fn diff_id_hex(diff_id: &str) -> Option<&str> {
     diff_id.strip_prefix("sha256:").filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+/// The uncompressed bytes left to the layers of one image unpacked ahead
+/// ([`Store::unpack_layer_ahead`]), shared by them.
+#[derive(Debug, Clone)]
+pub struct LayerBudget(Option<std::sync::Arc<AtomicU64>>);
 
 /// A layer unpacked alone (`layers/<hex>.json`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -18,6 +18,10 @@ use crate::error::RegistryError;
 pub trait PullReporter: Send + Sync {
     /// The reference resolved to this image manifest.
     fn resolved(&self, _reference: &ImageReference, _digest: &Digest) {}
+    /// The image's layers, in order, each with the digest of its
+    /// uncompressed tar as the image's config says (its `diff_id`), told
+    /// before any is fetched (a layer whose config names none is left out).
+    fn layers(&self, _layers: &[(Digest, String)]) {}
     /// A layer starts downloading (`reused`: it was already in the store, nothing to fetch).
     fn layer_start(&self, _digest: &Digest, _size: u64, _reused: bool) {}
     /// `bytes` more of a layer arrived.
@@ -205,6 +209,9 @@ pub async fn pull(
     let mut reused = 0;
     let mut missing = Vec::new();
     let diff_ids = image_config.rootfs().diff_ids();
+    let named: Vec<(Digest, String)> =
+        layers.iter().zip(diff_ids).map(|((digest, _), diff_id)| (digest.clone(), diff_id.clone())).collect();
+    reporter.layers(&named);
     for (i, (digest, size)) in layers.iter().enumerate() {
         let present = if options.all_layer_blobs {
             store.has_blob(digest, *size)

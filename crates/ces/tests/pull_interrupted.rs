@@ -153,3 +153,41 @@ fn an_interrupted_pull_is_recorded_at_its_start_and_closed_by_the_next() {
         assert!(shown.stdout.contains(&format!("pull {id} supervisor lost")), "{}", shown.stdout);
     }
 }
+
+#[test]
+fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
+    // Two layers: the second stalls half-way (for two minutes); the first,
+    // stored, must be unpacked meanwhile, not after the last download.
+    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("first", "here early")]),
+        Layer::new(vec![Entry::file("big", big)]),
+    ])
+    .build();
+    let mut content = HashMap::new();
+    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), image.manifest.clone()));
+    for (digest, bytes) in &image.blobs {
+        content.insert(format!("/v2/ns/img/blobs/{digest}"), ("application/octet-stream".into(), bytes.clone()));
+    }
+    let reg = StallingRegistry::start(content, format!("/v2/ns/img/blobs/{}", image.layer_digests[1]));
+    let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
+    let mut child = sb
+        .command(env!("CARGO_BIN_EXE_ces"), &["pull", &format!("{}/ns/img:1", reg.host)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
+    // A bound on the wait, not a measure: the stall lasts 120 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(reg.stalled.load(Ordering::SeqCst) && first.join("first").exists()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(reg.stalled.load(Ordering::SeqCst), "the second layer's download started");
+    assert!(running, "the pull was still downloading");
+    assert_eq!(std::fs::read(first.join("first")).unwrap(), b"here early", "the first layer unpacked meanwhile");
+    assert!(!sb.rootfs(&image.digest).exists(), "no root filesystem before every layer is there");
+}

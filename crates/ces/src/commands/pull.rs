@@ -1,7 +1,9 @@
 //! `ces pull` and `ces-pull`: fetch an image from an allowed registry into the
 //! store, then unpack its root filesystem into the cache.
 
+use std::collections::HashMap;
 use std::io::BufRead as _;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -108,8 +110,8 @@ fn fetch(
     let started = Instant::now();
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
-    let reporter = printer.pull_reporter();
-    let fetch = |reference: &ImageReference, all_layer_blobs| {
+    let progress = printer.pull_reporter();
+    let fetch = |reference: &ImageReference, all_layer_blobs, reporter: &dyn ces_registry::PullReporter| {
         let options = ces_registry::PullOptions { all_layer_blobs, ..policy::pull_options(settings) };
         runtime.block_on(ces_registry::pull(
             &client,
@@ -118,10 +120,41 @@ fn fetch(
             reference,
             &request.credentials,
             &options,
-            &reporter,
+            reporter,
         ))
     };
-    let outcome = fetch(&reference, false)?;
+    // Each layer is unpacked as soon as it is stored, on a thread of its
+    // own, while the others are still being fetched.
+    let options = ces_image::unpack::UnpackOptions::for_current_user();
+    let (stored, layers) = std::sync::mpsc::channel();
+    let ahead = Ahead::new(&progress, stored);
+    let fetched = std::thread::scope(|scope| {
+        let unpacker = request.unpack.then(|| {
+            let (store, options) = (&store, &options);
+            scope.spawn(move || {
+                let budget = store.layer_budget();
+                let mut unpacked = HashMap::new();
+                for (digest, diff_id) in layers {
+                    match store.unpack_layer_ahead(&digest, &diff_id, options, &budget) {
+                        // None: the store had it (or it came twice).
+                        Ok(stats) => {
+                            if let Some(stats) = stats {
+                                unpacked.insert(digest, stats);
+                            }
+                        }
+                        // Unpacked again, and reported, with the image.
+                        Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
+                    }
+                }
+                unpacked
+            })
+        });
+        let fetched = fetch(&reference, false, &ahead);
+        ahead.done();
+        let unpacked = unpacker.map(|u| u.join().unwrap_or_default()).unwrap_or_default();
+        fetched.map(|outcome| (outcome, unpacked))
+    });
+    let (outcome, unpacked_ahead) = fetched?;
     let retried = match outcome.retries {
         0 => String::new(),
         n => format!(
@@ -142,14 +175,14 @@ fn fetch(
     // Named only once usable: an image whose layers cannot be unpacked
     // (a corrupt or malicious layer) is not left in `ces images`.
     if request.unpack {
-        match unpack(&store, printer, &outcome.record.digest) {
+        match unpack_after(&store, printer, &outcome.record.digest, &unpacked_ahead) {
             // Layers the store had unpacked were not fetched (it keeps no
             // layer blobs), but this image can only be unpacked from its
             // blobs (a hard link across layers): fetched now, the same
             // image by its digest, and unpacked again.
             Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::LayerBlobDropped { .. })) => {
                 printer.status("Fetching the layer blobs this image needs to unpack");
-                fetch(&reference.with_digest(outcome.record.digest.clone()), true)?;
+                fetch(&reference.with_digest(outcome.record.digest.clone()), true, &progress)?;
                 unpack(&store, printer, &outcome.record.digest)?;
             }
             result => result?,
@@ -185,8 +218,76 @@ fn mirror(settings: &Settings) -> anyhow::Result<Option<ces_registry::Mirror>> {
     Ok(Some(ces_registry::Mirror { url, credentials }))
 }
 
+/// The layers a pull stores, in the order they are stored, each with its
+/// diff_id: what is unpacked ahead ([`Store::unpack_layer_ahead`]). The
+/// progress of the pull is reported through it.
+struct Ahead<'a> {
+    progress: &'a dyn ces_registry::PullReporter,
+    diff_ids: Mutex<HashMap<ces_image::Digest, String>>,
+    stored: Mutex<Option<std::sync::mpsc::Sender<(ces_image::Digest, String)>>>,
+}
+
+impl<'a> Ahead<'a> {
+    fn new(
+        progress: &'a dyn ces_registry::PullReporter,
+        stored: std::sync::mpsc::Sender<(ces_image::Digest, String)>,
+    ) -> Ahead<'a> {
+        Ahead { progress, diff_ids: Mutex::new(HashMap::new()), stored: Mutex::new(Some(stored)) }
+    }
+
+    /// No more layers: the unpacking thread ends after the last.
+    fn done(&self) {
+        self.stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+}
+
+impl ces_registry::PullReporter for Ahead<'_> {
+    fn resolved(&self, reference: &ImageReference, digest: &ces_image::Digest) {
+        self.progress.resolved(reference, digest);
+    }
+    fn layers(&self, layers: &[(ces_image::Digest, String)]) {
+        self.diff_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(layers.iter().cloned());
+        self.progress.layers(layers);
+    }
+    fn layer_start(&self, digest: &ces_image::Digest, size: u64, reused: bool) {
+        self.progress.layer_start(digest, size, reused);
+    }
+    fn layer_progress(&self, digest: &ces_image::Digest, bytes: u64) {
+        self.progress.layer_progress(digest, bytes);
+    }
+    fn layer_done(&self, digest: &ces_image::Digest) {
+        self.progress.layer_done(digest);
+        let diff_id = self.diff_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(digest).cloned();
+        if let (Some(diff_id), Some(stored)) =
+            (diff_id, &*self.stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        {
+            let _ = stored.send((digest.clone(), diff_id));
+        }
+    }
+    fn retrying(&self, retry: &ces_registry::Retry<'_>) {
+        self.progress.retrying(retry);
+    }
+    fn layer_restarted(&self, digest: &ces_image::Digest, discarded: u64) {
+        self.progress.layer_restarted(digest, discarded);
+    }
+    fn blob_file(&self, digest: &ces_image::Digest, path: &std::path::Path) {
+        self.progress.blob_file(digest, path);
+    }
+}
+
 /// Unpacks the image's root filesystem into the cache, with a spinner.
 pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> anyhow::Result<()> {
+    unpack_after(store, printer, digest, &HashMap::new())
+}
+
+/// [`unpack`], some layers of which were unpacked ahead (what that did, by
+/// layer blob): their warnings are said with the others'.
+fn unpack_after(
+    store: &Store,
+    printer: &Printer,
+    digest: &ces_image::Digest,
+    ahead: &HashMap<ces_image::Digest, ces_image::unpack::UnpackStats>,
+) -> anyhow::Result<()> {
     if store.unpacked(digest).is_some() {
         return Ok(());
     }
@@ -198,7 +299,17 @@ pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> a
     spinner.finish_and_clear();
     let unpacked = result?;
     let count = unpacked.layers.len();
+    let blobs: Vec<Option<ces_image::Digest>> = match ahead.is_empty() {
+        true => Vec::new(),
+        false => {
+            store.manifest(digest)?.layers().iter().map(|l| ces_image::manifest::descriptor_digest(l).ok()).collect()
+        }
+    };
     for (i, stats) in unpacked.layers.iter().enumerate() {
+        let stats = match blobs.get(i).cloned().flatten().and_then(|blob| ahead.get(&blob)) {
+            Some(early) if *stats == ces_image::unpack::UnpackStats::default() => early,
+            _ => stats,
+        };
         if let Some(line) = dropped_summary(stats) {
             printer.status(format!("warning: layer {}/{count}: {line}", i + 1));
         }
