@@ -520,16 +520,20 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// The first move of a process into a cgroup after a quiet while waits for
 /// an RCU grace period (the kernel's `cgroup_threadgroup_rwsem`, one for all
 /// hierarchies: 7-13 ms here, more with every core busy); moves within the
-/// next grace period or two do not. [`MigrationWarmup::start`] pays that
-/// wait on a thread of its own, by moving ces into the cgroup it is already
-/// in, while the run is being prepared; [`MigrationWarmup::finish`], just
-/// before the container is built, waits for it (what is left of it) and
-/// moves once more, so that the container's move into its cgroup comes
-/// within the window. Nothing changes if it fails (no permission: the
-/// container's own move pays the wait as before).
+/// next grace period or so do not. As root, [`MigrationWarmup::start`] pays
+/// that wait on a thread of its own, by moving ces into the cgroup it is
+/// already in, while the run is being prepared; [`MigrationWarmup::finish`],
+/// just before the container is built, waits for it (what is left of it)
+/// and moves once more, so that the container's move into its cgroup comes
+/// within the window. Each move is made only if ces is still where it was
+/// when the warm-up started (nothing moved it since: ces never undoes
+/// another's placement). Nothing changes if a move fails: the container's
+/// own move pays the wait as before. Rootless runs have none (ces moves
+/// itself into a scope of its own there).
 pub(crate) struct MigrationWarmup {
-    procs: Option<std::ffi::CString>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// `/proc/self/cgroup` when it started, and the `cgroup.procs` it names.
+    at: Option<(String, std::ffi::CString)>,
+    thread: Option<std::thread::JoinHandle<bool>>,
 }
 
 /// A warm-up started early ([`warm_cgroup_migration`]), for the run's
@@ -537,9 +541,13 @@ pub(crate) struct MigrationWarmup {
 static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mutex::new(None);
 
 /// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
-/// at the start of a native run, before the plan is made: the container
-/// built later finishes it. Nothing if the hierarchy cannot be read.
+/// for a native run as root whose image and policy are checked: the
+/// container built later finishes it. Nothing if the hierarchy cannot be
+/// read, or without root.
 pub fn warm_cgroup_migration() {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
     let Ok(hierarchy) = Hierarchy::detect() else { return };
     let warmup = MigrationWarmup::start(&hierarchy);
     *EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(warmup);
@@ -552,25 +560,35 @@ impl MigrationWarmup {
         early.unwrap_or_else(|| MigrationWarmup::start(hierarchy))
     }
 
+    /// Drops a warm-up [`warm_cgroup_migration`] started (a rootless run
+    /// has none), waiting for its thread.
+    pub(crate) fn forget_early() {
+        drop(EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+    }
+
     pub(crate) fn start(hierarchy: &Hierarchy) -> MigrationWarmup {
-        let procs = own_procs_file(hierarchy).and_then(|p| std::ffi::CString::new(p.into_os_string().into_vec()).ok());
-        let thread = procs.clone().and_then(|path| {
-            // Only system calls on the thread: it may still run while ces
-            // clones a helper (see idmap::user_namespace).
-            std::thread::Builder::new().name("ces-cgroup-warm".to_owned()).spawn(move || move_self(&path)).ok()
+        let at = fs::read_to_string("/proc/self/cgroup").ok().and_then(|text| {
+            let procs = procs_file(hierarchy, &text)?;
+            Some((text, std::ffi::CString::new(procs.into_os_string().into_vec()).ok()?))
         });
-        MigrationWarmup { procs, thread }
+        // The thread allocates (its own start and end, the check): it is
+        // joined before libcontainer clones (`finish`, or the drop).
+        let thread = at.clone().and_then(|(text, procs)| {
+            std::thread::Builder::new()
+                .name("ces-cgroup-warm".to_owned())
+                .spawn(move || move_self_if_still_in(&text, &procs))
+                .ok()
+        });
+        MigrationWarmup { at, thread }
     }
 
     /// Waits for the thread, then moves once more. Call it before anything
-    /// that clones a process that allocates (libcontainer's).
-    pub(crate) fn finish(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-            if let Some(path) = &self.procs {
-                move_self(path);
-            }
-        }
+    /// clones a process that allocates (libcontainer's). Whether the last
+    /// move was made.
+    pub(crate) fn finish(mut self) -> bool {
+        let Some(thread) = self.thread.take() else { return false };
+        let _ = thread.join();
+        self.at.as_ref().is_some_and(|(text, procs)| move_self_if_still_in(text, procs))
     }
 }
 
@@ -582,8 +600,14 @@ impl Drop for MigrationWarmup {
     }
 }
 
+/// [`move_self`], if `/proc/self/cgroup` still reads `text`.
+fn move_self_if_still_in(text: &str, procs: &std::ffi::CStr) -> bool {
+    fs::read_to_string("/proc/self/cgroup").is_ok_and(|now| now == text) && move_self(procs)
+}
+
 /// The `cgroup.procs` of the cgroup this process is in, in one hierarchy:
 /// the unified one if it has it, else the first v1 controller's.
+#[cfg(test)]
 fn own_procs_file(hierarchy: &Hierarchy) -> Option<PathBuf> {
     procs_file(hierarchy, &fs::read_to_string("/proc/self/cgroup").ok()?)
 }
@@ -606,13 +630,12 @@ fn procs_file(hierarchy: &Hierarchy, text: &str) -> Option<PathBuf> {
     Some(mount.join(relative).join("cgroup.procs"))
 }
 
-/// Writes this process's pid into `procs` (raw system calls, nothing
-/// allocated); errors are ignored.
-fn move_self(procs: &std::ffi::CStr) {
+/// Writes this process's pid into `procs`: whether it was written.
+fn move_self(procs: &std::ffi::CStr) -> bool {
     // SAFETY: a valid C string; the descriptor is closed below.
     let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
-        return;
+        return false;
     }
     let mut digits = [0u8; 12];
     let mut n = digits.len();
@@ -628,8 +651,9 @@ fn move_self(procs: &std::ffi::CStr) {
     }
     // SAFETY: writing a slice of a live buffer; closing our descriptor.
     unsafe {
-        libc::write(fd, digits[n..].as_ptr().cast(), digits.len() - n);
+        let written = libc::write(fd, digits[n..].as_ptr().cast(), digits.len() - n);
         libc::close(fd);
+        written == (digits.len() - n) as isize
     }
 }
 
@@ -769,16 +793,46 @@ fn enable_v2_controllers(dir: &Path) -> Result<(), RuntimeError> {
 mod tests {
     use super::*;
 
+    /// The tests that move this process (all its threads) between cgroups,
+    /// one at a time.
+    static MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn the_warmup_moves_this_process_into_the_cgroup_it_is_in() {
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let hierarchy = Hierarchy::detect().unwrap();
         let procs = own_procs_file(&hierarchy).expect("this process's cgroup.procs");
         let pid = std::process::id().to_string();
         let listed = fs::read_to_string(&procs).unwrap();
         assert!(listed.lines().any(|l| l == pid), "{} lists this process", procs.display());
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
-        MigrationWarmup::start(&hierarchy).finish();
+        assert!(nix::unistd::geteuid().is_root(), "this test moves this process: run the suite as root (CI does)");
+        assert!(MigrationWarmup::start(&hierarchy).finish(), "moved");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still where it was, everywhere");
+    }
+
+    #[test]
+    fn the_warmup_does_not_move_back_a_process_moved_since_it_started() {
+        assert!(nix::unistd::geteuid().is_root(), "this test creates a cgroup: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hierarchy = Hierarchy::detect().unwrap();
+        let procs = own_procs_file(&hierarchy).unwrap();
+        let home = procs.parent().unwrap().to_owned();
+        let elsewhere = home.join(format!("ces-warmup-test-{}", std::process::id()));
+        fs::create_dir(&elsewhere).unwrap();
+        let warmup = MigrationWarmup::start(&hierarchy);
+        while !warmup.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Moved by someone else (a scope, an operator) after the start.
+        fs::write(elsewhere.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        let moved = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let wrote = warmup.finish();
+        let after = fs::read_to_string("/proc/self/cgroup").unwrap();
+        fs::write(&procs, std::process::id().to_string()).unwrap();
+        fs::remove_dir(&elsewhere).unwrap();
+        assert!(!wrote, "no move once moved");
+        assert_eq!(after, moved, "left where it was moved to");
     }
 
     #[test]

@@ -109,18 +109,16 @@ pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> 
     // makes system calls (ces may have other threads: nothing that
     // allocates or locks): it waits, should it run before it is killed.
     let (done_read, done_write) = super::pipe()?;
+    // The flags come first, but on s390x (the new stack first); the other
+    // arguments are all zero.
+    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
+    #[cfg(not(target_arch = "s390x"))]
     // SAFETY: as fork (no new stack: the child runs on a copy of this one);
     // the child only calls async-signal-safe functions, then _exit.
-    let child = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let child = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    #[cfg(target_arch = "s390x")]
+    // SAFETY: as above.
+    let child = unsafe { libc::syscall(libc::SYS_clone, 0usize, flags, 0usize, 0usize, 0usize) };
     if child < 0 {
         return Err(io::Error::last_os_error());
     }

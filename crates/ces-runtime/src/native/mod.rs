@@ -344,7 +344,12 @@ impl NativeRuntime {
         }
         let hierarchy = Hierarchy::detect()?;
         // The wait of the first cgroup move, paid while the run is prepared.
-        let warmup = cgroups::MigrationWarmup::early_or_start(&hierarchy);
+        let warmup = if privilege == Privilege::Root {
+            Some(cgroups::MigrationWarmup::early_or_start(&hierarchy))
+        } else {
+            cgroups::MigrationWarmup::forget_early();
+            None
+        };
         let cgroup = match privilege {
             Privilege::Root => ContainerCgroup::for_root(hierarchy, &spec.id),
             Privilege::Rootless { uid, .. } => ContainerCgroup::for_rootless(hierarchy, &spec.id, uid)?,
@@ -416,9 +421,11 @@ impl NativeRuntime {
             listeners,
             ports_channel: RefCell::new(None),
             hook_bundle: RefCell::new(None),
-            warmup: RefCell::new(Some(warmup)),
+            warmup: RefCell::new(warmup),
         };
         let (result, container_removed) = run.prepare_and_run();
+        // The helpers of the idmapped mounts, whatever became of the run.
+        idmap::reap_helpers(true);
         let dirs_removed = match dirs.remove() {
             Ok(()) => true,
             Err(e) => {
@@ -743,7 +750,7 @@ impl Run<'_> {
             Err(e) => return (Err(start_error("creating the container's stdio")(e.into())), true),
         };
         if let Some(warmup) = self.warmup.take() {
-            warmup.finish();
+            let _ = warmup.finish();
         }
         let built =
             self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
@@ -771,8 +778,6 @@ impl Run<'_> {
                 .streams(self.spec.process.interactive)
                 .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
-            // The helpers that made the idmapped mounts' user namespaces.
-            idmap::reap_helpers(true);
             let _forwarder = self.forward_ports()?;
             let watcher = match tun_socket {
                 Some(socket) => {

@@ -157,11 +157,6 @@ fn run_container(
     if options.tty && !options.dry_run && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(RunError::NoTerminal.into());
     }
-    // A native run here: the wait of its first cgroup move is paid while the
-    // plan is made (ces_runtime::native::warm_cgroup_migration).
-    if !options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native") {
-        ces_runtime::native::warm_cgroup_migration();
-    }
     let slurm = options.runtime.as_deref() == Some("slurm");
     let k8s = options.runtime.as_deref() == Some("k8s");
     if options.wait && !slurm && !k8s {
@@ -205,6 +200,12 @@ fn run_container(
             prepared.spec.devices = resolved.devices.clone();
             prepared.devices = Some(resolved);
         }
+    }
+    // A native run, its image and policy checked: the wait of its first
+    // cgroup move is paid while the run is prepared (as root:
+    // ces_runtime::native::warm_cgroup_migration).
+    if !options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native") {
+        ces_runtime::native::warm_cgroup_migration();
     }
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     if runtime.name() == "podman"
