@@ -128,30 +128,41 @@ fn fetch(
     let options = ces_image::unpack::UnpackOptions::for_current_user();
     let (stored, layers) = std::sync::mpsc::channel();
     let ahead = Ahead::new(&progress, stored);
+    let (layers, budget) = (Mutex::new(layers), store.layer_budget());
     let fetched = std::thread::scope(|scope| {
-        let unpacker = request.unpack.then(|| {
-            let (store, options) = (&store, &options);
-            scope.spawn(move || {
-                let budget = store.layer_budget();
-                let mut unpacked = HashMap::new();
-                for (digest, diff_id) in layers {
-                    match store.unpack_layer_ahead(&digest, &diff_id, options, &budget) {
-                        // None: the store had it (or it came twice).
-                        Ok(stats) => {
-                            if let Some(stats) = stats {
-                                unpacked.insert(digest, stats);
+        // Several layers at once, as Store::unpack does (one per core, at
+        // most 4), all within one budget.
+        let workers =
+            if request.unpack { std::thread::available_parallelism().map_or(1, |n| n.get()).min(4) } else { 0 };
+        let unpackers: Vec<_> = (0..workers)
+            .map(|_| {
+                let (store, options, layers, budget) = (&store, &options, &layers, &budget);
+                scope.spawn(move || {
+                    let mut unpacked = HashMap::new();
+                    loop {
+                        let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                        let Ok((digest, diff_id)) = next else { break };
+                        match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
+                            // None: the store had it (or it came twice).
+                            Ok(stats) => {
+                                if let Some(stats) = stats {
+                                    unpacked.insert(digest, stats);
+                                }
                             }
+                            // Unpacked again, and reported, with the image.
+                            Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
                         }
-                        // Unpacked again, and reported, with the image.
-                        Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
                     }
-                }
-                unpacked
+                    unpacked
+                })
             })
-        });
+            .collect();
         let fetched = fetch(&reference, false, &ahead);
         ahead.done();
-        let unpacked = unpacker.map(|u| u.join().unwrap_or_default()).unwrap_or_default();
+        let mut unpacked = HashMap::new();
+        for unpacker in unpackers {
+            unpacked.extend(unpacker.join().unwrap_or_default());
+        }
         fetched.map(|outcome| (outcome, unpacked))
     });
     let (outcome, unpacked_ahead) = fetched?;
