@@ -439,10 +439,12 @@ impl Store {
 
     /// Whether the store holds the layer whose blob is `digest` and whose
     /// uncompressed tar is `diff_id` (as the image's config says): its blob,
-    /// or, when blobs are not kept, the layer unpacked (and checked against
-    /// its diff_id when it was).
+    /// or, when blobs are not kept, the layer unpacked from that very blob
+    /// (a layer with that diff_id made from another blob does not count:
+    /// the config's word is not proof that this blob makes it).
     pub fn has_layer(&self, digest: &Digest, size: u64, diff_id: Option<&str>) -> bool {
-        self.has_blob(digest, size) || (!self.keep_layer_blobs && diff_id.is_some_and(|d| self.layer_dir(d).is_some()))
+        self.has_blob(digest, size)
+            || (!self.keep_layer_blobs && diff_id.and_then(|d| self.layer_record(d)).is_some_and(|r| r.made_by(digest)))
     }
 
     /// The directory of the layer with this diff_id, when the store has it
@@ -861,7 +863,10 @@ impl Store {
                 let actual = layer.clone();
                 return Err(StoreError::DiffIdMismatch { layer, expected: "nothing".to_owned(), actual });
             };
-            let record = self.layer_record(diff_id);
+            // Reused only for a blob shown to make it (else checked, by
+            // `unpack_one_layer`).
+            let blob = manifest::descriptor_digest(layer)?;
+            let record = self.layer_record(diff_id).filter(|r| r.made_by(&blob));
             if record.is_none() {
                 missing.push(i);
             }
@@ -967,7 +972,28 @@ impl Store {
         };
         let _guard =
             self.flock(&self.root.join("locks").join(format!("layer-{hex}.lock")), FlockOperation::LockExclusive)?;
-        if let Some(record) = self.layer_record(diff_id) {
+        if let Some(mut record) = self.layer_record(diff_id) {
+            if record.made_by(&layer_digest) {
+                return Ok((record, None));
+            }
+            // The store has a layer with this diff_id, but this image's blob
+            // was never shown to make it: the config's word is not enough
+            // (another user's private layer would be had by naming its
+            // digest). The blob is read through and hashed, nothing written.
+            let (hashing, exceeded) = self.layer_stream(&layer_digest, budget)?;
+            let (actual, _) = hashing.drain().map_err(|source| {
+                if exceeded.load(Ordering::Relaxed) {
+                    StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() }
+                } else {
+                    StoreError::LayerRead { layer: layer_digest.clone(), source }
+                }
+            })?;
+            if actual.to_string() != diff_id {
+                return Err(mismatch(actual));
+            }
+            record.blobs.push(layer_digest.to_string());
+            let json = serde_json::to_vec(&record).map_err(|e| io_err(&self.layers_dir())(io::Error::other(e)))?;
+            write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
             return Ok((record, None));
         }
         let dir = self.layers_dir().join(hex);
@@ -1001,6 +1027,7 @@ impl Store {
                 size,
                 implicit: unpacked.implicit_dirs,
                 dir_modes: unpacked.dir_modes,
+                blobs: vec![layer_digest.to_string()],
             };
             Ok((record, unpacked.stats))
         })();
@@ -1128,6 +1155,18 @@ struct LayerRecord {
     /// The modes its directories keep off disk ([`unpack::LayerDir::dir_modes`]).
     #[serde(default)]
     dir_modes: Vec<(Vec<u8>, u32)>,
+    /// The layer blobs (compressed digests) read and shown to make this
+    /// layer: only an image with one of them reuses it.
+    #[serde(default)]
+    blobs: Vec<String>,
+}
+
+impl LayerRecord {
+    /// Whether the blob `digest` was shown to make this layer.
+    fn made_by(&self, digest: &Digest) -> bool {
+        let digest = digest.to_string();
+        self.blobs.contains(&digest)
+    }
 }
 
 /// A layer's uncompressed stream, cut off with an error (and `exceeded`

@@ -67,12 +67,17 @@ fn end(mut tar: Vec<u8>) -> Vec<u8> {
 /// Writes an OCI archive of one image with these (uncompressed or gzip)
 /// layer tars, named [`REFERENCE`].
 fn write_archive(path: &Path, layers: &[(Vec<u8>, Compression)]) {
+    let diff_ids: Vec<String> = layers.iter().map(|(tar, _)| sha256_digest(tar)).collect();
+    write_archive_claiming(path, layers, &diff_ids, REFERENCE);
+}
+
+/// [`write_archive`], its config claiming `diff_ids` (whatever the layers
+/// hold), named `reference`.
+fn write_archive_claiming(path: &Path, layers: &[(Vec<u8>, Compression)], diff_ids: &[String], reference: &str) {
     let mut blobs = Vec::new();
     let mut descriptors = Vec::new();
-    let mut diff_ids = Vec::new();
     for (tar, compression) in layers {
         let blob = compress(tar, *compression);
-        diff_ids.push(sha256_digest(tar));
         descriptors.push(
             json!({"mediaType": compression.oci_media_type(), "digest": sha256_digest(&blob), "size": blob.len()}),
         );
@@ -95,7 +100,7 @@ fn write_archive(path: &Path, layers: &[(Vec<u8>, Compression)]) {
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "digest": sha256_digest(&manifest), "size": manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": REFERENCE},
+            "annotations": {"org.opencontainers.image.ref.name": reference},
         }],
     }))
     .unwrap();
@@ -344,4 +349,28 @@ fn a_disk_that_fills_while_unpacking_gets_a_hint() {
     assert!(stderr.contains("no space left on the device holding") && stderr.contains("/tmp/layer-"), "{stderr}");
     assert!(stderr.contains("hint: free some space"), "{stderr}");
     assert!(sb.images().is_empty());
+}
+
+#[test]
+fn an_image_that_claims_another_images_layer_gets_nothing_of_it() {
+    // A layer the store has (another project's image), and an image whose
+    // config names that layer's diff_id over a blob of its own: the store's
+    // layer is not lent on the config's word.
+    let sb = Sandbox::new(&[]);
+    let secret = Layer::new(vec![Entry::file("secret.txt", "another project's data")]).tar();
+    let claimed = [sha256_digest(&secret)];
+    let victim = sb.dir.path().join("victim.tar");
+    write_archive_claiming(&victim, &[(secret, Compression::Gzip)], &claimed, "ghcr.io/ces-tre/victim:1");
+    sb.ces(&["load", &victim.display().to_string()]).ok();
+
+    let own = Layer::new(vec![Entry::file("x", "mine")]).tar();
+    let thief = sb.dir.path().join("thief.tar");
+    write_archive_claiming(&thief, &[(own, Compression::Gzip)], &claimed, "ghcr.io/ces-tre/thief:1");
+    let run = sb.ces(&["load", &thief.display().to_string()]);
+    let error = run.fails();
+    assert!(error.contains("but the image config says"), "{error}");
+    let images = sb.images();
+    assert_eq!(images.len(), 1, "only the victim is named: {images:?}");
+    let rootfs: Vec<_> = std::fs::read_dir(sb.store.join("rootfs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(rootfs.len(), 1, "{rootfs:?}");
 }
