@@ -448,10 +448,11 @@ impl Store {
     }
 
     /// The directory of the layer with this diff_id, when the store has it
-    /// unpacked: its files as the layer's tar holds them, whiteouts as the
-    /// tar's own `.wh.` files.
-    pub fn layer_dir(&self, diff_id: &str) -> Option<PathBuf> {
-        self.layer_record(diff_id).map(|record| self.layers_dir().join(record.hex))
+    /// unpacked from the blob `blob` (see [`Store::has_layer`]): its files
+    /// as the layer's tar holds them, whiteouts as the tar's own `.wh.`
+    /// files.
+    pub fn layer_dir(&self, blob: &Digest, diff_id: &str) -> Option<PathBuf> {
+        self.layer_record(diff_id).filter(|r| r.made_by(blob)).map(|record| self.layers_dir().join(record.hex))
     }
 
     /// Opens a stored blob.
@@ -620,7 +621,9 @@ impl Store {
                     && self.unpacked(&record.digest).is_some()
                     && !self.merged_dir().join(record.digest.hex()).exists()
                     && diff_ids.len() == manifest.layers().len()
-                    && diff_ids.iter().all(|d| self.layer_dir(d).is_some());
+                    && manifest.layers().iter().zip(diff_ids).all(|(layer, d)| {
+                        manifest::descriptor_digest(layer).is_ok_and(|blob| self.layer_dir(&blob, d).is_some())
+                    });
                 if !unpacked {
                     for layer in manifest.layers() {
                         live_blobs.insert(layer.digest().digest().to_owned());
@@ -979,7 +982,8 @@ impl Store {
             // The store has a layer with this diff_id, but this image's blob
             // was never shown to make it: the config's word is not enough
             // (another user's private layer would be had by naming its
-            // digest). The blob is read through and hashed, nothing written.
+            // digest). The blob is read through and hashed (no file of it
+            // written), and named in the record if it makes the layer.
             let (hashing, exceeded) = self.layer_stream(&layer_digest, budget)?;
             let (actual, _) = hashing.drain().map_err(|source| {
                 if exceeded.load(Ordering::Relaxed) {

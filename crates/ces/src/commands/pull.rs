@@ -129,36 +129,56 @@ fn fetch(
     let (stored, layers) = std::sync::mpsc::channel();
     let ahead = Ahead::new(&progress, stored);
     let (layers, budget) = (Mutex::new(layers), store.layer_budget());
+    // Set when the fetch failed: what is queued is left (and gc frees what
+    // was made).
+    let cancelled = std::sync::atomic::AtomicBool::new(false);
     let fetched = std::thread::scope(|scope| {
-        // Several layers at once, as Store::unpack does (one per core, at
-        // most 4), all within one budget.
+        // However this scope ends (a panic too), the workers hear that no
+        // more layers come, or the scope would wait for them for ever.
+        struct Done<'a, 'b>(&'a Ahead<'b>);
+        impl Drop for Done<'_, '_> {
+            fn drop(&mut self) {
+                self.0.done();
+            }
+        }
+        let done = Done(&ahead);
+        // Two layers at once (one per core, at most 2: the downloads run
+        // beside them, and each holds a decompressor's window), all within
+        // one budget. A worker that cannot be started is done without.
         let workers =
-            if request.unpack { std::thread::available_parallelism().map_or(1, |n| n.get()).min(4) } else { 0 };
+            if request.unpack { std::thread::available_parallelism().map_or(1, |n| n.get()).min(2) } else { 0 };
         let unpackers: Vec<_> = (0..workers)
-            .map(|_| {
-                let (store, options, layers, budget) = (&store, &options, &layers, &budget);
-                scope.spawn(move || {
-                    let mut unpacked = HashMap::new();
-                    loop {
-                        let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-                        let Ok((digest, diff_id)) = next else { break };
-                        match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
-                            // None: the store had it (or it came twice).
-                            Ok(stats) => {
-                                if let Some(stats) = stats {
-                                    unpacked.insert(digest, stats);
-                                }
+            .filter_map(|_| {
+                let (store, options, layers, budget, cancelled) = (&store, &options, &layers, &budget, &cancelled);
+                std::thread::Builder::new()
+                    .name("ces-unpack-ahead".to_owned())
+                    .spawn_scoped(scope, move || {
+                        let mut unpacked = HashMap::new();
+                        loop {
+                            let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                            let Ok((digest, diff_id)) = next else { break };
+                            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                                continue;
                             }
-                            // Unpacked again, and reported, with the image.
-                            Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
+                            match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
+                                // None: the store had it (or it came twice).
+                                Ok(stats) => {
+                                    if let Some(stats) = stats {
+                                        unpacked.insert(digest, stats);
+                                    }
+                                }
+                                // Unpacked again, and reported, with the image.
+                                Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
+                            }
                         }
-                    }
-                    unpacked
-                })
+                        unpacked
+                    })
+                    .ok()
             })
             .collect();
         let fetched = fetch(&reference, false, &ahead);
-        ahead.done();
+        cancelled.store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
+        drop(done);
         let mut unpacked = HashMap::new();
         for unpacker in unpackers {
             unpacked.extend(unpacker.join().unwrap_or_default());

@@ -406,7 +406,7 @@ fn image_findings(
         let digest = ces_image::manifest::descriptor_digest(layer)?;
         // The blob, or the layer unpacked where the store keeps no blobs.
         let blob = store.blob_path(&digest);
-        let unpacked = config.rootfs().diff_ids().get(index).and_then(|d| store.layer_dir(d));
+        let unpacked = config.rootfs().diff_ids().get(index).and_then(|d| store.layer_dir(&digest, d));
         let layer = match unpacked {
             Some(dir) if !blob.exists() => LayerFiles::Unpacked(dir),
             _ => LayerFiles::Blob(blob),
