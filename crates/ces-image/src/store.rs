@@ -258,7 +258,8 @@ impl Store {
     /// blobs of layers once they are unpacked (`[storage] keep_layer_blobs`).
     /// Dropped, an image takes about what its files take (a quarter less
     /// for typical analysis images), but the OCI layout no longer holds its
-    /// layers: skopeo and umoci cannot read it. A pull then counts a layer the store has unpacked as present
+    /// layers: skopeo and umoci cannot read it. A pull then counts a layer
+    /// the store has unpacked from the same blob as present
     /// ([`Store::has_layer`]).
     pub fn with_layer_blobs(self, keep: bool) -> Store {
         Store { keep_layer_blobs: keep, ..self }
@@ -267,14 +268,8 @@ impl Store {
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true };
-        for dir in [
-            store.blobs_dir(),
-            store.root.join("rootfs"),
-            store.merged_dir(),
-            store.layers_dir(),
-            store.tmp_dir(),
-            store.root.join("locks"),
-        ] {
+        // The blobs' directory is the layout's, made with it.
+        for dir in std::iter::once(store.blobs_dir()).chain(store.private_dirs()) {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
         store.restrict_access()?;
@@ -297,6 +292,19 @@ impl Store {
         Ok(store)
     }
 
+    /// The store's directories only its owner may list: the OCI layout, the
+    /// root filesystems, the merged-image marks, the layers, temp and locks.
+    fn private_dirs(&self) -> [PathBuf; 6] {
+        [
+            self.layout_dir(),
+            self.root.join("rootfs"),
+            self.merged_dir(),
+            self.layers_dir(),
+            self.tmp_dir(),
+            self.root.join("locks"),
+        ]
+    }
+
     /// Makes the store reachable by its owner only: the layout, the cached
     /// root filesystems, downloads and locks `0700`. The root itself is
     /// `0711` when root owns it (a container that root runs for another user
@@ -308,16 +316,8 @@ impl Store {
     fn restrict_access(&self) -> Result<()> {
         let euid = rustix::process::geteuid().as_raw();
         let root_mode = if euid == 0 { 0o711 } else { 0o700 };
-        let private = [
-            self.layout_dir(),
-            self.root.join("rootfs"),
-            self.merged_dir(),
-            self.layers_dir(),
-            self.tmp_dir(),
-            self.root.join("locks"),
-        ];
         for (dir, mode) in
-            std::iter::once((self.root.clone(), root_mode)).chain(private.into_iter().map(|d| (d, 0o700)))
+            std::iter::once((self.root.clone(), root_mode)).chain(self.private_dirs().into_iter().map(|d| (d, 0o700)))
         {
             let meta = fs::symlink_metadata(&dir).map_err(io_err(&dir))?;
             if meta.uid() == euid && meta.permissions().mode() & 0o7777 != mode {
@@ -984,14 +984,7 @@ impl Store {
             // (another user's private layer would be had by naming its
             // digest). The blob is read through and hashed (no file of it
             // written), and named in the record if it makes the layer.
-            let (hashing, exceeded) = self.layer_stream(&layer_digest, budget)?;
-            let (actual, _) = hashing.drain().map_err(|source| {
-                if exceeded.load(Ordering::Relaxed) {
-                    StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() }
-                } else {
-                    StoreError::LayerRead { layer: layer_digest.clone(), source }
-                }
-            })?;
+            let (actual, _) = self.layer_stream(&layer_digest, budget)?.finish()?;
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
@@ -1008,21 +1001,10 @@ impl Store {
         let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let result = (|| {
-            let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
-            let (mut hashing, exceeded) = self.layer_stream(&layer_digest, budget)?;
-            let too_large = || StoreError::UnpackedTooLarge { limit: self.max_unpacked.unwrap_or_default() };
-            let unpacked = unpack::unpack_layer(&temp, &mut hashing, options).map_err(|source| {
-                if exceeded.load(Ordering::Relaxed) {
-                    too_large()
-                } else if source.is_disk_full() {
-                    StoreError::DiskFull { path: temp.clone() }
-                } else {
-                    StoreError::Unpack { layer: layer_digest.clone(), source }
-                }
-            })?;
-            let (actual, size) = hashing
-                .drain()
-                .map_err(|e| if exceeded.load(Ordering::Relaxed) { too_large() } else { read_err(e) })?;
+            let mut stream = self.layer_stream(&layer_digest, budget)?;
+            let unpacked =
+                unpack::unpack_layer(&temp, &mut stream.hashing, options).map_err(|e| stream.unpack_error(e, &temp))?;
+            let (actual, size) = stream.finish()?;
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
@@ -1052,12 +1034,8 @@ impl Store {
     /// A layer blob's uncompressed tar, decompressed and counted against
     /// `budget` on a thread of its own ([`ReadAhead`]) and hashed on this one
     /// as it is read: the decompression runs beside the unpacking, on the
-    /// other core. The flag is set when the budget runs out.
-    fn layer_stream(
-        &self,
-        layer_digest: &Digest,
-        budget: Option<std::sync::Arc<AtomicU64>>,
-    ) -> Result<(HashingReader<ReadAhead>, std::sync::Arc<AtomicBool>)> {
+    /// other core.
+    fn layer_stream(&self, layer_digest: &Digest, budget: Option<std::sync::Arc<AtomicU64>>) -> Result<LayerStream> {
         let blob = self.open_blob(layer_digest)?;
         let exceeded = std::sync::Arc::new(AtomicBool::new(false));
         let flag = exceeded.clone();
@@ -1066,7 +1044,12 @@ impl Store {
             Ok(Box::new(Budgeted { inner: tar, left: budget, exceeded: flag }) as Box<dyn Read>)
         })
         .map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
-        Ok((HashingReader::new(stream), exceeded))
+        Ok(LayerStream {
+            hashing: HashingReader::new(stream),
+            exceeded,
+            layer: layer_digest.clone(),
+            limit: self.max_unpacked.unwrap_or_default(),
+        })
     }
 
     /// The old way, for an image no layer of which can be unpacked alone:
@@ -1093,26 +1076,10 @@ impl Store {
             for (i, layer) in layers.iter().enumerate() {
                 on_layer(i, layers.len());
                 let layer_digest = manifest::descriptor_digest(layer)?;
-                let read_err = |source| StoreError::LayerRead { layer: layer_digest.clone(), source };
-                let (mut hashing, exceeded) = self.layer_stream(&layer_digest, budget.clone())?;
-                let too_large = |limit| StoreError::UnpackedTooLarge { limit };
-                let layer_stats = unpack::apply_layer(&temp, &mut hashing, options).map_err(|source| {
-                    if exceeded.load(Ordering::Relaxed) {
-                        too_large(self.max_unpacked.unwrap_or_default())
-                    } else if source.is_disk_full() {
-                        StoreError::DiskFull { path: temp.clone() }
-                    } else {
-                        StoreError::Unpack { layer: layer_digest.clone(), source }
-                    }
-                })?;
-                // The tar's end blocks and any padding after them count too.
-                let (actual, _) = hashing.drain().map_err(|e| {
-                    if exceeded.load(Ordering::Relaxed) {
-                        too_large(self.max_unpacked.unwrap_or_default())
-                    } else {
-                        read_err(e)
-                    }
-                })?;
+                let mut stream = self.layer_stream(&layer_digest, budget.clone())?;
+                let layer_stats = unpack::apply_layer(&temp, &mut stream.hashing, options)
+                    .map_err(|e| stream.unpack_error(e, &temp))?;
+                let (actual, _) = stream.finish()?;
                 match diff_ids.get(i) {
                     Some(expected) if *expected == actual.to_string() => {}
                     expected => {
@@ -1170,6 +1137,46 @@ impl LayerRecord {
     fn made_by(&self, digest: &Digest) -> bool {
         let digest = digest.to_string();
         self.blobs.contains(&digest)
+    }
+}
+
+/// A layer blob's uncompressed tar as [`Store::layer_stream`] reads it, and
+/// what its errors mean.
+struct LayerStream {
+    /// The tar, hashed as it is read.
+    hashing: HashingReader<ReadAhead>,
+    /// Set when the image's size budget ran out.
+    exceeded: std::sync::Arc<AtomicBool>,
+    /// The blob.
+    layer: Digest,
+    /// `[storage] max_image_size`, for the error.
+    limit: u64,
+}
+
+impl LayerStream {
+    /// An error of unpacking the stream into `dest`, as the store reports
+    /// it: the budget ran out, the disk is full, or the layer is refused.
+    fn unpack_error(&self, source: UnpackError, dest: &Path) -> StoreError {
+        if self.exceeded.load(Ordering::Relaxed) {
+            StoreError::UnpackedTooLarge { limit: self.limit }
+        } else if source.is_disk_full() {
+            StoreError::DiskFull { path: dest.to_owned() }
+        } else {
+            StoreError::Unpack { layer: self.layer.clone(), source }
+        }
+    }
+
+    /// Reads what is left (the tar's end blocks and any padding after them
+    /// count too): the digest and size of the whole tar.
+    fn finish(self) -> Result<(Digest, u64)> {
+        let (exceeded, limit, layer) = (self.exceeded, self.limit, self.layer);
+        self.hashing.drain().map_err(|source| {
+            if exceeded.load(Ordering::Relaxed) {
+                StoreError::UnpackedTooLarge { limit }
+            } else {
+                StoreError::LayerRead { layer, source }
+            }
+        })
     }
 }
 

@@ -152,27 +152,7 @@ fn fetch(
                 let (store, options, layers, budget, cancelled) = (&store, &options, &layers, &budget, &cancelled);
                 std::thread::Builder::new()
                     .name("ces-unpack-ahead".to_owned())
-                    .spawn_scoped(scope, move || {
-                        let mut unpacked = HashMap::new();
-                        loop {
-                            let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-                            let Ok((digest, diff_id)) = next else { break };
-                            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-                                continue;
-                            }
-                            match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
-                                // None: the store had it (or it came twice).
-                                Ok(stats) => {
-                                    if let Some(stats) = stats {
-                                        unpacked.insert(digest, stats);
-                                    }
-                                }
-                                // Unpacked again, and reported, with the image.
-                                Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
-                            }
-                        }
-                        unpacked
-                    })
+                    .spawn_scoped(scope, move || unpack_ahead(store, options, layers, budget, cancelled))
                     .ok()
             })
             .collect();
@@ -247,6 +227,35 @@ fn mirror(settings: &Settings) -> anyhow::Result<Option<ces_registry::Mirror>> {
         std::env::var("CES_PROXY_PASSWORD").ok().map(ces_registry::Secret::new),
     );
     Ok(Some(ces_registry::Mirror { url, credentials }))
+}
+
+/// One worker of the unpacking ahead: each layer it takes from `layers`
+/// (until the pull is done with them), unless the fetch failed. What
+/// unpacking did, by layer blob, for those unpacked now.
+fn unpack_ahead(
+    store: &Store,
+    options: &ces_image::unpack::UnpackOptions,
+    layers: &Mutex<std::sync::mpsc::Receiver<(ces_image::Digest, String)>>,
+    budget: &ces_image::store::LayerBudget,
+    cancelled: &std::sync::atomic::AtomicBool,
+) -> HashMap<ces_image::Digest, ces_image::unpack::UnpackStats> {
+    let mut unpacked = HashMap::new();
+    loop {
+        let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+        let Ok((digest, diff_id)) = next else { return unpacked };
+        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
+            Ok(Some(stats)) => {
+                unpacked.insert(digest, stats);
+            }
+            // The store had it (or it came twice).
+            Ok(None) => {}
+            // Unpacked again, and reported, with the image.
+            Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
+        }
+    }
 }
 
 /// The layers a pull stores, in the order they are stored, each with its
