@@ -8,6 +8,7 @@
 
 pub mod archive;
 pub mod digest;
+pub mod follow;
 pub mod fs;
 pub mod manifest;
 pub mod provenance;

@@ -932,7 +932,7 @@ impl Store {
         options: &UnpackOptions,
         budget: Option<std::sync::Arc<AtomicU64>>,
     ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
-        self.unpack_layer_blob(&manifest::descriptor_digest(layer)?, diff_id, options, budget)
+        self.unpack_layer_blob(&manifest::descriptor_digest(layer)?, diff_id, options, budget, None)
     }
 
     /// Unpacks the stored layer blob `layer_digest` alone into
@@ -948,7 +948,22 @@ impl Store {
         options: &UnpackOptions,
         budget: &LayerBudget,
     ) -> Result<Option<unpack::UnpackStats>> {
-        self.unpack_layer_blob(layer_digest, diff_id, options, budget.0.clone()).map(|(_, stats)| stats)
+        self.unpack_layer_blob(layer_digest, diff_id, options, budget.0.clone(), None).map(|(_, stats)| stats)
+    }
+
+    /// [`Store::unpack_layer_ahead`], from the layer blob's bytes as they are
+    /// downloaded ([`follow`](crate::follow)) rather than from the stored
+    /// blob: nothing made from them is named unless all of them hash to
+    /// `layer_digest`.
+    pub fn unpack_layer_following(
+        &self,
+        layer_digest: &Digest,
+        diff_id: &str,
+        options: &UnpackOptions,
+        budget: &LayerBudget,
+        source: (crate::follow::FollowReader, crate::follow::FollowCheck),
+    ) -> Result<Option<unpack::UnpackStats>> {
+        self.unpack_layer_blob(layer_digest, diff_id, options, budget.0.clone(), Some(source)).map(|(_, stats)| stats)
     }
 
     /// What an image's layers may hold uncompressed, for
@@ -963,8 +978,29 @@ impl Store {
         diff_id: &str,
         options: &UnpackOptions,
         budget: Option<std::sync::Arc<AtomicU64>>,
+        following: Option<(crate::follow::FollowReader, crate::follow::FollowCheck)>,
     ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
         let layer_digest = layer_digest.clone();
+        // The blob's bytes: the stored blob's, or those being downloaded,
+        // with what checks that they were the blob's (after the tar's end:
+        // before anything is named).
+        let (source, check) = match following {
+            Some((reader, check)) => (Some(Box::new(reader) as Box<dyn Read + Send>), Some(check)),
+            None => (None, None),
+        };
+        let stream = |source: Option<Box<dyn Read + Send>>| match source {
+            Some(source) => self.layer_stream_from(&layer_digest, source, budget.clone()),
+            None => self.layer_stream(&layer_digest, budget.clone()),
+        };
+        let blob_read = |check: Option<crate::follow::FollowCheck>| -> Result<()> {
+            let Some(check) = check else { return Ok(()) };
+            let actual =
+                check.finish().map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
+            if actual != layer_digest {
+                return Err(StoreError::DigestMismatch { expected: layer_digest.clone(), actual });
+            }
+            Ok(())
+        };
         let mismatch = |actual: Digest| StoreError::DiffIdMismatch {
             layer: layer_digest.clone(),
             expected: diff_id.to_owned(),
@@ -984,7 +1020,8 @@ impl Store {
             // (another user's private layer would be had by naming its
             // digest). The blob is read through and hashed (no file of it
             // written), and named in the record if it makes the layer.
-            let (actual, _) = self.layer_stream(&layer_digest, budget)?.finish()?;
+            let (actual, _) = stream(source)?.finish()?;
+            blob_read(check)?;
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
@@ -1001,10 +1038,11 @@ impl Store {
         let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
         fs::create_dir(&temp).map_err(io_err(&temp))?;
         let result = (|| {
-            let mut stream = self.layer_stream(&layer_digest, budget)?;
+            let mut stream = stream(source)?;
             let unpacked =
                 unpack::unpack_layer(&temp, &mut stream.hashing, options).map_err(|e| stream.unpack_error(e, &temp))?;
             let (actual, size) = stream.finish()?;
+            blob_read(check)?;
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
@@ -1037,6 +1075,16 @@ impl Store {
     /// other core.
     fn layer_stream(&self, layer_digest: &Digest, budget: Option<std::sync::Arc<AtomicU64>>) -> Result<LayerStream> {
         let blob = self.open_blob(layer_digest)?;
+        self.layer_stream_from(layer_digest, Box::new(blob), budget)
+    }
+
+    /// [`Store::layer_stream`] of the blob's bytes read from `blob`.
+    fn layer_stream_from(
+        &self,
+        layer_digest: &Digest,
+        blob: Box<dyn Read + Send>,
+        budget: Option<std::sync::Arc<AtomicU64>>,
+    ) -> Result<LayerStream> {
         let exceeded = std::sync::Arc::new(AtomicBool::new(false));
         let flag = exceeded.clone();
         let stream = ReadAhead::start(move || {

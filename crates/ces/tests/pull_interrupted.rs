@@ -88,17 +88,33 @@ fn events_of(sb: &Sandbox, id: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What the registry serves for `image` as `ns/img:1`: its manifest, and
+/// its blobs by digest.
+fn content_of(image: &ces_testkit::BuiltImage) -> HashMap<String, (String, Vec<u8>)> {
+    let mut content = HashMap::new();
+    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), image.manifest.clone()));
+    for (digest, bytes) in &image.blobs {
+        content.insert(format!("/v2/ns/img/blobs/{digest}"), ("application/octet-stream".into(), bytes.clone()));
+    }
+    content
+}
+
+/// `ces pull ns/img:1` from `reg` into `sb`, running, quiet.
+fn start_pull(sb: &Sandbox, reg: &StallingRegistry) -> std::process::Child {
+    sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &format!("{}/ns/img:1", reg.host)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn an_interrupted_pull_is_recorded_at_its_start_and_closed_by_the_next() {
     let layer: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("big", layer)])]).build();
-    let mut content = HashMap::new();
-    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), image.manifest.clone()));
+    let mut content = content_of(&image);
     content
         .insert(format!("/v2/ns/img/manifests/{}", image.digest), (image.media_type.clone(), image.manifest.clone()));
-    for (digest, bytes) in &image.blobs {
-        content.insert(format!("/v2/ns/img/blobs/{digest}"), ("application/octet-stream".into(), bytes.clone()));
-    }
     let stall = format!("/v2/ns/img/blobs/{}", image.layer_digests[0]);
 
     for signal in [rustix::process::Signal::KILL, rustix::process::Signal::TERM] {
@@ -164,19 +180,9 @@ fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
         Layer::new(vec![Entry::file("big", big)]),
     ])
     .build();
-    let mut content = HashMap::new();
-    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), image.manifest.clone()));
-    for (digest, bytes) in &image.blobs {
-        content.insert(format!("/v2/ns/img/blobs/{digest}"), ("application/octet-stream".into(), bytes.clone()));
-    }
-    let reg = StallingRegistry::start(content, format!("/v2/ns/img/blobs/{}", image.layer_digests[1]));
+    let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[1]));
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
-    let mut child = sb
-        .command(env!("CARGO_BIN_EXE_ces"), &["pull", &format!("{}/ns/img:1", reg.host)])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = start_pull(&sb, &reg);
     let first = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
     // A bound on the wait, not a measure: the stall lasts 120 s.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -190,4 +196,80 @@ fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
     assert!(running, "the pull was still downloading");
     assert_eq!(std::fs::read(first.join("first")).unwrap(), b"here early", "the first layer unpacked meanwhile");
     assert!(!sb.rootfs(&image.digest).exists(), "no root filesystem before every layer is there");
+}
+
+/// The store's temporary directories whose name starts with `prefix`.
+fn temp_dirs(sb: &Sandbox, prefix: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(sb.store.join("tmp"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_layer_is_unpacked_as_its_bytes_arrive_and_named_only_once_all_are_there() {
+    // One layer: a small file, then 4 MB that do not compress (xorshift).
+    // The registry stalls half-way through the blob (for two minutes): the
+    // small file must be unpacked meanwhile, into a temporary directory, and
+    // the layer must not be named.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let big: Vec<u8> = (0..4_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect();
+    let image =
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("a-early", "here early"), Entry::file("big", big)])]).build();
+    let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[0]));
+    let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
+    let mut child = start_pull(&sb, &reg);
+    let unpacked_early = || temp_dirs(&sb, "layer-").into_iter().find(|dir| dir.join("a-early").exists());
+    // A bound on the wait, not a measure: the stall lasts 120 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(reg.stalled.load(Ordering::SeqCst) && unpacked_early().is_some()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let early = unpacked_early();
+    let running = child.try_wait().unwrap().is_none();
+    let layer = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
+    let named = layer.exists() || layer.with_extension("json").exists();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(reg.stalled.load(Ordering::SeqCst), "the layer's download started");
+    assert!(running, "the pull was still downloading");
+    let early = early.expect("the layer's first file unpacked while its blob was half downloaded");
+    assert_eq!(std::fs::read(early.join("a-early")).unwrap(), b"here early");
+    assert!(!named, "the layer is not named before its blob is whole");
+}
+
+#[test]
+fn a_layer_unpacked_as_it_arrives_is_not_named_when_its_blob_is_not_the_one_named() {
+    // The registry serves a valid layer (its tar is the config's diff_id)
+    // under another digest, of the same size: the download fails its
+    // check, and the layer unpacked from its bytes as they came must not be
+    // named either (the store would then say that blob makes it).
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("data", "the layer's own")])]).build();
+    let real = image.layer_digests[0].to_string();
+    let claimed = ces_image::Digest::of(b"another blob").to_string();
+    let manifest = String::from_utf8(image.manifest.clone()).unwrap().replace(&real, &claimed);
+    let mut content = content_of(&image);
+    content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), manifest.into_bytes()));
+    let blob = content.remove(&format!("/v2/ns/img/blobs/{real}")).unwrap();
+    content.insert(format!("/v2/ns/img/blobs/{claimed}"), blob);
+    let reg = StallingRegistry::start(content, String::new());
+    let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
+    let out = sb.ces(&["pull", &format!("{}/ns/img:1", reg.host)]);
+    assert_ne!(out.code, 0, "the pull fails");
+    assert!(out.stderr.contains("digest"), "{}", out.stderr);
+    let layer = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
+    assert!(!layer.exists() && !layer.with_extension("json").exists(), "the layer is not named");
+    assert!(temp_dirs(&sb, "layer-").is_empty(), "nothing of it is left");
 }

@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::io::BufRead as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context as _;
-use ces_image::{ImageReference, Provenance, Store, StoreError};
+use ces_image::follow::{Feed, follow};
+use ces_image::{Digest, ImageReference, Provenance, Store, StoreError};
 use ces_registry::{Client, ClientConfig, Credentials, Secret};
 
 use crate::commands::audit;
@@ -123,8 +124,9 @@ fn fetch(
             reporter,
         ))
     };
-    // Each layer is unpacked as soon as it is stored, on a thread of its
-    // own, while the others are still being fetched.
+    // Each layer is unpacked on a thread of its own as its bytes arrive
+    // (or, for a layer the store had, at once), while the others are still
+    // being fetched.
     let options = ces_image::unpack::UnpackOptions::for_current_user();
     let (stored, layers) = std::sync::mpsc::channel();
     let ahead = Ahead::new(&progress, stored);
@@ -229,24 +231,53 @@ fn mirror(settings: &Settings) -> anyhow::Result<Option<ces_registry::Mirror>> {
     Ok(Some(ces_registry::Mirror { url, credentials }))
 }
 
+/// A layer for the unpacking ahead, with its diff_id.
+enum Layer {
+    /// Its blob is stored (or the store had the layer).
+    Stored(Digest, String),
+    /// Its blob is being downloaded into `file`, `size` bytes, as `feed`
+    /// tells.
+    Arriving { digest: Digest, diff_id: String, file: std::fs::File, size: u64, feed: Arc<Feed> },
+}
+
 /// One worker of the unpacking ahead: each layer it takes from `layers`
 /// (until the pull is done with them), unless the fetch failed. What
 /// unpacking did, by layer blob, for those unpacked now.
 fn unpack_ahead(
     store: &Store,
     options: &ces_image::unpack::UnpackOptions,
-    layers: &Mutex<std::sync::mpsc::Receiver<(ces_image::Digest, String)>>,
+    layers: &Mutex<std::sync::mpsc::Receiver<Layer>>,
     budget: &ces_image::store::LayerBudget,
     cancelled: &std::sync::atomic::AtomicBool,
-) -> HashMap<ces_image::Digest, ces_image::unpack::UnpackStats> {
+) -> HashMap<Digest, ces_image::unpack::UnpackStats> {
     let mut unpacked = HashMap::new();
     loop {
-        let next = layers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
-        let Ok((digest, diff_id)) = next else { return unpacked };
+        let next = layers.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(layer) = next else { return unpacked };
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             continue;
         }
-        match store.unpack_layer_ahead(&digest, &diff_id, options, budget) {
+        let (digest, result) = match layer {
+            Layer::Stored(digest, diff_id) => {
+                let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
+                (digest, result)
+            }
+            Layer::Arriving { digest, diff_id, file, size, feed } => {
+                let source = follow(file, size, feed.clone());
+                match store.unpack_layer_following(&digest, &diff_id, options, budget, source) {
+                    // Not made from the bytes as they came (the download
+                    // started again in another file, say): from the stored
+                    // blob, once it is whole.
+                    Err(e) if feed.wait_done() => {
+                        tracing::debug!(layer = %digest, error = %e, "not unpacked as it arrived");
+                        let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
+                        (digest, result)
+                    }
+                    result => (digest, result),
+                }
+            }
+        };
+        match result {
             Ok(Some(stats)) => {
                 unpacked.insert(digest, stats);
             }
@@ -258,26 +289,42 @@ fn unpack_ahead(
     }
 }
 
-/// The layers a pull stores, in the order they are stored, each with its
-/// diff_id: what is unpacked ahead ([`Store::unpack_layer_ahead`]). The
+/// The layers a pull fetches, each as its download starts (or, for a layer
+/// the store had, at once), with its diff_id: what is unpacked ahead
+/// ([`Store::unpack_layer_following`], [`Store::unpack_layer_ahead`]). The
 /// progress of the pull is reported through it.
 struct Ahead<'a> {
     progress: &'a dyn ces_registry::PullReporter,
-    diff_ids: Mutex<HashMap<ces_image::Digest, String>>,
-    stored: Mutex<Option<std::sync::mpsc::Sender<(ces_image::Digest, String)>>>,
+    /// Each layer's diff_id and size.
+    layers: Mutex<HashMap<Digest, (String, Option<u64>)>>,
+    /// The feeds of the blobs being downloaded, by digest.
+    feeds: Mutex<HashMap<Digest, Arc<Feed>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Layer>>>,
 }
 
 impl<'a> Ahead<'a> {
-    fn new(
-        progress: &'a dyn ces_registry::PullReporter,
-        stored: std::sync::mpsc::Sender<(ces_image::Digest, String)>,
-    ) -> Ahead<'a> {
-        Ahead { progress, diff_ids: Mutex::new(HashMap::new()), stored: Mutex::new(Some(stored)) }
+    fn new(progress: &'a dyn ces_registry::PullReporter, queue: std::sync::mpsc::Sender<Layer>) -> Ahead<'a> {
+        Ahead {
+            progress,
+            layers: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(HashMap::new()),
+            queue: Mutex::new(Some(queue)),
+        }
     }
 
-    /// No more layers: the unpacking thread ends after the last.
+    fn send(&self, layer: Layer) {
+        if let Some(queue) = &*self.queue.lock().unwrap_or_else(PoisonError::into_inner) {
+            let _ = queue.send(layer);
+        }
+    }
+
+    /// No more layers: the unpacking threads end after the last, and no
+    /// more bytes come to a blob not complete by now.
     fn done(&self) {
-        self.stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        for feed in self.feeds.lock().unwrap_or_else(PoisonError::into_inner).values() {
+            feed.end();
+        }
     }
 }
 
@@ -285,23 +332,36 @@ impl ces_registry::PullReporter for Ahead<'_> {
     fn resolved(&self, reference: &ImageReference, digest: &ces_image::Digest) {
         self.progress.resolved(reference, digest);
     }
-    fn layers(&self, layers: &[(ces_image::Digest, String)]) {
-        self.diff_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(layers.iter().cloned());
+    fn layers(&self, layers: &[(Digest, String)]) {
+        self.layers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(layers.iter().map(|(digest, diff_id)| (digest.clone(), (diff_id.clone(), None))));
         self.progress.layers(layers);
     }
-    fn layer_start(&self, digest: &ces_image::Digest, size: u64, reused: bool) {
+    fn layer_start(&self, digest: &Digest, size: u64, reused: bool) {
+        if let Some((_, known)) = self.layers.lock().unwrap_or_else(PoisonError::into_inner).get_mut(digest) {
+            *known = Some(size);
+        }
         self.progress.layer_start(digest, size, reused);
     }
-    fn layer_progress(&self, digest: &ces_image::Digest, bytes: u64) {
+    fn layer_progress(&self, digest: &Digest, bytes: u64) {
+        if let Some(feed) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
+            feed.progressed();
+        }
         self.progress.layer_progress(digest, bytes);
     }
-    fn layer_done(&self, digest: &ces_image::Digest) {
+    fn layer_done(&self, digest: &Digest) {
         self.progress.layer_done(digest);
-        let diff_id = self.diff_ids.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(digest).cloned();
-        if let (Some(diff_id), Some(stored)) =
-            (diff_id, &*self.stored.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-        {
-            let _ = stored.send((digest.clone(), diff_id));
+        // A blob downloaded: its follower reads the rest. One the store had:
+        // its layer now.
+        if let Some(feed) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
+            feed.complete();
+            return;
+        }
+        let diff_id = self.layers.lock().unwrap_or_else(PoisonError::into_inner).get(digest).map(|(d, _)| d.clone());
+        if let Some(diff_id) = diff_id {
+            self.send(Layer::Stored(digest.clone(), diff_id));
         }
     }
     fn retrying(&self, retry: &ces_registry::Retry<'_>) {
@@ -310,8 +370,21 @@ impl ces_registry::PullReporter for Ahead<'_> {
     fn layer_restarted(&self, digest: &ces_image::Digest, discarded: u64) {
         self.progress.layer_restarted(digest, discarded);
     }
-    fn blob_file(&self, digest: &ces_image::Digest, path: &std::path::Path) {
+    fn blob_file(&self, digest: &Digest, path: &std::path::Path) {
         self.progress.blob_file(digest, path);
+        // The download (again, in a new file: the old one gets no more).
+        let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(old) = feeds.remove(digest) {
+            old.end();
+        }
+        let known = self.layers.lock().unwrap_or_else(PoisonError::into_inner).get(digest).cloned();
+        let Some((diff_id, Some(size))) = known else { return };
+        // Without a file to read, the layer waits for its stored blob.
+        let Ok(file) = std::fs::File::open(path) else { return };
+        let feed = Feed::new();
+        feeds.insert(digest.clone(), feed.clone());
+        drop(feeds);
+        self.send(Layer::Arriving { digest: digest.clone(), diff_id, file, size, feed });
     }
 }
 
