@@ -94,15 +94,6 @@ impl Feed {
             let _ = self.changed.wait_timeout(state, RECHECK);
         }
     }
-
-    /// Waits until the writer is done with the file: whether it completed.
-    pub fn wait_done(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.0 == FeedState::Writing {
-            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
-        }
-        state.0 == FeedState::Complete
-    }
 }
 
 struct Core {
@@ -156,13 +147,35 @@ impl Core {
 pub struct FollowReader(Arc<Mutex<Core>>);
 
 /// Finishes what a [`FollowReader`] started: see [`FollowCheck::finish`].
-pub struct FollowCheck(Arc<Mutex<Core>>);
+pub struct FollowCheck {
+    core: Arc<Mutex<Core>>,
+    feed: Arc<Feed>,
+}
 
 /// A reader of `file`, which is being written with a blob of `size` bytes
 /// (as `feed` tells), and the check of what it read.
 pub fn follow(file: File, size: u64, feed: Arc<Feed>) -> (FollowReader, FollowCheck) {
-    let core = Arc::new(Mutex::new(Core { file, feed, size, at: 0, hasher: Sha256::new() }));
-    (FollowReader(core.clone()), FollowCheck(core))
+    let core = Arc::new(Mutex::new(Core { file, feed: feed.clone(), size, at: 0, hasher: Sha256::new() }));
+    (FollowReader(core.clone()), FollowCheck { core, feed })
+}
+
+/// Dropped armed, it tells the reader that no more bytes will come: a
+/// reader waiting at the file's end returns an error at once.
+pub struct Abandon(Option<Arc<Feed>>);
+
+impl Abandon {
+    /// The reading went to its end: nothing to stop.
+    pub fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(feed) = self.0.take() {
+            feed.end();
+        }
+    }
 }
 
 impl Read for FollowReader {
@@ -172,10 +185,16 @@ impl Read for FollowReader {
 }
 
 impl FollowCheck {
+    /// What stops the reader if the reading ends early (an unpacking
+    /// error): see [`Abandon`].
+    pub fn abandon_on_drop(&self) -> Abandon {
+        Abandon(Some(self.feed.clone()))
+    }
+
     /// Reads the bytes the reader was not asked for (waiting for them if
     /// need be), and returns the digest of all the blob's bytes as read.
     pub fn finish(self) -> io::Result<Digest> {
-        let mut core = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
         let mut buf = vec![0; 64 << 10];
         while core.read(&mut buf)? > 0 {}
         Ok(Digest::from_hasher(std::mem::take(&mut core.hasher)))
@@ -286,21 +305,34 @@ mod tests {
     }
 
     #[test]
-    fn waiting_for_the_writer_says_how_it_ended() {
+    fn a_feed_ends_or_completes_once() {
         let feed = Feed::new();
-        let waiter = {
-            let feed = feed.clone();
-            std::thread::spawn(move || feed.wait_done())
-        };
-        std::thread::sleep(Duration::from_millis(20));
         feed.progressed();
+        assert_eq!(feed.now().0, FeedState::Writing);
         feed.complete();
         // Ended after completion changes nothing.
         feed.end();
-        assert!(waiter.join().unwrap());
+        assert_eq!(feed.now().0, FeedState::Complete);
         let ended = Feed::new();
         ended.end();
         ended.complete();
-        assert!(!ended.wait_done());
+        assert_eq!(ended.now().0, FeedState::Ended);
+    }
+
+    #[test]
+    fn an_abandoned_reader_stops_waiting_at_once() {
+        let (_dir, path, data, feed) = setup(10_000);
+        let (mut reader, check) = follow(File::open(&path).unwrap(), 20_000, feed.clone());
+        std::fs::write(&path, &data).unwrap();
+        let waiting = std::thread::spawn(move || reader.read_to_end(&mut Vec::new()));
+        std::thread::sleep(Duration::from_millis(50));
+        let abandon = check.abandon_on_drop();
+        let mut disarmed = check.abandon_on_drop();
+        disarmed.disarm();
+        drop(disarmed);
+        assert!(!waiting.is_finished(), "a disarmed guard stops nothing");
+        drop(abandon);
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(error.to_string().contains("stopped at 10000"), "{error}");
     }
 }

@@ -981,26 +981,6 @@ impl Store {
         following: Option<(crate::follow::FollowReader, crate::follow::FollowCheck)>,
     ) -> Result<(LayerRecord, Option<unpack::UnpackStats>)> {
         let layer_digest = layer_digest.clone();
-        // The blob's bytes: the stored blob's, or those being downloaded,
-        // with what checks that they were the blob's (after the tar's end:
-        // before anything is named).
-        let (source, check) = match following {
-            Some((reader, check)) => (Some(Box::new(reader) as Box<dyn Read + Send>), Some(check)),
-            None => (None, None),
-        };
-        let stream = |source: Option<Box<dyn Read + Send>>| match source {
-            Some(source) => self.layer_stream_from(&layer_digest, source, budget.clone()),
-            None => self.layer_stream(&layer_digest, budget.clone()),
-        };
-        let blob_read = |check: Option<crate::follow::FollowCheck>| -> Result<()> {
-            let Some(check) = check else { return Ok(()) };
-            let actual =
-                check.finish().map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
-            if actual != layer_digest {
-                return Err(StoreError::DigestMismatch { expected: layer_digest.clone(), actual });
-            }
-            Ok(())
-        };
         let mismatch = |actual: Digest| StoreError::DiffIdMismatch {
             layer: layer_digest.clone(),
             expected: diff_id.to_owned(),
@@ -1009,64 +989,109 @@ impl Store {
         let Some(hex) = diff_id_hex(diff_id) else {
             return Err(mismatch(layer_digest.clone()));
         };
-        let _guard =
-            self.flock(&self.root.join("locks").join(format!("layer-{hex}.lock")), FlockOperation::LockExclusive)?;
-        if let Some(mut record) = self.layer_record(diff_id) {
-            if record.made_by(&layer_digest) {
-                return Ok((record, None));
-            }
+        let lock =
+            || self.flock(&self.root.join("locks").join(format!("layer-{hex}.lock")), FlockOperation::LockExclusive);
+        // A stored blob is unpacked under the layer's lock (two processes do
+        // not unpack one layer twice). A blob still downloading is read
+        // without it: the download may be slow, or stall, and every pull
+        // that needs the layer would wait for it. Its lock is taken to name
+        // what was made.
+        let (reader, check) = following.unzip();
+        let mut guard = if reader.is_none() { Some(lock()?) } else { None };
+        let had = self.layer_record(diff_id);
+        if let Some(record) = had.as_ref().filter(|record| record.made_by(&layer_digest)) {
+            return Ok((record.clone(), None));
+        }
+        let source: Box<dyn Read + Send> = match reader {
+            Some(reader) => Box::new(reader),
+            None => Box::new(self.open_blob(&layer_digest)?),
+        };
+        let mut refund = None;
+        let result = (|| {
+            let mut stream = self.layer_stream_from(&layer_digest, source, budget)?;
+            refund = Some(stream.refund());
+            // Should this end early, the reader stops waiting for bytes (or
+            // the stream, dropped after it, would wait for the download).
+            let mut abandon = check.as_ref().map(crate::follow::FollowCheck::abandon_on_drop);
             // The store has a layer with this diff_id, but this image's blob
             // was never shown to make it: the config's word is not enough
             // (another user's private layer would be had by naming its
             // digest). The blob is read through and hashed (no file of it
             // written), and named in the record if it makes the layer.
-            let (actual, _) = stream(source)?.finish()?;
-            blob_read(check)?;
+            // Otherwise the layer is unpacked into a directory of its own.
+            let temp = match had {
+                Some(_) => None,
+                None => {
+                    let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
+                    fs::create_dir(&temp).map_err(io_err(&temp))?;
+                    Some(TempTree(temp))
+                }
+            };
+            let unpacked = match &temp {
+                Some(temp) => Some(
+                    unpack::unpack_layer(&temp.0, &mut stream.hashing, options)
+                        .map_err(|e| stream.unpack_error(e, &temp.0))?,
+                ),
+                None => None,
+            };
+            let (actual, size) = stream.finish()?;
+            // Bytes read as they were downloaded count only if they were the
+            // blob's, all of them.
+            if let Some(abandon) = &mut abandon {
+                abandon.disarm();
+            }
+            if let Some(check) = check {
+                let read =
+                    check.finish().map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
+                if read != layer_digest {
+                    return Err(StoreError::DigestMismatch { expected: layer_digest.clone(), actual: read });
+                }
+            }
             if actual.to_string() != diff_id {
                 return Err(mismatch(actual));
             }
-            record.blobs.push(layer_digest.to_string());
-            let json = serde_json::to_vec(&record).map_err(|e| io_err(&self.layers_dir())(io::Error::other(e)))?;
-            write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+            Ok((temp, unpacked, size))
+        })();
+        let (temp, unpacked, size) = result.inspect_err(|_| refund.iter().for_each(Refund::give_back))?;
+        if guard.is_none() {
+            guard = Some(lock()?);
+        }
+        // Under the lock: named by another since it was looked at, this
+        // blob is added to its record (it was shown to make the layer).
+        if let Some(mut record) = self.layer_record(diff_id) {
+            if !record.made_by(&layer_digest) {
+                record.blobs.push(layer_digest.to_string());
+                let json = serde_json::to_vec(&record).map_err(|e| io_err(&self.layers_dir())(io::Error::other(e)))?;
+                write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+            }
             return Ok((record, None));
         }
+        let (Some(temp), Some(unpacked)) = (temp, unpacked) else {
+            // Its record went while this blob was read (nothing else removes
+            // one during a pull): unpacked again, with the image.
+            return Err(StoreError::LayerRead {
+                layer: layer_digest.clone(),
+                source: io::Error::other("the layer's record went while its blob was read"),
+            });
+        };
         let dir = self.layers_dir().join(hex);
         if dir.exists() {
-            // Left without its record: unpacked again.
+            // Left without its record: replaced.
             remove_tree(&dir)?;
         }
-        let temp = self.temp_path(&format!("layer-{}", &hex[..12]));
-        fs::create_dir(&temp).map_err(io_err(&temp))?;
-        let result = (|| {
-            let mut stream = stream(source)?;
-            let unpacked =
-                unpack::unpack_layer(&temp, &mut stream.hashing, options).map_err(|e| stream.unpack_error(e, &temp))?;
-            let (actual, size) = stream.finish()?;
-            blob_read(check)?;
-            if actual.to_string() != diff_id {
-                return Err(mismatch(actual));
-            }
-            let record = LayerRecord {
-                hex: hex.to_owned(),
-                size,
-                implicit: unpacked.implicit_dirs,
-                dir_modes: unpacked.dir_modes,
-                blobs: vec![layer_digest.to_string()],
-            };
-            Ok((record, unpacked.stats))
-        })();
-        let (record, stats) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = remove_tree(&temp);
-                return Err(e);
-            }
+        let record = LayerRecord {
+            hex: hex.to_owned(),
+            size,
+            implicit: unpacked.implicit_dirs,
+            dir_modes: unpacked.dir_modes,
+            blobs: vec![layer_digest.to_string()],
         };
         // The record first: a layer directory is whole once it is in place.
         let json = serde_json::to_vec(&record).map_err(|e| io_err(&dir)(io::Error::other(e)))?;
         write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
-        fs::rename(&temp, &dir).map_err(io_err(&dir))?;
-        Ok((record, Some(stats)))
+        fs::rename(temp.keep(), &dir).map_err(io_err(&dir))?;
+        drop(guard);
+        Ok((record, Some(unpacked.stats)))
     }
 
     /// A layer blob's uncompressed tar, decompressed and counted against
@@ -1086,14 +1111,17 @@ impl Store {
         budget: Option<std::sync::Arc<AtomicU64>>,
     ) -> Result<LayerStream> {
         let exceeded = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = exceeded.clone();
+        let taken = std::sync::Arc::new(AtomicU64::new(0));
+        let (flag, left, counted) = (exceeded.clone(), budget.clone(), taken.clone());
         let stream = ReadAhead::start(move || {
             let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob))?;
-            Ok(Box::new(Budgeted { inner: tar, left: budget, exceeded: flag }) as Box<dyn Read>)
+            Ok(Box::new(Budgeted { inner: tar, left, taken: counted, exceeded: flag }) as Box<dyn Read>)
         })
         .map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
         Ok(LayerStream {
             hashing: HashingReader::new(stream),
+            budget,
+            taken,
             exceeded,
             layer: layer_digest.clone(),
             limit: self.max_unpacked.unwrap_or_default(),
@@ -1193,6 +1221,9 @@ impl LayerRecord {
 struct LayerStream {
     /// The tar, hashed as it is read.
     hashing: HashingReader<ReadAhead>,
+    /// The budget it counts against, and what it took of it.
+    budget: Option<std::sync::Arc<AtomicU64>>,
+    taken: std::sync::Arc<AtomicU64>,
     /// Set when the image's size budget ran out.
     exceeded: std::sync::Arc<AtomicBool>,
     /// The blob.
@@ -1202,6 +1233,11 @@ struct LayerStream {
 }
 
 impl LayerStream {
+    /// What gives back what this stream takes of its budget.
+    fn refund(&self) -> Refund {
+        Refund { left: self.budget.clone(), taken: self.taken.clone() }
+    }
+
     /// An error of unpacking the stream into `dest`, as the store reports
     /// it: the budget ran out, the disk is full, or the layer is refused.
     fn unpack_error(&self, source: UnpackError, dest: &Path) -> StoreError {
@@ -1234,19 +1270,54 @@ impl LayerStream {
 struct Budgeted<R> {
     inner: R,
     left: Option<std::sync::Arc<AtomicU64>>,
+    /// What this stream took of it.
+    taken: std::sync::Arc<AtomicU64>,
     exceeded: std::sync::Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for Budgeted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if let Some(left) = &self.left
-            && left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n as u64)).is_err()
-        {
-            self.exceeded.store(true, Ordering::Relaxed);
-            return Err(io::Error::other("the image's layers hold more than the unpacked size limit"));
+        if let Some(left) = &self.left {
+            if left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(n as u64)).is_err() {
+                self.exceeded.store(true, Ordering::Relaxed);
+                return Err(io::Error::other("the image's layers hold more than the unpacked size limit"));
+            }
+            self.taken.fetch_add(n as u64, Ordering::Relaxed);
         }
         Ok(n)
+    }
+}
+
+/// Gives back to the budget what a stream took, for a layer that was not
+/// made after all (another try reads it again).
+struct Refund {
+    left: Option<std::sync::Arc<AtomicU64>>,
+    taken: std::sync::Arc<AtomicU64>,
+}
+
+impl Refund {
+    fn give_back(&self) {
+        if let Some(left) = &self.left {
+            left.fetch_add(self.taken.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A directory in the store's `tmp/`, removed when dropped unless kept.
+struct TempTree(PathBuf);
+
+impl TempTree {
+    fn keep(self) -> PathBuf {
+        let path = self.0.clone();
+        std::mem::forget(self);
+        path
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
     }
 }
 
@@ -1428,5 +1499,57 @@ mod tests {
             }
             assert!(root.join("oci/oci-layout").is_file());
         }
+    }
+
+    /// A layer read as its blob is downloaded is unpacked as far as its
+    /// bytes go, and named only once all of them are there and hash to the
+    /// blob's digest: here its files are all written while the blob's last
+    /// bytes (the gzip trailer) have not come, and the layer is not named
+    /// until they do.
+    #[test]
+    fn a_layer_followed_while_downloading_is_named_only_once_its_blob_is_whole() {
+        use ces_testkit::{Entry, Layer};
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("b", vec![7u8; 300_000])]);
+        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
+        let digest = Digest::of(&blob);
+        let path = dir.path().join("partial");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(&blob[..blob.len() - 4]).unwrap();
+        let feed = crate::follow::Feed::new();
+        let source = crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, feed.clone());
+        let options = UnpackOptions::for_current_user();
+        let unpacking = std::thread::scope(|scope| {
+            let unpacking = scope
+                .spawn(|| store.unpack_layer_following(&digest, &diff_id, &options, &store.layer_budget(), source));
+            // Every file written (a bound on the wait, not a measure)...
+            let written = || {
+                fs::read_dir(store.tmp_dir()).unwrap().flatten().any(|e| {
+                    fs::metadata(e.path().join("b")).is_ok_and(|m| m.len() == 300_000) && e.path().join("a").exists()
+                })
+            };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !written() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(written(), "the layer's files are written before its blob's last bytes come");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            // ...but nothing named.
+            assert!(store.layer_record(&diff_id).is_none() && !unpacking.is_finished());
+            file.write_all(&blob[blob.len() - 4..]).unwrap();
+            feed.complete();
+            unpacking.join().unwrap()
+        });
+        assert!(unpacking.unwrap().is_some(), "unpacked now");
+        let record = store.layer_record(&diff_id).expect("named once the blob is whole");
+        assert!(record.made_by(&digest));
+        assert_eq!(fs::read(store.layers_dir().join(digest_hex(&diff_id)).join("a")).unwrap(), b"first");
+    }
+
+    /// The hex digits of a `sha256:` diff_id.
+    fn digest_hex(diff_id: &str) -> &str {
+        diff_id.strip_prefix("sha256:").unwrap()
     }
 }

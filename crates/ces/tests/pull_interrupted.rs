@@ -26,8 +26,20 @@ struct StallingRegistry {
     stalled: Arc<AtomicBool>,
 }
 
+/// Where and how long the stalled blob stalls.
+#[derive(Clone)]
+struct Stall {
+    path: String,
+    /// After half the body, nothing for this long, then the rest.
+    pause: Duration,
+}
+
 impl StallingRegistry {
     fn start(content: HashMap<String, (String, Vec<u8>)>, stall: String) -> StallingRegistry {
+        StallingRegistry::stalling(content, Stall { path: stall, pause: Duration::from_secs(120) })
+    }
+
+    fn stalling(content: HashMap<String, (String, Vec<u8>)>, stall: Stall) -> StallingRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let stalled = Arc::new(AtomicBool::new(false));
@@ -42,7 +54,7 @@ impl StallingRegistry {
     }
 }
 
-fn serve(mut stream: TcpStream, content: &HashMap<String, (String, Vec<u8>)>, stall: &str, stalled: &AtomicBool) {
+fn serve(mut stream: TcpStream, content: &HashMap<String, (String, Vec<u8>)>, stall: &Stall, stalled: &AtomicBool) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {
@@ -69,11 +81,13 @@ fn serve(mut stream: TcpStream, content: &HashMap<String, (String, Vec<u8>)>, st
     if method == "HEAD" {
         return;
     }
-    if path == stall {
-        let _ = stream.write_all(&body[..body.len() / 2]);
+    if path == stall.path {
+        let first = body.len() / 2;
+        let _ = stream.write_all(&body[..first]);
         let _ = stream.flush();
         stalled.store(true, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_secs(120));
+        std::thread::sleep(stall.pause);
+        let _ = stream.write_all(&body[first..]);
         return;
     }
     let _ = stream.write_all(body);
@@ -212,22 +226,15 @@ fn temp_dirs(sb: &Sandbox, prefix: &str) -> Vec<std::path::PathBuf> {
 }
 
 #[test]
-fn a_layer_is_unpacked_as_its_bytes_arrive_and_named_only_once_all_are_there() {
-    // One layer: a small file, then 4 MB that do not compress (xorshift).
-    // The registry stalls half-way through the blob (for two minutes): the
-    // small file must be unpacked meanwhile, into a temporary directory, and
-    // the layer must not be named.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let big: Vec<u8> = (0..4_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect();
+fn a_layer_is_unpacked_as_its_bytes_arrive() {
+    // One layer: a small file, then 4 MB that do not compress. The registry
+    // stalls half-way through the blob (for two minutes): the small file
+    // must be unpacked meanwhile, into a temporary directory. (That the
+    // layer is named only once its blob is whole is shown in ces-image's
+    // store tests, where the test writes the blob's file itself.)
     let image =
-        ImageSpec::new(vec![Layer::new(vec![Entry::file("a-early", "here early"), Entry::file("big", big)])]).build();
+        ImageSpec::new(vec![Layer::new(vec![Entry::file("a-early", "here early"), Entry::file("big", noise())])])
+            .build();
     let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[0]));
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
     let mut child = start_pull(&sb, &reg);
@@ -239,15 +246,62 @@ fn a_layer_is_unpacked_as_its_bytes_arrive_and_named_only_once_all_are_there() {
     }
     let early = unpacked_early();
     let running = child.try_wait().unwrap().is_none();
-    let layer = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
-    let named = layer.exists() || layer.with_extension("json").exists();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(reg.stalled.load(Ordering::SeqCst), "the layer's download started");
     assert!(running, "the pull was still downloading");
     let early = early.expect("the layer's first file unpacked while its blob was half downloaded");
     assert_eq!(std::fs::read(early.join("a-early")).unwrap(), b"here early");
-    assert!(!named, "the layer is not named before its blob is whole");
+}
+
+/// 4 MB that do not compress (xorshift).
+fn noise() -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..4_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 32) as u8
+        })
+        .collect()
+}
+
+#[test]
+fn a_stalled_download_does_not_hold_back_another_pull_of_its_layer() {
+    // Two registries serve the same image. A pull from the first stalls
+    // half-way through the layer (for two minutes) while its bytes are
+    // unpacked; a pull of the same image from the second into the same store
+    // must not wait for it.
+    let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("big", noise())])]).build();
+    let stalling = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[0]));
+    let quick = StallingRegistry::start(content_of(&image), String::new());
+    let hosts = [stalling.host.clone(), quick.host.clone()];
+    let sb = Sandbox::with_hosts(&hosts, &hosts);
+    let mut stalled = start_pull(&sb, &stalling);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let following = || stalling.stalled.load(Ordering::SeqCst) && !temp_dirs(&sb, "layer-").is_empty();
+    while !following() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let following = following();
+    let mut second = start_pull(&sb, &quick);
+    // A bound on the wait, not a measure: the first pull stalls for 120 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = None;
+    while done.is_none() && Instant::now() < deadline {
+        done = second.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let first_running = stalled.try_wait().unwrap().is_none();
+    for child in [&mut stalled, &mut second] {
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    assert!(following, "the first pull was unpacking the layer as it came");
+    assert!(first_running, "the first pull was still stalled");
+    assert!(done.is_some_and(|status| status.success()), "the second pull finished: {done:?}");
+    assert!(sb.rootfs(&image.digest).join("big").is_file());
 }
 
 #[test]
@@ -264,7 +318,10 @@ fn a_layer_unpacked_as_it_arrives_is_not_named_when_its_blob_is_not_the_one_name
     content.insert("/v2/ns/img/manifests/1".to_owned(), (image.media_type.clone(), manifest.into_bytes()));
     let blob = content.remove(&format!("/v2/ns/img/blobs/{real}")).unwrap();
     content.insert(format!("/v2/ns/img/blobs/{claimed}"), blob);
-    let reg = StallingRegistry::start(content, String::new());
+    // The blob pauses half-way, so that its bytes are being read when the
+    // check fails.
+    let stall = Stall { path: format!("/v2/ns/img/blobs/{claimed}"), pause: Duration::from_millis(300) };
+    let reg = StallingRegistry::stalling(content, stall);
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
     let out = sb.ces(&["pull", &format!("{}/ns/img:1", reg.host)]);
     assert_ne!(out.code, 0, "the pull fails");

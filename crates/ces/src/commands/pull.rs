@@ -128,8 +128,8 @@ fn fetch(
     // (or, for a layer the store had, at once), while the others are still
     // being fetched.
     let options = ces_image::unpack::UnpackOptions::for_current_user();
-    let (stored, layers) = std::sync::mpsc::channel();
-    let ahead = Ahead::new(&progress, stored);
+    let (queue, layers) = std::sync::mpsc::channel();
+    let ahead = Ahead::new(&progress);
     let (layers, budget) = (Mutex::new(layers), store.layer_budget());
     // Set when the fetch failed: what is queued is left (and gc frees what
     // was made).
@@ -158,6 +158,9 @@ fn fetch(
                     .ok()
             })
             .collect();
+        if !unpackers.is_empty() {
+            ahead.start(queue);
+        }
         let fetched = fetch(&reference, false, &ahead);
         cancelled.store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
         drop(done);
@@ -262,19 +265,11 @@ fn unpack_ahead(
                 let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
                 (digest, result)
             }
+            // Should this fail because the download started again in
+            // another file, that file is followed in turn.
             Layer::Arriving { digest, diff_id, file, size, feed } => {
-                let source = follow(file, size, feed.clone());
-                match store.unpack_layer_following(&digest, &diff_id, options, budget, source) {
-                    // Not made from the bytes as they came (the download
-                    // started again in another file, say): from the stored
-                    // blob, once it is whole.
-                    Err(e) if feed.wait_done() => {
-                        tracing::debug!(layer = %digest, error = %e, "not unpacked as it arrived");
-                        let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
-                        (digest, result)
-                    }
-                    result => (digest, result),
-                }
+                let result = store.unpack_layer_following(&digest, &diff_id, options, budget, follow(file, size, feed));
+                (digest, result)
             }
         };
         match result {
@@ -297,19 +292,31 @@ struct Ahead<'a> {
     progress: &'a dyn ces_registry::PullReporter,
     /// Each layer's diff_id and size.
     layers: Mutex<HashMap<Digest, (String, Option<u64>)>>,
-    /// The feeds of the blobs being downloaded, by digest.
-    feeds: Mutex<HashMap<Digest, Arc<Feed>>>,
+    /// The feeds of the blobs being downloaded, by digest, with the bytes
+    /// received since their reader was last told.
+    feeds: Mutex<HashMap<Digest, (Arc<Feed>, u64)>>,
+    /// `None` without workers (nothing unpacked now).
     queue: Mutex<Option<std::sync::mpsc::Sender<Layer>>>,
 }
 
+/// Bytes received between two wake-ups of a blob's reader: the client
+/// writes the file through a buffer of this size.
+const FEED_STEP: u64 = 256 << 10;
+
 impl<'a> Ahead<'a> {
-    fn new(progress: &'a dyn ces_registry::PullReporter, queue: std::sync::mpsc::Sender<Layer>) -> Ahead<'a> {
+    /// Nothing is queued until [`Ahead::start`].
+    fn new(progress: &'a dyn ces_registry::PullReporter) -> Ahead<'a> {
         Ahead {
             progress,
             layers: Mutex::new(HashMap::new()),
             feeds: Mutex::new(HashMap::new()),
-            queue: Mutex::new(Some(queue)),
+            queue: Mutex::new(None),
         }
+    }
+
+    /// Layers go to `queue` from now on (its workers are running).
+    fn start(&self, queue: std::sync::mpsc::Sender<Layer>) {
+        *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(queue);
     }
 
     fn send(&self, layer: Layer) {
@@ -322,7 +329,7 @@ impl<'a> Ahead<'a> {
     /// more bytes come to a blob not complete by now.
     fn done(&self) {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
-        for feed in self.feeds.lock().unwrap_or_else(PoisonError::into_inner).values() {
+        for (feed, _) in self.feeds.lock().unwrap_or_else(PoisonError::into_inner).values() {
             feed.end();
         }
     }
@@ -346,8 +353,12 @@ impl ces_registry::PullReporter for Ahead<'_> {
         self.progress.layer_start(digest, size, reused);
     }
     fn layer_progress(&self, digest: &Digest, bytes: u64) {
-        if let Some(feed) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
-            feed.progressed();
+        if let Some((feed, received)) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get_mut(digest) {
+            *received += bytes;
+            if *received >= FEED_STEP {
+                *received = 0;
+                feed.progressed();
+            }
         }
         self.progress.layer_progress(digest, bytes);
     }
@@ -355,7 +366,7 @@ impl ces_registry::PullReporter for Ahead<'_> {
         self.progress.layer_done(digest);
         // A blob downloaded: its follower reads the rest. One the store had:
         // its layer now.
-        if let Some(feed) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
+        if let Some((feed, _)) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get(digest) {
             feed.complete();
             return;
         }
@@ -373,8 +384,11 @@ impl ces_registry::PullReporter for Ahead<'_> {
     fn blob_file(&self, digest: &Digest, path: &std::path::Path) {
         self.progress.blob_file(digest, path);
         // The download (again, in a new file: the old one gets no more).
+        if self.queue.lock().unwrap_or_else(PoisonError::into_inner).is_none() {
+            return;
+        }
         let mut feeds = self.feeds.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(old) = feeds.remove(digest) {
+        if let Some((old, _)) = feeds.remove(digest) {
             old.end();
         }
         let known = self.layers.lock().unwrap_or_else(PoisonError::into_inner).get(digest).cloned();
@@ -382,7 +396,7 @@ impl ces_registry::PullReporter for Ahead<'_> {
         // Without a file to read, the layer waits for its stored blob.
         let Ok(file) = std::fs::File::open(path) else { return };
         let feed = Feed::new();
-        feeds.insert(digest.clone(), feed.clone());
+        feeds.insert(digest.clone(), (feed.clone(), 0));
         drop(feeds);
         self.send(Layer::Arriving { digest: digest.clone(), diff_id, file, size, feed });
     }
