@@ -54,7 +54,18 @@ pub(crate) enum Hierarchy {
 }
 
 impl Hierarchy {
+    /// The host's hierarchy, found once per process (libcgroups reads
+    /// `/proc/self/mountinfo` once per v1 controller: ~1 ms).
     pub(crate) fn detect() -> Result<Hierarchy, RuntimeError> {
+        static FOUND: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
+        if let Some(found) = FOUND.get() {
+            return Ok(found.clone());
+        }
+        let found = Hierarchy::find()?;
+        Ok(FOUND.get_or_init(|| found).clone())
+    }
+
+    fn find() -> Result<Hierarchy, RuntimeError> {
         let setup = libcgroups::common::get_cgroup_setup().map_err(|e| limit_error("memory", &e))?;
         match setup {
             CgroupSetup::Unified => Ok(Hierarchy::V2 { root: PathBuf::from(DEFAULT_CGROUP_ROOT) }),
@@ -531,9 +542,9 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// own move pays the wait as before. Rootless runs have none (ces moves
 /// itself into a scope of its own there).
 pub(crate) struct MigrationWarmup {
-    /// `/proc/self/cgroup` when it started, and the `cgroup.procs` it names.
-    at: Option<(String, std::ffi::CString)>,
-    thread: Option<std::thread::JoinHandle<bool>>,
+    /// Returns `/proc/self/cgroup` as it found it, and the `cgroup.procs`
+    /// it names, once it moved ces there.
+    thread: Option<std::thread::JoinHandle<Option<(String, std::ffi::CString)>>>,
 }
 
 /// A warm-up started early ([`warm_cgroup_migration`]), for the run's
@@ -541,15 +552,15 @@ pub(crate) struct MigrationWarmup {
 static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mutex::new(None);
 
 /// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
-/// for a native run as root whose image and policy are checked: the
-/// container built later finishes it. Nothing if the hierarchy cannot be
+/// as a native run as root starts (before it is planned): the container
+/// built later finishes it. Nothing if the hierarchy cannot be
 /// read, or without root.
 pub fn warm_cgroup_migration() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
-    let Ok(hierarchy) = Hierarchy::detect() else { return };
-    let warmup = MigrationWarmup::start(&hierarchy);
+    // The hierarchy is found on the thread too.
+    let warmup = MigrationWarmup::start(None);
     *EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(warmup);
 }
 
@@ -557,7 +568,7 @@ impl MigrationWarmup {
     /// The warm-up [`warm_cgroup_migration`] started, if any, else a new one.
     pub(crate) fn early_or_start(hierarchy: &Hierarchy) -> MigrationWarmup {
         let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        early.unwrap_or_else(|| MigrationWarmup::start(hierarchy))
+        early.unwrap_or_else(|| MigrationWarmup::start(Some(hierarchy.clone())))
     }
 
     /// Drops a warm-up [`warm_cgroup_migration`] started (a rootless run
@@ -566,20 +577,25 @@ impl MigrationWarmup {
         drop(EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
     }
 
-    pub(crate) fn start(hierarchy: &Hierarchy) -> MigrationWarmup {
-        let at = fs::read_to_string("/proc/self/cgroup").ok().and_then(|text| {
-            let procs = procs_file(hierarchy, &text)?;
-            Some((text, std::ffi::CString::new(procs.into_os_string().into_vec()).ok()?))
-        });
+    /// Starts the thread; it finds the hierarchy itself when not given it.
+    pub(crate) fn start(hierarchy: Option<Hierarchy>) -> MigrationWarmup {
         // The thread allocates (its own start and end, the check): it is
         // joined before libcontainer clones (`finish`, or the drop).
-        let thread = at.clone().and_then(|(text, procs)| {
-            std::thread::Builder::new()
-                .name("ces-cgroup-warm".to_owned())
-                .spawn(move || move_self_if_still_in(&text, &procs))
-                .ok()
-        });
-        MigrationWarmup { at, thread }
+        let thread = std::thread::Builder::new()
+            .name("ces-cgroup-warm".to_owned())
+            .spawn(move || {
+                let hierarchy = match hierarchy {
+                    Some(hierarchy) => hierarchy,
+                    None => Hierarchy::detect().ok()?,
+                };
+                let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+                let procs = procs_file(&hierarchy, &text)?;
+                let procs = std::ffi::CString::new(procs.into_os_string().into_vec()).ok()?;
+                move_self_if_still_in(&text, &procs);
+                Some((text, procs))
+            })
+            .ok();
+        MigrationWarmup { thread }
     }
 
     /// Waits for the thread, then moves once more. Call it before anything
@@ -587,8 +603,8 @@ impl MigrationWarmup {
     /// move was made.
     pub(crate) fn finish(mut self) -> bool {
         let Some(thread) = self.thread.take() else { return false };
-        let _ = thread.join();
-        self.at.as_ref().is_some_and(|(text, procs)| move_self_if_still_in(text, procs))
+        let at = thread.join().ok().flatten();
+        at.is_some_and(|(text, procs)| move_self_if_still_in(&text, &procs))
     }
 }
 
@@ -807,7 +823,7 @@ mod tests {
         assert!(listed.lines().any(|l| l == pid), "{} lists this process", procs.display());
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
         assert!(nix::unistd::geteuid().is_root(), "this test moves this process: run the suite as root (CI does)");
-        assert!(MigrationWarmup::start(&hierarchy).finish(), "moved");
+        assert!(MigrationWarmup::start(Some(hierarchy)).finish(), "moved");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still where it was, everywhere");
     }
 
@@ -820,7 +836,7 @@ mod tests {
         let home = procs.parent().unwrap().to_owned();
         let elsewhere = home.join(format!("ces-warmup-test-{}", std::process::id()));
         fs::create_dir(&elsewhere).unwrap();
-        let warmup = MigrationWarmup::start(&hierarchy);
+        let warmup = MigrationWarmup::start(Some(hierarchy.clone()));
         while !warmup.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }

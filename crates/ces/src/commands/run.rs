@@ -168,6 +168,14 @@ fn run_container(
         }
         return slurm::submit_array(settings, printer, &options, &command_line, image, command, &array);
     }
+    // A native run: the wait of its first cgroup move (an RCU grace period,
+    // 7-20 ms here) is paid while the run is planned and prepared, from the
+    // start (as root: ces_runtime::native::warm_cgroup_migration). ces moves
+    // itself into the cgroup it is in; a run refused later has changed
+    // nothing.
+    if !options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native") {
+        ces_runtime::native::warm_cgroup_migration();
+    }
     let placement = Placement { run_id: node.as_ref().map(|n| n.run_id.clone()), ..Placement::default() };
     let mut prepared = prepare(settings, printer, &options, image, command, &placement)?;
     if k8s {
@@ -200,12 +208,6 @@ fn run_container(
             prepared.spec.devices = resolved.devices.clone();
             prepared.devices = Some(resolved);
         }
-    }
-    // A native run, its image and policy checked: the wait of its first
-    // cgroup move is paid while the run is prepared (as root:
-    // ces_runtime::native::warm_cgroup_migration).
-    if !options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native") {
-        ces_runtime::native::warm_cgroup_migration();
     }
     let runtime = backend(settings, options.runtime.as_deref().unwrap_or("native"), prepared.store.root());
     if runtime.name() == "podman"
