@@ -504,9 +504,8 @@ fn disk_full_mid_pull_is_reported_and_leaves_the_store_consistent() {
 
 #[test]
 fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::MetadataExt;
     require_root("switches to an unprivileged uid");
-    const NOBODY: u32 = 65534;
     let reg = anon();
     let image = ImageSpec::new(vec![Layer::new({
         let mut entries = busybox_entries();
@@ -518,28 +517,7 @@ fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
     .build();
     let digest = reg.push(&image, "pull/rootless", "1");
     let sb = Sandbox::new(&[reg]);
-    // The unprivileged user needs to read the config and own its store.
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::create_dir(&sb.store).unwrap();
-    rustix::fs::chown(&sb.store, Some(rustix::fs::Uid::from_raw(NOBODY)), Some(rustix::fs::Gid::from_raw(NOBODY)))
-        .unwrap();
-
-    let mut cmd = sb.command(
-        "setpriv",
-        &[
-            "--reuid",
-            &NOBODY.to_string(),
-            "--regid",
-            &NOBODY.to_string(),
-            "--clear-groups",
-            "--",
-            common::user_bin(env!("CARGO_BIN_EXE_ces")),
-            "pull",
-            &format!("{}/pull/rootless:1", reg.host()),
-        ],
-    );
-    cmd.env("HOME", sb.dir.path());
-    let out = sb.run(cmd);
+    let out = pull_as_nobody(&sb, &format!("{}/pull/rootless:1", reg.host()));
     out.ok();
     assert!(out.stderr.contains("skipping a device node") && out.stderr.contains("dev/null"), "{}", out.stderr);
     let rootfs = sb.rootfs(&digest);
@@ -548,6 +526,27 @@ fn rootless_pull_skips_device_nodes_with_a_warning_and_owns_its_files() {
     assert_eq!(tool.uid(), NOBODY, "files belong to the user who pulled");
     assert_eq!(tool.mode() & 0o4000, 0, "no setuid bit on a file the user owns");
     assert_eq!(std::fs::metadata(rootfs.join("bin/busybox")).unwrap().uid(), NOBODY);
+}
+
+const NOBODY: u32 = 65534;
+
+/// `ces pull REFERENCE` as `nobody`, into a store of theirs (made on the
+/// first call).
+fn pull_as_nobody(sb: &Sandbox, reference: &str) -> common::Run {
+    use std::os::unix::fs::PermissionsExt;
+    // The unprivileged user needs to read the config and own its store.
+    if !sb.store.exists() {
+        std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(&sb.store).unwrap();
+        rustix::fs::chown(&sb.store, Some(rustix::fs::Uid::from_raw(NOBODY)), Some(rustix::fs::Gid::from_raw(NOBODY)))
+            .unwrap();
+    }
+    let nobody = NOBODY.to_string();
+    let argv = ["--reuid", &nobody, "--regid", &nobody, "--clear-groups", "--"];
+    let mut cmd = sb.command("setpriv", &argv);
+    cmd.args([common::user_bin(env!("CARGO_BIN_EXE_ces")), "pull", reference]);
+    cmd.env("HOME", sb.dir.path());
+    sb.run(cmd)
 }
 
 /// A gzip bomb under `[storage] max_image_size`: 64 MB of zeros is a small
@@ -631,6 +630,33 @@ fn without_layer_blobs_an_image_keeps_its_files_only_and_shared_layers_are_not_f
         std::fs::read(sb.rootfs(&b.digest).join("bin/busybox")).unwrap(),
         std::fs::read("/bin/busybox").unwrap()
     );
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+}
+
+#[test]
+fn a_rootless_store_without_layer_blobs_shares_layers_it_unpacked_as_they_arrived() {
+    use std::os::unix::fs::MetadataExt;
+    require_root("switches to an unprivileged uid");
+    let reg = anon();
+    let shared = Layer::new(busybox_entries());
+    let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", "only in a")])]).build();
+    let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", "only in b")])]).build();
+    reg.push(&a, "pull/rootless-noblobs-a", "1");
+    reg.push(&b, "pull/rootless-noblobs-b", "1");
+    let sb = Sandbox::new(&[reg]);
+    sb.configure("keep_layer_blobs = false");
+
+    let pulled = pull_as_nobody(&sb, &format!("{}/pull/rootless-noblobs-a:1", reg.host()));
+    pulled.ok();
+    assert!(a.layer_digests.iter().all(|l| !sb.has_blob(l)), "layer blobs dropped once unpacked");
+    let file = sb.rootfs(&a.digest).join("a");
+    assert_eq!(std::fs::read(&file).unwrap(), b"only in a");
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), NOBODY, "the user's own files");
+    let pulled = pull_as_nobody(&sb, &format!("{}/pull/rootless-noblobs-b:1", reg.host()));
+    pulled.ok();
+    assert!(pulled.stderr.contains("(1 new"), "the shared layer is not fetched again: {}", pulled.stderr);
+    assert_eq!(std::fs::read(sb.rootfs(&b.digest).join("b")).unwrap(), b"only in b");
+    assert_eq!(unpacked_layers(&sb).len(), 3);
     assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
 }
 
