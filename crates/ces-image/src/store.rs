@@ -997,7 +997,7 @@ impl Store {
         // that needs the layer would wait for it. Its lock is taken to name
         // what was made.
         let (reader, check) = following.unzip();
-        let mut guard = if reader.is_none() { Some(lock()?) } else { None };
+        let guard = if reader.is_none() { Some(lock()?) } else { None };
         let had = self.layer_record(diff_id);
         if let Some(record) = had.as_ref().filter(|record| record.made_by(&layer_digest)) {
             return Ok((record.clone(), None));
@@ -1052,10 +1052,12 @@ impl Store {
             }
             Ok((temp, unpacked, size))
         })();
-        let (temp, unpacked, size) = result.inspect_err(|_| refund.iter().for_each(Refund::give_back))?;
-        if guard.is_none() {
-            guard = Some(lock()?);
-        }
+        let give_back = |_: &StoreError| refund.iter().for_each(Refund::give_back);
+        let (temp, unpacked, size) = result.inspect_err(give_back)?;
+        let guard = match guard {
+            Some(guard) => guard,
+            None => lock().inspect_err(give_back)?,
+        };
         // Under the lock: named by another since it was looked at, this
         // blob is added to its record (it was shown to make the layer).
         if let Some(mut record) = self.layer_record(diff_id) {
@@ -1064,21 +1066,21 @@ impl Store {
                 let json = serde_json::to_vec(&record).map_err(|e| io_err(&self.layers_dir())(io::Error::other(e)))?;
                 write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
             }
+            // What this one unpacked goes once the others may name theirs.
+            drop(guard);
+            drop(temp);
             return Ok((record, None));
         }
         let (Some(temp), Some(unpacked)) = (temp, unpacked) else {
             // Its record went while this blob was read (nothing else removes
             // one during a pull): unpacked again, with the image.
-            return Err(StoreError::LayerRead {
+            let error = StoreError::LayerRead {
                 layer: layer_digest.clone(),
                 source: io::Error::other("the layer's record went while its blob was read"),
-            });
+            };
+            give_back(&error);
+            return Err(error);
         };
-        let dir = self.layers_dir().join(hex);
-        if dir.exists() {
-            // Left without its record: replaced.
-            remove_tree(&dir)?;
-        }
         let record = LayerRecord {
             hex: hex.to_owned(),
             size,
@@ -1086,10 +1088,19 @@ impl Store {
             dir_modes: unpacked.dir_modes,
             blobs: vec![layer_digest.to_string()],
         };
-        // The record first: a layer directory is whole once it is in place.
-        let json = serde_json::to_vec(&record).map_err(|e| io_err(&dir)(io::Error::other(e)))?;
-        write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
-        fs::rename(temp.keep(), &dir).map_err(io_err(&dir))?;
+        let dir = self.layers_dir().join(hex);
+        let named = (|| {
+            if dir.exists() {
+                // Left without its record: replaced.
+                remove_tree(&dir)?;
+            }
+            // The record first: a layer directory is whole once it is in place.
+            let json = serde_json::to_vec(&record).map_err(|e| io_err(&dir)(io::Error::other(e)))?;
+            write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+            fs::rename(&temp.0, &dir).map_err(io_err(&dir))
+        })();
+        named.inspect_err(give_back)?;
+        temp.keep();
         drop(guard);
         Ok((record, Some(unpacked.stats)))
     }
@@ -1502,10 +1513,10 @@ mod tests {
     }
 
     /// A layer read as its blob is downloaded is unpacked as far as its
-    /// bytes go, and named only once all of them are there and hash to the
-    /// blob's digest: here its files are all written while the blob's last
-    /// bytes (the gzip trailer) have not come, and the layer is not named
-    /// until they do.
+    /// bytes go, and named only once all of them are there: here its files
+    /// are all written while the blob's last bytes (the gzip trailer) have
+    /// not come, and the layer is not named until they do. (That the bytes
+    /// must hash to the blob's digest: the next tests.)
     #[test]
     fn a_layer_followed_while_downloading_is_named_only_once_its_blob_is_whole() {
         use ces_testkit::{Entry, Layer};
@@ -1546,6 +1557,149 @@ mod tests {
         let record = store.layer_record(&diff_id).expect("named once the blob is whole");
         assert!(record.made_by(&digest));
         assert_eq!(fs::read(store.layers_dir().join(digest_hex(&diff_id)).join("a")).unwrap(), b"first");
+    }
+
+    /// Bytes that do not compress (xorshift).
+    fn noise(len: usize) -> Vec<u8> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// `blob` as a whole downloaded file, followed.
+    fn downloaded(dir: &Path, blob: &[u8]) -> (crate::follow::FollowReader, crate::follow::FollowCheck) {
+        let path = dir.join(format!("downloaded-{}", Digest::of(blob).short()));
+        fs::write(&path, blob).unwrap();
+        let feed = crate::follow::Feed::new();
+        feed.complete();
+        crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, feed)
+    }
+
+    /// A store with a budget of `max` bytes, and that budget.
+    fn budgeted(dir: &Path, max: u64) -> (Store, LayerBudget) {
+        let store = Store::open(dir.join("store")).unwrap().with_max_unpacked(Some(max));
+        let budget = store.layer_budget();
+        (store, budget)
+    }
+
+    fn left(budget: &LayerBudget) -> u64 {
+        budget.0.as_ref().unwrap().load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn bytes_downloaded_that_are_not_the_blobs_make_no_layer() {
+        use ces_testkit::{Entry, Layer};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, budget) = budgeted(dir.path(), 10 << 20);
+        // A valid layer (the tar is the diff_id), under another blob's digest.
+        let layer = Layer::new(vec![Entry::file("data", noise(100_000))]);
+        let diff_id = Digest::of(&layer.tar()).to_string();
+        let claimed = Digest::of(b"another blob");
+        let options = UnpackOptions::for_current_user();
+        let result =
+            store.unpack_layer_following(&claimed, &diff_id, &options, &budget, downloaded(dir.path(), &layer.blob()));
+        assert!(matches!(result, Err(StoreError::DigestMismatch { .. })), "{result:?}");
+        assert!(store.layer_record(&diff_id).is_none(), "nothing named");
+        assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "nothing left");
+        assert_eq!(left(&budget), 10 << 20, "what it took of the budget given back");
+    }
+
+    #[test]
+    fn a_layer_that_is_not_its_diff_id_gives_its_budget_back() {
+        use ces_testkit::{Entry, Layer};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, budget) = budgeted(dir.path(), 10 << 20);
+        let blob = Layer::new(vec![Entry::file("big", noise(1_000_000))]).blob();
+        let wrong = Digest::of(b"not this layer").to_string();
+        let options = UnpackOptions::for_current_user();
+        let result =
+            store.unpack_layer_following(&Digest::of(&blob), &wrong, &options, &budget, downloaded(dir.path(), &blob));
+        assert!(matches!(result, Err(StoreError::DiffIdMismatch { .. })), "{result:?}");
+        assert_eq!(left(&budget), 10 << 20);
+    }
+
+    #[test]
+    fn an_unpacking_error_while_the_download_stalls_ends_at_once() {
+        use ces_testkit::{Entry, Layer};
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, budget) = budgeted(dir.path(), 100 << 20);
+        // Refused at its first entry; only the blob's first 4 KiB come, and
+        // the download never ends: the reader must stop waiting, or the
+        // read-ahead thread it runs on could not be joined.
+        let layer = Layer::new(vec![Entry::file("../escape", "x"), Entry::file("big", noise(2_000_000))]);
+        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
+        let path = dir.path().join("partial");
+        File::create(&path).unwrap().write_all(&blob[..4096]).unwrap();
+        let feed = crate::follow::Feed::new();
+        let source = crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, feed.clone());
+        let options = UnpackOptions::for_current_user();
+        let (done, result) = std::sync::mpsc::channel();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let result = store.unpack_layer_following(&Digest::of(&blob), &diff_id, &options, &budget, source);
+                done.send(result.map(|_| ())).unwrap();
+            });
+            // A bound on the wait, not a measure.
+            let result = result.recv_timeout(std::time::Duration::from_secs(10));
+            // Should it hang, the download ends so that the scope can.
+            feed.end();
+            result.expect("the unpacking ended while the download stalled")
+        });
+        assert!(matches!(result, Err(StoreError::Unpack { .. })), "{result:?}");
+        assert_eq!(left(&budget), 100 << 20);
+        assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "nothing left");
+    }
+
+    /// Two blobs followed and one stored, all of one layer (gzip, plain,
+    /// zstd), unpacked at once: one layer, its record naming all three
+    /// blobs, nothing left in `tmp/`.
+    #[test]
+    fn three_blobs_of_one_layer_unpacked_at_once_name_it_once() {
+        use ces_testkit::{Compression, Entry, Layer};
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("store")).unwrap();
+            let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(300_000))]);
+            let diff_id = Digest::of(&layer.tar()).to_string();
+            let blobs: Vec<Vec<u8>> = [Compression::Gzip, Compression::None, Compression::Zstd]
+                .into_iter()
+                .map(|c| layer.clone().compressed(c).blob())
+                .collect();
+            let digests: Vec<Digest> = blobs.iter().map(|b| Digest::of(b)).collect();
+            store.write_blob(&digests[2], &blobs[2]).unwrap();
+            let options = UnpackOptions::for_current_user();
+            let barrier = std::sync::Barrier::new(3);
+            let made: Vec<bool> = std::thread::scope(|scope| {
+                let (store, options, barrier, diff_id) = (&store, &options, &barrier, &diff_id);
+                let mut unpacking: Vec<_> = (0..2)
+                    .map(|i| {
+                        let (digest, source) = (&digests[i], downloaded(dir.path(), &blobs[i]));
+                        scope.spawn(move || {
+                            barrier.wait();
+                            store.unpack_layer_following(digest, diff_id, options, &store.layer_budget(), source)
+                        })
+                    })
+                    .collect();
+                unpacking.push(scope.spawn(|| {
+                    barrier.wait();
+                    store.unpack_layer_ahead(&digests[2], diff_id, options, &store.layer_budget())
+                }));
+                unpacking.into_iter().map(|u| u.join().unwrap().unwrap().is_some()).collect()
+            });
+            assert!(made.contains(&true), "round {round}: {made:?}");
+            let record = store.layer_record(&diff_id).expect("named");
+            assert!(digests.iter().all(|d| record.made_by(d)), "round {round}: {:?}", record.blobs);
+            assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "round {round}: nothing left");
+            assert_eq!(fs::read_dir(store.layers_dir()).unwrap().count(), 2, "round {round}: one layer and its record");
+            assert_eq!(fs::read(store.layers_dir().join(digest_hex(&diff_id)).join("a")).unwrap(), b"first");
+        }
     }
 
     /// The hex digits of a `sha256:` diff_id.

@@ -356,7 +356,7 @@ impl ces_registry::PullReporter for Ahead<'_> {
         if let Some((feed, received)) = self.feeds.lock().unwrap_or_else(PoisonError::into_inner).get_mut(digest) {
             *received += bytes;
             if *received >= FEED_STEP {
-                *received = 0;
+                *received %= FEED_STEP;
                 feed.progressed();
             }
         }
