@@ -530,21 +530,44 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 
 /// The first move of a process into a cgroup after a quiet while waits for
 /// an RCU grace period (the kernel's `cgroup_threadgroup_rwsem`, one for all
-/// hierarchies: 7-13 ms here, more with every core busy); moves within the
+/// hierarchies: 7-20 ms here, more with every core busy); moves within the
 /// next grace period or so do not. As root, [`MigrationWarmup::start`] pays
-/// that wait on a thread of its own, by moving ces into the cgroup it is
-/// already in, while the run is being prepared; [`MigrationWarmup::finish`],
-/// just before the container is built, waits for it (what is left of it)
-/// and moves once more, so that the container's move into its cgroup comes
-/// within the window. Each move is made only if ces is still where it was
-/// when the warm-up started (nothing moved it since: ces never undoes
-/// another's placement). Nothing changes if a move fails: the container's
-/// own move pays the wait as before. Rootless runs have none (ces moves
-/// itself into a scope of its own there).
+/// that wait on a thread of its own while the run is being prepared, by
+/// moving a helper into the cgroup it is already in: a child of ces, born
+/// in ces's cgroups, that does nothing ([`idmap::waiting_child`]).
+/// [`MigrationWarmup::finish`], just before the container is built, waits
+/// for it (what is left of it), moves the helper once more, so that the
+/// container's move into its cgroup comes within the window, and ends the
+/// helper. ces itself is never moved: whoever places it (a scope, an
+/// operator's tools, even during the wait) keeps it where they put it.
+/// Nothing changes if a move fails: the container's own move pays the wait
+/// as before. Rootless runs have none (ces moves itself into a scope of its
+/// own there).
+///
+/// [`idmap::waiting_child`]: super::idmap::waiting_child
 pub(crate) struct MigrationWarmup {
-    /// Returns `/proc/self/cgroup` as it found it, and the `cgroup.procs`
-    /// it names, once it moved ces there.
-    thread: Option<std::thread::JoinHandle<Option<(String, std::ffi::CString)>>>,
+    thread: Option<std::thread::JoinHandle<Option<Helper>>>,
+}
+
+/// The helper a [`MigrationWarmup`] moves, and where; ended when dropped.
+struct Helper {
+    pid: libc::pid_t,
+    /// Kept open while it lives (it waits for this to close).
+    _done: std::os::fd::OwnedFd,
+    procs: std::ffi::CString,
+}
+
+impl Helper {
+    /// Moves the helper into the cgroup it is in: whether the kernel took it.
+    fn move_in(&self) -> bool {
+        write_pid(&self.procs, self.pid as u32)
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        super::idmap::kill_helper(self.pid);
+    }
 }
 
 /// A warm-up started early ([`warm_cgroup_migration`]), for the run's
@@ -553,34 +576,54 @@ static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mute
 
 /// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
 /// as a native run as root starts (before it is planned): the container
-/// built later finishes it. Nothing if the hierarchy cannot be
-/// read, or without root.
+/// built later finishes it. Nothing without root.
 pub fn warm_cgroup_migration() {
     if !nix::unistd::geteuid().is_root() {
         return;
     }
     // The hierarchy is found on the thread too.
     let warmup = MigrationWarmup::start(None);
-    *EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(warmup);
+    let old = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(warmup);
+    drop(old);
 }
 
 impl MigrationWarmup {
-    /// The warm-up [`warm_cgroup_migration`] started, if any, else a new one.
+    /// The warm-up [`warm_cgroup_migration`] started, if any (moving its
+    /// helper again if it is done: the window may have closed while the
+    /// run was planned, an image unpacked), else a new one.
     pub(crate) fn early_or_start(hierarchy: &Hierarchy) -> MigrationWarmup {
         let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        early.unwrap_or_else(|| MigrationWarmup::start(Some(hierarchy.clone())))
+        early.map_or_else(|| MigrationWarmup::start(Some(hierarchy.clone())), MigrationWarmup::again)
+    }
+
+    /// This warm-up, its helper moved once more on a thread of its own if
+    /// its thread is done.
+    fn again(mut self) -> MigrationWarmup {
+        let thread = match self.thread.take() {
+            Some(thread) if thread.is_finished() => {
+                let helper = thread.join().ok().flatten();
+                std::thread::Builder::new()
+                    .name("ces-cgroup-warm".to_owned())
+                    .spawn(move || helper.filter(Helper::move_in))
+                    .ok()
+            }
+            thread => thread,
+        };
+        MigrationWarmup { thread }
     }
 
     /// Drops a warm-up [`warm_cgroup_migration`] started (a rootless run
     /// has none), waiting for its thread.
     pub(crate) fn forget_early() {
-        drop(EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        drop(early);
     }
 
     /// Starts the thread; it finds the hierarchy itself when not given it.
     pub(crate) fn start(hierarchy: Option<Hierarchy>) -> MigrationWarmup {
-        // The thread allocates (its own start and end, the check): it is
-        // joined before libcontainer clones (`finish`, or the drop).
+        // The thread allocates (its own start and end): it is joined before
+        // libcontainer clones (`finish`, or the drop). The helper it makes
+        // only makes system calls.
         let thread = std::thread::Builder::new()
             .name("ces-cgroup-warm".to_owned())
             .spawn(move || {
@@ -588,23 +631,23 @@ impl MigrationWarmup {
                     Some(hierarchy) => hierarchy,
                     None => Hierarchy::detect().ok()?,
                 };
-                let text = fs::read_to_string("/proc/self/cgroup").ok()?;
-                let procs = procs_file(&hierarchy, &text)?;
+                let procs = procs_file(&hierarchy, &fs::read_to_string("/proc/self/cgroup").ok()?)?;
                 let procs = std::ffi::CString::new(procs.into_os_string().into_vec()).ok()?;
-                move_self_if_still_in(&text, &procs);
-                Some((text, procs))
+                let (pid, done) = super::idmap::waiting_child(0).ok()?;
+                let helper = Helper { pid, _done: done, procs };
+                helper.move_in();
+                Some(helper)
             })
             .ok();
         MigrationWarmup { thread }
     }
 
-    /// Waits for the thread, then moves once more. Call it before anything
-    /// clones a process that allocates (libcontainer's). Whether the last
-    /// move was made.
+    /// Waits for the thread, moves the helper once more and ends it. Call
+    /// it before anything clones a process that allocates (libcontainer's).
+    /// Whether the last move was made.
     pub(crate) fn finish(mut self) -> bool {
         let Some(thread) = self.thread.take() else { return false };
-        let at = thread.join().ok().flatten();
-        at.is_some_and(|(text, procs)| move_self_if_still_in(&text, &procs))
+        thread.join().ok().flatten().is_some_and(|helper| helper.move_in())
     }
 }
 
@@ -614,11 +657,6 @@ impl Drop for MigrationWarmup {
             let _ = thread.join();
         }
     }
-}
-
-/// [`move_self`], if `/proc/self/cgroup` still reads `text`.
-fn move_self_if_still_in(text: &str, procs: &std::ffi::CStr) -> bool {
-    fs::read_to_string("/proc/self/cgroup").is_ok_and(|now| now == text) && move_self(procs)
 }
 
 /// The `cgroup.procs` of the cgroup this process is in, in one hierarchy:
@@ -646,8 +684,8 @@ fn procs_file(hierarchy: &Hierarchy, text: &str) -> Option<PathBuf> {
     Some(mount.join(relative).join("cgroup.procs"))
 }
 
-/// Writes this process's pid into `procs`: whether it was written.
-fn move_self(procs: &std::ffi::CStr) -> bool {
+/// Writes `pid` into `procs` (moves it there): whether the kernel took it.
+fn write_pid(procs: &std::ffi::CStr, pid: u32) -> bool {
     // SAFETY: a valid C string; the descriptor is closed below.
     let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
     if fd < 0 {
@@ -655,8 +693,7 @@ fn move_self(procs: &std::ffi::CStr) -> bool {
     }
     let mut digits = [0u8; 12];
     let mut n = digits.len();
-    // SAFETY: getpid has no failure.
-    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut pid = pid;
     loop {
         n -= 1;
         digits[n] = b'0' + (pid % 10) as u8;
@@ -813,22 +850,79 @@ mod tests {
     /// one at a time.
     static MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    #[test]
-    fn the_warmup_moves_this_process_into_the_cgroup_it_is_in() {
-        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let hierarchy = Hierarchy::detect().unwrap();
-        let procs = own_procs_file(&hierarchy).expect("this process's cgroup.procs");
-        let pid = std::process::id().to_string();
-        let listed = fs::read_to_string(&procs).unwrap();
-        assert!(listed.lines().any(|l| l == pid), "{} lists this process", procs.display());
-        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
-        assert!(nix::unistd::geteuid().is_root(), "this test moves this process: run the suite as root (CI does)");
-        assert!(MigrationWarmup::start(Some(hierarchy)).finish(), "moved");
-        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "still where it was, everywhere");
+    /// The warm-up's helper, once its thread is done.
+    fn helper_of(mut warmup: MigrationWarmup) -> Helper {
+        warmup.thread.take().unwrap().join().unwrap().expect("a helper made and moved")
     }
 
     #[test]
-    fn the_warmup_does_not_move_back_a_process_moved_since_it_started() {
+    fn the_warmup_moves_a_helper_born_in_this_process_s_cgroups_and_never_this_process() {
+        assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hierarchy = Hierarchy::detect().unwrap();
+        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        let helper = helper_of(MigrationWarmup::start(Some(hierarchy.clone())));
+        let pid = helper.pid;
+        assert_ne!(pid, nix::unistd::getpid().as_raw());
+        let procs = own_procs_file(&hierarchy).unwrap();
+        assert!(
+            fs::read_to_string(&procs).unwrap().lines().any(|l| l == pid.to_string()),
+            "the helper is in {procs:?}"
+        );
+        assert_eq!(fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap(), before, "in this process's cgroups");
+        assert!(helper.move_in(), "moved again");
+        drop(helper);
+        super::super::idmap::reap_helpers(true);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the helper is gone, and reaped");
+        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before, "this process stayed where it was");
+    }
+
+    /// The helper is cloned on the warm-up's thread while others work: a
+    /// pipe made meanwhile for a `Command` must still end for its reader
+    /// once the child it was made for is done (the helper keeps none of
+    /// the descriptors it is born with).
+    #[test]
+    fn a_pipe_open_when_the_helper_is_born_still_ends_for_its_reader() {
+        use std::io::Read as _;
+        assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (read, write) = super::super::pipe().unwrap();
+        let helper = helper_of(MigrationWarmup::start(Some(Hierarchy::detect().unwrap())));
+        drop(write);
+        let mut read = std::fs::File::from(read);
+        let (ended, reader) = std::sync::mpsc::channel();
+        std::thread::spawn(move || ended.send(read.read(&mut [0u8; 1]).map_err(|e| e.kind())));
+        // A bound on the wait, not a measure.
+        let end = reader.recv_timeout(std::time::Duration::from_secs(10));
+        let pid = helper.pid;
+        drop(helper);
+        super::super::idmap::reap_helpers(true);
+        assert_eq!(end, Ok(Ok(0)), "end of file while the helper {pid} lived");
+    }
+
+    #[test]
+    fn an_early_warmup_finds_the_hierarchy_itself_and_is_finished_by_the_run() {
+        assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = fs::read_to_string("/proc/self/cgroup").unwrap();
+        warm_cgroup_migration();
+        // Done long before the run comes (an image unpacked first): its
+        // helper is moved again.
+        let done = || {
+            let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            early.as_ref().and_then(|w| w.thread.as_ref()).is_none_or(std::thread::JoinHandle::is_finished)
+        };
+        while !done() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let warmup = MigrationWarmup::early_or_start(&Hierarchy::detect().unwrap());
+        assert!(warmup.thread.as_ref().is_some(), "moving again");
+        assert!(warmup.finish(), "the early warm-up's helper moved");
+        assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
+    }
+
+    #[test]
+    fn the_warmup_leaves_this_process_where_another_moved_it() {
         assert!(nix::unistd::geteuid().is_root(), "this test creates a cgroup: run the suite as root (CI does)");
         let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let hierarchy = Hierarchy::detect().unwrap();
@@ -837,17 +931,16 @@ mod tests {
         let elsewhere = home.join(format!("ces-warmup-test-{}", std::process::id()));
         fs::create_dir(&elsewhere).unwrap();
         let warmup = MigrationWarmup::start(Some(hierarchy.clone()));
-        while !warmup.thread.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        // Moved by someone else (a scope, an operator) after the start.
+        // Moved by someone else (a scope, an operator) while it works.
         fs::write(elsewhere.join("cgroup.procs"), std::process::id().to_string()).unwrap();
         let moved = fs::read_to_string("/proc/self/cgroup").unwrap();
         let wrote = warmup.finish();
         let after = fs::read_to_string("/proc/self/cgroup").unwrap();
         fs::write(&procs, std::process::id().to_string()).unwrap();
+        // The helper may have been born there: gone once reaped.
+        super::super::idmap::reap_helpers(true);
         fs::remove_dir(&elsewhere).unwrap();
-        assert!(!wrote, "no move once moved");
+        assert!(wrote, "the helper moved");
         assert_eq!(after, moved, "left where it was moved to");
     }
 

@@ -108,32 +108,7 @@ pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> 
     // to be scheduled costs a time slice on the start's path. The child only
     // makes system calls (ces may have other threads: nothing that
     // allocates or locks): it waits, should it run before it is killed.
-    let (done_read, done_write) = super::pipe()?;
-    // The flags come first, but on s390x (the new stack first); the other
-    // arguments are all zero.
-    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
-    #[cfg(not(target_arch = "s390x"))]
-    // SAFETY: as fork (no new stack: the child runs on a copy of this one);
-    // the child only calls async-signal-safe functions, then _exit.
-    let child = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    #[cfg(target_arch = "s390x")]
-    // SAFETY: as above.
-    let child = unsafe { libc::syscall(libc::SYS_clone, 0usize, flags, 0usize, 0usize, 0usize) };
-    if child < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if child == 0 {
-        // SAFETY: raw system calls on descriptors this process owns (its
-        // copy of ces's end closed first, or `done` never reads EOF).
-        unsafe {
-            libc::close(done_write.as_raw_fd());
-            let mut byte = 0u8;
-            libc::read(done_read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0)
-        }
-    }
-    let child = child as libc::pid_t;
-    drop(done_read);
+    let (child, done_write) = waiting_child(libc::CLONE_NEWUSER)?;
     let result = (|| {
         fs::write(format!("/proc/{child}/uid_map"), uids.line())?;
         fs::write(format!("/proc/{child}/gid_map"), gids.line())?;
@@ -147,19 +122,71 @@ pub(crate) fn user_namespace(uids: Extent, gids: Extent) -> io::Result<OwnedFd> 
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     })();
     drop(done_write);
-    // Killed rather than trusted to see EOF: another thread's fork may hold
-    // a copy of `done_write`.
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child, libc::SIGKILL) };
-    UNREAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+    kill_helper(child);
     reap_helpers(false);
     result
 }
 
-/// The helpers of [`user_namespace`] killed and not yet reaped.
+/// A child of ces made by `clone(flags | SIGCHLD)` that waits until the
+/// descriptor returned with it is written to or closed, then exits; it
+/// makes only system calls (ces may have other threads: nothing that
+/// allocates or locks). It closes every other descriptor it was born with
+/// first: a pipe another thread of ces made for a child of its own (a
+/// `Command`'s output) must not stay open in it, or whoever reads that pipe
+/// waits for the helper's end. End it with [`kill_helper`].
+pub(crate) fn waiting_child(flags: libc::c_int) -> io::Result<(libc::pid_t, OwnedFd)> {
+    let (done_read, done_write) = super::pipe()?;
+    // The flags come first, but on s390x (the new stack first); the other
+    // arguments are all zero.
+    let flags = (flags | libc::SIGCHLD) as libc::c_ulong;
+    #[cfg(not(target_arch = "s390x"))]
+    // SAFETY: as fork (no new stack: the child runs on a copy of this one);
+    // the child only calls async-signal-safe functions, then _exit.
+    let child = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    #[cfg(target_arch = "s390x")]
+    // SAFETY: as above.
+    let child = unsafe { libc::syscall(libc::SYS_clone, 0usize, flags, 0usize, 0usize, 0usize) };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: raw system calls on descriptors this process owns (all but
+        // its end of `done` closed first: ces's end too, or `done` never
+        // reads EOF).
+        unsafe {
+            let keep = done_read.as_raw_fd() as libc::c_uint;
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+            }
+            if libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint) != 0 {
+                // Before Linux 5.9: one by one, as far as the usual limit.
+                for fd in 0..1024 {
+                    if fd != keep as libc::c_int {
+                        libc::close(fd);
+                    }
+                }
+            }
+            let mut byte = 0u8;
+            libc::read(keep as libc::c_int, (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0)
+        }
+    }
+    Ok((child as libc::pid_t, done_write))
+}
+
+/// Ends a [`waiting_child`]: killed rather than trusted to see EOF (another
+/// thread's fork may hold a copy of its descriptor), and reaped by
+/// [`reap_helpers`].
+pub(crate) fn kill_helper(child: libc::pid_t) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    UNREAPED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+}
+
+/// The helpers ([`waiting_child`]) killed and not yet reaped.
 static UNREAPED: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
 
-/// Reaps the helpers [`user_namespace`] killed: those already gone, or,
+/// Reaps the helpers [`kill_helper`] killed: those already gone, or,
 /// with `wait`, all of them (each was sent `SIGKILL`: it ends as soon as it
 /// is scheduled). Called with `wait` once the container runs, off the
 /// start's path.
