@@ -576,7 +576,8 @@ static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mute
 
 /// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
 /// as a native run as root starts (before it is planned): the container
-/// built later finishes it. Nothing without root.
+/// built later finishes it; a run that ends before ([`end_cgroup_warmup`])
+/// ends it. Nothing without root.
 pub fn warm_cgroup_migration() {
     if !nix::unistd::geteuid().is_root() {
         return;
@@ -585,6 +586,12 @@ pub fn warm_cgroup_migration() {
     let warmup = MigrationWarmup::start(None);
     let old = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(warmup);
     drop(old);
+}
+
+/// Ends a warm-up [`warm_cgroup_migration`] started that no container
+/// took (a refused run), and its helper.
+pub fn end_cgroup_warmup() {
+    MigrationWarmup::forget_early();
 }
 
 impl MigrationWarmup {

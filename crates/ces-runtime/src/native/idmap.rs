@@ -159,11 +159,18 @@ pub(crate) fn waiting_child(flags: libc::c_int) -> io::Result<(libc::pid_t, Owne
                 libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0 as libc::c_uint);
             }
             if libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint) != 0 {
-                // Before Linux 5.9: one by one, as far as the usual limit.
-                for fd in 0..1024 {
-                    if fd != keep as libc::c_int {
-                        libc::close(fd);
-                    }
+                // Before Linux 5.9: one by one, up to the descriptor limit.
+                let mut limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+                libc::syscall(
+                    libc::SYS_prlimit64,
+                    0,
+                    libc::RLIMIT_NOFILE,
+                    std::ptr::null::<libc::rlimit>(),
+                    &mut limit,
+                );
+                let last = limit.rlim_cur.min(1 << 20) as libc::c_int;
+                for fd in (keep as libc::c_int + 1)..last {
+                    libc::close(fd);
                 }
             }
             let mut byte = 0u8;

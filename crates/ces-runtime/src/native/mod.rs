@@ -50,7 +50,9 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Uid};
 use oci_spec::OciSpecError;
 
-pub use cgroups::{Delegation, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation, warm_cgroup_migration};
+pub use cgroups::{
+    Delegation, PARENT as CGROUP_PARENT, end_cgroup_warmup, remove_delegation, setup_delegation, warm_cgroup_migration,
+};
 pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveError};
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;
 pub use stale::cleanup_stale;
@@ -424,7 +426,9 @@ impl NativeRuntime {
             warmup: RefCell::new(warmup),
         };
         let (result, container_removed) = run.prepare_and_run();
-        // The helpers of the idmapped mounts, whatever became of the run.
+        // The helpers of the idmapped mounts and the warm-up, whatever
+        // became of the run (a warm-up not finished ends here).
+        drop(run.warmup.take());
         idmap::reap_helpers(true);
         let dirs_removed = match dirs.remove() {
             Ok(()) => true,
@@ -778,6 +782,9 @@ impl Run<'_> {
                 .streams(self.spec.process.interactive)
                 .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            // The helpers, killed before the container was built, are gone
+            // by now: no zombie for the length of the run.
+            idmap::reap_helpers(true);
             let _forwarder = self.forward_ports()?;
             let watcher = match tun_socket {
                 Some(socket) => {

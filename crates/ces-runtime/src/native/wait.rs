@@ -46,7 +46,16 @@ pub(crate) const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, lib
 /// that runs a container, which forwards it; otherwise the kernel may hand
 /// it to another thread, and its default action ends the process, leaving
 /// the container to [`cleanup_stale`](super::cleanup_stale).
+///
+/// SIGCHLD gets its default action back too: ignored (as a parent may leave
+/// it, across `exec`), the kernel would reap ces's helper children itself,
+/// and their pids could be another process's by the time ces signals or
+/// moves them.
 pub fn block_forwarded_signals() -> io::Result<()> {
+    // SAFETY: setting a standard disposition; no handler is installed.
+    if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
     // Leaks the guard on purpose: the mask stays.
     std::mem::forget(SignalBlock::new()?);
     Ok(())
