@@ -87,6 +87,11 @@ impl Feed {
         *self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether the blob is whole and verified (stored by now).
+    pub fn is_complete(&self) -> bool {
+        self.now().0 == FeedState::Complete
+    }
+
     /// Waits until the state is no longer `seen` (or a while has passed).
     fn wait_change(&self, seen: u64) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -309,10 +314,11 @@ mod tests {
         let feed = Feed::new();
         feed.progressed();
         assert_eq!(feed.now().0, FeedState::Writing);
+        assert!(!feed.is_complete());
         feed.complete();
         // Ended after completion changes nothing.
         feed.end();
-        assert_eq!(feed.now().0, FeedState::Complete);
+        assert!(feed.is_complete());
         let ended = Feed::new();
         ended.end();
         ended.complete();

@@ -265,6 +265,12 @@ fn unpack_ahead(
                 let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
                 (digest, result)
             }
+            // Downloaded whole before a worker came to it (the registry is
+            // faster than unpacking): from the stored blob, verified once.
+            Layer::Arriving { digest, diff_id, feed, .. } if feed.is_complete() => {
+                let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
+                (digest, result)
+            }
             // Should this fail because the download started again in
             // another file, that file is followed in turn.
             Layer::Arriving { digest, diff_id, file, size, feed } => {
