@@ -26,7 +26,7 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    pub(crate) fn from_hasher(hasher: Sha256) -> Digest {
+    fn from_hasher(hasher: Sha256) -> Digest {
         Digest { hex: hex::encode(hasher.finalize()) }
     }
 

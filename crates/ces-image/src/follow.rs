@@ -19,9 +19,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use sha2::{Digest as _, Sha256};
-
-use crate::digest::Digest;
+use crate::digest::{Digest, HashingReader};
 
 /// How long a reader at the file's end waits before it looks again, should
 /// a notification be missed.
@@ -29,7 +27,7 @@ const RECHECK: Duration = Duration::from_millis(100);
 
 /// What the writer of a blob's file says of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FeedState {
+enum FeedState {
     /// Bytes are still being written.
     Writing,
     /// The blob is whole in the file, and was verified.
@@ -101,15 +99,15 @@ impl Feed {
     }
 }
 
-struct Core {
+/// The blob's file, read up to the blob's size, waiting at its end for more.
+struct Tail {
     file: File,
     feed: Arc<Feed>,
     size: u64,
     at: u64,
-    hasher: Sha256,
 }
 
-impl Core {
+impl Read for Tail {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let left = self.size - self.at;
@@ -123,7 +121,6 @@ impl Core {
                 other => other?,
             };
             if n > 0 {
-                self.hasher.update(&buf[..n]);
                 self.at += n as u64;
                 return Ok(n);
             }
@@ -148,20 +145,25 @@ impl Core {
     }
 }
 
+/// The blob's file, hashed as it is read: shared by the reader and its
+/// check (`None` once checked).
+type Shared = Arc<Mutex<Option<HashingReader<Tail>>>>;
+
 /// Reads a blob's file as it is written; see the module documentation.
-pub struct FollowReader(Arc<Mutex<Core>>);
+pub struct FollowReader(Shared);
 
 /// Finishes what a [`FollowReader`] started: see [`FollowCheck::finish`].
 pub struct FollowCheck {
-    core: Arc<Mutex<Core>>,
+    tail: Shared,
     feed: Arc<Feed>,
 }
 
 /// A reader of `file`, which is being written with a blob of `size` bytes
 /// (as `feed` tells), and the check of what it read.
 pub fn follow(file: File, size: u64, feed: Arc<Feed>) -> (FollowReader, FollowCheck) {
-    let core = Arc::new(Mutex::new(Core { file, feed: feed.clone(), size, at: 0, hasher: Sha256::new() }));
-    (FollowReader(core.clone()), FollowCheck { core, feed })
+    let tail = Tail { file, feed: feed.clone(), size, at: 0 };
+    let shared = Arc::new(Mutex::new(Some(HashingReader::new(tail))));
+    (FollowReader(shared.clone()), FollowCheck { tail: shared, feed })
 }
 
 /// Dropped armed, it tells the reader that no more bytes will come: a
@@ -185,7 +187,10 @@ impl Drop for Abandon {
 
 impl Read for FollowReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).read(buf)
+        match &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(tail) => tail.read(buf),
+            None => Ok(0),
+        }
     }
 }
 
@@ -199,10 +204,9 @@ impl FollowCheck {
     /// Reads the bytes the reader was not asked for (waiting for them if
     /// need be), and returns the digest of all the blob's bytes as read.
     pub fn finish(self) -> io::Result<Digest> {
-        let mut core = self.core.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut buf = vec![0; 64 << 10];
-        while core.read(&mut buf)? > 0 {}
-        Ok(Digest::from_hasher(std::mem::take(&mut core.hasher)))
+        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let tail = tail.ok_or_else(|| io::Error::other("the blob's bytes were checked already"))?;
+        tail.drain().map(|(digest, _)| digest)
     }
 }
 

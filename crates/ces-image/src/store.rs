@@ -923,6 +923,14 @@ impl Store {
         (dir.is_dir() && record.hex == hex).then_some(record)
     }
 
+    /// Writes a layer's record (`layers/<hex>.json`, atomically); under the
+    /// layer's lock.
+    fn write_layer_record(&self, record: &LayerRecord) -> Result<()> {
+        let path = self.layers_dir().join(format!("{}.json", record.hex));
+        let json = serde_json::to_vec(record).map_err(|e| io_err(&path)(io::Error::other(e)))?;
+        write_atomic(self, &path, &json)
+    }
+
     /// Unpacks one layer alone into `layers/<diff_id>/` (under its lock:
     /// another process may be unpacking it), checking its diff_id.
     fn unpack_one_layer(
@@ -1063,8 +1071,7 @@ impl Store {
         if let Some(mut record) = self.layer_record(diff_id) {
             if !record.made_by(&layer_digest) {
                 record.blobs.push(layer_digest.to_string());
-                let json = serde_json::to_vec(&record).map_err(|e| io_err(&self.layers_dir())(io::Error::other(e)))?;
-                write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+                self.write_layer_record(&record)?;
             }
             // What this one unpacked goes once the others may name theirs.
             drop(guard);
@@ -1095,8 +1102,7 @@ impl Store {
                 remove_tree(&dir)?;
             }
             // The record first: a layer directory is whole once it is in place.
-            let json = serde_json::to_vec(&record).map_err(|e| io_err(&dir)(io::Error::other(e)))?;
-            write_atomic(self, &self.layers_dir().join(format!("{hex}.json")), &json)?;
+            self.write_layer_record(&record)?;
             fs::rename(&temp.0, &dir).map_err(io_err(&dir))
         })();
         named.inspect_err(give_back)?;
@@ -1319,16 +1325,17 @@ impl Refund {
 struct TempTree(PathBuf);
 
 impl TempTree {
-    fn keep(self) -> PathBuf {
-        let path = self.0.clone();
-        std::mem::forget(self);
-        path
+    /// The directory stays (it was renamed into place).
+    fn keep(mut self) {
+        self.0 = PathBuf::new();
     }
 }
 
 impl Drop for TempTree {
     fn drop(&mut self) {
-        let _ = remove_tree(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = remove_tree(&self.0);
+        }
     }
 }
 
@@ -1464,6 +1471,7 @@ pub fn oci_digest(digest: &Digest) -> oci_spec::image::Digest {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use ces_testkit::misbehave::noise;
 
     /// A store made by an earlier version (every directory 0755) is closed
     /// to other users when it is next opened: the owner's alone, and as root
@@ -1559,19 +1567,6 @@ mod tests {
         assert_eq!(fs::read(store.layers_dir().join(digest_hex(&diff_id)).join("a")).unwrap(), b"first");
     }
 
-    /// Bytes that do not compress (xorshift).
-    fn noise(len: usize) -> Vec<u8> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect()
-    }
-
     /// `blob` as a whole downloaded file, followed.
     fn downloaded(dir: &Path, blob: &[u8]) -> (crate::follow::FollowReader, crate::follow::FollowCheck) {
         let path = dir.join(format!("downloaded-{}", Digest::of(blob).short()));
@@ -1598,7 +1593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, budget) = budgeted(dir.path(), 10 << 20);
         // A valid layer (the tar is the diff_id), under another blob's digest.
-        let layer = Layer::new(vec![Entry::file("data", noise(100_000))]);
+        let layer = Layer::new(vec![Entry::file("data", noise(100_000, 7))]);
         let diff_id = Digest::of(&layer.tar()).to_string();
         let claimed = Digest::of(b"another blob");
         let options = UnpackOptions::for_current_user();
@@ -1615,7 +1610,7 @@ mod tests {
         use ces_testkit::{Entry, Layer};
         let dir = tempfile::tempdir().unwrap();
         let (store, budget) = budgeted(dir.path(), 10 << 20);
-        let blob = Layer::new(vec![Entry::file("big", noise(1_000_000))]).blob();
+        let blob = Layer::new(vec![Entry::file("big", noise(1_000_000, 7))]).blob();
         let wrong = Digest::of(b"not this layer").to_string();
         let options = UnpackOptions::for_current_user();
         let result =
@@ -1633,7 +1628,7 @@ mod tests {
         // Refused at its first entry; only the blob's first 4 KiB come, and
         // the download never ends: the reader must stop waiting, or the
         // read-ahead thread it runs on could not be joined.
-        let layer = Layer::new(vec![Entry::file("../escape", "x"), Entry::file("big", noise(2_000_000))]);
+        let layer = Layer::new(vec![Entry::file("../escape", "x"), Entry::file("big", noise(2_000_000, 7))]);
         let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
         let path = dir.path().join("partial");
         File::create(&path).unwrap().write_all(&blob[..4096]).unwrap();
@@ -1666,7 +1661,7 @@ mod tests {
         for round in 0..10 {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(dir.path().join("store")).unwrap();
-            let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(300_000))]);
+            let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(300_000, 7))]);
             let diff_id = Digest::of(&layer.tar()).to_string();
             let blobs: Vec<Vec<u8>> = [Compression::Gzip, Compression::None, Compression::Zstd]
                 .into_iter()

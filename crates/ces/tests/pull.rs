@@ -661,6 +661,27 @@ fn a_rootless_store_without_layer_blobs_shares_layers_it_unpacked_as_they_arrive
 }
 
 #[test]
+fn a_pull_under_sudo_unpacks_its_layers_as_they_arrive_into_the_root_store() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    require_root("runs ces as sudo would");
+    let user = common::test_user();
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("x", "x")])]).build();
+    reg.push(&image, "pull/sudo", "1");
+    let sb = Sandbox::new(&[reg]);
+    let cmd = sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", &format!("{}/pull/sudo:1", reg.host())]);
+    sb.run(user.sudo(&sb, cmd)).ok();
+    let busybox = std::fs::metadata(sb.rootfs(&image.digest).join("bin/busybox")).unwrap();
+    assert_eq!(busybox.uid(), 0, "the root store keeps the image's owners, not the user's");
+    assert_eq!(unpacked_layers(&sb).len(), 2);
+    for private in ["tmp", "layers"] {
+        let mode = std::fs::metadata(sb.store.join(private)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{private} is root's alone");
+    }
+    assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
+}
+
+#[test]
 fn a_store_told_to_drop_layer_blobs_drops_those_it_kept_at_gc() {
     let reg = anon();
     let image = ImageSpec::new(vec![Layer::new(busybox_entries()), Layer::new(vec![Entry::file("x", "x")])]).build();

@@ -254,17 +254,9 @@ fn a_layer_is_unpacked_as_its_bytes_arrive() {
     assert_eq!(std::fs::read(early.join("a-early")).unwrap(), b"here early");
 }
 
-/// 4 MB that do not compress (xorshift).
+/// 4 MB that do not compress.
 fn noise() -> Vec<u8> {
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    (0..4_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 32) as u8
-        })
-        .collect()
+    ces_testkit::misbehave::noise(4_000_000, 7)
 }
 
 #[test]

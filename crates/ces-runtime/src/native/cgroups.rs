@@ -25,7 +25,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStringExt as _;
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 
@@ -554,13 +553,13 @@ struct Helper {
     pid: libc::pid_t,
     /// Kept open while it lives (it waits for this to close).
     _done: std::os::fd::OwnedFd,
-    procs: std::ffi::CString,
+    procs: PathBuf,
 }
 
 impl Helper {
     /// Moves the helper into the cgroup it is in: whether the kernel took it.
     fn move_in(&self) -> bool {
-        write_pid(&self.procs, self.pid as u32)
+        fs::write(&self.procs, self.pid.to_string()).is_ok()
     }
 }
 
@@ -576,22 +575,27 @@ static EARLY_WARMUP: std::sync::Mutex<Option<MigrationWarmup>> = std::sync::Mute
 
 /// Starts paying the wait of the first cgroup move ([`MigrationWarmup`]) now,
 /// as a native run as root starts (before it is planned): the container
-/// built later finishes it; a run that ends before ([`end_cgroup_warmup`])
-/// ends it. Nothing without root.
-pub fn warm_cgroup_migration() {
-    if !nix::unistd::geteuid().is_root() {
-        return;
+/// built later finishes it. Keep what it returns for the run: dropped, it
+/// ends a warm-up no container took (a refused run) and its helper.
+/// Nothing without root.
+pub fn warm_cgroup_migration() -> EarlyWarmup {
+    if nix::unistd::geteuid().is_root() {
+        // The hierarchy is found on the thread too.
+        let warmup = MigrationWarmup::start(None);
+        let old = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(warmup);
+        drop(old);
     }
-    // The hierarchy is found on the thread too.
-    let warmup = MigrationWarmup::start(None);
-    let old = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(warmup);
-    drop(old);
+    EarlyWarmup(())
 }
 
-/// Ends a warm-up [`warm_cgroup_migration`] started that no container
-/// took (a refused run), and its helper.
-pub fn end_cgroup_warmup() {
-    MigrationWarmup::forget_early();
+/// See [`warm_cgroup_migration`].
+#[must_use = "dropped, it ends the warm-up at once"]
+pub struct EarlyWarmup(());
+
+impl Drop for EarlyWarmup {
+    fn drop(&mut self) {
+        MigrationWarmup::forget_early();
+    }
 }
 
 impl MigrationWarmup {
@@ -639,7 +643,6 @@ impl MigrationWarmup {
                     None => Hierarchy::detect().ok()?,
                 };
                 let procs = procs_file(&hierarchy, &fs::read_to_string("/proc/self/cgroup").ok()?)?;
-                let procs = std::ffi::CString::new(procs.into_os_string().into_vec()).ok()?;
                 let (pid, done) = super::idmap::waiting_child(0).ok()?;
                 let helper = Helper { pid, _done: done, procs };
                 helper.move_in();
@@ -689,32 +692,6 @@ fn procs_file(hierarchy: &Hierarchy, text: &str) -> Option<PathBuf> {
         return None;
     }
     Some(mount.join(relative).join("cgroup.procs"))
-}
-
-/// Writes `pid` into `procs` (moves it there): whether the kernel took it.
-fn write_pid(procs: &std::ffi::CStr, pid: u32) -> bool {
-    // SAFETY: a valid C string; the descriptor is closed below.
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return false;
-    }
-    let mut digits = [0u8; 12];
-    let mut n = digits.len();
-    let mut pid = pid;
-    loop {
-        n -= 1;
-        digits[n] = b'0' + (pid % 10) as u8;
-        pid /= 10;
-        if pid == 0 {
-            break;
-        }
-    }
-    // SAFETY: writing a slice of a live buffer; closing our descriptor.
-    unsafe {
-        let written = libc::write(fd, digits[n..].as_ptr().cast(), digits.len() - n);
-        libc::close(fd);
-        written == (digits.len() - n) as isize
-    }
 }
 
 /// This process's cgroup v2 path (`/user.slice/...`).
@@ -912,7 +889,7 @@ mod tests {
         assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
         let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
-        warm_cgroup_migration();
+        let _early = warm_cgroup_migration();
         // Done long before the run comes (an image unpacked first): its
         // helper is moved again.
         let done = || {
@@ -926,6 +903,19 @@ mod tests {
         assert!(warmup.thread.as_ref().is_some(), "moving again");
         assert!(warmup.finish(), "the early warm-up's helper moved");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
+    }
+
+    #[test]
+    fn a_warmup_no_container_took_ends_with_the_run() {
+        assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let early = warm_cgroup_migration();
+        let taken = || EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_none();
+        assert!(!taken(), "started");
+        // A refused run: no container took it.
+        drop(early);
+        assert!(taken(), "ended, its thread joined");
+        super::super::idmap::reap_helpers(true);
     }
 
     #[test]

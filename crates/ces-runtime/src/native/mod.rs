@@ -51,7 +51,7 @@ use nix::unistd::{Gid, Uid};
 use oci_spec::OciSpecError;
 
 pub use cgroups::{
-    Delegation, PARENT as CGROUP_PARENT, end_cgroup_warmup, remove_delegation, setup_delegation, warm_cgroup_migration,
+    Delegation, EarlyWarmup, PARENT as CGROUP_PARENT, remove_delegation, setup_delegation, warm_cgroup_migration,
 };
 pub use observe::{DEVICE as OBSERVED_DEVICE, LostWrite, NetworkReport, ObserveError};
 pub use seccomp::CACHE_DIR as SECCOMP_CACHE_DIR;

@@ -260,23 +260,18 @@ fn unpack_ahead(
         if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
             continue;
         }
-        let (digest, result) = match layer {
-            Layer::Stored(digest, diff_id) => {
-                let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
-                (digest, result)
-            }
+        let (digest, diff_id, arriving) = match layer {
+            Layer::Stored(digest, diff_id) => (digest, diff_id, None),
             // Downloaded whole before a worker came to it (the registry is
             // faster than unpacking): from the stored blob, verified once.
-            Layer::Arriving { digest, diff_id, feed, .. } if feed.is_complete() => {
-                let result = store.unpack_layer_ahead(&digest, &diff_id, options, budget);
-                (digest, result)
-            }
-            // Should this fail because the download started again in
-            // another file, that file is followed in turn.
-            Layer::Arriving { digest, diff_id, file, size, feed } => {
-                let result = store.unpack_layer_following(&digest, &diff_id, options, budget, follow(file, size, feed));
-                (digest, result)
-            }
+            Layer::Arriving { digest, diff_id, feed, .. } if feed.is_complete() => (digest, diff_id, None),
+            Layer::Arriving { digest, diff_id, file, size, feed } => (digest, diff_id, Some(follow(file, size, feed))),
+        };
+        // Should following fail because the download started again in
+        // another file, that file is followed in turn.
+        let result = match arriving {
+            Some(source) => store.unpack_layer_following(&digest, &diff_id, options, budget, source),
+            None => store.unpack_layer_ahead(&digest, &diff_id, options, budget),
         };
         match result {
             Ok(Some(stats)) => {

@@ -171,18 +171,10 @@ fn run_container(
     // A native run: the wait of its first cgroup move (an RCU grace period,
     // 7-20 ms here) is paid while the run is planned and prepared, from the
     // start (as root: ces_runtime::native::warm_cgroup_migration moves a
-    // helper of its own, never ces). A run that ends before its container
-    // is built ends it (the guard).
-    struct EndWarmup;
-    impl Drop for EndWarmup {
-        fn drop(&mut self) {
-            ces_runtime::native::end_cgroup_warmup();
-        }
-    }
-    let _warmup = (!options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native")).then(|| {
-        ces_runtime::native::warm_cgroup_migration();
-        EndWarmup
-    });
+    // helper of its own, never ces), and ends with the run if no container
+    // took it.
+    let _warmup = (!options.dry_run && options.runtime.as_deref().is_none_or(|r| r == "native"))
+        .then(ces_runtime::native::warm_cgroup_migration);
     let placement = Placement { run_id: node.as_ref().map(|n| n.run_id.clone()), ..Placement::default() };
     let mut prepared = prepare(settings, printer, &options, image, command, &placement)?;
     if k8s {
