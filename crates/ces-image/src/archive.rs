@@ -1123,6 +1123,186 @@ mod tests {
         assert_eq!(std::fs::read_to_string(rootfs_b.join("etc/base")).unwrap(), "shared");
     }
 
+    /// An image's layers as a pull tells them: blob and diff_id, in order.
+    fn layers_of(image: &BuiltImage) -> Vec<(Digest, String)> {
+        image.layer_digests.iter().zip(&image.diff_ids).map(|(blob, diff_id)| (digest(blob), diff_id.clone())).collect()
+    }
+
+    /// Layer `i` of `image` unpacked alone, as a pull does while fetching.
+    fn unpack_layer(f: &Fixture, image: &BuiltImage, i: usize) {
+        let options = unpack::UnpackOptions::for_current_user();
+        let budget = f.store.layer_budget();
+        f.store.unpack_layer_ahead(&digest(&image.layer_digests[i]), &image.diff_ids[i], &options, &budget).unwrap();
+    }
+
+    fn temp_dirs(f: &Fixture) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(f.store.root().join("tmp")).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
+    fn temp_entries(f: &Fixture) -> usize {
+        temp_dirs(f).len()
+    }
+
+    /// A root filesystem begun while its image is pulled links the layers
+    /// the store has, in order, up to the first it lacks; the unpack links
+    /// the rest (a whiteout of the lower layer's file too), and names it.
+    #[test]
+    fn a_root_filesystem_begun_ahead_is_finished_by_the_unpack() {
+        use std::os::unix::fs::MetadataExt as _;
+        let f = Fixture::new();
+        let image = ImageSpec::new(vec![
+            Layer::new(vec![Entry::file("base", "b"), Entry::file("gone", "g")]),
+            Layer::new(vec![Entry::file("top", "t"), Entry::whiteout("gone")]),
+        ])
+        .build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/ahead:1"), None, amd64()).unwrap().images.remove(0);
+        let options = unpack::UnpackOptions::for_current_user();
+        unpack_layer(&f, &image, 0);
+        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 1, "the first layer linked, the second not unpacked yet");
+        unpack_layer(&f, &image, 1);
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 2);
+        assert!(f.store.unpacked(&record.digest).is_none(), "named only by the unpack");
+        let [begun] = temp_dirs(&f).try_into().unwrap();
+        let begun = std::fs::metadata(begun).unwrap().ino();
+        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        assert_eq!(rootfs, f.store.rootfs_path(&record.digest));
+        assert_eq!(std::fs::metadata(&rootfs).unwrap().ino(), begun, "what was begun is the root filesystem");
+        assert_eq!(std::fs::read_to_string(rootfs.join("base")).unwrap(), "b");
+        assert_eq!(std::fs::read_to_string(rootfs.join("top")).unwrap(), "t");
+        assert!(!rootfs.join("gone").exists(), "the second layer's whiteout applied");
+        let layer = f.store.root().join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
+        let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(ino(&rootfs.join("base")), ino(&layer.join("base")), "linked from the layer");
+        assert_eq!(temp_entries(&f), 0, "nothing left in tmp/");
+    }
+
+    /// A layer the store has, from another blob than the image's, is not
+    /// linked ahead: the config's word is not proof that the image's blob
+    /// makes it (another image's private layer would be had by naming its
+    /// diff_id). The unpack reads the image's own blob first.
+    #[test]
+    fn a_layer_named_over_another_blob_is_not_linked_ahead() {
+        let f = Fixture::new();
+        let layer = Layer::new(vec![Entry::file("secret", "s")]);
+        let theirs = ImageSpec::new(vec![layer.clone()]).build();
+        let ours = ImageSpec::new(vec![layer.compressed(Compression::Zstd)]).build();
+        assert_eq!(theirs.diff_ids, ours.diff_ids);
+        assert_ne!(theirs.layer_digests, ours.layer_digests);
+        f.load(&f.oci_archive(&theirs, "ghcr.io/ns/theirs:1"), None, amd64()).unwrap();
+        let record = f.load(&f.oci_archive(&ours, "ghcr.io/ns/ours:1"), None, amd64()).unwrap().images.remove(0);
+        unpack_layer(&f, &theirs, 0);
+        let options = unpack::UnpackOptions::for_current_user();
+        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&ours)).expect("begun");
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 0, "not linked on the config's word");
+        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        assert_eq!(std::fs::read_to_string(rootfs.join("secret")).unwrap(), "s", "its own blob made it");
+    }
+
+    /// What was linked ahead for other layers than the image's manifest
+    /// and config name (here only its second layer) is not finished: the
+    /// root filesystem is assembled anew, every layer in order.
+    #[test]
+    fn a_root_filesystem_begun_for_other_layers_is_assembled_anew() {
+        let f = Fixture::new();
+        let image = ImageSpec::new(vec![
+            Layer::new(vec![Entry::file("lower", "l")]),
+            Layer::new(vec![Entry::file("upper", "u")]),
+        ])
+        .build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/other:1"), None, amd64()).unwrap().images.remove(0);
+        unpack_layer(&f, &image, 0);
+        unpack_layer(&f, &image, 1);
+        let options = unpack::UnpackOptions::for_current_user();
+        let told = layers_of(&image).split_off(1);
+        let mut ahead = f.store.assemble_ahead(&record.digest, &told).expect("begun");
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 1);
+        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        assert!(rootfs.join("lower").is_file() && rootfs.join("upper").is_file());
+        assert_eq!(temp_entries(&f), 0, "nothing left in tmp/");
+    }
+
+    /// Two pulls of one image at once may each begin its root filesystem
+    /// (no lock is held while they download): the first to finish names
+    /// its own, the second drops its. Dropped (a pull failed), what was
+    /// linked is removed; once unpacked, nothing is begun.
+    #[test]
+    fn a_root_filesystem_begun_twice_is_named_once() {
+        use std::os::unix::fs::MetadataExt as _;
+        let f = Fixture::new();
+        let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("a", "a")])]).build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/one:1"), None, amd64()).unwrap().images.remove(0);
+        unpack_layer(&f, &image, 0);
+        let options = unpack::UnpackOptions::for_current_user();
+        let failed = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        drop(failed);
+        assert_eq!(temp_entries(&f), 0, "what a failed pull began is removed");
+        let mut first = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        let mut second = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun too");
+        f.store.link_ready(&mut first, &options);
+        f.store.link_ready(&mut second, &options);
+        assert_eq!((first.linked(), second.linked()), (1, 1));
+        let rootfs = f.store.unpack_assembled(&record.digest, second, &options, &mut |_, _| {}).unwrap().path;
+        let named = std::fs::metadata(&rootfs).unwrap().ino();
+        let again = f.store.unpack_assembled(&record.digest, first, &options, &mut |_, _| {}).unwrap();
+        assert_eq!((again.path, std::fs::metadata(&rootfs).unwrap().ino()), (rootfs.clone(), named), "named once");
+        assert_eq!(std::fs::read_to_string(rootfs.join("a")).unwrap(), "a");
+        assert_eq!(temp_entries(&f), 0, "the second dropped");
+        assert!(f.store.assemble_ahead(&record.digest, &layers_of(&image)).is_none(), "unpacked already");
+    }
+
+    /// Layers are linked ahead in order only: the second layer unpacked
+    /// first waits for the first. A layer that cannot be linked alone (two
+    /// of its entries land on one file through the lower layer's symbolic
+    /// link: their order decides) ends the linking ahead, and the unpack
+    /// does it the old way.
+    #[test]
+    fn layers_are_linked_ahead_in_order_and_a_failure_leaves_it_to_the_unpack() {
+        let f = Fixture::new();
+        let image = ImageSpec::new(vec![
+            Layer::new(vec![Entry::dir("usr/bin"), Entry::symlink("bin", "usr/bin")]),
+            Layer::new(vec![Entry::file("usr/bin/sh", "usr-version"), Entry::file("bin/sh", "bin-version")]),
+        ])
+        .build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/order:1"), None, amd64()).unwrap().images.remove(0);
+        let options = unpack::UnpackOptions::for_current_user();
+        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        unpack_layer(&f, &image, 1);
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 0, "the second layer waits for the first");
+        unpack_layer(&f, &image, 0);
+        f.store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 0, "the second layer could not be linked: nothing kept");
+        assert_eq!(temp_entries(&f), 0, "what was linked is removed");
+        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        assert_eq!(std::fs::read_to_string(rootfs.join("usr/bin/sh")).unwrap(), "bin-version", "the later wins");
+    }
+
+    /// Linked ahead, the layers an image already had in the store count
+    /// against `[storage] max_image_size` as they are linked: past it,
+    /// nothing more is linked, and the unpack refuses the image.
+    #[test]
+    fn linking_ahead_stops_past_the_size_limit() {
+        let f = Fixture::new();
+        let layer = Layer::new(vec![Entry::file("big", vec![1u8; 100_000])]);
+        let image = ImageSpec::new(vec![layer.clone(), Layer::new(vec![Entry::file("x", "x")]), layer]).build();
+        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/size:1"), None, amd64()).unwrap().images.remove(0);
+        unpack_layer(&f, &image, 0);
+        unpack_layer(&f, &image, 1);
+        let store = f.store.clone().with_max_unpacked(Some(150_000));
+        let options = unpack::UnpackOptions::for_current_user();
+        let mut ahead = store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        store.link_ready(&mut ahead, &options);
+        assert_eq!(ahead.linked(), 0, "stopped at the third layer, past the limit");
+        assert_eq!(temp_entries(&f), 0);
+        let refused = store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {});
+        assert!(matches!(refused, Err(StoreError::UnpackedTooLarge { .. })), "{refused:?}");
+    }
+
     /// A hard link to a lower layer's file cannot be unpacked alone: the
     /// image is unpacked the old way, every layer applied in order.
     #[test]

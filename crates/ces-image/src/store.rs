@@ -764,26 +764,118 @@ impl Store {
         options: &UnpackOptions,
         on_layer: &mut dyn FnMut(usize, usize),
     ) -> Result<Unpacked> {
-        self.unpack_rootfs(digest, options, on_layer).map_err(|e| match e {
+        self.unpack_image(digest, options, on_layer, None).map_err(|e| self.blob_dropped(e))
+    }
+
+    /// [`Store::unpack`], of an image whose root filesystem was begun while
+    /// it was pulled ([`Store::assemble_ahead`]): the layers linked then
+    /// are not linked again (what was begun for another image is dropped).
+    pub fn unpack_assembled(
+        &self,
+        digest: &Digest,
+        ahead: RootfsAhead,
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<Unpacked> {
+        let ahead = Some(ahead).filter(|ahead| ahead.digest == *digest);
+        self.unpack_image(digest, options, on_layer, ahead).map_err(|e| self.blob_dropped(e))
+    }
+
+    /// A blob missing from a store that drops layer blobs was dropped.
+    fn blob_dropped(&self, error: StoreError) -> StoreError {
+        match error {
             StoreError::MissingBlob { digest } if !self.keep_layer_blobs => StoreError::LayerBlobDropped { digest },
             e => e,
+        }
+    }
+
+    /// Begins the root filesystem of manifest `digest`, whose layers are
+    /// `layers` (blob and diff_id, in order), in `tmp/` before the image is
+    /// pulled whole: [`Store::link_ready`] links each layer into it as the
+    /// store has it, and [`Store::unpack_assembled`] finishes it. No lock
+    /// is taken until then (a download may stall, and another process
+    /// unpacking the image would wait for it): two pulls of one image may
+    /// each begin it, and the second to finish drops its own. `None` when
+    /// the image is unpacked already.
+    pub fn assemble_ahead(&self, digest: &Digest, layers: &[(Digest, String)]) -> Option<RootfsAhead> {
+        if self.rootfs_path(digest).is_dir() {
+            return None;
+        }
+        let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
+        fs::create_dir(&temp).ok()?;
+        Some(RootfsAhead {
+            digest: digest.clone(),
+            layers: layers.to_vec(),
+            linked: 0,
+            size: 0,
+            temp: Some(TempTree(temp)),
         })
     }
 
-    fn unpack_rootfs(
+    /// Links into `ahead`'s root filesystem, in order, the next layers the
+    /// store has whole (each shown to be made by the image's blob), up to
+    /// the first it lacks. After a failure, or past `[storage]
+    /// max_image_size`, nothing more is linked: the image's unpack does it
+    /// all again, and reports what fails.
+    pub fn link_ready(&self, ahead: &mut RootfsAhead, options: &UnpackOptions) {
+        while let (Some(temp), Some((blob, diff_id))) = (&ahead.temp, ahead.layers.get(ahead.linked)) {
+            let Some(record) = self.layer_record(diff_id).filter(|record| record.made_by(blob)) else { return };
+            ahead.size = ahead.size.saturating_add(record.size);
+            if self.max_unpacked.is_some_and(|limit| ahead.size > limit) {
+                ahead.temp = None;
+                return;
+            }
+            if let Err(e) = self.link_recorded_layer(&temp.0, &record, blob, options) {
+                tracing::debug!(layer = %blob, error = %e, "not linked ahead");
+                ahead.temp = None;
+                return;
+            }
+            ahead.linked += 1;
+        }
+    }
+
+    fn rootfs_lock_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex()))
+    }
+
+    /// Links the unpacked layer of `record` (made by `blob`) onto the tree
+    /// being assembled at `root`.
+    fn link_recorded_layer(
+        &self,
+        root: &Path,
+        record: &LayerRecord,
+        blob: &Digest,
+        options: &UnpackOptions,
+    ) -> Result<()> {
+        let dir = self.layers_dir().join(&record.hex);
+        let made = unpack::LayerDir {
+            implicit_dirs: record.implicit.clone(),
+            dir_modes: record.dir_modes.clone(),
+            ..Default::default()
+        };
+        unpack::link_layer(root, &dir, &made, options).map(drop).map_err(|source| {
+            if source.is_disk_full() {
+                StoreError::DiskFull { path: root.to_owned() }
+            } else {
+                StoreError::Unpack { layer: blob.clone(), source }
+            }
+        })
+    }
+
+    fn unpack_image(
         &self,
         digest: &Digest,
         options: &UnpackOptions,
         on_layer: &mut dyn FnMut(usize, usize),
+        ahead: Option<RootfsAhead>,
     ) -> Result<Unpacked> {
         let dest = self.rootfs_path(digest);
         if dest.is_dir() {
             return Ok(Unpacked { path: dest, layers: Vec::new() });
         }
-        let _guard = self.flock(
-            &self.root.join("locks").join(format!("rootfs-{}.lock", digest.hex())),
-            FlockOperation::LockExclusive,
-        )?;
+        // What was linked ahead, if anything.
+        let begun = ahead.and_then(|RootfsAhead { temp, linked, layers, .. }| Some((temp?, linked, layers)));
+        let _guard = self.flock(&self.rootfs_lock_path(digest), FlockOperation::LockExclusive)?;
         if dest.is_dir() {
             return Ok(Unpacked { path: dest, layers: Vec::new() });
         }
@@ -797,6 +889,7 @@ impl Store {
         // read fail as they are.
         let layers = match self.unpack_layers(&manifest, diff_ids, options, on_layer) {
             Err(StoreError::Unpack { .. }) => {
+                drop(begun);
                 return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
             }
             result => result?,
@@ -805,39 +898,36 @@ impl Store {
         if let Some(limit) = self.max_unpacked.filter(|limit| total > *limit) {
             return Err(StoreError::UnpackedTooLarge { limit });
         }
-        let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
-        fs::create_dir(&temp).map_err(io_err(&temp))?;
-        let assembled = layers.iter().zip(manifest.layers()).try_for_each(|((record, _), layer)| {
-            let dir = self.layers_dir().join(&record.hex);
-            let made = unpack::LayerDir {
-                implicit_dirs: record.implicit.clone(),
-                dir_modes: record.dir_modes.clone(),
-                ..Default::default()
-            };
-            unpack::link_layer(&temp, &dir, &made, options).map(drop).map_err(|source| {
-                if source.is_disk_full() {
-                    StoreError::DiskFull { path: temp.clone() }
-                } else {
-                    let layer = manifest::descriptor_digest(layer).unwrap_or_else(|_| digest.clone());
-                    StoreError::Unpack { layer, source }
-                }
-            })
-        });
+        let blobs = manifest.layers().iter().map(manifest::descriptor_digest).collect::<Result<Vec<_>, _>>()?;
+        // What was linked ahead is kept if it was this image's layers, as
+        // its manifest and config name them, in order.
+        let named: Vec<(Digest, String)> = blobs.iter().cloned().zip(diff_ids.iter().cloned()).collect();
+        let (temp, linked) = match begun.filter(|(_, _, layers)| *layers == named) {
+            Some((temp, linked, _)) => (temp, linked),
+            None => {
+                let temp = self.temp_path(&format!("rootfs-{}", digest.short()));
+                fs::create_dir(&temp).map_err(io_err(&temp))?;
+                (TempTree(temp), 0)
+            }
+        };
+        let assembled = layers
+            .iter()
+            .zip(&blobs)
+            .skip(linked)
+            .try_for_each(|((record, _), blob)| self.link_recorded_layer(&temp.0, record, blob, options));
         match assembled {
             Ok(()) => {}
             // Linking failed (entries of one layer that land on one place,
             // a store split across file systems, a file's link limit): the
             // old way.
             Err(StoreError::Unpack { .. }) => {
-                let _ = remove_tree(&temp);
+                drop(temp);
                 return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
             }
-            Err(e) => {
-                let _ = remove_tree(&temp);
-                return Err(e);
-            }
+            Err(e) => return Err(e),
         }
-        fs::rename(&temp, &dest).map_err(io_err(&dest))?;
+        fs::rename(&temp.0, &dest).map_err(io_err(&dest))?;
+        temp.keep();
         if !self.keep_layer_blobs {
             // Every layer is in `layers/` and the root filesystem is whole:
             // the blobs are no longer needed to run the image.
@@ -1336,6 +1426,27 @@ impl Drop for TempTree {
         if !self.0.as_os_str().is_empty() {
             let _ = remove_tree(&self.0);
         }
+    }
+}
+
+/// A root filesystem begun while its image is pulled
+/// ([`Store::assemble_ahead`]). Dropped, what it linked is removed.
+pub struct RootfsAhead {
+    digest: Digest,
+    /// The image's layers, in order: blob and diff_id.
+    layers: Vec<(Digest, String)>,
+    /// How many of them are linked.
+    linked: usize,
+    /// Their uncompressed size.
+    size: u64,
+    /// The tree; `None` once linking failed.
+    temp: Option<TempTree>,
+}
+
+impl RootfsAhead {
+    /// How many layers are linked (none after a failure).
+    pub fn linked(&self) -> usize {
+        if self.temp.is_some() { self.linked } else { 0 }
     }
 }
 

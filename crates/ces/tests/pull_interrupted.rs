@@ -12,6 +12,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -187,7 +188,8 @@ fn an_interrupted_pull_is_recorded_at_its_start_and_closed_by_the_next() {
 #[test]
 fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
     // Two layers: the second stalls half-way (for two minutes); the first,
-    // stored, must be unpacked meanwhile, not after the last download.
+    // stored, must be unpacked meanwhile, not after the last download, and
+    // linked into the image's root filesystem, begun in tmp/.
     let big: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let image = ImageSpec::new(vec![
         Layer::new(vec![Entry::file("first", "here early")]),
@@ -198,17 +200,23 @@ fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
     let mut child = start_pull(&sb, &reg);
     let first = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
+    let begun = || temp_dirs(&sb, "rootfs-").into_iter().find(|dir| dir.join("first").exists());
     // A bound on the wait, not a measure: the stall lasts 120 s.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(reg.stalled.load(Ordering::SeqCst) && first.join("first").exists()) && Instant::now() < deadline {
+    while !(reg.stalled.load(Ordering::SeqCst) && first.join("first").exists() && begun().is_some())
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(10));
     }
+    let linked = begun().map(|dir| std::fs::symlink_metadata(dir.join("first")).unwrap().ino());
     let running = child.try_wait().unwrap().is_none();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(reg.stalled.load(Ordering::SeqCst), "the second layer's download started");
     assert!(running, "the pull was still downloading");
     assert_eq!(std::fs::read(first.join("first")).unwrap(), b"here early", "the first layer unpacked meanwhile");
+    let layer_file = std::fs::symlink_metadata(first.join("first")).unwrap().ino();
+    assert_eq!(linked, Some(layer_file), "the first layer linked into the root filesystem meanwhile");
     assert!(!sb.rootfs(&image.digest).exists(), "no root filesystem before every layer is there");
 }
 

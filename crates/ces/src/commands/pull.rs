@@ -129,6 +129,7 @@ fn fetch(
     // being fetched.
     let options = ces_image::unpack::UnpackOptions::for_current_user();
     let (queue, layers) = std::sync::mpsc::channel();
+    let (assembly, events) = std::sync::mpsc::channel();
     let ahead = Ahead::new(&progress);
     let (layers, budget) = (Mutex::new(layers), store.layer_budget());
     // Set when the fetch failed: what is queued is left (and gc frees what
@@ -152,14 +153,24 @@ fn fetch(
         let unpackers: Vec<_> = (0..workers)
             .filter_map(|_| {
                 let (store, options, layers, budget, cancelled) = (&store, &options, &layers, &budget, &cancelled);
+                let ready = assembly.clone();
                 std::thread::Builder::new()
                     .name("ces-unpack-ahead".to_owned())
-                    .spawn_scoped(scope, move || unpack_ahead(store, options, layers, budget, cancelled))
+                    .spawn_scoped(scope, move || unpack_ahead(store, options, layers, budget, cancelled, ready))
                     .ok()
             })
             .collect();
+        // The root filesystem is assembled beside them, each layer linked
+        // as soon as it is unpacked and those before it are linked.
+        let assembler = match unpackers.is_empty() {
+            true => None,
+            false => std::thread::Builder::new()
+                .name("ces-assemble-ahead".to_owned())
+                .spawn_scoped(scope, || assemble_ahead(&store, &options, events, &cancelled))
+                .ok(),
+        };
         if !unpackers.is_empty() {
-            ahead.start(queue);
+            ahead.start(queue, assembler.is_some().then_some(assembly));
         }
         let fetched = fetch(&reference, false, &ahead);
         cancelled.store(fetched.is_err(), std::sync::atomic::Ordering::Relaxed);
@@ -168,9 +179,10 @@ fn fetch(
         for unpacker in unpackers {
             unpacked.extend(unpacker.join().unwrap_or_default());
         }
-        fetched.map(|outcome| (outcome, unpacked))
+        let rootfs = assembler.and_then(|assembler| assembler.join().ok().flatten());
+        fetched.map(|outcome| (outcome, unpacked, rootfs))
     });
-    let (outcome, unpacked_ahead) = fetched?;
+    let (outcome, unpacked_ahead, rootfs_ahead) = fetched?;
     let retried = match outcome.retries {
         0 => String::new(),
         n => format!(
@@ -191,7 +203,7 @@ fn fetch(
     // Named only once usable: an image whose layers cannot be unpacked
     // (a corrupt or malicious layer) is not left in `ces images`.
     if request.unpack {
-        match unpack_after(&store, printer, &outcome.record.digest, &unpacked_ahead) {
+        match unpack_after(&store, printer, &outcome.record.digest, &unpacked_ahead, rootfs_ahead) {
             // Layers the store had unpacked were not fetched (it keeps no
             // layer blobs), but this image can only be unpacked from its
             // blobs (a hard link across layers): fetched now, the same
@@ -252,6 +264,7 @@ fn unpack_ahead(
     layers: &Mutex<std::sync::mpsc::Receiver<Layer>>,
     budget: &ces_image::store::LayerBudget,
     cancelled: &std::sync::atomic::AtomicBool,
+    ready: std::sync::mpsc::Sender<Assembly>,
 ) -> HashMap<Digest, ces_image::unpack::UnpackStats> {
     let mut unpacked = HashMap::new();
     loop {
@@ -274,15 +287,48 @@ fn unpack_ahead(
             None => store.unpack_layer_ahead(&digest, &diff_id, options, budget),
         };
         match result {
-            Ok(Some(stats)) => {
-                unpacked.insert(digest, stats);
+            Ok(stats) => {
+                // The store had it (or it came twice) when there are no stats.
+                unpacked.extend(stats.map(|stats| (digest, stats)));
+                let _ = ready.send(Assembly::LayerReady);
             }
-            // The store had it (or it came twice).
-            Ok(None) => {}
             // Unpacked again, and reported, with the image.
             Err(e) => tracing::debug!(layer = %digest, error = %e, "not unpacked ahead"),
         }
     }
+}
+
+/// What the assembly of the root filesystem during the pull hears.
+enum Assembly {
+    /// The image (its manifest) and its layers, blob and diff_id, in order.
+    Image(Digest, Vec<(Digest, String)>),
+    /// A layer was unpacked, or found in the store.
+    LayerReady,
+}
+
+/// Assembles the image's root filesystem while it is pulled
+/// ([`Store::assemble_ahead`]): each layer is linked as soon as the store
+/// has it and those before it are linked. What was begun, for the unpack to
+/// finish; nothing if the fetch failed.
+fn assemble_ahead(
+    store: &Store,
+    options: &ces_image::unpack::UnpackOptions,
+    events: std::sync::mpsc::Receiver<Assembly>,
+    cancelled: &std::sync::atomic::AtomicBool,
+) -> Option<ces_image::store::RootfsAhead> {
+    let mut rootfs = None;
+    for event in events {
+        if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        if let (Assembly::Image(digest, layers), None) = (event, &rootfs) {
+            rootfs = store.assemble_ahead(&digest, &layers);
+        }
+        if let Some(rootfs) = &mut rootfs {
+            store.link_ready(rootfs, options);
+        }
+    }
+    rootfs
 }
 
 /// The layers a pull fetches, each as its download starts (or, for a layer
@@ -298,6 +344,10 @@ struct Ahead<'a> {
     feeds: Mutex<HashMap<Digest, (Arc<Feed>, u64)>>,
     /// `None` without workers (nothing unpacked now).
     queue: Mutex<Option<std::sync::mpsc::Sender<Layer>>>,
+    /// The image's manifest, once resolved.
+    image: Mutex<Option<Digest>>,
+    /// Where the image's layers are told for assembly (`None` without).
+    assembly: Mutex<Option<std::sync::mpsc::Sender<Assembly>>>,
 }
 
 /// Bytes received between two wake-ups of a blob's reader: the client
@@ -312,12 +362,16 @@ impl<'a> Ahead<'a> {
             layers: Mutex::new(HashMap::new()),
             feeds: Mutex::new(HashMap::new()),
             queue: Mutex::new(None),
+            image: Mutex::new(None),
+            assembly: Mutex::new(None),
         }
     }
 
-    /// Layers go to `queue` from now on (its workers are running).
-    fn start(&self, queue: std::sync::mpsc::Sender<Layer>) {
+    /// Layers go to `queue` from now on (its workers are running), and the
+    /// image's to `assembly`.
+    fn start(&self, queue: std::sync::mpsc::Sender<Layer>, assembly: Option<std::sync::mpsc::Sender<Assembly>>) {
         *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(queue);
+        *self.assembly.lock().unwrap_or_else(PoisonError::into_inner) = assembly;
     }
 
     fn send(&self, layer: Layer) {
@@ -330,6 +384,7 @@ impl<'a> Ahead<'a> {
     /// more bytes come to a blob not complete by now.
     fn done(&self) {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.assembly.lock().unwrap_or_else(PoisonError::into_inner).take();
         for (feed, _) in self.feeds.lock().unwrap_or_else(PoisonError::into_inner).values() {
             feed.end();
         }
@@ -338,6 +393,7 @@ impl<'a> Ahead<'a> {
 
 impl ces_registry::PullReporter for Ahead<'_> {
     fn resolved(&self, reference: &ImageReference, digest: &ces_image::Digest) {
+        *self.image.lock().unwrap_or_else(PoisonError::into_inner) = Some(digest.clone());
         self.progress.resolved(reference, digest);
     }
     fn layers(&self, layers: &[(Digest, String)]) {
@@ -345,6 +401,10 @@ impl ces_registry::PullReporter for Ahead<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(layers.iter().map(|(digest, diff_id)| (digest.clone(), (diff_id.clone(), None))));
+        let image = self.image.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let (Some(assembly), Some(image)) = (&*self.assembly.lock().unwrap_or_else(PoisonError::into_inner), image) {
+            let _ = assembly.send(Assembly::Image(image, layers.to_vec()));
+        }
         self.progress.layers(layers);
     }
     fn layer_start(&self, digest: &Digest, size: u64, reused: bool) {
@@ -405,16 +465,18 @@ impl ces_registry::PullReporter for Ahead<'_> {
 
 /// Unpacks the image's root filesystem into the cache, with a spinner.
 pub fn unpack(store: &Store, printer: &Printer, digest: &ces_image::Digest) -> anyhow::Result<()> {
-    unpack_after(store, printer, digest, &HashMap::new())
+    unpack_after(store, printer, digest, &HashMap::new(), None)
 }
 
 /// [`unpack`], some layers of which were unpacked ahead (what that did, by
-/// layer blob): their warnings are said with the others'.
+/// layer blob: their warnings are said with the others'), and whose root
+/// filesystem may have been begun (`rootfs`, [`assemble_ahead`]).
 fn unpack_after(
     store: &Store,
     printer: &Printer,
     digest: &ces_image::Digest,
     ahead: &HashMap<ces_image::Digest, ces_image::unpack::UnpackStats>,
+    rootfs: Option<ces_image::store::RootfsAhead>,
 ) -> anyhow::Result<()> {
     if store.unpacked(digest).is_some() {
         return Ok(());
@@ -422,8 +484,11 @@ fn unpack_after(
     let started = Instant::now();
     let options = ces_image::unpack::UnpackOptions::for_current_user();
     let spinner = printer.spinner("Unpacking");
-    let result =
-        store.unpack(digest, &options, &mut |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1)));
+    let mut on_layer = |i, n| spinner.set_message(format!("Unpacking layer {}/{n}", i + 1));
+    let result = match rootfs {
+        Some(rootfs) => store.unpack_assembled(digest, rootfs, &options, &mut on_layer),
+        None => store.unpack(digest, &options, &mut on_layer),
+    };
     spinner.finish_and_clear();
     let unpacked = result?;
     let count = unpacked.layers.len();
