@@ -281,6 +281,24 @@ fn gpu_devices(ctx: Ctx) {
     }
 }
 
+/// As root, the start's cgroup warm-up moves its helper (never ces) within
+/// the cgroup ces started in, once as the run begins and once more just
+/// before the container is built, on cgroup v2 under systemd as on v1.
+#[test]
+fn the_cgroup_warm_up_moves_its_helper_within_the_cgroup_ces_started_in() {
+    let s = scenario(Ctx::Root, "warmup");
+    s.assert_exit(0);
+    let started_in = Scenario::value(&s.host, "started in").unwrap_or_default();
+    assert!(started_in.starts_with('/'), "{s}");
+    let procs = format!("/sys/fs/cgroup{}/cgroup.procs", started_in.trim_end_matches('/'));
+    let moves: Vec<&str> = s.err.lines().filter(|l| l.contains("cgroup warm-up: helper")).collect();
+    assert!(moves.len() >= 2, "the helper moved as the run began and before the container: {s}");
+    for line in moves {
+        let moved = line.contains(&format!(" moved into {procs}")) && !line.contains(" not moved");
+        assert!(moved, "moved, within ces's own cgroup: {line}\n{s}");
+    }
+}
+
 /// One test per check and context, so a failure names both.
 macro_rules! in_every_context {
     ($($check:ident),* $(,)?) => {$(

@@ -559,7 +559,17 @@ struct Helper {
 impl Helper {
     /// Moves the helper into the cgroup it is in: whether the kernel took it.
     fn move_in(&self) -> bool {
-        fs::write(&self.procs, self.pid.to_string()).is_ok()
+        let (pid, procs) = (self.pid, self.procs.display());
+        match fs::write(&self.procs, pid.to_string()) {
+            Ok(()) => {
+                tracing::debug!("cgroup warm-up: helper {pid} moved into {procs}");
+                true
+            }
+            Err(e) => {
+                tracing::debug!("cgroup warm-up: helper {pid} not moved into {procs}: {e}");
+                false
+            }
+        }
     }
 }
 
