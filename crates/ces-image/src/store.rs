@@ -1089,20 +1089,37 @@ impl Store {
         };
         let lock =
             || self.flock(&self.root.join("locks").join(format!("layer-{hex}.lock")), FlockOperation::LockExclusive);
-        // A stored blob is unpacked under the layer's lock (two processes do
-        // not unpack one layer twice). A blob still downloading is read
-        // without it: the download may be slow, or stall, and every pull
-        // that needs the layer would wait for it. Its lock is taken to name
-        // what was made.
+        // One process at a time unpacks a layer the store lacks (its turn,
+        // [`Store::unpack_turn`]): the others wait while it makes progress,
+        // and reuse what it names. One whose download stalls holds back no
+        // one for long. The layer's lock is taken only to name what was
+        // made.
         let (reader, check) = following.unzip();
-        let guard = if reader.is_none() { Some(lock()?) } else { None };
-        let had = self.layer_record(diff_id);
-        if let Some(record) = had.as_ref().filter(|record| record.made_by(&layer_digest)) {
+        let made_by = |record: &LayerRecord| record.made_by(&layer_digest);
+        let mut had = self.layer_record(diff_id);
+        if let Some(record) = had.as_ref().filter(|record| made_by(record)) {
             return Ok((record.clone(), None));
         }
+        let turn = match had {
+            // Only this blob is read and hashed: no turn needed.
+            Some(_) => None,
+            None => {
+                let turn = self.unpack_turn(hex, diff_id)?;
+                had = self.layer_record(diff_id);
+                if let Some(record) = had.as_ref().filter(|record| made_by(record)) {
+                    return Ok((record.clone(), None));
+                }
+                turn
+            }
+        };
         let source: Box<dyn Read + Send> = match reader {
             Some(reader) => Box::new(reader),
             None => Box::new(self.open_blob(&layer_digest)?),
+        };
+        // Those waiting for their turn are told how far this one got.
+        let source = match &turn {
+            Some(turn) => Box::new(turn.reporting(source)),
+            None => source,
         };
         let mut refund = None;
         let result = (|| {
@@ -1152,10 +1169,7 @@ impl Store {
         })();
         let give_back = |_: &StoreError| refund.iter().for_each(Refund::give_back);
         let (temp, unpacked, size) = result.inspect_err(give_back)?;
-        let guard = match guard {
-            Some(guard) => guard,
-            None => lock().inspect_err(give_back)?,
-        };
+        let guard = lock().inspect_err(give_back)?;
         // Under the lock: named by another since it was looked at, this
         // blob is added to its record (it was shown to make the layer).
         if let Some(mut record) = self.layer_record(diff_id) {
@@ -1198,7 +1212,51 @@ impl Store {
         named.inspect_err(give_back)?;
         temp.keep();
         drop(guard);
+        drop(turn);
         Ok((record, Some(unpacked.stats)))
+    }
+
+    /// Waits for this process's turn to unpack the layer `hex`
+    /// (`locks/layer-<hex>.unpacking`, an exclusive flock). `None` when the
+    /// layer was named meanwhile, or when the process whose turn it is
+    /// read nothing more of its blob for [`UNPACK_STALL`] (its download
+    /// stalls, say): this one then unpacks the layer too, and whichever
+    /// names it first is kept.
+    fn unpack_turn(&self, hex: &str, diff_id: &str) -> Result<Option<UnpackTurn>> {
+        let path = self.root.join("locks").join(format!("layer-{hex}.unpacking"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let mut seen: Option<([u8; 8], std::time::Instant)> = None;
+        loop {
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {
+                    let turn = UnpackTurn(std::sync::Arc::new(file));
+                    turn.tell(0);
+                    return Ok(Some(turn));
+                }
+                Err(rustix::io::Errno::WOULDBLOCK) => {}
+                Err(e) => return Err(io_err(&path)(e.into())),
+            }
+            if self.layer_record(diff_id).is_some() {
+                return Ok(None);
+            }
+            let mut progress = [0u8; 8];
+            let _ = std::os::unix::fs::FileExt::read_at(&file, &mut progress, 0);
+            match seen {
+                Some((before, since)) if before == progress => {
+                    if since.elapsed() >= UNPACK_STALL {
+                        return Ok(None);
+                    }
+                }
+                _ => seen = Some((progress, std::time::Instant::now())),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// A layer blob's uncompressed tar, decompressed and counted against
@@ -1408,6 +1466,47 @@ impl Refund {
         if let Some(left) = &self.left {
             left.fetch_add(self.taken.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         }
+    }
+}
+
+/// How long a process unpacking a layer may read nothing of its blob before
+/// another that needs the layer stops waiting for it ([`Store::unpack_turn`]).
+const UNPACK_STALL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A process's turn to unpack a layer ([`Store::unpack_turn`]): the locked
+/// file, at whose start it tells those waiting how many bytes of its blob it
+/// has read. Its turn ends when this and its reader ([`UnpackTurn::reporting`])
+/// are dropped.
+struct UnpackTurn(std::sync::Arc<File>);
+
+impl UnpackTurn {
+    fn tell(&self, read: u64) {
+        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &read.to_le_bytes(), 0);
+    }
+
+    /// `source`, telling how far it is read every 256 KiB.
+    fn reporting(&self, source: Box<dyn Read + Send>) -> Reporting {
+        Reporting { source, turn: UnpackTurn(self.0.clone()), read: 0, told: 0 }
+    }
+}
+
+/// A layer blob's bytes, read in its [`UnpackTurn`].
+struct Reporting {
+    source: Box<dyn Read + Send>,
+    turn: UnpackTurn,
+    read: u64,
+    told: u64,
+}
+
+impl Read for Reporting {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.source.read(buf)?;
+        self.read += n as u64;
+        if self.read - self.told >= 256 << 10 {
+            self.turn.tell(self.read);
+            self.told = self.read;
+        }
+        Ok(n)
     }
 }
 
@@ -1806,6 +1905,105 @@ mod tests {
             assert_eq!(fs::read_dir(store.layers_dir()).unwrap().count(), 2, "round {round}: one layer and its record");
             assert_eq!(fs::read(store.layers_dir().join(digest_hex(&diff_id)).join("a")).unwrap(), b"first");
         }
+    }
+
+    /// `blob` written into a file `step` bytes every 10 ms by a thread, as a
+    /// download would, and followed; `None` for `step`: only its first 4
+    /// KiB, and no more until the feed ends.
+    fn arriving<'s>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        dir: &Path,
+        blob: &'s [u8],
+        step: Option<usize>,
+    ) -> ((crate::follow::FollowReader, crate::follow::FollowCheck), std::sync::Arc<crate::follow::Feed>) {
+        use std::io::Write as _;
+        let path = dir.join("arriving");
+        let mut file = File::create(&path).unwrap();
+        let feed = crate::follow::Feed::new();
+        let source = crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, feed.clone());
+        match step {
+            Some(step) => {
+                let feeding = feed.clone();
+                scope.spawn(move || {
+                    for chunk in blob.chunks(step) {
+                        file.write_all(chunk).unwrap();
+                        feeding.progressed();
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    feeding.complete();
+                });
+            }
+            None => file.write_all(&blob[..4096]).unwrap(),
+        }
+        (source, feed)
+    }
+
+    /// Waits (a bound, not a measure) until something is being unpacked in `tmp/`.
+    fn wait_for_unpacking(store: &Store) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fs::read_dir(store.tmp_dir()).unwrap().next().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// One process at a time unpacks a layer: another that needs it (here
+    /// from the stored blob) waits while the first, following its
+    /// download, makes progress, and reuses the layer it names.
+    #[test]
+    fn a_layer_being_unpacked_is_waited_for_not_unpacked_twice() {
+        use ces_testkit::{Entry, Layer};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(4_000_000, 7))]);
+        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
+        let digest = Digest::of(&blob);
+        store.write_blob(&digest, &blob).unwrap();
+        let options = UnpackOptions::for_current_user();
+        let (first, second) = std::thread::scope(|scope| {
+            let (source, _) = arriving(scope, dir.path(), &blob, Some(64 << 10));
+            let (store, options, diff_id, digest) = (&store, &options, &diff_id, &digest);
+            let first = scope
+                .spawn(move || store.unpack_layer_following(digest, diff_id, options, &store.layer_budget(), source));
+            wait_for_unpacking(store);
+            let second = store.unpack_layer_ahead(digest, diff_id, options, &store.layer_budget());
+            (first.join().unwrap().unwrap(), second.unwrap())
+        });
+        assert!(first.is_some(), "the first unpacked it");
+        assert!(second.is_none(), "the second reused it");
+        assert!(store.layer_record(&diff_id).unwrap().made_by(&digest));
+        assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "nothing left");
+    }
+
+    /// A process whose download stalls in the middle of a layer holds back
+    /// another that needs the layer only for [`UNPACK_STALL`]: that one then
+    /// unpacks it from its stored blob, and names it.
+    #[test]
+    fn a_layer_whose_unpacking_stalls_is_unpacked_by_another() {
+        use ces_testkit::{Entry, Layer};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(1_000_000, 7))]);
+        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
+        let digest = Digest::of(&blob);
+        store.write_blob(&digest, &blob).unwrap();
+        let options = UnpackOptions::for_current_user();
+        let (stalled, second) = std::thread::scope(|scope| {
+            let (source, feed) = arriving(scope, dir.path(), &blob, None);
+            let (store, options, diff_id, digest) = (&store, &options, &diff_id, &digest);
+            let stalled = scope
+                .spawn(move || store.unpack_layer_following(digest, diff_id, options, &store.layer_budget(), source));
+            wait_for_unpacking(store);
+            let (done, second) = std::sync::mpsc::channel();
+            scope.spawn(move || done.send(store.unpack_layer_ahead(digest, diff_id, options, &store.layer_budget())));
+            // A bound on the wait, not a measure.
+            let second = second.recv_timeout(UNPACK_STALL * 5);
+            // The stalled download ends, so that the scope can.
+            feed.end();
+            (stalled.join().unwrap(), second.expect("the second did not wait for the stalled first"))
+        });
+        assert!(second.unwrap().is_some(), "the second unpacked it");
+        assert!(stalled.is_err(), "the stalled download ended short: {stalled:?}");
+        assert!(store.layer_record(&diff_id).unwrap().made_by(&digest));
     }
 
     /// The hex digits of a `sha256:` diff_id.
