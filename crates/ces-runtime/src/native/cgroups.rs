@@ -548,25 +548,31 @@ pub(crate) struct MigrationWarmup {
     thread: Option<std::thread::JoinHandle<Option<Helper>>>,
 }
 
-/// The helper a [`MigrationWarmup`] moves, and where; ended when dropped.
+/// The helper a [`MigrationWarmup`] moves, in `hierarchy`; ended when
+/// dropped.
 struct Helper {
     pid: libc::pid_t,
     /// Kept open while it lives (it waits for this to close).
     _done: std::os::fd::OwnedFd,
-    procs: PathBuf,
+    hierarchy: Hierarchy,
 }
 
 impl Helper {
-    /// Moves the helper into the cgroup it is in: whether the kernel took it.
+    /// Moves the helper into the cgroup it is in now (where it was born, in
+    /// ces's, unless something moved it since: a scope that empties ces's
+    /// cgroup is not filled again): whether the kernel took it.
     fn move_in(&self) -> bool {
-        let (pid, procs) = (self.pid, self.procs.display());
-        match fs::write(&self.procs, pid.to_string()) {
+        let pid = self.pid;
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
+        let Some(procs) = own.and_then(|text| procs_file(&self.hierarchy, &text)) else { return false };
+        let procs_shown = procs.display();
+        match fs::write(&procs, pid.to_string()) {
             Ok(()) => {
-                tracing::debug!("cgroup warm-up: helper {pid} moved into {procs}");
+                tracing::debug!("cgroup warm-up: helper {pid} moved into {procs_shown}");
                 true
             }
             Err(e) => {
-                tracing::debug!("cgroup warm-up: helper {pid} not moved into {procs}: {e}");
+                tracing::debug!("cgroup warm-up: helper {pid} not moved into {procs_shown}: {e}");
                 false
             }
         }
@@ -652,9 +658,8 @@ impl MigrationWarmup {
                     Some(hierarchy) => hierarchy,
                     None => Hierarchy::detect().ok()?,
                 };
-                let procs = procs_file(&hierarchy, &fs::read_to_string("/proc/self/cgroup").ok()?)?;
                 let (pid, done) = super::idmap::waiting_child(0).ok()?;
-                let helper = Helper { pid, _done: done, procs };
+                let helper = Helper { pid, _done: done, hierarchy };
                 helper.move_in();
                 Some(helper)
             })
@@ -949,6 +954,28 @@ mod tests {
         fs::remove_dir(&elsewhere).unwrap();
         assert!(wrote, "the helper moved");
         assert_eq!(after, moved, "left where it was moved to");
+    }
+
+    /// Something else (a scope that empties ces's cgroup) moves the helper:
+    /// the warm-up moves it within its new cgroup, not back into ces's.
+    #[test]
+    fn the_warmup_moves_its_helper_within_the_cgroup_it_is_in_now() {
+        assert!(nix::unistd::geteuid().is_root(), "this test creates a cgroup: run the suite as root (CI does)");
+        let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hierarchy = Hierarchy::detect().unwrap();
+        let home = own_procs_file(&hierarchy).unwrap().parent().unwrap().to_owned();
+        let elsewhere = home.join(format!("ces-warmup-helper-test-{}", std::process::id()));
+        fs::create_dir(&elsewhere).unwrap();
+        let helper = helper_of(MigrationWarmup::start(Some(hierarchy.clone())));
+        fs::write(elsewhere.join("cgroup.procs"), helper.pid.to_string()).unwrap();
+        let moved = helper.move_in();
+        let there = fs::read_to_string(elsewhere.join("cgroup.procs")).unwrap();
+        let pid = helper.pid;
+        drop(helper);
+        super::super::idmap::reap_helpers(true);
+        fs::remove_dir(&elsewhere).unwrap();
+        assert!(moved, "the helper moved");
+        assert!(there.lines().any(|l| l == pid.to_string()), "still where it was moved to: {there:?}");
     }
 
     #[test]
