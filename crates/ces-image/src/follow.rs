@@ -90,6 +90,11 @@ impl Feed {
         self.now().0 == FeedState::Complete
     }
 
+    /// Whether no more bytes will come, the blob not whole.
+    pub fn has_ended(&self) -> bool {
+        self.now().0 == FeedState::Ended
+    }
+
     /// Waits until the state is no longer `seen` (or a while has passed).
     fn wait_change(&self, seen: u64) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -195,6 +200,11 @@ impl Read for FollowReader {
 }
 
 impl FollowCheck {
+    /// What the downloader says of the blob's file.
+    pub fn feed(&self) -> Arc<Feed> {
+        self.feed.clone()
+    }
+
     /// What stops the reader if the reading ends early (an unpacking
     /// error): see [`Abandon`].
     pub fn abandon_on_drop(&self) -> Abandon {

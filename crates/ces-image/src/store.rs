@@ -6,7 +6,8 @@
 //! <root>/rootfs/<hex>/   the unpacked rootfs of manifest sha256:<hex>
 //! <root>/tmp/            downloads and unpacks in progress
 //! <root>/lock            shared by writers (pull, load), exclusive for rmi/gc
-//! <root>/locks/          index.json and per-rootfs unpack locks
+//! <root>/locks/          index.json, per-rootfs and per-layer locks (a layer's
+//!                        naming lock, `.lock`, and its unpacking turn, `.unpacking`)
 //! ```
 //!
 //! Consistency rests on three habits: every blob is written to `tmp/`, verified
@@ -684,7 +685,9 @@ impl Store {
                 remove_tree(&doomed)?;
                 stats.layers += 1;
             }
-            let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
+            for lock in [format!("layer-{hex}.lock"), format!("layer-{hex}.unpacking")] {
+                let _ = fs::remove_file(self.root.join("locks").join(lock));
+            }
         }
         Ok(stats)
     }
@@ -1100,11 +1103,17 @@ impl Store {
         if let Some(record) = had.as_ref().filter(|record| made_by(record)) {
             return Ok((record.clone(), None));
         }
+        let source: Box<dyn Read + Send> = match reader {
+            Some(reader) => Box::new(reader),
+            None => Box::new(self.open_blob(&layer_digest)?),
+        };
+        // The downloader's word on a blob being followed (none: stored).
+        let feed = check.as_ref().map(crate::follow::FollowCheck::feed);
         let turn = match had {
             // Only this blob is read and hashed: no turn needed.
             Some(_) => None,
             None => {
-                let turn = self.unpack_turn(hex, diff_id)?;
+                let turn = self.unpack_turn(hex, diff_id, &layer_digest, feed.as_deref())?;
                 had = self.layer_record(diff_id);
                 if let Some(record) = had.as_ref().filter(|record| made_by(record)) {
                     return Ok((record.clone(), None));
@@ -1112,18 +1121,11 @@ impl Store {
                 turn
             }
         };
-        let source: Box<dyn Read + Send> = match reader {
-            Some(reader) => Box::new(reader),
-            None => Box::new(self.open_blob(&layer_digest)?),
-        };
         // Those waiting for their turn are told how far this one got.
-        let source = match &turn {
-            Some(turn) => Box::new(turn.reporting(source)),
-            None => source,
-        };
+        let reporting = turn.as_ref().map(|turn| (turn.clone(), feed));
         let mut refund = None;
         let result = (|| {
-            let mut stream = self.layer_stream_from(&layer_digest, source, budget)?;
+            let mut stream = self.layer_stream_from(&layer_digest, source, budget, reporting)?;
             refund = Some(stream.refund());
             // Should this end early, the reader stops waiting for bytes (or
             // the stream, dropped after it, would wait for the download).
@@ -1216,13 +1218,24 @@ impl Store {
         Ok((record, Some(unpacked.stats)))
     }
 
-    /// Waits for this process's turn to unpack the layer `hex`
-    /// (`locks/layer-<hex>.unpacking`, an exclusive flock). `None` when the
-    /// layer was named meanwhile, or when the process whose turn it is
-    /// read nothing more of its blob for [`UNPACK_STALL`] (its download
-    /// stalls, say): this one then unpacks the layer too, and whichever
-    /// names it first is kept.
-    fn unpack_turn(&self, hex: &str, diff_id: &str) -> Result<Option<UnpackTurn>> {
+    /// Waits for this process's turn to unpack the layer `hex` from the
+    /// blob `digest` (`locks/layer-<hex>.unpacking`, an exclusive flock),
+    /// downloading as `feed` says (`None`: stored). `None` when there is
+    /// nothing, or no more, to wait for: the layer was named meanwhile; this
+    /// blob's download ended; the process whose turn it is unpacks another
+    /// blob (its bytes would prove nothing of this one); it unpacked nothing
+    /// more for [`UNPACK_STALL`] (its download stalls, say); or this blob is
+    /// whole and verified, and the other's was not for [`UNPACK_STALL`] (a
+    /// download that only claims the digest holds back no one who has the
+    /// blob for longer). This process then unpacks the layer too, and
+    /// whichever names it first is kept.
+    fn unpack_turn(
+        &self,
+        hex: &str,
+        diff_id: &str,
+        digest: &Digest,
+        feed: Option<&crate::follow::Feed>,
+    ) -> Result<Option<UnpackTurn>> {
         let path = self.root.join("locks").join(format!("layer-{hex}.unpacking"));
         let file = fs::OpenOptions::new()
             .create(true)
@@ -1231,29 +1244,43 @@ impl Store {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        let mut seen: Option<([u8; 8], std::time::Instant)> = None;
+        let whole = || feed.is_none_or(crate::follow::Feed::is_complete);
+        let mut progress_seen: Option<(Vec<u8>, std::time::Instant)> = None;
+        let mut unverified_since = None;
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {
                     let turn = UnpackTurn(std::sync::Arc::new(file));
-                    turn.tell(0);
+                    turn.announce(digest, whole());
                     return Ok(Some(turn));
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => {}
                 Err(e) => return Err(io_err(&path)(e.into())),
             }
-            if self.layer_record(diff_id).is_some() {
+            if self.layer_record(diff_id).is_some() || feed.is_some_and(crate::follow::Feed::has_ended) {
                 return Ok(None);
             }
-            let mut progress = [0u8; 8];
-            let _ = std::os::unix::fs::FileExt::read_at(&file, &mut progress, 0);
-            match seen {
-                Some((before, since)) if before == progress => {
-                    if since.elapsed() >= UNPACK_STALL {
+            let mut told = [0u8; TURN_TOLD];
+            let read = std::os::unix::fs::FileExt::read_at(&file, &mut told, 0).unwrap_or(0);
+            let (progress, verified, blob) = (&told[..8], told[8] == 1, &told[9..]);
+            if read < TURN_TOLD || blob != digest.hex().as_bytes() {
+                return Ok(None);
+            }
+            let now = std::time::Instant::now();
+            match &progress_seen {
+                Some((before, since)) if before.as_slice() == progress => {
+                    if now.duration_since(*since) >= UNPACK_STALL {
                         return Ok(None);
                     }
                 }
-                _ => seen = Some((progress, std::time::Instant::now())),
+                _ => progress_seen = Some((progress.to_vec(), now)),
+            }
+            if whole() && !verified {
+                if now.duration_since(*unverified_since.get_or_insert(now)) >= UNPACK_STALL {
+                    return Ok(None);
+                }
+            } else {
+                unverified_since = None;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -1265,21 +1292,29 @@ impl Store {
     /// other core.
     fn layer_stream(&self, layer_digest: &Digest, budget: Option<std::sync::Arc<AtomicU64>>) -> Result<LayerStream> {
         let blob = self.open_blob(layer_digest)?;
-        self.layer_stream_from(layer_digest, Box::new(blob), budget)
+        self.layer_stream_from(layer_digest, Box::new(blob), budget, None)
     }
 
-    /// [`Store::layer_stream`] of the blob's bytes read from `blob`.
+    /// [`Store::layer_stream`] of the blob's bytes read from `blob`; in an
+    /// [`UnpackTurn`], telling those waiting how far it is (and whether
+    /// the blob `feed` says is downloading is whole and verified yet).
     fn layer_stream_from(
         &self,
         layer_digest: &Digest,
         blob: Box<dyn Read + Send>,
         budget: Option<std::sync::Arc<AtomicU64>>,
+        reporting: Option<(UnpackTurn, Option<std::sync::Arc<crate::follow::Feed>>)>,
     ) -> Result<LayerStream> {
         let exceeded = std::sync::Arc::new(AtomicBool::new(false));
         let taken = std::sync::Arc::new(AtomicU64::new(0));
         let (flag, left, counted) = (exceeded.clone(), budget.clone(), taken.clone());
         let stream = ReadAhead::start(move || {
             let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob))?;
+            // Counted uncompressed: the work done, however well it compresses.
+            let tar = match reporting {
+                Some((turn, feed)) => Box::new(Reporting { source: tar, turn, feed, read: 0, told: 0 }),
+                None => tar,
+            };
             Ok(Box::new(Budgeted { inner: tar, left, taken: counted, exceeded: flag }) as Box<dyn Read>)
         })
         .map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
@@ -1473,37 +1508,53 @@ impl Refund {
 /// another that needs the layer stops waiting for it ([`Store::unpack_turn`]).
 const UNPACK_STALL: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// What a process tells in its [`UnpackTurn`], at the start of the locked
+/// file: the bytes of the layer's tar unpacked so far (8, little-endian),
+/// whether its blob is whole and verified (1: stored, or its download
+/// done), and the blob's digest (64 hex digits).
+const TURN_TOLD: usize = 8 + 1 + 64;
+
 /// A process's turn to unpack a layer ([`Store::unpack_turn`]): the locked
-/// file, at whose start it tells those waiting how many bytes of its blob it
-/// has read. Its turn ends when this and its reader ([`UnpackTurn::reporting`])
-/// are dropped.
+/// file. The turn ends when every clone (the unpacking's [`Reporting`]) is
+/// dropped.
+#[derive(Clone)]
 struct UnpackTurn(std::sync::Arc<File>);
 
 impl UnpackTurn {
-    fn tell(&self, read: u64) {
-        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &read.to_le_bytes(), 0);
+    /// Tells the blob unpacked, and that nothing is yet.
+    fn announce(&self, digest: &Digest, verified: bool) {
+        let mut told = Vec::with_capacity(TURN_TOLD);
+        told.extend_from_slice(&0u64.to_le_bytes());
+        told.push(u8::from(verified));
+        told.extend_from_slice(digest.hex().as_bytes());
+        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &told, 0);
     }
 
-    /// `source`, telling how far it is read every 256 KiB.
-    fn reporting(&self, source: Box<dyn Read + Send>) -> Reporting {
-        Reporting { source, turn: UnpackTurn(self.0.clone()), read: 0, told: 0 }
+    fn tell(&self, unpacked: u64, verified: bool) {
+        let mut told = [0u8; 9];
+        told[..8].copy_from_slice(&unpacked.to_le_bytes());
+        told[8] = u8::from(verified);
+        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &told, 0);
     }
 }
 
-/// A layer blob's bytes, read in its [`UnpackTurn`].
-struct Reporting {
-    source: Box<dyn Read + Send>,
+/// A layer's tar, unpacked in its [`UnpackTurn`]: every 256 KiB read, those
+/// waiting are told how far, and whether the blob (`feed`: downloading; none:
+/// stored) is whole and verified.
+struct Reporting<R> {
+    source: R,
     turn: UnpackTurn,
+    feed: Option<std::sync::Arc<crate::follow::Feed>>,
     read: u64,
     told: u64,
 }
 
-impl Read for Reporting {
+impl<R: Read> Read for Reporting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.source.read(buf)?;
         self.read += n as u64;
         if self.read - self.told >= 256 << 10 {
-            self.turn.tell(self.read);
+            self.turn.tell(self.read, self.feed.as_ref().is_none_or(|feed| feed.is_complete()));
             self.told = self.read;
         }
         Ok(n)
@@ -1917,7 +1968,7 @@ mod tests {
         step: Option<usize>,
     ) -> ((crate::follow::FollowReader, crate::follow::FollowCheck), std::sync::Arc<crate::follow::Feed>) {
         use std::io::Write as _;
-        let path = dir.join("arriving");
+        let path = dir.join(format!("arriving-{}-{}", Digest::of(blob).short(), step.unwrap_or(0)));
         let mut file = File::create(&path).unwrap();
         let feed = crate::follow::Feed::new();
         let source = crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, feed.clone());
@@ -1938,11 +1989,68 @@ mod tests {
         (source, feed)
     }
 
-    /// Waits (a bound, not a measure) until something is being unpacked in `tmp/`.
-    fn wait_for_unpacking(store: &Store) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while fs::read_dir(store.tmp_dir()).unwrap().next().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+    type Unpacking<'s> = std::thread::ScopedJoinHandle<'s, Result<Option<unpack::UnpackStats>>>;
+
+    /// A layer of a test: the store, its blob's digest and its diff_id.
+    struct Turns {
+        dir: tempfile::TempDir,
+        store: Store,
+        digest: Digest,
+        diff_id: String,
+    }
+
+    impl Turns {
+        /// A store, and a layer of `layer` (its blob stored if `stored`).
+        fn new(layer: &ces_testkit::Layer, stored: bool) -> Turns {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().join("store")).unwrap();
+            let blob = layer.blob();
+            let digest = Digest::of(&blob);
+            if stored {
+                store.write_blob(&digest, &blob).unwrap();
+            }
+            Turns { dir, store, digest, diff_id: Digest::of(&layer.tar()).to_string() }
+        }
+
+        /// The layer unpacked on a thread of `scope` from `blob` as it
+        /// arrives ([`arriving`]), said to be the layer's blob; returned once
+        /// its unpacking has begun (a bound on the wait, not a measure).
+        fn arriving<'s>(
+            &'s self,
+            scope: &'s std::thread::Scope<'s, '_>,
+            blob: &'s [u8],
+            step: Option<usize>,
+        ) -> (Unpacking<'s>, std::sync::Arc<crate::follow::Feed>) {
+            let (source, feed) = arriving(scope, self.dir.path(), blob, step);
+            let unpacking = self.following(scope, source);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while fs::read_dir(self.store.tmp_dir()).unwrap().next().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            (unpacking, feed)
+        }
+
+        /// The layer unpacked on a thread of `scope` as `source` reads it.
+        fn following<'s>(
+            &'s self,
+            scope: &'s std::thread::Scope<'s, '_>,
+            source: (crate::follow::FollowReader, crate::follow::FollowCheck),
+        ) -> Unpacking<'s> {
+            let options = UnpackOptions::for_current_user();
+            let budget = self.store.layer_budget();
+            scope.spawn(move || {
+                self.store.unpack_layer_following(&self.digest, &self.diff_id, &options, &budget, source)
+            })
+        }
+
+        /// The layer unpacked from its stored blob.
+        fn from_stored(&self) -> Result<Option<unpack::UnpackStats>> {
+            let options = UnpackOptions::for_current_user();
+            self.store.unpack_layer_ahead(&self.digest, &self.diff_id, &options, &self.store.layer_budget())
+        }
+
+        fn named(&self) -> bool {
+            self.store.layer_record(&self.diff_id).is_some_and(|record| record.made_by(&self.digest))
         }
     }
 
@@ -1952,26 +2060,17 @@ mod tests {
     #[test]
     fn a_layer_being_unpacked_is_waited_for_not_unpacked_twice() {
         use ces_testkit::{Entry, Layer};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
         let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(4_000_000, 7))]);
-        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
-        let digest = Digest::of(&blob);
-        store.write_blob(&digest, &blob).unwrap();
-        let options = UnpackOptions::for_current_user();
+        let (t, blob) = (Turns::new(&layer, true), layer.blob());
         let (first, second) = std::thread::scope(|scope| {
-            let (source, _) = arriving(scope, dir.path(), &blob, Some(64 << 10));
-            let (store, options, diff_id, digest) = (&store, &options, &diff_id, &digest);
-            let first = scope
-                .spawn(move || store.unpack_layer_following(digest, diff_id, options, &store.layer_budget(), source));
-            wait_for_unpacking(store);
-            let second = store.unpack_layer_ahead(digest, diff_id, options, &store.layer_budget());
+            let (first, _) = t.arriving(scope, &blob, Some(64 << 10));
+            let second = t.from_stored();
             (first.join().unwrap().unwrap(), second.unwrap())
         });
         assert!(first.is_some(), "the first unpacked it");
         assert!(second.is_none(), "the second reused it");
-        assert!(store.layer_record(&diff_id).unwrap().made_by(&digest));
-        assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "nothing left");
+        assert!(t.named());
+        assert!(fs::read_dir(t.store.tmp_dir()).unwrap().next().is_none(), "nothing left");
     }
 
     /// A process whose download stalls in the middle of a layer holds back
@@ -1980,21 +2079,13 @@ mod tests {
     #[test]
     fn a_layer_whose_unpacking_stalls_is_unpacked_by_another() {
         use ces_testkit::{Entry, Layer};
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
         let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(1_000_000, 7))]);
-        let (blob, diff_id) = (layer.blob(), Digest::of(&layer.tar()).to_string());
-        let digest = Digest::of(&blob);
-        store.write_blob(&digest, &blob).unwrap();
-        let options = UnpackOptions::for_current_user();
+        let (t, blob) = (Turns::new(&layer, true), layer.blob());
         let (stalled, second) = std::thread::scope(|scope| {
-            let (source, feed) = arriving(scope, dir.path(), &blob, None);
-            let (store, options, diff_id, digest) = (&store, &options, &diff_id, &digest);
-            let stalled = scope
-                .spawn(move || store.unpack_layer_following(digest, diff_id, options, &store.layer_budget(), source));
-            wait_for_unpacking(store);
+            let (stalled, feed) = t.arriving(scope, &blob, None);
             let (done, second) = std::sync::mpsc::channel();
-            scope.spawn(move || done.send(store.unpack_layer_ahead(digest, diff_id, options, &store.layer_budget())));
+            let turns = &t;
+            scope.spawn(move || done.send(turns.from_stored()));
             // A bound on the wait, not a measure.
             let second = second.recv_timeout(UNPACK_STALL * 5);
             // The stalled download ends, so that the scope can.
@@ -2003,7 +2094,54 @@ mod tests {
         });
         assert!(second.unwrap().is_some(), "the second unpacked it");
         assert!(stalled.is_err(), "the stalled download ended short: {stalled:?}");
-        assert!(store.layer_record(&diff_id).unwrap().made_by(&digest));
+        assert!(t.named());
+    }
+
+    /// A process following a download that only claims a layer's blob
+    /// (another tar, under the blob's digest: found out only at its end)
+    /// holds back one that has the blob stored and verified for
+    /// [`UNPACK_STALL`] at most, however steadily its bytes come.
+    #[test]
+    fn a_download_that_only_claims_the_blob_holds_back_one_that_has_it_briefly() {
+        use ces_testkit::{Entry, Layer};
+        let layer = Layer::new(vec![Entry::file("a", "the real layer")]);
+        let t = Turns::new(&layer, true);
+        // 20 MB that do not compress, 32 KiB every 10 ms: about 6 s, twice
+        // the longest a process that has the blob waits.
+        let bogus = Layer::new(vec![Entry::file("big", noise(20_000_000, 7))]).blob();
+        let (held_back, claimed_done) = std::thread::scope(|scope| {
+            let (claimed, _) = t.arriving(scope, &bogus, Some(32 << 10));
+            let started = std::time::Instant::now();
+            let own = t.from_stored();
+            let (held_back, claimed_done) = (started.elapsed(), claimed.is_finished());
+            assert!(own.unwrap().is_some(), "unpacked from its own blob");
+            assert!(claimed.join().unwrap().is_err(), "the claimed blob was not the blob");
+            (held_back, claimed_done)
+        });
+        assert!(!claimed_done, "named before the other's download ended (held back {held_back:?})");
+        assert!(t.named());
+        assert_eq!(fs::read(t.store.layers_dir().join(digest_hex(&t.diff_id)).join("a")).unwrap(), b"the real layer");
+    }
+
+    /// A process waiting for its turn to unpack a layer whose download
+    /// ends (the pull failed) stops waiting at once.
+    #[test]
+    fn a_download_that_ends_stops_the_wait_for_its_turn() {
+        use ces_testkit::{Entry, Layer};
+        // 12 MB that do not compress, 64 KiB every 10 ms: about 2 s.
+        let layer = Layer::new(vec![Entry::file("big", noise(12_000_000, 7))]);
+        let (t, blob) = (Turns::new(&layer, false), layer.blob());
+        let (waiter, holder_done) = std::thread::scope(|scope| {
+            let (holder, _) = t.arriving(scope, &blob, Some(64 << 10));
+            let (source, feed) = arriving(scope, t.dir.path(), &blob, None);
+            feed.end();
+            let waiter = t.following(scope, source).join().unwrap();
+            let holder_done = holder.is_finished();
+            assert!(holder.join().unwrap().unwrap().is_some(), "the first unpacked it");
+            (waiter, holder_done)
+        });
+        assert!(waiter.is_err(), "the ended download is an error: {waiter:?}");
+        assert!(!holder_done, "it stopped waiting before the other was done");
     }
 
     /// The hex digits of a `sha256:` diff_id.
