@@ -685,8 +685,14 @@ impl Store {
                 remove_tree(&doomed)?;
                 stats.layers += 1;
             }
-            for lock in [format!("layer-{hex}.lock"), format!("layer-{hex}.unpacking")] {
-                let _ = fs::remove_file(self.root.join("locks").join(lock));
+            let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
+        }
+        // No turn is held while the store is held exclusively: every turn's
+        // file goes (those of layers never named too).
+        let locks = self.root.join("locks");
+        for entry in fs::read_dir(&locks).map_err(io_err(&locks))?.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".unpacking") {
+                let _ = fs::remove_file(entry.path());
             }
         }
         Ok(stats)
@@ -1121,11 +1127,9 @@ impl Store {
                 turn
             }
         };
-        // Those waiting for their turn are told how far this one got.
-        let reporting = turn.as_ref().map(|turn| (turn.clone(), feed));
         let mut refund = None;
         let result = (|| {
-            let mut stream = self.layer_stream_from(&layer_digest, source, budget, reporting)?;
+            let mut stream = self.layer_stream_from(&layer_digest, source, budget)?;
             refund = Some(stream.refund());
             // Should this end early, the reader stops waiting for bytes (or
             // the stream, dropped after it, would wait for the download).
@@ -1145,10 +1149,19 @@ impl Store {
                 }
             };
             let unpacked = match &temp {
-                Some(temp) => Some(
-                    unpack::unpack_layer(&temp.0, &mut stream.hashing, options)
-                        .map_err(|e| stream.unpack_error(e, &temp.0))?,
-                ),
+                Some(temp) => {
+                    // Those waiting for this turn are told how far it got.
+                    let mut tar = Reporting {
+                        source: &mut stream.hashing,
+                        turn: turn.as_ref(),
+                        feed: feed.clone(),
+                        read: 0,
+                        told: None,
+                    };
+                    let unpacked = unpack::unpack_layer(&temp.0, &mut tar, options);
+                    tar.tell();
+                    Some(unpacked.map_err(|e| stream.unpack_error(e, &temp.0))?)
+                }
                 None => None,
             };
             let (actual, size) = stream.finish()?;
@@ -1247,10 +1260,11 @@ impl Store {
         let whole = || feed.is_none_or(crate::follow::Feed::is_complete);
         let mut progress_seen: Option<(Vec<u8>, std::time::Instant)> = None;
         let mut unverified_since = None;
+        let mut other_seen = false;
         loop {
             match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {
-                    let turn = UnpackTurn(std::sync::Arc::new(file));
+                    let turn = UnpackTurn(file);
                     turn.announce(digest, whole());
                     return Ok(Some(turn));
                 }
@@ -1263,9 +1277,13 @@ impl Store {
             let mut told = [0u8; TURN_TOLD];
             let read = std::os::unix::fs::FileExt::read_at(&file, &mut told, 0).unwrap_or(0);
             let (progress, verified, blob) = (&told[..8], told[8] == 1, &told[9..]);
-            if read < TURN_TOLD || blob != digest.hex().as_bytes() {
+            // Another blob, seen twice (a new turn may not have told its
+            // own yet; nor may a file just made, which the stall ends).
+            let other = read == TURN_TOLD && blob != digest.hex().as_bytes();
+            if other && std::mem::replace(&mut other_seen, true) {
                 return Ok(None);
             }
+            other_seen &= other;
             let now = std::time::Instant::now();
             match &progress_seen {
                 Some((before, since)) if before.as_slice() == progress => {
@@ -1292,29 +1310,21 @@ impl Store {
     /// other core.
     fn layer_stream(&self, layer_digest: &Digest, budget: Option<std::sync::Arc<AtomicU64>>) -> Result<LayerStream> {
         let blob = self.open_blob(layer_digest)?;
-        self.layer_stream_from(layer_digest, Box::new(blob), budget, None)
+        self.layer_stream_from(layer_digest, Box::new(blob), budget)
     }
 
-    /// [`Store::layer_stream`] of the blob's bytes read from `blob`; in an
-    /// [`UnpackTurn`], telling those waiting how far it is (and whether
-    /// the blob `feed` says is downloading is whole and verified yet).
+    /// [`Store::layer_stream`] of the blob's bytes read from `blob`.
     fn layer_stream_from(
         &self,
         layer_digest: &Digest,
         blob: Box<dyn Read + Send>,
         budget: Option<std::sync::Arc<AtomicU64>>,
-        reporting: Option<(UnpackTurn, Option<std::sync::Arc<crate::follow::Feed>>)>,
     ) -> Result<LayerStream> {
         let exceeded = std::sync::Arc::new(AtomicBool::new(false));
         let taken = std::sync::Arc::new(AtomicU64::new(0));
         let (flag, left, counted) = (exceeded.clone(), budget.clone(), taken.clone());
         let stream = ReadAhead::start(move || {
             let tar = unpack::decompress(io::BufReader::with_capacity(256 << 10, blob))?;
-            // Counted uncompressed: the work done, however well it compresses.
-            let tar = match reporting {
-                Some((turn, feed)) => Box::new(Reporting { source: tar, turn, feed, read: 0, told: 0 }),
-                None => tar,
-            };
             Ok(Box::new(Budgeted { inner: tar, left, taken: counted, exceeded: flag }) as Box<dyn Read>)
         })
         .map_err(|source| StoreError::LayerRead { layer: layer_digest.clone(), source })?;
@@ -1515,10 +1525,8 @@ const UNPACK_STALL: std::time::Duration = std::time::Duration::from_secs(3);
 const TURN_TOLD: usize = 8 + 1 + 64;
 
 /// A process's turn to unpack a layer ([`Store::unpack_turn`]): the locked
-/// file. The turn ends when every clone (the unpacking's [`Reporting`]) is
-/// dropped.
-#[derive(Clone)]
-struct UnpackTurn(std::sync::Arc<File>);
+/// file. The turn ends when it is dropped.
+struct UnpackTurn(File);
 
 impl UnpackTurn {
     /// Tells the blob unpacked, and that nothing is yet.
@@ -1527,35 +1535,54 @@ impl UnpackTurn {
         told.extend_from_slice(&0u64.to_le_bytes());
         told.push(u8::from(verified));
         told.extend_from_slice(digest.hex().as_bytes());
-        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &told, 0);
+        let _ = std::os::unix::fs::FileExt::write_at(&self.0, &told, 0);
     }
 
     fn tell(&self, unpacked: u64, verified: bool) {
         let mut told = [0u8; 9];
         told[..8].copy_from_slice(&unpacked.to_le_bytes());
         told[8] = u8::from(verified);
-        let _ = std::os::unix::fs::FileExt::write_at(&*self.0, &told, 0);
+        let _ = std::os::unix::fs::FileExt::write_at(&self.0, &told, 0);
     }
 }
 
-/// A layer's tar, unpacked in its [`UnpackTurn`]: every 256 KiB read, those
-/// waiting are told how far, and whether the blob (`feed`: downloading; none:
-/// stored) is whole and verified.
-struct Reporting<R> {
+/// A layer's tar as it is unpacked, in its [`UnpackTurn`] (if any): those
+/// waiting are told how much of it was unpacked every 256 KiB, and at once
+/// when the blob (`feed`: downloading; none: stored) becomes whole and
+/// verified.
+struct Reporting<'t, R> {
     source: R,
-    turn: UnpackTurn,
+    turn: Option<&'t UnpackTurn>,
     feed: Option<std::sync::Arc<crate::follow::Feed>>,
     read: u64,
-    told: u64,
+    /// What was last told: bytes, and whether verified.
+    told: Option<(u64, bool)>,
 }
 
-impl<R: Read> Read for Reporting<R> {
+impl<R> Reporting<'_, R> {
+    fn verified(&self) -> bool {
+        self.feed.as_ref().is_none_or(|feed| feed.is_complete())
+    }
+
+    /// Tells how far it got now.
+    fn tell(&mut self) {
+        if let Some(turn) = self.turn {
+            let verified = self.verified();
+            turn.tell(self.read, verified);
+            self.told = Some((self.read, verified));
+        }
+    }
+}
+
+impl<R: Read> Read for Reporting<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.source.read(buf)?;
         self.read += n as u64;
-        if self.read - self.told >= 256 << 10 {
-            self.turn.tell(self.read, self.feed.as_ref().is_none_or(|feed| feed.is_complete()));
-            self.told = self.read;
+        if self.turn.is_some() {
+            let (told, verified) = self.told.unwrap_or((0, false));
+            if n == 0 || self.read - told >= 256 << 10 || (!verified && self.verified()) {
+                self.tell();
+            }
         }
         Ok(n)
     }
@@ -2044,7 +2071,7 @@ mod tests {
         }
 
         /// The layer unpacked from its stored blob.
-        fn from_stored(&self) -> Result<Option<unpack::UnpackStats>> {
+        fn unpack_stored(&self) -> Result<Option<unpack::UnpackStats>> {
             let options = UnpackOptions::for_current_user();
             self.store.unpack_layer_ahead(&self.digest, &self.diff_id, &options, &self.store.layer_budget())
         }
@@ -2063,8 +2090,8 @@ mod tests {
         let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(4_000_000, 7))]);
         let (t, blob) = (Turns::new(&layer, true), layer.blob());
         let (first, second) = std::thread::scope(|scope| {
-            let (first, _) = t.arriving(scope, &blob, Some(64 << 10));
-            let second = t.from_stored();
+            let (first, _) = t.arriving(scope, &blob, Some(256 << 10));
+            let second = t.unpack_stored();
             (first.join().unwrap().unwrap(), second.unwrap())
         });
         assert!(first.is_some(), "the first unpacked it");
@@ -2075,22 +2102,32 @@ mod tests {
 
     /// A process whose download stalls in the middle of a layer holds back
     /// another that needs the layer only for [`UNPACK_STALL`]: that one then
-    /// unpacks it from its stored blob, and names it.
+    /// unpacks it, and names it. (The other's download has all the bytes
+    /// but is not said to be done: only the stall ends the wait.)
     #[test]
     fn a_layer_whose_unpacking_stalls_is_unpacked_by_another() {
         use ces_testkit::{Entry, Layer};
         let layer = Layer::new(vec![Entry::file("a", "first"), Entry::file("big", noise(1_000_000, 7))]);
-        let (t, blob) = (Turns::new(&layer, true), layer.blob());
+        let (t, blob) = (Turns::new(&layer, false), layer.blob());
         let (stalled, second) = std::thread::scope(|scope| {
             let (stalled, feed) = t.arriving(scope, &blob, None);
-            let (done, second) = std::sync::mpsc::channel();
-            let turns = &t;
-            scope.spawn(move || done.send(turns.from_stored()));
+            let path = t.dir.path().join("all-bytes");
+            fs::write(&path, &blob).unwrap();
+            let bytes_come = crate::follow::Feed::new();
+            let source = crate::follow::follow(File::open(&path).unwrap(), blob.len() as u64, bytes_come.clone());
+            let started = std::time::Instant::now();
+            let second = t.following(scope, source);
             // A bound on the wait, not a measure.
-            let second = second.recv_timeout(UNPACK_STALL * 5);
-            // The stalled download ends, so that the scope can.
+            while !second.is_finished() && started.elapsed() < UNPACK_STALL * 5 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let waited = started.elapsed();
+            // Both downloads end, so that the scope can.
             feed.end();
-            (stalled.join().unwrap(), second.expect("the second did not wait for the stalled first"))
+            bytes_come.end();
+            let second = second.join().unwrap();
+            assert!(waited >= UNPACK_STALL && waited < UNPACK_STALL * 5, "waited {waited:?}");
+            (stalled.join().unwrap(), second)
         });
         assert!(second.unwrap().is_some(), "the second unpacked it");
         assert!(stalled.is_err(), "the stalled download ended short: {stalled:?}");
@@ -2112,8 +2149,9 @@ mod tests {
         let (held_back, claimed_done) = std::thread::scope(|scope| {
             let (claimed, _) = t.arriving(scope, &bogus, Some(32 << 10));
             let started = std::time::Instant::now();
-            let own = t.from_stored();
+            let own = t.unpack_stored();
             let (held_back, claimed_done) = (started.elapsed(), claimed.is_finished());
+            assert!(held_back >= UNPACK_STALL, "it waited for the other: {held_back:?}");
             assert!(own.unwrap().is_some(), "unpacked from its own blob");
             assert!(claimed.join().unwrap().is_err(), "the claimed blob was not the blob");
             (held_back, claimed_done)
