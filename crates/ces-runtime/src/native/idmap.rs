@@ -155,10 +155,11 @@ pub(crate) fn waiting_child(flags: libc::c_int) -> io::Result<(libc::pid_t, Owne
         // reads EOF).
         unsafe {
             let keep = done_read.as_raw_fd() as libc::c_uint;
-            if keep > 0 {
-                libc::syscall(libc::SYS_close_range, 0 as libc::c_uint, keep - 1, 0 as libc::c_uint);
-            }
-            if libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint) != 0 {
+            let close_range = |first: libc::c_uint, last: libc::c_uint| {
+                libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) == 0
+            };
+            let below = keep == 0 || close_range(0, keep - 1);
+            if !(below && close_range(keep + 1, libc::c_uint::MAX)) {
                 // Before Linux 5.9: one by one, up to the descriptor limit.
                 let mut limit = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
                 libc::syscall(
@@ -169,7 +170,7 @@ pub(crate) fn waiting_child(flags: libc::c_int) -> io::Result<(libc::pid_t, Owne
                     &mut limit,
                 );
                 let last = limit.rlim_cur.min(1 << 20) as libc::c_int;
-                for fd in (keep as libc::c_int + 1)..last {
+                for fd in (0..last).filter(|fd| *fd != keep as libc::c_int) {
                     libc::close(fd);
                 }
             }
