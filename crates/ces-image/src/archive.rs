@@ -1143,6 +1143,29 @@ mod tests {
         temp_dirs(f).len()
     }
 
+    /// `image` loaded as `name`: its record.
+    fn loaded(f: &Fixture, image: &BuiltImage, name: &str) -> ImageRecord {
+        f.load(&f.oci_archive(image, name), None, amd64()).unwrap().images.remove(0)
+    }
+
+    /// The root filesystem of `record` begun, with `layers` as a pull tells
+    /// them, and what the store has of them linked.
+    fn begun(store: &Store, record: &ImageRecord, layers: &[(Digest, String)]) -> crate::store::RootfsAhead {
+        let mut ahead = store.assemble_ahead(&record.digest, layers).expect("begun");
+        store.link_ready(&mut ahead, &unpack::UnpackOptions::for_current_user());
+        ahead
+    }
+
+    /// What was begun, finished by the unpack.
+    fn finished(
+        store: &Store,
+        record: &ImageRecord,
+        ahead: crate::store::RootfsAhead,
+    ) -> std::result::Result<std::path::PathBuf, StoreError> {
+        let options = unpack::UnpackOptions::for_current_user();
+        store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).map(|unpacked| unpacked.path)
+    }
+
     /// A root filesystem begun while its image is pulled links the layers
     /// the store has, in order, up to the first it lacks; the unpack links
     /// the rest (a whiteout of the lower layer's file too), and names it.
@@ -1155,21 +1178,19 @@ mod tests {
             Layer::new(vec![Entry::file("top", "t"), Entry::whiteout("gone")]),
         ])
         .build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/ahead:1"), None, amd64()).unwrap().images.remove(0);
-        let options = unpack::UnpackOptions::for_current_user();
+        let record = loaded(&f, &image, "ghcr.io/ns/ahead:1");
         unpack_layer(&f, &image, 0);
-        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
-        f.store.link_ready(&mut ahead, &options);
+        let mut ahead = begun(&f.store, &record, &layers_of(&image));
         assert_eq!(ahead.linked(), 1, "the first layer linked, the second not unpacked yet");
         unpack_layer(&f, &image, 1);
-        f.store.link_ready(&mut ahead, &options);
+        f.store.link_ready(&mut ahead, &unpack::UnpackOptions::for_current_user());
         assert_eq!(ahead.linked(), 2);
         assert!(f.store.unpacked(&record.digest).is_none(), "named only by the unpack");
-        let [begun] = temp_dirs(&f).try_into().unwrap();
-        let begun = std::fs::metadata(begun).unwrap().ino();
-        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        let [tree] = temp_dirs(&f).try_into().unwrap();
+        let tree = std::fs::metadata(tree).unwrap().ino();
+        let rootfs = finished(&f.store, &record, ahead).unwrap();
         assert_eq!(rootfs, f.store.rootfs_path(&record.digest));
-        assert_eq!(std::fs::metadata(&rootfs).unwrap().ino(), begun, "what was begun is the root filesystem");
+        assert_eq!(std::fs::metadata(&rootfs).unwrap().ino(), tree, "what was begun is the root filesystem");
         assert_eq!(std::fs::read_to_string(rootfs.join("base")).unwrap(), "b");
         assert_eq!(std::fs::read_to_string(rootfs.join("top")).unwrap(), "t");
         assert!(!rootfs.join("gone").exists(), "the second layer's whiteout applied");
@@ -1192,13 +1213,11 @@ mod tests {
         assert_eq!(theirs.diff_ids, ours.diff_ids);
         assert_ne!(theirs.layer_digests, ours.layer_digests);
         f.load(&f.oci_archive(&theirs, "ghcr.io/ns/theirs:1"), None, amd64()).unwrap();
-        let record = f.load(&f.oci_archive(&ours, "ghcr.io/ns/ours:1"), None, amd64()).unwrap().images.remove(0);
+        let record = loaded(&f, &ours, "ghcr.io/ns/ours:1");
         unpack_layer(&f, &theirs, 0);
-        let options = unpack::UnpackOptions::for_current_user();
-        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&ours)).expect("begun");
-        f.store.link_ready(&mut ahead, &options);
+        let ahead = begun(&f.store, &record, &layers_of(&ours));
         assert_eq!(ahead.linked(), 0, "not linked on the config's word");
-        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        let rootfs = finished(&f.store, &record, ahead).unwrap();
         assert_eq!(std::fs::read_to_string(rootfs.join("secret")).unwrap(), "s", "its own blob made it");
     }
 
@@ -1213,15 +1232,12 @@ mod tests {
             Layer::new(vec![Entry::file("upper", "u")]),
         ])
         .build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/other:1"), None, amd64()).unwrap().images.remove(0);
+        let record = loaded(&f, &image, "ghcr.io/ns/other:1");
         unpack_layer(&f, &image, 0);
         unpack_layer(&f, &image, 1);
-        let options = unpack::UnpackOptions::for_current_user();
-        let told = layers_of(&image).split_off(1);
-        let mut ahead = f.store.assemble_ahead(&record.digest, &told).expect("begun");
-        f.store.link_ready(&mut ahead, &options);
+        let ahead = begun(&f.store, &record, &layers_of(&image)[1..]);
         assert_eq!(ahead.linked(), 1);
-        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        let rootfs = finished(&f.store, &record, ahead).unwrap();
         assert!(rootfs.join("lower").is_file() && rootfs.join("upper").is_file());
         assert_eq!(temp_entries(&f), 0, "nothing left in tmp/");
     }
@@ -1235,21 +1251,18 @@ mod tests {
         use std::os::unix::fs::MetadataExt as _;
         let f = Fixture::new();
         let image = ImageSpec::new(vec![Layer::new(vec![Entry::file("a", "a")])]).build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/one:1"), None, amd64()).unwrap().images.remove(0);
+        let record = loaded(&f, &image, "ghcr.io/ns/one:1");
         unpack_layer(&f, &image, 0);
-        let options = unpack::UnpackOptions::for_current_user();
-        let failed = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        let failed = begun(&f.store, &record, &layers_of(&image));
         drop(failed);
         assert_eq!(temp_entries(&f), 0, "what a failed pull began is removed");
-        let mut first = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
-        let mut second = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun too");
-        f.store.link_ready(&mut first, &options);
-        f.store.link_ready(&mut second, &options);
+        let first = begun(&f.store, &record, &layers_of(&image));
+        let second = begun(&f.store, &record, &layers_of(&image));
         assert_eq!((first.linked(), second.linked()), (1, 1));
-        let rootfs = f.store.unpack_assembled(&record.digest, second, &options, &mut |_, _| {}).unwrap().path;
+        let rootfs = finished(&f.store, &record, second).unwrap();
         let named = std::fs::metadata(&rootfs).unwrap().ino();
-        let again = f.store.unpack_assembled(&record.digest, first, &options, &mut |_, _| {}).unwrap();
-        assert_eq!((again.path, std::fs::metadata(&rootfs).unwrap().ino()), (rootfs.clone(), named), "named once");
+        let again = finished(&f.store, &record, first).unwrap();
+        assert_eq!((again, std::fs::metadata(&rootfs).unwrap().ino()), (rootfs.clone(), named), "named once");
         assert_eq!(std::fs::read_to_string(rootfs.join("a")).unwrap(), "a");
         assert_eq!(temp_entries(&f), 0, "the second dropped");
         assert!(f.store.assemble_ahead(&record.digest, &layers_of(&image)).is_none(), "unpacked already");
@@ -1268,17 +1281,15 @@ mod tests {
             Layer::new(vec![Entry::file("usr/bin/sh", "usr-version"), Entry::file("bin/sh", "bin-version")]),
         ])
         .build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/order:1"), None, amd64()).unwrap().images.remove(0);
-        let options = unpack::UnpackOptions::for_current_user();
-        let mut ahead = f.store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
+        let record = loaded(&f, &image, "ghcr.io/ns/order:1");
         unpack_layer(&f, &image, 1);
-        f.store.link_ready(&mut ahead, &options);
+        let mut ahead = begun(&f.store, &record, &layers_of(&image));
         assert_eq!(ahead.linked(), 0, "the second layer waits for the first");
         unpack_layer(&f, &image, 0);
-        f.store.link_ready(&mut ahead, &options);
+        f.store.link_ready(&mut ahead, &unpack::UnpackOptions::for_current_user());
         assert_eq!(ahead.linked(), 0, "the second layer could not be linked: nothing kept");
         assert_eq!(temp_entries(&f), 0, "what was linked is removed");
-        let rootfs = f.store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).unwrap().path;
+        let rootfs = finished(&f.store, &record, ahead).unwrap();
         assert_eq!(std::fs::read_to_string(rootfs.join("usr/bin/sh")).unwrap(), "bin-version", "the later wins");
     }
 
@@ -1290,16 +1301,14 @@ mod tests {
         let f = Fixture::new();
         let layer = Layer::new(vec![Entry::file("big", vec![1u8; 100_000])]);
         let image = ImageSpec::new(vec![layer.clone(), Layer::new(vec![Entry::file("x", "x")]), layer]).build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/size:1"), None, amd64()).unwrap().images.remove(0);
+        let record = loaded(&f, &image, "ghcr.io/ns/size:1");
         unpack_layer(&f, &image, 0);
         unpack_layer(&f, &image, 1);
         let store = f.store.clone().with_max_unpacked(Some(150_000));
-        let options = unpack::UnpackOptions::for_current_user();
-        let mut ahead = store.assemble_ahead(&record.digest, &layers_of(&image)).expect("begun");
-        store.link_ready(&mut ahead, &options);
+        let ahead = begun(&store, &record, &layers_of(&image));
         assert_eq!(ahead.linked(), 0, "stopped at the third layer, past the limit");
         assert_eq!(temp_entries(&f), 0);
-        let refused = store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {});
+        let refused = finished(&store, &record, ahead);
         assert!(matches!(refused, Err(StoreError::UnpackedTooLarge { .. })), "{refused:?}");
     }
 
@@ -1313,7 +1322,7 @@ mod tests {
             Layer::new(vec![Entry::hardlink("y", "x")]),
         ])
         .build();
-        let record = f.load(&f.oci_archive(&image, "ghcr.io/ns/links:1"), None, amd64()).unwrap().images.remove(0);
+        let record = loaded(&f, &image, "ghcr.io/ns/links:1");
         let options = unpack::UnpackOptions::for_current_user();
         let rootfs = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap().path;
         assert_eq!(std::fs::read_to_string(rootfs.join("y")).unwrap(), "data");

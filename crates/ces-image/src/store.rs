@@ -1258,7 +1258,7 @@ impl Store {
             .open(&path)
             .map_err(io_err(&path))?;
         let whole = || feed.is_none_or(crate::follow::Feed::is_complete);
-        let mut progress_seen: Option<(Vec<u8>, std::time::Instant)> = None;
+        let mut progress_seen: Option<(u64, std::time::Instant)> = None;
         let mut unverified_since = None;
         let mut other_seen = false;
         loop {
@@ -1276,7 +1276,9 @@ impl Store {
             }
             let mut told = [0u8; TURN_TOLD];
             let read = std::os::unix::fs::FileExt::read_at(&file, &mut told, 0).unwrap_or(0);
-            let (progress, verified, blob) = (&told[..8], told[8] == 1, &told[9..]);
+            let mut unpacked = [0u8; 8];
+            unpacked.copy_from_slice(&told[..8]);
+            let (progress, verified, blob) = (u64::from_le_bytes(unpacked), told[8] == 1, &told[9..]);
             // Another blob, seen twice (a new turn may not have told its
             // own yet; nor may a file just made, which the stall ends).
             let other = read == TURN_TOLD && blob != digest.hex().as_bytes();
@@ -1285,13 +1287,13 @@ impl Store {
             }
             other_seen &= other;
             let now = std::time::Instant::now();
-            match &progress_seen {
-                Some((before, since)) if before.as_slice() == progress => {
-                    if now.duration_since(*since) >= UNPACK_STALL {
+            match progress_seen {
+                Some((before, since)) if before == progress => {
+                    if now.duration_since(since) >= UNPACK_STALL {
                         return Ok(None);
                     }
                 }
-                _ => progress_seen = Some((progress.to_vec(), now)),
+                _ => progress_seen = Some((progress, now)),
             }
             if whole() && !verified {
                 if now.duration_since(*unverified_since.get_or_insert(now)) >= UNPACK_STALL {
@@ -1622,7 +1624,8 @@ pub struct RootfsAhead {
 
 impl RootfsAhead {
     /// How many layers are linked (none after a failure).
-    pub fn linked(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn linked(&self) -> usize {
         if self.temp.is_some() { self.linked } else { 0 }
     }
 }
@@ -2159,6 +2162,27 @@ mod tests {
         assert!(!claimed_done, "named before the other's download ended (held back {held_back:?})");
         assert!(t.named());
         assert_eq!(fs::read(t.store.layers_dir().join(digest_hex(&t.diff_id)).join("a")).unwrap(), b"the real layer");
+    }
+
+    /// `ces gc` removes the files of the layers' turns (no turn is held
+    /// while it holds the store), those of layers it keeps too.
+    #[test]
+    fn gc_removes_the_turn_files() {
+        use ces_testkit::{Entry, Layer};
+        let layer = Layer::new(vec![Entry::file("a", "a")]);
+        let t = Turns::new(&layer, true);
+        assert!(t.unpack_stored().unwrap().is_some());
+        let turns = || {
+            fs::read_dir(t.store.root().join("locks"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".unpacking"))
+                .count()
+        };
+        assert_eq!(turns(), 1, "the layer's turn file");
+        let lock = t.store.lock_exclusive().unwrap();
+        t.store.gc(&lock).unwrap();
+        assert_eq!(turns(), 0);
     }
 
     /// A process waiting for its turn to unpack a layer whose download

@@ -584,19 +584,28 @@ fn unpacked_layers(sb: &Sandbox) -> Vec<String> {
     names
 }
 
-#[test]
-fn without_layer_blobs_an_image_keeps_its_files_only_and_shared_layers_are_not_fetched_again() {
+/// Two images whose first layer (busybox) is one, each with a file of its
+/// own (`a`, `b`), pushed as `pull/NAME-a:1` and `pull/NAME-b:1`; a sandbox
+/// whose store keeps no layer blobs; and the two references.
+fn sharing_a_layer_without_blobs(
+    name: &str,
+) -> (Sandbox, ces_testkit::BuiltImage, ces_testkit::BuiltImage, String, String) {
     let reg = anon();
     let shared = Layer::new(busybox_entries());
     let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", "only in a")])]).build();
     let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", "only in b")])]).build();
-    reg.push(&a, "pull/noblobs-a", "1");
-    reg.push(&b, "pull/noblobs-b", "1");
+    reg.push(&a, &format!("pull/{name}-a"), "1");
+    reg.push(&b, &format!("pull/{name}-b"), "1");
     let sb = Sandbox::new(&[reg]);
     // The sandbox's config ends with its [storage] table.
     sb.configure("keep_layer_blobs = false");
-    let ref_a = format!("{}/pull/noblobs-a:1", reg.host());
-    let ref_b = format!("{}/pull/noblobs-b:1", reg.host());
+    let (ref_a, ref_b) = (format!("{}/pull/{name}-a:1", reg.host()), format!("{}/pull/{name}-b:1", reg.host()));
+    (sb, a, b, ref_a, ref_b)
+}
+
+#[test]
+fn without_layer_blobs_an_image_keeps_its_files_only_and_shared_layers_are_not_fetched_again() {
+    let (sb, a, b, ref_a, ref_b) = sharing_a_layer_without_blobs("noblobs");
 
     let pulled = sb.ces(&["pull", &ref_a]);
     pulled.ok();
@@ -637,22 +646,15 @@ fn without_layer_blobs_an_image_keeps_its_files_only_and_shared_layers_are_not_f
 fn a_rootless_store_without_layer_blobs_shares_layers_it_unpacked_as_they_arrived() {
     use std::os::unix::fs::MetadataExt;
     require_root("switches to an unprivileged uid");
-    let reg = anon();
-    let shared = Layer::new(busybox_entries());
-    let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", "only in a")])]).build();
-    let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", "only in b")])]).build();
-    reg.push(&a, "pull/rootless-noblobs-a", "1");
-    reg.push(&b, "pull/rootless-noblobs-b", "1");
-    let sb = Sandbox::new(&[reg]);
-    sb.configure("keep_layer_blobs = false");
+    let (sb, a, b, ref_a, ref_b) = sharing_a_layer_without_blobs("rootless-noblobs");
 
-    let pulled = pull_as_nobody(&sb, &format!("{}/pull/rootless-noblobs-a:1", reg.host()));
+    let pulled = pull_as_nobody(&sb, &ref_a);
     pulled.ok();
     assert!(a.layer_digests.iter().all(|l| !sb.has_blob(l)), "layer blobs dropped once unpacked");
     let file = sb.rootfs(&a.digest).join("a");
     assert_eq!(std::fs::read(&file).unwrap(), b"only in a");
     assert_eq!(std::fs::metadata(&file).unwrap().uid(), NOBODY, "the user's own files");
-    let pulled = pull_as_nobody(&sb, &format!("{}/pull/rootless-noblobs-b:1", reg.host()));
+    let pulled = pull_as_nobody(&sb, &ref_b);
     pulled.ok();
     assert!(pulled.stderr.contains("(1 new"), "the shared layer is not fetched again: {}", pulled.stderr);
     assert_eq!(std::fs::read(sb.rootfs(&b.digest).join("b")).unwrap(), b"only in b");

@@ -190,10 +190,9 @@ fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
     // Two layers: the second stalls half-way (for two minutes); the first,
     // stored, must be unpacked meanwhile, not after the last download, and
     // linked into the image's root filesystem, begun in tmp/.
-    let big: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     let image = ImageSpec::new(vec![
         Layer::new(vec![Entry::file("first", "here early")]),
-        Layer::new(vec![Entry::file("big", big)]),
+        Layer::new(vec![Entry::file("big", noise())]),
     ])
     .build();
     let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[1]));
