@@ -986,8 +986,14 @@ mod tests {
     impl Fixture {
         fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path().join("store")).unwrap();
+            // Assembled trees (see `layered` for images kept as their layers).
+            let store = Store::open(dir.path().join("store")).unwrap().with_layered(false);
             Fixture { dir, store }
+        }
+
+        fn layered() -> Fixture {
+            let f = Fixture::new();
+            Fixture { store: f.store.with_layered(true), ..f }
         }
 
         fn path(&self, name: &str) -> std::path::PathBuf {
@@ -1082,8 +1088,8 @@ mod tests {
         assert_eq!(record.index_digest, None);
         assert_eq!(f.store.images().unwrap(), outcome.images);
         let rootfs =
-            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().path;
-        assert!(rootfs.join("bin/busybox").is_file());
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().rootfs;
+        assert!(rootfs.resolve("bin/busybox").is_some_and(|(_, meta)| meta.is_file()));
     }
 
     /// Two images with a layer in common: it is unpacked once, and both
@@ -1103,7 +1109,7 @@ mod tests {
             let record = f.load(&f.oci_archive(image, name), None, amd64()).unwrap().images.remove(0);
             let mut started = Vec::new();
             let done = f.store.unpack(&record.digest, &options, &mut |i, _| started.push(i)).unwrap();
-            unpacked.push((record, done.path, started));
+            unpacked.push((record, done.rootfs.tree().expect("assembled").to_owned(), started));
         }
         let (rootfs_a, rootfs_b) = (&unpacked[0].1, &unpacked[1].1);
         let ino = |p: &Path| std::fs::symlink_metadata(p).unwrap().ino();
@@ -1121,6 +1127,77 @@ mod tests {
         assert_eq!((stats.rootfs, stats.layers), (1, 1));
         assert_eq!(layers(&f), 4);
         assert_eq!(std::fs::read_to_string(rootfs_b.join("etc/base")).unwrap(), "shared");
+    }
+
+    /// Images whose layers can be an overlay's lower layers are kept as
+    /// them: no tree is assembled, two images share their common layer's
+    /// directory, a whiteout is overlay's own (the merged view hides what it
+    /// hides), and gc frees what only a removed image used.
+    #[test]
+    fn images_kept_as_their_layers_share_them() {
+        use crate::rootfs::Rootfs;
+        let f = Fixture::layered();
+        let base = Layer::new(vec![Entry::dir("etc"), Entry::file("etc/base", "shared"), Entry::file("gone", "g")]);
+        let a = ImageSpec::new(vec![base.clone(), Layer::new(vec![Entry::file("a", "a"), Entry::whiteout("gone")])])
+            .build();
+        let b = ImageSpec::new(vec![base, Layer::new(vec![Entry::file("b", "b")])]).build();
+        let options = unpack::UnpackOptions::for_current_user();
+        let mut kept = Vec::new();
+        for (image, name) in [(&a, "ghcr.io/ns/a:1"), (&b, "ghcr.io/ns/b:1")] {
+            let record = loaded(&f, image, name);
+            let done = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap();
+            assert_eq!(Some(&done.rootfs), f.store.unpacked(&record.digest).as_ref());
+            let Rootfs::Layers(layers) = &done.rootfs else { panic!("assembled: {:?}", done.rootfs) };
+            let expected: Vec<_> = image
+                .diff_ids
+                .iter()
+                .map(|d| f.store.root().join("layers").join(d.strip_prefix("sha256:").unwrap()))
+                .collect();
+            assert_eq!(layers.dirs, expected, "the image's layers, bottom first");
+            assert!(!f.store.rootfs_path(&record.digest).exists(), "no tree");
+            kept.push((record, done.rootfs));
+        }
+        let (rootfs_a, rootfs_b) = (&kept[0].1, &kept[1].1);
+        let read = |r: &Rootfs, p: &str| r.read_to_string(p, 100);
+        assert_eq!(read(rootfs_a, "etc/base").as_deref(), Some("shared"));
+        assert_eq!(read(rootfs_b, "etc/base").as_deref(), Some("shared"));
+        assert_eq!((read(rootfs_a, "gone"), read(rootfs_b, "gone").as_deref()), (None, Some("g")));
+        assert_eq!((read(rootfs_a, "a").as_deref(), read(rootfs_a, "b")), (Some("a"), None));
+        let layers = |f: &Fixture| std::fs::read_dir(f.store.root().join("layers")).unwrap().count();
+        assert_eq!(layers(&f), 6, "three layers, each a directory and a record");
+
+        let lock = f.store.lock_exclusive().unwrap();
+        f.store.remove_ref(&kept[0].0.reference, &lock).unwrap();
+        let stats = f.store.gc(&lock).unwrap();
+        assert_eq!((stats.rootfs, stats.layers), (1, 1));
+        assert_eq!(layers(&f), 4);
+        assert!(f.store.unpacked(&kept[0].0.digest).is_none());
+        assert_eq!(read(rootfs_b, "etc/base").as_deref(), Some("shared"));
+        drop(lock);
+
+        // A runtime that cannot mount layers gets a tree, made from them.
+        let tree = f.store.tree(&kept[1].0.digest, &options, &mut |_, _| {}).unwrap();
+        assert_eq!(std::fs::read_to_string(tree.join("b")).unwrap(), "b");
+        assert_eq!(f.store.unpacked(&kept[1].0.digest), Some(Rootfs::Tree(tree)));
+    }
+
+    /// An image with a layer that only implies a directory (`x/y` without
+    /// `x/`) is assembled: an overlay would show the layer's own `x`, where
+    /// applying it keeps the lower layer's.
+    #[test]
+    fn an_image_whose_layer_implies_a_directory_is_assembled() {
+        let f = Fixture::layered();
+        let image = ImageSpec::new(vec![
+            Layer::new(vec![Entry::Dir { path: "x".into(), mode: 0o700 }]),
+            Layer::new(vec![Entry::file("x/y", "y")]),
+        ])
+        .build();
+        let record = loaded(&f, &image, "ghcr.io/ns/implied:1");
+        let options = unpack::UnpackOptions::for_current_user();
+        let rootfs = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap().rootfs;
+        let tree = rootfs.tree().expect("assembled");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(tree.join("x")).unwrap().permissions().mode() & 0o777, 0o700);
     }
 
     /// An image's layers as a pull tells them: blob and diff_id, in order.
@@ -1163,7 +1240,9 @@ mod tests {
         ahead: crate::store::RootfsAhead,
     ) -> std::result::Result<std::path::PathBuf, StoreError> {
         let options = unpack::UnpackOptions::for_current_user();
-        store.unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {}).map(|unpacked| unpacked.path)
+        store
+            .unpack_assembled(&record.digest, ahead, &options, &mut |_, _| {})
+            .map(|unpacked| unpacked.rootfs.tree().expect("assembled").to_owned())
     }
 
     /// A root filesystem begun while its image is pulled links the layers
@@ -1324,7 +1403,8 @@ mod tests {
         .build();
         let record = loaded(&f, &image, "ghcr.io/ns/links:1");
         let options = unpack::UnpackOptions::for_current_user();
-        let rootfs = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap().path;
+        let unpacked = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap();
+        let rootfs = unpacked.rootfs.tree().expect("a hard link across layers: assembled");
         assert_eq!(std::fs::read_to_string(rootfs.join("y")).unwrap(), "data");
         assert_eq!(std::fs::read_to_string(rootfs.join("x")).unwrap(), "data");
     }
@@ -1436,8 +1516,8 @@ mod tests {
         assert_eq!(layers, image.diff_ids);
         assert_eq!(manifest.layers()[0].media_type().to_string(), "application/vnd.oci.image.layer.v1.tar");
         let rootfs =
-            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().path;
-        assert!(rootfs.join("bin/busybox").is_file());
+            f.store.unpack(&record.digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {}).unwrap().rootfs;
+        assert!(rootfs.resolve("bin/busybox").is_some_and(|(_, meta)| meta.is_file()));
         // The legacy per-layer metadata is not stored.
         assert!(outcome.blobs == 2, "{outcome:?}");
     }

@@ -15,6 +15,7 @@ pub mod provenance;
 pub mod quote;
 mod read_ahead;
 pub mod reference;
+pub mod rootfs;
 pub mod store;
 pub mod tar_limits;
 pub mod unpack;

@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! <root>/oci/            OCI image layout (oci-layout, index.json, blobs/sha256/<hex>)
-//! <root>/rootfs/<hex>/   the unpacked rootfs of manifest sha256:<hex>
+//! <root>/rootfs/<hex>/   the unpacked rootfs of manifest sha256:<hex>, assembled
+//! <root>/layered/<hex>    or, instead, the diff_ids of its layers (a JSON list),
+//!                        each in layers/, to be mounted as an overlay's lowers
+//! <root>/layers/<hex>/   a layer unpacked alone (keyed by diff_id), its record
+//!                        in layers/<hex>.json
 //! <root>/tmp/            downloads and unpacks in progress
 //! <root>/lock            shared by writers (pull, load), exclusive for rmi/gc
 //! <root>/locks/          index.json, per-rootfs and per-layer locks (a layer's
@@ -34,6 +38,7 @@ use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest};
 use crate::provenance::Provenance;
 use crate::read_ahead::ReadAhead;
 use crate::reference::ImageReference;
+use crate::rootfs::{Layers, Rootfs};
 use crate::unpack::{self, UnpackError, UnpackOptions};
 
 /// The annotation that names an image in `index.json` (read by skopeo and umoci).
@@ -243,7 +248,16 @@ pub struct Store {
     /// Whether a layer's compressed blob is kept once the layer is unpacked
     /// ([`Store::with_layer_blobs`]).
     keep_layer_blobs: bool,
+    /// Whether an image whose layers can be an overlay's lower layers is
+    /// kept as them, without an assembled tree ([`Store::with_layered`]).
+    layered: bool,
 }
+
+/// The longest `lowerdir` option (the layers' paths and their separators)
+/// of an image kept as its layers: the mount options of overlayfs, upper
+/// and work directories and flags included, must fit in one page (4096
+/// bytes). An image whose layers' paths take more gets an assembled tree.
+pub const MAX_LOWERDIR_BYTES: usize = 3072;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -266,9 +280,18 @@ impl Store {
         Store { keep_layer_blobs: keep, ..self }
     }
 
+    /// The same store, keeping an image as its layers (the default) or
+    /// always assembling its root filesystem (`[storage] layered_rootfs`).
+    /// Kept as its layers, an image takes no more room than they do: runs
+    /// mount them as the lower layers of an overlay. An image whose layers
+    /// cannot be (see [`Rootfs`]) gets an assembled tree either way.
+    pub fn with_layered(self, layered: bool) -> Store {
+        Store { layered, ..self }
+    }
+
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true };
+        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true, layered: true };
         // The blobs' directory is the layout's, made with it.
         for dir in std::iter::once(store.blobs_dir()).chain(store.private_dirs()) {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -295,10 +318,11 @@ impl Store {
 
     /// The store's directories only its owner may list: the OCI layout, the
     /// root filesystems, the merged-image marks, the layers, temp and locks.
-    fn private_dirs(&self) -> [PathBuf; 6] {
+    fn private_dirs(&self) -> [PathBuf; 7] {
         [
             self.layout_dir(),
             self.root.join("rootfs"),
+            self.layered_dir(),
             self.merged_dir(),
             self.layers_dir(),
             self.tmp_dir(),
@@ -660,6 +684,14 @@ impl Store {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
+        let layered = self.layered_dir();
+        for entry in fs::read_dir(&layered).map_err(io_err(&layered))? {
+            let entry = entry.map_err(io_err(&layered))?;
+            if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                stats.rootfs += 1;
+            }
+        }
         let layers = self.layers_dir();
         let mut dead = std::collections::BTreeSet::new();
         for entry in fs::read_dir(&layers).map_err(io_err(&layers))? {
@@ -702,6 +734,11 @@ impl Store {
     /// uncompressed tar (the config's `diff_id`).
     fn layers_dir(&self) -> PathBuf {
         self.root.join("layers")
+    }
+
+    /// Where images kept as their layers list them (`layered/<hex>`).
+    fn layered_dir(&self) -> PathBuf {
+        self.root.join("layered")
     }
 
     /// Where images unpacked the old way are marked (`merged/<hex>`, empty
@@ -752,10 +789,49 @@ impl Store {
         self.root.join("rootfs").join(digest.hex())
     }
 
-    /// The cached rootfs of manifest `digest`, if it has been unpacked.
-    pub fn unpacked(&self, digest: &Digest) -> Option<PathBuf> {
+    /// The root filesystem of manifest `digest`, if it has been unpacked:
+    /// its assembled tree, or its layers.
+    pub fn unpacked(&self, digest: &Digest) -> Option<Rootfs> {
         let path = self.rootfs_path(digest);
-        path.is_dir().then_some(path)
+        if path.is_dir() {
+            return Some(Rootfs::Tree(path));
+        }
+        self.layered(digest).map(Rootfs::Layers)
+    }
+
+    /// The layers of manifest `digest`, when it is kept as them and every
+    /// one is in the store.
+    fn layered(&self, digest: &Digest) -> Option<Layers> {
+        let json = fs::read(self.layered_dir().join(digest.hex())).ok()?;
+        let diff_ids: Vec<String> = serde_json::from_slice(&json).ok()?;
+        let mut layers = Layers { dirs: Vec::with_capacity(diff_ids.len()), trusted: true };
+        for diff_id in &diff_ids {
+            let record = self.layer_record(diff_id).filter(LayerRecord::overlay)?;
+            layers.trusted &= record.trusted;
+            layers.dirs.push(self.layers_dir().join(&record.hex));
+        }
+        Some(layers).filter(|layers| !layers.dirs.is_empty())
+    }
+
+    /// Whether the layers of `records` can be kept as the image: each can
+    /// be an overlay's lower layer, and their paths fit in the mount options.
+    fn can_layer(&self, records: &[&LayerRecord]) -> bool {
+        let lowerdir: usize = records.iter().map(|r| self.layers_dir().join(&r.hex).as_os_str().len() + 1).sum();
+        self.layered && !records.is_empty() && records.iter().all(|r| r.overlay()) && lowerdir <= MAX_LOWERDIR_BYTES
+    }
+
+    /// The assembled tree of manifest `digest`, for a runtime that cannot
+    /// mount layers (rootless podman): made from the layers now when the
+    /// image is kept as them, as [`Store::unpack`] would make it.
+    pub fn tree(
+        &self,
+        digest: &Digest,
+        options: &UnpackOptions,
+        on_layer: &mut dyn FnMut(usize, usize),
+    ) -> Result<PathBuf> {
+        let tree = self.clone().with_layered(false);
+        tree.unpack_image(digest, options, on_layer, None).map_err(|e| self.blob_dropped(e))?;
+        Ok(self.rootfs_path(digest))
     }
 
     /// Unpacks the image's root filesystem into the rootfs cache (once: a
@@ -829,6 +905,11 @@ impl Store {
     pub fn link_ready(&self, ahead: &mut RootfsAhead, options: &UnpackOptions) {
         while let (Some(temp), Some((blob, diff_id))) = (&ahead.temp, ahead.layers.get(ahead.linked)) {
             let Some(record) = self.layer_record(diff_id).filter(|record| record.made_by(blob)) else { return };
+            if self.can_layer(&[&record]) {
+                // The image is likely kept as its layers: no tree to begin.
+                ahead.temp = None;
+                return;
+            }
             ahead.size = ahead.size.saturating_add(record.size);
             if self.max_unpacked.is_some_and(|limit| ahead.size > limit) {
                 ahead.temp = None;
@@ -879,14 +960,16 @@ impl Store {
         ahead: Option<RootfsAhead>,
     ) -> Result<Unpacked> {
         let dest = self.rootfs_path(digest);
-        if dest.is_dir() {
-            return Ok(Unpacked { path: dest, layers: Vec::new() });
+        // An image kept as its layers counts, unless a tree is asked for.
+        let done = || self.unpacked(digest).filter(|r| self.layered || matches!(r, Rootfs::Tree(_)));
+        if let Some(rootfs) = done() {
+            return Ok(Unpacked { rootfs, layers: Vec::new() });
         }
         // What was linked ahead, if anything.
         let begun = ahead.and_then(|RootfsAhead { temp, linked, layers, .. }| Some((temp?, linked, layers)));
         let _guard = self.flock(&self.rootfs_lock_path(digest), FlockOperation::LockExclusive)?;
-        if dest.is_dir() {
-            return Ok(Unpacked { path: dest, layers: Vec::new() });
+        if let Some(rootfs) = done() {
+            return Ok(Unpacked { rootfs, layers: Vec::new() });
         }
         let manifest = self.manifest(digest)?;
         let config = self.config(&manifest)?;
@@ -908,6 +991,24 @@ impl Store {
             return Err(StoreError::UnpackedTooLarge { limit });
         }
         let blobs = manifest.layers().iter().map(manifest::descriptor_digest).collect::<Result<Vec<_>, _>>()?;
+        if self.can_layer(&layers.iter().map(|(record, _)| record).collect::<Vec<_>>()) {
+            // Kept as its layers: the list names the image, as a renamed
+            // tree would.
+            drop(begun);
+            let list = layers.iter().map(|(record, _)| format!("sha256:{}", record.hex)).collect::<Vec<_>>();
+            let path = self.layered_dir().join(digest.hex());
+            let json = serde_json::to_vec(&list).map_err(|e| io_err(&path)(io::Error::other(e)))?;
+            write_atomic(self, &path, &json)?;
+            if !self.keep_layer_blobs {
+                self.drop_layer_blobs(&manifest);
+            }
+            let rootfs = self.unpacked(digest).ok_or_else(|| StoreError::Io {
+                path: path.clone(),
+                source: io::Error::other("a layer of the image went as it was named"),
+            })?;
+            let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
+            return Ok(Unpacked { rootfs, layers: stats });
+        }
         // What was linked ahead is kept if it was this image's layers, as
         // its manifest and config name them, in order.
         let named: Vec<(Digest, String)> = blobs.iter().cloned().zip(diff_ids.iter().cloned()).collect();
@@ -943,7 +1044,7 @@ impl Store {
             self.drop_layer_blobs(&manifest);
         }
         let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
-        Ok(Unpacked { path: dest, layers: stats })
+        Ok(Unpacked { rootfs: Rootfs::Tree(dest), layers: stats })
     }
 
     /// Each layer of the image unpacked alone (those the store has are
@@ -1213,6 +1314,8 @@ impl Store {
             implicit: unpacked.implicit_dirs,
             dir_modes: unpacked.dir_modes,
             blobs: vec![layer_digest.to_string()],
+            overlay: unpacked.overlay,
+            trusted: unpacked.trusted,
         };
         let dir = self.layers_dir().join(hex);
         let named = (|| {
@@ -1387,7 +1490,7 @@ impl Store {
             return Err(e);
         }
         fs::rename(&temp, &dest).map_err(io_err(&dest))?;
-        Ok(Unpacked { path: dest, layers: stats })
+        Ok(Unpacked { rootfs: Rootfs::Tree(dest), layers: stats })
     }
 }
 
@@ -1418,9 +1521,26 @@ struct LayerRecord {
     /// layer: only an image with one of them reuses it.
     #[serde(default)]
     blobs: Vec<String>,
+    /// Whether its whiteouts and opaque directories are overlayfs' own
+    /// ([`unpack::LayerDir::overlay`]; layers unpacked before ces kept
+    /// images as layers have `.wh.` files).
+    #[serde(default)]
+    overlay: bool,
+    /// Whether its opaque directories carry `trusted.overlay.opaque` too.
+    #[serde(default)]
+    trusted: bool,
 }
 
 impl LayerRecord {
+    /// Whether the layer can be an overlay's lower layer as it is on disk:
+    /// in overlay's format, with no directory it only implies (an overlay
+    /// would show that directory as the layer made it, where applying the
+    /// layer keeps a lower layer's, or makes none), none whose mode it
+    /// keeps off disk.
+    fn overlay(&self) -> bool {
+        self.overlay && self.implicit.is_empty() && self.dir_modes.is_empty()
+    }
+
     /// Whether the blob `digest` was shown to make this layer.
     fn made_by(&self, digest: &Digest) -> bool {
         let digest = digest.to_string();
@@ -1633,8 +1753,8 @@ impl RootfsAhead {
 /// What [`Store::unpack`] made.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
-    /// The cached root filesystem.
-    pub path: PathBuf,
+    /// The image's root filesystem: an assembled tree, or its layers.
+    pub rootfs: Rootfs,
     /// What each layer's unpacking did, in order (none when the cached
     /// root filesystem was already there).
     pub layers: Vec<unpack::UnpackStats>,

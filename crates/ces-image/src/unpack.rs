@@ -327,11 +327,27 @@ pub struct LayerDir {
     /// their owner, for [`link_layer`] to read; it gives the root filesystem
     /// these modes.
     pub dir_modes: Vec<(Vec<u8>, u32)>,
+    /// Whether every whiteout and opaque marker is in overlayfs' own format
+    /// (see [`unpack_layer`]), so that the directory can be an overlay's
+    /// lower layer.
+    pub overlay: bool,
+    /// Whether its opaque directories carry [`TRUSTED_OPAQUE`] too (written
+    /// by root), for an overlay root mounts without `userxattr`.
+    pub trusted: bool,
 }
 
 /// Unpacks one layer alone into the empty directory `dir` (see the module's
 /// "Layers shared between images"). A hard link to a file of a lower layer
 /// cannot be made there: it fails with [`UnpackError::Link`].
+///
+/// Whiteouts and opaque markers end in overlayfs' own format where they
+/// can ([`LayerDir::overlay`]): a whiteout as a character device 0/0 of the
+/// name it hides (any user may make one since Linux 5.8), an opaque
+/// directory (and a directory the layer whited out and made anew) with the
+/// [`USER_OPAQUE`] attribute, and as root [`TRUSTED_OPAQUE`] too. What
+/// cannot be (the file system refuses, an opaque layer root, a whiteout of
+/// a directory the layer only implies) stays a `.wh.` file; [`link_layer`]
+/// reads both.
 pub fn unpack_layer(dir: &Path, layer: impl Read, options: &UnpackOptions) -> Result<LayerDir, UnpackError> {
     apply_stream(dir, layer, options, true)
 }
@@ -352,7 +368,7 @@ fn user_xattrs(path: &Path) -> Vec<Xattr> {
         }
     }
     let mut xattrs = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| n.starts_with(b"user.")) {
+    for name in names.split(|b| *b == 0).filter(|n| n.starts_with(b"user.") && !n.starts_with(OVERLAY_XATTR_PREFIX)) {
         let Ok(c_name) = std::ffi::CString::new(name) else { continue };
         let mut value = vec![0u8; 64 << 10];
         if let Ok(len) = rustix::fs::lgetxattr(path, c_name.as_c_str(), &mut value) {
@@ -390,12 +406,41 @@ fn apply_stream(
     let restored = applier.restore_locked_dirs();
     result?;
     restored?;
+    // Before the directories get their times: converting changes them.
+    let (overlay, trusted) = if layer_mode { applier.overlay_format(root)? } else { (false, false) };
     applier.finish_directories()?;
     Ok(LayerDir {
         stats: applier.stats,
         implicit_dirs: std::mem::take(&mut applier.implicit).into_iter().collect(),
         dir_modes: applier.dir_modes,
+        overlay,
+        trusted,
     })
+}
+
+/// The attribute overlayfs mounted with `userxattr` (as rootless runs mount
+/// it) reads on an opaque directory.
+pub const USER_OPAQUE: &str = "user.overlay.opaque";
+/// The attribute overlayfs mounted by root (without `userxattr`) reads on
+/// an opaque directory.
+pub const TRUSTED_OPAQUE: &str = "trusted.overlay.opaque";
+/// Extended attributes a layer may not set: overlayfs' own, read from
+/// lower layers mounted with `userxattr`.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"user.overlay.";
+
+/// Whether `path` (a directory, not followed) is opaque to overlayfs.
+fn is_opaque(path: &Path) -> bool {
+    let mut value = [0u8; 2];
+    [USER_OPAQUE, TRUSTED_OPAQUE]
+        .into_iter()
+        .any(|name| rustix::fs::lgetxattr(path, name, &mut value).is_ok_and(|len| &value[..len] == b"y"))
+}
+
+/// Whether `entry` (of a layer's directory) is an overlay whiteout: a
+/// character device 0/0.
+fn is_whiteout(entry: &std::fs::DirEntry) -> bool {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+    entry.file_type().is_ok_and(|t| t.is_char_device()) && entry.metadata().is_ok_and(|m| m.rdev() == 0)
 }
 
 /// Applies the layer that [`unpack_layer`] unpacked into `layer` (and
@@ -685,17 +730,24 @@ impl<'o> Applier<'o> {
         let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(dir) = pending.pop() {
             let on_disk = layer.join(OsStr::from_bytes(&dir));
+            if !dir.is_empty() && is_opaque(&on_disk) {
+                // As its marker would: before anything the layer puts there.
+                let shown = PathBuf::from(OsStr::from_bytes(&dir));
+                let components: Vec<&[u8]> = dir.split(|b| *b == b'/').collect();
+                self.whiteout(&shown, &components, OPAQUE_MARKER)?;
+            }
             let mut entries = std::fs::read_dir(&on_disk)
                 .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
                 .map_err(|e| io_error(&on_disk)(e))?;
             // The tar's order is gone: whiteouts and opaque markers first, as
             // in a tar sorted by name (`.wh.` sorts before the names it
             // hides), then the rest by name.
-            entries.sort_by_key(|e| {
+            let mut entries: Vec<_> = entries.drain(..).map(|e| (is_whiteout(&e), e)).collect();
+            entries.sort_by_key(|(whiteout, e)| {
                 let name = e.file_name().as_bytes().to_vec();
-                (!name.starts_with(WHITEOUT_PREFIX), name)
+                (!(*whiteout || name.starts_with(WHITEOUT_PREFIX)), name)
             });
-            for entry in entries {
+            for (whiteout, entry) in entries {
                 let name = entry.file_name().as_bytes().to_vec();
                 let mut path = dir.clone();
                 if !path.is_empty() {
@@ -706,6 +758,10 @@ impl<'o> Applier<'o> {
                 self.current.clone_from(&shown);
                 let components: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
                 let Some((_, parent)) = components.split_last() else { continue };
+                if whiteout {
+                    self.whiteout(&shown, parent, &[WHITEOUT_PREFIX, &name].concat())?;
+                    continue;
+                }
                 if name.starts_with(AUFS_META_PREFIX) && name != OPAQUE_MARKER {
                     tracing::debug!(entry = %quote_path(&shown), "ignoring aufs metadata");
                     continue;
@@ -1008,7 +1064,10 @@ impl<'o> Applier<'o> {
         for record in records {
             let Ok(record) = record else { break };
             let Some(name) = record.key_bytes().strip_prefix(PAX_XATTR) else { continue };
-            if name.starts_with(KEPT_XATTR_NAMESPACE) && matches!(kind, Kind::Regular | Kind::Directory) {
+            if name.starts_with(KEPT_XATTR_NAMESPACE)
+                && !name.starts_with(OVERLAY_XATTR_PREFIX)
+                && matches!(kind, Kind::Regular | Kind::Directory)
+            {
                 kept.push((name.to_vec(), record.value_bytes().to_vec()));
             } else {
                 self.dropped_xattr(name);
@@ -1255,6 +1314,77 @@ impl<'o> Applier<'o> {
     }
 
     /// Gives the directories [`Applier::unlock`] changed their modes back.
+    /// [`unpack_layer`]: turns the layer's `.wh.` files into overlayfs'
+    /// whiteouts and opaque directories, where it can. Returns whether every
+    /// one was, and whether opaque directories carry [`TRUSTED_OPAQUE`] too.
+    /// Paths are the layer's own real directories (only those are entered),
+    /// so nothing is followed.
+    fn overlay_format(&mut self, layer: &Path) -> Result<(bool, bool), UnpackError> {
+        let root = self.euid == 0;
+        let (mut complete, mut trusted) = (true, true);
+        let opaque = |dir: &Path, trusted: &mut bool| -> bool {
+            let set = |name: &str| rustix::fs::lsetxattr(dir, name, b"y", rustix::fs::XattrFlags::empty());
+            if set(USER_OPAQUE).is_err() {
+                return false;
+            }
+            if !root || set(TRUSTED_OPAQUE).is_err() {
+                *trusted = false;
+            }
+            true
+        };
+        let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(dir) = pending.pop() {
+            let on_disk = layer.join(OsStr::from_bytes(&dir));
+            let mut markers = Vec::new();
+            for entry in std::fs::read_dir(&on_disk).map_err(io_error(&on_disk))? {
+                let entry = entry.map_err(io_error(&on_disk))?;
+                let kind = entry.file_type().map_err(io_error(&entry.path()))?;
+                let name = entry.file_name().as_bytes().to_vec();
+                if kind.is_dir() {
+                    pending.push(if dir.is_empty() { name } else { [dir.as_slice(), b"/", &name].concat() });
+                } else if kind.is_file() && name.starts_with(WHITEOUT_PREFIX) {
+                    markers.push(name);
+                }
+            }
+            for marker in markers {
+                let marker_path = on_disk.join(OsStr::from_bytes(&marker));
+                let victim = &marker[WHITEOUT_PREFIX.len()..];
+                let converted = if marker == OPAQUE_MARKER {
+                    // An opaque root hides nothing in an overlay.
+                    !dir.is_empty() && opaque(&on_disk, &mut trusted)
+                } else if marker.starts_with(AUFS_META_PREFIX) {
+                    true
+                } else if matches!(victim, b"" | b"." | b"..") {
+                    false
+                } else {
+                    let target = on_disk.join(OsStr::from_bytes(victim));
+                    let path = if dir.is_empty() { victim.to_vec() } else { [dir.as_slice(), b"/", victim].concat() };
+                    match rustix::fs::lstat(&target) {
+                        // Whited out, then made anew: nothing below shows.
+                        Ok(stat) if is_dir(&stat) => !self.implicit.contains(&path) && opaque(&target, &mut trusted),
+                        // Whited out, then replaced: it hides what was below.
+                        Ok(_) => true,
+                        Err(Errno::NOENT) => rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &target,
+                            FileType::CharacterDevice,
+                            Mode::empty(),
+                            rustix::fs::makedev(0, 0),
+                        )
+                        .is_ok(),
+                        Err(e) => return Err(io_error(&target)(e)),
+                    }
+                };
+                if converted {
+                    rustix::fs::unlink(&marker_path).map_err(io_error(&marker_path))?;
+                } else {
+                    complete = false;
+                }
+            }
+        }
+        Ok((complete, trusted))
+    }
+
     fn restore_locked_dirs(&mut self) -> Result<(), UnpackError> {
         let mut first_error = None;
         for (_, (fd, mode, entry)) in self.locked_dirs.drain() {

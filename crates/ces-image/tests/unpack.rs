@@ -22,6 +22,8 @@
 /// [`unpack_layer`]: ces_image::unpack::unpack_layer
 /// [`link_layer`]: ces_image::unpack::link_layer
 const LAYERED: bool = false;
+/// See `unpack_overlay.rs`.
+const OVERLAY: bool = false;
 
 #[path = "unpack/cases.rs"]
 mod cases;

@@ -10,6 +10,8 @@
 
 /// See `unpack.rs`.
 const LAYERED: bool = true;
+/// See `unpack_overlay.rs`.
+const OVERLAY: bool = false;
 
 #[path = "unpack/cases.rs"]
 mod cases;

@@ -17,6 +17,8 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ces_image::rootfs::Rootfs;
+
 use crate::spec::{
     Access, ContainerUser, EnvVar, Identity, ImageSpec, Limits, MountKind, MountSpec, ProcessSpec, RunSpec,
 };
@@ -315,9 +317,11 @@ pub struct ResolvedUser {
 /// against the image's own `/etc/passwd` and `/etc/group`, read inside
 /// `rootfs` (symbolic links resolved within it, never on the host). Empty:
 /// root. A uid alone gets its passwd entry's gid, or 0 without one (docker's rule).
-pub fn resolve_user(spec: Option<&str>, rootfs: &Path) -> Result<ResolvedUser, PlanError> {
-    let passwd = read_in_root(rootfs, "etc/passwd");
-    let group = read_in_root(rootfs, "etc/group");
+pub fn resolve_user(spec: Option<&str>, rootfs: &Rootfs) -> Result<ResolvedUser, PlanError> {
+    /// The largest `/etc/passwd` or `/etc/group` read.
+    const MAX_BYTES: u64 = 4 << 20;
+    let passwd = rootfs.read_to_string("etc/passwd", MAX_BYTES);
+    let group = rootfs.read_to_string("etc/group", MAX_BYTES);
     resolve_user_from(spec.unwrap_or(""), passwd.as_deref().unwrap_or(""), group.as_deref().unwrap_or(""))
 }
 
@@ -364,50 +368,6 @@ pub fn resolve_user_from(spec: &str, passwd: &str, group: &str) -> Result<Resolv
     };
     let home = if home.starts_with('/') { home } else { "/" };
     Ok(ResolvedUser { user: ContainerUser { uid, gid }, home: home.to_owned() })
-}
-
-/// Reads `relative` inside `root` as the container would see it: every
-/// symbolic link on the way is resolved inside `root` (an absolute target
-/// starts again at `root`, `..` stops at it), so an image cannot make ces read
-/// a host file. `None` when it is missing, not a regular file, or too big.
-pub fn read_in_root(root: &Path, relative: &str) -> Option<String> {
-    const MAX_LINKS: usize = 40;
-    const MAX_BYTES: u64 = 4 << 20;
-    let mut pending: Vec<String> = relative.split('/').rev().filter(|c| !c.is_empty()).map(str::to_owned).collect();
-    let mut resolved: Vec<String> = Vec::new();
-    let mut links = 0;
-    while let Some(component) = pending.pop() {
-        match component.as_str() {
-            "." => continue,
-            ".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let path = resolved.iter().fold(root.to_owned(), |p, c| p.join(c)).join(&component);
-        let meta = std::fs::symlink_metadata(&path).ok()?;
-        if meta.file_type().is_symlink() {
-            links += 1;
-            if links > MAX_LINKS {
-                return None;
-            }
-            let target = std::fs::read_link(&path).ok()?;
-            let target = target.to_str()?;
-            if target.starts_with('/') {
-                resolved.clear();
-            }
-            pending.extend(target.split('/').rev().filter(|c| !c.is_empty()).map(str::to_owned));
-        } else {
-            resolved.push(component);
-        }
-    }
-    let path = resolved.iter().fold(root.to_owned(), |p, c| p.join(c));
-    let meta = std::fs::symlink_metadata(&path).ok()?;
-    if !meta.is_file() || meta.len() > MAX_BYTES {
-        return None;
-    }
-    std::fs::read_to_string(path).ok()
 }
 
 // ---------------------------------------------------------------------------
@@ -878,17 +838,19 @@ mod tests {
         std::os::unix::fs::symlink("/real/passwd", root.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("../../../../../../real/../etc/group-host", root.join("etc/group")).unwrap();
         std::fs::write(dir.path().join("etc-group-host"), "app:x:77:\n").unwrap();
-        let r = resolve_user(Some("app"), &root).unwrap();
+        let tree = Rootfs::Tree(root.clone());
+        let read_in_root = |path: &str| tree.read_to_string(path, 4 << 20);
+        let r = resolve_user(Some("app"), &tree).unwrap();
         assert_eq!((r.user.uid, r.user.gid), (1000, 1001));
-        assert!(resolve_user(Some("app:app"), &root).is_err(), "group file outside the rootfs was not read");
+        assert!(resolve_user(Some("app:app"), &tree).is_err(), "group file outside the rootfs was not read");
         // A link to a host path that exists on the host only.
         std::fs::remove_file(root.join("etc/passwd")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", root.join("etc/passwd")).unwrap();
-        assert!(read_in_root(&root, "etc/passwd").is_none());
+        assert!(read_in_root("etc/passwd").is_none());
         // Link loops end.
         std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
-        assert!(read_in_root(&root, "loop").is_none());
-        assert_eq!(resolve_user(None, &root).unwrap().user, ContainerUser { uid: 0, gid: 0 });
+        assert!(read_in_root("loop").is_none());
+        assert_eq!(resolve_user(None, &tree).unwrap().user, ContainerUser { uid: 0, gid: 0 });
     }
 
     fn query(home: Option<&str>, project: Option<&str>, groups: &[&str], prefix: Option<&str>) -> SafeDataQuery {
@@ -1032,7 +994,7 @@ mod tests {
             image: ImageSpec {
                 reference: "ghcr.io/a/b:1".into(),
                 digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
-                rootfs: "/store/rootfs/aaaa".into(),
+                rootfs: ces_image::rootfs::Rootfs::Tree("/store/rootfs/aaaa".into()),
             },
             defaults: ImageDefaults {
                 entrypoint: vec!["/entry".into()],

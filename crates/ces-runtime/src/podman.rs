@@ -129,8 +129,12 @@ impl Default for PodmanRuntime {
 /// The per-run overlay ces mounts (rootful mode), in the run's state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Overlay {
-    /// The cached rootfs (read-only lower layer).
-    pub lower: PathBuf,
+    /// The cached rootfs or the image's layers (read-only lower layers), top
+    /// first.
+    pub lower: Vec<PathBuf>,
+    /// Whether the layers mark opaque directories with `user.overlay.*`
+    /// attributes only (`userxattr`).
+    pub user_xattrs: bool,
     /// Where the run's writes go.
     pub upper: PathBuf,
     /// overlayfs' work directory.
@@ -143,7 +147,8 @@ impl Overlay {
     /// The overlay of `spec` (paths only; nothing is created).
     pub fn of(spec: &RunSpec) -> Overlay {
         Overlay {
-            lower: spec.image.rootfs.clone(),
+            lower: spec.image.rootfs.lower_dirs(),
+            user_xattrs: spec.image.rootfs.needs_user_xattrs(),
             upper: spec.state_dir.join("upper"),
             work: spec.state_dir.join("work"),
             merged: spec.state_dir.join("merged"),
@@ -152,17 +157,19 @@ impl Overlay {
 
     /// The overlayfs mount options.
     pub fn options(&self) -> Result<String, RuntimeError> {
-        for path in [&self.lower, &self.upper, &self.work] {
+        for path in self.lower.iter().chain([&self.upper, &self.work]) {
             // The option string separates with `,` and `:`; `\` escapes.
             if path.to_str().is_none_or(|p| p.contains([',', ':', '\\'])) {
                 return Err(RuntimeError::Unsupported { backend: "podman", what: "a store path with , : or \\ in it" });
             }
         }
+        let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
         Ok(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            self.lower.display(),
+            "lowerdir={},upperdir={},workdir={}{}",
+            lower.join(":"),
             self.upper.display(),
-            self.work.display()
+            self.work.display(),
+            if self.user_xattrs { ",userxattr" } else { "" }
         ))
     }
 }
@@ -265,7 +272,13 @@ pub fn podman_args(spec: &RunSpec, runtime: &PodmanRuntime) -> Result<Vec<String
     // stops reading options there: the command follows as is.
     let rootfs = match mode {
         Mode::Rootful => Overlay::of(spec).merged.display().to_string(),
-        Mode::Rootless => format!("{}:O", spec.image.rootfs.display()),
+        Mode::Rootless => match spec.image.rootfs.tree() {
+            Some(tree) => format!("{}:O", tree.display()),
+            None => {
+                let what = "an image kept as its layers, rootless (ces assembles its tree first)";
+                return Err(RuntimeError::Unsupported { backend: "podman", what });
+            }
+        },
     };
     push(&["--rootfs", &rootfs]);
     args.extend(spec.process.args.iter().cloned());
@@ -897,12 +910,12 @@ impl MountedOverlay {
         let owner_uid = if user.uid == 0 { spec.identity.host_uid } else { NOBODY };
         let owner_gid = if user.gid == 0 { spec.identity.host_gid } else { NOBODY };
         for sub in ["", "etc", "run"] {
-            let lower = overlay.lower.join(sub);
             let upper = overlay.upper.join(sub);
-            let Ok(meta) = std::fs::symlink_metadata(&lower) else { continue };
-            if !meta.is_dir() {
+            let image = &spec.image.rootfs;
+            if !sub.is_empty() && image.kind_nofollow(sub) != ces_image::rootfs::EntryKind::Directory {
                 continue;
             }
+            let Some((_, meta)) = image.resolve(sub) else { continue };
             if !sub.is_empty() {
                 std::fs::create_dir(&upper).map_err(io(&upper))?;
             }
@@ -978,7 +991,7 @@ mod tests {
             image: ImageSpec {
                 reference: "ghcr.io/a/b:1".into(),
                 digest: format!("sha256:{}", "a".repeat(64)).parse().unwrap(),
-                rootfs: "/store/rootfs/aaaa".into(),
+                rootfs: ces_image::rootfs::Rootfs::Tree("/store/rootfs/aaaa".into()),
             },
             process: ProcessSpec {
                 args: vec!["sh".into(), "-c".into(), "echo hi > /safe_outputs/x".into()],
@@ -1124,7 +1137,7 @@ mod tests {
         s.mounts[0].kind = MountKind::Bind { source: "/data/a,b".into() };
         assert!(matches!(podman_args(&s, &rootful()), Err(RuntimeError::Unsupported { .. })));
         let mut s = spec();
-        s.image.rootfs = "/st:ore/rootfs".into();
+        s.image.rootfs = ces_image::rootfs::Rootfs::Tree("/st:ore/rootfs".into());
         assert!(Overlay::of(&s).options().is_err());
     }
 

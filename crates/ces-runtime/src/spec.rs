@@ -70,9 +70,10 @@ pub struct ImageSpec {
     pub reference: String,
     /// The manifest digest the store resolved it to.
     pub digest: Digest,
-    /// The cached, unpacked root filesystem (read-only to runs: each run
-    /// writes to its own copy-on-write layer over it).
-    pub rootfs: PathBuf,
+    /// The cached, unpacked root filesystem: a tree or the image's layers
+    /// (read-only to runs: each run writes to its own copy-on-write layer
+    /// over it).
+    pub rootfs: ces_image::rootfs::Rootfs,
 }
 
 /// The process to start in the container.

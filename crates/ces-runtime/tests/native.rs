@@ -24,7 +24,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use ces_image::unpack::{UnpackOptions, apply_layer};
+use ces_image::rootfs::{Layers, Rootfs};
+use ces_image::unpack::{UnpackOptions, apply_layer, unpack_layer};
 use ces_runtime::native::{NativeRuntime, cleanup_stale, remove_delegation, setup_delegation};
 use ces_runtime::{
     Access, ContainerUser, EnvVar, Exit, Identity, ImageSpec, Limits, MountKind, MountSpec, ProcessSpec, RunSpec,
@@ -334,7 +335,7 @@ impl Fx {
             image: ImageSpec {
                 reference: "busybox:test".to_owned(),
                 digest: ces_image::Digest::of(b"busybox"),
-                rootfs: self.rootfs.clone(),
+                rootfs: Rootfs::Tree(self.rootfs.clone()),
             },
             process: ProcessSpec {
                 args: args.iter().map(|a| a.to_string()).collect(),
@@ -701,6 +702,68 @@ fn scenario_rootfs_is_copy_on_write() {
     assert_eq!(tree(&fx.rootfs), before, "the cached rootfs changed");
     // A second run sees the image as it was.
     assert_eq!(fx.run(&fx.sh("test -x /bin/true && ! test -e /newdir && grep -q root: /etc/passwd")), Exit::Code(0));
+    fx.assert_clean();
+}
+
+/// An image kept as its layers (unpacked alone, as the store does, by the
+/// user who runs it): the container sees them merged (a whiteout and an
+/// opaque directory of the upper layer hide the lower layer's), its writes
+/// go to its own layer, and no layer changes.
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_layers_are_mounted_as_an_overlay() {
+    let fx = Fx::new();
+    let mut lower = busybox_rootfs_entries();
+    lower.extend([
+        Entry::file("etc/old", "old\n"),
+        Entry::dir("data"),
+        Entry::file("data/a", "a\n"),
+        Entry::file("gone", "gone\n"),
+        Entry::dir("tmp/x"),
+    ]);
+    let upper = vec![
+        Entry::dir("etc"),
+        Entry::file("etc/new", "new\n"),
+        Entry::whiteout("gone"),
+        Entry::dir("data"),
+        Entry::opaque("data"),
+        Entry::file("data/b", "b\n"),
+    ];
+    let mut dirs = Vec::new();
+    let mut trusted = true;
+    for (i, entries) in [lower, upper].into_iter().enumerate() {
+        let dir = fx.dir.path().join(format!("layer{i}"));
+        fs::create_dir(&dir).unwrap();
+        let made = unpack_layer(&dir, &Layer::new(entries).tar()[..], &UnpackOptions::for_current_user()).unwrap();
+        assert!(made.overlay && made.implicit_dirs.is_empty(), "{made:?}");
+        trusted &= made.trusted;
+        dirs.push(dir);
+    }
+    assert_eq!(trusted, fx.who != Who::Rootless, "root marks opaque directories for its own overlays");
+    let before: Vec<_> = dirs.iter().map(|d| tree(d)).collect();
+    let layered = Rootfs::Layers(Layers { dirs: dirs.clone(), trusted });
+    let script = r#"
+        test ! -e /gone && echo "gone=hidden" >> /safe_outputs/result
+        ls /data >> /safe_outputs/data
+        cat /etc/old /etc/new >> /safe_outputs/etc
+        echo changed > /etc/old; echo "write=$?" >> /safe_outputs/result
+        rm /bin/true; echo "rm=$?" >> /safe_outputs/result
+    "#;
+    let mut spec = fx.sh(script);
+    spec.image.rootfs = layered.clone();
+    assert_eq!(fx.run(&spec), Exit::Code(0));
+    let result = fx.output("result");
+    assert!(result.contains("gone=hidden"), "the upper layer's whiteout hides /gone:\n{result}");
+    assert_eq!(fx.output("data"), "b\n", "the opaque /data shows the upper layer's entries only");
+    assert_eq!(fx.output("etc"), "old\nnew\n", "/etc merges both layers");
+    if fx.who != Who::Sudo {
+        assert!(result.contains("write=0") && result.contains("rm=0"), "{result}");
+    }
+    let after: Vec<_> = dirs.iter().map(|d| tree(d)).collect();
+    assert_eq!(after, before, "a layer changed");
+    let mut again = fx.sh("test -x /bin/true && grep -qx old /etc/old");
+    again.image.rootfs = layered;
+    assert_eq!(fx.run(&again), Exit::Code(0), "a second run sees the image as it was");
     fx.assert_clean();
 }
 
@@ -1111,6 +1174,21 @@ fn scenario_cleanup_stale() {
 // ---------------------------------------------------------------------------
 // The tests.
 // ---------------------------------------------------------------------------
+
+#[test]
+fn layers_are_mounted_as_an_overlay_as_root() {
+    run_as(Who::Root, "scenario_layers_are_mounted_as_an_overlay");
+}
+
+#[test]
+fn layers_are_mounted_as_an_overlay_for_a_user() {
+    run_as(Who::Sudo, "scenario_layers_are_mounted_as_an_overlay");
+}
+
+#[test]
+fn layers_are_mounted_as_an_overlay_rootless() {
+    run_as(Who::Rootless, "scenario_layers_are_mounted_as_an_overlay");
+}
 
 #[test]
 fn exit_codes_as_root() {

@@ -456,6 +456,9 @@ pub struct StorageConfig {
     /// Whether a layer's compressed blob is kept once the layer is unpacked
     /// (default true): see docs/config.md.
     pub keep_layer_blobs: Option<bool>,
+    /// Whether an image is kept as its layers, mounted as an overlay's lower
+    /// layers at run time (default true), rather than as an assembled tree.
+    pub layered_rootfs: Option<bool>,
 }
 
 /// `[tre]`: the directory contract of `ces run` (see docs/config.md).
@@ -554,6 +557,8 @@ pub struct Settings {
     pub max_image_size: Option<u64>,
     /// `[storage] keep_layer_blobs`: layer blobs kept once unpacked.
     pub keep_layer_blobs: bool,
+    /// `[storage] layered_rootfs`: images kept as their layers.
+    pub layered_rootfs: bool,
     /// The directory contract of `ces run`.
     pub tre: TreConfig,
     /// The audit log every pull, load and run appends to.
@@ -597,7 +602,8 @@ impl Settings {
     pub fn store(&self) -> Result<ces_image::Store, ces_image::StoreError> {
         Ok(ces_image::Store::open(&self.storage_root)?
             .with_max_unpacked(self.max_image_size)
-            .with_layer_blobs(self.keep_layer_blobs))
+            .with_layer_blobs(self.keep_layer_blobs)
+            .with_layered(self.layered_rootfs))
     }
 
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must
@@ -652,6 +658,7 @@ impl Settings {
             storage_root,
             max_image_size: config.storage.max_image_size,
             keep_layer_blobs: config.storage.keep_layer_blobs.unwrap_or(true),
+            layered_rootfs: config.storage.layered_rootfs.unwrap_or(true),
             tre: config.tre,
             audit_path,
             audit_syslog: config.audit.syslog,

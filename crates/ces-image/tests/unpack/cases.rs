@@ -15,7 +15,7 @@ const SECRET: &str = "top secret\n";
 const PLAIN: UnpackOptions = UnpackOptions { preserve_ownership: false, create_devices: false };
 
 /// Everything about a file that a stray write could change.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
     kind: String,
     mode: u32,
@@ -69,6 +69,9 @@ struct Fixture {
     layers: tempfile::TempDir,
     /// The layers applied so far, for a fallback that starts over.
     applied: std::cell::RefCell<Vec<Vec<u8>>>,
+    /// [`super::OVERLAY`]: each layer unpacked alone so far, and whether it
+    /// can be an overlay's lower layer (`None` once one cannot).
+    stack: std::cell::RefCell<Option<Vec<tempfile::TempDir>>>,
 }
 
 impl Fixture {
@@ -88,7 +91,8 @@ impl Fixture {
         snapshot(tmp.path(), &root, &mut before);
         // Beside the temp dir, not in it: the snapshot covers all of it.
         let layers = tempfile::tempdir_in(tmp.path().parent().expect("parent")).expect("layers dir");
-        Fixture { tmp, root, outside, before, layers, applied: Default::default() }
+        let stack = std::cell::RefCell::new(Some(Vec::new()));
+        Fixture { tmp, root, outside, before, layers, applied: Default::default(), stack }
     }
 
     fn apply(&self, layer: &Layer) -> Result<UnpackStats, UnpackError> {
@@ -106,8 +110,61 @@ impl Fixture {
         if result.is_err() {
             // A layer that fails is not part of what a later one starts over from.
             self.applied.borrow_mut().pop();
+        } else {
+            self.check_overlay();
         }
         result
+    }
+
+    /// [`super::OVERLAY`]: the layers so far, mounted as an overlay's lower
+    /// layers (as the runtime mounts an image), show exactly the root
+    /// filesystem that applying them made: with `trusted.overlay.*`
+    /// attributes (root's mount) and with `userxattr` (a rootless mount).
+    fn check_overlay(&self) {
+        let stack = self.stack.borrow();
+        let Some(stack) = stack.as_ref().filter(|_| super::OVERLAY) else { return };
+        assert!(is_root(), "the overlay cases mount overlays: run them as root");
+        let mut expected = BTreeMap::new();
+        snapshot(&self.root, Path::new(""), &mut expected);
+        let empty = tempfile::tempdir_in(self.layers.path()).expect("empty layer");
+        // Top first; an empty layer at the bottom, since an overlay without
+        // an upper layer needs two.
+        let lower: Vec<String> = stack
+            .iter()
+            .rev()
+            .map(|d| d.path().display().to_string())
+            .chain([empty.path().display().to_string()])
+            .collect();
+        for extra in ["", ",userxattr"] {
+            let target = tempfile::tempdir_in(self.layers.path()).expect("mount point");
+            let options = format!("ro,lowerdir={}{extra}", lower.join(":"));
+            let status = std::process::Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o", &options])
+                .arg(target.path())
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "mount -o {options}");
+            let mut seen = BTreeMap::new();
+            snapshot(target.path(), Path::new(""), &mut seen);
+            let unmounted = std::process::Command::new("umount").arg(target.path()).status().expect("run umount");
+            assert!(unmounted.success());
+            let relative = |map: BTreeMap<PathBuf, Seen>, base: &Path| -> BTreeMap<PathBuf, Seen> {
+                map.into_iter()
+                    .map(|(path, mut seen)| {
+                        // An overlay counts a merged directory's links its own way.
+                        if seen.kind == "dir" {
+                            seen.nlink = 0;
+                        }
+                        (path.strip_prefix(base).expect("under the base").to_owned(), seen)
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                relative(seen, target.path()),
+                relative(expected.clone(), &self.root),
+                "the overlay of the layers (mounted with {options:?}) differs from the applied layers"
+            );
+        }
     }
 
     fn apply_layered(&self, tar: impl std::io::Read, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
@@ -124,6 +181,17 @@ impl Fixture {
             Err(UnpackError::Link { .. }) => return self.start_over(options),
             result => result?,
         };
+        // As the store decides: a directory the layer only implies (it keeps
+        // a lower layer's directory as it is, or is no directory at all in
+        // the image) is right only in an assembled tree.
+        let mut stack = self.stack.borrow_mut();
+        if alone.overlay && alone.dir_modes.is_empty() && alone.implicit_dirs.is_empty() {
+            if let Some(stack) = stack.as_mut() {
+                stack.push(dir);
+            }
+        } else {
+            *stack = None;
+        }
         // What linking cannot see (data written, attributes, devices
         // skipped) is what unpacking the layer alone did.
         Ok(UnpackStats { entries: linked.entries, whiteouts: linked.whiteouts, ..alone.stats })
@@ -131,6 +199,7 @@ impl Fixture {
 
     /// Every layer so far applied again, the old way, onto an empty root.
     fn start_over(&self, options: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
+        *self.stack.borrow_mut() = None;
         fs::remove_dir_all(&self.root).expect("empty the root");
         fs::create_dir(&self.root).expect("mkdir rootfs");
         let mut stats = UnpackStats::default();

@@ -360,7 +360,7 @@ impl NativeRuntime {
         let mount_points = mount_points(spec)?;
         let dirs = RunDirs::new(&spec.state_dir);
         let overlay = dirs.overlay_for(&spec.image.rootfs);
-        for path in [&overlay.lower, &overlay.upper, &overlay.work] {
+        for path in overlay.lower.iter().chain([&overlay.upper, &overlay.work]) {
             rootfs::check_overlay_path(path)
                 .map_err(|p| start_error("preparing the root filesystem")(NativeError::OverlayPath(p)))?;
         }
@@ -493,7 +493,7 @@ impl Run<'_> {
         }
         let layer_size = self.spec.limits.rootfs_writes.filter(|_| root);
         // Dropped last: the overlay goes before its upper layer.
-        let layer = match self.dirs.create(&overlay.lower, owner_shift, layer_size) {
+        let layer = match self.dirs.create(self.spec.image.rootfs.root_dir(), owner_shift, layer_size) {
             Ok(layer) => layer,
             Err(e) => return (Err(start_error("preparing the root filesystem")(e.into())), true),
         };
@@ -561,7 +561,7 @@ impl Run<'_> {
             if let Err(e) = rootfs::create_mount_points(&rootfs, &self.mount_points, owner) {
                 return (Err(start_error("preparing the root filesystem")(e.into())), true);
             }
-        } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.process.cwd) {
+        } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.image.rootfs, &self.spec.process.cwd) {
             return (Err(start_error("preparing the root filesystem")(e.into())), true);
         }
         let layout = Layout {
@@ -720,9 +720,13 @@ impl Run<'_> {
         base: u32,
         mounts: &mut idmap::Mounts,
         trees: &mut [Option<OwnedFd>],
-    ) -> io::Result<(PathBuf, RunSpec, PathBuf)> {
+    ) -> io::Result<(Vec<PathBuf>, RunSpec, PathBuf)> {
         let block = Extent { inside: 0, outside: base, count: idmap::RANGE };
-        let lower = mounts.mount(&self.overlay.lower, "lower", Some((block, block)), idmap::READ_ONLY)?;
+        // Short paths (`/run/ces/<id>/lower<i>`): many layers fit in the
+        // overlay's mount options.
+        let lower = (self.overlay.lower.iter().enumerate())
+            .map(|(i, layer)| mounts.mount(layer, &format!("lower{i}"), Some((block, block)), idmap::READ_ONLY))
+            .collect::<io::Result<Vec<_>>>()?;
         let spec = self.pinned_binds(mounts, trees)?;
         let rootfs = mounts.mount_point("rootfs", true)?;
         rootfs::check_searchable(&rootfs, base, &[]).map_err(|path| {
@@ -1187,7 +1191,7 @@ fn describe(spec: &RunSpec, privilege: Privilege, root_id_base: u32, hierarchy: 
         user_line,
         format!(
             "rootfs: {} (cached, never written) + copy-on-write overlay in {}, discarded at exit; {}",
-            spec.image.rootfs.display(),
+            spec.image.rootfs,
             spec.state_dir.join("overlay").display(),
             match (spec.limits.rootfs_writes, privilege) {
                 (None, _) => "its writes not limited".to_owned(),

@@ -139,23 +139,28 @@ pub(crate) struct Layout {
 /// An overlay's directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Overlay {
-    /// The cached rootfs (never written).
-    pub lower: PathBuf,
+    /// The lower layers, top first: the cached tree, or the image's layers
+    /// (never written).
+    pub lower: Vec<PathBuf>,
     /// Where the run's writes go.
     pub upper: PathBuf,
     /// overlayfs' scratch directory (same filesystem as `upper`).
     pub work: PathBuf,
+    /// Whether the lower layers mark opaque directories with `user.overlay.*`
+    /// attributes only (`userxattr`, even as root).
+    pub user_xattrs: bool,
 }
 
 impl Overlay {
     /// The mount options, as `key=value` strings.
     pub fn options(&self, in_user_namespace: bool) -> Vec<String> {
+        let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
         let mut options = vec![
-            format!("lowerdir={}", self.lower.display()),
+            format!("lowerdir={}", lower.join(":")),
             format!("upperdir={}", self.upper.display()),
             format!("workdir={}", self.work.display()),
         ];
-        if in_user_namespace {
+        if in_user_namespace || self.user_xattrs {
             // trusted.* xattrs need CAP_SYS_ADMIN in the initial namespace.
             options.push("userxattr".to_owned());
         }
@@ -424,7 +429,7 @@ mod tests {
             image: ImageSpec {
                 reference: "x".to_owned(),
                 digest: ces_image::Digest::of(b"x"),
-                rootfs: PathBuf::from("/store/rootfs/abc"),
+                rootfs: ces_image::rootfs::Rootfs::Tree(PathBuf::from("/store/rootfs/abc")),
             },
             process: ProcessSpec {
                 args: vec!["python".to_owned(), "run.py".to_owned()],
@@ -467,9 +472,10 @@ mod tests {
         Layout {
             rootfs: PathBuf::from("/run/ces/r1/rootfs"),
             overlay_mount: rootless.then(|| Overlay {
-                lower: PathBuf::from("/store/rootfs/abc"),
+                lower: vec![PathBuf::from("/store/layers/b"), PathBuf::from("/store/layers/a")],
                 upper: PathBuf::from("/run/ces/r1/overlay/upper"),
                 work: PathBuf::from("/run/ces/r1/overlay/work"),
+                user_xattrs: false,
             }),
             cgroup_path: PathBuf::from("/ces/r1"),
             limits_in_spec: !rootless,
@@ -547,7 +553,7 @@ mod tests {
         assert_eq!(mounts[0].destination(), Path::new("/"));
         assert_eq!(mounts[0].typ().as_deref(), Some("overlay"));
         let options = mounts[0].options().as_ref().unwrap();
-        assert!(options.contains(&"lowerdir=/store/rootfs/abc".to_owned()));
+        assert!(options.contains(&"lowerdir=/store/layers/b:/store/layers/a".to_owned()));
         assert!(options.contains(&"userxattr".to_owned()));
         let rooted = build(&run_spec(), &layout(false)).unwrap();
         assert!(rooted.mounts().as_ref().unwrap().iter().all(|m| m.typ().as_deref() != Some("overlay")));

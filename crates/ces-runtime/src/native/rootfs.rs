@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use ces_image::rootfs::{EntryKind, Rootfs};
 use nix::mount::{MntFlags, MsFlags};
 
 use super::oci::Overlay;
@@ -50,12 +51,18 @@ impl RunDirs {
         }
     }
 
-    pub(crate) fn overlay_for(&self, lower: &Path) -> Overlay {
-        Overlay { lower: lower.to_owned(), upper: self.overlay.join("upper"), work: self.overlay.join("work") }
+    pub(crate) fn overlay_for(&self, image: &Rootfs) -> Overlay {
+        Overlay {
+            lower: image.lower_dirs(),
+            upper: self.overlay.join("upper"),
+            work: self.overlay.join("work"),
+            user_xattrs: image.needs_user_xattrs(),
+        }
     }
 
     /// Creates the directories. The upper layer's root gets the mode of the
-    /// image's `/`, which the container sees as its own `/`, and with
+    /// image's `/` (`root`: the directory an overlay takes it from), which
+    /// the container sees as its own `/`, and with
     /// `owner_shift` its owner, shifted by that much (root mode's id block:
     /// see [`super::idmap`]). With `layer_size` (root only, in ces's
     /// private mount namespace), the overlay's directory is a tmpfs of that
@@ -69,7 +76,7 @@ impl RunDirs {
         owner_shift: Option<u32>,
         layer_size: Option<u64>,
     ) -> io::Result<Option<OverlayMount>> {
-        let overlay = self.overlay_for(lower);
+        let (upper, work) = (self.overlay.join("upper"), self.overlay.join("work"));
         for dir in [&self.bundle, &self.overlay] {
             fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
         }
@@ -77,19 +84,19 @@ impl RunDirs {
         let layer = layer_size.map(|size| OverlayMount::tmpfs(&self.overlay, size)).transpose()?;
         fs::set_permissions(&self.overlay, fs::Permissions::from_mode(0o700))
             .map_err(|e| annotate(e, &self.overlay))?;
-        for dir in [&overlay.upper, &overlay.work, &self.rootfs] {
+        for dir in [&upper, &work, &self.rootfs] {
             fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
         }
         let root = fs::metadata(lower).map_err(|e| annotate(e, lower))?;
-        fs::set_permissions(&overlay.upper, fs::Permissions::from_mode(root.mode() & 0o7777))
-            .map_err(|e| annotate(e, &overlay.upper))?;
+        fs::set_permissions(&upper, fs::Permissions::from_mode(root.mode() & 0o7777))
+            .map_err(|e| annotate(e, &upper))?;
         if let Some(shift) = owner_shift {
             let shifted = |id: u32| id.checked_add(shift).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW));
             let (uid, gid) = (
                 shifted(root.uid()).map_err(|e| annotate(e, lower))?,
                 shifted(root.gid()).map_err(|e| annotate(e, lower))?,
             );
-            std::os::unix::fs::lchown(&overlay.upper, Some(uid), Some(gid)).map_err(|e| annotate(e, &overlay.upper))?;
+            std::os::unix::fs::lchown(&upper, Some(uid), Some(gid)).map_err(|e| annotate(e, &upper))?;
         }
         Ok(layer)
     }
@@ -180,23 +187,23 @@ pub(crate) fn create_mount_points(rootfs: &Path, points: &[(&str, bool)], owner:
 /// Only when every part of it the image has is a plain directory: creating
 /// a directory in the upper layer over an image's symbolic link would hide
 /// the link.
-pub(crate) fn create_in_upper(overlay: &Overlay, path: &str) -> io::Result<()> {
+pub(crate) fn create_in_upper(overlay: &Overlay, image: &Rootfs, path: &str) -> io::Result<()> {
     let relative = Path::new(path).strip_prefix("/").unwrap_or(Path::new(path));
-    let mut lower = overlay.lower.clone();
+    let mut prefix = PathBuf::new();
     for component in relative.components() {
         let std::path::Component::Normal(name) = component else { return Ok(()) };
-        lower.push(name);
-        match fs::symlink_metadata(&lower) {
-            Ok(meta) if meta.is_dir() => continue,
+        prefix.push(name);
+        let Some(inside) = prefix.to_str() else { return Ok(()) };
+        match image.kind_nofollow(inside) {
+            EntryKind::Directory => continue,
             // A file or a link: the image decides what it is.
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            EntryKind::Other => return Ok(()),
+            EntryKind::Missing => {
                 let root = pathrs::Root::open(&overlay.upper).map_err(io::Error::other)?;
                 root.mkdir_all(relative, &fs::Permissions::from_mode(0o755))
                     .map_err(|e| io::Error::other(format!("{path}: {e}")))?;
                 return Ok(());
             }
-            Err(e) => return Err(annotate(e, &lower)),
         }
     }
     Ok(())

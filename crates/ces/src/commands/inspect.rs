@@ -63,7 +63,7 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
             .iter()
             .map(|l| Layer { digest: l.digest().to_string(), size: l.size(), media_type: l.media_type().to_string() })
             .collect(),
-        rootfs: store.unpacked(&record.digest).map(|p| p.display().to_string()),
+        rootfs: store.unpacked(&record.digest).map(|r| r.to_string()),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&inspection)?);

@@ -507,7 +507,11 @@ fn unpack_after(
             printer.status(format!("warning: layer {}/{count}: {line}", i + 1));
         }
     }
-    printer.status(format!("Unpacked to {} in {:.2}s", unpacked.path.display(), started.elapsed().as_secs_f64()));
+    let place = match &unpacked.rootfs {
+        ces_image::rootfs::Rootfs::Tree(tree) => tree.display().to_string(),
+        layers => format!("{layers} (kept as they are, mounted at run time)"),
+    };
+    printer.status(format!("Unpacked to {place} in {:.2}s", started.elapsed().as_secs_f64()));
     Ok(())
 }
 

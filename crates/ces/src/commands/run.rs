@@ -315,13 +315,19 @@ pub(crate) fn prepare(
     // From the content-addressed blobs, not the index's copy.
     let provenance = Provenance::of(&manifest, &config);
     crate::policy::check_run(settings, image, &record, &provenance)?;
-    let rootfs = match store.unpacked(&record.digest) {
+    let mut rootfs = match store.unpacked(&record.digest) {
         Some(rootfs) => rootfs,
         None => {
             unpack(&store, printer, &record.digest)?;
-            store.rootfs_path(&record.digest)
+            store.unpacked(&record.digest).context("the image's root filesystem went as it was unpacked")?
         }
     };
+    if rootfs.tree().is_none() && options.runtime.as_deref() == Some("podman") && !rustix::process::geteuid().is_root()
+    {
+        // Rootless podman takes one directory (`--rootfs DIR:O`).
+        let options = ces_image::unpack::UnpackOptions::for_current_user();
+        rootfs = ces_image::rootfs::Rootfs::Tree(store.tree(&record.digest, &options, &mut |_, _| {})?);
+    }
     let image_config = config.config().clone().unwrap_or_default();
     let user = plan::resolve_user(image_config.user().as_deref(), &rootfs)?;
     let defaults = ImageDefaults {
@@ -913,11 +919,7 @@ fn print_plan(
     writeln!(out, "Plan for run {} (dry run: nothing was created)", spec.id)?;
     writeln!(out, "image:      {}", spec.image.reference)?;
     writeln!(out, "digest:     {}", spec.image.digest)?;
-    writeln!(
-        out,
-        "rootfs:     {} (read-only; writes go to a per-run copy-on-write layer)",
-        spec.image.rootfs.display()
-    )?;
+    writeln!(out, "rootfs:     {} (read-only; writes go to a per-run copy-on-write layer)", spec.image.rootfs)?;
     writeln!(out, "runtime:    {runtime}")?;
     if let Some(name) = &spec.name {
         writeln!(out, "name:       {name}")?;

@@ -367,7 +367,7 @@ fn image_findings(
     let mut findings = Vec::new();
     let missing: Vec<&str> = ["/safe_data", "/safe_outputs", "/scratch"]
         .into_iter()
-        .filter(|dir| !spec.image.rootfs.join(&dir[1..]).symlink_metadata().is_ok_and(|m| m.is_dir()))
+        .filter(|dir| spec.image.rootfs.kind_nofollow(dir) != ces_image::rootfs::EntryKind::Directory)
         .collect();
     if !missing.is_empty() {
         findings.push(Finding {

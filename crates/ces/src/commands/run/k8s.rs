@@ -378,7 +378,8 @@ pub(crate) fn place(settings: &Settings, prepared: &mut Prepared) -> anyhow::Res
             *old = PathBuf::from(source);
         }
     }
-    prepared.spec.image.rootfs = PathBuf::from(cluster_image(&settings.k8s, &prepared.spec)?);
+    prepared.spec.image.rootfs =
+        ces_image::rootfs::Rootfs::Tree(PathBuf::from(cluster_image(&settings.k8s, &prepared.spec)?));
     // What the Job asks for, as the plan and the audit record show it: a
     // core unless -c says, and the cluster's pids limit (the kubelet's).
     prepared.spec.limits.cpus.get_or_insert(1.0);
