@@ -253,11 +253,29 @@ pub struct Store {
     layered: bool,
 }
 
-/// The longest `lowerdir` option (the layers' paths and their separators)
-/// of an image kept as its layers: the mount options of overlayfs, upper
-/// and work directories and flags included, must fit in one page (4096
-/// bytes). An image whose layers' paths take more gets an assembled tree.
-pub const MAX_LOWERDIR_BYTES: usize = 3072;
+/// The most bytes the layers' paths (with their separators) and the run's
+/// upper and work directories may take in the overlay's mount options, of
+/// an image kept as its layers: the options must fit in one page (4096
+/// bytes), flags included. An image whose layers' paths take more gets an
+/// assembled tree.
+pub const MAX_LOWERDIR_BYTES: usize = 3584;
+/// The longest path of a run's upper or work directory below the store's
+/// root (`/runs/<id>/state/overlay/upper`, with a 32-byte id), and its
+/// option's name.
+const RUN_OVERLAY_PATH_BYTES: usize = 80;
+
+/// `records` (an image's layers, bottom first) with each layer once, at
+/// its top-most place: overlayfs refuses a directory twice among its lower
+/// layers, and the top-most copy shows all a lower one would.
+fn top_most(records: &[LayerRecord]) -> Vec<&LayerRecord> {
+    let mut kept: Vec<&LayerRecord> = Vec::with_capacity(records.len());
+    for (i, record) in records.iter().enumerate() {
+        if !records[i + 1..].iter().any(|above| above.hex == record.hex) {
+            kept.push(record);
+        }
+    }
+    kept
+}
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -796,7 +814,8 @@ impl Store {
         if path.is_dir() {
             return Some(Rootfs::Tree(path));
         }
-        self.layered(digest).map(Rootfs::Layers)
+        // `[storage] layered_rootfs = false`: only trees count.
+        self.layered.then(|| self.layered(digest).map(Rootfs::Layers)).flatten()
     }
 
     /// The layers of manifest `digest`, when it is kept as them and every
@@ -804,20 +823,28 @@ impl Store {
     fn layered(&self, digest: &Digest) -> Option<Layers> {
         let json = fs::read(self.layered_dir().join(digest.hex())).ok()?;
         let diff_ids: Vec<String> = serde_json::from_slice(&json).ok()?;
-        let mut layers = Layers { dirs: Vec::with_capacity(diff_ids.len()), trusted: true };
+        let mut records = Vec::with_capacity(diff_ids.len());
         for diff_id in &diff_ids {
-            let record = self.layer_record(diff_id).filter(LayerRecord::overlay)?;
-            layers.trusted &= record.trusted;
-            layers.dirs.push(self.layers_dir().join(&record.hex));
+            records.push(self.layer_record(diff_id).filter(LayerRecord::overlay)?);
         }
-        Some(layers).filter(|layers| !layers.dirs.is_empty())
+        let records = top_most(&records);
+        self.can_layer(&records).then(|| Layers {
+            dirs: records.iter().map(|r| self.layers_dir().join(&r.hex)).collect(),
+            trusted: records.iter().all(|r| r.trusted),
+        })
     }
 
-    /// Whether the layers of `records` can be kept as the image: each can
-    /// be an overlay's lower layer, and their paths fit in the mount options.
+    /// Whether the layers of `records` (bottom first, each once: see
+    /// [`top_most`]) can be kept as the image: each can be an overlay's
+    /// lower layer, and their paths fit in the mount options, with the run's
+    /// upper and work directories (in the store too).
     fn can_layer(&self, records: &[&LayerRecord]) -> bool {
         let lowerdir: usize = records.iter().map(|r| self.layers_dir().join(&r.hex).as_os_str().len() + 1).sum();
-        self.layered && !records.is_empty() && records.iter().all(|r| r.overlay()) && lowerdir <= MAX_LOWERDIR_BYTES
+        let runs = 2 * (self.root.as_os_str().len() + RUN_OVERLAY_PATH_BYTES);
+        self.layered
+            && !records.is_empty()
+            && records.iter().all(|r| r.overlay())
+            && lowerdir + runs <= MAX_LOWERDIR_BYTES
     }
 
     /// The assembled tree of manifest `digest`, for a runtime that cannot
@@ -991,7 +1018,8 @@ impl Store {
             return Err(StoreError::UnpackedTooLarge { limit });
         }
         let blobs = manifest.layers().iter().map(manifest::descriptor_digest).collect::<Result<Vec<_>, _>>()?;
-        if self.can_layer(&layers.iter().map(|(record, _)| record).collect::<Vec<_>>()) {
+        let records: Vec<LayerRecord> = layers.iter().map(|(record, _)| record.clone()).collect();
+        if self.can_layer(&top_most(&records)) {
             // Kept as its layers: the list names the image, as a renamed
             // tree would.
             drop(begun);
@@ -1513,6 +1541,11 @@ struct LayerRecord {
     /// Bytes of its uncompressed tar.
     size: u64,
     /// The directories it only implies ([`unpack::LayerDir::implicit_dirs`]).
+    /// Written as `implied`: a ces from before layers in overlay's format
+    /// cannot read the record, and unpacks the layer anew in its own
+    /// format, instead of assembling trees from this one that it would
+    /// read wrongly (it knows no opaque attribute).
+    #[serde(rename = "implied", alias = "implicit")]
     implicit: Vec<Vec<u8>>,
     /// The modes its directories keep off disk ([`unpack::LayerDir::dir_modes`]).
     #[serde(default)]
@@ -2282,6 +2315,28 @@ mod tests {
         assert!(!claimed_done, "named before the other's download ended (held back {held_back:?})");
         assert!(t.named());
         assert_eq!(fs::read(t.store.layers_dir().join(digest_hex(&t.diff_id)).join("a")).unwrap(), b"the real layer");
+    }
+
+    /// A layer record is written so that a ces from before layers in
+    /// overlay's format cannot read it (its `implicit` field is `implied`),
+    /// and a record that ces wrote is still read.
+    #[test]
+    fn layer_records_are_unreadable_to_ces_before_overlay_layers() {
+        let record = LayerRecord {
+            hex: "ab".repeat(32),
+            size: 1,
+            implicit: vec![b"x".to_vec()],
+            dir_modes: Vec::new(),
+            blobs: Vec::new(),
+            overlay: true,
+            trusted: true,
+        };
+        let json = serde_json::to_value(&record).unwrap();
+        assert!(json.get("implied").is_some() && json.get("implicit").is_none(), "{json}");
+        let old = serde_json::json!({ "hex": "ab".repeat(32), "size": 1, "implicit": [[120]] });
+        let read: LayerRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(read.implicit, [b"x".to_vec()]);
+        assert!(!read.overlay && !read.trusted, "an old layer is in the `.wh.` format");
     }
 
     /// `ces gc` removes the files of the layers' turns (no turn is held

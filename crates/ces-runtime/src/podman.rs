@@ -164,12 +164,13 @@ impl Overlay {
             }
         }
         let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
+        // `userxattr` first: mount data longer than a page is cut at its end.
         Ok(format!(
-            "lowerdir={},upperdir={},workdir={}{}",
+            "{}lowerdir={},upperdir={},workdir={}",
+            if self.user_xattrs { "userxattr," } else { "" },
             lower.join(":"),
             self.upper.display(),
             self.work.display(),
-            if self.user_xattrs { ",userxattr" } else { "" }
         ))
     }
 }
@@ -1139,6 +1140,25 @@ mod tests {
         let mut s = spec();
         s.image.rootfs = ces_image::rootfs::Rootfs::Tree("/st:ore/rootfs".into());
         assert!(Overlay::of(&s).options().is_err());
+    }
+
+    /// An image kept as its layers: the overlay ces mounts as root lists
+    /// them top first (with `userxattr` when root did not mark them);
+    /// rootless podman, which takes one directory, is refused it.
+    #[test]
+    fn layers_are_the_lower_layers_of_the_rootful_overlay() {
+        use ces_image::rootfs::{Layers, Rootfs};
+        let mut s = spec();
+        let dirs = vec!["/store/layers/a".into(), "/store/layers/b".into()];
+        s.image.rootfs = Rootfs::Layers(Layers { dirs, trusted: true });
+        let options = Overlay::of(&s).options().unwrap();
+        assert!(options.starts_with("lowerdir=/store/layers/b:/store/layers/a,upperdir="), "{options}");
+        assert!(!options.contains("userxattr"), "{options}");
+        assert!(podman_args(&s, &rootful()).is_ok());
+        assert!(matches!(podman_args(&s, &rootless()), Err(RuntimeError::Unsupported { .. })));
+        let Rootfs::Layers(layers) = &mut s.image.rootfs else { unreachable!() };
+        layers.trusted = false;
+        assert!(Overlay::of(&s).options().unwrap().starts_with("userxattr,lowerdir="));
     }
 
     #[test]

@@ -57,15 +57,17 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
     let rootfs = w.sb.rootfs(&w.digest);
     let rootsh = rootfs.join("usr/local/bin/rootsh");
     assert!(rootsh.is_file(), "the image was unpacked into the cache");
-    assert_eq!(setid_files(&rootfs), Vec::<PathBuf>::new(), "no setuid/setgid file in the cache");
+    assert_eq!(setid_files(&w.sb.store), Vec::<PathBuf>::new(), "no setuid/setgid file in the store");
 
     // (busybox drops a setuid bit itself, so running it would prove nothing:
     // reaching the file is what a real `su` in the image would need.)
     let (code, out) = as_user(&user, &["stat", "-c", "%u %a", rootsh.to_str().unwrap()]);
     assert_ne!(code, Some(0), "{TEST_USER} reaches a file in the store's cache (owner and mode {out})");
-    let (code, _) = as_user(&user, &["ls", w.sb.store.join("rootfs").to_str().unwrap()]);
-    assert_ne!(code, Some(0), "{TEST_USER} can list the cached root filesystems");
-    for private in ["oci", "rootfs", "tmp", "locks"] {
+    for cache in ["rootfs", "layers", "layered"] {
+        let (code, _) = as_user(&user, &["ls", w.sb.store.join(cache).to_str().unwrap()]);
+        assert_ne!(code, Some(0), "{TEST_USER} can list the store's {cache}/");
+    }
+    for private in ["oci", "rootfs", "layers", "layered", "tmp", "locks"] {
         let mode = std::fs::metadata(w.sb.store.join(private)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700, "{private}");
     }

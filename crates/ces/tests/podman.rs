@@ -277,7 +277,7 @@ fn the_next_start_removes_a_lost_container_before_its_scratch() {
         let started = Command::new("podman")
             .args(["run", "-d", "--name", &decoy, "--runtime", "runc", "--network", "none"])
             .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs"])
-            .arg(format!("{}:O", rootfs.display()))
+            .arg(format!("{}:O", rootfs.dir().display()))
             .args(["sleep", "600"])
             .stdout(Stdio::null())
             .status()

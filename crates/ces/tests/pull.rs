@@ -355,7 +355,8 @@ fn two_concurrent_pulls_of_one_image_both_succeed_with_one_consistent_copy() {
     assert_eq!(images[0]["digest"], image.digest.as_str());
     assert!(sb.rootfs(&image.digest).join("big").is_file());
     assert!(sb.tmp_leftovers().is_empty(), "{:?}", sb.tmp_leftovers());
-    assert_eq!(std::fs::read_dir(sb.store.join("rootfs")).unwrap().count(), 1);
+    let named = |dir: &str| std::fs::read_dir(sb.store.join(dir)).unwrap().count();
+    assert_eq!(named("rootfs") + named("layered"), 1, "one copy named");
 }
 
 #[test]

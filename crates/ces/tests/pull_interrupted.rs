@@ -197,6 +197,8 @@ fn a_layer_is_unpacked_while_the_others_are_still_downloading() {
     .build();
     let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[1]));
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
+    // A tree begun ahead is for images that are assembled.
+    sb.configure("layered_rootfs = false");
     let mut child = start_pull(&sb, &reg);
     let first = sb.store.join("layers").join(image.diff_ids[0].strip_prefix("sha256:").unwrap());
     let begun = || temp_dirs(&sb, "rootfs-").into_iter().find(|dir| dir.join("first").exists());

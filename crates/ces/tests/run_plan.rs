@@ -537,6 +537,56 @@ fn native_sigterm_to_ces_reaches_the_container_and_cleans_up() {
     assert!(w.run_records().is_empty());
 }
 
+/// An image of two layers, the upper one hiding a file (whiteout) and a
+/// directory's lower content (opaque directory) of the lower one, is kept
+/// as its layers, and a run sees them merged. With `[storage]
+/// layered_rootfs = false`, the next run assembles the image's tree and
+/// sees the same.
+#[test]
+fn an_image_kept_as_its_layers_runs_merged_and_the_setting_assembles_it() {
+    require_root("needs root");
+    use ces_testkit::layer::{Layer, busybox_entries};
+    let mut lower = busybox_entries();
+    lower.extend([Entry::dir("data"), Entry::file("data/a", "a"), Entry::file("gone", "g")]);
+    let upper = vec![Entry::dir("data"), Entry::opaque("data"), Entry::file("data/b", "b"), Entry::whiteout("gone")];
+    let image = ces_testkit::ImageSpec::new(vec![Layer::new(lower), Layer::new(upper)]);
+    let w = TreWorld::with("run/layered", &image, "");
+    assert!(w.sb.rootfs(&w.digest).is_layered(), "kept as its layers");
+    assert!(!w.sb.tree(&w.digest).exists(), "no tree assembled");
+    let script = "ls /data > /safe_outputs/data; test -e /gone && echo visible > /safe_outputs/gone; true";
+    let seen = |w: &TreWorld| {
+        let out = w.ces(&["run", "--json", &w.image, "sh", "-c", script]);
+        out.ok();
+        let outputs = outputs_of(&out);
+        (std::fs::read_to_string(outputs.join("data")).unwrap(), outputs.join("gone").exists())
+    };
+    assert_eq!(seen(&w), ("b\n".to_owned(), false), "the upper layer hides /gone and /data/a");
+    let config = std::fs::read_to_string(&w.sb.config).unwrap();
+    std::fs::write(&w.sb.config, config.replacen("[storage]\n", "[storage]\nlayered_rootfs = false\n", 1)).unwrap();
+    assert_eq!(seen(&w), ("b\n".to_owned(), false));
+    assert!(w.sb.tree(&w.digest).join("data/b").is_file(), "assembled for the run");
+}
+
+/// An image that has one layer twice (legacy builders repeat the empty
+/// layer) runs from its layers: overlayfs refuses a directory twice among
+/// its lower layers, so the lower copy is left out (the upper shows all it
+/// would).
+#[test]
+fn an_image_with_a_layer_twice_runs_from_its_layers() {
+    require_root("needs root");
+    use ces_testkit::layer::{Layer, busybox_entries};
+    let mut base = busybox_entries();
+    base.push(Entry::file("x", "x"));
+    let base = Layer::new(base);
+    let hide = Layer::new(vec![Entry::whiteout("x"), Entry::file("y", "y")]);
+    let image = ces_testkit::ImageSpec::new(vec![base.clone(), hide, base]);
+    let w = TreWorld::with("run/twice", &image, "");
+    assert!(w.sb.rootfs(&w.digest).is_layered(), "kept as its layers");
+    let out = w.ces(&["run", "--json", &w.image, "sh", "-c", "cat /x /y > /safe_outputs/seen"]);
+    out.ok();
+    assert_eq!(std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap(), "xy");
+}
+
 #[test]
 fn native_writes_outside_safe_outputs_are_gone_and_the_cache_is_untouched() {
     require_root("needs root");

@@ -155,15 +155,17 @@ impl Overlay {
     /// The mount options, as `key=value` strings.
     pub fn options(&self, in_user_namespace: bool) -> Vec<String> {
         let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
-        let mut options = vec![
+        let mut options = Vec::with_capacity(4);
+        if in_user_namespace || self.user_xattrs {
+            // trusted.* xattrs need CAP_SYS_ADMIN in the initial namespace.
+            // First: mount data longer than a page is cut at its end.
+            options.push("userxattr".to_owned());
+        }
+        options.extend([
             format!("lowerdir={}", lower.join(":")),
             format!("upperdir={}", self.upper.display()),
             format!("workdir={}", self.work.display()),
-        ];
-        if in_user_namespace || self.user_xattrs {
-            // trusted.* xattrs need CAP_SYS_ADMIN in the initial namespace.
-            options.push("userxattr".to_owned());
-        }
+        ]);
         options
     }
 }

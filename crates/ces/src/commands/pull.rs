@@ -526,7 +526,7 @@ fn dropped_summary(stats: &ces_image::unpack::UnpackStats) -> Option<String> {
             .map(|(name, n)| format!("{name} ({n} {})", if *n == 1 { "entry" } else { "entries" }))
             .collect();
         parts.push(format!(
-            "extended attributes not set: {} (only user.* is kept, where the file system takes it)",
+            "extended attributes not set: {} (only user.* is kept, not user.overlay.*, where the file system takes it)",
             names.join(", ")
         ));
     }

@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use ces_image::rootfs::{Layers, Rootfs};
 use ces_testkit::registry::Registry;
 use ces_testkit::{AuthMode, ImageSpec, busybox_image};
 
@@ -160,9 +161,64 @@ impl Sandbox {
         self.store.join("oci/blobs/sha256").join(digest.strip_prefix("sha256:").unwrap())
     }
 
-    /// The unpacked rootfs of a manifest digest.
-    pub fn rootfs(&self, digest: &str) -> PathBuf {
+    /// The unpacked root filesystem of a manifest digest, as the store keeps
+    /// it: its assembled tree, or its layers (read as a run would see them
+    /// merged).
+    pub fn rootfs(&self, digest: &str) -> ImageRoot {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        let tree = self.store.join("rootfs").join(hex);
+        if tree.is_dir() {
+            return ImageRoot(Some(Rootfs::Tree(tree)));
+        }
+        let Ok(list) = std::fs::read(self.store.join("layered").join(hex)) else { return ImageRoot(None) };
+        let diff_ids: Vec<String> = serde_json::from_slice(&list).unwrap();
+        let dirs =
+            diff_ids.iter().map(|d| self.store.join("layers").join(d.strip_prefix("sha256:").unwrap())).collect();
+        ImageRoot(Some(Rootfs::Layers(Layers { dirs, trusted: false })))
+    }
+
+    /// The store's assembled tree of a manifest digest (`rootfs/<hex>`).
+    pub fn tree(&self, digest: &str) -> PathBuf {
         self.store.join("rootfs").join(digest.strip_prefix("sha256:").unwrap())
+    }
+}
+
+/// An image's root filesystem in the store (see [`Sandbox::rootfs`]).
+#[derive(Debug)]
+pub struct ImageRoot(pub Option<Rootfs>);
+
+impl ImageRoot {
+    /// Whether the image is unpacked.
+    pub fn exists(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Where what the image has at `path` is on the host (symbolic links on
+    /// the way resolved inside the image, the last component not followed,
+    /// as `lstat` does), or a path that does not exist.
+    pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        let missing = PathBuf::from("/nonexistent/in/the/image").join(path);
+        let (Some(rootfs), Some(name)) = (&self.0, path.file_name()) else { return missing };
+        let parent = path.parent().and_then(Path::to_str).unwrap_or("");
+        let Some((host_parent, _)) = rootfs.resolve(parent) else { return missing };
+        let layers = rootfs.lower_dirs();
+        // The parent's place inside the layer that holds it, then the
+        // top-most layer that has the name there.
+        let Some(inside) = layers.iter().find_map(|l| host_parent.strip_prefix(l).ok()) else { return missing };
+        let found = layers.iter().map(|l| l.join(inside).join(name)).find(|p| p.symlink_metadata().is_ok());
+        found.unwrap_or(missing)
+    }
+
+    /// A directory podman can take as `--rootfs` (the tree, or the top
+    /// layer of a one-layer image).
+    pub fn dir(&self) -> &Path {
+        self.0.as_ref().expect("unpacked").root_dir()
+    }
+
+    /// Whether the image is kept as its layers.
+    pub fn is_layered(&self) -> bool {
+        matches!(self.0, Some(Rootfs::Layers(_)))
     }
 }
 

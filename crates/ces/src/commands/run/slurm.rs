@@ -141,6 +141,9 @@ pub fn plan_digest(settings: &Settings, spec: &RunSpec, key: &str) -> anyhow::Re
     // of its tags.
     let mut spec = spec.clone();
     spec.image.reference.clear();
+    // How the store keeps the image (a tree, its layers) is the store's
+    // business: the digest pins what the image holds.
+    spec.image.rootfs = ces_image::rootfs::Rootfs::Tree(std::path::PathBuf::new());
     hash.update(serde_json::to_vec(&spec)?);
     for var in &spec.process.env {
         hash.update(var.to_env_string().as_bytes());
