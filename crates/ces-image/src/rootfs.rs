@@ -221,8 +221,9 @@ impl Rootfs {
         let view = self.view()?;
         // Components still to resolve, the next one last.
         let mut pending = components(path.as_bytes());
-        // The real directories from the root to `dir`: what `..` goes back through.
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        // The merged directories from the root to `dir`'s parent: what `..`
+        // goes back through (a pop, not a walk from the root again).
+        let mut parents: Vec<Merged> = Vec::new();
         let mut dir = view.root.clone();
         let mut links = 0;
         while let Some(name) = pending.pop() {
@@ -230,8 +231,8 @@ impl Rootfs {
                 b"." => continue,
                 b".." => {
                     // At the root, `..` is the root.
-                    if names.pop().is_some() {
-                        dir = view.walk(&names).ok()?;
+                    if let Some(parent) = parents.pop() {
+                        dir = parent;
                     }
                     continue;
                 }
@@ -240,10 +241,7 @@ impl Rootfs {
             let last = pending.is_empty();
             match view.lookup(&dir, &name).ok()? {
                 Entry::Missing => return Some(Found::Missing),
-                Entry::Directory(child) => {
-                    names.push(name);
-                    dir = child;
-                }
+                Entry::Directory(child) => parents.push(std::mem::replace(&mut dir, child)),
                 Entry::Leaf(leaf) if leaf.is_symlink() && (follow_last || !last) => {
                     links += 1;
                     if links > MAX_LINKS {
@@ -254,7 +252,7 @@ impl Rootfs {
                         return Some(Found::Missing);
                     }
                     if target.starts_with(b"/") {
-                        names.clear();
+                        parents.clear();
                         dir = view.root.clone();
                     }
                     pending.extend(components(&target));
@@ -371,20 +369,6 @@ struct View {
 }
 
 impl View {
-    /// The merged directory that the real directories `names` lead to from
-    /// the root.
-    fn walk(&self, names: &[Vec<u8>]) -> rustix::io::Result<Merged> {
-        let mut dir = self.root.clone();
-        for name in names {
-            match self.lookup(&dir, name)? {
-                Entry::Directory(child) => dir = child,
-                // Changed since it was walked down.
-                Entry::Missing | Entry::Leaf(_) => return Err(Errno::NOENT),
-            }
-        }
-        Ok(dir)
-    }
-
     /// Looks `name` up in `dir`, by overlay's rules: the top-most layer that
     /// has it decides what it is; a directory merges with the same name's
     /// directories in the layers below, down to an opaque one, or to a layer

@@ -395,3 +395,23 @@ fn rootless_podman_without_limits_is_refused() {
         assert!(!w.sb.store.join("runs").exists() || entries(&w.sb.store.join("runs")).is_empty());
     }
 }
+
+/// Rootless podman takes one directory (`--rootfs DIR:O`): an image the
+/// store keeps as its layers gets its tree assembled for it, by the user,
+/// in the user's store, and the plan names that tree.
+#[test]
+fn rootless_podman_gets_an_assembled_tree() {
+    let w = RootlessWorld::new("podman/rootless-tree");
+    let images: Vec<serde_json::Value> = serde_json::from_str(w.ces(&["images", "--json"]).ok()).unwrap();
+    let digest = images[0]["digest"].as_str().unwrap().to_owned();
+    assert!(w.sb.rootfs(&digest).is_layered(), "kept as its layers by the pull");
+    let plan = w.ces(&["run", "--runtime", "podman", "--dry-run", &w.image, "true"]);
+    let tree = w.sb.tree(&digest);
+    assert!(tree.join("bin/busybox").is_file(), "assembled for the run");
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert!(plan.ok().contains(&tree.display().to_string()), "{}", plan.stdout);
+    } else {
+        // Refused once planned: rootless podman ignores limits on cgroup v1.
+        assert!(plan.fails().contains("rootless podman ignores memory and CPU limits"), "{}", plan.stderr);
+    }
+}
