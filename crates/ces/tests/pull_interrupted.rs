@@ -247,7 +247,11 @@ fn a_layer_is_unpacked_as_its_bytes_arrive() {
     let reg = StallingRegistry::start(content_of(&image), format!("/v2/ns/img/blobs/{}", image.layer_digests[0]));
     let sb = Sandbox::with_hosts(std::slice::from_ref(&reg.host), std::slice::from_ref(&reg.host));
     let mut child = start_pull(&sb, &reg);
-    let unpacked_early = || temp_dirs(&sb, "layer-").into_iter().find(|dir| dir.join("a-early").exists());
+    // The file whole, not only there: it is created, then written.
+    let unpacked_early = || {
+        let whole = |dir: &std::path::PathBuf| std::fs::read(dir.join("a-early")).is_ok_and(|c| c == b"here early");
+        temp_dirs(&sb, "layer-").into_iter().find(whole)
+    };
     // A bound on the wait, not a measure: the stall lasts 120 s.
     let deadline = Instant::now() + Duration::from_secs(60);
     while !(reg.stalled.load(Ordering::SeqCst) && unpacked_early().is_some()) && Instant::now() < deadline {
