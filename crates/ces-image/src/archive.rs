@@ -1092,6 +1092,16 @@ mod tests {
         assert!(rootfs.resolve("bin/busybox").is_some_and(|(_, meta)| meta.is_file()));
     }
 
+    /// Two images on one base layer (`/etc/base`, `/gone`): `a` adds `/a`
+    /// and whites out `/gone`, `b` adds `/b`.
+    fn two_images_sharing_a_layer() -> (BuiltImage, BuiltImage) {
+        let base = Layer::new(vec![Entry::dir("etc"), Entry::file("etc/base", "shared"), Entry::file("gone", "g")]);
+        let a = ImageSpec::new(vec![base.clone(), Layer::new(vec![Entry::file("a", "a"), Entry::whiteout("gone")])])
+            .build();
+        let b = ImageSpec::new(vec![base, Layer::new(vec![Entry::file("b", "b")])]).build();
+        (a, b)
+    }
+
     /// Two images with a layer in common: it is unpacked once, and both
     /// root filesystems hold its files as hard links of one inode. Removing
     /// one image frees its own layer and root filesystem, not the other's.
@@ -1099,10 +1109,7 @@ mod tests {
     fn images_that_share_a_layer_share_its_files() {
         use std::os::unix::fs::MetadataExt as _;
         let f = Fixture::new();
-        let base = Layer::new(vec![Entry::dir("etc"), Entry::file("etc/base", "shared"), Entry::file("gone", "g")]);
-        let a = ImageSpec::new(vec![base.clone(), Layer::new(vec![Entry::file("a", "a"), Entry::whiteout("gone")])])
-            .build();
-        let b = ImageSpec::new(vec![base, Layer::new(vec![Entry::file("b", "b")])]).build();
+        let (a, b) = two_images_sharing_a_layer();
         let options = unpack::UnpackOptions::for_current_user();
         let mut unpacked = Vec::new();
         for (image, name) in [(&a, "ghcr.io/ns/a:1"), (&b, "ghcr.io/ns/b:1")] {
@@ -1137,10 +1144,7 @@ mod tests {
     fn images_kept_as_their_layers_share_them() {
         use crate::rootfs::Rootfs;
         let f = Fixture::layered();
-        let base = Layer::new(vec![Entry::dir("etc"), Entry::file("etc/base", "shared"), Entry::file("gone", "g")]);
-        let a = ImageSpec::new(vec![base.clone(), Layer::new(vec![Entry::file("a", "a"), Entry::whiteout("gone")])])
-            .build();
-        let b = ImageSpec::new(vec![base, Layer::new(vec![Entry::file("b", "b")])]).build();
+        let (a, b) = two_images_sharing_a_layer();
         let options = unpack::UnpackOptions::for_current_user();
         let mut kept = Vec::new();
         for (image, name) in [(&a, "ghcr.io/ns/a:1"), (&b, "ghcr.io/ns/b:1")] {
@@ -1179,6 +1183,24 @@ mod tests {
         let tree = f.store.tree(&kept[1].0.digest, &options, &mut |_, _| {}).unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("b")).unwrap(), "b");
         assert_eq!(f.store.unpacked(&kept[1].0.digest), Some(Rootfs::Tree(tree)));
+    }
+
+    /// An image kept as its layers, one of which went (a store mended by
+    /// hand, a gc of another store's copy): it is no longer unpacked, and
+    /// unpacking it again brings the layer back.
+    #[test]
+    fn an_image_whose_layer_went_is_unpacked_again() {
+        let f = Fixture::layered();
+        let (_, b) = two_images_sharing_a_layer();
+        let record = loaded(&f, &b, "ghcr.io/ns/b:1");
+        let options = unpack::UnpackOptions::for_current_user();
+        f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap();
+        let top = f.store.root().join("layers").join(b.diff_ids[1].strip_prefix("sha256:").unwrap());
+        std::fs::remove_dir_all(&top).unwrap();
+        assert!(f.store.unpacked(&record.digest).is_none(), "a list naming a missing layer is not an image");
+        let again = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap().rootfs;
+        assert_eq!(again.read_to_string("b", 10).as_deref(), Some("b"));
+        assert!(top.is_dir());
     }
 
     /// An image with a layer that only implies a directory (`x/y` without

@@ -28,7 +28,7 @@
 //! layer, and the `redirect_dir`, `metacopy` and xattr-whiteout features,
 //! which the store does not write.
 
-use std::ffi::{CStr, OsStr};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io::Read as _;
 use std::os::fd::OwnedFd;
@@ -46,7 +46,7 @@ const MAX_LINKS: usize = 40;
 /// The extended attribute that marks a directory opaque. Only the `user.`
 /// one is read: it is always written, and `trusted.` ones cannot be read
 /// without privileges.
-const OPAQUE: &CStr = c"user.overlay.opaque";
+const OPAQUE: &str = crate::unpack::USER_OPAQUE;
 
 /// An image's root filesystem, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -139,7 +139,17 @@ impl Rootfs {
     /// resolution fails or loops. A directory merged from several layers is
     /// its top-most layer's directory, whose attributes overlay shows.
     pub fn resolve(&self, path: &str) -> Option<(PathBuf, Metadata)> {
-        match self.find(path, true)? {
+        self.resolved(path, true)
+    }
+
+    /// [`Rootfs::resolve`] without following the last component (as `lstat`
+    /// does): a symbolic link is the link itself.
+    pub fn resolve_nofollow(&self, path: &str) -> Option<(PathBuf, Metadata)> {
+        self.resolved(path, false)
+    }
+
+    fn resolved(&self, path: &str, follow_last: bool) -> Option<(PathBuf, Metadata)> {
+        match self.find(path, follow_last)? {
             Found::Missing => None,
             Found::Directory(dir) => {
                 let top = dir.top()?;
@@ -586,6 +596,11 @@ mod tests {
         assert_eq!(rootfs.resolve("/lib/x").unwrap().0, dirs[1].join("usr/lib/x"));
         assert!(rootfs.is_dir("/lib"));
         assert_eq!(rootfs.kind_nofollow("/lib"), EntryKind::Other);
+        // Not followed: the link itself, in the layer that has it.
+        let (path, meta) = rootfs.resolve_nofollow("/lib").unwrap();
+        assert_eq!(path, dirs[0].join("lib"));
+        assert!(meta.file_type().is_symlink());
+        assert_eq!(rootfs.resolve("/lib").unwrap().0, dirs[1].join("usr/lib"));
     }
 
     /// Links that would reach `decoy` (holding "host") if followed on the

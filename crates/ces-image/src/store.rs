@@ -267,14 +267,10 @@ const RUN_OVERLAY_PATH_BYTES: usize = 80;
 /// `records` (an image's layers, bottom first) with each layer once, at
 /// its top-most place: overlayfs refuses a directory twice among its lower
 /// layers, and the top-most copy shows all a lower one would.
-fn top_most(records: &[LayerRecord]) -> Vec<&LayerRecord> {
-    let mut kept: Vec<&LayerRecord> = Vec::with_capacity(records.len());
-    for (i, record) in records.iter().enumerate() {
-        if !records[i + 1..].iter().any(|above| above.hex == record.hex) {
-            kept.push(record);
-        }
-    }
-    kept
+fn top_most<'r>(records: impl IntoIterator<Item = &'r LayerRecord>) -> Vec<&'r LayerRecord> {
+    let records: Vec<&LayerRecord> = records.into_iter().collect();
+    let above = |i: usize, record: &LayerRecord| records[i + 1..].iter().any(|r| r.hex == record.hex);
+    records.iter().enumerate().filter(|(i, record)| !above(*i, record)).map(|(_, record)| *record).collect()
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -825,7 +821,7 @@ impl Store {
         let diff_ids: Vec<String> = serde_json::from_slice(&json).ok()?;
         let mut records = Vec::with_capacity(diff_ids.len());
         for diff_id in &diff_ids {
-            records.push(self.layer_record(diff_id).filter(LayerRecord::overlay)?);
+            records.push(self.layer_record(diff_id).filter(LayerRecord::mountable)?);
         }
         let records = top_most(&records);
         self.can_layer(&records).then(|| Layers {
@@ -843,7 +839,7 @@ impl Store {
         let runs = 2 * (self.root.as_os_str().len() + RUN_OVERLAY_PATH_BYTES);
         self.layered
             && !records.is_empty()
-            && records.iter().all(|r| r.overlay())
+            && records.iter().all(|r| r.mountable())
             && lowerdir + runs <= MAX_LOWERDIR_BYTES
     }
 
@@ -986,16 +982,13 @@ impl Store {
         on_layer: &mut dyn FnMut(usize, usize),
         ahead: Option<RootfsAhead>,
     ) -> Result<Unpacked> {
-        let dest = self.rootfs_path(digest);
-        // An image kept as its layers counts, unless a tree is asked for.
-        let done = || self.unpacked(digest).filter(|r| self.layered || matches!(r, Rootfs::Tree(_)));
-        if let Some(rootfs) = done() {
+        // Unpacked already: its tree, or its layers where the store keeps
+        // images so.
+        if let Some(rootfs) = self.unpacked(digest) {
             return Ok(Unpacked { rootfs, layers: Vec::new() });
         }
-        // What was linked ahead, if anything.
-        let begun = ahead.and_then(|RootfsAhead { temp, linked, layers, .. }| Some((temp?, linked, layers)));
         let _guard = self.flock(&self.rootfs_lock_path(digest), FlockOperation::LockExclusive)?;
-        if let Some(rootfs) = done() {
+        if let Some(rootfs) = self.unpacked(digest) {
             return Ok(Unpacked { rootfs, layers: Vec::new() });
         }
         let manifest = self.manifest(digest)?;
@@ -1008,7 +1001,7 @@ impl Store {
         // read fail as they are.
         let layers = match self.unpack_layers(&manifest, diff_ids, options, on_layer) {
             Err(StoreError::Unpack { .. }) => {
-                drop(begun);
+                drop(ahead);
                 return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
             }
             result => result?,
@@ -1018,27 +1011,57 @@ impl Store {
             return Err(StoreError::UnpackedTooLarge { limit });
         }
         let blobs = manifest.layers().iter().map(manifest::descriptor_digest).collect::<Result<Vec<_>, _>>()?;
-        let records: Vec<LayerRecord> = layers.iter().map(|(record, _)| record.clone()).collect();
-        if self.can_layer(&top_most(&records)) {
-            // Kept as its layers: the list names the image, as a renamed
-            // tree would.
-            drop(begun);
-            let list = layers.iter().map(|(record, _)| format!("sha256:{}", record.hex)).collect::<Vec<_>>();
-            let path = self.layered_dir().join(digest.hex());
-            let json = serde_json::to_vec(&list).map_err(|e| io_err(&path)(io::Error::other(e)))?;
-            write_atomic(self, &path, &json)?;
-            if !self.keep_layer_blobs {
-                self.drop_layer_blobs(&manifest);
+        let rootfs = if self.can_layer(&top_most(layers.iter().map(|(record, _)| record))) {
+            drop(ahead);
+            self.name_layered(digest, layers.iter().map(|(record, _)| record))?
+        } else {
+            match self.assemble(digest, ahead, &layers, &blobs, diff_ids, options)? {
+                Some(tree) => Rootfs::Tree(tree),
+                // Linking failed (entries of one layer that land on one
+                // place, a store split across file systems, a file's link
+                // limit): the old way.
+                None => return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer),
             }
-            let rootfs = self.unpacked(digest).ok_or_else(|| StoreError::Io {
-                path: path.clone(),
-                source: io::Error::other("a layer of the image went as it was named"),
-            })?;
-            let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
-            return Ok(Unpacked { rootfs, layers: stats });
+        };
+        if !self.keep_layer_blobs {
+            // Every layer is in `layers/` and the image is whole (its
+            // layers named, or its tree): the blobs are no longer needed
+            // to run it.
+            self.drop_layer_blobs(&manifest);
         }
+        let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
+        Ok(Unpacked { rootfs, layers: stats })
+    }
+
+    /// Names the image `digest` as kept as its layers (`layered/<hex>`,
+    /// their diff_ids in order), as renaming its tree into place would.
+    fn name_layered<'r>(&self, digest: &Digest, records: impl Iterator<Item = &'r LayerRecord>) -> Result<Rootfs> {
+        let list = records.map(|record| format!("sha256:{}", record.hex)).collect::<Vec<_>>();
+        let path = self.layered_dir().join(digest.hex());
+        let json = serde_json::to_vec(&list).map_err(|e| io_err(&path)(io::Error::other(e)))?;
+        write_atomic(self, &path, &json)?;
+        self.unpacked(digest).ok_or_else(|| StoreError::Io {
+            path,
+            source: io::Error::other("a layer of the image went as it was named"),
+        })
+    }
+
+    /// Assembles the image's tree from its unpacked `layers` into
+    /// `rootfs/`, going on from what was linked ahead (`ahead`) if it was
+    /// for these layers. `None` when linking fails: the image must be
+    /// unpacked the old way.
+    fn assemble(
+        &self,
+        digest: &Digest,
+        ahead: Option<RootfsAhead>,
+        layers: &[(LayerRecord, Option<unpack::UnpackStats>)],
+        blobs: &[Digest],
+        diff_ids: &[String],
+        options: &UnpackOptions,
+    ) -> Result<Option<PathBuf>> {
         // What was linked ahead is kept if it was this image's layers, as
         // its manifest and config name them, in order.
+        let begun = ahead.and_then(|RootfsAhead { temp, linked, layers, .. }| Some((temp?, linked, layers)));
         let named: Vec<(Digest, String)> = blobs.iter().cloned().zip(diff_ids.iter().cloned()).collect();
         let (temp, linked) = match begun.filter(|(_, _, layers)| *layers == named) {
             Some((temp, linked, _)) => (temp, linked),
@@ -1050,29 +1073,18 @@ impl Store {
         };
         let assembled = layers
             .iter()
-            .zip(&blobs)
+            .zip(blobs)
             .skip(linked)
             .try_for_each(|((record, _), blob)| self.link_recorded_layer(&temp.0, record, blob, options));
         match assembled {
             Ok(()) => {}
-            // Linking failed (entries of one layer that land on one place,
-            // a store split across file systems, a file's link limit): the
-            // old way.
-            Err(StoreError::Unpack { .. }) => {
-                drop(temp);
-                return self.unpack_merged(digest, &manifest, diff_ids, options, on_layer);
-            }
+            Err(StoreError::Unpack { .. }) => return Ok(None),
             Err(e) => return Err(e),
         }
+        let dest = self.rootfs_path(digest);
         fs::rename(&temp.0, &dest).map_err(io_err(&dest))?;
         temp.keep();
-        if !self.keep_layer_blobs {
-            // Every layer is in `layers/` and the root filesystem is whole:
-            // the blobs are no longer needed to run the image.
-            self.drop_layer_blobs(&manifest);
-        }
-        let stats = layers.into_iter().map(|(_, stats)| stats.unwrap_or_default()).collect();
-        Ok(Unpacked { rootfs: Rootfs::Tree(dest), layers: stats })
+        Ok(Some(dest))
     }
 
     /// Each layer of the image unpacked alone (those the store has are
@@ -1570,7 +1582,7 @@ impl LayerRecord {
     /// would show that directory as the layer made it, where applying the
     /// layer keeps a lower layer's, or makes none), none whose mode it
     /// keeps off disk.
-    fn overlay(&self) -> bool {
+    fn mountable(&self) -> bool {
         self.overlay && self.implicit.is_empty() && self.dir_modes.is_empty()
     }
 

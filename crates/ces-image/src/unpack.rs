@@ -736,13 +736,13 @@ impl<'o> Applier<'o> {
                 let components: Vec<&[u8]> = dir.split(|b| *b == b'/').collect();
                 self.whiteout(&shown, &components, OPAQUE_MARKER)?;
             }
-            let mut entries = std::fs::read_dir(&on_disk)
+            let entries = std::fs::read_dir(&on_disk)
                 .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
                 .map_err(|e| io_error(&on_disk)(e))?;
             // The tar's order is gone: whiteouts and opaque markers first, as
             // in a tar sorted by name (`.wh.` sorts before the names it
             // hides), then the rest by name.
-            let mut entries: Vec<_> = entries.drain(..).map(|e| (is_whiteout(&e), e)).collect();
+            let mut entries: Vec<_> = entries.into_iter().map(|e| (is_whiteout(&e), e)).collect();
             entries.sort_by_key(|(whiteout, e)| {
                 let name = e.file_name().as_bytes().to_vec();
                 (!(*whiteout || name.starts_with(WHITEOUT_PREFIX)), name)
@@ -1313,7 +1313,6 @@ impl<'o> Applier<'o> {
         Ok(true)
     }
 
-    /// Gives the directories [`Applier::unlock`] changed their modes back.
     /// [`unpack_layer`]: turns the layer's `.wh.` files into overlayfs'
     /// whiteouts and opaque directories, where it can. Returns whether every
     /// one was, and whether opaque directories carry [`TRUSTED_OPAQUE`] too.
@@ -1385,6 +1384,7 @@ impl<'o> Applier<'o> {
         Ok((complete, trusted))
     }
 
+    /// Gives the directories [`Applier::unlock`] changed their modes back.
     fn restore_locked_dirs(&mut self) -> Result<(), UnpackError> {
         let mut first_error = None;
         for (_, (fd, mode, entry)) in self.locked_dirs.drain() {

@@ -93,6 +93,13 @@ pub enum Mode {
     Rootless,
 }
 
+impl Mode {
+    /// Rootful as root, else rootless.
+    pub fn current() -> Mode {
+        if nix::unistd::geteuid().is_root() { Mode::Rootful } else { Mode::Rootless }
+    }
+}
+
 /// Where podman looks for its init (`--init`) unless configured otherwise.
 pub const CATATONIT: &str = "/usr/libexec/podman/catatonit";
 
@@ -117,7 +124,7 @@ impl Default for PodmanRuntime {
     /// podman from `PATH`; rootful as root; with `--init` when podman's init
     /// (Debian's `catatonit` package) is installed.
     fn default() -> Self {
-        let mode = if nix::unistd::geteuid().is_root() { Mode::Rootful } else { Mode::Rootless };
+        let mode = Mode::current();
         let init = Path::new(CATATONIT).exists();
         if !init {
             tracing::warn!("{CATATONIT} is missing (package catatonit): the container's command runs as PID 1");

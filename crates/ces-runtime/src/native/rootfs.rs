@@ -61,8 +61,8 @@ impl RunDirs {
     }
 
     /// Creates the directories. The upper layer's root gets the mode of the
-    /// image's `/` (`root`: the directory an overlay takes it from), which
-    /// the container sees as its own `/`, and with
+    /// image's `/` (`image_root`: the directory an overlay takes it from),
+    /// which the container sees as its own `/`, and with
     /// `owner_shift` its owner, shifted by that much (root mode's id block:
     /// see [`super::idmap`]). With `layer_size` (root only, in ces's
     /// private mount namespace), the overlay's directory is a tmpfs of that
@@ -72,7 +72,7 @@ impl RunDirs {
     /// writes them).
     pub(crate) fn create(
         &self,
-        lower: &Path,
+        image_root: &Path,
         owner_shift: Option<u32>,
         layer_size: Option<u64>,
     ) -> io::Result<Option<OverlayMount>> {
@@ -87,14 +87,14 @@ impl RunDirs {
         for dir in [&upper, &work, &self.rootfs] {
             fs::create_dir(dir).map_err(|e| annotate(e, dir))?;
         }
-        let root = fs::metadata(lower).map_err(|e| annotate(e, lower))?;
+        let root = fs::metadata(image_root).map_err(|e| annotate(e, image_root))?;
         fs::set_permissions(&upper, fs::Permissions::from_mode(root.mode() & 0o7777))
             .map_err(|e| annotate(e, &upper))?;
         if let Some(shift) = owner_shift {
             let shifted = |id: u32| id.checked_add(shift).ok_or_else(|| io::Error::from_raw_os_error(libc::EOVERFLOW));
             let (uid, gid) = (
-                shifted(root.uid()).map_err(|e| annotate(e, lower))?,
-                shifted(root.gid()).map_err(|e| annotate(e, lower))?,
+                shifted(root.uid()).map_err(|e| annotate(e, image_root))?,
+                shifted(root.gid()).map_err(|e| annotate(e, image_root))?,
             );
             std::os::unix::fs::lchown(&upper, Some(uid), Some(gid)).map_err(|e| annotate(e, &upper))?;
         }

@@ -319,11 +319,12 @@ pub(crate) fn prepare(
         Some(rootfs) => rootfs,
         None => {
             unpack(&store, printer, &record.digest)?;
-            store.unpacked(&record.digest).context("the image's root filesystem went as it was unpacked")?
+            let gone = || format!("the root filesystem of {} went as it was unpacked", record.digest);
+            store.unpacked(&record.digest).with_context(gone)?
         }
     };
-    if rootfs.tree().is_none() && options.runtime.as_deref() == Some("podman") && !rustix::process::geteuid().is_root()
-    {
+    let rootless_podman = ces_runtime::podman::Mode::current() == ces_runtime::podman::Mode::Rootless;
+    if rootfs.tree().is_none() && options.runtime.as_deref() == Some("podman") && rootless_podman {
         // Rootless podman takes one directory (`--rootfs DIR:O`).
         let options = ces_image::unpack::UnpackOptions::for_current_user();
         rootfs = ces_image::rootfs::Rootfs::Tree(store.tree(&record.digest, &options, &mut |_, _| {})?);

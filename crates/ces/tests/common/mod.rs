@@ -197,17 +197,9 @@ impl ImageRoot {
     /// the way resolved inside the image, the last component not followed,
     /// as `lstat` does), or a path that does not exist.
     pub fn join(&self, path: impl AsRef<Path>) -> PathBuf {
-        let path = path.as_ref();
-        let missing = PathBuf::from("/nonexistent/in/the/image").join(path);
-        let (Some(rootfs), Some(name)) = (&self.0, path.file_name()) else { return missing };
-        let parent = path.parent().and_then(Path::to_str).unwrap_or("");
-        let Some((host_parent, _)) = rootfs.resolve(parent) else { return missing };
-        let layers = rootfs.lower_dirs();
-        // The parent's place inside the layer that holds it, then the
-        // top-most layer that has the name there.
-        let Some(inside) = layers.iter().find_map(|l| host_parent.strip_prefix(l).ok()) else { return missing };
-        let found = layers.iter().map(|l| l.join(inside).join(name)).find(|p| p.symlink_metadata().is_ok());
-        found.unwrap_or(missing)
+        let path = path.as_ref().to_str().unwrap();
+        let found = self.0.as_ref().and_then(|rootfs| rootfs.resolve_nofollow(path));
+        found.map_or_else(|| PathBuf::from("/nonexistent/in/the/image").join(path), |(host, _)| host)
     }
 
     /// A directory podman can take as `--rootfs` (the tree, or the top
