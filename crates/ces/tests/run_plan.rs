@@ -553,6 +553,15 @@ fn an_image_kept_as_its_layers_runs_merged_and_the_setting_assembles_it() {
     let w = TreWorld::with("run/layered", &image, "");
     assert!(w.sb.rootfs(&w.digest).is_layered(), "kept as its layers");
     assert!(!w.sb.tree(&w.digest).exists(), "no tree assembled");
+    let inspect = |w: &TreWorld| -> serde_json::Value {
+        serde_json::from_str(w.ces(&["inspect", "--json", &w.image]).ok()).unwrap()
+    };
+    let json = inspect(&w);
+    assert_eq!(json["rootfs"], serde_json::Value::Null, "no tree: {json}");
+    let layers: Vec<PathBuf> =
+        json["rootfs_layers"].as_array().unwrap().iter().map(|d| PathBuf::from(d.as_str().unwrap())).collect();
+    assert_eq!(layers.len(), 2, "{json}");
+    assert!(layers[0].join("data/a").is_file() && layers[1].join("data/b").is_file(), "bottom first: {layers:?}");
     let script = "ls /data > /safe_outputs/data; test -e /gone && echo visible > /safe_outputs/gone; true";
     let seen = |w: &TreWorld| {
         let out = w.ces(&["run", "--json", &w.image, "sh", "-c", script]);
@@ -565,6 +574,9 @@ fn an_image_kept_as_its_layers_runs_merged_and_the_setting_assembles_it() {
     std::fs::write(&w.sb.config, config.replacen("[storage]\n", "[storage]\nlayered_rootfs = false\n", 1)).unwrap();
     assert_eq!(seen(&w), ("b\n".to_owned(), false));
     assert!(w.sb.tree(&w.digest).join("data/b").is_file(), "assembled for the run");
+    let json = inspect(&w);
+    assert_eq!(json["rootfs"].as_str().map(PathBuf::from), Some(w.sb.tree(&w.digest)), "{json}");
+    assert_eq!(json["rootfs_layers"], serde_json::Value::Null, "{json}");
 }
 
 /// An image that has one layer twice (legacy builders repeat the empty

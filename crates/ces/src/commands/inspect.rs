@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use ces_image::Provenance;
 use ces_image::quote::{MAX_QUOTED, escape_message, quote};
+use ces_image::rootfs::Rootfs;
 
 use crate::printer::human_bytes;
 use crate::settings::Settings;
@@ -26,7 +27,15 @@ struct Inspection {
     /// Where it came from: its OCI labels and base annotations.
     provenance: Provenance,
     layers: Vec<Layer>,
+    /// The image's assembled root filesystem; `null` when it is kept as its
+    /// layers (`rootfs_layers`) or not unpacked.
     rootfs: Option<String>,
+    /// The directories of an image kept as its layers, bottom (its first
+    /// layer) first: an overlay's `lowerdir` lists them the other way.
+    rootfs_layers: Option<Vec<String>>,
+    /// How `Rootfs:` reads for a person: the tree's path, or "N layers in DIR".
+    #[serde(skip)]
+    rootfs_summary: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -43,6 +52,7 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     let manifest = store.manifest(&record.digest)?;
     let config = store.config(&manifest)?;
     let run = config.config().clone().unwrap_or_default();
+    let unpacked = store.unpacked(&record.digest);
     let inspection = Inspection {
         reference: record.reference.to_string(),
         digest: record.digest.to_string(),
@@ -63,7 +73,15 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
             .iter()
             .map(|l| Layer { digest: l.digest().to_string(), size: l.size(), media_type: l.media_type().to_string() })
             .collect(),
-        rootfs: store.unpacked(&record.digest).map(|r| r.to_string()),
+        rootfs: match &unpacked {
+            Some(Rootfs::Tree(tree)) => Some(tree.display().to_string()),
+            _ => None,
+        },
+        rootfs_layers: match &unpacked {
+            Some(Rootfs::Layers(layers)) => Some(layers.dirs.iter().map(|d| d.display().to_string()).collect()),
+            _ => None,
+        },
+        rootfs_summary: unpacked.as_ref().map(ToString::to_string),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&inspection)?);
@@ -107,7 +125,7 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     for layer in &i.layers {
         println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), quote(&layer.media_type));
     }
-    println!("Rootfs:      {}", i.rootfs.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
+    println!("Rootfs:      {}", i.rootfs_summary.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
     Ok(())
 }
 
