@@ -323,9 +323,10 @@ pub struct LayerDir {
     /// a lower layer's directory there as it is.
     pub implicit_dirs: Vec<Vec<u8>>,
     /// Unpacked without root: the directories whose mode would keep their
-    /// owner out (`0555`), by path, with that mode. On disk they are open to
-    /// their owner, for [`link_layer`] to read; it gives the root filesystem
-    /// these modes.
+    /// owner from reading or searching them (`0311`, `0000`), by path, with
+    /// that mode. On disk they are open to their owner, for [`link_layer`]
+    /// to read; it gives the root filesystem these modes. (A directory
+    /// closed only to writing, `0555`, has its mode on disk.)
     pub dir_modes: Vec<(Vec<u8>, u32)>,
     /// Whether every whiteout and opaque marker is in overlayfs' own format
     /// (see [`unpack_layer`]), so that the directory can be an overlay's
@@ -1417,7 +1418,12 @@ impl<'o> Applier<'o> {
                 Err(e) => return Err(io_error(&dir.shown)(e)),
             }
             let mut meta = dir.meta;
-            if self.layer_mode && self.euid != 0 && meta.mode & 0o700 != 0o700 {
+            // Unpacked without root, a directory that would keep its owner
+            // from reading or searching it (`0311`, `0000`) stays open to
+            // them, its mode kept off disk for `link_layer`. One closed only
+            // to writing (Fedora's `0555` `/usr/bin`) gets its mode: a layer
+            // is read, never written, once named, and stays an overlay's.
+            if self.layer_mode && self.euid != 0 && meta.mode & 0o500 != 0o500 {
                 let path = self.real_path_of(&parent, &dir.name).map_err(io_error(&dir.shown))?;
                 self.dir_modes.push((path, meta.mode));
                 meta.mode |= 0o700;

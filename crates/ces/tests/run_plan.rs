@@ -704,6 +704,48 @@ fn rootless_run_after_system_setup() {
     );
 }
 
+/// Rootless, an image whose directories are closed to writing (Fedora's
+/// and Rocky's `0555` `/usr/bin`, `0550` `/root`) is kept as its layers,
+/// with those modes on disk: a run sees them, the container's root still
+/// writes there (to its own layer), and the user's `rmi` and `gc` remove
+/// the layers.
+#[test]
+fn rootless_an_image_with_read_only_directories_is_kept_as_its_layers() {
+    use ces_testkit::layer::{Layer, busybox_entries};
+    let w = RootlessWorld::new("run/rootless-0555");
+    let mut entries = busybox_entries();
+    entries.extend([
+        Entry::Dir { path: "usr".into(), mode: 0o755 },
+        Entry::Dir { path: "usr/bin".into(), mode: 0o555 },
+        Entry::file_mode("usr/bin/tool", "#!/bin/sh\necho tool\n", 0o755),
+        Entry::Dir { path: "root".into(), mode: 0o550 },
+    ]);
+    let reg = Registry::shared(AuthMode::Anonymous);
+    let digest =
+        reg.push(&ces_testkit::ImageSpec::new(vec![Layer::new(entries)]).build(), "run/rootless-0555-img", "1");
+    let image = format!("{}/run/rootless-0555-img:1", reg.host());
+    w.ces(&["pull", "--quiet", &image]).ok();
+    let rootfs = w.sb.rootfs(&digest);
+    assert!(rootfs.is_layered(), "kept as its layers");
+    assert!(!w.sb.tree(&digest).exists(), "no tree assembled");
+    w.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+    let script = "stat -c %a /usr/bin /root > /safe_outputs/modes; /usr/bin/tool > /safe_outputs/tool; \
+                  echo x > /usr/bin/new && cat /usr/bin/new > /safe_outputs/new";
+    let out = w.ces(&["run", "--json", &image, "sh", "-c", script]);
+    out.ok();
+    let outputs = outputs_of(&out);
+    assert_eq!(std::fs::read_to_string(outputs.join("modes")).unwrap(), "555\n550\n");
+    assert_eq!(std::fs::read_to_string(outputs.join("tool")).unwrap(), "tool\n");
+    assert_eq!(std::fs::read_to_string(outputs.join("new")).unwrap(), "x\n", "written to the run's layer");
+    let layers = w.sb.store.join("layers");
+    let layer_dirs =
+        || std::fs::read_dir(&layers).unwrap().filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir()).count();
+    assert_eq!(layer_dirs(), 2, "busybox's layer and this image's");
+    w.ces(&["rmi", &image]).ok();
+    w.ces(&["gc"]).ok();
+    assert_eq!(layer_dirs(), 1, "the user's gc removed the layer with read-only directories");
+}
+
 /// The reference service's runtime words: `ces-run apptainer` runs as
 /// apptainer does, as the user's own uid (the project's gid, or theirs)
 /// with HOME in /scratch, on the native runtime, and is recorded as such;

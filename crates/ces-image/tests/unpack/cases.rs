@@ -1108,6 +1108,28 @@ fn unprivileged_scenario(dir: &Path) {
     .expect("layer 1");
     assert_eq!(mode(&fx.at("usr/bin")), 0o555);
     assert_eq!(mode(&fx.at("closed")), 0o000);
+    // Unpacked alone, as the store keeps it: a directory closed only to
+    // writing has its mode on disk (the layer can be an overlay's); one its
+    // owner could not read stays open, its mode kept off disk.
+    let alone = tempfile::tempdir_in(dir).expect("layer dir");
+    let tar = Layer::new(vec![
+        Entry::Dir { path: "usr".into(), mode: 0o555 },
+        Entry::Dir { path: "usr/bin".into(), mode: 0o555 },
+        Entry::file_mode("usr/bin/a", "a", 0o755),
+        Entry::Dir { path: "root".into(), mode: 0o550 },
+        Entry::Dir { path: "closed".into(), mode: 0o000 },
+        Entry::file("closed/f", "f"),
+        Entry::Dir { path: "blind".into(), mode: 0o311 },
+    ])
+    .tar();
+    let made = unpack_layer(alone.path(), tar.as_slice(), &options).expect("unpacked alone");
+    assert_eq!(made.dir_modes, [(b"blind".to_vec(), 0o311), (b"closed".to_vec(), 0o000)]);
+    assert!(made.overlay);
+    for (path, want) in [("usr", 0o555), ("usr/bin", 0o555), ("root", 0o550), ("closed", 0o700), ("blind", 0o711)] {
+        assert_eq!(mode(&alone.path().join(path)), want, "{path} on disk");
+    }
+    assert_eq!(read(&alone.path().join("usr/bin/a")), "a");
+    ces_image::fs::remove_tree(alone.path()).expect("its owner removes it");
     let stats = fx
         .apply_with(
             &Layer::new(vec![
