@@ -1158,6 +1158,15 @@ mod tests {
                 .map(|d| f.store.root().join("layers").join(d.strip_prefix("sha256:").unwrap()))
                 .collect();
             assert_eq!(layers.dirs, expected, "the image's layers, bottom first");
+            let short: Vec<_> = image
+                .diff_ids
+                .iter()
+                .map(|d| f.store.root().join("l").join(&d.strip_prefix("sha256:").unwrap()[..12]))
+                .collect();
+            assert_eq!(layers.mount, short, "mounted by their short links");
+            for (link, dir) in short.iter().zip(&expected) {
+                assert_eq!(std::fs::canonicalize(link).unwrap(), std::fs::canonicalize(dir).unwrap());
+            }
             assert!(!f.store.rootfs_path(&record.digest).exists(), "no tree");
             kept.push((record, done.rootfs));
         }
@@ -1175,6 +1184,7 @@ mod tests {
         let stats = f.store.gc(&lock).unwrap();
         assert_eq!((stats.rootfs, stats.layers), (1, 1));
         assert_eq!(layers(&f), 4);
+        assert_eq!(std::fs::read_dir(f.store.root().join("l")).unwrap().count(), 2, "the gone layer's link went");
         assert!(f.store.unpacked(&kept[0].0.digest).is_none());
         assert_eq!(read(rootfs_b, "etc/base").as_deref(), Some("shared"));
         drop(lock);
@@ -1183,6 +1193,50 @@ mod tests {
         let tree = f.store.tree(&kept[1].0.digest, &options, &mut |_, _| {}).unwrap();
         assert_eq!(std::fs::read_to_string(tree.join("b")).unwrap(), "b");
         assert_eq!(f.store.unpacked(&kept[1].0.digest), Some(Rootfs::Tree(tree)));
+    }
+
+    /// An image of more layers than their directories' paths fit in an
+    /// overlay's mount options (one page) is kept as its layers all the
+    /// same: they are mounted by their short links (`l/`). A link that names
+    /// another layer (two diff_ids that start alike) is not used for this
+    /// one; a link left to a layer that went is taken.
+    #[test]
+    fn many_layers_are_mounted_by_their_short_links() {
+        use crate::rootfs::Rootfs;
+        let f = Fixture::layered();
+        let n = 60;
+        let image =
+            ImageSpec::new((0..n).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), "x")])).collect()).build();
+        let hexes: Vec<&str> = image.diff_ids.iter().map(|d| d.strip_prefix("sha256:").unwrap()).collect();
+        let long: usize = hexes.iter().map(|h| f.store.root().join("layers").join(h).as_os_str().len() + 1).sum();
+        assert!(long > crate::store::MAX_LOWERDIR_BYTES, "the directories' paths alone would not fit: {long}");
+        let links = f.store.root().join("l");
+        // Another layer's link on this image's first layer's name, and a
+        // link left to a layer since removed on its second one's.
+        let other = format!("{}{}", &hexes[0][..12], "0".repeat(52));
+        std::os::unix::fs::symlink(format!("../layers/{other}"), links.join(&hexes[0][..12])).unwrap();
+        std::fs::create_dir(f.store.root().join("layers").join(&other)).unwrap();
+        let gone = format!("{}{}", &hexes[1][..12], "1".repeat(52));
+        std::os::unix::fs::symlink(format!("../layers/{gone}"), links.join(&hexes[1][..12])).unwrap();
+
+        let record = loaded(&f, &image, "ghcr.io/ns/many:1");
+        let options = unpack::UnpackOptions::for_current_user();
+        let done = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap();
+        let Rootfs::Layers(layers) = &done.rootfs else { panic!("assembled: {:?}", done.rootfs) };
+        assert_eq!(layers.mount.len(), n);
+        assert_eq!(layers.mount[0], f.store.root().join("layers").join(hexes[0]), "another layer's link: not used");
+        assert_eq!(layers.mount[1], links.join(&hexes[1][..12]), "the left link taken");
+        assert!(layers.mount[1..].iter().all(|m| m.starts_with(&links)));
+        assert_eq!(done.rootfs.read_to_string("f0", 10).as_deref(), Some("x"));
+        assert_eq!(done.rootfs.read_to_string(&format!("f{}", n - 1), 10).as_deref(), Some("x"));
+        for (mount, dir) in layers.mount.iter().zip(&layers.dirs) {
+            assert_eq!(std::fs::canonicalize(mount).unwrap(), std::fs::canonicalize(dir).unwrap());
+        }
+        // A gc keeps the links of live layers.
+        let lock = f.store.lock_exclusive().unwrap();
+        f.store.gc(&lock).unwrap();
+        drop(lock);
+        assert_eq!(f.store.unpacked(&record.digest), Some(done.rootfs.clone()));
     }
 
     /// An image kept as its layers, one of which went (a store mended by

@@ -48,6 +48,45 @@ const MAX_LINKS: usize = 40;
 /// without privileges.
 const OPAQUE: &str = crate::unpack::USER_OPAQUE;
 
+/// The longest string `fsconfig(2)` takes as one option's value (256 bytes
+/// with its NUL). libcontainer mounts a rootless container's overlay so: all
+/// its lower layers must fit in one `lowerdir` value, unless the kernel
+/// takes them one at a time ([`lowerdir_plus`]).
+pub const FSCONFIG_VALUE_MAX: usize = 255;
+
+/// The most bytes of `mount(2)` data the kernel reads (one page, with the
+/// final NUL, on every architecture's smallest page): it cuts what is longer
+/// without a word, and an overlay's options cut short could mount fewer
+/// layers, or none writable.
+pub const MOUNT_DATA_MAX: usize = 4095;
+
+/// The most lower layers overlayfs stacks (its `OVL_MAX_STACK`).
+pub const MAX_LOWER_LAYERS: usize = 500;
+
+/// Whether this kernel's overlayfs takes lower layers one at a time, each
+/// its own `lowerdir+` value (Linux 6.8), so that a mount through
+/// `fsconfig(2)` may have as many as [`MAX_LOWER_LAYERS`].
+pub fn lowerdir_plus() -> bool {
+    static PLUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLUS.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (6, 8)))
+}
+
+/// Whether a kernel `release` (`6.1.0-28-amd64`) is at least `version`.
+fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= version
+}
+
+/// The `lowerdir` value of an overlay of `n` lower layers named by number
+/// (`0:1:...:n-1`, top first), relative to a directory of links of those
+/// names: how a rootless run without [`lowerdir_plus`] fits many layers in
+/// [`FSCONFIG_VALUE_MAX`] bytes.
+pub fn numbered_lowerdir(n: usize) -> String {
+    (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(":")
+}
+
 /// An image's root filesystem, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub enum Rootfs {
@@ -77,6 +116,10 @@ impl std::fmt::Display for Rootfs {
 pub struct Layers {
     /// The layers' directories, bottom (the image's first layer) first.
     pub dirs: Vec<PathBuf>,
+    /// The same layers as an overlay names them, bottom first: their short
+    /// links in the store (`l/`), where they have them, so that many fit in
+    /// the mount options.
+    pub mount: Vec<PathBuf>,
     /// Whether every layer's opaque directories carry `trusted.overlay.opaque`
     /// (written when the store was unpacked by root), so that an overlay
     /// mounted by root without `userxattr` reads them. `user.overlay.opaque`
@@ -103,7 +146,7 @@ impl Rootfs {
     pub fn lower_dirs(&self) -> Vec<PathBuf> {
         match self {
             Rootfs::Tree(tree) => vec![tree.clone()],
-            Rootfs::Layers(layers) => layers.dirs.iter().rev().cloned().collect(),
+            Rootfs::Layers(layers) => layers.mount.iter().rev().cloned().collect(),
         }
     }
 
@@ -464,13 +507,32 @@ mod tests {
 
     use rustix::fs::{CWD, XattrFlags};
 
+    #[test]
+    fn kernel_releases() {
+        assert!(!kernel_at_least("6.1.0-28-amd64", (6, 8)));
+        assert!(!kernel_at_least("5.14.0-427.el9.x86_64", (6, 8)));
+        assert!(kernel_at_least("6.8.0-31-generic", (6, 8)));
+        assert!(kernel_at_least("6.18.44-fc-v1272", (6, 8)));
+        assert!(kernel_at_least("7.0", (6, 8)));
+        assert!(!kernel_at_least("", (6, 8)));
+    }
+
+    #[test]
+    fn numbered_lower_layers() {
+        assert_eq!(numbered_lowerdir(1), "0");
+        assert_eq!(numbered_lowerdir(12), "0:1:2:3:4:5:6:7:8:9:10:11");
+        // As many as fit in one fsconfig value.
+        assert!(numbered_lowerdir(88).len() <= FSCONFIG_VALUE_MAX);
+        assert!(numbered_lowerdir(89).len() > FSCONFIG_VALUE_MAX);
+    }
+
     /// A stack of `n` empty layers in `tmp`, bottom first.
     fn layers(tmp: &Path, n: usize) -> (Rootfs, Vec<PathBuf>) {
         let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.join(format!("layer{i}"))).collect();
         for dir in &dirs {
             fs::create_dir_all(dir).unwrap();
         }
-        (Rootfs::Layers(Layers { dirs: dirs.clone(), trusted: false }), dirs)
+        (Rootfs::Layers(Layers { mount: dirs.clone(), dirs: dirs.clone(), trusted: false }), dirs)
     }
 
     /// Writes `contents` to `path`, creating its parents.
@@ -735,7 +797,7 @@ mod tests {
 
     #[test]
     fn empty_stack_has_nothing() {
-        let rootfs = Rootfs::Layers(Layers { dirs: Vec::new(), trusted: false });
+        let rootfs = Rootfs::Layers(Layers { dirs: Vec::new(), mount: Vec::new(), trusted: false });
         assert!(rootfs.resolve("/").is_none());
         assert_eq!(rootfs.kind_nofollow("/"), EntryKind::Missing);
         assert_eq!(rootfs.root_dir(), Path::new(""));
@@ -776,7 +838,7 @@ mod tests {
         let (path, meta) = rootfs.resolve("/dev/null0").unwrap();
         assert_eq!(path, tree.join("dev/null0"));
         assert!(std::os::unix::fs::FileTypeExt::is_char_device(&meta.file_type()));
-        let layered = Rootfs::Layers(Layers { dirs: vec![tree], trusted: false });
+        let layered = Rootfs::Layers(Layers { dirs: vec![tree.clone()], mount: vec![tree], trusted: false });
         assert_eq!(layered.kind_nofollow("/dev/null0"), EntryKind::Missing);
     }
 

@@ -263,6 +263,13 @@ pub const MAX_LOWERDIR_BYTES: usize = 3584;
 /// root (`/runs/<id>/state/overlay/upper`, with a 32-byte id), and its
 /// option's name.
 const RUN_OVERLAY_PATH_BYTES: usize = 80;
+/// The longest path by which root mode mounts a layer, idmapped, as an
+/// overlay's lower layer: `/run/ces/<id>/lower<i>`, with a 32-byte id and
+/// up to 500 layers.
+const IDMAPPED_LOWER_PATH_BYTES: usize = "/run/ces/".len() + 32 + "/lower".len() + 3;
+/// How many hex digits of a layer's diff_id name its short link
+/// (`l/<digits>`, see [`Store::mount_path`]).
+const LINK_HEX: usize = 12;
 
 /// `records` (an image's layers, bottom first) with each layer once, at
 /// its top-most place: overlayfs refuses a directory twice among its lower
@@ -332,13 +339,14 @@ impl Store {
 
     /// The store's directories only its owner may list: the OCI layout, the
     /// root filesystems, the merged-image marks, the layers, temp and locks.
-    fn private_dirs(&self) -> [PathBuf; 7] {
+    fn private_dirs(&self) -> [PathBuf; 8] {
         [
             self.layout_dir(),
             self.root.join("rootfs"),
             self.layered_dir(),
             self.merged_dir(),
             self.layers_dir(),
+            self.links_dir(),
             self.tmp_dir(),
             self.root.join("locks"),
         ]
@@ -733,6 +741,14 @@ impl Store {
             }
             let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
         }
+        // Short links to layers that are gone (just now, or by a gc stopped
+        // half-way).
+        let links = self.links_dir();
+        for entry in fs::read_dir(&links).map_err(io_err(&links))?.flatten() {
+            if fs::read_link(entry.path()).is_ok_and(|target| !links.join(target).exists()) {
+                fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+        }
         // No turn is held while the store is held exclusively: every turn's
         // file goes (those of layers never named too).
         let locks = self.root.join("locks");
@@ -824,23 +840,94 @@ impl Store {
             records.push(self.layer_record(diff_id).filter(LayerRecord::mountable)?);
         }
         let records = top_most(&records);
-        self.can_layer(&records).then(|| Layers {
+        let mount: Vec<PathBuf> = records.iter().map(|r| self.mount_path(&r.hex)).collect();
+        self.can_layer(&records, &mount).then(|| Layers {
             dirs: records.iter().map(|r| self.layers_dir().join(&r.hex)).collect(),
+            mount,
             trusted: records.iter().all(|r| r.trusted),
         })
     }
 
     /// Whether the layers of `records` (bottom first, each once: see
     /// [`top_most`]) can be kept as the image: each can be an overlay's
-    /// lower layer, and their paths fit in the mount options, with the run's
-    /// upper and work directories (in the store too).
-    fn can_layer(&self, records: &[&LayerRecord]) -> bool {
-        let lowerdir: usize = records.iter().map(|r| self.layers_dir().join(&r.hex).as_os_str().len() + 1).sum();
-        let runs = 2 * (self.root.as_os_str().len() + RUN_OVERLAY_PATH_BYTES);
+    /// lower layer, and a run can name them all when it mounts the overlay.
+    fn can_layer(&self, records: &[&LayerRecord], mount: &[PathBuf]) -> bool {
         self.layered
             && !records.is_empty()
+            && records.len() <= crate::rootfs::MAX_LOWER_LAYERS
             && records.iter().all(|r| r.mountable())
-            && lowerdir + runs <= MAX_LOWERDIR_BYTES
+            && self.mount_options_fit(mount, rustix::process::geteuid().is_root(), crate::rootfs::lowerdir_plus())
+    }
+
+    /// Whether an overlay of the layers named by `mount` fits in its mount
+    /// options, with the run's upper and work directories (in the store
+    /// too). Root's runs mount it with `mount(2)`: its options, the layers'
+    /// paths among them (idmapped in root mode, each at a path of its own),
+    /// fit in one page. A rootless run's overlay is
+    /// mounted by libcontainer through `fsconfig(2)`, whose every value has
+    /// at most 255 bytes: one `lowerdir+` per layer where the kernel takes
+    /// it (`plus`), else all of them in one `lowerdir`, as numbered links
+    /// the run makes ([`crate::rootfs::numbered_lowerdir`]).
+    fn mount_options_fit(&self, mount: &[PathBuf], root: bool, plus: bool) -> bool {
+        let run_dir = self.root.as_os_str().len() + RUN_OVERLAY_PATH_BYTES;
+        if root {
+            let named = |path: &PathBuf| path.as_os_str().len().max(IDMAPPED_LOWER_PATH_BYTES);
+            let lowerdir: usize = mount.iter().map(|path| named(path) + 1).sum();
+            return lowerdir + 2 * run_dir <= MAX_LOWERDIR_BYTES;
+        }
+        let value = crate::rootfs::FSCONFIG_VALUE_MAX;
+        run_dir <= value
+            && match plus {
+                true => mount.iter().all(|path| path.as_os_str().len() <= value),
+                false => crate::rootfs::numbered_lowerdir(mount.len()).len() <= value,
+            }
+    }
+
+    /// Where layers have short names (`l/<first 12 hex digits>`, symbolic
+    /// links to `../layers/<hex>`), as podman's overlay store has: an
+    /// overlay of many layers must name them all within one page of mount
+    /// options.
+    fn links_dir(&self) -> PathBuf {
+        self.root.join("l")
+    }
+
+    /// The target of layer `hex`'s short link.
+    fn link_target(hex: &str) -> PathBuf {
+        Path::new("..").join("layers").join(hex)
+    }
+
+    /// The path an overlay names layer `hex` by: its short link, when the
+    /// link names this layer, else its directory (another layer whose
+    /// diff_id starts with the same digits has the link: made on purpose,
+    /// that costs the image its short paths, never its content).
+    fn mount_path(&self, hex: &str) -> PathBuf {
+        let Some(short) = hex.get(..LINK_HEX) else { return self.layers_dir().join(hex) };
+        let link = self.links_dir().join(short);
+        match fs::read_link(&link) {
+            Ok(target) if target == Self::link_target(hex) => link,
+            _ => self.layers_dir().join(hex),
+        }
+    }
+
+    /// Gives layer `hex` its short link, unless a layer in the store has it.
+    /// Where none can be made (a file system without symbolic links), the
+    /// layer is mounted by its directory.
+    fn make_link(&self, hex: &str) {
+        let Some(short) = hex.get(..LINK_HEX) else { return };
+        let link = self.links_dir().join(short);
+        let target = Self::link_target(hex);
+        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                // Left by a layer since removed (a gc stopped half-way): taken.
+                let dangling =
+                    fs::read_link(&link).is_ok_and(|old| old != target && !self.links_dir().join(&old).exists());
+                if dangling && fs::remove_file(&link).is_ok() {
+                    let _ = std::os::unix::fs::symlink(&target, &link);
+                }
+            } else {
+                tracing::debug!(link = %link.display(), error = %e, "no short link for a layer");
+            }
+        }
     }
 
     /// The assembled tree of manifest `digest`, for a runtime that cannot
@@ -928,7 +1015,7 @@ impl Store {
     pub fn link_ready(&self, ahead: &mut RootfsAhead, options: &UnpackOptions) {
         while let (Some(temp), Some((blob, diff_id))) = (&ahead.temp, ahead.layers.get(ahead.linked)) {
             let Some(record) = self.layer_record(diff_id).filter(|record| record.made_by(blob)) else { return };
-            if self.can_layer(&[&record]) {
+            if self.can_layer(&[&record], &[self.mount_path(&record.hex)]) {
                 // The image is likely kept as its layers: no tree to begin.
                 ahead.temp = None;
                 return;
@@ -1011,7 +1098,12 @@ impl Store {
             return Err(StoreError::UnpackedTooLarge { limit });
         }
         let blobs = manifest.layers().iter().map(manifest::descriptor_digest).collect::<Result<Vec<_>, _>>()?;
-        let rootfs = if self.can_layer(&top_most(layers.iter().map(|(record, _)| record))) {
+        let records = top_most(layers.iter().map(|(record, _)| record));
+        for record in &records {
+            self.make_link(&record.hex);
+        }
+        let mount: Vec<PathBuf> = records.iter().map(|r| self.mount_path(&r.hex)).collect();
+        let rootfs = if self.can_layer(&records, &mount) {
             drop(ahead);
             self.name_layered(digest, layers.iter().map(|(record, _)| record))?
         } else {
@@ -1928,6 +2020,40 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use ces_testkit::misbehave::noise;
+
+    /// How many layers an image kept as them may have: as many as fit in a
+    /// page of `mount(2)` options (root's runs), or in `fsconfig(2)`'s
+    /// 255-byte values (rootless runs, which libcontainer mounts): each
+    /// layer a value of its own where the kernel has `lowerdir+`, else all
+    /// of them numbered in one value.
+    #[test]
+    fn the_layers_a_run_can_mount() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let links =
+            |n: usize| -> Vec<PathBuf> { (0..n).map(|i| store.links_dir().join(format!("{i:012x}"))).collect() };
+        let dirs =
+            |n: usize| -> Vec<PathBuf> { (0..n).map(|i| store.layers_dir().join(format!("{i:064x}"))).collect() };
+        let most = |paths: &dyn Fn(usize) -> Vec<PathBuf>, root: bool, plus: bool| {
+            (1..=crate::rootfs::MAX_LOWER_LAYERS).take_while(|n| store.mount_options_fit(&paths(*n), root, plus)).last()
+        };
+        let path = store.root.as_os_str().len();
+        let run_dir = path + RUN_OVERLAY_PATH_BYTES;
+        // Root: the page, less the run's two directories.
+        let page = |each: usize| Some((MAX_LOWERDIR_BYTES - 2 * run_dir) / (each + 1));
+        let idmapped = IDMAPPED_LOWER_PATH_BYTES;
+        assert_eq!(most(&links, true, false), page((path + "/l/".len() + 12).max(idmapped)));
+        assert_eq!(most(&dirs, true, false), page(path + "/layers/".len() + 64));
+        assert!(most(&links, true, false) > most(&dirs, true, false), "short links: more layers");
+        // Rootless: numbered, whatever the paths; one value each with lowerdir+.
+        assert_eq!(most(&dirs, false, false), Some(88));
+        assert_eq!(most(&links, false, true), Some(crate::rootfs::MAX_LOWER_LAYERS));
+        // A store whose run directories' paths cannot be fsconfig values.
+        let deep = tempfile::tempdir().unwrap();
+        let store = Store::open(deep.path().join("d".repeat(200))).unwrap();
+        assert!(!store.mount_options_fit(&[store.links_dir().join("0")], false, true));
+        assert!(store.mount_options_fit(&[store.links_dir().join("0")], true, true));
+    }
 
     /// A store made by an earlier version (every directory 0755) is closed
     /// to other users when it is next opened: the owner's alone, and as root

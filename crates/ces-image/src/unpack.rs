@@ -587,8 +587,9 @@ struct Applier<'o> {
     /// [`link_layer`]: linking a layer's directory, not applying a tar.
     linking: bool,
     /// [`unpack_layer`] without root: directories whose mode would keep
-    /// their owner out (`0555`, `0000`), by path, with that mode; on disk
-    /// they stay open to their owner, so that linking can read them.
+    /// their owner from reading or searching them (`0311`, `0000`), by path,
+    /// with that mode; on disk they stay open to their owner, so that
+    /// linking can read them.
     dir_modes: Vec<(Vec<u8>, u32)>,
 }
 

@@ -116,9 +116,14 @@ pub enum PlanError {
         /// Why not.
         problem: &'static str,
     },
-    /// A working directory that is not absolute.
-    #[error("the working directory {0:?} is not an absolute path")]
-    Workdir(String),
+    /// A working directory that cannot be the container's.
+    #[error("the working directory {workdir:?} {problem}")]
+    Workdir {
+        /// As the image or the command line gave it.
+        workdir: String,
+        /// Why not.
+        problem: &'static str,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -626,9 +631,7 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
     }
 
     let cwd = process.workdir.or(defaults.workdir.filter(|w| !w.is_empty())).unwrap_or_else(|| "/".to_owned());
-    if !cwd.starts_with('/') {
-        return Err(PlanError::Workdir(cwd));
-    }
+    check_workdir(&cwd)?;
 
     let bind = |destination: &str, source: PathBuf, access| MountSpec {
         destination: destination.to_owned(),
@@ -669,6 +672,31 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
         state_dir: dirs.state,
         pins: Default::default(),
     })
+}
+
+/// Refuses a working directory that is not absolute, or that is in one of
+/// the kernel's file systems: `/proc/self/fd/N` (or `/dev/fd/N`, a link to
+/// it) would be a descriptor the container's init inherited, a directory of
+/// the host (runc's CVE-2024-21626). `..` counts as the kernel takes it.
+/// (The init checks where it is before the workload starts, whatever the
+/// path: links in the image are not resolved here.)
+fn check_workdir(workdir: &str) -> Result<(), PlanError> {
+    let refuse = |problem| Err(PlanError::Workdir { workdir: workdir.to_owned(), problem });
+    if !workdir.starts_with('/') {
+        return refuse("is not an absolute path");
+    }
+    let mut parts = Vec::new();
+    for component in Path::new(workdir).components() {
+        match component {
+            Component::Normal(part) => parts.push(part),
+            Component::ParentDir => drop(parts.pop()),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    if parts.first().is_some_and(|top| ["proc", "sys", "dev"].iter().any(|k| top == k)) {
+        return refuse("is in a file system of the kernel's (/proc, /sys, /dev)");
+    }
+    Ok(())
 }
 
 /// A tmpfs may go anywhere but over the contract's directories (it would hide
@@ -1059,7 +1087,20 @@ mod tests {
 
         let mut r = request();
         r.process.workdir = Some("relative".into());
-        assert!(matches!(build(r), Err(PlanError::Workdir(_))));
+        assert!(matches!(build(r), Err(PlanError::Workdir { problem: "is not an absolute path", .. })));
+        for kernel in
+            ["/proc/self/fd/7", "/dev/fd/3", "/sys", "/a/../proc/1/cwd", "/./dev//fd/3", "/../../proc/self/fd/4"]
+        {
+            let mut r = request();
+            r.process.workdir = Some(kernel.into());
+            let err = build(r).unwrap_err();
+            assert!(err.to_string().contains("is in a file system of the kernel's"), "{kernel}: {err}");
+        }
+        for fine in ["/work", "/procedures", "/data/proc", "/devices/../work"] {
+            let mut r = request();
+            r.process.workdir = Some(fine.into());
+            assert_eq!(build(r).unwrap().process.cwd, fine);
+        }
     }
 
     #[test]

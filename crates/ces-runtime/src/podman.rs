@@ -172,13 +172,20 @@ impl Overlay {
         }
         let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
         // `userxattr` first: mount data longer than a page is cut at its end.
-        Ok(format!(
+        let options = format!(
             "{}lowerdir={},upperdir={},workdir={}",
             if self.user_xattrs { "userxattr," } else { "" },
             lower.join(":"),
             self.upper.display(),
             self.work.display(),
-        ))
+        );
+        if options.len() > ces_image::rootfs::MOUNT_DATA_MAX {
+            return Err(RuntimeError::Unsupported {
+                backend: "podman",
+                what: "an overlay of this many layers at these paths",
+            });
+        }
+        Ok(options)
     }
 }
 
@@ -1157,7 +1164,7 @@ mod tests {
         use ces_image::rootfs::{Layers, Rootfs};
         let mut s = spec();
         let dirs = vec!["/store/layers/a".into(), "/store/layers/b".into()];
-        s.image.rootfs = Rootfs::Layers(Layers { dirs, trusted: true });
+        s.image.rootfs = Rootfs::Layers(Layers { mount: dirs.clone(), dirs, trusted: true });
         let options = Overlay::of(&s).options().unwrap();
         assert!(options.starts_with("lowerdir=/store/layers/b:/store/layers/a,upperdir="), "{options}");
         assert!(!options.contains("userxattr"), "{options}");
@@ -1166,6 +1173,10 @@ mod tests {
         let Rootfs::Layers(layers) = &mut s.image.rootfs else { unreachable!() };
         layers.trusted = false;
         assert!(Overlay::of(&s).options().unwrap().starts_with("userxattr,lowerdir="));
+        // More than the kernel reads of mount(2)'s data: refused, not cut.
+        let Rootfs::Layers(layers) = &mut s.image.rootfs else { unreachable!() };
+        layers.mount = (0..100).map(|i| PathBuf::from(format!("/store/layers/{i:064}"))).collect();
+        assert!(matches!(Overlay::of(&s).options(), Err(RuntimeError::Unsupported { .. })));
     }
 
     #[test]

@@ -741,7 +741,7 @@ fn scenario_layers_are_mounted_as_an_overlay() {
     }
     assert_eq!(trusted, fx.who != Who::Rootless, "root marks opaque directories for its own overlays");
     let before: Vec<_> = dirs.iter().map(|d| tree(d)).collect();
-    let layered = Rootfs::Layers(Layers { dirs: dirs.clone(), trusted });
+    let layered = Rootfs::Layers(Layers { dirs: dirs.clone(), mount: dirs.clone(), trusted });
     let script = r#"
         test ! -e /gone && echo "gone=hidden" >> /safe_outputs/result
         ls /data >> /safe_outputs/data

@@ -269,7 +269,7 @@ fn plan_hints(error: &ces_runtime::plan::PlanError, config: &str) -> Vec<String>
         | PlanError::BadProject(_)
         | PlanError::SafeDataLink { .. }
         | PlanError::Tmpfs { .. }
-        | PlanError::Workdir(_) => Vec::new(),
+        | PlanError::Workdir { .. } => Vec::new(),
     }
 }
 

@@ -599,6 +599,82 @@ fn an_image_with_a_layer_twice_runs_from_its_layers() {
     assert_eq!(std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap(), "xy");
 }
 
+/// A working directory that is a link in the image to `/proc/self/fd/N`:
+/// libcontainer enters it after pivot_root, when its init still holds
+/// descriptors it inherited from ces (close-on-exec, not yet closed), some
+/// directories of the host. The workload would then start on the host,
+/// outside the container's root (runc's CVE-2024-21626), and reach any host
+/// file through `..`. As root, ces's own creation of the working directory
+/// in the image (resolved inside it) fails first; rootless, libcontainer
+/// refuses a working directory `getcwd` cannot name. A path through
+/// `/proc`, `/sys` or `/dev` is refused by the plan, with a clear error.
+#[test]
+fn a_working_directory_through_an_inherited_descriptor_is_refused() {
+    require_root("needs root");
+    use ces_testkit::layer::{Layer, busybox_entries};
+    let fds = 3..40;
+    let mut entries = busybox_entries();
+    entries.push(Entry::dir("fd"));
+    entries.extend(fds.clone().map(|n| Entry::symlink(&format!("fd/{n}"), &format!("/proc/self/fd/{n}"))));
+    let w = TreWorld::with("run/workdir-fd", &ces_testkit::ImageSpec::new(vec![Layer::new(entries)]), "");
+    let rootless = RootlessWorld::new("run/workdir-fd-rootless");
+    rootless.ces(&["pull", "--quiet", &w.image]).ok();
+    rootless.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+    let marker = w.sb.dir.path().join("host-marker");
+    std::fs::write(&marker, "host file").unwrap();
+    let up = "../".repeat(40);
+    let script = format!("cat {up}{} > /safe_outputs/seen", marker.display().to_string().trim_start_matches('/'));
+    let mut refused = 0;
+    for n in fds {
+        let args = ["run", "--json", "-w", &format!("/fd/{n}"), &w.image, "sh", "-c", &script];
+        for out in [w.ces(&args), rootless.ces(&args)] {
+            let end = out.stdout.lines().any(|l| l.contains("\"event\":\"end\""));
+            let read = if end {
+                std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            assert_ne!(read, "host file", "/fd/{n}: the workload read a host file: {}", out.stderr);
+            if out.stderr.contains("failed to verify if current working directory is safe") {
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no descriptor of a directory reached: the test proves nothing");
+    for kernel in ["/proc/self/fd/5", "/dev/fd/5"] {
+        let out = w.ces(&["run", "-w", kernel, &w.image, "true"]);
+        assert!(out.fails().contains("is in a file system of the kernel's"), "{}", out.stderr);
+    }
+}
+
+/// An image of more layers than their directories' paths fit in one page
+/// of mount options runs from its layers, mounted by their short links:
+/// as root (each layer idmapped) and rootless (the overlay mounted inside
+/// the container's namespaces).
+#[test]
+fn an_image_of_many_layers_runs_from_them() {
+    require_root("needs root");
+    use ces_testkit::layer::{Layer, busybox_entries};
+    let n = 60;
+    let mut layers = vec![Layer::new(busybox_entries())];
+    layers.extend((1..n).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), i.to_string())])));
+    let image = ces_testkit::ImageSpec::new(layers);
+    let script = format!("cat /f1 /f{} > /safe_outputs/seen", n - 1);
+    let w = TreWorld::with("run/many-layers", &image, "");
+    assert!(w.sb.rootfs(&w.digest).is_layered(), "kept as its layers");
+    let out = w.ces(&["run", "--json", &w.image, "sh", "-c", &script]);
+    out.ok();
+    assert_eq!(std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap(), format!("1{}", n - 1));
+
+    let rootless = RootlessWorld::new("run/many-layers-rootless");
+    rootless.ces(&["pull", "--quiet", &w.image]).ok();
+    assert!(rootless.sb.rootfs(&w.digest).is_layered(), "kept as its layers");
+    rootless.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+    let out = rootless.ces(&["run", "--json", &w.image, "sh", "-c", &script]);
+    out.ok();
+    assert_eq!(std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap(), format!("1{}", n - 1));
+}
+
 #[test]
 fn native_writes_outside_safe_outputs_are_gone_and_the_cache_is_untouched() {
     require_root("needs root");

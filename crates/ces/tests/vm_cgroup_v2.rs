@@ -19,10 +19,14 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ces_testkit::busybox_image;
+use ces_testkit::layer::{Entry, Layer, busybox_entries};
 use ces_testkit::vm::{Boot, Image, last_lines};
 
 /// The image the scenarios load (`ces load`) and run.
 const IMAGE: &str = "ghcr.io/ces-tre/busybox:1.0";
+/// An image of [`MANY_LAYERS`] layers (busybox, then a file `/fN` each).
+const MANY: &str = "ghcr.io/ces-tre/many:1.0";
+const MANY_LAYERS: usize = 40;
 
 /// Against a hung VM: far beyond a normal run, which takes minutes.
 const VM_TIMEOUT: Duration = Duration::from_secs(1200);
@@ -67,6 +71,11 @@ fn write_payload(dir: &Path) -> std::io::Result<()> {
     }
     let archive = dir.join("busybox.tar");
     busybox_image().build().write_oci_archive(&archive, IMAGE);
+    mode(&archive, 0o644)?;
+    let mut layers = vec![Layer::new(busybox_entries())];
+    layers.extend((1..MANY_LAYERS).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), i.to_string())])));
+    let archive = dir.join("many.tar");
+    ces_testkit::ImageSpec::new(layers).build().write_oci_archive(&archive, MANY);
     mode(&archive, 0o644)
 }
 
@@ -299,6 +308,22 @@ fn the_cgroup_warm_up_moves_its_helper_within_the_cgroup_ces_started_in() {
     }
 }
 
+/// An image of 40 layers is kept as them and runs from them: as root, ces
+/// mounts its overlay; rootless, libcontainer does, through fsconfig, whose
+/// values have at most 255 bytes and which takes no `lowerdir+` before
+/// Linux 6.8: the layers are named by numbered links the run makes.
+fn many_layers(ctx: Ctx) {
+    let s = scenario(ctx, "many-layers");
+    s.assert_exit(0);
+    assert_eq!(s.out.trim(), format!("1{}", MANY_LAYERS - 1), "the bottom and top layers' files: {s}");
+    let rootfs = Scenario::value(&s.host, "rootfs").unwrap_or_default();
+    assert!(rootfs.starts_with(&format!("{MANY_LAYERS} layers in ")), "kept as its layers: {s}");
+    let kernel = Scenario::value(&s.host, "kernel").unwrap_or_default();
+    let mut version = kernel.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (version.next().unwrap_or(0), version.next().unwrap_or(0));
+    assert!(version < (6, 8), "a kernel without lowerdir+, where the numbered links are needed: {s}");
+}
+
 /// One test per check and context, so a failure names both.
 macro_rules! in_every_context {
     ($($check:ident),* $(,)?) => {$(
@@ -331,6 +356,7 @@ in_every_context!(
     sigterm_ends_the_run,
     ces_test_says_ready,
     gpu_devices,
+    many_layers,
 );
 
 #[test]

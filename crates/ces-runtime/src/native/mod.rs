@@ -564,9 +564,19 @@ impl Run<'_> {
         } else if let Err(e) = rootfs::create_in_upper(&overlay, &self.spec.image.rootfs, &self.spec.process.cwd) {
             return (Err(start_error("preparing the root filesystem")(e.into())), true);
         }
+        // Rootless, libcontainer mounts the overlay (through fsconfig).
+        let mut overlay_mount = (!root).then(|| overlay.clone());
+        let mut mount_from = None;
+        if let Some(overlay) = &mut overlay_mount {
+            let plus = ces_image::rootfs::lowerdir_plus();
+            match rootfs::fsconfig_lowers(overlay, &self.dirs.numbered_lowers(), plus) {
+                Ok(dir) => mount_from = dir,
+                Err(e) => return (Err(start_error("preparing the root filesystem")(e.into())), true),
+            }
+        }
         let layout = Layout {
             rootfs,
-            overlay_mount: (!root).then(|| overlay.clone()),
+            overlay_mount,
             cgroup_path: self.cgroup.path.clone(),
             limits_in_spec: root,
             swap_accounting: self.cgroup.swap_accounting(),
@@ -593,7 +603,7 @@ impl Run<'_> {
             None => None,
         };
         let (mut result, mut removed) = match written {
-            Ok(()) => self.run_container(),
+            Ok(()) => self.run_container(mount_from.as_deref()),
             Err(e) => (Err(e), true),
         };
         if self.observe.is_some()
@@ -739,7 +749,10 @@ impl Run<'_> {
         self.observe.is_some_and(|o| o.network)
     }
 
-    fn run_container(&self) -> (Result<Observed, RuntimeError>, bool) {
+    /// Builds, starts and waits for the container; `mount_from` is the
+    /// working directory its rootless overlay is mounted from
+    /// ([`rootfs::fsconfig_lowers`]).
+    fn run_container(&self, mount_from: Option<&Path>) -> (Result<Observed, RuntimeError>, bool) {
         let (report_read, report_write) = match pipe() {
             Ok(p) => p,
             Err(e) => return (Err(start_error("creating the report pipe")(e.into())), true),
@@ -760,8 +773,15 @@ impl Run<'_> {
         if let Some(warmup) = self.warmup.take() {
             let _ = warmup.finish();
         }
+        // The container's processes are cloned from this one in build():
+        // they start in this working directory.
+        let entered = match mount_from.map(rootfs::WorkingDir::enter).transpose() {
+            Ok(entered) => entered,
+            Err(e) => return (Err(start_error("preparing the root filesystem")(e.into())), true),
+        };
         let built =
             self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
+        drop(entered);
         drop(report_write);
         drop(init_tun_socket);
         let mut container = match built {

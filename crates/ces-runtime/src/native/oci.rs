@@ -149,6 +149,11 @@ pub(crate) struct Overlay {
     /// Whether the lower layers mark opaque directories with `user.overlay.*`
     /// attributes only (`userxattr`, even as root).
     pub user_xattrs: bool,
+    /// Whether each lower layer is its own `lowerdir+` option (Linux 6.8),
+    /// not one of a `lowerdir` list: a rootless run's overlay, which
+    /// libcontainer mounts through `fsconfig(2)`, whose values have at most
+    /// 255 bytes (see [`super::rootfs::fsconfig_lowers`]).
+    pub each_lower: bool,
 }
 
 impl Overlay {
@@ -161,11 +166,12 @@ impl Overlay {
             // First: mount data longer than a page is cut at its end.
             options.push("userxattr".to_owned());
         }
-        options.extend([
-            format!("lowerdir={}", lower.join(":")),
-            format!("upperdir={}", self.upper.display()),
-            format!("workdir={}", self.work.display()),
-        ]);
+        if self.each_lower {
+            options.extend(lower.iter().map(|l| format!("lowerdir+={l}")));
+        } else {
+            options.push(format!("lowerdir={}", lower.join(":")));
+        }
+        options.extend([format!("upperdir={}", self.upper.display()), format!("workdir={}", self.work.display())]);
         options
     }
 }
@@ -478,6 +484,7 @@ mod tests {
                 upper: PathBuf::from("/run/ces/r1/overlay/upper"),
                 work: PathBuf::from("/run/ces/r1/overlay/work"),
                 user_xattrs: false,
+                each_lower: false,
             }),
             cgroup_path: PathBuf::from("/ces/r1"),
             limits_in_spec: !rootless,
@@ -557,6 +564,13 @@ mod tests {
         let options = mounts[0].options().as_ref().unwrap();
         assert!(options.contains(&"lowerdir=/store/layers/b:/store/layers/a".to_owned()));
         assert!(options.contains(&"userxattr".to_owned()));
+        // One option per layer, top first, where the kernel takes them so.
+        let mut each = layout(true);
+        each.overlay_mount.as_mut().unwrap().each_lower = true;
+        let oci = build(&run_spec(), &each).unwrap();
+        let options = oci.mounts().as_ref().unwrap()[0].options().clone().unwrap();
+        let lowers: Vec<&str> = options.iter().filter(|o| o.starts_with("lowerdir")).map(String::as_str).collect();
+        assert_eq!(lowers, ["lowerdir+=/store/layers/b", "lowerdir+=/store/layers/a"]);
         let rooted = build(&run_spec(), &layout(false)).unwrap();
         assert!(rooted.mounts().as_ref().unwrap().iter().all(|m| m.typ().as_deref() != Some("overlay")));
     }

@@ -57,7 +57,14 @@ impl RunDirs {
             upper: self.overlay.join("upper"),
             work: self.overlay.join("work"),
             user_xattrs: image.needs_user_xattrs(),
+            each_lower: false,
         }
+    }
+
+    /// Where a rootless run without `lowerdir+` keeps the numbered links to
+    /// its overlay's lower layers ([`fsconfig_lowers`]).
+    pub(crate) fn numbered_lowers(&self) -> PathBuf {
+        self.overlay.join("lowers")
     }
 
     /// Creates the directories. The upper layer's root gets the mode of the
@@ -209,6 +216,64 @@ pub(crate) fn create_in_upper(overlay: &Overlay, image: &Rootfs, path: &str) -> 
     Ok(())
 }
 
+/// Readies `overlay` to be mounted by libcontainer through `fsconfig(2)`
+/// (a rootless run), whose every value has at most
+/// [`FSCONFIG_VALUE_MAX`](ces_image::rootfs::FSCONFIG_VALUE_MAX) bytes: each
+/// lower layer its own `lowerdir+` value where the kernel takes it (`plus`);
+/// else all of them in one `lowerdir`, by their paths where these fit, or
+/// by number (`0:1:...`, top first), relative to the directory `links` made
+/// here with a symbolic link of each number to its layer. Returns the
+/// directory the mount must then be made from (its working directory).
+pub(crate) fn fsconfig_lowers(overlay: &mut Overlay, links: &Path, plus: bool) -> io::Result<Option<PathBuf>> {
+    use ces_image::rootfs::{FSCONFIG_VALUE_MAX, numbered_lowerdir};
+    if plus {
+        overlay.each_lower = true;
+        return Ok(None);
+    }
+    let joined: usize = overlay.lower.iter().map(|l| l.as_os_str().len() + 1).sum();
+    if joined <= FSCONFIG_VALUE_MAX + 1 {
+        return Ok(None);
+    }
+    if numbered_lowerdir(overlay.lower.len()).len() > FSCONFIG_VALUE_MAX {
+        return Err(io::Error::other(format!(
+            "{} lower layers do not fit in one mount option on this kernel (Linux 6.8 takes them one by one)",
+            overlay.lower.len()
+        )));
+    }
+    fs::create_dir(links).map_err(|e| annotate(e, links))?;
+    for (i, layer) in overlay.lower.iter_mut().enumerate() {
+        let name = PathBuf::from(i.to_string());
+        std::os::unix::fs::symlink(&*layer, links.join(&name)).map_err(|e| annotate(e, links))?;
+        *layer = name;
+    }
+    Ok(Some(links.to_owned()))
+}
+
+/// This process's working directory changed to a directory until dropped,
+/// then back (see [`fsconfig_lowers`]): it is the whole process's, so
+/// nothing may look up a relative path meanwhile. It goes back by path (or
+/// to `/` when it had none): a descriptor held across the container's
+/// creation would be inherited by its init.
+pub(crate) struct WorkingDir(Option<PathBuf>);
+
+impl WorkingDir {
+    pub(crate) fn enter(dir: &Path) -> io::Result<WorkingDir> {
+        let back = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        std::env::set_current_dir(dir).map_err(|e| annotate(e, dir))?;
+        Ok(WorkingDir(Some(back)))
+    }
+}
+
+impl Drop for WorkingDir {
+    fn drop(&mut self) {
+        if let Some(back) = self.0.take()
+            && let Err(e) = std::env::set_current_dir(&back).or_else(|_| std::env::set_current_dir("/"))
+        {
+            tracing::warn!(error = %e, "cannot go back to the working directory");
+        }
+    }
+}
+
 /// An overlay (or the tmpfs under one) ces mounted; unmounted by
 /// [`OverlayMount::unmount`] or, failing that, on drop.
 #[derive(Debug)]
@@ -223,6 +288,13 @@ impl OverlayMount {
     /// the host's other processes never see it.
     pub(crate) fn mount(overlay: &Overlay, target: &Path) -> io::Result<OverlayMount> {
         let data = overlay.options(false).join(",");
+        if data.len() > ces_image::rootfs::MOUNT_DATA_MAX {
+            return Err(io::Error::other(format!(
+                "the overlay's mount options take {} bytes, more than the kernel reads ({} layers)",
+                data.len(),
+                overlay.lower.len()
+            )));
+        }
         let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str())).map_err(|e| {
             io::Error::new(io::Error::from(e).kind(), format!("mount overlay on {}: {e}", target.display()))
@@ -347,6 +419,47 @@ pub(crate) fn check_searchable(path: &Path, uid: u32, gids: &[u32]) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rootless overlay's lower layers as libcontainer's fsconfig takes
+    /// them: each its own value (Linux 6.8), all in one value of at most
+    /// 255 bytes, or numbered links made for the run, relative to them.
+    #[test]
+    fn lower_layers_fit_in_fsconfig_values() {
+        let tmp = tempfile::tempdir().unwrap();
+        let layers: Vec<PathBuf> = (0..30).map(|i| tmp.path().join(format!("layer-{i:060}"))).collect();
+        let overlay = |n: usize| Overlay {
+            lower: layers[..n].to_vec(),
+            upper: tmp.path().join("upper"),
+            work: tmp.path().join("work"),
+            user_xattrs: true,
+            each_lower: false,
+        };
+        let links = tmp.path().join("lowers");
+        let mut each = overlay(30);
+        assert_eq!(fsconfig_lowers(&mut each, &links, true).unwrap(), None);
+        assert!(each.each_lower && each.lower == layers);
+        let mut two = overlay(2);
+        assert_eq!(fsconfig_lowers(&mut two, &links, false).unwrap(), None, "fit in one value");
+        assert_eq!(two, overlay(2));
+        let mut many = overlay(30);
+        assert_eq!(fsconfig_lowers(&mut many, &links, false).unwrap(), Some(links.clone()));
+        assert!(!many.each_lower);
+        assert_eq!(many.options(true)[1], format!("lowerdir={}", ces_image::rootfs::numbered_lowerdir(30)));
+        for (i, layer) in layers.iter().enumerate() {
+            assert_eq!(many.lower[i], Path::new(&i.to_string()));
+            assert_eq!(fs::read_link(links.join(i.to_string())).unwrap(), *layer, "link {i}");
+        }
+        // Root's own mount(2): options longer than the kernel reads are
+        // refused before anything is mounted (it would cut them short).
+        let mut long = overlay(30);
+        long.lower = vec![layers[0].clone(); 60];
+        let err = OverlayMount::mount(&long, tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("more than the kernel reads (60 layers)"), "{err}");
+        let mut too_many = overlay(1);
+        too_many.lower = vec![layers[0].clone(); 89];
+        let err = fsconfig_lowers(&mut too_many, &tmp.path().join("more"), false).unwrap_err();
+        assert!(err.to_string().contains("89 lower layers do not fit"), "{err}");
+    }
 
     #[test]
     fn overlay_paths_with_separators_are_refused() {

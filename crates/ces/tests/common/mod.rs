@@ -172,9 +172,9 @@ impl Sandbox {
         }
         let Ok(list) = std::fs::read(self.store.join("layered").join(hex)) else { return ImageRoot(None) };
         let diff_ids: Vec<String> = serde_json::from_slice(&list).unwrap();
-        let dirs =
+        let dirs: Vec<PathBuf> =
             diff_ids.iter().map(|d| self.store.join("layers").join(d.strip_prefix("sha256:").unwrap())).collect();
-        ImageRoot(Some(Rootfs::Layers(Layers { dirs, trusted: false })))
+        ImageRoot(Some(Rootfs::Layers(Layers { mount: dirs.clone(), dirs, trusted: false })))
     }
 
     /// The store's assembled tree of a manifest digest (`rootfs/<hex>`).

@@ -96,6 +96,15 @@ echo $? > "$OUT/sigterm.rc"
 
 sc ces-test "$CES" test "$IMG" sh -c 'echo hello > /safe_outputs/hello.txt'
 
+# An image of 40 layers, kept as them (see many_layers in the test).
+MANY=ghcr.io/ces-tre/many:1.0
+"$CES" load /payload/many.tar > "$OUT/many-load.out" 2>&1
+sc many-layers "$CES" run -q "$MANY" sh -c 'cat /f1 /f39'
+{
+    echo "kernel=$(uname -r)"
+    echo "rootfs=$("$CES" inspect "$MANY" | sed -n 's/^Rootfs: *//p')"
+} > "$OUT/many-layers.host" 2>&1
+
 # As root, the start's cgroup warm-up: its helper moved within the cgroup
 # ces started in (this script's), as the debug log says.
 if [ "$(id -u)" = 0 ]; then
