@@ -1198,8 +1198,8 @@ mod tests {
     /// An image of more layers than their directories' paths fit in an
     /// overlay's mount options (one page) is kept as its layers all the
     /// same: they are mounted by their short links (`l/`). A link that names
-    /// another layer (two diff_ids that start alike) is not used for this
-    /// one; a link left to a layer that went is taken.
+    /// another layer (two diff_ids that start alike), or a layer that went,
+    /// is not used for this one, until gc removes a link left so.
     #[test]
     fn many_layers_are_mounted_by_their_short_links() {
         use crate::rootfs::Rootfs;
@@ -1224,19 +1224,24 @@ mod tests {
         let done = f.store.unpack(&record.digest, &options, &mut |_, _| {}).unwrap();
         let Rootfs::Layers(layers) = &done.rootfs else { panic!("assembled: {:?}", done.rootfs) };
         assert_eq!(layers.mount.len(), n);
+        let done_dirs = layers.dirs.clone();
         assert_eq!(layers.mount[0], f.store.root().join("layers").join(hexes[0]), "another layer's link: not used");
-        assert_eq!(layers.mount[1], links.join(&hexes[1][..12]), "the left link taken");
-        assert!(layers.mount[1..].iter().all(|m| m.starts_with(&links)));
+        assert_eq!(layers.mount[1], f.store.root().join("layers").join(hexes[1]), "a link left: not changed");
+        assert!(layers.mount[2..].iter().all(|m| m.starts_with(&links)));
         assert_eq!(done.rootfs.read_to_string("f0", 10).as_deref(), Some("x"));
         assert_eq!(done.rootfs.read_to_string(&format!("f{}", n - 1), 10).as_deref(), Some("x"));
         for (mount, dir) in layers.mount.iter().zip(&layers.dirs) {
             assert_eq!(std::fs::canonicalize(mount).unwrap(), std::fs::canonicalize(dir).unwrap());
         }
-        // A gc keeps the links of live layers.
+        // A gc removes the left link (and the other layer's, whose layer no
+        // image has), and gives the names to the layers they belong to.
         let lock = f.store.lock_exclusive().unwrap();
         f.store.gc(&lock).unwrap();
         drop(lock);
-        assert_eq!(f.store.unpacked(&record.digest), Some(done.rootfs.clone()));
+        assert!(!f.store.root().join("layers").join(&other).exists(), "no image has it");
+        let Some(Rootfs::Layers(layers)) = f.store.unpacked(&record.digest) else { panic!("not unpacked") };
+        assert!(layers.mount.iter().all(|m| m.starts_with(&links)), "{:?}", layers.mount);
+        assert_eq!(layers.dirs, done_dirs);
     }
 
     /// An image kept as its layers, one of which went (a store mended by

@@ -742,11 +742,18 @@ impl Store {
             let _ = fs::remove_file(self.root.join("locks").join(format!("layer-{hex}.lock")));
         }
         // Short links to layers that are gone (just now, or by a gc stopped
-        // half-way).
+        // half-way); then every live layer gets its own where the name is
+        // free (a layer unpacked by an earlier version, or whose name was
+        // taken by one of these).
         let links = self.links_dir();
         for entry in fs::read_dir(&links).map_err(io_err(&links))?.flatten() {
             if fs::read_link(entry.path()).is_ok_and(|target| !links.join(target).exists()) {
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+            }
+        }
+        for hex in &live_layers {
+            if layers.join(hex).is_dir() {
+                self.make_link(hex);
             }
         }
         // No turn is held while the store is held exclusively: every turn's
@@ -868,7 +875,7 @@ impl Store {
     /// at most 255 bytes: one `lowerdir+` per layer where the kernel takes
     /// it (`plus`), else all of them in one `lowerdir`, as numbered links
     /// the run makes ([`crate::rootfs::numbered_lowerdir`]).
-    fn mount_options_fit(&self, mount: &[PathBuf], root: bool, plus: bool) -> bool {
+    pub fn mount_options_fit(&self, mount: &[PathBuf], root: bool, plus: bool) -> bool {
         let run_dir = self.root.as_os_str().len() + RUN_OVERLAY_PATH_BYTES;
         if root {
             let named = |path: &PathBuf| path.as_os_str().len().max(IDMAPPED_LOWER_PATH_BYTES);
@@ -909,24 +916,20 @@ impl Store {
         }
     }
 
-    /// Gives layer `hex` its short link, unless a layer in the store has it.
-    /// Where none can be made (a file system without symbolic links), the
-    /// layer is mounted by its directory.
+    /// Gives layer `hex` its short link, unless the name is taken (by a
+    /// layer whose diff_id starts alike, or by a link left to a layer since
+    /// removed, which only `ces gc`, holding the store alone, removes: a
+    /// link is never changed under a run that checked it). Where none can
+    /// be made (a file system without symbolic links), the layer is mounted
+    /// by its directory.
     fn make_link(&self, hex: &str) {
         let Some(short) = hex.get(..LINK_HEX) else { return };
         let link = self.links_dir().join(short);
-        let target = Self::link_target(hex);
-        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                // Left by a layer since removed (a gc stopped half-way): taken.
-                let dangling =
-                    fs::read_link(&link).is_ok_and(|old| old != target && !self.links_dir().join(&old).exists());
-                if dangling && fs::remove_file(&link).is_ok() {
-                    let _ = std::os::unix::fs::symlink(&target, &link);
-                }
-            } else {
+        match std::os::unix::fs::symlink(Self::link_target(hex), &link) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
                 tracing::debug!(link = %link.display(), error = %e, "no short link for a layer");
             }
+            _ => {}
         }
     }
 

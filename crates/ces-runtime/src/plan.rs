@@ -674,12 +674,13 @@ pub fn build(request: PlanRequest) -> Result<RunSpec, PlanError> {
     })
 }
 
-/// Refuses a working directory that is not absolute, or that is in one of
-/// the kernel's file systems: `/proc/self/fd/N` (or `/dev/fd/N`, a link to
-/// it) would be a descriptor the container's init inherited, a directory of
-/// the host (runc's CVE-2024-21626). `..` counts as the kernel takes it.
-/// (The init checks where it is before the workload starts, whatever the
-/// path: links in the image are not resolved here.)
+/// Refuses a working directory that is not absolute, or that is in `/proc`
+/// or `/dev`: `/proc/self/fd/N` (or `/dev/fd/N`, a link to it) would be a
+/// descriptor the container's init inherited, a directory of the host
+/// (runc's CVE-2024-21626). `..` counts as the kernel takes it. (Links in
+/// the image are not resolved here: libcontainer refuses a working
+/// directory `getcwd` cannot name, and as root ces's own creation of it,
+/// inside the image, fails first.)
 fn check_workdir(workdir: &str) -> Result<(), PlanError> {
     let refuse = |problem| Err(PlanError::Workdir { workdir: workdir.to_owned(), problem });
     if !workdir.starts_with('/') {
@@ -693,8 +694,8 @@ fn check_workdir(workdir: &str) -> Result<(), PlanError> {
             Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
         }
     }
-    if parts.first().is_some_and(|top| ["proc", "sys", "dev"].iter().any(|k| top == k)) {
-        return refuse("is in a file system of the kernel's (/proc, /sys, /dev)");
+    if parts.first().is_some_and(|top| *top == "proc" || *top == "dev") {
+        return refuse("is in /proc or /dev, the kernel's");
     }
     Ok(())
 }
@@ -1089,14 +1090,14 @@ mod tests {
         r.process.workdir = Some("relative".into());
         assert!(matches!(build(r), Err(PlanError::Workdir { problem: "is not an absolute path", .. })));
         for kernel in
-            ["/proc/self/fd/7", "/dev/fd/3", "/sys", "/a/../proc/1/cwd", "/./dev//fd/3", "/../../proc/self/fd/4"]
+            ["/proc/self/fd/7", "/dev/fd/3", "/proc", "/a/../proc/1/cwd", "/./dev//fd/3", "/../../proc/self/fd/4"]
         {
             let mut r = request();
             r.process.workdir = Some(kernel.into());
             let err = build(r).unwrap_err();
-            assert!(err.to_string().contains("is in a file system of the kernel's"), "{kernel}: {err}");
+            assert!(err.to_string().contains("is in /proc or /dev, the kernel's"), "{kernel}: {err}");
         }
-        for fine in ["/work", "/procedures", "/data/proc", "/devices/../work"] {
+        for fine in ["/work", "/procedures", "/data/proc", "/devices/../work", "/sys/kernel"] {
             let mut r = request();
             r.process.workdir = Some(fine.into());
             assert_eq!(build(r).unwrap().process.cwd, fine);

@@ -171,7 +171,8 @@ impl Overlay {
             }
         }
         let lower: Vec<String> = self.lower.iter().map(|l| l.display().to_string()).collect();
-        // `userxattr` first: mount data longer than a page is cut at its end.
+        // `userxattr` first: the kernel would cut mount data longer than a
+        // page at its end (refused below).
         let options = format!(
             "{}lowerdir={},upperdir={},workdir={}",
             if self.user_xattrs { "userxattr," } else { "" },

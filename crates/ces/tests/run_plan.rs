@@ -607,7 +607,7 @@ fn an_image_with_a_layer_twice_runs_from_its_layers() {
 /// file through `..`. As root, ces's own creation of the working directory
 /// in the image (resolved inside it) fails first; rootless, libcontainer
 /// refuses a working directory `getcwd` cannot name. A path through
-/// `/proc`, `/sys` or `/dev` is refused by the plan, with a clear error.
+/// `/proc` or `/dev` is refused by the plan, with a clear error.
 #[test]
 fn a_working_directory_through_an_inherited_descriptor_is_refused() {
     require_root("needs root");
@@ -620,14 +620,29 @@ fn a_working_directory_through_an_inherited_descriptor_is_refused() {
     let rootless = RootlessWorld::new("run/workdir-fd-rootless");
     rootless.ces(&["pull", "--quiet", &w.image]).ok();
     rootless.sb.ces(&["system", "setup", "--user", TEST_USER]).ok();
+    // A host file any user could read, had the workload a way to it.
     let marker = w.sb.dir.path().join("host-marker");
     std::fs::write(&marker, "host file").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(w.sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&marker, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cat = rootless.user.setpriv(&rootless.sb, &["cat", &marker.display().to_string()]);
+    cat.current_dir("/");
+    assert_eq!(rootless.sb.run(cat).ok(), "host file", "the marker is readable");
     let up = "../".repeat(40);
     let script = format!("cat {up}{} > /safe_outputs/seen", marker.display().to_string().trim_start_matches('/'));
     let mut refused = 0;
     for n in fds {
         let args = ["run", "--json", "-w", &format!("/fd/{n}"), &w.image, "sh", "-c", &script];
-        for out in [w.ces(&args), rootless.ces(&args)] {
+        let as_root = w.ces(&args);
+        // As root, ces creates the working directory inside the image
+        // (resolved in it, where /proc is not mounted yet): that fails.
+        assert!(
+            as_root.fails().contains(&format!("/fd/{n}: open newly created directory failed")),
+            "{}",
+            as_root.stderr
+        );
+        for out in [as_root, rootless.ces(&args)] {
             let end = out.stdout.lines().any(|l| l.contains("\"event\":\"end\""));
             let read = if end {
                 std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap_or_default()
@@ -643,7 +658,7 @@ fn a_working_directory_through_an_inherited_descriptor_is_refused() {
     assert!(refused > 0, "no descriptor of a directory reached: the test proves nothing");
     for kernel in ["/proc/self/fd/5", "/dev/fd/5"] {
         let out = w.ces(&["run", "-w", kernel, &w.image, "true"]);
-        assert!(out.fails().contains("is in a file system of the kernel's"), "{}", out.stderr);
+        assert!(out.fails().contains("is in /proc or /dev, the kernel's"), "{}", out.stderr);
     }
 }
 

@@ -163,7 +163,8 @@ impl Overlay {
         let mut options = Vec::with_capacity(4);
         if in_user_namespace || self.user_xattrs {
             // trusted.* xattrs need CAP_SYS_ADMIN in the initial namespace.
-            // First: mount data longer than a page is cut at its end.
+            // First: the kernel would cut mount data longer than a page at
+            // its end (ces refuses such data: OverlayMount::mount).
             options.push("userxattr".to_owned());
         }
         if self.each_lower {

@@ -226,7 +226,16 @@ pub(crate) fn create_in_upper(overlay: &Overlay, image: &Rootfs, path: &str) -> 
 /// directory the mount must then be made from (its working directory).
 pub(crate) fn fsconfig_lowers(overlay: &mut Overlay, links: &Path, plus: bool) -> io::Result<Option<PathBuf>> {
     use ces_image::rootfs::{FSCONFIG_VALUE_MAX, numbered_lowerdir};
-    if plus {
+    for dir in [&overlay.upper, &overlay.work] {
+        if dir.as_os_str().len() > FSCONFIG_VALUE_MAX {
+            return Err(io::Error::other(format!(
+                "{}: a path longer than a mount option may be ({FSCONFIG_VALUE_MAX} bytes; a store at a shorter path)",
+                dir.display()
+            )));
+        }
+    }
+    let fits = |l: &PathBuf| l.as_os_str().len() <= FSCONFIG_VALUE_MAX;
+    if plus && overlay.lower.iter().all(fits) {
         overlay.each_lower = true;
         return Ok(None);
     }
@@ -455,10 +464,61 @@ mod tests {
         long.lower = vec![layers[0].clone(); 60];
         let err = OverlayMount::mount(&long, tmp.path()).unwrap_err();
         assert!(err.to_string().contains("more than the kernel reads (60 layers)"), "{err}");
+        // A path no fsconfig value can hold: numbered, whatever the kernel.
+        let mut deep = overlay(1);
+        deep.lower = vec![tmp.path().join("d".repeat(250))];
+        assert_eq!(fsconfig_lowers(&mut deep, &tmp.path().join("deep"), true).unwrap(), Some(tmp.path().join("deep")));
+        assert_eq!(deep.lower, [PathBuf::from("0")]);
+        let mut upper = overlay(1);
+        upper.upper = tmp.path().join("u".repeat(250));
+        let err = fsconfig_lowers(&mut upper, &tmp.path().join("none"), true).unwrap_err();
+        assert!(err.to_string().contains("a path longer than a mount option may be"), "{err}");
         let mut too_many = overlay(1);
         too_many.lower = vec![layers[0].clone(); 89];
         let err = fsconfig_lowers(&mut too_many, &tmp.path().join("more"), false).unwrap_err();
         assert!(err.to_string().contains("89 lower layers do not fit"), "{err}");
+    }
+
+    /// The most layers the store keeps an image as (its budget), at a
+    /// typical store path, named as each kind of run names them: the mount
+    /// options it emits fit (one page of mount(2) data as root, idmapped
+    /// or not; 255-byte fsconfig values rootless, with or without
+    /// `lowerdir+`).
+    #[test]
+    fn what_the_store_keeps_as_layers_fits_what_runs_emit() {
+        use ces_image::rootfs::{FSCONFIG_VALUE_MAX, MOUNT_DATA_MAX};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("ces");
+        let store = ces_image::store::Store::open(&root).unwrap();
+        let id = "20261206-223307-6a17efdd";
+        let dirs = RunDirs::new(&root.join("runs").join(id).join("state"));
+        let links = |n: usize| -> Vec<PathBuf> { (0..n).map(|i| root.join("l").join(format!("{i:012x}"))).collect() };
+        let most = |root_run: bool, plus: bool| {
+            (1..=ces_image::rootfs::MAX_LOWER_LAYERS)
+                .take_while(|n| store.mount_options_fit(&links(*n), root_run, plus))
+                .last()
+                .unwrap()
+        };
+        let overlay = |lower: Vec<PathBuf>| Overlay { lower, ..dirs.overlay_for(&Rootfs::Tree(PathBuf::new())) };
+        // Root: idmapped (root mode) or by the links (root for a sudo user).
+        let n = most(true, false);
+        let idmapped = (0..n).map(|i| PathBuf::from(format!("/run/ces/{id}/lower{i}"))).collect();
+        for lower in [idmapped, links(n)] {
+            let mut o = overlay(lower);
+            o.user_xattrs = true;
+            assert!(o.options(false).join(",").len() <= MOUNT_DATA_MAX, "{n} layers as root");
+        }
+        // Rootless: every fsconfig value within its limit.
+        for plus in [false, true] {
+            let n = most(false, plus);
+            let mut o = overlay(links(n));
+            fsconfig_lowers(&mut o, &tmp.path().join(format!("numbered-{plus}")), plus).unwrap();
+            for option in o.options(true) {
+                let value = option.split_once('=').map_or("", |(_, v)| v);
+                assert!(value.len() <= FSCONFIG_VALUE_MAX, "{n} layers rootless (lowerdir+: {plus}): {option}");
+            }
+        }
+        assert!(most(true, false) >= 60 && most(false, false) == 88 && most(false, true) == 500);
     }
 
     #[test]
