@@ -63,11 +63,19 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
     // reaching the file is what a real `su` in the image would need.)
     let (code, out) = as_user(&user, &["stat", "-c", "%u %a", rootsh.to_str().unwrap()]);
     assert_ne!(code, Some(0), "{TEST_USER} reaches a file in the store's cache (owner and mode {out})");
-    for cache in ["rootfs", "layers", "layered"] {
+    for cache in ["rootfs", "layers", "layered", "l"] {
         let (code, _) = as_user(&user, &["ls", w.sb.store.join(cache).to_str().unwrap()]);
         assert_ne!(code, Some(0), "{TEST_USER} can list the store's {cache}/");
     }
-    for private in ["oci", "rootfs", "layers", "layered", "tmp", "locks"] {
+    // Nor through the layers' short links.
+    let links: Vec<PathBuf> = std::fs::read_dir(w.sb.store.join("l")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!links.is_empty(), "the image's layers have short links");
+    for link in links {
+        let through = link.join("usr/local/bin/rootsh");
+        let (code, out) = as_user(&user, &["stat", "-c", "%u %a", through.to_str().unwrap()]);
+        assert_ne!(code, Some(0), "{TEST_USER} reaches a file through {}: {out}", link.display());
+    }
+    for private in ["oci", "rootfs", "layers", "layered", "l", "tmp", "locks"] {
         let mode = std::fs::metadata(w.sb.store.join(private)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700, "{private}");
     }
