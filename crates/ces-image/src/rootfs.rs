@@ -72,7 +72,7 @@ pub fn lowerdir_plus() -> bool {
 }
 
 /// Whether a kernel `release` (`6.1.0-28-amd64`) is at least `version`.
-fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
+pub fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
     let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
     let major = numbers.next().unwrap_or(0);
     let minor = numbers.next().unwrap_or(0);

@@ -847,23 +847,25 @@ impl Store {
             records.push(self.layer_record(diff_id).filter(LayerRecord::mountable)?);
         }
         let records = top_most(&records);
-        let mount: Vec<PathBuf> = records.iter().map(|r| self.mount_path(&r.hex)).collect();
-        self.can_layer(&records, &mount).then(|| Layers {
+        Some(Layers {
+            mount: self.layer_mounts(&records)?,
             dirs: records.iter().map(|r| self.layers_dir().join(&r.hex)).collect(),
-            mount,
             trusted: records.iter().all(|r| r.trusted),
         })
     }
 
-    /// Whether the layers of `records` (bottom first, each once: see
-    /// [`top_most`]) can be kept as the image: each can be an overlay's
-    /// lower layer, and a run can name them all when it mounts the overlay.
-    fn can_layer(&self, records: &[&LayerRecord], mount: &[PathBuf]) -> bool {
-        self.layered
+    /// The paths a run mounts the layers of `records` by (bottom first, each
+    /// once: see [`top_most`]), when they can be kept as the image: each can
+    /// be an overlay's lower layer, and a run can name them all when it
+    /// mounts the overlay.
+    fn layer_mounts(&self, records: &[&LayerRecord]) -> Option<Vec<PathBuf>> {
+        let possible = self.layered
             && !records.is_empty()
             && records.len() <= crate::rootfs::MAX_LOWER_LAYERS
-            && records.iter().all(|r| r.mountable())
-            && self.mount_options_fit(mount, rustix::process::geteuid().is_root(), crate::rootfs::lowerdir_plus())
+            && records.iter().all(|r| r.mountable());
+        let mount: Vec<PathBuf> = possible.then(|| records.iter().map(|r| self.mount_path(&r.hex)).collect())?;
+        let root = rustix::process::geteuid().is_root();
+        self.mount_options_fit(&mount, root, crate::rootfs::lowerdir_plus()).then_some(mount)
     }
 
     /// Whether an overlay of the layers named by `mount` fits in its mount
@@ -1018,7 +1020,7 @@ impl Store {
     pub fn link_ready(&self, ahead: &mut RootfsAhead, options: &UnpackOptions) {
         while let (Some(temp), Some((blob, diff_id))) = (&ahead.temp, ahead.layers.get(ahead.linked)) {
             let Some(record) = self.layer_record(diff_id).filter(|record| record.made_by(blob)) else { return };
-            if self.can_layer(&[&record], &[self.mount_path(&record.hex)]) {
+            if self.layer_mounts(&[&record]).is_some() {
                 // The image is likely kept as its layers: no tree to begin.
                 ahead.temp = None;
                 return;
@@ -1105,8 +1107,7 @@ impl Store {
         for record in &records {
             self.make_link(&record.hex);
         }
-        let mount: Vec<PathBuf> = records.iter().map(|r| self.mount_path(&r.hex)).collect();
-        let rootfs = if self.can_layer(&records, &mount) {
+        let rootfs = if self.layer_mounts(&records).is_some() {
             drop(ahead);
             self.name_layered(digest, layers.iter().map(|(record, _)| record))?
         } else {
@@ -2075,7 +2076,7 @@ mod tests {
         let mode = |sub: &str| fs::metadata(root.join(sub)).unwrap().permissions().mode() & 0o7777;
         let expected_root = if rustix::process::geteuid().is_root() { 0o711 } else { 0o700 };
         assert_eq!(mode(""), expected_root);
-        for sub in ["oci", "rootfs", "tmp", "locks"] {
+        for sub in ["oci", "rootfs", "layers", "layered", "l", "tmp", "locks"] {
             assert_eq!(mode(sub), 0o700, "{sub}");
         }
     }

@@ -251,6 +251,13 @@ pub fn busybox_image() -> ImageSpec {
         .cmd(&["sh"])
 }
 
+/// An image of `n` layers: busybox's, then one file each, `/f<i>` holding
+/// `i` (for `i` in `1..n`): more layers than some mounts can name.
+pub fn many_layers_image(n: usize) -> ImageSpec {
+    let files = (1..n).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), i.to_string())]));
+    ImageSpec::new(std::iter::once(Layer::new(busybox_entries())).chain(files).collect())
+}
+
 /// A small image whose one layer holds `/marker` with `content`: give each test
 /// its own content when it needs blobs no other test shares (to corrupt them).
 pub fn marker_image(content: &str) -> ImageSpec {

@@ -18,6 +18,6 @@ pub mod slurm;
 pub mod token;
 pub mod vm;
 
-pub use image::{BuiltImage, ImageSpec, Style, busybox_image, index};
+pub use image::{BuiltImage, ImageSpec, Style, busybox_image, index, many_layers_image};
 pub use layer::{Compression, Entry, Layer};
 pub use registry::{AuthMode, Registry};

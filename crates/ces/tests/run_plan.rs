@@ -604,9 +604,9 @@ fn an_image_with_a_layer_twice_runs_from_its_layers() {
 /// descriptors it inherited from ces (close-on-exec, not yet closed), some
 /// directories of the host. The workload would then start on the host,
 /// outside the container's root (runc's CVE-2024-21626), and reach any host
-/// file through `..`. As root, ces's own creation of the working directory
-/// in the image (resolved inside it) fails first; rootless, libcontainer
-/// refuses a working directory `getcwd` cannot name. A path through
+/// file through `..`. As root (and under sudo), ces's own creation of the
+/// working directory in the image (resolved inside it) fails first;
+/// rootless, libcontainer refuses a working directory `getcwd` cannot name. A path through
 /// `/proc` or `/dev` is refused by the plan, with a clear error.
 #[test]
 fn a_working_directory_through_an_inherited_descriptor_is_refused() {
@@ -631,18 +631,21 @@ fn a_working_directory_through_an_inherited_descriptor_is_refused() {
     assert_eq!(rootless.sb.run(cat).ok(), "host file", "the marker is readable");
     let up = "../".repeat(40);
     let script = format!("cat {up}{} > /safe_outputs/seen", marker.display().to_string().trim_start_matches('/'));
+    w.for_another_user();
     let mut refused = 0;
     for n in fds {
         let args = ["run", "--json", "-w", &format!("/fd/{n}"), &w.image, "sh", "-c", &script];
         let as_root = w.ces(&args);
+        // Under sudo, root runs for the user with the pinned /safe_data's
+        // descriptor open.
+        let under_sudo = w.sb.run(rootless.user.sudo(&w.sb, w.command(env!("CARGO_BIN_EXE_ces"), &args)));
         // As root, ces creates the working directory inside the image
         // (resolved in it, where /proc is not mounted yet): that fails.
-        assert!(
-            as_root.fails().contains(&format!("/fd/{n}: open newly created directory failed")),
-            "{}",
-            as_root.stderr
-        );
-        for out in [as_root, rootless.ces(&args)] {
+        for out in [&as_root, &under_sudo] {
+            let refusal = format!("/fd/{n}: open newly created directory failed");
+            assert!(out.fails().contains(&refusal), "{}", out.stderr);
+        }
+        for out in [as_root, under_sudo, rootless.ces(&args)] {
             let end = out.stdout.lines().any(|l| l.contains("\"event\":\"end\""));
             let read = if end {
                 std::fs::read_to_string(outputs_of(&out).join("seen")).unwrap_or_default()
@@ -669,11 +672,8 @@ fn a_working_directory_through_an_inherited_descriptor_is_refused() {
 #[test]
 fn an_image_of_many_layers_runs_from_them() {
     require_root("needs root");
-    use ces_testkit::layer::{Layer, busybox_entries};
     let n = 60;
-    let mut layers = vec![Layer::new(busybox_entries())];
-    layers.extend((1..n).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), i.to_string())])));
-    let image = ces_testkit::ImageSpec::new(layers);
+    let image = ces_testkit::many_layers_image(n);
     let script = format!("cat /f1 /f{} > /safe_outputs/seen", n - 1);
     let w = TreWorld::with("run/many-layers", &image, "");
     assert!(w.sb.rootfs(&w.digest).is_layered(), "kept as its layers");

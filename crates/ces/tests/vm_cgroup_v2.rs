@@ -19,7 +19,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ces_testkit::busybox_image;
-use ces_testkit::layer::{Entry, Layer, busybox_entries};
 use ces_testkit::vm::{Boot, Image, last_lines};
 
 /// The image the scenarios load (`ces load`) and run.
@@ -72,10 +71,8 @@ fn write_payload(dir: &Path) -> std::io::Result<()> {
     let archive = dir.join("busybox.tar");
     busybox_image().build().write_oci_archive(&archive, IMAGE);
     mode(&archive, 0o644)?;
-    let mut layers = vec![Layer::new(busybox_entries())];
-    layers.extend((1..MANY_LAYERS).map(|i| Layer::new(vec![Entry::file(&format!("f{i}"), i.to_string())])));
     let archive = dir.join("many.tar");
-    ces_testkit::ImageSpec::new(layers).build().write_oci_archive(&archive, MANY);
+    ces_testkit::many_layers_image(MANY_LAYERS).build().write_oci_archive(&archive, MANY);
     mode(&archive, 0o644)
 }
 
@@ -319,9 +316,10 @@ fn many_layers(ctx: Ctx) {
     let rootfs = Scenario::value(&s.host, "rootfs").unwrap_or_default();
     assert!(rootfs.starts_with(&format!("{MANY_LAYERS} layers in ")), "kept as its layers: {s}");
     let kernel = Scenario::value(&s.host, "kernel").unwrap_or_default();
-    let mut version = kernel.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (version.next().unwrap_or(0), version.next().unwrap_or(0));
-    assert!(version < (6, 8), "a kernel without lowerdir+, where the numbered links are needed: {s}");
+    assert!(
+        !ces_image::rootfs::kernel_at_least(kernel, (6, 8)),
+        "a kernel without lowerdir+, where the numbered links are needed: {s}"
+    );
 }
 
 /// One test per check and context, so a failure names both.

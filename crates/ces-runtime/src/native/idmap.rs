@@ -339,6 +339,13 @@ thread_local! {
 /// `/run` is root's and searchable on every host.
 pub(crate) const MOUNTS_ROOT: &str = "/run/ces";
 
+/// The name under a run's directory in [`MOUNTS_ROOT`] of its overlay's
+/// lower layer `i`, idmapped: short, so that many fit in the overlay's
+/// mount options (the store's budget counts `/run/ces/<id>/lower<i>`).
+pub(crate) fn lower_name(i: usize) -> String {
+    format!("lower{i}")
+}
+
 /// The mounts of one root-mode run, in `/run/ces/<id>` (their mount points
 /// are empty directories and files on the host; the mounts are in ces's
 /// private mount namespace): unmounted by [`Mounts::unmount`] or, failing

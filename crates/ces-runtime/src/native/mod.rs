@@ -732,10 +732,8 @@ impl Run<'_> {
         trees: &mut [Option<OwnedFd>],
     ) -> io::Result<(Vec<PathBuf>, RunSpec, PathBuf)> {
         let block = Extent { inside: 0, outside: base, count: idmap::RANGE };
-        // Short paths (`/run/ces/<id>/lower<i>`): many layers fit in the
-        // overlay's mount options.
         let lower = (self.overlay.lower.iter().enumerate())
-            .map(|(i, layer)| mounts.mount(layer, &format!("lower{i}"), Some((block, block)), idmap::READ_ONLY))
+            .map(|(i, layer)| mounts.mount(layer, &idmap::lower_name(i), Some((block, block)), idmap::READ_ONLY))
             .collect::<io::Result<Vec<_>>>()?;
         let spec = self.pinned_binds(mounts, trees)?;
         let rootfs = mounts.mount_point("rootfs", true)?;

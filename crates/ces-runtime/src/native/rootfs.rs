@@ -502,7 +502,8 @@ mod tests {
         let overlay = |lower: Vec<PathBuf>| Overlay { lower, ..dirs.overlay_for(&Rootfs::Tree(PathBuf::new())) };
         // Root: idmapped (root mode) or by the links (root for a sudo user).
         let n = most(true, false);
-        let idmapped = (0..n).map(|i| PathBuf::from(format!("/run/ces/{id}/lower{i}"))).collect();
+        let run = Path::new(crate::native::idmap::MOUNTS_ROOT).join(id);
+        let idmapped = (0..n).map(|i| run.join(crate::native::idmap::lower_name(i))).collect();
         for lower in [idmapped, links(n)] {
             let mut o = overlay(lower);
             o.user_xattrs = true;

@@ -33,9 +33,6 @@ struct Inspection {
     /// The directories of an image kept as its layers, bottom (its first
     /// layer) first: an overlay's `lowerdir` lists them the other way.
     rootfs_layers: Option<Vec<String>>,
-    /// How `Rootfs:` reads for a person: the tree's path, or "N layers in DIR".
-    #[serde(skip)]
-    rootfs_summary: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -81,7 +78,6 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
             Some(Rootfs::Layers(layers)) => Some(layers.dirs.iter().map(|d| d.display().to_string()).collect()),
             _ => None,
         },
-        rootfs_summary: unpacked.as_ref().map(ToString::to_string),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&inspection)?);
@@ -125,7 +121,8 @@ pub fn inspect(settings: &Settings, query: &str, json: bool) -> anyhow::Result<(
     for layer in &i.layers {
         println!("  {}  {:>9}  {}", layer.digest, human_bytes(layer.size), quote(&layer.media_type));
     }
-    println!("Rootfs:      {}", i.rootfs_summary.clone().unwrap_or_else(|| "(not unpacked)".to_owned()));
+    // The tree's path, or "N layers in DIR".
+    println!("Rootfs:      {}", unpacked.as_ref().map_or_else(|| "(not unpacked)".to_owned(), ToString::to_string));
     Ok(())
 }
 
