@@ -1182,7 +1182,7 @@ mod tests {
 
     #[test]
     fn rootless_limits_are_refused_on_cgroup_v1_only() {
-        let v1 = |hybrid| Hierarchy::V1 { hybrid, controllers: Default::default() };
+        let v1 = |hybrid| Hierarchy::V1 { hybrid, controllers: Default::default(), mounts: Vec::new() };
         for hierarchy in [v1(true), v1(false)] {
             let error = check_rootless_limits(&hierarchy).unwrap_err().to_string();
             assert!(error.starts_with("cannot enforce the memory limit: rootless podman ignores"), "{error}");

@@ -487,6 +487,8 @@ fn scenario_non_root_user() {
         touch /safe_outputs/mine
         grep -E '^(NoNewPrivs|Seccomp|CapEff|CapPrm):' /proc/self/status > /safe_outputs/status
         cat /proc/self/uid_map | tr -s ' ' > /safe_outputs/uid_map
+        cat /proc/self/gid_map | tr -s ' ' > /safe_outputs/gid_map
+        for fd in /proc/self/fd/*; do readlink "$fd"; done > /safe_outputs/fds
         unshare -U true 2>/dev/null; echo "unshare=$?" >> /safe_outputs/result
         echo more >> /etc/passwd 2>/dev/null; echo "etc_write=$?" >> /safe_outputs/result
         cat /safe_data/hello.txt > /dev/null; echo "data_read=$?" >> /safe_outputs/result
@@ -509,6 +511,14 @@ fn scenario_non_root_user() {
     // container's root (one host id).
     let uid_map = if fx.who == Who::Root { "0 1879048192 65536" } else { "1000 0 1" };
     assert_eq!(fx.output("uid_map").trim(), uid_map);
+    let gid_map = if fx.who == Who::Root { "0 1879048192 65536" } else { "1000 0 1" };
+    assert_eq!(fx.output("gid_map").trim(), gid_map);
+    // In root mode the container joins a user namespace ces made and holds
+    // open until the container is built: no descriptor of it (or of any
+    // namespace) reaches the workload.
+    let fds = fx.output("fds");
+    assert!(fds.lines().any(|l| l.starts_with("pipe:[")), "the stdio pipes, at least: {fds}");
+    assert!(!fds.lines().any(|l| ["user:[", "mnt:[", "pid:[", "net:["].iter().any(|ns| l.starts_with(ns))), "{fds}");
     let result = fx.output("result");
     // Rootless, the image's files belong to the container's user (the
     // invoking user unpacked them): it may change them, in its
@@ -822,8 +832,19 @@ fn scenario_init() {
         echo go > /tmp/go
         for i in $(seq 500); do [ -e /proc/$orphan ] || break; sleep 0.02; done
         if [ -e /proc/$orphan ]; then echo "orphan=$(cut -d' ' -f3 /proc/$orphan/stat)" >> /safe_outputs/result; else echo "orphan=reaped" >> /safe_outputs/result; fi
+        sh -c 'exec sleep 3143' > /dev/null 2>&1 &
     "#;
+    // The workload ends with a process of its own still running: it goes
+    // with the container (assert_clean: its cgroups were removed, which they
+    // could not be while it ran).
     assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
+    let left: Vec<_> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| fs::read(p.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x003143\0"))
+        .map(|p| p.file_name())
+        .collect();
+    assert!(left.is_empty(), "the workload's process outlived the run: {left:?}");
     assert_eq!(fx.output("pid1_cmdline").trim(), "ces-init");
     assert_eq!(fx.output("pid1_comm"), "ces-init\n");
     assert_ne!(fx.output("workload_pid").trim(), "1");

@@ -47,14 +47,20 @@ const V2_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 pub(crate) enum Hierarchy {
     /// One mount point per controller (legacy, or hybrid: v1 controllers
     /// plus an empty v2 hierarchy).
-    V1 { hybrid: bool, controllers: BTreeMap<String, PathBuf> },
+    V1 {
+        hybrid: bool,
+        controllers: BTreeMap<String, PathBuf>,
+        /// Every `cgroup` mount point, named hierarchies too.
+        mounts: Vec<PathBuf>,
+    },
     /// The unified hierarchy.
     V2 { root: PathBuf },
 }
 
 impl Hierarchy {
-    /// The host's hierarchy, found once per process (libcgroups reads
-    /// `/proc/self/mountinfo` once per v1 controller: ~1 ms).
+    /// The host's hierarchy, found once per process, from one read of
+    /// `/proc/self/mountinfo` (libcgroups reads it once per v1 controller,
+    /// each through a checked procfs handle: about 300 system calls).
     pub(crate) fn detect() -> Result<Hierarchy, RuntimeError> {
         static FOUND: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
         if let Some(found) = FOUND.get() {
@@ -69,12 +75,10 @@ impl Hierarchy {
         match setup {
             CgroupSetup::Unified => Ok(Hierarchy::V2 { root: PathBuf::from(DEFAULT_CGROUP_ROOT) }),
             CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-                let controllers = libcgroups::v1::util::list_supported_mount_points()
-                    .map_err(|e| limit_error("memory", &e))?
-                    .into_iter()
-                    .map(|(ctrl, path)| (ctrl.to_string(), path))
-                    .collect();
-                Ok(Hierarchy::V1 { hybrid: matches!(setup, CgroupSetup::Hybrid), controllers })
+                let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| limit_error("memory", &e))?;
+                let mounts = v1_mount_points(&mountinfo);
+                let controllers = v1_controllers(&mounts);
+                Ok(Hierarchy::V1 { hybrid: matches!(setup, CgroupSetup::Hybrid), controllers, mounts })
             }
         }
     }
@@ -105,8 +109,7 @@ impl Hierarchy {
     /// `/sys/fs/cgroup`, by name).
     pub(crate) fn container_mounts(&self) -> Vec<String> {
         let mut mounts = vec![DEFAULT_CGROUP_ROOT.to_owned()];
-        if let Hierarchy::V1 { .. } = self {
-            let host = libcgroups::v1::util::list_subsystem_mount_points().unwrap_or_default();
+        if let Hierarchy::V1 { mounts: host, .. } = self {
             mounts.extend(
                 host.iter()
                     .filter(|m| m.parent() == Some(Path::new(DEFAULT_CGROUP_ROOT)))
@@ -384,6 +387,79 @@ impl ContainerCgroup {
         }
         !left
     }
+}
+
+/// The v1 controllers libcgroups knows (its `CONTROLLERS`, not exported).
+const V1_CONTROLLERS: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// The mount points of the `cgroup` (v1) file systems a
+/// `/proc/self/mountinfo` lists, in its order.
+fn v1_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            (rest.split(' ').next() == Some("cgroup")).then_some(())?;
+            fields.split(' ').nth(4).map(|point| PathBuf::from(unescape_mountinfo(point)))
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match (bytes[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+/// Each v1 controller's mount point, chosen as libcgroups chooses it (its
+/// `get_subsystem_mount_point`: the first `cgroup` mount whose last
+/// component is the controller's name, or a co-mount of `cpu` and
+/// `cpuacct`, or of `net_cls` and `net_prio`), so that ces and the
+/// container's libcontainer agree on every cgroup directory.
+fn v1_controllers(mounts: &[PathBuf]) -> BTreeMap<String, PathBuf> {
+    V1_CONTROLLERS
+        .iter()
+        .filter_map(|&name| {
+            let names: &[&str] = match name {
+                "net_cls" => &["net_cls,net_prio", "net_prio,net_cls", "net_cls"],
+                "net_prio" => &["net_cls,net_prio", "net_prio,net_cls", "net_prio"],
+                "cpu" => &["cpu,cpuacct", "cpu"],
+                "cpuacct" => &["cpu,cpuacct", "cpuacct"],
+                _ => &[name],
+            };
+            let point = mounts.iter().find(|m| names.iter().any(|n| m.ends_with(n)))?;
+            Some((name.to_owned(), point.clone()))
+        })
+        .collect()
 }
 
 /// Whether the host has swap space in use (`/proc/swaps` lists any).
@@ -990,12 +1066,75 @@ mod tests {
             .into_iter()
             .map(|(c, p)| (c.to_owned(), PathBuf::from(p)))
             .collect();
-        let v1 = Hierarchy::V1 { hybrid: true, controllers };
+        let v1 = Hierarchy::V1 { hybrid: true, controllers, mounts: Vec::new() };
         let text = "12:name=systemd:/\n4:cpu,cpuacct:/ces/x\n0::/\n";
         assert_eq!(procs_file(&v1, text), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/ces/x/cgroup.procs")));
         assert_eq!(procs_file(&v2, "0::/../../etc\n"), None);
         assert_eq!(procs_file(&v2, "0::relative\n"), None);
         assert_eq!(procs_file(&v1, "1:name=systemd:/\n"), None);
+    }
+
+    #[test]
+    fn v1_hierarchies_from_one_mountinfo() {
+        let mountinfo = r"
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+25 22 0:21 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+26 25 0:22 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+27 25 0:23 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,xattr,name=systemd
+28 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,cpu,cpuacct
+29 25 0:25 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,net_cls,net_prio
+30 25 0:26 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:9 - cgroup cgroup rw,memory
+31 25 0:27 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime - cgroup cgroup rw,pids
+32 22 0:28 / /mnt/a\040b/freezer rw,relatime - cgroup cgroup rw,freezer
+33 22 0:29 / /mnt/cgroup\040-\040x rw,relatime - tmpfs tmpfs rw
+";
+        let mounts = v1_mount_points(mountinfo);
+        let expected_mounts = [
+            "/sys/fs/cgroup/systemd",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/sys/fs/cgroup/net_cls,net_prio",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/mnt/a b/freezer",
+        ];
+        assert_eq!(mounts, expected_mounts.map(PathBuf::from));
+        let controllers = v1_controllers(&mounts);
+        let expected: BTreeMap<String, PathBuf> = [
+            ("cpu", "/sys/fs/cgroup/cpu,cpuacct"),
+            ("cpuacct", "/sys/fs/cgroup/cpu,cpuacct"),
+            ("net_cls", "/sys/fs/cgroup/net_cls,net_prio"),
+            ("net_prio", "/sys/fs/cgroup/net_cls,net_prio"),
+            ("memory", "/sys/fs/cgroup/memory"),
+            ("pids", "/sys/fs/cgroup/pids"),
+            ("freezer", "/mnt/a b/freezer"),
+        ]
+        .into_iter()
+        .map(|(c, p)| (c.to_owned(), PathBuf::from(p)))
+        .collect();
+        assert_eq!(controllers, expected);
+        assert_eq!(unescape_mountinfo(r"a\134b\011c\12"), std::ffi::OsString::from("a\\b\tc\\12"));
+    }
+
+    /// ces finds each controller where libcgroups (the container's
+    /// libcontainer) does: otherwise it would look for, and remove, cgroups
+    /// elsewhere than where they were made.
+    #[test]
+    fn the_hierarchy_is_where_libcgroups_finds_it() {
+        let found = Hierarchy::find().unwrap();
+        match libcgroups::common::get_cgroup_setup().unwrap() {
+            CgroupSetup::Unified => assert_eq!(found, Hierarchy::V2 { root: PathBuf::from(DEFAULT_CGROUP_ROOT) }),
+            CgroupSetup::Legacy | CgroupSetup::Hybrid => {
+                let Hierarchy::V1 { controllers, mounts, .. } = found else { panic!("{found:?}") };
+                let theirs: BTreeMap<String, PathBuf> = libcgroups::v1::util::list_supported_mount_points()
+                    .unwrap()
+                    .into_iter()
+                    .map(|(ctrl, path)| (ctrl.to_string(), path))
+                    .collect();
+                assert!(!theirs.is_empty());
+                assert_eq!(controllers, theirs);
+                assert_eq!(mounts, libcgroups::v1::util::list_subsystem_mount_points().unwrap());
+            }
+        }
     }
 
     #[test]
@@ -1008,7 +1147,7 @@ mod tests {
     fn container_cgroup_paths() {
         let h = Hierarchy::V2 { root: PathBuf::from("/sys/fs/cgroup") };
         assert_eq!(ContainerCgroup::for_root(h, "r1").path, PathBuf::from("/ces/r1"));
-        let v1 = Hierarchy::V1 { hybrid: true, controllers: BTreeMap::new() };
+        let v1 = Hierarchy::V1 { hybrid: true, controllers: BTreeMap::new(), mounts: Vec::new() };
         assert_eq!(ContainerCgroup::for_rootless(v1, "r1", 1000).unwrap().path, PathBuf::from("/ces/user-1000/r1"));
     }
 }

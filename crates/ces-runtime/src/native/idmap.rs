@@ -310,17 +310,42 @@ pub(crate) fn clone(
         io::Error::new(e.kind(), format!("cannot mount a clone of {}: {e}{hint}", source.display()))
     };
     let Some(ids) = ids else { return clone_tree(source, pin, None, attrs).map_err(named) };
+    with_namespace(ids, |userns| clone_tree(source, pin, Some(userns), attrs)).map_err(named)
+}
+
+/// Root mode: a user namespace with the maps `ids` for the container to
+/// join by path ([`namespace_path`]): the one this run's idmapped mounts
+/// were made with (made now if none was), duplicated, so that it stays
+/// open under its own number until the container is built, whatever
+/// becomes of the cache. libcontainer's intermediate process then joins
+/// it instead of making one and waiting for ces to write its maps: two
+/// hand-offs between processes fewer on the start's path (each a time
+/// slice when every core is busy). It is the namespace libcontainer would
+/// make: owned by host root, a child of the initial one, with the same
+/// maps and `setgroups` allowed.
+pub(crate) fn joinable(ids: (Extent, Extent)) -> io::Result<OwnedFd> {
+    with_namespace(ids, OwnedFd::try_clone)
+}
+
+/// The path a child of this process (cloned, not exec'd) opens `fd` by.
+pub(crate) fn namespace_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// `f` of the cached user namespace with the maps `ids`, made first if
+/// there is none.
+fn with_namespace<T>(ids: (Extent, Extent), f: impl FnOnce(&OwnedFd) -> io::Result<T>) -> io::Result<T> {
     USER_NAMESPACES.with(|made| {
         let mut made = made.borrow_mut();
         if !made.iter().any(|(key, _)| *key == ids) {
-            let userns = user_namespace(ids.0, ids.1).map_err(named)?;
+            let userns = user_namespace(ids.0, ids.1)?;
             if made.len() >= 8 {
                 made.clear();
             }
             made.push((ids, userns));
         }
-        let userns = made.iter().find(|(key, _)| *key == ids).map(|(_, fd)| fd);
-        clone_tree(source, pin, userns, attrs).map_err(named)
+        let (_, userns) = made.iter().find(|(key, _)| *key == ids).expect("just made");
+        f(userns)
     })
 }
 

@@ -506,6 +506,8 @@ impl Run<'_> {
         let mut device_nodes: Vec<(String, PathBuf)> =
             self.spec.devices.nodes.iter().map(|n| (n.path.clone(), n.host_path.clone())).collect();
         let mut mount = None;
+        // Root mode: the container's user namespace, open until it is built.
+        let mut user_namespace = None;
         if root {
             if let Mapping::Block { base } = self.mapping {
                 let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
@@ -518,6 +520,12 @@ impl Run<'_> {
                         spec = std::borrow::Cow::Owned(mapped);
                         rootfs = mapped_rootfs;
                     }
+                    Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
+                }
+                let (uid, gid, count) = self.mapping.ids(self.spec);
+                let maps = (Extent { inside: 0, outside: uid, count }, Extent { inside: 0, outside: gid, count });
+                match idmap::joinable(maps) {
+                    Ok(userns) => user_namespace = Some(userns),
                     Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
                 }
                 if tun.is_some() {
@@ -584,6 +592,7 @@ impl Run<'_> {
             tun,
             device_nodes,
             ids: self.mapping.ids(self.spec),
+            user_namespace: user_namespace.as_ref().map(idmap::namespace_path),
         };
         let hook_bundle = self.hook_bundle.borrow().clone();
         let written = oci::build(&spec, &layout)
@@ -790,6 +799,9 @@ impl Run<'_> {
             Err(e) => return (Err(start_error("creating the container")(e)), self.cgroup.remove_leftovers()),
         };
 
+        // Set once the init has been waited for: the container has no
+        // process left (the init was its pid namespace's first process).
+        let init_reaped = std::cell::Cell::new(false);
         let outcome = (|| {
             let pid = container.pid().ok_or(NativeError::NoInit).map_err(start_error("creating the container"))?;
             if self.privilege != Privilege::Root {
@@ -818,6 +830,7 @@ impl Run<'_> {
             let signalfd = signals.signalfd().map_err(waiting)?;
             let ended =
                 wait::wait_for_exit(pid, &signalfd, streams, self.spec.process.stop_timeout).map_err(waiting)?;
+            init_reaped.set(true);
             // Cooked again before anything more is said (a warning in raw
             // mode would not start at the left margin).
             drop(raw_mode);
@@ -856,11 +869,15 @@ impl Run<'_> {
             })
         })();
 
-        let removed = match container.delete(true) {
-            Ok(()) => self.cgroup.remove_leftovers(),
-            Err(e) => {
-                tracing::warn!(id = %self.spec.id, error = %e, "cannot remove the container; the next ces start will");
-                false
+        let removed = if init_reaped.get() {
+            remove_ended(&container, self.cgroup)
+        } else {
+            match container.delete(true) {
+                Ok(()) => self.cgroup.remove_leftovers(),
+                Err(e) => {
+                    tracing::warn!(id = %self.spec.id, error = %e, "cannot remove the container; the next ces start will");
+                    false
+                }
             }
         };
         drop(signals);
@@ -966,6 +983,27 @@ impl Run<'_> {
 }
 
 /// The attributes of a bind mount's clone (locked in the container).
+/// Removes a container whose init ces has waited for: its cgroups and
+/// libcontainer's state directory. What libcontainer's `delete` does for a
+/// stopped container (no poststop hook is ever given), without its reading
+/// the state and the configuration back and finding the cgroup hierarchy
+/// again (on cgroup v1, `/proc/self/mountinfo` and `/proc/self/cgroup` once
+/// per controller: about 500 system calls, at the end of every run). No
+/// process can be left: the init was the first of the container's pid
+/// namespace, whose other processes the kernel kills and reaps before the
+/// init can be waited for. Whether both are gone.
+fn remove_ended(container: &libcontainer::container::Container, cgroup: &ContainerCgroup) -> bool {
+    let cgroups_removed = cgroup.remove_leftovers();
+    match fs::remove_dir_all(&container.root) {
+        Ok(()) => cgroups_removed,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => cgroups_removed,
+        Err(e) => {
+            tracing::warn!(state = %container.root.display(), error = %e, "cannot remove the container's state; the next ces start will");
+            false
+        }
+    }
+}
+
 fn bind_attrs(access: Access) -> u64 {
     match access {
         Access::Ro => idmap::READ_ONLY,

@@ -134,6 +134,11 @@ pub(crate) struct Layout {
     /// there the container has (1, or root mode's block: see
     /// [`super::idmap`]).
     pub ids: (u32, u32, u32),
+    /// Root mode: the user namespace the container joins, by path (one ces
+    /// made with the container's maps: see [`super::idmap::joinable`]),
+    /// rather than one libcontainer makes and ces maps in a round trip
+    /// with its intermediate process.
+    pub user_namespace: Option<PathBuf>,
 }
 
 /// An overlay's directories.
@@ -229,7 +234,10 @@ pub(crate) fn build(spec: &RunSpec, layout: &Layout) -> Result<Spec, OciSpecErro
         LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+    .map(|typ| match (typ, &layout.user_namespace) {
+        (LinuxNamespaceType::User, Some(path)) => LinuxNamespaceBuilder::default().typ(typ).path(path.clone()).build(),
+        _ => LinuxNamespaceBuilder::default().typ(typ).build(),
+    })
     .collect::<Result<Vec<_>, _>>()?;
     let (uid, gid, count) = layout.ids;
     let uid_map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(uid).size(count).build()?;
@@ -494,6 +502,7 @@ mod tests {
             tun: None,
             device_nodes: Vec::new(),
             ids: (1001, 1002, 1),
+            user_namespace: None,
         }
     }
 
