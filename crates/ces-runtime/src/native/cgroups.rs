@@ -23,8 +23,9 @@
 //! checked up front. Only the v1 paths have been exercised on a real host.
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 
@@ -605,51 +606,118 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 
 /// The first move of a process into a cgroup after a quiet while waits for
 /// an RCU grace period (the kernel's `cgroup_threadgroup_rwsem`, one for all
-/// hierarchies: 7-20 ms here, more with every core busy); moves within the
+/// hierarchies: 7-25 ms here, more with every core busy); moves within the
 /// next grace period or so do not. As root, [`MigrationWarmup::start`] pays
 /// that wait on a thread of its own while the run is being prepared, by
 /// moving a helper into the cgroup it is already in: a child of ces, born
-/// in ces's cgroups, that does nothing ([`idmap::waiting_child`]).
-/// [`MigrationWarmup::finish`], just before the container is built, waits
-/// for it (what is left of it), moves the helper once more, so that the
-/// container's move into its cgroup comes within the window, and ends the
-/// helper. ces itself is never moved: whoever places it (a scope, an
-/// operator's tools, even during the wait) keeps it where they put it.
+/// in ces's cgroups, that does nothing ([`idmap::waiting_child`]). Then it
+/// moves the helper again every millisecond, keeping the window open, until
+/// the container has been built (and so moved into its cgroup): the drop
+/// stops it. The run never waits for it: [`MigrationWarmup::before_clone`]
+/// only waits for the thread to have made its helper (it then allocates
+/// nothing until stopped), and a container built while the first wait is
+/// still running waits for what is left of that same grace period in its
+/// own move. ces itself is never moved: whoever places it (a scope, an
+/// operator's tools, even during the wait) keeps it where they put it; and
+/// the helper is moved only as long as it stays in the cgroup it was first
+/// found in (a scope that empties ces's cgroup is not filled again).
 /// Nothing changes if a move fails: the container's own move pays the wait
 /// as before. Rootless runs have none (ces moves itself into a scope of its
 /// own there).
 ///
 /// [`idmap::waiting_child`]: super::idmap::waiting_child
 pub(crate) struct MigrationWarmup {
-    thread: Option<std::thread::JoinHandle<Option<Helper>>>,
+    thread: Option<std::thread::JoinHandle<Option<Moved>>>,
+    /// The thread writes a byte here once it allocates nothing more until
+    /// stopped, or closes it without one if it ends (nothing to move).
+    ready: Option<OwnedFd>,
+    /// Closed to stop the moves (the drop).
+    stop: Option<OwnedFd>,
 }
+
+/// What a warm-up's thread leaves: its helper, and how many moves it made.
+struct Moved {
+    helper: Helper,
+    moves: u32,
+}
+
+/// How long a warm-up keeps the window open at most (a run that unpacks a
+/// large image first goes on without it).
+const KEEP_OPEN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The helper a [`MigrationWarmup`] moves, in `hierarchy`; ended when
 /// dropped.
 struct Helper {
     pid: libc::pid_t,
     /// Kept open while it lives (it waits for this to close).
-    _done: std::os::fd::OwnedFd,
+    _done: OwnedFd,
     hierarchy: Hierarchy,
 }
 
+/// Moves a helper into the cgroup it was in when this was made, with
+/// everything opened and formatted beforehand: [`Mover::keep_moving`]
+/// makes system calls only.
+struct Mover {
+    /// The helper's `/proc/<pid>/cgroup`, and its text when this was made.
+    cgroup: File,
+    seen: Vec<u8>,
+    scratch: Vec<u8>,
+    /// The `cgroup.procs` it is written to, and what is written.
+    procs: File,
+    pid: Vec<u8>,
+}
+
 impl Helper {
-    /// Moves the helper into the cgroup it is in now (where it was born, in
-    /// ces's, unless something moved it since: a scope that empties ces's
-    /// cgroup is not filled again): whether the kernel took it.
-    fn move_in(&self) -> bool {
+    /// A [`Mover`] for the helper, in the cgroup it is in now (where it was
+    /// born, in ces's, unless something moved it since).
+    fn mover(&self) -> Option<Mover> {
         let pid = self.pid;
-        let own = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok();
-        let Some(procs) = own.and_then(|text| procs_file(&self.hierarchy, &text)) else { return false };
-        let procs_shown = procs.display();
-        match fs::write(&procs, pid.to_string()) {
-            Ok(()) => {
-                tracing::debug!("cgroup warm-up: helper {pid} moved into {procs_shown}");
-                true
+        let mut cgroup = File::open(format!("/proc/{pid}/cgroup")).ok()?;
+        let mut seen = Vec::new();
+        cgroup.read_to_end(&mut seen).ok()?;
+        let procs = procs_file(&self.hierarchy, std::str::from_utf8(&seen).ok()?)?;
+        let procs = fs::OpenOptions::new().write(true).open(procs).ok()?;
+        let scratch = vec![0; seen.len() + 64];
+        Some(Mover { cgroup, seen, scratch, procs, pid: pid.to_string().into_bytes() })
+    }
+}
+
+impl Mover {
+    /// Whether the helper is still in the cgroups it was in.
+    fn unchanged(&mut self) -> bool {
+        // SAFETY: reads into a buffer of that length.
+        let n =
+            unsafe { libc::pread(self.cgroup.as_raw_fd(), self.scratch.as_mut_ptr().cast(), self.scratch.len(), 0) };
+        usize::try_from(n).is_ok_and(|n| self.scratch[..n] == self.seen[..])
+    }
+
+    /// One move: whether the kernel took it.
+    fn move_once(&mut self) -> bool {
+        // SAFETY: writes from a buffer of that length.
+        let n = unsafe { libc::write(self.procs.as_raw_fd(), self.pid.as_ptr().cast(), self.pid.len()) };
+        usize::try_from(n).is_ok_and(|n| n == self.pid.len())
+    }
+
+    /// Moves the helper at once, then every millisecond while it stays
+    /// where it was, for [`KEEP_OPEN_AT_MOST`], and returns when `stop` can
+    /// be read (never before: the thread's end frees memory, and ces may be
+    /// cloning a process that allocates). System calls only: no allocation,
+    /// no lock. The number of moves made.
+    fn keep_moving(&mut self, stop: &OwnedFd) -> u32 {
+        let deadline = std::time::Instant::now() + KEEP_OPEN_AT_MOST;
+        let mut moves = 0;
+        let mut moving = true;
+        loop {
+            if moving {
+                moving = self.unchanged() && self.move_once();
+                moves += u32::from(moving);
+                moving = moving && std::time::Instant::now() < deadline;
             }
-            Err(e) => {
-                tracing::debug!("cgroup warm-up: helper {pid} not moved into {procs_shown}: {e}");
-                false
+            let mut fd = libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut fd, 1, if moving { 1 } else { -1 }) };
+            if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+                return moves;
             }
         }
     }
@@ -691,28 +759,10 @@ impl Drop for EarlyWarmup {
 }
 
 impl MigrationWarmup {
-    /// The warm-up [`warm_cgroup_migration`] started, if any (moving its
-    /// helper again if it is done: the window may have closed while the
-    /// run was planned, an image unpacked), else a new one.
+    /// The warm-up [`warm_cgroup_migration`] started, if any, else a new one.
     pub(crate) fn early_or_start(hierarchy: &Hierarchy) -> MigrationWarmup {
         let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
-        early.map_or_else(|| MigrationWarmup::start(Some(hierarchy.clone())), MigrationWarmup::again)
-    }
-
-    /// This warm-up, its helper moved once more on a thread of its own if
-    /// its thread is done.
-    fn again(mut self) -> MigrationWarmup {
-        let thread = match self.thread.take() {
-            Some(thread) if thread.is_finished() => {
-                let helper = thread.join().ok().flatten();
-                std::thread::Builder::new()
-                    .name("ces-cgroup-warm".to_owned())
-                    .spawn(move || helper.filter(Helper::move_in))
-                    .ok()
-            }
-            thread => thread,
-        };
-        MigrationWarmup { thread }
+        early.unwrap_or_else(|| MigrationWarmup::start(Some(hierarchy.clone())))
     }
 
     /// Drops a warm-up [`warm_cgroup_migration`] started (a rootless run
@@ -724,9 +774,11 @@ impl MigrationWarmup {
 
     /// Starts the thread; it finds the hierarchy itself when not given it.
     pub(crate) fn start(hierarchy: Option<Hierarchy>) -> MigrationWarmup {
-        // The thread allocates (its own start and end): it is joined before
-        // libcontainer clones (`finish`, or the drop). The helper it makes
-        // only makes system calls.
+        let none = MigrationWarmup { thread: None, ready: None, stop: None };
+        let (Ok((ready, ready_write)), Ok((stop_read, stop))) = (super::pipe(), super::pipe()) else { return none };
+        // The thread allocates while it makes its helper and its mover, and
+        // when it ends: see `before_clone`. The helper only makes system
+        // calls.
         let thread = std::thread::Builder::new()
             .name("ces-cgroup-warm".to_owned())
             .spawn(move || {
@@ -736,26 +788,58 @@ impl MigrationWarmup {
                 };
                 let (pid, done) = super::idmap::waiting_child(0).ok()?;
                 let helper = Helper { pid, _done: done, hierarchy };
-                helper.move_in();
-                Some(helper)
+                let mut mover = helper.mover()?;
+                // Nothing below allocates or frees until `stop` is written.
+                // SAFETY: writes one byte from a valid buffer.
+                unsafe { libc::write(ready_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+                let moves = mover.keep_moving(&stop_read);
+                drop(ready_write);
+                Some(Moved { helper, moves })
             })
             .ok();
-        MigrationWarmup { thread }
+        match thread {
+            Some(thread) => MigrationWarmup { thread: Some(thread), ready: Some(ready), stop: Some(stop) },
+            None => none,
+        }
     }
 
-    /// Waits for the thread, moves the helper once more and ends it. Call
-    /// it before anything clones a process that allocates (libcontainer's).
-    /// Whether the last move was made.
-    pub(crate) fn finish(mut self) -> bool {
-        let Some(thread) = self.thread.take() else { return false };
-        thread.join().ok().flatten().is_some_and(|helper| helper.move_in())
+    /// Call it before anything clones a process that allocates
+    /// (libcontainer's): waits until the thread allocates nothing more
+    /// (it has made its helper; typically long done by then), or has ended.
+    /// Not for its moves: the first may still be waiting for the grace
+    /// period, which the container's own move then waits for the rest of.
+    pub(crate) fn before_clone(&mut self) {
+        let Some(ready) = self.ready.take() else { return };
+        let mut byte = 0u8;
+        let got = loop {
+            // SAFETY: reads one byte into a valid buffer.
+            let n = unsafe { libc::read(ready.as_raw_fd(), (&mut byte as *mut u8).cast(), 1) };
+            if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                break n == 1;
+            }
+        };
+        if !got && let Some(thread) = self.thread.take() {
+            // It ended without moving anything: done with before the clone.
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops the moves and waits for the thread: what it left. Stopped by
+    /// a byte, not by closing: the container's processes, cloned from ces,
+    /// hold copies of the pipe's end until they exec.
+    fn end(&mut self) -> Option<Moved> {
+        if let Some(stop) = self.stop.take() {
+            // SAFETY: writes one byte from a valid buffer.
+            unsafe { libc::write(stop.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
+        self.thread.take()?.join().ok().flatten()
     }
 }
 
 impl Drop for MigrationWarmup {
     fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(Moved { helper, moves }) = self.end() {
+            tracing::debug!("cgroup warm-up: helper {} moved {moves} times", helper.pid);
         }
     }
 }
@@ -925,9 +1009,17 @@ mod tests {
     /// one at a time.
     static MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// The warm-up's helper, once its thread is done.
-    fn helper_of(mut warmup: MigrationWarmup) -> Helper {
-        warmup.thread.take().unwrap().join().unwrap().expect("a helper made and moved")
+    /// What the warm-up's thread left, once stopped.
+    fn moved_by(mut warmup: MigrationWarmup) -> Moved {
+        warmup.before_clone();
+        warmup.end().expect("a helper made")
+    }
+
+    /// The warm-up's helper, once its thread is done, after one move at least.
+    fn helper_of(warmup: MigrationWarmup) -> Helper {
+        let moved = moved_by(warmup);
+        assert!(moved.moves >= 1, "moved");
+        moved.helper
     }
 
     #[test]
@@ -945,7 +1037,6 @@ mod tests {
             "the helper is in {procs:?}"
         );
         assert_eq!(fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap(), before, "in this process's cgroups");
-        assert!(helper.move_in(), "moved again");
         drop(helper);
         super::super::idmap::reap_helpers(true);
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the helper is gone, and reaped");
@@ -975,25 +1066,24 @@ mod tests {
         assert_eq!(end, Ok(Ok(0)), "end of file while the helper {pid} lived");
     }
 
+    /// The window is kept open until the container is built: the helper is
+    /// moved again and again meanwhile (not once at the start only).
     #[test]
-    fn an_early_warmup_finds_the_hierarchy_itself_and_is_finished_by_the_run() {
+    fn an_early_warmup_finds_the_hierarchy_itself_and_keeps_moving_until_the_run_stops_it() {
         assert!(nix::unistd::geteuid().is_root(), "this test moves a process: run the suite as root (CI does)");
         let _one = MOVES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
         let _early = warm_cgroup_migration();
-        // Done long before the run comes (an image unpacked first): its
-        // helper is moved again.
-        let done = || {
-            let early = EARLY_WARMUP.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            early.as_ref().and_then(|w| w.thread.as_ref()).is_none_or(std::thread::JoinHandle::is_finished)
-        };
-        while !done() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let warmup = MigrationWarmup::early_or_start(&Hierarchy::detect().unwrap());
-        assert!(warmup.thread.as_ref().is_some(), "moving again");
-        assert!(warmup.finish(), "the early warm-up's helper moved");
+        let mut warmup = MigrationWarmup::early_or_start(&Hierarchy::detect().unwrap());
+        warmup.before_clone();
+        assert!(warmup.thread.as_ref().is_some_and(|t| !t.is_finished()), "still moving");
+        // A bound on the wait, not a measure: the moves go on.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let moved = warmup.end().expect("a helper made");
+        assert!(moved.moves >= 2, "moved {} times", moved.moves);
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
+        drop(moved);
+        super::super::idmap::reap_helpers(true);
     }
 
     #[test]
@@ -1022,7 +1112,7 @@ mod tests {
         // Moved by someone else (a scope, an operator) while it works.
         fs::write(elsewhere.join("cgroup.procs"), std::process::id().to_string()).unwrap();
         let moved = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let wrote = warmup.finish();
+        let wrote = moved_by(warmup).moves >= 1;
         let after = fs::read_to_string("/proc/self/cgroup").unwrap();
         fs::write(&procs, std::process::id().to_string()).unwrap();
         // The helper may have been born there: gone once reaped.
@@ -1042,16 +1132,26 @@ mod tests {
         let home = own_procs_file(&hierarchy).unwrap().parent().unwrap().to_owned();
         let elsewhere = home.join(format!("ces-warmup-helper-test-{}", std::process::id()));
         fs::create_dir(&elsewhere).unwrap();
-        let helper = helper_of(MigrationWarmup::start(Some(hierarchy.clone())));
-        fs::write(elsewhere.join("cgroup.procs"), helper.pid.to_string()).unwrap();
-        let moved = helper.move_in();
+        let mut warmup = MigrationWarmup::start(Some(hierarchy.clone()));
+        warmup.before_clone();
+        // The helper's pid, from its cgroup: ces's (it is this process's child).
+        let pid = || {
+            fs::read_to_string(home.join("cgroup.procs"))
+                .unwrap()
+                .lines()
+                .map(|l| l.parse::<libc::pid_t>().unwrap())
+                .find(|pid| fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "ces-cgroup-warm\n"))
+        };
+        let helper = pid().expect("the helper, in this process's cgroup");
+        fs::write(elsewhere.join("cgroup.procs"), helper.to_string()).unwrap();
+        // A bound on the wait, not a measure: the moves would go on.
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let there = fs::read_to_string(elsewhere.join("cgroup.procs")).unwrap();
-        let pid = helper.pid;
-        drop(helper);
+        let moved = warmup.end().expect("a helper made");
+        drop(moved);
         super::super::idmap::reap_helpers(true);
         fs::remove_dir(&elsewhere).unwrap();
-        assert!(moved, "the helper moved");
-        assert!(there.lines().any(|l| l == pid.to_string()), "still where it was moved to: {there:?}");
+        assert!(there.lines().any(|l| l == helper.to_string()), "still where it was moved to: {there:?}");
     }
 
     #[test]

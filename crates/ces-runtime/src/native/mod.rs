@@ -469,7 +469,7 @@ struct Run<'a> {
     /// As root, with devices' createContainer hooks: the bundle as they see
     /// it (see [`Run::bundle_for_hooks`]).
     hook_bundle: RefCell<Option<PathBuf>>,
-    /// Finished just before the container is built ([`cgroups::MigrationWarmup`]).
+    /// Stopped once the container is built ([`cgroups::MigrationWarmup`]).
     warmup: RefCell<Option<cgroups::MigrationWarmup>>,
 }
 
@@ -777,8 +777,10 @@ impl Run<'_> {
             Ok(stdio) => stdio,
             Err(e) => return (Err(start_error("creating the container's stdio")(e.into())), true),
         };
-        if let Some(warmup) = self.warmup.take() {
-            let _ = warmup.finish();
+        // The warm-up's thread allocates nothing while the container's
+        // processes are cloned from this one; stopped once they are.
+        if let Some(warmup) = self.warmup.borrow_mut().as_mut() {
+            warmup.before_clone();
         }
         // The container's processes are cloned from this one in build():
         // they start in this working directory.
@@ -788,6 +790,7 @@ impl Run<'_> {
         };
         let built =
             self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
+        drop(self.warmup.take());
         drop(entered);
         drop(report_write);
         drop(init_tun_socket);
