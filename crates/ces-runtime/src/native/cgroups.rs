@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 
@@ -76,12 +77,27 @@ impl Hierarchy {
         match setup {
             CgroupSetup::Unified => Ok(Hierarchy::V2 { root: PathBuf::from(DEFAULT_CGROUP_ROOT) }),
             CgroupSetup::Legacy | CgroupSetup::Hybrid => {
-                let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(|e| limit_error("memory", &e))?;
-                let mounts = v1_mount_points(&mountinfo);
-                let controllers = v1_controllers(&mounts);
-                Ok(Hierarchy::V1 { hybrid: matches!(setup, CgroupSetup::Hybrid), controllers, mounts })
+                let mountinfo = fs::read("/proc/self/mountinfo").map_err(|e| limit_error("memory", &e))?;
+                Hierarchy::v1(&mountinfo, matches!(setup, CgroupSetup::Hybrid))
             }
         }
+    }
+
+    /// The v1 hierarchy a `/proc/self/mountinfo` describes. A controller
+    /// mounted at a path the kernel escapes (a space, tab, newline or
+    /// backslash) is refused: libcgroups would look for it at the escaped
+    /// text.
+    fn v1(mountinfo: &[u8], hybrid: bool) -> Result<Hierarchy, RuntimeError> {
+        let mounts = v1_mount_points(mountinfo);
+        let controllers = v1_controllers(&mounts);
+        if let Some(escaped) = controllers.values().find(|m| m.as_os_str().as_bytes().contains(&b'\\')) {
+            let e = io::Error::other(format!(
+                "{}: a cgroup mount point with a space, tab, newline or backslash is not supported",
+                escaped.display()
+            ));
+            return Err(limit_error("memory", &e));
+        }
+        Ok(Hierarchy::V1 { hybrid, controllers, mounts })
     }
 
     /// The directories of cgroup `path` (absolute, like `/ces/x`): one per
@@ -368,6 +384,7 @@ impl ContainerCgroup {
     /// seconds. Returns whether none is left.
     pub(crate) fn remove_leftovers(&self) -> bool {
         let mut left = false;
+        let mut killed = false;
         for (_, dir) in self.hierarchy.dirs(&self.path) {
             let mut attempts = 0;
             loop {
@@ -375,6 +392,12 @@ impl ContainerCgroup {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempts < 250 => {
+                        // A process the container's pid namespace did not
+                        // hold (put there from outside): it goes too.
+                        if !killed {
+                            self.kill_all();
+                            killed = true;
+                        }
                         attempts += 1;
                         std::thread::sleep(std::time::Duration::from_millis(20));
                     }
@@ -407,38 +430,23 @@ const V1_CONTROLLERS: [&str; 12] = [
 ];
 
 /// The mount points of the `cgroup` (v1) file systems a
-/// `/proc/self/mountinfo` lists, in its order.
-fn v1_mount_points(mountinfo: &str) -> Vec<PathBuf> {
+/// `/proc/self/mountinfo` lists, in its order, as it writes them: with the
+/// kernel's octal escapes (`\040` for a space) left in, as libcgroups (the
+/// container's libcontainer) reads them (a chosen one with an escape is
+/// refused: see [`Hierarchy::find`]). Bytes, not text: another mount's
+/// path need not be UTF-8 (any user can mount a FUSE file system on a
+/// directory of theirs).
+fn v1_mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
     mountinfo
-        .lines()
+        .split(|&b| b == b'\n')
         .filter_map(|line| {
-            let (fields, rest) = line.split_once(" - ")?;
-            (rest.split(' ').next() == Some("cgroup")).then_some(())?;
-            fields.split(' ').nth(4).map(|point| PathBuf::from(unescape_mountinfo(point)))
+            let separator = line.windows(3).position(|w| w == b" - ")?;
+            let (fields, rest) = (&line[..separator], &line[separator + 3..]);
+            (rest.split(|&b| b == b' ').next() == Some(b"cgroup")).then_some(())?;
+            let point = fields.split(|&b| b == b' ').nth(4)?;
+            Some(PathBuf::from(std::ffi::OsStr::from_bytes(point)))
         })
         .collect()
-}
-
-/// A mountinfo field with its octal escapes (`\040` for a space) undone.
-fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push(d.iter().fold(0u8, |n, b| n.wrapping_mul(8) + (b - b'0')));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out)
 }
 
 /// Each v1 controller's mount point, chosen as libcgroups chooses it (its
@@ -620,25 +628,23 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// own move. ces itself is never moved: whoever places it (a scope, an
 /// operator's tools, even during the wait) keeps it where they put it; and
 /// the helper is moved only as long as it stays in the cgroup it was first
-/// found in (a scope that empties ces's cgroup is not filled again).
+/// found in (a scope that empties ces's cgroup is not filled again; as
+/// before, a move by someone else while the first move waits for the grace
+/// period is undone by it).
 /// Nothing changes if a move fails: the container's own move pays the wait
 /// as before. Rootless runs have none (ces moves itself into a scope of its
 /// own there).
 ///
 /// [`idmap::waiting_child`]: super::idmap::waiting_child
 pub(crate) struct MigrationWarmup {
-    thread: Option<std::thread::JoinHandle<Option<Moved>>>,
+    thread: Option<std::thread::JoinHandle<Option<Helper>>>,
+    /// The moves made so far (the thread counts them).
+    moves: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// The thread writes a byte here once it allocates nothing more until
     /// stopped, or closes it without one if it ends (nothing to move).
     ready: Option<OwnedFd>,
     /// Closed to stop the moves (the drop).
     stop: Option<OwnedFd>,
-}
-
-/// What a warm-up's thread leaves: its helper, and how many moves it made.
-struct Moved {
-    helper: Helper,
-    moves: u32,
 }
 
 /// How long a warm-up keeps the window open at most (a run that unpacks a
@@ -665,12 +671,13 @@ struct Mover {
     /// The `cgroup.procs` it is written to, and what is written.
     procs: File,
     pid: Vec<u8>,
+    moves: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Helper {
     /// A [`Mover`] for the helper, in the cgroup it is in now (where it was
     /// born, in ces's, unless something moved it since).
-    fn mover(&self) -> Option<Mover> {
+    fn mover(&self, moves: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Option<Mover> {
         let pid = self.pid;
         let mut cgroup = File::open(format!("/proc/{pid}/cgroup")).ok()?;
         let mut seen = Vec::new();
@@ -678,7 +685,7 @@ impl Helper {
         let procs = procs_file(&self.hierarchy, std::str::from_utf8(&seen).ok()?)?;
         let procs = fs::OpenOptions::new().write(true).open(procs).ok()?;
         let scratch = vec![0; seen.len() + 64];
-        Some(Mover { cgroup, seen, scratch, procs, pid: pid.to_string().into_bytes() })
+        Some(Mover { cgroup, seen, scratch, procs, pid: pid.to_string().into_bytes(), moves })
     }
 }
 
@@ -702,22 +709,23 @@ impl Mover {
     /// where it was, for [`KEEP_OPEN_AT_MOST`], and returns when `stop` can
     /// be read (never before: the thread's end frees memory, and ces may be
     /// cloning a process that allocates). System calls only: no allocation,
-    /// no lock. The number of moves made.
-    fn keep_moving(&mut self, stop: &OwnedFd) -> u32 {
+    /// no lock.
+    fn keep_moving(&mut self, stop: &OwnedFd) {
         let deadline = std::time::Instant::now() + KEEP_OPEN_AT_MOST;
-        let mut moves = 0;
         let mut moving = true;
         loop {
             if moving {
                 moving = self.unchanged() && self.move_once();
-                moves += u32::from(moving);
+                if moving {
+                    self.moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 moving = moving && std::time::Instant::now() < deadline;
             }
             let mut fd = libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             let rc = unsafe { libc::poll(&mut fd, 1, if moving { 1 } else { -1 }) };
             if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
-                return moves;
+                return;
             }
         }
     }
@@ -774,11 +782,13 @@ impl MigrationWarmup {
 
     /// Starts the thread; it finds the hierarchy itself when not given it.
     pub(crate) fn start(hierarchy: Option<Hierarchy>) -> MigrationWarmup {
-        let none = MigrationWarmup { thread: None, ready: None, stop: None };
+        let moves = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let none = MigrationWarmup { thread: None, moves: moves.clone(), ready: None, stop: None };
         let (Ok((ready, ready_write)), Ok((stop_read, stop))) = (super::pipe(), super::pipe()) else { return none };
         // The thread allocates while it makes its helper and its mover, and
         // when it ends: see `before_clone`. The helper only makes system
         // calls.
+        let counted = moves.clone();
         let thread = std::thread::Builder::new()
             .name("ces-cgroup-warm".to_owned())
             .spawn(move || {
@@ -788,17 +798,17 @@ impl MigrationWarmup {
                 };
                 let (pid, done) = super::idmap::waiting_child(0).ok()?;
                 let helper = Helper { pid, _done: done, hierarchy };
-                let mut mover = helper.mover()?;
+                let mut mover = helper.mover(counted)?;
                 // Nothing below allocates or frees until `stop` is written.
                 // SAFETY: writes one byte from a valid buffer.
                 unsafe { libc::write(ready_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-                let moves = mover.keep_moving(&stop_read);
+                mover.keep_moving(&stop_read);
                 drop(ready_write);
-                Some(Moved { helper, moves })
+                Some(helper)
             })
             .ok();
         match thread {
-            Some(thread) => MigrationWarmup { thread: Some(thread), ready: Some(ready), stop: Some(stop) },
+            Some(thread) => MigrationWarmup { thread: Some(thread), moves, ready: Some(ready), stop: Some(stop) },
             None => none,
         }
     }
@@ -827,7 +837,7 @@ impl MigrationWarmup {
     /// Stops the moves and waits for the thread: what it left. Stopped by
     /// a byte, not by closing: the container's processes, cloned from ces,
     /// hold copies of the pipe's end until they exec.
-    fn end(&mut self) -> Option<Moved> {
+    fn end(&mut self) -> Option<Helper> {
         if let Some(stop) = self.stop.take() {
             // SAFETY: writes one byte from a valid buffer.
             unsafe { libc::write(stop.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
@@ -838,7 +848,8 @@ impl MigrationWarmup {
 
 impl Drop for MigrationWarmup {
     fn drop(&mut self) {
-        if let Some(Moved { helper, moves }) = self.end() {
+        if let Some(helper) = self.end() {
+            let moves = self.moves.load(std::sync::atomic::Ordering::Relaxed);
             tracing::debug!("cgroup warm-up: helper {} moved {moves} times", helper.pid);
         }
     }
@@ -1009,17 +1020,30 @@ mod tests {
     /// one at a time.
     static MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// What the warm-up's thread left, once stopped.
-    fn moved_by(mut warmup: MigrationWarmup) -> Moved {
+    /// What the warm-up's thread left once stopped, and how many moves it made.
+    fn moved_by(mut warmup: MigrationWarmup) -> (Helper, u32) {
         warmup.before_clone();
-        warmup.end().expect("a helper made")
+        let helper = warmup.end().expect("a helper made");
+        (helper, warmup.moves.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The warm-up's helper, once its thread is done, after one move at least.
     fn helper_of(warmup: MigrationWarmup) -> Helper {
-        let moved = moved_by(warmup);
-        assert!(moved.moves >= 1, "moved");
-        moved.helper
+        let (helper, moves) = moved_by(warmup);
+        assert!(moves >= 1, "moved");
+        helper
+    }
+
+    /// Waits until the warm-up has made `n` moves (a bound on the wait, not
+    /// a measure).
+    fn wait_for_moves(warmup: &MigrationWarmup, n: u32) {
+        for _ in 0..1000 {
+            if warmup.moves.load(std::sync::atomic::Ordering::Relaxed) >= n {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("fewer than {n} moves in 10 s");
     }
 
     #[test]
@@ -1077,12 +1101,10 @@ mod tests {
         let mut warmup = MigrationWarmup::early_or_start(&Hierarchy::detect().unwrap());
         warmup.before_clone();
         assert!(warmup.thread.as_ref().is_some_and(|t| !t.is_finished()), "still moving");
-        // A bound on the wait, not a measure: the moves go on.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let moved = warmup.end().expect("a helper made");
-        assert!(moved.moves >= 2, "moved {} times", moved.moves);
+        wait_for_moves(&warmup, 3);
+        let helper = warmup.end().expect("a helper made");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
-        drop(moved);
+        drop(helper);
         super::super::idmap::reap_helpers(true);
     }
 
@@ -1112,7 +1134,7 @@ mod tests {
         // Moved by someone else (a scope, an operator) while it works.
         fs::write(elsewhere.join("cgroup.procs"), std::process::id().to_string()).unwrap();
         let moved = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let wrote = moved_by(warmup).moves >= 1;
+        let wrote = moved_by(warmup).1 >= 1;
         let after = fs::read_to_string("/proc/self/cgroup").unwrap();
         fs::write(&procs, std::process::id().to_string()).unwrap();
         // The helper may have been born there: gone once reaped.
@@ -1134,6 +1156,9 @@ mod tests {
         fs::create_dir(&elsewhere).unwrap();
         let mut warmup = MigrationWarmup::start(Some(hierarchy.clone()));
         warmup.before_clone();
+        // After its first move (which would undo a move made while it
+        // waits for the grace period).
+        wait_for_moves(&warmup, 1);
         // The helper's pid, from its cgroup: ces's (it is this process's child).
         let pid = || {
             fs::read_to_string(home.join("cgroup.procs"))
@@ -1147,8 +1172,7 @@ mod tests {
         // A bound on the wait, not a measure: the moves would go on.
         std::thread::sleep(std::time::Duration::from_millis(50));
         let there = fs::read_to_string(elsewhere.join("cgroup.procs")).unwrap();
-        let moved = warmup.end().expect("a helper made");
-        drop(moved);
+        drop(warmup.end().expect("a helper made"));
         super::super::idmap::reap_helpers(true);
         fs::remove_dir(&elsewhere).unwrap();
         assert!(there.lines().any(|l| l == helper.to_string()), "still where it was moved to: {there:?}");
@@ -1176,7 +1200,7 @@ mod tests {
 
     #[test]
     fn v1_hierarchies_from_one_mountinfo() {
-        let mountinfo = r"
+        let text = r"
 22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
 25 22 0:21 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
 26 25 0:22 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
@@ -1188,16 +1212,27 @@ mod tests {
 32 22 0:28 / /mnt/a\040b/freezer rw,relatime - cgroup cgroup rw,freezer
 33 22 0:29 / /mnt/cgroup\040-\040x rw,relatime - tmpfs tmpfs rw
 ";
-        let mounts = v1_mount_points(mountinfo);
+        // A mount on a directory whose name is not UTF-8 (a user's FUSE mount).
+        let mountinfo = [text.as_bytes(), b"34 22 0:30 / /home/u/\xff rw - fuse.x x rw\n"].concat();
+        let mounts = v1_mount_points(&mountinfo);
         let expected_mounts = [
             "/sys/fs/cgroup/systemd",
             "/sys/fs/cgroup/cpu,cpuacct",
             "/sys/fs/cgroup/net_cls,net_prio",
             "/sys/fs/cgroup/memory",
             "/sys/fs/cgroup/pids",
-            "/mnt/a b/freezer",
+            r"/mnt/a\040b/freezer",
         ];
         assert_eq!(mounts, expected_mounts.map(PathBuf::from));
+        // As libcgroups reads them (procfs, the crate it parses with).
+        let theirs: Vec<PathBuf> = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| procfs::process::MountInfo::from_line(l).unwrap())
+            .filter(|m| m.fs_type == "cgroup")
+            .map(|m| m.mount_point)
+            .collect();
+        assert_eq!(mounts, theirs);
         let controllers = v1_controllers(&mounts);
         let expected: BTreeMap<String, PathBuf> = [
             ("cpu", "/sys/fs/cgroup/cpu,cpuacct"),
@@ -1206,13 +1241,18 @@ mod tests {
             ("net_prio", "/sys/fs/cgroup/net_cls,net_prio"),
             ("memory", "/sys/fs/cgroup/memory"),
             ("pids", "/sys/fs/cgroup/pids"),
-            ("freezer", "/mnt/a b/freezer"),
+            ("freezer", r"/mnt/a\040b/freezer"),
         ]
         .into_iter()
         .map(|(c, p)| (c.to_owned(), PathBuf::from(p)))
         .collect();
         assert_eq!(controllers, expected);
-        assert_eq!(unescape_mountinfo(r"a\134b\011c\12"), std::ffi::OsString::from("a\\b\tc\\12"));
+        let refused = Hierarchy::v1(&mountinfo, true).unwrap_err().to_string();
+        assert!(refused.contains(r"/mnt/a\040b/freezer: a cgroup mount point with a space"), "{refused}");
+        let without =
+            mountinfo.split(|&b| b == b'\n').filter(|l| !l.starts_with(b"32 ")).collect::<Vec<_>>().join(&b'\n');
+        let Ok(Hierarchy::V1 { controllers, .. }) = Hierarchy::v1(&without, true) else { panic!() };
+        assert!(!controllers.contains_key("freezer") && controllers.contains_key("memory"), "{controllers:?}");
     }
 
     /// ces finds each controller where libcgroups (the container's

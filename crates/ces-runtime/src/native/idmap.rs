@@ -315,16 +315,20 @@ pub(crate) fn clone(
 
 /// Root mode: a user namespace with the maps `ids` for the container to
 /// join by path ([`namespace_path`]): the one this run's idmapped mounts
-/// were made with (made now if none was), duplicated, so that it stays
-/// open under its own number until the container is built, whatever
-/// becomes of the cache. libcontainer's intermediate process then joins
+/// were made with, taken out of the cache (a later run of this thread, such
+/// as `ces test`'s next, gets one of its own, as from libcontainer), or a
+/// new one. Keep it open until the container is built. libcontainer's intermediate process then joins
 /// it instead of making one and waiting for ces to write its maps: two
 /// hand-offs between processes fewer on the start's path (each a time
 /// slice when every core is busy). It is the namespace libcontainer would
 /// make: owned by host root, a child of the initial one, with the same
 /// maps and `setgroups` allowed.
 pub(crate) fn joinable(ids: (Extent, Extent)) -> io::Result<OwnedFd> {
-    with_namespace(ids, OwnedFd::try_clone)
+    let cached = USER_NAMESPACES.with(|made| {
+        let mut made = made.borrow_mut();
+        made.iter().position(|(key, _)| *key == ids).map(|i| made.remove(i).1)
+    });
+    cached.map_or_else(|| user_namespace(ids.0, ids.1), Ok)
 }
 
 /// The path a child of this process (cloned, not exec'd) opens `fd` by.

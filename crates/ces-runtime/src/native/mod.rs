@@ -985,16 +985,16 @@ impl Run<'_> {
     }
 }
 
-/// The attributes of a bind mount's clone (locked in the container).
 /// Removes a container whose init ces has waited for: its cgroups and
 /// libcontainer's state directory. What libcontainer's `delete` does for a
 /// stopped container (no poststop hook is ever given), without its reading
 /// the state and the configuration back and finding the cgroup hierarchy
 /// again (on cgroup v1, `/proc/self/mountinfo` and `/proc/self/cgroup` once
 /// per controller: about 500 system calls, at the end of every run). No
-/// process can be left: the init was the first of the container's pid
+/// process of the container can be left: the init was the first of its pid
 /// namespace, whose other processes the kernel kills and reaps before the
-/// init can be waited for. Whether both are gone.
+/// init can be waited for (one put into its cgroup from outside is killed
+/// by [`ContainerCgroup::remove_leftovers`]). Whether both are gone.
 fn remove_ended(container: &libcontainer::container::Container, cgroup: &ContainerCgroup) -> bool {
     let cgroups_removed = cgroup.remove_leftovers();
     match fs::remove_dir_all(&container.root) {
@@ -1007,6 +1007,7 @@ fn remove_ended(container: &libcontainer::container::Container, cgroup: &Contain
     }
 }
 
+/// The attributes of a bind mount's clone (locked in the container).
 fn bind_attrs(access: Access) -> u64 {
     match access {
         Access::Ro => idmap::READ_ONLY,

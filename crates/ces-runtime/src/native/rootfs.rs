@@ -24,6 +24,7 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -370,26 +371,27 @@ pub(crate) fn is_mount_point(path: &Path) -> io::Result<bool> {
     let Ok(canonical) = fs::canonicalize(path) else { return Ok(false) };
     // This thread's namespace: ces mounts in one of its own (see
     // [`private_mount_namespace`]), maybe not the main thread's.
-    let mountinfo = fs::read_to_string("/proc/thread-self/mountinfo")?;
-    Ok(mountinfo.lines().any(|line| {
-        line.split(' ')
+    // Bytes: another mount's path need not be UTF-8 (a user's FUSE mount).
+    let mountinfo = fs::read("/proc/thread-self/mountinfo")?;
+    Ok(mountinfo.split(|&b| b == b'\n').any(|line| {
+        line.split(|&b| b == b' ')
             .nth(4)
-            .is_some_and(|mount_point| unescape(mount_point) == canonical.as_os_str().to_string_lossy())
+            .is_some_and(|mount_point| unescape(mount_point) == canonical.as_os_str().as_bytes())
     }))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(field: &str) -> String {
-    let mut out = String::with_capacity(field.len());
-    let bytes = field.as_bytes();
+fn unescape(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let n = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(n as char);
+            let digit = |j: usize| u32::from(bytes[i + j] - b'0');
+            // The kernel writes 3 octal digits of one byte (never above \377).
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
             i += 4;
         } else {
-            out.push(bytes[i] as char);
+            out.push(bytes[i]);
             i += 1;
         }
     }
@@ -532,7 +534,7 @@ mod tests {
 
     #[test]
     fn mountinfo_octal_escapes() {
-        assert_eq!(unescape(r"/a\040b\134c"), r"/a b\c");
-        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape(br"/a\040b\134c"), br"/a b\c");
+        assert_eq!(unescape(b"/plain\xff"), b"/plain\xff");
     }
 }
