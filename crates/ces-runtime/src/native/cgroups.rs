@@ -619,9 +619,9 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// that wait on a thread of its own while the run is being prepared, by
 /// moving a helper into the cgroup it is already in: a child of ces, born
 /// in ces's cgroups, that does nothing ([`idmap::waiting_child`]). Then it
-/// moves the helper again every millisecond, keeping the window open, until
-/// the container has been built (and so moved into its cgroup): the drop
-/// stops it. The run never waits for it: [`MigrationWarmup::before_clone`]
+/// moves the helper again every few milliseconds (less than the shortest
+/// grace period: the window stays open), until the container has been
+/// built (and so moved into its cgroup): [`MigrationWarmup::stop`]. The run never waits for it: [`MigrationWarmup::before_clone`]
 /// only waits for the thread to have made its helper (it then allocates
 /// nothing until stopped), and a container built while the first wait is
 /// still running waits for what is left of that same grace period in its
@@ -629,8 +629,8 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// operator's tools, even during the wait) keeps it where they put it; and
 /// the helper is moved only as long as it stays in the cgroup it was first
 /// found in (a scope that empties ces's cgroup is not filled again; as
-/// before, a move by someone else while the first move waits for the grace
-/// period is undone by it).
+/// before, a move by someone else between the check and a move, such as
+/// while the first move waits for the grace period, is undone by it).
 /// Nothing changes if a move fails: the container's own move pays the wait
 /// as before. Rootless runs have none (ces moves itself into a scope of its
 /// own there).
@@ -647,9 +647,15 @@ pub(crate) struct MigrationWarmup {
     stop: Option<OwnedFd>,
 }
 
-/// How long a warm-up keeps the window open at most (a run that unpacks a
-/// large image first goes on without it).
-const KEEP_OPEN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a warm-up keeps the window open at most (a run that pulls or
+/// unpacks an image first goes on without it): each move takes the
+/// kernel's `cgroup_mutex` and, briefly, the lock every fork and exit on
+/// the host takes to read.
+const KEEP_OPEN_AT_MOST: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often the warm-up moves its helper: within the shortest grace period
+/// measured here (6-8 ms for a bare move), after which the window closes.
+const MOVE_EVERY_MS: libc::c_int = 3;
 
 /// The helper a [`MigrationWarmup`] moves, in `hierarchy`; ended when
 /// dropped.
@@ -705,13 +711,23 @@ impl Mover {
         usize::try_from(n).is_ok_and(|n| n == self.pid.len())
     }
 
-    /// Moves the helper at once, then every millisecond while it stays
-    /// where it was, for [`KEEP_OPEN_AT_MOST`], and returns when `stop` can
-    /// be read (never before: the thread's end frees memory, and ces may be
+    /// Moves the helper at once (unless already stopped), then every
+    /// [`MOVE_EVERY_MS`] while it stays where it was, for
+    /// [`KEEP_OPEN_AT_MOST`], and returns when `stop` can be read (never before: the thread's end frees memory, and ces may be
     /// cloning a process that allocates). System calls only: no allocation,
     /// no lock.
     fn keep_moving(&mut self, stop: &OwnedFd) {
         let deadline = std::time::Instant::now() + KEEP_OPEN_AT_MOST;
+        let stopped = |timeout| {
+            let mut fd = libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut fd, 1, timeout) };
+            rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+        };
+        // A run refused early: no move (the first may wait a grace period).
+        if stopped(0) {
+            return;
+        }
         let mut moving = true;
         loop {
             if moving {
@@ -721,10 +737,7 @@ impl Mover {
                 }
                 moving = moving && std::time::Instant::now() < deadline;
             }
-            let mut fd = libc::pollfd { fd: stop.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let rc = unsafe { libc::poll(&mut fd, 1, if moving { 1 } else { -1 }) };
-            if rc > 0 || (rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted) {
+            if stopped(if moving { MOVE_EVERY_MS } else { -1 }) {
                 return;
             }
         }
@@ -801,7 +814,11 @@ impl MigrationWarmup {
                 let mut mover = helper.mover(counted)?;
                 // Nothing below allocates or frees until `stop` is written.
                 // SAFETY: writes one byte from a valid buffer.
-                unsafe { libc::write(ready_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+                if unsafe { libc::write(ready_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+                    // The run sees the end of the pipe and waits for this
+                    // thread before it clones.
+                    return None;
+                }
                 mover.keep_moving(&stop_read);
                 drop(ready_write);
                 Some(helper)
@@ -828,9 +845,21 @@ impl MigrationWarmup {
                 break n == 1;
             }
         };
-        if !got && let Some(thread) = self.thread.take() {
+        if !got {
             // It ended without moving anything: done with before the clone.
-            let _ = thread.join();
+            self.stop = None;
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Stops the moves (the container has been built): the thread ends;
+    /// the drop waits for it.
+    pub(crate) fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            // SAFETY: writes one byte from a valid buffer.
+            unsafe { libc::write(stop.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
         }
     }
 
@@ -838,10 +867,7 @@ impl MigrationWarmup {
     /// a byte, not by closing: the container's processes, cloned from ces,
     /// hold copies of the pipe's end until they exec.
     fn end(&mut self) -> Option<Helper> {
-        if let Some(stop) = self.stop.take() {
-            // SAFETY: writes one byte from a valid buffer.
-            unsafe { libc::write(stop.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        }
+        self.stop();
         self.thread.take()?.join().ok().flatten()
     }
 }
@@ -1020,18 +1046,11 @@ mod tests {
     /// one at a time.
     static MOVES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    /// What the warm-up's thread left once stopped, and how many moves it made.
-    fn moved_by(mut warmup: MigrationWarmup) -> (Helper, u32) {
+    /// The warm-up's helper, once it has been moved and the thread is done.
+    fn helper_of(mut warmup: MigrationWarmup) -> Helper {
         warmup.before_clone();
-        let helper = warmup.end().expect("a helper made");
-        (helper, warmup.moves.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// The warm-up's helper, once its thread is done, after one move at least.
-    fn helper_of(warmup: MigrationWarmup) -> Helper {
-        let (helper, moves) = moved_by(warmup);
-        assert!(moves >= 1, "moved");
-        helper
+        wait_for_moves(&warmup, 1);
+        warmup.end().expect("a helper made")
     }
 
     /// Waits until the warm-up has made `n` moves (a bound on the wait, not
@@ -1130,18 +1149,36 @@ mod tests {
         let home = procs.parent().unwrap().to_owned();
         let elsewhere = home.join(format!("ces-warmup-test-{}", std::process::id()));
         fs::create_dir(&elsewhere).unwrap();
-        let warmup = MigrationWarmup::start(Some(hierarchy.clone()));
-        // Moved by someone else (a scope, an operator) while it works.
+        let mut warmup = MigrationWarmup::start(Some(hierarchy.clone()));
+        warmup.before_clone();
+        // Its helper born and moved in this process's cgroup; then this
+        // process is moved by someone else (a scope, an operator) while the
+        // moves go on.
+        wait_for_moves(&warmup, 1);
         fs::write(elsewhere.join("cgroup.procs"), std::process::id().to_string()).unwrap();
         let moved = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let wrote = moved_by(warmup).1 >= 1;
+        let so_far = warmup.moves.load(std::sync::atomic::Ordering::Relaxed);
+        wait_for_moves(&warmup, so_far + 3);
         let after = fs::read_to_string("/proc/self/cgroup").unwrap();
+        drop(warmup.end());
         fs::write(&procs, std::process::id().to_string()).unwrap();
-        // The helper may have been born there: gone once reaped.
         super::super::idmap::reap_helpers(true);
         fs::remove_dir(&elsewhere).unwrap();
-        assert!(wrote, "the helper moved");
+        assert_ne!(moved, fs::read_to_string("/proc/self/cgroup").unwrap(), "the test moved this process");
         assert_eq!(after, moved, "left where it was moved to");
+    }
+
+    /// A warm-up that cannot move its helper (here: a hierarchy that is not
+    /// there) ends at once: the run neither waits for it nor clones while it
+    /// ends.
+    #[test]
+    fn a_warmup_that_cannot_move_ends_before_the_clone() {
+        let mut warmup = MigrationWarmup::start(Some(Hierarchy::V2 { root: PathBuf::from("/nonexistent-ces-test") }));
+        warmup.before_clone();
+        assert!(warmup.thread.is_none() && warmup.stop.is_none(), "joined");
+        assert!(warmup.end().is_none());
+        assert_eq!(warmup.moves.load(std::sync::atomic::Ordering::Relaxed), 0);
+        super::super::idmap::reap_helpers(true);
     }
 
     /// Something else (a scope that empties ces's cgroup) moves the helper:

@@ -790,7 +790,12 @@ impl Run<'_> {
         };
         let built =
             self.build(report_write.as_raw_fd(), init_tun_socket.as_ref().map(AsRawFd::as_raw_fd), container_io);
-        drop(self.warmup.take());
+        // Stopped now, waited for once the container has started (off the
+        // start's path; before anything here needs ces single-threaded:
+        // the ports' forwarder, the network watcher).
+        if let Some(warmup) = self.warmup.borrow_mut().as_mut() {
+            warmup.stop();
+        }
         drop(entered);
         drop(report_write);
         drop(init_tun_socket);
@@ -819,6 +824,7 @@ impl Run<'_> {
                 .streams(self.spec.process.interactive)
                 .map_err(|e| start_error("connecting the container's stdio")(e.into()))?;
             container.start().map_err(|e| start_error("starting the container")(e.into()))?;
+            drop(self.warmup.take());
             // The helpers, killed before the container was built, are gone
             // by now: no zombie for the length of the run.
             idmap::reap_helpers(true);
