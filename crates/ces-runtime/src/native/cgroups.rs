@@ -664,6 +664,8 @@ struct Helper {
     /// Kept open while it lives (it waits for this to close).
     _done: OwnedFd,
     hierarchy: Hierarchy,
+    /// The `cgroup.procs` it is moved by, once its [`Mover`] is made.
+    procs: Option<PathBuf>,
 }
 
 /// Moves a helper into the cgroup it was in when this was made, with
@@ -683,13 +685,14 @@ struct Mover {
 impl Helper {
     /// A [`Mover`] for the helper, in the cgroup it is in now (where it was
     /// born, in ces's, unless something moved it since).
-    fn mover(&self, moves: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Option<Mover> {
+    fn mover(&mut self, moves: std::sync::Arc<std::sync::atomic::AtomicU32>) -> Option<Mover> {
         let pid = self.pid;
         let mut cgroup = File::open(format!("/proc/{pid}/cgroup")).ok()?;
         let mut seen = Vec::new();
         cgroup.read_to_end(&mut seen).ok()?;
-        let procs = procs_file(&self.hierarchy, std::str::from_utf8(&seen).ok()?)?;
-        let procs = fs::OpenOptions::new().write(true).open(procs).ok()?;
+        let path = procs_file(&self.hierarchy, std::str::from_utf8(&seen).ok()?)?;
+        let procs = fs::OpenOptions::new().write(true).open(&path).ok()?;
+        self.procs = Some(path);
         let scratch = vec![0; seen.len() + 64];
         Some(Mover { cgroup, seen, scratch, procs, pid: pid.to_string().into_bytes(), moves })
     }
@@ -810,7 +813,7 @@ impl MigrationWarmup {
                     None => Hierarchy::detect().ok()?,
                 };
                 let (pid, done) = super::idmap::waiting_child(0).ok()?;
-                let helper = Helper { pid, _done: done, hierarchy };
+                let mut helper = Helper { pid, _done: done, hierarchy, procs: None };
                 let mut mover = helper.mover(counted)?;
                 // Nothing below allocates or frees until `stop` is written.
                 // SAFETY: writes one byte from a valid buffer.
@@ -874,9 +877,14 @@ impl MigrationWarmup {
 
 impl Drop for MigrationWarmup {
     fn drop(&mut self) {
-        if let Some(helper) = self.end() {
-            let moves = self.moves.load(std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!("cgroup warm-up: helper {} moved {moves} times", helper.pid);
+        if let Some(helper) = self.end()
+            && let Some(procs) = &helper.procs
+        {
+            let (pid, procs) = (helper.pid, procs.display());
+            match self.moves.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => tracing::debug!("cgroup warm-up: helper {pid} not moved into {procs}"),
+                moves => tracing::debug!("cgroup warm-up: helper {pid} moved into {procs} {moves} times"),
+            }
         }
     }
 }
