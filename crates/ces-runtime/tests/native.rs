@@ -489,25 +489,15 @@ fn scenario_non_root_user() {
         cat /proc/self/uid_map | tr -s ' ' > /safe_outputs/uid_map
         cat /proc/self/gid_map | tr -s ' ' > /safe_outputs/gid_map
         cat /proc/self/setgroups > /safe_outputs/setgroups
-        readlink /proc/self/ns/user >> /safe_outputs/userns
         unshare -U true 2>/dev/null; echo "unshare=$?" >> /safe_outputs/result
         echo more >> /etc/passwd 2>/dev/null; echo "etc_write=$?" >> /safe_outputs/result
         cat /safe_data/hello.txt > /dev/null; echo "data_read=$?" >> /safe_outputs/result
     "#;
-    let spec = || {
-        let mut spec = fx.sh(script);
-        spec.process.user = ContainerUser { uid: 1000, gid: 1000 };
-        // A working directory the image lacks is created, as docker does.
-        spec.process.cwd = "/home/user/work".to_owned();
-        spec
-    };
-    assert_eq!(fx.run(&spec()), Exit::Code(0));
-    // A second run from this process: a user namespace of its own (root
-    // mode's is made by ces, not libcontainer: never one run's for another).
-    assert_eq!(fx.run(&spec()), Exit::Code(0));
-    let userns = fx.output("userns");
-    let userns: Vec<&str> = userns.lines().collect();
-    assert!(userns.len() == 2 && userns[0] != userns[1], "{userns:?}");
+    let mut spec = fx.sh(script);
+    spec.process.user = ContainerUser { uid: 1000, gid: 1000 };
+    // A working directory the image lacks is created, as docker does.
+    spec.process.cwd = "/home/user/work".to_owned();
+    assert_eq!(fx.run(&spec), Exit::Code(0));
     assert_eq!(fx.output("id"), "1000:1000\n");
     assert_eq!(fx.output("cwd"), "/home/user/work\n");
     let meta = fs::metadata(fx.out.join("mine")).unwrap();
@@ -929,6 +919,46 @@ fn scenario_out_of_memory() {
     fx.assert_clean();
 }
 
+/// Two runs, one after the other on one thread, each get a user namespace
+/// of their own (root mode's is made by ces, which keeps namespaces for its
+/// idmapped mounts: never one run's for the next). The first is held open
+/// here while the second runs: a freed namespace's inode number is reused.
+#[test]
+#[ignore = "run by the tests in a child process"]
+fn scenario_each_run_its_own_user_namespace() {
+    let fx = Arc::new(Fx::new());
+    let wait = "echo ready > /safe_outputs/ready-$0; while [ ! -e /safe_outputs/go-$0 ]; do sleep 0.02; done";
+    // Named apart from the other modes' runs of this test, which may run now.
+    let names = ["a", "b"].map(|n| format!("{}-{n}", std::process::id()));
+    let specs = names.clone().map(|name| fx.spec(&["sh", "-c", wait, &name]));
+    let fx2 = fx.clone();
+    let runs = std::thread::spawn(move || specs.map(|spec| fx2.run(&spec)));
+    // The user namespace of run `name`'s workload (found by its command
+    // line), held open.
+    let namespace_of = |name: &str| -> File {
+        let cmdline = ["sh", "-c", wait, name].map(|a| format!("{a}\0")).concat().into_bytes();
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|p| fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline))
+            .find_map(|p| File::open(p.path().join("ns/user")).ok())
+            .unwrap_or_else(|| panic!("no workload of run {name} to open"))
+    };
+    let mut held = Vec::new();
+    for name in &names {
+        wait_for_file(&fx.out.join(format!("ready-{name}")));
+        held.push(namespace_of(name));
+        fs::write(fx.out.join(format!("go-{name}")), "").unwrap();
+    }
+    assert_eq!(runs.join().unwrap(), [Exit::Code(0), Exit::Code(0)]);
+    let [a, b] = [&held[0], &held[1]].map(|f| f.metadata().unwrap().ino());
+    assert_ne!(a, b, "the second run joined the first's user namespace");
+    let own = fs::metadata("/proc/self/ns/user").unwrap().ino();
+    assert!(a != own && b != own, "a container in the host's user namespace");
+    drop(held);
+    fx.assert_clean();
+}
+
 /// Runs `spec` in a thread; returns the thread's handle and its tid once it
 /// has started.
 fn run_in_thread(fx: &Arc<Fx>, spec: RunSpec) -> (std::thread::JoinHandle<Exit>, i32) {
@@ -1259,6 +1289,21 @@ fn non_root_user_as_root_for_a_user() {
 #[test]
 fn non_root_user_rootless() {
     run_as(Who::Rootless, "scenario_non_root_user");
+}
+
+#[test]
+fn each_run_its_own_user_namespace_as_root() {
+    run_as(Who::Root, "scenario_each_run_its_own_user_namespace");
+}
+
+#[test]
+fn each_run_its_own_user_namespace_as_root_for_a_user() {
+    run_as(Who::Sudo, "scenario_each_run_its_own_user_namespace");
+}
+
+#[test]
+fn each_run_its_own_user_namespace_rootless() {
+    run_as(Who::Rootless, "scenario_each_run_its_own_user_namespace");
 }
 
 #[test]
