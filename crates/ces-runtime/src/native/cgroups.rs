@@ -433,7 +433,7 @@ const V1_CONTROLLERS: [&str; 12] = [
 /// `/proc/self/mountinfo` lists, in its order, as it writes them: with the
 /// kernel's octal escapes (`\040` for a space) left in, as libcgroups (the
 /// container's libcontainer) reads them (a chosen one with an escape is
-/// refused: see [`Hierarchy::find`]). Bytes, not text: another mount's
+/// refused: see [`Hierarchy::v1`]). Bytes, not text: another mount's
 /// path need not be UTF-8 (any user can mount a FUSE file system on a
 /// directory of theirs).
 fn v1_mount_points(mountinfo: &[u8]) -> Vec<PathBuf> {
@@ -621,9 +621,10 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// in ces's cgroups, that does nothing ([`idmap::waiting_child`]). Then it
 /// moves the helper again every few milliseconds (less than the shortest
 /// grace period: the window stays open), until the container has been
-/// built (and so moved into its cgroup): [`MigrationWarmup::stop`]. The run never waits for it: [`MigrationWarmup::before_clone`]
-/// only waits for the thread to have made its helper (it then allocates
-/// nothing until stopped), and a container built while the first wait is
+/// built (and so moved into its cgroup): [`MigrationWarmup::stop`]. The run
+/// never waits for it: [`MigrationWarmup::before_clone`] only waits for the
+/// thread to have made its helper (it then allocates nothing until
+/// stopped), and a container built while the first wait is
 /// still running waits for what is left of that same grace period in its
 /// own move. ces itself is never moved: whoever places it (a scope, an
 /// operator's tools, even during the wait) keeps it where they put it; and
@@ -643,7 +644,7 @@ pub(crate) struct MigrationWarmup {
     /// The thread writes a byte here once it allocates nothing more until
     /// stopped, or closes it without one if it ends (nothing to move).
     ready: Option<OwnedFd>,
-    /// Closed to stop the moves (the drop).
+    /// Written to stop the moves ([`MigrationWarmup::stop`]).
     stop: Option<OwnedFd>,
 }
 
@@ -716,9 +717,9 @@ impl Mover {
 
     /// Moves the helper at once (unless already stopped), then every
     /// [`MOVE_EVERY_MS`] while it stays where it was, for
-    /// [`KEEP_OPEN_AT_MOST`], and returns when `stop` can be read (never before: the thread's end frees memory, and ces may be
-    /// cloning a process that allocates). System calls only: no allocation,
-    /// no lock.
+    /// [`KEEP_OPEN_AT_MOST`], and returns when `stop` can be read (never
+    /// before: the thread's end frees memory, and ces may be cloning a
+    /// process that allocates). System calls only: no allocation, no lock.
     fn keep_moving(&mut self, stop: &OwnedFd) {
         let deadline = std::time::Instant::now() + KEEP_OPEN_AT_MOST;
         let stopped = |timeout| {

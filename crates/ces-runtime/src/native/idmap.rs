@@ -317,10 +317,10 @@ pub(crate) fn clone(
 /// join by path ([`namespace_path`]): the one this run's idmapped mounts
 /// were made with, taken out of the cache (a later run of this thread, such
 /// as `ces test`'s next, gets one of its own, as from libcontainer), or a
-/// new one. Keep it open until the container is built. libcontainer's intermediate process then joins
-/// it instead of making one and waiting for ces to write its maps: two
-/// hand-offs between processes fewer on the start's path (each a time
-/// slice when every core is busy). It is the namespace libcontainer would
+/// new one. Keep it open until the container is built. libcontainer's
+/// intermediate process then joins it instead of making one and waiting
+/// for ces to write its maps: two hand-offs between processes fewer on the
+/// start's path (each a time slice when every core is busy). It is the namespace libcontainer would
 /// make: owned by host root, a child of the initial one, with the same
 /// maps and `setgroups` allowed.
 pub(crate) fn joinable(ids: (Extent, Extent)) -> io::Result<OwnedFd> {
@@ -329,6 +329,13 @@ pub(crate) fn joinable(ids: (Extent, Extent)) -> io::Result<OwnedFd> {
         made.iter().position(|(key, _)| *key == ids).map(|i| made.remove(i).1)
     });
     cached.map_or_else(|| user_namespace(ids.0, ids.1), Ok)
+}
+
+/// Root mode's maps, uids and gids alike: the container's `0..RANGE` are
+/// the host's `base..`.
+pub(crate) fn block_maps(base: u32) -> (Extent, Extent) {
+    let block = Extent { inside: 0, outside: base, count: RANGE };
+    (block, block)
 }
 
 /// The path a child of this process (cloned, not exec'd) opens `fd` by.

@@ -522,9 +522,7 @@ impl Run<'_> {
                     }
                     Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
                 }
-                let (uid, gid, count) = self.mapping.ids(self.spec);
-                let maps = (Extent { inside: 0, outside: uid, count }, Extent { inside: 0, outside: gid, count });
-                match idmap::joinable(maps) {
+                match idmap::joinable(idmap::block_maps(base)) {
                     Ok(userns) => user_namespace = Some(userns),
                     Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
                 }
@@ -740,9 +738,10 @@ impl Run<'_> {
         mounts: &mut idmap::Mounts,
         trees: &mut [Option<OwnedFd>],
     ) -> io::Result<(Vec<PathBuf>, RunSpec, PathBuf)> {
-        let block = Extent { inside: 0, outside: base, count: idmap::RANGE };
         let lower = (self.overlay.lower.iter().enumerate())
-            .map(|(i, layer)| mounts.mount(layer, &idmap::lower_name(i), Some((block, block)), idmap::READ_ONLY))
+            .map(|(i, layer)| {
+                mounts.mount(layer, &idmap::lower_name(i), Some(idmap::block_maps(base)), idmap::READ_ONLY)
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let spec = self.pinned_binds(mounts, trees)?;
         let rootfs = mounts.mount_point("rootfs", true)?;
