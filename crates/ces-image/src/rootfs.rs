@@ -71,6 +71,19 @@ pub fn lowerdir_plus() -> bool {
     *PLUS.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (6, 8)))
 }
 
+/// Whether this kernel's overlayfs takes the `volatile` option (Linux
+/// 5.10): it never syncs its upper layer, neither when the container asks
+/// (`fsync`, `syncfs`) nor when it is unmounted. A run's upper layer is
+/// thrown away at its end (what is kept is written to `/safe_outputs`, a
+/// bind mount, synced as asked), so nothing it holds has to reach the
+/// disk: a run that wrote 300 MB to its own filesystem ended in 0.2 s
+/// against 0.5 s (the unmount wrote it all first). After a crash, overlayfs
+/// refuses to mount such an upper layer again; none is ever mounted again.
+pub fn overlay_volatile() -> bool {
+    static VOLATILE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VOLATILE.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (5, 10)))
+}
+
 /// Whether a kernel `release` (`6.1.0-28-amd64`) is at least `version`.
 pub fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
     let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));

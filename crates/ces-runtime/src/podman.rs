@@ -148,6 +148,9 @@ pub struct Overlay {
     pub work: PathBuf,
     /// The merged tree podman gets as `--rootfs`.
     pub merged: PathBuf,
+    /// Whether the upper layer is never synced (`volatile`: thrown away at
+    /// the run's end; see [`ces_image::rootfs::overlay_volatile`]).
+    pub volatile: bool,
 }
 
 impl Overlay {
@@ -159,6 +162,7 @@ impl Overlay {
             upper: spec.state_dir.join("upper"),
             work: spec.state_dir.join("work"),
             merged: spec.state_dir.join("merged"),
+            volatile: ces_image::rootfs::overlay_volatile(),
         }
     }
 
@@ -174,8 +178,9 @@ impl Overlay {
         // `userxattr` first: the kernel would cut mount data longer than a
         // page at its end (refused below).
         let options = format!(
-            "{}lowerdir={},upperdir={},workdir={}",
+            "{}{}lowerdir={},upperdir={},workdir={}",
             if self.user_xattrs { "userxattr," } else { "" },
+            if self.volatile { "volatile," } else { "" },
             lower.join(":"),
             self.upper.display(),
             self.work.display(),
@@ -1088,9 +1093,12 @@ mod tests {
         assert!(!all.contains("s3cret"), "{all}");
         assert!(all.contains("--env-file /store/runs/x/state/podman.env "), "{all}");
         assert_eq!(lines.len(), 2);
+        let volatile = if ces_image::rootfs::overlay_volatile() { "volatile," } else { "" };
         assert_eq!(
             lines[0],
-            "mount -t overlay overlay -o lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
+            format!(
+                "mount -t overlay overlay -o {volatile}lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
+            )
         );
         assert!(
             lines[1].starts_with("podman --hooks-dir /store/runs/x/state/hooks.d run --runtime runc "),
@@ -1166,14 +1174,17 @@ mod tests {
         let mut s = spec();
         let dirs = vec!["/store/layers/a".into(), "/store/layers/b".into()];
         s.image.rootfs = Rootfs::Layers(Layers { mount: dirs.clone(), dirs, trusted: true });
-        let options = Overlay::of(&s).options().unwrap();
+        let overlay = |s: &RunSpec| Overlay { volatile: false, ..Overlay::of(s) };
+        let options = overlay(&s).options().unwrap();
         assert!(options.starts_with("lowerdir=/store/layers/b:/store/layers/a,upperdir="), "{options}");
         assert!(!options.contains("userxattr"), "{options}");
+        let volatile = Overlay { volatile: true, ..Overlay::of(&s) }.options().unwrap();
+        assert!(volatile.starts_with("volatile,lowerdir="), "{volatile}");
         assert!(podman_args(&s, &rootful()).is_ok());
         assert!(matches!(podman_args(&s, &rootless()), Err(RuntimeError::Unsupported { .. })));
         let Rootfs::Layers(layers) = &mut s.image.rootfs else { unreachable!() };
         layers.trusted = false;
-        assert!(Overlay::of(&s).options().unwrap().starts_with("userxattr,lowerdir="));
+        assert!(overlay(&s).options().unwrap().starts_with("userxattr,lowerdir="));
         // More than the kernel reads of mount(2)'s data: refused, not cut.
         let Rootfs::Layers(layers) = &mut s.image.rootfs else { unreachable!() };
         layers.mount = (0..100).map(|i| PathBuf::from(format!("/store/layers/{i:064}"))).collect();

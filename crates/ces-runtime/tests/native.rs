@@ -690,9 +690,20 @@ fn scenario_rootfs_is_copy_on_write() {
         mkdir /newdir && echo new > /newdir/file; echo "new=$?" >> /safe_outputs/result
         echo tmp > /tmp/file; echo "tmp=$?" >> /safe_outputs/result
         cat /etc/passwd >> /safe_outputs/passwd
+        sync /etc/passwd; echo "sync=$?" >> /safe_outputs/result
+        # The root's mount: its filesystem type and super options.
+        awk '$5 == "/" { for (i = 7; $i != "-"; i++); print $(i + 1), $(i + 3) }' /proc/self/mountinfo \
+            >> /safe_outputs/root_mount
     "#;
     assert_eq!(fx.run(&fx.sh(script)), Exit::Code(0));
     let result = fx.output("result");
+    // Its own layer is thrown away: never synced, even when asked.
+    let root_mount = fx.output("root_mount");
+    assert!(root_mount.starts_with("overlay "), "{root_mount}");
+    if ces_image::rootfs::overlay_volatile() {
+        assert!(root_mount.split([' ', ',', '\n']).any(|o| o == "volatile" || o == "fsync=volatile"), "{root_mount}");
+    }
+    assert!(result.lines().any(|l| l == "sync=0"), "{result}");
     match fx.who {
         // The container's root owns the image's files: it may change them,
         // in its own copy-on-write layer.

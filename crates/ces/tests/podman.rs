@@ -81,7 +81,8 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// default: no user namespaces, no kernel keyring, no vsock, no 32-bit
 /// entry points; forks (clone without namespace flags) still work. With
 /// podman's default profile (the old code) `unshare -U`, keyctl, vsock and
-/// the i386 socketcall all succeed.
+/// the i386 socketcall all succeed. Its root filesystem is ces's overlay,
+/// never synced (`volatile`: thrown away at the run's end).
 #[test]
 #[cfg(target_arch = "x86_64")]
 fn podman_runs_with_ces_seccomp_profile() {
@@ -97,7 +98,9 @@ fn podman_runs_with_ces_seccomp_profile() {
     let script = "for p in inet vsock keyctl i386-socket i386-socketcall x32-getpid; \
                   do /bin/probe-$p; echo \"$p=$?\" >> /safe_outputs/r; done; \
                   unshare -U true 2>/dev/null; echo \"unshare=$?\" >> /safe_outputs/r; \
-                  sh -c 'exit 7'; echo \"fork=$?\" >> /safe_outputs/r";
+                  sh -c 'exit 7'; echo \"fork=$?\" >> /safe_outputs/r; \
+                  awk '$5 == \"/\" { for (i = 7; $i != \"-\"; i++); print $(i + 1), $(i + 3) }' \
+                  /proc/self/mountinfo > /safe_outputs/root";
     let out = w.ces(&["run", "--runtime", "podman", "--json", &w.image, "sh", "-c", script]);
     out.ok();
     let outputs = PathBuf::from(json_lines(&out.stdout)[1]["outputs"].as_str().unwrap());
@@ -115,6 +118,11 @@ fn podman_runs_with_ces_seccomp_profile() {
         "fork=7",
     ] {
         assert!(result.lines().any(|l| l == expected), "{expected} not in\n{result}");
+    }
+    let root = std::fs::read_to_string(outputs.join("root")).unwrap();
+    assert!(root.starts_with("overlay "), "{root}");
+    if ces_image::rootfs::overlay_volatile() {
+        assert!(root.split([' ', ',', '\n']).any(|o| o == "volatile" || o == "fsync=volatile"), "{root}");
     }
 }
 

@@ -159,6 +159,9 @@ pub(crate) struct Overlay {
     /// libcontainer mounts through `fsconfig(2)`, whose values have at most
     /// 255 bytes (see [`super::rootfs::fsconfig_lowers`]).
     pub each_lower: bool,
+    /// Whether the upper layer is never synced (`volatile`, see
+    /// [`ces_image::rootfs::overlay_volatile`]).
+    pub volatile: bool,
 }
 
 impl Overlay {
@@ -171,6 +174,9 @@ impl Overlay {
             // First: the kernel would cut mount data longer than a page at
             // its end (ces refuses such data: OverlayMount::mount).
             options.push("userxattr".to_owned());
+        }
+        if self.volatile {
+            options.push("volatile".to_owned());
         }
         if self.each_lower {
             options.extend(lower.iter().map(|l| format!("lowerdir+={l}")));
@@ -494,6 +500,7 @@ mod tests {
                 work: PathBuf::from("/run/ces/r1/overlay/work"),
                 user_xattrs: false,
                 each_lower: false,
+                volatile: true,
             }),
             cgroup_path: PathBuf::from("/ces/r1"),
             limits_in_spec: !rootless,
@@ -574,6 +581,8 @@ mod tests {
         let options = mounts[0].options().as_ref().unwrap();
         assert!(options.contains(&"lowerdir=/store/layers/b:/store/layers/a".to_owned()));
         assert!(options.contains(&"userxattr".to_owned()));
+        // A flag (fsconfig's FSCONFIG_SET_FLAG): the upper layer is never synced.
+        assert!(options.contains(&"volatile".to_owned()));
         // One option per layer, top first, where the kernel takes them so.
         let mut each = layout(true);
         each.overlay_mount.as_mut().unwrap().each_lower = true;

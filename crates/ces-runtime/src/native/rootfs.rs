@@ -59,6 +59,7 @@ impl RunDirs {
             work: self.overlay.join("work"),
             user_xattrs: image.needs_user_xattrs(),
             each_lower: false,
+            volatile: ces_image::rootfs::overlay_volatile(),
         }
     }
 
@@ -444,6 +445,7 @@ mod tests {
             work: tmp.path().join("work"),
             user_xattrs: true,
             each_lower: false,
+            volatile: false,
         };
         let links = tmp.path().join("lowers");
         let mut each = overlay(30);
