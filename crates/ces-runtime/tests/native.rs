@@ -417,6 +417,8 @@ impl Fx {
             for dir in cgroup_dirs(&cgroup_path(self.who, &id)) {
                 assert!(!dir.exists(), "cgroup left behind: {}", dir.display());
             }
+            let mounts = Path::new("/run/ces").join(&id);
+            assert!(!mounts.exists(), "{} left behind", mounts.display());
         }
     }
 }
@@ -942,6 +944,7 @@ fn scenario_each_run_its_own_user_namespace() {
     // Named apart from the other modes' runs of this test, which may run now.
     let names = ["a", "b"].map(|n| format!("{}-{n}", std::process::id()));
     let specs = names.clone().map(|name| fx.spec(&["sh", "-c", wait, &name]));
+    let ids = specs.clone().map(|spec| spec.id);
     let fx2 = fx.clone();
     let runs = std::thread::spawn(move || specs.map(|spec| fx2.run(&spec)));
     // The user namespace of run `name`'s workload (found by its command
@@ -956,8 +959,16 @@ fn scenario_each_run_its_own_user_namespace() {
             .unwrap_or_else(|| panic!("no workload of run {name} to open"))
     };
     let mut held = Vec::new();
-    for name in &names {
+    for (name, id) in names.iter().zip(&ids) {
         wait_for_file(&fx.out.join(format!("ready-{name}")));
+        // As root, the run's mounts and their mount points are on a tmpfs
+        // in ces's own mount namespace: this thread, in the host's, sees an
+        // empty directory.
+        let run_dir = Path::new("/run/ces").join(id);
+        if fx.who == Who::Root {
+            let seen: Vec<_> = fs::read_dir(&run_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert!(seen.is_empty(), "the host sees {seen:?} in {}", run_dir.display());
+        }
         held.push(namespace_of(name));
         fs::write(fx.out.join(format!("go-{name}")), "").unwrap();
     }

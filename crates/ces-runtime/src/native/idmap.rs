@@ -382,23 +382,26 @@ pub(crate) fn lower_name(i: usize) -> String {
     format!("lower{i}")
 }
 
-/// The mounts of one root-mode run, in `/run/ces/<id>` (their mount points
-/// are empty directories and files on the host; the mounts are in ces's
-/// private mount namespace): unmounted by [`Mounts::unmount`] or, failing
-/// that, on drop. The mount points are removed one by one, never
-/// recursively: one still mounted is left (its removal fails), the image's
-/// or the user's files under it untouched.
+/// The mounts of one root-mode run, in `/run/ces/<id>`: on a tmpfs of ces's
+/// own there, in ces's private mount namespace, with their mount points
+/// (the host sees an empty directory). One lazy unmount of that tmpfs ends
+/// them all at once ([`Mounts::unmount`], or, failing that, on drop), and
+/// the directory is removed, never recursively: still mounted, its removal
+/// fails and leaves the image's or the user's files under it untouched.
+/// (Each mount and mount point on its own took 2 ms at a run's end.)
 #[derive(Debug)]
 pub(crate) struct Mounts {
     dir: PathBuf,
-    targets: Vec<PathBuf>,
-    /// ces's own tmpfs, once mounted (see [`Mounts::private`]).
+    /// Whether the tmpfs on `dir` is still mounted.
+    mounted: bool,
+    /// ces's own tmpfs for device nodes, once mounted (see [`Mounts::private`]).
     private: Option<PathBuf>,
 }
 
 impl Mounts {
     /// Makes `/run/ces/<id>` (`0711`, as `/run/ces`), removing an empty one
-    /// a killed run left.
+    /// a killed run left, and mounts the run's tmpfs on it (in ces's
+    /// private mount namespace: [`super::rootfs::private_mount_namespace`]).
     pub(crate) fn create(id: &str) -> io::Result<Mounts> {
         let root = Path::new(MOUNTS_ROOT);
         make_dir(root).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
@@ -411,16 +414,23 @@ impl Mounts {
             fs::remove_dir(&dir).map_err(|e| super::rootfs::annotate(e, &dir))?;
             make_dir(&dir)?;
         }
-        Ok(Mounts { dir, targets: Vec::new(), private: None })
+        let flags = nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC;
+        // Mount points only: empty directories and files (up to 500 layers,
+        // the binds, the devices).
+        let options = "mode=0711,size=64k,nr_inodes=4096";
+        if let Err(e) = nix::mount::mount(Some("ces-run"), &dir, Some("tmpfs"), flags, Some(options)) {
+            let _ = fs::remove_dir(&dir);
+            return Err(super::rootfs::annotate(e.into(), &dir));
+        }
+        Ok(Mounts { dir, mounted: true, private: None })
     }
 
-    /// An empty directory `<dir>/<name>` to mount on; removed by
-    /// [`Mounts::unmount`].
+    /// An empty directory (or file) `<dir>/<name>` to mount on, in the
+    /// run's tmpfs.
     pub(crate) fn mount_point(&mut self, name: &str, is_dir: bool) -> io::Result<PathBuf> {
         let target = self.dir.join(name);
         let created = if is_dir { fs::create_dir(&target) } else { fs::File::create_new(&target).map(drop) };
         created.map_err(|e| super::rootfs::annotate(e, &target))?;
-        self.targets.push(target.clone());
         Ok(target)
     }
 
@@ -512,26 +522,17 @@ impl Mounts {
         Ok(node)
     }
 
-    /// Unmounts every mount (lazily), then removes the mount points and
-    /// the directory; the first error is returned, after trying them all.
+    /// Unmounts the run's tmpfs (lazily), and with it every mount on it,
+    /// then removes the directory.
     pub(crate) fn unmount(&mut self) -> io::Result<()> {
-        let mut first = None;
-        for target in std::mem::take(&mut self.targets).into_iter().rev() {
-            let removed = super::rootfs::unmount(&target).and_then(|()| {
-                if target.is_dir() { fs::remove_dir(&target) } else { fs::remove_file(&target) }
-                    .map_err(|e| super::rootfs::annotate(e, &target))
-            });
-            if let Err(e) = removed {
-                first.get_or_insert(e);
-            }
+        if self.mounted {
+            super::rootfs::unmount(&self.dir)?;
+            self.mounted = false;
         }
-        if first.is_none()
-            && let Err(e) = fs::remove_dir(&self.dir)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            first = Some(super::rootfs::annotate(e, &self.dir));
+        match fs::remove_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(super::rootfs::annotate(e, &self.dir)),
+            _ => Ok(()),
         }
-        first.map_or(Ok(()), Err)
     }
 }
 
@@ -545,8 +546,8 @@ impl Drop for Mounts {
 
 /// Removes what a killed root-mode run `id` left in `/run/ces/<id>`: its
 /// mounts ended with its ces (they were in its private mount namespace),
-/// leaving empty mount points. Each is removed on its own, never
-/// recursively.
+/// leaving an empty directory (or, from a ces before the run's tmpfs,
+/// empty mount points: each is removed on its own, never recursively).
 pub(crate) fn remove_leftovers(id: &str) -> io::Result<()> {
     let root = Path::new(MOUNTS_ROOT);
     match check_root_dir(root) {
