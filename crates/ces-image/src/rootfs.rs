@@ -72,13 +72,19 @@ pub fn lowerdir_plus() -> bool {
 }
 
 /// Whether this kernel's overlayfs takes the `volatile` option (Linux
-/// 5.10): it never syncs its upper layer, neither when the container asks
-/// (`fsync`, `syncfs`) nor when it is unmounted. A run's upper layer is
-/// thrown away at its end (what is kept is written to `/safe_outputs`, a
-/// bind mount, synced as asked), so nothing it holds has to reach the
-/// disk: a run that wrote 300 MB to its own filesystem ended in 0.2 s
-/// against 0.5 s (the unmount wrote it all first). After a crash, overlayfs
-/// refuses to mount such an upper layer again; none is ever mounted again.
+/// 5.10): an `fsync` or `syncfs` through the overlay, and its unmount, no
+/// longer sync its upper layer (the kernel's own writeback, and a `sync(2)`
+/// of every file system, still reach it). A run's upper layer is thrown
+/// away at its end (what is kept is written to `/safe_outputs`, a bind
+/// mount, synced as asked), so nothing it holds has to reach the disk: a
+/// run that wrote 300 MB to its own filesystem ended in 0.2 s against 0.5 s
+/// (the unmount wrote it all first). After a crash, overlayfs refuses to
+/// mount such an upper layer again; none is ever mounted again.
+///
+/// libcontainer mounts a rootless run's overlay, and tries a failed mount
+/// once more (on `EINVAL`): the second try then meets the `incompat`
+/// directory the first left in the work directory and fails too, with the
+/// kernel's log naming `volatile` rather than the first failure's cause.
 pub fn overlay_volatile() -> bool {
     static VOLATILE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *VOLATILE.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (5, 10)))

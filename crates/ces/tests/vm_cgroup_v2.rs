@@ -224,6 +224,11 @@ fn directory_contract(ctx: Ctx) {
     assert_eq!(Scenario::value(&s.host, "result.txt"), Some("kept"), "{s}");
     assert_eq!(Scenario::value(&s.host, "safe_data entries").map(str::trim), Some("data.csv"), "{s}");
     assert_eq!(Scenario::value(&s.host, "scratch left").map(str::trim), Some(""), "scratch removed: {s}");
+    // The container's own layer: an overlay never synced (Debian 12's 6.1 takes `volatile`).
+    let root = Scenario::value(&s.out, "root_mount").unwrap_or_default();
+    let (_, fs) = root.split_once(" - ").unwrap_or_default();
+    let volatile = fs.split([' ', ',']).any(|o| o == "volatile" || o == "fsync=volatile");
+    assert!(fs.starts_with("overlay ") && volatile, "{s}");
 }
 
 fn out_of_memory_with_swap_on(ctx: Ctx) {
@@ -301,6 +306,21 @@ fn the_cgroup_warm_up_moves_its_helper_within_the_cgroup_ces_started_in() {
     assert_eq!(moves.len(), 1, "one warm-up, ended with the run: {s}");
     let moved = moves[0].contains(&format!(" moved into {procs} ")) && moves[0].ends_with(" times");
     assert!(moved, "moved, within ces's own cgroup: {}\n{s}", moves[0]);
+}
+
+/// As root on cgroup v2, a process host root puts into a running
+/// container's cgroup is killed when the container ends (ces writes
+/// `cgroup.kill` when the cgroup cannot be removed), and the cgroup goes.
+#[test]
+fn a_process_put_into_a_containers_cgroup_ends_with_it() {
+    let s = scenario(Ctx::Root, "intruder");
+    s.assert_exit(143);
+    let cgroup = Scenario::value(&s.host, "container cgroup").unwrap_or_default();
+    assert!(cgroup.starts_with('/') && cgroup.len() > 1, "{s}");
+    assert_eq!(Scenario::value(&s.host, "moved in"), Some("yes"), "{s}");
+    assert_eq!(Scenario::value(&s.host, "intruder cgroup"), Some(cgroup), "{s}");
+    assert!(matches!(Scenario::value(&s.host, "intruder state"), Some("Z" | "gone")), "the intruder lives on: {s}");
+    assert_eq!(Scenario::value(&s.host, "cgroup left"), Some("no"), "{s}");
 }
 
 /// An image of 40 layers is kept as them and runs from them: as root, ces

@@ -402,7 +402,7 @@ impl Mounts {
     /// Makes `/run/ces/<id>` (`0711`, as `/run/ces`), removing an empty one
     /// a killed run left, and mounts the run's tmpfs on it (in ces's
     /// private mount namespace: [`super::rootfs::private_mount_namespace`]).
-    pub(crate) fn create(id: &str) -> io::Result<Mounts> {
+    pub(crate) fn create(id: &str, _: &super::rootfs::PrivateNamespace) -> io::Result<Mounts> {
         let root = Path::new(MOUNTS_ROOT);
         make_dir(root).or_else(|e| if e.kind() == io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
         check_root_dir(root)?;

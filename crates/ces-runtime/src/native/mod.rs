@@ -488,9 +488,10 @@ impl Run<'_> {
             Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
         };
         // As root, everything ces mounts is in a mount namespace of its own.
-        if root && let Err(e) = rootfs::private_mount_namespace() {
-            return (Err(start_error("mounting the root filesystem")(e.into())), true);
-        }
+        let private = match root.then(rootfs::private_mount_namespace).transpose() {
+            Ok(private) => private,
+            Err(e) => return (Err(start_error("mounting the root filesystem")(e.into())), true),
+        };
         let layer_size = self.spec.limits.rootfs_writes.filter(|_| root);
         // Dropped last: the overlay goes before its upper layer.
         let layer = match self.dirs.create(self.spec.image.rootfs.root_dir(), owner_shift, layer_size) {
@@ -508,9 +509,9 @@ impl Run<'_> {
         let mut mount = None;
         // Root mode: the container's user namespace, open until it is built.
         let mut user_namespace = None;
-        if root {
+        if let Some(private) = &private {
             if let Mapping::Block { base } = self.mapping {
-                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id, private) {
                     Ok(mounts) => mounts,
                     Err(e) => return (Err(start_error("mapping the container's ids")(e.into())), true),
                 });
@@ -536,7 +537,7 @@ impl Run<'_> {
             }
             if self.mapping == Mapping::Single && !self.spec.pins.is_empty() {
                 // Root for a sudo user: the binds from what was checked.
-                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id) {
+                let mounts = idmapped.insert(match idmap::Mounts::create(&self.spec.id, private) {
                     Ok(mounts) => mounts,
                     Err(e) => return (Err(start_error("preparing the mounts")(e.into())), true),
                 });
@@ -548,7 +549,7 @@ impl Run<'_> {
             if !self.spec.devices.is_empty() {
                 let prepared = match &mut idmapped {
                     Some(mounts) => Ok(mounts),
-                    None => idmap::Mounts::create(&self.spec.id).map(|mounts| idmapped.insert(mounts)),
+                    None => idmap::Mounts::create(&self.spec.id, private).map(|mounts| idmapped.insert(mounts)),
                 }
                 .and_then(|mounts| self.prepare_devices(mounts));
                 match prepared {

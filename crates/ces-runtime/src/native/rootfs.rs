@@ -350,12 +350,19 @@ impl Drop for OverlayMount {
 /// made setuid. The namespace, and the overlay with it, ends with the last
 /// process in it, so a ces killed with SIGKILL leaves no mount on the host.
 /// The container's own namespaces are made from this one.
-pub(crate) fn private_mount_namespace() -> io::Result<()> {
+pub(crate) fn private_mount_namespace() -> io::Result<PrivateNamespace> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("unshare the mount namespace: {e}")))?;
     nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_SLAVE | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("make / a slave mount: {e}")))
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("make / a slave mount: {e}")))?;
+    Ok(PrivateNamespace(()))
 }
+
+/// Proof that this thread is in a mount namespace of its own
+/// ([`private_mount_namespace`]): what is mounted for a run in `/run`
+/// ([`super::idmap::Mounts`]) must never be mounted on the host.
+#[derive(Debug)]
+pub(crate) struct PrivateNamespace(());
 
 /// Unmounts `target` (lazily: a process that still holds it open does not
 /// keep the mount attached to the host's tree).

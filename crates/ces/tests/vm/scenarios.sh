@@ -21,6 +21,24 @@ sc() {
     echo "   exit $(cat "$OUT/$name.rc") at $(cut -d' ' -f1 /proc/uptime) s"
 }
 
+# bg_run NAME SECONDS [OPTION...]: starts `ces run OPTION... IMG` with a
+# workload that says ready and sleeps SECONDS, in the background (its output
+# in NAME.out and NAME.err), and waits until it is up; sets ces_pid (ces's)
+# and pid (the workload's, as the host sees it).
+bg_run() {
+    name=$1
+    secs=$2
+    shift 2
+    "$CES" run "$@" "$IMG" sh -c "echo ready; exec sleep $secs" > "$OUT/$name.out" 2> "$OUT/$name.err" < /dev/null &
+    ces_pid=$!
+    i=0
+    until grep -q ready "$OUT/$name.out" 2> /dev/null || [ $i -ge 600 ] || ! kill -0 "$ces_pid" 2> /dev/null; do
+        i=$((i + 1))
+        sleep 0.2
+    done
+    pid=$(pgrep -f "^sleep $secs\$" | head -1)
+}
+
 # Where this runs: the test checks it really is the context it claims.
 {
     echo "uid=$(id -u)"
@@ -42,7 +60,8 @@ sc contract "$CES" run --json "$IMG" sh -c '
     if touch /safe_data/new 2> /dev/null; then echo SAFE_DATA_WRITABLE; else echo SAFE_DATA_READONLY; fi
     echo kept > /safe_outputs/result.txt && echo OUTPUTS_WRITTEN
     echo temporary > /scratch/tmp.txt && echo SCRATCH_WRITTEN
-    echo "TMPDIR=$TMPDIR"'
+    echo "TMPDIR=$TMPDIR"
+    grep -E "^[0-9]+ [0-9]+ [0-9:]+ [^ ]+ / " /proc/self/mountinfo | sed "s/^/root_mount=/"'
 outputs=$(sed -n 's/.*"event":"end".*"outputs":"\([^"]*\)".*/\1/p' "$OUT/contract.out" | head -1)
 {
     echo "outputs=$outputs"
@@ -70,14 +89,7 @@ sc limits-inside "$CES" run -c 1 -m 0.5 "$IMG" sh -c '
 
 # A running container seen from the host: its cgroup's limits, then SIGTERM
 # to ces, which must pass it on and end cleanly.
-"$CES" run -c 1 -m 0.5 "$IMG" sh -c 'echo ready; exec sleep 4242' > "$OUT/sigterm.out" 2> "$OUT/sigterm.err" < /dev/null &
-ces_pid=$!
-i=0
-until grep -q ready "$OUT/sigterm.out" 2> /dev/null || [ $i -ge 600 ] || ! kill -0 "$ces_pid" 2> /dev/null; do
-    i=$((i + 1))
-    sleep 0.2
-done
-pid=$(pgrep -f '^sleep 4242$' | head -1)
+bg_run sigterm 4242 -c 1 -m 0.5
 {
     echo "container pid=$pid"
     cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
@@ -110,6 +122,31 @@ sc many-layers "$CES" run -q "$MANY" sh -c 'cat /f1 /f39'
 if [ "$(id -u)" = 0 ]; then
     sc warmup env RUST_LOG=ces_runtime=debug "$CES" run "$IMG" true
     echo "started in=$(sed -n 's/^0:://p' /proc/self/cgroup)" > "$OUT/warmup.host" 2>&1
+fi
+
+# As root: a process host root puts into a running container's cgroup is
+# killed when the container ends (cgroup.kill), and the cgroup removed.
+if [ "$(id -u)" = 0 ]; then
+    bg_run intruder 4343
+    cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
+    sleep 4344 &
+    intruder=$!
+    {
+        echo "container cgroup=$cg"
+        if echo "$intruder" > "/sys/fs/cgroup$cg/cgroup.procs"; then echo "moved in=yes"; else echo "moved in=no"; fi
+        echo "intruder cgroup=$(sed -n 's/^0:://p' "/proc/$intruder/cgroup")"
+    } > "$OUT/intruder.host" 2>&1
+    kill -TERM "$pid"
+    wait "$ces_pid"
+    echo $? > "$OUT/intruder.rc"
+    {
+        # Killed, it is a zombie of this shell's until waited for.
+        state=$(awk '{print $3}' "/proc/$intruder/stat" 2> /dev/null)
+        echo "intruder state=${state:-gone}"
+        if [ -d "/sys/fs/cgroup$cg" ]; then echo "cgroup left=yes"; else echo "cgroup left=no"; fi
+    } >> "$OUT/intruder.host" 2>&1
+    kill -KILL "$intruder" 2> /dev/null
+    wait "$intruder" 2> /dev/null
 fi
 
 # GPU 1 only (the run's device cgroup, as root, lets it be opened), the
