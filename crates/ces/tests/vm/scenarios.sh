@@ -32,11 +32,30 @@ bg_run() {
     "$CES" run "$@" "$IMG" sh -c "echo ready; exec sleep $secs" > "$OUT/$name.out" 2> "$OUT/$name.err" < /dev/null &
     ces_pid=$!
     i=0
-    until grep -q ready "$OUT/$name.out" 2> /dev/null || [ $i -ge 600 ] || ! kill -0 "$ces_pid" 2> /dev/null; do
+    pid=
+    # Ready is said just before the exec of sleep: wait for both.
+    until [ -n "$pid" ] || [ $i -ge 600 ] || ! kill -0 "$ces_pid" 2> /dev/null; do
         i=$((i + 1))
         sleep 0.2
+        grep -q ready "$OUT/$name.out" 2> /dev/null && pid=$(pgrep -f "^sleep $secs\$" | head -1)
     done
-    pid=$(pgrep -f "^sleep $secs\$" | head -1)
+}
+
+# wait_ces: waits for ces_pid's end (killing it after 60 s: a ces that
+# hangs is recorded as killed, 137, rather than stopping the scenarios).
+wait_ces() {
+    (
+        sleep 60 &
+        s=$!
+        trap 'kill $s; exit 0' TERM
+        wait $s
+        kill -KILL "$ces_pid"
+    ) 2> /dev/null &
+    watchdog=$!
+    wait "$ces_pid"
+    rc=$?
+    kill "$watchdog" 2> /dev/null
+    return $rc
 }
 
 # Where this runs: the test checks it really is the context it claims.
@@ -99,7 +118,7 @@ bg_run sigterm 4242 -c 1 -m 0.5
     done
 } > "$OUT/limits-host.host" 2>&1
 kill -TERM "$ces_pid"
-wait "$ces_pid"
+wait_ces
 echo $? > "$OUT/sigterm.rc"
 {
     echo "still running=$(pgrep -f '^sleep 4242$' | tr '\n' ' ')"
@@ -136,8 +155,8 @@ if [ "$(id -u)" = 0 ]; then
         if echo "$intruder" > "/sys/fs/cgroup$cg/cgroup.procs"; then echo "moved in=yes"; else echo "moved in=no"; fi
         echo "intruder cgroup=$(sed -n 's/^0:://p' "/proc/$intruder/cgroup")"
     } > "$OUT/intruder.host" 2>&1
-    kill -TERM "$pid"
-    wait "$ces_pid"
+    kill -TERM "${pid:-$ces_pid}"
+    wait_ces
     echo $? > "$OUT/intruder.rc"
     {
         # Killed, it is a zombie of this shell's until waited for.
