@@ -11,6 +11,7 @@ pub mod exe;
 pub mod image;
 pub mod layer;
 pub mod misbehave;
+pub mod mountinfo;
 #[cfg(target_arch = "x86_64")]
 pub mod probe;
 pub mod registry;

@@ -320,9 +320,9 @@ pub(crate) fn clone(
 /// new one. Keep it open until the container is built. libcontainer's
 /// intermediate process then joins it instead of making one and waiting
 /// for ces to write its maps: two hand-offs between processes fewer on the
-/// start's path (each a time slice when every core is busy). It is the namespace libcontainer would
-/// make: owned by host root, a child of the initial one, with the same
-/// maps and `setgroups` allowed.
+/// start's path (each a time slice when every core is busy). It is the
+/// namespace libcontainer would make: owned by host root, a child of the
+/// initial one, with the same maps and `setgroups` allowed.
 pub(crate) fn joinable(ids: (Extent, Extent)) -> io::Result<OwnedFd> {
     let cached = USER_NAMESPACES.with(|made| {
         let mut made = made.borrow_mut();

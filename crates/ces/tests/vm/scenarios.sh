@@ -73,7 +73,9 @@ sc load "$CES" load /payload/busybox.tar
 sc exit-code "$CES" run "$IMG" sh -c 'exit 7'
 
 # The directory contract: /safe_data read-only, /safe_outputs kept (owned by
-# the user on the host), /scratch usable and removed after the run.
+# the user on the host), /scratch usable and removed after the run; and the
+# line of the container's / in its mountinfo (the command is
+# ces_testkit::mountinfo::ROOT_MOUNT_LINE).
 sc contract "$CES" run --json "$IMG" sh -c '
     cat /safe_data/data.csv
     if touch /safe_data/new 2> /dev/null; then echo SAFE_DATA_WRITABLE; else echo SAFE_DATA_READONLY; fi
