@@ -253,6 +253,37 @@ fn a_root_mode_container_runs_as_unprivileged_host_ids() {
     assert_eq!((meta.uid(), meta.gid()), (0, 0), "the outputs are root's on the host");
 }
 
+/// Root mode refuses a block of host ids that someone uses (here a group the
+/// user database knows at the block's last id): the container's files would
+/// be theirs. The lookup goes on while the run is prepared; the container is
+/// never created, and the workload never runs.
+#[test]
+fn a_root_mode_block_in_use_is_refused_before_the_container_exists() {
+    require_root("runs a root-mode container");
+    const BASE: u32 = 0x7300_0000;
+    let last = (BASE + 65_535).to_string();
+    struct Group(&'static str);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            Command::new("groupdel").arg(self.0).status().ok();
+        }
+    }
+    let group = Group("ces-test-block");
+    Command::new("groupdel").arg(group.0).stderr(Stdio::null()).status().ok();
+    let added = Command::new("groupadd").args(["-g", &last, group.0]).status().unwrap();
+    assert!(added.success(), "groupadd -g {last} {}", group.0);
+    let w =
+        TreWorld::with("host/block-in-use", &ces_testkit::busybox_image(), &format!("[run]\nroot_id_base = {BASE}\n"));
+    let run = w.ces(&["run", "-q", &w.image, "sh", "-c", "touch /safe_outputs/ran"]);
+    let err = run.fails();
+    let expected = format!("group {} ({last}) uses them; hint: set [run] root_id_base to a free block", group.0);
+    assert!(err.contains(&expected), "{err}");
+    let ran: Vec<PathBuf> =
+        w.sb.dir.path().join("home").read_dir().unwrap().map(|e| e.unwrap().path().join("ran")).collect();
+    assert!(ran.iter().all(|p| !p.exists()), "the workload ran: {ran:?}");
+    drop(group);
+}
+
 /// Root mode: the image's files keep their owners in the container, so the
 /// image's user (1000, as `USER analyst` makes it) may write its home; before,
 /// root mode showed it as nobody's (65534) and every write failed.
