@@ -633,7 +633,11 @@ fn enter_leaf(root: &Path, cgroup: &Path) -> Result<(), RuntimeError> {
 /// before, a move by someone else between the check and a move, such as
 /// while the first move waits for the grace period, is undone by it).
 /// Nothing changes if a move fails: the container's own move pays the wait
-/// as before. Rootless runs have none (ces moves itself into a scope of its
+/// as before. The helper shares ces's memory (where it can: see
+/// [`idmap::waiting_child`]): a move that undoes someone else's, out of a
+/// cpuset with other memory nodes, also rebinds ces's memory policy to its
+/// own cgroup's nodes, and on cgroup v2 moves its pages there (where they
+/// were). Rootless runs have none (ces moves itself into a scope of its
 /// own there).
 ///
 /// [`idmap::waiting_child`]: super::idmap::waiting_child
