@@ -68,7 +68,7 @@ pub const MAX_LOWER_LAYERS: usize = 500;
 /// `fsconfig(2)` may have as many as [`MAX_LOWER_LAYERS`].
 pub fn lowerdir_plus() -> bool {
     static PLUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *PLUS.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (6, 8)))
+    *PLUS.get_or_init(|| version_at_least(&rustix::system::uname().release().to_string_lossy(), (6, 8)))
 }
 
 /// Whether this kernel's overlayfs takes the `volatile` option (Linux
@@ -87,11 +87,12 @@ pub fn lowerdir_plus() -> bool {
 /// kernel's log naming `volatile` rather than the first failure's cause.
 pub fn overlay_volatile() -> bool {
     static VOLATILE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VOLATILE.get_or_init(|| kernel_at_least(&rustix::system::uname().release().to_string_lossy(), (5, 10)))
+    *VOLATILE.get_or_init(|| version_at_least(&rustix::system::uname().release().to_string_lossy(), (5, 10)))
 }
 
-/// Whether a kernel `release` (`6.1.0-28-amd64`) is at least `version`.
-pub fn kernel_at_least(release: &str, version: (u32, u32)) -> bool {
+/// Whether a version (a kernel's release, `6.1.0-28-amd64`; glibc's,
+/// `2.36`) is at least `version` (major, minor).
+pub fn version_at_least(release: &str, version: (u32, u32)) -> bool {
     let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
     let major = numbers.next().unwrap_or(0);
     let minor = numbers.next().unwrap_or(0);
@@ -527,13 +528,20 @@ mod tests {
     use rustix::fs::{CWD, XattrFlags};
 
     #[test]
-    fn kernel_releases() {
-        assert!(!kernel_at_least("6.1.0-28-amd64", (6, 8)));
-        assert!(!kernel_at_least("5.14.0-427.el9.x86_64", (6, 8)));
-        assert!(kernel_at_least("6.8.0-31-generic", (6, 8)));
-        assert!(kernel_at_least("6.18.44-fc-v1272", (6, 8)));
-        assert!(kernel_at_least("7.0", (6, 8)));
-        assert!(!kernel_at_least("", (6, 8)));
+    fn versions() {
+        assert!(!version_at_least("6.1.0-28-amd64", (6, 8)));
+        assert!(!version_at_least("5.14.0-427.el9.x86_64", (6, 8)));
+        assert!(version_at_least("6.8.0-31-generic", (6, 8)));
+        assert!(version_at_least("6.18.44-fc-v1272", (6, 8)));
+        assert!(version_at_least("7.0", (6, 8)));
+        assert!(!version_at_least("", (6, 8)));
+        // glibc's
+        assert!(version_at_least("2.36", (2, 25)));
+        assert!(version_at_least("2.25", (2, 25)));
+        assert!(version_at_least("3.0", (2, 25)));
+        assert!(!version_at_least("2.17", (2, 25)));
+        assert!(!version_at_least("2.9", (2, 25)));
+        assert!(!version_at_least("", (2, 25)));
     }
 
     #[test]

@@ -255,8 +255,8 @@ fn a_root_mode_container_runs_as_unprivileged_host_ids() {
 
 /// Root mode refuses a block of host ids that someone uses (here a group the
 /// user database knows at the block's last id): the container's files would
-/// be theirs. The lookup goes on while the run is prepared; the container is
-/// never created, and the workload never runs.
+/// be theirs. The run is refused before anything of it is made: the
+/// container is never created, and the workload never runs.
 #[test]
 fn a_root_mode_block_in_use_is_refused_before_the_container_exists() {
     require_root("runs a root-mode container");

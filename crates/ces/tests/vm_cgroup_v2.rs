@@ -333,7 +333,7 @@ fn many_layers(ctx: Ctx) {
     assert!(rootfs.starts_with(&format!("{MANY_LAYERS} layers in ")), "kept as its layers: {s}");
     let kernel = Scenario::value(&s.host, "kernel").unwrap_or_default();
     assert!(
-        !ces_image::rootfs::kernel_at_least(kernel, (6, 8)),
+        !ces_image::rootfs::version_at_least(kernel, (6, 8)),
         "a kernel without lowerdir+, where the numbered links are needed: {s}"
     );
 }

@@ -95,23 +95,45 @@ impl ForwardedSignals {
     }
 }
 
-/// [`FORWARDED`] blocked in the calling thread while this lives.
+/// The signals of a set blocked in the calling thread, besides those it
+/// blocked already, while this lives; its mask as it was after.
+pub(crate) struct MaskGuard {
+    old: libc::sigset_t,
+}
+
+impl MaskGuard {
+    pub(crate) fn block(set: &libc::sigset_t) -> io::Result<MaskGuard> {
+        // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers; affects the calling thread only.
+        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set, &mut old) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(MaskGuard { old })
+    }
+}
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved in block().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// [`FORWARDED`] blocked in the calling thread while this lives; what
+/// arrived meanwhile is consumed before the mask is restored.
 pub(crate) struct SignalBlock {
     set: libc::sigset_t,
-    old: libc::sigset_t,
+    /// Restores the mask, after `drop` has drained (fields drop last).
+    _mask: MaskGuard,
 }
 
 impl SignalBlock {
     pub(crate) fn new() -> io::Result<SignalBlock> {
         let set = super::init::signal_set(FORWARDED.into_iter());
-        // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
-        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointers; affects the calling thread only.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(SignalBlock { set, old })
+        let mask = MaskGuard::block(&set)?;
+        Ok(SignalBlock { set, _mask: mask })
     }
 
     /// A non-blocking signalfd for the blocked signals.
@@ -132,9 +154,8 @@ impl SignalBlock {
 
 impl Drop for SignalBlock {
     fn drop(&mut self) {
+        // Still blocked: `_mask` restores the mask once this has run.
         self.drain();
-        // SAFETY: restoring the mask saved in new().
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
     }
 }
 
