@@ -21,9 +21,12 @@
 //! in `tmp/`, which the next writer that finds the store idle removes. Blobs
 //! already in place were verified before they got there, so they are reused.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -230,6 +233,116 @@ pub struct GcStats {
     pub rootfs: u64,
     /// Unpacked layers deleted (no image has them).
     pub layers: u64,
+}
+
+/// What a named image keeps in the store ([`Store::kept_by`]): blobs and
+/// unpacked layers, by hex.
+struct Kept {
+    blobs: Vec<String>,
+    layers: Vec<String>,
+}
+
+/// One thing of the store's data, by kind and hex: a blob, an unpacked
+/// layer (its directory and record), or an image's root filesystem (its
+/// tree, `layered/` list and `merged/` mark).
+type Part = (PartKind, String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PartKind {
+    Blob,
+    Layer,
+    Image,
+}
+
+/// What the store's data takes on disk ([`Store::disk_use`]), in bytes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct DiskUse {
+    /// Each name in the store.
+    pub images: Vec<ImageDiskUse>,
+    /// The blobs, unpacked layers (with their records and short names) and
+    /// root filesystems of the store.
+    pub total: u64,
+    /// What no named image keeps: what `ces gc` deletes.
+    pub reclaimable: u64,
+    /// Files and directories that could not be read: where not 0, the
+    /// figures are lower bounds.
+    pub unreadable: u64,
+}
+
+/// One name's share of [`DiskUse`], in bytes.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageDiskUse {
+    /// The name, as `ces images` shows it.
+    pub reference: String,
+    /// The image manifest's digest.
+    pub digest: String,
+    /// How many names the store has for this image (this one included).
+    pub names: usize,
+    /// Its manifest, config, layer blobs (where kept), unpacked layers and
+    /// root filesystem.
+    pub disk: u64,
+    /// What no other named image keeps: what `ces rmi` of this name frees,
+    /// besides what no image keeps ([`DiskUse::reclaimable`], which its
+    /// `ces gc` frees too); nothing while another name has the image.
+    pub unique: u64,
+}
+
+/// A walk that counts blocks as `du` does ([`Walk::bytes_at`]).
+#[derive(Default)]
+struct Walk {
+    /// The file system walked: directories on another (a mount) are not
+    /// entered.
+    dev: u64,
+    /// Files with more than one link, counted already.
+    seen: HashSet<(u64, u64)>,
+    /// Entries that could not be read (counted as nothing).
+    unreadable: u64,
+}
+
+impl Walk {
+    /// The blocks of `name` in `dir` and, for a directory, of everything
+    /// under it (nothing followed; each file with several links once).
+    /// Relative to each directory's fd, so that no path grows past
+    /// `PATH_MAX`; a directory's names are read whole before going down,
+    /// so that one fd per level is open.
+    fn bytes_at(&mut self, dir: impl AsFd, name: &CStr) -> u64 {
+        use rustix::fs::{AtFlags, FileType};
+        let Ok(stat) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            self.unreadable += 1;
+            return 0;
+        };
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        if !is_dir && stat.st_nlink > 1 && !self.seen.insert((stat.st_dev, stat.st_ino)) {
+            return 0;
+        }
+        let mut bytes = u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
+        if is_dir && stat.st_dev == self.dev {
+            match names_at(&dir, name) {
+                Some((fd, names)) => {
+                    for child in &names {
+                        bytes += self.bytes_at(&fd, child);
+                    }
+                }
+                None => self.unreadable += 1,
+            }
+        }
+        bytes
+    }
+}
+
+/// Directory `name` in `dir` (not followed), open, and the names in it.
+fn names_at(dir: impl AsFd, name: &CStr) -> Option<(OwnedFd, Vec<CString>)> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?;
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&fd).ok()? {
+        let name = entry.ok()?.file_name().to_owned();
+        if name.as_bytes() != b"." && name.as_bytes() != b".." {
+            names.push(name);
+        }
+    }
+    Some((fd, names))
 }
 
 /// A lock on the whole store, released when dropped.
@@ -654,30 +767,10 @@ impl Store {
         // its files anyway: they are hard links).
         let mut live_layers = HashSet::new();
         for record in self.images()? {
-            live_blobs.insert(record.digest.hex().to_owned());
+            let kept = self.kept_by(&record.digest);
+            live_blobs.extend(kept.blobs);
+            live_layers.extend(kept.layers);
             live_manifests.insert(record.digest.hex().to_owned());
-            // A manifest that cannot be read keeps nothing else alive; its
-            // name stays, and `ces pull` mends it.
-            if let Ok(manifest) = self.manifest(&record.digest) {
-                live_blobs.insert(manifest.config().digest().digest().to_owned());
-                let config = self.config(&manifest);
-                let diff_ids = config.as_ref().map(|c| c.rootfs().diff_ids().as_slice()).unwrap_or_default();
-                // Blobs not kept: an image whose root filesystem and layers
-                // are all unpacked needs its layer blobs no more.
-                let unpacked = !self.keep_layer_blobs
-                    && self.unpacked(&record.digest).is_some()
-                    && !self.merged_dir().join(record.digest.hex()).exists()
-                    && diff_ids.len() == manifest.layers().len()
-                    && manifest.layers().iter().zip(diff_ids).all(|(layer, d)| {
-                        manifest::descriptor_digest(layer).is_ok_and(|blob| self.layer_dir(&blob, d).is_some())
-                    });
-                if !unpacked {
-                    for layer in manifest.layers() {
-                        live_blobs.insert(layer.digest().digest().to_owned());
-                    }
-                }
-                live_layers.extend(diff_ids.iter().filter_map(|d| diff_id_hex(d)).map(str::to_owned));
-            }
         }
         let mut stats = GcStats::default();
         let blobs = self.blobs_dir();
@@ -765,6 +858,120 @@ impl Store {
             }
         }
         Ok(stats)
+    }
+
+    /// What the named image `digest` keeps in the store, as `ces gc` sees
+    /// it: its root filesystem (under its own hex: `rootfs/`, `layered/`,
+    /// `merged/`), these blobs and these unpacked layers.
+    fn kept_by(&self, digest: &Digest) -> Kept {
+        let mut kept = Kept { blobs: vec![digest.hex().to_owned()], layers: Vec::new() };
+        // A manifest that cannot be read keeps nothing else alive; its
+        // name stays, and `ces pull` mends it.
+        let Ok(manifest) = self.manifest(digest) else { return kept };
+        kept.blobs.push(manifest.config().digest().digest().to_owned());
+        let config = self.config(&manifest);
+        let diff_ids = config.as_ref().map(|c| c.rootfs().diff_ids().as_slice()).unwrap_or_default();
+        // Blobs not kept: an image whose root filesystem and layers are all
+        // unpacked needs its layer blobs no more.
+        let unpacked = !self.keep_layer_blobs
+            && self.unpacked(digest).is_some()
+            && !self.merged_dir().join(digest.hex()).exists()
+            && diff_ids.len() == manifest.layers().len()
+            && manifest.layers().iter().zip(diff_ids).all(|(layer, d)| {
+                manifest::descriptor_digest(layer).is_ok_and(|blob| self.layer_dir(&blob, d).is_some())
+            });
+        if !unpacked {
+            kept.blobs.extend(manifest.layers().iter().map(|layer| layer.digest().digest().to_owned()));
+        }
+        kept.layers.extend(diff_ids.iter().filter_map(|d| diff_id_hex(d)).map(str::to_owned));
+        kept
+    }
+
+    /// What the store's data takes on disk (blocks, as `du` counts them:
+    /// a file with several links once; nothing followed, no mount
+    /// entered), per named image and in all. An unpacked layer is counted
+    /// as its directory, record and short name (`l/`); an image's root
+    /// filesystem as what its tree adds to its layers (directories, and
+    /// files that are not links to a layer's), with its `layered/` list.
+    /// What a name keeps is what [`Store::gc`] keeps for it
+    /// ([`Store::kept_by`]). Read without a lock: what a pull is writing
+    /// (`tmp/`) is not counted, and what changes meanwhile may be counted
+    /// or not. What cannot be read (a directory the caller may not list)
+    /// is counted as nothing, and counted in [`DiskUse::unreadable`].
+    pub fn disk_use(&self) -> Result<DiskUse> {
+        let records = self.images()?;
+        let mut sizes: HashMap<Part, u64> = HashMap::new();
+        let mut walk = Walk { dev: fs::metadata(&self.root).map_err(io_err(&self.root))?.dev(), ..Walk::default() };
+        // Layers first: the files of an assembled tree are their links.
+        for (dir, kind) in [
+            (self.layers_dir(), PartKind::Layer),
+            (self.links_dir(), PartKind::Layer),
+            (self.root.join("rootfs"), PartKind::Image),
+            (self.layered_dir(), PartKind::Image),
+            (self.merged_dir(), PartKind::Image),
+            (self.blobs_dir(), PartKind::Blob),
+        ] {
+            let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else { continue };
+            let Some((fd, names)) = names_at(rustix::fs::CWD, &path) else { continue };
+            for name in names {
+                let hex = match dir == self.links_dir() {
+                    // A short name, the link to its layer's directory: the
+                    // layer's (`ces gc` removes it with the layer).
+                    true => match fs::read_link(dir.join(OsStr::from_bytes(name.as_bytes()))) {
+                        Ok(target) => target.file_name().map(|n| n.to_string_lossy().into_owned()),
+                        Err(_) => None,
+                    },
+                    false => {
+                        let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                        // A layer's record goes with its directory.
+                        Some(match kind {
+                            PartKind::Layer => name.strip_suffix(".json").map(str::to_owned).unwrap_or(name),
+                            _ => name,
+                        })
+                    }
+                };
+                // Not a link: not the store's (and not `ces gc`'s to remove).
+                let Some(hex) = hex else { continue };
+                let bytes = walk.bytes_at(&fd, &name);
+                *sizes.entry((kind, hex)).or_default() += bytes;
+            }
+        }
+        let mut users: HashMap<&Part, HashSet<&str>> = HashMap::new();
+        let mut parts_of = Vec::with_capacity(records.len());
+        for record in &records {
+            let kept = self.kept_by(&record.digest);
+            let mut parts: HashSet<Part> = kept.blobs.into_iter().map(|hex| (PartKind::Blob, hex)).collect();
+            parts.extend(kept.layers.into_iter().map(|hex| (PartKind::Layer, hex)));
+            parts.insert((PartKind::Image, record.digest.hex().to_owned()));
+            parts_of.push(parts);
+        }
+        for (record, parts) in records.iter().zip(&parts_of) {
+            for part in parts {
+                users.entry(part).or_default().insert(record.digest.hex());
+            }
+        }
+        let size = |part: &Part| sizes.get(part).copied().unwrap_or(0);
+        let images = records
+            .iter()
+            .zip(&parts_of)
+            .map(|(record, parts)| {
+                let names = records.iter().filter(|r| r.digest == record.digest).count();
+                let only_this = |part: &&Part| users.get(part).is_some_and(|u| u.len() == 1);
+                ImageDiskUse {
+                    reference: record.reference.to_string(),
+                    digest: record.digest.to_string(),
+                    names,
+                    disk: parts.iter().map(size).sum(),
+                    unique: if names > 1 { 0 } else { parts.iter().filter(only_this).map(size).sum() },
+                }
+            })
+            .collect();
+        Ok(DiskUse {
+            images,
+            total: sizes.values().sum(),
+            reclaimable: sizes.iter().filter(|(part, _)| !users.contains_key(part)).map(|(_, n)| n).sum(),
+            unreadable: walk.unreadable,
+        })
     }
 
     /// Where layers are unpacked, each alone, keyed by the digest of the

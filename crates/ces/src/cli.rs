@@ -270,6 +270,11 @@ pub struct ImagesArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// Show the disk each image takes in the store (its unpacked layers and
+    /// blobs; those shared with other images count for each), what `ces
+    /// rmi` of it would free besides what `ces gc` would, and that.
+    #[arg(long)]
+    pub disk: bool,
 }
 
 /// `ces inspect`.

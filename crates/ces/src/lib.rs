@@ -213,7 +213,7 @@ fn run(settings: &Settings, printer: &Printer, action: Action) -> anyhow::Result
         Action::Command(Command::System(cli::SystemCommand::Gpus { json })) => {
             done(commands::system::gpus(settings, json))
         }
-        Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json)),
+        Action::Command(Command::Images(args)) => done(commands::images::images(settings, args.json, args.disk)),
         Action::Command(Command::Inspect(args)) => done(commands::inspect::inspect(settings, &args.image, args.json)),
         // Exit 1 when a finding reaches the threshold (dispatched before the settings are read).
         Action::Command(Command::Lint(args)) => commands::lint::lint(args),

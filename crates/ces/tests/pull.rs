@@ -436,6 +436,137 @@ fn rmi_removes_the_name_and_only_blobs_no_other_image_uses() {
     assert!(missing.stderr.contains("hint: pull it first"), "{}", missing.stderr);
 }
 
+/// What `du` (GNU coreutils, not ces) says the store's data takes, in
+/// bytes: its blobs, unpacked layers (with their short names) and root
+/// filesystems, each file with several links once.
+fn du_of_store_data(sb: &Sandbox) -> u64 {
+    let mut paths = Vec::new();
+    for dir in ["oci/blobs/sha256", "layers", "l", "rootfs", "layered", "merged"] {
+        for entry in std::fs::read_dir(sb.store.join(dir)).unwrap() {
+            paths.push(entry.unwrap().path());
+        }
+    }
+    let out = Command::new("du").args(["-scB1", "--"]).args(&paths).output().unwrap();
+    assert!(out.status.success(), "du: {}", String::from_utf8_lossy(&out.stderr));
+    let total = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_owned();
+    total.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `len` bytes no file system can compress (xorshift from `seed`).
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[test]
+fn images_disk_counts_shared_layers_for_each_and_unique_is_what_rmi_frees() {
+    disk_use_is_what_du_sees("disk", None);
+}
+
+/// The same, with every image's root filesystem assembled as a tree of
+/// hard links to its layers' files (counted once, as du counts them).
+#[test]
+fn images_disk_counts_an_assembled_trees_links_once() {
+    disk_use_is_what_du_sees("disk-tree", Some("layered_rootfs = false"));
+}
+
+/// `ces images --disk` on two images that share a layer (one of them under
+/// two names), checked against du: in all, for each image, what `ces rmi`
+/// frees and what `ces gc` frees; images pushed as `pull/NAME-a` and
+/// `pull/NAME-b`, `storage` added to the store's settings.
+fn disk_use_is_what_du_sees(name: &str, storage: Option<&str>) {
+    let reg = anon();
+    let shared = Layer::new(busybox_entries());
+    // Own files of different sizes, so that one image's share cannot pass for the other's.
+    let a = ImageSpec::new(vec![shared.clone(), Layer::new(vec![Entry::file("a", noise(300 << 10, 1))])]).build();
+    let b = ImageSpec::new(vec![shared, Layer::new(vec![Entry::file("b", noise(40 << 10, 2))])]).build();
+    reg.push(&a, &format!("pull/{name}-a"), "1");
+    reg.push(&a, &format!("pull/{name}-a"), "2");
+    reg.push(&b, &format!("pull/{name}-b"), "1");
+    let sb = Sandbox::new(&[reg]);
+    if let Some(storage) = storage {
+        // The sandbox's config ends with its [storage] table.
+        sb.configure(storage);
+    }
+    let (ref_a, ref_a2, ref_b) = (
+        format!("{}/pull/{name}-a:1", reg.host()),
+        format!("{}/pull/{name}-a:2", reg.host()),
+        format!("{}/pull/{name}-b:1", reg.host()),
+    );
+    for reference in [&ref_a, &ref_b] {
+        sb.ces(&["pull", reference]).ok();
+    }
+    let tree = sb.store.join("rootfs").join(a.digest.strip_prefix("sha256:").unwrap());
+    assert_eq!(tree.is_dir(), storage.is_some(), "a tree only when asked for");
+    let disk = |sb: &Sandbox| -> serde_json::Value {
+        serde_json::from_str(sb.ces(&["images", "--disk", "--json"]).ok()).unwrap()
+    };
+    let field = |usage: &serde_json::Value, key: &str| usage[key].as_u64().unwrap();
+    let row = |usage: &serde_json::Value, reference: &str| -> (u64, u64) {
+        let images = usage["images"].as_array().unwrap();
+        let image = images.iter().find(|i| i["reference"] == reference).unwrap();
+        (image["disk"].as_u64().unwrap(), image["unique"].as_u64().unwrap())
+    };
+    let usage = disk(&sb);
+    assert_eq!(field(&usage, "total"), du_of_store_data(&sb), "{usage}");
+    assert_eq!((field(&usage, "reclaimable"), field(&usage, "unreadable")), (0, 0), "{usage}");
+    let ((disk_a, unique_a), (_, unique_b)) = (row(&usage, &ref_a), row(&usage, &ref_b));
+    assert!(unique_a > 300 << 10 && unique_b > 40 << 10 && unique_a > unique_b, "{usage}");
+    assert!(disk_a - unique_a > 500 << 10, "busybox (its blob and layer) counts for both: {usage}");
+    let table = sb.ces(&["images", "--disk"]);
+    assert!(table.ok().starts_with("REFERENCE"), "{}", table.stdout);
+    assert!(table.stdout.contains(&ref_a) && table.stdout.contains("UNIQUE"), "{}", table.stdout);
+
+    // Another name for the same image: removing either frees nothing.
+    sb.ces(&["pull", &ref_a2]).ok();
+    let usage = disk(&sb);
+    let names = |usage: &serde_json::Value| -> Vec<u64> {
+        usage["images"].as_array().unwrap().iter().map(|i| i["names"].as_u64().unwrap()).collect()
+    };
+    assert_eq!((row(&usage, &ref_a), row(&usage, &ref_a2)), ((disk_a, 0), (disk_a, 0)), "{usage}");
+    assert_eq!(names(&usage), [2, 1, 2], "{usage}");
+    assert!(sb.ces(&["images", "--disk"]).ok().contains("0 (2 names)"));
+    let before = du_of_store_data(&sb);
+    sb.ces(&["rmi", &ref_a2]).ok();
+    assert_eq!(du_of_store_data(&sb), before);
+
+    // What `ces rmi` frees: the image's UNIQUE, and what no image kept (a
+    // leftover blob), which its gc frees too.
+    let stray = sb.store.join("oci/blobs/sha256").join("ab".repeat(32));
+    std::fs::write(&stray, noise(64 << 10, 3)).unwrap();
+    let usage = disk(&sb);
+    let (_, unique_a) = row(&usage, &ref_a);
+    let before = du_of_store_data(&sb);
+    assert_eq!(field(&usage, "total"), before, "{usage}");
+    assert!(field(&usage, "reclaimable") >= 64 << 10, "{usage}");
+    sb.ces(&["rmi", &ref_a]).ok();
+    assert_eq!(before - du_of_store_data(&sb), unique_a + field(&usage, "reclaimable"), "{usage}");
+    assert!(!stray.exists());
+    // b alone: all of the store's data is b's.
+    let usage = disk(&sb);
+    let left = du_of_store_data(&sb);
+    assert_eq!((row(&usage, &ref_b), field(&usage, "total")), ((left, left), left), "{usage}");
+
+    // What `ces gc` frees: a leftover blob and a leftover layer.
+    std::fs::write(&stray, noise(64 << 10, 4)).unwrap();
+    let layer = sb.store.join("layers").join("cd".repeat(32));
+    std::fs::create_dir(&layer).unwrap();
+    std::fs::write(layer.join("x"), noise(20 << 10, 5)).unwrap();
+    let usage = disk(&sb);
+    let before = du_of_store_data(&sb);
+    assert!(field(&usage, "reclaimable") >= 84 << 10, "{usage}");
+    sb.ces(&["gc"]).ok();
+    assert!(!stray.exists() && !layer.exists());
+    assert_eq!(before - du_of_store_data(&sb), field(&usage, "reclaimable"), "{usage}");
+    assert_eq!(field(&disk(&sb), "reclaimable"), 0);
+}
+
 #[test]
 fn store_is_an_oci_layout_that_umoci_and_skopeo_read() {
     let reg = anon();

@@ -14,8 +14,11 @@ struct Row {
 }
 
 /// Prints the table (or JSON) on stdout.
-pub fn images(settings: &Settings, json: bool) -> anyhow::Result<()> {
+pub fn images(settings: &Settings, json: bool, disk: bool) -> anyhow::Result<()> {
     let store = settings.store()?;
+    if disk {
+        return disk_use(&store, json);
+    }
     let mut rows = Vec::new();
     for record in store.images()? {
         // The download size: manifest, config and layers as stored.
@@ -45,6 +48,46 @@ pub fn images(settings: &Settings, json: bool) -> anyhow::Result<()> {
             &short[..12.min(short.len())],
             human_bytes(row.size)
         );
+    }
+    Ok(())
+}
+
+/// `ces images --disk`: what each image takes on disk, and what removing
+/// it would free.
+fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
+    let usage = store.disk_use()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&usage)?);
+        return Ok(());
+    }
+    let width = usage.images.iter().map(|i| i.reference.len()).max().unwrap_or(0).max("REFERENCE".len());
+    println!("{:width$}  {:12}  {:>9}  {:>9}", "REFERENCE", "DIGEST", "DISK", "UNIQUE");
+    for image in &usage.images {
+        let short = image.digest.strip_prefix("sha256:").unwrap_or(&image.digest);
+        let unique = match image.names {
+            1 => human_bytes(image.unique),
+            n => format!("0 ({n} names)"),
+        };
+        println!(
+            "{:width$}  {:12}  {:>9}  {:>9}",
+            image.reference,
+            &short[..12.min(short.len())],
+            human_bytes(image.disk),
+            unique
+        );
+    }
+    println!(
+        "Store {}: {} in blobs, layers and root filesystems; {} of it kept by no image (`ces gc` frees it).",
+        store.root().display(),
+        human_bytes(usage.total),
+        human_bytes(usage.reclaimable)
+    );
+    println!(
+        "DISK counts what an image shares with others for each; UNIQUE is what `ces rmi` of it frees, \
+         besides what no image keeps (an image with several names: once its last name goes)."
+    );
+    if usage.unreadable > 0 {
+        println!("{} files or directories could not be read: the figures are lower bounds.", usage.unreadable);
     }
     Ok(())
 }
