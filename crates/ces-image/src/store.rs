@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -302,47 +302,83 @@ struct Walk {
 impl Walk {
     /// The blocks of `name` in `dir` and, for a directory, of everything
     /// under it (nothing followed; each file with several links once).
-    /// Relative to each directory's fd, so that no path grows past
-    /// `PATH_MAX`; a directory's names are read whole before going down,
-    /// so that one fd per level is open.
-    fn bytes_at(&mut self, dir: impl AsFd, name: &CStr) -> u64 {
+    /// Each directory is read by its fd, its names whole before going
+    /// down: no path length limits the walk, one fd per level is open
+    /// (a tree deeper than the open-file limit is counted in part, the
+    /// rest as unreadable), and the levels are kept on the heap.
+    fn bytes_at(&mut self, dir: BorrowedFd<'_>, name: &CStr) -> u64 {
+        let mut bytes = 0;
+        // The directories being read, each with the names left in it.
+        let mut stack: Vec<(OwnedFd, std::vec::IntoIter<CString>)> = Vec::new();
+        stack.extend(self.visit(dir, name, &mut bytes));
+        while let Some((fd, names)) = stack.last_mut() {
+            let Some(child) = names.next() else {
+                stack.pop();
+                continue;
+            };
+            let below = self.visit(fd.as_fd(), &child, &mut bytes);
+            stack.extend(below);
+        }
+        bytes
+    }
+
+    /// Counts `name` in `dir` into `bytes`; a directory to go into comes
+    /// back open, with its names. Something gone meanwhile counts as
+    /// nothing; something that cannot be read, as unreadable.
+    fn visit(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CStr,
+        bytes: &mut u64,
+    ) -> Option<(OwnedFd, std::vec::IntoIter<CString>)> {
         use rustix::fs::{AtFlags, FileType};
-        let Ok(stat) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
-            self.unreadable += 1;
-            return 0;
+        let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(e) => return self.failed(e),
         };
         let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
         if !is_dir && stat.st_nlink > 1 && !self.seen.insert((stat.st_dev, stat.st_ino)) {
-            return 0;
+            return None;
         }
-        let mut bytes = u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
-        if is_dir && stat.st_dev == self.dev {
-            match names_at(&dir, name) {
-                Some((fd, names)) => {
-                    for child in &names {
-                        bytes += self.bytes_at(&fd, child);
-                    }
+        *bytes += u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
+        if !is_dir || stat.st_dev != self.dev {
+            return None;
+        }
+        match names_at(dir, name) {
+            // The directory read is the one counted, not one put in its
+            // place meanwhile.
+            Ok((fd, names)) => match rustix::fs::fstat(&fd) {
+                Ok(opened) if (opened.st_dev, opened.st_ino) == (stat.st_dev, stat.st_ino) => {
+                    Some((fd, names.into_iter()))
                 }
-                None => self.unreadable += 1,
-            }
+                _ => self.failed(rustix::io::Errno::STALE),
+            },
+            Err(e) => self.failed(e),
         }
-        bytes
+    }
+
+    /// Counts an entry that could not be read, unless it is gone.
+    fn failed<T>(&mut self, error: rustix::io::Errno) -> Option<T> {
+        if error != rustix::io::Errno::NOENT {
+            self.unreadable += 1;
+        }
+        None
     }
 }
 
 /// Directory `name` in `dir` (not followed), open, and the names in it.
-fn names_at(dir: impl AsFd, name: &CStr) -> Option<(OwnedFd, Vec<CString>)> {
+fn names_at(dir: impl AsFd, name: &CStr) -> rustix::io::Result<(OwnedFd, Vec<CString>)> {
     use rustix::fs::{Mode, OFlags};
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::empty()).ok()?;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
     let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&fd).ok()? {
-        let name = entry.ok()?.file_name().to_owned();
+    for entry in rustix::fs::Dir::read_from(&fd)? {
+        let name = entry?.file_name().to_owned();
         if name.as_bytes() != b"." && name.as_bytes() != b".." {
             names.push(name);
         }
     }
-    Some((fd, names))
+    Ok((fd, names))
 }
 
 /// A lock on the whole store, released when dropped.
@@ -912,27 +948,33 @@ impl Store {
             (self.blobs_dir(), PartKind::Blob),
         ] {
             let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else { continue };
-            let Some((fd, names)) = names_at(rustix::fs::CWD, &path) else { continue };
+            let (fd, names) = match names_at(rustix::fs::CWD, &path) {
+                Ok(read) => read,
+                Err(e) => {
+                    walk.failed::<()>(e);
+                    continue;
+                }
+            };
             for name in names {
-                let hex = match dir == self.links_dir() {
-                    // A short name, the link to its layer's directory: the
-                    // layer's (`ces gc` removes it with the layer).
-                    true => match fs::read_link(dir.join(OsStr::from_bytes(name.as_bytes()))) {
-                        Ok(target) => target.file_name().map(|n| n.to_string_lossy().into_owned()),
-                        Err(_) => None,
-                    },
-                    false => {
-                        let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                let hex = if dir == self.links_dir() {
+                    // A short name: its layer's, which `ces gc` removes with
+                    // the layer (and, dangling, at once: nobody's); a link
+                    // elsewhere, or not a link, `ces gc` leaves.
+                    let Ok(target) = fs::read_link(dir.join(OsStr::from_bytes(name.as_bytes()))) else { continue };
+                    match (dir.join(&target).exists(), target.strip_prefix("../layers")) {
+                        (false, _) => String::new(),
+                        (true, Ok(hex)) => hex.to_string_lossy().into_owned(),
+                        (true, Err(_)) => continue,
+                    }
+                } else {
+                    let name = String::from_utf8_lossy(name.as_bytes()).into_owned();
+                    match kind {
                         // A layer's record goes with its directory.
-                        Some(match kind {
-                            PartKind::Layer => name.strip_suffix(".json").map(str::to_owned).unwrap_or(name),
-                            _ => name,
-                        })
+                        PartKind::Layer => name.strip_suffix(".json").map(str::to_owned).unwrap_or(name),
+                        _ => name,
                     }
                 };
-                // Not a link: not the store's (and not `ces gc`'s to remove).
-                let Some(hex) = hex else { continue };
-                let bytes = walk.bytes_at(&fd, &name);
+                let bytes = walk.bytes_at(fd.as_fd(), &name);
                 *sizes.entry((kind, hex)).or_default() += bytes;
             }
         }
@@ -2231,6 +2273,36 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use ces_testkit::misbehave::noise;
+
+    /// A tree whose paths are longer than `PATH_MAX` (300 levels of 20
+    /// bytes) with a file at the bottom and a link to it at the top: the
+    /// walk counts what GNU du counts, the linked file once, and a symbolic
+    /// link to the top directory is not followed.
+    #[test]
+    fn the_walk_counts_what_du_counts_past_path_max() {
+        use rustix::fs::{Mode, OFlags};
+        let top = tempfile::tempdir().unwrap();
+        let mut dir = rustix::fs::open(top.path(), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        for _ in 0..300 {
+            rustix::fs::mkdirat(&dir, "d".repeat(20), Mode::from_raw_mode(0o755)).unwrap();
+            dir = rustix::fs::openat(&dir, "d".repeat(20), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        let file =
+            rustix::fs::openat(&dir, "data", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o644)).unwrap();
+        rustix::io::write(&file, &noise(100 << 10, 9)).unwrap();
+        rustix::fs::linkat(&dir, "data", rustix::fs::CWD, top.path().join("link"), rustix::fs::AtFlags::empty())
+            .unwrap();
+        std::os::unix::fs::symlink(top.path(), top.path().join("up")).unwrap();
+        rustix::fs::sync();
+        let du = std::process::Command::new("du").arg("-sB1").arg(top.path()).output().unwrap();
+        assert!(du.status.success(), "{}", String::from_utf8_lossy(&du.stderr));
+        let du: u64 = String::from_utf8(du.stdout).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+        let mut walk = Walk { dev: fs::metadata(top.path()).unwrap().dev(), ..Walk::default() };
+        let path = CString::new(top.path().as_os_str().as_bytes()).unwrap();
+        assert_eq!(walk.bytes_at(rustix::fs::CWD, &path), du);
+        assert_eq!(walk.unreadable, 0);
+        assert!((100 << 10..2 * (100 << 10) + 301 * 8192).contains(&du), "the file once: {du}");
+    }
 
     /// How many layers an image kept as them may have: as many as fit in a
     /// page of `mount(2)` options (root's runs), or in `fsconfig(2)`'s

@@ -270,9 +270,9 @@ pub struct ImagesArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
-    /// Show the disk each image takes in the store (its unpacked layers and
-    /// blobs; those shared with other images count for each), what `ces
-    /// rmi` of it would free besides what `ces gc` would, and that.
+    /// Show the disk each image takes in the store (its blobs, unpacked
+    /// layers and root filesystem; what it shares with other images counts
+    /// for each), what `ces rmi` of it would free, and what `ces gc` would.
     #[arg(long)]
     pub disk: bool,
 }

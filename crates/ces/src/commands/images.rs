@@ -61,7 +61,7 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let width = usage.images.iter().map(|i| i.reference.len()).max().unwrap_or(0).max("REFERENCE".len());
-    println!("{:width$}  {:12}  {:>9}  {:>9}", "REFERENCE", "DIGEST", "DISK", "UNIQUE");
+    println!("{:width$}  {:12}  {:>9}  {:>11}", "REFERENCE", "DIGEST", "DISK", "UNIQUE");
     for image in &usage.images {
         let short = image.digest.strip_prefix("sha256:").unwrap_or(&image.digest);
         let unique = match image.names {
@@ -69,7 +69,7 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
             n => format!("0 ({n} names)"),
         };
         println!(
-            "{:width$}  {:12}  {:>9}  {:>9}",
+            "{:width$}  {:12}  {:>9}  {:>11}",
             image.reference,
             &short[..12.min(short.len())],
             human_bytes(image.disk),
@@ -83,8 +83,9 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
         human_bytes(usage.reclaimable)
     );
     println!(
-        "DISK counts what an image shares with others for each; UNIQUE is what `ces rmi` of it frees, \
-         besides what no image keeps (an image with several names: once its last name goes)."
+        "DISK includes what an image shares with others (so the column adds up to more than the store); \
+         UNIQUE is what `ces rmi` of it frees on top of what no image keeps (an image with several names: \
+         once its last name goes)."
     );
     if usage.unreadable > 0 {
         println!("{} files or directories could not be read: the figures are lower bounds.", usage.unreadable);
