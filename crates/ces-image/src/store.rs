@@ -924,8 +924,8 @@ impl Store {
     }
 
     /// What the store's data takes on disk (blocks, as `du` counts them:
-    /// a file with several links once; nothing followed, no mount
-    /// entered), per named image and in all. An unpacked layer is counted
+    /// a file with several links once; nothing followed, no other file
+    /// system entered), per named image and in all. An unpacked layer is counted
     /// as its directory, record and short name (`l/`); an image's root
     /// filesystem as what its tree adds to its layers (directories, and
     /// files that are not links to a layer's), with its `layered/` list.
