@@ -961,10 +961,11 @@ impl Store {
                     // the layer (and, dangling, at once: nobody's); a link
                     // elsewhere, or not a link, `ces gc` leaves.
                     let Ok(target) = fs::read_link(dir.join(OsStr::from_bytes(name.as_bytes()))) else { continue };
-                    match (dir.join(&target).exists(), target.strip_prefix("../layers")) {
+                    let hex = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    match (dir.join(&target).exists(), target == Self::link_target(&hex)) {
                         (false, _) => String::new(),
-                        (true, Ok(hex)) => hex.to_string_lossy().into_owned(),
-                        (true, Err(_)) => continue,
+                        (true, true) => hex,
+                        (true, false) => continue,
                     }
                 } else {
                     let name = String::from_utf8_lossy(name.as_bytes()).into_owned();

@@ -576,6 +576,37 @@ fn disk_use_is_what_du_sees(name: &str, storage: Option<&str>) {
     assert_eq!(field(&disk(&sb), "reclaimable"), 0);
 }
 
+/// Rootless, a directory of the user's store that the user cannot read (its
+/// mode changed by hand) is counted as nothing, and said to be: the figures
+/// are lower bounds, never passed off as the whole.
+#[test]
+fn images_disk_as_a_user_says_what_it_could_not_read() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root("switches to an unprivileged uid");
+    let reg = anon();
+    let image = ImageSpec::new(vec![Layer::new(busybox_entries())]).build();
+    reg.push(&image, "pull/disk-nobody", "1");
+    let sb = Sandbox::new(&[reg]);
+    pull_as_nobody(&sb, &format!("{}/pull/disk-nobody:1", reg.host())).ok();
+    let json = |run: common::Run| -> serde_json::Value { serde_json::from_str(run.ok()).unwrap() };
+    let whole = json(ces_as_nobody(&sb, &["images", "--disk", "--json"]));
+    assert_eq!(whole["unreadable"], 0, "{whole}");
+    let layer = sb.store.join("layers").join(&unpacked_layers(&sb)[0]);
+    std::fs::set_permissions(layer.join("bin"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let part = json(ces_as_nobody(&sb, &["images", "--disk", "--json"]));
+    std::fs::set_permissions(layer.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(part["unreadable"], 1, "{part}");
+    assert!(part["total"].as_u64().unwrap() < whole["total"].as_u64().unwrap(), "{part} {whole}");
+    std::fs::set_permissions(layer.join("bin"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let table = ces_as_nobody(&sb, &["images", "--disk"]);
+    std::fs::set_permissions(layer.join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        table.ok().contains("1 files or directories could not be read: the figures are lower bounds."),
+        "{}",
+        table.stdout
+    );
+}
+
 #[test]
 fn store_is_an_oci_layout_that_umoci_and_skopeo_read() {
     let reg = anon();
@@ -674,6 +705,12 @@ const NOBODY: u32 = 65534;
 /// `ces pull REFERENCE` as `nobody`, into a store of theirs (made on the
 /// first call).
 fn pull_as_nobody(sb: &Sandbox, reference: &str) -> common::Run {
+    ces_as_nobody(sb, &["pull", reference])
+}
+
+/// `ces ARGS` as the unprivileged user, with a store of its own (made, and
+/// given to it, if there is none yet).
+fn ces_as_nobody(sb: &Sandbox, args: &[&str]) -> common::Run {
     use std::os::unix::fs::PermissionsExt;
     // The unprivileged user needs to read the config and own its store.
     if !sb.store.exists() {
@@ -685,7 +722,7 @@ fn pull_as_nobody(sb: &Sandbox, reference: &str) -> common::Run {
     let nobody = NOBODY.to_string();
     let argv = ["--reuid", &nobody, "--regid", &nobody, "--clear-groups", "--"];
     let mut cmd = sb.command("setpriv", &argv);
-    cmd.args([common::user_bin(env!("CARGO_BIN_EXE_ces")), "pull", reference]);
+    cmd.arg(common::user_bin(env!("CARGO_BIN_EXE_ces"))).args(args);
     cmd.env("HOME", sb.dir.path());
     sb.run(cmd)
 }

@@ -37,19 +37,24 @@ pub fn images(settings: &Settings, json: bool, disk: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    let width = rows.iter().map(|r| r.reference.len()).max().unwrap_or(0).max("REFERENCE".len());
+    let width = reference_width(rows.iter().map(|r| r.reference.as_str()));
     println!("{:width$}  {:12}  {:>9}  PULLED", "REFERENCE", "DIGEST", "SIZE");
     for row in rows {
-        let short = row.digest.strip_prefix("sha256:").unwrap_or(&row.digest);
         let pulled = row.pulled_at.as_deref().map(|t| t.split('.').next().unwrap_or(t)).unwrap_or("-");
-        println!(
-            "{:width$}  {:12}  {:>9}  {pulled}",
-            row.reference,
-            &short[..12.min(short.len())],
-            human_bytes(row.size)
-        );
+        println!("{:width$}  {:12}  {:>9}  {pulled}", row.reference, short_digest(&row.digest), human_bytes(row.size));
     }
     Ok(())
+}
+
+/// The width of a table's REFERENCE column.
+fn reference_width<'a>(references: impl Iterator<Item = &'a str>) -> usize {
+    references.map(str::len).max().unwrap_or(0).max("REFERENCE".len())
+}
+
+/// A digest as the tables show it: its first 12 hex digits.
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..12.min(hex.len())]
 }
 
 /// `ces images --disk`: what each image takes on disk, and what removing
@@ -60,10 +65,9 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&usage)?);
         return Ok(());
     }
-    let width = usage.images.iter().map(|i| i.reference.len()).max().unwrap_or(0).max("REFERENCE".len());
+    let width = reference_width(usage.images.iter().map(|i| i.reference.as_str()));
     println!("{:width$}  {:12}  {:>9}  {:>11}", "REFERENCE", "DIGEST", "DISK", "UNIQUE");
     for image in &usage.images {
-        let short = image.digest.strip_prefix("sha256:").unwrap_or(&image.digest);
         let unique = match image.names {
             1 => human_bytes(image.unique),
             n => format!("0 ({n} names)"),
@@ -71,7 +75,7 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
         println!(
             "{:width$}  {:12}  {:>9}  {:>11}",
             image.reference,
-            &short[..12.min(short.len())],
+            short_digest(&image.digest),
             human_bytes(image.disk),
             unique
         );
