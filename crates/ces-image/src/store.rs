@@ -227,8 +227,13 @@ pub struct ImageRecord {
 pub struct GcStats {
     /// Blobs deleted.
     pub blobs: u64,
-    /// Bytes freed by deleting blobs.
-    pub bytes: u64,
+    /// What all it deleted took on disk, as du counts blocks (a file with
+    /// several links only where none is left), as [`Store::disk_use`]
+    /// counts what no image keeps.
+    pub freed: u64,
+    /// Files and directories deleted that could not be read first (not
+    /// counted in `freed`: where not 0, it is a lower bound).
+    pub unreadable: u64,
     /// Unpacked root filesystems deleted.
     pub rootfs: u64,
     /// Unpacked layers deleted (no image has them).
@@ -287,6 +292,16 @@ pub struct ImageDiskUse {
     pub unique: u64,
 }
 
+/// A file with several links, met in a tree whose removal is counted.
+struct Linked {
+    /// Its links met in the tree.
+    met: u64,
+    /// Its links in all.
+    links: u64,
+    /// Its blocks, in bytes.
+    bytes: u64,
+}
+
 /// A walk that counts blocks as `du` does ([`Walk::bytes_at`]).
 #[derive(Default)]
 struct Walk {
@@ -295,6 +310,9 @@ struct Walk {
     dev: u64,
     /// Files with more than one link, counted already.
     seen: HashSet<(u64, u64)>,
+    /// While counting what removing a tree frees ([`Walk::freed_at`]): its
+    /// files with more than one link, by device and inode.
+    linked: Option<HashMap<(u64, u64), Linked>>,
     /// Entries that could not be read (counted as nothing).
     unreadable: u64,
 }
@@ -322,6 +340,29 @@ impl Walk {
         bytes
     }
 
+    /// What removing `name` in `dir` (a whole tree) would free, as du counts
+    /// blocks: a file with several links only if they are all in the tree.
+    /// (A file whose other links went with trees removed before is down to
+    /// one link by then, and counts.)
+    fn freed_at(&mut self, dir: BorrowedFd<'_>, name: &CStr) -> u64 {
+        self.linked = Some(HashMap::new());
+        let bytes = self.bytes_at(dir, name);
+        let linked = self.linked.take().unwrap_or_default();
+        bytes + linked.into_values().filter(|file| file.met == file.links).map(|file| file.bytes).sum::<u64>()
+    }
+
+    /// [`Walk::freed_at`] for a path (its parent resolved as usual: the
+    /// store's own directories).
+    fn freed(&mut self, path: &Path) -> u64 {
+        use rustix::fs::{Mode, OFlags};
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { return 0 };
+        let Ok(name) = CString::new(name.as_bytes()) else { return 0 };
+        match rustix::fs::open(parent, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => self.freed_at(fd.as_fd(), &name),
+            Err(e) => self.failed(e).unwrap_or(0),
+        }
+    }
+
     /// Counts `name` in `dir` into `bytes`; a directory to go into comes
     /// back open, with its names. Something gone meanwhile counts as
     /// nothing; something that cannot be read, as unreadable.
@@ -337,10 +378,20 @@ impl Walk {
             Err(e) => return self.failed(e),
         };
         let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
-        if !is_dir && stat.st_nlink > 1 && !self.seen.insert((stat.st_dev, stat.st_ino)) {
-            return None;
+        let blocks = u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
+        if !is_dir && stat.st_nlink > 1 {
+            if let Some(linked) = &mut self.linked {
+                // Counted at the end, if every link was met.
+                #[allow(clippy::unnecessary_cast)] // (`nlink_t` is narrower on some targets)
+                let links = stat.st_nlink as u64;
+                linked.entry((stat.st_dev, stat.st_ino)).or_insert(Linked { met: 0, links, bytes: blocks }).met += 1;
+                return None;
+            }
+            if !self.seen.insert((stat.st_dev, stat.st_ino)) {
+                return None;
+            }
         }
-        *bytes += u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
+        *bytes += blocks;
         if !is_dir || stat.st_dev != self.dev {
             return None;
         }
@@ -809,21 +860,23 @@ impl Store {
             live_manifests.insert(record.digest.hex().to_owned());
         }
         let mut stats = GcStats::default();
+        // What each thing takes is counted just before it goes.
+        let mut walk = Walk { dev: fs::metadata(&self.root).map_err(io_err(&self.root))?.dev(), ..Walk::default() };
         let blobs = self.blobs_dir();
         for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
             let entry = entry.map_err(io_err(&blobs))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !live_blobs.contains(&name) {
-                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                stats.freed += walk.freed(&entry.path());
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                 stats.blobs += 1;
-                stats.bytes += size;
             }
         }
         let rootfs = self.root.join("rootfs");
         for entry in fs::read_dir(&rootfs).map_err(io_err(&rootfs))? {
             let entry = entry.map_err(io_err(&rootfs))?;
             if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                stats.freed += walk.freed(&entry.path());
                 remove_tree(&entry.path())?;
                 stats.rootfs += 1;
             }
@@ -832,6 +885,7 @@ impl Store {
         for entry in fs::read_dir(&merged).map_err(io_err(&merged))? {
             let entry = entry.map_err(io_err(&merged))?;
             if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                stats.freed += walk.freed(&entry.path());
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
@@ -839,6 +893,7 @@ impl Store {
         for entry in fs::read_dir(&layered).map_err(io_err(&layered))? {
             let entry = entry.map_err(io_err(&layered))?;
             if !live_manifests.contains(&*entry.file_name().to_string_lossy()) {
+                stats.freed += walk.freed(&entry.path());
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
                 stats.rootfs += 1;
             }
@@ -856,6 +911,7 @@ impl Store {
             // The record first, then the directory moved out of the way: a
             // gc stopped half-way leaves no record naming a half-deleted layer.
             let record = layers.join(format!("{hex}.json"));
+            stats.freed += walk.freed(&record);
             match fs::remove_file(&record) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -863,6 +919,7 @@ impl Store {
             }
             let dir = layers.join(&hex);
             if dir.exists() {
+                stats.freed += walk.freed(&dir);
                 let doomed = self.temp_path("gc-layer");
                 fs::rename(&dir, &doomed).map_err(io_err(&dir))?;
                 remove_tree(&doomed)?;
@@ -877,6 +934,7 @@ impl Store {
         let links = self.links_dir();
         for entry in fs::read_dir(&links).map_err(io_err(&links))?.flatten() {
             if fs::read_link(entry.path()).is_ok_and(|target| !links.join(target).exists()) {
+                stats.freed += walk.freed(&entry.path());
                 fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
             }
         }
@@ -893,6 +951,7 @@ impl Store {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        stats.unreadable = walk.unreadable;
         Ok(stats)
     }
 

@@ -64,6 +64,11 @@ pub fn human_bytes(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// `n` of a thing, in words: `1 blob`, `3 blobs`.
+pub fn counted(n: u64, thing: &str) -> String {
+    if n == 1 { format!("1 {thing}") } else { format!("{n} {thing}s") }
+}
+
 /// Memory in binary units, the largest that fits (`512.0 MiB`, `4.0 GiB`),
 /// as `ces test` reports use and peak use.
 pub fn binary_bytes(bytes: u64) -> String {

@@ -460,6 +460,21 @@ fn du_of_store_data(sb: &Sandbox) -> u64 {
     total.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// Checks that `ces rmi` or `ces gc` said it freed `dropped` bytes of disk
+/// (du's drop), to its rounding (`412.3 kB`: within 50 bytes).
+fn says_it_freed(run: &common::Run, dropped: u64) {
+    let said = run.stderr.split(": ").last().and_then(|s| s.split(" of disk freed").next()).unwrap_or_default();
+    let (value, unit) = said.split_once(' ').unwrap_or_default();
+    let unit: f64 = match unit {
+        "B" => 1.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        other => panic!("no size said ({other:?}): {}", run.stderr),
+    };
+    let value: f64 = value.parse().unwrap_or_else(|_| panic!("no size said: {}", run.stderr));
+    assert!((value * unit - dropped as f64).abs() <= unit / 20.0, "du freed {dropped} bytes: {}", run.stderr);
+}
+
 #[test]
 fn images_disk_counts_shared_layers_for_each_and_unique_is_what_rmi_frees() {
     disk_use_is_what_du_sees("disk", None);
@@ -480,7 +495,7 @@ fn images_disk_counts_a_store_without_layer_blobs() {
 
 /// `ces images --disk` on two images that share a layer (one of them under
 /// two names), checked against du: in all, for each image, what `ces rmi`
-/// frees and what `ces gc` frees; images pushed as `pull/NAME-a` and
+/// frees and what `ces gc` frees (and what each says it freed); images pushed as `pull/NAME-a` and
 /// `pull/NAME-b`, `storage` added to the store's settings. (Where the
 /// sandbox is on a tmpfs, as in `scripts/check-fresh`, directories and
 /// short symbolic links take no blocks: there the checks cover files only.)
@@ -542,8 +557,10 @@ fn disk_use_is_what_du_sees(name: &str, storage: Option<&str>) {
     assert_eq!(names(&usage), [2, 1, 2], "{usage}");
     assert!(sb.ces(&["images", "--disk"]).ok().contains("0 (2 names)"));
     let before = du_of_store_data(&sb);
-    sb.ces(&["rmi", &ref_a2]).ok();
+    let removed = sb.ces(&["rmi", &ref_a2]);
+    removed.ok();
     assert_eq!(du_of_store_data(&sb), before);
+    says_it_freed(&removed, 0);
 
     // What `ces rmi` frees: the image's UNIQUE, and what no image kept (a
     // leftover blob), which its gc frees too.
@@ -554,8 +571,11 @@ fn disk_use_is_what_du_sees(name: &str, storage: Option<&str>) {
     let before = du_of_store_data(&sb);
     assert_eq!(field(&usage, "total"), before, "{usage}");
     assert!(field(&usage, "reclaimable") >= 64 << 10, "{usage}");
-    sb.ces(&["rmi", &ref_a]).ok();
-    assert_eq!(before - du_of_store_data(&sb), unique_a + field(&usage, "reclaimable"), "{usage}");
+    let removed = sb.ces(&["rmi", &ref_a]);
+    removed.ok();
+    let dropped = before - du_of_store_data(&sb);
+    assert_eq!(dropped, unique_a + field(&usage, "reclaimable"), "{usage}");
+    says_it_freed(&removed, dropped);
     assert!(!stray.exists());
     // b alone: all of the store's data is b's.
     let usage = disk(&sb);
@@ -567,12 +587,17 @@ fn disk_use_is_what_du_sees(name: &str, storage: Option<&str>) {
     let layer = sb.store.join("layers").join("cd".repeat(32));
     std::fs::create_dir(&layer).unwrap();
     std::fs::write(layer.join("x"), noise(20 << 10, 5)).unwrap();
+    // A file linked twice, both links in what goes: it is freed, once.
+    std::fs::hard_link(layer.join("x"), layer.join("y")).unwrap();
     let usage = disk(&sb);
     let before = du_of_store_data(&sb);
     assert!(field(&usage, "reclaimable") >= 84 << 10, "{usage}");
-    sb.ces(&["gc"]).ok();
+    let collected = sb.ces(&["gc"]);
+    collected.ok();
     assert!(!stray.exists() && !layer.exists());
-    assert_eq!(before - du_of_store_data(&sb), field(&usage, "reclaimable"), "{usage}");
+    let dropped = before - du_of_store_data(&sb);
+    assert_eq!(dropped, field(&usage, "reclaimable"), "{usage}");
+    says_it_freed(&collected, dropped);
     assert_eq!(field(&disk(&sb), "reclaimable"), 0);
 }
 

@@ -1,6 +1,6 @@
 //! `ces rmi`: forget images; `ces gc`: delete what no image uses.
 
-use crate::printer::{Printer, human_bytes};
+use crate::printer::{Printer, counted, human_bytes};
 use crate::settings::Settings;
 
 /// Removes each image's name, then collects unreferenced blobs and rootfs.
@@ -25,11 +25,15 @@ pub fn gc(settings: &Settings, printer: &Printer) -> anyhow::Result<()> {
 }
 
 fn report(printer: &Printer, stats: &ces_image::store::GcStats) {
+    let unread = match stats.unreadable {
+        0 => String::new(),
+        n => format!(" at least ({n} files or directories could not be read first)"),
+    };
     printer.status(format!(
-        "Deleted {} blobs ({}), {} unpacked filesystems and {} unpacked layers",
-        stats.blobs,
-        human_bytes(stats.bytes),
-        stats.rootfs,
-        stats.layers
+        "Deleted {}, {} and {}: {} of disk freed{unread}",
+        counted(stats.blobs, "blob"),
+        counted(stats.rootfs, "unpacked filesystem"),
+        counted(stats.layers, "unpacked layer"),
+        human_bytes(stats.freed)
     ));
 }
