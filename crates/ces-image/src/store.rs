@@ -30,6 +30,7 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use oci_spec::image::{
     Descriptor, DescriptorBuilder, ImageConfiguration, ImageIndex, ImageIndexBuilder, ImageManifest, MediaType,
@@ -227,12 +228,14 @@ pub struct ImageRecord {
 pub struct GcStats {
     /// Blobs deleted.
     pub blobs: u64,
-    /// What all it deleted took on disk, as du counts blocks (a file with
-    /// several links only where none is left), as [`Store::disk_use`]
-    /// counts what no image keeps.
+    /// What all it deleted took on disk (the leftovers of interrupted
+    /// writes that taking the store alone removed included), as du counts
+    /// blocks, but a file with several links only when its last link goes.
+    /// ([`Store::disk_use`] counts such a file once wherever it is: the two
+    /// differ only where a file is linked from outside the store.)
     pub freed: u64,
-    /// Files and directories deleted that could not be read first (not
-    /// counted in `freed`: where not 0, it is a lower bound).
+    /// Files and directories deleted that could not be counted (where not
+    /// 0, `freed` is a lower bound).
     pub unreadable: u64,
     /// Unpacked root filesystems deleted.
     pub rootfs: u64,
@@ -298,8 +301,6 @@ struct Linked {
     met: u64,
     /// Its links in all.
     links: u64,
-    /// Its blocks, in bytes.
-    bytes: u64,
 }
 
 /// A walk that counts blocks as `du` does ([`Walk::bytes_at`]).
@@ -347,8 +348,8 @@ impl Walk {
     fn freed_at(&mut self, dir: BorrowedFd<'_>, name: &CStr) -> u64 {
         self.linked = Some(HashMap::new());
         let bytes = self.bytes_at(dir, name);
-        let linked = self.linked.take().unwrap_or_default();
-        bytes + linked.into_values().filter(|file| file.met == file.links).map(|file| file.bytes).sum::<u64>()
+        self.linked = None;
+        bytes
     }
 
     /// [`Walk::freed_at`] for a path (its parent resolved as usual: the
@@ -381,10 +382,16 @@ impl Walk {
         let blocks = u64::try_from(stat.st_blocks).unwrap_or(0) * 512;
         if !is_dir && stat.st_nlink > 1 {
             if let Some(linked) = &mut self.linked {
-                // Counted at the end, if every link was met.
+                // Counted when its last link is met.
+                let key = (stat.st_dev, stat.st_ino);
                 #[allow(clippy::unnecessary_cast)] // (`nlink_t` is narrower on some targets)
                 let links = stat.st_nlink as u64;
-                linked.entry((stat.st_dev, stat.st_ino)).or_insert(Linked { met: 0, links, bytes: blocks }).met += 1;
+                let file = linked.entry(key).or_insert(Linked { met: 0, links });
+                file.met += 1;
+                if file.met >= file.links {
+                    linked.remove(&key);
+                    *bytes += blocks;
+                }
                 return None;
             }
             if !self.seen.insert((stat.st_dev, stat.st_ino)) {
@@ -437,6 +444,9 @@ fn names_at(dir: impl AsFd, name: &CStr) -> rustix::io::Result<(OwnedFd, Vec<CSt
 pub struct StoreLock {
     _file: File,
     exclusive: bool,
+    /// What removing the leftovers of interrupted writes freed (taken
+    /// exclusively), and what could not be counted, until a gc reports it.
+    cleaned: Mutex<(u64, u64)>,
 }
 
 /// The image store at a root directory.
@@ -618,24 +628,29 @@ impl Store {
             self.clean_tmp()?;
         }
         rustix::fs::flock(&file, FlockOperation::LockShared).map_err(|e| io_err(&path)(e.into()))?;
-        Ok(StoreLock { _file: file, exclusive: false })
+        Ok(StoreLock { _file: file, exclusive: false, cleaned: Mutex::default() })
     }
 
     /// Takes the store lock exclusively (waits for writers), for `rmi` and `gc`.
     pub fn lock_exclusive(&self) -> Result<StoreLock> {
         let file = self.flock(&self.root.join("lock"), FlockOperation::LockExclusive)?;
-        self.clean_tmp()?;
-        Ok(StoreLock { _file: file, exclusive: true })
+        let cleaned = self.clean_tmp()?;
+        Ok(StoreLock { _file: file, exclusive: true, cleaned: Mutex::new(cleaned) })
     }
 
-    fn clean_tmp(&self) -> Result<()> {
+    /// Removes what interrupted writes left; what that freed, and what
+    /// could not be counted.
+    fn clean_tmp(&self) -> Result<(u64, u64)> {
         let tmp = self.tmp_dir();
+        let mut walk = Walk { dev: fs::metadata(&tmp).map_err(io_err(&tmp))?.dev(), ..Walk::default() };
+        let mut freed = 0;
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();
             tracing::debug!(path = %path.display(), "removing leftover of an interrupted write");
+            freed += walk.freed(&path);
             remove_tree(&path)?;
         }
-        Ok(())
+        Ok((freed, walk.unreadable))
     }
 
     fn index_lock(&self) -> Result<File> {
@@ -859,8 +874,9 @@ impl Store {
             live_layers.extend(kept.layers);
             live_manifests.insert(record.digest.hex().to_owned());
         }
-        let mut stats = GcStats::default();
         // What each thing takes is counted just before it goes.
+        let (cleaned, uncounted) = std::mem::take(&mut *lock.cleaned.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut stats = GcStats { freed: cleaned, ..GcStats::default() };
         let mut walk = Walk { dev: fs::metadata(&self.root).map_err(io_err(&self.root))?.dev(), ..Walk::default() };
         let blobs = self.blobs_dir();
         for entry in fs::read_dir(&blobs).map_err(io_err(&blobs))? {
@@ -951,7 +967,7 @@ impl Store {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        stats.unreadable = walk.unreadable;
+        stats.unreadable = uncounted + walk.unreadable;
         Ok(stats)
     }
 

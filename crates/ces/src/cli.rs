@@ -56,11 +56,11 @@ pub enum Command {
     /// Run an image as the TRE would and report whether it is ready: network attempts, outputs, findings.
     #[command(override_usage = "ces test [OPTIONS] IMAGE [ARGS]...", after_help = TEST_AFTER_HELP)]
     Test(TestArgs),
-    /// Remove images from the store (blobs no longer used are deleted).
+    /// Remove images from the store (what no image uses any more is deleted, and the disk freed said).
     Rmi(RmiArgs),
     /// Import an OCI archive or a `docker save` tarball (images brought in through an airlock).
     Load(LoadArgs),
-    /// Delete blobs, unpacked layers and unpacked filesystems that no image uses.
+    /// Delete blobs, unpacked layers and unpacked filesystems that no image uses, and say the disk freed.
     Gc,
     /// Read and check the audit log of pulls, loads and runs.
     #[command(subcommand)]

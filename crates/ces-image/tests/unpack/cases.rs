@@ -144,8 +144,20 @@ impl Fixture {
                 .status()
                 .expect("run mount");
             assert!(status.success(), "mount -o {options}");
+            // Unmounted however this ends (a failed read panics), so that
+            // no test leaves a mount behind on the host.
+            struct Mounted<'a>(Option<&'a Path>);
+            impl Drop for Mounted<'_> {
+                fn drop(&mut self) {
+                    if let Some(target) = self.0 {
+                        let _ = std::process::Command::new("umount").arg("-l").arg(target).status();
+                    }
+                }
+            }
+            let mut mounted = Mounted(Some(target.path()));
             let mut seen = BTreeMap::new();
             snapshot(target.path(), Path::new(""), &mut seen);
+            mounted.0 = None;
             let unmounted = std::process::Command::new("umount").arg(target.path()).status().expect("run umount");
             assert!(unmounted.success());
             let relative = |map: BTreeMap<PathBuf, Seen>, base: &Path| -> BTreeMap<PathBuf, Seen> {

@@ -25,12 +25,13 @@ pub fn gc(settings: &Settings, printer: &Printer) -> anyhow::Result<()> {
 }
 
 fn report(printer: &Printer, stats: &ces_image::store::GcStats) {
-    let unread = match stats.unreadable {
-        0 => String::new(),
-        n => format!(" at least ({n} files or directories could not be read first)"),
+    let (at_least, uncounted) = match stats.unreadable {
+        0 => ("", String::new()),
+        1 => ("at least ", " (1 file or directory could not be counted)".to_owned()),
+        n => ("at least ", format!(" ({n} files or directories could not be counted)")),
     };
     printer.status(format!(
-        "Deleted {}, {} and {}: {} of disk freed{unread}",
+        "Deleted {}, {} and {}: {at_least}{} of disk freed{uncounted}",
         counted(stats.blobs, "blob"),
         counted(stats.rootfs, "unpacked filesystem"),
         counted(stats.layers, "unpacked layer"),
