@@ -76,6 +76,13 @@ pub enum StoreError {
         /// The file being written.
         path: PathBuf,
     },
+    /// The user's (or group's) disk quota on the file system holding the
+    /// store is used up, whatever room the disk has.
+    #[error("disk quota exceeded on the file system holding {}", path.display())]
+    QuotaExceeded {
+        /// The file being written.
+        path: PathBuf,
+    },
     /// Content does not hash to the digest it was announced with.
     #[error("content of {expected} does not match its digest (got {actual})")]
     DigestMismatch {
@@ -192,14 +199,20 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Maps an I/O error to a [`StoreError`] about `path` (`ENOSPC` becomes [`StoreError::DiskFull`]).
+/// Maps an I/O error to a [`StoreError`] about `path` (`ENOSPC` becomes
+/// [`StoreError::DiskFull`], `EDQUOT` [`StoreError::QuotaExceeded`]).
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| {
-        if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
-            StoreError::DiskFull { path: path.to_owned() }
-        } else {
-            StoreError::Io { path: path.to_owned(), source }
-        }
+    move |source| space_error(source.raw_os_error(), path).unwrap_or(StoreError::Io { path: path.to_owned(), source })
+}
+
+/// The error for a write to `path` that failed with `errno`, if it is one
+/// of running out of space (the disk's or the quota's).
+fn space_error(errno: Option<i32>, path: &Path) -> Option<StoreError> {
+    use rustix::io::Errno;
+    match errno? {
+        code if code == Errno::NOSPC.raw_os_error() => Some(StoreError::DiskFull { path: path.to_owned() }),
+        code if code == Errno::DQUOT.raw_os_error() => Some(StoreError::QuotaExceeded { path: path.to_owned() }),
+        _ => None,
     }
 }
 
@@ -1384,11 +1397,7 @@ impl Store {
             ..Default::default()
         };
         unpack::link_layer(root, &dir, &made, options).map(drop).map_err(|source| {
-            if source.is_disk_full() {
-                StoreError::DiskFull { path: root.to_owned() }
-            } else {
-                StoreError::Unpack { layer: blob.clone(), source }
-            }
+            space_error(source.out_of_space(), root).unwrap_or(StoreError::Unpack { layer: blob.clone(), source })
         })
     }
 
@@ -2041,10 +2050,8 @@ impl LayerStream {
     fn unpack_error(&self, source: UnpackError, dest: &Path) -> StoreError {
         if self.exceeded.load(Ordering::Relaxed) {
             StoreError::UnpackedTooLarge { limit: self.limit }
-        } else if source.is_disk_full() {
-            StoreError::DiskFull { path: dest.to_owned() }
         } else {
-            StoreError::Unpack { layer: self.layer.clone(), source }
+            space_error(source.out_of_space(), dest).unwrap_or(StoreError::Unpack { layer: self.layer.clone(), source })
         }
     }
 

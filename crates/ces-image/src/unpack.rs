@@ -229,16 +229,17 @@ pub enum UnpackError {
 }
 
 impl UnpackError {
-    /// Whether the file system (or the user's quota) ran out of space while
-    /// the layer was written: the layer is fine, the disk is not.
-    pub fn is_disk_full(&self) -> bool {
+    /// The error number, where the file system (`ENOSPC`) or the user's
+    /// quota (`EDQUOT`) ran out of space while the layer was written: the
+    /// layer is fine, the disk is not.
+    pub fn out_of_space(&self) -> Option<i32> {
         let source = match self {
             UnpackError::Io { source, .. } | UnpackError::Link { source, .. } | UnpackError::Root { source, .. } => {
                 source
             }
-            _ => return false,
+            _ => return None,
         };
-        matches!(source.raw_os_error(), Some(code) if code == Errno::NOSPC.raw_os_error() || code == Errno::DQUOT.raw_os_error())
+        source.raw_os_error().filter(|&code| code == Errno::NOSPC.raw_os_error() || code == Errno::DQUOT.raw_os_error())
     }
 }
 

@@ -64,6 +64,7 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "mount",
     "e2fsprogs",
+    "quota",
 ];
 
 /// Customizes the installed root (`$1`): the user, lingering, the payload

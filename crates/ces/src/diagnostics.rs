@@ -316,6 +316,9 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         StoreError::DiskFull { .. } => {
             vec!["free some space (ces gc, ces rmi), or set [storage] root to a larger disk".into()]
         }
+        StoreError::QuotaExceeded { .. } => vec![
+            "free some of your quota (ces images --disk shows what each image takes; ces rmi IMAGE, ces gc), set [storage] keep_layer_blobs = false (a store about a quarter smaller), or set [storage] root to a file system where you have room".into(),
+        ],
         StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
         StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
         StoreError::Unpack { source: ces_image::unpack::UnpackError::Escape { .. }, .. } => vec![

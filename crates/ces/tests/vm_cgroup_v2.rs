@@ -18,8 +18,8 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ces_testkit::busybox_image;
 use ces_testkit::vm::{Boot, Image, last_lines};
+use ces_testkit::{Compression, Entry, ImageSpec, Layer, busybox_image};
 
 /// The image the scenarios load (`ces load`) and run.
 const IMAGE: &str = "ghcr.io/ces-tre/busybox:1.0";
@@ -73,7 +73,25 @@ fn write_payload(dir: &Path) -> std::io::Result<()> {
     mode(&archive, 0o644)?;
     let archive = dir.join("many.tar");
     ces_testkit::many_layers_image(MANY_LAYERS).build().write_oci_archive(&archive, MANY);
-    mode(&archive, 0o644)
+    mode(&archive, 0o644)?;
+    // For a store over its quota (1 MiB): a layer of 2 MiB that does not
+    // compress, and one of 8 MiB of zeros (a few KiB compressed).
+    let mut state = 0x9e37_79b9_u32;
+    let noise: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        })
+        .collect();
+    for (name, content) in [("noise", noise), ("zeros", vec![0; 8 << 20])] {
+        let layer = Layer::new(vec![Entry::file(name, content)]).compressed(Compression::Gzip);
+        let archive = dir.join(format!("{name}.tar"));
+        ImageSpec::new(vec![layer]).build().write_oci_archive(&archive, &format!("ghcr.io/ces-tre/{name}:1.0"));
+        mode(&archive, 0o644)?;
+    }
+    Ok(())
 }
 
 /// Where a scenario ran.
@@ -336,6 +354,35 @@ fn many_layers(ctx: Ctx) {
         !ces_image::rootfs::version_at_least(kernel, (6, 8)),
         "a kernel without lowerdir+, where the numbered links are needed: {s}"
     );
+}
+
+/// Rootless, over the disk quota of the store's file system: the blob of a
+/// layer that does not compress, and a layer that inflates past it, each
+/// fail saying the quota ran out (not a bare `os error 122`, nor a full
+/// disk), with what to do, and leave no image and nothing in the store's
+/// `tmp/`. (Root is not held to quotas.)
+fn over_quota(ctx: Ctx) {
+    for name in ["quota-blob", "quota-unpack"] {
+        let s = scenario(ctx, name);
+        s.assert_exit(125);
+        assert!(s.err.contains("disk quota exceeded on the file system holding /srv/quota/analyst/"), "{s}");
+        assert!(s.err.contains("hint: free some of your quota (ces images --disk"), "{s}");
+    }
+    let s = scenario(ctx, "quota-unpack");
+    assert!(s.err.contains("/tmp/layer-"), "the layer's unpacking ran out: {s}");
+    assert_eq!(Scenario::value(&s.host, "images"), Some("[]"), "{s}");
+    assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");
+}
+
+mod over_quota {
+    #[test]
+    fn rootless_login_session() {
+        super::over_quota(super::Ctx::Login)
+    }
+    #[test]
+    fn rootless_user_service() {
+        super::over_quota(super::Ctx::UserService)
+    }
 }
 
 /// One test per check and context, so a failure names both.

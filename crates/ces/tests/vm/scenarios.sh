@@ -178,4 +178,19 @@ sc gpu "$CES" run --gpu 1 "$IMG" sh -c '
     echo "env=$EXAMPLE_DRIVER"
     cat /dev/cdi-hook-mark'
 
+# Rootless, a store where analyst's disk quota (1 MiB, set by run) is too
+# small: for an incompressible layer's blob, and for a layer that inflates
+# past it. Each fails with what ran out and leaves nothing behind.
+if [ "$(id -u)" != 0 ]; then
+    # (The machine's policy takes no --config: the store is moved the XDG way.)
+    q=/srv/quota/analyst/$(basename "$OUT")
+    sc quota-blob env XDG_DATA_HOME="$q" "$CES" load /payload/noise.tar
+    sc quota-unpack env XDG_DATA_HOME="$q" "$CES" load /payload/zeros.tar
+    {
+        echo "images=$(XDG_DATA_HOME="$q" "$CES" images --json | tr -d ' \n')"
+        echo "tmp left=$(ls -A "$q/ces/tmp" 2>&1 | tr '\n' ' ')"
+    } > "$OUT/quota-unpack.host" 2>&1
+    rm -rf "$q"
+fi
+
 echo "== done at $(cut -d' ' -f1 /proc/uptime) s"
