@@ -364,17 +364,10 @@ fn two_concurrent_pulls_of_one_image_both_succeed_with_one_consistent_copy() {
 fn pull_killed_mid_download_leaves_a_consistent_store_and_the_next_pull_completes() {
     let reg = anon();
     // Incompressible, so the download takes long enough to be caught in flight.
-    let mut state = 0x2545_f491_u32;
-    let noise: Vec<u8> = (0..64_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect();
-    let image =
-        ImageSpec::new(vec![Layer::new(vec![Entry::file("noise", noise)]).compressed(Compression::None)]).build();
+    let image = ImageSpec::new(vec![
+        Layer::new(vec![Entry::file("noise", noise(64_000_000, 0x2545_f491))]).compressed(Compression::None),
+    ])
+    .build();
     reg.push(&image, "pull/killed", "1");
     let sb = Sandbox::new(&[reg]);
     let reference = format!("{}/pull/killed:1", reg.host());

@@ -76,16 +76,7 @@ fn write_payload(dir: &Path) -> std::io::Result<()> {
     mode(&archive, 0o644)?;
     // For a store over its quota (1 MiB): a layer of 2 MiB that does not
     // compress, and one of 8 MiB of zeros (a few KiB compressed).
-    let mut state = 0x9e37_79b9_u32;
-    let noise: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as u8
-        })
-        .collect();
-    for (name, content) in [("noise", noise), ("zeros", vec![0; 8 << 20])] {
+    for (name, content) in [("noise", ces_testkit::misbehave::noise(2 << 20, 7)), ("zeros", vec![0; 8 << 20])] {
         let layer = Layer::new(vec![Entry::file(name, content)]).compressed(Compression::Gzip);
         let archive = dir.join(format!("{name}.tar"));
         ImageSpec::new(vec![layer]).build().write_oci_archive(&archive, &format!("ghcr.io/ces-tre/{name}:1.0"));
