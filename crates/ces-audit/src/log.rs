@@ -139,8 +139,15 @@ impl AuditLog {
         let mut bytes = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
         bytes.push(b'\n');
         // One write: with O_APPEND and the lock, the record lands whole, after the last.
-        let written = file.write(&bytes).map_err(self.io("write"))?;
-        if written != bytes.len() {
+        let before = file.metadata().map_err(self.io("read"))?.len();
+        let written = file.write(&bytes);
+        if !written.as_ref().is_ok_and(|&n| n == bytes.len()) {
+            // A disk or a quota that fills up takes part of the record: the
+            // part goes (the lock is still held), so that the log still
+            // ends with its last whole record and takes the next once there
+            // is room, rather than being damaged for good.
+            let _ = file.set_len(before);
+            let written = written.map_err(self.io("write"))?;
             return Err(AuditError::ShortWrite { path: self.path.clone(), written, len: bytes.len() });
         }
         file.sync_data().map_err(self.io("sync"))?;

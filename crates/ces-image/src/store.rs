@@ -2357,6 +2357,24 @@ mod tests {
     use super::*;
     use ces_testkit::misbehave::noise;
 
+    /// A write that fails for want of room says which room: the disk's or
+    /// the quota's; any other failure stays what it was.
+    #[test]
+    fn running_out_of_room_is_told_apart_from_other_write_errors() {
+        let failed = |errno: rustix::io::Errno| {
+            io_err(Path::new("/s/tmp/f"))(io::Error::from_raw_os_error(errno.raw_os_error()))
+        };
+        assert!(matches!(failed(rustix::io::Errno::NOSPC), StoreError::DiskFull { .. }));
+        assert!(matches!(failed(rustix::io::Errno::DQUOT), StoreError::QuotaExceeded { .. }));
+        assert!(matches!(failed(rustix::io::Errno::IO), StoreError::Io { .. }));
+        let unpacking = |errno: rustix::io::Errno| unpack::UnpackError::Io {
+            path: "x".into(),
+            source: io::Error::from_raw_os_error(errno.raw_os_error()),
+        };
+        assert_eq!(unpacking(rustix::io::Errno::DQUOT).out_of_space(), Some(rustix::io::Errno::DQUOT.raw_os_error()));
+        assert_eq!(unpacking(rustix::io::Errno::ACCESS).out_of_space(), None);
+    }
+
     /// A tree whose paths are longer than `PATH_MAX` (300 levels of 20
     /// bytes) with a file at the bottom and a link to it at the top: the
     /// walk counts what GNU du counts, the linked file once, and a symbolic

@@ -1324,15 +1324,22 @@ impl<'o> Applier<'o> {
     fn overlay_format(&mut self, layer: &Path) -> Result<(bool, bool), UnpackError> {
         let root = self.euid == 0;
         let (mut complete, mut trusted) = (true, true);
-        let opaque = |dir: &Path, trusted: &mut bool| -> bool {
+        // What the file system refuses leaves the layer in the `.wh.` format
+        // (assembled, not mounted); a disk or quota out of room is an error,
+        // as for any other write of the layer.
+        let refused = |path: &Path, result: rustix::io::Result<()>| match result {
+            Err(e @ (Errno::NOSPC | Errno::DQUOT)) => Err(io_error(path)(e)),
+            other => Ok(other.is_ok()),
+        };
+        let opaque = |dir: &Path, trusted: &mut bool| -> Result<bool, UnpackError> {
             let set = |name: &str| rustix::fs::lsetxattr(dir, name, b"y", rustix::fs::XattrFlags::empty());
-            if set(USER_OPAQUE).is_err() {
-                return false;
+            if !refused(dir, set(USER_OPAQUE))? {
+                return Ok(false);
             }
-            if !root || set(TRUSTED_OPAQUE).is_err() {
+            if !root || !refused(dir, set(TRUSTED_OPAQUE))? {
                 *trusted = false;
             }
-            true
+            Ok(true)
         };
         let mut pending: Vec<Vec<u8>> = vec![Vec::new()];
         while let Some(dir) = pending.pop() {
@@ -1353,7 +1360,7 @@ impl<'o> Applier<'o> {
                 let victim = &marker[WHITEOUT_PREFIX.len()..];
                 let converted = if marker == OPAQUE_MARKER {
                     // An opaque root hides nothing in an overlay.
-                    !dir.is_empty() && opaque(&on_disk, &mut trusted)
+                    !dir.is_empty() && opaque(&on_disk, &mut trusted)?
                 } else if marker.starts_with(AUFS_META_PREFIX) {
                     true
                 } else if matches!(victim, b"" | b"." | b"..") {
@@ -1363,17 +1370,19 @@ impl<'o> Applier<'o> {
                     let path = if dir.is_empty() { victim.to_vec() } else { [dir.as_slice(), b"/", victim].concat() };
                     match rustix::fs::lstat(&target) {
                         // Whited out, then made anew: nothing below shows.
-                        Ok(stat) if is_dir(&stat) => !self.implicit.contains(&path) && opaque(&target, &mut trusted),
+                        Ok(stat) if is_dir(&stat) => !self.implicit.contains(&path) && opaque(&target, &mut trusted)?,
                         // Whited out, then replaced: it hides what was below.
                         Ok(_) => true,
-                        Err(Errno::NOENT) => rustix::fs::mknodat(
-                            rustix::fs::CWD,
+                        Err(Errno::NOENT) => refused(
                             &target,
-                            FileType::CharacterDevice,
-                            Mode::empty(),
-                            rustix::fs::makedev(0, 0),
-                        )
-                        .is_ok(),
+                            rustix::fs::mknodat(
+                                rustix::fs::CWD,
+                                &target,
+                                FileType::CharacterDevice,
+                                Mode::empty(),
+                                rustix::fs::makedev(0, 0),
+                            ),
+                        )?,
                         Err(e) => return Err(io_error(&target)(e)),
                     }
                 };

@@ -291,10 +291,22 @@ fn run_hints(error: &RunError, config: &str) -> Vec<String> {
     }
 }
 
+/// The hint for an audit log whose file system or quota is full.
+const AUDIT_LOG_FULL: &str = "the file system holding the audit log, or your disk quota there, is full (the log was left as it was): free some space (ces images --disk, ces rmi, ces gc) and try again";
+
 fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
     use ces_audit::AuditError;
+    let full = |source: &std::io::Error| {
+        source.raw_os_error().is_some_and(|code| {
+            code == rustix::io::Errno::NOSPC.raw_os_error() || code == rustix::io::Errno::DQUOT.raw_os_error()
+        })
+    };
     match error {
-        AuditError::Io { .. } | AuditError::ShortWrite { .. } => vec![format!(
+        // (A write cut short is a disk or a quota that filled up, but for a
+        // file size limit: the log was left as it was.)
+        AuditError::Io { source, .. } if full(source) => vec![AUDIT_LOG_FULL.into()],
+        AuditError::ShortWrite { .. } => vec![AUDIT_LOG_FULL.into()],
+        AuditError::Io { .. } => vec![format!(
             "every pull, load and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"
         )],
         AuditError::DamagedTail { .. } | AuditError::NotARecord { .. } => vec![
@@ -317,7 +329,7 @@ fn store_hints(error: &StoreError) -> Vec<String> {
             vec!["free some space (ces gc, ces rmi), or set [storage] root to a larger disk".into()]
         }
         StoreError::QuotaExceeded { .. } => vec![
-            "free some of your quota (ces images --disk shows what each image takes; ces rmi IMAGE, ces gc), set [storage] keep_layer_blobs = false (a store about a quarter smaller), or set [storage] root to a file system where you have room".into(),
+            "free some of your quota (ces images --disk shows what each image takes; ces rmi IMAGE and ces gc free it); [storage] keep_layer_blobs = false, then ces gc, keeps the store about a quarter smaller; or put [storage] root where you have room (where the machine's policy lets users bring a config)".into(),
         ],
         StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
         StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
@@ -344,5 +356,31 @@ mod tests {
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.starts_with("cannot pull r/x: denied: \\x1b]8;;http://evil\\x07click"), "{line}");
         assert!(line.len() < 2 * MAX_CAUSE, "{}", line.len());
+    }
+
+    /// A store over its quota, however the error reaches the top (a load's
+    /// blob, a pull's unpacking, the audit log), gets a hint that says so.
+    #[test]
+    fn a_full_quota_is_said_with_what_to_do() {
+        let quota = || StoreError::QuotaExceeded { path: "/home/u/.local/share/ces/tmp/blob-x".into() };
+        let errors = [
+            anyhow::Error::new(ces_image::archive::LoadError::Blob {
+                entry: "blobs/sha256/ab".into(),
+                source: quota(),
+            }),
+            anyhow::Error::new(RegistryError::Store(quota())),
+            anyhow::Error::new(quota()).context("cannot pull r/x"),
+        ];
+        for error in &errors {
+            assert!(message(error).contains("disk quota exceeded on the file system holding /home/u/"), "{error:#}");
+            assert!(hints(error, "config.toml").iter().any(|h| h.starts_with("free some of your quota")), "{error:#}");
+        }
+        let audit = ces_audit::AuditError::Io {
+            action: "write",
+            path: "/home/u/.local/share/ces/audit.jsonl".into(),
+            source: std::io::Error::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()),
+        };
+        let hinted = hints(&anyhow::Error::new(audit), "config.toml");
+        assert!(hinted.iter().any(|h| h.starts_with("the file system holding the audit log, or your disk quota")));
     }
 }

@@ -151,6 +151,29 @@ fn verify_names_the_first_tampered_record() {
     sb.ces(&["audit", "verify"]).ok();
 }
 
+/// A disk or quota that fills up in the middle of a record takes part of
+/// it: the part goes again, and the log, whole, takes the next record once
+/// there is room (it was damaged for good, every pull, load and run refused).
+/// A file size limit just past the log's end cuts the write short as a full
+/// disk does.
+#[test]
+fn a_record_cut_short_leaves_the_log_whole() {
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    refused_pulls(&sb);
+    let len = std::fs::metadata(audit_path(&sb)).unwrap().len();
+    let limit = format!("--fsize={}", len + 10);
+    let cut =
+        sb.run(sb.command("prlimit", &[&limit, env!("CARGO_BIN_EXE_ces"), "pull", "refused.example.org/ns/img:8"]));
+    assert!(cut.fails().contains("took 10 of"), "{}", cut.stderr);
+    assert!(cut.stderr.contains("hint: the file system holding the audit log, or your disk quota"), "{}", cut.stderr);
+    assert_eq!(std::fs::metadata(audit_path(&sb)).unwrap().len(), len, "the part is gone");
+    let next = sb.ces(&["pull", "refused.example.org/ns/img:9"]);
+    assert!(next.fails().contains("refused.example.org is not allowed"), "{}", next.stderr);
+    let lines = std::fs::read_to_string(audit_path(&sb)).unwrap().lines().count();
+    assert_eq!(lines, 5, "recorded again, after the four");
+    sb.ces(&["audit", "verify"]).ok();
+}
+
 #[test]
 fn an_audit_log_that_cannot_be_written_stops_the_pull() {
     let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);

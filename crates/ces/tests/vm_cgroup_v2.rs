@@ -353,16 +353,24 @@ fn many_layers(ctx: Ctx) {
 /// disk), with what to do, and leave no image and nothing in the store's
 /// `tmp/`. (Root is not held to quotas.)
 fn over_quota(ctx: Ctx) {
-    for name in ["quota-blob", "quota-unpack"] {
+    let host = vm().text("host.txt").unwrap_or_default();
+    let setup = vm().text("quota-setup.log").unwrap_or_default();
+    let shown = format!("host.txt:\n{host}\nquota-setup.log:\n{setup}");
+    assert_eq!(Scenario::value(&host, "quota setup"), Some("ok"), "{shown}");
+    let mount = Scenario::value(&host, "quota mount").unwrap_or_default();
+    assert!(mount.starts_with("ext4 ") && mount.contains("usrquota"), "{shown}");
+    let quota = Scenario::value(&host, "analyst's quota").unwrap_or_default();
+    assert_eq!(quota.split_whitespace().nth(3), Some("1024"), "the hard limit, in KiB: {shown}");
+    for (name, file) in [("quota-blob", "/tmp/blob-"), ("quota-unpack", "/tmp/layer-")] {
         let s = scenario(ctx, name);
         s.assert_exit(125);
-        assert!(s.err.contains("disk quota exceeded on the file system holding /srv/quota/analyst/"), "{s}");
+        let holding = format!("disk quota exceeded on the file system holding /srv/quota/analyst/{}/ces", ctx.dir());
+        assert!(s.err.contains(&holding) && s.err.contains(file), "what ran out, and where: {s}");
         assert!(s.err.contains("hint: free some of your quota (ces images --disk"), "{s}");
+        let index = Scenario::value(&s.host, "index").unwrap_or_default();
+        assert!(index.contains(r#""manifests":[]"#), "no image named: {s}");
+        assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");
     }
-    let s = scenario(ctx, "quota-unpack");
-    assert!(s.err.contains("/tmp/layer-"), "the layer's unpacking ran out: {s}");
-    assert_eq!(Scenario::value(&s.host, "images"), Some("[]"), "{s}");
-    assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");
 }
 
 mod over_quota {

@@ -184,12 +184,14 @@ sc gpu "$CES" run --gpu 1 "$IMG" sh -c '
 if [ "$(id -u)" != 0 ]; then
     # (The machine's policy takes no --config: the store is moved the XDG way.)
     q=/srv/quota/analyst/$(basename "$OUT")
-    sc quota-blob env XDG_DATA_HOME="$q" "$CES" load /payload/noise.tar
-    sc quota-unpack env XDG_DATA_HOME="$q" "$CES" load /payload/zeros.tar
-    {
-        echo "images=$(XDG_DATA_HOME="$q" "$CES" images --json | tr -d ' \n')"
-        echo "tmp left=$(ls -A "$q/ces/tmp" 2>&1 | tr '\n' ' ')"
-    } > "$OUT/quota-unpack.host" 2>&1
+    for pair in blob:noise unpack:zeros; do
+        sc "quota-${pair%:*}" env XDG_DATA_HOME="$q" "$CES" load "/payload/${pair#*:}.tar"
+        # (Read as they are: ces images would clean tmp/ first.)
+        {
+            echo "index=$(tr -d ' \n' < "$q/ces/oci/index.json" 2>&1)"
+            echo "tmp left=$(ls -A "$q/ces/tmp" 2>&1 | tr '\n' ' ')"
+        } > "$OUT/quota-${pair%:*}.host" 2>&1
+    done
     rm -rf "$q"
 fi
 
