@@ -39,8 +39,34 @@ pub fn one_line(error: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// Hints for the first cause ces knows how to fix. `config` names the config file.
+/// Hints for the first cause ces knows how to fix, or, where none says
+/// what to do, for a disk or quota that is full somewhere in the chain (a
+/// run's record, its directories, the proxy's cache). `config` names the
+/// config file.
 pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
+    let known = known_hints(error, config);
+    if !known.is_empty() {
+        return known;
+    }
+    let full = |code: i32| match code {
+        code if code == rustix::io::Errno::NOSPC.raw_os_error() => Some(DISK_FULL),
+        code if code == rustix::io::Errno::DQUOT.raw_os_error() => Some(QUOTA_FULL),
+        _ => None,
+    };
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
+        .find_map(full)
+        .map(|hint| vec![hint.to_owned()])
+        .unwrap_or_default()
+}
+
+/// For a disk that is full.
+const DISK_FULL: &str = "free some space (ces gc, ces rmi), or set [storage] root to a larger disk";
+/// For a user's disk quota that is used up.
+const QUOTA_FULL: &str = "free some of your quota (ces images --disk shows what each image takes; ces rmi IMAGE and ces gc free it); [storage] keep_layer_blobs = false, then ces gc, keeps the store about a quarter smaller; or put [storage] root where you have room (where the machine's policy lets users bring a config)";
+
+fn known_hints(error: &anyhow::Error, config: &str) -> Vec<String> {
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<LoadError>() {
             return load_hints(e);
@@ -325,12 +351,8 @@ fn store_hints(error: &StoreError) -> Vec<String> {
             "nothing of it was kept; ask the operator to raise [storage] max_image_size, or make the image smaller"
                 .into(),
         ],
-        StoreError::DiskFull { .. } => {
-            vec!["free some space (ces gc, ces rmi), or set [storage] root to a larger disk".into()]
-        }
-        StoreError::QuotaExceeded { .. } => vec![
-            "free some of your quota (ces images --disk shows what each image takes; ces rmi IMAGE and ces gc free it); [storage] keep_layer_blobs = false, then ces gc, keeps the store about a quarter smaller; or put [storage] root where you have room (where the machine's policy lets users bring a config)".into(),
-        ],
+        StoreError::DiskFull { .. } => vec![DISK_FULL.into()],
+        StoreError::QuotaExceeded { .. } => vec![QUOTA_FULL.into()],
         StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
         StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
         StoreError::Unpack { source: ces_image::unpack::UnpackError::Escape { .. }, .. } => vec![
@@ -382,5 +404,11 @@ mod tests {
         };
         let hinted = hints(&anyhow::Error::new(audit), "config.toml");
         assert!(hinted.iter().any(|h| h.starts_with("the file system holding the audit log, or your disk quota")));
+        // Where ces knows no better (a run's own record), the cause says it.
+        let record = anyhow::Error::new(std::io::Error::from_raw_os_error(rustix::io::Errno::DQUOT.raw_os_error()))
+            .context("cannot write the run record /home/u/.local/share/ces/runs/x/record.json");
+        assert!(hints(&record, "config.toml").iter().any(|h| h.starts_with("free some of your quota")));
+        let plain = anyhow::Error::new(std::io::Error::from_raw_os_error(rustix::io::Errno::ACCESS.raw_os_error()));
+        assert!(hints(&plain, "config.toml").is_empty());
     }
 }
