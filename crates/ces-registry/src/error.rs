@@ -252,6 +252,25 @@ pub enum RegistryError {
         /// Bytes free for an unprivileged writer.
         available: u64,
     },
+    /// What the user's (or group's) disk quota leaves on the store's file
+    /// system is less than the blobs to download; refused before any layer
+    /// was fetched.
+    #[error(
+        "not enough disk quota left on the file system holding {}: {needed} bytes to download, {left} left of {holder} quota of {limit}",
+        path.display()
+    )]
+    OverQuota {
+        /// The store's root.
+        path: std::path::PathBuf,
+        /// Bytes of the blobs still to fetch.
+        needed: u64,
+        /// Bytes the quota leaves.
+        left: u64,
+        /// Bytes the quota allows in all.
+        limit: u64,
+        /// Whose quota.
+        holder: crate::quota::Holder,
+    },
     /// A manifest could not be used.
     #[error(transparent)]
     Manifest(#[from] ces_image::manifest::ManifestError),

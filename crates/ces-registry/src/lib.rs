@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod pull;
+pub mod quota;
 
 pub use auth::{Credentials, Secret};
 pub use client::{Client, ClientConfig, Mirror, RetryPolicy, Session, UPSTREAM_AUTHORIZATION};

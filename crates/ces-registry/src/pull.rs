@@ -265,14 +265,29 @@ pub async fn pull(
     })
 }
 
-/// Refuses a download the store's file system has no room for, before it
-/// starts (rather than at ENOSPC halfway). Where the free space cannot be
-/// read, the download goes ahead: the writes will tell.
+/// Refuses a download the store's file system, or the user's disk quota on
+/// it, has no room for, before it starts (rather than at ENOSPC or EDQUOT
+/// halfway). Where either cannot be read, the download goes ahead: the
+/// writes will tell.
 fn check_free_space(store: &Store, needed: u64) -> Result<(), RegistryError> {
-    let Ok(stat) = rustix::fs::statvfs(store.root()) else { return Ok(()) };
-    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-    if needed > available {
-        return Err(RegistryError::NoSpace { path: store.root().to_owned(), needed, available });
+    if needed == 0 {
+        return Ok(());
     }
-    Ok(())
+    let path = store.root();
+    if let Ok(stat) = rustix::fs::statvfs(path) {
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if needed > available {
+            return Err(RegistryError::NoSpace { path: path.to_owned(), needed, available });
+        }
+    }
+    match crate::quota::tightest(path) {
+        Some(quota) if needed > quota.left => Err(RegistryError::OverQuota {
+            path: path.to_owned(),
+            needed,
+            left: quota.left,
+            limit: quota.limit,
+            holder: quota.holder,
+        }),
+        _ => Ok(()),
+    }
 }

@@ -65,6 +65,7 @@ const PACKAGES: &[&str] = &[
     "mount",
     "e2fsprogs",
     "quota",
+    "docker-registry",
 ];
 
 /// Customizes the installed root (`$1`): the user, lingering, the payload
@@ -81,7 +82,8 @@ touch "$R/var/lib/systemd/linger/analyst"
 echo ces-vm > "$R/etc/hostname"
 printf 'LABEL=ces-root / ext4 rw 0 0\nLABEL=ces-swap none swap sw,nofail,x-systemd.device-timeout=60s 0 0\n' > "$R/etc/fstab"
 for unit in getty@.service serial-getty@.service serial-getty@ttyS0.service console-getty.service \
-    apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
+    apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer \
+    docker-registry.service; do
     ln -sf /dev/null "$R/etc/systemd/system/$unit"
 done
 install -m 0755 "$PAYLOAD_RUNNER" "$R/usr/local/sbin/ces-vm-payload"

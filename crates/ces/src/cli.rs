@@ -272,7 +272,8 @@ pub struct ImagesArgs {
     pub json: bool,
     /// Show the disk each image takes in the store (its blobs, unpacked
     /// layers and root filesystem; what it shares with other images counts
-    /// for each), what `ces rmi` of it would free, and what `ces gc` would.
+    /// for each), what `ces rmi` of it would free, and what `ces gc` would;
+    /// and the disk quota on the store's file system, where one holds you.
     #[arg(long)]
     pub disk: bool,
 }

@@ -202,6 +202,10 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
         RegistryError::NoSpace { .. } => vec![format!(
             "free space (ces rmi IMAGE removes an image and the blobs only it used; ces gc the rest), or set [storage] root in {config} to a larger file system"
         )],
+        RegistryError::OverQuota { needed, limit, .. } if needed > limit => vec![format!(
+            "the image is larger than the whole quota: ask for a larger one, or put [storage] root in {config} where you have room (where the machine's policy lets users bring a config)"
+        )],
+        RegistryError::OverQuota { .. } => vec![QUOTA_FULL.into()],
         RegistryError::Store(e) => store_hints(e),
         RegistryError::MissingLabel { label, .. } if label == ces_image::provenance::SOURCE => {
             vec![crate::policy::SOURCE_LABEL_HINT.into()]
@@ -410,5 +414,22 @@ mod tests {
         assert!(hints(&record, "config.toml").iter().any(|h| h.starts_with("free some of your quota")));
         let plain = anyhow::Error::new(std::io::Error::from_raw_os_error(rustix::io::Errno::ACCESS.raw_os_error()));
         assert!(hints(&plain, "config.toml").is_empty());
+    }
+
+    #[test]
+    fn a_pull_past_the_quota_says_whether_freeing_some_can_help() {
+        let over = |needed, left, limit| {
+            let holder = ces_registry::quota::Holder::User;
+            anyhow::Error::new(RegistryError::OverQuota { path: "/home/u/ces".into(), needed, left, limit, holder })
+        };
+        let error = over(600, 500, 1000);
+        assert_eq!(
+            message(&error),
+            "not enough disk quota left on the file system holding /home/u/ces: 600 bytes to download, 500 left of your quota of 1000"
+        );
+        assert!(hints(&error, "config.toml")[0].starts_with("free some of your quota (ces images --disk"));
+        // Nothing freed would make room.
+        let hinted = hints(&over(1001, 900, 1000), "config.toml");
+        assert!(hinted[0].starts_with("the image is larger than the whole quota: ask for a larger one"), "{hinted:?}");
     }
 }

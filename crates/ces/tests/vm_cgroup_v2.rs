@@ -18,8 +18,9 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ces_testkit::registry::{AuthMode, Registry};
 use ces_testkit::vm::{Boot, Image, last_lines};
-use ces_testkit::{Compression, Entry, ImageSpec, Layer, busybox_image};
+use ces_testkit::{BuiltImage, Compression, Entry, ImageSpec, Layer, busybox_image};
 
 /// The image the scenarios load (`ces load`) and run.
 const IMAGE: &str = "ghcr.io/ces-tre/busybox:1.0";
@@ -76,13 +77,49 @@ fn write_payload(dir: &Path) -> std::io::Result<()> {
     mode(&archive, 0o644)?;
     // For a store over its quota (1 MiB): a layer of 2 MiB that does not
     // compress, and one of 8 MiB of zeros (a few KiB compressed).
-    for (name, content) in [("noise", ces_testkit::misbehave::noise(2 << 20, 7)), ("zeros", vec![0; 8 << 20])] {
-        let layer = Layer::new(vec![Entry::file(name, content)]).compressed(Compression::Gzip);
+    let (_, noise) = &pull_images()[0];
+    let zeros = single_file_image("zeros", vec![0; 8 << 20]);
+    for (name, image) in [("noise", noise), ("zeros", &zeros)] {
         let archive = dir.join(format!("{name}.tar"));
-        ImageSpec::new(vec![layer]).build().write_oci_archive(&archive, &format!("ghcr.io/ces-tre/{name}:1.0"));
+        image.write_oci_archive(&archive, &format!("ghcr.io/ces-tre/{name}:1.0"));
         mode(&archive, 0o644)?;
     }
+    // The VM's registry (tests/vm/run): the storage of one on this host,
+    // with the images to pull pushed to it. (The kit panics where it fails:
+    // an error here, so that the boot is not tried again by every test.)
+    let registry = std::panic::catch_unwind(|| {
+        let registry = Registry::start(AuthMode::Anonymous);
+        for (name, image) in pull_images() {
+            registry.push(image, &format!("quota/{name}"), "1");
+        }
+        registry
+    })
+    .map_err(|_| std::io::Error::other("a docker-registry on this host, to push to (scripts/setup installs it)"))?;
+    let copied =
+        std::process::Command::new("cp").arg("-a").arg(registry.storage_dir()).arg(dir.join("registry")).status()?;
+    if !copied.success() {
+        return Err(std::io::Error::other(format!("cp -a of the registry's storage: {copied}")));
+    }
     Ok(())
+}
+
+/// An image of one layer holding one file.
+fn single_file_image(name: &str, content: Vec<u8>) -> BuiltImage {
+    let layer = Layer::new(vec![Entry::file(name, content)]).compressed(Compression::Gzip);
+    ImageSpec::new(vec![layer]).build()
+}
+
+/// The images the VM's registry has (`127.0.0.1:5055/quota/NAME:1`): `noise`,
+/// a layer of 2 MiB that does not compress (more than analyst's quota), and
+/// `small`, one of 64 KiB (which fits).
+fn pull_images() -> &'static [(&'static str, BuiltImage); 2] {
+    static IMAGES: OnceLock<[(&str, BuiltImage); 2]> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        [
+            ("noise", single_file_image("noise", ces_testkit::misbehave::noise(2 << 20, 7))),
+            ("small", single_file_image("small", ces_testkit::misbehave::noise(64 << 10, 8))),
+        ]
+    })
 }
 
 /// Where a scenario ran.
@@ -371,6 +408,72 @@ fn over_quota(ctx: Ctx) {
         assert!(index.contains(r#""manifests":[]"#), "no image named: {s}");
         assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");
     }
+    // A pull of the first is refused before its layer is downloaded, with
+    // what it needs and what is left; one of an image that fits is not.
+    assert_eq!(Scenario::value(&host, "registry"), Some("up"), "{shown}");
+    let s = scenario(ctx, "quota-pull");
+    s.assert_exit(125);
+    let store = format!("/srv/quota/analyst/{}/ces", ctx.dir());
+    let said = format!("not enough disk quota left on the file system holding {store}: ");
+    let figures =
+        s.err.lines().find_map(|l| l.split_once(&said)).map(|(_, rest)| rest).unwrap_or_else(|| panic!("{s}"));
+    let number = |word: &str| {
+        let at = figures.find(word).unwrap_or_else(|| panic!("{word:?} in {figures:?}"));
+        figures[..at].split_whitespace().last().and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("{s}"))
+    };
+    let (noise, small) = (&pull_images()[0].1, &pull_images()[1].1);
+    let layer = &noise.layer_digests[0];
+    assert_eq!(number(" bytes to download"), noise.blob(layer).len() as u64, "the layer's size: {s}");
+    let left = number(" left of your quota");
+    assert!(left > 512 << 10 && left < 1 << 20, "what the 1 MiB quota leaves after the loads: {s}");
+    assert!(figures.trim_end().ends_with(" left of your quota of 1048576"), "{s}");
+    // (Freeing some of it would not do.)
+    assert!(s.err.contains("hint: the image is larger than the whole quota"), "{s}");
+    let index = Scenario::value(&s.host, "index").unwrap_or_default();
+    assert!(index.contains(r#""manifests":[]"#), "no image named: {s}");
+    assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");
+    let log = vm().text("registry.log").unwrap_or_default();
+    let fetched = |digest: &str| log.contains(&format!("/blobs/{digest}"));
+    assert!(!fetched(layer), "the layer was downloaded:\n{log}");
+    assert!(fetched(&small.layer_digests[0]), "the registry's log names the blobs it serves:\n{log}");
+    let s = scenario(ctx, "quota-pull-fits");
+    s.assert_exit(0);
+    let index = Scenario::value(&s.host, "index").unwrap_or_default();
+    assert!(index.contains("127.0.0.1:5055/quota/small:1"), "the image named: {s}");
+    quota_as_quota_says(&scenario(ctx, "quota-disk"), "user", 1 << 20);
+    // Where analyst's group has a quota (512 KiB), and analyst one of 64 KiB
+    // that is kept but not enforced (the small image's pull goes past it).
+    let mount = Scenario::value(&host, "group quota mount").unwrap_or_default();
+    assert!(mount.starts_with("ext4 ") && mount.contains("grpquota") && !mount.contains("usrquota"), "{shown}");
+    let group = Scenario::value(&host, "analyst's group quota").unwrap_or_default();
+    assert_eq!(group.split_whitespace().nth(3), Some("512"), "the group's hard limit, in KiB: {shown}");
+    let unenforced = Scenario::value(&host, "analyst's unenforced quota").unwrap_or_default();
+    assert_eq!(unenforced.split_whitespace().nth(3), Some("64"), "the user's hard limit there, in KiB: {shown}");
+    let s = scenario(ctx, "quota-group-pull");
+    s.assert_exit(125);
+    let store = format!("/srv/gquota/analyst/{}/ces", ctx.dir());
+    let said = format!("not enough disk quota left on the file system holding {store}: ");
+    assert!(s.err.contains(&said) && s.err.contains(" left of your group's quota of 524288"), "{s}");
+    scenario(ctx, "quota-group-pull-fits").assert_exit(0);
+    quota_as_quota_says(&scenario(ctx, "quota-group-disk"), "group", 512 << 10);
+}
+
+/// `ces images --disk --json` (`s`) says what the quota of `holder` holds as
+/// quota(1) does (`quota` in its host record: `/dev/loopN USED SOFT HARD ...`,
+/// in KiB), with the store's one small image in it.
+fn quota_as_quota_says(s: &Scenario, holder: &str, limit: u64) {
+    s.assert_exit(0);
+    let said: serde_json::Value = serde_json::from_str(&s.out).unwrap_or_else(|e| panic!("{e}: {s}"));
+    let quota = Scenario::value(&s.host, "quota").unwrap_or_default();
+    let blocks: Vec<u64> = quota.split_whitespace().skip(1).take(3).filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(blocks.len(), 3, "quota -w's line: {s}");
+    assert_eq!(said["quota"]["holder"], holder, "{s}");
+    assert_eq!(said["quota"]["limit"], limit, "{s}");
+    assert_eq!(blocks[2] * 1024, limit, "{s}");
+    let used = said["quota"]["used"].as_u64().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(used.div_ceil(1024), blocks[0], "{s}");
+    assert_eq!(said["quota"]["left"], limit - used, "{s}");
+    assert!(used > 128 << 10, "the small image's layer and blob at least: {s}");
 }
 
 mod over_quota {

@@ -61,8 +61,17 @@ fn short_digest(digest: &str) -> &str {
 /// it would free.
 fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
     let usage = store.disk_use()?;
+    // The quota that holds the store's writes, where one does: what a
+    // quota-limited home has left for images.
+    let quota = ces_registry::quota::tightest(store.root());
     if json {
-        println!("{}", serde_json::to_string_pretty(&usage)?);
+        #[derive(serde::Serialize)]
+        struct WithQuota<'a> {
+            #[serde(flatten)]
+            usage: &'a ces_image::store::DiskUse,
+            quota: Option<ces_registry::quota::Quota>,
+        }
+        println!("{}", serde_json::to_string_pretty(&WithQuota { usage: &usage, quota })?);
         return Ok(());
     }
     let width = reference_width(usage.images.iter().map(|i| i.reference.as_str()));
@@ -93,6 +102,18 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
     );
     if usage.unreadable > 0 {
         println!("{} files or directories could not be read: the figures are lower bounds.", usage.unreadable);
+    }
+    if let Some(quota) = quota {
+        let whose = match quota.holder {
+            ces_registry::quota::Holder::User => "Your",
+            ces_registry::quota::Holder::Group => "Your group's",
+        };
+        println!(
+            "{whose} disk quota on the store's file system: {} used of {}, {} left.",
+            human_bytes(quota.used),
+            human_bytes(quota.limit),
+            human_bytes(quota.left)
+        );
     }
     Ok(())
 }

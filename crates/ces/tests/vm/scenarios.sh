@@ -180,7 +180,9 @@ sc gpu "$CES" run --gpu 1 "$IMG" sh -c '
 
 # Rootless, a store where analyst's disk quota (1 MiB, set by run) is too
 # small: for an incompressible layer's blob, and for a layer that inflates
-# past it. Each fails with what ran out and leaves nothing behind.
+# past it. Each fails with what ran out and leaves nothing behind. A pull
+# of the first is refused before it downloads; one of an image that fits
+# goes ahead.
 if [ "$(id -u)" != 0 ]; then
     # (The machine's policy takes no --config: the store is moved the XDG way.)
     q=/srv/quota/analyst/$(basename "$OUT")
@@ -192,7 +194,25 @@ if [ "$(id -u)" != 0 ]; then
             echo "tmp left=$(ls -A "$q/ces/tmp" 2>&1 | tr '\n' ' ')"
         } > "$OUT/quota-${pair%:*}.host" 2>&1
     done
+    for pair in pull:noise pull-fits:small; do
+        sc "quota-${pair%:*}" env XDG_DATA_HOME="$q" "$CES" pull "127.0.0.1:5055/quota/${pair#*:}:1"
+        {
+            echo "index=$(tr -d ' \n' < "$q/ces/oci/index.json" 2>&1)"
+            echo "tmp left=$(ls -A "$q/ces/tmp" 2>&1 | tr '\n' ' ')"
+        } > "$OUT/quota-${pair%:*}.host" 2>&1
+    done
+    # What the store and the quota hold, by ces and by quota(1).
+    sc quota-disk env XDG_DATA_HOME="$q" "$CES" images --disk --json
+    echo "quota=$(quota -w 2>&1 | grep "^ *$(findmnt -no SOURCE /srv/quota) ")" > "$OUT/quota-disk.host"
     rm -rf "$q"
+    # The same where analyst's group has a quota (512 KiB), and not analyst.
+    g=/srv/gquota/analyst/$(basename "$OUT")
+    for pair in group-pull:noise group-pull-fits:small; do
+        sc "quota-${pair%:*}" env XDG_DATA_HOME="$g" "$CES" pull "127.0.0.1:5055/quota/${pair#*:}:1"
+    done
+    sc quota-group-disk env XDG_DATA_HOME="$g" "$CES" images --disk --json
+    echo "quota=$(quota -g -w analyst 2>&1 | grep "^ *$(findmnt -no SOURCE /srv/gquota) ")" > "$OUT/quota-group-disk.host"
+    rm -rf "$g"
 fi
 
 echo "== done at $(cut -d' ' -f1 /proc/uptime) s"
