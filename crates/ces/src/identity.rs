@@ -432,17 +432,24 @@ mod tests {
     /// flag that every [`as_user`] changes for a while).
     static DUMPABLE: Mutex<()> = Mutex::new(());
 
-    /// [`ROOTLESS`]'s uid and gid, the user made first if need be (as root).
+    /// [`ROOTLESS`]'s uid and gid, the user made first if need be (as root),
+    /// once per process: two `useradd`s of a user that is not there yet,
+    /// started together, both pass its check, and the second makes the user
+    /// again under the next free uid (seen on a fresh machine: the first
+    /// test's uid was gone by the time it used it).
     fn rootless_user() -> (u32, u32) {
-        let _ = Command::new("useradd")
-            .args(["--system", "--create-home", "--shell", "/bin/sh", ROOTLESS])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let id = |flag: &str| {
-            let output = Command::new("id").args([flag, ROOTLESS]).output().unwrap();
-            String::from_utf8(output.stdout).unwrap().trim().parse::<u32>().unwrap()
-        };
-        (id("-u"), id("-g"))
+        static USER: OnceLock<(u32, u32)> = OnceLock::new();
+        *USER.get_or_init(|| {
+            let _ = Command::new("useradd")
+                .args(["--system", "--create-home", "--shell", "/bin/sh", ROOTLESS])
+                .stderr(std::process::Stdio::null())
+                .status();
+            let id = |flag: &str| {
+                let output = Command::new("id").args([flag, ROOTLESS]).output().unwrap();
+                String::from_utf8(output.stdout).unwrap().trim().parse::<u32>().unwrap()
+            };
+            (id("-u"), id("-g"))
+        })
     }
 
     /// As root (CI): while a thread with the user's uid exists, ces is not

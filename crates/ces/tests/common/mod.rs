@@ -294,19 +294,25 @@ pub struct TestUser {
     pub group: String,
 }
 
-/// [`TEST_USER`], created if missing (needs root).
+/// [`TEST_USER`], created if missing (needs root), once per test binary:
+/// two `useradd`s of a user that is not there yet, started together, both
+/// pass its check, and the second makes the user again under the next free
+/// uid (the first caller's uid is then gone).
 pub fn test_user() -> TestUser {
-    // Idempotent, and safe if another test binary creates it at the same time.
-    let _ = Command::new("useradd")
-        .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
-        .stderr(Stdio::null())
-        .status();
-    let id = |flag: &str| {
-        let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-        assert!(out.status.success(), "id {flag} {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    TestUser { uid: id("-u").parse().unwrap(), gid: id("-g").parse().unwrap(), group: id("-gn") }
+    static USER: std::sync::OnceLock<TestUser> = std::sync::OnceLock::new();
+    USER.get_or_init(|| {
+        let _ = Command::new("useradd")
+            .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
+            .stderr(Stdio::null())
+            .status();
+        let id = |flag: &str| {
+            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
+            assert!(out.status.success(), "id {flag} {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        TestUser { uid: id("-u").parse().unwrap(), gid: id("-g").parse().unwrap(), group: id("-gn") }
+    })
+    .clone()
 }
 
 impl TestUser {
