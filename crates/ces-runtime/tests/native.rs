@@ -36,7 +36,7 @@ use ces_testkit::mountinfo::{self, ROOT_MOUNT_LINE};
 #[cfg(target_arch = "x86_64")]
 use ces_testkit::probe;
 
-const TEST_USER: &str = "ces-test-rootless";
+use ces_testkit::test_user;
 const MIB: u64 = 1 << 20;
 
 // ---------------------------------------------------------------------------
@@ -70,31 +70,6 @@ impl Who {
             _ => Who::Root,
         }
     }
-}
-
-/// The test user's uid and gid, created on first use.
-fn test_user() -> (u32, u32) {
-    static USER: OnceLock<(u32, u32)> = OnceLock::new();
-    *USER.get_or_init(|| {
-        if let Some(ids) = lookup_user(TEST_USER) {
-            return ids;
-        }
-        // useradd locks the user database itself: racing test binaries get
-        // "already exists" (9), which is as good as success.
-        let status = Command::new("useradd")
-            .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
-            .status()
-            .expect("useradd (package passwd) is needed for the rootless tests");
-        assert!(status.success() || status.code() == Some(9), "useradd {TEST_USER}: {status}");
-        lookup_user(TEST_USER).expect("the test user exists after useradd")
-    })
-}
-
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let out = Command::new("getent").args(["passwd", name]).output().ok()?;
-    let line = String::from_utf8(out.stdout).ok()?;
-    let fields: Vec<&str> = line.trim().split(':').collect();
-    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
 /// Runs scenario `name` in a child process as `who`; panics with its output

@@ -17,8 +17,10 @@ pub mod probe;
 pub mod registry;
 pub mod slurm;
 pub mod token;
+pub mod user;
 pub mod vm;
 
 pub use image::{BuiltImage, ImageSpec, Style, busybox_image, index, many_layers_image};
 pub use layer::{Compression, Entry, Layer};
 pub use registry::{AuthMode, Registry};
+pub use user::{TEST_USER, test_user};

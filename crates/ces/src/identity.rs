@@ -425,32 +425,12 @@ mod tests {
         }
     }
 
-    /// The test kit's unprivileged user (made if missing).
-    const ROOTLESS: &str = "ces-test-rootless";
+    // The test kit's unprivileged user (made if missing).
+    use ces_testkit::{TEST_USER as ROOTLESS, test_user as rootless_user};
 
     /// Held by the tests that look at whether ces is dumpable (a process-wide
     /// flag that every [`as_user`] changes for a while).
     static DUMPABLE: Mutex<()> = Mutex::new(());
-
-    /// [`ROOTLESS`]'s uid and gid, the user made first if need be (as root),
-    /// once per process: two `useradd`s of a user that is not there yet,
-    /// started together, both pass its check, and the second makes the user
-    /// again under the next free uid (seen on a fresh machine: the first
-    /// test's uid was gone by the time it used it).
-    fn rootless_user() -> (u32, u32) {
-        static USER: OnceLock<(u32, u32)> = OnceLock::new();
-        *USER.get_or_init(|| {
-            let _ = Command::new("useradd")
-                .args(["--system", "--create-home", "--shell", "/bin/sh", ROOTLESS])
-                .stderr(std::process::Stdio::null())
-                .status();
-            let id = |flag: &str| {
-                let output = Command::new("id").args([flag, ROOTLESS]).output().unwrap();
-                String::from_utf8(output.stdout).unwrap().trim().parse::<u32>().unwrap()
-            };
-            (id("-u"), id("-g"))
-        })
-    }
 
     /// As root (CI): while a thread with the user's uid exists, ces is not
     /// dumpable, or the user could open `/proc/<pid>/task/<tid>/mem` with

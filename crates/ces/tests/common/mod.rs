@@ -273,7 +273,7 @@ pub fn primary_group() -> String {
 }
 
 /// The unprivileged account the rootless and policy tests run ces as.
-pub const TEST_USER: &str = "ces-test-rootless";
+pub use ces_testkit::TEST_USER;
 
 /// `bin`, a built binary (`env!("CARGO_BIN_EXE_...")`), where the test user
 /// (or any user) can run it: a root-owned copy in `/tmp` (see
@@ -294,25 +294,12 @@ pub struct TestUser {
     pub group: String,
 }
 
-/// [`TEST_USER`], created if missing (needs root), once per test binary:
-/// two `useradd`s of a user that is not there yet, started together, both
-/// pass its check, and the second makes the user again under the next free
-/// uid (the first caller's uid is then gone).
+/// [`TEST_USER`], made if missing (needs root: [`ces_testkit::test_user`]).
 pub fn test_user() -> TestUser {
-    static USER: std::sync::OnceLock<TestUser> = std::sync::OnceLock::new();
-    USER.get_or_init(|| {
-        let _ = Command::new("useradd")
-            .args(["--system", "--create-home", "--shell", "/bin/sh", TEST_USER])
-            .stderr(Stdio::null())
-            .status();
-        let id = |flag: &str| {
-            let out = Command::new("id").args([flag, TEST_USER]).output().unwrap();
-            assert!(out.status.success(), "id {flag} {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        TestUser { uid: id("-u").parse().unwrap(), gid: id("-g").parse().unwrap(), group: id("-gn") }
-    })
-    .clone()
+    let (uid, gid) = ces_testkit::test_user();
+    let out = Command::new("id").args(["-gn", TEST_USER]).output().unwrap();
+    assert!(out.status.success(), "id -gn {TEST_USER}: {}", String::from_utf8_lossy(&out.stderr));
+    TestUser { uid, gid, group: String::from_utf8(out.stdout).unwrap().trim().to_owned() }
 }
 
 impl TestUser {
