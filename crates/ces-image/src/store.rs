@@ -655,15 +655,21 @@ impl Store {
     /// could not be counted.
     fn clean_tmp(&self) -> Result<(u64, u64)> {
         let tmp = self.tmp_dir();
-        let mut walk = Walk { dev: fs::metadata(&tmp).map_err(io_err(&tmp))?.dev(), ..Walk::default() };
+        // Made at the first leftover: `tmp/` is empty at nearly every
+        // start of a run, which takes the store this way.
+        let mut walk: Option<Walk> = None;
         let mut freed = 0;
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();
             tracing::debug!(path = %path.display(), "removing leftover of an interrupted write");
+            let walk = match &mut walk {
+                Some(walk) => walk,
+                None => walk.insert(Walk { dev: fs::metadata(&tmp).map_err(io_err(&tmp))?.dev(), ..Walk::default() }),
+            };
             freed += walk.freed(&path);
             remove_tree(&path)?;
         }
-        Ok((freed, walk.unreadable))
+        Ok((freed, walk.map_or(0, |walk| walk.unreadable)))
     }
 
     fn index_lock(&self) -> Result<File> {

@@ -48,17 +48,21 @@ pub fn hints(error: &anyhow::Error, config: &str) -> Vec<String> {
     if !known.is_empty() {
         return known;
     }
-    let full = |code: i32| match code {
+    error
+        .chain()
+        .find_map(|cause| space_hint(cause.downcast_ref::<std::io::Error>()?))
+        .map(|hint| vec![hint.to_owned()])
+        .unwrap_or_default()
+}
+
+/// The hint for a write that failed for want of room: on the disk
+/// (`ENOSPC`) or in the quota (`EDQUOT`).
+fn space_hint(error: &std::io::Error) -> Option<&'static str> {
+    match error.raw_os_error()? {
         code if code == rustix::io::Errno::NOSPC.raw_os_error() => Some(DISK_FULL),
         code if code == rustix::io::Errno::DQUOT.raw_os_error() => Some(QUOTA_FULL),
         _ => None,
-    };
-    error
-        .chain()
-        .filter_map(|cause| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
-        .find_map(full)
-        .map(|hint| vec![hint.to_owned()])
-        .unwrap_or_default()
+    }
 }
 
 /// For a disk that is full.
@@ -326,15 +330,10 @@ const AUDIT_LOG_FULL: &str = "the file system holding the audit log, or your dis
 
 fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
     use ces_audit::AuditError;
-    let full = |source: &std::io::Error| {
-        source.raw_os_error().is_some_and(|code| {
-            code == rustix::io::Errno::NOSPC.raw_os_error() || code == rustix::io::Errno::DQUOT.raw_os_error()
-        })
-    };
     match error {
         // (A write cut short is a disk or a quota that filled up, but for a
         // file size limit: the log was left as it was.)
-        AuditError::Io { source, .. } if full(source) => vec![AUDIT_LOG_FULL.into()],
+        AuditError::Io { source, .. } if space_hint(source).is_some() => vec![AUDIT_LOG_FULL.into()],
         AuditError::ShortWrite { .. } => vec![AUDIT_LOG_FULL.into()],
         AuditError::Io { .. } => vec![format!(
             "every pull, load and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"

@@ -104,12 +104,9 @@ fn disk_use(store: &ces_image::Store, json: bool) -> anyhow::Result<()> {
         println!("{} files or directories could not be read: the figures are lower bounds.", usage.unreadable);
     }
     if let Some(quota) = quota {
-        let whose = match quota.holder {
-            ces_registry::quota::Holder::User => "Your",
-            ces_registry::quota::Holder::Group => "Your group's",
-        };
         println!(
-            "{whose} disk quota on the store's file system: {} used of {}, {} left.",
+            "On the store's file system, {} disk quota: {} used of {}, {} left.",
+            quota.holder,
             human_bytes(quota.used),
             human_bytes(quota.limit),
             human_bytes(quota.left)

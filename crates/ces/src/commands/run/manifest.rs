@@ -76,7 +76,7 @@ pub fn seal_outputs(
 /// What the run's end should say about the seal, when it did more than list
 /// and hash: files not hashed, privileges removed.
 fn summary(report: &ces_outputs::SealReport) -> Option<String> {
-    let files = |n: usize| if n == 1 { "1 file".to_owned() } else { format!("{n} files") };
+    let files = |n: usize| crate::printer::counted(n as u64, "file");
     let mut parts = Vec::new();
     if report.files_not_hashed > 0 {
         let why = match report.interrupted_by_signal {
