@@ -13,6 +13,8 @@
 //! fd was let go are found again through `..`, checked to be the directory
 //! left (device and inode), so that a directory moved away meanwhile does
 //! not lead the walk out of the tree.
+//!
+//! Also here: [`open_lock`], the lock files only their owner may take.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -308,6 +310,31 @@ fn open_up(dir: BorrowedFd<'_>) -> Result<(), Errno> {
         }
         other => other,
     }
+}
+
+/// Opens the lock file `path` (made if missing), for its owner only.
+///
+/// Anyone who can open a file may `flock` it, read-only too. A lock file
+/// others can open, in a directory they can search (root's store is `0711`,
+/// so is a run's directory), lets any local user hold it for ever: every
+/// `sudo ces` that needs it would wait. So it is made `0600`, and one made
+/// `0644` by an earlier version is closed on open. The last component is
+/// not followed (a link there is refused).
+pub fn open_lock(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.uid() == rustix::process::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// The id of the mount `fd` is on (0 where the kernel does not say).

@@ -626,7 +626,7 @@ impl Store {
     }
 
     fn flock(&self, path: &Path, op: FlockOperation) -> Result<File> {
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err(path))?;
+        let file = crate::fs::open_lock(path).map_err(io_err(path))?;
         rustix::fs::flock(&file, op).map_err(|e| io_err(path)(e.into()))?;
         Ok(file)
     }
@@ -635,8 +635,7 @@ impl Store {
     /// else holds it, the leftovers of killed writers in `tmp/` are removed first.
     pub fn lock_shared(&self) -> Result<StoreLock> {
         let path = self.root.join("lock");
-        let file =
-            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_err(&path))?;
+        let file = crate::fs::open_lock(&path).map_err(io_err(&path))?;
         if rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
             self.clean_tmp()?;
         }
@@ -646,7 +645,24 @@ impl Store {
 
     /// Takes the store lock exclusively (waits for writers), for `rmi` and `gc`.
     pub fn lock_exclusive(&self) -> Result<StoreLock> {
-        let file = self.flock(&self.root.join("lock"), FlockOperation::LockExclusive)?;
+        self.lock_exclusive_saying(|| {})
+    }
+
+    /// [`Store::lock_exclusive`], calling `waiting` first where it must wait
+    /// (for runs, which hold the lock shared until they end, pulls and
+    /// loads: and for as long as new ones keep taking it, since `flock`
+    /// gives a waiting exclusive lock no priority).
+    pub fn lock_exclusive_saying(&self, waiting: impl FnOnce()) -> Result<StoreLock> {
+        let path = self.root.join("lock");
+        let file = crate::fs::open_lock(&path).map_err(io_err(&path))?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                waiting();
+                rustix::fs::flock(&file, FlockOperation::LockExclusive)
+            }
+            other => other,
+        }
+        .map_err(|e| io_err(&path)(e.into()))?;
         let cleaned = self.clean_tmp()?;
         Ok(StoreLock { _file: file, exclusive: true, cleaned: Mutex::new(cleaned) })
     }
@@ -2465,6 +2481,30 @@ mod tests {
         for sub in ["oci", "rootfs", "layers", "layered", "l", "tmp", "locks"] {
             assert_eq!(mode(sub), 0o700, "{sub}");
         }
+    }
+
+    /// `rmi` and `gc` say they wait where the store is held (by a run, a
+    /// pull, a load), and only then; the lock file is its owner's alone.
+    #[test]
+    fn a_removal_says_it_waits_for_the_stores_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let said = std::sync::atomic::AtomicBool::new(false);
+        drop(store.lock_exclusive_saying(|| said.store(true, Ordering::SeqCst)).unwrap());
+        assert!(!said.load(Ordering::SeqCst), "nothing held the store");
+        let mode = fs::metadata(store.root().join("lock")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let held = store.lock_shared().unwrap();
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| store.lock_exclusive_saying(|| said.store(true, Ordering::SeqCst)).unwrap());
+            while !said.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            assert!(!waiter.is_finished(), "took the lock while a run held it");
+            drop(held);
+            assert!(waiter.join().unwrap().exclusive);
+        });
     }
 
     /// Several ces starting at once on a store that does not exist yet: each

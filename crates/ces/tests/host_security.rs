@@ -79,6 +79,20 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
         let mode = std::fs::metadata(w.sb.store.join(private)).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o700, "{private}");
     }
+
+    // The store's lock: anyone who can open it may `flock` it and hold it,
+    // and every root ces would wait. One left `0644` by an earlier version
+    // is closed when the store is next locked.
+    let lock = w.sb.store.join("lock");
+    let openable = |user: &TestUser| as_user(user, &["sh", "-c", ": < \"$1\"", "sh", lock.to_str().unwrap()]).0;
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600);
+    assert_ne!(openable(&user), Some(0), "{TEST_USER} can open the store's lock");
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(openable(&user), Some(0), "the probe opens a lock it may read");
+    let gc = w.command(env!("CARGO_BIN_EXE_ces"), &["gc"]).output().unwrap();
+    assert!(gc.status.success(), "ces gc: {}", String::from_utf8_lossy(&gc.stderr));
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600, "closed by the next lock");
+    assert_ne!(openable(&user), Some(0), "{TEST_USER} can open the store's lock");
 }
 
 /// Run in the mount namespace ces starts in (the test's own, or for sudo
@@ -87,6 +101,8 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
 /// local user would: the mount table, each run's `state/rootfs`, and, as
 /// the test user, the files the container made setuid root in its root
 /// filesystem and in `/safe_outputs` (before the seal removes the bits).
+/// Also tries, as the test user, to open the store's lock and the run's
+/// (anyone who can open a file may `flock` it, and hold it for ever).
 /// Writes what it saw under `$PROBE_OUT`, then stops ces.
 const PROBE: &str = r#"
 "$@" 2> "$PROBE_OUT/stderr" & ces=$!
@@ -103,6 +119,12 @@ done
 for f in "$PROBE_STORE"/runs/*/state/rootfs/made-by-container "$PROBE_HOME"/outputs_*/made-by-container; do
   setpriv --reuid "$PROBE_UID" --regid "$PROBE_GID" --init-groups -- stat -c '%u %a %n' "$f" \
     >> "$PROBE_OUT/reachable" 2>/dev/null
+done
+for f in "$PROBE_STORE"/lock "$PROBE_STORE"/runs/*/lock; do
+  [ -e "$f" ] || echo "missing $f" >> "$PROBE_OUT/error"
+  if setpriv --reuid "$PROBE_UID" --regid "$PROBE_GID" --init-groups -- sh -c ': < "$1"' sh "$f" 2>/dev/null; then
+    echo "$f" >> "$PROBE_OUT/openable"
+  fi
 done
 kill -TERM $ces
 wait $ces
@@ -148,6 +170,7 @@ fn a_running_container_is_out_of_reach(repo: &str, sudo: bool) {
 
     assert_eq!(read("mounts"), "", "the container's mounts show in the host's mount table");
     assert_eq!(read("visible"), "", "the container's root filesystem is reachable on the host");
+    assert_eq!(read("openable"), "", "{TEST_USER} can open (so flock, and hold) these locks");
     // `UID MODE PATH` of each file the test user reached: none may be a
     // setuid or setgid file of root's (in sudo mode the outputs are theirs).
     let reachable = read("reachable");

@@ -6,7 +6,7 @@ use crate::settings::Settings;
 /// Removes each image's name, then collects unreferenced blobs and rootfs.
 pub fn rmi(settings: &Settings, printer: &Printer, images: &[String]) -> anyhow::Result<()> {
     let store = settings.store()?;
-    let lock = store.lock_exclusive()?;
+    let lock = lock(&store, printer)?;
     for query in images {
         let record = store.lookup(query)?;
         store.remove_ref(&record.reference, &lock)?;
@@ -19,9 +19,18 @@ pub fn rmi(settings: &Settings, printer: &Printer, images: &[String]) -> anyhow:
 /// Collects unreferenced blobs and rootfs.
 pub fn gc(settings: &Settings, printer: &Printer) -> anyhow::Result<()> {
     let store = settings.store()?;
-    let lock = store.lock_exclusive()?;
+    let lock = lock(&store, printer)?;
     report(printer, &store.gc(&lock)?);
     Ok(())
+}
+
+/// The store, locked for removals; says so where that waits.
+fn lock(store: &ces_image::Store, printer: &Printer) -> anyhow::Result<ces_image::store::StoreLock> {
+    Ok(store.lock_exclusive_saying(|| {
+        printer.status(
+            "Waiting for the ces runs, pulls and loads using the store to end (ces ps lists the runs; Ctrl-C stops waiting)",
+        )
+    })?)
 }
 
 fn report(printer: &Printer, stats: &ces_image::store::GcStats) {

@@ -106,7 +106,7 @@ impl ActiveRun {
         // on the host must reach the root filesystem under `state/`.
         fs::DirBuilder::new().mode(0o711).create(&new).with_context(|| format!("cannot create {}", new.display()))?;
         let lock = (|| {
-            let lock = File::create(new.join("lock"))?;
+            let lock = ces_image::fs::open_lock(&new.join("lock"))?;
             rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive)?;
             let record = Record {
                 id: paths.id.clone(),
