@@ -63,6 +63,14 @@ const MANIFEST_JSON: &str = "manifest.json";
 const MAX_INDEX_DEPTH: usize = 4;
 /// How many links one name may go through.
 const MAX_LINK_DEPTH: usize = 16;
+/// The most names one load gives images (`docker save` of many tags, an
+/// index naming many): each is an entry of the store's `index.json`, which
+/// every later command reads.
+pub const MAX_NAMES: usize = 256;
+/// The most bytes of entry names and link targets an archive may have, all
+/// together (they are kept in memory until its end; real archives have
+/// kilobytes).
+pub const MAX_NAME_BYTES: u64 = 16 << 20;
 /// Size of the buffer entry data is copied through.
 const COPY_BUFFER_LEN: usize = 256 << 10;
 
@@ -121,6 +129,21 @@ pub enum LoadError {
     TooManyEntries {
         /// The limit.
         limit: u64,
+    },
+    /// The archive's entry names and link targets are longer, all
+    /// together, than any image archive's.
+    #[error("the archive's entry names and link targets take more than {limit} bytes")]
+    NamesTooLong {
+        /// The limit.
+        limit: u64,
+    },
+    /// The archive names more images than one load may.
+    #[error("the archive gives {count} names, more than the {limit} one load may")]
+    TooManyNames {
+        /// The names given.
+        count: usize,
+        /// The limit.
+        limit: usize,
     },
     /// `index.json`, `oci-layout` or `manifest.json` is too large to be real.
     #[error("{} is larger than the {limit}-byte limit", quote(entry))]
@@ -351,7 +374,7 @@ pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     };
     Ok(Loaded {
         format,
-        images: name_images(images, options.name.as_ref())?,
+        images: name_images(images, options.name.as_ref(), store.user())?,
         blobs: contents.files.len(),
         bytes: contents.files.values().map(|f| f.size).sum(),
         _lock: lock,
@@ -361,9 +384,7 @@ pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
 impl Loaded {
     /// Names the images in `store`.
     pub fn name(self, store: &Store) -> Result<LoadOutcome> {
-        for record in &self.images {
-            store.add_ref(record)?;
-        }
+        store.add_refs(&self.images)?;
         tracing::debug!(format = %self.format, images = self.images.len(), blobs = self.blobs, "loaded");
         Ok(LoadOutcome { format: self.format, images: self.images, blobs: self.blobs, bytes: self.bytes })
     }
@@ -387,6 +408,8 @@ struct Contents {
     json: HashMap<&'static str, Vec<u8>>,
     /// Entries read.
     entries: u64,
+    /// Bytes of the entries' names and link targets.
+    name_bytes: u64,
 }
 
 /// An image found in the archive, before it is named.
@@ -469,6 +492,11 @@ fn read_archive(store: &Store, input: impl Read) -> Result<Contents> {
         contents.entries += 1;
         if contents.entries > MAX_ENTRIES {
             return Err(LoadError::TooManyEntries { limit: MAX_ENTRIES });
+        }
+        let link_bytes = entry.link_name_bytes().map_or(0, |target| target.len());
+        contents.name_bytes += (entry.path_bytes().len() + link_bytes) as u64;
+        if contents.name_bytes > MAX_NAME_BYTES {
+            return Err(LoadError::NamesTooLong { limit: MAX_NAME_BYTES });
         }
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         contents.add(store, &mut entry, &name, &state, &mut buf)?;
@@ -911,8 +939,9 @@ fn diff_id(store: &Store, layer: &Digest) -> Result<(&'static str, Digest)> {
     Ok((media_type, hashing.finish().1))
 }
 
-/// One record per name: `name` (for a single image) or the archive's own names.
-fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<Vec<ImageRecord>> {
+/// One record per name: `name` (for a single image) or the archive's own
+/// names, loaded by the user `loaded_by` (see [`Store::acting_for`]).
+fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>, loaded_by: u32) -> Result<Vec<ImageRecord>> {
     let now = jiff::Timestamp::now();
     let record = |image: &Resolved, reference: ImageReference| {
         if let Some(pinned) = reference.digest()
@@ -928,6 +957,7 @@ fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<V
             pulled_at: Some(now),
             index_digest: image.index_digest.clone(),
             provenance: image.provenance.clone(),
+            loaded_by: Some(loaded_by),
         })
     };
     if let Some(name) = name {
@@ -954,6 +984,10 @@ fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>) -> Result<V
                 .map_err(|source| LoadError::BadName { digest: image.digest.clone(), source })?;
             records.retain(|r| r.reference != reference);
             records.push(record(image, reference)?);
+            if records.len() > MAX_NAMES {
+                let count = images.iter().map(|i| i.names.len()).sum();
+                return Err(LoadError::TooManyNames { count, limit: MAX_NAMES });
+            }
         }
     }
     if records.is_empty() {
@@ -1040,6 +1074,95 @@ mod tests {
     }
 
     /// The entries of a tar, as (name, data) pairs, regular files only.
+    /// A name resolves to the image pulled under it or to the user's own
+    /// load, never to another user's ([`Store::acting_for`]); each keeps its
+    /// own, and a digest finds any.
+    #[test]
+    fn a_name_resolves_to_its_pull_or_to_the_users_own_load() {
+        let f = Fixture::new();
+        let name = "ghcr.io/lab/model:1";
+        let as_user = |uid| f.store.clone().acting_for(uid);
+        let (alice, bob, carol) = (as_user(1001), as_user(1002), as_user(1003));
+        let load_as = |store: &Store, marker: &str| {
+            let image = marker_image(marker).build();
+            let bytes = f.oci_archive(&image, name);
+            load(store, bytes.as_slice(), &LoadOptions::default()).unwrap().images.remove(0)
+        };
+        // What a pull would have named (no loader).
+        let mut pulled = load_as(&carol, "pulled");
+        let lock = f.store.lock_exclusive().unwrap();
+        f.store.remove_ref(&pulled, &lock).unwrap();
+        drop(lock);
+        pulled.loaded_by = None;
+        f.store.add_ref(&pulled).unwrap();
+        let alices = load_as(&alice, "alice");
+        let bobs = load_as(&bob, "bob");
+        assert_eq!((alices.loaded_by, bobs.loaded_by), (Some(1001), Some(1002)));
+
+        assert_eq!(alice.lookup(name).unwrap(), alices, "her own load");
+        assert_eq!(bob.lookup(name).unwrap(), bobs);
+        assert_eq!(carol.lookup(name).unwrap(), pulled, "not another user's load");
+        let names = |store: &Store| store.own_images().unwrap().into_iter().map(|r| r.digest).collect::<Vec<_>>();
+        assert_eq!(names(&alice), [pulled.digest.clone(), alices.digest.clone()]);
+        assert_eq!(names(&carol), [pulled.digest.clone()]);
+        assert_eq!(f.store.images().unwrap().len(), 3, "the store keeps all three");
+        assert_eq!(carol.lookup(&bobs.digest.hex()[..12]).unwrap().digest, bobs.digest, "by digest");
+
+        // A load again replaces that user's own name only; a removal removes it only.
+        let bobs_again = load_as(&bob, "bob again");
+        assert_eq!(bob.lookup(name).unwrap(), bobs_again);
+        assert_eq!(alice.lookup(name).unwrap(), alices);
+        assert_eq!(f.store.images().unwrap().len(), 3);
+        let lock = f.store.lock_exclusive().unwrap();
+        alice.remove_ref(&alices, &lock).unwrap();
+        assert_eq!(alice.lookup(name).unwrap(), pulled);
+        assert_eq!(bob.lookup(name).unwrap(), bobs_again);
+    }
+
+    /// An archive that names more images than one load may is refused
+    /// before any is named (each name is an entry of `index.json`).
+    #[test]
+    fn more_names_than_a_load_may_give_are_refused() {
+        let f = Fixture::new();
+        let image = marker_image("many").build();
+        let mut files = files_of(&f.oci_archive(&image, "ghcr.io/ns/many:0"));
+        let at = files.iter().position(|(name, _)| name == "index.json").unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&files[at].1).unwrap();
+        let entry = json["manifests"][0].clone();
+        let named = |n: usize| {
+            let mut e = entry.clone();
+            e["annotations"][crate::store::REF_NAME] = format!("ghcr.io/ns/many:{n}").into();
+            e
+        };
+        for count in [MAX_NAMES, MAX_NAMES + 1] {
+            json["manifests"] = (0..count).map(named).collect();
+            files[at].1 = serde_json::to_vec(&json).unwrap();
+            let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+            let result = f.load(&tar_of(&borrowed, &[]), None, amd64());
+            if count == MAX_NAMES {
+                assert_eq!(result.unwrap().images.len(), MAX_NAMES);
+            } else {
+                let error = result.unwrap_err();
+                assert!(matches!(error, LoadError::TooManyNames { count: 257, limit: 256 }), "{error}");
+            }
+        }
+    }
+
+    /// Entry names and link targets are kept until the archive's end: past
+    /// a bound, all together, the archive is refused.
+    #[test]
+    fn names_longer_than_any_archives_are_refused() {
+        let f = Fixture::new();
+        let long = |i: usize| format!("{i:04}{}", "n".repeat(4000));
+        let names: Vec<(String, String)> = (0..2200).map(|i| (long(i), long(i + 10_000))).collect();
+        let links: Vec<(&str, &str, bool)> = names.iter().map(|(n, t)| (n.as_str(), t.as_str(), true)).collect();
+        let error = f.load(&tar_of(&[], &links), None, amd64()).unwrap_err();
+        assert!(matches!(error, LoadError::NamesTooLong { limit: MAX_NAME_BYTES }), "{error}");
+        // Fewer are read to the end (and then found to hold no image).
+        let error = f.load(&tar_of(&[], &links[..100]), None, amd64()).unwrap_err();
+        assert!(matches!(error, LoadError::Unrecognized), "{error}");
+    }
+
     fn files_of(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut archive = tar::Archive::new(tar);
         archive
@@ -1129,7 +1252,7 @@ mod tests {
         assert_eq!(layers(&f), 6, "three layers, each a directory and a record");
 
         let lock = f.store.lock_exclusive().unwrap();
-        f.store.remove_ref(&unpacked[0].0.reference, &lock).unwrap();
+        f.store.remove_ref(&unpacked[0].0, &lock).unwrap();
         let stats = f.store.gc(&lock).unwrap();
         assert_eq!((stats.rootfs, stats.layers), (1, 1));
         assert_eq!(layers(&f), 4);
@@ -1180,7 +1303,7 @@ mod tests {
         assert_eq!(layers(&f), 6, "three layers, each a directory and a record");
 
         let lock = f.store.lock_exclusive().unwrap();
-        f.store.remove_ref(&kept[0].0.reference, &lock).unwrap();
+        f.store.remove_ref(&kept[0].0, &lock).unwrap();
         let stats = f.store.gc(&lock).unwrap();
         assert_eq!((stats.rootfs, stats.layers), (1, 1));
         assert_eq!(layers(&f), 4);

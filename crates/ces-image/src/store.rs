@@ -51,6 +51,9 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub const PULLED_AT: &str = "io.ces.pulled-at";
 /// The digest of the index a tag resolved to, when it was an index.
 pub const INDEX_DIGEST: &str = "io.ces.index-digest";
+/// The uid of the user who named the image with `ces load` (absent for a
+/// pull): see [`Store::acting_for`].
+pub const LOADED_BY: &str = "io.ces.loaded-by";
 
 /// Something went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +237,9 @@ pub struct ImageRecord {
     /// Where the image came from (its OCI labels and base annotations),
     /// kept as annotations of its `index.json` entry.
     pub provenance: Provenance,
+    /// The uid of the user who loaded it under this name (`ces load`);
+    /// `None` for an image pulled from the registry its name says.
+    pub loaded_by: Option<u32>,
 }
 
 /// What a garbage collection removed.
@@ -474,6 +480,8 @@ pub struct Store {
     /// Whether an image whose layers can be an overlay's lower layers is
     /// kept as them, without an assembled tree ([`Store::with_layered`]).
     layered: bool,
+    /// The user ces acts for ([`Store::acting_for`]).
+    user: u32,
 }
 
 /// The most bytes the layers' paths (with their separators) and the run's
@@ -533,9 +541,34 @@ impl Store {
         Store { layered, ..self }
     }
 
+    /// The same store, acting for the user `uid` (by default the effective
+    /// uid; under sudo, the user who ran it). A name is a promise about
+    /// where an image came from, and one store may serve several users
+    /// (root's, under sudo): a name resolves to the image pulled under it
+    /// (from the registry it names), or to one this user loaded under it,
+    /// never to another user's load. Anyone's `ces load` of an archive of
+    /// their making could otherwise put any image under the name of one
+    /// pulled from an approved registry, for every other user's next run. A
+    /// load by this user names images as theirs ([`ImageRecord::loaded_by`]);
+    /// a digest is content, and finds any image.
+    pub fn acting_for(self, uid: u32) -> Store {
+        Store { user: uid, ..self }
+    }
+
+    /// The user ces acts for ([`Store::acting_for`]).
+    pub fn user(&self) -> u32 {
+        self.user
+    }
+
+    /// Whether a name of `record` resolves for the user ces acts for.
+    fn names_for_user(&self, record: &ImageRecord) -> bool {
+        record.loaded_by.is_none_or(|uid| uid == self.user)
+    }
+
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
-        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true, layered: true };
+        let user = rustix::process::geteuid().as_raw();
+        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true, layered: true, user };
         // The blobs' directory is the layout's, made with it.
         for dir in std::iter::once(store.blobs_dir()).chain(store.private_dirs()) {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -813,8 +846,30 @@ impl Store {
         write_atomic(self, &self.index_path(), &bytes)
     }
 
-    /// Names an image: adds (or replaces) the `index.json` entry for `record.reference`.
+    /// Names an image: adds (or replaces) the `index.json` entry for
+    /// `record.reference` (a pull's, or that user's load's: see
+    /// [`Store::acting_for`]).
     pub fn add_ref(&self, record: &ImageRecord) -> Result<()> {
+        self.add_refs(std::slice::from_ref(record))
+    }
+
+    /// Names several images at once: all of them, or (on an error) none.
+    pub fn add_refs(&self, records: &[ImageRecord]) -> Result<()> {
+        let descriptors = records.iter().map(|r| self.descriptor_of(r)).collect::<Result<Vec<_>>>()?;
+        let _guard = self.index_lock()?;
+        let mut manifests: Vec<Descriptor> = self
+            .read_index()?
+            .manifests()
+            .iter()
+            .filter(|d| !records.iter().any(|r| same_name(d, r)))
+            .cloned()
+            .collect();
+        manifests.extend(descriptors);
+        self.write_index(&manifests)
+    }
+
+    /// The `index.json` entry of `record`.
+    fn descriptor_of(&self, record: &ImageRecord) -> Result<Descriptor> {
         let mut annotations = BTreeMap::new();
         annotations.insert(REF_NAME.to_owned(), record.reference.to_string());
         if let Some(at) = record.pulled_at {
@@ -823,27 +878,31 @@ impl Store {
         if let Some(index) = &record.index_digest {
             annotations.insert(INDEX_DIGEST.to_owned(), index.to_string());
         }
+        if let Some(uid) = record.loaded_by {
+            annotations.insert(LOADED_BY.to_owned(), uid.to_string());
+        }
         for (key, value) in record.provenance.annotations() {
             annotations.insert(key.to_owned(), value.to_owned());
         }
-        let descriptor = DescriptorBuilder::default()
+        DescriptorBuilder::default()
             .media_type(MediaType::from(record.media_type.as_str()))
             .digest(oci_digest(&record.digest))
             .size(record.manifest_size)
             .annotations(annotations.into_iter().collect::<std::collections::HashMap<_, _>>())
             .build()
-            .map_err(|e| StoreError::Io { path: self.index_path(), source: io::Error::other(e) })?;
-        let _guard = self.index_lock()?;
-        let name = record.reference.to_string();
-        let mut manifests: Vec<Descriptor> =
-            self.read_index()?.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
-        manifests.push(descriptor);
-        self.write_index(&manifests)
+            .map_err(|e| StoreError::Io { path: self.index_path(), source: io::Error::other(e) })
     }
 
-    /// Every named image, in the order they were stored.
+    /// Every named image, in the order they were stored: all users' (what
+    /// the store keeps).
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         Ok(self.read_index()?.manifests().iter().filter_map(record_of).collect())
+    }
+
+    /// The named images whose names resolve for the user ces acts for (see
+    /// [`Store::acting_for`]), in the order they were stored.
+    pub fn own_images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.images()?.into_iter().filter(|r| self.names_for_user(r)).collect())
     }
 
     /// Finds an image by reference (`ghcr.io/ns/app:1`, or short forms that
@@ -851,7 +910,8 @@ impl Store {
     pub fn lookup(&self, query: &str) -> Result<ImageRecord> {
         let images = self.images()?;
         if let Ok(reference) = query.parse::<ImageReference>() {
-            let exact = images.iter().find(|r| r.reference == reference);
+            // The one stored last, of a pull's and this user's load's.
+            let exact = images.iter().rev().find(|r| r.reference == reference && self.names_for_user(r));
             let by_digest = reference
                 .digest()
                 .and_then(|d| images.iter().find(|r| &r.digest == d && r.reference.name() == reference.name()));
@@ -879,16 +939,15 @@ impl Store {
         Err(StoreError::ImageNotFound { query: query.to_owned() })
     }
 
-    /// Removes the name `reference`; the caller should then [`Store::gc`].
-    pub fn remove_ref(&self, reference: &ImageReference, _lock: &StoreLock) -> Result<()> {
+    /// Removes the name of `record` (a pull's, or one user's load's); the
+    /// caller should then [`Store::gc`].
+    pub fn remove_ref(&self, record: &ImageRecord, _lock: &StoreLock) -> Result<()> {
         let _guard = self.index_lock()?;
-        let name = reference.to_string();
         let index = self.read_index()?;
         let before = index.manifests().len();
-        let manifests: Vec<Descriptor> =
-            index.manifests().iter().filter(|d| ref_name(d) != Some(name.as_str())).cloned().collect();
+        let manifests: Vec<Descriptor> = index.manifests().iter().filter(|d| !same_name(d, record)).cloned().collect();
         if manifests.len() == before {
-            return Err(StoreError::ImageNotFound { query: name });
+            return Err(StoreError::ImageNotFound { query: record.reference.to_string() });
         }
         self.write_index(&manifests)
     }
@@ -2364,7 +2423,16 @@ fn record_of(descriptor: &Descriptor) -> Option<ImageRecord> {
         pulled_at: annotations.get(PULLED_AT).and_then(|t| t.parse().ok()),
         index_digest: annotations.get(INDEX_DIGEST).and_then(|d| d.parse().ok()),
         provenance: Provenance::from_annotations(annotations),
+        // One that cannot be read is no one's.
+        loaded_by: annotations.get(LOADED_BY).map(|uid| uid.parse().unwrap_or(u32::MAX)),
     })
+}
+
+/// Whether the `index.json` entry `descriptor` is `record`'s name: the same
+/// reference, pulled or loaded by the same user.
+fn same_name(descriptor: &Descriptor, record: &ImageRecord) -> bool {
+    ref_name(descriptor) == Some(record.reference.to_string().as_str())
+        && record_of(descriptor).is_some_and(|stored| stored.loaded_by == record.loaded_by)
 }
 
 /// A ces digest as an oci-spec one.

@@ -254,6 +254,7 @@ pub async fn pull(
         pulled_at: Some(jiff::Timestamp::now()),
         index_digest,
         provenance,
+        loaded_by: None,
     };
     Ok(PullOutcome {
         record,

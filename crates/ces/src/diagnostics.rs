@@ -252,8 +252,11 @@ fn load_hints(error: &LoadError) -> Vec<String> {
         LoadError::MissingBlob { .. } | LoadError::MissingFile { .. } => vec![
             "the archive is incomplete; save it again with every blob (docker save IMAGE, or skopeo copy docker://IMAGE oci-archive:FILE)".into(),
         ],
-        LoadError::UnsafeEntry { .. } | LoadError::ExtensionTooLarge(_) => {
+        LoadError::UnsafeEntry { .. } | LoadError::ExtensionTooLarge(_) | LoadError::NamesTooLong { .. } => {
             vec!["no image tool writes such an archive: do not use it, and report it".into()]
+        }
+        LoadError::TooManyNames { .. } => {
+            vec!["name the image yourself: ces load --tag ghcr.io/<namespace>/<name>:<tag> FILE".into()]
         }
         LoadError::Store(e) => store_hints(e),
         LoadError::Read { .. }

@@ -241,13 +241,18 @@ fn passwd_entry(uid: u32) -> Option<(String, PathBuf)> {
 /// or `SUDO_USER` say, which the caller sets), else by the number. A
 /// `SUDO_UID` that does not say who is an error, not root.
 pub fn policy_user() -> Result<ces_audit::User, SudoError> {
-    let uid = match (sudo_user()?, caller()) {
+    let uid = policy_uid()?;
+    let name = passwd_entry(uid).map(|(name, _)| name).unwrap_or_else(|| uid.to_string());
+    Ok(ces_audit::User { name, uid })
+}
+
+/// The uid of [`policy_user`], without the user database.
+pub fn policy_uid() -> Result<u32, SudoError> {
+    Ok(match (sudo_user()?, caller()) {
         (Some(user), _) => user.uid,
         (None, Caller::Namespaced { uid: Some(uid) }) => uid,
         (None, _) => rustix::process::getuid().as_raw(),
-    };
-    let name = passwd_entry(uid).map(|(name, _)| name).unwrap_or_else(|| uid.to_string());
-    Ok(ces_audit::User { name, uid })
+    })
 }
 
 /// The groups of [`policy_user`] (names, as `id -Gn` lists them): from the

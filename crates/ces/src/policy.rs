@@ -262,6 +262,7 @@ mod tests {
             pulled_at: None,
             index_digest: None,
             provenance: Provenance::default(),
+            loaded_by: None,
         };
         let unlabelled = Provenance::default();
         let labelled = Provenance { source: Some("https://github.com/lab/model".into()), ..Default::default() };

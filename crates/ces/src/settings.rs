@@ -598,12 +598,18 @@ pub struct ConfigError {
 }
 
 impl Settings {
-    /// The image store, with the limits and the blob policy of `[storage]`.
+    /// The image store, with the limits and the blob policy of `[storage]`,
+    /// acting for the user the audit records (under sudo, the one who ran
+    /// it): whose loads its names resolve to ([`ces_image::Store::acting_for`]).
     pub fn store(&self) -> Result<ces_image::Store, ces_image::StoreError> {
+        // (A `SUDO_UID` that does not say who was refused when the settings
+        // were read; should it fail here, no one's loads resolve.)
+        let user = crate::identity::policy_uid().unwrap_or(crate::identity::UNKNOWN_UID);
         Ok(ces_image::Store::open(&self.storage_root)?
             .with_max_unpacked(self.max_image_size)
             .with_layer_blobs(self.keep_layer_blobs)
-            .with_layered(self.layered_rootfs))
+            .with_layered(self.layered_rootfs)
+            .acting_for(user))
     }
 
     /// Reads the config: `explicit` (from `--config` or `$CES_CONFIG`) must

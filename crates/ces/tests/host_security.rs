@@ -2,7 +2,9 @@
 //! (issue 9, "Local root through the store and root-mode runs"): the tests
 //! play that user with the test kit's unprivileged account and try to run a
 //! setuid-root file from the store's cache and from a running container's
-//! root filesystem, as root and with ces run through sudo.
+//! root filesystem, as root and with ces run through sudo; and to put an
+//! image of their own under the name of one root pulled, in the store they
+//! share through sudo.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -93,6 +95,56 @@ fn a_root_pull_leaves_nothing_another_user_can_run_as_root() {
     assert!(gc.status.success(), "ces gc: {}", String::from_utf8_lossy(&gc.stderr));
     assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600, "closed by the next lock");
     assert_ne!(openable(&user), Some(0), "{TEST_USER} can open the store's lock");
+}
+
+/// The reference and digest of each image `ces images --json` lists.
+fn listed(out: &str) -> Vec<(String, String, Option<u64>)> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(out).unwrap();
+    rows.iter()
+        .map(|r| {
+            (
+                r["reference"].as_str().unwrap().to_owned(),
+                r["digest"].as_str().unwrap().to_owned(),
+                r["loaded_by"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+/// A name is a promise about where an image came from. Through sudo (one
+/// store for everyone), the test user loads an archive of their making
+/// under the name of the image root pulled: root's runs, as every other
+/// user's, still get the pulled image; the name resolves to the load for
+/// the user who loaded it only. Before, the load replaced the pulled
+/// image's name for everyone.
+#[test]
+fn a_load_through_sudo_cannot_take_the_name_of_a_pulled_image() {
+    let w = world("host/load-takeover");
+    let user = test_user();
+    let ces = env!("CARGO_BIN_EXE_ces");
+    let mut entries = busybox_entries();
+    entries.push(Entry::file("loaded-by-the-user", "x"));
+    let theirs = ImageSpec::new(vec![Layer::new(entries)]).cmd(&["sh"]).build();
+    let archive = w.sb.dir.path().join("theirs.tar");
+    theirs.write_oci_archive(&archive, &w.image);
+    user.chown(&archive);
+    let load = w.sb.run(user.sudo(&w.sb, w.command(ces, &["load", "-q", archive.to_str().unwrap()])));
+    load.ok();
+    assert_ne!(theirs.digest, w.digest);
+
+    let which = "if [ -e /loaded-by-the-user ]; then echo loaded; else echo pulled; fi";
+    let mine = listed(w.ces(&["images", "--json"]).ok());
+    assert_eq!(mine, vec![(w.image.clone(), w.digest.clone(), None)], "root's names");
+    assert_eq!(w.ces(&["run", "-q", &w.image, "sh", "-c", which]).ok().trim(), "pulled", "root's run");
+
+    let sudo = |args: &[&str]| w.sb.run(user.sudo(&w.sb, w.command(ces, args)));
+    let theirs_listed = listed(sudo(&["images", "--json"]).ok());
+    assert_eq!(
+        theirs_listed.iter().rev().find(|(r, _, _)| *r == w.image),
+        Some(&(w.image.clone(), theirs.digest.clone(), Some(u64::from(user.uid)))),
+        "the user's own name: {theirs_listed:?}"
+    );
+    assert_eq!(sudo(&["run", "-q", &w.image, "sh", "-c", which]).ok().trim(), "loaded", "the user's run");
 }
 
 /// Run in the mount namespace ces starts in (the test's own, or for sudo

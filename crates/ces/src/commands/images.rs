@@ -11,6 +11,8 @@ struct Row {
     size: u64,
     pulled_at: Option<String>,
     index_digest: Option<String>,
+    /// The uid of the user who loaded it (`ces load`), or `None` (pulled).
+    loaded_by: Option<u32>,
 }
 
 /// Prints the table (or JSON) on stdout.
@@ -20,7 +22,9 @@ pub fn images(settings: &Settings, json: bool, disk: bool) -> anyhow::Result<()>
         return disk_use(&store, json);
     }
     let mut rows = Vec::new();
-    for record in store.images()? {
+    // The names that resolve for this user: pulled ones and their own
+    // loads (not another user's, in a store several users share).
+    for record in store.own_images()? {
         // The download size: manifest, config and layers as stored.
         let size = store.manifest(&record.digest).map_or(record.manifest_size, |m| {
             record.manifest_size + m.config().size() + m.layers().iter().map(|l| l.size()).sum::<u64>()
@@ -31,6 +35,7 @@ pub fn images(settings: &Settings, json: bool, disk: bool) -> anyhow::Result<()>
             size,
             pulled_at: record.pulled_at.map(|t| t.to_string()),
             index_digest: record.index_digest.map(|d| d.to_string()),
+            loaded_by: record.loaded_by,
         });
     }
     if json {
@@ -41,7 +46,13 @@ pub fn images(settings: &Settings, json: bool, disk: bool) -> anyhow::Result<()>
     println!("{:width$}  {:12}  {:>9}  PULLED", "REFERENCE", "DIGEST", "SIZE");
     for row in rows {
         let pulled = row.pulled_at.as_deref().map(|t| t.split('.').next().unwrap_or(t)).unwrap_or("-");
-        println!("{:width$}  {:12}  {:>9}  {pulled}", row.reference, short_digest(&row.digest), human_bytes(row.size));
+        let loaded = if row.loaded_by.is_some() { " (loaded)" } else { "" };
+        println!(
+            "{:width$}  {:12}  {:>9}  {pulled}{loaded}",
+            row.reference,
+            short_digest(&row.digest),
+            human_bytes(row.size)
+        );
     }
     Ok(())
 }

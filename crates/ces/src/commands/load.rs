@@ -103,7 +103,9 @@ fn import(
     }
     spinner.finish_and_clear();
     if counting.eof {
-        archive.size = Some(archive.size.unwrap_or(counting.read));
+        // The size of what was hashed: the file may have grown or shrunk
+        // since it was opened (its owner may write to it meanwhile).
+        archive.size = Some(counting.read);
         archive.sha256 = Some(format!("{:x}", counting.hasher.finalize()));
     }
     let loaded = result.with_context(|| format!("cannot load {shown}"))?;

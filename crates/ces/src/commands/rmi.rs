@@ -9,7 +9,7 @@ pub fn rmi(settings: &Settings, printer: &Printer, images: &[String]) -> anyhow:
     let lock = lock(&store, printer)?;
     for query in images {
         let record = store.lookup(query)?;
-        store.remove_ref(&record.reference, &lock)?;
+        store.remove_ref(&record, &lock)?;
         println!("Untagged: {}", record.reference);
     }
     report(printer, &store.gc(&lock)?);
