@@ -15,6 +15,12 @@
 //! per-run copy-on-write overlay itself (lower: the cached rootfs; upper and
 //! work: in the run's state directory, the upper's `/`, `/etc` and `/run`
 //! owned by the container's root) and hands podman the merged directory.
+//! The overlay is in the host's mount table, so it is kept out of other
+//! users' reach as the native runtime's is by a mount namespace: upper and
+//! work in a directory of root's alone (`overlay/`, `0700`), the merged tree
+//! mounted `nosuid,nodev` in a `0700` directory (`rootfs/`) given, once it
+//! is mounted, to the host ids of the container's root (runc, as that root
+//! in the container's user namespace, must reach it: no one else may).
 //! Rootless, the rootfs belongs to the user already and podman's own overlay
 //! (`--rootfs PATH:O`) is used.
 //!
@@ -159,9 +165,9 @@ impl Overlay {
         Overlay {
             lower: spec.image.rootfs.lower_dirs(),
             user_xattrs: spec.image.rootfs.needs_user_xattrs(),
-            upper: spec.state_dir.join("upper"),
-            work: spec.state_dir.join("work"),
-            merged: spec.state_dir.join("merged"),
+            upper: spec.state_dir.join(OVERLAY_DIR).join("upper"),
+            work: spec.state_dir.join(OVERLAY_DIR).join("work"),
+            merged: spec.state_dir.join(MERGED),
             volatile: ces_image::rootfs::overlay_volatile(),
         }
     }
@@ -452,7 +458,7 @@ impl Runtime for PodmanRuntime {
         if self.mode == Mode::Rootful {
             let overlay = Overlay::of(spec);
             lines.push(format!(
-                "mount -t overlay overlay -o {} {}",
+                "mount -t overlay overlay -o nosuid,nodev,{} {}",
                 shell_quote(&overlay.options()?),
                 shell_quote(&overlay.merged.display().to_string())
             ));
@@ -908,6 +914,15 @@ impl Drop for EnvFile {
     }
 }
 
+/// The directory of a rootful run's upper and work directories, in its state
+/// directory: root's alone.
+const OVERLAY_DIR: &str = "overlay";
+/// The merged tree podman gets, in its state directory, below a directory
+/// only the container's root may enter.
+const MERGED: &str = "rootfs/merged";
+/// Where earlier versions mounted it (for [`cleanup_stale`]).
+const OLD_MERGED: &str = "merged";
+
 /// The overlay ces mounted for a rootful run; unmounted when dropped.
 struct MountedOverlay {
     merged: PathBuf,
@@ -916,12 +931,18 @@ struct MountedOverlay {
 impl MountedOverlay {
     fn mount(spec: &RunSpec) -> Result<MountedOverlay, RuntimeError> {
         use nix::mount::{MsFlags, mount};
+        use std::os::unix::fs::DirBuilderExt as _;
         let overlay = Overlay::of(spec);
         let options = overlay.options()?;
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| RuntimeError::Io { path, source }
         };
+        let private = spec.state_dir.join(OVERLAY_DIR);
+        let entry = overlay.merged.parent().unwrap_or(&spec.state_dir).to_owned();
+        for dir in [&private, &entry] {
+            std::fs::DirBuilder::new().mode(0o700).create(dir).map_err(io(dir))?;
+        }
         for dir in [&overlay.upper, &overlay.work, &overlay.merged] {
             std::fs::create_dir(dir).map_err(io(dir))?;
         }
@@ -944,15 +965,23 @@ impl MountedOverlay {
                 .map_err(io(&upper))?;
             std::os::unix::fs::lchown(&upper, Some(owner_uid), Some(owner_gid)).map_err(io(&upper))?;
         }
-        mount(Some("overlay"), &overlay.merged, Some("overlay"), MsFlags::MS_NODEV, Some(options.as_str()))
+        let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        mount(Some("overlay"), &overlay.merged, Some("overlay"), flags, Some(options.as_str()))
             .map_err(|e| RuntimeError::Start { stage: "mounting the root filesystem overlay", source: Box::new(e) })?;
-        Ok(MountedOverlay { merged: overlay.merged })
+        let mounted = MountedOverlay { merged: overlay.merged };
+        // Given only now: a mount point cannot be renamed or removed, so the
+        // container's root (in sudo mode, the user) cannot swap `merged` for
+        // a link that root would mount on.
+        let (uid, gid) = (spec.identity.host_uid, spec.identity.host_gid);
+        std::os::unix::fs::lchown(&entry, Some(uid), Some(gid)).map_err(io(&entry))?;
+        Ok(mounted)
     }
 }
 
 impl Drop for MountedOverlay {
     fn drop(&mut self) {
-        if let Err(error) = nix::mount::umount2(&self.merged, nix::mount::MntFlags::MNT_DETACH) {
+        let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+        if let Err(error) = nix::mount::umount2(&self.merged, flags) {
             tracing::warn!(path = %self.merged.display(), %error, "cannot unmount the run's overlay");
         }
     }
@@ -971,14 +1000,17 @@ pub fn cleanup_stale(state_dir: &Path) -> bool {
         tracing::warn!(container = name, "cannot remove the container of an interrupted run");
         return false;
     }
-    let merged = state_dir.join("merged");
-    let (Ok(inner), Ok(outer)) = (std::fs::symlink_metadata(&merged), std::fs::symlink_metadata(state_dir)) else {
-        return true;
-    };
-    if inner.dev() != outer.dev()
-        && let Err(error) = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH)
-    {
-        tracing::warn!(path = %merged.display(), %error, "cannot unmount a stale overlay");
+    for merged in [MERGED, OLD_MERGED].map(|name| state_dir.join(name)) {
+        let parent = merged.parent().unwrap_or(state_dir);
+        let (Ok(inner), Ok(outer)) = (std::fs::symlink_metadata(&merged), std::fs::symlink_metadata(parent)) else {
+            continue;
+        };
+        let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+        if inner.dev() != outer.dev()
+            && let Err(error) = nix::mount::umount2(&merged, flags)
+        {
+            tracing::warn!(path = %merged.display(), %error, "cannot unmount a stale overlay");
+        }
     }
     true
 }
@@ -1077,7 +1109,7 @@ mod tests {
             "--mount type=tmpfs,dst=/cache,tmpfs-size=1048576",
             "--env-file /store/runs/x/state/podman.env --workdir /work --user 0:0 --uidmap 0:1000:1 --gidmap 0:1001:1",
             "--name ces-20231114-221320-deadbeef --label io.ces.run-id=20231114-221320-deadbeef --label io.ces.name=analysis",
-            "--rootfs /store/runs/x/state/merged",
+            "--rootfs /store/runs/x/state/rootfs/merged",
         ]
         .join(" ");
         let n = expected.split(' ').count();
@@ -1097,7 +1129,7 @@ mod tests {
         assert_eq!(
             lines[0],
             format!(
-                "mount -t overlay overlay -o {volatile}lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/upper,workdir=/store/runs/x/state/work /store/runs/x/state/merged"
+                "mount -t overlay overlay -o nosuid,nodev,{volatile}lowerdir=/store/rootfs/aaaa,upperdir=/store/runs/x/state/overlay/upper,workdir=/store/runs/x/state/overlay/work /store/runs/x/state/rootfs/merged"
             )
         );
         assert!(

@@ -258,6 +258,62 @@ fn podman_kills_a_container_that_ignores_sigterm_after_the_stop_timeout() {
     }
 }
 
+/// A rootful podman run (root for itself, and through sudo for the test
+/// user) keeps its root filesystem out of every other local user's reach,
+/// as the native runtime does. `nobody` plays that user: the overlay's
+/// upper directory is named in the host's mount table, and its merged tree
+/// is where podman's command line says. The container makes a setuid copy
+/// of busybox and a file every user may read (0644), where they would be
+/// reached through the merged tree or the upper directory: neither may be.
+/// The overlay is mounted `nosuid,nodev`. Before, both were in directories
+/// anyone could search, and the mount was not `nosuid`: another user ran
+/// the container's setuid file as the container's user.
+#[test]
+fn a_rootful_podman_run_is_out_of_other_users_reach() {
+    require_root_and_podman();
+    let script = "cp /bin/busybox /tmp/made-setuid && chmod 4755 /tmp/made-setuid; \
+                  echo secret > /tmp/readable && chmod 644 /tmp/readable; \
+                  touch /safe_outputs/started; sleep 1000";
+    for sudo in [false, true] {
+        let w = TreWorld::with("podman/reach", &busybox_image(), "");
+        if !sudo {
+            // (Through sudo, start_long_run does it.) The directories above
+            // the store searchable by all, as on a real host.
+            w.for_another_user();
+        }
+        let (mut ces, id, _removed) = start_long_run(&w, sudo, script);
+        let state = w.sb.store.canonicalize().unwrap().join("runs").join(&id).join("state");
+        // As seen in ces's mount namespace (through sudo, the test's host is
+        // one of its own: see `Sandbox::as_sudo`).
+        let in_ces_namespace = |argv: &[&str]| {
+            let mut cmd = Command::new("nsenter");
+            cmd.args(["-t", &ces.id().to_string(), "-m", "--"]).args(argv);
+            cmd.stderr(Stdio::null()).output().unwrap()
+        };
+        let state_str = state.to_str().unwrap();
+        let found = in_ces_namespace(&["find", state_str, "-name", "made-setuid", "-o", "-name", "readable"]);
+        let found: Vec<String> = String::from_utf8(found.stdout).unwrap().lines().map(str::to_owned).collect();
+        assert!(found.len() >= 4, "the files, merged and upper (sudo: {sudo}): {found:?}");
+        for path in &found {
+            let nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--", "stat", path];
+            assert!(!in_ces_namespace(&nobody).status.success(), "nobody reaches {path} (sudo: {sudo})");
+        }
+        // The overlay's own options: the sixth field of its mountinfo line.
+        let table = String::from_utf8(in_ces_namespace(&["cat", "/proc/self/mountinfo"]).stdout).unwrap();
+        let options = table.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let overlay = mountinfo::fs_and_options(line).is_some_and(|(fs, _)| fs == "overlay");
+            (overlay && fields.get(4).is_some_and(|at| Path::new(at).starts_with(&state))).then(|| fields[5].to_owned())
+        });
+        let options = options.unwrap_or_else(|| panic!("the overlay under {} (sudo: {sudo})", state.display()));
+        for flag in ["nosuid", "nodev"] {
+            assert!(options.split(',').any(|o| o == flag), "{flag} (sudo: {sudo}): {options}");
+        }
+        assert!(Command::new("kill").args(["-TERM", &ces.id().to_string()]).status().unwrap().success());
+        ces.wait().unwrap();
+    }
+}
+
 /// The watchdog's PIDs: forked from ces, so the same command line, but not
 /// ces itself.
 fn watchdogs_of(ces: u32) -> Vec<u32> {
