@@ -652,10 +652,19 @@ impl Store {
         self.layout_dir().join("index.json")
     }
 
-    /// A fresh path in the store's temp directory.
+    /// A fresh path in the store's temp directory: this process's id, a
+    /// random number drawn once per process (two hosts sharing the store, or
+    /// two PID namespaces, may have the same process ids), and a count. Files
+    /// there are made `O_EXCL` all the same: never another writer's.
     fn temp_path(&self, what: &str) -> PathBuf {
+        static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let token = TOKEN.get_or_init(|| {
+            use std::hash::BuildHasher as _;
+            // std's hasher keys are random per process (the OS's generator).
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id()) & 0xffff_ffff
+        });
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir().join(format!("{what}-{}-{n}", std::process::id()))
+        self.tmp_dir().join(format!("{what}-{}-{token:08x}-{n}", std::process::id()))
     }
 
     fn flock(&self, path: &Path, op: FlockOperation) -> Result<File> {
@@ -750,7 +759,7 @@ impl Store {
     fn new_blob_writer(&self, expected: Option<Digest>, size: Option<u64>) -> Result<BlobWriter> {
         let label = expected.as_ref().map_or("computed", Digest::short);
         let temp = self.temp_path(&format!("blob-{label}"));
-        let file = File::create(&temp).map_err(io_err(&temp))?;
+        let file = File::create_new(&temp).map_err(io_err(&temp))?;
         Ok(BlobWriter {
             out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
             temp,
@@ -2391,7 +2400,7 @@ impl Drop for BlobWriter {
 fn write_atomic(store: &Store, path: &Path, bytes: &[u8]) -> Result<()> {
     let temp = store.temp_path("file");
     let result = (|| {
-        let mut file = File::create(&temp)?;
+        let mut file = File::create_new(&temp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&temp, path)
