@@ -33,6 +33,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
+use std::path::Path;
 use std::rc::Rc;
 
 use oci_spec::image::{Descriptor, ImageIndex};
@@ -40,6 +41,7 @@ use oci_spec::image::{Descriptor, ImageIndex};
 use crate::digest::{Digest, HashingWriter};
 use crate::manifest::{self, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Platform};
 use crate::provenance::Provenance;
+use crate::quota::Shortfall;
 use crate::quote::quote;
 use crate::reference::{ImageReference, ReferenceError};
 use crate::store::{BlobWriter, ImageRecord, REF_NAME, Store, StoreError, StoreLock};
@@ -129,6 +131,19 @@ pub enum LoadError {
     TooManyEntries {
         /// The limit.
         limit: u64,
+    },
+    /// The store's file system, or the disk quota that holds ces there, has
+    /// no room for an entry: refused before it was written.
+    #[error("{}", no_room(path, entry, *needed, shortfall))]
+    NoRoom {
+        /// The store's root.
+        path: std::path::PathBuf,
+        /// The entry.
+        entry: String,
+        /// Its size.
+        needed: u64,
+        /// What lacks room.
+        shortfall: Shortfall,
     },
     /// The archive's entry names and link targets are longer, all
     /// together, than any image archive's.
@@ -287,6 +302,20 @@ pub enum LoadError {
 }
 
 type Result<T, E = LoadError> = std::result::Result<T, E>;
+
+/// The message of [`LoadError::NoRoom`].
+fn no_room(path: &Path, entry: &str, needed: u64, shortfall: &Shortfall) -> String {
+    let (path, entry) = (path.display(), quote(entry));
+    match shortfall {
+        Shortfall::Disk { available } => {
+            format!("not enough free space in {path} for {entry}: {needed} bytes to load, {available} free")
+        }
+        Shortfall::Quota(q) => format!(
+            "not enough disk quota left on the file system holding {path} for {entry}: {needed} bytes to load, {} left of {} quota of {}",
+            q.left, q.holder, q.limit
+        ),
+    }
+}
 
 /// How to load.
 #[derive(Debug, Clone)]
@@ -666,6 +695,12 @@ impl Contents {
                 Stored { digest: expected, size }
             }
             expected => {
+                // Refused before it fills the disk or the quota (and fails
+                // there, with the rest of the archive unread).
+                if let Some(shortfall) = crate::quota::shortfall(store.root(), size) {
+                    let path = store.root().to_owned();
+                    return Err(LoadError::NoRoom { path, entry: key, needed: size, shortfall });
+                }
                 // Named blobs are checked against their name; others (docker
                 // save layers) are stored under the digest they turn out to have.
                 let writer = match expected {

@@ -12,6 +12,7 @@ pub mod follow;
 pub mod fs;
 pub mod manifest;
 pub mod provenance;
+pub mod quota;
 pub mod quote;
 mod read_ahead;
 pub mod reference;

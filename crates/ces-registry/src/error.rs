@@ -241,35 +241,17 @@ pub enum RegistryError {
         /// The limit.
         limit: u64,
     },
-    /// The store's file system lacks the room for the blobs to download;
-    /// refused before any layer was fetched.
-    #[error("not enough free space in {}: {needed} bytes to download, {available} free", path.display())]
-    NoSpace {
+    /// The store's file system, or the user's (or group's) disk quota on
+    /// it, lacks the room for the blobs to download; refused before any
+    /// layer was fetched.
+    #[error("{}", no_room(path, *needed, shortfall))]
+    NoRoom {
         /// The store's root.
         path: std::path::PathBuf,
         /// Bytes of the blobs still to fetch.
         needed: u64,
-        /// Bytes free for an unprivileged writer.
-        available: u64,
-    },
-    /// What the user's (or group's) disk quota leaves on the store's file
-    /// system is less than the blobs to download; refused before any layer
-    /// was fetched.
-    #[error(
-        "not enough disk quota left on the file system holding {}: {needed} bytes to download, {left} left of {holder} quota of {limit}",
-        path.display()
-    )]
-    OverQuota {
-        /// The store's root.
-        path: std::path::PathBuf,
-        /// Bytes of the blobs still to fetch.
-        needed: u64,
-        /// Bytes the quota leaves.
-        left: u64,
-        /// Bytes the quota allows in all.
-        limit: u64,
-        /// Whose quota.
-        holder: crate::quota::Holder,
+        /// What lacks the room.
+        shortfall: crate::quota::Shortfall,
     },
     /// A manifest could not be used.
     #[error(transparent)]
@@ -280,4 +262,18 @@ pub enum RegistryError {
     /// The HTTP client could not be set up.
     #[error("cannot set up the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+/// The message of [`RegistryError::NoRoom`].
+fn no_room(path: &std::path::Path, needed: u64, shortfall: &crate::quota::Shortfall) -> String {
+    let path = path.display();
+    match shortfall {
+        crate::quota::Shortfall::Disk { available } => {
+            format!("not enough free space in {path}: {needed} bytes to download, {available} free")
+        }
+        crate::quota::Shortfall::Quota(q) => format!(
+            "not enough disk quota left on the file system holding {path}: {needed} bytes to download, {} left of {} quota of {}",
+            q.left, q.holder, q.limit
+        ),
+    }
 }

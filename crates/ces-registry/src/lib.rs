@@ -10,7 +10,8 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod pull;
-pub mod quota;
+/// The disk quotas a pull checks (in ces-image: a load checks them too).
+pub use ces_image::quota;
 
 pub use auth::{Credentials, Secret};
 pub use client::{Client, ClientConfig, Mirror, RetryPolicy, Session, UPSTREAM_AUTHORIZATION};

@@ -271,24 +271,8 @@ pub async fn pull(
 /// halfway). Where either cannot be read, the download goes ahead: the
 /// writes will tell.
 fn check_free_space(store: &Store, needed: u64) -> Result<(), RegistryError> {
-    if needed == 0 {
-        return Ok(());
-    }
-    let path = store.root();
-    if let Ok(stat) = rustix::fs::statvfs(path) {
-        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-        if needed > available {
-            return Err(RegistryError::NoSpace { path: path.to_owned(), needed, available });
-        }
-    }
-    match crate::quota::tightest(path) {
-        Some(quota) if needed > quota.left => Err(RegistryError::OverQuota {
-            path: path.to_owned(),
-            needed,
-            left: quota.left,
-            limit: quota.limit,
-            holder: quota.holder,
-        }),
-        _ => Ok(()),
+    match crate::quota::shortfall(store.root(), needed) {
+        None => Ok(()),
+        Some(shortfall) => Err(RegistryError::NoRoom { path: store.root().to_owned(), needed, shortfall }),
     }
 }

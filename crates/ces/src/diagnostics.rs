@@ -3,6 +3,7 @@
 
 use ces_image::StoreError;
 use ces_image::archive::LoadError;
+use ces_image::quota::Shortfall;
 use ces_image::reference::ReferenceError;
 use ces_registry::RegistryError;
 
@@ -73,7 +74,7 @@ const QUOTA_FULL: &str = "free some of your quota (ces images --disk shows what 
 fn known_hints(error: &anyhow::Error, config: &str) -> Vec<String> {
     for cause in error.chain() {
         if let Some(e) = cause.downcast_ref::<LoadError>() {
-            return load_hints(e);
+            return load_hints(e, config);
         }
         if let Some(e) = cause.downcast_ref::<RegistryError>() {
             return registry_hints(e, config);
@@ -203,13 +204,7 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
         RegistryError::ImageTooLarge { limit, .. } => vec![format!(
             "[storage] max_image_size in {config} is {limit} bytes; ask the operator to raise it, or make the image smaller"
         )],
-        RegistryError::NoSpace { .. } => vec![format!(
-            "free space (ces rmi IMAGE removes an image and the blobs only it used; ces gc the rest), or set [storage] root in {config} to a larger file system"
-        )],
-        RegistryError::OverQuota { needed, limit, .. } if needed > limit => vec![format!(
-            "the image is larger than the whole quota: ask for a larger one, or put [storage] root in {config} where you have room (where the machine's policy lets users bring a config)"
-        )],
-        RegistryError::OverQuota { .. } => vec![QUOTA_FULL.into()],
+        RegistryError::NoRoom { needed, shortfall, .. } => room_hints(*needed, shortfall, config),
         RegistryError::Store(e) => store_hints(e),
         RegistryError::MissingLabel { label, .. } if label == ces_image::provenance::SOURCE => {
             vec![crate::policy::SOURCE_LABEL_HINT.into()]
@@ -223,7 +218,20 @@ fn registry_hints(error: &RegistryError, config: &str) -> Vec<String> {
     }
 }
 
-fn load_hints(error: &LoadError) -> Vec<String> {
+/// Hints for `needed` bytes that a disk or a quota has no room for.
+fn room_hints(needed: u64, shortfall: &Shortfall, config: &str) -> Vec<String> {
+    match shortfall {
+        Shortfall::Disk { .. } => vec![format!(
+            "free space (ces rmi IMAGE removes an image and the blobs only it used; ces gc the rest), or set [storage] root in {config} to a larger file system"
+        )],
+        Shortfall::Quota(quota) if needed > quota.limit => vec![format!(
+            "the image is larger than the whole quota: ask for a larger one, or put [storage] root in {config} where you have room (where the machine's policy lets users bring a config)"
+        )],
+        Shortfall::Quota(_) => vec![QUOTA_FULL.into()],
+    }
+}
+
+fn load_hints(error: &LoadError, config: &str) -> Vec<String> {
     const FORMATS: &str = "ces load reads OCI archives (skopeo copy ... oci-archive:FILE, podman save --format oci-archive) and docker save tarballs, plain or gzip/zstd compressed";
     const DAMAGED: &str = "the file was damaged or cut short on its way in; compare its size and sha256 with the original's and bring it in again (nothing was named in the store)";
     match error {
@@ -255,6 +263,7 @@ fn load_hints(error: &LoadError) -> Vec<String> {
         LoadError::UnsafeEntry { .. } | LoadError::ExtensionTooLarge(_) | LoadError::NamesTooLong { .. } => {
             vec!["no image tool writes such an archive: do not use it, and report it".into()]
         }
+        LoadError::NoRoom { needed, shortfall, .. } => room_hints(*needed, shortfall, config),
         LoadError::TooManyNames { .. } => {
             vec!["name the image yourself: ces load --tag ghcr.io/<namespace>/<name>:<tag> FILE".into()]
         }
@@ -422,7 +431,9 @@ mod tests {
     fn a_pull_past_the_quota_says_whether_freeing_some_can_help() {
         let over = |needed, left, limit| {
             let holder = ces_registry::quota::Holder::User;
-            anyhow::Error::new(RegistryError::OverQuota { path: "/home/u/ces".into(), needed, left, limit, holder })
+            let quota = ces_registry::quota::Quota { holder, limit, used: limit - left, left };
+            let shortfall = Shortfall::Quota(quota);
+            anyhow::Error::new(RegistryError::NoRoom { path: "/home/u/ces".into(), needed, shortfall })
         };
         let error = over(600, 500, 1000);
         assert_eq!(

@@ -430,3 +430,41 @@ fn an_image_whose_layer_escapes_is_never_named_and_the_failure_is_recorded() {
     assert_eq!(last["images"], serde_json::json!([]), "{last}");
     sb.ces(&["audit", "verify"]).ok();
 }
+
+/// A load stores each blob only where there is room for it: one larger than
+/// the store's file system has free is refused before it is written, with
+/// its size, what is free and what to do; nothing is named, and nothing is
+/// left in `tmp/`. (Rootless, the same check reads the disk quota: the
+/// cgroup v2 VM's `over_quota` test.) Before, the blob was written until the
+/// disk was full, then failed.
+#[test]
+fn a_blob_larger_than_the_free_space_is_refused_before_it_is_written() {
+    common::require_root("mounts a small tmpfs for the store");
+    let sb = sandbox();
+    std::fs::create_dir_all(&sb.store).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&sb.store).status();
+    assert!(mounted.unwrap().success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&sb.store);
+    let layer =
+        ces_testkit::Layer::new(vec![ces_testkit::Entry::file("noise", ces_testkit::misbehave::noise(2 << 20, 3))]);
+    let image = ces_testkit::ImageSpec::new(vec![layer.compressed(Compression::Gzip)]).build();
+    let archive = path(&sb, "noise.tar");
+    image.write_oci_archive(Path::new(&archive), "ghcr.io/ns/noise:1");
+    let err = assert_error_with_hint(&sb.ces(&["load", &archive])).to_owned();
+    let said = format!("not enough free space in {} for blobs/sha256/", sb.store.display());
+    assert!(err.contains(&said) && err.contains(" bytes to load, "), "{err}");
+    assert!(err.contains("hint: free space (ces rmi IMAGE"), "{err}");
+    let index = std::fs::read_to_string(sb.store.join("oci/index.json")).unwrap();
+    assert!(!index.contains("noise"), "nothing named: {index}");
+    assert_eq!(std::fs::read_dir(sb.store.join("tmp")).unwrap().count(), 0, "nothing left in tmp/");
+    // One that fits loads.
+    let small = path(&sb, "small.tar");
+    marker_image("fits").build().write_oci_archive(Path::new(&small), "ghcr.io/ns/small:1");
+    sb.ces(&["load", &small]).ok();
+}

@@ -385,10 +385,12 @@ fn many_layers(ctx: Ctx) {
 }
 
 /// Rootless, over the disk quota of the store's file system: the blob of a
-/// layer that does not compress, and a layer that inflates past it, each
-/// fail saying the quota ran out (not a bare `os error 122`, nor a full
-/// disk), with what to do, and leave no image and nothing in the store's
-/// `tmp/`. (Root is not held to quotas.)
+/// layer that does not compress is refused before it is written (the load
+/// reads the quota: its size, what is left, the limit, and that only a
+/// larger quota will do), and a layer that inflates past it fails saying
+/// the quota ran out (not a bare `os error 122`, nor a full disk), with what
+/// to do; each leaves no image and nothing in the store's `tmp/`. (Root is
+/// not held to quotas.)
 fn over_quota(ctx: Ctx) {
     let host = vm().text("host.txt").unwrap_or_default();
     let setup = vm().text("quota-setup.log").unwrap_or_default();
@@ -398,12 +400,20 @@ fn over_quota(ctx: Ctx) {
     assert!(mount.starts_with("ext4 ") && mount.contains("usrquota"), "{shown}");
     let quota = Scenario::value(&host, "analyst's quota").unwrap_or_default();
     assert_eq!(quota.split_whitespace().nth(3), Some("1024"), "the hard limit, in KiB: {shown}");
-    for (name, file) in [("quota-blob", "/tmp/blob-"), ("quota-unpack", "/tmp/layer-")] {
+    for name in ["quota-blob", "quota-unpack"] {
         let s = scenario(ctx, name);
         s.assert_exit(125);
-        let holding = format!("disk quota exceeded on the file system holding /srv/quota/analyst/{}/ces", ctx.dir());
-        assert!(s.err.contains(&holding) && s.err.contains(file), "what ran out, and where: {s}");
-        assert!(s.err.contains("hint: free some of your quota (ces images --disk"), "{s}");
+        let store = format!("/srv/quota/analyst/{}/ces", ctx.dir());
+        if name == "quota-blob" {
+            let said = format!("not enough disk quota left on the file system holding {store} for blobs/sha256/");
+            assert!(s.err.contains(&said) && s.err.contains(" bytes to load, "), "refused before it is written: {s}");
+            assert!(s.err.contains(" left of your quota of 1048576"), "{s}");
+            assert!(s.err.contains("hint: the image is larger than the whole quota"), "{s}");
+        } else {
+            let holding = format!("disk quota exceeded on the file system holding {store}");
+            assert!(s.err.contains(&holding) && s.err.contains("/tmp/layer-"), "what ran out, and where: {s}");
+            assert!(s.err.contains("hint: free some of your quota (ces images --disk"), "{s}");
+        }
         let index = Scenario::value(&s.host, "index").unwrap_or_default();
         assert!(index.contains(r#""manifests":[]"#), "no image named: {s}");
         assert_eq!(Scenario::value(&s.host, "tmp left"), Some(""), "{s}");

@@ -1,7 +1,8 @@
 //! What a disk quota leaves its holder on the file system holding a
 //! directory. `statvfs` shows the disk's free space but not user or group
 //! quotas (ext4's, XFS's: a TRE's homes), so a pull asks the quotas too
-//! before it downloads, rather than failing with `EDQUOT` halfway.
+//! before it downloads, and a load before it stores each blob, rather than
+//! failing with `EDQUOT` halfway ([`shortfall`]).
 //!
 //! The kernel is asked with `quotactl_fd` (Linux 5.14) on the directory, or
 //! `quotactl` on its file system's block device (`/dev/block/MAJ:MIN`)
@@ -94,6 +95,35 @@ pub fn tightest(dir: &Path) -> Option<Quota> {
             Some(Quota { holder, limit, used, left: limit.saturating_sub(used) })
         })
         .min_by_key(|quota| quota.left)
+}
+
+/// What the file system holding `dir` lacks for `needed` more bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortfall {
+    /// Its free space: `available` bytes to an unprivileged writer.
+    Disk {
+        /// The bytes free.
+        available: u64,
+    },
+    /// The disk quota that holds this process there ([`tightest`]).
+    Quota(Quota),
+}
+
+/// Whether `needed` more bytes fit on the file system holding `dir`, in its
+/// free space (`statvfs`) and in the disk quota that holds this process
+/// there; what they do not fit in, if not. Where either cannot be read, it
+/// is taken to have room: the writes will tell.
+pub fn shortfall(dir: &Path, needed: u64) -> Option<Shortfall> {
+    if needed == 0 {
+        return None;
+    }
+    if let Ok(stat) = rustix::fs::statvfs(dir) {
+        let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if needed > available {
+            return Some(Shortfall::Disk { available });
+        }
+    }
+    tightest(dir).filter(|quota| needed > quota.left).map(Shortfall::Quota)
 }
 
 /// What `quotactl` is pointed at: the directory, and its file system's
