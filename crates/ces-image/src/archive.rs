@@ -27,8 +27,12 @@
 //! Once the archive is read, its images are resolved (an index to the
 //! wanted platform, a `docker save` entry to an OCI manifest written here),
 //! every blob they need is checked to have come in the archive, and only
-//! then are they named in the store. A load that fails names nothing; the
-//! verified blobs it stored stay until `ces gc`.
+//! then are they named in the store. The blobs are written to a directory
+//! of the load's own in the store's `tmp/` ([`Store::staged`]), read from
+//! there while the images are resolved, and only the blobs of those images
+//! are moved into the store: whatever else an archive holds (files outside
+//! `blobs/`, blobs no image names) never stays, and a load that fails names
+//! nothing and keeps nothing.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -391,16 +395,20 @@ pub struct Loaded {
 /// Reads an archive into `store` without naming anything (see [`load`]).
 pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Loaded> {
     let lock = store.lock_shared()?;
-    let contents = read_archive(store, input)?;
+    // The archive's blobs are kept apart until its images are known: only
+    // theirs are moved into the store.
+    let (staging, staged) = store.staged()?;
+    let contents = read_archive(&staging, input)?;
     let (format, images) = if contents.json.contains_key(INDEX_JSON) {
-        (ArchiveFormat::Oci, contents.resolve_oci(store, &options.platform)?)
+        (ArchiveFormat::Oci, contents.resolve_oci(&staging, &options.platform)?)
     } else if contents.json.contains_key(MANIFEST_JSON) {
-        (ArchiveFormat::DockerSave, contents.resolve_docker_save(store)?)
+        (ArchiveFormat::DockerSave, contents.resolve_docker_save(&staging)?)
     } else if contents.entries == 0 {
         return Err(LoadError::Empty);
     } else {
         return Err(LoadError::Unrecognized);
     };
+    staged.keep(images.iter().flat_map(|image| &image.blobs))?;
     Ok(Loaded {
         format,
         images: name_images(images, options.name.as_ref(), store.user())?,
@@ -454,6 +462,8 @@ struct Resolved {
     tag: Option<String>,
     /// Its labels and base annotations, read from its manifest and config.
     provenance: Provenance,
+    /// Every blob it needs: its indexes, manifest, config and layers.
+    blobs: Vec<Digest>,
 }
 
 /// What the tar reader's stream did: ran dry (which a tar that ends with its
@@ -826,20 +836,14 @@ impl Contents {
         match Manifest::parse(&bytes, Some(&media_type))? {
             Manifest::Image(image) => {
                 let needed_by = format!("manifest {digest}");
-                let config = image.config();
-                self.require(
-                    &manifest::descriptor_digest(config).map_err(StoreError::from)?,
-                    config.size(),
-                    &needed_by,
-                )?;
-                for layer in image.layers() {
-                    self.require(
-                        &manifest::descriptor_digest(layer).map_err(StoreError::from)?,
-                        layer.size(),
-                        &needed_by,
-                    )?;
+                let mut blobs = vec![digest.clone()];
+                for part in std::iter::once(image.config()).chain(image.layers()) {
+                    let part_digest = manifest::descriptor_digest(part).map_err(StoreError::from)?;
+                    self.require(&part_digest, part.size(), &needed_by)?;
+                    blobs.push(part_digest);
                 }
                 Ok(Resolved {
+                    blobs,
                     media_type: image.media_type().as_ref().map_or(media_type, ToString::to_string),
                     size: bytes.len() as u64,
                     provenance: Provenance::of(&image, &store.config(&image)?),
@@ -858,7 +862,10 @@ impl Contents {
                     available: manifest::platforms(&index),
                 })?;
                 let needed_by = format!("index {digest}");
-                self.resolve_descriptor(store, chosen, platform, needed_by, index_digest.or(Some(digest)), depth + 1)
+                let index = Some(index_digest.unwrap_or_else(|| digest.clone()));
+                let mut image = self.resolve_descriptor(store, chosen, platform, needed_by, index, depth + 1)?;
+                image.blobs.push(digest);
+                Ok(image)
             }
         }
     }
@@ -921,7 +928,10 @@ impl Contents {
             })?;
             let digest = Digest::of(&bytes);
             store.write_blob(&digest, &bytes)?;
+            let mut blobs = vec![digest.clone(), config.digest.clone()];
+            blobs.extend(manifest.layers.iter().map(|layer| layer.digest.clone()));
             images.push(Resolved {
+                blobs,
                 provenance: store.provenance(&digest)?,
                 digest,
                 media_type: manifest::OCI_MANIFEST.to_owned(),
@@ -1152,6 +1162,53 @@ mod tests {
         alice.remove_ref(&alices, &lock).unwrap();
         assert_eq!(alice.lookup(name).unwrap(), pulled);
         assert_eq!(bob.lookup(name).unwrap(), bobs_again);
+    }
+
+    /// Only the blobs of the images a load names enter the store: a file
+    /// outside `blobs/` and a blob no image needs (what a hostile archive
+    /// could fill the disk with) do not stay, nor anything of a failed
+    /// load; nothing is left in `tmp/`.
+    #[test]
+    fn a_load_keeps_only_the_blobs_of_its_images() {
+        let f = Fixture::new();
+        let image = marker_image("kept").build();
+        let mut files = files_of(&f.oci_archive(&image, "ghcr.io/ns/kept:1"));
+        let extra = b"a blob that no image names".to_vec();
+        let extra_digest = Digest::of(&extra);
+        files.push((format!("blobs/sha256/{}", extra_digest.hex()), extra));
+        files.push(("junk/data".to_owned(), vec![7; 4096]));
+        let stored = |f: &Fixture| {
+            let mut names: Vec<String> = std::fs::read_dir(f.store.root().join("oci/blobs/sha256"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let tmp_left = |f: &Fixture| std::fs::read_dir(f.store.root().join("tmp")).unwrap().count();
+        let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let outcome = f.load(&tar_of(&borrowed, &[]), None, amd64()).unwrap();
+        let manifest = f.store.manifest(&outcome.images[0].digest).unwrap();
+        let mut expected: Vec<String> = std::iter::once(outcome.images[0].digest.hex().to_owned())
+            .chain(
+                std::iter::once(manifest.config())
+                    .chain(manifest.layers())
+                    .map(|d| manifest::descriptor_digest(d).unwrap().hex().to_owned()),
+            )
+            .collect();
+        expected.sort();
+        assert_eq!(stored(&f), expected, "the image's blobs, and only those");
+        assert_eq!(tmp_left(&f), 0);
+
+        // A load that fails (its layer is missing) keeps nothing.
+        let f = Fixture::new();
+        let layer = manifest::descriptor_digest(&manifest.layers()[0]).unwrap();
+        let without: Vec<(&str, &[u8])> =
+            borrowed.iter().copied().filter(|(name, _)| !name.ends_with(layer.hex())).collect();
+        let error = f.load(&tar_of(&without, &[]), None, amd64()).unwrap_err();
+        assert!(matches!(error, LoadError::MissingBlob { .. }), "{error}");
+        assert_eq!(stored(&f), Vec::<String>::new(), "nothing of a failed load");
+        assert_eq!(tmp_left(&f), 0);
     }
 
     /// An archive that names more images than one load may is refused

@@ -27,7 +27,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -482,6 +482,41 @@ pub struct Store {
     layered: bool,
     /// The user ces acts for ([`Store::acting_for`]).
     user: u32,
+    /// Where this view of the store writes the blobs it is given, and reads
+    /// them first ([`Store::staged`]).
+    staging: Option<PathBuf>,
+}
+
+/// The blobs a load brought, kept apart until its images are known
+/// ([`Store::staged`]); what is not moved into the store is removed with it.
+#[derive(Debug)]
+pub struct Staged {
+    dir: PathBuf,
+    blobs: PathBuf,
+}
+
+impl Staged {
+    /// Moves the blobs `digests` (those that were brought: the others are in
+    /// the store already) into the store.
+    pub fn keep<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> Result<()> {
+        for digest in digests {
+            let staged = self.dir.join(digest.hex());
+            match fs::rename(&staged, self.blobs.join(digest.hex())) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&staged)(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Err(error) = crate::fs::remove_tree(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), %error, "cannot remove a load's staged blobs");
+        }
+    }
 }
 
 /// The most bytes the layers' paths (with their separators) and the run's
@@ -568,7 +603,8 @@ impl Store {
     /// Opens the store at `root`, creating its layout if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let user = rustix::process::geteuid().as_raw();
-        let store = Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true, layered: true, user };
+        let store =
+            Store { root: root.into(), max_unpacked: None, keep_layer_blobs: true, layered: true, user, staging: None };
         // The blobs' directory is the layout's, made with it.
         for dir in std::iter::once(store.blobs_dir()).chain(store.private_dirs()) {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -736,7 +772,28 @@ impl Store {
 
     /// Where the blob `digest` lives.
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        if let Some(staged) = self.staging.as_ref().map(|dir| dir.join(digest.hex()))
+            && fs::symlink_metadata(&staged).is_ok()
+        {
+            return staged;
+        }
         self.blobs_dir().join(digest.hex())
+    }
+
+    /// A view of the store that writes the blobs it is given to a directory
+    /// of its own in `tmp/`, and reads blobs there first; and that directory,
+    /// from which [`Staged::keep`] moves blobs into the store, and which is
+    /// removed with what is left when it is dropped. A load stores an
+    /// archive's blobs so, and keeps only those of the images it resolves:
+    /// the archive's other files (anything a hostile one holds) never stay,
+    /// and a failed load leaves nothing. (A load killed meanwhile leaves the
+    /// directory in `tmp/`, emptied by the next ces that takes the store
+    /// while no one else holds it.)
+    pub fn staged(&self) -> Result<(Store, Staged)> {
+        let dir = self.temp_path("load");
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir))?;
+        let staged = Staged { dir: dir.clone(), blobs: self.blobs_dir() };
+        Ok((Store { staging: Some(dir), ..self.clone() }, staged))
     }
 
     /// Whether the blob is stored with the expected size. Blobs are verified
@@ -763,7 +820,7 @@ impl Store {
         Ok(BlobWriter {
             out: Some(HashingWriter::new(BufWriter::with_capacity(256 << 10, file))),
             temp,
-            blobs: self.blobs_dir(),
+            blobs: self.staging.clone().unwrap_or_else(|| self.blobs_dir()),
             expected,
             size,
         })
