@@ -18,9 +18,11 @@
 //! The overlay is in the host's mount table, so it is kept out of other
 //! users' reach as the native runtime's is by a mount namespace: upper and
 //! work in a directory of root's alone (`overlay/`, `0700`), the merged tree
-//! mounted `nosuid,nodev` in a `0700` directory (`rootfs/`) given, once it
-//! is mounted, to the host ids of the container's root (runc, as that root
-//! in the container's user namespace, must reach it: no one else may).
+//! mounted `nosuid,nodev` in a directory of root's (`rootfs/`, `0700`) that
+//! a POSIX ACL lets the container's root enter, and no one else (runc, as
+//! that root in the container's user namespace, must reach the tree). The
+//! directory stays root's: its owner could remove the mount point from a
+//! mount namespace the mount is not in, and put a link there instead.
 //! Rootless, the rootfs belongs to the user already and podman's own overlay
 //! (`--rootfs PATH:O`) is used.
 //!
@@ -965,17 +967,42 @@ impl MountedOverlay {
                 .map_err(io(&upper))?;
             std::os::unix::fs::lchown(&upper, Some(owner_uid), Some(owner_gid)).map_err(io(&upper))?;
         }
+        if spec.identity.host_uid != 0 {
+            enter_only(&entry, spec.identity.host_uid).map_err(|source| match source.raw_os_error() {
+                Some(code) if code == libc::EOPNOTSUPP => RuntimeError::Unsupported {
+                    backend: "podman",
+                    what: "a store on a file system without POSIX ACLs, rootful (the run's root filesystem \
+                           could not be kept from other users; use the native runtime, the default)",
+                },
+                _ => io(&entry)(source),
+            })?;
+        }
         let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         mount(Some("overlay"), &overlay.merged, Some("overlay"), flags, Some(options.as_str()))
             .map_err(|e| RuntimeError::Start { stage: "mounting the root filesystem overlay", source: Box::new(e) })?;
-        let mounted = MountedOverlay { merged: overlay.merged };
-        // Given only now: a mount point cannot be renamed or removed, so the
-        // container's root (in sudo mode, the user) cannot swap `merged` for
-        // a link that root would mount on.
-        let (uid, gid) = (spec.identity.host_uid, spec.identity.host_gid);
-        std::os::unix::fs::lchown(&entry, Some(uid), Some(gid)).map_err(io(&entry))?;
-        Ok(mounted)
+        Ok(MountedOverlay { merged: overlay.merged })
     }
+}
+
+/// Lets the user `uid`, besides root, enter the directory `dir` (root's,
+/// `0700`) and do nothing else there: a POSIX access ACL of
+/// `user::rwx,user:UID:--x,group::---,mask::--x,other::---`, written as the
+/// kernel's `system.posix_acl_access` attribute (version 2, then each
+/// entry's tag, permissions and id, little-endian).
+fn enter_only(dir: &Path, uid: u32) -> std::io::Result<()> {
+    const VERSION: u32 = 2;
+    const UNDEFINED: u32 = u32::MAX;
+    // (tag, permissions, id): ACL_USER_OBJ, ACL_USER, ACL_GROUP_OBJ, ACL_MASK, ACL_OTHER.
+    let entries: [(u16, u16, u32); 5] =
+        [(0x01, 7, UNDEFINED), (0x02, 1, uid), (0x04, 0, UNDEFINED), (0x10, 1, UNDEFINED), (0x20, 0, UNDEFINED)];
+    let mut acl = VERSION.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    rustix::fs::setxattr(dir, "system.posix_acl_access", &acl, rustix::fs::XattrFlags::empty())?;
+    Ok(())
 }
 
 impl Drop for MountedOverlay {

@@ -314,6 +314,45 @@ fn a_rootful_podman_run_is_out_of_other_users_reach() {
     }
 }
 
+/// Through sudo, the user cannot swap the merged tree podman is given for a
+/// link of their choosing (which would run podman on any directory, past
+/// every check of the image). The attack: a mount namespace of the user's
+/// own, made before ces mounts the overlay, does not have that mount; there
+/// its mount point is an empty directory, which its parent's owner may
+/// remove (the kernel then detaches the mount everywhere) and replace. The
+/// parent is root's, and lets the user only enter it.
+#[test]
+fn through_sudo_the_user_cannot_swap_the_podman_root_filesystem() {
+    require_root_and_podman();
+    let w = TreWorld::with("podman/swap", &busybox_image(), "");
+    let user = test_user();
+    // The user's own directory (the sandbox's is root's).
+    let dir = w.sb.dir.path().join("attacker");
+    std::fs::create_dir(&dir).unwrap();
+    user.chown(&dir);
+    let (target, said, done) = (dir.join("target"), dir.join("said"), dir.join("done"));
+    let script = r#"while [ ! -s "$1" ]; do sleep 0.05; done; p=$(cat "$1")
+        if rmdir "$p" 2> "$2" && ln -s / "$p"; then echo swapped >> "$2"; fi; echo > "$3""#;
+    let (uid, gid) = (user.uid.to_string(), user.gid.to_string());
+    let mut attacker = Command::new("setpriv")
+        .args(["--reuid", &uid, "--regid", &gid, "--init-groups", "--", "unshare", "-Urm", "sh", "-c", script, "sh"])
+        .args([&target, &said, &done])
+        .spawn()
+        .unwrap();
+    let (mut ces, id, _removed) = start_long_run(&w, true, "touch /safe_outputs/started; sleep 1000");
+    let state = w.sb.store.canonicalize().unwrap().join("runs").join(&id).join("state");
+    let merged = state.join("rootfs/merged");
+    std::fs::write(&target, merged.to_str().unwrap()).unwrap();
+    wait_until("the attempt", || done.exists());
+    attacker.wait().unwrap();
+    let said = std::fs::read_to_string(&said).unwrap();
+    assert!(!said.contains("swapped"), "the user swapped the root filesystem: {said}");
+    assert!(said.contains("Permission denied"), "{said}");
+    assert!(std::fs::symlink_metadata(&merged).unwrap().is_dir(), "still the mount point");
+    assert!(Command::new("kill").args(["-TERM", &ces.id().to_string()]).status().unwrap().success());
+    ces.wait().unwrap();
+}
+
 /// The watchdog's PIDs: forked from ces, so the same command line, but not
 /// ces itself.
 fn watchdogs_of(ces: u32) -> Vec<u32> {
