@@ -378,10 +378,12 @@ pub fn load(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     read(store, input, options)?.name(store)
 }
 
-/// An archive's images, stored and verified but not yet named: a caller
-/// that unpacks them first (as `ces load` does, so that an image whose
-/// layers cannot be unpacked is never named) names them after. The store
-/// stays locked (shared) meanwhile, so that no `gc` collects the blobs.
+/// An archive's images, verified but not yet named, their blobs still
+/// staged ([`Store::staged`]): a caller that unpacks them first (as `ces
+/// load` does, so that an image whose layers cannot be unpacked is never
+/// named) unpacks them from [`Loaded::store`], then names them, which
+/// moves their blobs into the store; dropped unnamed, it keeps none. The
+/// store stays locked (shared) meanwhile, so that no `gc` runs.
 pub struct Loaded {
     /// The kind of archive.
     pub format: ArchiveFormat,
@@ -389,6 +391,12 @@ pub struct Loaded {
     pub images: Vec<ImageRecord>,
     blobs: usize,
     bytes: u64,
+    /// The blobs the images need.
+    needed: Vec<Digest>,
+    /// The store as the load sees it, and its staged blobs (dropped before
+    /// the lock).
+    staging: Store,
+    staged: crate::store::Staged,
     _lock: StoreLock,
 }
 
@@ -408,19 +416,29 @@ pub fn read(store: &Store, input: impl Read, options: &LoadOptions) -> Result<Lo
     } else {
         return Err(LoadError::Unrecognized);
     };
-    staged.keep(images.iter().flat_map(|image| &image.blobs))?;
+    let needed = images.iter().flat_map(|image| image.blobs.iter().cloned()).collect();
     Ok(Loaded {
         format,
         images: name_images(images, options.name.as_ref(), store.user())?,
         blobs: contents.files.len(),
         bytes: contents.files.values().map(|f| f.size).sum(),
+        needed,
+        staging,
+        staged,
         _lock: lock,
     })
 }
 
 impl Loaded {
-    /// Names the images in `store`.
+    /// The store as this load sees it: its images' blobs are read from
+    /// where they are staged until they are named.
+    pub fn store(&self) -> &Store {
+        &self.staging
+    }
+
+    /// Moves the images' blobs into `store`, then names the images there.
     pub fn name(self, store: &Store) -> Result<LoadOutcome> {
+        self.staged.keep(&self.needed)?;
         store.add_refs(&self.images)?;
         tracing::debug!(format = %self.format, images = self.images.len(), blobs = self.blobs, "loaded");
         Ok(LoadOutcome { format: self.format, images: self.images, blobs: self.blobs, bytes: self.bytes })
@@ -1120,8 +1138,8 @@ mod tests {
 
     /// The entries of a tar, as (name, data) pairs, regular files only.
     /// A name resolves to the image pulled under it or to the user's own
-    /// load, never to another user's ([`Store::acting_for`]); each keeps its
-    /// own, and a digest finds any.
+    /// load, never to another user's ([`Store::acting_for`]), nor does a
+    /// digest; each keeps its own.
     #[test]
     fn a_name_resolves_to_its_pull_or_to_the_users_own_load() {
         let f = Fixture::new();
@@ -1151,7 +1169,11 @@ mod tests {
         assert_eq!(names(&alice), [pulled.digest.clone(), alices.digest.clone()]);
         assert_eq!(names(&carol), [pulled.digest.clone()]);
         assert_eq!(f.store.images().unwrap().len(), 3, "the store keeps all three");
-        assert_eq!(carol.lookup(&bobs.digest.hex()[..12]).unwrap().digest, bobs.digest, "by digest");
+        // Nor by a digest: `NAME@sha256:...` of another user's load under NAME
+        // would otherwise find it.
+        assert!(carol.lookup(&bobs.digest.hex()[..12]).is_err(), "by digest");
+        assert!(carol.lookup(&format!("{name}@{}", bobs.digest)).is_err(), "pinned");
+        assert_eq!(bob.lookup(&bobs.digest.hex()[..12]).unwrap(), bobs);
 
         // A load again replaces that user's own name only; a removal removes it only.
         let bobs_again = load_as(&bob, "bob again");
@@ -1208,6 +1230,19 @@ mod tests {
         let error = f.load(&tar_of(&without, &[]), None, amd64()).unwrap_err();
         assert!(matches!(error, LoadError::MissingBlob { .. }), "{error}");
         assert_eq!(stored(&f), Vec::<String>::new(), "nothing of a failed load");
+        assert_eq!(tmp_left(&f), 0);
+
+        // Read, unpacked from where its blobs are staged, and never named
+        // (as when a later layer fails to unpack): nothing kept.
+        let f = Fixture::new();
+        let loaded = read(&f.store, tar_of(&borrowed, &[]).as_slice(), &LoadOptions::default()).unwrap();
+        loaded
+            .store()
+            .unpack(&loaded.images[0].digest, &unpack::UnpackOptions::for_current_user(), &mut |_, _| {})
+            .unwrap();
+        assert_eq!(stored(&f), Vec::<String>::new(), "staged until named");
+        drop(loaded);
+        assert_eq!(stored(&f), Vec::<String>::new(), "nothing of a load never named");
         assert_eq!(tmp_left(&f), 0);
     }
 

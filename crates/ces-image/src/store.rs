@@ -584,8 +584,10 @@ impl Store {
     /// never to another user's load. Anyone's `ces load` of an archive of
     /// their making could otherwise put any image under the name of one
     /// pulled from an approved registry, for every other user's next run. A
-    /// load by this user names images as theirs ([`ImageRecord::loaded_by`]);
-    /// a digest is content, and finds any image.
+    /// load by this user names images as theirs ([`ImageRecord::loaded_by`]).
+    /// A digest finds only those too (`NAME@sha256:...` must not find
+    /// another user's load under NAME); `ces images --disk` shows another
+    /// user's load without its name.
     pub fn acting_for(self, uid: u32) -> Store {
         Store { user: uid, ..self }
     }
@@ -974,7 +976,10 @@ impl Store {
     /// Finds an image by reference (`ghcr.io/ns/app:1`, or short forms that
     /// normalize to it) or by a digest prefix of at least 4 hex digits.
     pub fn lookup(&self, query: &str) -> Result<ImageRecord> {
-        let images = self.images()?;
+        // Only what this user may see under its name: by a digest too, so
+        // that `NAME@sha256:...` never finds another user's load under NAME,
+        // nor a prefix removes or lists one.
+        let images = self.own_images()?;
         if let Ok(reference) = query.parse::<ImageReference>() {
             // The one stored last, of a pull's and this user's load's.
             let exact = images.iter().rev().find(|r| r.reference == reference && self.names_for_user(r));
@@ -1235,8 +1240,14 @@ impl Store {
             .map(|(record, parts)| {
                 let names = records.iter().filter(|r| r.digest == record.digest).count();
                 let only_this = |part: &&Part| users.get(part).is_some_and(|u| u.len() == 1);
+                // Another user's load is not shown under its name: a name is a
+                // promise that only a pull, or this user's own load, keeps.
+                let reference = match record.loaded_by {
+                    Some(uid) if !self.names_for_user(record) => format!("(another user's load, uid {uid})"),
+                    _ => record.reference.to_string(),
+                };
                 ImageDiskUse {
-                    reference: record.reference.to_string(),
+                    reference,
                     digest: record.digest.to_string(),
                     names,
                     disk: parts.iter().map(size).sum(),

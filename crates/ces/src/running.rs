@@ -172,12 +172,7 @@ pub fn reserve_name(runs: &Path, name: Option<&str>, uid: u32) -> anyhow::Result
         .create(runs)
         .with_context(|| format!("cannot create {}", runs.display()))?;
     let path = runs.join(".names.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let lock = ces_image::fs::open_lock(&path).with_context(|| format!("cannot open {}", path.display()))?;
     rustix::fs::flock(&lock, FlockOperation::LockExclusive)
         .with_context(|| format!("cannot lock {}", path.display()))?;
     if let Some(run) = list(runs, Some(uid)).into_iter().find(|r| r.info.name.as_deref() == Some(name)) {

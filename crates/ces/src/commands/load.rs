@@ -115,7 +115,8 @@ fn import(
         let mut unpacked = Vec::new();
         for record in &loaded.images {
             if !unpacked.contains(&record.digest) {
-                unpack(&store, printer, &record.digest)?;
+                // From where the load keeps its blobs until they are named.
+                unpack(loaded.store(), printer, &record.digest)?;
                 unpacked.push(record.digest.clone());
             }
         }
