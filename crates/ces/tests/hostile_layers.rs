@@ -280,7 +280,9 @@ fn check_xattrs(sb: &Sandbox, command: impl FnOnce(&str) -> std::process::Comman
         "{}",
         run.stderr
     );
-    let digest = sb.images()[0]["digest"].as_str().unwrap().to_owned();
+    // The pinned reference the load printed (its image is the loader's:
+    // another user's `ces images` does not list it).
+    let digest = run.stdout.trim().rsplit_once('@').unwrap().1.to_owned();
     let rootfs = sb.rootfs(&digest);
     assert_eq!(xattr(&rootfs.join("ping"), "user.note").as_deref(), Some(&b"hello"[..]));
     assert_eq!(xattr(&rootfs.join("d"), "user.dir").as_deref(), Some(&b"yes"[..]));
