@@ -309,16 +309,7 @@ type Result<T, E = LoadError> = std::result::Result<T, E>;
 
 /// The message of [`LoadError::NoRoom`].
 fn no_room(path: &Path, entry: &str, needed: u64, shortfall: &Shortfall) -> String {
-    let (path, entry) = (path.display(), quote(entry));
-    match shortfall {
-        Shortfall::Disk { available } => {
-            format!("not enough free space in {path} for {entry}: {needed} bytes to load, {available} free")
-        }
-        Shortfall::Quota(q) => format!(
-            "not enough disk quota left on the file system holding {path} for {entry}: {needed} bytes to load, {} left of {} quota of {}",
-            q.left, q.holder, q.limit
-        ),
-    }
+    shortfall.message(path, Some(&quote(entry).to_string()), needed, "load")
 }
 
 /// How to load.

@@ -109,6 +109,24 @@ pub enum Shortfall {
     Quota(Quota),
 }
 
+impl Shortfall {
+    /// What is said of it: `needed` bytes to `action` (`download`, `load`)
+    /// into the store `path`, its entry `entry` where there is one.
+    pub fn message(&self, path: &Path, entry: Option<&str>, needed: u64, action: &str) -> String {
+        let path = path.display();
+        let entry = entry.map(|e| format!(" for {e}")).unwrap_or_default();
+        match self {
+            Shortfall::Disk { available } => {
+                format!("not enough free space in {path}{entry}: {needed} bytes to {action}, {available} free")
+            }
+            Shortfall::Quota(q) => format!(
+                "not enough disk quota left on the file system holding {path}{entry}: {needed} bytes to {action}, {} left of {} quota of {}",
+                q.left, q.holder, q.limit
+            ),
+        }
+    }
+}
+
 /// Whether `needed` more bytes fit on the file system holding `dir`, in its
 /// free space (`statvfs`) and in the disk quota that holds this process
 /// there; what they do not fit in, if not. Where either cannot be read, it

@@ -266,14 +266,5 @@ pub enum RegistryError {
 
 /// The message of [`RegistryError::NoRoom`].
 fn no_room(path: &std::path::Path, needed: u64, shortfall: &crate::quota::Shortfall) -> String {
-    let path = path.display();
-    match shortfall {
-        crate::quota::Shortfall::Disk { available } => {
-            format!("not enough free space in {path}: {needed} bytes to download, {available} free")
-        }
-        crate::quota::Shortfall::Quota(q) => format!(
-            "not enough disk quota left on the file system holding {path}: {needed} bytes to download, {} left of {} quota of {}",
-            q.left, q.holder, q.limit
-        ),
-    }
+    shortfall.message(path, None, needed, "download")
 }
