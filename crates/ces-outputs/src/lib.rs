@@ -40,7 +40,7 @@ pub use interrupt::{Interrupt, NoInterrupt};
 pub use manifest::{Entry, Exit, Image, Kind, Manifest, MovedAside, RunIdentity, SealReport, User};
 pub use seal::{Owner, SealOptions, Sealed, seal};
 pub use verify::{Change, Verification, read_manifest, verify};
-pub use walk::MAX_DEPTH;
+pub use walk::{MAX_DEPTH, list};
 
 /// The manifest's file name.
 pub const MANIFEST_NAME: &str = "ces-manifest.json";

@@ -41,6 +41,19 @@ pub(crate) fn open_dir_at(parent: &OwnedFd, name: impl rustix::path::Arg) -> rus
     rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
 }
 
+/// Every entry under the directory `dir`, sorted by path, leaving out the
+/// top-level names in `skip`: walked as a seal walks it (by file
+/// descriptor, never through a symbolic link), with no file opened, hashed
+/// or changed. For reports of what a container left where its user can
+/// still rename things (a directory swapped for a link while ces lists it
+/// as root is listed as the link).
+pub fn list(dir: &Path, skip: &[&str]) -> Result<Vec<Entry>, OutputsError> {
+    let root = open_dir(dir)?;
+    let none = |_: &[u8], _: u64| false;
+    let mut visit = Visit { strip: false, hashing: Hashing::only(&none) };
+    walk(&root, dir, skip, &mut visit)
+}
+
 /// Every entry under the open directory `root`, sorted by path, leaving out
 /// the top-level names in `skip`.
 pub(crate) fn walk(

@@ -177,7 +177,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
     let (result, outputs_dir) = run::execute(settings, printer, &prepared, runtime.name(), false, started, |spec| {
         let o = runtime.run_observed(spec, Observe { network: true })?;
         // Before the run's directories are removed.
-        scratch_files = scratch.as_deref().map(|dir| files_under(dir, "/scratch")).unwrap_or_default();
+        scratch_files = scratch.as_deref().map(|dir| files_under(dir, "scratch/", &[])).unwrap_or_default();
         let exit = o.exit;
         observed = Some(o);
         Ok(exit)
@@ -191,11 +191,7 @@ fn test_image(settings: &Settings, printer: &Printer, args: TestArgs, started: &
 
     let network = observed.network.unwrap_or_default();
     // What the container wrote, not ces's manifest and ACRO metadata.
-    let mut outputs = if outputs_dir.is_dir() { files_under(&outputs_dir, "") } else { Vec::new() };
-    outputs.retain(|f| {
-        let top = f.path.split('/').next().unwrap_or_default();
-        !ces_outputs::RESERVED.contains(&top)
-    });
+    let outputs = files_under(&outputs_dir, "", &ces_outputs::RESERVED);
     findings.extend(run_findings(&observed.lost_writes, &scratch_files, exit));
     let mut reasons = Vec::new();
     if exit.code() != 0 {
@@ -572,24 +568,22 @@ fn run_findings(lost: &[LostWrite], scratch: &[FileSize], exit: Exit) -> Vec<Fin
     findings
 }
 
-/// Regular files and links under `dir` (paths prefixed with `prefix`).
-fn files_under(dir: &Path, prefix: &str) -> Vec<FileSize> {
-    let mut files = Vec::new();
-    let mut stack = vec![(dir.to_owned(), prefix.to_owned())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let path = format!("{prefix}/{}", entry.file_name().to_string_lossy());
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                stack.push((entry.path(), path));
-            } else {
-                files.push(FileSize { path: path.trim_start_matches('/').to_owned(), size: meta.len() });
-            }
-        }
-    }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    files
+/// What is under `dir` but directories (paths prefixed with `prefix`),
+/// leaving out the top-level names in `skip`; none when it cannot be read.
+/// Walked by file descriptor, never through a link: as root under sudo, the
+/// user can rename what is in these directories while ces lists them.
+fn files_under(dir: &Path, prefix: &str, skip: &[&str]) -> Vec<FileSize> {
+    let entries = ces_outputs::list(dir, skip).unwrap_or_default();
+    let files = entries.into_iter().filter_map(|entry| {
+        let size = match entry.kind {
+            ces_outputs::Kind::Directory { .. } => return None,
+            ces_outputs::Kind::File { size, .. } => size,
+            ces_outputs::Kind::Symlink { target, .. } => target.len() as u64,
+            _ => 0,
+        };
+        Some(FileSize { path: format!("{prefix}{}", entry.path), size })
+    });
+    files.collect()
 }
 
 /// Advice for the hosts a container tried, known ones first.
@@ -754,5 +748,48 @@ mod tests {
         assert_eq!(codes(Exit::Signal(SIGSYS)), ["foreign-abi-syscall"]);
         assert_eq!(codes(Exit::Signal(9)), Vec::<&str>::new());
         assert_eq!(codes(Exit::Code(0)), Vec::<&str>::new());
+    }
+
+    /// The user of a `sudo ces test` swaps a directory of their outputs for
+    /// a link to one only root can read, again and again, while root lists
+    /// the outputs: the listing never shows what is behind the link.
+    #[test]
+    fn a_directory_swapped_for_a_link_is_not_followed() {
+        #![allow(clippy::unwrap_used)]
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let temp = tempfile::tempdir().unwrap();
+        let (outputs, secret) = (temp.path().join("outputs"), temp.path().join("secret"));
+        std::fs::create_dir_all(outputs.join("d")).unwrap();
+        std::fs::write(outputs.join("d/mine"), "x").unwrap();
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::write(secret.join("SECRET"), "y").unwrap();
+        std::os::unix::fs::symlink(&secret, outputs.join("l")).unwrap();
+        let stop = AtomicBool::new(false);
+        let (mut listings, mut saw_mine, mut behind) = (0, 0, None);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let (d, l) = (outputs.join("d"), outputs.join("l"));
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &d,
+                        rustix::fs::CWD,
+                        &l,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            });
+            while listings < 20_000 && behind.is_none() {
+                let paths: Vec<String> = files_under(&outputs, "", &[]).into_iter().map(|f| f.path).collect();
+                saw_mine += usize::from(paths.iter().any(|p| p.ends_with("/mine")));
+                behind = paths.iter().any(|p| p.contains("SECRET")).then_some(paths);
+                listings += 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert_eq!(behind, None, "listed behind a link, at listing {listings}");
+        // The directory was listed through its real place, many times.
+        assert!(saw_mine > 0, "the swapped directory was never listed");
     }
 }
