@@ -429,6 +429,8 @@ impl Loaded {
 
     /// Moves the images' blobs into `store`, then names the images there.
     pub fn name(self, store: &Store) -> Result<LoadOutcome> {
+        // Refused before any blob moves in (and checked again as they are named).
+        store.check_names(&self.images)?;
         self.staged.keep(&self.needed)?;
         store.add_refs(&self.images)?;
         tracing::debug!(format = %self.format, images = self.images.len(), blobs = self.blobs, "loaded");
@@ -1054,6 +1056,7 @@ fn name_images(images: Vec<Resolved>, name: Option<&ImageReference>, loaded_by: 
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::store::MAX_LOADED_NAMES;
     use ces_testkit::image::marker_image;
     use ces_testkit::{BuiltImage, Compression, Entry, ImageSpec, Layer, Style, busybox_image, index};
     use std::path::Path;
@@ -1240,7 +1243,7 @@ mod tests {
     /// An archive that names more images than one load may is refused
     /// before any is named (each name is an entry of `index.json`).
     #[test]
-    fn more_names_than_a_load_may_give_are_refused() {
+    fn more_names_than_a_load_or_a_user_may_give_are_refused() {
         let f = Fixture::new();
         let image = marker_image("many").build();
         let mut files = files_of(&f.oci_archive(&image, "ghcr.io/ns/many:0"));
@@ -1252,18 +1255,33 @@ mod tests {
             e["annotations"][crate::store::REF_NAME] = format!("ghcr.io/ns/many:{n}").into();
             e
         };
-        for count in [MAX_NAMES, MAX_NAMES + 1] {
-            json["manifests"] = (0..count).map(named).collect();
+        let mut archive_of = |names: std::ops::Range<usize>| {
+            json["manifests"] = names.map(named).collect();
             files[at].1 = serde_json::to_vec(&json).unwrap();
             let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-            let result = f.load(&tar_of(&borrowed, &[]), None, amd64());
-            if count == MAX_NAMES {
-                assert_eq!(result.unwrap().images.len(), MAX_NAMES);
-            } else {
-                let error = result.unwrap_err();
-                assert!(matches!(error, LoadError::TooManyNames { count: 257, limit: 256 }), "{error}");
-            }
+            tar_of(&borrowed, &[])
+        };
+        assert_eq!(f.load(&archive_of(0..MAX_NAMES), None, amd64()).unwrap().images.len(), MAX_NAMES);
+        let error = f.load(&archive_of(0..MAX_NAMES + 1), None, amd64()).unwrap_err();
+        assert!(matches!(error, LoadError::TooManyNames { count: 257, limit: 256 }), "{error}");
+
+        // Across loads, one user's names are bounded too: `index.json`
+        // stays bounded (nothing is refused that adds no name).
+        let step = MAX_NAMES;
+        for start in (step..MAX_LOADED_NAMES).step_by(step) {
+            f.load(&archive_of(start..start + step), None, amd64()).unwrap();
         }
+        assert_eq!(f.store.own_images().unwrap().len(), MAX_LOADED_NAMES);
+        let error = f.load(&archive_of(MAX_LOADED_NAMES..MAX_LOADED_NAMES + 1), None, amd64()).unwrap_err();
+        assert!(
+            matches!(error, LoadError::Store(StoreError::TooManyLoaded { count: 1025, limit: MAX_LOADED_NAMES })),
+            "{error}"
+        );
+        assert_eq!(f.store.own_images().unwrap().len(), MAX_LOADED_NAMES, "nothing named");
+        f.load(&archive_of(0..3), None, amd64()).expect("a reload under names already held");
+        // Another user's loads are counted on their own.
+        let other = f.store.clone().acting_for(4242);
+        load(&other, archive_of(0..1).as_slice(), &LoadOptions { name: None, platform: amd64() }).unwrap();
     }
 
     /// Entry names and link targets are kept until the archive's end: past

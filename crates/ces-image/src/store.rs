@@ -54,6 +54,10 @@ pub const INDEX_DIGEST: &str = "io.ces.index-digest";
 /// The uid of the user who named the image with `ces load` (absent for a
 /// pull): see [`Store::acting_for`].
 pub const LOADED_BY: &str = "io.ces.loaded-by";
+/// The most names one user's loads may hold in a store: `index.json`, which
+/// every command reads, stays bounded however many archives a user loads
+/// (each under names of their choosing).
+pub const MAX_LOADED_NAMES: usize = 1024;
 
 /// Something went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,14 @@ pub enum StoreError {
     UnpackedTooLarge {
         /// The limit, in bytes.
         limit: u64,
+    },
+    /// A load would give its user more names than [`MAX_LOADED_NAMES`].
+    #[error("your loads would name {count} images in the store, more than the {limit} one user's loads may")]
+    TooManyLoaded {
+        /// The names the user's loads would hold.
+        count: usize,
+        /// The limit.
+        limit: usize,
     },
     /// The disk holding the store is full.
     #[error("no space left on the device holding {}", path.display())]
@@ -925,15 +937,36 @@ impl Store {
     pub fn add_refs(&self, records: &[ImageRecord]) -> Result<()> {
         let descriptors = records.iter().map(|r| self.descriptor_of(r)).collect::<Result<Vec<_>>>()?;
         let _guard = self.index_lock()?;
-        let mut manifests: Vec<Descriptor> = self
-            .read_index()?
-            .manifests()
-            .iter()
-            .filter(|d| !records.iter().any(|r| same_name(d, r)))
-            .cloned()
-            .collect();
-        manifests.extend(descriptors);
+        let manifests = self.named_with(records, descriptors)?;
         self.write_index(&manifests)
+    }
+
+    /// Checks that [`Store::add_refs`] of `records` would not be refused
+    /// for the number of names (before a load moves its blobs in).
+    pub fn check_names(&self, records: &[ImageRecord]) -> Result<()> {
+        let descriptors = records.iter().map(|r| self.descriptor_of(r)).collect::<Result<Vec<_>>>()?;
+        self.named_with(records, descriptors).map(drop)
+    }
+
+    /// `index.json`'s entries once `records` (as `descriptors`) are named:
+    /// refused when a user's loads would hold more than
+    /// [`MAX_LOADED_NAMES`] names, and more than they hold now.
+    fn named_with(&self, records: &[ImageRecord], descriptors: Vec<Descriptor>) -> Result<Vec<Descriptor>> {
+        let before = self.read_index()?.manifests().clone();
+        let mut manifests: Vec<Descriptor> =
+            before.iter().filter(|d| !records.iter().any(|r| same_name(d, r))).cloned().collect();
+        manifests.extend(descriptors);
+        let loaded_by = |entries: &[Descriptor], uid: u32| {
+            entries.iter().filter(|d| record_of(d).is_some_and(|r| r.loaded_by == Some(uid))).count()
+        };
+        let loaders: std::collections::BTreeSet<u32> = records.iter().filter_map(|r| r.loaded_by).collect();
+        for uid in loaders {
+            let count = loaded_by(&manifests, uid);
+            if count > MAX_LOADED_NAMES && count > loaded_by(&before, uid) {
+                return Err(StoreError::TooManyLoaded { count, limit: MAX_LOADED_NAMES });
+            }
+        }
+        Ok(manifests)
     }
 
     /// The `index.json` entry of `record`.

@@ -368,6 +368,9 @@ fn store_hints(error: &StoreError) -> Vec<String> {
         ],
         StoreError::DiskFull { .. } => vec![DISK_FULL.into()],
         StoreError::QuotaExceeded { .. } => vec![QUOTA_FULL.into()],
+        StoreError::TooManyLoaded { .. } => vec![
+            "remove the names you no longer need: ces images lists yours (loads are marked (loaded)), ces rmi NAME removes one".into(),
+        ],
         StoreError::ImageNotFound { query } => vec![format!("pull it first (ces pull {query}), or list the stored images with ces images")],
         StoreError::Ambiguous { .. } => vec!["give more digits, or the full reference".into()],
         StoreError::Unpack { source: ces_image::unpack::UnpackError::Escape { .. }, .. } => vec![
