@@ -14,6 +14,7 @@
 //! (nothing comes after it); a copy kept where users cannot write (syslog,
 //! a log collector) closes that gap.
 
+pub mod lock;
 pub mod log;
 pub mod open;
 pub mod record;

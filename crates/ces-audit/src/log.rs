@@ -1,7 +1,7 @@
 //! The log file: appending under a lock, reading, and verifying the chain.
 //!
-//! A writer opens the log with `O_APPEND`, takes an exclusive `flock` on it,
-//! reads the last line (backwards from the end, so the cost does not grow
+//! A writer opens the log with `O_APPEND`, takes the writers' lock (see
+//! [`crate::lock`]), reads the last line (backwards from the end, so the cost does not grow
 //! with the log) for its `seq` and hash, and writes the new line with one
 //! `write` call. Concurrent writers (other processes, other users) wait for
 //! the lock, so records never interleave and the chain stays whole.
@@ -12,7 +12,6 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use ces_image::Digest;
-use rustix::fs::FlockOperation;
 
 use crate::record::{Event, GENESIS, Record, User};
 
@@ -59,6 +58,15 @@ pub enum AuditError {
     /// A record could not be encoded.
     #[error("cannot encode an audit record")]
     Encode(#[source] serde_json::Error),
+    /// The writers' lock beside the log was made by someone who may not
+    /// write the log (who could then hold it for ever).
+    #[error("the audit log's lock {} belongs to uid {uid}, who does not own the log", path.display())]
+    ForeignLock {
+        /// The lock file.
+        path: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
 }
 
 /// The system logger's socket.
@@ -100,7 +108,7 @@ impl AuditLog {
     /// could not leave its record.
     pub fn check_writable(&self) -> Result<(), AuditError> {
         let mut file = self.open()?;
-        rustix::fs::flock(&file, FlockOperation::LockShared).map_err(|e| self.io("lock")(e.into()))?;
+        let _lock = self.hold(&file, false)?;
         self.next_link(&mut file).map(drop)
     }
 
@@ -132,8 +140,8 @@ impl AuditLog {
     pub fn append(&self, user: User, mut event: Event) -> Result<Record, AuditError> {
         event.bound_text();
         let mut file = self.open()?;
-        // Released when `file` is closed, whatever happens below.
-        rustix::fs::flock(&file, FlockOperation::LockExclusive).map_err(|e| self.io("lock")(e.into()))?;
+        // Released when they are closed, whatever happens below.
+        let lock = self.hold(&file, true)?;
         let (seq, prev) = self.next_link(&mut file)?;
         let record = Record { seq, prev, time: jiff::Timestamp::now(), user, event };
         let mut bytes = serde_json::to_vec(&record).map_err(AuditError::Encode)?;
@@ -151,7 +159,7 @@ impl AuditLog {
             return Err(AuditError::ShortWrite { path: self.path.clone(), written, len: bytes.len() });
         }
         file.sync_data().map_err(self.io("sync"))?;
-        drop(file);
+        drop((file, lock));
         tracing::debug!(seq, path = %self.path.display(), "audit record appended");
         if let Some(socket) = &self.syslog {
             // The log file is the record; the copy is best effort, and said when it fails.

@@ -66,7 +66,9 @@ impl AuditLog {
         let dir = self.open_dir();
         let io = |action| move |source| AuditError::Io { action, path: self.path().to_owned(), source };
         std::fs::create_dir_all(&dir).map_err(io("create the directory of open records of"))?;
-        let mark = write_mark(&dir, opened).map_err(io("mark an open record of"))?;
+        // Openable by the log's writers only: anyone who can open a mark can hold its lock.
+        let mode = std::fs::metadata(self.path()).map_or(0o600, |m| crate::lock::writers_mode(m.mode()));
+        let mark = write_mark(&dir, opened, mode).map_err(io("mark an open record of"))?;
         match self.append(opened.user.clone(), start) {
             Ok(record) => Ok((record, mark)),
             Err(error) => {
@@ -106,9 +108,9 @@ impl AuditLog {
 }
 
 /// Writes `opened` to `<dir>/<id>.json`, locked before anyone can see it.
-fn write_mark(dir: &Path, opened: &Opened) -> io::Result<OpenMark> {
+fn write_mark(dir: &Path, opened: &Opened, mode: u32) -> io::Result<OpenMark> {
     let temp = dir.join(format!("{NEW_PREFIX}{}", opened.id));
-    let mut file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o640).open(&temp)?;
+    let mut file = OpenOptions::new().read(true).write(true).create_new(true).mode(mode).open(&temp)?;
     rustix::fs::flock(&file, FlockOperation::LockExclusive)?;
     let result = (|| {
         file.write_all(&serde_json::to_vec(opened)?)?;

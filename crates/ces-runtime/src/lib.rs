@@ -81,6 +81,16 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
+    /// Rootful podman's root filesystem cannot be kept from other users:
+    /// its directory's file system has no POSIX ACLs.
+    #[error(
+        "rootful podman needs POSIX ACLs to keep the run's root filesystem from other users, and the file system holding {} has none",
+        path.display()
+    )]
+    NoAcl {
+        /// The directory.
+        path: std::path::PathBuf,
+    },
     /// The request needs something this backend does not have.
     #[error("{what} is not supported by the {backend} runtime")]
     Unsupported {

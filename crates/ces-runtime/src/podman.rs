@@ -969,11 +969,7 @@ impl MountedOverlay {
         }
         if spec.identity.host_uid != 0 {
             enter_only(&entry, spec.identity.host_uid).map_err(|source| match source.raw_os_error() {
-                Some(code) if code == libc::EOPNOTSUPP => RuntimeError::Unsupported {
-                    backend: "podman",
-                    what: "a store on a file system without POSIX ACLs, rootful (the run's root filesystem \
-                           could not be kept from other users; use the native runtime, the default)",
-                },
+                Some(code) if code == libc::EOPNOTSUPP => RuntimeError::NoAcl { path: entry.clone() },
                 _ => io(&entry)(source),
             })?;
         }

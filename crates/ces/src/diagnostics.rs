@@ -85,6 +85,9 @@ fn known_hints(error: &anyhow::Error, config: &str) -> Vec<String> {
         if let Some(e) = cause.downcast_ref::<ces_runtime::native::ports::PortError>() {
             return crate::commands::run::ports::hints(e);
         }
+        if let Some(ces_runtime::RuntimeError::NoAcl { .. }) = cause.downcast_ref() {
+            return vec!["use the native runtime (the default), or put [storage] root on a file system with POSIX ACLs (ext4, xfs, btrfs and tmpfs have them unless mounted noacl)".into()];
+        }
         if let Some(ces_runtime::RuntimeError::Unsupported { what: ces_runtime::podman::PORTS, .. }) =
             cause.downcast_ref()
         {
@@ -353,6 +356,10 @@ fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
         AuditError::DamagedTail { .. } | AuditError::NotARecord { .. } => vec![
             "ces audit verify names the first damaged record; the TRE operator decides how to repair or rotate the log (see docs/governance.md)".into(),
         ],
+        AuditError::ForeignLock { path, .. } => vec![format!(
+            "the TRE operator removes {} (the log's writers make their own) and looks at who made it",
+            path.display()
+        )],
         AuditError::Encode(_) => Vec::new(),
     }
 }

@@ -92,6 +92,68 @@ fn twenty_concurrent_processes_keep_one_chain() {
     assert!(sb.ces(&["audit", "verify"]).ok().contains("20 records, the chain is whole"));
 }
 
+/// Those who may read the log (its group: IG's reviewers) cannot stop its
+/// writers: the test user, in the log's group, holds a `flock` on the log
+/// while root, and then root through sudo, pull. Each pull is recorded (it
+/// waits for the lock on the log itself a moment, for writers of earlier
+/// versions, then goes on), and the writers' own lock is out of the user's
+/// reach. Before, every writer waited for as long as the reader held it.
+#[test]
+fn a_reader_of_the_log_cannot_stop_its_writers() {
+    require_root("a second user reads root's log");
+    let user = common::test_user();
+    let sb = Sandbox::with_hosts(&["ghcr.io".to_owned()], &[]);
+    sb.ces(&["pull", "refused.example.org/ns/img:0"]).fails();
+    let log = audit_path(&sb);
+    for dir in [sb.dir.path(), &sb.store] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711)).unwrap();
+    }
+    let gid = rustix::fs::Gid::from_raw(user.gid);
+    rustix::fs::chown(&log, None, Some(gid)).unwrap();
+    std::fs::set_permissions(&log, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+
+    let mut reader = user.setpriv(&sb, &["flock", "--exclusive", log.to_str().unwrap(), "sleep", "600"]);
+    let mut reader = reader.stdin(std::process::Stdio::null()).spawn().unwrap();
+    // Until the reader holds it.
+    loop {
+        let probe = std::fs::File::open(&log).unwrap();
+        match rustix::fs::flock(&probe, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Err(rustix::io::Errno::WOULDBLOCK) => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+        assert!(reader.try_wait().unwrap().is_none(), "the reader could not lock the log");
+    }
+    let lock = log.with_file_name("audit.jsonl.lock");
+    let open = sb.run(user.setpriv(&sb, &["flock", "--nonblock", lock.to_str().unwrap(), "true"]));
+    assert!(open.code != 0 && open.stderr.contains("Permission denied"), "{}", open.stderr);
+
+    let pulls = [
+        sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "refused.example.org/ns/img:1"]),
+        user.sudo(&sb, sb.command(env!("CARGO_BIN_EXE_ces"), &["pull", "refused.example.org/ns/img:2"])),
+    ];
+    for mut pull in pulls {
+        let mut child = pull.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "still waiting after 60 s: {stderr}");
+        assert!(stderr.contains("refused.example.org is not allowed"), "{stderr}");
+        assert!(stderr.contains("held a lock on the audit log"), "{stderr}");
+    }
+    let _ = reader.kill();
+    reader.wait().unwrap();
+    let records = sb.audit_records();
+    let users: Vec<_> = records.iter().map(|r| r["user"]["uid"].as_u64().unwrap()).collect();
+    assert_eq!(users, [0, 0, u64::from(user.uid)]);
+    assert!(sb.ces(&["audit", "verify"]).ok().contains("3 records, the chain is whole"));
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&lock).unwrap().mode() & 0o777, 0o600);
+}
+
 /// A sandbox with four refused pulls in its log; returns the log's lines.
 fn refused_pulls(sb: &Sandbox) -> Vec<String> {
     for i in 0..4 {
