@@ -51,53 +51,60 @@ impl AuditLog {
         self.path().with_file_name(name)
     }
 
-    /// Takes the writers' lock of the open `log` (exclusive to append,
-    /// shared to check), then the log's own `flock` for writers of earlier
-    /// versions (see the module). Held until the returned file is closed
-    /// (and the log's, until `log` is).
+    /// Takes the writers' lock of the open `log`: exclusive to append, and
+    /// then the log's own `flock` for writers of earlier versions (see the
+    /// module); shared to check the log's end (no wait for the log's own:
+    /// a check writes nothing). Held until the returned file is closed (and
+    /// the log's, until `log` is).
     pub(crate) fn hold(&self, log: &File, exclusive: bool) -> Result<File, AuditError> {
-        let io = |action| move |source| AuditError::Io { action, path: self.path().to_owned(), source };
-        let log_meta = log.metadata().map_err(io("read"))?;
-        let mode = writers_mode(log_meta.mode());
         let path = self.lock_path();
+        let failed = |source| AuditError::Lock { path: path.clone(), source };
+        let log_meta =
+            log.metadata().map_err(|source| AuditError::Io { action: "read", path: self.path().to_owned(), source })?;
+        let group_writers = log_meta.mode() & 0o020 != 0;
+        // Made for its owner only; opened to the log's other writers below,
+        // once it is theirs to open.
         let lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(mode)
+            .mode(0o600)
             .custom_flags((rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC).bits() as i32)
             .open(&path)
-            .map_err(io("open the lock of"))?;
-        let meta = lock.metadata().map_err(io("open the lock of"))?;
-        let me = rustix::process::geteuid().as_raw();
-        let group_writers = log_meta.mode() & 0o020 != 0;
-        if meta.uid() == me {
-            if meta.mode() & 0o777 != mode {
-                lock.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io("open the lock of"))?;
-            }
+            .map_err(failed)?;
+        let meta = lock.metadata().map_err(failed)?;
+        // Never a file that is also elsewhere (a hard link to one of root's).
+        let plain = meta.is_file() && meta.nlink() == 1;
+        if meta.uid() == rustix::process::geteuid().as_raw() && plain {
+            let mut mode = writers_mode(log_meta.mode());
             if group_writers && meta.gid() != log_meta.gid() {
-                // Best effort: the log's other writers open it through its group.
+                // The log's other writers open it through the log's group:
+                // the group bits only once it is that group's.
                 let gid = rustix::fs::Gid::from_raw(log_meta.gid());
-                let _ = rustix::fs::fchown(&lock, None, Some(gid));
+                if rustix::fs::fchown(&lock, None, Some(gid)).is_err() {
+                    mode &= !0o060;
+                }
+            }
+            if meta.mode() & 0o777 != mode {
+                lock.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(failed)?;
             }
         } else {
             let trusted = meta.uid() == log_meta.uid()
                 || meta.uid() == 0
                 || (group_writers && meta.gid() == log_meta.gid() && meta.mode() & 0o002 == 0);
-            if !trusted || !meta.is_file() {
+            if !trusted || !plain {
                 return Err(AuditError::ForeignLock { path, uid: meta.uid() });
             }
         }
-        let (wait, try_once) = if exclusive {
-            (FlockOperation::LockExclusive, FlockOperation::NonBlockingLockExclusive)
-        } else {
-            (FlockOperation::LockShared, FlockOperation::NonBlockingLockShared)
-        };
-        rustix::fs::flock(&lock, wait).map_err(|e| io("lock")(e.into()))?;
+        if !exclusive {
+            rustix::fs::flock(&lock, FlockOperation::LockShared).map_err(|e| failed(e.into()))?;
+            return Ok(lock);
+        }
+        rustix::fs::flock(&lock, FlockOperation::LockExclusive).map_err(|e| failed(e.into()))?;
         let since = Instant::now();
         loop {
-            match rustix::fs::flock(log, try_once) {
+            match rustix::fs::flock(log, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
                 Err(rustix::io::Errno::WOULDBLOCK) if since.elapsed() < OLD_WRITER_WAIT => {
                     std::thread::sleep(Duration::from_millis(5));
@@ -112,7 +119,10 @@ impl AuditLog {
                     );
                     break;
                 }
-                Err(e) => return Err(io("lock")(io::Error::from(e))),
+                Err(e) => {
+                    let source = io::Error::from(e);
+                    return Err(AuditError::Io { action: "lock", path: self.path().to_owned(), source });
+                }
             }
         }
         Ok(lock)
@@ -158,8 +168,19 @@ mod tests {
         std::fs::remove_file(log.lock_path()).unwrap();
         std::os::unix::fs::symlink(dir.path().join("elsewhere"), log.lock_path()).unwrap();
         let error = log.append(user(), event()).unwrap_err();
-        assert!(error.to_string().contains("cannot open the lock of the audit log"), "{error}");
+        assert!(error.to_string().contains("cannot use the audit log's lock"), "{error}");
+        assert!(std::error::Error::source(&error).unwrap().to_string().contains("symbolic links"), "{error}");
         assert!(!dir.path().join("elsewhere").exists());
+        // Nor a file that is also elsewhere: a hard link is neither
+        // changed nor locked.
+        let other = dir.path().join("other");
+        std::fs::write(&other, "").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::remove_file(log.lock_path()).unwrap();
+        std::fs::hard_link(&other, log.lock_path()).unwrap();
+        let error = log.append(user(), event()).unwrap_err();
+        assert!(error.to_string().contains("is not one the log's writers made"), "{error}");
+        assert_eq!(std::fs::metadata(&other).unwrap().mode() & 0o777, 0o644);
         assert_eq!(log.verify().unwrap().records, 2);
     }
 

@@ -58,9 +58,19 @@ pub enum AuditError {
     /// A record could not be encoded.
     #[error("cannot encode an audit record")]
     Encode(#[source] serde_json::Error),
-    /// The writers' lock beside the log was made by someone who may not
-    /// write the log (who could then hold it for ever).
-    #[error("the audit log's lock {} belongs to uid {uid}, who does not own the log", path.display())]
+    /// The writers' lock beside the log cannot be opened or taken.
+    #[error("cannot use the audit log's lock {}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The writers' lock beside the log is not one its writers made: its
+    /// owner may not write the log (and could hold it for ever), or it is
+    /// not a plain file of its own.
+    #[error("the audit log's lock {} is not one the log's writers made (it is uid {uid}'s, or not a plain file)", path.display())]
     ForeignLock {
         /// The lock file.
         path: PathBuf,

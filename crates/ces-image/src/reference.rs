@@ -119,7 +119,12 @@ impl FromStr for ImageReference {
             (None, None) => Some(DEFAULT_TAG.to_owned()),
             (tag, _) => tag.map(str::to_owned),
         };
-        Ok(ImageReference { registry, repository, tag, digest })
+        let reference = ImageReference { registry, repository, tag, digest };
+        // Normalized too: what the store keeps, and reads back, is this.
+        if reference.to_string().len() > 512 {
+            return Err(err("it is longer than 512 characters, with the registry and tag it stands for"));
+        }
+        Ok(reference)
     }
 }
 
@@ -240,6 +245,19 @@ mod tests {
         assert_eq!(r.tag(), Some("1.2"));
         assert_eq!(r.manifest_reference(), DIGEST);
         assert_eq!(r.to_string(), format!("ghcr.io/ns/name:1.2@{DIGEST}"));
+    }
+
+    /// The store keeps a name normalized and reads it back: one that grows
+    /// past the limit once normalized would be stored and never read back
+    /// (neither counted, listed nor removable).
+    #[test]
+    fn the_limit_holds_for_the_normalized_name() {
+        let short = "a".repeat(500);
+        let error = short.parse::<ImageReference>().unwrap_err();
+        assert!(error.to_string().contains("with the registry and tag it stands for"), "{error}");
+        let whole = format!("ghcr.io/ns/{}:1", "a".repeat(499));
+        assert_eq!(whole.len(), 512);
+        assert_eq!(parse(&whole).to_string().parse::<ImageReference>().unwrap(), parse(&whole));
     }
 
     #[test]

@@ -956,8 +956,11 @@ impl Store {
         let mut manifests: Vec<Descriptor> =
             before.iter().filter(|d| !records.iter().any(|r| same_name(d, r))).cloned().collect();
         manifests.extend(descriptors);
+        // By the annotation itself: an entry that no longer reads as a
+        // record (from an earlier version) still counts.
+        let uid_text = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(LOADED_BY)).cloned();
         let loaded_by = |entries: &[Descriptor], uid: u32| {
-            entries.iter().filter(|d| record_of(d).is_some_and(|r| r.loaded_by == Some(uid))).count()
+            entries.iter().filter(|d| uid_text(d).is_some_and(|text| text == uid.to_string())).count()
         };
         let loaders: std::collections::BTreeSet<u32> = records.iter().filter_map(|r| r.loaded_by).collect();
         for uid in loaders {

@@ -86,7 +86,7 @@ fn known_hints(error: &anyhow::Error, config: &str) -> Vec<String> {
             return crate::commands::run::ports::hints(e);
         }
         if let Some(ces_runtime::RuntimeError::NoAcl { .. }) = cause.downcast_ref() {
-            return vec!["use the native runtime (the default), or put [storage] root on a file system with POSIX ACLs (ext4, xfs, btrfs and tmpfs have them unless mounted noacl)".into()];
+            return vec!["use the native runtime (the default), or put [storage] root on a local file system with POSIX ACLs (ext4 and btrfs unless mounted noacl, xfs; NFS often has none)".into()];
         }
         if let Some(ces_runtime::RuntimeError::Unsupported { what: ces_runtime::podman::PORTS, .. }) =
             cause.downcast_ref()
@@ -350,7 +350,7 @@ fn audit_hints(error: &ces_audit::AuditError, config: &str) -> Vec<String> {
         // file size limit: the log was left as it was.)
         AuditError::Io { source, .. } if space_hint(source).is_some() => vec![AUDIT_LOG_FULL.into()],
         AuditError::ShortWrite { .. } => vec![AUDIT_LOG_FULL.into()],
-        AuditError::Io { .. } => vec![format!(
+        AuditError::Io { .. } | AuditError::Lock { .. } => vec![format!(
             "every pull, load and run is recorded in the audit log ([audit] path in {config}); nothing is done that could not be recorded: ask the TRE operator"
         )],
         AuditError::DamagedTail { .. } | AuditError::NotARecord { .. } => vec![
