@@ -241,9 +241,11 @@ fn registry_outside_the_allowlist_is_refused_before_any_traffic() {
     assert!(err.contains(&format!("registry {host} is not allowed (allowed: ghcr.io)")), "{err}");
     assert!(err.contains("hint: only approved registries"), "{err}");
     assert!(listener.accept().is_err(), "no connection reached the listener");
-    // The store was not even opened: its directory holds only the audit log (the refusal is recorded).
-    let entries: Vec<_> = std::fs::read_dir(&sb.store).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(entries, ["audit.jsonl"], "the store was not opened");
+    // The store was not even opened: its directory holds only the audit log
+    // (the refusal is recorded) and the log's writers' lock.
+    let mut entries: Vec<_> = std::fs::read_dir(&sb.store).unwrap().map(|e| e.unwrap().file_name()).collect();
+    entries.sort();
+    assert_eq!(entries, ["audit.jsonl", "audit.jsonl.lock"], "the store was not opened");
 }
 
 #[test]
