@@ -59,8 +59,7 @@ impl AuditLog {
     pub(crate) fn hold(&self, log: &File, exclusive: bool) -> Result<File, AuditError> {
         let path = self.lock_path();
         let failed = |source| AuditError::Lock { path: path.clone(), source };
-        let log_meta =
-            log.metadata().map_err(|source| AuditError::Io { action: "read", path: self.path().to_owned(), source })?;
+        let log_meta = log.metadata().map_err(self.io("read"))?;
         let group_writers = log_meta.mode() & 0o020 != 0;
         // Made for its owner only; opened to the log's other writers below,
         // once it is theirs to open.
@@ -119,10 +118,7 @@ impl AuditLog {
                     );
                     break;
                 }
-                Err(e) => {
-                    let source = io::Error::from(e);
-                    return Err(AuditError::Io { action: "lock", path: self.path().to_owned(), source });
-                }
+                Err(e) => return Err(self.io("lock")(io::Error::from(e))),
             }
         }
         Ok(lock)

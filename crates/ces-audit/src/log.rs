@@ -107,7 +107,7 @@ impl AuditLog {
         &self.path
     }
 
-    fn io(&self, action: &'static str) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    pub(crate) fn io(&self, action: &'static str) -> impl FnOnce(io::Error) -> AuditError + '_ {
         move |source| AuditError::Io { action, path: self.path.clone(), source }
     }
 

@@ -935,37 +935,40 @@ impl Store {
 
     /// Names several images at once: all of them, or (on an error) none.
     pub fn add_refs(&self, records: &[ImageRecord]) -> Result<()> {
-        let descriptors = records.iter().map(|r| self.descriptor_of(r)).collect::<Result<Vec<_>>>()?;
         let _guard = self.index_lock()?;
-        let manifests = self.named_with(records, descriptors)?;
+        let manifests = self.named_with(records)?;
         self.write_index(&manifests)
     }
 
     /// Checks that [`Store::add_refs`] of `records` would not be refused
     /// for the number of names (before a load moves its blobs in).
     pub fn check_names(&self, records: &[ImageRecord]) -> Result<()> {
-        let descriptors = records.iter().map(|r| self.descriptor_of(r)).collect::<Result<Vec<_>>>()?;
-        self.named_with(records, descriptors).map(drop)
+        self.named_with(records).map(drop)
     }
 
-    /// `index.json`'s entries once `records` (as `descriptors`) are named:
-    /// refused when a user's loads would hold more than
-    /// [`MAX_LOADED_NAMES`] names, and more than they hold now.
-    fn named_with(&self, records: &[ImageRecord], descriptors: Vec<Descriptor>) -> Result<Vec<Descriptor>> {
-        let before = self.read_index()?.manifests().clone();
+    /// `index.json`'s entries once `records` are named: refused when a
+    /// user's loads would hold more than [`MAX_LOADED_NAMES`] names, and
+    /// more than they hold now.
+    fn named_with(&self, records: &[ImageRecord]) -> Result<Vec<Descriptor>> {
+        let index = self.read_index()?;
+        let before = index.manifests();
         let mut manifests: Vec<Descriptor> =
             before.iter().filter(|d| !records.iter().any(|r| same_name(d, r))).cloned().collect();
-        manifests.extend(descriptors);
+        for record in records {
+            manifests.push(self.descriptor_of(record)?);
+        }
         // By the annotation itself: an entry that no longer reads as a
         // record (from an earlier version) still counts.
-        let uid_text = |d: &Descriptor| d.annotations().as_ref().and_then(|a| a.get(LOADED_BY)).cloned();
-        let loaded_by = |entries: &[Descriptor], uid: u32| {
-            entries.iter().filter(|d| uid_text(d).is_some_and(|text| text == uid.to_string())).count()
+        let loaded_by = |entries: &[Descriptor], uid: &str| {
+            entries
+                .iter()
+                .filter(|d| d.annotations().as_ref().and_then(|a| a.get(LOADED_BY)).is_some_and(|t| t == uid))
+                .count()
         };
         let loaders: std::collections::BTreeSet<u32> = records.iter().filter_map(|r| r.loaded_by).collect();
-        for uid in loaders {
-            let count = loaded_by(&manifests, uid);
-            if count > MAX_LOADED_NAMES && count > loaded_by(&before, uid) {
+        for uid in loaders.iter().map(u32::to_string) {
+            let count = loaded_by(&manifests, &uid);
+            if count > MAX_LOADED_NAMES && count > loaded_by(before, &uid) {
                 return Err(StoreError::TooManyLoaded { count, limit: MAX_LOADED_NAMES });
             }
         }

@@ -455,4 +455,30 @@ mod tests {
         let hinted = hints(&over(1001, 900, 1000), "config.toml");
         assert!(hinted[0].starts_with("the image is larger than the whole quota: ask for a larger one"), "{hinted:?}");
     }
+
+    /// The refusals this store's newer limits give (a user's loaded names,
+    /// a lock of the audit log that its writers did not make, rootful podman
+    /// without ACLs) name what they are about and say what to do.
+    #[test]
+    fn newer_refusals_say_what_to_do() {
+        let names = anyhow::Error::new(ces_image::archive::LoadError::Store(StoreError::TooManyLoaded {
+            count: 1025,
+            limit: 1024,
+        }))
+        .context("cannot load /airlock/many.tar");
+        assert!(message(&names).starts_with("cannot load /airlock/many.tar: your loads would name 1025"), "{names:#}");
+        assert!(hints(&names, "c.toml")[0].contains("ces rmi NAME"), "{names:#}");
+        let lock = anyhow::Error::new(ces_audit::AuditError::ForeignLock {
+            path: "/var/lib/ces/audit.jsonl.lock".into(),
+            uid: 1001,
+        });
+        assert!(
+            message(&lock)
+                .contains("/var/lib/ces/audit.jsonl.lock is not one the log's writers made (it is uid 1001's")
+        );
+        assert!(hints(&lock, "c.toml")[0].starts_with("the TRE operator removes /var/lib/ces/audit.jsonl.lock"));
+        let acl = anyhow::Error::new(ces_runtime::RuntimeError::NoAcl { path: "/srv/ces/state/x/rootfs".into() });
+        assert!(message(&acl).contains("the file system holding /srv/ces/state/x/rootfs has none"), "{acl:#}");
+        assert!(hints(&acl, "c.toml")[0].starts_with("use the native runtime (the default)"), "{acl:#}");
+    }
 }

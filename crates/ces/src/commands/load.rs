@@ -121,7 +121,7 @@ fn import(
             }
         }
     }
-    let outcome = loaded.name(&store)?;
+    let outcome = loaded.name(&store).with_context(|| format!("cannot load {shown}"))?;
     named.extend(outcome.images.iter().cloned());
     printer.status(format!(
         "Read {}: {} blobs, {}, in {:.2}s",
